@@ -1,0 +1,40 @@
+# xpod: the two quick-start commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.xpod-installed
+FRESH  := build/fresh
+# pytest's workers: the suite is sized for a 2-core machine.
+PYTEST_ARGS ?=
+
+.PHONY: install test demo check-install clean
+
+# torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
+# gigabytes of CUDA packages.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/xpod demo
+
+test: install check-install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Before the tests: the package builds as a wheel from the files a fresh clone has, installs
+# (non-editable, so the package-dir mapping is exercised), imports from there, and `xpod --help` runs.
+check-install: install
+	@rm -rf $(FRESH) && mkdir -p $(FRESH)/src
+	@git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(FRESH)/src
+	@$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(FRESH)/wheel $(FRESH)/src >/dev/null
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(FRESH)/site $(FRESH)/wheel/*.whl
+	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site $(CURDIR)/$(PY) -c "import xpod.hal, xpod.backends, xpod.runtime.cli as c, sys; assert '/$(FRESH)/site/' in xpod.hal.__file__, xpod.hal.__file__; c.build_parser()"
+	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site ./site/bin/xpod --help >/dev/null
+	@echo "check-install: wheel builds, installs and 'xpod --help' runs from a fresh copy"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Node-side runtime: the CLI, the launcher and node agent, MoE placement and token dispatch."""

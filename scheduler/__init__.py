@@ -1,0 +1,1 @@
+"""The scheduler: jobs and queues, actions and policies over snapshots, store, service, replay."""

@@ -1,0 +1,18 @@
+import os
+import sys
+
+# Discovery guards torch's device-extension autoload; tests do the same so a host with a
+# broken vendor extension still runs the suite.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+HERE = os.path.dirname(__file__)
+FIXTURES = os.path.join(HERE, "fixtures")
+REPO = os.path.dirname(HERE)
+
+
+def xpod_cli(*args: str, timeout: float = 120, env: dict | None = None):
+    """Run the installed `xpod` console script as a user would; returns CompletedProcess."""
+    import subprocess
+
+    exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,3 @@
+from xpod.runtime.cli import main
+
+raise SystemExit(main())
