@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test demo check-install clean
+.PHONY: install test demo check-install clean proto proto-lint
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -35,6 +35,13 @@ check-install: install
 	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site $(CURDIR)/$(PY) -c "import xpod.hal, xpod.backends, xpod.runtime.cli as c, sys; assert '/$(FRESH)/site/' in xpod.hal.__file__, xpod.hal.__file__; c.build_parser()"
 	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site ./site/bin/xpod --help >/dev/null
 	@echo "check-install: wheel builds, installs and 'xpod --help' runs from a fresh copy"
+
+# The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
+proto: install
+	$(PY) proto/generate.py
+
+proto-lint: install
+	cd proto && ../$(VENV)/bin/buf lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info

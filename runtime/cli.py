@@ -21,6 +21,8 @@ from xpod.hal.errors import XpodError
 
 COMMAND_MODULES = [
     "xpod.runtime.cli_devices",
+    "xpod.runtime.cli_cluster",
+    "xpod.runtime.cli_collectives",
 ]
 
 

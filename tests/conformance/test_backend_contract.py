@@ -12,8 +12,17 @@ import pytest
 from xpod.hal import Backend, Capability, CapabilityUnsupported, DeviceInfo, Health, Link
 from xpod.hal.registry import probe_all
 
+from xpod.backends.sim import SimBackend
+
 AVAILABLE = [s.backend for s in probe_all() if s.backend is not None]
-IDS = [b.name for b in AVAILABLE]
+# Simulated backends built explicitly, so the suite always covers die-level (910C), PCIe-only
+# (Hygon) and mixed-vendor hosts, whatever XPOD_SIM_DEVICES says.
+AVAILABLE += [
+    SimBackend([("ascend-910c", 8)]),
+    SimBackend([("nvidia-h100-sxm", 2)]),
+    SimBackend([("ascend-910b3", 4), ("hygon-k100-ai", 2), ("cambricon-mlu370-x8", 1), ("cpu", 1)]),
+]
+IDS = [b.name if not b.simulated else "sim-" + "+".join(sorted({d.model for d in b.devices()})) for b in AVAILABLE]
 
 
 def test_cpu_is_always_available():

@@ -1,0 +1,436 @@
+"""Reading ``nvidia-smi`` output: ``-q`` detail, the default table, ``--query-gpu`` CSV and
+``-L``, alone or several of them in one capture file; plus ``topo -m``.
+
+Inventory source, most detailed first: the last ``-q`` block, else the last default table,
+else the last ``--query-gpu`` CSV, else ``-L``. Only one is used, so a capture holding idle and
+load snapshots of the same GPUs never counts a GPU twice. Sections are found by prompt lines
+(``$ nvidia-smi -q``) when the file has them, else by content.
+
+Health (hal.md P7), from ``-q``: remapped rows pending, retired pages pending, channel/TPC
+repair pending -> WARNING; volatile uncorrectable ECC (SRAM or DRAM), SRAM threshold exceeded,
+remapping failure, unrepairable memory -> CRITICAL; memory used > total -> ALARM; ECC fields
+present and clean -> OK; no such field at all -> UNKNOWN. From the table: ``Volatile Uncorr.
+ECC`` > 0 -> CRITICAL, 0 -> OK.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+from xpod.backends._common import resolve_model
+from xpod.hal import smi
+from xpod.hal.backend import IntraNodeTopology, Link
+from xpod.hal.device import DeviceInfo, Health
+from xpod.hal.errors import ToolOutputError
+
+TOOL = "nvidia-smi"
+_GPU_BLOCK = re.compile(r"^GPU\s+([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7])\s*$")
+_LIST = re.compile(r"^GPU\s+(\d+):\s+(.+?)\s+\(UUID:\s*([^)]+)\)")
+_ELIDED = re.compile(r"^\s*\[?\s*\.\.\.\s*\]?\s*$")
+
+
+def _model(name: str | None) -> str | None:
+    return resolve_model("cuda", name, "nvidia")
+
+
+# ------------------------------------------------------------------------------- -q detail
+
+
+def _int(v: str | None) -> int | None:
+    if v is None:
+        return None
+    m = re.match(r"^\s*(\d+)", v)
+    return int(m.group(1)) if m else None
+
+
+def _health_from_q(block: smi.KVNode) -> tuple[Health, list[str]]:
+    """Map ECC / remap / retirement fields of one GPU block onto Health, with the reasons."""
+    health, why, seen = Health.UNKNOWN, [], False
+
+    def bump(h: Health, reason: str) -> None:
+        nonlocal health
+        health = health.worst(h)
+        why.append(reason)
+
+    ecc = block.get("ECC Errors")
+    if ecc is not None:
+        seen = True
+        vol = ecc.get("Volatile")
+        for node in (vol.children if vol else []):
+            key = node.key.lower()
+            if "uncorrectable" in key and (_int(node.value) or 0) > 0:
+                bump(Health.CRITICAL, f"volatile {node.key} = {node.value}")
+        agg = ecc.get("Aggregate")
+        for node in (agg.children if agg else []):
+            if node.key.lower() == "sram threshold exceeded" and (node.value or "").lower() == "yes":
+                bump(Health.CRITICAL, "SRAM threshold exceeded")
+        for key in ("Channel Repair Pending", "TPC Repair Pending"):
+            if (ecc.value_of(key) or "").lower() == "yes":
+                bump(Health.WARNING, f"{key}: Yes")
+        if (ecc.value_of("Unrepairable Memory") or "").lower() == "yes":
+            bump(Health.CRITICAL, "Unrepairable Memory: Yes")
+    rows = block.get("Remapped Rows")
+    if rows is not None and rows.children:
+        seen = True
+        if (rows.value_of("Pending") or "").lower() == "yes":
+            bump(Health.WARNING, "remapped rows pending (GPU reset needed)")
+        if (rows.value_of("Remapping Failure Occurred") or "").lower() == "yes":
+            bump(Health.CRITICAL, "row remapping failure occurred")
+    pages = block.get("Retired Pages")
+    if pages is not None and pages.children:
+        seen = True
+        if (pages.value_of("Pending Page Blacklist") or pages.value_of("Pending Page Retirement") or "").lower() == "yes":
+            bump(Health.WARNING, "retired page pending (reset needed)")
+    if seen and health is Health.UNKNOWN:
+        health = Health.OK
+    return health, why
+
+
+def _parse_q(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
+    forest = smi.kv_tree(lines)
+    attached = next((_int(n.value) for n in forest if n.key == "Attached GPUs"), None)
+    elided = any(_ELIDED.match(ln.text) for ln in lines)
+    blocks = [n for n in forest if _GPU_BLOCK.match(n.key)]
+    if not blocks:
+        # A fragment without its "GPU <bus id>" line (an excerpt of one GPU's ECC block):
+        # the indented fields belong to one unnamed GPU.
+        fields = [n for n in forest if n.indent > 0 and n.children or n.key in ("ECC Errors", "Remapped Rows", "Retired Pages")]
+        if not fields:
+            return []
+        blocks = [smi.KVNode("GPU (not shown)", None, fields[0].line, 0, fields)]
+    if attached is not None and attached != len(blocks) and not elided:
+        raise ToolOutputError(TOOL, f"'Attached GPUs : {attached}' but {len(blocks)} GPU sections follow (truncated output?)", blocks[-1].line.no, blocks[-1].line.text)
+    devices = []
+    for k, block in enumerate(blocks):
+        name = block.value_of("Product Name")
+        if name is None and not elided and len(block.children) > 3:
+            raise ToolOutputError(TOOL, "GPU section has no 'Product Name' (truncated output?)", block.line.no, block.line.text)
+        fb = block.get("FB Memory Usage")
+        total = used = None
+        if fb is not None:
+            try:
+                t, u = fb.value_of("Total"), fb.value_of("Used")
+                total = smi.parse_size_bytes(t) if t else None
+                used = smi.parse_size_bytes(u) if u else None
+            except ValueError as err:
+                raise ToolOutputError(TOOL, f"cannot read FB Memory Usage: {err}", fb.line.no, fb.line.text) from None
+        health, why = _health_from_q(block)
+        if total is not None and used is not None and used > total:
+            health = health.worst(Health.ALARM)
+            why.append("memory used exceeds total")
+        m = _GPU_BLOCK.match(block.key)
+        bus = smi.normalize_pci_bus_id(m.group(1)) if m else None
+        uuid = block.value_of("GPU UUID")
+        minor = _int(block.value_of("Minor Number"))
+        numa = _int(block.value_of("GPU NUMA ID") or "")
+        extra = {}
+        if why:
+            extra["health_reasons"] = why
+        if minor is not None:
+            extra["minor_number"] = minor
+        if elided:
+            extra["excerpt"] = True
+            if attached is not None:
+                extra["attached_gpus"] = attached
+        if source:
+            extra["source"] = source
+        devices.append(
+            DeviceInfo(
+                vendor="cuda",
+                model=_model(name),  # type: ignore[arg-type]
+                name=name,
+                index=k,
+                physical_index=k,  # nvidia-smi orders GPUs by PCI bus id, as -q lists them
+                uuid=uuid if uuid and uuid != "N/A" else None,
+                memory_total_bytes=total,
+                memory_used_bytes=used,
+                health=health,
+                numa_node=numa,
+                pci_bus_id=bus,
+                extra=extra,
+            )
+        )
+    return devices
+
+
+# ---------------------------------------------------------------------------- default table
+
+
+def _parse_table(table: smi.BoxTable, source: str | None) -> list[DeviceInfo]:
+    header_text = " ".join(c for r in table.header for c in r.cells)
+    ecc_col = None
+    for row in table.header:
+        for c, cell in enumerate(row.cells):
+            if "Uncorr. ECC" in cell or "Uncorr ECC" in cell:
+                ecc_col = c
+    devices = []
+    for group in table.records:
+        rows = [r for r in group if any(r.cells)]
+        if not rows:
+            continue
+        head = rows[0]
+        m = re.match(r"^(\d+)\s+(.*?)(?:\s+(On|Off))?$", head.cells[0])
+        if not m:
+            raise ToolOutputError(TOOL, "GPU row does not start with a GPU index", head.line.no, head.line.text)
+        if len(rows) < 2:
+            raise ToolOutputError(TOOL, "GPU row without its memory row (truncated table?)", head.line.no, head.line.text)
+        pairs = []
+        for r in rows[1:]:
+            for cell in r.cells:
+                if "MiB" in cell or "GiB" in cell:
+                    try:
+                        pairs = smi.find_used_total_pairs(cell, default_unit="MiB")
+                    except ValueError as err:
+                        raise ToolOutputError(TOOL, f"cannot read Memory-Usage: {err}", r.line.no, r.line.text) from None
+                    break
+            if pairs:
+                break
+        if not pairs:
+            raise ToolOutputError(TOOL, "no 'used / total' Memory-Usage in this GPU's rows", rows[1].line.no, rows[1].line.text)
+        used, total = pairs[0]
+        health = Health.UNKNOWN
+        if ecc_col is not None and ecc_col < len(head.cells):
+            v = head.cells[ecc_col].strip()
+            if v.isdigit():
+                health = Health.CRITICAL if int(v) > 0 else Health.OK
+        if used > total:
+            health = health.worst(Health.ALARM)
+        name = m.group(2).strip()
+        truncated_name = name.endswith("...")
+        devices.append(
+            DeviceInfo(
+                vendor="cuda",
+                model=_model(name) if not truncated_name else resolve_model("cuda", name.rstrip(". "), "nvidia"),  # type: ignore[arg-type]
+                name=name,
+                index=len(devices),
+                physical_index=int(m.group(1)),
+                memory_total_bytes=total,
+                memory_used_bytes=used,
+                health=health,
+                pci_bus_id=smi.normalize_pci_bus_id(head.cells[1]) if len(head.cells) > 1 else None,
+                extra={**({"name_truncated": True} if truncated_name else {}), **({"source": source} if source else {})},
+            )
+        )
+    if not devices and "Bus-Id" in header_text:
+        raise ToolOutputError(TOOL, "the GPU table lists no GPUs", table.header[-1].line.no, table.header[-1].line.text)
+    return devices
+
+
+def _gpu_tables(lines: list[smi.Line]) -> list[smi.BoxTable]:
+    out = []
+    for t in smi.box_tables(lines):
+        text = " ".join(c for r in t.header for c in r.cells)
+        if "Bus-Id" in text and "Name" in text:
+            out.append(t)
+    return out
+
+
+# ------------------------------------------------------------------------------------- CSV
+
+
+def _parse_csv(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
+    start = None
+    for k, ln in enumerate(lines):
+        cols = [c.strip() for c in ln.text.split(",")]
+        if "name" in cols or any(c.startswith("memory.total") for c in cols):
+            start = k
+            break
+    if start is None:
+        return []
+    rows = []
+    for ln in lines[start:]:
+        if not ln.text.strip() or ln.text.lstrip().startswith("#"):
+            break
+        rows.append(ln)
+    reader = csv.reader(io.StringIO("\n".join(r.text for r in rows)), skipinitialspace=True)
+    table = list(reader)
+    header = [re.sub(r"\s*\[.*\]$", "", h.strip()) for h in table[0]]
+    units = {h: (re.search(r"\[(.*)\]", raw) or [None, None])[1] for h, raw in zip(header, table[0])}
+    devices = []
+    for k, values in enumerate(table[1:], start=1):
+        ln = rows[k]
+        if len(values) != len(header):
+            raise ToolOutputError(TOOL, f"CSV row has {len(values)} values for {len(header)} columns (truncated?)", ln.no, ln.text)
+        row = dict(zip(header, (v.strip() for v in values)))
+
+        def size(col: str) -> int | None:
+            v = row.get(col)
+            if v is None or v.startswith("[") or v in ("N/A", ""):
+                return None
+            try:
+                return smi.parse_size_bytes(v, default_unit=units.get(col) or "MiB")
+            except ValueError:
+                raise ToolOutputError(TOOL, f"cannot read {col}={v!r}", ln.no, ln.text) from None
+
+        total, used = size("memory.total"), size("memory.used")
+        health = Health.UNKNOWN
+        unc = row.get("ecc.errors.uncorrected.volatile.total")
+        if unc is not None and unc.isdigit():
+            health = Health.CRITICAL if int(unc) > 0 else Health.OK
+        if (row.get("remapped_rows.pending") or "").lower() in ("yes", "1", "true"):
+            health = health.worst(Health.WARNING)
+        if total is not None and used is not None and used > total:
+            health = health.worst(Health.ALARM)
+        idx = row.get("index")
+        name = row.get("name")
+        devices.append(
+            DeviceInfo(
+                vendor="cuda",
+                model=_model(name),  # type: ignore[arg-type]
+                name=name,
+                index=len(devices),
+                physical_index=int(idx) if idx and idx.isdigit() else len(devices),
+                uuid=row.get("uuid") or None,
+                memory_total_bytes=total,
+                memory_used_bytes=used,
+                health=health,
+                pci_bus_id=smi.normalize_pci_bus_id(row.get("pci.bus_id") or ""),
+                extra={"source": source} if source else {},
+            )
+        )
+    return devices
+
+
+def _parse_list(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
+    out = []
+    for ln in lines:
+        m = _LIST.match(ln.text)
+        if m:
+            name = m.group(2)
+            out.append(
+                DeviceInfo(
+                    vendor="cuda",
+                    model=_model(name),  # type: ignore[arg-type]
+                    name=name,
+                    index=len(out),
+                    physical_index=int(m.group(1)),
+                    uuid=m.group(3).strip(),
+                    extra={"source": source} if source else {},
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------ dispatcher
+
+
+def _kind(command: str | None) -> str | None:
+    if command is None:
+        return None
+    args = command.split()[1:]
+    if args[:1] == ["topo"] or args[:1] == ["nvlink"] or args[:1] in (["pmon"], ["dmon"]):
+        return "other"
+    if any(a.startswith("--query-gpu") for a in args):
+        return "csv"
+    if any(a.startswith("--query") or a.startswith("--help") or a in ("-h", "--version") for a in args):
+        return "other"
+    if "-q" in args or "--query" in args or "-a" in args:
+        return "q"
+    if "-L" in args or "--list-gpus" in args:
+        return "list"
+    if not args:
+        return "table"
+    return "other"
+
+
+def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
+    """Devices in an ``nvidia-smi`` output or capture (see the module note for the order)."""
+    lines = smi.lines_of(text)
+    first = smi.first_content_line(lines)
+    if first is None:
+        raise ToolOutputError(TOOL, "empty output")
+    sections = smi.command_sections(lines, TOOL)
+    candidates: dict[str, list[list[smi.Line]]] = {"q": [], "table": [], "csv": [], "list": []}
+    for sec in sections:
+        kind = _kind(sec.command)
+        body = list(sec.lines)
+        if kind == "other":
+            continue
+        if kind is None or kind == "q":
+            if any(_GPU_BLOCK.match(ln.text) for ln in body) or any(
+                re.match(r"^\s+(ECC Errors|Remapped Rows|FB Memory Usage)\s*$", ln.text) for ln in body
+            ):
+                candidates["q"].append(body)
+                if kind == "q":
+                    continue
+        if kind is None or kind == "table":
+            if _gpu_tables(body):
+                candidates["table"].append(body)
+                continue
+        if kind is None or kind == "csv":
+            if any("memory.total" in ln.text or ln.text.startswith("name,") for ln in body):
+                candidates["csv"].append(body)
+                continue
+        if kind is None or kind == "list":
+            if any(_LIST.match(ln.text) for ln in body):
+                candidates["list"].append(body)
+    for kind in ("q", "table", "csv", "list"):
+        if not candidates[kind]:
+            continue
+        body = candidates[kind][-1]  # the latest snapshot
+        if kind == "q":
+            devices = _parse_q(body, source)
+        elif kind == "table":
+            devices = [d for t in _gpu_tables(body)[-1:] for d in _parse_table(t, source)]
+        elif kind == "csv":
+            devices = _parse_csv(body, source)
+        else:
+            devices = _parse_list(body, source)
+        if devices:
+            return devices
+    if is_topo_output(text):
+        topo = parse_topo(text)
+        return [DeviceInfo(vendor="cuda", model=None, index=k, physical_index=i, extra={"inventory_from": "topology matrix"}) for k, i in enumerate(topo.indices)]  # type: ignore[arg-type]
+    raise ToolOutputError(
+        TOOL, "no GPU inventory found (expected the default table, -q detail, --query-gpu CSV or -L output)", first.no, first.text
+    )
+
+
+# ------------------------------------------------------------------------------- topo -m
+
+_NV = re.compile(r"^NV(\d+)$")
+_TOPO_WORDS = {
+    "X": Link.SELF,
+    "PIX": Link.PCIE_SWITCH,
+    "PXB": Link.PCIE_SWITCH,
+    "PHB": Link.PCIE_HOST,
+    "NODE": Link.PCIE_HOST,
+    "SYS": Link.NUMA,
+    "SOC": Link.NUMA,
+}
+
+
+def is_topo_output(text: str) -> bool:
+    return bool(re.search(r"^\s+GPU0\s+(GPU1|CPU Affinity)", smi.ANSI_RE.sub("", text), re.MULTILINE))
+
+
+def parse_topo(text: str) -> IntraNodeTopology:
+    """``nvidia-smi topo -m`` (TAB- or space-separated, ANSI escapes allowed): the GPU-by-GPU
+    matrix; ``NV#`` is the fabric (NVLink), NIC rows and columns are ignored."""
+    lines = smi.lines_of(text)
+    try:
+        matrices = smi.link_matrices(lines, r"GPU\d+")
+    except ValueError as err:
+        raise ToolOutputError(TOOL, f"topo -m: {err}") from None
+    if not matrices:
+        first = smi.first_content_line(lines)
+        raise ToolOutputError(TOOL, "no 'GPU0 GPU1 ...' topology matrix found", first.no if first else None, first.text if first else None)
+    m = matrices[-1]
+    ids = tuple(int(lab[3:]) for lab in m.labels)
+    rows = []
+    nvlinks = {}
+    for i, row in enumerate(m.cells):
+        out = []
+        for j, w in enumerate(row):
+            nv = _NV.match(w)
+            if nv:
+                out.append(Link.FABRIC)
+                nvlinks[(ids[i], ids[j])] = int(nv.group(1))
+            elif w in _TOPO_WORDS:
+                out.append(_TOPO_WORDS[w])
+            else:
+                raise ToolOutputError(TOOL, f"unknown link type {w!r} between {m.labels[i]} and {m.labels[j]}", m.first_line + 1 + i)
+        rows.append(tuple(out))
+    return IntraNodeTopology(indices=ids, links=tuple(rows), fabric_name="NVLink" if nvlinks else None)

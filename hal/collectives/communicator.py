@@ -1,0 +1,680 @@
+"""``Communicator``: one rank's collectives on the backend's distributed library.
+
+Created from the launch environment (``LaunchEnv``: RANK, WORLD_SIZE, LOCAL_RANK, ...,
+XPOD_BACKEND), it owns a torch.distributed process group on the backend's library (gloo, hccl,
+cncl, mccl, nccl) with a bounded timeout, and offers all_reduce, all_gather (equal and uneven),
+reduce_scatter, all_to_all (equal and uneven splits), broadcast, barrier and send/recv, each
+sync or async.
+
+Contracts shared by every op:
+
+- Every rank calls the same collectives in the same order (as with torch.distributed).
+- ``async_op=False`` returns the result; ``async_op=True`` returns a ``Work`` whose ``wait()``
+  returns the same result. In-place ops (all_reduce, broadcast, recv) return the caller's tensor.
+- Inputs may be non-contiguous; outputs are written back into them where the op is in place.
+- Ops that run as several library calls (hierarchical algorithms, shared-memory all_reduce) run
+  on one background thread per communicator, in call order; a later op first waits for those
+  to be issued and finished, so the order of library calls is the same on every rank.
+- A peer that dies or hangs ends the op with ``CollectiveError`` / ``CollectiveTimeout`` (one
+  line: op, rank, cause) within the communicator's timeout, never a hang.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import math
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from xpod.hal.backend import Backend, Capability
+from xpod.hal.errors import XpodError
+
+from .cost import CostModel
+from .env import LaunchEnv
+from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
+
+#: default bound on any one collective (and on the rendezvous), seconds
+DEFAULT_TIMEOUT_S = float(os.environ.get("XPOD_COLLECTIVE_TIMEOUT_S", "120"))
+
+
+def _error(op: str, rank: int, world: int, err: BaseException) -> CollectiveError:
+    """Turn a library exception into one user-facing line."""
+    if isinstance(err, CollectiveError):
+        return err
+    text = " ".join(str(err).split())
+    first = text[:300]
+    low = text.lower()
+    cls = CollectiveTimeout if ("timed out" in low or "timeout" in low) else CollectiveError
+    return cls(f"{op} failed on rank {rank} of {world}: {first} (a peer rank died, hung or disagreed on the call)")
+
+
+def _coerce_op(op: ReduceOp | str) -> ReduceOp:
+    try:
+        return ReduceOp(op)
+    except ValueError:
+        raise XpodError(f"reduce op {op!r} is not one of {', '.join(o.value for o in ReduceOp)}") from None
+
+
+def _coerce_algorithm(algorithm: Algorithm | str) -> Algorithm:
+    try:
+        return Algorithm(algorithm)
+    except ValueError:
+        raise XpodError(f"algorithm {algorithm!r} is not one of {', '.join(a.value for a in Algorithm)}") from None
+
+
+class Work:
+    """Handle of an async collective. ``wait()`` blocks until it is done, returns the op's
+    result and is idempotent; errors surface as ``CollectiveError`` from ``wait()``."""
+
+    def __init__(self, describe: Callable[[BaseException], CollectiveError], *, torch_works: Sequence[Any] = (),
+                 finalize: Callable[[], Any] | None = None, future: concurrent.futures.Future | None = None) -> None:
+        self._describe = describe
+        self._torch_works = list(torch_works)
+        self._finalize = finalize
+        self._future = future
+        self._done = False
+        self._result: Any = None
+
+    def wait(self) -> Any:
+        if self._done:
+            return self._result
+        try:
+            if self._future is not None:
+                self._result = self._future.result()
+            else:
+                for w in self._torch_works:
+                    w.wait()
+                self._result = self._finalize() if self._finalize else None
+        except RuntimeError as err:
+            raise self._describe(err) from None
+        self._done = True
+        return self._result
+
+    def is_completed(self) -> bool:
+        if self._done:
+            return True
+        if self._future is not None:
+            return self._future.done()
+        return all(w.is_completed() for w in self._torch_works)
+
+
+class Communicator:
+    """One rank's communicator. See the module docstring for the contracts."""
+
+    def __init__(self, env: LaunchEnv, backend: Backend | None = None, tiers: Sequence[TierSpec] | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, shm: bool | None = None) -> None:
+        """Join the job's process group.
+
+        ``backend`` defaults to the registered backend named by ``env.backend``. ``tiers``
+        (closest first) enables the hierarchical algorithms and the cost model; without it the
+        ranks form one tier. ``shm``: None (default) enables the shared-memory all_reduce when
+        every rank is a CPU rank of this host and ``XPOD_SHM`` is not ``0``; True requires it.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if backend is None:
+            from xpod.hal.registry import get_backend
+
+            backend = get_backend(env.backend)
+        backend.require(Capability.DISTRIBUTED)
+        self.env = env
+        self.backend = backend
+        self.rank = env.rank
+        self.world_size = env.world_size
+        self.timeout_s = float(timeout_s)
+        if self.timeout_s <= 0:
+            raise XpodError(f"collective timeout must be > 0 s, got {timeout_s}")
+        if backend.device_type == "cpu":
+            self.device = torch.device("cpu")
+        else:
+            self.device = torch.device(backend.device_type, env.local_rank)
+            getattr(torch, backend.device_type).set_device(env.local_rank)
+        self._owns_default = False
+        if not dist.is_initialized():
+            try:
+                dist.init_process_group(
+                    backend=backend.dist_backend,
+                    init_method=f"tcp://{env.master_addr}:{env.master_port}" if env.world_size > 1 else f"tcp://127.0.0.1:{_free_port()}",
+                    rank=env.rank,
+                    world_size=env.world_size,
+                    timeout=datetime.timedelta(seconds=self.timeout_s),
+                )
+            except (RuntimeError, ValueError) as err:
+                raise CollectiveError(
+                    f"rank {env.rank} could not join the {backend.dist_backend} process group at "
+                    f"{env.master_addr}:{env.master_port}: {' '.join(str(err).split())[:200]}"
+                ) from None
+            self._owns_default = True
+        self._dist = dist
+        self._torch = torch
+        self._pg = dist.group.WORLD
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpod-coll")
+        self._pending: list[concurrent.futures.Future] = []
+        self._lock = threading.Lock()
+        self._native_reduce_scatter: bool | None = None
+        # torch 2.13 renamed the tensor forms (the old names warn); torch >= 2.4 has the old ones.
+        self._all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        self._reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+        self.tiers: tuple[TierSpec, ...] = validate_tiers(tiers, self.world_size) if tiers else ()
+        self.cost_model = CostModel.from_tiers(self.tiers, self.world_size)
+        self._inner_pg = self._cross_pg = None
+        self._inner_ranks: tuple[int, ...] = ()
+        self._inner_groups: tuple[tuple[int, ...], ...] = ()
+        shape = self.cost_model.hierarchy_shape()
+        if shape is not None:
+            self._build_hierarchy(shape)
+
+        self._shm = None
+        self.shm_reason = self._setup_shm(shm)
+
+    # -- construction helpers ---------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ=None, **kwargs) -> "Communicator":
+        """``Communicator(LaunchEnv.from_environ(environ), **kwargs)``."""
+        return cls(LaunchEnv.from_environ(environ), **kwargs)
+
+    def _build_hierarchy(self, shape: tuple[int, int]) -> None:
+        m, k = shape
+        timeout = datetime.timedelta(seconds=self.timeout_s)
+        self._inner_groups = self.tiers[0].groups
+        # new_group is collective over the world: every rank creates every group, same order.
+        for g in self._inner_groups:
+            pg = self._dist.new_group(list(g), timeout=timeout)
+            if self.rank in g:
+                self._inner_pg, self._inner_ranks = pg, g
+        for j in range(m):
+            cross = [g[j] for g in self._inner_groups]
+            pg = self._dist.new_group(cross, timeout=timeout)
+            if self.rank in cross:
+                self._cross_pg = pg
+
+    def _exchange(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(out, obj, group=self._pg)
+        return out
+
+    def _setup_shm(self, want: bool | None) -> str:
+        from . import shm as shm_mod
+
+        if want is False:
+            return "disabled by the caller"
+        reason = None
+        if self.world_size < 2:
+            reason = "one rank needs no all_reduce"
+        elif self.backend.device_type != "cpu":
+            reason = f"tensors live on {self.backend.device_type}, not in host memory"
+        elif want is None and os.environ.get("XPOD_SHM", "1") == "0":
+            reason = "XPOD_SHM=0"
+        else:
+            reason = shm_mod.supported()
+        if reason is None:
+            # Decided together: every rank must agree, or the collective sequences diverge.
+            hosts = self._exchange((socket.gethostname(), _boot_id()))
+            if len(set(hosts)) != 1:
+                reason = "the ranks are on several hosts"
+            else:
+                self._shm = shm_mod.ShmAllReduce.create(self.rank, self.world_size, self._exchange, self.timeout_s)
+                return "enabled: every rank is a CPU rank of this host"
+        if want:
+            raise XpodError(f"shared-memory all_reduce was required but cannot run: {reason}")
+        return reason
+
+    @property
+    def shm_enabled(self) -> bool:
+        return self._shm is not None
+
+    @property
+    def hierarchical_available(self) -> bool:
+        return self._inner_pg is not None
+
+    # -- sequencing ---------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Wait for composite ops already queued, so library calls keep the same order on all ranks."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for f in pending:
+            try:
+                f.result()
+            except BaseException:
+                pass  # reported through that op's own Work
+
+    def _run(self, name: str, async_op: bool, fn: Callable[[], Any]) -> Any:
+        """Run a composite op: inline when sync, on the op thread when async."""
+        describe = lambda err: _error(name, self.rank, self.world_size, err)  # noqa: E731
+        if not async_op:
+            self._drain()
+            try:
+                return fn()
+            except RuntimeError as err:
+                raise describe(err) from None
+        with self._lock:
+            fut = self._executor.submit(fn)
+            self._pending.append(fut)
+        return Work(describe, future=fut)
+
+    def _native(self, name: str, async_op: bool, issue: Callable[[bool], Any], finalize: Callable[[], Any]) -> Any:
+        """Issue one library call (``issue(async_op)`` returns its torch work or None) and then
+        ``finalize`` (local post-processing: copy back, divide, slice)."""
+        describe = lambda err: _error(name, self.rank, self.world_size, err)  # noqa: E731
+        self._drain()
+        try:
+            handle = issue(async_op)
+            if not async_op:
+                return finalize()
+        except RuntimeError as err:
+            raise describe(err) from None
+        return Work(describe, torch_works=[handle] if handle is not None else [], finalize=finalize)
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_tensor(self, name: str, tensor) -> None:
+        if not isinstance(tensor, self._torch.Tensor):
+            raise XpodError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.device.type != self.device.type:
+            raise XpodError(
+                f"{name}: tensor is on {tensor.device} but this communicator's backend {self.backend.name!r} "
+                f"uses {self.device.type} tensors; move it with .to({str(self.device)!r})"
+            )
+
+    def _check_reduce(self, name: str, tensor, op: ReduceOp) -> None:
+        if op is ReduceOp.AVG and not (tensor.is_floating_point() or tensor.is_complex()):
+            raise XpodError(f"{name}: op avg needs a floating dtype, got {tensor.dtype}; use sum and divide yourself")
+
+    def _algorithm(self, op: Op, nbytes: int, algorithm: Algorithm, shm_ok: bool) -> Algorithm:
+        if algorithm is Algorithm.AUTO:
+            if shm_ok and self._shm is not None:
+                return Algorithm.SHM
+            if self._inner_pg is None:
+                return Algorithm.FLAT
+            return self.cost_model.choose(op, nbytes)
+        if algorithm is Algorithm.HIERARCHICAL and self._inner_pg is None:
+            raise XpodError(
+                f"{op.value}: algorithm 'hierarchical' needs tiers whose closest tier splits the "
+                f"{self.world_size} ranks into equal groups of 2 or more; pass tiers= or use 'flat'"
+            )
+        if algorithm is Algorithm.SHM and not (shm_ok and self._shm is not None):
+            raise XpodError(f"{op.value}: algorithm 'shm' is unavailable here ({self.shm_reason}); use 'flat'")
+        return algorithm
+
+    def choose_algorithm(self, op: Op | str, nbytes: int) -> Algorithm:
+        """What ``algorithm='auto'`` picks for ``op`` at ``nbytes`` (nccl-tests' size convention)."""
+        op = Op(op)
+        return self._algorithm(op, nbytes, Algorithm.AUTO, shm_ok=op is Op.ALL_REDUCE)
+
+    # -- all_reduce ---------------------------------------------------------------------------
+    def all_reduce(self, tensor, op: ReduceOp | str = ReduceOp.SUM, *, async_op: bool = False,
+                   algorithm: Algorithm | str = Algorithm.AUTO):
+        """Reduce ``tensor`` across all ranks in place; returns ``tensor`` (or a Work)."""
+        op, algorithm = _coerce_op(op), _coerce_algorithm(algorithm)
+        self._check_tensor("all_reduce", tensor)
+        self._check_reduce("all_reduce", tensor, op)
+        nbytes = tensor.numel() * tensor.element_size()
+        algo = self._algorithm(Op.ALL_REDUCE, nbytes, algorithm, shm_ok=True)
+        buf = tensor if tensor.is_contiguous() else tensor.contiguous()
+        flat = buf.view(-1)
+
+        def finish():
+            if buf is not tensor:
+                tensor.copy_(buf)
+            return tensor
+
+        if self.world_size == 1 or algo is Algorithm.FLAT:
+            dop = self._dist_op(op)
+
+            def issue(a):
+                return self._dist.all_reduce(flat, op=dop, group=self._pg, async_op=a)
+
+            def finalize():
+                if op is ReduceOp.AVG:
+                    flat.div_(self.world_size)
+                return finish()
+
+            return self._native("all_reduce", async_op, issue, finalize)
+        if algo is Algorithm.SHM:
+            def run():
+                self._shm.all_reduce_(flat, op)
+                return finish()
+
+            return self._run("all_reduce", async_op, run)
+
+        def run_h():
+            self._hier_all_reduce(flat, op)
+            return finish()
+
+        return self._run("all_reduce", async_op, run_h)
+
+    def _dist_op(self, op: ReduceOp):
+        R = self._dist.ReduceOp
+        # AVG is a sum followed by a local division: gloo (and older HCCL/CNCL builds) have no AVG.
+        return {ReduceOp.SUM: R.SUM, ReduceOp.AVG: R.SUM, ReduceOp.MAX: R.MAX, ReduceOp.MIN: R.MIN}[op]
+
+    # -- reduce_scatter -----------------------------------------------------------------------
+    def reduce_scatter(self, tensor, op: ReduceOp | str = ReduceOp.SUM, *, async_op: bool = False):
+        """Reduce ``tensor`` (dim 0 = world_size * k) across ranks; rank r gets rows r*k..(r+1)*k-1."""
+        op = _coerce_op(op)
+        self._check_tensor("reduce_scatter", tensor)
+        self._check_reduce("reduce_scatter", tensor, op)
+        n = self.world_size
+        if tensor.dim() == 0 or tensor.shape[0] % n:
+            raise XpodError(f"reduce_scatter: dim 0 of the input ({tuple(tensor.shape)}) must be a multiple of world_size {n}")
+        buf = tensor.contiguous()
+        out = self._torch.empty((tensor.shape[0] // n, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        if self._native_reduce_scatter is False:
+            def run():
+                self._reduce_scatter_fallback(buf, out, op, self._pg, n)
+                return out.div_(n) if op is ReduceOp.AVG else out
+
+            return self._run("reduce_scatter", async_op, run)
+        dop = self._dist_op(op)
+
+        def issue(a):
+            try:
+                return self._reduce_scatter_single(out, buf, op=dop, group=self._pg, async_op=a)
+            except RuntimeError as err:
+                # A library without reduce_scatter refuses before any traffic, on every rank alike.
+                if self._native_reduce_scatter is None and "support" in str(err).lower():
+                    self._native_reduce_scatter = False
+                    self._reduce_scatter_fallback(buf, out, op, self._pg, n)
+                    return None
+                raise
+
+        def finalize():
+            self._native_reduce_scatter = self._native_reduce_scatter is not False
+            if op is ReduceOp.AVG:
+                out.div_(n)
+            return out
+
+        return self._native("reduce_scatter", async_op, issue, finalize)
+
+    def _reduce_scatter_fallback(self, buf, out, op: ReduceOp, group, n: int):
+        """reduce_scatter from all_to_all: rank r receives every rank's r-th block and reduces
+        them locally. Same bytes on the wire as a ring reduce_scatter."""
+        recv = self._torch.empty_like(buf)
+        self._dist.all_to_all_single(recv, buf, group=group)
+        blocks = recv.view(n, *out.shape)
+        if op in (ReduceOp.SUM, ReduceOp.AVG):
+            out.copy_(blocks.sum(0))  # AVG: the caller divides
+        elif op is ReduceOp.MAX:
+            out.copy_(blocks.amax(0))
+        else:
+            out.copy_(blocks.amin(0))
+        return out
+
+    # -- all_gather ---------------------------------------------------------------------------
+    def all_gather(self, tensor, *, sizes: Sequence[int] | None = None, uneven: bool = False,
+                   async_op: bool = False, algorithm: Algorithm | str = Algorithm.AUTO):
+        """Every rank's ``tensor``, as a list indexed by rank.
+
+        Equal shapes by default. Tensors whose dim 0 differs between ranks need ``sizes``
+        (every rank's dim 0, the same list on every rank) or ``uneven=True`` (the sizes are
+        exchanged first, one small extra collective). Other dims must agree.
+        """
+        algorithm = _coerce_algorithm(algorithm)
+        self._check_tensor("all_gather", tensor)
+        n = self.world_size
+        buf = tensor.contiguous()
+        if sizes is None and uneven:
+            if tensor.dim() == 0:
+                raise XpodError("all_gather: uneven sizes need a tensor with at least one dimension")
+            sizes_t = self._torch.tensor([tensor.shape[0]], dtype=self._torch.int64)
+            gathered = self._torch.empty(n, dtype=self._torch.int64)
+            self._drain()
+            try:
+                self._all_gather_single(gathered, sizes_t, group=self._pg)
+            except RuntimeError as err:
+                raise _error("all_gather", self.rank, n, err) from None
+            sizes = [int(s) for s in gathered.tolist()]
+        if sizes is not None:
+            sizes = [int(s) for s in sizes]
+            if len(sizes) != n or any(s < 0 for s in sizes):
+                raise XpodError(f"all_gather: sizes must list {n} non-negative dim-0 sizes, got {sizes}")
+            if tensor.dim() == 0 or tensor.shape[0] != sizes[self.rank]:
+                raise XpodError(f"all_gather: this rank's tensor has shape {tuple(tensor.shape)} but sizes[{self.rank}] = {sizes[self.rank]}")
+            if len(set(sizes)) > 1:
+                return self._all_gather_uneven(buf, sizes, async_op)
+        nbytes = buf.numel() * buf.element_size() * n
+        algo = self._algorithm(Op.ALL_GATHER, nbytes, algorithm, shm_ok=False)
+        if algo is Algorithm.HIERARCHICAL and n > 1:
+            return self._run("all_gather", async_op, lambda: self._hier_all_gather(buf))
+        out = self._torch.empty((n * buf.numel(),), dtype=buf.dtype, device=buf.device)
+
+        def issue(a):
+            return self._all_gather_single(out, buf.view(-1), group=self._pg, async_op=a)
+
+        return self._native("all_gather", async_op, issue, lambda: list(out.view(n, *buf.shape).unbind(0)))
+
+    def _all_gather_uneven(self, buf, sizes: list[int], async_op: bool):
+        # Pad every rank's rows to the largest, gather equal blocks, then trim: one library call.
+        n = self.world_size
+        rest = tuple(buf.shape[1:])
+        row = math.prod(rest)
+        biggest = max(sizes)
+        padded = self._torch.zeros((biggest * row,), dtype=buf.dtype, device=buf.device)
+        padded[: buf.numel()].copy_(buf.view(-1))
+        out = self._torch.empty((n * biggest * row,), dtype=buf.dtype, device=buf.device)
+
+        def issue(a):
+            return self._all_gather_single(out, padded, group=self._pg, async_op=a)
+
+        def finalize():
+            blocks = out.view(n, biggest * row)
+            return [blocks[r, : sizes[r] * row].view(sizes[r], *rest) for r in range(n)]
+
+        return self._native("all_gather", async_op, issue, finalize)
+
+    # -- all_to_all ---------------------------------------------------------------------------
+    def all_to_all(self, tensor, *, input_split_sizes: Sequence[int] | None = None,
+                   output_split_sizes: Sequence[int] | None = None, async_op: bool = False,
+                   algorithm: Algorithm | str = Algorithm.AUTO):
+        """Rows ``input_split_sizes[r]`` of ``tensor`` (dim 0, in rank order) go to rank r;
+        returns the received rows in source-rank order. Equal splits when both are None.
+        With only ``input_split_sizes``, the output splits are exchanged first."""
+        algorithm = _coerce_algorithm(algorithm)
+        self.backend.require(Capability.ALL_TO_ALL)
+        self._check_tensor("all_to_all", tensor)
+        n = self.world_size
+        buf = tensor.contiguous()
+        if tensor.dim() == 0:
+            raise XpodError("all_to_all: the tensor needs at least one dimension (rows are split along dim 0)")
+        rows = tensor.shape[0]
+        if input_split_sizes is None and output_split_sizes is None:
+            if rows % n:
+                raise XpodError(f"all_to_all: dim 0 ({rows}) must be a multiple of world_size {n} for equal splits; pass input_split_sizes")
+            nbytes = buf.numel() * buf.element_size()
+            algo = self._algorithm(Op.ALL_TO_ALL, nbytes, algorithm, shm_ok=False)
+            if algo is Algorithm.HIERARCHICAL and n > 1:
+                return self._run("all_to_all", async_op, lambda: self._hier_all_to_all(buf))
+            out = self._torch.empty_like(buf)
+            return self._native("all_to_all", async_op,
+                                lambda a: self._dist.all_to_all_single(out, buf, group=self._pg, async_op=a), lambda: out)
+        if input_split_sizes is None:
+            raise XpodError("all_to_all: output_split_sizes needs input_split_sizes")
+        ins = [int(s) for s in input_split_sizes]
+        if len(ins) != n or any(s < 0 for s in ins) or sum(ins) != rows:
+            raise XpodError(f"all_to_all: input_split_sizes {ins} must be {n} non-negative sizes summing to dim 0 ({rows})")
+        if output_split_sizes is None:
+            send = self._torch.tensor(ins, dtype=self._torch.int64)
+            recv = self._torch.empty(n, dtype=self._torch.int64)
+            self._drain()
+            try:
+                self._dist.all_to_all_single(recv, send, group=self._pg)
+            except RuntimeError as err:
+                raise _error("all_to_all", self.rank, n, err) from None
+            outs = [int(s) for s in recv.tolist()]
+        else:
+            outs = [int(s) for s in output_split_sizes]
+            if len(outs) != n or any(s < 0 for s in outs):
+                raise XpodError(f"all_to_all: output_split_sizes {outs} must be {n} non-negative sizes")
+        out = self._torch.empty((sum(outs), *buf.shape[1:]), dtype=buf.dtype, device=buf.device)
+
+        def issue(a):
+            return self._dist.all_to_all_single(out, buf, output_split_sizes=outs, input_split_sizes=ins,
+                                                group=self._pg, async_op=a)
+
+        return self._native("all_to_all", async_op, issue, lambda: out)
+
+    # -- broadcast, barrier, send/recv -------------------------------------------------------
+    def broadcast(self, tensor, src: int = 0, *, async_op: bool = False):
+        """Copy rank ``src``'s ``tensor`` into every rank's ``tensor``; returns it."""
+        self._check_tensor("broadcast", tensor)
+        self._check_rank("broadcast", src)
+        buf = tensor if tensor.is_contiguous() else tensor.contiguous()
+
+        def finalize():
+            if buf is not tensor:
+                tensor.copy_(buf)
+            return tensor
+
+        return self._native("broadcast", async_op,
+                            lambda a: self._dist.broadcast(buf, src=src, group=self._pg, async_op=a), finalize)
+
+    def barrier(self, *, async_op: bool = False):
+        """Wait until every rank reaches the barrier."""
+        return self._native("barrier", async_op, lambda a: self._dist.barrier(group=self._pg, async_op=a), lambda: None)
+
+    def send(self, tensor, dst: int, *, async_op: bool = False, tag: int = 0):
+        """Send ``tensor`` to rank ``dst`` (matched by a ``recv`` there with the same tag)."""
+        self._check_tensor("send", tensor)
+        self._check_rank("send", dst, peer=True)
+        buf = tensor.contiguous()
+
+        def issue(a):
+            if a:
+                return self._dist.isend(buf, dst=dst, group=self._pg, tag=tag)
+            self._dist.send(buf, dst=dst, group=self._pg, tag=tag)
+            return None
+
+        return self._native("send", async_op, issue, lambda: None)
+
+    def recv(self, tensor, src: int, *, async_op: bool = False, tag: int = 0):
+        """Receive into ``tensor`` from rank ``src``; returns ``tensor``."""
+        self._check_tensor("recv", tensor)
+        self._check_rank("recv", src, peer=True)
+        buf = tensor if tensor.is_contiguous() else self._torch.empty_like(tensor, memory_format=self._torch.contiguous_format)
+
+        def issue(a):
+            if a:
+                return self._dist.irecv(buf, src=src, group=self._pg, tag=tag)
+            self._dist.recv(buf, src=src, group=self._pg, tag=tag)
+            return None
+
+        def finalize():
+            if buf is not tensor:
+                tensor.copy_(buf)
+            return tensor
+
+        return self._native("recv", async_op, issue, finalize)
+
+    def _check_rank(self, name: str, r: int, peer: bool = False) -> None:
+        if not isinstance(r, int) or not 0 <= r < self.world_size:
+            raise XpodError(f"{name}: rank {r!r} is not in 0..{self.world_size - 1}")
+        if peer and r == self.rank:
+            raise XpodError(f"{name}: rank {r} is this rank; a rank cannot send to or receive from itself")
+
+    # -- hierarchical algorithms --------------------------------------------------------------
+    def _hier_all_reduce(self, flat, op: ReduceOp) -> None:
+        """reduce_scatter inside the closest tier, all_reduce of one shard across groups,
+        all_gather inside again (each rank's cross-tier traffic is 1/m of the buffer)."""
+        torch, dist = self._torch, self._dist
+        m = len(self._inner_ranks)
+        count = flat.numel()
+        shard = -(-count // m)
+        padded = torch.zeros(shard * m, dtype=flat.dtype, device=flat.device)
+        padded[:count].copy_(flat)
+        # Padding (zeros) takes part in the reduction at the same places on every rank and is cut off below.
+        dop = self._dist_op(op)
+        part = torch.empty(shard, dtype=flat.dtype, device=flat.device)
+        if self._native_reduce_scatter is False:
+            self._reduce_scatter_fallback(padded, part, op, self._inner_pg, m)
+        else:
+            self._reduce_scatter_single(part, padded, op=dop, group=self._inner_pg)
+        dist.all_reduce(part, op=dop, group=self._cross_pg)
+        self._all_gather_single(padded, part, group=self._inner_pg)
+        flat.copy_(padded[:count])
+        if op is ReduceOp.AVG:
+            flat.div_(self.world_size)
+
+    def _hier_all_gather(self, buf):
+        """all_gather inside the closest tier, then of whole-group blocks across groups;
+        returns the blocks in global rank order."""
+        torch, dist = self._torch, self._dist
+        m, k = len(self._inner_ranks), len(self._inner_groups)
+        numel = buf.numel()
+        inner = torch.empty(m * numel, dtype=buf.dtype, device=buf.device)
+        self._all_gather_single(inner, buf.view(-1), group=self._inner_pg)
+        cross = torch.empty(k * m * numel, dtype=buf.dtype, device=buf.device)
+        self._all_gather_single(cross, inner, group=self._cross_pg)
+        blocks = cross.view(k, m, *buf.shape)
+        out: list[Any] = [None] * self.world_size
+        for g, members in enumerate(self._inner_groups):
+            for j, r in enumerate(members):
+                out[r] = blocks[g, j]
+        return out
+
+    def _hier_all_to_all(self, buf):
+        """Two-step all_to_all: inside the closest tier, gather every row bound for the peers
+        at position j of every group onto this group's position-j rank; then exchange across
+        groups among the position-j ranks. The slow tier sees k-1 messages instead of n-1."""
+        torch, dist = self._torch, self._dist
+        n = self.world_size
+        m, k = len(self._inner_ranks), len(self._inner_groups)
+        rows = buf.shape[0] // n
+        rest = tuple(buf.shape[1:])
+        # chunks[d] = rows for global rank d; reorder to [j'][g'] = dest inner_groups[g'][j']
+        chunks = buf.view(n, rows, *rest)
+        order = [self._inner_groups[g][j] for j in range(m) for g in range(k)]
+        step1_in = chunks[order].contiguous()  # (m*k, rows, ...): block j' goes to inner peer j'
+        step1_out = torch.empty_like(step1_in)
+        dist.all_to_all_single(step1_out.view(m, -1), step1_in.view(m, -1), group=self._inner_pg)
+        # step1_out[i][g'] = rows from source (my group, i) for dest (g', my position)
+        s1 = step1_out.view(m, k, rows, *rest)
+        step2_in = s1.transpose(0, 1).contiguous()  # [g'][i]: block g' goes to cross peer g'
+        step2_out = torch.empty_like(step2_in)
+        dist.all_to_all_single(step2_out.view(k, -1), step2_in.view(k, -1), group=self._cross_pg)
+        # step2_out[g''][i] = rows from source inner_groups[g''][i] for me
+        s2 = step2_out.view(k, m, rows, *rest)
+        out = torch.empty_like(buf).view(n, rows, *rest)
+        for g, members in enumerate(self._inner_groups):
+            for i, r in enumerate(members):
+                out[r] = s2[g, i]
+        return out.view(buf.shape)
+
+    # -- teardown -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish queued ops, release shared memory and (if this communicator created it)
+        destroy the process group. Idempotent."""
+        if self._executor is None:
+            return
+        self._drain()
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        if self._owns_default and self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

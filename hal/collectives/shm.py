@@ -1,0 +1,197 @@
+"""All-reduce through shared memory for the CPU ranks of one host.
+
+The idea is DeepSpeed's CPU-inference all_reduce (a shared buffer per rank and flag-based
+barriers instead of sockets), re-implemented here from that description, not from its code:
+
+1. every rank copies its chunk into its own shared buffer (a file in /dev/shm, mmap'ed by all);
+2. barrier;
+3. rank ``r`` reduces slice ``r`` of the chunk across all buffers into its own buffer's slice
+   ``r`` (no other rank reads or writes that slice in this phase);
+4. barrier;
+5. every rank copies slice ``p`` from rank ``p``'s buffer, for every ``p``, into its output.
+
+Two buffer slots alternate, so a chunk needs two barriers: a rank that starts chunk ``c`` has
+passed the second barrier of chunk ``c-1``, which every rank reaches only after reading the slot
+of chunk ``c-2``. Each rank reads and writes about ``3 S`` bytes of memory for an ``S``-byte
+all_reduce, against ``2 (n-1)/n S`` through loopback TCP plus copies for gloo's ring.
+
+The barrier is a per-rank generation counter in the shared file. Waiting polls the peers'
+counters, yields the CPU after a short spin (ranks may outnumber cores), checks that the peers'
+processes are alive, and raises ``CollectiveTimeout`` after the communicator's timeout instead
+of hanging. Stores become visible in program order on x86-64 (TSO), which the flag protocol
+relies on; on weakly ordered CPUs (aarch64) a fence would be needed, so ``supported()`` says no.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import time
+
+from .types import CollectiveError, CollectiveTimeout, ReduceOp
+
+#: bytes of one buffer slot per rank (two slots per rank); a call larger than this is chunked
+DEFAULT_SLOT_BYTES = int(os.environ.get("XPOD_SHM_SLOT_BYTES", str(16 * 2**20)))
+#: bytes of one reduction tile (fits a core's L2 with room for the peers' tiles)
+TILE_BYTES = int(os.environ.get("XPOD_SHM_TILE_BYTES", str(256 * 2**10)))
+_CONTROL_BYTES = 4096  # one page: the barrier counter at offset 0
+_SHM_DIR = "/dev/shm"
+
+
+def supported() -> str | None:
+    """None when the shared-memory path can run on this host, else the reason it cannot."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the flag protocol assumes x86-64 store ordering; this host is {platform.machine()}"
+    if not os.path.isdir(_SHM_DIR) or not os.access(_SHM_DIR, os.W_OK):
+        return f"{_SHM_DIR} is not a writable directory"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    # A zombie still answers kill(pid, 0); /proc tells a zombie from a running process.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+class ShmAllReduce:
+    """One rank's end of the shared-memory all_reduce. Construct on every rank of the group
+    in the same order through ``create`` (it needs the process group once, for the rendezvous).
+    Calls must be made in the same order on every rank, like any collective."""
+
+    def __init__(self, rank: int, world_size: int, maps: list[mmap.mmap], pids: list[int], slot_bytes: int, timeout_s: float) -> None:
+        import numpy as np
+        import torch
+
+        self.rank = rank
+        self.world_size = world_size
+        self.slot_bytes = slot_bytes
+        self.timeout_s = timeout_s
+        self._pids = pids
+        self._maps = maps  # kept alive: the tensors below are views of them
+        self._flags = [np.frombuffer(m, dtype=np.int64, count=1, offset=0) for m in maps]
+        self._data = [torch.frombuffer(m, dtype=torch.uint8, offset=_CONTROL_BYTES, count=2 * slot_bytes) for m in maps]
+        self._generation = int(self._flags[rank][0])
+        self._chunk_counter = 0  # global across calls: picks the slot, see the module docstring
+
+    @classmethod
+    def create(cls, group_rank: int, world_size: int, exchange, timeout_s: float, slot_bytes: int = DEFAULT_SLOT_BYTES) -> "ShmAllReduce":
+        """Set up the buffers. ``exchange(obj)`` must return the list of every rank's ``obj``
+        (an all_gather of Python objects over the group) and doubles as a barrier."""
+        import uuid
+
+        token = exchange(uuid.uuid4().hex if group_rank == 0 else None)[0]
+        size = _CONTROL_BYTES + 2 * slot_bytes
+        path = os.path.join(_SHM_DIR, f"xpod-coll-{token}-{group_rank}")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            own = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        pids = exchange(os.getpid())
+        maps: list[mmap.mmap] = []
+        try:
+            for r in range(world_size):
+                if r == group_rank:
+                    maps.append(own)
+                    continue
+                with open(os.path.join(_SHM_DIR, f"xpod-coll-{token}-{r}"), "r+b") as f:
+                    maps.append(mmap.mmap(f.fileno(), size))
+        finally:
+            exchange(None)  # everyone has mapped everyone: the names can go
+            os.unlink(path)  # the mappings stay valid; nothing is left behind if a rank dies
+        return cls(group_rank, world_size, maps, pids, slot_bytes, timeout_s)
+
+    # -- barrier ---------------------------------------------------------------------------
+    def _barrier(self) -> None:
+        self._generation += 1
+        gen = self._generation
+        self._flags[self.rank][0] = gen
+        started = time.monotonic()
+        next_check = started + 0.2
+        spins = 0
+        for peer, flag in enumerate(self._flags):
+            while flag[0] < gen:
+                spins += 1
+                if spins < 64:
+                    continue
+                if spins < 512:
+                    os.sched_yield()
+                    continue
+                time.sleep(min(1e-3, 20e-6 * (spins - 511)))
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 0.2
+                    if not _alive(self._pids[peer]):
+                        raise CollectiveError(
+                            f"shm all_reduce: rank {peer} (pid {self._pids[peer]}) exited; rank {self.rank} cannot finish"
+                        )
+                    if now - started > self.timeout_s:
+                        raise CollectiveTimeout(
+                            f"shm all_reduce: rank {peer} did not reach the barrier within {self.timeout_s:g} s "
+                            f"(rank {self.rank}); a peer hung or died"
+                        )
+
+    # -- all_reduce ------------------------------------------------------------------------
+    def all_reduce_(self, flat, op: ReduceOp) -> None:
+        """Reduce the contiguous 1-D tensor ``flat`` in place across the ranks."""
+        import torch
+
+        n = self.world_size
+        elem = flat.element_size()
+        per_chunk = max(n, self.slot_bytes // elem)
+        tile = max(1, TILE_BYTES // elem)
+        total = flat.numel()
+        for start in range(0, total, per_chunk):
+            count = min(per_chunk, total - start)
+            slot = self._chunk_counter % 2
+            self._chunk_counter += 1
+            base = slot * self.slot_bytes
+            views = [d[base : base + count * elem].view(flat.dtype) for d in self._data]
+            chunk = flat[start : start + count]
+            views[self.rank].copy_(chunk)
+            self._barrier()
+            lo, hi = count * self.rank // n, count * (self.rank + 1) // n
+            # Reduce this rank's slice in cache-sized tiles: the accumulator tile stays in cache
+            # while the n-1 peers' tiles stream past it (one pass over memory, not n-1).
+            for tlo in range(lo, hi, tile):
+                thi = min(hi, tlo + tile)
+                acc = views[self.rank][tlo:thi]
+                for p in range(n):
+                    if p == self.rank:
+                        continue
+                    other = views[p][tlo:thi]
+                    if op is ReduceOp.SUM or op is ReduceOp.AVG:
+                        acc.add_(other)
+                    elif op is ReduceOp.MAX:
+                        torch.maximum(acc, other, out=acc)
+                    else:
+                        torch.minimum(acc, other, out=acc)
+                if op is ReduceOp.AVG:
+                    acc.div_(n)
+            self._barrier()
+            for p in range(n):
+                plo, phi = count * p // n, count * (p + 1) // n
+                if phi > plo:
+                    chunk[plo:phi].copy_(views[p][plo:phi])
+
+    def close(self) -> None:
+        self._data = []
+        self._flags = []
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view is still referenced; the mapping goes with the process
+        self._maps = []

@@ -1,0 +1,1 @@
+"""xpod API protos, package ``xpod``."""

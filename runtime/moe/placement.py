@@ -1,0 +1,658 @@
+"""MoE expert placement: which logical expert each physical slot holds, on which device.
+
+Input: per-layer per-expert token loads ``[layers, experts]`` (or a history of windows
+``[windows, layers, experts]``), the expert groups (``num_groups`` contiguous id blocks, as in
+DeepSeek-V3's group-limited routing) and the pod's shape (devices, nodes, super-nodes, slots
+per device or a memory budget). Output: a :class:`Placement` with ``phy2log [layers][slots]``,
+``slot_device [slots]`` and ``slot_share [layers][slots]``.
+
+The algorithm (all steps vectorised over layers with numpy; no Python loop over layers):
+
+1. **Load estimate.** A history of windows is normalised per layer and averaged with
+   exponentially decaying weights; then it is *hedged*: mixed with the per-layer uniform
+   load (``hedge``), because the next window's hot experts differ from this one's
+   (research/moe.md §1.3 "stale statistics": pairs of real workloads differ by a per-expert
+   log-load spread of 0.16-0.32).
+2. **Replica counts.** Per layer, the replica counts that minimise the largest load per
+   replica for the slot budget (the apportionment greedy, computed in one shot by taking the
+   largest ``w_e / k`` values), capped at one replica per device. With ``Policy.BUDGET`` the
+   slot budget differs per layer: a Lagrangian split of the total slots that lowers the sum
+   over layers of each layer's bound ``max(max_e w_e / r_e, total / devices)``.
+3. **Packing.** Longest-processing-time over replicas (heaviest first) into devices with a
+   fixed slot capacity, where a device's cost is its load plus a locality penalty when the
+   replica's expert group is not yet on the device's node (and, smaller, not on its
+   super-node). Devices that already hold the expert are excluded, so a device never holds
+   two replicas of one expert.
+4. **Uneven shares.** For experts with several replicas, the token share of each replica is
+   water-filled so the devices holding that expert end up as level as possible (Jacobi
+   iterations, damped). Shares are what the dispatcher uses to split tokens.
+
+Relaxed constraint of ``Policy.BUDGET``: each device holds the same total number of expert
+weights summed over all layers as with ``slots_per_device`` slots in every layer (so total
+memory per device is unchanged), but per layer a device may hold ``floor`` or ``ceil`` of the
+layer's slots / devices; a device's unused slot positions are written as ``-1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+
+import numpy as np
+
+from xpod.hal.errors import XpodError
+
+from .refine import swap_refine
+from .score import PlacementScore, score, weight_moves
+
+
+class Policy(enum.Enum):
+    """How slots are budgeted and split."""
+
+    AUTO = "auto"  # BUDGET when a device has one slot per layer, else BALANCED
+    BALANCED = "balanced"  # the same slots per device in every layer; uneven replica shares
+    EVEN = "even"  # as BALANCED, but tokens split evenly over replicas (no slot_share)
+    BUDGET = "budget"  # per-layer redundancy budgets (same total weights per device) + shares
+
+
+@dataclasses.dataclass(frozen=True)
+class PodShape:
+    """The devices expert parallelism runs on. Device ``d`` is on node ``d * nodes // devices``
+    and super-node ``node * super_nodes // nodes`` (contiguous blocks, as ranks are laid out)."""
+
+    num_devices: int  # expert-parallel ranks
+    num_nodes: int  # hosts; the intra-node link is the fast one
+    slots_per_device: int  # expert weights per device per layer
+    num_super_nodes: int = 1  # e.g. CloudMatrix384 = 1 super-node of 48 nodes
+
+    def __post_init__(self) -> None:
+        for name in ("num_devices", "num_nodes", "slots_per_device", "num_super_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise XpodError(f"pod shape: {name} must be a positive integer, got {value!r}")
+        if self.num_nodes > self.num_devices:
+            raise XpodError(f"pod shape: {self.num_nodes} nodes for {self.num_devices} devices; use --nodes <= --devices")
+        if self.num_super_nodes > self.num_nodes:
+            raise XpodError(f"pod shape: {self.num_super_nodes} super-nodes for {self.num_nodes} nodes; use fewer super-nodes")
+
+    @classmethod
+    def from_memory(
+        cls,
+        num_devices: int,
+        num_nodes: int,
+        expert_memory_budget_bytes: int,
+        expert_bytes: int,
+        num_layers: int,
+        num_super_nodes: int = 1,
+    ) -> "PodShape":
+        """Slots per device from a per-device memory budget for routed-expert weights
+        (``expert_bytes`` per expert per layer, e.g. 44 MB for DeepSeek-V3 in FP8)."""
+        if expert_bytes <= 0 or num_layers <= 0:
+            raise XpodError("pod shape: expert_bytes and num_layers must be positive")
+        slots = int(expert_memory_budget_bytes // (expert_bytes * num_layers))
+        if slots < 1:
+            raise XpodError(
+                f"pod shape: a budget of {expert_memory_budget_bytes} bytes holds no expert of {expert_bytes} bytes "
+                f"in each of {num_layers} layers; raise the budget or use more devices"
+            )
+        return cls(num_devices, num_nodes, slots, num_super_nodes)
+
+    def device_node(self) -> np.ndarray:
+        return np.arange(self.num_devices) * self.num_nodes // self.num_devices
+
+    def node_super_node(self) -> np.ndarray:
+        return np.arange(self.num_nodes) * self.num_super_nodes // self.num_nodes
+
+    @classmethod
+    def from_topology(cls, topology, slots_per_device: int) -> "PodShape":
+        """Adapter for ``xpod.hal.topology`` objects: anything with ``devices``/``nodes``
+        sequences (and optionally ``super_nodes``)."""
+        devices = len(getattr(topology, "devices"))
+        nodes = len(getattr(topology, "nodes"))
+        super_nodes = len(getattr(topology, "super_nodes", ()) or ()) or 1
+        return cls(devices, nodes, slots_per_device, super_nodes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """One placement for every layer. Arrays are numpy; ``to_json`` gives the CLI contract."""
+
+    phy2log: np.ndarray  # [layers, slots] logical expert per physical slot; -1 = empty slot
+    slot_device: np.ndarray  # [slots] device of each slot (the same in every layer)
+    slot_share: np.ndarray | None  # [layers, slots] fraction of the expert's tokens; None = even
+    shape: PodShape  # the devices it was made for
+    num_groups: int  # expert groups used for locality
+    policy: Policy  # the policy that made it
+    seconds: float  # algorithm wall time
+    weight_moves: int | None = None  # expert weights loaded relative to a previous placement
+
+    @property
+    def device_node(self) -> np.ndarray:
+        return self.shape.device_node()
+
+    def score(self, loads: np.ndarray) -> PlacementScore:
+        return score(loads, self.phy2log, self.slot_device, self.device_node, self.slot_share, self.num_groups)
+
+    def to_json(self) -> dict:
+        out = {
+            "phy2log": self.phy2log.astype(int).tolist(),
+            "slot_device": self.slot_device.astype(int).tolist(),
+            "seconds": self.seconds,
+            "policy": self.policy.value,
+            "num_devices": self.shape.num_devices,
+            "num_nodes": self.shape.num_nodes,
+            "num_super_nodes": self.shape.num_super_nodes,
+            "slots_per_device": self.shape.slots_per_device,
+            "num_groups": self.num_groups,
+        }
+        if self.slot_share is not None:
+            out["slot_share"] = np.round(self.slot_share, 6).tolist()
+        if self.weight_moves is not None:
+            out["weight_moves"] = self.weight_moves
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _validate_loads(loads: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(loads)
+    if arr.ndim not in (2, 3):
+        raise XpodError(f"{what}: expected [layers, experts] or [windows, layers, experts], got shape {arr.shape}")
+    if arr.size == 0:
+        raise XpodError(f"{what}: empty load array {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise XpodError(f"{what}: loads must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise XpodError(f"{what}: loads contain NaN or infinity; clean the statistics first")
+    if np.any(arr < 0):
+        raise XpodError(f"{what}: loads must be >= 0 (token counts), found {arr.min()}")
+    return arr
+
+
+def _validate(loads: np.ndarray, shape: PodShape, num_groups: int) -> None:
+    layers, experts = loads.shape[-2:]
+    total = shape.num_devices * shape.slots_per_device
+    if experts % num_groups:
+        raise XpodError(f"groups: {experts} experts do not split into {num_groups} equal groups; use a divisor of {experts}")
+    if total < experts:
+        raise XpodError(
+            f"slots: {shape.num_devices} devices x {shape.slots_per_device} slots = {total} < {experts} experts; "
+            f"use at least {-(-experts // shape.num_devices)} slots per device"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# step 1: load estimate
+
+
+def estimate_loads(history: np.ndarray, half_life_windows: float = 2.0, hedge: float = 0.0) -> np.ndarray:
+    """Planning loads ``[layers, experts]`` from ``[layers, experts]`` or a history
+    ``[windows, layers, experts]`` (oldest first).
+
+    Each window is normalised per layer to its mean total (so a busy window does not drown the
+    others), windows are averaged with weights halving every ``half_life_windows``, and the
+    result is mixed with the uniform load: ``(1 - hedge) * w + hedge * mean(w)``.
+    """
+    h = np.asarray(history, dtype=np.float64)
+    if h.ndim == 2:
+        h = h[None]
+    totals = h.sum(axis=2, keepdims=True)
+    scale = totals.mean(axis=0, keepdims=True)
+    norm = np.divide(h, totals, out=np.zeros_like(h), where=totals > 0) * scale
+    if h.shape[0] == 1:
+        est = norm[0]
+    else:
+        age = np.arange(h.shape[0])[::-1]
+        weights = 0.5 ** (age / max(half_life_windows, 1e-9))
+        est = np.einsum("w,wle->le", weights / weights.sum(), norm)
+    if hedge:
+        est = (1.0 - hedge) * est + hedge * est.mean(axis=1, keepdims=True)
+    return est
+
+
+# --------------------------------------------------------------------------------------------
+# step 2: replica counts
+
+
+def _sorted_per_replica_loads(w: np.ndarray, max_extra: int, cap: int) -> np.ndarray:
+    """``[layers, experts * k]`` of ``w_e / (j + 1)`` for j = 1..k (the load per replica
+    after adding the j-th extra replica), sorted descending per layer; k = min(cap-1, max_extra)."""
+    k = max(0, min(cap - 1, max_extra))
+    if k == 0:
+        return np.zeros((w.shape[0], 0))
+    vals = w[:, :, None] / np.arange(2, k + 2)[None, None, :]
+    return -np.sort(-vals.reshape(w.shape[0], -1), axis=1)
+
+
+def replica_counts(w: np.ndarray, slots_per_layer: np.ndarray, cap: int) -> np.ndarray:
+    """``[layers, experts]`` replica counts: one each, plus ``slots - experts`` extra replicas
+    going to the largest ``w_e / r_e`` (the optimal min-max apportionment, i.e. the greedy that
+    adds one replica at a time), at most ``cap`` replicas per expert.
+
+    Computed in one shot: the greedy's result is ``r_e = clip(ceil(w_e / t), 1, cap)`` for the
+    right threshold ``t`` (bisected for all layers at once); ties at the threshold are then
+    handed out one at a time to the largest ``w_e / r_e``.
+    """
+    layers, experts = w.shape
+    target = np.asarray(slots_per_layer, dtype=np.int64)
+    lo = np.zeros(layers)
+    hi = w.max(axis=1) + 1.0
+
+    def counts_at(t: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.ceil(w / t[:, None])
+        return np.clip(np.nan_to_num(r, nan=1.0, posinf=cap), 1, cap).astype(np.int64)
+
+    # invariant: counts_at(hi) sums to <= target; counts_at(lo) (t -> 0) exceeds it or is capped
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        over = counts_at(np.maximum(mid, 1e-300)).sum(axis=1) > target
+        lo = np.where(over, mid, lo)
+        hi = np.where(over, hi, mid)
+    counts = counts_at(hi)
+    left = target - counts.sum(axis=1)
+    rows = np.arange(layers)
+    while (left > 0).any():
+        per = np.where(counts < cap, w / counts, -1.0)
+        # equal loads (e.g. zero-load experts) go to the expert with fewer replicas first
+        per = per - 1e-12 * counts
+        e = per.argmax(axis=1)
+        todo = left > 0
+        counts[rows[todo], e[todo]] += 1
+        left -= todo
+    return counts
+
+
+def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -> np.ndarray:
+    """Per-layer slot counts summing to ``total_slots`` that lower ``sum_l max(M_l(R_l), mean_l)``,
+    where ``M_l(R)`` is the layer's largest load per replica with ``R`` slots.
+
+    A Lagrangian split: for a price per slot ``lam`` each layer takes the ``R`` minimising
+    ``bound_l(R) + lam * R``; ``lam`` is bisected to meet the total, the remainder goes to the
+    layers with the largest marginal gain.
+    """
+    layers, experts = w.shape
+    max_extra = total_slots - layers * experts
+    if max_extra <= 0:
+        return np.full(layers, experts)
+    sorted_vals = _sorted_per_replica_loads(w, max_extra, cap)
+    # m[l, n]: the largest load per replica after n extra replicas = the (n+1)-th largest of
+    # {w_e} U {w_e / j : j >= 2}; once every expert is at the cap it stops falling.
+    merged = -np.sort(-np.concatenate([w, sorted_vals], axis=1), axis=1)
+    n = min(max_extra, sorted_vals.shape[1])
+    m = np.empty((layers, max_extra + 1))
+    m[:, : n + 1] = merged[:, : n + 1]
+    m[:, n + 1 :] = merged[:, n : n + 1]
+    bound = np.maximum(m, (w.sum(axis=1) / num_devices)[:, None])
+    cap_extra = min(bound.shape[1] - 1, experts * (cap - 1))
+    bound = bound[:, : cap_extra + 1]
+    n_idx = np.arange(bound.shape[1])[None, :]
+
+    def take(lam: float) -> np.ndarray:
+        return np.argmin(bound + lam * n_idx, axis=1)
+
+    lo, hi = 0.0, float(bound.max()) + 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if take(mid).sum() > max_extra:
+            lo = mid
+        else:
+            hi = mid
+    extra = take(hi)
+    left = max_extra - int(extra.sum())
+    while left > 0:
+        can = extra < cap_extra
+        gain = np.where(can, bound[np.arange(layers), extra] - bound[np.arange(layers), np.minimum(extra + 1, cap_extra)], -1)
+        # Prefer layers with the most left to gain; ties go to the heaviest layer.
+        best = int(np.lexsort((-w.sum(axis=1), -gain))[0])
+        extra[best] += 1
+        left -= 1
+    return experts + extra
+
+
+# --------------------------------------------------------------------------------------------
+# step 3: packing
+
+
+def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int) -> np.ndarray:
+    """``[layers, experts]`` home node of each expert's first replica.
+
+    Groups are laid on a line (hottest, coldest, second hottest, second coldest, ... so a hot
+    group shares its node with a cold one) and the line of experts is cut into ``num_nodes``
+    equal runs of ``experts / nodes`` experts. A group's first replicas thus sit on one node,
+    or two where a cut falls inside it, as in EPLB's hierarchical policy; unlike it, the
+    extra replicas are free to go to any node, which is what lets load balance.
+    """
+    layers, experts = w.shape
+    gs = experts // num_groups
+    gl = w.reshape(layers, num_groups, gs).sum(axis=2)
+    by_load = np.argsort(-gl, axis=1, kind="stable")
+    zig = np.empty(num_groups, dtype=np.int64)
+    zig[0::2] = np.arange((num_groups + 1) // 2)
+    zig[1::2] = num_groups - 1 - np.arange(num_groups // 2)
+    line = by_load[:, zig]  # [layers, groups]: the group at each position of the line
+    position = np.empty_like(line)
+    np.put_along_axis(position, line, np.arange(num_groups)[None, :].repeat(layers, axis=0), axis=1)
+    # expert e's place on the line: its group's position * group size + its index in the group
+    place_on_line = position[:, np.arange(experts) // gs] * gs + np.arange(experts) % gs
+    return place_on_line * num_nodes // experts
+
+
+def _pack(
+    item_expert: np.ndarray,
+    item_load: np.ndarray,
+    item_primary: np.ndarray,
+    capacity: np.ndarray,
+    device_node: np.ndarray,
+    node_super: np.ndarray,
+    homes: np.ndarray | None,
+    group_size: int,
+    locality: float,
+) -> np.ndarray:
+    """Heaviest-first packing of ``[layers, items]`` replicas (``item_expert == -1`` = padding)
+    into devices with ``capacity [layers, devices]`` slots. Returns ``[layers, items]`` device.
+
+    Cost of a device = its load, plus (when ``homes`` is given) an infinite cost for an
+    expert's first replica off its home node, plus ``locality`` mean replica loads when an
+    extra replica would bring its group to a node that does not hold it yet (half that for a
+    new super-node). A device already holding the expert, or full, is never chosen."""
+    layers, items = item_expert.shape
+    num_devices = capacity.shape[1]
+    num_nodes = int(device_node.max()) + 1
+    num_super = int(node_super.max()) + 1
+    experts = int(item_expert.max()) + 1
+    num_groups = -(-experts // group_size)
+    rows = np.arange(layers)
+    dev_load = np.zeros((layers, num_devices))
+    used = np.zeros((layers, num_devices), dtype=np.int64)
+    holds = np.zeros((layers, num_devices, experts), dtype=bool)
+    group_on_node = np.zeros((layers, num_groups, num_nodes), dtype=bool)
+    group_on_super = np.zeros((layers, num_groups, num_super), dtype=bool)
+    device_super = node_super[device_node]
+    valid_items = (item_expert >= 0).sum(axis=1)
+    # The penalty is in units of this layer's mean replica load: a device may be up to
+    # ``locality`` replicas-worth heavier and still win if it keeps the group on fewer nodes.
+    unit = item_load.sum(axis=1) / np.maximum(valid_items, 1)
+    pen_node = locality * unit
+    pen_super = 0.5 * locality * unit
+    out = np.full((layers, items), -1, dtype=np.int64)
+    # Primaries first within equal loads is not needed; heaviest first is LPT's order.
+    order = np.argsort(-item_load, axis=1, kind="stable")
+    ex_sorted = np.take_along_axis(item_expert, order, axis=1)
+    ld_sorted = np.take_along_axis(item_load, order, axis=1)
+    pr_sorted = np.take_along_axis(item_primary, order, axis=1)
+    for p in range(items):
+        e = ex_sorted[:, p]
+        ok = e >= 0
+        if not ok.any():
+            break
+        ec = np.where(ok, e, 0)
+        g = ec // group_size
+        cost = dev_load.copy()
+        if locality:
+            cost += pen_node[:, None] * ~group_on_node[rows, g][:, device_node]
+            if num_super > 1:
+                cost += pen_super[:, None] * ~group_on_super[rows, g][:, device_super]
+        cost[used >= capacity] = np.inf
+        cost[holds[rows, :, ec]] = np.inf
+        if homes is not None:
+            off_home = device_node[None, :] != homes[rows, ec][:, None]
+            cost[off_home & pr_sorted[:, p][:, None]] += 1e300
+        d = np.argmin(cost, axis=1)
+        r = rows[ok]
+        dd = d[ok]
+        if np.isinf(cost[r, dd]).any():
+            raise AssertionError("packing ran out of feasible devices")  # a bug: counts are capped at devices
+        dev_load[r, dd] += ld_sorted[ok, p]
+        used[r, dd] += 1
+        holds[r, dd, ec[ok]] = True
+        group_on_node[r, g[ok], device_node[dd]] = True
+        group_on_super[r, g[ok], device_super[dd]] = True
+        out[r, order[ok, p]] = dd
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# step 4: uneven shares
+
+
+def water_fill_shares(
+    w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, iterations: int = 25
+) -> np.ndarray:
+    """``[layers, slots]`` shares: per expert with several replicas, split its tokens so the
+    devices holding it are as level as possible given the rest of their load (damped Jacobi
+    water-filling). Single-replica experts keep share 1; empty slots 0."""
+    layers, slots = phy2log.shape
+    valid = phy2log >= 0
+    pe = np.where(valid, phy2log, 0)
+    rows2 = np.broadcast_to(np.arange(layers)[:, None], phy2log.shape)
+    counts = np.zeros(w.shape, dtype=np.int64)
+    np.add.at(counts, (rows2[valid], pe[valid]), 1)
+    share = np.where(valid, 1.0 / np.maximum(counts[rows2, pe], 1), 0.0)
+    multi = valid & (counts[rows2, pe] > 1)
+    if not multi.any():
+        return share
+    # Replicas of multi-replica experts as a padded table [experts_with_replicas, rmax] of slots.
+    ml, ms = np.nonzero(multi)
+    key = ml * w.shape[1] + pe[ml, ms]
+    order = np.argsort(key, kind="stable")
+    ml, ms, key = ml[order], ms[order], key[order]
+    start = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
+    size = np.diff(np.r_[start, len(key)])
+    rmax = int(size.max())
+    grp = np.repeat(np.arange(len(start)), size)
+    col = np.arange(len(key)) - start[grp]
+    tab_l = np.zeros((len(start), rmax), dtype=np.int64)
+    tab_s = np.zeros((len(start), rmax), dtype=np.int64)
+    pad = np.ones((len(start), rmax), dtype=bool)
+    tab_l[grp, col], tab_s[grp, col], pad[grp, col] = ml, ms, False
+    wexp = w.ravel()[key[start]][:, None]
+    dev = slot_device[tab_s]
+    ew = np.where(valid, np.take_along_axis(w, pe, axis=1), 0.0)
+    ranks = np.arange(1, rmax + 1)[None, :]
+    flat_dev = (rows2 * num_devices + slot_device[None, :]).ravel()
+    for _ in range(iterations):
+        dl = np.bincount(flat_dev, weights=(ew * share).ravel(), minlength=layers * num_devices)
+        dl = dl.reshape(layers, num_devices)
+        mine = wexp * share[tab_l, tab_s]
+        other = np.where(pad, np.inf, dl[tab_l, dev] - mine)
+        srt = np.sort(other, axis=1)
+        csum = np.cumsum(np.where(np.isinf(srt), 0.0, srt), axis=1)
+        level = (wexp + csum) / ranks
+        active = (srt < level) & np.isfinite(srt)
+        n_active = np.maximum(active.sum(axis=1), 1)
+        c = level[np.arange(len(start)), n_active - 1][:, None]
+        new = np.where(pad, 0.0, np.clip(c - other, 0.0, None))
+        tot = new.sum(axis=1, keepdims=True)
+        frac = np.divide(new, tot, out=np.full_like(new, 0.0), where=tot > 0)
+        share[tab_l[~pad], tab_s[~pad]] = 0.5 * share[tab_l[~pad], tab_s[~pad]] + 0.5 * frac[~pad]
+    return share
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def _layout_fixed(shape: PodShape, layers: int) -> tuple[np.ndarray, np.ndarray]:
+    capacity = np.full((layers, shape.num_devices), shape.slots_per_device, dtype=np.int64)
+    slot_device = np.repeat(np.arange(shape.num_devices), shape.slots_per_device)
+    return capacity, slot_device
+
+
+def _layout_budget(shape: PodShape, budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer device capacities (floor or ceil of budget / devices) such that every device's
+    total over layers is exactly ``layers * slots_per_device``; the extra slot of each layer
+    goes to the devices that had the fewest extras so far (round robin)."""
+    d = shape.num_devices
+    layers = len(budgets)
+    base = budgets // d
+    extra = budgets - base * d
+    capacity = np.repeat(base[:, None], d, axis=1)
+    got = np.zeros(d, dtype=np.int64)
+    # Largest extras first so the round robin can always finish level.
+    for layer in np.argsort(-extra, kind="stable"):
+        n = int(extra[layer])
+        if n:
+            pick = np.argsort(got, kind="stable")[:n]
+            capacity[layer, pick] += 1
+            got[pick] += 1
+    per_device = capacity.max(axis=0)
+    slot_device = np.repeat(np.arange(d), per_device)
+    return capacity, slot_device
+
+
+def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: np.ndarray, num_devices: int) -> np.ndarray:
+    """``phy2log`` from item -> device: each device's items fill its slot positions in order."""
+    layers, items = item_expert.shape
+    experts = int(item_expert.max()) + 1
+    slots = len(slot_device)
+    first_slot = np.searchsorted(slot_device, np.arange(num_devices))
+    phy2log = np.full((layers, slots), -1, dtype=np.int64)
+    valid = item_expert >= 0
+    dev = np.where(valid, item_device, num_devices)  # padding sorts last
+    order = np.argsort(dev * (experts + 1) + np.where(valid, item_expert, 0), axis=1, kind="stable")
+    dsorted = np.take_along_axis(dev, order, axis=1)
+    esorted = np.take_along_axis(item_expert, order, axis=1)
+    rows = np.broadcast_to(np.arange(layers)[:, None], order.shape)
+    counts = np.zeros((layers, num_devices + 1), dtype=np.int64)
+    np.add.at(counts, (rows, dsorted), 1)
+    begin = np.cumsum(counts, axis=1) - counts
+    rank = np.arange(items)[None, :] - np.take_along_axis(begin, dsorted, axis=1)
+    ok = dsorted < num_devices
+    slot = first_slot[np.where(ok, dsorted, 0)] + rank
+    phy2log[rows[ok], slot[ok]] = esorted[ok]
+    return phy2log
+
+
+def _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) -> np.ndarray:
+    """``[layers, slots]``: the slot holds its expert's primary (home-node) replica."""
+    layers = phy2log.shape[0]
+    num_devices = int(slot_device.max()) + 1
+    experts = int(item_expert.max()) + 1
+    prim_dev = np.full((layers, experts), -1, dtype=np.int64)
+    r, c = np.nonzero(item_primary & (item_expert >= 0))
+    prim_dev[r, item_expert[r, c]] = item_device[r, c]
+    valid = phy2log >= 0
+    return valid & (np.take_along_axis(prim_dev, np.where(valid, phy2log, 0), axis=1) == slot_device[None, :])
+
+
+def align_to_previous(phy2log: np.ndarray, previous: np.ndarray, slot_device: np.ndarray, num_devices: int) -> np.ndarray:
+    """Permute each device's slots so experts the device already held stay in their old slot
+    positions (no weight copy for them). Same multiset per device, so balance is unchanged."""
+    out = phy2log.copy()
+    for d in range(num_devices):
+        cols = np.nonzero(slot_device == d)[0]
+        for layer in range(phy2log.shape[0]):
+            new = phy2log[layer, cols].tolist()
+            old = previous[layer, cols].tolist()
+            keep = set(new) & set(old) - {-1}
+            rest = [e for e in new if e not in keep]
+            row = [e if e in keep else None for e in old]
+            it = iter(rest)
+            out[layer, cols] = [e if e is not None else next(it) for e in row]
+    return out
+
+
+def place(
+    loads: np.ndarray,
+    shape: PodShape,
+    num_groups: int = 8,
+    policy: Policy | str = Policy.AUTO,
+    locality: float = 1.0,
+    hedge: float = 0.0,
+    half_life_windows: float = 2.0,
+    previous: Placement | None = None,
+    max_moves: int | None = None,
+    refine_steps: int = 48,
+) -> Placement:
+    """Place the experts of every layer. ``loads`` is ``[layers, experts]`` or a history
+    ``[windows, layers, experts]`` (oldest first). ``locality`` weighs keeping an expert
+    group on few nodes against device balance (0 = balance only). ``hedge`` in [0, 1) mixes
+    the load estimate with the uniform load for robustness to the next window.
+
+    With ``previous`` (same pod shape), slots are aligned so unchanged experts do not move; with
+    ``max_moves`` as well, at most that many expert weights are loaded in total (the plan is
+    improved from ``previous`` by the best single-slot changes until the budget is spent).
+    """
+    t0 = time.perf_counter()
+    policy = Policy(policy) if not isinstance(policy, Policy) else policy
+    arr = _validate_loads(loads, "loads")
+    _validate(arr, shape, num_groups)
+    if not 0.0 <= hedge < 1.0:
+        raise XpodError(f"hedge must be in [0, 1), got {hedge}")
+    if locality < 0:
+        raise XpodError(f"locality must be >= 0, got {locality}")
+    w = estimate_loads(arr, half_life_windows, hedge)
+    layers, experts = w.shape
+    if policy is Policy.AUTO:
+        policy = Policy.BUDGET if shape.slots_per_device == 1 and shape.num_devices > experts else Policy.BALANCED
+    total = shape.num_devices * shape.slots_per_device
+    if policy is Policy.BUDGET:
+        budgets = layer_budgets(w, total * layers, shape.num_devices, cap=shape.num_devices)
+        capacity, slot_device = _layout_budget(shape, budgets)
+    else:
+        budgets = np.full(layers, total)
+        capacity, slot_device = _layout_fixed(shape, layers)
+    counts = replica_counts(w, budgets, cap=shape.num_devices)
+    width = int(budgets.max())
+    # items: replicas of each expert, padded to ``width`` per layer
+    rep = counts.ravel()
+    lay = np.repeat(np.arange(layers), experts)
+    ex = np.tile(np.arange(experts), layers)
+    it_layer = np.repeat(lay, rep)
+    it_exp = np.repeat(ex, rep)
+    it_load = np.repeat((w / counts).ravel(), rep)
+    pos = np.arange(len(it_layer)) - np.repeat(np.cumsum(counts.sum(axis=1)) - counts.sum(axis=1), counts.sum(axis=1))
+    item_expert = np.full((layers, width), -1, dtype=np.int64)
+    item_load = np.zeros((layers, width))
+    item_expert[it_layer, pos] = it_exp
+    item_load[it_layer, pos] = it_load
+    # the first replica of each expert (its items are consecutive) is its primary
+    first_of_expert = np.r_[True, (it_exp[1:] != it_exp[:-1]) | (it_layer[1:] != it_layer[:-1])]
+    item_primary = np.zeros((layers, width), dtype=bool)
+    item_primary[it_layer, pos] = first_of_expert
+    device_node = shape.device_node()
+    # Homes only where a node holds at least a group's worth of slots (else they cannot help).
+    homes = expert_homes(w, num_groups, shape.num_nodes) if locality and shape.num_nodes > 1 else None
+    item_device = _pack(
+        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes, experts // num_groups, locality
+    )
+    phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
+    if refine_steps:
+        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if homes is not None else None
+        phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=refine_steps)
+    share = None
+    if policy is not Policy.EVEN:
+        share = water_fill_shares(w, phy2log, slot_device, shape.num_devices)
+    moves = None
+    if previous is not None:
+        if previous.phy2log.shape != phy2log.shape or not np.array_equal(previous.slot_device, slot_device):
+            raise XpodError(
+                f"previous placement: slot layout {previous.phy2log.shape} differs from the new one {phy2log.shape}; "
+                "use the same --devices/--slots/--policy as the previous plan"
+            )
+        phy2log = align_to_previous(phy2log, previous.phy2log, slot_device, shape.num_devices)
+        if share is not None:
+            share = water_fill_shares(w, phy2log, slot_device, shape.num_devices)
+        moves = weight_moves(previous.phy2log, phy2log, slot_device, shape.num_devices)
+        if max_moves is not None and moves > max_moves:
+            from .incremental import improve_within_budget
+
+            phy2log, moves = improve_within_budget(w, previous.phy2log, slot_device, shape.num_devices, max_moves)
+            share = None if policy is Policy.EVEN else water_fill_shares(w, phy2log, slot_device, shape.num_devices)
+    elif max_moves is not None:
+        raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
+    return Placement(
+        phy2log=phy2log,
+        slot_device=slot_device,
+        slot_share=share,
+        shape=shape,
+        num_groups=num_groups,
+        policy=policy,
+        seconds=time.perf_counter() - t0,
+        weight_moves=moves,
+    )

@@ -1,0 +1,670 @@
+"""Mechanism: what a cycle does, in order (enqueue, allocate, backfill, preempt, reclaim).
+
+Actions read and change a ``Snapshot`` only through a ``Statement`` and ask the enabled
+policies (``scheduler.policies``) how to order, filter and place. The ``Placer`` turns one job
+into tentative bindings: a gang is bound task by task inside a statement and kept only when at
+least its minimum is bound; otherwise every tentative binding is undone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from . import ascend
+from .model import MILLI, Binding, Eviction, Job, JobKind, PendingReason, ReasonCode, Within
+from .policies import (
+    CycleContext,
+    DeviceSelector,
+    GangRule,
+    JobOrder,
+    NodeOrder,
+    Policy,
+    QueueOrder,
+    SpreadPolicy,
+    TierRule,
+    _slice_bytes,
+)
+from .snapshot import NodeState, Snapshot, Statement
+
+
+class Placer:
+    """Finds devices and nodes for a job's tasks with the enabled policies."""
+
+    def __init__(self, policies: Iterable[Policy], ctx: CycleContext) -> None:
+        pols = list(policies)
+        self.ctx = ctx
+        self.snap = ctx.snap
+        self.selectors = [p for p in pols if isinstance(p, DeviceSelector)]
+        self.node_orders = [p for p in pols if isinstance(p, NodeOrder)]
+        self.gang = next((p for p in pols if isinstance(p, GangRule)), None)
+        self.tier_rule = next((p for p in pols if isinstance(p, TierRule)), None)
+        self.spread = any(isinstance(p, SpreadPolicy) for p in pols)
+        self.ascend = next((p for p in pols if p.name == "ascend"), None)
+        self._models_cache: dict = {}
+
+    # ------------------------------------------------------------------------ one node
+    def models_for(self, job: Job) -> list[str]:
+        req = job.devices
+        if req is None:
+            return []
+        key = (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops)
+        hit = self._models_cache.get(key)
+        if hit is None:
+            hit = sorted(m for m, dev in self.snap.model_example.items() if req.matches(dev))
+            self._models_cache[key] = hit
+        return hit
+
+    def select(self, job: Job, st: NodeState, within: Within | None = None) -> tuple[int, ...] | None:
+        """Devices for one task of ``job`` on this node state, or None if it does not fit."""
+        if not st.schedulable or st.cpu_left < job.cpu_milli or st.memory_left < job.memory_bytes:
+            return None
+        req = job.devices
+        if req is None:
+            return ()
+        devs = st.node.devices
+        if req.fractional:
+            for sel in self.selectors:
+                got = sel.select(job, st, [], 1)
+                if got is not NotImplemented:
+                    return got
+            for d in devs:  # first fit when no policy chooses
+                i = d.index
+                if st.healthy[i] and req.matches(d) and st.free_milli[i] >= req.milli and st.free_memory[i] >= _slice_bytes(job, d.memory_bytes):
+                    return (i,)
+            return None
+        mask = [st.healthy[d.index] and st.free_milli[d.index] == MILLI and req.matches(d) for d in devs]
+        if sum(mask) < req.count:
+            return None
+        for sel in self.selectors:
+            got = sel.select(job, st, mask, req.count)
+            if got is not NotImplemented:
+                return got
+        if (within or job.within) is Within.HCCS_GROUP:
+            groups: dict[int, list[int]] = defaultdict(list)
+            for d in devs:
+                if mask[d.index]:
+                    groups[d.hccs_group if d.hccs_group is not None else d.index // 4].append(d.index)
+            fitting = sorted((len(v), g) for g, v in groups.items() if len(v) >= req.count)
+            return tuple(groups[fitting[0][1]][: req.count]) if fitting else None
+        return tuple([d.index for d in devs if mask[d.index]][: req.count])
+
+    def binding(self, job: Job, task: int, st: NodeState, idx: tuple[int, ...]) -> Binding:
+        req = job.devices
+        milli = req.milli if req else MILLI
+        dev_mem = _slice_bytes(job, st.node.devices[idx[0]].memory_bytes) if idx and req and req.fractional else 0
+        return Binding(job.id, task, st.node.name, idx, milli, job.cpu_milli, job.memory_bytes, dev_mem)
+
+    def capacity(self, job: Job, st: NodeState, limit: int) -> int:
+        """How many tasks of ``job`` fit on this node now (at most ``limit``)."""
+        if limit <= 0:
+            return 0
+        view = NodeState(st.node, st.cpu_left, st.memory_left, list(st.free_milli), list(st.free_memory), st.healthy, st.schedulable)
+        n = 0
+        while n < limit:
+            idx = self.select(job, view)
+            if idx is None:
+                break
+            n += 1
+            view.cpu_left -= job.cpu_milli
+            view.memory_left -= job.memory_bytes
+            req = job.devices
+            for i in idx:
+                view.free_milli[i] -= req.milli
+                view.free_memory[i] -= _slice_bytes(job, st.node.devices[i].memory_bytes) if req.fractional else 0
+            if not idx and job.cpu_milli == 0 and job.memory_bytes == 0:
+                return limit  # a task that needs nothing fits any number of times
+        return n
+
+    # ----------------------------------------------------------------------- node order
+    def free_matching(self, st: NodeState, models: list[str]) -> int:
+        return sum(self.snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
+
+    def ordered_nodes(self, job: Job, need_devices: int = 0) -> Iterator[NodeState]:
+        """Candidate nodes, preferred first. With binpack (or spread) and a whole-device request
+        this walks the free-count buckets, so it never sorts the whole cluster."""
+        snap = self.snap
+        models = self.models_for(job)
+        req = job.devices
+        if req is not None and not req.fractional and len(models) == 1:
+            buckets = snap.buckets.get(models[0], {})
+            counts = sorted((c for c in buckets if c >= need_devices and buckets[c]), reverse=self.spread)
+            for c in counts:
+                names = buckets[c]
+                first = min(names)
+                yield snap.nodes[first]
+                for name in sorted(names):
+                    if name != first:
+                        yield snap.nodes[name]
+            return
+        if req is None:
+            cands = list(snap.nodes.values())
+        else:
+            names: set[str] = set()
+            for m in models:
+                names.update(snap.free_whole.get(m, {}))
+            cands = [snap.nodes[n] for n in names]
+        if self.node_orders:
+            order = self.node_orders[0]
+            cands.sort(key=lambda st: order.node_key(job, st, self.ctx))
+        else:
+            cands.sort(key=lambda st: st.node.name)
+        yield from cands
+
+    # -------------------------------------------------------------------------- one job
+    def min_tasks(self, job: Job) -> int:
+        return self.gang.min_tasks(job) if self.gang else 1
+
+    def tiers(self, job: Job) -> tuple[Within, ...]:
+        if self.tier_rule:
+            return self.tier_rule.tiers(job)
+        if job.within is Within.NODE:
+            return (Within.NODE,)
+        if job.within is Within.SUPERNODE:
+            return (Within.SUPERNODE,)
+        return (Within.ANY,)
+
+    def place(self, job: Job, stmt: Statement, want: int, need: int, first_task: int = 0) -> int:
+        """Bind between ``need`` and ``want`` tasks of ``job`` through ``stmt``; returns how many
+        were bound (0 = nothing bound, the statement unchanged)."""
+        if want <= 0:
+            return 0
+        need = max(1, min(need, want))
+        if job.kind is JobKind.SERVING:
+            return self._place_replicas(job, stmt, want, need, first_task)
+        if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(job.devices.model if job.devices else None) == "910c":
+            return self._place_sp_blocks(job, stmt, want, first_task)
+        per_task = job.devices.count if job.devices and not job.devices.fractional else 0
+        for tier in self.tiers(job):
+            if tier is Within.NODE:
+                for st in self.ordered_nodes(job, per_task * need):
+                    cap = self.capacity(job, st, want)
+                    if cap >= need:
+                        return self._bind_on(job, stmt, [(st, cap)], want, first_task)
+                continue
+            caps = []
+            for st in self.ordered_nodes(job, per_task):
+                cap = self.capacity(job, st, want)
+                if cap > 0:
+                    caps.append((st, cap))
+            if tier is Within.SUPERNODE:
+                groups: dict[str, list] = defaultdict(list)
+                for st, cap in caps:
+                    if st.node.supernode is not None:
+                        groups[st.node.supernode].append((st, cap))
+                models = self.models_for(job)
+                best = None
+                for sn, members in groups.items():
+                    total = sum(c for _, c in members)
+                    if total < need:
+                        continue
+                    free = sum(self.free_matching(st, models) for st, _ in members)
+                    key = (free, sn)  # best fit: the fullest super-node that still fits
+                    if best is None or key < best[0]:
+                        best = (key, members)
+                if best is not None:
+                    return self._bind_on(job, stmt, best[1], want, first_task)
+                continue
+            if sum(c for _, c in caps) >= need:
+                return self._bind_on(job, stmt, caps, want, first_task)
+        return 0
+
+    def _bind_on(self, job: Job, stmt: Statement, caps: list, want: int, first_task: int) -> int:
+        placed = 0
+        for st, cap in caps:
+            for _ in range(cap):
+                if placed >= want:
+                    return placed
+                idx = self.select(job, st)
+                if idx is None:
+                    break
+                stmt.bind(job, self.binding(job, first_task + placed, st, idx))
+                placed += 1
+        return placed
+
+    def _place_replicas(self, job: Job, stmt: Statement, want: int, need: int, first_task: int) -> int:
+        """Serving: one replica per step, each on one node, into the failure domain holding the
+        fewest replicas of this job so far (spread), best fit inside it."""
+        per_domain: dict[str, int] = defaultdict(int)
+        running = self.snap.running.get(job.id)
+        for b in running.bindings if running else ():
+            per_domain[self.snap.nodes[b.node].node.domain if b.node in self.snap.nodes else b.node] += 1
+        cands = list(self.ordered_nodes(job, job.devices.count if job.devices and not job.devices.fractional else 0))
+        placed = 0
+        while placed < want:
+            best = None
+            for rank, st in enumerate(cands):
+                key = (per_domain[st.node.domain], rank)
+                if best is not None and key >= best[0]:
+                    continue
+                if self.select(job, st) is not None:
+                    best = (key, st)
+            if best is None:
+                break
+            st = best[1]
+            stmt.bind(job, self.binding(job, first_task + placed, st, self.select(job, st)))
+            per_domain[st.node.domain] += 1
+            placed += 1
+        if placed < need:
+            stmt.unbind_job(job.id)
+            return 0
+        return placed
+
+    def _place_sp_blocks(self, job: Job, stmt: Statement, want: int, first_task: int) -> int:
+        """Ascend 910C logical super-pods: each block of ``sp_block`` dies (sp_block/16 whole
+        nodes) inside one physical super-pod, keeping ``reserve_nodes`` free nodes in it.
+        Super-pods are tried as MindCluster does: smallest remainder of (free - reserve) modulo
+        the block's node count first, then the fewest free nodes (best fit)."""
+        reserve = self.ascend.reserve_nodes if self.ascend else 0
+        nodes_per_block = job.sp_block // ascend.A3_DIES_PER_NODE
+        blocks = want // nodes_per_block
+        placed = 0
+        for _ in range(blocks):
+            free_by_sn: dict[str, list[NodeState]] = defaultdict(list)
+            for st in self.snap.nodes.values():
+                if st.node.supernode is None:
+                    continue
+                if self.capacity(job, st, 1) == 1 and all(f == MILLI for f in st.free_milli):
+                    free_by_sn[st.node.supernode].append(st)
+            best = None
+            for sn, free_nodes in free_by_sn.items():
+                spare = len(free_nodes) - reserve
+                if spare < nodes_per_block:
+                    continue
+                key = (spare % nodes_per_block, len(free_nodes), sn)
+                if best is None or key < best[0]:
+                    best = (key, free_nodes)
+            if best is None:
+                stmt.unbind_job(job.id)
+                return 0
+            for st in sorted(best[1], key=lambda s: s.node.name)[:nodes_per_block]:
+                stmt.bind(job, self.binding(job, first_task + placed, st, self.select(job, st)))
+                placed += 1
+        return placed
+
+
+# ------------------------------------------------------------------------------- the cycle
+
+
+@dataclasses.dataclass
+class CycleState:
+    """Book-keeping shared by the actions of one cycle."""
+
+    ctx: CycleContext
+    placer: Placer
+    pending: dict[str, Job]  # job id -> job still wanting tasks
+    placed_tasks: dict[str, int]  # job id -> tasks running before this cycle
+    job_order: JobOrder | None
+    queue_order: QueueOrder | None
+    enqueued: list[str] = dataclasses.field(default_factory=list)
+    bindings: list[Binding] = dataclasses.field(default_factory=list)
+    evictions: list[Eviction] = dataclasses.field(default_factory=list)
+    failed: dict[str, ReasonCode] = dataclasses.field(default_factory=dict)
+    heads: dict[str, str] = dataclasses.field(default_factory=dict)  # queue -> blocked head job id
+    done: set = dataclasses.field(default_factory=set)
+    decisions: int = 0
+    queue_max_hit: set = dataclasses.field(default_factory=set)
+    requeued: list[Job] = dataclasses.field(default_factory=list)
+
+    def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = defaultdict(list)
+        for jid in ids:
+            job = self.pending[jid]
+            out[job.queue].append(job)
+        key = (lambda j: self.job_order.job_key(j, self.ctx.now)) if self.job_order else (lambda j: (j.submit_time, j.id))
+        for jobs in out.values():
+            jobs.sort(key=key)
+        return out
+
+
+def _devices_of(job: Job, tasks: int) -> float:
+    return tasks * job.devices_per_task
+
+
+def _try(cs: CycleState, job: Job) -> bool:
+    """Place as many of the job's remaining tasks as policies allow; commit if the gang closes."""
+    snap = cs.ctx.snap
+    already = cs.placed_tasks.get(job.id, 0)
+    want = job.tasks - already
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    q = cs.ctx.queues.get(job.queue)
+    if q is not None and q.max is not None:
+        room = q.max - cs.ctx.queue_usage.get(job.queue, 0.0)
+        per = job.devices_per_task
+        if per > 0:
+            fit = int(room / per + 1e-9)
+            if fit < need:
+                cs.failed[job.id] = ReasonCode.QUEUE_OVER_MAX
+                cs.queue_max_hit.add(job.id)
+                return False
+            want = min(want, fit)
+    stmt = Statement(snap, cs.ctx.now)
+    got = cs.placer.place(job, stmt, want, need, first_task=already)
+    if got < need:
+        stmt.discard()
+        cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+        return False
+    bound = stmt.commit({job.id: job})
+    cs.bindings.extend(bound)
+    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + _devices_of(job, got)
+    cs.placed_tasks[job.id] = already + got
+    if already + got >= job.tasks:
+        cs.done.add(job.id)
+    cs.failed.pop(job.id, None)
+    return True
+
+
+def action_enqueue(cs: CycleState) -> None:
+    """Admit pending jobs into the cycle: drop none, but mark jobs that can never fit (bigger
+    than the empty cluster offers) so allocate does not waste time on them."""
+    for jid, job in cs.pending.items():
+        if jid in cs.done:
+            continue
+        if never_fits(cs, job):
+            cs.failed[jid] = ReasonCode.NEVER_FITS
+        else:
+            cs.enqueued.append(jid)
+
+
+def never_fits(cs: CycleState, job: Job) -> bool:
+    req = job.devices
+    if req is None:
+        return False
+    models = cs.placer.models_for(job)
+    total = sum(cs.ctx.snap.model_total.get(m, 0) for m in models)
+    need = cs.placer.min_tasks(job) * (req.count if not req.fractional else 1)
+    return total < need
+
+
+def action_allocate(cs: CycleState) -> None:
+    """Queues in fair-share order (DRF), jobs in priority order inside each; a queue stops at its
+    first job that does not fit (that job keeps its place: the backfill action may still use the
+    gap without delaying it)."""
+    queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and cs.failed.get(j) is not ReasonCode.NEVER_FITS)
+    pos = {q: 0 for q in queues}
+    heap = [(_qkey(cs, q), q) for q in queues]
+    heapq.heapify(heap)
+    while heap:
+        _, q = heapq.heappop(heap)
+        jobs = queues[q]
+        i = pos[q]
+        if i >= len(jobs) or q in cs.heads:
+            continue
+        job = jobs[i]
+        pos[q] = i + 1
+        cs.decisions += 1
+        if not _try(cs, job) and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
+            cs.heads[q] = job.id
+        heapq.heappush(heap, (_qkey(cs, q), q))
+
+
+def _qkey(cs: CycleState, q: str) -> float:
+    return cs.queue_order.queue_key(q, cs.ctx) if cs.queue_order else 0.0
+
+
+def action_backfill(cs: CycleState) -> None:
+    """EASY backfill behind each blocked head: a later job of the queue may start now if it fits
+    and ends (by its expected duration) before the head's estimated start. When no running job
+    has an expected end the head's start cannot be estimated, and any job that fits may go."""
+    queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
+    for q, jobs in queues.items():
+        head = cs.heads.get(q)
+        if head is None:
+            continue
+        shadow = estimate_start(cs, cs.pending[head])
+        for job in jobs:
+            if job.id == head or job.id in cs.done:
+                continue
+            cs.decisions += 1
+            d = job.expected_duration_seconds
+            if shadow is not None and (d is None or cs.ctx.now + d > shadow):
+                cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+                continue
+            _try(cs, job)
+
+
+def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
+    """Running jobs whose eviction could help ``job``: whole gangs, lowest priority first, then
+    the fewest devices, then the youngest."""
+    snap = cs.ctx.snap
+    models = set(cs.placer.models_for(job))
+    out = []
+    usage = cs.ctx.queue_usage
+    for rj in snap.running.values():
+        v = rj.job
+        if reclaim:
+            if v.queue == job.queue:
+                continue
+            q = cs.ctx.queues.get(v.queue)
+            deserved = _deserved(cs, v.queue)
+            guaranteed = q.guaranteed if q else 0.0
+            if usage.get(v.queue, 0.0) <= max(deserved, guaranteed):
+                continue
+        else:
+            if v.queue != job.queue or v.priority >= job.priority:
+                continue
+        if not cs.ctx.priority_preemptible.get(v.priority_class, True):
+            continue
+        if models and not any(
+            snap.nodes[b.node].node.devices[i].model in models for b in rj.bindings if b.node in snap.nodes for i in b.device_indices
+        ) and job.devices is not None:
+            continue
+        out.append(rj)
+    out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, -rj.start_time, rj.job.id))
+    return out
+
+
+def _deserved(cs: CycleState, queue: str) -> float:
+    q = cs.ctx.queues.get(queue)
+    if q is not None and q.deserved is not None:
+        return q.deserved
+    weights = {name: (qq.weight if qq else 1.0) for name, qq in cs.ctx.queues.items()}
+    total_w = sum(weights.values()) or 1.0
+    return cs.ctx.total_devices * weights.get(queue, 1.0) / total_w
+
+
+def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
+    snap = cs.ctx.snap
+    victims = _victims(cs, job, reclaim)
+    if not victims:
+        return False
+    stmt = Statement(snap, cs.ctx.now)
+    already = cs.placed_tasks.get(job.id, 0)
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    want = job.tasks - already
+    evicted = []
+    got = 0
+    for rj in victims:
+        evicted.append(stmt.evict(rj.job.id))
+        got = cs.placer.place(job, stmt, want, need, first_task=already)
+        if got >= need:
+            break
+        stmt.unbind_job(job.id)
+        got = 0
+    if got < need:
+        stmt.discard()  # never evict for a job that would still not fit
+        return False
+    # fewest victims: give back every victim the preemptor turned out not to need
+    for rj in list(reversed(evicted[:-1])):
+        if snap.can_apply(rj.bindings):
+            for b in rj.bindings:
+                snap.apply(b, +1)
+            snap.running[rj.job.id] = rj
+            evicted.remove(rj)
+            stmt.evicted.remove(rj)
+    stmt.commit({job.id: job})
+    bound = [b for b in snap.running[job.id].bindings if b.task >= already]
+    cs.bindings.extend(bound)
+    cs.placed_tasks[job.id] = already + got
+    if already + got >= job.tasks:
+        cs.done.add(job.id)
+    cs.failed.pop(job.id, None)
+    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + _devices_of(job, got)
+    for rj in evicted:
+        why = "reclaimed for queue" if reclaim else "preempted by"
+        cs.evictions.append(
+            Eviction(rj.job.id, f"{why} {job.queue if reclaim else job.id} (priority {job.priority} vs {rj.job.priority})", job.id)
+        )
+        cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - _devices_of(rj.job, len(rj.bindings))
+        cs.requeued.append(rj.job)
+    return True
+
+
+#: how many pending jobs one cycle tries to preempt or reclaim for (keeps a cycle bounded)
+MAX_PREEMPTORS_PER_CYCLE = 16
+
+
+def action_preempt(cs: CycleState) -> None:
+    """For the highest-priority unschedulable jobs, evict lower-priority jobs of the same queue
+    (whole gangs, fewest and lowest first) when that lets the job start now."""
+    _preempt_like(cs, reclaim=False)
+
+
+def action_reclaim(cs: CycleState) -> None:
+    """A queue below its deserved share takes back devices from queues above theirs (never
+    below a queue's guaranteed share)."""
+    _preempt_like(cs, reclaim=True)
+
+
+def _preempt_like(cs: CycleState, reclaim: bool) -> None:
+    cands = [cs.pending[j] for j, code in cs.failed.items() if code is ReasonCode.UNSCHEDULABLE and j in cs.pending]
+    key = (lambda j: cs.job_order.job_key(j, cs.ctx.now)) if cs.job_order else (lambda j: (j.submit_time, j.id))
+    cands.sort(key=key)
+    for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
+        if reclaim and cs.ctx.queue_usage.get(job.queue, 0.0) >= _deserved(cs, job.queue):
+            continue
+        cs.decisions += 1
+        if _preempt_for(cs, job, reclaim):
+            for q, head in list(cs.heads.items()):
+                if head == job.id:
+                    del cs.heads[q]
+
+
+ACTIONS = {
+    "enqueue": action_enqueue,
+    "allocate": action_allocate,
+    "backfill": action_backfill,
+    "preempt": action_preempt,
+    "reclaim": action_reclaim,
+}
+
+
+# ------------------------------------------------------------------------- pending reasons
+
+
+def largest_block(cs: CycleState, job: Job, tier: Within, empty: bool = False) -> int:
+    """Free matching devices in the largest domain of ``tier`` (node, super-node, cluster)."""
+    snap = cs.ctx.snap
+    models = cs.placer.models_for(job)
+    per_node: dict[str, int] = {}
+    for st in snap.nodes.values():
+        if empty:
+            per_node[st.node.name] = sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
+        else:
+            per_node[st.node.name] = sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
+    return _block(snap, per_node, tier)
+
+
+def _block(snap: Snapshot, per_node: dict[str, int], tier: Within) -> int:
+    if not per_node:
+        return 0
+    if tier is Within.NODE or tier is Within.HCCS_GROUP:
+        return max(per_node.values())
+    if tier is Within.SUPERNODE:
+        sums: dict[str, int] = defaultdict(int)
+        for name, c in per_node.items():
+            sums[snap.nodes[name].node.supernode or name] += c
+        return max(sums.values())
+    return sum(per_node.values())
+
+
+def _tier_of(cs: CycleState, job: Job) -> Within:
+    if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
+        return Within.SUPERNODE
+    tiers = cs.placer.tiers(job)
+    return Within.NODE if job.kind is JobKind.SERVING else tiers[-1]
+
+
+def estimate_start(cs: CycleState, job: Job) -> float | None:
+    """When enough matching devices will be free in one domain of the job's tier, assuming the
+    running jobs end at their expected ends (ignoring jobs ahead of it). None if unknown."""
+    req = job.devices
+    if req is None:
+        return cs.ctx.now
+    snap = cs.ctx.snap
+    models = set(cs.placer.models_for(job))
+    tier = _tier_of(cs, job)
+    need = cs.placer.min_tasks(job) * (req.count if not req.fractional else 1)
+    if job.kind is JobKind.SERVING:
+        need = req.count if not req.fractional else 1
+    per_node = {st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models) for st in snap.nodes.values()}
+    if _block(snap, per_node, tier) >= need:
+        return cs.ctx.now
+    ends = sorted((rj.expected_end, rj.job.id) for rj in snap.running.values() if rj.expected_end is not None)
+    for end, jid in ends:
+        for b in snap.running[jid].bindings:
+            if b.node in per_node:
+                devs = snap.nodes[b.node].node.devices
+                per_node[b.node] += sum(1 for i in b.device_indices if devs[i].model in models and b.milli == MILLI)
+        if _block(snap, per_node, tier) >= need:
+            return max(end, cs.ctx.now)
+    return None
+
+
+def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
+    """A reason, with numbers, for every job that still waits."""
+    waiting = [j for j in cs.pending if j not in cs.done]
+    by_queue = cs.ordered_by_queue(waiting)
+    out: dict[str, PendingReason] = {}
+    block_cache: dict = {}
+    est_cache: dict = {}
+    for q, jobs in by_queue.items():
+        head_est = None
+        for pos, job in enumerate(jobs, start=1):
+            code = cs.failed.get(job.id, ReasonCode.NOT_CONSIDERED if not cs.enqueued else ReasonCode.WAITING_BEHIND)
+            tier = _tier_of(cs, job)
+            req = job.devices
+            shape = (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops, req.count, req.milli) if req else None
+            kb = (shape, tier)
+            if kb not in block_cache:
+                block_cache[kb] = (largest_block(cs, job, tier) if req else 0, largest_block(cs, job, tier, empty=True) if req else 0)
+            free_block, empty_block = block_cache[kb]
+            per_task = (req.count if not req.fractional else 1) if req else 0
+            placed = cs.placed_tasks.get(job.id, 0)
+            need_tasks = max(cs.placer.min_tasks(job) - placed, 1)
+            need = per_task * (1 if job.kind is JobKind.SERVING else need_tasks)
+            ke = (kb, need, job.kind)
+            if ke not in est_cache:
+                est_cache[ke] = estimate_start(cs, job)
+            est = est_cache[ke]
+            if head_est is not None and est is not None:
+                est = max(est, head_est)
+            if pos == 1:
+                head_est = est
+            where = {Within.NODE: "one node", Within.HCCS_GROUP: "one HCCS group", Within.SUPERNODE: "one super-node", Within.ANY: "the cluster"}[tier]
+            what = req.describe() if req else f"{job.cpu_milli}m CPU"
+            if req and job.kind is not JobKind.SERVING and need_tasks > 1:
+                what = f"{need_tasks} x {what}"
+            if code is ReasonCode.NEVER_FITS:
+                msg = f"needs {what} = {need} devices in {where}; the whole cluster has {empty_block} such devices there: it can never fit (shrink the job)"
+            elif code is ReasonCode.QUEUE_OVER_MAX:
+                qq = cs.ctx.queues.get(job.queue)
+                msg = f"queue {job.queue} would exceed its max of {qq.max:g} devices (in use {cs.ctx.queue_usage.get(job.queue, 0.0):g}); needs {job.devices_per_task * need_tasks:g}"
+            elif code is ReasonCode.WAITING_BEHIND:
+                msg = f"waiting behind {cs.heads.get(q, 'a job ahead')} (holding resources for it); needs {what} in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
+            else:
+                msg = f"needs {what} = {need} devices in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
+            if req is None:
+                msg = f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
+            out[job.id] = PendingReason(
+                job_id=job.id,
+                code=code,
+                message=msg,
+                queue_position=pos,
+                jobs_ahead=pos - 1,
+                estimated_start=est,
+                numbers={"need_devices": need, "largest_free_block": free_block, "cluster_block": empty_block, "jobs_ahead": pos - 1},
+            )
+    return out

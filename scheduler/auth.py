@@ -1,0 +1,219 @@
+"""Who may call what: bearer tokens with roles, read from a token file.
+
+Token file (YAML)::
+
+    tokens:
+      - name: alice            # shown in events and errors
+        token: "..."           # or token_sha256: <64 hex digits>, so the file need not hold secrets
+        role: submitter        # admin | agent | submitter
+        queues: [research]     # submitters only: the queues they may submit into, see and cancel
+      - {name: ops, role: admin, token_sha256: "..."}
+      - {name: agents, role: agent, token: "..."}
+
+Roles (the authorisation matrix, ``ALLOWED``; tests/service check every role x every call):
+
+* ``admin``: every call, every queue.
+* ``submitter``: the job calls, only on its queues (a job of another queue is PERMISSION_DENIED,
+  never shown in lists or watches), and the read-only cluster calls.
+* ``agent``: the node calls and the read-only cluster calls; no job calls (agents cannot submit).
+
+With no token file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin). The
+server only allows that on loopback (or with ``--insecure``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+import re
+
+import yaml
+
+from xpod.hal.errors import XpodError
+
+
+class Role(str, enum.Enum):
+    ADMIN = "admin"
+    AGENT = "agent"
+    SUBMITTER = "submitter"
+
+
+class Call(str, enum.Enum):
+    """Every RPC of the xpod API (the gRPC method name is the value)."""
+
+    SUBMIT_JOB = "SubmitJob"
+    GET_JOB = "GetJob"
+    LIST_JOBS = "ListJobs"
+    CANCEL_JOB = "CancelJob"
+    WATCH_JOBS = "WatchJobs"
+    EXPLAIN_JOB = "ExplainJob"
+    REGISTER_NODE = "RegisterNode"
+    HEARTBEAT = "Heartbeat"
+    WATCH_ASSIGNMENTS = "WatchAssignments"
+    REPORT_TASK_STATUS = "ReportTaskStatus"
+    GET_CLUSTER = "GetCluster"
+    LIST_NODES = "ListNodes"
+    LIST_DEVICES = "ListDevices"
+
+
+JOB_CALLS = frozenset({Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB})
+NODE_CALLS = frozenset({Call.REGISTER_NODE, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS})
+CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
+
+ALLOWED: dict[Role, frozenset[Call]] = {
+    Role.ADMIN: frozenset(Call),
+    Role.SUBMITTER: JOB_CALLS | CLUSTER_CALLS,
+    Role.AGENT: NODE_CALLS | CLUSTER_CALLS,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    role: Role
+    queues: frozenset[str] = frozenset()  # submitters: the queues it owns; ignored for other roles
+
+    def may_call(self, call: Call) -> bool:
+        return call in ALLOWED[self.role]
+
+    def may_use_queue(self, queue: str) -> bool:
+        return self.role is Role.ADMIN or (self.role is Role.SUBMITTER and queue in self.queues)
+
+    @property
+    def all_queues(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+OPEN_PRINCIPAL = Principal("anonymous", Role.ADMIN)
+
+
+class AuthError(Exception):
+    """Base of the two refusals; ``str`` is the one-line message sent to the caller."""
+
+
+class Unauthenticated(AuthError):
+    pass
+
+
+class PermissionDenied(AuthError):
+    pass
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Authenticator:
+    """Maps a bearer token to its ``Principal``. ``None`` tokens file = open server."""
+
+    def __init__(self, principals_by_hash: dict[str, Principal] | None) -> None:
+        self._by_hash = principals_by_hash
+
+    @property
+    def open(self) -> bool:
+        return self._by_hash is None
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """``authorization`` is the ``authorization`` metadata value (``Bearer TOKEN``)."""
+        if self._by_hash is None:
+            return OPEN_PRINCIPAL
+        if not authorization:
+            raise Unauthenticated("missing bearer token: pass --token, XPOD_TOKEN or 'token:' in the config file")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the authorization metadata must be 'Bearer TOKEN'")
+        digest = token_sha256(token.strip())
+        for known, principal in self._by_hash.items():
+            # compare every entry in constant time, so timing does not tell how much matched
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise Unauthenticated("unknown bearer token")
+
+    @classmethod
+    def open_server(cls) -> "Authenticator":
+        return cls(None)
+
+    @classmethod
+    def from_file(cls, path: str) -> "Authenticator":
+        return cls(load_tokens(path))
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def load_tokens(path: str) -> dict[str, Principal]:
+    """Read a token file; any problem is an ``XpodError`` naming ``FILE:LINE`` and the field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise XpodError(f"{path}: cannot read the token file: {err.strerror}") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise XpodError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+
+    def fail(node, message: str) -> XpodError:
+        return XpodError(f"{path}:{node.start_mark.line + 1}: {message}")
+
+    if not isinstance(root, yaml.MappingNode):
+        raise XpodError(f"{path}:1: a token file is a mapping with a 'tokens:' list")
+    top = {k.value: v for k, v in root.value}
+    unknown = set(top) - {"tokens"}
+    if unknown:
+        key = next(k for k, _ in root.value if k.value in unknown)
+        raise fail(key, f"unknown key {key.value!r}; the only key is 'tokens'")
+    tokens = top.get("tokens")
+    if not isinstance(tokens, yaml.SequenceNode) or not tokens.value:
+        raise fail(tokens or root, "'tokens' must be a non-empty list")
+    out: dict[str, Principal] = {}
+    names: set[str] = set()
+    for entry in tokens.value:
+        if not isinstance(entry, yaml.MappingNode):
+            raise fail(entry, "each token is a mapping with name, role and token (or token_sha256)")
+        fields = {k.value: v for k, v in entry.value}
+        for k, _ in entry.value:
+            if k.value not in ("name", "token", "token_sha256", "role", "queues"):
+                raise fail(k, f"unknown key {k.value!r}; expected name, token, token_sha256, role, queues")
+        for required in ("name", "role"):
+            if required not in fields:
+                raise fail(entry, f"missing {required!r}")
+        name = fields["name"].value
+        if not isinstance(name, str) or not name:
+            raise fail(fields["name"], "name must be a non-empty string")
+        if name in names:
+            raise fail(fields["name"], f"duplicate name {name!r}")
+        names.add(name)
+        try:
+            role = Role(fields["role"].value)
+        except (ValueError, TypeError):
+            raise fail(fields["role"], f"role {fields['role'].value!r} is not one of admin, agent, submitter") from None
+        if ("token" in fields) == ("token_sha256" in fields):
+            raise fail(entry, f"token {name!r}: give exactly one of 'token' or 'token_sha256'")
+        if "token" in fields:
+            secret = fields["token"].value
+            if not isinstance(secret, str) or len(secret) < 16:
+                raise fail(fields["token"], f"token {name!r}: a token must be at least 16 characters")
+            digest = token_sha256(secret)
+        else:
+            digest = str(fields["token_sha256"].value).lower()
+            if not _HEX64.match(digest):
+                raise fail(fields["token_sha256"], f"token {name!r}: token_sha256 must be 64 hex digits")
+        queues: frozenset[str] = frozenset()
+        if role is Role.SUBMITTER:
+            qnode = fields.get("queues")
+            if not isinstance(qnode, yaml.SequenceNode) or not qnode.value:
+                raise fail(qnode or entry, f"submitter {name!r} needs a non-empty 'queues' list")
+            queues = frozenset(str(q.value) for q in qnode.value)
+        elif "queues" in fields:
+            raise fail(fields["queues"], f"'queues' applies to submitters only ({name!r} is {role.value})")
+        if digest in out:
+            raise fail(entry, f"token {name!r} has the same token as {out[digest].name!r}")
+        out[digest] = Principal(name, role, queues)
+    return out

@@ -1,0 +1,192 @@
+"""The scheduler core's one seam: the ``Scheduler`` facade (``scheduler.api`` adapts it).
+
+``Scheduler`` owns the snapshot, the pending jobs, the queues and the profile. Every method is
+synchronous and deterministic for the same inputs and clock; the clock is injected (a callable
+returning seconds) so tests and replays control time. A later gRPC servicer is a thin adapter
+over these methods, one to one.
+
+* ``submit(job)`` validates (queue, priority class, the enabled policies' rules) and queues
+  the job; a user error raises ``XpodError`` with one line. Idempotent for an identical job.
+* ``cancel(job_id)`` drops a pending job or releases a running one; False if unknown.
+* ``finish(job_id)`` a running job completed: its devices are free again.
+* ``add_node / remove_node / set_device_health`` change the inventory; jobs that lose a task
+  are evicted whole and go back to the queue (reported by the next cycle).
+* ``cycle(now=None) -> CycleResult`` runs the profile's actions once over the snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterable
+
+from xpod.hal.errors import XpodError
+
+from . import actions as act
+from .model import MILLI, CycleResult, DeviceHealth, Eviction, Job, Node, PriorityClass, Queue
+from .policies import CycleContext, JobOrder, JobValidator, QueueOrder
+from .profile import Profile, default_profile
+from .snapshot import RunningJob, Snapshot
+
+DEFAULT_PRIORITY_CLASSES = (
+    PriorityClass("low", 0),
+    PriorityClass("normal", 100),
+    PriorityClass("high", 1000),
+    PriorityClass("system", 10000, preemptible=False),
+)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        nodes: Iterable[Node] = (),
+        queues: Iterable[Queue] = (Queue("default"),),
+        priority_classes: Iterable[PriorityClass] = DEFAULT_PRIORITY_CLASSES,
+        profile: Profile | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot = Snapshot(nodes)
+        self.queues = {q.name: q for q in queues}
+        self.priority_classes = {p.name: p for p in priority_classes}
+        self.profile = profile or default_profile()
+        self.policies = self.profile.build_policies()
+        self.clock = clock
+        self.pending: dict[str, Job] = {}
+        self._evictions: list[Eviction] = []
+        self.last_reasons: dict = {}
+
+    # --------------------------------------------------------------------------- jobs
+    def submit(self, job: Job) -> Job:
+        """Queue a job; returns it with its priority resolved and submit time set if 0."""
+        if job.queue not in self.queues:
+            raise XpodError(f"job {job.id}: queue: unknown queue {job.queue!r} (known: {', '.join(sorted(self.queues))})")
+        pc = self.priority_classes.get(job.priority_class)
+        if pc is None:
+            raise XpodError(
+                f"job {job.id}: priority_class: unknown class {job.priority_class!r} (known: {', '.join(sorted(self.priority_classes))})"
+            )
+        for p in self.policies:
+            if isinstance(p, JobValidator):
+                why = p.validate(job)
+                if why:
+                    raise XpodError(f"job {job.id}: {why}")
+        job = dataclasses.replace(job, priority=pc.value, submit_time=job.submit_time or self.clock())
+        old = self.pending.get(job.id) or (self.snapshot.running[job.id].job if job.id in self.snapshot.running else None)
+        if old is not None:
+            if dataclasses.replace(old, submit_time=job.submit_time) == job:
+                return old
+            raise XpodError(f"job {job.id}: id already used by a different job (pick a new id)")
+        self.pending[job.id] = job
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        if self.pending.pop(job_id, None) is not None:
+            if job_id in self.snapshot.running:
+                self.snapshot.release(job_id)
+            return True
+        if job_id in self.snapshot.running:
+            self.snapshot.release(job_id)
+            return True
+        return False
+
+    def finish(self, job_id: str) -> bool:
+        """A running job completed (the agent reported it)."""
+        if job_id not in self.snapshot.running:
+            return False
+        self.snapshot.release(job_id)
+        self.pending.pop(job_id, None)
+        return True
+
+    @property
+    def running(self) -> dict[str, RunningJob]:
+        return self.snapshot.running
+
+    # ---------------------------------------------------------------------- inventory
+    def add_node(self, node: Node) -> None:
+        if node.name in self.snapshot.nodes:
+            raise XpodError(f"node {node.name}: already registered")
+        self.snapshot.add_node(node)
+
+    def remove_node(self, name: str) -> list[str]:
+        if name not in self.snapshot.nodes:
+            raise XpodError(f"node {name}: not registered")
+        return self._requeue(self.snapshot_jobs(self.snapshot.remove_node, name), f"node {name} removed")
+
+    def set_device_health(self, node: str, index: int, health: DeviceHealth) -> list[str]:
+        st = self.snapshot.nodes.get(node)
+        if st is None:
+            raise XpodError(f"node {node}: not registered")
+        if not 0 <= index < len(st.node.devices):
+            raise XpodError(f"node {node}: no device {index} (it has {len(st.node.devices)})")
+        return self._requeue(
+            self.snapshot_jobs(self.snapshot.set_device_health, node, index, health), f"device {node}/{index} {health.value}"
+        )
+
+    def snapshot_jobs(self, fn, *args) -> list[Job]:
+        jobs = {jid: rj.job for jid, rj in self.snapshot.running.items()}
+        return [jobs[j] for j in fn(*args)]
+
+    def _requeue(self, jobs: list[Job], why: str) -> list[str]:
+        for job in jobs:
+            self.pending[job.id] = job
+            self._evictions.append(Eviction(job.id, why))
+        return [j.id for j in jobs]
+
+    # -------------------------------------------------------------------------- cycle
+    def cycle(self, now: float | None = None) -> CycleResult:
+        """Run the profile's actions once. Bindings are committed to the snapshot on return."""
+        t0 = time.perf_counter()
+        now = self.clock() if now is None else now
+        snap = self.snapshot
+        total = float(sum(snap.model_total.values()))
+        usage = dict(snap.used_devices_by_queue())
+        ctx = CycleContext(
+            snap=snap,
+            now=now,
+            queues=self.queues,
+            total_devices=total,
+            queue_usage=usage,
+            priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
+        )
+        placer = act.Placer(self.policies, ctx)
+        placed = {jid: len(rj.bindings) for jid, rj in snap.running.items()}
+        # a running job stays pending while it wants more tasks (elastic, serving, batch)
+        for jid in list(self.pending):
+            if placed.get(jid, 0) >= self.pending[jid].tasks:
+                del self.pending[jid]
+        cs = act.CycleState(
+            ctx=ctx,
+            placer=placer,
+            pending=self.pending,
+            placed_tasks=placed,
+            job_order=next((p for p in self.policies if isinstance(p, JobOrder)), None),
+            queue_order=next((p for p in self.policies if isinstance(p, QueueOrder)), None),
+        )
+        for name in self.profile.actions:
+            act.ACTIONS[name](cs)
+        for jid in cs.done:
+            self.pending.pop(jid, None)
+        for job in cs.requeued:
+            self.pending[job.id] = job
+        reasons = act.pending_reasons(cs)
+        self.last_reasons = reasons
+        evictions = tuple(self._evictions) + tuple(cs.evictions)
+        self._evictions = []
+        return CycleResult(
+            time=now,
+            bindings=tuple(cs.bindings),
+            evictions=evictions,
+            pending=reasons,
+            # a decision = a job this cycle bound (fully or partly) or gave a pending reason
+            decisions=len({b.job_id for b in cs.bindings}) + len(reasons),
+            seconds=time.perf_counter() - t0,
+        )
+
+    def free_devices(self) -> int:
+        return self.snapshot.free_devices()
+
+    def used_milli(self) -> int:
+        return sum(len(b.device_indices) * b.milli for rj in self.snapshot.running.values() for b in rj.bindings)
+
+
+__all__ = ["Scheduler", "DEFAULT_PRIORITY_CLASSES", "MILLI"]

@@ -1,0 +1,225 @@
+"""Values the scheduler core works on: nodes, devices, jobs, queues, decisions.
+
+Everything here is a frozen dataclass or an enum. The mutable allocation state lives in
+``scheduler.snapshot``; the service (a later issue) stores these values and hands them to the
+``Scheduler`` facade in ``scheduler.core``. Units: memory in bytes, CPU in milli-cores, device
+shares in milli-devices (1000 = one whole device), time in seconds since an epoch the injected
+clock defines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Mapping
+
+MILLI = 1000
+
+
+class JobKind(str, enum.Enum):
+    TRAINING = "training"  # a gang: all tasks or none (or at least min_tasks when elastic)
+    SERVING = "serving"  # replicas: at least min_tasks, up to tasks; spread across failure domains
+    BATCH = "batch"  # independent tasks; each placed when it fits
+
+
+class Within(str, enum.Enum):
+    """How tightly a job's tasks must sit together (the topology constraint)."""
+
+    NODE = "node"  # all tasks of the job (of a replica, for serving) on one node
+    HCCS_GROUP = "hccs-group"  # each task's devices inside one HCCS group (910B: groups of 4)
+    SUPERNODE = "supernode"  # all tasks inside one super-node (UB / NVLink domain)
+    ANY = "any"  # anywhere; placement still prefers fewer tiers crossed
+
+
+class DeviceHealth(str, enum.Enum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # never given to a new task
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """One schedulable device (a die on Ascend 910C)."""
+
+    index: int  # index on its node, 0-based; what a binding names
+    model: str  # catalog id, e.g. "ascend-910c", "nvidia-h100-sxm"
+    vendor: str  # backend id: ascend, cuda, cambricon, ...
+    memory_bytes: int  # memory of this device (per die for 910C)
+    bf16_tflops: float = 0.0  # dense BF16 per device; 0 = unknown
+    hccs_group: int | None = None  # 910B: the HCCS group of 4 this NPU belongs to
+    module: int | None = None  # 910C: the die pair (HiAM module) this die belongs to
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """A machine and what the scheduler may place on it."""
+
+    name: str
+    cpu_milli: int
+    memory_bytes: int
+    devices: tuple[Device, ...] = ()
+    supernode: str | None = None  # super-node (e.g. one CloudMatrix384) this node belongs to
+    failure_domain: str | None = None  # rack / zone serving replicas spread across; default: node
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def domain(self) -> str:
+        return self.failure_domain or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceRequest:
+    """The devices one task asks for.
+
+    Either ``model`` (and optionally ``vendor``) names the device, or the request is by
+    capability: any accelerator with at least ``min_memory_bytes`` and ``min_bf16_tflops``.
+    ``count`` whole devices, or (``count == 1``) a fraction ``milli`` < 1000 of one device with
+    a memory slice ``memory_bytes`` (as HAMi and the Alibaba trace share GPUs).
+    """
+
+    count: int = 1
+    vendor: str | None = None
+    model: str | None = None
+    min_memory_bytes: int = 0
+    min_bf16_tflops: float = 0.0
+    milli: int = MILLI  # per device; < 1000 only with count == 1
+    memory_bytes: int = 0  # memory slice for a fractional device (0 = proportional)
+
+    @property
+    def fractional(self) -> bool:
+        return self.milli < MILLI
+
+    def matches(self, dev: Device) -> bool:
+        if self.model is not None and dev.model != self.model:
+            return False
+        if self.vendor is not None and dev.vendor != self.vendor:
+            return False
+        return dev.memory_bytes >= self.min_memory_bytes and dev.bf16_tflops >= self.min_bf16_tflops
+
+    def describe(self) -> str:
+        what = self.model or (self.vendor and f"{self.vendor} device") or "accelerator"
+        if self.model is None and (self.min_memory_bytes or self.min_bf16_tflops):
+            caps = []
+            if self.min_memory_bytes:
+                caps.append(f">= {self.min_memory_bytes / 2**30:g} GiB")
+            if self.min_bf16_tflops:
+                caps.append(f">= {self.min_bf16_tflops:g} BF16 TFLOPS")
+            what += " (" + ", ".join(caps) + ")"
+        if self.fractional:
+            return f"{self.milli}m of one {what}"
+        return f"{self.count} {what}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorityClass:
+    name: str
+    value: int  # higher is more important
+    preemptible: bool = True  # may be evicted for higher-priority work
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    """A tenant's queue. Shares are in devices (whole-device equivalents)."""
+
+    name: str
+    weight: float = 1.0  # relative share when queues compete (DRF divides usage by it)
+    guaranteed: float = 0.0  # devices never reclaimed from this queue
+    deserved: float | None = None  # fair share; usage above it may be reclaimed (None: weight-based)
+    max: float | None = None  # hard cap on devices in use (None: no cap)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A unit of admission: ``tasks`` identical tasks.
+
+    Training: a gang; placed only when ``min_tasks`` (default: all) tasks fit at once.
+    Serving: ``tasks`` = max replicas, ``min_tasks`` = min replicas; each replica inside one node
+    (or one super-node with ``within: supernode``), spread across failure domains.
+    Batch: each task placed on its own.
+    """
+
+    id: str
+    kind: JobKind
+    tasks: int
+    devices: DeviceRequest | None  # per task; None = CPU-only
+    cpu_milli: int = 0  # per task
+    memory_bytes: int = 0  # per task
+    min_tasks: int | None = None  # elastic minimum / min replicas; None = tasks
+    within: Within = Within.ANY
+    queue: str = "default"
+    priority_class: str = "normal"
+    priority: int = 0  # resolved value of priority_class
+    submit_time: float = 0.0
+    expected_duration_seconds: float | None = None  # for estimated starts and backfill
+    sp_block: int | None = None  # Ascend 910C: dies per logical super-pod (multiple of 16)
+
+    @property
+    def min_required(self) -> int:
+        if self.kind is JobKind.BATCH:
+            return 1
+        return self.tasks if self.min_tasks is None else self.min_tasks
+
+    @property
+    def devices_per_task(self) -> float:
+        if self.devices is None:
+            return 0.0
+        return self.devices.count * self.devices.milli / MILLI
+
+    @property
+    def total_devices(self) -> float:
+        return self.tasks * self.devices_per_task
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """Task ``task`` of job ``job_id`` runs on ``node`` with these device indices."""
+
+    job_id: str
+    task: int
+    node: str
+    device_indices: tuple[int, ...]
+    milli: int = MILLI  # per device
+    cpu_milli: int = 0
+    memory_bytes: int = 0
+    device_memory_bytes: int = 0  # memory slice per device for fractional tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Eviction:
+    job_id: str
+    reason: str  # e.g. "preempted by job j7 (priority 100 > 10)"
+    preemptor: str | None = None
+
+
+class ReasonCode(str, enum.Enum):
+    """Why a job is still pending. ``NEVER_FITS`` cannot be fixed by waiting."""
+
+    UNSCHEDULABLE = "Unschedulable"  # does not fit now
+    NEVER_FITS = "NeverFits"  # larger than anything the cluster could offer, even empty
+    QUEUE_OVER_MAX = "QueueOverMax"  # the queue's maximum share would be exceeded
+    WAITING_BEHIND = "WaitingBehind"  # resources held for a job ahead (no backfill allowed)
+    NOT_CONSIDERED = "NotConsidered"  # the cycle stopped before this job (no allocate action)
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingReason:
+    """Why a job waits, with the numbers behind it."""
+
+    job_id: str
+    code: ReasonCode
+    message: str  # one line a user reads: what it needs, what is free, how many jobs ahead
+    queue_position: int  # 1 = next in its queue
+    jobs_ahead: int
+    estimated_start: float | None  # clock time; None when unknown (no expected ends)
+    numbers: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleResult:
+    """What one scheduling cycle decided. Bindings are committed in the snapshot already."""
+
+    time: float
+    bindings: tuple[Binding, ...]
+    evictions: tuple[Eviction, ...]
+    pending: Mapping[str, PendingReason]
+    decisions: int  # jobs the cycle decided on (placed, evicted for, or given a reason)
+    seconds: float  # wall time the cycle took

@@ -1,0 +1,107 @@
+"""Scheduler profiles: which actions run, in which order, with which policies.
+
+A profile is YAML (or a dict)::
+
+    actions: [enqueue, allocate, backfill, preempt, reclaim]
+    policies:
+      - gang
+      - topology
+      - name: ascend
+        args: {reserve_nodes: 2}
+      - binpack
+      - fragmentation
+      - drf
+      - name: priority
+        args: {aging_per_hour: 1}
+
+An unknown action, policy, key or argument is an ``XpodError`` at load time naming the file
+and the field, never a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from xpod.hal.errors import XpodError
+
+from .actions import ACTIONS
+from .policies import POLICIES, Policy
+
+DEFAULT_PROFILE: dict[str, Any] = {
+    "actions": ["enqueue", "allocate", "backfill", "preempt", "reclaim"],
+    "policies": ["gang", "topology", "ascend", "binpack", "fragmentation", "drf", "priority"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    actions: tuple[str, ...]
+    policies: tuple[tuple[str, Mapping[str, Any]], ...]
+
+    def build_policies(self) -> list[Policy]:
+        return [POLICIES[name](**dict(args)) for name, args in self.policies]
+
+
+def profile_from_dict(data: Any, source: str = "profile") -> Profile:
+    if not isinstance(data, Mapping):
+        raise XpodError(f"{source}: a profile is a mapping with 'actions' and 'policies'")
+    unknown = set(data) - {"actions", "policies"}
+    if unknown:
+        raise XpodError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies)")
+    actions = data.get("actions", DEFAULT_PROFILE["actions"])
+    if not isinstance(actions, list) or not actions:
+        raise XpodError(f"{source}: actions: a non-empty list of {', '.join(ACTIONS)}")
+    for i, a in enumerate(actions):
+        if a not in ACTIONS:
+            raise XpodError(f"{source}: actions[{i}]: unknown action {a!r} (known: {', '.join(ACTIONS)})")
+    pols = data.get("policies", DEFAULT_PROFILE["policies"])
+    if not isinstance(pols, list):
+        raise XpodError(f"{source}: policies: a list of policy names or {{name, args}} mappings")
+    out = []
+    for i, p in enumerate(pols):
+        if isinstance(p, str):
+            name, args = p, {}
+        elif isinstance(p, Mapping):
+            extra = set(p) - {"name", "args"}
+            if extra:
+                raise XpodError(f"{source}: policies[{i}]: unknown key {sorted(extra)[0]!r} (allowed: name, args)")
+            name, args = p.get("name"), p.get("args") or {}
+            if not isinstance(args, Mapping):
+                raise XpodError(f"{source}: policies[{i}].args: must be a mapping")
+        else:
+            raise XpodError(f"{source}: policies[{i}]: a policy name or a {{name, args}} mapping")
+        if name not in POLICIES:
+            raise XpodError(f"{source}: policies[{i}]: unknown policy {name!r} (known: {', '.join(POLICIES)})")
+        cls = POLICIES[name]
+        for k, v in args.items():
+            if k not in cls.ARGS:
+                allowed = ", ".join(cls.ARGS) or "none"
+                raise XpodError(f"{source}: policies[{i}] ({name}): unknown argument {k!r} (allowed: {allowed})")
+            default = cls.ARGS[k]
+            if isinstance(default, (int, float)) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise XpodError(f"{source}: policies[{i}] ({name}).args.{k}: {v!r} must be a non-negative number")
+        out.append((name, dict(args)))
+    names = [n for n, _ in out]
+    if "binpack" in names and "spread" in names:
+        raise XpodError(f"{source}: policies: binpack and spread contradict each other; keep one")
+    return Profile(tuple(actions), tuple(out))
+
+
+def load_profile(path: str) -> Profile:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise XpodError(f"{path}: no such profile file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise XpodError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    return profile_from_dict(data, path)
+
+
+def default_profile() -> Profile:
+    return profile_from_dict(DEFAULT_PROFILE, "default profile")

@@ -1,0 +1,1 @@
+"""Trace replay: the FGD paper's openb packing experiment (``xpod replay openb``)."""

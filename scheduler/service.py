@@ -1,0 +1,427 @@
+"""The gRPC adapter: ``xpod.v1`` servicers over ``scheduler.api.SchedulerApi``.
+
+The only scheduler module that imports generated protobuf code. Each RPC: authenticate the
+bearer token, convert the request, call the in-process API with the call's remaining deadline,
+convert the answer. An ``ApiError`` becomes a ``google.rpc.Status`` with an ``ErrorInfo``
+(reason, domain ``xpod.io``, metadata), plus ``BadRequest`` when a field is named and
+``RetryInfo`` when the caller should retry (RESOURCE_EXHAUSTED, UNAVAILABLE).
+
+``build_server`` adds grpc.health.v1 (the whole server and each service by name) and server
+reflection, so grpcurl and friends work without the .proto files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from xpod.proto.xpod.v1 import (
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+    types_pb2,
+)
+from xpod.scheduler.api import ERROR_DOMAIN, ApiError, Code, DeviceView, JobView, NodeView, SchedulerApi, TaskState
+from xpod.scheduler.auth import Authenticator, AuthError, Principal, Unauthenticated
+from xpod.scheduler.store import AllocationRecord, EventRecord, JobRecord, JobState, PendingReasonRecord
+
+SERVICE_NAMES = (
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+)
+
+_STATE_TO_PB = {s: types_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_CODE_TO_GRPC = {c: getattr(grpc.StatusCode, c.value) for c in Code}
+_TASK_FROM_PB = {
+    node_service_pb2.TASK_STATE_RUNNING: TaskState.RUNNING,
+    node_service_pb2.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
+    node_service_pb2.TASK_STATE_FAILED: TaskState.FAILED,
+}
+# Streams end at the client's cancel; this bounds how long a deadline-less unary call waits.
+_DEFAULT_TIMEOUT_S = 60.0
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON values; integral numbers become ints (Struct keeps only doubles,
+    so ``count: 8`` arrives as 8.0 and the spec parser wants an int)."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(json_format.MessageToDict(s))
+
+
+def dict_to_struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def _pending_pb(p: PendingReasonRecord | None) -> types_pb2.PendingReason | None:
+    if p is None:
+        return None
+    return types_pb2.PendingReason(reason=p.reason, message=p.message, metadata=dict(p.metadata))
+
+
+def _alloc_pb(a: AllocationRecord) -> types_pb2.Allocation:
+    return types_pb2.Allocation(
+        node=a.node,
+        devices=list(a.devices),
+        milli_per_device=a.milli_per_device,
+        task=a.task,
+        cpu_milli=a.cpu_milli,
+        memory_bytes=a.memory_bytes,
+        device_memory_bytes=a.device_memory_bytes,
+    )
+
+
+def job_pb(job: JobRecord, queue_position: int = 0, pending: PendingReasonRecord | None = None) -> types_pb2.Job:
+    msg = types_pb2.Job(
+        id=job.id,
+        request_id=job.request_id,
+        queue=job.queue,
+        kind=job.kind,
+        name=job.name,
+        spec=dict_to_struct(job.spec),
+        state=_STATE_TO_PB[job.state],
+        allocations=[_alloc_pb(a) for a in job.allocations],
+        create_time=_ts(job.create_time_s),
+        update_time=_ts(job.update_time_s),
+        revision=job.revision,
+        queue_position=queue_position,
+        message=job.message,
+    )
+    p = _pending_pb(pending if pending is not None else job.pending)
+    if p is not None and job.state is JobState.QUEUED:
+        msg.pending_reason.CopyFrom(p)
+    return msg
+
+
+def view_pb(view: JobView) -> types_pb2.Job:
+    return job_pb(view.record, view.queue_position, view.pending)
+
+
+def event_pb(ev: EventRecord) -> types_pb2.JobEvent:
+    return types_pb2.JobEvent(
+        revision=ev.revision,
+        job_id=ev.job_id,
+        type=types_pb2.JobEventType.Value(f"JOB_EVENT_TYPE_{ev.type.value}"),
+        time=_ts(ev.time_s),
+        message=ev.message,
+        job=job_pb(ev.job),
+    )
+
+
+def device_pb(d: DeviceView, allocated_milli: int = 0, job_ids: list[str] | None = None) -> types_pb2.Device:
+    return types_pb2.Device(
+        id=d.id,
+        node=d.node,
+        index=d.index,
+        vendor=d.vendor,
+        model=d.model,
+        health=d.health,
+        memory_total_bytes=d.memory_total_bytes,
+        allocated_milli=allocated_milli,
+        job_ids=job_ids or [],
+    )
+
+
+def node_pb(n: NodeView) -> types_pb2.Node:
+    return types_pb2.Node(
+        name=n.name,
+        devices=[device_pb(d) for d in n.devices],
+        labels=dict(n.labels),
+        ready=n.ready,
+        last_heartbeat_time=_ts(n.last_heartbeat_s),
+        cpu_milli=n.cpu_milli,
+        memory_bytes=n.memory_bytes,
+    )
+
+
+def node_from_pb(n: types_pb2.Node) -> NodeView:
+    return NodeView(
+        name=n.name,
+        devices=tuple(
+            DeviceView(n.name, d.index, d.vendor, d.model, d.memory_total_bytes, d.health or "unknown") for d in n.devices
+        ),
+        labels=tuple(sorted(n.labels.items())),
+        cpu_milli=n.cpu_milli,
+        memory_bytes=n.memory_bytes,
+    )
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def status_for(err: ApiError) -> status_pb2.Status:
+    """The google.rpc.Status for an API error (AIP-193)."""
+    status = status_pb2.Status(code=getattr(code_pb2, err.code.value), message=err.message)
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata)
+    status.details.add().Pack(info)
+    if err.field is not None:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)]
+        )
+        status.details.add().Pack(bad)
+    if err.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(err.retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+def _auth_error(err: AuthError) -> ApiError:
+    if isinstance(err, Unauthenticated):
+        return ApiError(Code.UNAUTHENTICATED, "UNAUTHENTICATED", str(err))
+    return ApiError(Code.PERMISSION_DENIED, "PERMISSION_DENIED", str(err))
+
+
+def _rpc(method: Callable) -> Callable:
+    """Authenticate, then turn ApiError into a rich status (unary and streaming alike)."""
+
+    @functools.wraps(method)
+    def unary(self, request, context):
+        try:
+            principal = self._principal(context)
+            return method(self, request, context, principal)
+        except ApiError as err:
+            context.abort_with_status(rpc_status.to_status(status_for(err)))
+        except AuthError as err:
+            context.abort_with_status(rpc_status.to_status(status_for(_auth_error(err))))
+
+    @functools.wraps(method)
+    def stream(self, request, context):
+        try:
+            principal = self._principal(context)
+            yield from method(self, request, context, principal)
+        except ApiError as err:
+            context.abort_with_status(rpc_status.to_status(status_for(err)))
+        except AuthError as err:
+            context.abort_with_status(rpc_status.to_status(status_for(_auth_error(err))))
+
+    import inspect
+
+    return stream if inspect.isgeneratorfunction(method) else unary
+
+
+class _Base:
+    def __init__(self, api: SchedulerApi, authenticator: Authenticator) -> None:
+        self.api = api
+        self.auth = authenticator
+
+    def _principal(self, context: grpc.ServicerContext) -> Principal:
+        authorization = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                authorization = value
+                break
+        return self.auth.authenticate(authorization)
+
+    @staticmethod
+    def _timeout(context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return _DEFAULT_TIMEOUT_S
+        return max(0.0, min(remaining, _DEFAULT_TIMEOUT_S))
+
+
+class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
+    @_rpc
+    def SubmitJob(self, request, context, principal):
+        document = struct_to_dict(request.job) if request.HasField("job") else None
+        view, created = self.api.submit_job(principal, request.request_id, document, timeout_s=self._timeout(context))
+        return job_service_pb2.SubmitJobResponse(job=view_pb(view), created=created)
+
+    @_rpc
+    def GetJob(self, request, context, principal):
+        view, events = self.api.get_job(principal, request.job_id)
+        return job_service_pb2.GetJobResponse(job=view_pb(view), events=[event_pb(e) for e in events])
+
+    @_rpc
+    def ListJobs(self, request, context, principal):
+        states = []
+        for s in request.states:
+            if s not in _STATE_FROM_PB:
+                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {s} is not a job state", field="states")
+            states.append(_STATE_FROM_PB[s])
+        views, token = self.api.list_jobs(
+            principal, queue=request.queue, states=states, page_size=request.page_size, page_token=request.page_token
+        )
+        return job_service_pb2.ListJobsResponse(jobs=[view_pb(v) for v in views], next_page_token=token)
+
+    @_rpc
+    def CancelJob(self, request, context, principal):
+        view = self.api.cancel_job(principal, request.job_id, timeout_s=self._timeout(context))
+        return job_service_pb2.CancelJobResponse(job=view_pb(view))
+
+    @_rpc
+    def WatchJobs(self, request, context, principal):
+        for ev in self.api.watch_jobs(
+            principal,
+            from_revision=request.from_revision,
+            queue=request.queue,
+            job_id=request.job_id,
+            is_active=context.is_active,
+        ):
+            yield job_service_pb2.WatchJobsResponse(event=event_pb(ev))
+
+    @_rpc
+    def ExplainJob(self, request, context, principal):
+        ex = self.api.explain_job(principal, request.job_id)
+        resp = job_service_pb2.ExplainJobResponse(
+            job=view_pb(ex.job), queue_position=ex.job.queue_position, numbers=ex.numbers, lines=list(ex.lines)
+        )
+        p = _pending_pb(ex.job.pending)
+        if p is not None:
+            resp.pending_reason.CopyFrom(p)
+        return resp
+
+
+class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
+    @_rpc
+    def RegisterNode(self, request, context, principal):
+        node = self.api.register_node(principal, node_from_pb(request.node), timeout_s=self._timeout(context))
+        return node_service_pb2.RegisterNodeResponse(node=node_pb(node))
+
+    @_rpc
+    def Heartbeat(self, request, context, principal):
+        interval = self.api.heartbeat(principal, request.node, {d.index: d.health for d in request.devices})
+        return node_service_pb2.HeartbeatResponse(interval_seconds=interval)
+
+    @_rpc
+    def WatchAssignments(self, request, context, principal):
+        for a in self.api.watch_assignments(principal, request.node, is_active=context.is_active):
+            msg = node_service_pb2.Assignment(
+                job_id=a.job.id, run=a.run, job=job_pb(a.job), allocations=[_alloc_pb(x) for x in a.allocations]
+            )
+            yield node_service_pb2.WatchAssignmentsResponse(assignment=msg)
+
+    @_rpc
+    def ReportTaskStatus(self, request, context, principal):
+        state = _TASK_FROM_PB.get(request.state)
+        if state is None:
+            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_TASK_STATE", "state must be RUNNING, SUCCEEDED or FAILED", field="state")
+        view = self.api.report_task_status(
+            principal, request.job_id, request.node, state, request.message, request.exit_code, timeout_s=self._timeout(context)
+        )
+        return node_service_pb2.ReportTaskStatusResponse(job=view_pb(view))
+
+
+class ClusterServicer(_Base, cluster_service_pb2_grpc.ClusterServiceServicer):
+    @_rpc
+    def GetCluster(self, request, context, principal):
+        c = self.api.get_cluster(principal)
+        return cluster_service_pb2.GetClusterResponse(**c)
+
+    @_rpc
+    def ListNodes(self, request, context, principal):
+        return cluster_service_pb2.ListNodesResponse(nodes=[node_pb(n) for n in self.api.list_nodes(principal)])
+
+    @_rpc
+    def ListDevices(self, request, context, principal):
+        rows = self.api.list_devices(principal, request.node)
+        return cluster_service_pb2.ListDevicesResponse(devices=[device_pb(d, m, ids) for d, m, ids in rows])
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """PEM files; ``client_ca`` turns on mutual TLS (clients must present a cert it signed)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()  # probes see NOT_SERVING before the port closes
+        self.server.stop(grace_s).wait()
+
+
+def build_server(
+    api: SchedulerApi,
+    authenticator: Authenticator,
+    listen: str,
+    *,
+    tls: TlsFiles | None = None,
+    max_workers: int = 64,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> RunningServer:
+    """Create and start the gRPC server on ``listen`` (``host:port``, port 0 = any free one).
+
+    Worker threads: every open Watch stream holds one, so ``max_workers`` must exceed the
+    expected concurrent unary calls plus streams.
+    """
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(api, authenticator), server)
+    node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(api, authenticator), server)
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(api, authenticator), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("",) + SERVICE_NAMES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        creds = grpc.ssl_server_credentials(
+            [(read(tls.key), read(tls.cert))],
+            root_certificates=read(tls.client_ca) if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        port = server.add_secure_port(listen, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    return RunningServer(server, health_servicer, port)

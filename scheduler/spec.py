@@ -1,0 +1,180 @@
+"""Job documents (dicts from YAML, JSON or protobuf Struct) -> ``Job``.
+
+Shape (every key but ``kind`` optional; unknown keys are errors)::
+
+    id: train-1                      # the service may assign one
+    kind: training | serving | batch
+    tasks: 4                         # training / batch: tasks; serving: use replicas
+    min_tasks: 2                     # elastic minimum (training)
+    replicas: {min: 2, max: 4}       # serving only
+    devices:                         # per task; omit for CPU-only
+      count: 16                      # whole devices, or 1 with milli < 1000
+      model: ascend-910c             # or vendor: / capability: min_memory + min_bf16_tflops
+      vendor: ascend
+      min_memory: 64Gi
+      min_bf16_tflops: 300
+      milli: 500                     # a fraction of one device (milli-devices)
+      memory: 16Gi                   # memory slice of that fraction
+    cpu: 8                           # cores (number) or "8000m"
+    memory: 64Gi
+    within: node | hccs-group | supernode | any
+    queue: default
+    priority_class: normal
+    expected_duration_seconds: 3600
+    sp_block: 64                     # Ascend 910C logical super-pod, dies
+
+Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from xpod.hal.errors import XpodError
+
+from .model import MILLI, DeviceRequest, Job, JobKind, Within
+
+_TOP = {
+    "id", "kind", "tasks", "min_tasks", "replicas", "devices", "cpu", "memory", "within", "queue",
+    "priority_class", "expected_duration_seconds", "sp_block", "name",
+}
+_DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
+_SCALE = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+class _Err:
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __call__(self, field: str, msg: str) -> XpodError:
+        return XpodError(f"{self.where}: {field}: {msg}")
+
+
+def _int(err: _Err, field: str, v: Any, lo: int = 0, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+        raise err(field, f"{v!r} is not a whole number")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        raise err(field, f"{v} must be {'>= ' + str(lo) if hi is None else f'in {lo}..{hi}'}")
+    return v
+
+
+def _bytes(err: _Err, field: str, v: Any) -> int:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if v < 0 or v != int(v):
+            raise err(field, f"{v!r} is not a byte count")
+        return int(v)
+    m = _BYTES.match(str(v).strip())
+    if not m:
+        raise err(field, f"{v!r} is not a size (use bytes or 64Gi, 80G, 512Mi)")
+    return int(float(m.group(1)) * _SCALE[m.group(2)])
+
+
+def _cpu(err: _Err, v: Any) -> int:
+    if isinstance(v, str) and v.endswith("m"):
+        return _int(err, "cpu", int(v[:-1]) if v[:-1].isdigit() else v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise err("cpu", f"{v!r} is not a number of cores (e.g. 8, 0.5 or '500m')")
+    return int(round(float(v) * 1000))
+
+
+def _enum(err: _Err, field: str, cls, v: Any):
+    try:
+        return cls(v)
+    except ValueError:
+        raise err(field, f"{v!r} is not one of {', '.join(e.value for e in cls)}") from None
+
+
+def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = None) -> Job:
+    """Build a ``Job`` from a document; ``job_id`` overrides ``doc['id']`` (service-assigned)."""
+    if not isinstance(doc, Mapping):
+        raise XpodError(f"{source}: a job is a mapping (got {type(doc).__name__})")
+    jid = job_id or doc.get("id") or doc.get("name")
+    err = _Err(f"{source}" + (f" ({jid})" if jid and source != f"job {jid}" else ""))
+    extra = sorted(set(doc) - _TOP)
+    if extra:
+        raise err(extra[0], f"unknown key (allowed: {', '.join(sorted(_TOP))})")
+    if not jid or not isinstance(jid, str):
+        raise err("id", "missing: give the job an id")
+    if "kind" not in doc:
+        raise err("kind", "missing (training, serving or batch)")
+    kind = _enum(err, "kind", JobKind, doc["kind"])
+    min_tasks = None
+    if kind is JobKind.SERVING:
+        if "tasks" in doc or "min_tasks" in doc:
+            raise err("tasks", "a serving job sets replicas: {min, max} instead")
+        r = doc.get("replicas", 1)
+        if isinstance(r, Mapping):
+            bad = sorted(set(r) - {"min", "max"})
+            if bad:
+                raise err(f"replicas.{bad[0]}", "unknown key (allowed: min, max)")
+            tasks = _int(err, "replicas.max", r.get("max", r.get("min", 1)), 1)
+            min_tasks = _int(err, "replicas.min", r.get("min", tasks), 1, tasks)
+        else:
+            tasks = _int(err, "replicas", r, 1)
+    else:
+        if "replicas" in doc:
+            raise err("replicas", f"only serving jobs have replicas; a {kind.value} job sets tasks")
+        tasks = _int(err, "tasks", doc.get("tasks", 1), 1)
+        if "min_tasks" in doc:
+            if kind is not JobKind.TRAINING:
+                raise err("min_tasks", "only training jobs are elastic")
+            min_tasks = _int(err, "min_tasks", doc["min_tasks"], 1, tasks)
+    devices = None
+    d = doc.get("devices")
+    if d is not None:
+        if not isinstance(d, Mapping):
+            raise err("devices", "a mapping: {count, model | vendor | min_memory/min_bf16_tflops, milli, memory}")
+        bad = sorted(set(d) - _DEV)
+        if bad:
+            raise err(f"devices.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_DEV))})")
+        count = _int(err, "devices.count", d.get("count", 1), 1, 4096)
+        milli = _int(err, "devices.milli", d.get("milli", MILLI), 1, MILLI)
+        if milli < MILLI and count != 1:
+            raise err("devices.milli", f"a fraction of a device ({milli}m) needs count: 1, not {count}")
+        if "memory" in d and milli == MILLI:
+            raise err("devices.memory", "a memory slice goes with a fraction (milli < 1000); whole devices bring all their memory")
+        for key in ("model", "vendor"):
+            if key in d and (not isinstance(d[key], str) or not d[key]):
+                raise err(f"devices.{key}", f"{d[key]!r} is not a name")
+        tflops = d.get("min_bf16_tflops", 0)
+        if isinstance(tflops, bool) or not isinstance(tflops, (int, float)) or tflops < 0:
+            raise err("devices.min_bf16_tflops", f"{tflops!r} is not a non-negative number")
+        devices = DeviceRequest(
+            count=count,
+            vendor=d.get("vendor"),
+            model=d.get("model"),
+            min_memory_bytes=_bytes(err, "devices.min_memory", d.get("min_memory", 0)),
+            min_bf16_tflops=float(tflops),
+            milli=milli,
+            memory_bytes=_bytes(err, "devices.memory", d.get("memory", 0)),
+        )
+    within = _enum(err, "within", Within, doc.get("within", "any"))
+    dur = doc.get("expected_duration_seconds")
+    if dur is not None and (isinstance(dur, bool) or not isinstance(dur, (int, float)) or dur <= 0):
+        raise err("expected_duration_seconds", f"{dur!r} must be a positive number of seconds")
+    sp = doc.get("sp_block")
+    if sp is not None:
+        sp = _int(err, "sp_block", sp, 1)
+        if devices is None:
+            raise err("sp_block", "only for device jobs (Ascend 910C)")
+    for key in ("queue", "priority_class"):
+        if key in doc and (not isinstance(doc[key], str) or not doc[key]):
+            raise err(key, f"{doc[key]!r} is not a name")
+    return Job(
+        id=jid,
+        kind=kind,
+        tasks=tasks,
+        devices=devices,
+        cpu_milli=_cpu(err, doc.get("cpu", 0)),
+        memory_bytes=_bytes(err, "memory", doc.get("memory", 0)),
+        min_tasks=min_tasks,
+        within=within,
+        queue=doc.get("queue", "default"),
+        priority_class=doc.get("priority_class", "normal"),
+        expected_duration_seconds=float(dur) if dur is not None else None,
+        sp_block=sp,
+    )

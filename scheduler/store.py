@@ -1,0 +1,602 @@
+"""The scheduler's durable store: jobs, their event log and registered nodes in SQLite (WAL).
+
+Contract:
+
+* A write is *acknowledged* when its future resolves: by then the transaction holding it has
+  committed with ``synchronous=FULL`` (the WAL is fsync'd), so a ``kill -9`` of the server at
+  any later moment keeps it.
+* One writer thread owns the write connection and *group-commits*: it takes every write queued
+  while the previous transaction was committing and applies them in one transaction, so
+  durability costs one fsync per batch, not per job.
+* Submissions are idempotent by ``request_id`` (a UNIQUE column): the same key with the same
+  document (same ``spec_hash``) returns the stored job with ``created=False``; the same key with
+  another document fails that one submission with ``RequestIdConflict``; the batch goes on.
+* Every change of a job appends one event; its revision (an INTEGER PRIMARY KEY, strictly
+  increasing in commit order) is also stored on the job, so ``events_since(rev)`` resumes a
+  watch exactly.
+* The schema carries a version (``PRAGMA user_version``); ``MIGRATIONS`` brings an older file up
+  to date on open, in one transaction per step. A file from a newer xpod is refused.
+
+The writer calls ``on_commit(results)`` after each commit and before resolving the futures, in
+commit order, so an in-memory mirror (``scheduler.api``) never sees two batches out of order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import enum
+import hashlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from xpod.hal.errors import XpodError
+
+
+class JobState(str, enum.Enum):
+    """A job's life (mirrors ``xpod.v1.JobState``)."""
+
+    QUEUED = "QUEUED"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class EventType(str, enum.Enum):
+    """What happened to a job (mirrors ``xpod.v1.JobEventType``)."""
+
+    SUBMITTED = "SUBMITTED"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EVICTED = "EVICTED"
+    PENDING = "PENDING"
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingReasonRecord:
+    reason: str  # UPPER_SNAKE reason code from the scheduler core
+    message: str  # one line with the numbers
+    metadata: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "PendingReasonRecord | None":
+        if not d:
+            return None
+        return cls(d["reason"], d["message"], tuple(sorted((str(k), str(v)) for k, v in d.get("metadata", {}).items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationRecord:
+    """What one task of a job holds on one node (enough to bind it again after a restart)."""
+
+    node: str  # node name
+    devices: tuple[str, ...]  # device ids on that node ("n01/3")
+    milli_per_device: int = 1000  # thousandths of each device held
+    task: int = 0  # task index within the job
+    cpu_milli: int = 0  # host CPU held, thousandths of a core
+    memory_bytes: int = 0  # host memory held
+    device_memory_bytes: int = 0  # memory slice per device (fractional devices)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "devices": list(self.devices),
+            "milli_per_device": self.milli_per_device,
+            "task": self.task,
+            "cpu_milli": self.cpu_milli,
+            "memory_bytes": self.memory_bytes,
+            "device_memory_bytes": self.device_memory_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "AllocationRecord":
+        return cls(
+            d["node"],
+            tuple(d["devices"]),
+            int(d.get("milli_per_device", 1000)),
+            int(d.get("task", 0)),
+            int(d.get("cpu_milli", 0)),
+            int(d.get("memory_bytes", 0)),
+            int(d.get("device_memory_bytes", 0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord:
+    """One job as stored. Values, never mutated: a change is a new record plus an event."""
+
+    id: str  # server-assigned ("job-12"), never reused
+    seq: int  # submission order (also the FIFO tie-break the core sees)
+    request_id: str  # the client's idempotency key
+    spec_hash: str  # sha256 of the canonical JSON of ``spec``
+    queue: str
+    kind: str  # TrainingJob | ServingJob | BatchJob
+    name: str
+    spec: dict[str, Any] = dataclasses.field(compare=False)  # the accepted job document
+    state: JobState = JobState.QUEUED
+    pending: PendingReasonRecord | None = None
+    allocations: tuple[AllocationRecord, ...] = ()
+    create_time_s: float = 0.0  # unix seconds
+    update_time_s: float = 0.0
+    revision: int = 0  # revision of the last event that changed it
+    message: str = ""  # why it ended
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "request_id": self.request_id,
+            "spec_hash": self.spec_hash,
+            "queue": self.queue,
+            "kind": self.kind,
+            "name": self.name,
+            "spec": self.spec,
+            "state": self.state.value,
+            "pending_reason": self.pending.to_json() if self.pending else None,
+            "allocations": [a.to_json() for a in self.allocations],
+            "create_time_s": self.create_time_s,
+            "update_time_s": self.update_time_s,
+            "revision": self.revision,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "JobRecord":
+        return cls(
+            id=d["id"],
+            seq=int(d["seq"]),
+            request_id=d["request_id"],
+            spec_hash=d["spec_hash"],
+            queue=d["queue"],
+            kind=d["kind"],
+            name=d["name"],
+            spec=d["spec"],
+            state=JobState(d["state"]),
+            pending=PendingReasonRecord.from_json(d.get("pending_reason")),
+            allocations=tuple(AllocationRecord.from_json(a) for a in d.get("allocations", [])),
+            create_time_s=float(d["create_time_s"]),
+            update_time_s=float(d["update_time_s"]),
+            revision=int(d["revision"]),
+            message=d.get("message", ""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class EventRecord:
+    revision: int  # strictly increasing over the store, in commit order
+    job_id: str
+    type: EventType
+    time_s: float
+    message: str
+    job: JobRecord  # the job right after the event
+
+
+def spec_hash(document: dict[str, Any]) -> str:
+    """The idempotency fingerprint of a job document: sha256 of its canonical JSON."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class StoreError(XpodError):
+    """The database file cannot be used (newer schema, not a database, unwritable)."""
+
+
+class RequestIdConflict(Exception):
+    """A submission reused a request_id with another document (the API maps it to ALREADY_EXISTS)."""
+
+    def __init__(self, existing: JobRecord) -> None:
+        super().__init__(f"request_id {existing.request_id!r} was already used for job {existing.id} with a different job document")
+        self.existing = existing
+
+
+class StoreOverloaded(Exception):
+    """The write queue is full: the caller should shed the request and retry later."""
+
+
+class StoreClosed(Exception):
+    """The store was closed; no write is accepted."""
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitWrite:
+    """Insert a new job (or find the one with this request_id)."""
+
+    request_id: str
+    spec_hash: str
+    queue: str
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    time_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitResult:
+    job: JobRecord
+    created: bool  # False: an earlier submission with the same request_id and document
+    event: EventRecord | None  # the SUBMITTED event when created
+
+
+@dataclasses.dataclass(frozen=True)
+class JobUpdate:
+    """Replace a job's mutable fields and append one event.
+
+    ``expect_revision`` (when not None) makes the update conditional: it fails with
+    ``StaleUpdate`` if the stored job changed since (the API re-reads and decides again).
+    """
+
+    job_id: str
+    state: JobState
+    pending: PendingReasonRecord | None
+    allocations: tuple[AllocationRecord, ...]
+    event: EventType
+    message: str
+    time_s: float
+    expect_revision: int | None = None
+
+
+class StaleUpdate(Exception):
+    def __init__(self, current: JobRecord) -> None:
+        super().__init__(f"job {current.id} changed (now at revision {current.revision})")
+        self.current = current
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateResult:
+    job: JobRecord
+    event: EventRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeWrite:
+    """Insert or replace a registered node (``doc`` is the API's JSON of the node)."""
+
+    name: str
+    doc: dict[str, Any]
+    time_s: float
+    remove: bool = False
+
+
+Write = SubmitWrite | JobUpdate | NodeWrite
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+SCHEMA_VERSION = 2
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # version 1: jobs and their event log.
+    1: (
+        """CREATE TABLE jobs (
+               seq INTEGER PRIMARY KEY,
+               id TEXT NOT NULL UNIQUE,
+               request_id TEXT NOT NULL UNIQUE,
+               doc TEXT NOT NULL
+           )""",
+        """CREATE TABLE events (
+               revision INTEGER PRIMARY KEY AUTOINCREMENT,
+               job_id TEXT NOT NULL,
+               type TEXT NOT NULL,
+               time_s REAL NOT NULL,
+               message TEXT NOT NULL,
+               job TEXT NOT NULL
+           )""",
+    ),
+    # version 2: registered nodes survive a restart; events found per job without a scan.
+    2: (
+        """CREATE TABLE nodes (
+               name TEXT PRIMARY KEY,
+               doc TEXT NOT NULL,
+               update_time_s REAL NOT NULL
+           )""",
+        "CREATE INDEX events_by_job ON events (job_id, revision)",
+    ),
+}
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -> int:
+    """Bring the file to ``target``; returns the version found. Each step is one transaction."""
+    try:
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"{path}: not an xpod database ({err}); pass another --db path") from None
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {found} is newer than this xpod supports ({SCHEMA_VERSION}); upgrade xpod"
+        )
+    for version in range(found + 1, target + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    write: Write
+    future: concurrent.futures.Future
+
+
+class Store:
+    """SQLite store with one group-committing writer thread. Thread-safe.
+
+    ``max_queued_writes`` bounds the writes waiting for the writer; past it ``submit`` raises
+    ``StoreOverloaded`` at once (the service turns that into RESOURCE_EXHAUSTED + RetryInfo).
+    ``max_batch`` bounds one transaction.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        on_commit: Callable[[list[Any]], None] | None = None,
+        max_queued_writes: int = 20_000,
+        max_batch: int = 2_000,
+    ) -> None:
+        self.path = path
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        try:
+            self._conn = _connect(path)
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.Error as err:
+            raise StoreError(f"{path}: cannot open the database: {err}; pass a writable --db path") from None
+        if mode.lower() != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode (got {mode}); put --db on a local filesystem")
+        # FULL: the WAL is fsync'd at every commit, so an acknowledged write survives a crash of
+        # the machine, not only of the process.
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self.schema_version_found = migrate(self._conn, path)
+        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
+        self._next_seq = int(row[0]) + 1
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queued_writes)
+        self._read_local = threading.local()
+        self._closed = False
+        self.batches_committed = 0  # for tests and the benchmark: how well group commit works
+        self.writes_committed = 0
+        self._thread = threading.Thread(target=self._writer, name="xpod-store-writer", daemon=True)
+        self._thread.start()
+
+    # writes
+
+    def submit(self, write: Write) -> concurrent.futures.Future:
+        """Queue one write; the future resolves after its transaction committed (or fails)."""
+        if self._closed:
+            raise StoreClosed(self.path)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self._queue.put_nowait(_Pending(write, fut))
+        except queue.Full:
+            raise StoreOverloaded(f"{self._queue.maxsize} writes queued") from None
+        return fut
+
+    def write(self, write: Write, timeout_s: float | None = None) -> Any:
+        """``submit`` and wait: returns the result or raises the write's error."""
+        return self.submit(write).result(timeout=timeout_s)
+
+    def write_many(self, writes: Sequence[Write], timeout_s: float | None = None) -> list[Any]:
+        """Queue several writes (they usually share a transaction) and wait for all."""
+        futures = [self.submit(w) for w in writes]
+        return [f.result(timeout=timeout_s) for f in futures]
+
+    def _writer(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        outcomes: list[Any] = []
+        next_seq = self._next_seq
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for p in batch:
+                conn.execute("SAVEPOINT one")
+                try:
+                    result, next_seq = self._apply(conn, p.write, next_seq)
+                    conn.execute("RELEASE one")
+                except (RequestIdConflict, StaleUpdate, KeyError) as err:
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    result = err
+                outcomes.append(result)
+            conn.execute("COMMIT")
+        except BaseException as err:  # disk full, I/O error: nothing of this batch is acknowledged
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for p in batch:
+                p.future.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
+            return
+        self._next_seq = next_seq
+        self.batches_committed += 1
+        self.writes_committed += len(batch)
+        if self._on_commit is not None:
+            self._on_commit([o for o in outcomes if not isinstance(o, Exception)])
+        for p, outcome in zip(batch, outcomes):
+            if isinstance(outcome, Exception):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+
+    def _apply(self, conn: sqlite3.Connection, w: Write, next_seq: int) -> tuple[Any, int]:
+        if isinstance(w, SubmitWrite):
+            row = conn.execute("SELECT doc FROM jobs WHERE request_id = ?", (w.request_id,)).fetchone()
+            if row is not None:
+                existing = JobRecord.from_json(json.loads(row[0]))
+                if existing.spec_hash != w.spec_hash:
+                    raise RequestIdConflict(existing)
+                return SubmitResult(existing, False, None), next_seq
+            seq = next_seq
+            job = JobRecord(
+                id=f"job-{seq}",
+                seq=seq,
+                request_id=w.request_id,
+                spec_hash=w.spec_hash,
+                queue=w.queue,
+                kind=w.kind,
+                name=w.name,
+                spec=w.spec,
+                create_time_s=w.time_s,
+                update_time_s=w.time_s,
+            )
+            job, event = self._append_event(conn, job, EventType.SUBMITTED, "accepted", w.time_s)
+            conn.execute(
+                "INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)",
+                (seq, job.id, job.request_id, json.dumps(job.to_json())),
+            )
+            return SubmitResult(job, True, event), seq + 1
+        if isinstance(w, JobUpdate):
+            row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (w.job_id,)).fetchone()
+            if row is None:
+                raise KeyError(w.job_id)
+            current = JobRecord.from_json(json.loads(row[0]))
+            if w.expect_revision is not None and current.revision != w.expect_revision:
+                raise StaleUpdate(current)
+            job = dataclasses.replace(
+                current,
+                state=w.state,
+                pending=w.pending,
+                allocations=w.allocations,
+                update_time_s=w.time_s,
+                message=w.message if w.state.terminal else current.message,
+            )
+            job, event = self._append_event(conn, job, w.event, w.message, w.time_s)
+            conn.execute("UPDATE jobs SET doc = ? WHERE id = ?", (json.dumps(job.to_json()), job.id))
+            return UpdateResult(job, event), next_seq
+        if isinstance(w, NodeWrite):
+            if w.remove:
+                conn.execute("DELETE FROM nodes WHERE name = ?", (w.name,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)",
+                    (w.name, json.dumps(w.doc), w.time_s),
+                )
+            return w, next_seq
+        raise TypeError(f"unknown write {w!r}")
+
+    @staticmethod
+    def _append_event(conn, job: JobRecord, type_: EventType, message: str, time_s: float) -> tuple[JobRecord, EventRecord]:
+        # The event row is inserted first to learn its revision, then its stored snapshot is
+        # completed with that revision so event.job.revision == event.revision.
+        cur = conn.execute(
+            "INSERT INTO events (job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, '')",
+            (job.id, type_.value, time_s, message),
+        )
+        revision = int(cur.lastrowid)
+        job = dataclasses.replace(job, revision=revision)
+        conn.execute("UPDATE events SET job = ? WHERE revision = ?", (json.dumps(job.to_json()), revision))
+        return job, EventRecord(revision, job.id, type_, time_s, message, job)
+
+    # reads (any thread; WAL readers never block the writer)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._read_local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._read_local.conn = conn
+        return conn
+
+    def load_jobs(self) -> list[JobRecord]:
+        """Every stored job, in submission order."""
+        rows = self._reader().execute("SELECT doc FROM jobs ORDER BY seq").fetchall()
+        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+
+    def load_nodes(self) -> list[dict[str, Any]]:
+        rows = self._reader().execute("SELECT doc FROM nodes ORDER BY name").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def last_revision(self) -> int:
+        row = self._reader().execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()
+        return int(row[0])
+
+    def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        """Events with a revision above ``revision``, oldest first, at most ``limit``."""
+        if job_id is None:
+            rows = self._reader().execute(
+                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
+                (revision, limit),
+            ).fetchall()
+        else:
+            rows = self._reader().execute(
+                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE job_id = ? AND revision > ? "
+                "ORDER BY revision LIMIT ?",
+                (job_id, revision, limit),
+            ).fetchall()
+        return [
+            EventRecord(int(r[0]), r[1], EventType(r[2]), float(r[3]), r[4], JobRecord.from_json(json.loads(r[5])))
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer, close connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        while True:  # writes that raced close(): refuse them rather than leave callers waiting
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item.future.set_exception(StoreClosed(self.path))
+        self._conn.close()
+        conn = getattr(self._read_local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

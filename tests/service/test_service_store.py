@@ -1,0 +1,148 @@
+"""The durable store: idempotency, group commit, events with revisions, migrations."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import sqlite3
+
+import pytest
+
+from xpod.scheduler.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AllocationRecord,
+    EventType,
+    JobState,
+    JobUpdate,
+    NodeWrite,
+    RequestIdConflict,
+    StaleUpdate,
+    Store,
+    StoreError,
+    SubmitWrite,
+    migrate,
+    spec_hash,
+)
+
+
+def submit(store: Store, rid: str, doc: dict | None = None, queue: str = "q"):
+    doc = doc if doc is not None else {"kind": "BatchJob", "n": rid}
+    return store.write(SubmitWrite(rid, spec_hash(doc), queue, "BatchJob", "name", doc, 1.0))
+
+
+def test_submit_is_idempotent_by_request_id(tmp_path):
+    with Store(str(tmp_path / "s.db")) as store:
+        a = submit(store, "r1", {"x": 1})
+        b = submit(store, "r1", {"x": 1})
+        assert a.created and not b.created
+        assert a.job.id == b.job.id
+        with pytest.raises(RequestIdConflict) as err:
+            submit(store, "r1", {"x": 2})
+        assert err.value.existing.id == a.job.id
+        assert len(store.load_jobs()) == 1
+
+
+def test_spec_hash_ignores_key_order_only():
+    assert spec_hash({"a": 1, "b": [1, 2]}) == spec_hash({"b": [1, 2], "a": 1})
+    assert spec_hash({"a": 1}) != spec_hash({"a": 2})
+
+
+def test_concurrent_submissions_share_transactions(tmp_path):
+    with Store(str(tmp_path / "s.db")) as store:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(lambda i: submit(store, f"r{i}"), range(800)))
+        assert all(r.created for r in results)
+        assert len({r.job.id for r in results}) == 800
+        # group commit: far fewer transactions than writes
+        assert store.batches_committed < 800
+        assert store.writes_committed == 800
+
+
+def test_conflict_in_a_batch_does_not_fail_the_others(tmp_path):
+    with Store(str(tmp_path / "s.db")) as store:
+        submit(store, "dup", {"v": 1})
+        futures = [store.submit(SubmitWrite(f"ok{i}", "h", "q", "BatchJob", "n", {}, 1.0)) for i in range(5)]
+        bad = store.submit(SubmitWrite("dup", spec_hash({"v": 2}), "q", "BatchJob", "n", {"v": 2}, 1.0))
+        futures += [store.submit(SubmitWrite(f"ok{i}", "h", "q", "BatchJob", "n", {}, 1.0)) for i in range(5, 10)]
+        assert all(f.result().created for f in futures)
+        with pytest.raises(RequestIdConflict):
+            bad.result()
+        assert len(store.load_jobs()) == 11
+
+
+def test_events_have_increasing_revisions_and_resume(tmp_path):
+    path = str(tmp_path / "s.db")
+    with Store(path) as store:
+        job = submit(store, "r1").job
+        up = store.write(
+            JobUpdate(job.id, JobState.SCHEDULED, None, (AllocationRecord("n1", ("n1/0", "n1/1")),), EventType.SCHEDULED, "bound", 2.0)
+        )
+        assert up.event.revision > job.revision
+        assert up.job.revision == up.event.revision
+        done = store.write(JobUpdate(job.id, JobState.SUCCEEDED, None, (), EventType.SUCCEEDED, "ok", 3.0))
+    with Store(path) as store:  # reopened: everything is there
+        events = store.events_since(0)
+        assert [e.type for e in events] == [EventType.SUBMITTED, EventType.SCHEDULED, EventType.SUCCEEDED]
+        assert [e.revision for e in events] == sorted(e.revision for e in events)
+        assert events[1].job.allocations[0].devices == ("n1/0", "n1/1")
+        assert [e.type for e in store.events_since(up.event.revision)] == [EventType.SUCCEEDED]
+        assert store.last_revision() == done.event.revision
+        (loaded,) = store.load_jobs()
+        assert loaded.state is JobState.SUCCEEDED and loaded.message == "ok"
+        # a new job never reuses an id
+        assert submit(store, "r2").job.id != job.id
+
+
+def test_conditional_update_detects_a_change(tmp_path):
+    with Store(str(tmp_path / "s.db")) as store:
+        job = submit(store, "r1").job
+        store.write(JobUpdate(job.id, JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
+        with pytest.raises(StaleUpdate):
+            store.write(JobUpdate(job.id, JobState.SCHEDULED, None, (), EventType.SCHEDULED, "y", 3.0, expect_revision=job.revision))
+        with pytest.raises(KeyError):
+            store.write(JobUpdate("job-999", JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
+
+
+def test_nodes_persist(tmp_path):
+    path = str(tmp_path / "s.db")
+    with Store(path) as store:
+        store.write(NodeWrite("n1", {"name": "n1", "devices": []}, 1.0))
+        store.write(NodeWrite("n2", {"name": "n2", "devices": []}, 1.0))
+        store.write(NodeWrite("n1", {}, 2.0, remove=True))
+    with Store(path) as store:
+        assert [n["name"] for n in store.load_nodes()] == ["n2"]
+
+
+def test_migration_from_version_1_keeps_jobs(tmp_path):
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, path, target=1)
+    conn.execute(
+        "INSERT INTO jobs (seq, id, request_id, doc) VALUES (1, 'job-1', 'r1', ?)",
+        (json.dumps({"id": "job-1", "seq": 1, "request_id": "r1", "spec_hash": "h", "queue": "q", "kind": "BatchJob",
+                     "name": "n", "spec": {}, "state": "QUEUED", "create_time_s": 1, "update_time_s": 1, "revision": 0}),),
+    )
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version_found == 1
+        assert [j.id for j in store.load_jobs()] == ["job-1"]
+        assert submit(store, "r2").job.id == "job-2"
+        store.write(NodeWrite("n1", {"name": "n1", "devices": []}, 1.0))  # table of version 2
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == max(MIGRATIONS)
+    conn.close()
+
+
+def test_newer_or_foreign_files_are_refused(tmp_path):
+    newer = str(tmp_path / "newer.db")
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this xpod supports"):
+        Store(newer)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="junk.db"):
+        Store(str(junk))
