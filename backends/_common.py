@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from xpod.hal.backend import Backend, IntraNodeTopology, Link, parse_visible_devices
 from xpod.hal.device import DeviceInfo, Health
-from xpod.hal.errors import BackendUnavailable, ToolOutputError
+from xpod.hal.errors import BackendUnavailable, ToolOutputError, XpodError
 from xpod.hal.smi import ToolRunError
 
 
@@ -36,7 +36,7 @@ def resolve_model(vendor: str, raw_name: str | None, prefix: str) -> str | None:
     if match_model is not None:
         try:
             found = match_model(raw_name)
-        except Exception:  # a broken catalog file must not break parsing; fall back
+        except XpodError:  # an invalid catalog.yaml is reported where it is loaded; parse on
             found = None
         if found is not None and found.vendor == vendor:
             return found.id
@@ -59,26 +59,56 @@ def select_visible(devices: Sequence[DeviceInfo], variable: str | None, environ=
     """Apply a process visible-devices variable to a management tool's listing.
 
     The tool lists every device on the host (its indices ignore the variable, hal.md P1/P2).
-    The variable's ids are ordinals into that listing (the k-th listed device is id k, also
-    when npu-smi numbers NPUs from 4); the result carries logical ``index`` = position in the
-    variable, which is what torch numbers them. Unset: every device, logical = ordinal.
+    When the listing gives each device's runtime logical ids (``extra["logical_ids"]``, one per
+    die: npu-smi), the variable's ids are matched against those, so on a 910C host
+    ``ASCEND_RT_VISIBLE_DEVICES=2,3`` selects NPU 1 (both dies) and ``=2`` one die of it.
+    Otherwise the ids are ordinals into the listing (the k-th listed device is id k, also when
+    the tool numbers from 4). Result: the selected devices in the variable's order, with
+    logical ``index`` = position, which is how torch numbers them. Unset: every device.
     """
     env = os.environ if environ is None else environ
     ids = parse_visible_devices(env.get(variable)) if variable else None
     if ids is None:
         return [dataclasses.replace(d, index=k) for k, d in enumerate(devices)]
+    by_logical: dict[int, tuple[int, int]] = {}
+    for pos, d in enumerate(devices):
+        for die, lid in enumerate(d.extra.get("logical_ids") or ()):
+            by_logical[lid] = (pos, die)
+    picked: dict[int, list[int]] = {}  # listing position -> selected die positions, in order
+    for ordinal in ids:
+        if by_logical:
+            if ordinal not in by_logical:
+                break  # the runtimes stop at the first id that does not exist
+            pos, die = by_logical[ordinal]
+        else:
+            if ordinal >= len(devices):
+                break
+            pos, die = ordinal, None
+        picked.setdefault(pos, [])
+        if die is not None:
+            picked[pos].append(die)
     out = []
-    for k, ordinal in enumerate(ids):
-        if ordinal >= len(devices):
-            break  # the runtimes stop at the first id that does not exist
-        out.append(dataclasses.replace(devices[ordinal], index=k))
+    for k, (pos, dies) in enumerate(picked.items()):
+        d = devices[pos]
+        if dies and len(dies) < d.dies:
+            # Part of a multi-die package: report the selected dies only.
+            mem = d.extra.get("die_memory_bytes")
+            used = sum(mem[i][0] for i in dies) if mem else None
+            total = sum(mem[i][1] for i in dies) if mem else None
+            extra = dict(d.extra, logical_ids=[d.extra["logical_ids"][i] for i in dies])
+            d = dataclasses.replace(d, dies=len(dies), memory_used_bytes=used, memory_total_bytes=total, extra=extra)
+        out.append(dataclasses.replace(d, index=k))
     return out
 
 
 def merge_with_torch(tool_devices: list[DeviceInfo], torch_devices: list[TorchDevice]) -> list[DeviceInfo]:
     """Torch's logical devices, enriched with the tool's health, bus id and UUID when the two
-    agree on the count (the tool listing already filtered by ``select_visible``)."""
+    agree on the count (the tool listing already filtered by ``select_visible``). When torch
+    counts dies and the tool packages (910C: 16 torch devices, 8 NPU ids of 2 dies), the
+    tool's package listing is kept. An empty list means they disagree."""
     if len(tool_devices) != len(torch_devices):
+        if sum(d.dies for d in tool_devices) == len(torch_devices):
+            return [dataclasses.replace(d, index=k) for k, d in enumerate(tool_devices)]
         return []
     out = []
     for k, (d, t) in enumerate(zip(tool_devices, torch_devices)):
@@ -201,6 +231,24 @@ class ToolBackend(Backend):
             if merged:
                 return merged
         return devices_from_torch(self.name, self.model_prefix, torch_devs, self._dies)
+
+    def visible_env(self, indices: Sequence[int]) -> dict[str, str]:
+        """As ``Backend.visible_env``, but a package of several dies (910C) names the runtime
+        logical id of each of its dies: devices 0 and 1 of an A3 node -> ``"0,1,2,3"``. Where
+        the devices cannot be read, the indices are used as they are."""
+        env = super().visible_env(indices)
+        if not env or not indices:
+            return env
+        try:
+            listed = {d.index: d for d in self.devices()}
+        except XpodError:
+            return env
+        ids: list[int] = []
+        for i in indices:
+            if i not in listed:
+                raise ValueError(f"no {self.name} device with index {i} on this host (have {sorted(listed)})")
+            ids.extend(listed[i].extra.get("logical_ids") or [i])
+        return {self.visible_vars.process: ",".join(str(i) for i in sorted(ids))}  # type: ignore[dict-item]
 
     def topology(self) -> IntraNodeTopology:
         physical = None

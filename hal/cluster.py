@@ -276,9 +276,9 @@ def _fmt(path: Path) -> str:
 
 def _type_word(value: Any) -> str:
     if value is None:
-        return "null"
+        return "an empty value"
     if isinstance(value, bool):
-        return "true/false"
+        return "a boolean"
     return {int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
@@ -302,7 +302,9 @@ def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tu
         want = want if isinstance(want, list) else [want]
         words = {"integer": "a whole number", "number": "a number", "string": "text", "object": "a mapping",
                  "array": "a list", "boolean": "true or false"}
-        return doc.pos(path), f"{where} must be {' or '.join(words.get(w, w) for w in want)}, got {inst!r} ({_type_word(inst)})"
+        shown = "null" if inst is None else ("true" if inst is True else "false" if inst is False else repr(inst))
+        hint = "; YAML reads yes/no/on/off unquoted as a boolean: quote it" if isinstance(inst, bool) and "string" in want else ""
+        return doc.pos(path), f"{where} must be {' or '.join(words.get(w, w) for w in want)}, got {shown} ({_type_word(inst)}{hint})"
     if v in ("minimum", "exclusiveMinimum"):
         op = ">=" if v == "minimum" else ">"
         return doc.pos(path), f"{where} must be {op} {err.validator_value}, got {inst!r}"
@@ -415,7 +417,15 @@ def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
         for (line, col), msg in res if isinstance(res, list) else [res]:
             problems.append((line, col, msg))
     chk = _Checker(doc)
-    cluster = _semantic(data, chk, source, structure_ok=not problems)
+    try:
+        cluster = _semantic(data, chk, source, structure_ok=not problems)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        # The semantic pass trusts the schema's types. On a document the schema already
+        # rejected it is best effort: what it found so far is kept, the rest is skipped. On a
+        # document the schema accepted, an exception here is a bug and keeps its traceback.
+        if not problems:
+            raise
+        cluster = None
     problems += chk.problems
     if problems:
         fail(problems)
@@ -641,7 +651,10 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                     chk.add(gpath + ("fabrics",), f"node group {g.name!r} is on two fabrics at tier {t.number} "
                             f"({at[t.number].fabric!r} and {t.fabric!r}); a pair of devices must have one joining tier")
                 at[t.number] = t
-                if t.scope == "group" and t.group_size and g.units_per_node and g.units_per_node % t.group_size:
+                if t.scope == "group" and t.group_size and g.model is not None and t.group_size % g.model.units_per_package:
+                    chk.add(gpath + ("devices", "model"), f"tier {t.number} ({t.fabric}) groups of {t.group_size} would split "
+                            f"a package of {g.model.id} ({g.model.units_per_package} devices each); use a multiple of {g.model.units_per_package}")
+                elif t.scope == "group" and t.group_size and g.units_per_node and g.units_per_node % t.group_size:
                     chk.add(gpath + ("devices", "packagesPerNode"), f"node group {g.name!r} has {g.units_per_node} devices per node, "
                             f"which tier {t.number} ({t.fabric}) cannot split into groups of {t.group_size}")
         mine = [n for n in wide_numbers if n in at]
@@ -657,6 +670,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
     domains: list[Domain] = []
     in_level: dict[str, dict[str, str]] = {lv: {} for lv in levels}  # level -> host -> domain
     domain_names: set[str] = set()
+    domain_trouble = False  # a domain with an unknown level: coverage checks would only echo it
     for di, d in enumerate(_list(topo.get("domains"))):
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
             continue
@@ -666,6 +680,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         domain_names.add(d["name"])
         lv = d.get("level")
         if isinstance(lv, str) and lv not in levels:
+            domain_trouble = True
             chk.add(dpath + ("level",), f"unknown topology level {lv!r}{did_you_mean(lv, levels)}; declare it in spec.topology.levels"
                     + (f" ({', '.join(levels)})" if levels else ""))
             continue
@@ -692,7 +707,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         if d.level not in levels:
             continue
         for outer in levels[: levels.index(d.level)]:
-            parents = {in_level[outer].get(h) for h in d.hosts}
+            parents = {in_level[outer].get(h) for h in d.hosts if h in owner}  # unknown nodes: reported above
             if len(parents) > 1:
                 named = sorted(p for p in parents if p)
                 chk.add(_domain_path(topo, d.name), f"domains do not nest: {d.level} domain {d.name!r} spans "
@@ -701,7 +716,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
     for gi, g in enumerate(groups):
         for fname in g.fabrics:
             for t in tier_objs.get(fname, []):
-                if t.scope in in_level:
+                if t.scope in in_level and not domain_trouble:
                     missing = [h for h in g.hosts if h not in in_level[t.scope]]
                     if missing:
                         chk.add(("spec", "nodeGroups", gi, "hosts"), f"{len(missing)} node(s) of node group {g.name!r} "

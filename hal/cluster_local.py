@@ -24,9 +24,6 @@ def _node_name(raw: str) -> str:
 
 def local_descriptor(include_simulated: bool = False, name: str | None = None, host: str | None = None) -> tuple[str, list[str]]:
     """(descriptor YAML text, warnings) for this host."""
-    import yaml
-
-    from .cluster import parse_cluster_text
     from .registry import available_backends
 
     devices = [d for b in available_backends(include_simulated=include_simulated) for d in b.devices()]

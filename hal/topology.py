@@ -43,6 +43,21 @@ class Device:
         return self.id
 
 
+@dataclasses.dataclass(frozen=True)
+class RankTier:
+    """One tier as a set of ranks sees it (``Topology.rank_tiers``), closest first.
+
+    ``groups`` partitions ``range(len(devices))``: ranks joined at this tier or closer share a
+    group; every group lies inside one group of the next ``RankTier``."""
+
+    number: int  # the cluster's tier number
+    scope: str
+    fabrics: tuple[str, ...]  # fabrics of this tier number the ranks use
+    groups: tuple[tuple[int, ...], ...]  # rank indices, each group in rank order
+    bandwidth_bytes_per_s: int | None  # the slowest of those fabrics; None if any is unknown
+    latency_seconds: float | None  # the slowest of those fabrics; None if any is unknown
+
+
 class Topology:
     """Built from a ``Cluster`` (``cluster.topology()``); immutable once built."""
 
@@ -202,6 +217,50 @@ class Topology:
             out[same] = num
         same_dev = idx[:, None] == idx[None, :]
         out[same_dev] = 0
+        return out
+
+    def supernodes(self) -> list[str]:
+        """Names of the super-node domains, in file order (empty when there is no such level)."""
+        return [d.name for d in self.cluster.domains if d.level == "supernode"]
+
+    def group_of(self, d: "Device | str", number: int) -> tuple[Device, ...] | None:
+        """The group of tier ``number`` holding the device, or None when it is not on that tier."""
+        d = self._dev(d)
+        key = self._keys[number][self._pos[d]] if number in self._keys else None
+        if key is None:
+            return None
+        return tuple(x for x, k in zip(self._devices, self._keys[number]) if k == key)
+
+    def rank_tiers(self, devices: "Sequence[Device | str]") -> list[RankTier]:
+        """The tiers that matter to a set of ranks (rank i runs on ``devices[i]``), closest
+        first, for hierarchical collectives: a tier is kept only if it joins more ranks than
+        the tiers before it. A rank not on some tier keeps its group from the tier before
+        (its node group is not on that fabric), which keeps the groups nested."""
+        devs = [self._dev(d) for d in devices]
+        if len(set(devs)) != len(devs):
+            raise XpodError("rank_tiers: a device appears twice; give one device per rank")
+        prev: list[Any] = [("rank", i) for i in range(len(devs))]
+        out: list[RankTier] = []
+        for n in self._numbers:
+            cur = []
+            for i, d in enumerate(devs):
+                k = self._keys[n][self._pos[d]]
+                cur.append(("key", k) if k is not None else ("carry", prev[i]))
+            if len(set(cur)) < len(set(prev)):
+                groups: dict[Any, list[int]] = {}
+                for i, k in enumerate(cur):
+                    groups.setdefault(k, []).append(i)
+                used = sorted({t.fabric for d in devs if (t := self._tier_for(d.node, n)) is not None})
+                tiers = [t for t in self._tiers_by_number[n] if t.fabric in used]
+                bws = [t.bandwidth_bytes_per_s for t in tiers]
+                lats = [t.latency_seconds for t in tiers]
+                out.append(RankTier(
+                    number=n, scope=tiers[0].scope if tiers else self._tiers_by_number[n][0].scope, fabrics=tuple(used),
+                    groups=tuple(tuple(g) for g in groups.values()),
+                    bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),
+                    latency_seconds=None if not lats or None in lats else max(lats),
+                ))
+            prev = cur
         return out
 
     def unjoined_example(self) -> tuple[Device, Device] | None:

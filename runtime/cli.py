@@ -20,9 +20,13 @@ from xpod import __version__
 from xpod.hal.errors import XpodError
 
 COMMAND_MODULES = [
+    "xpod.runtime.cli_scheduler",
     "xpod.runtime.cli_devices",
     "xpod.runtime.cli_cluster",
     "xpod.runtime.cli_collectives",
+    "xpod.runtime.cli_service",
+    "xpod.runtime.cli_metrics",
+    "xpod.runtime.cli_moe",
 ]
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from xpod.hal.errors import XpodError
-
 
 def register(commands) -> None:
     p = commands.top.add_parser(
@@ -142,5 +140,3 @@ def cmd_local(args) -> int:
     sys.stdout.write(text)
     return 0
 
-
-__all__ = ["register", "XpodError"]

@@ -168,14 +168,17 @@ def cmd_server(args) -> int:
     api.start()
     jobs = len(api.store.load_jobs())
     devices = sum(len(n.devices) for n in nodes)
+    if authenticator.open:
+        print(f"xpod server: no --tokens file: running OPEN (no authentication) on {host}", flush=True)
+    metrics_where = ""
+    if metrics_server is not None:
+        metrics_where = f"; metrics on http://{metrics_addr[0]}:{metrics_server.server_port}/metrics"
     print(
         f"xpod server: listening on {host}:{running.port}{' (TLS)' if tls else ''}; db {args.db} "
         f"({jobs} jobs recovered, revision {api.last_revision}); cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
-        + (f"; metrics on http://{args.metrics}/metrics" if metrics_addr else ""),
+        + metrics_where,
         flush=True,
     )
-    if authenticator.open:
-        print(f"xpod server: no --tokens file: running OPEN (no authentication) on {host}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -319,7 +319,23 @@ def job_json(job: Any) -> dict[str, Any]:
 
     d = json_format.MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     d["state"] = d.get("state", "").removeprefix("JOB_STATE_")
+    d["spec"] = _ints(d.get("spec", {}))
+    d["revision"] = int(d.get("revision", 0))
+    for a in d.get("allocations", []):
+        for key in ("cpu_milli", "memory_bytes", "device_memory_bytes"):
+            a[key] = int(a.get(key, 0))
     return d
+
+
+def _ints(v: Any) -> Any:
+    # protobuf Struct holds only doubles: show 8.0 as 8, as the job file had it
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _ints(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_ints(x) for x in v]
+    return v
 
 
 def event_json(event: Any) -> dict[str, Any]:

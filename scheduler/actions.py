@@ -44,6 +44,7 @@ class Placer:
         self.spread = any(isinstance(p, SpreadPolicy) for p in pols)
         self.ascend = next((p for p in pols if p.name == "ascend"), None)
         self._models_cache: dict = {}
+        self.has_supernodes = any(st.node.supernode for st in self.snap.nodes.values())
 
     # ------------------------------------------------------------------------ one node
     def models_for(self, job: Job) -> list[str]:
@@ -101,6 +102,18 @@ class Placer:
         """How many tasks of ``job`` fit on this node now (at most ``limit``)."""
         if limit <= 0:
             return 0
+        req = job.devices
+        if req is not None and not req.fractional and self._generic(job):
+            # whole devices, no device rule: arithmetic instead of simulated selection
+            if not st.schedulable:
+                return 0
+            free = sum(self.snap.free_whole.get(m, {}).get(st.node.name, 0) for m in self.models_for(job))
+            n = min(limit, free // req.count)
+            if job.cpu_milli:
+                n = min(n, st.cpu_left // job.cpu_milli)
+            if job.memory_bytes:
+                n = min(n, st.memory_left // job.memory_bytes)
+            return max(n, 0)
         view = NodeState(st.node, st.cpu_left, st.memory_left, list(st.free_milli), list(st.free_memory), st.healthy, st.schedulable)
         n = 0
         while n < limit:
@@ -117,6 +130,21 @@ class Placer:
             if not idx and job.cpu_milli == 0 and job.memory_bytes == 0:
                 return limit  # a task that needs nothing fits any number of times
         return n
+
+    def _generic(self, job: Job) -> bool:
+        """True when no device rule shapes this job's whole-device selection (capacity is then
+        a division). Capability requests may match models with different rules: not generic."""
+        if job.within is Within.HCCS_GROUP:
+            return False
+        models = self.models_for(job)
+        if len(models) != 1:
+            return False
+        if self.ascend is not None and ascend.family(models[0]) is not None:
+            return False
+        return True  # the other selectors (fragmentation) only choose fractional devices
+
+    def free_total(self, job: Job) -> int:
+        return sum(self.snap.free_total.get(m, 0) for m in self.models_for(job))
 
     # ----------------------------------------------------------------------- node order
     def free_matching(self, st: NodeState, models: list[str]) -> int:
@@ -137,6 +165,19 @@ class Placer:
                 yield snap.nodes[first]
                 for name in sorted(names):
                     if name != first:
+                        yield snap.nodes[name]
+            return
+        if req is not None and req.fractional and len(models) == 1:
+            # partly used devices first (sorted by what the fragmentation policy keys on), then
+            # nodes with whole free devices, fullest first
+            part = sorted(snap.partial.get(models[0], ()))
+            seen = set(part)
+            for name in part:
+                yield snap.nodes[name]
+            buckets = snap.buckets.get(models[0], {})
+            for c in sorted(c for c in buckets if c >= 1 and buckets[c]):
+                for name in sorted(buckets[c]):
+                    if name not in seen:
                         yield snap.nodes[name]
             return
         if req is None:
@@ -177,7 +218,12 @@ class Placer:
         if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(job.devices.model if job.devices else None) == "910c":
             return self._place_sp_blocks(job, stmt, want, first_task)
         per_task = job.devices.count if job.devices and not job.devices.fractional else 0
+        if per_task and self.free_total(job) < per_task * need:
+            return 0  # not enough free devices of the model anywhere
+        has_supernodes = self.has_supernodes
         for tier in self.tiers(job):
+            if tier is Within.SUPERNODE and not has_supernodes:
+                continue
             if tier is Within.NODE:
                 for st in self.ordered_nodes(job, per_task * need):
                     cap = self.capacity(job, st, want)
@@ -185,10 +231,14 @@ class Placer:
                         return self._bind_on(job, stmt, [(st, cap)], want, first_task)
                 continue
             caps = []
+            got = 0
             for st in self.ordered_nodes(job, per_task):
                 cap = self.capacity(job, st, want)
                 if cap > 0:
                     caps.append((st, cap))
+                    got += cap
+                    if tier is Within.ANY and got >= want:
+                        break  # fullest-first prefix already holds the whole job
             if tier is Within.SUPERNODE:
                 groups: dict[str, list] = defaultdict(list)
                 for st, cap in caps:
@@ -231,16 +281,18 @@ class Placer:
         running = self.snap.running.get(job.id)
         for b in running.bindings if running else ():
             per_domain[self.snap.nodes[b.node].node.domain if b.node in self.snap.nodes else b.node] += 1
-        cands = list(self.ordered_nodes(job, job.devices.count if job.devices and not job.devices.fractional else 0))
+        need_dev = job.devices.count if job.devices and not job.devices.fractional else 0
         placed = 0
         while placed < want:
             best = None
-            for rank, st in enumerate(cands):
+            for rank, st in enumerate(self.ordered_nodes(job, need_dev)):
                 key = (per_domain[st.node.domain], rank)
                 if best is not None and key >= best[0]:
                     continue
                 if self.select(job, st) is not None:
                     best = (key, st)
+                    if key[0] == 0:
+                        break  # an untouched failure domain: nothing later can beat it
             if best is None:
                 break
             st = best[1]
@@ -476,13 +528,27 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     want = job.tasks - already
     evicted = []
     got = 0
-    for rj in victims:
-        evicted.append(stmt.evict(rj.job.id))
-        got = cs.placer.place(job, stmt, want, need, first_task=already)
-        if got >= need:
+    # one victim that suffices alone, lowest priority and smallest first
+    for rj in victims[:MAX_SINGLE_VICTIM_TRIES]:
+        one = Statement(snap, cs.ctx.now)
+        one.evict(rj.job.id)
+        if cs.placer.place(job, one, want, need, first_task=already) >= need:
+            one.discard()
+            evicted.append(stmt.evict(rj.job.id))
+            got = cs.placer.place(job, stmt, want, need, first_task=already)
             break
-        stmt.unbind_job(job.id)
-        got = 0
+        one.discard()
+    if got < need:
+        # otherwise evict in order until the job fits
+        for rj in victims:
+            if any(e.job.id == rj.job.id for e in evicted):
+                continue
+            evicted.append(stmt.evict(rj.job.id))
+            got = cs.placer.place(job, stmt, want, need, first_task=already)
+            if got >= need:
+                break
+            stmt.unbind_job(job.id)
+            got = 0
     if got < need:
         stmt.discard()  # never evict for a job that would still not fit
         return False
@@ -512,6 +578,8 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     return True
 
 
+#: victims tried one by one before evicting several (keeps preemption bounded on big clusters)
+MAX_SINGLE_VICTIM_TRIES = 64
 #: how many pending jobs one cycle tries to preempt or reclaim for (keeps a cycle bounded)
 MAX_PREEMPTORS_PER_CYCLE = 16
 
@@ -581,10 +649,13 @@ def _block(snap: Snapshot, per_node: dict[str, int], tier: Within) -> int:
 
 
 def _tier_of(cs: CycleState, job: Job) -> Within:
+    """The domain the job's (remaining) tasks must fit in together, for reasons and estimates."""
     if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
         return Within.SUPERNODE
+    if job.kind is not JobKind.TRAINING or cs.placer.min_tasks(job) - cs.placed_tasks.get(job.id, 0) <= 1:
+        return Within.NODE  # one task (a replica, a batch task) always sits on one node
     tiers = cs.placer.tiers(job)
-    return Within.NODE if job.kind is JobKind.SERVING else tiers[-1]
+    return tiers[-1]
 
 
 def estimate_start(cs: CycleState, job: Job) -> float | None:
@@ -623,7 +694,13 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
     for q, jobs in by_queue.items():
         head_est = None
         for pos, job in enumerate(jobs, start=1):
-            code = cs.failed.get(job.id, ReasonCode.NOT_CONSIDERED if not cs.enqueued else ReasonCode.WAITING_BEHIND)
+            placed_now = cs.placed_tasks.get(job.id, 0)
+            if job.id in cs.failed:
+                code = cs.failed[job.id]
+            elif placed_now:
+                code = ReasonCode.UNSCHEDULABLE  # running in part, the rest does not fit now
+            else:
+                code = ReasonCode.WAITING_BEHIND if cs.enqueued else ReasonCode.NOT_CONSIDERED
             tier = _tier_of(cs, job)
             req = job.devices
             shape = (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops, req.count, req.milli) if req else None
@@ -656,6 +733,8 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 msg = f"waiting behind {cs.heads.get(q, 'a job ahead')} (holding resources for it); needs {what} in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
             else:
                 msg = f"needs {what} = {need} devices in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
+            if placed_now and code is ReasonCode.UNSCHEDULABLE:
+                msg = f"running {placed_now} of {job.tasks} tasks; " + msg
             if req is None:
                 msg = f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
             out[job.id] = PendingReason(

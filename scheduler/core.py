@@ -178,7 +178,7 @@ class Scheduler:
             evictions=evictions,
             pending=reasons,
             # a decision = a job this cycle bound (fully or partly) or gave a pending reason
-            decisions=len({b.job_id for b in cs.bindings}) + len(reasons),
+            decisions=len({b.job_id for b in cs.bindings} | set(reasons)),
             seconds=time.perf_counter() - t0,
         )
 

@@ -51,6 +51,10 @@ class Snapshot:
         self.free_whole: dict[str, dict[str, int]] = defaultdict(dict)
         # buckets[model][count] = nodes with exactly `count` whole free devices of the model
         self.buckets: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+        # free_total[model] = sum of free_whole[model] (fail-fast checks for big gangs)
+        self.free_total: dict[str, int] = defaultdict(int)
+        # partial[model] = nodes with a healthy device of the model partly used (fractional)
+        self.partial: dict[str, set[str]] = defaultdict(set)
         # one device per model, for capability matching (memory, TFLOPS) without a node scan
         self.model_example: dict[str, object] = {}
         # device totals per model (healthy), for "can never fit" checks
@@ -85,6 +89,8 @@ class Snapshot:
             old = self.free_whole[d.model].pop(name, None)
             if old is not None:
                 self.buckets[d.model][old].discard(name)
+                self.free_total[d.model] -= old
+            self.partial[d.model].discard(name)
         self._recount_totals()
         return hit
 
@@ -115,10 +121,19 @@ class Snapshot:
     def _reindex(self, name: str) -> None:
         st = self.nodes[name]
         counts: dict[str, int] = {}
+        partial: dict[str, bool] = {}
         for d, free, ok in zip(st.node.devices, st.free_milli, st.healthy):
             counts.setdefault(d.model, 0)
+            partial.setdefault(d.model, False)
             if ok and free == MILLI:
                 counts[d.model] += 1
+            elif ok and 0 < free < MILLI:
+                partial[d.model] = True
+        for model, part in partial.items():
+            if part:
+                self.partial[model].add(name)
+            else:
+                self.partial[model].discard(name)
         for d in st.node.devices:
             self.model_example.setdefault(d.model, d)
         for model, c in counts.items():
@@ -128,6 +143,7 @@ class Snapshot:
                     self.buckets[model][old].discard(name)
                 self.buckets[model][c].add(name)
                 self.free_whole[model][name] = c
+                self.free_total[model] += c - (old or 0)
 
     # -------------------------------------------------------------------------- bindings
     def apply(self, b: Binding, sign: int) -> None:

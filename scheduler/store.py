@@ -242,6 +242,7 @@ class JobUpdate:
 
     ``expect_revision`` (when not None) makes the update conditional: it fails with
     ``StaleUpdate`` if the stored job changed since (the API re-reads and decides again).
+    ``expect_states`` (when not empty) likewise requires the stored state to be one of them.
     """
 
     job_id: str
@@ -252,6 +253,7 @@ class JobUpdate:
     message: str
     time_s: float
     expect_revision: int | None = None
+    expect_states: tuple[JobState, ...] = ()
 
 
 class StaleUpdate(Exception):
@@ -322,7 +324,7 @@ def _connect(path: str) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -> int:
     """Bring the file to ``target``; returns the version found. Each step is one transaction."""
     try:
-        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        found = conn.execute("PRAGMA user_version").fetchall()[0][0]
     except sqlite3.DatabaseError as err:
         raise StoreError(f"{path}: not an xpod database ({err}); pass another --db path") from None
     if found > SCHEMA_VERSION:
@@ -372,7 +374,7 @@ class Store:
         self._max_batch = max_batch
         try:
             self._conn = _connect(path)
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
         except sqlite3.Error as err:
             raise StoreError(f"{path}: cannot open the database: {err}; pass a writable --db path") from None
         if mode.lower() != "wal":
@@ -381,8 +383,17 @@ class Store:
         # the machine, not only of the process.
         self._conn.execute("PRAGMA synchronous = FULL")
         self.schema_version_found = migrate(self._conn, path)
-        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
+        # fetchall, never fetchone: an unfinished statement keeps its read snapshot open, which
+        # both shows stale data and stops the WAL from being checkpointed.
+        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchall()[0]
         self._next_seq = int(row[0]) + 1
+        row = self._conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
+        self._next_revision = int(row[0]) + 1
+        # The writer's own view of committed jobs: request ids and current records, so a write
+        # needs no read-back (filled as jobs are written; older ones are read on first use).
+        self._by_request: dict[str, str] = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
+        self._current: dict[str, JobRecord] = {}
+        self._spec_json: dict[str, str] = {}
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queued_writes)
         self._read_local = threading.local()
         self._closed = False
@@ -432,20 +443,17 @@ class Store:
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._conn
+        txn = _Txn(self._next_seq, self._next_revision)
         outcomes: list[Any] = []
-        next_seq = self._next_seq
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in batch:
-                conn.execute("SAVEPOINT one")
+                # A refused write (conflict, stale, unknown job) raises before it writes
+                # anything, so the rest of the batch goes on without savepoints.
                 try:
-                    result, next_seq = self._apply(conn, p.write, next_seq)
-                    conn.execute("RELEASE one")
+                    outcomes.append(self._apply(conn, p.write, txn))
                 except (RequestIdConflict, StaleUpdate, KeyError) as err:
-                    conn.execute("ROLLBACK TO one")
-                    conn.execute("RELEASE one")
-                    result = err
-                outcomes.append(result)
+                    outcomes.append(err)
             conn.execute("COMMIT")
         except BaseException as err:  # disk full, I/O error: nothing of this batch is acknowledged
             try:
@@ -455,7 +463,10 @@ class Store:
             for p in batch:
                 p.future.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
             return
-        self._next_seq = next_seq
+        self._next_seq = txn.next_seq
+        self._next_revision = txn.next_revision
+        self._current.update(txn.jobs)
+        self._by_request.update(txn.by_request)
         self.batches_committed += 1
         self.writes_committed += len(batch)
         if self._on_commit is not None:
@@ -466,15 +477,34 @@ class Store:
             else:
                 p.future.set_result(outcome)
 
-    def _apply(self, conn: sqlite3.Connection, w: Write, next_seq: int) -> tuple[Any, int]:
+    def _lookup(self, conn: sqlite3.Connection, txn: "_Txn", job_id: str) -> JobRecord | None:
+        job = txn.jobs.get(job_id) or self._current.get(job_id)
+        if job is None:
+            rows = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchall()
+            if rows:
+                job = JobRecord.from_json(json.loads(rows[0][0]))
+        return job
+
+    def _doc(self, job: JobRecord) -> str:
+        # The spec never changes after submission: serialise it once per job.
+        spec = self._spec_json.get(job.id)
+        if spec is None:
+            spec = self._spec_json[job.id] = json.dumps(job.spec, separators=(",", ":"))
+        d = job.to_json()
+        del d["spec"]
+        return json.dumps(d, separators=(",", ":"))[:-1] + ',"spec":' + spec + "}"
+
+    def _apply(self, conn: sqlite3.Connection, w: Write, txn: "_Txn") -> Any:
         if isinstance(w, SubmitWrite):
-            row = conn.execute("SELECT doc FROM jobs WHERE request_id = ?", (w.request_id,)).fetchone()
-            if row is not None:
-                existing = JobRecord.from_json(json.loads(row[0]))
+            existing_id = txn.by_request.get(w.request_id) or self._by_request.get(w.request_id)
+            if existing_id is not None:
+                existing = self._lookup(conn, txn, existing_id)
+                assert existing is not None
                 if existing.spec_hash != w.spec_hash:
                     raise RequestIdConflict(existing)
-                return SubmitResult(existing, False, None), next_seq
-            seq = next_seq
+                return SubmitResult(existing, False, None)
+            seq = txn.next_seq
+            txn.next_seq += 1
             job = JobRecord(
                 id=f"job-{seq}",
                 seq=seq,
@@ -487,18 +517,17 @@ class Store:
                 create_time_s=w.time_s,
                 update_time_s=w.time_s,
             )
-            job, event = self._append_event(conn, job, EventType.SUBMITTED, "accepted", w.time_s)
-            conn.execute(
-                "INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)",
-                (seq, job.id, job.request_id, json.dumps(job.to_json())),
-            )
-            return SubmitResult(job, True, event), seq + 1
+            job, event, doc = self._append_event(conn, txn, job, EventType.SUBMITTED, "accepted", w.time_s)
+            conn.execute("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", (seq, job.id, job.request_id, doc))
+            txn.by_request[w.request_id] = job.id
+            return SubmitResult(job, True, event)
         if isinstance(w, JobUpdate):
-            row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (w.job_id,)).fetchone()
-            if row is None:
+            current = self._lookup(conn, txn, w.job_id)
+            if current is None:
                 raise KeyError(w.job_id)
-            current = JobRecord.from_json(json.loads(row[0]))
             if w.expect_revision is not None and current.revision != w.expect_revision:
+                raise StaleUpdate(current)
+            if w.expect_states and current.state not in w.expect_states:
                 raise StaleUpdate(current)
             job = dataclasses.replace(
                 current,
@@ -508,9 +537,9 @@ class Store:
                 update_time_s=w.time_s,
                 message=w.message if w.state.terminal else current.message,
             )
-            job, event = self._append_event(conn, job, w.event, w.message, w.time_s)
-            conn.execute("UPDATE jobs SET doc = ? WHERE id = ?", (json.dumps(job.to_json()), job.id))
-            return UpdateResult(job, event), next_seq
+            job, event, doc = self._append_event(conn, txn, job, w.event, w.message, w.time_s)
+            conn.execute("UPDATE jobs SET doc = ? WHERE id = ?", (doc, job.id))
+            return UpdateResult(job, event)
         if isinstance(w, NodeWrite):
             if w.remove:
                 conn.execute("DELETE FROM nodes WHERE name = ?", (w.name,))
@@ -519,21 +548,24 @@ class Store:
                     "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)",
                     (w.name, json.dumps(w.doc), w.time_s),
                 )
-            return w, next_seq
+            return w
         raise TypeError(f"unknown write {w!r}")
 
-    @staticmethod
-    def _append_event(conn, job: JobRecord, type_: EventType, message: str, time_s: float) -> tuple[JobRecord, EventRecord]:
-        # The event row is inserted first to learn its revision, then its stored snapshot is
-        # completed with that revision so event.job.revision == event.revision.
-        cur = conn.execute(
-            "INSERT INTO events (job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, '')",
-            (job.id, type_.value, time_s, message),
-        )
-        revision = int(cur.lastrowid)
+    def _append_event(
+        self, conn, txn: "_Txn", job: JobRecord, type_: EventType, message: str, time_s: float
+    ) -> tuple[JobRecord, EventRecord, str]:
+        # Revisions are assigned here (the only writer) so the stored snapshot carries its own
+        # revision: event.job.revision == event.revision.
+        revision = txn.next_revision
+        txn.next_revision += 1
         job = dataclasses.replace(job, revision=revision)
-        conn.execute("UPDATE events SET job = ? WHERE revision = ?", (json.dumps(job.to_json()), revision))
-        return job, EventRecord(revision, job.id, type_, time_s, message, job)
+        doc = self._doc(job)
+        conn.execute(
+            "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
+            (revision, job.id, type_.value, time_s, message, doc),
+        )
+        txn.jobs[job.id] = job
+        return job, EventRecord(revision, job.id, type_, time_s, message, job), doc
 
     # reads (any thread; WAL readers never block the writer)
 
@@ -555,7 +587,7 @@ class Store:
         return [json.loads(r[0]) for r in rows]
 
     def last_revision(self) -> int:
-        row = self._reader().execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchone()
+        row = self._reader().execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
         return int(row[0])
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:

@@ -5,8 +5,11 @@
 (``Chip [Device|Phy-ID] | Bus-Id | AICore(%) Memory-Usage(MB) [HBM-Usage(MB)]``). Each device
 record is an NPU row followed by its chip row(s). Layouts seen (hal.md section 2):
 
-- 910B / Atlas A2 (npu-smi 23.x-25.x): one chip per NPU, HBM-Usage column;
-- 310P / 910A: ``Chip Device`` column, no HBM column (Memory-Usage is the device memory);
+- 910B / Atlas A2 (npu-smi 23.x-25.x) and the first-generation 910 ("910A"): one chip per
+  NPU, HBM-Usage column (then HBM is the device memory and Memory-Usage the control CPU's DDR);
+- 310P: ``Chip Device`` header (the second number is the chip's logical device id), no HBM
+  column (Memory-Usage is the device memory); an Atlas 300I Duo card is one NPU id with two
+  chip rows, read as one package with ``dies=2``;
 - Atlas A3 / 910C (name ``Ascend910``, ``Chip Phy-ID``): each NPU id is printed twice, once
   per die, as an NPU row + chip row pair (vllm-project/vllm-ascend issue 2534). One NPU id is
   one package of two dies: one ``DeviceInfo`` with ``dies=2`` and the dies' memory summed.
@@ -40,6 +43,15 @@ _TOPO_LINKS = {
     "SYS": Link.NUMA,
     "NA": Link.UNKNOWN,
 }
+
+
+# Names the catalog does not carry: npu-smi 22.x prints the first-generation Ascend 910 as "910A".
+_LEGACY_NAMES = {"910a": "ascend-910", "ascend910a": "ascend-910"}
+
+
+def _model(name: str) -> str | None:
+    legacy = _LEGACY_NAMES.get(name.lower())
+    return legacy or resolve_model("ascend", name, "ascend")
 
 
 def _usage_titles(header_cell: str) -> list[str]:
@@ -79,11 +91,19 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
     usage = _usage_titles(chip_header.cells[2])
     chip_titles = chip_header.cells[0].split()
     phy_layout = any(t.lower() == "phy-id" for t in chip_titles)
+    # 310P / 910A tables print each chip's logical device id ("Chip Device"); elsewhere
+    # logical ids follow print order, one per chip (die), which is what the runtime numbers
+    # and ASCEND_RT_VISIBLE_DEVICES names (16 on an A3 node of 8 NPU ids).
+    device_layout = any(t.lower() == "device" for t in chip_titles)
+    next_logical = 0
 
     # Gather (npu_row, chip_rows) in print order, across record groups: A3 prints the second
     # die of an NPU id in its own group, right after the first.
     pairs: list[tuple[smi.BoxRow, list[smi.BoxRow]]] = []
+    in_process_table = False
     for group in table.records:
+        if in_process_table:
+            break
         for row in group:
             cells = row.cells
             if len(cells) < 3:
@@ -91,7 +111,8 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                     raise ToolOutputError(TOOL, "NPU row without its chip row", row.line.no, row.line.text)
                 continue  # "No running processes found in NPU 0" and similar
             if "process" in " ".join(cells).lower():
-                break  # the process table that follows the device table
+                in_process_table = True  # the process table that follows the device table
+                break
             m_npu = _NPU_ROW.match(cells[0])
             m_chip = _CHIP_ROW.match(cells[0])
             if m_chip and smi.normalize_pci_bus_id(cells[1]) is not None:
@@ -127,6 +148,8 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
         bus_ids: list[str] = []
         chip_ids: list[int] = []
         phy_ids: list[int] = []
+        logical_ids: list[int] = []
+        die_memory: list[list[int]] = []
         for npu_row, chips in entries:
             word = npu_row.cells[1].strip()
             h = Health.parse(word) if word else Health.UNKNOWN
@@ -138,6 +161,11 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                 chip_ids.append(int(m.group(1)))  # type: ignore[union-attr]
                 if m and m.group(2) is not None and phy_layout:  # type: ignore[union-attr]
                     phy_ids.append(int(m.group(2)))  # type: ignore[union-attr]
+                if device_layout and m and m.group(2) is not None:  # type: ignore[union-attr]
+                    logical_ids.append(int(m.group(2)))  # type: ignore[union-attr]
+                else:
+                    logical_ids.append(next_logical)
+                next_logical = logical_ids[-1] + 1
                 bus = smi.normalize_pci_bus_id(chip.cells[1])
                 if bus:
                     bus_ids.append(bus)
@@ -150,6 +178,7 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                     # small DDR of the control CPU (often 0 / 0).
                     which = usage.index("hbm") if "hbm" in usage else usage.index("memory") if "memory" in usage else 0
                     u, t = pairs_found[which]
+                    die_memory.append([u, t])
                     used += u
                     total += t
                 else:
@@ -165,7 +194,7 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
         devices.append(
             DeviceInfo(
                 vendor="ascend",
-                model=resolve_model("ascend", name, "ascend"),  # type: ignore[arg-type]
+                model=_model(name),  # type: ignore[arg-type]
                 name=name,
                 index=ordinal,
                 physical_index=npu_id,
@@ -176,6 +205,8 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                 dies=dies,
                 extra={
                     "chips": sorted(set(chip_ids)),
+                    "logical_ids": logical_ids,
+                    **({"die_memory_bytes": die_memory} if len(die_memory) > 1 else {}),
                     **({"phy_ids": phy_ids} if phy_ids else {}),
                     **({"die_pci_bus_ids": bus_ids} if len(bus_ids) > 1 else {}),
                     **({"source": source} if source else {}),

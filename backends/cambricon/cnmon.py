@@ -46,11 +46,11 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
         raise ToolOutputError(TOOL, "empty output")
     table = None
     for t in smi.box_tables(lines):
-        if t.header and _locate(t.header, "Card") and _locate(t.header, "Memory-Usage"):
+        if t.header and _locate(t.header, "Name") and _locate(t.header, "Memory-Usage"):
             table = t
             break
     if table is None:
-        raise ToolOutputError(TOOL, "no 'Card ... Name | ... | Memory-Usage' device table found; is this cnmon output?", first.no, first.text)
+        raise ToolOutputError(TOOL, "no 'Card VF Name ... | Memory-Usage' device table found; is this cnmon output?", first.no, first.text)
     header = table.header
     name_at = _locate(header, "Name")
     mem_at = _locate(header, "Memory-Usage")

@@ -1,5 +1,5 @@
-"""Reading ``nvidia-smi`` output: ``-q`` detail, the default table, ``--query-gpu`` CSV and
-``-L``, alone or several of them in one capture file; plus ``topo -m``.
+"""Reading ``nvidia-smi`` output: ``-q`` detail (or its XML form ``-q -x``), the default table,
+``--query-gpu`` CSV and ``-L``, alone or several of them in one capture file; plus ``topo -m``.
 
 Inventory source, most detailed first: the last ``-q`` block, else the last default table,
 else the last ``--query-gpu`` CSV, else ``-L``. Only one is used, so a capture holding idle and
@@ -7,8 +7,9 @@ load snapshots of the same GPUs never counts a GPU twice. Sections are found by 
 (``$ nvidia-smi -q``) when the file has them, else by content.
 
 Health (hal.md P7), from ``-q``: remapped rows pending, retired pages pending, channel/TPC
-repair pending -> WARNING; volatile uncorrectable ECC (SRAM or DRAM), SRAM threshold exceeded,
-remapping failure, unrepairable memory -> CRITICAL; memory used > total -> ALARM; ECC fields
+repair pending, drain recommended -> WARNING; volatile uncorrectable ECC (SRAM or DRAM), SRAM
+threshold exceeded, remapping failure, unrepairable memory, reset required / a recovery action
+of reset or reboot -> CRITICAL; memory used > total -> ALARM; ECC fields
 present and clean -> OK; no such field at all -> UNKNOWN. From the table: ``Volatile Uncorr.
 ECC`` > 0 -> CRITICAL, 0 -> OK.
 """
@@ -83,15 +84,67 @@ def _health_from_q(block: smi.KVNode) -> tuple[Health, list[str]]:
         seen = True
         if (pages.value_of("Pending Page Blacklist") or pages.value_of("Pending Page Retirement") or "").lower() == "yes":
             bump(Health.WARNING, "retired page pending (reset needed)")
+    reset = block.get("GPU Reset Status")
+    if reset is not None and reset.children:
+        seen = True
+        if (reset.value_of("Reset Required") or "").lower() == "yes":
+            bump(Health.CRITICAL, "GPU Reset Status: Reset Required")
+        if (reset.value_of("Drain and Reset Recommended") or "").lower() == "yes":
+            bump(Health.WARNING, "GPU Reset Status: Drain and Reset Recommended")
+    action = (block.value_of("GPU Recovery Action") or "").strip()
+    if action:
+        seen = True
+        # NVML's recovery actions: None, Reset, Reboot, Drain P2P, Drain and Reset.
+        if action.lower() in ("reset", "gpu reset", "reboot", "node reboot", "drain and reset"):
+            bump(Health.CRITICAL, f"GPU Recovery Action: {action}")
+        elif action.lower().startswith("drain"):
+            bump(Health.WARNING, f"GPU Recovery Action: {action}")
     if seen and health is Health.UNKNOWN:
         health = Health.OK
     return health, why
 
 
 def _parse_q(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
-    forest = smi.kv_tree(lines)
+    return _devices_from_forest(smi.kv_tree(lines), any(_ELIDED.match(ln.text) for ln in lines), source)
+
+
+# ``nvidia-smi -q -x`` tag -> the ``-q`` key the health and inventory code reads. Other tags
+# are turned into keys by replacing "_" with " " (lookups ignore case).
+_XML_KEYS = {
+    "uuid": "GPU UUID",
+    "attached_gpus": "Attached GPUs",
+    "remapped_row_pending": "Pending",
+    "remapped_row_failure": "Remapping Failure Occurred",
+    "pending_blacklist": "Pending Page Blacklist",
+    "pending_retirement": "Pending Page Retirement",
+}
+
+
+def _parse_xml(text: str, source: str | None) -> list[DeviceInfo]:
+    """``nvidia-smi -q -x``: the same fields as ``-q``, as XML; read into the ``-q`` tree."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text[text.index("<nvidia_smi_log") :] if "<nvidia_smi_log" in text else text)
+    except ET.ParseError as err:
+        raise ToolOutputError(TOOL, f"XML output is not well-formed: {err}") from None
+
+    def node(el, depth: int) -> smi.KVNode:
+        if el.tag == "gpu":
+            key = f"GPU {el.get('id', '')}".strip()
+        else:
+            key = _XML_KEYS.get(el.tag, el.tag.replace("_", " "))
+        value = (el.text or "").strip() if len(el) == 0 else None
+        out = smi.KVNode(key, value, smi.Line(1, el.tag), depth * 4)
+        out.children = [node(c, depth + 1) for c in el]
+        return out
+
+    forest = [node(c, 0) for c in root]
+    return _devices_from_forest(forest, False, source)
+
+
+def _devices_from_forest(forest: list[smi.KVNode], elided: bool, source: str | None) -> list[DeviceInfo]:
     attached = next((_int(n.value) for n in forest if n.key == "Attached GPUs"), None)
-    elided = any(_ELIDED.match(ln.text) for ln in lines)
     blocks = [n for n in forest if _GPU_BLOCK.match(n.key)]
     if not blocks:
         # A fragment without its "GPU <bus id>" line (an excerpt of one GPU's ECC block):
@@ -102,11 +155,18 @@ def _parse_q(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
         blocks = [smi.KVNode("GPU (not shown)", None, fields[0].line, 0, fields)]
     if attached is not None and attached != len(blocks) and not elided:
         raise ToolOutputError(TOOL, f"'Attached GPUs : {attached}' but {len(blocks)} GPU sections follow (truncated output?)", blocks[-1].line.no, blocks[-1].line.text)
+    if len(blocks) > 1 and not elided:
+        # Every GPU section of one -q run has the same fields; a last section missing some
+        # that the first has was cut off.
+        first_keys = {c.key for c in blocks[0].children}
+        missing = first_keys - {c.key for c in blocks[-1].children}
+        if missing:
+            raise ToolOutputError(
+                TOOL, f"the last GPU section lacks {len(missing)} field(s) the first has, e.g. {sorted(missing)[0]!r} (truncated output?)", blocks[-1].line.no, blocks[-1].line.text
+            )
     devices = []
     for k, block in enumerate(blocks):
         name = block.value_of("Product Name")
-        if name is None and not elided and len(block.children) > 3:
-            raise ToolOutputError(TOOL, "GPU section has no 'Product Name' (truncated output?)", block.line.no, block.line.text)
         fb = block.get("FB Memory Usage")
         total = used = None
         if fb is not None:
@@ -341,6 +401,8 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
     first = smi.first_content_line(lines)
     if first is None:
         raise ToolOutputError(TOOL, "empty output")
+    if re.search(r"<nvidia_smi_log\b", text):
+        return _parse_xml(text, source)
     sections = smi.command_sections(lines, TOOL)
     candidates: dict[str, list[list[smi.Line]]] = {"q": [], "table": [], "csv": [], "list": []}
     for sec in sections:

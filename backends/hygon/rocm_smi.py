@@ -118,6 +118,33 @@ def _size(kv: dict[str, tuple[str, smi.Line]], pattern: str, tool: str) -> int |
     return None
 
 
+def _json_devices(text: str, tool: str) -> dict[int, dict[str, tuple[str, smi.Line]]]:
+    """``rocm-smi ... --json``: ``{"card0": {"Card Series": ..., "VRAM Total Memory (B)": ...}}``
+    in the same shape as ``smi.indexed_kv`` (keys as printed; line numbers unknown -> 1)."""
+    import json
+
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise ToolOutputError(tool, f"looks like JSON but is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise ToolOutputError(tool, "JSON output is not an object of cards")
+    out: dict[int, dict[str, tuple[str, smi.Line]]] = {}
+    for key, fields in doc.items():
+        m = re.fullmatch(r"(?:card|gpu|dcu|hcu)(\d+)", key.strip(), re.IGNORECASE)
+        if not m or not isinstance(fields, dict):
+            continue  # "system" and other non-card entries
+        here = smi.Line(1, key)
+        kv = out.setdefault(int(m.group(1)), {})
+        for name, value in fields.items():
+            kv.setdefault(name, (str(value), here))
+            # newer rocm-smi capitalises differently ("Card Series"); keep both spellings
+            kv.setdefault(name[:1] + name[1:].lower() if name.startswith("Card") else name, (str(value), here))
+    if not out:
+        raise ToolOutputError(tool, "JSON output has no 'cardN' entries")
+    return out
+
+
 def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[DeviceInfo]:
     """Devices in an ``hy-smi`` / ``rocm-smi`` output (any mix of the shapes above)."""
     lines = smi.lines_of(text)
@@ -126,6 +153,8 @@ def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[
         raise ToolOutputError(tool, "empty output")
     word, concise = _concise(lines, tool)
     per_device = smi.indexed_kv(lines)
+    if text.lstrip().startswith("{"):
+        per_device = _json_devices(text, tool)
     topo = _topology(lines, tool)
     indices = sorted(set(concise) | set(per_device) | set(topo.indices if topo else ()))
     if not indices:
@@ -134,6 +163,8 @@ def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[
         )
     lower = text.lower()
     vendor_words = " ".join(v for kv in per_device.values() for k, (v, _) in kv.items() if k.lower() == "card vendor").lower()
+    if text.lstrip().startswith("{"):
+        lower = vendor_words  # JSON: only the card-vendor field names the vendor
     if word in ("DCU", "HCU") or "haiguang" in vendor_words or "hygon" in vendor_words or re.search(r"\b(dcu|hcu)s?\b", lower) and "amd" not in lower:
         vendor = "hygon"
     elif "advanced micro devices" in vendor_words or "amd" in lower or any("device_id" in r for r in concise.values()):
@@ -144,7 +175,7 @@ def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[
     for ordinal, idx in enumerate(indices):
         row = concise.get(idx, {})
         kv = per_device.get(idx, {})
-        dev_id = (kv.get("Device ID", (None,))[0] or kv.get("Card model", (None,))[0] or row.get("device_id") or "")
+        dev_id = (kv.get("Device ID", (None,))[0] or kv.get("Card model", (None,))[0] or kv.get("Card Model", (None,))[0] or row.get("device_id") or "")
         dev_id = dev_id.lower() or None
         name = None
         series = kv.get("Card series", (None,))[0] or kv.get("Card Series", (None,))[0]

@@ -25,6 +25,7 @@ import concurrent.futures
 import datetime
 import math
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -46,6 +47,9 @@ def _error(op: str, rank: int, world: int, err: BaseException) -> CollectiveErro
     if isinstance(err, CollectiveError):
         return err
     text = " ".join(str(err).split())
+    # gloo/NCCL prefix a source location and append advice meant for their own developers.
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)
+    text = text.split(" This is typically caused", 1)[0]
     first = text[:300]
     low = text.lower()
     cls = CollectiveTimeout if ("timed out" in low or "timeout" in low) else CollectiveError

@@ -109,6 +109,17 @@ class CostModel:
         if not self.tiers:
             return None
         if algorithm is Algorithm.FLAT:
+            shape = self.hierarchy_shape()
+            if op is Op.ALL_TO_ALL and shape is not None:
+                # Pairwise exchange: each rank's messages to its own group use the inner tier,
+                # the rest the outer one; no ring edge makes one link the bottleneck.
+                m, _ = shape
+                n = self.world_size
+                inner, outer = self.tiers[0], self.tiers[-1]
+                return ((m - 1) * inner.latency_s + (m - 1) / n * nbytes / inner.bandwidth_bytes_per_s
+                        + (n - m) * outer.latency_s + (n - m) / n * nbytes / outer.bandwidth_bytes_per_s)
+            # Ring algorithms: every ring edge carries the same bytes, so the slowest tier the
+            # ring crosses sets the pace.
             return flat_seconds(op, nbytes, self.world_size, self._spanned_link())
         if algorithm is Algorithm.HIERARCHICAL:
             shape = self.hierarchy_shape()

@@ -15,15 +15,17 @@ passed the second barrier of chunk ``c-1``, which every rank reaches only after 
 of chunk ``c-2``. Each rank reads and writes about ``3 S`` bytes of memory for an ``S``-byte
 all_reduce, against ``2 (n-1)/n S`` through loopback TCP plus copies for gloo's ring.
 
-The barrier is a per-rank generation counter in the shared file. Waiting polls the peers'
-counters, yields the CPU after a short spin (ranks may outnumber cores), checks that the peers'
-processes are alive, and raises ``CollectiveTimeout`` after the communicator's timeout instead
-of hanging. Stores become visible in program order on x86-64 (TSO), which the flag protocol
+The barrier is a per-rank 32-bit generation counter in the shared file. A waiting rank spins
+briefly, then sleeps in futex(2) on the peer's counter (ranks may outnumber cores: a spinning
+rank would steal the core its peer needs); every rank wakes its waiters after bumping its
+counter. While waiting it checks that the peers' processes are alive, and it raises
+``CollectiveTimeout`` after the communicator's timeout instead of hanging. Stores become visible in program order on x86-64 (TSO), which the flag protocol
 relies on; on weakly ordered CPUs (aarch64) a fence would be needed, so ``supported()`` says no.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import platform
@@ -48,6 +50,23 @@ def supported() -> str | None:
     return None
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_SYS_FUTEX = 202  # x86-64 syscall number (supported() rules other machines out)
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not PRIVATE) ops: the words live in shared mappings
+_WAIT_SLICE = ctypes.pointer(_Timespec(0, 50_000_000))  # 50 ms, then look at the peer again
+
+
+def _futex(addr: int, op: int, val: int, timeout=None) -> int:
+    """futex(2) on the 32-bit word at ``addr``: WAIT sleeps while it still holds ``val`` (the
+    kernel checks atomically, so a wake between our read and the call is not lost); WAKE wakes
+    up to ``val`` waiters."""
+    return _LIBC.syscall(_SYS_FUTEX, ctypes.c_void_p(addr), op, val, timeout, None, 0)
+
+
 def _alive(pid: int) -> bool:
     # A zombie still answers kill(pid, 0); /proc tells a zombie from a running process.
     try:
@@ -70,7 +89,6 @@ class ShmAllReduce:
     Calls must be made in the same order on every rank, like any collective."""
 
     def __init__(self, rank: int, world_size: int, maps: list[mmap.mmap], pids: list[int], slot_bytes: int, timeout_s: float) -> None:
-        import numpy as np
         import torch
 
         self.rank = rank
@@ -79,9 +97,11 @@ class ShmAllReduce:
         self.timeout_s = timeout_s
         self._pids = pids
         self._maps = maps  # kept alive: the tensors below are views of them
-        self._flags = [np.frombuffer(m, dtype=np.int64, count=1, offset=0) for m in maps]
+        # One 32-bit word per rank (a futex word: waiters sleep in the kernel, not in a spin).
+        self._flags = [ctypes.c_int32.from_buffer(m, 0) for m in maps]
+        self._flag_addrs = [ctypes.addressof(f) for f in self._flags]
         self._data = [torch.frombuffer(m, dtype=torch.uint8, offset=_CONTROL_BYTES, count=2 * slot_bytes) for m in maps]
-        self._generation = int(self._flags[rank][0])
+        self._generation = self._flags[rank].value
         self._chunk_counter = 0  # global across calls: picks the slot, see the module docstring
 
     @classmethod
@@ -117,31 +137,35 @@ class ShmAllReduce:
     def _barrier(self) -> None:
         self._generation += 1
         gen = self._generation
-        self._flags[self.rank][0] = gen
+        me = self._flags[self.rank]
+        me.value = gen
+        _futex(self._flag_addrs[self.rank], _FUTEX_WAKE, 2**31 - 1)  # wake every rank waiting on me
         started = time.monotonic()
-        next_check = started + 0.2
-        spins = 0
         for peer, flag in enumerate(self._flags):
-            while flag[0] < gen:
+            spins = 0
+            while True:
+                seen = flag.value
+                # Generations only grow; the difference keeps working after the int32 wraps.
+                if ((seen - gen + 2**31) % 2**32) - 2**31 >= 0:
+                    break
                 spins += 1
-                if spins < 64:
-                    continue
-                if spins < 512:
-                    os.sched_yield()
-                    continue
-                time.sleep(min(1e-3, 20e-6 * (spins - 511)))
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + 0.2
-                    if not _alive(self._pids[peer]):
-                        raise CollectiveError(
-                            f"shm all_reduce: rank {peer} (pid {self._pids[peer]}) exited; rank {self.rank} cannot finish"
-                        )
-                    if now - started > self.timeout_s:
-                        raise CollectiveTimeout(
-                            f"shm all_reduce: rank {peer} did not reach the barrier within {self.timeout_s:g} s "
-                            f"(rank {self.rank}); a peer hung or died"
-                        )
+                if spins < 32:
+                    continue  # the peer is usually a few microseconds away
+                # Sleep until the peer's word changes (or 0.2 s pass, to check on the peer).
+                _futex(self._flag_addrs[peer], _FUTEX_WAIT, seen, _WAIT_SLICE)
+                if spins % 8 == 0 or time.monotonic() - started > 0.2:
+                    self._check_peer(peer, started)
+
+    def _check_peer(self, peer: int, started: float) -> None:
+        if not _alive(self._pids[peer]):
+            raise CollectiveError(
+                f"shm all_reduce: rank {peer} (pid {self._pids[peer]}) exited; rank {self.rank} cannot finish"
+            )
+        if time.monotonic() - started > self.timeout_s:
+            raise CollectiveTimeout(
+                f"shm all_reduce: rank {peer} did not reach the barrier within {self.timeout_s:g} s "
+                f"(rank {self.rank}); a peer hung or died"
+            )
 
     # -- all_reduce ------------------------------------------------------------------------
     def all_reduce_(self, flat, op: ReduceOp) -> None:
@@ -189,6 +213,7 @@ class ShmAllReduce:
     def close(self) -> None:
         self._data = []
         self._flags = []
+        self._flag_addrs = []
         for m in self._maps:
             try:
                 m.close()

@@ -276,9 +276,14 @@ def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -
     layers with the largest marginal gain.
     """
     layers, experts = w.shape
-    max_extra = total_slots - layers * experts
+    need = total_slots - layers * experts  # extra replicas over all layers
+    max_extra = need
     if max_extra <= 0:
         return np.full(layers, experts)
+    # No layer takes more than twice its even share of slots, nor gives one expert more than
+    # 64 replicas: this bounds the curves computed below without changing real choices.
+    max_extra = min(max_extra, total_slots // layers)
+    cap = min(cap, 65)
     sorted_vals = _sorted_per_replica_loads(w, max_extra, cap)
     # m[l, n]: the largest load per replica after n extra replicas = the (n+1)-th largest of
     # {w_e} U {w_e / j : j >= 2}; once every expert is at the cap it stops falling.
@@ -298,12 +303,12 @@ def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -
     lo, hi = 0.0, float(bound.max()) + 1.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if take(mid).sum() > max_extra:
+        if take(mid).sum() > need:
             lo = mid
         else:
             hi = mid
     extra = take(hi)
-    left = max_extra - int(extra.sum())
+    left = need - int(extra.sum())
     while left > 0:
         can = extra < cap_extra
         gain = np.where(can, bound[np.arange(layers), extra] - bound[np.arange(layers), np.minimum(extra + 1, cap_extra)], -1)
@@ -318,7 +323,7 @@ def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -
 # step 3: packing
 
 
-def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int) -> np.ndarray:
+def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int, node_slots: int) -> np.ndarray:
     """``[layers, experts]`` home node of each expert's first replica.
 
     Groups are laid on a line (hottest, coldest, second hottest, second coldest, ... so a hot
@@ -339,7 +344,23 @@ def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int) -> np.ndarray:
     np.put_along_axis(position, line, np.arange(num_groups)[None, :].repeat(layers, axis=0), axis=1)
     # expert e's place on the line: its group's position * group size + its index in the group
     place_on_line = position[:, np.arange(experts) // gs] * gs + np.arange(experts) % gs
-    return place_on_line * num_nodes // experts
+    # Cut the line by load, not by count: node n takes experts until it holds 1/nodes of the
+    # load, but never more than ``node_slots`` experts nor so few that the rest cannot fit.
+    line_experts = np.argsort(place_on_line, axis=1)
+    cum = np.cumsum(np.take_along_axis(w, line_experts, axis=1), axis=1)
+    total = cum[:, -1:]
+    cut = np.zeros((layers, num_nodes + 1), dtype=np.int64)
+    for n in range(num_nodes - 1):
+        by_load = (cum < total * (n + 1) / num_nodes).sum(axis=1) + 1
+        lo = np.maximum(cut[:, n], experts - (num_nodes - n - 1) * node_slots)
+        hi = cut[:, n] + node_slots
+        cut[:, n + 1] = np.clip(by_load, lo, np.minimum(hi, experts))
+    cut[:, num_nodes] = experts
+    rank = np.arange(experts)[None, :]
+    node_of_rank = (rank[:, :, None] >= cut[:, None, 1:]).sum(axis=2)
+    homes = np.empty((layers, experts), dtype=np.int64)
+    np.put_along_axis(homes, line_experts, node_of_rank, axis=1)
+    return homes
 
 
 def _pack(
@@ -352,9 +373,10 @@ def _pack(
     homes: np.ndarray | None,
     group_size: int,
     locality: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Heaviest-first packing of ``[layers, items]`` replicas (``item_expert == -1`` = padding)
-    into devices with ``capacity [layers, devices]`` slots. Returns ``[layers, items]`` device.
+    into devices with ``capacity [layers, devices]`` slots. Returns ``[layers, items]`` device
+    and ``[layers]`` layers where pinned first replicas made the packing infeasible.
 
     Cost of a device = its load, plus (when ``homes`` is given) an infinite cost for an
     expert's first replica off its home node, plus ``locality`` mean replica loads when an
@@ -369,7 +391,7 @@ def _pack(
     rows = np.arange(layers)
     dev_load = np.zeros((layers, num_devices))
     used = np.zeros((layers, num_devices), dtype=np.int64)
-    holds = np.zeros((layers, num_devices, experts), dtype=bool)
+    holds = np.zeros((layers, num_devices, experts), dtype=bool) if homes is not None else None
     group_on_node = np.zeros((layers, num_groups, num_nodes), dtype=bool)
     group_on_super = np.zeros((layers, num_groups, num_super), dtype=bool)
     device_super = node_super[device_node]
@@ -380,40 +402,63 @@ def _pack(
     pen_node = locality * unit
     pen_super = 0.5 * locality * unit
     out = np.full((layers, items), -1, dtype=np.int64)
-    # Primaries first within equal loads is not needed; heaviest first is LPT's order.
-    order = np.argsort(-item_load, axis=1, kind="stable")
+    failed = np.zeros(layers, dtype=bool)
+    # Heaviest first (LPT). With homes, all pinned first replicas go first, so the free extra
+    # replicas see which nodes the pinned ones overload and fill the others.
+    key = -item_load if homes is None else np.where(item_primary, -item_load - 2.0 * item_load.max(), -item_load)
+    order = np.argsort(key, axis=1, kind="stable")
     ex_sorted = np.take_along_axis(item_expert, order, axis=1)
     ld_sorted = np.take_along_axis(item_load, order, axis=1)
     pr_sorted = np.take_along_axis(item_primary, order, axis=1)
+    full = capacity <= 0
+    # Without homes, replicas of one expert have equal loads and are consecutive in the sorted
+    # order, so "holds this expert" is just "took the previous replica of this expert".
+    prev_e = np.full(layers, -1)
+    took = np.zeros((layers, num_devices), dtype=bool)
     for p in range(items):
         e = ex_sorted[:, p]
         ok = e >= 0
         if not ok.any():
             break
         ec = np.where(ok, e, 0)
-        g = ec // group_size
-        cost = dev_load.copy()
+        if homes is None:
+            took &= (ec == prev_e)[:, None]
+            blocked = full | took
+        else:
+            blocked = full | holds[rows, :, ec]
+        cost = np.where(blocked, np.inf, dev_load)
         if locality:
+            g = ec // group_size
             cost += pen_node[:, None] * ~group_on_node[rows, g][:, device_node]
             if num_super > 1:
                 cost += pen_super[:, None] * ~group_on_super[rows, g][:, device_super]
-        cost[used >= capacity] = np.inf
-        cost[holds[rows, :, ec]] = np.inf
         if homes is not None:
             off_home = device_node[None, :] != homes[rows, ec][:, None]
             cost[off_home & pr_sorted[:, p][:, None]] += 1e300
         d = np.argmin(cost, axis=1)
+        stuck = ok & np.isinf(cost[rows, d])
+        if stuck.any():
+            # Only possible when first replicas are pinned: the free slots left are all on
+            # devices that hold this expert. The caller falls back to the unpinned plan.
+            if homes is None:
+                raise AssertionError("packing ran out of feasible devices")  # counts are capped at devices
+            failed |= stuck
+        ok &= ~failed
         r = rows[ok]
         dd = d[ok]
-        if np.isinf(cost[r, dd]).any():
-            raise AssertionError("packing ran out of feasible devices")  # a bug: counts are capped at devices
         dev_load[r, dd] += ld_sorted[ok, p]
         used[r, dd] += 1
-        holds[r, dd, ec[ok]] = True
-        group_on_node[r, g[ok], device_node[dd]] = True
-        group_on_super[r, g[ok], device_super[dd]] = True
+        full[r, dd] = used[r, dd] >= capacity[r, dd]
+        if homes is None:
+            took[r, dd] = True
+            prev_e = ec
+        else:
+            holds[r, dd, ec[ok]] = True
+        if locality:
+            group_on_node[r, g[ok], device_node[dd]] = True
+            group_on_super[r, g[ok], device_super[dd]] = True
         out[r, order[ok, p]] = dd
-    return out
+    return out, failed
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +466,7 @@ def _pack(
 
 
 def water_fill_shares(
-    w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, iterations: int = 25
+    w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, iterations: int = 15
 ) -> np.ndarray:
     """``[layers, slots]`` shares: per expert with several replicas, split its tokens so the
     devices holding it are as level as possible given the rest of their load (damped Jacobi
@@ -528,6 +573,24 @@ def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: 
     return phy2log
 
 
+def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, locality: float, refine_steps: int) -> np.ndarray:
+    """Pack and refine one candidate ``phy2log``; ``locality > 0`` pins first replicas home."""
+    item_expert, item_load, item_primary = items
+    experts = w.shape[1]
+    device_node = shape.device_node()
+    node_slots = shape.num_devices * shape.slots_per_device // shape.num_nodes
+    homes = expert_homes(w, num_groups, shape.num_nodes, node_slots) if locality else None
+    item_device, failed = _pack(
+        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes, experts // num_groups, locality
+    )
+    item_device[failed] = 0  # rows discarded by the caller
+    phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
+    if refine_steps:
+        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if homes is not None else None
+        phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=refine_steps)
+    return phy2log, failed
+
+
 def _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) -> np.ndarray:
     """``[layers, slots]``: the slot holds its expert's primary (home-node) replica."""
     layers = phy2log.shape[0]
@@ -567,7 +630,9 @@ def place(
     half_life_windows: float = 2.0,
     previous: Placement | None = None,
     max_moves: int | None = None,
-    refine_steps: int = 48,
+    refine_steps: int = 24,
+    balance_tolerance: float = 0.01,
+    max_replicas: int | None = None,
 ) -> Placement:
     """Place the experts of every layer. ``loads`` is ``[layers, experts]`` or a history
     ``[windows, layers, experts]`` (oldest first). ``locality`` weighs keeping an expert
@@ -586,6 +651,10 @@ def place(
         raise XpodError(f"hedge must be in [0, 1), got {hedge}")
     if locality < 0:
         raise XpodError(f"locality must be >= 0, got {locality}")
+    if max_moves is not None and max_moves < 0:
+        raise XpodError(f"--max-moves must be >= 0, got {max_moves}")
+    if previous is None and max_moves is not None:
+        raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
     w = estimate_loads(arr, half_life_windows, hedge)
     layers, experts = w.shape
     if policy is Policy.AUTO:
@@ -597,7 +666,7 @@ def place(
     else:
         budgets = np.full(layers, total)
         capacity, slot_device = _layout_fixed(shape, layers)
-    counts = replica_counts(w, budgets, cap=shape.num_devices)
+    counts = replica_counts(w, budgets, cap=min(shape.num_devices, max_replicas or shape.num_devices))
     width = int(budgets.max())
     # items: replicas of each expert, padded to ``width`` per layer
     rep = counts.ravel()
@@ -616,15 +685,18 @@ def place(
     item_primary = np.zeros((layers, width), dtype=bool)
     item_primary[it_layer, pos] = first_of_expert
     device_node = shape.device_node()
-    # Homes only where a node holds at least a group's worth of slots (else they cannot help).
-    homes = expert_homes(w, num_groups, shape.num_nodes) if locality and shape.num_nodes > 1 else None
-    item_device = _pack(
-        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes, experts // num_groups, locality
-    )
-    phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
-    if refine_steps:
-        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if homes is not None else None
-        phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=refine_steps)
+    items = (item_expert, item_load, item_primary)
+    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps)
+    if locality and shape.num_nodes > 1:
+        # A plan that keeps each group's first replicas on one or two nodes; per layer it is
+        # taken where it costs at most ``balance_tolerance`` of that layer's max device load.
+        local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps)
+        from .score import device_loads
+
+        mx_bal = device_loads(w, phy2log, slot_device, shape.num_devices).max(axis=1)
+        mx_loc = device_loads(w, local, slot_device, shape.num_devices).max(axis=1)
+        take = (mx_loc <= (1.0 + balance_tolerance) * mx_bal) & ~failed
+        phy2log = np.where(take[:, None], local, phy2log)
     share = None
     if policy is not Policy.EVEN:
         share = water_fill_shares(w, phy2log, slot_device, shape.num_devices)
@@ -642,10 +714,8 @@ def place(
         if max_moves is not None and moves > max_moves:
             from .incremental import improve_within_budget
 
-            phy2log, moves = improve_within_budget(w, previous.phy2log, slot_device, shape.num_devices, max_moves)
+            phy2log, moves = improve_within_budget(w, previous.phy2log, slot_device, device_node, max_moves)
             share = None if policy is Policy.EVEN else water_fill_shares(w, phy2log, slot_device, shape.num_devices)
-    elif max_moves is not None:
-        raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
     return Placement(
         phy2log=phy2log,
         slot_device=slot_device,

@@ -30,7 +30,7 @@ def swap_refine(
     device_node: np.ndarray,
     pinned: np.ndarray | None,
     steps: int = 48,
-    candidates: int = 12,
+    candidates: int = 8,
     move_budget: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """Swap experts between the most loaded device's slots and slots on light devices while
@@ -46,6 +46,11 @@ def swap_refine(
     rows = np.arange(layers)
     slot_node = device_node[slot_device]
     moved = 0
+    active = np.ones(layers, dtype=bool)
+    # holds[l, d, e]: device d holds expert e in layer l (kept up to date across swaps)
+    holds = np.zeros((layers, num_devices, experts), dtype=bool)
+    lr, sc = np.nonzero(phy2log >= 0)
+    holds[lr, slot_device[sc], phy2log[lr, sc]] = True
     # slots of each device, padded: [devices, smax]
     per_dev = np.bincount(slot_device, minlength=num_devices)
     smax = int(per_dev.max())
@@ -58,8 +63,16 @@ def swap_refine(
     for _ in range(steps):
         if move_budget is not None and moved + 2 > move_budget:
             break
-        sl, _ = _slot_loads(w, phy2log)
-        dl = np.zeros((layers, num_devices))
+        # Only layers that still improved last step are worked on.
+        act = np.nonzero(active)[0]
+        if len(act) == 0:
+            break
+        P, Wt = phy2log[act], w[act]
+        PIN = pinned[act] if pinned is not None else None
+        L = len(act)
+        rws = np.arange(L)
+        sl, _ = _slot_loads(Wt, P)
+        dl = np.zeros((L, num_devices))
         np.add.at(dl, (slice(None), slot_device), sl)
         hot = dl.argmax(axis=1)
         light = np.argsort(dl, axis=1)[:, :candidates]
@@ -67,40 +80,35 @@ def swap_refine(
         node_mates = np.argsort(np.where(same, dl, np.inf), axis=1)[:, :mates]
         cand_dev = np.concatenate([light, node_mates], axis=1)  # [L, C]
         a_slots = dev_slots[hot]  # [L, smax]
-        b_slots = dev_slots[cand_dev].reshape(layers, -1)  # [L, C*smax]
+        b_slots = dev_slots[cand_dev].reshape(L, -1)  # [L, C*smax]
         a_ok = a_slots >= 0
         b_ok = (b_slots >= 0) & (slot_device[np.maximum(b_slots, 0)] != hot[:, None])
         a_s, b_s = np.maximum(a_slots, 0), np.maximum(b_slots, 0)
-        ea = np.take_along_axis(phy2log, a_s, axis=1)
-        eb = np.take_along_axis(phy2log, b_s, axis=1)
+        ea = np.take_along_axis(P, a_s, axis=1)
+        eb = np.take_along_axis(P, b_s, axis=1)
         b_ok &= eb >= 0
         a_ok &= ea >= 0
         la = np.take_along_axis(sl, a_s, axis=1)
         lb = np.take_along_axis(sl, b_s, axis=1)
         bdev = slot_device[b_s]
-        new_hot = dl[rows, hot][:, None, None] - la[:, :, None] + lb[:, None, :]
+        new_hot = dl[rws, hot][:, None, None] - la[:, :, None] + lb[:, None, :]
         new_oth = np.take_along_axis(dl, bdev, axis=1)[:, None, :] - lb[:, None, :] + la[:, :, None]
         worst = np.maximum(new_hot, new_oth)
         ok = a_ok[:, :, None] & b_ok[:, None, :] & (ea[:, :, None] != eb[:, None, :])
         # no duplicates: b's expert must not already be on the hot device, nor a's on b's device
-        hot_has = np.zeros((layers, experts + 1), dtype=bool)
-        np.put_along_axis(hot_has, np.where(a_ok, ea, experts), True, axis=1)
-        hot_has[:, experts] = False
-        ok &= ~np.take_along_axis(hot_has, np.where(eb >= 0, eb, experts), axis=1)[:, None, :]
-        # a's expert on b's device: compare against every slot of b's device
-        bdev_slots = dev_slots[bdev]  # [L, B, smax]
-        bdev_exp = np.where(bdev_slots >= 0, np.take_along_axis(phy2log, np.maximum(bdev_slots, 0).reshape(layers, -1), axis=1).reshape(bdev_slots.shape), -2)
-        ok &= ~(bdev_exp[:, None, :, :] == ea[:, :, None, None]).any(axis=3)
+        H = holds[act]
+        ok &= ~H[rws[:, None], hot[:, None], np.maximum(eb, 0)][:, None, :]
+        ok &= ~H[rws[:, None, None], bdev[:, None, :], np.maximum(ea, 0)[:, :, None]]
         if pinned is not None:
             cross = slot_node[a_s][:, :, None] != slot_node[b_s][:, None, :]
-            pa = np.take_along_axis(pinned, a_s, axis=1)
-            pb = np.take_along_axis(pinned, b_s, axis=1)
+            pa = np.take_along_axis(PIN, a_s, axis=1)
+            pb = np.take_along_axis(PIN, b_s, axis=1)
             ok &= ~cross | ~(pa[:, :, None] | pb[:, None, :])
-        gain = dl[rows, hot][:, None, None] - worst
+        gain = dl[rws, hot][:, None, None] - worst
         gain = np.where(ok, gain, -np.inf)
-        flat = gain.reshape(layers, -1)
+        flat = gain.reshape(L, -1)
         best = flat.argmax(axis=1)
-        good = flat[rows, best] > 1e-9 * np.maximum(dl[rows, hot], 1e-300)
+        good = flat[rws, best] > 1e-9 * np.maximum(dl[rws, hot], 1e-300)
         if move_budget is not None:
             room = (move_budget - moved) // 2
             idx = np.nonzero(good)[0]
@@ -108,15 +116,22 @@ def swap_refine(
                 keep = idx[np.argsort(-flat[idx, best[idx]])[:room]]
                 good = np.zeros_like(good)
                 good[keep] = True
+        active[act[~good]] = False
         if not good.any():
             break
         ia, ib = np.divmod(best, b_slots.shape[1])
-        r = rows[good]
+        r = rws[good]
         sa, sb = a_s[r, ia[good]], b_s[r, ib[good]]
-        va, vb = phy2log[r, sa].copy(), phy2log[r, sb].copy()
-        phy2log[r, sa], phy2log[r, sb] = vb, va
+        full = act[r]
+        va, vb = phy2log[full, sa].copy(), phy2log[full, sb].copy()
+        phy2log[full, sa], phy2log[full, sb] = vb, va
+        da, db = slot_device[sa], slot_device[sb]
+        holds[full, da, va] = False
+        holds[full, db, vb] = False
+        holds[full, da, vb] = True
+        holds[full, db, va] = True
         if pinned is not None:
-            pa, pb = pinned[r, sa].copy(), pinned[r, sb].copy()
-            pinned[r, sa], pinned[r, sb] = pb, pa
+            pa, pb = pinned[full, sa].copy(), pinned[full, sb].copy()
+            pinned[full, sa], pinned[full, sb] = pb, pa
         moved += 2 * int(good.sum())
     return phy2log, moved

@@ -104,9 +104,11 @@ def simulate_traffic(
     tokens: int = 8192,
     cfg: RouterConfig = RouterConfig(),
     seed: int = 0,
+    token_cache: dict | None = None,
 ) -> TrafficStats:
     """Route ``tokens`` synthetic tokens per layer (calibrated to ``loads[layer]``) through
-    the placement and count inter-node sends."""
+    the placement and count inter-node sends. ``token_cache`` (a dict, one per load matrix)
+    keeps the sampled tokens so several placements are compared on the same tokens."""
     loads = np.asarray(loads, dtype=np.float64)
     phy2log = np.asarray(phy2log)
     slot_device = np.asarray(slot_device)
@@ -115,11 +117,18 @@ def simulate_traffic(
     layers = list(range(loads.shape[0])) if layers is None else layers
     remote_nodes, nodes, remote_pairs, means, maxes, corrs = [], [], [], [], [], []
     for layer in layers:
-        router = CalibratedRouter.fit(loads[layer], cfg, seed=seed + layer)
-        corrs.append(router.calibration_corr)
-        rng = np.random.default_rng(seed + 1000 + layer)
-        ids = router.sample(tokens, rng)
-        src = rng.integers(num_devices, size=tokens)
+        key = (layer, tokens, seed)
+        if token_cache is not None and key in token_cache:
+            ids, u, corr = token_cache[key]
+        else:
+            router = CalibratedRouter.fit(loads[layer], cfg, seed=seed + layer)
+            rng0 = np.random.default_rng(seed + 1000 + layer)
+            ids, u, corr = router.sample(tokens, rng0), rng0.random(tokens), router.calibration_corr
+            if token_cache is not None:
+                token_cache[key] = (ids, u, corr)
+        corrs.append(corr)
+        rng = np.random.default_rng(seed + 2000 + layer)
+        src = np.minimum((u * num_devices).astype(np.int64), num_devices - 1)
         rep = LayerReplicas.build(phy2log[layer], slot_device, device_node, loads.shape[1], None if slot_share is None else slot_share[layer])
         slot = route(ids, src, rep, rng)
         node = device_node[slot_device[slot]]

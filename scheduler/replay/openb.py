@@ -466,10 +466,18 @@ class DefaultPolicy(_FragPolicy):
     name = "default"
 
     def __init__(
-        self, state, tp, cpu_weight: float = 1.0, bucket_milli: float = 40.0, rho: float | None = None, gpu_bestfit: bool = True
+        self,
+        state,
+        tp,
+        cpu_weight: float = 1.0,
+        bucket_milli: float = 40.0,
+        rho: float | None = None,
+        gpu_bestfit: bool = True,
+        global_bestfit: bool = False,
     ):
         super().__init__(state, tp)
         self.gpu_bestfit = gpu_bestfit
+        self.global_bestfit = global_bestfit
         self.cpu_weight = cpu_weight
         self.bucket_milli = bucket_milli
         gpu_pods = tp.gpu_milli > 0
@@ -509,10 +517,17 @@ class DefaultPolicy(_FragPolicy):
                 gpu = np.where(valid, score * 1e4 - left, -np.inf).argmax(axis=1)
             else:
                 gpu = score.argmax(axis=1)
-            best = score[np.arange(len(idx)), gpu]
+            rows = np.arange(len(idx))
+            best = score[rows, gpu]
+            if self.global_bestfit:
+                # across nodes too: equal scores go to the tightest GPU (fewest milli left after)
+                left_after = s.gpu_left[idx][rows, gpu] - shape.gpu_milli
+                best = best * 1e4 - left_after
         else:
             gpu = np.full(len(idx), -1)
             best = score[:, 0]
+            if self.global_bestfit:
+                best = best * 1e4
         return Evaluation(np.where(ok, best, -np.inf), gpu)
 
 

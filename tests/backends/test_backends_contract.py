@@ -65,8 +65,17 @@ def test_broken_torch_npu_leaves_cpu_discovery_working(tmp_path):
     pkg = tmp_path / "torch_npu"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("raise OSError('libascendcl.so: cannot open shared object file: No such file or directory')\n")
+    # Registered for torch's device-extension autoload, as the real wheel is.
+    dist = tmp_path / "torch_npu-2.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torch_npu\nVersion: 2.1.0\n")
+    (dist / "entry_points.txt").write_text("[torch.backends]\ntorch_npu = torch_npu:_autoload\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     env.pop("TORCH_DEVICE_BACKEND_AUTOLOAD", None)
+    import subprocess
+
+    bare = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env, timeout=120)
+    assert bare.returncode != 0 and "libascendcl.so" in bare.stderr  # the host is really broken
     proc = xpod_cli("doctor", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     rows = {r["backend"]: r for r in json.loads(proc.stdout)}
@@ -122,7 +131,7 @@ def test_probe_timeout_from_environment(tmp_path):
         class EP:
             name, value = "hangs", "x:hangs"
             def load(self):
-                return lambda: time.sleep(5)
+                return lambda: time.sleep(2)
         registry.entry_points = lambda group: [EP()]
         t = time.monotonic()
         (s,) = registry.probe_all()

@@ -19,6 +19,11 @@ SMI = os.path.join(HERE, "..", "fixtures", "smi")
 MiB = 2**20
 
 
+def read_synthetic(name: str) -> str:
+    with open(os.path.join(HERE, "..", "fixtures", "smi_synthetic", name), encoding="utf-8") as f:
+        return f.read()
+
+
 def read(name: str) -> str:
     with open(os.path.join(SMI, name), encoding="utf-8") as f:
         return f.read()
@@ -84,27 +89,9 @@ def test_npu_smi_details():
 
 
 # An Atlas A3 (910C) table in the layout of vllm-project/vllm-ascend issue 2534: one NPU id is
-# printed once per die (an NPU row + chip row pair each). Values here are made up.
-A3 = """\
-+------------------------------------------------------------------------------------------------+
-| npu-smi 25.2.1                   Version: 25.2.1                                               |
-+---------------------------+---------------+----------------------------------------------------+
-| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
-| Chip  Phy-ID              | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
-+===========================+===============+====================================================+
-| 0     Ascend910           | OK            | 170.0       36                0    / 0             |
-| 0     0                   | 0000:9D:00.0  | 0           0    / 0          3400 / 65536         |
-+------------------------------------------------------------------------------------------------+
-| 0     Ascend910           | OK            | -           36                0    / 0             |
-| 1     1                   | 0000:9F:00.0  | 0           0    / 0          3200 / 65536         |
-+===========================+===============+====================================================+
-| 1     Ascend910           | OK            | 180.0       35                0    / 0             |
-| 0     2                   | 0000:99:00.0  | 0           0    / 0          3000 / 65536         |
-+------------------------------------------------------------------------------------------------+
-| 1     Ascend910           | Critical      | -           35                0    / 0             |
-| 1     3                   | 0000:9B:00.0  | 0           0    / 0          3100 / 65536         |
-+===========================+===============+====================================================+
-"""
+# printed once per die (an NPU row + chip row pair each). No attributable capture exists, so
+# this one is written by hand with made-up values (tests/fixtures/smi_synthetic/README.md).
+A3 = read_synthetic("npu-smi_info_A3-layout_2npu_synthetic.txt")
 
 
 def test_a3_one_npu_id_is_two_dies():
@@ -224,6 +211,8 @@ TRUNCATED = [
     ("hy-smi", read("hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt").replace("3       49.0C    138.0W     auto     800.0W     0%         0%        Normal", "3       49.0C    138.0W"), "line 8"),
     # nvidia-smi -q that promises 8 GPUs and stops after 3
     ("nvidia-smi", _cut_after(read("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), "Capabilities", 3), "8"),
+    # nvidia-smi -q cut inside the last GPU section (the GPU count still matches)
+    ("nvidia-smi", _cut_after(read("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), "Product Name", 8), "last GPU section lacks"),
     # a default-table GPU row without its memory row
     ("nvidia-smi", _cut_after(read("nvidia-smi_capture_nvidia-h200_590.48.01.txt").split("# idle :: query (-q)")[0].split("# idle :: nvidia-smi (default table)")[1], "|   0  NVIDIA H200"), "line"),
     # a topology matrix missing rows

@@ -20,11 +20,16 @@ def test_every_required_model_is_present_once():
 
 @pytest.mark.parametrize("model", all_models(), ids=lambda m: m.id)
 def test_every_known_figure_has_a_source(model):
-    for field in ("memory_bytes", "bf16_tflops", "bf16_tflops_alt", "intra_node_bandwidth_bytes_per_s"):
+    for field in ("memory_bytes", "bf16_tflops", "bf16_tflops_alt", "intra_node_bandwidth_bytes_per_s",
+                  "intra_node_bandwidth_alt_bytes_per_s", "devices_per_node"):
         if getattr(model, field) is not None:
             assert field in model.sources, f"{model.id}.{field} has no source"
     if model.bf16_tflops_alt is not None:
         assert model.disputed, f"{model.id} keeps two BF16 figures without saying why"
+    if model.intra_node_bandwidth_alt_bytes_per_s is not None:
+        assert model.bandwidth_disputed, f"{model.id} keeps two bandwidths without saying why"
+    if model.dies_per_package > 1:
+        assert "dies_per_package" in model.sources
     if model.memory_bytes is None or model.bf16_tflops is None:
         assert model.notes or model.id == "cpu", f"{model.id} has unknown figures without a note"
 

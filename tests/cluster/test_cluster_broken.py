@@ -62,8 +62,10 @@ CASES = [
      ["5:1: spec: missing required key 'nodeGroups'", "15:3: unknown key 'nodeGroupz' in spec (did you mean 'nodeGroups'?)"]),
     ("group-scope-without-size", "semantic", [(T1, T1.replace("node", "group"))],
      ["10:11: tier 1 has scope 'group' but no groupSize (devices per group, e.g. 4)"]),
-    ("group-size-does-not-divide", "semantic", [(T1, T1.replace("node,", "group, groupSize: 3,"))],
-     ["18:54: node group 'a' has 16 devices per node, which tier 1 (ub) cannot split into groups of 3"]),
+    ("group-size-does-not-divide", "semantic", [(T1, T1.replace("node,", "group, groupSize: 6,"))],
+     ["18:54: node group 'a' has 16 devices per node, which tier 1 (ub) cannot split into groups of 6"]),
+    ("group-splits-a-package", "semantic", [(T1, T1.replace("node,", "group, groupSize: 3,"))],
+     ["18:24: tier 1 (ub) groups of 3 would split a package of ascend-910c (2 devices each); use a multiple of 2"]),
     ("duplicate-key", "semantic", [(HOSTS, HOSTS + "\n" + HOSTS)],
      ["18:7: duplicate key 'hosts' in spec.nodeGroups[0]"]),
     ("no-tier-joins", "semantic", [(DEV + "\n", DEV + GROUP_B + "      fabrics: [ub]\n")],
@@ -124,3 +126,82 @@ def test_schema_and_loader_agree(case):
     assert rejects == expected
     with pytest.raises(ClusterValidationError):
         parse_cluster_text(broken_text(case), "t.yaml")
+
+
+# ---------------------------------------------------------------- topology, domains, pools
+
+with open(os.path.join(os.path.dirname(BASE_PATH), "base2.yaml")) as _f:
+    BASE2 = _f.read()
+
+ASC = "    - {name: ascend, hosts: \"npu[1-4]\", devices: {model: ascend-910b3, packagesPerNode: 8}, fabrics: [hccs, roce]}"
+RA = '      - {name: ra, level: rack, hosts: "npu[1-2]"}'
+RC = '      - {name: rc, level: rack, hosts: "gpu[1-2],lab1"}'
+CASES2 = [
+    ("rack-spans-supernodes", "semantic", [(RC, RC.replace("gpu[1-2],lab1", "gpu[1-2],lab1,npu4")),
+                                           ('hosts: "npu[3-4]"}', 'hosts: "npu3"}')],
+     ["24:40: domains do not nest: rack domain 'rc' spans supernode domain(s) 'sn-a', 'sn-b'"]),
+    ("domains-overlap", "semantic", [(RA, RA.replace("npu[1-2]", "npu[1-3]"))],
+     ["23:40: node 'npu3' is in rack domains 'ra' and 'rb'; domains of one level must not overlap"]),
+    ("unknown-level", "semantic", [(RA, RA.replace("level: rack", "level: rak"))],
+     ["22:27: unknown topology level 'rak' (did you mean 'rack'?); declare it in spec.topology.levels (supernode, rack)"]),
+    ("domain-unknown-node", "semantic", [(RC, RC.replace("lab1", "lab[1-2]"))],
+     ["24:40: domain 'rc' names 1 node(s) no node group has: lab2"]),
+    ("node-in-no-rack", "semantic", [(RA + "\n", "")],
+     ["25:29: 2 node(s) of node group 'ascend' (npu[1-2]) are on tier 2 (fabric 'roce', scope rack) but in no rack domain"]),
+    ("unknown-pool-group", "semantic", [("nodeGroups: [ascend, nvidia]", "nodeGroups: [ascend, nvidai]")],
+     ["30:42: unknown node group 'nvidai' (did you mean 'nvidia'?)"]),
+    ("inline-model-shadows-catalog", "semantic", [("    lab-card: {", "    h100: {"), ("model: lab-card", "model: h100")],
+     ["7:5: device model 'h100' is already in the catalog (as 'nvidia-h100-sxm'); use it directly or pick another name"]),
+    ("two-fabrics-one-tier", "semantic", [(ASC, ASC.replace("[hccs, roce]", "[hccs, nvlink, roce]"))],
+     ["26:102: node group 'ascend' is on two fabrics at tier 1 ('hccs' and 'nvlink'); a pair of devices must have one joining tier"]),
+    ("one-tier-two-scopes", "semantic", [("{name: nvlink, plane: scale-up, tiers: [{tier: 1, scope: node}]}",
+                                          "{name: nvlink, plane: scale-up, tiers: [{tier: 1, scope: package}]}")],
+     ["10:64: tier 1 has scope 'package' in fabric 'nvlink' but 'node' in fabric 'hccs'; one tier number means one scope"]),
+    ("group-skips-a-wider-tier", "semantic",
+     [("        - {tier: 4, scope: cluster, bandwidth: 100Gb/s}\n", ""),
+      ("fabrics: [hccs, roce]}", "fabrics: [hccs, roce, wan]}"),
+      ("  topology:\n", "    - {name: wan, plane: scale-out, tiers: [{tier: 4, scope: cluster, bandwidth: 1Gb/s}]}\n  topology:\n")],
+     ["27:105: tiers do not nest: node group 'nvidia' is on tier 2 (rack) but on no fabric of the wider tier 4 (cluster); attach it to one",
+      "28:89: tiers do not nest: node group 'lab' is on tier 2 (rack) but on no fabric of the wider tier 4 (cluster); attach it to one"]),
+]
+
+
+def broken_text2(case) -> str:
+    text = BASE2
+    for old, new in case[2]:
+        assert old in text, f"{case[0]}: edit target not in base2.yaml: {old!r}"
+        text = text.replace(old, new, 1)
+    return text
+
+
+def test_base2_is_valid():
+    s = parse_cluster_text(BASE2, "t2.yaml").summary()
+    assert (s["nodes"], s["chips"], s["devices"]) == (7, 50, 50)
+
+
+@pytest.mark.parametrize("case", CASES2, ids=[c[0] for c in CASES2])
+def test_broken_topology_fails_with_exact_messages(case):
+    with pytest.raises(ClusterValidationError) as info:
+        parse_cluster_text(broken_text2(case), "t2.yaml")
+    assert info.value.messages == [f"t2.yaml:{m}" for m in case[3]]
+    assert _schema_rejects(broken_text2(case)) is False  # all of these are beyond a schema
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("- a\n- b\n", ["1:1: expected a mapping with apiVersion, kind, metadata and spec, got a list"]),
+        ("a:\n\tb: 1\n", ["2:1: YAML syntax error: found character '\\t' that cannot start any token (while scanning for the next token)"]),
+        (BASE.replace("name: t", "name: no"),
+         ["4:9: metadata.name must be text, got false (a boolean; YAML reads yes/no/on/off unquoted as a boolean: quote it)"]),
+        (BASE.replace(DEV, "      devices:"), ["18:15: spec.nodeGroups[0].devices must be a mapping, got null (an empty value)"]),
+        (BASE.replace("tier: 1", "tier: 1.5"), ["10:18: spec.fabrics[0].tiers[0].tier must be a whole number, got 1.5 (a number)"]),
+        (BASE.replace("    - name: a\n", "    - <<: {name: z}\n      name: a\n"), ["16:7: merge keys ('<<') are not supported; write the keys out"]),
+        (BASE.replace(HOSTS, '      hosts: "n[0-9999999]"'), ["17:14: hostlist 'n[0-9999999]': range '0-9999999' has more than 1000000 hosts"]),
+    ],
+    ids=["a-list", "tab", "yes-no-boolean", "empty-devices", "float-tier", "merge-key", "huge-hostlist"],
+)
+def test_odd_inputs_end_in_one_line_each(text, expected):
+    with pytest.raises(ClusterValidationError) as info:
+        parse_cluster_text(text, "t.yaml")
+    assert info.value.messages == [f"t.yaml:{m}" for m in expected]

@@ -33,6 +33,11 @@ def _entry(rank: int, n: int, port: int, fn, args, queue) -> None:
         queue.put((rank, "ok", result))
     except BaseException as err:  # reported to the test, which fails with it
         queue.put((rank, "raised", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    # Flush the result, then leave without interpreter teardown: a process group whose peer
+    # died can block its destructor, and the test has what it needs.
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 def run_ranks(fn, n: int, *args, timeout_s: float = 120.0, expect: int | None = None) -> dict[int, tuple[str, object]]:
@@ -60,7 +65,7 @@ def run_ranks(fn, n: int, *args, timeout_s: float = 120.0, expect: int | None = 
                     break
     finally:
         for p in procs:
-            p.join(timeout=5 if len(results) >= want else 0.1)
+            p.join(timeout=2 if len(results) >= want else 0.1)
             if p.is_alive():
                 p.kill()
                 p.join()

@@ -1,0 +1,224 @@
+"""``xpod moe place`` and ``xpod moe show``: MoE expert placement from recorded expert loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from xpod.hal.errors import XpodError
+
+POLICIES = ("auto", "balanced", "even", "budget")
+
+
+def register(commands) -> None:
+    moe = commands.top.add_parser("moe", help="MoE expert placement (replicas, devices, token shares)")
+    sub = moe.add_subparsers(dest="moe_command", metavar="WHAT", parser_class=type(moe))
+    moe.set_defaults(func=lambda args: _missing(moe))
+
+    p = sub.add_parser(
+        "place",
+        help="place the experts of every layer on devices and write a placement JSON",
+        description=(
+            "Place routed experts (with replicas of hot ones) on devices from recorded per-expert "
+            "loads. Writes JSON with phy2log [layers][slots], slot_device [slots], slot_share "
+            "[layers][slots] and seconds, and prints a summary."
+        ),
+    )
+    p.add_argument("--loads", required=True, metavar="NPZ", help=".npz of [layers, experts] token counts per workload")
+    p.add_argument("--workload", required=True, metavar="NAME",
+                   help="array name in NPZ; a comma-separated list is a history of windows, oldest first")
+    p.add_argument("--devices", required=True, type=_positive("--devices"), metavar="D", help="expert-parallel devices")
+    p.add_argument("--nodes", required=True, type=_positive("--nodes"), metavar="N", help="nodes (devices are split evenly, in order)")
+    p.add_argument("--slots", required=True, type=_positive("--slots"), metavar="S", help="expert slots per device per layer")
+    p.add_argument("--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)")
+    p.add_argument("--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)")
+    p.add_argument("--policy", choices=POLICIES, default="auto",
+                   help="auto (default: budget at 1 slot/device, else balanced), balanced, even (no uneven shares), "
+                        "budget (per-layer redundancy; same total weights per device)")
+    p.add_argument("--locality", type=_nonnegative("--locality"), default=1.0, metavar="W",
+                   help="weight of keeping expert groups on few nodes (0 = balance only; default 1)")
+    p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.01, metavar="F",
+                   help="a layer takes the group-local plan if its max device load is at most (1+F) x the balance-only plan's (default 0.01)")
+    p.add_argument("--hedge", type=float, default=0.0, metavar="H", help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)")
+    p.add_argument("--previous", metavar="FILE", help="previous placement JSON: unchanged experts keep their slots")
+    p.add_argument("--max-moves", type=_nonnegative_int("--max-moves"), metavar="K", help="with --previous: load at most K expert weights")
+    p.add_argument("--traffic-tokens", type=_nonnegative_int("--traffic-tokens"), default=2048, metavar="T",
+                   help="tokens per layer for the nodes-per-token simulation on 4 layers (0 = skip; default 2048)")
+    p.add_argument("--out", required=True, metavar="FILE", help="placement JSON to write")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_place)
+
+    s = sub.add_parser("show", help="draw a device-by-layer load heatmap of a placement to PNG")
+    s.add_argument("file", metavar="FILE", help="placement JSON from 'xpod moe place'")
+    s.add_argument("--loads", required=True, metavar="NPZ")
+    s.add_argument("--workload", required=True, metavar="NAME")
+    s.add_argument("--png", required=True, metavar="OUT", help="PNG to write")
+    s.set_defaults(func=cmd_show)
+
+
+def _missing(parser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _positive(flag: str):
+    def conv(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _arg_error(f"{flag} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise _arg_error(f"{flag} must be a positive integer, got {value}")
+        return value
+
+    return conv
+
+
+def _nonnegative_int(flag: str):
+    def conv(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _arg_error(f"{flag} must be an integer >= 0, got {text!r}") from None
+        if value < 0:
+            raise _arg_error(f"{flag} must be an integer >= 0, got {value}")
+        return value
+
+    return conv
+
+
+def _nonnegative(flag: str):
+    def conv(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _arg_error(f"{flag} must be a number >= 0, got {text!r}") from None
+        if not value >= 0:
+            raise _arg_error(f"{flag} must be a number >= 0, got {value}")
+        return value
+
+    return conv
+
+
+def _arg_error(msg: str):
+    import argparse
+
+    return argparse.ArgumentTypeError(msg)
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise XpodError(f"{path}: cannot write: {err.strerror}") from None
+
+
+def cmd_place(args) -> int:
+    import numpy as np
+
+    from xpod.runtime.moe.io import load_placement, load_workload
+    from xpod.runtime.moe.placement import PodShape, place
+
+    if args.max_moves is not None and not args.previous:
+        raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
+    if not 0.0 <= args.hedge < 1.0:
+        raise XpodError(f"--hedge must be in [0, 1), got {args.hedge}")
+    loads = load_workload(args.loads, args.workload)
+    experts = loads.shape[-1]
+    if experts % args.groups:
+        raise XpodError(f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}")
+    shape = PodShape(args.devices, args.nodes, args.slots, args.super_nodes)
+    previous = load_placement(args.previous) if args.previous else None
+    if previous is not None and previous.shape.num_devices != args.devices:
+        raise XpodError(f"{args.previous}: made for {previous.shape.num_devices} devices, not --devices {args.devices}")
+    placement = place(
+        loads, shape, num_groups=args.groups, policy=args.policy, locality=args.locality, hedge=args.hedge,
+        previous=previous, max_moves=args.max_moves, balance_tolerance=args.balance_tolerance,
+    )
+    _write_json(args.out, placement.to_json())
+    current = loads if loads.ndim == 2 else loads[-1]
+    sc = placement.score(current)
+    summary = {"out": args.out, "policy": placement.policy.value, **sc.to_json(), "seconds": placement.seconds}
+    if placement.weight_moves is not None:
+        summary["weight_moves"] = placement.weight_moves
+    if args.traffic_tokens:
+        from xpod.runtime.moe.simulate import simulate_traffic
+
+        layers = sorted({0, current.shape[0] // 3, 2 * current.shape[0] // 3, current.shape[0] - 1})
+        tr = simulate_traffic(current, placement.phy2log, placement.slot_device, placement.device_node,
+                              placement.slot_share, layers, tokens=args.traffic_tokens)
+        summary.update(remote_nodes_per_token=tr.remote_nodes_per_token, nodes_per_token=tr.nodes_per_token)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"moe place: {args.workload} on {args.devices} devices / {args.nodes} nodes x {args.slots} slots")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("policy", placement.policy.value),
+        ("balancedness (sum mean / sum max)", f"{sc.balancedness:.4f}"),
+        ("worst layer", f"{sc.worst_layer_balancedness:.4f} (layer {sc.worst_layer})"),
+        ("max / mean device load", f"{sc.max_over_mean:.4f}"),
+        ("node balancedness", f"{sc.node_balancedness:.4f}"),
+        ("duplicate replicas on a device", str(sc.duplicates)),
+        ("group spread (nodes per group)", f"{sc.group_spread:.2f}"),
+        ("weights per device (all layers)", f"{sc.slots_per_device_min}-{sc.slots_per_device_max}"),
+    ]
+    if "remote_nodes_per_token" in summary:
+        rows.append(("remote nodes per token (simulated)", f"{summary['remote_nodes_per_token']:.3f}"))
+        rows.append(("nodes per token (simulated)", f"{summary['nodes_per_token']:.3f}"))
+    if placement.weight_moves is not None:
+        rows.append(("expert weights moved", str(placement.weight_moves)))
+    rows.append(("time", f"{placement.seconds * 1000:.1f} ms"))
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    import numpy as np
+
+    from xpod.runtime.moe.io import load_placement, load_workload
+    from xpod.runtime.moe.score import device_loads
+
+    placement = load_placement(args.file)
+    loads = load_workload(args.loads, args.workload)
+    if loads.ndim == 3:
+        loads = loads[-1]
+    if loads.shape[0] != placement.phy2log.shape[0]:
+        raise XpodError(f"{args.file}: {placement.phy2log.shape[0]} layers but workload {args.workload!r} has {loads.shape[0]}")
+    if placement.phy2log.max() >= loads.shape[1]:
+        raise XpodError(f"{args.file}: names expert {placement.phy2log.max()} but {args.workload!r} has {loads.shape[1]} experts")
+    dev = device_loads(loads, placement.phy2log, placement.slot_device, placement.shape.num_devices, placement.slot_share)
+    rel = dev / np.maximum(dev.mean(axis=1, keepdims=True), 1e-300)
+    sc = placement.score(loads)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, dev.shape[1] / 8), max(4, dev.shape[0] / 8)))
+    im = ax.imshow(rel, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xlabel("device")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{os.path.basename(args.file)} on {args.workload}: device load / layer mean "
+                 f"(balancedness {sc.balancedness:.3f})", fontsize=9)
+    fig.colorbar(im, ax=ax, label="load / mean")
+    try:
+        fig.savefig(args.png, dpi=100, bbox_inches="tight")
+    except OSError as err:
+        raise XpodError(f"{args.png}: cannot write: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+    print(f"wrote {args.png}: {dev.shape[0]} layers x {dev.shape[1]} devices, balancedness {sc.balancedness:.4f}")
+    return 0

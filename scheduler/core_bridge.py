@@ -1,0 +1,325 @@
+"""The service's seam to the scheduler core: ``CorePlacer`` implements ``api.Placer`` over the
+core's ``Scheduler`` facade (``scheduler.core``), its job-spec parser (``scheduler.spec``) and
+its cluster adapter (``scheduler.from_cluster``).
+
+Job documents (``examples/jobs/*.yaml``) are a Kubernetes-style envelope around the core's
+flat job spec::
+
+    apiVersion: xpod/v1          # optional; only xpod/v1
+    kind: TrainingJob            # TrainingJob | ServingJob | BatchJob
+    metadata:
+      name: llama-70b-pretrain   # 1..63 of [a-z0-9-.], starting and ending alphanumeric
+      labels: {team: nlp}        # optional, string values
+    spec:                        # scheduler.spec.parse_job's document, without kind/id/name
+      tasks: 4
+      devices: {count: 16, model: ascend-910c}
+      queue: research
+
+Every refusal is ``SpecInvalid(field, message)`` with the dotted path from the document's root
+(``spec.devices.count``), which the CLI maps back to a line of the file.
+
+Queues: the core knows queues by name; a queue named in a job that the core does not know yet is
+created with default shares (weight 1, no cap), so submitters need no queue administration.
+Who may use which queue is the token file's business (``scheduler.auth``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from xpod.hal.errors import XpodError
+
+from . import actions as act
+from .api import CycleOutcome, NodeView, DeviceView, ParsedJob, SpecInvalid
+from .core import Scheduler
+from .model import Binding, Device, DeviceHealth, Job, JobKind, Node, Queue, Within
+from .policies import CycleContext
+from .snapshot import Statement
+from .spec import parse_job
+from .store import AllocationRecord, JobRecord, PendingReasonRecord
+
+KINDS = {"TrainingJob": JobKind.TRAINING, "ServingJob": JobKind.SERVING, "BatchJob": JobKind.BATCH}
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
+_METADATA = ("name", "labels")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
+_VALIDATION_ID = "__xpod_validate__"
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _field_error(err: XpodError, prefix: str = "spec") -> SpecInvalid:
+    """The core's ``WHERE: field: message`` as SpecInvalid("spec.field", message)."""
+    m = _CORE_ERROR.match(str(err))
+    if m:
+        return SpecInvalid(f"{prefix}.{m.group(1)}", m.group(2))
+    return SpecInvalid(prefix, str(err).split(": ", 1)[-1])
+
+
+def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
+    """Validate a job document; returns (kind, name, labels, core Job with a placeholder id)."""
+    if not isinstance(document, dict):
+        raise SpecInvalid("job", "a job document is a mapping with kind, metadata and spec")
+    for key in document:
+        if key not in _ENVELOPE:
+            raise SpecInvalid(str(key), f"unknown key (allowed: {', '.join(_ENVELOPE)})")
+    api_version = document.get("apiVersion", "xpod/v1")
+    if api_version != "xpod/v1":
+        raise SpecInvalid("apiVersion", f"{api_version!r} is not supported (use xpod/v1)")
+    kind = document.get("kind")
+    if kind not in KINDS:
+        raise SpecInvalid("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        raise SpecInvalid("metadata", "a mapping with at least name")
+    for key in metadata:
+        if key not in _METADATA:
+            raise SpecInvalid(f"metadata.{key}", f"unknown key (allowed: {', '.join(_METADATA)})")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecInvalid("metadata.name", f"{name!r} must be 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric")
+    labels = metadata.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise SpecInvalid("metadata.labels", "a mapping of strings to strings")
+    spec = document.get("spec")
+    if not isinstance(spec, dict):
+        raise SpecInvalid("spec", "a mapping (tasks, devices, queue, ...)")
+    for key in ("kind", "id", "name"):
+        if key in spec:
+            raise SpecInvalid(f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec")
+    try:
+        job = parse_job({**spec, "kind": KINDS[kind].value}, source="spec", job_id=_VALIDATION_ID)
+    except XpodError as err:
+        raise _field_error(err) from None
+    return kind, name, labels, job
+
+
+def node_from_view(view: NodeView) -> Node:
+    """A core Node for a node an agent registered (CPU and memory 0 = not a constraint)."""
+    from .from_cluster import UNBOUNDED_CPU_MILLI, UNBOUNDED_MEMORY_BYTES
+
+    labels = dict(view.labels)
+    supernode = labels.get("supernode")
+    return Node(
+        name=view.name,
+        cpu_milli=view.cpu_milli or UNBOUNDED_CPU_MILLI,
+        memory_bytes=view.memory_bytes or UNBOUNDED_MEMORY_BYTES,
+        devices=tuple(Device(index=d.index, model=d.model, vendor=d.vendor, memory_bytes=d.memory_total_bytes) for d in view.devices),
+        supernode=supernode,
+        failure_domain=labels.get("failure_domain") or supernode,
+        labels=labels,
+    )
+
+
+def view_from_node(node: Node) -> NodeView:
+    labels = {str(k): str(v) for k, v in dict(node.labels).items()}
+    if node.supernode:
+        labels["supernode"] = node.supernode
+    if node.failure_domain:
+        labels["failure_domain"] = node.failure_domain
+    return NodeView(
+        name=node.name,
+        devices=tuple(DeviceView(node.name, d.index, d.vendor, d.model, d.memory_bytes, "ok") for d in node.devices),
+        labels=tuple(sorted(labels.items())),
+        cpu_milli=node.cpu_milli,
+        memory_bytes=node.memory_bytes,
+    )
+
+
+def cluster_inventory(cluster) -> list[NodeView]:
+    """NodeViews of a loaded ``hal.cluster.Cluster`` (through the core's own adapter)."""
+    from .from_cluster import nodes_from_cluster
+
+    return [view_from_node(n) for n in nodes_from_cluster(cluster)]
+
+
+class CorePlacer:
+    """``api.Placer`` over ``core.Scheduler``. Not thread-safe (the API serialises calls)."""
+
+    def __init__(self, cluster=None, scheduler: Scheduler | None = None) -> None:
+        self.scheduler = scheduler or Scheduler(queues=(Queue("default"),))
+        self._cluster_nodes: dict[str, Node] = {}
+        if cluster is not None:
+            from .from_cluster import nodes_from_cluster
+
+            self._cluster_nodes = {n.name: n for n in nodes_from_cluster(cluster)}
+        self._fit_state: act.CycleState | None = None  # for can-never-fit checks; reset on inventory changes
+        # Answers that depend only on the job's shape, not its name: validation by the facade
+        # (static queues, classes and policies) and can-never-fit (reset on inventory changes).
+        # Bounded, because every distinct shape is one entry.
+        self._validated: dict[Job, None] = {}
+        self._never_fits: dict[Job, PendingReasonRecord | None] = {}
+        self._lost: dict[str, str] = {}  # restored jobs whose nodes are gone: evicted at the next cycle
+
+    # parsing and admission
+
+    def parse(self, document: dict[str, Any]) -> ParsedJob:
+        kind, name, _, job = parse_document(document)
+        sched = self.scheduler
+        if job.queue not in sched.queues:
+            sched.queues[job.queue] = Queue(job.queue)
+        # The facade's own checks (priority class, the policies' validators such as the Ascend
+        # rules): submit under a throw-away id and take it back at once.
+        if job not in self._validated:
+            try:
+                sched.submit(dataclasses.replace(job, submit_time=1.0))
+            except XpodError as err:
+                raise _field_error(err) from None
+            finally:
+                sched.pending.pop(_VALIDATION_ID, None)
+            if len(self._validated) > 10_000:
+                self._validated.clear()
+            self._validated[job] = None
+        return ParsedJob(kind=kind, name=name, queue=job.queue, core=job)
+
+    def _fit(self) -> act.CycleState:
+        if self._fit_state is None:
+            sched = self.scheduler
+            ctx = CycleContext(
+                snap=sched.snapshot,
+                now=0.0,
+                queues=sched.queues,
+                total_devices=float(sum(sched.snapshot.model_total.values())),
+                queue_usage={},
+                priority_preemptible={p.name: p.preemptible for p in sched.priority_classes.values()},
+            )
+            placer = act.Placer(sched.policies, ctx)
+            self._fit_state = act.CycleState(ctx=ctx, placer=placer, pending={}, placed_tasks={}, job_order=None, queue_order=None)
+        return self._fit_state
+
+    def never_fits(self, parsed: ParsedJob) -> PendingReasonRecord | None:
+        """Too big for the empty cluster: more matching devices than it has, or more than its
+        largest domain of the job's tier (node, super-node) holds."""
+        job: Job = parsed.core
+        if job.devices is None:
+            return None
+        if job not in self._never_fits:
+            if len(self._never_fits) > 10_000:
+                self._never_fits.clear()
+            self._never_fits[job] = self._check_fit(job)
+        return self._never_fits[job]
+
+    def _check_fit(self, job: Job) -> PendingReasonRecord | None:
+        req = job.devices
+        cs = self._fit()
+        models = cs.placer.models_for(job)
+        per_task = req.count if not req.fractional else 1
+        need = per_task * (1 if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
+        tier = act._tier_of(cs, job)
+        block = act.largest_block(cs, job, tier, empty=True)
+        node_block = act.largest_block(cs, job, Within.NODE, empty=True)
+        if models and node_block < per_task:
+            # one task's devices always sit on one node
+            need, block, tier = per_task, node_block, Within.NODE
+        if models and block >= need:
+            return None
+        where = {"node": "one node", "hccs-group": "one HCCS group", "supernode": "one super-node", "any": "the cluster"}[tier.value]
+        if not models:
+            message = f"no device in this cluster matches {req.describe()}"
+        else:
+            message = f"needs {need} x {', '.join(models)} in {where}; the largest such domain has {block}"
+        return PendingReasonRecord(
+            "EXCEEDS_CLUSTER_CAPACITY",
+            message,
+            tuple(sorted({"needDevices": str(need), "largestDomainDevices": str(block), "tier": tier.value}.items())),
+        )
+
+    # inventory
+
+    def add_node(self, node: NodeView) -> None:
+        core = self._cluster_nodes.get(node.name)
+        if core is None or len(core.devices) != len(node.devices):
+            core = node_from_view(node)
+        self.scheduler.add_node(core)
+        for d in node.devices:
+            if d.health in ("alarm", "critical"):
+                self.scheduler.set_device_health(node.name, d.index, DeviceHealth.UNHEALTHY)
+        self._fit_state = None
+        self._never_fits.clear()
+
+    def remove_node(self, name: str) -> None:
+        self.scheduler.remove_node(name)
+        self._fit_state = None
+        self._never_fits.clear()
+
+    def set_device_health(self, node: str, index: int, health: str) -> None:
+        healthy = health not in ("alarm", "critical")  # xpod.hal.Health.schedulable
+        self.scheduler.set_device_health(node, index, DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY)
+        self._fit_state = None
+        self._never_fits.clear()
+
+    # jobs
+
+    def _core_job(self, job: JobRecord, parsed: ParsedJob) -> Job:
+        return dataclasses.replace(parsed.core, id=job.id, submit_time=job.create_time_s or 1.0)
+
+    def add_job(self, job: JobRecord, parsed: ParsedJob) -> None:
+        core = self._core_job(job, parsed)
+        if core.queue not in self.scheduler.queues:
+            self.scheduler.queues[core.queue] = Queue(core.queue)
+        self.scheduler.submit(core)
+
+    def restore_job(self, job: JobRecord, parsed: ParsedJob) -> None:
+        """Bind a job again exactly where the store says it runs (after a restart)."""
+        self.add_job(job, parsed)
+        core = self.scheduler.pending[job.id]
+        snap = self.scheduler.snapshot
+        bindings = []
+        for a in job.allocations:
+            try:
+                indices = tuple(int(d.rsplit("/", 1)[1]) for d in a.devices)
+            except (IndexError, ValueError):
+                indices = ()
+            bindings.append(
+                Binding(job.id, a.task, a.node, indices, a.milli_per_device, a.cpu_milli, a.memory_bytes, a.device_memory_bytes)
+            )
+        if not snap.can_apply(bindings):
+            # its node left the cluster file or lost devices: back to the queue, reported as an eviction
+            self._lost[job.id] = "its devices are no longer in the cluster after a restart"
+            return
+        stmt = Statement(snap, job.update_time_s)
+        for b in bindings:
+            stmt.bind(core, b)
+        stmt.commit({job.id: core})
+
+    def remove_job(self, job_id: str) -> None:
+        self.scheduler.cancel(job_id)
+        self._lost.pop(job_id, None)
+
+    def cycle(self, now_s: float) -> CycleOutcome:
+        result = self.scheduler.cycle(now_s)
+        bindings: dict[str, list[AllocationRecord]] = {}
+        for b in result.bindings:
+            bindings.setdefault(b.job_id, []).append(
+                AllocationRecord(
+                    node=b.node,
+                    devices=tuple(f"{b.node}/{i}" for i in b.device_indices),
+                    milli_per_device=b.milli,
+                    task=b.task,
+                    cpu_milli=b.cpu_milli,
+                    memory_bytes=b.memory_bytes,
+                    device_memory_bytes=b.device_memory_bytes,
+                )
+            )
+        evictions = {e.job_id: e.reason for e in result.evictions}
+        evictions.update(self._lost)
+        self._lost.clear()
+        pending = {}
+        for jid, r in result.pending.items():
+            metadata = {_camel(k): f"{v:g}" if isinstance(v, float) else str(v) for k, v in dict(r.numbers).items()}
+            metadata["queuePosition"] = str(r.queue_position)
+            metadata["jobsAhead"] = str(r.jobs_ahead)
+            if r.estimated_start is not None:
+                metadata["estimatedStartTime"] = f"{r.estimated_start:.0f}"
+            pending[jid] = PendingReasonRecord(r.code.name, r.message, tuple(sorted(metadata.items())))
+        return CycleOutcome(
+            bindings={jid: tuple(sorted(v, key=lambda a: a.task)) for jid, v in bindings.items()},
+            evictions=evictions,
+            pending=pending,
+            seconds=result.seconds,
+        )

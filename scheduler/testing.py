@@ -1,0 +1,147 @@
+"""Fluent builders for scheduler tests (in the package so every area's tests can use them).
+
+    node("n1").devices("ascend-910c", 16).supernode("sp0").build()
+    job("j1").training(tasks=2).devices("ascend-910c", 16).within("supernode").build()
+
+Device facts per model come from a small table (per schedulable device: 910C dies carry half a
+package's memory and BF16), enough for tests; real clusters come from descriptors
+(``scheduler.from_cluster``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .model import MILLI, Device, DeviceRequest, Job, JobKind, Node, Within
+
+GiB = 2**30
+
+#: model -> (vendor, memory_bytes per device, bf16 TFLOPS per device)
+MODEL_FACTS = {
+    "ascend-910c": ("ascend", 64 * GiB, 376.0),
+    "ascend-910b3": ("ascend", 64 * GiB, 256.0),
+    "ascend-910b2": ("ascend", 64 * GiB, 320.0),
+    "nvidia-h100-sxm": ("cuda", 80 * GiB, 989.0),
+    "nvidia-a100-40gb": ("cuda", 40 * GiB, 312.0),
+    "cambricon-mlu370-x8": ("cambricon", 24 * GiB, 96.0),
+    "gpu": ("cuda", 16 * GiB, 100.0),
+}
+
+
+class NodeBuilder:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cpu = 256_000
+        self._mem = 2048 * GiB
+        self._devices: list[Device] = []
+        self._supernode = None
+        self._domain = None
+
+    def devices(self, model: str, count: int) -> "NodeBuilder":
+        vendor, mem, tflops = MODEL_FACTS.get(model, ("cuda", 16 * GiB, 100.0))
+        base = len(self._devices)
+        for k in range(count):
+            i = base + k
+            self._devices.append(
+                Device(
+                    index=i,
+                    model=model,
+                    vendor=vendor,
+                    memory_bytes=mem,
+                    bf16_tflops=tflops,
+                    hccs_group=i // 4 if model.startswith("ascend-910b") else None,
+                    module=i // 2 if model.startswith("ascend-910c") else None,
+                )
+            )
+        return self
+
+    def cpu(self, cores: float) -> "NodeBuilder":
+        self._cpu = int(cores * 1000)
+        return self
+
+    def memory_gib(self, gib: float) -> "NodeBuilder":
+        self._mem = int(gib * GiB)
+        return self
+
+    def supernode(self, name: str) -> "NodeBuilder":
+        self._supernode = name
+        return self
+
+    def domain(self, name: str) -> "NodeBuilder":
+        self._domain = name
+        return self
+
+    def build(self) -> Node:
+        return Node(self._name, self._cpu, self._mem, tuple(self._devices), self._supernode, self._domain)
+
+
+class JobBuilder:
+    def __init__(self, job_id: str) -> None:
+        self._kw: dict = {"id": job_id, "kind": JobKind.BATCH, "tasks": 1, "devices": None}
+
+    def training(self, tasks: int = 1, min_tasks: int | None = None) -> "JobBuilder":
+        self._kw.update(kind=JobKind.TRAINING, tasks=tasks, min_tasks=min_tasks)
+        return self
+
+    def serving(self, min_replicas: int, max_replicas: int) -> "JobBuilder":
+        self._kw.update(kind=JobKind.SERVING, tasks=max_replicas, min_tasks=min_replicas)
+        return self
+
+    def batch(self, tasks: int = 1) -> "JobBuilder":
+        self._kw.update(kind=JobKind.BATCH, tasks=tasks)
+        return self
+
+    def devices(self, model: str | None, count: int = 1, milli: int = MILLI, **caps) -> "JobBuilder":
+        self._kw["devices"] = DeviceRequest(count=count, model=model, milli=milli, **caps)
+        return self
+
+    def cpu(self, cores: float) -> "JobBuilder":
+        self._kw["cpu_milli"] = int(cores * 1000)
+        return self
+
+    def within(self, w: str) -> "JobBuilder":
+        self._kw["within"] = Within(w)
+        return self
+
+    def queue(self, q: str) -> "JobBuilder":
+        self._kw["queue"] = q
+        return self
+
+    def priority(self, cls: str) -> "JobBuilder":
+        self._kw["priority_class"] = cls
+        return self
+
+    def duration(self, seconds: float) -> "JobBuilder":
+        self._kw["expected_duration_seconds"] = seconds
+        return self
+
+    def submitted(self, t: float) -> "JobBuilder":
+        self._kw["submit_time"] = t
+        return self
+
+    def sp_block(self, dies: int) -> "JobBuilder":
+        self._kw["sp_block"] = dies
+        return self
+
+    def build(self) -> Job:
+        return Job(**self._kw)
+
+
+def node(name: str) -> NodeBuilder:
+    return NodeBuilder(name)
+
+
+def job(job_id: str) -> JobBuilder:
+    return JobBuilder(job_id)
+
+
+def placements(result_or_bindings) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """job id -> [(node, device indices)] in task order, from a CycleResult or bindings."""
+    bs = getattr(result_or_bindings, "bindings", result_or_bindings)
+    out: dict[str, list] = {}
+    for b in sorted(bs, key=lambda b: (b.job_id, b.task)):
+        out.setdefault(b.job_id, []).append((b.node, b.device_indices))
+    return out
+
+
+__all__ = ["node", "job", "placements", "NodeBuilder", "JobBuilder", "MODEL_FACTS", "dataclasses"]

@@ -1,0 +1,255 @@
+"""The device exporter (xpod.runtime.exporter): what it exports, what it leaves out, and how it
+fails; `promtool check metrics` on a real HTTP scrape of a running `xpod exporter` process."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from xpod.backends.cpu import CpuBackend
+from xpod.backends.sim import SimBackend
+from xpod.hal.backend import Backend
+from xpod.hal.device import DeviceInfo, Health, MetricsSample
+from xpod.hal.errors import XpodError
+from xpod.runtime import exporter as ex
+
+import metrics_harness as mh
+
+
+class FullBackend(Backend):
+    """A backend that reports every gauge, so each family's shape and lint can be checked."""
+
+    name = "cuda"
+
+    def __init__(self, n: int = 2, fail: bool = False) -> None:
+        self.n = n
+        self.fail = fail
+
+    def devices(self) -> list[DeviceInfo]:
+        if self.fail:
+            raise RuntimeError("nvidia-smi hung")
+        return [
+            DeviceInfo(
+                vendor="cuda",
+                model="nvidia-h100-sxm",
+                index=i,
+                physical_index=i,
+                uuid=f"GPU-{i}",
+                memory_total_bytes=80 * 2**30,
+                memory_used_bytes=i * 2**30,
+                health=Health.OK,
+                pci_bus_id=f"0000:{i + 1:02x}:00.0",
+                name="NVIDIA H100 80GB HBM3",
+            )
+            for i in range(self.n)
+        ]
+
+    def metrics(self) -> list[MetricsSample]:
+        return [
+            MetricsSample(
+                index=i,
+                memory_used_bytes=i * 2**30,
+                memory_total_bytes=80 * 2**30,
+                utilization_ratio=0.25 * (i + 1),
+                temperature_celsius=40.0 + i,
+                power_watts=300.0 + i,
+                health=Health.CRITICAL if i == 1 else Health.OK,
+                ecc_errors_total=7 * i,
+            )
+            for i in range(self.n)
+        ]
+
+
+def scrape(collector: ex.DeviceCollector) -> dict[str, list]:
+    """name -> samples (Sample tuples), from the text exposition a server would send."""
+    text = generate_latest(ex.build_registry(collector)).decode()
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def by_device(samples) -> dict[str, object]:
+    return {s.labels["device"]: s for s in samples}
+
+
+def test_sim_and_full_backends_export_the_device_set_with_hardware_labels():
+    sim = SimBackend([("ascend-910c", 4)])
+    col = ex.DeviceCollector(ex.host_sources([sim, FullBackend()], node="n1"))
+    m = scrape(col)
+    # Real backends come first: cuda devices are 0, 1 and the simulated ones 2..5.
+    info = by_device(m["xpod_device_info"])
+    assert sorted(info, key=int) == ["0", "1", "2", "3", "4", "5"]
+    assert info["0"].labels == {
+        "node": "n1", "device": "0", "vendor": "cuda", "model": "nvidia-h100-sxm", "uuid": "GPU-0",
+        "pci_bus_id": "0000:01:00.0", "simulated": "false", "backend": "cuda", "name": "NVIDIA H100 80GB HBM3",
+    }
+    assert info["2"].labels["simulated"] == "true" and info["2"].labels["vendor"] == "ascend"
+    assert info["2"].labels["backend"] == "sim" and info["2"].labels["uuid"] == "SIM-ascend-910c-0"
+    assert {(s.labels["vendor"], s.labels["simulated"]): s.value for s in m["xpod_devices"]} == {
+        ("cuda", "false"): 2, ("ascend", "true"): 4,
+    }
+    total = by_device(m["xpod_device_memory_total_bytes"])
+    assert total["3"].value == 128 * 2**30 and total["0"].value == 80 * 2**30
+    assert by_device(m["xpod_device_memory_used_bytes"])["1"].value == 2**30
+    # Device series carry hardware labels only.
+    for name in ("xpod_device_memory_used_bytes", "xpod_device_utilization_ratio", "xpod_device_health"):
+        for s in m[name]:
+            assert set(s.labels) == set(ex.DEVICE_LABELS), (name, s.labels)
+    assert by_device(m["xpod_device_utilization_ratio"])["1"].value == 0.5
+    assert by_device(m["xpod_device_temperature_celsius"])["1"].value == 41.0
+    assert by_device(m["xpod_device_power_watts"])["0"].value == 300.0
+    errs = by_device(m["xpod_device_errors_total"])
+    assert errs["1"].value == 7 and errs["1"].labels["type"] == "ecc"
+    assert m["xpod_build_info"][0].labels["version"]
+
+
+def test_gauges_a_backend_lacks_are_not_emitted():
+    m = scrape(ex.DeviceCollector(ex.host_sources([SimBackend([("nvidia-h100-sxm", 2)])], node="n1")))
+    # The sim backend reports memory and health only: no zeros stand in for the rest.
+    for name in ("xpod_device_utilization_ratio", "xpod_device_temperature_celsius", "xpod_device_power_watts", "xpod_device_errors_total"):
+        assert name not in m, name
+    assert len(m["xpod_device_memory_total_bytes"]) == 2
+    assert len(m["xpod_device_health"]) == 2
+
+
+def test_health_follows_the_backend_and_the_state_is_one_hot():
+    sim = SimBackend([("ascend-910c", 3)])
+    col = ex.DeviceCollector(ex.host_sources([sim], node="n1"))
+    sim.set_health(1, Health.CRITICAL)
+    sim.set_health(2, Health.WARNING)
+    m = scrape(col)
+    health = {k: s.value for k, s in by_device(m["xpod_device_health"]).items()}
+    assert health == {"0": 1, "1": 0, "2": 1}  # warning still takes work; critical does not
+    states = {(s.labels["device"], s.labels["state"]): s.value for s in m["xpod_device_health_state"]}
+    assert states[("1", "critical")] == 1 and states[("2", "warning")] == 1 and states[("0", "ok")] == 1
+    for dev in ("0", "1", "2"):
+        assert sum(v for (d, _), v in states.items() if d == dev) == 1
+        assert {st for (d, st) in states if d == dev} == {h.value for h in Health}
+    sim.set_health(1, Health.OK)  # recovery shows at the next scrape: nothing is cached
+    assert by_device(scrape(col)["xpod_device_health"])["1"].value == 1
+
+
+def test_sample_health_wins_over_device_health():
+    m = scrape(ex.DeviceCollector(ex.host_sources([FullBackend()], node="n1")))
+    assert by_device(m["xpod_device_health"])["1"].value == 0  # metrics() says critical
+
+
+def test_allocation_map_feeds_the_join_series():
+    col = ex.DeviceCollector(ex.host_sources([SimBackend([("ascend-910c", 2)])], node="n1"))
+    assert "xpod_device_allocation_info" not in scrape(col)
+    col.set_allocations({("n1", 0): ex.Allocation("job-7", "prod", "training"), ("n1", "1"): ex.Allocation("job-8", "dev", "serving")})
+    got = {s.labels["device"]: s.labels for s in scrape(col)["xpod_device_allocation_info"]}
+    assert got == {
+        "0": {"node": "n1", "device": "0", "job_id": "job-7", "queue": "prod", "kind": "training"},
+        "1": {"node": "n1", "device": "1", "job_id": "job-8", "queue": "dev", "kind": "serving"},
+    }
+    col.set_allocations({})
+    assert "xpod_device_allocation_info" not in scrape(col)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"job_id": "", "queue": "q", "kind": "training"}, "job_id is empty"),
+        ({"job_id": "j", "queue": "", "kind": "training"}, "queue is empty"),
+        ({"job_id": "j", "queue": "q", "kind": "inference"}, "'inference' is not one of training, serving, batch"),
+    ],
+)
+def test_bad_allocation_is_a_one_line_user_error(kwargs, needle):
+    with pytest.raises(XpodError, match=needle):
+        ex.Allocation(**kwargs)
+
+
+def test_a_failing_backend_drops_only_its_own_series():
+    broken = FullBackend(fail=True)
+    sim = SimBackend([("ascend-910c", 2)])
+    col = ex.DeviceCollector([ex.DeviceSource(broken, "n1"), ex.DeviceSource(sim, "n1", 2)])
+    for _ in range(2):
+        m = scrape(col)
+    assert {s.labels["backend"]: s.value for s in m["xpod_exporter_collector_success"]} == {"cuda": 0, "sim": 1}
+    assert {s.labels["backend"]: s.value for s in m["xpod_exporter_collector_errors_total"]} == {"cuda": 2, "sim": 0}
+    assert sorted(by_device(m["xpod_device_info"])) == ["2", "3"]
+    broken.fail = False
+    m = scrape(col)
+    assert {s.labels["backend"]: s.value for s in m["xpod_exporter_collector_success"]} == {"cuda": 1, "sim": 1}
+    assert sorted(by_device(m["xpod_device_info"])) == ["0", "1", "2", "3"]
+
+
+def test_host_sources_numbers_real_before_simulated_and_rejects_duplicates():
+    sim, cpu = SimBackend([("ascend-910c", 2)]), CpuBackend()
+    srcs = ex.host_sources([sim, cpu], node="n1")
+    assert [(s.backend.name, s.index_offset) for s in srcs] == [("cpu", 0), ("sim", len(cpu.devices()))]
+    with pytest.raises(XpodError, match="given twice for node 'n1'"):
+        ex.DeviceCollector([ex.DeviceSource(sim, "n1"), ex.DeviceSource(sim, "n1", 5)])
+    # The same backend may appear on two nodes (a simulated pod is many nodes in one process).
+    ex.DeviceCollector([ex.DeviceSource(sim, "n1"), ex.DeviceSource(sim, "n2")])
+
+
+@pytest.mark.parametrize("value", ["9478", "host:", "host:x", "127.0.0.1:70000", ""])
+def test_parse_listen_rejects_bad_addresses(value):
+    with pytest.raises(XpodError, match="--listen"):
+        ex.parse_listen(value)
+
+
+def test_parse_listen_defaults_to_loopback():
+    assert ex.parse_listen(":9478") == ("127.0.0.1", 9478)
+    assert ex.parse_listen("[::1]:0") == ("::1", 0)
+
+
+def test_promtool_finds_nothing_in_every_family():
+    """Lint of the full family set (every gauge, the errors counter, allocations)."""
+    col = ex.DeviceCollector(ex.host_sources([CpuBackend(), FullBackend(), SimBackend([("ascend-910c", 2)])], node="n1"))
+    col.set_allocations({("n1", 1): ex.Allocation("j1", "prod", "training")})
+    text = generate_latest(ex.build_registry(col))
+    r = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", (r.returncode, r.stdout, r.stderr)
+
+
+def test_promtool_finds_nothing_on_a_live_exporter_scrape():
+    """A running `xpod exporter` (cpu + 8 simulated 910C) scraped over HTTP, then linted."""
+    with mh.exporter("ascend-910c:8") as url:
+        code, body = mh.http_get(url)
+    assert code == 200
+    r = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", (r.returncode, r.stdout, r.stderr)
+    fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    sim = [s for s in fams["xpod_device_memory_total_bytes"].samples if s.labels["simulated"] == "true"]
+    cpu = [s for s in fams["xpod_device_memory_total_bytes"].samples if s.labels["vendor"] == "cpu"]
+    assert len(sim) == 8 and {s.labels["node"] for s in sim} == {"test-node"}
+    assert len(cpu) >= 1 and all(s.value > 0 for s in cpu)
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["--listen", "localhost"], {}, "--listen 'localhost': expected HOST:PORT"),
+        (["--simulated", "--once"], {"XPOD_SIM_DEVICES": ""}, "exporter --simulated: the sim backend is unavailable"),
+        (["--sim-devices", "tpu-v9:2", "--once"], {}, "bad token 'tpu-v9:2'"),
+        (["--node", " ", "--once"], {}, "--node: empty name"),
+    ],
+)
+def test_cli_user_errors_are_one_line(args, env, needle):
+    import os
+
+    r = subprocess.run([mh.XPOD, "exporter", *args], capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+    assert r.returncode == 1, r
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_cli_port_in_use_is_a_one_line_error():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([mh.XPOD, "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "cannot listen" in r.stderr and str(port) in r.stderr

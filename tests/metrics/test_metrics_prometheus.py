@@ -1,0 +1,213 @@
+"""deploy/prometheus and deploy/grafana against the real tools (Debian's prometheus 2.42):
+promtool check config / check rules / test rules; dashboards regenerate without drift; every
+PromQL expression of the dashboards and rules is parsed by a real Prometheus; that Prometheus,
+run with deploy/prometheus's own config and rules, scrapes a real `xpod exporter` and a real
+`xpod server` and answers with the expected series."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import metrics_harness as mh
+
+PROM_DIR = os.path.join(mh.DEPLOY, "prometheus")
+GRAFANA_DIR = os.path.join(mh.DEPLOY, "grafana")
+CLUSTER = os.path.join(mh.REPO, "examples", "clusters", "heterogeneous.yaml")
+DASHBOARDS = ("pod-overview.json", "scheduler.json", "collectives-moe.json")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([mh.tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=mh.REPO)
+
+
+def test_promtool_check_config_and_rules():
+    r = promtool("check", "config", os.path.join(PROM_DIR, "prometheus.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr
+    r = promtool("check", "rules", os.path.join(PROM_DIR, "rules.yml"))
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_promtool_test_rules():
+    r = promtool("test", "rules", os.path.join(PROM_DIR, "rules_test.yml"))
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_rules_cover_the_issue_alerts():
+    doc = yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))
+    alerts = {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    assert "xpod_device_health" in alerts["XpodDeviceUnhealthy"]
+    assert 'xpod_scheduler_nodes{state="not_ready"}' in alerts["XpodNodeNotReady"]
+    assert "queue_wait_seconds" in alerts["XpodQueueWaitTooLong"]
+    # Every alert is exercised by rules_test.yml.
+    tests = yaml.safe_load(open(os.path.join(PROM_DIR, "rules_test.yml")))
+    tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", [])}
+    assert set(alerts) <= tested, set(alerts) - tested
+
+
+def test_dashboards_have_no_drift(tmp_path):
+    gen = os.path.join(GRAFANA_DIR, "generate.py")
+    r = subprocess.run([sys.executable, gen, "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for name in DASHBOARDS:
+        fresh = (tmp_path / name).read_text()
+        committed = open(os.path.join(GRAFANA_DIR, name)).read()
+        assert fresh == committed, f"deploy/grafana/{name} differs from generate.py's output; run python deploy/grafana/generate.py"
+    # --check sees drift and names the file.
+    (tmp_path / "scheduler.json").write_text("{}\n")
+    r = subprocess.run([sys.executable, gen, "--check", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "scheduler.json" in r.stderr
+
+
+def _panels(panels):
+    for p in panels:
+        yield p
+        yield from _panels(p.get("panels", []))
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every label_values() selector."""
+    out = []
+    for name in DASHBOARDS:
+        d = json.load(open(os.path.join(GRAFANA_DIR, name)))
+        for p in _panels(d["panels"]):
+            for t in p.get("targets", []):
+                out.append((f"{name} panel {p['title']!r} {t['refId']}", t["expr"]))
+        for v in d["templating"]["list"]:
+            if v["type"] != "query":
+                continue
+            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", q)
+            assert m, f"{name} variable {v['name']}: unexpected query {q!r}"
+            out.append((f"{name} variable {v['name']}", m.group(1)))
+    return out
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    doc = yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))
+    return [(f"rules.yml {r.get('alert') or r.get('record')}", r["expr"]) for g in doc["groups"] for r in g["rules"]]
+
+
+def substitute(expr: str) -> str:
+    """Grafana's variables as ecosystem.md 2 describes: time ranges -> 5m, others -> .*"""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
+    expr = re.sub(r"\$\{\w+(:\w+)?\}|\$\w+", ".*", expr)
+    return expr
+
+
+def test_dashboards_are_well_formed():
+    uids = set()
+    for name in DASHBOARDS:
+        d = json.load(open(os.path.join(GRAFANA_DIR, name)))
+        assert d["uid"] not in uids
+        uids.add(d["uid"])
+        ids = [p["id"] for p in _panels(d["panels"])]
+        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat"
+        for p in _panels(d["panels"]):
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, (name, p["title"], g)
+            if p["type"] != "row":
+                assert p["targets"], (name, p["title"])
+    pod = json.load(open(os.path.join(GRAFANA_DIR, "pod-overview.json")))
+    grid = [p for p in pod["panels"] if p["type"] == "state-timeline" and "node/device" in p["title"]]
+    assert grid and any("xpod_device_health" in t["expr"] for p in grid for t in p["targets"])
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Prometheus running deploy/prometheus's config and rules, scraping an exporter (cpu + 8
+    simulated 910C) and a scheduler (heterogeneous.yaml) every second."""
+    work = tmp_path_factory.mktemp("prom")
+    sched_metrics = mh.free_port()
+    server = [
+        mh.XPOD, "server", "--cluster", CLUSTER, "--db", str(work / "xpod.db"),
+        "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{sched_metrics}",
+    ]
+    config = yaml.safe_load(open(os.path.join(PROM_DIR, "prometheus.yml")))
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    config["rule_files"] = [os.path.join(PROM_DIR, f) for f in config["rule_files"]]
+    with mh.exporter("ascend-910c:8", node="test-node") as exporter_url:
+        with mh.running(server, "listening on", timeout_s=60, cwd=str(work)) as (_, line, _r):
+            grpc_addr = re.search(r"listening on (\S+?);", line).group(1)
+            jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+            jobs["xpod-agent"]["static_configs"][0]["targets"] = [exporter_url.split("/")[2]]
+            jobs["xpod-scheduler"]["static_configs"][0]["targets"] = [f"127.0.0.1:{sched_metrics}"]
+            # Rule groups with their own interval evaluate every 30 s; 1 s here so the
+            # recording rules have run within the test's bounded waits.
+            rules = yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))
+            for g in rules["groups"]:
+                g.pop("interval", None)
+            fast_rules = work / "rules.yml"
+            fast_rules.write_text(yaml.safe_dump(rules, sort_keys=False))
+            config["rule_files"] = [str(fast_rules)]
+            with mh.prometheus(config, str(work)) as prom:
+                prom.scheduler_addr = grpc_addr
+                yield prom
+
+
+@pytest.mark.parametrize("where, expr", [pytest.param(w, e, id=w) for w, e in dashboard_exprs() + rule_exprs()])
+def test_every_promql_expression_parses_in_real_prometheus(live, where, expr):
+    try:
+        live.query(substitute(expr))
+    except AssertionError as err:
+        raise AssertionError(f"{where}: {err}") from None
+
+
+def test_a_parse_error_is_caught(live):
+    with pytest.raises(AssertionError, match="bad_data"):
+        live.query("sum by (node (xpod_device_health)")
+
+
+def test_prometheus_scrapes_the_exporter_and_the_scheduler(live):
+    live.wait_series('up{job=~"xpod-agent|xpod-scheduler"} == 1', 2)
+    sim = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", simulated="true"}', 8)
+    assert {s["metric"]["vendor"] for s in sim} == {"ascend"}
+    assert {s["metric"]["model"] for s in sim} == {"ascend-910c"}
+    assert {float(s["value"][1]) for s in sim} == {128 * 2**30}
+    assert sorted(int(s["metric"]["device"]) for s in sim) == list(range(1, 9))  # after the cpu device 0
+    cpu = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", vendor="cpu", simulated="false"}', 1)
+    assert all(float(s["value"][1]) > 0 and s["metric"]["node"] == "test-node" for s in cpu)
+    healthy = live.wait_series('xpod_device_health{job="xpod-agent"} == 1', 9)
+    assert len(healthy) == 9
+
+    # The scheduler's endpoint: the issue's required names, and the devices of the descriptor.
+    validate = subprocess.run([mh.XPOD, "cluster", "validate", CLUSTER, "--json"], capture_output=True, text=True, timeout=60)
+    expected_devices = json.loads(validate.stdout)["devices"]
+    devices = live.wait_series('sum(xpod_scheduler_devices{job="xpod-scheduler"})', 1)
+    assert float(devices[0]["value"][1]) == expected_devices
+    # A submitted batch job (8 one-device Ascend tasks) shows up as placement attempts.
+    job = os.path.join(mh.REPO, "examples", "jobs", "eval-batch.yaml")
+    r = subprocess.run([mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    submitted = live.wait_series('xpod_scheduler_submitted_jobs_total{job="xpod-scheduler", queue="research"} == 1', 1)
+    assert len(submitted) == 1
+    attempts = live.wait_series('xpod_scheduler_schedule_attempts_total{job="xpod-scheduler", result="scheduled"} >= 1', 1)
+    assert float(attempts[0]["value"][1]) >= 1
+    live.wait_series('xpod_scheduler_devices{job="xpod-scheduler", vendor="ascend", state="allocated"} >= 1', 1)
+    assert "xpod_scheduler_pending_jobs" in live.query('count by (__name__) ({__name__=~"xpod_scheduler_.*"})')["result"].__repr__()
+
+
+def test_recording_rules_run_on_live_data(live):
+    ratio = live.wait_series('vendor:xpod_device_memory_used:ratio{vendor="ascend", simulated="true"}', 1)
+    assert float(ratio[0]["value"][1]) == 0.0  # simulated devices start with nothing in use
+    cpu = live.wait_series('vendor:xpod_device_memory_used:ratio{vendor="cpu", simulated="false"}', 1)
+    assert 0.0 < float(cpu[0]["value"][1]) < 1.0
+    # Every rule loaded and evaluated without error.
+    deadline = time.monotonic() + 20
+    while True:
+        _, doc = live.api("rules")
+        rules = [r for g in doc["data"]["groups"] for r in g["rules"]]
+        if all(r.get("lastEvaluation", "").startswith("20") and not r["lastEvaluation"].startswith("0001") for r in rules):
+            break
+        assert time.monotonic() < deadline, "rules not all evaluated within 20 s"
+        time.sleep(0.5)
+    assert len(rules) == len(rule_exprs())
+    assert [r["name"] for r in rules if r["health"] != "ok"] == []
