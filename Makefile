@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test demo check-install clean proto proto-lint
+.PHONY: install test demo check-install clean proto proto-lint prometheus-tools
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xpod demo
 
-test: install check-install
+test: install check-install prometheus-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # Before the tests: the package builds as a wheel from the files a fresh clone has, installs
@@ -35,6 +35,12 @@ check-install: install
 	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site $(CURDIR)/$(PY) -c "import xpod.hal, xpod.backends, xpod.runtime.cli as c, sys; assert '/$(FRESH)/site/' in xpod.hal.__file__, xpod.hal.__file__; c.build_parser()"
 	@cd $(FRESH) && PYTHONPATH=$(CURDIR)/$(FRESH)/site ./site/bin/xpod --help >/dev/null
 	@echo "check-install: wheel builds, installs and 'xpod --help' runs from a fresh copy"
+
+# prometheus + promtool for tests/metrics (promtool check/test, a real Prometheus on loopback):
+# Debian's package, installed only when promtool is missing (root here and in CI).
+prometheus-tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+		(apt-get update && apt-get install -y --no-install-recommends prometheus)
 
 # The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
 proto: install

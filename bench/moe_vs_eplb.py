@@ -49,8 +49,8 @@ REGIMES = [
 ]
 # xpod variants: name -> keyword arguments of place()
 XPOD = {
-    "xpod": dict(),
-    "xpod local": dict(locality=1.0, balance_tolerance=0.05),
+    "xpod": dict(),  # defaults: locality 1, balance_tolerance 0.01
+    "xpod tol=0.1": dict(balance_tolerance=0.1),  # hierarchical-style: fewer node sends
 }
 STALE_PAIRS = [
     ("prefill_in1024", "prefill_in4096"),

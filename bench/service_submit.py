@@ -50,12 +50,11 @@ def start_server(cluster: str, db: str, extra: list[str]) -> tuple[subprocess.Po
 
 
 def document(i: int, devices: int) -> dict:
-    return {
-        "apiVersion": "xpod/v1",
-        "kind": "BatchJob",
-        "metadata": {"name": f"bench-{i}"},
-        "spec": {"tasks": 1, "devices": {"count": devices}, "queue": f"q{i % 4}", "expected_duration_seconds": 3600},
-    }
+    """A simple batch job (Slurm's benchmark unit): 1 task, 1 core, or DEVICES accelerators."""
+    spec = {"tasks": 1, "cpu": 1, "queue": f"q{i % 4}", "expected_duration_seconds": 3600}
+    if devices:
+        spec["devices"] = {"count": devices}
+    return {"apiVersion": "xpod/v1", "kind": "BatchJob", "metadata": {"name": f"bench-{i}"}, "spec": spec}
 
 
 async def run_clients(addr: str, clients: int, seconds: float, devices: int, prefix: str) -> tuple[list[float], int, int]:
@@ -103,7 +102,11 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    ap.add_argument("--devices", type=int, default=1, help="devices per job (1: most are placed at once)")
+    ap.add_argument(
+        "--devices", type=int, default=0,
+        help="accelerators per job (default 0: CPU-only simple batch jobs, all placed; with N > 0 the "
+        "queue grows past the cluster and every scheduling cycle walks it)",
+    )
     ap.add_argument("--cycle-interval", default="0.5")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

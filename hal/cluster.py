@@ -465,8 +465,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
     which would only echo earlier problems, runs) only when nothing else is wrong."""
     spec = _dict(data.get("spec"))
     meta = _dict(data.get("metadata"))
-    ok = True  # False once any semantic problem is found (the Cluster is then not built)
-    before = len(chk.problems)
+    before = len(chk.problems)  # the Cluster is built only if no check below adds a problem
 
     # device models: inline ones must not shadow the catalog
     models: dict[str, DeviceModel] = {}
@@ -739,9 +738,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                 chk.add(ppath + ("nodeGroups", ri), f"unknown node group {ref!r}{did_you_mean(ref, list(group_names))}")
         pools.append(Pool(str(p.get("name")), tuple(refs), tuple(x for x in _list(p.get("jobKinds")) if isinstance(x, str)), _dict(p.get("labels"))))
 
-    if len(chk.problems) > before:
-        ok = False
-    if not ok or not structure_ok or not isinstance(meta.get("name"), str):
+    if len(chk.problems) > before or not structure_ok or not isinstance(meta.get("name"), str):
         return None
     cluster = Cluster(
         name=meta["name"], source=source, labels=_dict(meta.get("labels")),

@@ -114,7 +114,7 @@ def schema() -> dict[str, Any]:
     )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://xpod.dev/schemas/cluster-v1.json",
+        "$id": "urn:xpod:schema:cluster:v1",
         "title": "xpod cluster descriptor",
         "description": "Nodes, devices and fabrics of an accelerator cluster (apiVersion xpod/v1, kind Cluster).",
         **_obj(

@@ -60,7 +60,7 @@ class DeviceInfo:
     """One schedulable accelerator package (or the host CPU) as a backend sees it."""
 
     vendor: str  # backend id: ascend, cambricon, mthreads, hygon, cuda, cpu, sim
-    model: str  # catalog model name when known (e.g. "ascend-910b3"), else the tool's name
+    model: str | None  # catalog model id (e.g. "ascend-910b3"); None when the source names no model
     index: int  # logical index: what torch sees once the visible-devices variable is applied
     physical_index: int  # management-tool index (npu-smi NPU id, nvidia-smi index, ...)
     uuid: str | None = None  # vendor UUID / serial / VDie ID, when the source gives one

@@ -8,9 +8,9 @@ for everyone. A probe that raises, hangs or returns a reason yields an unavailab
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
+import threading
 import time
 from importlib.metadata import entry_points
 
@@ -65,7 +65,11 @@ def _run_probe(name: str, ep) -> tuple[Backend | None, str]:
 
 
 def probe_all(names: list[str] | None = None, timeout_s: float | None = None) -> list[BackendStatus]:
-    """Probe every registered backend (or those in ``names``), in parallel, each bounded."""
+    """Probe every registered backend (or those in ``names``), in parallel, each bounded.
+
+    Probes run in daemon threads: a probe stuck in a driver call cannot be killed, and it
+    must not keep the process (``xpod doctor``) alive after the others are reported.
+    """
     _guard_torch_autoload()
     timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     eps = {ep.name: ep for ep in entry_points(group=GROUP)}
@@ -73,25 +77,28 @@ def probe_all(names: list[str] | None = None, timeout_s: float | None = None) ->
     unknown = [n for n in wanted if n not in eps]
     if unknown:
         raise BackendUnavailable(unknown[0], f"no such backend; registered: {', '.join(sorted(eps))}")
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="xpod-probe")
     started = time.monotonic()
-    futures = {n: pool.submit(_run_probe, n, eps[n]) for n in wanted}
+    results: dict[str, tuple[Backend | None, str]] = {}
+    threads = {}
+    for n in wanted:
+        t = threading.Thread(target=_probe_into, args=(n, eps[n], results), name=f"xpod-probe-{n}", daemon=True)
+        t.start()
+        threads[n] = t
     out: list[BackendStatus] = []
     for n in wanted:
-        fut = futures[n]
-        remaining = max(0.0, timeout_s - (time.monotonic() - started))
-        try:
-            backend, reason = fut.result(timeout=remaining)
-        except concurrent.futures.TimeoutError:
-            backend, reason = None, f"probe did not finish within {timeout_s:g} s (hung driver or tool?)"
-        except BackendUnavailable as err:
-            backend, reason = None, err.reason
-        except Exception as err:  # a broken plugin must not break discovery of the others
-            backend, reason = None, f"probe raised {type(err).__name__}: {err}".splitlines()[0]
+        threads[n].join(max(0.0, timeout_s - (time.monotonic() - started)))
+        backend, reason = results.get(n, (None, f"probe did not finish within {timeout_s:g} s (hung driver or tool?)"))
         out.append(BackendStatus(n, backend, reason, time.monotonic() - started))
-    # A hung probe thread cannot be killed; do not wait for it.
-    pool.shutdown(wait=False, cancel_futures=True)
     return out
+
+
+def _probe_into(name: str, ep, results: dict) -> None:
+    try:
+        results[name] = _run_probe(name, ep)
+    except BackendUnavailable as err:
+        results[name] = (None, err.reason)
+    except Exception as err:  # a broken plugin must not break discovery of the others
+        results[name] = (None, f"probe raised {type(err).__name__}: {err}".splitlines()[0])
 
 
 def available_backends(include_simulated: bool = False) -> list[Backend]:

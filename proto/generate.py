@@ -15,7 +15,6 @@ import argparse
 import importlib.metadata
 import os
 import re
-import shutil
 import sys
 import tempfile
 

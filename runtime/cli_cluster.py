@@ -50,9 +50,8 @@ def _load(path: str):
 def cmd_validate(args) -> int:
     cluster, problems = _load(args.file)
     if problems:
-        for line in problems:
+        for line in problems:  # only FILE:LINE:COL lines, so editors and CI can match every line
             print(line, file=sys.stderr)
-        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     summary = cluster.summary()
     if args.json:
@@ -79,6 +78,8 @@ def cmd_show(args) -> int:
     s = cluster.summary()
     console = Console()
     console.print(f"[bold]cluster {s['name']}[/] ({args.file}): {s['nodes']} nodes, {s['chips']} chips, {s['devices']} devices")
+    if s["domains"]:
+        console.print("topology levels (outermost first): " + ", ".join(f"{lvl} ({n} domains)" for lvl, n in s["domains"].items()))
 
     t = Table(title="node groups")
     for col in ("group", "hosts", "nodes", "model", "chips/node", "devices", "fabrics"):

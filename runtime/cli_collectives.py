@@ -29,7 +29,9 @@ def register(commands) -> None:
     r.add_argument("--devices", default=None, help="comma-separated device indices, one per rank (default 0..N-1)")
     r.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free port)")
     r.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank N]")
-    r.add_argument("script", help="the .py script, '-m', or an executable")
+    r.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
+                   help="run a Python module (like python -m) with the arguments that follow, instead of a script")
+    r.add_argument("script", nargs="?", help="the .py script or an executable")
     r.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     r.set_defaults(func=cmd_run)
 
@@ -55,6 +57,9 @@ def register(commands) -> None:
                    help="JSON list of tiers {name, groups, bandwidth_bytes_per_s, latency_s}, closest first "
                    "(default: one host tier calibrated by a ping-pong)")
     b.add_argument("--timeout-s", type=float, default=120.0, help="bound on any one collective (default 120)")
+    b.add_argument("--shm-buffers", action="store_true",
+                   help="all_reduce only: xpod's tensor lives in the shared-memory symmetric region (Communicator.shm_tensor), "
+                   "so the shm path skips its copies; the baseline keeps an ordinary tensor")
     b.add_argument("--json", action="store_true", help="print {rows: [...], ...} as JSON instead of the table")
     b.set_defaults(func=cmd_bench)
 
@@ -89,7 +94,15 @@ def cmd_run(args) -> int:
             devices = [int(x) for x in args.devices.split(",")]
         except ValueError:
             raise XpodError(f"--devices {args.devices!r}: expected comma-separated integers") from None
-    group = launch(script_command(args.script, args.args), args.nproc, backend, devices, master_port=args.master_port)
+    if args.module is not None:
+        if args.script:
+            raise XpodError(f"run: give either a script ({args.script}) or -m MODULE, not both")
+        command = script_command("-m", args.module)
+    elif args.script:
+        command = script_command(args.script, args.args)
+    else:
+        raise XpodError("run: give a script (a .py file or an executable) or -m MODULE")
+    group = launch(command, args.nproc, backend, devices, master_port=args.master_port)
     try:
         return group.wait(prefix=not args.no_prefix)
     except KeyboardInterrupt:
@@ -123,6 +136,10 @@ def cmd_bench(args) -> int:
                "--algorithm", args.algorithm, "--timeout-s", str(args.timeout_s), "--out", out]
         if args.baseline:
             cmd.append("--baseline")
+        if args.shm_buffers:
+            if args.op != "all_reduce" or args.algorithm not in ("auto", "shm"):
+                raise XpodError("--shm-buffers needs --op all_reduce and --algorithm auto or shm")
+            cmd.append("--shm-buffers")
         if tiers_json:
             cmd += ["--tiers", tiers_json]
         lines: list[str] = []
@@ -188,8 +205,8 @@ def _print_table(args, result: dict) -> None:
     if cal:
         print(f"# cost model tier 'host' from a 2-rank ping-pong: latency {cal['latency_s'] * 1e6:.1f} us, "
               f"bandwidth {cal['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
-    hdr = f"#{'size':>11} {'count':>11} {'type':>9} {'algo':>12} {'time':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'pred':>10}"
-    sub = f"#{'(B)':>11} {'(elements)':>11} {'':>9} {'':>12} {'(us)':>10} {'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'(us)':>10}"
+    hdr = f"#{'size':>11} {'count':>11} {'type':>9} {'algo':>16} {'time':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'pred':>10}"
+    sub = f"#{'(B)':>11} {'(elements)':>11} {'':>9} {'':>16} {'(us)':>10} {'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'(us)':>10}"
     if args.baseline:
         hdr += f" {'bare time':>10} {'bare busbw':>10} {'ratio':>6}"
         sub += f" {'(us)':>10} {'(GB/s)':>10} {'':>6}"
@@ -197,7 +214,7 @@ def _print_table(args, result: dict) -> None:
     print(sub)
     for r in rows:
         pred = "-" if r["predicted_us"] is None else f"{r['predicted_us']:.1f}"
-        line = (f" {r['bytes']:>11} {r['count']:>11} {r['dtype']:>9} {r['algorithm']:>12} {r['time_us']:>10.1f} "
+        line = (f" {r['bytes']:>11} {r['count']:>11} {r['dtype']:>9} {r['algorithm']:>16} {r['time_us']:>10.1f} "
                 f"{r['algbw_gbps']:>7.2f} {r['busbw_gbps']:>7.2f} {r['wrong']:>6} {pred:>10}")
         if args.baseline:
             line += f" {r['baseline_time_us']:>10.1f} {r['baseline_busbw_gbps']:>10.2f} {r['busbw_ratio']:>6.2f}"

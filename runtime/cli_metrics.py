@@ -40,7 +40,7 @@ def _backends(args):
     if args.sim_devices is not None:
         from xpod.backends.sim import SimBackend
 
-        sim = SimBackend.from_spec(args.sim_devices)
+        sim = SimBackend.from_spec(args.sim_devices)  # before probing: a bad spec fails fast
         return [*available_backends(include_simulated=False), sim]
     backends = available_backends(include_simulated=args.simulated)
     if args.simulated and not any(b.simulated for b in backends):
@@ -54,10 +54,13 @@ def _backends(args):
 def cmd_exporter(args) -> int:
     from xpod.runtime import exporter
 
-    # Check the address before probing backends, so a bad flag fails fast.
+    # Check the flags and the address before probing backends (which takes seconds), so a
+    # mistake fails fast.
     exporter.parse_listen(args.listen)
     if args.node is not None and not args.node.strip():
         raise XpodError("exporter --node: empty name; give the node's name or leave --node out")
+    if not args.once:
+        exporter.check_bindable(args.listen)
     collector = exporter.DeviceCollector(exporter.host_sources(_backends(args), args.node))
     if args.once:
         from prometheus_client import generate_latest

@@ -34,12 +34,13 @@ def register(commands) -> None:
     p.add_argument("--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)")
     p.add_argument("--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)")
     p.add_argument("--policy", choices=POLICIES, default="auto",
-                   help="auto (default: budget at 1 slot/device, else balanced), balanced, even (no uneven shares), "
+                   help="auto (default: budget at <= 2 slots/device, else balanced), balanced, even (no uneven shares), "
                         "budget (per-layer redundancy; same total weights per device)")
     p.add_argument("--locality", type=_nonnegative("--locality"), default=1.0, metavar="W",
                    help="weight of keeping expert groups on few nodes (0 = balance only; default 1)")
     p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.01, metavar="F",
-                   help="a layer takes the group-local plan if its max device load is at most (1+F) x the balance-only plan's (default 0.01)")
+                   help="layers switch to the group-local plan while the summed max device load stays within (1+F) x the "
+                        "balance-only plan's (default 0.01; 0.1 for a hierarchical-style, fewer-node-sends placement)")
     p.add_argument("--hedge", type=float, default=0.0, metavar="H", help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)")
     p.add_argument("--previous", metavar="FILE", help="previous placement JSON: unchanged experts keep their slots")
     p.add_argument("--max-moves", type=_nonnegative_int("--max-moves"), metavar="K", help="with --previous: load at most K expert weights")

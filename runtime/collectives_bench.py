@@ -42,6 +42,7 @@ def _args(argv=None):
     p.add_argument("--algorithm", default="auto")
     p.add_argument("--tiers", default=None, help="JSON list of tiers (name, groups, bandwidth_bytes_per_s, latency_s)")
     p.add_argument("--timeout-s", type=float, default=120.0)
+    p.add_argument("--shm-buffers", action="store_true", help="all_reduce tensors that live in shared memory")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -67,6 +68,11 @@ def main(argv=None) -> int:
         calib = _calibrate(comm)
         tiers = [TierSpec("host", [list(range(n))], calib["bandwidth_bytes_per_s"], calib["latency_s"])]
     model = CostModel.from_tiers(tiers or [], n)
+    sym = None
+    if a.shm_buffers:
+        if op is not Op.ALL_REDUCE or not comm.shm_enabled:
+            raise SystemExit(f"--shm-buffers needs --op all_reduce and the shared-memory path ({comm.shm_reason})")
+        sym = comm.shm_tensor(max(1, a.max_bytes // elem), dtype)
 
     rows = []
     for nbytes in sizes_between(a.min_bytes, a.max_bytes):
@@ -75,7 +81,7 @@ def main(argv=None) -> int:
             count = max(n, count - count % n)
         size = count * elem
         algo = comm._algorithm(op, size, Algorithm(a.algorithm), shm_ok=op is Op.ALL_REDUCE)
-        xpod_fn, base_fn = _ops(comm, dist, op, count, dtype, algo)
+        xpod_fn, base_fn = _ops(comm, dist, op, count, dtype, algo, sym)
         for _ in range(a.warmup):
             xpod_fn()
             if a.baseline:
@@ -85,19 +91,19 @@ def main(argv=None) -> int:
             best_x = min(best_x, _time(comm, xpod_fn, a.iters))
             if a.baseline:
                 best_b = min(best_b, _time(comm, base_fn, a.iters))
-        t = torch.tensor([best_x, best_b if a.baseline else 0.0], dtype=torch.float64)
+        t = torch.tensor([best_x, best_b if a.baseline else 0.0], dtype=torch.float64, device=comm.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        wrong = _check(comm, op, count, dtype, algo)
-        wt = torch.tensor([wrong], dtype=torch.int64)
+        wrong = _check(comm, op, count, dtype, algo, sym)
+        wt = torch.tensor([wrong], dtype=torch.int64, device=comm.device)
         dist.all_reduce(wt)
         factor = op.bus_factor_fn(n)
         sec = float(t[0])
         row = {
             "op": op.value, "bytes": size, "count": count, "dtype": str(dtype).replace("torch.", ""),
-            "ranks": n, "algorithm": algo.value,
+            "ranks": n, "algorithm": algo.value + ("+symmetric" if sym is not None else ""),
             "time_us": sec * 1e6, "algbw_gbps": size / sec / 1e9, "busbw_gbps": size / sec / 1e9 * factor,
             "wrong": int(wt[0]),
-            "predicted_us": _predict(model, op, size, algo, n, calib),
+            "predicted_us": _predict(model, op, size, algo, n, calib, symmetric=sym is not None),
         }
         if a.baseline:
             bsec = float(t[1])
@@ -125,38 +131,43 @@ def _time(comm, fn, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def _ops(comm, dist, op, count, dtype, algo):
+def _ops(comm, dist, op, count, dtype, algo, sym=None):
     """(xpod call, bare torch.distributed call) on same-sized buffers for one size."""
     import torch
 
     n = comm.world_size
-    buf = torch.zeros(count, dtype=dtype)
-    bare = torch.zeros(count, dtype=dtype)
+    dev = comm.device
+    buf = torch.zeros(count, dtype=dtype, device=dev) if sym is None else sym[:count]
+    bare = torch.zeros(count, dtype=dtype, device=dev)
     ag = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     rs = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     if op.value == "all_reduce":
         return (lambda: comm.all_reduce(buf, algorithm=algo)), (lambda: dist.all_reduce(bare))
     if op.value == "all_gather":
-        part = torch.zeros(count // n, dtype=dtype)
-        return (lambda: comm.all_gather(part, algorithm=algo)), (lambda: ag(bare, part))
+        part = torch.zeros(count // n, dtype=dtype, device=dev)
+        return (lambda: comm.all_gather(part, algorithm=algo, out=buf)), (lambda: ag(bare, part))
     if op.value == "reduce_scatter":
-        out = torch.empty(count // n, dtype=dtype)
-        return (lambda: comm.reduce_scatter(buf)), (lambda: rs(out, buf))
+        out = torch.empty(count // n, dtype=dtype, device=dev)
+        mine = torch.empty(count // n, dtype=dtype, device=dev)
+        return (lambda: comm.reduce_scatter(buf, out=mine)), (lambda: rs(out, bare))
     if op.value == "all_to_all":
-        out = torch.empty(count, dtype=dtype)
-        return (lambda: comm.all_to_all(buf, algorithm=algo)), (lambda: dist.all_to_all_single(out, bare))
+        out = torch.empty(count, dtype=dtype, device=dev)
+        mine = torch.empty(count, dtype=dtype, device=dev)
+        return (lambda: comm.all_to_all(buf, algorithm=algo, out=mine)), (lambda: dist.all_to_all_single(out, bare))
     return (lambda: comm.broadcast(buf, 0)), (lambda: dist.broadcast(bare, 0))
 
 
-def _check(comm, op, count, dtype, algo) -> int:
+def _check(comm, op, count, dtype, algo, sym=None) -> int:
     """Run the op once on known small-integer inputs (exact in fp32, bf16 and int64) and count
     the elements that differ from the single-process reference."""
     import torch
 
     n, r = comm.world_size, comm.rank
-    idx = torch.arange(count)
+    idx = torch.arange(count, device=comm.device)
     if op.value == "all_reduce":
         x = ((idx % 7) * (r + 1)).to(dtype)
+        if sym is not None:  # check the symmetric path itself, in the same buffer
+            x = sym[:count].copy_(x)
         comm.all_reduce(x, algorithm=algo)
         want = ((idx % 7) * (n * (n + 1) // 2)).to(dtype)
         return int((x != want).sum())
@@ -168,21 +179,22 @@ def _check(comm, op, count, dtype, algo) -> int:
         return int((got != want).sum())
     if op.value == "all_gather":
         k = count // n
-        got = torch.cat(comm.all_gather(((torch.arange(k) % 5) + r).to(dtype), algorithm=algo))
-        want = torch.cat([((torch.arange(k) % 5) + s).to(dtype) for s in range(n)])
+        ar = idx[:k]
+        got = torch.cat(comm.all_gather(((ar % 5) + r).to(dtype), algorithm=algo))
+        want = torch.cat([((ar % 5) + s).to(dtype) for s in range(n)])
         return int((got != want).sum())
     if op.value == "all_to_all":
         k = count // n
-        dst = torch.arange(n).repeat_interleave(k)
+        dst = torch.arange(n, device=comm.device).repeat_interleave(k)
         got = comm.all_to_all((r * 8 + dst % 8).to(dtype), algorithm=algo)
-        want = (torch.arange(n).repeat_interleave(k) * 8 + r % 8).to(dtype)
+        want = (dst * 8 + r % 8).to(dtype)
         return int((got != want).sum())
-    x = (idx % 7 + 1).to(dtype) if r == 0 else torch.zeros(count, dtype=dtype)
+    x = (idx % 7 + 1).to(dtype) if r == 0 else torch.zeros(count, dtype=dtype, device=comm.device)
     comm.broadcast(x, 0)
     return int((x != (idx % 7 + 1).to(dtype)).sum())
 
 
-def _predict(model, op, size, algo, n, calib) -> float | None:
+def _predict(model, op, size, algo, n, calib, symmetric: bool = False) -> float | None:
     from xpod.hal.collectives import Algorithm
 
     if n == 1:
@@ -190,25 +202,26 @@ def _predict(model, op, size, algo, n, calib) -> float | None:
     if algo is Algorithm.SHM:
         if not calib or not calib.get("copy_bytes_per_s"):
             return None
-        # Each rank copies its input in (S), reduces 1/n of the buffer reading all n copies
-        # (~S), and copies the result out (S): ~3 S of copying per rank, all ranks sharing the
-        # host's cores; plus two flag barriers per chunk.
-        cores = max(1, len(os.sched_getaffinity(0)))
-        per_core = calib["copy_bytes_per_s"]
-        chunks = max(1, -(-size // (16 * 2**20)))
-        return (3 * size * n / (per_core * min(n, cores)) + 2 * chunks * calib["latency_s"]) * 1e6
+        # Memory-bound model. In copy-equivalents (one byte read plus one written) per rank:
+        # copying in (1 S), reducing one slice from n copies (S read, S/n written: (1 + 1/n)/2 S)
+        # and copying out (1 S); with symmetric buffers only the reduce-and-write-back
+        # (S read, S written: 1 S). All ranks share the host's copy bandwidth; two barriers
+        # per chunk cost about one point-to-point latency each.
+        per_rank = 1.0 if symmetric else 2.0 + (1 + 1 / n) / 2
+        chunks = 1 if symmetric else max(1, -(-size // (4 * 2**20)))
+        return (per_rank * size * n / calib["copy_bytes_per_s"] + 2 * chunks * calib["latency_s"]) * 1e6
     s = model.predict_seconds(op, size, algo)
     return None if s is None else s * 1e6
 
 
 def _calibrate(comm) -> dict:
     """Fit alpha and beta of the host tier from a ping-pong between ranks 0 and 1 (8 bytes and
-    4 MiB, best of several), and measure one core's memory copy bandwidth. The cost model then
+    4 MiB, best of several), and measure the host's memory copy bandwidth. The cost model then
     predicts every collective from these two point-to-point figures."""
     import torch
 
     def pingpong(nbytes: int, reps: int) -> float:
-        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=comm.device)
         best = float("inf")
         for _ in range(reps):
             comm.barrier()
@@ -222,7 +235,7 @@ def _calibrate(comm) -> dict:
                         comm.recv(buf, 0)
                         comm.send(buf, 0)
                 best = min(best, (time.perf_counter() - t0) / 8)
-        t = torch.tensor([best if comm.rank in (0, 1) else 0.0], dtype=torch.float64)
+        t = torch.tensor([best if comm.rank in (0, 1) else 0.0], dtype=torch.float64, device=comm.device)
         comm._dist.all_reduce(t, op=comm._dist.ReduceOp.MAX)
         return float(t[0])
 
@@ -231,14 +244,17 @@ def _calibrate(comm) -> dict:
     big = pingpong(big_bytes, 4)
     beta = big_bytes / max(1e-9, big - small)
     # One core's copy bandwidth, measured by rank 0 alone while the others wait in a barrier.
-    copy = torch.zeros(1, dtype=torch.float64)
+    copy = torch.zeros(1, dtype=torch.float64, device=comm.device)
     if comm.rank == 0:
-        copy[0] = copy_bandwidth_bytes_per_s(64 * 2**20, threads=1)
+        # The host's copy bandwidth for the shm model: one thread, or as many as ranks and
+        # cores allow, whichever is higher (memory, not cores, may be the limit).
+        threads = min(comm.world_size, len(os.sched_getaffinity(0)))
+        copy[0] = max(copy_bandwidth_bytes_per_s(64 * 2**20, threads=1), copy_bandwidth_bytes_per_s(64 * 2**20, threads=threads))
     comm.broadcast(copy, 0)
     return {"latency_s": small, "bandwidth_bytes_per_s": beta, "copy_bytes_per_s": float(copy[0])}
 
 
-def copy_bandwidth_bytes_per_s(nbytes: int = 256 * 2**20, threads: int | None = None, reps: int = 5) -> float:
+def copy_bandwidth_bytes_per_s(nbytes: int = 256 * 2**20, threads: int | None = None, reps: int = 4) -> float:
     """Bytes copied per second by ``dst.copy_(src)`` on ``nbytes`` buffers (best of ``reps``);
     each copied byte is one read and one write. ``threads`` sets torch's intra-op threads for
     the measurement (None: leave as is)."""
@@ -250,8 +266,7 @@ def copy_bandwidth_bytes_per_s(nbytes: int = 256 * 2**20, threads: int | None = 
     try:
         src = torch.ones(nbytes // 4)
         dst = torch.empty_like(src)
-        dst.copy_(src)  # fault the pages in before timing
-        best = float("inf")
+        best = float("inf")  # the first copy also faults the pages in; best-of skips it
         for _ in range(reps):
             t0 = time.perf_counter()
             dst.copy_(src)

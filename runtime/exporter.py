@@ -299,6 +299,20 @@ def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     return host, int(port)
 
 
+def check_bindable(listen: str, flag: str = "--listen") -> None:
+    """Fail fast, before the backends are probed (seconds: vendor probes import torch), when
+    ``listen`` cannot be bound. ``serve`` still reports a port taken in between."""
+    host, port = parse_listen(listen, flag)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As the HTTP server will: a port in TIME_WAIT is fine, one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; pick another port") from None
+
+
 @dataclasses.dataclass
 class ExporterServer:
     """A running /metrics HTTP endpoint; ``close()`` stops it (idempotent)."""

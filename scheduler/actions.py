@@ -484,8 +484,11 @@ def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     models = set(cs.placer.models_for(job))
     out = []
     usage = cs.ctx.queue_usage
+    bound_now = {b.job_id for b in cs.bindings}
     for rj in snap.running.values():
         v = rj.job
+        if v.id in bound_now:
+            continue  # placed by this very cycle: evicting it would only churn
         if reclaim:
             if v.queue == job.queue:
                 continue
@@ -670,8 +673,14 @@ def estimate_start(cs: CycleState, job: Job) -> float | None:
     need = cs.placer.min_tasks(job) * (req.count if not req.fractional else 1)
     if job.kind is JobKind.SERVING:
         need = req.count if not req.fractional else 1
+    if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
+        # one logical super-pod plus the physical super-pod's reserve nodes
+        reserve = cs.placer.ascend.reserve_nodes if cs.placer.ascend else 0
+        need = job.sp_block + reserve * ascend.A3_DIES_PER_NODE
     per_node = {st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models) for st in snap.nodes.values()}
-    if _block(snap, per_node, tier) >= need:
+    # a job that just failed to place does not fit now, whatever the device counts say (device
+    # rules and partly used nodes are finer than counts): its start is a future release
+    if job.id not in cs.failed and _block(snap, per_node, tier) >= need:
         return cs.ctx.now
     ends = sorted((rj.expected_end, rj.job.id) for rj in snap.running.values() if rj.expected_end is not None)
     for end, jid in ends:
@@ -725,7 +734,7 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             if req and job.kind is not JobKind.SERVING and need_tasks > 1:
                 what = f"{need_tasks} x {what}"
             if code is ReasonCode.NEVER_FITS:
-                msg = f"needs {what} = {need} devices in {where}; the whole cluster has {empty_block} such devices there: it can never fit (shrink the job)"
+                msg = f"needs {what} = {need} devices in {where}; the whole cluster has {empty_block} such healthy devices there: it cannot fit until devices are added or repaired (or shrink the job)"
             elif code is ReasonCode.QUEUE_OVER_MAX:
                 qq = cs.ctx.queues.get(job.queue)
                 msg = f"queue {job.queue} would exceed its max of {qq.max:g} devices (in use {cs.ctx.queue_usage.get(job.queue, 0.0):g}); needs {job.devices_per_task * need_tasks:g}"

@@ -92,8 +92,14 @@ def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
     for key in ("kind", "id", "name"):
         if key in spec:
             raise SpecInvalid(f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec")
+    from .taskspec import TaskFieldError, parse_task_fields, split_spec  # what the agent runs (command, restart, ...)
+
     try:
-        job = parse_job({**spec, "kind": KINDS[kind].value}, source="spec", job_id=_VALIDATION_ID)
+        parse_task_fields(kind, spec)
+    except TaskFieldError as err:
+        raise SpecInvalid(err.field, err.message) from None
+    try:
+        job = parse_job({**split_spec(spec), "kind": KINDS[kind].value}, source="spec", job_id=_VALIDATION_ID)
     except XpodError as err:
         raise _field_error(err) from None
     return kind, name, labels, job
@@ -243,12 +249,16 @@ class CorePlacer:
         self._never_fits.clear()
 
     def remove_node(self, name: str) -> None:
+        if name not in self.scheduler.snapshot.nodes:
+            return  # already out of placement (a NotReady node, see scheduler.liveness)
         self.scheduler.remove_node(name)
         self._fit_state = None
         self._never_fits.clear()
 
     def set_device_health(self, node: str, index: int, health: str) -> None:
         healthy = health not in ("alarm", "critical")  # xpod.hal.Health.schedulable
+        if node not in self.scheduler.snapshot.nodes:
+            return  # NotReady: its health is applied when it is added back
         self.scheduler.set_device_health(node, index, DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY)
         self._fit_state = None
         self._never_fits.clear()

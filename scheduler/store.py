@@ -28,11 +28,11 @@ import dataclasses
 import enum
 import hashlib
 import json
-import queue
+import collections
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from xpod.hal.errors import XpodError
 
@@ -347,6 +347,16 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -
 # --- the store --------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class _Txn:
+    """What one batch changes, applied to the writer's view only once it committed."""
+
+    next_seq: int
+    next_revision: int
+    jobs: dict[str, JobRecord] = dataclasses.field(default_factory=dict)
+    by_request: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Pending:
     write: Write
@@ -368,6 +378,7 @@ class Store:
         on_commit: Callable[[list[Any]], None] | None = None,
         max_queued_writes: int = 20_000,
         max_batch: int = 2_000,
+        max_background_per_batch: int = 256,
     ) -> None:
         self.path = path
         self._on_commit = on_commit
@@ -394,7 +405,15 @@ class Store:
         self._by_request: dict[str, str] = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
         self._current: dict[str, JobRecord] = {}
         self._spec_json: dict[str, str] = {}
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queued_writes)
+        # Two lanes: writes a caller waits on (submissions, cancels) go first; background writes
+        # (a scheduling cycle's decisions, possibly thousands) fill each batch after them, at
+        # most ``max_background_per_batch``, so a big cycle never delays an acknowledgement by
+        # more than one bounded transaction.
+        self._max_queued = max_queued_writes
+        self._max_background = max_background_per_batch
+        self._lanes: tuple[collections.deque[_Pending], collections.deque[_Pending]] = (collections.deque(), collections.deque())
+        self._ready = threading.Condition(threading.Lock())
+        self._stopping = False
         self._read_local = threading.local()
         self._closed = False
         self.batches_committed = 0  # for tests and the benchmark: how well group commit works
@@ -404,15 +423,18 @@ class Store:
 
     # writes
 
-    def submit(self, write: Write) -> concurrent.futures.Future:
-        """Queue one write; the future resolves after its transaction committed (or fails)."""
-        if self._closed:
-            raise StoreClosed(self.path)
+    def submit(self, write: Write, *, background: bool = False) -> concurrent.futures.Future:
+        """Queue one write; the future resolves after its transaction committed (or fails).
+        ``background`` writes yield to the others (see the lanes above)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            self._queue.put_nowait(_Pending(write, fut))
-        except queue.Full:
-            raise StoreOverloaded(f"{self._queue.maxsize} writes queued") from None
+        with self._ready:
+            if self._closed:
+                raise StoreClosed(self.path)
+            lane = self._lanes[1 if background else 0]
+            if not background and len(lane) >= self._max_queued:
+                raise StoreOverloaded(f"{self._max_queued} writes queued")
+            lane.append(_Pending(write, fut))
+            self._ready.notify()
         return fut
 
     def write(self, write: Write, timeout_s: float | None = None) -> Any:
@@ -425,20 +447,16 @@ class Store:
         return [f.result(timeout=timeout_s) for f in futures]
 
     def _writer(self) -> None:
+        front, back = self._lanes
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
+            with self._ready:
+                while not front and not back and not self._stopping:
+                    self._ready.wait()
+                if not front and not back:
+                    return  # stopping, and everything queued is written
+                batch = [front.popleft() for _ in range(min(len(front), self._max_batch))]
+                room = max(0, min(self._max_background, self._max_batch - len(batch)))
+                batch += [back.popleft() for _ in range(min(len(back), room))]
             self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
@@ -610,18 +628,13 @@ class Store:
 
     def close(self) -> None:
         """Finish queued writes, stop the writer, close connections. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._ready:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            self._ready.notify()
         self._thread.join()
-        while True:  # writes that raced close(): refuse them rather than leave callers waiting
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item.future.set_exception(StoreClosed(self.path))
         self._conn.close()
         conn = getattr(self._read_local, "conn", None)
         if conn is not None:

@@ -231,7 +231,6 @@ def custom_var(name: str, label: str, values: list[str]) -> dict:
 
 def dashboard(uid: str, title: str, description: str, tags: list[str], variables: list[dict], layout: Layout) -> dict:
     return {
-        "__inputs": [],
         "annotations": {"list": []},
         "description": description,
         "editable": True,

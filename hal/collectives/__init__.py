@@ -4,6 +4,7 @@ environment (``LaunchEnv``). Importing this package does not import torch."""
 
 from .cost import CostModel
 from .env import LaunchEnv
+from .topology_adapter import tiers_from_topology
 from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ReduceOp",
     "TierSpec",
     "Work",
+    "tiers_from_topology",
     "validate_tiers",
 ]
 

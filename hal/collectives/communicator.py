@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import importlib
 import math
 import os
 import re
@@ -31,8 +32,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xpod.hal.backend import Backend, Capability
-from xpod.hal.errors import XpodError
+from xpod.hal.backend import Backend, Capability, parse_visible_devices
+from xpod.hal.errors import BackendUnavailable, XpodError
 
 from .cost import CostModel
 from .env import LaunchEnv
@@ -136,8 +137,15 @@ class Communicator:
         if backend.device_type == "cpu":
             self.device = torch.device("cpu")
         else:
-            self.device = torch.device(backend.device_type, env.local_rank)
-            getattr(torch, backend.device_type).set_device(env.local_rank)
+            self.device = torch.device(backend.device_type, _device_index(backend, env.local_rank))
+            if backend.torch_module != "torch":
+                # The backend names its torch extension (torch_npu, torch_mlu, ...); importing it
+                # registers the device type. Which module is the backend's fact, not hal's.
+                try:
+                    importlib.import_module(backend.torch_module)
+                except Exception as err:  # a broken SDK is the user's environment, not a bug here
+                    raise BackendUnavailable(backend.name, f"cannot import {backend.torch_module}: {err}".splitlines()[0]) from None
+            getattr(torch, backend.device_type).set_device(self.device)
         self._owns_default = False
         if not dist.is_initialized():
             try:
@@ -229,6 +237,23 @@ class Communicator:
             raise XpodError(f"shared-memory all_reduce was required but cannot run: {reason}")
         return reason
 
+    def shm_tensor(self, shape, dtype=None):
+        """A zeroed tensor in this rank's shared-memory symmetric region (``XPOD_SHM_SYMMETRIC_BYTES``
+        per rank, default 256 MiB). ``all_reduce`` on such a tensor skips the copies in and out of
+        shared memory. Every rank must make the same ``shm_tensor`` calls in the same order (the
+        tensors sit at the same offsets everywhere). Needs the shared-memory path (``shm_enabled``);
+        the tensors live as long as the communicator."""
+        torch = self._torch
+        if self._shm is None:
+            raise XpodError(f"shm_tensor: the shared-memory path is off ({self.shm_reason})")
+        dtype = torch.float32 if dtype is None else dtype
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        raw = self._shm.alloc(nbytes)
+        t = raw.view(dtype).view(shape)
+        t.zero_()
+        return t
+
     @property
     def shm_enabled(self) -> bool:
         return self._shm is not None
@@ -289,6 +314,18 @@ class Communicator:
         if op is ReduceOp.AVG and not (tensor.is_floating_point() or tensor.is_complex()):
             raise XpodError(f"{name}: op avg needs a floating dtype, got {tensor.dtype}; use sum and divide yourself")
 
+    def _out(self, name: str, out, shape: tuple, like):
+        """A new output tensor, or the caller's ``out`` after checking it fits."""
+        if out is None:
+            return self._torch.empty(shape, dtype=like.dtype, device=like.device)
+        self._check_tensor(name, out)
+        if out.dtype != like.dtype or out.numel() != math.prod(shape) or not out.is_contiguous():
+            raise XpodError(
+                f"{name}: out must be a contiguous {like.dtype} tensor of {math.prod(shape)} elements "
+                f"(shape {tuple(shape)}), got {out.dtype} {tuple(out.shape)}"
+            )
+        return out if tuple(out.shape) == tuple(shape) else out.view(shape)
+
     def _algorithm(self, op: Op, nbytes: int, algorithm: Algorithm, shm_ok: bool) -> Algorithm:
         if algorithm is Algorithm.AUTO:
             if shm_ok and self._shm is not None:
@@ -340,8 +377,13 @@ class Communicator:
 
             return self._native("all_reduce", async_op, issue, finalize)
         if algo is Algorithm.SHM:
+            offset = self._shm.symmetric_offset(flat)
+
             def run():
-                self._shm.all_reduce_(flat, op)
+                if offset is not None:
+                    self._shm.all_reduce_symmetric_(flat, offset, op)
+                else:
+                    self._shm.all_reduce_(flat, op)
                 return finish()
 
             return self._run("all_reduce", async_op, run)
@@ -358,8 +400,9 @@ class Communicator:
         return {ReduceOp.SUM: R.SUM, ReduceOp.AVG: R.SUM, ReduceOp.MAX: R.MAX, ReduceOp.MIN: R.MIN}[op]
 
     # -- reduce_scatter -----------------------------------------------------------------------
-    def reduce_scatter(self, tensor, op: ReduceOp | str = ReduceOp.SUM, *, async_op: bool = False):
-        """Reduce ``tensor`` (dim 0 = world_size * k) across ranks; rank r gets rows r*k..(r+1)*k-1."""
+    def reduce_scatter(self, tensor, op: ReduceOp | str = ReduceOp.SUM, *, async_op: bool = False, out=None):
+        """Reduce ``tensor`` (dim 0 = world_size * k) across ranks; rank r gets rows r*k..(r+1)*k-1.
+        ``out`` (contiguous, that shape and dtype) is reused instead of a new tensor."""
         op = _coerce_op(op)
         self._check_tensor("reduce_scatter", tensor)
         self._check_reduce("reduce_scatter", tensor, op)
@@ -367,7 +410,7 @@ class Communicator:
         if tensor.dim() == 0 or tensor.shape[0] % n:
             raise XpodError(f"reduce_scatter: dim 0 of the input ({tuple(tensor.shape)}) must be a multiple of world_size {n}")
         buf = tensor.contiguous()
-        out = self._torch.empty((tensor.shape[0] // n, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        out = self._out("reduce_scatter", out, (tensor.shape[0] // n, *tensor.shape[1:]), tensor)
         if self._native_reduce_scatter is False:
             def run():
                 self._reduce_scatter_fallback(buf, out, op, self._pg, n)
@@ -411,10 +454,11 @@ class Communicator:
 
     # -- all_gather ---------------------------------------------------------------------------
     def all_gather(self, tensor, *, sizes: Sequence[int] | None = None, uneven: bool = False,
-                   async_op: bool = False, algorithm: Algorithm | str = Algorithm.AUTO):
+                   async_op: bool = False, algorithm: Algorithm | str = Algorithm.AUTO, out=None):
         """Every rank's ``tensor``, as a list indexed by rank.
 
-        Equal shapes by default. Tensors whose dim 0 differs between ranks need ``sizes``
+        Equal shapes by default; then ``out`` (contiguous, world_size * numel elements) may be
+        given to receive the gathered tensors, and the list holds views of it. Tensors whose dim 0 differs between ranks need ``sizes``
         (every rank's dim 0, the same list on every rank) or ``uneven=True`` (the sizes are
         exchanged first, one small extra collective). Other dims must agree.
         """
@@ -425,8 +469,8 @@ class Communicator:
         if sizes is None and uneven:
             if tensor.dim() == 0:
                 raise XpodError("all_gather: uneven sizes need a tensor with at least one dimension")
-            sizes_t = self._torch.tensor([tensor.shape[0]], dtype=self._torch.int64)
-            gathered = self._torch.empty(n, dtype=self._torch.int64)
+            sizes_t = self._torch.tensor([tensor.shape[0]], dtype=self._torch.int64, device=self.device)
+            gathered = self._torch.empty(n, dtype=self._torch.int64, device=self.device)
             self._drain()
             try:
                 self._all_gather_single(gathered, sizes_t, group=self._pg)
@@ -440,12 +484,14 @@ class Communicator:
             if tensor.dim() == 0 or tensor.shape[0] != sizes[self.rank]:
                 raise XpodError(f"all_gather: this rank's tensor has shape {tuple(tensor.shape)} but sizes[{self.rank}] = {sizes[self.rank]}")
             if len(set(sizes)) > 1:
+                if algorithm in (Algorithm.HIERARCHICAL, Algorithm.SHM):
+                    raise XpodError(f"all_gather: algorithm {algorithm.value!r} needs equal sizes; uneven sizes {sizes} run flat (use 'auto' or 'flat')")
                 return self._all_gather_uneven(buf, sizes, async_op)
         nbytes = buf.numel() * buf.element_size() * n
         algo = self._algorithm(Op.ALL_GATHER, nbytes, algorithm, shm_ok=False)
         if algo is Algorithm.HIERARCHICAL and n > 1:
             return self._run("all_gather", async_op, lambda: self._hier_all_gather(buf))
-        out = self._torch.empty((n * buf.numel(),), dtype=buf.dtype, device=buf.device)
+        out = self._out("all_gather", out, (n * buf.numel(),), buf).view(-1)
 
         def issue(a):
             return self._all_gather_single(out, buf.view(-1), group=self._pg, async_op=a)
@@ -474,10 +520,11 @@ class Communicator:
     # -- all_to_all ---------------------------------------------------------------------------
     def all_to_all(self, tensor, *, input_split_sizes: Sequence[int] | None = None,
                    output_split_sizes: Sequence[int] | None = None, async_op: bool = False,
-                   algorithm: Algorithm | str = Algorithm.AUTO):
+                   algorithm: Algorithm | str = Algorithm.AUTO, out=None):
         """Rows ``input_split_sizes[r]`` of ``tensor`` (dim 0, in rank order) go to rank r;
         returns the received rows in source-rank order. Equal splits when both are None.
-        With only ``input_split_sizes``, the output splits are exchanged first."""
+        With only ``input_split_sizes``, the output splits are exchanged first. ``out``
+        (contiguous, the received shape) is reused instead of a new tensor."""
         algorithm = _coerce_algorithm(algorithm)
         self.backend.require(Capability.ALL_TO_ALL)
         self._check_tensor("all_to_all", tensor)
@@ -493,17 +540,19 @@ class Communicator:
             algo = self._algorithm(Op.ALL_TO_ALL, nbytes, algorithm, shm_ok=False)
             if algo is Algorithm.HIERARCHICAL and n > 1:
                 return self._run("all_to_all", async_op, lambda: self._hier_all_to_all(buf))
-            out = self._torch.empty_like(buf)
+            out = self._out("all_to_all", out, tuple(buf.shape), buf)
             return self._native("all_to_all", async_op,
                                 lambda a: self._dist.all_to_all_single(out, buf, group=self._pg, async_op=a), lambda: out)
         if input_split_sizes is None:
             raise XpodError("all_to_all: output_split_sizes needs input_split_sizes")
+        if algorithm in (Algorithm.HIERARCHICAL, Algorithm.SHM):
+            raise XpodError(f"all_to_all: algorithm {algorithm.value!r} needs equal splits; uneven splits run flat (use 'auto' or 'flat')")
         ins = [int(s) for s in input_split_sizes]
         if len(ins) != n or any(s < 0 for s in ins) or sum(ins) != rows:
             raise XpodError(f"all_to_all: input_split_sizes {ins} must be {n} non-negative sizes summing to dim 0 ({rows})")
         if output_split_sizes is None:
-            send = self._torch.tensor(ins, dtype=self._torch.int64)
-            recv = self._torch.empty(n, dtype=self._torch.int64)
+            send = self._torch.tensor(ins, dtype=self._torch.int64, device=self.device)
+            recv = self._torch.empty(n, dtype=self._torch.int64, device=self.device)
             self._drain()
             try:
                 self._dist.all_to_all_single(recv, send, group=self._pg)
@@ -514,7 +563,7 @@ class Communicator:
             outs = [int(s) for s in output_split_sizes]
             if len(outs) != n or any(s < 0 for s in outs):
                 raise XpodError(f"all_to_all: output_split_sizes {outs} must be {n} non-negative sizes")
-        out = self._torch.empty((sum(outs), *buf.shape[1:]), dtype=buf.dtype, device=buf.device)
+        out = self._out("all_to_all", out, (sum(outs), *buf.shape[1:]), buf)
 
         def issue(a):
             return self._dist.all_to_all_single(out, buf, output_split_sizes=outs, input_split_sizes=ins,
@@ -668,6 +717,17 @@ class Communicator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _device_index(backend: Backend, local_rank: int) -> int:
+    """The torch index of this rank's device. The launcher gives each rank one device through
+    the visible-devices variable, which the process then sees as index 0; without the variable
+    (or with several devices in it) the rank's local rank picks the device."""
+    var = backend.visible_vars.process
+    visible = parse_visible_devices(os.environ.get(var)) if var else None
+    if visible is not None and len(visible) == 1:
+        return 0
+    return local_rank
 
 
 def _free_port() -> int:

@@ -9,23 +9,25 @@ per device or a memory budget). Output: a :class:`Placement` with ``phy2log [lay
 The algorithm (all steps vectorised over layers with numpy; no Python loop over layers):
 
 1. **Load estimate.** A history of windows is normalised per layer and averaged with
-   exponentially decaying weights; then it is *hedged*: mixed with the per-layer uniform
-   load (``hedge``), because the next window's hot experts differ from this one's
-   (research/moe.md §1.3 "stale statistics": pairs of real workloads differ by a per-expert
-   log-load spread of 0.16-0.32).
+   exponentially decaying weights; optionally mixed with the per-layer uniform load
+   (``hedge``; measured in bench/moe_vs_eplb.py: it does not help on the real stale pairs).
 2. **Replica counts.** Per layer, the replica counts that minimise the largest load per
-   replica for the slot budget (the apportionment greedy, computed in one shot by taking the
-   largest ``w_e / k`` values), capped at one replica per device. With ``Policy.BUDGET`` the
-   slot budget differs per layer: a Lagrangian split of the total slots that lowers the sum
-   over layers of each layer's bound ``max(max_e w_e / r_e, total / devices)``.
+   replica for the slot budget (the apportionment greedy, computed in one shot by bisecting
+   a threshold), capped at one replica per device. With ``Policy.BUDGET`` the slot budget
+   differs per layer: a Lagrangian split of the total slots that lowers the sum over layers
+   of each layer's bound ``max(max_e w_e / r_e, total / devices)``.
 3. **Packing.** Longest-processing-time over replicas (heaviest first) into devices with a
-   fixed slot capacity, where a device's cost is its load plus a locality penalty when the
-   replica's expert group is not yet on the device's node (and, smaller, not on its
-   super-node). Devices that already hold the expert are excluded, so a device never holds
+   slot capacity; devices that already hold the expert are excluded, so a device never holds
    two replicas of one expert.
-4. **Uneven shares.** For experts with several replicas, the token share of each replica is
-   water-filled so the devices holding that expert end up as level as possible (Jacobi
-   iterations, damped). Shares are what the dispatcher uses to split tokens.
+4. **Refinement.** Swaps between the most loaded device and light devices while they lower
+   each layer's max (``refine.swap_refine``).
+5. **Locality.** A second plan pins each expert's first replica to a home node (groups laid
+   hot-next-to-cold on a line cut into nodes by load), packs and refines with that pin and a
+   penalty for bringing a group to a new node; layers switch to it cheapest-first (max-load
+   rise per (group, node) pair saved) within ``balance_tolerance``.
+6. **Uneven shares.** For experts with several replicas, the token share of each replica is
+   water-filled so the devices holding that expert end up as level as possible (damped
+   Jacobi). Shares are what the dispatcher uses to split tokens.
 
 Relaxed constraint of ``Policy.BUDGET``: each device holds the same total number of expert
 weights summed over all layers as with ``slots_per_device`` slots in every layer (so total
@@ -50,7 +52,7 @@ from .score import PlacementScore, score, weight_moves
 class Policy(enum.Enum):
     """How slots are budgeted and split."""
 
-    AUTO = "auto"  # BUDGET when a device has one slot per layer, else BALANCED
+    AUTO = "auto"  # BUDGET when a device has at most 2 slots per layer, else BALANCED
     BALANCED = "balanced"  # the same slots per device in every layer; uneven replica shares
     EVEN = "even"  # as BALANCED, but tokens split evenly over replicas (no slot_share)
     BUDGET = "budget"  # per-layer redundancy budgets (same total weights per device) + shares
@@ -323,7 +325,7 @@ def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -
 # step 3: packing
 
 
-def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int, node_slots: int) -> np.ndarray:
+def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int, node_slots: int, fill: bool = False) -> np.ndarray:
     """``[layers, experts]`` home node of each expert's first replica.
 
     Groups are laid on a line (hottest, coldest, second hottest, second coldest, ... so a hot
@@ -356,6 +358,10 @@ def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int, node_slots: int
         hi = cut[:, n] + node_slots
         cut[:, n + 1] = np.clip(by_load, lo, np.minimum(hi, experts))
     cut[:, num_nodes] = experts
+    if fill:
+        # tie-break homes: fill whole nodes in line order (fewest nodes per group)
+        cut = np.minimum(np.arange(num_nodes + 1) * node_slots, experts)[None, :].repeat(layers, axis=0)
+        cut[:, num_nodes] = experts
     rank = np.arange(experts)[None, :]
     node_of_rank = (rank[:, :, None] >= cut[:, None, 1:]).sum(axis=2)
     homes = np.empty((layers, experts), dtype=np.int64)
@@ -373,6 +379,8 @@ def _pack(
     homes: np.ndarray | None,
     group_size: int,
     locality: float,
+    pinned_first: bool = False,
+    soft_homes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heaviest-first packing of ``[layers, items]`` replicas (``item_expert == -1`` = padding)
     into devices with ``capacity [layers, devices]`` slots. Returns ``[layers, items]`` device
@@ -403,14 +411,16 @@ def _pack(
     pen_super = 0.5 * locality * unit
     out = np.full((layers, items), -1, dtype=np.int64)
     failed = np.zeros(layers, dtype=bool)
-    # Heaviest first (LPT). With homes, all pinned first replicas go first, so the free extra
-    # replicas see which nodes the pinned ones overload and fill the others.
-    key = -item_load if homes is None else np.where(item_primary, -item_load - 2.0 * item_load.max(), -item_load)
+    # Heaviest first (LPT). With ``pinned_first``, all pinned first replicas go first, so the
+    # free extra replicas see which nodes the pinned ones overload and fill the others (fewer
+    # node sends, worse balance: measured in bench/moe_vs_eplb.py).
+    key = -item_load if homes is None or not pinned_first else np.where(item_primary, -item_load - 2.0 * item_load.max(), -item_load)
     order = np.argsort(key, axis=1, kind="stable")
     ex_sorted = np.take_along_axis(item_expert, order, axis=1)
     ld_sorted = np.take_along_axis(item_load, order, axis=1)
     pr_sorted = np.take_along_axis(item_primary, order, axis=1)
     full = capacity <= 0
+    tail = 1.0 - np.arange(num_devices) / num_devices
     # Without homes, replicas of one expert have equal loads and are consecutive in the sorted
     # order, so "holds this expert" is just "took the previous replica of this expert".
     prev_e = np.full(layers, -1)
@@ -435,6 +445,12 @@ def _pack(
         if homes is not None:
             off_home = device_node[None, :] != homes[rows, ec][:, None]
             cost[off_home & pr_sorted[:, p][:, None]] += 1e300
+        elif soft_homes is not None:
+            # a tie-break only: among equally loaded devices, prefer the expert's home node
+            # (extra replicas lean the other way, to the last devices, which homes fill last)
+            prim = pr_sorted[:, p][:, None]
+            off = np.where(prim, device_node[None, :] != soft_homes[rows, ec][:, None], tail[None, :])
+            cost += (1e-9 * unit)[:, None] * off
         d = np.argmin(cost, axis=1)
         stuck = ok & np.isinf(cost[rows, d])
         if stuck.any():
@@ -573,22 +589,35 @@ def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: 
     return phy2log
 
 
-def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, locality: float, refine_steps: int) -> np.ndarray:
-    """Pack and refine one candidate ``phy2log``; ``locality > 0`` pins first replicas home."""
+def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, locality: float, refine_steps: int,
+          pin: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pack and refine one candidate ``phy2log``; ``pin`` pins first replicas to home nodes."""
     item_expert, item_load, item_primary = items
     experts = w.shape[1]
     device_node = shape.device_node()
     node_slots = shape.num_devices * shape.slots_per_device // shape.num_nodes
-    homes = expert_homes(w, num_groups, shape.num_nodes, node_slots) if locality else None
+    homes = expert_homes(w, num_groups, shape.num_nodes, node_slots, fill=not pin)
     item_device, failed = _pack(
-        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes, experts // num_groups, locality
+        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes if pin else None,
+        experts // num_groups, locality, soft_homes=None if pin else homes,
     )
     item_device[failed] = 0  # rows discarded by the caller
     phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
     if refine_steps:
-        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if homes is not None else None
+        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if pin else None
         phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=refine_steps)
     return phy2log, failed
+
+
+def _group_node_pairs(phy2log: np.ndarray, slot_device: np.ndarray, device_node: np.ndarray, group_size: int) -> np.ndarray:
+    """``[layers]`` number of distinct (group, node) pairs holding a replica."""
+    layers = phy2log.shape[0]
+    num_nodes = int(device_node.max()) + 1
+    valid = phy2log >= 0
+    key = np.where(valid, (phy2log // group_size) * num_nodes + device_node[slot_device][None, :], -1)
+    key = np.sort(key, axis=1)
+    distinct = (np.diff(key, axis=1) != 0) & (key[:, 1:] >= 0)
+    return distinct.sum(axis=1) + (key[:, 0] >= 0)
 
 
 def _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) -> np.ndarray:
@@ -635,9 +664,13 @@ def place(
     max_replicas: int | None = None,
 ) -> Placement:
     """Place the experts of every layer. ``loads`` is ``[layers, experts]`` or a history
-    ``[windows, layers, experts]`` (oldest first). ``locality`` weighs keeping an expert
-    group on few nodes against device balance (0 = balance only). ``hedge`` in [0, 1) mixes
-    the load estimate with the uniform load for robustness to the next window.
+    ``[windows, layers, experts]`` (oldest first). With ``locality > 0`` a second, group-local
+    plan is made (each expert's first replica pinned to a home node so each group's first
+    replicas sit on one or two nodes; ``locality`` also weighs, in mean replica loads, bringing
+    a group to a new node), and layers switch to it cheapest-first while the summed max device
+    load stays within ``1 + balance_tolerance`` of the balance-only plan's. ``hedge`` in
+    [0, 1) mixes the load estimate with the uniform load. ``max_replicas`` caps replicas per
+    expert (default: one per device).
 
     With ``previous`` (same pod shape), slots are aligned so unchanged experts do not move; with
     ``max_moves`` as well, at most that many expert weights are loaded in total (the plan is
@@ -657,9 +690,11 @@ def place(
         raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
     w = estimate_loads(arr, half_life_windows, hedge)
     layers, experts = w.shape
-    if policy is Policy.AUTO:
-        policy = Policy.BUDGET if shape.slots_per_device == 1 and shape.num_devices > experts else Policy.BALANCED
     total = shape.num_devices * shape.slots_per_device
+    if policy is Policy.AUTO:
+        # Per-layer budgets pay off where few slots per device leave replication coarse
+        # (bench/moe_vs_eplb.py: EP144 and EP320); with more slots they only cost time.
+        policy = Policy.BUDGET if shape.slots_per_device <= 2 and total > experts else Policy.BALANCED
     if policy is Policy.BUDGET:
         budgets = layer_budgets(w, total * layers, shape.num_devices, cap=shape.num_devices)
         capacity, slot_device = _layout_budget(shape, budgets)
@@ -686,16 +721,32 @@ def place(
     item_primary[it_layer, pos] = first_of_expert
     device_node = shape.device_node()
     items = (item_expert, item_load, item_primary)
-    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps)
+    # The balance-only plan still breaks ties between equally loaded devices towards nodes that
+    # already hold the group (free locality: with one slot per device every choice is a tie).
+    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False)
     if locality and shape.num_nodes > 1:
         # A plan that keeps each group's first replicas on one or two nodes; per layer it is
         # taken where it costs at most ``balance_tolerance`` of that layer's max device load.
-        local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps)
+        local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps, pin=True)
         from .score import device_loads
 
         mx_bal = device_loads(w, phy2log, slot_device, shape.num_devices).max(axis=1)
         mx_loc = device_loads(w, local, slot_device, shape.num_devices).max(axis=1)
-        take = (mx_loc <= (1.0 + balance_tolerance) * mx_bal) & ~failed
+        # Layers trade balance for locality like a knapsack: the gain of a layer is how many
+        # (group, node) pairs the local plan saves, its cost the rise of its max device load;
+        # the cheapest per pair saved are taken while the summed max load (the denominator of
+        # balancedness) stays within ``balance_tolerance`` of the balance-only plan's.
+        gain = _group_node_pairs(phy2log, slot_device, device_node, experts // num_groups) - _group_node_pairs(
+            local, slot_device, device_node, experts // num_groups
+        )
+        cost = mx_loc - mx_bal
+        usable = ~failed & (gain > 0)
+        ratio = np.where(usable, np.maximum(cost, 0.0) / np.maximum(gain, 1), np.inf)
+        order = np.argsort(ratio, kind="stable")
+        spent = np.cumsum(np.where(usable[order], cost[order], 0.0))
+        allowed = balance_tolerance * mx_bal.sum()
+        take = np.zeros(layers, dtype=bool)
+        take[order] = usable[order] & (spent <= allowed)
         phy2log = np.where(take[:, None], local, phy2log)
     share = None
     if policy is not Policy.EVEN:

@@ -43,6 +43,7 @@ def test_broken_cloudmatrix_variants_fail_with_file_line(tmp_path, name, old, ne
     assert r.stdout == ""
     first = r.stderr.splitlines()[0]
     assert first.startswith(str(bad) + expected)
+    assert all(line.startswith(str(bad) + ":") for line in r.stderr.splitlines())
     assert "Traceback" not in r.stderr
     if name == "unknown-key":
         r = xpod_cli("cluster", "show", str(bad))

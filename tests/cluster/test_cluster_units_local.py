@@ -64,3 +64,36 @@ def test_local_descriptor_warns_about_a_second_model():
     assert _warnings(devices) == ["this host also has 1 x nvidia-h100-sxm; an xpod/v1 node group holds one device model, "
                                   "so only ascend-910c is described"]
     assert parse_cluster_text(build_descriptor(devices, host="h"), "l.yaml").summary()["devices"] == 4
+
+
+INLINE = """\
+apiVersion: xpod/v1
+kind: Cluster
+metadata: {name: inline}
+spec:
+  deviceModels:
+    twin-card: {vendor: cambricon, displayName: Twin, memory: 48Gi, bf16Tflops: 100, diesPerPackage: 2, schedulableUnit: die}
+  fabrics:
+    - {name: bridge, plane: scale-up, link: MLU-Link, tiers: [{tier: 1, scope: node, bandwidth: 100GB/s}]}
+    - {name: eth, plane: scale-out, link: RoCE, tiers: [{tier: 2, scope: cluster, bandwidth: 100Gb/s}]}
+  nodeGroups:
+    - {name: g, hosts: "h[1-2]", devices: {model: twin-card, packagesPerNode: 4}, memory: 256Gi}
+"""
+
+
+def test_inline_die_model_counts_dies_as_devices():
+    c = parse_cluster_text(INLINE, "inline.yaml")
+    s = c.summary()
+    assert (s["nodes"], s["chips"], s["devices"]) == (2, 8, 16)
+    assert s["models"]["twin-card"]["memory_bytes"] == 8 * 48 * 2**30
+    assert s["bf16_tflops"] == 800
+    assert c.node_groups[0].memory_bytes == 256 * 2**30
+    assert c.topology().device("h1/7").package == 3
+
+
+def test_inline_die_model_needs_two_dies():
+    from xpod.hal.cluster import ClusterValidationError
+
+    with pytest.raises(ClusterValidationError) as info:
+        parse_cluster_text(INLINE.replace("diesPerPackage: 2", "diesPerPackage: 1"), "inline.yaml")
+    assert info.value.messages == ["inline.yaml:6:122: device model 'twin-card': schedulableUnit 'die' needs diesPerPackage >= 2"]

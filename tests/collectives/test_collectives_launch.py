@@ -74,6 +74,14 @@ def test_launch_function_gives_visible_devices_per_rank():
     assert sorted(lines) == ["[rank 0] 5 fakeaccel True\n", "[rank 1] 3 fakeaccel True\n"]
 
 
+def test_run_module_with_its_own_flags():
+    res = xpod("run", "--nproc", "2", "-m", "platform", "--terse")
+    assert res.returncode == 0, res.stderr
+    assert sorted(ln.split("]")[0] for ln in res.stdout.splitlines()) == ["[rank 0", "[rank 1"]
+    res = xpod("run", "--nproc", "2", "-m")
+    assert res.returncode == 1 and "needs a module name" in res.stderr
+
+
 def test_run_user_errors_are_one_line():
     res = xpod("run", "--nproc", "2", "no_such_script.py")
     assert res.returncode == 1 and res.stderr.strip() == "xpod: no_such_script.py: no such script"

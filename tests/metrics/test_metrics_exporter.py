@@ -253,3 +253,24 @@ def test_cli_port_in_use_is_a_one_line_error():
         r = subprocess.run([mh.XPOD, "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "cannot listen" in r.stderr and str(port) in r.stderr
+
+
+def test_exporter_process_stops_cleanly_on_sigterm():
+    import signal
+
+    argv = [mh.XPOD, "exporter", "--listen", "127.0.0.1:0", "--sim-devices", "nvidia-h100-sxm:2"]
+    with mh.running(argv, "xpod exporter:") as (proc, line, _):
+        assert "sim" in line and line.split(" on ")[-1].startswith("http://127.0.0.1:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_simulated_flag_reads_xpod_sim_devices():
+    import os
+
+    env = dict(os.environ, XPOD_SIM_DEVICES="cambricon-mlu370-x8:3")
+    r = subprocess.run([mh.XPOD, "exporter", "--simulated", "--once", "--node", "lab-1"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    fams = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+    sim = [s for s in fams["xpod_device_info"].samples if s.labels["simulated"] == "true"]
+    assert [(s.labels["vendor"], s.labels["node"]) for s in sim] == [("cambricon", "lab-1")] * 3

@@ -6,6 +6,7 @@ run with deploy/prometheus's own config and rules, scrapes a real `xpod exporter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,10 +122,47 @@ def test_dashboards_are_well_formed():
     assert grid and any("xpod_device_health" in t["expr"] for p in grid for t in p["targets"])
 
 
+def _lost(src, out, path=""):
+    """Paths of ``src`` (dashboard JSON) that do not come back from Grafana's model round trip."""
+    if isinstance(src, dict):
+        if not isinstance(out, dict):
+            return [path]
+        return [p for k, v in src.items() for p in ([f"{path}/{k}"] if k not in out else _lost(v, out[k], f"{path}/{k}"))]
+    if isinstance(src, list):
+        if not isinstance(out, list) or len(src) != len(out):
+            return [path]
+        return [p for i, (a, b) in enumerate(zip(src, out)) for p in _lost(a, b, f"{path}[{i}]")]
+    return [] if src == out else [f"{path}: {src!r} became {out!r}"]
+
+
+def test_dashboards_match_grafanas_own_models():
+    """grafana-foundation-sdk (Grafana 11.6 models) reads each dashboard and writes it back with
+    every field we set: a misspelt or misplaced field would be dropped and reported here."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    for name in DASHBOARDS:
+        src = json.load(open(os.path.join(GRAFANA_DIR, name)))
+        out = json.loads(JSONEncoder().encode(Dashboard.from_json(src)))
+        # `definition` is the text Grafana's UI shows for a query variable; the SDK's model
+        # leaves it out, Grafana's own exports keep it.
+        lost = [p for p in _lost(src, out) if not re.fullmatch(r"/templating/list\[\d+\]/definition", p)]
+        assert lost == [], f"{name}: {lost[:10]}"
+    bad = json.load(open(os.path.join(GRAFANA_DIR, "scheduler.json")))
+    bad["panels"][1]["gridpos"] = bad["panels"][1].pop("gridPos")
+    assert "/panels[1]/gridpos" in _lost(bad, json.loads(JSONEncoder().encode(Dashboard.from_json(bad))))
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    """Prometheus running deploy/prometheus's config and rules, scraping an exporter (cpu + 8
-    simulated 910C) and a scheduler (heterogeneous.yaml) every second."""
+    """Prometheus running deploy/prometheus's config and rules, scraping every second an
+    `xpod exporter` process (cpu + 8 simulated 910C), an exporter served in this process (so
+    tests can change its devices and allocations) and an `xpod server` (heterogeneous.yaml).
+
+    A scheduler that does not start fails only the scheduler test, not the others."""
+    from xpod.backends.sim import SimBackend
+    from xpod.runtime import exporter as ex
+
     work = tmp_path_factory.mktemp("prom")
     sched_metrics = mh.free_port()
     server = [
@@ -133,24 +171,33 @@ def live(tmp_path_factory):
     ]
     config = yaml.safe_load(open(os.path.join(PROM_DIR, "prometheus.yml")))
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    config["rule_files"] = [os.path.join(PROM_DIR, f) for f in config["rule_files"]]
-    with mh.exporter("ascend-910c:8", node="test-node") as exporter_url:
-        with mh.running(server, "listening on", timeout_s=60, cwd=str(work)) as (_, line, _r):
+    # Rule groups with their own interval evaluate every 30 s; 1 s here so the rules have run
+    # within the tests' bounded waits. Everything else is deploy/prometheus's as committed.
+    rules = yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))
+    for g in rules["groups"]:
+        g.pop("interval", None)
+    fast_rules = work / "rules.yml"
+    fast_rules.write_text(yaml.safe_dump(rules, sort_keys=False))
+    config["rule_files"] = [str(fast_rules)]
+    sim = SimBackend([("ascend-910c", 4)])
+    collector = ex.DeviceCollector([ex.DeviceSource(sim, "inproc-node")])
+    with contextlib.ExitStack() as stack:
+        inproc = ex.serve(collector, "127.0.0.1:0")
+        stack.callback(inproc.close)
+        exporter_url = stack.enter_context(mh.exporter("ascend-910c:8", node="test-node"))
+        grpc_addr, sched_error = None, None
+        try:
+            _, line, _r = stack.enter_context(mh.running(server, "listening on", timeout_s=60, cwd=str(work)))
             grpc_addr = re.search(r"listening on (\S+?);", line).group(1)
-            jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-            jobs["xpod-agent"]["static_configs"][0]["targets"] = [exporter_url.split("/")[2]]
-            jobs["xpod-scheduler"]["static_configs"][0]["targets"] = [f"127.0.0.1:{sched_metrics}"]
-            # Rule groups with their own interval evaluate every 30 s; 1 s here so the
-            # recording rules have run within the test's bounded waits.
-            rules = yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))
-            for g in rules["groups"]:
-                g.pop("interval", None)
-            fast_rules = work / "rules.yml"
-            fast_rules.write_text(yaml.safe_dump(rules, sort_keys=False))
-            config["rule_files"] = [str(fast_rules)]
-            with mh.prometheus(config, str(work)) as prom:
-                prom.scheduler_addr = grpc_addr
-                yield prom
+        except AssertionError as err:
+            sched_error = f"xpod server did not start: {err}"
+        jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+        jobs["xpod-agent"]["static_configs"][0]["targets"] = [exporter_url.split("/")[2], f"127.0.0.1:{inproc.port}"]
+        jobs["xpod-scheduler"]["static_configs"][0]["targets"] = [f"127.0.0.1:{sched_metrics}"]
+        prom = stack.enter_context(mh.prometheus(config, str(work)))
+        prom.scheduler_addr, prom.scheduler_error = grpc_addr, sched_error
+        prom.sim, prom.collector, prom.workdir = sim, collector, str(work)
+        yield prom
 
 
 @pytest.mark.parametrize("where, expr", [pytest.param(w, e, id=w) for w, e in dashboard_exprs() + rule_exprs()])
@@ -166,18 +213,36 @@ def test_a_parse_error_is_caught(live):
         live.query("sum by (node (xpod_device_health)")
 
 
-def test_prometheus_scrapes_the_exporter_and_the_scheduler(live):
-    live.wait_series('up{job=~"xpod-agent|xpod-scheduler"} == 1', 2)
-    sim = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", simulated="true"}', 8)
+def test_prometheus_scrapes_the_exporter(live):
+    live.wait_series('up{job="xpod-agent"} == 1', 1)
+    sim = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", simulated="true"}', 8)
     assert {s["metric"]["vendor"] for s in sim} == {"ascend"}
     assert {s["metric"]["model"] for s in sim} == {"ascend-910c"}
     assert {float(s["value"][1]) for s in sim} == {128 * 2**30}
     assert sorted(int(s["metric"]["device"]) for s in sim) == list(range(1, 9))  # after the cpu device 0
-    cpu = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", vendor="cpu", simulated="false"}', 1)
+    cpu = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", vendor="cpu", simulated="false"}', 1)
     assert all(float(s["value"][1]) > 0 and s["metric"]["node"] == "test-node" for s in cpu)
-    healthy = live.wait_series('xpod_device_health{job="xpod-agent"} == 1', 9)
+    healthy = live.wait_series('xpod_device_health{job="xpod-agent", node="test-node"} == 1', 9)
     assert len(healthy) == 9
 
+
+ALL_NPUS_JOB = """\
+apiVersion: xpod/v1
+kind: TrainingJob
+metadata:
+  name: all-npus
+spec:
+  tasks: 4
+  devices:
+    count: 8
+    model: ascend-910b3
+  queue: research
+"""
+
+
+def test_prometheus_scrapes_the_scheduler(live):
+    assert live.scheduler_error is None, live.scheduler_error
+    live.wait_series('up{job="xpod-scheduler"} == 1', 1)
     # The scheduler's endpoint: the issue's required names, and the devices of the descriptor.
     validate = subprocess.run([mh.XPOD, "cluster", "validate", CLUSTER, "--json"], capture_output=True, text=True, timeout=60)
     expected_devices = json.loads(validate.stdout)["devices"]
@@ -192,7 +257,14 @@ def test_prometheus_scrapes_the_exporter_and_the_scheduler(live):
     attempts = live.wait_series('xpod_scheduler_schedule_attempts_total{job="xpod-scheduler", result="scheduled"} >= 1', 1)
     assert float(attempts[0]["value"][1]) >= 1
     live.wait_series('xpod_scheduler_devices{job="xpod-scheduler", vendor="ascend", state="allocated"} >= 1', 1)
-    assert "xpod_scheduler_pending_jobs" in live.query('count by (__name__) ({__name__=~"xpod_scheduler_.*"})')["result"].__repr__()
+    # A gang of all 32 Ascend NPUs cannot start while the batch job holds some: it waits.
+    job = os.path.join(live.workdir, "all-npus.yaml")
+    with open(job, "w") as f:
+        f.write(ALL_NPUS_JOB)
+    r = subprocess.run([mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pending = live.wait_series('xpod_scheduler_pending_jobs{job="xpod-scheduler", queue="research"} == 1', 1)
+    assert pending[0]["metric"]["reason"]
 
 
 def test_recording_rules_run_on_live_data(live):
@@ -211,3 +283,31 @@ def test_recording_rules_run_on_live_data(live):
         time.sleep(0.5)
     assert len(rules) == len(rule_exprs())
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
+
+
+def test_allocation_join_and_unhealthy_alert_in_real_prometheus(live):
+    """The in-process exporter: a job holds two devices, one device turns critical; Prometheus
+    joins the allocation series and puts XpodDeviceUnhealthy in pending for that device."""
+    from xpod.hal.device import Health
+    from xpod.runtime.exporter import Allocation
+
+    live.sim.set_memory_used(0, 32 * 2**30)
+    live.sim.set_memory_used(1, 64 * 2**30)
+    live.collector.set_allocations(
+        {("inproc-node", 0): Allocation("job-42", "prod", "training"), ("inproc-node", 1): Allocation("job-42", "prod", "training")}
+    )
+    live.sim.set_health(3, Health.CRITICAL)
+    try:
+        joined = live.wait_series(
+            'sum by (job_id) (xpod_device_memory_used_bytes{node="inproc-node"}'
+            " * on (node, device) group_left (job_id) xpod_device_allocation_info) == 96 * 2^30",
+            1,
+        )
+        assert joined[0]["metric"] == {"job_id": "job-42"}
+        pending = live.wait_series('ALERTS{alertname="XpodDeviceUnhealthy", node="inproc-node"}', 1)
+        assert [(a["metric"]["device"], a["metric"]["alertstate"]) for a in pending] == [("3", "pending")]
+    finally:
+        live.sim.set_health(3, Health.OK)
+        live.sim.set_memory_used(0, 0)
+        live.sim.set_memory_used(1, 0)
+        live.collector.set_allocations({})

@@ -129,11 +129,6 @@ def check_sp_blocks(j, bindings, snap) -> None:
         assert len(sns) == 1, f"{j.id}: logical super-pod spans {sns}"
 
 
-def reserve_kept(s: Scheduler, before_free: dict) -> None:
-    """An sp-block placement never leaves a super-pod with fewer free nodes than the reserve
-    (unless it already had fewer before)."""
-
-
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -154,18 +149,8 @@ def test_invariants_hold_through_cycles(nodes, js, health_flips, rnd):
             if e.preemptor is not None:
                 assert e.preemptor in s.running, "a preemption left its preemptor unplaced"
                 assert e.preemptor in bound
-            assert e.job_id in before_running
-        # sp-block reserve: no super-pod with an sp-block job drops below 2 free nodes through
-        # a new sp-block placement
-        sp_new = [b for b in r.bindings if s.running[b.job_id].job.sp_block]
-        if sp_new:
-            free_nodes = defaultdict(int)
-            for st_ in s.snapshot.nodes.values():
-                if st_.node.supernode and all(f == MILLI for f in st_.free_milli):
-                    free_nodes[st_.node.supernode] += 1
-            for b in sp_new:
-                sn = s.snapshot.nodes[b.node].node.supernode
-                assert free_nodes[sn] >= ascend.DEFAULT_SUPERNODE_RESERVE_NODES
+                assert e.job_id in before_running and e.job_id not in s.running
+            assert e.job_id in s.pending or e.job_id in s.running, "an evicted job goes back to the queue"
         # finish some running jobs, flip some device health
         for jid in sorted(s.running)[: rnd.randint(0, 2)]:
             s.finish(jid)
@@ -218,3 +203,33 @@ def test_preemption_is_all_or_nothing(n_low, need_nodes):
     else:
         assert not evicted
         assert set(s.running) == running_before
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(3, 10), min_size=1, max_size=3),
+    st.lists(st.tuples(st.sampled_from([16, 32, 48, 64]), st.integers(1, 2)), min_size=1, max_size=8),
+)
+def test_sp_blocks_stay_in_one_superpod_and_keep_the_reserve(sizes, specs):
+    nodes = [node(f"s{k}-{i:02d}").devices(A3, 16).supernode(f"sp{k}").build() for k, n in enumerate(sizes) for i in range(n)]
+    s = Scheduler(nodes, clock=lambda: 0.0)
+    for i, (sp, mult) in enumerate(specs):
+        s.submit(job(f"j{i}").training(tasks=sp // 16 * mult).devices(A3, 16).sp_block(sp).build())
+    s.cycle()
+    check_invariants(s)
+    free = defaultdict(int)
+    used = set()
+    for st_ in s.snapshot.nodes.values():
+        if all(f == MILLI for f in st_.free_milli):
+            free[st_.node.supernode] += 1
+        else:
+            used.add(st_.node.supernode)
+    for sn in used:
+        assert free[sn] >= ascend.DEFAULT_SUPERNODE_RESERVE_NODES, f"{sn} reserve eaten"
+    # and a job is refused only when the super-pods cannot hold all its blocks with the reserve
+    for jid in s.last_reasons:
+        j = s.pending[jid]
+        per_block = j.sp_block // 16
+        blocks = j.tasks // per_block
+        room = sum(max(0, free[f"sp{k}"] - ascend.DEFAULT_SUPERNODE_RESERVE_NODES) // per_block for k in range(len(sizes)))
+        assert room < blocks, f"{jid} refused though {room} blocks of {per_block} nodes fit"

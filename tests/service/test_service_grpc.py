@@ -9,7 +9,6 @@ import sys
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status

@@ -1,0 +1,621 @@
+"""The node agent: one node's devices, its heartbeats, and the processes of the jobs bound to it.
+
+``NodeAgent`` speaks ``xpod.v1.NodeService`` to the scheduler. Contracts:
+
+* **Discovery and registration.** A real agent finds its devices through the HAL
+  (``hal.registry.available_backends``; ``--sim-devices`` adds simulated ones), numbers them
+  0..N-1 on the node and registers the node under this host's name (or the descriptor node
+  whose name is the host's short name; ``--node`` overrides). A simulated pod
+  (``simulated_pod``) registers every node of a cluster descriptor with its devices, each node
+  labelled ``simulated=true``.
+* **Heartbeats** every ``heartbeat_interval_s`` (or the server's interval if shorter) carry each
+  device's health (``Backend.health``).
+* **Assignments** arrive over ``WatchAssignments``. ``run=True`` starts the job's tasks on this
+  node that are not running yet; ``run=False`` ends them: SIGTERM to each task's process group,
+  SIGKILL after ``grace_s`` (``launch.LaunchedGroup.terminate``).
+* **Tasks** run with the launcher's variables (``launch.rank_env``: RANK = task index,
+  WORLD_SIZE = tasks of the job, LOCAL_RANK, MASTER_ADDR/PORT — the port is derived from the job
+  id so every node of a job agrees), the vendor's visible-devices variable for exactly the
+  task's devices (``Backend.visible_env``), plus ``XPOD_JOB_ID``, ``XPOD_TASK_INDEX`` and
+  ``XPOD_DEVICES`` (the scheduler's device ids, ``node/index``, comma-separated). Each task's
+  stdout and stderr go to ``STATE/logs/JOB/task-N.log`` (``xpod logs``), appended per attempt,
+  ending with a ``=== xpod: task N exited with code C`` line.
+* **Reports**: per job, RUNNING once its tasks here started, SUCCEEDED when all exited 0,
+  FAILED at the first non-zero exit (the scheduler applies the restart policy).
+* **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 5 s);
+  tasks keep running meanwhile. On reconnecting the agent heartbeats (registering again only if
+  the server does not know the node, so nothing is evicted), re-subscribes, and re-reports every
+  job it runs; a job the server answers NOT_ASSIGNED for is ended (it was cancelled or moved
+  while we were away) — nothing else is killed.
+* **Agent restarts**: task pids are recorded under ``STATE/tasks``; a new agent ends the process
+  groups a previous one left behind (it cannot supervise them) and registers the node again,
+  which makes the scheduler requeue the jobs that ran here, whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from xpod.hal.errors import XpodError
+
+DEFAULT_HEARTBEAT_S = 2.0
+DEFAULT_GRACE_S = 5.0
+POLL_S = 0.1  # how often task exits and queued assignments are looked at
+SIMULATED_LABEL = "simulated"
+
+
+def default_state_dir() -> str:
+    """``$XPOD_STATE_DIR`` or ``~/.local/state/xpod``."""
+    return os.environ.get("XPOD_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".local", "state", "xpod")
+
+
+def log_path(state_dir: str, job_id: str, task: int) -> str:
+    return os.path.join(state_dir, "logs", job_id, f"task-{task}.log")
+
+
+def rendezvous_port(job_id: str) -> int:
+    """MASTER_PORT of a job: the same on every node without talking to each other (20000..39999)."""
+    return 20000 + int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") % 20000
+
+
+def _log(prefix: str, text: str) -> None:
+    print(f"{prefix}: {text}", file=sys.stderr, flush=True)
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalDevice:
+    """One device of this node as registered: its node index and the backend that owns it."""
+
+    index: int  # 0..N-1 on the node (what the scheduler calls node/index)
+    vendor: str
+    model: str
+    memory_total_bytes: int
+    simulated: bool
+    backend: Any = dataclasses.field(default=None, compare=False)  # hal Backend; None in a simulated pod
+    local_index: int = 0  # the backend's own logical index (for visible_env and health)
+
+
+def discover_devices(sim_spec: str | None = None) -> list[LocalDevice]:
+    """Every device the HAL finds on this host (real backends), plus simulated ones from
+    ``sim_spec`` (``"ascend-910c:2"``), numbered 0..N-1 in backend order."""
+    from xpod.hal.registry import available_backends
+
+    backends = list(available_backends())
+    if sim_spec:
+        from xpod.backends.sim import SimBackend, parse_spec
+
+        backends.append(SimBackend(parse_spec(sim_spec)))
+    out: list[LocalDevice] = []
+    for b in backends:
+        for d in b.devices():
+            out.append(LocalDevice(len(out), d.vendor, d.model, int(d.memory_total_bytes or 0), bool(d.simulated), b, d.index))
+    return out
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+class TaskHandle:
+    """One started task. ``poll()`` is None while it runs, else its exit code."""
+
+    task: int
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def terminate(self, grace_s: float) -> None:
+        raise NotImplementedError
+
+
+class ProcessTask(TaskHandle):
+    """A real process in its own session (the launcher's contract), output to a log file."""
+
+    def __init__(self, task: int, group: Any, log_file: Any, pid_file: str) -> None:
+        self.task = task
+        self.group = group  # launch.LaunchedGroup of one process
+        self._log_file = log_file
+        self._pid_file = pid_file
+
+    @property
+    def popen(self) -> subprocess.Popen:
+        return self.group.procs[0].popen
+
+    def poll(self) -> int | None:
+        code = self.popen.poll()
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code  # a signal -N reads as 128+N, as a shell reports it
+
+    def terminate(self, grace_s: float) -> None:
+        self.group.terminate(grace_s=grace_s)
+
+    def close(self, code: int | None) -> None:
+        try:
+            self._log_file.write(f"=== xpod: task {self.task} exited with code {code}\n".encode())
+            self._log_file.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            os.unlink(self._pid_file)
+        except OSError:
+            pass
+
+
+class SimTask(TaskHandle):
+    """A simulated task: no process; it ends at its deadline (``spec.simulate``)."""
+
+    def __init__(self, task: int, exit_at_s: float | None, exit_code: int, clock: Callable[[], float], log: str) -> None:
+        self.task = task
+        self._exit_at_s = exit_at_s  # None: runs until stopped
+        self._exit_code = exit_code
+        self._clock = clock
+        self._stopped: int | None = None
+        self._log = log
+
+    def poll(self) -> int | None:
+        if self._stopped is not None:
+            return self._stopped
+        if self._exit_at_s is not None and self._clock() >= self._exit_at_s:
+            return self._exit_code
+        return None
+
+    def terminate(self, grace_s: float) -> None:
+        self._stopped = 128 + signal.SIGTERM
+
+    def close(self, code: int | None) -> None:
+        _append(self._log, f"=== xpod: task {self.task} exited with code {code} (simulated)\n")
+
+
+def _append(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+@dataclasses.dataclass
+class JobRun:
+    """This node's part of one job."""
+
+    job_id: str
+    tasks: dict[int, TaskHandle]  # task index -> handle
+    exits: dict[int, int] = dataclasses.field(default_factory=dict)  # task index -> exit code
+    reported: str | None = None  # the last state the server acknowledged (None: report again)
+
+    def state(self) -> tuple[str, int, str]:
+        """(RUNNING | SUCCEEDED | FAILED, exit code, message) of this node's tasks."""
+        for t, code in sorted(self.exits.items()):
+            if code != 0:
+                return "FAILED", code, f"task {t} exited with code {code}"
+        if self.tasks and len(self.exits) == len(self.tasks):
+            return "SUCCEEDED", 0, ""
+        return "RUNNING", 0, ""
+
+
+# --- executors ----------------------------------------------------------------------------------
+
+
+class Executor:
+    """Starts tasks for a node agent."""
+
+    def start(self, job: dict[str, Any], job_id: str, alloc: Any, world: int, local_rank: int, local_world: int,
+              master_addr: str) -> TaskHandle:
+        raise NotImplementedError
+
+
+class ProcessExecutor(Executor):
+    """Real processes through the launcher's environment contract."""
+
+    def __init__(self, node: str, devices: Sequence[LocalDevice], state_dir: str) -> None:
+        self.node = node
+        self.devices = {d.index: d for d in devices}
+        self.state_dir = state_dir
+
+    def start(self, job, job_id, alloc, world, local_rank, local_world, master_addr) -> TaskHandle:
+        from xpod.runtime.launch import LaunchedGroup, RankProcess, rank_env
+        from xpod.scheduler.taskspec import parse_task_fields
+
+        fields = parse_task_fields(job.get("kind", ""), job.get("spec", {}))
+        indices = [int(d.rsplit("/", 1)[1]) for d in alloc.devices]
+        visible: dict[str, str] = {}
+        backend_name = "cpu"
+        by_backend: dict[int, tuple[Any, list[int]]] = {}
+        for i in indices:
+            dev = self.devices.get(i)
+            if dev is None:
+                raise XpodError(f"job {job_id}: device {self.node}/{i} is not on this node (it has {len(self.devices)})")
+            if dev.backend is not None:
+                by_backend.setdefault(id(dev.backend), (dev.backend, []))[1].append(dev.local_index)
+        for backend, local in by_backend.values():
+            visible.update(backend.visible_env(local))
+            backend_name = backend.name
+        env = rank_env(alloc.task, world, local_rank, local_world, master_addr, rendezvous_port(job_id), backend_name, visible)
+        env.update(dict(fields.env))
+        env.update({"XPOD_JOB_ID": job_id, "XPOD_TASK_INDEX": str(alloc.task), "XPOD_DEVICES": ",".join(alloc.devices)})
+        command = list(fields.command)
+        if not command:
+            # nothing to run: sleep the simulated duration (0 by default) so traces replay alike
+            command = [sys.executable, "-c", f"import time; time.sleep({fields.simulate.duration_s or 0.0!r})"]
+        path = log_path(self.state_dir, job_id, alloc.task)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        log = open(path, "ab", buffering=0)
+        log.write(f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node}: {' '.join(command)}\n".encode())
+        try:
+            popen = subprocess.Popen(
+                command, env={**os.environ, **env}, cwd=fields.workdir, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        except OSError as err:
+            log.write(f"=== xpod: cannot start {command[0]!r}: {err.strerror}\n".encode())
+            log.close()
+            raise XpodError(f"job {job_id}: cannot start {command[0]!r}: {err.strerror}") from None
+        pid_file = os.path.join(self.state_dir, "tasks", f"{job_id}.{alloc.task}.json")
+        os.makedirs(os.path.dirname(pid_file), exist_ok=True)
+        with open(pid_file, "w", encoding="utf-8") as f:
+            json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
+        return ProcessTask(alloc.task, LaunchedGroup([RankProcess(alloc.task, local_rank, popen, env)]), log, pid_file)
+
+
+class SimExecutor(Executor):
+    """Simulated tasks: durations and failures from ``spec.simulate``; nothing is started."""
+
+    def __init__(self, node: str, state_dir: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.state_dir = state_dir
+        self.clock = clock
+
+    def start(self, job, job_id, alloc, world, local_rank, local_world, master_addr) -> TaskHandle:
+        from xpod.scheduler.taskspec import parse_task_fields
+
+        sim = parse_task_fields(job.get("kind", ""), job.get("spec", {})).simulate
+        now = self.clock()
+        exit_at, code = None, 0
+        if sim.duration_s is not None:
+            exit_at = now + sim.duration_s
+        if sim.fail_after_s is not None and (exit_at is None or now + sim.fail_after_s < exit_at):
+            exit_at, code = now + sim.fail_after_s, sim.exit_code
+        path = log_path(self.state_dir, job_id, alloc.task)
+        _append(path, f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} (simulated) devices {','.join(alloc.devices)}\n")
+        return SimTask(alloc.task, exit_at, code, self.clock, path)
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time from /proc (tells a pid from a reused one); '' if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def end_leftover_tasks(state_dir: str, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
+    """End the process groups a previous agent left under ``state_dir/tasks`` (kill -9 of the
+    agent leaves its tasks running, unsupervised). Returns ``job.task`` names it ended."""
+    folder = os.path.join(state_dir, "tasks")
+    ended = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return ended
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                rec = json.load(f)
+            pid = int(rec["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            os.unlink(path)
+            continue
+        if rec.get("start") and _start_ticks(pid) == rec["start"]:
+            _kill_group(pid, grace_s)
+            ended.append(f"{rec.get('job')}.{rec.get('task')}")
+        os.unlink(path)
+    return ended
+
+
+def _kill_group(pid: int, grace_s: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+
+
+# --- the agent ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """What an agent registers."""
+
+    name: str
+    devices: tuple[LocalDevice, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class SessionLost(Exception):
+    """The connection to the scheduler broke; reconnect."""
+
+
+class NodeAgent:
+    """One node (see the module docstring). ``run(stop)`` blocks until ``stop`` is set."""
+
+    def __init__(self, client: Any, node: NodeSpec, executor: Executor, *, heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
+                 grace_s: float = DEFAULT_GRACE_S, log_prefix: str = "xpod agent", register_first: bool = True) -> None:
+        self.client = client  # runtime.client.Client
+        self.node = node
+        self.executor = executor
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.grace_s = grace_s
+        self.log_prefix = log_prefix
+        self.register_first = register_first
+        self.runs: dict[str, JobRun] = {}
+        self._assignments: queue.Queue = queue.Queue()
+        self._broken = threading.Event()
+        self._call: Any = None
+        self.connected = threading.Event()
+        self.sessions = 0  # successful (re)connections
+
+    # --- connection ---
+
+    def run(self, stop: threading.Event) -> None:
+        backoff_s = 0.2
+        first = True
+        while not stop.is_set():
+            try:
+                self._connect(first)
+                first = False
+                backoff_s = 0.2
+                self._serve(stop)
+            except (SessionLost, XpodError) as err:
+                if self.connected.is_set():
+                    _log(self.log_prefix, f"{self.node.name}: lost the scheduler ({str(err)[:200]}); reconnecting")
+                self.connected.clear()
+                self._close_stream()
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+        self._close_stream()
+        for run in list(self.runs.values()):
+            self._stop_run(run)  # the agent is going away: its tasks go with it
+
+    def _connect(self, first: bool) -> None:
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        if first and self.register_first:
+            self._register()
+        else:
+            try:
+                self._heartbeat()
+            except XpodError as err:
+                if getattr(err, "reason", "") != "NODE_NOT_FOUND":
+                    raise
+                self._register()  # the server lost it (a fresh database): add it again
+        self._broken.clear()
+        call = self.client.nodes.WatchAssignments(
+            node_service_pb2.WatchAssignmentsRequest(node=self.node.name), metadata=self.client._metadata
+        )
+        self._call = call
+        threading.Thread(target=self._watch, args=(call,), name=f"xpod-watch-{self.node.name}", daemon=True).start()
+        for run in self.runs.values():
+            run.reported = None  # the server may have lost what we said: say it again
+        self.sessions += 1
+        self.connected.set()
+
+    def _close_stream(self) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def _watch(self, call: Any) -> None:
+        import grpc
+
+        try:
+            for resp in call:
+                self._assignments.put(resp.assignment)
+        except grpc.RpcError:
+            pass
+        self._broken.set()  # the stream ended: the server went away (or we cancelled it)
+
+    def _register(self) -> None:
+        from xpod.proto.xpod.v1 import node_service_pb2, types_pb2
+
+        node = types_pb2.Node(name=self.node.name, labels=dict(self.node.labels))
+        for d in self.node.devices:
+            node.devices.add(id=f"{self.node.name}/{d.index}", node=self.node.name, index=d.index, vendor=d.vendor,
+                             model=d.model, health=self._health().get(d.index, "ok"), memory_total_bytes=d.memory_total_bytes)
+        self.client.call(self.client.nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
+
+    def _health(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        cache: dict[int, dict[int, Any]] = {}
+        for d in self.node.devices:
+            if d.backend is None:
+                out[d.index] = "ok"
+                continue
+            if id(d.backend) not in cache:
+                try:
+                    cache[id(d.backend)] = d.backend.health()
+                except Exception:  # a broken vendor tool must not stop heartbeats
+                    cache[id(d.backend)] = {}
+            h = cache[id(d.backend)].get(d.local_index)
+            out[d.index] = getattr(h, "value", str(h)) if h is not None else "unknown"
+        return out
+
+    def _heartbeat(self) -> float:
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        req = node_service_pb2.HeartbeatRequest(node=self.node.name)
+        for index, word in self._health().items():
+            req.devices.add(index=index, health=word)
+        resp = self.client.call(self.client.nodes.Heartbeat, req)
+        return resp.interval_seconds
+
+    # --- the loop ---
+
+    def _serve(self, stop: threading.Event) -> None:
+        next_beat = time.monotonic() + self.heartbeat_interval_s
+        while not stop.is_set():
+            if self._broken.is_set():
+                raise SessionLost("the assignment stream ended")
+            self._drain()
+            self._reap()
+            self._report()
+            if time.monotonic() >= next_beat:
+                interval = self._heartbeat()
+                next_beat = time.monotonic() + min(self.heartbeat_interval_s, interval or self.heartbeat_interval_s)
+            stop.wait(POLL_S)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                a = self._assignments.get_nowait()
+            except queue.Empty:
+                return
+            if a.run:
+                self._start(a)
+            else:
+                run = self.runs.pop(a.job_id, None)
+                if run is not None:
+                    _log(self.log_prefix, f"{self.node.name}: stopping job {a.job_id}")
+                    threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
+
+    def _start(self, a: Any) -> None:
+        from xpod.scheduler.service import struct_to_dict
+
+        job = struct_to_dict(a.job.spec)
+        everything = list(a.job.allocations)
+        world = len(everything)
+        first_node = min(everything, key=lambda x: x.task).node if everything else self.node.name
+        master = "127.0.0.1" if first_node == self.node.name else first_node
+        mine = sorted(a.allocations, key=lambda x: x.task)
+        run = self.runs.setdefault(a.job_id, JobRun(a.job_id, {}))
+        for local_rank, alloc in enumerate(mine):
+            if alloc.task in run.tasks:
+                continue  # already running (a re-sent assignment after a reconnect)
+            try:
+                run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, local_rank, len(mine), master)
+            except XpodError as err:
+                _log(self.log_prefix, f"{self.node.name}: {err}")
+                run.tasks[alloc.task] = _Failed(alloc.task)
+        run.reported = None
+
+    def _reap(self) -> None:
+        for run in self.runs.values():
+            for t, handle in run.tasks.items():
+                if t in run.exits:
+                    continue
+                code = handle.poll()
+                if code is not None:
+                    run.exits[t] = code
+                    close = getattr(handle, "close", None)
+                    if close:
+                        close(code)
+                    _log(self.log_prefix, f"{self.node.name}: job {run.job_id} task {t} exited with code {code}")
+                    run.reported = None if run.reported != "FAILED" else run.reported
+
+    def _report(self) -> None:
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        for run in list(self.runs.values()):
+            state, code, message = run.state()
+            if run.reported == state:
+                continue
+            req = node_service_pb2.ReportTaskStatusRequest(
+                job_id=run.job_id, node=self.node.name, state=getattr(node_service_pb2, f"TASK_STATE_{state}"),
+                message=message, exit_code=code,
+            )
+            try:
+                self.client.call(self.client.nodes.ReportTaskStatus, req)
+            except XpodError as err:
+                if getattr(err, "code", "") in ("FAILED_PRECONDITION", "NOT_FOUND"):
+                    # not bound here any more (cancelled, moved or finished while we were away)
+                    self.runs.pop(run.job_id, None)
+                    threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
+                    continue
+                raise
+            run.reported = state
+
+    def _stop_run(self, run: JobRun) -> None:
+        for t, handle in run.tasks.items():
+            if t in run.exits:
+                continue
+            handle.terminate(self.grace_s)
+            code = handle.poll()
+            run.exits[t] = code if code is not None else -1
+            close = getattr(handle, "close", None)
+            if close:
+                close(code)
+
+
+class _Failed(TaskHandle):
+    """A task that could not start: reads as exit code 127 (command not found, as a shell says)."""
+
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+    def poll(self) -> int | None:
+        return 127
+
+    def terminate(self, grace_s: float) -> None:
+        pass
+
+
+# --- building agents --------------------------------------------------------------------------
+
+
+def local_node_name(client: Any, override: str | None = None) -> str:
+    """``override``, else the cluster node whose name is this host's name or short name, else the
+    host name."""
+    if override:
+        return override
+    host = socket.gethostname()
+    short = host.split(".", 1)[0]
+    try:
+        known = {n.name for n in client.list_nodes()}
+    except XpodError:
+        known = set()
+    for name in (host, short):
+        if name in known:
+            return name
+    return host
+
+
+def simulated_pod(cluster_file: str | None) -> list[NodeSpec]:
+    """Every node of a cluster descriptor (default: the embedded CloudMatrix384) as simulated nodes."""
+    from xpod.hal.cluster import load_cluster, load_default_cluster
+    from xpod.scheduler.core_bridge import cluster_inventory
+
+    cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
+    out = []
+    for view in cluster_inventory(cluster):
+        devices = tuple(LocalDevice(d.index, d.vendor, d.model, d.memory_total_bytes, True) for d in view.devices)
+        out.append(NodeSpec(view.name, devices, tuple(sorted({**dict(view.labels), SIMULATED_LABEL: "true"}.items()))))
+    return out
+
+
+def run_agents(agents: Sequence[NodeAgent], stop: threading.Event) -> list[threading.Thread]:
+    """Start one thread per agent; they end when ``stop`` is set."""
+    threads = [threading.Thread(target=a.run, args=(stop,), name=f"xpod-agent-{a.node.name}", daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    return threads

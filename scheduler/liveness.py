@@ -1,0 +1,199 @@
+"""Node liveness and restart policy: what the scheduler does when a node or a task goes away.
+
+``Liveness`` runs beside ``SchedulerApi`` (one per API, its own thread, the API's injected
+clock). Contracts:
+
+* A node an agent registered (``last_heartbeat_s > 0``) whose heartbeats stop for longer than
+  ``node_timeout_s`` (default 10 s, ``XPOD_NODE_TIMEOUT_S`` or the API's ``node_timeout_s``) is
+  marked NotReady within ``node_timeout_s + check_interval_s``: ``ready`` turns false, it leaves
+  placement (the core forgets it, so nothing new lands there) and every job bound to it goes
+  through the restart policy. A node only a cluster file declared (no agent ever heartbeated
+  it) is static and never times out. After a restart of the scheduler every node gets a full
+  ``node_timeout_s`` from the restart before it can time out (agents need time to reconnect).
+* A NotReady node whose heartbeats resume is Ready again and back in placement.
+* Restart policy (``spec.restart.max_restarts``, see ``scheduler.taskspec``): a job that lost a
+  node or whose task failed is requeued *whole* (a training gang restarts all its tasks; a
+  serving job is placed again, elsewhere if its node is gone) while it has restarts left; each
+  restart is an EVICTED event whose message starts with ``restart K/N:``, which is also how
+  restarts are counted (from the durable event log, so the count survives a scheduler
+  restart). With none left the job FAILS with the reason. Either way its devices are released
+  in the same step: no path leaves an allocation behind.
+
+Unhealthy devices need nothing here: ``SchedulerApi.heartbeat`` passes health to the core,
+which takes an alarm/critical device out of placement (evicting what ran there) until a
+heartbeat reports it healthy again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .store import EventType, JobRecord, JobState, JobUpdate, StaleUpdate, StoreClosed
+from .taskspec import TaskFieldError, parse_task_fields
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import SchedulerApi
+
+DEFAULT_NODE_TIMEOUT_S = 10.0
+NODE_TIMEOUT_ENV = "XPOD_NODE_TIMEOUT_S"
+RESTART_PREFIX = "restart "
+_BOUND = (JobState.SCHEDULED, JobState.RUNNING)
+
+
+def node_timeout_from_env(default: float = DEFAULT_NODE_TIMEOUT_S) -> float:
+    """``XPOD_NODE_TIMEOUT_S`` when set (a positive number of seconds), else ``default``."""
+    text = os.environ.get(NODE_TIMEOUT_ENV)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        from xpod.hal.errors import XpodError
+
+        raise XpodError(f"{NODE_TIMEOUT_ENV}={text!r}: expected a positive number of seconds (e.g. 10)")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartDecision:
+    """What the policy did with one job."""
+
+    job_id: str
+    restarted: bool  # True: requeued whole; False: failed
+    message: str  # the event's message
+
+
+def restarts_used(events: list[Any]) -> int:
+    """Restarts already spent: EVICTED events written by this policy."""
+    return sum(1 for e in events if e.type is EventType.EVICTED and e.message.startswith(RESTART_PREFIX))
+
+
+def max_restarts_of(job: JobRecord) -> int:
+    """The job's restart budget (-1 = unlimited). A stored job was validated at submission."""
+    spec = job.spec.get("spec", {}) if isinstance(job.spec, dict) else {}
+    try:
+        return parse_task_fields(job.kind, spec).max_restarts
+    except TaskFieldError:  # accepted by an older server that did not know the keys
+        return 0
+
+
+class Liveness:
+    """Node timeouts and the restart policy over one ``SchedulerApi`` (see the module docstring).
+    ``check()`` is the whole mechanism; ``start()`` only calls it periodically."""
+
+    def __init__(self, api: "SchedulerApi", node_timeout_s: float | None = None, check_interval_s: float | None = None) -> None:
+        self.api = api
+        self.node_timeout_s = node_timeout_from_env() if node_timeout_s is None else float(node_timeout_s)
+        # Check often enough that NotReady comes at most ~10% after the timeout.
+        self.check_interval_s = check_interval_s if check_interval_s is not None else min(1.0, self.node_timeout_s / 10)
+        self._started_s = api._clock()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one check or restart decision at a time
+        self.not_ready_events = 0  # nodes marked NotReady since start (for metrics and tests)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="xpod-liveness", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        stop = self.api._stop
+        while not stop.wait(self.check_interval_s):
+            try:
+                self.check()
+            except StoreClosed:
+                return
+
+    def check(self, now_s: float | None = None) -> list[str]:
+        """Mark timed-out nodes NotReady and recovered ones Ready; returns the nodes newly NotReady."""
+        api = self.api
+        now = api._clock() if now_s is None else now_s
+        lost: list[str] = []
+        with self._lock:
+            with api._lock:
+                nodes = list(api._nodes.values())
+            for node in nodes:
+                if node.last_heartbeat_s <= 0:
+                    continue  # declared by the cluster file only: no agent, nothing to time out
+                silent_s = now - max(node.last_heartbeat_s, self._started_s)
+                if node.ready and silent_s > self.node_timeout_s:
+                    self._not_ready(node.name, f"node {node.name} NotReady: no heartbeat for {silent_s:.1f} s")
+                    lost.append(node.name)
+                elif not node.ready and now - node.last_heartbeat_s <= self.node_timeout_s:
+                    self._ready(node.name)
+        return lost
+
+    def _not_ready(self, name: str, why: str) -> None:
+        api = self.api
+        with api._lock:
+            node = api._nodes.get(name)
+            if node is None or not node.ready:
+                return
+            api._nodes[name] = dataclasses.replace(node, ready=False)
+            bound = [j for j in api._jobs.values() if j.state in _BOUND and any(a.node == name for a in j.allocations)]
+        self.not_ready_events += 1
+        for job in sorted(bound, key=lambda j: j.seq):
+            self._decide(job.id, why)
+        with api._placer_lock:
+            api._placer.remove_node(name)  # nothing new lands there while it is NotReady
+        api._wake.set()
+
+    def _ready(self, name: str) -> None:
+        api = self.api
+        with api._placer_lock:
+            with api._lock:
+                node = api._nodes.get(name)
+                if node is None or node.ready:
+                    return
+                node = dataclasses.replace(node, ready=True)
+                api._nodes[name] = node
+            api._placer.add_node(node)
+        api._wake.set()
+
+    def task_failed(self, job: JobRecord, node: str, exit_code: int, message: str) -> RestartDecision | None:
+        """An agent reported a failed task of ``job`` on ``node``: requeue or fail per policy."""
+        text = f"task on node {node} exited with code {exit_code}" + (f": {message}" if message else "")
+        with self._lock:
+            return self._decide(job.id, text)
+
+    def _decide(self, job_id: str, why: str) -> RestartDecision | None:
+        """Requeue the job whole or fail it; None when it is no longer bound (someone else decided)."""
+        api = self.api
+        while True:
+            with api._lock:
+                job = api._jobs.get(job_id)
+                parsed = api._parsed.get(job_id)
+            if job is None or job.state not in _BOUND:
+                return None
+            budget = max_restarts_of(job)
+            used = restarts_used(api._store.events_since(0, job_id=job.id, limit=100_000))
+            now = api._clock()
+            if (budget < 0 or used < budget) and parsed is not None:
+                total = "unlimited" if budget < 0 else str(budget)
+                message = f"{RESTART_PREFIX}{used + 1}/{total}: {why}"
+                update = JobUpdate(job.id, JobState.QUEUED, None, (), EventType.EVICTED, message, now, expect_revision=job.revision)
+            else:
+                message = f"{why}; no restarts left (max_restarts {budget})"
+                update = JobUpdate(job.id, JobState.FAILED, None, (), EventType.FAILED, message, now, expect_revision=job.revision)
+            try:
+                result = api._wait(api._submit_write(update), None)
+            except StaleUpdate:
+                continue  # it changed meanwhile (cancelled, finished, evicted): decide again
+            break
+        with api._placer_lock:
+            api._placer.remove_job(job.id)  # releases its devices in the core
+            if update.state is JobState.QUEUED:
+                api._placer.add_job(result.job, parsed)
+        with api._lock:
+            api._task_states.pop(job.id, None)
+        if update.state is JobState.FAILED:
+            api._forget(job.id)
+            if api.metrics is not None:
+                api.metrics.finished(job.queue, job.kind, JobState.FAILED.value)
+        api._wake.set()
+        return RestartDecision(job.id, update.state is JobState.QUEUED, message)

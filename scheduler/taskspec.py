@@ -1,0 +1,134 @@
+"""What a job runs, as opposed to what it needs: the node agent's keys of a job document's ``spec``.
+
+The scheduler core (``scheduler.spec``) decides *where* a job goes; these keys say *what* the
+node agent starts there and *what happens when it stops*. They are validated when the job is
+submitted (``core_bridge.parse_document`` strips them before the core's parser and calls
+``parse_task_fields``), so a typo is an INVALID_ARGUMENT naming the field, never a task that
+fails later on a node::
+
+    spec:
+      command: [python, train.py, --epochs, "3"]   # argv of every task (no shell)
+      env: {LR: "0.1"}                              # extra variables (strings)
+      workdir: /srv/job                             # current directory of the task (default: the agent's)
+      restart:
+        max_restarts: 3          # training/batch default 3; serving default unlimited (-1)
+      simulate:                  # only read by simulated nodes (xpod agent --simulate)
+        duration_s: 30           # each task "runs" this long, then succeeds
+        fail_after_s: 10         # ... or fails after this long (exit code ``exit_code``)
+        exit_code: 1
+
+A job with no ``command`` runs nothing on a real node: its tasks succeed at once unless
+``simulate.duration_s`` is given, in which case a real node sleeps that long (so a trace can be
+replayed on real and simulated nodes alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+#: the keys of ``spec`` this module owns (the core's parser never sees them)
+TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: variables the agent sets itself; a job may not override them
+RESERVED_ENV = ("XPOD_JOB_ID", "XPOD_TASK_INDEX", "XPOD_DEVICES", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+#: default restart budget per kind; -1 means unlimited (serving replicas are always replaced)
+DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
+
+
+class TaskFieldError(Exception):
+    """A bad task field: ``field`` is the dotted path from ``spec`` (``spec.restart.max_restarts``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulation:
+    """How a simulated node plays a task: it succeeds after ``duration_s`` unless
+    ``fail_after_s`` comes first, when it fails with ``exit_code``."""
+
+    duration_s: float | None = None
+    fail_after_s: float | None = None
+    exit_code: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFields:
+    """The validated task keys of one job document."""
+
+    command: tuple[str, ...] = ()  # empty: nothing to start (see the module docstring)
+    env: tuple[tuple[str, str], ...] = ()  # sorted pairs
+    workdir: str | None = None
+    max_restarts: int = 3  # -1 = unlimited
+    simulate: Simulation = Simulation()
+
+
+def _number(field: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise TaskFieldError(field, f"{v!r} must be a number of seconds >= 0")
+    return float(v)
+
+
+def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
+    """Validate the task keys of ``spec`` (a job document's ``spec`` mapping). Unknown sub-keys
+    are errors. Raises ``TaskFieldError`` naming the field."""
+    command: tuple[str, ...] = ()
+    if "command" in spec:
+        c = spec["command"]
+        if not isinstance(c, list) or not c or not all(isinstance(x, str) for x in c) or not c[0]:
+            raise TaskFieldError("spec.command", "a non-empty list of strings (argv, no shell), e.g. [python, train.py]")
+        command = tuple(c)
+    env: dict[str, str] = {}
+    if "env" in spec:
+        e = spec["env"]
+        if not isinstance(e, dict):
+            raise TaskFieldError("spec.env", "a mapping of variable names to strings")
+        for k, v in e.items():
+            if not isinstance(k, str) or not _ENV_NAME.match(k):
+                raise TaskFieldError("spec.env", f"{k!r} is not a variable name")
+            if k in RESERVED_ENV:
+                raise TaskFieldError(f"spec.env.{k}", "is set by the node agent; remove it")
+            if not isinstance(v, str):
+                raise TaskFieldError(f"spec.env.{k}", f"{v!r} must be a string (quote it in YAML)")
+            env[k] = v
+    workdir = spec.get("workdir")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir):
+        raise TaskFieldError("spec.workdir", f"{workdir!r} is not a directory path")
+    max_restarts = DEFAULT_MAX_RESTARTS.get(kind, 3)
+    if "restart" in spec:
+        r = spec["restart"]
+        if not isinstance(r, dict):
+            raise TaskFieldError("spec.restart", "a mapping: {max_restarts: N}")
+        for k in r:
+            if k != "max_restarts":
+                raise TaskFieldError(f"spec.restart.{k}", "unknown key (allowed: max_restarts)")
+        m = r.get("max_restarts", max_restarts)
+        if isinstance(m, bool) or not isinstance(m, int) or m < -1:
+            raise TaskFieldError("spec.restart.max_restarts", f"{m!r} must be a whole number >= 0 (or -1 for unlimited)")
+        max_restarts = m
+    sim = Simulation()
+    if "simulate" in spec:
+        s = spec["simulate"]
+        if not isinstance(s, dict):
+            raise TaskFieldError("spec.simulate", "a mapping: {duration_s, fail_after_s, exit_code}")
+        for k in s:
+            if k not in ("duration_s", "fail_after_s", "exit_code"):
+                raise TaskFieldError(f"spec.simulate.{k}", "unknown key (allowed: duration_s, fail_after_s, exit_code)")
+        code = s.get("exit_code", 1)
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255:
+            raise TaskFieldError("spec.simulate.exit_code", f"{code!r} must be a whole number in 1..255")
+        sim = Simulation(
+            duration_s=_number("spec.simulate.duration_s", s["duration_s"]) if "duration_s" in s else None,
+            fail_after_s=_number("spec.simulate.fail_after_s", s["fail_after_s"]) if "fail_after_s" in s else None,
+            exit_code=code,
+        )
+    return TaskFields(command, tuple(sorted(env.items())), workdir, max_restarts, sim)
+
+
+def split_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` without the task keys (what the core's parser reads)."""
+    return {k: v for k, v in spec.items() if k not in TASK_KEYS}
