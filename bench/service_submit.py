@@ -29,10 +29,32 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def start_server(cluster: str, db: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def serve_without_scheduling(cluster: str, db: str) -> None:
+    """The server of ``xpod server`` minus its scheduling thread: what the API and the durable
+    store sustain on their own (``--no-scheduling``)."""
+    from xpod.hal.cluster import load_cluster
+    from xpod.scheduler.api import SchedulerApi
+    from xpod.scheduler.auth import Authenticator
+    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
+    from xpod.scheduler.service import build_server
+
+    c = load_cluster(cluster)
+    api = SchedulerApi(db, CorePlacer(c), nodes=cluster_inventory(c), cluster_name=c.name)
+    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0")
+    print(f"xpod server: listening on 127.0.0.1:{running.port} (no scheduling)", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    running.stop(0)
+    api.close()
+
+
+def start_server(cluster: str, db: str, extra: list[str], scheduling: bool = True) -> tuple[subprocess.Popen, str]:
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    if scheduling:
+        cmd = [exe, "server", "--cluster", cluster, "--db", db, "--listen", "127.0.0.1:0", *extra]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve-only", "--cluster", cluster, "--db", db]
     proc = subprocess.Popen(
-        [exe, "server", "--cluster", cluster, "--db", db, "--listen", "127.0.0.1:0", *extra],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -108,10 +130,19 @@ def main() -> int:
         "queue grows past the cluster and every scheduling cycle walks it)",
     )
     ap.add_argument("--cycle-interval", default="0.5")
+    ap.add_argument("--no-scheduling", action="store_true", help="measure the API and store alone (no scheduling thread)")
+    ap.add_argument("--core-process", action="store_true", help="xpod server --core-process (the core in a child process)")
+    ap.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_only:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        serve_without_scheduling(args.cluster, args.db)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
-        proc, addr = start_server(args.cluster, db, ["--cycle-interval", args.cycle_interval])
+        extra = ["--cycle-interval", args.cycle_interval] + (["--core-process"] if args.core_process else [])
+        proc, addr = start_server(args.cluster, db, extra, not args.no_scheduling)
         try:
             if args.warmup > 0:
                 asyncio.run(run_clients(addr, args.clients, args.warmup, args.devices, "warm"))
@@ -128,6 +159,7 @@ def main() -> int:
         stored = conn.execute("SELECT COUNT(*) FROM jobs WHERE request_id LIKE 'run-%'").fetchall()[0][0]
         conn.close()
     result = {
+        "scheduling": "none" if args.no_scheduling else ("child process" if args.core_process else "in process"),
         "clients": args.clients,
         "seconds": round(elapsed, 2),
         "acknowledged": len(lat),

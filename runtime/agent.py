@@ -22,7 +22,7 @@
   ending with a ``=== xpod: task N exited with code C`` line.
 * **Reports**: per job, RUNNING once its tasks here started, SUCCEEDED when all exited 0,
   FAILED at the first non-zero exit (the scheduler applies the restart policy).
-* **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 5 s);
+* **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s);
   tasks keep running meanwhile. On reconnecting the agent heartbeats (registering again only if
   the server does not know the node, so nothing is evicted), re-subscribes, and re-reports every
   job it runs; a job the server answers NOT_ASSIGNED for is ended (it was cancelled or moved
@@ -51,6 +51,8 @@ from xpod.hal.errors import XpodError
 
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_GRACE_S = 5.0
+#: longest wait between reconnection attempts: well under the scheduler's NotReady bound (10 s)
+RECONNECT_MAX_S = 1.0
 POLL_S = 0.1  # how often task exits and queued assignments are looked at
 SIMULATED_LABEL = "simulated"
 
@@ -262,7 +264,8 @@ class ProcessExecutor(Executor):
             log.write(f"=== xpod: cannot start {command[0]!r}: {err.strerror}\n".encode())
             log.close()
             raise XpodError(f"job {job_id}: cannot start {command[0]!r}: {err.strerror}") from None
-        pid_file = os.path.join(self.state_dir, "tasks", f"{job_id}.{alloc.task}.json")
+        # one file per process: a stopping attempt and its replacement may overlap for the grace period
+        pid_file = os.path.join(self.state_dir, "tasks", f"{job_id}.{alloc.task}.{popen.pid}.json")
         os.makedirs(os.path.dirname(pid_file), exist_ok=True)
         with open(pid_file, "w", encoding="utf-8") as f:
             json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
@@ -361,7 +364,8 @@ class NodeAgent:
     """One node (see the module docstring). ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, client: Any, node: NodeSpec, executor: Executor, *, heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
-                 grace_s: float = DEFAULT_GRACE_S, log_prefix: str = "xpod agent", register_first: bool = True) -> None:
+                 grace_s: float = DEFAULT_GRACE_S, log_prefix: str = "xpod agent", register_first: bool = True,
+                 poll_s: float = POLL_S) -> None:
         self.client = client  # runtime.client.Client
         self.node = node
         self.executor = executor
@@ -369,6 +373,7 @@ class NodeAgent:
         self.grace_s = grace_s
         self.log_prefix = log_prefix
         self.register_first = register_first
+        self.poll_s = poll_s  # simulated pods poll less often: 48 nodes share the host's cores
         self.runs: dict[str, JobRun] = {}
         self._assignments: queue.Queue = queue.Queue()
         self._broken = threading.Event()
@@ -393,10 +398,14 @@ class NodeAgent:
                 self.connected.clear()
                 self._close_stream()
                 stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
         self._close_stream()
-        for run in list(self.runs.values()):
-            self._stop_run(run)  # the agent is going away: its tasks go with it
+        # the agent is going away: its tasks go with it (all jobs in parallel: one grace period)
+        stoppers = [threading.Thread(target=self._stop_run, args=(run,), daemon=True) for run in self.runs.values()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(timeout=self.grace_s + 5)
 
     def _connect(self, first: bool) -> None:
         from xpod.proto.xpod.v1 import node_service_pb2
@@ -418,6 +427,8 @@ class NodeAgent:
         threading.Thread(target=self._watch, args=(call,), name=f"xpod-watch-{self.node.name}", daemon=True).start()
         for run in self.runs.values():
             run.reported = None  # the server may have lost what we said: say it again
+        if self.sessions:
+            _log(self.log_prefix, f"{self.node.name}: reconnected to the scheduler; re-reporting {len(self.runs)} job(s)")
         self.sessions += 1
         self.connected.set()
 
@@ -483,7 +494,7 @@ class NodeAgent:
             if time.monotonic() >= next_beat:
                 interval = self._heartbeat()
                 next_beat = time.monotonic() + min(self.heartbeat_interval_s, interval or self.heartbeat_interval_s)
-            stop.wait(POLL_S)
+            stop.wait(self.poll_s)
 
     def _drain(self) -> None:
         while True:
@@ -556,10 +567,17 @@ class NodeAgent:
             run.reported = state
 
     def _stop_run(self, run: JobRun) -> None:
-        for t, handle in run.tasks.items():
-            if t in run.exits:
-                continue
-            handle.terminate(self.grace_s)
+        """End every task of ``run`` still running: SIGTERM to all their process groups at once,
+        SIGKILL to what is left after one grace period (not one grace per task)."""
+        from xpod.runtime.launch import LaunchedGroup
+
+        live = {t: h for t, h in run.tasks.items() if t not in run.exits}
+        procs = [p for h in live.values() if isinstance(h, ProcessTask) for p in h.group.procs]
+        if procs:
+            LaunchedGroup(procs).terminate(grace_s=self.grace_s)
+        for t, handle in live.items():
+            if not isinstance(handle, ProcessTask):
+                handle.terminate(self.grace_s)
             code = handle.poll()
             run.exits[t] = code if code is not None else -1
             close = getattr(handle, "close", None)

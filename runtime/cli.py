@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "xpod.runtime.cli_service",
     "xpod.runtime.cli_metrics",
     "xpod.runtime.cli_moe",
+    "xpod.runtime.cli_agent",
 ]
 
 

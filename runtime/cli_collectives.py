@@ -47,9 +47,9 @@ def register(commands) -> None:
     b.add_argument("--min-bytes", type=_size, required=True, help="smallest size in bytes (suffixes K, M, G allowed)")
     b.add_argument("--max-bytes", type=_size, required=True, help="largest size in bytes (suffixes K, M, G allowed)")
     b.add_argument("--dtype", default="float32", choices=DTYPES)
-    b.add_argument("--iters", type=int, default=20, help="timed iterations per round (default 20)")
+    b.add_argument("--iters", type=int, default=20, help="timed calls per round (default 20)")
     b.add_argument("--warmup", type=int, default=5, help="untimed iterations per size (default 5)")
-    b.add_argument("--rounds", type=int, default=3, help="alternating xpod/baseline rounds; the best counts (default 3)")
+    b.add_argument("--rounds", type=int, default=3, help="rounds of --iters calls; time = median of all calls (default 3)")
     b.add_argument("--baseline", action="store_true", help="also time bare torch.distributed and print the ratio")
     b.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
     b.add_argument("--backend", default="cpu")
@@ -199,7 +199,7 @@ def _print_table(args, result: dict) -> None:
     rows = result["rows"]
     n = result["ranks"]
     print(f"# xpod collectives: op {args.op}, {n} ranks, backend {args.backend}, dtype {args.dtype}, "
-          f"iters {args.iters} x best of {args.rounds} rounds, warmup {args.warmup}")
+          f"median of {args.iters} x {args.rounds} calls (interleaved with the baseline), warmup {args.warmup}")
     print(f"# shared-memory all_reduce: {result['shm']}")
     cal = result.get("calibration")
     if cal:

@@ -42,13 +42,14 @@ def _backends(args):
 
         sim = SimBackend.from_spec(args.sim_devices)  # before probing: a bad spec fails fast
         return [*available_backends(include_simulated=False), sim]
-    backends = available_backends(include_simulated=args.simulated)
-    if args.simulated and not any(b.simulated for b in backends):
+    if args.simulated:
         from xpod.hal.registry import probe_all
 
+        # The sim probe only reads XPOD_SIM_DEVICES: ask it first, before the slow vendor probes.
         (status,) = probe_all(["sim"])
-        raise XpodError(f"exporter --simulated: the sim backend is unavailable: {status.reason}")
-    return backends
+        if status.backend is None:
+            raise XpodError(f"exporter --simulated: the sim backend is unavailable: {status.reason}")
+    return available_backends(include_simulated=args.simulated)
 
 
 def cmd_exporter(args) -> int:
@@ -72,11 +73,11 @@ def cmd_exporter(args) -> int:
     names = ", ".join(s.backend.name for s in collector.sources) or "none"
     # The agent and tests read this line for the bound port (port 0 picks one).
     print(f"xpod exporter: {devices} devices ({names}) on {server.url}", flush=True)
+    import signal
     import threading
 
+    # SIGTERM (systemd, the agent, tests) is a normal stop: close the socket and exit 0.
     stop = threading.Event()
-    import signal
-
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()

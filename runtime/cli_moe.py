@@ -119,8 +119,6 @@ def _write_json(path: str, doc: dict) -> None:
 
 
 def cmd_place(args) -> int:
-    import numpy as np
-
     from xpod.runtime.moe.io import load_placement, load_workload
     from xpod.runtime.moe.placement import PodShape, place
 

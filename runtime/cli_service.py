@@ -31,6 +31,10 @@ def register(commands) -> None:
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     s.add_argument("--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)")
+    s.add_argument(
+        "--core-process", action="store_true",
+        help="run the scheduler core in a child process, so its cycles do not slow the API down",
+    )
     s.set_defaults(func=cmd_server)
 
     def client_flags(p, json_flag: bool = True):
@@ -134,15 +138,18 @@ def cmd_server(args) -> int:
     from xpod.scheduler.service_metrics import ServiceMetrics
     from xpod.scheduler.store import StoreError
 
-    cluster_name, nodes, placer = "xpod", [], None
+    cluster_name, nodes, cluster = "xpod", [], None
     if args.cluster:
         from xpod.hal.cluster import load_cluster
 
         cluster = load_cluster(args.cluster)
         cluster_name, nodes = cluster.name, cluster_inventory(cluster)
-        placer = CorePlacer(cluster)
+    if args.core_process:
+        from xpod.scheduler.core_process import ProcessPlacer
+
+        placer = ProcessPlacer(args.cluster, cluster)
     else:
-        placer = CorePlacer(None)
+        placer = CorePlacer(cluster)
     try:
         api = SchedulerApi(args.db, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval)
     except StoreError:

@@ -1,9 +1,9 @@
 """The per-rank side of ``xpod bench collectives`` (run by the launcher, one process per rank).
 
 For each size it times xpod's op and, with ``--baseline``, the bare torch.distributed call on the
-same buffers, alternating in rounds so both see the same machine load. A size's time is the best
-round's mean over ``--iters`` iterations, and the largest over ranks (a collective is as slow as
-its slowest rank). A correctness pass with known inputs counts wrong elements (``#wrong``).
+same buffers, call by call and interleaved so both see the same machine load. A size's time is
+the median over ``--iters`` x ``--rounds`` calls, each started after a barrier, and the largest
+over ranks (a collective is as slow as its slowest rank). A correctness pass with known inputs counts wrong elements (``#wrong``).
 Rank 0 writes the rows as JSON to ``--out``.
 
 Size convention (nccl-tests, doc/PERFORMANCE.md): the buffer for all_reduce and broadcast, the
@@ -86,12 +86,11 @@ def main(argv=None) -> int:
             xpod_fn()
             if a.baseline:
                 base_fn()
-        best_x = best_b = float("inf")
-        for _ in range(a.rounds):
-            best_x = min(best_x, _time(comm, xpod_fn, a.iters))
-            if a.baseline:
-                best_b = min(best_b, _time(comm, base_fn, a.iters))
-        t = torch.tensor([best_x, best_b if a.baseline else 0.0], dtype=torch.float64, device=comm.device)
+        fns = [xpod_fn, base_fn] if a.baseline else [xpod_fn]
+        times = _time_interleaved(comm, fns, a.iters * a.rounds)
+        best_x = times[0]
+        best_b = times[1] if a.baseline else 0.0
+        t = torch.tensor([best_x, best_b], dtype=torch.float64, device=comm.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         wrong = _check(comm, op, count, dtype, algo, sym)
         wt = torch.tensor([wrong], dtype=torch.int64, device=comm.device)
@@ -122,13 +121,23 @@ def main(argv=None) -> int:
     return 0
 
 
-def _time(comm, fn, iters: int) -> float:
-    comm.barrier()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    comm.barrier()
-    return (time.perf_counter() - t0) / iters
+def _time_interleaved(comm, fns, samples: int) -> list[float]:
+    """Median seconds per call of each of ``fns``, timed call by call and interleaved (xpod,
+    bare, xpod, bare, ...), each call after a barrier. On a host shared with other work the
+    load changes from second to second; interleaving gives both the same load and the median
+    drops the calls another process interrupted."""
+    import statistics
+
+    per_fn: list[list[float]] = [[] for _ in fns]
+    for k in range(samples):
+        order = range(len(fns)) if k % 2 == 0 else reversed(range(len(fns)))  # no position bias
+        for i in order:
+            fn = fns[i]
+            comm.barrier()
+            t0 = time.perf_counter()
+            fn()
+            per_fn[i].append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in per_fn]
 
 
 def _ops(comm, dist, op, count, dtype, algo, sym=None):

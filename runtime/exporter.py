@@ -12,9 +12,11 @@ Metric names, types and base units follow research/ecosystem.md section 1.4 with
 * Device series carry hardware labels only: ``node, device, vendor, model, uuid, simulated``.
   Jobs are joined through ``xpod_device_allocation_info{node,device,job_id,queue,kind}`` (value
   1, present only while the device is allocated), fed by ``DeviceCollector.set_allocations``.
-* ``device`` is the device's index on its node, as the scheduler's bindings name it: a source's
-  HAL index plus the source's ``index_offset`` (``host_sources`` lays the backends of one host
-  out one after another, real backends first).
+* ``device`` is the device's index on its node: a source's HAL index (``DeviceInfo.index``, one
+  per package) plus the source's ``index_offset`` (``host_sources`` lays the backends of one host
+  out one after another, real backends first). Where the scheduler counts smaller units than
+  the HAL (Ascend 910C: two dies per package, ``DeviceInfo.dies``), the caller of
+  ``set_allocations`` names the package that holds the allocated die.
 * A backend that raises while being read drops only its own device series for that scrape;
   ``xpod_exporter_collector_success{node,backend}`` goes to 0 and the others are unaffected.
 """

@@ -20,7 +20,6 @@ from .policies import (
     DeviceSelector,
     GangRule,
     JobOrder,
-    NodeOrder,
     Policy,
     QueueOrder,
     SpreadPolicy,
@@ -38,7 +37,6 @@ class Placer:
         self.ctx = ctx
         self.snap = ctx.snap
         self.selectors = [p for p in pols if isinstance(p, DeviceSelector)]
-        self.node_orders = [p for p in pols if isinstance(p, NodeOrder)]
         self.gang = next((p for p in pols if isinstance(p, GangRule)), None)
         self.tier_rule = next((p for p in pols if isinstance(p, TierRule)), None)
         self.spread = any(isinstance(p, SpreadPolicy) for p in pols)
@@ -150,49 +148,48 @@ class Placer:
     def free_matching(self, st: NodeState, models: list[str]) -> int:
         return sum(self.snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
 
+    def _bucket_walk(self, model: str, need_devices: int) -> Iterator[tuple[int, str]]:
+        """(key, name) of nodes with at least ``need_devices`` whole free devices of ``model``,
+        fullest first (emptiest with spread), by name inside a count."""
+        return _lazy_walk(self.snap.buckets.get(model, {}), need_devices, self.spread)
+
     def ordered_nodes(self, job: Job, need_devices: int = 0) -> Iterator[NodeState]:
-        """Candidate nodes, preferred first. With binpack (or spread) and a whole-device request
-        this walks the free-count buckets, so it never sorts the whole cluster."""
+        """Candidate nodes, preferred first, lazily: whole-device requests walk the free-count
+        buckets (several models merged), fractional requests walk the partly-used buckets first,
+        CPU-only tasks walk a cached name order with device-less nodes first. No walk sorts
+        the whole cluster for one task."""
         snap = self.snap
         models = self.models_for(job)
         req = job.devices
-        if req is not None and not req.fractional and len(models) == 1:
-            buckets = snap.buckets.get(models[0], {})
-            counts = sorted((c for c in buckets if c >= need_devices and buckets[c]), reverse=self.spread)
-            for c in counts:
-                names = buckets[c]
-                first = min(names)
-                yield snap.nodes[first]
-                for name in sorted(names):
-                    if name != first:
-                        yield snap.nodes[name]
-            return
-        if req is not None and req.fractional and len(models) == 1:
-            # partly used devices first (sorted by what the fragmentation policy keys on), then
-            # nodes with whole free devices, fullest first
-            part = sorted(snap.partial.get(models[0], ()))
-            seen = set(part)
-            for name in part:
-                yield snap.nodes[name]
-            buckets = snap.buckets.get(models[0], {})
-            for c in sorted(c for c in buckets if c >= 1 and buckets[c]):
-                for name in sorted(buckets[c]):
-                    if name not in seen:
-                        yield snap.nodes[name]
-            return
         if req is None:
-            cands = list(snap.nodes.values())
-        else:
-            names: set[str] = set()
-            for m in models:
-                names.update(snap.free_whole.get(m, {}))
-            cands = [snap.nodes[n] for n in names]
-        if self.node_orders:
-            order = self.node_orders[0]
-            cands.sort(key=lambda st: order.node_key(job, st, self.ctx))
-        else:
-            cands.sort(key=lambda st: st.node.name)
-        yield from cands
+            for name in snap.cpu_order():
+                yield snap.nodes[name]
+            return
+        if not models:
+            return
+        if not req.fractional:
+            if len(models) == 1:
+                for _, name in self._bucket_walk(models[0], need_devices):
+                    yield snap.nodes[name]
+                return
+            seen: set[str] = set()
+            for _, name in heapq.merge(*(self._bucket_walk(m, need_devices) for m in models)):
+                if name not in seen:
+                    seen.add(name)
+                    yield snap.nodes[name]
+            return
+        # fractional: partly used devices first, best fit (the buckets of each node's largest
+        # partly-free device, from the request's size up), then nodes with whole free devices
+        seen = set()
+        walks = (_lazy_walk(snap.partial_buckets.get(m, {}), req.milli // 100, False) for m in models)
+        for _, name in heapq.merge(*walks):
+            if name not in seen:
+                seen.add(name)
+                yield snap.nodes[name]
+        for _, name in heapq.merge(*(self._bucket_walk(m, 1) for m in models)):
+            if name not in seen:
+                seen.add(name)
+                yield snap.nodes[name]
 
     # -------------------------------------------------------------------------- one job
     def min_tasks(self, job: Job) -> int:
@@ -337,6 +334,21 @@ class Placer:
         return placed
 
 
+def _lazy_walk(buckets: dict, lowest: int, descending: bool) -> Iterator[tuple[int, str]]:
+    """(key, name) over ``buckets`` (key -> set of node names) from ``lowest`` up (or from the
+    top down), names in order inside a bucket. Lazy: a bucket's first name costs a ``min``, the
+    rest of it is sorted only if the caller asks for more. The yielded keys sort ascending, so
+    several walks merge with ``heapq.merge``."""
+    for c in sorted((c for c in buckets if c >= lowest and buckets[c]), reverse=descending):
+        names = buckets[c]
+        first = min(names)
+        key = -c if descending else c
+        yield key, first
+        for name in sorted(names):
+            if name != first:
+                yield key, name
+
+
 # ------------------------------------------------------------------------------- the cycle
 
 
@@ -359,16 +371,24 @@ class CycleState:
     decisions: int = 0
     queue_max_hit: set = dataclasses.field(default_factory=set)
     requeued: list[Job] = dataclasses.field(default_factory=list)
+    _keys: dict = dataclasses.field(default_factory=dict)
 
     def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
         out: dict[str, list[Job]] = defaultdict(list)
         for jid in ids:
             job = self.pending[jid]
             out[job.queue].append(job)
-        key = (lambda j: self.job_order.job_key(j, self.ctx.now)) if self.job_order else (lambda j: (j.submit_time, j.id))
         for jobs in out.values():
-            jobs.sort(key=key)
+            jobs.sort(key=self.job_key)
         return out
+
+    def job_key(self, job: Job) -> tuple:
+        """The job's order key, computed once per cycle (the clock does not move in a cycle)."""
+        k = self._keys.get(job.id)
+        if k is None:
+            k = self.job_order.job_key(job, self.ctx.now) if self.job_order else (job.submit_time, job.id)
+            self._keys[job.id] = k
+        return k
 
 
 def _devices_of(job: Job, tasks: int) -> float:
@@ -601,8 +621,7 @@ def action_reclaim(cs: CycleState) -> None:
 
 def _preempt_like(cs: CycleState, reclaim: bool) -> None:
     cands = [cs.pending[j] for j, code in cs.failed.items() if code is ReasonCode.UNSCHEDULABLE and j in cs.pending]
-    key = (lambda j: cs.job_order.job_key(j, cs.ctx.now)) if cs.job_order else (lambda j: (j.submit_time, j.id))
-    cands.sort(key=key)
+    cands.sort(key=cs.job_key)
     for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
         if reclaim and cs.ctx.queue_usage.get(job.queue, 0.0) >= _deserved(cs, job.queue):
             continue

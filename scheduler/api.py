@@ -29,7 +29,9 @@ import bisect
 import concurrent.futures
 import dataclasses
 import enum
+import hashlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -53,7 +55,6 @@ from xpod.scheduler.store import (
     SubmitResult,
     SubmitWrite,
     UpdateResult,
-    spec_hash,
 )
 
 
@@ -184,7 +185,8 @@ class ParsedJob:
 
 class Placer(Protocol):
     """What the service needs from the scheduler core (``scheduler.core_bridge`` adapts the
-    real one). Called only under the service's placer lock, so it need not be thread-safe."""
+    real one). Called under the service's placer lock, except ``parse`` and ``never_fits``, which
+    must be safe to call at any time from any thread (submissions do not wait for a cycle)."""
 
     def parse(self, document: dict[str, Any]) -> ParsedJob:
         """Validate a job document; raise ``SpecInvalid(field, message)``."""
@@ -308,6 +310,7 @@ class SchedulerApi:
         self._task_states: dict[str, dict[str, TaskState]] = {}  # job -> node -> last report
         self._last_revision = 0
         self.cycles = 0
+        self.loop_errors = 0  # cycles that raised (the loop goes on after a pause)
         from .liveness import Liveness
 
         self.liveness = Liveness(self, node_timeout_s)  # node timeouts and the restart policy
@@ -360,6 +363,9 @@ class SchedulerApi:
             self._thread.join(timeout=10)
         with self._changed:
             self._changed.notify_all()
+        close_placer = getattr(self._placer, "close", None)
+        if close_placer is not None:
+            close_placer()
         self._store.close()
 
     @property
@@ -486,7 +492,8 @@ class SchedulerApi:
         if not isinstance(document, dict):
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", "job must be a mapping (kind, metadata, spec)", field="job")
         try:
-            canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            # the same canonical form as store.spec_hash, so the hash is computed from it once
+            canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", f"job is not plain JSON: {err}", field="job") from None
         if len(canonical) > self._limits.max_document_bytes:
@@ -497,13 +504,14 @@ class SchedulerApi:
                 field="job",
                 metadata={"bytes": str(len(canonical)), "limitBytes": str(self._limits.max_document_bytes)},
             )
-        with self._placer_lock:
-            try:
-                parsed = self._placer.parse(document)
-            except SpecInvalid as err:
-                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", str(err), field=err.field) from None
-            self._authorize(principal, Call.SUBMIT_JOB, parsed.queue)
-            never = self._placer.never_fits(parsed)
+        # parse and never_fits are safe beside a running cycle (Placer contract): no lock, so
+        # submissions are not held up by scheduling.
+        try:
+            parsed = self._placer.parse(document)
+        except SpecInvalid as err:
+            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", str(err), field=err.field) from None
+        self._authorize(principal, Call.SUBMIT_JOB, parsed.queue)
+        never = self._placer.never_fits(parsed)
         if never is not None:
             raise ApiError(
                 Code.FAILED_PRECONDITION,
@@ -516,7 +524,8 @@ class SchedulerApi:
                 raise self._shed(f"{self._inflight_submissions} submissions in flight")
             self._inflight_submissions += 1
         try:
-            write = SubmitWrite(request_id, spec_hash(document), parsed.queue, parsed.kind, parsed.name, document, self._clock())
+            digest = hashlib.sha256(canonical.encode()).hexdigest()  # == store.spec_hash(document)
+            write = SubmitWrite(request_id, digest, parsed.queue, parsed.kind, parsed.name, document, self._clock())
             fut = self._submit_write(write)
             try:
                 result: SubmitResult = self._wait(fut, timeout_s)
@@ -911,6 +920,11 @@ class SchedulerApi:
                 self.schedule_once()
             except StoreClosed:
                 return
+            except Exception as err:  # a bug or a dead core process: say so, keep serving, retry
+                self.loop_errors += 1
+                print(f"xpod server: scheduling cycle failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                self._stop.wait(1.0)
+                continue
             # A cycle holds the GIL for its whole length (pure Python over every pending job):
             # under a flood of submissions, space cycles so scheduling takes at most about a
             # quarter of the time and the API keeps answering.
@@ -933,13 +947,15 @@ class SchedulerApi:
             outcome = self._placer.cycle(self._clock())
             self.cycles += 1
             updates = self._decisions(outcome)
-            stale: list[str] = []
             futures = [self._store.submit(u, background=True) for u in updates]
-            for u, f in zip(updates, futures):
-                try:
-                    f.result()
-                except (StaleUpdate, KeyError):
-                    stale.append(u.job_id)
+        # Wait for the decisions outside the lock: cancels and agents' reports go on meanwhile.
+        stale: list[str] = []
+        for u, f in zip(updates, futures):
+            try:
+                f.result()
+            except (StaleUpdate, KeyError):
+                stale.append(u.job_id)
+        with self._placer_lock:
             for jid in stale:
                 # Cancelled (or finished) while the cycle ran: the core must let go of it.
                 with self._lock:

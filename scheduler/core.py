@@ -50,6 +50,8 @@ class Scheduler:
         self.priority_classes = {p.name: p for p in priority_classes}
         self.profile = profile or default_profile()
         self.policies = self.profile.build_policies()
+        # resolved once: isinstance against a runtime-checkable Protocol is slow per call
+        self._validators = [p for p in self.policies if isinstance(p, JobValidator)]
         self.clock = clock
         self.pending: dict[str, Job] = {}
         self._evictions: list[Eviction] = []
@@ -65,11 +67,10 @@ class Scheduler:
             raise XpodError(
                 f"job {job.id}: priority_class: unknown class {job.priority_class!r} (known: {', '.join(sorted(self.priority_classes))})"
             )
-        for p in self.policies:
-            if isinstance(p, JobValidator):
-                why = p.validate(job)
-                if why:
-                    raise XpodError(f"job {job.id}: {why}")
+        for p in self._validators:
+            why = p.validate(job)
+            if why:
+                raise XpodError(f"job {job.id}: {why}")
         job = dataclasses.replace(job, priority=pc.value, submit_time=job.submit_time or self.clock())
         old = self.pending.get(job.id) or (self.snapshot.running[job.id].job if job.id in self.snapshot.running else None)
         if old is not None:

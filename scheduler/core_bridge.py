@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from typing import Any
 
 from xpod.hal.errors import XpodError
@@ -145,10 +146,19 @@ def cluster_inventory(cluster) -> list[NodeView]:
 
 
 class CorePlacer:
-    """``api.Placer`` over ``core.Scheduler``. Not thread-safe (the API serialises calls)."""
+    """``api.Placer`` over ``core.Scheduler``. The API serialises every call but ``parse`` and
+    ``never_fits``, which may run at the same time as the others (they use a shadow facade)."""
 
     def __init__(self, cluster=None, scheduler: Scheduler | None = None) -> None:
         self.scheduler = scheduler or Scheduler(queues=(Queue("default"),))
+        # Admission (parse, never_fits) runs on a shadow facade that has the same inventory but
+        # no jobs, under its own lock: submissions are checked while a cycle runs on the live one.
+        self._shadow = Scheduler(
+            queues=tuple(self.scheduler.queues.values()),
+            priority_classes=tuple(self.scheduler.priority_classes.values()),
+            profile=self.scheduler.profile,
+        )
+        self._admission = threading.Lock()
         self._cluster_nodes: dict[str, Node] = {}
         if cluster is not None:
             from .from_cluster import nodes_from_cluster
@@ -165,27 +175,29 @@ class CorePlacer:
     # parsing and admission
 
     def parse(self, document: dict[str, Any]) -> ParsedJob:
+        """Thread-safe with respect to the other methods (uses the shadow facade)."""
         kind, name, _, job = parse_document(document)
-        sched = self.scheduler
-        if job.queue not in sched.queues:
-            sched.queues[job.queue] = Queue(job.queue)
-        # The facade's own checks (priority class, the policies' validators such as the Ascend
-        # rules): submit under a throw-away id and take it back at once.
-        if job not in self._validated:
-            try:
-                sched.submit(dataclasses.replace(job, submit_time=1.0))
-            except XpodError as err:
-                raise _field_error(err) from None
-            finally:
-                sched.pending.pop(_VALIDATION_ID, None)
-            if len(self._validated) > 10_000:
-                self._validated.clear()
-            self._validated[job] = None
+        with self._admission:
+            sched = self._shadow
+            if job.queue not in sched.queues:
+                sched.queues[job.queue] = Queue(job.queue)
+            # The facade's own checks (priority class, the policies' validators such as the
+            # Ascend rules): submit under a throw-away id and take it back at once.
+            if job not in self._validated:
+                try:
+                    sched.submit(dataclasses.replace(job, submit_time=1.0))
+                except XpodError as err:
+                    raise _field_error(err) from None
+                finally:
+                    sched.pending.pop(_VALIDATION_ID, None)
+                if len(self._validated) > 10_000:
+                    self._validated.clear()
+                self._validated[job] = None
         return ParsedJob(kind=kind, name=name, queue=job.queue, core=job)
 
     def _fit(self) -> act.CycleState:
         if self._fit_state is None:
-            sched = self.scheduler
+            sched = self._shadow
             ctx = CycleContext(
                 snap=sched.snapshot,
                 now=0.0,
@@ -204,11 +216,12 @@ class CorePlacer:
         job: Job = parsed.core
         if job.devices is None:
             return None
-        if job not in self._never_fits:
-            if len(self._never_fits) > 10_000:
-                self._never_fits.clear()
-            self._never_fits[job] = self._check_fit(job)
-        return self._never_fits[job]
+        with self._admission:
+            if job not in self._never_fits:
+                if len(self._never_fits) > 10_000:
+                    self._never_fits.clear()
+                self._never_fits[job] = self._check_fit(job)
+            return self._never_fits[job]
 
     def _check_fit(self, job: Job) -> PendingReasonRecord | None:
         req = job.devices
@@ -241,25 +254,31 @@ class CorePlacer:
         core = self._cluster_nodes.get(node.name)
         if core is None or len(core.devices) != len(node.devices):
             core = node_from_view(node)
+        unhealthy = [d.index for d in node.devices if d.health in ("alarm", "critical")]
         self.scheduler.add_node(core)
-        for d in node.devices:
-            if d.health in ("alarm", "critical"):
-                self.scheduler.set_device_health(node.name, d.index, DeviceHealth.UNHEALTHY)
-        self._fit_state = None
-        self._never_fits.clear()
+        for i in unhealthy:
+            self.scheduler.set_device_health(node.name, i, DeviceHealth.UNHEALTHY)
+        with self._admission:
+            self._shadow.add_node(core)
+            for i in unhealthy:
+                self._shadow.set_device_health(node.name, i, DeviceHealth.UNHEALTHY)
+            self._inventory_changed()
 
     def remove_node(self, name: str) -> None:
-        if name not in self.scheduler.snapshot.nodes:
-            return  # already out of placement (a NotReady node, see scheduler.liveness)
         self.scheduler.remove_node(name)
-        self._fit_state = None
-        self._never_fits.clear()
+        with self._admission:
+            self._shadow.remove_node(name)
+            self._inventory_changed()
 
     def set_device_health(self, node: str, index: int, health: str) -> None:
         healthy = health not in ("alarm", "critical")  # xpod.hal.Health.schedulable
-        if node not in self.scheduler.snapshot.nodes:
-            return  # NotReady: its health is applied when it is added back
-        self.scheduler.set_device_health(node, index, DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY)
+        state = DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY
+        self.scheduler.set_device_health(node, index, state)
+        with self._admission:
+            self._shadow.set_device_health(node, index, state)
+            self._inventory_changed()
+
+    def _inventory_changed(self) -> None:
         self._fit_state = None
         self._never_fits.clear()
 

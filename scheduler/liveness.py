@@ -98,6 +98,8 @@ class Liveness:
 
     def start(self) -> None:
         if self._thread is None:
+            # agents can reach the server only once it serves: count their grace from here
+            self._started_s = self.api._clock()
             self._thread = threading.Thread(target=self._loop, name="xpod-liveness", daemon=True)
             self._thread.start()
 

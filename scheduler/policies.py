@@ -10,7 +10,9 @@ Extension points:
   ``JobOrder.job_key(job, now) -> tuple``                  order inside a queue (smaller first)
   ``QueueOrder.queue_key(queue, ctx) -> float``            order across queues (smaller first)
   ``DeviceSelector.select(job, state, mask, k) -> idx``    devices for one task on one node
-  ``NodeOrder.node_key(job, state, ctx) -> tuple``          node preference (smaller first)
+  ``NodeOrder.node_key(job, state, ctx) -> tuple``          node preference (smaller first); the
+                                                            placer's bucket walk yields exactly this
+                                                            order without sorting the cluster
   ``GangRule.min_tasks(job) -> int``                        tasks that must be placed together
   ``TierRule.tiers(job) -> tuple[Within, ...]``             topology tiers to try, tightest first
 """
@@ -21,7 +23,7 @@ import dataclasses
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from . import ascend
-from .model import MILLI, Job, JobKind, Within
+from .model import MILLI, Job, Within
 from .snapshot import NodeState, Snapshot
 
 

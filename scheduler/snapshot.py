@@ -53,8 +53,13 @@ class Snapshot:
         self.buckets: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         # free_total[model] = sum of free_whole[model] (fail-fast checks for big gangs)
         self.free_total: dict[str, int] = defaultdict(int)
-        # partial[model] = nodes with a healthy device of the model partly used (fractional)
+        # partial[model] = nodes with a healthy device of the model partly used (fractional);
+        # partial_buckets[model][b] = those whose largest partly-free device has b*100 to
+        # b*100+99 milli free (best-fit walks for fractional requests without a node scan)
         self.partial: dict[str, set[str]] = defaultdict(set)
+        self.partial_buckets: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._partial_bucket_of: dict[tuple[str, str], int] = {}
+        self._cpu_order: list[str] | None = None
         # one device per model, for capability matching (memory, TFLOPS) without a node scan
         self.model_example: dict[str, object] = {}
         # device totals per model (healthy), for "can never fit" checks
@@ -67,6 +72,7 @@ class Snapshot:
         if node.name in self.nodes:
             raise ValueError(f"node {node.name!r} already in the snapshot")
         devs = node.devices
+        self._cpu_order = None
         self.nodes[node.name] = NodeState(
             node=node,
             cpu_left=node.cpu_milli,
@@ -85,12 +91,16 @@ class Snapshot:
         for jid in hit:
             self.release(jid)
         st = self.nodes.pop(name)
+        self._cpu_order = None
         for d in st.node.devices:
             old = self.free_whole[d.model].pop(name, None)
             if old is not None:
                 self.buckets[d.model][old].discard(name)
                 self.free_total[d.model] -= old
             self.partial[d.model].discard(name)
+            b = self._partial_bucket_of.pop((d.model, name), None)
+            if b is not None:
+                self.partial_buckets[d.model][b].discard(name)
         self._recount_totals()
         return hit
 
@@ -121,17 +131,23 @@ class Snapshot:
     def _reindex(self, name: str) -> None:
         st = self.nodes[name]
         counts: dict[str, int] = {}
-        partial: dict[str, bool] = {}
+        partial: dict[str, int] = {}  # model -> largest free milli on a partly used device, -1 none
         for d, free, ok in zip(st.node.devices, st.free_milli, st.healthy):
             counts.setdefault(d.model, 0)
-            partial.setdefault(d.model, False)
+            partial.setdefault(d.model, -1)
             if ok and free == MILLI:
                 counts[d.model] += 1
-            elif ok and 0 < free < MILLI:
-                partial[d.model] = True
-        for model, part in partial.items():
-            if part:
+            elif ok and 0 < free < MILLI and free > partial[d.model]:
+                partial[d.model] = free
+        for model, best in partial.items():
+            old_b = self._partial_bucket_of.pop((model, name), None)
+            if old_b is not None:
+                self.partial_buckets[model][old_b].discard(name)
+            if best > 0:
                 self.partial[model].add(name)
+                b = best // 100
+                self.partial_buckets[model][b].add(name)
+                self._partial_bucket_of[(model, name)] = b
             else:
                 self.partial[model].discard(name)
         for d in st.node.devices:
@@ -159,6 +175,13 @@ class Snapshot:
         if sign > 0 and (st.cpu_left < 0 or st.memory_left < 0):
             raise AssertionError(f"over-allocation of {b.node} cpu/memory by {b.job_id}")
         self._reindex(b.node)
+
+    def cpu_order(self) -> list[str]:
+        """Node names for CPU-only tasks: nodes without accelerators first (a CPU task there
+        strands no device), then by name. Cached until nodes are added or removed."""
+        if self._cpu_order is None:
+            self._cpu_order = sorted(self.nodes, key=lambda n: (bool(self.nodes[n].node.devices), n))
+        return self._cpu_order
 
     def can_apply(self, bindings) -> bool:
         """Whether these bindings (together) fit in what is free now."""

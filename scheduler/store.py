@@ -31,7 +31,6 @@ import json
 import collections
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Sequence
 
 from xpod.hal.errors import XpodError
@@ -483,7 +482,12 @@ class Store:
             return
         self._next_seq = txn.next_seq
         self._next_revision = txn.next_revision
-        self._current.update(txn.jobs)
+        for job_id, job in txn.jobs.items():
+            if job.state.terminal:  # never written again: read back from disk if ever needed
+                self._current.pop(job_id, None)
+                self._spec_json.pop(job_id, None)
+            else:
+                self._current[job_id] = job
         self._by_request.update(txn.by_request)
         self.batches_committed += 1
         self.writes_committed += len(batch)

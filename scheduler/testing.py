@@ -10,8 +10,6 @@ package's memory and BF16), enough for tests; real clusters come from descriptor
 
 from __future__ import annotations
 
-import dataclasses
-
 from .model import MILLI, Device, DeviceRequest, Job, JobKind, Node, Within
 
 GiB = 2**30
@@ -144,4 +142,4 @@ def placements(result_or_bindings) -> dict[str, list[tuple[str, tuple[int, ...]]
     return out
 
 
-__all__ = ["node", "job", "placements", "NodeBuilder", "JobBuilder", "MODEL_FACTS", "dataclasses"]
+__all__ = ["node", "job", "placements", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]

@@ -39,8 +39,17 @@ from .cost import CostModel
 from .env import LaunchEnv
 from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
 
+def _default_timeout_s() -> float:
+    raw = os.environ.get("XPOD_COLLECTIVE_TIMEOUT_S", "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise XpodError(f"XPOD_COLLECTIVE_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    return value
+
+
 #: default bound on any one collective (and on the rendezvous), seconds
-DEFAULT_TIMEOUT_S = float(os.environ.get("XPOD_COLLECTIVE_TIMEOUT_S", "120"))
+DEFAULT_TIMEOUT_S = 120.0
 
 
 def _error(op: str, rank: int, world: int, err: BaseException) -> CollectiveError:
@@ -111,12 +120,13 @@ class Communicator:
     """One rank's communicator. See the module docstring for the contracts."""
 
     def __init__(self, env: LaunchEnv, backend: Backend | None = None, tiers: Sequence[TierSpec] | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, shm: bool | None = None) -> None:
+                 timeout_s: float | None = None, shm: bool | None = None) -> None:
         """Join the job's process group.
 
         ``backend`` defaults to the registered backend named by ``env.backend``. ``tiers``
         (closest first) enables the hierarchical algorithms and the cost model; without it the
-        ranks form one tier. ``shm``: None (default) enables the shared-memory all_reduce when
+        ranks form one tier. ``timeout_s`` bounds every collective and the rendezvous (default
+        ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s). ``shm``: None (default) enables the shared-memory all_reduce when
         every rank is a CPU rank of this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """
         import torch
@@ -131,9 +141,11 @@ class Communicator:
         self.backend = backend
         self.rank = env.rank
         self.world_size = env.world_size
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
         if self.timeout_s <= 0:
             raise XpodError(f"collective timeout must be > 0 s, got {timeout_s}")
+        # Checked before joining: a bad descriptor must not leave a half-made process group.
+        self.tiers: tuple[TierSpec, ...] = validate_tiers(tiers, self.world_size) if tiers else ()
         if backend.device_type == "cpu":
             self.device = torch.device("cpu")
         else:
@@ -173,7 +185,6 @@ class Communicator:
         self._all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self._reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
-        self.tiers: tuple[TierSpec, ...] = validate_tiers(tiers, self.world_size) if tiers else ()
         self.cost_model = CostModel.from_tiers(self.tiers, self.world_size)
         self._inner_pg = self._cross_pg = None
         self._inner_ranks: tuple[int, ...] = ()
@@ -214,21 +225,25 @@ class Communicator:
     def _setup_shm(self, want: bool | None) -> str:
         from . import shm as shm_mod
 
-        if want is False:
-            return "disabled by the caller"
-        reason = None
         if self.world_size < 2:
             reason = "one rank needs no all_reduce"
         elif self.backend.device_type != "cpu":
             reason = f"tensors live on {self.backend.device_type}, not in host memory"
-        elif want is None and os.environ.get("XPOD_SHM", "1") == "0":
-            reason = "XPOD_SHM=0"
         else:
-            reason = shm_mod.supported()
-        if reason is None:
-            # Decided together: every rank must agree, or the collective sequences diverge.
-            hosts = self._exchange((socket.gethostname(), _boot_id()))
-            if len(set(hosts)) != 1:
+            # Decided together: every rank must agree, or the collective sequences diverge, so
+            # each rank's own objection (caller, XPOD_SHM, platform) goes through the exchange.
+            if want is False:
+                local = "disabled by the caller"
+            elif want is None and os.environ.get("XPOD_SHM", "1") == "0":
+                local = "XPOD_SHM=0"
+            else:
+                local = shm_mod.supported()
+            views = self._exchange((socket.gethostname(), _boot_id(), local))
+            objections = [(r, v[2]) for r, v in enumerate(views) if v[2]]
+            if objections:
+                r, why = objections[0]
+                reason = why if r == self.rank or why == local else f"rank {r}: {why}"
+            elif len({v[:2] for v in views}) != 1:
                 reason = "the ranks are on several hosts"
             else:
                 self._shm = shm_mod.ShmAllReduce.create(self.rank, self.world_size, self._exchange, self.timeout_s)

@@ -19,8 +19,10 @@ def load_workload(path: str, workload: str) -> np.ndarray:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise XpodError(f"{path}: no such file; pass --loads with an .npz of [layers, experts] arrays") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise XpodError(f"{path}: not a readable .npz file ({' '.join(str(err).split())[:120]})") from None
+    except (OSError, zipfile.BadZipFile) as err:
+        raise XpodError(f"{path}: cannot read: {' '.join(str(err).split())[:120]}") from None
+    except ValueError:
+        raise XpodError(f"{path}: not an .npz archive of numeric arrays; pass np.savez output of [layers, experts] loads") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise XpodError(f"{path}: expected an .npz archive of named arrays, got a single array")
     names = [n.strip() for n in workload.split(",") if n.strip()]

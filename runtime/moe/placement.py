@@ -107,13 +107,19 @@ class PodShape:
         return np.arange(self.num_nodes) * self.num_super_nodes // self.num_nodes
 
     @classmethod
-    def from_topology(cls, topology, slots_per_device: int) -> "PodShape":
-        """Adapter for ``xpod.hal.topology`` objects: anything with ``devices``/``nodes``
-        sequences (and optionally ``super_nodes``)."""
-        devices = len(getattr(topology, "devices"))
-        nodes = len(getattr(topology, "nodes"))
-        super_nodes = len(getattr(topology, "super_nodes", ()) or ()) or 1
-        return cls(devices, nodes, slots_per_device, super_nodes)
+    def from_topology(cls, topology, slots_per_device: int, num_super_nodes: int = 1) -> "PodShape":
+        """Adapter for ``xpod.hal.topology.Topology``: every device of the cluster is one
+        expert-parallel rank, in the topology's device order (node by node). Nodes must hold
+        the same number of devices, as ranks are laid out in equal contiguous blocks."""
+        per_node = [len(topology.devices_of_node(n)) for n in topology.nodes()]
+        per_node = [c for c in per_node if c]
+        if not per_node:
+            raise XpodError("topology: no devices to place experts on")
+        if len(set(per_node)) > 1:
+            raise XpodError(
+                f"topology: nodes hold {sorted(set(per_node))} devices; expert placement needs the same count on every node"
+            )
+        return cls(sum(per_node), len(per_node), slots_per_device, num_super_nodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,7 +607,9 @@ def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, loc
         item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes if pin else None,
         experts // num_groups, locality, soft_homes=None if pin else homes,
     )
-    item_device[failed] = 0  # rows discarded by the caller
+    # Rows where pinning made packing infeasible are written as garbage (all on device 0) and
+    # discarded by the caller, which keeps the balance-only plan for those layers.
+    item_device[failed] = 0
     phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
     if refine_steps:
         pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if pin else None
@@ -695,7 +703,17 @@ def place(
         # Per-layer budgets pay off where few slots per device leave replication coarse
         # (bench/moe_vs_eplb.py: EP144 and EP320); with more slots they only cost time.
         policy = Policy.BUDGET if shape.slots_per_device <= 2 and total > experts else Policy.BALANCED
-    if policy is Policy.BUDGET:
+    if previous is not None and previous.phy2log.shape[0] != layers:
+        raise XpodError(f"previous placement: {previous.phy2log.shape[0]} layers, the loads have {layers}")
+    if policy is Policy.BUDGET and previous is not None and previous.phy2log.shape[1] != total:
+        # Incremental with per-layer budgets: keep the previous plan's layout (which device has
+        # how many slots in which layer), so weights move only where experts change.
+        slot_device = np.asarray(previous.slot_device)
+        if slot_device.max() + 1 != shape.num_devices:
+            raise XpodError(f"previous placement: made for {slot_device.max() + 1} devices, not {shape.num_devices}")
+        capacity = np.stack([(previous.phy2log[:, slot_device == d] >= 0).sum(axis=1) for d in range(shape.num_devices)], axis=1)
+        budgets = capacity.sum(axis=1)
+    elif policy is Policy.BUDGET:
         budgets = layer_budgets(w, total * layers, shape.num_devices, cap=shape.num_devices)
         capacity, slot_device = _layout_budget(shape, budgets)
     else:
@@ -724,7 +742,9 @@ def place(
     # The balance-only plan still breaks ties between equally loaded devices towards nodes that
     # already hold the group (free locality: with one slot per device every choice is a tie).
     phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False)
-    if locality and shape.num_nodes > 1:
+    # With <= 2 slots per device the pinned plan has no room to rebalance (measured: it only
+    # costs balance there), so the tie-broken balance plan is the whole answer.
+    if locality and shape.num_nodes > 1 and shape.slots_per_device > 2:
         # A plan that keeps each group's first replicas on one or two nodes; per layer it is
         # taken where it costs at most ``balance_tolerance`` of that layer's max device load.
         local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps, pin=True)

@@ -16,9 +16,8 @@ def _slot_loads(w: np.ndarray, phy2log: np.ndarray) -> tuple[np.ndarray, np.ndar
     layers, experts = w.shape
     valid = phy2log >= 0
     pe = np.where(valid, phy2log, 0)
-    counts = np.zeros((layers, experts), dtype=np.int64)
     rows = np.broadcast_to(np.arange(layers)[:, None], phy2log.shape)
-    np.add.at(counts, (rows[valid], pe[valid]), 1)
+    counts = np.bincount((rows * experts + pe)[valid], minlength=layers * experts).reshape(layers, experts)
     per = w / np.maximum(counts, 1)
     return np.where(valid, np.take_along_axis(per, pe, axis=1), 0.0), counts
 
@@ -72,8 +71,8 @@ def swap_refine(
         L = len(act)
         rws = np.arange(L)
         sl, _ = _slot_loads(Wt, P)
-        dl = np.zeros((L, num_devices))
-        np.add.at(dl, (slice(None), slot_device), sl)
+        dl = np.bincount((np.arange(L)[:, None] * num_devices + slot_device[None, :]).ravel(), weights=sl.ravel(),
+                         minlength=L * num_devices).reshape(L, num_devices)
         hot = dl.argmax(axis=1)
         light = np.argsort(dl, axis=1)[:, :candidates]
         same = device_node[None, :] == device_node[hot][:, None]

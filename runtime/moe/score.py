@@ -47,11 +47,8 @@ def device_loads(
     share = even_shares(phy2log, num_experts) if slot_share is None else np.asarray(slot_share, dtype=np.float64)
     valid = phy2log >= 0
     slot_load = np.where(valid, np.take_along_axis(loads, np.where(valid, phy2log, 0), axis=1), 0.0) * share
-    out = np.zeros((layers, num_devices), dtype=np.float64)
-    for_dev = np.broadcast_to(np.asarray(slot_device)[None, :], phy2log.shape)
-    rows = np.broadcast_to(np.arange(layers)[:, None], phy2log.shape)
-    np.add.at(out, (rows, for_dev), slot_load)
-    return out
+    idx = np.arange(layers)[:, None] * num_devices + np.asarray(slot_device)[None, :]
+    return np.bincount(idx.ravel(), weights=slot_load.ravel(), minlength=layers * num_devices).reshape(layers, num_devices)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,6 @@ import csv
 import gzip
 import dataclasses
 import enum
-import math
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
@@ -355,25 +354,6 @@ class Policy:
 
     def node_changed(self, i: int) -> None:
         """Called after node ``i`` changed (policies with per-node caches refresh them)."""
-
-    # helpers -------------------------------------------------------------------------------
-    def _candidates(self, shape: PodShape, idx: np.ndarray):
-        """New (cpu, gpu) states of nodes ``idx`` after placing the pod: for fractional pods
-        one variant per GPU -> (D, G) valid mask and (D, G, G) states; else (D,) and (D, G)."""
-        s = self.state
-        cpu_after = s.cpu_left[idx] - shape.cpu_milli
-        left = s.gpu_left[idx]
-        if shape.fractional:
-            g = left.shape[1]
-            valid = left >= shape.gpu_milli  # (D, G)
-            after = np.repeat(left[:, None, :], g, axis=1)  # (D, G variant, G)
-            after[:, np.arange(g), np.arange(g)] -= shape.gpu_milli
-            return cpu_after, valid, after
-        if shape.num_gpu > 0:
-            after = left - _take_whole(left, shape.gpu_milli, shape.num_gpu) * shape.gpu_milli
-        else:
-            after = left
-        return cpu_after, None, after
 
 
 class RandomPolicy(Policy):
@@ -763,8 +743,3 @@ def load_published(path: str) -> dict[tuple[str, str], dict[str, float]]:
             pol = r["policy"].split("-", 1)[-1].lower()
             out[(r["workload"], pol)] = {k: float(v) for k, v in r.items() if k not in ("workload", "policy")}
     return out
-
-
-def curve_point(result: ReplayResult, arrived_pct: float) -> float:
-    i = int(math.floor(arrived_pct))
-    return result.alloc_curve_pct[min(i, len(result.alloc_curve_pct) - 1)]

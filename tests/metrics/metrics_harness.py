@@ -21,6 +21,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from xpod.hal.backend import Backend
+from xpod.hal.device import DeviceInfo, Health, MetricsSample
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEPLOY = os.path.join(REPO, "deploy")
@@ -175,3 +178,47 @@ def prometheus(config: dict, workdir: str, timeout_s: float = 60.0):
         yield Prometheus(base)
     finally:
         _stop(proc)
+
+
+class FullBackend(Backend):
+    """A backend that reports every gauge, so each family's shape and lint can be checked."""
+
+    name = "cuda"
+
+    def __init__(self, n: int = 2, fail: bool = False) -> None:
+        self.n = n
+        self.fail = fail
+
+    def devices(self) -> list[DeviceInfo]:
+        if self.fail:
+            raise RuntimeError("nvidia-smi hung")
+        return [
+            DeviceInfo(
+                vendor="cuda",
+                model="nvidia-h100-sxm",
+                index=i,
+                physical_index=i,
+                uuid=f"GPU-{i}",
+                memory_total_bytes=80 * 2**30,
+                memory_used_bytes=i * 2**30,
+                health=Health.OK,
+                pci_bus_id=f"0000:{i + 1:02x}:00.0",
+                name="NVIDIA H100 80GB HBM3",
+            )
+            for i in range(self.n)
+        ]
+
+    def metrics(self) -> list[MetricsSample]:
+        return [
+            MetricsSample(
+                index=i,
+                memory_used_bytes=i * 2**30,
+                memory_total_bytes=80 * 2**30,
+                utilization_ratio=0.25 * (i + 1),
+                temperature_celsius=40.0 + i,
+                power_watts=300.0 + i,
+                health=Health.CRITICAL if i == 1 else Health.OK,
+                ecc_errors_total=7 * i,
+            )
+            for i in range(self.n)
+        ]

@@ -11,56 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from xpod.backends.cpu import CpuBackend
 from xpod.backends.sim import SimBackend
-from xpod.hal.backend import Backend
-from xpod.hal.device import DeviceInfo, Health, MetricsSample
+from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 from xpod.runtime import exporter as ex
 
 import metrics_harness as mh
-
-
-class FullBackend(Backend):
-    """A backend that reports every gauge, so each family's shape and lint can be checked."""
-
-    name = "cuda"
-
-    def __init__(self, n: int = 2, fail: bool = False) -> None:
-        self.n = n
-        self.fail = fail
-
-    def devices(self) -> list[DeviceInfo]:
-        if self.fail:
-            raise RuntimeError("nvidia-smi hung")
-        return [
-            DeviceInfo(
-                vendor="cuda",
-                model="nvidia-h100-sxm",
-                index=i,
-                physical_index=i,
-                uuid=f"GPU-{i}",
-                memory_total_bytes=80 * 2**30,
-                memory_used_bytes=i * 2**30,
-                health=Health.OK,
-                pci_bus_id=f"0000:{i + 1:02x}:00.0",
-                name="NVIDIA H100 80GB HBM3",
-            )
-            for i in range(self.n)
-        ]
-
-    def metrics(self) -> list[MetricsSample]:
-        return [
-            MetricsSample(
-                index=i,
-                memory_used_bytes=i * 2**30,
-                memory_total_bytes=80 * 2**30,
-                utilization_ratio=0.25 * (i + 1),
-                temperature_celsius=40.0 + i,
-                power_watts=300.0 + i,
-                health=Health.CRITICAL if i == 1 else Health.OK,
-                ecc_errors_total=7 * i,
-            )
-            for i in range(self.n)
-        ]
+from metrics_harness import FullBackend
 
 
 def scrape(collector: ex.DeviceCollector) -> dict[str, list]:
@@ -211,16 +167,24 @@ def test_promtool_finds_nothing_in_every_family():
 
 
 def test_promtool_finds_nothing_on_a_live_exporter_scrape():
-    """A running `xpod exporter` (cpu + 8 simulated 910C) scraped over HTTP, then linted."""
-    with mh.exporter("ascend-910c:8") as url:
+    """A running `xpod exporter --simulated` (cpu + 8 simulated 910C from XPOD_SIM_DEVICES)
+    scraped over HTTP, linted, then stopped with SIGTERM (exit 0)."""
+    import signal
+
+    argv = [mh.XPOD, "exporter", "--listen", "127.0.0.1:0", "--simulated", "--node", "lab-1"]
+    with mh.running(argv, "xpod exporter:", env={"XPOD_SIM_DEVICES": "ascend-910c:8"}) as (proc, line, _):
+        url = line.rsplit(" on ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:") and "(cpu, sim)" in line, line
         code, body = mh.http_get(url)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
     assert code == 200
     r = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert r.returncode == 0 and r.stdout == b"" and r.stderr == b"", (r.returncode, r.stdout, r.stderr)
     fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
     sim = [s for s in fams["xpod_device_memory_total_bytes"].samples if s.labels["simulated"] == "true"]
     cpu = [s for s in fams["xpod_device_memory_total_bytes"].samples if s.labels["vendor"] == "cpu"]
-    assert len(sim) == 8 and {s.labels["node"] for s in sim} == {"test-node"}
+    assert len(sim) == 8 and {(s.labels["node"], s.labels["vendor"]) for s in sim} == {("lab-1", "ascend")}
     assert len(cpu) >= 1 and all(s.value > 0 for s in cpu)
 
 
@@ -254,23 +218,3 @@ def test_cli_port_in_use_is_a_one_line_error():
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "cannot listen" in r.stderr and str(port) in r.stderr
 
-
-def test_exporter_process_stops_cleanly_on_sigterm():
-    import signal
-
-    argv = [mh.XPOD, "exporter", "--listen", "127.0.0.1:0", "--sim-devices", "nvidia-h100-sxm:2"]
-    with mh.running(argv, "xpod exporter:") as (proc, line, _):
-        assert "sim" in line and line.split(" on ")[-1].startswith("http://127.0.0.1:")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-
-
-def test_simulated_flag_reads_xpod_sim_devices():
-    import os
-
-    env = dict(os.environ, XPOD_SIM_DEVICES="cambricon-mlu370-x8:3")
-    r = subprocess.run([mh.XPOD, "exporter", "--simulated", "--once", "--node", "lab-1"], capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 0, r.stderr
-    fams = {f.name: f for f in text_string_to_metric_families(r.stdout)}
-    sim = [s for s in fams["xpod_device_info"].samples if s.labels["simulated"] == "true"]
-    assert [(s.labels["vendor"], s.labels["node"]) for s in sim] == [("cambricon", "lab-1")] * 3

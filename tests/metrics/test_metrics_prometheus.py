@@ -153,6 +153,44 @@ def test_dashboards_match_grafanas_own_models():
     assert "/panels[1]/gridpos" in _lost(bad, json.loads(JSONEncoder().encode(Dashboard.from_json(bad))))
 
 
+_SUFFIX = re.compile(r"_(bucket|count|sum|total|created)$")
+
+
+def _base(name: str) -> str:
+    return _SUFFIX.sub("", name)
+
+
+def test_every_metric_name_used_is_exported_recorded_or_planned():
+    """A misspelt metric parses fine and shows an empty panel: names must come from somewhere."""
+    import importlib.util
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.runtime import exporter as ex
+    from xpod.backends.sim import SimBackend
+
+    col = ex.DeviceCollector(ex.host_sources([mh.FullBackend(), SimBackend([("ascend-910c", 1)])], "n"))
+    col.set_allocations({("n", 0): ex.Allocation("j", "q", "training")})
+    exported = {f.name for f in text_string_to_metric_families(generate_latest(ex.build_registry(col)).decode())}
+    exported |= {f.name for f in ServiceMetrics().registry.collect()}
+    recorded = {r["record"] for g in yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))["groups"] for r in g["rules"] if "record" in r}
+    spec = importlib.util.spec_from_file_location("xpod_grafana_generate", os.path.join(GRAFANA_DIR, "generate.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    known = {_base(n) for n in exported | set(gen.PLANNED_METRICS)} | recorded | {"up", "ALERTS"}
+    planned_but_exported = {n for n in gen.PLANNED_METRICS if _base(n) in {_base(e) for e in exported}}
+    assert not planned_but_exported, f"now exported; drop from PLANNED_METRICS: {planned_but_exported}"
+    names = re.compile(r"\b((?:xpod_|grpc_server_)[a-z0-9_]+|[a-z_]+:[a-z0-9_:]+|up|ALERTS)\b")
+    unknown = set()
+    for where, expr in dashboard_exprs() + rule_exprs():
+        for n in names.findall(re.sub(r'"[^"]*"', '""', expr)):  # label values are not names
+            if _base(n) not in known and n not in known:
+                unknown.add((where, n))
+    assert not unknown, f"metric names nothing exports, records or plans: {sorted(unknown)}"
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """Prometheus running deploy/prometheus's config and rules, scraping every second an

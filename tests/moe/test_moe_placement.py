@@ -181,3 +181,26 @@ def test_bad_pod_shapes():
     assert PodShape.from_memory(8, 1, 58 * 44 * 10**6 * 3, 44 * 10**6, 58).slots_per_device == 3
     with pytest.raises(XpodError, match="budget"):
         PodShape.from_memory(8, 1, 10, 44 * 10**6, 58)
+
+
+def test_pod_shape_from_hal_topology():
+    from xpod.hal.cluster import load_cluster
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "clusters", "cloudmatrix384.yaml")
+    shape = PodShape.from_topology(load_cluster(path).topology(), slots_per_device=2)
+    # 48 nodes x 8 Ascend 910C, scheduled as dies: 768 ranks
+    assert (shape.num_devices, shape.num_nodes, shape.slots_per_device) == (768, 48, 2)
+    assert (np.bincount(shape.device_node()) == 16).all()
+
+
+def test_incremental_budget_policy_keeps_the_previous_layout(real):
+    a, b = real["decode_in1000out1000"], real["prefill_in4096"]
+    shape = PodShape(320, 40, 1)
+    old = place(a, shape)  # auto -> budget: per-layer slot counts differ
+    assert old.policy is Policy.BUDGET
+    new = place(b, shape, previous=old, max_moves=40)
+    assert (new.slot_device == old.slot_device).all()
+    assert ((new.phy2log >= 0) == (old.phy2log >= 0)).all()  # same weights per device and layer
+    assert new.weight_moves <= 40
+    check_invariants(new, b)
+    assert new.score(b).balancedness > old.score(b).balancedness

@@ -194,3 +194,39 @@ def test_from_cluster_adapter():
     assert {n.supernode for n in nodes} != {None}
     d = nodes[0].devices
     assert d[0].module == d[1].module != d[2].module  # die pairs
+
+
+def test_example_profile_is_the_default():
+    from xpod.scheduler.profile import default_profile
+
+    prof = load_profile(os.path.join(REPO, "examples", "profiles", "scheduler-default.yaml"))
+    assert prof.actions == default_profile().actions
+    assert [n for n, _ in prof.policies] == [n for n, _ in default_profile().policies]
+
+
+@pytest.mark.parametrize("order", ["binpack", "spread"])
+def test_bucket_walk_follows_the_node_order_policy(order):
+    """The placer's lazy bucket walk yields nodes exactly in the order the policy's node_key
+    defines (the key is the specification, the walk the fast implementation)."""
+    import random
+
+    from xpod.scheduler import actions as act
+    from xpod.scheduler.policies import CycleContext, NodeOrder
+
+    rng = random.Random(5)
+    nodes = [node(f"n{i:02d}").devices(H, 8).build() for i in range(30)]
+    prof = profile_from_dict({"policies": ["gang", "topology", order, "priority"]})
+    s = Scheduler(nodes, profile=prof, clock=lambda: 0.0)
+    for i in range(40):
+        s.submit(job(f"j{i}").devices(H, rng.choice([1, 2, 3, 4])).build())
+    s.cycle()
+    ctx = CycleContext(snap=s.snapshot, now=0.0, queues=s.queues, total_devices=240.0, queue_usage={})
+    placer = act.Placer(s.policies, ctx)
+    policy = next(p for p in s.policies if isinstance(p, NodeOrder))
+    probe = job("probe").devices(H, 2).build()
+    walked = [st.node.name for st in placer.ordered_nodes(probe, 2)]
+    expected = sorted(
+        (st for st in s.snapshot.nodes.values() if s.snapshot.free_whole[H][st.node.name] >= 2),
+        key=lambda st: policy.node_key(probe, st, ctx),
+    )
+    assert walked == [st.node.name for st in expected]

@@ -115,6 +115,14 @@ CASES = [
         pending={"k": ReasonCode.UNSCHEDULABLE},
     ),
     dict(
+        id="topology-hccs-group-keeps-a-task-in-one-group",
+        # devices 0-1 busy: 4 devices within one group of 4 must be 4-7, not 2-5
+        nodes=[node("n1").devices(H, 8)],
+        running=[job("r").devices(H, 2)],
+        jobs=[job("j").devices(H, 4).within("hccs-group")],
+        expect={"j": [("n1", (4, 5, 6, 7))]},
+    ),
+    dict(
         id="910c-sp-block-keeps-reserve-nodes",
         nodes=[a3(f"a{i}", "spA") for i in range(4)] + [a3(f"b{i}", "spB") for i in range(5)],
         jobs=[job("g").training(tasks=2).devices(A3, 16).sp_block(32)],

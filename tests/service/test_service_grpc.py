@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -302,3 +303,34 @@ def test_buf_lint_is_clean():
     assert os.path.exists(buf), "buf is missing: pip install -e '.[dev]' (buf-bin)"
     proc = subprocess.run([buf, "lint"], cwd=os.path.join(repo, "proto"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stream_limit_refuses_with_retry_info(tmp_path):
+    api = make_api(str(tmp_path / "x.db"))
+    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0", max_workers=4)  # 2 streams
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            jobs = job_service_pb2_grpc.JobServiceStub(ch)
+            jobs.SubmitJob(submit_req("r", job_doc()), timeout=10)
+            open_streams = [jobs.WatchJobs(jpb.WatchJobsRequest(), timeout=30) for _ in range(2)]
+            for s in open_streams:
+                next(s)  # both are being served
+            third = jobs.WatchJobs(jpb.WatchJobsRequest(), timeout=30)
+            with pytest.raises(grpc.RpcError) as err:
+                next(third)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert details(err.value)["RetryInfo"].retry_delay.seconds == 5
+            assert jobs.ListJobs(jpb.ListJobsRequest(), timeout=10).jobs  # unary calls still served
+            for s in open_streams:
+                s.cancel()
+            deadline = time.time() + 10
+            while True:  # a slot frees once a cancelled stream notices
+                try:
+                    next(jobs.WatchJobs(jpb.WatchJobsRequest(), timeout=30))
+                    break
+                except grpc.RpcError:
+                    assert time.time() < deadline
+                    time.sleep(0.2)
+    finally:
+        running.stop(0)
+        api.close()

@@ -65,9 +65,9 @@ class LiveServer:
 
 
 def cli(*args: str, env_extra: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
-    env.pop("XPOD_TOKEN", None) if env_extra is None or "XPOD_TOKEN" not in env_extra else None
-    env["XPOD_CONFIG"] = os.devnull + ".absent"
+    env = {k: v for k, v in os.environ.items() if k not in ("XPOD_SERVER", "XPOD_TOKEN")}
+    env.update(env_extra or {})
+    env["XPOD_CONFIG"] = os.devnull + ".absent"  # never the user's own config file
     return subprocess.run([XPOD, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -284,5 +284,42 @@ def test_kill9_during_concurrent_submissions_loses_and_duplicates_nothing(tmp_pa
                     break
             assert all(len(v) == 1 for v in seen.values())
             assert set(seen) == set(sent)
+    finally:
+        server.stop()
+
+
+def test_core_in_a_child_process(tmp_path):
+    """`--core-process`: the same behaviour with the core behind a pipe, across a restart."""
+    db = str(tmp_path / "x.db")
+    job_file = os.path.join(FIXTURES, "jobs", "train.yaml")  # 2 tasks x 8 devices; the cluster has 4 x 8
+
+    def states(addr):
+        return {j["id"]: j["state"] for j in json.loads(cli("jobs", "--json", "--server", addr).stdout)}
+
+    def wait_for(addr, want: dict) -> dict:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            got = states(addr)
+            if all(got.get(k) == v for k, v in want.items()):
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"{got} != {want}")
+
+    server = LiveServer(db, "--core-process")
+    try:
+        for _ in range(3):
+            assert cli("submit", job_file, "--server", server.addr).returncode == 0
+        wait_for(server.addr, {"job-1": "SCHEDULED", "job-2": "SCHEDULED", "job-3": "QUEUED"})
+    finally:
+        server.stop()
+    server = LiveServer(db, "--core-process")
+    try:
+        # the restarted child got the allocations back: job-3 still waits until one is cancelled
+        time.sleep(0.5)
+        assert states(server.addr)["job-3"] == "QUEUED"
+        r = cli("job", "describe", "job-3", "--server", server.addr)
+        assert "Pending:" in r.stdout, r.stdout
+        assert cli("cancel", "job-1", "--server", server.addr).returncode == 0
+        wait_for(server.addr, {"job-1": "CANCELLED", "job-2": "SCHEDULED", "job-3": "SCHEDULED"})
     finally:
         server.stop()

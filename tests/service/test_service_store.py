@@ -146,3 +146,13 @@ def test_newer_or_foreign_files_are_refused(tmp_path):
     junk.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StoreError, match="junk.db"):
         Store(str(junk))
+
+
+def test_request_id_of_a_finished_job_still_answers(tmp_path):
+    with Store(str(tmp_path / "s.db")) as store:
+        job = submit(store, "r1", {"x": 1}).job
+        store.write(JobUpdate(job.id, JobState.SUCCEEDED, None, (), EventType.SUCCEEDED, "done", 2.0))
+        again = submit(store, "r1", {"x": 1})
+        assert not again.created and again.job.id == job.id and again.job.state is JobState.SUCCEEDED
+        with pytest.raises(RequestIdConflict):
+            submit(store, "r1", {"x": 2})

@@ -1,0 +1,277 @@
+"""``xpod agent``, ``xpod logs`` and ``xpod up`` (the node agent, task logs, the embedded default).
+
+Exit codes: 0 on a clean stop (Ctrl-C / SIGTERM), 1 for a user error (one line), 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from xpod.hal.errors import XpodError
+
+SIM_POLL_S = 0.25  # a simulated node looks at its tasks 4 times a second (48 of them share the cores)
+
+
+def register(commands) -> None:
+    a = commands.top.add_parser(
+        "agent",
+        help="run a node agent (this host's devices) or a simulated pod (--simulate FILE)",
+        description="Register this node with the scheduler, heartbeat, and run the tasks it assigns. "
+        "With --simulate FILE every node of the cluster descriptor is simulated in this process.",
+    )
+    a.add_argument("--server", metavar="ADDR", help="scheduler address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)")
+    a.add_argument("--token", metavar="T", help="bearer token with the agent role (default: XPOD_TOKEN)")
+    a.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
+    a.add_argument("--simulate", metavar="FILE", help="simulate every node of this cluster descriptor ('default' = embedded CloudMatrix384)")
+    a.add_argument("--state-dir", metavar="DIR", help="task logs and pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
+    a.add_argument("--node", metavar="NAME", help="node name (default: the host name, matched against the cluster's nodes)")
+    a.add_argument("--sim-devices", metavar="SPEC", help="add simulated devices to this node (model:count,..., e.g. ascend-910c:2); tasks still run as real processes")
+    a.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between heartbeats (default 2)")
+    a.add_argument("--grace", type=float, default=5.0, metavar="SECONDS", help="SIGTERM-to-SIGKILL grace when a task is stopped (default 5)")
+    a.set_defaults(func=cmd_agent)
+
+    g = commands.top.add_parser("logs", help="a job's task output, as captured by the node agent on this host")
+    g.add_argument("job_id", metavar="JOB")
+    g.add_argument("--task", type=int, metavar="N", help="only task N (default: every task, each with a header)")
+    g.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the task exits (Ctrl-C to stop)")
+    g.add_argument("--state-dir", metavar="DIR", help="the agent's state directory (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
+    g.set_defaults(func=cmd_logs)
+
+    u = commands.top.add_parser(
+        "up",
+        help="scheduler + an agent for this host + a simulated pod, in one process",
+        description="The embedded default: the scheduler (SQLite under --state-dir), an agent for this "
+        "host's real devices and a simulated pod of the cluster descriptor, all on loopback.",
+    )
+    u.add_argument("--cluster", metavar="FILE", help="cluster descriptor to simulate (default: the embedded CloudMatrix384)")
+    u.add_argument("--listen", metavar="ADDR", default="127.0.0.1:7070", help="gRPC address (default 127.0.0.1:7070; port 0 = any)")
+    u.add_argument("--metrics", metavar="ADDR", help="host:port for the scheduler's Prometheus endpoint (off by default)")
+    u.add_argument("--state-dir", metavar="DIR", help="database, logs, pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
+    u.add_argument("--node-timeout", type=float, metavar="SECONDS", help="heartbeats missing this long mark a node NotReady (default 10)")
+    u.add_argument("--no-simulate", action="store_true", help="no simulated pod: only this host")
+    u.add_argument("--no-local", action="store_true", help="no agent for this host: only the simulated pod")
+    u.set_defaults(func=cmd_up)
+
+
+def _state_dir(value: str | None) -> str:
+    from xpod.runtime.agent import default_state_dir
+
+    path = value or default_state_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise XpodError(f"--state-dir {path}: cannot create it: {err.strerror}") from None
+    return path
+
+
+def _check_positive(value: float | None, flag: str) -> None:
+    if value is not None and not value > 0:
+        raise XpodError(f"{flag} {value:g}: must be a positive number of seconds")
+
+
+def _sim_file(value: str) -> str | None:
+    if value == "default":
+        return None
+    if not os.path.isfile(value):
+        raise XpodError(f"--simulate {value}: no such cluster descriptor (give a YAML file, or 'default' for CloudMatrix384)")
+    return value
+
+
+def _on_signals(stop) -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def cmd_agent(args) -> int:
+    import threading
+
+    from xpod.runtime import agent as ag
+    from xpod.runtime.client import Client, resolve_target
+
+    _check_positive(args.heartbeat_interval, "--heartbeat-interval")
+    if args.grace < 0:
+        raise XpodError(f"--grace {args.grace:g}: must be >= 0 seconds")
+    state = _state_dir(args.state_dir)
+    target = resolve_target(args.server, args.token, args.tls_ca)
+    client = Client(target, timeout_s=10.0)
+    stop = threading.Event()
+    _on_signals(stop)
+    if args.simulate:
+        if args.node or args.sim_devices:
+            raise XpodError("--simulate runs every node of the descriptor: drop --node and --sim-devices")
+        nodes = ag.simulated_pod(_sim_file(args.simulate))
+        agents = [
+            ag.NodeAgent(client, n, ag.SimExecutor(n.name, state), heartbeat_interval_s=args.heartbeat_interval,
+                         grace_s=args.grace, log_prefix="xpod agent (simulated)", poll_s=SIM_POLL_S)
+            for n in nodes
+        ]
+        devices = sum(len(n.devices) for n in nodes)
+        print(f"xpod agent: simulating {len(nodes)} nodes, {devices} devices against {target.server}; state {state}", flush=True)
+    else:
+        devices = ag.discover_devices(args.sim_devices)
+        ended = ag.end_leftover_tasks(state, args.grace)
+        if ended:
+            print(f"xpod agent: ended {len(ended)} task(s) a previous agent left running: {', '.join(ended)}", flush=True)
+        name = ag.local_node_name(client, args.node)
+        node = ag.NodeSpec(name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ())
+        agents = [ag.NodeAgent(client, node, ag.ProcessExecutor(name, devices, state), heartbeat_interval_s=args.heartbeat_interval,
+                               grace_s=args.grace)]
+        models = ", ".join(sorted({f"{d.vendor}/{d.model}" for d in devices})) or "none"
+        print(f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}", flush=True)
+    threads = ag.run_agents(agents, stop)
+    _report_first_connection(agents, stop, target.server)
+    stop.wait()
+    print("xpod agent: stopping (ending running tasks)", flush=True)
+    for t in threads:
+        t.join(timeout=args.grace + 5)
+    client.close()
+    return 0
+
+
+def _report_first_connection(agents, stop, server: str) -> None:
+    """Print once when every agent is connected, or a hint if the server is not there yet."""
+    import threading
+
+    def wait() -> None:
+        deadline = time.monotonic() + 5.0
+        while not stop.is_set() and time.monotonic() < deadline:
+            if all(a.connected.is_set() for a in agents):
+                print(f"xpod agent: {len(agents)} node(s) registered with {server}", flush=True)
+                return
+            time.sleep(0.1)
+        if not stop.is_set():
+            print(f"xpod agent: cannot reach the scheduler at {server} yet; retrying with backoff", file=sys.stderr, flush=True)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def cmd_logs(args) -> int:
+    from xpod.runtime.agent import default_state_dir
+
+    state = args.state_dir or default_state_dir()
+    folder = os.path.join(state, "logs", args.job_id)
+    if not os.path.isdir(folder):
+        raise XpodError(f"no logs for job {args.job_id!r} under {state}/logs (run 'xpod logs' on the node that ran it, or pass --state-dir)")
+    if args.task is not None:
+        path = os.path.join(folder, f"task-{args.task}.log")
+        if not os.path.isfile(path):
+            have = sorted(f[5:-4] for f in os.listdir(folder) if f.startswith("task-") and f.endswith(".log"))
+            raise XpodError(f"job {args.job_id} has no task {args.task} on this host (tasks here: {', '.join(have) or 'none'})")
+        paths = [path]
+    else:
+        paths = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("task-") and f.endswith(".log")),
+                       key=lambda p: int(os.path.basename(p)[5:-4]))
+    for path in paths:
+        if len(paths) > 1:
+            print(f"==> {os.path.basename(path)} <==", flush=True)
+        _print_log(path, args.follow)
+    return 0
+
+
+def _print_log(path: str, follow: bool) -> None:
+    """Print the file; with ``follow`` keep printing until its last attempt's exit line appears."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        last_line = ""
+        while True:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                last_line = line
+                continue
+            sys.stdout.flush()
+            if not follow or last_line.startswith("=== xpod: task ") and " exited with code " in last_line:
+                return
+            time.sleep(0.2)
+
+
+def cmd_up(args) -> int:
+    import threading
+
+    _check_positive(args.node_timeout, "--node-timeout")
+    if args.no_simulate and args.no_local:
+        raise XpodError("--no-simulate and --no-local together leave nothing to run; drop one")
+    state = _state_dir(args.state_dir)
+    from xpod.runtime.cli_service import _split_host_port, is_loopback
+
+    host, _ = _split_host_port(args.listen, "--listen")
+    if not is_loopback(host):
+        raise XpodError(f"--listen {args.listen}: xpod up runs open (no tokens) and stays on loopback; use 127.0.0.1:PORT")
+    metrics_addr = _split_host_port(args.metrics, "--metrics") if args.metrics else None
+
+    from xpod.hal.cluster import load_cluster, load_default_cluster
+    from xpod.runtime import agent as ag
+    from xpod.runtime.client import Client, Target
+    from xpod.scheduler.api import SchedulerApi
+    from xpod.scheduler.auth import Authenticator
+    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
+    from xpod.scheduler.service import build_server
+    from xpod.scheduler.service_metrics import ServiceMetrics
+
+    cluster = load_cluster(args.cluster) if args.cluster else load_default_cluster()
+    nodes = [] if args.no_simulate else cluster_inventory(cluster)
+    api = SchedulerApi(os.path.join(state, "xpod.db"), CorePlacer(cluster if not args.no_simulate else None), nodes=nodes,
+                       cluster_name=cluster.name, node_timeout_s=args.node_timeout)
+    metrics = ServiceMetrics()
+    metrics.attach(api)
+    try:
+        # every simulated node holds one WatchAssignments stream (one server thread each)
+        running = build_server(api, Authenticator.open_server(), args.listen, max_workers=len(nodes) + 64)
+    except (OSError, RuntimeError) as err:
+        api.close()
+        raise XpodError(f"--listen {args.listen}: cannot listen: {err}") from None
+    metrics_server = None
+    if metrics_addr:
+        from prometheus_client import start_http_server
+
+        try:
+            metrics_server, _ = start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=metrics.registry)
+        except OSError as err:
+            running.stop(0)
+            api.close()
+            raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
+    api.start()
+    address = f"{host}:{running.port}"
+    client = Client(Target(address, None, None, "xpod up"), timeout_s=10.0)
+    stop = threading.Event()
+    _on_signals(stop)
+    agents = []
+    if not args.no_simulate:
+        for n in ag.simulated_pod(args.cluster):
+            agents.append(ag.NodeAgent(client, n, ag.SimExecutor(n.name, state), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S))
+    if not args.no_local:
+        ag.end_leftover_tasks(state)
+        devices = ag.discover_devices()
+        name = ag.local_node_name(client)
+        if any(a.node.name == name for a in agents):
+            name = f"{name}-local"  # this host is not one of the simulated nodes
+        agents.append(ag.NodeAgent(client, ag.NodeSpec(name, tuple(devices)), ag.ProcessExecutor(name, devices, state), log_prefix="xpod up"))
+    threads = ag.run_agents(agents, stop)
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline and not all(a.connected.is_set() for a in agents):
+        time.sleep(0.1)
+    sim_nodes = sum(1 for a in agents if isinstance(a.executor, ag.SimExecutor))
+    sim_devices = sum(len(a.node.devices) for a in agents if isinstance(a.executor, ag.SimExecutor))
+    local = [a for a in agents if isinstance(a.executor, ag.ProcessExecutor)]
+    where = f"; metrics on http://{metrics_addr[0]}:{metrics_server.server_port}/metrics" if metrics_server else ""
+    print(
+        f"xpod up: scheduler on {address} (db {os.path.join(state, 'xpod.db')}); "
+        f"simulated pod {cluster.name if sim_nodes else '-'}: {sim_nodes} nodes, {sim_devices} devices; "
+        f"local node: {local[0].node.name + f' ({len(local[0].node.devices)} devices)' if local else '-'}{where}",
+        flush=True,
+    )
+    print(f"xpod up: submit with 'xpod submit FILE --server {address}'; Ctrl-C to stop", flush=True)
+    stop.wait()
+    print("xpod up: stopping", flush=True)
+    for t in threads:
+        t.join(timeout=10)
+    client.close()
+    running.stop(2.0)
+    api.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    print("xpod up: stopped", flush=True)
+    return 0

@@ -1,0 +1,75 @@
+"""``xpod up`` end to end (scheduler + local agent + simulated pod in one process) and the
+one-line errors of ``xpod agent``, ``xpod logs`` and ``xpod up``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+from agent_harness import XPOD, task_command, wait_until
+
+
+def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
+    state = cluster.tmp / "up"
+    p = cluster.start("up", ["up", "--listen", cluster.address, "--state-dir", str(state), "--node-timeout", "5"])
+    wait_until(lambda: "Ctrl-C to stop" in cluster.log("up"), 60, "xpod up to be ready")
+    assert "simulated pod cloudmatrix384: 48 nodes, 768 devices" in cluster.log("up")
+    nodes = {n.name: n for n in cluster.client.list_nodes()}
+    local = [n for n in nodes.values() if n.labels.get("simulated") != "true"]
+    assert len(nodes) == 49 and len(local) == 1
+    real = cluster.submit("local", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": task_command(cluster.out)})
+    sim = cluster.submit("pod", {"tasks": 2, "devices": {"count": 16, "model": "ascend-910c"}, "within": "supernode",
+                                 "simulate": {"duration_s": 0.3}})
+    wait_until(lambda: cluster.state(real) == "SUCCEEDED" and cluster.state(sim) == "SUCCEEDED", 30, "both jobs to succeed")
+    env = json.loads((cluster.out / f"{real}.0.env").read_text())
+    assert env["XPOD_DEVICES"] == f"{local[0].name}/0" and env["XPOD_BACKEND"] == "cpu"
+    assert (state / "xpod.db").exists() and (state / "logs" / real / "task-0.log").exists()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 0
+    assert "xpod up: stopped" in cluster.log("up")
+
+
+def _run(cluster, *args):
+    return subprocess.run(XPOD + list(args), capture_output=True, text=True, timeout=60, env=cluster.env, cwd=str(cluster.tmp))
+
+
+def test_user_errors_are_one_line(cluster):
+    cases = [
+        (("logs", "job-404", "--state-dir", str(cluster.tmp)), "no logs for job 'job-404'"),
+        (("up", "--no-simulate", "--no-local", "--state-dir", str(cluster.tmp)), "leave nothing to run"),
+        (("up", "--listen", "0.0.0.0:7070", "--state-dir", str(cluster.tmp)), "stays on loopback"),
+        (("up", "--node-timeout", "0", "--state-dir", str(cluster.tmp)), "--node-timeout 0: must be a positive"),
+        (("agent", "--simulate", str(cluster.tmp / "missing.yaml"), "--state-dir", str(cluster.tmp)), "no such cluster descriptor"),
+        (("agent", "--heartbeat-interval", "-1", "--state-dir", str(cluster.tmp)), "--heartbeat-interval -1"),
+    ]
+    for args, needle in cases:
+        r = _run(cluster, *args)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert needle in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    (cluster.tmp / "logs" / "job-1").mkdir(parents=True)
+    (cluster.tmp / "logs" / "job-1" / "task-0.log").write_text("x\n")
+    r = _run(cluster, "logs", "job-1", "--task", "3", "--state-dir", str(cluster.tmp))
+    assert r.returncode == 1 and "has no task 3 on this host (tasks here: 0)" in r.stderr
+
+
+def test_logs_follow_stops_at_the_exit_line(cluster):
+    folder = cluster.tmp / "logs" / "job-7"
+    folder.mkdir(parents=True)
+    log = folder / "task-0.log"
+    log.write_text("=== xpod: task 0 of job job-7 starting on n1: x\nfirst\n")
+    p = subprocess.Popen(XPOD + ["logs", "job-7", "--follow", "--state-dir", str(cluster.tmp)], stdout=subprocess.PIPE, text=True,
+                         env=cluster.env)
+    try:
+        wait_until(lambda: log.stat().st_size > 0, 5, "the log")
+        import time
+
+        time.sleep(0.5)
+        assert p.poll() is None  # still following: the task has not exited
+        with open(log, "a") as f:
+            f.write("second\n=== xpod: task 0 exited with code 0\n")
+        out, _ = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and out.splitlines()[1:] == ["first", "second", "=== xpod: task 0 exited with code 0"]
