@@ -365,7 +365,7 @@ class NodeAgent:
 
     def __init__(self, client: Any, node: NodeSpec, executor: Executor, *, heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
                  grace_s: float = DEFAULT_GRACE_S, log_prefix: str = "xpod agent", register_first: bool = True,
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, on_allocations: Callable[[dict[tuple[str, int], tuple[str, str, str]]], None] | None = None) -> None:
         self.client = client  # runtime.client.Client
         self.node = node
         self.executor = executor
@@ -374,6 +374,11 @@ class NodeAgent:
         self.log_prefix = log_prefix
         self.register_first = register_first
         self.poll_s = poll_s  # simulated pods poll less often: 48 nodes share the host's cores
+        # called with {(node, device index): (job id, queue, kind)} whenever that map changes
+        # (the device exporter's allocation-info join series)
+        self.on_allocations = on_allocations
+        self._held: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # job -> (queue, kind, device indices)
+        self._published: dict | None = None
         self.runs: dict[str, JobRun] = {}
         self._assignments: queue.Queue = queue.Queue()
         self._broken = threading.Event()
@@ -491,6 +496,7 @@ class NodeAgent:
             self._drain()
             self._reap()
             self._report()
+            self._publish()
             if time.monotonic() >= next_beat:
                 interval = self._heartbeat()
                 next_beat = time.monotonic() + min(self.heartbeat_interval_s, interval or self.heartbeat_interval_s)
@@ -501,14 +507,25 @@ class NodeAgent:
             try:
                 a = self._assignments.get_nowait()
             except queue.Empty:
-                return
+                break
             if a.run:
                 self._start(a)
+                self._held[a.job_id] = (a.job.queue, a.job.kind, tuple(int(d.rsplit("/", 1)[1]) for x in a.allocations for d in x.devices))
             else:
+                self._held.pop(a.job_id, None)
                 run = self.runs.pop(a.job_id, None)
                 if run is not None:
                     _log(self.log_prefix, f"{self.node.name}: stopping job {a.job_id}")
                     threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
+
+    def _publish(self) -> None:
+        """Tell ``on_allocations`` what this node's devices hold, when that changed."""
+        if self.on_allocations is None or self._held == self._published:
+            return
+        self._published = dict(self._held)
+        kinds = {"TrainingJob": "training", "ServingJob": "serving", "BatchJob": "batch"}
+        self.on_allocations({(self.node.name, i): (job, queue_, kinds.get(kind, "batch"))
+                             for job, (queue_, kind, indices) in self._held.items() for i in indices})
 
     def _start(self, a: Any) -> None:
         from xpod.scheduler.service import struct_to_dict
@@ -561,6 +578,7 @@ class NodeAgent:
                 if getattr(err, "code", "") in ("FAILED_PRECONDITION", "NOT_FOUND"):
                     # not bound here any more (cancelled, moved or finished while we were away)
                     self.runs.pop(run.job_id, None)
+                    self._held.pop(run.job_id, None)
                     threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
                     continue
                 raise

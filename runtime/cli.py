@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "xpod.runtime.cli_metrics",
     "xpod.runtime.cli_moe",
     "xpod.runtime.cli_agent",
+    "xpod.runtime.cli_demo",
 ]
 
 

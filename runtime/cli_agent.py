@@ -11,7 +11,7 @@ import time
 
 from xpod.hal.errors import XpodError
 
-SIM_POLL_S = 0.25  # a simulated node looks at its tasks 4 times a second (48 of them share the cores)
+from xpod.runtime.up import SIM_POLL_S  # noqa: E402 (cheap: no torch, grpc or numpy at import)
 
 
 def register(commands) -> None:
@@ -30,6 +30,7 @@ def register(commands) -> None:
     a.add_argument("--sim-devices", metavar="SPEC", help="add simulated devices to this node (model:count,..., e.g. ascend-910c:2); tasks still run as real processes")
     a.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between heartbeats (default 2)")
     a.add_argument("--grace", type=float, default=5.0, metavar="SECONDS", help="SIGTERM-to-SIGKILL grace when a task is stopped (default 5)")
+    a.add_argument("--metrics", metavar="ADDR", help="serve this node's device metrics (xpod exporter's series, with the allocation join) on HOST:PORT")
     a.set_defaults(func=cmd_agent)
 
     g = commands.top.add_parser("logs", help="a job's task output, as captured by the node agent on this host")
@@ -101,8 +102,8 @@ def cmd_agent(args) -> int:
     stop = threading.Event()
     _on_signals(stop)
     if args.simulate:
-        if args.node or args.sim_devices:
-            raise XpodError("--simulate runs every node of the descriptor: drop --node and --sim-devices")
+        if args.node or args.sim_devices or args.metrics:
+            raise XpodError("--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics")
         nodes = ag.simulated_pod(_sim_file(args.simulate))
         agents = [
             ag.NodeAgent(client, n, ag.SimExecutor(n.name, state), heartbeat_interval_s=args.heartbeat_interval,
@@ -118,8 +119,11 @@ def cmd_agent(args) -> int:
             print(f"xpod agent: ended {len(ended)} task(s) a previous agent left running: {', '.join(ended)}", flush=True)
         name = ag.local_node_name(client, args.node)
         node = ag.NodeSpec(name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ())
+        exporter = _device_exporter(args.metrics, name, devices) if args.metrics else None
         agents = [ag.NodeAgent(client, node, ag.ProcessExecutor(name, devices, state), heartbeat_interval_s=args.heartbeat_interval,
-                               grace_s=args.grace)]
+                               grace_s=args.grace, on_allocations=exporter[1] if exporter else None)]
+        if exporter:
+            print(f"xpod agent: device metrics on {exporter[0].url}", flush=True)
         models = ", ".join(sorted({f"{d.vendor}/{d.model}" for d in devices})) or "none"
         print(f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}", flush=True)
     threads = ag.run_agents(agents, stop)
@@ -130,6 +134,23 @@ def cmd_agent(args) -> int:
         t.join(timeout=args.grace + 5)
     client.close()
     return 0
+
+
+def _device_exporter(listen: str, node: str, devices):
+    """Serve the node's device metrics (runtime.exporter) and return (server, allocation hook)."""
+    from xpod.runtime.exporter import Allocation, DeviceCollector, host_sources, serve
+
+    backends = []
+    for d in devices:
+        if d.backend is not None and all(b is not d.backend for b in backends):
+            backends.append(d.backend)
+    collector = DeviceCollector(host_sources(backends, node))
+    server = serve(collector, listen, flag="--metrics")
+
+    def on_allocations(held) -> None:
+        collector.set_allocations({key: Allocation(job, queue, kind) for key, (job, queue, kind) in held.items()})
+
+    return server, on_allocations
 
 
 def _report_first_connection(agents, stop, server: str) -> None:
@@ -191,87 +212,30 @@ def _print_log(path: str, follow: bool) -> None:
 def cmd_up(args) -> int:
     import threading
 
+    from xpod.runtime.up import start_embedded
+
     _check_positive(args.node_timeout, "--node-timeout")
-    if args.no_simulate and args.no_local:
-        raise XpodError("--no-simulate and --no-local together leave nothing to run; drop one")
-    state = _state_dir(args.state_dir)
-    from xpod.runtime.cli_service import _split_host_port, is_loopback
+    from xpod.runtime.agent import default_state_dir
 
-    host, _ = _split_host_port(args.listen, "--listen")
-    if not is_loopback(host):
-        raise XpodError(f"--listen {args.listen}: xpod up runs open (no tokens) and stays on loopback; use 127.0.0.1:PORT")
-    metrics_addr = _split_host_port(args.metrics, "--metrics") if args.metrics else None
-
-    from xpod.hal.cluster import load_cluster, load_default_cluster
-    from xpod.runtime import agent as ag
-    from xpod.runtime.client import Client, Target
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.auth import Authenticator
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
-    from xpod.scheduler.service import build_server
-    from xpod.scheduler.service_metrics import ServiceMetrics
-
-    cluster = load_cluster(args.cluster) if args.cluster else load_default_cluster()
-    nodes = [] if args.no_simulate else cluster_inventory(cluster)
-    api = SchedulerApi(os.path.join(state, "xpod.db"), CorePlacer(cluster if not args.no_simulate else None), nodes=nodes,
-                       cluster_name=cluster.name, node_timeout_s=args.node_timeout)
-    metrics = ServiceMetrics()
-    metrics.attach(api)
-    try:
-        # every simulated node holds one WatchAssignments stream (one server thread each)
-        running = build_server(api, Authenticator.open_server(), args.listen, max_workers=len(nodes) + 64)
-    except (OSError, RuntimeError) as err:
-        api.close()
-        raise XpodError(f"--listen {args.listen}: cannot listen: {err}") from None
-    metrics_server = None
-    if metrics_addr:
-        from prometheus_client import start_http_server
-
-        try:
-            metrics_server, _ = start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=metrics.registry)
-        except OSError as err:
-            running.stop(0)
-            api.close()
-            raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
-    api.start()
-    address = f"{host}:{running.port}"
-    client = Client(Target(address, None, None, "xpod up"), timeout_s=10.0)
+    system = start_embedded(cluster_file=args.cluster, listen=args.listen, metrics=args.metrics,
+                            state_dir=args.state_dir or default_state_dir(), node_timeout_s=args.node_timeout,
+                            simulate=not args.no_simulate, local=not args.no_local)
     stop = threading.Event()
     _on_signals(stop)
-    agents = []
-    if not args.no_simulate:
-        for n in ag.simulated_pod(args.cluster):
-            agents.append(ag.NodeAgent(client, n, ag.SimExecutor(n.name, state), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S))
-    if not args.no_local:
-        ag.end_leftover_tasks(state)
-        devices = ag.discover_devices()
-        name = ag.local_node_name(client)
-        if any(a.node.name == name for a in agents):
-            name = f"{name}-local"  # this host is not one of the simulated nodes
-        agents.append(ag.NodeAgent(client, ag.NodeSpec(name, tuple(devices)), ag.ProcessExecutor(name, devices, state), log_prefix="xpod up"))
-    threads = ag.run_agents(agents, stop)
-    deadline = time.monotonic() + 30
-    while not stop.is_set() and time.monotonic() < deadline and not all(a.connected.is_set() for a in agents):
-        time.sleep(0.1)
-    sim_nodes = sum(1 for a in agents if isinstance(a.executor, ag.SimExecutor))
-    sim_devices = sum(len(a.node.devices) for a in agents if isinstance(a.executor, ag.SimExecutor))
-    local = [a for a in agents if isinstance(a.executor, ag.ProcessExecutor)]
-    where = f"; metrics on http://{metrics_addr[0]}:{metrics_server.server_port}/metrics" if metrics_server else ""
-    print(
-        f"xpod up: scheduler on {address} (db {os.path.join(state, 'xpod.db')}); "
-        f"simulated pod {cluster.name if sim_nodes else '-'}: {sim_nodes} nodes, {sim_devices} devices; "
-        f"local node: {local[0].node.name + f' ({len(local[0].node.devices)} devices)' if local else '-'}{where}",
-        flush=True,
-    )
-    print(f"xpod up: submit with 'xpod submit FILE --server {address}'; Ctrl-C to stop", flush=True)
-    stop.wait()
-    print("xpod up: stopping", flush=True)
-    for t in threads:
-        t.join(timeout=10)
-    client.close()
-    running.stop(2.0)
-    api.close()
-    if metrics_server is not None:
-        metrics_server.shutdown()
+    try:
+        sim = system.simulated_agents
+        local = system.local_agent
+        where = f"; metrics on {system.metrics_url}" if system.metrics_url else ""
+        print(
+            f"xpod up: scheduler on {system.address} (db {os.path.join(system.state_dir, 'xpod.db')}); "
+            f"simulated pod {system.cluster_name if sim else '-'}: {len(sim)} nodes, {sum(len(a.node.devices) for a in sim)} devices; "
+            f"local node: {local.node.name + f' ({len(local.node.devices)} devices)' if local else '-'}{where}",
+            flush=True,
+        )
+        print(f"xpod up: submit with 'xpod submit FILE --server {system.address}'; Ctrl-C to stop", flush=True)
+        stop.wait()
+        print("xpod up: stopping", flush=True)
+    finally:
+        system.close()
     print("xpod up: stopped", flush=True)
     return 0

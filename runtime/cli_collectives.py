@@ -103,11 +103,23 @@ def cmd_run(args) -> int:
     else:
         raise XpodError("run: give a script (a .py file or an executable) or -m MODULE")
     group = launch(command, args.nproc, backend, devices, master_port=args.master_port)
+
+    # The ranks lead their own sessions, so a SIGTERM to `xpod run` (a cancel) does not reach
+    # them by itself: pass it on to every rank's process group, then exit as terminated.
+    def on_term(signum, frame):
+        group.terminate()
+        raise SystemExit(128 + signum)
+
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         return group.wait(prefix=not args.no_prefix)
     except KeyboardInterrupt:
         group.terminate()
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_bench(args) -> int:

@@ -212,12 +212,14 @@ def _predict(model, op, size, algo, n, calib, symmetric: bool = False) -> float 
         if not calib or not calib.get("copy_bytes_per_s"):
             return None
         # Memory-bound model. In copy-equivalents (one byte read plus one written) per rank:
-        # copying in (1 S), reducing one slice from n copies (S read, S/n written: (1 + 1/n)/2 S)
-        # and copying out (1 S); with symmetric buffers only the reduce-and-write-back
-        # (S read, S written: 1 S). All ranks share the host's copy bandwidth; two barriers
-        # per chunk cost about one point-to-point latency each.
-        per_rank = 1.0 if symmetric else 2.0 + (1 + 1 / n) / 2
-        chunks = 1 if symmetric else max(1, -(-size // (4 * 2**20)))
+        # copying in all but the own slice ((n-1)/n S), reducing the own slice (S read, 2 S/n
+        # written: (1 + 2/n)/2 S) and copying the other slices out ((n-1)/n S); with symmetric
+        # buffers only the reduce-and-write-back (S read, S written: 1 S). All ranks share the
+        # host's copy bandwidth; two barriers per chunk cost about one point-to-point latency each.
+        per_rank = 1.0 if symmetric else 2 * (n - 1) / n + (1 + 2 / n) / 2
+        from xpod.hal.collectives.shm import DEFAULT_SLOT_BYTES
+
+        chunks = 1 if symmetric else max(1, -(-size // DEFAULT_SLOT_BYTES))
         return (per_rank * size * n / calib["copy_bytes_per_s"] + 2 * chunks * calib["latency_s"]) * 1e6
     s = model.predict_seconds(op, size, algo)
     return None if s is None else s * 1e6

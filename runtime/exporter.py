@@ -200,12 +200,19 @@ class DeviceCollector:
         )
 
         per_vendor: dict[tuple[str, str, str], int] = {}
+        taken: set[tuple[str, str]] = set()  # (node, device) labels already emitted
         for src in self._sources:
             key = (src.node, src.backend.name)
             started = time.monotonic()
             try:
                 devices = src.backend.devices()
                 samples = {s.index: s for s in src.backend.metrics()}
+                mine = {(src.node, str(src.index_offset + d.index)) for d in devices}
+                if mine & taken:
+                    # Two series with one identity would make Prometheus reject the whole scrape.
+                    clash = sorted(mine & taken, key=lambda k: int(k[1]))[0]
+                    raise ValueError(f"device {clash[1]} on node {clash[0]} is also another backend's; fix index_offset")
+                taken |= mine
             except Exception as err:  # one broken backend must not empty the whole scrape
                 with self._lock:
                     self._errors[key] = self._errors.get(key, 0) + 1
@@ -312,7 +319,7 @@ def check_bindable(listen: str, flag: str = "--listen") -> None:
         try:
             s.bind((host, port))
         except OSError as err:
-            raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; pick another port") from None
+            raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port") from None
 
 
 @dataclasses.dataclass
@@ -347,5 +354,5 @@ def serve(collector: DeviceCollector, listen: str = DEFAULT_LISTEN, flag: str = 
     try:
         server, thread = start_http_server(port, addr=host, registry=build_registry(collector))
     except OSError as err:
-        raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; pick another port") from None
+        raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port") from None
     return ExporterServer(host, server.server_port, server, thread)

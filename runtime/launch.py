@@ -51,6 +51,7 @@ class LaunchedGroup:
     def __init__(self, procs: list[RankProcess]) -> None:
         self.procs = procs
         self._ended = threading.Event()
+        self.failed_rank: int | None = None  # the first rank that exited non-zero, after wait()
 
     def terminate(self, grace_s: float = TERMINATE_GRACE_S) -> None:
         """SIGTERM every process group still running, then SIGKILL after ``grace_s``. Idempotent."""

@@ -10,9 +10,9 @@ FIXTURES = os.path.join(HERE, "fixtures")
 REPO = os.path.dirname(HERE)
 
 
-def xpod_cli(*args: str, timeout: float = 120, env: dict | None = None):
+def xpod_cli(*args: str, timeout: float = 120, env: dict | None = None, cwd: str | None = None):
     """Run the installed `xpod` console script as a user would; returns CompletedProcess."""
     import subprocess
 
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)

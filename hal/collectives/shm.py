@@ -3,17 +3,20 @@
 The idea is DeepSpeed's CPU-inference all_reduce (a shared buffer per rank and flag-based
 barriers instead of sockets), re-implemented here from that description, not from its code:
 
-1. every rank copies its chunk into its own shared buffer (a file in /dev/shm, mmap'ed by all);
+1. every rank copies its chunk, except its own slice ``r``, into its own shared buffer (a file
+   in /dev/shm, mmap'ed by all);
 2. barrier;
-3. rank ``r`` reduces slice ``r`` of the chunk across all buffers into its own buffer's slice
-   ``r`` (no other rank reads or writes that slice in this phase);
+3. rank ``r`` reduces slice ``r`` in place in its own tensor, adding the peers' slice ``r`` from
+   their buffers, and publishes the result in its buffer's slice ``r`` (no other rank reads or
+   writes that slice in this phase);
 4. barrier;
-5. every rank copies slice ``p`` from rank ``p``'s buffer, for every ``p``, into its output.
+5. every rank copies slice ``p`` from rank ``p``'s buffer, for every other ``p``, into its tensor.
 
 Two buffer slots alternate, so a chunk needs two barriers: a rank that starts chunk ``c`` has
 passed the second barrier of chunk ``c-1``, which every rank reaches only after reading the slot
-of chunk ``c-2``. Each rank reads and writes about ``3 S`` bytes of memory for an ``S``-byte
-all_reduce, against ``2 (n-1)/n S`` through loopback TCP plus copies for gloo's ring.
+of chunk ``c-2``. Each rank copies about ``(2 (n-1) + 1)/n S`` bytes and reads ``S`` for an
+``S``-byte all_reduce, against ``2 (n-1)/n S`` sent through loopback TCP (each byte copied
+into and out of the kernel) plus the reductions for gloo's ring.
 
 The barrier is a per-rank 32-bit generation counter in the shared file. A waiting rank spins
 briefly, then sleeps in futex(2) on the peer's counter (ranks may outnumber cores: a spinning
@@ -36,7 +39,7 @@ from xpod.hal.errors import XpodError
 from .types import CollectiveError, CollectiveTimeout, ReduceOp
 
 #: bytes of one buffer slot per rank (two slots per rank); a call larger than this is chunked
-DEFAULT_SLOT_BYTES = int(os.environ.get("XPOD_SHM_SLOT_BYTES", str(4 * 2**20)))
+DEFAULT_SLOT_BYTES = int(os.environ.get("XPOD_SHM_SLOT_BYTES", str(16 * 2**20)))
 #: bytes of one reduction tile (fits a core's L2 with room for the peers' tiles)
 #: bytes per rank for tensors that live in shared memory (``Communicator.shm_tensor``)
 DEFAULT_SYMMETRIC_BYTES = int(os.environ.get("XPOD_SHM_SYMMETRIC_BYTES", str(256 * 2**20)))
@@ -199,14 +202,21 @@ class ShmAllReduce:
             base = slot * self.slot_bytes
             views = [d[base : base + count * elem].view(flat.dtype) for d in self._data]
             chunk = flat[start : start + count]
-            views[self.rank].copy_(chunk)
-            self._barrier()
+            me = views[self.rank]
             lo, hi = count * self.rank // n, count * (self.rank + 1) // n
-            # Reduce this rank's slice in cache-sized tiles: the accumulator tile stays in cache
-            # while the n-1 peers' tiles stream past it (one pass over memory, not n-1).
+            # Peers read every slice of this rank's buffer except its own slice, which only
+            # this rank reduces: copy the rest in, and reduce the own slice straight from the input.
+            if lo > 0:
+                me[:lo].copy_(chunk[:lo])
+            if hi < count:
+                me[hi:].copy_(chunk[hi:])
+            self._barrier()
+            # Reduce the own slice in cache-sized tiles, in place in the caller's tensor (its
+            # input there is needed by nobody else): the tile stays in cache while the n-1 peers'
+            # tiles stream past it, then it is published in the shared buffer for the peers.
             for tlo in range(lo, hi, tile):
                 thi = min(hi, tlo + tile)
-                acc = views[self.rank][tlo:thi]
+                acc = chunk[tlo:thi]
                 for p in range(n):
                     if p == self.rank:
                         continue
@@ -219,8 +229,11 @@ class ShmAllReduce:
                         torch.minimum(acc, other, out=acc)
                 if op is ReduceOp.AVG:
                     acc.div_(n)
+                me[tlo:thi].copy_(acc)
             self._barrier()
             for p in range(n):
+                if p == self.rank:
+                    continue  # already in place
                 plo, phi = count * p // n, count * (p + 1) // n
                 if phi > plo:
                     chunk[plo:phi].copy_(views[p][plo:phi])

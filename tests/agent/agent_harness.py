@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 XPOD = [sys.executable, "-m", "xpod.runtime.cli"]
 TASK_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "agent", "task.py")
 NODE_TIMEOUT_S = 3.0  # the server's NotReady bound in these tests (default 10 s)
@@ -81,11 +83,11 @@ class Cluster:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def start_server(self) -> subprocess.Popen:
+    def start_server(self, *extra: str) -> subprocess.Popen:
         """Start (or restart) ``xpod server`` on the same address and database."""
         self.server_starts += 1
         name = "server" if self.server_starts == 1 else f"server-{self.server_starts}"
-        p = self.start(name, ["server", "--db", self.db, "--listen", self.address, "--cycle-interval", "0.2"])
+        p = self.start(name, ["server", "--db", self.db, "--listen", self.address, "--cycle-interval", "0.2", *extra])
         self.procs["server"] = p
         wait_until(lambda: "listening on" in self.log(name), 20, "the server to listen")
         return p
@@ -167,3 +169,11 @@ class Cluster:
 def task_command(out_dir, *args: str) -> list[str]:
     """The fixture task: writes its environment and pids under ``out_dir``, then acts per ``args``."""
     return [sys.executable, TASK_SCRIPT, str(out_dir), *args]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A ``Cluster`` whose processes are all killed in teardown (import it into a test module)."""
+    c = Cluster(tmp_path)
+    yield c
+    c.close()

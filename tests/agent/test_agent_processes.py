@@ -7,9 +7,10 @@ import subprocess
 import sys
 import time
 
-from agent_harness import NODE_TIMEOUT_S, XPOD, pid_alive, task_command, wait_until
+from agent_harness import NODE_TIMEOUT_S, XPOD, cluster, free_port, pid_alive, task_command, wait_until  # noqa: F401 (cluster is a fixture)
 
-H100 = {"count": 1, "model": "nvidia-h100-sxm"}
+# a model no test host has for real, so the jobs land on the simulated devices
+S4000 = {"count": 1, "model": "mthreads-s4000"}
 
 
 def _pids(cluster, job_id: str, task: int = 0, attempt: int = 0) -> dict:
@@ -20,23 +21,27 @@ def _pids(cluster, job_id: str, task: int = 0, attempt: int = 0) -> dict:
 
 def test_job_runs_to_completion_with_the_right_variables(cluster):
     cluster.start_server()
-    cluster.start_agent("n1", "--sim-devices", "nvidia-h100-sxm:2")
-    job = cluster.submit("envjob", {"tasks": 2, "devices": H100, "command": task_command(cluster.out), "env": {"LR": "0.1"}})
+    cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:2")
+    job = cluster.submit("envjob", {"tasks": 2, "devices": S4000, "command": task_command(cluster.out), "env": {"LR": "0.1"}})
     wait_until(lambda: cluster.state(job) == "SUCCEEDED", 30, "the job to succeed")
-    alloc = {a.task: list(a.devices) for a in cluster.client.get(job).events[-2].job.allocations} or None
+    from xpod.proto.xpod.v1 import types_pb2
+
+    scheduled = [e for e in cluster.client.get(job).events if e.type == types_pb2.JOB_EVENT_TYPE_SCHEDULED]
+    bound = {a.task: list(a.devices) for a in scheduled[0].job.allocations}
     envs = [json.loads((cluster.out / f"{job}.{t}.env").read_text()) for t in (0, 1)]
     devices = sorted(e["XPOD_DEVICES"] for e in envs)
-    # node device 0 is this host's CPU; the two simulated H100s are n1/1 and n1/2
-    assert devices == ["n1/1", "n1/2"]
+    # the node also has this host's real devices (the CPU at least); the simulated ones follow them
+    sim = sorted((d.id for d in cluster.client.list_devices("n1") if d.model == "mthreads-s4000"), key=lambda i: int(i.split("/")[1]))
+    assert len(sim) == 2 and devices == sorted(sim)
     for t, env in enumerate(envs):
         assert env["XPOD_JOB_ID"] == job and env["XPOD_TASK_INDEX"] == str(t)
         assert env["RANK"] == str(t) and env["WORLD_SIZE"] == "2" and env["LOCAL_WORLD_SIZE"] == "2"
         assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == envs[0]["MASTER_PORT"]
         # the vendor's visible-devices variable names exactly the task's device (sim backend index)
-        assert env["XPOD_SIM_VISIBLE_DEVICES"] == str(int(env["XPOD_DEVICES"].split("/")[1]) - 1)
+        assert env["XPOD_SIM_VISIBLE_DEVICES"] == str(sim.index(env["XPOD_DEVICES"]))
         assert env["XPOD_BACKEND"] == "sim"
-    if alloc:
-        assert sorted(d for ds in alloc.values() for d in ds) == devices
+    # each task got exactly the device the scheduler bound to it
+    assert {t: [e["XPOD_DEVICES"]] for t, e in enumerate(envs)} == bound
     logs = subprocess.run(XPOD + ["logs", job, "--task", "1", "--state-dir", str(cluster.tmp / "state-n1")],
                           capture_output=True, text=True, timeout=30, env=cluster.env)
     assert logs.returncode == 0, logs.stderr
@@ -46,12 +51,12 @@ def test_job_runs_to_completion_with_the_right_variables(cluster):
 
 def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(cluster):
     cluster.start_server()
-    cluster.start_agent("n1", "--sim-devices", "nvidia-h100-sxm:1")
-    job = cluster.submit("gang", {"tasks": 1, "devices": H100, "command": task_command(cluster.out, "sleep", "600"),
+    cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1")
+    job = cluster.submit("gang", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "sleep", "600"),
                                    "restart": {"max_restarts": 1}})
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run on n1")
     first = _pids(cluster, job)
-    cluster.start_agent("n2", "--sim-devices", "nvidia-h100-sxm:1")
+    cluster.start_agent("n2", "--sim-devices", "mthreads-s4000:1")
     killed_at = time.monotonic()
     cluster.kill("agent-n1")
     wait_until(lambda: not cluster.node_ready("n1"), NODE_TIMEOUT_S + 3, "n1 to be NotReady")
@@ -72,29 +77,43 @@ def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(c
     # ends what its predecessor left behind before registering again
     assert pid_alive(first["self"])
     cluster.start("agent-n1-again", ["agent", "--server", cluster.address, "--node", "n1", "--state-dir", str(cluster.tmp / "state-n1"),
-                                     "--heartbeat-interval", "0.3", "--sim-devices", "nvidia-h100-sxm:1"])
-    wait_until(lambda: not pid_alive(first["self"]), 30, "the new agent to end the orphaned task")
-    assert "ended 1 task(s) a previous agent left running" in cluster.log("agent-n1-again")
+                                     "--heartbeat-interval", "0.3", "--sim-devices", "mthreads-s4000:1"])
+    wait_until(lambda: "ended 1 task(s) a previous agent left running" in cluster.log("agent-n1-again"), 30,
+               "the new agent to end the orphaned task")
+    assert not pid_alive(first["self"])
 
 
 def test_cancel_ends_the_whole_process_group(cluster):
     cluster.start_server()
-    cluster.start_agent("n1", "--sim-devices", "nvidia-h100-sxm:1", "--grace", "1")
-    job = cluster.submit("tree", {"tasks": 1, "devices": H100, "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600")})
+    metrics = f"127.0.0.1:{free_port()}"
+    cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1", "--grace", "1", "--metrics", metrics)
+    job = cluster.submit("tree", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600")})
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run")
     pids = _pids(cluster, job)
     assert pid_alive(pids["self"]) and pid_alive(pids["child"])
+    # the agent's device exporter joins the device to the job while it holds it
+    device = cluster.job(job).allocations[0].devices[0].split("/")[1]
+    held = f'xpod_device_allocation_info{{device="{device}",job_id="{job}",kind="training",node="n1",queue="default"}} 1.0'
+    wait_until(lambda: held in _scrape(metrics), 10, "the allocation series")
     cluster.client.cancel(job)
     # both ignore SIGTERM: SIGKILL after the 1 s grace ends them and the child
     wait_until(lambda: not pid_alive(pids["self"]) and not pid_alive(pids["child"]), 10, "the task and its child to end")
     assert cluster.state(job) == "CANCELLED"
     assert cluster.allocated_milli() == 0
+    wait_until(lambda: "xpod_device_allocation_info{" not in _scrape(metrics), 10, "the allocation series to go")
+
+
+def _scrape(address: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        return r.read().decode()
 
 
 def test_scheduler_restart_loses_and_kills_nothing(cluster):
     cluster.start_server()
-    cluster.start_agent("n1", "--sim-devices", "nvidia-h100-sxm:1")
-    job = cluster.submit("survivor", {"tasks": 1, "devices": H100, "command": task_command(cluster.out, "sleep", "6")})
+    cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1")
+    job = cluster.submit("survivor", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "sleep", "6")})
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run")
     pids = _pids(cluster, job)
     cluster.kill("server")  # kill -9: no goodbye to the agents

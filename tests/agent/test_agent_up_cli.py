@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 
-from agent_harness import XPOD, task_command, wait_until
+from agent_harness import XPOD, cluster, task_command, wait_until  # noqa: F401 (cluster is a fixture)
 
 
 def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
@@ -23,7 +24,8 @@ def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
                                  "simulate": {"duration_s": 0.3}})
     wait_until(lambda: cluster.state(real) == "SUCCEEDED" and cluster.state(sim) == "SUCCEEDED", 30, "both jobs to succeed")
     env = json.loads((cluster.out / f"{real}.0.env").read_text())
-    assert env["XPOD_DEVICES"] == f"{local[0].name}/0" and env["XPOD_BACKEND"] == "cpu"
+    cpu = [d.id for d in local[0].devices if d.vendor == "cpu"]
+    assert env["XPOD_DEVICES"] in cpu and env["XPOD_BACKEND"] == "cpu"
     assert (state / "xpod.db").exists() and (state / "logs" / real / "task-0.log").exists()
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 0
@@ -73,3 +75,26 @@ def test_logs_follow_stops_at_the_exit_line(cluster):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and out.splitlines()[1:] == ["first", "second", "=== xpod: task 0 exited with code 0"]
+
+
+def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
+    host = socket.gethostname().split(".", 1)[0]
+    descriptor = cluster.tmp / "cluster.yaml"
+    descriptor.write_text(
+        "apiVersion: xpod/v1\nkind: Cluster\nmetadata: {name: agent-host-test}\nspec:\n"
+        "  fabrics:\n    - {name: eth, plane: scale-out, link: Ethernet, tiers: [{tier: 1, name: lan, scope: cluster, bandwidth: 10Gb/s}]}\n"
+        "  nodeGroups:\n"
+        "    - {name: gpu, hosts: g1, devices: {model: nvidia-h100-sxm, packagesPerNode: 1}}\n"
+        f"    - {{name: this-host, hosts: '{host}', devices: {{model: nvidia-h100-sxm, packagesPerNode: 1}}}}\n"
+    )
+    cluster.start_server("--cluster", str(descriptor))
+    cluster.start("agent", ["agent", "--server", cluster.address, "--state-dir", str(cluster.tmp / "state"), "--heartbeat-interval", "0.3"])
+    wait_until(lambda: "registered with" in cluster.log("agent"), 30, "the agent to register")
+    assert f"node {host} with" in cluster.log("agent")
+    nodes = {n.name: n for n in cluster.client.list_nodes()}
+    assert sorted(nodes) == sorted(["g1", host])  # replaced, not added beside it
+    assert [d.model for d in nodes["g1"].devices] == ["nvidia-h100-sxm"]  # the other node is untouched
+    from xpod.runtime.agent import discover_devices
+
+    assert [(d.vendor, d.model) for d in nodes[host].devices] == [(d.vendor, d.model) for d in discover_devices()]  # this host's own
+    assert nodes[host].ready

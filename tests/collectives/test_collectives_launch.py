@@ -117,3 +117,22 @@ def test_bench_table_and_flag_errors():
     assert res.returncode == 2 and "--op" in res.stderr
     res = xpod("bench", "collectives", "--op", "all_reduce", "--nproc", "2", "--min-bytes", "abc", "--max-bytes", "2")
     assert res.returncode == 2 and "abc" in res.stderr
+
+
+def test_sigterm_to_xpod_run_ends_every_rank():
+    # A cancel (the node agent, or a user's kill) reaches ranks that lead their own sessions.
+    import signal
+
+    code = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(60)"
+    script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"xpod_sleeper_{os.getpid()}.py")
+    with open(script, "w") as f:
+        f.write(code)
+    try:
+        proc = subprocess.Popen([XPOD, "run", "--nproc", "2", script], stdout=subprocess.PIPE, text=True)
+        pids = [int(proc.stdout.readline().split()[-1]) for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+    finally:
+        os.unlink(script)

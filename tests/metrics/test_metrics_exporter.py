@@ -136,6 +136,14 @@ def test_a_failing_backend_drops_only_its_own_series():
     assert sorted(by_device(m["xpod_device_info"])) == ["0", "1", "2", "3"]
 
 
+def test_overlapping_device_numbers_fail_only_the_later_backend():
+    a, b = SimBackend([("ascend-910c", 2)]), FullBackend(n=2)
+    m = scrape(ex.DeviceCollector([ex.DeviceSource(a, "n1", 0), ex.DeviceSource(b, "n1", 1)]))
+    assert {s.labels["backend"]: s.value for s in m["xpod_exporter_collector_success"]} == {"sim": 1, "cuda": 0}
+    assert sorted(by_device(m["xpod_device_info"])) == ["0", "1"]
+    assert {s.labels["backend"] for s in m["xpod_device_info"]} == {"sim"}
+
+
 def test_host_sources_numbers_real_before_simulated_and_rejects_duplicates():
     sim, cpu = SimBackend([("ascend-910c", 2)]), CpuBackend()
     srcs = ex.host_sources([sim, cpu], node="n1")

@@ -20,6 +20,17 @@ H = "nvidia-h100-sxm"
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
+def xpod_cli(*args: str, timeout: float = 300):
+    """Run the installed ``xpod`` console script as a user would (not via conftest: several
+    test folders have a conftest module and their names clash when the suite runs together)."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_parse_full_spec():
     j = parse_job({
         "id": "t1", "kind": "training", "tasks": 4, "min_tasks": 2,
@@ -170,8 +181,6 @@ def test_pending_reason_has_numbers_position_and_estimate():
 
 
 def test_cycle_result_decisions_and_bench_cli(tmp_path):
-    from conftest import xpod_cli
-
     cluster = os.path.join(REPO, "examples", "clusters", "cloudmatrix384.yaml")
     if not os.path.exists(cluster):
         cluster = os.path.join(REPO, "hal", "clusters", "cloudmatrix384.yaml")

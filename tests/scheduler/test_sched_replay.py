@@ -19,6 +19,17 @@ NODES_SLICE = os.path.join(FIX, "openb_nodes_slice.csv")
 PODS_SLICE = os.path.join(FIX, "openb_pods_slice.csv")
 
 
+def xpod_cli(*args: str, timeout: float = 300):
+    """Run the installed ``xpod`` console script as a user would (not via conftest: several
+    test folders have a conftest module and their names clash when the suite runs together)."""
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 @pytest.fixture(scope="module")
 def slice_tables():
     return openb.load_nodes(NODES_SLICE), openb.load_pods(PODS_SLICE)
@@ -150,8 +161,6 @@ def test_default_leaves_fewer_gpus_idle_than_fgd(full_default):
 # --------------------------------------------------------------------------------- the CLI
 
 def test_cli_replay_writes_json_placements_and_plot(tmp_path):
-    from conftest import xpod_cli
-
     out, pl, png = tmp_path / "r.json", tmp_path / "p.csv", tmp_path / "p.png"
     r = xpod_cli("replay", "openb", "--nodes", NODES_SLICE, "--pods", PODS_SLICE, "--policy", "fgd", "--load", "1.3",
                  "--seed", "3", "--json", str(out), "--placements", str(pl), "--plot", str(png), "--no-progress")
@@ -168,8 +177,6 @@ def test_cli_replay_writes_json_placements_and_plot(tmp_path):
 
 
 def test_cli_replay_several_policies_and_errors(tmp_path):
-    from conftest import xpod_cli
-
     r = xpod_cli("replay", "openb", "--nodes", NODES_SLICE, "--pods", PODS_SLICE, "--policy", "random,default",
                  "--json", "-", "--no-progress")
     assert r.returncode == 0, r.stderr
