@@ -201,7 +201,8 @@ class JobRun:
         """(RUNNING | SUCCEEDED | FAILED, exit code, message) of this node's tasks."""
         for t, code in sorted(self.exits.items()):
             if code != 0:
-                return "FAILED", code, f"task {t} exited with code {code}"
+                why = getattr(self.tasks.get(t), "reason", "")
+                return "FAILED", code, f"task {t} " + (why or f"exited with code {code}")
         if self.tasks and len(self.exits) == len(self.tasks):
             return "SUCCEEDED", 0, ""
         return "RUNNING", 0, ""
@@ -542,9 +543,9 @@ class NodeAgent:
                 continue  # already running (a re-sent assignment after a reconnect)
             try:
                 run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, local_rank, len(mine), master)
-            except XpodError as err:
-                _log(self.log_prefix, f"{self.node.name}: {err}")
-                run.tasks[alloc.task] = _Failed(alloc.task)
+            except Exception as err:  # noqa: BLE001 - one bad job must not stop the node; it reads as a failed start
+                _log(self.log_prefix, f"{self.node.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
+                run.tasks[alloc.task] = _Failed(alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}")
         run.reported = None
 
     def _reap(self) -> None:
@@ -559,7 +560,6 @@ class NodeAgent:
                     if close:
                         close(code)
                     _log(self.log_prefix, f"{self.node.name}: job {run.job_id} task {t} exited with code {code}")
-                    run.reported = None if run.reported != "FAILED" else run.reported
 
     def _report(self) -> None:
         from xpod.proto.xpod.v1 import node_service_pb2
@@ -606,8 +606,9 @@ class NodeAgent:
 class _Failed(TaskHandle):
     """A task that could not start: reads as exit code 127 (command not found, as a shell says)."""
 
-    def __init__(self, task: int) -> None:
+    def __init__(self, task: int, reason: str) -> None:
         self.task = task
+        self.reason = reason  # one line for the job's message
 
     def poll(self) -> int | None:
         return 127

@@ -20,7 +20,7 @@ def register(commands) -> None:
         help="replay an Alibaba openb pod list against its node list (FGD, ATC'23)",
         description=(
             "Shuffle the pod list with --seed, tune it to --load x the GPU capacity, let pods only "
-            "arrive and place each once with --policy (score ties to the largest node name); report GPU "
+            "arrive and place each once with --policy (score ties to a fixed end of the node list); report GPU "
             "allocation against arrived load."
         ),
     )

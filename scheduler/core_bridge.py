@@ -252,7 +252,8 @@ class CorePlacer:
 
     def add_node(self, node: NodeView) -> None:
         core = self._cluster_nodes.get(node.name)
-        if core is None or len(core.devices) != len(node.devices):
+        if core is None or [(d.vendor, d.model) for d in core.devices] != [(d.vendor, d.model) for d in node.devices]:
+            # an agent that found other devices than the cluster file declares: its own count
             core = node_from_view(node)
         unhealthy = [d.index for d in node.devices if d.health in ("alarm", "critical")]
         self.scheduler.add_node(core)
@@ -265,6 +266,8 @@ class CorePlacer:
             self._inventory_changed()
 
     def remove_node(self, name: str) -> None:
+        if name not in self.scheduler.snapshot.nodes:
+            return  # already out of placement (a NotReady node, see scheduler.liveness)
         self.scheduler.remove_node(name)
         with self._admission:
             self._shadow.remove_node(name)
@@ -273,6 +276,8 @@ class CorePlacer:
     def set_device_health(self, node: str, index: int, health: str) -> None:
         healthy = health not in ("alarm", "critical")  # xpod.hal.Health.schedulable
         state = DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY
+        if node not in self.scheduler.snapshot.nodes:
+            return  # NotReady (scheduler.liveness): its health applies when it is added back
         self.scheduler.set_device_health(node, index, state)
         with self._admission:
             self._shadow.set_device_health(node, index, state)

@@ -205,7 +205,7 @@ class Communicator:
     def _build_hierarchy(self, shape: tuple[int, int]) -> None:
         m, k = shape
         timeout = datetime.timedelta(seconds=self.timeout_s)
-        self._inner_groups = self.tiers[0].groups
+        self._inner_groups = self.tiers[self.cost_model.inner_tier_index].groups
         # new_group is collective over the world: every rank creates every group, same order.
         for g in self._inner_groups:
             pg = self._dist.new_group(list(g), timeout=timeout)

@@ -11,8 +11,9 @@ IJHPCA 2005; Patarasuk and Yuan, JPDC 2009, for the bandwidth-optimal all_reduce
 - broadcast (pipelined chain, large messages): ``ceil(log2 p) alpha + S/beta``
 
 A flat algorithm over ranks that span several tiers runs at the slowest spanned tier (its
-bottleneck link). The hierarchical algorithms run the inner steps on the closest tier
-(``m`` ranks per group) and the cross step on the outermost tier (``k = p/m`` ranks).
+bottleneck link). The hierarchical algorithms run the inner steps inside one tier (``m`` ranks
+per group; the model picks which, see ``CostModel.inner_tier_index``) and the cross step over
+the wider tiers, at the slowest of them (``k = p/m`` ranks).
 """
 
 from __future__ import annotations
@@ -93,44 +94,68 @@ class CostModel:
         slow = min(self.tiers, key=lambda t: t.bandwidth_bytes_per_s)
         return Link(max(t.latency_s for t in self.tiers), slow.bandwidth_bytes_per_s)
 
+    #: the call size at which candidate inner tiers are compared (a gradient bucket's order)
+    REFERENCE_BYTES = 64 * 2**20
+
+    def _candidates(self) -> list[int]:
+        # Tiers that split the ranks into k > 1 equal groups of m > 1 ranks, with a wider tier
+        # above them for the cross step.
+        out = []
+        for i, t in enumerate(self.tiers[:-1]):
+            m = len(t.groups[0])
+            if len(t.groups) >= 2 and m >= 2 and all(len(g) == m for g in t.groups):
+                out.append(i)
+        return out
+
+    def _hier_for(self, i: int, op: Op, nbytes: float) -> float:
+        inner = self.tiers[i]
+        # The cross step joins ranks of different inner groups: the slowest wider tier paces it.
+        above = self.tiers[i + 1:]
+        outer = Link(max(t.latency_s for t in above), min(t.bandwidth_bytes_per_s for t in above))
+        m, k = len(inner.groups[0]), len(inner.groups)
+        return hierarchical_seconds(op, nbytes, m, k, Link(inner.latency_s, inner.bandwidth_bytes_per_s), outer)
+
+    @property
+    def inner_tier_index(self) -> int | None:
+        """The tier the hierarchical algorithms run inside: among the tiers that split the
+        ranks into equal groups, the one with the cheapest hierarchical all_reduce at
+        ``REFERENCE_BYTES`` (the closest on a tie); None when no tier qualifies."""
+        cands = self._candidates()
+        if not cands:
+            return None
+        return min(cands, key=lambda i: (self._hier_for(i, Op.ALL_REDUCE, self.REFERENCE_BYTES), i))
+
     def hierarchy_shape(self) -> tuple[int, int] | None:
-        """``(m, k)`` when the closest tier splits the ranks into ``k > 1`` equal groups of
-        ``m > 1`` ranks (what the hierarchical algorithms need), else None."""
-        if len(self.tiers) < 2:
+        """``(m, k)`` of the inner tier (``inner_tier_index``): ``k > 1`` equal groups of
+        ``m > 1`` ranks, what the hierarchical algorithms need; None when no tier qualifies."""
+        i = self.inner_tier_index
+        if i is None:
             return None
-        groups = self.tiers[0].groups
-        m = len(groups[0])
-        if len(groups) < 2 or m < 2 or any(len(g) != m for g in groups):
-            return None
-        return m, len(groups)
+        groups = self.tiers[i].groups
+        return len(groups[0]), len(groups)
 
     def predict_seconds(self, op: Op, nbytes: float, algorithm: Algorithm) -> float | None:
         """Predicted seconds for ``algorithm`` (FLAT or HIERARCHICAL), None when it does not apply."""
         if not self.tiers:
             return None
         if algorithm is Algorithm.FLAT:
-            shape = self.hierarchy_shape()
-            if op is Op.ALL_TO_ALL and shape is not None:
+            i = self.inner_tier_index
+            if op is Op.ALL_TO_ALL and i is not None:
                 # Pairwise exchange: each rank's messages to its own group use the inner tier,
-                # the rest the outer one; no ring edge makes one link the bottleneck.
-                m, _ = shape
+                # the rest the wider ones; no ring edge makes one link the bottleneck.
                 n = self.world_size
-                inner, outer = self.tiers[0], self.tiers[-1]
+                inner, above = self.tiers[i], self.tiers[i + 1:]
+                m = len(inner.groups[0])
+                out_lat = max(t.latency_s for t in above)
+                out_bw = min(t.bandwidth_bytes_per_s for t in above)
                 return ((m - 1) * inner.latency_s + (m - 1) / n * nbytes / inner.bandwidth_bytes_per_s
-                        + (n - m) * outer.latency_s + (n - m) / n * nbytes / outer.bandwidth_bytes_per_s)
+                        + (n - m) * out_lat + (n - m) / n * nbytes / out_bw)
             # Ring algorithms: every ring edge carries the same bytes, so the slowest tier the
             # ring crosses sets the pace.
             return flat_seconds(op, nbytes, self.world_size, self._spanned_link())
         if algorithm is Algorithm.HIERARCHICAL:
-            shape = self.hierarchy_shape()
-            if shape is None:
-                return None
-            inner, outer = self.tiers[0], self.tiers[-1]
-            return hierarchical_seconds(
-                op, nbytes, shape[0], shape[1],
-                Link(inner.latency_s, inner.bandwidth_bytes_per_s),
-                Link(outer.latency_s, outer.bandwidth_bytes_per_s),
-            )
+            i = self.inner_tier_index
+            return None if i is None else self._hier_for(i, op, nbytes)
         return None
 
     def choose(self, op: Op, nbytes: float) -> Algorithm:

@@ -199,3 +199,16 @@ def test_bad_task_fields_are_refused_at_submission_naming_the_field(env, spec, f
     with pytest.raises(ApiError) as err:
         api.submit_job(P, "bad", doc("bad", **spec))
     assert err.value.field == field, str(err.value)
+
+
+def test_a_not_ready_node_may_heartbeat_health_and_register_again(env):
+    api, clock = env
+    api.register_node(P, node("n1"))
+    clock.now += 11
+    assert api.liveness.check() == ["n1"]
+    api.heartbeat(P, "n1", {0: "critical"})  # out of placement already: recorded, applied on return
+    api.register_node(P, node("n1"))  # an agent restarted on that node
+    assert api.list_nodes(P)[0].ready
+    view, _ = api.submit_job(P, "after", doc("after", count=2))
+    api.schedule_once()
+    assert api.get_job(P, view.record.id)[0].record.state is JobState.SCHEDULED

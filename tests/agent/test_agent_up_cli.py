@@ -98,3 +98,9 @@ def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
 
     assert [(d.vendor, d.model) for d in nodes[host].devices] == [(d.vendor, d.model) for d in discover_devices()]  # this host's own
     assert nodes[host].ready
+    # a command that cannot start fails the job per its policy, saying why
+    job = cluster.submit("nocmd", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": ["/nonexistent/xpod-test-binary"],
+                                   "restart": {"max_restarts": 0}})
+    wait_until(lambda: cluster.state(job) == "FAILED", 30, "the job to fail")
+    assert "could not start: cannot start '/nonexistent/xpod-test-binary'" in cluster.job(job).message
+    assert cluster.allocated_milli() == 0

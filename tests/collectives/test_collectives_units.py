@@ -129,3 +129,30 @@ def test_tiers_from_topology_on_cloudmatrix384():
     model = CostModel.from_tiers(tiers, 32)
     assert model.hierarchy_shape() == (2, 16)
     assert model.predict_seconds(Op.ALL_REDUCE, 64e6, Algorithm.HIERARCHICAL) > 0
+
+
+def test_backend_without_distributed_raises_the_named_error():
+    from xpod.backends.cpu import CpuBackend
+    from xpod.hal import Capability, CapabilityUnsupported
+    from xpod.hal.collectives import Communicator
+
+    class NoDist(CpuBackend):
+        unsupported = {Capability.DISTRIBUTED: "this test backend has no collective library"}
+
+    env = LaunchEnv.from_environ({})
+    with pytest.raises(CapabilityUnsupported, match="does not support distributed: this test backend"):
+        Communicator(env, backend=NoDist())
+
+
+def test_inner_tier_is_the_cheapest_equal_split():
+    pairs = [[2 * i, 2 * i + 1] for i in range(8)]
+    tiers = [TierSpec("pair", pairs, 100e9, 1e-6), TierSpec("node", [list(range(8)), list(range(8, 16))], 100e9, 1e-6),
+             TierSpec("pod", [list(range(16))], 5e9, 1e-5)]
+    model = CostModel.from_tiers(tiers, 16)
+    # Inside pairs, half the buffer would still cross the slow pod tier; inside nodes, 1/8 does.
+    assert model.inner_tier_index == 1 and model.hierarchy_shape() == (8, 2)
+    want = hierarchical_seconds(Op.ALL_REDUCE, 64e6, 8, 2, Link(1e-6, 100e9), Link(1e-5, 5e9))
+    assert model.predict_seconds(Op.ALL_REDUCE, 64e6, Algorithm.HIERARCHICAL) == pytest.approx(want)
+    # A fast pod tier: the closest split is as good and is kept.
+    fast = [TierSpec(t.name, t.groups, 100e9, 1e-6) for t in tiers]
+    assert CostModel.from_tiers(fast, 16).inner_tier_index == 0
