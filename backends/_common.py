@@ -55,6 +55,33 @@ class TorchDevice:
     memory_used_bytes: int | None = None
 
 
+def import_failure(module: str, err: BaseException, hint: str) -> str:
+    """The reason a vendor's torch extension did not import, in one line. ``hint`` says what
+    the vendor's runtime needs (``"is CANN installed and set_env.sh sourced?"``)."""
+    if isinstance(err, ModuleNotFoundError):
+        if err.name in (module, "torch"):
+            return f"{module} is not installed"
+        return f"{module} failed to import: missing module {err.name!r} ({hint})"
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{module} failed to import: {type(err).__name__}: {first[:200]} ({hint})"
+
+
+def torch_failure(err: BaseException) -> str:
+    """The reason ``import torch`` itself failed (a broken install, a bad extension autoload)."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"torch failed to import: {first[:200]}"
+
+
+def devices_of(namespace) -> list[TorchDevice]:
+    """Every device a torch device namespace (``torch.npu``, ``torch.mlu``, ``torch.cuda``, ...)
+    lists, in logical index order, with the name and total memory its properties give."""
+    out = []
+    for i in range(namespace.device_count()):
+        props = namespace.get_device_properties(i)
+        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
+    return out
+
+
 def select_visible(devices: Sequence[DeviceInfo], variable: str | None, environ=None) -> list[DeviceInfo]:
     """Apply a process visible-devices variable to a management tool's listing.
 

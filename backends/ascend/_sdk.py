@@ -12,7 +12,7 @@ import glob
 import os
 import shutil
 
-from xpod.backends._common import TorchDevice
+from xpod.backends._common import TorchDevice, devices_of, import_failure
 from xpod.hal import smi
 
 MODULE = "torch_npu"
@@ -26,13 +26,8 @@ def import_extension():
     """``(module, None)`` when ``torch_npu`` imports, else ``(None, reason)``."""
     try:
         import torch_npu  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name in (MODULE, "torch"):
-            return None, f"{MODULE} is not installed"
-        return None, f"{MODULE} failed to import: missing module {err.name!r} (CANN not installed or not sourced?)"
-    except Exception as err:  # OSError for a missing libascendcl.so, RuntimeError, ...
-        first = str(err).splitlines()[0] if str(err) else ""
-        return None, f"{MODULE} failed to import: {type(err).__name__}: {first[:200]} (is CANN installed and set_env.sh sourced?)"
+    except Exception as err:  # OSError for a missing vendor library, RuntimeError, ...
+        return None, import_failure(MODULE, err, "is CANN installed and set_env.sh sourced?")
     return torch_npu, None
 
 
@@ -45,11 +40,7 @@ def torch_device_count(module) -> int:
 def torch_devices() -> list[TorchDevice]:
     import torch
 
-    out = []
-    for i in range(torch.npu.device_count()):
-        props = torch.npu.get_device_properties(i)
-        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
-    return out
+    return devices_of(torch.npu)
 
 
 def tool_path() -> str | None:

@@ -10,7 +10,7 @@ import glob
 import os
 import shutil
 
-from xpod.backends._common import TorchDevice
+from xpod.backends._common import TorchDevice, devices_of, import_failure
 from xpod.hal import smi
 
 MODULE = "torch_mlu"
@@ -24,13 +24,8 @@ def import_extension():
     """``(module, None)`` when ``torch_mlu`` imports, else ``(None, reason)``."""
     try:
         import torch_mlu  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name in (MODULE, "torch"):
-            return None, f"{MODULE} is not installed"
-        return None, f"{MODULE} failed to import: missing module {err.name!r} (Neuware / CNToolkit not installed?)"
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        return None, f"{MODULE} failed to import: {type(err).__name__}: {first[:200]} (is Neuware installed and NEUWARE_HOME set?)"
+    except Exception as err:  # OSError for a missing vendor library, RuntimeError, ...
+        return None, import_failure(MODULE, err, "is Neuware installed and NEUWARE_HOME set?")
     return torch_mlu, None
 
 
@@ -43,11 +38,7 @@ def torch_device_count(module) -> int:
 def torch_devices() -> list[TorchDevice]:
     import torch
 
-    out = []
-    for i in range(torch.mlu.device_count()):
-        props = torch.mlu.get_device_properties(i)
-        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
-    return out
+    return devices_of(torch.mlu)
 
 
 def tool_path() -> str | None:

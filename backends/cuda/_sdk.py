@@ -10,7 +10,7 @@ import glob
 import os
 import shutil
 
-from xpod.backends._common import TorchDevice
+from xpod.backends._common import TorchDevice, devices_of, torch_failure
 from xpod.hal import smi
 
 MODULE = "torch (CUDA build)"
@@ -25,8 +25,7 @@ def import_extension():
     try:
         import torch
     except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return None, f"torch failed to import: {first[:200]}"
+        return None, torch_failure(err)
     if getattr(torch.version, "hip", None):
         return None, f"torch {torch.__version__} is a ROCm/HIP build: its 'cuda' devices are AMD or Hygon, not NVIDIA"
     if not getattr(torch.version, "cuda", None):
@@ -41,11 +40,7 @@ def torch_device_count(module) -> int:
 def torch_devices() -> list[TorchDevice]:
     import torch
 
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append(TorchDevice(name=props.name, memory_total_bytes=props.total_memory))
-    return out
+    return devices_of(torch.cuda)
 
 
 def nvml_status() -> str | None:

@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 
-from xpod.backends._common import TorchDevice
+from xpod.backends._common import TorchDevice, devices_of, torch_failure
 from xpod.hal import smi
 
 MODULE = "torch (DTK build)"
@@ -48,8 +48,7 @@ def import_extension():
     try:
         import torch
     except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return None, f"torch failed to import: {first[:200]}"
+        return None, torch_failure(err)
     hip = getattr(torch.version, "hip", None)
     if not hip:
         cuda = getattr(torch.version, "cuda", None)
@@ -67,11 +66,7 @@ def torch_device_count(module) -> int:
 def torch_devices() -> list[TorchDevice]:
     import torch
 
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
-    return out
+    return devices_of(torch.cuda)
 
 
 def tool_path() -> str | None:

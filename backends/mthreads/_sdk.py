@@ -11,7 +11,7 @@ import glob
 import os
 import shutil
 
-from xpod.backends._common import TorchDevice
+from xpod.backends._common import TorchDevice, devices_of, import_failure
 from xpod.hal import smi
 
 MODULE = "torch_musa"
@@ -26,13 +26,8 @@ def import_extension():
     """``(module, None)`` when ``torch_musa`` imports, else ``(None, reason)``."""
     try:
         import torch_musa  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name in (MODULE, "torch"):
-            return None, f"{MODULE} is not installed"
-        return None, f"{MODULE} failed to import: missing module {err.name!r} (MUSA toolkit not installed?)"
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        return None, f"{MODULE} failed to import: {type(err).__name__}: {first[:200]} (is the MUSA toolkit installed?)"
+    except Exception as err:  # OSError for a missing vendor library, RuntimeError, ...
+        return None, import_failure(MODULE, err, "is the MUSA toolkit installed?")
     return torch_musa, None
 
 
@@ -45,11 +40,7 @@ def torch_device_count(module) -> int:
 def torch_devices() -> list[TorchDevice]:
     import torch
 
-    out = []
-    for i in range(torch.musa.device_count()):
-        props = torch.musa.get_device_properties(i)
-        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
-    return out
+    return devices_of(torch.musa)
 
 
 def tool_path() -> str | None:
