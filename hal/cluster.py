@@ -217,15 +217,44 @@ class Cluster:
 class _Located:
     """The plain data of a YAML document and the (line, col) of every key and value."""
 
+    #: values built at most; aliases can make a short file expand exponentially ("billion laughs")
+    MAX_VALUES = 200_000
+
     def __init__(self) -> None:
         self.value_at: dict[Path, tuple[int, int]] = {}
         self.key_at: dict[Path, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
+        self._open: set[int] = set()  # ids of the nodes being built on the current path
+        self._built = 0
 
     def build(self, node, path: Path = ()) -> Any:
         import yaml
 
+        self._built += 1
+        if self._built > self.MAX_VALUES:
+            if self._built == self.MAX_VALUES + 1:
+                self.problems.append((*_pos(node), f"the document expands to more than {self.MAX_VALUES} values (YAML aliases?); write it out plainly"))
+            return None
+        if id(node) in self._open:
+            self.problems.append((*_pos(node), "a YAML alias refers to a value that contains it; remove the recursive alias"))
+            return None
         self.value_at[path] = (node.start_mark.line, node.start_mark.column)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            self._open.add(id(node))
+            try:
+                return self._build_collection(node, path)
+            finally:
+                self._open.discard(id(node))
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError as err:
+            self.problems.append((*_pos(node), f"cannot read value: {str(err).splitlines()[0]}"))
+            return None
+
+    def _build_collection(self, node, path: Path) -> Any:
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
@@ -241,14 +270,7 @@ class _Located:
                 self.key_at[path + (key,)] = _pos(knode)
                 out[key] = self.build(vnode, path + (key,))
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(v, path + (i,)) for i, v in enumerate(node.value)]
-        loader = yaml.SafeLoader("")
-        try:
-            return loader.construct_object(node, deep=True)
-        except yaml.YAMLError as err:
-            self.problems.append((*_pos(node), f"cannot read value: {str(err).splitlines()[0]}"))
-            return None
+        return [self.build(v, path + (i,)) for i, v in enumerate(node.value)]
 
     def pos(self, path: Path, key: bool = False) -> tuple[int, int]:
         """Where ``path`` is written (its key when ``key``), else its nearest parent."""

@@ -278,6 +278,11 @@ class Placer:
         running = self.snap.running.get(job.id)
         for b in running.bindings if running else ():
             per_domain[self.snap.nodes[b.node].node.domain if b.node in self.snap.nodes else b.node] += 1
+        # replica numbers not in use: a replaced replica gets its own number back (the running
+        # ones keep theirs), so numbers stay 0..tasks-1 and unique
+        used = {b.task for b in running.bindings} if running else set()
+        free_tasks = [t for t in range(first_task) if t not in used]
+        free_tasks += [t for t in range(first_task, first_task + want + len(used)) if t not in used]
         need_dev = job.devices.count if job.devices and not job.devices.fractional else 0
         placed = 0
         while placed < want:
@@ -293,7 +298,7 @@ class Placer:
             if best is None:
                 break
             st = best[1]
-            stmt.bind(job, self.binding(job, first_task + placed, st, self.select(job, st)))
+            stmt.bind(job, self.binding(job, free_tasks[placed], st, self.select(job, st)))
             per_domain[st.node.domain] += 1
             placed += 1
         if placed < need:
@@ -371,6 +376,7 @@ class CycleState:
     decisions: int = 0
     queue_max_hit: set = dataclasses.field(default_factory=set)
     requeued: list[Job] = dataclasses.field(default_factory=list)
+    preemption_attempts: int = 0  # _preempt_for calls that had eligible victims (metrics)
     _keys: dict = dataclasses.field(default_factory=dict)
 
     def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
@@ -545,6 +551,7 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     victims = _victims(cs, job, reclaim)
     if not victims:
         return False
+    cs.preemption_attempts += 1
     stmt = Statement(snap, cs.ctx.now)
     already = cs.placed_tasks.get(job.id, 0)
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1

@@ -170,6 +170,8 @@ class CycleOutcome:
     evictions: dict[str, str]  # job id -> why its allocation was taken back
     pending: dict[str, PendingReasonRecord]  # job id -> why it still waits
     seconds: float = 0.0  # the core's own time for the cycle
+    eviction_reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> service_metrics.EVICTION_REASONS word
+    preemption_attempts: int = 0  # pending jobs the core tried to preempt or reclaim for (with eligible victims)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +309,7 @@ class SchedulerApi:
         self._new_jobs: list[str] = []  # committed, not yet handed to the core
         self._nodes: dict[str, NodeView] = {}
         self._queued_seqs: dict[str, list[int]] = {}  # queue -> sorted seqs of its QUEUED jobs
+        self._submitted_s: dict[str, float] = {}  # QUEUED, never placed -> submit time (queue-wait metric)
         self._task_states: dict[str, dict[str, TaskState]] = {}  # job -> node -> last report
         self._last_revision = 0
         self.cycles = 0
@@ -396,6 +399,10 @@ class SchedulerApi:
         """Keep ``_queued_seqs`` current (caller holds the lock): queue positions in O(log n)."""
         was = old is not None and old.state is JobState.QUEUED
         now = new.state is JobState.QUEUED
+        if old is None and now:
+            self._submitted_s[new.id] = new.create_time_s
+        elif not now:
+            self._submitted_s.pop(new.id, None)  # placed, cancelled or failed: no longer waiting
         if was and not now:
             seqs = self._queued_seqs.get(old.queue, [])
             i = bisect.bisect_left(seqs, old.seq)
@@ -946,7 +953,8 @@ class SchedulerApi:
                     self._placer.add_job(job, parsed)
             outcome = self._placer.cycle(self._clock())
             self.cycles += 1
-            updates = self._decisions(outcome)
+            first: dict[str, tuple[str, str, float]] = {}
+            updates = self._decisions(outcome, first)
             futures = [self._store.submit(u, background=True) for u in updates]
         # Wait for the decisions outside the lock: cancels and agents' reports go on meanwhile.
         stale: list[str] = []
@@ -964,9 +972,16 @@ class SchedulerApi:
                     self._placer.remove_job(jid)
         if self.metrics is not None:
             self.metrics.cycle(outcome, outcome.seconds, self)
+            placed = getattr(self.metrics, "placed", None)
+            if placed is not None:
+                for jid, (queue, kind, wait_s) in first.items():
+                    if jid not in stale:
+                        placed(queue, kind, wait_s)
         return outcome
 
-    def _decisions(self, outcome: CycleOutcome) -> list[JobUpdate]:
+    def _decisions(self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]] | None = None) -> list[JobUpdate]:
+        """The store updates for a cycle's outcome; ``first`` receives, for each job placed for
+        the first time, (queue, kind, seconds since submission)."""
         updates: list[JobUpdate] = []
         now = self._clock()
         with self._lock:
@@ -993,6 +1008,9 @@ class SchedulerApi:
                 else:
                     state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
                     updates.append(JobUpdate(jid, state, None, merged, EventType.SCHEDULED, text, now, job.revision))
+                    submitted_s = self._submitted_s.get(jid)
+                    if first is not None and submitted_s is not None and job.state is JobState.QUEUED:
+                        first[jid] = (job.queue, job.kind, now - submitted_s)
             for jid, reason in outcome.pending.items():
                 job = self._jobs.get(jid)
                 if job is None or job.state is not JobState.QUEUED or jid in outcome.bindings or jid in evicted:
@@ -1022,6 +1040,56 @@ class SchedulerApi:
                     key = (j.queue, p.reason if p else "NEW")
                     counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def job_queue(self, job_id: str) -> str | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        return job.queue if job is not None else None
+
+    def running_counts(self) -> dict[tuple[str, str], int]:
+        """(queue, kind) -> jobs holding devices (SCHEDULED or RUNNING)."""
+        counts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for j in self._jobs.values():
+                if j.state in BOUND_STATES:
+                    counts[(j.queue, j.kind)] = counts.get((j.queue, j.kind), 0) + 1
+        return counts
+
+    def node_counts(self) -> dict[str, int]:
+        """{"ready": n, "not_ready": m} (both always present)."""
+        with self._lock:
+            ready = sum(1 for n in self._nodes.values() if n.ready)
+            total = len(self._nodes)
+        return {"ready": ready, "not_ready": total - ready}
+
+    def largest_free_blocks(self) -> dict[tuple[str, str], int]:
+        """(model, level) -> the most free devices of that model on one node ("node") and in one
+        super-node ("supernode"; a node without a ``supernode`` label is its own), i.e. the
+        biggest single-model gang that fits now. Free = on a ready node, schedulable health, no
+        share allocated. The same facts the core's snapshot is built from, read from the API's
+        mirror so it also works when the core runs in a child process; O(devices + allocations)."""
+        from xpod.hal.device import Health
+
+        usage = self._usage()
+        with self._lock:
+            nodes = list(self._nodes.values())
+        per_node: dict[tuple[str, str], int] = {}  # (model, node) -> free
+        per_super: dict[tuple[str, str], int] = {}  # (model, supernode) -> free
+        models: set[str] = set()
+        for n in nodes:
+            supernode = dict(n.labels).get("supernode") or n.name
+            for d in n.devices:
+                models.add(d.model)
+                if not n.ready or not Health(d.health).schedulable or usage.get(d.id, (0, []))[0] > 0:
+                    continue
+                per_node[(d.model, n.name)] = per_node.get((d.model, n.name), 0) + 1
+                per_super[(d.model, supernode)] = per_super.get((d.model, supernode), 0) + 1
+        out = {(m, level): 0 for m in models for level in ("node", "supernode")}
+        for (m, _), c in per_node.items():
+            out[(m, "node")] = max(out[(m, "node")], c)
+        for (m, _), c in per_super.items():
+            out[(m, "supernode")] = max(out[(m, "supernode")], c)
+        return out
 
     def device_counts(self) -> dict[tuple[str, str], int]:
         """(vendor, state) -> devices, state in free, allocated, unhealthy."""

@@ -10,7 +10,11 @@ over these methods, one to one.
 * ``cancel(job_id)`` drops a pending job or releases a running one; False if unknown.
 * ``finish(job_id)`` a running job completed: its devices are free again.
 * ``add_node / remove_node / set_device_health`` change the inventory; jobs that lose a task
-  are evicted whole and go back to the queue (reported by the next cycle).
+  are evicted whole and go back to the queue (reported by the next cycle), except serving jobs:
+  only their lost replicas are released (``Replacement`` in the next cycle's result) while at
+  least ``min_tasks`` (min replicas) others keep running; the job stays running and the next cycle places the lost
+  replicas again (elsewhere when the node is gone, spread across failure domains).
+* ``replace_tasks(job_id, tasks, why)`` the same for replicas whose task failed.
 * ``cycle(now=None) -> CycleResult`` runs the profile's actions once over the snapshot.
 """
 
@@ -23,7 +27,7 @@ from typing import Callable, Iterable
 from xpod.hal.errors import XpodError
 
 from . import actions as act
-from .model import MILLI, CycleResult, DeviceHealth, Eviction, Job, Node, PriorityClass, Queue
+from .model import MILLI, CycleResult, DeviceHealth, Eviction, Job, JobKind, Node, PriorityClass, Queue, Replacement
 from .policies import CycleContext, JobOrder, JobValidator, QueueOrder
 from .profile import Profile, default_profile
 from .snapshot import RunningJob, Snapshot
@@ -55,6 +59,7 @@ class Scheduler:
         self.clock = clock
         self.pending: dict[str, Job] = {}
         self._evictions: list[Eviction] = []
+        self._replacements: list[Replacement] = []
         self.last_reasons: dict = {}
 
     # --------------------------------------------------------------------------- jobs
@@ -108,20 +113,52 @@ class Scheduler:
             raise XpodError(f"node {node.name}: already registered")
         self.snapshot.add_node(node)
 
-    def remove_node(self, name: str) -> list[str]:
+    def remove_node(self, name: str, replace_replicas: bool = True) -> list[str]:
+        """Drop a node. Returns the jobs evicted whole; serving replicas on it are replaced
+        alone (see the module docstring) unless ``replace_replicas`` is False."""
         if name not in self.snapshot.nodes:
             raise XpodError(f"node {name}: not registered")
-        return self._requeue(self.snapshot_jobs(self.snapshot.remove_node, name), f"node {name} removed")
+        why = f"node {name} removed"
+        if replace_replicas:
+            self._replace_replicas(lambda b: b.node == name, why)
+        return self._requeue(self.snapshot_jobs(self.snapshot.remove_node, name), why)
 
-    def set_device_health(self, node: str, index: int, health: DeviceHealth) -> list[str]:
+    def set_device_health(self, node: str, index: int, health: DeviceHealth, replace_replicas: bool = True) -> list[str]:
         st = self.snapshot.nodes.get(node)
         if st is None:
             raise XpodError(f"node {node}: not registered")
         if not 0 <= index < len(st.node.devices):
             raise XpodError(f"node {node}: no device {index} (it has {len(st.node.devices)})")
-        return self._requeue(
-            self.snapshot_jobs(self.snapshot.set_device_health, node, index, health), f"device {node}/{index} {health.value}"
-        )
+        why = f"device {node}/{index} {health.value}"
+        if replace_replicas and health is not DeviceHealth.HEALTHY:
+            self._replace_replicas(lambda b: b.node == node and index in b.device_indices, why)
+        return self._requeue(self.snapshot_jobs(self.snapshot.set_device_health, node, index, health), why)
+
+    def replace_tasks(self, job_id: str, tasks: Iterable[int], why: str) -> list[Replacement]:
+        """Release these replicas of a running serving job alone and queue them to be placed
+        again; the others keep running untouched. Returns the replacements ([] when the job is
+        not a running serving job, or when fewer than its min replicas would be left: then the
+        caller requeues or fails the job whole)."""
+        rj = self.snapshot.running.get(job_id)
+        drop = set(tasks)
+        if rj is None or rj.job.kind is not JobKind.SERVING:
+            return []
+        lost = [b for b in rj.bindings if b.task in drop]
+        if not lost or len(rj.bindings) - len(lost) < max(1, rj.job.min_required):
+            return []
+        self.snapshot.release_tasks(job_id, drop)
+        # still wanting tasks: the next cycle's allocate places the missing replicas
+        self.pending[job_id] = rj.job
+        out = [Replacement(job_id, b.task, b.node, why) for b in sorted(lost, key=lambda b: b.task)]
+        self._replacements.extend(out)
+        return out
+
+    def _replace_replicas(self, hit, why: str) -> None:
+        """Serving jobs with bindings matching ``hit``: release those replicas alone while at
+        least min replicas others keep running (they are not evicted whole afterwards)."""
+        for jid, rj in list(self.snapshot.running.items()):
+            if rj.job.kind is JobKind.SERVING:
+                self.replace_tasks(jid, [b.task for b in rj.bindings if hit(b)], why)
 
     def snapshot_jobs(self, fn, *args) -> list[Job]:
         jobs = {jid: rj.job for jid, rj in self.snapshot.running.items()}
@@ -173,6 +210,8 @@ class Scheduler:
         self.last_reasons = reasons
         evictions = tuple(self._evictions) + tuple(cs.evictions)
         self._evictions = []
+        replacements = tuple(self._replacements)
+        self._replacements = []
         return CycleResult(
             time=now,
             bindings=tuple(cs.bindings),
@@ -181,6 +220,8 @@ class Scheduler:
             # a decision = a job this cycle bound (fully or partly) or gave a pending reason
             decisions=len({b.job_id for b in cs.bindings} | set(reasons)),
             seconds=time.perf_counter() - t0,
+            replacements=replacements,
+            preemption_attempts=cs.preemption_attempts,
         )
 
     def free_devices(self) -> int:

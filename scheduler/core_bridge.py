@@ -145,6 +145,17 @@ def cluster_inventory(cluster) -> list[NodeView]:
     return [view_from_node(n) for n in nodes_from_cluster(cluster)]
 
 
+def _eviction_reason(e) -> str:
+    """The core's ``Eviction`` as a ``service_metrics.EVICTION_REASONS`` word (metric label)."""
+    if e.preemptor is not None:
+        return "reclaimed" if e.reason.startswith("reclaimed") else "preempted"
+    if e.reason.startswith("node "):  # core.remove_node: "node NAME removed" (re-registered)
+        return "node_removed"
+    if e.reason.startswith("device "):  # core.set_device_health: "device N/I unhealthy"
+        return "device_unhealthy"
+    return "other"
+
+
 class CorePlacer:
     """``api.Placer`` over ``core.Scheduler``. The API serialises every call but ``parse`` and
     ``never_fits``, which may run at the same time as the others (they use a shadow facade)."""
@@ -268,7 +279,9 @@ class CorePlacer:
     def remove_node(self, name: str) -> None:
         if name not in self.scheduler.snapshot.nodes:
             return  # already out of placement (a NotReady node, see scheduler.liveness)
-        self.scheduler.remove_node(name)
+        # jobs still bound there were requeued, failed or had replicas replaced by the API
+        # (scheduler.liveness) before this; one that slipped in meanwhile is evicted whole
+        self.scheduler.remove_node(name, replace_replicas=False)
         with self._admission:
             self._shadow.remove_node(name)
             self._inventory_changed()
@@ -321,6 +334,11 @@ class CorePlacer:
             stmt.bind(core, b)
         stmt.commit({job.id: core})
 
+    def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
+        """Release these replicas of a running serving job alone; the next cycle places them
+        again. Returns the tasks released ([] = nothing changed: not serving, or none left)."""
+        return [r.task for r in self.scheduler.replace_tasks(job_id, tasks, why)]
+
     def remove_job(self, job_id: str) -> None:
         self.scheduler.cancel(job_id)
         self._lost.pop(job_id, None)
@@ -341,7 +359,9 @@ class CorePlacer:
                 )
             )
         evictions = {e.job_id: e.reason for e in result.evictions}
+        reasons = {e.job_id: _eviction_reason(e) for e in result.evictions}
         evictions.update(self._lost)
+        reasons.update({jid: "lost_after_restart" for jid in self._lost})
         self._lost.clear()
         pending = {}
         for jid, r in result.pending.items():
@@ -356,4 +376,6 @@ class CorePlacer:
             evictions=evictions,
             pending=pending,
             seconds=result.seconds,
+            eviction_reasons=reasons,
+            preemption_attempts=result.preemption_attempts,
         )

@@ -40,7 +40,7 @@ def _child(conn, cluster_path: str | None) -> None:
         except BaseException as err:  # reported to the parent by the next cycle
             failure = failure or err
             result = None
-        if op == "cycle":
+        if op in ("cycle", "release_tasks"):  # the calls that wait for an answer
             conn.send(("error", failure) if failure is not None else ("ok", result))
             failure = None
 
@@ -87,6 +87,15 @@ class ProcessPlacer:
 
     def restore_job(self, job: JobRecord, parsed: ParsedJob) -> None:
         self._send("restore_job", job, parsed)
+
+    def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
+        # the child answers in order with the cycle's replies, so ask under the send lock
+        with self._send_lock:
+            self._conn.send(("release_tasks", (job_id, tasks, why)))
+            status, value = self._conn.recv()
+        if status == "error":
+            raise RuntimeError(f"scheduler core process failed: {value!r}") from value
+        return value
 
     def remove_job(self, job_id: str) -> None:
         self._send("remove_job", job_id)

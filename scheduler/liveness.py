@@ -12,8 +12,14 @@ clock). Contracts:
   ``node_timeout_s`` from the restart before it can time out (agents need time to reconnect).
 * A NotReady node whose heartbeats resume is Ready again and back in placement.
 * Restart policy (``spec.restart.max_restarts``, see ``scheduler.taskspec``): a job that lost a
-  node or whose task failed is requeued *whole* (a training gang restarts all its tasks; a
-  serving job is placed again, elsewhere if its node is gone) while it has restarts left; each
+  node or whose task failed is requeued *whole* (a training gang restarts all its tasks) while
+  it has restarts left, except a serving job with at least its min replicas on other nodes
+  (``replicas: {min, max}``; a fixed ``replicas: N`` has min N): only the replicas
+  on the lost (or failing) node are released and placed again by the next cycle (elsewhere
+  when the node is NotReady), the other replicas keep running untouched, their agents see no
+  change, and the job keeps its state (RUNNING); the event reads ``restart K/N: replica T
+  replaced: node X NotReady: ...``. A serving job that would fall below its min replicas
+  restarts whole like the others. Each
   restart is an EVICTED event whose message starts with ``restart K/N:``, which is also how
   restarts are counted (from the durable event log, so the count survives a scheduler
   restart). With none left the job FAILS with the reason. Either way its devices are released
@@ -31,6 +37,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .model import JobKind
 from .store import EventType, JobRecord, JobState, JobUpdate, StaleUpdate, StoreClosed
 from .taskspec import TaskFieldError, parse_task_fields
 
@@ -140,7 +147,10 @@ class Liveness:
             bound = [j for j in api._jobs.values() if j.state in _BOUND and any(a.node == name for a in j.allocations)]
         self.not_ready_events += 1
         for job in sorted(bound, key=lambda j: j.seq):
-            self._decide(job.id, why)
+            decision = self._decide(job.id, why, node=name)
+            evicted = getattr(api.metrics, "evicted", None)
+            if decision is not None and evicted is not None:
+                evicted(job.queue, "node_not_ready")  # requeued or failed: either way it lost its devices
         with api._placer_lock:
             api._placer.remove_node(name)  # nothing new lands there while it is NotReady
         api._wake.set()
@@ -161,10 +171,11 @@ class Liveness:
         """An agent reported a failed task of ``job`` on ``node``: requeue or fail per policy."""
         text = f"task on node {node} exited with code {exit_code}" + (f": {message}" if message else "")
         with self._lock:
-            return self._decide(job.id, text)
+            return self._decide(job.id, text, node=node)
 
-    def _decide(self, job_id: str, why: str) -> RestartDecision | None:
-        """Requeue the job whole or fail it; None when it is no longer bound (someone else decided)."""
+    def _decide(self, job_id: str, why: str, node: str | None = None) -> RestartDecision | None:
+        """Replace the serving replicas on ``node``, or requeue the job whole, or fail it; None
+        when it is no longer bound (someone else decided)."""
         api = self.api
         while True:
             with api._lock:
@@ -175,6 +186,21 @@ class Liveness:
             budget = max_restarts_of(job)
             used = restarts_used(api._store.events_since(0, job_id=job.id, limit=100_000))
             now = api._clock()
+            lost = tuple(a for a in job.allocations if a.node == node)
+            kept = tuple(a for a in job.allocations if a.node != node)
+            if (
+                (budget < 0 or used < budget)
+                and parsed is not None
+                and parsed.core.kind is JobKind.SERVING
+                and lost
+                and len(kept) >= max(1, parsed.core.min_required)
+            ):
+                replaced = self._replace(job, lost, kept, used, budget, why, now)
+                if replaced is None:
+                    continue  # it changed meanwhile: decide again
+                if replaced.restarted:
+                    return replaced
+                # the core could not release them alone (it disagrees about the job): whole
             if (budget < 0 or used < budget) and parsed is not None:
                 total = "unlimited" if budget < 0 else str(budget)
                 message = f"{RESTART_PREFIX}{used + 1}/{total}: {why}"
@@ -199,3 +225,31 @@ class Liveness:
                 api.metrics.finished(job.queue, job.kind, JobState.FAILED.value)
         api._wake.set()
         return RestartDecision(job.id, update.state is JobState.QUEUED, message)
+
+    def _replace(self, job: JobRecord, lost: tuple, kept: tuple, used: int, budget: int, why: str, now: float) -> RestartDecision | None:
+        """Serving: drop the lost replicas' allocations (the job keeps its state and the rest)
+        and release them alone in the core; the next cycle binds them again. None: the job
+        changed meanwhile (decide again). ``restarted`` False: the core refused (whole restart)."""
+        api = self.api
+        tasks = sorted(a.task for a in lost)
+        total = "unlimited" if budget < 0 else str(budget)
+        names = "replica" + ("s " if len(tasks) > 1 else " ") + ", ".join(map(str, tasks))
+        message = f"{RESTART_PREFIX}{used + 1}/{total}: {names} replaced: {why}"
+        # Under the placer lock: no cycle runs between the core's release and the store's
+        # write, so a cycle never binds the replica again before the store has dropped it.
+        with api._placer_lock:
+            update = JobUpdate(job.id, job.state, None, kept, EventType.EVICTED, message, now, expect_revision=job.revision)
+            try:
+                api._wait(api._submit_write(update), None)
+            except StaleUpdate:
+                return None
+            released = api._placer.release_tasks(job.id, tasks, why)
+        if sorted(released) != tasks:  # pragma: no cover - the core and the store disagree
+            return RestartDecision(job.id, False, message)
+        with api._lock:
+            states = api._task_states.get(job.id)
+            for a in lost:
+                if states is not None:
+                    states.pop(a.node, None)
+        api._wake.set()
+        return RestartDecision(job.id, True, message)

@@ -190,6 +190,22 @@ class Eviction:
     preemptor: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+    """Serving replica ``task`` of ``job_id`` lost its place on ``node`` (node gone, device
+    unhealthy, task failed) and was released alone; the job keeps running and the next cycle
+    places the replica again, elsewhere when the node is gone."""
+
+    job_id: str
+    task: int
+    node: str
+    reason: str  # e.g. "node n2 removed"
+
+    @property
+    def message(self) -> str:
+        return f"replica {self.task} replaced: {self.reason}"
+
+
 class ReasonCode(str, enum.Enum):
     """Why a job is still pending. ``NEVER_FITS`` cannot be fixed by waiting."""
 
@@ -223,3 +239,5 @@ class CycleResult:
     pending: Mapping[str, PendingReason]
     decisions: int  # jobs the cycle decided on (placed, evicted for, or given a reason)
     seconds: float  # wall time the cycle took
+    preemption_attempts: int = 0  # jobs the preempt/reclaim actions tried to evict for
+    replacements: tuple[Replacement, ...] = ()  # serving replicas released alone since the last cycle

@@ -419,8 +419,11 @@ def build_server(
     Worker threads: every open Watch stream holds one; at most ``max_workers // 2`` streams are
     open at once (more are RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls.
     """
+    # grpc_server_* metrics when the API has ServiceMetrics attached (scheduler.grpc_metrics)
+    make_interceptor = getattr(api.metrics, "grpc_interceptor", None)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc"),
+        interceptors=[make_interceptor()] if make_interceptor is not None else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

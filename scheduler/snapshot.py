@@ -213,6 +213,22 @@ class Snapshot:
             self.apply(b, -1)
         return rj
 
+    def release_tasks(self, job_id: str, tasks: Iterable[int]) -> tuple[Binding, ...]:
+        """Give back the bindings of these tasks only; the job keeps running with the rest
+        (a serving job losing some replicas). Returns the released bindings. A job left with
+        no binding is no longer running."""
+        rj = self.running[job_id]
+        drop = set(tasks)
+        gone = tuple(b for b in rj.bindings if b.task in drop)
+        for b in gone:
+            self.apply(b, -1)
+        kept = tuple(b for b in rj.bindings if b.task not in drop)
+        if kept:
+            self.running[job_id] = dataclasses.replace(rj, bindings=kept)
+        else:
+            del self.running[job_id]
+        return gone
+
     def free_devices(self, model: str | None = None) -> int:
         return sum(sum(v.values()) for m, v in self.free_whole.items() if model is None or m == model)
 

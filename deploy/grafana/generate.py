@@ -257,14 +257,6 @@ def dashboard(uid: str, title: str, description: str, tags: list[str], variables
 #: a dashboard or rule uses is exported (exporter, scheduler) or recorded (rules.yml), so a
 #: misspelt metric cannot hide as an empty panel.
 PLANNED_METRICS = (
-    "xpod_scheduler_nodes",  # {state}: ready / not_ready; the NotReady alert
-    "xpod_scheduler_queue_wait_seconds",  # histogram {queue, kind}: submit -> placed
-    "xpod_scheduler_running_jobs",  # {queue, kind}
-    "xpod_scheduler_preemption_attempts_total",
-    "xpod_scheduler_evicted_jobs_total",  # {queue, reason}
-    "xpod_scheduler_largest_free_block_devices",  # {pool, level}
-    "grpc_server_handled_total",  # {grpc_service, grpc_method, grpc_code}
-    "grpc_server_handling_seconds",  # histogram {grpc_service, grpc_method}
     "xpod_collective_duration_seconds",  # histogram {op, backend, group_size}
     "xpod_collective_bytes_total",  # {op, backend}
     "xpod_collective_errors_total",  # {op, backend, code}

@@ -120,7 +120,7 @@ def test_cli_end_to_end(live, tmp_path):
     port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", "".join(live.lines)).group(1)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'xpod_scheduler_devices{state="free",vendor="cuda"} 32.0' in body
-    assert 'xpod_scheduler_finished_jobs_total{kind="TrainingJob",outcome="cancelled",queue="research"} 1.0' in body
+    assert 'xpod_scheduler_finished_jobs_total{kind="training",outcome="cancelled",queue="research"} 1.0' in body
 
 
 def test_job_file_errors_are_file_line(tmp_path):

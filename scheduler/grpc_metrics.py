@@ -1,0 +1,134 @@
+"""gRPC server metrics under go-grpc-prometheus's names (research/ecosystem.md 1.4).
+
+``GrpcServerMetrics(registry)`` declares
+
+* ``grpc_server_started_total{grpc_type,grpc_service,grpc_method}``: RPCs begun,
+* ``grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}``: RPCs completed,
+  by status code name (``OK``, ``NOT_FOUND``, ... as go-grpc-prometheus writes them),
+* ``grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}``: histogram of the time
+  from the call reaching the handler to its completion,
+
+and ``interceptor()`` returns a ``grpc.ServerInterceptor`` that keeps them. Streaming responses
+(``Watch*``) count when the stream ends: normally (OK), by an abort (its code), by a raised
+exception (UNKNOWN), or because the client went away or its deadline passed (CANCELLED,
+DEADLINE_EXCEEDED), so a long watch shows up in the handled counter only once it closes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# go-grpc-prometheus's default buckets (prometheus.DefBuckets).
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    """``/xpod.v1.JobService/SubmitJob`` -> (``xpod.v1.JobService``, ``SubmitJob``)."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service or "unknown", method or "unknown"
+
+
+def _code_name(context: Any, default: grpc.StatusCode) -> str:
+    code = None
+    try:
+        code = context.code()  # set by abort / set_code; None when the handler set nothing
+    except Exception:  # pragma: no cover - grpc versions without ServicerContext.code()
+        code = None
+    if code is None:
+        code = default
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+def _ended(context: Any) -> grpc.StatusCode:
+    """How a stream that returned normally ended: OK, unless the call was already over (the
+    Watch servicers stop when ``is_active()`` turns false): DEADLINE_EXCEEDED past the
+    client's deadline, else CANCELLED, as go-grpc-prometheus reports a handler that returned
+    ``ctx.Err()``."""
+    if context.is_active():
+        return grpc.StatusCode.OK
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+class GrpcServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter("grpc_server_started", "Total number of RPCs started on the server.", labels, registry=registry)
+        self.handled = Counter(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels + ["grpc_code"],
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            labels,
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        return _Interceptor(self)
+
+    def _done(self, kind: str, service: str, method: str, code: str, started_s: float) -> None:
+        self.handled.labels(kind, service, method, code).inc()
+        self.handling_seconds.labels(kind, service, method).observe(time.perf_counter() - started_s)
+
+
+class _Interceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: GrpcServerMetrics) -> None:
+        self._m = metrics
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        handler = continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return None
+        service, method = _split(handler_call_details.method)
+        m = self._m
+        if handler.unary_unary is not None:
+            inner, kind, factory = handler.unary_unary, "unary", grpc.unary_unary_rpc_method_handler
+        elif handler.unary_stream is not None:
+            inner, kind, factory = handler.unary_stream, "server_stream", grpc.unary_stream_rpc_method_handler
+        elif handler.stream_unary is not None:
+            inner, kind, factory = handler.stream_unary, "client_stream", grpc.stream_unary_rpc_method_handler
+        else:
+            inner, kind, factory = handler.stream_stream, "bidi_stream", grpc.stream_stream_rpc_method_handler
+        streaming_response = handler.response_streaming
+
+        if not streaming_response:
+
+            def behavior(request_or_iterator, context):
+                m.started.labels(kind, service, method).inc()
+                t0 = time.perf_counter()
+                try:
+                    response = inner(request_or_iterator, context)
+                except BaseException:
+                    m._done(kind, service, method, _code_name(context, grpc.StatusCode.UNKNOWN), t0)
+                    raise
+                m._done(kind, service, method, _code_name(context, grpc.StatusCode.OK), t0)
+                return response
+
+        else:
+
+            def behavior(request_or_iterator, context):
+                m.started.labels(kind, service, method).inc()
+                t0 = time.perf_counter()
+                try:
+                    yield from inner(request_or_iterator, context)
+                except GeneratorExit:  # the client cancelled or the server is stopping
+                    m._done(kind, service, method, grpc.StatusCode.CANCELLED.name, t0)
+                    raise
+                except BaseException:
+                    m._done(kind, service, method, _code_name(context, grpc.StatusCode.UNKNOWN), t0)
+                    raise
+                m._done(kind, service, method, _code_name(context, _ended(context)), t0)
+
+        return factory(behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+__all__ = ["GrpcServerMetrics"]
