@@ -40,7 +40,7 @@ check-install: install
 # Debian's package, installed only when promtool is missing (root here and in CI).
 prometheus-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
-		(apt-get update && apt-get install -y --no-install-recommends prometheus)
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 # The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
 proto: install
