@@ -766,6 +766,9 @@ class SchedulerApi:
             if by_index[index].health != word:
                 changed.append((index, word))
         if changed:
+            for index, word in changed:
+                if word in ("alarm", "critical"):  # serving replicas there move alone (scheduler.liveness)
+                    self.liveness.device_unhealthy(node_name, index, word)
             with self._placer_lock:
                 for index, word in changed:
                     self._placer.set_device_health(node_name, index, word)

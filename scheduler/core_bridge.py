@@ -291,7 +291,8 @@ class CorePlacer:
         state = DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY
         if node not in self.scheduler.snapshot.nodes:
             return  # NotReady (scheduler.liveness): its health applies when it is added back
-        self.scheduler.set_device_health(node, index, state)
+        # evicts what ran there whole (the API persists evictions, not replica replacements)
+        self.scheduler.set_device_health(node, index, state, replace_replicas=False)
         with self._admission:
             self._shadow.set_device_health(node, index, state)
             self._inventory_changed()

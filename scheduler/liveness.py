@@ -173,9 +173,31 @@ class Liveness:
         with self._lock:
             return self._decide(job.id, text, node=node)
 
-    def _decide(self, job_id: str, why: str, node: str | None = None) -> RestartDecision | None:
-        """Replace the serving replicas on ``node``, or requeue the job whole, or fail it; None
-        when it is no longer bound (someone else decided)."""
+    def device_unhealthy(self, node: str, index: int, health: str) -> list[RestartDecision]:
+        """A heartbeat reports ``node``/``index`` alarm or critical: serving replicas on it are
+        replaced alone (as for a lost node) when enough others run. Everything else on it is
+        left to the core, which evicts it whole when the health reaches it."""
+        api = self.api
+        device = f"{node}/{index}"
+        with api._lock:
+            bound = [
+                j for j in api._jobs.values()
+                if j.state in _BOUND and j.kind == "ServingJob" and any(device in a.devices for a in j.allocations)
+            ]
+        out = []
+        with self._lock:
+            for job in sorted(bound, key=lambda j: j.seq):
+                d = self._decide(job.id, f"device {device} {health}", node=node, device=device, replace_only=True)
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def _decide(
+        self, job_id: str, why: str, node: str | None = None, device: str | None = None, replace_only: bool = False
+    ) -> RestartDecision | None:
+        """Replace the serving replicas on ``node`` (on ``device`` when given), or requeue the
+        job whole, or fail it; None when it is no longer bound (someone else decided), or when
+        ``replace_only`` and the replicas cannot be replaced alone."""
         api = self.api
         while True:
             with api._lock:
@@ -186,14 +208,18 @@ class Liveness:
             budget = max_restarts_of(job)
             used = restarts_used(api._store.events_since(0, job_id=job.id, limit=100_000))
             now = api._clock()
-            lost = tuple(a for a in job.allocations if a.node == node)
-            kept = tuple(a for a in job.allocations if a.node != node)
+            hit = [a.node == node and (device is None or device in a.devices) for a in job.allocations]
+            lost = tuple(a for a, h in zip(job.allocations, hit) if h)
+            kept = tuple(a for a, h in zip(job.allocations, hit) if not h)
             if (
                 (budget < 0 or used < budget)
                 and parsed is not None
                 and parsed.core.kind is JobKind.SERVING
                 and lost
                 and len(kept) >= max(1, parsed.core.min_required)
+                # the agent stops a job's tasks per node (run=False): a replica that shares its
+                # node with a kept one could not be stopped alone
+                and not any(a.node == node for a in kept)
             ):
                 replaced = self._replace(job, lost, kept, used, budget, why, now)
                 if replaced is None:
@@ -201,6 +227,8 @@ class Liveness:
                 if replaced.restarted:
                     return replaced
                 # the core could not release them alone (it disagrees about the job): whole
+            if replace_only:
+                return None
             if (budget < 0 or used < budget) and parsed is not None:
                 total = "unlimited" if budget < 0 else str(budget)
                 message = f"{RESTART_PREFIX}{used + 1}/{total}: {why}"

@@ -158,6 +158,13 @@ def test_largest_free_block_counts_partial_nodes_and_unhealthy_devices(system):
     assert value(s, "xpod_scheduler_largest_free_block_devices", pool=MODEL, level="node") == max(sizes.values())
     assert value(s, "xpod_scheduler_largest_free_block_devices", pool=MODEL, level="supernode") == max(supers.values())
 
+    # a device the job holds turns critical: the core evicts the job, counted by reason
+    held = int(api._jobs[job].allocations[0].devices[0].rsplit("/", 1)[1])
+    api.heartbeat(who, node, {held: "critical"})
+    out = api.schedule_once()
+    assert job in out.evictions
+    assert value(samples(metrics.registry), "xpod_scheduler_evicted_jobs_total", queue="research", reason="device_unhealthy") == 1
+
 
 def test_exposition_passes_promtool_lint(system):
     api, metrics, clock, who = system
@@ -217,3 +224,86 @@ def test_server_process_exports_grpc_server_metrics(tmp_path):
 
 def _watch_done(text: str) -> bool:
     return any(l.startswith("grpc_server_handled_total{") and 'grpc_method="WatchJobs"' in l for l in text.splitlines())
+
+
+def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():
+    """The interceptor in process over a raw-bytes service: each way a call can end gets its code."""
+    import concurrent.futures
+
+    from prometheus_client import CollectorRegistry
+
+    from xpod.scheduler.grpc_metrics import GrpcServerMetrics
+
+    def ok(req, ctx):
+        return req
+
+    def abort(req, ctx):
+        ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+
+    def boom(req, ctx):
+        raise RuntimeError("bug")
+
+    def stream(req, ctx):
+        yield b"a"
+        yield b"b"
+
+    def stream_boom(req, ctx):
+        yield b"a"
+        raise RuntimeError("bug")
+
+    handlers = {
+        "Ok": grpc.unary_unary_rpc_method_handler(ok),
+        "Abort": grpc.unary_unary_rpc_method_handler(abort),
+        "Boom": grpc.unary_unary_rpc_method_handler(boom),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "StreamBoom": grpc.unary_stream_rpc_method_handler(stream_boom),
+    }
+    reg = CollectorRegistry()
+    m = GrpcServerMetrics(reg)
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4), interceptors=[m.interceptor()])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.v1.Svc", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert ch.unary_unary("/t.v1.Svc/Ok")(b"x", timeout=10) == b"x"
+            for method, code in (("Abort", grpc.StatusCode.PERMISSION_DENIED), ("Boom", grpc.StatusCode.UNKNOWN)):
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(f"/t.v1.Svc/{method}")(b"x", timeout=10)
+                assert err.value.code() is code
+            assert list(ch.unary_stream("/t.v1.Svc/Stream")(b"x", timeout=10)) == [b"a", b"b"]
+            with pytest.raises(grpc.RpcError):
+                list(ch.unary_stream("/t.v1.Svc/StreamBoom")(b"x", timeout=10))
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary("/t.v1.Svc/Missing")(b"x", timeout=10)
+            assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0).wait()
+    s = samples(reg)
+    handled = {(dict(k[1])["grpc_method"], dict(k[1])["grpc_code"], dict(k[1])["grpc_type"]): v for k, v in s.items() if k[0] == "grpc_server_handled_total"}
+    assert handled == {
+        ("Ok", "OK", "unary"): 1,
+        ("Abort", "PERMISSION_DENIED", "unary"): 1,
+        ("Boom", "UNKNOWN", "unary"): 1,
+        ("Stream", "OK", "server_stream"): 1,
+        ("StreamBoom", "UNKNOWN", "server_stream"): 1,
+    }
+    assert value(s, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service="t.v1.Svc", grpc_method="Ok") == 1
+
+
+def test_failed_preemption_attempt_counts_without_eviction(system):
+    """A pending job with eligible victims that would still not fit: an attempt, no eviction."""
+    api, metrics, clock, who = system
+    api.submit_job(who, "low", job_doc("low", priority_class="low"))
+    for i in range(2):
+        api.submit_job(who, f"high-{i}", job_doc(f"high-{i}", priority_class="high"))
+    api.schedule_once()
+    gang = job_doc("gang", priority_class="normal")
+    gang["spec"]["tasks"] = 2  # 16 devices; evicting the one low job frees only 8
+    api.submit_job(who, "gang", gang)
+    api.schedule_once()
+    api.schedule_once()
+    s = samples(metrics.registry)
+    assert value(s, "xpod_scheduler_preemption_attempts_total") == 2  # one per cycle
+    assert not any(n == "xpod_scheduler_evicted_jobs_total" for (n, _) in s)
+    assert value(s, "xpod_scheduler_running_jobs", queue="research", kind="training") == 3

@@ -184,3 +184,74 @@ def test_replace_replicas_off_keeps_old_whole_eviction():
     dead = _tasks(sched, "s")[1][0]
     assert sched.remove_node(dead, replace_replicas=False) == ["s"]
     assert "s" not in sched.running and sched.cycle().replacements == ()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+SEEN = {"replaced": 0}  # how many replacements the property saw (checked below)
+
+
+# derandomized: the same examples every run, so the count check below is stable
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_nodes=st.integers(2, 6),
+    domains=st.integers(1, 3),
+    shapes=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 2), st.sampled_from([1, 2, 4])), min_size=1, max_size=5),
+    losses=st.lists(st.tuples(st.booleans(), st.integers(0, 50), st.integers(0, 7)), min_size=1, max_size=4),
+)
+def test_replacement_invariants(n_nodes, domains, shapes, losses):
+    """Through node removals and bad devices: replica numbers stay unique in 0..max-1, a serving
+    job keeps at least its min replicas or is requeued whole, healthy replicas never move, and
+    the free counts always match the bindings."""
+    sched = Scheduler(_pod(n_nodes, domains=domains), clock=lambda: 1.0)
+    for i, (hi, lo_off, count) in enumerate(shapes):
+        sched.submit(job(f"s{i}").serving(max(1, hi - lo_off), hi).devices(H, count).build())
+    sched.cycle()
+    for remove, pick, dev in losses:
+        names = sorted(sched.snapshot.nodes)
+        if not names:
+            break
+        victim = names[pick % len(names)]
+        before = {jid: _tasks(sched, jid) for jid in sched.running}
+        if remove:
+            whole = set(sched.remove_node(victim))
+            hit = lambda n, d: n == victim  # noqa: E731
+        else:
+            idx = dev % len(sched.snapshot.nodes[victim].node.devices)
+            whole = set(sched.set_device_health(victim, idx, DeviceHealth.UNHEALTHY))
+            hit = lambda n, d: n == victim and idx in d  # noqa: E731
+        result = sched.cycle()
+        replaced = {(r.job_id, r.task) for r in result.replacements}
+        SEEN["replaced"] += len(replaced)
+        for jid, tasks in before.items():
+            lost = {t for t, (n, d) in tasks.items() if hit(n, d)}
+            if jid in whole:
+                assert not any(r[0] == jid for r in replaced)
+                continue
+            assert {t for (j, t) in replaced if j == jid} == lost
+            if jid in sched.running:
+                now = _tasks(sched, jid)
+                for t, where in tasks.items():
+                    if t not in lost:
+                        assert now[t] == where, f"{jid}: healthy replica {t} moved"
+        for jid, rj in sched.running.items():
+            numbers = [b.task for b in rj.bindings]
+            assert len(numbers) == len(set(numbers)) and all(0 <= t < rj.job.tasks for t in numbers)
+            assert len(numbers) >= rj.job.min_required
+        used = {}
+        for rj in sched.running.values():
+            for b in rj.bindings:
+                for i in b.device_indices:
+                    used[(b.node, i)] = used.get((b.node, i), 0) + b.milli
+        for name, state in sched.snapshot.nodes.items():
+            for i, free in enumerate(state.free_milli):
+                assert free == 1000 - used.get((name, i), 0)
+
+
+def test_the_property_exercised_replacements():
+    # the property above is only worth something if its examples replaced replicas
+    SEEN["replaced"] = 0
+    test_replacement_invariants()
+    assert SEEN["replaced"] > 10, SEEN
