@@ -30,7 +30,8 @@ def register(commands) -> None:
                    help="array name in NPZ; a comma-separated list is a history of windows, oldest first")
     p.add_argument("--devices", required=True, type=_positive("--devices"), metavar="D", help="expert-parallel devices")
     p.add_argument("--nodes", required=True, type=_positive("--nodes"), metavar="N", help="nodes (devices are split evenly, in order)")
-    p.add_argument("--slots", required=True, type=_positive("--slots"), metavar="S", help="expert slots per device per layer")
+    p.add_argument("--slots", required=True, type=_positive("--slots"), metavar="S", help="expert slots per layer: the total over all devices (EPLB's num_replicas, e.g. 320 for EP64) when "
+                        "S >= the number of experts, which must then be a multiple of D; else slots per device")
     p.add_argument("--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)")
     p.add_argument("--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)")
     p.add_argument("--policy", choices=POLICIES, default="auto",
@@ -118,6 +119,20 @@ def _write_json(path: str, doc: dict) -> None:
         raise XpodError(f"{path}: cannot write: {err.strerror}") from None
 
 
+def slots_per_device(slots: int, devices: int, experts: int) -> int:
+    """``--slots`` as slots per device. A value of at least the expert count is the total per
+    layer (EPLB's ``num_replicas``: a device never holds two replicas of one expert, so it
+    cannot be a per-device count); a smaller one is already per device."""
+    if slots < experts:
+        return slots
+    if slots % devices:
+        raise XpodError(
+            f"--slots {slots}: read as slots per layer over all devices (>= {experts} experts), "
+            f"it must be a multiple of --devices {devices}; use e.g. {devices * -(-slots // devices)}"
+        )
+    return slots // devices
+
+
 def cmd_place(args) -> int:
     from xpod.runtime.moe.io import load_placement, load_workload
     from xpod.runtime.moe.placement import PodShape, place
@@ -130,7 +145,7 @@ def cmd_place(args) -> int:
     experts = loads.shape[-1]
     if experts % args.groups:
         raise XpodError(f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}")
-    shape = PodShape(args.devices, args.nodes, args.slots, args.super_nodes)
+    shape = PodShape(args.devices, args.nodes, slots_per_device(args.slots, args.devices, experts), args.super_nodes)
     previous = load_placement(args.previous) if args.previous else None
     if previous is not None and previous.shape.num_devices != args.devices:
         raise XpodError(f"{args.previous}: made for {previous.shape.num_devices} devices, not --devices {args.devices}")

@@ -98,3 +98,14 @@ def test_show_rejects_bad_placement_files(tmp_path, capsys, text, needle):
     code = main(["moe", "show", str(bad), "--loads", FIXTURE, "--workload", "decode_in1000out1000", "--png", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 1 and needle in err and err.count("\n") == 1, err
+
+
+def test_slots_at_or_above_the_expert_count_are_the_total_per_layer():
+    from xpod.hal.errors import XpodError
+    from xpod.runtime.cli_moe import slots_per_device
+
+    assert slots_per_device(5, 64, 256) == 5  # below the expert count: per device
+    assert slots_per_device(320, 64, 256) == 5  # EPLB's num_replicas for EP64
+    assert slots_per_device(256, 32, 256) == 8
+    with pytest.raises(XpodError, match="multiple of --devices 64; use e.g. 384"):
+        slots_per_device(321, 64, 256)
