@@ -408,7 +408,10 @@ def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
 
     def fail(problems: list[tuple[int, int, str]]):
         problems = sorted(set(problems))
-        raise ClusterValidationError([f"{source}:{line + 1}:{col + 1}: {msg}" for line, col, msg in problems])
+        # A value quoted in the file may hold a line break; every message stays one line.
+        raise ClusterValidationError(
+            [f"{source}:{line + 1}:{col + 1}: {msg}".replace("\r", "\\r").replace("\n", "\\n") for line, col, msg in problems]
+        )
 
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))

@@ -24,3 +24,18 @@ def test_alias_expansion_is_bounded():
     lines.append("spec: *a8")
     msgs = _messages("\n".join(lines) + "\n")
     assert any("expands to more than 200000 values" in m for m in msgs), msgs
+
+
+def test_a_line_break_inside_a_quoted_name_keeps_messages_on_one_line():
+    text = (
+        'apiVersion: xpod/v1\nkind: Cluster\nmetadata: {name: x}\n'
+        'spec:\n  topology:\n    levels: ["r\\nack"]\n  nodeGroups:\n'
+        '    - {name: g, hosts: "n[1-2]", devices: {model: nvidia-h100-sxm, packagesPerNode: 8}, labels: {rack: a}}\n'
+    )
+    try:
+        parse_cluster_text(text, source="c.yaml")
+    except ClusterValidationError as err:
+        assert err.messages and all("\n" not in m for m in err.messages), err.messages
+        assert any("\\n" in m for m in err.messages), err.messages
+    else:
+        raise AssertionError("a level name with a line break was accepted")
