@@ -8,7 +8,7 @@ def register(commands) -> None:
     p.add_argument("--state-dir", metavar="DIR", help="keep the database and logs here (default: a new temporary directory)")
     p.add_argument("--steps", type=int, default=60, help="training steps of the DDP job (default 60)")
     p.add_argument("--replay-seconds", type=float, default=20.0, help="wall time the trace slice is compressed into (default 20)")
-    p.set_defaults(func=lambda args: _run(args))
+    p.set_defaults(func=_run)
 
 
 def _run(args) -> int:

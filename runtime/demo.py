@@ -251,7 +251,8 @@ def moe_serving(addr: str, workload: str = "") -> None:
 
 
 def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
-    rows = list(csv.DictReader(open(_data_path("philly_slice.csv"))))[:max_jobs]
+    with open(_data_path("philly_slice.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))[:max_jobs]
     t_first = int(rows[0]["submit_s"])
     span = max(1, int(rows[-1]["submit_s"]) - t_first)
     speedup = span / seconds
@@ -308,8 +309,8 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
             peak = max(peak, util)
             counts = {"QUEUED": 0, "RUNNING": 0, "SCHEDULED": 0, "SUCCEEDED": 0, "FAILED": 0, "CANCELLED": 0}
             for j in c.list():
-                if j.spec["metadata"]["name"].startswith("philly-") if "metadata" in j.spec else False:
-                    counts[_state_name(j)] = counts.get(_state_name(j), 0) + 1
+                if j.name.startswith("philly-"):
+                    counts[_state_name(j)] += 1
             done = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
             table.add_row(f"{time.monotonic() - start:.0f}", str(len(submitted)), str(counts["QUEUED"]),
                           str(counts["RUNNING"] + counts["SCHEDULED"]), str(done), f"{used:.0f} / {len(devs)}", f"{util:.0%}")
