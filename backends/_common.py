@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from xpod.hal.backend import Backend, IntraNodeTopology, Link, parse_visible_devices
-from xpod.hal.device import DeviceInfo, Health
+from xpod.hal.device import DeviceInfo, Health, MetricsSample
 from xpod.hal.errors import BackendUnavailable, ToolOutputError, XpodError
 from xpod.hal.smi import ToolRunError
 
@@ -259,6 +259,11 @@ class ToolBackend(Backend):
                 return merged
         return devices_from_torch(self.name, self.model_prefix, torch_devs, self._dies)
 
+    def metrics(self) -> list[MetricsSample]:
+        """Memory and health as ``devices()``, plus the gauges the tool's listing printed
+        (``DeviceInfo.extra["gauges"]``, filled by the vendor's parser; none are invented)."""
+        return [sample_from_device(d) for d in self.devices()]
+
     def visible_env(self, indices: Sequence[int]) -> dict[str, str]:
         """As ``Backend.visible_env``, but a package of several dies (910C) names the runtime
         logical id of each of its dies: devices 0 and 1 of an A3 node -> ``"0,1,2,3"``. Where
@@ -285,6 +290,23 @@ class ToolBackend(Backend):
             except (ToolRunError, ToolOutputError):
                 physical = None  # links stay UNKNOWN rather than failing the heartbeat
         return topology_from_physical(self.devices(), physical)
+
+
+#: ``MetricsSample`` fields a parser may put in ``DeviceInfo.extra["gauges"]`` (base units)
+GAUGE_FIELDS = ("utilization_ratio", "temperature_celsius", "power_watts", "core_clock_hertz", "memory_clock_hertz", "energy_joules_total")
+
+
+def sample_from_device(d: DeviceInfo, links: tuple = ()) -> MetricsSample:
+    """One ``MetricsSample`` from a parsed device: memory, health and its ``extra["gauges"]``."""
+    gauges = d.extra.get("gauges") or {}
+    return MetricsSample(
+        index=d.index,
+        memory_used_bytes=d.memory_used_bytes,
+        memory_total_bytes=d.memory_total_bytes,
+        health=d.health,
+        links=tuple(links),
+        **{k: float(gauges[k]) for k in GAUGE_FIELDS if gauges.get(k) is not None},
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -20,7 +20,7 @@ import time
 from prometheus_client import generate_latest
 
 from xpod.backends.sim import SimBackend
-from xpod.runtime.exporter import Allocation, DeviceCollector, DeviceSource, build_registry
+from xpod.runtime.exporter import Allocation, DeviceCollector, DeviceSource, build_registry, units_of
 
 
 def main() -> int:
@@ -33,7 +33,8 @@ def main() -> int:
     args = ap.parse_args()
     sources = [DeviceSource(SimBackend.from_spec(args.spec), f"cm-node-{i:02d}") for i in range(args.nodes)]
     col = DeviceCollector(sources)
-    per_node = len(sources[0].backend.devices())
+    # scheduler devices per node: a 910C package is two (one series per die, as the scheduler counts)
+    per_node = sum(units_of(d) for d in sources[0].backend.devices())
     n_alloc = int(args.nodes * per_node * args.allocated)
     col.set_allocations(
         {(f"cm-node-{k // per_node:02d}", k % per_node): Allocation(f"job-{k // 16}", "prod", "training") for k in range(n_alloc)}

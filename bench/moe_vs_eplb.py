@@ -4,12 +4,15 @@ Usage (from the repository root):
 
     .venv/bin/python bench/moe_vs_eplb.py                      # every regime, all 9 workloads
     .venv/bin/python bench/moe_vs_eplb.py --workloads 2 --traffic-tokens 1024   # a quick pass
+    .venv/bin/python bench/moe_vs_eplb.py --regimes stale --json /tmp/stale.json  # only the stale rows
 
 Every cell is scored by the same function (``xpod.runtime.moe.score``) from the written
 placement: balancedness = sum over layers of mean device load / sum of max device load,
 with EPLB's even split and xpod's ``slot_share``. Traffic is the calibrated token simulation
 (``xpod.runtime.moe.simulate``) on 4 layers, the same tokens for every policy. Times are
-wall-clock per 58-layer call on this machine (EPLB's is its Python packing loop).
+wall-clock per 58-layer call on this machine (EPLB's is its Python packing loop), with the
+CPU time of the same call (``time.process_time``) in brackets: on a shared machine the wall
+time also counts waiting for a core.
 Loads: bench/data/moe/deepseek_v3_sglang_expert_load.npz (see SOURCES.md there).
 """
 
@@ -34,6 +37,7 @@ from rich.table import Table  # noqa: E402
 
 from xpod.runtime.moe import PodShape, place, score  # noqa: E402
 from xpod.runtime.moe.simulate import simulate_traffic  # noqa: E402
+from xpod.runtime.moe.robust import plan_for_next_window, stale_history  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "moe", "deepseek_v3_sglang_expert_load.npz")
 GROUPS = 8
@@ -49,8 +53,8 @@ REGIMES = [
 ]
 # xpod variants: name -> keyword arguments of place()
 XPOD = {
-    "xpod": dict(),  # defaults: locality 1, balance_tolerance 0.01
-    "xpod tol=0.1": dict(balance_tolerance=0.1),  # hierarchical-style: fewer node sends
+    "xpod": dict(),  # defaults: locality 1
+    "xpod wrap": dict(policy="wrap"),  # hierarchical (McNaughton wrap-around); only where groups % nodes == 0
 }
 STALE_PAIRS = [
     ("prefill_in1024", "prefill_in4096"),
@@ -58,6 +62,7 @@ STALE_PAIRS = [
     ("decode_in1000out1000", "decode_in2000out100"),
     ("prefill_in2000out100", "decode_in2000out100"),
 ]
+STALE_SCOPES = ("none", "phase", "all")  # history given to the robust planner (B is never in it)
 
 # research/moe.md Table 1 (12 workloads; this copy of the data holds 9 of them)
 RECORDED = {
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
 
     cells = []
     caches = {n: {} for n in names}
-    total = sum(len(names) * (len(r[4]) + len(XPOD)) for r in regimes) + len(STALE_PAIRS) * 2
+    total = sum(len(names) * (len(r[4]) + len(XPOD)) for r in regimes) + len(STALE_PAIRS) * (2 + len(STALE_SCOPES))
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("placing", total=total)
         for regime, devices, nodes, slots, eplb_policies in regimes:
@@ -108,14 +113,19 @@ def main(argv=None) -> int:
                 w = data[name].astype(np.float64)
                 runs = []
                 for pol in eplb_policies:
-                    runs.append((f"EPLB {pol}", *_eplb_placement(w, devices, nodes, slots, pol)))
+                    c0 = time.process_time()
+                    got = _eplb_placement(w, devices, nodes, slots, pol)
+                    runs.append((f"EPLB {pol}", *got, time.process_time() - c0))
                 for label, kw in XPOD.items():
+                    if kw.get("policy") == "wrap" and GROUPS % nodes:
+                        continue  # not a hierarchical-eligible regime (EPLB's own rule)
+                    c0 = time.process_time()
                     pl = place(w, PodShape(devices, nodes, slots), GROUPS, **kw)
-                    runs.append((label, pl.phy2log, pl.slot_device, pl.slot_share, pl.seconds))
-                for label, phy2log, sd, share, secs in runs:
+                    runs.append((label, pl.phy2log, pl.slot_device, pl.slot_share, pl.seconds, time.process_time() - c0))
+                for label, phy2log, sd, share, secs, cpu in runs:
                     progress.update(task, advance=1, description=f"{regime} {name} {label}")
                     sc = score(w, phy2log, sd, dn, share, GROUPS)
-                    cell = dict(regime=regime, workload=name, policy=label, seconds=secs, **sc.to_json())
+                    cell = dict(regime=regime, workload=name, policy=label, seconds=secs, cpu_seconds=cpu, **sc.to_json())
                     if args.traffic_tokens and i < args.traffic_workloads:
                         tr = simulate_traffic(w, phy2log, sd, dn, share, TRAFFIC_LAYERS, args.traffic_tokens,
                                               token_cache=caches[name])
@@ -136,9 +146,23 @@ def main(argv=None) -> int:
             progress.update(task, advance=1, description=f"stale {a}->{b} xpod")
             cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy="xpod", seconds=pl.seconds,
                               **pl.score(wb).to_json()))
+            # Robust planner (runtime/moe/robust.py): never reads B; history = none (A only), A's
+            # phase (prefill/decode) or every other recorded window, B excluded (stale_history).
+            for scope in STALE_SCOPES:
+                rp, used = plan_for_next_window(data, a, b, PodShape(devices, nodes, slots), GROUPS, scope=scope)
+                progress.update(task, advance=1, description=f"stale {a}->{b} xpod robust {scope}")
+                cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy=f"xpod robust, history {scope}",
+                                  history=used, seconds=rp.seconds, **rp.score(wb).to_json()))
+            # Fairness: EPLB fed the same windows, as their per-layer-normalised mean (EPLB's
+            # README leaves load prediction to "a moving average of historical statistics").
+            used = stale_history(list(data.files), a, b, "all")
+            hist = np.stack([wa] + [data[n] * (wa.sum(1) / np.maximum(data[n].sum(1), 1))[:, None] for n in used])
+            phy2log, sd, share, secs = _eplb_placement(hist.mean(axis=0), devices, nodes, slots, "global")
+            cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy="EPLB global, history all (mean)",
+                              history=used, seconds=secs, **score(wb, phy2log, sd, dn, share, GROUPS).to_json()))
 
     table = Table(title=f"MoE placement on real DeepSeek-V3 loads ({len(names)} workloads; bal = mean [min-max])")
-    for col in ("regime", "policy", "bal", "worst layer", "max/mean", "dups/call", "group spread", "remote nodes/token", "ms/call", "moe.md"):
+    for col in ("regime", "policy", "bal", "worst layer", "max/mean", "dups/call", "group spread", "remote nodes/token", "ms/call (cpu)", "moe.md"):
         table.add_column(col, justify="left" if col in ("regime", "policy") else "right")
     order = []
     for c in cells:
@@ -157,10 +181,14 @@ def main(argv=None) -> int:
             f"{statistics.mean(c['duplicates'] for c in cs):.0f}",
             f"{statistics.mean(c['group_spread'] for c in cs):.2f}",
             f"{statistics.mean(tr):.2f}" if tr else "-",
-            f"{1000 * statistics.median(c['seconds'] for c in cs):.0f}",
+            f"{1000 * statistics.median(c['seconds'] for c in cs):.0f}"
+            + (f" ({1000 * statistics.median(c['cpu_seconds'] for c in cs):.0f})" if all("cpu_seconds" in c for c in cs) else ""),
             f"{rec:.3f}" if rec is not None else "",
         )
     console.print(table)
+    for c in cells:
+        if c["policy"].startswith("xpod robust") and not c["policy"].endswith("none"):
+            console.print(f"history of {c['workload']} ({c['policy']}): {', '.join(c['history']) or '-'}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(cells, f, indent=1)

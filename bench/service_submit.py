@@ -1,9 +1,12 @@
 """Durable submissions per second from concurrent clients, with latency percentiles.
 
-Starts `xpod server` (fresh SQLite db, WAL + synchronous=FULL, group commit) on loopback,
-then runs CLIENTS concurrent submitters (grpc.aio, one channel each) for SECONDS; every
-acknowledged submission is on disk when its RPC returns. Prints one JSON object:
-submissions_per_s, p50/p90/p99/max latency in ms, errors, the store's batches.
+Starts `xpod server` as users get it (fresh SQLite db, WAL + synchronous=FULL, group commit;
+scheduling on, the core in its child process) on loopback, then runs CLIENTS concurrent
+closed-loop submitters (grpc.aio, one channel each, spread over --client-processes processes)
+for SECONDS after a warm-up; every acknowledged submission is on disk when its RPC returns.
+Prints one JSON object: submissions_per_s, p50/p90/p99/max latency in ms, errors, shed, and the
+CPU each side spent per submission (server process + its core child, clients), so a run says
+whether the clients or the server were the bottleneck.
 
     .venv/bin/python bench/service_submit.py --clients 32 --seconds 10
 
@@ -38,9 +41,12 @@ def serve_without_scheduling(cluster: str, db: str) -> None:
     from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
     from xpod.scheduler.service import build_server
 
+    from xpod.scheduler.gc_tuning import GcFreezer
+
     c = load_cluster(cluster)
     api = SchedulerApi(db, CorePlacer(c), nodes=cluster_inventory(c), cluster_name=c.name)
     running = build_server(api, Authenticator.open_server(), "127.0.0.1:0")
+    GcFreezer().start()  # as xpod server does
     print(f"xpod server: listening on 127.0.0.1:{running.port} (no scheduling)", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     running.stop(0)
@@ -48,6 +54,7 @@ def serve_without_scheduling(cluster: str, db: str) -> None:
 
 
 def start_server(cluster: str, db: str, extra: list[str], scheduling: bool = True) -> tuple[subprocess.Popen, str]:
+    """``xpod server`` (or the API without scheduling) on a free loopback port; (process, addr)."""
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
     if scheduling:
         cmd = [exe, "server", "--cluster", cluster, "--db", db, "--listen", "127.0.0.1:0", *extra]
@@ -79,7 +86,10 @@ def document(i: int, devices: int) -> dict:
     return {"apiVersion": "xpod/v1", "kind": "BatchJob", "metadata": {"name": f"bench-{i}"}, "spec": spec}
 
 
-async def run_clients(addr: str, clients: int, seconds: float, devices: int, prefix: str) -> tuple[list[float], int, int]:
+async def run_clients(
+    addr: str, clients: int, seconds: float, devices: int, prefix: str, first: int = 0
+) -> tuple[list[float], int, int]:
+    """CLIENTS closed-loop submitters (numbered from ``first``) for SECONDS: (latencies, errors, shed)."""
     import grpc
 
     from xpod.proto.xpod.v1 import job_service_pb2, job_service_pb2_grpc
@@ -91,12 +101,21 @@ async def run_clients(addr: str, clients: int, seconds: float, devices: int, pre
 
     async def one(worker: int) -> None:
         nonlocal errors, shed
+        # the request built once and then only its name, queue and request id changed: the
+        # clients share the machine with the server, so they should cost it little
+        template = job_service_pb2.SubmitJobRequest()
+        template.job.update(document(0, devices))
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = job_service_pb2_grpc.JobServiceStub(ch)
             i = 0
             while time.perf_counter() < stop_at:
-                req = job_service_pb2.SubmitJobRequest(request_id=f"{prefix}-{worker}-{i}")
-                req.job.update(document(worker * 1_000_000 + i, devices))
+                n = worker * 1_000_000 + i
+                req = job_service_pb2.SubmitJobRequest()
+                req.CopyFrom(template)
+                req.request_id = f"{prefix}-{worker}-{i}"
+                fields = req.job.fields
+                fields["metadata"].struct_value.fields["name"].string_value = f"bench-{n}"
+                fields["spec"].struct_value.fields["queue"].string_value = f"q{n % 4}"
                 i += 1
                 t0 = time.perf_counter()
                 try:
@@ -109,8 +128,76 @@ async def run_clients(addr: str, clients: int, seconds: float, devices: int, pre
                     continue
                 latencies.append(time.perf_counter() - t0)
 
-    await asyncio.gather(*(one(w) for w in range(clients)))
+    await asyncio.gather(*(one(w) for w in range(first, first + clients)))
     return latencies, errors, shed
+
+
+def _client_process(addr: str, clients: int, first: int, warmup_s: float, start_at: float, seconds: float,
+                    devices: int, out) -> None:
+    """One client process: warm up, wait for the common start, measure; sends (latencies,
+    errors, shed, cpu_s) back on ``out``."""
+    import resource
+
+    if warmup_s > 0:
+        asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first))
+    time.sleep(max(0.0, start_at - time.time()))
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    lat, errors, shed = asyncio.run(run_clients(addr, clients, seconds, devices, "run", first))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    out.send((lat, errors, shed, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
+    out.close()
+
+
+def run_client_processes(
+    addr: str, clients: int, processes: int, warmup_s: float, seconds: float, devices: int
+) -> tuple[list[float], int, int, float, float]:
+    """CLIENTS submitters spread over PROCESSES processes, measuring the same SECONDS window:
+    (latencies, errors, shed, elapsed_s, client_cpu_s)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + warmup_s + 3.0  # spawning and importing take a moment
+    procs, pipes = [], []
+    share, extra = divmod(clients, processes)
+    first = 0
+    for i in range(processes):
+        n = share + (1 if i < extra else 0)
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_client_process, args=(addr, n, first, warmup_s, start_at, seconds, devices, send))
+        p.start()
+        send.close()
+        procs.append(p)
+        pipes.append(recv)
+        first += n
+    lat: list[float] = []
+    errors = shed = 0
+    cpu_s = 0.0
+    for recv in pipes:
+        l, e, s, c = recv.recv()
+        lat += l
+        errors += e
+        shed += s
+        cpu_s += c
+    for p in procs:
+        p.join()
+    return lat, errors, shed, max(seconds, time.time() - start_at), cpu_s
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (the core's child process), from /proc."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total = sum(proc.cpu_times()[:2])
+        for child in proc.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -131,24 +218,51 @@ def main() -> int:
     )
     ap.add_argument("--cycle-interval", default="0.5")
     ap.add_argument("--no-scheduling", action="store_true", help="measure the API and store alone (no scheduling thread)")
-    ap.add_argument("--core-process", action="store_true", help="xpod server --core-process (the core in a child process)")
+    ap.add_argument("--core-process", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old command lines
+    ap.add_argument(
+        "--core-in-process", action="store_true", help="xpod server --core-in-process (the core's cycles in the server process)"
+    )
+    ap.add_argument(
+        "--client-processes", type=int, default=2, metavar="P",
+        help="spread the clients over P processes (default 2: one Python process is itself a "
+        "bottleneck for 32 clients on a busy machine); still CLIENTS concurrent submitters in all",
+    )
     ap.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.clients < 1 or args.client_processes < 1 or args.client_processes > args.clients:
+        ap.error("--clients must be >= 1 and --client-processes between 1 and --clients")
     if args.serve_only:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         serve_without_scheduling(args.cluster, args.db)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
-        extra = ["--cycle-interval", args.cycle_interval] + (["--core-process"] if args.core_process else [])
+        extra = ["--cycle-interval", args.cycle_interval] + (["--core-in-process"] if args.core_in_process else [])
         proc, addr = start_server(args.cluster, db, extra, not args.no_scheduling)
         try:
-            if args.warmup > 0:
-                asyncio.run(run_clients(addr, args.clients, args.warmup, args.devices, "warm"))
-            t0 = time.perf_counter()
-            lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run"))
-            elapsed = time.perf_counter() - t0
+            if args.client_processes == 1:
+                import resource
+
+                if args.warmup > 0:
+                    asyncio.run(run_clients(addr, args.clients, args.warmup, args.devices, "warm"))
+                server_cpu0 = _cpu_s(proc.pid)
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.perf_counter()
+                lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run"))
+                elapsed = time.perf_counter() - t0
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                server_cpu_s = _cpu_s(proc.pid) - server_cpu0
+                client_cpu_s = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+            else:
+                # the server's CPU is sampled around the whole run (warm-up included) and scaled
+                # to the measured window's share of the submissions
+                server_cpu0 = _cpu_s(proc.pid)
+                t_all = time.perf_counter()
+                lat, errors, shed, elapsed, client_cpu_s = run_client_processes(
+                    addr, args.clients, args.client_processes, args.warmup, args.seconds, args.devices
+                )
+                server_cpu_s = (_cpu_s(proc.pid) - server_cpu0) * elapsed / (time.perf_counter() - t_all)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -159,8 +273,9 @@ def main() -> int:
         stored = conn.execute("SELECT COUNT(*) FROM jobs WHERE request_id LIKE 'run-%'").fetchall()[0][0]
         conn.close()
     result = {
-        "scheduling": "none" if args.no_scheduling else ("child process" if args.core_process else "in process"),
+        "scheduling": "none" if args.no_scheduling else ("in process" if args.core_in_process else "child process"),
         "clients": args.clients,
+        "client_processes": args.client_processes,
         "seconds": round(elapsed, 2),
         "acknowledged": len(lat),
         "stored": stored,
@@ -173,7 +288,10 @@ def main() -> int:
         },
         "errors": errors,
         "shed": shed,
+        "server_cpu_us_per_submission": round(server_cpu_s / max(1, len(lat)) * 1e6),
+        "client_cpu_us_per_submission": round(client_cpu_s / max(1, len(lat)) * 1e6),
         "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result, indent=2))
     return 0 if stored >= len(lat) else 1

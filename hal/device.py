@@ -95,8 +95,18 @@ class DeviceInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinkState:
+    """One scale-up or network link of a device, as its management tool reports it."""
+
+    fabric: str  # hccs, ub, nvlink, mlulink, mtlink, xgmi, pcie, roce (lower case)
+    link: str  # the tool's link name or number on this device ("0", "hccs-3")
+    up: bool  # True when the tool reports the link active / up
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricsSample:
-    """One reading of one device's gauges, in base units (None where the source has none)."""
+    """One reading of one device's gauges, in base units (None where the source has none).
+    A value no source reports stays None and is never exported (no invented zeros)."""
 
     index: int
     memory_used_bytes: int | None = None
@@ -106,3 +116,7 @@ class MetricsSample:
     power_watts: float | None = None
     health: Health = Health.UNKNOWN
     ecc_errors_total: int | None = None
+    energy_joules_total: float | None = None  # energy since the driver loaded (a counter), joules
+    core_clock_hertz: float | None = None  # SM clock (NVIDIA), AI core clock (Ascend), ...
+    memory_clock_hertz: float | None = None
+    links: tuple[LinkState, ...] = ()  # link states, where the tool reports them

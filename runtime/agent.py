@@ -13,32 +13,48 @@
 * **Assignments** arrive over ``WatchAssignments``. ``run=True`` starts the job's tasks on this
   node that are not running yet; ``run=False`` ends them: SIGTERM to each task's process group,
   SIGKILL after ``grace_s`` (``launch.LaunchedGroup.terminate``).
-* **Tasks** run with the launcher's variables (``launch.rank_env``: RANK = task index,
-  WORLD_SIZE = tasks of the job, LOCAL_RANK, MASTER_ADDR/PORT — the port is derived from the job
-  id so every node of a job agrees), the vendor's visible-devices variable for exactly the
+* **Tasks** run with the launcher's variables (``launch.rank_env``) for the task's
+  torch.distributed world (``scheduler.taskspec.task_worlds``, computed from the job's whole
+  allocation list so every node agrees): a training or batch job is ONE world (RANK = task
+  index, WORLD_SIZE = tasks placed, master = task 0's node); a serving job is one world PER
+  REPLICA (``tasks_per_replica: N``: RANK = t mod N, WORLD_SIZE = N, master = the node of the
+  replica's first task, MASTER_PORT distinct per replica, and ``XPOD_REPLICA_INDEX`` = t // N;
+  N = 1 gives every replica a world of one). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
+  the same world on this node. MASTER_ADDR is 127.0.0.1 on the master node itself, else the
+  master node's name. Also the vendor's visible-devices variable for exactly the
   task's devices (``Backend.visible_env``), plus ``XPOD_JOB_ID``, ``XPOD_TASK_INDEX`` and
   ``XPOD_DEVICES`` (the scheduler's device ids, ``node/index``, comma-separated). Each task's
   stdout and stderr go to ``STATE/logs/JOB/task-N.log`` (``xpod logs``), appended per attempt,
   ending with a ``=== xpod: task N exited with code C`` line.
 * **Reports**: per job, RUNNING once its tasks here started, SUCCEEDED when all exited 0,
-  FAILED at the first non-zero exit (the scheduler applies the restart policy).
+  FAILED at the first non-zero exit, naming the failed tasks (``failed_tasks``; the scheduler
+  applies the restart policy: a serving job's other replicas here keep running).
+* **Task sets change**: a ``run=True`` assignment lists the job's tasks on this node; a task
+  running here that it no longer lists (a serving replica replaced alone) is stopped alone, and
+  a listed task not running here is started.
 * **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s);
   tasks keep running meanwhile. On reconnecting the agent heartbeats (registering again only if
   the server does not know the node, so nothing is evicted), re-subscribes, and re-reports every
   job it runs; a job the server answers NOT_ASSIGNED for is ended (it was cancelled or moved
   while we were away) — nothing else is killed.
-* **Agent restarts**: task pids are recorded under ``STATE/tasks``; a new agent ends the process
-  groups a previous one left behind (it cannot supervise them) and registers the node again,
-  which makes the scheduler requeue the jobs that ran here, whole.
+* **Tasks never outlive their agent.** Each task runs under a small supervisor
+  (``runtime/task_supervisor.py``, its own session) that the kernel signals when the agent dies
+  (``PR_SET_PDEATHSIG``, even on ``kill -9``): it SIGTERMs the task's whole process group and
+  SIGKILLs it after ``grace_s``. So after a lost node's gang is restarted elsewhere, no second
+  copy keeps running on the old node.
+* **Agent restarts**: task (supervisor) pids are recorded under ``STATE/tasks``; a new agent
+  still ends any process group a previous one left behind (a supervisor killed with it, a
+  non-Linux host) and registers the node again, which makes the scheduler requeue the jobs that
+  ran here, whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +71,8 @@ DEFAULT_GRACE_S = 5.0
 RECONNECT_MAX_S = 1.0
 POLL_S = 0.1  # how often task exits and queued assignments are looked at
 SIMULATED_LABEL = "simulated"
+#: the per-task supervisor, run as a script (stdlib only, no site) so it starts fast
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_supervisor.py")
 
 
 def default_state_dir() -> str:
@@ -64,11 +82,6 @@ def default_state_dir() -> str:
 
 def log_path(state_dir: str, job_id: str, task: int) -> str:
     return os.path.join(state_dir, "logs", job_id, f"task-{task}.log")
-
-
-def rendezvous_port(job_id: str) -> int:
-    """MASTER_PORT of a job: the same on every node without talking to each other (20000..39999)."""
-    return 20000 + int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") % 20000
 
 
 def _log(prefix: str, text: str) -> None:
@@ -88,12 +101,18 @@ class LocalDevice:
     memory_total_bytes: int
     simulated: bool
     backend: Any = dataclasses.field(default=None, compare=False)  # hal Backend; None in a simulated pod
-    local_index: int = 0  # the backend's own logical index (for visible_env and health)
+    local_index: int = 0  # the backend's own logical index of the package (for visible_env and health)
+    die: int | None = None  # which die of the package, when its dies are scheduled apart (Ascend 910C)
+    # the die's runtime logical id for the visible-devices variable (the HAL's ``logical_ids``
+    # of the package, else package p, die k = p * dies + k); None for a whole package
+    die_visible_id: int | None = None
 
 
 def discover_devices(sim_spec: str | None = None) -> list[LocalDevice]:
     """Every device the HAL finds on this host (real backends), plus simulated ones from
-    ``sim_spec`` (``"ascend-910c:2"``), numbered 0..N-1 in backend order."""
+    ``sim_spec`` (``"ascend-910c:2"``), numbered 0..N-1 in backend order. A package whose dies
+    are scheduled apart (Ascend 910C) is one device per die, each with its share of the memory,
+    as the scheduler's cluster descriptors and the device exporter count them."""
     from xpod.hal.registry import available_backends
 
     backends = list(available_backends())
@@ -101,10 +120,22 @@ def discover_devices(sim_spec: str | None = None) -> list[LocalDevice]:
         from xpod.backends.sim import SimBackend, parse_spec
 
         backends.append(SimBackend(parse_spec(sim_spec)))
+    from xpod.runtime.exporter import units_of
+
     out: list[LocalDevice] = []
     for b in backends:
         for d in b.devices():
-            out.append(LocalDevice(len(out), d.vendor, d.model, int(d.memory_total_bytes or 0), bool(d.simulated), b, d.index))
+            units = units_of(d)
+            ids = list(d.extra.get("logical_ids") or [])
+            if len(ids) != units:
+                ids = [d.index * units + k for k in range(units)]
+            die_memory = d.extra.get("die_memory_bytes")  # [[used, total], ...] where the tool prints each die
+            for k in range(units):
+                memory = int(d.memory_total_bytes or 0) // units
+                if isinstance(die_memory, list) and len(die_memory) == units:
+                    memory = int(die_memory[k][1])
+                out.append(LocalDevice(len(out), d.vendor, d.model, memory, bool(d.simulated), b,
+                                       d.index, die=k if units > 1 else None, die_visible_id=int(ids[k]) if units > 1 else None))
     return out
 
 
@@ -197,6 +228,10 @@ class JobRun:
     exits: dict[int, int] = dataclasses.field(default_factory=dict)  # task index -> exit code
     reported: str | None = None  # the last state the server acknowledged (None: report again)
 
+    def failed_tasks(self) -> list[int]:
+        """Tasks here that exited non-zero (the report's ``failed_tasks``)."""
+        return sorted(t for t, code in self.exits.items() if code != 0)
+
     def state(self) -> tuple[str, int, str]:
         """(RUNNING | SUCCEEDED | FAILED, exit code, message) of this node's tasks."""
         for t, code in sorted(self.exits.items()):
@@ -214,40 +249,62 @@ class JobRun:
 class Executor:
     """Starts tasks for a node agent."""
 
-    def start(self, job: dict[str, Any], job_id: str, alloc: Any, world: int, local_rank: int, local_world: int,
-              master_addr: str) -> TaskHandle:
+    def start(self, job: dict[str, Any], job_id: str, alloc: Any, world: Any, master_addr: str) -> TaskHandle:
+        """Start task ``alloc.task`` of ``job`` (the job document) in ``world`` (a
+        ``scheduler.taskspec.TaskWorld``) whose rank 0 listens on ``master_addr``."""
         raise NotImplementedError
+
+
+def world_text(world: Any, master_addr: str) -> str:
+    """The task's world in a log header: ``replica 1, rank 1 of 2, master n3:30951``."""
+    text = f"rank {world.rank} of {world.world_size}, master {master_addr}:{world.master_port}"
+    return text if world.replica is None else f"replica {world.replica}, {text}"
+
+
+def task_env(job_id: str, alloc: Any, world: Any, master_addr: str, backend_name: str,
+             visible: dict[str, str], user_env: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The variables xpod sets for one task (on top of the agent's own environment): the
+    launcher's rank variables for its ``world`` (``TaskWorld``), the visible-devices variable,
+    the job's ``spec.env`` and the XPOD_* identity variables (which the job cannot override)."""
+    from xpod.runtime.launch import rank_env
+
+    env = rank_env(world.rank, world.world_size, world.local_rank, world.local_world_size, master_addr,
+                   world.master_port, backend_name, visible)
+    env.update(dict(user_env))
+    env.update({"XPOD_JOB_ID": job_id, "XPOD_TASK_INDEX": str(alloc.task), "XPOD_DEVICES": ",".join(alloc.devices)})
+    if world.replica is not None:
+        env["XPOD_REPLICA_INDEX"] = str(world.replica)
+    return env
 
 
 class ProcessExecutor(Executor):
     """Real processes through the launcher's environment contract."""
 
-    def __init__(self, node: str, devices: Sequence[LocalDevice], state_dir: str) -> None:
+    def __init__(self, node: str, devices: Sequence[LocalDevice], state_dir: str, grace_s: float = DEFAULT_GRACE_S) -> None:
         self.node = node
         self.devices = {d.index: d for d in devices}
         self.state_dir = state_dir
+        self.grace_s = grace_s  # SIGTERM-to-SIGKILL grace of a task whose agent died
 
-    def start(self, job, job_id, alloc, world, local_rank, local_world, master_addr) -> TaskHandle:
-        from xpod.runtime.launch import LaunchedGroup, RankProcess, rank_env
+    def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
+        from xpod.runtime.launch import LaunchedGroup, RankProcess
         from xpod.scheduler.taskspec import parse_task_fields
 
         fields = parse_task_fields(job.get("kind", ""), job.get("spec", {}))
         indices = [int(d.rsplit("/", 1)[1]) for d in alloc.devices]
         visible: dict[str, str] = {}
         backend_name = "cpu"
-        by_backend: dict[int, tuple[Any, list[int]]] = {}
+        by_backend: dict[int, tuple[Any, list[LocalDevice]]] = {}
         for i in indices:
             dev = self.devices.get(i)
             if dev is None:
                 raise XpodError(f"job {job_id}: device {self.node}/{i} is not on this node (it has {len(self.devices)})")
             if dev.backend is not None:
-                by_backend.setdefault(id(dev.backend), (dev.backend, []))[1].append(dev.local_index)
-        for backend, local in by_backend.values():
-            visible.update(backend.visible_env(local))
+                by_backend.setdefault(id(dev.backend), (dev.backend, []))[1].append(dev)
+        for backend, devs in by_backend.values():
+            visible.update(_visible_env(backend, devs))
             backend_name = backend.name
-        env = rank_env(alloc.task, world, local_rank, local_world, master_addr, rendezvous_port(job_id), backend_name, visible)
-        env.update(dict(fields.env))
-        env.update({"XPOD_JOB_ID": job_id, "XPOD_TASK_INDEX": str(alloc.task), "XPOD_DEVICES": ",".join(alloc.devices)})
+        env = task_env(job_id, alloc, world, master_addr, backend_name, visible, fields.env)
         command = list(fields.command)
         if not command:
             # nothing to run: sleep the simulated duration (0 by default) so traces replay alike
@@ -255,10 +312,18 @@ class ProcessExecutor(Executor):
         path = log_path(self.state_dir, job_id, alloc.task)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         log = open(path, "ab", buffering=0)
-        log.write(f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node}: {' '.join(command)}\n".encode())
+        log.write(f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} ({world_text(world, master_addr)}): "
+                  f"{' '.join(command)}\n".encode())
+        full_env = {**os.environ, **env}
+        problem = _cannot_exec(command[0], full_env.get("PATH", os.defpath), fields.workdir)
         try:
+            if problem:
+                raise OSError(0, problem)
+            # the supervisor (its own session: its pid is the task's group) ends the task's whole
+            # group when this agent dies, even by kill -9 (runtime/task_supervisor.py)
             popen = subprocess.Popen(
-                command, env={**os.environ, **env}, cwd=fields.workdir, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-s", "-S", SUPERVISOR, str(os.getpid()), repr(self.grace_s), "--", *command],
+                env=full_env, cwd=fields.workdir, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         except OSError as err:
@@ -270,7 +335,7 @@ class ProcessExecutor(Executor):
         os.makedirs(os.path.dirname(pid_file), exist_ok=True)
         with open(pid_file, "w", encoding="utf-8") as f:
             json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
-        return ProcessTask(alloc.task, LaunchedGroup([RankProcess(alloc.task, local_rank, popen, env)]), log, pid_file)
+        return ProcessTask(alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file)
 
 
 class SimExecutor(Executor):
@@ -281,7 +346,7 @@ class SimExecutor(Executor):
         self.state_dir = state_dir
         self.clock = clock
 
-    def start(self, job, job_id, alloc, world, local_rank, local_world, master_addr) -> TaskHandle:
+    def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
         from xpod.scheduler.taskspec import parse_task_fields
 
         sim = parse_task_fields(job.get("kind", ""), job.get("spec", {})).simulate
@@ -292,8 +357,36 @@ class SimExecutor(Executor):
         if sim.fail_after_s is not None and (exit_at is None or now + sim.fail_after_s < exit_at):
             exit_at, code = now + sim.fail_after_s, sim.exit_code
         path = log_path(self.state_dir, job_id, alloc.task)
-        _append(path, f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} (simulated) devices {','.join(alloc.devices)}\n")
+        _append(path, f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} (simulated; {world_text(world, master_addr)}) "
+                      f"devices {','.join(alloc.devices)}\n")
         return SimTask(alloc.task, exit_at, code, self.clock, path)
+
+
+def _visible_env(backend: Any, devs: Sequence[LocalDevice]) -> dict[str, str]:
+    """The vendor's visible-devices variable for exactly ``devs`` of one backend: whole packages
+    through ``Backend.visible_env``, single dies of a die-scheduled package by their logical id."""
+    env = dict(backend.visible_env(sorted({d.local_index for d in devs if d.die is None})))
+    dies = [d.die_visible_id for d in devs if d.die is not None]
+    var = getattr(backend.visible_vars, "process", None)
+    if dies and var:
+        ids = [x for x in env.get(var, "").split(",") if x] + [str(i) for i in dies]
+        env[var] = ",".join(sorted(set(ids), key=int))
+    return env
+
+
+def _cannot_exec(program: str, path: str, workdir: str | None) -> str:
+    """Why ``program`` cannot be executed (the supervisor's exec would fail), or ''. Checked
+    here so a job whose command is missing fails at start with the reason, as before."""
+    if os.sep in program:
+        where = program if os.path.isabs(program) or not workdir else os.path.join(workdir, program)
+        if not os.path.exists(where):
+            return os.strerror(2)  # No such file or directory
+        if os.path.isdir(where) or not os.access(where, os.X_OK):
+            return os.strerror(13)  # Permission denied
+        return ""
+    if shutil.which(program, path=path) is None:
+        return os.strerror(2)
+    return ""
 
 
 def _start_ticks(pid: int) -> str:
@@ -459,7 +552,8 @@ class NodeAgent:
         node = types_pb2.Node(name=self.node.name, labels=dict(self.node.labels))
         for d in self.node.devices:
             node.devices.add(id=f"{self.node.name}/{d.index}", node=self.node.name, index=d.index, vendor=d.vendor,
-                             model=d.model, health=self._health().get(d.index, "ok"), memory_total_bytes=d.memory_total_bytes)
+                             model=d.model, health=self._health().get(d.index, "ok"), memory_total_bytes=d.memory_total_bytes,
+                             simulated=d.simulated)
         self.client.call(self.client.nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
 
     def _health(self) -> dict[int, str]:
@@ -530,19 +624,39 @@ class NodeAgent:
 
     def _start(self, a: Any) -> None:
         from xpod.scheduler.service import struct_to_dict
+        from xpod.scheduler.taskspec import task_worlds
 
         job = struct_to_dict(a.job.spec)
-        everything = list(a.job.allocations)
-        world = len(everything)
-        first_node = min(everything, key=lambda x: x.task).node if everything else self.node.name
-        master = "127.0.0.1" if first_node == self.node.name else first_node
         mine = sorted(a.allocations, key=lambda x: x.task)
+        # every allocation of the job (all nodes), so every node's agent computes the same worlds
+        placed = {x.task: x.node for x in a.job.allocations}
+        placed.update({x.task: self.node.name for x in mine})
+        world_error: Exception | None = None
+        try:
+            worlds = task_worlds(a.job_id, job.get("kind", ""), job.get("spec", {}), placed.items())
+        except Exception as err:  # noqa: BLE001 - the server accepted the job: its tasks fail to start, named
+            worlds, world_error = {}, err
         run = self.runs.setdefault(a.job_id, JobRun(a.job_id, {}))
-        for local_rank, alloc in enumerate(mine):
+        # Tasks here the assignment no longer lists (a serving replica replaced alone) end alone;
+        # the job's other tasks on this node keep running.
+        listed = {alloc.task for alloc in mine}
+        gone = {t: h for t, h in run.tasks.items() if t not in listed}
+        if gone:
+            stale = JobRun(a.job_id, gone, {t: c for t, c in run.exits.items() if t in gone})
+            for t in gone:
+                run.tasks.pop(t)
+                run.exits.pop(t, None)
+            _log(self.log_prefix, f"{self.node.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}")
+            threading.Thread(target=self._stop_run, args=(stale,), daemon=True).start()
+        for alloc in mine:
             if alloc.task in run.tasks:
                 continue  # already running (a re-sent assignment after a reconnect)
             try:
-                run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, local_rank, len(mine), master)
+                if world_error is not None:
+                    raise world_error
+                world = worlds[alloc.task]
+                master = "127.0.0.1" if world.master_node == self.node.name else world.master_node
+                run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, master)
             except Exception as err:  # noqa: BLE001 - one bad job must not stop the node; it reads as a failed start
                 _log(self.log_prefix, f"{self.node.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
                 run.tasks[alloc.task] = _Failed(alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}")
@@ -570,7 +684,7 @@ class NodeAgent:
                 continue
             req = node_service_pb2.ReportTaskStatusRequest(
                 job_id=run.job_id, node=self.node.name, state=getattr(node_service_pb2, f"TASK_STATE_{state}"),
-                message=message, exit_code=code,
+                message=message, exit_code=code, failed_tasks=run.failed_tasks() if state == "FAILED" else [],
             )
             try:
                 self.client.call(self.client.nodes.ReportTaskStatus, req)

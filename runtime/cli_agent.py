@@ -120,7 +120,7 @@ def cmd_agent(args) -> int:
         name = ag.local_node_name(client, args.node)
         node = ag.NodeSpec(name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ())
         exporter = _device_exporter(args.metrics, name, devices) if args.metrics else None
-        agents = [ag.NodeAgent(client, node, ag.ProcessExecutor(name, devices, state), heartbeat_interval_s=args.heartbeat_interval,
+        agents = [ag.NodeAgent(client, node, ag.ProcessExecutor(name, devices, state, args.grace), heartbeat_interval_s=args.heartbeat_interval,
                                grace_s=args.grace, on_allocations=exporter[1] if exporter else None)]
         if exporter:
             print(f"xpod agent: device metrics on {exporter[0].url}", flush=True)

@@ -8,7 +8,7 @@ import sys
 
 from xpod.hal.errors import XpodError
 
-POLICIES = ("auto", "balanced", "even", "budget")
+POLICIES = ("auto", "balanced", "even", "budget", "wrap")
 
 
 def register(commands) -> None:
@@ -36,13 +36,18 @@ def register(commands) -> None:
     p.add_argument("--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)")
     p.add_argument("--policy", choices=POLICIES, default="auto",
                    help="auto (default: budget at <= 2 slots/device, else balanced), balanced, even (no uneven shares), "
-                        "budget (per-layer redundancy; same total weights per device)")
+                        "budget (per-layer redundancy; same total weights per device), wrap (hierarchical: groups cut "
+                        "into nodes by McNaughton's wrap-around rule, about 2 nodes per group)")
     p.add_argument("--locality", type=_nonnegative("--locality"), default=1.0, metavar="W",
-                   help="weight of keeping expert groups on few nodes (0 = balance only; default 1)")
-    p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.01, metavar="F",
-                   help="layers switch to the group-local plan while the summed max device load stays within (1+F) x the "
-                        "balance-only plan's (default 0.01; 0.1 for a hierarchical-style, fewer-node-sends placement)")
+                   help="weight, in mean replica loads, of keeping first replicas on their group's home node and "
+                        "replicas of one expert on different nodes (0 = balance only; default 1)")
+    p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.0, metavar="F",
+                   help="with F > 0, a second plan pins first replicas to home nodes and layers switch to it while the "
+                        "summed max device load stays within (1+F) x the main plan's (default 0: off)")
     p.add_argument("--hedge", type=float, default=0.0, metavar="H", help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)")
+    p.add_argument("--robust", action="store_true",
+                   help="plan for the next window: the last --workload name is the latest window, the others its "
+                        "history; minimises the expected max device load over them (tokens split evenly)")
     p.add_argument("--previous", metavar="FILE", help="previous placement JSON: unchanged experts keep their slots")
     p.add_argument("--max-moves", type=_nonnegative_int("--max-moves"), metavar="K", help="with --previous: load at most K expert weights")
     p.add_argument("--traffic-tokens", type=_nonnegative_int("--traffic-tokens"), default=2048, metavar="T",
@@ -149,10 +154,20 @@ def cmd_place(args) -> int:
     previous = load_placement(args.previous) if args.previous else None
     if previous is not None and previous.shape.num_devices != args.devices:
         raise XpodError(f"{args.previous}: made for {previous.shape.num_devices} devices, not --devices {args.devices}")
-    placement = place(
-        loads, shape, num_groups=args.groups, policy=args.policy, locality=args.locality, hedge=args.hedge,
-        previous=previous, max_moves=args.max_moves, balance_tolerance=args.balance_tolerance,
-    )
+    if args.robust:
+        from xpod.runtime.moe.robust import robust_place
+
+        if previous is not None or args.hedge:
+            raise XpodError("--robust plans from scratch: drop --previous/--max-moves/--hedge (align a robust plan later with --previous)")
+        placement = robust_place(
+            loads if loads.ndim == 2 else loads[-1], shape, num_groups=args.groups, history=None if loads.ndim == 2 else loads[:-1],
+            policy=args.policy, locality=args.locality, balance_tolerance=args.balance_tolerance,
+        )
+    else:
+        placement = place(
+            loads, shape, num_groups=args.groups, policy=args.policy, locality=args.locality, hedge=args.hedge,
+            previous=previous, max_moves=args.max_moves, balance_tolerance=args.balance_tolerance,
+        )
     _write_json(args.out, placement.to_json())
     current = loads if loads.ndim == 2 else loads[-1]
     sc = placement.score(current)

@@ -31,9 +31,14 @@ def register(commands) -> None:
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     s.add_argument("--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)")
-    s.add_argument(
-        "--core-process", action="store_true",
-        help="run the scheduler core in a child process, so its cycles do not slow the API down",
+    core = s.add_mutually_exclusive_group()
+    core.add_argument(
+        "--core-process", dest="core_process", action="store_true", default=True,
+        help="run the scheduler core in a child process, so its cycles do not hold the API's GIL (the default)",
+    )
+    core.add_argument(
+        "--core-in-process", dest="core_process", action="store_false",
+        help="run the scheduler core in the server process (one process, slower API under load)",
     )
     s.set_defaults(func=cmd_server)
 
@@ -173,6 +178,11 @@ def cmd_server(args) -> int:
             api.close()
             raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
     api.start()
+    from xpod.scheduler.gc_tuning import GcFreezer
+
+    # the server keeps every job in memory: without this, full GC passes that walk all of them
+    # stall every call in flight, longer as jobs accumulate (scheduler/gc_tuning.py)
+    freezer = GcFreezer().start()
     jobs = len(api.store.load_jobs())
     devices = sum(len(n.devices) for n in nodes)
     if authenticator.open:
@@ -193,6 +203,7 @@ def cmd_server(args) -> int:
     print("xpod server: stopping", flush=True)
     running.stop(2.0)
     api.close()
+    freezer.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     return 0

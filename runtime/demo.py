@@ -229,8 +229,10 @@ def moe_serving(addr: str, workload: str = "") -> None:
         "kind": "ServingJob",
         "metadata": {"name": "deepseek-v3-ep64"},
         "spec": {
-            # One replica per node of the EP group: 4 x 16 dies. (A serving replica is one
-            # task; a multi-node serving instance as one gang is not modelled yet.)
+            # Four one-node replicas of 16 dies, one per node of the EP group, each its own
+            # world of one task. One EP64 instance over the 4 nodes would be `replicas: 1,
+            # tasks_per_replica: 4, within: supernode`: a world of 4 tasks placed whole in one
+            # super-node (examples/jobs/deepseek-serving-supernode.yaml); the demo keeps this shape.
             "replicas": {"min": nodes, "max": nodes},
             "devices": {"count": devices // nodes, "model": "ascend-910c"},
             "within": "node",

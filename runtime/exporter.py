@@ -9,14 +9,20 @@ Metric names, types and base units follow research/ecosystem.md section 1.4 with
 * A gauge a backend does not report (``None`` in its ``MetricsSample``) is not emitted: no fake
   zeros. ``xpod_device_info``, ``xpod_device_health`` and ``xpod_device_health_state`` are
   emitted for every device.
-* Device series carry hardware labels only: ``node, device, vendor, model, uuid, simulated``.
-  Jobs are joined through ``xpod_device_allocation_info{node,device,job_id,queue,kind}`` (value
-  1, present only while the device is allocated), fed by ``DeviceCollector.set_allocations``.
-* ``device`` is the device's index on its node: a source's HAL index (``DeviceInfo.index``, one
-  per package) plus the source's ``index_offset`` (``host_sources`` lays the backends of one host
-  out one after another, real backends first). Where the scheduler counts smaller units than
-  the HAL (Ascend 910C: two dies per package, ``DeviceInfo.dies``), the caller of
-  ``set_allocations`` names the package that holds the allocated die.
+* Device series carry hardware labels only: ``node, device, package, vendor, model, uuid,
+  simulated``. Jobs are joined through ``xpod_device_allocation_info{node,device,job_id,queue,kind}``
+  (value 1, present only while the device is allocated), fed by ``DeviceCollector.set_allocations``.
+* **One series per scheduler device.** ``device`` counts what the scheduler counts: a package
+  whose dies are scheduled apart (the catalog's ``schedulable_unit: die``: Ascend 910C) is two
+  devices, numbered one after the other, exactly as ``runtime.agent.discover_devices``
+  registers them; ``package`` is the package's index on the node (equal to ``device`` for a
+  one-unit device). A package-level reading is given to each of its dies as the tool reports
+  it for the package (utilisation, temperature, power, energy, clocks, links, health: aggregate
+  them with ``max by (node, package)``), except memory: each die has its own HBM, read from the
+  tool's per-die rows where it prints them (``extra["die_memory_bytes"]``), else the package's
+  reading split evenly. A source's devices start at its
+  ``index_offset`` (``host_sources`` lays the backends of one host out one after another, real
+  backends first).
 * A backend that raises while being read drops only its own device series for that scrape;
   ``xpod_exporter_collector_success{node,backend}`` goes to 0 and the others are unaffected.
 """
@@ -44,7 +50,7 @@ log = logging.getLogger(__name__)
 #: Default listen address of ``xpod exporter`` (loopback: exposing it is a deliberate choice).
 DEFAULT_LISTEN = "127.0.0.1:9478"
 #: Label names of every per-device series, in order.
-DEVICE_LABELS = ("node", "device", "vendor", "model", "uuid", "simulated")
+DEVICE_LABELS = ("node", "device", "package", "vendor", "model", "uuid", "simulated")
 #: Job kinds an allocation may name (the scheduler's JobKind values).
 ALLOCATION_KINDS = ("training", "serving", "batch")
 
@@ -55,7 +61,8 @@ class DeviceSource:
 
     backend: Backend
     node: str  # the node label: hostname for real devices, the descriptor's node for a simulated one
-    index_offset: int = 0  # node-level device index = offset + the backend's logical index
+    index_offset: int = 0  # node-level index of the source's first scheduler device (die on 910C)
+    package_offset: int | None = None  # node-level index of its first package (None: index_offset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +90,24 @@ def host_sources(backends: Sequence[Backend], node: str | None = None) -> list[D
     ones so that adding simulated devices never renumbers real ones."""
     node = node or socket.gethostname()
     out: list[DeviceSource] = []
-    offset = 0
+    offset = packages = 0
     for b in sorted(backends, key=lambda b: b.simulated):  # stable: registry order within each group
-        out.append(DeviceSource(b, node, offset))
-        offset += len(b.devices())
+        devices = b.devices()
+        out.append(DeviceSource(b, node, offset, packages))
+        offset += sum(units_of(d) for d in devices)
+        packages += len(devices)
     return out
+
+
+def units_of(d: DeviceInfo) -> int:
+    """Scheduler devices in one HAL device: its dies when the catalog schedules dies apart
+    (Ascend 910C), else 1. The agent registers and the exporter labels the same units."""
+    if d.dies <= 1 or not d.model:
+        return 1
+    from xpod.hal.catalog import match_model
+
+    model = match_model(d.model)
+    return 1 if model is None else max(1, min(d.dies, model.units_per_package))
 
 
 def _fmt_bool(value: bool) -> str:
@@ -145,7 +165,7 @@ class DeviceCollector:
         info = GaugeMetricFamily(
             "xpod_device_info",
             "One series per device, value 1; hardware facts as labels (join on node, device).",
-            labels=["node", "device", "vendor", "model", "uuid", "pci_bus_id", "simulated", "backend", "name"],
+            labels=["node", "device", "package", "vendor", "model", "uuid", "pci_bus_id", "simulated", "backend", "name"],
         )
         count = GaugeMetricFamily(
             "xpod_devices", "Devices found on the node, by vendor.", labels=["node", "vendor", "simulated"]
@@ -172,6 +192,21 @@ class DeviceCollector:
             "xpod_device_health_state",
             "Device health on the four-level scale plus unknown: 1 for the current state, 0 for the others.",
             labels=[*DEVICE_LABELS, "state"],
+        )
+        energy = CounterMetricFamily(
+            "xpod_device_energy_joules",
+            "Energy the device used since its driver loaded, joules (only where the tool reports it; a package's on each die).",
+            labels=list(DEVICE_LABELS),
+        )
+        clock = GaugeMetricFamily(
+            "xpod_device_clock_hertz",
+            "Current clock, hertz: core = SM (NVIDIA) / AI core (Ascend), memory = device memory (only where reported).",
+            labels=[*DEVICE_LABELS, "clock"],
+        )
+        link_up = GaugeMetricFamily(
+            "xpod_link_up",
+            "1 when the device's link is up, 0 when down (only where the tool reports link states).",
+            labels=[*DEVICE_LABELS, "fabric", "link"],
         )
         errors = CounterMetricFamily(
             "xpod_device_errors",
@@ -207,7 +242,8 @@ class DeviceCollector:
             try:
                 devices = src.backend.devices()
                 samples = {s.index: s for s in src.backend.metrics()}
-                mine = {(src.node, str(src.index_offset + d.index)) for d in devices}
+                n_units = sum(units_of(d) for d in devices)
+                mine = {(src.node, str(src.index_offset + k)) for k in range(n_units)}
                 if mine & taken:
                     # Two series with one identity would make Prometheus reject the whole scrape.
                     clash = sorted(mine & taken, key=lambda k: int(k[1]))[0]
@@ -222,33 +258,53 @@ class DeviceCollector:
                 continue
             success.add_metric(list(key), 1)
             duration.add_metric(list(key), time.monotonic() - started)
-            for d in devices:
+            unit = src.index_offset
+            package = src.index_offset if src.package_offset is None else src.package_offset
+            for d in sorted(devices, key=lambda d: d.index):
                 sample = samples.get(d.index)
-                labels = self._device_labels(src, d)
+                units = units_of(d)
                 sim = _fmt_bool(d.simulated)
-                info.add_metric(
-                    [*labels[:5], d.pci_bus_id or "", sim, src.backend.name, d.name or ""], 1
-                )
                 vkey = (src.node, d.vendor, sim)
-                per_vendor[vkey] = per_vendor.get(vkey, 0) + 1
+                per_vendor[vkey] = per_vendor.get(vkey, 0) + units
                 # The sample is the fresher reading; devices() fills what a backend's
                 # metrics() leaves out.
                 used = _first(sample and sample.memory_used_bytes, d.memory_used_bytes)
                 total = _first(sample and sample.memory_total_bytes, d.memory_total_bytes)
-                if used is not None:
-                    mem_used.add_metric(labels, used)
-                if total is not None:
-                    mem_total.add_metric(labels, total)
-                if sample is not None:
-                    _add_optional(util, labels, sample.utilization_ratio)
-                    _add_optional(temp, labels, sample.temperature_celsius)
-                    _add_optional(power, labels, sample.power_watts)
-                    if sample.ecc_errors_total is not None:
-                        errors.add_metric([*labels, "ecc"], sample.ecc_errors_total)
                 h = _health_of(sample, d)
-                health.add_metric(labels, 1 if h.schedulable else 0)
-                for state in Health:
-                    health_state.add_metric([*labels, state.value], 1 if state is h else 0)
+                # per-die memory where the tool printed each die's row (npu-smi on A3), else an even split
+                die_memory = d.extra.get("die_memory_bytes") if units > 1 else None
+                if not (isinstance(die_memory, list) and len(die_memory) == units):
+                    die_memory = None
+                for die in range(units):
+                    labels = [src.node, str(unit), str(package), d.vendor, d.model, d.uuid or "", sim]
+                    unit += 1
+                    info.add_metric([*labels[:6], d.pci_bus_id or "", sim, src.backend.name, d.name or ""], 1)
+                    if die_memory is not None:
+                        mem_used.add_metric(labels, die_memory[die][0])
+                        mem_total.add_metric(labels, die_memory[die][1])
+                    else:
+                        if used is not None:
+                            mem_used.add_metric(labels, used // units)
+                        if total is not None:
+                            mem_total.add_metric(labels, total // units)
+                    if sample is not None:
+                        _add_optional(util, labels, sample.utilization_ratio)
+                        _add_optional(temp, labels, sample.temperature_celsius)
+                        _add_optional(power, labels, sample.power_watts)
+                        if sample.energy_joules_total is not None:
+                            energy.add_metric(labels, float(sample.energy_joules_total))
+                        if sample.core_clock_hertz is not None:
+                            clock.add_metric([*labels, "core"], float(sample.core_clock_hertz))
+                        if sample.memory_clock_hertz is not None:
+                            clock.add_metric([*labels, "memory"], float(sample.memory_clock_hertz))
+                        for link in sample.links:
+                            link_up.add_metric([*labels, link.fabric, link.link], 1 if link.up else 0)
+                        if sample.ecc_errors_total is not None:
+                            errors.add_metric([*labels, "ecc"], sample.ecc_errors_total)
+                    health.add_metric(labels, 1 if h.schedulable else 0)
+                    for state in Health:
+                        health_state.add_metric([*labels, state.value], 1 if state is h else 0)
+                package += 1
 
         for (node, vendor, sim), n in sorted(per_vendor.items()):
             count.add_metric([node, vendor, sim], n)
@@ -261,14 +317,10 @@ class DeviceCollector:
             key = (src.node, src.backend.name)
             failures.add_metric(list(key), error_counts.get(key, 0))
 
-        families = (build, info, count, mem_used, mem_total, util, temp, power, health, health_state, errors,
-                    alloc_info, success, duration, failures)
+        families = (build, info, count, mem_used, mem_total, util, temp, power, energy, clock, link_up, health,
+                    health_state, errors, alloc_info, success, duration, failures)
         # A family no device reports is left out whole (no HELP/TYPE without samples).
         yield from (f for f in families if f.samples)
-
-    @staticmethod
-    def _device_labels(src: DeviceSource, d: DeviceInfo) -> list[str]:
-        return [src.node, str(src.index_offset + d.index), d.vendor, d.model, d.uuid or "", _fmt_bool(d.simulated)]
 
 
 def _first(*values):

@@ -21,6 +21,7 @@ from .policies import (
     GangRule,
     JobOrder,
     Policy,
+    PriorityRule,
     QueueOrder,
     SpreadPolicy,
     TierRule,
@@ -273,7 +274,10 @@ class Placer:
 
     def _place_replicas(self, job: Job, stmt: Statement, want: int, need: int, first_task: int) -> int:
         """Serving: one replica per step, each on one node, into the failure domain holding the
-        fewest replicas of this job so far (spread), best fit inside it."""
+        fewest replicas of this job so far (spread), best fit inside it. Replicas of several
+        tasks go through ``_place_multi_replicas``."""
+        if job.replica_size > 1 or self.a3_replica(job):
+            return self._place_multi_replicas(job, stmt, want, need)
         per_domain: dict[str, int] = defaultdict(int)
         running = self.snap.running.get(job.id)
         for b in running.bindings if running else ():
@@ -306,6 +310,126 @@ class Placer:
             return 0
         return placed
 
+    def _place_multi_replicas(self, job: Job, stmt: Statement, want: int, need: int) -> int:
+        """Serving replicas of ``replica_tasks`` tasks each, placed whole, one replica per step:
+        task ``t`` belongs to replica ``t // replica_tasks``; a replica's numbers are the lowest
+        not running. Returns tasks bound (a multiple of the replica size; 0 = nothing bound,
+        when fewer than the ``need`` tasks' replicas fit)."""
+        size = job.replica_tasks
+        snap = self.snap
+        per_domain: dict[str, int] = defaultdict(int)  # failure domain -> replicas touching it
+        per_sn: dict[str, int] = defaultdict(int)  # super-node -> replicas touching it
+        running = snap.running.get(job.id)
+        used: set[int] = set()
+        domains: set[tuple[int, str]] = set()
+        sns: set[tuple[int, str]] = set()
+        for b in running.bindings if running else ():
+            r = b.task // size
+            used.add(r)
+            st = snap.nodes.get(b.node)
+            domains.add((r, st.node.domain if st else b.node))
+            if st is not None and st.node.supernode is not None:
+                sns.add((r, st.node.supernode))
+        for _, d in domains:
+            per_domain[d] += 1
+        for _, sn in sns:
+            per_sn[sn] += 1
+        want_r, need_r = want // size, -(-need // size)
+        free_r = [r for r in range(len(used) + want_r) if r not in used][:want_r]
+        placed = 0
+        for r in free_r:
+            chosen = self._replica_nodes(job, per_domain, per_sn)
+            if chosen is None:
+                break
+            tasks = iter(range(r * size, (r + 1) * size))
+            for st, n in chosen:
+                for _ in range(n):
+                    idx = self.select(job, st)
+                    if idx is None:  # pragma: no cover - capacity() said these tasks fit
+                        raise AssertionError(f"{job.id}: replica {r} lost its place on {st.node.name}")
+                    stmt.bind(job, self.binding(job, next(tasks), st, idx))
+            for d in {st.node.domain for st, _ in chosen}:
+                per_domain[d] += 1
+            for sn in {st.node.supernode for st, _ in chosen} - {None}:
+                per_sn[sn] += 1
+            placed += 1
+        if placed < need_r:
+            stmt.unbind_job(job.id)
+            return 0
+        return placed * size
+
+    def a3_replica(self, job: Job) -> bool:
+        """An Ascend 910C replica of several 16-die tasks (or of one with ``sp_block: 16``): one
+        logical super-pod inside one physical super-pod, with the super-pod's reserve nodes
+        kept free."""
+        req = job.devices
+        return (
+            job.kind is JobKind.SERVING
+            and (job.replica_tasks > 1 or (job.sp_block or 0) >= ascend.A3_DIES_PER_NODE)
+            and self.ascend is not None
+            and self.has_supernodes
+            and req is not None
+            and not req.fractional
+            and req.count == ascend.A3_DIES_PER_NODE
+            and ascend.family(req.model) == "910c"
+            and job.within is not Within.NODE  # then it never fits: two 16-die tasks on one node
+        )
+
+    def _replica_nodes(self, job: Job, per_domain: dict, per_sn: dict) -> list[tuple[NodeState, int]] | None:
+        """Where one replica of ``job.replica_tasks`` tasks goes: [(node, tasks there)], or None.
+        Tightest tier first (one node, then one super-node, then the cluster, as far as
+        ``within`` allows); among domains of the tier, the one holding the fewest replicas of
+        this job (spread), then best fit; inside a super-node or the cluster, nodes in the
+        failure domains with the fewest replicas first, then the placer's node order."""
+        size = job.replica_tasks
+        req = job.devices
+        per_task = req.count if req is not None and not req.fractional else 0
+        caps = []  # (rank in the node order, node, tasks of this replica it can take)
+        for rank, st in enumerate(self.ordered_nodes(job, per_task)):
+            cap = self.capacity(job, st, size)
+            if cap > 0:
+                caps.append((rank, st, cap))
+        if self.a3_replica(job):
+            reserve = self.ascend.reserve_nodes
+            free_nodes: dict[str, list] = defaultdict(list)
+            for rank, st, cap in caps:
+                if st.node.supernode is not None and all(f == MILLI for f in st.free_milli):
+                    free_nodes[st.node.supernode].append((rank, st, 1))
+            best = None
+            for sn, members in free_nodes.items():
+                spare = len(members) - reserve
+                if spare < size:
+                    continue
+                # spread first, then MindCluster's choice (superpod/frame.go): the smallest
+                # remainder of the spare nodes modulo the block, then the fewest free nodes
+                key = (per_sn[sn], spare % size, len(members), sn)
+                if best is None or key < best[0]:
+                    best = (key, members)
+            return None if best is None else _fill(best[1], size, per_domain)
+        models = self.models_for(job)
+        for tier in self.tiers(job):
+            if tier is Within.NODE:
+                fits = [(per_domain[st.node.domain], rank, st) for rank, st, cap in caps if cap >= size]
+                if fits:
+                    return [(min(fits, key=lambda x: x[:2])[2], size)]
+            elif tier is Within.SUPERNODE:
+                groups: dict[str, list] = defaultdict(list)
+                for c in caps:
+                    if c[1].node.supernode is not None:
+                        groups[c[1].node.supernode].append(c)
+                best = None
+                for sn, members in groups.items():
+                    if sum(c[2] for c in members) < size:
+                        continue
+                    key = (per_sn[sn], sum(self.free_matching(st, models) for _, st, _ in members), sn)
+                    if best is None or key < best[0]:
+                        best = (key, members)
+                if best is not None:
+                    return _fill(best[1], size, per_domain)
+            elif sum(c[2] for c in caps) >= size:
+                return _fill(caps, size, per_domain)
+        return None
+
     def _place_sp_blocks(self, job: Job, stmt: Statement, want: int, first_task: int) -> int:
         """Ascend 910C logical super-pods: each block of ``sp_block`` dies (sp_block/16 whole
         nodes) inside one physical super-pod, keeping ``reserve_nodes`` free nodes in it.
@@ -337,6 +461,20 @@ class Placer:
                 stmt.bind(job, self.binding(job, first_task + placed, st, self.select(job, st)))
                 placed += 1
         return placed
+
+
+def _fill(members: list, size: int, per_domain: dict) -> list[tuple[NodeState, int]]:
+    """Take ``size`` tasks from (rank, node, capacity) members: nodes in failure domains with
+    the fewest replicas of the job first, then by rank (the placer's node order)."""
+    out = []
+    left = size
+    for _, st, cap in sorted(members, key=lambda c: (per_domain[c[1].node.domain], c[0])):
+        n = min(cap, left)
+        out.append((st, n))
+        left -= n
+        if left == 0:
+            return out
+    raise AssertionError("members cannot hold the replica")  # pragma: no cover - callers sum capacities first
 
 
 def _lazy_walk(buckets: dict, lowest: int, descending: bool) -> Iterator[tuple[int, str]]:
@@ -377,6 +515,7 @@ class CycleState:
     queue_max_hit: set = dataclasses.field(default_factory=set)
     requeued: list[Job] = dataclasses.field(default_factory=list)
     preemption_attempts: int = 0  # _preempt_for calls that had eligible victims (metrics)
+    behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
     _keys: dict = dataclasses.field(default_factory=dict)
 
     def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
@@ -387,6 +526,14 @@ class CycleState:
         for jobs in out.values():
             jobs.sort(key=self.job_key)
         return out
+
+    def effective(self, job: Job) -> float:
+        """The job's priority as the queue order sees it now (with aging when the priority
+        policy is enabled, else the priority class value); preemption compares these."""
+        rule = self.job_order
+        if isinstance(rule, PriorityRule):
+            return rule.effective(job, self.ctx.now)
+        return float(job.priority)
 
     def job_key(self, job: Job) -> tuple:
         """The job's order key, computed once per cycle (the clock does not move in a cycle)."""
@@ -401,8 +548,9 @@ def _devices_of(job: Job, tasks: int) -> float:
     return tasks * job.devices_per_task
 
 
-def _try(cs: CycleState, job: Job) -> bool:
-    """Place as many of the job's remaining tasks as policies allow; commit if the gang closes."""
+def _try(cs: CycleState, job: Job, accept=None) -> bool:
+    """Place as many of the job's remaining tasks as policies allow; commit if the gang closes
+    (and ``accept(bindings)``, when given, agrees; otherwise the job is ``WaitingBehind``)."""
     snap = cs.ctx.snap
     already = cs.placed_tasks.get(job.id, 0)
     want = job.tasks - already
@@ -423,6 +571,10 @@ def _try(cs: CycleState, job: Job) -> bool:
     if got < need:
         stmt.discard()
         cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+        return False
+    if accept is not None and not accept(stmt.bindings_of(job.id)):
+        stmt.discard()
+        cs.failed[job.id] = ReasonCode.WAITING_BEHIND
         return False
     bound = stmt.commit({job.id: job})
     cs.bindings.extend(bound)
@@ -447,13 +599,74 @@ def action_enqueue(cs: CycleState) -> None:
 
 
 def never_fits(cs: CycleState, job: Job) -> bool:
+    """True when even the empty cluster (healthy devices only) could not hold the job: more
+    devices than the cluster has, a task larger than any node, a gang or replica larger than
+    any domain of its tier, or Ascend logical super-pods that the physical super-pods cannot
+    hold beside their reserve nodes. Such a job never blocks its queue. Cached per shape until
+    the inventory changes (``Snapshot.empty_cache``)."""
     req = job.devices
     if req is None:
         return False
     models = cs.placer.models_for(job)
+    unit = _unit(job)
     total = sum(cs.ctx.snap.model_total.get(m, 0) for m in models)
-    need = cs.placer.min_tasks(job) * (req.count if not req.fractional else 1)
-    return total < need
+    if total < cs.placer.min_tasks(job) * unit:
+        return True
+    if req.fractional or cs.placed_tasks.get(job.id, 0):
+        return False  # a partly running job's missing tasks are judged by allocate
+    shape = ("never", req, job.kind, job.tasks, job.min_tasks, job.within, job.sp_block, job.replica_tasks)
+    hit = cs.ctx.snap.empty_cache.get(shape)
+    if hit is None:
+        hit = cs.ctx.snap.empty_cache[shape] = _never_fits_shape(cs, job, models, unit)
+    return hit
+
+
+def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) -> bool:
+    """``never_fits`` beyond the device total, for a job shape (cached by the caller)."""
+    req = job.devices
+    key = tuple(models)
+    if _empty_block(cs, key, unit, Within.NODE) < unit:
+        return True  # one task's devices always sit on one node
+    reserve = _reserve_devices(cs, job) // ascend.A3_DIES_PER_NODE
+    if cs.placer.a3_replica(job):  # one replica in one super-pod beside its reserve
+        return max((n - reserve for n in _empty_whole_nodes(cs, key).values()), default=0) < job.replica_tasks
+    if job.kind is not JobKind.SERVING and job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(req.model) == "910c":
+        per_block = job.sp_block // ascend.A3_DIES_PER_NODE
+        room = sum(max(0, n - reserve) // per_block for n in _empty_whole_nodes(cs, key).values())
+        return room < job.tasks // per_block
+    tier = _tier_of(cs, job)
+    if tier is Within.ANY or tier is Within.HCCS_GROUP:
+        return False
+    need = unit * (job.replica_tasks if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
+    return _empty_block(cs, key, unit, tier) < need
+
+
+def _empty_block(cs: CycleState, models: tuple, unit: int, tier: Within) -> int:
+    """Healthy devices of these models in the largest domain of ``tier`` in the empty cluster,
+    counted per node in whole tasks of ``unit`` devices (cached until the inventory changes)."""
+    snap = cs.ctx.snap
+    key = ("block", models, unit, tier)
+    hit = snap.empty_cache.get(key)
+    if hit is None:
+        per_node = {name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models) for name, st in snap.nodes.items()}
+        hit = snap.empty_cache[key] = _block(snap, per_node, tier, unit)
+    return hit
+
+
+def _empty_whole_nodes(cs: CycleState, models: tuple) -> dict[str, int]:
+    """Super-node -> its nodes whose 16 dies of these models are all healthy (an Ascend 910C
+    distributed task's node), cached until the inventory changes."""
+    snap = cs.ctx.snap
+    key = ("whole", models)
+    hit = snap.empty_cache.get(key)
+    if hit is None:
+        hit = defaultdict(int)
+        for st in snap.nodes.values():
+            ok = sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
+            if st.node.supernode is not None and ok >= ascend.A3_DIES_PER_NODE:
+                hit[st.node.supernode] += 1
+        snap.empty_cache[key] = hit
+    return hit
 
 
 def action_allocate(cs: CycleState) -> None:
@@ -483,33 +696,103 @@ def _qkey(cs: CycleState, q: str) -> float:
 
 
 def action_backfill(cs: CycleState) -> None:
-    """EASY backfill behind each blocked head: a later job of the queue may start now if it fits
-    and ends (by its expected duration) before the head's estimated start. When no running job
-    has an expected end the head's start cannot be estimated, and any job that fits may go."""
+    """EASY backfill behind each blocked head (the first job of a queue that did not fit). The
+    head holds a reservation (``reservation``): the time its devices are expected free, from
+    the running jobs' expected ends, and the domain of its tier (one node, one super-node, the
+    cluster) where they free up. A later job of the queue may start now only when it cannot
+    delay the head:
+
+    * it ends, by its ``expected_duration_seconds``, no later than the head's reserved start; or
+    * it fits now off the reserved domain's nodes (any duration: the head's devices free up
+      there whatever it does); or
+    * it asks for none of the device models the head waits for (and, when the head needs CPU
+      or memory, lands only on nodes without such devices).
+
+    So a job without an expected duration never runs on the devices reserved for a head, and
+    when the head's start is unknown (a running job it waits for has no expected duration)
+    only jobs of the third kind go. The others wait with ``WaitingBehind`` and say why."""
+    snap = cs.ctx.snap
     queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
     for q, jobs in queues.items():
         head = cs.heads.get(q)
         if head is None:
             continue
-        shadow = estimate_start(cs, cs.pending[head])
+        head_job = cs.pending[head]
+        held = reservation(cs, head_job)
+        shadow = held.start if held is not None else None
+        # a reservation of the whole cluster leaves no node off it to try
+        off = held is not None and len(held.nodes) < len(snap.nodes)
+        head_models = set(cs.placer.models_for(head_job))
+        # job shapes that did not fit since the last placement: the state is the same, so they
+        # would not fit again (keeps a long queue behind a full cluster cheap)
+        no_room: set = set()
         for job in jobs:
             if job.id == head or job.id in cs.done:
                 continue
             cs.decisions += 1
             d = job.expected_duration_seconds
-            if shadow is not None and (d is None or cs.ctx.now + d > shadow):
-                cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+            shape = None if cs.placed_tasks.get(job.id) else (
+                job.devices, job.cpu_milli, job.memory_bytes, job.kind, job.tasks, job.min_tasks, job.within, job.replica_tasks, job.sp_block)
+            if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
+                if ("in time", shape) in no_room:
+                    cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+                elif _try(cs, job):
+                    no_room.clear()
+                elif shape is not None:
+                    no_room.add(("in time", shape))
                 continue
-            _try(cs, job)
+            if job.devices is not None and head_job.devices is not None and head_models.isdisjoint(cs.placer.models_for(job)):
+                accept = None
+                if head_job.cpu_milli or head_job.memory_bytes:
+                    accept = lambda bs: not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)  # noqa: E731
+                if _try(cs, job, accept):
+                    no_room.clear()
+                    continue
+                if cs.failed.get(job.id) is not ReasonCode.WAITING_BEHIND:
+                    continue
+            elif off and ("off", shape) not in no_room:
+                if _try_off(cs, job, held.nodes):
+                    no_room.clear()
+                    continue
+                if shape is not None:
+                    no_room.add(("off", shape))
+            cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+            elsewhere = ", and it does not fit off them now" if off else ""
+            if shadow is None and head_job.devices is None:
+                cs.behind_why[job.id] = f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+            elif shadow is None:
+                cs.behind_why[job.id] = f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+            elif d is None:
+                cs.behind_why[job.id] = f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+            else:
+                cs.behind_why[job.id] = (
+                    f"it would end at {cs.ctx.now + d:.0f}, after {head}'s estimated start {shadow:.0f} on the devices reserved for it{elsewhere}"
+                )
+
+
+def _try_off(cs: CycleState, job: Job, nodes: frozenset[str]) -> bool:
+    """``_try`` with these nodes (a head's reservation) closed to this one placement."""
+    closed = [st for n in nodes if (st := cs.ctx.snap.nodes.get(n)) is not None and st.schedulable]
+    for st in closed:
+        st.schedulable = False
+    try:
+        return _try(cs, job)
+    finally:
+        for st in closed:
+            st.schedulable = True
 
 
 def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     """Running jobs whose eviction could help ``job``: whole gangs, lowest priority first, then
-    the fewest devices, then the youngest."""
+    the fewest devices, then the youngest. Preemption (same queue) takes only jobs of a lower
+    effective priority (``CycleState.effective``: aged as the queue order ages, so a job that
+    waited long enough may evict a younger job of a higher class, and never one the queue
+    order puts ahead of it); reclaim (other queues over their share) ignores priority."""
     snap = cs.ctx.snap
     models = set(cs.placer.models_for(job))
     out = []
     usage = cs.ctx.queue_usage
+    mine = cs.effective(job)
     bound_now = {b.job_id for b in cs.bindings}
     for rj in snap.running.values():
         v = rj.job
@@ -524,7 +807,7 @@ def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
             if usage.get(v.queue, 0.0) <= max(deserved, guaranteed):
                 continue
         else:
-            if v.queue != job.queue or v.priority >= job.priority:
+            if v.queue != job.queue or cs.effective(v) >= mine:
                 continue
         if not cs.ctx.priority_preemptible.get(v.priority_class, True):
             continue
@@ -533,7 +816,7 @@ def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
         ) and job.devices is not None:
             continue
         out.append(rj)
-    out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, -rj.start_time, rj.job.id))
+    out.sort(key=lambda rj: (cs.effective(rj.job), rj.job.total_devices, -rj.start_time, rj.job.id))
     return out
 
 
@@ -590,9 +873,8 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
             snap.running[rj.job.id] = rj
             evicted.remove(rj)
             stmt.evicted.remove(rj)
-    stmt.commit({job.id: job})
-    bound = [b for b in snap.running[job.id].bindings if b.task >= already]
-    cs.bindings.extend(bound)
+    # the statement's own bindings: a replaced replica keeps its (lower) number
+    cs.bindings.extend(stmt.commit({job.id: job}))
     cs.placed_tasks[job.id] = already + got
     if already + got >= job.tasks:
         cs.done.add(job.id)
@@ -601,11 +883,17 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     for rj in evicted:
         why = "reclaimed for queue" if reclaim else "preempted by"
         cs.evictions.append(
-            Eviction(rj.job.id, f"{why} {job.queue if reclaim else job.id} (priority {job.priority} vs {rj.job.priority})", job.id)
+            Eviction(rj.job.id, f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})", job.id)
         )
         cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - _devices_of(rj.job, len(rj.bindings))
         cs.requeued.append(rj.job)
     return True
+
+
+def _prio(cs: CycleState, job: Job) -> str:
+    """A job's priority for a message: the class value, and the aged value when aging moved it."""
+    eff = cs.effective(job)
+    return f"{job.priority}" if abs(eff - job.priority) < 0.05 else f"{job.priority}, aged {eff:.1f}"
 
 
 #: victims tried one by one before evicting several (keeps preemption bounded on big clusters)
@@ -661,62 +949,140 @@ def largest_block(cs: CycleState, job: Job, tier: Within, empty: bool = False) -
             per_node[st.node.name] = sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
         else:
             per_node[st.node.name] = sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
-    return _block(snap, per_node, tier)
+    return _block(snap, per_node, tier, _unit(job))
 
 
-def _block(snap: Snapshot, per_node: dict[str, int], tier: Within) -> int:
+def _unit(job: Job) -> int:
+    """Devices one task takes whole on one node: a node's free devices count only in these
+    units towards a block (a 16-die task cannot use 8 free dies on each of two nodes)."""
+    req = job.devices
+    return req.count if req is not None and not req.fractional else 1
+
+
+def _block(snap: Snapshot, per_node: dict[str, int], tier: Within, unit: int = 1) -> int:
     if not per_node:
         return 0
     if tier is Within.NODE or tier is Within.HCCS_GROUP:
         return max(per_node.values())
     if tier is Within.SUPERNODE:
         sums: dict[str, int] = defaultdict(int)
-        for name, c in per_node.items():
-            sums[snap.nodes[name].node.supernode or name] += c
+        if unit == 1:
+            for name, c in per_node.items():
+                sums[snap.nodes[name].node.supernode or name] += c
+        else:
+            for name, c in per_node.items():
+                sums[snap.nodes[name].node.supernode or name] += c // unit * unit
         return max(sums.values())
-    return sum(per_node.values())
+    return sum(per_node.values()) if unit == 1 else sum(c // unit * unit for c in per_node.values())
 
 
 def _tier_of(cs: CycleState, job: Job) -> Within:
     """The domain the job's (remaining) tasks must fit in together, for reasons and estimates."""
     if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
         return Within.SUPERNODE
+    if job.kind is JobKind.SERVING and job.replica_tasks > 1:
+        # one replica's tasks together: an Ascend 910C replica is one logical super-pod
+        return Within.SUPERNODE if cs.placer.a3_replica(job) else cs.placer.tiers(job)[-1]
     if job.kind is not JobKind.TRAINING or cs.placer.min_tasks(job) - cs.placed_tasks.get(job.id, 0) <= 1:
         return Within.NODE  # one task (a replica, a batch task) always sits on one node
     tiers = cs.placer.tiers(job)
     return tiers[-1]
 
 
-def estimate_start(cs: CycleState, job: Job) -> float | None:
+def _reserve_devices(cs: CycleState, job: Job) -> int:
+    """Dies an Ascend super-pod keeps free beside a logical super-pod (sp_block jobs, 910C
+    multi-task replicas): ``reserve_nodes`` whole nodes; 0 for other jobs."""
+    if cs.placer.ascend is None:
+        return 0
+    if (job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE) or cs.placer.a3_replica(job):
+        return cs.placer.ascend.reserve_nodes * ascend.A3_DIES_PER_NODE
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """When and where a waiting job is expected to fit: at ``start`` in the domain of its tier
+    (one node, one super-node or the cluster) made of ``nodes``."""
+
+    start: float  # clock time
+    nodes: frozenset[str]
+
+
+def estimate_start(cs: CycleState, job: Job, ends: list | None = None) -> float | None:
     """When enough matching devices will be free in one domain of the job's tier, assuming the
-    running jobs end at their expected ends (ignoring jobs ahead of it). None if unknown."""
+    running jobs end at their expected ends (ignoring jobs ahead of it). None if unknown.
+    ``ends``: the running jobs' (expected end, id), sorted, when the caller has them."""
+    if job.devices is None:
+        return cs.ctx.now
+    r = reservation(cs, job, ends)
+    return None if r is None else r.start
+
+
+def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservation | None:
+    """``estimate_start`` with the domain: the first domain of the job's tier whose free
+    devices (counted per node in whole tasks, the reserve nodes of an Ascend super-pod added
+    to the need) reach the job's need as the running jobs end. None for a CPU-only job or
+    when the running jobs' expected ends never free enough (some have no expected end)."""
     req = job.devices
     if req is None:
-        return cs.ctx.now
+        return None
     snap = cs.ctx.snap
     models = set(cs.placer.models_for(job))
     tier = _tier_of(cs, job)
-    need = cs.placer.min_tasks(job) * (req.count if not req.fractional else 1)
+    unit = _unit(job)
+    need = cs.placer.min_tasks(job) * unit
     if job.kind is JobKind.SERVING:
-        need = req.count if not req.fractional else 1
+        need = unit * job.replica_tasks  # one replica
     if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
-        # one logical super-pod plus the physical super-pod's reserve nodes
-        reserve = cs.placer.ascend.reserve_nodes if cs.placer.ascend else 0
-        need = job.sp_block + reserve * ascend.A3_DIES_PER_NODE
+        need = job.sp_block  # one logical super-pod
+    # plus the physical super-pod's reserve nodes (logical super-pods on Ascend 910C)
+    need += _reserve_devices(cs, job)
     per_node = {st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models) for st in snap.nodes.values()}
+    # per domain of the tier, free devices in whole tasks; kept current as releases add up
+    if tier is Within.SUPERNODE:
+        domain_of = {name: snap.nodes[name].node.supernode or name for name in per_node}
+    elif tier is Within.ANY:
+        domain_of = dict.fromkeys(per_node, "")
+    else:
+        domain_of = {name: name for name in per_node}
+    sums: dict[str, int] = defaultdict(int)
+    for name, c in per_node.items():
+        sums[domain_of[name]] += c // unit * unit
+
+    def found(domain: str, start: float) -> Reservation:
+        return Reservation(max(start, cs.ctx.now), frozenset(n for n, d in domain_of.items() if d == domain))
+
     # a job that just failed to place does not fit now, whatever the device counts say (device
     # rules and partly used nodes are finer than counts): its start is a future release
-    if job.id not in cs.failed and _block(snap, per_node, tier) >= need:
-        return cs.ctx.now
-    ends = sorted((rj.expected_end, rj.job.id) for rj in snap.running.values() if rj.expected_end is not None)
+    best = max(sums, key=lambda d: (sums[d], d)) if sums else None
+    ready = best if best is not None and sums[best] >= need else None
+    if ready is not None and job.id not in cs.failed:
+        return found(ready, cs.ctx.now)
+    if ends is None:
+        ends = running_ends(snap)
     for end, jid in ends:
+        hit = None
         for b in snap.running[jid].bindings:
-            if b.node in per_node:
+            if b.node in per_node and b.milli == MILLI:
                 devs = snap.nodes[b.node].node.devices
-                per_node[b.node] += sum(1 for i in b.device_indices if devs[i].model in models and b.milli == MILLI)
-        if _block(snap, per_node, tier) >= need:
-            return max(end, cs.ctx.now)
+                freed = sum(1 for i in b.device_indices if devs[i].model in models)
+                if freed:
+                    old = per_node[b.node]
+                    per_node[b.node] = old + freed
+                    d = domain_of[b.node]
+                    sums[d] += ((old + freed) // unit - old // unit) * unit
+                    if hit is None and sums[d] >= need:
+                        hit = d
+        if hit is None:
+            hit = ready  # enough by the counts already: the first release may be what it lacks
+        if hit is not None:
+            return found(hit, end)
     return None
+
+
+def running_ends(snap: Snapshot) -> list[tuple[float, str]]:
+    """(expected end, job id) of the running jobs that have one, earliest first."""
+    return sorted((rj.expected_end, rj.job.id) for rj in snap.running.values() if rj.expected_end is not None)
 
 
 def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
@@ -726,6 +1092,7 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
     out: dict[str, PendingReason] = {}
     block_cache: dict = {}
     est_cache: dict = {}
+    ends = None
     for q, jobs in by_queue.items():
         head_est = None
         for pos, job in enumerate(jobs, start=1):
@@ -746,10 +1113,13 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             per_task = (req.count if not req.fractional else 1) if req else 0
             placed = cs.placed_tasks.get(job.id, 0)
             need_tasks = max(cs.placer.min_tasks(job) - placed, 1)
-            need = per_task * (1 if job.kind is JobKind.SERVING else need_tasks)
-            ke = (kb, need, job.kind)
+            need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else need_tasks)
+            reserve = _reserve_devices(cs, job)
+            ke = (kb, need, job.kind, job.sp_block, job.replica_tasks)
             if ke not in est_cache:
-                est_cache[ke] = estimate_start(cs, job)
+                if ends is None:
+                    ends = running_ends(cs.ctx.snap)  # the running jobs do not change here
+                est_cache[ke] = estimate_start(cs, job, ends)
             est = est_cache[ke]
             if head_est is not None and est is not None:
                 est = max(est, head_est)
@@ -759,13 +1129,18 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             what = req.describe() if req else f"{job.cpu_milli}m CPU"
             if req and job.kind is not JobKind.SERVING and need_tasks > 1:
                 what = f"{need_tasks} x {what}"
+            elif req and job.kind is JobKind.SERVING and job.replica_tasks > 1:
+                what = f"one replica of {job.replica_tasks} x {what}"
+            if reserve:
+                where += f" plus {reserve // ascend.A3_DIES_PER_NODE} reserve nodes ({reserve} dies) kept free there"
             if code is ReasonCode.NEVER_FITS:
                 msg = f"needs {what} = {need} devices in {where}; the whole cluster has {empty_block} such healthy devices there: it cannot fit until devices are added or repaired (or shrink the job)"
             elif code is ReasonCode.QUEUE_OVER_MAX:
                 qq = cs.ctx.queues.get(job.queue)
                 msg = f"queue {job.queue} would exceed its max of {qq.max:g} devices (in use {cs.ctx.queue_usage.get(job.queue, 0.0):g}); needs {job.devices_per_task * need_tasks:g}"
             elif code is ReasonCode.WAITING_BEHIND:
-                msg = f"waiting behind {cs.heads.get(q, 'a job ahead')} (holding resources for it); needs {what} in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
+                why = f": {cs.behind_why[job.id]}" if job.id in cs.behind_why else ""
+                msg = f"waiting behind {cs.heads.get(q, 'a job ahead')} (holding resources for it){why}; needs {what} in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
             else:
                 msg = f"needs {what} = {need} devices in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
             if placed_now and code is ReasonCode.UNSCHEDULABLE:
@@ -779,6 +1154,7 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 queue_position=pos,
                 jobs_ahead=pos - 1,
                 estimated_start=est,
-                numbers={"need_devices": need, "largest_free_block": free_block, "cluster_block": empty_block, "jobs_ahead": pos - 1},
+                numbers={"need_devices": need, "largest_free_block": free_block, "cluster_block": empty_block, "jobs_ahead": pos - 1}
+                | ({"reserve_devices": reserve} if reserve else {}),
             )
     return out

@@ -58,6 +58,10 @@ from xpod.scheduler.store import (
 )
 
 
+# store.spec_hash's canonical form, as one reusable encoder (json.dumps builds one per call)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 class Code(str, enum.Enum):
     """The gRPC status codes the API uses (names match ``grpc.StatusCode``)."""
 
@@ -119,6 +123,7 @@ class DeviceView:
     model: str
     memory_total_bytes: int = 0
     health: str = "ok"  # xpod.hal.Health value
+    simulated: bool = False  # a simulated device (sim backend or simulated pod)
 
     @property
     def id(self) -> str:
@@ -172,6 +177,8 @@ class CycleOutcome:
     seconds: float = 0.0  # the core's own time for the cycle
     eviction_reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> service_metrics.EVICTION_REASONS word
     preemption_attempts: int = 0  # pending jobs the core tried to preempt or reclaim for (with eligible victims)
+    # job id -> seconds the core spent searching a placement for it this cycle (per-attempt histogram)
+    attempt_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +277,39 @@ class Limits:
 BOUND_STATES = (JobState.SCHEDULED, JobState.RUNNING)
 # Pending reasons that only say "wait" (the core's ReasonCode names): not written to the event log.
 WAIT_REASONS = frozenset({"UNSCHEDULABLE", "WAITING_BEHIND", "NOT_CONSIDERED"})
+
+
+class Submission:
+    """A submission whose write is queued (``SchedulerApi.begin_submit``)."""
+
+    __slots__ = ("_api", "request_id", "parsed", "future", "_ended")
+
+    def __init__(self, api: "SchedulerApi", request_id: str, parsed: ParsedJob, future: concurrent.futures.Future) -> None:
+        self._api = api
+        self.request_id = request_id
+        self.parsed = parsed
+        self.future = future  # resolves once the write committed (SubmitResult) or failed
+        self._ended = False
+
+    def finish(self, result: SubmitResult) -> tuple[JobView, bool]:
+        """(job, created) for the committed ``result`` (``future.result()``)."""
+        if self._ended:
+            raise RuntimeError("submission already ended")
+        self._ended = True
+        out = self._api._end_submission(self, result)
+        assert out is not None
+        return out
+
+    def result_error(self, err: BaseException) -> ApiError | None:
+        """The ApiError for an exception ``future`` raised (None: not one the caller caused)."""
+        return self._api._submit_error(err, self.request_id)
+
+    def abandon(self) -> None:
+        """The caller stopped waiting; the write may still commit (a retry with the same
+        request id finds it). Idempotent."""
+        if not self._ended:
+            self._ended = True
+            self._api._end_submission(self, None)
 
 
 class SchedulerApi:
@@ -486,6 +526,38 @@ class SchedulerApi:
         self, principal: Principal, request_id: str, document: Any, *, timeout_s: float | None = None
     ) -> tuple[JobView, bool]:
         """Accept a job document; see the module docstring. Returns (job, created)."""
+        submission = self.begin_submit(principal, request_id, document)
+        try:
+            result = self._wait(submission.future, timeout_s)
+        except BaseException as err:
+            submission.abandon()
+            api_err = self._submit_error(err, submission.request_id)
+            if api_err is not None:
+                raise api_err from None
+            raise
+        return submission.finish(result)
+
+    def _submit_error(self, err: BaseException, request_id: str) -> ApiError | None:
+        if isinstance(err, ApiError):
+            return err
+        if isinstance(err, RequestIdConflict):
+            return ApiError(
+                Code.ALREADY_EXISTS,
+                "REQUEST_ID_REUSED",
+                str(err),
+                field="request_id",
+                metadata={"jobId": err.existing.id, "requestId": request_id},
+            )
+        if isinstance(err, StoreClosed):
+            return ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0)
+        return None
+
+    def begin_submit(self, principal: Principal, request_id: str, document: Any) -> "Submission":
+        """The first half of ``submit_job``: check the caller and the document and queue the
+        write; never waits. The caller waits on ``.future`` (a concurrent future: from a thread,
+        or an event loop without a thread per call), then calls ``.finish(result)`` exactly
+        once, or ``.abandon()`` when it stops waiting (deadline, cancel). Raises ``ApiError``
+        like ``submit_job``."""
         self._authorize(principal, Call.SUBMIT_JOB)
         if not isinstance(request_id, str) or len(request_id) > self._limits.max_request_id_chars:
             raise ApiError(
@@ -500,7 +572,7 @@ class SchedulerApi:
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", "job must be a mapping (kind, metadata, spec)", field="job")
         try:
             # the same canonical form as store.spec_hash, so the hash is computed from it once
-            canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+            canonical = _CANONICAL.encode(document)
         except (TypeError, ValueError) as err:
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", f"job is not plain JSON: {err}", field="job") from None
         if len(canonical) > self._limits.max_document_bytes:
@@ -534,27 +606,24 @@ class SchedulerApi:
             digest = hashlib.sha256(canonical.encode()).hexdigest()  # == store.spec_hash(document)
             write = SubmitWrite(request_id, digest, parsed.queue, parsed.kind, parsed.name, document, self._clock())
             fut = self._submit_write(write)
-            try:
-                result: SubmitResult = self._wait(fut, timeout_s)
-            except RequestIdConflict as err:
-                raise ApiError(
-                    Code.ALREADY_EXISTS,
-                    "REQUEST_ID_REUSED",
-                    str(err),
-                    field="request_id",
-                    metadata={"jobId": err.existing.id, "requestId": request_id},
-                ) from None
-        finally:
+        except BaseException:
             with self._lock:
                 self._inflight_submissions -= 1
+            raise
+        return Submission(self, request_id, parsed, fut)
+
+    def _end_submission(self, submission: "Submission", result: SubmitResult | None) -> tuple[JobView, bool] | None:
+        with self._lock:
+            self._inflight_submissions -= 1
+            if result is None:
+                return None
+            if result.created:
+                self._parsed[result.job.id] = submission.parsed
+            current = self._jobs.get(result.job.id, result.job)
         if result.created:
-            with self._lock:
-                self._parsed[result.job.id] = parsed
             self._wake.set()
             if self.metrics is not None:
-                self.metrics.submitted(parsed.queue)
-        with self._lock:
-            current = self._jobs.get(result.job.id, result.job)
+                self.metrics.submitted(submission.parsed.queue)
         return self._view(current), result.created
 
     def get_job(self, principal: Principal, job_id: str) -> tuple[JobView, list[EventRecord]]:
@@ -792,11 +861,13 @@ class SchedulerApi:
         return self._assignments(node_name, revision, current, is_active, poll_s)
 
     def _assignments(self, node_name, revision, current, is_active, poll_s) -> Iterator[Assignment]:
-        running: dict[str, int] = {}  # job -> tasks on this node already announced
+        # job -> task indices on this node already announced: a change of the set (a serving
+        # replica replaced alone, or bound again) is announced, so the agent stops or starts just it
+        running: dict[str, frozenset[int]] = {}
         for job in sorted(current, key=lambda j: j.seq):
             mine = tuple(a for a in job.allocations if a.node == node_name)
             if mine:
-                running[job.id] = len(mine)
+                running[job.id] = frozenset(a.task for a in mine)
                 yield Assignment(job, mine, True)
         while is_active() and not self._stop.is_set():
             events = self._store.events_since(revision, limit=500)
@@ -805,8 +876,8 @@ class SchedulerApi:
                 job = ev.job
                 mine = tuple(a for a in job.allocations if a.node == node_name)
                 bound = job.state in BOUND_STATES
-                if mine and bound and running.get(job.id) != len(mine):
-                    running[job.id] = len(mine)
+                if mine and bound and running.get(job.id) != frozenset(a.task for a in mine):
+                    running[job.id] = frozenset(a.task for a in mine)
                     yield Assignment(job, mine, True)
                 elif job.id in running and (not mine or not bound):
                     del running[job.id]
@@ -819,10 +890,11 @@ class SchedulerApi:
 
     def report_task_status(
         self, principal: Principal, job_id: str, node_name: str, state: TaskState, message: str = "", exit_code: int = 0,
-        *, timeout_s: float | None = None,
+        *, timeout_s: float | None = None, failed_tasks: tuple[int, ...] = (),
     ) -> JobView:
         """An agent reports its part of a job. RUNNING once every node runs; FAILED when any
-        node failed; SUCCEEDED when every node succeeded."""
+        node failed; SUCCEEDED when every node succeeded. ``failed_tasks`` (with FAILED) names
+        the failed tasks on the node, so a serving job's other replicas there keep running."""
         self._authorize(principal, Call.REPORT_TASK_STATUS)
         job = self._job(job_id)
         nodes = {a.node for a in job.allocations}
@@ -837,7 +909,7 @@ class SchedulerApi:
             states = self._task_states.setdefault(job.id, {})
             states[node_name] = state
             snapshot = dict(states)
-        if state is TaskState.FAILED and self.liveness.task_failed(job, node_name, exit_code, message) is not None:
+        if state is TaskState.FAILED and self.liveness.task_failed(job, node_name, exit_code, message, failed_tasks) is not None:
             return self._view(self._job(job_id))  # requeued whole or failed, per the job's restart policy
         new_state: JobState | None = None
         if state is TaskState.FAILED:
@@ -987,47 +1059,54 @@ class SchedulerApi:
         the first time, (queue, kind, seconds since submission)."""
         updates: list[JobUpdate] = []
         now = self._clock()
-        with self._lock:
-            for jid, why in outcome.evictions.items():
+        # The lock is taken per job, not for the whole outcome: SubmitJob takes it on the event
+        # loop, and a cycle that placed hundreds of jobs would otherwise stall every call for
+        # as long as this loop runs. Each update is conditional (expect_revision / expect_states),
+        # so a change that slips in between is caught by the store (StaleUpdate).
+        for jid, why in outcome.evictions.items():
+            with self._lock:
                 job = self._jobs.get(jid)
-                if job is None or job.state not in BOUND_STATES:
-                    continue
-                updates.append(JobUpdate(jid, JobState.QUEUED, None, (), EventType.EVICTED, why, now, job.revision))
-            evicted = set(outcome.evictions)
-            for jid, allocations in outcome.bindings.items():
+            if job is None or job.state not in BOUND_STATES:
+                continue
+            updates.append(JobUpdate(jid, JobState.QUEUED, None, (), EventType.EVICTED, why, now, job.revision))
+        evicted = set(outcome.evictions)
+        for jid, allocations in outcome.bindings.items():
+            with self._lock:
                 job = self._jobs.get(jid)
-                if job is None or job.state.terminal:
-                    continue
-                held = () if jid in evicted or job.state not in BOUND_STATES else job.allocations
-                merged = held + tuple(allocations)
-                where = ", ".join(sorted({a.node for a in allocations}))
-                text = f"bound {len(allocations)} task(s) to {where}" if not held else f"bound {len(allocations)} more task(s) to {where}"
-                if jid in evicted:
-                    # evicted and placed again in one cycle: applies right after its EVICTED event,
-                    # unless something else (a cancel) got in between
-                    updates.append(
-                        JobUpdate(jid, JobState.SCHEDULED, None, merged, EventType.SCHEDULED, text, now, None, (JobState.QUEUED,))
-                    )
-                else:
-                    state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
-                    updates.append(JobUpdate(jid, state, None, merged, EventType.SCHEDULED, text, now, job.revision))
-                    submitted_s = self._submitted_s.get(jid)
-                    if first is not None and submitted_s is not None and job.state is JobState.QUEUED:
-                        first[jid] = (job.queue, job.kind, now - submitted_s)
-            for jid, reason in outcome.pending.items():
+                submitted_s = self._submitted_s.get(jid)
+            if job is None or job.state.terminal:
+                continue
+            held = () if jid in evicted or job.state not in BOUND_STATES else job.allocations
+            merged = held + tuple(allocations)
+            where = ", ".join(sorted({a.node for a in allocations}))
+            text = f"bound {len(allocations)} task(s) to {where}" if not held else f"bound {len(allocations)} more task(s) to {where}"
+            if jid in evicted:
+                # evicted and placed again in one cycle: applies right after its EVICTED event,
+                # unless something else (a cancel) got in between
+                updates.append(
+                    JobUpdate(jid, JobState.SCHEDULED, None, merged, EventType.SCHEDULED, text, now, None, (JobState.QUEUED,))
+                )
+            else:
+                state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
+                updates.append(JobUpdate(jid, state, None, merged, EventType.SCHEDULED, text, now, job.revision))
+                if first is not None and submitted_s is not None and job.state is JobState.QUEUED:
+                    first[jid] = (job.queue, job.kind, now - submitted_s)
+        for jid, reason in outcome.pending.items():
+            with self._lock:
                 job = self._jobs.get(jid)
                 if job is None or job.state is not JobState.QUEUED or jid in outcome.bindings or jid in evicted:
                     continue
                 self._live_pending[jid] = reason
-                # Waiting for resources or for the jobs ahead is the normal state of a queue and
-                # changes every cycle: it is shown live (Get, List, Explain), not logged. A reason
-                # that needs someone to act is logged, once per change of code (not Volcano's
-                # x78789 repeats).
-                if reason.reason in WAIT_REASONS:
-                    continue
-                if job.pending is None or job.pending.reason != reason.reason:
-                    updates.append(JobUpdate(jid, JobState.QUEUED, reason, (), EventType.PENDING, reason.message, now, job.revision))
-            for jid in outcome.bindings:
+            # Waiting for resources or for the jobs ahead is the normal state of a queue and
+            # changes every cycle: it is shown live (Get, List, Explain), not logged. A reason
+            # that needs someone to act is logged, once per change of code (not Volcano's
+            # x78789 repeats).
+            if reason.reason in WAIT_REASONS:
+                continue
+            if job.pending is None or job.pending.reason != reason.reason:
+                updates.append(JobUpdate(jid, JobState.QUEUED, reason, (), EventType.PENDING, reason.message, now, job.revision))
+        for jid in outcome.bindings:
+            with self._lock:
                 self._live_pending.pop(jid, None)
         return updates
 

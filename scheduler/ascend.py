@@ -12,7 +12,8 @@ Policies" (dl_affinity_0017) and "Affinity Scheduling of Logical SuperPoDs" (dl_
   other die is busy (keeps whole modules whole). A distributed task takes all 16 dies of its
   node. A logical super-pod (``sp_block`` dies, a multiple of 16) lies inside one physical
   super-pod, and each super-pod keeps ``reserve_nodes`` (default 2) nodes free for fault
-  rescheduling.
+  rescheduling. A serving replica of several 16-die tasks is one logical super-pod (its
+  ``sp_block`` is the replica's dies).
 
 All functions are pure: they read device lists and return index tuples or error strings.
 """
@@ -57,7 +58,9 @@ def validate(job: Job) -> str | None:
         if k not in B_LEGAL:
             return f"devices.count: an Ascend 910B task takes 1, 2, 4 or 8 NPUs, not {k}"
         return None
-    distributed = job.tasks > 1 and job.kind.value == "training"
+    serving = job.kind.value == "serving"
+    # a multi-task serving replica is a distributed job of its own (one logical super-pod)
+    distributed = (job.tasks > 1 and job.kind.value == "training") or (serving and job.replica_tasks > 1)
     if distributed and k != A3_DIES_PER_NODE:
         return (
             f"devices.count: a distributed Ascend 910C task takes all {A3_DIES_PER_NODE} dies of its node, "
@@ -67,7 +70,9 @@ def validate(job: Job) -> str | None:
         return f"devices.count: an Ascend 910C task takes 1 or an even number of dies up to 16, not {k}"
     if job.sp_block is not None:
         sp = job.sp_block
-        total = job.tasks * k
+        total = (job.replica_tasks if serving else job.tasks) * k
+        if serving and sp != total:
+            return f"sp_block: a serving replica is one logical super-pod: set sp_block to its {total} dies or leave it out"
         if sp < A3_DIES_PER_NODE:
             if sp != total:
                 return f"sp_block: {sp} below 16 must equal the job's {total} dies"

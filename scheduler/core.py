@@ -12,8 +12,9 @@ over these methods, one to one.
 * ``add_node / remove_node / set_device_health`` change the inventory; jobs that lose a task
   are evicted whole and go back to the queue (reported by the next cycle), except serving jobs:
   only their lost replicas are released (``Replacement`` in the next cycle's result) while at
-  least ``min_tasks`` (min replicas) others keep running; the job stays running and the next cycle places the lost
-  replicas again (elsewhere when the node is gone, spread across failure domains).
+  least one other replica keeps running, even below ``min_tasks`` (min replicas): the job stays
+  running, degraded, and the next cycle places the lost replicas again (elsewhere when the node
+  is gone, spread across failure domains). A serving job that loses every replica is evicted whole.
 * ``replace_tasks(job_id, tasks, why)`` the same for replicas whose task failed.
 * ``cycle(now=None) -> CycleResult`` runs the profile's actions once over the snapshot.
 """
@@ -61,6 +62,9 @@ class Scheduler:
         self._evictions: list[Eviction] = []
         self._replacements: list[Replacement] = []
         self.last_reasons: dict = {}
+        # job id -> seconds the last cycle spent searching a placement for it (every try of
+        # every action summed): the per-attempt duration beside the whole cycle's
+        self.last_attempt_seconds: dict[str, float] = {}
 
     # --------------------------------------------------------------------------- jobs
     def submit(self, job: Job) -> Job:
@@ -71,6 +75,12 @@ class Scheduler:
         if pc is None:
             raise XpodError(
                 f"job {job.id}: priority_class: unknown class {job.priority_class!r} (known: {', '.join(sorted(self.priority_classes))})"
+            )
+        size = job.replica_tasks
+        if size != 1 and (job.kind is not JobKind.SERVING or size < 1 or job.tasks % size or (job.min_tasks or job.tasks) % size):
+            raise XpodError(
+                f"job {job.id}: tasks_per_replica: {size} needs a serving job whose task counts ({job.tasks}, min "
+                f"{job.min_tasks or job.tasks}) are whole replicas (replicas x tasks_per_replica)"
             )
         for p in self._validators:
             why = p.validate(job)
@@ -136,15 +146,19 @@ class Scheduler:
 
     def replace_tasks(self, job_id: str, tasks: Iterable[int], why: str) -> list[Replacement]:
         """Release these replicas of a running serving job alone and queue them to be placed
-        again; the others keep running untouched. Returns the replacements ([] when the job is
-        not a running serving job, or when fewer than its min replicas would be left: then the
+        again; the others keep running untouched, even when fewer than its min replicas are left
+        (the allocate action then places the missing ones first). Returns the replacements ([]
+        when the job is not a running serving job, or when no replica would be left: then the
         caller requeues or fails the job whole)."""
         rj = self.snapshot.running.get(job_id)
         drop = set(tasks)
         if rj is None or rj.job.kind is not JobKind.SERVING:
             return []
+        if rj.job.replica_tasks > 1:  # a multi-task replica is released whole: a part cannot serve
+            replicas = {t // rj.job.replica_tasks for t in drop}
+            drop = {b.task for b in rj.bindings if b.task // rj.job.replica_tasks in replicas}
         lost = [b for b in rj.bindings if b.task in drop]
-        if not lost or len(rj.bindings) - len(lost) < max(1, rj.job.min_required):
+        if not lost or len(rj.bindings) == len(lost):  # none would keep serving: whole
             return []
         self.snapshot.release_tasks(job_id, drop)
         # still wanting tasks: the next cycle's allocate places the missing replicas
@@ -187,6 +201,17 @@ class Scheduler:
             priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
         )
         placer = act.Placer(self.policies, ctx)
+        attempt_s: dict[str, float] = {}
+        place = placer.place
+
+        def timed_place(job, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return place(job, *args, **kwargs)
+            finally:
+                attempt_s[job.id] = attempt_s.get(job.id, 0.0) + time.perf_counter() - started
+
+        placer.place = timed_place  # type: ignore[method-assign]
         placed = {jid: len(rj.bindings) for jid, rj in snap.running.items()}
         # a running job stays pending while it wants more tasks (elastic, serving, batch)
         for jid in list(self.pending):
@@ -208,6 +233,7 @@ class Scheduler:
             self.pending[job.id] = job
         reasons = act.pending_reasons(cs)
         self.last_reasons = reasons
+        self.last_attempt_seconds = attempt_s
         evictions = tuple(self._evictions) + tuple(cs.evictions)
         self._evictions = []
         replacements = tuple(self._replacements)

@@ -26,6 +26,7 @@ Who may use which queue is the token file's business (``scheduler.auth``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 from typing import Any
@@ -93,6 +94,26 @@ def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
     for key in ("kind", "id", "name"):
         if key in spec:
             raise SpecInvalid(f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec")
+    return kind, name, labels, _parse_spec(kind, spec)
+
+
+# (kind, canonical JSON of spec) -> the core Job it parses to. The core Job depends on nothing
+# else (not the name, not the labels), and a stream of submissions repeats a few shapes, so a
+# submission's validation is mostly one dict lookup. Successes only; cleared when it grows big.
+_SPEC_CACHE: dict[tuple[str, str], Job] = {}
+_SPEC_CACHE_MAX = 10_000
+_SPEC_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _parse_spec(kind: str, spec: dict[str, Any]) -> Job:
+    try:
+        key: tuple[str, str] | None = (kind, _SPEC_KEY.encode(spec))
+    except (TypeError, ValueError):  # not plain JSON (a YAML date, say): parse without the cache
+        key = None
+    if key is not None:
+        job = _SPEC_CACHE.get(key)
+        if job is not None:
+            return job
     from .taskspec import TaskFieldError, parse_task_fields, split_spec  # what the agent runs (command, restart, ...)
 
     try:
@@ -103,7 +124,11 @@ def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
         job = parse_job({**split_spec(spec), "kind": KINDS[kind].value}, source="spec", job_id=_VALIDATION_ID)
     except XpodError as err:
         raise _field_error(err) from None
-    return kind, name, labels, job
+    if key is not None:
+        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = job
+    return job
 
 
 def node_from_view(view: NodeView) -> Node:
@@ -239,7 +264,10 @@ class CorePlacer:
         cs = self._fit()
         models = cs.placer.models_for(job)
         per_task = req.count if not req.fractional else 1
-        need = per_task * (1 if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
+        need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
+        if job.sp_block and job.sp_block >= 16 and act._reserve_devices(cs, job):
+            need = job.sp_block  # one logical super-pod per physical one (the blocks may differ)
+        need += act._reserve_devices(cs, job)  # an Ascend super-pod keeps its reserve nodes free
         tier = act._tier_of(cs, job)
         block = act.largest_block(cs, job, tier, empty=True)
         node_block = act.largest_block(cs, job, Within.NODE, empty=True)
@@ -253,6 +281,9 @@ class CorePlacer:
             message = f"no device in this cluster matches {req.describe()}"
         else:
             message = f"needs {need} x {', '.join(models)} in {where}; the largest such domain has {block}"
+            reserve = act._reserve_devices(cs, job)
+            if reserve and tier is not Within.NODE:
+                message += f" (the need includes the {reserve // 16} reserve nodes an Ascend super-pod keeps free)"
         return PendingReasonRecord(
             "EXCEEDS_CLUSTER_CAPACITY",
             message,
@@ -379,4 +410,5 @@ class CorePlacer:
             seconds=result.seconds,
             eviction_reasons=reasons,
             preemption_attempts=result.preemption_attempts,
+            attempt_seconds=dict(self.scheduler.last_attempt_seconds),
         )

@@ -16,6 +16,8 @@ DEADLINE_EXCEEDED), so a long watch shows up in the handled counter only once it
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from typing import Any, Callable
 
@@ -75,6 +77,17 @@ class GrpcServerMetrics:
     def interceptor(self) -> grpc.ServerInterceptor:
         return _Interceptor(self)
 
+    def aio_interceptor(self) -> "grpc.aio.ServerInterceptor":
+        """The same counts for a ``grpc.aio`` server (its handlers are coroutines and async
+        generators). A call the client cancels, or whose deadline passes, ends the handler with
+        ``asyncio.CancelledError``: counted CANCELLED or DEADLINE_EXCEEDED."""
+        return _AioInterceptor(self)
+
+    def wrap_aio_handler(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` (of ``/pkg.Service/Method``) counted like the interceptors do, wrapped
+        once when it is registered: no interceptor to run on every call."""
+        return _wrap_aio_handler(self, full_method, handler)
+
     def _done(self, kind: str, service: str, method: str, code: str, started_s: float) -> None:
         self.handled.labels(kind, service, method, code).inc()
         self.handling_seconds.labels(kind, service, method).observe(time.perf_counter() - started_s)
@@ -129,6 +142,88 @@ class _Interceptor(grpc.ServerInterceptor):
                 m._done(kind, service, method, _code_name(context, _ended(context)), t0)
 
         return factory(behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+# The client's own deadline fires first and cancels the stream a moment before the server's
+# copy of the deadline (it started counting when the request arrived): a cancel that close to
+# the deadline is the deadline.
+_DEADLINE_SLACK_S = 0.25
+
+
+def _cancelled_code(context: Any) -> str:
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= _DEADLINE_SLACK_S
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED).name
+
+
+class _AioInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: GrpcServerMetrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return None
+        return self._m.wrap_aio_handler(handler_call_details.method, handler)
+
+
+def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    service, method = _split(full_method)
+    if handler.unary_unary is not None:
+        inner, kind, factory = handler.unary_unary, "unary", grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream is not None:
+        inner, kind, factory = handler.unary_stream, "server_stream", grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary is not None:
+        inner, kind, factory = handler.stream_unary, "client_stream", grpc.stream_unary_rpc_method_handler
+    else:
+        inner, kind, factory = handler.stream_stream, "bidi_stream", grpc.stream_stream_rpc_method_handler
+    if not (inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)):
+        return handler  # a plain function runs on grpc's migration pool: not counted
+    # the label children once per method, not per call
+    started = m.started.labels(kind, service, method)
+    seconds = m.handling_seconds.labels(kind, service, method)
+    handled: dict[str, Any] = {}
+
+    def done(code: str, started_s: float) -> None:
+        child = handled.get(code)
+        if child is None:
+            child = handled[code] = m.handled.labels(kind, service, method, code)
+        child.inc()
+        seconds.observe(time.perf_counter() - started_s)
+
+    if not inspect.isasyncgenfunction(inner):  # unary, or a stream written with context.write
+
+        async def behavior(request_or_iterator, context):
+            started.inc()
+            t0 = time.perf_counter()
+            try:
+                response = await inner(request_or_iterator, context)
+            except asyncio.CancelledError:
+                done(_cancelled_code(context), t0)
+                raise
+            except BaseException:
+                done(_code_name(context, grpc.StatusCode.UNKNOWN), t0)
+                raise
+            done(_code_name(context, grpc.StatusCode.OK), t0)
+            return response
+
+    else:
+
+        async def behavior(request_or_iterator, context):
+            started.inc()
+            t0 = time.perf_counter()
+            try:
+                async for item in inner(request_or_iterator, context):
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away or its deadline passed
+                done(_cancelled_code(context), t0)
+                raise
+            except BaseException:
+                done(_code_name(context, grpc.StatusCode.UNKNOWN), t0)
+                raise
+            done(_code_name(context, grpc.StatusCode.OK), t0)
+
+    return factory(behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 __all__ = ["GrpcServerMetrics"]

@@ -13,21 +13,24 @@ clock). Contracts:
 * A NotReady node whose heartbeats resume is Ready again and back in placement.
 * Restart policy (``spec.restart.max_restarts``, see ``scheduler.taskspec``): a job that lost a
   node or whose task failed is requeued *whole* (a training gang restarts all its tasks) while
-  it has restarts left, except a serving job with at least its min replicas on other nodes
-  (``replicas: {min, max}``; a fixed ``replicas: N`` has min N): only the replicas
-  on the lost (or failing) node are released and placed again by the next cycle (elsewhere
-  when the node is NotReady), the other replicas keep running untouched, their agents see no
-  change, and the job keeps its state (RUNNING); the event reads ``restart K/N: replica T
-  replaced: node X NotReady: ...``. A serving job that would fall below its min replicas
-  restarts whole like the others. Each
+  it has restarts left, except a serving job of which at least one replica keeps serving
+  (``replicas: {min, max}``; a fixed ``replicas: N`` has min N): only the lost replicas (on
+  the lost node, on the bad device, or the failed tasks the agent names, which may share a
+  node with healthy ones) are released and placed again by the next cycle (elsewhere when the
+  node is NotReady), the other replicas keep running untouched, their agents see no change,
+  and the job keeps its state (RUNNING) even below its min replicas: degraded, which the
+  event says (``restart K/N: replica R replaced: node X NotReady: ...``; a replica of several
+  tasks, ``tasks_per_replica``, reads ``replica R (tasks T, U)``) until the cycle binds
+  the lost ones again. A serving job that loses every replica restarts whole. Each
   restart is an EVICTED event whose message starts with ``restart K/N:``, which is also how
   restarts are counted (from the durable event log, so the count survives a scheduler
   restart). With none left the job FAILS with the reason. Either way its devices are released
   in the same step: no path leaves an allocation behind.
 
-Unhealthy devices need nothing here: ``SchedulerApi.heartbeat`` passes health to the core,
-which takes an alarm/critical device out of placement (evicting what ran there) until a
-heartbeat reports it healthy again.
+Unhealthy devices: ``SchedulerApi.heartbeat`` calls ``device_unhealthy`` first (serving
+replicas on the device are replaced alone, each counted as a ``device_unhealthy`` eviction),
+then passes health to the core, which takes an alarm/critical device out of placement
+(evicting whole what still ran there) until a heartbeat reports it healthy again.
 """
 
 from __future__ import annotations
@@ -87,6 +90,17 @@ def max_restarts_of(job: JobRecord) -> int:
         return parse_task_fields(job.kind, spec).max_restarts
     except TaskFieldError:  # accepted by an older server that did not know the keys
         return 0
+
+
+def replica_names(tasks: list[int], size: int = 1) -> str:
+    """How an event names the replicas of lost ``tasks`` (task t is replica t // size):
+    ``replica 1``, ``replicas 0, 2``; with several tasks per replica their tasks follow,
+    ``replica 0 (tasks 0, 1)``."""
+    replicas = sorted({t // size for t in tasks})
+    text = "replica" + ("s " if len(replicas) > 1 else " ") + ", ".join(map(str, replicas))
+    if size > 1:
+        text += f" (task{'s' if len(tasks) > 1 else ''} {', '.join(map(str, sorted(tasks)))})"
+    return text
 
 
 class Liveness:
@@ -167,11 +181,25 @@ class Liveness:
             api._placer.add_node(node)
         api._wake.set()
 
-    def task_failed(self, job: JobRecord, node: str, exit_code: int, message: str) -> RestartDecision | None:
-        """An agent reported a failed task of ``job`` on ``node``: requeue or fail per policy."""
+    def degraded_counts(self) -> dict[str, int]:
+        """Queue -> bound serving jobs running below their min replicas (lost replicas were
+        released alone and are not bound again yet): the degraded state, as a metric."""
+        api = self.api
+        out: dict[str, int] = {}
+        with api._lock:
+            for job in api._jobs.values():
+                parsed = api._parsed.get(job.id)
+                if (job.state in _BOUND and parsed is not None and parsed.core.kind is JobKind.SERVING
+                        and 0 < len(job.allocations) < parsed.core.min_required):
+                    out[job.queue] = out.get(job.queue, 0) + 1
+        return out
+
+    def task_failed(self, job: JobRecord, node: str, exit_code: int, message: str, tasks: tuple[int, ...] = ()) -> RestartDecision | None:
+        """An agent reported a failed task of ``job`` on ``node`` (``tasks``: which ones; empty:
+        every task there): replace those serving replicas alone, or requeue or fail per policy."""
         text = f"task on node {node} exited with code {exit_code}" + (f": {message}" if message else "")
         with self._lock:
-            return self._decide(job.id, text, node=node)
+            return self._decide(job.id, text, node=node, tasks=frozenset(tasks))
 
     def device_unhealthy(self, node: str, index: int, health: str) -> list[RestartDecision]:
         """A heartbeat reports ``node``/``index`` alarm or critical: serving replicas on it are
@@ -185,15 +213,19 @@ class Liveness:
                 if j.state in _BOUND and j.kind == "ServingJob" and any(device in a.devices for a in j.allocations)
             ]
         out = []
+        evicted = getattr(api.metrics, "evicted", None)
         with self._lock:
             for job in sorted(bound, key=lambda j: j.seq):
                 d = self._decide(job.id, f"device {device} {health}", node=node, device=device, replace_only=True)
                 if d is not None:
                     out.append(d)
+                    if evicted is not None:
+                        evicted(job.queue, "device_unhealthy")  # as the node path counts a replacement
         return out
 
     def _decide(
-        self, job_id: str, why: str, node: str | None = None, device: str | None = None, replace_only: bool = False
+        self, job_id: str, why: str, node: str | None = None, device: str | None = None, replace_only: bool = False,
+        tasks: frozenset[int] = frozenset(),
     ) -> RestartDecision | None:
         """Replace the serving replicas on ``node`` (on ``device`` when given), or requeue the
         job whole, or fail it; None when it is no longer bound (someone else decided), or when
@@ -208,7 +240,11 @@ class Liveness:
             budget = max_restarts_of(job)
             used = restarts_used(api._store.events_since(0, job_id=job.id, limit=100_000))
             now = api._clock()
-            hit = [a.node == node and (device is None or device in a.devices) for a in job.allocations]
+            hit = [a.node == node and (device is None or device in a.devices) and (not tasks or a.task in tasks) for a in job.allocations]
+            size = parsed.core.replica_tasks if parsed is not None and parsed.core.kind is JobKind.SERVING else 1
+            if size > 1:  # a replica of several tasks goes whole: the rest of it cannot serve alone
+                gone = {a.task // size for a, h in zip(job.allocations, hit) if h}
+                hit = [h or a.task // size in gone for a, h in zip(job.allocations, hit)]
             lost = tuple(a for a, h in zip(job.allocations, hit) if h)
             kept = tuple(a for a, h in zip(job.allocations, hit) if not h)
             if (
@@ -216,12 +252,11 @@ class Liveness:
                 and parsed is not None
                 and parsed.core.kind is JobKind.SERVING
                 and lost
-                and len(kept) >= max(1, parsed.core.min_required)
-                # the agent stops a job's tasks per node (run=False): a replica that shares its
-                # node with a kept one could not be stopped alone
-                and not any(a.node == node for a in kept)
+                # at least one replica keeps serving; below min replicas the job stays RUNNING
+                # (degraded, said by the event) until the next cycles bind the lost ones again
+                and kept
             ):
-                replaced = self._replace(job, lost, kept, used, budget, why, now)
+                replaced = self._replace(job, lost, kept, used, budget, why, now, size)
                 if replaced is None:
                     continue  # it changed meanwhile: decide again
                 if replaced.restarted:
@@ -254,14 +289,16 @@ class Liveness:
         api._wake.set()
         return RestartDecision(job.id, update.state is JobState.QUEUED, message)
 
-    def _replace(self, job: JobRecord, lost: tuple, kept: tuple, used: int, budget: int, why: str, now: float) -> RestartDecision | None:
+    def _replace(self, job: JobRecord, lost: tuple, kept: tuple, used: int, budget: int, why: str, now: float,
+                 size: int = 1) -> RestartDecision | None:
         """Serving: drop the lost replicas' allocations (the job keeps its state and the rest)
         and release them alone in the core; the next cycle binds them again. None: the job
-        changed meanwhile (decide again). ``restarted`` False: the core refused (whole restart)."""
+        changed meanwhile (decide again). ``restarted`` False: the core refused (whole restart).
+        ``size``: tasks per replica (the event names replicas, and their tasks when size > 1)."""
         api = self.api
         tasks = sorted(a.task for a in lost)
         total = "unlimited" if budget < 0 else str(budget)
-        names = "replica" + ("s " if len(tasks) > 1 else " ") + ", ".join(map(str, tasks))
+        names = replica_names(tasks, size)
         message = f"{RESTART_PREFIX}{used + 1}/{total}: {names} replaced: {why}"
         # Under the placer lock: no cycle runs between the core's release and the store's
         # write, so a cycle never binds the replica again before the store has dropped it.

@@ -132,8 +132,12 @@ class Job:
     """A unit of admission: ``tasks`` identical tasks.
 
     Training: a gang; placed only when ``min_tasks`` (default: all) tasks fit at once.
-    Serving: ``tasks`` = max replicas, ``min_tasks`` = min replicas; each replica inside one node
-    (or one super-node with ``within: supernode``), spread across failure domains.
+    Serving: a replica is ``replica_tasks`` tasks (default 1); ``tasks`` = max replicas x
+    ``replica_tasks``, ``min_tasks`` = min replicas x ``replica_tasks``. Task ``t`` belongs to
+    replica ``t // replica_tasks``. A replica is placed whole or not at all: a one-task replica
+    on one node; a multi-task replica inside the tightest domain its ``within`` allows (one
+    node, else one super-node; an Ascend 910C replica of 16-die tasks is one logical super-pod
+    inside one physical super-pod). Replicas spread across failure domains.
     Batch: each task placed on its own.
     """
 
@@ -149,14 +153,21 @@ class Job:
     priority_class: str = "normal"
     priority: int = 0  # resolved value of priority_class
     submit_time: float = 0.0
-    expected_duration_seconds: float | None = None  # for estimated starts and backfill
+    expected_duration_seconds: float | None = None  # estimated starts; backfill on reserved devices needs it
     sp_block: int | None = None  # Ascend 910C: dies per logical super-pod (multiple of 16)
+    replica_tasks: int = 1  # serving: tasks per replica (a replica larger than one node)
 
     @property
     def min_required(self) -> int:
         if self.kind is JobKind.BATCH:
             return 1
         return self.tasks if self.min_tasks is None else self.min_tasks
+
+    @property
+    def replica_size(self) -> int:
+        """Tasks per replica for serving jobs, 1 for the other kinds (the unit placed whole
+        besides the gang)."""
+        return self.replica_tasks if self.kind is JobKind.SERVING else 1
 
     @property
     def devices_per_task(self) -> float:

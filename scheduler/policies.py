@@ -15,6 +15,8 @@ Extension points:
                                                             order without sorting the cluster
   ``GangRule.min_tasks(job) -> int``                        tasks that must be placed together
   ``TierRule.tiers(job) -> tuple[Within, ...]``             topology tiers to try, tightest first
+  ``PriorityRule.effective(job, now) -> float``             a job's priority with aging; the queue
+                                                            order and preemption both compare it
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class GangRule(Protocol):
 @runtime_checkable
 class TierRule(Protocol):
     def tiers(self, job: Job) -> tuple[Within, ...]: ...
+
+
+@runtime_checkable
+class PriorityRule(Protocol):
+    def effective(self, job: Job, now: float) -> float: ...
 
 
 class Policy:
@@ -188,7 +195,12 @@ class DRFPolicy(Policy):
 
 class PriorityPolicy(Policy):
     """Higher priority first; waiting raises the effective priority by ``aging_per_hour`` per
-    hour so nothing starves; then submit time, then id (deterministic)."""
+    hour so nothing starves; then submit time, then id (deterministic).
+
+    Aging counts from the submit time for every job, waiting or running, so the difference of
+    two jobs' effective priorities never changes with time: the order is stable, and
+    preemption (which evicts only jobs of a lower effective priority, the ones this order puts
+    behind the preemptor) cannot swing back and forth between two jobs."""
 
     name = "priority"
     ARGS = {"aging_per_hour": 1.0}

@@ -8,10 +8,16 @@ convert the answer. An ``ApiError`` becomes a ``google.rpc.Status`` with an ``Er
 
 ``build_server`` adds grpc.health.v1 (the whole server and each service by name) and server
 reflection, so grpcurl and friends work without the .proto files.
+
+The server is ``grpc.aio`` on an event loop of its own thread: ``SubmitJob``, the hot path, runs
+on the loop itself (check, queue the write, ``await`` the group commit: no thread per call and no
+GIL hand-off per call), and every other RPC runs the in-process API's blocking method on a
+bounded thread pool (``max_workers``). Callers see a plain synchronous ``RunningServer``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import functools
@@ -24,7 +30,9 @@ import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import _async as health_aio
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from xpod.proto.xpod.v1 import (
@@ -36,7 +44,7 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2_grpc,
     types_pb2,
 )
-from xpod.scheduler.api import ERROR_DOMAIN, ApiError, Code, DeviceView, JobView, NodeView, SchedulerApi, TaskState
+from xpod.scheduler.api import ERROR_DOMAIN, ApiError, Code, DeviceView, JobView, NodeView, SchedulerApi, Submission, TaskState
 from xpod.scheduler.auth import Authenticator, AuthError, Principal, Unauthenticated
 from xpod.scheduler.store import AllocationRecord, EventRecord, JobRecord, JobState, PendingReasonRecord
 
@@ -129,7 +137,6 @@ def job_pb(
         queue=job.queue,
         kind=job.kind,
         name=job.name,
-        spec=spec if spec is not None else dict_to_struct(job.spec),
         state=_STATE_TO_PB[job.state],
         allocations=[_alloc_pb(a) for a in job.allocations],
         create_time=_ts(job.create_time_s),
@@ -138,6 +145,10 @@ def job_pb(
         queue_position=queue_position,
         message=job.message,
     )
+    if spec is not None:
+        msg.spec.CopyFrom(spec)  # cheaper than a constructor argument
+    else:
+        msg.spec.update(job.spec)
     p = _pending_pb(pending if pending is not None else job.pending)
     if p is not None and job.state is JobState.QUEUED:
         msg.pending_reason.CopyFrom(p)
@@ -170,6 +181,7 @@ def device_pb(d: DeviceView, allocated_milli: int = 0, job_ids: list[str] | None
         memory_total_bytes=d.memory_total_bytes,
         allocated_milli=allocated_milli,
         job_ids=job_ids or [],
+        simulated=d.simulated,
     )
 
 
@@ -189,7 +201,7 @@ def node_from_pb(n: types_pb2.Node) -> NodeView:
     return NodeView(
         name=n.name,
         devices=tuple(
-            DeviceView(n.name, d.index, d.vendor, d.model, d.memory_total_bytes, d.health or "unknown") for d in n.devices
+            DeviceView(n.name, d.index, d.vendor, d.model, d.memory_total_bytes, d.health or "unknown", d.simulated) for d in n.devices
         ),
         labels=tuple(sorted(n.labels.items())),
         cpu_milli=n.cpu_milli,
@@ -223,60 +235,188 @@ def _auth_error(err: AuthError) -> ApiError:
     return ApiError(Code.PERMISSION_DENIED, "PERMISSION_DENIED", str(err))
 
 
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+    await context.abort_with_status(rpc_status.to_status(status_for(err)))
+
+
+class _CallContext:
+    """What the servicers' blocking code needs of a call (``invocation_metadata``,
+    ``time_remaining``, ``is_active``), over a ``grpc.aio`` context, usable from a pool thread.
+    ``is_active`` turns false once the call's coroutine ends (done, cancelled or deadline)."""
+
+    __slots__ = ("_context", "active")
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self.active = True
+
+    def invocation_metadata(self):
+        return self._context.invocation_metadata()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+_END = object()
+
+
+def _close_stream(gen: Any, streams: threading.BoundedSemaphore) -> None:
+    try:
+        gen.close()
+    except Exception:  # a generator that fails while closing: the stream is over anyway
+        pass
+    finally:
+        streams.release()
+
+
 def _rpc(method: Callable) -> Callable:
-    """Authenticate, then turn ApiError into a rich status (unary and streaming alike)."""
+    """Authenticate, run, and turn ApiError into a rich status. ``async def`` methods run on
+    the event loop; plain methods run on the server's thread pool; generator methods (the
+    Watch streams) are driven item by item on the pool and hold a stream slot."""
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def native(self, request, context):
+            try:
+                principal = self._principal(context)
+                return await method(self, request, context, principal)
+            except ApiError as err:
+                await _abort(context, err)
+            except AuthError as err:
+                await _abort(context, _auth_error(err))
+
+        return native
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self, request, context):
+            # Each open stream holds a pool thread for its whole life: past the limit, refuse
+            # with RetryInfo rather than let streams starve the unary calls of threads.
+            if not self.streams.acquire(blocking=False):
+                err = ApiError(
+                    Code.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_STREAMS",
+                    "too many open watch streams on this server; retry later",
+                    retry_after_s=5.0,
+                )
+                await _abort(context, err)
+            call = _CallContext(context)
+            gen = None
+            step: concurrent.futures.Future | None = None
+            try:
+                principal = self._principal(call)
+                gen = method(self, request, call, principal)
+                while True:
+                    step = self.pool.submit(next, gen, _END)
+                    item = await asyncio.wrap_future(step)
+                    step = None
+                    if item is _END:
+                        break
+                    yield item
+            except ApiError as err:
+                await _abort(context, err)
+            except AuthError as err:
+                await _abort(context, _auth_error(err))
+            finally:
+                call.active = False  # the generator's is_active() loop ends at its next poll
+                if gen is None:
+                    self.streams.release()
+                elif step is not None and not step.done():
+                    # still inside next() on a pool thread: close it there once it returns
+                    step.add_done_callback(lambda _f, g=gen: _close_stream(g, self.streams))
+                else:
+                    _close_stream(gen, self.streams)
+
+        return stream
 
     @functools.wraps(method)
-    def unary(self, request, context):
+    async def unary(self, request, context):
+        call = _CallContext(context)
         try:
-            principal = self._principal(context)
-            return method(self, request, context, principal)
+            principal = self._principal(call)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, method, self, request, call, principal)
         except ApiError as err:
-            context.abort_with_status(rpc_status.to_status(status_for(err)))
+            await _abort(context, err)
         except AuthError as err:
-            context.abort_with_status(rpc_status.to_status(status_for(_auth_error(err))))
-
-    @functools.wraps(method)
-    def stream(self, request, context):
-        # Each open stream holds a worker thread for its whole life: past the limit, refuse
-        # with RetryInfo rather than let streams starve the unary calls of threads.
-        if not self.streams.acquire(blocking=False):
-            err = ApiError(
-                Code.RESOURCE_EXHAUSTED,
-                "TOO_MANY_STREAMS",
-                "too many open watch streams on this server; retry later",
-                retry_after_s=5.0,
-            )
-            context.abort_with_status(rpc_status.to_status(status_for(err)))
-        try:
-            principal = self._principal(context)
-            yield from method(self, request, context, principal)
-        except ApiError as err:
-            context.abort_with_status(rpc_status.to_status(status_for(err)))
-        except AuthError as err:
-            context.abort_with_status(rpc_status.to_status(status_for(_auth_error(err))))
+            await _abort(context, _auth_error(err))
         finally:
-            self.streams.release()
+            call.active = False
 
-    return stream if inspect.isgeneratorfunction(method) else unary
+    return unary
+
+
+class _LoopWaiter:
+    """Turns concurrent futures resolved on another thread (the store's writer) into asyncio
+    futures, waking the loop once per batch of resolutions rather than once per future: a group
+    commit of N submissions costs one loop wake-up, not N."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future, concurrent.futures.Future]] = []
+
+    def wait(self, cf: concurrent.futures.Future) -> asyncio.Future:
+        af = self._loop.create_future()
+
+        # uses its argument, never ``cf`` from this scope: cf -> callback -> cf would be a
+        # reference cycle per call, i.e. work for the cyclic GC (whose full passes stall the loop)
+        def resolved(done: concurrent.futures.Future) -> None:
+            with self._lock:
+                first = not self._ready
+                self._ready.append((af, done))
+            if first:
+                try:
+                    self._loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop closed (server stopped): nobody waits any more
+                    pass
+
+        cf.add_done_callback(resolved)
+        return af
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for af, cf in ready:
+            if af.done():  # its caller gave up (deadline) meanwhile
+                continue
+            err = cf.exception()
+            if err is not None:
+                af.set_exception(err)
+            else:
+                af.set_result(cf.result())
 
 
 class _Base:
-    def __init__(self, api: SchedulerApi, authenticator: Authenticator, streams: threading.BoundedSemaphore | None = None) -> None:
+    def __init__(
+        self,
+        api: SchedulerApi,
+        authenticator: Authenticator,
+        streams: threading.BoundedSemaphore | None = None,
+        pool: concurrent.futures.ThreadPoolExecutor | None = None,
+        waiter: _LoopWaiter | None = None,
+    ) -> None:
         self.api = api
         self.auth = authenticator
         self.streams = streams or threading.BoundedSemaphore(16)  # shared by every servicer of a server
+        self.pool = pool  # runs the blocking API calls (shared by every servicer of a server)
+        self.waiter = waiter  # awaits store commits on the loop
 
-    def _principal(self, context: grpc.ServicerContext) -> Principal:
+    def _principal(self, context: Any) -> Principal:
         authorization = None
-        for key, value in context.invocation_metadata():
+        for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization = value
                 break
         return self.auth.authenticate(authorization)
 
     @staticmethod
-    def _timeout(context: grpc.ServicerContext) -> float:
+    def _timeout(context: Any) -> float:
         remaining = context.time_remaining()
         if remaining is None:
             return _DEFAULT_TIMEOUT_S
@@ -285,9 +425,30 @@ class _Base:
 
 class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
     @_rpc
-    def SubmitJob(self, request, context, principal):
+    async def SubmitJob(self, request, context, principal):
+        # On the event loop: the checks are short (parse and never-fits answers are cached per
+        # job shape), the write is queued, and the call waits for its group commit without a
+        # thread of its own.
         document = struct_to_dict(request.job) if request.HasField("job") else None
-        view, created = self.api.submit_job(principal, request.request_id, document, timeout_s=self._timeout(context))
+        submission: Submission = self.api.begin_submit(principal, request.request_id, document)
+        waiting = self.waiter.wait(submission.future)
+        # grpc.aio cancels this coroutine when the client's deadline passes; a call without a
+        # deadline is bounded here instead
+        expire = None
+        if context.time_remaining() is None:
+            expire = asyncio.get_running_loop().call_later(_DEFAULT_TIMEOUT_S, _expire, waiting)
+        try:
+            result = await waiting
+        except BaseException as err:  # deadline, shutdown, a reused request id, cancelled
+            submission.abandon()
+            api_err = submission.result_error(err)
+            if api_err is not None:
+                raise api_err from None
+            raise
+        finally:
+            if expire is not None:
+                expire.cancel()
+        view, created = submission.finish(result)
         same = created or view.record.request_id == request.request_id
         return job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
 
@@ -361,9 +522,21 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
         if state is None:
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_TASK_STATE", "state must be RUNNING, SUCCEEDED or FAILED", field="state")
         view = self.api.report_task_status(
-            principal, request.job_id, request.node, state, request.message, request.exit_code, timeout_s=self._timeout(context)
+            principal, request.job_id, request.node, state, request.message, request.exit_code, timeout_s=self._timeout(context),
+            failed_tasks=tuple(request.failed_tasks),
         )
         return node_service_pb2.ReportTaskStatusResponse(job=view_pb(view))
+
+
+def _expire(waiting: asyncio.Future) -> None:
+    if not waiting.done():
+        waiting.set_exception(
+            ApiError(
+                Code.DEADLINE_EXCEEDED,
+                "DEADLINE_EXCEEDED",
+                "the deadline passed before the write was on disk; retry with the same request id",
+            )
+        )
 
 
 class ClusterServicer(_Base, cluster_service_pb2_grpc.ClusterServiceServicer):
@@ -394,15 +567,129 @@ class TlsFiles:
     client_ca: str | None = None
 
 
-@dataclasses.dataclass
+class _Undecodable:
+    """What the guarded deserializer returns for bytes that are not the request message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A request whose bytes do not parse is INVALID_ARGUMENT with a rich status (grpc.aio
+    alone answers UNKNOWN with a traceback in the log). Unary requests only (every xpod call)."""
+    if handler.request_streaming or handler.request_deserializer is None:
+        return handler
+    decode = handler.request_deserializer
+
+    def guarded(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as err:  # DecodeError and friends
+            return _Undecodable(err)
+
+    def refuse(err: Exception) -> ApiError:
+        return ApiError(
+            Code.INVALID_ARGUMENT,
+            "MALFORMED_REQUEST",
+            f"{full_method}: the request is not a valid protobuf message: {str(err)[:200]}",
+        )
+
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            if request.__class__ is _Undecodable:
+                await _abort(context, refuse(request.error))
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=guarded, response_serializer=handler.response_serializer)
+    inner_stream = handler.unary_stream
+    if inspect.isasyncgenfunction(inner_stream):
+
+        async def stream(request, context):
+            if request.__class__ is _Undecodable:
+                await _abort(context, refuse(request.error))
+            async for item in inner_stream(request, context):
+                yield item
+
+    else:  # a coroutine that writes with context.write (grpc.health.v1 Watch)
+
+        async def stream(request, context):
+            if request.__class__ is _Undecodable:
+                await _abort(context, refuse(request.error))
+            return await inner_stream(request, context)
+
+    return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=guarded, response_serializer=handler.response_serializer)
+
+
+class _Registrar:
+    """Stands in for the server while the generated ``add_*_to_server`` functions register
+    their handlers, and wraps each handler once (the decode guard, then the metrics, so those
+    count the guard's INVALID_ARGUMENT): interceptors would run again on every call."""
+
+    def __init__(self, server: grpc.aio.Server, wraps: list[Callable]) -> None:
+        self._server = server
+        self._wraps = wraps
+
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        if handler is None:
+            return None
+        for w in self._wraps:
+            handler = w(full_method, handler)
+        return handler
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service, {m: self.wrap(f"/{service}/{m}", h) for m, h in handlers.items()})
+
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(g, self) for g in generic_handlers))
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, registrar: _Registrar) -> None:
+        self._inner = inner
+        self._registrar = registrar
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in self._cache:
+            self._cache[method] = self._registrar.wrap(method, self._inner.service(handler_call_details))
+        return self._cache[method]
+
+
 class RunningServer:
-    server: grpc.Server
-    health: health.HealthServicer
-    port: int
+    """A started ``grpc.aio`` server on its own event-loop thread; ``stop`` is synchronous."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: Any, port: int, loop: asyncio.AbstractEventLoop,
+                 thread: threading.Thread, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+        self._loop = loop
+        self._thread = thread
+        self._pool = pool
+        self._stopped = False
 
     def stop(self, grace_s: float = 2.0) -> None:
-        self.health.enter_graceful_shutdown()  # probes see NOT_SERVING before the port closes
-        self.server.stop(grace_s).wait()
+        """Probes see NOT_SERVING, then the port closes (calls in flight get ``grace_s``). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+
+        async def shutdown() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace_s)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=grace_s + 30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            # blocking calls still on the pool end on their own (their streams see is_active() false)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def build_server(
@@ -416,14 +703,48 @@ def build_server(
 ) -> RunningServer:
     """Create and start the gRPC server on ``listen`` (``host:port``, port 0 = any free one).
 
-    Worker threads: every open Watch stream holds one; at most ``max_workers // 2`` streams are
-    open at once (more are RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls.
+    ``max_workers`` threads run the blocking API calls (everything but SubmitJob): every open
+    Watch stream holds one; at most ``max_workers // 2`` streams are open at once (more are
+    RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls. Raises OSError when it
+    cannot listen.
     """
+    loop = asyncio.new_event_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc")
+    thread = threading.Thread(target=_run_loop, args=(loop,), name="xpod-grpc-loop", daemon=True)
+    thread.start()
+    try:
+        server, health_servicer, port = asyncio.run_coroutine_threadsafe(
+            _start(api, authenticator, listen, tls, max_workers, max_message_bytes, pool, loop), loop
+        ).result(timeout=60)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        pool.shutdown(wait=False)
+        raise
+    return RunningServer(server, health_servicer, port, loop, thread, pool)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+async def _start(
+    api: SchedulerApi,
+    authenticator: Authenticator,
+    listen: str,
+    tls: TlsFiles | None,
+    max_workers: int,
+    max_message_bytes: int,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[grpc.aio.Server, Any, int]:
     # grpc_server_* metrics when the API has ServiceMetrics attached (scheduler.grpc_metrics)
-    make_interceptor = getattr(api.metrics, "grpc_interceptor", None)
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc"),
-        interceptors=[make_interceptor()] if make_interceptor is not None else None,
+    metrics_wrapper = getattr(api.metrics, "grpc_aio_wrapper", None)
+    server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -432,16 +753,23 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # at most half the worker threads serve long-lived streams (Watch*), the rest unary calls
+    # at most half the pool threads serve long-lived streams (Watch*), the rest unary calls
     streams = threading.BoundedSemaphore(max(1, max_workers // 2))
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(api, authenticator, streams), server)
-    node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(api, authenticator, streams), server)
-    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(api, authenticator, streams), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    waiter = _LoopWaiter(loop)
+    registrar = _Registrar(server, [_guard_decode] + ([metrics_wrapper()] if metrics_wrapper is not None else []))
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(api, authenticator, streams, pool, waiter), registrar)
+    node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(api, authenticator, streams, pool, waiter), registrar)
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
+        ClusterServicer(api, authenticator, streams, pool, waiter), registrar
+    )
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     for name in ("",) + SERVICE_NAMES:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # what reflection.enable_server_reflection does for an aio server, through the registrar
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection_aio.ReflectionServicer(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME)), registrar
+    )
     if tls is None:
         port = server.add_insecure_port(listen)
     else:
@@ -457,5 +785,5 @@ def build_server(
         port = server.add_secure_port(listen, creds)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
-    server.start()
-    return RunningServer(server, health_servicer, port)
+    await server.start()
+    return server, health_servicer, port

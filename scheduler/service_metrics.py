@@ -45,9 +45,17 @@ class ServiceMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        self.attempt_seconds = Histogram(
+            "xpod_scheduler_scheduling_attempt_duration_seconds",
+            "Seconds the core spent searching a placement for one job in one cycle, by result (scheduled, unschedulable).",
+            ["result"],
+            buckets=(1e-05, 2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
         self.submitted_jobs = Counter(
             "xpod_scheduler_submitted_jobs", "Jobs accepted (durably) by SubmitJob.", ["queue"], registry=self.registry
         )
+        self._submitted_by_queue: dict[str, Any] = {}
         self.finished_jobs = Counter(
             "xpod_scheduler_finished_jobs", "Jobs that ended, by outcome.", ["queue", "kind", "outcome"], registry=self.registry
         )
@@ -79,6 +87,11 @@ class ServiceMetrics:
         """A ``grpc.ServerInterceptor`` keeping ``grpc_server_*`` in this registry."""
         return self.grpc.interceptor()
 
+    def grpc_aio_wrapper(self):
+        """For a ``grpc.aio`` server (``scheduler.service``): ``wrap(full_method, handler)``
+        returning the handler counted in ``grpc_server_*``, applied once at registration."""
+        return self.grpc.wrap_aio_handler
+
     def attach(self, api: Any) -> None:
         self._api = api
         api.metrics = self
@@ -86,7 +99,11 @@ class ServiceMetrics:
     # hooks called by SchedulerApi
 
     def submitted(self, queue: str) -> None:
-        self.submitted_jobs.labels(queue=queue).inc()
+        # once per submission: the labelled child is looked up once per queue
+        child = self._submitted_by_queue.get(queue)
+        if child is None:
+            child = self._submitted_by_queue[queue] = self.submitted_jobs.labels(queue=queue)
+        child.inc()
 
     def shed(self) -> None:
         self.shed_requests.inc()
@@ -111,6 +128,9 @@ class ServiceMetrics:
             queue = api.job_queue(jid) if api is not None else None
             if queue is not None:
                 self.evicted(queue, reasons.get(jid, "other"))
+        for jid, seconds in getattr(outcome, "attempt_seconds", {}).items():
+            result = "scheduled" if jid in outcome.bindings else "unschedulable"
+            self.attempt_seconds.labels(result=result).observe(seconds)
         if outcome.bindings:
             self.schedule_attempts.labels(result="scheduled").inc(len(outcome.bindings))
         if outcome.pending:
@@ -138,6 +158,11 @@ class _StateCollector:
         nodes = GaugeMetricFamily(
             "xpod_scheduler_nodes", "Nodes by state: ready, or not_ready (heartbeats stopped).", labels=["state"]
         )
+        degraded = GaugeMetricFamily(
+            "xpod_scheduler_degraded_jobs",
+            "Serving jobs running below their min replicas while lost replicas are being replaced, by queue.",
+            labels=["queue"],
+        )
         blocks = GaugeMetricFamily(
             "xpod_scheduler_largest_free_block_devices",
             "Most free healthy devices of one model (pool) on one node / in one super-node: the biggest gang that fits now.",
@@ -154,8 +179,13 @@ class _StateCollector:
                 nodes.add_metric([state], n)
             for (pool, level), n in sorted(api.largest_free_blocks().items()):
                 blocks.add_metric([pool, level], n)
+            liveness = getattr(api, "liveness", None)
+            if liveness is not None:
+                for queue, n in sorted(liveness.degraded_counts().items()):
+                    degraded.add_metric([queue], n)
         yield pending
         yield devices
         yield running
         yield nodes
         yield blocks
+        yield degraded

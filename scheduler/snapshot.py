@@ -64,6 +64,9 @@ class Snapshot:
         self.model_example: dict[str, object] = {}
         # device totals per model (healthy), for "can never fit" checks
         self.model_total: dict[str, int] = defaultdict(int)
+        # what the empty cluster offers per domain (the actions' "can never fit" checks), kept
+        # until the inventory changes: nodes added or removed, device health changed
+        self.empty_cache: dict = {}
         for n in nodes:
             self.add_node(n)
 
@@ -73,6 +76,7 @@ class Snapshot:
             raise ValueError(f"node {node.name!r} already in the snapshot")
         devs = node.devices
         self._cpu_order = None
+        self.empty_cache.clear()
         self.nodes[node.name] = NodeState(
             node=node,
             cpu_left=node.cpu_milli,
@@ -92,6 +96,7 @@ class Snapshot:
             self.release(jid)
         st = self.nodes.pop(name)
         self._cpu_order = None
+        self.empty_cache.clear()
         for d in st.node.devices:
             old = self.free_whole[d.model].pop(name, None)
             if old is not None:
@@ -108,6 +113,7 @@ class Snapshot:
         """Mark a device; an unhealthy device evicts the jobs using it (returned)."""
         st = self.nodes[node]
         st.healthy[index] = health is DeviceHealth.HEALTHY
+        self.empty_cache.clear()
         hit = []
         if not st.healthy[index]:
             hit = [

@@ -7,6 +7,7 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
     tasks: 4                         # training / batch: tasks; serving: use replicas
     min_tasks: 2                     # elastic minimum (training)
     replicas: {min: 2, max: 4}       # serving only
+    tasks_per_replica: 2             # serving only: a replica of 2 tasks (e.g. 2 nodes of 16 dies)
     devices:                         # per task; omit for CPU-only
       count: 16                      # whole devices, or 1 with milli < 1000
       model: ascend-910c             # or vendor: / capability: min_memory + min_bf16_tflops
@@ -20,7 +21,8 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
     within: node | hccs-group | supernode | any
     queue: default
     priority_class: normal
-    expected_duration_seconds: 3600
+    expected_duration_seconds: 3600  # estimated starts; backfill onto devices reserved for a
+                                     # blocked job needs it (without it, only elsewhere)
     sp_block: 64                     # Ascend 910C logical super-pod, dies
 
 Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
@@ -37,7 +39,7 @@ from .model import MILLI, DeviceRequest, Job, JobKind, Within
 
 _TOP = {
     "id", "kind", "tasks", "min_tasks", "replicas", "devices", "cpu", "memory", "within", "queue",
-    "priority_class", "expected_duration_seconds", "sp_block", "name",
+    "priority_class", "expected_duration_seconds", "sp_block", "name", "tasks_per_replica",
 }
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
@@ -103,6 +105,7 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         raise err("kind", "missing (training, serving or batch)")
     kind = _enum(err, "kind", JobKind, doc["kind"])
     min_tasks = None
+    per_replica = 1
     if kind is JobKind.SERVING:
         if "tasks" in doc or "min_tasks" in doc:
             raise err("tasks", "a serving job sets replicas: {min, max} instead")
@@ -115,7 +118,15 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
             min_tasks = _int(err, "replicas.min", r.get("min", tasks), 1, tasks)
         else:
             tasks = _int(err, "replicas", r, 1)
+        # a replica larger than one node is several tasks placed together (each task one node's
+        # share); Job.tasks counts tasks, so the replica counts scale by the replica's size
+        per_replica = _int(err, "tasks_per_replica", doc.get("tasks_per_replica", 1), 1, 4096)
+        tasks *= per_replica
+        if min_tasks is not None:
+            min_tasks *= per_replica
     else:
+        if "tasks_per_replica" in doc:
+            raise err("tasks_per_replica", f"only serving jobs have replicas; a {kind.value} job sets tasks")
         if "replicas" in doc:
             raise err("replicas", f"only serving jobs have replicas; a {kind.value} job sets tasks")
         tasks = _int(err, "tasks", doc.get("tasks", 1), 1)
@@ -177,4 +188,5 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         priority_class=doc.get("priority_class", "normal"),
         expected_duration_seconds=float(dur) if dur is not None else None,
         sp_block=sp,
+        replica_tasks=per_replica,
     )

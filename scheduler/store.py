@@ -192,6 +192,10 @@ def spec_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# json.dumps with separators builds a new encoder per call; the writer serialises every change
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 class StoreError(XpodError):
     """The database file cannot be used (newer schema, not a database, unwritable)."""
 
@@ -354,6 +358,21 @@ class _Txn:
     next_revision: int
     jobs: dict[str, JobRecord] = dataclasses.field(default_factory=dict)
     by_request: dict[str, str] = dataclasses.field(default_factory=dict)
+    # rows written with one executemany per statement at the end of the batch (in this order,
+    # so a job inserted and updated in the same batch is inserted first)
+    event_rows: list[tuple] = dataclasses.field(default_factory=list)
+    job_inserts: list[tuple] = dataclasses.field(default_factory=list)
+    job_updates: list[tuple] = dataclasses.field(default_factory=list)
+
+
+def _evolve(job: JobRecord, **changes: Any) -> JobRecord:
+    """``dataclasses.replace`` for a JobRecord without running ``__init__`` field by field
+    (several times cheaper; the writer does it for every change of every job)."""
+    new = object.__new__(JobRecord)
+    d = new.__dict__
+    d.update(job.__dict__)
+    d.update(changes)
+    return new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +396,9 @@ class Store:
         on_commit: Callable[[list[Any]], None] | None = None,
         max_queued_writes: int = 20_000,
         max_batch: int = 2_000,
-        max_background_per_batch: int = 256,
+        max_background_per_batch: int = 64,
+        checkpoint_interval_s: float = 0.5,
+        wal_restart_frames: int = 2000,
     ) -> None:
         self.path = path
         self._on_commit = on_commit
@@ -417,8 +438,40 @@ class Store:
         self._closed = False
         self.batches_committed = 0  # for tests and the benchmark: how well group commit works
         self.writes_committed = 0
+        # Checkpoints (copying the WAL back into the database file, with its own fsync) run on
+        # a thread of their own, not inside a commit: SQLite's automatic checkpoint would run in
+        # whichever commit crosses 1000 WAL pages, which then takes several times longer (a
+        # latency spike for every submission in that batch). PASSIVE never blocks the writer.
+        # But the WAL only starts over from its beginning when a write finds it completely
+        # checkpointed, which a checkpointer racing a busy writer never achieves: once the
+        # background pass has copied most of a WAL over ``wal_restart_frames``, the writer runs a
+        # short PASSIVE pass of its own between two batches (only the last few frames are left to
+        # copy), and its next transaction restarts the WAL. Without that the WAL grows for as
+        # long as submissions keep coming.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")  # a WAL that grew is cut back
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._wal_restart_frames = wal_restart_frames
+        self._wal_frames = 0  # the WAL's length in frames at the last background pass
+        self._checkpoint_stop = threading.Event()
+        self.checkpoints = 0
+        self.writer_checkpoints = 0
         self._thread = threading.Thread(target=self._writer, name="xpod-store-writer", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="xpod-store-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while not self._checkpoint_stop.wait(self._checkpoint_interval_s):
+                try:
+                    _, self._wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    self.checkpoints += 1
+                except sqlite3.Error:  # busy or I/O trouble: the next round tries again
+                    pass
+        finally:
+            conn.close()
 
     # writes
 
@@ -471,6 +524,14 @@ class Store:
                     outcomes.append(self._apply(conn, p.write, txn))
                 except (RequestIdConflict, StaleUpdate, KeyError) as err:
                     outcomes.append(err)
+            if txn.event_rows:
+                conn.executemany(
+                    "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)", txn.event_rows
+                )
+            if txn.job_inserts:
+                conn.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", txn.job_inserts)
+            if txn.job_updates:
+                conn.executemany("UPDATE jobs SET doc = ? WHERE id = ?", txn.job_updates)
             conn.execute("COMMIT")
         except BaseException as err:  # disk full, I/O error: nothing of this batch is acknowledged
             try:
@@ -498,6 +559,14 @@ class Store:
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
+        # after the acknowledgements: this batch never waits for the checkpoint
+        if self._wal_frames > self._wal_restart_frames:
+            self._wal_frames = 0
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.writer_checkpoints += 1
+            except sqlite3.Error:  # busy: the background pass goes on, and this comes back
+                pass
 
     def _lookup(self, conn: sqlite3.Connection, txn: "_Txn", job_id: str) -> JobRecord | None:
         job = txn.jobs.get(job_id) or self._current.get(job_id)
@@ -511,10 +580,10 @@ class Store:
         # The spec never changes after submission: serialise it once per job.
         spec = self._spec_json.get(job.id)
         if spec is None:
-            spec = self._spec_json[job.id] = json.dumps(job.spec, separators=(",", ":"))
+            spec = self._spec_json[job.id] = _COMPACT.encode(job.spec)
         d = job.to_json()
         del d["spec"]
-        return json.dumps(d, separators=(",", ":"))[:-1] + ',"spec":' + spec + "}"
+        return _COMPACT.encode(d)[:-1] + ',"spec":' + spec + "}"
 
     def _apply(self, conn: sqlite3.Connection, w: Write, txn: "_Txn") -> Any:
         if isinstance(w, SubmitWrite):
@@ -538,9 +607,10 @@ class Store:
                 spec=w.spec,
                 create_time_s=w.time_s,
                 update_time_s=w.time_s,
+                revision=self._next_rev(txn),
             )
-            job, event, doc = self._append_event(conn, txn, job, EventType.SUBMITTED, "accepted", w.time_s)
-            conn.execute("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", (seq, job.id, job.request_id, doc))
+            event, doc = self._append_event(txn, job, EventType.SUBMITTED, "accepted", w.time_s)
+            txn.job_inserts.append((seq, job.id, job.request_id, doc))
             txn.by_request[w.request_id] = job.id
             return SubmitResult(job, True, event)
         if isinstance(w, JobUpdate):
@@ -551,16 +621,17 @@ class Store:
                 raise StaleUpdate(current)
             if w.expect_states and current.state not in w.expect_states:
                 raise StaleUpdate(current)
-            job = dataclasses.replace(
+            job = _evolve(
                 current,
                 state=w.state,
                 pending=w.pending,
                 allocations=w.allocations,
                 update_time_s=w.time_s,
                 message=w.message if w.state.terminal else current.message,
+                revision=self._next_rev(txn),
             )
-            job, event, doc = self._append_event(conn, txn, job, w.event, w.message, w.time_s)
-            conn.execute("UPDATE jobs SET doc = ? WHERE id = ?", (doc, job.id))
+            event, doc = self._append_event(txn, job, w.event, w.message, w.time_s)
+            txn.job_updates.append((doc, job.id))
             return UpdateResult(job, event)
         if isinstance(w, NodeWrite):
             if w.remove:
@@ -573,21 +644,20 @@ class Store:
             return w
         raise TypeError(f"unknown write {w!r}")
 
-    def _append_event(
-        self, conn, txn: "_Txn", job: JobRecord, type_: EventType, message: str, time_s: float
-    ) -> tuple[JobRecord, EventRecord, str]:
+    @staticmethod
+    def _next_rev(txn: "_Txn") -> int:
         # Revisions are assigned here (the only writer) so the stored snapshot carries its own
         # revision: event.job.revision == event.revision.
         revision = txn.next_revision
         txn.next_revision += 1
-        job = dataclasses.replace(job, revision=revision)
+        return revision
+
+    def _append_event(self, txn: "_Txn", job: JobRecord, type_: EventType, message: str, time_s: float) -> tuple[EventRecord, str]:
+        """Queue the event row for ``job`` (which already carries the event's revision)."""
         doc = self._doc(job)
-        conn.execute(
-            "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
-            (revision, job.id, type_.value, time_s, message, doc),
-        )
+        txn.event_rows.append((job.revision, job.id, type_.value, time_s, message, doc))
         txn.jobs[job.id] = job
-        return job, EventRecord(revision, job.id, type_, time_s, message, job), doc
+        return EventRecord(job.revision, job.id, type_, time_s, message, job), doc
 
     # reads (any thread; WAL readers never block the writer)
 
@@ -639,6 +709,8 @@ class Store:
             self._stopping = True
             self._ready.notify()
         self._thread.join()
+        self._checkpoint_stop.set()
+        self._checkpointer.join()
         self._conn.close()
         conn = getattr(self._read_local, "conn", None)
         if conn is not None:

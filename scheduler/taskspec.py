@@ -17,6 +17,10 @@ fails later on a node::
         fail_after_s: 10         # ... or fails after this long (exit code ``exit_code``)
         exit_code: 1
 
+Where each task's torch.distributed world is (``task_worlds``): a training or batch job is one
+world of all its tasks; a serving job is one world per replica (``tasks_per_replica`` tasks,
+rank ``t mod N``, its own MASTER_ADDR/PORT), so replicas never rendezvous with each other.
+
 A job with no ``command`` runs nothing on a real node: its tasks succeed at once unless
 ``simulate.duration_s`` is given, in which case a real node sleeps that long (so a trace can be
 replayed on real and simulated nodes alike).
@@ -25,14 +29,16 @@ replayed on real and simulated nodes alike).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 #: the keys of ``spec`` this module owns (the core's parser never sees them)
 TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: variables the agent sets itself; a job may not override them
-RESERVED_ENV = ("XPOD_JOB_ID", "XPOD_TASK_INDEX", "XPOD_DEVICES", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RESERVED_ENV = ("XPOD_JOB_ID", "XPOD_TASK_INDEX", "XPOD_DEVICES", "XPOD_REPLICA_INDEX", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 #: default restart budget per kind; -1 means unlimited (serving replicas are always replaced)
 DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
 
@@ -132,3 +138,84 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
 def split_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` without the task keys (what the core's parser reads)."""
     return {k: v for k, v in spec.items() if k not in TASK_KEYS}
+
+
+# --- the torch.distributed world of each task ---------------------------------------------------
+
+#: MASTER_PORT range: 20000..39999 (a world's rank 0 listens there, on the master node)
+PORT_BASE, PORT_SPAN = 20000, 20000
+
+
+def rendezvous_port(job_id: str, replica: int = 0) -> int:
+    """MASTER_PORT of a job's world (of its serving replica ``replica``): every node computes the
+    same number without talking to the others. The replicas of one job get consecutive ports
+    (modulo the range), so two of its replicas whose first tasks share a node never collide."""
+    h = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
+    return PORT_BASE + (h + replica) % PORT_SPAN
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskWorld:
+    """The torch.distributed world one task of a job joins, and its place in it: what the node
+    agent puts in RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT and
+    XPOD_REPLICA_INDEX (``runtime.launch.rank_env`` has the same meaning for one host)."""
+
+    task: int  # the job's task number (XPOD_TASK_INDEX)
+    rank: int  # RANK: 0..world_size-1 inside its world
+    world_size: int  # WORLD_SIZE
+    local_rank: int  # LOCAL_RANK: its place among the tasks of its world on its node
+    local_world_size: int  # LOCAL_WORLD_SIZE: tasks of its world on its node
+    master_node: str  # the scheduler's name of the node of the world's rank-0 task
+    master_port: int  # MASTER_PORT (``rendezvous_port``)
+    replica: int | None  # serving: the replica (XPOD_REPLICA_INDEX); None for training and batch
+
+
+def tasks_per_replica(kind: str, spec: Mapping[str, Any]) -> int | None:
+    """Tasks per world of a job document's ``kind`` and ``spec``: a ServingJob's
+    ``tasks_per_replica`` (default 1: every replica its own one-task world); None for training
+    and batch jobs, whose tasks all join one world."""
+    if kind != "ServingJob":
+        return None
+    n = spec.get("tasks_per_replica", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # the submit path refused it already
+        raise TaskFieldError("spec.tasks_per_replica", f"{n!r} must be a whole number >= 1")
+    return n
+
+
+def task_worlds(job_id: str, kind: str, spec: Mapping[str, Any], placements: Iterable[tuple[int, str]]) -> dict[int, TaskWorld]:
+    """The world of every placed task of a job, by task number (in task order). ``placements``
+    are its (task number, node) pairs: every allocation of the job, not only one node's, so
+    every node computes the same worlds.
+
+    * Training and batch: one world for the whole gang; RANK is the task's place among the placed
+      tasks (its task number when the gang is whole), WORLD_SIZE the number placed, and the master
+      is task 0's node (the lowest placed task's).
+    * Serving with ``tasks_per_replica: N``: task ``t`` is rank ``t mod N`` of replica ``t // N``,
+      a world of N tasks whose master is the node of the replica's first task (``N * (t // N)``;
+      the lowest placed one if that one is missing, which the scheduler never does: a replica is
+      bound whole), on the replica's own port. N = 1: every replica is a world of one.
+
+    LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of the same world on the same node, in task
+    order, as ``launch.launch`` numbers the processes it starts on one host."""
+    where = dict(placements)
+    size = tasks_per_replica(kind, spec)
+    groups: dict[int | None, list[int]] = {}
+    for t in sorted(where):
+        groups.setdefault(None if size is None else t // size, []).append(t)
+    out: dict[int, TaskWorld] = {}
+    for replica, tasks in groups.items():
+        if replica is None:
+            ranks, world = {t: i for i, t in enumerate(tasks)}, len(tasks)
+            master = where[tasks[0]]
+        else:
+            assert size is not None
+            ranks, world = {t: t % size for t in tasks}, size
+            master = where.get(replica * size, where[tasks[0]])
+        port = rendezvous_port(job_id, replica or 0)
+        on_node: dict[str, list[int]] = {}
+        for t in tasks:  # in task order
+            on_node.setdefault(where[t], []).append(t)
+        for local in on_node.values():
+            for i, t in enumerate(local):
+                out[t] = TaskWorld(t, ranks[t], world, i, len(local), master, port, replica)
+    return dict(sorted(out.items()))  # in task order

@@ -81,8 +81,10 @@ class JobBuilder:
         self._kw.update(kind=JobKind.TRAINING, tasks=tasks, min_tasks=min_tasks)
         return self
 
-    def serving(self, min_replicas: int, max_replicas: int) -> "JobBuilder":
-        self._kw.update(kind=JobKind.SERVING, tasks=max_replicas, min_tasks=min_replicas)
+    def serving(self, min_replicas: int, max_replicas: int, tasks_per_replica: int = 1) -> "JobBuilder":
+        """Replicas of ``tasks_per_replica`` tasks each (the task counts scale, as the spec's)."""
+        t = tasks_per_replica
+        self._kw.update(kind=JobKind.SERVING, tasks=max_replicas * t, min_tasks=min_replicas * t, replica_tasks=t)
         return self
 
     def batch(self, tasks: int = 1) -> "JobBuilder":

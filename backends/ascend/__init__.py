@@ -26,7 +26,7 @@ class AscendBackend(ToolBackend):
     model_prefix = "ascend"
     sdk = _sdk
     unsupported = {
-        Capability.METRICS: "npu-smi has no machine-readable mode; xpod reads memory and health from its table only (no utilisation, power or temperature gauges yet)",
+        Capability.METRICS: "npu-smi info's table gives memory, health, power, temperature and AI-core utilisation only (no clocks, energy or link states yet)",
         Capability.FRACTIONAL: "vNPU slicing (npu-smi set -t device-share / templates) needs the Ascend device plugin and is not driven by xpod",
     }
 

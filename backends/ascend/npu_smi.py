@@ -49,6 +49,22 @@ _TOPO_LINKS = {
 _LEGACY_NAMES = {"910a": "ascend-910", "ascend910a": "ascend-910"}
 
 
+_NUMBER = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")  # "NA" and "-" are no reading
+
+
+def _gauges(powers: list[float], temps: list[float], aicores: list[float]) -> dict[str, float]:
+    """A package's gauges from its NPU rows (one per die on A3) and chip rows: power summed over
+    the rows, the hottest temperature, AI-core utilisation averaged over the chips (0..1)."""
+    out: dict[str, float] = {}
+    if powers:
+        out["power_watts"] = sum(powers)
+    if temps:
+        out["temperature_celsius"] = max(temps)
+    if aicores:
+        out["utilization_ratio"] = sum(aicores) / len(aicores) / 100.0
+    return out
+
+
 def _model(name: str) -> str | None:
     legacy = _LEGACY_NAMES.get(name.lower())
     return legacy or resolve_model("ascend", name, "ascend")
@@ -89,6 +105,11 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
     if chip_header is None or len(chip_header.cells) < 3:
         raise ToolOutputError(TOOL, "the 'Chip | Bus-Id | ...' header row is missing", header[k].line.no, header[k].line.text)
     usage = _usage_titles(chip_header.cells[2])
+    # gauge columns, found by their header words: NPU row "Power(W) Temp(C) ...", chip row "AICore(%) ..."
+    npu_words = header[k].cells[2].split() if len(header[k].cells) > 2 else []
+    power_at = next((i for i, w in enumerate(npu_words) if w.lower().startswith("power")), None)
+    temp_at = next((i for i, w in enumerate(npu_words) if w.lower().startswith("temp")), None)
+    aicore_at = 0 if chip_header.cells[2].split()[:1] and chip_header.cells[2].split()[0].lower().startswith("aicore") else None
     chip_titles = chip_header.cells[0].split()
     phy_layout = any(t.lower() == "phy-id" for t in chip_titles)
     # 310P / 910A tables print each chip's logical device id ("Chip Device"); elsewhere
@@ -150,7 +171,14 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
         phy_ids: list[int] = []
         logical_ids: list[int] = []
         die_memory: list[list[int]] = []
+        powers: list[float] = []
+        temps: list[float] = []
+        aicores: list[float] = []
         for npu_row, chips in entries:
+            values = npu_row.cells[2].split() if len(npu_row.cells) > 2 else []
+            for at, into in ((power_at, powers), (temp_at, temps)):
+                if at is not None and at < len(values) and _NUMBER.match(values[at]):
+                    into.append(float(values[at]))
             word = npu_row.cells[1].strip()
             h = Health.parse(word) if word else Health.UNKNOWN
             if word and h is Health.UNKNOWN and word.lower() != "unknown":
@@ -169,6 +197,9 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                 bus = smi.normalize_pci_bus_id(chip.cells[1])
                 if bus:
                     bus_ids.append(bus)
+                chip_values = chip.cells[2].split()
+                if aicore_at is not None and chip_values and _NUMBER.match(chip_values[aicore_at]):
+                    aicores.append(float(chip_values[aicore_at]))
                 try:
                     pairs_found = smi.find_used_total_pairs(chip.cells[2], default_unit="MiB")
                 except ValueError as err:
@@ -209,6 +240,7 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                     **({"die_memory_bytes": die_memory} if len(die_memory) > 1 else {}),
                     **({"phy_ids": phy_ids} if phy_ids else {}),
                     **({"die_pci_bus_ids": bus_ids} if len(bus_ids) > 1 else {}),
+                    **({"gauges": _gauges(powers, temps, aicores)} if powers or temps or aicores else {}),
                     **({"source": source} if source else {}),
                 },
             )

@@ -8,9 +8,11 @@ fields (see ``nvidia_smi.py``); a HIP build of torch is not NVIDIA (see ``_sdk.p
 
 from __future__ import annotations
 
-from xpod.backends._common import ToolBackend, probe_tool_backend
+from xpod.backends._common import ToolBackend, probe_tool_backend, sample_from_device
 from xpod.hal.backend import Capability, IntraNodeTopology, ProbeResult, VisibleDevicesVars
-from xpod.hal.device import DeviceInfo
+from xpod.hal.device import DeviceInfo, LinkState, MetricsSample
+from xpod.hal.errors import ToolOutputError
+from xpod.hal.smi import ToolRunError
 
 from . import _sdk, nvidia_smi
 
@@ -27,7 +29,6 @@ class CudaBackend(ToolBackend):
     model_prefix = "nvidia"
     sdk = _sdk
     unsupported = {
-        Capability.METRICS: "utilisation, power and temperature gauges are not read yet (memory and health are, from nvidia-smi -q)",
         Capability.FRACTIONAL: "MIG partitioning is not driven by xpod",
     }
 
@@ -36,6 +37,19 @@ class CudaBackend(ToolBackend):
 
     def read_tool_topology(self) -> IntraNodeTopology | None:
         return nvidia_smi.parse_topo(_sdk.run_topo())
+
+    def metrics(self) -> list[MetricsSample]:
+        """Memory and health as ``devices()``, plus the gauges ``nvidia-smi -q`` prints
+        (utilisation, temperature, power, SM and memory clocks; energy where the driver prints
+        a total) and each NVLink's state from ``nvidia-smi nvlink -s`` (absent when that fails)."""
+        devices = self.devices()
+        links: dict[int, list[tuple[str, bool]]] = {}
+        if _sdk.tool_path() is not None:
+            try:
+                links = nvidia_smi.parse_nvlink_status(_sdk.run_nvlink_status())
+            except (ToolRunError, ToolOutputError):
+                links = {}  # no NVLink (PCIe cards) or an old driver: no link series
+        return [sample_from_device(d, tuple(LinkState("nvlink", n, up) for n, up in links.get(d.physical_index, []))) for d in devices]
 
 
 def probe() -> ProbeResult:

@@ -75,3 +75,8 @@ def run_info() -> str:
 
 def run_topo() -> str:
     return smi.run_tool([TOOL, "topo", "-m"], TOOL_TIMEOUT_S)
+
+
+def run_nvlink_status() -> str:
+    """``nvidia-smi nvlink -s``: each GPU's NVLinks with their speed or ``<inactive>``."""
+    return smi.run_tool([TOOL, "nvlink", "-s"], TOOL_TIMEOUT_S)

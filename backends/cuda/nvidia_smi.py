@@ -104,6 +104,68 @@ def _health_from_q(block: smi.KVNode) -> tuple[Health, list[str]]:
     return health, why
 
 
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(%|C|W|MHz|J|mJ)\s*$")
+_SCALE = {"%": 0.01, "C": 1.0, "W": 1.0, "MHz": 1e6, "J": 1.0, "mJ": 1e-3}
+
+
+def _reading(value: str | None, unit: str) -> float | None:
+    """``"59 C"`` -> 59.0, ``"1980 MHz"`` -> 1.98e9, ``"100 %"`` -> 1.0 (base units); None for
+    ``N/A``, a missing field or another unit."""
+    m = _NUMBER_UNIT.match(value or "")
+    if m is None or m.group(2) != unit:
+        return None
+    return float(m.group(1)) * _SCALE[unit]
+
+
+def _gauges_from_q(block: smi.KVNode) -> dict[str, float]:
+    """The gauges one ``-q`` GPU section reports, in base units (only those present):
+    ``utilization_ratio`` (Utilization/GPU), ``temperature_celsius`` (GPU Current Temp),
+    ``power_watts`` (Power Draw; Instantaneous Power Draw on drivers that split it),
+    ``core_clock_hertz`` (Clocks/SM), ``memory_clock_hertz`` (Clocks/Memory) and
+    ``energy_joules_total`` (a "Total Energy Consumption" field, where a driver prints one:
+    neither the 565 nor the 590 captures do, so it is usually absent)."""
+    out: dict[str, float] = {}
+    power = block.get("GPU Power Readings") or block.get("Power Readings")
+    pairs = {
+        "utilization_ratio": (block.value_of("Utilization", "GPU"), "%"),
+        "temperature_celsius": (block.value_of("Temperature", "GPU Current Temp"), "C"),
+        "power_watts": ((power.value_of("Power Draw") or power.value_of("Instantaneous Power Draw")) if power else None, "W"),
+        "core_clock_hertz": (block.value_of("Clocks", "SM"), "MHz"),
+        "memory_clock_hertz": (block.value_of("Clocks", "Memory"), "MHz"),
+    }
+    for key, (text, unit) in pairs.items():
+        v = _reading(text, unit)
+        if v is not None:
+            out[key] = v
+    for node in block.walk():
+        if node.key.lower() == "total energy consumption":
+            v = _reading(node.value, "J")
+            v = _reading(node.value, "mJ") if v is None else v
+            if v is not None:
+                out["energy_joules_total"] = v
+    return out
+
+
+_NVLINK = re.compile(r"^\s*Link\s+(\d+):\s*(.+?)\s*$")
+
+
+def parse_nvlink_status(text: str) -> dict[int, list[tuple[str, bool]]]:
+    """``nvidia-smi nvlink -s``: GPU index -> [(link number, up)]. A link reads up when it
+    shows a speed (``26.562 GB/s``), down when ``<inactive>`` (or anything without a speed)."""
+    out: dict[int, list[tuple[str, bool]]] = {}
+    gpu: int | None = None
+    for ln in smi.lines_of(text):
+        m = _LIST.match(ln.text)
+        if m:
+            gpu = int(m.group(1))
+            out[gpu] = []
+            continue
+        m = _NVLINK.match(ln.text)
+        if m and gpu is not None:
+            out[gpu].append((m.group(1), bool(re.search(r"[0-9.]+\s*[GM]B/s", m.group(2)))))
+    return out
+
+
 def _parse_q(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
     return _devices_from_forest(smi.kv_tree(lines), any(_ELIDED.match(ln.text) for ln in lines), source)
 
@@ -188,6 +250,9 @@ def _devices_from_forest(forest: list[smi.KVNode], elided: bool, source: str | N
         extra = {}
         if why:
             extra["health_reasons"] = why
+        gauges = _gauges_from_q(block)
+        if gauges:
+            extra["gauges"] = gauges
         if minor is not None:
             extra["minor_number"] = minor
         if elided:

@@ -310,7 +310,16 @@ def pod_overview() -> dict:
         5,
         4,
     )
-    lay.add(stat("Power", [target(f"sum(xpod_device_power_watts{{{DEV}}})", "power")], unit="watt", description="Sum over devices that report power."), 5, 4)
+    lay.add(
+        stat(
+            "Power",
+            [target(f"sum(max by (node, package) (xpod_device_power_watts{{{DEV}}}))", "power")],
+            unit="watt",
+            description="Sum over packages that report power (a 910C package's reading is on both its dies: counted once).",
+        ),
+        5,
+        4,
+    )
 
     lay.row("Node x device grid")
     lay.add(
@@ -391,6 +400,41 @@ def pod_overview() -> dict:
     )
     lay.add(timeseries("Temperature", [target(f"xpod_device_temperature_celsius{{{DEV}}}", "{{node}} / {{device}}")], unit="celsius", legend_calcs=["mean", "lastNotNull", "max"]), 12, 8)
     lay.add(timeseries("Power", [target(f"xpod_device_power_watts{{{DEV}}}", "{{node}} / {{device}}")], unit="watt", legend_calcs=["mean", "lastNotNull", "max"]), 12, 8)
+
+    lay.row("Energy, clocks, links")
+    lay.add(
+        timeseries(
+            "Power from the energy counter",
+            [target(f"max by (node, package) (rate(xpod_device_energy_joules_total{{{DEV}}}[$__rate_interval]))", "{{node}} / package {{package}}")],
+            unit="watt",
+            description="Joules per second of xpod_device_energy_joules_total, per package; only devices whose tool reports energy.",
+            legend_calcs=["mean", "max"],
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Core clock (SM / AI core)",
+            [target(f'max by (node, package) (xpod_device_clock_hertz{{{DEV}, clock="core"}})', "{{node}} / package {{package}}")],
+            unit="hertz",
+            legend_calcs=["lastNotNull", "min"],
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Links up by fabric",
+            [
+                target(f"sum by (fabric) (xpod_link_up{{{DEV}}})", "{{fabric}} up"),
+                target(f"count by (fabric) (xpod_link_up{{{DEV}}} == 0)", "{{fabric}} down"),
+            ],
+            description="Device links (HCCS, UB, NVLink, ...) the tools report; a 910C package's links show on both dies.",
+        ),
+        8,
+        8,
+    )
 
     lay.row("Jobs on devices")
     lay.add(
@@ -549,6 +593,25 @@ def scheduler() -> dict:
     )
     lay.add(
         timeseries(
+            "Placement attempt duration by result",
+            [
+                target(
+                    f"histogram_quantile(0.99, sum by (le, result) (rate(xpod_scheduler_scheduling_attempt_duration_seconds_bucket[{ri}])))",
+                    "p99 {{result}}",
+                ),
+                target(
+                    f"sum by (result) (rate(xpod_scheduler_scheduling_attempt_duration_seconds_sum[{ri}])) / sum by (result) (rate(xpod_scheduler_scheduling_attempt_duration_seconds_count[{ri}]))",
+                    "mean {{result}}",
+                ),
+            ],
+            unit="s",
+            description="Time the core spent searching a placement for one job in one cycle.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
             "Preemptions and evictions",
             [
                 target(f"sum(rate(xpod_scheduler_preemption_attempts_total[{ri}]))", "preemption attempts"),
@@ -583,6 +646,15 @@ def scheduler() -> dict:
         8,
     )
     lay.add(timeseries("Nodes by state", [target("sum by (state) (xpod_scheduler_nodes)", "{{state}}")], stack=True), 12, 8)
+    lay.add(
+        timeseries(
+            "Degraded serving jobs",
+            [target(f"sum by (queue) (xpod_scheduler_degraded_jobs{{{q}}})", "{{queue}}")],
+            description="Serving jobs running below their min replicas while lost replicas are replaced alone (the job stays RUNNING).",
+        ),
+        12,
+        8,
+    )
     lay.add(
         timeseries(
             "Allocated devices per queue",

@@ -16,15 +16,24 @@ The algorithm (all steps vectorised over layers with numpy; no Python loop over 
    a threshold), capped at one replica per device. With ``Policy.BUDGET`` the slot budget
    differs per layer: a Lagrangian split of the total slots that lowers the sum over layers
    of each layer's bound ``max(max_e w_e / r_e, total / devices)``.
-3. **Packing.** Longest-processing-time over replicas (heaviest first) into devices with a
-   slot capacity; devices that already hold the expert are excluded, so a device never holds
-   two replicas of one expert.
-4. **Refinement.** Swaps between the most loaded device and light devices while they lower
-   each layer's max (``refine.swap_refine``).
-5. **Locality.** A second plan pins each expert's first replica to a home node (groups laid
-   hot-next-to-cold on a line cut into nodes by load), packs and refines with that pin and a
-   penalty for bringing a group to a new node; layers switch to it cheapest-first (max-load
-   rise per (group, node) pair saved) within ``balance_tolerance``.
+3. **Packing with locality.** Longest-processing-time over replicas (heaviest first) into
+   devices with a slot capacity, a masked argmin over ``[layers, devices]`` per item; devices
+   that already hold the expert are excluded, so a device never holds two replicas of one
+   expert. With more than 2 slots per device the cost of a device adds ``locality`` mean
+   replica loads when an expert's first replica leaves its home node (groups laid hot-next-to-
+   cold on a line and filled into nodes in order, so a group sits on one or two nodes) or when
+   a second replica of an expert lands on a node that already holds one (it would save no node
+   send). Measured in bench/moe_vs_eplb.py: about 17% fewer simulated remote-node sends than
+   EPLB-global at EP64/EP72, at balance above EPLB-global's.
+4. **Refinement.** Bounded vectorised swap passes (``refine.pair_refine``): every pass pairs the
+   hottest quarter of each layer's devices with light ones and makes the best swap in every
+   pair at once; a replica on its home node leaves it only for a gain above ``HOME_PIN_COST``.
+   (With <= 2 slots per device, ``refine.swap_refine``: one hot device per step.)
+5. **Optional pinned plan** (``balance_tolerance > 0``): a second plan pins first replicas to
+   home nodes cut by load, and layers switch to it cheapest-first within the tolerance.
+   ``Policy.WRAP`` instead is hierarchical: experts to nodes by McNaughton's wrap-around rule
+   (:func:`wrap_homes`, every group on at most the nodes its run of the line crosses), extra
+   replicas kept with their group by a penalty, swaps only inside nodes.
 6. **Uneven shares.** For experts with several replicas, the token share of each replica is
    water-filled so the devices holding that expert end up as level as possible (damped
    Jacobi). Shares are what the dispatcher uses to split tokens.
@@ -45,8 +54,15 @@ import numpy as np
 
 from xpod.hal.errors import XpodError
 
-from .refine import swap_refine
+from .refine import pair_refine, swap_refine
 from .score import PlacementScore, score, weight_moves
+
+
+# What the refinement charges, in mean replica loads, for taking a replica off its expert's
+# home node (main plan, ``locality`` 1). Measured on the real loads (bench/moe_vs_eplb.py,
+# 3 workloads): 0.03 keeps EP64/EP72 balance at 0.994/0.986 with 17%/16% fewer remote-node
+# sends than EPLB-global, 0.06 gives 0.991/0.977 at 18%/18%, a hard pin 0.959/0.940.
+HOME_PIN_COST = 0.04
 
 
 class Policy(enum.Enum):
@@ -56,6 +72,7 @@ class Policy(enum.Enum):
     BALANCED = "balanced"  # the same slots per device in every layer; uneven replica shares
     EVEN = "even"  # as BALANCED, but tokens split evenly over replicas (no slot_share)
     BUDGET = "budget"  # per-layer redundancy budgets (same total weights per device) + shares
+    WRAP = "wrap"  # hierarchical: groups cut into nodes by McNaughton's rule, replicas stay in their node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +203,11 @@ def _validate(loads: np.ndarray, shape: PodShape, num_groups: int) -> None:
     total = shape.num_devices * shape.slots_per_device
     if experts % num_groups:
         raise XpodError(f"groups: {experts} experts do not split into {num_groups} equal groups; use a divisor of {experts}")
+    if shape.slots_per_device > experts:
+        raise XpodError(
+            f"slots: {shape.slots_per_device} slots per device > {experts} experts, but a device never holds two replicas "
+            f"of one expert; use at most {experts} slots per device"
+        )
     if total < experts:
         raise XpodError(
             f"slots: {shape.num_devices} devices x {shape.slots_per_device} slots = {total} < {experts} experts; "
@@ -249,25 +271,30 @@ def replica_counts(w: np.ndarray, slots_per_layer: np.ndarray, cap: int) -> np.n
     target = np.asarray(slots_per_layer, dtype=np.int64)
     lo = np.zeros(layers)
     hi = w.max(axis=1) + 1.0
+    # sum_e ceil(w_e / t) <= sum(w) / t + experts, so t = sum(w) / (target - experts) already
+    # fits: a tighter start, so 36 halvings reach the precision the leftover loop needs
+    spare = target - experts
+    hi = np.where(spare > 0, np.minimum(hi, w.sum(axis=1) / np.maximum(spare, 1) + 1e-300), hi)
 
     def counts_at(t: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.ceil(w / t[:, None])
-        return np.clip(np.nan_to_num(r, nan=1.0, posinf=cap), 1, cap).astype(np.int64)
+        # t > 0, so w / t is finite or +inf (clipped to cap), never NaN; float counts are exact
+        with np.errstate(over="ignore", divide="ignore"):
+            return np.clip(np.ceil(w / t[:, None]), 1, cap)
 
     # invariant: counts_at(hi) sums to <= target; counts_at(lo) (t -> 0) exceeds it or is capped
-    for _ in range(50):
+    for _ in range(36):
         mid = 0.5 * (lo + hi)
         over = counts_at(np.maximum(mid, 1e-300)).sum(axis=1) > target
         lo = np.where(over, mid, lo)
         hi = np.where(over, hi, mid)
-    counts = counts_at(hi)
+    counts = counts_at(np.maximum(hi, 1e-300)).astype(np.int64)  # the t the loop tested
     left = target - counts.sum(axis=1)
     rows = np.arange(layers)
     while (left > 0).any():
         per = np.where(counts < cap, w / counts, -1.0)
         # equal loads (e.g. zero-load experts) go to the expert with fewer replicas first
-        per = per - 1e-12 * counts
+        # (relative to the layer's largest load, so tiny loads are not swamped)
+        per = per - 1e-12 * counts * w.max(axis=1, keepdims=True)
         e = per.argmax(axis=1)
         todo = left > 0
         counts[rows[todo], e[todo]] += 1
@@ -375,6 +402,134 @@ def expert_homes(w: np.ndarray, num_groups: int, num_nodes: int, node_slots: int
     return homes
 
 
+def _pack_free(
+    item_expert: np.ndarray,
+    item_load: np.ndarray,
+    item_primary: np.ndarray,
+    capacity: np.ndarray,
+    device_node: np.ndarray,
+    soft_homes: np.ndarray | None,
+    home_penalty: float,
+    spread_penalty: float,
+) -> np.ndarray:
+    """:func:`_pack` without pinned homes and without the group penalty (the main plan's case),
+    with the per-item work cut to a few ``[layers, devices]`` operations: this loop over items
+    is the algorithm's cost centre. Same choices as :func:`_pack` with the same arguments."""
+    layers, items = item_expert.shape
+    num_devices = capacity.shape[1]
+    num_nodes = int(device_node.max()) + 1
+    rows = np.arange(layers)
+    unit = item_load.sum(axis=1) / np.maximum((item_expert >= 0).sum(axis=1), 1)
+    order = np.argsort(-item_load, axis=1, kind="stable")
+    ex = np.take_along_axis(item_expert, order, axis=1)
+    ld = np.take_along_axis(item_load, order, axis=1)
+    pr = np.take_along_axis(item_primary, order, axis=1)
+    padded = (ex < 0).any(axis=0)
+    # cont[p]: in some layer item p is another replica of item p-1's expert (replicas of one
+    # expert are consecutive: equal loads). Only then do "devices holding it" need tracking.
+    cont = np.zeros(items + 1, dtype=bool)
+    cont[1:items] = ((ex[:, 1:] == ex[:, :-1]) & (ex[:, 1:] >= 0)).any(axis=0)
+    home = None if soft_homes is None else np.take_along_axis(soft_homes, np.maximum(ex, 0), axis=1)
+    tie = 1e-9 * unit[:, None]
+    # First replicas pay (a tie-break plus) ``home_penalty`` off their home node; extra replicas
+    # lean to the last devices, which the homes fill last.
+    off_home = (tie + home_penalty * unit[:, None])[:, :, None]
+    tail = tie * (1.0 - np.arange(num_devices) / num_devices)[None, :]
+    spread = spread_penalty * unit[:, None]
+    dev_load = np.zeros((layers, num_devices))
+    eff = np.where(capacity <= 0, np.inf, 0.0)  # the load the argmin sees: +inf once full
+    used = np.zeros((layers, num_devices), dtype=np.int64)
+    took = np.zeros((layers, num_devices), dtype=bool)  # devices holding the current expert
+    took_node = np.zeros((layers, num_nodes), dtype=bool)
+    out = np.full((layers, items), -1, dtype=np.int64)
+    # updates go through flat views with one index per layer (cheaper than 2-D fancy indexing)
+    flat_load, flat_eff, flat_used, flat_took = dev_load.reshape(-1), eff.reshape(-1), used.reshape(-1), took.reshape(-1)
+    flat_cap, flat_took_node, flat_out = capacity.reshape(-1), took_node.reshape(-1), out.reshape(-1)
+    base_dev, base_node, base_out = rows * num_devices, rows * num_nodes, rows * items
+    chunk = 32  # the home costs of 32 items at a time: [layers, 32, devices]
+    static = tail
+    prev = None
+    for p in range(items):
+        if home is not None and p % chunk == 0:
+            c = slice(p, min(p + chunk, items))
+            static_chunk = np.where(pr[:, c, None], off_home * (device_node[None, None, :] != home[:, c, None]), tail[:, None, :])
+        if home is not None:
+            static = static_chunk[:, p % chunk]
+        e = ex[:, p]
+        cost = eff + static
+        if cont[p]:
+            # layers where this item continues the previous expert keep its devices blocked
+            same = (e == prev)[:, None]
+            took &= same
+            took_node &= same
+            if spread_penalty:
+                cost += spread * took_node[:, device_node]
+            cost[took] = np.inf
+            d = cost.argmin(axis=1)
+            stuck = np.isinf(cost[rows, d]) & (e >= 0)
+            if stuck.any():
+                # every device with room already holds this expert (dense pods): make room
+                for layer in np.nonzero(stuck)[0]:
+                    d[layer] = _make_room(layer, int(e[layer]), ex, ld, out, order, dev_load, eff, used, capacity)
+        else:
+            d = cost.argmin(axis=1)
+        if padded[p]:
+            r = rows[e >= 0]
+            dd, item_ld = d[r], ld[r, p]
+        else:
+            r, dd, item_ld = rows, d, ld[:, p]
+        idx = base_dev[r] + dd
+        new_load = flat_load[idx] + item_ld
+        flat_load[idx] = new_load
+        u = flat_used[idx] + 1
+        flat_used[idx] = u
+        flat_eff[idx] = np.where(u >= flat_cap[idx], np.inf, new_load)
+        if cont[p + 1]:
+            if not cont[p]:
+                took[:] = False
+                took_node[:] = False
+            flat_took[idx] = True
+            flat_took_node[base_node[r] + device_node[dd]] = True
+        flat_out[base_out[r] + order[r, p]] = dd
+        prev = e
+    # Without a replica in flight only full devices are blocked: an argmin that landed on one
+    # (all were full) shows as an over-full device.
+    if (used > capacity).any():
+        raise AssertionError("packing ran out of feasible devices")
+    return out
+
+
+def _make_room(layer, expert, ex, ld, out, order, dev_load, eff, used, capacity) -> int:
+    """Greedy packing got stuck in ``layer``: every device with a free slot already holds
+    ``expert``. Move some other expert ``f`` from a full device ``b`` that lacks ``expert`` to
+    a device ``a`` with room that lacks ``f``; ``b`` then takes ``expert``. Returns ``b``."""
+    num_devices = capacity.shape[1]
+    placed = out[layer] >= 0  # indexed by original item position
+    item_dev = out[layer]
+    item_exp = np.full(len(item_dev), -1)
+    item_ld = np.zeros(len(item_dev))
+    item_exp[order[layer]] = ex[layer]
+    item_ld[order[layer]] = ld[layer]
+    held = [set(item_exp[placed & (item_dev == dev)].tolist()) for dev in range(num_devices)]
+    rooms = [dev for dev in range(num_devices) if used[layer, dev] < capacity[layer, dev]]
+    for b in range(num_devices):
+        if expert in held[b] or capacity[layer, b] <= 0:
+            continue
+        for item in np.nonzero(placed & (item_dev == b))[0]:
+            f = int(item_exp[item])
+            for a in rooms:
+                if f not in held[a]:
+                    out[layer, item] = a
+                    dev_load[layer, a] += item_ld[item]
+                    dev_load[layer, b] -= item_ld[item]
+                    used[layer, a] += 1
+                    used[layer, b] -= 1
+                    for dev in (a, b):
+                        eff[layer, dev] = np.inf if used[layer, dev] >= capacity[layer, dev] else dev_load[layer, dev]
+                    return b
+    raise AssertionError("packing ran out of feasible devices")  # more replicas than devices
+
+
 def _pack(
     item_expert: np.ndarray,
     item_load: np.ndarray,
@@ -387,6 +542,8 @@ def _pack(
     locality: float,
     pinned_first: bool = False,
     soft_homes: np.ndarray | None = None,
+    home_penalty: float = 0.0,
+    spread_penalty: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heaviest-first packing of ``[layers, items]`` replicas (``item_expert == -1`` = padding)
     into devices with ``capacity [layers, devices]`` slots. Returns ``[layers, items]`` device
@@ -395,7 +552,15 @@ def _pack(
     Cost of a device = its load, plus (when ``homes`` is given) an infinite cost for an
     expert's first replica off its home node, plus ``locality`` mean replica loads when an
     extra replica would bring its group to a node that does not hold it yet (half that for a
-    new super-node). A device already holding the expert, or full, is never chosen."""
+    new super-node). A device already holding the expert, or full, is never chosen.
+
+    Without pinned ``homes``, ``soft_homes`` adds ``home_penalty`` mean replica loads when an
+    expert's first replica leaves its home node (groups stay together, so a token's experts
+    sit on few nodes) and ``spread_penalty`` when an extra replica lands on a node that already
+    holds one of the expert (a second replica on one node saves no node send)."""
+    if homes is None and not locality:
+        out = _pack_free(item_expert, item_load, item_primary, capacity, device_node, soft_homes, home_penalty, spread_penalty)
+        return out, np.zeros(out.shape[0], dtype=bool)
     layers, items = item_expert.shape
     num_devices = capacity.shape[1]
     num_nodes = int(device_node.max()) + 1
@@ -431,6 +596,7 @@ def _pack(
     # order, so "holds this expert" is just "took the previous replica of this expert".
     prev_e = np.full(layers, -1)
     took = np.zeros((layers, num_devices), dtype=bool)
+    took_node = np.zeros((layers, num_nodes), dtype=bool)
     for p in range(items):
         e = ex_sorted[:, p]
         ok = e >= 0
@@ -438,7 +604,9 @@ def _pack(
             break
         ec = np.where(ok, e, 0)
         if homes is None:
-            took &= (ec == prev_e)[:, None]
+            same = (ec == prev_e)[:, None]
+            took &= same
+            took_node &= same
             blocked = full | took
         else:
             blocked = full | holds[rows, :, ec]
@@ -457,6 +625,10 @@ def _pack(
             prim = pr_sorted[:, p][:, None]
             off = np.where(prim, device_node[None, :] != soft_homes[rows, ec][:, None], tail[None, :])
             cost += (1e-9 * unit)[:, None] * off
+            if home_penalty:
+                cost += (home_penalty * unit)[:, None] * (prim & (device_node[None, :] != soft_homes[rows, ec][:, None]))
+            if spread_penalty:
+                cost += (spread_penalty * unit)[:, None] * took_node[:, device_node]
         d = np.argmin(cost, axis=1)
         stuck = ok & np.isinf(cost[rows, d])
         if stuck.any():
@@ -473,6 +645,7 @@ def _pack(
         full[r, dd] = used[r, dd] >= capacity[r, dd]
         if homes is None:
             took[r, dd] = True
+            took_node[r, device_node[dd]] = True
             prev_e = ec
         else:
             holds[r, dd, ec[ok]] = True
@@ -484,11 +657,128 @@ def _pack(
 
 
 # --------------------------------------------------------------------------------------------
+# the hierarchical alternative: McNaughton's wrap-around rule
+
+
+def wrap_homes(w: np.ndarray, num_groups: int, num_nodes: int, slots_per_device: int, devices_per_node: int) -> np.ndarray:
+    """``[layers, experts]`` node of every expert, by McNaughton's wrap-around rule.
+
+    Groups are laid end to end (cold and hot alternating, each group's experts consecutive,
+    coldest first) and
+    the line of expert loads is cut into ``num_nodes`` runs of equal load, an expert going to the
+    node that holds the larger half of it. A run is contiguous, so every group spans at most the
+    nodes its run crosses: the sum over groups of nodes spanned is at most
+    ``groups + nodes - 1`` (each cut splits at most one group), i.e. a group spread of at most
+    ``(groups + nodes - 1) / groups`` (11/8 for 8 groups on 4 nodes).
+
+    Slots bound the cuts, moved by whole experts: a node's experts may not ask for more than
+    its ``slots_per_device * devices_per_node`` slots, counting ``ceil(w_e / mean device load)``
+    slots for expert ``e`` (the replicas it needs so no device carries more than the mean);
+    every node keeps at least ``slots_per_device`` experts (else its devices could not be filled
+    without two replicas of one expert on a device) and at most its slot count.
+    """
+    layers, experts = w.shape
+    gs = experts // num_groups
+    node_slots = slots_per_device * devices_per_node
+    if not num_nodes * slots_per_device <= experts <= num_nodes * node_slots:
+        raise XpodError(
+            f"wrap policy: {experts} experts cannot fill {num_nodes} nodes of {node_slots} slots with at most "
+            f"{devices_per_node} replicas of an expert per node; use another --policy"
+        )
+    gl = w.reshape(layers, num_groups, gs).sum(axis=2)
+    by_load = np.argsort(-gl, axis=1, kind="stable")
+    # coldest, hottest, second coldest, second hottest, ...: the first node starts on a cold
+    # group and every hot group sits between cold ones (measured, EP32 on 4 nodes: 0.967 at 1.90
+    # nodes per group, against 0.962 at 1.98 starting with the hottest and 0.903 at 2.28 in
+    # plain descending order)
+    zig = np.empty(num_groups, dtype=np.int64)
+    zig[0::2] = num_groups - 1 - np.arange((num_groups + 1) // 2)
+    zig[1::2] = np.arange(num_groups // 2)
+    # inside a group, coldest first: a cut then leaves the cold experts with the node before
+    # and carries the hot ones on (measured: 0.963 against 0.946 hottest first, EP32 4 nodes)
+    inner = np.argsort(w.reshape(layers, num_groups, gs), axis=2, kind="stable")
+    inner = np.take_along_axis(inner, by_load[:, zig][:, :, None], axis=1)
+    line = (by_load[:, zig][:, :, None] * gs + inner).reshape(layers, experts)
+    wl = np.take_along_axis(w, line, axis=1)
+    cum = np.cumsum(wl, axis=1)
+    mid = cum - 0.5 * wl
+    total = cum[:, -1]
+    mean_device = np.maximum(total / (num_nodes * devices_per_node), 1e-300)
+    demand = np.maximum(np.ceil(wl / mean_device[:, None] - 1e-9), 1.0)
+    cq = np.concatenate([np.zeros((layers, 1)), np.cumsum(demand, axis=1)], axis=1)  # cq[:, j]: demand of the first j
+    rows = np.arange(layers)
+    cut = np.zeros((layers, num_nodes + 1), dtype=np.int64)
+    for n in range(num_nodes - 1):
+        by_load_end = (mid < (total * (n + 1) / num_nodes)[:, None]).sum(axis=1)
+        fits = (cq[:, 1:] <= (cq[rows, cut[:, n]] + node_slots)[:, None]).sum(axis=1)
+        end = np.minimum(by_load_end, fits)
+        lo = np.maximum(cut[:, n] + slots_per_device, experts - (num_nodes - n - 1) * node_slots)
+        hi = np.minimum(cut[:, n] + node_slots, experts - (num_nodes - n - 1) * slots_per_device)
+        cut[:, n + 1] = np.clip(end, lo, hi)
+    cut[:, num_nodes] = experts
+    node_of_rank = (np.arange(experts)[None, :, None] >= cut[:, None, 1:]).sum(axis=2)
+    homes = np.empty((layers, experts), dtype=np.int64)
+    np.put_along_axis(homes, line, node_of_rank, axis=1)
+    return homes
+
+
+# The wrap policy's price, in mean replica loads, for a replica that brings its group to a node
+# that does not hold it yet (times ``locality``). Measured on the real loads, EP32 on 4 nodes,
+# with the hot-first line: 3 gave balance 0.963 at 2.02 nodes per group, 3.5 gave 0.962 at
+# 1.98, 5 gave 0.950 at 1.89.
+WRAP_GROUP_PENALTY = 3.5
+
+
+def _plan_wrap(w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: int, locality: float) -> np.ndarray:
+    """``phy2log`` of the wrap policy. Every expert's first replica is pinned to its node from
+    :func:`wrap_homes`; the extra replicas (the same counts as the other policies) are packed
+    heaviest first and pay ``WRAP_GROUP_PENALTY * locality`` mean replica loads for bringing a
+    group to a new node, so they stay with their group unless a node is overloaded by more than
+    that (the slot bounds can force a node over its share). Swap passes then run inside every
+    node (all nodes of all layers at once, as ``layers * nodes`` rows), so no refinement moves
+    a replica to another node."""
+    layers, experts = w.shape
+    nodes = shape.num_nodes
+    per_node = shape.num_devices // nodes
+    spd = shape.slots_per_device
+    node_slots = per_node * spd
+    total = shape.num_devices * spd
+    homes = wrap_homes(w, num_groups, nodes, spd, per_node)
+    counts = replica_counts(w, np.full(layers, total), cap=shape.num_devices)
+    item_expert, item_load, item_primary = _items(w, counts, total)
+    capacity, slot_device = _layout_fixed(shape, layers)
+    device_node = shape.device_node()
+    device, failed = _pack(item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes,
+                           experts // num_groups, WRAP_GROUP_PENALTY * locality)
+    device[failed] = 0  # rewritten below
+    phy2log = _write_slots(item_expert, device, slot_device, shape.num_devices)
+    if refine_steps:
+        # Rows are (layer, node); an expert's per-row load is scaled so that dividing it by its
+        # replicas in the node gives its load per replica over the whole layer.
+        rows = phy2log.reshape(layers * nodes, node_slots)
+        valid = rows >= 0
+        in_node = np.zeros((layers * nodes, experts))
+        rr = np.broadcast_to(np.arange(layers * nodes)[:, None], rows.shape)
+        np.add.at(in_node, (rr[valid], rows[valid]), 1)
+        w_rows = np.repeat(w / counts, nodes, axis=0) * in_node
+        local_slots = np.repeat(np.arange(per_node), spd)
+        rows = pair_refine(w_rows, rows, local_slots, np.zeros(per_node, dtype=np.int64), passes=refine_steps,
+                           pairs=max(1, per_node // 2))
+        phy2log = rows.reshape(layers, -1)
+    if failed.any():
+        # A layer whose last extra replicas found only devices already holding their expert
+        # (not seen on the real loads) takes the balanced policy's plan instead.
+        fallback = place(w[failed], shape, num_groups, Policy.BALANCED, locality=locality, refine_steps=refine_steps)
+        phy2log[failed] = fallback.phy2log
+    return phy2log
+
+
+# --------------------------------------------------------------------------------------------
 # step 4: uneven shares
 
 
 def water_fill_shares(
-    w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, iterations: int = 15
+    w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, iterations: int = 5
 ) -> np.ndarray:
     """``[layers, slots]`` shares: per expert with several replicas, split its tokens so the
     devices holding it are as level as possible given the rest of their load (damped Jacobi
@@ -522,26 +812,54 @@ def water_fill_shares(
     ew = np.where(valid, np.take_along_axis(w, pe, axis=1), 0.0)
     ranks = np.arange(1, rmax + 1)[None, :]
     flat_dev = (rows2 * num_devices + slot_device[None, :]).ravel()
+    # flat indices, computed once: the table's slots in ``share`` and its devices in ``dl``
+    tab_flat = tab_l * slots + tab_s
+    real = ~pad
+    real_flat = tab_flat[real]
+    tab_dev = tab_l * num_devices + dev
+    share_flat = share.reshape(-1)
+    ew_flat = ew.ravel()
+    last = np.arange(len(start))
     for _ in range(iterations):
-        dl = np.bincount(flat_dev, weights=(ew * share).ravel(), minlength=layers * num_devices)
-        dl = dl.reshape(layers, num_devices)
-        mine = wexp * share[tab_l, tab_s]
-        other = np.where(pad, np.inf, dl[tab_l, dev] - mine)
+        dl = np.bincount(flat_dev, weights=ew_flat * share_flat, minlength=layers * num_devices)
+        mine = wexp * share_flat[tab_flat]
+        other = np.where(pad, np.inf, dl[tab_dev] - mine)
         srt = np.sort(other, axis=1)
-        csum = np.cumsum(np.where(np.isinf(srt), 0.0, srt), axis=1)
+        finite = np.isfinite(srt)
+        csum = np.cumsum(np.where(finite, srt, 0.0), axis=1)
         level = (wexp + csum) / ranks
-        active = (srt < level) & np.isfinite(srt)
-        n_active = np.maximum(active.sum(axis=1), 1)
-        c = level[np.arange(len(start)), n_active - 1][:, None]
+        n_active = np.maximum(((srt < level) & finite).sum(axis=1), 1)
+        c = level[last, n_active - 1][:, None]
         new = np.where(pad, 0.0, np.clip(c - other, 0.0, None))
         tot = new.sum(axis=1, keepdims=True)
         frac = np.divide(new, tot, out=np.full_like(new, 0.0), where=tot > 0)
-        share[tab_l[~pad], tab_s[~pad]] = 0.5 * share[tab_l[~pad], tab_s[~pad]] + 0.5 * frac[~pad]
+        share_flat[real_flat] = 0.5 * share_flat[real_flat] + 0.5 * frac[real]
     return share
 
 
 # --------------------------------------------------------------------------------------------
 # the entry point
+
+
+def _items(w: np.ndarray, counts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replicas as items, padded to ``width`` per layer: ``item_expert`` (-1 = padding),
+    ``item_load`` (``w_e / r_e``) and ``item_primary`` (the first replica of its expert)."""
+    layers, experts = w.shape
+    rep = counts.ravel()
+    it_layer = np.repeat(np.repeat(np.arange(layers), experts), rep)
+    it_exp = np.repeat(np.tile(np.arange(experts), layers), rep)
+    it_load = np.repeat((w / counts).ravel(), rep)
+    per_layer = counts.sum(axis=1)
+    pos = np.arange(len(it_layer)) - np.repeat(np.cumsum(per_layer) - per_layer, per_layer)
+    item_expert = np.full((layers, width), -1, dtype=np.int64)
+    item_load = np.zeros((layers, width))
+    item_expert[it_layer, pos] = it_exp
+    item_load[it_layer, pos] = it_load
+    # the first replica of each expert (its items are consecutive) is its primary
+    first_of_expert = np.r_[True, (it_exp[1:] != it_exp[:-1]) | (it_layer[1:] != it_layer[:-1])]
+    item_primary = np.zeros((layers, width), dtype=bool)
+    item_primary[it_layer, pos] = first_of_expert
+    return item_expert, item_load, item_primary
 
 
 def _layout_fixed(shape: PodShape, layers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -585,8 +903,8 @@ def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: 
     dsorted = np.take_along_axis(dev, order, axis=1)
     esorted = np.take_along_axis(item_expert, order, axis=1)
     rows = np.broadcast_to(np.arange(layers)[:, None], order.shape)
-    counts = np.zeros((layers, num_devices + 1), dtype=np.int64)
-    np.add.at(counts, (rows, dsorted), 1)
+    counts = np.bincount((rows * (num_devices + 1) + dsorted).ravel(), minlength=layers * (num_devices + 1))
+    counts = counts.reshape(layers, num_devices + 1)
     begin = np.cumsum(counts, axis=1) - counts
     rank = np.arange(items)[None, :] - np.take_along_axis(begin, dsorted, axis=1)
     ok = dsorted < num_devices
@@ -596,8 +914,9 @@ def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: 
 
 
 def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, locality: float, refine_steps: int,
-          pin: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Pack and refine one candidate ``phy2log``; ``pin`` pins first replicas to home nodes."""
+          pin: bool, penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pack and refine one candidate ``phy2log``; ``pin`` pins first replicas to home nodes.
+    Unpinned, ``penalty`` is the soft home and replica-spread penalty of :func:`_pack`."""
     item_expert, item_load, item_primary = items
     experts = w.shape[1]
     device_node = shape.device_node()
@@ -606,14 +925,32 @@ def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, loc
     item_device, failed = _pack(
         item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes if pin else None,
         experts // num_groups, locality, soft_homes=None if pin else homes,
+        home_penalty=0.0 if pin else penalty, spread_penalty=0.0 if pin else penalty,
     )
     # Rows where pinning made packing infeasible are written as garbage (all on device 0) and
     # discarded by the caller, which keeps the balance-only plan for those layers.
     item_device[failed] = 0
     phy2log = _write_slots(item_expert, item_device, slot_device, shape.num_devices)
     if refine_steps:
-        pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) if pin else None
-        phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=refine_steps)
+        pin_cost = None
+        if pin:
+            pinned = _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device)
+        elif penalty:
+            # A replica on its expert's home node leaves it only for a clear balance gain: the
+            # refinement would otherwise trade back the locality the packing paid for (measured
+            # at EP64: 3.58 -> 3.73 remote nodes per token without this soft pin).
+            valid = phy2log >= 0
+            home_of_slot = np.take_along_axis(homes, np.where(valid, phy2log, 0), axis=1)
+            pinned = valid & (device_node[slot_device][None, :] == home_of_slot)
+            pin_cost = HOME_PIN_COST * penalty * w.sum(axis=1) / len(slot_device)
+        else:
+            pinned = None
+        if shape.slots_per_device <= 2:
+            # With 1-2 slots per device the layer's max is one hot device: the single-device
+            # search (8 light partners per step, 3 steps per pass) measured 0.002 better at EP144.
+            phy2log, _ = swap_refine(w, phy2log, slot_device, device_node, pinned, steps=3 * refine_steps)
+        else:
+            phy2log = pair_refine(w, phy2log, slot_device, device_node, pinned, passes=refine_steps, pin_cost=pin_cost)
     return phy2log, failed
 
 
@@ -667,8 +1004,8 @@ def place(
     half_life_windows: float = 2.0,
     previous: Placement | None = None,
     max_moves: int | None = None,
-    refine_steps: int = 24,
-    balance_tolerance: float = 0.01,
+    refine_steps: int = 8,
+    balance_tolerance: float = 0.0,
     max_replicas: int | None = None,
 ) -> Placement:
     """Place the experts of every layer. ``loads`` is ``[layers, experts]`` or a history
@@ -719,32 +1056,24 @@ def place(
     else:
         budgets = np.full(layers, total)
         capacity, slot_device = _layout_fixed(shape, layers)
+    if policy is Policy.WRAP:
+        if shape.num_devices % shape.num_nodes:
+            raise XpodError(f"wrap policy: {shape.num_devices} devices do not split evenly over {shape.num_nodes} nodes")
+        phy2log = _plan_wrap(w, shape, num_groups, refine_steps, locality)
+        return _finish(w, phy2log, slot_device, shape, num_groups, policy, previous, max_moves, t0)
     counts = replica_counts(w, budgets, cap=min(shape.num_devices, max_replicas or shape.num_devices))
-    width = int(budgets.max())
-    # items: replicas of each expert, padded to ``width`` per layer
-    rep = counts.ravel()
-    lay = np.repeat(np.arange(layers), experts)
-    ex = np.tile(np.arange(experts), layers)
-    it_layer = np.repeat(lay, rep)
-    it_exp = np.repeat(ex, rep)
-    it_load = np.repeat((w / counts).ravel(), rep)
-    pos = np.arange(len(it_layer)) - np.repeat(np.cumsum(counts.sum(axis=1)) - counts.sum(axis=1), counts.sum(axis=1))
-    item_expert = np.full((layers, width), -1, dtype=np.int64)
-    item_load = np.zeros((layers, width))
-    item_expert[it_layer, pos] = it_exp
-    item_load[it_layer, pos] = it_load
-    # the first replica of each expert (its items are consecutive) is its primary
-    first_of_expert = np.r_[True, (it_exp[1:] != it_exp[:-1]) | (it_layer[1:] != it_layer[:-1])]
-    item_primary = np.zeros((layers, width), dtype=bool)
-    item_primary[it_layer, pos] = first_of_expert
+    items = _items(w, counts, int(budgets.max()))
     device_node = shape.device_node()
-    items = (item_expert, item_load, item_primary)
-    # The balance-only plan still breaks ties between equally loaded devices towards nodes that
-    # already hold the group (free locality: with one slot per device every choice is a tie).
-    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False)
-    # With <= 2 slots per device the pinned plan has no room to rebalance (measured: it only
-    # costs balance there), so the tie-broken balance plan is the whole answer.
-    if locality and shape.num_nodes > 1 and shape.slots_per_device > 2:
+    # The main plan breaks ties between equally loaded devices towards nodes that already hold
+    # the group (free locality: with one slot per device every choice is a tie). With more than
+    # 2 slots per device it also pays ``locality`` mean replica loads for a first replica off its
+    # home node or a second replica of an expert on one node: measured in bench/moe_vs_eplb.py,
+    # this cuts simulated remote-node sends by 16-18% against EPLB-global at EP64/EP72 for
+    # about 0.01 of balance. With <= 2 slots per device there is no room to trade.
+    local_pen = locality if shape.num_nodes > 1 and shape.slots_per_device > 2 else 0.0
+    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False, penalty=local_pen)
+    # Optionally (``balance_tolerance > 0``) a second, pinned plan; same room condition.
+    if locality and balance_tolerance > 0 and shape.num_nodes > 1 and shape.slots_per_device > 2:
         # A plan that keeps each group's first replicas on one or two nodes; per layer it is
         # taken where it costs at most ``balance_tolerance`` of that layer's max device load.
         local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps, pin=True)
@@ -768,6 +1097,13 @@ def place(
         take = np.zeros(layers, dtype=bool)
         take[order] = usable[order] & (spent <= allowed)
         phy2log = np.where(take[:, None], local, phy2log)
+    return _finish(w, phy2log, slot_device, shape, num_groups, policy, previous, max_moves, t0)
+
+
+def _finish(w, phy2log, slot_device, shape: PodShape, num_groups: int, policy: Policy, previous: Placement | None,
+            max_moves: int | None, t0: float) -> Placement:
+    """Shares, alignment with ``previous`` and the move budget: the last steps of every policy."""
+    device_node = shape.device_node()
     share = None
     if policy is not Policy.EVEN:
         share = water_fill_shares(w, phy2log, slot_device, shape.num_devices)

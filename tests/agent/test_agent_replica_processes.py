@@ -46,3 +46,27 @@ def test_a_dead_agent_moves_only_its_serving_replica(cluster):
     cluster.client.cancel(job)
     wait_until(lambda: cluster.allocated_milli() == 0, 20, "the devices to be free after cancel")
     wait_until(lambda: not pid_alive(kept_pid) and not pid_alive(new_pid), 20, "both replicas' processes to end")
+
+
+def test_a_crashed_replica_sharing_its_node_is_replaced_alone(cluster):
+    """`replicas: 2` (min = max = 2) on one node: replica 1 crashes; it alone is started again
+    (on the same node, the only one) while replica 0's process keeps running, though the job is
+    below its min replicas meanwhile."""
+    cluster.start_server()
+    cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:2", "--grace", "1")
+    job = cluster.submit("pair", {"replicas": 2, "devices": S4000,
+                                  "command": task_command(cluster.out, "sleep", "600", "crash-first-attempt-of", "1")}, kind="ServingJob")
+    kept_pid = _pids(cluster, job, 0)["self"]
+    crashed = _pids(cluster, job, 1)["self"]
+    again = _pids(cluster, job, 1, attempt=1)["self"]  # the crashed replica runs again
+    assert again != crashed and not pid_alive(crashed)
+    wait_until(lambda: cluster.state(job) == "RUNNING" and len(cluster.job(job).allocations) == 2, 20, "both replicas to be bound")
+    assert pid_alive(kept_pid) and pid_alive(again)
+    assert not (cluster.out / f"{job}.0.1.pids").exists()  # replica 0 was never restarted
+    events = cluster.events(job)
+    assert any(t == "EVICTED" and "replica 1 replaced: task on node n1 exited with code 3" in m for t, m in events), events
+    assert not any(t == "EVICTED" and "replaced" not in m for t, m in events), events
+    assert cluster.allocated_milli() == 2000
+    cluster.client.cancel(job)
+    wait_until(lambda: not pid_alive(kept_pid) and not pid_alive(again), 20, "both replicas' processes to end")
+    assert cluster.allocated_milli() == 0

@@ -172,29 +172,120 @@ def test_a_failed_replica_task_is_replaced_alone(env):
     assert _allocated(api) == {} and _core_used(api) == {}
 
 
-def test_below_min_replicas_and_training_gangs_restart_whole(env):
+class EvictedCounter:
+    """The part of the scheduler metrics the restart policy calls: counts evictions by reason."""
+
+    def __init__(self) -> None:
+        self.evictions: list[tuple[str, str]] = []
+
+    def evicted(self, queue: str, reason: str) -> None:
+        self.evictions.append((queue, reason))
+
+    def __getattr__(self, name):  # every other hook (cycle, placed, finished, ...) is a no-op
+        return lambda *args, **kwargs: None
+
+
+def test_below_min_replicas_the_lost_one_is_replaced_alone_and_gangs_restart_whole(env):
     api, clock = env
-    names = ["n0", "n1", "n2", "n3"]
+    names = ["n0", "n1", "n2", "n3", "n4"]
     _register(api, names)
-    s, _ = api.submit_job(P, "s", serving("fixed", 2, 2))  # replicas: {min 2, max 2}
+    s, _ = api.submit_job(P, "s", serving("fixed", 2, 2))  # replicas: {min 2, max 2}, as `replicas: 2`
     t, _ = api.submit_job(P, "t", training("gang", 2))
     api.schedule_once()
     for jid in (s.record.id, t.record.id):
         _run_all(api, jid)
-    # one node that holds a task of each
-    s_nodes = {a.node for a in _job(api, s.record.id).allocations}
+    s_before = _by_task(_job(api, s.record.id))
     t_nodes = {a.node for a in _job(api, t.record.id).allocations}
-    assert len(s_nodes | t_nodes) == 4
-    dead = sorted(s_nodes)[0]
+    assert len({a.node for a in s_before.values()} | t_nodes) == 4
+    lost = s_before[0]
     clock.now += 10.5
-    _heartbeat(api, [n for n in names if n != dead])
+    _heartbeat(api, [n for n in names if n != lost.node])
     api.liveness.check()
+    # 1 left < min 2: the job keeps RUNNING (degraded, said by the event), the healthy replica untouched
     rec = _job(api, s.record.id)
-    assert rec.state is JobState.QUEUED and rec.allocations == ()  # 1 left < min 2: whole
+    assert rec.state is JobState.RUNNING and _by_task(rec) == {1: s_before[1]}
     _, events = api.get_job(P, s.record.id)
-    assert not any("replaced" in e.message for e in events)
+    assert any(f"replica 0 replaced: node {lost.node} NotReady" in e.message for e in events)
     assert _job(api, t.record.id).state is JobState.RUNNING  # not on the dead node
     assert _allocated(api) == _core_used(api)
+    api.schedule_once()  # the lost replica is bound again, elsewhere; back at min
+    after = _by_task(_job(api, s.record.id))
+    assert sorted(after) == [0, 1] and after[1] == s_before[1] and after[0].node not in (lost.node, s_before[1].node)
+    assert _allocated(api) == _core_used(api)
+    # a training gang that loses a node restarts whole
+    dead = sorted(t_nodes)[0]
+    clock.now += 10.5
+    _heartbeat(api, [n for n in names if n not in (lost.node, dead)])
+    api.liveness.check()
+    trec = _job(api, t.record.id)
+    assert trec.state is JobState.QUEUED or all(a.node != dead for a in trec.allocations)
+    assert _allocated(api) == _core_used(api)
+
+
+def test_a_serving_job_losing_every_replica_restarts_whole(env):
+    api, clock = env
+    names = ["n0", "n1"]
+    _register(api, names)
+    s, _ = api.submit_job(P, "s", serving("single", 1, 1))
+    api.schedule_once()
+    _run_all(api, s.record.id)
+    lost = _job(api, s.record.id).allocations[0]
+    clock.now += 10.5
+    _heartbeat(api, [n for n in names if n != lost.node])
+    api.liveness.check()
+    rec = _job(api, s.record.id)
+    assert rec.state is JobState.QUEUED and rec.allocations == ()
+    _, events = api.get_job(P, s.record.id)
+    assert not any("replaced" in e.message for e in events)
+    assert _allocated(api) == _core_used(api) == {}
+
+
+def test_a_replica_sharing_its_node_is_replaced_alone(env):
+    """Two replicas on one node, one fails (the agent names it in ``failed_tasks``): only it is
+    released; the node's assignment stream announces the smaller task set (the agent stops just
+    that task), then the set with the replica bound again."""
+    api, clock = env
+    api.register_node(P, node("n0", devices=4))
+    view, _ = api.submit_job(P, "s", serving("pair", 2, 2))  # two replicas of 2 devices: both on n0
+    api.schedule_once()
+    job_id = view.record.id
+    _run_all(api, job_id)
+    before = _by_task(_job(api, job_id))
+    assert {a.node for a in before.values()} == {"n0"}
+    gate = OnePass()
+    stream = api.watch_assignments(P, "n0", is_active=gate, poll_s=0.01)
+    assert [x.task for x in next(stream).allocations] == [0, 1]
+    api.report_task_status(P, job_id, "n0", TaskState.FAILED, "task 1 exited with code 3", exit_code=3, failed_tasks=(1,))
+    mid = _job(api, job_id)
+    assert mid.state is JobState.RUNNING and _by_task(mid) == {0: before[0]}
+    api.schedule_once()
+    after = _by_task(_job(api, job_id))
+    assert after[0] == before[0] and after[1].node == "n0"
+    assert _allocated(api) == _core_used(api) and len(_allocated(api)) == 4
+    gate.armed = True
+    got = [(a.run, [x.task for x in a.allocations]) for a in itertools.islice(stream, 5)]
+    assert got == [(True, [0]), (True, [0, 1])]
+    # without failed_tasks (an older agent) every replica on the node counts as failed: whole
+    api.report_task_status(P, job_id, "n0", TaskState.RUNNING)
+    api.report_task_status(P, job_id, "n0", TaskState.FAILED, "boom", exit_code=3)
+    assert _job(api, job_id).state is JobState.QUEUED
+    assert _allocated(api) == _core_used(api)
+
+
+def test_an_unhealthy_device_replacement_counts_as_an_eviction(env):
+    api, clock = env
+    counter = EvictedCounter()
+    api.metrics = counter
+    _register(api, ["n0", "n1", "n2"])
+    view, _ = api.submit_job(P, "s", serving("serve", 2, 2))
+    api.schedule_once()
+    job_id = view.record.id
+    _run_all(api, job_id)
+    bad = _by_task(_job(api, job_id))[1]
+    index = int(bad.devices[0].rsplit("/", 1)[1])
+    api.heartbeat(P, bad.node, {index: "critical"})
+    assert sorted(_by_task(_job(api, job_id))) == [0]
+    assert counter.evictions == [("default", "device_unhealthy")]
 
 
 def test_an_unhealthy_device_moves_only_the_replica_on_it(env):
@@ -253,3 +344,30 @@ def test_replacement_with_the_core_in_its_own_process(tmp_path):
     finally:
         api.close()
         placer.close()
+
+
+def test_a_degraded_serving_job_shows_in_the_degraded_gauge_until_it_is_whole(env):
+    from prometheus_client import generate_latest
+
+    from xpod.scheduler.service_metrics import ServiceMetrics
+
+    api, clock = env
+    metrics = ServiceMetrics()
+    metrics.attach(api)
+    names = ["n0", "n1", "n2"]
+    _register(api, names)
+    view, _ = api.submit_job(P, "s", serving("fixed", 2, 2))
+    api.schedule_once()
+    _run_all(api, view.record.id)
+
+    def degraded() -> str:
+        return "\n".join(line for line in generate_latest(metrics.registry).decode().splitlines() if line.startswith("xpod_scheduler_degraded_jobs"))
+
+    assert degraded() == ""
+    lost = _by_task(_job(api, view.record.id))[0]
+    clock.now += 10.5
+    _heartbeat(api, [n for n in names if n != lost.node])
+    api.liveness.check()
+    assert degraded() == 'xpod_scheduler_degraded_jobs{queue="default"} 1.0'
+    api.schedule_once()  # the lost replica is bound again: whole
+    assert len(_job(api, view.record.id).allocations) == 2 and degraded() == ""

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 
 from xpod.hal.backend import Backend
-from xpod.hal.device import DeviceInfo, Health, MetricsSample
+from xpod.hal.device import DeviceInfo, Health, LinkState, MetricsSample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -219,6 +219,10 @@ class FullBackend(Backend):
                 power_watts=300.0 + i,
                 health=Health.CRITICAL if i == 1 else Health.OK,
                 ecc_errors_total=7 * i,
+                energy_joules_total=1.5e6 + i,
+                core_clock_hertz=1.98e9,
+                memory_clock_hertz=2.619e9,
+                links=(LinkState("nvlink", "0", True), LinkState("nvlink", "1", i == 0)),
             )
             for i in range(self.n)
         ]

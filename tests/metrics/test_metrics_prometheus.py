@@ -216,7 +216,7 @@ def live(tmp_path_factory):
     fast_rules.write_text(yaml.safe_dump(rules, sort_keys=False))
     config["rule_files"] = [str(fast_rules)]
     sim = SimBackend([("ascend-910c", 4)])
-    collector = ex.DeviceCollector([ex.DeviceSource(sim, "inproc-node")])
+    collector = ex.DeviceCollector([ex.DeviceSource(sim, "inproc-node"), ex.DeviceSource(mh.FullBackend(n=1), "inproc-gpu")])
     with contextlib.ExitStack() as stack:
         inproc = ex.serve(collector, "127.0.0.1:0")
         stack.callback(inproc.close)
@@ -251,15 +251,29 @@ def test_a_parse_error_is_caught(live):
 
 def test_prometheus_scrapes_the_exporter(live):
     live.wait_series('up{job="xpod-agent"} == 1', 1)
-    sim = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", simulated="true"}', 8)
+    # 8 simulated 910C packages = 16 dies, the scheduler's devices, each with its package label
+    sim = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", simulated="true"}', 16)
     assert {s["metric"]["vendor"] for s in sim} == {"ascend"}
     assert {s["metric"]["model"] for s in sim} == {"ascend-910c"}
-    assert {float(s["value"][1]) for s in sim} == {128 * 2**30}
-    assert sorted(int(s["metric"]["device"]) for s in sim) == list(range(1, 9))  # after the cpu device 0
+    assert {float(s["value"][1]) for s in sim} == {64 * 2**30}
+    assert sorted(int(s["metric"]["device"]) for s in sim) == list(range(1, 17))  # after the cpu device 0
+    assert sorted({int(s["metric"]["package"]) for s in sim}) == list(range(1, 9))
     cpu = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", vendor="cpu", simulated="false"}', 1)
     assert all(float(s["value"][1]) > 0 and s["metric"]["node"] == "test-node" for s in cpu)
-    healthy = live.wait_series('xpod_device_health{job="xpod-agent", node="test-node"} == 1', 9)
-    assert len(healthy) == 9
+    healthy = live.wait_series('xpod_device_health{job="xpod-agent", node="test-node"} == 1', 17)
+    assert len(healthy) == 17
+
+
+def test_energy_clock_and_link_series_reach_prometheus(live):
+    """The families only some tools report (here the in-process GPU node's backend): the
+    dashboards' expressions over them return data in a real Prometheus."""
+    live.wait_series('xpod_device_energy_joules_total{node="inproc-gpu"} > 0', 1)
+    clock = live.wait_series('max by (node, package) (xpod_device_clock_hertz{node="inproc-gpu", clock="core"})', 1)
+    assert float(clock[0]["value"][1]) == 1.98e9
+    links = live.wait_series('sum by (fabric) (xpod_link_up{node="inproc-gpu"})', 1)
+    assert links[0]["metric"] == {"fabric": "nvlink"} and float(links[0]["value"][1]) == 2
+    # the simulated devices report none of them: no invented values
+    assert live.query('xpod_device_energy_joules_total{simulated="true"}')["result"] == []
 
 
 ALL_NPUS_JOB = """\
@@ -292,6 +306,7 @@ def test_prometheus_scrapes_the_scheduler(live):
     assert len(submitted) == 1
     attempts = live.wait_series('xpod_scheduler_schedule_attempts_total{job="xpod-scheduler", result="scheduled"} >= 1', 1)
     assert float(attempts[0]["value"][1]) >= 1
+    live.wait_series('xpod_scheduler_scheduling_attempt_duration_seconds_count{job="xpod-scheduler", result="scheduled"} >= 1', 1)
     live.wait_series('xpod_scheduler_devices{job="xpod-scheduler", vendor="ascend", state="allocated"} >= 1', 1)
     # A gang of all 32 Ascend NPUs cannot start while the batch job holds some: it waits.
     job = os.path.join(live.workdir, "all-npus.yaml")
@@ -329,19 +344,22 @@ def test_allocation_join_and_unhealthy_alert_in_real_prometheus(live):
 
     live.sim.set_memory_used(0, 32 * 2**30)
     live.sim.set_memory_used(1, 64 * 2**30)
+    # dies 0, 1 are package 0 (32 GiB used: 16 per die), dies 2, 3 package 1 (32 per die)
     live.collector.set_allocations(
-        {("inproc-node", 0): Allocation("job-42", "prod", "training"), ("inproc-node", 1): Allocation("job-42", "prod", "training")}
+        {("inproc-node", 0): Allocation("job-42", "prod", "training"), ("inproc-node", 2): Allocation("job-42", "prod", "training")}
     )
     live.sim.set_health(3, Health.CRITICAL)
     try:
         joined = live.wait_series(
             'sum by (job_id) (xpod_device_memory_used_bytes{node="inproc-node"}'
-            " * on (node, device) group_left (job_id) xpod_device_allocation_info) == 96 * 2^30",
+            " * on (node, device) group_left (job_id) xpod_device_allocation_info) == 48 * 2^30",
             1,
         )
         assert joined[0]["metric"] == {"job_id": "job-42"}
         pending = live.wait_series('ALERTS{alertname="XpodDeviceUnhealthy", node="inproc-node"}', 1)
-        assert [(a["metric"]["device"], a["metric"]["alertstate"]) for a in pending] == [("3", "pending")]
+        pending = live.wait_series('ALERTS{alertname="XpodDeviceUnhealthy", node="inproc-node"}', 2)
+        # package 3 is dies 6 and 7: both are out
+        assert sorted((a["metric"]["device"], a["metric"]["alertstate"]) for a in pending) == [("6", "pending"), ("7", "pending")]
     finally:
         live.sim.set_health(3, Health.OK)
         live.sim.set_memory_used(0, 0)

@@ -175,7 +175,8 @@ def test_exposition_passes_promtool_lint(system):
     names = {f.name for f in text_string_to_metric_families(text.decode())}
     for name in ("xpod_scheduler_nodes", "xpod_scheduler_queue_wait_seconds", "xpod_scheduler_running_jobs",
                  "xpod_scheduler_preemption_attempts", "xpod_scheduler_evicted_jobs",
-                 "xpod_scheduler_largest_free_block_devices", "grpc_server_handled", "grpc_server_handling_seconds"):
+                 "xpod_scheduler_largest_free_block_devices", "grpc_server_handled", "grpc_server_handling_seconds",
+                 "xpod_scheduler_scheduling_attempt_duration_seconds", "xpod_scheduler_scheduling_cycle_duration_seconds"):
         assert name in names
     res = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert res.returncode == 0 and res.stdout.decode().strip() == "" and res.stderr.decode().strip() == "", (res.stdout, res.stderr)
@@ -307,3 +308,24 @@ def test_failed_preemption_attempt_counts_without_eviction(system):
     assert value(s, "xpod_scheduler_preemption_attempts_total") == 2  # one per cycle
     assert not any(n == "xpod_scheduler_evicted_jobs_total" for (n, _) in s)
     assert value(s, "xpod_scheduler_running_jobs", queue="research", kind="training") == 3
+
+
+def test_attempt_duration_histogram_counts_each_job_a_cycle_tried_by_result(system):
+    """One observation per job whose placement a cycle searched, labelled by what came of it;
+    the attempts' time is part of (at most) the cycle's."""
+    api, metrics, clock, who = system
+    fits = [api.submit_job(who, f"fit-{i}", job_doc(f"fit-{i}"))[0].record.id for i in range(3)]
+    api.schedule_once()
+    s = samples(metrics.registry)
+    assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="scheduled") == 3
+    assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="unschedulable") is None
+    # the pod is full: the next job is tried and stays pending, once per cycle
+    api.submit_job(who, "wait", job_doc("wait"))
+    api.schedule_once()
+    api.schedule_once()
+    s = samples(metrics.registry)
+    assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="scheduled") == 3
+    assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="unschedulable") == 2
+    attempts = sum(value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_sum", result=r) for r in ("scheduled", "unschedulable"))
+    assert 0 < attempts <= value(s, "xpod_scheduler_scheduling_cycle_duration_seconds_sum")
+    assert len(fits) == 3

@@ -161,6 +161,7 @@ def test_history_of_windows_is_accepted(real):
     "loads,shape,groups,match",
     [
         (np.ones((2, 16)), PodShape(4, 2, 2), 4, "slots"),
+        (np.ones((2, 16)), PodShape(1, 1, 18), 4, "at most 16 slots per device"),
         (np.ones((2, 16)), PodShape(4, 2, 4), 3, "groups"),
         (-np.ones((2, 16)), PodShape(4, 2, 4), 4, ">= 0"),
         (np.full((2, 16), np.nan), PodShape(4, 2, 4), 4, "NaN"),

@@ -155,12 +155,23 @@ CASES = [
     ),
     dict(
         id="preempt-never-for-a-job-that-would-not-fit",
+        # evicting "low" frees n1, but n2 holds a non-preemptible job: the gang still would not fit
         nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],
-        running=[job("low").devices(H, 8).priority("low")],
-        jobs=[job("hi").training(tasks=2).devices(H, 8).within("node").priority("high")],
+        running=[job("low").devices(H, 8).priority("low"), job("sys").devices(H, 4).priority("system")],
+        jobs=[job("hi").training(tasks=2).devices(H, 8).priority("high")],
         expect={},
         evicted=[],
         pending={"hi": ReasonCode.UNSCHEDULABLE},
+    ),
+    dict(
+        id="never-fits-a-gang-larger-than-its-node",
+        # 2 x 8 devices within one node on 8-device nodes: never, so it blocks nobody
+        nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],
+        running=[job("low").devices(H, 8).priority("low")],
+        jobs=[job("hi").training(tasks=2).devices(H, 8).within("node").priority("high"), job("next").devices(H, 4).submitted(5)],
+        expect={"next": [("n2", (0, 1, 2, 3))]},
+        evicted=[],
+        pending={"hi": ReasonCode.NEVER_FITS},
     ),
     dict(
         id="preempt-spares-non-preemptible",

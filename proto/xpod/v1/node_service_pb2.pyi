@@ -80,18 +80,20 @@ class WatchAssignmentsResponse(_message.Message):
     def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
 
 class ReportTaskStatusRequest(_message.Message):
-    __slots__ = ("job_id", "node", "state", "message", "exit_code")
+    __slots__ = ("job_id", "node", "state", "message", "exit_code", "failed_tasks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_TASKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node: str
     state: TaskState
     message: str
     exit_code: int
-    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ...) -> None: ...
+    failed_tasks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., failed_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportTaskStatusResponse(_message.Message):
     __slots__ = ("job",)

@@ -135,7 +135,7 @@ class JobEvent(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., job_id: _Optional[str] = ..., type: _Optional[_Union[JobEventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "node", "index", "vendor", "model", "health", "memory_total_bytes", "allocated_milli", "job_ids")
+    __slots__ = ("id", "node", "index", "vendor", "model", "health", "memory_total_bytes", "allocated_milli", "job_ids", "simulated")
     ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class Device(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_MILLI_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     node: str
     index: int
@@ -154,7 +155,8 @@ class Device(_message.Message):
     memory_total_bytes: int
     allocated_milli: int
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., index: _Optional[int] = ..., vendor: _Optional[str] = ..., model: _Optional[str] = ..., health: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., allocated_milli: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    simulated: bool
+    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., index: _Optional[int] = ..., vendor: _Optional[str] = ..., model: _Optional[str] = ..., health: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., allocated_milli: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("name", "devices", "labels", "ready", "last_heartbeat_time", "cpu_milli", "memory_bytes")

@@ -1,0 +1,158 @@
+"""A task's supervisor: the one process between the node agent and a task, so tasks never
+outlive their agent.
+
+Run by ``runtime.agent.ProcessExecutor`` as ``python -s -S task_supervisor.py AGENT_PID GRACE_S
+-- ARGV...`` in a new session (the supervisor's pid is the task's process-group id). Stdlib only,
+no ``site``: it starts in a few tens of milliseconds and never imports xpod. Contracts (Linux):
+
+* **The agent dies -> the task's whole process group ends.** The supervisor asks the kernel for
+  ``SIGHUP`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is
+  still ``AGENT_PID`` (the agent may have died before the request took effect). On that signal,
+  or if the parent is already gone, it sends SIGTERM to its process group, waits up to
+  ``GRACE_S`` for every member to exit, then SIGKILLs the group, and exits. The kernel's notion
+  of "parent" is the *thread* that started the supervisor: an agent starts tasks from its
+  long-lived run thread, which lives exactly as long as the agent.
+* **Descendants are reaped here.** The supervisor is a child subreaper
+  (``PR_SET_CHILD_SUBREAPER``): a grandchild whose parent exits is re-parented to it, not to
+  init, so it still belongs to the task and is waited for.
+* **The task exits -> its leftovers end too.** When the task (the supervisor's direct child)
+  exits and members of its group remain (children it left behind), they get SIGTERM, then
+  SIGKILL after ``GRACE_S``; then the supervisor exits with the task's code (a signal N reads
+  as 128 + N, as a shell reports it).
+* **A stop from the agent** (SIGTERM to the group, SIGKILL after the agent's grace) reaches the
+  task directly; the supervisor ignores SIGTERM (through a handler, so the task does not inherit
+  an ignored signal) and exits once the task has.
+* Exit code 127 with a message on stderr when the command cannot be started.
+
+Members are found in ``/proc`` (same process group, or re-parented here) and signalled by pid,
+so a descendant that called ``setsid()`` still ends as long as its parent chain reaches the
+supervisor; one that double-forked out of a new session is beyond reach (as for any
+process-group based stop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+DEATH_SIGNAL = signal.SIGHUP  # the kernel sends it when the agent dies
+POLL_S = 0.05
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: the agent's restart still reaps leftovers
+        return False
+
+
+def _members() -> set[int]:
+    """Other live processes of this task: members of this process group, and children re-parented
+    here that left it (from /proc; zombies excluded, they are reaped instead)."""
+    me, group = os.getpid(), os.getpgrp()
+    out = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+        if state != "Z" and (pgrp == group or ppid == me):
+            out.add(int(name))
+    return out
+
+
+def _reap_all() -> None:
+    """Wait for every exited child without blocking."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _end_members(grace_s: float) -> None:
+    """SIGTERM every other member of the task, wait up to ``grace_s`` for them, SIGKILL the rest.
+    Signalled by pid, not ``killpg``: the supervisor must outlive them to report the task's code."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        deadline = time.monotonic() + wait_s
+        signalled: set[int] = set()
+        while True:
+            _reap_all()
+            live = _members()
+            if not live:
+                return
+            for pid in live - signalled:  # new members (forked meanwhile) get the signal too
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            signalled |= live
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+
+
+class _ParentDied(Exception):
+    """Raised by the death-signal handler to break out of the wait."""
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[2] != "--":
+        print("usage: task_supervisor.py AGENT_PID GRACE_S -- ARGV...", file=sys.stderr)
+        return 2
+    agent_pid, grace_s, command = int(argv[0]), float(argv[1]), argv[3:]
+
+    def on_death(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise _ParentDied
+
+    try:
+        signal.signal(DEATH_SIGNAL, on_death)
+        # a handler, not SIG_IGN: the task must get the default SIGTERM after exec
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _prctl(PR_SET_PDEATHSIG, DEATH_SIGNAL)
+        if os.getppid() != agent_pid:  # the agent died before the kernel could tell us
+            raise _ParentDied
+        task = os.fork()
+        if task == 0:
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(DEATH_SIGNAL, signal.SIG_DFL)
+                os.execvp(command[0], command)
+            except OSError as err:
+                print(f"=== xpod: cannot start {command[0]!r}: {err.strerror}", file=sys.stderr, flush=True)
+            os._exit(127)
+        while True:
+            pid, status = os.waitpid(task, 0)  # a handled SIGTERM retries the wait (PEP 475)
+            if pid == task:
+                break
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        _reap_all()
+        if _members():  # the task left processes behind: they end with it
+            _end_members(grace_s)
+        return code
+    except _ParentDied:
+        signal.signal(DEATH_SIGNAL, signal.SIG_IGN)
+        _end_members(grace_s)
+        return 128 + DEATH_SIGNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
