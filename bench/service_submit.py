@@ -87,9 +87,16 @@ def document(i: int, devices: int) -> dict:
 
 
 async def run_clients(
-    addr: str, clients: int, seconds: float, devices: int, prefix: str, first: int = 0
+    addr: str, clients: int, seconds: float, devices: int, prefix: str, first: int = 0, rate_per_s: float = 0.0,
+    total_clients: int = 0,
 ) -> tuple[list[float], int, int]:
-    """CLIENTS closed-loop submitters (numbered from ``first``) for SECONDS: (latencies, errors, shed)."""
+    """CLIENTS submitters (numbered from ``first``) for SECONDS: (latencies, errors, shed).
+
+    Closed loop when ``rate_per_s`` is 0: each client sends its next request when the last one
+    returns, so the run measures latency at saturation. Otherwise open loop at ``rate_per_s``
+    in total over ``total_clients`` clients: each client sends on a fixed schedule (staggered
+    between clients) and a latency counts from the request's scheduled time, so a late send
+    after a slow reply is charged to the latency (no coordinated omission, as in wrk2)."""
     import grpc
 
     from xpod.proto.xpod.v1 import job_service_pb2, job_service_pb2_grpc
@@ -108,6 +115,8 @@ async def run_clients(
         async with grpc.aio.insecure_channel(addr) as ch:
             stub = job_service_pb2_grpc.JobServiceStub(ch)
             i = 0
+            interval_s = (total_clients or clients) / rate_per_s if rate_per_s > 0 else 0.0
+            due = time.perf_counter() + interval_s * worker / (total_clients or clients)
             while time.perf_counter() < stop_at:
                 n = worker * 1_000_000 + i
                 req = job_service_pb2.SubmitJobRequest()
@@ -117,7 +126,14 @@ async def run_clients(
                 fields["metadata"].struct_value.fields["name"].string_value = f"bench-{n}"
                 fields["spec"].struct_value.fields["queue"].string_value = f"q{n % 4}"
                 i += 1
-                t0 = time.perf_counter()
+                if interval_s:
+                    wait_s = due - time.perf_counter()
+                    if wait_s > 0:
+                        await asyncio.sleep(wait_s)
+                    t0 = due
+                    due += interval_s
+                else:
+                    t0 = time.perf_counter()
                 try:
                     await stub.SubmitJob(req, timeout=10)
                 except grpc.aio.AioRpcError as err:
@@ -133,23 +149,23 @@ async def run_clients(
 
 
 def _client_process(addr: str, clients: int, first: int, warmup_s: float, start_at: float, seconds: float,
-                    devices: int, out) -> None:
+                    devices: int, out, rate_per_s: float = 0.0, total_clients: int = 0) -> None:
     """One client process: warm up, wait for the common start, measure; sends (latencies,
     errors, shed, cpu_s) back on ``out``."""
     import resource
 
     if warmup_s > 0:
-        asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first))
+        asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first, rate_per_s, total_clients))
     time.sleep(max(0.0, start_at - time.time()))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    lat, errors, shed = asyncio.run(run_clients(addr, clients, seconds, devices, "run", first))
+    lat, errors, shed = asyncio.run(run_clients(addr, clients, seconds, devices, "run", first, rate_per_s, total_clients))
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     out.send((lat, errors, shed, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
     out.close()
 
 
 def run_client_processes(
-    addr: str, clients: int, processes: int, warmup_s: float, seconds: float, devices: int
+    addr: str, clients: int, processes: int, warmup_s: float, seconds: float, devices: int, rate_per_s: float = 0.0
 ) -> tuple[list[float], int, int, float, float]:
     """CLIENTS submitters spread over PROCESSES processes, measuring the same SECONDS window:
     (latencies, errors, shed, elapsed_s, client_cpu_s)."""
@@ -163,7 +179,7 @@ def run_client_processes(
     for i in range(processes):
         n = share + (1 if i < extra else 0)
         recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_client_process, args=(addr, n, first, warmup_s, start_at, seconds, devices, send))
+        p = ctx.Process(target=_client_process, args=(addr, n, first, warmup_s, start_at, seconds, devices, send, rate_per_s, clients))
         p.start()
         send.close()
         procs.append(p)
@@ -217,6 +233,11 @@ def main() -> int:
         "queue grows past the cluster and every scheduling cycle walks it)",
     )
     ap.add_argument("--cycle-interval", default="0.5")
+    ap.add_argument(
+        "--rate", type=float, default=0.0,
+        help="offered submissions/s in total (open loop, latency from each request's scheduled time); "
+        "0 = closed loop, every client as fast as replies come",
+    )
     ap.add_argument("--no-scheduling", action="store_true", help="measure the API and store alone (no scheduling thread)")
     ap.add_argument("--core-process", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old command lines
     ap.add_argument(
@@ -230,6 +251,8 @@ def main() -> int:
     ap.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rate < 0:
+        ap.error(f"--rate must be >= 0 submissions/s, got {args.rate}")
     if args.clients < 1 or args.client_processes < 1 or args.client_processes > args.clients:
         ap.error("--clients must be >= 1 and --client-processes between 1 and --clients")
     if args.serve_only:
@@ -245,11 +268,11 @@ def main() -> int:
                 import resource
 
                 if args.warmup > 0:
-                    asyncio.run(run_clients(addr, args.clients, args.warmup, args.devices, "warm"))
+                    asyncio.run(run_clients(addr, args.clients, args.warmup, args.devices, "warm", 0, args.rate))
                 server_cpu0 = _cpu_s(proc.pid)
                 r0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
-                lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run"))
+                lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run", 0, args.rate))
                 elapsed = time.perf_counter() - t0
                 r1 = resource.getrusage(resource.RUSAGE_SELF)
                 server_cpu_s = _cpu_s(proc.pid) - server_cpu0
@@ -260,7 +283,7 @@ def main() -> int:
                 server_cpu0 = _cpu_s(proc.pid)
                 t_all = time.perf_counter()
                 lat, errors, shed, elapsed, client_cpu_s = run_client_processes(
-                    addr, args.clients, args.client_processes, args.warmup, args.seconds, args.devices
+                    addr, args.clients, args.client_processes, args.warmup, args.seconds, args.devices, args.rate
                 )
                 server_cpu_s = (_cpu_s(proc.pid) - server_cpu0) * elapsed / (time.perf_counter() - t_all)
         finally:
@@ -275,6 +298,7 @@ def main() -> int:
     result = {
         "scheduling": "none" if args.no_scheduling else ("in process" if args.core_in_process else "child process"),
         "clients": args.clients,
+        "offered_per_s": args.rate or "closed loop",
         "client_processes": args.client_processes,
         "seconds": round(elapsed, 2),
         "acknowledged": len(lat),

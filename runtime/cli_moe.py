@@ -44,6 +44,8 @@ def register(commands) -> None:
     p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.0, metavar="F",
                    help="with F > 0, a second plan pins first replicas to home nodes and layers switch to it while the "
                         "summed max device load stays within (1+F) x the main plan's (default 0: off)")
+    p.add_argument("--refine-passes", type=_nonnegative_int("--refine-passes"), default=8, metavar="K",
+                   help="swap passes after packing (default 8; fewer is faster and balances a little less)")
     p.add_argument("--hedge", type=float, default=0.0, metavar="H", help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)")
     p.add_argument("--robust", action="store_true",
                    help="plan for the next window: the last --workload name is the latest window, the others its "
@@ -167,6 +169,7 @@ def cmd_place(args) -> int:
         placement = place(
             loads, shape, num_groups=args.groups, policy=args.policy, locality=args.locality, hedge=args.hedge,
             previous=previous, max_moves=args.max_moves, balance_tolerance=args.balance_tolerance,
+            refine_steps=args.refine_passes,
         )
     _write_json(args.out, placement.to_json())
     current = loads if loads.ndim == 2 else loads[-1]

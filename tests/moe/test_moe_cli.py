@@ -59,6 +59,7 @@ def test_place_then_show_then_incremental(tmp_path):
         (["--devices", "x"], "--devices must be a positive integer"),
         (["--max-moves", "5"], "--max-moves needs --previous"),
         (["--hedge", "1.5"], "--hedge"),
+        (["--refine-passes", "-1"], "--refine-passes must be an integer >= 0, got -1"),
         (["--previous", "/nonexistent.json"], "/nonexistent.json: no such file"),
     ],
 )
@@ -109,3 +110,23 @@ def test_slots_at_or_above_the_expert_count_are_the_total_per_layer():
     assert slots_per_device(256, 32, 256) == 8
     with pytest.raises(XpodError, match="multiple of --devices 64; use e.g. 384"):
         slots_per_device(321, 64, 256)
+
+
+def test_refine_passes_trade_time_for_balance(tmp_path):
+    """``--refine-passes 0`` is the packing alone; the default swap passes only raise balance."""
+    from xpod.runtime.cli import main
+
+    results = {}
+    for passes in ("0", "8"):
+        out = tmp_path / f"p{passes}.json"
+        code = main(["moe", "place", "--loads", FIXTURE, "--workload", "decode_in1000out1000", "--devices", "64",
+                     "--nodes", "8", "--slots", "5", "--traffic-tokens", "0", "--refine-passes", passes,
+                     "--out", str(out), "--json"])
+        assert code == 0
+        doc = json.loads(out.read_text())
+        from xpod.runtime.moe.score import score
+
+        loads = np.load(FIXTURE)["decode_in1000out1000"]
+        results[passes] = score(loads, np.array(doc["phy2log"]), np.array(doc["slot_device"]), np.arange(64) // 8,
+                                np.array(doc["slot_share"]), 8).balancedness
+    assert results["8"] > results["0"]
