@@ -41,12 +41,13 @@ def serve_without_scheduling(cluster: str, db: str) -> None:
     from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
     from xpod.scheduler.service import build_server
 
-    from xpod.scheduler.gc_tuning import GcFreezer
+    from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
 
     c = load_cluster(cluster)
     api = SchedulerApi(db, CorePlacer(c), nodes=cluster_inventory(c), cluster_name=c.name)
     running = build_server(api, Authenticator.open_server(), "127.0.0.1:0")
     GcFreezer().start()  # as xpod server does
+    tune_switch_interval()
     print(f"xpod server: listening on 127.0.0.1:{running.port} (no scheduling)", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     running.stop(0)
@@ -143,8 +144,17 @@ async def run_clients(
                         errors += 1
                     continue
                 latencies.append(time.perf_counter() - t0)
+                if trace is not None:
+                    trace.append((t0, latencies[-1]))
 
+    # debug timeline (XPOD_TRACE, see scheduler/trace.py): each request's start (perf_counter is
+    # CLOCK_MONOTONIC, the server's clock too) and latency, for matching with the server's rows
+    trace_path = os.environ.get("XPOD_TRACE")
+    trace = [] if trace_path and prefix == "run" else None
     await asyncio.gather(*(one(w) for w in range(first, first + clients)))
+    if trace is not None:
+        with open(f"{trace_path}.client{first}", "w", encoding="utf-8") as f:
+            f.write("".join(f"client\t{t0}\t{lat}\n" for t0, lat in trace))
     return latencies, errors, shed
 
 

@@ -178,11 +178,13 @@ def cmd_server(args) -> int:
             api.close()
             raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
     api.start()
-    from xpod.scheduler.gc_tuning import GcFreezer
+    from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
 
     # the server keeps every job in memory: without this, full GC passes that walk all of them
     # stall every call in flight, longer as jobs accumulate (scheduler/gc_tuning.py)
     freezer = GcFreezer().start()
+    # the store writer wins the GIL back from the busy event loop sooner (scheduler/gc_tuning.py)
+    tune_switch_interval()
     jobs = len(api.store.load_jobs())
     devices = sum(len(n.devices) for n in nodes)
     if authenticator.open:

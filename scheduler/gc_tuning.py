@@ -18,8 +18,24 @@ checks it), so that backlog stays small.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
+
+# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+# The server's store writer gives the GIL up around every SQLite call (BEGIN, the inserts, the
+# COMMIT's fsync) and must win it back each time from the busy event-loop thread; at 5 ms a
+# group commit that needs the GIL half a dozen times could take 30 ms more than its fsync, and
+# every submission in it waited. At 1 ms, A/B runs of bench/service_submit.py in turns
+# (README "Scheduler service") gave a lower p99 and more submissions/s in most pairs.
+SERVER_SWITCH_INTERVAL_S = 0.001
+
+
+def tune_switch_interval(seconds: float = SERVER_SWITCH_INTERVAL_S) -> float:
+    """Set the interpreter's GIL switch interval for a server process; returns the old one."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    return old
 
 
 class GcFreezer:
@@ -65,4 +81,4 @@ class GcFreezer:
         gc.unfreeze()
 
 
-__all__ = ["GcFreezer"]
+__all__ = ["GcFreezer", "SERVER_SWITCH_INTERVAL_S", "tune_switch_interval"]

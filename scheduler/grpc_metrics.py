@@ -28,6 +28,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+def _handler_parts(handler: grpc.RpcMethodHandler) -> tuple[Callable, str, Callable]:
+    """(behaviour, grpc_type label, handler factory) of a method handler, by its streaming shape."""
+    if handler.unary_unary is not None:
+        return handler.unary_unary, "unary", grpc.unary_unary_rpc_method_handler
+    if handler.unary_stream is not None:
+        return handler.unary_stream, "server_stream", grpc.unary_stream_rpc_method_handler
+    if handler.stream_unary is not None:
+        return handler.stream_unary, "client_stream", grpc.stream_unary_rpc_method_handler
+    return handler.stream_stream, "bidi_stream", grpc.stream_stream_rpc_method_handler
+
+
 def _split(full_method: str) -> tuple[str, str]:
     """``/xpod.v1.JobService/SubmitJob`` -> (``xpod.v1.JobService``, ``SubmitJob``)."""
     service, _, method = full_method.lstrip("/").rpartition("/")
@@ -103,14 +114,7 @@ class _Interceptor(grpc.ServerInterceptor):
             return None
         service, method = _split(handler_call_details.method)
         m = self._m
-        if handler.unary_unary is not None:
-            inner, kind, factory = handler.unary_unary, "unary", grpc.unary_unary_rpc_method_handler
-        elif handler.unary_stream is not None:
-            inner, kind, factory = handler.unary_stream, "server_stream", grpc.unary_stream_rpc_method_handler
-        elif handler.stream_unary is not None:
-            inner, kind, factory = handler.stream_unary, "client_stream", grpc.stream_unary_rpc_method_handler
-        else:
-            inner, kind, factory = handler.stream_stream, "bidi_stream", grpc.stream_stream_rpc_method_handler
+        inner, kind, factory = _handler_parts(handler)
         streaming_response = handler.response_streaming
 
         if not streaming_response:
@@ -169,14 +173,7 @@ class _AioInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     service, method = _split(full_method)
-    if handler.unary_unary is not None:
-        inner, kind, factory = handler.unary_unary, "unary", grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream is not None:
-        inner, kind, factory = handler.unary_stream, "server_stream", grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary is not None:
-        inner, kind, factory = handler.stream_unary, "client_stream", grpc.stream_unary_rpc_method_handler
-    else:
-        inner, kind, factory = handler.stream_stream, "bidi_stream", grpc.stream_stream_rpc_method_handler
+    inner, kind, factory = _handler_parts(handler)
     if not (inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)):
         return handler  # a plain function runs on grpc's migration pool: not counted
     # the label children once per method, not per call

@@ -24,6 +24,7 @@ import functools
 import inspect
 import math
 import threading
+import time
 from typing import Any, Callable
 
 import grpc
@@ -46,6 +47,7 @@ from xpod.proto.xpod.v1 import (
 )
 from xpod.scheduler.api import ERROR_DOMAIN, ApiError, Code, DeviceView, JobView, NodeView, SchedulerApi, Submission, TaskState
 from xpod.scheduler.auth import Authenticator, AuthError, Principal, Unauthenticated
+from xpod.scheduler import trace as _trace
 from xpod.scheduler.store import AllocationRecord, EventRecord, JobRecord, JobState, PendingReasonRecord
 
 SERVICE_NAMES = (
@@ -360,6 +362,7 @@ class _LoopWaiter:
         self._loop = loop
         self._lock = threading.Lock()
         self._ready: list[tuple[asyncio.Future, concurrent.futures.Future]] = []
+        self._trace_first = 0.0  # debug timeline only (XPOD_TRACE): when the first waiting one resolved
 
     def wait(self, cf: concurrent.futures.Future) -> asyncio.Future:
         af = self._loop.create_future()
@@ -371,6 +374,8 @@ class _LoopWaiter:
                 first = not self._ready
                 self._ready.append((af, done))
             if first:
+                if _trace.ENABLED:
+                    self._trace_first = time.monotonic()
                 try:
                     self._loop.call_soon_threadsafe(self._drain)
                 except RuntimeError:  # the loop closed (server stopped): nobody waits any more
@@ -382,6 +387,8 @@ class _LoopWaiter:
     def _drain(self) -> None:
         with self._lock:
             ready, self._ready = self._ready, []
+        if _trace.ENABLED:
+            _trace.add("drain", self._trace_first, time.monotonic(), len(ready))
         for af, cf in ready:
             if af.done():  # its caller gave up (deadline) meanwhile
                 continue
@@ -429,9 +436,13 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
         # On the event loop: the checks are short (parse and never-fits answers are cached per
         # job shape), the write is queued, and the call waits for its group commit without a
         # thread of its own.
+        if _trace.ENABLED:
+            t_start = time.monotonic()
         document = struct_to_dict(request.job) if request.HasField("job") else None
         submission: Submission = self.api.begin_submit(principal, request.request_id, document)
         waiting = self.waiter.wait(submission.future)
+        if _trace.ENABLED:
+            t_queued = time.monotonic()
         # grpc.aio cancels this coroutine when the client's deadline passes; a call without a
         # deadline is bounded here instead
         expire = None
@@ -448,9 +459,14 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
         finally:
             if expire is not None:
                 expire.cancel()
+        if _trace.ENABLED:
+            t_resumed = time.monotonic()
         view, created = submission.finish(result)
         same = created or view.record.request_id == request.request_id
-        return job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
+        response = job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
+        if _trace.ENABLED:
+            _trace.add("submit", t_start, t_queued, t_resumed, time.monotonic())
+        return response
 
     @_rpc
     def GetJob(self, request, context, principal):
@@ -786,4 +802,19 @@ async def _start(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    if _trace.ENABLED:
+        _TRACE_TASKS.add(loop.create_task(_trace_loop_lag()))  # the loop keeps tasks only weakly
     return server, health_servicer, port
+
+
+_TRACE_TASKS: set = set()
+
+
+async def _trace_loop_lag(period_s: float = 0.005) -> None:
+    # debug timeline only: how late the loop wakes for a short timer (a blocked loop)
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(period_s)
+        lag_s = time.monotonic() - t - period_s
+        if lag_s > 0.002:
+            _trace.add("lag", t, lag_s)

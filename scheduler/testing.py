@@ -144,4 +144,27 @@ def placements(result_or_bindings) -> dict[str, list[tuple[str, tuple[int, ...]]
     return out
 
 
-__all__ = ["node", "job", "placements", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]
+def run_case(case: dict):
+    """Run one declarative case: ``nodes`` (builders), optional ``queues``, ``profile`` (dict),
+    ``running`` (jobs placed first, at t=0; all must bind) and ``jobs`` submitted after them,
+    then one cycle at ``now`` (default 1.0). Returns ``(scheduler, CycleResult)``."""
+    from .core import Scheduler
+    from .model import Queue
+    from .profile import profile_from_dict
+
+    t = [0.0]
+    profile = profile_from_dict(case["profile"]) if "profile" in case else None
+    s = Scheduler([n.build() for n in case["nodes"]], queues=case.get("queues", [Queue("default")]), profile=profile,
+                  clock=lambda: t[0])
+    for j in case.get("running", []):
+        s.submit(j.build())
+    if case.get("running"):
+        first = s.cycle()
+        assert {b.job_id for b in first.bindings} == {j.build().id for j in case["running"]}, "setup jobs must all run"
+    for j in case["jobs"]:
+        s.submit(j.build())
+    t[0] = case.get("now", 1.0)
+    return s, s.cycle()
+
+
+__all__ = ["node", "job", "placements", "run_case", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]

@@ -414,7 +414,14 @@ def _pack_free(
 ) -> np.ndarray:
     """:func:`_pack` without pinned homes and without the group penalty (the main plan's case),
     with the per-item work cut to a few ``[layers, devices]`` operations: this loop over items
-    is the algorithm's cost centre. Same choices as :func:`_pack` with the same arguments."""
+    is the algorithm's cost centre. Same choices as :func:`_pack` with the same arguments.
+
+    What keeps the loop short (every line below runs once per item, 320 times at EP64):
+    the static cost of an item (home penalty or tie-break) is one row gather from a per-layer
+    table of ``nodes + 1`` possible rows; the "already holds this expert" block and the
+    replica-spread penalty live in one additive ``[layers, devices]`` array (``inf`` or the
+    penalty) instead of boolean masks; the chosen devices are kept per item and written to the
+    output once at the end; all per-layer updates go through flat indices."""
     layers, items = item_expert.shape
     num_devices = capacity.shape[1]
     num_nodes = int(device_node.max()) + 1
@@ -424,82 +431,127 @@ def _pack_free(
     ex = np.take_along_axis(item_expert, order, axis=1)
     ld = np.take_along_axis(item_load, order, axis=1)
     pr = np.take_along_axis(item_primary, order, axis=1)
-    padded = (ex < 0).any(axis=0)
+    valid = ex >= 0
+    padded = (~valid).any(axis=0)
     # cont[p]: in some layer item p is another replica of item p-1's expert (replicas of one
     # expert are consecutive: equal loads). Only then do "devices holding it" need tracking.
     cont = np.zeros(items + 1, dtype=bool)
-    cont[1:items] = ((ex[:, 1:] == ex[:, :-1]) & (ex[:, 1:] >= 0)).any(axis=0)
-    home = None if soft_homes is None else np.take_along_axis(soft_homes, np.maximum(ex, 0), axis=1)
+    cont[1:items] = ((ex[:, 1:] == ex[:, :-1]) & valid[:, 1:]).any(axis=0)
+    ex_t = np.ascontiguousarray(ex.T)  # [items, layers]: one contiguous row per item
+    ld_t = np.ascontiguousarray(ld.T)
     tie = 1e-9 * unit[:, None]
-    # First replicas pay (a tie-break plus) ``home_penalty`` off their home node; extra replicas
-    # lean to the last devices, which the homes fill last.
-    off_home = (tie + home_penalty * unit[:, None])[:, :, None]
+    # Extra replicas lean to the last devices, which the homes fill last.
     tail = tie * (1.0 - np.arange(num_devices) / num_devices)[None, :]
-    spread = spread_penalty * unit[:, None]
+    base_dev = rows * num_devices
+    if soft_homes is None:
+        static_rows = None
+    else:
+        # First replicas pay (a tie-break plus) ``home_penalty`` off their home node: row n of
+        # a layer's table is the cost with home node n, row ``num_nodes`` the extra replicas'.
+        off_home = (tie + home_penalty * unit[:, None])[:, :, None]
+        table = np.empty((layers, num_nodes + 1, num_devices))
+        table[:, :num_nodes] = off_home * (device_node[None, None, :] != np.arange(num_nodes)[None, :, None])
+        table[:, num_nodes] = tail
+        static_rows = table.reshape(layers * (num_nodes + 1), num_devices)
+        home = np.take_along_axis(soft_homes, np.maximum(ex, 0), axis=1)
+        static_idx = np.ascontiguousarray((rows[:, None] * (num_nodes + 1) + np.where(pr, home, num_nodes)).T)
+    spread = spread_penalty * unit
+    spread_col = spread[:, None]
+    node_members = None
+    if spread_penalty:
+        # node_members[l * devices + d]: flat indices of the devices on d's node in layer l
+        # (padded with the node's first device, so uneven nodes work too)
+        members = [np.nonzero(device_node == n)[0] for n in range(num_nodes)]
+        width = max(len(m) for m in members)
+        pad = np.array([np.r_[m, np.full(width - len(m), m[0])] for m in members])
+        node_members = (base_dev[:, None, None] + pad[device_node][None, :, :]).reshape(layers * num_devices, width)
     dev_load = np.zeros((layers, num_devices))
     eff = np.where(capacity <= 0, np.inf, 0.0)  # the load the argmin sees: +inf once full
-    used = np.zeros((layers, num_devices), dtype=np.int64)
-    took = np.zeros((layers, num_devices), dtype=bool)  # devices holding the current expert
-    took_node = np.zeros((layers, num_nodes), dtype=bool)
+    room = capacity.astype(np.int64)  # free slots per device
+    # full_cost[room left]: 0.0 (adding it is exact) while a device has room, +inf once it has
+    # none; negative indices (an over-full device, only after a failed argmin, reported below)
+    # wrap to the +inf tail
+    cap_max = int(max(capacity.max(), 0))
+    full_cost = np.full(cap_max + 2 + items, np.inf)
+    full_cost[1 : cap_max + 1] = 0.0
+    # block: +inf on devices holding the current expert, the spread penalty on the other
+    # devices of their nodes, 0 elsewhere; rows are cleared where a layer's expert changes
+    block = np.zeros((layers, num_devices))
+    flat_load, flat_eff, flat_room, flat_block = dev_load.reshape(-1), eff.reshape(-1), room.reshape(-1), block.reshape(-1)
+    flat_cost = np.empty(layers * num_devices)
+    cost = flat_cost.reshape(layers, num_devices)
     out = np.full((layers, items), -1, dtype=np.int64)
-    # updates go through flat views with one index per layer (cheaper than 2-D fancy indexing)
-    flat_load, flat_eff, flat_used, flat_took = dev_load.reshape(-1), eff.reshape(-1), used.reshape(-1), took.reshape(-1)
-    flat_cap, flat_took_node, flat_out = capacity.reshape(-1), took_node.reshape(-1), out.reshape(-1)
-    base_dev, base_node, base_out = rows * num_devices, rows * num_nodes, rows * items
-    chunk = 32  # the home costs of 32 items at a time: [layers, 32, devices]
-    static = tail
-    prev = None
+    chosen = []  # per item from ``written`` on: [layers] device (garbage in padded layers)
+    written = 0
     for p in range(items):
-        if home is not None and p % chunk == 0:
-            c = slice(p, min(p + chunk, items))
-            static_chunk = np.where(pr[:, c, None], off_home * (device_node[None, None, :] != home[:, c, None]), tail[:, None, :])
-        if home is not None:
-            static = static_chunk[:, p % chunk]
-        e = ex[:, p]
-        cost = eff + static
+        if static_rows is None:
+            np.add(eff, tail, out=cost)
+        else:
+            if p % 32 == 0:  # the static rows of the next 32 items in one gather
+                static_chunk = np.take(static_rows, static_idx[p : p + 32], axis=0)
+            np.add(eff, static_chunk[p % 32], out=cost)
+        e = ex_t[p]
         if cont[p]:
             # layers where this item continues the previous expert keep its devices blocked
-            same = (e == prev)[:, None]
-            took &= same
-            took_node &= same
-            if spread_penalty:
-                cost += spread * took_node[:, device_node]
-            cost[took] = np.inf
+            changed = e != ex_t[p - 1]
+            block[changed] = 0.0
+            cost += block
             d = cost.argmin(axis=1)
-            stuck = np.isinf(cost[rows, d]) & (e >= 0)
-            if stuck.any():
-                # every device with room already holds this expert (dense pods): make room
-                for layer in np.nonzero(stuck)[0]:
-                    d[layer] = _make_room(layer, int(e[layer]), ex, ld, out, order, dev_load, eff, used, capacity)
+            at = flat_cost[base_dev + d]
+            if at.max() == np.inf:
+                stuck = np.isinf(at) & valid[:, p]
+                if stuck.any():
+                    # every device with room already holds this expert (dense pods): make room;
+                    # the earlier choices go to ``out`` first, as _make_room moves one of them
+                    if chosen:
+                        _write_chosen(out, order, valid, chosen, written)
+                        written, chosen = p, []
+                    for layer in np.nonzero(stuck)[0]:
+                        d[layer] = _make_room(layer, int(e[layer]), ex, ld, out, order, dev_load, eff, room, capacity)
         else:
             d = cost.argmin(axis=1)
         if padded[p]:
-            r = rows[e >= 0]
-            dd, item_ld = d[r], ld[r, p]
+            r = rows[valid[:, p]]
+            dd, item_ld = d[r], ld_t[p, r]
+            idx = base_dev[r] + dd
         else:
-            r, dd, item_ld = rows, d, ld[:, p]
-        idx = base_dev[r] + dd
-        new_load = flat_load[idx] + item_ld
+            r, dd, item_ld = rows, d, ld_t[p]
+            idx = base_dev + d
+        new_load = flat_load[idx]
+        new_load += item_ld
         flat_load[idx] = new_load
-        u = flat_used[idx] + 1
-        flat_used[idx] = u
-        flat_eff[idx] = np.where(u >= flat_cap[idx], np.inf, new_load)
+        left = flat_room[idx]
+        left -= 1
+        flat_room[idx] = left
+        flat_eff[idx] = new_load + full_cost[left]
         if cont[p + 1]:
             if not cont[p]:
-                took[:] = False
-                took_node[:] = False
-            flat_took[idx] = True
-            flat_took_node[base_node[r] + device_node[dd]] = True
-        flat_out[base_out[r] + order[r, p]] = dd
-        prev = e
+                block.fill(0.0)
+            if node_members is not None:
+                mates = np.take(node_members, idx, axis=0)
+                flat_block[mates] = np.maximum(flat_block[mates], spread_col if r is rows else spread[r][:, None])
+            flat_block[idx] = np.inf
+        chosen.append(d)
+    _write_chosen(out, order, valid, chosen, written)
     # Without a replica in flight only full devices are blocked: an argmin that landed on one
     # (all were full) shows as an over-full device.
-    if (used > capacity).any():
+    if (room < 0).any():
         raise AssertionError("packing ran out of feasible devices")
     return out
 
 
-def _make_room(layer, expert, ex, ld, out, order, dev_load, eff, used, capacity) -> int:
+def _write_chosen(out: np.ndarray, order: np.ndarray, valid: np.ndarray, chosen: list, start: int) -> None:
+    """Write the devices chosen for sorted items ``start..start + len(chosen)`` into ``out``
+    (indexed by original item position); padding items stay -1."""
+    if not chosen:
+        return
+    stop = start + len(chosen)
+    dev = np.stack(chosen, axis=1)
+    cols = order[:, start:stop]
+    np.put_along_axis(out, cols, np.where(valid[:, start:stop], dev, -1), axis=1)
+
+
+def _make_room(layer, expert, ex, ld, out, order, dev_load, eff, room, capacity) -> int:
     """Greedy packing got stuck in ``layer``: every device with a free slot already holds
     ``expert``. Move some other expert ``f`` from a full device ``b`` that lacks ``expert`` to
     a device ``a`` with room that lacks ``f``; ``b`` then takes ``expert``. Returns ``b``."""
@@ -511,7 +563,7 @@ def _make_room(layer, expert, ex, ld, out, order, dev_load, eff, used, capacity)
     item_exp[order[layer]] = ex[layer]
     item_ld[order[layer]] = ld[layer]
     held = [set(item_exp[placed & (item_dev == dev)].tolist()) for dev in range(num_devices)]
-    rooms = [dev for dev in range(num_devices) if used[layer, dev] < capacity[layer, dev]]
+    rooms = [dev for dev in range(num_devices) if room[layer, dev] > 0]
     for b in range(num_devices):
         if expert in held[b] or capacity[layer, b] <= 0:
             continue
@@ -522,10 +574,10 @@ def _make_room(layer, expert, ex, ld, out, order, dev_load, eff, used, capacity)
                     out[layer, item] = a
                     dev_load[layer, a] += item_ld[item]
                     dev_load[layer, b] -= item_ld[item]
-                    used[layer, a] += 1
-                    used[layer, b] -= 1
+                    room[layer, a] -= 1
+                    room[layer, b] += 1
                     for dev in (a, b):
-                        eff[layer, dev] = np.inf if used[layer, dev] >= capacity[layer, dev] else dev_load[layer, dev]
+                        eff[layer, dev] = np.inf if room[layer, dev] <= 0 else dev_load[layer, dev]
                     return b
     raise AssertionError("packing ran out of feasible devices")  # more replicas than devices
 
@@ -787,10 +839,10 @@ def water_fill_shares(
     valid = phy2log >= 0
     pe = np.where(valid, phy2log, 0)
     rows2 = np.broadcast_to(np.arange(layers)[:, None], phy2log.shape)
-    counts = np.zeros(w.shape, dtype=np.int64)
-    np.add.at(counts, (rows2[valid], pe[valid]), 1)
-    share = np.where(valid, 1.0 / np.maximum(counts[rows2, pe], 1), 0.0)
-    multi = valid & (counts[rows2, pe] > 1)
+    counts = np.bincount((rows2 * w.shape[1] + pe)[valid], minlength=w.size).reshape(w.shape)
+    slot_count = np.take_along_axis(counts, pe, axis=1)
+    share = np.where(valid, 1.0 / np.maximum(slot_count, 1), 0.0)
+    multi = valid & (slot_count > 1)
     if not multi.any():
         return share
     # Replicas of multi-replica experts as a padded table [experts_with_replicas, rmax] of slots.
@@ -810,30 +862,64 @@ def water_fill_shares(
     wexp = w.ravel()[key[start]][:, None]
     dev = slot_device[tab_s]
     ew = np.where(valid, np.take_along_axis(w, pe, axis=1), 0.0)
-    ranks = np.arange(1, rmax + 1)[None, :]
     flat_dev = (rows2 * num_devices + slot_device[None, :]).ravel()
     # flat indices, computed once: the table's slots in ``share`` and its devices in ``dl``
     tab_flat = tab_l * slots + tab_s
-    real = ~pad
-    real_flat = tab_flat[real]
     tab_dev = tab_l * num_devices + dev
     share_flat = share.reshape(-1)
     ew_flat = ew.ravel()
-    last = np.arange(len(start))
+    # Most experts with replicas have exactly two (about 80% at EP64): their rows are done
+    # column by column (the same operations on the same values, without the sort and the
+    # padding: sort = min/max, level_1 = (w + s0) / 1, level_2 = (w + (s0 + s1)) / 2), the rest
+    # in the padded table. Rows are independent, and every part reads only its own slots'
+    # shares, so updating the parts in turn is still a Jacobi step.
+    two = size == 2
+    pair = rest = None
+    if two.any():
+        pair = (tab_flat[two, 0], tab_flat[two, 1], tab_dev[two, 0], tab_dev[two, 1], wexp[two, 0])
+    if not two.all():
+        many = ~two
+        r_pad = pad[many]
+        rest = (tab_flat[many], tab_dev[many], r_pad, ~r_pad, tab_flat[many][~r_pad], wexp[many],
+                np.arange(1, rmax + 1)[None, :], np.arange(int(many.sum())), bool(r_pad.any()))
     for _ in range(iterations):
         dl = np.bincount(flat_dev, weights=ew_flat * share_flat, minlength=layers * num_devices)
-        mine = wexp * share_flat[tab_flat]
-        other = np.where(pad, np.inf, dl[tab_dev] - mine)
-        srt = np.sort(other, axis=1)
-        finite = np.isfinite(srt)
-        csum = np.cumsum(np.where(finite, srt, 0.0), axis=1)
-        level = (wexp + csum) / ranks
-        n_active = np.maximum(((srt < level) & finite).sum(axis=1), 1)
-        c = level[last, n_active - 1][:, None]
-        new = np.where(pad, 0.0, np.clip(c - other, 0.0, None))
-        tot = new.sum(axis=1, keepdims=True)
-        frac = np.divide(new, tot, out=np.full_like(new, 0.0), where=tot > 0)
-        share_flat[real_flat] = 0.5 * share_flat[real_flat] + 0.5 * frac[real]
+        if pair is not None:
+            f0, f1, v0, v1, wp = pair
+            o0 = dl[v0] - wp * share_flat[f0]
+            o1 = dl[v1] - wp * share_flat[f1]
+            s0, s1 = np.minimum(o0, o1), np.maximum(o0, o1)
+            level1 = wp + s0
+            level2 = (wp + (s0 + s1)) / 2
+            c = np.where((s0 < level1).astype(np.int64) + (s1 < level2) >= 2, level2, level1)
+            n0, n1 = np.clip(c - o0, 0.0, None), np.clip(c - o1, 0.0, None)
+            tot = n0 + n1
+            frac0 = np.divide(n0, tot, out=np.zeros_like(n0), where=tot > 0)
+            frac1 = np.divide(n1, tot, out=np.zeros_like(n1), where=tot > 0)
+            share_flat[f0] = 0.5 * share_flat[f0] + 0.5 * frac0
+            share_flat[f1] = 0.5 * share_flat[f1] + 0.5 * frac1
+        if rest is not None:
+            b_flat, b_dev, b_pad, b_real, b_real_flat, b_w, ranks, last, padded = rest
+            mine = b_w * share_flat[b_flat]
+            if padded:
+                other = np.where(b_pad, np.inf, dl[b_dev] - mine)
+                srt = np.sort(other, axis=1)
+                finite = np.isfinite(srt)
+                csum = np.cumsum(np.where(finite, srt, 0.0), axis=1)
+                level = (b_w + csum) / ranks
+                n_active = np.maximum(((srt < level) & finite).sum(axis=1), 1)
+                c = level[last, n_active - 1][:, None]
+                new = np.where(b_pad, 0.0, np.clip(c - other, 0.0, None))
+            else:
+                other = dl[b_dev] - mine
+                srt = np.sort(other, axis=1)
+                level = (b_w + np.cumsum(srt, axis=1)) / ranks
+                n_active = np.maximum((srt < level).sum(axis=1), 1)
+                c = level[last, n_active - 1][:, None]
+                new = np.clip(c - other, 0.0, None)
+            tot = new.sum(axis=1, keepdims=True)
+            frac = np.divide(new, tot, out=np.full_like(new, 0.0), where=tot > 0)
+            share_flat[b_real_flat] = 0.5 * share_flat[b_real_flat] + 0.5 * (frac[b_real] if padded else frac.ravel())
     return share
 
 

@@ -164,67 +164,89 @@ def pair_refine(
     num_devices = len(device_node)
     if num_devices < 2 or passes <= 0:
         return phy2log
-    experts = w.shape[1]
     slot_node = device_node[slot_device]
     sl, _ = _slot_loads(w, phy2log)
     flat = (np.arange(layers)[:, None] * num_devices + slot_device[None, :]).ravel()
     dl = np.bincount(flat, weights=sl.ravel(), minlength=layers * num_devices).reshape(layers, num_devices)
-    holds = np.zeros((layers, num_devices, experts), dtype=bool)
-    lr, sc = np.nonzero(phy2log >= 0)
-    holds[lr, slot_device[sc], phy2log[lr, sc]] = True
     per_dev = np.bincount(slot_device, minlength=num_devices)
     smax = int(per_dev.max())
     first = np.searchsorted(slot_device, np.arange(num_devices))
     dev_slots = np.where(np.arange(smax)[None, :] < per_dev[:, None], first[:, None] + np.arange(smax)[None, :], -1)
     # default: the hottest quarter (measured as good as half, at half the cost)
     pairs = max(1, num_devices // 4) if pairs is None else max(1, min(pairs, num_devices // 2))
-    rows = np.arange(layers)[:, None]  # [L, 1]
+    # The candidate swaps of a pass are laid out [hot slot, light slot, layer * pair]: the long
+    # axis last, so every elementwise step runs over long contiguous rows (with [L, K, S, S] the
+    # inner loops were S = 5 long and dominated the cost). Same values, same first-best order.
+    lk = layers * pairs
+    lk_layer = np.repeat(np.arange(layers), pairs)  # layer of every (layer, pair) column
+    lk_slot, lk_dev = lk_layer * slots, lk_layer * num_devices
+    lk_cols = np.arange(lk)
+    dev_slots_t = np.ascontiguousarray(dev_slots.T)  # [S, devices]
+    flat_p2l, flat_sl = phy2log.reshape(-1), sl.reshape(-1)
+    lk_pin_cost = None if pin_cost is None else pin_cost[lk_layer][None, :]
+    delta = np.empty((smax, smax, lk))
+    worst = np.empty_like(delta)
+    tmp = np.empty_like(delta)
     for step in range(passes):
         order = np.argsort(dl, axis=1)
         hot = order[:, ::-1][:, :pairs]  # [L, K], hottest first
         light = np.roll(order[:, :pairs], -(step % pairs), axis=1) if step % 2 else order[:, :pairs]
-        a_s = dev_slots[hot]  # [L, K, S]
-        b_s = dev_slots[light]
+        hot, light = hot.ravel(), light.ravel()
+        a_s = dev_slots_t[:, hot]  # [S, LK]
+        b_s = dev_slots_t[:, light]
         a_ok, b_ok = a_s >= 0, b_s >= 0
         a_s, b_s = np.maximum(a_s, 0), np.maximum(b_s, 0)
-        r3 = rows[:, :, None]
-        ea, eb = phy2log[r3, a_s], phy2log[r3, b_s]
+        fa, fb = lk_slot + a_s, lk_slot + b_s
+        ea, eb = flat_p2l[fa], flat_p2l[fb]
         a_ok &= ea >= 0
         b_ok &= eb >= 0
-        la, lb = sl[r3, a_s], sl[r3, b_s]
-        dh = np.take_along_axis(dl, hot, axis=1)[:, :, None, None]
-        dli = np.take_along_axis(dl, light, axis=1)[:, :, None, None]
-        delta = la[:, :, :, None] - lb[:, :, None, :]  # load moved from hot to light
-        worst = np.maximum(dh - delta, dli + delta)
-        ok = a_ok[:, :, :, None] & b_ok[:, :, None, :] & (ea[:, :, :, None] != eb[:, :, None, :])
-        # no duplicates: b's expert must not be on the hot device already, nor a's on the light one
-        ok &= ~holds[r3, hot[:, :, None], np.maximum(eb, 0)][:, :, None, :]
-        ok &= ~holds[r3, light[:, :, None], np.maximum(ea, 0)][:, :, :, None]
+        la, lb = flat_sl[fa], flat_sl[fb]
+        dl_flat = dl.reshape(-1)
+        dh = dl_flat[lk_dev + hot]  # [LK]
+        dli = dl_flat[lk_dev + light]
+        np.subtract(la[:, None, :], lb[None, :, :], out=delta)  # load moved from hot to light
+        np.subtract(dh, delta, out=worst)
+        np.add(dli, delta, out=tmp)
+        np.maximum(worst, tmp, out=worst)
+        # No duplicates: b's expert must not be on the hot device already, nor a's on the light
+        # one. A device holds exactly the experts of its slots, so "the hot device holds b's
+        # expert" is "some slot of the pair's hot side holds it" (and the same expert on both
+        # sides is excluded with it).
+        both = a_ok[:, None, :] & b_ok[None, :, :]
+        same = (ea[:, None, :] == eb[None, :, :]) & both
+        hot_has_b = same[0].copy()  # [S (light slot), LK]; OR over slabs: any() over a short axis is slow
+        light_has_a = same[:, 0].copy()  # [S (hot slot), LK]
+        for k in range(1, smax):
+            hot_has_b |= same[k]
+            light_has_a |= same[:, k]
+        ok = both & ~(hot_has_b[None, :, :] | light_has_a[:, None, :])
         if pinned is not None:
-            cross = (slot_node[a_s][:, :, :, None] != slot_node[b_s][:, :, None, :])
+            cross = slot_node[a_s][:, None, :] != slot_node[b_s][None, :, :]
+            flat_pin = pinned.reshape(-1)
+            pa, pb = flat_pin[fa], flat_pin[fb]
             if pin_cost is None:
-                ok &= ~cross | ~(pinned[r3, a_s][:, :, :, None] | pinned[r3, b_s][:, :, None, :])
+                ok &= ~cross | ~(pa[:, None, :] | pb[None, :, :])
             else:
-                leaving = pinned[r3, a_s][:, :, :, None].astype(np.int8) + pinned[r3, b_s][:, :, None, :]
-                worst = worst + pin_cost[:, None, None, None] * (cross * leaving)
-        gain = np.where(ok, dh - worst, -np.inf).reshape(layers, pairs, -1)
-        best = gain.argmax(axis=2)
-        bg = np.take_along_axis(gain, best[:, :, None], axis=2)[:, :, 0]
-        good = bg > 1e-9 * np.maximum(dh[:, :, 0, 0], 1e-300)
+                # pin_cost times the pinned replicas leaving their node (0, 1 or 2; 2 * c == c + c)
+                np.add((lk_pin_cost * pa)[:, None, :], (lk_pin_cost * pb)[None, :, :], out=tmp)
+                np.multiply(tmp, cross, out=tmp)
+                np.add(worst, tmp, out=worst)
+        np.subtract(dh, worst, out=tmp)
+        gain = np.where(ok, tmp, -np.inf).reshape(smax * smax, lk)
+        best = gain.argmax(axis=0)
+        bg = gain[best, lk_cols]
+        good = bg > 1e-9 * np.maximum(dh, 1e-300)
         if not good.any():
             break
-        li, ki = np.nonzero(good)
-        ia, ib = np.divmod(best[li, ki], smax)
-        sa, sb = a_s[li, ki, ia], b_s[li, ki, ib]
+        g = np.nonzero(good)[0]
+        li = lk_layer[g]
+        ia, ib = np.divmod(best[g], smax)
+        sa, sb = a_s[ia, g], b_s[ib, g]
         va, vb = phy2log[li, sa], phy2log[li, sb]
         da, db = slot_device[sa], slot_device[sb]
         moved = sl[li, sa] - sl[li, sb]
         phy2log[li, sa], phy2log[li, sb] = vb, va
         sl[li, sa], sl[li, sb] = sl[li, sb], sl[li, sa] + 0.0
-        holds[li, da, va] = False
-        holds[li, db, vb] = False
-        holds[li, da, vb] = True
-        holds[li, db, va] = True
         dl[li, da] -= moved
         dl[li, db] += moved
         if pinned is not None:

@@ -13,7 +13,7 @@ import pytest
 from xpod.scheduler.core import Scheduler
 from xpod.scheduler.model import PriorityClass, Queue, ReasonCode
 from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.testing import job, node, placements
+from xpod.scheduler.testing import job, node, placements, run_case
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -278,25 +278,9 @@ CASES = [
 ]
 
 
-def _run(case):
-    t = [0.0]
-    queues = case.get("queues", [__import__("xpod.scheduler.model", fromlist=["Queue"]).Queue("default")])
-    profile = profile_from_dict(case["profile"]) if "profile" in case else None
-    s = Scheduler([n.build() for n in case["nodes"]], queues=queues, profile=profile, clock=lambda: t[0])
-    for j in case.get("running", []):
-        s.submit(j.build())
-    if case.get("running"):
-        first = s.cycle()
-        assert {b.job_id for b in first.bindings} == {j.build().id for j in case["running"]}, "setup jobs must all run"
-    for j in case["jobs"]:
-        s.submit(j.build())
-    t[0] = case.get("now", 1.0)
-    return s, s.cycle()
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_case(case):
-    s, r = _run(case)
+    s, r = run_case(case)
     got = placements(r)
     if "expect" in case:
         assert got == case["expect"]

@@ -18,7 +18,7 @@ from xpod.scheduler.core import Scheduler
 from xpod.scheduler.model import JobKind, Queue, ReasonCode
 from xpod.scheduler.profile import profile_from_dict
 from xpod.scheduler.spec import parse_job
-from xpod.scheduler.testing import job, node, placements
+from xpod.scheduler.testing import job, node, placements, run_case
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -220,24 +220,9 @@ CASES = [
 ]
 
 
-def _run(case):
-    t = [0.0]
-    profile = profile_from_dict(case["profile"]) if "profile" in case else None
-    s = Scheduler([n.build() for n in case["nodes"]], queues=case.get("queues", [Queue("default")]), profile=profile, clock=lambda: t[0])
-    for j in case.get("running", []):
-        s.submit(j.build())
-    if case.get("running"):
-        first = s.cycle()
-        assert {b.job_id for b in first.bindings} == {j.build().id for j in case["running"]}, "setup jobs must all run"
-    for j in case["jobs"]:
-        s.submit(j.build())
-    t[0] = case.get("now", 1.0)
-    return s, s.cycle()
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_case(case):
-    s, r = _run(case)
+    s, r = run_case(case)
     if "expect" in case:
         assert placements(r) == case["expect"]
     for jid, code in case.get("pending", {}).items():
