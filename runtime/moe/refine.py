@@ -12,6 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def device_slots(slot_device: np.ndarray, num_devices: int) -> np.ndarray:
+    """[devices, max slots per device]: the slot indices of each device, padded with -1
+    (``slot_device`` is sorted: a device's slots are consecutive)."""
+    per_dev = np.bincount(slot_device, minlength=num_devices)
+    smax = int(per_dev.max())
+    first = np.searchsorted(slot_device, np.arange(num_devices))
+    k = np.arange(smax)[None, :]
+    return np.where(k < per_dev[:, None], first[:, None] + k, -1)
+
+
 def _slot_loads(w: np.ndarray, phy2log: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     layers, experts = w.shape
     valid = phy2log >= 0
@@ -51,13 +61,7 @@ def swap_refine(
     lr, sc = np.nonzero(phy2log >= 0)
     holds[lr, slot_device[sc], phy2log[lr, sc]] = True
     # slots of each device, padded: [devices, smax]
-    per_dev = np.bincount(slot_device, minlength=num_devices)
-    smax = int(per_dev.max())
-    dev_slots = np.full((num_devices, smax), -1, dtype=np.int64)
-    first = np.searchsorted(slot_device, np.arange(num_devices))
-    for k in range(smax):
-        has = per_dev > k
-        dev_slots[has, k] = first[has] + k
+    dev_slots = device_slots(slot_device, num_devices)
     mates = int(np.bincount(device_node).min())
     for _ in range(steps):
         if move_budget is not None and moved + 2 > move_budget:
@@ -168,10 +172,8 @@ def pair_refine(
     sl, _ = _slot_loads(w, phy2log)
     flat = (np.arange(layers)[:, None] * num_devices + slot_device[None, :]).ravel()
     dl = np.bincount(flat, weights=sl.ravel(), minlength=layers * num_devices).reshape(layers, num_devices)
-    per_dev = np.bincount(slot_device, minlength=num_devices)
-    smax = int(per_dev.max())
-    first = np.searchsorted(slot_device, np.arange(num_devices))
-    dev_slots = np.where(np.arange(smax)[None, :] < per_dev[:, None], first[:, None] + np.arange(smax)[None, :], -1)
+    dev_slots = device_slots(slot_device, num_devices)
+    smax = dev_slots.shape[1]
     # default: the hottest quarter (measured as good as half, at half the cost)
     pairs = max(1, num_devices // 4) if pairs is None else max(1, min(pairs, num_devices // 2))
     # The candidate swaps of a pass are laid out [hot slot, light slot, layer * pair]: the long

@@ -52,6 +52,7 @@ import numpy as np
 from xpod.hal.errors import XpodError
 
 from .placement import Placement, PodShape, Policy, _validate_loads, place
+from .refine import device_slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +163,8 @@ def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_d
     per = X / np.maximum(counts, 1)[None]  # [K, L, E] load of one replica under even split
     holds = np.zeros((L, num_devices, E), dtype=bool)
     holds[rows[valid_all], np.broadcast_to(slot_device[None, :], pe.shape)[valid_all], pe[valid_all]] = True
-    per_dev = np.bincount(slot_device, minlength=num_devices)
-    smax = int(per_dev.max())
-    dev_slots = np.full((num_devices, smax), -1, dtype=np.int64)
-    first = np.searchsorted(slot_device, np.arange(num_devices))
-    for k in range(smax):
-        has = per_dev > k
-        dev_slots[has, k] = first[has] + k
+    dev_slots = device_slots(slot_device, num_devices)
+    smax = dev_slots.shape[1]
     wk = weights[:, None]
     active = np.ones(L, dtype=bool)
     for _ in range(steps):
