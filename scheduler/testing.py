@@ -167,4 +167,20 @@ def run_case(case: dict):
     return s, s.cycle()
 
 
-__all__ = ["node", "job", "placements", "run_case", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]
+def assert_supernode_reserve_kept(snapshot, reserve_nodes: int) -> dict[str, int]:
+    """Every super-node with a device in use keeps at least ``reserve_nodes`` wholly free nodes
+    (MindCluster's reserve); returns the wholly free nodes per super-node."""
+    free: dict[str, int] = {}
+    used: set[str] = set()
+    for state in snapshot.nodes.values():
+        sn = state.node.supernode
+        if all(f == MILLI for f in state.free_milli):
+            free[sn] = free.get(sn, 0) + 1
+        else:
+            used.add(sn)
+    for sn in used:
+        assert free.get(sn, 0) >= reserve_nodes, f"{sn} reserve eaten"
+    return free
+
+
+__all__ = ["node", "job", "placements", "run_case", "assert_supernode_reserve_kept", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]

@@ -25,7 +25,7 @@ from xpod.scheduler.core import Scheduler
 from xpod.scheduler.model import MILLI, JobKind, ReasonCode
 from xpod.scheduler.policies import PriorityPolicy
 from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.testing import job, node
+from xpod.scheduler.testing import assert_supernode_reserve_kept, job, node
 
 A3 = "ascend-910c"
 H = "nvidia-h100-sxm"
@@ -92,15 +92,7 @@ def test_a3_replicas_are_logical_superpods_with_the_reserve_kept(pods, specs):
     r = s.cycle()
     no_over_allocation(s)
     replicas_whole(s)
-    free = defaultdict(int)
-    used = set()
-    for st_ in s.snapshot.nodes.values():
-        if all(f == MILLI for f in st_.free_milli):
-            free[st_.node.supernode] += 1
-        else:
-            used.add(st_.node.supernode)
-    for sn in used:
-        assert free[sn] >= RESERVE, f"{sn} reserve eaten"
+    free = defaultdict(int, assert_supernode_reserve_kept(s.snapshot, RESERVE))
     # a serving job that waits, unplaced, has no room: its min replicas do not fit the spare
     # nodes of the super-pods (each replica inside one)
     for jid, why in r.pending.items():

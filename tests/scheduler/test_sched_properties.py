@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from xpod.scheduler import ascend
 from xpod.scheduler.core import Scheduler
 from xpod.scheduler.model import MILLI, DeviceHealth, JobKind
-from xpod.scheduler.testing import job, node
+from xpod.scheduler.testing import assert_supernode_reserve_kept, job, node
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -223,15 +223,7 @@ def test_sp_blocks_stay_in_one_superpod_and_keep_the_reserve(sizes, specs):
         s.submit(job(f"j{i}").training(tasks=sp // 16 * mult).devices(A3, 16).sp_block(sp).duration(100).build())
     s.cycle()
     check_invariants(s)
-    free = defaultdict(int)
-    used = set()
-    for st_ in s.snapshot.nodes.values():
-        if all(f == MILLI for f in st_.free_milli):
-            free[st_.node.supernode] += 1
-        else:
-            used.add(st_.node.supernode)
-    for sn in used:
-        assert free[sn] >= ascend.DEFAULT_SUPERNODE_RESERVE_NODES, f"{sn} reserve eaten"
+    free = defaultdict(int, assert_supernode_reserve_kept(s.snapshot, ascend.DEFAULT_SUPERNODE_RESERVE_NODES))
     # and a job is refused only when the super-pods cannot hold all its blocks with the reserve
     for jid in s.last_reasons:
         j = s.pending[jid]
