@@ -21,6 +21,8 @@ import tempfile
 import threading
 import time
 
+import psutil
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -34,6 +36,17 @@ def doc(name: str) -> dict:
         "metadata": {"name": name},
         "spec": {"tasks": 1, "devices": {"count": 1}, "queue": "research"},
     }
+
+
+def _front_ends(pid: int) -> list:
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "xpod.scheduler.frontend" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
 
 
 def list_all(stub, jpb) -> list:
@@ -62,6 +75,7 @@ def main() -> int:
     sent: dict[str, dict] = {}
     lock = threading.Lock()
     t_start = time.time()
+    front_ends_seen = front_ends_left = 0
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "kill9.db")
         for rnd in range(args.rounds):
@@ -69,7 +83,9 @@ def main() -> int:
             stop = threading.Event()
 
             def client(worker: int, rnd: int = rnd, addr: str = addr) -> None:
-                with grpc.insecure_channel(addr) as ch:
+                # a connection per client (not gRPC's shared one), so calls are in flight on
+                # every front end when the kill comes
+                with grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
                     stub = job_service_pb2_grpc.JobServiceStub(ch)
                     i = 0
                     while not stop.is_set():
@@ -91,8 +107,15 @@ def main() -> int:
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.3, 1.5))  # kill at a random moment of the load
+            fronts = _front_ends(proc.pid)
+            front_ends_seen += len(fronts)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            # the front ends go with the main process (PR_SET_PDEATHSIG, the relay closing)
+            _, alive = psutil.wait_procs(fronts, timeout=5)
+            front_ends_left += len(alive)
+            for p in alive:
+                p.kill()
             stop.set()
             for t in threads:
                 t.join(timeout=60)
@@ -132,10 +155,12 @@ def main() -> int:
         "duplicates": len(duplicates) + duplicates_after,
         "retries_created": retried_created,
         "retries_total": len(set(sent) - set(acked)),
+        "front_ends_killed_with_the_server": front_ends_seen,
+        "front_ends_left_running": front_ends_left,
         "wall_s": round(time.time() - t_start, 1),
     }
     print(json.dumps(result, indent=2))
-    return 0 if not lost and not moved and not duplicates and not duplicates_after else 1
+    return 0 if not lost and not moved and not duplicates and not duplicates_after and not front_ends_left else 1
 
 
 if __name__ == "__main__":

@@ -113,7 +113,9 @@ async def run_clients(
         # clients share the machine with the server, so they should cost it little
         template = job_service_pb2.SubmitJobRequest()
         template.job.update(document(0, devices))
-        async with grpc.aio.insecure_channel(addr) as ch:
+        # a connection of its own, as 32 separate users have (channels in one process otherwise
+        # share one TCP connection through gRPC's global subchannel pool)
+        async with grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
             stub = job_service_pb2_grpc.JobServiceStub(ch)
             i = 0
             interval_s = (total_clients or clients) / rate_per_s if rate_per_s > 0 else 0.0
@@ -209,21 +211,29 @@ def run_client_processes(
     return lat, errors, shed, max(seconds, time.time() - start_at), cpu_s
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its children (the core's child process), from /proc."""
+def _cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of the server by role, from /proc: the main process, the core's child
+    process, the front ends (``--frontends``)."""
     import psutil
 
+    by_role = {"main": 0.0, "core": 0.0, "frontends": 0.0}
     try:
         proc = psutil.Process(pid)
-        total = sum(proc.cpu_times()[:2])
+        by_role["main"] = sum(proc.cpu_times()[:2])
         for child in proc.children(recursive=True):
             try:
-                total += sum(child.cpu_times()[:2])
+                role = "frontends" if "xpod.scheduler.frontend" in " ".join(child.cmdline()) else "core"
+                by_role[role] += sum(child.cpu_times()[:2])
             except psutil.NoSuchProcess:
                 pass
-        return total
     except psutil.NoSuchProcess:
-        return 0.0
+        pass
+    return by_role
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float], scale: float = 1.0) -> dict[str, float]:
+    # a front end replaced during the run would make its role's sum go down: never below 0
+    return {k: max(0.0, after[k] - before[k]) * scale for k in before}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -258,6 +268,10 @@ def main() -> int:
         help="spread the clients over P processes (default 2: one Python process is itself a "
         "bottleneck for 32 clients on a busy machine); still CLIENTS concurrent submitters in all",
     )
+    ap.add_argument(
+        "--frontends", type=int, default=None, metavar="N",
+        help="xpod server --frontends N (default: the server's own default, 2 on 2+ CPUs)",
+    )
     ap.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -272,6 +286,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         extra = ["--cycle-interval", args.cycle_interval] + (["--core-in-process"] if args.core_in_process else [])
+        if args.frontends is not None:
+            extra += ["--frontends", str(args.frontends)]
         proc, addr = start_server(args.cluster, db, extra, not args.no_scheduling)
         try:
             if args.client_processes == 1:
@@ -285,7 +301,7 @@ def main() -> int:
                 lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run", 0, args.rate))
                 elapsed = time.perf_counter() - t0
                 r1 = resource.getrusage(resource.RUSAGE_SELF)
-                server_cpu_s = _cpu_s(proc.pid) - server_cpu0
+                server_cpu = _cpu_delta(server_cpu0, _cpu_s(proc.pid))
                 client_cpu_s = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
             else:
                 # the server's CPU is sampled around the whole run (warm-up included) and scaled
@@ -295,7 +311,7 @@ def main() -> int:
                 lat, errors, shed, elapsed, client_cpu_s = run_client_processes(
                     addr, args.clients, args.client_processes, args.warmup, args.seconds, args.devices, args.rate
                 )
-                server_cpu_s = (_cpu_s(proc.pid) - server_cpu0) * elapsed / (time.perf_counter() - t_all)
+                server_cpu = _cpu_delta(server_cpu0, _cpu_s(proc.pid), elapsed / (time.perf_counter() - t_all))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -307,6 +323,7 @@ def main() -> int:
         conn.close()
     result = {
         "scheduling": "none" if args.no_scheduling else ("in process" if args.core_in_process else "child process"),
+        "frontends": "server default" if args.frontends is None else args.frontends,
         "clients": args.clients,
         "offered_per_s": args.rate or "closed loop",
         "client_processes": args.client_processes,
@@ -322,7 +339,8 @@ def main() -> int:
         },
         "errors": errors,
         "shed": shed,
-        "server_cpu_us_per_submission": round(server_cpu_s / max(1, len(lat)) * 1e6),
+        "server_cpu_us_per_submission": round(sum(server_cpu.values()) / max(1, len(lat)) * 1e6),
+        "server_cpu_us_per_submission_by_process": {k: round(v / max(1, len(lat)) * 1e6) for k, v in server_cpu.items()},
         "client_cpu_us_per_submission": round(client_cpu_s / max(1, len(lat)) * 1e6),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),

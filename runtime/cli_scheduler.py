@@ -192,6 +192,7 @@ def cmd_bench_scheduler(args) -> int:
         f"  cold pass: {r.cold_decisions} decisions ({r.cold_placements} placed) in {r.cold_cycle_seconds:.3f} s\n"
         f"  {r.cycles} cycles: {r.decisions} decisions, {r.placements} jobs placed in {r.cycle_seconds:.3f} s\n"
         f"  decisions_per_s {r.decisions_per_s:.0f}, placements_per_s {r.placements_per_s:.0f}, "
-        f"p50 cycle {r.p50_cycle_seconds * 1000:.1f} ms, p99 cycle {r.p99_cycle_seconds * 1000:.1f} ms"
+        f"p50 cycle {r.p50_cycle_seconds * 1000:.1f} ms, p99 cycle {r.p99_cycle_seconds * 1000:.1f} ms\n"
+        f"  placed by kind: {', '.join(f'{k} {n}' for k, n in r.placed_by_kind.items()) or 'none'}; {r.evictions} evictions"
     )
     return 0

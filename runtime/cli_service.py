@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 
 from xpod.hal.errors import XpodError
@@ -31,6 +32,11 @@ def register(commands) -> None:
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     s.add_argument("--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)")
+    s.add_argument(
+        "--frontends", type=int, default=None, metavar="N",
+        help="extra processes that serve gRPC on the same address and relay to this one, so the per-call "
+        "work of gRPC uses more than one core (default: 2 on a machine with 2 or more CPUs, else 0: this process alone)",
+    )
     core = s.add_mutually_exclusive_group()
     core.add_argument(
         "--core-process", dest="core_process", action="store_true", default=True,
@@ -127,6 +133,11 @@ def cmd_server(args) -> int:
         raise XpodError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         raise XpodError("--tls-client-ca needs --tls-cert and --tls-key")
+    frontends = args.frontends
+    if frontends is None:
+        frontends = 2 if (os.cpu_count() or 1) >= 2 else 0
+    if not 0 <= frontends <= 64:
+        raise XpodError(f"--frontends {args.frontends}: give a number of processes from 0 to 64")
     if not args.tokens and not is_loopback(host) and not args.insecure:
         raise XpodError(
             f"--listen {args.listen} is beyond loopback and no --tokens file is given: "
@@ -163,7 +174,7 @@ def cmd_server(args) -> int:
     metrics.attach(api)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     try:
-        running = build_server(api, authenticator, args.listen, tls=tls)
+        running = build_server(api, authenticator, args.listen, tls=tls, frontends=frontends)
     except (OSError, RuntimeError) as err:
         api.close()
         raise XpodError(f"--listen {args.listen}: cannot listen: {err}") from None
@@ -195,7 +206,8 @@ def cmd_server(args) -> int:
     print(
         f"xpod server: listening on {host}:{running.port}{' (TLS)' if tls else ''}; db {args.db} "
         f"({jobs} jobs recovered, revision {api.last_revision}); cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
-        + metrics_where,
+        + metrics_where
+        + (f"; {frontends} front-end process{'es' if frontends > 1 else ''}" if frontends else ""),
         flush=True,
     )
     stop = threading.Event()

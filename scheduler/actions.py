@@ -27,6 +27,7 @@ from .policies import (
     TierRule,
     _slice_bytes,
 )
+from .estimates import Demand, Timeline, holds_without_end, releases_by_model, shared_by_model, shared_ends
 from .snapshot import NodeState, Snapshot, Statement
 
 
@@ -211,13 +212,13 @@ class Placer:
         if want <= 0:
             return 0
         need = max(1, min(need, want))
+        per_task = job.devices.count if job.devices and not job.devices.fractional else 0
+        if per_task and self.free_total(job) < per_task * need:
+            return 0  # not enough free devices of the model anywhere (every kind: no node walk)
         if job.kind is JobKind.SERVING:
             return self._place_replicas(job, stmt, want, need, first_task)
         if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(job.devices.model if job.devices else None) == "910c":
             return self._place_sp_blocks(job, stmt, want, first_task)
-        per_task = job.devices.count if job.devices and not job.devices.fractional else 0
-        if per_task and self.free_total(job) < per_task * need:
-            return 0  # not enough free devices of the model anywhere
         has_supernodes = self.has_supernodes
         for tier in self.tiers(job):
             if tier is Within.SUPERNODE and not has_supernodes:
@@ -385,10 +386,28 @@ class Placer:
         req = job.devices
         per_task = req.count if req is not None and not req.fractional else 0
         caps = []  # (rank in the node order, node, tasks of this replica it can take)
+        # the walk may stop early when the answer cannot change (a cluster of thousands of
+        # nodes): no super-node tier to sum, and whole devices without device rules, so the
+        # first node holding the whole replica in an untouched failure domain is the one-node
+        # tier's choice, and, when no node could hold it (by the free-count buckets), enough
+        # tasks on nodes of untouched domains are the cluster tier's first choices
+        tiers = self.tiers(job)
+        early = (
+            per_task > 0 and not self.a3_replica(job) and self._generic(job) and tiers[-1] is Within.ANY
+            and not (self.has_supernodes and Within.SUPERNODE in tiers)
+        )
+        if early:
+            buckets = self.snap.buckets.get(self.models_for(job)[0], {})
+            one_node = max((c for c, names in buckets.items() if names), default=0) >= per_task * size
+            untouched = 0
         for rank, st in enumerate(self.ordered_nodes(job, per_task)):
             cap = self.capacity(job, st, size)
             if cap > 0:
                 caps.append((rank, st, cap))
+                if early and per_domain.get(st.node.domain, 0) == 0:
+                    untouched += cap
+                    if cap >= size or (not one_node and untouched >= size):
+                        break
         if self.a3_replica(job):
             reserve = self.ascend.reserve_nodes
             free_nodes: dict[str, list] = defaultdict(list)
@@ -407,7 +426,7 @@ class Placer:
                     best = (key, members)
             return None if best is None else _fill(best[1], size, per_domain)
         models = self.models_for(job)
-        for tier in self.tiers(job):
+        for tier in tiers:
             if tier is Within.NODE:
                 fits = [(per_domain[st.node.domain], rank, st) for rank, st, cap in caps if cap >= size]
                 if fits:
@@ -516,6 +535,8 @@ class CycleState:
     requeued: list[Job] = dataclasses.field(default_factory=list)
     preemption_attempts: int = 0  # _preempt_for calls that had eligible victims (metrics)
     behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
+    estimate_depth: int = 256  # queue positions per queue that get an estimated start (profile)
+    backfill_ran: bool = False  # the backfill action ran: jobs on other devices may pass a head
     _keys: dict = dataclasses.field(default_factory=dict)
 
     def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
@@ -706,12 +727,19 @@ def action_backfill(cs: CycleState) -> None:
     * it fits now off the reserved domain's nodes (any duration: the head's devices free up
       there whatever it does); or
     * it asks for none of the device models the head waits for (and, when the head needs CPU
-      or memory, lands only on nodes without such devices).
+      or memory, lands only on nodes without such devices); or
+    * it fits beside the head's carve-out (``_head_carve``): the devices the head's own
+      placement rules would take in its reserved domain at its start, found by placing the
+      head on a copy of the state at that time (the running jobs that end by then released,
+      the devices free now left to backfill when the head can do without them). The job may
+      use any other device, the reserved domain's included, as long as it touches none of the
+      carved devices and leaves the head's CPU and memory on their nodes.
 
     So a job without an expected duration never runs on the devices reserved for a head, and
     when the head's start is unknown (a running job it waits for has no expected duration)
     only jobs of the third kind go. The others wait with ``WaitingBehind`` and say why."""
     snap = cs.ctx.snap
+    cs.backfill_ran = True
     queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
     for q, jobs in queues.items():
         head = cs.heads.get(q)
@@ -726,48 +754,220 @@ def action_backfill(cs: CycleState) -> None:
         # job shapes that did not fit since the last placement: the state is the same, so they
         # would not fit again (keeps a long queue behind a full cluster cheap)
         no_room: set = set()
-        for job in jobs:
-            if job.id == head or job.id in cs.done:
-                continue
-            cs.decisions += 1
-            d = job.expected_duration_seconds
-            shape = None if cs.placed_tasks.get(job.id) else (
-                job.devices, job.cpu_milli, job.memory_bytes, job.kind, job.tasks, job.min_tasks, job.within, job.replica_tasks, job.sp_block)
-            if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
-                if ("in time", shape) in no_room:
-                    cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
-                elif _try(cs, job):
-                    no_room.clear()
-                elif shape is not None:
-                    no_room.add(("in time", shape))
-                continue
-            if job.devices is not None and head_job.devices is not None and head_models.isdisjoint(cs.placer.models_for(job)):
-                accept = None
-                if head_job.cpu_milli or head_job.memory_bytes:
-                    accept = lambda bs: not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)  # noqa: E731
-                if _try(cs, job, accept):
-                    no_room.clear()
+        carve: list = []  # [Carve or None], computed when a job first needs it
+        mask = _CarveMask(snap)
+        carve_tries = 0  # jobs tried beside the carve-out (MAX_CARVE_TRIES)
+        try:
+            for job in jobs:
+                if job.id == head or job.id in cs.done:
                     continue
-                if cs.failed.get(job.id) is not ReasonCode.WAITING_BEHIND:
+                cs.decisions += 1
+                d = job.expected_duration_seconds
+                shape = None if cs.placed_tasks.get(job.id) else (
+                    job.devices, job.cpu_milli, job.memory_bytes, job.kind, job.tasks, job.min_tasks, job.within, job.replica_tasks, job.sp_block)
+                beside = None  # how it fared beside the head's carve-out: "failed", "capped"
+                if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
+                    mask.off()  # a job that ends before the head starts may use its devices too
+                    if ("in time", shape) in no_room:
+                        cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+                    elif _try(cs, job):
+                        no_room.clear()
+                    elif shape is not None:
+                        no_room.add(("in time", shape))
                     continue
-            elif off and ("off", shape) not in no_room:
-                if _try_off(cs, job, held.nodes):
-                    no_room.clear()
-                    continue
-                if shape is not None:
-                    no_room.add(("off", shape))
-            cs.failed[job.id] = ReasonCode.WAITING_BEHIND
-            elsewhere = ", and it does not fit off them now" if off else ""
-            if shadow is None and head_job.devices is None:
-                cs.behind_why[job.id] = f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
-            elif shadow is None:
-                cs.behind_why[job.id] = f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
-            elif d is None:
-                cs.behind_why[job.id] = f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
-            else:
-                cs.behind_why[job.id] = (
-                    f"it would end at {cs.ctx.now + d:.0f}, after {head}'s estimated start {shadow:.0f} on the devices reserved for it{elsewhere}"
-                )
+                if job.devices is not None and head_job.devices is not None and head_models.isdisjoint(cs.placer.models_for(job)):
+                    accept = None
+                    if head_job.cpu_milli or head_job.memory_bytes:
+                        accept = lambda bs: not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)  # noqa: E731
+                    if _try(cs, job, accept):
+                        no_room.clear()
+                        continue
+                    if cs.failed.get(job.id) is not ReasonCode.WAITING_BEHIND:
+                        continue
+                else:
+                    if off and ("off", shape) not in no_room:
+                        if _try_off(cs, job, held.nodes):
+                            no_room.clear()
+                            continue
+                        if shape is not None:
+                            no_room.add(("off", shape))
+                    if held is not None and job.devices is not None:
+                        if not carve:
+                            mask.off()
+                            carve.append(_head_carve(cs, head_job, held))
+                        if carve[0] is None:
+                            pass
+                        elif ("carve", shape) in no_room:
+                            beside = "failed"  # the same shape did not fit beside it since
+                        elif carve_tries >= MAX_CARVE_TRIES:
+                            beside = "capped"
+                        else:
+                            carve_tries += 1
+                            if _try_carved(cs, job, carve[0], mask):
+                                no_room.clear()
+                                continue
+                            beside = "failed"
+                            if shape is not None:
+                                no_room.add(("carve", shape))
+                cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+                elsewhere = ", and it does not fit off them now" if off else ""
+                if beside == "failed":
+                    elsewhere += f"; it does not fit beside the {carve[0].devices} devices kept for {head} either"
+                elif beside == "capped":
+                    elsewhere += f"; backfill beside the {carve[0].devices} devices kept for {head} already tried {MAX_CARVE_TRIES} jobs this cycle"
+                if shadow is None and head_job.devices is None:
+                    cs.behind_why[job.id] = f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+                elif shadow is None:
+                    cs.behind_why[job.id] = f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+                elif d is None:
+                    cs.behind_why[job.id] = f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+                else:
+                    cs.behind_why[job.id] = (
+                        f"it would end at {cs.ctx.now + d:.0f}, after {head}'s estimated start {shadow:.0f} on the devices reserved for it{elsewhere}"
+                    )
+        finally:
+            mask.off()
+
+
+@dataclasses.dataclass(frozen=True)
+class Carve:
+    """The devices (and CPU, memory) a blocked head takes at its reserved start, by its own
+    placement rules: backfill jobs that outlast the start must leave them alone."""
+
+    devices_by_node: dict[str, frozenset[int]]  # node -> device indices the head would take
+    cpu_milli: dict[str, int]  # node -> CPU the head takes there
+    memory_bytes: dict[str, int]  # node -> memory the head takes there
+    released_cpu_milli: dict[str, int]  # node -> CPU the running jobs ending by then give back
+    released_memory_bytes: dict[str, int]  # node -> memory they give back
+    devices: int  # devices carved in all (for messages)
+
+
+def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
+    """Place ``head`` on the state expected at its reserved start: the running jobs whose
+    expected end is by then released, nodes off its reserved domain closed. The devices free
+    now are masked on the first try, so the carve-out takes the devices that free up and leaves
+    the free ones to backfill; if the head needs them, a second try allows them. The snapshot
+    is restored exactly before returning. None when the head wants no whole devices, keeps
+    Ascend reserve nodes, or does not place (device rules finer than the reservation's
+    counts): then nothing goes on its domain."""
+    req = head.devices
+    if req is None or req.fractional:
+        return None
+    if _reserve_devices(cs, head):
+        # an Ascend logical super-pod also needs reserve nodes free beside its own: they are
+        # no binding of it, so a carve-out of its devices would let backfill eat them
+        return None
+    snap = cs.ctx.snap
+    already = cs.placed_tasks.get(head.id, 0)
+    want = head.tasks - already
+    need = max(1, cs.placer.min_tasks(head) - already) if cs.placer.gang else 1
+    gone = [rj for rj in snap.running.values() if rj.expected_end is not None and rj.expected_end <= held.start and rj.job.id != head.id]
+    rel_cpu: dict[str, int] = defaultdict(int)
+    rel_mem: dict[str, int] = defaultdict(int)
+    free_now = [
+        (st, i) for n in held.nodes if (st := snap.nodes.get(n)) is not None
+        for i in range(len(st.node.devices)) if st.healthy[i] and st.free_milli[i] == MILLI
+    ]
+    for rj in gone:
+        for b in rj.bindings:
+            if b.node in snap.nodes:
+                snap.apply(b, -1)
+                rel_cpu[b.node] += b.cpu_milli
+                rel_mem[b.node] += b.memory_bytes
+    closed = [st for n, st in snap.nodes.items() if n not in held.nodes and st.schedulable]
+    for st in closed:
+        st.schedulable = False
+    found = None
+    try:
+        for leave_free in (True, False):
+            masked = _mask(snap, free_now) if leave_free else []
+            stmt = Statement(snap, cs.ctx.now)
+            try:
+                if cs.placer.place(head, stmt, want, need, first_task=already) >= need:
+                    found = stmt.bindings_of(head.id)
+            finally:
+                stmt.discard()
+                _unmask(snap, masked)
+            if found or not free_now:
+                break
+    finally:
+        for st in closed:
+            st.schedulable = True
+        for rj in gone:
+            for b in rj.bindings:
+                if b.node in snap.nodes:
+                    snap.apply(b, +1)
+    if not found:
+        return None
+    devs: dict[str, set] = defaultdict(set)
+    cpu: dict[str, int] = defaultdict(int)
+    mem: dict[str, int] = defaultdict(int)
+    for b in found:
+        devs[b.node].update(b.device_indices)
+        cpu[b.node] += b.cpu_milli
+        mem[b.node] += b.memory_bytes
+    return Carve({n: frozenset(v) for n, v in devs.items()}, dict(cpu), dict(mem), dict(rel_cpu), dict(rel_mem), sum(map(len, devs.values())))
+
+
+def _mask(snap: Snapshot, devices: list) -> list:
+    """Make these (node state, index) devices unselectable for a moment (marked unhealthy,
+    indexes updated); returns what ``_unmask`` restores."""
+    masked = [(st, i) for st, i in devices if st.healthy[i]]
+    for st, i in masked:
+        st.healthy[i] = False
+    for name in {st.node.name for st, _ in masked}:
+        snap._reindex(name)
+    return masked
+
+
+def _unmask(snap: Snapshot, masked: list) -> None:
+    for st, i in masked:
+        st.healthy[i] = True
+    for name in {st.node.name for st, _ in masked}:
+        snap._reindex(name)
+
+
+#: jobs one queue's backfill tries beside its head's carve-out per cycle (each try may walk
+#: every node: keeps a cycle bounded on big clusters; the others wait as WaitingBehind)
+MAX_CARVE_TRIES = 128
+
+
+class _CarveMask:
+    """The head's carved devices made unselectable while backfill tries jobs beside them, and
+    selectable again for jobs that end before the head starts; always off after the queue."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.masked: list | None = None
+
+    def on(self, carve: Carve) -> None:
+        if self.masked is None:
+            snap = self.snap
+            self.masked = _mask(snap, [(snap.nodes[n], i) for n, idx in carve.devices_by_node.items() if n in snap.nodes for i in idx])
+
+    def off(self) -> None:
+        if self.masked is not None:
+            _unmask(self.snap, self.masked)
+            self.masked = None
+
+
+def _try_carved(cs: CycleState, job: Job, carve: Carve, mask: _CarveMask) -> bool:
+    """``_try`` with the head's carved devices unselectable (``mask`` on), accepted only when
+    the head's CPU and memory on the carved nodes still fit at its start (what is left now
+    plus what the running jobs ending by then give back)."""
+    snap = cs.ctx.snap
+
+    def leaves_head_room(_bindings) -> bool:
+        for n in carve.devices_by_node:
+            st = snap.nodes[n]
+            if st.cpu_left + carve.released_cpu_milli.get(n, 0) < carve.cpu_milli.get(n, 0):
+                return False
+            if st.memory_left + carve.released_memory_bytes.get(n, 0) < carve.memory_bytes.get(n, 0):
+                return False
+        return True
+
+    mask.on(carve)
+    return _try(cs, job, leaves_head_room)
 
 
 def _try_off(cs: CycleState, job: Job, nodes: frozenset[str]) -> bool:
@@ -1008,20 +1208,12 @@ class Reservation:
     nodes: frozenset[str]
 
 
-def estimate_start(cs: CycleState, job: Job, ends: list | None = None) -> float | None:
-    """When enough matching devices will be free in one domain of the job's tier, assuming the
-    running jobs end at their expected ends (ignoring jobs ahead of it). None if unknown.
-    ``ends``: the running jobs' (expected end, id), sorted, when the caller has them."""
-    if job.devices is None:
-        return cs.ctx.now
-    r = reservation(cs, job, ends)
-    return None if r is None else r.start
-
-
 def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservation | None:
-    """``estimate_start`` with the domain: the first domain of the job's tier whose free
-    devices (counted per node in whole tasks, the reserve nodes of an Ascend super-pod added
-    to the need) reach the job's need as the running jobs end. None for a CPU-only job or
+    """When and where a waiting job is expected to fit, from the running jobs' expected ends
+    only (the jobs queued ahead of it are the estimate walk's business: ``scheduler.estimates``;
+    backfill holds the blocked head's reservation with this): the first domain of the job's
+    tier whose free devices (counted per node in whole tasks, the reserve nodes of an Ascend
+    super-pod added to the need) reach the job's need as the running jobs end. None for a CPU-only job or
     when the running jobs' expected ends never free enough (some have no expected end)."""
     req = job.devices
     if req is None:
@@ -1060,12 +1252,22 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
         return found(ready, cs.ctx.now)
     if ends is None:
         ends = running_ends(snap)
+    shared = None  # devices fractional tasks share: whole again when their last task ends
     for end, jid in ends:
         hit = None
         for b in snap.running[jid].bindings:
-            if b.node in per_node and b.milli == MILLI:
+            if b.node in per_node:
                 devs = snap.nodes[b.node].node.devices
-                freed = sum(1 for i in b.device_indices if devs[i].model in models)
+                if b.milli == MILLI:
+                    freed = sum(1 for i in b.device_indices if devs[i].model in models)
+                else:
+                    if shared is None:
+                        shared = shared_ends(snap)
+                    freed = 0
+                    for i in b.device_indices:
+                        if devs[i].model in models and shared.get((b.node, i)) == end:
+                            shared[(b.node, i)] = None  # counted once, whichever sharer ends last
+                            freed += 1
                 if freed:
                     old = per_node[b.node]
                     per_node[b.node] = old + freed
@@ -1086,15 +1288,26 @@ def running_ends(snap: Snapshot) -> list[tuple[float, str]]:
 
 
 def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
-    """A reason, with numbers, for every job that still waits."""
+    """A reason, with numbers, for every job that still waits, and an estimated start for the
+    first ``cs.estimate_depth`` jobs of each queue: a walk of the queue in order
+    (``scheduler.estimates``), so jobs ahead take the devices that free up first. Beyond that
+    position the start is not computed (the message says so): the walk stays bounded however
+    long the queue is. No job shows an earlier start than its queue's first job, which
+    allocate reaches first, unless backfill runs and the job wants none of the first job's
+    device models (backfill lets such a job pass the head whenever it fits)."""
     waiting = [j for j in cs.pending if j not in cs.done]
     by_queue = cs.ordered_by_queue(waiting)
     out: dict[str, PendingReason] = {}
     block_cache: dict = {}
-    est_cache: dict = {}
+    snap = cs.ctx.snap
+    depth = cs.estimate_depth
     ends = None
+    releases = shared = None
+    open_ended: dict = {}  # pool -> a running job holds its devices without an expected end
     for q, jobs in by_queue.items():
         head_est = None
+        head_models: set = set()
+        timelines: dict[tuple, Timeline] = {}  # pool (device models) -> this queue's walk
         for pos, job in enumerate(jobs, start=1):
             placed_now = cs.placed_tasks.get(job.id, 0)
             if job.id in cs.failed:
@@ -1115,16 +1328,42 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             need_tasks = max(cs.placer.min_tasks(job) - placed, 1)
             need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else need_tasks)
             reserve = _reserve_devices(cs, job)
-            ke = (kb, need, job.kind, job.sp_block, job.replica_tasks)
-            if ke not in est_cache:
-                if ends is None:
-                    ends = running_ends(cs.ctx.snap)  # the running jobs do not change here
-                est_cache[ke] = estimate_start(cs, job, ends)
-            est = est_cache[ke]
+            est_why = ""
+            if req is None:
+                est = cs.ctx.now
+            elif code is ReasonCode.NEVER_FITS:
+                est = None  # the message says why; it takes no devices in the walk
+            elif pos > depth:
+                est = None
+                est_why = f"estimated start not computed beyond queue position {depth} (the profile's estimate_depth)"
+            else:
+                models = tuple(cs.placer.models_for(job))
+                tl = timelines.get(models)
+                if tl is None:
+                    if releases is None:  # the running jobs do not change here
+                        releases, shared = releases_by_model(snap), shared_by_model(snap)
+                    if models not in open_ended:
+                        open_ended[models] = holds_without_end(snap, models)
+                    tl = timelines[models] = Timeline(snap, models, releases, cs.ctx.now, open_ended[models], shared)
+                demand = _demand(cs, job, tier, need, need_tasks, reserve)
+                if pos == 1 or job.id == cs.heads.get(q):
+                    # the head's reservation, as backfill holds it: the walk goes on from there
+                    if ends is None:
+                        ends = running_ends(snap)
+                    held = reservation(cs, job, ends)
+                    e = tl.offer(demand, held.start, held.nodes) if held is not None else tl.unknown(demand)
+                else:
+                    e = tl.offer(demand)
+                est, est_why = e.start, e.why
+                if est is None:
+                    est_why = f"estimated start unknown: {est_why}"
             if head_est is not None and est is not None:
-                est = max(est, head_est)
+                passes = cs.backfill_ran and req is not None and head_models and head_models.isdisjoint(cs.placer.models_for(job))
+                if not passes:
+                    est = max(est, head_est)
             if pos == 1:
                 head_est = est
+                head_models = set(cs.placer.models_for(job)) if req else set()
             where = {Within.NODE: "one node", Within.HCCS_GROUP: "one HCCS group", Within.SUPERNODE: "one super-node", Within.ANY: "the cluster"}[tier]
             what = req.describe() if req else f"{job.cpu_milli}m CPU"
             if req and job.kind is not JobKind.SERVING and need_tasks > 1:
@@ -1147,6 +1386,8 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 msg = f"running {placed_now} of {job.tasks} tasks; " + msg
             if req is None:
                 msg = f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
+            elif est_why:
+                msg += f"; {est_why}"
             out[job.id] = PendingReason(
                 job_id=job.id,
                 code=code,
@@ -1155,6 +1396,35 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 jobs_ahead=pos - 1,
                 estimated_start=est,
                 numbers={"need_devices": need, "largest_free_block": free_block, "cluster_block": empty_block, "jobs_ahead": pos - 1}
-                | ({"reserve_devices": reserve} if reserve else {}),
+                | ({"reserve_devices": reserve} if reserve else {})
+                | ({"estimate_depth": depth} if req is not None and pos > depth and code is not ReasonCode.NEVER_FITS else {}),
             )
     return out
+
+
+def _demand(cs: CycleState, job: Job, tier: Within, need: int, need_tasks: int, reserve: int) -> Demand:
+    """What a waiting job asks of its queue's estimate walk: ``need`` devices at once in one
+    domain of its tier (its gang, one replica, one logical super-pod), holding ``take`` once
+    started (a gang's remaining tasks, a serving job's missing minimum, a batch job's missing
+    tasks) for its expected duration."""
+    unit = _unit(job)
+    placed = cs.placed_tasks.get(job.id, 0)
+    if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE:
+        need = job.sp_block  # one logical super-pod
+    if job.kind is JobKind.BATCH:
+        take = unit * max(job.tasks - placed, 1)
+    elif job.kind is JobKind.SERVING:
+        take = unit * max(cs.placer.min_tasks(job) - placed, job.replica_tasks)
+    else:
+        take = unit * need_tasks
+    return Demand(
+        job_id=job.id,
+        tier=tier,
+        unit=unit,
+        need=need,
+        reserve=reserve,
+        take=max(take, need),
+        duration_seconds=job.expected_duration_seconds,
+        fails_now=cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE,
+        milli=job.devices.milli if job.devices is not None else MILLI,
+    )

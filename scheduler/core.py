@@ -224,6 +224,7 @@ class Scheduler:
             placed_tasks=placed,
             job_order=next((p for p in self.policies if isinstance(p, JobOrder)), None),
             queue_order=next((p for p in self.policies if isinstance(p, QueueOrder)), None),
+            estimate_depth=self.profile.estimate_depth,
         )
         for name in self.profile.actions:
             act.ACTIONS[name](cs)

@@ -236,7 +236,9 @@ class PendingReason:
     message: str  # one line a user reads: what it needs, what is free, how many jobs ahead
     queue_position: int  # 1 = next in its queue
     jobs_ahead: int
-    estimated_start: float | None  # clock time; None when unknown (no expected ends)
+    # clock time (a walk of the queue: ``scheduler.estimates``); None when unknown (a running
+    # job or a job ahead has no expected duration) or past the profile's estimate_depth
+    estimated_start: float | None
     numbers: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
 

@@ -13,6 +13,7 @@ A profile is YAML (or a dict)::
       - drf
       - name: priority
         args: {aging_per_hour: 1}
+    estimate_depth: 256   # optional: queue positions per queue that get an estimated start
 
 An unknown action, policy, key or argument is an ``XpodError`` at load time naming the file
 and the field, never a log line.
@@ -34,10 +35,16 @@ DEFAULT_PROFILE: dict[str, Any] = {
 }
 
 
+#: queue positions per queue whose estimated start a cycle computes (a walk of the queue in
+#: order; later positions say "not computed"): bounds a cycle's cost however long the queue
+DEFAULT_ESTIMATE_DEPTH = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
     actions: tuple[str, ...]
     policies: tuple[tuple[str, Mapping[str, Any]], ...]
+    estimate_depth: int = DEFAULT_ESTIMATE_DEPTH  # see DEFAULT_ESTIMATE_DEPTH
 
     def build_policies(self) -> list[Policy]:
         return [POLICIES[name](**dict(args)) for name, args in self.policies]
@@ -46,9 +53,12 @@ class Profile:
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     if not isinstance(data, Mapping):
         raise XpodError(f"{source}: a profile is a mapping with 'actions' and 'policies'")
-    unknown = set(data) - {"actions", "policies"}
+    unknown = set(data) - {"actions", "policies", "estimate_depth"}
     if unknown:
-        raise XpodError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies)")
+        raise XpodError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth)")
+    depth = data.get("estimate_depth", DEFAULT_ESTIMATE_DEPTH)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise XpodError(f"{source}: estimate_depth: {depth!r} must be a whole number >= 0 (queue positions that get an estimated start)")
     actions = data.get("actions", DEFAULT_PROFILE["actions"])
     if not isinstance(actions, list) or not actions:
         raise XpodError(f"{source}: actions: a non-empty list of {', '.join(ACTIONS)}")
@@ -85,7 +95,7 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     names = [n for n, _ in out]
     if "binpack" in names and "spread" in names:
         raise XpodError(f"{source}: policies: binpack and spread contradict each other; keep one")
-    return Profile(tuple(actions), tuple(out))
+    return Profile(tuple(actions), tuple(out), depth)
 
 
 def load_profile(path: str) -> Profile:

@@ -23,6 +23,10 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -680,8 +684,12 @@ class RunningServer:
     """A started ``grpc.aio`` server on its own event-loop thread; ``stop`` is synchronous."""
 
     def __init__(self, server: grpc.aio.Server, health_servicer: Any, port: int, loop: asyncio.AbstractEventLoop,
-                 thread: threading.Thread, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+                 thread: threading.Thread, pool: concurrent.futures.ThreadPoolExecutor, frontends: Any = None,
+                 cleanup: Callable[[], None] | None = None, relay_server: asyncio.AbstractServer | None = None) -> None:
         self.server = server
+        self._relay_server = relay_server
+        self.frontends = frontends  # scheduler.frontend.FrontEnds, or None
+        self._cleanup = cleanup
         self.health = health_servicer
         self.port = port
         self._loop = loop
@@ -694,9 +702,13 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
+        if self.frontends is not None:  # first, so no new call reaches a front end whose relay closes
+            self.frontends.stop(grace_s)
 
         async def shutdown() -> None:
             await self.health.enter_graceful_shutdown()
+            if self._relay_server is not None:
+                self._relay_server.close()
             await self.server.stop(grace_s)
 
         try:
@@ -706,6 +718,8 @@ class RunningServer:
             self._thread.join(timeout=30)
             # blocking calls still on the pool end on their own (their streams see is_active() false)
             self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._cleanup is not None:
+                self._cleanup()
 
 
 def build_server(
@@ -716,28 +730,52 @@ def build_server(
     tls: TlsFiles | None = None,
     max_workers: int = 64,
     max_message_bytes: int = 4 * 1024 * 1024,
+    frontends: int = 0,
 ) -> RunningServer:
     """Create and start the gRPC server on ``listen`` (``host:port``, port 0 = any free one).
 
     ``max_workers`` threads run the blocking API calls (everything but SubmitJob): every open
     Watch stream holds one; at most ``max_workers // 2`` streams are open at once (more are
-    RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls. Raises OSError when it
-    cannot listen.
+    RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls. ``frontends`` extra
+    processes listen on the same address and relay to this one (``scheduler.frontend``).
+    Raises OSError when it cannot listen, RuntimeError when a front end cannot start.
     """
+    relay_dir = tempfile.mkdtemp(prefix="xpod-server-") if frontends > 0 else None  # mode 0700
     loop = asyncio.new_event_loop()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc")
     thread = threading.Thread(target=_run_loop, args=(loop,), name="xpod-grpc-loop", daemon=True)
     thread.start()
     try:
-        server, health_servicer, port = asyncio.run_coroutine_threadsafe(
-            _start(api, authenticator, listen, tls, max_workers, max_message_bytes, pool, loop), loop
+        server, health_servicer, port, (relay_server, reserved) = asyncio.run_coroutine_threadsafe(
+            _start(api, authenticator, listen, tls, max_workers, max_message_bytes, pool, loop, relay_dir), loop
         ).result(timeout=60)
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         pool.shutdown(wait=False)
+        if relay_dir is not None:
+            shutil.rmtree(relay_dir, ignore_errors=True)
         raise
-    return RunningServer(server, health_servicer, port, loop, thread, pool)
+    fronts = None
+    cleanup = None
+    if relay_dir is not None:
+        from xpod.scheduler.frontend import FrontEnds
+
+        def cleanup(reserved=reserved, relay_dir=relay_dir) -> None:
+            reserved.close()
+            shutil.rmtree(relay_dir, ignore_errors=True)
+
+        host = listen.rsplit(":", 1)[0]
+        fronts = FrontEnds(frontends, f"{host}:{port}", os.path.join(relay_dir, "relay.sock"),
+                           os.path.join(relay_dir, "grpc.sock"), tls, max_message_bytes)
+    running = RunningServer(server, health_servicer, port, loop, thread, pool, fronts, cleanup, relay_server)
+    if fronts is not None:
+        try:
+            fronts.start()
+        except BaseException:
+            running.stop(0)
+            raise
+    return running
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -757,7 +795,8 @@ async def _start(
     max_message_bytes: int,
     pool: concurrent.futures.ThreadPoolExecutor,
     loop: asyncio.AbstractEventLoop,
-) -> tuple[grpc.aio.Server, Any, int]:
+    relay_dir: str | None = None,
+) -> tuple[grpc.aio.Server, Any, int, tuple[asyncio.AbstractServer | None, socket.socket | None]]:
     # grpc_server_* metrics when the API has ServiceMetrics attached (scheduler.grpc_metrics)
     metrics_wrapper = getattr(api.metrics, "grpc_aio_wrapper", None)
     server = grpc.aio.server(
@@ -767,13 +806,17 @@ async def _start(
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC sets SO_REUSEPORT by default, which lets a second server listen on a port in
+            # use and take part of its connections; front ends set it themselves (_reserve_port)
+            ("grpc.so_reuseport", 0),
         ],
     )
     # at most half the pool threads serve long-lived streams (Watch*), the rest unary calls
     streams = threading.BoundedSemaphore(max(1, max_workers // 2))
     waiter = _LoopWaiter(loop)
     registrar = _Registrar(server, [_guard_decode] + ([metrics_wrapper()] if metrics_wrapper is not None else []))
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(api, authenticator, streams, pool, waiter), registrar)
+    jobs = JobServicer(api, authenticator, streams, pool, waiter)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(api, authenticator, streams, pool, waiter), registrar)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
         ClusterServicer(api, authenticator, streams, pool, waiter), registrar
@@ -786,7 +829,13 @@ async def _start(
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         reflection_aio.ReflectionServicer(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME)), registrar
     )
-    if tls is None:
+    reserved = None
+    if relay_dir is not None:
+        # the front ends listen on the address and this process on private sockets only, so
+        # gRPC's per-call work runs in the front ends; this socket holds the port for them
+        reserved = _reserve_port(listen)
+        port = reserved.getsockname()[1]
+    elif tls is None:
         port = server.add_insecure_port(listen)
     else:
         def read(path: str) -> bytes:
@@ -801,13 +850,61 @@ async def _start(
         port = server.add_secure_port(listen, creds)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
+    relay_server = None
+    if relay_dir is not None:
+        from xpod.scheduler.frontend import RELAYED_METHOD, RelayEndpoint
+
+        # front ends proxy every other call to this same server over a private Unix socket
+        if server.add_insecure_port(f"unix:{os.path.join(relay_dir, 'grpc.sock')}") == 0:
+            raise OSError(f"cannot listen on a Unix socket in {relay_dir}")
+        submit = registrar.wrap(
+            RELAYED_METHOD,
+            grpc.unary_unary_rpc_method_handler(
+                jobs.SubmitJob,
+                request_deserializer=job_service_pb2.SubmitJobRequest.FromString,
+                response_serializer=job_service_pb2.SubmitJobResponse.SerializeToString,
+            ),
+        )
+        relay_server = await asyncio.start_unix_server(RelayEndpoint(submit).serve, os.path.join(relay_dir, "relay.sock"))
     await server.start()
     if _trace.ENABLED:
         _TRACE_TASKS.add(loop.create_task(_trace_loop_lag()))  # the loop keeps tasks only weakly
-    return server, health_servicer, port
+    return server, health_servicer, port, (relay_server, reserved)
 
 
 _TRACE_TASKS: set = set()
+
+
+def _reserve_port(listen: str) -> socket.socket:
+    """A bound, not listening, SO_REUSEPORT socket on ``listen`` (port 0: a free one): holds the
+    port for the front ends, which listen on it with SO_REUSEPORT too (gRPC sets it); a TCP
+    connection only ever reaches a listening socket. Raises OSError when the address is taken
+    or not this host's."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, ValueError) as err:
+        raise OSError(f"cannot resolve host {host!r}: {err}") from None
+    family, _, _, _, address = infos[0]
+    if address[1] != 0:
+        # SO_REUSEPORT would let this bind join another server's listeners on the port (gRPC
+        # sets it on every listener): a plain bind fails when anything listens there
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are no obstacle
+            probe.bind(address)
+        finally:
+            probe.close()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _trace_loop_lag(period_s: float = 0.005) -> None:

@@ -502,6 +502,41 @@ def empty_gpu_fragmentation(tp: TypicalPods) -> float:
     return float((q[takers] * frag[takers]).sum() / q[takers].sum())
 
 
+#: a single-GPU sharing size counts as plentiful for ``hole_waste_table`` when at least this share
+#: of the typical sharing pods has it (chosen on seed 42 of gpushare60, gpushare40, multigpu40)
+PLENTIFUL_SHARE = 0.03
+
+
+def hole_waste_table(tp: TypicalPods, share_min: float = PLENTIFUL_SHARE) -> np.ndarray:
+    """``D[h]`` for h = 0..1000: the milli of a GPU hole of ``h`` that no sum of plentiful sharing
+    sizes fills, i.e. ``h - max{s <= h : s a sum of plentiful sizes, repeats allowed}``.
+
+    Plentiful sizes: every gpu_milli held by at least ``share_min`` of the typical *sharing*
+    pods (single GPU, under 1000 milli), plus 1000 when a single whole-GPU pod is typical;
+    CPU-only and multi-GPU pods fill no hole of one GPU. At 130 % load the common sizes
+    are over-supplied (pods of every common size fail at the end of a run), so a hole is
+    eventually offered its best-fitting common partner; rare sizes (e.g. the 160-milli pods
+    that could fill the 190 milli beside an 810-milli pod) are not: there are far more such
+    holes than such pods. This is an order-independent look-ahead: it values a GPU's remainder
+    by the best completion the workload's common pods can give it.
+    """
+    single = (tp.gpu_milli > 0) & (tp.num_gpu == 1)
+    sharing = single & (tp.gpu_milli < MILLI)
+    shares: dict[int, float] = {}
+    total = float(tp.p[sharing].sum())
+    for m, w in zip(tp.gpu_milli[sharing].tolist(), tp.p[sharing].tolist()):
+        shares[m] = shares.get(m, 0.0) + w / total
+    sizes = [m for m, w in shares.items() if w >= share_min]
+    if (single & (tp.gpu_milli == MILLI)).any():
+        sizes.append(MILLI)
+    reach = np.zeros(MILLI + 1, dtype=bool)
+    reach[0] = True
+    for v in range(1, MILLI + 1):
+        reach[v] = any(v >= m and reach[v - m] for m in sizes)
+    best = np.maximum.accumulate(np.where(reach, np.arange(MILLI + 1), 0))
+    return (np.arange(MILLI + 1) - best).astype(np.float64)
+
+
 def whole_gpu_share(tp: TypicalPods) -> float:
     """Share of the typical demand for empty GPUs (in GPUs) that comes from whole-GPU pods."""
     gpu = tp.gpu_milli > 0
@@ -548,8 +583,21 @@ class DefaultPolicy(_FragPolicy):
     gpushare60 and gpushare40 with the credit ``c * W`` (c in 1.5 .. 7; 4 was the best or tied
     on each); the ``(1 - z) ** 2`` factor was added when ``4 * W`` alone cost 2.3 points on a
     synthetic 50/50 mix of gpushare100 and gpushare40, where spreading turned whole-GPU pods
-    away. bench/replay_openb.py checks every list and seed; bench/replay_openb_waste.py shows
-    where the idle capacity sits.
+    away.
+
+    Hole term (``hole_weight``, per GPU, sharing pods only). FGD's F values a GPU's remainder
+    ``r`` by ``r * P(a typical pod needs more)``, so a 680-milli hole counts as badly
+    fragmented although a common 650-milli pod would fill it to 30, and a 470-milli pod sees
+    little difference between the 530-milli hole it fills to 60 and the 680-milli hole it
+    would leave at a dead 210. The cost adds ``hole_weight * (D[left - m] - D[left])`` on the
+    chosen GPU, ``D`` = ``hole_waste_table``: the part of a hole that no sum of the workload's
+    plentiful sharing sizes fills. ``hole_weight`` = 6 and the plentiful share (3 % of the
+    typical sharing pods) were chosen on seed 42 of gpushare60, gpushare40 and multigpu40
+    (weights 3 to 10 give within 0.1 point there; a 1 % share, which counts the rare
+    160-milli pods as partners for the 810-milli pods' 190-milli holes, cost gpushare60 1.25
+    points). With tighter sharing GPUs, equal bucketed scores across nodes go to the
+    tightest GPU (``global_bestfit``). bench/replay_openb.py checks every list and seed;
+    bench/replay_openb_waste.py shows where the idle capacity sits.
     """
 
     name = "default"
@@ -563,11 +611,15 @@ class DefaultPolicy(_FragPolicy):
         bucket_milli: float = 40.0,
         rho: float | None = None,
         gpu_bestfit: bool = True,
-        global_bestfit: bool = False,
+        global_bestfit: bool = True,
         rho_scale: float = 0.8,
         empty_credit: float = 4.0,
+        hole_weight: float = 6.0,
+        hole_share_min: float = PLENTIFUL_SHARE,
     ):
         super().__init__(state, tp)
+        self.hole_weight = hole_weight
+        self.hole_waste = hole_waste_table(tp, hole_share_min)
         self.empty_credit_milli = (
             empty_credit * empty_gpu_fragmentation(tp) * (1.0 - whole_gpu_share(tp)) ** 2
         )
@@ -605,6 +657,13 @@ class DefaultPolicy(_FragPolicy):
             opens = s.gpu_left[idx] == MILLI
             keeps_cpu = cpu_after[:, None] >= self.rho * left_after
             cost = cost - self.empty_credit_milli * (opens & keeps_cpu)
+        if use is not None and self.hole_weight:
+            # how much the GPU's hole gets harder to fill by the workload's common pods: a 470m
+            # pod joining a 530m hole (60m left) costs nothing, joining a 680m hole (210m left,
+            # where a 650m pod would have left 30m) costs 180m x weight
+            left = s.gpu_left[idx]
+            after = np.maximum(left - shape.gpu_milli, 0)
+            cost = cost + self.hole_weight * (self.hole_waste[after] - self.hole_waste[left])
         score = -cost
         if self.bucket_milli > 0:
             score = np.floor(score / self.bucket_milli)

@@ -176,7 +176,10 @@ def test_pending_reason_has_numbers_position_and_estimate():
     assert big.code is ReasonCode.UNSCHEDULABLE and big.queue_position == 1 and big.jobs_ahead == 0
     assert "needs 4 x 16 ascend-910c = 64 devices in one super-node; largest free block 48; 0 jobs ahead" in big.message
     assert big.estimated_start == 500.0  # when r ends
-    assert nxt.queue_position == 2 and "1 jobs ahead" in nxt.message and nxt.estimated_start >= 500.0
+    assert nxt.queue_position == 2 and "1 jobs ahead" in nxt.message
+    # big, ahead of it on the same dies, has no expected duration: no number is invented
+    assert nxt.estimated_start is None
+    assert "estimated start unknown: job big ahead of it has no expected_duration_seconds" in nxt.message
     assert r.decisions == 2
 
 

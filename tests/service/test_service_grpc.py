@@ -28,10 +28,12 @@ from xpod.scheduler.auth import Authenticator, Call
 from xpod.scheduler.service import SERVICE_NAMES, build_server
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=[0, 1], ids=["direct", "via-front-end"])
+def server(tmp_path, request):
+    """The server answering on its port itself, or (``xpod server``'s default) through a front-end
+    process (scheduler.frontend): every test of this fixture must pass both ways."""
     api = make_api(str(tmp_path / "x.db"))
-    running = build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0")
+    running = build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=request.param)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     yield api, channel, running.port
     channel.close()

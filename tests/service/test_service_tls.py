@@ -34,10 +34,11 @@ def make_certs(d) -> dict[str, str]:
     return p
 
 
-def test_tls_and_mutual_tls(tmp_path):
+@pytest.mark.parametrize("frontends", [0, 1], ids=["direct", "via-front-end"])
+def test_tls_and_mutual_tls(tmp_path, frontends):
     certs = make_certs(tmp_path)
     api = make_api(str(tmp_path / "x.db"))
-    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0", tls=TlsFiles(certs["srv"], certs["srv_key"]))
+    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0", tls=TlsFiles(certs["srv"], certs["srv_key"]), frontends=frontends)
     try:
         with Client(Target(f"127.0.0.1:{running.port}", None, certs["ca"], "test"), timeout_s=10) as client:
             assert client.submit(job_doc(), "t1").created
@@ -51,7 +52,7 @@ def test_tls_and_mutual_tls(tmp_path):
 
     api = make_api(str(tmp_path / "y.db"))
     tls = TlsFiles(certs["srv"], certs["srv_key"], client_ca=certs["ca"])
-    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0", tls=tls)
+    running = build_server(api, Authenticator.open_server(), "127.0.0.1:0", tls=tls, frontends=frontends)
     try:
         def read(k):
             with open(certs[k], "rb") as f:

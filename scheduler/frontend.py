@@ -1,0 +1,478 @@
+"""Front-end processes: more than one core for gRPC's own per-call work.
+
+A Python gRPC server does its per-call work (HTTP/2 framing, the call's completion-queue
+events, the handler's coroutine) on one event-loop thread, which shares the GIL with the store
+writer and the scheduling thread. Measured here (``bench/service_frontends.md`` has the
+commands): a bare ``grpc.aio`` handler that returns a constant costs the server about 240 µs of
+CPU per unary call, a third of what ``xpod server`` spends per durable submission, and that
+loop thread is what a burst of submissions waits for.
+
+``xpod server --frontends N`` starts N extra processes that listen on the same address
+(``SO_REUSEPORT``, which gRPC sets on Linux: the kernel spreads new connections over every
+listener, the main server's included). A front end has no state of its own:
+
+* ``SubmitJob`` is relayed over a Unix socket to the main process in batches (one frame per
+  event-loop turn, each way) as the request's bytes, its bearer token and its remaining
+  deadline; the main process runs the very handler its own port runs (authentication, checks,
+  the group commit, metrics) and sends back the response's bytes or the rich status. So a
+  submission is acknowledged only after its commit, whichever process the client reached.
+* Every other method (the Job, Node and Cluster services, health, reflection; unary and
+  streams) is proxied as bytes over a second Unix socket to the main server itself, metadata
+  (the token) and deadline included, and errors come back with their code, message and
+  details. Rarely called, so the proxy's extra hop costs little.
+
+Both sockets sit in a directory only this user can enter. A front end ends when the main
+process does (``PR_SET_PDEATHSIG``, and the relay connection closing); the main process stops
+its front ends first when it stops, and starts a new one when one dies.
+
+This module is the front end's program (``python -m xpod.scheduler.frontend``) and the main
+process's side of the relay (``RelayEndpoint``, ``FrontEnds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import itertools
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import grpc
+
+RELAYED_METHOD = "/xpod.v1.JobService/SubmitJob"
+_FRAME = struct.Struct("!I")  # a frame: 4-byte big-endian length, then a pickled list
+_PR_SET_PDEATHSIG = 1
+# metadata a proxy must not copy: HTTP/2 pseudo-headers and what gRPC sets for each hop
+_HOP_KEYS = frozenset({"user-agent", "content-type", "te", "host"})
+
+
+def method_kinds() -> dict[str, tuple[bool, bool]]:
+    """Every method the main server serves: full name -> (client streaming, server streaming)."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from xpod.proto.xpod.v1 import cluster_service_pb2, job_service_pb2, node_service_pb2
+
+    kinds: dict[str, tuple[bool, bool]] = {}
+    for module in (job_service_pb2, node_service_pb2, cluster_service_pb2, health_pb2, reflection_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                kinds[f"/{service.full_name}/{m.name}"] = (m.client_streaming, m.server_streaming)
+    return kinds
+
+
+def _forwarded(context: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith((":", "grpc-")) and k not in _HOP_KEYS
+    )
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> list:
+    (n,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    return pickle.loads(await reader.readexactly(n))
+
+
+class _Batcher:
+    """Collects items and writes them as one frame at the end of the current loop turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._items: list = []
+        self._loop = asyncio.get_running_loop()
+
+    def add(self, item: Any) -> None:
+        if not self._items:
+            self._loop.call_soon(self._flush)
+        self._items.append(item)
+
+    def _flush(self) -> None:
+        items, self._items = self._items, []
+        if self._writer.is_closing():
+            return
+        data = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        self._writer.write(_FRAME.pack(len(data)) + data)
+
+
+# --- the main process's side ------------------------------------------------------------------
+
+
+class _RelayAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = trailing
+
+
+class _RelayContext:
+    """What the SubmitJob handler and its wrappers use of a ``grpc.aio`` context, for a call
+    relayed by a front end: the token, the remaining deadline, abort, the status code."""
+
+    __slots__ = ("_metadata", "_deadline", "_code")
+
+    def __init__(self, authorization: str | None, timeout_s: float | None) -> None:
+        self._metadata = (("authorization", authorization),) if authorization is not None else ()
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._code: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> tuple:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    async def abort_with_status(self, status: Any) -> None:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: tuple = ()) -> None:
+        self._code = code
+        raise _RelayAbort(code, details, tuple(trailing_metadata or ()))
+
+
+class RelayEndpoint:
+    """Serves front ends' relayed SubmitJob calls on the main server's event loop with
+    ``handler``: the same wrapped method handler (decode guard, metrics) the port runs."""
+
+    def __init__(self, handler: grpc.RpcMethodHandler) -> None:
+        self._decode = handler.request_deserializer
+        self._encode = handler.response_serializer
+        self._call = handler.unary_unary
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        replies = _Batcher(writer)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                for item in await _read_frame(reader):
+                    task = loop.create_task(self._one(item, replies))
+                    self._tasks.add(task)  # the loop keeps tasks only weakly
+                    task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the front end went away; its calls in flight still commit
+        finally:
+            writer.close()
+
+    async def _one(self, item: tuple, replies: _Batcher) -> None:
+        call_id, authorization, request, timeout_s = item
+        context = _RelayContext(authorization, timeout_s)
+        try:
+            coro = self._call(self._decode(request), context)
+            response = await (coro if timeout_s is None else asyncio.wait_for(coro, max(timeout_s, 0.001)))
+            replies.add((call_id, None, self._encode(response), ()))
+        except _RelayAbort as err:
+            replies.add((call_id, err.code.name, err.details, err.trailing))
+        except asyncio.TimeoutError:
+            replies.add((call_id, "DEADLINE_EXCEEDED", "the deadline passed before the write was on disk; "
+                         "retry with the same request id", ()))
+        except Exception as err:  # a bug: the caller still gets an answer, as grpc would give
+            replies.add((call_id, "UNKNOWN", f"unexpected error: {type(err).__name__}: {err}", ()))
+
+
+def _die_with_parent(parent_pid: int) -> bool:
+    """SIGTERM to this process when the main process dies; False if it already has. Done by
+    the front end itself after exec: code between fork and exec in a process with gRPC's
+    threads running can deadlock, so the server starts front ends without a preexec hook."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the relay connection closing ends it too
+        pass
+    return os.getppid() == parent_pid
+
+
+class FrontEnds:
+    """Starts, watches and stops the front-end processes of one server (main process side)."""
+
+    def __init__(self, count: int, listen: str, relay_path: str, upstream_path: str, tls: Any, max_message_bytes: int) -> None:
+        self.count = count
+        self.relay_path = relay_path
+        self.upstream_path = upstream_path
+        self._argv = [
+            sys.executable, "-m", "xpod.scheduler.frontend", "--parent-pid", str(os.getpid()), "--listen", listen, "--relay", relay_path,
+            "--upstream", upstream_path, "--max-message-bytes", str(max_message_bytes),
+        ]
+        if tls is not None:
+            self._argv += ["--tls-cert", tls.cert, "--tls-key", tls.key] + (["--tls-client-ca", tls.client_ca] if tls.client_ca else [])
+        self._procs: list[subprocess.Popen | None] = [None] * count
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.restarts = 0
+        self._watcher: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start every front end and wait until each listens; raises RuntimeError if one cannot."""
+        launched = [self._launch() for _ in range(self.count)]  # they import gRPC side by side
+        try:
+            for i, proc in enumerate(launched):
+                self._procs[i] = self._await_ready(proc, timeout_s)
+        except BaseException:
+            for proc in launched:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            raise
+        # the watcher is the spawning thread of any replacement: it lives as long as the server,
+        # and PR_SET_PDEATHSIG fires when the thread that forked a child ends
+        self._watcher = threading.Thread(target=self._watch, name="xpod-frontends", daemon=True)
+        self._watcher.start()
+
+    def _launch(self) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return subprocess.Popen(
+            self._argv, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, text=True, env=env,
+        )
+
+    @staticmethod
+    def _await_ready(proc: subprocess.Popen, timeout_s: float) -> subprocess.Popen:
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if not ready or not ready[0].startswith("ready"):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"front end did not start: {(ready[0].strip() if ready else '') or f'no answer in {timeout_s:.0f} s'}")
+        return proc
+
+    def _spawn(self, timeout_s: float) -> subprocess.Popen:
+        return self._await_ready(self._launch(), timeout_s)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    print(f"xpod server: front end {i} (pid {proc.pid}) exited with {proc.returncode}; starting another", flush=True)
+                    try:
+                        self._procs[i] = self._spawn(30.0)
+                        self.restarts += 1
+                    except (OSError, RuntimeError) as err:
+                        print(f"xpod server: front end {i}: {err}; serving without it", flush=True)
+                        self._procs[i] = None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.poll() is None]
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """SIGTERM (each stops listening, ends its calls within ``grace_s``), then SIGKILL."""
+        with self._lock:
+            self._stopping.set()
+        procs = [p for p in self._procs if p is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 5.0
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+# --- the front end's program ------------------------------------------------------------------
+
+
+class _Relay:
+    """The front end's end of the relay: SubmitJob calls out in batches, answers back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, on_lost: Callable[[], None]) -> None:
+        self._reader = reader
+        self._out = _Batcher(writer)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count()
+        self._on_lost = on_lost
+        self._lost = False
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                for call_id, code, payload, trailing in await _read_frame(self._reader):
+                    fut = self._waiting.pop(call_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((code, payload, trailing))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self._lost = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result(("UNAVAILABLE", "the scheduler's main process went away; retry with the same request id", ()))
+        self._waiting.clear()
+        self._on_lost()
+
+    async def submit_job(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if self._lost:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler's main process went away; retry")
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+                break
+        call_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = fut
+        self._out.add((call_id, authorization, request, context.time_remaining()))
+        try:
+            code, payload, trailing = await fut
+        finally:
+            self._waiting.pop(call_id, None)  # cancelled (deadline, client gone): drop its answer
+        if code is None:
+            return payload
+        await context.abort(grpc.StatusCode[code], payload, trailing)
+
+
+def _proxy_handlers(channel: grpc.aio.Channel, relay: _Relay) -> dict[str, grpc.RpcMethodHandler]:
+    """Bytes-in, bytes-out handlers for every method: SubmitJob through the relay, the rest to
+    the main server over ``channel`` with the caller's metadata and deadline."""
+
+    async def abort(context, err: grpc.aio.AioRpcError) -> None:
+        trailing = tuple(
+            (k, v) for k, v in (err.trailing_metadata() or ()) if not k.startswith("grpc-") or k == "grpc-status-details-bin"
+        )
+        await context.abort(err.code(), err.details() or "", trailing)
+
+    def unary_unary(call):
+        async def handle(request, context):
+            try:
+                return await call(request, metadata=_forwarded(context), timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as err:
+                await abort(context, err)
+
+        return handle
+
+    def streaming(call):
+        async def handle(request, context):
+            upstream = call(request, metadata=_forwarded(context), timeout=context.time_remaining())
+            try:
+                async for item in upstream:
+                    yield item
+            except grpc.aio.AioRpcError as err:
+                await abort(context, err)
+            finally:
+                upstream.cancel()  # the client went away: so does the upstream call
+
+        return handle
+
+    def stream_unary(call):
+        async def handle(request_iterator, context):
+            try:
+                return await call(request_iterator, metadata=_forwarded(context), timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as err:
+                await abort(context, err)
+
+        return handle
+
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method, (client_streaming, server_streaming) in method_kinds().items():
+        if method == RELAYED_METHOD:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(relay.submit_job)
+        elif not client_streaming and not server_streaming:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(unary_unary(channel.unary_unary(method)))
+        elif not client_streaming:
+            handlers[method] = grpc.unary_stream_rpc_method_handler(streaming(channel.unary_stream(method)))
+        elif server_streaming:
+            handlers[method] = grpc.stream_stream_rpc_method_handler(streaming(channel.stream_stream(method)))
+        else:
+            handlers[method] = grpc.stream_unary_rpc_method_handler(stream_unary(channel.stream_unary(method)))
+    return handlers
+
+
+class _Generic(grpc.GenericRpcHandler):
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)  # unknown: UNIMPLEMENTED, as the main server
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    reader, writer = await asyncio.open_unix_connection(args.relay)
+    relay = _Relay(reader, writer, stopped.set)
+    options = [
+        ("grpc.max_receive_message_length", args.max_message_bytes),
+        ("grpc.max_send_message_length", args.max_message_bytes),
+    ]
+    channel = grpc.aio.insecure_channel(f"unix:{args.upstream}", options=options)
+    server = grpc.aio.server(
+        options=options
+        + [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    server.add_generic_rpc_handlers((_Generic(_proxy_handlers(channel, relay)),))
+    if args.tls_cert:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        creds = grpc.ssl_server_credentials(
+            [(read(args.tls_key), read(args.tls_cert))],
+            root_certificates=read(args.tls_client_ca) if args.tls_client_ca else None,
+            require_client_auth=bool(args.tls_client_ca),
+        )
+        port = server.add_secure_port(args.listen, creds)
+    else:
+        port = server.add_insecure_port(args.listen)
+    if port == 0:
+        print(f"cannot listen on {args.listen}", flush=True)
+        return 1
+    await server.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    import gc
+
+    gc.freeze()  # the imports and the server: nothing for the cyclic GC to walk again
+    print(f"ready {port}", flush=True)
+    await stopped.wait()
+    await server.stop(args.grace)
+    await channel.close()
+    writer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m xpod.scheduler.frontend", description="an xpod server front end (started by xpod server --frontends)")
+    ap.add_argument("--listen", required=True)
+    ap.add_argument("--parent-pid", type=int, required=True, help="the main process (the front end ends with it)")
+    ap.add_argument("--relay", required=True, help="Unix socket of the main process's SubmitJob relay")
+    ap.add_argument("--upstream", required=True, help="Unix socket of the main process's gRPC server")
+    ap.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    ap.add_argument("--grace", type=float, default=2.0)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca")
+    args = ap.parse_args(argv)
+    if not _die_with_parent(args.parent_pid):
+        print(f"front end: the main process {args.parent_pid} is gone", flush=True)
+        return 1
+    try:
+        return asyncio.run(_serve(args))
+    except (OSError, RuntimeError) as err:
+        print(f"front end: {err}", flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

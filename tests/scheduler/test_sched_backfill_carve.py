@@ -1,0 +1,204 @@
+"""Backfill beside the head's carve-out: a job without a short enough duration may use devices
+of the head's reserved domain that the head itself would not take at its start.
+
+Declarative cases as in ``test_sched_mechanism``: ``running`` jobs are placed at t=0, ``jobs``
+are submitted after them and one cycle runs at t=1. ``expect`` is the cycle's bindings;
+``pending`` job id -> reason code; ``says`` job id -> words its message must hold.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xpod.scheduler.core import Scheduler
+from xpod.scheduler.model import ReasonCode
+from xpod.scheduler.profile import profile_from_dict
+from xpod.scheduler.testing import job, node, placements, run_case
+
+H = "nvidia-h100-sxm"
+A3 = "ascend-910c"
+BACKFILL = {"actions": ["enqueue", "allocate", "backfill"], "policies": ["gang", "topology", "ascend", "binpack", "priority"]}
+
+CASES = [
+    dict(
+        id="the head needs 8 of the 12 that free up: 4 free now go to a job without duration",
+        nodes=[node("n1").devices(H, 16)],
+        running=[job("r").devices(H, 12).duration(100)],
+        jobs=[job("big").devices(H, 8).submitted(1), job("nodur").devices(H, 4).submitted(2)],
+        expect={"nodur": [("n1", (12, 13, 14, 15))]},
+        pending={"big": ReasonCode.UNSCHEDULABLE},
+    ),
+    dict(
+        id="the head needs 14: only the 2 it leaves may be backfilled, a 4 waits",
+        nodes=[node("n1").devices(H, 16)],
+        running=[job("r").devices(H, 12).duration(100)],
+        jobs=[job("big").devices(H, 14).submitted(1), job("four").devices(H, 4).submitted(2), job("two").devices(H, 2).submitted(3)],
+        expect={"two": [("n1", (14, 15))]},
+        pending={"big": ReasonCode.UNSCHEDULABLE, "four": ReasonCode.WAITING_BEHIND},
+        says={"four": "it does not fit beside the 14 devices kept for big either"},
+    ),
+    dict(
+        id="the head's CPU on its node is kept: a backfill job may not eat it",
+        # n1: 64 cores; r holds 8 until 100. big needs 40 at 100: 64 - 8 + 8 = 64 then.
+        # cpu20 leaves 36 + 8 released = 44 >= 40: goes; cpu30 would leave 34 < 40: waits
+        nodes=[node("n1").devices(H, 16).cpu(64)],
+        running=[job("r").devices(H, 12).cpu(8).duration(100)],
+        jobs=[job("big").devices(H, 8).cpu(40).submitted(1), job("cpu30").devices(H, 2).cpu(30).submitted(2),
+              job("cpu20").devices(H, 2).cpu(20).submitted(3)],
+        expect={"cpu20": [("n1", (12, 13))]},
+        pending={"big": ReasonCode.UNSCHEDULABLE, "cpu30": ReasonCode.WAITING_BEHIND},
+    ),
+    dict(
+        id="an Ascend logical super-pod head keeps its reserve nodes: nothing goes beside it",
+        # a0, a1 busy until 100; big (2 nodes) needs 2 free nodes plus the 2 reserve nodes of
+        # the super-pod: a job on a2 or a3 would eat the reserve and delay big
+        nodes=[node(f"a{i}").devices(A3, 16).supernode("sp") for i in range(4)],
+        running=[job("r").training(tasks=2).devices(A3, 16).within("supernode").duration(100)],
+        jobs=[job("big").training(tasks=2).devices(A3, 16).sp_block(32).submitted(1), job("nodur").devices(A3, 16).submitted(2)],
+        expect={},
+        pending={"big": ReasonCode.UNSCHEDULABLE, "nodur": ReasonCode.WAITING_BEHIND},
+    ),
+    dict(
+        id="an Ascend 910C head's carve-out follows its die-pair rule",
+        # a0: r holds dies 0-9 until 100 (dies 10-15 free). big needs 8 dies = 4 whole pairs:
+        # at 100 it takes pairs freed by r, so the 6 free dies (3 pairs) may go to a 6-die job
+        nodes=[node("a0").devices(A3, 16).supernode("sp")],
+        running=[job("r").devices(A3, 10).duration(100)],
+        jobs=[job("big").devices(A3, 8).submitted(1), job("six").devices(A3, 6).submitted(2)],
+        expect={"six": [("a0", (10, 11, 12, 13, 14, 15))]},
+        pending={"big": ReasonCode.UNSCHEDULABLE},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_carve_case(case):
+    s, r = run_case(dict(case, profile=BACKFILL))
+    assert placements(r) == case["expect"], {j: p.message for j, p in r.pending.items()}
+    for jid, code in case.get("pending", {}).items():
+        assert r.pending[jid].code is code, r.pending[jid].message
+    for jid, words in case.get("says", {}).items():
+        assert words in r.pending[jid].message, r.pending[jid].message
+
+
+def test_the_head_starts_at_its_reservation_beside_the_backfilled_job():
+    """Play the first case forward: at 100 r ends and big starts on the dies it freed, while
+    nodur (no expected end) keeps running."""
+    case = dict(CASES[0], profile=BACKFILL)
+    s, r = run_case(case)
+    assert "nodur" in s.running
+    s.finish("r")
+    r2 = s.cycle(now=100.0)
+    assert sorted(b.device_indices for b in r2.bindings if b.job_id == "big") == [tuple(range(8))]
+    assert not s.pending
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 6, 8, 12, 16]), st.integers(1, 30), st.booleans()), min_size=2, max_size=14),
+       st.integers(1, 2))
+def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
+    """16-device nodes, so a head often needs only part of a node. Some jobs hide their
+    duration (no expected_duration_seconds: backfill may only put them beside the head's
+    carve-out) but still end at it. Before each cycle a copy without backfill gives the
+    blocked head its reservation; with backfill it starts no later."""
+    prof = profile_from_dict(BACKFILL)
+    no_backfill = profile_from_dict(dict(BACKFILL, actions=["enqueue", "allocate"]))
+    t = [0.0]
+    s = Scheduler([node(f"n{i}").devices(H, 16).build() for i in range(n_nodes)], profile=prof, clock=lambda: t[0])
+    real = {}
+    for i, (k, d, known) in enumerate(specs):
+        b = job(f"j{i:02d}").devices(H, k).submitted(0.001 * (i + 1))
+        s.submit((b.duration(float(d * 10)) if known else b).build())
+        real[f"j{i:02d}"] = float(d * 10)
+    promised: dict[str, float] = {}
+    started: dict[str, float] = {}
+    ends: list = []
+    while True:
+        probe = copy.deepcopy(s)
+        probe.profile = no_backfill
+        for jid, why in probe.cycle().pending.items():
+            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
+                promised[jid] = why.estimated_start
+        r = s.cycle()
+        for b in r.bindings:
+            if b.job_id not in started:
+                started[b.job_id] = t[0]
+                heapq.heappush(ends, (t[0] + real[b.job_id], b.job_id))
+        if not ends:
+            break
+        t[0] = ends[0][0]
+        while ends and ends[0][0] <= t[0]:
+            s.finish(heapq.heappop(ends)[1])
+    assert not s.pending, "every job fits an empty node"
+    for jid, when in promised.items():
+        assert started[jid] <= when + 1e-9, f"{jid} promised {when}, started {started[jid]}"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["1", "2", "4", "6", "8", "12", "16", "gang", "sp"]), st.integers(1, 30), st.booleans()),
+                min_size=2, max_size=12),
+       st.integers(4, 6))
+def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
+    """The same on one Ascend 910C super-pod with MindCluster's rules (die pairs, 2 reserve
+    nodes for logical super-pods): single-node die requests, gangs of whole nodes and
+    ``sp_block`` jobs, some hiding their duration."""
+    prof = profile_from_dict(BACKFILL)
+    no_backfill = profile_from_dict(dict(BACKFILL, actions=["enqueue", "allocate"]))
+    t = [0.0]
+    s = Scheduler([node(f"a{i}").devices(A3, 16).supernode("sp").build() for i in range(n_nodes)], profile=prof, clock=lambda: t[0])
+    real = {}
+    for i, (what, d, known) in enumerate(specs):
+        jid = f"j{i:02d}"
+        if what == "gang":
+            b = job(jid).training(tasks=2).devices(A3, 16).within("supernode")
+        elif what == "sp":
+            b = job(jid).training(tasks=2).devices(A3, 16).sp_block(32)
+        else:
+            b = job(jid).devices(A3, int(what))
+        s.submit((b.duration(float(d * 10)) if known else b).submitted(0.001 * (i + 1)).build())
+        real[jid] = float(d * 10)
+    promised: dict[str, float] = {}
+    started: dict[str, float] = {}
+    ends: list = []
+    while True:
+        probe = copy.deepcopy(s)
+        probe.profile = no_backfill
+        for jid, why in probe.cycle().pending.items():
+            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
+                promised[jid] = why.estimated_start
+        r = s.cycle()
+        for b in r.bindings:
+            if b.job_id not in started:
+                started[b.job_id] = t[0]
+                heapq.heappush(ends, (t[0] + real[b.job_id], b.job_id))
+        if not ends:
+            break
+        t[0] = ends[0][0]
+        while ends and ends[0][0] <= t[0]:
+            s.finish(heapq.heappop(ends)[1])
+    for jid, when in promised.items():
+        assert started[jid] <= when + 1e-9, f"{jid} promised {when}, started {started[jid]}"
+
+
+def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):
+    """Past MAX_CARVE_TRIES jobs a cycle stops trying beside the carve-out; the jobs left say
+    so rather than claim they do not fit."""
+    from xpod.scheduler import actions
+
+    monkeypatch.setattr(actions, "MAX_CARVE_TRIES", 1)
+    _, r = run_case(dict(
+        profile=BACKFILL,
+        nodes=[node("n1").devices(H, 16)],
+        running=[job("r").devices(H, 12).duration(100)],
+        jobs=[job("big").devices(H, 14).submitted(1), job("four").devices(H, 4).submitted(2),
+              job("four2").devices(H, 4).submitted(3), job("three").devices(H, 3).submitted(4)],
+    ))
+    assert "it does not fit beside the 14 devices kept for big either" in r.pending["four"].message
+    assert "it does not fit beside the 14 devices kept for big either" in r.pending["four2"].message  # same shape
+    assert "backfill beside the 14 devices kept for big already tried 1 jobs this cycle" in r.pending["three"].message
+    assert not r.bindings

@@ -1,0 +1,253 @@
+"""Front-end processes (scheduler.frontend, ``xpod server --frontends N``): a call answered by a
+front end is answered as the main server answers it (codes, rich details, authorisation,
+idempotency across the two), relayed submissions count in the main server's metrics and keep
+deadlines, and front ends live and die with the main process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import psutil
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from conftest import CLUSTER, TOKEN, TOKENS, job_doc, make_api
+from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
+from xpod.scheduler.auth import Authenticator
+from xpod.scheduler.service import build_server
+
+
+def submit_req(rid: str, doc: dict) -> jpb.SubmitJobRequest:
+    req = jpb.SubmitJobRequest(request_id=rid)
+    req.job.update(doc)
+    return req
+
+
+def outcome(fn) -> tuple:
+    """(code, ErrorInfo reason, BadRequest fields) of a call, or ("OK", response)."""
+    try:
+        return ("OK", fn())
+    except grpc.RpcError as err:
+        reason, fields = None, []
+        status = rpc_status.from_call(err)
+        for d in status.details if status is not None else ():
+            if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                d.Unpack(info)
+                reason = info.reason
+            elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                d.Unpack(bad)
+                fields = [v.field for v in bad.field_violations]
+        return (err.code().name, reason, fields)
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """The main server (one front end of its own) and one more front end on a port of its
+    own, so a client is sure to reach a front end: (api, metrics, direct port, front-end port)."""
+    from xpod.scheduler.service_metrics import ServiceMetrics
+
+    api = make_api(str(tmp_path / "x.db"))
+    metrics = ServiceMetrics()
+    metrics.attach(api)
+    running = build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=1)
+    fronts = running.frontends
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpod.scheduler.frontend", "--parent-pid", str(os.getpid()), "--listen", "127.0.0.1:0",
+         "--relay", fronts.relay_path, "--upstream", fronts.upstream_path],
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    m = re.match(r"ready (\d+)", line)
+    assert m, f"front end did not start: {line!r}"
+    yield api, metrics, running.port, int(m.group(1)), proc
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    running.stop(0)
+    api.close()
+
+
+def _calls(port: int, tag: str) -> dict[str, tuple]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    jobs = job_service_pb2_grpc.JobServiceStub(ch)
+
+    def md(who):
+        return (("authorization", f"Bearer {TOKEN[who]}"),)
+
+    raw_submit = ch.unary_unary("/xpod.v1.JobService/SubmitJob", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    unknown = ch.unary_unary("/xpod.v1.JobService/NoSuchCall", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    results = {
+        "submit": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-1", job_doc(f"{tag}", count=1)), metadata=md("alice"), timeout=10)),
+        "bad spec": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-2", job_doc(count=-1)), metadata=md("alice"), timeout=10)),
+        "no token": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-3", job_doc(count=1)), timeout=10)),
+        "other queue": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-4", job_doc(count=1, queue="prod")), metadata=md("alice"), timeout=10)
+        ),
+        "agent submits": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-5", job_doc(count=1)), metadata=md("agent"), timeout=10)),
+        "reused id": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-1", job_doc("other", count=2)), metadata=md("alice"), timeout=10)
+        ),
+        "never fits": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-6", job_doc(count=64)), metadata=md("alice"), timeout=10)
+        ),
+        "garbage": outcome(lambda: raw_submit(b"\xff\xff\xff\xff\x0f garbage", metadata=md("alice"), timeout=10)),
+        "not found": outcome(lambda: jobs.GetJob(jpb.GetJobRequest(job_id="job-999"), metadata=md("admin"), timeout=10)),
+        "other's job": outcome(lambda: jobs.GetJob(jpb.GetJobRequest(job_id="job-1"), metadata=md("bob"), timeout=10)),
+        "unknown method": outcome(lambda: unknown(b"", timeout=10)),
+        "health": outcome(
+            lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="xpod.v1.JobService"), timeout=10).status
+        ),
+    }
+    stream = jobs.WatchJobs(jpb.WatchJobsRequest(from_revision=0), metadata=md("admin"), timeout=10)
+    results["watch"] = ("OK", [next(stream).event.job_id for _ in range(1)])
+    stream.cancel()
+    ch.close()
+    return results
+
+
+def test_a_front_end_answers_every_call_as_the_main_server_does(pair):
+    api, _, direct_port, front_port, _ = pair
+    direct = _calls(direct_port, "d")
+    relayed = _calls(front_port, "f")
+    assert direct["submit"][0] == relayed["submit"][0] == "OK"
+    assert direct["submit"][1].created and relayed["submit"][1].created
+    assert relayed["submit"][1].job.spec["metadata"]["name"] == "f"  # the document comes back as sent
+    for name in direct:
+        if name == "submit":
+            continue
+        assert relayed[name] == direct[name], name
+    # the codes themselves, so the comparison above is not two identical failures
+    assert direct["bad spec"][:2] == ("INVALID_ARGUMENT", "INVALID_SPEC") and direct["bad spec"][2]
+    assert direct["no token"][0] == "UNAUTHENTICATED"
+    assert direct["other queue"][0] == direct["agent submits"][0] == "PERMISSION_DENIED"
+    assert direct["reused id"][:2] == ("ALREADY_EXISTS", "REQUEST_ID_REUSED")
+    assert direct["never fits"][0] == "FAILED_PRECONDITION"
+    assert direct["garbage"][:2] == ("INVALID_ARGUMENT", "MALFORMED_REQUEST")
+    assert direct["not found"][0] == "NOT_FOUND" and direct["other's job"][0] == "PERMISSION_DENIED"
+    assert direct["unknown method"][0] == "UNIMPLEMENTED"
+    assert direct["health"] == ("OK", health_pb2.HealthCheckResponse.SERVING)
+    assert direct["watch"] == ("OK", ["job-1"])
+
+
+def test_idempotency_holds_across_the_main_server_and_a_front_end(pair):
+    _, _, direct_port, front_port, _ = pair
+    md = (("authorization", f"Bearer {TOKEN['alice']}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{direct_port}") as a, grpc.insecure_channel(f"127.0.0.1:{front_port}") as b:
+        first = job_service_pb2_grpc.JobServiceStub(a).SubmitJob(submit_req("same", job_doc(count=1)), metadata=md, timeout=10)
+        again = job_service_pb2_grpc.JobServiceStub(b).SubmitJob(submit_req("same", job_doc(count=1)), metadata=md, timeout=10)
+    assert first.created and not again.created and again.job.id == first.job.id
+
+
+def test_relayed_submissions_count_in_the_main_metrics_and_keep_deadlines(pair, monkeypatch):
+    api, metrics, _, front_port, _ = pair
+    labels = {"grpc_type": "unary", "grpc_service": "xpod.v1.JobService", "grpc_method": "SubmitJob"}
+
+    def handled(code: str) -> float:
+        return metrics.registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code}) or 0
+
+    md = (("authorization", f"Bearer {TOKEN['alice']}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{front_port}") as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        assert stub.SubmitJob(submit_req("m1", job_doc(count=1)), metadata=md, timeout=10).created
+        _wait_for(lambda: handled("OK") == 1)
+        # a wedged disk: the write never commits, the client's deadline ends the call on both sides
+        import concurrent.futures
+
+        monkeypatch.setattr(api.store, "submit", lambda write, background=False: concurrent.futures.Future())
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitJob(submit_req("m2", job_doc(count=1)), metadata=md, timeout=0.5)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 5
+        _wait_for(lambda: api._inflight_submissions == 0)  # the main process let go of it too
+        _wait_for(lambda: handled("DEADLINE_EXCEEDED") + handled("CANCELLED") == 1)
+
+
+def _server(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    proc = subprocess.Popen(
+        [exe, "server", "--cluster", CLUSTER, "--db", str(tmp_path / "s.db"), "--listen", "127.0.0.1:0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
+        if m:
+            return proc, m.group(1), line
+    raise AssertionError("server did not start: " + "".join(lines))
+
+
+def _front_ends(pid: int) -> list[psutil.Process]:
+    """The live front-end processes of server ``pid`` (not a killed one its watcher has yet to reap)."""
+    found = []
+    for c in psutil.Process(pid).children():
+        try:
+            if "xpod.scheduler.frontend" in " ".join(c.cmdline()):
+                found.append(c)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+def test_front_ends_end_with_a_killed_server_and_are_replaced_when_they_die(tmp_path):
+    proc, addr, banner = _server(tmp_path, "--frontends", "2")
+    try:
+        assert banner.rstrip().endswith("; 2 front-end processes")
+        fronts = _front_ends(proc.pid)
+        assert len(fronts) == 2
+        os.kill(fronts[0].pid, signal.SIGKILL)  # one front end dies: another takes its place
+        _wait_for(lambda: len(_front_ends(proc.pid)) == 2 and fronts[0].pid not in [p.pid for p in _front_ends(proc.pid)])
+        survivors = _front_ends(proc.pid)
+        with grpc.insecure_channel(addr) as ch:  # and the address still answers
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        proc.kill()  # kill -9 of the main process: its front ends go too, the port closes
+        proc.wait(timeout=10)
+        _wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in survivors), 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out = proc.stdout.read()
+        proc.stdout.close()
+    assert "exited with -9; starting another" in out, out
+
+
+def test_front_ends_flag_is_checked(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+    r = subprocess.run([exe, "server", "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0", "--frontends", "-1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "--frontends -1" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("second", [[], ["--frontends", "0"]])
+def test_a_second_server_on_a_port_in_use_is_refused(tmp_path, second):
+    # gRPC sets SO_REUSEPORT on listeners by default: without care a second server would share
+    # the port (and take part of the first one's clients, with another database)
+    proc, addr, _ = _server(tmp_path)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "xpod")
+        r = subprocess.run([exe, "server", "--db", str(tmp_path / "other.db"), "--listen", addr, *second],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and f"--listen {addr}: cannot listen" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
