@@ -128,7 +128,8 @@ def cmd_agent(args) -> int:
         print(f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}", flush=True)
     threads = ag.run_agents(agents, stop)
     _report_first_connection(agents, stop, target.server)
-    stop.wait()
+    while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
+        pass
     print("xpod agent: stopping (ending running tasks)", flush=True)
     for t in threads:
         t.join(timeout=args.grace + 5)
@@ -233,7 +234,8 @@ def cmd_up(args) -> int:
             flush=True,
         )
         print(f"xpod up: submit with 'xpod submit FILE --server {system.address}'; Ctrl-C to stop", flush=True)
-        stop.wait()
+        while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
+            pass
         print("xpod up: stopping", flush=True)
     finally:
         system.close()

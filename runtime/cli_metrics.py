@@ -80,7 +80,8 @@ def cmd_exporter(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
+            pass
     finally:
         server.close()
     return 0

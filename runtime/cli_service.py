@@ -196,24 +196,30 @@ def cmd_server(args) -> int:
     freezer = GcFreezer().start()
     # the store writer wins the GIL back from the busy event loop sooner (scheduler/gc_tuning.py)
     tune_switch_interval()
+    # before the banner: whoever waits for "listening on" may stop the server at once
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     jobs = len(api.store.load_jobs())
     devices = sum(len(n.devices) for n in nodes)
     if authenticator.open:
         print(f"xpod server: no --tokens file: running OPEN (no authentication) on {host}", flush=True)
     metrics_where = ""
     if metrics_server is not None:
-        metrics_where = f"; metrics on http://{metrics_addr[0]}:{metrics_server.server_port}/metrics"
+        metrics_host = f"[{metrics_addr[0]}]" if ":" in metrics_addr[0] else metrics_addr[0]
+        metrics_where = f"; metrics on http://{metrics_host}:{metrics_server.server_port}/metrics"
     print(
-        f"xpod server: listening on {host}:{running.port}{' (TLS)' if tls else ''}; db {args.db} "
+        # an IPv6 host in brackets: the address as clients (xpod --server) take it
+        f"xpod server: listening on {f'[{host}]' if ':' in host else host}:{running.port}{' (TLS)' if tls else ''}; db {args.db} "
         f"({jobs} jobs recovered, revision {api.last_revision}); cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
         + metrics_where
         + (f"; {frontends} front-end process{'es' if frontends > 1 else ''}" if frontends else ""),
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # with a timeout: a signal the kernel hands to another thread never interrupts a wait
+    # without one, and Python runs the handler only once the main thread wakes
+    while not stop.wait(0.5):
+        pass
     print("xpod server: stopping", flush=True)
     running.stop(2.0)
     api.close()

@@ -2,14 +2,15 @@
 
 A Python gRPC server does its per-call work (HTTP/2 framing, the call's completion-queue
 events, the handler's coroutine) on one event-loop thread, which shares the GIL with the store
-writer and the scheduling thread. Measured here (``bench/service_frontends.md`` has the
-commands): a bare ``grpc.aio`` handler that returns a constant costs the server about 240 µs of
-CPU per unary call, a third of what ``xpod server`` spends per durable submission, and that
-loop thread is what a burst of submissions waits for.
+writer and the scheduling thread. Measured here (``bench/grpc_floor.py``): a bare ``grpc.aio``
+handler that returns a constant costs the server about 180-240 µs of CPU per unary call, a
+third of what ``xpod server`` spent per durable submission in one process, and that loop
+thread is what a burst of submissions waits for.
 
-``xpod server --frontends N`` starts N extra processes that listen on the same address
-(``SO_REUSEPORT``, which gRPC sets on Linux: the kernel spreads new connections over every
-listener, the main server's included). A front end has no state of its own:
+``xpod server --frontends N`` starts N extra processes that listen on the server's address
+(``SO_REUSEPORT``, which gRPC sets on Linux: the kernel spreads new connections over them; the
+main process only holds the port with a bound socket that does not listen). A front end has
+no state of its own:
 
 * ``SubmitJob`` is relayed over a Unix socket to the main process in batches (one frame per
   event-loop turn, each way) as the request's bytes, its bearer token and its remaining
@@ -22,8 +23,9 @@ listener, the main server's included). A front end has no state of its own:
   details. Rarely called, so the proxy's extra hop costs little.
 
 Both sockets sit in a directory only this user can enter. A front end ends when the main
-process does (``PR_SET_PDEATHSIG``, and the relay connection closing); the main process stops
-its front ends first when it stops, and starts a new one when one dies.
+process does (``PR_SET_PDEATHSIG``, and the relay connection closing) and then removes the
+sockets, which the dead main process cannot; the main process turns its health to NOT_SERVING,
+stops its front ends, then itself, and starts a new front end when one dies.
 
 This module is the front end's program (``python -m xpod.scheduler.frontend``) and the main
 process's side of the relay (``RelayEndpoint``, ``FrontEnds``).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import os
@@ -50,6 +53,9 @@ import grpc
 RELAYED_METHOD = "/xpod.v1.JobService/SubmitJob"
 _FRAME = struct.Struct("!I")  # a frame: 4-byte big-endian length, then a pickled list
 _PR_SET_PDEATHSIG = 1
+# the signal a front end gets when the main process dies: not SIGTERM, which is the main's own
+# orderly stop, because only an orphan removes the sockets (the main does it when it stops)
+_PARENT_DIED = signal.SIGUSR1
 # metadata a proxy must not copy: HTTP/2 pseudo-headers and what gRPC sets for each hop
 _HOP_KEYS = frozenset({"user-agent", "content-type", "te", "host"})
 
@@ -181,11 +187,11 @@ class RelayEndpoint:
 
 
 def _die_with_parent(parent_pid: int) -> bool:
-    """SIGTERM to this process when the main process dies; False if it already has. Done by
+    """``_PARENT_DIED`` to this process when the main process dies; False if it already has. Done by
     the front end itself after exec: code between fork and exec in a process with gRPC's
     threads running can deadlock, so the server starts front ends without a preexec hook."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _PARENT_DIED, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the relay connection closing ends it too
         pass
     return os.getppid() == parent_pid
@@ -207,11 +213,38 @@ class FrontEnds:
         self._procs: list[subprocess.Popen | None] = [None] * count
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._reaped = threading.Event()  # stop() has waited for every front end
         self.restarts = 0
         self._watcher: threading.Thread | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start every front end and wait until each listens; raises RuntimeError if one cannot."""
+        """Start every front end and wait until each listens; raises RuntimeError if one cannot.
+
+        The watcher thread forks every front end, the first ones included: PR_SET_PDEATHSIG
+        fires when the thread that forked a child ends, and the watcher lives as long as the
+        server while the caller's thread may not (``build_server`` called from a worker)."""
+        outcome: list[BaseException | None] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._start_all(timeout_s)
+            except BaseException as err:  # handed to the caller below
+                outcome.append(err)
+                done.set()
+                return
+            outcome.append(None)
+            done.set()
+            self._watch()
+            self._reaped.wait()  # this thread ending is a parent death to the front ends
+
+        self._watcher = threading.Thread(target=run, name="xpod-frontends", daemon=True)
+        self._watcher.start()
+        done.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _start_all(self, timeout_s: float) -> None:
         launched = [self._launch() for _ in range(self.count)]  # they import gRPC side by side
         try:
             for i, proc in enumerate(launched):
@@ -221,11 +254,8 @@ class FrontEnds:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                proc.stdout.close()
             raise
-        # the watcher is the spawning thread of any replacement: it lives as long as the server,
-        # and PR_SET_PDEATHSIG fires when the thread that forked a child ends
-        self._watcher = threading.Thread(target=self._watch, name="xpod-frontends", daemon=True)
-        self._watcher.start()
 
     def _launch(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -240,29 +270,48 @@ class FrontEnds:
         reader.start()
         reader.join(timeout_s)
         if not ready or not ready[0].startswith("ready"):
+            exited = None
+            if ready and not ready[0]:  # the end of its output: it is exiting, say how
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    exited = proc.wait(timeout=5)
             proc.kill()
             proc.wait()
-            raise RuntimeError(f"front end did not start: {(ready[0].strip() if ready else '') or f'no answer in {timeout_s:.0f} s'}")
+            proc.stdout.close()
+            why = (ready[0].strip() if ready else "") or (
+                f"exited with {exited}" if exited is not None else f"no answer in {timeout_s:.0f} s"
+            )
+            raise RuntimeError(f"front end did not start: {why}")
         return proc
 
     def _spawn(self, timeout_s: float) -> subprocess.Popen:
         return self._await_ready(self._launch(), timeout_s)
 
     def _watch(self) -> None:
+        # a slot whose replacement could not start (out of processes or memory for a moment) is
+        # tried again, later each time: the main process does not listen on the port itself
+        retry_at_s = [0.0] * self.count
+        backoff_s = [1.0] * self.count
         while not self._stopping.wait(0.5):
             for i, proc in enumerate(self._procs):
-                if proc is None or proc.poll() is None:
+                if proc is not None and proc.poll() is None:
+                    continue
+                if proc is None and time.monotonic() < retry_at_s[i]:
                     continue
                 with self._lock:
                     if self._stopping.is_set():
                         return
-                    print(f"xpod server: front end {i} (pid {proc.pid}) exited with {proc.returncode}; starting another", flush=True)
+                    if proc is not None:
+                        print(f"xpod server: front end {i} (pid {proc.pid}) exited with {proc.returncode}; starting another", flush=True)
+                        proc.stdout.close()  # else one pipe leaks per restart
                     try:
                         self._procs[i] = self._spawn(30.0)
                         self.restarts += 1
+                        backoff_s[i] = 1.0
                     except (OSError, RuntimeError) as err:
-                        print(f"xpod server: front end {i}: {err}; serving without it", flush=True)
+                        print(f"xpod server: front end {i}: {err}; trying again in {backoff_s[i]:.0f} s", flush=True)
                         self._procs[i] = None
+                        retry_at_s[i] = time.monotonic() + backoff_s[i]
+                        backoff_s[i] = min(2 * backoff_s[i], 60.0)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.poll() is None]
@@ -284,6 +333,7 @@ class FrontEnds:
                 p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+        self._reaped.set()
 
 
 # --- the front end's program ------------------------------------------------------------------
@@ -405,6 +455,14 @@ class _Generic(grpc.GenericRpcHandler):
 async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
+    # the main process died (PR_SET_PDEATHSIG), so it will not remove the sockets; the relay
+    # closing alone does not say so (the main could live on and start another front end)
+    orphaned: list[bool] = []
+
+    def orphan() -> None:
+        orphaned.append(True)
+        stopped.set()
+
     reader, writer = await asyncio.open_unix_connection(args.relay)
     relay = _Relay(reader, writer, stopped.set)
     options = [
@@ -439,8 +497,11 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"cannot listen on {args.listen}", flush=True)
         return 1
     await server.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    # Ctrl-C reaches the whole process group: the main process stops its front ends in order
+    # (health NOT_SERVING first), so a front end leaves SIGINT to it
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(_PARENT_DIED, orphan)
     import gc
 
     gc.freeze()  # the imports and the server: nothing for the cyclic GC to walk again
@@ -449,6 +510,14 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.stop(args.grace)
     await channel.close()
     writer.close()
+    if orphaned:
+        # the main process died without its stop (kill -9), which removes the sockets: nobody
+        # else will. Only these two paths and then the directory if empty, never a tree.
+        for path in (args.relay, args.upstream):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(args.relay))
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -218,14 +219,22 @@ def node_from_pb(n: types_pb2.Node) -> NodeView:
 # --- errors -----------------------------------------------------------------------------------
 
 
+_MAX_MESSAGE_CHARS = 500
+
+
 def status_for(err: ApiError) -> status_pb2.Status:
-    """The google.rpc.Status for an API error (AIP-193)."""
-    status = status_pb2.Status(code=getattr(code_pb2, err.code.value), message=err.message)
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata)
+    """The google.rpc.Status for an API error (AIP-193). The message, field and metadata values
+    (which may quote the caller's input) are cut to ``_MAX_MESSAGE_CHARS``: they go out in the
+    trailers several times (grpc-message, the Status, ErrorInfo, BadRequest), and past the
+    client's 8 KiB metadata limit the caller would get RESOURCE_EXHAUSTED instead of this error."""
+    message = err.message if len(err.message) <= _MAX_MESSAGE_CHARS else err.message[: _MAX_MESSAGE_CHARS - 1] + "…"
+    status = status_pb2.Status(code=getattr(code_pb2, err.code.value), message=message)
+    metadata = {k: v[:_MAX_MESSAGE_CHARS] for k, v in err.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=metadata)
     status.details.add().Pack(info)
     if err.field is not None:
         bad = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)]
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=err.field[:_MAX_MESSAGE_CHARS], description=message)]
         )
         status.details.add().Pack(bad)
     if err.retry_after_s is not None:
@@ -702,7 +711,13 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        if self.frontends is not None:  # first, so no new call reaches a front end whose relay closes
+        if self.frontends is not None:
+            # probes reach the front ends: they see NOT_SERVING before the port closes
+            try:
+                asyncio.run_coroutine_threadsafe(self.health.enter_graceful_shutdown(), self._loop).result(timeout=10)
+            except Exception:  # a wedged loop: stopping matters more than the probes
+                pass
+            # then the front ends, so no new call reaches a front end whose relay closes
             self.frontends.stop(grace_s)
 
         async def shutdown() -> None:
@@ -740,7 +755,7 @@ def build_server(
     processes listen on the same address and relay to this one (``scheduler.frontend``).
     Raises OSError when it cannot listen, RuntimeError when a front end cannot start.
     """
-    relay_dir = tempfile.mkdtemp(prefix="xpod-server-") if frontends > 0 else None  # mode 0700
+    relay_dir = _socket_dir() if frontends > 0 else None
     loop = asyncio.new_event_loop()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="xpod-grpc")
     thread = threading.Thread(target=_run_loop, args=(loop,), name="xpod-grpc-loop", daemon=True)
@@ -851,28 +866,75 @@ async def _start(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     relay_server = None
-    if relay_dir is not None:
-        from xpod.scheduler.frontend import RELAYED_METHOD, RelayEndpoint
+    try:
+        if relay_dir is not None:
+            from xpod.scheduler.frontend import RELAYED_METHOD, RelayEndpoint
 
-        # front ends proxy every other call to this same server over a private Unix socket
-        if server.add_insecure_port(f"unix:{os.path.join(relay_dir, 'grpc.sock')}") == 0:
-            raise OSError(f"cannot listen on a Unix socket in {relay_dir}")
-        submit = registrar.wrap(
-            RELAYED_METHOD,
-            grpc.unary_unary_rpc_method_handler(
-                jobs.SubmitJob,
-                request_deserializer=job_service_pb2.SubmitJobRequest.FromString,
-                response_serializer=job_service_pb2.SubmitJobResponse.SerializeToString,
-            ),
-        )
-        relay_server = await asyncio.start_unix_server(RelayEndpoint(submit).serve, os.path.join(relay_dir, "relay.sock"))
-    await server.start()
+            # front ends proxy every other call to this same server over a private Unix socket
+            if server.add_insecure_port(f"unix:{os.path.join(relay_dir, 'grpc.sock')}") == 0:
+                raise OSError(f"cannot listen on a Unix socket in {relay_dir}")
+            submit = registrar.wrap(
+                RELAYED_METHOD,
+                grpc.unary_unary_rpc_method_handler(
+                    jobs.SubmitJob,
+                    request_deserializer=job_service_pb2.SubmitJobRequest.FromString,
+                    response_serializer=job_service_pb2.SubmitJobResponse.SerializeToString,
+                ),
+            )
+            relay_server = await asyncio.start_unix_server(RelayEndpoint(submit).serve, os.path.join(relay_dir, "relay.sock"))
+        await server.start()
+    except BaseException:
+        if reserved is not None:
+            reserved.close()  # it holds the port
+        raise
     if _trace.ENABLED:
         _TRACE_TASKS.add(loop.create_task(_trace_loop_lag()))  # the loop keeps tasks only weakly
     return server, health_servicer, port, (relay_server, reserved)
 
 
 _TRACE_TASKS: set = set()
+
+
+def _socket_dir() -> str:
+    """A new directory only this user can enter (mkdtemp: mode 0700) for the front ends' Unix
+    sockets: in the temp directory, or in /tmp when that one's path is too long for a socket
+    address (107 bytes on Linux; long TMPDIRs are common in CI)."""
+    path = tempfile.mkdtemp(prefix="xpod-server-")
+    if len(os.path.join(path, "relay.sock").encode()) > 107 and os.path.isdir("/tmp"):
+        os.rmdir(path)
+        path = tempfile.mkdtemp(prefix="xpod-server-", dir="/tmp")
+    _sweep_stale_socket_dirs(os.path.dirname(path), keep=path)
+    return path
+
+
+def _sweep_stale_socket_dirs(parent: str, keep: str) -> None:
+    """Remove the socket directories of servers that are gone: when a server and its front
+    ends are killed together (``kill -9`` of the process group) nobody else removes them. A
+    directory is stale when its relay socket refuses connections (nothing listens there);
+    only this user's, only the two socket files, then the directory if it is empty."""
+    import glob
+
+    for path in glob.glob(os.path.join(parent, "xpod-server-*")):
+        relay = os.path.join(path, "relay.sock")
+        if path == keep or not os.path.exists(relay):
+            continue
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(relay)
+                continue  # a live server's
+            except ConnectionRefusedError:
+                pass
+            finally:
+                probe.close()
+            for name in ("relay.sock", "grpc.sock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
+            os.rmdir(path)
+        except OSError:  # another server sweeping too, or not ours to touch
+            continue
 
 
 def _reserve_port(listen: str) -> socket.socket:
