@@ -60,6 +60,21 @@ _PARENT_DIED = signal.SIGUSR1
 _HOP_KEYS = frozenset({"user-agent", "content-type", "te", "host"})
 
 
+def server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.ServerCredentials:
+    """TLS from PEM files; ``client_ca`` turns on mutual TLS (the main server's and the front
+    ends' ports take the same)."""
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_server_credentials(
+        [(read(key), read(cert))],
+        root_certificates=read(client_ca) if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def method_kinds() -> dict[str, tuple[bool, bool]]:
     """Every method the main server serves: full name -> (client streaming, server streaming)."""
     from grpc_health.v1 import health_pb2
@@ -481,16 +496,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     server.add_generic_rpc_handlers((_Generic(_proxy_handlers(channel, relay)),))
     if args.tls_cert:
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-
-        creds = grpc.ssl_server_credentials(
-            [(read(args.tls_key), read(args.tls_cert))],
-            root_certificates=read(args.tls_client_ca) if args.tls_client_ca else None,
-            require_client_auth=bool(args.tls_client_ca),
-        )
-        port = server.add_secure_port(args.listen, creds)
+        port = server.add_secure_port(args.listen, server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca))
     else:
         port = server.add_insecure_port(args.listen)
     if port == 0:

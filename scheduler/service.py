@@ -853,16 +853,9 @@ async def _start(
     elif tls is None:
         port = server.add_insecure_port(listen)
     else:
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
+        from xpod.scheduler.frontend import server_credentials
 
-        creds = grpc.ssl_server_credentials(
-            [(read(tls.key), read(tls.cert))],
-            root_certificates=read(tls.client_ca) if tls.client_ca else None,
-            require_client_auth=tls.client_ca is not None,
-        )
-        port = server.add_secure_port(listen, creds)
+        port = server.add_secure_port(listen, server_credentials(tls.cert, tls.key, tls.client_ca))
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     relay_server = None

@@ -76,6 +76,33 @@ CASES = [
 ]
 
 
+def _run_keeping_promises(s, t: list, real: dict, no_backfill) -> None:
+    """Run ``s`` to the end (jobs last ``real`` seconds; ``t[0]`` is its clock) and check that
+    every head that was promised a start (its estimate, in a copy without backfill) started by
+    then: backfill never delays a head's reservation."""
+    promised: dict[str, float] = {}
+    started: dict[str, float] = {}
+    ends: list = []
+    while True:
+        probe = copy.deepcopy(s)
+        probe.profile = no_backfill
+        for jid, why in probe.cycle().pending.items():
+            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
+                promised[jid] = why.estimated_start
+        r = s.cycle()
+        for b in r.bindings:
+            if b.job_id not in started:
+                started[b.job_id] = t[0]
+                heapq.heappush(ends, (t[0] + real[b.job_id], b.job_id))
+        if not ends:
+            break
+        t[0] = ends[0][0]
+        while ends and ends[0][0] <= t[0]:
+            s.finish(heapq.heappop(ends)[1])
+    for jid, when in promised.items():
+        assert started[jid] <= when + 1e-9, f"{jid} promised {when}, started {started[jid]}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_carve_case(case):
     s, r = run_case(dict(case, profile=BACKFILL))
@@ -115,28 +142,8 @@ def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
         b = job(f"j{i:02d}").devices(H, k).submitted(0.001 * (i + 1))
         s.submit((b.duration(float(d * 10)) if known else b).build())
         real[f"j{i:02d}"] = float(d * 10)
-    promised: dict[str, float] = {}
-    started: dict[str, float] = {}
-    ends: list = []
-    while True:
-        probe = copy.deepcopy(s)
-        probe.profile = no_backfill
-        for jid, why in probe.cycle().pending.items():
-            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
-                promised[jid] = why.estimated_start
-        r = s.cycle()
-        for b in r.bindings:
-            if b.job_id not in started:
-                started[b.job_id] = t[0]
-                heapq.heappush(ends, (t[0] + real[b.job_id], b.job_id))
-        if not ends:
-            break
-        t[0] = ends[0][0]
-        while ends and ends[0][0] <= t[0]:
-            s.finish(heapq.heappop(ends)[1])
+    _run_keeping_promises(s, t, real, no_backfill)
     assert not s.pending, "every job fits an empty node"
-    for jid, when in promised.items():
-        assert started[jid] <= when + 1e-9, f"{jid} promised {when}, started {started[jid]}"
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,27 +169,7 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
             b = job(jid).devices(A3, int(what))
         s.submit((b.duration(float(d * 10)) if known else b).submitted(0.001 * (i + 1)).build())
         real[jid] = float(d * 10)
-    promised: dict[str, float] = {}
-    started: dict[str, float] = {}
-    ends: list = []
-    while True:
-        probe = copy.deepcopy(s)
-        probe.profile = no_backfill
-        for jid, why in probe.cycle().pending.items():
-            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
-                promised[jid] = why.estimated_start
-        r = s.cycle()
-        for b in r.bindings:
-            if b.job_id not in started:
-                started[b.job_id] = t[0]
-                heapq.heappush(ends, (t[0] + real[b.job_id], b.job_id))
-        if not ends:
-            break
-        t[0] = ends[0][0]
-        while ends and ends[0][0] <= t[0]:
-            s.finish(heapq.heappop(ends)[1])
-    for jid, when in promised.items():
-        assert started[jid] <= when + 1e-9, f"{jid} promised {when}, started {started[jid]}"
+    _run_keeping_promises(s, t, real, no_backfill)
 
 
 def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):
