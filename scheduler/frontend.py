@@ -413,7 +413,7 @@ def _proxy_handlers(channel: grpc.aio.Channel, relay: _Relay) -> dict[str, grpc.
         )
         await context.abort(err.code(), err.details() or "", trailing)
 
-    def unary_unary(call):
+    def single_reply(call):  # unary-unary, and stream-unary (``request`` is then the iterator)
         async def handle(request, context):
             try:
                 return await call(request, metadata=_forwarded(context), timeout=context.time_remaining())
@@ -435,27 +435,18 @@ def _proxy_handlers(channel: grpc.aio.Channel, relay: _Relay) -> dict[str, grpc.
 
         return handle
 
-    def stream_unary(call):
-        async def handle(request_iterator, context):
-            try:
-                return await call(request_iterator, metadata=_forwarded(context), timeout=context.time_remaining())
-            except grpc.aio.AioRpcError as err:
-                await abort(context, err)
-
-        return handle
-
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method, (client_streaming, server_streaming) in method_kinds().items():
         if method == RELAYED_METHOD:
             handlers[method] = grpc.unary_unary_rpc_method_handler(relay.submit_job)
         elif not client_streaming and not server_streaming:
-            handlers[method] = grpc.unary_unary_rpc_method_handler(unary_unary(channel.unary_unary(method)))
+            handlers[method] = grpc.unary_unary_rpc_method_handler(single_reply(channel.unary_unary(method)))
         elif not client_streaming:
             handlers[method] = grpc.unary_stream_rpc_method_handler(streaming(channel.unary_stream(method)))
         elif server_streaming:
             handlers[method] = grpc.stream_stream_rpc_method_handler(streaming(channel.stream_stream(method)))
         else:
-            handlers[method] = grpc.stream_unary_rpc_method_handler(stream_unary(channel.stream_unary(method)))
+            handlers[method] = grpc.stream_unary_rpc_method_handler(single_reply(channel.stream_unary(method)))
     return handlers
 
 
