@@ -78,7 +78,9 @@ def devices_of(namespace) -> list[TorchDevice]:
     out = []
     for i in range(namespace.device_count()):
         props = namespace.get_device_properties(i)
-        out.append(TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None)))
+        out.append(
+            TorchDevice(name=getattr(props, "name", None), memory_total_bytes=getattr(props, "total_memory", None))
+        )
     return out
 
 
@@ -150,7 +152,9 @@ def merge_with_torch(tool_devices: list[DeviceInfo], torch_devices: list[TorchDe
     return out
 
 
-def devices_from_torch(vendor: str, prefix: str, torch_devices: list[TorchDevice], dies: Callable[[str | None], int]) -> list[DeviceInfo]:
+def devices_from_torch(
+    vendor: str, prefix: str, torch_devices: list[TorchDevice], dies: Callable[[str | None], int]
+) -> list[DeviceInfo]:
     """``DeviceInfo`` for each torch device when no tool output is available: health is
     ``UNKNOWN`` (torch has no health reading) and the physical index is not known, so it is
     the logical one."""
@@ -293,7 +297,14 @@ class ToolBackend(Backend):
 
 
 #: ``MetricsSample`` fields a parser may put in ``DeviceInfo.extra["gauges"]`` (base units)
-GAUGE_FIELDS = ("utilization_ratio", "temperature_celsius", "power_watts", "core_clock_hertz", "memory_clock_hertz", "energy_joules_total")
+GAUGE_FIELDS = (
+    "utilization_ratio",
+    "temperature_celsius",
+    "power_watts",
+    "core_clock_hertz",
+    "memory_clock_hertz",
+    "energy_joules_total",
+)
 
 
 def sample_from_device(d: DeviceInfo, links: tuple = ()) -> MetricsSample:
@@ -344,5 +355,7 @@ def probe_tool_backend(cls: type[ToolBackend]) -> ToolBackend | str:
             tool_reason = f"{sdk.TOOL} lists no devices"
     nodes = sdk.device_nodes()
     what = getattr(sdk, "NODES_WHAT", f"{sdk.DEVICE_GLOB} device nodes")
-    node_reason = f"no {what}" if not nodes else f"{len(nodes)} {what} present (hardware is there; fix the SDK or tool above)"
+    node_reason = (
+        f"no {what}" if not nodes else f"{len(nodes)} {what} present (hardware is there; fix the SDK or tool above)"
+    )
     return join_reasons([ext_reason, tool_reason]) + f"; {node_reason}"

@@ -57,21 +57,52 @@ def one_run(work: str, grace_s: float) -> float:
     out = os.path.join(work, "out")
     os.makedirs(out, exist_ok=True)
     logs = {n: open(os.path.join(work, f"{n}.log"), "wb") for n in ("server", "agent")}
-    server = subprocess.Popen(XPOD + ["server", "--db", os.path.join(work, "x.db"), "--listen", addr, "--cycle-interval", "0.2"],
-                              env=env, stdout=logs["server"], stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        XPOD + ["server", "--db", os.path.join(work, "x.db"), "--listen", addr, "--cycle-interval", "0.2"],
+        env=env,
+        stdout=logs["server"],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     agent = None
     try:
         _wait(lambda: "listening on" in open(os.path.join(work, "server.log")).read(), 30, "the server")
-        agent = subprocess.Popen(XPOD + ["agent", "--server", addr, "--node", "n1", "--state-dir", os.path.join(work, "state"),
-                                         "--sim-devices", "mthreads-s4000:1", "--grace", str(grace_s), "--heartbeat-interval", "0.3"],
-                                 env=env, stdout=logs["agent"], stderr=subprocess.STDOUT, start_new_session=True)
+        agent = subprocess.Popen(
+            XPOD
+            + [
+                "agent",
+                "--server",
+                addr,
+                "--node",
+                "n1",
+                "--state-dir",
+                os.path.join(work, "state"),
+                "--sim-devices",
+                "mthreads-s4000:1",
+                "--grace",
+                str(grace_s),
+                "--heartbeat-interval",
+                "0.3",
+            ],
+            env=env,
+            stdout=logs["agent"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _wait(lambda: "registered with" in open(os.path.join(work, "agent.log")).read(), 30, "the agent")
         from xpod.runtime.client import Client, Target
 
         with Client(Target(addr, None, None, "bench"), timeout_s=5.0) as c:
-            doc = {"apiVersion": "xpod/v1", "kind": "TrainingJob", "metadata": {"name": "k9"},
-                   "spec": {"tasks": 1, "devices": {"count": 1, "model": "mthreads-s4000"},
-                            "command": [sys.executable, TASK, out, "child", "ignore-term", "sleep", "600"]}}
+            doc = {
+                "apiVersion": "xpod/v1",
+                "kind": "TrainingJob",
+                "metadata": {"name": "k9"},
+                "spec": {
+                    "tasks": 1,
+                    "devices": {"count": 1, "model": "mthreads-s4000"},
+                    "command": [sys.executable, TASK, out, "child", "ignore-term", "sleep", "600"],
+                },
+            }
             job = c.submit(doc).job.id
         path = os.path.join(out, f"{job}.0.0.pids")
         pids = _wait(lambda: os.path.exists(path) and json.load(open(path)), 30, "the task")

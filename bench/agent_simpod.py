@@ -36,8 +36,12 @@ def main() -> int:
     state = tempfile.mkdtemp(prefix="xpod-simpod-")
     log = open(os.path.join(state, "up.log"), "w+")
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "xpod.runtime.cli", "up", "--no-local", "--listen", address, "--state-dir", state],
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "xpod.runtime.cli", "up", "--no-local", "--listen", address, "--state-dir", state],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         while "Ctrl-C to stop" not in open(log.name).read():
             if p.poll() is not None or time.monotonic() - t0 > 120:
@@ -52,8 +56,16 @@ def main() -> int:
         t1 = time.monotonic()
         ids = []
         for i in range(args.jobs):
-            doc = {"apiVersion": "xpod/v1", "kind": "BatchJob", "metadata": {"name": f"sim-{i}"},
-                   "spec": {"tasks": 1, "devices": {"count": 8, "model": "ascend-910c"}, "simulate": {"duration_s": args.duration}}}
+            doc = {
+                "apiVersion": "xpod/v1",
+                "kind": "BatchJob",
+                "metadata": {"name": f"sim-{i}"},
+                "spec": {
+                    "tasks": 1,
+                    "devices": {"count": 8, "model": "ascend-910c"},
+                    "simulate": {"duration_s": args.duration},
+                },
+            }
             ids.append(client.submit(doc).job.id)
         submit_s = time.monotonic() - t1
         done = set()
@@ -66,12 +78,24 @@ def main() -> int:
         complete_s = time.monotonic() - t1
         failed = len(client.list(states=(types_pb2.JOB_STATE_FAILED,)))
         client.close()
-        print(json.dumps({
-            "nodes": 48, "devices": 768, "jobs": args.jobs, "devices_per_job": 8, "task_duration_s": args.duration,
-            "ready_s": round(ready_s, 2), "submit_s": round(submit_s, 2), "complete_s": round(complete_s, 2),
-            "jobs_per_s": round(len(done) / complete_s, 1), "finished": len(done), "failed": failed,
-            "lower_bound_s": round(args.jobs * 8 / 768 * args.duration, 2),
-        }))
+        print(
+            json.dumps(
+                {
+                    "nodes": 48,
+                    "devices": 768,
+                    "jobs": args.jobs,
+                    "devices_per_job": 8,
+                    "task_duration_s": args.duration,
+                    "ready_s": round(ready_s, 2),
+                    "submit_s": round(submit_s, 2),
+                    "complete_s": round(complete_s, 2),
+                    "jobs_per_s": round(len(done) / complete_s, 1),
+                    "finished": len(done),
+                    "failed": failed,
+                    "lower_bound_s": round(args.jobs * 8 / 768 * args.duration, 2),
+                }
+            )
+        )
         return 0
     finally:
         os.killpg(p.pid, signal.SIGTERM)

@@ -33,15 +33,34 @@ def synthetic(k: int) -> str:
     domains, groups = [], []
     for s in range(k):
         domains.append(f'      - {{name: sn{s}, level: supernode, hosts: "sn{s}-n[00-47]"}}')
-        domains += [f'      - {{name: sn{s}-r{r:02d}, level: rack, hosts: "sn{s}-n[{4 * r:02d}-{4 * r + 3:02d}]"}}' for r in range(12)]
-        groups.append(f'    - {{name: g{s}, hosts: "sn{s}-n[00-47]", devices: {{model: ascend-910c, packagesPerNode: 8}}}}')
-    return "\n".join([
-        "apiVersion: xpod/v1", "kind: Cluster", "metadata: {name: synthetic}", "spec:", "  fabrics:",
-        "    - {name: sio, plane: scale-up, tiers: [{tier: 1, scope: package}]}",
-        "    - {name: ub, plane: scale-up, tiers: [{tier: 2, scope: node, bandwidth: 196GB/s}, {tier: 3, scope: supernode, bandwidth: 196GB/s}]}",
-        "    - {name: rdma, plane: scale-out, tiers: [{tier: 4, scope: cluster, bandwidth: 200Gb/s}]}",
-        "  topology:", "    levels: [supernode, rack, node]", "    domains:", *domains, "  nodeGroups:", *groups,
-    ]) + "\n"
+        domains += [
+            f'      - {{name: sn{s}-r{r:02d}, level: rack, hosts: "sn{s}-n[{4 * r:02d}-{4 * r + 3:02d}]"}}'
+            for r in range(12)
+        ]
+        groups.append(
+            f'    - {{name: g{s}, hosts: "sn{s}-n[00-47]", devices: {{model: ascend-910c, packagesPerNode: 8}}}}'
+        )
+    return (
+        "\n".join(
+            [
+                "apiVersion: xpod/v1",
+                "kind: Cluster",
+                "metadata: {name: synthetic}",
+                "spec:",
+                "  fabrics:",
+                "    - {name: sio, plane: scale-up, tiers: [{tier: 1, scope: package}]}",
+                "    - {name: ub, plane: scale-up, tiers: [{tier: 2, scope: node, bandwidth: 196GB/s}, {tier: 3, scope: supernode, bandwidth: 196GB/s}]}",
+                "    - {name: rdma, plane: scale-out, tiers: [{tier: 4, scope: cluster, bandwidth: 200Gb/s}]}",
+                "  topology:",
+                "    levels: [supernode, rack, node]",
+                "    domains:",
+                *domains,
+                "  nodeGroups:",
+                *groups,
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> None:

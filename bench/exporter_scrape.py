@@ -37,7 +37,10 @@ def main() -> int:
     per_node = sum(units_of(d) for d in sources[0].backend.devices())
     n_alloc = int(args.nodes * per_node * args.allocated)
     col.set_allocations(
-        {(f"cm-node-{k // per_node:02d}", k % per_node): Allocation(f"job-{k // 16}", "prod", "training") for k in range(n_alloc)}
+        {
+            (f"cm-node-{k // per_node:02d}", k % per_node): Allocation(f"job-{k // 16}", "prod", "training")
+            for k in range(n_alloc)
+        }
     )
     registry = build_registry(col)
     times = []

@@ -61,21 +61,28 @@ def main() -> int:
         addr = f"127.0.0.1:{proc.stdout.readline().strip()}"
         server = psutil.Process(proc.pid)
         cpu0, t0 = sum(server.cpu_times()[:2]), time.perf_counter()
-        lat, errors, _, elapsed, client_cpu_s = run_client_processes(addr, args.clients, args.client_processes, args.warmup, args.seconds, 0)
+        lat, errors, _, elapsed, client_cpu_s = run_client_processes(
+            addr, args.clients, args.client_processes, args.warmup, args.seconds, 0
+        )
         server_cpu_s = (sum(server.cpu_times()[:2]) - cpu0) * elapsed / (time.perf_counter() - t0)
     finally:
         proc.kill()
         proc.wait()
     n = max(1, len(lat))
-    print(json.dumps({
-        "clients": args.clients,
-        "calls_per_s": round(len(lat) / elapsed, 1),
-        "latency_ms": {p: round(percentile(lat, q) * 1e3, 2) for p, q in (("p50", 50), ("p99", 99))},
-        "errors": errors,
-        "server_cpu_us_per_call": round(server_cpu_s / n * 1e6),
-        "client_cpu_us_per_call": round(client_cpu_s / n * 1e6),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "calls_per_s": round(len(lat) / elapsed, 1),
+                "latency_ms": {p: round(percentile(lat, q) * 1e3, 2) for p, q in (("p50", 50), ("p99", 99))},
+                "errors": errors,
+                "server_cpu_us_per_call": round(server_cpu_s / n * 1e6),
+                "client_cpu_us_per_call": round(client_cpu_s / n * 1e6),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", type=int, default=320)
     ap.add_argument("--nodes", type=int, default=40)
     ap.add_argument("--slots", type=int, default=1, help="slots per device per layer (default 1)")
-    ap.add_argument("--cap", type=int, default=2, help="budget relaxations: at most CAP x slots per device in one layer")
+    ap.add_argument(
+        "--cap", type=int, default=2, help="budget relaxations: at most CAP x slots per device in one layer"
+    )
     ap.add_argument("--gain", type=float, default=0.06, help="target over EPLB for the memory column (default 0.06)")
     ap.add_argument("--max-extra", type=int, default=48, help="extra slots per layer searched for the memory column")
     ap.add_argument("--workloads", type=int, default=0, help="use only the first N workloads (0 = all)")
@@ -74,16 +76,38 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     table = Table(title=f"balance upper bounds, {D} devices x {S} slot(s), {N} nodes ({len(names)} real workloads)")
-    cols = ["workload", "EPLB global", "xpod budget", "bound even", "bound shares", "bound budget", "bound budget+shares",
-            f"extra slots/layer for EPLB+{args.gain}"]
+    cols = [
+        "workload",
+        "EPLB global",
+        "xpod budget",
+        "bound even",
+        "bound shares",
+        "bound budget",
+        "bound budget+shares",
+        f"extra slots/layer for EPLB+{args.gain}",
+    ]
     for c in cols:
         table.add_column(c, justify="left" if c == "workload" else "right")
-    for r in rows + [dict(workload="mean", **{k: statistics.mean(r[k] for r in rows) for k in rows[0] if k not in ("workload", "extra_slots_per_layer_for_gain")},
-                          extra_slots_per_layer_for_gain=None)]:
+    for r in rows + [
+        dict(
+            workload="mean",
+            **{
+                k: statistics.mean(r[k] for r in rows)
+                for k in rows[0]
+                if k not in ("workload", "extra_slots_per_layer_for_gain")
+            },
+            extra_slots_per_layer_for_gain=None,
+        )
+    ]:
         x = r["extra_slots_per_layer_for_gain"]
-        table.add_row(r["workload"], *(f"{r[k]:.4f}" for k in ("eplb", "xpod_budget", "bound_even", "bound_shares", "bound_budget",
-                                                                "bound_budget+shares")),
-                      "-" if x is None else f"{x} (+{100 * x / (D * S):.1f}% memory)")
+        table.add_row(
+            r["workload"],
+            *(
+                f"{r[k]:.4f}"
+                for k in ("eplb", "xpod_budget", "bound_even", "bound_shares", "bound_budget", "bound_budget+shares")
+            ),
+            "-" if x is None else f"{x} (+{100 * x / (D * S):.1f}% memory)",
+        )
     Console(width=200).print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

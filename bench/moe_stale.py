@@ -77,7 +77,9 @@ def main(argv=None) -> int:
         row = dict(pair=f"{a}->{b}", named=named, eplb=score(wb, cache[a], sd, dn).balancedness)
         used = stale_history(names, a, b, "all")
         hist = np.stack([wa] + [data[n] * (wa.sum(1) / np.maximum(data[n].sum(1), 1))[:, None] for n in used])
-        row["eplb_history_all"] = score(wb, eplb.rebalance_experts(hist.mean(axis=0), D * S, 8, N, D, "global"), sd, dn).balancedness
+        row["eplb_history_all"] = score(
+            wb, eplb.rebalance_experts(hist.mean(axis=0), D * S, 8, N, D, "global"), sd, dn
+        ).balancedness
         plain = place(wa, shape, 8)
         row["xpod"] = plain.score(wb).balancedness
         row["xpod_on_A"] = plain.score(wa).balancedness
@@ -93,20 +95,39 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("history")}), flush=True)
 
-    cols = ["eplb", "eplb_history_all", "xpod", "robust_none", "robust_phase", "robust_all", "xpod_on_A", "robust_all_on_A"]
+    cols = [
+        "eplb",
+        "eplb_history_all",
+        "xpod",
+        "robust_none",
+        "robust_phase",
+        "robust_all",
+        "xpod_on_A",
+        "robust_all_on_A",
+    ]
     table = Table(title=f"stale statistics, EP{D} on {N} nodes x {S} slots: plan on A, score on B (balancedness)")
     table.add_column("pairs")
     for c in cols:
         table.add_column(c.replace("_", " "), justify="right")
-    for label, sel in (("4 named (moe.md)", [r for r in rows if r["named"]]), (f"{len(rows) - 4} random others", [r for r in rows if not r["named"]]),
-                       ("all", rows)):
+    for label, sel in (
+        ("4 named (moe.md)", [r for r in rows if r["named"]]),
+        (f"{len(rows) - 4} random others", [r for r in rows if not r["named"]]),
+        ("all", rows),
+    ):
         if sel:
-            table.add_row(label, *(f"{statistics.mean(r[c] for r in sel):.3f} [{min(r[c] for r in sel):.3f}-{max(r[c] for r in sel):.3f}]"
-                                   for c in cols))
+            table.add_row(
+                label,
+                *(
+                    f"{statistics.mean(r[c] for r in sel):.3f} [{min(r[c] for r in sel):.3f}-{max(r[c] for r in sel):.3f}]"
+                    for c in cols
+                ),
+            )
     Console(width=220).print(table)
     worse = [r["pair"] for r in rows if r["robust_all"] < r["eplb"]]
     print(f"robust (history all) below EPLB-on-A in {len(worse)} of {len(rows)} pairs: {', '.join(worse) or '-'}")
-    print(f"robust seconds per 58-layer plan (history all): median {statistics.median(r['robust_all_seconds'] for r in rows):.2f}")
+    print(
+        f"robust seconds per 58-layer plan (history all): median {statistics.median(r['robust_all_seconds'] for r in rows):.2f}"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

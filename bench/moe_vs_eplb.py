@@ -85,8 +85,12 @@ def _eplb_placement(w, devices, nodes, slots, policy):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", type=int, default=0, help="use only the first N workloads (0 = all)")
-    ap.add_argument("--traffic-tokens", type=int, default=2048, help="tokens per layer in the traffic simulation (0 = skip)")
-    ap.add_argument("--traffic-workloads", type=int, default=3, help="workloads with a traffic simulation (it is the slow part)")
+    ap.add_argument(
+        "--traffic-tokens", type=int, default=2048, help="tokens per layer in the traffic simulation (0 = skip)"
+    )
+    ap.add_argument(
+        "--traffic-workloads", type=int, default=3, help="workloads with a traffic simulation (it is the slow part)"
+    )
     ap.add_argument("--regimes", default="", help="comma-separated substrings of regime names to run")
     ap.add_argument("--json", metavar="FILE", help="also write every cell as JSON")
     args = ap.parse_args(argv)
@@ -99,8 +103,10 @@ def main(argv=None) -> int:
     # README example of DeepSeek EPLB: the copy must reproduce it exactly.
     ex = eplb.rebalance_experts(eplb.README_WEIGHT, 16, 4, 2, 8)
     ex_bal = score(eplb.README_WEIGHT, ex, np.repeat(np.arange(8), 2), np.arange(8) // 4).balancedness
-    console.print(f"EPLB README example: phy2log reproduced={bool((ex == eplb.README_PHY2LOG).all())}, "
-                  f"balancedness {ex_bal:.4f} (moe.md: 0.8156)")
+    console.print(
+        f"EPLB README example: phy2log reproduced={bool((ex == eplb.README_PHY2LOG).all())}, "
+        f"balancedness {ex_bal:.4f} (moe.md: 0.8156)"
+    )
 
     cells = []
     caches = {n: {} for n in names}
@@ -121,15 +127,22 @@ def main(argv=None) -> int:
                         continue  # not a hierarchical-eligible regime (EPLB's own rule)
                     c0 = time.process_time()
                     pl = place(w, PodShape(devices, nodes, slots), GROUPS, **kw)
-                    runs.append((label, pl.phy2log, pl.slot_device, pl.slot_share, pl.seconds, time.process_time() - c0))
+                    runs.append(
+                        (label, pl.phy2log, pl.slot_device, pl.slot_share, pl.seconds, time.process_time() - c0)
+                    )
                 for label, phy2log, sd, share, secs, cpu in runs:
                     progress.update(task, advance=1, description=f"{regime} {name} {label}")
                     sc = score(w, phy2log, sd, dn, share, GROUPS)
-                    cell = dict(regime=regime, workload=name, policy=label, seconds=secs, cpu_seconds=cpu, **sc.to_json())
+                    cell = dict(
+                        regime=regime, workload=name, policy=label, seconds=secs, cpu_seconds=cpu, **sc.to_json()
+                    )
                     if args.traffic_tokens and i < args.traffic_workloads:
-                        tr = simulate_traffic(w, phy2log, sd, dn, share, TRAFFIC_LAYERS, args.traffic_tokens,
-                                              token_cache=caches[name])
-                        cell.update(remote_nodes_per_token=tr.remote_nodes_per_token, calibration_corr=tr.calibration_corr)
+                        tr = simulate_traffic(
+                            w, phy2log, sd, dn, share, TRAFFIC_LAYERS, args.traffic_tokens, token_cache=caches[name]
+                        )
+                        cell.update(
+                            remote_nodes_per_token=tr.remote_nodes_per_token, calibration_corr=tr.calibration_corr
+                        )
                     cells.append(cell)
         # stale statistics: plan on A, score on B (EP72)
         devices, nodes, slots = 72, 9, 4
@@ -140,29 +153,70 @@ def main(argv=None) -> int:
             wa, wb = data[a].astype(np.float64), data[b].astype(np.float64)
             phy2log, sd, share, secs = _eplb_placement(wa, devices, nodes, slots, "global")
             progress.update(task, advance=1, description=f"stale {a}->{b} EPLB")
-            cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy="EPLB global", seconds=secs,
-                              **score(wb, phy2log, sd, dn, share, GROUPS).to_json()))
+            cells.append(
+                dict(
+                    regime="stale EP72 (plan A, score B)",
+                    workload=f"{a}->{b}",
+                    policy="EPLB global",
+                    seconds=secs,
+                    **score(wb, phy2log, sd, dn, share, GROUPS).to_json(),
+                )
+            )
             pl = place(wa, PodShape(devices, nodes, slots), GROUPS)
             progress.update(task, advance=1, description=f"stale {a}->{b} xpod")
-            cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy="xpod", seconds=pl.seconds,
-                              **pl.score(wb).to_json()))
+            cells.append(
+                dict(
+                    regime="stale EP72 (plan A, score B)",
+                    workload=f"{a}->{b}",
+                    policy="xpod",
+                    seconds=pl.seconds,
+                    **pl.score(wb).to_json(),
+                )
+            )
             # Robust planner (runtime/moe/robust.py): never reads B; history = none (A only), A's
             # phase (prefill/decode) or every other recorded window, B excluded (stale_history).
             for scope in STALE_SCOPES:
                 rp, used = plan_for_next_window(data, a, b, PodShape(devices, nodes, slots), GROUPS, scope=scope)
                 progress.update(task, advance=1, description=f"stale {a}->{b} xpod robust {scope}")
-                cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy=f"xpod robust, history {scope}",
-                                  history=used, seconds=rp.seconds, **rp.score(wb).to_json()))
+                cells.append(
+                    dict(
+                        regime="stale EP72 (plan A, score B)",
+                        workload=f"{a}->{b}",
+                        policy=f"xpod robust, history {scope}",
+                        history=used,
+                        seconds=rp.seconds,
+                        **rp.score(wb).to_json(),
+                    )
+                )
             # Fairness: EPLB fed the same windows, as their per-layer-normalised mean (EPLB's
             # README leaves load prediction to "a moving average of historical statistics").
             used = stale_history(list(data.files), a, b, "all")
             hist = np.stack([wa] + [data[n] * (wa.sum(1) / np.maximum(data[n].sum(1), 1))[:, None] for n in used])
             phy2log, sd, share, secs = _eplb_placement(hist.mean(axis=0), devices, nodes, slots, "global")
-            cells.append(dict(regime="stale EP72 (plan A, score B)", workload=f"{a}->{b}", policy="EPLB global, history all (mean)",
-                              history=used, seconds=secs, **score(wb, phy2log, sd, dn, share, GROUPS).to_json()))
+            cells.append(
+                dict(
+                    regime="stale EP72 (plan A, score B)",
+                    workload=f"{a}->{b}",
+                    policy="EPLB global, history all (mean)",
+                    history=used,
+                    seconds=secs,
+                    **score(wb, phy2log, sd, dn, share, GROUPS).to_json(),
+                )
+            )
 
     table = Table(title=f"MoE placement on real DeepSeek-V3 loads ({len(names)} workloads; bal = mean [min-max])")
-    for col in ("regime", "policy", "bal", "worst layer", "max/mean", "dups/call", "group spread", "remote nodes/token", "ms/call (cpu)", "moe.md"):
+    for col in (
+        "regime",
+        "policy",
+        "bal",
+        "worst layer",
+        "max/mean",
+        "dups/call",
+        "group spread",
+        "remote nodes/token",
+        "ms/call (cpu)",
+        "moe.md",
+    ):
         table.add_column(col, justify="left" if col in ("regime", "policy") else "right")
     order = []
     for c in cells:
@@ -174,7 +228,8 @@ def main(argv=None) -> int:
         tr = [c["remote_nodes_per_token"] for c in cs if "remote_nodes_per_token" in c]
         rec = RECORDED.get((regime, pol.replace("EPLB ", "")), None) if pol.startswith("EPLB") else None
         table.add_row(
-            regime, pol,
+            regime,
+            pol,
             f"{statistics.mean(bal):.3f} [{min(bal):.3f}-{max(bal):.3f}]",
             f"{min(c['worst_layer_balancedness'] for c in cs):.3f}",
             f"{statistics.mean(c['max_over_mean'] for c in cs):.3f}",
@@ -182,7 +237,11 @@ def main(argv=None) -> int:
             f"{statistics.mean(c['group_spread'] for c in cs):.2f}",
             f"{statistics.mean(tr):.2f}" if tr else "-",
             f"{1000 * statistics.median(c['seconds'] for c in cs):.0f}"
-            + (f" ({1000 * statistics.median(c['cpu_seconds'] for c in cs):.0f})" if all("cpu_seconds" in c for c in cs) else ""),
+            + (
+                f" ({1000 * statistics.median(c['cpu_seconds'] for c in cs):.0f})"
+                if all("cpu_seconds" in c for c in cs)
+                else ""
+            ),
             f"{rec:.3f}" if rec is not None else "",
         )
     console.print(table)

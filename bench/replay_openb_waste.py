@@ -46,8 +46,10 @@ def main(argv=None) -> int:
     r = openb.replay(nodes, pods, args.policy, load=args.load, seed=args.seed)
     work = openb.shuffle_and_tune(pods, nodes.gpu_capacity_milli, args.load, args.seed)
     cap = nodes.gpu_capacity_milli
-    print(f"{name} {args.policy} seed {args.seed}: allocated {r.alloc_pct:.2f} % of {cap // 1000} GPUs, "
-          f"placed {r.pods_placed} of {r.pods_arrived} pods, {r.seconds:.1f} s")
+    print(
+        f"{name} {args.policy} seed {args.seed}: allocated {r.alloc_pct:.2f} % of {cap // 1000} GPUs, "
+        f"placed {r.pods_placed} of {r.pods_arrived} pods, {r.seconds:.1f} s"
+    )
 
     # replay the placements in arrival order to rebuild the state and classify each failure
     index = {n: i for i, n in enumerate(nodes.names)}
@@ -78,7 +80,9 @@ def main(argv=None) -> int:
         if num == 0:
             why = "no node has the CPU/memory"
         else:
-            gpu_fits = ((left >= milli).sum(axis=1) >= num) & openb.spec_access(work.spec[j], nodes.models)[nodes.model_id]
+            gpu_fits = ((left >= milli).sum(axis=1) >= num) & openb.spec_access(work.spec[j], nodes.models)[
+                nodes.model_id
+            ]
             why = "GPUs fit only on nodes without the CPU/memory" if gpu_fits.any() else "no node has the GPUs"
         failed_why[why] += 1
 
@@ -113,7 +117,9 @@ def main(argv=None) -> int:
         c = tuple(sorted(pods_on, reverse=True))
         count[c] += 1
         waste[c] += int(left[key])
-    print(f"\nGPU contents wasting the most (milli per pod on the GPU; {n_gpus_unused(nodes, contents)} GPUs hold nothing):")
+    print(
+        f"\nGPU contents wasting the most (milli per pod on the GPU; {n_gpus_unused(nodes, contents)} GPUs hold nothing):"
+    )
     print(f"  {'contents':28s} {'GPUs':>6s} {'idle each':>9s} {'idle GPUs':>9s} {'% of idle':>9s}")
     for c, w in waste.most_common(args.top):
         print(f"  {str(c):28s} {count[c]:6d} {1000 - sum(c):9d} {w / 1000:9.1f} {100 * w / max(total_idle, 1):9.1f}")

@@ -88,7 +88,13 @@ def document(i: int, devices: int) -> dict:
 
 
 async def run_clients(
-    addr: str, clients: int, seconds: float, devices: int, prefix: str, first: int = 0, rate_per_s: float = 0.0,
+    addr: str,
+    clients: int,
+    seconds: float,
+    devices: int,
+    prefix: str,
+    first: int = 0,
+    rate_per_s: float = 0.0,
     total_clients: int = 0,
 ) -> tuple[list[float], int, int]:
     """CLIENTS submitters (numbered from ``first``) for SECONDS: (latencies, errors, shed).
@@ -160,8 +166,18 @@ async def run_clients(
     return latencies, errors, shed
 
 
-def _client_process(addr: str, clients: int, first: int, warmup_s: float, start_at: float, seconds: float,
-                    devices: int, out, rate_per_s: float = 0.0, total_clients: int = 0) -> None:
+def _client_process(
+    addr: str,
+    clients: int,
+    first: int,
+    warmup_s: float,
+    start_at: float,
+    seconds: float,
+    devices: int,
+    out,
+    rate_per_s: float = 0.0,
+    total_clients: int = 0,
+) -> None:
     """One client process: warm up, wait for the common start, measure; sends (latencies,
     errors, shed, cpu_s) back on ``out``."""
     import resource
@@ -170,7 +186,9 @@ def _client_process(addr: str, clients: int, first: int, warmup_s: float, start_
         asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first, rate_per_s, total_clients))
     time.sleep(max(0.0, start_at - time.time()))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    lat, errors, shed = asyncio.run(run_clients(addr, clients, seconds, devices, "run", first, rate_per_s, total_clients))
+    lat, errors, shed = asyncio.run(
+        run_clients(addr, clients, seconds, devices, "run", first, rate_per_s, total_clients)
+    )
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     out.send((lat, errors, shed, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
     out.close()
@@ -191,7 +209,10 @@ def run_client_processes(
     for i in range(processes):
         n = share + (1 if i < extra else 0)
         recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_client_process, args=(addr, n, first, warmup_s, start_at, seconds, devices, send, rate_per_s, clients))
+        p = ctx.Process(
+            target=_client_process,
+            args=(addr, n, first, warmup_s, start_at, seconds, devices, send, rate_per_s, clients),
+        )
         p.start()
         send.close()
         procs.append(p)
@@ -248,28 +269,44 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     ap.add_argument(
-        "--devices", type=int, default=0,
+        "--devices",
+        type=int,
+        default=0,
         help="accelerators per job (default 0: CPU-only simple batch jobs, all placed; with N > 0 the "
         "queue grows past the cluster and every scheduling cycle walks it)",
     )
     ap.add_argument("--cycle-interval", default="0.5")
     ap.add_argument(
-        "--rate", type=float, default=0.0,
+        "--rate",
+        type=float,
+        default=0.0,
         help="offered submissions/s in total (open loop, latency from each request's scheduled time); "
         "0 = closed loop, every client as fast as replies come",
     )
-    ap.add_argument("--no-scheduling", action="store_true", help="measure the API and store alone (no scheduling thread)")
-    ap.add_argument("--core-process", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old command lines
     ap.add_argument(
-        "--core-in-process", action="store_true", help="xpod server --core-in-process (the core's cycles in the server process)"
+        "--no-scheduling", action="store_true", help="measure the API and store alone (no scheduling thread)"
     )
     ap.add_argument(
-        "--client-processes", type=int, default=2, metavar="P",
+        "--core-process", action="store_true", help=argparse.SUPPRESS
+    )  # the default now; kept for old command lines
+    ap.add_argument(
+        "--core-in-process",
+        action="store_true",
+        help="xpod server --core-in-process (the core's cycles in the server process)",
+    )
+    ap.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        metavar="P",
         help="spread the clients over P processes (default 2: one Python process is itself a "
         "bottleneck for 32 clients on a busy machine); still CLIENTS concurrent submitters in all",
     )
     ap.add_argument(
-        "--frontends", type=int, default=None, metavar="N",
+        "--frontends",
+        type=int,
+        default=None,
+        metavar="N",
         help="xpod server --frontends N (default: the server's own default, 2 on 2+ CPUs)",
     )
     ap.add_argument("--serve-only", action="store_true", help=argparse.SUPPRESS)
@@ -298,7 +335,9 @@ def main() -> int:
                 server_cpu0 = _cpu_s(proc.pid)
                 r0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
-                lat, errors, shed = asyncio.run(run_clients(addr, args.clients, args.seconds, args.devices, "run", 0, args.rate))
+                lat, errors, shed = asyncio.run(
+                    run_clients(addr, args.clients, args.seconds, args.devices, "run", 0, args.rate)
+                )
                 elapsed = time.perf_counter() - t0
                 r1 = resource.getrusage(resource.RUSAGE_SELF)
                 server_cpu = _cpu_delta(server_cpu0, _cpu_s(proc.pid))
@@ -340,7 +379,9 @@ def main() -> int:
         "errors": errors,
         "shed": shed,
         "server_cpu_us_per_submission": round(sum(server_cpu.values()) / max(1, len(lat)) * 1e6),
-        "server_cpu_us_per_submission_by_process": {k: round(v / max(1, len(lat)) * 1e6) for k, v in server_cpu.items()},
+        "server_cpu_us_per_submission_by_process": {
+            k: round(v / max(1, len(lat)) * 1e6) for k, v in server_cpu.items()
+        },
         "client_cpu_us_per_submission": round(client_cpu_s / max(1, len(lat)) * 1e6),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -39,7 +39,9 @@ def report(path: str) -> list[str]:
     rows = [ln.rstrip("\n").split("\t") for ln in open(path, encoding="utf-8") if ln.strip()]
     client: list[tuple[float, float]] = []
     for f in sorted(glob.glob(path + ".client*")):
-        client += [(float(a), float(b)) for _, a, b in (ln.rstrip("\n").split("\t") for ln in open(f, encoding="utf-8"))]
+        client += [
+            (float(a), float(b)) for _, a, b in (ln.rstrip("\n").split("\t") for ln in open(f, encoding="utf-8"))
+        ]
     if not client:
         raise SystemExit(f"{path}.client*: no client rows; run bench/service_submit.py with XPOD_TRACE={path}")
     t0 = min(c[0] for c in client)
@@ -58,8 +60,11 @@ def report(path: str) -> list[str]:
         line("  wait for the commit", [s[2] - s[1] for s in submits]),
         line("  build the response", [s[3] - s[2] for s in submits]),
     ]
-    for label, sel in (("all", batches), ("with scheduling lane", [b for b in batches if b[7] > 0]),
-                       ("front lane only", [b for b in batches if b[7] == 0])):
+    for label, sel in (
+        ("all", batches),
+        ("with scheduling lane", [b for b in batches if b[7] > 0]),
+        ("front lane only", [b for b in batches if b[7] == 0]),
+    ):
         out.append(f"group commits, {label}: {len(sel)}")
         if sel:
             out += [
@@ -71,11 +76,17 @@ def report(path: str) -> list[str]:
             ]
     if batches:
         front = [b[6] for b in batches]
-        out.append(f"batch size (front lane): p50 {pct(front, 50):.0f}  p99 {pct(front, 99):.0f}  max {max(front):.0f}; "
-                   f"scheduling-lane writes max {max(b[7] for b in batches):.0f} per batch")
-        out.append(line("writer idle between commits", [batches[i + 1][0] - batches[i][5] for i in range(len(batches) - 1)]))
+        out.append(
+            f"batch size (front lane): p50 {pct(front, 50):.0f}  p99 {pct(front, 99):.0f}  max {max(front):.0f}; "
+            f"scheduling-lane writes max {max(b[7] for b in batches):.0f} per batch"
+        )
+        out.append(
+            line("writer idle between commits", [batches[i + 1][0] - batches[i][5] for i in range(len(batches) - 1)])
+        )
     out.append(line("commit acked -> loop runs the wake-up", [d[1] - d[0] for d in rows_of("drain")]))
-    out.append(line("event-loop lag over 2 ms", [lag[1] for lag in lags]) + f"  (sum {sum(lag[1] for lag in lags):.2f} s)")
+    out.append(
+        line("event-loop lag over 2 ms", [lag[1] for lag in lags]) + f"  (sum {sum(lag[1] for lag in lags):.2f} s)"
+    )
     for pid in sorted({int(g[3]) for g in gcs}):
         for gen in (0, 1, 2):
             v = [g[1] - g[0] for g in gcs if int(g[3]) == pid and int(g[2]) == gen]

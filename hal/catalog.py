@@ -199,7 +199,9 @@ def get_model(name: str) -> DeviceModel:
     found = match_model(name)
     if found is not None:
         return found
-    raise XpodError(f"unknown device model {name!r}{did_you_mean(name, model_ids())}; known models: {', '.join(model_ids())}")
+    raise XpodError(
+        f"unknown device model {name!r}{did_you_mean(name, model_ids())}; known models: {', '.join(model_ids())}"
+    )
 
 
 def did_you_mean(word: str, choices: "list[str] | tuple[str, ...]") -> str:

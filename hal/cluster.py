@@ -166,17 +166,30 @@ class Cluster:
             chips = nodes * g.packages_per_node
             devices = nodes * g.units_per_node
             groups.append(
-                {"name": g.name, "hosts": g.hostlist, "nodes": nodes, "model": g.model.id if g.model else None,
-                 "chips": chips, "devices": devices, "fabrics": list(g.fabrics)}
+                {
+                    "name": g.name,
+                    "hosts": g.hostlist,
+                    "nodes": nodes,
+                    "model": g.model.id if g.model else None,
+                    "chips": chips,
+                    "devices": devices,
+                    "fabrics": list(g.fabrics),
+                }
             )
             if g.model is None:
                 continue
             m = g.model
             entry = models.setdefault(
                 m.id,
-                {"vendor": m.vendor, "display_name": m.display_name, "nodes": 0, "chips": 0, "devices": 0,
-                 "memory_bytes": 0 if m.memory_bytes is not None else None,
-                 "bf16_tflops": 0.0 if m.bf16_tflops is not None else None},
+                {
+                    "vendor": m.vendor,
+                    "display_name": m.display_name,
+                    "nodes": 0,
+                    "chips": 0,
+                    "devices": 0,
+                    "memory_bytes": 0 if m.memory_bytes is not None else None,
+                    "bf16_tflops": 0.0 if m.bf16_tflops is not None else None,
+                },
             )
             entry["nodes"] += nodes
             entry["chips"] += chips
@@ -207,7 +220,9 @@ class Cluster:
             "bf16_tflops": round(tflops_total, 3),
             "chips_with_unknown_memory": unknown_mem,
             "chips_with_unknown_bf16_tflops": unknown_tflops,
-            "pools": [{"name": p.name, "node_groups": list(p.node_groups), "job_kinds": list(p.job_kinds)} for p in self.pools],
+            "pools": [
+                {"name": p.name, "node_groups": list(p.node_groups), "job_kinds": list(p.job_kinds)} for p in self.pools
+            ],
         }
 
 
@@ -233,10 +248,17 @@ class _Located:
         self._built += 1
         if self._built > self.MAX_VALUES:
             if self._built == self.MAX_VALUES + 1:
-                self.problems.append((*_pos(node), f"the document expands to more than {self.MAX_VALUES} values (YAML aliases?); write it out plainly"))
+                self.problems.append(
+                    (
+                        *_pos(node),
+                        f"the document expands to more than {self.MAX_VALUES} values (YAML aliases?); write it out plainly",
+                    )
+                )
             return None
         if id(node) in self._open:
-            self.problems.append((*_pos(node), "a YAML alias refers to a value that contains it; remove the recursive alias"))
+            self.problems.append(
+                (*_pos(node), "a YAML alias refers to a value that contains it; remove the recursive alias")
+            )
             return None
         self.value_at[path] = (node.start_mark.line, node.start_mark.column)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
@@ -301,7 +323,9 @@ def _type_word(value: Any) -> str:
         return "an empty value"
     if isinstance(value, bool):
         return "a boolean"
-    return {int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tuple[tuple[int, int], str]]:
@@ -322,16 +346,30 @@ def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tu
     if v == "type":
         want = err.validator_value
         want = want if isinstance(want, list) else [want]
-        words = {"integer": "a whole number", "number": "a number", "string": "text", "object": "a mapping",
-                 "array": "a list", "boolean": "true or false"}
+        words = {
+            "integer": "a whole number",
+            "number": "a number",
+            "string": "text",
+            "object": "a mapping",
+            "array": "a list",
+            "boolean": "true or false",
+        }
         shown = "null" if inst is None else ("true" if inst is True else "false" if inst is False else repr(inst))
-        hint = "; YAML reads yes/no/on/off unquoted as a boolean: quote it" if isinstance(inst, bool) and "string" in want else ""
-        return doc.pos(path), f"{where} must be {' or '.join(words.get(w, w) for w in want)}, got {shown} ({_type_word(inst)}{hint})"
+        hint = (
+            "; YAML reads yes/no/on/off unquoted as a boolean: quote it"
+            if isinstance(inst, bool) and "string" in want
+            else ""
+        )
+        return doc.pos(
+            path
+        ), f"{where} must be {' or '.join(words.get(w, w) for w in want)}, got {shown} ({_type_word(inst)}{hint})"
     if v in ("minimum", "exclusiveMinimum"):
         op = ">=" if v == "minimum" else ">"
         return doc.pos(path), f"{where} must be {op} {err.validator_value}, got {inst!r}"
     if v == "pattern":
-        parser = {BANDWIDTH_PATTERN: parse_bandwidth, BYTES_PATTERN: parse_bytes, LATENCY_PATTERN: parse_latency}.get(err.validator_value)
+        parser = {BANDWIDTH_PATTERN: parse_bandwidth, BYTES_PATTERN: parse_bytes, LATENCY_PATTERN: parse_latency}.get(
+            err.validator_value
+        )
         if parser is not None:
             try:
                 parser(inst)
@@ -339,8 +377,10 @@ def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tu
                 return doc.pos(path), f"{where}: {perr}"
         if path and path[-1] in ("scope",) or (len(path) >= 2 and path[-2] == "levels"):
             return doc.pos(path), f"{where}: {inst!r} is not a valid level name (lower-case letters, digits and '-')"
-        return doc.pos(path), (f"{where}: {inst!r} is not a valid name (lower-case letters, digits, '.', '_', '-'; "
-                               "starting and ending with a letter or digit)")
+        return doc.pos(path), (
+            f"{where}: {inst!r} is not a valid name (lower-case letters, digits, '.', '_', '-'; "
+            "starting and ending with a letter or digit)"
+        )
     if v == "maxLength":
         return doc.pos(path), f"{where}: {inst!r} is longer than {err.validator_value} characters"
     if v == "minLength":
@@ -410,7 +450,10 @@ def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
         problems = sorted(set(problems))
         # A value quoted in the file may hold a line break; every message stays one line.
         raise ClusterValidationError(
-            [f"{source}:{line + 1}:{col + 1}: {msg}".replace("\r", "\\r").replace("\n", "\\n") for line, col, msg in problems]
+            [
+                f"{source}:{line + 1}:{col + 1}: {msg}".replace("\r", "\\r").replace("\n", "\\n")
+                for line, col, msg in problems
+            ]
         )
 
     try:
@@ -435,7 +478,9 @@ def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
     data = doc.build(nodes[0])
     problems = list(doc.problems)
     if not isinstance(data, dict):
-        fail(problems + [(0, 0, f"expected a mapping with apiVersion, kind, metadata and spec, got {_type_word(data)}")])
+        fail(
+            problems + [(0, 0, f"expected a mapping with apiVersion, kind, metadata and spec, got {_type_word(data)}")]
+        )
     validator = jsonschema.Draft202012Validator(schema())
     for err in validator.iter_errors(data):
         res = _schema_message(err, doc)
@@ -500,10 +545,16 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         path = ("spec", "deviceModels", mid)
         known = match_model(mid)
         if known is not None:
-            chk.add(path, f"device model {mid!r} is already in the catalog (as {known.id!r}); use it directly or pick another name", key=True)
+            chk.add(
+                path,
+                f"device model {mid!r} is already in the catalog (as {known.id!r}); use it directly or pick another name",
+                key=True,
+            )
             continue
         if mspec.get("schedulableUnit") == "die" and mspec.get("diesPerPackage", 1) < 2:
-            chk.add(path + ("schedulableUnit",), f"device model {mid!r}: schedulableUnit 'die' needs diesPerPackage >= 2")
+            chk.add(
+                path + ("schedulableUnit",), f"device model {mid!r}: schedulableUnit 'die' needs diesPerPackage >= 2"
+            )
         try:
             m = _inline_model(mid, mspec)
         except (ValueError, TypeError):
@@ -544,7 +595,11 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         tiers = _list(f.get("tiers"))
         plane = f.get("plane")
         if plane == "frontend" and tiers:
-            chk.add(fpath + ("tiers",), f"fabric {f['name']!r} is on the frontend plane, which carries no device tiers; remove its tiers", key=True)
+            chk.add(
+                fpath + ("tiers",),
+                f"fabric {f['name']!r} is on the frontend plane, which carries no device tiers; remove its tiers",
+                key=True,
+            )
         if plane in ("scale-up", "scale-out") and not tiers and "tiers" not in f:
             chk.add(fpath, f"fabric {f['name']!r} (plane {plane}) needs at least one tier")
         seen_numbers: set[int] = set()
@@ -559,12 +614,19 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             if isinstance(num, int):
                 seen_numbers.add(num)
             if isinstance(scope, str) and scope not in rank:
-                chk.add(tpath + ("scope",), f"unknown scope {scope!r}{did_you_mean(scope, scopes)}; scopes here: {', '.join(scopes)}"
-                        + ("" if levels else " (declare rack/supernode levels under spec.topology.levels)"))
+                chk.add(
+                    tpath + ("scope",),
+                    f"unknown scope {scope!r}{did_you_mean(scope, scopes)}; scopes here: {', '.join(scopes)}"
+                    + ("" if levels else " (declare rack/supernode levels under spec.topology.levels)"),
+                )
             if scope == "group" and "groupSize" not in t:
                 chk.add(tpath, f"tier {num} has scope 'group' but no groupSize (devices per group, e.g. 4)")
             if scope != "group" and "groupSize" in t:
-                chk.add(tpath + ("groupSize",), f"groupSize is only meaningful with scope 'group' (this tier's scope is {scope!r})", key=True)
+                chk.add(
+                    tpath + ("groupSize",),
+                    f"groupSize is only meaningful with scope 'group' (this tier's scope is {scope!r})",
+                    key=True,
+                )
             bw = lat = None
             try:  # a value that does not parse is reported by the schema pass; keep the tier
                 bw = parse_bandwidth(t["bandwidth"]) if "bandwidth" in t else None
@@ -575,8 +637,19 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             except (ValueError, TypeError):
                 pass
             if isinstance(num, int) and isinstance(scope, str) and scope in rank:
-                objs.append(Tier(num, t.get("name") or f"{f['name']}-{num}", f["name"], plane, f.get("link"), scope,
-                                 t.get("groupSize") if isinstance(t.get("groupSize"), int) else None, bw, lat))
+                objs.append(
+                    Tier(
+                        num,
+                        t.get("name") or f"{f['name']}-{num}",
+                        f["name"],
+                        plane,
+                        f.get("link"),
+                        scope,
+                        t.get("groupSize") if isinstance(t.get("groupSize"), int) else None,
+                        bw,
+                        lat,
+                    )
+                )
         tier_objs[f["name"]] = objs
         if isinstance(plane, str):
             fabric_objs.append(Fabric(f["name"], plane, f.get("link"), tuple(objs)))
@@ -597,15 +670,21 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         number_scope[num] = first.scope
         for obj, path in by_number[num][1:]:
             if obj.scope != first.scope:
-                chk.add(path + ("scope",), f"tier {num} has scope {obj.scope!r} in fabric {obj.fabric!r} but {first.scope!r} in fabric "
-                        f"{first.fabric!r}; one tier number means one scope")
+                chk.add(
+                    path + ("scope",),
+                    f"tier {num} has scope {obj.scope!r} in fabric {obj.fabric!r} but {first.scope!r} in fabric "
+                    f"{first.fabric!r}; one tier number means one scope",
+                )
     prev: tuple[int, str] | None = None
     for num in sorted(number_scope):
         scope = number_scope[num]
         if prev is not None and rank[scope] <= rank[prev[1]]:
             _, path = by_number[num][0]
-            chk.add(path + ("scope",), f"tiers do not nest: tier {num} has scope {scope!r}, not wider than tier {prev[0]}'s "
-                    f"scope {prev[1]!r} (tier 1 is the closest; each higher tier must join a wider scope)")
+            chk.add(
+                path + ("scope",),
+                f"tiers do not nest: tier {num} has scope {scope!r}, not wider than tier {prev[0]}'s "
+                f"scope {prev[1]!r} (tier 1 is the closest; each higher tier must join a wider scope)",
+            )
         else:
             prev = (num, scope)
 
@@ -632,7 +711,10 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             for h in dict.fromkeys(hosts):
                 if h in owner and owner[h][1] != gi:
                     line = chk.doc.pos(("spec", "nodeGroups", owner[h][1], "hosts"))[0] + 1
-                    chk.add(gpath + ("hosts",), f"node {h!r} is in node group {owner[h][0]!r} (line {line}) and in {name!r}; a node belongs to one group")
+                    chk.add(
+                        gpath + ("hosts",),
+                        f"node {h!r} is in node group {owner[h][0]!r} (line {line}) and in {name!r}; a node belongs to one group",
+                    )
                 else:
                     owner.setdefault(h, (name, gi))
         model = None
@@ -641,8 +723,11 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             model = models.get(dev["model"]) or match_model(dev["model"])
             if model is None:
                 choices = [*model_ids(), *models]
-                chk.add(gpath + ("devices", "model"), f"unknown device model {dev['model']!r}{did_you_mean(dev['model'], choices)}; "
-                        "use a catalog id (hal/catalog.yaml) or declare it under spec.deviceModels")
+                chk.add(
+                    gpath + ("devices", "model"),
+                    f"unknown device model {dev['model']!r}{did_you_mean(dev['model'], choices)}; "
+                    "use a catalog id (hal/catalog.yaml) or declare it under spec.deviceModels",
+                )
         attach = [x for x in _list(g.get("fabrics")) if isinstance(x, str)] if "fabrics" in g else list(fabrics)
         for ai, fname in enumerate(attach):
             if fname not in fabrics:
@@ -657,10 +742,16 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             mem = None
         groups.append(
             NodeGroup(
-                name=name, hosts=tuple(dict.fromkeys(hosts)), hostlist=str(g.get("hosts")), model=model,
+                name=name,
+                hosts=tuple(dict.fromkeys(hosts)),
+                hostlist=str(g.get("hosts")),
+                model=model,
                 packages_per_node=per_node if model is not None else 0,
                 fabrics=tuple(f for f in dict.fromkeys(attach) if f in fabrics),
-                cpu_model=cpu.get("model"), cpu_sockets=cpu.get("sockets"), memory_bytes=mem, labels=_dict(g.get("labels")),
+                cpu_model=cpu.get("model"),
+                cpu_sockets=cpu.get("sockets"),
+                memory_bytes=mem,
+                labels=_dict(g.get("labels")),
             )
         )
 
@@ -672,22 +763,38 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         for fname in g.fabrics:
             for t in tier_objs.get(fname, []):
                 if t.number in at and at[t.number].fabric != t.fabric:
-                    chk.add(gpath + ("fabrics",), f"node group {g.name!r} is on two fabrics at tier {t.number} "
-                            f"({at[t.number].fabric!r} and {t.fabric!r}); a pair of devices must have one joining tier")
+                    chk.add(
+                        gpath + ("fabrics",),
+                        f"node group {g.name!r} is on two fabrics at tier {t.number} "
+                        f"({at[t.number].fabric!r} and {t.fabric!r}); a pair of devices must have one joining tier",
+                    )
                 at[t.number] = t
-                if t.scope == "group" and t.group_size and g.model is not None and t.group_size % g.model.units_per_package:
-                    chk.add(gpath + ("devices", "model"), f"tier {t.number} ({t.fabric}) groups of {t.group_size} would split "
-                            f"a package of {g.model.id} ({g.model.units_per_package} devices each); use a multiple of {g.model.units_per_package}")
+                if (
+                    t.scope == "group"
+                    and t.group_size
+                    and g.model is not None
+                    and t.group_size % g.model.units_per_package
+                ):
+                    chk.add(
+                        gpath + ("devices", "model"),
+                        f"tier {t.number} ({t.fabric}) groups of {t.group_size} would split "
+                        f"a package of {g.model.id} ({g.model.units_per_package} devices each); use a multiple of {g.model.units_per_package}",
+                    )
                 elif t.scope == "group" and t.group_size and g.units_per_node and g.units_per_node % t.group_size:
-                    chk.add(gpath + ("devices", "packagesPerNode"), f"node group {g.name!r} has {g.units_per_node} devices per node, "
-                            f"which tier {t.number} ({t.fabric}) cannot split into groups of {t.group_size}")
+                    chk.add(
+                        gpath + ("devices", "packagesPerNode"),
+                        f"node group {g.name!r} has {g.units_per_node} devices per node, "
+                        f"which tier {t.number} ({t.fabric}) cannot split into groups of {t.group_size}",
+                    )
         mine = [n for n in wide_numbers if n in at]
         if mine:
             for n in wide_numbers:
                 if n > mine[0] and n not in at:
-                    chk.add(gpath + ("fabrics",) if "fabrics" in _dict(_list(spec.get("nodeGroups"))[gi]) else gpath,
-                            f"tiers do not nest: node group {g.name!r} is on tier {mine[0]} ({at[mine[0]].scope}) but on no fabric "
-                            f"of the wider tier {n} ({number_scope[n]}); attach it to one")
+                    chk.add(
+                        gpath + ("fabrics",) if "fabrics" in _dict(_list(spec.get("nodeGroups"))[gi]) else gpath,
+                        f"tiers do not nest: node group {g.name!r} is on tier {mine[0]} ({at[mine[0]].scope}) but on no fabric "
+                        f"of the wider tier {n} ({number_scope[n]}); attach it to one",
+                    )
                     break
 
     # domains
@@ -705,8 +812,11 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         lv = d.get("level")
         if isinstance(lv, str) and lv not in levels:
             domain_trouble = True
-            chk.add(dpath + ("level",), f"unknown topology level {lv!r}{did_you_mean(lv, levels)}; declare it in spec.topology.levels"
-                    + (f" ({', '.join(levels)})" if levels else ""))
+            chk.add(
+                dpath + ("level",),
+                f"unknown topology level {lv!r}{did_you_mean(lv, levels)}; declare it in spec.topology.levels"
+                + (f" ({', '.join(levels)})" if levels else ""),
+            )
             continue
         hosts: list[str] = []
         if isinstance(d.get("hosts"), str):
@@ -718,10 +828,16 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             chk.add(dpath + ("hosts",), f"hostlist {d['hosts']!r} names node {h!r} more than once")
         unknown = [h for h in dict.fromkeys(hosts) if h not in owner]
         if unknown:
-            chk.add(dpath + ("hosts",), f"domain {d['name']!r} names {len(unknown)} node(s) no node group has: {hostlist.compress(unknown)}")
+            chk.add(
+                dpath + ("hosts",),
+                f"domain {d['name']!r} names {len(unknown)} node(s) no node group has: {hostlist.compress(unknown)}",
+            )
         for h in dict.fromkeys(hosts):
             if isinstance(lv, str) and h in in_level.get(lv, {}):
-                chk.add(dpath + ("hosts",), f"node {h!r} is in {lv} domains {in_level[lv][h]!r} and {d['name']!r}; domains of one level must not overlap")
+                chk.add(
+                    dpath + ("hosts",),
+                    f"node {h!r} is in {lv} domains {in_level[lv][h]!r} and {d['name']!r}; domains of one level must not overlap",
+                )
             elif isinstance(lv, str) and lv in in_level:
                 in_level[lv][h] = d["name"]
         if isinstance(lv, str):
@@ -734,8 +850,12 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
             parents = {in_level[outer].get(h) for h in d.hosts if h in owner}  # unknown nodes: reported above
             if len(parents) > 1:
                 named = sorted(p for p in parents if p)
-                chk.add(_domain_path(topo, d.name), f"domains do not nest: {d.level} domain {d.name!r} spans "
-                        f"{outer} domain(s) {', '.join(repr(p) for p in named)}" + (" and nodes in none" if None in parents else ""))
+                chk.add(
+                    _domain_path(topo, d.name),
+                    f"domains do not nest: {d.level} domain {d.name!r} spans "
+                    f"{outer} domain(s) {', '.join(repr(p) for p in named)}"
+                    + (" and nodes in none" if None in parents else ""),
+                )
     # nodes on a level-scoped tier must be in a domain of that level
     for gi, g in enumerate(groups):
         for fname in g.fabrics:
@@ -743,9 +863,12 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                 if t.scope in in_level and not domain_trouble:
                     missing = [h for h in g.hosts if h not in in_level[t.scope]]
                     if missing:
-                        chk.add(("spec", "nodeGroups", gi, "hosts"), f"{len(missing)} node(s) of node group {g.name!r} "
-                                f"({hostlist.compress(missing)}) are on tier {t.number} (fabric {t.fabric!r}, scope {t.scope}) "
-                                f"but in no {t.scope} domain")
+                        chk.add(
+                            ("spec", "nodeGroups", gi, "hosts"),
+                            f"{len(missing)} node(s) of node group {g.name!r} "
+                            f"({hostlist.compress(missing)}) are on tier {t.number} (fabric {t.fabric!r}, scope {t.scope}) "
+                            f"but in no {t.scope} domain",
+                        )
 
     # pools
     pools = []
@@ -761,23 +884,39 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         for ri, ref in enumerate(_list(p.get("nodeGroups"))):
             if isinstance(ref, str) and ref not in group_names:
                 chk.add(ppath + ("nodeGroups", ri), f"unknown node group {ref!r}{did_you_mean(ref, list(group_names))}")
-        pools.append(Pool(str(p.get("name")), tuple(refs), tuple(x for x in _list(p.get("jobKinds")) if isinstance(x, str)), _dict(p.get("labels"))))
+        pools.append(
+            Pool(
+                str(p.get("name")),
+                tuple(refs),
+                tuple(x for x in _list(p.get("jobKinds")) if isinstance(x, str)),
+                _dict(p.get("labels")),
+            )
+        )
 
     if len(chk.problems) > before or not structure_ok or not isinstance(meta.get("name"), str):
         return None
     cluster = Cluster(
-        name=meta["name"], source=source, labels=_dict(meta.get("labels")),
+        name=meta["name"],
+        source=source,
+        labels=_dict(meta.get("labels")),
         models={g.model.id: g.model for g in groups if g.model is not None},
-        fabrics=tuple(fabric_objs), levels=tuple(levels), domains=tuple(domains), node_groups=tuple(groups), pools=tuple(pools),
+        fabrics=tuple(fabric_objs),
+        levels=tuple(levels),
+        domains=tuple(domains),
+        node_groups=tuple(groups),
+        pools=tuple(pools),
     )
     # every pair of devices must be joined by some tier
     topo_obj = cluster.topology()
     unjoined = topo_obj.unjoined_example()
     if unjoined is not None:
         a, b = unjoined
-        chk.add(("spec", "fabrics") if "fabrics" in spec else ("spec", "nodeGroups"), key=True, message=
-                f"no tier joins device {a.id} (node group {cluster.group_of(a.node).name!r}) and device {b.id} "
-                f"(node group {cluster.group_of(b.node).name!r}); attach both groups to a fabric whose scope holds both")
+        chk.add(
+            ("spec", "fabrics") if "fabrics" in spec else ("spec", "nodeGroups"),
+            key=True,
+            message=f"no tier joins device {a.id} (node group {cluster.group_of(a.node).name!r}) and device {b.id} "
+            f"(node group {cluster.group_of(b.node).name!r}); attach both groups to a fabric whose scope holds both",
+        )
         return None
     return cluster
 

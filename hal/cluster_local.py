@@ -22,7 +22,9 @@ def _node_name(raw: str) -> str:
     return name[:63].rstrip("-._") or "localhost"
 
 
-def local_descriptor(include_simulated: bool = False, name: str | None = None, host: str | None = None) -> tuple[str, list[str]]:
+def local_descriptor(
+    include_simulated: bool = False, name: str | None = None, host: str | None = None
+) -> tuple[str, list[str]]:
     """(descriptor YAML text, warnings) for this host."""
     from .registry import available_backends
 
@@ -39,8 +41,10 @@ def _warnings(devices) -> list[str]:
     if len(counts) <= 1:
         return []
     (kept, _), *rest = counts.most_common()
-    return [f"this host also has {', '.join(f'{n} x {m}' for m, n in rest)}; an xpod/v1 node group holds one device model, "
-            f"so only {kept} is described"]
+    return [
+        f"this host also has {', '.join(f'{n} x {m}' for m, n in rest)}; an xpod/v1 node group holds one device model, "
+        f"so only {kept} is described"
+    ]
 
 
 def build_descriptor(devices, host: str, name: str | None = None) -> str:
@@ -74,7 +78,11 @@ def build_descriptor(devices, host: str, name: str | None = None) -> str:
             tiers: list[dict[str, Any]] = []
             fabrics: list[dict[str, Any]] = []
             if model is not None and model.units_per_package > 1:
-                pkg: dict[str, Any] = {"name": "package", "plane": "scale-up", "tiers": [{"tier": 1, "scope": "package"}]}
+                pkg: dict[str, Any] = {
+                    "name": "package",
+                    "plane": "scale-up",
+                    "tiers": [{"tier": 1, "scope": "package"}],
+                }
                 if model.vendor == "ascend":
                     pkg["link"] = "SIO"
                 fabrics.append(pkg)

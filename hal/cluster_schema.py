@@ -56,7 +56,10 @@ def schema() -> dict[str, Any]:
                 "description": "package | group | node | a topology level (rack, supernode, ...) | cluster",
             },
             "groupSize": {**_COUNT, "description": "devices per group, for scope: group"},
-            "bandwidth": {**_BANDWIDTH, "description": "per device, one direction: bytes/s or e.g. 392GB/s; omit when unknown"},
+            "bandwidth": {
+                **_BANDWIDTH,
+                "description": "per device, one direction: bytes/s or e.g. 392GB/s; omit when unknown",
+            },
             "latency": {**_LATENCY, "description": "seconds or e.g. 1us"},
         },
         required=("tier", "scope"),

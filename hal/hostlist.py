@@ -32,7 +32,9 @@ def _split_top(expr: str) -> list[str]:
     for i, ch in enumerate(expr):
         if ch == "[":
             if depth:
-                raise HostlistError(f"hostlist {expr!r}: nested '[' at character {i + 1} (nested brackets are not supported)")
+                raise HostlistError(
+                    f"hostlist {expr!r}: nested '[' at character {i + 1} (nested brackets are not supported)"
+                )
             depth = 1
         elif ch == "]":
             if not depth:

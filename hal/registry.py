@@ -103,11 +103,7 @@ def _probe_into(name: str, ep, results: dict) -> None:
 
 def available_backends(include_simulated: bool = False) -> list[Backend]:
     """Backends usable on this host. The simulated backend is left out unless asked for."""
-    return [
-        s.backend
-        for s in probe_all()
-        if s.backend is not None and (include_simulated or not s.backend.simulated)
-    ]
+    return [s.backend for s in probe_all() if s.backend is not None and (include_simulated or not s.backend.simulated)]
 
 
 def get_backend(name: str) -> Backend:

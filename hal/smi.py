@@ -359,7 +359,9 @@ def link_matrices(lines: Sequence[Line], label_re: str = r"(?:GPU|NPU|DCU|HCU|ML
             if toks[0] != labels[len(rows)]:
                 break
             if len(toks) < 1 + len(labels):
-                raise ValueError(f"line {lines[j].no}: matrix row {toks[0]} has {len(toks) - 1} cells for {len(labels)} devices")
+                raise ValueError(
+                    f"line {lines[j].no}: matrix row {toks[0]} has {len(toks) - 1} cells for {len(labels)} devices"
+                )
             rows.append(tuple(toks[1 : 1 + len(labels)]))
             extras.append(tuple(toks[1 + len(labels) :]))
             j += 1

@@ -78,10 +78,14 @@ class Topology:
             per_pkg = g.model.units_per_package if g.model else 1
             for h in g.hosts:
                 self._group_of_node[h] = g
-                mine = tuple(
-                    Device(h, i, i // per_pkg, (i % per_pkg) if per_pkg > 1 else None, g.model.id)
-                    for i in range(g.units_per_node)
-                ) if g.model else ()
+                mine = (
+                    tuple(
+                        Device(h, i, i // per_pkg, (i % per_pkg) if per_pkg > 1 else None, g.model.id)
+                        for i in range(g.units_per_node)
+                    )
+                    if g.model
+                    else ()
+                )
                 self._node_devices[h] = mine
                 devices.extend(mine)
         self._devices = tuple(devices)
@@ -144,7 +148,9 @@ class Topology:
     def domain_of(self, d: "Device | str", level: str) -> str | None:
         """The name of the ``level`` domain (rack, supernode, ...) holding the device's node."""
         if level not in self.cluster.levels:
-            raise XpodError(f"no topology level {level!r} in cluster {self.cluster.name!r}; levels: {', '.join(self.cluster.levels) or 'none'}")
+            raise XpodError(
+                f"no topology level {level!r} in cluster {self.cluster.name!r}; levels: {', '.join(self.cluster.levels) or 'none'}"
+            )
         return self._domain.get((level, self._dev(d).node))
 
     def supernode_of(self, d: "Device | str") -> str | None:
@@ -190,7 +196,9 @@ class Topology:
         """The devices one tier joins, as disjoint groups (e.g. tier "node": one group per
         node; tier "supernode": one per super-node). Devices not on that tier are left out."""
         if number not in self._keys:
-            raise XpodError(f"no tier {number} in cluster {self.cluster.name!r}; tiers: {', '.join(map(str, self._numbers)) or 'none'}")
+            raise XpodError(
+                f"no tier {number} in cluster {self.cluster.name!r}; tiers: {', '.join(map(str, self._numbers)) or 'none'}"
+            )
         out: dict[Any, list[Device]] = {}
         for d, k in zip(self._devices, self._keys[number]):
             if k is not None:
@@ -212,7 +220,9 @@ class Topology:
         out = np.full((n, n), -1, dtype=np.int64)
         for num in reversed(self._numbers):  # closest last, so it wins
             codes: dict[Any, int] = {}
-            col = np.array([codes.setdefault(k, len(codes)) if k is not None else -1 for k in self._keys[num]], dtype=np.int64)[idx]
+            col = np.array(
+                [codes.setdefault(k, len(codes)) if k is not None else -1 for k in self._keys[num]], dtype=np.int64
+            )[idx]
             same = (col[:, None] == col[None, :]) & (col[:, None] >= 0)
             out[same] = num
         same_dev = idx[:, None] == idx[None, :]
@@ -254,12 +264,16 @@ class Topology:
                 tiers = [t for t in self._tiers_by_number[n] if t.fabric in used]
                 bws = [t.bandwidth_bytes_per_s for t in tiers]
                 lats = [t.latency_seconds for t in tiers]
-                out.append(RankTier(
-                    number=n, scope=tiers[0].scope if tiers else self._tiers_by_number[n][0].scope, fabrics=tuple(used),
-                    groups=tuple(tuple(g) for g in groups.values()),
-                    bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),
-                    latency_seconds=None if not lats or None in lats else max(lats),
-                ))
+                out.append(
+                    RankTier(
+                        number=n,
+                        scope=tiers[0].scope if tiers else self._tiers_by_number[n][0].scope,
+                        fabrics=tuple(used),
+                        groups=tuple(tuple(g) for g in groups.values()),
+                        bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),
+                        latency_seconds=None if not lats or None in lats else max(lats),
+                    )
+                )
             prev = cur
         return out
 
@@ -297,5 +311,5 @@ class Topology:
 def pairs(devices: Iterable[Device]) -> Iterable[tuple[Device, Device]]:
     devs = list(devices)
     for i, a in enumerate(devs):
-        for b in devs[i + 1:]:
+        for b in devs[i + 1 :]:
             yield a, b

@@ -15,8 +15,19 @@ from __future__ import annotations
 
 import re
 
-_PREFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_PREFIX = {
+    "": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
 # "k" is accepted for kilo as SI writes it
 _NUM = r"(\d+(?:\.\d+)?)"
 _BYTES_RE = re.compile(rf"^{_NUM}\s*([KkMGTP]i?)?(B)?$")

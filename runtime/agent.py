@@ -134,8 +134,19 @@ def discover_devices(sim_spec: str | None = None) -> list[LocalDevice]:
                 memory = int(d.memory_total_bytes or 0) // units
                 if isinstance(die_memory, list) and len(die_memory) == units:
                     memory = int(die_memory[k][1])
-                out.append(LocalDevice(len(out), d.vendor, d.model, memory, bool(d.simulated), b,
-                                       d.index, die=k if units > 1 else None, die_visible_id=int(ids[k]) if units > 1 else None))
+                out.append(
+                    LocalDevice(
+                        len(out),
+                        d.vendor,
+                        d.model,
+                        memory,
+                        bool(d.simulated),
+                        b,
+                        d.index,
+                        die=k if units > 1 else None,
+                        die_visible_id=int(ids[k]) if units > 1 else None,
+                    )
+                )
     return out
 
 
@@ -191,7 +202,9 @@ class ProcessTask(TaskHandle):
 class SimTask(TaskHandle):
     """A simulated task: no process; it ends at its deadline (``spec.simulate``)."""
 
-    def __init__(self, task: int, exit_at_s: float | None, exit_code: int, clock: Callable[[], float], log: str) -> None:
+    def __init__(
+        self, task: int, exit_at_s: float | None, exit_code: int, clock: Callable[[], float], log: str
+    ) -> None:
         self.task = task
         self._exit_at_s = exit_at_s  # None: runs until stopped
         self._exit_code = exit_code
@@ -261,15 +274,30 @@ def world_text(world: Any, master_addr: str) -> str:
     return text if world.replica is None else f"replica {world.replica}, {text}"
 
 
-def task_env(job_id: str, alloc: Any, world: Any, master_addr: str, backend_name: str,
-             visible: dict[str, str], user_env: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+def task_env(
+    job_id: str,
+    alloc: Any,
+    world: Any,
+    master_addr: str,
+    backend_name: str,
+    visible: dict[str, str],
+    user_env: Sequence[tuple[str, str]] = (),
+) -> dict[str, str]:
     """The variables xpod sets for one task (on top of the agent's own environment): the
     launcher's rank variables for its ``world`` (``TaskWorld``), the visible-devices variable,
     the job's ``spec.env`` and the XPOD_* identity variables (which the job cannot override)."""
     from xpod.runtime.launch import rank_env
 
-    env = rank_env(world.rank, world.world_size, world.local_rank, world.local_world_size, master_addr,
-                   world.master_port, backend_name, visible)
+    env = rank_env(
+        world.rank,
+        world.world_size,
+        world.local_rank,
+        world.local_world_size,
+        master_addr,
+        world.master_port,
+        backend_name,
+        visible,
+    )
     env.update(dict(user_env))
     env.update({"XPOD_JOB_ID": job_id, "XPOD_TASK_INDEX": str(alloc.task), "XPOD_DEVICES": ",".join(alloc.devices)})
     if world.replica is not None:
@@ -280,7 +308,9 @@ def task_env(job_id: str, alloc: Any, world: Any, master_addr: str, backend_name
 class ProcessExecutor(Executor):
     """Real processes through the launcher's environment contract."""
 
-    def __init__(self, node: str, devices: Sequence[LocalDevice], state_dir: str, grace_s: float = DEFAULT_GRACE_S) -> None:
+    def __init__(
+        self, node: str, devices: Sequence[LocalDevice], state_dir: str, grace_s: float = DEFAULT_GRACE_S
+    ) -> None:
         self.node = node
         self.devices = {d.index: d for d in devices}
         self.state_dir = state_dir
@@ -298,7 +328,9 @@ class ProcessExecutor(Executor):
         for i in indices:
             dev = self.devices.get(i)
             if dev is None:
-                raise XpodError(f"job {job_id}: device {self.node}/{i} is not on this node (it has {len(self.devices)})")
+                raise XpodError(
+                    f"job {job_id}: device {self.node}/{i} is not on this node (it has {len(self.devices)})"
+                )
             if dev.backend is not None:
                 by_backend.setdefault(id(dev.backend), (dev.backend, []))[1].append(dev)
         for backend, devs in by_backend.values():
@@ -312,8 +344,10 @@ class ProcessExecutor(Executor):
         path = log_path(self.state_dir, job_id, alloc.task)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         log = open(path, "ab", buffering=0)
-        log.write(f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} ({world_text(world, master_addr)}): "
-                  f"{' '.join(command)}\n".encode())
+        log.write(
+            f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} ({world_text(world, master_addr)}): "
+            f"{' '.join(command)}\n".encode()
+        )
         full_env = {**os.environ, **env}
         problem = _cannot_exec(command[0], full_env.get("PATH", os.defpath), fields.workdir)
         try:
@@ -323,8 +357,12 @@ class ProcessExecutor(Executor):
             # group when this agent dies, even by kill -9 (runtime/task_supervisor.py)
             popen = subprocess.Popen(
                 [sys.executable, "-s", "-S", SUPERVISOR, str(os.getpid()), repr(self.grace_s), "--", *command],
-                env=full_env, cwd=fields.workdir, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                env=full_env,
+                cwd=fields.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as err:
             log.write(f"=== xpod: cannot start {command[0]!r}: {err.strerror}\n".encode())
@@ -335,7 +373,9 @@ class ProcessExecutor(Executor):
         os.makedirs(os.path.dirname(pid_file), exist_ok=True)
         with open(pid_file, "w", encoding="utf-8") as f:
             json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
-        return ProcessTask(alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file)
+        return ProcessTask(
+            alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file
+        )
 
 
 class SimExecutor(Executor):
@@ -357,8 +397,11 @@ class SimExecutor(Executor):
         if sim.fail_after_s is not None and (exit_at is None or now + sim.fail_after_s < exit_at):
             exit_at, code = now + sim.fail_after_s, sim.exit_code
         path = log_path(self.state_dir, job_id, alloc.task)
-        _append(path, f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} (simulated; {world_text(world, master_addr)}) "
-                      f"devices {','.join(alloc.devices)}\n")
+        _append(
+            path,
+            f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} (simulated; {world_text(world, master_addr)}) "
+            f"devices {','.join(alloc.devices)}\n",
+        )
         return SimTask(alloc.task, exit_at, code, self.clock, path)
 
 
@@ -457,9 +500,19 @@ class SessionLost(Exception):
 class NodeAgent:
     """One node (see the module docstring). ``run(stop)`` blocks until ``stop`` is set."""
 
-    def __init__(self, client: Any, node: NodeSpec, executor: Executor, *, heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
-                 grace_s: float = DEFAULT_GRACE_S, log_prefix: str = "xpod agent", register_first: bool = True,
-                 poll_s: float = POLL_S, on_allocations: Callable[[dict[tuple[str, int], tuple[str, str, str]]], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        node: NodeSpec,
+        executor: Executor,
+        *,
+        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
+        grace_s: float = DEFAULT_GRACE_S,
+        log_prefix: str = "xpod agent",
+        register_first: bool = True,
+        poll_s: float = POLL_S,
+        on_allocations: Callable[[dict[tuple[str, int], tuple[str, str, str]]], None] | None = None,
+    ) -> None:
         self.client = client  # runtime.client.Client
         self.node = node
         self.executor = executor
@@ -527,7 +580,9 @@ class NodeAgent:
         for run in self.runs.values():
             run.reported = None  # the server may have lost what we said: say it again
         if self.sessions:
-            _log(self.log_prefix, f"{self.node.name}: reconnected to the scheduler; re-reporting {len(self.runs)} job(s)")
+            _log(
+                self.log_prefix, f"{self.node.name}: reconnected to the scheduler; re-reporting {len(self.runs)} job(s)"
+            )
         self.sessions += 1
         self.connected.set()
 
@@ -551,9 +606,16 @@ class NodeAgent:
 
         node = types_pb2.Node(name=self.node.name, labels=dict(self.node.labels))
         for d in self.node.devices:
-            node.devices.add(id=f"{self.node.name}/{d.index}", node=self.node.name, index=d.index, vendor=d.vendor,
-                             model=d.model, health=self._health().get(d.index, "ok"), memory_total_bytes=d.memory_total_bytes,
-                             simulated=d.simulated)
+            node.devices.add(
+                id=f"{self.node.name}/{d.index}",
+                node=self.node.name,
+                index=d.index,
+                vendor=d.vendor,
+                model=d.model,
+                health=self._health().get(d.index, "ok"),
+                memory_total_bytes=d.memory_total_bytes,
+                simulated=d.simulated,
+            )
         self.client.call(self.client.nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
 
     def _health(self) -> dict[int, str]:
@@ -605,7 +667,11 @@ class NodeAgent:
                 break
             if a.run:
                 self._start(a)
-                self._held[a.job_id] = (a.job.queue, a.job.kind, tuple(int(d.rsplit("/", 1)[1]) for x in a.allocations for d in x.devices))
+                self._held[a.job_id] = (
+                    a.job.queue,
+                    a.job.kind,
+                    tuple(int(d.rsplit("/", 1)[1]) for x in a.allocations for d in x.devices),
+                )
             else:
                 self._held.pop(a.job_id, None)
                 run = self.runs.pop(a.job_id, None)
@@ -619,8 +685,13 @@ class NodeAgent:
             return
         self._published = dict(self._held)
         kinds = {"TrainingJob": "training", "ServingJob": "serving", "BatchJob": "batch"}
-        self.on_allocations({(self.node.name, i): (job, queue_, kinds.get(kind, "batch"))
-                             for job, (queue_, kind, indices) in self._held.items() for i in indices})
+        self.on_allocations(
+            {
+                (self.node.name, i): (job, queue_, kinds.get(kind, "batch"))
+                for job, (queue_, kind, indices) in self._held.items()
+                for i in indices
+            }
+        )
 
     def _start(self, a: Any) -> None:
         from xpod.scheduler.service import struct_to_dict
@@ -646,7 +717,10 @@ class NodeAgent:
             for t in gone:
                 run.tasks.pop(t)
                 run.exits.pop(t, None)
-            _log(self.log_prefix, f"{self.node.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}")
+            _log(
+                self.log_prefix,
+                f"{self.node.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}",
+            )
             threading.Thread(target=self._stop_run, args=(stale,), daemon=True).start()
         for alloc in mine:
             if alloc.task in run.tasks:
@@ -659,7 +733,9 @@ class NodeAgent:
                 run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, master)
             except Exception as err:  # noqa: BLE001 - one bad job must not stop the node; it reads as a failed start
                 _log(self.log_prefix, f"{self.node.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
-                run.tasks[alloc.task] = _Failed(alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}")
+                run.tasks[alloc.task] = _Failed(
+                    alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}"
+                )
         run.reported = None
 
     def _reap(self) -> None:
@@ -683,8 +759,12 @@ class NodeAgent:
             if run.reported == state:
                 continue
             req = node_service_pb2.ReportTaskStatusRequest(
-                job_id=run.job_id, node=self.node.name, state=getattr(node_service_pb2, f"TASK_STATE_{state}"),
-                message=message, exit_code=code, failed_tasks=run.failed_tasks() if state == "FAILED" else [],
+                job_id=run.job_id,
+                node=self.node.name,
+                state=getattr(node_service_pb2, f"TASK_STATE_{state}"),
+                message=message,
+                exit_code=code,
+                failed_tasks=run.failed_tasks() if state == "FAILED" else [],
             )
             try:
                 self.client.call(self.client.nodes.ReportTaskStatus, req)
@@ -766,7 +846,9 @@ def simulated_pod(cluster_file: str | None) -> list[NodeSpec]:
 
 def run_agents(agents: Sequence[NodeAgent], stop: threading.Event) -> list[threading.Thread]:
     """Start one thread per agent; they end when ``stop`` is set."""
-    threads = [threading.Thread(target=a.run, args=(stop,), name=f"xpod-agent-{a.node.name}", daemon=True) for a in agents]
+    threads = [
+        threading.Thread(target=a.run, args=(stop,), name=f"xpod-agent-{a.node.name}", daemon=True) for a in agents
+    ]
     for t in threads:
         t.start()
     return threads

@@ -21,23 +21,59 @@ def register(commands) -> None:
         description="Register this node with the scheduler, heartbeat, and run the tasks it assigns. "
         "With --simulate FILE every node of the cluster descriptor is simulated in this process.",
     )
-    a.add_argument("--server", metavar="ADDR", help="scheduler address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)")
+    a.add_argument(
+        "--server", metavar="ADDR", help="scheduler address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
+    )
     a.add_argument("--token", metavar="T", help="bearer token with the agent role (default: XPOD_TOKEN)")
     a.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
-    a.add_argument("--simulate", metavar="FILE", help="simulate every node of this cluster descriptor ('default' = embedded CloudMatrix384)")
-    a.add_argument("--state-dir", metavar="DIR", help="task logs and pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
-    a.add_argument("--node", metavar="NAME", help="node name (default: the host name, matched against the cluster's nodes)")
-    a.add_argument("--sim-devices", metavar="SPEC", help="add simulated devices to this node (model:count,..., e.g. ascend-910c:2); tasks still run as real processes")
-    a.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="SECONDS", help="seconds between heartbeats (default 2)")
-    a.add_argument("--grace", type=float, default=5.0, metavar="SECONDS", help="SIGTERM-to-SIGKILL grace when a task is stopped (default 5)")
-    a.add_argument("--metrics", metavar="ADDR", help="serve this node's device metrics (xpod exporter's series, with the allocation join) on HOST:PORT")
+    a.add_argument(
+        "--simulate",
+        metavar="FILE",
+        help="simulate every node of this cluster descriptor ('default' = embedded CloudMatrix384)",
+    )
+    a.add_argument(
+        "--state-dir", metavar="DIR", help="task logs and pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)"
+    )
+    a.add_argument(
+        "--node", metavar="NAME", help="node name (default: the host name, matched against the cluster's nodes)"
+    )
+    a.add_argument(
+        "--sim-devices",
+        metavar="SPEC",
+        help="add simulated devices to this node (model:count,..., e.g. ascend-910c:2); tasks still run as real processes",
+    )
+    a.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between heartbeats (default 2)",
+    )
+    a.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="SIGTERM-to-SIGKILL grace when a task is stopped (default 5)",
+    )
+    a.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="serve this node's device metrics (xpod exporter's series, with the allocation join) on HOST:PORT",
+    )
     a.set_defaults(func=cmd_agent)
 
     g = commands.top.add_parser("logs", help="a job's task output, as captured by the node agent on this host")
     g.add_argument("job_id", metavar="JOB")
     g.add_argument("--task", type=int, metavar="N", help="only task N (default: every task, each with a header)")
-    g.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the task exits (Ctrl-C to stop)")
-    g.add_argument("--state-dir", metavar="DIR", help="the agent's state directory (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
+    g.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new output until the task exits (Ctrl-C to stop)"
+    )
+    g.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the agent's state directory (default: XPOD_STATE_DIR or ~/.local/state/xpod)",
+    )
     g.set_defaults(func=cmd_logs)
 
     u = commands.top.add_parser(
@@ -46,11 +82,24 @@ def register(commands) -> None:
         description="The embedded default: the scheduler (SQLite under --state-dir), an agent for this "
         "host's real devices and a simulated pod of the cluster descriptor, all on loopback.",
     )
-    u.add_argument("--cluster", metavar="FILE", help="cluster descriptor to simulate (default: the embedded CloudMatrix384)")
-    u.add_argument("--listen", metavar="ADDR", default="127.0.0.1:7070", help="gRPC address (default 127.0.0.1:7070; port 0 = any)")
-    u.add_argument("--metrics", metavar="ADDR", help="host:port for the scheduler's Prometheus endpoint (off by default)")
-    u.add_argument("--state-dir", metavar="DIR", help="database, logs, pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)")
-    u.add_argument("--node-timeout", type=float, metavar="SECONDS", help="heartbeats missing this long mark a node NotReady (default 10)")
+    u.add_argument(
+        "--cluster", metavar="FILE", help="cluster descriptor to simulate (default: the embedded CloudMatrix384)"
+    )
+    u.add_argument(
+        "--listen", metavar="ADDR", default="127.0.0.1:7070", help="gRPC address (default 127.0.0.1:7070; port 0 = any)"
+    )
+    u.add_argument(
+        "--metrics", metavar="ADDR", help="host:port for the scheduler's Prometheus endpoint (off by default)"
+    )
+    u.add_argument(
+        "--state-dir", metavar="DIR", help="database, logs, pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)"
+    )
+    u.add_argument(
+        "--node-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="heartbeats missing this long mark a node NotReady (default 10)",
+    )
     u.add_argument("--no-simulate", action="store_true", help="no simulated pod: only this host")
     u.add_argument("--no-local", action="store_true", help="no agent for this host: only the simulated pod")
     u.set_defaults(func=cmd_up)
@@ -76,7 +125,9 @@ def _sim_file(value: str) -> str | None:
     if value == "default":
         return None
     if not os.path.isfile(value):
-        raise XpodError(f"--simulate {value}: no such cluster descriptor (give a YAML file, or 'default' for CloudMatrix384)")
+        raise XpodError(
+            f"--simulate {value}: no such cluster descriptor (give a YAML file, or 'default' for CloudMatrix384)"
+        )
     return value
 
 
@@ -103,29 +154,56 @@ def cmd_agent(args) -> int:
     _on_signals(stop)
     if args.simulate:
         if args.node or args.sim_devices or args.metrics:
-            raise XpodError("--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics")
+            raise XpodError(
+                "--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics"
+            )
         nodes = ag.simulated_pod(_sim_file(args.simulate))
         agents = [
-            ag.NodeAgent(client, n, ag.SimExecutor(n.name, state), heartbeat_interval_s=args.heartbeat_interval,
-                         grace_s=args.grace, log_prefix="xpod agent (simulated)", poll_s=SIM_POLL_S)
+            ag.NodeAgent(
+                client,
+                n,
+                ag.SimExecutor(n.name, state),
+                heartbeat_interval_s=args.heartbeat_interval,
+                grace_s=args.grace,
+                log_prefix="xpod agent (simulated)",
+                poll_s=SIM_POLL_S,
+            )
             for n in nodes
         ]
         devices = sum(len(n.devices) for n in nodes)
-        print(f"xpod agent: simulating {len(nodes)} nodes, {devices} devices against {target.server}; state {state}", flush=True)
+        print(
+            f"xpod agent: simulating {len(nodes)} nodes, {devices} devices against {target.server}; state {state}",
+            flush=True,
+        )
     else:
         devices = ag.discover_devices(args.sim_devices)
         ended = ag.end_leftover_tasks(state, args.grace)
         if ended:
-            print(f"xpod agent: ended {len(ended)} task(s) a previous agent left running: {', '.join(ended)}", flush=True)
+            print(
+                f"xpod agent: ended {len(ended)} task(s) a previous agent left running: {', '.join(ended)}", flush=True
+            )
         name = ag.local_node_name(client, args.node)
-        node = ag.NodeSpec(name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ())
+        node = ag.NodeSpec(
+            name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ()
+        )
         exporter = _device_exporter(args.metrics, name, devices) if args.metrics else None
-        agents = [ag.NodeAgent(client, node, ag.ProcessExecutor(name, devices, state, args.grace), heartbeat_interval_s=args.heartbeat_interval,
-                               grace_s=args.grace, on_allocations=exporter[1] if exporter else None)]
+        agents = [
+            ag.NodeAgent(
+                client,
+                node,
+                ag.ProcessExecutor(name, devices, state, args.grace),
+                heartbeat_interval_s=args.heartbeat_interval,
+                grace_s=args.grace,
+                on_allocations=exporter[1] if exporter else None,
+            )
+        ]
         if exporter:
             print(f"xpod agent: device metrics on {exporter[0].url}", flush=True)
         models = ", ".join(sorted({f"{d.vendor}/{d.model}" for d in devices})) or "none"
-        print(f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}", flush=True)
+        print(
+            f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}",
+            flush=True,
+        )
     threads = ag.run_agents(agents, stop)
     _report_first_connection(agents, stop, target.server)
     while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
@@ -166,7 +244,11 @@ def _report_first_connection(agents, stop, server: str) -> None:
                 return
             time.sleep(0.1)
         if not stop.is_set():
-            print(f"xpod agent: cannot reach the scheduler at {server} yet; retrying with backoff", file=sys.stderr, flush=True)
+            print(
+                f"xpod agent: cannot reach the scheduler at {server} yet; retrying with backoff",
+                file=sys.stderr,
+                flush=True,
+            )
 
     threading.Thread(target=wait, daemon=True).start()
 
@@ -177,16 +259,22 @@ def cmd_logs(args) -> int:
     state = args.state_dir or default_state_dir()
     folder = os.path.join(state, "logs", args.job_id)
     if not os.path.isdir(folder):
-        raise XpodError(f"no logs for job {args.job_id!r} under {state}/logs (run 'xpod logs' on the node that ran it, or pass --state-dir)")
+        raise XpodError(
+            f"no logs for job {args.job_id!r} under {state}/logs (run 'xpod logs' on the node that ran it, or pass --state-dir)"
+        )
     if args.task is not None:
         path = os.path.join(folder, f"task-{args.task}.log")
         if not os.path.isfile(path):
             have = sorted(f[5:-4] for f in os.listdir(folder) if f.startswith("task-") and f.endswith(".log"))
-            raise XpodError(f"job {args.job_id} has no task {args.task} on this host (tasks here: {', '.join(have) or 'none'})")
+            raise XpodError(
+                f"job {args.job_id} has no task {args.task} on this host (tasks here: {', '.join(have) or 'none'})"
+            )
         paths = [path]
     else:
-        paths = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("task-") and f.endswith(".log")),
-                       key=lambda p: int(os.path.basename(p)[5:-4]))
+        paths = sorted(
+            (os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("task-") and f.endswith(".log")),
+            key=lambda p: int(os.path.basename(p)[5:-4]),
+        )
     for path in paths:
         if len(paths) > 1:
             print(f"==> {os.path.basename(path)} <==", flush=True)
@@ -218,9 +306,15 @@ def cmd_up(args) -> int:
     _check_positive(args.node_timeout, "--node-timeout")
     from xpod.runtime.agent import default_state_dir
 
-    system = start_embedded(cluster_file=args.cluster, listen=args.listen, metrics=args.metrics,
-                            state_dir=args.state_dir or default_state_dir(), node_timeout_s=args.node_timeout,
-                            simulate=not args.no_simulate, local=not args.no_local)
+    system = start_embedded(
+        cluster_file=args.cluster,
+        listen=args.listen,
+        metrics=args.metrics,
+        state_dir=args.state_dir or default_state_dir(),
+        node_timeout_s=args.node_timeout,
+        simulate=not args.no_simulate,
+        local=not args.no_local,
+    )
     stop = threading.Event()
     _on_signals(stop)
     try:

@@ -59,8 +59,10 @@ def cmd_validate(args) -> int:
         sys.stdout.write("\n")
     else:
         per_model = ", ".join(f"{m['devices']} x {mid}" for mid, m in summary["models"].items()) or "no accelerators"
-        print(f"{args.file}: ok: cluster {summary['name']!r}, {summary['nodes']} nodes, {summary['chips']} chips, "
-              f"{summary['devices']} devices ({per_model}), {len(summary['tiers'])} tier(s)")
+        print(
+            f"{args.file}: ok: cluster {summary['name']!r}, {summary['nodes']} nodes, {summary['chips']} chips, "
+            f"{summary['devices']} devices ({per_model}), {len(summary['tiers'])} tier(s)"
+        )
     return 0
 
 
@@ -77,24 +79,41 @@ def cmd_show(args) -> int:
         return 1
     s = cluster.summary()
     console = Console()
-    console.print(f"[bold]cluster {s['name']}[/] ({args.file}): {s['nodes']} nodes, {s['chips']} chips, {s['devices']} devices")
+    console.print(
+        f"[bold]cluster {s['name']}[/] ({args.file}): {s['nodes']} nodes, {s['chips']} chips, {s['devices']} devices"
+    )
     if s["domains"]:
-        console.print("topology levels (outermost first): " + ", ".join(f"{lvl} ({n} domains)" for lvl, n in s["domains"].items()))
+        console.print(
+            "topology levels (outermost first): " + ", ".join(f"{lvl} ({n} domains)" for lvl, n in s["domains"].items())
+        )
 
     t = Table(title="node groups")
     for col in ("group", "hosts", "nodes", "model", "chips/node", "devices", "fabrics"):
         t.add_column(col)
     for g in cluster.node_groups:
-        t.add_row(g.name, g.hostlist, str(len(g.hosts)), g.model.id if g.model else "(CPU only)",
-                  str(g.packages_per_node), str(len(g.hosts) * g.units_per_node), ", ".join(g.fabrics) or "-")
+        t.add_row(
+            g.name,
+            g.hostlist,
+            str(len(g.hosts)),
+            g.model.id if g.model else "(CPU only)",
+            str(g.packages_per_node),
+            str(len(g.hosts) * g.units_per_node),
+            ", ".join(g.fabrics) or "-",
+        )
     console.print(t)
 
     t = Table(title="devices per vendor and model")
     for col in ("vendor", "model", "chips", "devices", "memory", "BF16 TFLOPS"):
         t.add_column(col)
     for mid, m in s["models"].items():
-        t.add_row(m["vendor"], mid, str(m["chips"]), str(m["devices"]), units.format_bytes(m["memory_bytes"]),
-                  "-" if m["bf16_tflops"] is None else f"{m['bf16_tflops']:,.0f}")
+        t.add_row(
+            m["vendor"],
+            mid,
+            str(m["chips"]),
+            str(m["devices"]),
+            units.format_bytes(m["memory_bytes"]),
+            "-" if m["bf16_tflops"] is None else f"{m['bf16_tflops']:,.0f}",
+        )
     console.print(t)
 
     topo = cluster.topology()
@@ -105,12 +124,22 @@ def cmd_show(args) -> int:
         groups = topo.groups_on(tier)
         d = {"groups": len(groups), "devices_per_group": sorted({len(g) for g in groups}) or [0]}
         scope = tier.scope + (f" of {tier.group_size}" if tier.group_size else "")
-        t.add_row(str(tier.number), tier.name, tier.fabric, tier.plane, tier.link or "-", scope,
-                  f"{d['groups']} x {'/'.join(map(str, d['devices_per_group']))}",
-                  units.format_bandwidth(tier.bandwidth_bytes_per_s), units.format_latency(tier.latency_seconds))
+        t.add_row(
+            str(tier.number),
+            tier.name,
+            tier.fabric,
+            tier.plane,
+            tier.link or "-",
+            scope,
+            f"{d['groups']} x {'/'.join(map(str, d['devices_per_group']))}",
+            units.format_bandwidth(tier.bandwidth_bytes_per_s),
+            units.format_latency(tier.latency_seconds),
+        )
     console.print(t)
     if any(f.plane == "frontend" for f in cluster.fabrics):
-        console.print("frontend: " + ", ".join(f"{f.name} ({f.link or '-'})" for f in cluster.fabrics if f.plane == "frontend"))
+        console.print(
+            "frontend: " + ", ".join(f"{f.name} ({f.link or '-'})" for f in cluster.fabrics if f.plane == "frontend")
+        )
 
     notes = []
     if s["chips_with_unknown_memory"]:
@@ -140,4 +169,3 @@ def cmd_local(args) -> int:
         print(f"xpod: {w}", file=sys.stderr)
     sys.stdout.write(text)
     return 0
-

@@ -25,12 +25,19 @@ def register(commands) -> None:
         "and its exit code is returned.",
     )
     r.add_argument("--nproc", type=int, required=True, help="number of processes (ranks) on this host")
-    r.add_argument("--backend", default="cpu", help="xpod backend id (cpu, ascend, cambricon, mthreads, hygon, cuda); default cpu")
+    r.add_argument(
+        "--backend", default="cpu", help="xpod backend id (cpu, ascend, cambricon, mthreads, hygon, cuda); default cpu"
+    )
     r.add_argument("--devices", default=None, help="comma-separated device indices, one per rank (default 0..N-1)")
     r.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free port)")
     r.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank N]")
-    r.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
-                   help="run a Python module (like python -m) with the arguments that follow, instead of a script")
+    r.add_argument(
+        "-m",
+        dest="module",
+        nargs=argparse.REMAINDER,
+        metavar="MODULE ARGS",
+        help="run a Python module (like python -m) with the arguments that follow, instead of a script",
+    )
     r.add_argument("script", nargs="?", help="the .py script or an executable")
     r.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     r.set_defaults(func=cmd_run)
@@ -49,17 +56,26 @@ def register(commands) -> None:
     b.add_argument("--dtype", default="float32", choices=DTYPES)
     b.add_argument("--iters", type=int, default=20, help="timed calls per round (default 20)")
     b.add_argument("--warmup", type=int, default=5, help="untimed iterations per size (default 5)")
-    b.add_argument("--rounds", type=int, default=3, help="rounds of --iters calls; time = median of all calls (default 3)")
+    b.add_argument(
+        "--rounds", type=int, default=3, help="rounds of --iters calls; time = median of all calls (default 3)"
+    )
     b.add_argument("--baseline", action="store_true", help="also time bare torch.distributed and print the ratio")
     b.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
     b.add_argument("--backend", default="cpu")
-    b.add_argument("--tiers", default=None, metavar="FILE",
-                   help="JSON list of tiers {name, groups, bandwidth_bytes_per_s, latency_s}, closest first "
-                   "(default: one host tier calibrated by a ping-pong)")
+    b.add_argument(
+        "--tiers",
+        default=None,
+        metavar="FILE",
+        help="JSON list of tiers {name, groups, bandwidth_bytes_per_s, latency_s}, closest first "
+        "(default: one host tier calibrated by a ping-pong)",
+    )
     b.add_argument("--timeout-s", type=float, default=120.0, help="bound on any one collective (default 120)")
-    b.add_argument("--shm-buffers", action="store_true",
-                   help="all_reduce only: xpod's tensor lives in the shared-memory symmetric region (Communicator.shm_tensor), "
-                   "so the shm path skips its copies; the baseline keeps an ordinary tensor")
+    b.add_argument(
+        "--shm-buffers",
+        action="store_true",
+        help="all_reduce only: xpod's tensor lives in the shared-memory symmetric region (Communicator.shm_tensor), "
+        "so the shm path skips its copies; the baseline keeps an ordinary tensor",
+    )
     b.add_argument("--json", action="store_true", help="print {rows: [...], ...} as JSON instead of the table")
     b.set_defaults(func=cmd_bench)
 
@@ -142,10 +158,31 @@ def cmd_bench(args) -> int:
     copy_all = copy_bandwidth_bytes_per_s(threads=cores)
     with tempfile.TemporaryDirectory(prefix="xpod-bench-") as tmp:
         out = os.path.join(tmp, "rows.json")
-        cmd = [sys.executable, "-m", "xpod.runtime.collectives_bench", "--op", args.op,
-               "--min-bytes", str(args.min_bytes), "--max-bytes", str(args.max_bytes), "--dtype", args.dtype,
-               "--iters", str(args.iters), "--warmup", str(args.warmup), "--rounds", str(args.rounds),
-               "--algorithm", args.algorithm, "--timeout-s", str(args.timeout_s), "--out", out]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xpod.runtime.collectives_bench",
+            "--op",
+            args.op,
+            "--min-bytes",
+            str(args.min_bytes),
+            "--max-bytes",
+            str(args.max_bytes),
+            "--dtype",
+            args.dtype,
+            "--iters",
+            str(args.iters),
+            "--warmup",
+            str(args.warmup),
+            "--rounds",
+            str(args.rounds),
+            "--algorithm",
+            args.algorithm,
+            "--timeout-s",
+            str(args.timeout_s),
+            "--out",
+            out,
+        ]
         if args.baseline:
             cmd.append("--baseline")
         if args.shm_buffers:
@@ -210,13 +247,17 @@ def _read_tiers(path: str, nproc: int) -> str:
 def _print_table(args, result: dict) -> None:
     rows = result["rows"]
     n = result["ranks"]
-    print(f"# xpod collectives: op {args.op}, {n} ranks, backend {args.backend}, dtype {args.dtype}, "
-          f"median of {args.iters} x {args.rounds} calls (interleaved with the baseline), warmup {args.warmup}")
+    print(
+        f"# xpod collectives: op {args.op}, {n} ranks, backend {args.backend}, dtype {args.dtype}, "
+        f"median of {args.iters} x {args.rounds} calls (interleaved with the baseline), warmup {args.warmup}"
+    )
     print(f"# shared-memory all_reduce: {result['shm']}")
     cal = result.get("calibration")
     if cal:
-        print(f"# cost model tier 'host' from a 2-rank ping-pong: latency {cal['latency_s'] * 1e6:.1f} us, "
-              f"bandwidth {cal['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
+        print(
+            f"# cost model tier 'host' from a 2-rank ping-pong: latency {cal['latency_s'] * 1e6:.1f} us, "
+            f"bandwidth {cal['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s"
+        )
     hdr = f"#{'size':>11} {'count':>11} {'type':>9} {'algo':>16} {'time':>10} {'algbw':>7} {'busbw':>7} {'#wrong':>6} {'pred':>10}"
     sub = f"#{'(B)':>11} {'(elements)':>11} {'':>9} {'':>16} {'(us)':>10} {'(GB/s)':>7} {'(GB/s)':>7} {'':>6} {'(us)':>10}"
     if args.baseline:
@@ -226,14 +267,18 @@ def _print_table(args, result: dict) -> None:
     print(sub)
     for r in rows:
         pred = "-" if r["predicted_us"] is None else f"{r['predicted_us']:.1f}"
-        line = (f" {r['bytes']:>11} {r['count']:>11} {r['dtype']:>9} {r['algorithm']:>16} {r['time_us']:>10.1f} "
-                f"{r['algbw_gbps']:>7.2f} {r['busbw_gbps']:>7.2f} {r['wrong']:>6} {pred:>10}")
+        line = (
+            f" {r['bytes']:>11} {r['count']:>11} {r['dtype']:>9} {r['algorithm']:>16} {r['time_us']:>10.1f} "
+            f"{r['algbw_gbps']:>7.2f} {r['busbw_gbps']:>7.2f} {r['wrong']:>6} {pred:>10}"
+        )
         if args.baseline:
             line += f" {r['baseline_time_us']:>10.1f} {r['baseline_busbw_gbps']:>10.2f} {r['busbw_ratio']:>6.2f}"
         print(line)
     cb = result["copy_bandwidth_bytes_per_s"]
-    print(f"# best busbw {result['best_busbw_gbps']:.2f} GB/s; memory copy bandwidth of this host "
-          f"{cb['one_thread'] / 1e9:.2f} GB/s (1 thread), {cb['all_threads'] / 1e9:.2f} GB/s ({cb['threads']} threads)")
+    print(
+        f"# best busbw {result['best_busbw_gbps']:.2f} GB/s; memory copy bandwidth of this host "
+        f"{cb['one_thread'] / 1e9:.2f} GB/s (1 thread), {cb['all_threads'] / 1e9:.2f} GB/s ({cb['threads']} threads)"
+    )
     if args.baseline:
         ratios = [r["busbw_ratio"] for r in rows]
         print(f"# xpod / bare torch.distributed busbw: min {min(ratios):.2f}, max {max(ratios):.2f}")

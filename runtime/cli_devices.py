@@ -113,7 +113,9 @@ def cmd_doctor(args) -> int:
         b = s.backend
         if b is not None:
             status = "[yellow]simulated[/]" if b.simulated else "[green]available[/]"
-            table.add_row(s.name, status, str(len(b.devices())), f"{b.torch_module}:{b.device_type} / {b.dist_backend}", s.reason)
+            table.add_row(
+                s.name, status, str(len(b.devices())), f"{b.torch_module}:{b.device_type} / {b.dist_backend}", s.reason
+            )
         else:
             table.add_row(s.name, "[red]unavailable[/]", "0", "-", s.reason)
     Console().print(table)

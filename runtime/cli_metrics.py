@@ -18,7 +18,9 @@ def register(commands) -> None:
             "Loopback by default; give --listen 0.0.0.0:PORT to expose it."
         ),
     )
-    p.add_argument("--listen", metavar="ADDR", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})")
+    p.add_argument(
+        "--listen", metavar="ADDR", default=DEFAULT_LISTEN, help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})"
+    )
     p.add_argument(
         "--simulated",
         action="store_true",

@@ -26,34 +26,92 @@ def register(commands) -> None:
         ),
     )
     p.add_argument("--loads", required=True, metavar="NPZ", help=".npz of [layers, experts] token counts per workload")
-    p.add_argument("--workload", required=True, metavar="NAME",
-                   help="array name in NPZ; a comma-separated list is a history of windows, oldest first")
+    p.add_argument(
+        "--workload",
+        required=True,
+        metavar="NAME",
+        help="array name in NPZ; a comma-separated list is a history of windows, oldest first",
+    )
     p.add_argument("--devices", required=True, type=_positive("--devices"), metavar="D", help="expert-parallel devices")
-    p.add_argument("--nodes", required=True, type=_positive("--nodes"), metavar="N", help="nodes (devices are split evenly, in order)")
-    p.add_argument("--slots", required=True, type=_positive("--slots"), metavar="S", help="expert slots per layer: the total over all devices (EPLB's num_replicas, e.g. 320 for EP64) when "
-                        "S >= the number of experts, which must then be a multiple of D; else slots per device")
-    p.add_argument("--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)")
-    p.add_argument("--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)")
-    p.add_argument("--policy", choices=POLICIES, default="auto",
-                   help="auto (default: budget at <= 2 slots/device, else balanced), balanced, even (no uneven shares), "
-                        "budget (per-layer redundancy; same total weights per device), wrap (hierarchical: groups cut "
-                        "into nodes by McNaughton's wrap-around rule, about 2 nodes per group)")
-    p.add_argument("--locality", type=_nonnegative("--locality"), default=1.0, metavar="W",
-                   help="weight, in mean replica loads, of keeping first replicas on their group's home node and "
-                        "replicas of one expert on different nodes (0 = balance only; default 1)")
-    p.add_argument("--balance-tolerance", type=_nonnegative("--balance-tolerance"), default=0.0, metavar="F",
-                   help="with F > 0, a second plan pins first replicas to home nodes and layers switch to it while the "
-                        "summed max device load stays within (1+F) x the main plan's (default 0: off)")
-    p.add_argument("--refine-passes", type=_nonnegative_int("--refine-passes"), default=8, metavar="K",
-                   help="swap passes after packing (default 8; fewer is faster and balances a little less)")
-    p.add_argument("--hedge", type=float, default=0.0, metavar="H", help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)")
-    p.add_argument("--robust", action="store_true",
-                   help="plan for the next window: the last --workload name is the latest window, the others its "
-                        "history; minimises the expected max device load over them (tokens split evenly)")
+    p.add_argument(
+        "--nodes",
+        required=True,
+        type=_positive("--nodes"),
+        metavar="N",
+        help="nodes (devices are split evenly, in order)",
+    )
+    p.add_argument(
+        "--slots",
+        required=True,
+        type=_positive("--slots"),
+        metavar="S",
+        help="expert slots per layer: the total over all devices (EPLB's num_replicas, e.g. 320 for EP64) when "
+        "S >= the number of experts, which must then be a multiple of D; else slots per device",
+    )
+    p.add_argument(
+        "--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)"
+    )
+    p.add_argument(
+        "--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)"
+    )
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="auto",
+        help="auto (default: budget at <= 2 slots/device, else balanced), balanced, even (no uneven shares), "
+        "budget (per-layer redundancy; same total weights per device), wrap (hierarchical: groups cut "
+        "into nodes by McNaughton's wrap-around rule, about 2 nodes per group)",
+    )
+    p.add_argument(
+        "--locality",
+        type=_nonnegative("--locality"),
+        default=1.0,
+        metavar="W",
+        help="weight, in mean replica loads, of keeping first replicas on their group's home node and "
+        "replicas of one expert on different nodes (0 = balance only; default 1)",
+    )
+    p.add_argument(
+        "--balance-tolerance",
+        type=_nonnegative("--balance-tolerance"),
+        default=0.0,
+        metavar="F",
+        help="with F > 0, a second plan pins first replicas to home nodes and layers switch to it while the "
+        "summed max device load stays within (1+F) x the main plan's (default 0: off)",
+    )
+    p.add_argument(
+        "--refine-passes",
+        type=_nonnegative_int("--refine-passes"),
+        default=8,
+        metavar="K",
+        help="swap passes after packing (default 8; fewer is faster and balances a little less)",
+    )
+    p.add_argument(
+        "--hedge",
+        type=float,
+        default=0.0,
+        metavar="H",
+        help="mix H of the uniform load into the estimate, 0 <= H < 1 (for stale statistics)",
+    )
+    p.add_argument(
+        "--robust",
+        action="store_true",
+        help="plan for the next window: the last --workload name is the latest window, the others its "
+        "history; minimises the expected max device load over them (tokens split evenly)",
+    )
     p.add_argument("--previous", metavar="FILE", help="previous placement JSON: unchanged experts keep their slots")
-    p.add_argument("--max-moves", type=_nonnegative_int("--max-moves"), metavar="K", help="with --previous: load at most K expert weights")
-    p.add_argument("--traffic-tokens", type=_nonnegative_int("--traffic-tokens"), default=2048, metavar="T",
-                   help="tokens per layer for the nodes-per-token simulation on 4 layers (0 = skip; default 2048)")
+    p.add_argument(
+        "--max-moves",
+        type=_nonnegative_int("--max-moves"),
+        metavar="K",
+        help="with --previous: load at most K expert weights",
+    )
+    p.add_argument(
+        "--traffic-tokens",
+        type=_nonnegative_int("--traffic-tokens"),
+        default=2048,
+        metavar="T",
+        help="tokens per layer for the nodes-per-token simulation on 4 layers (0 = skip; default 2048)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="placement JSON to write")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_place)
@@ -151,7 +209,9 @@ def cmd_place(args) -> int:
     loads = load_workload(args.loads, args.workload)
     experts = loads.shape[-1]
     if experts % args.groups:
-        raise XpodError(f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}")
+        raise XpodError(
+            f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}"
+        )
     shape = PodShape(args.devices, args.nodes, slots_per_device(args.slots, args.devices, experts), args.super_nodes)
     previous = load_placement(args.previous) if args.previous else None
     if previous is not None and previous.shape.num_devices != args.devices:
@@ -160,15 +220,29 @@ def cmd_place(args) -> int:
         from xpod.runtime.moe.robust import robust_place
 
         if previous is not None or args.hedge:
-            raise XpodError("--robust plans from scratch: drop --previous/--max-moves/--hedge (align a robust plan later with --previous)")
+            raise XpodError(
+                "--robust plans from scratch: drop --previous/--max-moves/--hedge (align a robust plan later with --previous)"
+            )
         placement = robust_place(
-            loads if loads.ndim == 2 else loads[-1], shape, num_groups=args.groups, history=None if loads.ndim == 2 else loads[:-1],
-            policy=args.policy, locality=args.locality, balance_tolerance=args.balance_tolerance,
+            loads if loads.ndim == 2 else loads[-1],
+            shape,
+            num_groups=args.groups,
+            history=None if loads.ndim == 2 else loads[:-1],
+            policy=args.policy,
+            locality=args.locality,
+            balance_tolerance=args.balance_tolerance,
         )
     else:
         placement = place(
-            loads, shape, num_groups=args.groups, policy=args.policy, locality=args.locality, hedge=args.hedge,
-            previous=previous, max_moves=args.max_moves, balance_tolerance=args.balance_tolerance,
+            loads,
+            shape,
+            num_groups=args.groups,
+            policy=args.policy,
+            locality=args.locality,
+            hedge=args.hedge,
+            previous=previous,
+            max_moves=args.max_moves,
+            balance_tolerance=args.balance_tolerance,
             refine_steps=args.refine_passes,
         )
     _write_json(args.out, placement.to_json())
@@ -181,8 +255,15 @@ def cmd_place(args) -> int:
         from xpod.runtime.moe.simulate import simulate_traffic
 
         layers = sorted({0, current.shape[0] // 3, 2 * current.shape[0] // 3, current.shape[0] - 1})
-        tr = simulate_traffic(current, placement.phy2log, placement.slot_device, placement.device_node,
-                              placement.slot_share, layers, tokens=args.traffic_tokens)
+        tr = simulate_traffic(
+            current,
+            placement.phy2log,
+            placement.slot_device,
+            placement.device_node,
+            placement.slot_share,
+            layers,
+            tokens=args.traffic_tokens,
+        )
         summary.update(remote_nodes_per_token=tr.remote_nodes_per_token, nodes_per_token=tr.nodes_per_token)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
@@ -191,7 +272,9 @@ def cmd_place(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"moe place: {args.workload} on {args.devices} devices / {args.nodes} nodes x {args.slots} slots")
+    table = Table(
+        title=f"moe place: {args.workload} on {args.devices} devices / {args.nodes} nodes x {args.slots} slots"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
@@ -228,10 +311,16 @@ def cmd_show(args) -> int:
     if loads.ndim == 3:
         loads = loads[-1]
     if loads.shape[0] != placement.phy2log.shape[0]:
-        raise XpodError(f"{args.file}: {placement.phy2log.shape[0]} layers but workload {args.workload!r} has {loads.shape[0]}")
+        raise XpodError(
+            f"{args.file}: {placement.phy2log.shape[0]} layers but workload {args.workload!r} has {loads.shape[0]}"
+        )
     if placement.phy2log.max() >= loads.shape[1]:
-        raise XpodError(f"{args.file}: names expert {placement.phy2log.max()} but {args.workload!r} has {loads.shape[1]} experts")
-    dev = device_loads(loads, placement.phy2log, placement.slot_device, placement.shape.num_devices, placement.slot_share)
+        raise XpodError(
+            f"{args.file}: names expert {placement.phy2log.max()} but {args.workload!r} has {loads.shape[1]} experts"
+        )
+    dev = device_loads(
+        loads, placement.phy2log, placement.slot_device, placement.shape.num_devices, placement.slot_share
+    )
     rel = dev / np.maximum(dev.mean(axis=1, keepdims=True), 1e-300)
     sc = placement.score(loads)
     import matplotlib
@@ -243,8 +332,11 @@ def cmd_show(args) -> int:
     im = ax.imshow(rel, aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_xlabel("device")
     ax.set_ylabel("layer")
-    ax.set_title(f"{os.path.basename(args.file)} on {args.workload}: device load / layer mean "
-                 f"(balancedness {sc.balancedness:.3f})", fontsize=9)
+    ax.set_title(
+        f"{os.path.basename(args.file)} on {args.workload}: device load / layer mean "
+        f"(balancedness {sc.balancedness:.3f})",
+        fontsize=9,
+    )
     fig.colorbar(im, ax=ax, label="load / mean")
     try:
         fig.savefig(args.png, dpi=100, bbox_inches="tight")

@@ -32,7 +32,9 @@ def register(commands) -> None:
         metavar="P",
         help=f"one of {', '.join(REPLAY_POLICIES)}, or several separated by commas (default: default)",
     )
-    o.add_argument("--load", type=float, default=1.3, help="arrived GPU request as a multiple of capacity (default 1.3)")
+    o.add_argument(
+        "--load", type=float, default=1.3, help="arrived GPU request as a multiple of capacity (default 1.3)"
+    )
     o.add_argument("--seed", type=int, default=42, help="shuffle / sampling seed (the paper uses 42..51)")
     o.add_argument("--json", metavar="OUT", help="write results as JSON ('-' for stdout)")
     o.add_argument("--placements", metavar="CSV", help="write pod,node,gpu_indices,gpu_milli (one policy only)")
@@ -49,7 +51,12 @@ def register(commands) -> None:
     src.add_argument("--cluster", metavar="FILE", help="cluster descriptor YAML (see 'xpod cluster validate')")
     src.add_argument("--synthetic-nodes", type=int, metavar="N", help="N identical 8-GPU nodes instead of a descriptor")
     b.add_argument("--pending", type=int, required=True, metavar="N", help="jobs queued before the first cycle")
-    b.add_argument("--workload", choices=("mixed", "single-device"), default="mixed", help="mixed jobs or kube-style one-device pods")
+    b.add_argument(
+        "--workload",
+        choices=("mixed", "single-device"),
+        default="mixed",
+        help="mixed jobs or kube-style one-device pods",
+    )
     b.add_argument("--cycles", type=int, default=20, help="steady-state cycles after the cold pass (default 20)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--profile", metavar="YAML", help="scheduler profile (actions and policies)")
@@ -88,8 +95,13 @@ def cmd_replay_openb(args) -> int:
 
     console = Console(stderr=True)
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=args.no_progress, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.no_progress,
+        transient=False,
     ) as progress:
         for pol in policies:
             task = progress.add_task(f"{pol} seed {args.seed}", total=None)
@@ -155,15 +167,15 @@ def plot_replays(results, path: str, title: str) -> None:
 
 
 def cmd_bench_scheduler(args) -> int:
-    from xpod.scheduler import bench
-    from xpod.scheduler.profile import load_profile
+    from xpod.scheduler.core import bench
+    from xpod.scheduler.core.profile import load_profile
 
     if args.pending < 1:
         raise XpodError(f"--pending: {args.pending} must be at least 1")
     if args.cycles < 0:
         raise XpodError(f"--cycles: {args.cycles} must be >= 0")
     if args.cluster:
-        from xpod.scheduler.from_cluster import load_nodes
+        from xpod.scheduler.core.from_cluster import load_nodes
 
         nodes = load_nodes(args.cluster)
         source = args.cluster

@@ -22,43 +22,70 @@ def register(commands) -> None:
         help="run the scheduler service (gRPC API, durable store, scheduling loop)",
         description="Run the xpod scheduler: gRPC API on --listen, SQLite store in --db, metrics on --metrics.",
     )
-    s.add_argument("--cluster", metavar="FILE", help="cluster descriptor (YAML); without it, nodes come from agents only")
-    s.add_argument("--db", metavar="PATH", default="xpod.db", help="SQLite database (created if missing; default xpod.db)")
-    s.add_argument("--listen", metavar="ADDR", default="127.0.0.1:7070", help="host:port for gRPC (default 127.0.0.1:7070; port 0 = any)")
+    s.add_argument(
+        "--cluster", metavar="FILE", help="cluster descriptor (YAML); without it, nodes come from agents only"
+    )
+    s.add_argument(
+        "--db", metavar="PATH", default="xpod.db", help="SQLite database (created if missing; default xpod.db)"
+    )
+    s.add_argument(
+        "--listen",
+        metavar="ADDR",
+        default="127.0.0.1:7070",
+        help="host:port for gRPC (default 127.0.0.1:7070; port 0 = any)",
+    )
     s.add_argument("--metrics", metavar="ADDR", help="host:port for the Prometheus endpoint (off by default)")
-    s.add_argument("--tokens", metavar="FILE", help="bearer-token file with roles (see README); without it the server is open")
+    s.add_argument(
+        "--tokens", metavar="FILE", help="bearer-token file with roles (see README); without it the server is open"
+    )
     s.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without --tokens")
     s.add_argument("--tls-cert", metavar="PEM", help="server certificate (with --tls-key)")
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
-    s.add_argument("--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)")
     s.add_argument(
-        "--frontends", type=int, default=None, metavar="N",
+        "--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)"
+    )
+    s.add_argument(
+        "--frontends",
+        type=int,
+        default=None,
+        metavar="N",
         help="extra processes that serve gRPC on the same address and relay to this one, so the per-call "
         "work of gRPC uses more than one core (default: 2 on a machine with 2 or more CPUs, else 0: this process alone)",
     )
     core = s.add_mutually_exclusive_group()
     core.add_argument(
-        "--core-process", dest="core_process", action="store_true", default=True,
+        "--core-process",
+        dest="core_process",
+        action="store_true",
+        default=True,
         help="run the scheduler core in a child process, so its cycles do not hold the API's GIL (the default)",
     )
     core.add_argument(
-        "--core-in-process", dest="core_process", action="store_false",
+        "--core-in-process",
+        dest="core_process",
+        action="store_false",
         help="run the scheduler core in the server process (one process, slower API under load)",
     )
     s.set_defaults(func=cmd_server)
 
     def client_flags(p, json_flag: bool = True):
-        p.add_argument("--server", metavar="ADDR", help="server address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)")
+        p.add_argument(
+            "--server", metavar="ADDR", help="server address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
+        )
         p.add_argument("--token", metavar="TOKEN", help="bearer token (default: XPOD_TOKEN, the config file)")
         p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
-        p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+        p.add_argument(
+            "--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)"
+        )
         if json_flag:
             p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = commands.top.add_parser("submit", help="submit a job file (YAML: TrainingJob, ServingJob, BatchJob)")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--request-id", metavar="ID", help="idempotency key (default: a new UUID); resubmitting with it is safe")
+    p.add_argument(
+        "--request-id", metavar="ID", help="idempotency key (default: a new UUID); resubmitting with it is safe"
+    )
     client_flags(p)
     p.set_defaults(func=cmd_submit)
 
@@ -86,7 +113,9 @@ def register(commands) -> None:
     p.set_defaults(func=cmd_nodes)
 
     p = commands.top.add_parser("watch", help="stream job events (Ctrl-C to stop)")
-    p.add_argument("--from-revision", type=int, default=0, metavar="REV", help="resume after this revision (default 0: all)")
+    p.add_argument(
+        "--from-revision", type=int, default=0, metavar="REV", help="resume after this revision (default 0: all)"
+    )
     p.add_argument("--queue", default="", metavar="Q")
     p.add_argument("--job", default="", metavar="ID", help="only this job")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events (default: never)")
@@ -167,7 +196,9 @@ def cmd_server(args) -> int:
     else:
         placer = CorePlacer(cluster)
     try:
-        api = SchedulerApi(args.db, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval)
+        api = SchedulerApi(
+            args.db, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
+        )
     except StoreError:
         raise
     metrics = ServiceMetrics()
@@ -285,7 +316,9 @@ def cmd_jobs(args) -> int:
     for col in ("JOBID", "QUEUE", "KIND", "NAME", "STATE", "POS", "PLACEMENT(REASON)"):
         table.add_column(col)
     for j in jobs:
-        table.add_row(j["id"], j["queue"], j["kind"], j["name"], j["state"], str(j.get("queue_position") or "-"), _placement(j))
+        table.add_row(
+            j["id"], j["queue"], j["kind"], j["name"], j["state"], str(j.get("queue_position") or "-"), _placement(j)
+        )
     Console().print(table)
     return 0
 
@@ -301,7 +334,11 @@ def cmd_describe(args) -> int:
     for e in events:
         e.pop("job", None)
     if args.json:
-        json.dump({"job": job, "events": events, "explanation": list(explain.lines), "numbers": dict(explain.numbers)}, sys.stdout, indent=2)
+        json.dump(
+            {"job": job, "events": events, "explanation": list(explain.lines), "numbers": dict(explain.numbers)},
+            sys.stdout,
+            indent=2,
+        )
         sys.stdout.write("\n")
         return 0
     print(f"Job:       {job['id']}  ({job['kind']} {job['name']!r})")
@@ -354,7 +391,9 @@ def cmd_nodes(args) -> int:
         out = []
         for n in nodes:
             nd = json_format.MessageToDict(n, preserving_proto_field_name=True)
-            nd["devices"] = [json_format.MessageToDict(d, preserving_proto_field_name=True) for d in used.get(n.name, [])]
+            nd["devices"] = [
+                json_format.MessageToDict(d, preserving_proto_field_name=True) for d in used.get(n.name, [])
+            ]
             out.append(nd)
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -371,7 +410,15 @@ def cmd_nodes(args) -> int:
         allocated = sum(d.allocated_milli for d in devs) / 1000
         unhealthy = sum(1 for d in devs if d.health in ("alarm", "critical"))
         jobs = sorted({j for d in devs for j in d.job_ids})
-        table.add_row(n.name, "yes" if n.ready else "no", str(len(devs)), ",".join(models) or "-", f"{allocated:g}", str(unhealthy), ",".join(jobs) or "-")
+        table.add_row(
+            n.name,
+            "yes" if n.ready else "no",
+            str(len(devs)),
+            ",".join(models) or "-",
+            f"{allocated:g}",
+            str(unhealthy),
+            ",".join(jobs) or "-",
+        )
     Console().print(table)
     return 0
 
@@ -387,7 +434,10 @@ def cmd_watch(args) -> int:
                 print(json.dumps(e), flush=True)
             else:
                 job = e.get("job", {})
-                print(f"{e['revision']:>8}  {e['job_id']:<12} {e['type']:<10} {job.get('state', ''):<10} {e.get('message', '')}", flush=True)
+                print(
+                    f"{e['revision']:>8}  {e['job_id']:<12} {e['type']:<10} {job.get('state', ''):<10} {e.get('message', '')}",
+                    flush=True,
+                )
             seen += 1
             if args.count and seen >= args.count:
                 break

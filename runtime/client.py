@@ -206,7 +206,9 @@ class Client:
                 code.name,
             )
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return RpcFailure(f"the xpod server at {self.target.server} did not answer within {self.timeout_s:g} s", code.name)
+            return RpcFailure(
+                f"the xpod server at {self.target.server} did not answer within {self.timeout_s:g} s", code.name
+            )
         reason, field, metadata = "", None, {}
         status = rpc_status.from_call(err)
         if status is not None:

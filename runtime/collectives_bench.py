@@ -98,25 +98,49 @@ def main(argv=None) -> int:
         factor = op.bus_factor_fn(n)
         sec = float(t[0])
         row = {
-            "op": op.value, "bytes": size, "count": count, "dtype": str(dtype).replace("torch.", ""),
-            "ranks": n, "algorithm": algo.value + ("+symmetric" if sym is not None else ""),
-            "time_us": sec * 1e6, "algbw_gbps": size / sec / 1e9, "busbw_gbps": size / sec / 1e9 * factor,
+            "op": op.value,
+            "bytes": size,
+            "count": count,
+            "dtype": str(dtype).replace("torch.", ""),
+            "ranks": n,
+            "algorithm": algo.value + ("+symmetric" if sym is not None else ""),
+            "time_us": sec * 1e6,
+            "algbw_gbps": size / sec / 1e9,
+            "busbw_gbps": size / sec / 1e9 * factor,
             "wrong": int(wt[0]),
             "predicted_us": _predict(model, op, size, algo, n, calib, symmetric=sym is not None),
         }
         if a.baseline:
             bsec = float(t[1])
-            row.update({
-                "baseline_time_us": bsec * 1e6, "baseline_algbw_gbps": size / bsec / 1e9,
-                "baseline_busbw_gbps": size / bsec / 1e9 * factor, "busbw_ratio": bsec / sec,
-            })
+            row.update(
+                {
+                    "baseline_time_us": bsec * 1e6,
+                    "baseline_algbw_gbps": size / bsec / 1e9,
+                    "baseline_busbw_gbps": size / bsec / 1e9 * factor,
+                    "busbw_ratio": bsec / sec,
+                }
+            )
         rows.append(row)
     if rank == 0:
         with open(a.out, "w") as f:
-            json.dump({"rows": rows, "ranks": n, "shm": comm.shm_reason, "calibration": calib,
-                       "tiers": [{"name": t.name, "groups": [list(g) for g in t.groups],
-                                  "bandwidth_bytes_per_s": t.bandwidth_bytes_per_s, "latency_s": t.latency_s}
-                                 for t in (tiers or [])]}, f)
+            json.dump(
+                {
+                    "rows": rows,
+                    "ranks": n,
+                    "shm": comm.shm_reason,
+                    "calibration": calib,
+                    "tiers": [
+                        {
+                            "name": t.name,
+                            "groups": [list(g) for g in t.groups],
+                            "bandwidth_bytes_per_s": t.bandwidth_bytes_per_s,
+                            "latency_s": t.latency_s,
+                        }
+                        for t in (tiers or [])
+                    ],
+                },
+                f,
+            )
     comm.close()
     return 0
 
@@ -184,7 +208,7 @@ def _check(comm, op, count, dtype, algo, sym=None) -> int:
         x = ((idx % 7) * (r + 1)).to(dtype)
         got = comm.reduce_scatter(x)
         k = count // n
-        want = ((idx[r * k:(r + 1) * k] % 7) * (n * (n + 1) // 2)).to(dtype)
+        want = ((idx[r * k : (r + 1) * k] % 7) * (n * (n + 1) // 2)).to(dtype)
         return int((got != want).sum())
     if op.value == "all_gather":
         k = count // n
@@ -260,7 +284,9 @@ def _calibrate(comm) -> dict:
         # The host's copy bandwidth for the shm model: one thread, or as many as ranks and
         # cores allow, whichever is higher (memory, not cores, may be the limit).
         threads = min(comm.world_size, len(os.sched_getaffinity(0)))
-        copy[0] = max(copy_bandwidth_bytes_per_s(64 * 2**20, threads=1), copy_bandwidth_bytes_per_s(64 * 2**20, threads=threads))
+        copy[0] = max(
+            copy_bandwidth_bytes_per_s(64 * 2**20, threads=1), copy_bandwidth_bytes_per_s(64 * 2**20, threads=threads)
+        )
     comm.broadcast(copy, 0)
     return {"latency_s": small, "bandwidth_bytes_per_s": beta, "copy_bytes_per_s": float(copy[0])}
 

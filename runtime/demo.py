@@ -59,8 +59,20 @@ class Embedded:
         self.state_dir = state_dir
         self.log_path = os.path.join(state_dir, "xpod-up.log")
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "xpod", "up", "--listen", self.addr, "--metrics", self.metrics,
-               "--state-dir", state_dir, "--node-timeout", str(node_timeout_s)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xpod",
+            "up",
+            "--listen",
+            self.addr,
+            "--metrics",
+            self.metrics,
+            "--state-dir",
+            state_dir,
+            "--node-timeout",
+            str(node_timeout_s),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
@@ -122,6 +134,7 @@ def _wait_job(addr: str, job_id: str, timeout_s: float) -> str:
 
 # -- stages ------------------------------------------------------------------------------
 
+
 def host_devices() -> None:
     from xpod.hal.registry import probe_all
 
@@ -152,8 +165,18 @@ def training_job(addr: str, state_dir: str, steps: int) -> None:
         "spec": {
             "tasks": 1,
             "devices": {"count": 1, "vendor": "cpu"},
-            "command": [sys.executable, "-m", "xpod", "run", "--nproc", "3", "-m", "xpod.runtime.demo_train",
-                        "--steps", str(steps)],
+            "command": [
+                sys.executable,
+                "-m",
+                "xpod",
+                "run",
+                "--nproc",
+                "3",
+                "-m",
+                "xpod.runtime.demo_train",
+                "--steps",
+                str(steps),
+            ],
             "restart": {"max_restarts": 0},
         },
     }
@@ -206,11 +229,19 @@ def moe_serving(addr: str, workload: str = "") -> None:
     placement = place(loads, shape, num_groups=groups)
     ours_s = time.perf_counter() - t0
     ours = score(loads, placement.phy2log, placement.slot_device, shape.device_node(), placement.slot_share, groups)
-    table = Table(title=f"DeepSeek-V3 expert placement, workload '{workload}', EP{devices} on {nodes} nodes, {devices * slots} slots")
+    table = Table(
+        title=f"DeepSeek-V3 expert placement, workload '{workload}', EP{devices} on {nodes} nodes, {devices * slots} slots"
+    )
     for col in ("policy", "balancedness", "worst layer", "duplicates", "nodes per group", "seconds"):
         table.add_column(col)
-    table.add_row("xpod", f"{ours.balancedness:.4f}", f"{ours.worst_layer_balancedness:.3f}", str(ours.duplicates),
-                  f"{ours.group_spread:.2f}", f"{ours_s:.3f}")
+    table.add_row(
+        "xpod",
+        f"{ours.balancedness:.4f}",
+        f"{ours.worst_layer_balancedness:.3f}",
+        str(ours.duplicates),
+        f"{ours.group_spread:.2f}",
+        f"{ours_s:.3f}",
+    )
     eplb = _eplb_module()
     if eplb is not None:
         slot_device = np.repeat(np.arange(devices), slots)
@@ -219,8 +250,14 @@ def moe_serving(addr: str, workload: str = "") -> None:
             p2l = eplb.rebalance_experts(loads, devices * slots, groups, nodes, devices, policy=pol)
             secs = time.perf_counter() - t0
             s = score(loads, np.asarray(p2l), slot_device, shape.device_node(), None, groups)
-            table.add_row(f"EPLB {pol}", f"{s.balancedness:.4f}", f"{s.worst_layer_balancedness:.3f}", str(s.duplicates),
-                          f"{s.group_spread:.2f}", f"{secs:.3f}")
+            table.add_row(
+                f"EPLB {pol}",
+                f"{s.balancedness:.4f}",
+                f"{s.worst_layer_balancedness:.3f}",
+                str(s.duplicates),
+                f"{s.group_spread:.2f}",
+                f"{secs:.3f}",
+            )
     console.print(table)
     if eplb is None:
         console.print("[dim]EPLB baseline: run from a checkout (bench/eplb.py) to compare[/]")
@@ -248,8 +285,10 @@ def moe_serving(addr: str, workload: str = "") -> None:
                 break
             time.sleep(0.3)
     nodes_used = sorted({a.node for a in job.allocations})
-    console.print(f"submitted {job.id}: ServingJob 'deepseek-v3-ep64' ({nodes} replicas x {devices // nodes} dies) -> {_state_name(job)} on "
-                  f"{len(nodes_used)} simulated node(s): {', '.join(nodes_used) or '(pending)'}")
+    console.print(
+        f"submitted {job.id}: ServingJob 'deepseek-v3-ep64' ({nodes} replicas x {devices // nodes} dies) -> {_state_name(job)} on "
+        f"{len(nodes_used)} simulated node(s): {', '.join(nodes_used) or '(pending)'}"
+    )
 
 
 def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
@@ -258,28 +297,32 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
     t_first = int(rows[0]["submit_s"])
     span = max(1, int(rows[-1]["submit_s"]) - t_first)
     speedup = span / seconds
-    console.print(f"Philly trace slice: {len(rows)} jobs over {span / 3600:.1f} h, replayed {speedup:.0f}x faster "
-                  f"(1 GPU -> one Ascend 910C package = 2 dies)")
+    console.print(
+        f"Philly trace slice: {len(rows)} jobs over {span / 3600:.1f} h, replayed {speedup:.0f}x faster "
+        f"(1 GPU -> one Ascend 910C package = 2 dies)"
+    )
     docs = []
     for r in rows:
         dies = 2 * int(r["num_devices"])
         tasks = max(1, math.ceil(dies / 16))
         per_task = dies if tasks == 1 else 16
-        docs.append((
-            (int(r["submit_s"]) - t_first) / speedup,
-            {
-                "apiVersion": "xpod/v1",
-                "kind": "TrainingJob",
-                "metadata": {"name": r["job_id"]},
-                "spec": {
-                    "tasks": tasks,
-                    "devices": {"count": per_task, "model": "ascend-910c"},
-                    "within": "node" if tasks == 1 else "supernode",
-                    "queue": "default",
-                    "simulate": {"duration_s": round(min(30.0, max(0.2, int(r["duration_s"]) / speedup)), 2)},
+        docs.append(
+            (
+                (int(r["submit_s"]) - t_first) / speedup,
+                {
+                    "apiVersion": "xpod/v1",
+                    "kind": "TrainingJob",
+                    "metadata": {"name": r["job_id"]},
+                    "spec": {
+                        "tasks": tasks,
+                        "devices": {"count": per_task, "model": "ascend-910c"},
+                        "within": "node" if tasks == 1 else "supernode",
+                        "queue": "default",
+                        "simulate": {"duration_s": round(min(30.0, max(0.2, int(r["duration_s"]) / speedup)), 2)},
+                    },
                 },
-            },
-        ))
+            )
+        )
     submitted: list[str] = []
     errors: list[str] = []
 
@@ -314,12 +357,22 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
                 if j.name.startswith("philly-"):
                     counts[_state_name(j)] += 1
             done = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
-            table.add_row(f"{time.monotonic() - start:.0f}", str(len(submitted)), str(counts["QUEUED"]),
-                          str(counts["RUNNING"] + counts["SCHEDULED"]), str(done), f"{used:.0f} / {len(devs)}", f"{util:.0%}")
+            table.add_row(
+                f"{time.monotonic() - start:.0f}",
+                str(len(submitted)),
+                str(counts["QUEUED"]),
+                str(counts["RUNNING"] + counts["SCHEDULED"]),
+                str(done),
+                f"{used:.0f} / {len(devs)}",
+                f"{util:.0%}",
+            )
             if (not th.is_alive() and counts["QUEUED"] == 0) or time.monotonic() - start > seconds + 40:
                 break
     console.print(table)
-    console.print(f"peak utilisation {peak:.0%}; {len(submitted)} jobs submitted" + (f", {len(errors)} refused: {errors[0]}" if errors else ""))
+    console.print(
+        f"peak utilisation {peak:.0%}; {len(submitted)} jobs submitted"
+        + (f", {len(errors)} refused: {errors[0]}" if errors else "")
+    )
 
 
 def run_demo(state_dir: str | None = None, steps: int = 60, replay_seconds: float = 20.0) -> int:
@@ -344,16 +397,22 @@ def run_demo(state_dir: str | None = None, steps: int = 60, replay_seconds: floa
         _stage(5, "a real trace replayed into the simulated pod")
         replay_trace(emb.addr, seconds=replay_seconds)
         _stage(6, "metrics")
-        console.print(f"scheduler metrics: http://{emb.metrics}/metrics   (Prometheus config: deploy/prometheus/prometheus.yml)")
+        console.print(
+            f"scheduler metrics: http://{emb.metrics}/metrics   (Prometheus config: deploy/prometheus/prometheus.yml)"
+        )
         import urllib.request
 
         with urllib.request.urlopen(f"http://{emb.metrics}/metrics", timeout=5) as resp:
             body = resp.read().decode()
         for line in body.splitlines():
-            if line.startswith(("xpod_scheduler_pending_jobs", "xpod_scheduler_devices{", "xpod_scheduler_schedule_attempts_total")):
+            if line.startswith(
+                ("xpod_scheduler_pending_jobs", "xpod_scheduler_devices{", "xpod_scheduler_schedule_attempts_total")
+            ):
                 console.print(f"  {line}", markup=False, highlight=False)
     finally:
         code = emb.stop()
-    console.print(f"xpod up stopped (exit code {code}); demo took {time.monotonic() - t_start:.0f} s"
-                  + (f"; state kept in {state_dir}" if not own else ""))
+    console.print(
+        f"xpod up stopped (exit code {code}); demo took {time.monotonic() - t_start:.0f} s"
+        + (f"; state kept in {state_dir}" if not own else "")
+    )
     return 0 if code == 0 else 1

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             first_loss = float(report)
         last_loss = float(report)
         if rank == 0 and (step == 1 or step % args.print_every == 0 or step == args.steps):
-            print(f"step {step:4d}  loss {last_loss:.5f}  ({world} ranks, backend {comm.backend.dist_backend})", flush=True)
+            print(
+                f"step {step:4d}  loss {last_loss:.5f}  ({world} ranks, backend {comm.backend.dist_backend})",
+                flush=True,
+            )
 
     # Replicas must not have drifted apart: compare every rank's weights with rank 0's.
     weights = torch.cat([p.detach().reshape(-1) for p in params])

@@ -165,7 +165,18 @@ class DeviceCollector:
         info = GaugeMetricFamily(
             "xpod_device_info",
             "One series per device, value 1; hardware facts as labels (join on node, device).",
-            labels=["node", "device", "package", "vendor", "model", "uuid", "pci_bus_id", "simulated", "backend", "name"],
+            labels=[
+                "node",
+                "device",
+                "package",
+                "vendor",
+                "model",
+                "uuid",
+                "pci_bus_id",
+                "simulated",
+                "backend",
+                "name",
+            ],
         )
         count = GaugeMetricFamily(
             "xpod_devices", "Devices found on the node, by vendor.", labels=["node", "vendor", "simulated"]
@@ -247,12 +258,16 @@ class DeviceCollector:
                 if mine & taken:
                     # Two series with one identity would make Prometheus reject the whole scrape.
                     clash = sorted(mine & taken, key=lambda k: int(k[1]))[0]
-                    raise ValueError(f"device {clash[1]} on node {clash[0]} is also another backend's; fix index_offset")
+                    raise ValueError(
+                        f"device {clash[1]} on node {clash[0]} is also another backend's; fix index_offset"
+                    )
                 taken |= mine
             except Exception as err:  # one broken backend must not empty the whole scrape
                 with self._lock:
                     self._errors[key] = self._errors.get(key, 0) + 1
-                log.warning("exporter: reading backend %s on %s failed: %s: %s", key[1], key[0], type(err).__name__, err)
+                log.warning(
+                    "exporter: reading backend %s on %s failed: %s: %s", key[1], key[0], type(err).__name__, err
+                )
                 success.add_metric(list(key), 0)
                 duration.add_metric(list(key), time.monotonic() - started)
                 continue
@@ -317,8 +332,26 @@ class DeviceCollector:
             key = (src.node, src.backend.name)
             failures.add_metric(list(key), error_counts.get(key, 0))
 
-        families = (build, info, count, mem_used, mem_total, util, temp, power, energy, clock, link_up, health,
-                    health_state, errors, alloc_info, success, duration, failures)
+        families = (
+            build,
+            info,
+            count,
+            mem_used,
+            mem_total,
+            util,
+            temp,
+            power,
+            energy,
+            clock,
+            link_up,
+            health,
+            health_state,
+            errors,
+            alloc_info,
+            success,
+            duration,
+            failures,
+        )
         # A family no device reports is left out whole (no HELP/TYPE without samples).
         yield from (f for f in families if f.samples)
 
@@ -371,7 +404,9 @@ def check_bindable(listen: str, flag: str = "--listen") -> None:
         try:
             s.bind((host, port))
         except OSError as err:
-            raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port") from None
+            raise XpodError(
+                f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port"
+            ) from None
 
 
 @dataclasses.dataclass
@@ -406,5 +441,7 @@ def serve(collector: DeviceCollector, listen: str = DEFAULT_LISTEN, flag: str = 
     try:
         server, thread = start_http_server(port, addr=host, registry=build_registry(collector))
     except OSError as err:
-        raise XpodError(f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port") from None
+        raise XpodError(
+            f"{flag} {listen}: cannot listen: {err.strerror or err}; give an address of this host and a free port"
+        ) from None
     return ExporterServer(host, server.server_port, server, thread)

@@ -69,8 +69,9 @@ class LaunchedGroup:
         for p in self.procs:  # children a rank left behind in its session
             _signal_group(p.popen, signal.SIGKILL)
 
-    def wait(self, out: IO[str] | None = None, prefix: bool = True,
-             on_line: Callable[[int, str], None] | None = None) -> int:
+    def wait(
+        self, out: IO[str] | None = None, prefix: bool = True, on_line: Callable[[int, str], None] | None = None
+    ) -> int:
         """Stream every process's output (stdout and stderr merged) to ``out`` as
         ``[rank N] line``, until all exit. The first non-zero exit ends the others; its code is
         returned (a signal -N becomes 128+N, as a shell reports it). 0 when all succeed."""
@@ -104,8 +105,11 @@ class LaunchedGroup:
                         failed_rank = rank
                         if remaining:
                             with write_lock:
-                                print(f"xpod run: rank {rank} exited with code {first_failure}; ending the other {len(remaining)} rank(s)",
-                                      file=sys.stderr, flush=True)
+                                print(
+                                    f"xpod run: rank {rank} exited with code {first_failure}; ending the other {len(remaining)} rank(s)",
+                                    file=sys.stderr,
+                                    flush=True,
+                                )
                             self.terminate()
                 if remaining:
                     time.sleep(0.05)
@@ -125,8 +129,16 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def rank_env(rank: int, world_size: int, local_rank: int, local_world_size: int, master_addr: str,
-             master_port: int, backend_name: str, visible: Mapping[str, str]) -> dict[str, str]:
+def rank_env(
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    local_world_size: int,
+    master_addr: str,
+    master_port: int,
+    backend_name: str,
+    visible: Mapping[str, str],
+) -> dict[str, str]:
     """The variables one rank needs (rendezvous, backend, visible devices)."""
     env = {
         "RANK": str(rank),
@@ -144,10 +156,21 @@ def rank_env(rank: int, world_size: int, local_rank: int, local_world_size: int,
     return env
 
 
-def launch(command: Sequence[str], nproc: int, backend=None, devices: Sequence[int] | None = None, *,
-           base_env: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None,
-           master_addr: str = "127.0.0.1", master_port: int | None = None, rank_offset: int = 0,
-           world_size: int | None = None, cwd: str | None = None, capture: bool = True) -> LaunchedGroup:
+def launch(
+    command: Sequence[str],
+    nproc: int,
+    backend=None,
+    devices: Sequence[int] | None = None,
+    *,
+    base_env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    rank_offset: int = 0,
+    world_size: int | None = None,
+    cwd: str | None = None,
+    capture: bool = True,
+) -> LaunchedGroup:
     """Start ``nproc`` processes running ``command`` on this host.
 
     ``backend`` (a ``hal.Backend``; None means cpu) gives the visible-devices variable and
@@ -170,7 +193,11 @@ def launch(command: Sequence[str], nproc: int, backend=None, devices: Sequence[i
             devices = available[:nproc]
         if len(devices) != nproc:
             raise XpodError(f"{len(devices)} devices given for {nproc} processes; give one device per process")
-    port = free_port(master_addr if master_addr in ("127.0.0.1", "localhost") else "") if master_port is None else master_port
+    port = (
+        free_port(master_addr if master_addr in ("127.0.0.1", "localhost") else "")
+        if master_port is None
+        else master_port
+    )
     env0 = dict(os.environ if base_env is None else base_env)
     procs: list[RankProcess] = []
     try:

@@ -63,9 +63,17 @@ class Embedded:
             self._metrics_server.shutdown()
 
 
-def start_embedded(*, cluster_file: str | None = None, listen: str = "127.0.0.1:7070", metrics: str | None = None,
-                   state_dir: str, node_timeout_s: float | None = None, simulate: bool = True, local: bool = True,
-                   wait_s: float = 30.0) -> Embedded:
+def start_embedded(
+    *,
+    cluster_file: str | None = None,
+    listen: str = "127.0.0.1:7070",
+    metrics: str | None = None,
+    state_dir: str,
+    node_timeout_s: float | None = None,
+    simulate: bool = True,
+    local: bool = True,
+    wait_s: float = 30.0,
+) -> Embedded:
     """Start everything; user errors (bad address, busy port, bad cluster file) raise ``XpodError``."""
     from xpod.runtime.cli_service import _split_host_port, is_loopback
 
@@ -91,8 +99,13 @@ def start_embedded(*, cluster_file: str | None = None, listen: str = "127.0.0.1:
 
     cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
     nodes = cluster_inventory(cluster) if simulate else []
-    api = SchedulerApi(os.path.join(state_dir, "xpod.db"), CorePlacer(cluster if simulate else None), nodes=nodes,
-                       cluster_name=cluster.name, node_timeout_s=node_timeout_s)
+    api = SchedulerApi(
+        os.path.join(state_dir, "xpod.db"),
+        CorePlacer(cluster if simulate else None),
+        nodes=nodes,
+        cluster_name=cluster.name,
+        node_timeout_s=node_timeout_s,
+    )
     service_metrics = ServiceMetrics()
     service_metrics.attach(api)
     try:
@@ -106,7 +119,9 @@ def start_embedded(*, cluster_file: str | None = None, listen: str = "127.0.0.1:
         from prometheus_client import start_http_server
 
         try:
-            metrics_server, _ = start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=service_metrics.registry)
+            metrics_server, _ = start_http_server(
+                metrics_addr[1], addr=metrics_addr[0], registry=service_metrics.registry
+            )
         except OSError as err:
             server.stop(0)
             api.close()
@@ -118,18 +133,30 @@ def start_embedded(*, cluster_file: str | None = None, listen: str = "127.0.0.1:
     agents = []
     if simulate:
         for n in ag.simulated_pod(cluster_file):
-            agents.append(ag.NodeAgent(client, n, ag.SimExecutor(n.name, state_dir), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S))
+            agents.append(
+                ag.NodeAgent(
+                    client, n, ag.SimExecutor(n.name, state_dir), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S
+                )
+            )
     if local:
         ag.end_leftover_tasks(state_dir)
         devices = ag.discover_devices()
         name = ag.local_node_name(client)
         if any(a.node.name == name for a in agents):
             name = f"{name}-local"  # this host is not one of the simulated nodes
-        agents.append(ag.NodeAgent(client, ag.NodeSpec(name, tuple(devices)), ag.ProcessExecutor(name, devices, state_dir),
-                                   log_prefix="xpod up"))
+        agents.append(
+            ag.NodeAgent(
+                client,
+                ag.NodeSpec(name, tuple(devices)),
+                ag.ProcessExecutor(name, devices, state_dir),
+                log_prefix="xpod up",
+            )
+        )
     stop = threading.Event()
     threads = ag.run_agents(agents, stop)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and not all(a.connected.is_set() for a in agents):
         time.sleep(0.05)
-    return Embedded(address, state_dir, cluster.name, api, server, agents, metrics_url, threads, stop, client, metrics_server)
+    return Embedded(
+        address, state_dir, cluster.name, api, server, agents, metrics_url, threads, stop, client, metrics_server
+    )

@@ -175,7 +175,9 @@ class CycleOutcome:
     evictions: dict[str, str]  # job id -> why its allocation was taken back
     pending: dict[str, PendingReasonRecord]  # job id -> why it still waits
     seconds: float = 0.0  # the core's own time for the cycle
-    eviction_reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> service_metrics.EVICTION_REASONS word
+    eviction_reasons: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # job id -> service_metrics.EVICTION_REASONS word
     preemption_attempts: int = 0  # pending jobs the core tried to preempt or reclaim for (with eligible victims)
     # job id -> seconds the core spent searching a placement for it this cycle (per-attempt histogram)
     attempt_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -284,7 +286,9 @@ class Submission:
 
     __slots__ = ("_api", "request_id", "parsed", "future", "_ended")
 
-    def __init__(self, api: "SchedulerApi", request_id: str, parsed: ParsedJob, future: concurrent.futures.Future) -> None:
+    def __init__(
+        self, api: "SchedulerApi", request_id: str, parsed: ParsedJob, future: concurrent.futures.Future
+    ) -> None:
         self._api = api
         self.request_id = request_id
         self.parsed = parsed
@@ -473,7 +477,9 @@ class SchedulerApi:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            raise ApiError(Code.NOT_FOUND, "JOB_NOT_FOUND", f"no job {job_id[:128]!r}", metadata={"jobId": job_id[:128]})
+            raise ApiError(
+                Code.NOT_FOUND, "JOB_NOT_FOUND", f"no job {job_id[:128]!r}", metadata={"jobId": job_id[:128]}
+            )
         return job
 
     def _view(self, job: JobRecord) -> JobView:
@@ -500,7 +506,9 @@ class SchedulerApi:
                 "the deadline passed before the write was on disk; retry with the same request id",
             ) from None
         except StoreClosed:
-            raise ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0) from None
+            raise ApiError(
+                Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0
+            ) from None
 
     def _shed(self, why: str) -> ApiError:
         if self.metrics is not None:
@@ -518,7 +526,9 @@ class SchedulerApi:
         except StoreOverloaded as err:
             raise self._shed(str(err)) from None
         except StoreClosed:
-            raise ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0) from None
+            raise ApiError(
+                Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0
+            ) from None
 
     # --- JobService ---
 
@@ -569,12 +579,16 @@ class SchedulerApi:
         if not request_id:
             request_id = f"server-{uuid.uuid4()}"  # no key: the client opted out of idempotency
         if not isinstance(document, dict):
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", "job must be a mapping (kind, metadata, spec)", field="job")
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_SPEC", "job must be a mapping (kind, metadata, spec)", field="job"
+            )
         try:
             # the same canonical form as store.spec_hash, so the hash is computed from it once
             canonical = _CANONICAL.encode(document)
         except (TypeError, ValueError) as err:
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", f"job is not plain JSON: {err}", field="job") from None
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_SPEC", f"job is not plain JSON: {err}", field="job"
+            ) from None
         if len(canonical) > self._limits.max_document_bytes:
             raise ApiError(
                 Code.INVALID_ARGUMENT,
@@ -656,7 +670,12 @@ class SchedulerApi:
         if page_token:
             digits = page_token.removeprefix("seq:")
             if not page_token.startswith("seq:") or not digits.isdigit():
-                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", "page_token is not one this server issued", field="page_token")
+                raise ApiError(
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_PAGE_TOKEN",
+                    "page_token is not one this server issued",
+                    field="page_token",
+                )
             after = int(digits)
         wanted = set(states)
         with self._lock:
@@ -694,7 +713,13 @@ class SchedulerApi:
                     metadata={"jobId": job.id, "state": job.state.value},
                 )
             update = JobUpdate(
-                job.id, JobState.CANCELLED, None, (), EventType.CANCELLED, f"cancelled by {principal.name}", self._clock(),
+                job.id,
+                JobState.CANCELLED,
+                None,
+                (),
+                EventType.CANCELLED,
+                f"cancelled by {principal.name}",
+                self._clock(),
                 expect_revision=job.revision,
             )
             try:
@@ -732,7 +757,9 @@ class SchedulerApi:
         if job_id:
             self._authorize(principal, Call.WATCH_JOBS, self._job(job_id).queue)
         if from_revision < 0:
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_REVISION", "from_revision must be >= 0", field="from_revision")
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_REVISION", "from_revision must be >= 0", field="from_revision"
+            )
         return self._watch(principal, from_revision, queue, job_id, is_active, poll_s)
 
     def _watch(self, principal, revision, queue, job_id, is_active, poll_s) -> Iterator[EventRecord]:
@@ -783,21 +810,45 @@ class SchedulerApi:
         """Add or replace a node (durable). Jobs bound to a replaced node are evicted by the core."""
         self._authorize(principal, Call.REGISTER_NODE)
         if not node.name or len(node.name) > 253 or "/" in node.name:
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_NODE", "node.name must be 1..253 characters without '/'", field="node.name")
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                "INVALID_NODE",
+                "node.name must be 1..253 characters without '/'",
+                field="node.name",
+            )
         indices = [d.index for d in node.devices]
         if len(set(indices)) != len(indices) or any(i < 0 for i in indices):
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_NODE", "node.devices: indices must be distinct and >= 0", field="node.devices")
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                "INVALID_NODE",
+                "node.devices: indices must be distinct and >= 0",
+                field="node.devices",
+            )
         if sorted(indices) != list(range(len(indices))):
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_NODE", "node.devices: indices must be 0..N-1", field="node.devices")
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_NODE", "node.devices: indices must be 0..N-1", field="node.devices"
+            )
         if node.cpu_milli < 0 or node.memory_bytes < 0 or any(d.memory_total_bytes < 0 for d in node.devices):
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_NODE", "node: cpu_milli and memory sizes must be >= 0", field="node")
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_NODE", "node: cpu_milli and memory sizes must be >= 0", field="node"
+            )
         from xpod.hal.device import Health
 
         for d in node.devices:
             if d.health not in {h.value for h in Health}:
-                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_HEALTH", f"node.devices[{d.index}].health {d.health!r} is not one of {', '.join(h.value for h in Health)}", field="node.devices.health")
+                raise ApiError(
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_HEALTH",
+                    f"node.devices[{d.index}].health {d.health!r} is not one of {', '.join(h.value for h in Health)}",
+                    field="node.devices.health",
+                )
             if not d.model or not d.vendor:
-                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_NODE", f"node.devices[{d.index}]: vendor and model are required", field="node.devices.model")
+                raise ApiError(
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_NODE",
+                    f"node.devices[{d.index}]: vendor and model are required",
+                    field="node.devices.model",
+                )
         node = dataclasses.replace(
             node,
             devices=tuple(dataclasses.replace(d, node=node.name) for d in sorted(node.devices, key=lambda d: d.index)),
@@ -820,17 +871,30 @@ class SchedulerApi:
         with self._lock:
             node = self._nodes.get(node_name)
         if node is None:
-            raise ApiError(Code.NOT_FOUND, "NODE_NOT_FOUND", f"no node {node_name[:253]!r}; call RegisterNode first", metadata={"node": node_name[:253]})
+            raise ApiError(
+                Code.NOT_FOUND,
+                "NODE_NOT_FOUND",
+                f"no node {node_name[:253]!r}; call RegisterNode first",
+                metadata={"node": node_name[:253]},
+            )
         by_index = {d.index: d for d in node.devices}
         from xpod.hal.device import Health
 
         changed = []
         for index, word in health.items():
             if index not in by_index:
-                raise ApiError(Code.INVALID_ARGUMENT, "UNKNOWN_DEVICE", f"node {node_name} has no device {index}", field="devices.index")
+                raise ApiError(
+                    Code.INVALID_ARGUMENT,
+                    "UNKNOWN_DEVICE",
+                    f"node {node_name} has no device {index}",
+                    field="devices.index",
+                )
             if word not in {h.value for h in Health}:
                 raise ApiError(
-                    Code.INVALID_ARGUMENT, "INVALID_HEALTH", f"health {word!r} is not one of {', '.join(h.value for h in Health)}", field="devices.health"
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_HEALTH",
+                    f"health {word!r} is not one of {', '.join(h.value for h in Health)}",
+                    field="devices.health",
                 )
             if by_index[index].health != word:
                 changed.append((index, word))
@@ -855,7 +919,12 @@ class SchedulerApi:
         self._authorize(principal, Call.WATCH_ASSIGNMENTS)
         with self._lock:
             if node_name not in self._nodes:
-                raise ApiError(Code.NOT_FOUND, "NODE_NOT_FOUND", f"no node {node_name[:253]!r}; call RegisterNode first", metadata={"node": node_name[:253]})
+                raise ApiError(
+                    Code.NOT_FOUND,
+                    "NODE_NOT_FOUND",
+                    f"no node {node_name[:253]!r}; call RegisterNode first",
+                    metadata={"node": node_name[:253]},
+                )
             revision = self._last_revision
             current = [j for j in self._jobs.values() if j.state in BOUND_STATES]
         return self._assignments(node_name, revision, current, is_active, poll_s)
@@ -889,8 +958,16 @@ class SchedulerApi:
                     self._changed.wait(timeout=poll_s)
 
     def report_task_status(
-        self, principal: Principal, job_id: str, node_name: str, state: TaskState, message: str = "", exit_code: int = 0,
-        *, timeout_s: float | None = None, failed_tasks: tuple[int, ...] = (),
+        self,
+        principal: Principal,
+        job_id: str,
+        node_name: str,
+        state: TaskState,
+        message: str = "",
+        exit_code: int = 0,
+        *,
+        timeout_s: float | None = None,
+        failed_tasks: tuple[int, ...] = (),
     ) -> JobView:
         """An agent reports its part of a job. RUNNING once every node runs; FAILED when any
         node failed; SUCCEEDED when every node succeeded. ``failed_tasks`` (with FAILED) names
@@ -909,19 +986,30 @@ class SchedulerApi:
             states = self._task_states.setdefault(job.id, {})
             states[node_name] = state
             snapshot = dict(states)
-        if state is TaskState.FAILED and self.liveness.task_failed(job, node_name, exit_code, message, failed_tasks) is not None:
+        if (
+            state is TaskState.FAILED
+            and self.liveness.task_failed(job, node_name, exit_code, message, failed_tasks) is not None
+        ):
             return self._view(self._job(job_id))  # requeued whole or failed, per the job's restart policy
         new_state: JobState | None = None
         if state is TaskState.FAILED:
-            new_state, event, text = JobState.FAILED, EventType.FAILED, f"node {node_name}: exit code {exit_code}: {message}".strip()
+            new_state, event, text = (
+                JobState.FAILED,
+                EventType.FAILED,
+                f"node {node_name}: exit code {exit_code}: {message}".strip(),
+            )
         elif all(snapshot.get(n) is TaskState.SUCCEEDED for n in nodes):
             new_state, event, text = JobState.SUCCEEDED, EventType.SUCCEEDED, message or "every task succeeded"
-        elif job.state is JobState.SCHEDULED and all(snapshot.get(n) in (TaskState.RUNNING, TaskState.SUCCEEDED) for n in nodes):
+        elif job.state is JobState.SCHEDULED and all(
+            snapshot.get(n) in (TaskState.RUNNING, TaskState.SUCCEEDED) for n in nodes
+        ):
             new_state, event, text = JobState.RUNNING, EventType.RUNNING, "every task is running"
         if new_state is None:
             return self._view(job)
         allocations = () if new_state.terminal else job.allocations
-        update = JobUpdate(job.id, new_state, None, allocations, event, text, self._clock(), expect_revision=job.revision)
+        update = JobUpdate(
+            job.id, new_state, None, allocations, event, text, self._clock(), expect_revision=job.revision
+        )
         try:
             result: UpdateResult = self._wait(self._submit_write(update), timeout_s)
         except StaleUpdate as err:
@@ -979,7 +1067,9 @@ class SchedulerApi:
         self._authorize(principal, Call.LIST_DEVICES)
         with self._lock:
             if node and node not in self._nodes:
-                raise ApiError(Code.NOT_FOUND, "NODE_NOT_FOUND", f"no node {node[:253]!r}", metadata={"node": node[:253]})
+                raise ApiError(
+                    Code.NOT_FOUND, "NODE_NOT_FOUND", f"no node {node[:253]!r}", metadata={"node": node[:253]}
+                )
             nodes = [self._nodes[node]] if node else sorted(self._nodes.values(), key=lambda n: n.name)
         usage = self._usage()
         out = []
@@ -1054,7 +1144,9 @@ class SchedulerApi:
                         placed(queue, kind, wait_s)
         return outcome
 
-    def _decisions(self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]] | None = None) -> list[JobUpdate]:
+    def _decisions(
+        self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]] | None = None
+    ) -> list[JobUpdate]:
         """The store updates for a cycle's outcome; ``first`` receives, for each job placed for
         the first time, (queue, kind, seconds since submission)."""
         updates: list[JobUpdate] = []
@@ -1079,12 +1171,18 @@ class SchedulerApi:
             held = () if jid in evicted or job.state not in BOUND_STATES else job.allocations
             merged = held + tuple(allocations)
             where = ", ".join(sorted({a.node for a in allocations}))
-            text = f"bound {len(allocations)} task(s) to {where}" if not held else f"bound {len(allocations)} more task(s) to {where}"
+            text = (
+                f"bound {len(allocations)} task(s) to {where}"
+                if not held
+                else f"bound {len(allocations)} more task(s) to {where}"
+            )
             if jid in evicted:
                 # evicted and placed again in one cycle: applies right after its EVICTED event,
                 # unless something else (a cancel) got in between
                 updates.append(
-                    JobUpdate(jid, JobState.SCHEDULED, None, merged, EventType.SCHEDULED, text, now, None, (JobState.QUEUED,))
+                    JobUpdate(
+                        jid, JobState.SCHEDULED, None, merged, EventType.SCHEDULED, text, now, None, (JobState.QUEUED,)
+                    )
                 )
             else:
                 state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
@@ -1104,7 +1202,9 @@ class SchedulerApi:
             if reason.reason in WAIT_REASONS:
                 continue
             if job.pending is None or job.pending.reason != reason.reason:
-                updates.append(JobUpdate(jid, JobState.QUEUED, reason, (), EventType.PENDING, reason.message, now, job.revision))
+                updates.append(
+                    JobUpdate(jid, JobState.QUEUED, reason, (), EventType.PENDING, reason.message, now, job.revision)
+                )
         for jid in outcome.bindings:
             with self._lock:
                 self._live_pending.pop(jid, None)

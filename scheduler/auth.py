@@ -58,7 +58,9 @@ class Call(str, enum.Enum):
     LIST_DEVICES = "ListDevices"
 
 
-JOB_CALLS = frozenset({Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB})
+JOB_CALLS = frozenset(
+    {Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB}
+)
 NODE_CALLS = frozenset({Call.REGISTER_NODE, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS})
 CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
 

@@ -33,13 +33,13 @@ from typing import Any
 
 from xpod.hal.errors import XpodError
 
-from . import actions as act
+from .core import actions as act
 from .api import CycleOutcome, NodeView, DeviceView, ParsedJob, SpecInvalid
-from .core import Scheduler
-from .model import Binding, Device, DeviceHealth, Job, JobKind, Node, Queue, Within
-from .policies import CycleContext
-from .snapshot import Statement
-from .spec import parse_job
+from .core.scheduler import Scheduler
+from .core.model import Binding, Device, DeviceHealth, Job, JobKind, Node, Queue, Within
+from .core.policies import CycleContext
+from .core.snapshot import Statement
+from .core.spec import parse_job
 from .store import AllocationRecord, JobRecord, PendingReasonRecord
 
 KINDS = {"TrainingJob": JobKind.TRAINING, "ServingJob": JobKind.SERVING, "BatchJob": JobKind.BATCH}
@@ -84,7 +84,9 @@ def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
             raise SpecInvalid(f"metadata.{key}", f"unknown key (allowed: {', '.join(_METADATA)})")
     name = metadata.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecInvalid("metadata.name", f"{name!r} must be 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric")
+        raise SpecInvalid(
+            "metadata.name", f"{name!r} must be 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric"
+        )
     labels = metadata.get("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise SpecInvalid("metadata.labels", "a mapping of strings to strings")
@@ -93,7 +95,9 @@ def parse_document(document: Any) -> tuple[str, str, dict[str, Any], Job]:
         raise SpecInvalid("spec", "a mapping (tasks, devices, queue, ...)")
     for key in ("kind", "id", "name"):
         if key in spec:
-            raise SpecInvalid(f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec")
+            raise SpecInvalid(
+                f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec"
+            )
     return kind, name, labels, _parse_spec(kind, spec)
 
 
@@ -133,7 +137,7 @@ def _parse_spec(kind: str, spec: dict[str, Any]) -> Job:
 
 def node_from_view(view: NodeView) -> Node:
     """A core Node for a node an agent registered (CPU and memory 0 = not a constraint)."""
-    from .from_cluster import UNBOUNDED_CPU_MILLI, UNBOUNDED_MEMORY_BYTES
+    from .core.from_cluster import UNBOUNDED_CPU_MILLI, UNBOUNDED_MEMORY_BYTES
 
     labels = dict(view.labels)
     supernode = labels.get("supernode")
@@ -141,7 +145,10 @@ def node_from_view(view: NodeView) -> Node:
         name=view.name,
         cpu_milli=view.cpu_milli or UNBOUNDED_CPU_MILLI,
         memory_bytes=view.memory_bytes or UNBOUNDED_MEMORY_BYTES,
-        devices=tuple(Device(index=d.index, model=d.model, vendor=d.vendor, memory_bytes=d.memory_total_bytes) for d in view.devices),
+        devices=tuple(
+            Device(index=d.index, model=d.model, vendor=d.vendor, memory_bytes=d.memory_total_bytes)
+            for d in view.devices
+        ),
         supernode=supernode,
         failure_domain=labels.get("failure_domain") or supernode,
         labels=labels,
@@ -165,7 +172,7 @@ def view_from_node(node: Node) -> NodeView:
 
 def cluster_inventory(cluster) -> list[NodeView]:
     """NodeViews of a loaded ``hal.cluster.Cluster`` (through the core's own adapter)."""
-    from .from_cluster import nodes_from_cluster
+    from .core.from_cluster import nodes_from_cluster
 
     return [view_from_node(n) for n in nodes_from_cluster(cluster)]
 
@@ -197,7 +204,7 @@ class CorePlacer:
         self._admission = threading.Lock()
         self._cluster_nodes: dict[str, Node] = {}
         if cluster is not None:
-            from .from_cluster import nodes_from_cluster
+            from .core.from_cluster import nodes_from_cluster
 
             self._cluster_nodes = {n.name: n for n in nodes_from_cluster(cluster)}
         self._fit_state: act.CycleState | None = None  # for can-never-fit checks; reset on inventory changes
@@ -243,7 +250,9 @@ class CorePlacer:
                 priority_preemptible={p.name: p.preemptible for p in sched.priority_classes.values()},
             )
             placer = act.Placer(sched.policies, ctx)
-            self._fit_state = act.CycleState(ctx=ctx, placer=placer, pending={}, placed_tasks={}, job_order=None, queue_order=None)
+            self._fit_state = act.CycleState(
+                ctx=ctx, placer=placer, pending={}, placed_tasks={}, job_order=None, queue_order=None
+            )
         return self._fit_state
 
     def never_fits(self, parsed: ParsedJob) -> PendingReasonRecord | None:
@@ -276,7 +285,12 @@ class CorePlacer:
             need, block, tier = per_task, node_block, Within.NODE
         if models and block >= need:
             return None
-        where = {"node": "one node", "hccs-group": "one HCCS group", "supernode": "one super-node", "any": "the cluster"}[tier.value]
+        where = {
+            "node": "one node",
+            "hccs-group": "one HCCS group",
+            "supernode": "one super-node",
+            "any": "the cluster",
+        }[tier.value]
         if not models:
             message = f"no device in this cluster matches {req.describe()}"
         else:
@@ -355,7 +369,16 @@ class CorePlacer:
             except (IndexError, ValueError):
                 indices = ()
             bindings.append(
-                Binding(job.id, a.task, a.node, indices, a.milli_per_device, a.cpu_milli, a.memory_bytes, a.device_memory_bytes)
+                Binding(
+                    job.id,
+                    a.task,
+                    a.node,
+                    indices,
+                    a.milli_per_device,
+                    a.cpu_milli,
+                    a.memory_bytes,
+                    a.device_memory_bytes,
+                )
             )
         if not snap.can_apply(bindings):
             # its node left the cluster file or lost devices: back to the queue, reported as an eviction

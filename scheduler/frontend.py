@@ -92,7 +92,9 @@ def method_kinds() -> dict[str, tuple[bool, bool]]:
 
 def _forwarded(context: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(
-        (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith((":", "grpc-")) and k not in _HOP_KEYS
+        (k, v)
+        for k, v in (context.invocation_metadata() or ())
+        if not k.startswith((":", "grpc-")) and k not in _HOP_KEYS
     )
 
 
@@ -195,8 +197,14 @@ class RelayEndpoint:
         except _RelayAbort as err:
             replies.add((call_id, err.code.name, err.details, err.trailing))
         except asyncio.TimeoutError:
-            replies.add((call_id, "DEADLINE_EXCEEDED", "the deadline passed before the write was on disk; "
-                         "retry with the same request id", ()))
+            replies.add(
+                (
+                    call_id,
+                    "DEADLINE_EXCEEDED",
+                    "the deadline passed before the write was on disk; retry with the same request id",
+                    (),
+                )
+            )
         except Exception as err:  # a bug: the caller still gets an answer, as grpc would give
             replies.add((call_id, "UNKNOWN", f"unexpected error: {type(err).__name__}: {err}", ()))
 
@@ -215,16 +223,31 @@ def _die_with_parent(parent_pid: int) -> bool:
 class FrontEnds:
     """Starts, watches and stops the front-end processes of one server (main process side)."""
 
-    def __init__(self, count: int, listen: str, relay_path: str, upstream_path: str, tls: Any, max_message_bytes: int) -> None:
+    def __init__(
+        self, count: int, listen: str, relay_path: str, upstream_path: str, tls: Any, max_message_bytes: int
+    ) -> None:
         self.count = count
         self.relay_path = relay_path
         self.upstream_path = upstream_path
         self._argv = [
-            sys.executable, "-m", "xpod.scheduler.frontend", "--parent-pid", str(os.getpid()), "--listen", listen, "--relay", relay_path,
-            "--upstream", upstream_path, "--max-message-bytes", str(max_message_bytes),
+            sys.executable,
+            "-m",
+            "xpod.scheduler.frontend",
+            "--parent-pid",
+            str(os.getpid()),
+            "--listen",
+            listen,
+            "--relay",
+            relay_path,
+            "--upstream",
+            upstream_path,
+            "--max-message-bytes",
+            str(max_message_bytes),
         ]
         if tls is not None:
-            self._argv += ["--tls-cert", tls.cert, "--tls-key", tls.key] + (["--tls-client-ca", tls.client_ca] if tls.client_ca else [])
+            self._argv += ["--tls-cert", tls.cert, "--tls-key", tls.key] + (
+                ["--tls-client-ca", tls.client_ca] if tls.client_ca else []
+            )
         self._procs: list[subprocess.Popen | None] = [None] * count
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -275,7 +298,12 @@ class FrontEnds:
     def _launch(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         return subprocess.Popen(
-            self._argv, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, text=True, env=env,
+            self._argv,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
 
     @staticmethod
@@ -316,7 +344,10 @@ class FrontEnds:
                     if self._stopping.is_set():
                         return
                     if proc is not None:
-                        print(f"xpod server: front end {i} (pid {proc.pid}) exited with {proc.returncode}; starting another", flush=True)
+                        print(
+                            f"xpod server: front end {i} (pid {proc.pid}) exited with {proc.returncode}; starting another",
+                            flush=True,
+                        )
                         proc.stdout.close()  # else one pipe leaks per restart
                     try:
                         self._procs[i] = self._spawn(30.0)
@@ -378,7 +409,9 @@ class _Relay:
         self._lost = True
         for fut in self._waiting.values():
             if not fut.done():
-                fut.set_result(("UNAVAILABLE", "the scheduler's main process went away; retry with the same request id", ()))
+                fut.set_result(
+                    ("UNAVAILABLE", "the scheduler's main process went away; retry with the same request id", ())
+                )
         self._waiting.clear()
         self._on_lost()
 
@@ -409,7 +442,9 @@ def _proxy_handlers(channel: grpc.aio.Channel, relay: _Relay) -> dict[str, grpc.
 
     async def abort(context, err: grpc.aio.AioRpcError) -> None:
         trailing = tuple(
-            (k, v) for k, v in (err.trailing_metadata() or ()) if not k.startswith("grpc-") or k == "grpc-status-details-bin"
+            (k, v)
+            for k, v in (err.trailing_metadata() or ())
+            if not k.startswith("grpc-") or k == "grpc-status-details-bin"
         )
         await context.abort(err.code(), err.details() or "", trailing)
 
@@ -519,7 +554,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xpod.scheduler.frontend", description="an xpod server front end (started by xpod server --frontends)")
+    ap = argparse.ArgumentParser(
+        prog="python -m xpod.scheduler.frontend",
+        description="an xpod server front end (started by xpod server --frontends)",
+    )
     ap.add_argument("--listen", required=True)
     ap.add_argument("--parent-pid", type=int, required=True, help="the main process (the front end ends with it)")
     ap.add_argument("--relay", required=True, help="Unix socket of the main process's SubmitJob relay")

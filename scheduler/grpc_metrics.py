@@ -70,7 +70,9 @@ def _ended(context: Any) -> grpc.StatusCode:
 class GrpcServerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter("grpc_server_started", "Total number of RPCs started on the server.", labels, registry=registry)
+        self.started = Counter(
+            "grpc_server_started", "Total number of RPCs started on the server.", labels, registry=registry
+        )
         self.handled = Counter(
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",
@@ -145,7 +147,9 @@ class _Interceptor(grpc.ServerInterceptor):
                     raise
                 m._done(kind, service, method, _code_name(context, _ended(context)), t0)
 
-        return factory(behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        return factory(
+            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
 
 # The client's own deadline fires first and cancels the stream a moment before the server's
@@ -220,7 +224,9 @@ def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcM
                 raise
             done(_code_name(context, grpc.StatusCode.OK), t0)
 
-    return factory(behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return factory(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 __all__ = ["GrpcServerMetrics"]

@@ -40,7 +40,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .model import JobKind
+from .core.model import JobKind
 from .store import EventType, JobRecord, JobState, JobUpdate, StaleUpdate, StoreClosed
 from .taskspec import TaskFieldError, parse_task_fields
 
@@ -107,7 +107,9 @@ class Liveness:
     """Node timeouts and the restart policy over one ``SchedulerApi`` (see the module docstring).
     ``check()`` is the whole mechanism; ``start()`` only calls it periodically."""
 
-    def __init__(self, api: "SchedulerApi", node_timeout_s: float | None = None, check_interval_s: float | None = None) -> None:
+    def __init__(
+        self, api: "SchedulerApi", node_timeout_s: float | None = None, check_interval_s: float | None = None
+    ) -> None:
         self.api = api
         self.node_timeout_s = node_timeout_from_env() if node_timeout_s is None else float(node_timeout_s)
         # Check often enough that NotReady comes at most ~10% after the timeout.
@@ -189,12 +191,18 @@ class Liveness:
         with api._lock:
             for job in api._jobs.values():
                 parsed = api._parsed.get(job.id)
-                if (job.state in _BOUND and parsed is not None and parsed.core.kind is JobKind.SERVING
-                        and 0 < len(job.allocations) < parsed.core.min_required):
+                if (
+                    job.state in _BOUND
+                    and parsed is not None
+                    and parsed.core.kind is JobKind.SERVING
+                    and 0 < len(job.allocations) < parsed.core.min_required
+                ):
                     out[job.queue] = out.get(job.queue, 0) + 1
         return out
 
-    def task_failed(self, job: JobRecord, node: str, exit_code: int, message: str, tasks: tuple[int, ...] = ()) -> RestartDecision | None:
+    def task_failed(
+        self, job: JobRecord, node: str, exit_code: int, message: str, tasks: tuple[int, ...] = ()
+    ) -> RestartDecision | None:
         """An agent reported a failed task of ``job`` on ``node`` (``tasks``: which ones; empty:
         every task there): replace those serving replicas alone, or requeue or fail per policy."""
         text = f"task on node {node} exited with code {exit_code}" + (f": {message}" if message else "")
@@ -209,7 +217,8 @@ class Liveness:
         device = f"{node}/{index}"
         with api._lock:
             bound = [
-                j for j in api._jobs.values()
+                j
+                for j in api._jobs.values()
                 if j.state in _BOUND and j.kind == "ServingJob" and any(device in a.devices for a in j.allocations)
             ]
         out = []
@@ -224,7 +233,12 @@ class Liveness:
         return out
 
     def _decide(
-        self, job_id: str, why: str, node: str | None = None, device: str | None = None, replace_only: bool = False,
+        self,
+        job_id: str,
+        why: str,
+        node: str | None = None,
+        device: str | None = None,
+        replace_only: bool = False,
         tasks: frozenset[int] = frozenset(),
     ) -> RestartDecision | None:
         """Replace the serving replicas on ``node`` (on ``device`` when given), or requeue the
@@ -240,7 +254,10 @@ class Liveness:
             budget = max_restarts_of(job)
             used = restarts_used(api._store.events_since(0, job_id=job.id, limit=100_000))
             now = api._clock()
-            hit = [a.node == node and (device is None or device in a.devices) and (not tasks or a.task in tasks) for a in job.allocations]
+            hit = [
+                a.node == node and (device is None or device in a.devices) and (not tasks or a.task in tasks)
+                for a in job.allocations
+            ]
             size = parsed.core.replica_tasks if parsed is not None and parsed.core.kind is JobKind.SERVING else 1
             if size > 1:  # a replica of several tasks goes whole: the rest of it cannot serve alone
                 gone = {a.task // size for a, h in zip(job.allocations, hit) if h}
@@ -267,10 +284,14 @@ class Liveness:
             if (budget < 0 or used < budget) and parsed is not None:
                 total = "unlimited" if budget < 0 else str(budget)
                 message = f"{RESTART_PREFIX}{used + 1}/{total}: {why}"
-                update = JobUpdate(job.id, JobState.QUEUED, None, (), EventType.EVICTED, message, now, expect_revision=job.revision)
+                update = JobUpdate(
+                    job.id, JobState.QUEUED, None, (), EventType.EVICTED, message, now, expect_revision=job.revision
+                )
             else:
                 message = f"{why}; no restarts left (max_restarts {budget})"
-                update = JobUpdate(job.id, JobState.FAILED, None, (), EventType.FAILED, message, now, expect_revision=job.revision)
+                update = JobUpdate(
+                    job.id, JobState.FAILED, None, (), EventType.FAILED, message, now, expect_revision=job.revision
+                )
             try:
                 result = api._wait(api._submit_write(update), None)
             except StaleUpdate:
@@ -289,8 +310,9 @@ class Liveness:
         api._wake.set()
         return RestartDecision(job.id, update.state is JobState.QUEUED, message)
 
-    def _replace(self, job: JobRecord, lost: tuple, kept: tuple, used: int, budget: int, why: str, now: float,
-                 size: int = 1) -> RestartDecision | None:
+    def _replace(
+        self, job: JobRecord, lost: tuple, kept: tuple, used: int, budget: int, why: str, now: float, size: int = 1
+    ) -> RestartDecision | None:
         """Serving: drop the lost replicas' allocations (the job keeps its state and the rest)
         and release them alone in the core; the next cycle binds them again. None: the job
         changed meanwhile (decide again). ``restarted`` False: the core refused (whole restart).
@@ -303,7 +325,9 @@ class Liveness:
         # Under the placer lock: no cycle runs between the core's release and the store's
         # write, so a cycle never binds the replica again before the store has dropped it.
         with api._placer_lock:
-            update = JobUpdate(job.id, job.state, None, kept, EventType.EVICTED, message, now, expect_revision=job.revision)
+            update = JobUpdate(
+                job.id, job.state, None, kept, EventType.EVICTED, message, now, expect_revision=job.revision
+            )
             try:
                 api._wait(api._submit_write(update), None)
             except StaleUpdate:

@@ -50,7 +50,17 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2_grpc,
     types_pb2,
 )
-from xpod.scheduler.api import ERROR_DOMAIN, ApiError, Code, DeviceView, JobView, NodeView, SchedulerApi, Submission, TaskState
+from xpod.scheduler.api import (
+    ERROR_DOMAIN,
+    ApiError,
+    Code,
+    DeviceView,
+    JobView,
+    NodeView,
+    SchedulerApi,
+    Submission,
+    TaskState,
+)
 from xpod.scheduler.auth import Authenticator, AuthError, Principal, Unauthenticated
 from xpod.scheduler import trace as _trace
 from xpod.scheduler.store import AllocationRecord, EventRecord, JobRecord, JobState, PendingReasonRecord
@@ -208,7 +218,8 @@ def node_from_pb(n: types_pb2.Node) -> NodeView:
     return NodeView(
         name=n.name,
         devices=tuple(
-            DeviceView(n.name, d.index, d.vendor, d.model, d.memory_total_bytes, d.health or "unknown", d.simulated) for d in n.devices
+            DeviceView(n.name, d.index, d.vendor, d.model, d.memory_total_bytes, d.health or "unknown", d.simulated)
+            for d in n.devices
         ),
         labels=tuple(sorted(n.labels.items())),
         cpu_milli=n.cpu_milli,
@@ -234,7 +245,9 @@ def status_for(err: ApiError) -> status_pb2.Status:
     status.details.add().Pack(info)
     if err.field is not None:
         bad = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=err.field[:_MAX_MESSAGE_CHARS], description=message)]
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=err.field[:_MAX_MESSAGE_CHARS], description=message)
+            ]
         )
         status.details.add().Pack(bad)
     if err.retry_after_s is not None:
@@ -491,7 +504,9 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
         states = []
         for s in request.states:
             if s not in _STATE_FROM_PB:
-                raise ApiError(Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {s} is not a job state", field="states")
+                raise ApiError(
+                    Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {s} is not a job state", field="states"
+                )
             states.append(_STATE_FROM_PB[s])
         views, token = self.api.list_jobs(
             principal, queue=request.queue, states=states, page_size=request.page_size, page_token=request.page_token
@@ -549,9 +564,17 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
     def ReportTaskStatus(self, request, context, principal):
         state = _TASK_FROM_PB.get(request.state)
         if state is None:
-            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_TASK_STATE", "state must be RUNNING, SUCCEEDED or FAILED", field="state")
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_TASK_STATE", "state must be RUNNING, SUCCEEDED or FAILED", field="state"
+            )
         view = self.api.report_task_status(
-            principal, request.job_id, request.node, state, request.message, request.exit_code, timeout_s=self._timeout(context),
+            principal,
+            request.job_id,
+            request.node,
+            state,
+            request.message,
+            request.exit_code,
+            timeout_s=self._timeout(context),
             failed_tasks=tuple(request.failed_tasks),
         )
         return node_service_pb2.ReportTaskStatusResponse(job=view_pb(view))
@@ -633,7 +656,9 @@ def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcM
                 await _abort(context, refuse(request.error))
             return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=guarded, response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=guarded, response_serializer=handler.response_serializer
+        )
     inner_stream = handler.unary_stream
     if inspect.isasyncgenfunction(inner_stream):
 
@@ -650,7 +675,9 @@ def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcM
                 await _abort(context, refuse(request.error))
             return await inner_stream(request, context)
 
-    return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=guarded, response_serializer=handler.response_serializer)
+    return grpc.unary_stream_rpc_method_handler(
+        stream, request_deserializer=guarded, response_serializer=handler.response_serializer
+    )
 
 
 class _Registrar:
@@ -670,7 +697,9 @@ class _Registrar:
         return handler
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._server.add_registered_method_handlers(service, {m: self.wrap(f"/{service}/{m}", h) for m, h in handlers.items()})
+        self._server.add_registered_method_handlers(
+            service, {m: self.wrap(f"/{service}/{m}", h) for m, h in handlers.items()}
+        )
 
     def add_generic_rpc_handlers(self, generic_handlers) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(g, self) for g in generic_handlers))
@@ -692,9 +721,18 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
 class RunningServer:
     """A started ``grpc.aio`` server on its own event-loop thread; ``stop`` is synchronous."""
 
-    def __init__(self, server: grpc.aio.Server, health_servicer: Any, port: int, loop: asyncio.AbstractEventLoop,
-                 thread: threading.Thread, pool: concurrent.futures.ThreadPoolExecutor, frontends: Any = None,
-                 cleanup: Callable[[], None] | None = None, relay_server: asyncio.AbstractServer | None = None) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: Any,
+        port: int,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        pool: concurrent.futures.ThreadPoolExecutor,
+        frontends: Any = None,
+        cleanup: Callable[[], None] | None = None,
+        relay_server: asyncio.AbstractServer | None = None,
+    ) -> None:
         self.server = server
         self._relay_server = relay_server
         self.frontends = frontends  # scheduler.frontend.FrontEnds, or None
@@ -781,8 +819,14 @@ def build_server(
             shutil.rmtree(relay_dir, ignore_errors=True)
 
         host = listen.rsplit(":", 1)[0]
-        fronts = FrontEnds(frontends, f"{host}:{port}", os.path.join(relay_dir, "relay.sock"),
-                           os.path.join(relay_dir, "grpc.sock"), tls, max_message_bytes)
+        fronts = FrontEnds(
+            frontends,
+            f"{host}:{port}",
+            os.path.join(relay_dir, "relay.sock"),
+            os.path.join(relay_dir, "grpc.sock"),
+            tls,
+            max_message_bytes,
+        )
     running = RunningServer(server, health_servicer, port, loop, thread, pool, fronts, cleanup, relay_server)
     if fronts is not None:
         try:
@@ -832,7 +876,9 @@ async def _start(
     registrar = _Registrar(server, [_guard_decode] + ([metrics_wrapper()] if metrics_wrapper is not None else []))
     jobs = JobServicer(api, authenticator, streams, pool, waiter)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
-    node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(api, authenticator, streams, pool, waiter), registrar)
+    node_service_pb2_grpc.add_NodeServiceServicer_to_server(
+        NodeServicer(api, authenticator, streams, pool, waiter), registrar
+    )
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
         ClusterServicer(api, authenticator, streams, pool, waiter), registrar
     )
@@ -874,7 +920,9 @@ async def _start(
                     response_serializer=job_service_pb2.SubmitJobResponse.SerializeToString,
                 ),
             )
-            relay_server = await asyncio.start_unix_server(RelayEndpoint(submit).serve, os.path.join(relay_dir, "relay.sock"))
+            relay_server = await asyncio.start_unix_server(
+                RelayEndpoint(submit).serve, os.path.join(relay_dir, "relay.sock")
+            )
         await server.start()
     except BaseException:
         if reserved is not None:

@@ -21,7 +21,15 @@ from .grpc_metrics import GrpcServerMetrics
 # go-grpc-prometheus-like spread from a second to a day: submit -> placed spans both.
 QUEUE_WAIT_BUCKETS_S = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400)
 #: closed set of eviction reasons (``evicted_jobs_total{reason}``)
-EVICTION_REASONS = ("preempted", "reclaimed", "node_not_ready", "node_removed", "device_unhealthy", "lost_after_restart", "other")
+EVICTION_REASONS = (
+    "preempted",
+    "reclaimed",
+    "node_not_ready",
+    "node_removed",
+    "device_unhealthy",
+    "lost_after_restart",
+    "other",
+)
 
 
 def kind_label(kind: str) -> str:
@@ -49,7 +57,23 @@ class ServiceMetrics:
             "xpod_scheduler_scheduling_attempt_duration_seconds",
             "Seconds the core spent searching a placement for one job in one cycle, by result (scheduled, unschedulable).",
             ["result"],
-            buckets=(1e-05, 2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            buckets=(
+                1e-05,
+                2.5e-05,
+                5e-05,
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                1,
+            ),
             registry=self.registry,
         )
         self.submitted_jobs = Counter(
@@ -57,10 +81,15 @@ class ServiceMetrics:
         )
         self._submitted_by_queue: dict[str, Any] = {}
         self.finished_jobs = Counter(
-            "xpod_scheduler_finished_jobs", "Jobs that ended, by outcome.", ["queue", "kind", "outcome"], registry=self.registry
+            "xpod_scheduler_finished_jobs",
+            "Jobs that ended, by outcome.",
+            ["queue", "kind", "outcome"],
+            registry=self.registry,
         )
         self.shed_requests = Counter(
-            "xpod_scheduler_shed_requests", "Requests refused with RESOURCE_EXHAUSTED to shed load.", registry=self.registry
+            "xpod_scheduler_shed_requests",
+            "Requests refused with RESOURCE_EXHAUSTED to shed load.",
+            registry=self.registry,
         )
         self.queue_wait_seconds = Histogram(
             "xpod_scheduler_queue_wait_seconds",
@@ -150,10 +179,14 @@ class _StateCollector:
             "xpod_scheduler_pending_jobs", "Queued jobs by queue and pending reason.", labels=["queue", "reason"]
         )
         devices = GaugeMetricFamily(
-            "xpod_scheduler_devices", "Schedulable devices by vendor and state (free, allocated, unhealthy).", labels=["vendor", "state"]
+            "xpod_scheduler_devices",
+            "Schedulable devices by vendor and state (free, allocated, unhealthy).",
+            labels=["vendor", "state"],
         )
         running = GaugeMetricFamily(
-            "xpod_scheduler_running_jobs", "Jobs holding devices (SCHEDULED or RUNNING) by queue and kind.", labels=["queue", "kind"]
+            "xpod_scheduler_running_jobs",
+            "Jobs holding devices (SCHEDULED or RUNNING) by queue and kind.",
+            labels=["queue", "kind"],
         )
         nodes = GaugeMetricFamily(
             "xpod_scheduler_nodes", "Nodes by state: ready, or not_ready (heartbeats stopped).", labels=["state"]

@@ -206,7 +206,9 @@ class RequestIdConflict(Exception):
     """A submission reused a request_id with another document (the API maps it to ALREADY_EXISTS)."""
 
     def __init__(self, existing: JobRecord) -> None:
-        super().__init__(f"request_id {existing.request_id!r} was already used for job {existing.id} with a different job document")
+        super().__init__(
+            f"request_id {existing.request_id!r} was already used for job {existing.id} with a different job document"
+        )
         self.existing = existing
 
 
@@ -440,7 +442,10 @@ class Store:
         self._max_queued = max_queued_writes
         self._max_background = max_background_per_batch
         self._max_background_beside_front = min(max_background_beside_front, max_background_per_batch)
-        self._lanes: tuple[collections.deque[_Pending], collections.deque[_Pending]] = (collections.deque(), collections.deque())
+        self._lanes: tuple[collections.deque[_Pending], collections.deque[_Pending]] = (
+            collections.deque(),
+            collections.deque(),
+        )
         self._ready = threading.Condition(threading.Lock())
         self._stopping = False
         self._read_local = threading.local()
@@ -545,7 +550,8 @@ class Store:
                     outcomes.append(err)
             if txn.event_rows:
                 conn.executemany(
-                    "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)", txn.event_rows
+                    "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
+                    txn.event_rows,
                 )
             if txn.job_inserts:
                 conn.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", txn.job_inserts)
@@ -585,7 +591,9 @@ class Store:
             else:
                 p.future.set_result(outcome)
         if tracing:
-            _trace.add("batch", t_pop, t_begin, t_applied, t_committed, t_mirrored, time.monotonic(), *self._trace_lanes)
+            _trace.add(
+                "batch", t_pop, t_begin, t_applied, t_committed, t_mirrored, time.monotonic(), *self._trace_lanes
+            )
         # after the acknowledgements: this batch never waits for the checkpoint
         if self._wal_frames > self._wal_restart_frames:
             self._wal_frames = 0
@@ -682,7 +690,9 @@ class Store:
         txn.next_revision += 1
         return revision
 
-    def _append_event(self, txn: "_Txn", job: JobRecord, type_: EventType, message: str, time_s: float) -> tuple[EventRecord, str]:
+    def _append_event(
+        self, txn: "_Txn", job: JobRecord, type_: EventType, message: str, time_s: float
+    ) -> tuple[EventRecord, str]:
         """Queue the event row for ``job`` (which already carries the event's revision)."""
         doc = self._doc(job)
         txn.event_rows.append((job.revision, job.id, type_.value, time_s, message, doc))
@@ -715,16 +725,24 @@ class Store:
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """Events with a revision above ``revision``, oldest first, at most ``limit``."""
         if job_id is None:
-            rows = self._reader().execute(
-                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
-                (revision, limit),
-            ).fetchall()
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT revision, job_id, type, time_s, message, job FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
+                    (revision, limit),
+                )
+                .fetchall()
+            )
         else:
-            rows = self._reader().execute(
-                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE job_id = ? AND revision > ? "
-                "ORDER BY revision LIMIT ?",
-                (job_id, revision, limit),
-            ).fetchall()
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT revision, job_id, type, time_s, message, job FROM events WHERE job_id = ? AND revision > ? "
+                    "ORDER BY revision LIMIT ?",
+                    (job_id, revision, limit),
+                )
+                .fetchall()
+            )
         return [
             EventRecord(int(r[0]), r[1], EventType(r[2]), float(r[3]), r[4], JobRecord.from_json(json.loads(r[5])))
             for r in rows

@@ -37,8 +37,18 @@ from typing import Any, Iterable, Mapping
 TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: variables the agent sets itself; a job may not override them
-RESERVED_ENV = ("XPOD_JOB_ID", "XPOD_TASK_INDEX", "XPOD_DEVICES", "XPOD_REPLICA_INDEX", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RESERVED_ENV = (
+    "XPOD_JOB_ID",
+    "XPOD_TASK_INDEX",
+    "XPOD_DEVICES",
+    "XPOD_REPLICA_INDEX",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 #: default restart budget per kind; -1 means unlimited (serving replicas are always replaced)
 DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
 
@@ -86,7 +96,9 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
     if "command" in spec:
         c = spec["command"]
         if not isinstance(c, list) or not c or not all(isinstance(x, str) for x in c) or not c[0]:
-            raise TaskFieldError("spec.command", "a non-empty list of strings (argv, no shell), e.g. [python, train.py]")
+            raise TaskFieldError(
+                "spec.command", "a non-empty list of strings (argv, no shell), e.g. [python, train.py]"
+            )
         command = tuple(c)
     env: dict[str, str] = {}
     if "env" in spec:
@@ -114,7 +126,9 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
                 raise TaskFieldError(f"spec.restart.{k}", "unknown key (allowed: max_restarts)")
         m = r.get("max_restarts", max_restarts)
         if isinstance(m, bool) or not isinstance(m, int) or m < -1:
-            raise TaskFieldError("spec.restart.max_restarts", f"{m!r} must be a whole number >= 0 (or -1 for unlimited)")
+            raise TaskFieldError(
+                "spec.restart.max_restarts", f"{m!r} must be a whole number >= 0 (or -1 for unlimited)"
+            )
         max_restarts = m
     sim = Simulation()
     if "simulate" in spec:
@@ -182,7 +196,9 @@ def tasks_per_replica(kind: str, spec: Mapping[str, Any]) -> int | None:
     return n
 
 
-def task_worlds(job_id: str, kind: str, spec: Mapping[str, Any], placements: Iterable[tuple[int, str]]) -> dict[int, TaskWorld]:
+def task_worlds(
+    job_id: str, kind: str, spec: Mapping[str, Any], placements: Iterable[tuple[int, str]]
+) -> dict[int, TaskWorld]:
     """The world of every placed task of a job, by task number (in task order). ``placements``
     are its (task number, node) pairs: every allocation of the job, not only one node's, so
     every node computes the same worlds.

@@ -17,6 +17,7 @@ def xpod_cli(*args: str, timeout: float = 120, env: dict | None = None, cwd: str
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
+
 # CI (CI=true) replays the same hypothesis examples on every run, so a submission's result does
 # not depend on the draw; locally the examples vary from run to run and keep finding new cases.
 if os.environ.get("CI"):

@@ -98,18 +98,24 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
     tables = smi.box_tables(lines)
     found = _find_header(tables)
     if found is None:
-        raise ToolOutputError(TOOL, "no 'NPU Name | Health' table header found; is this 'npu-smi info' output?", first.no, first.text)
+        raise ToolOutputError(
+            TOOL, "no 'NPU Name | Health' table header found; is this 'npu-smi info' output?", first.no, first.text
+        )
     table, k = found
     header = table.header
     chip_header = header[k + 1] if k + 1 < len(header) else None
     if chip_header is None or len(chip_header.cells) < 3:
-        raise ToolOutputError(TOOL, "the 'Chip | Bus-Id | ...' header row is missing", header[k].line.no, header[k].line.text)
+        raise ToolOutputError(
+            TOOL, "the 'Chip | Bus-Id | ...' header row is missing", header[k].line.no, header[k].line.text
+        )
     usage = _usage_titles(chip_header.cells[2])
     # gauge columns, found by their header words: NPU row "Power(W) Temp(C) ...", chip row "AICore(%) ..."
     npu_words = header[k].cells[2].split() if len(header[k].cells) > 2 else []
     power_at = next((i for i, w in enumerate(npu_words) if w.lower().startswith("power")), None)
     temp_at = next((i for i, w in enumerate(npu_words) if w.lower().startswith("temp")), None)
-    aicore_at = 0 if chip_header.cells[2].split()[:1] and chip_header.cells[2].split()[0].lower().startswith("aicore") else None
+    aicore_at = (
+        0 if chip_header.cells[2].split()[:1] and chip_header.cells[2].split()[0].lower().startswith("aicore") else None
+    )
     chip_titles = chip_header.cells[0].split()
     phy_layout = any(t.lower() == "phy-id" for t in chip_titles)
     # 310P / 910A tables print each chip's logical device id ("Chip Device"); elsewhere
@@ -142,14 +148,21 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                 pairs[-1][1].append(row)
             elif m_npu and smi.normalize_pci_bus_id(cells[1]) is None:
                 if pairs and not pairs[-1][1]:
-                    raise ToolOutputError(TOOL, "NPU row without its chip row (truncated table?)", pairs[-1][0].line.no, pairs[-1][0].line.text)
+                    raise ToolOutputError(
+                        TOOL,
+                        "NPU row without its chip row (truncated table?)",
+                        pairs[-1][0].line.no,
+                        pairs[-1][0].line.text,
+                    )
                 pairs.append((row, []))
             else:
                 raise ToolOutputError(TOOL, "row is neither an NPU row nor a chip row", row.line.no, row.line.text)
     if not pairs:
         raise ToolOutputError(TOOL, "the device table has no NPU rows", header[-1].line.no, header[-1].line.text)
     if not pairs[-1][1]:
-        raise ToolOutputError(TOOL, "NPU row without its chip row (truncated table?)", pairs[-1][0].line.no, pairs[-1][0].line.text)
+        raise ToolOutputError(
+            TOOL, "NPU row without its chip row (truncated table?)", pairs[-1][0].line.no, pairs[-1][0].line.text
+        )
 
     # Group by NPU id, keeping first-seen order: on A3 one id spans two pairs.
     by_id: dict[int, list[tuple[smi.BoxRow, list[smi.BoxRow]]]] = {}
@@ -162,7 +175,9 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
         names = {_NPU_ROW.match(r.cells[0]).group(2).strip() for r, _ in entries}  # type: ignore[union-attr]
         if len(names) != 1:
             r = entries[-1][0]
-            raise ToolOutputError(TOOL, f"NPU {npu_id} is listed with different names {sorted(names)}", r.line.no, r.line.text)
+            raise ToolOutputError(
+                TOOL, f"NPU {npu_id} is listed with different names {sorted(names)}", r.line.no, r.line.text
+            )
         name = names.pop()
         health = Health.UNKNOWN
         total = used = 0
@@ -203,7 +218,9 @@ def parse_info(text: str, source: str | None = None) -> list[DeviceInfo]:
                 try:
                     pairs_found = smi.find_used_total_pairs(chip.cells[2], default_unit="MiB")
                 except ValueError as err:
-                    raise ToolOutputError(TOOL, f"cannot read memory usage: {err}", chip.line.no, chip.line.text) from None
+                    raise ToolOutputError(
+                        TOOL, f"cannot read memory usage: {err}", chip.line.no, chip.line.text
+                    ) from None
                 if usage and len(pairs_found) == len(usage):
                     # HBM is the device memory where it is shown; Memory-Usage is then the
                     # small DDR of the control CPU (often 0 / 0).
@@ -257,7 +274,9 @@ def parse_topo(text: str) -> IntraNodeTopology:
         raise ToolOutputError(TOOL, f"topology matrix: {err}") from None
     if not matrices:
         first = smi.first_content_line(lines)
-        raise ToolOutputError(TOOL, "no 'NPU0 NPU1 ...' topology matrix found", first.no if first else None, first.text if first else None)
+        raise ToolOutputError(
+            TOOL, "no 'NPU0 NPU1 ...' topology matrix found", first.no if first else None, first.text if first else None
+        )
     m = matrices[0]
     ids = tuple(int(lab[3:]) for lab in m.labels)
     rows = []
@@ -266,7 +285,9 @@ def parse_topo(text: str) -> IntraNodeTopology:
         for j, word in enumerate(row):
             link = _TOPO_LINKS.get(word.upper())
             if link is None:
-                raise ToolOutputError(TOOL, f"unknown link type {word!r} between {m.labels[i]} and {m.labels[j]}", m.first_line + 1 + i)
+                raise ToolOutputError(
+                    TOOL, f"unknown link type {word!r} between {m.labels[i]} and {m.labels[j]}", m.first_line + 1 + i
+                )
             out.append(link)
         rows.append(tuple(out))
     fabric = "HCCS" if any(w.upper().startswith("HCCS") for r in m.cells for w in r) else None
@@ -291,7 +312,11 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
                 model=None,  # type: ignore[arg-type]  # the matrix names no model
                 index=k,
                 physical_index=npu,
-                extra={"cpu_affinity": affinity.get(npu), "inventory_from": "topology matrix", **({"source": source} if source else {})},
+                extra={
+                    "cpu_affinity": affinity.get(npu),
+                    "inventory_from": "topology matrix",
+                    **({"source": source} if source else {}),
+                },
             )
             for k, npu in enumerate(topo.indices)
         ]

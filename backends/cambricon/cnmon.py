@@ -50,7 +50,9 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
             table = t
             break
     if table is None:
-        raise ToolOutputError(TOOL, "no 'Card VF Name ... | Memory-Usage' device table found; is this cnmon output?", first.no, first.text)
+        raise ToolOutputError(
+            TOOL, "no 'Card VF Name ... | Memory-Usage' device table found; is this cnmon output?", first.no, first.text
+        )
     header = table.header
     name_at = _locate(header, "Name")
     mem_at = _locate(header, "Memory-Usage")
@@ -67,7 +69,9 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
         if not toks[0].isdigit():
             raise ToolOutputError(TOOL, "device row does not start with a card number", head.line.no, head.line.text)
         if len(rows) < 2:
-            raise ToolOutputError(TOOL, "device row without its memory row (truncated table?)", head.line.no, head.line.text)
+            raise ToolOutputError(
+                TOOL, "device row without its memory row (truncated table?)", head.line.no, head.line.text
+            )
         card = int(toks[0])
 
         def cell(at: tuple[int, int, int] | None, whole: bool = False) -> str | None:
@@ -85,13 +89,19 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
             name = m.group(0) if m else None
         mem_cell = cell(mem_at, whole=True)
         if mem_cell is None:
-            raise ToolOutputError(TOOL, "no Memory-Usage cell in this device's rows", rows[-1].line.no, rows[-1].line.text)
+            raise ToolOutputError(
+                TOOL, "no Memory-Usage cell in this device's rows", rows[-1].line.no, rows[-1].line.text
+            )
         try:
             pairs = smi.find_used_total_pairs(mem_cell, default_unit="MiB")
         except ValueError as err:
-            raise ToolOutputError(TOOL, f"cannot read memory: {err}", rows[mem_at[0]].line.no, rows[mem_at[0]].line.text) from None  # type: ignore[index]
+            raise ToolOutputError(
+                TOOL, f"cannot read memory: {err}", rows[mem_at[0]].line.no, rows[mem_at[0]].line.text
+            ) from None  # type: ignore[index]
         if not pairs:
-            raise ToolOutputError(TOOL, "Memory-Usage is not 'used/ total'", rows[mem_at[0]].line.no, rows[mem_at[0]].line.text)  # type: ignore[index]
+            raise ToolOutputError(
+                TOOL, "Memory-Usage is not 'used/ total'", rows[mem_at[0]].line.no, rows[mem_at[0]].line.text
+            )  # type: ignore[index]
         used, total = pairs[0]
         health = Health.UNKNOWN
         ecc = cell(ecc_at)

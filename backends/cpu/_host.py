@@ -105,7 +105,11 @@ def read_host() -> Host:
         total, used = mem if mem else (vm.total, vm.total - vm.available)
         nodes.append(NumaNode(node_id, cpus, total, used))
     if not nodes:  # no sysfs NUMA information (containers, non-Linux): the whole host is one node
-        cpus = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(range(psutil.cpu_count() or 1))
+        cpus = (
+            tuple(sorted(os.sched_getaffinity(0)))
+            if hasattr(os, "sched_getaffinity")
+            else tuple(range(psutil.cpu_count() or 1))
+        )
         nodes.append(NumaNode(0, cpus, vm.total, vm.total - vm.available))
     elif len(nodes) == 1:
         # One node: psutil's view (available, not free) is the more useful "used" figure.

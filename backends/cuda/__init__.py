@@ -49,7 +49,10 @@ class CudaBackend(ToolBackend):
                 links = nvidia_smi.parse_nvlink_status(_sdk.run_nvlink_status())
             except (ToolRunError, ToolOutputError):
                 links = {}  # no NVLink (PCIe cards) or an old driver: no link series
-        return [sample_from_device(d, tuple(LinkState("nvlink", n, up) for n, up in links.get(d.physical_index, []))) for d in devices]
+        return [
+            sample_from_device(d, tuple(LinkState("nvlink", n, up) for n, up in links.get(d.physical_index, [])))
+            for d in devices
+        ]
 
 
 def probe() -> ProbeResult:

@@ -59,12 +59,12 @@ def _health_from_q(block: smi.KVNode) -> tuple[Health, list[str]]:
     if ecc is not None:
         seen = True
         vol = ecc.get("Volatile")
-        for node in (vol.children if vol else []):
+        for node in vol.children if vol else []:
             key = node.key.lower()
             if "uncorrectable" in key and (_int(node.value) or 0) > 0:
                 bump(Health.CRITICAL, f"volatile {node.key} = {node.value}")
         agg = ecc.get("Aggregate")
-        for node in (agg.children if agg else []):
+        for node in agg.children if agg else []:
             if node.key.lower() == "sram threshold exceeded" and (node.value or "").lower() == "yes":
                 bump(Health.CRITICAL, "SRAM threshold exceeded")
         for key in ("Channel Repair Pending", "TPC Repair Pending"):
@@ -82,7 +82,9 @@ def _health_from_q(block: smi.KVNode) -> tuple[Health, list[str]]:
     pages = block.get("Retired Pages")
     if pages is not None and pages.children:
         seen = True
-        if (pages.value_of("Pending Page Blacklist") or pages.value_of("Pending Page Retirement") or "").lower() == "yes":
+        if (
+            pages.value_of("Pending Page Blacklist") or pages.value_of("Pending Page Retirement") or ""
+        ).lower() == "yes":
             bump(Health.WARNING, "retired page pending (reset needed)")
     reset = block.get("GPU Reset Status")
     if reset is not None and reset.children:
@@ -129,7 +131,10 @@ def _gauges_from_q(block: smi.KVNode) -> dict[str, float]:
     pairs = {
         "utilization_ratio": (block.value_of("Utilization", "GPU"), "%"),
         "temperature_celsius": (block.value_of("Temperature", "GPU Current Temp"), "C"),
-        "power_watts": ((power.value_of("Power Draw") or power.value_of("Instantaneous Power Draw")) if power else None, "W"),
+        "power_watts": (
+            (power.value_of("Power Draw") or power.value_of("Instantaneous Power Draw")) if power else None,
+            "W",
+        ),
         "core_clock_hertz": (block.value_of("Clocks", "SM"), "MHz"),
         "memory_clock_hertz": (block.value_of("Clocks", "Memory"), "MHz"),
     }
@@ -211,12 +216,21 @@ def _devices_from_forest(forest: list[smi.KVNode], elided: bool, source: str | N
     if not blocks:
         # A fragment without its "GPU <bus id>" line (an excerpt of one GPU's ECC block):
         # the indented fields belong to one unnamed GPU.
-        fields = [n for n in forest if n.indent > 0 and n.children or n.key in ("ECC Errors", "Remapped Rows", "Retired Pages")]
+        fields = [
+            n
+            for n in forest
+            if n.indent > 0 and n.children or n.key in ("ECC Errors", "Remapped Rows", "Retired Pages")
+        ]
         if not fields:
             return []
         blocks = [smi.KVNode("GPU (not shown)", None, fields[0].line, 0, fields)]
     if attached is not None and attached != len(blocks) and not elided:
-        raise ToolOutputError(TOOL, f"'Attached GPUs : {attached}' but {len(blocks)} GPU sections follow (truncated output?)", blocks[-1].line.no, blocks[-1].line.text)
+        raise ToolOutputError(
+            TOOL,
+            f"'Attached GPUs : {attached}' but {len(blocks)} GPU sections follow (truncated output?)",
+            blocks[-1].line.no,
+            blocks[-1].line.text,
+        )
     if len(blocks) > 1 and not elided:
         # Every GPU section of one -q run has the same fields; a last section missing some
         # that the first has was cut off.
@@ -224,7 +238,10 @@ def _devices_from_forest(forest: list[smi.KVNode], elided: bool, source: str | N
         missing = first_keys - {c.key for c in blocks[-1].children}
         if missing:
             raise ToolOutputError(
-                TOOL, f"the last GPU section lacks {len(missing)} field(s) the first has, e.g. {sorted(missing)[0]!r} (truncated output?)", blocks[-1].line.no, blocks[-1].line.text
+                TOOL,
+                f"the last GPU section lacks {len(missing)} field(s) the first has, e.g. {sorted(missing)[0]!r} (truncated output?)",
+                blocks[-1].line.no,
+                blocks[-1].line.text,
             )
     devices = []
     for k, block in enumerate(blocks):
@@ -300,7 +317,9 @@ def _parse_table(table: smi.BoxTable, source: str | None) -> list[DeviceInfo]:
         if not m:
             raise ToolOutputError(TOOL, "GPU row does not start with a GPU index", head.line.no, head.line.text)
         if len(rows) < 2:
-            raise ToolOutputError(TOOL, "GPU row without its memory row (truncated table?)", head.line.no, head.line.text)
+            raise ToolOutputError(
+                TOOL, "GPU row without its memory row (truncated table?)", head.line.no, head.line.text
+            )
         pairs = []
         for r in rows[1:]:
             for cell in r.cells:
@@ -308,12 +327,16 @@ def _parse_table(table: smi.BoxTable, source: str | None) -> list[DeviceInfo]:
                     try:
                         pairs = smi.find_used_total_pairs(cell, default_unit="MiB")
                     except ValueError as err:
-                        raise ToolOutputError(TOOL, f"cannot read Memory-Usage: {err}", r.line.no, r.line.text) from None
+                        raise ToolOutputError(
+                            TOOL, f"cannot read Memory-Usage: {err}", r.line.no, r.line.text
+                        ) from None
                     break
             if pairs:
                 break
         if not pairs:
-            raise ToolOutputError(TOOL, "no 'used / total' Memory-Usage in this GPU's rows", rows[1].line.no, rows[1].line.text)
+            raise ToolOutputError(
+                TOOL, "no 'used / total' Memory-Usage in this GPU's rows", rows[1].line.no, rows[1].line.text
+            )
         used, total = pairs[0]
         health = Health.UNKNOWN
         if ecc_col is not None and ecc_col < len(head.cells):
@@ -335,7 +358,10 @@ def _parse_table(table: smi.BoxTable, source: str | None) -> list[DeviceInfo]:
                 memory_used_bytes=used,
                 health=health,
                 pci_bus_id=smi.normalize_pci_bus_id(head.cells[1]) if len(head.cells) > 1 else None,
-                extra={**({"name_truncated": True} if truncated_name else {}), **({"source": source} if source else {})},
+                extra={
+                    **({"name_truncated": True} if truncated_name else {}),
+                    **({"source": source} if source else {}),
+                },
             )
         )
     if not devices and "Bus-Id" in header_text:
@@ -377,7 +403,9 @@ def _parse_csv(lines: list[smi.Line], source: str | None) -> list[DeviceInfo]:
     for k, values in enumerate(table[1:], start=1):
         ln = rows[k]
         if len(values) != len(header):
-            raise ToolOutputError(TOOL, f"CSV row has {len(values)} values for {len(header)} columns (truncated?)", ln.no, ln.text)
+            raise ToolOutputError(
+                TOOL, f"CSV row has {len(values)} values for {len(header)} columns (truncated?)", ln.no, ln.text
+            )
         row = dict(zip(header, (v.strip() for v in values)))
 
         def size(col: str) -> int | None:
@@ -509,9 +537,17 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
             return devices
     if is_topo_output(text):
         topo = parse_topo(text)
-        return [DeviceInfo(vendor="cuda", model=None, index=k, physical_index=i, extra={"inventory_from": "topology matrix"}) for k, i in enumerate(topo.indices)]  # type: ignore[arg-type]
+        return [
+            DeviceInfo(
+                vendor="cuda", model=None, index=k, physical_index=i, extra={"inventory_from": "topology matrix"}
+            )
+            for k, i in enumerate(topo.indices)
+        ]  # type: ignore[arg-type]
     raise ToolOutputError(
-        TOOL, "no GPU inventory found (expected the default table, -q detail, --query-gpu CSV or -L output)", first.no, first.text
+        TOOL,
+        "no GPU inventory found (expected the default table, -q detail, --query-gpu CSV or -L output)",
+        first.no,
+        first.text,
     )
 
 
@@ -543,7 +579,9 @@ def parse_topo(text: str) -> IntraNodeTopology:
         raise ToolOutputError(TOOL, f"topo -m: {err}") from None
     if not matrices:
         first = smi.first_content_line(lines)
-        raise ToolOutputError(TOOL, "no 'GPU0 GPU1 ...' topology matrix found", first.no if first else None, first.text if first else None)
+        raise ToolOutputError(
+            TOOL, "no 'GPU0 GPU1 ...' topology matrix found", first.no if first else None, first.text if first else None
+        )
     m = matrices[-1]
     ids = tuple(int(lab[3:]) for lab in m.labels)
     rows = []
@@ -558,6 +596,8 @@ def parse_topo(text: str) -> IntraNodeTopology:
             elif w in _TOPO_WORDS:
                 out.append(_TOPO_WORDS[w])
             else:
-                raise ToolOutputError(TOOL, f"unknown link type {w!r} between {m.labels[i]} and {m.labels[j]}", m.first_line + 1 + i)
+                raise ToolOutputError(
+                    TOOL, f"unknown link type {w!r} between {m.labels[i]} and {m.labels[j]}", m.first_line + 1 + i
+                )
         rows.append(tuple(out))
     return IntraNodeTopology(indices=ids, links=tuple(rows), fabric_name="NVLink" if nvlinks else None)

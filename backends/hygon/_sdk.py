@@ -55,7 +55,10 @@ def import_extension():
         kind = f"a CUDA {cuda} build" if cuda else "a CPU-only build"
         return None, f"torch {torch.__version__} is {kind}, not a DTK/ROCm build (torch.version.hip is None)"
     if not device_nodes() and shutil.which("hy-smi") is None:
-        return None, f"torch {torch.__version__} is a ROCm/HIP {hip} build but no Hygon PCI device (vendor {PCI_VENDOR}) or hy-smi is present, so its 'cuda' devices are not Hygon DCUs"
+        return (
+            None,
+            f"torch {torch.__version__} is a ROCm/HIP {hip} build but no Hygon PCI device (vendor {PCI_VENDOR}) or hy-smi is present, so its 'cuda' devices are not Hygon DCUs",
+        )
     return torch, None
 
 

@@ -69,11 +69,18 @@ def _concise(lines: list[smi.Line], tool: str) -> tuple[str | None, dict[int, di
                 if word in ("DCU", "HCU"):
                     # Hygon rows: one token per header column (values have no spaces).
                     if len(toks) < len(cols):
-                        raise ToolOutputError(tool, f"row has {len(toks)} values for {len(cols)} columns (truncated?)", row_ln.no, text)
+                        raise ToolOutputError(
+                            tool, f"row has {len(toks)} values for {len(cols)} columns (truncated?)", row_ln.no, text
+                        )
                     fields.update({c: t for c, t in zip(cols, toks)})
                 rows[idx] = fields
                 last = idx
-            elif text[:1].isspace() and last is not None and "name" not in rows[last] and not text.strip().startswith("("):
+            elif (
+                text[:1].isspace()
+                and last is not None
+                and "name" not in rows[last]
+                and not text.strip().startswith("(")
+            ):
                 rows[last]["name"] = text.strip()  # AMD: the indented product-name line
         return word, rows
     return None, {}
@@ -159,13 +166,24 @@ def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[
     indices = sorted(set(concise) | set(per_device) | set(topo.indices if topo else ()))
     if not indices:
         raise ToolOutputError(
-            tool, "no device table ('DCU  Temp ...' / 'Device ...'), no 'GPU[i] : ...' lines and no topology matrix found", first.no, first.text
+            tool,
+            "no device table ('DCU  Temp ...' / 'Device ...'), no 'GPU[i] : ...' lines and no topology matrix found",
+            first.no,
+            first.text,
         )
     lower = text.lower()
-    vendor_words = " ".join(v for kv in per_device.values() for k, (v, _) in kv.items() if k.lower() == "card vendor").lower()
+    vendor_words = " ".join(
+        v for kv in per_device.values() for k, (v, _) in kv.items() if k.lower() == "card vendor"
+    ).lower()
     if text.lstrip().startswith("{"):
         lower = vendor_words  # JSON: only the card-vendor field names the vendor
-    if word in ("DCU", "HCU") or "haiguang" in vendor_words or "hygon" in vendor_words or re.search(r"\b(dcu|hcu)s?\b", lower) and "amd" not in lower:
+    if (
+        word in ("DCU", "HCU")
+        or "haiguang" in vendor_words
+        or "hygon" in vendor_words
+        or re.search(r"\b(dcu|hcu)s?\b", lower)
+        and "amd" not in lower
+    ):
         vendor = "hygon"
     elif "advanced micro devices" in vendor_words or "amd" in lower or any("device_id" in r for r in concise.values()):
         vendor = "amd"
@@ -175,7 +193,13 @@ def parse(text: str, tool: str = "rocm-smi", source: str | None = None) -> list[
     for ordinal, idx in enumerate(indices):
         row = concise.get(idx, {})
         kv = per_device.get(idx, {})
-        dev_id = (kv.get("Device ID", (None,))[0] or kv.get("Card model", (None,))[0] or kv.get("Card Model", (None,))[0] or row.get("device_id") or "")
+        dev_id = (
+            kv.get("Device ID", (None,))[0]
+            or kv.get("Card model", (None,))[0]
+            or kv.get("Card Model", (None,))[0]
+            or row.get("device_id")
+            or ""
+        )
         dev_id = dev_id.lower() or None
         name = None
         series = kv.get("Card series", (None,))[0] or kv.get("Card Series", (None,))[0]

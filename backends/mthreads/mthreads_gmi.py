@@ -39,7 +39,9 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
         raise ToolOutputError(TOOL, "empty output")
     start = next((k for k, ln in enumerate(lines) if _HEADER.match(ln.text)), None)
     if start is None:
-        raise ToolOutputError(TOOL, "no 'ID  Name  |PCIe ...' header found; is this mthreads-gmi output?", first.no, first.text)
+        raise ToolOutputError(
+            TOOL, "no 'ID  Name  |PCIe ...' header found; is this mthreads-gmi output?", first.no, first.text
+        )
     versions = re.search(r"mthreads-gmi:\s*([\w.\-]+).*?Driver Version:\s*([\w.\-]+)", text)
     devices: list[DeviceInfo] = []
     for ln in lines[start + 1 :]:
@@ -51,7 +53,9 @@ def parse(text: str, source: str | None = None) -> list[DeviceInfo]:
         dev_id, name, rest = int(m.group(1)), m.group(2).strip(), m.group(3)
         mem = _MEM.search(rest)
         if mem is None:
-            raise ToolOutputError(TOOL, "device row has no 'used(total)' memory value (truncated or unknown layout)", ln.no, ln.text)
+            raise ToolOutputError(
+                TOOL, "device row has no 'used(total)' memory value (truncated or unknown layout)", ln.no, ln.text
+            )
         try:
             used = smi.parse_size_bytes(mem.group(1) + mem.group(2))
             total = smi.parse_size_bytes(mem.group(3) + mem.group(4))

@@ -54,7 +54,14 @@ class Layout:
     def row(self, title: str) -> None:
         self._newline()
         self.panels.append(
-            {"collapsed": False, "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y}, "id": self._next_id(), "panels": [], "title": title, "type": "row"}
+            {
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y},
+                "id": self._next_id(),
+                "panels": [],
+                "title": title,
+                "type": "row",
+            }
         )
         self._y += 1
 
@@ -80,12 +87,17 @@ def _refs(targets: list[dict]) -> list[dict]:
     return targets
 
 
-def stat(title: str, targets: list[dict], unit: str = "short", description: str = "", thresholds: list | None = None) -> dict:
+def stat(
+    title: str, targets: list[dict], unit: str = "short", description: str = "", thresholds: list | None = None
+) -> dict:
     steps = thresholds or [{"color": "green", "value": None}]
     return {
         "datasource": DS,
         "description": description,
-        "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}, "mappings": []}, "overrides": []},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}, "mappings": []},
+            "overrides": [],
+        },
         "options": {
             "colorMode": "value",
             "graphMode": "area",
@@ -100,7 +112,14 @@ def stat(title: str, targets: list[dict], unit: str = "short", description: str 
     }
 
 
-def timeseries(title: str, targets: list[dict], unit: str = "short", description: str = "", stack: bool = False, legend_calcs: list | None = None) -> dict:
+def timeseries(
+    title: str,
+    targets: list[dict],
+    unit: str = "short",
+    description: str = "",
+    stack: bool = False,
+    legend_calcs: list | None = None,
+) -> dict:
     return {
         "datasource": DS,
         "description": description,
@@ -119,7 +138,12 @@ def timeseries(title: str, targets: list[dict], unit: str = "short", description
             "overrides": [],
         },
         "options": {
-            "legend": {"displayMode": "table" if legend_calcs else "list", "placement": "bottom", "showLegend": True, "calcs": legend_calcs or []},
+            "legend": {
+                "displayMode": "table" if legend_calcs else "list",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": legend_calcs or [],
+            },
             "tooltip": {"mode": "multi", "sort": "desc"},
         },
         "targets": _refs(targets),
@@ -128,7 +152,9 @@ def timeseries(title: str, targets: list[dict], unit: str = "short", description
     }
 
 
-def state_timeline(title: str, targets: list[dict], description: str, mappings: list, steps: list, unit: str = "short") -> dict:
+def state_timeline(
+    title: str, targets: list[dict], description: str, mappings: list, steps: list, unit: str = "short"
+) -> dict:
     return {
         "datasource": DS,
         "description": description,
@@ -156,12 +182,18 @@ def state_timeline(title: str, targets: list[dict], description: str, mappings: 
     }
 
 
-def table(title: str, targets: list[dict], description: str = "", exclude: tuple[str, ...] = ("Time", "__name__")) -> dict:
+def table(
+    title: str, targets: list[dict], description: str = "", exclude: tuple[str, ...] = ("Time", "__name__")
+) -> dict:
     return {
         "datasource": DS,
         "description": description,
         "fieldConfig": {"defaults": {"custom": {"align": "auto"}}, "overrides": []},
-        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"], "fields": ""}},
+        "options": {
+            "showHeader": True,
+            "cellHeight": "sm",
+            "footer": {"show": False, "reducer": ["sum"], "fields": ""},
+        },
         "targets": _refs(targets),
         "transformations": [{"id": "organize", "options": {"excludeByName": {k: True for k in exclude}}}],
         "title": title,
@@ -173,7 +205,14 @@ def bargauge(title: str, targets: list[dict], unit: str, description: str = "", 
     defaults: dict[str, Any] = {
         "unit": unit,
         "min": 0,
-        "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "orange", "value": 1.5}, {"color": "red", "value": 2}]},
+        "thresholds": {
+            "mode": "absolute",
+            "steps": [
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 1.5},
+                {"color": "red", "value": 2},
+            ],
+        },
     }
     if max_value is not None:
         defaults["max"] = max_value
@@ -181,7 +220,12 @@ def bargauge(title: str, targets: list[dict], unit: str, description: str = "", 
         "datasource": DS,
         "description": description,
         "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": {"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "showUnfilled": True},
+        "options": {
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "showUnfilled": True,
+        },
         "targets": _refs(targets),
         "title": title,
         "type": "bargauge",
@@ -189,7 +233,17 @@ def bargauge(title: str, targets: list[dict], unit: str, description: str = "", 
 
 
 def datasource_var() -> dict:
-    return {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []}
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "options": [],
+    }
 
 
 def query_var(name: str, label: str, query: str, multi: bool = True) -> dict:
@@ -236,7 +290,14 @@ def dashboard(uid: str, title: str, description: str, tags: list[str], variables
         "editable": True,
         "graphTooltip": 1,
         "links": [
-            {"title": "xpod dashboards", "type": "dashboards", "tags": ["xpod"], "asDropdown": True, "includeVars": True, "keepTime": True}
+            {
+                "title": "xpod dashboards",
+                "type": "dashboards",
+                "tags": ["xpod"],
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+            }
         ],
         "panels": layout.panels,
         "refresh": "30s",
@@ -269,8 +330,17 @@ PLANNED_METRICS = (
 )
 
 HEALTH_MAPPINGS = [
-    {"type": "value", "options": {"1": {"text": "healthy", "color": "green", "index": 0}, "0": {"text": "unhealthy", "color": "red", "index": 1}}},
-    {"type": "special", "options": {"match": "null", "result": {"text": "no data", "color": "transparent", "index": 2}}},
+    {
+        "type": "value",
+        "options": {
+            "1": {"text": "healthy", "color": "green", "index": 0},
+            "0": {"text": "unhealthy", "color": "red", "index": 1},
+        },
+    },
+    {
+        "type": "special",
+        "options": {"match": "null", "result": {"text": "no data", "color": "transparent", "index": 2}},
+    },
 ]
 UTIL_STEPS = [
     {"color": "#1f3d7a", "value": None},
@@ -284,7 +354,15 @@ UTIL_STEPS = [
 def pod_overview() -> dict:
     lay = Layout()
     lay.row("Pod")
-    lay.add(stat("Devices", [target(f"sum by (vendor) (xpod_devices{{{DEV}}})", "{{vendor}}")], description="Devices the exporters see, by vendor."), 6, 4)
+    lay.add(
+        stat(
+            "Devices",
+            [target(f"sum by (vendor) (xpod_devices{{{DEV}}})", "{{vendor}}")],
+            description="Devices the exporters see, by vendor.",
+        ),
+        6,
+        4,
+    )
     lay.add(
         stat(
             "Unhealthy devices",
@@ -296,16 +374,29 @@ def pod_overview() -> dict:
         4,
     )
     lay.add(
-        stat("Allocated devices", [target('count(xpod_device_allocation_info{node=~"$node"}) or vector(0)', "allocated")], description="Devices a job holds now (xpod_device_allocation_info)."),
+        stat(
+            "Allocated devices",
+            [target('count(xpod_device_allocation_info{node=~"$node"}) or vector(0)', "allocated")],
+            description="Devices a job holds now (xpod_device_allocation_info).",
+        ),
         4,
         4,
     )
     lay.add(
         stat(
             "Accelerator memory used",
-            [target(f'sum(xpod_device_memory_used_bytes{{{DEV}, vendor!="cpu"}}) / sum(xpod_device_memory_total_bytes{{{DEV}, vendor!="cpu"}})', "used")],
+            [
+                target(
+                    f'sum(xpod_device_memory_used_bytes{{{DEV}, vendor!="cpu"}}) / sum(xpod_device_memory_total_bytes{{{DEV}, vendor!="cpu"}})',
+                    "used",
+                )
+            ],
             unit="percentunit",
-            thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 0.75}, {"color": "red", "value": 0.9}],
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 0.75},
+                {"color": "red", "value": 0.9},
+            ],
         ),
         5,
         4,
@@ -385,7 +476,16 @@ def pod_overview() -> dict:
     )
 
     lay.row("Memory, temperature, power")
-    lay.add(timeseries("Memory used", [target(f"xpod_device_memory_used_bytes{{{DEV}}}", "{{node}} / {{device}}")], unit="bytes", legend_calcs=["lastNotNull", "max"]), 12, 8)
+    lay.add(
+        timeseries(
+            "Memory used",
+            [target(f"xpod_device_memory_used_bytes{{{DEV}}}", "{{node}} / {{device}}")],
+            unit="bytes",
+            legend_calcs=["lastNotNull", "max"],
+        ),
+        12,
+        8,
+    )
     lay.add(
         timeseries(
             "Memory used by vendor",
@@ -398,14 +498,37 @@ def pod_overview() -> dict:
         12,
         8,
     )
-    lay.add(timeseries("Temperature", [target(f"xpod_device_temperature_celsius{{{DEV}}}", "{{node}} / {{device}}")], unit="celsius", legend_calcs=["mean", "lastNotNull", "max"]), 12, 8)
-    lay.add(timeseries("Power", [target(f"xpod_device_power_watts{{{DEV}}}", "{{node}} / {{device}}")], unit="watt", legend_calcs=["mean", "lastNotNull", "max"]), 12, 8)
+    lay.add(
+        timeseries(
+            "Temperature",
+            [target(f"xpod_device_temperature_celsius{{{DEV}}}", "{{node}} / {{device}}")],
+            unit="celsius",
+            legend_calcs=["mean", "lastNotNull", "max"],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Power",
+            [target(f"xpod_device_power_watts{{{DEV}}}", "{{node}} / {{device}}")],
+            unit="watt",
+            legend_calcs=["mean", "lastNotNull", "max"],
+        ),
+        12,
+        8,
+    )
 
     lay.row("Energy, clocks, links")
     lay.add(
         timeseries(
             "Power from the energy counter",
-            [target(f"max by (node, package) (rate(xpod_device_energy_joules_total{{{DEV}}}[$__rate_interval]))", "{{node}} / package {{package}}")],
+            [
+                target(
+                    f"max by (node, package) (rate(xpod_device_energy_joules_total{{{DEV}}}[$__rate_interval]))",
+                    "{{node}} / package {{package}}",
+                )
+            ],
             unit="watt",
             description="Joules per second of xpod_device_energy_joules_total, per package; only devices whose tool reports energy.",
             legend_calcs=["mean", "max"],
@@ -416,7 +539,12 @@ def pod_overview() -> dict:
     lay.add(
         timeseries(
             "Core clock (SM / AI core)",
-            [target(f'max by (node, package) (xpod_device_clock_hertz{{{DEV}, clock="core"}})', "{{node}} / package {{package}}")],
+            [
+                target(
+                    f'max by (node, package) (xpod_device_clock_hertz{{{DEV}, clock="core"}})',
+                    "{{node}} / package {{package}}",
+                )
+            ],
             unit="hertz",
             legend_calcs=["lastNotNull", "min"],
         ),
@@ -471,7 +599,10 @@ def pod_overview() -> dict:
             "Exporter reads",
             [
                 target("xpod_exporter_collector_duration_seconds", "{{node}} {{backend}}"),
-                target("sum by (node, backend) (rate(xpod_exporter_collector_errors_total[$__rate_interval]))", "{{node}} {{backend}} errors/s"),
+                target(
+                    "sum by (node, backend) (rate(xpod_exporter_collector_errors_total[$__rate_interval]))",
+                    "{{node}} {{backend}} errors/s",
+                ),
             ],
             unit="s",
             description="Time each backend read takes per scrape, and failed reads.",
@@ -503,7 +634,11 @@ def scheduler() -> dict:
     lay.add(stat("Pending jobs", [target(f"sum(xpod_scheduler_pending_jobs{{{q}}})", "pending")]), 4, 4)
     lay.add(stat("Running jobs", [target(f"sum(xpod_scheduler_running_jobs{{{q}}})", "running")]), 4, 4)
     lay.add(
-        stat("Free devices", [target('sum by (vendor) (xpod_scheduler_devices{state="free"})', "{{vendor}}")], description="Healthy devices no job holds."),
+        stat(
+            "Free devices",
+            [target('sum by (vendor) (xpod_scheduler_devices{state="free"})', "{{vendor}}")],
+            description="Healthy devices no job holds.",
+        ),
         6,
         4,
     )
@@ -531,7 +666,11 @@ def scheduler() -> dict:
         4,
     )
     lay.add(
-        timeseries("Pending jobs by queue and reason", [target(f"sum by (queue, reason) (xpod_scheduler_pending_jobs{{{q}}})", "{{queue}}: {{reason}}")], stack=True),
+        timeseries(
+            "Pending jobs by queue and reason",
+            [target(f"sum by (queue, reason) (xpod_scheduler_pending_jobs{{{q}}})", "{{queue}}: {{reason}}")],
+            stack=True,
+        ),
         12,
         8,
     )
@@ -539,8 +678,14 @@ def scheduler() -> dict:
         timeseries(
             "Queue wait (submit to placed)",
             [
-                target(f"histogram_quantile(0.5, sum by (queue, le) (rate(xpod_scheduler_queue_wait_seconds_bucket{{{q}}}[{ri}])))", "{{queue}} p50"),
-                target(f"histogram_quantile(0.95, sum by (queue, le) (rate(xpod_scheduler_queue_wait_seconds_bucket{{{q}}}[{ri}])))", "{{queue}} p95"),
+                target(
+                    f"histogram_quantile(0.5, sum by (queue, le) (rate(xpod_scheduler_queue_wait_seconds_bucket{{{q}}}[{ri}])))",
+                    "{{queue}} p50",
+                ),
+                target(
+                    f"histogram_quantile(0.95, sum by (queue, le) (rate(xpod_scheduler_queue_wait_seconds_bucket{{{q}}}[{ri}])))",
+                    "{{queue}} p95",
+                ),
             ],
             unit="s",
         ),
@@ -551,8 +696,13 @@ def scheduler() -> dict:
         timeseries(
             "Jobs submitted and finished",
             [
-                target(f"sum by (queue) (rate(xpod_scheduler_submitted_jobs_total{{{q}}}[{ri}]))", "{{queue}} submitted"),
-                target(f"sum by (queue, outcome) (rate(xpod_scheduler_finished_jobs_total{{{q}}}[{ri}]))", "{{queue}} {{outcome}}"),
+                target(
+                    f"sum by (queue) (rate(xpod_scheduler_submitted_jobs_total{{{q}}}[{ri}]))", "{{queue}} submitted"
+                ),
+                target(
+                    f"sum by (queue, outcome) (rate(xpod_scheduler_finished_jobs_total{{{q}}}[{ri}]))",
+                    "{{queue}} {{outcome}}",
+                ),
             ],
             unit="reqps",
         ),
@@ -571,7 +721,12 @@ def scheduler() -> dict:
 
     lay.row("Placement")
     lay.add(
-        timeseries("Placement attempts by result", [target(f"sum by (result) (rate(xpod_scheduler_schedule_attempts_total[{ri}]))", "{{result}}")], unit="ops", stack=True),
+        timeseries(
+            "Placement attempts by result",
+            [target(f"sum by (result) (rate(xpod_scheduler_schedule_attempts_total[{ri}]))", "{{result}}")],
+            unit="ops",
+            stack=True,
+        ),
         12,
         8,
     )
@@ -579,8 +734,14 @@ def scheduler() -> dict:
         timeseries(
             "Scheduling cycle duration",
             [
-                target(f"histogram_quantile(0.5, sum by (le) (rate(xpod_scheduler_scheduling_cycle_duration_seconds_bucket[{ri}])))", "p50"),
-                target(f"histogram_quantile(0.99, sum by (le) (rate(xpod_scheduler_scheduling_cycle_duration_seconds_bucket[{ri}])))", "p99"),
+                target(
+                    f"histogram_quantile(0.5, sum by (le) (rate(xpod_scheduler_scheduling_cycle_duration_seconds_bucket[{ri}])))",
+                    "p50",
+                ),
+                target(
+                    f"histogram_quantile(0.99, sum by (le) (rate(xpod_scheduler_scheduling_cycle_duration_seconds_bucket[{ri}])))",
+                    "p99",
+                ),
                 target(
                     f"sum(rate(xpod_scheduler_scheduling_cycle_duration_seconds_sum[{ri}])) / sum(rate(xpod_scheduler_scheduling_cycle_duration_seconds_count[{ri}]))",
                     "mean",
@@ -615,7 +776,9 @@ def scheduler() -> dict:
             "Preemptions and evictions",
             [
                 target(f"sum(rate(xpod_scheduler_preemption_attempts_total[{ri}]))", "preemption attempts"),
-                target(f"sum by (reason) (rate(xpod_scheduler_evicted_jobs_total{{{q}}}[{ri}]))", "evicted: {{reason}}"),
+                target(
+                    f"sum by (reason) (rate(xpod_scheduler_evicted_jobs_total{{{q}}}[{ri}]))", "evicted: {{reason}}"
+                ),
             ],
             unit="ops",
         ),
@@ -634,8 +797,19 @@ def scheduler() -> dict:
     )
 
     lay.row("Devices")
-    lay.add(timeseries("Devices by state", [target("sum by (state) (xpod_scheduler_devices)", "{{state}}")], stack=True), 8, 8)
-    lay.add(timeseries("Devices by vendor and state", [target("sum by (vendor, state) (xpod_scheduler_devices)", "{{vendor}} {{state}}")]), 8, 8)
+    lay.add(
+        timeseries("Devices by state", [target("sum by (state) (xpod_scheduler_devices)", "{{state}}")], stack=True),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Devices by vendor and state",
+            [target("sum by (vendor, state) (xpod_scheduler_devices)", "{{vendor}} {{state}}")],
+        ),
+        8,
+        8,
+    )
     lay.add(
         timeseries(
             "Largest free block",
@@ -645,7 +819,9 @@ def scheduler() -> dict:
         8,
         8,
     )
-    lay.add(timeseries("Nodes by state", [target("sum by (state) (xpod_scheduler_nodes)", "{{state}}")], stack=True), 12, 8)
+    lay.add(
+        timeseries("Nodes by state", [target("sum by (state) (xpod_scheduler_nodes)", "{{state}}")], stack=True), 12, 8
+    )
     lay.add(
         timeseries(
             "Degraded serving jobs",
@@ -670,7 +846,12 @@ def scheduler() -> dict:
     lay.add(
         timeseries(
             "Requests by method and code",
-            [target(f'sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{job="xpod-scheduler"}}[{ri}]))', "{{grpc_method}} {{grpc_code}}")],
+            [
+                target(
+                    f'sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{job="xpod-scheduler"}}[{ri}]))',
+                    "{{grpc_method}} {{grpc_code}}",
+                )
+            ],
             unit="reqps",
         ),
         12,
@@ -679,7 +860,12 @@ def scheduler() -> dict:
     lay.add(
         timeseries(
             "Handling time p99 by method",
-            [target(f'histogram_quantile(0.99, sum by (grpc_method, le) (rate(grpc_server_handling_seconds_bucket{{job="xpod-scheduler"}}[{ri}])))', "{{grpc_method}}")],
+            [
+                target(
+                    f'histogram_quantile(0.99, sum by (grpc_method, le) (rate(grpc_server_handling_seconds_bucket{{job="xpod-scheduler"}}[{ri}])))',
+                    "{{grpc_method}}",
+                )
+            ],
             unit="s",
         ),
         12,
@@ -704,7 +890,12 @@ def collectives_moe() -> dict:
     lay.add(
         timeseries(
             "Latency p99 by op",
-            [target(f"histogram_quantile(0.99, sum by (op, backend, le) (rate(xpod_collective_duration_seconds_bucket{{{sel}}}[{ri}])))", "{{op}} {{backend}}")],
+            [
+                target(
+                    f"histogram_quantile(0.99, sum by (op, backend, le) (rate(xpod_collective_duration_seconds_bucket{{{sel}}}[{ri}])))",
+                    "{{op}} {{backend}}",
+                )
+            ],
             unit="s",
         ),
         12,
@@ -725,12 +916,24 @@ def collectives_moe() -> dict:
         8,
     )
     lay.add(
-        timeseries("Bytes by op", [target(f"sum by (op, backend) (rate(xpod_collective_bytes_total{{{sel}}}[{ri}]))", "{{op}} {{backend}}")], unit="Bps"),
+        timeseries(
+            "Bytes by op",
+            [target(f"sum by (op, backend) (rate(xpod_collective_bytes_total{{{sel}}}[{ri}]))", "{{op}} {{backend}}")],
+            unit="Bps",
+        ),
         12,
         8,
     )
     lay.add(
-        timeseries("Collective errors", [target(f"sum by (op, backend, code) (rate(xpod_collective_errors_total{{{sel}}}[{ri}]))", "{{op}} {{code}}")], unit="ops"),
+        timeseries(
+            "Collective errors",
+            [
+                target(
+                    f"sum by (op, backend, code) (rate(xpod_collective_errors_total{{{sel}}}[{ri}]))", "{{op}} {{code}}"
+                )
+            ],
+            unit="ops",
+        ),
         12,
         8,
     )
@@ -758,7 +961,13 @@ def collectives_moe() -> dict:
         10,
     )
     lay.add(
-        timeseries("Load imbalance over time", [target("max(xpod_moe_load_imbalance_ratio)", "worst layer"), target("avg(xpod_moe_load_imbalance_ratio)", "mean over layers")]),
+        timeseries(
+            "Load imbalance over time",
+            [
+                target("max(xpod_moe_load_imbalance_ratio)", "worst layer"),
+                target("avg(xpod_moe_load_imbalance_ratio)", "mean over layers"),
+            ],
+        ),
         12,
         10,
     )
@@ -779,7 +988,10 @@ def collectives_moe() -> dict:
             "Rebalances",
             [
                 target("sum(increase(xpod_moe_rebalances_total[1h]))", "rebalances per hour"),
-                target(f"histogram_quantile(0.95, sum by (le) (rate(xpod_moe_rebalance_duration_seconds_bucket[{ri}])))", "p95 duration (s)"),
+                target(
+                    f"histogram_quantile(0.95, sum by (le) (rate(xpod_moe_rebalance_duration_seconds_bucket[{ri}])))",
+                    "p95 duration (s)",
+                ),
             ],
         ),
         24,
@@ -833,7 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
     if drift:
-        print(f"generate.py: {', '.join(drift)} differ from the generator; run python deploy/grafana/generate.py", file=sys.stderr)
+        print(
+            f"generate.py: {', '.join(drift)} differ from the generator; run python deploy/grafana/generate.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

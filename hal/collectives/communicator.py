@@ -39,6 +39,7 @@ from .cost import CostModel
 from .env import LaunchEnv
 from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
 
+
 def _default_timeout_s() -> float:
     raw = os.environ.get("XPOD_COLLECTIVE_TIMEOUT_S", "120")
     try:
@@ -84,8 +85,14 @@ class Work:
     """Handle of an async collective. ``wait()`` blocks until it is done, returns the op's
     result and is idempotent; errors surface as ``CollectiveError`` from ``wait()``."""
 
-    def __init__(self, describe: Callable[[BaseException], CollectiveError], *, torch_works: Sequence[Any] = (),
-                 finalize: Callable[[], Any] | None = None, future: concurrent.futures.Future | None = None) -> None:
+    def __init__(
+        self,
+        describe: Callable[[BaseException], CollectiveError],
+        *,
+        torch_works: Sequence[Any] = (),
+        finalize: Callable[[], Any] | None = None,
+        future: concurrent.futures.Future | None = None,
+    ) -> None:
         self._describe = describe
         self._torch_works = list(torch_works)
         self._finalize = finalize
@@ -119,8 +126,14 @@ class Work:
 class Communicator:
     """One rank's communicator. See the module docstring for the contracts."""
 
-    def __init__(self, env: LaunchEnv, backend: Backend | None = None, tiers: Sequence[TierSpec] | None = None,
-                 timeout_s: float | None = None, shm: bool | None = None) -> None:
+    def __init__(
+        self,
+        env: LaunchEnv,
+        backend: Backend | None = None,
+        tiers: Sequence[TierSpec] | None = None,
+        timeout_s: float | None = None,
+        shm: bool | None = None,
+    ) -> None:
         """Join the job's process group.
 
         ``backend`` defaults to the registered backend named by ``env.backend``. ``tiers``
@@ -156,14 +169,18 @@ class Communicator:
                 try:
                     importlib.import_module(backend.torch_module)
                 except Exception as err:  # a broken SDK is the user's environment, not a bug here
-                    raise BackendUnavailable(backend.name, f"cannot import {backend.torch_module}: {err}".splitlines()[0]) from None
+                    raise BackendUnavailable(
+                        backend.name, f"cannot import {backend.torch_module}: {err}".splitlines()[0]
+                    ) from None
             getattr(torch, backend.device_type).set_device(self.device)
         self._owns_default = False
         if not dist.is_initialized():
             try:
                 dist.init_process_group(
                     backend=backend.dist_backend,
-                    init_method=f"tcp://{env.master_addr}:{env.master_port}" if env.world_size > 1 else f"tcp://127.0.0.1:{_free_port()}",
+                    init_method=f"tcp://{env.master_addr}:{env.master_port}"
+                    if env.world_size > 1
+                    else f"tcp://127.0.0.1:{_free_port()}",
                     rank=env.rank,
                     world_size=env.world_size,
                     timeout=datetime.timedelta(seconds=self.timeout_s),
@@ -363,8 +380,14 @@ class Communicator:
         return self._algorithm(op, nbytes, Algorithm.AUTO, shm_ok=op is Op.ALL_REDUCE)
 
     # -- all_reduce ---------------------------------------------------------------------------
-    def all_reduce(self, tensor, op: ReduceOp | str = ReduceOp.SUM, *, async_op: bool = False,
-                   algorithm: Algorithm | str = Algorithm.AUTO):
+    def all_reduce(
+        self,
+        tensor,
+        op: ReduceOp | str = ReduceOp.SUM,
+        *,
+        async_op: bool = False,
+        algorithm: Algorithm | str = Algorithm.AUTO,
+    ):
         """Reduce ``tensor`` across all ranks in place; returns ``tensor`` (or a Work)."""
         op, algorithm = _coerce_op(op), _coerce_algorithm(algorithm)
         self._check_tensor("all_reduce", tensor)
@@ -423,10 +446,13 @@ class Communicator:
         self._check_reduce("reduce_scatter", tensor, op)
         n = self.world_size
         if tensor.dim() == 0 or tensor.shape[0] % n:
-            raise XpodError(f"reduce_scatter: dim 0 of the input ({tuple(tensor.shape)}) must be a multiple of world_size {n}")
+            raise XpodError(
+                f"reduce_scatter: dim 0 of the input ({tuple(tensor.shape)}) must be a multiple of world_size {n}"
+            )
         buf = tensor.contiguous()
         out = self._out("reduce_scatter", out, (tensor.shape[0] // n, *tensor.shape[1:]), tensor)
         if self._native_reduce_scatter is False:
+
             def run():
                 self._reduce_scatter_fallback(buf, out, op, self._pg, n)
                 return out.div_(n) if op is ReduceOp.AVG else out
@@ -468,8 +494,16 @@ class Communicator:
         return out
 
     # -- all_gather ---------------------------------------------------------------------------
-    def all_gather(self, tensor, *, sizes: Sequence[int] | None = None, uneven: bool = False,
-                   async_op: bool = False, algorithm: Algorithm | str = Algorithm.AUTO, out=None):
+    def all_gather(
+        self,
+        tensor,
+        *,
+        sizes: Sequence[int] | None = None,
+        uneven: bool = False,
+        async_op: bool = False,
+        algorithm: Algorithm | str = Algorithm.AUTO,
+        out=None,
+    ):
         """Every rank's ``tensor``, as a list indexed by rank.
 
         Equal shapes by default; then ``out`` (contiguous, world_size * numel elements) may be
@@ -497,10 +531,14 @@ class Communicator:
             if len(sizes) != n or any(s < 0 for s in sizes):
                 raise XpodError(f"all_gather: sizes must list {n} non-negative dim-0 sizes, got {sizes}")
             if tensor.dim() == 0 or tensor.shape[0] != sizes[self.rank]:
-                raise XpodError(f"all_gather: this rank's tensor has shape {tuple(tensor.shape)} but sizes[{self.rank}] = {sizes[self.rank]}")
+                raise XpodError(
+                    f"all_gather: this rank's tensor has shape {tuple(tensor.shape)} but sizes[{self.rank}] = {sizes[self.rank]}"
+                )
             if len(set(sizes)) > 1:
                 if algorithm in (Algorithm.HIERARCHICAL, Algorithm.SHM):
-                    raise XpodError(f"all_gather: algorithm {algorithm.value!r} needs equal sizes; uneven sizes {sizes} run flat (use 'auto' or 'flat')")
+                    raise XpodError(
+                        f"all_gather: algorithm {algorithm.value!r} needs equal sizes; uneven sizes {sizes} run flat (use 'auto' or 'flat')"
+                    )
                 return self._all_gather_uneven(buf, sizes, async_op)
         nbytes = buf.numel() * buf.element_size() * n
         algo = self._algorithm(Op.ALL_GATHER, nbytes, algorithm, shm_ok=False)
@@ -533,9 +571,16 @@ class Communicator:
         return self._native("all_gather", async_op, issue, finalize)
 
     # -- all_to_all ---------------------------------------------------------------------------
-    def all_to_all(self, tensor, *, input_split_sizes: Sequence[int] | None = None,
-                   output_split_sizes: Sequence[int] | None = None, async_op: bool = False,
-                   algorithm: Algorithm | str = Algorithm.AUTO, out=None):
+    def all_to_all(
+        self,
+        tensor,
+        *,
+        input_split_sizes: Sequence[int] | None = None,
+        output_split_sizes: Sequence[int] | None = None,
+        async_op: bool = False,
+        algorithm: Algorithm | str = Algorithm.AUTO,
+        out=None,
+    ):
         """Rows ``input_split_sizes[r]`` of ``tensor`` (dim 0, in rank order) go to rank r;
         returns the received rows in source-rank order. Equal splits when both are None.
         With only ``input_split_sizes``, the output splits are exchanged first. ``out``
@@ -550,21 +595,31 @@ class Communicator:
         rows = tensor.shape[0]
         if input_split_sizes is None and output_split_sizes is None:
             if rows % n:
-                raise XpodError(f"all_to_all: dim 0 ({rows}) must be a multiple of world_size {n} for equal splits; pass input_split_sizes")
+                raise XpodError(
+                    f"all_to_all: dim 0 ({rows}) must be a multiple of world_size {n} for equal splits; pass input_split_sizes"
+                )
             nbytes = buf.numel() * buf.element_size()
             algo = self._algorithm(Op.ALL_TO_ALL, nbytes, algorithm, shm_ok=False)
             if algo is Algorithm.HIERARCHICAL and n > 1:
                 return self._run("all_to_all", async_op, lambda: self._hier_all_to_all(buf))
             out = self._out("all_to_all", out, tuple(buf.shape), buf)
-            return self._native("all_to_all", async_op,
-                                lambda a: self._dist.all_to_all_single(out, buf, group=self._pg, async_op=a), lambda: out)
+            return self._native(
+                "all_to_all",
+                async_op,
+                lambda a: self._dist.all_to_all_single(out, buf, group=self._pg, async_op=a),
+                lambda: out,
+            )
         if input_split_sizes is None:
             raise XpodError("all_to_all: output_split_sizes needs input_split_sizes")
         if algorithm in (Algorithm.HIERARCHICAL, Algorithm.SHM):
-            raise XpodError(f"all_to_all: algorithm {algorithm.value!r} needs equal splits; uneven splits run flat (use 'auto' or 'flat')")
+            raise XpodError(
+                f"all_to_all: algorithm {algorithm.value!r} needs equal splits; uneven splits run flat (use 'auto' or 'flat')"
+            )
         ins = [int(s) for s in input_split_sizes]
         if len(ins) != n or any(s < 0 for s in ins) or sum(ins) != rows:
-            raise XpodError(f"all_to_all: input_split_sizes {ins} must be {n} non-negative sizes summing to dim 0 ({rows})")
+            raise XpodError(
+                f"all_to_all: input_split_sizes {ins} must be {n} non-negative sizes summing to dim 0 ({rows})"
+            )
         if output_split_sizes is None:
             send = self._torch.tensor(ins, dtype=self._torch.int64, device=self.device)
             recv = self._torch.empty(n, dtype=self._torch.int64, device=self.device)
@@ -581,8 +636,9 @@ class Communicator:
         out = self._out("all_to_all", out, (sum(outs), *buf.shape[1:]), buf)
 
         def issue(a):
-            return self._dist.all_to_all_single(out, buf, output_split_sizes=outs, input_split_sizes=ins,
-                                                group=self._pg, async_op=a)
+            return self._dist.all_to_all_single(
+                out, buf, output_split_sizes=outs, input_split_sizes=ins, group=self._pg, async_op=a
+            )
 
         return self._native("all_to_all", async_op, issue, lambda: out)
 
@@ -598,8 +654,9 @@ class Communicator:
                 tensor.copy_(buf)
             return tensor
 
-        return self._native("broadcast", async_op,
-                            lambda a: self._dist.broadcast(buf, src=src, group=self._pg, async_op=a), finalize)
+        return self._native(
+            "broadcast", async_op, lambda a: self._dist.broadcast(buf, src=src, group=self._pg, async_op=a), finalize
+        )
 
     def barrier(self, *, async_op: bool = False):
         """Wait until every rank reaches the barrier."""
@@ -623,7 +680,11 @@ class Communicator:
         """Receive into ``tensor`` from rank ``src``; returns ``tensor``."""
         self._check_tensor("recv", tensor)
         self._check_rank("recv", src, peer=True)
-        buf = tensor if tensor.is_contiguous() else self._torch.empty_like(tensor, memory_format=self._torch.contiguous_format)
+        buf = (
+            tensor
+            if tensor.is_contiguous()
+            else self._torch.empty_like(tensor, memory_format=self._torch.contiguous_format)
+        )
 
         def issue(a):
             if a:

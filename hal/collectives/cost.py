@@ -110,7 +110,7 @@ class CostModel:
     def _hier_for(self, i: int, op: Op, nbytes: float) -> float:
         inner = self.tiers[i]
         # The cross step joins ranks of different inner groups: the slowest wider tier paces it.
-        above = self.tiers[i + 1:]
+        above = self.tiers[i + 1 :]
         outer = Link(max(t.latency_s for t in above), min(t.bandwidth_bytes_per_s for t in above))
         m, k = len(inner.groups[0]), len(inner.groups)
         return hierarchical_seconds(op, nbytes, m, k, Link(inner.latency_s, inner.bandwidth_bytes_per_s), outer)
@@ -144,12 +144,16 @@ class CostModel:
                 # Pairwise exchange: each rank's messages to its own group use the inner tier,
                 # the rest the wider ones; no ring edge makes one link the bottleneck.
                 n = self.world_size
-                inner, above = self.tiers[i], self.tiers[i + 1:]
+                inner, above = self.tiers[i], self.tiers[i + 1 :]
                 m = len(inner.groups[0])
                 out_lat = max(t.latency_s for t in above)
                 out_bw = min(t.bandwidth_bytes_per_s for t in above)
-                return ((m - 1) * inner.latency_s + (m - 1) / n * nbytes / inner.bandwidth_bytes_per_s
-                        + (n - m) * out_lat + (n - m) / n * nbytes / out_bw)
+                return (
+                    (m - 1) * inner.latency_s
+                    + (m - 1) / n * nbytes / inner.bandwidth_bytes_per_s
+                    + (n - m) * out_lat
+                    + (n - m) / n * nbytes / out_bw
+                )
             # Ring algorithms: every ring edge carries the same bytes, so the slowest tier the
             # ring crosses sets the pace.
             return flat_seconds(op, nbytes, self.world_size, self._spanned_link())

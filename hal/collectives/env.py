@@ -51,7 +51,9 @@ class LaunchEnv:
         if world < 1 or not 0 <= rank < world:
             raise XpodError(f"RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
         if local_world < 1 or not 0 <= local_rank < local_world or local_world > world:
-            raise XpodError(f"LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world}: need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE")
+            raise XpodError(
+                f"LOCAL_RANK={local_rank} LOCAL_WORLD_SIZE={local_world}: need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE"
+            )
         if not single and not 0 < port < 65536:
             raise XpodError(f"MASTER_PORT={port} is not a TCP port")
         return cls(

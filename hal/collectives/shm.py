@@ -95,8 +95,16 @@ class ShmAllReduce:
     in the same order through ``create`` (it needs the process group once, for the rendezvous).
     Calls must be made in the same order on every rank, like any collective."""
 
-    def __init__(self, rank: int, world_size: int, maps: list[mmap.mmap], pids: list[int], slot_bytes: int,
-                 timeout_s: float, symmetric_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        maps: list[mmap.mmap],
+        pids: list[int],
+        slot_bytes: int,
+        timeout_s: float,
+        symmetric_bytes: int = 0,
+    ) -> None:
         import torch
 
         self.rank = rank
@@ -111,16 +119,29 @@ class ShmAllReduce:
         self._data = [torch.frombuffer(m, dtype=torch.uint8, offset=_CONTROL_BYTES, count=2 * slot_bytes) for m in maps]
         # The symmetric region: same offsets on every rank, handed out by ``alloc``.
         self.symmetric_bytes = symmetric_bytes
-        self._sym = [torch.frombuffer(m, dtype=torch.uint8, offset=_CONTROL_BYTES + 2 * slot_bytes, count=symmetric_bytes)
-                     for m in maps] if symmetric_bytes else []
+        self._sym = (
+            [
+                torch.frombuffer(m, dtype=torch.uint8, offset=_CONTROL_BYTES + 2 * slot_bytes, count=symmetric_bytes)
+                for m in maps
+            ]
+            if symmetric_bytes
+            else []
+        )
         self._sym_used = 0
         self._sym_base = self._sym[rank].data_ptr() if self._sym else 0
         self._generation = self._flags[rank].value
         self._chunk_counter = 0  # global across calls: picks the slot, see the module docstring
 
     @classmethod
-    def create(cls, group_rank: int, world_size: int, exchange, timeout_s: float, slot_bytes: int | None = None,
-               symmetric_bytes: int | None = None) -> "ShmAllReduce":
+    def create(
+        cls,
+        group_rank: int,
+        world_size: int,
+        exchange,
+        timeout_s: float,
+        slot_bytes: int | None = None,
+        symmetric_bytes: int | None = None,
+    ) -> "ShmAllReduce":
         """Set up the buffers. ``exchange(obj)`` must return the list of every rank's ``obj``
         (an all_gather of Python objects over the group) and doubles as a barrier."""
         import uuid
@@ -250,7 +271,7 @@ class ShmAllReduce:
                 f"{self.symmetric_bytes - start} left of {self.symmetric_bytes}; raise XPOD_SHM_SYMMETRIC_BYTES"
             )
         self._sym_used = start + nbytes
-        return self._sym[self.rank][start:start + nbytes]
+        return self._sym[self.rank][start : start + nbytes]
 
     def symmetric_offset(self, flat) -> int | None:
         """The byte offset of ``flat`` in this rank's symmetric region, or None if it is not there."""
@@ -272,7 +293,7 @@ class ShmAllReduce:
         n = self.world_size
         elem = flat.element_size()
         count = flat.numel()
-        views = [d[offset:offset + count * elem].view(flat.dtype) for d in self._sym]
+        views = [d[offset : offset + count * elem].view(flat.dtype) for d in self._sym]
         self._barrier()  # every rank's input is in place
         lo, hi = count * self.rank // n, count * (self.rank + 1) // n
         tile = max(1, TILE_BYTES // elem)

@@ -10,9 +10,13 @@ from xpod.hal.errors import XpodError
 from .types import TierSpec, validate_tiers
 
 
-def tiers_from_topology(topology: Any, devices_of_ranks: Sequence[Any], *,
-                        default_bandwidth_bytes_per_s: float | None = None,
-                        default_latency_s: float | None = None) -> list[TierSpec]:
+def tiers_from_topology(
+    topology: Any,
+    devices_of_ranks: Sequence[Any],
+    *,
+    default_bandwidth_bytes_per_s: float | None = None,
+    default_latency_s: float | None = None,
+) -> list[TierSpec]:
     """The tiers a job's ranks see, closest first: rank i runs on ``devices_of_ranks[i]`` (a
     ``topology.Device`` or its id, e.g. ``"cm-n00/3"``). Uses ``Topology.rank_tiers``, which
     keeps only the tiers that join more ranks than the closer ones; a tier's bandwidth and

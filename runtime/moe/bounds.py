@@ -114,8 +114,9 @@ def _budget_curve(w: np.ndarray, num_devices: int, max_slots: int) -> np.ndarray
     return np.maximum(per_replica_max(w, max_slots, cap=num_devices), mean[:, None])
 
 
-def balance_upper_bound(w: np.ndarray, num_devices: int, slots_per_device: int, relaxation: Relaxation | str,
-                        cap: int = 2) -> BalanceBound:
+def balance_upper_bound(
+    w: np.ndarray, num_devices: int, slots_per_device: int, relaxation: Relaxation | str, cap: int = 2
+) -> BalanceBound:
     """The highest balancedness any placement can reach under ``relaxation`` (module docstring).
     With the budget relaxations a layer may give a device at most ``cap x slots_per_device``
     slots (2: a device holds 0, 1 or 2 x its share in a layer)."""
@@ -137,8 +138,9 @@ def balance_upper_bound(w: np.ndarray, num_devices: int, slots_per_device: int, 
     return BalanceBound(relaxation, float(mean.sum() / best[need]), experts + _backtrack(choice, need))
 
 
-def budget_bound_by_memory(w: np.ndarray, num_devices: int, slots_per_device: int, extra_slots_per_layer: int,
-                           cap: int = 2) -> np.ndarray:
+def budget_bound_by_memory(
+    w: np.ndarray, num_devices: int, slots_per_device: int, extra_slots_per_layer: int, cap: int = 2
+) -> np.ndarray:
     """``[x + 1]``: the BUDGET bound on balancedness with ``x = 0 .. extra_slots_per_layer`` more
     slots per layer on average (``x / (D x spd)`` more expert memory per device), a device
     taking at most ``cap x slots_per_device`` slots in a layer: how much memory a balance needs."""

@@ -31,7 +31,9 @@ class AllToAll(Protocol):
     rank: int
     world_size: int
 
-    def all_to_all(self, tensor, *, input_split_sizes: Sequence[int] | None = None, output_split_sizes: Sequence[int] | None = None): ...
+    def all_to_all(
+        self, tensor, *, input_split_sizes: Sequence[int] | None = None, output_split_sizes: Sequence[int] | None = None
+    ): ...
 
 
 class TorchAllToAll:
@@ -106,9 +108,12 @@ class MoEDispatcher:
         send_rows = x.index_select(0, token_of_pair) if tokens else x.new_zeros((0, x.shape[1]))
         send_slots = torch.as_tensor(slots.reshape(-1)[order], dtype=torch.int64)
         ones = [1] * world
-        recv_counts = [int(c) for c in self.comm.all_to_all(
-            torch.tensor(send_counts, dtype=torch.int64), input_split_sizes=ones, output_split_sizes=ones
-        ).tolist()]
+        recv_counts = [
+            int(c)
+            for c in self.comm.all_to_all(
+                torch.tensor(send_counts, dtype=torch.int64), input_split_sizes=ones, output_split_sizes=ones
+            ).tolist()
+        ]
         recv_slots = self.comm.all_to_all(send_slots, input_split_sizes=send_counts, output_split_sizes=recv_counts)
         recv_rows = self.comm.all_to_all(send_rows, input_split_sizes=send_counts, output_split_sizes=recv_counts)
         self.last_sent_rows = int(len(order))

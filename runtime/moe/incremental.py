@@ -31,7 +31,9 @@ def _repoint_step(w: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, n
     hot = per.argmax(axis=1)
     hot_load = per[rows, hot]
     # donor slot: expert with >= 2 replicas whose load per replica after losing one is least
-    after = np.where(valid, np.take_along_axis(w, pe, axis=1) / np.maximum(np.take_along_axis(counts, pe, axis=1) - 1, 1), np.inf)
+    after = np.where(
+        valid, np.take_along_axis(w, pe, axis=1) / np.maximum(np.take_along_axis(counts, pe, axis=1) - 1, 1), np.inf
+    )
     after = np.where(valid & (np.take_along_axis(counts, pe, axis=1) >= 2), after, np.inf)
     # the receiving device must not hold the hot expert already
     holds_hot = np.zeros((layers, num_devices), dtype=bool)

@@ -22,7 +22,9 @@ def load_workload(path: str, workload: str) -> np.ndarray:
     except (OSError, zipfile.BadZipFile) as err:
         raise XpodError(f"{path}: cannot read: {' '.join(str(err).split())[:120]}") from None
     except ValueError:
-        raise XpodError(f"{path}: not an .npz archive of numeric arrays; pass np.savez output of [layers, experts] loads") from None
+        raise XpodError(
+            f"{path}: not an .npz archive of numeric arrays; pass np.savez output of [layers, experts] loads"
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise XpodError(f"{path}: expected an .npz archive of named arrays, got a single array")
     names = [n.strip() for n in workload.split(",") if n.strip()]
@@ -49,7 +51,9 @@ def _int_matrix(doc: dict, key: str, path: str, ndim: int) -> np.ndarray:
     except ValueError:
         raise XpodError(f"{path}: field {key!r} is ragged; every row must have the same length") from None
     if arr.ndim != ndim or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        raise XpodError(f"{path}: field {key!r} must be a non-empty {ndim}-d array of integers, got shape {arr.shape} ({arr.dtype})")
+        raise XpodError(
+            f"{path}: field {key!r} must be a non-empty {ndim}-d array of integers, got shape {arr.shape} ({arr.dtype})"
+        )
     return arr.astype(np.int64)
 
 

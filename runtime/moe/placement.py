@@ -91,9 +91,13 @@ class PodShape:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise XpodError(f"pod shape: {name} must be a positive integer, got {value!r}")
         if self.num_nodes > self.num_devices:
-            raise XpodError(f"pod shape: {self.num_nodes} nodes for {self.num_devices} devices; use --nodes <= --devices")
+            raise XpodError(
+                f"pod shape: {self.num_nodes} nodes for {self.num_devices} devices; use --nodes <= --devices"
+            )
         if self.num_super_nodes > self.num_nodes:
-            raise XpodError(f"pod shape: {self.num_super_nodes} super-nodes for {self.num_nodes} nodes; use fewer super-nodes")
+            raise XpodError(
+                f"pod shape: {self.num_super_nodes} super-nodes for {self.num_nodes} nodes; use fewer super-nodes"
+            )
 
     @classmethod
     def from_memory(
@@ -202,7 +206,9 @@ def _validate(loads: np.ndarray, shape: PodShape, num_groups: int) -> None:
     layers, experts = loads.shape[-2:]
     total = shape.num_devices * shape.slots_per_device
     if experts % num_groups:
-        raise XpodError(f"groups: {experts} experts do not split into {num_groups} equal groups; use a divisor of {experts}")
+        raise XpodError(
+            f"groups: {experts} experts do not split into {num_groups} equal groups; use a divisor of {experts}"
+        )
     if shape.slots_per_device > experts:
         raise XpodError(
             f"slots: {shape.slots_per_device} slots per device > {experts} experts, but a device never holds two replicas "
@@ -346,7 +352,9 @@ def layer_budgets(w: np.ndarray, total_slots: int, num_devices: int, cap: int) -
     left = need - int(extra.sum())
     while left > 0:
         can = extra < cap_extra
-        gain = np.where(can, bound[np.arange(layers), extra] - bound[np.arange(layers), np.minimum(extra + 1, cap_extra)], -1)
+        gain = np.where(
+            can, bound[np.arange(layers), extra] - bound[np.arange(layers), np.minimum(extra + 1, cap_extra)], -1
+        )
         # Prefer layers with the most left to gain; ties go to the heaviest layer.
         best = int(np.lexsort((-w.sum(axis=1), -gain))[0])
         extra[best] += 1
@@ -477,7 +485,12 @@ def _pack_free(
     # block: +inf on devices holding the current expert, the spread penalty on the other
     # devices of their nodes, 0 elsewhere; rows are cleared where a layer's expert changes
     block = np.zeros((layers, num_devices))
-    flat_load, flat_eff, flat_room, flat_block = dev_load.reshape(-1), eff.reshape(-1), room.reshape(-1), block.reshape(-1)
+    flat_load, flat_eff, flat_room, flat_block = (
+        dev_load.reshape(-1),
+        eff.reshape(-1),
+        room.reshape(-1),
+        block.reshape(-1),
+    )
     flat_cost = np.empty(layers * num_devices)
     cost = flat_cost.reshape(layers, num_devices)
     out = np.full((layers, items), -1, dtype=np.int64)
@@ -611,7 +624,9 @@ def _pack(
     sit on few nodes) and ``spread_penalty`` when an extra replica lands on a node that already
     holds one of the expert (a second replica on one node saves no node send)."""
     if homes is None and not locality:
-        out = _pack_free(item_expert, item_load, item_primary, capacity, device_node, soft_homes, home_penalty, spread_penalty)
+        out = _pack_free(
+            item_expert, item_load, item_primary, capacity, device_node, soft_homes, home_penalty, spread_penalty
+        )
         return out, np.zeros(out.shape[0], dtype=bool)
     layers, items = item_expert.shape
     num_devices = capacity.shape[1]
@@ -637,7 +652,11 @@ def _pack(
     # Heaviest first (LPT). With ``pinned_first``, all pinned first replicas go first, so the
     # free extra replicas see which nodes the pinned ones overload and fill the others (fewer
     # node sends, worse balance: measured in bench/moe_vs_eplb.py).
-    key = -item_load if homes is None or not pinned_first else np.where(item_primary, -item_load - 2.0 * item_load.max(), -item_load)
+    key = (
+        -item_load
+        if homes is None or not pinned_first
+        else np.where(item_primary, -item_load - 2.0 * item_load.max(), -item_load)
+    )
     order = np.argsort(key, axis=1, kind="stable")
     ex_sorted = np.take_along_axis(item_expert, order, axis=1)
     ld_sorted = np.take_along_axis(item_load, order, axis=1)
@@ -678,7 +697,9 @@ def _pack(
             off = np.where(prim, device_node[None, :] != soft_homes[rows, ec][:, None], tail[None, :])
             cost += (1e-9 * unit)[:, None] * off
             if home_penalty:
-                cost += (home_penalty * unit)[:, None] * (prim & (device_node[None, :] != soft_homes[rows, ec][:, None]))
+                cost += (home_penalty * unit)[:, None] * (
+                    prim & (device_node[None, :] != soft_homes[rows, ec][:, None])
+                )
             if spread_penalty:
                 cost += (spread_penalty * unit)[:, None] * took_node[:, device_node]
         d = np.argmin(cost, axis=1)
@@ -712,7 +733,9 @@ def _pack(
 # the hierarchical alternative: McNaughton's wrap-around rule
 
 
-def wrap_homes(w: np.ndarray, num_groups: int, num_nodes: int, slots_per_device: int, devices_per_node: int) -> np.ndarray:
+def wrap_homes(
+    w: np.ndarray, num_groups: int, num_nodes: int, slots_per_device: int, devices_per_node: int
+) -> np.ndarray:
     """``[layers, experts]`` node of every expert, by McNaughton's wrap-around rule.
 
     Groups are laid end to end (cold and hot alternating, each group's experts consecutive,
@@ -800,8 +823,17 @@ def _plan_wrap(w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: in
     item_expert, item_load, item_primary = _items(w, counts, total)
     capacity, slot_device = _layout_fixed(shape, layers)
     device_node = shape.device_node()
-    device, failed = _pack(item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes,
-                           experts // num_groups, WRAP_GROUP_PENALTY * locality)
+    device, failed = _pack(
+        item_expert,
+        item_load,
+        item_primary,
+        capacity,
+        device_node,
+        shape.node_super_node(),
+        homes,
+        experts // num_groups,
+        WRAP_GROUP_PENALTY * locality,
+    )
     device[failed] = 0  # rewritten below
     phy2log = _write_slots(item_expert, device, slot_device, shape.num_devices)
     if refine_steps:
@@ -814,8 +846,14 @@ def _plan_wrap(w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: in
         np.add.at(in_node, (rr[valid], rows[valid]), 1)
         w_rows = np.repeat(w / counts, nodes, axis=0) * in_node
         local_slots = np.repeat(np.arange(per_node), spd)
-        rows = pair_refine(w_rows, rows, local_slots, np.zeros(per_node, dtype=np.int64), passes=refine_steps,
-                           pairs=max(1, per_node // 2))
+        rows = pair_refine(
+            w_rows,
+            rows,
+            local_slots,
+            np.zeros(per_node, dtype=np.int64),
+            passes=refine_steps,
+            pairs=max(1, per_node // 2),
+        )
         phy2log = rows.reshape(layers, -1)
     if failed.any():
         # A layer whose last extra replicas found only devices already holding their expert
@@ -880,8 +918,17 @@ def water_fill_shares(
     if not two.all():
         many = ~two
         r_pad = pad[many]
-        rest = (tab_flat[many], tab_dev[many], r_pad, ~r_pad, tab_flat[many][~r_pad], wexp[many],
-                np.arange(1, rmax + 1)[None, :], np.arange(int(many.sum())), bool(r_pad.any()))
+        rest = (
+            tab_flat[many],
+            tab_dev[many],
+            r_pad,
+            ~r_pad,
+            tab_flat[many][~r_pad],
+            wexp[many],
+            np.arange(1, rmax + 1)[None, :],
+            np.arange(int(many.sum())),
+            bool(r_pad.any()),
+        )
     for _ in range(iterations):
         dl = np.bincount(flat_dev, weights=ew_flat * share_flat, minlength=layers * num_devices)
         if pair is not None:
@@ -976,7 +1023,9 @@ def _layout_budget(shape: PodShape, budgets: np.ndarray) -> tuple[np.ndarray, np
     return capacity, slot_device
 
 
-def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: np.ndarray, num_devices: int) -> np.ndarray:
+def _write_slots(
+    item_expert: np.ndarray, item_device: np.ndarray, slot_device: np.ndarray, num_devices: int
+) -> np.ndarray:
     """``phy2log`` from item -> device: each device's items fill its slot positions in order."""
     layers, items = item_expert.shape
     experts = int(item_expert.max()) + 1
@@ -999,8 +1048,18 @@ def _write_slots(item_expert: np.ndarray, item_device: np.ndarray, slot_device: 
     return phy2log
 
 
-def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, locality: float, refine_steps: int,
-          pin: bool, penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _plan(
+    w,
+    items,
+    capacity,
+    slot_device,
+    shape: PodShape,
+    num_groups: int,
+    locality: float,
+    refine_steps: int,
+    pin: bool,
+    penalty: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pack and refine one candidate ``phy2log``; ``pin`` pins first replicas to home nodes.
     Unpinned, ``penalty`` is the soft home and replica-spread penalty of :func:`_pack`."""
     item_expert, item_load, item_primary = items
@@ -1009,9 +1068,18 @@ def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, loc
     node_slots = shape.num_devices * shape.slots_per_device // shape.num_nodes
     homes = expert_homes(w, num_groups, shape.num_nodes, node_slots, fill=not pin)
     item_device, failed = _pack(
-        item_expert, item_load, item_primary, capacity, device_node, shape.node_super_node(), homes if pin else None,
-        experts // num_groups, locality, soft_homes=None if pin else homes,
-        home_penalty=0.0 if pin else penalty, spread_penalty=0.0 if pin else penalty,
+        item_expert,
+        item_load,
+        item_primary,
+        capacity,
+        device_node,
+        shape.node_super_node(),
+        homes if pin else None,
+        experts // num_groups,
+        locality,
+        soft_homes=None if pin else homes,
+        home_penalty=0.0 if pin else penalty,
+        spread_penalty=0.0 if pin else penalty,
     )
     # Rows where pinning made packing infeasible are written as garbage (all on device 0) and
     # discarded by the caller, which keeps the balance-only plan for those layers.
@@ -1040,7 +1108,9 @@ def _plan(w, items, capacity, slot_device, shape: PodShape, num_groups: int, loc
     return phy2log, failed
 
 
-def _group_node_pairs(phy2log: np.ndarray, slot_device: np.ndarray, device_node: np.ndarray, group_size: int) -> np.ndarray:
+def _group_node_pairs(
+    phy2log: np.ndarray, slot_device: np.ndarray, device_node: np.ndarray, group_size: int
+) -> np.ndarray:
     """``[layers]`` number of distinct (group, node) pairs holding a replica."""
     layers = phy2log.shape[0]
     num_nodes = int(device_node.max()) + 1
@@ -1063,7 +1133,9 @@ def _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) 
     return valid & (np.take_along_axis(prim_dev, np.where(valid, phy2log, 0), axis=1) == slot_device[None, :])
 
 
-def align_to_previous(phy2log: np.ndarray, previous: np.ndarray, slot_device: np.ndarray, num_devices: int) -> np.ndarray:
+def align_to_previous(
+    phy2log: np.ndarray, previous: np.ndarray, slot_device: np.ndarray, num_devices: int
+) -> np.ndarray:
     """Permute each device's slots so experts the device already held stay in their old slot
     positions (no weight copy for them). Same multiset per device, so balance is unchanged."""
     out = phy2log.copy()
@@ -1134,7 +1206,9 @@ def place(
         slot_device = np.asarray(previous.slot_device)
         if slot_device.max() + 1 != shape.num_devices:
             raise XpodError(f"previous placement: made for {slot_device.max() + 1} devices, not {shape.num_devices}")
-        capacity = np.stack([(previous.phy2log[:, slot_device == d] >= 0).sum(axis=1) for d in range(shape.num_devices)], axis=1)
+        capacity = np.stack(
+            [(previous.phy2log[:, slot_device == d] >= 0).sum(axis=1) for d in range(shape.num_devices)], axis=1
+        )
         budgets = capacity.sum(axis=1)
     elif policy is Policy.BUDGET:
         budgets = layer_budgets(w, total * layers, shape.num_devices, cap=shape.num_devices)
@@ -1144,7 +1218,9 @@ def place(
         capacity, slot_device = _layout_fixed(shape, layers)
     if policy is Policy.WRAP:
         if shape.num_devices % shape.num_nodes:
-            raise XpodError(f"wrap policy: {shape.num_devices} devices do not split evenly over {shape.num_nodes} nodes")
+            raise XpodError(
+                f"wrap policy: {shape.num_devices} devices do not split evenly over {shape.num_nodes} nodes"
+            )
         phy2log = _plan_wrap(w, shape, num_groups, refine_steps, locality)
         return _finish(w, phy2log, slot_device, shape, num_groups, policy, previous, max_moves, t0)
     counts = replica_counts(w, budgets, cap=min(shape.num_devices, max_replicas or shape.num_devices))
@@ -1157,7 +1233,9 @@ def place(
     # this cuts simulated remote-node sends by 16-18% against EPLB-global at EP64/EP72 for
     # about 0.01 of balance. With <= 2 slots per device there is no room to trade.
     local_pen = locality if shape.num_nodes > 1 and shape.slots_per_device > 2 else 0.0
-    phy2log, _ = _plan(w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False, penalty=local_pen)
+    phy2log, _ = _plan(
+        w, items, capacity, slot_device, shape, num_groups, 0.0, refine_steps, pin=False, penalty=local_pen
+    )
     # Optionally (``balance_tolerance > 0``) a second, pinned plan; same room condition.
     if locality and balance_tolerance > 0 and shape.num_nodes > 1 and shape.slots_per_device > 2:
         # A plan that keeps each group's first replicas on one or two nodes; per layer it is
@@ -1186,8 +1264,17 @@ def place(
     return _finish(w, phy2log, slot_device, shape, num_groups, policy, previous, max_moves, t0)
 
 
-def _finish(w, phy2log, slot_device, shape: PodShape, num_groups: int, policy: Policy, previous: Placement | None,
-            max_moves: int | None, t0: float) -> Placement:
+def _finish(
+    w,
+    phy2log,
+    slot_device,
+    shape: PodShape,
+    num_groups: int,
+    policy: Policy,
+    previous: Placement | None,
+    max_moves: int | None,
+    t0: float,
+) -> Placement:
     """Shares, alignment with ``previous`` and the move budget: the last steps of every policy."""
     device_node = shape.device_node()
     share = None

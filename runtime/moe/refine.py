@@ -75,8 +75,11 @@ def swap_refine(
         L = len(act)
         rws = np.arange(L)
         sl, _ = _slot_loads(Wt, P)
-        dl = np.bincount((np.arange(L)[:, None] * num_devices + slot_device[None, :]).ravel(), weights=sl.ravel(),
-                         minlength=L * num_devices).reshape(L, num_devices)
+        dl = np.bincount(
+            (np.arange(L)[:, None] * num_devices + slot_device[None, :]).ravel(),
+            weights=sl.ravel(),
+            minlength=L * num_devices,
+        ).reshape(L, num_devices)
         hot = dl.argmax(axis=1)
         light = np.argsort(dl, axis=1)[:, :candidates]
         same = device_node[None, :] == device_node[hot][:, None]

@@ -97,8 +97,9 @@ def drift_sigma(anchor: np.ndarray, history: np.ndarray | None) -> float | None:
     return float(np.sqrt(np.mean(diff.std(axis=-1) ** 2)))
 
 
-def drift_scenarios(anchor: np.ndarray, history: np.ndarray | None, config: RobustConfig = RobustConfig()
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def drift_scenarios(
+    anchor: np.ndarray, history: np.ndarray | None, config: RobustConfig = RobustConfig()
+) -> tuple[np.ndarray, np.ndarray]:
     """``(X [scenarios, layers, experts], weights [scenarios])``: the anchor and the history
     windows normalised per layer to the anchor's totals, then the log-normal draws (mean
     preserving) of each window in turn. A window and its draws share the window's weight."""
@@ -130,8 +131,9 @@ def weighted_quantile(X: np.ndarray, weights: np.ndarray, q: float) -> np.ndarra
     return np.take_along_axis(srt, idx[None], axis=0)[0]
 
 
-def expected_max_load(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray,
-                      num_devices: int) -> np.ndarray:
+def expected_max_load(
+    X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int
+) -> np.ndarray:
     """``[layers]`` weighted mean over scenarios of the layer's max device load (even split):
     the objective of the robust swap search."""
     K, L, E = X.shape
@@ -142,12 +144,15 @@ def expected_max_load(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, s
     per = X / np.maximum(counts, 1)[None]
     x = np.take_along_axis(per, np.broadcast_to(pe[None], (K, L, pe.shape[1])), axis=2) * valid[None]
     idx = (np.arange(K * L)[:, None] * num_devices + slot_device[None, :]).ravel()
-    dl = np.bincount(idx, weights=x.reshape(K * L, -1).ravel(), minlength=K * L * num_devices).reshape(K, L, num_devices)
+    dl = np.bincount(idx, weights=x.reshape(K * L, -1).ravel(), minlength=K * L * num_devices).reshape(
+        K, L, num_devices
+    )
     return np.einsum("k,kl->l", weights, dl.max(axis=2))
 
 
-def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int,
-                 steps: int) -> np.ndarray:
+def robust_swaps(
+    X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_device: np.ndarray, num_devices: int, steps: int
+) -> np.ndarray:
     """Swap slot experts while the weighted mean over scenarios of each layer's max device
     load falls (all layers at once; a layer stops when no swap of its most critical device
     helps). ``X [scenarios, layers, experts]``. Replica counts, the slot layout and "no two
@@ -178,7 +183,9 @@ def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_d
         Pc = np.where(V, P, 0)
         x = np.take_along_axis(per[:, act], np.broadcast_to(Pc[None], (K, La, S)), axis=2) * V[None]  # [K, La, S]
         idx = (np.arange(K * La)[:, None] * num_devices + slot_device[None, :]).ravel()
-        dl = np.bincount(idx, weights=x.reshape(K * La, S).ravel(), minlength=K * La * num_devices).reshape(K, La, num_devices)
+        dl = np.bincount(idx, weights=x.reshape(K * La, S).ravel(), minlength=K * La * num_devices).reshape(
+            K, La, num_devices
+        )
         # zero-load stand-ins when there are fewer than 3 devices: loads are >= 0, so they
         # never change a max, and they hold no slot a swap could pick
         padded = dl if num_devices >= 3 else np.concatenate([dl, np.zeros((K, La, 3 - num_devices))], axis=2)
@@ -187,8 +194,11 @@ def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_d
         F = (wk * tv[:, :, 0]).sum(axis=0)  # [La]
         # the device to relieve: most often the max, weighted by how far it is above the next
         hit = np.zeros((La, num_devices))
-        np.add.at(hit, (np.broadcast_to(la[None, :], (K, La)), top[:, :, 0]),
-                  wk * (tv[:, :, 0] - tv[:, :, 1] + 1e-9 * tv[:, :, 0]))
+        np.add.at(
+            hit,
+            (np.broadcast_to(la[None, :], (K, La)), top[:, :, 0]),
+            wk * (tv[:, :, 0] - tv[:, :, 1] + 1e-9 * tv[:, :, 0]),
+        )
         a = hit.argmax(axis=1)  # [La]
         # per scenario, the max over devices other than a and b (from the top 3)
         a0 = top[:, :, 0] == a[None, :]
@@ -197,7 +207,9 @@ def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_d
         ex_idx = np.where(a0, top[:, :, 1], top[:, :, 0])
         ex_second = np.where(a0 | a1, tv[:, :, 2], tv[:, :, 1])
         bdev = slot_device  # [S] device of each candidate slot
-        m_ab = np.where(ex_idx[:, :, None] == bdev[None, None, :], ex_second[:, :, None], ex_val[:, :, None])  # [K, La, S]
+        m_ab = np.where(
+            ex_idx[:, :, None] == bdev[None, None, :], ex_second[:, :, None], ex_val[:, :, None]
+        )  # [K, La, S]
         ia = dev_slots[a]  # [La, smax]
         ia_c = np.maximum(ia, 0)
         ia_ok = (ia >= 0) & np.take_along_axis(V, ia_c, axis=1)
@@ -205,7 +217,9 @@ def robust_swaps(X: np.ndarray, weights: np.ndarray, phy2log: np.ndarray, slot_d
         load_a = np.take_along_axis(dl, a[None, :, None].repeat(K, axis=0), axis=2)[:, :, 0]  # [K, La]
         load_b = dl[:, :, bdev]  # [K, La, S]
         delta = x[:, :, None, :] - xi[:, :, :, None]  # [K, La, smax, S]: change of a's load
-        new_max = np.maximum(np.maximum(load_a[:, :, None, None] + delta, load_b[:, :, None, :] - delta), m_ab[:, :, None, :])
+        new_max = np.maximum(
+            np.maximum(load_a[:, :, None, None] + delta, load_b[:, :, None, :] - delta), m_ab[:, :, None, :]
+        )
         gain = F[:, None, None] - np.einsum("k,klij->lij", weights, new_max)  # [La, smax, S]
         ea = np.take_along_axis(P, ia_c, axis=1)  # [La, smax]
         ok = ia_ok[:, :, None] & (V & (bdev[None, :] != a[:, None]))[:, None, :]
@@ -250,8 +264,10 @@ def robust_place(
     t0 = time.perf_counter()
     anchor = _validate_loads(loads, "loads")
     if anchor.ndim != 2:
-        raise XpodError(f"loads: robust planning takes the latest window [layers, experts], got shape {anchor.shape}; "
-                        "pass older windows as history")
+        raise XpodError(
+            f"loads: robust planning takes the latest window [layers, experts], got shape {anchor.shape}; "
+            "pass older windows as history"
+        )
     hist = None
     if history is not None:
         hist = _validate_loads(history, "history")
@@ -261,7 +277,9 @@ def robust_place(
             raise XpodError(f"history: windows of shape {hist.shape[1:]} do not match the loads {anchor.shape}")
     for key in ("previous", "max_moves", "hedge", "half_life_windows"):
         if key in place_kwargs:
-            raise XpodError(f"robust planning does not take {key!r}; plan from scratch, then align with place(previous=...)")
+            raise XpodError(
+                f"robust planning does not take {key!r}; plan from scratch, then align with place(previous=...)"
+            )
     X, weights = drift_scenarios(anchor, hist, config)
     q = weighted_quantile(X, weights, config.quantile)
     base = place(q, shape, num_groups, **place_kwargs)

@@ -35,7 +35,12 @@ class LayerReplicas:
 
     @classmethod
     def build(
-        cls, phy2log_row: np.ndarray, slot_device: np.ndarray, device_node: np.ndarray, num_experts: int, share_row: np.ndarray | None = None
+        cls,
+        phy2log_row: np.ndarray,
+        slot_device: np.ndarray,
+        device_node: np.ndarray,
+        num_experts: int,
+        share_row: np.ndarray | None = None,
     ) -> "LayerReplicas":
         phy2log_row = np.asarray(phy2log_row)
         slot_device = np.asarray(slot_device)

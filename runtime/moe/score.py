@@ -48,7 +48,9 @@ def device_loads(
     valid = phy2log >= 0
     slot_load = np.where(valid, np.take_along_axis(loads, np.where(valid, phy2log, 0), axis=1), 0.0) * share
     idx = np.arange(layers)[:, None] * num_devices + np.asarray(slot_device)[None, :]
-    return np.bincount(idx.ravel(), weights=slot_load.ravel(), minlength=layers * num_devices).reshape(layers, num_devices)
+    return np.bincount(idx.ravel(), weights=slot_load.ravel(), minlength=layers * num_devices).reshape(
+        layers, num_devices
+    )
 
 
 @dataclasses.dataclass(frozen=True)

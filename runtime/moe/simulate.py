@@ -56,7 +56,9 @@ class CalibratedRouter:
     calibration_corr: float  # correlation of simulated and target expert frequencies
 
     @classmethod
-    def fit(cls, load: np.ndarray, cfg: RouterConfig = RouterConfig(), tokens: int = 4096, seed: int = 0) -> "CalibratedRouter":
+    def fit(
+        cls, load: np.ndarray, cfg: RouterConfig = RouterConfig(), tokens: int = 4096, seed: int = 0
+    ) -> "CalibratedRouter":
         rng = np.random.default_rng(seed)
         load = np.asarray(load, dtype=np.float64)
         experts = len(load)
@@ -129,7 +131,9 @@ def simulate_traffic(
         corrs.append(corr)
         rng = np.random.default_rng(seed + 2000 + layer)
         src = np.minimum((u * num_devices).astype(np.int64), num_devices - 1)
-        rep = LayerReplicas.build(phy2log[layer], slot_device, device_node, loads.shape[1], None if slot_share is None else slot_share[layer])
+        rep = LayerReplicas.build(
+            phy2log[layer], slot_device, device_node, loads.shape[1], None if slot_share is None else slot_share[layer]
+        )
         slot = route(ids, src, rep, rng)
         node = device_node[slot_device[slot]]
         src_node = device_node[src][:, None]

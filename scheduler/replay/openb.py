@@ -248,9 +248,7 @@ def spec_access(spec: str, models: Sequence[str]) -> np.ndarray:
 
 
 def typical_pods(pods: PodTable, models: Sequence[str], popularity: float = TYPICAL_POD_POPULARITY) -> TypicalPods:
-    counts = Counter(
-        zip(pods.cpu_milli.tolist(), pods.gpu_milli.tolist(), pods.num_gpu.tolist(), pods.spec)
-    )
+    counts = Counter(zip(pods.cpu_milli.tolist(), pods.gpu_milli.tolist(), pods.num_gpu.tolist(), pods.spec))
     # most frequent first; equal counts in a fixed order so runs are reproducible
     shapes = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     total = sum(counts.values())
@@ -409,7 +407,9 @@ class _FragPolicy(Policy):
 
     def node_changed(self, i):
         s = self.state
-        self.f_now[i] = frag_amount(s.cpu_left[i : i + 1], s.gpu_left[i : i + 1], s.nodes.model_id[i : i + 1], self.tp)[0]
+        self.f_now[i] = frag_amount(s.cpu_left[i : i + 1], s.gpu_left[i : i + 1], s.nodes.model_id[i : i + 1], self.tp)[
+            0
+        ]
 
     def _frag_after(self, shape, idx):
         """F after placing the pod on nodes ``idx``, per GPU variant.
@@ -620,9 +620,7 @@ class DefaultPolicy(_FragPolicy):
         super().__init__(state, tp)
         self.hole_weight = hole_weight
         self.hole_waste = hole_waste_table(tp, hole_share_min)
-        self.empty_credit_milli = (
-            empty_credit * empty_gpu_fragmentation(tp) * (1.0 - whole_gpu_share(tp)) ** 2
-        )
+        self.empty_credit_milli = empty_credit * empty_gpu_fragmentation(tp) * (1.0 - whole_gpu_share(tp)) ** 2
         self.gpu_bestfit = gpu_bestfit
         self.global_bestfit = global_bestfit
         self.cpu_weight = cpu_weight
@@ -651,7 +649,9 @@ class DefaultPolicy(_FragPolicy):
         f_after, use, left_after = self._frag_after(shape, idx)
         cpu_after = (s.cpu_left[idx] - shape.cpu_milli).astype(np.float64)
         stranded_after = self._stranded(cpu_after[:, None], left_after)
-        cost = (f_after - self.f_now[idx][:, None]) + self.cpu_weight * (stranded_after - self.stranded_now[idx][:, None])
+        cost = (f_after - self.f_now[idx][:, None]) + self.cpu_weight * (
+            stranded_after - self.stranded_now[idx][:, None]
+        )
         if use is not None and self.empty_credit_milli > 0:
             # a sharing pod opening an empty GPU on a node that keeps CPU for its other GPUs
             opens = s.gpu_left[idx] == MILLI

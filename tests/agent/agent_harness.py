@@ -75,8 +75,15 @@ class Cluster:
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(XPOD + args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, cwd=str(self.tmp))
+        p = subprocess.Popen(
+            XPOD + args,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(self.tmp),
+        )
         self.procs[name] = p
         return p
 
@@ -93,8 +100,21 @@ class Cluster:
         return p
 
     def start_agent(self, node: str, *extra: str) -> subprocess.Popen:
-        p = self.start(f"agent-{node}", ["agent", "--server", self.address, "--node", node, "--state-dir", str(self.tmp / f"state-{node}"),
-                                          "--heartbeat-interval", "0.3", *extra])
+        p = self.start(
+            f"agent-{node}",
+            [
+                "agent",
+                "--server",
+                self.address,
+                "--node",
+                node,
+                "--state-dir",
+                str(self.tmp / f"state-{node}"),
+                "--heartbeat-interval",
+                "0.3",
+                *extra,
+            ],
+        )
         wait_until(lambda: "registered with" in self.log(f"agent-{node}"), 30, f"agent {node} to register")
         return p
 
@@ -129,7 +149,10 @@ class Cluster:
     def events(self, job_id: str) -> list[tuple[str, str]]:
         from xpod.proto.xpod.v1 import types_pb2
 
-        return [(types_pb2.JobEventType.Name(e.type).removeprefix("JOB_EVENT_TYPE_"), e.message) for e in self.client.get(job_id).events]
+        return [
+            (types_pb2.JobEventType.Name(e.type).removeprefix("JOB_EVENT_TYPE_"), e.message)
+            for e in self.client.get(job_id).events
+        ]
 
     def allocated_milli(self) -> int:
         return sum(d.allocated_milli for d in self.client.list_devices())

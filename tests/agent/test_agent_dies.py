@@ -17,7 +17,10 @@ def test_discovery_splits_a_910c_package_into_dies_with_their_own_visible_ids():
     devices = [d for d in everything if d.simulated]  # this host's real devices come first
     first = devices[0].index
     assert [(d.index - first, d.model, d.local_index, d.die) for d in devices] == [
-        (0, "ascend-910c", 0, 0), (1, "ascend-910c", 0, 1), (2, "ascend-910c", 1, 0), (3, "ascend-910c", 1, 1),
+        (0, "ascend-910c", 0, 0),
+        (1, "ascend-910c", 0, 1),
+        (2, "ascend-910c", 1, 0),
+        (3, "ascend-910c", 1, 1),
         (4, "mthreads-s4000", 2, None),
     ]
     assert [d.index for d in everything] == list(range(len(everything)))

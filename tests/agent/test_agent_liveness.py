@@ -74,7 +74,9 @@ def test_not_ready_only_after_the_timeout_and_ready_again_on_heartbeat(env):
 
 def test_a_node_only_the_cluster_file_declared_never_times_out(tmp_path):
     clock = Clock()
-    api = SchedulerApi(str(tmp_path / "x.db"), CorePlacer(None), nodes=[node("static")], clock=clock, node_timeout_s=1.0)
+    api = SchedulerApi(
+        str(tmp_path / "x.db"), CorePlacer(None), nodes=[node("static")], clock=clock, node_timeout_s=1.0
+    )
     try:
         clock.now += 100
         assert api.liveness.check() == []

@@ -22,7 +22,9 @@ def _pids(cluster, job_id: str, task: int = 0, attempt: int = 0) -> dict:
 def test_job_runs_to_completion_with_the_right_variables(cluster):
     cluster.start_server()
     cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:2")
-    job = cluster.submit("envjob", {"tasks": 2, "devices": S4000, "command": task_command(cluster.out), "env": {"LR": "0.1"}})
+    job = cluster.submit(
+        "envjob", {"tasks": 2, "devices": S4000, "command": task_command(cluster.out), "env": {"LR": "0.1"}}
+    )
     wait_until(lambda: cluster.state(job) == "SUCCEEDED", 30, "the job to succeed")
     from xpod.proto.xpod.v1 import types_pb2
 
@@ -31,7 +33,10 @@ def test_job_runs_to_completion_with_the_right_variables(cluster):
     envs = [json.loads((cluster.out / f"{job}.{t}.env").read_text()) for t in (0, 1)]
     devices = sorted(e["XPOD_DEVICES"] for e in envs)
     # the node also has this host's real devices (the CPU at least); the simulated ones follow them
-    sim = sorted((d.id for d in cluster.client.list_devices("n1") if d.model == "mthreads-s4000"), key=lambda i: int(i.split("/")[1]))
+    sim = sorted(
+        (d.id for d in cluster.client.list_devices("n1") if d.model == "mthreads-s4000"),
+        key=lambda i: int(i.split("/")[1]),
+    )
     assert len(sim) == 2 and devices == sorted(sim)
     for t, env in enumerate(envs):
         assert env["XPOD_JOB_ID"] == job and env["XPOD_TASK_INDEX"] == str(t)
@@ -42,8 +47,13 @@ def test_job_runs_to_completion_with_the_right_variables(cluster):
         assert env["XPOD_BACKEND"] == "sim"
     # each task got exactly the device the scheduler bound to it
     assert {t: [e["XPOD_DEVICES"]] for t, e in enumerate(envs)} == bound
-    logs = subprocess.run(XPOD + ["logs", job, "--task", "1", "--state-dir", str(cluster.tmp / "state-n1")],
-                          capture_output=True, text=True, timeout=30, env=cluster.env)
+    logs = subprocess.run(
+        XPOD + ["logs", job, "--task", "1", "--state-dir", str(cluster.tmp / "state-n1")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cluster.env,
+    )
     assert logs.returncode == 0, logs.stderr
     assert f"task 1 of {job} running" in logs.stdout and "exited with code 0" in logs.stdout
     assert cluster.allocated_milli() == 0  # nothing leaked
@@ -53,8 +63,15 @@ def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(c
     cluster.start_server()
     cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1", "--grace", "1")
     # the task and its child both ignore SIGTERM: only the supervisor's SIGKILL ends them
-    job = cluster.submit("gang", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600"),
-                                   "restart": {"max_restarts": 1}})
+    job = cluster.submit(
+        "gang",
+        {
+            "tasks": 1,
+            "devices": S4000,
+            "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600"),
+            "restart": {"max_restarts": 1},
+        },
+    )
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run on n1")
     first = _pids(cluster, job)
     cluster.start_agent("n2", "--sim-devices", "mthreads-s4000:1")
@@ -62,14 +79,21 @@ def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(c
     cluster.kill("agent-n1")
     # tasks do not outlive their agent: the task's whole process group ends within the 1 s grace
     # (plus scheduling slack on a loaded machine), long before the gang runs again on n2
-    wait_until(lambda: not pid_alive(first["self"]) and not pid_alive(first["child"]), 6, "the dead agent's task and its child to end")
+    wait_until(
+        lambda: not pid_alive(first["self"]) and not pid_alive(first["child"]),
+        6,
+        "the dead agent's task and its child to end",
+    )
     gone_s = time.monotonic() - killed_at
     assert gone_s < NODE_TIMEOUT_S, gone_s
     wait_until(lambda: not cluster.node_ready("n1"), NODE_TIMEOUT_S + 3, "n1 to be NotReady")
     took_s = time.monotonic() - killed_at
     assert took_s <= NODE_TIMEOUT_S + 2.5, took_s
-    wait_until(lambda: cluster.state(job) == "RUNNING" and {a.node for a in cluster.job(job).allocations} == {"n2"}, 30,
-               "the job to run again on n2")
+    wait_until(
+        lambda: cluster.state(job) == "RUNNING" and {a.node for a in cluster.job(job).allocations} == {"n2"},
+        30,
+        "the job to run again on n2",
+    )
     assert any(t == "EVICTED" and m.startswith("restart 1/1: node n1 NotReady") for t, m in cluster.events(job))
     assert _pids(cluster, job, attempt=1)["self"] != first["self"]
     # the only allocation is the new one (1 device): nothing held on the dead node
@@ -81,18 +105,42 @@ def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(c
     assert cluster.allocated_milli() == 0
     # A leftover the supervisor could not end (here: a process in its own session recorded as a
     # task of the dead agent) is ended by the next agent on n1 before it registers again.
-    stray = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
-                             start_new_session=True)
-    cluster.out.joinpath("stray.pids").write_text(json.dumps({"self": stray.pid}))  # teardown kills it if the test fails
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+        start_new_session=True,
+    )
+    cluster.out.joinpath("stray.pids").write_text(
+        json.dumps({"self": stray.pid})
+    )  # teardown kills it if the test fails
     from xpod.runtime.agent import _start_ticks
 
     wait_until(lambda: _start_ticks(stray.pid), 5, "the stray process to start")
     (cluster.tmp / "state-n1" / "tasks" / f"{job}.0.{stray.pid}.json").write_text(
-        json.dumps({"job": job, "task": 0, "pid": stray.pid, "start": _start_ticks(stray.pid)}))
-    cluster.start("agent-n1-again", ["agent", "--server", cluster.address, "--node", "n1", "--state-dir", str(cluster.tmp / "state-n1"),
-                                     "--heartbeat-interval", "0.3", "--sim-devices", "mthreads-s4000:1", "--grace", "1"])
-    wait_until(lambda: "ended 1 task(s) a previous agent left running" in cluster.log("agent-n1-again"), 30,
-               "the new agent to end the orphaned task")
+        json.dumps({"job": job, "task": 0, "pid": stray.pid, "start": _start_ticks(stray.pid)})
+    )
+    cluster.start(
+        "agent-n1-again",
+        [
+            "agent",
+            "--server",
+            cluster.address,
+            "--node",
+            "n1",
+            "--state-dir",
+            str(cluster.tmp / "state-n1"),
+            "--heartbeat-interval",
+            "0.3",
+            "--sim-devices",
+            "mthreads-s4000:1",
+            "--grace",
+            "1",
+        ],
+    )
+    wait_until(
+        lambda: "ended 1 task(s) a previous agent left running" in cluster.log("agent-n1-again"),
+        30,
+        "the new agent to end the orphaned task",
+    )
     assert stray.wait(timeout=10) == -9  # it ignored SIGTERM: SIGKILL after the grace
 
 
@@ -100,17 +148,24 @@ def test_cancel_ends_the_whole_process_group(cluster):
     cluster.start_server()
     metrics = f"127.0.0.1:{free_port()}"
     cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1", "--grace", "1", "--metrics", metrics)
-    job = cluster.submit("tree", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600")})
+    job = cluster.submit(
+        "tree",
+        {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "child", "ignore-term", "sleep", "600")},
+    )
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run")
     pids = _pids(cluster, job)
     assert pid_alive(pids["self"]) and pid_alive(pids["child"])
     # the agent's device exporter joins the device to the job while it holds it
     device = cluster.job(job).allocations[0].devices[0].split("/")[1]
-    held = f'xpod_device_allocation_info{{device="{device}",job_id="{job}",kind="training",node="n1",queue="default"}} 1.0'
+    held = (
+        f'xpod_device_allocation_info{{device="{device}",job_id="{job}",kind="training",node="n1",queue="default"}} 1.0'
+    )
     wait_until(lambda: held in _scrape(metrics), 10, "the allocation series")
     cluster.client.cancel(job)
     # both ignore SIGTERM: SIGKILL after the 1 s grace ends them and the child
-    wait_until(lambda: not pid_alive(pids["self"]) and not pid_alive(pids["child"]), 10, "the task and its child to end")
+    wait_until(
+        lambda: not pid_alive(pids["self"]) and not pid_alive(pids["child"]), 10, "the task and its child to end"
+    )
     assert cluster.state(job) == "CANCELLED"
     assert cluster.allocated_milli() == 0
     wait_until(lambda: "xpod_device_allocation_info{" not in _scrape(metrics), 10, "the allocation series to go")
@@ -146,16 +201,42 @@ def test_scheduler_restart_loses_and_kills_nothing(cluster):
 
 def test_simulated_cloudmatrix384_pod_runs_a_job(cluster):
     cluster.start_server()
-    p = cluster.start("sim", ["agent", "--server", cluster.address, "--simulate", "default", "--state-dir", str(cluster.tmp / "sim"),
-                              "--heartbeat-interval", "0.5"])
+    p = cluster.start(
+        "sim",
+        [
+            "agent",
+            "--server",
+            cluster.address,
+            "--simulate",
+            "default",
+            "--state-dir",
+            str(cluster.tmp / "sim"),
+            "--heartbeat-interval",
+            "0.5",
+        ],
+    )
     wait_until(lambda: "48 node(s) registered" in cluster.log("sim"), 60, "48 simulated nodes to register")
     nodes = cluster.client.list_nodes()
     assert len(nodes) == 48 and sum(len(n.devices) for n in nodes) == 768
     assert all(n.labels["simulated"] == "true" for n in nodes)
-    job = cluster.submit("sim-train", {"tasks": 4, "devices": {"count": 16, "model": "ascend-910c"}, "within": "supernode",
-                                       "simulate": {"duration_s": 0.5}})
-    fails = cluster.submit("sim-crash", {"tasks": 1, "devices": {"count": 16, "model": "ascend-910c"},
-                                         "simulate": {"duration_s": 60, "fail_after_s": 0.2, "exit_code": 3}, "restart": {"max_restarts": 1}})
+    job = cluster.submit(
+        "sim-train",
+        {
+            "tasks": 4,
+            "devices": {"count": 16, "model": "ascend-910c"},
+            "within": "supernode",
+            "simulate": {"duration_s": 0.5},
+        },
+    )
+    fails = cluster.submit(
+        "sim-crash",
+        {
+            "tasks": 1,
+            "devices": {"count": 16, "model": "ascend-910c"},
+            "simulate": {"duration_s": 60, "fail_after_s": 0.2, "exit_code": 3},
+            "restart": {"max_restarts": 1},
+        },
+    )
     wait_until(lambda: cluster.state(job) == "SUCCEEDED", 30, "the simulated job to succeed")
     wait_until(lambda: cluster.state(fails) == "FAILED", 30, "the crashing job to fail after its one restart")
     assert "exited with code 3" in cluster.job(fails).message

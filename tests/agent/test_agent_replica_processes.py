@@ -22,9 +22,13 @@ def test_a_dead_agent_moves_only_its_serving_replica(cluster):
     for n in ("n1", "n2", "n3"):
         cluster.start_agent(n, "--sim-devices", "mthreads-s4000:1")
     job = cluster.submit(
-        "serve", {"replicas": {"min": 1, "max": 2}, "devices": S4000, "command": task_command(cluster.out, "sleep", "600")}, kind="ServingJob"
+        "serve",
+        {"replicas": {"min": 1, "max": 2}, "devices": S4000, "command": task_command(cluster.out, "sleep", "600")},
+        kind="ServingJob",
     )
-    wait_until(lambda: cluster.state(job) == "RUNNING" and len(cluster.job(job).allocations) == 2, 30, "both replicas to run")
+    wait_until(
+        lambda: cluster.state(job) == "RUNNING" and len(cluster.job(job).allocations) == 2, 30, "both replicas to run"
+    )
     where = {a.task: a.node for a in cluster.job(job).allocations}
     lost_task = 1
     lost_node, kept_node = where[1], where[0]
@@ -33,8 +37,11 @@ def test_a_dead_agent_moves_only_its_serving_replica(cluster):
     lost_pid = _pids(cluster, job, 1)["self"]
     cluster.kill(f"agent-{lost_node}")
     wait_until(lambda: not cluster.node_ready(lost_node), NODE_TIMEOUT_S + 3, f"{lost_node} to be NotReady")
-    wait_until(lambda: {a.task: a.node for a in cluster.job(job).allocations} == {0: kept_node, 1: spare}, 30,
-               f"replica 1 to run again on {spare}")
+    wait_until(
+        lambda: {a.task: a.node for a in cluster.job(job).allocations} == {0: kept_node, 1: spare},
+        30,
+        f"replica 1 to run again on {spare}",
+    )
     new_pid = _pids(cluster, job, lost_task, attempt=1)["self"]
     assert new_pid != lost_pid
     assert cluster.state(job) == "RUNNING"
@@ -54,17 +61,30 @@ def test_a_crashed_replica_sharing_its_node_is_replaced_alone(cluster):
     below its min replicas meanwhile."""
     cluster.start_server()
     cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:2", "--grace", "1")
-    job = cluster.submit("pair", {"replicas": 2, "devices": S4000,
-                                  "command": task_command(cluster.out, "sleep", "600", "crash-first-attempt-of", "1")}, kind="ServingJob")
+    job = cluster.submit(
+        "pair",
+        {
+            "replicas": 2,
+            "devices": S4000,
+            "command": task_command(cluster.out, "sleep", "600", "crash-first-attempt-of", "1"),
+        },
+        kind="ServingJob",
+    )
     kept_pid = _pids(cluster, job, 0)["self"]
     crashed = _pids(cluster, job, 1)["self"]
     again = _pids(cluster, job, 1, attempt=1)["self"]  # the crashed replica runs again
     assert again != crashed and not pid_alive(crashed)
-    wait_until(lambda: cluster.state(job) == "RUNNING" and len(cluster.job(job).allocations) == 2, 20, "both replicas to be bound")
+    wait_until(
+        lambda: cluster.state(job) == "RUNNING" and len(cluster.job(job).allocations) == 2,
+        20,
+        "both replicas to be bound",
+    )
     assert pid_alive(kept_pid) and pid_alive(again)
     assert not (cluster.out / f"{job}.0.1.pids").exists()  # replica 0 was never restarted
     events = cluster.events(job)
-    assert any(t == "EVICTED" and "replica 1 replaced: task on node n1 exited with code 3" in m for t, m in events), events
+    assert any(t == "EVICTED" and "replica 1 replaced: task on node n1 exited with code 3" in m for t, m in events), (
+        events
+    )
     assert not any(t == "EVICTED" and "replaced" not in m for t, m in events), events
     assert cluster.allocated_milli() == 2000
     cluster.client.cancel(job)

@@ -163,7 +163,9 @@ def test_a_failed_replica_task_is_replaced_alone(env):
     assert sorted(after) == [0, 1] and after[1] == before[1]
     assert _allocated(api) == _core_used(api) and len(_allocated(api)) == 4
     _, events = api.get_job(P, job_id)
-    assert any(m.startswith("restart 1/unlimited: replica 0 replaced: task on node") for m in (e.message for e in events))
+    assert any(
+        m.startswith("restart 1/unlimited: replica 0 replaced: task on node") for m in (e.message for e in events)
+    )
     # the new replica reports running: the job stays RUNNING, and success needs every node
     api.report_task_status(P, job_id, after[0].node, TaskState.RUNNING)
     for a in after.values():
@@ -255,7 +257,9 @@ def test_a_replica_sharing_its_node_is_replaced_alone(env):
     gate = OnePass()
     stream = api.watch_assignments(P, "n0", is_active=gate, poll_s=0.01)
     assert [x.task for x in next(stream).allocations] == [0, 1]
-    api.report_task_status(P, job_id, "n0", TaskState.FAILED, "task 1 exited with code 3", exit_code=3, failed_tasks=(1,))
+    api.report_task_status(
+        P, job_id, "n0", TaskState.FAILED, "task 1 exited with code 3", exit_code=3, failed_tasks=(1,)
+    )
     mid = _job(api, job_id)
     assert mid.state is JobState.RUNNING and _by_task(mid) == {0: before[0]}
     api.schedule_once()
@@ -361,7 +365,11 @@ def test_a_degraded_serving_job_shows_in_the_degraded_gauge_until_it_is_whole(en
     _run_all(api, view.record.id)
 
     def degraded() -> str:
-        return "\n".join(line for line in generate_latest(metrics.registry).decode().splitlines() if line.startswith("xpod_scheduler_degraded_jobs"))
+        return "\n".join(
+            line
+            for line in generate_latest(metrics.registry).decode().splitlines()
+            if line.startswith("xpod_scheduler_degraded_jobs")
+        )
 
     assert degraded() == ""
     lost = _by_task(_job(api, view.record.id))[0]

@@ -22,8 +22,16 @@ def test_each_serving_replica_is_its_own_world(cluster):
     cluster.start_server()
     cluster.start_agent("localhost", "--sim-devices", "mthreads-s4000:1", "--grace", "1")
     cluster.start_agent("127.0.0.1", "--sim-devices", "mthreads-s4000:3", "--grace", "1")
-    job = cluster.submit("svc", {"replicas": 2, "tasks_per_replica": 2, "devices": {"count": 1, "model": "mthreads-s4000"},
-                                 "command": [sys.executable, WORLD_SCRIPT, str(cluster.out)]}, kind="ServingJob")
+    job = cluster.submit(
+        "svc",
+        {
+            "replicas": 2,
+            "tasks_per_replica": 2,
+            "devices": {"count": 1, "model": "mthreads-s4000"},
+            "command": [sys.executable, WORLD_SCRIPT, str(cluster.out)],
+        },
+        kind="ServingJob",
+    )
     paths = [cluster.out / f"{job}.{t}.world.json" for t in range(4)]
     wait_until(lambda: all(p.exists() for p in paths), 90, "every task to join its world")
     worlds = {t: json.loads(p.read_text()) for t, p in enumerate(paths)}
@@ -43,6 +51,9 @@ def test_each_serving_replica_is_its_own_world(cluster):
     assert any(where[2 * r] != where[2 * r + 1] for r in (0, 1))
     for t in range(4):  # the task's log header names its world (xpod logs)
         head = (cluster.tmp / f"state-{where[t]}" / "logs" / job / f"task-{t}.log").read_text().splitlines()[0]
-        assert f"(replica {t // 2}, rank {t % 2} of 2, master {worlds[t]['MASTER_ADDR']}:{worlds[t]['MASTER_PORT']})" in head, head
+        assert (
+            f"(replica {t // 2}, rank {t % 2} of 2, master {worlds[t]['MASTER_ADDR']}:{worlds[t]['MASTER_PORT']})"
+            in head
+        ), head
     cluster.client.cancel(job)
     wait_until(lambda: cluster.allocated_milli() == 0, 20, "the devices to be free after cancel")

@@ -19,10 +19,21 @@ def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
     nodes = {n.name: n for n in cluster.client.list_nodes()}
     local = [n for n in nodes.values() if n.labels.get("simulated") != "true"]
     assert len(nodes) == 49 and len(local) == 1
-    real = cluster.submit("local", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": task_command(cluster.out)})
-    sim = cluster.submit("pod", {"tasks": 2, "devices": {"count": 16, "model": "ascend-910c"}, "within": "supernode",
-                                 "simulate": {"duration_s": 0.3}})
-    wait_until(lambda: cluster.state(real) == "SUCCEEDED" and cluster.state(sim) == "SUCCEEDED", 30, "both jobs to succeed")
+    real = cluster.submit(
+        "local", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": task_command(cluster.out)}
+    )
+    sim = cluster.submit(
+        "pod",
+        {
+            "tasks": 2,
+            "devices": {"count": 16, "model": "ascend-910c"},
+            "within": "supernode",
+            "simulate": {"duration_s": 0.3},
+        },
+    )
+    wait_until(
+        lambda: cluster.state(real) == "SUCCEEDED" and cluster.state(sim) == "SUCCEEDED", 30, "both jobs to succeed"
+    )
     env = json.loads((cluster.out / f"{real}.0.env").read_text())
     cpu = [d.id for d in local[0].devices if d.vendor == "cpu"]
     assert env["XPOD_DEVICES"] in cpu and env["XPOD_BACKEND"] == "cpu"
@@ -33,7 +44,9 @@ def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
 
 
 def _run(cluster, *args):
-    return subprocess.run(XPOD + list(args), capture_output=True, text=True, timeout=60, env=cluster.env, cwd=str(cluster.tmp))
+    return subprocess.run(
+        XPOD + list(args), capture_output=True, text=True, timeout=60, env=cluster.env, cwd=str(cluster.tmp)
+    )
 
 
 def test_user_errors_are_one_line(cluster):
@@ -42,7 +55,10 @@ def test_user_errors_are_one_line(cluster):
         (("up", "--no-simulate", "--no-local", "--state-dir", str(cluster.tmp)), "leave nothing to run"),
         (("up", "--listen", "0.0.0.0:7070", "--state-dir", str(cluster.tmp)), "stays on loopback"),
         (("up", "--node-timeout", "0", "--state-dir", str(cluster.tmp)), "--node-timeout 0: must be a positive"),
-        (("agent", "--simulate", str(cluster.tmp / "missing.yaml"), "--state-dir", str(cluster.tmp)), "no such cluster descriptor"),
+        (
+            ("agent", "--simulate", str(cluster.tmp / "missing.yaml"), "--state-dir", str(cluster.tmp)),
+            "no such cluster descriptor",
+        ),
         (("agent", "--heartbeat-interval", "-1", "--state-dir", str(cluster.tmp)), "--heartbeat-interval -1"),
     ]
     for args, needle in cases:
@@ -60,8 +76,12 @@ def test_logs_follow_stops_at_the_exit_line(cluster):
     folder.mkdir(parents=True)
     log = folder / "task-0.log"
     log.write_text("=== xpod: task 0 of job job-7 starting on n1: x\nfirst\n")
-    p = subprocess.Popen(XPOD + ["logs", "job-7", "--follow", "--state-dir", str(cluster.tmp)], stdout=subprocess.PIPE, text=True,
-                         env=cluster.env)
+    p = subprocess.Popen(
+        XPOD + ["logs", "job-7", "--follow", "--state-dir", str(cluster.tmp)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cluster.env,
+    )
     try:
         wait_until(lambda: log.stat().st_size > 0, 5, "the log")
         import time
@@ -88,7 +108,18 @@ def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
         f"    - {{name: this-host, hosts: '{host}', devices: {{model: nvidia-h100-sxm, packagesPerNode: 1}}}}\n"
     )
     cluster.start_server("--cluster", str(descriptor))
-    cluster.start("agent", ["agent", "--server", cluster.address, "--state-dir", str(cluster.tmp / "state"), "--heartbeat-interval", "0.3"])
+    cluster.start(
+        "agent",
+        [
+            "agent",
+            "--server",
+            cluster.address,
+            "--state-dir",
+            str(cluster.tmp / "state"),
+            "--heartbeat-interval",
+            "0.3",
+        ],
+    )
     wait_until(lambda: "registered with" in cluster.log("agent"), 30, "the agent to register")
     assert f"node {host} with" in cluster.log("agent")
     nodes = {n.name: n for n in cluster.client.list_nodes()}
@@ -96,11 +127,20 @@ def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
     assert [d.model for d in nodes["g1"].devices] == ["nvidia-h100-sxm"]  # the other node is untouched
     from xpod.runtime.agent import discover_devices
 
-    assert [(d.vendor, d.model) for d in nodes[host].devices] == [(d.vendor, d.model) for d in discover_devices()]  # this host's own
+    assert [(d.vendor, d.model) for d in nodes[host].devices] == [
+        (d.vendor, d.model) for d in discover_devices()
+    ]  # this host's own
     assert nodes[host].ready
     # a command that cannot start fails the job per its policy, saying why
-    job = cluster.submit("nocmd", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": ["/nonexistent/xpod-test-binary"],
-                                   "restart": {"max_restarts": 0}})
+    job = cluster.submit(
+        "nocmd",
+        {
+            "tasks": 1,
+            "devices": {"count": 1, "vendor": "cpu"},
+            "command": ["/nonexistent/xpod-test-binary"],
+            "restart": {"max_restarts": 0},
+        },
+    )
     wait_until(lambda: cluster.state(job) == "FAILED", 30, "the job to fail")
     assert "could not start: cannot start '/nonexistent/xpod-test-binary'" in cluster.job(job).message
     assert cluster.allocated_milli() == 0

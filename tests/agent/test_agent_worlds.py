@@ -31,8 +31,9 @@ class RecordingExecutor:
         self.envs: dict[int, dict[str, str]] = {}
 
     def start(self, job, job_id, alloc, world, master_addr):
-        self.envs[alloc.task] = task_env(job_id, alloc, world, master_addr, "cpu", {},
-                                         parse_task_fields(job["kind"], job["spec"]).env)
+        self.envs[alloc.task] = task_env(
+            job_id, alloc, world, master_addr, "cpu", {}, parse_task_fields(job["kind"], job["spec"]).env
+        )
         return _Running(alloc.task)
 
 
@@ -68,8 +69,13 @@ def _rank_vars(env: dict[str, str]) -> tuple:
 def test_two_replicas_of_two_tasks_are_two_worlds():
     # replica 0 = tasks 0, 1 on n1, n2; replica 1 = tasks 2, 3 on n3, n1 (n1 holds one task of each)
     placements = {0: "n1", 1: "n2", 2: "n3", 3: "n1"}
-    spec = {"replicas": 2, "tasks_per_replica": 2, "devices": {"count": 1, "model": "mthreads-s4000"},
-            "command": ["serve"], "env": {"MODEL": "dsv3"}}
+    spec = {
+        "replicas": 2,
+        "tasks_per_replica": 2,
+        "devices": {"count": 1, "model": "mthreads-s4000"},
+        "command": ["serve"],
+        "env": {"MODEL": "dsv3"},
+    }
     envs = _envs_on_every_node("job-7", "ServingJob", spec, placements)
     p0, p1 = rendezvous_port("job-7", 0), rendezvous_port("job-7", 1)
     assert p0 != p1 and p0 == rendezvous_port("job-7")  # replica 0 keeps the job's port
@@ -81,7 +87,11 @@ def test_two_replicas_of_two_tasks_are_two_worlds():
         3: ("1", "2", "0", "1", "n3", str(p1), "1"),  # on n1, but its world's master is n3
     }
     for t, e in envs.items():
-        assert e["XPOD_TASK_INDEX"] == str(t) and e["XPOD_JOB_ID"] == "job-7" and e["XPOD_DEVICES"] == f"{placements[t]}/{t}"
+        assert (
+            e["XPOD_TASK_INDEX"] == str(t)
+            and e["XPOD_JOB_ID"] == "job-7"
+            and e["XPOD_DEVICES"] == f"{placements[t]}/{t}"
+        )
         assert e["MODEL"] == "dsv3"
 
 
@@ -89,7 +99,11 @@ def test_a_replica_on_one_node_counts_its_local_ranks_apart_from_other_replicas(
     # both replicas share n1 entirely: each is a world of 2 with local ranks 0, 1 of its own
     worlds = task_worlds("j", "ServingJob", {"tasks_per_replica": 2}, [(0, "n1"), (1, "n1"), (2, "n1"), (3, "n1")])
     assert [(w.rank, w.world_size, w.local_rank, w.local_world_size, w.replica) for w in worlds.values()] == [
-        (0, 2, 0, 2, 0), (1, 2, 1, 2, 0), (0, 2, 0, 2, 1), (1, 2, 1, 2, 1)]
+        (0, 2, 0, 2, 0),
+        (1, 2, 1, 2, 0),
+        (0, 2, 0, 2, 1),
+        (1, 2, 1, 2, 1),
+    ]
     assert len({w.master_port for w in worlds.values()}) == 2  # same master node, distinct ports
 
 
@@ -142,7 +156,10 @@ def test_a_replica_missing_its_first_task_still_ranks_inside_it():
     # a replica whose first task is missing from the list (never bound so by the scheduler, but
     # the agent must not crash): master falls back to its lowest placed task's node
     worlds = task_worlds("j", "ServingJob", {"tasks_per_replica": 3}, [(4, "b"), (5, "c")])
-    assert {t: (w.rank, w.world_size, w.master_node, w.replica) for t, w in worlds.items()} == {4: (1, 3, "b", 1), 5: (2, 3, "b", 1)}
+    assert {t: (w.rank, w.world_size, w.master_node, w.replica) for t, w in worlds.items()} == {
+        4: (1, 3, "b", 1),
+        5: (2, 3, "b", 1),
+    }
 
 
 def test_a_bad_tasks_per_replica_fails_the_tasks_with_the_field_named():
@@ -163,7 +180,11 @@ def test_rank_variables_are_reserved():
 
 def test_a_simulated_task_logs_its_world(tmp_path):
     agent = NodeAgent(None, NodeSpec("n1", ()), SimExecutor("n1", str(tmp_path), clock=lambda: 0.0))
-    agent._start(_assignment("s", "ServingJob", {"replicas": 2, "tasks_per_replica": 2}, {0: "n2", 1: "n1", 2: "n1", 3: "n1"}, "n1"))
+    agent._start(
+        _assignment(
+            "s", "ServingJob", {"replicas": 2, "tasks_per_replica": 2}, {0: "n2", 1: "n1", 2: "n1", 3: "n1"}, "n1"
+        )
+    )
     heads = {t: open(log_path(str(tmp_path), "s", t)).read() for t in (1, 2, 3)}
     p0, p1 = rendezvous_port("s", 0), rendezvous_port("s", 1)
     assert f"(simulated; replica 0, rank 1 of 2, master n2:{p0})" in heads[1]

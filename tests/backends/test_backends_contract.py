@@ -18,11 +18,46 @@ from xpod.hal import registry
 
 # backend id -> (torch module, device type, dist backend, process var, container var, tool words in the reason)
 VENDORS = {
-    "ascend": ("torch_npu", "npu", "hccl", "ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES", ("torch_npu", "npu-smi", "/dev/davinci")),
-    "cambricon": ("torch_mlu", "mlu", "cncl", "MLU_VISIBLE_DEVICES", "CAMBRICON_SPLIT_VISIBLE_DEVICES", ("torch_mlu", "cnmon", "/dev/cambricon_dev")),
-    "mthreads": ("torch_musa", "musa", "mccl", "MUSA_VISIBLE_DEVICES", "MTHREADS_VISIBLE_DEVICES", ("torch_musa", "mthreads-gmi", "0x1ed5")),
-    "hygon": ("torch", "cuda", "nccl", "HIP_VISIBLE_DEVICES", "HCU_VISIBLE_DEVICES", ("torch.version.hip", "hy-smi", "rocm-smi", "0x1d94")),
-    "cuda": ("torch", "cuda", "nccl", "CUDA_VISIBLE_DEVICES", None, ("torch.version.cuda", "nvidia-smi", "/dev/nvidia")),
+    "ascend": (
+        "torch_npu",
+        "npu",
+        "hccl",
+        "ASCEND_RT_VISIBLE_DEVICES",
+        "ASCEND_VISIBLE_DEVICES",
+        ("torch_npu", "npu-smi", "/dev/davinci"),
+    ),
+    "cambricon": (
+        "torch_mlu",
+        "mlu",
+        "cncl",
+        "MLU_VISIBLE_DEVICES",
+        "CAMBRICON_SPLIT_VISIBLE_DEVICES",
+        ("torch_mlu", "cnmon", "/dev/cambricon_dev"),
+    ),
+    "mthreads": (
+        "torch_musa",
+        "musa",
+        "mccl",
+        "MUSA_VISIBLE_DEVICES",
+        "MTHREADS_VISIBLE_DEVICES",
+        ("torch_musa", "mthreads-gmi", "0x1ed5"),
+    ),
+    "hygon": (
+        "torch",
+        "cuda",
+        "nccl",
+        "HIP_VISIBLE_DEVICES",
+        "HCU_VISIBLE_DEVICES",
+        ("torch.version.hip", "hy-smi", "rocm-smi", "0x1d94"),
+    ),
+    "cuda": (
+        "torch",
+        "cuda",
+        "nccl",
+        "CUDA_VISIBLE_DEVICES",
+        None,
+        ("torch.version.cuda", "nvidia-smi", "/dev/nvidia"),
+    ),
 }
 SDKS = ("torch_npu", "torch_mlu", "torch_musa", "pynvml")
 NO_HARDWARE = not any(os.path.exists(p) for p in ("/dev/davinci0", "/dev/cambricon_dev0", "/dev/nvidia0", "/dev/kfd"))
@@ -30,7 +65,9 @@ NO_HARDWARE = not any(os.path.exists(p) for p in ("/dev/davinci0", "/dev/cambric
 
 def _backend_class(name):
     mod = importlib.import_module(f"xpod.backends.{name}")
-    classes = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Backend) and v.__module__ == mod.__name__]
+    classes = [
+        v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Backend) and v.__module__ == mod.__name__
+    ]
     assert len(classes) == 1
     return mod, classes[0]
 
@@ -64,7 +101,9 @@ def test_broken_torch_npu_leaves_cpu_discovery_working(tmp_path):
     """A torch_npu that raises at import (CANN missing) becomes ascend's reason; cpu still works."""
     pkg = tmp_path / "torch_npu"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("raise OSError('libascendcl.so: cannot open shared object file: No such file or directory')\n")
+    (pkg / "__init__.py").write_text(
+        "raise OSError('libascendcl.so: cannot open shared object file: No such file or directory')\n"
+    )
     # Registered for torch's device-extension autoload, as the real wheel is.
     dist = tmp_path / "torch_npu-2.1.0.dist-info"
     dist.mkdir()
@@ -109,7 +148,13 @@ def _raise():
 def test_registry_survives_bad_probes(monkeypatch):
     from xpod.backends.cpu import probe as cpu_probe
 
-    eps = [_EP("cpu", cpu_probe), _EP("raises", _raise), _EP("hangs", _hang), _EP("garbage", lambda: 42), _EP("empty", lambda: "")]
+    eps = [
+        _EP("cpu", cpu_probe),
+        _EP("raises", _raise),
+        _EP("hangs", _hang),
+        _EP("garbage", lambda: 42),
+        _EP("empty", lambda: ""),
+    ]
     monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == registry.GROUP else [])
     started = time.monotonic()
     statuses = {s.name: s for s in registry.probe_all(timeout_s=0.5)}
@@ -161,14 +206,25 @@ def test_visible_env_per_vendor(name):
 
 @pytest.mark.parametrize(
     "value,expected",
-    [(None, None), ("", []), ("NoDevFiles", []), ("0,1,2", [0, 1, 2]), ("1, 2,3", [1]), ("1,2,x,3", [1, 2]), ("2,2,3", [2])],
+    [
+        (None, None),
+        ("", []),
+        ("NoDevFiles", []),
+        ("0,1,2", [0, 1, 2]),
+        ("1, 2,3", [1]),
+        ("1,2,x,3", [1, 2]),
+        ("2,2,3", [2]),
+    ],
 )
 def test_parse_visible_devices(value, expected):
     assert parse_visible_devices(value) == expected
 
 
 def _listing(ids):
-    return [DeviceInfo(vendor="ascend", model="ascend-310p3", index=k, physical_index=i, health=Health.OK) for k, i in enumerate(ids)]
+    return [
+        DeviceInfo(vendor="ascend", model="ascend-310p3", index=k, physical_index=i, health=Health.OK)
+        for k, i in enumerate(ids)
+    ]
 
 
 def test_select_visible_maps_ordinals_to_logical_indices():
@@ -179,7 +235,10 @@ def test_select_visible_maps_ordinals_to_logical_indices():
     assert [d.index for d in select_visible(devs, "ASCEND_RT_VISIBLE_DEVICES", {})] == [0, 1, 2, 3]
     assert select_visible(devs, "ASCEND_RT_VISIBLE_DEVICES", {"ASCEND_RT_VISIBLE_DEVICES": ""}) == []
     # Ascend stops at the first bad token: "1, 2,3" shows only ordinal 1
-    assert [d.physical_index for d in select_visible(devs, "ASCEND_RT_VISIBLE_DEVICES", {"ASCEND_RT_VISIBLE_DEVICES": "1, 2,3"})] == [5]
+    assert [
+        d.physical_index
+        for d in select_visible(devs, "ASCEND_RT_VISIBLE_DEVICES", {"ASCEND_RT_VISIBLE_DEVICES": "1, 2,3"})
+    ] == [5]
     # an id past the end stops the list, as the runtimes do
     assert [d.physical_index for d in select_visible(devs, "X", {"X": "0,9,1"})] == [4]
 
@@ -190,14 +249,25 @@ FIX = os.path.join(os.path.dirname(__file__), "..", "fixtures", "smi")
 
 
 def test_cli_parse_json_contract():
-    proc = xpod_cli("devices", "--parse", os.path.join(FIX, "npu-smi_info_910B3_8card.txt"), "--tool", "npu-smi", "--json")
+    proc = xpod_cli(
+        "devices", "--parse", os.path.join(FIX, "npu-smi_info_910B3_8card.txt"), "--tool", "npu-smi", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert len(rows) == 8
     for row in rows:
         assert {"vendor", "model", "index", "memory_total_bytes", "memory_used_bytes", "health"} <= set(row)
         assert row["vendor"] == "ascend" and row["health"] == "ok" and row["memory_total_bytes"] == 65536 * 2**20
-    hy = json.loads(xpod_cli("devices", "--parse", os.path.join(FIX, "hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt"), "--tool", "hy-smi", "--json").stdout)
+    hy = json.loads(
+        xpod_cli(
+            "devices",
+            "--parse",
+            os.path.join(FIX, "hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt"),
+            "--tool",
+            "hy-smi",
+            "--json",
+        ).stdout
+    )
     assert [r["memory_total_bytes"] for r in hy] == [None] * 4 and [r["model"] for r in hy] == [None] * 4
 
 

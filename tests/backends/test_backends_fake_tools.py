@@ -14,7 +14,11 @@ from xpod.backends._common import ToolBackend
 from xpod.hal import BackendUnavailable, Health, Link
 
 SMI = os.path.join(os.path.dirname(__file__), "..", "fixtures", "smi")
-with open(os.path.join(os.path.dirname(__file__), "..", "fixtures", "smi_synthetic", "npu-smi_info_A3-layout_2npu_synthetic.txt")) as _f:
+with open(
+    os.path.join(
+        os.path.dirname(__file__), "..", "fixtures", "smi_synthetic", "npu-smi_info_A3-layout_2npu_synthetic.txt"
+    )
+) as _f:
     A3 = _f.read()
 
 MiB = 2**20
@@ -27,19 +31,35 @@ def tool_bin(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
-    for var in ("ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "MLU_VISIBLE_DEVICES", "MUSA_VISIBLE_DEVICES"):
+    for var in (
+        "ASCEND_RT_VISIBLE_DEVICES",
+        "CUDA_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "MLU_VISIBLE_DEVICES",
+        "MUSA_VISIBLE_DEVICES",
+    ):
         monkeypatch.delenv(var, raising=False)
 
     def make(name, outputs, default_rc=2, sleep_s=0):
         cases = []
         for k, (args, content) in enumerate(outputs.items()):
-            path = os.path.join(SMI, content) if content.endswith(".txt") and os.path.exists(os.path.join(SMI, content)) else None
+            path = (
+                os.path.join(SMI, content)
+                if content.endswith(".txt") and os.path.exists(os.path.join(SMI, content))
+                else None
+            )
             if path is None:
                 path = str(tmp_path / f"{name}-{k}.out")
                 with open(path, "w") as f:
                     f.write(content)
             cases.append(f'  "{args}") cat "{path}"; exit 0;;')
-        script = "#!/bin/sh\n" + (f"sleep {sleep_s}\n" if sleep_s else "") + 'case "$*" in\n' + "\n".join(cases) + f'\n  *) echo "{name}: unknown option $*" >&2; exit {default_rc};;\nesac\n'
+        script = (
+            "#!/bin/sh\n"
+            + (f"sleep {sleep_s}\n" if sleep_s else "")
+            + 'case "$*" in\n'
+            + "\n".join(cases)
+            + f'\n  *) echo "{name}: unknown option $*" >&2; exit {default_rc};;\nesac\n'
+        )
         exe = bin_dir / name
         exe.write_text(script)
         exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -59,7 +79,9 @@ def _check_contract(backend: ToolBackend):
 
 
 def test_ascend_910b_through_npu_smi(tool_bin, monkeypatch):
-    tool_bin("npu-smi", {"info": "npu-smi_info_910B3_8card.txt", "info -t topo": "npu-smi_info_-t_topo_910B3_8card.txt"})
+    tool_bin(
+        "npu-smi", {"info": "npu-smi_info_910B3_8card.txt", "info -t topo": "npu-smi_info_-t_topo_910B3_8card.txt"}
+    )
     backend = ascend.probe()
     assert isinstance(backend, ascend.AscendBackend) and backend.source == "tool"
     devices = _check_contract(backend)
@@ -68,7 +90,10 @@ def test_ascend_910b_through_npu_smi(tool_bin, monkeypatch):
     assert backend.visible_env([3, 1]) == {"ASCEND_RT_VISIBLE_DEVICES": "1,3"}
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "2,5")
     picked = backend.devices()
-    assert [(d.index, d.physical_index, d.pci_bus_id) for d in picked] == [(0, 2, "0000:81:00.0"), (1, 5, "0000:02:00.0")]
+    assert [(d.index, d.physical_index, d.pci_bus_id) for d in picked] == [
+        (0, 2, "0000:81:00.0"),
+        (1, 5, "0000:02:00.0"),
+    ]
 
 
 def test_ascend_910c_dies_through_npu_smi(tool_bin, monkeypatch):
@@ -87,7 +112,10 @@ def test_ascend_910c_dies_through_npu_smi(tool_bin, monkeypatch):
 
 
 def test_cuda_through_nvidia_smi(tool_bin, monkeypatch):
-    tool_bin("nvidia-smi", {"-q": "nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt", "topo -m": "nvidia-smi_topo_-m_H100_8gpu_NV18_spaces.txt"})
+    tool_bin(
+        "nvidia-smi",
+        {"-q": "nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt", "topo -m": "nvidia-smi_topo_-m_H100_8gpu_NV18_spaces.txt"},
+    )
     backend = cuda.probe()
     assert isinstance(backend, cuda.CudaBackend) and backend.source == "tool"
     devices = _check_contract(backend)
@@ -109,7 +137,11 @@ def test_hygon_through_hy_smi(tool_bin):
     backend = hygon.probe()
     assert isinstance(backend, hygon.HygonBackend)
     devices = _check_contract(backend)
-    assert len(devices) == 8 and {d.vendor for d in devices} == {"hygon"} and {d.health for d in devices} == {Health.UNKNOWN}
+    assert (
+        len(devices) == 8
+        and {d.vendor for d in devices} == {"hygon"}
+        and {d.health for d in devices} == {Health.UNKNOWN}
+    )
     assert backend.visible_env([0, 2]) == {"HIP_VISIBLE_DEVICES": "0,2"}
 
 
@@ -182,7 +214,9 @@ def test_torch_source_alone_lists_torch_devices(tool_bin, monkeypatch):
     _fake_extension(monkeypatch, cambricon._sdk, [("MLU370-X8", 24 * 2**30), ("MLU370-X8", 24 * 2**30)])
     backend = cambricon.probe()
     devices = _check_contract(backend)
-    assert [(d.model, d.health, d.extra["source"]) for d in devices] == [("cambricon-mlu370-x8", Health.UNKNOWN, "torch")] * 2
+    assert [(d.model, d.health, d.extra["source"]) for d in devices] == [
+        ("cambricon-mlu370-x8", Health.UNKNOWN, "torch")
+    ] * 2
     # torch and the tool agree on 2 devices: the tool's bus ids and health join torch's list
     tool_bin("cnmon", {"": "cnmon_MLU370-X8_2card_v5.10.13.txt"})
     assert [d.pci_bus_id for d in backend.devices()] == ["0000:39:00.0", "0000:3d:00.0"]

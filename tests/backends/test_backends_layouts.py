@@ -221,7 +221,9 @@ def test_mthreads_two_gpus_with_processes():
 
 
 def test_cnmon_ecc_count_is_a_warning():
-    text = read("cnmon_MLU370-X8_2card_v5.10.13.txt").replace("| 0%                N/A |", "| 0%                  3 |", 1)
+    text = read("cnmon_MLU370-X8_2card_v5.10.13.txt").replace(
+        "| 0%                N/A |", "| 0%                  3 |", 1
+    )
     devs = parse_tool_output("cnmon", text)
     assert [d.health for d in devs] == [Health.WARNING, Health.UNKNOWN]
 
@@ -239,7 +241,11 @@ def test_rocm_smi_json():
 
 @pytest.mark.parametrize(
     "tool,name",
-    [("npu-smi", "npu-smi_info_910B3_8card.txt"), ("nvidia-smi", "nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), ("cnmon", "cnmon_MLU370-X8_2card_v5.10.13.txt")],
+    [
+        ("npu-smi", "npu-smi_info_910B3_8card.txt"),
+        ("nvidia-smi", "nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"),
+        ("cnmon", "cnmon_MLU370-X8_2card_v5.10.13.txt"),
+    ],
 )
 def test_crlf_and_ansi_do_not_change_the_inventory(tool, name):
     text = read(name)
@@ -249,7 +255,11 @@ def test_crlf_and_ansi_do_not_change_the_inventory(tool, name):
     assert plain == crlf == ansi
 
 
-BOXED = [("npu-smi", "npu-smi_info_910B3_8card.txt"), ("cnmon", "cnmon_MLU370-X8_2card_v5.10.13.txt"), ("nvidia-smi", "nvidia-smi_capture_nvidia-h200_590.48.01.txt")]
+BOXED = [
+    ("npu-smi", "npu-smi_info_910B3_8card.txt"),
+    ("cnmon", "cnmon_MLU370-X8_2card_v5.10.13.txt"),
+    ("nvidia-smi", "nvidia-smi_capture_nvidia-h200_590.48.01.txt"),
+]
 
 
 @settings(max_examples=20, deadline=None)
@@ -267,7 +277,9 @@ def test_column_widths_do_not_matter(pads, which):
         return "|".join(p + " " * pads[k % len(pads)] if 0 < k < len(parts) - 1 else p for k, p in enumerate(parts))
 
     changed = "\n".join(repad(ln) for ln in text.splitlines())
-    assert [d.to_json() for d in parse_tool_output(tool, changed)] == [d.to_json() for d in parse_tool_output(tool, text)]
+    assert [d.to_json() for d in parse_tool_output(tool, changed)] == [
+        d.to_json() for d in parse_tool_output(tool, text)
+    ]
 
 
 def test_nvidia_reset_signals():
@@ -279,7 +291,10 @@ def test_nvidia_reset_signals():
     assert health[:2] == [Health.CRITICAL, Health.WARNING] and set(health[2:]) == {Health.OK}
     h200 = read("nvidia-smi_capture_nvidia-h200_590.48.01.txt")
     assert h200.count("GPU Recovery Action                                : None") == 2
-    drained = h200.replace("GPU Recovery Action                                : None", "GPU Recovery Action                                : Drain P2P")
+    drained = h200.replace(
+        "GPU Recovery Action                                : None",
+        "GPU Recovery Action                                : Drain P2P",
+    )
     (gpu,) = parse_tool_output("nvidia-smi", drained)
     assert gpu.health is Health.WARNING and "GPU Recovery Action: Drain P2P" in gpu.extra["health_reasons"]
 
@@ -311,7 +326,10 @@ NVIDIA_XML = """\
 
 def test_nvidia_xml():
     devs = parse_tool_output("nvidia-smi", NVIDIA_XML)
-    assert [(d.uuid, d.pci_bus_id, d.model) for d in devs] == [("GPU-aaaa", "0000:18:00.0", "nvidia-h100-sxm"), ("GPU-bbbb", "0000:2a:00.0", "nvidia-h100-sxm")]
+    assert [(d.uuid, d.pci_bus_id, d.model) for d in devs] == [
+        ("GPU-aaaa", "0000:18:00.0", "nvidia-h100-sxm"),
+        ("GPU-bbbb", "0000:2a:00.0", "nvidia-h100-sxm"),
+    ]
     assert [d.health for d in devs] == [Health.OK, Health.WARNING]
     assert devs[0].memory_total_bytes == 81559 * MiB
     with pytest.raises(ToolOutputError, match="XML output is not well-formed"):

@@ -36,7 +36,15 @@ CASES = [
     ("npu-smi_info_310P3_2card_25.5.1.txt", "npu-smi", 2, "ascend", "ascend-310p3", 21525 * MiB, Health.OK),
     ("npu-smi_info_-t_topo_910B3_8card.txt", "npu-smi", 8, "ascend", None, None, Health.UNKNOWN),
     ("cnmon_MLU370-X8_2card_v5.10.13.txt", "cnmon", 2, "cambricon", "cambricon-mlu370-x8", 23374 * MiB, Health.UNKNOWN),
-    ("mthreads-gmi_S4000_1card_mem-anomaly-iommu_1.12.2_excerpt.txt", "mthreads-gmi", 1, "mthreads", "mthreads-s4000", 32768 * MiB, Health.ALARM),
+    (
+        "mthreads-gmi_S4000_1card_mem-anomaly-iommu_1.12.2_excerpt.txt",
+        "mthreads-gmi",
+        1,
+        "mthreads",
+        "mthreads-s4000",
+        32768 * MiB,
+        Health.ALARM,
+    ),
     ("hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt", "hy-smi", 4, "hygon", None, None, Health.UNKNOWN),
     ("rocm-smi_hygon_K100_8card_dtk23.10.txt", "rocm-smi", 8, "hygon", None, None, Health.UNKNOWN),
     ("rocm-smi_hygon_4card_legacy-format_dtk23.10.1-image.txt", "rocm-smi", 4, "hygon", None, None, Health.UNKNOWN),
@@ -47,9 +55,25 @@ CASES = [
     ("rocm-smi_-u_--showmeminfo_vram_MI300-class_8gpu.txt", "rocm-smi", 8, "amd", None, 206141652992, Health.UNKNOWN),
     ("rocm-smi_--showtopo_MI300-class_8gpu_xgmi.txt", "rocm-smi", 8, "amd", None, None, Health.UNKNOWN),
     ("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt", "nvidia-smi", 8, "cuda", "nvidia-h100-sxm", 81559 * MiB, Health.OK),
-    ("nvidia-smi_capture_nvidia-h100-80gb-hbm3_590.48.01.txt", "nvidia-smi", 1, "cuda", "nvidia-h100-sxm", 81559 * MiB, Health.OK),
+    (
+        "nvidia-smi_capture_nvidia-h100-80gb-hbm3_590.48.01.txt",
+        "nvidia-smi",
+        1,
+        "cuda",
+        "nvidia-h100-sxm",
+        81559 * MiB,
+        Health.OK,
+    ),
     ("nvidia-smi_capture_nvidia-h200_590.48.01.txt", "nvidia-smi", 1, "cuda", "nvidia-h200", 143771 * MiB, Health.OK),
-    ("nvidia-smi_-q_excerpt_A100-SXM4-80GB_8gpu_ecc-row-remap-pending_510.73.08.txt", "nvidia-smi", 1, "cuda", "nvidia-a100-sxm4-80gb", None, Health.WARNING),
+    (
+        "nvidia-smi_-q_excerpt_A100-SXM4-80GB_8gpu_ecc-row-remap-pending_510.73.08.txt",
+        "nvidia-smi",
+        1,
+        "cuda",
+        "nvidia-a100-sxm4-80gb",
+        None,
+        Health.WARNING,
+    ),
     ("nvidia-smi_-q_excerpt_ecc-sram-uncorrectable.txt", "nvidia-smi", 1, "cuda", None, None, Health.CRITICAL),
     ("nvidia-smi_topo_-m_A100_8gpu_NV12_spaces.txt", "nvidia-smi", 8, "cuda", None, None, Health.UNKNOWN),
     ("nvidia-smi_topo_-m_H100_8gpu_NV18_spaces.txt", "nvidia-smi", 8, "cuda", None, None, Health.UNKNOWN),
@@ -107,12 +131,16 @@ def test_a3_one_npu_id_is_two_dies():
 
 def test_npu_smi_wider_columns_and_extra_column():
     # Column widths changed and an extra column appended: columns are found by header words.
-    text = A3.replace("| OK            |", "| OK                 |").replace("| Health        |", "| Health             |")
+    text = A3.replace("| OK            |", "| OK                 |").replace(
+        "| Health        |", "| Health             |"
+    )
     assert [d.dies for d in parse_tool_output("npu-smi", text)] == [2, 2]
 
 
 def test_unhealthy_nvidia_details():
-    (a100,) = parse_tool_output("nvidia-smi", read("nvidia-smi_-q_excerpt_A100-SXM4-80GB_8gpu_ecc-row-remap-pending_510.73.08.txt"))
+    (a100,) = parse_tool_output(
+        "nvidia-smi", read("nvidia-smi_-q_excerpt_A100-SXM4-80GB_8gpu_ecc-row-remap-pending_510.73.08.txt")
+    )
     assert a100.pci_bus_id == "0000:10:1c.0"
     assert a100.extra["excerpt"] is True and a100.extra["attached_gpus"] == 8
     assert any("remapped rows pending" in r for r in a100.extra["health_reasons"])
@@ -147,7 +175,11 @@ def test_memory_anomaly_is_alarm():
 def test_rocm_smi_merges_sections_by_index():
     topo_devs = parse_tool_output("rocm-smi", read("rocm-smi_--showtopo_MI300-class_8gpu_xgmi.txt"))
     assert [d.numa_node for d in topo_devs] == [0, 0, 0, 0, 1, 1, 1, 1]
-    both = read("rocm-smi_concise_MI300-class_8gpu.txt") + "\n" + read("rocm-smi_-u_--showmeminfo_vram_MI300-class_8gpu.txt")
+    both = (
+        read("rocm-smi_concise_MI300-class_8gpu.txt")
+        + "\n"
+        + read("rocm-smi_-u_--showmeminfo_vram_MI300-class_8gpu.txt")
+    )
     devs = parse_tool_output("rocm-smi", both)
     assert len(devs) == 8  # the same 8 GPUs, not 16
     assert devs[0].memory_used_bytes == 297611264 and devs[0].extra["device_id"] == "0x74a2"
@@ -206,15 +238,40 @@ TRUNCATED = [
     # a cnmon card row without its memory row
     ("cnmon", _cut_after(read("cnmon_MLU370-X8_2card_v5.10.13.txt"), "| 1     /   MLU370-X8"), "line 10"),
     # an mthreads-gmi device row cut before the memory value
-    ("mthreads-gmi", read("mthreads-gmi_S4000_1card_mem-anomaly-iommu_1.12.2_excerpt.txt").replace("88%   44302MiB(32768MiB)", "88%"), "line 9"),
+    (
+        "mthreads-gmi",
+        read("mthreads-gmi_S4000_1card_mem-anomaly-iommu_1.12.2_excerpt.txt").replace(
+            "88%   44302MiB(32768MiB)", "88%"
+        ),
+        "line 9",
+    ),
     # a Hygon row cut in the middle
-    ("hy-smi", read("hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt").replace("3       49.0C    138.0W     auto     800.0W     0%         0%        Normal", "3       49.0C    138.0W"), "line 8"),
+    (
+        "hy-smi",
+        read("hy-smi_hygon_K100_AI_4card_dtk24.04.1.txt").replace(
+            "3       49.0C    138.0W     auto     800.0W     0%         0%        Normal", "3       49.0C    138.0W"
+        ),
+        "line 8",
+    ),
     # nvidia-smi -q that promises 8 GPUs and stops after 3
     ("nvidia-smi", _cut_after(read("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), "Capabilities", 3), "8"),
     # nvidia-smi -q cut inside the last GPU section (the GPU count still matches)
-    ("nvidia-smi", _cut_after(read("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), "Product Name", 8), "last GPU section lacks"),
+    (
+        "nvidia-smi",
+        _cut_after(read("nvidia-smi_-q_H100-SXM_8gpu_565.57.01.txt"), "Product Name", 8),
+        "last GPU section lacks",
+    ),
     # a default-table GPU row without its memory row
-    ("nvidia-smi", _cut_after(read("nvidia-smi_capture_nvidia-h200_590.48.01.txt").split("# idle :: query (-q)")[0].split("# idle :: nvidia-smi (default table)")[1], "|   0  NVIDIA H200"), "line"),
+    (
+        "nvidia-smi",
+        _cut_after(
+            read("nvidia-smi_capture_nvidia-h200_590.48.01.txt")
+            .split("# idle :: query (-q)")[0]
+            .split("# idle :: nvidia-smi (default table)")[1],
+            "|   0  NVIDIA H200",
+        ),
+        "line",
+    ),
     # a topology matrix missing rows
     ("npu-smi", _cut_after(read("npu-smi_info_-t_topo_910B3_8card.txt"), "NPU5       HCCS"), "truncated"),
 ]
@@ -228,7 +285,9 @@ def test_truncated_outputs_raise_not_a_short_inventory(tool, text, where):
 
 
 def test_unknown_health_word_is_an_error_not_ok():
-    bad = read("npu-smi_info_910B3_8card.txt").replace("| 0     910B3               | OK     ", "| 0     910B3               | Smoking", 1)
+    bad = read("npu-smi_info_910B3_8card.txt").replace(
+        "| 0     910B3               | OK     ", "| 0     910B3               | Smoking", 1
+    )
     with pytest.raises(ToolOutputError, match="unknown health value 'Smoking'"):
         parse_tool_output("npu-smi", bad)
 

@@ -6,10 +6,23 @@ from xpod.hal.catalog import SchedulableUnit, all_models, get_model, load_catalo
 from xpod.hal.errors import XpodError
 
 REQUIRED = [
-    "ascend-910b1", "ascend-910b2", "ascend-910b3", "ascend-910b4", "ascend-910c", "ascend-310p3",
-    "cambricon-mlu370-x8", "cambricon-mlu590", "mthreads-s4000", "mthreads-s5000",
-    "hygon-z100", "hygon-k100", "hygon-k100-ai",
-    "nvidia-a100-sxm4-80gb", "nvidia-h100-sxm", "nvidia-h200", "cpu",
+    "ascend-910b1",
+    "ascend-910b2",
+    "ascend-910b3",
+    "ascend-910b4",
+    "ascend-910c",
+    "ascend-310p3",
+    "cambricon-mlu370-x8",
+    "cambricon-mlu590",
+    "mthreads-s4000",
+    "mthreads-s5000",
+    "hygon-z100",
+    "hygon-k100",
+    "hygon-k100-ai",
+    "nvidia-a100-sxm4-80gb",
+    "nvidia-h100-sxm",
+    "nvidia-h200",
+    "cpu",
 ]
 
 
@@ -20,8 +33,14 @@ def test_every_required_model_is_present_once():
 
 @pytest.mark.parametrize("model", all_models(), ids=lambda m: m.id)
 def test_every_known_figure_has_a_source(model):
-    for field in ("memory_bytes", "bf16_tflops", "bf16_tflops_alt", "intra_node_bandwidth_bytes_per_s",
-                  "intra_node_bandwidth_alt_bytes_per_s", "devices_per_node"):
+    for field in (
+        "memory_bytes",
+        "bf16_tflops",
+        "bf16_tflops_alt",
+        "intra_node_bandwidth_bytes_per_s",
+        "intra_node_bandwidth_alt_bytes_per_s",
+        "devices_per_node",
+    ):
         if getattr(model, field) is not None:
             assert field in model.sources, f"{model.id}.{field} has no source"
     if model.bf16_tflops_alt is not None:
@@ -78,8 +97,14 @@ def test_get_model_unknown_has_did_you_mean():
         ("{id: x, vendor: intel, display_name: X, dies_per_package: 1, schedulable_unit: package}", "vendor 'intel'"),
         ("{id: x, vendor: cpu, display_name: X, dies_per_package: 0, schedulable_unit: package}", "dies_per_package"),
         ("{id: x, vendor: cpu, display_name: X, dies_per_package: 1, schedulable_unit: chip}", "schedulable_unit"),
-        ("{id: x, vendor: cpu, display_name: X, dies_per_package: 1, schedulable_unit: package, memory_bytes: -1}", "memory_bytes"),
-        ("{id: x, vendor: cpu, display_name: X, dies_per_package: 1, schedulable_unit: package, colour: red}", "unknown catalog field 'colour'"),
+        (
+            "{id: x, vendor: cpu, display_name: X, dies_per_package: 1, schedulable_unit: package, memory_bytes: -1}",
+            "memory_bytes",
+        ),
+        (
+            "{id: x, vendor: cpu, display_name: X, dies_per_package: 1, schedulable_unit: package, colour: red}",
+            "unknown catalog field 'colour'",
+        ),
     ],
 )
 def test_bad_catalog_entries_are_rejected(entry, message):

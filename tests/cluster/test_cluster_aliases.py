@@ -28,7 +28,7 @@ def test_alias_expansion_is_bounded():
 
 def test_a_line_break_inside_a_quoted_name_keeps_messages_on_one_line():
     text = (
-        'apiVersion: xpod/v1\nkind: Cluster\nmetadata: {name: x}\n'
+        "apiVersion: xpod/v1\nkind: Cluster\nmetadata: {name: x}\n"
         'spec:\n  topology:\n    levels: ["r\\nack"]\n  nodeGroups:\n'
         '    - {name: g, hosts: "n[1-2]", devices: {model: nvidia-h100-sxm, packagesPerNode: 8}, labels: {rack: a}}\n'
     )

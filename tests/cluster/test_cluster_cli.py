@@ -26,10 +26,30 @@ def test_validate_json_reports_cloudmatrix384_counts():
 @pytest.mark.parametrize(
     "name, old, new, expected",
     [
-        ("unknown-key", "      devices: {model", "      devicez: {model", ":61:7: unknown key 'devicez' in spec.nodeGroups[0] (did you mean 'devices'?)"),
-        ("syntax", "levels: [supernode, rack, node]", "levels: [supernode, rack, node", ":44:5: YAML syntax error: expected ',' or ']'"),
-        ("word", "packagesPerNode: 8", "packagesPerNode: eight", ":61:54: spec.nodeGroups[0].devices.packagesPerNode must be a whole number, got 'eight' (text)"),
-        ("negative", "packagesPerNode: 8", "packagesPerNode: -8", ":61:54: spec.nodeGroups[0].devices.packagesPerNode must be >= 1, got -8"),
+        (
+            "unknown-key",
+            "      devices: {model",
+            "      devicez: {model",
+            ":61:7: unknown key 'devicez' in spec.nodeGroups[0] (did you mean 'devices'?)",
+        ),
+        (
+            "syntax",
+            "levels: [supernode, rack, node]",
+            "levels: [supernode, rack, node",
+            ":44:5: YAML syntax error: expected ',' or ']'",
+        ),
+        (
+            "word",
+            "packagesPerNode: 8",
+            "packagesPerNode: eight",
+            ":61:54: spec.nodeGroups[0].devices.packagesPerNode must be a whole number, got 'eight' (text)",
+        ),
+        (
+            "negative",
+            "packagesPerNode: 8",
+            "packagesPerNode: -8",
+            ":61:54: spec.nodeGroups[0].devices.packagesPerNode must be >= 1, got -8",
+        ),
     ],
 )
 def test_broken_cloudmatrix_variants_fail_with_file_line(tmp_path, name, old, new, expected):

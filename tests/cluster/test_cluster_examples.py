@@ -20,8 +20,17 @@ EXPECTED = {
     "atlas-800t-a2.yaml": (4, 32, 32, {"ascend-910b3": 32}, [1, 2, 3]),
     "dgx-h100.yaml": (4, 32, 32, {"nvidia-h100-sxm": 32}, [1, 2]),
     "heterogeneous.yaml": (
-        15, 74, 82,
-        {"ascend-910b3": 32, "cambricon-mlu370-x8": 16, "mthreads-s4000": 8, "hygon-k100-ai": 8, "nvidia-h100-sxm": 16, "lab-fpga": 2},
+        15,
+        74,
+        82,
+        {
+            "ascend-910b3": 32,
+            "cambricon-mlu370-x8": 16,
+            "mthreads-s4000": 8,
+            "hygon-k100-ai": 8,
+            "nvidia-h100-sxm": 16,
+            "lab-fpga": 2,
+        },
         [1, 1, 1, 1, 1, 2, 3],
     ),
 }

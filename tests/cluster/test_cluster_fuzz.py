@@ -31,8 +31,13 @@ def _paths(node, path=()):
 
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["", "x", "n[1-", "64Gi", "1us", "400Gb/s", "node", "cluster", "ascend-910c"]),
-    st.just([]), st.just({}), st.just({"colour": "red"}),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(["", "x", "n[1-", "64Gi", "1us", "400Gb/s", "node", "cluster", "ascend-910c"]),
+    st.just([]),
+    st.just({}),
+    st.just({"colour": "red"}),
 )
 
 
@@ -72,13 +77,22 @@ with open(os.path.join(FIX, "base2.yaml")) as _f:
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, len(BASE2_TEXT) - 1), st.integers(0, 4), st.sampled_from(["", " ", ":", "[", "]", "{", "-", "\n", "x", "9", "'"])),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(BASE2_TEXT) - 1),
+            st.integers(0, 4),
+            st.sampled_from(["", " ", ":", "[", "]", "{", "-", "\n", "x", "9", "'"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_random_text_damage_ends_in_messages_not_tracebacks(edits):
     text = BASE2_TEXT
     for at, cut, insert in edits:
         at = min(at, len(text))
-        text = text[:at] + insert + text[at + cut:]
+        text = text[:at] + insert + text[at + cut :]
     try:
         parse_cluster_text(text, "fuzz.yaml")
     except ClusterValidationError as err:

@@ -62,7 +62,10 @@ prefixes = st.sampled_from(["n", "cm-n", "gpu", "r1-n", "x.", ""])
 suffixes = st.sampled_from(["", "a", "-ib"])
 host = st.builds(
     lambda p, num, width, s: f"{p}{str(num).zfill(width)}{s}",
-    prefixes, st.integers(0, 300), st.integers(1, 4), suffixes,
+    prefixes,
+    st.integers(0, 300),
+    st.integers(1, 4),
+    suffixes,
 ) | st.sampled_from(["login", "head", "storage"])
 
 

@@ -46,7 +46,12 @@ def test_bad_counts_and_models_are_user_errors():
 
 def test_parse_spec():
     assert parse_spec("ascend-910c:8, nvidia-h100-sxm:2") == [("ascend-910c", 8), ("nvidia-h100-sxm", 2)]
-    for bad, token in [("ascend-910c", "ascend-910c"), ("ascend-910c:x", "ascend-910c:x"), ("ascend-910c:1,,cpu:2", ""), ("ascend-910c:0", "ascend-910c:0")]:
+    for bad, token in [
+        ("ascend-910c", "ascend-910c"),
+        ("ascend-910c:x", "ascend-910c:x"),
+        ("ascend-910c:1,,cpu:2", ""),
+        ("ascend-910c:0", "ascend-910c:0"),
+    ]:
         with pytest.raises(XpodError, match=f"bad token {token!r}"):
             parse_spec(bad)
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from xpod.hal.cluster import load_cluster, parse_cluster_text
 from xpod.hal.errors import XpodError
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", "clusters")
+EXAMPLES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", "clusters"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,9 @@ def test_two_supernodes_meet_only_over_roce():
     assert t.tier_between("cm-a-n00/0", "cm-a-n47/0").number == 3
     assert sorted(len(g) for g in t.groups(3)) == [768, 768]
     assert {t.supernode_of(g[0]) for g in t.groups(3)} == {"cm-a", "cm-b"}
-    m = t.distance_matrix([t.device("cm-a-n00/0"), t.device("cm-a-n00/1"), t.device("cm-a-n01/0"), t.device("cm-b-n00/0")])
+    m = t.distance_matrix(
+        [t.device("cm-a-n00/0"), t.device("cm-a-n00/1"), t.device("cm-a-n01/0"), t.device("cm-b-n00/0")]
+    )
     assert m.tolist() == [[0, 1, 3, 4], [1, 0, 3, 4], [3, 3, 0, 4], [4, 4, 4, 0]]
 
 
@@ -101,8 +105,8 @@ def clusters(draw):
         for r in range(racks):
             hosts = [f"s{s}r{r}n{i}" for i in range(per_rack)]
             sn_hosts += hosts
-            domains.append(f"      - {{name: s{s}-r{r}, level: rack, hosts: \"{','.join(hosts)}\"}}")
-        domains.append(f"      - {{name: s{s}, level: supernode, hosts: \"{','.join(sn_hosts)}\"}}")
+            domains.append(f'      - {{name: s{s}-r{r}, level: rack, hosts: "{",".join(hosts)}"}}')
+        domains.append(f'      - {{name: s{s}, level: supernode, hosts: "{",".join(sn_hosts)}"}}')
         model = draw(st.sampled_from(sorted(MODELS)))
         pkgs = draw(st.sampled_from([2, 4] if use_group else [1, 2, 4]))
         groups.append((f"g{s}", ",".join(sn_hosts), model, pkgs))
@@ -126,11 +130,28 @@ def clusters(draw):
             n += 1
     out_tiers.append(f"{{tier: {n}, scope: cluster, bandwidth: 100Gb/s, latency: 5us}}")
     fabrics.append(f"    - {{name: out, plane: scale-out, tiers: [{', '.join(out_tiers)}]}}")
-    text = "\n".join([
-        "apiVersion: xpod/v1", "kind: Cluster", "metadata: {name: gen}", "spec:", "  fabrics:", *fabrics,
-        "  topology:", "    levels: [supernode, rack, node]", "    domains:", *domains, "  nodeGroups:",
-        *[f"    - {{name: {g}, hosts: \"{h}\", devices: {{model: {m}, packagesPerNode: {p}}}}}" for g, h, m, p in groups],
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "apiVersion: xpod/v1",
+                "kind: Cluster",
+                "metadata: {name: gen}",
+                "spec:",
+                "  fabrics:",
+                *fabrics,
+                "  topology:",
+                "    levels: [supernode, rack, node]",
+                "    domains:",
+                *domains,
+                "  nodeGroups:",
+                *[
+                    f'    - {{name: {g}, hosts: "{h}", devices: {{model: {m}, packagesPerNode: {p}}}}}'
+                    for g, h, m, p in groups
+                ],
+            ]
+        )
+        + "\n"
+    )
     return text
 
 
@@ -153,7 +174,9 @@ def test_generated_topologies_are_ultrametric(text):
             assert t is not None and t.number == m[i, j]
             a, b = devs[i], devs[j]
             assert group_at[t.number].get(a) == group_at[t.number].get(b) is not None
-            assert all(group_at[c].get(a) is None or group_at[c].get(a) != group_at[c].get(b) for c in numbers if c < t.number)
+            assert all(
+                group_at[c].get(a) is None or group_at[c].get(a) != group_at[c].get(b) for c in numbers if c < t.number
+            )
     # tiers nest: d(a, c) <= max(d(a, b), d(b, c))
     for i, j, k in itertools.product(range(min(n, 16)), repeat=3):
         assert m[i, k] <= max(m[i, j], m[j, k])
@@ -192,6 +215,8 @@ def test_rank_tiers_carry_groups_across_fabrics_a_rank_is_not_on():
     ]
     assert tiers[0].fabrics == ("hccs", "mlulink", "nvlink")
     assert tiers[0].bandwidth_bytes_per_s is None  # HCCS bandwidth is unknown, so the slowest is unknown
-    assert t.group_of("npu01/0", 2) == tuple(d for d in t.devices() if d.node in ("npu01", "npu02", "npu03", "npu04", "mlu01", "mlu02"))
+    assert t.group_of("npu01/0", 2) == tuple(
+        d for d in t.devices() if d.node in ("npu01", "npu02", "npu03", "npu04", "mlu01", "mlu02")
+    )
     assert t.group_of("npu01/0", 1) == t.devices_of_node("npu01")
     assert t.supernodes() == []

@@ -66,42 +66,64 @@ def all_ops(rank: int, n: int) -> list[str]:
                 for algo in algos:
                     x = inputs[rank].clone()
                     got = comm.all_reduce(x, op, algorithm=algo)
-                    check(f"all_reduce {op} {dname} {shape} {algo.value}", got is x and torch.equal(x, want),
-                          f"got {x.flatten()[:6].tolist()} want {want.flatten()[:6].tolist()}")
+                    check(
+                        f"all_reduce {op} {dname} {shape} {algo.value}",
+                        got is x and torch.equal(x, want),
+                        f"got {x.flatten()[:6].tolist()} want {want.flatten()[:6].tolist()}",
+                    )
         # non-contiguous in-place all_reduce writes through the caller's view
         for algo in algos:
             base = _input(torch, rank, (6, 4), dtype, salt=7)
             view = base.t()
             comm.all_reduce(view, "sum", algorithm=algo)
             want = reduce["sum"]([_input(torch, r, (6, 4), dtype, salt=7) for r in range(n)]).to(dtype).t()
-            check(f"all_reduce non-contiguous {dname} {algo.value}", torch.equal(view, want) and torch.equal(base.t(), want))
+            check(
+                f"all_reduce non-contiguous {dname} {algo.value}",
+                torch.equal(view, want) and torch.equal(base.t(), want),
+            )
         # a large call crosses several shm chunks (slot size shrunk below for this)
         # all_gather, equal
         parts = [_input(torch, r, (3, 5), dtype, salt=1) for r in range(n)]
         for algo in [Algorithm.FLAT] + ([Algorithm.HIERARCHICAL] if tiers else []):
             got = comm.all_gather(parts[rank], algorithm=algo)
-            check(f"all_gather {dname} {algo.value}", len(got) == n and all(torch.equal(g, p) for g, p in zip(got, parts)))
+            check(
+                f"all_gather {dname} {algo.value}", len(got) == n and all(torch.equal(g, p) for g, p in zip(got, parts))
+            )
         nc = _input(torch, rank, (5, 3), dtype, salt=2)
         got = comm.all_gather(nc.t())
-        check(f"all_gather non-contiguous {dname}", all(torch.equal(g, _input(torch, r, (5, 3), dtype, salt=2).t()) for r, g in enumerate(got)))
+        check(
+            f"all_gather non-contiguous {dname}",
+            all(torch.equal(g, _input(torch, r, (5, 3), dtype, salt=2).t()) for r, g in enumerate(got)),
+        )
         # all_gather, uneven (sizes exchanged, and given)
         sizes = [(r * 3) % 4 for r in range(n)]  # includes empty contributions
         uneven = [_input(torch, r, (sizes[r], 2), dtype, salt=3) for r in range(n)]
         got = comm.all_gather(uneven[rank], uneven=True)
-        check(f"all_gather uneven {dname}", [tuple(g.shape) for g in got] == [(s, 2) for s in sizes] and all(torch.equal(g, u) for g, u in zip(got, uneven)))
+        check(
+            f"all_gather uneven {dname}",
+            [tuple(g.shape) for g in got] == [(s, 2) for s in sizes]
+            and all(torch.equal(g, u) for g, u in zip(got, uneven)),
+        )
         got = comm.all_gather(uneven[rank], sizes=sizes)
         check(f"all_gather sizes= {dname}", all(torch.equal(g, u) for g, u in zip(got, uneven)))
         # reduce_scatter
         big = [_input(torch, r, (2 * n, 3), dtype, salt=4) for r in range(n)]
         for op in ops:
-            want = reduce[op](big).to(dtype)[2 * rank:2 * rank + 2]
+            want = reduce[op](big).to(dtype)[2 * rank : 2 * rank + 2]
             got = comm.reduce_scatter(big[rank], op)
-            check(f"reduce_scatter {op} {dname}", torch.equal(got, want), f"got {got.flatten()[:4].tolist()} want {want.flatten()[:4].tolist()}")
+            check(
+                f"reduce_scatter {op} {dname}",
+                torch.equal(got, want),
+                f"got {got.flatten()[:4].tolist()} want {want.flatten()[:4].tolist()}",
+            )
         got = comm.reduce_scatter(big[rank].t().contiguous().t())  # same values, non-contiguous layout
-        check(f"reduce_scatter non-contiguous {dname}", torch.equal(got, reduce["sum"](big).to(dtype)[2 * rank:2 * rank + 2]))
+        check(
+            f"reduce_scatter non-contiguous {dname}",
+            torch.equal(got, reduce["sum"](big).to(dtype)[2 * rank : 2 * rank + 2]),
+        )
         # all_to_all, equal splits: row block d of rank s goes to rank d
         a2a = [_input(torch, r, (2 * n, 3), dtype, salt=5) for r in range(n)]
-        want = torch.cat([a2a[s][2 * rank:2 * rank + 2] for s in range(n)])
+        want = torch.cat([a2a[s][2 * rank : 2 * rank + 2] for s in range(n)])
         for algo in [Algorithm.FLAT] + ([Algorithm.HIERARCHICAL] if tiers else []):
             got = comm.all_to_all(a2a[rank], algorithm=algo)
             check(f"all_to_all {dname} {algo.value}", torch.equal(got, want))
@@ -113,7 +135,7 @@ def all_ops(rank: int, n: int) -> list[str]:
 
         def block(s, d):
             off = sum(split(s, e) for e in range(d))
-            return rows[s][off:off + split(s, d)]
+            return rows[s][off : off + split(s, d)]
 
         want = torch.cat([block(s, rank) for s in range(n)])
         ins = [split(rank, d) for d in range(n)]
@@ -154,7 +176,10 @@ def all_ops(rank: int, n: int) -> list[str]:
         got = w.wait()
         check(f"async {name} completed", w.is_completed())
         if name == "all_gather":
-            check("async all_gather", all(torch.equal(g, _input(torch, r, (9,), torch.float32, salt=9)) for r, g in enumerate(got)))
+            check(
+                "async all_gather",
+                all(torch.equal(g, _input(torch, r, (9,), torch.float32, salt=9)) for r, g in enumerate(got)),
+            )
         elif want is not None:
             check(f"async {name}", torch.equal(got, want))
         check(f"async {name} wait twice", w.wait() is got)
@@ -163,18 +188,38 @@ def all_ops(rank: int, n: int) -> list[str]:
         ("avg on int64", lambda: comm.all_reduce(torch.ones(3, dtype=torch.int64), "avg")),
         ("unknown op", lambda: comm.all_reduce(torch.ones(3), "prod")),
         ("unknown algorithm", lambda: comm.all_reduce(torch.ones(3), algorithm="ring")),
-        ("reduce_scatter rows", lambda: comm.reduce_scatter(torch.ones(n * 2 + 1)) if n > 1 else comm.reduce_scatter(torch.ones(())))
-        ,
+        (
+            "reduce_scatter rows",
+            lambda: comm.reduce_scatter(torch.ones(n * 2 + 1)) if n > 1 else comm.reduce_scatter(torch.ones(())),
+        ),
         ("all_to_all splits", lambda: comm.all_to_all(torch.ones(5), input_split_sizes=[9] * n)),
-        ("all_to_all uneven forced shm", lambda: comm.all_to_all(torch.ones(n), input_split_sizes=[1] * n, algorithm="shm")),
-        ("all_gather uneven forced hierarchical", lambda: comm.all_gather(torch.ones(rank + 1), uneven=True, algorithm="hierarchical") if n > 1 else comm.all_reduce(torch.ones(1), algorithm="shm")),
-        ("hierarchical without tiers", lambda: comm.all_reduce(torch.ones(3), algorithm="hierarchical") if not tiers else (_ for _ in ()).throw(XpodError("x"))),
+        (
+            "all_to_all uneven forced shm",
+            lambda: comm.all_to_all(torch.ones(n), input_split_sizes=[1] * n, algorithm="shm"),
+        ),
+        (
+            "all_gather uneven forced hierarchical",
+            lambda: (
+                comm.all_gather(torch.ones(rank + 1), uneven=True, algorithm="hierarchical")
+                if n > 1
+                else comm.all_reduce(torch.ones(1), algorithm="shm")
+            ),
+        ),
+        (
+            "hierarchical without tiers",
+            lambda: (
+                comm.all_reduce(torch.ones(3), algorithm="hierarchical")
+                if not tiers
+                else (_ for _ in ()).throw(XpodError("x"))
+            ),
+        ),
     ]:
         try:
             call()
             fails.append(f"rank {rank}: {name} did not raise")
         except XpodError as err:
             check(f"{name} message is one line", "\n" not in str(err), str(err))
+
     # a backend that lacks all_to_all raises the HAL's named error
     class NoAllToAll(CpuBackend):
         unsupported = {**CpuBackend.unsupported, Capability.ALL_TO_ALL: "test backend without all_to_all"}
@@ -188,8 +233,11 @@ def all_ops(rank: int, n: int) -> list[str]:
     comm.backend = real
     # the cost model's choice is the one auto makes when shm is not in play
     if tiers:
-        check("auto small all_gather is what the model picks", comm.choose_algorithm("all_gather", 64) == comm.cost_model.choose(
-            __import__("xpod.hal.collectives", fromlist=["Op"]).Op.ALL_GATHER, 64))
+        check(
+            "auto small all_gather is what the model picks",
+            comm.choose_algorithm("all_gather", 64)
+            == comm.cost_model.choose(__import__("xpod.hal.collectives", fromlist=["Op"]).Op.ALL_GATHER, 64),
+        )
     comm.close()
     return fails
 
@@ -244,8 +292,12 @@ def failing_peer(rank: int, n: int, mode: str) -> dict:
             comm.all_reduce(torch.ones(1000), algorithm=algorithm)
             out[algorithm] = {"error": None, "seconds": time.monotonic() - t0}
         except Exception as err:
-            out[algorithm] = {"error": type(err).__name__, "message": str(err), "seconds": time.monotonic() - t0,
-                              "xpod": isinstance(err, XpodError)}
+            out[algorithm] = {
+                "error": type(err).__name__,
+                "message": str(err),
+                "seconds": time.monotonic() - t0,
+                "xpod": isinstance(err, XpodError),
+            }
     return out
 
 
@@ -263,14 +315,19 @@ def out_buffers(rank: int, n: int) -> list[str]:
     x = torch.arange(2 * n, dtype=torch.float32) + rank
     out = torch.empty(n, 2 * n)
     got = comm.all_gather(x, out=out)
-    if not (torch.equal(out, torch.stack([torch.arange(2 * n) + r for r in range(n)]).float()) and got[0].data_ptr() == out.data_ptr()):
+    if not (
+        torch.equal(out, torch.stack([torch.arange(2 * n) + r for r in range(n)]).float())
+        and got[0].data_ptr() == out.data_ptr()
+    ):
         fails.append(f"rank {rank}: all_gather out=")
     rs = torch.empty(2)
-    if comm.reduce_scatter(x, out=rs) is not rs or not torch.equal(rs, (n * torch.arange(2 * n) + n * (n - 1) / 2)[2 * rank:2 * rank + 2].float()):
+    if comm.reduce_scatter(x, out=rs) is not rs or not torch.equal(
+        rs, (n * torch.arange(2 * n) + n * (n - 1) / 2)[2 * rank : 2 * rank + 2].float()
+    ):
         fails.append(f"rank {rank}: reduce_scatter out= {rs}")
     a2a = torch.empty(2 * n)
     comm.all_to_all(x, out=a2a)
-    if not torch.equal(a2a, torch.cat([(torch.arange(2 * n) + s)[2 * rank:2 * rank + 2] for s in range(n)]).float()):
+    if not torch.equal(a2a, torch.cat([(torch.arange(2 * n) + s)[2 * rank : 2 * rank + 2] for s in range(n)]).float()):
         fails.append(f"rank {rank}: all_to_all out=")
     try:
         comm.reduce_scatter(x, out=torch.empty(3))
@@ -305,11 +362,15 @@ def shm_symmetric(rank: int, n: int) -> list[str]:
                 for rep in range(2):  # the same buffer again: no stale slices from the last call
                     xs = [_input(torch, r, (count,), dtype, salt=count + rep) for r in range(n)]
                     stack = torch.stack([x.double() for x in xs])
-                    want = {"sum": stack.sum(0), "max": stack.amax(0), "min": stack.amin(0), "avg": stack.sum(0) / n}[op].to(dtype)
+                    want = {"sum": stack.sum(0), "max": stack.amax(0), "min": stack.amin(0), "avg": stack.sum(0) / n}[
+                        op
+                    ].to(dtype)
                     buf.copy_(xs[rank])
                     comm.all_reduce(buf, op)
                     if not torch.equal(buf, want):
-                        fails.append(f"rank {rank}: symmetric {op} {dtype} count {count} rep {rep}: {int((buf != want).sum())} wrong")
+                        fails.append(
+                            f"rank {rank}: symmetric {op} {dtype} count {count} rep {rep}: {int((buf != want).sum())} wrong"
+                        )
     try:
         comm.shm_tensor(1 << 20, torch.float32)
         fails.append(f"rank {rank}: an over-full symmetric region was accepted")

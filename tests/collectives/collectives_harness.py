@@ -19,9 +19,16 @@ def free_port() -> int:
 
 
 def _entry(rank: int, n: int, port: int, fn, args, queue) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), XPOD_BACKEND="cpu",
-                      TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(n),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(n),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        XPOD_BACKEND="cpu",
+        TORCH_DEVICE_BACKEND_AUTOLOAD="0",
+    )
     import warnings
 
     warnings.filterwarnings("ignore")

@@ -92,14 +92,43 @@ def test_run_user_errors_are_one_line():
 
 
 def test_bench_collectives_json_rows_and_baseline():
-    res = xpod("bench", "collectives", "--op", "all_gather", "--nproc", "2", "--min-bytes", "4K", "--max-bytes", "8K",
-               "--iters", "2", "--warmup", "1", "--rounds", "1", "--baseline", "--json")
+    res = xpod(
+        "bench",
+        "collectives",
+        "--op",
+        "all_gather",
+        "--nproc",
+        "2",
+        "--min-bytes",
+        "4K",
+        "--max-bytes",
+        "8K",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--baseline",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     rows = data["rows"]
     assert [r["bytes"] for r in rows] == [4096, 8192]
     for r in rows:
-        for key in ("op", "bytes", "time_us", "algbw_gbps", "busbw_gbps", "baseline_time_us", "baseline_busbw_gbps", "busbw_ratio", "wrong", "predicted_us"):
+        for key in (
+            "op",
+            "bytes",
+            "time_us",
+            "algbw_gbps",
+            "busbw_gbps",
+            "baseline_time_us",
+            "baseline_busbw_gbps",
+            "busbw_ratio",
+            "wrong",
+            "predicted_us",
+        ):
             assert key in r
         assert r["op"] == "all_gather" and r["wrong"] == 0 and r["time_us"] > 0
         assert r["busbw_gbps"] == r["algbw_gbps"] * 0.5  # (n-1)/n with n = 2
@@ -107,8 +136,26 @@ def test_bench_collectives_json_rows_and_baseline():
 
 
 def test_bench_table_and_flag_errors():
-    res = xpod("bench", "collectives", "--op", "all_reduce", "--nproc", "2", "--min-bytes", "1024", "--max-bytes", "1024",
-               "--iters", "2", "--warmup", "1", "--rounds", "1", "--dtype", "bf16")
+    res = xpod(
+        "bench",
+        "collectives",
+        "--op",
+        "all_reduce",
+        "--nproc",
+        "2",
+        "--min-bytes",
+        "1024",
+        "--max-bytes",
+        "1024",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--dtype",
+        "bf16",
+    )
     assert res.returncode == 0, res.stderr
     assert "busbw" in res.stdout and "bfloat16" in res.stdout and "#wrong total: 0" in res.stdout
     res = xpod("bench", "collectives", "--op", "all_reduce", "--nproc", "2", "--min-bytes", "2M", "--max-bytes", "1M")

@@ -86,8 +86,17 @@ def test_tiers_must_partition_and_nest():
 
 
 def test_launch_env_reads_and_rejects():
-    env = LaunchEnv.from_environ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
-                                  "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "XPOD_BACKEND": "ascend"})
+    env = LaunchEnv.from_environ(
+        {
+            "RANK": "2",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "10.0.0.1",
+            "MASTER_PORT": "29500",
+            "XPOD_BACKEND": "ascend",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (2, 4, 0, 2)
     assert env.backend == "ascend" and env.master_port == 29500
     assert LaunchEnv.from_environ(env.to_environ()) == env
@@ -146,8 +155,11 @@ def test_backend_without_distributed_raises_the_named_error():
 
 def test_inner_tier_is_the_cheapest_equal_split():
     pairs = [[2 * i, 2 * i + 1] for i in range(8)]
-    tiers = [TierSpec("pair", pairs, 100e9, 1e-6), TierSpec("node", [list(range(8)), list(range(8, 16))], 100e9, 1e-6),
-             TierSpec("pod", [list(range(16))], 5e9, 1e-5)]
+    tiers = [
+        TierSpec("pair", pairs, 100e9, 1e-6),
+        TierSpec("node", [list(range(8)), list(range(8, 16))], 100e9, 1e-6),
+        TierSpec("pod", [list(range(16))], 5e9, 1e-5),
+    ]
     model = CostModel.from_tiers(tiers, 16)
     # Inside pairs, half the buffer would still cross the slow pod tier; inside nodes, 1/8 does.
     assert model.inner_tier_index == 1 and model.hierarchy_shape() == (8, 2)

@@ -9,8 +9,9 @@ def test_demo_runs_end_to_end(tmp_path):
     import os
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
-    proc = xpod_cli("demo", "--state-dir", str(tmp_path), "--steps", "20", "--replay-seconds", "6",
-                    timeout=400, env=env, cwd=REPO)
+    proc = xpod_cli(
+        "demo", "--state-dir", str(tmp_path), "--steps", "20", "--replay-seconds", "6", timeout=400, env=env, cwd=REPO
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"exit code {proc.returncode}; output ends:\n{out[-3000:]}"
     assert "Traceback" not in out
@@ -20,12 +21,16 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "replicas identical on 3 ranks" in out
     # 4: placement scored beside EPLB (bench/eplb.py from this checkout), no duplicates for xpod
     row = re.search(r"│ xpod\s+│ ([0-9.]+)\s+│ [0-9.]+\s+│ (\d+)", out)
-    assert row and float(row.group(1)) > 0.9 and row.group(2) == "0", f"xpod placement row {row and row.groups()}:\n{out[-3000:]}"
+    assert row and float(row.group(1)) > 0.9 and row.group(2) == "0", (
+        f"xpod placement row {row and row.groups()}:\n{out[-3000:]}"
+    )
     assert "EPLB global" in out
     assert re.search(r"ServingJob 'deepseek-v3-ep64' .* on 4 simulated node", out.replace("\n", " "))
     # 5: the trace slice was submitted and the pod was used
     peak = re.search(r"peak utilisation (\d+)%; (\d+) jobs submitted", out)
-    assert peak and int(peak.group(1)) > 0 and int(peak.group(2)) == 400, f"replay summary {peak and peak.groups()}:\n{out[-2000:]}"
+    assert peak and int(peak.group(1)) > 0 and int(peak.group(2)) == 400, (
+        f"replay summary {peak and peak.groups()}:\n{out[-2000:]}"
+    )
     # 6: metrics scraped from the live scheduler, then a clean shutdown
     assert 'xpod_scheduler_devices{state="allocated",vendor="ascend"}' in out
     assert "xpod up stopped (exit code 0)" in out

@@ -33,7 +33,9 @@ XPOD = os.path.join(os.path.dirname(sys.executable), "xpod")
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise AssertionError(f"{name} is not on PATH; run `make prometheus-tools` (installs Debian's prometheus package)")
+        raise AssertionError(
+            f"{name} is not on PATH; run `make prometheus-tools` (installs Debian's prometheus package)"
+        )
     return path
 
 
@@ -84,7 +86,9 @@ class _LineReader:
                 time.sleep(0.2)  # let the reader drain the last lines
                 break
             time.sleep(0.05)
-        raise AssertionError(f"no line containing {needle!r} within {timeout_s} s; output:\n" + "\n".join(self.lines[-30:]))
+        raise AssertionError(
+            f"no line containing {needle!r} within {timeout_s} s; output:\n" + "\n".join(self.lines[-30:])
+        )
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -141,7 +145,9 @@ class Prometheus:
             if len(result) >= count:
                 return result
             time.sleep(0.5)
-        raise AssertionError(f"{expr!r} returned {len(result)} series within {timeout_s} s, wanted >= {count}: {result}")
+        raise AssertionError(
+            f"{expr!r} returned {len(result)} series within {timeout_s} s, wanted >= {count}: {result}"
+        )
 
 
 @contextlib.contextmanager

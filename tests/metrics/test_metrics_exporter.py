@@ -42,24 +42,46 @@ def test_sim_and_full_backends_export_the_device_set_with_hardware_labels():
     info = by_device(m["xpod_device_info"])
     assert sorted(info, key=int) == [str(i) for i in range(10)]
     assert info["0"].labels == {
-        "node": "n1", "device": "0", "package": "0", "vendor": "cuda", "model": "nvidia-h100-sxm", "uuid": "GPU-0",
-        "pci_bus_id": "0000:01:00.0", "simulated": "false", "backend": "cuda", "name": "NVIDIA H100 80GB HBM3",
+        "node": "n1",
+        "device": "0",
+        "package": "0",
+        "vendor": "cuda",
+        "model": "nvidia-h100-sxm",
+        "uuid": "GPU-0",
+        "pci_bus_id": "0000:01:00.0",
+        "simulated": "false",
+        "backend": "cuda",
+        "name": "NVIDIA H100 80GB HBM3",
     }
     assert info["2"].labels["simulated"] == "true" and info["2"].labels["vendor"] == "ascend"
     assert info["2"].labels["backend"] == "sim" and info["2"].labels["uuid"] == "SIM-ascend-910c-0"
     # die -> package: two dies per 910C package, packages numbered after the cuda ones
     assert {d: info[d].labels["package"] for d in map(str, range(2, 10))} == {
-        "2": "2", "3": "2", "4": "3", "5": "3", "6": "4", "7": "4", "8": "5", "9": "5"}
+        "2": "2",
+        "3": "2",
+        "4": "3",
+        "5": "3",
+        "6": "4",
+        "7": "4",
+        "8": "5",
+        "9": "5",
+    }
     assert info["3"].labels["uuid"] == "SIM-ascend-910c-0"
     assert {(s.labels["vendor"], s.labels["simulated"]): s.value for s in m["xpod_devices"]} == {
-        ("cuda", "false"): 2, ("ascend", "true"): 8,
+        ("cuda", "false"): 2,
+        ("ascend", "true"): 8,
     }
     total = by_device(m["xpod_device_memory_total_bytes"])
     assert total["3"].value == 64 * 2**30 and total["0"].value == 80 * 2**30  # a die has half the package's HBM
     assert sum(total[str(d)].value for d in range(2, 10)) == 4 * 128 * 2**30
     assert by_device(m["xpod_device_memory_used_bytes"])["1"].value == 2**30
     # Device series carry hardware labels only.
-    for name in ("xpod_device_memory_used_bytes", "xpod_device_utilization_ratio", "xpod_device_health", "xpod_device_energy_joules_total"):
+    for name in (
+        "xpod_device_memory_used_bytes",
+        "xpod_device_utilization_ratio",
+        "xpod_device_health",
+        "xpod_device_energy_joules_total",
+    ):
         for s in m[name]:
             assert set(s.labels) == set(ex.DEVICE_LABELS), (name, s.labels)
     assert by_device(m["xpod_device_utilization_ratio"])["1"].value == 0.5
@@ -71,8 +93,11 @@ def test_sim_and_full_backends_export_the_device_set_with_hardware_labels():
     assert {s.labels["device"]: s.value for s in m["xpod_device_energy_joules_total"]} == {"0": 1.5e6, "1": 1.5e6 + 1}
     clocks = {(s.labels["device"], s.labels["clock"]): s.value for s in m["xpod_device_clock_hertz"]}
     assert clocks == {("0", "core"): 1.98e9, ("0", "memory"): 2.619e9, ("1", "core"): 1.98e9, ("1", "memory"): 2.619e9}
-    links = {(s.labels["device"], s.labels["fabric"], s.labels["link"]): s.value for s in m["xpod_link_up"]
-             if s.labels["vendor"] == "cuda"}
+    links = {
+        (s.labels["device"], s.labels["fabric"], s.labels["link"]): s.value
+        for s in m["xpod_link_up"]
+        if s.labels["vendor"] == "cuda"
+    }
     assert links == {("0", "nvlink", "0"): 1, ("0", "nvlink", "1"): 1, ("1", "nvlink", "0"): 1, ("1", "nvlink", "1"): 0}
     assert m["xpod_build_info"][0].labels["version"]
 
@@ -80,7 +105,12 @@ def test_sim_and_full_backends_export_the_device_set_with_hardware_labels():
 def test_gauges_a_backend_lacks_are_not_emitted():
     m = scrape(ex.DeviceCollector(ex.host_sources([SimBackend([("nvidia-h100-sxm", 2)])], node="n1")))
     # The sim backend reports memory and health only: no zeros stand in for the rest.
-    for name in ("xpod_device_utilization_ratio", "xpod_device_temperature_celsius", "xpod_device_power_watts", "xpod_device_errors_total"):
+    for name in (
+        "xpod_device_utilization_ratio",
+        "xpod_device_temperature_celsius",
+        "xpod_device_power_watts",
+        "xpod_device_errors_total",
+    ):
         assert name not in m, name
     assert len(m["xpod_device_memory_total_bytes"]) == 2
     assert len(m["xpod_device_health"]) == 2
@@ -111,7 +141,9 @@ def test_sample_health_wins_over_device_health():
 def test_allocation_map_feeds_the_join_series():
     col = ex.DeviceCollector(ex.host_sources([SimBackend([("ascend-910c", 2)])], node="n1"))
     assert "xpod_device_allocation_info" not in scrape(col)
-    col.set_allocations({("n1", 0): ex.Allocation("job-7", "prod", "training"), ("n1", "1"): ex.Allocation("job-8", "dev", "serving")})
+    col.set_allocations(
+        {("n1", 0): ex.Allocation("job-7", "prod", "training"), ("n1", "1"): ex.Allocation("job-8", "dev", "serving")}
+    )
     got = {s.labels["device"]: s.labels for s in scrape(col)["xpod_device_allocation_info"]}
     assert got == {
         "0": {"node": "n1", "device": "0", "job_id": "job-7", "queue": "prod", "kind": "training"},
@@ -180,7 +212,9 @@ def test_parse_listen_defaults_to_loopback():
 
 def test_promtool_finds_nothing_in_every_family():
     """Lint of the full family set (every gauge, the errors counter, allocations)."""
-    col = ex.DeviceCollector(ex.host_sources([CpuBackend(), FullBackend(), SimBackend([("ascend-910c", 2)])], node="n1"))
+    col = ex.DeviceCollector(
+        ex.host_sources([CpuBackend(), FullBackend(), SimBackend([("ascend-910c", 2)])], node="n1")
+    )
     col.set_allocations({("n1", 1): ex.Allocation("j1", "prod", "training")})
     text = generate_latest(ex.build_registry(col))
     r = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=30)
@@ -223,7 +257,9 @@ def test_promtool_finds_nothing_on_a_live_exporter_scrape():
 def test_cli_user_errors_are_one_line(args, env, needle):
     import os
 
-    r = subprocess.run([mh.XPOD, "exporter", *args], capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+    r = subprocess.run(
+        [mh.XPOD, "exporter", *args], capture_output=True, text=True, timeout=60, env=dict(os.environ, **env)
+    )
     assert r.returncode == 1, r
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
@@ -237,10 +273,11 @@ def test_cli_port_in_use_is_a_one_line_error():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([mh.XPOD, "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [mh.XPOD, "exporter", "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60
+        )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "cannot listen" in r.stderr and str(port) in r.stderr
-
 
 
 def _capture_section(text: str, header: str) -> str:
@@ -259,7 +296,9 @@ def test_cuda_gauges_clocks_and_nvlinks_from_real_nvidia_smi_output(monkeypatch)
 
     path = os.path.join(mh.REPO, "tests", "fixtures", "smi", "nvidia-smi_capture_nvidia-h100-80gb-hbm3_590.48.01.txt")
     text = open(path, encoding="utf-8").read()
-    nvlink = _capture_section(text, "# capabilities :: nvlink -s").replace("Link 17: 26.562 GB/s", "Link 17: <inactive>")
+    nvlink = _capture_section(text, "# capabilities :: nvlink -s").replace(
+        "Link 17: 26.562 GB/s", "Link 17: <inactive>"
+    )
     monkeypatch.setattr(_sdk, "tool_path", lambda: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(_sdk, "run_info", lambda: text)
     monkeypatch.setattr(_sdk, "run_nvlink_status", lambda: nvlink)
@@ -303,7 +342,9 @@ def test_ascend_power_temperature_and_aicore_from_real_npu_smi_tables(monkeypatc
     m = scrape(ex.DeviceCollector(ex.host_sources([ascend.AscendBackend("tool")], node="a2")))
     assert by_device(m["xpod_device_power_watts"])["0"].value == 101.8
     assert by_device(m["xpod_device_temperature_celsius"])["0"].value == 43.0
-    assert len(m["xpod_device_utilization_ratio"]) == 8 and by_device(m["xpod_device_utilization_ratio"])["1"].value == 0.0
+    assert (
+        len(m["xpod_device_utilization_ratio"]) == 8 and by_device(m["xpod_device_utilization_ratio"])["1"].value == 0.0
+    )
     monkeypatch.setattr(_sdk, "run_info", lambda: table("npu-smi_info_310P3_2card_25.5.1.txt"))
     m = scrape(ex.DeviceCollector(ex.host_sources([ascend.AscendBackend("tool")], node="a2")))
     assert "xpod_device_power_watts" not in m and len(m["xpod_device_temperature_celsius"]) == 2
@@ -319,10 +360,23 @@ def test_a_910c_package_with_per_die_memory_rows_exports_each_dies_own():
         name = "ascend"
 
         def devices(self):
-            return [DeviceInfo(vendor="ascend", model="ascend-910c", index=0, physical_index=0, memory_total_bytes=128 * 2**30,
-                               memory_used_bytes=30 * 2**30, health=Health.OK, dies=2,
-                               extra={"die_memory_bytes": [[10 * 2**30, 64 * 2**30], [20 * 2**30, 64 * 2**30]]})]
+            return [
+                DeviceInfo(
+                    vendor="ascend",
+                    model="ascend-910c",
+                    index=0,
+                    physical_index=0,
+                    memory_total_bytes=128 * 2**30,
+                    memory_used_bytes=30 * 2**30,
+                    health=Health.OK,
+                    dies=2,
+                    extra={"die_memory_bytes": [[10 * 2**30, 64 * 2**30], [20 * 2**30, 64 * 2**30]]},
+                )
+            ]
 
     m = scrape(ex.DeviceCollector(ex.host_sources([A3()], node="a3")))
-    assert {k: s.value for k, s in by_device(m["xpod_device_memory_used_bytes"]).items()} == {"0": 10 * 2**30, "1": 20 * 2**30}
+    assert {k: s.value for k, s in by_device(m["xpod_device_memory_used_bytes"]).items()} == {
+        "0": 10 * 2**30,
+        "1": 20 * 2**30,
+    }
     assert {s.labels["package"] for s in m["xpod_device_memory_used_bytes"]} == {"0"}

@@ -61,10 +61,14 @@ def test_dashboards_have_no_drift(tmp_path):
     for name in DASHBOARDS:
         fresh = (tmp_path / name).read_text()
         committed = open(os.path.join(GRAFANA_DIR, name)).read()
-        assert fresh == committed, f"deploy/grafana/{name} differs from generate.py's output; run python deploy/grafana/generate.py"
+        assert fresh == committed, (
+            f"deploy/grafana/{name} differs from generate.py's output; run python deploy/grafana/generate.py"
+        )
     # --check sees drift and names the file.
     (tmp_path / "scheduler.json").write_text("{}\n")
-    r = subprocess.run([sys.executable, gen, "--check", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, gen, "--check", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1 and "scheduler.json" in r.stderr
 
 
@@ -127,7 +131,9 @@ def _lost(src, out, path=""):
     if isinstance(src, dict):
         if not isinstance(out, dict):
             return [path]
-        return [p for k, v in src.items() for p in ([f"{path}/{k}"] if k not in out else _lost(v, out[k], f"{path}/{k}"))]
+        return [
+            p for k, v in src.items() for p in ([f"{path}/{k}"] if k not in out else _lost(v, out[k], f"{path}/{k}"))
+        ]
     if isinstance(src, list):
         if not isinstance(out, list) or len(src) != len(out):
             return [path]
@@ -175,7 +181,12 @@ def test_every_metric_name_used_is_exported_recorded_or_planned():
     col.set_allocations({("n", 0): ex.Allocation("j", "q", "training")})
     exported = {f.name for f in text_string_to_metric_families(generate_latest(ex.build_registry(col)).decode())}
     exported |= {f.name for f in ServiceMetrics().registry.collect()}
-    recorded = {r["record"] for g in yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))["groups"] for r in g["rules"] if "record" in r}
+    recorded = {
+        r["record"]
+        for g in yaml.safe_load(open(os.path.join(PROM_DIR, "rules.yml")))["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
     spec = importlib.util.spec_from_file_location("xpod_grafana_generate", os.path.join(GRAFANA_DIR, "generate.py"))
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
@@ -202,8 +213,16 @@ def live(tmp_path_factory):
     work = tmp_path_factory.mktemp("prom")
     sched_metrics = mh.free_port()
     server = [
-        mh.XPOD, "server", "--cluster", CLUSTER, "--db", str(work / "xpod.db"),
-        "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{sched_metrics}",
+        mh.XPOD,
+        "server",
+        "--cluster",
+        CLUSTER,
+        "--db",
+        str(work / "xpod.db"),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        f"127.0.0.1:{sched_metrics}",
     ]
     config = yaml.safe_load(open(os.path.join(PROM_DIR, "prometheus.yml")))
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
@@ -216,7 +235,9 @@ def live(tmp_path_factory):
     fast_rules.write_text(yaml.safe_dump(rules, sort_keys=False))
     config["rule_files"] = [str(fast_rules)]
     sim = SimBackend([("ascend-910c", 4)])
-    collector = ex.DeviceCollector([ex.DeviceSource(sim, "inproc-node"), ex.DeviceSource(mh.FullBackend(n=1), "inproc-gpu")])
+    collector = ex.DeviceCollector(
+        [ex.DeviceSource(sim, "inproc-node"), ex.DeviceSource(mh.FullBackend(n=1), "inproc-gpu")]
+    )
     with contextlib.ExitStack() as stack:
         inproc = ex.serve(collector, "127.0.0.1:0")
         stack.callback(inproc.close)
@@ -258,7 +279,9 @@ def test_prometheus_scrapes_the_exporter(live):
     assert {float(s["value"][1]) for s in sim} == {64 * 2**30}
     assert sorted(int(s["metric"]["device"]) for s in sim) == list(range(1, 17))  # after the cpu device 0
     assert sorted({int(s["metric"]["package"]) for s in sim}) == list(range(1, 9))
-    cpu = live.wait_series('xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", vendor="cpu", simulated="false"}', 1)
+    cpu = live.wait_series(
+        'xpod_device_memory_total_bytes{job="xpod-agent", node="test-node", vendor="cpu", simulated="false"}', 1
+    )
     assert all(float(s["value"][1]) > 0 and s["metric"]["node"] == "test-node" for s in cpu)
     healthy = live.wait_series('xpod_device_health{job="xpod-agent", node="test-node"} == 1', 17)
     assert len(healthy) == 17
@@ -294,25 +317,35 @@ def test_prometheus_scrapes_the_scheduler(live):
     assert live.scheduler_error is None, live.scheduler_error
     live.wait_series('up{job="xpod-scheduler"} == 1', 1)
     # The scheduler's endpoint: the required names, and the devices of the descriptor.
-    validate = subprocess.run([mh.XPOD, "cluster", "validate", CLUSTER, "--json"], capture_output=True, text=True, timeout=60)
+    validate = subprocess.run(
+        [mh.XPOD, "cluster", "validate", CLUSTER, "--json"], capture_output=True, text=True, timeout=60
+    )
     expected_devices = json.loads(validate.stdout)["devices"]
     devices = live.wait_series('sum(xpod_scheduler_devices{job="xpod-scheduler"})', 1)
     assert float(devices[0]["value"][1]) == expected_devices
     # A submitted batch job (8 one-device Ascend tasks) shows up as placement attempts.
     job = os.path.join(mh.REPO, "examples", "jobs", "eval-batch.yaml")
-    r = subprocess.run([mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     submitted = live.wait_series('xpod_scheduler_submitted_jobs_total{job="xpod-scheduler", queue="research"} == 1', 1)
     assert len(submitted) == 1
-    attempts = live.wait_series('xpod_scheduler_schedule_attempts_total{job="xpod-scheduler", result="scheduled"} >= 1', 1)
+    attempts = live.wait_series(
+        'xpod_scheduler_schedule_attempts_total{job="xpod-scheduler", result="scheduled"} >= 1', 1
+    )
     assert float(attempts[0]["value"][1]) >= 1
-    live.wait_series('xpod_scheduler_scheduling_attempt_duration_seconds_count{job="xpod-scheduler", result="scheduled"} >= 1', 1)
+    live.wait_series(
+        'xpod_scheduler_scheduling_attempt_duration_seconds_count{job="xpod-scheduler", result="scheduled"} >= 1', 1
+    )
     live.wait_series('xpod_scheduler_devices{job="xpod-scheduler", vendor="ascend", state="allocated"} >= 1', 1)
     # A gang of all 32 Ascend NPUs cannot start while the batch job holds some: it waits.
     job = os.path.join(live.workdir, "all-npus.yaml")
     with open(job, "w") as f:
         f.write(ALL_NPUS_JOB)
-    r = subprocess.run([mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [mh.XPOD, "submit", job, "--server", live.scheduler_addr], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     pending = live.wait_series('xpod_scheduler_pending_jobs{job="xpod-scheduler", queue="research"} == 1', 1)
     assert pending[0]["metric"]["reason"]
@@ -328,7 +361,9 @@ def test_recording_rules_run_on_live_data(live):
     while True:
         _, doc = live.api("rules")
         rules = [r for g in doc["data"]["groups"] for r in g["rules"]]
-        if all(r.get("lastEvaluation", "").startswith("20") and not r["lastEvaluation"].startswith("0001") for r in rules):
+        if all(
+            r.get("lastEvaluation", "").startswith("20") and not r["lastEvaluation"].startswith("0001") for r in rules
+        ):
             break
         assert time.monotonic() < deadline, "rules not all evaluated within 20 s"
         time.sleep(0.5)
@@ -346,7 +381,10 @@ def test_allocation_join_and_unhealthy_alert_in_real_prometheus(live):
     live.sim.set_memory_used(1, 64 * 2**30)
     # dies 0, 1 are package 0 (32 GiB used: 16 per die), dies 2, 3 package 1 (32 per die)
     live.collector.set_allocations(
-        {("inproc-node", 0): Allocation("job-42", "prod", "training"), ("inproc-node", 2): Allocation("job-42", "prod", "training")}
+        {
+            ("inproc-node", 0): Allocation("job-42", "prod", "training"),
+            ("inproc-node", 2): Allocation("job-42", "prod", "training"),
+        }
     )
     live.sim.set_health(3, Health.CRITICAL)
     try:
@@ -359,7 +397,10 @@ def test_allocation_join_and_unhealthy_alert_in_real_prometheus(live):
         pending = live.wait_series('ALERTS{alertname="XpodDeviceUnhealthy", node="inproc-node"}', 1)
         pending = live.wait_series('ALERTS{alertname="XpodDeviceUnhealthy", node="inproc-node"}', 2)
         # package 3 is dies 6 and 7: both are out
-        assert sorted((a["metric"]["device"], a["metric"]["alertstate"]) for a in pending) == [("6", "pending"), ("7", "pending")]
+        assert sorted((a["metric"]["device"], a["metric"]["alertstate"]) for a in pending) == [
+            ("6", "pending"),
+            ("7", "pending"),
+        ]
     finally:
         live.sim.set_health(3, Health.OK)
         live.sim.set_memory_used(0, 0)

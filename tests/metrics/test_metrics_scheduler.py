@@ -24,12 +24,19 @@ _spec.loader.exec_module(mh)
 MODEL = "nvidia-h100-sxm"
 
 
-def job_doc(name: str, *, count: int = 8, queue: str = "research", priority_class: str = "normal", kind: str = "TrainingJob"):
+def job_doc(
+    name: str, *, count: int = 8, queue: str = "research", priority_class: str = "normal", kind: str = "TrainingJob"
+):
     return {
         "apiVersion": "xpod/v1",
         "kind": kind,
         "metadata": {"name": name},
-        "spec": {"tasks": 1, "devices": {"count": count, "model": MODEL}, "queue": queue, "priority_class": priority_class},
+        "spec": {
+            "tasks": 1,
+            "devices": {"count": count, "model": MODEL},
+            "queue": queue,
+            "priority_class": priority_class,
+        },
     }
 
 
@@ -163,7 +170,12 @@ def test_largest_free_block_counts_partial_nodes_and_unhealthy_devices(system):
     api.heartbeat(who, node, {held: "critical"})
     out = api.schedule_once()
     assert job in out.evictions
-    assert value(samples(metrics.registry), "xpod_scheduler_evicted_jobs_total", queue="research", reason="device_unhealthy") == 1
+    assert (
+        value(
+            samples(metrics.registry), "xpod_scheduler_evicted_jobs_total", queue="research", reason="device_unhealthy"
+        )
+        == 1
+    )
 
 
 def test_exposition_passes_promtool_lint(system):
@@ -173,13 +185,24 @@ def test_exposition_passes_promtool_lint(system):
     api.schedule_once()
     text = generate_latest(metrics.registry)
     names = {f.name for f in text_string_to_metric_families(text.decode())}
-    for name in ("xpod_scheduler_nodes", "xpod_scheduler_queue_wait_seconds", "xpod_scheduler_running_jobs",
-                 "xpod_scheduler_preemption_attempts", "xpod_scheduler_evicted_jobs",
-                 "xpod_scheduler_largest_free_block_devices", "grpc_server_handled", "grpc_server_handling_seconds",
-                 "xpod_scheduler_scheduling_attempt_duration_seconds", "xpod_scheduler_scheduling_cycle_duration_seconds"):
+    for name in (
+        "xpod_scheduler_nodes",
+        "xpod_scheduler_queue_wait_seconds",
+        "xpod_scheduler_running_jobs",
+        "xpod_scheduler_preemption_attempts",
+        "xpod_scheduler_evicted_jobs",
+        "xpod_scheduler_largest_free_block_devices",
+        "grpc_server_handled",
+        "grpc_server_handling_seconds",
+        "xpod_scheduler_scheduling_attempt_duration_seconds",
+        "xpod_scheduler_scheduling_cycle_duration_seconds",
+    ):
         assert name in names
     res = subprocess.run([mh.tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=30)
-    assert res.returncode == 0 and res.stdout.decode().strip() == "" and res.stderr.decode().strip() == "", (res.stdout, res.stderr)
+    assert res.returncode == 0 and res.stdout.decode().strip() == "" and res.stderr.decode().strip() == "", (
+        res.stdout,
+        res.stderr,
+    )
 
 
 def test_server_process_exports_grpc_server_metrics(tmp_path):
@@ -187,8 +210,18 @@ def test_server_process_exports_grpc_server_metrics(tmp_path):
     from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
 
     port = mh.free_port()
-    argv = [mh.XPOD, "server", "--cluster", CLUSTER, "--db", str(tmp_path / "xpod.db"),
-            "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}"]
+    argv = [
+        mh.XPOD,
+        "server",
+        "--cluster",
+        CLUSTER,
+        "--db",
+        str(tmp_path / "xpod.db"),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        f"127.0.0.1:{port}",
+    ]
     with mh.running(argv, "listening on", timeout_s=60) as (_, line, _reader):
         grpc_port = int(re.search(r"listening on [^:]+:(\d+)", line).group(1))
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
@@ -215,11 +248,47 @@ def test_server_process_exports_grpc_server_metrics(tmp_path):
         for smp in fam.samples:
             s[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
     svc = "xpod.v1.ClusterService"
-    assert value(s, "grpc_server_handled_total", grpc_type="unary", grpc_service=svc, grpc_method="GetCluster", grpc_code="OK") == 2
-    assert value(s, "grpc_server_handled_total", grpc_type="unary", grpc_service="xpod.v1.JobService", grpc_method="GetJob", grpc_code="NOT_FOUND") == 1
-    assert value(s, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service=svc, grpc_method="GetCluster") == 2
-    assert value(s, "grpc_server_started_total", grpc_type="server_stream", grpc_service="xpod.v1.JobService", grpc_method="WatchJobs") == 1
-    watch = {dict(k[1])["grpc_code"]: v for k, v in s.items() if k[0] == "grpc_server_handled_total" and dict(k[1])["grpc_method"] == "WatchJobs"}
+    assert (
+        value(
+            s,
+            "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service=svc,
+            grpc_method="GetCluster",
+            grpc_code="OK",
+        )
+        == 2
+    )
+    assert (
+        value(
+            s,
+            "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service="xpod.v1.JobService",
+            grpc_method="GetJob",
+            grpc_code="NOT_FOUND",
+        )
+        == 1
+    )
+    assert (
+        value(s, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service=svc, grpc_method="GetCluster")
+        == 2
+    )
+    assert (
+        value(
+            s,
+            "grpc_server_started_total",
+            grpc_type="server_stream",
+            grpc_service="xpod.v1.JobService",
+            grpc_method="WatchJobs",
+        )
+        == 1
+    )
+    watch = {
+        dict(k[1])["grpc_code"]: v
+        for k, v in s.items()
+        if k[0] == "grpc_server_handled_total" and dict(k[1])["grpc_method"] == "WatchJobs"
+    }
     assert watch == {"DEADLINE_EXCEEDED": 1}, watch
 
 
@@ -281,7 +350,11 @@ def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():
     finally:
         server.stop(0).wait()
     s = samples(reg)
-    handled = {(dict(k[1])["grpc_method"], dict(k[1])["grpc_code"], dict(k[1])["grpc_type"]): v for k, v in s.items() if k[0] == "grpc_server_handled_total"}
+    handled = {
+        (dict(k[1])["grpc_method"], dict(k[1])["grpc_code"], dict(k[1])["grpc_type"]): v
+        for k, v in s.items()
+        if k[0] == "grpc_server_handled_total"
+    }
     assert handled == {
         ("Ok", "OK", "unary"): 1,
         ("Abort", "PERMISSION_DENIED", "unary"): 1,
@@ -289,7 +362,10 @@ def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():
         ("Stream", "OK", "server_stream"): 1,
         ("StreamBoom", "UNKNOWN", "server_stream"): 1,
     }
-    assert value(s, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service="t.v1.Svc", grpc_method="Ok") == 1
+    assert (
+        value(s, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service="t.v1.Svc", grpc_method="Ok")
+        == 1
+    )
 
 
 def test_failed_preemption_attempt_counts_without_eviction(system):
@@ -326,6 +402,9 @@ def test_attempt_duration_histogram_counts_each_job_a_cycle_tried_by_result(syst
     s = samples(metrics.registry)
     assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="scheduled") == 3
     assert value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_count", result="unschedulable") == 2
-    attempts = sum(value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_sum", result=r) for r in ("scheduled", "unschedulable"))
+    attempts = sum(
+        value(s, "xpod_scheduler_scheduling_attempt_duration_seconds_sum", result=r)
+        for r in ("scheduled", "unschedulable")
+    )
     assert 0 < attempts <= value(s, "xpod_scheduler_scheduling_cycle_duration_seconds_sum")
     assert len(fits) == 3

@@ -21,8 +21,27 @@ def run(*args, cwd=None):
 
 def test_place_then_show_then_incremental(tmp_path):
     out = tmp_path / "p.json"
-    r = run("moe", "place", "--loads", FIXTURE, "--workload", "decode_in1000out1000", "--devices", "32",
-            "--nodes", "4", "--slots", "9", "--groups", "8", "--traffic-tokens", "256", "--out", str(out), "--json")
+    r = run(
+        "moe",
+        "place",
+        "--loads",
+        FIXTURE,
+        "--workload",
+        "decode_in1000out1000",
+        "--devices",
+        "32",
+        "--nodes",
+        "4",
+        "--slots",
+        "9",
+        "--groups",
+        "8",
+        "--traffic-tokens",
+        "256",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     doc = json.loads(out.read_text())
@@ -43,8 +62,28 @@ def test_place_then_show_then_incremental(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     out2 = tmp_path / "p2.json"
-    r = run("moe", "place", "--loads", FIXTURE, "--workload", "decode_in2000out100", "--devices", "32", "--nodes", "4",
-            "--slots", "9", "--previous", str(out), "--max-moves", "20", "--traffic-tokens", "0", "--out", str(out2))
+    r = run(
+        "moe",
+        "place",
+        "--loads",
+        FIXTURE,
+        "--workload",
+        "decode_in2000out100",
+        "--devices",
+        "32",
+        "--nodes",
+        "4",
+        "--slots",
+        "9",
+        "--previous",
+        str(out),
+        "--max-moves",
+        "20",
+        "--traffic-tokens",
+        "0",
+        "--out",
+        str(out2),
+    )
     assert r.returncode == 0, r.stderr
     assert "expert weights moved" in r.stdout
     assert json.loads(out2.read_text())["weight_moves"] <= 20
@@ -67,8 +106,15 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, args, needle):
     # in-process (the subprocess path is covered above): the same main() the console script runs
     from xpod.runtime.cli import main
 
-    base = {"--loads": FIXTURE, "--workload": "decode_in1000out1000", "--devices": "32", "--nodes": "4", "--slots": "9",
-            "--out": str(tmp_path / "x.json"), "--traffic-tokens": "0"}
+    base = {
+        "--loads": FIXTURE,
+        "--workload": "decode_in1000out1000",
+        "--devices": "32",
+        "--nodes": "4",
+        "--slots": "9",
+        "--out": str(tmp_path / "x.json"),
+        "--traffic-tokens": "0",
+    }
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
     try:
@@ -96,7 +142,19 @@ def test_show_rejects_bad_placement_files(tmp_path, capsys, text, needle):
 
     bad = tmp_path / "bad.json"
     bad.write_text(text)
-    code = main(["moe", "show", str(bad), "--loads", FIXTURE, "--workload", "decode_in1000out1000", "--png", str(tmp_path / "x.png")])
+    code = main(
+        [
+            "moe",
+            "show",
+            str(bad),
+            "--loads",
+            FIXTURE,
+            "--workload",
+            "decode_in1000out1000",
+            "--png",
+            str(tmp_path / "x.png"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and needle in err and err.count("\n") == 1, err
 
@@ -119,14 +177,40 @@ def test_refine_passes_trade_time_for_balance(tmp_path):
     results = {}
     for passes in ("0", "8"):
         out = tmp_path / f"p{passes}.json"
-        code = main(["moe", "place", "--loads", FIXTURE, "--workload", "decode_in1000out1000", "--devices", "64",
-                     "--nodes", "8", "--slots", "5", "--traffic-tokens", "0", "--refine-passes", passes,
-                     "--out", str(out), "--json"])
+        code = main(
+            [
+                "moe",
+                "place",
+                "--loads",
+                FIXTURE,
+                "--workload",
+                "decode_in1000out1000",
+                "--devices",
+                "64",
+                "--nodes",
+                "8",
+                "--slots",
+                "5",
+                "--traffic-tokens",
+                "0",
+                "--refine-passes",
+                passes,
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
         assert code == 0
         doc = json.loads(out.read_text())
         from xpod.runtime.moe.score import score
 
         loads = np.load(FIXTURE)["decode_in1000out1000"]
-        results[passes] = score(loads, np.array(doc["phy2log"]), np.array(doc["slot_device"]), np.arange(64) // 8,
-                                np.array(doc["slot_share"]), 8).balancedness
+        results[passes] = score(
+            loads,
+            np.array(doc["phy2log"]),
+            np.array(doc["slot_device"]),
+            np.arange(64) // 8,
+            np.array(doc["slot_share"]),
+            8,
+        ).balancedness
     assert results["8"] > results["0"]

@@ -59,8 +59,15 @@ def _worker(rank: int, world: int, port: int, counts: list[int], errors) -> None
         comms = [TorchAllToAll()]
         from xpod.hal.collectives import Communicator, LaunchEnv
 
-        env = LaunchEnv(rank=rank, world_size=world, local_rank=rank, local_world_size=world,
-                        master_addr="127.0.0.1", master_port=port, backend="cpu")
+        env = LaunchEnv(
+            rank=rank,
+            world_size=world,
+            local_rank=rank,
+            local_world_size=world,
+            master_addr="127.0.0.1",
+            master_port=port,
+            backend="cpu",
+        )
         comms.append(Communicator(env))
         x, ids, wts = _tokens(rank, counts[rank])
         ref = reference_moe(x, ids, wts, _expert_fn)

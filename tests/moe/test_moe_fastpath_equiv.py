@@ -33,6 +33,7 @@ from xpod.runtime.moe.refine import _slot_loads, pair_refine
 # The per-item loop as it was before the fast path (boolean masks, 2-D fancy indexing, the
 # output written item by item): slow and simple, the reference for the fast one.
 
+
 def _reference_pack_free(
     item_expert: np.ndarray,
     item_load: np.ndarray,
@@ -74,7 +75,12 @@ def _reference_pack_free(
     took_node = np.zeros((layers, num_nodes), dtype=bool)
     out = np.full((layers, items), -1, dtype=np.int64)
     # updates go through flat views with one index per layer (cheaper than 2-D fancy indexing)
-    flat_load, flat_eff, flat_used, flat_took = dev_load.reshape(-1), eff.reshape(-1), used.reshape(-1), took.reshape(-1)
+    flat_load, flat_eff, flat_used, flat_took = (
+        dev_load.reshape(-1),
+        eff.reshape(-1),
+        used.reshape(-1),
+        took.reshape(-1),
+    )
     flat_cap, flat_took_node, flat_out = capacity.reshape(-1), took_node.reshape(-1), out.reshape(-1)
     base_dev, base_node, base_out = rows * num_devices, rows * num_nodes, rows * items
     chunk = 32  # the home costs of 32 items at a time: [layers, 32, devices]
@@ -83,7 +89,9 @@ def _reference_pack_free(
     for p in range(items):
         if home is not None and p % chunk == 0:
             c = slice(p, min(p + chunk, items))
-            static_chunk = np.where(pr[:, c, None], off_home * (device_node[None, None, :] != home[:, c, None]), tail[:, None, :])
+            static_chunk = np.where(
+                pr[:, c, None], off_home * (device_node[None, None, :] != home[:, c, None]), tail[:, None, :]
+            )
         if home is not None:
             static = static_chunk[:, p % chunk]
         e = ex[:, p]
@@ -101,7 +109,9 @@ def _reference_pack_free(
             if stuck.any():
                 # every device with room already holds this expert (dense pods): make room
                 for layer in np.nonzero(stuck)[0]:
-                    d[layer] = _reference_make_room(layer, int(e[layer]), ex, ld, out, order, dev_load, eff, used, capacity)
+                    d[layer] = _reference_make_room(
+                        layer, int(e[layer]), ex, ld, out, order, dev_load, eff, used, capacity
+                    )
         else:
             d = cost.argmin(axis=1)
         if padded[p]:
@@ -226,8 +236,16 @@ def test_fast_packing_matches_reference_where_greedy_gets_stuck(monkeypatch):
 
 def test_reference_comparison_reaches_the_make_room_path():
     # the stuck case of test_moe_locality, through both loops
-    args = (np.array([[0, 1, 2, 2]]), np.array([[5.0, 4.0, 3.0, 3.0]]), np.array([[True, True, True, False]]),
-            np.array([[1, 3]]), np.array([0, 0]), None, 0.0, 0.0)
+    args = (
+        np.array([[0, 1, 2, 2]]),
+        np.array([[5.0, 4.0, 3.0, 3.0]]),
+        np.array([[True, True, True, False]]),
+        np.array([[1, 3]]),
+        np.array([0, 0]),
+        None,
+        0.0,
+        0.0,
+    )
     fast = _pack_free(*args)
     np.testing.assert_array_equal(fast, _reference_pack_free(*args))
     assert sorted(fast[0].tolist()) == [0, 1, 1, 1] and fast[0, 2] != fast[0, 3]
@@ -300,7 +318,7 @@ def _reference_pair_refine(
         ok &= ~holds[r3, hot[:, :, None], np.maximum(eb, 0)][:, :, None, :]
         ok &= ~holds[r3, light[:, :, None], np.maximum(ea, 0)][:, :, :, None]
         if pinned is not None:
-            cross = (slot_node[a_s][:, :, :, None] != slot_node[b_s][:, :, None, :])
+            cross = slot_node[a_s][:, :, :, None] != slot_node[b_s][:, :, None, :]
             if pin_cost is None:
                 ok &= ~cross | ~(pinned[r3, a_s][:, :, :, None] | pinned[r3, b_s][:, :, None, :])
             else:

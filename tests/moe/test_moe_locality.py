@@ -46,7 +46,9 @@ def test_wrap_homes_bound_the_group_spread_and_fit_the_slots(seed, shape, sigma)
     experts = 256 if groups != 4 else 32
     rng = np.random.default_rng(seed)
     # group-correlated lognormal loads (real groups are unbalanced), some exact zeros
-    w = rng.lognormal(0, sigma, size=(3, experts)) * np.repeat(rng.lognormal(0, 0.5, size=(3, groups)), experts // groups, axis=1)
+    w = rng.lognormal(0, sigma, size=(3, experts)) * np.repeat(
+        rng.lognormal(0, 0.5, size=(3, groups)), experts // groups, axis=1
+    )
     w[rng.random(w.shape) < 0.05] = 0.0
     homes = wrap_homes(w, groups, nodes, spd, per_node)
     assert homes.shape == w.shape and homes.min() >= 0 and homes.max() < nodes
@@ -105,7 +107,9 @@ def test_pair_refine_keeps_invariants_and_never_raises_the_max(seed, pinned_frac
     phy2log = np.empty((layers, devices * spd), dtype=np.int64)
     for layer in range(layers):
         while True:
-            row = np.concatenate([rng.permutation(experts), rng.choice(experts, devices * spd - experts, replace=False)])
+            row = np.concatenate(
+                [rng.permutation(experts), rng.choice(experts, devices * spd - experts, replace=False)]
+            )
             rng.shuffle(row)
             if duplicate_count(row[None], slot_device, devices, experts) == 0:
                 break
@@ -149,8 +153,9 @@ def test_locality_cuts_simulated_node_sends(real):
         p = place(w, shape, locality=loc)
         sc = p.score(w)
         assert sc.duplicates == 0 and sc.balancedness >= 0.98, sc
-        sends[loc] = simulate_traffic(w, p.phy2log, p.slot_device, p.device_node, p.slot_share, [0, 3], 1024,
-                                      token_cache=cache).remote_nodes_per_token
+        sends[loc] = simulate_traffic(
+            w, p.phy2log, p.slot_device, p.device_node, p.slot_share, [0, 3], 1024, token_cache=cache
+        ).remote_nodes_per_token
     # measured 3.89 -> 3.57 on these layers
     assert sends[1.0] < 0.96 * sends[0.0], sends
 
@@ -186,8 +191,16 @@ def test_packing_makes_room_when_greedy_gets_stuck():
     # device 0 has 1 slot, device 1 has 3; expert 2 has two replicas. Heaviest first, expert 0
     # takes device 0 and experts 1, 2 device 1: the second replica of 2 then finds room only on
     # the device that holds it, so expert 0 must move over to free device 0.
-    out = _pack_free(np.array([[0, 1, 2, 2]]), np.array([[5.0, 4.0, 3.0, 3.0]]), np.array([[True, True, True, False]]),
-                     np.array([[1, 3]]), np.array([0, 0]), None, 0.0, 0.0)
+    out = _pack_free(
+        np.array([[0, 1, 2, 2]]),
+        np.array([[5.0, 4.0, 3.0, 3.0]]),
+        np.array([[True, True, True, False]]),
+        np.array([[1, 3]]),
+        np.array([0, 0]),
+        None,
+        0.0,
+        0.0,
+    )
     assert sorted(out[0].tolist()) == [0, 1, 1, 1]
     assert out[0, 2] != out[0, 3]  # the two replicas of expert 2 on different devices
 

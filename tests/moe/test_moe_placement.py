@@ -44,7 +44,9 @@ def check_invariants(p, loads):
         share = p.slot_share
         assert (share >= 0).all() and (share[phy2log < 0] == 0).all()
         for layer in range(layers):
-            sums = np.bincount(phy2log[layer][phy2log[layer] >= 0], weights=share[layer][phy2log[layer] >= 0], minlength=experts)
+            sums = np.bincount(
+                phy2log[layer][phy2log[layer] >= 0], weights=share[layer][phy2log[layer] >= 0], minlength=experts
+            )
             np.testing.assert_allclose(sums, 1.0, atol=1e-9)
     sc = p.score(loads)
     assert sc.duplicates == 0 and sc.missing_experts == 0

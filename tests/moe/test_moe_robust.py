@@ -95,8 +95,10 @@ def test_plan_for_next_window_never_reads_the_target(real, scope):
     np.testing.assert_array_equal(p.phy2log, q.phy2log)
 
 
-@pytest.mark.parametrize("devices,nodes,slots,policy", [(72, 9, 4, "auto"), (32, 4, 9, "auto"), (320, 40, 1, "budget"),
-                                                        (144, 18, 2, "budget")])
+@pytest.mark.parametrize(
+    "devices,nodes,slots,policy",
+    [(72, 9, 4, "auto"), (32, 4, 9, "auto"), (320, 40, 1, "budget"), (144, 18, 2, "budget")],
+)
 def test_robust_invariants_and_memory(real, devices, nodes, slots, policy):
     a, hist = real["decode_in1000out1000"], np.stack([real["prefill_in4096"]])
     p = robust_place(a, PodShape(devices, nodes, slots), 8, history=hist, policy=policy)
@@ -193,7 +195,9 @@ def test_min_plus_dp_matches_brute_force():
     cost = rng.random((4, 5))
     best, choice = _min_plus_over_layers(cost, 9)
     for total in range(10):
-        brute = min((sum(cost[l, x[l]] for l in range(4)), x) for x in itertools.product(range(5), repeat=4) if sum(x) == total)
+        brute = min(
+            (sum(cost[l, x[l]] for l in range(4)), x) for x in itertools.product(range(5), repeat=4) if sum(x) == total
+        )
         assert np.isclose(best[total], brute[0])
 
 
@@ -234,17 +238,41 @@ def test_cli_robust_plan(tmp_path):
 
     out = tmp_path / "r.json"
     env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0", COLUMNS="120")
-    cmd = [sys.executable, "-m", "xpod.runtime.cli", "moe", "place", "--loads", FIXTURE, "--workload",
-           "prefill_in4096,decode_in1000out1000", "--devices", "72", "--nodes", "9", "--slots", "288", "--robust",
-           "--traffic-tokens", "0", "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xpod.runtime.cli",
+        "moe",
+        "place",
+        "--loads",
+        FIXTURE,
+        "--workload",
+        "prefill_in4096,decode_in1000out1000",
+        "--devices",
+        "72",
+        "--nodes",
+        "9",
+        "--slots",
+        "288",
+        "--robust",
+        "--traffic-tokens",
+        "0",
+        "--out",
+        str(out),
+        "--json",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     p = load_placement(str(out))
     loads = np.load(FIXTURE)
     # the summary scores the latest window (the last name), from the written file, even split
-    assert summary["balancedness"] == pytest.approx(p.score(loads["decode_in1000out1000"].astype(float)).balancedness, abs=1e-9)
+    assert summary["balancedness"] == pytest.approx(
+        p.score(loads["decode_in1000out1000"].astype(float)).balancedness, abs=1e-9
+    )
     assert summary["duplicates"] == 0 and "slot_share" not in json.loads(out.read_text())
-    bad = subprocess.run(cmd[:-3] + ["--hedge", "0.2", "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    bad = subprocess.run(
+        cmd[:-3] + ["--hedge", "0.2", "--out", str(out)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert bad.returncode != 0 and "--robust" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -9,11 +9,11 @@ import pytest
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import DeviceHealth, JobKind, ReasonCode, Within
-from xpod.scheduler.profile import load_profile, profile_from_dict
-from xpod.scheduler.snapshot import Snapshot, Statement
-from xpod.scheduler.spec import parse_job
-from xpod.scheduler.testing import job, node, placements
+from xpod.scheduler.core.model import DeviceHealth, JobKind, ReasonCode, Within
+from xpod.scheduler.core.profile import load_profile, profile_from_dict
+from xpod.scheduler.core.snapshot import Snapshot, Statement
+from xpod.scheduler.core.spec import parse_job
+from xpod.scheduler.core.testing import job, node, placements
 
 A3 = "ascend-910c"
 H = "nvidia-h100-sxm"
@@ -32,36 +32,66 @@ def xpod_cli(*args: str, timeout: float = 300):
 
 
 def test_parse_full_spec():
-    j = parse_job({
-        "id": "t1", "kind": "training", "tasks": 4, "min_tasks": 2,
-        "devices": {"count": 16, "model": A3}, "cpu": 8, "memory": "64Gi", "within": "supernode",
-        "queue": "research", "priority_class": "high", "expected_duration_seconds": 3600, "sp_block": 32,
-    })
+    j = parse_job(
+        {
+            "id": "t1",
+            "kind": "training",
+            "tasks": 4,
+            "min_tasks": 2,
+            "devices": {"count": 16, "model": A3},
+            "cpu": 8,
+            "memory": "64Gi",
+            "within": "supernode",
+            "queue": "research",
+            "priority_class": "high",
+            "expected_duration_seconds": 3600,
+            "sp_block": 32,
+        }
+    )
     assert (j.kind, j.tasks, j.min_tasks, j.devices.count, j.cpu_milli, j.memory_bytes, j.within, j.sp_block) == (
-        JobKind.TRAINING, 4, 2, 16, 8000, 64 * 2**30, Within.SUPERNODE, 32)
-    s = parse_job({"id": "s", "kind": "serving", "replicas": {"min": 2, "max": 5}, "devices": {"count": 1, "milli": 250, "memory": "8Gi", "model": H}, "cpu": "500m"})
+        JobKind.TRAINING,
+        4,
+        2,
+        16,
+        8000,
+        64 * 2**30,
+        Within.SUPERNODE,
+        32,
+    )
+    s = parse_job(
+        {
+            "id": "s",
+            "kind": "serving",
+            "replicas": {"min": 2, "max": 5},
+            "devices": {"count": 1, "milli": 250, "memory": "8Gi", "model": H},
+            "cpu": "500m",
+        }
+    )
     assert (s.tasks, s.min_tasks, s.devices.milli, s.devices.memory_bytes, s.cpu_milli) == (5, 2, 250, 8 * 2**30, 500)
     c = parse_job({"id": "c", "kind": "batch", "devices": {"count": 2, "min_memory": "80Gi", "min_bf16_tflops": 500}})
     assert c.devices.model is None and c.devices.min_memory_bytes == 80 * 2**30
 
 
-@pytest.mark.parametrize("doc, field", [
-    ({"id": "x"}, "kind"),
-    ({"id": "x", "kind": "train"}, "kind"),
-    ({"id": "x", "kind": "batch", "gpus": 1}, "gpus"),
-    ({"id": "x", "kind": "batch", "tasks": 0}, "tasks"),
-    ({"id": "x", "kind": "batch", "tasks": 2.5}, "tasks"),
-    ({"id": "x", "kind": "training", "tasks": 2, "min_tasks": 3}, "min_tasks"),
-    ({"id": "x", "kind": "serving", "tasks": 2}, "tasks"),
-    ({"id": "x", "kind": "serving", "replicas": {"min": 3, "max": 2}}, "replicas.min"),
-    ({"id": "x", "kind": "batch", "devices": {"count": 2, "milli": 500}}, "devices.milli"),
-    ({"id": "x", "kind": "batch", "devices": {"count": 1, "memory": "8Gi"}}, "devices.memory"),
-    ({"id": "x", "kind": "batch", "devices": {"count": 1, "colour": "red"}}, "devices.colour"),
-    ({"id": "x", "kind": "batch", "memory": "lots"}, "memory"),
-    ({"id": "x", "kind": "batch", "within": "rack"}, "within"),
-    ({"id": "x", "kind": "batch", "expected_duration_seconds": -1}, "expected_duration_seconds"),
-    ({"kind": "batch"}, "id"),
-])
+@pytest.mark.parametrize(
+    "doc, field",
+    [
+        ({"id": "x"}, "kind"),
+        ({"id": "x", "kind": "train"}, "kind"),
+        ({"id": "x", "kind": "batch", "gpus": 1}, "gpus"),
+        ({"id": "x", "kind": "batch", "tasks": 0}, "tasks"),
+        ({"id": "x", "kind": "batch", "tasks": 2.5}, "tasks"),
+        ({"id": "x", "kind": "training", "tasks": 2, "min_tasks": 3}, "min_tasks"),
+        ({"id": "x", "kind": "serving", "tasks": 2}, "tasks"),
+        ({"id": "x", "kind": "serving", "replicas": {"min": 3, "max": 2}}, "replicas.min"),
+        ({"id": "x", "kind": "batch", "devices": {"count": 2, "milli": 500}}, "devices.milli"),
+        ({"id": "x", "kind": "batch", "devices": {"count": 1, "memory": "8Gi"}}, "devices.memory"),
+        ({"id": "x", "kind": "batch", "devices": {"count": 1, "colour": "red"}}, "devices.colour"),
+        ({"id": "x", "kind": "batch", "memory": "lots"}, "memory"),
+        ({"id": "x", "kind": "batch", "within": "rack"}, "within"),
+        ({"id": "x", "kind": "batch", "expected_duration_seconds": -1}, "expected_duration_seconds"),
+        ({"kind": "batch"}, "id"),
+    ],
+)
 def test_spec_errors_name_the_field_in_one_line(doc, field):
     with pytest.raises(XpodError) as err:
         parse_job(doc, source="jobs/x.yaml")
@@ -69,14 +99,17 @@ def test_spec_errors_name_the_field_in_one_line(doc, field):
     assert "\n" not in msg and f"{field}:" in msg and msg.startswith("jobs/x.yaml")
 
 
-@pytest.mark.parametrize("doc, needle", [
-    ({"actions": ["allocate", "shuffle"]}, "actions[1]: unknown action 'shuffle'"),
-    ({"policies": ["gang", "magic"]}, "policies[1]: unknown policy 'magic'"),
-    ({"policies": [{"name": "priority", "args": {"aging": 1}}]}, "unknown argument 'aging'"),
-    ({"policies": [{"name": "priority", "args": {"aging_per_hour": "fast"}}]}, "non-negative number"),
-    ({"policies": ["binpack", "spread"]}, "contradict"),
-    ({"plugins": []}, "unknown key 'plugins'"),
-])
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ({"actions": ["allocate", "shuffle"]}, "actions[1]: unknown action 'shuffle'"),
+        ({"policies": ["gang", "magic"]}, "policies[1]: unknown policy 'magic'"),
+        ({"policies": [{"name": "priority", "args": {"aging": 1}}]}, "unknown argument 'aging'"),
+        ({"policies": [{"name": "priority", "args": {"aging_per_hour": "fast"}}]}, "non-negative number"),
+        ({"policies": ["binpack", "spread"]}, "contradict"),
+        ({"plugins": []}, "unknown key 'plugins'"),
+    ],
+)
 def test_profile_errors_at_load(doc, needle):
     with pytest.raises(XpodError, match=needle.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         profile_from_dict(doc, "p.yaml")
@@ -119,7 +152,7 @@ def test_statement_discard_restores_exactly():
     s.cycle()
     before = {n: (st.cpu_left, list(st.free_milli)) for n, st in snap.nodes.items()}
     idx_before = {m: dict(v) for m, v in snap.free_whole.items()}
-    from xpod.scheduler.model import Binding
+    from xpod.scheduler.core.model import Binding
 
     j = job("t").devices(H, 2).build()
     stmt = Statement(snap, 0.0)
@@ -199,7 +232,7 @@ def test_cycle_result_decisions_and_bench_cli(tmp_path):
 
 
 def test_from_cluster_adapter():
-    from xpod.scheduler.from_cluster import load_nodes
+    from xpod.scheduler.core.from_cluster import load_nodes
 
     nodes = load_nodes(os.path.join(REPO, "hal", "clusters", "cloudmatrix384.yaml"))
     assert len(nodes) == 48 and {len(n.devices) for n in nodes} == {16}
@@ -209,7 +242,7 @@ def test_from_cluster_adapter():
 
 
 def test_example_profile_is_the_default():
-    from xpod.scheduler.profile import default_profile
+    from xpod.scheduler.core.profile import default_profile
 
     prof = load_profile(os.path.join(REPO, "examples", "profiles", "scheduler-default.yaml"))
     assert prof.actions == default_profile().actions
@@ -222,8 +255,8 @@ def test_bucket_walk_follows_the_node_order_policy(order):
     defines (the key is the specification, the walk the fast implementation)."""
     import random
 
-    from xpod.scheduler import actions as act
-    from xpod.scheduler.policies import CycleContext, NodeOrder
+    from xpod.scheduler.core import actions as act
+    from xpod.scheduler.core.policies import CycleContext, NodeOrder
 
     rng = random.Random(5)
     nodes = [node(f"n{i:02d}").devices(H, 8).build() for i in range(30)]

@@ -16,13 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import ReasonCode
-from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.testing import job, node, placements, run_case
+from xpod.scheduler.core.model import ReasonCode
+from xpod.scheduler.core.profile import profile_from_dict
+from xpod.scheduler.core.testing import job, node, placements, run_case
 
 H = "nvidia-h100-sxm"
 A3 = "ascend-910c"
-BACKFILL = {"actions": ["enqueue", "allocate", "backfill"], "policies": ["gang", "topology", "ascend", "binpack", "priority"]}
+BACKFILL = {
+    "actions": ["enqueue", "allocate", "backfill"],
+    "policies": ["gang", "topology", "ascend", "binpack", "priority"],
+}
 
 CASES = [
     dict(
@@ -37,7 +40,11 @@ CASES = [
         id="the head needs 14: only the 2 it leaves may be backfilled, a 4 waits",
         nodes=[node("n1").devices(H, 16)],
         running=[job("r").devices(H, 12).duration(100)],
-        jobs=[job("big").devices(H, 14).submitted(1), job("four").devices(H, 4).submitted(2), job("two").devices(H, 2).submitted(3)],
+        jobs=[
+            job("big").devices(H, 14).submitted(1),
+            job("four").devices(H, 4).submitted(2),
+            job("two").devices(H, 2).submitted(3),
+        ],
         expect={"two": [("n1", (14, 15))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "four": ReasonCode.WAITING_BEHIND},
         says={"four": "it does not fit beside the 14 devices kept for big either"},
@@ -48,8 +55,11 @@ CASES = [
         # cpu20 leaves 36 + 8 released = 44 >= 40: goes; cpu30 would leave 34 < 40: waits
         nodes=[node("n1").devices(H, 16).cpu(64)],
         running=[job("r").devices(H, 12).cpu(8).duration(100)],
-        jobs=[job("big").devices(H, 8).cpu(40).submitted(1), job("cpu30").devices(H, 2).cpu(30).submitted(2),
-              job("cpu20").devices(H, 2).cpu(20).submitted(3)],
+        jobs=[
+            job("big").devices(H, 8).cpu(40).submitted(1),
+            job("cpu30").devices(H, 2).cpu(30).submitted(2),
+            job("cpu20").devices(H, 2).cpu(20).submitted(3),
+        ],
         expect={"cpu20": [("n1", (12, 13))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "cpu30": ReasonCode.WAITING_BEHIND},
     ),
@@ -59,7 +69,10 @@ CASES = [
         # the super-pod: a job on a2 or a3 would eat the reserve and delay big
         nodes=[node(f"a{i}").devices(A3, 16).supernode("sp") for i in range(4)],
         running=[job("r").training(tasks=2).devices(A3, 16).within("supernode").duration(100)],
-        jobs=[job("big").training(tasks=2).devices(A3, 16).sp_block(32).submitted(1), job("nodur").devices(A3, 16).submitted(2)],
+        jobs=[
+            job("big").training(tasks=2).devices(A3, 16).sp_block(32).submitted(1),
+            job("nodur").devices(A3, 16).submitted(2),
+        ],
         expect={},
         pending={"big": ReasonCode.UNSCHEDULABLE, "nodur": ReasonCode.WAITING_BEHIND},
     ),
@@ -87,7 +100,12 @@ def _run_keeping_promises(s, t: list, real: dict, no_backfill) -> None:
         probe = copy.deepcopy(s)
         probe.profile = no_backfill
         for jid, why in probe.cycle().pending.items():
-            if why.queue_position == 1 and why.code is ReasonCode.UNSCHEDULABLE and jid not in promised and why.estimated_start is not None:
+            if (
+                why.queue_position == 1
+                and why.code is ReasonCode.UNSCHEDULABLE
+                and jid not in promised
+                and why.estimated_start is not None
+            ):
                 promised[jid] = why.estimated_start
         r = s.cycle()
         for b in r.bindings:
@@ -126,8 +144,12 @@ def test_the_head_starts_at_its_reservation_beside_the_backfilled_job():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 6, 8, 12, 16]), st.integers(1, 30), st.booleans()), min_size=2, max_size=14),
-       st.integers(1, 2))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1, 2, 4, 6, 8, 12, 16]), st.integers(1, 30), st.booleans()), min_size=2, max_size=14
+    ),
+    st.integers(1, 2),
+)
 def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
     """16-device nodes, so a head often needs only part of a node. Some jobs hide their
     duration (no expected_duration_seconds: backfill may only put them beside the head's
@@ -147,9 +169,16 @@ def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["1", "2", "4", "6", "8", "12", "16", "gang", "sp"]), st.integers(1, 30), st.booleans()),
-                min_size=2, max_size=12),
-       st.integers(4, 6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["1", "2", "4", "6", "8", "12", "16", "gang", "sp"]), st.integers(1, 30), st.booleans()
+        ),
+        min_size=2,
+        max_size=12,
+    ),
+    st.integers(4, 6),
+)
 def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
     """The same on one Ascend 910C super-pod with MindCluster's rules (die pairs, 2 reserve
     nodes for logical super-pods): single-node die requests, gangs of whole nodes and
@@ -157,7 +186,11 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
     prof = profile_from_dict(BACKFILL)
     no_backfill = profile_from_dict(dict(BACKFILL, actions=["enqueue", "allocate"]))
     t = [0.0]
-    s = Scheduler([node(f"a{i}").devices(A3, 16).supernode("sp").build() for i in range(n_nodes)], profile=prof, clock=lambda: t[0])
+    s = Scheduler(
+        [node(f"a{i}").devices(A3, 16).supernode("sp").build() for i in range(n_nodes)],
+        profile=prof,
+        clock=lambda: t[0],
+    )
     real = {}
     for i, (what, d, known) in enumerate(specs):
         jid = f"j{i:02d}"
@@ -175,16 +208,22 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
 def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):
     """Past MAX_CARVE_TRIES jobs a cycle stops trying beside the carve-out; the jobs left say
     so rather than claim they do not fit."""
-    from xpod.scheduler import actions
+    from xpod.scheduler.core import actions
 
     monkeypatch.setattr(actions, "MAX_CARVE_TRIES", 1)
-    _, r = run_case(dict(
-        profile=BACKFILL,
-        nodes=[node("n1").devices(H, 16)],
-        running=[job("r").devices(H, 12).duration(100)],
-        jobs=[job("big").devices(H, 14).submitted(1), job("four").devices(H, 4).submitted(2),
-              job("four2").devices(H, 4).submitted(3), job("three").devices(H, 3).submitted(4)],
-    ))
+    _, r = run_case(
+        dict(
+            profile=BACKFILL,
+            nodes=[node("n1").devices(H, 16)],
+            running=[job("r").devices(H, 12).duration(100)],
+            jobs=[
+                job("big").devices(H, 14).submitted(1),
+                job("four").devices(H, 4).submitted(2),
+                job("four2").devices(H, 4).submitted(3),
+                job("three").devices(H, 3).submitted(4),
+            ],
+        )
+    )
     assert "it does not fit beside the 14 devices kept for big either" in r.pending["four"].message
     assert "it does not fit beside the 14 devices kept for big either" in r.pending["four2"].message  # same shape
     assert "backfill beside the 14 devices kept for big already tried 1 jobs this cycle" in r.pending["three"].message

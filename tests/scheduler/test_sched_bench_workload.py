@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from xpod.scheduler import bench
-from xpod.scheduler.from_cluster import load_nodes
-from xpod.scheduler.model import JobKind, Within
+from xpod.scheduler.core import bench
+from xpod.scheduler.core.from_cluster import load_nodes
+from xpod.scheduler.core.model import JobKind, Within
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CM384 = os.path.join(ROOT, "examples", "clusters", "cloudmatrix384.yaml")

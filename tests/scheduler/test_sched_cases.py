@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import PriorityClass, Queue, ReasonCode
-from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.testing import job, node, placements, run_case
+from xpod.scheduler.core.model import PriorityClass, Queue, ReasonCode
+from xpod.scheduler.core.profile import profile_from_dict
+from xpod.scheduler.core.testing import job, node, placements, run_case
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -148,7 +148,11 @@ CASES = [
     dict(
         id="preempt-fewest-victims",
         nodes=[node("n1").devices(H, 8)],
-        running=[job("a").devices(H, 2).priority("low"), job("b").devices(H, 2).priority("low"), job("c").devices(H, 4).priority("low")],
+        running=[
+            job("a").devices(H, 2).priority("low"),
+            job("b").devices(H, 2).priority("low"),
+            job("c").devices(H, 4).priority("low"),
+        ],
         jobs=[job("hi").devices(H, 4).priority("high")],
         expect={"hi": [("n1", (4, 5, 6, 7))]},
         evicted=["c"],
@@ -168,7 +172,10 @@ CASES = [
         # 2 x 8 devices within one node on 8-device nodes: never, so it blocks nobody
         nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],
         running=[job("low").devices(H, 8).priority("low")],
-        jobs=[job("hi").training(tasks=2).devices(H, 8).within("node").priority("high"), job("next").devices(H, 4).submitted(5)],
+        jobs=[
+            job("hi").training(tasks=2).devices(H, 8).within("node").priority("high"),
+            job("next").devices(H, 4).submitted(5),
+        ],
         expect={"next": [("n2", (0, 1, 2, 3))]},
         evicted=[],
         pending={"hi": ReasonCode.NEVER_FITS},
@@ -185,14 +192,16 @@ CASES = [
         id="drf-equal-weights-split-evenly",
         nodes=[node("n1").devices(H, 8)],
         queues=[Queue("a"), Queue("b")],
-        jobs=[job(f"a{i}").devices(H, 1).queue("a") for i in range(8)] + [job(f"b{i}").devices(H, 1).queue("b") for i in range(8)],
+        jobs=[job(f"a{i}").devices(H, 1).queue("a") for i in range(8)]
+        + [job(f"b{i}").devices(H, 1).queue("b") for i in range(8)],
         expect_count={"a": 4, "b": 4},
     ),
     dict(
         id="drf-weights",
         nodes=[node("n1").devices(H, 8)],
         queues=[Queue("a", weight=3), Queue("b", weight=1)],
-        jobs=[job(f"a{i}").devices(H, 1).queue("a") for i in range(8)] + [job(f"b{i}").devices(H, 1).queue("b") for i in range(8)],
+        jobs=[job(f"a{i}").devices(H, 1).queue("a") for i in range(8)]
+        + [job(f"b{i}").devices(H, 1).queue("b") for i in range(8)],
         expect_count={"a": 6, "b": 2},
     ),
     dict(
@@ -224,7 +233,10 @@ CASES = [
     dict(
         id="priority-orders-the-queue",
         nodes=[node("n1").devices(H, 8)],
-        jobs=[job("lo").devices(H, 8).priority("low").submitted(1), job("hi").devices(H, 8).priority("high").submitted(2)],
+        jobs=[
+            job("lo").devices(H, 8).priority("low").submitted(1),
+            job("hi").devices(H, 8).priority("high").submitted(2),
+        ],
         expect={"hi": [("n1", tuple(range(8)))]},
         pending={"lo": ReasonCode.UNSCHEDULABLE},
     ),
@@ -242,7 +254,11 @@ CASES = [
     ),
     dict(
         id="serving-spreads-replicas-across-failure-domains",
-        nodes=[node("r1a").devices(H, 8).domain("rack1"), node("r1b").devices(H, 8).domain("rack1"), node("r2a").devices(H, 8).domain("rack2")],
+        nodes=[
+            node("r1a").devices(H, 8).domain("rack1"),
+            node("r1b").devices(H, 8).domain("rack1"),
+            node("r2a").devices(H, 8).domain("rack2"),
+        ],
         jobs=[job("svc").serving(2, 2).devices(H, 2)],
         expect={"svc": [("r1a", (0, 1)), ("r2a", (0, 1))]},
     ),
@@ -257,7 +273,11 @@ CASES = [
     dict(
         id="fractional-devices-share-a-gpu",
         nodes=[node("n1").devices(H, 2)],
-        jobs=[job("f1").devices(H, 1, milli=600), job("f2").devices(H, 1, milli=300), job("f3").devices(H, 1, milli=500)],
+        jobs=[
+            job("f1").devices(H, 1, milli=600),
+            job("f2").devices(H, 1, milli=300),
+            job("f3").devices(H, 1, milli=500),
+        ],
         # f1 (600) and f2 (300) share GPU 0 (best fit), f3 takes GPU 1
         expect={"f1": [("n1", (0,))], "f2": [("n1", (0,))], "f3": [("n1", (1,))]},
     ),
@@ -271,7 +291,11 @@ CASES = [
         id="backfill-short-job-in-the-gap",
         nodes=[node("n1").devices(H, 8)],
         running=[job("r").devices(H, 4).duration(100)],
-        jobs=[job("big").devices(H, 8).submitted(1), job("short").devices(H, 2).duration(50).submitted(2), job("long").devices(H, 2).duration(500).submitted(3)],
+        jobs=[
+            job("big").devices(H, 8).submitted(1),
+            job("short").devices(H, 2).duration(50).submitted(2),
+            job("long").devices(H, 2).duration(500).submitted(3),
+        ],
         expect={"short": [("n1", (4, 5))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "long": ReasonCode.WAITING_BEHIND},
     ),
@@ -299,12 +323,18 @@ def test_case(case):
 
 
 def test_cases_cover_every_policy():
-    from xpod.scheduler.policies import POLICIES
+    from xpod.scheduler.core.policies import POLICIES
 
     ids = " ".join(c["id"] for c in CASES)
     for name, words in {
-        "gang": "gang", "topology": "topology", "ascend": "910", "binpack": "binpack", "fragmentation": "fractional",
-        "drf": "drf", "priority": "priority", "spread": None,
+        "gang": "gang",
+        "topology": "topology",
+        "ascend": "910",
+        "binpack": "binpack",
+        "fragmentation": "fractional",
+        "drf": "drf",
+        "priority": "priority",
+        "spread": None,
     }.items():
         assert name in POLICIES
         if words:

@@ -1,5 +1,5 @@
 """Estimated starts that walk the queue in order: jobs ahead take the devices that free up
-first (``scheduler/estimates.py``).
+first (``scheduler/core/estimates.py``).
 
 Declarative cases, as in ``test_sched_cases``: ``running`` jobs are placed at t=0, ``jobs``
 are submitted after them (in the order of their submit times) and one cycle runs at ``now``
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import ReasonCode
-from xpod.scheduler.profile import DEFAULT_ESTIMATE_DEPTH, profile_from_dict
-from xpod.scheduler.testing import job, node, run_case
+from xpod.scheduler.core.model import ReasonCode
+from xpod.scheduler.core.profile import DEFAULT_ESTIMATE_DEPTH, profile_from_dict
+from xpod.scheduler.core.testing import job, node, run_case
 
 A3 = "ascend-910c"
 H = "nvidia-h100-sxm"
@@ -60,7 +60,10 @@ CASES = [
         # n0 frees at 100, n1 at 200: a takes n0 (until 400); b waits for n1 and leaves 4
         # GPUs there that c takes at the same time
         nodes=[gpu("n0"), gpu("n1")],
-        running=[job("r0").devices(H, 8).duration(100).submitted(0.01), job("r1").devices(H, 8).duration(200).submitted(0.02)],
+        running=[
+            job("r0").devices(H, 8).duration(100).submitted(0.01),
+            job("r1").devices(H, 8).duration(200).submitted(0.02),
+        ],
         jobs=[queued("a", 8, 0, 300), queued("b", 4, 1, 10), queued("c", 4, 2, 10), queued("d", 8, 3, 10)],
         starts={"a": 100.0, "b": 200.0, "c": 200.0, "d": 210.0},
     ),
@@ -81,7 +84,9 @@ CASES = [
         running=[job("r").devices(H, 8)],
         jobs=[queued("j0", 8, 0, 50), queued("j1", 8, 1, 50)],
         starts={"j0": None, "j1": None},
-        says={"j1": "estimated start unknown: job j0 ahead of it has no estimated start (a running job it waits for has no expected duration)"},
+        says={
+            "j1": "estimated start unknown: job j0 ahead of it has no estimated start (a running job it waits for has no expected duration)"
+        },
     ),
     dict(
         id="fractional jobs ahead share a device as the placer does",
@@ -98,8 +103,10 @@ CASES = [
         # two running 500m jobs fill the GPU until 100 and 300: a whole-GPU head waits for 300;
         # a 400m job behind it, too (the walk frees shared devices whole, at their last end)
         nodes=[gpu("n0", 1)],
-        running=[job("s1").devices(H, 1, milli=500).duration(100).submitted(0.01),
-                 job("s2").devices(H, 1, milli=500).duration(300).submitted(0.02)],
+        running=[
+            job("s1").devices(H, 1, milli=500).duration(100).submitted(0.01),
+            job("s2").devices(H, 1, milli=500).duration(300).submitted(0.02),
+        ],
         jobs=[queued("whole", 1, 0, 10), job("small").devices(H, 1, milli=400).duration(10).submitted(0.5)],
         starts={"whole": 300.0, "small": 310.0},
     ),
@@ -108,8 +115,10 @@ CASES = [
         # big waits for n0's H100s until 100; a100 waits for n1's A100s until 50: backfill lets
         # it pass big when they free up (it wants none of big's devices)
         nodes=[gpu("n0"), node("n1").devices("nvidia-a100-40gb", 8)],
-        running=[job("r0").devices(H, 8).duration(100).submitted(0.01),
-                 job("r1").devices("nvidia-a100-40gb", 8).duration(50).submitted(0.02)],
+        running=[
+            job("r0").devices(H, 8).duration(100).submitted(0.01),
+            job("r1").devices("nvidia-a100-40gb", 8).duration(50).submitted(0.02),
+        ],
         jobs=[queued("big", 8, 0, 10), job("a100").devices("nvidia-a100-40gb", 8).duration(10).submitted(0.5)],
         starts={"big": 100.0, "a100": 50.0},
     ),
@@ -117,8 +126,10 @@ CASES = [
         id="without backfill the queue waits for its head: a job on other devices too",
         nodes=[gpu("n0"), node("n1").devices("nvidia-a100-40gb", 8)],
         profile={"actions": ["enqueue", "allocate"]},
-        running=[job("r0").devices(H, 8).duration(100).submitted(0.01),
-                 job("r1").devices("nvidia-a100-40gb", 8).duration(50).submitted(0.02)],
+        running=[
+            job("r0").devices(H, 8).duration(100).submitted(0.01),
+            job("r1").devices("nvidia-a100-40gb", 8).duration(50).submitted(0.02),
+        ],
         jobs=[queued("big", 8, 0, 10), job("a100").devices("nvidia-a100-40gb", 8).duration(10).submitted(0.5)],
         starts={"big": 100.0, "a100": 100.0},
     ),
@@ -149,8 +160,13 @@ def test_estimate_depth_number_and_default():
     # the default depth: position 256 gets a number, 257 does not
     assert DEFAULT_ESTIMATE_DEPTH == 256
     n = DEFAULT_ESTIMATE_DEPTH + 1
-    _, r = run_case(dict(nodes=[gpu("n0")], running=[job("r").devices(H, 8).duration(100)],
-                         jobs=[queued(f"j{i:03d}", 8, i, 1) for i in range(n)]))
+    _, r = run_case(
+        dict(
+            nodes=[gpu("n0")],
+            running=[job("r").devices(H, 8).duration(100)],
+            jobs=[queued(f"j{i:03d}", 8, i, 1) for i in range(n)],
+        )
+    )
     assert r.pending[f"j{n - 2:03d}"].estimated_start == 100.0 + n - 2
     assert r.pending[f"j{n - 1:03d}"].estimated_start is None
     assert "beyond queue position 256" in r.pending[f"j{n - 1:03d}"].message
@@ -164,21 +180,30 @@ def test_estimate_depth_must_be_a_whole_number(bad):
 
 def test_queues_walk_apart():
     """Each queue's walk starts from the same cluster: a job of another queue is not 'ahead'."""
-    from xpod.scheduler.model import Queue
+    from xpod.scheduler.core.model import Queue
 
-    _, r = run_case(dict(
-        nodes=[gpu("n0")],
-        queues=[Queue("a"), Queue("b")],
-        profile={"actions": ["enqueue", "allocate", "backfill"]},  # no reclaim across the queues
-        running=[job("r").devices(H, 8).duration(100).queue("a")],
-        jobs=[queued("a0", 8, 0, 50).queue("a"), queued("a1", 8, 1, 50).queue("a"), queued("b0", 8, 2, 50).queue("b")],
-    ))
+    _, r = run_case(
+        dict(
+            nodes=[gpu("n0")],
+            queues=[Queue("a"), Queue("b")],
+            profile={"actions": ["enqueue", "allocate", "backfill"]},  # no reclaim across the queues
+            running=[job("r").devices(H, 8).duration(100).queue("a")],
+            jobs=[
+                queued("a0", 8, 0, 50).queue("a"),
+                queued("a1", 8, 1, 50).queue("a"),
+                queued("b0", 8, 2, 50).queue("b"),
+            ],
+        )
+    )
     assert [r.pending[j].estimated_start for j in ("a0", "a1", "b0")] == [100.0, 150.0, 100.0]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(1, 20)), min_size=1, max_size=12),
-       st.integers(1, 3), st.integers(0, 2**16))
+@given(
+    st.lists(st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(1, 20)), min_size=1, max_size=12),
+    st.integers(1, 3),
+    st.integers(0, 2**16),
+)
 def test_estimates_never_precede_the_jobs_ahead_and_hold_without_backfill(specs, n_nodes, seed):
     """One queue of single-task jobs on one model, every duration exact, allocate only (the
     queue starts in order). The estimates never decrease along the queue. On one node (where
@@ -186,12 +211,20 @@ def test_estimates_never_precede_the_jobs_ahead_and_hold_without_backfill(specs,
     estimate it was first given; on several nodes the walk's choice of node may differ from
     the placer's, so only the order is checked there."""
     rng = random.Random(seed)
-    prof = profile_from_dict({"actions": ["enqueue", "allocate"], "policies": ["gang", "topology", "binpack", "priority"]})
+    prof = profile_from_dict(
+        {"actions": ["enqueue", "allocate"], "policies": ["gang", "topology", "binpack", "priority"]}
+    )
     t = [0.0]
     s = Scheduler([gpu(f"n{i}").build() for i in range(n_nodes)], profile=prof, clock=lambda: t[0])
     # the cluster is busy first: running jobs with known ends
     for i in range(n_nodes):
-        s.submit(job(f"r{i}").devices(H, rng.choice([4, 8])).duration(float(rng.randint(1, 30) * 10)).submitted(0.001 * (i + 1)).build())
+        s.submit(
+            job(f"r{i}")
+            .devices(H, rng.choice([4, 8]))
+            .duration(float(rng.randint(1, 30) * 10))
+            .submitted(0.001 * (i + 1))
+            .build()
+        )
     ends: list = []
     for b in s.cycle().bindings:
         heapq.heappush(ends, (s.running[b.job_id].job.expected_duration_seconds, b.job_id))
@@ -239,13 +272,17 @@ def test_a_long_queue_cycle_stays_cheap():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from([100, 250, 300, 500, 700, 1000]), st.integers(1, 20)), min_size=1, max_size=12),
-       st.sampled_from([250, 500, 1000]))
+@given(
+    st.lists(st.tuples(st.sampled_from([100, 250, 300, 500, 700, 1000]), st.integers(1, 20)), min_size=1, max_size=12),
+    st.sampled_from([250, 500, 1000]),
+)
 def test_fractional_estimates_hold_on_one_device(specs, running_milli):
     """One GPU shared by fractional jobs (and whole ones), allocate only: each job starts no
     later than the estimate it was first given (the walk gives a shared device back only when
     its last sharer ends; the placer may reuse milli sooner), and estimates never decrease."""
-    prof = profile_from_dict({"actions": ["enqueue", "allocate"], "policies": ["gang", "topology", "binpack", "fragmentation", "priority"]})
+    prof = profile_from_dict(
+        {"actions": ["enqueue", "allocate"], "policies": ["gang", "topology", "binpack", "fragmentation", "priority"]}
+    )
     t = [0.0]
     s = Scheduler([gpu("n0", 1).build()], profile=prof, clock=lambda: t[0])
     s.submit(job("r").devices(H, 1, milli=running_milli).duration(30.0).submitted(0.001).build())

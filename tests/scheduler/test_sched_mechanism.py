@@ -15,10 +15,10 @@ import pytest
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import JobKind, Queue, ReasonCode
-from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.spec import parse_job
-from xpod.scheduler.testing import job, node, placements, run_case
+from xpod.scheduler.core.model import JobKind, Queue, ReasonCode
+from xpod.scheduler.core.profile import profile_from_dict
+from xpod.scheduler.core.spec import parse_job
+from xpod.scheduler.core.testing import job, node, placements, run_case
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -33,7 +33,14 @@ def a3(name, sn, rack=None):
 def aging(per_hour):
     return {
         "actions": ["enqueue", "allocate", "backfill", "preempt"],
-        "policies": ["gang", "topology", "ascend", "binpack", "drf", {"name": "priority", "args": {"aging_per_hour": per_hour}}],
+        "policies": [
+            "gang",
+            "topology",
+            "ascend",
+            "binpack",
+            "drf",
+            {"name": "priority", "args": {"aging_per_hour": per_hour}},
+        ],
     }
 
 
@@ -51,8 +58,16 @@ CASES = [
         id="replica-spreads-across-failure-domains-inside-the-superpod",
         # racks: a0 a2 in rA, a1 a3 in rB, a4 a5 in rC, a6 a7 in rD; replica 0 takes a0 (rA) and
         # a1 (rB); replica 1 avoids rA and rB: a4, a5 (rC), not the next names a2, a3
-        nodes=[a3("a0", "sp", "rA"), a3("a1", "sp", "rB"), a3("a2", "sp", "rA"), a3("a3", "sp", "rB"),
-               a3("a4", "sp", "rC"), a3("a5", "sp", "rC"), a3("a6", "sp", "rD"), a3("a7", "sp", "rD")],
+        nodes=[
+            a3("a0", "sp", "rA"),
+            a3("a1", "sp", "rB"),
+            a3("a2", "sp", "rA"),
+            a3("a3", "sp", "rB"),
+            a3("a4", "sp", "rC"),
+            a3("a5", "sp", "rC"),
+            a3("a6", "sp", "rD"),
+            a3("a7", "sp", "rD"),
+        ],
         jobs=[job("svc").serving(2, 2, tasks_per_replica=2).devices(A3, 16).within("supernode")],
         expect={"svc": [("a0", ALL), ("a1", ALL), ("a4", ALL), ("a5", ALL)]},
     ),
@@ -65,19 +80,27 @@ CASES = [
         jobs=[job("svc").serving(1, 1, tasks_per_replica=2).devices(A3, 16).within("supernode")],
         expect={},
         pending={"svc": ReasonCode.UNSCHEDULABLE},
-        says={"svc": "one replica of 2 x 16 ascend-910c = 32 devices in one super-node plus 2 reserve nodes (32 dies) kept free there; largest free block 48"},
+        says={
+            "svc": "one replica of 2 x 16 ascend-910c = 32 devices in one super-node plus 2 reserve nodes (32 dies) kept free there; largest free block 48"
+        },
     ),
     dict(
         id="replica-larger-than-any-superpod-never-fits",
         nodes=[a3(f"a{i}", "spA") for i in range(4)],
-        jobs=[job("svc").serving(1, 1, tasks_per_replica=3).devices(A3, 16).within("supernode"), job("next").devices(A3, 16).submitted(5)],
+        jobs=[
+            job("svc").serving(1, 1, tasks_per_replica=3).devices(A3, 16).within("supernode"),
+            job("next").devices(A3, 16).submitted(5),
+        ],
         expect={"next": [("a0", ALL)]},
         pending={"svc": ReasonCode.NEVER_FITS},
     ),
     dict(
         id="replica-of-16-die-tasks-within-node-never-fits",
         nodes=[a3(f"a{i}", "spA") for i in range(4)],
-        jobs=[job("svc").serving(1, 1, tasks_per_replica=2).devices(A3, 16).within("node"), job("next").devices(A3, 16).submitted(5)],
+        jobs=[
+            job("svc").serving(1, 1, tasks_per_replica=2).devices(A3, 16).within("node"),
+            job("next").devices(A3, 16).submitted(5),
+        ],
         expect={"next": [("a0", ALL)]},
         pending={"svc": ReasonCode.NEVER_FITS},
         says={"svc": "needs one replica of 2 x 16 ascend-910c = 32 devices in one node"},
@@ -89,7 +112,9 @@ CASES = [
         jobs=[job("svc").serving(1, 2).devices(A3, 16).sp_block(16)],
         expect={"svc": [("a0", ALL)]},
         pending={"svc": ReasonCode.UNSCHEDULABLE},
-        says={"svc": "running 1 of 2 tasks; needs 16 ascend-910c = 16 devices in one super-node plus 2 reserve nodes (32 dies) kept free there"},
+        says={
+            "svc": "running 1 of 2 tasks; needs 16 ascend-910c = 16 devices in one super-node plus 2 reserve nodes (32 dies) kept free there"
+        },
     ),
     dict(
         id="replica-whole-or-not-at-all",
@@ -104,13 +129,20 @@ CASES = [
         id="replica-fits-one-node-before-spanning",
         # 2 tasks x 4 GPUs fit one 8-GPU node: fewest tiers crossed; the second replica goes to
         # the other failure domain
-        nodes=[node("g0").devices(H, 8).supernode("nvl").domain("r0"), node("g1").devices(H, 8).supernode("nvl").domain("r1")],
+        nodes=[
+            node("g0").devices(H, 8).supernode("nvl").domain("r0"),
+            node("g1").devices(H, 8).supernode("nvl").domain("r1"),
+        ],
         jobs=[job("svc").serving(2, 2, tasks_per_replica=2).devices(H, 4).within("supernode")],
         expect={"svc": [("g0", (0, 1, 2, 3)), ("g0", (4, 5, 6, 7)), ("g1", (0, 1, 2, 3)), ("g1", (4, 5, 6, 7))]},
     ),
     dict(
         id="replica-spans-nodes-when-no-node-holds-it",
-        nodes=[node("g0").devices(H, 8).supernode("nvl"), node("g1").devices(H, 8).supernode("nvl"), node("x").devices(H, 8)],
+        nodes=[
+            node("g0").devices(H, 8).supernode("nvl"),
+            node("g1").devices(H, 8).supernode("nvl"),
+            node("x").devices(H, 8),
+        ],
         running=[job("r0").devices(H, 6), job("r1").devices(H, 6), job("r2").devices(H, 6)],
         jobs=[job("svc").serving(1, 1, tasks_per_replica=2).devices(H, 2).within("supernode")],
         # g0 and g1 share a super-node; x (2 free) is outside it
@@ -129,7 +161,11 @@ CASES = [
         id="preempt-makes-room-for-a-whole-replica",
         # 4 nodes, 2 reserve: a 2-node replica needs all 4 free; both low jobs go, nothing else
         nodes=[a3(f"a{i}", "sp") for i in range(4)] + [node("h").devices(H, 8)],
-        running=[job("low1").devices(A3, 16).priority("low"), job("low2").devices(A3, 16).priority("low"), job("other").devices(H, 8).priority("low")],
+        running=[
+            job("low1").devices(A3, 16).priority("low"),
+            job("low2").devices(A3, 16).priority("low"),
+            job("other").devices(H, 8).priority("low"),
+        ],
         jobs=[job("svc").serving(1, 1, tasks_per_replica=2).devices(A3, 16).within("supernode").priority("high")],
         expect={"svc": [("a0", ALL), ("a1", ALL)]},
         evicted=["low1", "low2"],
@@ -140,11 +176,16 @@ CASES = [
         nodes=[node("n1").devices(H, 8)],
         running=[job("r").devices(H, 4).duration(100)],
         # big waits for r's end at 100; short ends at 1 + 99 = 100: in time; late at 101: not
-        jobs=[job("big").devices(H, 8).submitted(1), job("short").devices(H, 2).duration(99).submitted(2),
-              job("late").devices(H, 2).duration(100).submitted(3)],
+        jobs=[
+            job("big").devices(H, 8).submitted(1),
+            job("short").devices(H, 2).duration(99).submitted(2),
+            job("late").devices(H, 2).duration(100).submitted(3),
+        ],
         expect={"short": [("n1", (4, 5))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "late": ReasonCode.WAITING_BEHIND},
-        says={"late": "waiting behind big (holding resources for it): it would end at 101, after big's estimated start 100 on the devices reserved for it;"},
+        says={
+            "late": "waiting behind big (holding resources for it): it would end at 101, after big's estimated start 100 on the devices reserved for it;"
+        },
     ),
     dict(
         id="backfill-needs-an-expected-duration",
@@ -161,10 +202,16 @@ CASES = [
         # an expected duration may still take n2's free GPUs: big's devices free up on n1
         nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],
         running=[job("r1").devices(H, 4).duration(100), job("r2").devices(H, 6)],
-        jobs=[job("big").devices(H, 8).submitted(1), job("nodur").devices(H, 2).submitted(2), job("nodur4").devices(H, 4).submitted(3)],
+        jobs=[
+            job("big").devices(H, 8).submitted(1),
+            job("nodur").devices(H, 2).submitted(2),
+            job("nodur4").devices(H, 4).submitted(3),
+        ],
         expect={"nodur": [("n2", (6, 7))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "nodur4": ReasonCode.WAITING_BEHIND},
-        says={"nodur4": "no expected_duration_seconds, so it may not use the devices reserved for big, and it does not fit off them now"},
+        says={
+            "nodur4": "no expected_duration_seconds, so it may not use the devices reserved for big, and it does not fit off them now"
+        },
     ),
     dict(
         id="backfill-holds-everyone-when-the-head-start-is-unknown",
@@ -181,7 +228,11 @@ CASES = [
         # a 910B job takes nothing the H100 head waits for: it goes, duration or not
         nodes=[node("h").devices(H, 8), node("b").devices(B, 8)],
         running=[job("r").devices(H, 4)],
-        jobs=[job("big").devices(H, 8).submitted(1), job("other").devices(B, 2).submitted(2), job("same").devices(H, 2).submitted(3)],
+        jobs=[
+            job("big").devices(H, 8).submitted(1),
+            job("other").devices(B, 2).submitted(2),
+            job("same").devices(H, 2).submitted(3),
+        ],
         expect={"other": [("b", (0, 1))]},
         pending={"big": ReasonCode.UNSCHEDULABLE, "same": ReasonCode.WAITING_BEHIND},
     ),
@@ -237,8 +288,16 @@ def test_case(case):
 
 
 def test_spec_tasks_per_replica_scales_the_task_counts():
-    j = parse_job({"id": "s", "kind": "serving", "replicas": {"min": 1, "max": 3}, "tasks_per_replica": 2,
-                   "devices": {"count": 16, "model": A3}, "within": "supernode"})
+    j = parse_job(
+        {
+            "id": "s",
+            "kind": "serving",
+            "replicas": {"min": 1, "max": 3},
+            "tasks_per_replica": 2,
+            "devices": {"count": 16, "model": A3},
+            "within": "supernode",
+        }
+    )
     assert (j.kind, j.tasks, j.min_tasks, j.replica_tasks, j.min_required) == (JobKind.SERVING, 6, 2, 2, 2)
     assert parse_job({"id": "s", "kind": "serving", "replicas": 2}).replica_tasks == 1
 
@@ -246,7 +305,10 @@ def test_spec_tasks_per_replica_scales_the_task_counts():
 @pytest.mark.parametrize(
     "doc, needle",
     [
-        ({"kind": "training", "tasks": 2, "tasks_per_replica": 2}, "tasks_per_replica: only serving jobs have replicas"),
+        (
+            {"kind": "training", "tasks": 2, "tasks_per_replica": 2},
+            "tasks_per_replica: only serving jobs have replicas",
+        ),
         ({"kind": "serving", "tasks_per_replica": 0}, "tasks_per_replica: 0 must be in 1..4096"),
         ({"kind": "serving", "tasks_per_replica": "two"}, "tasks_per_replica: 'two' is not a whole number"),
     ],
@@ -260,8 +322,14 @@ def test_spec_tasks_per_replica_errors(doc, needle):
 @pytest.mark.parametrize(
     "build, needle",
     [
-        (lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 8), "a distributed Ascend 910C task takes all 16 dies"),
-        (lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 16).sp_block(16), "set sp_block to its 32 dies"),
+        (
+            lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 8),
+            "a distributed Ascend 910C task takes all 16 dies",
+        ),
+        (
+            lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 16).sp_block(16),
+            "set sp_block to its 32 dies",
+        ),
     ],
 )
 def test_a3_replica_rules_at_submit(build, needle):
@@ -367,7 +435,7 @@ def test_example_multi_node_serving_job_on_cloudmatrix384():
 
     from xpod.runtime.client import load_job_file
     from xpod.scheduler.core_bridge import parse_document
-    from xpod.scheduler.from_cluster import load_nodes
+    from xpod.scheduler.core.from_cluster import load_nodes
 
     root = pathlib.Path(__file__).resolve().parents[2]
     _, _, _, core = parse_document(load_job_file(str(root / "examples/jobs/deepseek-serving-supernode.yaml")).document)
@@ -403,18 +471,28 @@ def test_service_explains_a_waiting_multi_node_replica(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parents[2]
     cluster = load_cluster(str(root / "examples/clusters/cloudmatrix384.yaml"))
-    api = SchedulerApi(str(tmp_path / "x.db"), CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name)
+    api = SchedulerApi(
+        str(tmp_path / "x.db"), CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name
+    )
     try:
         ep32 = yaml.safe_load((root / "examples/jobs/deepseek-serving-supernode.yaml").read_text())
 
         def replica(name, nodes):
-            spec = {"replicas": 1, "tasks_per_replica": nodes, "devices": {"count": 16, "model": A3}, "within": "supernode"}
+            spec = {
+                "replicas": 1,
+                "tasks_per_replica": nodes,
+                "devices": {"count": 16, "model": A3},
+                "within": "supernode",
+            }
             return {"apiVersion": "xpod/v1", "kind": "ServingJob", "metadata": {"name": name}, "spec": spec}
 
         with pytest.raises(ApiError) as err:
             api.submit_job(OPEN_PRINCIPAL, "r0", replica("too-big", 47))  # 48 nodes - 2 reserve = 46
         assert err.value.code is Code.FAILED_PRECONDITION, err.value
-        assert "needs 784 x ascend-910c in one super-node; the largest such domain has 768 (the need includes the 2 reserve" in str(err.value)
+        assert (
+            "needs 784 x ascend-910c in one super-node; the largest such domain has 768 (the need includes the 2 reserve"
+            in str(err.value)
+        )
         first = api.submit_job(OPEN_PRINCIPAL, "r1", ep32)[0].record.id
         api.schedule_once()
         big = api.submit_job(OPEN_PRINCIPAL, "r2", replica("big", 44))[0].record.id
@@ -424,7 +502,10 @@ def test_service_explains_a_waiting_multi_node_replica(tmp_path):
         assert ex.job.record.state is JobState.QUEUED
         assert ex.numbers["needDevices"] == 704 and ex.numbers["reserveDevices"] == 32
         assert ex.numbers["largestFreeBlock"] == 42 * 16  # ep32 holds 6 of the 48 nodes
-        assert "needs one replica of 44 x 16 ascend-910c = 704 devices in one super-node plus 2 reserve nodes" in ex.job.pending.message
+        assert (
+            "needs one replica of 44 x 16 ascend-910c = 704 devices in one super-node plus 2 reserve nodes"
+            in ex.job.pending.message
+        )
     finally:
         api.close()
 
@@ -457,7 +538,7 @@ def test_a_replaced_replica_placed_by_preemption_is_reported():
     ],
 )
 def test_submit_refuses_replicas_that_are_not_whole(bad):
-    from xpod.scheduler.model import DeviceRequest, Job
+    from xpod.scheduler.core.model import DeviceRequest, Job
 
     s = Scheduler([node("g").devices(H, 8).build()], clock=lambda: 0.0)
     with pytest.raises(XpodError) as e:
@@ -479,9 +560,15 @@ def test_service_replaces_a_lost_multi_node_replica_whole_and_alone(tmp_path):
     names = [f"n{i}" for i in range(5)]
     try:
         for n in names:
-            api.register_node(OPEN_PRINCIPAL, NodeView(n, tuple(DeviceView(n, i, "cuda", H, 80 * 2**30) for i in range(2))))
-        doc = {"apiVersion": "xpod/v1", "kind": "ServingJob", "metadata": {"name": "svc"},
-               "spec": {"replicas": 2, "tasks_per_replica": 2, "devices": {"count": 2, "model": H}}}
+            api.register_node(
+                OPEN_PRINCIPAL, NodeView(n, tuple(DeviceView(n, i, "cuda", H, 80 * 2**30) for i in range(2)))
+            )
+        doc = {
+            "apiVersion": "xpod/v1",
+            "kind": "ServingJob",
+            "metadata": {"name": "svc"},
+            "spec": {"replicas": 2, "tasks_per_replica": 2, "devices": {"count": 2, "model": H}},
+        }
         jid = api.submit_job(OPEN_PRINCIPAL, "s", doc)[0].record.id
         api.schedule_once()
         before = {a.task: a.node for a in api.get_job(OPEN_PRINCIPAL, jid)[0].record.allocations}

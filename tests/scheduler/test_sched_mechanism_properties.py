@@ -20,12 +20,12 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xpod.scheduler import ascend
+from xpod.scheduler.core import ascend
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import MILLI, JobKind, ReasonCode
-from xpod.scheduler.policies import PriorityPolicy
-from xpod.scheduler.profile import profile_from_dict
-from xpod.scheduler.testing import assert_supernode_reserve_kept, job, node
+from xpod.scheduler.core.model import MILLI, JobKind, ReasonCode
+from xpod.scheduler.core.policies import PriorityPolicy
+from xpod.scheduler.core.profile import profile_from_dict
+from xpod.scheduler.core.testing import assert_supernode_reserve_kept, job, node
 
 A3 = "ascend-910c"
 H = "nvidia-h100-sxm"
@@ -70,13 +70,22 @@ def a3_pods(draw):
     sizes = draw(st.lists(st.integers(3, 8), min_size=1, max_size=3))
     return sizes, [
         node(f"s{k}-{i}").devices(A3, 16).supernode(f"sp{k}").domain(f"s{k}-rack{i // 2}").build()
-        for k, n in enumerate(sizes) for i in range(n)
+        for k, n in enumerate(sizes)
+        for i in range(n)
     ]
 
 
 @PROPS
-@given(a3_pods(), st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.sampled_from(["train", "serve", "serve-sp"])),
-                          min_size=1, max_size=6))
+@given(
+    a3_pods(),
+    st.lists(
+        st.tuples(
+            st.integers(1, 3), st.integers(1, 3), st.integers(0, 2), st.sampled_from(["train", "serve", "serve-sp"])
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
 def test_a3_replicas_are_logical_superpods_with_the_reserve_kept(pods, specs):
     sizes, nodes = pods
     s = Scheduler(nodes, clock=lambda: 0.0)
@@ -105,15 +114,31 @@ def test_a3_replicas_are_logical_superpods_with_the_reserve_kept(pods, specs):
 
 @PROPS
 @given(
-    st.lists(st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 4, 8]), st.sampled_from(["supernode", "node", "any"])), min_size=1, max_size=8),
+    st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 4, 8]), st.sampled_from(["supernode", "node", "any"])),
+        min_size=1,
+        max_size=8,
+    ),
     st.lists(st.integers(0, 5), max_size=3),
 )
 def test_generic_replicas_stay_in_their_domain_through_node_loss(specs, removals):
-    nodes = [node(f"g{k}-{i}").devices(H, 8).supernode(f"nvl{k}").domain(f"r{k}{i}").build() for k in range(2) for i in range(3)]
+    nodes = [
+        node(f"g{k}-{i}").devices(H, 8).supernode(f"nvl{k}").domain(f"r{k}{i}").build()
+        for k in range(2)
+        for i in range(3)
+    ]
     t = [0.0]
     s = Scheduler(nodes, clock=lambda: t[0])
     for i, (size, k, within) in enumerate(specs):
-        s.submit(job(f"j{i}").serving(1, 2, tasks_per_replica=size).devices(H, k).within(within).duration(50).submitted(float(i + 1)).build())
+        s.submit(
+            job(f"j{i}")
+            .serving(1, 2, tasks_per_replica=size)
+            .devices(H, k)
+            .within(within)
+            .duration(50)
+            .submitted(float(i + 1))
+            .build()
+        )
     for step in range(3):
         t[0] += 10.0
         s.cycle()
@@ -127,8 +152,13 @@ def test_generic_replicas_stay_in_their_domain_through_node_loss(specs, removals
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 6, 8]), st.integers(1, 30), st.integers(1, 2)), min_size=2, max_size=14), st.integers(1, 3),
-       st.sampled_from([None, "any", "supernode"]))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1, 2, 4, 6, 8]), st.integers(1, 30), st.integers(1, 2)), min_size=2, max_size=14
+    ),
+    st.integers(1, 3),
+    st.sampled_from([None, "any", "supernode"]),
+)
 def test_backfill_never_delays_the_blocked_head(specs, n_nodes, supernodes):
     """Every job ends exactly at its expected end; cycles run at every end. Before each cycle a
     copy of the scheduler runs it without backfill: the job that blocks its queue there gets
@@ -139,7 +169,10 @@ def test_backfill_never_delays_the_blocked_head(specs, n_nodes, supernodes):
     no_backfill = profile_from_dict({"actions": ["enqueue", "allocate"], "policies": policies})
     t = [0.0]
     # nodes in two super-nodes when gangs may span nodes (``supernodes`` is their ``within``)
-    nodes = [node(f"n{i}").devices(H, 8).supernode(f"sn{i % 2}" if supernodes else None).build() for i in range(n_nodes + (supernodes is not None))]
+    nodes = [
+        node(f"n{i}").devices(H, 8).supernode(f"sn{i % 2}" if supernodes else None).build()
+        for i in range(n_nodes + (supernodes is not None))
+    ]
     s = Scheduler(nodes, profile=prof, clock=lambda: t[0])
     for i, (k, d, tasks) in enumerate(specs):
         b = job(f"j{i:02d}").devices(H, k).duration(float(d * 10)).submitted(0.001 * (i + 1))
@@ -172,13 +205,27 @@ def test_backfill_never_delays_the_blocked_head(specs, n_nodes, supernodes):
 
 @PROPS
 @given(
-    st.lists(st.tuples(st.sampled_from(["low", "normal", "high", "system"]), st.sampled_from([2, 4, 8]), st.integers(0, 72)), min_size=2, max_size=12),
+    st.lists(
+        st.tuples(st.sampled_from(["low", "normal", "high", "system"]), st.sampled_from([2, 4, 8]), st.integers(0, 72)),
+        min_size=2,
+        max_size=12,
+    ),
     st.sampled_from([0.0, 1.0, 50.0, 200.0]),
     st.lists(st.integers(0, 20), min_size=4, max_size=4),
 )
 def test_preemption_follows_the_aged_order(specs, per_hour, finishes):
-    prof = profile_from_dict({"actions": ["enqueue", "allocate", "backfill", "preempt"],
-                              "policies": ["gang", "topology", "binpack", "drf", {"name": "priority", "args": {"aging_per_hour": per_hour}}]})
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate", "backfill", "preempt"],
+            "policies": [
+                "gang",
+                "topology",
+                "binpack",
+                "drf",
+                {"name": "priority", "args": {"aging_per_hour": per_hour}},
+            ],
+        }
+    )
     rule = PriorityPolicy(aging_per_hour=per_hour)
     classes = {"low": 0, "normal": 100, "high": 1000, "system": 10000}
     t = [0.0]

@@ -16,10 +16,10 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xpod.scheduler import ascend
+from xpod.scheduler.core import ascend
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import MILLI, DeviceHealth, JobKind
-from xpod.scheduler.testing import assert_supernode_reserve_kept, job, node
+from xpod.scheduler.core.model import MILLI, DeviceHealth, JobKind
+from xpod.scheduler.core.testing import assert_supernode_reserve_kept, job, node
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -51,7 +51,9 @@ def jobs(draw, n_max=14):
             b.devices(A3, draw(st.sampled_from([1, 2, 4, 6, 8, 16])))
         elif kind == "a3-gang":
             t = draw(st.integers(2, 4))
-            b.training(tasks=t, min_tasks=draw(st.integers(1, t))).devices(A3, 16).within(draw(st.sampled_from(["any", "supernode"])))
+            b.training(tasks=t, min_tasks=draw(st.integers(1, t))).devices(A3, 16).within(
+                draw(st.sampled_from(["any", "supernode"]))
+            )
         elif kind == "a3-sp":
             sp = draw(st.sampled_from([16, 32, 64]))
             b.training(tasks=sp // 16 * draw(st.integers(1, 2))).devices(A3, 16).sp_block(sp)
@@ -67,7 +69,8 @@ def jobs(draw, n_max=14):
         else:  # replicas of 2-3 nodes x 16 dies: one logical super-pod each
             hi = draw(st.integers(1, 2))
             b.serving(draw(st.integers(1, hi)), hi, tasks_per_replica=draw(st.integers(2, 3))).devices(A3, 16).within(
-                draw(st.sampled_from(["supernode", "any"])))
+                draw(st.sampled_from(["supernode", "any"]))
+            )
         out.append(b.build())
     return out
 
@@ -180,8 +183,13 @@ def test_same_inputs_same_decisions(nodes, js):
         for _ in range(3):
             t[0] += 50
             r = s.cycle()
-            out.append((r.bindings, tuple(sorted((e.job_id, e.reason) for e in r.evictions)),
-                        tuple(sorted((k, v.code, v.message) for k, v in r.pending.items()))))
+            out.append(
+                (
+                    r.bindings,
+                    tuple(sorted((e.job_id, e.reason) for e in r.evictions)),
+                    tuple(sorted((k, v.code, v.message) for k, v in r.pending.items())),
+                )
+            )
             for jid in sorted(s.running)[:1]:
                 s.finish(jid)
         return out
@@ -216,7 +224,9 @@ def test_preemption_is_all_or_nothing(n_low, need_nodes):
     st.lists(st.tuples(st.sampled_from([16, 32, 48, 64]), st.integers(1, 2)), min_size=1, max_size=8),
 )
 def test_sp_blocks_stay_in_one_superpod_and_keep_the_reserve(sizes, specs):
-    nodes = [node(f"s{k}-{i:02d}").devices(A3, 16).supernode(f"sp{k}").build() for k, n in enumerate(sizes) for i in range(n)]
+    nodes = [
+        node(f"s{k}-{i:02d}").devices(A3, 16).supernode(f"sp{k}").build() for k, n in enumerate(sizes) for i in range(n)
+    ]
     s = Scheduler(nodes, clock=lambda: 0.0)
     for i, (sp, mult) in enumerate(specs):
         # equal expected durations: a job behind a blocked head may backfill (it ends in time)
@@ -229,5 +239,7 @@ def test_sp_blocks_stay_in_one_superpod_and_keep_the_reserve(sizes, specs):
         j = s.pending[jid]
         per_block = j.sp_block // 16
         blocks = j.tasks // per_block
-        room = sum(max(0, free[f"sp{k}"] - ascend.DEFAULT_SUPERNODE_RESERVE_NODES) // per_block for k in range(len(sizes)))
+        room = sum(
+            max(0, free[f"sp{k}"] - ascend.DEFAULT_SUPERNODE_RESERVE_NODES) // per_block for k in range(len(sizes))
+        )
         assert room < blocks, f"{jid} refused though {room} blocks of {per_block} nodes fit"

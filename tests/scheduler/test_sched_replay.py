@@ -133,6 +133,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------- the published experiment
 
+
 @pytest.fixture(scope="module")
 def full_default():
     return (
@@ -142,12 +143,18 @@ def full_default():
     )
 
 
-@pytest.mark.parametrize("pod_list, policy", [
-    ("default", "random"), ("default", "bestfit"), ("default", "fgd"),
-    # the CPU-heaviest list: FGD reproduces only with its tie rule (largest name), BestFit
-    # only with its own (smallest name); see the replay module's docstring
-    ("cpu250", "fgd"), ("cpu250", "bestfit"),
-])
+@pytest.mark.parametrize(
+    "pod_list, policy",
+    [
+        ("default", "random"),
+        ("default", "bestfit"),
+        ("default", "fgd"),
+        # the CPU-heaviest list: FGD reproduces only with its tie rule (largest name), BestFit
+        # only with its own (smallest name); see the replay module's docstring
+        ("cpu250", "fgd"),
+        ("cpu250", "bestfit"),
+    ],
+)
 def test_baselines_reproduce_the_published_mean(full_default, pod_list, policy):
     """Seed 42 against the authors' 10-seed mean (their seed-to-seed std is 0.1-0.3 here)."""
     nodes, pods, pub = full_default
@@ -167,10 +174,30 @@ def test_default_leaves_fewer_gpus_idle_than_fgd(full_default):
 
 # --------------------------------------------------------------------------------- the CLI
 
+
 def test_cli_replay_writes_json_placements_and_plot(tmp_path):
     out, pl, png = tmp_path / "r.json", tmp_path / "p.csv", tmp_path / "p.png"
-    r = xpod_cli("replay", "openb", "--nodes", NODES_SLICE, "--pods", PODS_SLICE, "--policy", "fgd", "--load", "1.3",
-                 "--seed", "3", "--json", str(out), "--placements", str(pl), "--plot", str(png), "--no-progress")
+    r = xpod_cli(
+        "replay",
+        "openb",
+        "--nodes",
+        NODES_SLICE,
+        "--pods",
+        PODS_SLICE,
+        "--policy",
+        "fgd",
+        "--load",
+        "1.3",
+        "--seed",
+        "3",
+        "--json",
+        str(out),
+        "--placements",
+        str(pl),
+        "--plot",
+        str(png),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     for key in ("alloc_pct", "arrived_pct", "pods_arrived", "pods_placed"):
@@ -184,8 +211,19 @@ def test_cli_replay_writes_json_placements_and_plot(tmp_path):
 
 
 def test_cli_replay_several_policies_and_errors(tmp_path):
-    r = xpod_cli("replay", "openb", "--nodes", NODES_SLICE, "--pods", PODS_SLICE, "--policy", "random,default",
-                 "--json", "-", "--no-progress")
+    r = xpod_cli(
+        "replay",
+        "openb",
+        "--nodes",
+        NODES_SLICE,
+        "--pods",
+        PODS_SLICE,
+        "--policy",
+        "random,default",
+        "--json",
+        "-",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     runs = json.loads(r.stdout)["runs"]
     assert [x["policy"] for x in runs] == ["random", "default"]
@@ -193,5 +231,16 @@ def test_cli_replay_several_policies_and_errors(tmp_path):
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--policy" in bad.stderr
     bad = xpod_cli("replay", "openb", "--nodes", str(tmp_path / "none.csv"), "--pods", PODS_SLICE)
     assert bad.returncode == 1 and "none.csv" in bad.stderr and "Traceback" not in bad.stderr
-    bad = xpod_cli("replay", "openb", "--nodes", NODES_SLICE, "--pods", PODS_SLICE, "--policy", "fgd,default", "--placements", str(tmp_path / "x.csv"))
+    bad = xpod_cli(
+        "replay",
+        "openb",
+        "--nodes",
+        NODES_SLICE,
+        "--pods",
+        PODS_SLICE,
+        "--policy",
+        "fgd,default",
+        "--placements",
+        str(tmp_path / "x.csv"),
+    )
     assert bad.returncode == 1 and "--placements" in bad.stderr

@@ -57,11 +57,14 @@ def _tiny_cluster(cpu_b: int):
     return state
 
 
-@pytest.mark.parametrize("credit, cpu_b, expected", [
-    (4.0, 64000, "b"),  # sharing-heavy workload: opening the empty GPU displaces a lone 810m pod
-    (0.0, 64000, "a"),  # without the credit the pod pairs up (best fit), as FGD would
-    (4.0, 4000, "a"),  # node b would have no CPU left for its GPU: no credit there
-])
+@pytest.mark.parametrize(
+    "credit, cpu_b, expected",
+    [
+        (4.0, 64000, "b"),  # sharing-heavy workload: opening the empty GPU displaces a lone 810m pod
+        (0.0, 64000, "a"),  # without the credit the pod pairs up (best fit), as FGD would
+        (4.0, 4000, "a"),  # node b would have no CPU left for its GPU: no credit there
+    ],
+)
 def test_credit_moves_a_sharing_pod_to_an_empty_gpu_only_where_cpu_remains(credit, cpu_b, expected):
     tp = _tp([810, 470, 160], [1, 1, 1], [0.6, 0.3, 0.1], cpu_milli=[3000, 4000, 1000])
     state = _tiny_cluster(cpu_b)

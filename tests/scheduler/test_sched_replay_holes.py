@@ -65,13 +65,16 @@ def _two_nodes():
     return state
 
 
-@pytest.mark.parametrize("hole_weight, expected", [
-    # FGD's gradient alone fills the 680-milli hole to a dead 210 (F(680) counts 680 x P(810 or
-    # whole) as fragmented although a common 650-milli pod would fill it to 30)
-    (0.0, "a"),
-    # the hole term keeps the 680 for a 650 and opens the empty GPU (530 left: another 470 fits)
-    (6.0, "b"),
-])
+@pytest.mark.parametrize(
+    "hole_weight, expected",
+    [
+        # FGD's gradient alone fills the 680-milli hole to a dead 210 (F(680) counts 680 x P(810 or
+        # whole) as fragmented although a common 650-milli pod would fill it to 30)
+        (0.0, "a"),
+        # the hole term keeps the 680 for a 650 and opens the empty GPU (530 left: another 470 fits)
+        (6.0, "b"),
+    ],
+)
 def test_hole_term_keeps_a_hole_for_its_snug_partner(hole_weight, expected):
     pol = openb.DefaultPolicy(_two_nodes(), _tp(*SHARING_MIX), hole_weight=hole_weight, empty_credit=0.0)
     shape = openb.PodShape(cpu_milli=4000, memory_mib=1024, gpu_milli=470, num_gpu=1, spec="")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.model import DeviceHealth, JobKind
-from xpod.scheduler.testing import job, node
+from xpod.scheduler.core.model import DeviceHealth, JobKind
+from xpod.scheduler.core.testing import job, node
 
 H = "nvidia-h100-sxm"
 
@@ -119,10 +119,16 @@ def test_replica_replacement(case):
     assert sorted(evicted) == sorted(case["whole"])
     # freed at once: the lost replicas' devices (or the whole job's) are back
     assert _used_devices(sched) == sum(
-        len(d) for j, ts in before.items() if j not in case["whole"] for t, (_, d) in ts.items() if t not in case["replaced"].get(j, [])
+        len(d)
+        for j, ts in before.items()
+        if j not in case["whole"]
+        for t, (_, d) in ts.items()
+        if t not in case["replaced"].get(j, [])
     )
     result = sched.cycle()
-    assert {(r.job_id, r.task) for r in result.replacements} == {(j, t) for j, ts in case["replaced"].items() for t in ts}
+    assert {(r.job_id, r.task) for r in result.replacements} == {
+        (j, t) for j, ts in case["replaced"].items() for t in ts
+    }
     for r in result.replacements:
         assert r.node == dead_node and r.message.startswith(f"replica {r.task} replaced: ")
     assert sorted(e.job_id for e in result.evictions) == sorted(case["whole"])
@@ -207,7 +213,9 @@ SEEN = {"replaced": 0}  # how many replacements the property saw (checked below)
 @given(
     n_nodes=st.integers(2, 6),
     domains=st.integers(1, 3),
-    shapes=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 2), st.sampled_from([1, 2, 4])), min_size=1, max_size=5),
+    shapes=st.lists(
+        st.tuples(st.integers(1, 3), st.integers(0, 2), st.sampled_from([1, 2, 4])), min_size=1, max_size=5
+    ),
     losses=st.lists(st.tuples(st.booleans(), st.integers(0, 50), st.integers(0, 7)), min_size=1, max_size=4),
 )
 def test_replacement_invariants(n_nodes, domains, shapes, losses):

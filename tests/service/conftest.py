@@ -18,7 +18,9 @@ TOKEN = {
 }
 
 
-def job_doc(name: str = "train", *, tasks: int = 1, count: int = 8, queue: str = "research", kind: str = "TrainingJob", **spec):
+def job_doc(
+    name: str = "train", *, tasks: int = 1, count: int = 8, queue: str = "research", kind: str = "TrainingJob", **spec
+):
     return {
         "apiVersion": "xpod/v1",
         "kind": kind,
@@ -33,7 +35,9 @@ def make_api(db_path: str, **kwargs):
     from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
 
     cluster = load_cluster(CLUSTER)
-    return SchedulerApi(db_path, CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name, **kwargs)
+    return SchedulerApi(
+        db_path, CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name, **kwargs
+    )
 
 
 @pytest.fixture

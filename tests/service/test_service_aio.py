@@ -132,13 +132,20 @@ def test_client_deadline_and_cancel_release_the_inflight_slot(live, monkeypatch)
 
 def test_undecodable_request_is_invalid_argument_and_counted(live):
     api, channel, _, metrics = live
-    raw = channel.unary_unary("/xpod.v1.JobService/GetJob", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    raw = channel.unary_unary(
+        "/xpod.v1.JobService/GetJob", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     with pytest.raises(grpc.RpcError) as err:
         raw(b"\xff\xff\xff\xff\x0f garbage", timeout=10)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(err.value).reason == "MALFORMED_REQUEST"
     assert "/xpod.v1.JobService/GetJob" in err.value.details()
-    labels = {"grpc_type": "unary", "grpc_service": "xpod.v1.JobService", "grpc_method": "GetJob", "grpc_code": "INVALID_ARGUMENT"}
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "xpod.v1.JobService",
+        "grpc_method": "GetJob",
+        "grpc_code": "INVALID_ARGUMENT",
+    }
     # counted as the handler returns, a moment after the client has its answer
     _wait_for(lambda: metrics.registry.get_sample_value("grpc_server_handled_total", labels) == 1)
     # and the server goes on answering
@@ -152,13 +159,23 @@ def test_health_watch_streams_through_the_wrapped_handlers(live):
     stream = health.Watch(health_pb2.HealthCheckRequest(service="xpod.v1.JobService"), timeout=10)
     assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
     stream.cancel()
-    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     _wait_for(
-        lambda: metrics.registry.get_sample_value(
-            "grpc_server_handled_total",
-            {"grpc_type": "server_stream", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch", "grpc_code": "CANCELLED"},
+        lambda: (
+            metrics.registry.get_sample_value(
+                "grpc_server_handled_total",
+                {
+                    "grpc_type": "server_stream",
+                    "grpc_service": "grpc.health.v1.Health",
+                    "grpc_method": "Watch",
+                    "grpc_code": "CANCELLED",
+                },
+            )
+            == 1
         )
-        == 1
     )
 
 
@@ -304,7 +321,10 @@ def test_wal_starts_over_under_continuous_writes(tmp_path):
     try:
         for k in range(300):  # ~3,000 pages of WAL frames without restarts (~12 MB)
             store.write_many(
-                [SubmitWrite(f"r{k}-{i}", "h", "q", "BatchJob", f"n{i}", {"i": i, "pad": "x" * 400}, 1.0) for i in range(20)]
+                [
+                    SubmitWrite(f"r{k}-{i}", "h", "q", "BatchJob", f"n{i}", {"i": i, "pad": "x" * 400}, 1.0)
+                    for i in range(20)
+                ]
             )
         assert store.writer_checkpoints >= 1
         assert os.path.getsize(path + "-wal") < 6 * 1024 * 1024

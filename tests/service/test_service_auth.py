@@ -55,9 +55,18 @@ def test_matrix_shape():
         ("tokens: [", ":1: not valid YAML"),
         ("- a\n- b\n", ":1: a token file is a mapping"),
         ("tokens: []\n", ":1: 'tokens' must be a non-empty list"),
-        ("tokens:\n  - {name: a, role: boss, token: aaaaaaaaaaaaaaaaaaaa}\n", ":2: role 'boss' is not one of admin, agent, submitter"),
-        ("tokens:\n  - {name: a, role: admin, token: short}\n", ":2: token 'a': a token must be at least 16 characters"),
-        ("tokens:\n  - name: a\n    role: submitter\n    token: aaaaaaaaaaaaaaaaaaaa\n", ":2: submitter 'a' needs a non-empty 'queues' list"),
+        (
+            "tokens:\n  - {name: a, role: boss, token: aaaaaaaaaaaaaaaaaaaa}\n",
+            ":2: role 'boss' is not one of admin, agent, submitter",
+        ),
+        (
+            "tokens:\n  - {name: a, role: admin, token: short}\n",
+            ":2: token 'a': a token must be at least 16 characters",
+        ),
+        (
+            "tokens:\n  - name: a\n    role: submitter\n    token: aaaaaaaaaaaaaaaaaaaa\n",
+            ":2: submitter 'a' needs a non-empty 'queues' list",
+        ),
         ("tokens:\n  - name: a\n    role: admin\n    tokne: aaaaaaaaaaaaaaaaaaaa\n", ":4: unknown key 'tokne'"),
         ("tokens:\n  - {name: a, role: admin}\n", "give exactly one of 'token' or 'token_sha256'"),
         ("tokens:\n  - {name: a, role: admin, token_sha256: xyz}\n", "token_sha256 must be 64 hex digits"),
@@ -69,7 +78,10 @@ def test_matrix_shape():
             "tokens:\n  - {name: a, role: admin, token: aaaaaaaaaaaaaaaaaaaa}\n  - {name: b, role: agent, token: aaaaaaaaaaaaaaaaaaaa}\n",
             "has the same token as 'a'",
         ),
-        ("tokens:\n  - {name: a, role: agent, token: aaaaaaaaaaaaaaaaaaaa, queues: [x]}\n", "'queues' applies to submitters only"),
+        (
+            "tokens:\n  - {name: a, role: agent, token: aaaaaaaaaaaaaaaaaaaa, queues: [x]}\n",
+            "'queues' applies to submitters only",
+        ),
         ("tokenz: []\n", ":1: unknown key 'tokenz'"),
     ],
 )

@@ -69,9 +69,21 @@ def pair(tmp_path):
     running = build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=1)
     fronts = running.frontends
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xpod.scheduler.frontend", "--parent-pid", str(os.getpid()), "--listen", "127.0.0.1:0",
-         "--relay", fronts.relay_path, "--upstream", fronts.upstream_path],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "xpod.scheduler.frontend",
+            "--parent-pid",
+            str(os.getpid()),
+            "--listen",
+            "127.0.0.1:0",
+            "--relay",
+            fronts.relay_path,
+            "--upstream",
+            fronts.upstream_path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline()
     m = re.match(r"ready (\d+)", line)
@@ -91,16 +103,28 @@ def _calls(port: int, tag: str) -> dict[str, tuple]:
     def md(who):
         return (("authorization", f"Bearer {TOKEN[who]}"),)
 
-    raw_submit = ch.unary_unary("/xpod.v1.JobService/SubmitJob", request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    unknown = ch.unary_unary("/xpod.v1.JobService/NoSuchCall", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    raw_submit = ch.unary_unary(
+        "/xpod.v1.JobService/SubmitJob", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    unknown = ch.unary_unary(
+        "/xpod.v1.JobService/NoSuchCall", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     results = {
-        "submit": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-1", job_doc(f"{tag}", count=1)), metadata=md("alice"), timeout=10)),
-        "bad spec": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-2", job_doc(count=-1)), metadata=md("alice"), timeout=10)),
+        "submit": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-1", job_doc(f"{tag}", count=1)), metadata=md("alice"), timeout=10)
+        ),
+        "bad spec": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-2", job_doc(count=-1)), metadata=md("alice"), timeout=10)
+        ),
         "no token": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-3", job_doc(count=1)), timeout=10)),
         "other queue": outcome(
-            lambda: jobs.SubmitJob(submit_req(f"{tag}-4", job_doc(count=1, queue="prod")), metadata=md("alice"), timeout=10)
+            lambda: jobs.SubmitJob(
+                submit_req(f"{tag}-4", job_doc(count=1, queue="prod")), metadata=md("alice"), timeout=10
+            )
         ),
-        "agent submits": outcome(lambda: jobs.SubmitJob(submit_req(f"{tag}-5", job_doc(count=1)), metadata=md("agent"), timeout=10)),
+        "agent submits": outcome(
+            lambda: jobs.SubmitJob(submit_req(f"{tag}-5", job_doc(count=1)), metadata=md("agent"), timeout=10)
+        ),
         "reused id": outcome(
             lambda: jobs.SubmitJob(submit_req(f"{tag}-1", job_doc("other", count=2)), metadata=md("alice"), timeout=10)
         ),
@@ -108,11 +132,17 @@ def _calls(port: int, tag: str) -> dict[str, tuple]:
             lambda: jobs.SubmitJob(submit_req(f"{tag}-6", job_doc(count=64)), metadata=md("alice"), timeout=10)
         ),
         "garbage": outcome(lambda: raw_submit(b"\xff\xff\xff\xff\x0f garbage", metadata=md("alice"), timeout=10)),
-        "not found": outcome(lambda: jobs.GetJob(jpb.GetJobRequest(job_id="job-999"), metadata=md("admin"), timeout=10)),
+        "not found": outcome(
+            lambda: jobs.GetJob(jpb.GetJobRequest(job_id="job-999"), metadata=md("admin"), timeout=10)
+        ),
         "other's job": outcome(lambda: jobs.GetJob(jpb.GetJobRequest(job_id="job-1"), metadata=md("bob"), timeout=10)),
         "unknown method": outcome(lambda: unknown(b"", timeout=10)),
         "health": outcome(
-            lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="xpod.v1.JobService"), timeout=10).status
+            lambda: (
+                health_pb2_grpc.HealthStub(ch)
+                .Check(health_pb2.HealthCheckRequest(service="xpod.v1.JobService"), timeout=10)
+                .status
+            )
         ),
     }
     stream = jobs.WatchJobs(jpb.WatchJobsRequest(from_revision=0), metadata=md("admin"), timeout=10)
@@ -150,8 +180,12 @@ def test_idempotency_holds_across_the_main_server_and_a_front_end(pair):
     _, _, direct_port, front_port, _ = pair
     md = (("authorization", f"Bearer {TOKEN['alice']}"),)
     with grpc.insecure_channel(f"127.0.0.1:{direct_port}") as a, grpc.insecure_channel(f"127.0.0.1:{front_port}") as b:
-        first = job_service_pb2_grpc.JobServiceStub(a).SubmitJob(submit_req("same", job_doc(count=1)), metadata=md, timeout=10)
-        again = job_service_pb2_grpc.JobServiceStub(b).SubmitJob(submit_req("same", job_doc(count=1)), metadata=md, timeout=10)
+        first = job_service_pb2_grpc.JobServiceStub(a).SubmitJob(
+            submit_req("same", job_doc(count=1)), metadata=md, timeout=10
+        )
+        again = job_service_pb2_grpc.JobServiceStub(b).SubmitJob(
+            submit_req("same", job_doc(count=1)), metadata=md, timeout=10
+        )
     assert first.created and not again.created and again.job.id == first.job.id
 
 
@@ -183,7 +217,9 @@ def _server(tmp_path, *extra: str) -> tuple[subprocess.Popen, str, str]:
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
     proc = subprocess.Popen(
         [exe, "server", "--cluster", CLUSTER, "--db", str(tmp_path / "s.db"), "--listen", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     for line in proc.stdout:
@@ -223,7 +259,9 @@ def test_front_ends_end_with_a_killed_server_and_are_replaced_when_they_die(tmp_
         assert len(fronts) == 2
         os.kill(fronts[0].pid, signal.SIGKILL)  # one front end dies: another takes its place
         # a new Python process importing gRPC: slow on a loaded 2-core machine
-        _wait_for(lambda: len(_front_ends(proc.pid)) == 2 and fronts[0].pid not in [p.pid for p in _front_ends(proc.pid)], 40)
+        _wait_for(
+            lambda: len(_front_ends(proc.pid)) == 2 and fronts[0].pid not in [p.pid for p in _front_ends(proc.pid)], 40
+        )
         survivors = _front_ends(proc.pid)
         with grpc.insecure_channel(addr) as ch:  # and the address still answers
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -242,8 +280,12 @@ def test_front_ends_end_with_a_killed_server_and_are_replaced_when_they_die(tmp_
 
 def test_front_ends_flag_is_checked(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
-    r = subprocess.run([exe, "server", "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0", "--frontends", "-1"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [exe, "server", "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0", "--frontends", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "--frontends -1" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -254,8 +296,12 @@ def test_a_second_server_on_a_port_in_use_is_refused(tmp_path, second):
     proc, addr, _ = _server(tmp_path)
     try:
         exe = os.path.join(os.path.dirname(sys.executable), "xpod")
-        r = subprocess.run([exe, "server", "--db", str(tmp_path / "other.db"), "--listen", addr, *second],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [exe, "server", "--db", str(tmp_path / "other.db"), "--listen", addr, *second],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 1 and f"--listen {addr}: cannot listen" in r.stderr and "Traceback" not in r.stderr
     finally:
         proc.terminate()
@@ -278,7 +324,9 @@ def test_front_ends_outlive_the_thread_that_built_the_server(tmp_path):
 
     api = make_api(str(tmp_path / "r.db"))
     box = []
-    builder = threading.Thread(target=lambda: box.append(build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=1)))
+    builder = threading.Thread(
+        target=lambda: box.append(build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=1))
+    )
     builder.start()
     builder.join(60)
     running = box[0]
@@ -288,7 +336,10 @@ def test_front_ends_outlive_the_thread_that_built_the_server(tmp_path):
         time.sleep(1.5)  # a SIGTERMed front end is gone (and replaced) well within this
         assert running.frontends.pids() == first and running.frontends.restarts == 0
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         running.stop(0)
         api.close()
@@ -301,8 +352,22 @@ def test_a_killed_server_leaves_no_socket_directory(tmp_path):
     tmp.mkdir()
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
     proc = subprocess.Popen(
-        [exe, "server", "--cluster", CLUSTER, "--db", str(tmp_path / "s.db"), "--listen", "127.0.0.1:0", "--frontends", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TMPDIR=str(tmp)),
+        [
+            exe,
+            "server",
+            "--cluster",
+            CLUSTER,
+            "--db",
+            str(tmp_path / "s.db"),
+            "--listen",
+            "127.0.0.1:0",
+            "--frontends",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(tmp)),
     )
     try:
         for line in proc.stdout:
@@ -362,7 +427,11 @@ def test_a_long_tmpdir_does_not_stop_the_server_starting(tmp_path, monkeypatch):
         assert len(running.frontends.relay_path.encode()) < 108
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             md = (("authorization", f"Bearer {TOKEN['alice']}"),)
-            assert job_service_pb2_grpc.JobServiceStub(ch).SubmitJob(submit_req("lt", job_doc(count=1)), metadata=md, timeout=10).created
+            assert (
+                job_service_pb2_grpc.JobServiceStub(ch)
+                .SubmitJob(submit_req("lt", job_doc(count=1)), metadata=md, timeout=10)
+                .created
+            )
     finally:
         running.stop(0)
         api.close()
@@ -422,8 +491,14 @@ def test_an_error_echoing_a_huge_value_keeps_its_code(tmp_path, frontends):
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             md = (("authorization", f"Bearer {TOKEN['alice']}"),)
             stub = job_service_pb2_grpc.JobServiceStub(ch)
-            name = outcome(lambda: stub.SubmitJob(submit_req("huge1", job_doc("j" * 5000, count=1)), metadata=md, timeout=10))
-            key = outcome(lambda: stub.SubmitJob(submit_req("huge2", job_doc(count=1, **{"k" * 5000: 1})), metadata=md, timeout=10))
+            name = outcome(
+                lambda: stub.SubmitJob(submit_req("huge1", job_doc("j" * 5000, count=1)), metadata=md, timeout=10)
+            )
+            key = outcome(
+                lambda: stub.SubmitJob(
+                    submit_req("huge2", job_doc(count=1, **{"k" * 5000: 1})), metadata=md, timeout=10
+                )
+            )
         assert name == ("INVALID_ARGUMENT", "INVALID_SPEC", ["metadata.name"]), name
         assert key[:2] == ("INVALID_ARGUMENT", "INVALID_SPEC") and key[2][0].startswith("spec.kkk"), key[:2]
     finally:
@@ -451,7 +526,10 @@ def test_a_front_end_that_cannot_be_replaced_at_once_is_tried_again(tmp_path):
         os.kill(fronts.pids()[0], signal.SIGKILL)
         _wait_for(lambda: failures and len(fronts.pids()) == 1, 10)
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         running.stop(0)
         api.close()
@@ -462,8 +540,21 @@ def test_an_ipv6_server_names_an_address_its_clients_can_use(tmp_path):
     # can parse; the server itself (front ends and all) listens on [::1] fine
     exe = os.path.join(os.path.dirname(sys.executable), "xpod")
     proc = subprocess.Popen(
-        [exe, "server", "--cluster", CLUSTER, "--db", str(tmp_path / "s.db"), "--listen", "[::1]:0", "--frontends", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            exe,
+            "server",
+            "--cluster",
+            CLUSTER,
+            "--db",
+            str(tmp_path / "s.db"),
+            "--listen",
+            "[::1]:0",
+            "--frontends",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         addr = None
@@ -474,7 +565,10 @@ def test_an_ipv6_server_names_an_address_its_clients_can_use(tmp_path):
                 break
         assert addr is not None and re.fullmatch(r"\[::1\]:\d+", addr), addr
         with grpc.insecure_channel(addr) as ch:
-            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)

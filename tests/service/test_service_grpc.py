@@ -119,7 +119,10 @@ def test_health_and_reflection(server):
     _, ch, _ = server
     health = health_pb2_grpc.HealthStub(ch)
     for name in ("",) + SERVICE_NAMES:
-        assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     with pytest.raises(grpc.RpcError) as err:
         health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=5)
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
@@ -169,7 +172,9 @@ def test_hostile_messages_keep_the_server_up(server):
         jobs.SubmitJob(req, metadata=md("admin"), timeout=10)
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     # garbage bytes where a protobuf message should be
-    raw = ch.unary_unary("/xpod.v1.JobService/SubmitJob", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    raw = ch.unary_unary(
+        "/xpod.v1.JobService/SubmitJob", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     with pytest.raises(grpc.RpcError) as err:
         raw(b"\xff\xff\xff\xff\x0f garbage", metadata=md("admin"), timeout=10)
     assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
@@ -253,7 +258,9 @@ def _call(jobs, nodes, cluster, meta, call, role, job, node):
     if call is Call.EXPLAIN_JOB:
         return jobs.ExplainJob(jpb.ExplainJobRequest(job_id=job.id), metadata=meta, timeout=t)
     if call is Call.REGISTER_NODE:
-        n = types_pb2.Node(name=f"n-{role}", devices=[types_pb2.Device(index=0, vendor="cuda", model="nvidia-h100-sxm", health="ok")])
+        n = types_pb2.Node(
+            name=f"n-{role}", devices=[types_pb2.Device(index=0, vendor="cuda", model="nvidia-h100-sxm", health="ok")]
+        )
         return nodes.RegisterNode(npb.RegisterNodeRequest(node=n), metadata=meta, timeout=t)
     if call is Call.HEARTBEAT:
         return nodes.Heartbeat(npb.HeartbeatRequest(node=node), metadata=meta, timeout=t)
@@ -293,7 +300,9 @@ def test_generated_code_has_not_drifted(tmp_path):
     subprocess.run([sys.executable, gen, "--out", str(tmp_path)], check=True, capture_output=True, timeout=120)
     committed = os.path.join(repo, "proto", "xpod", "v1")
     names = sorted(os.listdir(tmp_path))
-    assert names and names == sorted(n for n in os.listdir(committed) if n.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")))
+    assert names and names == sorted(
+        n for n in os.listdir(committed) if n.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
+    )
     for name in names:
         with open(os.path.join(committed, name), encoding="utf-8") as a, open(tmp_path / name, encoding="utf-8") as b:
             assert a.read() == b.read(), f"proto/xpod/v1/{name} differs from the .proto: run `make proto`"

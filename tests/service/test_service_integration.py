@@ -26,7 +26,19 @@ class LiveServer:
     def __init__(self, db: str, *extra: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [XPOD, "server", "--cluster", CLUSTER, "--db", db, "--listen", "127.0.0.1:0", "--cycle-interval", "0.1", *extra],
+            [
+                XPOD,
+                "server",
+                "--cluster",
+                CLUSTER,
+                "--db",
+                db,
+                "--listen",
+                "127.0.0.1:0",
+                "--cycle-interval",
+                "0.1",
+                *extra,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -127,7 +139,10 @@ def test_job_file_errors_are_file_line(tmp_path):
     p = tmp_path / "j.yaml"
     p.write_text("apiVersion: xpod/v1\nkind: Pod\nmetadata: {name: x}\n")
     r = cli("submit", str(p), "--server", "127.0.0.1:1")
-    assert r.returncode == 1 and r.stderr.strip() == f"xpod: {p}:2: kind must be one of TrainingJob, ServingJob, BatchJob (got 'Pod')"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == f"xpod: {p}:2: kind must be one of TrainingJob, ServingJob, BatchJob (got 'Pod')"
+    )
     p.write_text("kind: BatchJob\nmetadata: {name: x\n")
     r = cli("submit", str(p), "--server", "127.0.0.1:1")
     assert r.returncode == 1 and f"{p}:3:" in r.stderr and "not valid YAML" in r.stderr
@@ -193,9 +208,19 @@ def test_grpcurl_reflection_health_submit_and_error_codes(live):
     assert "spec.tasks" in r.stderr
     r = grpcurl("-d", '{"job_id": "job-404"}', live.addr, "xpod.v1.JobService/GetJob")
     assert r.returncode == 64 + 5  # NOT_FOUND
-    r = grpcurl("-d", json.dumps({"request_id": "g3", "job": job_doc("big", tasks=50)}), live.addr, "xpod.v1.JobService/SubmitJob")
+    r = grpcurl(
+        "-d",
+        json.dumps({"request_id": "g3", "job": job_doc("big", tasks=50)}),
+        live.addr,
+        "xpod.v1.JobService/SubmitJob",
+    )
     assert r.returncode == 64 + 9  # FAILED_PRECONDITION
-    r = grpcurl("-d", json.dumps({"request_id": "g1", "job": job_doc("other", tasks=1)}), live.addr, "xpod.v1.JobService/SubmitJob")
+    r = grpcurl(
+        "-d",
+        json.dumps({"request_id": "g1", "job": job_doc("other", tasks=1)}),
+        live.addr,
+        "xpod.v1.JobService/SubmitJob",
+    )
     assert r.returncode == 64 + 6  # ALREADY_EXISTS
 
 

@@ -76,7 +76,15 @@ def test_events_have_increasing_revisions_and_resume(tmp_path):
     with Store(path) as store:
         job = submit(store, "r1").job
         up = store.write(
-            JobUpdate(job.id, JobState.SCHEDULED, None, (AllocationRecord("n1", ("n1/0", "n1/1")),), EventType.SCHEDULED, "bound", 2.0)
+            JobUpdate(
+                job.id,
+                JobState.SCHEDULED,
+                None,
+                (AllocationRecord("n1", ("n1/0", "n1/1")),),
+                EventType.SCHEDULED,
+                "bound",
+                2.0,
+            )
         )
         assert up.event.revision > job.revision
         assert up.job.revision == up.event.revision
@@ -99,7 +107,11 @@ def test_conditional_update_detects_a_change(tmp_path):
         job = submit(store, "r1").job
         store.write(JobUpdate(job.id, JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
         with pytest.raises(StaleUpdate):
-            store.write(JobUpdate(job.id, JobState.SCHEDULED, None, (), EventType.SCHEDULED, "y", 3.0, expect_revision=job.revision))
+            store.write(
+                JobUpdate(
+                    job.id, JobState.SCHEDULED, None, (), EventType.SCHEDULED, "y", 3.0, expect_revision=job.revision
+                )
+            )
         with pytest.raises(KeyError):
             store.write(JobUpdate("job-999", JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
 
@@ -120,8 +132,24 @@ def test_migration_from_version_1_keeps_jobs(tmp_path):
     migrate(conn, path, target=1)
     conn.execute(
         "INSERT INTO jobs (seq, id, request_id, doc) VALUES (1, 'job-1', 'r1', ?)",
-        (json.dumps({"id": "job-1", "seq": 1, "request_id": "r1", "spec_hash": "h", "queue": "q", "kind": "BatchJob",
-                     "name": "n", "spec": {}, "state": "QUEUED", "create_time_s": 1, "update_time_s": 1, "revision": 0}),),
+        (
+            json.dumps(
+                {
+                    "id": "job-1",
+                    "seq": 1,
+                    "request_id": "r1",
+                    "spec_hash": "h",
+                    "queue": "q",
+                    "kind": "BatchJob",
+                    "name": "n",
+                    "spec": {},
+                    "state": "QUEUED",
+                    "create_time_s": 1,
+                    "update_time_s": 1,
+                    "revision": 0,
+                }
+            ),
+        ),
     )
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.close()

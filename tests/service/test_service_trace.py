@@ -109,8 +109,12 @@ def test_a_batch_with_waiting_callers_carries_few_scheduling_writes(tmp_path):
     def recording(batch):
         if not seen:
             hold.wait(30)  # the first batch holds the writer while the lanes fill up
-        seen.append((sum(p.write.request_id.startswith("f") for p in batch),
-                     sum(p.write.request_id.startswith("b") for p in batch)))
+        seen.append(
+            (
+                sum(p.write.request_id.startswith("f") for p in batch),
+                sum(p.write.request_id.startswith("b") for p in batch),
+            )
+        )
         inner(batch)
 
     store._commit_batch = recording

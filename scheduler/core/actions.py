@@ -73,7 +73,12 @@ class Placer:
                     return got
             for d in devs:  # first fit when no policy chooses
                 i = d.index
-                if st.healthy[i] and req.matches(d) and st.free_milli[i] >= req.milli and st.free_memory[i] >= _slice_bytes(job, d.memory_bytes):
+                if (
+                    st.healthy[i]
+                    and req.matches(d)
+                    and st.free_milli[i] >= req.milli
+                    and st.free_memory[i] >= _slice_bytes(job, d.memory_bytes)
+                ):
                     return (i,)
             return None
         mask = [st.healthy[d.index] and st.free_milli[d.index] == MILLI and req.matches(d) for d in devs]
@@ -114,7 +119,9 @@ class Placer:
             if job.memory_bytes:
                 n = min(n, st.memory_left // job.memory_bytes)
             return max(n, 0)
-        view = NodeState(st.node, st.cpu_left, st.memory_left, list(st.free_milli), list(st.free_memory), st.healthy, st.schedulable)
+        view = NodeState(
+            st.node, st.cpu_left, st.memory_left, list(st.free_milli), list(st.free_memory), st.healthy, st.schedulable
+        )
         n = 0
         while n < limit:
             idx = self.select(job, view)
@@ -217,7 +224,11 @@ class Placer:
             return 0  # not enough free devices of the model anywhere (every kind: no node walk)
         if job.kind is JobKind.SERVING:
             return self._place_replicas(job, stmt, want, need, first_task)
-        if job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(job.devices.model if job.devices else None) == "910c":
+        if (
+            job.sp_block
+            and job.sp_block >= ascend.A3_DIES_PER_NODE
+            and ascend.family(job.devices.model if job.devices else None) == "910c"
+        ):
             return self._place_sp_blocks(job, stmt, want, first_task)
         has_supernodes = self.has_supernodes
         for tier in self.tiers(job):
@@ -393,7 +404,10 @@ class Placer:
         # tasks on nodes of untouched domains are the cluster tier's first choices
         tiers = self.tiers(job)
         early = (
-            per_task > 0 and not self.a3_replica(job) and self._generic(job) and tiers[-1] is Within.ANY
+            per_task > 0
+            and not self.a3_replica(job)
+            and self._generic(job)
+            and tiers[-1] is Within.ANY
             and not (self.has_supernodes and Within.SUPERNODE in tiers)
         )
         if early:
@@ -651,7 +665,12 @@ def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) ->
     reserve = _reserve_devices(cs, job) // ascend.A3_DIES_PER_NODE
     if cs.placer.a3_replica(job):  # one replica in one super-pod beside its reserve
         return max((n - reserve for n in _empty_whole_nodes(cs, key).values()), default=0) < job.replica_tasks
-    if job.kind is not JobKind.SERVING and job.sp_block and job.sp_block >= ascend.A3_DIES_PER_NODE and ascend.family(req.model) == "910c":
+    if (
+        job.kind is not JobKind.SERVING
+        and job.sp_block
+        and job.sp_block >= ascend.A3_DIES_PER_NODE
+        and ascend.family(req.model) == "910c"
+    ):
         per_block = job.sp_block // ascend.A3_DIES_PER_NODE
         room = sum(max(0, n - reserve) // per_block for n in _empty_whole_nodes(cs, key).values())
         return room < job.tasks // per_block
@@ -669,7 +688,10 @@ def _empty_block(cs: CycleState, models: tuple, unit: int, tier: Within) -> int:
     key = ("block", models, unit, tier)
     hit = snap.empty_cache.get(key)
     if hit is None:
-        per_node = {name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models) for name, st in snap.nodes.items()}
+        per_node = {
+            name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
+            for name, st in snap.nodes.items()
+        }
         hit = snap.empty_cache[key] = _block(snap, per_node, tier, unit)
     return hit
 
@@ -694,7 +716,9 @@ def action_allocate(cs: CycleState) -> None:
     """Queues in fair-share order (DRF), jobs in priority order inside each; a queue stops at its
     first job that does not fit (that job keeps its place: the backfill action may still use the
     gap without delaying it)."""
-    queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and cs.failed.get(j) is not ReasonCode.NEVER_FITS)
+    queues = cs.ordered_by_queue(
+        j for j in cs.enqueued if j not in cs.done and cs.failed.get(j) is not ReasonCode.NEVER_FITS
+    )
     pos = {q: 0 for q in queues}
     heap = [(_qkey(cs, q), q) for q in queues]
     heapq.heapify(heap)
@@ -763,8 +787,21 @@ def action_backfill(cs: CycleState) -> None:
                     continue
                 cs.decisions += 1
                 d = job.expected_duration_seconds
-                shape = None if cs.placed_tasks.get(job.id) else (
-                    job.devices, job.cpu_milli, job.memory_bytes, job.kind, job.tasks, job.min_tasks, job.within, job.replica_tasks, job.sp_block)
+                shape = (
+                    None
+                    if cs.placed_tasks.get(job.id)
+                    else (
+                        job.devices,
+                        job.cpu_milli,
+                        job.memory_bytes,
+                        job.kind,
+                        job.tasks,
+                        job.min_tasks,
+                        job.within,
+                        job.replica_tasks,
+                        job.sp_block,
+                    )
+                )
                 beside = None  # how it fared beside the head's carve-out: "failed", "capped"
                 if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
                     mask.off()  # a job that ends before the head starts may use its devices too
@@ -775,10 +812,16 @@ def action_backfill(cs: CycleState) -> None:
                     elif shape is not None:
                         no_room.add(("in time", shape))
                     continue
-                if job.devices is not None and head_job.devices is not None and head_models.isdisjoint(cs.placer.models_for(job)):
+                if (
+                    job.devices is not None
+                    and head_job.devices is not None
+                    and head_models.isdisjoint(cs.placer.models_for(job))
+                ):
                     accept = None
                     if head_job.cpu_milli or head_job.memory_bytes:
-                        accept = lambda bs: not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)  # noqa: E731
+                        accept = lambda bs: (
+                            not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)
+                        )  # noqa: E731
                     if _try(cs, job, accept):
                         no_room.clear()
                         continue
@@ -816,11 +859,17 @@ def action_backfill(cs: CycleState) -> None:
                 elif beside == "capped":
                     elsewhere += f"; backfill beside the {carve[0].devices} devices kept for {head} already tried {MAX_CARVE_TRIES} jobs this cycle"
                 if shadow is None and head_job.devices is None:
-                    cs.behind_why[job.id] = f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+                    cs.behind_why[job.id] = (
+                        f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+                    )
                 elif shadow is None:
-                    cs.behind_why[job.id] = f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+                    cs.behind_why[job.id] = (
+                        f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+                    )
                 elif d is None:
-                    cs.behind_why[job.id] = f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+                    cs.behind_why[job.id] = (
+                        f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+                    )
                 else:
                     cs.behind_why[job.id] = (
                         f"it would end at {cs.ctx.now + d:.0f}, after {head}'s estimated start {shadow:.0f} on the devices reserved for it{elsewhere}"
@@ -861,12 +910,19 @@ def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
     already = cs.placed_tasks.get(head.id, 0)
     want = head.tasks - already
     need = max(1, cs.placer.min_tasks(head) - already) if cs.placer.gang else 1
-    gone = [rj for rj in snap.running.values() if rj.expected_end is not None and rj.expected_end <= held.start and rj.job.id != head.id]
+    gone = [
+        rj
+        for rj in snap.running.values()
+        if rj.expected_end is not None and rj.expected_end <= held.start and rj.job.id != head.id
+    ]
     rel_cpu: dict[str, int] = defaultdict(int)
     rel_mem: dict[str, int] = defaultdict(int)
     free_now = [
-        (st, i) for n in held.nodes if (st := snap.nodes.get(n)) is not None
-        for i in range(len(st.node.devices)) if st.healthy[i] and st.free_milli[i] == MILLI
+        (st, i)
+        for n in held.nodes
+        if (st := snap.nodes.get(n)) is not None
+        for i in range(len(st.node.devices))
+        if st.healthy[i] and st.free_milli[i] == MILLI
     ]
     for rj in gone:
         for b in rj.bindings:
@@ -906,7 +962,14 @@ def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
         devs[b.node].update(b.device_indices)
         cpu[b.node] += b.cpu_milli
         mem[b.node] += b.memory_bytes
-    return Carve({n: frozenset(v) for n, v in devs.items()}, dict(cpu), dict(mem), dict(rel_cpu), dict(rel_mem), sum(map(len, devs.values())))
+    return Carve(
+        {n: frozenset(v) for n, v in devs.items()},
+        dict(cpu),
+        dict(mem),
+        dict(rel_cpu),
+        dict(rel_mem),
+        sum(map(len, devs.values())),
+    )
 
 
 def _mask(snap: Snapshot, devices: list) -> list:
@@ -943,7 +1006,9 @@ class _CarveMask:
     def on(self, carve: Carve) -> None:
         if self.masked is None:
             snap = self.snap
-            self.masked = _mask(snap, [(snap.nodes[n], i) for n, idx in carve.devices_by_node.items() if n in snap.nodes for i in idx])
+            self.masked = _mask(
+                snap, [(snap.nodes[n], i) for n, idx in carve.devices_by_node.items() if n in snap.nodes for i in idx]
+            )
 
     def off(self) -> None:
         if self.masked is not None:
@@ -1011,9 +1076,16 @@ def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
                 continue
         if not cs.ctx.priority_preemptible.get(v.priority_class, True):
             continue
-        if models and not any(
-            snap.nodes[b.node].node.devices[i].model in models for b in rj.bindings if b.node in snap.nodes for i in b.device_indices
-        ) and job.devices is not None:
+        if (
+            models
+            and not any(
+                snap.nodes[b.node].node.devices[i].model in models
+                for b in rj.bindings
+                if b.node in snap.nodes
+                for i in b.device_indices
+            )
+            and job.devices is not None
+        ):
             continue
         out.append(rj)
     out.sort(key=lambda rj: (cs.effective(rj.job), rj.job.total_devices, -rj.start_time, rj.job.id))
@@ -1083,9 +1155,15 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     for rj in evicted:
         why = "reclaimed for queue" if reclaim else "preempted by"
         cs.evictions.append(
-            Eviction(rj.job.id, f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})", job.id)
+            Eviction(
+                rj.job.id,
+                f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})",
+                job.id,
+            )
         )
-        cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - _devices_of(rj.job, len(rj.bindings))
+        cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - _devices_of(
+            rj.job, len(rj.bindings)
+        )
         cs.requeued.append(rj.job)
     return True
 
@@ -1229,7 +1307,9 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
         need = job.sp_block  # one logical super-pod
     # plus the physical super-pod's reserve nodes (logical super-pods on Ascend 910C)
     need += _reserve_devices(cs, job)
-    per_node = {st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models) for st in snap.nodes.values()}
+    per_node = {
+        st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models) for st in snap.nodes.values()
+    }
     # per domain of the tier, free devices in whole tasks; kept current as releases add up
     if tier is Within.SUPERNODE:
         domain_of = {name: snap.nodes[name].node.supernode or name for name in per_node}
@@ -1318,10 +1398,17 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 code = ReasonCode.WAITING_BEHIND if cs.enqueued else ReasonCode.NOT_CONSIDERED
             tier = _tier_of(cs, job)
             req = job.devices
-            shape = (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops, req.count, req.milli) if req else None
+            shape = (
+                (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops, req.count, req.milli)
+                if req
+                else None
+            )
             kb = (shape, tier)
             if kb not in block_cache:
-                block_cache[kb] = (largest_block(cs, job, tier) if req else 0, largest_block(cs, job, tier, empty=True) if req else 0)
+                block_cache[kb] = (
+                    largest_block(cs, job, tier) if req else 0,
+                    largest_block(cs, job, tier, empty=True) if req else 0,
+                )
             free_block, empty_block = block_cache[kb]
             per_task = (req.count if not req.fractional else 1) if req else 0
             placed = cs.placed_tasks.get(job.id, 0)
@@ -1358,13 +1445,23 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 if est is None:
                     est_why = f"estimated start unknown: {est_why}"
             if head_est is not None and est is not None:
-                passes = cs.backfill_ran and req is not None and head_models and head_models.isdisjoint(cs.placer.models_for(job))
+                passes = (
+                    cs.backfill_ran
+                    and req is not None
+                    and head_models
+                    and head_models.isdisjoint(cs.placer.models_for(job))
+                )
                 if not passes:
                     est = max(est, head_est)
             if pos == 1:
                 head_est = est
                 head_models = set(cs.placer.models_for(job)) if req else set()
-            where = {Within.NODE: "one node", Within.HCCS_GROUP: "one HCCS group", Within.SUPERNODE: "one super-node", Within.ANY: "the cluster"}[tier]
+            where = {
+                Within.NODE: "one node",
+                Within.HCCS_GROUP: "one HCCS group",
+                Within.SUPERNODE: "one super-node",
+                Within.ANY: "the cluster",
+            }[tier]
             what = req.describe() if req else f"{job.cpu_milli}m CPU"
             if req and job.kind is not JobKind.SERVING and need_tasks > 1:
                 what = f"{need_tasks} x {what}"
@@ -1385,7 +1482,9 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             if placed_now and code is ReasonCode.UNSCHEDULABLE:
                 msg = f"running {placed_now} of {job.tasks} tasks; " + msg
             if req is None:
-                msg = f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
+                msg = (
+                    f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
+                )
             elif est_why:
                 msg += f"; {est_why}"
             out[job.id] = PendingReason(
@@ -1395,9 +1494,18 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 queue_position=pos,
                 jobs_ahead=pos - 1,
                 estimated_start=est,
-                numbers={"need_devices": need, "largest_free_block": free_block, "cluster_block": empty_block, "jobs_ahead": pos - 1}
+                numbers={
+                    "need_devices": need,
+                    "largest_free_block": free_block,
+                    "cluster_block": empty_block,
+                    "jobs_ahead": pos - 1,
+                }
                 | ({"reserve_devices": reserve} if reserve else {})
-                | ({"estimate_depth": depth} if req is not None and pos > depth and code is not ReasonCode.NEVER_FITS else {}),
+                | (
+                    {"estimate_depth": depth}
+                    if req is not None and pos > depth and code is not ReasonCode.NEVER_FITS
+                    else {}
+                ),
             )
     return out
 

@@ -38,13 +38,37 @@ from xpod.hal.errors import XpodError
 from .model import MILLI, DeviceRequest, Job, JobKind, Within
 
 _TOP = {
-    "id", "kind", "tasks", "min_tasks", "replicas", "devices", "cpu", "memory", "within", "queue",
-    "priority_class", "expected_duration_seconds", "sp_block", "name", "tasks_per_replica",
+    "id",
+    "kind",
+    "tasks",
+    "min_tasks",
+    "replicas",
+    "devices",
+    "cpu",
+    "memory",
+    "within",
+    "queue",
+    "priority_class",
+    "expected_duration_seconds",
+    "sp_block",
+    "name",
+    "tasks_per_replica",
 }
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
-_SCALE = {None: 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_SCALE = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
 
 
 class _Err:
@@ -147,7 +171,10 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         if milli < MILLI and count != 1:
             raise err("devices.milli", f"a fraction of a device ({milli}m) needs count: 1, not {count}")
         if "memory" in d and milli == MILLI:
-            raise err("devices.memory", "a memory slice goes with a fraction (milli < 1000); whole devices bring all their memory")
+            raise err(
+                "devices.memory",
+                "a memory slice goes with a fraction (milli < 1000); whole devices bring all their memory",
+            )
         for key in ("model", "vendor"):
             if key in d and (not isinstance(d[key], str) or not d[key]):
                 raise err(f"devices.{key}", f"{d[key]!r} is not a name")

@@ -58,7 +58,9 @@ class QueueOrder(Protocol):
 
 @runtime_checkable
 class DeviceSelector(Protocol):
-    def select(self, job: Job, st: NodeState, mask: list[bool], k: int) -> tuple[int, ...] | None | type[NotImplemented]: ...
+    def select(
+        self, job: Job, st: NodeState, mask: list[bool], k: int
+    ) -> tuple[int, ...] | None | type[NotImplemented]: ...
 
 
 @runtime_checkable

@@ -140,8 +140,15 @@ class Timeline:
     ``offer(demand)`` returns the job's estimated start and takes its devices from then on;
     call it in queue order. Not thread-safe; built per queue per cycle."""
 
-    def __init__(self, snap: Snapshot, models: Iterable[str], releases: dict[str, list], now: float, open_ended: bool,
-                 shared: dict[str, list] | None = None) -> None:
+    def __init__(
+        self,
+        snap: Snapshot,
+        models: Iterable[str],
+        releases: dict[str, list],
+        now: float,
+        open_ended: bool,
+        shared: dict[str, list] | None = None,
+    ) -> None:
         models = tuple(sorted(models))
         self.now = now
         self.time = now  # the walk's clock: the latest start given so far (never decreases)

@@ -58,7 +58,9 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
         raise XpodError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth)")
     depth = data.get("estimate_depth", DEFAULT_ESTIMATE_DEPTH)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise XpodError(f"{source}: estimate_depth: {depth!r} must be a whole number >= 0 (queue positions that get an estimated start)")
+        raise XpodError(
+            f"{source}: estimate_depth: {depth!r} must be a whole number >= 0 (queue positions that get an estimated start)"
+        )
     actions = data.get("actions", DEFAULT_PROFILE["actions"])
     if not isinstance(actions, list) or not actions:
         raise XpodError(f"{source}: actions: a non-empty list of {', '.join(ACTIONS)}")

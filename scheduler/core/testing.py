@@ -148,14 +148,18 @@ def run_case(case: dict):
     """Run one declarative case: ``nodes`` (builders), optional ``queues``, ``profile`` (dict),
     ``running`` (jobs placed first, at t=0; all must bind) and ``jobs`` submitted after them,
     then one cycle at ``now`` (default 1.0). Returns ``(scheduler, CycleResult)``."""
-    from .core import Scheduler
+    from .scheduler import Scheduler
     from .model import Queue
     from .profile import profile_from_dict
 
     t = [0.0]
     profile = profile_from_dict(case["profile"]) if "profile" in case else None
-    s = Scheduler([n.build() for n in case["nodes"]], queues=case.get("queues", [Queue("default")]), profile=profile,
-                  clock=lambda: t[0])
+    s = Scheduler(
+        [n.build() for n in case["nodes"]],
+        queues=case.get("queues", [Queue("default")]),
+        profile=profile,
+        clock=lambda: t[0],
+    )
     for j in case.get("running", []):
         s.submit(j.build())
     if case.get("running"):
@@ -183,4 +187,13 @@ def assert_supernode_reserve_kept(snapshot, reserve_nodes: int) -> dict[str, int
     return free
 
 
-__all__ = ["node", "job", "placements", "run_case", "assert_supernode_reserve_kept", "NodeBuilder", "JobBuilder", "MODEL_FACTS"]
+__all__ = [
+    "node",
+    "job",
+    "placements",
+    "run_case",
+    "assert_supernode_reserve_kept",
+    "NodeBuilder",
+    "JobBuilder",
+    "MODEL_FACTS",
+]

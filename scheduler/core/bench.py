@@ -25,7 +25,7 @@ import random
 import time
 from collections import Counter
 
-from .core import Scheduler
+from .scheduler import Scheduler
 from .model import Job, JobKind, Node, DeviceRequest, Within, Device
 
 
@@ -60,11 +60,15 @@ class BenchResult:
         d = dataclasses.asdict(self)
         d["decisions_per_s"] = round(self.decisions_per_s, 1)
         d["placements_per_s"] = round(self.placements_per_s, 1)
-        d["cold_decisions_per_s"] = round(self.cold_decisions / self.cold_cycle_seconds, 1) if self.cold_cycle_seconds else 0.0
+        d["cold_decisions_per_s"] = (
+            round(self.cold_decisions / self.cold_cycle_seconds, 1) if self.cold_cycle_seconds else 0.0
+        )
         return d
 
 
-def synthetic_nodes(n: int, devices_per_node: int = 8, model: str = "nvidia-h100-sxm", vendor: str = "cuda") -> list[Node]:
+def synthetic_nodes(
+    n: int, devices_per_node: int = 8, model: str = "nvidia-h100-sxm", vendor: str = "cuda"
+) -> list[Node]:
     """``n`` identical nodes (kube-scheduler's SchedulingBasic uses 5,000)."""
     devs = tuple(Device(i, model, vendor, 80 * 2**30, 989.0) for i in range(devices_per_node))
     width = len(str(n - 1))
@@ -102,31 +106,78 @@ def mixed_jobs(nodes: list[Node], n: int, seed: int = 0) -> list[Job]:
     for i in range(n):
         r = rng.random()
         # submit times strictly inside the hour (0 would mean "now" to Scheduler.submit)
-        common = dict(submit_time=rng.uniform(1.0, BENCH_START_SECONDS), priority_class=rng.choices(classes, weights)[0])
+        common = dict(
+            submit_time=rng.uniform(1.0, BENCH_START_SECONDS), priority_class=rng.choices(classes, weights)[0]
+        )
         if r < 0.15 and total >= 16:
             dies = rng.choice([16, 32, 64, 128, 256])
             dies = min(dies, total)
             tasks = max(1, dies // per_node)
-            jobs.append(Job(f"training-{i}", JobKind.TRAINING, tasks, DeviceRequest(count=per_node, model=model),
-                            within=Within.SUPERNODE if has_sn else Within.ANY,
-                            expected_duration_seconds=rng.uniform(600, 7200), **common))
+            jobs.append(
+                Job(
+                    f"training-{i}",
+                    JobKind.TRAINING,
+                    tasks,
+                    DeviceRequest(count=per_node, model=model),
+                    within=Within.SUPERNODE if has_sn else Within.ANY,
+                    expected_duration_seconds=rng.uniform(600, 7200),
+                    **common,
+                )
+            )
         elif r < 0.30:
             k = min(rng.choice([1, 2, 4, 8]), per_node)
             hi = rng.randint(2, 4)
-            jobs.append(Job(f"serving-{i}", JobKind.SERVING, hi, DeviceRequest(count=k, model=model), min_tasks=rng.randint(1, hi),
-                            expected_duration_seconds=rng.uniform(600, 7200), **common))
+            jobs.append(
+                Job(
+                    f"serving-{i}",
+                    JobKind.SERVING,
+                    hi,
+                    DeviceRequest(count=k, model=model),
+                    min_tasks=rng.randint(1, hi),
+                    expected_duration_seconds=rng.uniform(600, 7200),
+                    **common,
+                )
+            )
         elif r < 0.35 and len(nodes) >= 2:
             # replicas of two whole-node tasks (a model sharded over two nodes), placed whole
             hi = rng.randint(1, 2)
-            jobs.append(Job(f"serving-multinode-{i}", JobKind.SERVING, 2 * hi, DeviceRequest(count=per_node, model=model),
-                            min_tasks=2, replica_tasks=2, within=Within.SUPERNODE if has_sn else Within.ANY,
-                            expected_duration_seconds=rng.uniform(600, 7200), **common))
+            jobs.append(
+                Job(
+                    f"serving-multinode-{i}",
+                    JobKind.SERVING,
+                    2 * hi,
+                    DeviceRequest(count=per_node, model=model),
+                    min_tasks=2,
+                    replica_tasks=2,
+                    within=Within.SUPERNODE if has_sn else Within.ANY,
+                    expected_duration_seconds=rng.uniform(600, 7200),
+                    **common,
+                )
+            )
         elif r < 0.65:
-            jobs.append(Job(f"fractional-{i}", JobKind.BATCH, 1, DeviceRequest(count=1, model=model, milli=rng.choice([100, 250, 300, 500, 700, 900])),
-                            cpu_milli=1000, expected_duration_seconds=rng.uniform(60, 3600), **common))
+            jobs.append(
+                Job(
+                    f"fractional-{i}",
+                    JobKind.BATCH,
+                    1,
+                    DeviceRequest(count=1, model=model, milli=rng.choice([100, 250, 300, 500, 700, 900])),
+                    cpu_milli=1000,
+                    expected_duration_seconds=rng.uniform(60, 3600),
+                    **common,
+                )
+            )
         else:
-            jobs.append(Job(f"batch-{i}", JobKind.BATCH, 1, DeviceRequest(count=1, model=model), cpu_milli=1000,
-                            expected_duration_seconds=rng.uniform(60, 3600), **common))
+            jobs.append(
+                Job(
+                    f"batch-{i}",
+                    JobKind.BATCH,
+                    1,
+                    DeviceRequest(count=1, model=model),
+                    cpu_milli=1000,
+                    expected_duration_seconds=rng.uniform(60, 3600),
+                    **common,
+                )
+            )
     return jobs
 
 
@@ -187,6 +238,8 @@ def run(nodes: list[Node], jobs: list[Job], max_cycles: int = 50, profile=None, 
         p50_cycle_seconds=times_sorted[len(times) // 2],
         p99_cycle_seconds=times_sorted[min(len(times) - 1, int(0.99 * len(times)))],
         left_pending=len(s.pending),
-        placed_by_kind={k: by_kind[k] for k in sorted(by_kind, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))},
+        placed_by_kind={
+            k: by_kind[k] for k in sorted(by_kind, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))
+        },
         evictions=evictions,
     )

@@ -70,14 +70,18 @@ class Scheduler:
     def submit(self, job: Job) -> Job:
         """Queue a job; returns it with its priority resolved and submit time set if 0."""
         if job.queue not in self.queues:
-            raise XpodError(f"job {job.id}: queue: unknown queue {job.queue!r} (known: {', '.join(sorted(self.queues))})")
+            raise XpodError(
+                f"job {job.id}: queue: unknown queue {job.queue!r} (known: {', '.join(sorted(self.queues))})"
+            )
         pc = self.priority_classes.get(job.priority_class)
         if pc is None:
             raise XpodError(
                 f"job {job.id}: priority_class: unknown class {job.priority_class!r} (known: {', '.join(sorted(self.priority_classes))})"
             )
         size = job.replica_tasks
-        if size != 1 and (job.kind is not JobKind.SERVING or size < 1 or job.tasks % size or (job.min_tasks or job.tasks) % size):
+        if size != 1 and (
+            job.kind is not JobKind.SERVING or size < 1 or job.tasks % size or (job.min_tasks or job.tasks) % size
+        ):
             raise XpodError(
                 f"job {job.id}: tasks_per_replica: {size} needs a serving job whose task counts ({job.tasks}, min "
                 f"{job.min_tasks or job.tasks}) are whole replicas (replicas x tasks_per_replica)"
@@ -87,7 +91,9 @@ class Scheduler:
             if why:
                 raise XpodError(f"job {job.id}: {why}")
         job = dataclasses.replace(job, priority=pc.value, submit_time=job.submit_time or self.clock())
-        old = self.pending.get(job.id) or (self.snapshot.running[job.id].job if job.id in self.snapshot.running else None)
+        old = self.pending.get(job.id) or (
+            self.snapshot.running[job.id].job if job.id in self.snapshot.running else None
+        )
         if old is not None:
             if dataclasses.replace(old, submit_time=job.submit_time) == job:
                 return old
@@ -133,7 +139,9 @@ class Scheduler:
             self._replace_replicas(lambda b: b.node == name, why)
         return self._requeue(self.snapshot_jobs(self.snapshot.remove_node, name), why)
 
-    def set_device_health(self, node: str, index: int, health: DeviceHealth, replace_replicas: bool = True) -> list[str]:
+    def set_device_health(
+        self, node: str, index: int, health: DeviceHealth, replace_replicas: bool = True
+    ) -> list[str]:
         st = self.snapshot.nodes.get(node)
         if st is None:
             raise XpodError(f"node {node}: not registered")
