@@ -20,7 +20,7 @@ import time
 from prometheus_client import generate_latest
 
 from xpod.backends.sim import SimBackend
-from xpod.runtime.exporter import Allocation, DeviceCollector, DeviceSource, build_registry, units_of
+from xpod.runtime.agent.exporter import Allocation, DeviceCollector, DeviceSource, build_registry, units_of
 
 
 def main() -> int:

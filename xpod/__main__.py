@@ -1,3 +1,3 @@
-from xpod.runtime.cli import main
+from xpod.runtime.cli.main import main
 
 raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The launch environment a rank reads: the torch.distributed rendezvous variables plus
-``XPOD_BACKEND``. ``xpod run`` (``xpod.runtime.launch``) and the node agent set them."""
+``XPOD_BACKEND``. ``xpod run`` (``xpod.runtime.agent.launch``) and the node agent set them."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_harness import cluster, free_port, wait_until  # noqa: F401 (cluster is a fixture)
-from xpod.runtime import agent as ag
+from xpod.runtime.agent import agent as ag
 
 
 def test_discovery_splits_a_910c_package_into_dies_with_their_own_visible_ids():

@@ -112,7 +112,7 @@ def test_kill_9_of_an_agent_marks_it_not_ready_and_the_gang_restarts_elsewhere(c
     cluster.out.joinpath("stray.pids").write_text(
         json.dumps({"self": stray.pid})
     )  # teardown kills it if the test fails
-    from xpod.runtime.agent import _start_ticks
+    from xpod.runtime.agent.agent import _start_ticks
 
     wait_until(lambda: _start_ticks(stray.pid), 5, "the stray process to start")
     (cluster.tmp / "state-n1" / "tasks" / f"{job}.0.{stray.pid}.json").write_text(

@@ -125,7 +125,7 @@ def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
     nodes = {n.name: n for n in cluster.client.list_nodes()}
     assert sorted(nodes) == sorted(["g1", host])  # replaced, not added beside it
     assert [d.model for d in nodes["g1"].devices] == ["nvidia-h100-sxm"]  # the other node is untouched
-    from xpod.runtime.agent import discover_devices
+    from xpod.runtime.agent.agent import discover_devices
 
     assert [(d.vendor, d.model) for d in nodes[host].devices] == [
         (d.vendor, d.model) for d in discover_devices()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from xpod.runtime.agent import JobRun, NodeAgent, NodeSpec, SimExecutor, TaskHandle, log_path, task_env
+from xpod.runtime.agent.agent import JobRun, NodeAgent, NodeSpec, SimExecutor, TaskHandle, log_path, task_env
 from xpod.scheduler.taskspec import RESERVED_ENV, TaskFieldError, parse_task_fields, rendezvous_port, task_worlds
 
 RANK_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

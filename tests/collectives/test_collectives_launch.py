@@ -52,7 +52,7 @@ def test_launch_function_gives_visible_devices_per_rank():
     # one device per rank, in its own session.
     from xpod.backends.cpu import CpuBackend
     from xpod.hal import VisibleDevicesVars
-    from xpod.runtime.launch import launch
+    from xpod.runtime.agent.launch import launch
 
     class FakeAccel(CpuBackend):
         name = "fakeaccel"

@@ -114,7 +114,7 @@ def test_importing_the_package_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, xpod.hal.collectives, xpod.runtime.cli_collectives; assert 'torch' not in sys.modules"
+    code = "import sys, xpod.hal.collectives, xpod.runtime.cli.collectives; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -1,4 +1,4 @@
-"""The device exporter (xpod.runtime.exporter): what it exports, what it leaves out, and how it
+"""The device exporter (xpod.runtime.agent.exporter): what it exports, what it leaves out, and how it
 fails; `promtool check metrics` on a real HTTP scrape of a running `xpod exporter` process."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from xpod.backends.cpu import CpuBackend
 from xpod.backends.sim import SimBackend
 from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
-from xpod.runtime import exporter as ex
+from xpod.runtime.agent import exporter as ex
 
 import metrics_harness as mh
 from metrics_harness import FullBackend

@@ -174,7 +174,7 @@ def test_every_metric_name_used_is_exported_recorded_or_planned():
     from prometheus_client.parser import text_string_to_metric_families
 
     from xpod.scheduler.service_metrics import ServiceMetrics
-    from xpod.runtime import exporter as ex
+    from xpod.runtime.agent import exporter as ex
     from xpod.backends.sim import SimBackend
 
     col = ex.DeviceCollector(ex.host_sources([mh.FullBackend(), SimBackend([("ascend-910c", 1)])], "n"))
@@ -208,7 +208,7 @@ def live(tmp_path_factory):
 
     A scheduler that does not start fails only the scheduler test, not the others."""
     from xpod.backends.sim import SimBackend
-    from xpod.runtime import exporter as ex
+    from xpod.runtime.agent import exporter as ex
 
     work = tmp_path_factory.mktemp("prom")
     sched_metrics = mh.free_port()
@@ -375,7 +375,7 @@ def test_allocation_join_and_unhealthy_alert_in_real_prometheus(live):
     """The in-process exporter: a job holds two devices, one device turns critical; Prometheus
     joins the allocation series and puts XpodDeviceUnhealthy in pending for that device."""
     from xpod.hal.device import Health
-    from xpod.runtime.exporter import Allocation
+    from xpod.runtime.agent.exporter import Allocation
 
     live.sim.set_memory_used(0, 32 * 2**30)
     live.sim.set_memory_used(1, 64 * 2**30)

@@ -161,7 +161,7 @@ def test_show_rejects_bad_placement_files(tmp_path, capsys, text, needle):
 
 def test_slots_at_or_above_the_expert_count_are_the_total_per_layer():
     from xpod.hal.errors import XpodError
-    from xpod.runtime.cli_moe import slots_per_device
+    from xpod.runtime.cli.moe import slots_per_device
 
     assert slots_per_device(5, 64, 256) == 5  # below the expert count: per device
     assert slots_per_device(320, 64, 256) == 5  # EPLB's num_replicas for EP64

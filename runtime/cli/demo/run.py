@@ -4,7 +4,7 @@
 2. The embedded system: ``xpod up`` as a child process (scheduler with SQLite, an agent for this
    host's real devices, a simulated CloudMatrix384 pod of 768 dies) on loopback ports.
 3. A real training job on this machine: one task holding the host's CPU device runs
-   ``xpod run --nproc 3`` of ``xpod.runtime.demo_train`` (data-parallel training whose gradients
+   ``xpod run --nproc 3`` of ``xpod.runtime.cli.demo.train`` (data-parallel training whose gradients
    go through ``xpod.hal.collectives``); its log shows the loss falling.
 4. An MoE serving job on the simulated pod: expert placement for DeepSeek-V3 from SGLang's
    recorded expert loads, scored beside DeepSeek's EPLB (the re-implementation in ``bench/``,
@@ -33,15 +33,15 @@ from rich.table import Table
 from xpod.hal.errors import XpodError
 
 console = Console()
-DATA = "demo_data"
+DATA = "data"  # runtime/cli/demo/data, shipped as package data
 
 
 def _data_path(name: str) -> str:
-    return str(resources.files("xpod.runtime").joinpath(DATA, name))
+    return str(resources.files("xpod.runtime.cli.demo").joinpath(DATA, name))
 
 
 def _free_port() -> int:
-    from xpod.runtime.launch import free_port
+    from xpod.runtime.agent.launch import free_port
 
     return free_port()
 
@@ -173,7 +173,7 @@ def training_job(addr: str, state_dir: str, steps: int) -> None:
                 "--nproc",
                 "3",
                 "-m",
-                "xpod.runtime.demo_train",
+                "xpod.runtime.cli.demo.train",
                 "--steps",
                 str(steps),
             ],
@@ -197,8 +197,8 @@ def training_job(addr: str, state_dir: str, steps: int) -> None:
 
 def _eplb_module():
     """DeepSeek's EPLB as re-implemented in the checkout's bench/ (not part of the product)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.getcwd(), os.path.dirname(here)):
+    checkout = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # runtime/cli/demo/
+    for root in (os.getcwd(), checkout):
         path = os.path.join(root, "bench", "eplb.py")
         if os.path.exists(path):
             import importlib.util

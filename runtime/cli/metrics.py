@@ -6,7 +6,7 @@ import sys
 
 from xpod.hal.errors import XpodError
 
-DEFAULT_LISTEN = "127.0.0.1:9478"  # same as xpod.runtime.exporter.DEFAULT_LISTEN (kept import-free here)
+DEFAULT_LISTEN = "127.0.0.1:9478"  # same as xpod.runtime.agent.exporter.DEFAULT_LISTEN (kept import-free here)
 
 
 def register(commands) -> None:
@@ -55,7 +55,7 @@ def _backends(args):
 
 
 def cmd_exporter(args) -> int:
-    from xpod.runtime import exporter
+    from xpod.runtime.agent import exporter
 
     # Check the flags and the address before probing backends (which takes seconds), so a
     # mistake fails fast.

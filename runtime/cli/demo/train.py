@@ -1,5 +1,5 @@
 """A small data-parallel training job, run by ``xpod demo`` (and usable on its own with
-``xpod run --nproc N -m xpod.runtime.demo_train``).
+``xpod run --nproc N -m xpod.runtime.cli.demo.train``).
 
 Each rank holds a replica of a two-layer MLP and its own shard of a synthetic regression
 task; after every backward pass the gradients are averaged with one bucketed ``all_reduce``
@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xpod.runtime.demo_train")
+    parser = argparse.ArgumentParser(prog="xpod.runtime.cli.demo.train")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=64, help="samples per rank per step")
     parser.add_argument("--hidden", type=int, default=64)

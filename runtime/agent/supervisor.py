@@ -1,7 +1,7 @@
 """A task's supervisor: the one process between the node agent and a task, so tasks never
 outlive their agent.
 
-Run by ``runtime.agent.ProcessExecutor`` as ``python -s -S task_supervisor.py AGENT_PID GRACE_S
+Run by ``runtime.agent.agent.ProcessExecutor`` as ``python -s -S supervisor.py AGENT_PID GRACE_S
 -- ARGV...`` in a new session (the supervisor's pid is the task's process-group id). Stdlib only,
 no ``site``: it starts in a few tens of milliseconds and never imports xpod. Contracts (Linux):
 
@@ -114,7 +114,7 @@ class _ParentDied(Exception):
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: task_supervisor.py AGENT_PID GRACE_S -- ARGV...", file=sys.stderr)
+        print("usage: supervisor.py AGENT_PID GRACE_S -- ARGV...", file=sys.stderr)
         return 2
     agent_pid, grace_s, command = int(argv[0]), float(argv[1]), argv[3:]
 

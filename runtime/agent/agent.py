@@ -38,7 +38,7 @@
   job it runs; a job the server answers NOT_ASSIGNED for is ended (it was cancelled or moved
   while we were away) — nothing else is killed.
 * **Tasks never outlive their agent.** Each task runs under a small supervisor
-  (``runtime/task_supervisor.py``, its own session) that the kernel signals when the agent dies
+  (``runtime/agent/supervisor.py``, its own session) that the kernel signals when the agent dies
   (``PR_SET_PDEATHSIG``, even on ``kill -9``): it SIGTERMs the task's whole process group and
   SIGKILLs it after ``grace_s``. So after a lost node's gang is restarted elsewhere, no second
   copy keeps running on the old node.
@@ -72,7 +72,7 @@ RECONNECT_MAX_S = 1.0
 POLL_S = 0.1  # how often task exits and queued assignments are looked at
 SIMULATED_LABEL = "simulated"
 #: the per-task supervisor, run as a script (stdlib only, no site) so it starts fast
-SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_supervisor.py")
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
 
 
 def default_state_dir() -> str:
@@ -120,7 +120,7 @@ def discover_devices(sim_spec: str | None = None) -> list[LocalDevice]:
         from xpod.backends.sim import SimBackend, parse_spec
 
         backends.append(SimBackend(parse_spec(sim_spec)))
-    from xpod.runtime.exporter import units_of
+    from xpod.runtime.agent.exporter import units_of
 
     out: list[LocalDevice] = []
     for b in backends:
@@ -286,7 +286,7 @@ def task_env(
     """The variables xpod sets for one task (on top of the agent's own environment): the
     launcher's rank variables for its ``world`` (``TaskWorld``), the visible-devices variable,
     the job's ``spec.env`` and the XPOD_* identity variables (which the job cannot override)."""
-    from xpod.runtime.launch import rank_env
+    from xpod.runtime.agent.launch import rank_env
 
     env = rank_env(
         world.rank,
@@ -317,7 +317,7 @@ class ProcessExecutor(Executor):
         self.grace_s = grace_s  # SIGTERM-to-SIGKILL grace of a task whose agent died
 
     def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
-        from xpod.runtime.launch import LaunchedGroup, RankProcess
+        from xpod.runtime.agent.launch import LaunchedGroup, RankProcess
         from xpod.scheduler.taskspec import parse_task_fields
 
         fields = parse_task_fields(job.get("kind", ""), job.get("spec", {}))
@@ -354,7 +354,7 @@ class ProcessExecutor(Executor):
             if problem:
                 raise OSError(0, problem)
             # the supervisor (its own session: its pid is the task's group) ends the task's whole
-            # group when this agent dies, even by kill -9 (runtime/task_supervisor.py)
+            # group when this agent dies, even by kill -9 (runtime/agent/supervisor.py)
             popen = subprocess.Popen(
                 [sys.executable, "-s", "-S", SUPERVISOR, str(os.getpid()), repr(self.grace_s), "--", *command],
                 env=full_env,
@@ -781,7 +781,7 @@ class NodeAgent:
     def _stop_run(self, run: JobRun) -> None:
         """End every task of ``run`` still running: SIGTERM to all their process groups at once,
         SIGKILL to what is left after one grace period (not one grace per task)."""
-        from xpod.runtime.launch import LaunchedGroup
+        from xpod.runtime.agent.launch import LaunchedGroup
 
         live = {t: h for t, h in run.tasks.items() if t not in run.exits}
         procs = [p for h in live.values() if isinstance(h, ProcessTask) for p in h.group.procs]

@@ -20,15 +20,17 @@ from xpod import __version__
 from xpod.hal.errors import XpodError
 
 COMMAND_MODULES = [
-    "xpod.runtime.cli_scheduler",
-    "xpod.runtime.cli_devices",
-    "xpod.runtime.cli_cluster",
-    "xpod.runtime.cli_collectives",
-    "xpod.runtime.cli_service",
-    "xpod.runtime.cli_metrics",
-    "xpod.runtime.cli_moe",
-    "xpod.runtime.cli_agent",
-    "xpod.runtime.cli_demo",
+    "xpod.runtime.cli.scheduler",
+    "xpod.runtime.cli.devices",
+    "xpod.runtime.cli.cluster",
+    "xpod.runtime.cli.collectives",
+    "xpod.runtime.cli.server",
+    "xpod.runtime.cli.jobs",
+    "xpod.runtime.cli.metrics",
+    "xpod.runtime.cli.moe",
+    "xpod.runtime.cli.agent",
+    "xpod.runtime.cli.up",
+    "xpod.runtime.cli.demo",
 ]
 
 

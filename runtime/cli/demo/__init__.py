@@ -1,4 +1,4 @@
-"""``xpod demo``: the whole system end to end on this machine (see ``runtime/demo.py``)."""
+"""``xpod demo``: the whole system end to end on this machine (the stages are in ``run.py``, the training script in ``train.py``, the data in ``data/``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,6 @@ def _run(args) -> int:
 
     if args.steps < 1 or args.replay_seconds <= 0:
         raise XpodError("demo: --steps must be >= 1 and --replay-seconds > 0")
-    from xpod.runtime.demo import run_demo
+    from xpod.runtime.cli.demo.run import run_demo
 
     return run_demo(args.state_dir, steps=args.steps, replay_seconds=args.replay_seconds)

@@ -1,4 +1,4 @@
-"""``xpod agent``, ``xpod logs`` and ``xpod up`` (the node agent, task logs, the embedded default).
+"""``xpod agent`` and ``xpod logs`` (the node agent and the task output it captured).
 
 Exit codes: 0 on a clean stop (Ctrl-C / SIGTERM), 1 for a user error (one line), 2 for bad flags.
 """
@@ -10,8 +10,8 @@ import sys
 import time
 
 from xpod.hal.errors import XpodError
-
-from xpod.runtime.up import SIM_POLL_S  # noqa: E402 (cheap: no torch, grpc or numpy at import)
+from xpod.runtime.cli.app import SIM_POLL_S  # cheap: no torch, grpc or numpy at import
+from xpod.runtime.cli.common import positive_seconds, stop_on_signals
 
 
 def register(commands) -> None:
@@ -76,37 +76,9 @@ def register(commands) -> None:
     )
     g.set_defaults(func=cmd_logs)
 
-    u = commands.top.add_parser(
-        "up",
-        help="scheduler + an agent for this host + a simulated pod, in one process",
-        description="The embedded default: the scheduler (SQLite under --state-dir), an agent for this "
-        "host's real devices and a simulated pod of the cluster descriptor, all on loopback.",
-    )
-    u.add_argument(
-        "--cluster", metavar="FILE", help="cluster descriptor to simulate (default: the embedded CloudMatrix384)"
-    )
-    u.add_argument(
-        "--listen", metavar="ADDR", default="127.0.0.1:7070", help="gRPC address (default 127.0.0.1:7070; port 0 = any)"
-    )
-    u.add_argument(
-        "--metrics", metavar="ADDR", help="host:port for the scheduler's Prometheus endpoint (off by default)"
-    )
-    u.add_argument(
-        "--state-dir", metavar="DIR", help="database, logs, pids (default: XPOD_STATE_DIR or ~/.local/state/xpod)"
-    )
-    u.add_argument(
-        "--node-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="heartbeats missing this long mark a node NotReady (default 10)",
-    )
-    u.add_argument("--no-simulate", action="store_true", help="no simulated pod: only this host")
-    u.add_argument("--no-local", action="store_true", help="no agent for this host: only the simulated pod")
-    u.set_defaults(func=cmd_up)
-
 
 def _state_dir(value: str | None) -> str:
-    from xpod.runtime.agent import default_state_dir
+    from xpod.runtime.agent.agent import default_state_dir
 
     path = value or default_state_dir()
     try:
@@ -114,11 +86,6 @@ def _state_dir(value: str | None) -> str:
     except OSError as err:
         raise XpodError(f"--state-dir {path}: cannot create it: {err.strerror}") from None
     return path
-
-
-def _check_positive(value: float | None, flag: str) -> None:
-    if value is not None and not value > 0:
-        raise XpodError(f"{flag} {value:g}: must be a positive number of seconds")
 
 
 def _sim_file(value: str) -> str | None:
@@ -131,27 +98,20 @@ def _sim_file(value: str) -> str | None:
     return value
 
 
-def _on_signals(stop) -> None:
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-
 def cmd_agent(args) -> int:
     import threading
 
-    from xpod.runtime import agent as ag
+    from xpod.runtime.agent import agent as ag
     from xpod.runtime.client import Client, resolve_target
 
-    _check_positive(args.heartbeat_interval, "--heartbeat-interval")
+    positive_seconds(args.heartbeat_interval, "--heartbeat-interval")
     if args.grace < 0:
         raise XpodError(f"--grace {args.grace:g}: must be >= 0 seconds")
     state = _state_dir(args.state_dir)
     target = resolve_target(args.server, args.token, args.tls_ca)
     client = Client(target, timeout_s=10.0)
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     if args.simulate:
         if args.node or args.sim_devices or args.metrics:
             raise XpodError(
@@ -217,7 +177,7 @@ def cmd_agent(args) -> int:
 
 def _device_exporter(listen: str, node: str, devices):
     """Serve the node's device metrics (runtime.exporter) and return (server, allocation hook)."""
-    from xpod.runtime.exporter import Allocation, DeviceCollector, host_sources, serve
+    from xpod.runtime.agent.exporter import Allocation, DeviceCollector, host_sources, serve
 
     backends = []
     for d in devices:
@@ -254,7 +214,7 @@ def _report_first_connection(agents, stop, server: str) -> None:
 
 
 def cmd_logs(args) -> int:
-    from xpod.runtime.agent import default_state_dir
+    from xpod.runtime.agent.agent import default_state_dir
 
     state = args.state_dir or default_state_dir()
     folder = os.path.join(state, "logs", args.job_id)
@@ -296,42 +256,3 @@ def _print_log(path: str, follow: bool) -> None:
             if not follow or last_line.startswith("=== xpod: task ") and " exited with code " in last_line:
                 return
             time.sleep(0.2)
-
-
-def cmd_up(args) -> int:
-    import threading
-
-    from xpod.runtime.up import start_embedded
-
-    _check_positive(args.node_timeout, "--node-timeout")
-    from xpod.runtime.agent import default_state_dir
-
-    system = start_embedded(
-        cluster_file=args.cluster,
-        listen=args.listen,
-        metrics=args.metrics,
-        state_dir=args.state_dir or default_state_dir(),
-        node_timeout_s=args.node_timeout,
-        simulate=not args.no_simulate,
-        local=not args.no_local,
-    )
-    stop = threading.Event()
-    _on_signals(stop)
-    try:
-        sim = system.simulated_agents
-        local = system.local_agent
-        where = f"; metrics on {system.metrics_url}" if system.metrics_url else ""
-        print(
-            f"xpod up: scheduler on {system.address} (db {os.path.join(system.state_dir, 'xpod.db')}); "
-            f"simulated pod {system.cluster_name if sim else '-'}: {len(sim)} nodes, {sum(len(a.node.devices) for a in sim)} devices; "
-            f"local node: {local.node.name + f' ({len(local.node.devices)} devices)' if local else '-'}{where}",
-            flush=True,
-        )
-        print(f"xpod up: submit with 'xpod submit FILE --server {system.address}'; Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
-            pass
-        print("xpod up: stopping", flush=True)
-    finally:
-        system.close()
-    print("xpod up: stopped", flush=True)
-    return 0

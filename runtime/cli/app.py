@@ -10,6 +10,7 @@ Idempotent. The server runs open (no tokens), so the address must be loopback.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import threading
 import time
@@ -18,6 +19,24 @@ from typing import Any
 from xpod.hal.errors import XpodError
 
 SIM_POLL_S = 0.25  # a simulated node looks at its tasks 4 times a second (48 of them share the cores)
+
+
+def split_host_port(addr: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) -> (host, port); a bad value is an ``XpodError`` naming FLAG."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise XpodError(f"{flag} {addr!r}: expected HOST:PORT (e.g. 127.0.0.1:7070)")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST (a name or an IPv4/IPv6 literal) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass
@@ -39,13 +58,13 @@ class Embedded:
 
     @property
     def simulated_agents(self) -> list:
-        from xpod.runtime.agent import SimExecutor
+        from xpod.runtime.agent.agent import SimExecutor
 
         return [a for a in self.agents if isinstance(a.executor, SimExecutor)]
 
     @property
     def local_agent(self) -> Any:
-        from xpod.runtime.agent import ProcessExecutor
+        from xpod.runtime.agent.agent import ProcessExecutor
 
         return next((a for a in self.agents if isinstance(a.executor, ProcessExecutor)), None)
 
@@ -75,21 +94,19 @@ def start_embedded(
     wait_s: float = 30.0,
 ) -> Embedded:
     """Start everything; user errors (bad address, busy port, bad cluster file) raise ``XpodError``."""
-    from xpod.runtime.cli_service import _split_host_port, is_loopback
-
     if not simulate and not local:
         raise XpodError("--no-simulate and --no-local together leave nothing to run; drop one")
-    host, _ = _split_host_port(listen, "--listen")
+    host, _ = split_host_port(listen, "--listen")
     if not is_loopback(host):
         raise XpodError(f"--listen {listen}: xpod up runs open (no tokens) and stays on loopback; use 127.0.0.1:PORT")
-    metrics_addr = _split_host_port(metrics, "--metrics") if metrics else None
+    metrics_addr = split_host_port(metrics, "--metrics") if metrics else None
     try:
         os.makedirs(state_dir, exist_ok=True)
     except OSError as err:
         raise XpodError(f"--state-dir {state_dir}: cannot create it: {err.strerror}") from None
 
     from xpod.hal.cluster import load_cluster, load_default_cluster
-    from xpod.runtime import agent as ag
+    from xpod.runtime.agent import agent as ag
     from xpod.runtime.client import Client, Target
     from xpod.scheduler.api import SchedulerApi
     from xpod.scheduler.auth import Authenticator

@@ -99,7 +99,7 @@ def _backend(name: str):
 
 
 def cmd_run(args) -> int:
-    from xpod.runtime.launch import launch, script_command
+    from xpod.runtime.agent.launch import launch, script_command
 
     if args.nproc < 1:
         raise XpodError(f"--nproc must be >= 1, got {args.nproc}")
@@ -139,8 +139,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from xpod.runtime.collectives_bench import copy_bandwidth_bytes_per_s
-    from xpod.runtime.launch import launch
+    from xpod.runtime.cli.collectives_bench import copy_bandwidth_bytes_per_s
+    from xpod.runtime.agent.launch import launch
 
     if args.nproc < 1:
         raise XpodError(f"--nproc must be >= 1, got {args.nproc}")
@@ -161,7 +161,7 @@ def cmd_bench(args) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "xpod.runtime.collectives_bench",
+            "xpod.runtime.cli.collectives_bench",
             "--op",
             args.op,
             "--min-bytes",

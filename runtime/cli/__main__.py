@@ -1,0 +1,3 @@
+from xpod.runtime.cli.main import main
+
+raise SystemExit(main())
