@@ -31,13 +31,12 @@ import re
 import threading
 from typing import Any
 
+from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 
-from .core import actions as act
 from .api import CycleOutcome, NodeView, DeviceView, ParsedJob, SpecInvalid
 from .core.scheduler import Scheduler
-from .core.model import Binding, Device, DeviceHealth, Job, JobKind, Node, Queue, Within
-from .core.policies import CycleContext
+from .core.model import Binding, Device, Job, JobKind, Node, Queue
 from .core.snapshot import Statement
 from .core.spec import parse_job
 from .store import AllocationRecord, JobRecord, PendingReasonRecord
@@ -207,7 +206,6 @@ class CorePlacer:
             from .core.from_cluster import nodes_from_cluster
 
             self._cluster_nodes = {n.name: n for n in nodes_from_cluster(cluster)}
-        self._fit_state: act.CycleState | None = None  # for can-never-fit checks; reset on inventory changes
         # Answers that depend only on the job's shape, not its name: validation by the facade
         # (static queues, classes and policies) and can-never-fit (reset on inventory changes).
         # Bounded, because every distinct shape is one entry.
@@ -238,26 +236,9 @@ class CorePlacer:
                 self._validated[job] = None
         return ParsedJob(kind=kind, name=name, queue=job.queue, core=job)
 
-    def _fit(self) -> act.CycleState:
-        if self._fit_state is None:
-            sched = self._shadow
-            ctx = CycleContext(
-                snap=sched.snapshot,
-                now=0.0,
-                queues=sched.queues,
-                total_devices=float(sum(sched.snapshot.model_total.values())),
-                queue_usage={},
-                priority_preemptible={p.name: p.preemptible for p in sched.priority_classes.values()},
-            )
-            placer = act.Placer(sched.policies, ctx)
-            self._fit_state = act.CycleState(
-                ctx=ctx, placer=placer, pending={}, placed_tasks={}, job_order=None, queue_order=None
-            )
-        return self._fit_state
-
     def never_fits(self, parsed: ParsedJob) -> PendingReasonRecord | None:
-        """Too big for the empty cluster: more matching devices than it has, or more than its
-        largest domain of the job's tier (node, super-node) holds."""
+        """The core's own verdict (``Scheduler.never_fits``, the check the enqueue action
+        makes too) on the shadow facade's inventory."""
         job: Job = parsed.core
         if job.devices is None:
             return None
@@ -265,44 +246,26 @@ class CorePlacer:
             if job not in self._never_fits:
                 if len(self._never_fits) > 10_000:
                     self._never_fits.clear()
-                self._never_fits[job] = self._check_fit(job)
+                verdict = self._shadow.never_fits(job)
+                self._never_fits[job] = (
+                    None
+                    if verdict is None
+                    else PendingReasonRecord(
+                        "EXCEEDS_CLUSTER_CAPACITY",
+                        verdict.message,
+                        tuple(
+                            sorted(
+                                {
+                                    "needDevices": str(verdict.need_devices + verdict.reserve_devices),
+                                    "reserveDevices": str(verdict.reserve_devices),
+                                    "largestDomainDevices": str(verdict.cluster_devices),
+                                    "where": verdict.where,
+                                }.items()
+                            )
+                        ),
+                    )
+                )
             return self._never_fits[job]
-
-    def _check_fit(self, job: Job) -> PendingReasonRecord | None:
-        req = job.devices
-        cs = self._fit()
-        models = cs.placer.models_for(job)
-        per_task = req.count if not req.fractional else 1
-        need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
-        if job.sp_block and job.sp_block >= 16 and act._reserve_devices(cs, job):
-            need = job.sp_block  # one logical super-pod per physical one (the blocks may differ)
-        need += act._reserve_devices(cs, job)  # an Ascend super-pod keeps its reserve nodes free
-        tier = act._tier_of(cs, job)
-        block = act.largest_block(cs, job, tier, empty=True)
-        node_block = act.largest_block(cs, job, Within.NODE, empty=True)
-        if models and node_block < per_task:
-            # one task's devices always sit on one node
-            need, block, tier = per_task, node_block, Within.NODE
-        if models and block >= need:
-            return None
-        where = {
-            "node": "one node",
-            "hccs-group": "one HCCS group",
-            "supernode": "one super-node",
-            "any": "the cluster",
-        }[tier.value]
-        if not models:
-            message = f"no device in this cluster matches {req.describe()}"
-        else:
-            message = f"needs {need} x {', '.join(models)} in {where}; the largest such domain has {block}"
-            reserve = act._reserve_devices(cs, job)
-            if reserve and tier is not Within.NODE:
-                message += f" (the need includes the {reserve // 16} reserve nodes an Ascend super-pod keeps free)"
-        return PendingReasonRecord(
-            "EXCEEDS_CLUSTER_CAPACITY",
-            message,
-            tuple(sorted({"needDevices": str(need), "largestDomainDevices": str(block), "tier": tier.value}.items())),
-        )
 
     # inventory
 
@@ -311,14 +274,14 @@ class CorePlacer:
         if core is None or [(d.vendor, d.model) for d in core.devices] != [(d.vendor, d.model) for d in node.devices]:
             # an agent that found other devices than the cluster file declares: its own count
             core = node_from_view(node)
-        unhealthy = [d.index for d in node.devices if d.health in ("alarm", "critical")]
+        unhealthy = [(d.index, h) for d in node.devices if not (h := Health.parse(d.health)).schedulable]
         self.scheduler.add_node(core)
-        for i in unhealthy:
-            self.scheduler.set_device_health(node.name, i, DeviceHealth.UNHEALTHY)
+        for i, h in unhealthy:
+            self.scheduler.set_device_health(node.name, i, h)
         with self._admission:
             self._shadow.add_node(core)
-            for i in unhealthy:
-                self._shadow.set_device_health(node.name, i, DeviceHealth.UNHEALTHY)
+            for i, h in unhealthy:
+                self._shadow.set_device_health(node.name, i, h)
             self._inventory_changed()
 
     def remove_node(self, name: str) -> None:
@@ -332,8 +295,7 @@ class CorePlacer:
             self._inventory_changed()
 
     def set_device_health(self, node: str, index: int, health: str) -> None:
-        healthy = health not in ("alarm", "critical")  # xpod.hal.Health.schedulable
-        state = DeviceHealth.HEALTHY if healthy else DeviceHealth.UNHEALTHY
+        state = Health.parse(health)
         if node not in self.scheduler.snapshot.nodes:
             return  # NotReady (scheduler.liveness): its health applies when it is added back
         # evicts what ran there whole (the API persists evictions, not replica replacements)
@@ -343,7 +305,6 @@ class CorePlacer:
             self._inventory_changed()
 
     def _inventory_changed(self) -> None:
-        self._fit_state = None
         self._never_fits.clear()
 
     # jobs

@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Iterable, Iterator
 
 from . import ascend
-from .model import MILLI, Binding, Eviction, Job, JobKind, PendingReason, ReasonCode, Within
+from .model import MILLI, Binding, Eviction, Job, JobKind, NeverFits, PendingReason, ReasonCode, Within
 from .policies import (
     CycleContext,
     DeviceSelector,
@@ -60,7 +60,9 @@ class Placer:
 
     def select(self, job: Job, st: NodeState, within: Within | None = None) -> tuple[int, ...] | None:
         """Devices for one task of ``job`` on this node state, or None if it does not fit."""
-        if not st.schedulable or st.cpu_left < job.cpu_milli or st.memory_left < job.memory_bytes:
+        if not (st.schedulable and st.ready) or st.cpu_left < job.cpu_milli or st.memory_left < job.memory_bytes:
+            return None
+        if job.node_selector and not job.selects(st.node):
             return None
         req = job.devices
         if req is None:
@@ -74,14 +76,14 @@ class Placer:
             for d in devs:  # first fit when no policy chooses
                 i = d.index
                 if (
-                    st.healthy[i]
+                    st.usable[i]
                     and req.matches(d)
                     and st.free_milli[i] >= req.milli
                     and st.free_memory[i] >= _slice_bytes(job, d.memory_bytes)
                 ):
                     return (i,)
             return None
-        mask = [st.healthy[d.index] and st.free_milli[d.index] == MILLI and req.matches(d) for d in devs]
+        mask = [st.usable[d.index] and st.free_milli[d.index] == MILLI and req.matches(d) for d in devs]
         if sum(mask) < req.count:
             return None
         for sel in self.selectors:
@@ -110,7 +112,7 @@ class Placer:
         req = job.devices
         if req is not None and not req.fractional and self._generic(job):
             # whole devices, no device rule: arithmetic instead of simulated selection
-            if not st.schedulable:
+            if not (st.schedulable and st.ready) or (job.node_selector and not job.selects(st.node)):
                 return 0
             free = sum(self.snap.free_whole.get(m, {}).get(st.node.name, 0) for m in self.models_for(job))
             n = min(limit, free // req.count)
@@ -119,9 +121,7 @@ class Placer:
             if job.memory_bytes:
                 n = min(n, st.memory_left // job.memory_bytes)
             return max(n, 0)
-        view = NodeState(
-            st.node, st.cpu_left, st.memory_left, list(st.free_milli), list(st.free_memory), st.healthy, st.schedulable
-        )
+        view = st.trial_copy()
         n = 0
         while n < limit:
             idx = self.select(job, view)
@@ -644,12 +644,25 @@ def never_fits(cs: CycleState, job: Job) -> bool:
         return False
     models = cs.placer.models_for(job)
     unit = _unit(job)
-    total = sum(cs.ctx.snap.model_total.get(m, 0) for m in models)
+    if job.node_selector:
+        total = _empty_block(cs, job, tuple(models), 1, Within.ANY)
+    else:
+        total = sum(cs.ctx.snap.model_total.get(m, 0) for m in models)
     if total < cs.placer.min_tasks(job) * unit:
         return True
     if req.fractional or cs.placed_tasks.get(job.id, 0):
         return False  # a partly running job's missing tasks are judged by allocate
-    shape = ("never", req, job.kind, job.tasks, job.min_tasks, job.within, job.sp_block, job.replica_tasks)
+    shape = (
+        "never",
+        req,
+        job.kind,
+        job.tasks,
+        job.min_tasks,
+        job.within,
+        job.sp_block,
+        job.replica_tasks,
+        job.node_selector,
+    )
     hit = cs.ctx.snap.empty_cache.get(shape)
     if hit is None:
         hit = cs.ctx.snap.empty_cache[shape] = _never_fits_shape(cs, job, models, unit)
@@ -660,11 +673,11 @@ def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) ->
     """``never_fits`` beyond the device total, for a job shape (cached by the caller)."""
     req = job.devices
     key = tuple(models)
-    if _empty_block(cs, key, unit, Within.NODE) < unit:
+    if _empty_block(cs, job, key, unit, Within.NODE) < unit:
         return True  # one task's devices always sit on one node
     reserve = _reserve_devices(cs, job) // ascend.A3_DIES_PER_NODE
     if cs.placer.a3_replica(job):  # one replica in one super-pod beside its reserve
-        return max((n - reserve for n in _empty_whole_nodes(cs, key).values()), default=0) < job.replica_tasks
+        return max((n - reserve for n in _empty_whole_nodes(cs, job, key).values()), default=0) < job.replica_tasks
     if (
         job.kind is not JobKind.SERVING
         and job.sp_block
@@ -672,39 +685,48 @@ def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) ->
         and ascend.family(req.model) == "910c"
     ):
         per_block = job.sp_block // ascend.A3_DIES_PER_NODE
-        room = sum(max(0, n - reserve) // per_block for n in _empty_whole_nodes(cs, key).values())
+        room = sum(max(0, n - reserve) // per_block for n in _empty_whole_nodes(cs, job, key).values())
         return room < job.tasks // per_block
     tier = _tier_of(cs, job)
     if tier is Within.ANY or tier is Within.HCCS_GROUP:
         return False
     need = unit * (job.replica_tasks if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
-    return _empty_block(cs, key, unit, tier) < need
+    return _empty_block(cs, job, key, unit, tier) < need
 
 
-def _empty_block(cs: CycleState, models: tuple, unit: int, tier: Within) -> int:
+def _empty_per_node(snap: Snapshot, job: Job, models: tuple | list) -> dict[str, int]:
+    """Node -> healthy devices of these models, on the nodes the job's selector admits (ready or
+    not: what the empty cluster offers)."""
+    return {
+        name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
+        for name, st in snap.nodes.items()
+        if not job.node_selector or job.selects(st.node)
+    }
+
+
+def _empty_block(cs: CycleState, job: Job, models: tuple, unit: int, tier: Within) -> int:
     """Healthy devices of these models in the largest domain of ``tier`` in the empty cluster,
-    counted per node in whole tasks of ``unit`` devices (cached until the inventory changes)."""
+    counted per node in whole tasks of ``unit`` devices, on the nodes the job's selector admits
+    (cached until the inventory changes)."""
     snap = cs.ctx.snap
-    key = ("block", models, unit, tier)
+    key = ("block", models, unit, tier, job.node_selector)
     hit = snap.empty_cache.get(key)
     if hit is None:
-        per_node = {
-            name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
-            for name, st in snap.nodes.items()
-        }
-        hit = snap.empty_cache[key] = _block(snap, per_node, tier, unit)
+        hit = snap.empty_cache[key] = _block(snap, _empty_per_node(snap, job, models), tier, unit)
     return hit
 
 
-def _empty_whole_nodes(cs: CycleState, models: tuple) -> dict[str, int]:
+def _empty_whole_nodes(cs: CycleState, job: Job, models: tuple) -> dict[str, int]:
     """Super-node -> its nodes whose 16 dies of these models are all healthy (an Ascend 910C
     distributed task's node), cached until the inventory changes."""
     snap = cs.ctx.snap
-    key = ("whole", models)
+    key = ("whole", models, job.node_selector)
     hit = snap.empty_cache.get(key)
     if hit is None:
         hit = defaultdict(int)
         for st in snap.nodes.values():
+            if job.node_selector and not job.selects(st.node):
+                continue
             ok = sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
             if st.node.supernode is not None and ok >= ascend.A3_DIES_PER_NODE:
                 hit[st.node.supernode] += 1
@@ -779,7 +801,7 @@ def action_backfill(cs: CycleState) -> None:
         # would not fit again (keeps a long queue behind a full cluster cheap)
         no_room: set = set()
         carve: list = []  # [Carve or None], computed when a job first needs it
-        mask = _CarveMask(snap)
+        mask = _CarveMask(snap, cs.ctx.now)
         carve_tries = 0  # jobs tried beside the carve-out (MAX_CARVE_TRIES)
         try:
             for job in jobs:
@@ -892,12 +914,12 @@ class Carve:
 
 
 def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
-    """Place ``head`` on the state expected at its reserved start: the running jobs whose
-    expected end is by then released, nodes off its reserved domain closed. The devices free
-    now are masked on the first try, so the carve-out takes the devices that free up and leaves
-    the free ones to backfill; if the head needs them, a second try allows them. The snapshot
-    is restored exactly before returning. None when the head wants no whole devices, keeps
-    Ascend reserve nodes, or does not place (device rules finer than the reservation's
+    """Place ``head`` on the state expected at its reserved start, in a look-ahead statement
+    that is always discarded: the running jobs whose expected end is by then assumed ended,
+    nodes off its reserved domain closed. The devices free now are masked on the first try, so
+    the carve-out takes the devices that free up and leaves the free ones to backfill; if the
+    head needs them, a second try allows them. None when the head wants no whole devices,
+    keeps Ascend reserve nodes, or does not place (device rules finer than the reservation's
     counts): then nothing goes on its domain."""
     req = head.devices
     if req is None or req.fractional:
@@ -918,41 +940,39 @@ def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
     rel_cpu: dict[str, int] = defaultdict(int)
     rel_mem: dict[str, int] = defaultdict(int)
     free_now = [
-        (st, i)
+        (n, i)
         for n in held.nodes
         if (st := snap.nodes.get(n)) is not None
         for i in range(len(st.node.devices))
-        if st.healthy[i] and st.free_milli[i] == MILLI
+        if st.usable[i] and st.free_milli[i] == MILLI
     ]
-    for rj in gone:
-        for b in rj.bindings:
-            if b.node in snap.nodes:
-                snap.apply(b, -1)
-                rel_cpu[b.node] += b.cpu_milli
-                rel_mem[b.node] += b.memory_bytes
-    closed = [st for n, st in snap.nodes.items() if n not in held.nodes and st.schedulable]
-    for st in closed:
-        st.schedulable = False
     found = None
+    ahead = Statement(snap, cs.ctx.now)
     try:
+        for rj in gone:
+            ahead.assume_ended(rj.job.id)
+            for b in rj.bindings:
+                if b.node in snap.nodes:
+                    rel_cpu[b.node] += b.cpu_milli
+                    rel_mem[b.node] += b.memory_bytes
+        ahead.close(n for n in snap.nodes if n not in held.nodes)
         for leave_free in (True, False):
-            masked = _mask(snap, free_now) if leave_free else []
-            stmt = Statement(snap, cs.ctx.now)
+            trial = Statement(snap, cs.ctx.now)
             try:
-                if cs.placer.place(head, stmt, want, need, first_task=already) >= need:
-                    found = stmt.bindings_of(head.id)
+                if leave_free:
+                    trial.mask(free_now)
+                placed = Statement(snap, cs.ctx.now)
+                try:
+                    if cs.placer.place(head, placed, want, need, first_task=already) >= need:
+                        found = placed.bindings_of(head.id)
+                finally:
+                    placed.discard()
             finally:
-                stmt.discard()
-                _unmask(snap, masked)
+                trial.discard()
             if found or not free_now:
                 break
     finally:
-        for st in closed:
-            st.schedulable = True
-        for rj in gone:
-            for b in rj.bindings:
-                if b.node in snap.nodes:
-                    snap.apply(b, +1)
+        ahead.discard()
     if not found:
         return None
     devs: dict[str, set] = defaultdict(set)
@@ -972,48 +992,30 @@ def _head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
     )
 
 
-def _mask(snap: Snapshot, devices: list) -> list:
-    """Make these (node state, index) devices unselectable for a moment (marked unhealthy,
-    indexes updated); returns what ``_unmask`` restores."""
-    masked = [(st, i) for st, i in devices if st.healthy[i]]
-    for st, i in masked:
-        st.healthy[i] = False
-    for name in {st.node.name for st, _ in masked}:
-        snap._reindex(name)
-    return masked
-
-
-def _unmask(snap: Snapshot, masked: list) -> None:
-    for st, i in masked:
-        st.healthy[i] = True
-    for name in {st.node.name for st, _ in masked}:
-        snap._reindex(name)
-
-
 #: jobs one queue's backfill tries beside its head's carve-out per cycle (each try may walk
 #: every node: keeps a cycle bounded on big clusters; the others wait as WaitingBehind)
 MAX_CARVE_TRIES = 128
 
 
 class _CarveMask:
-    """The head's carved devices made unselectable while backfill tries jobs beside them, and
-    selectable again for jobs that end before the head starts; always off after the queue."""
+    """The head's carved devices made unselectable (a look-ahead statement masking them) while
+    backfill tries jobs beside them, and selectable again for jobs that end before the head
+    starts; always off after the queue."""
 
-    def __init__(self, snap: Snapshot) -> None:
+    def __init__(self, snap: Snapshot, now: float) -> None:
         self.snap = snap
-        self.masked: list | None = None
+        self.now = now
+        self.ahead: Statement | None = None
 
     def on(self, carve: Carve) -> None:
-        if self.masked is None:
-            snap = self.snap
-            self.masked = _mask(
-                snap, [(snap.nodes[n], i) for n, idx in carve.devices_by_node.items() if n in snap.nodes for i in idx]
-            )
+        if self.ahead is None:
+            self.ahead = Statement(self.snap, self.now)
+            self.ahead.mask((n, i) for n, idx in carve.devices_by_node.items() for i in idx)
 
     def off(self) -> None:
-        if self.masked is not None:
-            _unmask(self.snap, self.masked)
-            self.masked = None
+        if self.ahead is not None:
+            self.ahead.discard()
+            self.ahead = None
 
 
 def _try_carved(cs: CycleState, job: Job, carve: Carve, mask: _CarveMask) -> bool:
@@ -1037,14 +1039,12 @@ def _try_carved(cs: CycleState, job: Job, carve: Carve, mask: _CarveMask) -> boo
 
 def _try_off(cs: CycleState, job: Job, nodes: frozenset[str]) -> bool:
     """``_try`` with these nodes (a head's reservation) closed to this one placement."""
-    closed = [st for n in nodes if (st := cs.ctx.snap.nodes.get(n)) is not None and st.schedulable]
-    for st in closed:
-        st.schedulable = False
+    ahead = Statement(cs.ctx.snap, cs.ctx.now)
+    ahead.close(nodes)
     try:
         return _try(cs, job)
     finally:
-        for st in closed:
-            st.schedulable = True
+        ahead.discard()
 
 
 def _victims(cs: CycleState, job: Job, reclaim: bool) -> list:
@@ -1140,11 +1140,8 @@ def _preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     # fewest victims: give back every victim the preemptor turned out not to need
     for rj in list(reversed(evicted[:-1])):
         if snap.can_apply(rj.bindings):
-            for b in rj.bindings:
-                snap.apply(b, +1)
-            snap.running[rj.job.id] = rj
+            stmt.restore(rj)
             evicted.remove(rj)
-            stmt.evicted.remove(rj)
     # the statement's own bindings: a replaced replica keeps its (lower) number
     cs.bindings.extend(stmt.commit({job.id: job}))
     cs.placed_tasks[job.id] = already + got
@@ -1221,12 +1218,14 @@ def largest_block(cs: CycleState, job: Job, tier: Within, empty: bool = False) -
     """Free matching devices in the largest domain of ``tier`` (node, super-node, cluster)."""
     snap = cs.ctx.snap
     models = cs.placer.models_for(job)
-    per_node: dict[str, int] = {}
-    for st in snap.nodes.values():
-        if empty:
-            per_node[st.node.name] = sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
-        else:
-            per_node[st.node.name] = sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
+    if empty:
+        per_node = _empty_per_node(snap, job, models)
+    else:
+        per_node = {
+            st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
+            for st in snap.nodes.values()
+            if not job.node_selector or job.selects(st.node)
+        }
     return _block(snap, per_node, tier, _unit(job))
 
 
@@ -1384,6 +1383,8 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
     ends = None
     releases = shared = None
     open_ended: dict = {}  # pool -> a running job holds its devices without an expected end
+    not_ready = _not_ready_words(snap)
+    ready_nodes = sum(1 for st in snap.nodes.values() if st.ready)
     for q, jobs in by_queue.items():
         head_est = None
         head_models: set = set()
@@ -1403,18 +1404,14 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 if req
                 else None
             )
-            kb = (shape, tier)
+            kb = (shape, tier, job.node_selector)
             if kb not in block_cache:
                 block_cache[kb] = (
                     largest_block(cs, job, tier) if req else 0,
                     largest_block(cs, job, tier, empty=True) if req else 0,
                 )
             free_block, empty_block = block_cache[kb]
-            per_task = (req.count if not req.fractional else 1) if req else 0
-            placed = cs.placed_tasks.get(job.id, 0)
-            need_tasks = max(cs.placer.min_tasks(job) - placed, 1)
-            need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else need_tasks)
-            reserve = _reserve_devices(cs, job)
+            what, where, need, need_tasks, reserve = _asks(cs, job, tier)
             est_why = ""
             if req is None:
                 est = cs.ctx.now
@@ -1456,21 +1453,8 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             if pos == 1:
                 head_est = est
                 head_models = set(cs.placer.models_for(job)) if req else set()
-            where = {
-                Within.NODE: "one node",
-                Within.HCCS_GROUP: "one HCCS group",
-                Within.SUPERNODE: "one super-node",
-                Within.ANY: "the cluster",
-            }[tier]
-            what = req.describe() if req else f"{job.cpu_milli}m CPU"
-            if req and job.kind is not JobKind.SERVING and need_tasks > 1:
-                what = f"{need_tasks} x {what}"
-            elif req and job.kind is JobKind.SERVING and job.replica_tasks > 1:
-                what = f"one replica of {job.replica_tasks} x {what}"
-            if reserve:
-                where += f" plus {reserve // ascend.A3_DIES_PER_NODE} reserve nodes ({reserve} dies) kept free there"
             if code is ReasonCode.NEVER_FITS:
-                msg = f"needs {what} = {need} devices in {where}; the whole cluster has {empty_block} such healthy devices there: it cannot fit until devices are added or repaired (or shrink the job)"
+                msg = _never_fits_message(what, where, need, empty_block)
             elif code is ReasonCode.QUEUE_OVER_MAX:
                 qq = cs.ctx.queues.get(job.queue)
                 msg = f"queue {job.queue} would exceed its max of {qq.max:g} devices (in use {cs.ctx.queue_usage.get(job.queue, 0.0):g}); needs {job.devices_per_task * need_tasks:g}"
@@ -1481,6 +1465,8 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 msg = f"needs {what} = {need} devices in {where}; largest free block {free_block}; {pos - 1} jobs ahead"
             if placed_now and code is ReasonCode.UNSCHEDULABLE:
                 msg = f"running {placed_now} of {job.tasks} tasks; " + msg
+            if not_ready and code in (ReasonCode.UNSCHEDULABLE, ReasonCode.WAITING_BEHIND):
+                msg += "; " + not_ready
             if req is None:
                 msg = (
                     f"needs {job.cpu_milli}m CPU and {job.memory_bytes} bytes memory on one node; {pos - 1} jobs ahead"
@@ -1500,6 +1486,7 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                     "cluster_block": empty_block,
                     "jobs_ahead": pos - 1,
                 }
+                | ({"nodes_ready": ready_nodes, "nodes": len(snap.nodes)} if not_ready else {})
                 | ({"reserve_devices": reserve} if reserve else {})
                 | (
                     {"estimate_depth": depth}
@@ -1508,6 +1495,66 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                 ),
             )
     return out
+
+
+_WHERE = {
+    Within.NODE: "one node",
+    Within.HCCS_GROUP: "one HCCS group",
+    Within.SUPERNODE: "one super-node",
+    Within.ANY: "the cluster",
+}
+
+
+def _asks(cs: CycleState, job: Job, tier: Within) -> tuple[str, str, int, int, int]:
+    """How a waiting job's need reads in its pending reason: (what, where, need in devices,
+    tasks needed at once, reserve devices kept free beside it)."""
+    req = job.devices
+    per_task = (req.count if not req.fractional else 1) if req else 0
+    placed = cs.placed_tasks.get(job.id, 0)
+    need_tasks = max(cs.placer.min_tasks(job) - placed, 1)
+    need = per_task * (job.replica_tasks if job.kind is JobKind.SERVING else need_tasks)
+    reserve = _reserve_devices(cs, job)
+    where = _WHERE[tier]
+    what = req.describe() if req else f"{job.cpu_milli}m CPU"
+    if req and job.kind is not JobKind.SERVING and need_tasks > 1:
+        what = f"{need_tasks} x {what}"
+    elif req and job.kind is JobKind.SERVING and job.replica_tasks > 1:
+        what = f"one replica of {job.replica_tasks} x {what}"
+    if reserve:
+        where += f" plus {reserve // ascend.A3_DIES_PER_NODE} reserve nodes ({reserve} dies) kept free there"
+    if job.node_selector:
+        where += " on nodes labelled " + ", ".join(f"{k}={v}" for k, v in job.node_selector)
+    return what, where, need, need_tasks, reserve
+
+
+def _never_fits_message(what: str, where: str, need: int, cluster_devices: int) -> str:
+    return (
+        f"needs {what} = {need} devices in {where}; the whole cluster has {cluster_devices} such healthy devices "
+        "there: it cannot fit until devices are added or repaired (or shrink the job)"
+    )
+
+
+def never_fits_reason(cs: CycleState, job: Job) -> NeverFits | None:
+    """Why ``job`` can never fit the cluster (``never_fits``), or None when it could fit once
+    enough devices are free. The one implementation of "can never fit": the enqueue action and
+    the service's admission (``Scheduler.never_fits``) both ask it."""
+    if not never_fits(cs, job):
+        return None
+    tier = _tier_of(cs, job)
+    what, where, need, _, reserve = _asks(cs, job, tier)
+    cluster = largest_block(cs, job, tier, empty=True)
+    return NeverFits(_never_fits_message(what, where, need, cluster), need, reserve, cluster, where)
+
+
+def _not_ready_words(snap: Snapshot) -> str:
+    """Present nodes not ready yet, as a pending reason reads them ("waiting for agents: 0 of
+    48 nodes ready"); "" when every node is ready."""
+    groups = snap.not_ready()
+    if not groups:
+        return ""
+    total = len(snap.nodes)
+    ready = total - sum(groups.values())
+    return "; ".join(f"{why}: {ready} of {total} nodes ready" for why in sorted(groups))
 
 
 def _demand(cs: CycleState, job: Job, tier: Within, need: int, need_tasks: int, reserve: int) -> Demand:

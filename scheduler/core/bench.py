@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 from collections import Counter
 
 from .scheduler import Scheduler

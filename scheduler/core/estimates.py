@@ -102,7 +102,7 @@ def shared_by_model(snap: Snapshot) -> dict[str, list[tuple[str, int, float]]]:
     out: dict[str, list] = defaultdict(list)
     for (name, i), end in sorted(shared_ends(snap).items()):
         st = snap.nodes.get(name)
-        if st is not None and st.healthy[i] and st.free_milli[i] < MILLI:
+        if st is not None and st.usable[i] and st.free_milli[i] < MILLI:
             out[st.node.devices[i].model].append((name, st.free_milli[i], end))
     return out
 

@@ -31,11 +31,6 @@ class Within(str, enum.Enum):
     ANY = "any"  # anywhere; placement still prefers fewer tiers crossed
 
 
-class DeviceHealth(str, enum.Enum):
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"  # never given to a new task
-
-
 @dataclasses.dataclass(frozen=True)
 class Device:
     """One schedulable device (a die on Ascend 910C)."""
@@ -59,6 +54,8 @@ class Node:
     devices: tuple[Device, ...] = ()
     supernode: str | None = None  # super-node (e.g. one CloudMatrix384) this node belongs to
     failure_domain: str | None = None  # rack / zone serving replicas spread across; default: node
+    # what a job's node selector matches (``Job.node_selector``): the cluster file's node-group
+    # labels, an agent's registered labels (e.g. ``xpod/simulated: "true"``)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -156,6 +153,15 @@ class Job:
     expected_duration_seconds: float | None = None  # estimated starts; backfill on reserved devices needs it
     sp_block: int | None = None  # Ascend 910C: dies per logical super-pod (multiple of 16)
     replica_tasks: int = 1  # serving: tasks per replica (a replica larger than one node)
+    # labels a node must carry, every one with this value, to run a task of the job (Kubernetes'
+    # nodeSelector): e.g. {"xpod/simulated": "false"} keeps a job that runs a real command off
+    # simulated nodes. Sorted (key, value) pairs, so jobs stay hashable.
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, node: "Node") -> bool:
+        """Whether ``node`` carries every label of the job's node selector."""
+        labels = node.labels
+        return all(labels.get(k) == v for k, v in self.node_selector)
 
     @property
     def min_required(self) -> int:
@@ -225,6 +231,18 @@ class ReasonCode(str, enum.Enum):
     QUEUE_OVER_MAX = "QueueOverMax"  # the queue's maximum share would be exceeded
     WAITING_BEHIND = "WaitingBehind"  # resources held for a job ahead (no backfill allowed)
     NOT_CONSIDERED = "NotConsidered"  # the cycle stopped before this job (no allocate action)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeverFits:
+    """Why a job can never fit this cluster, even empty (``Scheduler.never_fits``): waiting
+    cannot help; only more (or repaired) devices, or a smaller job, can."""
+
+    message: str  # one line: what it needs, where, and what the whole cluster has there
+    need_devices: int  # devices it needs at once in one domain (its gang, one replica, one block)
+    reserve_devices: int  # devices that domain must keep free beside it (a plugin's reserve nodes)
+    cluster_devices: int  # healthy matching devices of the largest such domain of the whole cluster
+    where: str  # the domain: "one node", "one super-node", "the cluster", ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,7 +144,7 @@ class BinpackPolicy(Policy):
     name = "binpack"
 
     def node_key(self, job, st, ctx):
-        free = sum(1 for f, h in zip(st.free_milli, st.healthy) if h and f == MILLI)
+        free = sum(1 for f, h in zip(st.free_milli, st.usable) if h and f == MILLI)
         return (free, st.node.name)
 
 
@@ -154,7 +154,7 @@ class SpreadPolicy(Policy):
     name = "spread"
 
     def node_key(self, job, st, ctx):
-        free = sum(1 for f, h in zip(st.free_milli, st.healthy) if h and f == MILLI)
+        free = sum(1 for f, h in zip(st.free_milli, st.usable) if h and f == MILLI)
         return (-free, st.node.name)
 
 
@@ -172,7 +172,7 @@ class FragmentationPolicy(Policy):
         best = None
         for d in st.node.devices:
             i = d.index
-            if not (st.healthy[i] and req.matches(d)):
+            if not (st.usable[i] and req.matches(d)):
                 continue
             if st.free_milli[i] < req.milli or st.free_memory[i] < _slice_bytes(job, d.memory_bytes):
                 continue

@@ -9,7 +9,13 @@ over these methods, one to one.
   the job; a user error raises ``XpodError`` with one line. Idempotent for an identical job.
 * ``cancel(job_id)`` drops a pending job or releases a running one; False if unknown.
 * ``finish(job_id)`` a running job completed: its devices are free again.
-* ``add_node / remove_node / set_device_health`` change the inventory; jobs that lose a task
+* ``never_fits(job)`` why a job can never fit this cluster, even empty (None: it can, once
+  enough is free): the one "can never fit" check, shared with the enqueue action; the
+  service's admission asks it before accepting a job.
+* ``add_node / remove_node / set_device_health`` change the inventory; ``add_node(node,
+  ready=False, not_ready_reason=...)`` adds a node that counts for what the cluster could ever
+  offer but takes no work until ``set_node_ready`` (a node of the cluster file whose agent has
+  not registered: pending reasons then say "waiting for agents: 0 of 48 nodes ready"); jobs that lose a task
   are evicted whole and go back to the queue (reported by the next cycle), except serving jobs:
   only their lost replicas are released (``Replacement`` in the next cycle's result) while at
   least one other replica keeps running, even below ``min_tasks`` (min replicas): the job stays
@@ -25,10 +31,22 @@ import dataclasses
 import time
 from typing import Callable, Iterable
 
+from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 
 from . import actions as act
-from .model import MILLI, CycleResult, DeviceHealth, Eviction, Job, JobKind, Node, PriorityClass, Queue, Replacement
+from .model import (
+    MILLI,
+    CycleResult,
+    Eviction,
+    Job,
+    JobKind,
+    NeverFits,
+    Node,
+    PriorityClass,
+    Queue,
+    Replacement,
+)
 from .policies import CycleContext, JobOrder, JobValidator, QueueOrder
 from .profile import Profile, default_profile
 from .snapshot import RunningJob, Snapshot
@@ -65,6 +83,8 @@ class Scheduler:
         # job id -> seconds the last cycle spent searching a placement for it (every try of
         # every action summed): the per-attempt duration beside the whole cycle's
         self.last_attempt_seconds: dict[str, float] = {}
+        # (inventory version, cycle state) for ``never_fits`` outside a cycle
+        self._fit_state: tuple[int, act.CycleState] | None = None
 
     # --------------------------------------------------------------------------- jobs
     def submit(self, job: Job) -> Job:
@@ -124,10 +144,46 @@ class Scheduler:
         return self.snapshot.running
 
     # ---------------------------------------------------------------------- inventory
-    def add_node(self, node: Node) -> None:
+    def never_fits(self, job: Job) -> NeverFits | None:
+        """Why ``job`` can never fit this cluster even empty (healthy devices of present nodes,
+        ready or not, that its node selector admits; its tier's largest domain; the enabled
+        plugins' rules such as reserve nodes), or None. Reads the inventory only, never the
+        allocations, so it answers the same between cycles whatever runs. Idempotent."""
+        version = self.snapshot.inventory_version
+        if self._fit_state is None or self._fit_state[0] != version:
+            ctx = CycleContext(
+                snap=self.snapshot,
+                now=0.0,
+                queues=self.queues,
+                total_devices=float(sum(self.snapshot.model_total.values())),
+                queue_usage={},
+                priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
+            )
+            cs = act.CycleState(
+                ctx=ctx,
+                placer=act.Placer(self.policies, ctx),
+                pending={},
+                placed_tasks={},
+                job_order=None,
+                queue_order=None,
+            )
+            self._fit_state = (version, cs)
+        return act.never_fits_reason(self._fit_state[1], job)
+
+    def add_node(self, node: Node, ready: bool = True, not_ready_reason: str = "") -> None:
+        """Add a node. ``ready=False``: it is present (the cluster file declares it) and counts
+        for what the cluster could ever offer, but takes no work until ``set_node_ready``;
+        ``not_ready_reason`` is what pending reasons say ("waiting for agents")."""
         if node.name in self.snapshot.nodes:
             raise XpodError(f"node {node.name}: already registered")
-        self.snapshot.add_node(node)
+        self.snapshot.add_node(node, ready, not_ready_reason)
+
+    def set_node_ready(self, name: str, ready: bool, reason: str = "") -> None:
+        """Open a present node to placement (its agent registered) or close it (``reason``).
+        Jobs running there keep running; the service decides what a lost node costs them."""
+        if name not in self.snapshot.nodes:
+            raise XpodError(f"node {name}: not registered")
+        self.snapshot.set_node_ready(name, ready, reason)
 
     def remove_node(self, name: str, replace_replicas: bool = True) -> list[str]:
         """Drop a node. Returns the jobs evicted whole; serving replicas on it are replaced
@@ -139,16 +195,16 @@ class Scheduler:
             self._replace_replicas(lambda b: b.node == name, why)
         return self._requeue(self.snapshot_jobs(self.snapshot.remove_node, name), why)
 
-    def set_device_health(
-        self, node: str, index: int, health: DeviceHealth, replace_replicas: bool = True
-    ) -> list[str]:
+    def set_device_health(self, node: str, index: int, health: Health, replace_replicas: bool = True) -> list[str]:
+        """A device's health changed (``xpod.hal.Health``): one not ``schedulable`` (alarm,
+        critical) takes no new work, and the jobs on it lose it (see the module docstring)."""
         st = self.snapshot.nodes.get(node)
         if st is None:
             raise XpodError(f"node {node}: not registered")
         if not 0 <= index < len(st.node.devices):
             raise XpodError(f"node {node}: no device {index} (it has {len(st.node.devices)})")
         why = f"device {node}/{index} {health.value}"
-        if replace_replicas and health is not DeviceHealth.HEALTHY:
+        if replace_replicas and not health.schedulable:
             self._replace_replicas(lambda b: b.node == node and index in b.device_indices, why)
         return self._requeue(self.snapshot_jobs(self.snapshot.set_device_health, node, index, health), why)
 

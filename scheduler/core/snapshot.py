@@ -2,21 +2,35 @@
 
 A ``Snapshot`` holds, per node, the CPU and memory left and each device's free milli and
 memory, plus the bindings of every running job. Actions never mutate it directly: they open a
-``Statement``, place or evict tentatively through it, and either ``commit()`` (the changes
-stay) or ``discard()`` (every change is undone in reverse order). A gang is committed only
-when it is whole.
+``Statement``, change it tentatively through its operations, and either ``commit()`` (the
+changes stay) or ``discard()`` (every operation is undone, in reverse order). A gang is
+committed only when it is whole.
+
+Statement operations: ``bind`` and ``evict`` (a placement and its victims), ``restore`` (give
+back a victim the placement turned out not to need), and three look-aheads that a statement
+may hold only to be discarded: ``assume_ended`` (a running job's resources counted free, as
+at its expected end), ``mask`` (devices made unselectable) and ``close`` (nodes closed to
+placement). The facade's own events (a job finished, a node added or removed, a device's
+health, a node's readiness) change the snapshot through its methods, outside any cycle.
+
+A device is *usable* (``NodeState.usable``) when it is healthy, its node is ready and no
+look-ahead masks it; only usable devices count as free in the indexes. Health alone decides
+what the empty cluster offers (``model_total``, the "can never fit" checks): a node that is
+present but not ready (its agent has not registered yet) still counts there.
 
 Indexes kept current on every change (so a cycle over 10,000 queued jobs stays fast):
-``free_whole[model][node]`` = healthy devices of that model with all 1000 milli free.
+``free_whole[model][node]`` = usable devices of that model with all 1000 milli free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
-from .model import MILLI, Binding, DeviceHealth, Job, Node
+from xpod.hal.device import Health
+
+from .model import MILLI, Binding, Job, Node
 
 
 @dataclasses.dataclass
@@ -26,8 +40,18 @@ class NodeState:
     memory_left: int
     free_milli: list[int]  # per device
     free_memory: list[int]  # per device
-    healthy: list[bool]  # per device
-    schedulable: bool = True  # False once the node is being removed / cordoned
+    healthy: list[bool]  # per device: its reported health allows new work
+    schedulable: bool = True  # False while a look-ahead closes the node (``Statement.close``)
+    # per device: healthy, node ready and not masked by a look-ahead; what placement may take
+    usable: list[bool] = dataclasses.field(default_factory=list)
+    ready: bool = True  # False: present (e.g. in the cluster file) but its agent has not registered
+    not_ready_reason: str = ""  # why it is not ready, for pending reasons ("waiting for agents")
+    masked: frozenset[int] = frozenset()  # device indices a look-ahead made unselectable
+
+    def trial_copy(self) -> "NodeState":
+        """A copy whose free counts a caller may change to simulate placements (the lists of
+        free milli and memory are copied, the rest shared)."""
+        return dataclasses.replace(self, free_milli=list(self.free_milli), free_memory=list(self.free_memory))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,16 +91,22 @@ class Snapshot:
         # what the empty cluster offers per domain (the actions' "can never fit" checks), kept
         # until the inventory changes: nodes added or removed, device health changed
         self.empty_cache: dict = {}
+        # bumped whenever the inventory changes (nodes, health): caches of what the empty
+        # cluster offers compare it
+        self.inventory_version = 0
         for n in nodes:
             self.add_node(n)
 
     # ------------------------------------------------------------------------------ nodes
-    def add_node(self, node: Node) -> None:
+    def add_node(self, node: Node, ready: bool = True, not_ready_reason: str = "") -> None:
+        """Add a node; ``ready=False``: present (it counts for what the cluster could ever
+        offer) but nothing is placed on it until ``set_node_ready``."""
         if node.name in self.nodes:
             raise ValueError(f"node {node.name!r} already in the snapshot")
         devs = node.devices
         self._cpu_order = None
         self.empty_cache.clear()
+        self.inventory_version += 1
         self.nodes[node.name] = NodeState(
             node=node,
             cpu_left=node.cpu_milli,
@@ -84,10 +114,36 @@ class Snapshot:
             free_milli=[MILLI] * len(devs),
             free_memory=[d.memory_bytes for d in devs],
             healthy=[True] * len(devs),
+            usable=[ready] * len(devs),
+            ready=ready,
+            not_ready_reason="" if ready else not_ready_reason,
         )
         for d in devs:
             self.model_total[d.model] += 1
+            self.model_example.setdefault(d.model, d)
         self._reindex(node.name)
+
+    def set_node_ready(self, name: str, ready: bool, reason: str = "") -> None:
+        """Open a present node to placement (its agent registered) or close it (``reason``
+        says why, for pending reasons). Running jobs on it are not touched."""
+        st = self.nodes[name]
+        st.ready = ready
+        st.not_ready_reason = "" if ready else reason
+        self._refresh_usable(st)
+        self._cpu_order = None
+        self._reindex(name)
+
+    def not_ready(self) -> dict[str, int]:
+        """reason -> present nodes not ready for it."""
+        out: dict[str, int] = defaultdict(int)
+        for st in self.nodes.values():
+            if not st.ready:
+                out[st.not_ready_reason or "not ready"] += 1
+        return dict(out)
+
+    def _refresh_usable(self, st: NodeState) -> None:
+        masked = st.masked
+        st.usable = [st.ready and h and i not in masked for i, h in enumerate(st.healthy)]
 
     def remove_node(self, name: str) -> list[str]:
         """Drop a node; returns the ids of running jobs that had tasks on it (now evicted)."""
@@ -97,6 +153,7 @@ class Snapshot:
         st = self.nodes.pop(name)
         self._cpu_order = None
         self.empty_cache.clear()
+        self.inventory_version += 1
         for d in st.node.devices:
             old = self.free_whole[d.model].pop(name, None)
             if old is not None:
@@ -109,11 +166,14 @@ class Snapshot:
         self._recount_totals()
         return hit
 
-    def set_device_health(self, node: str, index: int, health: DeviceHealth) -> list[str]:
-        """Mark a device; an unhealthy device evicts the jobs using it (returned)."""
+    def set_device_health(self, node: str, index: int, health: Health) -> list[str]:
+        """Mark a device; one whose health is not ``schedulable`` (alarm, critical) takes no
+        new work and evicts the jobs using it (returned)."""
         st = self.nodes[node]
-        st.healthy[index] = health is DeviceHealth.HEALTHY
+        st.healthy[index] = health.schedulable
+        self._refresh_usable(st)
         self.empty_cache.clear()
+        self.inventory_version += 1
         hit = []
         if not st.healthy[index]:
             hit = [
@@ -138,7 +198,7 @@ class Snapshot:
         st = self.nodes[name]
         counts: dict[str, int] = {}
         partial: dict[str, int] = {}  # model -> largest free milli on a partly used device, -1 none
-        for d, free, ok in zip(st.node.devices, st.free_milli, st.healthy):
+        for d, free, ok in zip(st.node.devices, st.free_milli, st.usable):
             counts.setdefault(d.model, 0)
             partial.setdefault(d.model, -1)
             if ok and free == MILLI:
@@ -156,8 +216,6 @@ class Snapshot:
                 self._partial_bucket_of[(model, name)] = b
             else:
                 self.partial[model].discard(name)
-        for d in st.node.devices:
-            self.model_example.setdefault(d.model, d)
         for model, c in counts.items():
             old = self.free_whole[model].get(name)
             if old != c:
@@ -183,11 +241,21 @@ class Snapshot:
         self._reindex(b.node)
 
     def cpu_order(self) -> list[str]:
-        """Node names for CPU-only tasks: nodes without accelerators first (a CPU task there
-        strands no device), then by name. Cached until nodes are added or removed."""
+        """Ready node names for CPU-only tasks: nodes without accelerators first (a CPU task
+        there strands no device), then by name. Cached until nodes are added, removed, or
+        change readiness."""
         if self._cpu_order is None:
-            self._cpu_order = sorted(self.nodes, key=lambda n: (bool(self.nodes[n].node.devices), n))
+            self._cpu_order = sorted(
+                (n for n, st in self.nodes.items() if st.ready), key=lambda n: (bool(self.nodes[n].node.devices), n)
+            )
         return self._cpu_order
+
+    # ------------------------------------------------------------ look-aheads (Statement)
+    def _mask(self, name: str, indices: frozenset[int]) -> None:
+        st = self.nodes[name]
+        st.masked = indices
+        self._refresh_usable(st)
+        self._reindex(name)
 
     def can_apply(self, bindings) -> bool:
         """Whether these bindings (together) fit in what is free now."""
@@ -209,7 +277,7 @@ class Snapshot:
                 return False
         for (n, i), m in dev.items():
             st = self.nodes[n]
-            if not st.healthy[i] or st.free_milli[i] < m or st.free_memory[i] < dmem[(n, i)]:
+            if not st.usable[i] or st.free_milli[i] < m or st.free_memory[i] < dmem[(n, i)]:
                 return False
         return True
 
@@ -245,52 +313,116 @@ class Snapshot:
         return out
 
 
+#: statement operations that only look ahead: undone by ``discard``, refused by ``commit``
+_LOOK_AHEAD = frozenset({"assume_ended", "mask", "close"})
+
+
 class Statement:
-    """Tentative changes to a snapshot: ``bind``/``evict`` now, then ``commit`` or ``discard``.
+    """Tentative changes to a snapshot, then ``commit`` or ``discard`` (see the module docstring).
 
     Discard undoes every operation in reverse order, leaving the snapshot exactly as it was.
-    After commit or discard the statement is closed and further calls raise.
+    After commit or discard the statement is closed and further calls raise. Statements may
+    nest: an inner one opened while an outer one is open (a look-ahead masking devices while
+    placements commit beside them) commits or discards its own operations only.
     """
 
     def __init__(self, snap: Snapshot, now: float) -> None:
         self.snap = snap
         self.now = now
-        self._ops: list[tuple[str, object]] = []
+        self._ops: list[tuple[str, Any]] = []
         self._pending: dict[str, list[Binding]] = {}
         self.evicted: list[RunningJob] = []
         self._open = True
 
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("statement closed: it was committed or discarded already")
+
+    # -------------------------------------------------------------------- placements
     def bind(self, job: Job, b: Binding) -> None:
-        assert self._open, "statement closed"
+        """Take the resources of one binding of ``job``; it runs once committed."""
+        self._check_open()
         self.snap.apply(b, +1)
         self._pending.setdefault(job.id, []).append(b)
         self._ops.append(("bind", (job, b)))
 
     def evict(self, job_id: str) -> RunningJob:
-        assert self._open, "statement closed"
+        """Release a running job whole (a victim); it is listed in ``evicted``."""
+        self._check_open()
         rj = self.snap.release(job_id)
         self.evicted.append(rj)
         self._ops.append(("evict", rj))
         return rj
+
+    def restore(self, rj: RunningJob) -> None:
+        """Give back a victim this statement evicted (the placement turned out not to need it):
+        it runs again where it ran, and leaves ``evicted``. Its resources must be free."""
+        self._check_open()
+        if rj not in self.evicted:
+            raise ValueError(f"job {rj.job.id} was not evicted by this statement")
+        for b in rj.bindings:
+            self.snap.apply(b, +1)
+        self.snap.running[rj.job.id] = rj
+        self.evicted.remove(rj)
+        self._ops.append(("restore", rj))
 
     def bindings_of(self, job_id: str) -> list[Binding]:
         return list(self._pending.get(job_id, ()))
 
     def unbind_job(self, job_id: str) -> None:
         """Undo this statement's tentative bindings of one job (a gang that did not close)."""
+        self._check_open()
         keep = []
         for op in reversed(self._ops):
             kind, payload = op
-            if kind == "bind" and payload[0].id == job_id:  # type: ignore[index]
-                self.snap.apply(payload[1], -1)  # type: ignore[index]
+            if kind == "bind" and payload[0].id == job_id:
+                self.snap.apply(payload[1], -1)
             else:
                 keep.append(op)
         self._ops = list(reversed(keep))
         self._pending.pop(job_id, None)
 
+    # -------------------------------------------------------------------- look-aheads
+    def assume_ended(self, job_id: str) -> RunningJob:
+        """Count a running job's resources free, as they will be once it ends (the job stays
+        running). A look-ahead: the statement can only be discarded."""
+        self._check_open()
+        rj = self.snap.running[job_id]
+        for b in rj.bindings:
+            if b.node in self.snap.nodes:
+                self.snap.apply(b, -1)
+        self._ops.append(("assume_ended", rj))
+        return rj
+
+    def mask(self, devices: Iterable[tuple[str, int]]) -> None:
+        """Make these (node, device index) devices unselectable. A look-ahead."""
+        self._check_open()
+        by_node: dict[str, set[int]] = defaultdict(set)
+        for name, i in devices:
+            if name in self.snap.nodes:
+                by_node[name].add(i)
+        for name, idx in by_node.items():
+            st = self.snap.nodes[name]
+            before = st.masked
+            self.snap._mask(name, before | idx)
+            self._ops.append(("mask", (name, before)))
+
+    def close(self, names: Iterable[str]) -> None:
+        """Close these nodes to placement (a reservation's domain, for instance). A look-ahead."""
+        self._check_open()
+        for name in names:
+            st = self.snap.nodes.get(name)
+            if st is not None and st.schedulable:
+                st.schedulable = False
+                self._ops.append(("close", st))
+
+    # ------------------------------------------------------------------------ end
     def commit(self, jobs: dict[str, Job]) -> list[Binding]:
         """Make the changes permanent; the bound jobs become running. Returns the bindings."""
-        assert self._open, "statement closed"
+        self._check_open()
+        ahead = sorted({kind for kind, _ in self._ops if kind in _LOOK_AHEAD})
+        if ahead:
+            raise RuntimeError(f"a statement holding look-aheads ({', '.join(ahead)}) is discarded, never committed")
         out = []
         for jid, bs in self._pending.items():
             prev = self.snap.running.get(jid)
@@ -301,15 +433,29 @@ class Statement:
         return out
 
     def discard(self) -> None:
-        assert self._open, "statement closed"
+        """Undo every operation in reverse order."""
+        self._check_open()
+        snap = self.snap
         for kind, payload in reversed(self._ops):
             if kind == "bind":
-                self.snap.apply(payload[1], -1)  # type: ignore[index]
-            else:
-                rj: RunningJob = payload  # type: ignore[assignment]
-                for b in rj.bindings:
-                    self.snap.apply(b, +1)
-                self.snap.running[rj.job.id] = rj
+                snap.apply(payload[1], -1)
+            elif kind == "evict":
+                for b in payload.bindings:
+                    snap.apply(b, +1)
+                snap.running[payload.job.id] = payload
+            elif kind == "restore":
+                snap.release(payload.job.id)
+            elif kind == "assume_ended":
+                for b in payload.bindings:
+                    if b.node in snap.nodes:
+                        snap.apply(b, +1)
+            elif kind == "mask":
+                name, before = payload
+                snap._mask(name, before)
+            elif kind == "close":
+                payload.schedulable = True
+            else:  # pragma: no cover - every kind appended above is undone here
+                raise AssertionError(f"unknown statement operation {kind!r}")
         self._ops.clear()
         self._pending.clear()
         self.evicted.clear()

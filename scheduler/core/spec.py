@@ -24,6 +24,7 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
     expected_duration_seconds: 3600  # estimated starts; backfill onto devices reserved for a
                                      # blocked job needs it (without it, only elsewhere)
     sp_block: 64                     # Ascend 910C logical super-pod, dies
+    node_selector: {xpod/simulated: "false"}   # labels a node must carry (each with this value)
 
 Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
 """
@@ -53,6 +54,7 @@ _TOP = {
     "sp_block",
     "name",
     "tasks_per_replica",
+    "node_selector",
 }
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
@@ -202,6 +204,15 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
     for key in ("queue", "priority_class"):
         if key in doc and (not isinstance(doc[key], str) or not doc[key]):
             raise err(key, f"{doc[key]!r} is not a name")
+    selector = doc.get("node_selector", {})
+    if not isinstance(selector, Mapping):
+        raise err("node_selector", "a mapping of label names to the values a node must carry")
+    for k, v in selector.items():
+        if not isinstance(k, str) or not k:
+            raise err("node_selector", f"{k!r} is not a label name")
+        if not isinstance(v, str):
+            hint = " (YAML reads true/false unquoted as a boolean: quote it)" if isinstance(v, bool) else ""
+            raise err(f"node_selector.{k}", f"{v!r} is not text{hint}")
     return Job(
         id=jid,
         kind=kind,
@@ -216,4 +227,5 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         expected_duration_seconds=float(dur) if dur is not None else None,
         sp_block=sp,
         replica_tasks=per_replica,
+        node_selector=tuple(sorted(selector.items())),
     )

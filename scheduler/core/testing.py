@@ -34,6 +34,7 @@ class NodeBuilder:
         self._devices: list[Device] = []
         self._supernode = None
         self._domain = None
+        self._labels: dict[str, str] = {}
 
     def devices(self, model: str, count: int) -> "NodeBuilder":
         vendor, mem, tflops = MODEL_FACTS.get(model, ("cuda", 16 * GiB, 100.0))
@@ -69,8 +70,15 @@ class NodeBuilder:
         self._domain = name
         return self
 
+    def labels(self, **labels: str) -> "NodeBuilder":
+        """Node labels (``xpod_simulated="true"`` is the label ``xpod/simulated``: ``_`` -> ``/``)."""
+        self._labels.update({k.replace("_", "/"): v for k, v in labels.items()})
+        return self
+
     def build(self) -> Node:
-        return Node(self._name, self._cpu, self._mem, tuple(self._devices), self._supernode, self._domain)
+        return Node(
+            self._name, self._cpu, self._mem, tuple(self._devices), self._supernode, self._domain, dict(self._labels)
+        )
 
 
 class JobBuilder:
@@ -117,6 +125,11 @@ class JobBuilder:
 
     def submitted(self, t: float) -> "JobBuilder":
         self._kw["submit_time"] = t
+        return self
+
+    def selector(self, **labels: str) -> "JobBuilder":
+        """Required node labels (``_`` in a keyword is ``/`` in the label, as in ``labels``)."""
+        self._kw["node_selector"] = tuple(sorted((k.replace("_", "/"), v) for k, v in labels.items()))
         return self
 
     def sp_block(self, dies: int) -> "JobBuilder":

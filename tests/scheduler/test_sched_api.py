@@ -9,7 +9,8 @@ import pytest
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.core.model import DeviceHealth, JobKind, ReasonCode, Within
+from xpod.hal.device import Health
+from xpod.scheduler.core.model import JobKind, ReasonCode, Within
 from xpod.scheduler.core.profile import load_profile, profile_from_dict
 from xpod.scheduler.core.snapshot import Snapshot, Statement
 from xpod.scheduler.core.spec import parse_job
@@ -169,7 +170,7 @@ def test_device_failure_evicts_whole_gang_and_avoids_device():
     s = Scheduler([node("n1").devices(H, 8).build(), node("n2").devices(H, 8).build()], clock=lambda: 0.0)
     s.submit(job("g").training(tasks=2).devices(H, 8).build())
     s.cycle()
-    assert s.set_device_health("n2", 3, DeviceHealth.UNHEALTHY) == ["g"]
+    assert s.set_device_health("n2", 3, Health.CRITICAL) == ["g"]
     assert "g" not in s.running and "g" in s.pending
     r = s.cycle()
     assert r.evictions[0].job_id == "g" and "n2/3" in r.evictions[0].reason
@@ -177,11 +178,11 @@ def test_device_failure_evicts_whole_gang_and_avoids_device():
     s.submit(job("one").devices(H, 7).build())
     r = s.cycle()
     assert placements(r) == {"one": [("n2", (0, 1, 2, 4, 5, 6, 7))]}  # skips the bad device
-    s.set_device_health("n2", 3, DeviceHealth.HEALTHY)
+    s.set_device_health("n2", 3, Health.OK)
     s.cancel("one")
     assert placements(s.cycle()) == {"g": [("n1", tuple(range(8))), ("n2", tuple(range(8)))]}
     with pytest.raises(XpodError, match="no device 9"):
-        s.set_device_health("n1", 9, DeviceHealth.UNHEALTHY)
+        s.set_device_health("n1", 9, Health.CRITICAL)
 
 
 def test_remove_node_requeues_and_cancel():

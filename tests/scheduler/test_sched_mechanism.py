@@ -490,8 +490,8 @@ def test_service_explains_a_waiting_multi_node_replica(tmp_path):
             api.submit_job(OPEN_PRINCIPAL, "r0", replica("too-big", 47))  # 48 nodes - 2 reserve = 46
         assert err.value.code is Code.FAILED_PRECONDITION, err.value
         assert (
-            "needs 784 x ascend-910c in one super-node; the largest such domain has 768 (the need includes the 2 reserve"
-            in str(err.value)
+            "needs one replica of 47 x 16 ascend-910c = 752 devices in one super-node plus 2 reserve nodes (32 dies) "
+            "kept free there; the whole cluster has 768 such healthy devices there" in str(err.value)
         )
         first = api.submit_job(OPEN_PRINCIPAL, "r1", ep32)[0].record.id
         api.schedule_once()

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from xpod.scheduler.core import ascend
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.core.model import MILLI, DeviceHealth, JobKind
+from xpod.hal.device import Health
+from xpod.scheduler.core.model import MILLI, JobKind
 from xpod.scheduler.core.testing import assert_supernode_reserve_kept, job, node
 
 A3 = "ascend-910c"
@@ -167,7 +168,7 @@ def test_invariants_hold_through_cycles(nodes, js, health_flips, rnd):
             n = names[health_flips[step] % len(names)]
             devs = s.snapshot.nodes[n].node.devices
             if devs:
-                s.set_device_health(n, health_flips[step] % len(devs), DeviceHealth.UNHEALTHY)
+                s.set_device_health(n, health_flips[step] % len(devs), Health.CRITICAL)
                 check_invariants(s)
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.core.model import DeviceHealth, JobKind
+from xpod.hal.device import Health
+from xpod.scheduler.core.model import JobKind
 from xpod.scheduler.core.testing import job, node
 
 H = "nvidia-h100-sxm"
@@ -115,7 +116,7 @@ def test_replica_replacement(case):
     if how == "remove":
         evicted = sched.remove_node(dead_node)
     else:
-        evicted = sched.set_device_health(dead_node, dead_devs[0], DeviceHealth.UNHEALTHY)
+        evicted = sched.set_device_health(dead_node, dead_devs[0], Health.CRITICAL)
     assert sorted(evicted) == sorted(case["whole"])
     # freed at once: the lost replicas' devices (or the whole job's) are back
     assert _used_devices(sched) == sum(
@@ -238,7 +239,7 @@ def test_replacement_invariants(n_nodes, domains, shapes, losses):
             hit = lambda n, d: n == victim  # noqa: E731
         else:
             idx = dev % len(sched.snapshot.nodes[victim].node.devices)
-            whole = set(sched.set_device_health(victim, idx, DeviceHealth.UNHEALTHY))
+            whole = set(sched.set_device_health(victim, idx, Health.CRITICAL))
             hit = lambda n, d: n == victim and idx in d  # noqa: E731
         result = sched.cycle()
         replaced = {(r.job_id, r.task) for r in result.replacements}
