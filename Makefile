@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test demo check-install clean proto proto-lint prometheus-tools
+.PHONY: install test demo check-install clean proto proto-lint prometheus-tools postgresql-tools
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xpod demo
 
-test: install check-install prometheus-tools
+test: install check-install prometheus-tools postgresql-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # Before the tests: the package builds as a wheel from the files a fresh clone has, installs
@@ -41,6 +41,12 @@ check-install: install
 prometheus-tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+
+# PostgreSQL for the store tests (a real server: initdb + pg_ctl into a temp dir, loopback, a
+# free port; scheduler/pg_local.py): Debian's package, installed only when initdb is missing.
+postgresql-tools:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)
 
 # The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
 proto: install

@@ -42,6 +42,7 @@ from xpod.scheduler.store import (
     AllocationRecord,
     EventRecord,
     EventType,
+    GroupCommitStore,
     JobRecord,
     JobState,
     JobUpdate,
@@ -49,12 +50,12 @@ from xpod.scheduler.store import (
     PendingReasonRecord,
     RequestIdConflict,
     StaleUpdate,
-    Store,
     StoreClosed,
     StoreOverloaded,
     SubmitResult,
     SubmitWrite,
     UpdateResult,
+    open_store,
 )
 
 
@@ -321,7 +322,7 @@ class SchedulerApi:
 
     def __init__(
         self,
-        store: Store | str,
+        store: GroupCommitStore | str,  # a store, or where one is (open_store: a path or a URL)
         placer: Placer,
         *,
         nodes: Sequence[NodeView] = (),
@@ -361,11 +362,11 @@ class SchedulerApi:
         from .liveness import Liveness
 
         self.liveness = Liveness(self, node_timeout_s)  # node timeouts and the restart policy
-        if isinstance(store, Store):
+        if isinstance(store, GroupCommitStore):
             self._store = store
             store._on_commit = self._on_commit  # the mirror must see every commit
         else:
-            self._store = Store(store, on_commit=self._on_commit)
+            self._store = open_store(store, on_commit=self._on_commit)
         try:
             self._recover(nodes)
         except BaseException:
@@ -416,7 +417,7 @@ class SchedulerApi:
         self._store.close()
 
     @property
-    def store(self) -> Store:
+    def store(self) -> GroupCommitStore:
         return self._store
 
     @property

@@ -288,36 +288,107 @@ class NodeWrite:
 Write = SubmitWrite | JobUpdate | NodeWrite
 
 
+class NotLeader(Exception):
+    """A write was refused because this store's fencing token is no longer the lease's: another
+    replica took over. Nothing of the batch was written; the caller steps down."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached (connection lost, server down). Nothing of the batch is
+    acknowledged; the store refuses writes until its owner reopens it."""
+
+
 # --- schema -----------------------------------------------------------------------------------
 
-SCHEMA_VERSION = 2
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One step of the schema, written once per dialect side by side, so no step can exist for
+    one database and not the other (both carry the same version numbers)."""
+
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+
+SCHEMA_VERSION = 3
+
+MIGRATIONS: dict[int, Migration] = {
     # version 1: jobs and their event log.
-    1: (
-        """CREATE TABLE jobs (
-               seq INTEGER PRIMARY KEY,
-               id TEXT NOT NULL UNIQUE,
-               request_id TEXT NOT NULL UNIQUE,
-               doc TEXT NOT NULL
-           )""",
-        """CREATE TABLE events (
-               revision INTEGER PRIMARY KEY AUTOINCREMENT,
-               job_id TEXT NOT NULL,
-               type TEXT NOT NULL,
-               time_s REAL NOT NULL,
-               message TEXT NOT NULL,
-               job TEXT NOT NULL
-           )""",
+    1: Migration(
+        sqlite=(
+            """CREATE TABLE jobs (
+                   seq INTEGER PRIMARY KEY,
+                   id TEXT NOT NULL UNIQUE,
+                   request_id TEXT NOT NULL UNIQUE,
+                   doc TEXT NOT NULL
+               )""",
+            """CREATE TABLE events (
+                   revision INTEGER PRIMARY KEY AUTOINCREMENT,
+                   job_id TEXT NOT NULL,
+                   type TEXT NOT NULL,
+                   time_s REAL NOT NULL,
+                   message TEXT NOT NULL,
+                   job TEXT NOT NULL
+               )""",
+        ),
+        postgresql=(
+            """CREATE TABLE jobs (
+                   seq BIGINT PRIMARY KEY,
+                   id TEXT NOT NULL UNIQUE,
+                   request_id TEXT NOT NULL UNIQUE,
+                   doc TEXT NOT NULL
+               )""",
+            """CREATE TABLE events (
+                   revision BIGINT PRIMARY KEY,
+                   job_id TEXT NOT NULL,
+                   type TEXT NOT NULL,
+                   time_s DOUBLE PRECISION NOT NULL,
+                   message TEXT NOT NULL,
+                   job TEXT NOT NULL
+               )""",
+        ),
     ),
     # version 2: registered nodes survive a restart; events found per job without a scan.
-    2: (
-        """CREATE TABLE nodes (
-               name TEXT PRIMARY KEY,
-               doc TEXT NOT NULL,
-               update_time_s REAL NOT NULL
-           )""",
-        "CREATE INDEX events_by_job ON events (job_id, revision)",
+    2: Migration(
+        sqlite=(
+            """CREATE TABLE nodes (
+                   name TEXT PRIMARY KEY,
+                   doc TEXT NOT NULL,
+                   update_time_s REAL NOT NULL
+               )""",
+            "CREATE INDEX events_by_job ON events (job_id, revision)",
+        ),
+        postgresql=(
+            """CREATE TABLE nodes (
+                   name TEXT PRIMARY KEY,
+                   doc TEXT NOT NULL,
+                   update_time_s DOUBLE PRECISION NOT NULL
+               )""",
+            "CREATE INDEX events_by_job ON events (job_id, revision)",
+        ),
+    ),
+    # version 3: the leader lease of replicas sharing one database (scheduler.store_postgres).
+    # A SQLite file has one server (the file is locked); the table is there so both schemas
+    # stay one.
+    3: Migration(
+        sqlite=(
+            """CREATE TABLE leases (
+                   name TEXT PRIMARY KEY,
+                   holder TEXT NOT NULL,
+                   address TEXT NOT NULL,
+                   token INTEGER NOT NULL,
+                   expires_at_s REAL NOT NULL
+               )""",
+        ),
+        postgresql=(
+            """CREATE TABLE leases (
+                   name TEXT PRIMARY KEY,
+                   holder TEXT NOT NULL,
+                   address TEXT NOT NULL,
+                   token BIGINT NOT NULL,
+                   expires_at_s DOUBLE PRECISION NOT NULL
+               )""",
+        ),
     ),
 }
 
@@ -328,6 +399,12 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def newer_schema_error(where: str, found: int) -> StoreError:
+    return StoreError(
+        f"{where}: schema version {found} is newer than this xpod supports ({SCHEMA_VERSION}); upgrade xpod"
+    )
+
+
 def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -> int:
     """Bring the file to ``target``; returns the version found. Each step is one transaction."""
     try:
@@ -335,13 +412,11 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = SCHEMA_VERSION) -
     except sqlite3.DatabaseError as err:
         raise StoreError(f"{path}: not an xpod database ({err}); pass another --db path") from None
     if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: schema version {found} is newer than this xpod supports ({SCHEMA_VERSION}); upgrade xpod"
-        )
+        raise newer_schema_error(path, found)
     for version in range(found + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[version]:
+            for statement in MIGRATIONS[version].sqlite:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
@@ -367,6 +442,8 @@ class _Txn:
     event_rows: list[tuple] = dataclasses.field(default_factory=list)
     job_inserts: list[tuple] = dataclasses.field(default_factory=list)
     job_updates: list[tuple] = dataclasses.field(default_factory=list)
+    # node writes in order: (name, doc JSON, time) to upsert, or (name, None, time) to delete
+    node_writes: list[tuple[str, str | None, float]] = dataclasses.field(default_factory=list)
 
 
 def _evolve(job: JobRecord, **changes: Any) -> JobRecord:
@@ -385,49 +462,54 @@ class _Pending:
     future: concurrent.futures.Future
 
 
-class Store:
-    """SQLite store with one group-committing writer thread. Thread-safe.
+def _event_record(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(
+        int(row[0]), row[1], EventType(row[2]), float(row[3]), row[4], JobRecord.from_json(json.loads(row[5]))
+    )
+
+
+class GroupCommitStore:
+    """The store contract (module docstring) over one database: one group-committing writer
+    thread, two lanes, the writer's own view of committed jobs. Thread-safe.
+
+    A database implements the hooks below (``_begin``, ``_flush``, ``_commit``, ``_rollback``,
+    ``_select_job_doc``, ``_after_batch``, ``_close_connections``) and the reads
+    (``load_jobs``, ``load_nodes``, ``last_revision``, ``events_since``); the batching, the
+    idempotency and the revisions are here once. ``Store`` is SQLite, ``PostgresStore``
+    (``scheduler.store_postgres``) PostgreSQL.
 
     ``max_queued_writes`` bounds the writes waiting for the writer; past it ``submit`` raises
     ``StoreOverloaded`` at once (the service turns that into RESOURCE_EXHAUSTED + RetryInfo).
     ``max_batch`` bounds one transaction.
     """
 
-    def __init__(
+    dialect = ""  # "sqlite" | "postgresql"
+    # Errors of a batch that refuse one write and let the batch go on (they raise before the
+    # write changed anything).
+    _REFUSALS = (RequestIdConflict, StaleUpdate, KeyError)
+
+    def _init_writer(
         self,
-        path: str,
+        display: str,
+        on_commit: Callable[[list[Any]], None] | None,
+        next_seq: int,
+        next_revision: int,
+        by_request: dict[str, str],
         *,
-        on_commit: Callable[[list[Any]], None] | None = None,
-        max_queued_writes: int = 20_000,
-        max_batch: int = 2_000,
-        max_background_per_batch: int = 64,
-        max_background_beside_front: int = 8,
-        checkpoint_interval_s: float = 0.5,
-        wal_restart_frames: int = 2000,
+        max_queued_writes: int,
+        max_batch: int,
+        max_background_per_batch: int,
+        max_background_beside_front: int,
     ) -> None:
-        self.path = path
+        """Set up the writer's state (after the database is open and migrated) and start it."""
+        self.path = display  # the file or the URL with its password masked: for messages
         self._on_commit = on_commit
         self._max_batch = max_batch
-        try:
-            self._conn = _connect(path)
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-        except sqlite3.Error as err:
-            raise StoreError(f"{path}: cannot open the database: {err}; pass a writable --db path") from None
-        if mode.lower() != "wal":
-            raise StoreError(f"{path}: SQLite refused WAL mode (got {mode}); put --db on a local filesystem")
-        # FULL: the WAL is fsync'd at every commit, so an acknowledged write survives a crash of
-        # the machine, not only of the process.
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self.schema_version_found = migrate(self._conn, path)
-        # fetchall, never fetchone: an unfinished statement keeps its read snapshot open, which
-        # both shows stale data and stops the WAL from being checkpointed.
-        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchall()[0]
-        self._next_seq = int(row[0]) + 1
-        row = self._conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
-        self._next_revision = int(row[0]) + 1
+        self._next_seq = next_seq
+        self._next_revision = next_revision
         # The writer's own view of committed jobs: request ids and current records, so a write
         # needs no read-back (filled as jobs are written; older ones are read on first use).
-        self._by_request: dict[str, str] = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
+        self._by_request = by_request
         self._current: dict[str, JobRecord] = {}
         self._spec_json: dict[str, str] = {}
         # Two lanes: writes a caller waits on (submissions, cancels) go first; background writes
@@ -448,45 +530,12 @@ class Store:
         )
         self._ready = threading.Condition(threading.Lock())
         self._stopping = False
-        self._read_local = threading.local()
         self._closed = False
         self.batches_committed = 0  # for tests and the benchmark: how well group commit works
         self.writes_committed = 0
-        # Checkpoints (copying the WAL back into the database file, with its own fsync) run on
-        # a thread of their own, not inside a commit: SQLite's automatic checkpoint would run in
-        # whichever commit crosses 1000 WAL pages, which then takes several times longer (a
-        # latency spike for every submission in that batch). PASSIVE never blocks the writer.
-        # But the WAL only starts over from its beginning when a write finds it completely
-        # checkpointed, which a checkpointer racing a busy writer never achieves: once the
-        # background pass has copied most of a WAL over ``wal_restart_frames``, the writer runs a
-        # short PASSIVE pass of its own between two batches (only the last few frames are left to
-        # copy), and its next transaction restarts the WAL. Without that the WAL grows for as
-        # long as submissions keep coming.
-        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")  # a WAL that grew is cut back
-        self._checkpoint_interval_s = checkpoint_interval_s
-        self._wal_restart_frames = wal_restart_frames
-        self._wal_frames = 0  # the WAL's length in frames at the last background pass
-        self._checkpoint_stop = threading.Event()
-        self.checkpoints = 0
-        self.writer_checkpoints = 0
         self._trace_lanes = (0, 0)  # debug timeline only (XPOD_TRACE)
         self._thread = threading.Thread(target=self._writer, name="xpod-store-writer", daemon=True)
         self._thread.start()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="xpod-store-checkpoint", daemon=True)
-        self._checkpointer.start()
-
-    def _checkpoint_loop(self) -> None:
-        conn = _connect(self.path)
-        try:
-            while not self._checkpoint_stop.wait(self._checkpoint_interval_s):
-                try:
-                    _, self._wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-                    self.checkpoints += 1
-                except sqlite3.Error:  # busy or I/O trouble: the next round tries again
-                    pass
-        finally:
-            conn.close()
 
     # writes
 
@@ -531,42 +580,30 @@ class Store:
             self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
-        conn = self._conn
         txn = _Txn(self._next_seq, self._next_revision)
         outcomes: list[Any] = []
         tracing = _trace.ENABLED
         if tracing:
             t_pop = time.monotonic()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             if tracing:
                 t_begin = time.monotonic()
             for p in batch:
                 # A refused write (conflict, stale, unknown job) raises before it writes
                 # anything, so the rest of the batch goes on without savepoints.
                 try:
-                    outcomes.append(self._apply(conn, p.write, txn))
-                except (RequestIdConflict, StaleUpdate, KeyError) as err:
+                    outcomes.append(self._apply(p.write, txn))
+                except self._REFUSALS as err:
                     outcomes.append(err)
-            if txn.event_rows:
-                conn.executemany(
-                    "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
-                    txn.event_rows,
-                )
-            if txn.job_inserts:
-                conn.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", txn.job_inserts)
-            if txn.job_updates:
-                conn.executemany("UPDATE jobs SET doc = ? WHERE id = ?", txn.job_updates)
+            self._flush(txn)
             if tracing:
                 t_applied = time.monotonic()
-            conn.execute("COMMIT")
+            self._commit()
             if tracing:
                 t_committed = time.monotonic()
-        except BaseException as err:  # disk full, I/O error: nothing of this batch is acknowledged
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        except BaseException as err:  # disk full, I/O error, lost lease: nothing of this batch is acknowledged
+            err = self._rollback(err)
             for p in batch:
                 p.future.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
             return
@@ -594,24 +631,14 @@ class Store:
             _trace.add(
                 "batch", t_pop, t_begin, t_applied, t_committed, t_mirrored, time.monotonic(), *self._trace_lanes
             )
-        # after the acknowledgements: this batch never waits for the checkpoint
-        if self._wal_frames > self._wal_restart_frames:
-            self._wal_frames = 0
-            try:
-                t_ck = time.monotonic()
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.writer_checkpoints += 1
-                if tracing:
-                    _trace.add("wckpt", t_ck, time.monotonic())
-            except sqlite3.Error:  # busy: the background pass goes on, and this comes back
-                pass
+        self._after_batch()  # after the acknowledgements: this batch never waits for it
 
-    def _lookup(self, conn: sqlite3.Connection, txn: "_Txn", job_id: str) -> JobRecord | None:
+    def _lookup(self, txn: "_Txn", job_id: str) -> JobRecord | None:
         job = txn.jobs.get(job_id) or self._current.get(job_id)
         if job is None:
-            rows = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchall()
-            if rows:
-                job = JobRecord.from_json(json.loads(rows[0][0]))
+            doc = self._select_job_doc(job_id)
+            if doc is not None:
+                job = JobRecord.from_json(json.loads(doc))
         return job
 
     def _doc(self, job: JobRecord) -> str:
@@ -623,11 +650,11 @@ class Store:
         del d["spec"]
         return _COMPACT.encode(d)[:-1] + ',"spec":' + spec + "}"
 
-    def _apply(self, conn: sqlite3.Connection, w: Write, txn: "_Txn") -> Any:
+    def _apply(self, w: Write, txn: "_Txn") -> Any:
         if isinstance(w, SubmitWrite):
             existing_id = txn.by_request.get(w.request_id) or self._by_request.get(w.request_id)
             if existing_id is not None:
-                existing = self._lookup(conn, txn, existing_id)
+                existing = self._lookup(txn, existing_id)
                 assert existing is not None
                 if existing.spec_hash != w.spec_hash:
                     raise RequestIdConflict(existing)
@@ -652,7 +679,7 @@ class Store:
             txn.by_request[w.request_id] = job.id
             return SubmitResult(job, True, event)
         if isinstance(w, JobUpdate):
-            current = self._lookup(conn, txn, w.job_id)
+            current = self._lookup(txn, w.job_id)
             if current is None:
                 raise KeyError(w.job_id)
             if w.expect_revision is not None and current.revision != w.expect_revision:
@@ -672,13 +699,7 @@ class Store:
             txn.job_updates.append((doc, job.id))
             return UpdateResult(job, event)
         if isinstance(w, NodeWrite):
-            if w.remove:
-                conn.execute("DELETE FROM nodes WHERE name = ?", (w.name,))
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)",
-                    (w.name, json.dumps(w.doc), w.time_s),
-                )
+            txn.node_writes.append((w.name, None if w.remove else json.dumps(w.doc), w.time_s))
             return w
         raise TypeError(f"unknown write {w!r}")
 
@@ -699,6 +720,194 @@ class Store:
         txn.jobs[job.id] = job
         return EventRecord(job.revision, job.id, type_, time_s, message, job), doc
 
+    # the database's part
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _flush(self, txn: "_Txn") -> None:
+        """Write the batch's rows (events, then job inserts, job updates, node writes)."""
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self, err: BaseException) -> BaseException:
+        """Undo the open transaction after ``err``; returns the error the batch's callers get."""
+        raise NotImplementedError
+
+    def _select_job_doc(self, job_id: str) -> str | None:
+        """The stored document of ``job_id`` (writer thread, inside the batch's transaction)."""
+        raise NotImplementedError
+
+    def _after_batch(self) -> None:
+        """Housekeeping after a batch was acknowledged (SQLite: the writer's checkpoint)."""
+
+    def _close_connections(self) -> None:
+        raise NotImplementedError
+
+    # reads (any thread)
+
+    def load_jobs(self) -> list[JobRecord]:
+        """Every stored job, in submission order."""
+        raise NotImplementedError
+
+    def load_nodes(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def last_revision(self) -> int:
+        raise NotImplementedError
+
+    def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        """Events with a revision above ``revision``, oldest first, at most ``limit``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer, close connections. Idempotent."""
+        with self._ready:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            self._ready.notify()
+        self._thread.join()
+        self._close_connections()
+
+    def __enter__(self) -> "GroupCommitStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store(GroupCommitStore):
+    """SQLite (WAL, ``synchronous=FULL``): the embedded default, one server per file."""
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        on_commit: Callable[[list[Any]], None] | None = None,
+        max_queued_writes: int = 20_000,
+        max_batch: int = 2_000,
+        max_background_per_batch: int = 64,
+        max_background_beside_front: int = 8,
+        checkpoint_interval_s: float = 0.5,
+        wal_restart_frames: int = 2000,
+    ) -> None:
+        try:
+            self._conn = _connect(path)
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+        except sqlite3.Error as err:
+            raise StoreError(f"{path}: cannot open the database: {err}; pass a writable --db path") from None
+        if mode.lower() != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode (got {mode}); put --db on a local filesystem")
+        # FULL: the WAL is fsync'd at every commit, so an acknowledged write survives a crash of
+        # the machine, not only of the process.
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self.schema_version_found = migrate(self._conn, path)
+        # fetchall, never fetchone: an unfinished statement keeps its read snapshot open, which
+        # both shows stale data and stops the WAL from being checkpointed.
+        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchall()[0]
+        next_seq = int(row[0]) + 1
+        row = self._conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
+        next_revision = int(row[0]) + 1
+        by_request = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
+        self._read_local = threading.local()
+        # Checkpoints (copying the WAL back into the database file, with its own fsync) run on
+        # a thread of their own, not inside a commit: SQLite's automatic checkpoint would run in
+        # whichever commit crosses 1000 WAL pages, which then takes several times longer (a
+        # latency spike for every submission in that batch). PASSIVE never blocks the writer.
+        # But the WAL only starts over from its beginning when a write finds it completely
+        # checkpointed, which a checkpointer racing a busy writer never achieves: once the
+        # background pass has copied most of a WAL over ``wal_restart_frames``, the writer runs a
+        # short PASSIVE pass of its own between two batches (only the last few frames are left to
+        # copy), and its next transaction restarts the WAL. Without that the WAL grows for as
+        # long as submissions keep coming.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")  # a WAL that grew is cut back
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._wal_restart_frames = wal_restart_frames
+        self._wal_frames = 0  # the WAL's length in frames at the last background pass
+        self._checkpoint_stop = threading.Event()
+        self.checkpoints = 0
+        self.writer_checkpoints = 0
+        self._init_writer(
+            path,
+            on_commit,
+            next_seq,
+            next_revision,
+            by_request,
+            max_queued_writes=max_queued_writes,
+            max_batch=max_batch,
+            max_background_per_batch=max_background_per_batch,
+            max_background_beside_front=max_background_beside_front,
+        )
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="xpod-store-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while not self._checkpoint_stop.wait(self._checkpoint_interval_s):
+                try:
+                    _, self._wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                    self.checkpoints += 1
+                except sqlite3.Error:  # busy or I/O trouble: the next round tries again
+                    pass
+        finally:
+            conn.close()
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def _flush(self, txn: _Txn) -> None:
+        conn = self._conn
+        if txn.event_rows:
+            conn.executemany(
+                "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
+                txn.event_rows,
+            )
+        if txn.job_inserts:
+            conn.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", txn.job_inserts)
+        if txn.job_updates:
+            conn.executemany("UPDATE jobs SET doc = ? WHERE id = ?", txn.job_updates)
+        for name, doc, time_s in txn.node_writes:
+            if doc is None:
+                conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)", (name, doc, time_s)
+                )
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _rollback(self, err: BaseException) -> BaseException:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        return err
+
+    def _select_job_doc(self, job_id: str) -> str | None:
+        rows = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        return rows[0][0] if rows else None
+
+    def _after_batch(self) -> None:
+        if self._wal_frames > self._wal_restart_frames:
+            self._wal_frames = 0
+            try:
+                t_ck = time.monotonic()
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.writer_checkpoints += 1
+                if _trace.ENABLED:
+                    _trace.add("wckpt", t_ck, time.monotonic())
+            except sqlite3.Error:  # busy: the background pass goes on, and this comes back
+                pass
+
     # reads (any thread; WAL readers never block the writer)
 
     def _reader(self) -> sqlite3.Connection:
@@ -710,7 +919,6 @@ class Store:
         return conn
 
     def load_jobs(self) -> list[JobRecord]:
-        """Every stored job, in submission order."""
         rows = self._reader().execute("SELECT doc FROM jobs ORDER BY seq").fetchall()
         return [JobRecord.from_json(json.loads(r[0])) for r in rows]
 
@@ -723,7 +931,6 @@ class Store:
         return int(row[0])
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
-        """Events with a revision above ``revision``, oldest first, at most ``limit``."""
         if job_id is None:
             rows = (
                 self._reader()
@@ -743,20 +950,9 @@ class Store:
                 )
                 .fetchall()
             )
-        return [
-            EventRecord(int(r[0]), r[1], EventType(r[2]), float(r[3]), r[4], JobRecord.from_json(json.loads(r[5])))
-            for r in rows
-        ]
+        return [_event_record(r) for r in rows]
 
-    def close(self) -> None:
-        """Finish queued writes, stop the writer, close connections. Idempotent."""
-        with self._ready:
-            if self._closed:
-                return
-            self._closed = True
-            self._stopping = True
-            self._ready.notify()
-        self._thread.join()
+    def _close_connections(self) -> None:
         self._checkpoint_stop.set()
         self._checkpointer.join()
         self._conn.close()
@@ -764,8 +960,23 @@ class Store:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> "Store":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def open_store(location: str, **kwargs: Any) -> GroupCommitStore:
+    """The store at ``location``: ``sqlite:///path``, a bare path (SQLite), or
+    ``postgresql://user[:password]@host[:port]/db`` (``scheduler.store_postgres``).
+    Raises ``StoreError`` with one line naming the location (password masked)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from xpod.scheduler.store_postgres import PostgresStore
+
+        return PostgresStore(location, **kwargs)
+    if location.startswith("sqlite://"):
+        path = location[len("sqlite://") :]
+        if not path.startswith("/") or path == "/":
+            raise StoreError(f"{location}: a SQLite store URL is sqlite:///absolute/path; pass one or a bare --db path")
+        return Store(path, **kwargs)
+    if "://" in location:
+        scheme = location.split("://", 1)[0]
+        raise StoreError(
+            f"--store {scheme}://...: unknown store kind {scheme!r}; use sqlite:///PATH or postgresql://..."
+        )
+    return Store(location, **kwargs)

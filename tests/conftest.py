@@ -25,3 +25,30 @@ if os.environ.get("CI"):
 
     settings.register_profile("ci", derandomize=True, deadline=None)
     settings.load_profile("ci")
+
+
+# --- a real PostgreSQL, shared by the session ------------------------------------------------
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+
+_pg_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole session (initdb + pg_ctl from Debian's package,
+    loopback, a free port; ~2 s), stopped at the end. ``fsync=off``: the tests kill xpod
+    processes, never the machine, so durability against a power cut is not what they check."""
+    from xpod.scheduler.pg_local import LocalPostgres
+
+    server = LocalPostgres.start(fsync=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh, empty database on the session's server; its URL (with the password)."""
+    return postgres.create_database(f"t{os.getpid()}_{next(_pg_databases)}")

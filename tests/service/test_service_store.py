@@ -1,4 +1,8 @@
-"""The durable store: idempotency, group commit, events with revisions, migrations."""
+"""The durable store: idempotency, group commit, events with revisions, migrations.
+
+The contract tests run against both implementations (``location``: a SQLite file and a fresh
+database on the session's real PostgreSQL); file-format tests are SQLite's, and the lease and
+fencing tests PostgreSQL's (tests/service/test_service_store_postgres.py)."""
 
 from __future__ import annotations
 
@@ -22,17 +26,26 @@ from xpod.scheduler.store import (
     StoreError,
     SubmitWrite,
     migrate,
+    open_store,
     spec_hash,
 )
 
 
-def submit(store: Store, rid: str, doc: dict | None = None, queue: str = "q"):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """Where a store lives: a SQLite path, or the URL of a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "s.db")
+    return request.getfixturevalue("pg_url")
+
+
+def submit(store, rid: str, doc: dict | None = None, queue: str = "q"):
     doc = doc if doc is not None else {"kind": "BatchJob", "n": rid}
     return store.write(SubmitWrite(rid, spec_hash(doc), queue, "BatchJob", "name", doc, 1.0))
 
 
-def test_submit_is_idempotent_by_request_id(tmp_path):
-    with Store(str(tmp_path / "s.db")) as store:
+def test_submit_is_idempotent_by_request_id(location):
+    with open_store(location) as store:
         a = submit(store, "r1", {"x": 1})
         b = submit(store, "r1", {"x": 1})
         assert a.created and not b.created
@@ -48,8 +61,8 @@ def test_spec_hash_ignores_key_order_only():
     assert spec_hash({"a": 1}) != spec_hash({"a": 2})
 
 
-def test_concurrent_submissions_share_transactions(tmp_path):
-    with Store(str(tmp_path / "s.db")) as store:
+def test_concurrent_submissions_share_transactions(location):
+    with open_store(location) as store:
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             results = list(pool.map(lambda i: submit(store, f"r{i}"), range(800)))
         assert all(r.created for r in results)
@@ -59,8 +72,8 @@ def test_concurrent_submissions_share_transactions(tmp_path):
         assert store.writes_committed == 800
 
 
-def test_conflict_in_a_batch_does_not_fail_the_others(tmp_path):
-    with Store(str(tmp_path / "s.db")) as store:
+def test_conflict_in_a_batch_does_not_fail_the_others(location):
+    with open_store(location) as store:
         submit(store, "dup", {"v": 1})
         futures = [store.submit(SubmitWrite(f"ok{i}", "h", "q", "BatchJob", "n", {}, 1.0)) for i in range(5)]
         bad = store.submit(SubmitWrite("dup", spec_hash({"v": 2}), "q", "BatchJob", "n", {"v": 2}, 1.0))
@@ -71,9 +84,9 @@ def test_conflict_in_a_batch_does_not_fail_the_others(tmp_path):
         assert len(store.load_jobs()) == 11
 
 
-def test_events_have_increasing_revisions_and_resume(tmp_path):
-    path = str(tmp_path / "s.db")
-    with Store(path) as store:
+def test_events_have_increasing_revisions_and_resume(location):
+    path = location
+    with open_store(path) as store:
         job = submit(store, "r1").job
         up = store.write(
             JobUpdate(
@@ -89,7 +102,7 @@ def test_events_have_increasing_revisions_and_resume(tmp_path):
         assert up.event.revision > job.revision
         assert up.job.revision == up.event.revision
         done = store.write(JobUpdate(job.id, JobState.SUCCEEDED, None, (), EventType.SUCCEEDED, "ok", 3.0))
-    with Store(path) as store:  # reopened: everything is there
+    with open_store(path) as store:  # reopened: everything is there
         events = store.events_since(0)
         assert [e.type for e in events] == [EventType.SUBMITTED, EventType.SCHEDULED, EventType.SUCCEEDED]
         assert [e.revision for e in events] == sorted(e.revision for e in events)
@@ -102,8 +115,8 @@ def test_events_have_increasing_revisions_and_resume(tmp_path):
         assert submit(store, "r2").job.id != job.id
 
 
-def test_conditional_update_detects_a_change(tmp_path):
-    with Store(str(tmp_path / "s.db")) as store:
+def test_conditional_update_detects_a_change(location):
+    with open_store(location) as store:
         job = submit(store, "r1").job
         store.write(JobUpdate(job.id, JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
         with pytest.raises(StaleUpdate):
@@ -116,13 +129,13 @@ def test_conditional_update_detects_a_change(tmp_path):
             store.write(JobUpdate("job-999", JobState.CANCELLED, None, (), EventType.CANCELLED, "x", 2.0))
 
 
-def test_nodes_persist(tmp_path):
-    path = str(tmp_path / "s.db")
-    with Store(path) as store:
+def test_nodes_persist(location):
+    path = location
+    with open_store(path) as store:
         store.write(NodeWrite("n1", {"name": "n1", "devices": []}, 1.0))
         store.write(NodeWrite("n2", {"name": "n2", "devices": []}, 1.0))
         store.write(NodeWrite("n1", {}, 2.0, remove=True))
-    with Store(path) as store:
+    with open_store(path) as store:
         assert [n["name"] for n in store.load_nodes()] == ["n2"]
 
 
@@ -176,8 +189,8 @@ def test_newer_or_foreign_files_are_refused(tmp_path):
         Store(str(junk))
 
 
-def test_request_id_of_a_finished_job_still_answers(tmp_path):
-    with Store(str(tmp_path / "s.db")) as store:
+def test_request_id_of_a_finished_job_still_answers(location):
+    with open_store(location) as store:
         job = submit(store, "r1", {"x": 1}).job
         store.write(JobUpdate(job.id, JobState.SUCCEEDED, None, (), EventType.SUCCEEDED, "done", 2.0))
         again = submit(store, "r1", {"x": 1})
