@@ -47,11 +47,13 @@ from xpod.scheduler.store import (
     JobState,
     JobUpdate,
     NodeWrite,
+    NotLeader,
     PendingReasonRecord,
     RequestIdConflict,
     StaleUpdate,
     StoreClosed,
     StoreOverloaded,
+    StoreUnavailable,
     SubmitResult,
     SubmitWrite,
     UpdateResult,
@@ -102,6 +104,18 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s  # RetryInfo.retry_delay when set
         if field is not None:
             self.metadata.setdefault("field", field)
+
+
+def _store_lost(err: Exception) -> ApiError:
+    """A write this replica could not make durable (it lost the leader lease or the database):
+    nothing was acknowledged, and the same request id is safe to retry on any replica."""
+    reason = "NOT_LEADER" if isinstance(err, NotLeader) else "STORE_UNAVAILABLE"
+    return ApiError(
+        Code.UNAVAILABLE,
+        reason,
+        f"not written ({str(err)[:200]}); retry with the same request id (on another replica when there is one)",
+        retry_after_s=0.5,
+    )
 
 
 # --- the seam to the scheduler core -----------------------------------------------------------
@@ -357,6 +371,8 @@ class SchedulerApi:
         self._submitted_s: dict[str, float] = {}  # QUEUED, never placed -> submit time (queue-wait metric)
         self._task_states: dict[str, dict[str, TaskState]] = {}  # job -> node -> last report
         self._last_revision = 0
+        # set on a follower replica (scheduler.replica): every write and agent call raises it
+        self.read_only_error: Callable[[], ApiError] | None = None
         self.cycles = 0
         self.loop_errors = 0  # cycles that raised (the loop goes on after a pause)
         from .liveness import Liveness
@@ -510,6 +526,8 @@ class SchedulerApi:
             raise ApiError(
                 Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0
             ) from None
+        except (NotLeader, StoreUnavailable) as err:
+            raise _store_lost(err) from None
 
     def _shed(self, why: str) -> ApiError:
         if self.metrics is not None:
@@ -521,7 +539,19 @@ class SchedulerApi:
             retry_after_s=self._limits.retry_after_s,
         )
 
+    def _leader_only(self) -> None:
+        if self.read_only_error is not None:
+            raise self.read_only_error()
+
+    def refresh_nodes(self) -> None:
+        """Take the stored nodes into the mirror (a follower replica, after the leader wrote them)."""
+        nodes = [NodeView.from_json(doc) for doc in self._store.load_nodes()]
+        with self._lock:
+            for node in nodes:
+                self._nodes[node.name] = node
+
     def _submit_write(self, write: Any) -> concurrent.futures.Future:
+        self._leader_only()
         try:
             return self._store.submit(write)
         except StoreOverloaded as err:
@@ -561,6 +591,8 @@ class SchedulerApi:
             )
         if isinstance(err, StoreClosed):
             return ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0)
+        if isinstance(err, (NotLeader, StoreUnavailable)):
+            return _store_lost(err)
         return None
 
     def begin_submit(self, principal: Principal, request_id: str, document: Any) -> "Submission":
@@ -810,6 +842,7 @@ class SchedulerApi:
     def register_node(self, principal: Principal, node: NodeView, *, timeout_s: float | None = None) -> NodeView:
         """Add or replace a node (durable). Jobs bound to a replaced node are evicted by the core."""
         self._authorize(principal, Call.REGISTER_NODE)
+        self._leader_only()
         if not node.name or len(node.name) > 253 or "/" in node.name:
             raise ApiError(
                 Code.INVALID_ARGUMENT,
@@ -869,6 +902,7 @@ class SchedulerApi:
     def heartbeat(self, principal: Principal, node_name: str, health: dict[int, str]) -> float:
         """Record liveness and device health; returns the seconds until the next heartbeat is due."""
         self._authorize(principal, Call.HEARTBEAT)
+        self._leader_only()
         with self._lock:
             node = self._nodes.get(node_name)
         if node is None:
@@ -918,6 +952,7 @@ class SchedulerApi:
     ) -> Iterator[Assignment]:
         """The jobs bound to this node now (run=True), then every start and stop."""
         self._authorize(principal, Call.WATCH_ASSIGNMENTS)
+        self._leader_only()
         with self._lock:
             if node_name not in self._nodes:
                 raise ApiError(
@@ -974,6 +1009,7 @@ class SchedulerApi:
         node failed; SUCCEEDED when every node succeeded. ``failed_tasks`` (with FAILED) names
         the failed tasks on the node, so a serving job's other replicas there keep running."""
         self._authorize(principal, Call.REPORT_TASK_STATUS)
+        self._leader_only()
         job = self._job(job_id)
         nodes = {a.node for a in job.allocations}
         if job.state not in BOUND_STATES or node_name not in nodes:

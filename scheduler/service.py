@@ -744,6 +744,18 @@ class RunningServer:
         self._pool = pool
         self._stopped = False
 
+    def set_serving(self, serving: bool, names: tuple[str, ...] = SERVICE_NAMES) -> None:
+        """What the health service says for ``names`` (a replica without its store: NOT_SERVING)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        if self._stopped:
+            return
+
+        async def apply() -> None:
+            for name in names:
+                await self.health.set(name, status)
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout=10)
+
     def stop(self, grace_s: float = 2.0) -> None:
         """Probes see NOT_SERVING, then the port closes (calls in flight get ``grace_s``). Idempotent."""
         if self._stopped:

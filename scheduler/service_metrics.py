@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from .grpc_metrics import GrpcServerMetrics
@@ -107,6 +107,16 @@ class ServiceMetrics:
             "xpod_scheduler_evicted_jobs",
             "Bound jobs that lost their devices (requeued or failed), by reason.",
             ["queue", "reason"],
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "xpod_scheduler_leader",
+            "1 on the replica that leads (runs the scheduling loop and takes writes), 0 on the others.",
+            registry=self.registry,
+        )
+        self.leader_changes = Counter(
+            "xpod_scheduler_leader_changes",
+            "Times this replica became leader or stopped being it.",
             registry=self.registry,
         )
         self.grpc = GrpcServerMetrics(self.registry)

@@ -12,13 +12,34 @@ def register(commands) -> None:
     s = commands.top.add_parser(
         "server",
         help="run the scheduler service (gRPC API, durable store, scheduling loop)",
-        description="Run the xpod scheduler: gRPC API on --listen, SQLite store in --db, metrics on --metrics.",
+        description="Run the xpod scheduler: gRPC API on --listen, store in --db (SQLite) or --store URL, "
+        "metrics on --metrics. Several servers with the same postgresql:// store are replicas: one leads "
+        "(schedules, takes writes), the others answer reads and name the leader (docs/high-availability.md).",
     )
     s.add_argument(
         "--cluster", metavar="FILE", help="cluster descriptor (YAML); without it, nodes come from agents only"
     )
     s.add_argument(
         "--db", metavar="PATH", default="xpod.db", help="SQLite database (created if missing; default xpod.db)"
+    )
+    s.add_argument(
+        "--store",
+        metavar="URL",
+        help="sqlite:///PATH (same as --db PATH) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB "
+        "(replicas sharing it elect one leader)",
+    )
+    s.add_argument(
+        "--advertise",
+        metavar="ADDR",
+        help="host:port clients and agents reach this replica at (postgresql stores; default: the --listen address)",
+    )
+    s.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="leader lease of replicas (postgresql stores): a follower takes over this long after the leader "
+        "stopped renewing (default 3)",
     )
     s.add_argument(
         "--listen",
@@ -98,20 +119,35 @@ def cmd_server(args) -> int:
 
         cluster = load_cluster(args.cluster)
         cluster_name, nodes = cluster.name, cluster_inventory(cluster)
-    if args.core_process:
-        from xpod.scheduler.core_process import ProcessPlacer
-
-        placer = ProcessPlacer(args.cluster, cluster)
-    else:
-        placer = CorePlacer(cluster)
-    try:
-        api = SchedulerApi(
-            args.db, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
-        )
-    except StoreError:
-        raise
+    location = args.store or args.db
+    replicated = location.startswith(("postgresql://", "postgres://"))
+    if args.lease_ttl < 0.5:
+        raise XpodError(f"--lease-ttl {args.lease_ttl:g}: give at least 0.5 seconds")
     metrics = ServiceMetrics()
-    metrics.attach(api)
+    if replicated:
+        from xpod.scheduler.replica import ApiHandle
+        from xpod.scheduler.store_postgres import PostgresStore
+
+        # the URL, the credentials and the schema, checked once before serving: one line, exit 1
+        probe = PostgresStore(location)
+        probe.close()
+        api = ApiHandle()
+        metrics.attach(api)
+    else:
+        if args.core_process:
+            from xpod.scheduler.core_process import ProcessPlacer
+
+            placer = ProcessPlacer(args.cluster, cluster)
+        else:
+            placer = CorePlacer(cluster)
+        try:
+            api = SchedulerApi(
+                location, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
+            )
+        except StoreError:
+            raise
+        metrics.attach(api)
+        metrics.leader.set(1)  # a SQLite store has one server: it leads
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     try:
         running = build_server(api, authenticator, args.listen, tls=tls, frontends=frontends)
@@ -128,7 +164,11 @@ def cmd_server(args) -> int:
             running.stop(0)
             api.close()
             raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
-    api.start()
+    replica = None
+    if replicated:
+        replica = _start_replica(args, api, running, metrics, cluster, cluster_name, nodes, host)
+    else:
+        api.start()
     from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
 
     # the server keeps every job in memory: without this, full GC passes that walk all of them
@@ -140,7 +180,6 @@ def cmd_server(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    jobs = len(api.store.load_jobs())
     devices = sum(len(n.devices) for n in nodes)
     if authenticator.open:
         print(f"xpod server: no --tokens file: running OPEN (no authentication) on {host}", flush=True)
@@ -150,8 +189,13 @@ def cmd_server(args) -> int:
         metrics_where = f"; metrics on http://{metrics_host}:{metrics_server.server_port}/metrics"
     print(
         # an IPv6 host in brackets: the address as clients (xpod --server) take it
-        f"xpod server: listening on {f'[{host}]' if ':' in host else host}:{running.port}{' (TLS)' if tls else ''}; db {args.db} "
-        f"({jobs} jobs recovered, revision {api.last_revision}); cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
+        f"xpod server: listening on {f'[{host}]' if ':' in host else host}:{running.port}{' (TLS)' if tls else ''}; "
+        + (
+            f"store {replica.display} (replica {replica.address}, {replica.role.value}); "
+            if replica is not None
+            else f"db {location} ({len(api.store.load_jobs())} jobs recovered, revision {api.last_revision}); "
+        )
+        + f"cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
         + metrics_where
         + (f"; {frontends} front-end process{'es' if frontends > 1 else ''}" if frontends else ""),
         flush=True,
@@ -161,9 +205,54 @@ def cmd_server(args) -> int:
     while not stop.wait(0.5):
         pass
     print("xpod server: stopping", flush=True)
+    if replica is not None:
+        replica.close()  # steps down and releases the lease first: a follower takes over at once
     running.stop(2.0)
-    api.close()
+    if replica is None:
+        api.close()
     freezer.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
     return 0
+
+
+def _start_replica(args, handle, running, metrics, cluster, cluster_name, nodes, host):
+    """Bind the server's API handle to a ``Replica`` over the postgresql store and start its
+    election loop; the health service and the leader metrics follow its role."""
+    from xpod.scheduler.api import SchedulerApi
+    from xpod.scheduler.core_bridge import CorePlacer
+    from xpod.scheduler.replica import Replica, Role
+
+    def make_api(store, leader: bool):
+        if leader and args.core_process:
+            from xpod.scheduler.core_process import ProcessPlacer
+
+            placer = ProcessPlacer(args.cluster, cluster)
+        else:
+            placer = CorePlacer(cluster)  # a follower never schedules: the core only parses
+        try:
+            api = SchedulerApi(
+                store, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
+            )
+        except BaseException:
+            if hasattr(placer, "close"):
+                placer.close()
+            raise
+        api.metrics = metrics
+        return api
+
+    seen = [0]
+
+    def on_role(role: Role) -> None:
+        running.set_serving(role is not Role.NO_STORE)
+        metrics.leader.set(1 if role is Role.LEADER else 0)
+        metrics.leader_changes.inc(replica.leader_changes - seen[0])
+        seen[0] = replica.leader_changes
+
+    address = args.advertise or f"{f'[{host}]' if ':' in host else host}:{running.port}"
+    replica = Replica(args.store, make_api, address, lease_ttl_s=args.lease_ttl, on_role=on_role)
+    handle.replica = replica
+    running.set_serving(False)  # until the first role is known
+    replica.start()
+    replica.wait_for_role(timeout_s=2 * args.lease_ttl)
+    return replica

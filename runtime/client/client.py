@@ -8,6 +8,14 @@ Address and token are resolved in this order (the first that gives a value wins,
    (keys: ``server``, ``token``, ``tls_ca``),
 4. the default address ``127.0.0.1:7070`` (no token).
 
+The address may be a comma-separated list (the config file may also give a YAML list): the
+replicas of one scheduler sharing a PostgreSQL store (docs/high-availability.md). The client
+talks to one at a time; a call refused with UNAVAILABLE (the server is gone, it follows another
+replica: reason ``NOT_LEADER`` with the leader's address, or it lost its store) or that ran past
+its deadline is sent again, the same request with the same request id, to the leader it named
+or else the next address, for up to ``failover_s`` (backing off once every address was tried).
+A submission retried so is acknowledged once: the store's request-id idempotency.
+
 Every call has a deadline (``timeout_s``). A gRPC error becomes one ``XpodError`` line: an
 unreachable server names the address; a refusal gives the code, the server's reason and
 message. Job files are YAML; their errors are ``FILE:LINE: message``, also for a field the
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -35,6 +44,11 @@ class Target:
     token: str | None
     tls_ca: str | None
     source: str  # where the address came from: flag, XPOD_SERVER, config file path, default
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The replicas to try, in order (``server`` split at commas)."""
+        return tuple(a.strip() for a in self.server.split(",") if a.strip()) or (DEFAULT_SERVER,)
 
 
 def config_path() -> str:
@@ -61,6 +75,8 @@ def resolve_target(server: str | None = None, token: str | None = None, tls_ca: 
         server, source = os.environ.get("XPOD_SERVER") or None, "XPOD_SERVER"
     if not server:
         server, source = config.get("server"), path
+        if isinstance(server, list):  # replicas as a YAML list
+            server = ",".join(str(a) for a in server)
     if not server:
         server, source = DEFAULT_SERVER, "default"
     if not token:
@@ -160,32 +176,109 @@ class RpcFailure(XpodError):
         self.metadata = dict(metadata or {})
 
 
-class Client:
-    """Blocking client over the generated stubs. ``timeout_s`` is every unary call's deadline."""
+#: reasons a server gives when another replica (or a later try) should take the call
+FAIL_OVER_REASONS = frozenset({"NOT_LEADER", "STORE_UNAVAILABLE", "SHUTTING_DOWN"})
+#: a channel to a replica that went away retries its connection at most this often (gRPC's
+#: default backoff grows to 120 s, far longer than a failover)
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
-    def __init__(self, target: Target, timeout_s: float = 10.0) -> None:
+
+class _Method:
+    """``client.jobs.SubmitJob``: a stub method named, resolved on the current replica's channel
+    at each try (so a retry after a failover goes to the new address)."""
+
+    def __init__(self, client: "Client", service: str, name: str) -> None:
+        self._client, self._service, self._name = client, service, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._client._stubs()[self._service], self._name)(*args, **kwargs)
+
+
+class _Service:
+    def __init__(self, client: "Client", service: str) -> None:
+        self._client, self._service = client, service
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(self._client, self._service, name)
+
+
+class Client:
+    """Blocking client over the generated stubs. ``timeout_s`` is every unary call's deadline;
+    ``failover_s`` bounds the retries over several addresses (module docstring)."""
+
+    def __init__(self, target: Target, timeout_s: float = 10.0, failover_s: float = 30.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.failover_s = failover_s
+        self._ca: bytes | None = None
+        if target.tls_ca:
+            try:
+                with open(target.tls_ca, "rb") as f:
+                    self._ca = f.read()
+            except OSError as err:
+                raise XpodError(f"{target.tls_ca}: cannot read the TLS CA file: {err.strerror}") from None
+        self._addresses = list(target.addresses)
+        self._current = self._addresses[0]
+        self._channels: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
+        self.jobs = _Service(self, "jobs")
+        self.nodes = _Service(self, "nodes")
+        self.cluster = _Service(self, "cluster")
+        self._stubs()
+
+    @property
+    def address(self) -> str:
+        """The replica the next call goes to."""
+        return self._current
+
+    def _stubs(self) -> dict[str, Any]:
         import grpc
 
         from xpod.proto.xpod.v1 import cluster_service_pb2_grpc, job_service_pb2_grpc, node_service_pb2_grpc
 
-        self.target = target
-        self.timeout_s = timeout_s
-        if target.tls_ca:
-            try:
-                with open(target.tls_ca, "rb") as f:
-                    ca = f.read()
-            except OSError as err:
-                raise XpodError(f"{target.tls_ca}: cannot read the TLS CA file: {err.strerror}") from None
-            self._channel = grpc.secure_channel(target.server, grpc.ssl_channel_credentials(root_certificates=ca))
-        else:
-            self._channel = grpc.insecure_channel(target.server)
-        self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
-        self.nodes = node_service_pb2_grpc.NodeServiceStub(self._channel)
-        self.cluster = cluster_service_pb2_grpc.ClusterServiceStub(self._channel)
+        address = self._current
+        entry = self._channels.get(address)
+        if entry is None:
+            if self._ca is not None:
+                credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
+                channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            stubs = {
+                "jobs": job_service_pb2_grpc.JobServiceStub(channel),
+                "nodes": node_service_pb2_grpc.NodeServiceStub(channel),
+                "cluster": cluster_service_pb2_grpc.ClusterServiceStub(channel),
+            }
+            entry = self._channels[address] = (channel, stubs)
+        return entry[1]
 
     def close(self) -> None:
-        self._channel.close()
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def _fails_over(self, err: Any, failure: "RpcFailure") -> bool:
+        """A call another replica (or a later try) may take: several addresses, and UNAVAILABLE
+        for a reason that says so (or none: the transport), or a deadline."""
+        if len(self._addresses) < 2 and not failure.metadata.get("leader"):
+            return False
+        if failure.code == "DEADLINE_EXCEEDED":
+            return True
+        return failure.code == "UNAVAILABLE" and (not failure.reason or failure.reason in FAIL_OVER_REASONS)
+
+    def _fail_over(self, failure: "RpcFailure") -> None:
+        leader = failure.metadata.get("leader", "")
+        if leader and leader != self._current:
+            if leader not in self._addresses:
+                self._addresses.append(leader)
+            self._current = leader
+            return
+        i = self._addresses.index(self._current) if self._current in self._addresses else -1
+        self._current = self._addresses[(i + 1) % len(self._addresses)]
 
     def __enter__(self) -> "Client":
         return self
@@ -201,13 +294,13 @@ class Client:
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         if code in (grpc.StatusCode.UNAVAILABLE,) and not _has_details(err):
             return RpcFailure(
-                f"cannot reach the xpod server at {self.target.server} (from {self.target.source}): {err.details()}; "
+                f"cannot reach the xpod server at {self._current} (from {self.target.source}): {err.details()}; "
                 "start one with 'xpod server' or pass --server / XPOD_SERVER",
                 code.name,
             )
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return RpcFailure(
-                f"the xpod server at {self.target.server} did not answer within {self.timeout_s:g} s", code.name
+                f"the xpod server at {self._current} did not answer within {self.timeout_s:g} s", code.name
             )
         reason, field, metadata = "", None, {}
         status = rpc_status.from_call(err)
@@ -226,14 +319,27 @@ class Client:
         return RpcFailure(f"{code.name}{shown}: {err.details()}", code.name, reason, field, metadata)
 
     def call(self, stub_method, request, timeout_s: float | None = None):
+        """One unary call; over several replicas, the same request again on the next one while
+        it fails over (module docstring), within ``failover_s``."""
         import grpc
 
-        try:
-            return stub_method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise self._failure(err) from None
+        give_up = time.monotonic() + self.failover_s
+        tries = 0
+        while True:
+            try:
+                return stub_method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as err:
+                failure = self._failure(err)
+                if not self._fails_over(err, failure) or time.monotonic() >= give_up:
+                    raise failure from None
+                self._fail_over(failure)
+                tries += 1
+                if tries % max(1, len(self._addresses)) == 0:
+                    time.sleep(min(1.0, 0.1 * tries))  # every replica refused: one is taking over
 
     def stream(self, stub_method, request) -> Iterator[Any]:
+        """A server stream; when it breaks for a reason another replica can take, the next
+        call (the caller reconnects) goes there."""
         import grpc
 
         try:
@@ -241,7 +347,10 @@ class Client:
         except grpc.RpcError as err:
             if err.code() is grpc.StatusCode.CANCELLED:
                 return
-            raise self._failure(err) from None
+            failure = self._failure(err)
+            if self._fails_over(err, failure):
+                self._fail_over(failure)
+            raise failure from None
 
     # JobService
 

@@ -1,0 +1,299 @@
+"""One ``xpod server`` replica of several sharing one PostgreSQL store: who leads, and what the
+others do meanwhile.
+
+Roles (``Role``):
+
+* **LEADER**: holds the lease (``store_postgres.LeaderLease``) and renews it every ``ttl/4``;
+  runs the whole service (``SchedulerApi`` over a ``PostgresStore`` fenced with the lease's
+  token, the scheduling loop, the agents' streams). It steps down when a renewal says another
+  replica holds the lease, when its store fails (``NotLeader``, lost database), or when no
+  renewal succeeded for ``0.75 * ttl`` (a follower may take the lease at ``ttl``: the leader
+  stops first, by its own clock, and the fencing token stops any write that still slips out).
+* **FOLLOWER**: the lease is held by another replica. It answers reads (jobs, nodes, events,
+  watches) from a mirror kept current by tailing the event log every ``follow_interval_s``;
+  every write and every agent call is refused with UNAVAILABLE, reason ``NOT_LEADER``, and the
+  leader's address in the error's metadata (``leader``). Clients and agents with several
+  addresses (``--server a,b,c``) retry there with the same request id (``runtime.client``).
+  Forwarding writes would hide the leader from agents, whose streams must reach it anyway.
+* **NO_STORE**: the database cannot be reached. Every call is UNAVAILABLE
+  (``STORE_UNAVAILABLE``), the health service says NOT_SERVING for ``xpod.v1.JobService``, and
+  the replica keeps trying; when the database returns it becomes leader or follower again.
+
+A change of leader is, for the new leader, a restart from the store (``SchedulerApi`` rebuilds
+its state from it, as after ``kill -9`` of a single server); agents keep their tasks running,
+reconnect, and report them (``runtime.agent``), so nothing restarts because the leader changed.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from xpod.scheduler.api import ApiError, Code, SchedulerApi
+from xpod.scheduler.store import JobState, StoreError, StoreUnavailable, SubmitResult, UpdateResult, EventType
+from xpod.scheduler.store_postgres import LeaderLease, PostgresStore, mask_url
+
+
+class Role(str, enum.Enum):
+    LEADER = "leader"
+    FOLLOWER = "follower"
+    NO_STORE = "no_store"
+
+
+#: a factory for the service over a store: ``(store, leader)``; a follower's never schedules
+ApiFactory = Callable[[PostgresStore, bool], SchedulerApi]
+
+
+class Replica:
+    """The election loop and the current ``SchedulerApi`` of this replica (``api``).
+
+    ``on_role(role)`` is called on the election thread after every change of role (the CLI sets
+    the health service and the leader metrics there). ``start()`` returns at once; the first
+    role is taken within one lease poll. ``close()`` steps down (releasing the lease, so a
+    follower takes over without waiting for the TTL) and stops.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        make_api: ApiFactory,
+        address: str,
+        *,
+        lease_ttl_s: float = 3.0,
+        follow_interval_s: float = 0.2,
+        on_role: Callable[[Role], None] | None = None,
+        log: Callable[[str], None] = lambda line: print(line, flush=True),
+    ) -> None:
+        self.url = url
+        self.display = mask_url(url)
+        self.address = address
+        self.id = f"{address}/{uuid.uuid4().hex[:8]}"  # unique per process start
+        self._make_api = make_api
+        self._lease = LeaderLease(url, self.id, address, lease_ttl_s)
+        self._ttl_s = lease_ttl_s
+        self._follow_s = follow_interval_s
+        self._on_role = on_role
+        self._log = log
+        self._lock = threading.Lock()
+        self._api: SchedulerApi | None = None
+        self.role = Role.NO_STORE
+        self.leader_address = ""  # the leader as the lease says ("" when unknown)
+        self.leader_changes = 0  # times this replica became leader or stopped being it
+        self._token: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="xpod-election", daemon=True)
+        self.failure = ""  # the last reason the store could not be used (for NO_STORE errors)
+
+    # what the gRPC servicers see
+
+    @property
+    def api(self) -> Any:
+        with self._lock:
+            api = self._api
+        return api if api is not None else _NoStore(self)
+
+    def start(self) -> "Replica":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._step_down("shutting down", release=True)
+        self._lease.close()
+
+    def wait_for_role(self, timeout_s: float) -> Role:
+        deadline = time.monotonic() + timeout_s
+        while self.role is Role.NO_STORE and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.05)
+        return self.role
+
+    # the election loop
+
+    def _run(self) -> None:
+        last_renewed = 0.0
+        while not self._stop.is_set():
+            if self.role is Role.LEADER:
+                sent = time.monotonic()
+                try:
+                    held = self._lease.renew(self._token)
+                except StoreUnavailable as err:
+                    held = None
+                    self.failure = str(err)
+                if held:
+                    last_renewed = sent
+                api = self._api
+                store_failure = getattr(api.store, "failure", None) if api is not None else None
+                if held is False:
+                    self._step_down("another replica holds the lease")
+                elif store_failure is not None:
+                    self._step_down(f"the store failed: {str(store_failure)[:200]}")
+                elif time.monotonic() - last_renewed > 0.75 * self._ttl_s:
+                    self._step_down("the lease could not be renewed in time")
+                else:
+                    self._stop.wait(self._ttl_s / 4)
+                continue
+            try:
+                token = self._lease.try_acquire()
+                holder = self._lease.current() if token is None else None
+            except StoreUnavailable as err:
+                self.failure = str(err)
+                self._become(Role.NO_STORE, None)
+                self._stop.wait(0.5)
+                continue
+            if token is not None:
+                last_renewed = time.monotonic()
+                self._lead(token)
+                continue
+            self.leader_address = holder.address if holder is not None else ""
+            if self.role is not Role.FOLLOWER:
+                try:
+                    follower = self._make_api(PostgresStore(self.url), False)
+                except (StoreError, StoreUnavailable) as err:
+                    self.failure = str(err)
+                    self._stop.wait(0.5)
+                    continue
+                follower.read_only_error = self._not_leader_error
+                self._become(Role.FOLLOWER, follower)
+            try:
+                _follow(self._api)
+            except StoreUnavailable as err:
+                self.failure = str(err)
+                self._become(Role.NO_STORE, None)
+            self._stop.wait(self._follow_s)
+
+    def _lead(self, token: int) -> None:
+        t0 = time.monotonic()
+        self._become(Role.NO_STORE, None, quiet=True)  # the follower's mirror is not the leader's
+        try:
+            api = self._make_api(PostgresStore(self.url, fencing_token=token), True)
+        except (StoreError, StoreUnavailable) as err:
+            self.failure = str(err)
+            try:
+                self._lease.release(token)
+            except StoreUnavailable:
+                pass
+            return
+        self._token = token
+        self.leader_address = self.address
+        api.start()
+        self._become(Role.LEADER, api)
+        self._log(
+            f"xpod server: leader (lease token {token}) after {time.monotonic() - t0:.2f} s of recovery; "
+            f"{len(api._jobs)} jobs, revision {api.last_revision}"
+        )
+
+    def _step_down(self, why: str, *, release: bool = False) -> None:
+        was_leader = self.role is Role.LEADER
+        token = self._token
+        self._become(Role.NO_STORE, None, quiet=True)
+        self._token = None
+        if was_leader:
+            self._log(f"xpod server: no longer leader: {why}")
+        if release and token is not None:
+            try:
+                self._lease.release(token)
+            except StoreUnavailable:
+                pass
+
+    def _become(self, role: Role, api: SchedulerApi | None, *, quiet: bool = False) -> None:
+        with self._lock:
+            old_api, self._api = self._api, api
+            old_role, self.role = self.role, role
+        if old_api is not None and old_api is not api:
+            old_api.close()
+        if (old_role is Role.LEADER) != (role is Role.LEADER):
+            self.leader_changes += 1
+        if role is not old_role:
+            if not quiet and role is Role.FOLLOWER:
+                self._log(f"xpod server: follower; the leader is {self.leader_address or 'unknown'}")
+            if not quiet and role is Role.NO_STORE:
+                self._log(f"xpod server: cannot use the store {self.display}: {self.failure[:300]}; retrying")
+            if self._on_role is not None:
+                self._on_role(role)
+
+    def _not_leader_error(self) -> ApiError:
+        leader = self.leader_address
+        where = f"the leader is {leader}" if leader else "no leader is known yet"
+        return ApiError(
+            Code.UNAVAILABLE,
+            "NOT_LEADER",
+            f"this replica ({self.address}) follows; {where}: retry there with the same request id",
+            metadata={"leader": leader, "replica": self.address},
+            retry_after_s=0.2,
+        )
+
+
+def _follow(api: SchedulerApi) -> None:
+    """Bring a follower's mirror up to the store: events since its revision, new nodes."""
+    while True:
+        events = api.store.events_since(api.last_revision, limit=2000)
+        if not events:
+            break
+        results: list[Any] = []
+        for ev in events:
+            if ev.type is EventType.SUBMITTED and ev.job.id not in api._jobs:
+                results.append(SubmitResult(ev.job, True, ev))
+            else:
+                results.append(UpdateResult(ev.job, ev))
+        api._on_commit(results)
+        with api._lock:
+            api._new_jobs.clear()  # handed to the core by the leader only
+            for ev in events:
+                if ev.job.state is not JobState.QUEUED:
+                    api._live_pending.pop(ev.job.id, None)
+        if len(events) < 2000:
+            break
+    api.refresh_nodes()
+
+
+class ApiHandle:
+    """What the gRPC server holds instead of one ``SchedulerApi``: every attribute is the
+    current API's (the leader's, the follower's, or one that refuses every call), so a change
+    of role needs no new server. ``metrics`` is the handle's own (``ServiceMetrics.attach``)."""
+
+    def __init__(self) -> None:
+        self.metrics: Any = None
+        self.replica: Replica | None = None
+
+    def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+
+    def __getattr__(self, name: str) -> Any:
+        replica = self.__dict__.get("replica")
+        api = replica.api if replica is not None else _NoStore(None)
+        return getattr(api, name)
+
+
+class _NoStore:
+    """The API of a replica without a usable store: every call is UNAVAILABLE; the metrics'
+    state readers see nothing."""
+
+    metrics = None
+    liveness = None
+    last_revision = 0
+
+    def __init__(self, replica: Replica | None) -> None:
+        self._replica = replica
+
+    def __getattr__(self, name: str) -> Any:
+        if name.endswith("_counts") or name == "largest_free_blocks":
+            return dict
+        address = self._replica.address if self._replica is not None else "starting"
+        display = self._replica.display if self._replica is not None else "the store"
+        leader = self._replica.leader_address if self._replica is not None else ""
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise ApiError(
+                Code.UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                f"this replica ({address}) cannot use its store {display} now; retry another replica or later",
+                metadata={"replica": address, "leader": leader},
+                retry_after_s=0.5,
+            )
+
+        return refuse
