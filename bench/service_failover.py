@@ -41,6 +41,10 @@ TASK = os.path.join(REPO, "tests", "fixtures", "agent", "task.py")
 BIN = os.path.dirname(sys.executable)
 XPOD = os.path.join(BIN, "xpod")
 RUNNING = 3  # xpod.v1.JobState JOB_STATE_RUNNING
+sys.path.insert(0, HERE)
+
+from agent_kill9 import _alive  # noqa: E402
+from service_kill9 import list_all  # noqa: E402
 
 
 def free_port() -> int:
@@ -140,14 +144,6 @@ def wait_for(what: str, check, timeout_s: float):
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def main() -> int:
@@ -262,16 +258,9 @@ def main() -> int:
             t.join(timeout=180)
         # the check, through any replica
         with Client(Target(addrs, None, None, "bench"), timeout_s=60, failover_s=120) as c:
-            jobs = []
-            token = ""
             from xpod.proto.xpod.v1 import job_service_pb2
 
-            while True:
-                resp = c.call(c.jobs.ListJobs, job_service_pb2.ListJobsRequest(page_size=1000, page_token=token))
-                jobs += list(resp.jobs)
-                token = resp.next_page_token
-                if not token:
-                    break
+            jobs = list_all(c.jobs, job_service_pb2)
             by_rid: dict[str, list[str]] = {}
             for j in jobs:
                 by_rid.setdefault(j.request_id, []).append(j.id)

@@ -473,7 +473,8 @@ class GroupCommitStore:
     thread, two lanes, the writer's own view of committed jobs. Thread-safe.
 
     A database implements the hooks below (``_begin``, ``_flush``, ``_commit``, ``_rollback``,
-    ``_select_job_doc``, ``_after_batch``, ``_close_connections``) and the reads
+    ``_select_job_doc``, ``_after_batch``, ``_close_connections``; ``_cursor``, and the
+    statements ``_flush`` runs in its parameter style) and the reads
     (``load_jobs``, ``load_nodes``, ``last_revision``, ``events_since``); the batching, the
     idempotency and the revisions are here once. ``Store`` is SQLite, ``PostgresStore``
     (``scheduler.store_postgres``) PostgreSQL.
@@ -725,9 +726,31 @@ class GroupCommitStore:
     def _begin(self) -> None:
         raise NotImplementedError
 
-    def _flush(self, txn: "_Txn") -> None:
-        """Write the batch's rows (events, then job inserts, job updates, node writes)."""
+    # the statements of a batch, in the database's parameter style (``?`` or ``%s``)
+    _INSERT_EVENTS = "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)"
+    _INSERT_JOBS = "INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)"
+    _UPDATE_JOBS = "UPDATE jobs SET doc = ? WHERE id = ?"
+    _DELETE_NODE = "DELETE FROM nodes WHERE name = ?"
+    _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)"
+
+    def _cursor(self) -> Any:
+        """What the writer executes the batch on (inside the open transaction)."""
         raise NotImplementedError
+
+    def _flush(self, txn: _Txn) -> None:
+        """Write the batch's rows: events, then job inserts, job updates, node writes."""
+        cur = self._cursor()
+        if txn.event_rows:
+            cur.executemany(self._INSERT_EVENTS, txn.event_rows)
+        if txn.job_inserts:
+            cur.executemany(self._INSERT_JOBS, txn.job_inserts)
+        if txn.job_updates:
+            cur.executemany(self._UPDATE_JOBS, txn.job_updates)
+        for name, doc, time_s in txn.node_writes:
+            if doc is None:
+                cur.execute(self._DELETE_NODE, (name,))
+            else:
+                cur.execute(self._UPSERT_NODE, (name, doc, time_s))
 
     def _commit(self) -> None:
         raise NotImplementedError
@@ -863,24 +886,8 @@ class Store(GroupCommitStore):
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
-    def _flush(self, txn: _Txn) -> None:
-        conn = self._conn
-        if txn.event_rows:
-            conn.executemany(
-                "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)",
-                txn.event_rows,
-            )
-        if txn.job_inserts:
-            conn.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)", txn.job_inserts)
-        if txn.job_updates:
-            conn.executemany("UPDATE jobs SET doc = ? WHERE id = ?", txn.job_updates)
-        for name, doc, time_s in txn.node_writes:
-            if doc is None:
-                conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)", (name, doc, time_s)
-                )
+    def _cursor(self) -> sqlite3.Connection:
+        return self._conn
 
     def _commit(self) -> None:
         self._conn.execute("COMMIT")

@@ -44,7 +44,6 @@ from xpod.scheduler.store import (
     StoreError,
     StoreUnavailable,
     _event_record,
-    _Txn,
     newer_schema_error,
 )
 
@@ -196,26 +195,17 @@ class PostgresStore(GroupCommitStore):
                 now = int(rows[0][0]) if rows else None
                 raise NotLeader(f"the leader lease moved on (token {now}, this replica held {self._token})")
 
-    def _flush(self, txn: _Txn) -> None:
-        cur = self._conn.cursor()
-        if txn.event_rows:
-            cur.executemany(
-                "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (%s, %s, %s, %s, %s, %s)",
-                txn.event_rows,
-            )
-        if txn.job_inserts:
-            cur.executemany("INSERT INTO jobs (seq, id, request_id, doc) VALUES (%s, %s, %s, %s)", txn.job_inserts)
-        if txn.job_updates:
-            cur.executemany("UPDATE jobs SET doc = %s WHERE id = %s", txn.job_updates)
-        for name, doc, time_s in txn.node_writes:
-            if doc is None:
-                cur.execute("DELETE FROM nodes WHERE name = %s", (name,))
-            else:
-                cur.execute(
-                    "INSERT INTO nodes (name, doc, update_time_s) VALUES (%s, %s, %s) ON CONFLICT (name) "
-                    "DO UPDATE SET doc = EXCLUDED.doc, update_time_s = EXCLUDED.update_time_s",
-                    (name, doc, time_s),
-                )
+    _INSERT_EVENTS = GroupCommitStore._INSERT_EVENTS.replace("?", "%s")
+    _INSERT_JOBS = GroupCommitStore._INSERT_JOBS.replace("?", "%s")
+    _UPDATE_JOBS = GroupCommitStore._UPDATE_JOBS.replace("?", "%s")
+    _DELETE_NODE = GroupCommitStore._DELETE_NODE.replace("?", "%s")
+    _UPSERT_NODE = (
+        "INSERT INTO nodes (name, doc, update_time_s) VALUES (%s, %s, %s) ON CONFLICT (name) "
+        "DO UPDATE SET doc = EXCLUDED.doc, update_time_s = EXCLUDED.update_time_s"
+    )
+
+    def _cursor(self) -> Any:
+        return self._conn.cursor()
 
     def _commit(self) -> None:
         self._conn.commit()
