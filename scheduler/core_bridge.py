@@ -36,7 +36,7 @@ from xpod.hal.errors import XpodError
 
 from .api import CycleOutcome, NodeView, DeviceView, ParsedJob, SpecInvalid
 from .core.scheduler import Scheduler
-from .core.model import Binding, Device, Job, JobKind, Node, Queue
+from .core.model import Binding, Job, JobKind, Node, Queue
 from .core.snapshot import Statement
 from .core.spec import parse_job
 from .store import AllocationRecord, JobRecord, PendingReasonRecord
@@ -135,29 +135,27 @@ def _parse_spec(kind: str, spec: dict[str, Any]) -> Job:
 
 
 def node_from_view(view: NodeView) -> Node:
-    """A core Node for a node an agent registered (CPU and memory 0 = not a constraint)."""
-    from .core.from_cluster import UNBOUNDED_CPU_MILLI, UNBOUNDED_MEMORY_BYTES
+    """A core Node for a node an agent registered (CPU and memory 0 = not a constraint), its
+    devices enriched from the catalog as the cluster file's are (``from_cluster.enrich_device``)."""
+    from .core.from_cluster import node_from_devices
 
     labels = dict(view.labels)
     supernode = labels.get("supernode")
-    return Node(
-        name=view.name,
-        cpu_milli=view.cpu_milli or UNBOUNDED_CPU_MILLI,
-        memory_bytes=view.memory_bytes or UNBOUNDED_MEMORY_BYTES,
-        devices=tuple(
-            Device(index=d.index, model=d.model, vendor=d.vendor, memory_bytes=d.memory_total_bytes)
-            for d in view.devices
-        ),
-        supernode=supernode,
-        failure_domain=labels.get("failure_domain") or supernode,
+    return node_from_devices(
+        view.name,
+        ((d.index, d.model, d.vendor, d.memory_total_bytes) for d in view.devices),
+        cpu_milli=view.cpu_milli,
+        memory_bytes=view.memory_bytes,
         labels=labels,
+        domains={"supernode": supernode} if supernode else {},
+        failure_domain=labels.get("failure_domain") or supernode,
     )
 
 
 def view_from_node(node: Node) -> NodeView:
     labels = {str(k): str(v) for k, v in dict(node.labels).items()}
-    if node.supernode:
-        labels["supernode"] = node.supernode
+    if node.domains.get("supernode"):
+        labels["supernode"] = node.domains["supernode"]
     if node.failure_domain:
         labels["failure_domain"] = node.failure_domain
     return NodeView(
@@ -192,13 +190,19 @@ class CorePlacer:
     ``never_fits``, which may run at the same time as the others (they use a shadow facade)."""
 
     def __init__(self, cluster=None, scheduler: Scheduler | None = None) -> None:
-        self.scheduler = scheduler or Scheduler(queues=(Queue("default"),))
+        fabric = None
+        if cluster is not None and scheduler is None:
+            from .core.from_cluster import fabric_from_cluster
+
+            fabric = fabric_from_cluster(cluster)
+        self.scheduler = scheduler or Scheduler(queues=(Queue("default"),), fabric=fabric)
         # Admission (parse, never_fits) runs on a shadow facade that has the same inventory but
         # no jobs, under its own lock: submissions are checked while a cycle runs on the live one.
         self._shadow = Scheduler(
             queues=tuple(self.scheduler.queues.values()),
             priority_classes=tuple(self.scheduler.priority_classes.values()),
             profile=self.scheduler.profile,
+            fabric=self.scheduler.descriptor_fabric,
         )
         self._admission = threading.Lock()
         self._cluster_nodes: dict[str, Node] = {}

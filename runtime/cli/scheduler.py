@@ -175,14 +175,14 @@ def cmd_bench_scheduler(args) -> int:
     if args.cycles < 0:
         raise XpodError(f"--cycles: {args.cycles} must be >= 0")
     if args.cluster:
-        from xpod.scheduler.core.from_cluster import load_nodes
+        from xpod.scheduler.core.from_cluster import load_inventory
 
-        nodes = load_nodes(args.cluster)
+        nodes, fabric = load_inventory(args.cluster)
         source = args.cluster
     else:
         if args.synthetic_nodes < 1:
             raise XpodError(f"--synthetic-nodes: {args.synthetic_nodes} must be at least 1")
-        nodes = bench.synthetic_nodes(args.synthetic_nodes)
+        nodes, fabric = bench.synthetic_nodes(args.synthetic_nodes), None
         source = f"synthetic {args.synthetic_nodes} x 8 GPUs"
     if not any(n.devices for n in nodes):
         raise XpodError(f"{source}: no accelerator devices to schedule")
@@ -192,7 +192,7 @@ def cmd_bench_scheduler(args) -> int:
     else:
         model = next(d.model for n in nodes for d in n.devices)
         jobs = bench.single_device_jobs(args.pending, model)
-    r = bench.run(nodes, jobs, max_cycles=1 + args.cycles, profile=profile)
+    r = bench.run(nodes, jobs, max_cycles=1 + args.cycles, profile=profile, fabric=fabric)
     doc = r.to_json()
     doc.update(cluster=source, workload=args.workload)
     if args.json:

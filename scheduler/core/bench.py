@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
+from typing import Any
 
 from .scheduler import Scheduler
-from .model import Job, JobKind, Node, DeviceRequest, Within, Device
+from .model import CLUSTER, Device, DeviceRequest, Job, JobKind, Node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def mixed_jobs(nodes: list[Node], n: int, seed: int = 0) -> list[Job]:
     models = Counter(d.model for nd in nodes for d in nd.devices)
     model, _ = models.most_common(1)[0]
     per_node = max(len([d for d in nd.devices if d.model == model]) for nd in nodes)
-    has_sn = any(nd.supernode for nd in nodes)
+    has_sn = any("supernode" in nd.domains for nd in nodes)
     total = sum(models.values())
     classes = [c for c, _ in PRIORITY_MIX]
     weights = [w for _, w in PRIORITY_MIX]
@@ -105,7 +106,7 @@ def mixed_jobs(nodes: list[Node], n: int, seed: int = 0) -> list[Job]:
     for i in range(n):
         r = rng.random()
         # submit times strictly inside the hour (0 would mean "now" to Scheduler.submit)
-        common = dict(
+        common: dict[str, Any] = dict(
             submit_time=rng.uniform(1.0, BENCH_START_SECONDS), priority_class=rng.choices(classes, weights)[0]
         )
         if r < 0.15 and total >= 16:
@@ -118,7 +119,7 @@ def mixed_jobs(nodes: list[Node], n: int, seed: int = 0) -> list[Job]:
                     JobKind.TRAINING,
                     tasks,
                     DeviceRequest(count=per_node, model=model),
-                    within=Within.SUPERNODE if has_sn else Within.ANY,
+                    within="supernode" if has_sn else CLUSTER,
                     expected_duration_seconds=rng.uniform(600, 7200),
                     **common,
                 )
@@ -148,7 +149,7 @@ def mixed_jobs(nodes: list[Node], n: int, seed: int = 0) -> list[Job]:
                     DeviceRequest(count=per_node, model=model),
                     min_tasks=2,
                     replica_tasks=2,
-                    within=Within.SUPERNODE if has_sn else Within.ANY,
+                    within="supernode" if has_sn else CLUSTER,
                     expected_duration_seconds=rng.uniform(600, 7200),
                     **common,
                 )
@@ -185,9 +186,11 @@ def single_device_jobs(n: int, model: str) -> list[Job]:
     return [Job(f"pod-{i}", JobKind.BATCH, 1, DeviceRequest(count=1, model=model), cpu_milli=1000) for i in range(n)]
 
 
-def run(nodes: list[Node], jobs: list[Job], max_cycles: int = 50, profile=None, progress=None) -> BenchResult:
+def run(
+    nodes: list[Node], jobs: list[Job], max_cycles: int = 50, profile=None, progress=None, fabric=None
+) -> BenchResult:
     clock = [BENCH_START_SECONDS]
-    s = Scheduler(nodes, profile=profile, clock=lambda: clock[0])
+    s = Scheduler(nodes, profile=profile, clock=lambda: clock[0], fabric=fabric)
     for j in jobs:
         s.submit(j)
     times = []

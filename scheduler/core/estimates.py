@@ -38,7 +38,8 @@ import itertools
 from collections import defaultdict
 from typing import Iterable
 
-from .model import MILLI, Within
+from .fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS
+from .model import MILLI
 from .snapshot import Snapshot
 
 NEVER = float("inf")  # the end of a device a job holds without an expected end
@@ -49,7 +50,7 @@ class Demand:
     """What one waiting job asks of the timeline."""
 
     job_id: str
-    tier: Within  # the domain its devices must share: one node, one super-node, the cluster
+    tier: str  # the level of the domain its devices must share: node, a super-node, the cluster
     unit: int  # devices one task takes whole on one node (counts per node are in these units)
     need: int  # devices it must get at once in one domain (gang, one replica, one logical super-pod)
     reserve: int  # devices that domain must keep free beside it (Ascend super-pod reserve nodes)
@@ -153,14 +154,16 @@ class Timeline:
         self.now = now
         self.time = now  # the walk's clock: the latest start given so far (never decreases)
         self.free: dict[str, int] = {}  # node -> whole free devices of the pool at ``time``
-        self.supernode: dict[str, str | None] = {}
+        self.snap = snap
         # count -> nodes with that many free devices, in insertion order (deterministic walks
-        # without sorting thousands of names); the same for nodes outside any super-node, and
-        # per super-node a histogram count -> nodes
+        # without sorting thousands of names); per topology level (built when a job first asks
+        # for one): the nodes outside any domain of it by count, and per domain a histogram
+        # count -> nodes
         self.by_count: dict[int, dict[str, None]] = defaultdict(dict)
-        self.lone_by_count: dict[int, dict[str, None]] = defaultdict(dict)
-        self.sn_hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        self.sn_members: dict[str, list[str]] = defaultdict(list)
+        self.domain_of: dict[str, dict[str, str | None]] = {}  # level -> node -> its domain
+        self.lone_by_count: dict[str, dict[int, dict[str, None]]] = {}
+        self.hist: dict[str, dict[str, dict[int, int]]] = {}
+        self.members: dict[str, dict[str, list[str]]] = {}
         # the nodes with devices of the pool (``free_whole`` lists every node per model it
         # has, in the order nodes were added), with their whole free devices
         counts: dict[str, int] = {}
@@ -168,15 +171,8 @@ class Timeline:
             for name, c in snap.free_whole.get(m, {}).items():
                 counts[name] = counts.get(name, 0) + c
         for name, c in counts.items():
-            sn = snap.nodes[name].node.supernode
-            self.supernode[name] = sn
             self.free[name] = c
             self.by_count[c][name] = None
-            if sn is None:
-                self.lone_by_count[c][name] = None
-            else:
-                self.sn_hist[sn][c] += 1
-                self.sn_members[sn].append(name)
         # a sorted list is a heap: the running jobs' releases, then the walked jobs' own;
         # (time, node, whole devices, shared device key or -1)
         self.events: list[tuple[float, str, int, int]] = [
@@ -202,14 +198,37 @@ class Timeline:
         self.free[name] = new
         del self.by_count[old][name]
         self.by_count[new][name] = None
-        sn = self.supernode[name]
-        if sn is None:
-            del self.lone_by_count[old][name]
-            self.lone_by_count[new][name] = None
-        else:
-            h = self.sn_hist[sn]
-            h[old] -= 1
-            h[new] += 1
+        for level, doms in self.domain_of.items():
+            dom = doms[name]
+            if dom is None:
+                lone = self.lone_by_count[level]
+                del lone[old][name]
+                lone[new][name] = None
+            else:
+                h = self.hist[level][dom]
+                h[old] -= 1
+                h[new] += 1
+
+    def _level(self, level: str) -> None:
+        """Build the per-domain histograms of a topology level (once)."""
+        if level in self.domain_of:
+            return
+        doms: dict[str, str | None] = {}
+        lone: dict[int, dict[str, None]] = defaultdict(dict)
+        hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        members: dict[str, list[str]] = defaultdict(list)
+        for name, c in self.free.items():
+            dom = self.snap.nodes[name].node.domains.get(level)
+            doms[name] = dom
+            if dom is None:
+                lone[c][name] = None
+            else:
+                hist[dom][c] += 1
+                members[dom].append(name)
+        self.domain_of[level] = doms
+        self.lone_by_count[level] = lone
+        self.hist[level] = hist
+        self.members[level] = members
 
     def _advance_to(self, t: float) -> None:
         ev = self.events
@@ -292,19 +311,21 @@ class Timeline:
     # ---------------------------------------------------------------------- fitting
     def _fit(self, d: Demand) -> tuple[str, str] | None:
         """The best-fitting domain of the job's tier that holds ``need + reserve`` now:
-        ("node", name), ("supernode", name) or ("any", ""); None if none does."""
+        ("node", name), (level, domain) or ("any", ""); None if none does."""
         total = d.need + d.reserve
         u = d.unit
-        if d.tier is Within.NODE or d.tier is Within.HCCS_GROUP:
+        if d.tier == NODE or d.tier in NODE_LOCAL_LEVELS:
             name = _smallest_at_least(self.by_count, total)
             return None if name is None else ("node", name)
-        if d.tier is Within.SUPERNODE:
+        if d.tier != CLUSTER:
+            level = d.tier
+            self._level(level)
             best = None
-            for sn, h in self.sn_hist.items():
+            for sn, h in self.hist[level].items():
                 s = sum(n * (c // u * u) for c, n in h.items() if n)
                 if s >= total and (best is None or (s, sn) < best[0]):
-                    best = ((s, sn), ("supernode", sn))
-            lone = _smallest_at_least(self.lone_by_count, total)
+                    best = ((s, sn), (level, sn))
+            lone = _smallest_at_least(self.lone_by_count[level], total)
             if lone is not None and (best is None or (self.free[lone], lone) < best[0]):
                 best = ((self.free[lone], lone), ("node", lone))
             return None if best is None else best[1]
@@ -315,8 +336,8 @@ class Timeline:
         kind, name = dom
         if kind == "node":
             return (name,)
-        if kind == "supernode":
-            return sorted(self.sn_members[name], key=lambda n: (-self.free[n], n))
+        if kind != "any":
+            return sorted(self.members[kind][name], key=lambda n: (-self.free[n], n))
         # the cluster: fullest nodes first, lazily (a gang takes a few of thousands)
         return itertools.chain.from_iterable(
             list(self.by_count[c]) for c in sorted(self.by_count, reverse=True) if c > 0 and self.by_count[c]

@@ -22,26 +22,25 @@ class JobKind(str, enum.Enum):
     BATCH = "batch"  # independent tasks; each placed when it fits
 
 
-class Within(str, enum.Enum):
-    """How tightly a job's tasks must sit together (the topology constraint)."""
-
-    NODE = "node"  # all tasks of the job (of a replica, for serving) on one node
-    HCCS_GROUP = "hccs-group"  # each task's devices inside one HCCS group (910B: groups of 4)
-    SUPERNODE = "supernode"  # all tasks inside one super-node (UB / NVLink domain)
-    ANY = "any"  # anywhere; placement still prefers fewer tiers crossed
+#: ``Job.within`` words every cluster knows: one node, anywhere (the whole cluster). A cluster's
+#: fabric adds its own (``scheduler.core.fabric``): ``group`` (a device group inside a node),
+#: its topology levels (``rack``, ``supernode``, ...) and its tier names (``ub-l2``).
+NODE = "node"
+CLUSTER = "cluster"
+ANY = "any"  # the same as "cluster"
 
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """One schedulable device (a die on Ascend 910C)."""
+    """One schedulable device: a package, or a die where dies are the unit (the catalog says)."""
 
     index: int  # index on its node, 0-based; what a binding names
     model: str  # catalog id, e.g. "ascend-910c", "nvidia-h100-sxm"
     vendor: str  # backend id: ascend, cuda, cambricon, ...
-    memory_bytes: int  # memory of this device (per die for 910C)
+    memory_bytes: int  # memory of this device (per die when dies are the unit)
     bf16_tflops: float = 0.0  # dense BF16 per device; 0 = unknown
-    hccs_group: int | None = None  # 910B: the HCCS group of 4 this NPU belongs to
-    module: int | None = None  # 910C: the die pair (HiAM module) this die belongs to
+    group: int | None = None  # its device group inside the node (a descriptor tier of scope "group")
+    package: int | None = None  # the package it is a die of, when dies are the unit (None: it is one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,9 @@ class Node:
     cpu_milli: int
     memory_bytes: int
     devices: tuple[Device, ...] = ()
-    supernode: str | None = None  # super-node (e.g. one CloudMatrix384) this node belongs to
+    # level -> the domain of that topology level holding this node ({"supernode": "cm-a", "rack":
+    # "cm-a-r00"}); the cluster's fabric (``scheduler.core.fabric``) says which levels are tiers
+    domains: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, hash=False)
     failure_domain: str | None = None  # rack / zone serving replicas spread across; default: node
     # what a job's node selector matches (``Job.node_selector``): the cluster file's node-group
     # labels, an agent's registered labels (e.g. ``xpod/simulated: "true"``)
@@ -106,6 +107,16 @@ class DeviceRequest:
         return f"{self.count} {what}"
 
 
+def slice_bytes(job: "Job", device_memory: int) -> int:
+    """The memory slice a fractional task of ``job`` takes on a device of ``device_memory``
+    bytes (its request's ``memory_bytes``, else the share of the device its milli is); 0 for
+    whole devices."""
+    req = job.devices
+    if req is None or not req.fractional:
+        return 0
+    return req.memory_bytes or device_memory * req.milli // MILLI
+
+
 @dataclasses.dataclass(frozen=True)
 class PriorityClass:
     name: str
@@ -133,8 +144,9 @@ class Job:
     ``replica_tasks``, ``min_tasks`` = min replicas x ``replica_tasks``. Task ``t`` belongs to
     replica ``t // replica_tasks``. A replica is placed whole or not at all: a one-task replica
     on one node; a multi-task replica inside the tightest domain its ``within`` allows (one
-    node, else one super-node; an Ascend 910C replica of 16-die tasks is one logical super-pod
-    inside one physical super-pod). Replicas spread across failure domains.
+    node, else one domain of the fabric's tiers; a block rule plugin may make each replica one
+    block: an Ascend 910C replica of 16-die tasks is one logical super-pod inside one physical
+    super-pod). Replicas spread across failure domains.
     Batch: each task placed on its own.
     """
 
@@ -145,13 +157,20 @@ class Job:
     cpu_milli: int = 0  # per task
     memory_bytes: int = 0  # per task
     min_tasks: int | None = None  # elastic minimum / min replicas; None = tasks
-    within: Within = Within.ANY
+    # how tightly the tasks sit: a level or tier name of the cluster's fabric (``node``,
+    # ``supernode``, ``rack``, ``group``: each task's devices in one device group), or ``cluster``
+    # (anywhere; placement still prefers fewer tiers crossed). ``Scheduler.submit`` resolves a
+    # tier name or ``any`` to its level.
+    within: str = CLUSTER
     queue: str = "default"
     priority_class: str = "normal"
     priority: int = 0  # resolved value of priority_class
     submit_time: float = 0.0
     expected_duration_seconds: float | None = None  # estimated starts; backfill on reserved devices needs it
-    sp_block: int | None = None  # Ascend 910C: dies per logical super-pod (multiple of 16)
+    # devices per block: the tasks are placed in blocks, each inside one domain, as a block rule
+    # plugin says (``plugins/ascend``: MindCluster's sp-block, a logical super-pod of 910C dies
+    # inside one physical super-pod beside its reserve nodes); no plugin acting on it: refused
+    domain_block: int | None = None
     replica_tasks: int = 1  # serving: tasks per replica (a replica larger than one node)
     # labels a node must carry, every one with this value, to run a task of the job (Kubernetes'
     # nodeSelector): e.g. {"xpod/simulated": "false"} keeps a job that runs a real command off

@@ -1,11 +1,12 @@
-"""Scheduler profiles: which actions run, in which order, with which policies.
+"""Scheduler profiles: which actions run, in which order, with which plugins.
 
-A profile is YAML (or a dict)::
+A profile is YAML (or a dict); ``policies`` lists the plugins (``scheduler/core/plugins/``)::
 
     actions: [enqueue, allocate, backfill, preempt, reclaim]
     policies:
       - gang
       - topology
+      - node-selector
       - name: ascend
         args: {reserve_nodes: 2}
       - binpack
@@ -15,8 +16,9 @@ A profile is YAML (or a dict)::
         args: {aging_per_hour: 1}
     estimate_depth: 256   # optional: queue positions per queue that get an estimated start
 
-An unknown action, policy, key or argument is an ``XpodError`` at load time naming the file
-and the field, never a log line.
+An unknown action, plugin, key or argument is an ``XpodError`` at load time naming the file
+and the field, never a log line; so is a plugin that implements no extension point, and two
+plugins that answer the same one-answer point (``node_order``: binpack and spread).
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from typing import Any, Mapping
 
 from xpod.hal.errors import XpodError
 
+from . import plugins
 from .actions import ACTIONS
-from .policies import POLICIES, Policy
+from .framework import PLUGINS, Plugin, check_plugin, points_of
 
 DEFAULT_PROFILE: dict[str, Any] = {
     "actions": ["enqueue", "allocate", "backfill", "preempt", "reclaim"],
-    "policies": ["gang", "topology", "ascend", "binpack", "fragmentation", "drf", "priority"],
+    "policies": list(plugins.DEFAULT),
 }
+
+#: points where one plugin's answer decides (a second one would silently lose)
+_ONE_ANSWER = ("node_order", "queue_key", "job_key", "effective", "min_tasks", "tiers")
 
 
 #: queue positions per queue whose estimated start a cycle computes (a walk of the queue in
@@ -46,8 +52,8 @@ class Profile:
     policies: tuple[tuple[str, Mapping[str, Any]], ...]
     estimate_depth: int = DEFAULT_ESTIMATE_DEPTH  # see DEFAULT_ESTIMATE_DEPTH
 
-    def build_policies(self) -> list[Policy]:
-        return [POLICIES[name](**dict(args)) for name, args in self.policies]
+    def build_plugins(self) -> list[Plugin]:
+        return [PLUGINS[name](**dict(args)) for name, args in self.policies]
 
 
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
@@ -72,20 +78,25 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
         raise XpodError(f"{source}: policies: a list of policy names or {{name, args}} mappings")
     out = []
     for i, p in enumerate(pols):
+        args: Mapping[str, Any]
         if isinstance(p, str):
             name, args = p, {}
         elif isinstance(p, Mapping):
             extra = set(p) - {"name", "args"}
             if extra:
                 raise XpodError(f"{source}: policies[{i}]: unknown key {sorted(extra)[0]!r} (allowed: name, args)")
-            name, args = p.get("name"), p.get("args") or {}
+            name, args = str(p.get("name")), p.get("args") or {}
             if not isinstance(args, Mapping):
                 raise XpodError(f"{source}: policies[{i}].args: must be a mapping")
         else:
             raise XpodError(f"{source}: policies[{i}]: a policy name or a {{name, args}} mapping")
-        if name not in POLICIES:
-            raise XpodError(f"{source}: policies[{i}]: unknown policy {name!r} (known: {', '.join(POLICIES)})")
-        cls = POLICIES[name]
+        if name not in PLUGINS:
+            raise XpodError(f"{source}: policies[{i}]: unknown plugin {name!r} (known: {', '.join(PLUGINS)})")
+        cls = PLUGINS[name]
+        try:
+            check_plugin(cls)
+        except XpodError as err:
+            raise XpodError(f"{source}: policies[{i}]: {err}") from None
         for k, v in args.items():
             if k not in cls.ARGS:
                 allowed = ", ".join(cls.ARGS) or "none"
@@ -95,8 +106,15 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
                 raise XpodError(f"{source}: policies[{i}] ({name}).args.{k}: {v!r} must be a non-negative number")
         out.append((name, dict(args)))
     names = [n for n, _ in out]
-    if "binpack" in names and "spread" in names:
-        raise XpodError(f"{source}: policies: binpack and spread contradict each other; keep one")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise XpodError(f"{source}: policies: {twice} is listed twice; keep one")
+    for point in _ONE_ANSWER:
+        answering = [n for n in names if point in points_of(PLUGINS[n])]
+        if len(answering) > 1:
+            raise XpodError(
+                f"{source}: policies: {' and '.join(answering)} both answer {point} and contradict each other; keep one"
+            )
     return Profile(tuple(actions), tuple(out), depth)
 
 

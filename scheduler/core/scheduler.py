@@ -5,8 +5,9 @@ synchronous and deterministic for the same inputs and clock; the clock is inject
 returning seconds) so tests and replays control time. A later gRPC servicer is a thin adapter
 over these methods, one to one.
 
-* ``submit(job)`` validates (queue, priority class, the enabled policies' rules) and queues
-  the job; a user error raises ``XpodError`` with one line. Idempotent for an identical job.
+* ``submit(job)`` validates (queue, priority class, ``within`` against the cluster's fabric,
+  the enabled plugins' ``pre_filter``, job fields no enabled plugin acts on) and queues the
+  job; a user error raises ``XpodError`` with one line. Idempotent for an identical job.
 * ``cancel(job_id)`` drops a pending job or releases a running one; False if unknown.
 * ``finish(job_id)`` a running job completed: its devices are free again.
 * ``never_fits(job)`` why a job can never fit this cluster, even empty (None: it can, once
@@ -35,6 +36,10 @@ from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 
 from . import actions as act
+from . import reasons
+from .fabric import Fabric, derive
+from .framework import CycleContext, Framework
+from .placer import Placer
 from .model import (
     MILLI,
     CycleResult,
@@ -47,7 +52,6 @@ from .model import (
     Queue,
     Replacement,
 )
-from .policies import CycleContext, JobOrder, JobValidator, QueueOrder
 from .profile import Profile, default_profile
 from .snapshot import RunningJob, Snapshot
 
@@ -67,14 +71,19 @@ class Scheduler:
         priority_classes: Iterable[PriorityClass] = DEFAULT_PRIORITY_CLASSES,
         profile: Profile | None = None,
         clock: Callable[[], float] = time.time,
+        fabric: Fabric | None = None,
     ) -> None:
+        """``fabric``: the cluster's tiers (``from_cluster.fabric_from_cluster``); without one it
+        is derived from the nodes as they come (``fabric.derive``) and ``within`` words the
+        nodes do not name yet are kept as levels (an agent may bring them)."""
         self.snapshot = Snapshot(nodes)
         self.queues = {q.name: q for q in queues}
         self.priority_classes = {p.name: p for p in priority_classes}
         self.profile = profile or default_profile()
-        self.policies = self.profile.build_policies()
-        # resolved once: isinstance against a runtime-checkable Protocol is slow per call
-        self._validators = [p for p in self.policies if isinstance(p, JobValidator)]
+        self.plugins = self.profile.build_plugins()
+        self.framework = Framework(self.plugins)
+        self._fabric = fabric
+        self._derived: tuple[int, Fabric] | None = None
         self.clock = clock
         self.pending: dict[str, Job] = {}
         self._evictions: list[Eviction] = []
@@ -85,6 +94,29 @@ class Scheduler:
         self.last_attempt_seconds: dict[str, float] = {}
         # (inventory version, cycle state) for ``never_fits`` outside a cycle
         self._fit_state: tuple[int, act.CycleState] | None = None
+
+    @property
+    def descriptor_fabric(self) -> Fabric | None:
+        """The fabric given at construction (a cluster descriptor's), or None when derived."""
+        return self._fabric
+
+    @property
+    def fabric(self) -> Fabric:
+        """The cluster's tiers: the descriptor's, else derived from the nodes (kept until the
+        inventory changes)."""
+        if self._fabric is not None:
+            return self._fabric
+        version = self.snapshot.inventory_version
+        if self._derived is None or self._derived[0] != version:
+            self._derived = (version, derive(st.node for st in self.snapshot.nodes.values()))
+        return self._derived[1]
+
+    def _level(self, job: Job) -> str:
+        """The level ``job.within`` names here (``XpodError`` for a word a descriptor's fabric
+        does not know; kept as it is on a derived fabric)."""
+        if self._fabric is not None:
+            return self._fabric.check(job.within, f"job {job.id}")
+        return self.fabric.resolve(job.within) or job.within
 
     # --------------------------------------------------------------------------- jobs
     def submit(self, job: Job) -> Job:
@@ -106,11 +138,12 @@ class Scheduler:
                 f"job {job.id}: tasks_per_replica: {size} needs a serving job whose task counts ({job.tasks}, min "
                 f"{job.min_tasks or job.tasks}) are whole replicas (replicas x tasks_per_replica)"
             )
-        for p in self._validators:
-            why = p.validate(job)
-            if why:
-                raise XpodError(f"job {job.id}: {why}")
-        job = dataclasses.replace(job, priority=pc.value, submit_time=job.submit_time or self.clock())
+        job = dataclasses.replace(
+            job, within=self._level(job), priority=pc.value, submit_time=job.submit_time or self.clock()
+        )
+        why = self.framework.refusal(job)
+        if why:
+            raise XpodError(f"job {job.id}: {why}")
         old = self.pending.get(job.id) or (
             self.snapshot.running[job.id].job if job.id in self.snapshot.running else None
         )
@@ -122,6 +155,7 @@ class Scheduler:
         return job
 
     def cancel(self, job_id: str) -> bool:
+        self.framework.forget(job_id)
         if self.pending.pop(job_id, None) is not None:
             if job_id in self.snapshot.running:
                 self.snapshot.release(job_id)
@@ -137,6 +171,7 @@ class Scheduler:
             return False
         self.snapshot.release(job_id)
         self.pending.pop(job_id, None)
+        self.framework.forget(job_id)
         return True
 
     @property
@@ -158,16 +193,11 @@ class Scheduler:
                 total_devices=float(sum(self.snapshot.model_total.values())),
                 queue_usage={},
                 priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
+                fabric=self.fabric,
             )
-            cs = act.CycleState(
-                ctx=ctx,
-                placer=act.Placer(self.policies, ctx),
-                pending={},
-                placed_tasks={},
-                job_order=None,
-                queue_order=None,
-            )
+            cs = act.CycleState(ctx=ctx, placer=Placer(self.framework, ctx), pending={}, placed_tasks={})
             self._fit_state = (version, cs)
+        job = dataclasses.replace(job, within=self.fabric.resolve(job.within) or job.within)
         return act.never_fits_reason(self._fit_state[1], job)
 
     def add_node(self, node: Node, ready: bool = True, not_ready_reason: str = "") -> None:
@@ -263,8 +293,9 @@ class Scheduler:
             total_devices=total,
             queue_usage=usage,
             priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
+            fabric=self.fabric,
         )
-        placer = act.Placer(self.policies, ctx)
+        placer = Placer(self.framework, ctx)
         attempt_s: dict[str, float] = {}
         place = placer.place
 
@@ -286,8 +317,6 @@ class Scheduler:
             placer=placer,
             pending=self.pending,
             placed_tasks=placed,
-            job_order=next((p for p in self.policies if isinstance(p, JobOrder)), None),
-            queue_order=next((p for p in self.policies if isinstance(p, QueueOrder)), None),
             estimate_depth=self.profile.estimate_depth,
         )
         for name in self.profile.actions:
@@ -296,8 +325,8 @@ class Scheduler:
             self.pending.pop(jid, None)
         for job in cs.requeued:
             self.pending[job.id] = job
-        reasons = act.pending_reasons(cs)
-        self.last_reasons = reasons
+        why = reasons.pending_reasons(cs)
+        self.last_reasons = why
         self.last_attempt_seconds = attempt_s
         evictions = tuple(self._evictions) + tuple(cs.evictions)
         self._evictions = []
@@ -307,9 +336,9 @@ class Scheduler:
             time=now,
             bindings=tuple(cs.bindings),
             evictions=evictions,
-            pending=reasons,
+            pending=why,
             # a decision = a job this cycle bound (fully or partly) or gave a pending reason
-            decisions=len({b.job_id for b in cs.bindings} | set(reasons)),
+            decisions=len({b.job_id for b in cs.bindings} | set(why)),
             seconds=time.perf_counter() - t0,
             replacements=replacements,
             preemption_attempts=cs.preemption_attempts,
@@ -317,9 +346,6 @@ class Scheduler:
 
     def free_devices(self) -> int:
         return self.snapshot.free_devices()
-
-    def used_milli(self) -> int:
-        return sum(len(b.device_indices) * b.milli for rj in self.snapshot.running.values() for b in rj.bindings)
 
 
 __all__ = ["Scheduler", "DEFAULT_PRIORITY_CLASSES", "MILLI"]

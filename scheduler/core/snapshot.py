@@ -7,7 +7,8 @@ changes stay) or ``discard()`` (every operation is undone, in reverse order). A 
 committed only when it is whole.
 
 Statement operations: ``bind`` and ``evict`` (a placement and its victims), ``restore`` (give
-back a victim the placement turned out not to need), and three look-aheads that a statement
+back a victim the placement turned out not to need), ``on_discard`` (a plugin's undo, such as
+``unreserve``), and three look-aheads that a statement
 may hold only to be discarded: ``assume_ended`` (a running job's resources counted free, as
 at its expected end), ``mask`` (devices made unselectable) and ``close`` (nodes closed to
 placement). The facade's own events (a job finished, a node added or removed, a device's
@@ -26,11 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from xpod.hal.device import Health
 
-from .model import MILLI, Binding, Job, Node
+from .model import MILLI, Binding, Device, Job, Node
 
 
 @dataclasses.dataclass
@@ -85,7 +86,7 @@ class Snapshot:
         self._partial_bucket_of: dict[tuple[str, str], int] = {}
         self._cpu_order: list[str] | None = None
         # one device per model, for capability matching (memory, TFLOPS) without a node scan
-        self.model_example: dict[str, object] = {}
+        self.model_example: dict[str, Device] = {}
         # device totals per model (healthy), for "can never fit" checks
         self.model_total: dict[str, int] = defaultdict(int)
         # what the empty cluster offers per domain (the actions' "can never fit" checks), kept
@@ -94,6 +95,8 @@ class Snapshot:
         # bumped whenever the inventory changes (nodes, health): caches of what the empty
         # cluster offers compare it
         self.inventory_version = 0
+        # topology level -> nodes that name a domain at it (``has_level``)
+        self.level_nodes: dict[str, int] = defaultdict(int)
         for n in nodes:
             self.add_node(n)
 
@@ -121,7 +124,13 @@ class Snapshot:
         for d in devs:
             self.model_total[d.model] += 1
             self.model_example.setdefault(d.model, d)
+        for level in node.domains:
+            self.level_nodes[level] += 1
         self._reindex(node.name)
+
+    def has_level(self, level: str) -> bool:
+        """Whether some node names a domain at this topology level (a super-node, a rack)."""
+        return self.level_nodes.get(level, 0) > 0
 
     def set_node_ready(self, name: str, ready: bool, reason: str = "") -> None:
         """Open a present node to placement (its agent registered) or close it (``reason``
@@ -151,6 +160,8 @@ class Snapshot:
         for jid in hit:
             self.release(jid)
         st = self.nodes.pop(name)
+        for level in st.node.domains:
+            self.level_nodes[level] -= 1
         self._cpu_order = None
         self.empty_cache.clear()
         self.inventory_version += 1
@@ -366,6 +377,13 @@ class Statement:
         self.evicted.remove(rj)
         self._ops.append(("restore", rj))
 
+    def on_discard(self, job_id: str, undo: Callable[[], None]) -> None:
+        """Run ``undo`` if the statement is discarded (in reverse order with the other
+        operations) or ``job_id``'s bindings are undone (``unbind_job``): a plugin's
+        ``unreserve``. Nothing on commit."""
+        self._check_open()
+        self._ops.append(("hook", (job_id, undo)))
+
     def bindings_of(self, job_id: str) -> list[Binding]:
         return list(self._pending.get(job_id, ()))
 
@@ -377,6 +395,8 @@ class Statement:
             kind, payload = op
             if kind == "bind" and payload[0].id == job_id:
                 self.snap.apply(payload[1], -1)
+            elif kind == "hook" and payload[0] == job_id:
+                payload[1]()
             else:
                 keep.append(op)
         self._ops = list(reversed(keep))
@@ -454,6 +474,8 @@ class Statement:
                 snap._mask(name, before)
             elif kind == "close":
                 payload.schedulable = True
+            elif kind == "hook":
+                payload[1]()
             else:  # pragma: no cover - every kind appended above is undone here
                 raise AssertionError(f"unknown statement operation {kind!r}")
         self._ops.clear()

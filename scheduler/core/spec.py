@@ -18,12 +18,15 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       memory: 16Gi                   # memory slice of that fraction
     cpu: 8                           # cores (number) or "8000m"
     memory: 64Gi
-    within: node | hccs-group | supernode | any
+    within: supernode                # a tier of the cluster's fabric: node, group (a device group
+                                     # inside a node), a topology level (supernode, rack) or a
+                                     # tier's name (ub-l2), or any (the default)
     queue: default
     priority_class: normal
     expected_duration_seconds: 3600  # estimated starts; backfill onto devices reserved for a
                                      # blocked job needs it (without it, only elsewhere)
-    sp_block: 64                     # Ascend 910C logical super-pod, dies
+    domain_block: 64                 # devices per block, each block inside one domain (the ascend
+                                     # plugin: MindCluster's sp-block, a 910C logical super-pod)
     node_selector: {xpod/simulated: "false"}   # labels a node must carry (each with this value)
 
 Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
@@ -36,7 +39,7 @@ from typing import Any, Mapping
 
 from xpod.hal.errors import XpodError
 
-from .model import MILLI, DeviceRequest, Job, JobKind, Within
+from .model import CLUSTER, MILLI, DeviceRequest, Job, JobKind
 
 _TOP = {
     "id",
@@ -51,12 +54,13 @@ _TOP = {
     "queue",
     "priority_class",
     "expected_duration_seconds",
-    "sp_block",
+    "domain_block",
     "name",
     "tasks_per_replica",
     "node_selector",
 }
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
+_LEVEL = re.compile(r"^[a-z][a-z0-9._-]*$")
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
 _SCALE = {
     None: 1,
@@ -192,15 +196,17 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
             milli=milli,
             memory_bytes=_bytes(err, "devices.memory", d.get("memory", 0)),
         )
-    within = _enum(err, "within", Within, doc.get("within", "any"))
+    within = doc.get("within", CLUSTER)
+    if not isinstance(within, str) or not _LEVEL.match(within):
+        raise err("within", f"{within!r} is not a tier name (node, supernode, any, ...)")
     dur = doc.get("expected_duration_seconds")
     if dur is not None and (isinstance(dur, bool) or not isinstance(dur, (int, float)) or dur <= 0):
         raise err("expected_duration_seconds", f"{dur!r} must be a positive number of seconds")
-    sp = doc.get("sp_block")
-    if sp is not None:
-        sp = _int(err, "sp_block", sp, 1)
+    block = doc.get("domain_block")
+    if block is not None:
+        block = _int(err, "domain_block", block, 1)
         if devices is None:
-            raise err("sp_block", "only for device jobs (Ascend 910C)")
+            raise err("domain_block", "only for device jobs (devices per block)")
     for key in ("queue", "priority_class"):
         if key in doc and (not isinstance(doc[key], str) or not doc[key]):
             raise err(key, f"{doc[key]!r} is not a name")
@@ -225,7 +231,7 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         queue=doc.get("queue", "default"),
         priority_class=doc.get("priority_class", "normal"),
         expected_duration_seconds=float(dur) if dur is not None else None,
-        sp_block=sp,
+        domain_block=block,
         replica_tasks=per_replica,
         node_selector=tuple(sorted(selector.items())),
     )

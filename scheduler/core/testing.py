@@ -3,6 +3,9 @@
     node("n1").devices("ascend-910c", 16).supernode("sp0").build()
     job("j1").training(tasks=2).devices("ascend-910c", 16).within("supernode").build()
 
+Builders name the topology level ``supernode`` (``NodeBuilder.supernode``; ``level`` for any
+other) and give 910B NPUs device groups of 4 and 910C dies packages of 2, as descriptors do.
+
 Device facts per model come from a small table (per schedulable device: 910C dies carry half a
 package's memory and BF16), enough for tests; real clusters come from descriptors
 (``scheduler.from_cluster``).
@@ -10,7 +13,7 @@ package's memory and BF16), enough for tests; real clusters come from descriptor
 
 from __future__ import annotations
 
-from .model import MILLI, Device, DeviceRequest, Job, JobKind, Node, Within
+from .model import MILLI, Device, DeviceRequest, Job, JobKind, Node
 
 GiB = 2**30
 
@@ -32,8 +35,8 @@ class NodeBuilder:
         self._cpu = 256_000
         self._mem = 2048 * GiB
         self._devices: list[Device] = []
-        self._supernode = None
-        self._domain = None
+        self._domains: dict[str, str] = {}
+        self._domain: str | None = None
         self._labels: dict[str, str] = {}
 
     def devices(self, model: str, count: int) -> "NodeBuilder":
@@ -48,8 +51,8 @@ class NodeBuilder:
                     vendor=vendor,
                     memory_bytes=mem,
                     bf16_tflops=tflops,
-                    hccs_group=i // 4 if model.startswith("ascend-910b") else None,
-                    module=i // 2 if model.startswith("ascend-910c") else None,
+                    group=i // 4 if model.startswith("ascend-910b") else None,
+                    package=i // 2 if model.startswith("ascend-910c") else None,
                 )
             )
         return self
@@ -62,8 +65,16 @@ class NodeBuilder:
         self._mem = int(gib * GiB)
         return self
 
-    def supernode(self, name: str) -> "NodeBuilder":
-        self._supernode = name
+    def supernode(self, name: str | None) -> "NodeBuilder":
+        """The node's super-node (the ``supernode`` topology level); None: none."""
+        return self.level("supernode", name)
+
+    def level(self, level: str, name: str | None) -> "NodeBuilder":
+        """The node's domain at a topology level (None: none at that level)."""
+        if name is None:
+            self._domains.pop(level, None)
+        else:
+            self._domains[level] = name
         return self
 
     def domain(self, name: str) -> "NodeBuilder":
@@ -77,7 +88,13 @@ class NodeBuilder:
 
     def build(self) -> Node:
         return Node(
-            self._name, self._cpu, self._mem, tuple(self._devices), self._supernode, self._domain, dict(self._labels)
+            self._name,
+            self._cpu,
+            self._mem,
+            tuple(self._devices),
+            dict(self._domains),
+            self._domain,
+            dict(self._labels),
         )
 
 
@@ -108,7 +125,7 @@ class JobBuilder:
         return self
 
     def within(self, w: str) -> "JobBuilder":
-        self._kw["within"] = Within(w)
+        self._kw["within"] = w
         return self
 
     def queue(self, q: str) -> "JobBuilder":
@@ -132,8 +149,8 @@ class JobBuilder:
         self._kw["node_selector"] = tuple(sorted((k.replace("_", "/"), v) for k, v in labels.items()))
         return self
 
-    def sp_block(self, dies: int) -> "JobBuilder":
-        self._kw["sp_block"] = dies
+    def domain_block(self, devices: int) -> "JobBuilder":
+        self._kw["domain_block"] = devices
         return self
 
     def build(self) -> Job:
@@ -190,7 +207,7 @@ def assert_supernode_reserve_kept(snapshot, reserve_nodes: int) -> dict[str, int
     free: dict[str, int] = {}
     used: set[str] = set()
     for state in snapshot.nodes.values():
-        sn = state.node.supernode
+        sn = state.node.domains.get("supernode")
         if all(f == MILLI for f in state.free_milli):
             free[sn] = free.get(sn, 0) + 1
         else:

@@ -10,7 +10,7 @@ import pytest
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core import Scheduler
 from xpod.hal.device import Health
-from xpod.scheduler.core.model import JobKind, ReasonCode, Within
+from xpod.scheduler.core.model import JobKind, ReasonCode
 from xpod.scheduler.core.profile import load_profile, profile_from_dict
 from xpod.scheduler.core.snapshot import Snapshot, Statement
 from xpod.scheduler.core.spec import parse_job
@@ -46,17 +46,17 @@ def test_parse_full_spec():
             "queue": "research",
             "priority_class": "high",
             "expected_duration_seconds": 3600,
-            "sp_block": 32,
+            "domain_block": 32,
         }
     )
-    assert (j.kind, j.tasks, j.min_tasks, j.devices.count, j.cpu_milli, j.memory_bytes, j.within, j.sp_block) == (
+    assert (j.kind, j.tasks, j.min_tasks, j.devices.count, j.cpu_milli, j.memory_bytes, j.within, j.domain_block) == (
         JobKind.TRAINING,
         4,
         2,
         16,
         8000,
         64 * 2**30,
-        Within.SUPERNODE,
+        "supernode",
         32,
     )
     s = parse_job(
@@ -88,7 +88,8 @@ def test_parse_full_spec():
         ({"id": "x", "kind": "batch", "devices": {"count": 1, "memory": "8Gi"}}, "devices.memory"),
         ({"id": "x", "kind": "batch", "devices": {"count": 1, "colour": "red"}}, "devices.colour"),
         ({"id": "x", "kind": "batch", "memory": "lots"}, "memory"),
-        ({"id": "x", "kind": "batch", "within": "rack"}, "within"),
+        ({"id": "x", "kind": "batch", "within": "Rack 1"}, "within"),
+        ({"id": "x", "kind": "batch", "within": 3}, "within"),
         ({"id": "x", "kind": "batch", "expected_duration_seconds": -1}, "expected_duration_seconds"),
         ({"kind": "batch"}, "id"),
     ],
@@ -104,7 +105,7 @@ def test_spec_errors_name_the_field_in_one_line(doc, field):
     "doc, needle",
     [
         ({"actions": ["allocate", "shuffle"]}, "actions[1]: unknown action 'shuffle'"),
-        ({"policies": ["gang", "magic"]}, "policies[1]: unknown policy 'magic'"),
+        ({"policies": ["gang", "magic"]}, "policies[1]: unknown plugin 'magic'"),
         ({"policies": [{"name": "priority", "args": {"aging": 1}}]}, "unknown argument 'aging'"),
         ({"policies": [{"name": "priority", "args": {"aging_per_hour": "fast"}}]}, "non-negative number"),
         ({"policies": ["binpack", "spread"]}, "contradict"),
@@ -121,7 +122,7 @@ def test_profile_yaml_file(tmp_path):
     p.write_text("actions: [enqueue, allocate]\npolicies:\n  - gang\n  - name: ascend\n    args: {reserve_nodes: 0}\n")
     prof = load_profile(str(p))
     assert prof.actions == ("enqueue", "allocate")
-    assert prof.build_policies()[1].reserve_nodes == 0
+    assert prof.build_plugins()[1].reserve_nodes == 0
     p.write_text("actions: [enqueue\n")
     with pytest.raises(XpodError, match=r"p.yaml:\d+:\d+: not valid YAML"):
         load_profile(str(p))
@@ -133,8 +134,8 @@ def test_submit_validates():
         s.submit(job("odd").devices(A3, 3).build())
     with pytest.raises(XpodError, match="distributed Ascend 910C task takes all 16"):
         s.submit(job("d").training(tasks=2).devices(A3, 8).build())
-    with pytest.raises(XpodError, match="sp_block"):
-        s.submit(job("sp").training(tasks=3).devices(A3, 16).sp_block(32).build())
+    with pytest.raises(XpodError, match="domain_block"):
+        s.submit(job("sp").training(tasks=3).devices(A3, 16).domain_block(32).build())
     with pytest.raises(XpodError, match="unknown queue"):
         s.submit(job("q").queue("nope").build())
     with pytest.raises(XpodError, match="unknown class"):
@@ -237,9 +238,9 @@ def test_from_cluster_adapter():
 
     nodes = load_nodes(os.path.join(REPO, "hal", "clusters", "cloudmatrix384.yaml"))
     assert len(nodes) == 48 and {len(n.devices) for n in nodes} == {16}
-    assert {n.supernode for n in nodes} != {None}
+    assert {n.domains.get("supernode") for n in nodes} == {"cm-a"}
     d = nodes[0].devices
-    assert d[0].module == d[1].module != d[2].module  # die pairs
+    assert d[0].package == d[1].package != d[2].package  # die pairs
 
 
 def test_example_profile_is_the_default():
@@ -252,12 +253,12 @@ def test_example_profile_is_the_default():
 
 @pytest.mark.parametrize("order", ["binpack", "spread"])
 def test_bucket_walk_follows_the_node_order_policy(order):
-    """The placer's lazy bucket walk yields nodes exactly in the order the policy's node_key
-    defines (the key is the specification, the walk the fast implementation)."""
+    """The placer's lazy bucket walk yields nodes exactly in the order the NodeOrder plugin's
+    answer defines (``WalkOrder.key`` is the specification, the walk the fast implementation)."""
     import random
 
-    from xpod.scheduler.core import actions as act
-    from xpod.scheduler.core.policies import CycleContext, NodeOrder
+    from xpod.scheduler.core.framework import CycleContext
+    from xpod.scheduler.core.placer import Placer
 
     rng = random.Random(5)
     nodes = [node(f"n{i:02d}").devices(H, 8).build() for i in range(30)]
@@ -267,12 +268,12 @@ def test_bucket_walk_follows_the_node_order_policy(order):
         s.submit(job(f"j{i}").devices(H, rng.choice([1, 2, 3, 4])).build())
     s.cycle()
     ctx = CycleContext(snap=s.snapshot, now=0.0, queues=s.queues, total_devices=240.0, queue_usage={})
-    placer = act.Placer(s.policies, ctx)
-    policy = next(p for p in s.policies if isinstance(p, NodeOrder))
+    placer = Placer(s.framework, ctx)
     probe = job("probe").devices(H, 2).build()
+    order = placer.walk_order(probe)
     walked = [st.node.name for st in placer.ordered_nodes(probe, 2)]
     expected = sorted(
         (st for st in s.snapshot.nodes.values() if s.snapshot.free_whole[H][st.node.name] >= 2),
-        key=lambda st: policy.node_key(probe, st, ctx),
+        key=lambda st: order.key(s.snapshot.free_whole[H][st.node.name], st.node.name),
     )
     assert walked == [st.node.name for st in expected]

@@ -70,7 +70,7 @@ CASES = [
         nodes=[node(f"a{i}").devices(A3, 16).supernode("sp") for i in range(4)],
         running=[job("r").training(tasks=2).devices(A3, 16).within("supernode").duration(100)],
         jobs=[
-            job("big").training(tasks=2).devices(A3, 16).sp_block(32).submitted(1),
+            job("big").training(tasks=2).devices(A3, 16).domain_block(32).submitted(1),
             job("nodur").devices(A3, 16).submitted(2),
         ],
         expect={},
@@ -182,7 +182,7 @@ def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
 def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
     """The same on one Ascend 910C super-pod with MindCluster's rules (die pairs, 2 reserve
     nodes for logical super-pods): single-node die requests, gangs of whole nodes and
-    ``sp_block`` jobs, some hiding their duration."""
+    ``domain_block`` jobs, some hiding their duration."""
     prof = profile_from_dict(BACKFILL)
     no_backfill = profile_from_dict(dict(BACKFILL, actions=["enqueue", "allocate"]))
     t = [0.0]
@@ -197,7 +197,7 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
         if what == "gang":
             b = job(jid).training(tasks=2).devices(A3, 16).within("supernode")
         elif what == "sp":
-            b = job(jid).training(tasks=2).devices(A3, 16).sp_block(32)
+            b = job(jid).training(tasks=2).devices(A3, 16).domain_block(32)
         else:
             b = job(jid).devices(A3, int(what))
         s.submit((b.duration(float(d * 10)) if known else b).submitted(0.001 * (i + 1)).build())
@@ -208,9 +208,9 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
 def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):
     """Past MAX_CARVE_TRIES jobs a cycle stops trying beside the carve-out; the jobs left say
     so rather than claim they do not fit."""
-    from xpod.scheduler.core import actions
+    from xpod.scheduler.core.actions import backfill
 
-    monkeypatch.setattr(actions, "MAX_CARVE_TRIES", 1)
+    monkeypatch.setattr(backfill, "MAX_CARVE_TRIES", 1)
     _, r = run_case(
         dict(
             profile=BACKFILL,

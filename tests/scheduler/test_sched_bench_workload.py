@@ -12,7 +12,7 @@ import pytest
 
 from xpod.scheduler.core import bench
 from xpod.scheduler.core.from_cluster import load_nodes
-from xpod.scheduler.core.model import JobKind, Within
+from xpod.scheduler.core.model import JobKind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CM384 = os.path.join(ROOT, "examples", "clusters", "cloudmatrix384.yaml")
@@ -35,7 +35,7 @@ def test_mixed_jobs_spread_submit_times_and_priorities(cm384):
     assert set(kinds) == set(bench.KINDS)
     for j in jobs:
         if bench.kind_of(j.id) == "serving-multinode":
-            assert j.kind is JobKind.SERVING and j.replica_tasks == 2 and j.within is Within.SUPERNODE
+            assert j.kind is JobKind.SERVING and j.replica_tasks == 2 and j.within == "supernode"
             assert j.devices.count == 16 and j.tasks % 2 == 0 and j.min_tasks == 2
         if j.kind is JobKind.TRAINING:
             assert 16 <= j.total_devices <= 256

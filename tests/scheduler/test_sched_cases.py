@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from xpod.scheduler.core import Scheduler
-from xpod.scheduler.core.model import PriorityClass, Queue, ReasonCode
+from xpod.scheduler.core.model import Queue, ReasonCode
 from xpod.scheduler.core.profile import profile_from_dict
 from xpod.scheduler.core.testing import job, node, placements, run_case
 
@@ -119,21 +119,21 @@ CASES = [
         # devices 0-1 busy: 4 devices within one group of 4 must be 4-7, not 2-5
         nodes=[node("n1").devices(H, 8)],
         running=[job("r").devices(H, 2)],
-        jobs=[job("j").devices(H, 4).within("hccs-group")],
+        jobs=[job("j").devices(H, 4).within("group")],
         expect={"j": [("n1", (4, 5, 6, 7))]},
     ),
     dict(
         id="910c-sp-block-keeps-reserve-nodes",
         nodes=[a3(f"a{i}", "spA") for i in range(4)] + [a3(f"b{i}", "spB") for i in range(5)],
-        jobs=[job("g").training(tasks=2).devices(A3, 16).sp_block(32)],
+        jobs=[job("g").training(tasks=2).devices(A3, 16).domain_block(32)],
         # spA: 4 free - 2 reserve = 2 spare (remainder 0 mod 2) beats spB's 3 spare (remainder 1)
         expect={"g": [("a0", tuple(range(16))), ("a1", tuple(range(16)))]},
     ),
     dict(
         id="910c-sp-block-never-eats-the-reserve",
         nodes=[a3(f"a{i}", "spA") for i in range(4)],
-        running=[job("r").training(tasks=2).devices(A3, 16).sp_block(32)],
-        jobs=[job("g").training(tasks=2).devices(A3, 16).sp_block(32)],
+        running=[job("r").training(tasks=2).devices(A3, 16).domain_block(32)],
+        jobs=[job("g").training(tasks=2).devices(A3, 16).domain_block(32)],
         expect={},
         pending={"g": ReasonCode.UNSCHEDULABLE},
     ),
@@ -323,7 +323,7 @@ def test_case(case):
 
 
 def test_cases_cover_every_policy():
-    from xpod.scheduler.core.policies import POLICIES
+    from xpod.scheduler.core.framework import PLUGINS as POLICIES
 
     ids = " ".join(c["id"] for c in CASES)
     for name, words in {
@@ -335,6 +335,7 @@ def test_cases_cover_every_policy():
         "drf": "drf",
         "priority": "priority",
         "spread": None,
+        "node-selector": None,  # tests/scheduler/test_sched_inventory.py
     }.items():
         assert name in POLICIES
         if words:

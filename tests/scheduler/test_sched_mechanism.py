@@ -81,7 +81,7 @@ CASES = [
         expect={},
         pending={"svc": ReasonCode.UNSCHEDULABLE},
         says={
-            "svc": "one replica of 2 x 16 ascend-910c = 32 devices in one super-node plus 2 reserve nodes (32 dies) kept free there; largest free block 48"
+            "svc": "one replica of 2 x 16 ascend-910c = 32 devices in one super-node plus 2 reserve nodes (32 devices) kept free there; largest free block 48"
         },
     ),
     dict(
@@ -107,13 +107,13 @@ CASES = [
     ),
     dict(
         id="one-node-replica-with-sp-block-keeps-the-reserve",
-        # sp_block 16: each replica is a logical super-pod of one node; 3 nodes - 2 reserve = 1
+        # domain_block 16: each replica is a logical super-pod of one node; 3 nodes - 2 reserve = 1
         nodes=[a3(f"a{i}", "sp") for i in range(3)],
-        jobs=[job("svc").serving(1, 2).devices(A3, 16).sp_block(16)],
+        jobs=[job("svc").serving(1, 2).devices(A3, 16).domain_block(16)],
         expect={"svc": [("a0", ALL)]},
         pending={"svc": ReasonCode.UNSCHEDULABLE},
         says={
-            "svc": "running 1 of 2 tasks; needs 16 ascend-910c = 16 devices in one super-node plus 2 reserve nodes (32 dies) kept free there"
+            "svc": "running 1 of 2 tasks; needs 16 ascend-910c = 16 devices in one super-node plus 2 reserve nodes (32 devices) kept free there"
         },
     ),
     dict(
@@ -327,8 +327,8 @@ def test_spec_tasks_per_replica_errors(doc, needle):
             "a distributed Ascend 910C task takes all 16 dies",
         ),
         (
-            lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 16).sp_block(16),
-            "set sp_block to its 32 dies",
+            lambda: job("s").serving(1, 1, tasks_per_replica=2).devices(A3, 16).domain_block(16),
+            "set domain_block to its 32 dies",
         ),
     ],
 )
@@ -337,7 +337,7 @@ def test_a3_replica_rules_at_submit(build, needle):
     with pytest.raises(XpodError) as e:
         s.submit(build().build())
     assert needle in str(e.value)
-    s.submit(job("ok").serving(1, 1, tasks_per_replica=2).devices(A3, 16).sp_block(32).build())
+    s.submit(job("ok").serving(1, 1, tasks_per_replica=2).devices(A3, 16).domain_block(32).build())
 
 
 def test_losing_a_node_replaces_its_whole_replica_only():
@@ -356,7 +356,7 @@ def test_losing_a_node_replaces_its_whole_replica_only():
     assert sorted(again) == [0, 1] and first[1] not in again.values()
     assert {b.task: b.node for b in s.running["svc"].bindings if b.task >= 2} == {2: first[2], 3: first[3]}
     # replica 0 is again one logical super-pod on two whole nodes of one super-pod
-    assert len({s.snapshot.nodes[n].node.supernode for n in again.values()}) == 1
+    assert len({s.snapshot.nodes[n].node.domains.get("supernode") for n in again.values()}) == 1
 
 
 def test_replica_estimate_counts_reserve_and_whole_nodes():
@@ -490,7 +490,7 @@ def test_service_explains_a_waiting_multi_node_replica(tmp_path):
             api.submit_job(OPEN_PRINCIPAL, "r0", replica("too-big", 47))  # 48 nodes - 2 reserve = 46
         assert err.value.code is Code.FAILED_PRECONDITION, err.value
         assert (
-            "needs one replica of 47 x 16 ascend-910c = 752 devices in one super-node plus 2 reserve nodes (32 dies) "
+            "needs one replica of 47 x 16 ascend-910c = 752 devices in one super-node plus 2 reserve nodes (32 devices) "
             "kept free there; the whole cluster has 768 such healthy devices there" in str(err.value)
         )
         first = api.submit_job(OPEN_PRINCIPAL, "r1", ep32)[0].record.id

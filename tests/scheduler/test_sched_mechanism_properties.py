@@ -20,10 +20,10 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xpod.scheduler.core import ascend
+from xpod.scheduler.core.plugins.ascend import rules as ascend
 from xpod.scheduler.core import Scheduler
 from xpod.scheduler.core.model import MILLI, JobKind, ReasonCode
-from xpod.scheduler.core.policies import PriorityPolicy
+from xpod.scheduler.core.plugins.priority import PriorityPlugin as PriorityPolicy
 from xpod.scheduler.core.profile import profile_from_dict
 from xpod.scheduler.core.testing import assert_supernode_reserve_kept, job, node
 
@@ -55,12 +55,12 @@ def replicas_whole(s: Scheduler) -> None:
             groups[b.task // size].append(b)
         for r, bs in groups.items():
             assert sorted(b.task for b in bs) == list(range(r * size, (r + 1) * size)), f"{jid} replica {r} not whole"
-            sns = {snap.nodes[b.node].node.supernode for b in bs}
-            if j.within.value == "node":
+            sns = {snap.nodes[b.node].node.domains.get("supernode") for b in bs}
+            if j.within == "node":
                 assert len({b.node for b in bs}) == 1, f"{jid} replica {r} spans nodes"
-            elif j.within.value == "supernode" and size > 1 and len({b.node for b in bs}) > 1:
+            elif j.within == "supernode" and size > 1 and len({b.node for b in bs}) > 1:
                 assert len(sns) == 1 and None not in sns, f"{jid} replica {r} spans {sns}"
-            if j.devices.model == A3 and (size > 1 or j.sp_block):
+            if j.devices.model == A3 and (size > 1 or j.domain_block):
                 assert all(len(b.device_indices) == 16 for b in bs)
                 assert len({b.node for b in bs}) == size and len(sns) == 1 and None not in sns
 
@@ -92,9 +92,9 @@ def test_a3_replicas_are_logical_superpods_with_the_reserve_kept(pods, specs):
     for i, (size, hi, lo_off, what) in enumerate(specs):
         b = job(f"j{i}").duration(100).submitted(float(i + 1))
         if what == "train":  # an sp-block training job competes for the same whole nodes
-            b.training(tasks=size).devices(A3, 16).sp_block(16 * size)
-        elif what == "serve-sp" or size == 1:  # sp_block names the replica's logical super-pod
-            b.serving(max(1, hi - lo_off), hi, tasks_per_replica=size).devices(A3, 16).sp_block(16 * size)
+            b.training(tasks=size).devices(A3, 16).domain_block(16 * size)
+        elif what == "serve-sp" or size == 1:  # domain_block names the replica's logical super-pod
+            b.serving(max(1, hi - lo_off), hi, tasks_per_replica=size).devices(A3, 16).domain_block(16 * size)
         else:
             b.serving(max(1, hi - lo_off), hi, tasks_per_replica=size).devices(A3, 16).within("supernode")
         s.submit(b.build())

@@ -16,7 +16,7 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xpod.scheduler.core import ascend
+from xpod.scheduler.core.plugins.ascend import rules as ascend
 from xpod.scheduler.core import Scheduler
 from xpod.hal.device import Health
 from xpod.scheduler.core.model import MILLI, JobKind
@@ -57,7 +57,7 @@ def jobs(draw, n_max=14):
             )
         elif kind == "a3-sp":
             sp = draw(st.sampled_from([16, 32, 64]))
-            b.training(tasks=sp // 16 * draw(st.integers(1, 2))).devices(A3, 16).sp_block(sp)
+            b.training(tasks=sp // 16 * draw(st.integers(1, 2))).devices(A3, 16).domain_block(sp)
         elif kind == "b":
             b.devices(B, draw(st.sampled_from([1, 2, 4, 8])))
         elif kind == "h-frac":
@@ -99,7 +99,7 @@ def check_invariants(s: Scheduler) -> None:
                 assert st_.healthy[i], f"{jid} on unhealthy {b.node}/{i}"
                 assert st_.node.devices[i].model == (j.devices.model or st_.node.devices[i].model)
             check_ascend(j, b, snap)
-        if j.sp_block and j.sp_block >= 16:
+        if j.domain_block and j.domain_block >= 16:
             check_sp_blocks(j, rj.bindings, snap)
     for (n, i), m in used.items():
         assert m <= MILLI, f"{n}/{i} over-allocated: {m}"
@@ -122,19 +122,19 @@ def check_ascend(j, b, snap) -> None:
         if k % 2 == 0:
             mods = defaultdict(int)
             for i in b.device_indices:
-                mods[devs[i].module] += 1
+                mods[devs[i].package] += 1
             assert all(c == 2 for c in mods.values()), f"{b} splits a module"
     else:
         assert k in ascend.B_LEGAL
         if k < 8:
-            assert len({devs[i].hccs_group for i in b.device_indices}) == 1, f"{b} crosses HCCS groups"
+            assert len({devs[i].group for i in b.device_indices}) == 1, f"{b} crosses HCCS groups"
 
 
 def check_sp_blocks(j, bindings, snap) -> None:
-    per_block = j.sp_block // 16
+    per_block = j.domain_block // 16
     ordered = sorted(bindings, key=lambda b: b.task)
     for k in range(0, len(ordered), per_block):
-        sns = {snap.nodes[b.node].node.supernode for b in ordered[k : k + per_block]}
+        sns = {snap.nodes[b.node].node.domains.get("supernode") for b in ordered[k : k + per_block]}
         assert len(sns) == 1, f"{j.id}: logical super-pod spans {sns}"
 
 
@@ -231,14 +231,14 @@ def test_sp_blocks_stay_in_one_superpod_and_keep_the_reserve(sizes, specs):
     s = Scheduler(nodes, clock=lambda: 0.0)
     for i, (sp, mult) in enumerate(specs):
         # equal expected durations: a job behind a blocked head may backfill (it ends in time)
-        s.submit(job(f"j{i}").training(tasks=sp // 16 * mult).devices(A3, 16).sp_block(sp).duration(100).build())
+        s.submit(job(f"j{i}").training(tasks=sp // 16 * mult).devices(A3, 16).domain_block(sp).duration(100).build())
     s.cycle()
     check_invariants(s)
     free = defaultdict(int, assert_supernode_reserve_kept(s.snapshot, ascend.DEFAULT_SUPERNODE_RESERVE_NODES))
     # and a job is refused only when the super-pods cannot hold all its blocks with the reserve
     for jid in s.last_reasons:
         j = s.pending[jid]
-        per_block = j.sp_block // 16
+        per_block = j.domain_block // 16
         blocks = j.tasks // per_block
         room = sum(
             max(0, free[f"sp{k}"] - ascend.DEFAULT_SUPERNODE_RESERVE_NODES) // per_block for k in range(len(sizes))

@@ -1,19 +1,21 @@
-"""Huawei's placement rules for Ascend, after MindCluster's ascend-for-volcano.
+"""Huawei's placement rules for Ascend, after MindCluster's ascend-for-volcano (the ascend
+plugin, ``plugin.py``, applies them through the framework's extension points).
 
 Sources (research/scheduler.md section 4.1): MindCluster ``component/ascend-for-volcano``
 (``internal/npu/**``, ``superpod/frame.go``) and the MindCluster 7.3.0 docs "Affinity Scheduling
 Policies" (dl_affinity_0017) and "Affinity Scheduling of Logical SuperPoDs" (dl_affinity_0032).
 
-* 910B (this issue's rule set): a task takes 1, 2, 4 or 8 NPUs; 1, 2 and 4 stay inside one HCCS
-  group of 4 NPUs, 8 is the whole node. Group choice: for 1 NPU prefer a group with 1 free, then
+* 910B: a task takes 1, 2, 4 or 8 NPUs; 1, 2 and 4 stay inside one HCCS group of 4 NPUs (the
+  core's device group: ``Device.group``), 8 is the whole node. Group choice: for 1 NPU prefer a group with 1 free, then
   3, 2, 4; for 2 prefer 2 free, then 4, then 3; 4 takes a fully free group.
-* 910C / A3 (CloudMatrix): a node is 16 dies in 8 modules (die pairs). Single-node tasks take
-  1, 2, 4, 6, ..., 16 dies; even counts take whole modules; a single die prefers a module whose
-  other die is busy (keeps whole modules whole). A distributed task takes all 16 dies of its
-  node. A logical super-pod (``sp_block`` dies, a multiple of 16) lies inside one physical
+* 910C / A3 (CloudMatrix): a node is 16 dies in 8 modules (die pairs: the core's packages,
+  ``Device.package``). Single-node tasks take 1, 2, 4, 6, ..., 16 dies; even counts take whole
+  modules; a single die prefers a module whose other die is busy (keeps whole modules whole).
+  A distributed task takes all 16 dies of its node. A logical super-pod (MindCluster's
+  sp-block: the job's ``domain_block`` dies, a multiple of 16) lies inside one physical
   super-pod, and each super-pod keeps ``reserve_nodes`` (default 2) nodes free for fault
   rescheduling. A serving replica of several 16-die tasks is one logical super-pod (its
-  ``sp_block`` is the replica's dies).
+  ``domain_block`` is the replica's dies).
 
 All functions are pure: they read device lists and return index tuples or error strings.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .model import MILLI, Device, Job
+from ...model import Device, Job
 
 A3_DIES_PER_NODE = 16
 A3_LEGAL_SINGLE_NODE = frozenset([1] + list(range(2, 17, 2)))
@@ -68,25 +70,28 @@ def validate(job: Job) -> str | None:
         )
     if k not in A3_LEGAL_SINGLE_NODE:
         return f"devices.count: an Ascend 910C task takes 1 or an even number of dies up to 16, not {k}"
-    if job.sp_block is not None:
-        sp = job.sp_block
+    if job.domain_block is not None:
+        sp = job.domain_block
         total = (job.replica_tasks if serving else job.tasks) * k
         if serving and sp != total:
-            return f"sp_block: a serving replica is one logical super-pod: set sp_block to its {total} dies or leave it out"
+            return (
+                f"domain_block: a serving replica is one logical super-pod: set domain_block to its {total} dies "
+                "or leave it out"
+            )
         if sp < A3_DIES_PER_NODE:
             if sp != total:
-                return f"sp_block: {sp} below 16 must equal the job's {total} dies"
+                return f"domain_block: {sp} below 16 must equal the job's {total} dies"
         elif sp % A3_DIES_PER_NODE:
-            return f"sp_block: {sp} must be a multiple of {A3_DIES_PER_NODE} dies"
+            return f"domain_block: {sp} must be a multiple of {A3_DIES_PER_NODE} dies"
         elif total % sp:
-            return f"sp_block: the job's {total} dies are not a multiple of sp_block {sp}"
+            return f"domain_block: the job's {total} dies are not a multiple of domain_block {sp}"
     return None
 
 
 def _groups(devices: Sequence[Device], free: Sequence[bool]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for d in devices:
-        g = d.hccs_group if d.hccs_group is not None else d.index // B_GROUP_SIZE
+        g = d.group if d.group is not None else d.index // B_GROUP_SIZE
         out.setdefault(g, [])
         if free[d.index]:
             out[g].append(d.index)
@@ -110,7 +115,7 @@ def select_910c(devices: Sequence[Device], free: Sequence[bool], k: int) -> tupl
     """Die indices for a 910C task of k dies on one node, or None. Modules = die pairs."""
     modules: dict[int, list[int]] = {}
     for d in devices:
-        m = d.module if d.module is not None else d.index // 2
+        m = d.package if d.package is not None else d.index // 2
         modules.setdefault(m, []).append(d.index)
     if k == 1:
         half = [m for m in sorted(modules) if sum(free[i] for i in modules[m]) == 1]
@@ -126,7 +131,3 @@ def select_910c(devices: Sequence[Device], free: Sequence[bool], k: int) -> tupl
     if len(whole) < need:
         return None
     return tuple(i for m in whole[:need] for i in modules[m])
-
-
-def free_mask(free_milli: Sequence[int], healthy: Sequence[bool], match: Sequence[bool]) -> list[bool]:
-    return [f == MILLI and h and m for f, h, m in zip(free_milli, healthy, match)]

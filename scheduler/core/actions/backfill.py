@@ -1,0 +1,157 @@
+"""backfill: EASY backfill behind each queue's blocked head."""
+
+from __future__ import annotations
+
+from ..model import Job, ReasonCode
+from ..snapshot import Statement
+from .carve import MAX_CARVE_TRIES, CarveMask, head_carve, try_carved
+from .cycle import CycleState, try_place
+from .reservation import reservation
+
+
+def action_backfill(cs: CycleState) -> None:
+    """EASY backfill behind each blocked head (the first job of a queue that did not fit). The
+    head holds a reservation (``reservation``): the time its devices are expected free, from
+    the running jobs' expected ends, and the domain of its tier (one node, one super-node, the
+    cluster) where they free up. A later job of the queue may start now only when it cannot
+    delay the head:
+
+    * it ends, by its ``expected_duration_seconds``, no later than the head's reserved start; or
+    * it fits now off the reserved domain's nodes (any duration: the head's devices free up
+      there whatever it does); or
+    * it asks for none of the device models the head waits for (and, when the head needs CPU
+      or memory, lands only on nodes without such devices); or
+    * it fits beside the head's carve-out (``head_carve``): the devices the head's own
+      placement rules would take in its reserved domain at its start, found by placing the
+      head on a copy of the state at that time (the running jobs that end by then released,
+      the devices free now left to backfill when the head can do without them). The job may
+      use any other device, the reserved domain's included, as long as it touches none of the
+      carved devices and leaves the head's CPU and memory on their nodes.
+
+    So a job without an expected duration never runs on the devices reserved for a head, and
+    when the head's start is unknown (a running job it waits for has no expected duration)
+    only jobs of the third kind go. The others wait with ``WaitingBehind`` and say why."""
+    snap = cs.ctx.snap
+    cs.backfill_ran = True
+    queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
+    for q, jobs in queues.items():
+        head = cs.heads.get(q)
+        if head is None:
+            continue
+        head_job = cs.pending[head]
+        held = reservation(cs, head_job)
+        shadow = held.start if held is not None else None
+        # a reservation of the whole cluster leaves no node off it to try
+        off = held is not None and len(held.nodes) < len(snap.nodes)
+        head_models = set(cs.placer.models_for(head_job))
+        # job shapes that did not fit since the last placement: the state is the same, so they
+        # would not fit again (keeps a long queue behind a full cluster cheap)
+        no_room: set = set()
+        carve: list = []  # [Carve or None], computed when a job first needs it
+        mask = CarveMask(snap, cs.ctx.now)
+        carve_tries = 0  # jobs tried beside the carve-out (MAX_CARVE_TRIES)
+        try:
+            for job in jobs:
+                if job.id == head or job.id in cs.done:
+                    continue
+                cs.decisions += 1
+                d = job.expected_duration_seconds
+                shape = (
+                    None
+                    if cs.placed_tasks.get(job.id)
+                    else (
+                        job.devices,
+                        job.cpu_milli,
+                        job.memory_bytes,
+                        job.kind,
+                        job.tasks,
+                        job.min_tasks,
+                        job.within,
+                        job.replica_tasks,
+                        job.domain_block,
+                    )
+                )
+                beside = None  # how it fared beside the head's carve-out: "failed", "capped"
+                if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
+                    mask.off()  # a job that ends before the head starts may use its devices too
+                    if ("in time", shape) in no_room:
+                        cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+                    elif try_place(cs, job):
+                        no_room.clear()
+                    elif shape is not None:
+                        no_room.add(("in time", shape))
+                    continue
+                if (
+                    job.devices is not None
+                    and head_job.devices is not None
+                    and head_models.isdisjoint(cs.placer.models_for(job))
+                ):
+                    accept = None
+                    if head_job.cpu_milli or head_job.memory_bytes:
+                        accept = lambda bs: (
+                            not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)
+                        )  # noqa: E731
+                    if try_place(cs, job, accept):
+                        no_room.clear()
+                        continue
+                    if cs.failed.get(job.id) is not ReasonCode.WAITING_BEHIND:
+                        continue
+                else:
+                    if held is not None and off and ("off", shape) not in no_room:
+                        if try_off(cs, job, held.nodes):
+                            no_room.clear()
+                            continue
+                        if shape is not None:
+                            no_room.add(("off", shape))
+                    if held is not None and job.devices is not None:
+                        if not carve:
+                            mask.off()
+                            carve.append(head_carve(cs, head_job, held))
+                        if carve[0] is None:
+                            pass
+                        elif ("carve", shape) in no_room:
+                            beside = "failed"  # the same shape did not fit beside it since
+                        elif carve_tries >= MAX_CARVE_TRIES:
+                            beside = "capped"
+                        else:
+                            carve_tries += 1
+                            if try_carved(cs, job, carve[0], mask):
+                                no_room.clear()
+                                continue
+                            beside = "failed"
+                            if shape is not None:
+                                no_room.add(("carve", shape))
+                cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+                elsewhere = ", and it does not fit off them now" if off else ""
+                if beside == "failed":
+                    elsewhere += f"; it does not fit beside the {carve[0].devices} devices kept for {head} either"
+                elif beside == "capped":
+                    elsewhere += f"; backfill beside the {carve[0].devices} devices kept for {head} already tried {MAX_CARVE_TRIES} jobs this cycle"
+                if shadow is None and head_job.devices is None:
+                    cs.behind_why[job.id] = (
+                        f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+                    )
+                elif shadow is None:
+                    cs.behind_why[job.id] = (
+                        f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+                    )
+                elif d is None:
+                    cs.behind_why[job.id] = (
+                        f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+                    )
+                else:
+                    cs.behind_why[job.id] = (
+                        f"it would end at {cs.ctx.now + d:.0f}, after {head}'s estimated start {shadow:.0f} on the devices reserved for it{elsewhere}"
+                    )
+        finally:
+            mask.off()
+
+
+def try_off(cs: CycleState, job: Job, nodes: frozenset[str]) -> bool:
+    """``try_place`` with these nodes (a head's reservation) closed to this one placement."""
+    ahead = Statement(cs.ctx.snap, cs.ctx.now)
+    ahead.close(nodes)
+    try:
+        return try_place(cs, job)
+    finally:
+        ahead.discard()

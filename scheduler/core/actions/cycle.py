@@ -1,0 +1,207 @@
+"""What the actions of one cycle share: the ``CycleState`` book-keeping, ``try_place`` (one
+job's placement through a statement, committed only when its gang closes and the ``Permit``
+plugins agree) and the queries about what a job needs (its tier, its unit, its reserve)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Callable, Iterable, Sequence
+
+from ..fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS
+from ..framework import CycleContext, Framework, JobOrder, QueueOrder
+from ..framework.status import Code
+from ..model import Binding, Eviction, Job, JobKind, ReasonCode
+from ..placer import Placer
+from ..snapshot import Snapshot, Statement
+
+
+@dataclasses.dataclass
+class CycleState:
+    """Book-keeping shared by the actions of one cycle."""
+
+    ctx: CycleContext
+    placer: Placer
+    pending: dict[str, Job]  # job id -> job still wanting tasks
+    placed_tasks: dict[str, int]  # job id -> tasks running before this cycle
+    enqueued: list[str] = dataclasses.field(default_factory=list)
+    bindings: list[Binding] = dataclasses.field(default_factory=list)
+    evictions: list[Eviction] = dataclasses.field(default_factory=list)
+    failed: dict[str, ReasonCode] = dataclasses.field(default_factory=dict)
+    heads: dict[str, str] = dataclasses.field(default_factory=dict)  # queue -> blocked head job id
+    done: set = dataclasses.field(default_factory=set)
+    decisions: int = 0
+    queue_max_hit: set = dataclasses.field(default_factory=set)
+    requeued: list[Job] = dataclasses.field(default_factory=list)
+    preemption_attempts: int = 0  # preemptions tried with eligible victims (metrics)
+    behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
+    estimate_depth: int = 256  # queue positions per queue that get an estimated start (profile)
+    backfill_ran: bool = False  # the backfill action ran: jobs on other devices may pass a head
+    _keys: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def fw(self) -> Framework:
+        return self.placer.fw
+
+    @property
+    def job_order(self) -> JobOrder | None:
+        return self.placer.fw.job_order
+
+    @property
+    def queue_order(self) -> QueueOrder | None:
+        return self.placer.fw.queue_order
+
+    def ordered_by_queue(self, ids: Iterable[str]) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = defaultdict(list)
+        for jid in ids:
+            job = self.pending[jid]
+            out[job.queue].append(job)
+        for jobs in out.values():
+            jobs.sort(key=self.job_key)
+        return out
+
+    def effective(self, job: Job) -> float:
+        """The job's priority as the queue order sees it now (the ``Priority`` plugin's, with
+        aging; else the priority class value); preemption compares these."""
+        rule = self.placer.fw.priority
+        if rule is not None:
+            return rule.effective(job, self.ctx.now)
+        return float(job.priority)
+
+    def job_key(self, job: Job) -> tuple:
+        """The job's order key, computed once per cycle (the clock does not move in a cycle)."""
+        k = self._keys.get(job.id)
+        if k is None:
+            order = self.placer.fw.job_order
+            k = order.job_key(job, self.ctx.now) if order else (job.submit_time, job.id)
+            self._keys[job.id] = k
+        return k
+
+
+def devices_of(job: Job, tasks: int) -> float:
+    return tasks * job.devices_per_task
+
+
+def permitted(cs: CycleState, job: Job, bindings: Sequence[Binding]) -> bool:
+    """Whether every active ``Permit`` plugin lets this placement commit; a refusal is noted
+    for the job's pending reason."""
+    for p in cs.placer.active(job).permits:
+        status = p.permit(job, bindings, cs.ctx)
+        if status.code is not Code.SUCCESS:
+            name = getattr(p, "name", type(p).__name__)
+            cs.placer.notes[job.id] = f"{name}: {status.message}" if status.message else f"not permitted by {name}"
+            return False
+    return True
+
+
+def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] | None = None) -> bool:
+    """Place as many of the job's remaining tasks as the plugins allow; commit if the gang
+    closes, the ``Permit`` plugins agree and ``accept(bindings)`` (when given) agrees (otherwise
+    the job is ``WaitingBehind``)."""
+    snap = cs.ctx.snap
+    already = cs.placed_tasks.get(job.id, 0)
+    want = job.tasks - already
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    q = cs.ctx.queues.get(job.queue)
+    if q is not None and q.max is not None:
+        room = q.max - cs.ctx.queue_usage.get(job.queue, 0.0)
+        per = job.devices_per_task
+        if per > 0:
+            fit = int(room / per + 1e-9)
+            if fit < need:
+                cs.failed[job.id] = ReasonCode.QUEUE_OVER_MAX
+                cs.queue_max_hit.add(job.id)
+                return False
+            want = min(want, fit)
+    stmt = Statement(snap, cs.ctx.now)
+    got = cs.placer.place(job, stmt, want, need, first_task=already)
+    if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
+        stmt.discard()
+        cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+        return False
+    if accept is not None and not accept(stmt.bindings_of(job.id)):
+        stmt.discard()
+        cs.failed[job.id] = ReasonCode.WAITING_BEHIND
+        return False
+    bound = stmt.commit({job.id: job})
+    cs.bindings.extend(bound)
+    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
+    cs.placed_tasks[job.id] = already + got
+    if already + got >= job.tasks:
+        cs.done.add(job.id)
+    cs.failed.pop(job.id, None)
+    return True
+
+
+# --------------------------------------------------------------- what a job needs, where
+
+
+def unit_of(job: Job) -> int:
+    """Devices one task takes whole on one node: a node's free devices count only in these
+    units towards a block (a 16-die task cannot use 8 free dies on each of two nodes)."""
+    req = job.devices
+    return req.count if req is not None and not req.fractional else 1
+
+
+def tier_of(cs: CycleState, job: Job) -> str:
+    """The level of the domain the job's (remaining) tasks must fit in together, for reasons
+    and estimates: a block's domain, one replica's, the gang's; ``node`` for one task."""
+    blocks = cs.placer.blocks(job)
+    if blocks is not None:
+        return blocks.level
+    if job.kind is JobKind.SERVING and job.replica_tasks > 1:
+        return cs.placer.tiers(job)[-1]  # one replica's tasks together
+    if job.kind is not JobKind.TRAINING or cs.placer.min_tasks(job) - cs.placed_tasks.get(job.id, 0) <= 1:
+        return NODE  # one task (a replica, a batch task) always sits on one node
+    return cs.placer.tiers(job)[-1]
+
+
+def reserve_devices(cs: CycleState, job: Job) -> int:
+    """Devices a domain keeps free beside the job's block (a block rule's reserve nodes, each
+    a whole node of the job's tasks); 0 for jobs placed without blocks."""
+    blocks = cs.placer.blocks(job)
+    return blocks.reserve_nodes * unit_of(job) if blocks is not None else 0
+
+
+def block_size(snap: Snapshot, per_node: dict[str, int], level: str, unit: int = 1) -> int:
+    """The largest domain of ``level`` by these per-node device counts (counted per node in
+    whole tasks of ``unit``): a node's count for ``node`` and the levels inside it, the sum
+    for ``cluster``, else the sum per domain (a node outside any domain of the level is one)."""
+    if not per_node:
+        return 0
+    if level == NODE or level in NODE_LOCAL_LEVELS:
+        return max(per_node.values())
+    if level != CLUSTER:
+        sums: dict[str, int] = defaultdict(int)
+        for name, c in per_node.items():
+            sums[snap.nodes[name].node.domains.get(level) or name] += c if unit == 1 else c // unit * unit
+        return max(sums.values())
+    return sum(per_node.values()) if unit == 1 else sum(c // unit * unit for c in per_node.values())
+
+
+def empty_per_node(cs: CycleState, job: Job, models: Sequence[str]) -> dict[str, int]:
+    """Node -> healthy devices of these models on the nodes no active filter rules out for good
+    (ready or not: what the empty cluster offers the job)."""
+    snap = cs.ctx.snap
+    filters = cs.placer.active(job).filters
+    return {
+        name: sum(1 for d, h in zip(st.node.devices, st.healthy) if h and d.model in models)
+        for name, st in snap.nodes.items()
+        if not filters or not cs.placer.never_on(job, st)
+    }
+
+
+def largest_block(cs: CycleState, job: Job, level: str, empty: bool = False) -> int:
+    """Free (``empty``: healthy) matching devices in the largest domain of ``level``."""
+    snap = cs.ctx.snap
+    models = cs.placer.models_for(job)
+    if empty:
+        per_node = empty_per_node(cs, job, models)
+    else:
+        filters = cs.placer.active(job).filters
+        per_node = {
+            st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
+            for st in snap.nodes.values()
+            if not filters or not cs.placer.never_on(job, st)
+        }
+    return block_size(snap, per_node, level, unit_of(job))

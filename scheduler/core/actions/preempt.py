@@ -1,0 +1,164 @@
+"""preempt: evict lower-priority jobs of the same queue for a job that cannot start; the
+machinery reclaim shares (victims, the eviction statement, fewest victims kept)."""
+
+from __future__ import annotations
+
+from ..model import Eviction, Job, ReasonCode
+from ..snapshot import Statement
+from .cycle import CycleState, devices_of, permitted
+
+
+def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
+    """Running jobs whose eviction could help ``job``, in eviction order. The mechanism keeps
+    the jobs this action may touch at all: not placed by this very cycle, of a preemptible
+    priority class, holding devices of a model the job asks for, and in the job's queue
+    (preempt) or in a queue above its deserved and guaranteed share (reclaim). The
+    ``VictimSelect`` plugins then filter and order them (priority: lower effective priority
+    only for preempt, lowest first, then the fewest devices, then the youngest). Without one:
+    a lower priority class only for preempt, in the same order by class value."""
+    snap = cs.ctx.snap
+    models = set(cs.placer.models_for(job))
+    out = []
+    usage = cs.ctx.queue_usage
+    bound_now = {b.job_id for b in cs.bindings}
+    for rj in snap.running.values():
+        v = rj.job
+        if v.id in bound_now:
+            continue  # placed by this very cycle: evicting it would only churn
+        if reclaim:
+            if v.queue == job.queue:
+                continue
+            q = cs.ctx.queues.get(v.queue)
+            deserved = deserved_share(cs, v.queue)
+            guaranteed = q.guaranteed if q else 0.0
+            if usage.get(v.queue, 0.0) <= max(deserved, guaranteed):
+                continue
+        elif v.queue != job.queue:
+            continue
+        if not cs.ctx.priority_preemptible.get(v.priority_class, True):
+            continue
+        if (
+            models
+            and not any(
+                snap.nodes[b.node].node.devices[i].model in models
+                for b in rj.bindings
+                if b.node in snap.nodes
+                for i in b.device_indices
+            )
+            and job.devices is not None
+        ):
+            continue
+        out.append(rj)
+    selectors = cs.fw.victim_selectors
+    if selectors:
+        for p in selectors:
+            out = p.victims(job, out, cs.ctx, reclaim)
+        return out
+    if not reclaim:
+        out = [rj for rj in out if rj.job.priority < job.priority]
+    out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, -rj.start_time, rj.job.id))
+    return out
+
+
+def deserved_share(cs: CycleState, queue: str) -> float:
+    q = cs.ctx.queues.get(queue)
+    if q is not None and q.deserved is not None:
+        return q.deserved
+    weights = {name: (qq.weight if qq else 1.0) for name, qq in cs.ctx.queues.items()}
+    total_w = sum(weights.values()) or 1.0
+    return cs.ctx.total_devices * weights.get(queue, 1.0) / total_w
+
+
+def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
+    snap = cs.ctx.snap
+    candidates = victims(cs, job, reclaim)
+    if not candidates:
+        return False
+    cs.preemption_attempts += 1
+    stmt = Statement(snap, cs.ctx.now)
+    already = cs.placed_tasks.get(job.id, 0)
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    want = job.tasks - already
+    evicted = []
+    got = 0
+    # one victim that suffices alone, lowest priority and smallest first
+    for rj in candidates[:MAX_SINGLE_VICTIM_TRIES]:
+        one = Statement(snap, cs.ctx.now)
+        one.evict(rj.job.id)
+        if cs.placer.place(job, one, want, need, first_task=already) >= need:
+            one.discard()
+            evicted.append(stmt.evict(rj.job.id))
+            got = cs.placer.place(job, stmt, want, need, first_task=already)
+            break
+        one.discard()
+    if got < need:
+        # otherwise evict in order until the job fits
+        for rj in candidates:
+            if any(e.job.id == rj.job.id for e in evicted):
+                continue
+            evicted.append(stmt.evict(rj.job.id))
+            got = cs.placer.place(job, stmt, want, need, first_task=already)
+            if got >= need:
+                break
+            stmt.unbind_job(job.id)
+            got = 0
+    if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
+        stmt.discard()  # never evict for a job that would still not fit (or is not permitted)
+        return False
+    # fewest victims: give back every victim the preemptor turned out not to need
+    for rj in list(reversed(evicted[:-1])):
+        if snap.can_apply(rj.bindings):
+            stmt.restore(rj)
+            evicted.remove(rj)
+    # the statement's own bindings: a replaced replica keeps its (lower) number
+    cs.bindings.extend(stmt.commit({job.id: job}))
+    cs.placed_tasks[job.id] = already + got
+    if already + got >= job.tasks:
+        cs.done.add(job.id)
+    cs.failed.pop(job.id, None)
+    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
+    for rj in evicted:
+        why = "reclaimed for queue" if reclaim else "preempted by"
+        cs.evictions.append(
+            Eviction(
+                rj.job.id,
+                f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})",
+                job.id,
+            )
+        )
+        cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - devices_of(
+            rj.job, len(rj.bindings)
+        )
+        cs.requeued.append(rj.job)
+    return True
+
+
+def _prio(cs: CycleState, job: Job) -> str:
+    """A job's priority for a message: the class value, and the aged value when aging moved it."""
+    eff = cs.effective(job)
+    return f"{job.priority}" if abs(eff - job.priority) < 0.05 else f"{job.priority}, aged {eff:.1f}"
+
+
+#: victims tried one by one before evicting several (keeps preemption bounded on big clusters)
+MAX_SINGLE_VICTIM_TRIES = 64
+#: how many pending jobs one cycle tries to preempt or reclaim for (keeps a cycle bounded)
+MAX_PREEMPTORS_PER_CYCLE = 16
+
+
+def action_preempt(cs: CycleState) -> None:
+    """For the highest-priority unschedulable jobs, evict lower-priority jobs of the same queue
+    (whole gangs, fewest and lowest first) when that lets the job start now."""
+    preempt_like(cs, reclaim=False)
+
+
+def preempt_like(cs: CycleState, reclaim: bool) -> None:
+    cands = [cs.pending[j] for j, code in cs.failed.items() if code is ReasonCode.UNSCHEDULABLE and j in cs.pending]
+    cands.sort(key=cs.job_key)
+    for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
+        if reclaim and cs.ctx.queue_usage.get(job.queue, 0.0) >= deserved_share(cs, job.queue):
+            continue
+        cs.decisions += 1
+        if preempt_for(cs, job, reclaim):
+            for q, head in list(cs.heads.items()):
+                if head == job.id:
+                    del cs.heads[q]

@@ -1,0 +1,63 @@
+"""The scheduling framework: extension points (``points``), their status (``status``), plugins
+and their registry (``registry``). Mechanism lives in ``actions/`` and ``placer.py``; policy in
+``plugins/``."""
+
+from .points import (
+    POINTS,
+    Blocks,
+    CycleContext,
+    DeviceSelect,
+    DomainBlocks,
+    Filter,
+    Gang,
+    JobOrder,
+    NodeOrder,
+    Permit,
+    PreFilter,
+    Priority,
+    QueueOrder,
+    Reserve,
+    Score,
+    Tiers,
+    VictimSelect,
+    WalkOrder,
+)
+from .registry import PLUGIN_FIELDS, PLUGINS, Framework, JobPlugins, Plugin, check_plugin, points_of, register
+from .status import NOT_HERE, SKIP, SUCCESS, Code, Status, error, unresolvable, unschedulable
+
+__all__ = [
+    "POINTS",
+    "Blocks",
+    "CycleContext",
+    "DeviceSelect",
+    "DomainBlocks",
+    "Filter",
+    "Gang",
+    "JobOrder",
+    "NodeOrder",
+    "Permit",
+    "PreFilter",
+    "Priority",
+    "QueueOrder",
+    "Reserve",
+    "Score",
+    "Tiers",
+    "VictimSelect",
+    "WalkOrder",
+    "PLUGIN_FIELDS",
+    "PLUGINS",
+    "Framework",
+    "JobPlugins",
+    "Plugin",
+    "check_plugin",
+    "points_of",
+    "register",
+    "NOT_HERE",
+    "SKIP",
+    "SUCCESS",
+    "Code",
+    "Status",
+    "error",
+    "unresolvable",
+    "unschedulable",
+]

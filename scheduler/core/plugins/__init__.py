@@ -1,0 +1,23 @@
+"""The built-in plugins, one module each (``ascend/`` for Huawei MindCluster's rules).
+
+Importing this package registers them (``framework.register``); a profile names them in
+``policies``. ``DEFAULT`` is the order ``xpod server`` runs with no profile.
+"""
+
+from . import ascend, binpack, drf, fragmentation, gang, node_selector, priority, spread, topology
+
+#: the default profile's plugins, in order
+DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority")
+
+__all__ = [
+    "DEFAULT",
+    "ascend",
+    "binpack",
+    "drf",
+    "fragmentation",
+    "gang",
+    "node_selector",
+    "priority",
+    "spread",
+    "topology",
+]
