@@ -83,6 +83,7 @@ class Replica:
         self.leader_address = ""  # the leader as the lease says ("" when unknown)
         self.leader_changes = 0  # times this replica became leader or stopped being it
         self._token: int | None = None
+        self._renewed_at = 0.0  # monotonic time the last successful renewal was sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="xpod-election", daemon=True)
         self.failure = ""  # the last reason the store could not be used (for NO_STORE errors)
@@ -114,64 +115,100 @@ class Replica:
     # the election loop
 
     def _run(self) -> None:
-        last_renewed = 0.0
         while not self._stop.is_set():
-            if self.role is Role.LEADER:
-                sent = time.monotonic()
-                try:
-                    held = self._lease.renew(self._token)
-                except StoreUnavailable as err:
-                    held = None
-                    self.failure = str(err)
-                if held:
-                    last_renewed = sent
-                api = self._api
-                store_failure = getattr(api.store, "failure", None) if api is not None else None
-                if held is False:
-                    self._step_down("another replica holds the lease")
-                elif store_failure is not None:
-                    self._step_down(f"the store failed: {str(store_failure)[:200]}")
-                elif time.monotonic() - last_renewed > 0.75 * self._ttl_s:
-                    self._step_down("the lease could not be renewed in time")
-                else:
-                    self._stop.wait(self._ttl_s / 4)
-                continue
             try:
-                token = self._lease.try_acquire()
-                holder = self._lease.current() if token is None else None
+                self._round()
+            except Exception as err:  # a bug or an unforeseen error: never leave the replica wedged
+                self._log(f"xpod server: election loop error: {type(err).__name__}: {str(err)[:300]}")
+                self._step_down("election loop error")
+                self._stop.wait(1.0)
+
+    def _round(self) -> None:
+        """One turn of the loop: a leader renews (or steps down), others try to take a lapsed
+        lease and otherwise follow."""
+        if self.role is Role.LEADER:
+            sent = time.monotonic()
+            try:
+                held = self._lease.renew(self._token)
             except StoreUnavailable as err:
+                held = None
+                self.failure = str(err)
+            if held:
+                self._renewed_at = sent
+            api = self._api
+            store_failure = getattr(api.store, "failure", None) if api is not None else None
+            if held is False:
+                self._step_down("another replica holds the lease")
+            elif store_failure is not None:
+                self._step_down(f"the store failed: {str(store_failure)[:200]}")
+            elif time.monotonic() - self._renewed_at > 0.75 * self._ttl_s:
+                self._step_down("the lease could not be renewed in time")
+            else:
+                self._stop.wait(self._ttl_s / 4)
+            return
+        try:
+            # look before taking: a take locks the lease row, which the leader's batches share
+            holder = self._lease.current()
+            token = self._lease.try_acquire() if holder is None or holder.expires_in_s <= 0 else None
+        except StoreUnavailable as err:
+            self.failure = str(err)
+            self._become(Role.NO_STORE, None)
+            self._stop.wait(0.5)
+            return
+        if token is not None:
+            self._lead(token)
+            return
+        self.leader_address = holder.address if holder is not None and holder.expires_in_s > 0 else ""
+        if self.role is not Role.FOLLOWER:
+            try:
+                follower = self._make_api(PostgresStore(self.url), False)
+            except (StoreError, StoreUnavailable) as err:
                 self.failure = str(err)
                 self._become(Role.NO_STORE, None)
                 self._stop.wait(0.5)
-                continue
-            if token is not None:
-                last_renewed = time.monotonic()
-                self._lead(token)
-                continue
-            self.leader_address = holder.address if holder is not None else ""
-            if self.role is not Role.FOLLOWER:
-                try:
-                    follower = self._make_api(PostgresStore(self.url), False)
-                except (StoreError, StoreUnavailable) as err:
-                    self.failure = str(err)
-                    self._stop.wait(0.5)
-                    continue
-                follower.read_only_error = self._not_leader_error
-                self._become(Role.FOLLOWER, follower)
-            try:
-                _follow(self._api)
-            except StoreUnavailable as err:
-                self.failure = str(err)
-                self._become(Role.NO_STORE, None)
-            self._stop.wait(self._follow_s)
+                return
+            follower.read_only_error = self._not_leader_error
+            self._become(Role.FOLLOWER, follower)
+        try:
+            _follow(self._api)
+        except StoreUnavailable as err:
+            self.failure = str(err)
+            self._become(Role.NO_STORE, None)
+        self._stop.wait(self._follow_s)
 
     def _lead(self, token: int) -> None:
+        """Build the leader's service from the store (the follower's mirror keeps answering
+        reads meanwhile) while a helper keeps the lease renewed, then switch to it."""
         t0 = time.monotonic()
-        self._become(Role.NO_STORE, None, quiet=True)  # the follower's mirror is not the leader's
+        self._renewed_at = t0
+        building = threading.Event()
+        lost = threading.Event()
+
+        def keep() -> None:
+            while not building.wait(self._ttl_s / 4):
+                sent = time.monotonic()
+                try:
+                    if self._lease.renew(token):
+                        self._renewed_at = sent
+                    else:
+                        lost.set()
+                        return
+                except StoreUnavailable:
+                    pass
+
+        keeper = threading.Thread(target=keep, name="xpod-lease-keeper", daemon=True)
+        keeper.start()
         try:
             api = self._make_api(PostgresStore(self.url, fencing_token=token), True)
         except (StoreError, StoreUnavailable) as err:
             self.failure = str(err)
+            api = None
+        finally:
+            building.set()
+            keeper.join()
+        if api is None or lost.is_set():
+            if api is not None:
+                api.close()
             try:
                 self._lease.release(token)
             except StoreUnavailable:

@@ -4,7 +4,12 @@ one line, and a replica without its database says NOT_SERVING and comes back."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,7 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import job_doc
-from test_service_integration import LiveServer, cli
+from test_service_integration import XPOD, LiveServer, cli
+
+TASK = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "agent", "task.py")
 
 # a short lease keeps the test quick; the default (3 s) is the bench's
 LEASE = ("--lease-ttl", "1", "--frontends", "0")
@@ -86,9 +93,51 @@ def test_one_leader_followers_read_and_name_it(pg_url):
         b.stop()
 
 
-def test_kill9_of_the_leader_under_load_loses_and_duplicates_nothing(pg_url):
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill9_of_the_leader_under_load_loses_and_duplicates_nothing(pg_url, tmp_path):
     servers = [replica(pg_url), replica(pg_url)]
     addrs = ",".join(s.addr for s in servers)
+    # an agent with a running task (a real process) that must outlive the change of leader
+    out = tmp_path / "tasks"
+    out.mkdir()
+    agent_log = tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [
+            XPOD,
+            "agent",
+            "--server",
+            addrs,
+            "--node",
+            "ha-agent",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--sim-devices",
+            "mthreads-s4000:1",
+            "--heartbeat-interval",
+            "0.5",
+        ],
+        stdout=open(agent_log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    long_doc = {
+        "apiVersion": "xpod/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "long"},
+        "spec": {
+            "tasks": 1,
+            "devices": {"count": 1, "model": "mthreads-s4000"},
+            "queue": "research",
+            "command": [sys.executable, TASK, str(out), "sleep", "600"],
+        },
+    }
     acked: dict[str, str] = {}
     sent: dict[str, dict] = {}
     after_kill = threading.Event()
@@ -117,16 +166,33 @@ def test_kill9_of_the_leader_under_load_loses_and_duplicates_nothing(pg_url):
 
     threads = [threading.Thread(target=submitter, args=(w,)) for w in range(4)]
     try:
+        wait_for("the agent to register", lambda: "registered with" in agent_log.read_text(), 60)
+        with client(addrs) as c:
+            long_id = c.submit(long_doc, "long").job.id
+            first = out / f"{long_id}.0.0.pids"
+            wait_for("the long task to run", lambda: first.exists() and c.get(long_id).job.state == 3, 60)
+        task_pid = json.loads(first.read_text())["self"]
         for t in threads:
             t.start()
         wait_for("submissions to the first leader", lambda: len(acked) >= 20)
         servers[0].kill9()  # the first replica started leads
         after_kill.set()
         wait_for("submissions acknowledged by the new leader", lambda: acked_after_kill[0] >= 20 or errors, 90)
+        # the agent reconnects to the new leader and reports its task, which keeps running
+        with client(addrs) as c:
+            wait_for("the agent to reconnect", lambda: "reconnected to the scheduler" in agent_log.read_text(), 60)
+            assert c.get(long_id).job.state == 3  # still RUNNING
+        assert _alive(task_pid), "the running task was stopped because the leader changed"
+        assert not (out / f"{long_id}.0.1.pids").exists(), "the running task was started again"
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=120)
+        os.killpg(agent.pid, signal.SIGTERM)
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
     try:
         assert not errors, errors[:3]
         with client(servers[1].addr) as c:
