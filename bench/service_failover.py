@@ -13,7 +13,8 @@ SIGKILL (its process group: front ends and core child too) and restarts it a sec
 supervisor would.
 
 Prints a table and (``--json``) one JSON object: acknowledged, lost (acknowledged but not
-stored, or stored under another job id: must be 0), duplicates (a request id stored twice:
+stored, or stored under another job id: must be 0, checked in the database itself), duplicates (a request id stored or listed twice:
+must be 0), acknowledged jobs missing from a replica's listing (its mirror of the event log:
 must be 0), the time from each kill to the next acknowledged submission (p50, max), and
 running tasks restarted (a task whose first process died or that started a second attempt:
 must be 0). Exit 0 only when lost, duplicates and restarted are 0.
@@ -44,7 +45,6 @@ RUNNING = 3  # xpod.v1.JobState JOB_STATE_RUNNING
 sys.path.insert(0, HERE)
 
 from agent_kill9 import _alive  # noqa: E402
-from service_kill9 import list_all  # noqa: E402
 
 
 def free_port() -> int:
@@ -129,6 +129,19 @@ def leader_address(url: str) -> str | None:
             "SELECT address FROM leases WHERE name = 'scheduler' AND expires_at_s > extract(epoch from clock_timestamp())"
         ).fetchall()
     return rows[0][0] if rows else None
+
+
+def list_all(c) -> list:
+    """Every job, page by page, through the client (so a replica still starting is skipped)."""
+    from xpod.proto.xpod.v1 import job_service_pb2
+
+    jobs, token = [], ""
+    while True:
+        resp = c.call(c.jobs.ListJobs, job_service_pb2.ListJobsRequest(page_size=1000, page_token=token), 60)
+        jobs += list(resp.jobs)
+        token = resp.next_page_token
+        if not token:
+            return jobs
 
 
 def wait_for(what: str, check, timeout_s: float):
@@ -247,8 +260,8 @@ def main() -> int:
                 time.sleep(args.interval)
                 leader = wait_for("a leader", lambda: leader_address(url), 60)
                 victim = by_addr[leader]
+                victim.kill9()  # returns once the process group is gone: no reply can leave it after
                 kills.append(time.monotonic())
-                victim.kill9()
                 time.sleep(1.0)
                 victim.start()  # a supervisor brings it back (as a follower)
                 progress.advance(bar)
@@ -258,14 +271,25 @@ def main() -> int:
             t.join(timeout=180)
         # the check, through any replica
         with Client(Target(addrs, None, None, "bench"), timeout_s=60, failover_s=120) as c:
-            from xpod.proto.xpod.v1 import job_service_pb2
-
-            jobs = list_all(c.jobs, job_service_pb2)
+            jobs = list_all(c)
             by_rid: dict[str, list[str]] = {}
             for j in jobs:
                 by_rid.setdefault(j.request_id, []).append(j.id)
-            lost = [rid for rid, (jid, _) in acked.items() if by_rid.get(rid) != [jid]]
-            duplicates = [rid for rid, ids in by_rid.items() if len(ids) > 1]
+            # through the API (whichever replica answers: its mirror must hold every job) ...
+            unlisted = [rid for rid, (jid, _) in acked.items() if by_rid.get(rid) != [jid]]
+            listed_twice = [rid for rid, ids in by_rid.items() if len(ids) > 1]
+        # ... and in the database itself, the source of truth
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            stored: dict[str, list[str]] = {}
+            for rid, jid in conn.execute("SELECT request_id, id FROM jobs").fetchall():
+                stored.setdefault(rid, []).append(jid)
+        lost = [rid for rid, (jid, _) in acked.items() if stored.get(rid) != [jid]]
+        # (request_id is UNIQUE in the table, so a retry can never store a job twice there; a
+        # replica's listing could still show one twice)
+        duplicates = sorted({rid for rid, ids in stored.items() if len(ids) > 1} | set(listed_twice))
+        with Client(Target(addrs, None, None, "bench"), timeout_s=60, failover_s=120) as c:
             states = {j: c.get(j).job.state for j in task_jobs}
         restarted = 0
         for j in task_jobs:
@@ -299,6 +323,7 @@ def main() -> int:
         "acknowledged": len(acked),
         "lost": len(lost),
         "duplicates": len(duplicates),
+        "acknowledged_missing_from_a_replica_listing": len(unlisted),
         "client_errors_after_failover_budget": len(failures),
         "next_ack_after_kill_s": {
             "p50": round(percentile(gaps, 50), 2),
@@ -319,7 +344,14 @@ def main() -> int:
         )
         table.add_column("figure")
         table.add_column("value", justify="right")
-        for key in ("sent", "acknowledged", "lost", "duplicates", "client_errors_after_failover_budget"):
+        for key in (
+            "sent",
+            "acknowledged",
+            "lost",
+            "duplicates",
+            "acknowledged_missing_from_a_replica_listing",
+            "client_errors_after_failover_budget",
+        ):
             table.add_row(key.replace("_", " "), str(result[key]))
         table.add_row("next ack after a kill, p50 (s)", f"{result['next_ack_after_kill_s']['p50']:.2f}")
         table.add_row("next ack after a kill, max (s)", f"{result['next_ack_after_kill_s']['max']:.2f}")
@@ -328,7 +360,7 @@ def main() -> int:
         Console().print(table)
         for line in failures[:5]:
             console.print(f"client error: {line}")
-    ok = not lost and not duplicates and restarted == 0
+    ok = not lost and not duplicates and not unlisted and restarted == 0
     return 0 if ok else 1
 
 

@@ -392,6 +392,10 @@ class SchedulerApi:
     # --- lifecycle ---
 
     def _recover(self, cluster_nodes: Sequence[NodeView]) -> None:
+        # the revision first: a follower replica reads while the leader writes, and tails the
+        # events above this revision, so a job committed during the load below is never missed
+        # (one loaded already is replayed to the same end state)
+        revision = self._store.last_revision()
         for node in cluster_nodes:
             self._nodes[node.name] = node
         for doc in self._store.load_nodes():
@@ -411,7 +415,7 @@ class SchedulerApi:
                     self._placer.restore_job(job, parsed)
                 else:
                     self._placer.add_job(job, parsed)
-        self._last_revision = self._store.last_revision()
+        self._last_revision = revision
 
     def start(self) -> "SchedulerApi":
         if self._thread is None:

@@ -240,6 +240,8 @@ class Replica:
         with self._lock:
             old_api, self._api = self._api, api
             old_role, self.role = self.role, role
+        if role is not Role.NO_STORE:
+            self.failure = ""
         if old_api is not None and old_api is not api:
             old_api.close()
         if (old_role is Role.LEADER) != (role is Role.LEADER):
@@ -320,15 +322,19 @@ class _NoStore:
     def __getattr__(self, name: str) -> Any:
         if name.endswith("_counts") or name == "largest_free_blocks":
             return dict
-        address = self._replica.address if self._replica is not None else "starting"
-        display = self._replica.display if self._replica is not None else "the store"
-        leader = self._replica.leader_address if self._replica is not None else ""
+        replica = self._replica
+        address = replica.address if replica is not None else "starting"
+        leader = replica.leader_address if replica is not None else ""
+        if replica is None or not replica.failure:
+            why = f"this replica ({address}) is joining its peers (no role yet)"
+        else:
+            why = f"this replica ({address}) cannot use its store {replica.display} now"
 
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise ApiError(
                 Code.UNAVAILABLE,
                 "STORE_UNAVAILABLE",
-                f"this replica ({address}) cannot use its store {display} now; retry another replica or later",
+                f"{why}; retry another replica or later",
                 metadata={"replica": address, "leader": leader},
                 retry_after_s=0.5,
             )

@@ -62,8 +62,32 @@ def client(addrs: str):
 
 def test_one_leader_followers_read_and_name_it(pg_url):
     a = replica(pg_url)
-    b = replica(pg_url)
+    # a follower that joins while the leader commits: its mirror (loaded, then tailed) must
+    # still hold every acknowledged job
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def submit_meanwhile() -> None:
+        with client(a.addr) as c:
+            i = 0
+            while not stop.is_set():
+                acked.append(c.submit(job_doc(f"bg{i}", count=1), f"bg-{i}").job.id)
+                i += 1
+
+    background = threading.Thread(target=submit_meanwhile)
+    background.start()
     try:
+        b = replica(pg_url)
+    finally:
+        stop.set()
+        background.join(timeout=60)
+    try:
+        with client(b.addr) as c:
+            wait_for(
+                "the follower to list every acknowledged job",
+                lambda: set(acked) <= {j.id for j in c.list()},
+                30,
+            )
         assert "leader" in "".join(a.lines) and "follower" in "".join(b.lines)
         assert (metric(a, "xpod_scheduler_leader"), metric(b, "xpod_scheduler_leader")) == (1.0, 0.0)
         assert health(b.addr) == health_pb2.HealthCheckResponse.SERVING  # a follower serves reads
