@@ -331,6 +331,16 @@ class Submission:
             self._api._end_submission(self, None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Recovered:
+    """Every stored job as of ``revision`` and the parsed form of the unfinished ones (a
+    follower's mirror): what a new leader would otherwise read and parse from the store."""
+
+    jobs: tuple[JobRecord, ...]
+    parsed: dict[str, ParsedJob]  # job id -> parsed spec (missing ones are parsed again)
+    revision: int
+
+
 class SchedulerApi:
     """The service. ``start()`` launches the scheduling thread; ``close()`` stops it and the store."""
 
@@ -347,6 +357,7 @@ class SchedulerApi:
         limits: Limits = Limits(),
         metrics: Any = None,
         node_timeout_s: float | None = None,  # heartbeats missing this long -> NotReady (scheduler.liveness)
+        recovered: "Recovered | None" = None,  # the jobs as of a revision, instead of reading them from the store
     ) -> None:
         self._clock = clock
         self._placer = placer
@@ -384,18 +395,24 @@ class SchedulerApi:
         else:
             self._store = open_store(store, on_commit=self._on_commit)
         try:
-            self._recover(nodes)
+            self._recover(nodes, recovered)
         except BaseException:
             self._store.close()
             raise
 
     # --- lifecycle ---
 
-    def _recover(self, cluster_nodes: Sequence[NodeView]) -> None:
+    def recovered_state(self) -> "Recovered":
+        """This API's jobs as of its revision (a follower replica's mirror, handed to the
+        leader it becomes, so the new leader needs no second read and parse of every job)."""
+        with self._lock:
+            return Recovered(tuple(self._jobs.values()), dict(self._parsed), self._last_revision)
+
+    def _recover(self, cluster_nodes: Sequence[NodeView], recovered: "Recovered | None" = None) -> None:
         # the revision first: a follower replica reads while the leader writes, and tails the
         # events above this revision, so a job committed during the load below is never missed
         # (one loaded already is replayed to the same end state)
-        revision = self._store.last_revision()
+        revision = recovered.revision if recovered is not None else self._store.last_revision()
         for node in cluster_nodes:
             self._nodes[node.name] = node
         for doc in self._store.load_nodes():
@@ -404,12 +421,16 @@ class SchedulerApi:
         with self._placer_lock:
             for node in self._nodes.values():
                 self._placer.add_node(node)
-            for job in self._store.load_jobs():
+            jobs = recovered.jobs if recovered is not None else self._store.load_jobs()
+            known = recovered.parsed if recovered is not None else {}
+            for job in sorted(jobs, key=lambda j: j.seq) if recovered is not None else jobs:
                 self._index(None, job)
                 self._jobs[job.id] = job
                 if job.state.terminal:
                     continue
-                parsed = self._placer.parse(job.spec)  # it was accepted once, so it parses again
+                parsed = known.get(job.id)
+                if parsed is None:
+                    parsed = self._placer.parse(job.spec)  # it was accepted once, so it parses again
                 self._parsed[job.id] = parsed
                 if job.state in BOUND_STATES and job.allocations:
                     self._placer.restore_job(job, parsed)

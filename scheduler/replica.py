@@ -32,7 +32,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from xpod.scheduler.api import ApiError, Code, SchedulerApi
+from xpod.scheduler.api import ApiError, Code, Recovered, SchedulerApi
 from xpod.scheduler.store import JobState, StoreError, StoreUnavailable, SubmitResult, UpdateResult, EventType
 from xpod.scheduler.store_postgres import LeaderLease, PostgresStore, mask_url
 
@@ -43,8 +43,9 @@ class Role(str, enum.Enum):
     NO_STORE = "no_store"
 
 
-#: a factory for the service over a store: ``(store, leader)``; a follower's never schedules
-ApiFactory = Callable[[PostgresStore, bool], SchedulerApi]
+#: a factory for the service over a store: ``(store, leader, recovered)``; a follower's never
+#: schedules; ``recovered`` (or None: read the store) is the follower's mirror a new leader starts from
+ApiFactory = Callable[[PostgresStore, bool, Recovered | None], SchedulerApi]
 
 
 class Replica:
@@ -161,7 +162,7 @@ class Replica:
         self.leader_address = holder.address if holder is not None and holder.expires_in_s > 0 else ""
         if self.role is not Role.FOLLOWER:
             try:
-                follower = self._make_api(PostgresStore(self.url), False)
+                follower = self._make_api(PostgresStore(self.url), False, None)
             except (StoreError, StoreUnavailable) as err:
                 self.failure = str(err)
                 self._become(Role.NO_STORE, None)
@@ -198,8 +199,18 @@ class Replica:
 
         keeper = threading.Thread(target=keep, name="xpod-lease-keeper", daemon=True)
         keeper.start()
+        recovered = None
+        follower = self._api if self.role is Role.FOLLOWER else None
+        if follower is not None:
+            # Warm start: the lease is ours, so every write of the old leader either committed
+            # before we took it or is fenced off; one last tail makes the mirror complete.
+            try:
+                _follow(follower)
+                recovered = follower.recovered_state()
+            except StoreUnavailable:
+                recovered = None
         try:
-            api = self._make_api(PostgresStore(self.url, fencing_token=token), True)
+            api = self._make_api(PostgresStore(self.url, fencing_token=token), True, recovered)
         except (StoreError, StoreUnavailable) as err:
             self.failure = str(err)
             api = None

@@ -223,7 +223,7 @@ def _start_replica(args, handle, running, metrics, cluster, cluster_name, nodes,
     from xpod.scheduler.core_bridge import CorePlacer
     from xpod.scheduler.replica import Replica, Role
 
-    def make_api(store, leader: bool):
+    def make_api(store, leader: bool, recovered):
         if leader and args.core_process:
             from xpod.scheduler.core_process import ProcessPlacer
 
@@ -232,7 +232,12 @@ def _start_replica(args, handle, running, metrics, cluster, cluster_name, nodes,
             placer = CorePlacer(cluster)  # a follower never schedules: the core only parses
         try:
             api = SchedulerApi(
-                store, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
+                store,
+                placer,
+                nodes=nodes,
+                cluster_name=cluster_name,
+                cycle_interval_s=args.cycle_interval,
+                recovered=recovered,
             )
         except BaseException:
             if hasattr(placer, "close"):

@@ -335,7 +335,7 @@ class Client:
                 self._fail_over(failure)
                 tries += 1
                 if tries % max(1, len(self._addresses)) == 0:
-                    time.sleep(min(1.0, 0.1 * tries))  # every replica refused: one is taking over
+                    time.sleep(min(0.5, 0.05 * tries))  # every replica refused: one is taking over
 
     def stream(self, stub_method, request) -> Iterator[Any]:
         """A server stream; when it breaks for a reason another replica can take, the next
