@@ -129,6 +129,9 @@ class Cluster:
     domains: tuple[Domain, ...]
     node_groups: tuple[NodeGroup, ...]
     pools: tuple[Pool, ...]
+    # metadata.annotations: notes for tools (a job's placement names its ranks' devices here,
+    # see ``xpod.hal.topology.load_job_topology``)
+    annotations: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def nodes(self) -> list[str]:
         return [h for g in self.node_groups for h in g.hosts]
@@ -905,6 +908,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         domains=tuple(domains),
         node_groups=tuple(groups),
         pools=tuple(pools),
+        annotations=_dict(meta.get("annotations")),
     )
     # every pair of devices must be joined by some tier
     topo_obj = cluster.topology()

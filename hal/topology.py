@@ -313,3 +313,57 @@ def pairs(devices: Iterable[Device]) -> Iterable[tuple[Device, Device]]:
     for i, a in enumerate(devs):
         for b in devs[i + 1 :]:
             yield a, b
+
+
+# --------------------------------------------------------------- a job's placement as a file
+
+#: the environment variable naming a job's placement file (the agent writes it for each task)
+TOPOLOGY_ENV = "XPOD_TOPOLOGY"
+#: annotations of a placement file (``scheduler.core.fabric.placement_document`` writes them)
+RANKS_ANNOTATION = "xpod/ranks"
+DEVICES_ANNOTATION = "xpod/devices"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobTopology:
+    """A job's placement read back from its topology file: the topology of the nodes it runs
+    on, the device each rank runs on (rank i: ``ranks[i]``) and every device it holds."""
+
+    topology: Topology
+    ranks: tuple[Device, ...]
+    devices: tuple[Device, ...]
+    source: str  # the file
+
+    def node_count(self) -> int:
+        return len({d.node for d in self.devices})
+
+    def supernode_count(self) -> int:
+        """Super-nodes the held devices span (1 when the cluster names none)."""
+        return len({self.topology.supernode_of(d) for d in self.devices}) or 1
+
+
+def load_job_topology(path: str) -> JobTopology:
+    """Read a job's placement file (a cluster descriptor whose ``metadata.annotations`` name
+    ``xpod/ranks`` and ``xpod/devices``, comma-separated ``NODE/INDEX`` ids). ``XpodError``
+    with the file and what is wrong: descriptor problems as ``FILE:LINE:COL``, a missing
+    annotation, an id that names no device of the file."""
+    from .cluster import load_cluster
+
+    cluster = load_cluster(path)
+    topo = cluster.topology()
+
+    def ids(key: str) -> tuple[Device, ...]:
+        raw = cluster.annotations.get(key)
+        if not isinstance(raw, str) or not raw.strip():
+            raise XpodError(f"{path}: metadata.annotations.{key}: missing; a placement file lists NODE/INDEX ids there")
+        out = []
+        for item in raw.split(","):
+            try:
+                out.append(topo.device(item.strip()))
+            except XpodError:
+                raise XpodError(
+                    f"{path}: metadata.annotations.{key}: {item.strip()!r} names no device of this file"
+                ) from None
+        return tuple(out)
+
+    return JobTopology(topo, ids(RANKS_ANNOTATION), ids(DEVICES_ANNOTATION), path)

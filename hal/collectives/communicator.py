@@ -37,6 +37,7 @@ from xpod.hal.errors import BackendUnavailable, XpodError
 
 from .cost import CostModel
 from .env import LaunchEnv
+from .topology_adapter import tiers_from_env
 from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
 
 
@@ -137,8 +138,9 @@ class Communicator:
         """Join the job's process group.
 
         ``backend`` defaults to the registered backend named by ``env.backend``. ``tiers``
-        (closest first) enables the hierarchical algorithms and the cost model; without it the
-        ranks form one tier. ``timeout_s`` bounds every collective and the rendezvous (default
+        (closest first) enables the hierarchical algorithms and the cost model; without it they
+        come from the job's placement file named by ``XPOD_TOPOLOGY`` (the agent writes it:
+        ``topology_adapter.tiers_from_env``), else the ranks form one tier. ``timeout_s`` bounds every collective and the rendezvous (default
         ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s). ``shm``: None (default) enables the shared-memory all_reduce when
         every rank is a CPU rank of this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """
@@ -158,6 +160,8 @@ class Communicator:
         if self.timeout_s <= 0:
             raise XpodError(f"collective timeout must be > 0 s, got {timeout_s}")
         # Checked before joining: a bad descriptor must not leave a half-made process group.
+        if tiers is None:
+            tiers = tiers_from_env(self.world_size)
         self.tiers: tuple[TierSpec, ...] = validate_tiers(tiers, self.world_size) if tiers else ()
         if backend.device_type == "cpu":
             self.device = torch.device("cpu")

@@ -32,10 +32,15 @@ def register(commands) -> None:
         metavar="NAME",
         help="array name in NPZ; a comma-separated list is a history of windows, oldest first",
     )
-    p.add_argument("--devices", required=True, type=_positive("--devices"), metavar="D", help="expert-parallel devices")
+    p.add_argument(
+        "--topology",
+        metavar="FILE",
+        help="the job's placement file (what XPOD_TOPOLOGY names in its tasks): plan on exactly its devices, "
+        "nodes and super-nodes instead of --devices/--nodes/--super-nodes; the JSON adds device_ids",
+    )
+    p.add_argument("--devices", type=_positive("--devices"), metavar="D", help="expert-parallel devices")
     p.add_argument(
         "--nodes",
-        required=True,
         type=_positive("--nodes"),
         metavar="N",
         help="nodes (devices are split evenly, in order)",
@@ -51,9 +56,7 @@ def register(commands) -> None:
     p.add_argument(
         "--groups", type=_positive("--groups"), default=8, metavar="G", help="expert groups (contiguous ids; default 8)"
     )
-    p.add_argument(
-        "--super-nodes", type=_positive("--super-nodes"), default=1, metavar="SN", help="super-nodes (default 1)"
-    )
+    p.add_argument("--super-nodes", type=_positive("--super-nodes"), metavar="SN", help="super-nodes (default 1)")
     p.add_argument(
         "--policy",
         choices=POLICIES,
@@ -122,6 +125,30 @@ def register(commands) -> None:
     s.add_argument("--workload", required=True, metavar="NAME")
     s.add_argument("--png", required=True, metavar="OUT", help="PNG to write")
     s.set_defaults(func=cmd_show)
+
+
+def _shape_from_topology(args) -> list[str]:
+    """Fill --devices, --nodes and --super-nodes from a job's placement file (refusing flags
+    that disagree with it); returns the device ids in the order the plan numbers them: node
+    by node, in the order the job's tasks reach them."""
+    from xpod.hal.topology import load_job_topology
+
+    job = load_job_topology(args.topology)
+    nodes = list(dict.fromkeys(d.node for d in job.devices))
+    ordered = [d for n in nodes for d in sorted((x for x in job.devices if x.node == n), key=lambda x: x.index)]
+    per_node = {n: sum(1 for d in job.devices if d.node == n) for n in nodes}
+    if len(set(per_node.values())) > 1:
+        raise XpodError(
+            f"--topology {args.topology}: the job holds {sorted(set(per_node.values()))} devices per node; "
+            "expert placement needs the same count on every node"
+        )
+    found = {"--devices": len(ordered), "--nodes": len(nodes), "--super-nodes": job.supernode_count()}
+    for flag, value in found.items():
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given is not None and given != value:
+            raise XpodError(f"{flag} {given} disagrees with --topology {args.topology} ({value}); drop the flag")
+        setattr(args, flag[2:].replace("-", "_"), value)
+    return [d.id for d in ordered]
 
 
 def _missing(parser) -> int:
@@ -206,13 +233,18 @@ def cmd_place(args) -> int:
         raise XpodError("--max-moves needs --previous FILE (the placement the moves are counted from)")
     if not 0.0 <= args.hedge < 1.0:
         raise XpodError(f"--hedge must be in [0, 1), got {args.hedge}")
+    device_ids = _shape_from_topology(args) if args.topology else None
+    if args.devices is None or args.nodes is None:
+        raise XpodError("give --devices D and --nodes N, or --topology FILE (a job's placement file)")
     loads = load_workload(args.loads, args.workload)
     experts = loads.shape[-1]
     if experts % args.groups:
         raise XpodError(
             f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}"
         )
-    shape = PodShape(args.devices, args.nodes, slots_per_device(args.slots, args.devices, experts), args.super_nodes)
+    shape = PodShape(
+        args.devices, args.nodes, slots_per_device(args.slots, args.devices, experts), args.super_nodes or 1
+    )
     previous = load_placement(args.previous) if args.previous else None
     if previous is not None and previous.shape.num_devices != args.devices:
         raise XpodError(f"{args.previous}: made for {previous.shape.num_devices} devices, not --devices {args.devices}")
@@ -245,7 +277,10 @@ def cmd_place(args) -> int:
             balance_tolerance=args.balance_tolerance,
             refine_steps=args.refine_passes,
         )
-    _write_json(args.out, placement.to_json())
+    doc = placement.to_json()
+    if device_ids is not None:
+        doc["device_ids"] = device_ids  # slot_device d runs on device_ids[d]
+    _write_json(args.out, doc)
     current = loads if loads.ndim == 2 else loads[-1]
     sc = placement.score(current)
     summary = {"out": args.out, "policy": placement.policy.value, **sc.to_json(), "seconds": placement.seconds}

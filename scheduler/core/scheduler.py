@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 
 from . import actions as act
 from . import reasons
-from .fabric import Fabric, derive
+from .fabric import Fabric, derive, placement_document
 from .framework import CycleContext, Framework
 from .placer import Placer
 from .model import (
@@ -343,6 +343,22 @@ class Scheduler:
             replacements=replacements,
             preemption_attempts=cs.preemption_attempts,
         )
+
+    def placement_topology(self, job_id: str, tasks: Iterable[int] | None = None) -> dict[str, Any]:
+        """A running job's placement (``tasks``: only these, e.g. one serving replica's world) as
+        a topology document (``fabric.placement_document``): the agent writes it where
+        ``XPOD_TOPOLOGY`` points, so collectives and MoE placement see the job's real fabric.
+        ``XpodError`` when the job does not run there or a task holds no device."""
+        rj = self.snapshot.running.get(job_id)
+        if rj is None:
+            raise XpodError(f"job {job_id}: not running, so it has no placement")
+        keep = None if tasks is None else set(tasks)
+        bindings = [b for b in rj.bindings if keep is None or b.task in keep]
+        nodes = [self.snapshot.nodes[b.node].node for b in bindings if b.node in self.snapshot.nodes]
+        try:
+            return placement_document(job_id, nodes, self.fabric, bindings)
+        except ValueError as err:
+            raise XpodError(f"job {job_id}: {err}") from None
 
     def free_devices(self) -> int:
         return self.snapshot.free_devices()

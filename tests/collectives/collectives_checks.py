@@ -379,3 +379,24 @@ def shm_symmetric(rank: int, n: int) -> list[str]:
             fails.append(f"rank {rank}: unclear error {err}")
     comm.close()
     return fails
+
+
+def tiers_from_placement_file(rank: int, n: int) -> dict:
+    """A Communicator built with no tiers takes them from XPOD_TOPOLOGY (the job's placement
+    file) and runs the hierarchical all_reduce over them."""
+    import torch
+
+    from xpod.backends.cpu import CpuBackend
+    from xpod.hal.collectives import Communicator
+
+    comm = Communicator.from_env(backend=CpuBackend(), timeout_s=60, shm=False)
+    try:
+        x = torch.full((1024,), float(rank + 1))
+        comm.all_reduce(x, algorithm="hierarchical")
+        return {
+            "groups": [list(map(list, t.groups)) for t in comm.tiers],
+            "hierarchical": comm.hierarchical_available,
+            "sum": float(x[0]),
+        }
+    finally:
+        comm.close()
