@@ -49,7 +49,6 @@ def main() -> int:
                 return 1
             time.sleep(0.05)
         ready_s = time.monotonic() - t0
-        from xpod.proto.xpod.v1 import types_pb2
         from xpod.runtime.client import Client, Target
 
         client = Client(Target(address, None, None, "bench"), timeout_s=30)
@@ -70,13 +69,13 @@ def main() -> int:
         submit_s = time.monotonic() - t1
         done = set()
         while len(done) < len(ids):
-            for j in client.list(states=(types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED)):
+            for j in client.list(states=("SUCCEEDED", "FAILED")):
                 done.add(j.id)
             if time.monotonic() - t1 > 600:
                 break
             time.sleep(0.2)
         complete_s = time.monotonic() - t1
-        failed = len(client.list(states=(types_pb2.JOB_STATE_FAILED,)))
+        failed = len(client.list(states=("FAILED",)))
         client.close()
         print(
             json.dumps(

@@ -560,8 +560,6 @@ class NodeAgent:
             t.join(timeout=self.grace_s + 5)
 
     def _connect(self, first: bool) -> None:
-        from xpod.proto.xpod.v1 import node_service_pb2
-
         if first and self.register_first:
             self._register()
         else:
@@ -572,9 +570,7 @@ class NodeAgent:
                     raise
                 self._register()  # the server lost it (a fresh database): add it again
         self._broken.clear()
-        call = self.client.nodes.WatchAssignments(
-            node_service_pb2.WatchAssignmentsRequest(node=self.node.name), metadata=self.client._metadata
-        )
+        call = self.client.watch_assignments(self.node.name)
         self._call = call
         threading.Thread(target=self._watch, args=(call,), name=f"xpod-watch-{self.node.name}", daemon=True).start()
         for run in self.runs.values():
@@ -592,31 +588,28 @@ class NodeAgent:
             call.cancel()
 
     def _watch(self, call: Any) -> None:
-        import grpc
-
         try:
-            for resp in call:
-                self._assignments.put(resp.assignment)
-        except grpc.RpcError:
+            for assignment in call:
+                self._assignments.put(assignment)
+        except XpodError:
             pass
         self._broken.set()  # the stream ended: the server went away (or we cancelled it)
 
     def _register(self) -> None:
-        from xpod.proto.xpod.v1 import node_service_pb2, types_pb2
-
-        node = types_pb2.Node(name=self.node.name, labels=dict(self.node.labels))
-        for d in self.node.devices:
-            node.devices.add(
-                id=f"{self.node.name}/{d.index}",
-                node=self.node.name,
-                index=d.index,
-                vendor=d.vendor,
-                model=d.model,
-                health=self._health().get(d.index, "ok"),
-                memory_total_bytes=d.memory_total_bytes,
-                simulated=d.simulated,
-            )
-        self.client.call(self.client.nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
+        health = self._health()
+        devices = [
+            {
+                "id": f"{self.node.name}/{d.index}",
+                "index": d.index,
+                "vendor": d.vendor,
+                "model": d.model,
+                "health": health.get(d.index, "ok"),
+                "memory_total_bytes": d.memory_total_bytes,
+                "simulated": d.simulated,
+            }
+            for d in self.node.devices
+        ]
+        self.client.register_node(self.node.name, self.node.labels, devices)
 
     def _health(self) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -635,13 +628,7 @@ class NodeAgent:
         return out
 
     def _heartbeat(self) -> float:
-        from xpod.proto.xpod.v1 import node_service_pb2
-
-        req = node_service_pb2.HeartbeatRequest(node=self.node.name)
-        for index, word in self._health().items():
-            req.devices.add(index=index, health=word)
-        resp = self.client.call(self.client.nodes.Heartbeat, req)
-        return resp.interval_seconds
+        return self.client.heartbeat(self.node.name, self._health())
 
     # --- the loop ---
 
@@ -694,10 +681,10 @@ class NodeAgent:
         )
 
     def _start(self, a: Any) -> None:
-        from xpod.scheduler.service import struct_to_dict
+        from xpod.runtime.client import spec_dict
         from xpod.scheduler.taskspec import task_worlds
 
-        job = struct_to_dict(a.job.spec)
+        job = spec_dict(a.job.spec)
         mine = sorted(a.allocations, key=lambda x: x.task)
         # every allocation of the job (all nodes), so every node's agent computes the same worlds
         placed = {x.task: x.node for x in a.job.allocations}
@@ -752,22 +739,19 @@ class NodeAgent:
                     _log(self.log_prefix, f"{self.node.name}: job {run.job_id} task {t} exited with code {code}")
 
     def _report(self) -> None:
-        from xpod.proto.xpod.v1 import node_service_pb2
-
         for run in list(self.runs.values()):
             state, code, message = run.state()
             if run.reported == state:
                 continue
-            req = node_service_pb2.ReportTaskStatusRequest(
-                job_id=run.job_id,
-                node=self.node.name,
-                state=getattr(node_service_pb2, f"TASK_STATE_{state}"),
-                message=message,
-                exit_code=code,
-                failed_tasks=run.failed_tasks() if state == "FAILED" else [],
-            )
             try:
-                self.client.call(self.client.nodes.ReportTaskStatus, req)
+                self.client.report_task_status(
+                    run.job_id,
+                    self.node.name,
+                    state,
+                    message,
+                    code,
+                    run.failed_tasks() if state == "FAILED" else (),
+                )
             except XpodError as err:
                 if getattr(err, "code", "") in ("FAILED_PRECONDITION", "NOT_FOUND"):
                     # not bound here any more (cancelled, moved or finished while we were away)

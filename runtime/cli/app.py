@@ -1,10 +1,15 @@
-"""The embedded default behind ``xpod up`` (and ``xpod demo``): the scheduler, a simulated pod
-and an agent for this host's real devices, in this process, on loopback.
+"""The one composition root: what ``xpod server``, ``xpod up`` and ``xpod demo`` run.
 
-``start_embedded(...)`` returns an ``Embedded`` once the gRPC server listens and every agent has
-registered (or ``wait_s`` passed); ``Embedded.close()`` stops the agents (ending their tasks,
-SIGTERM then SIGKILL after their grace), the gRPC server, the metrics endpoint and the store.
-Idempotent. The server runs open (no tokens), so the address must be loopback.
+``start_service(ServiceOptions)`` wires the scheduler service once (store, core link, API,
+gRPC server, metrics endpoint) and returns a ``Service``; ``xpod server`` adds its banner and
+waits for a signal. ``start_embedded(...)`` is ``start_service`` on loopback, open (no tokens),
+plus node agents in this process: a simulated pod of the cluster descriptor and an agent for
+this host's real devices (``xpod up``; ``xpod demo`` runs ``xpod up``).
+
+Both return once the gRPC server listens (``start_embedded``: and every agent has registered,
+or ``wait_s`` passed). ``close()`` is idempotent: agents first (their tasks get SIGTERM, then
+SIGKILL after their grace), then the gRPC server, the API and store, the metrics endpoint.
+User errors (bad address, busy port, bad cluster file) raise ``XpodError``.
 """
 
 from __future__ import annotations
@@ -39,22 +44,251 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """A host as it goes into an address or URL: IPv6 literals in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceOptions:
+    """How to run the scheduler service. Flags keep their names in error messages."""
+
+    store: str  # a SQLite file (or sqlite:///PATH), or postgresql://... shared by replicas
+    listen: str  # gRPC HOST:PORT, port 0 = any free one
+    cluster_file: str | None = None  # cluster descriptor; None: nodes come from agents only
+    cluster: Any = None  # an already loaded hal.cluster.Cluster (wins over cluster_file)
+    cluster_name: str | None = None  # what GetCluster names; default: the cluster's name, or "xpod"
+    metrics: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    tokens_file: str | None = None  # bearer tokens with roles; None: open (no authentication)
+    tls: Any = None  # scheduler TLS files (certificate, key, client CA); None: plaintext
+    frontends: int = 0  # extra processes that serve gRPC on the same address and relay here
+    core_process: bool = False  # the scheduler core in a child process
+    cycle_interval_s: float = 0.5  # scheduling cycle period
+    node_timeout_s: float | None = None  # heartbeats missing this long mark a node NotReady
+    max_workers: int = 64  # gRPC threads (every open stream holds one)
+    advertise: str | None = None  # replicas: HOST:PORT others reach this one at (default: the listen address)
+    lease_ttl_s: float = 3.0  # replicas: a follower takes over this long after the leader stopped renewing
+    tune_gc: bool = False  # freeze long-lived objects out of full GC passes (a long-running server)
+
+
+@dataclasses.dataclass
+class Service:
+    """A running scheduler service (see the module docstring)."""
+
+    api: Any  # the in-process API (replicas: a handle that follows the leader's)
+    server: Any  # the running gRPC server (``.port``)
+    host: str  # the host it listens on, as given
+    cluster_name: str
+    nodes: list  # the cluster file's node inventory (empty without one)
+    metrics_url: str | None  # http://host:port/metrics, when asked for
+    authenticator: Any
+    store: str  # as given
+    replica: Any = None  # the replica of a postgresql store (its role, the leader's address), else None
+    _metrics_server: Any = None
+    _freezer: Any = None
+    _closed: bool = False
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT of the gRPC API, as clients take it (``--server``)."""
+        return f"{url_host(self.host)}:{self.server.port}"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.replica is not None:
+            self.replica.close()  # steps down and releases the lease first: a follower takes over at once
+        self.server.stop(2.0)
+        if self.replica is None:
+            self.api.close()
+        if self._freezer is not None:
+            self._freezer.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+
+def start_service(options: ServiceOptions) -> Service:
+    """Wire and start the scheduler service (the only place that does)."""
+    host, _ = split_host_port(options.listen, "--listen")
+    metrics_addr = split_host_port(options.metrics, "--metrics") if options.metrics else None
+
+    from xpod.scheduler.api import SchedulerApi
+    from xpod.scheduler.auth import Authenticator
+    from xpod.scheduler.core_bridge import cluster_inventory
+    from xpod.scheduler.service import build_server
+    from xpod.scheduler.service_metrics import ServiceMetrics
+
+    authenticator = Authenticator.from_file(options.tokens_file) if options.tokens_file else Authenticator.open_server()
+    cluster = options.cluster
+    if cluster is None and options.cluster_file:
+        from xpod.hal.cluster import load_cluster
+
+        cluster = load_cluster(options.cluster_file)
+    cluster_name, nodes = (cluster.name, cluster_inventory(cluster)) if cluster is not None else ("xpod", [])
+    cluster_name = options.cluster_name or cluster_name
+    metrics = ServiceMetrics()
+    replicated = options.store.startswith(("postgresql://", "postgres://"))
+    if replicated:
+        from xpod.scheduler.replica import ApiHandle
+        from xpod.scheduler.store_postgres import PostgresStore
+
+        # the URL, the credentials and the schema, checked once before serving: one line, exit 1
+        PostgresStore(options.store).close()
+        api = ApiHandle()
+    else:
+        api = SchedulerApi(
+            options.store,
+            _placer(options, cluster, leader=True),
+            nodes=nodes,
+            cluster_name=cluster_name,
+            cycle_interval_s=options.cycle_interval_s,
+            node_timeout_s=options.node_timeout_s,
+        )
+    metrics.attach(api)
+    if not replicated:
+        metrics.leader.set(1)  # a SQLite store has one server: it leads
+    try:
+        server = build_server(
+            api,
+            authenticator,
+            options.listen,
+            tls=options.tls,
+            frontends=options.frontends,
+            max_workers=options.max_workers,
+        )
+    except (OSError, RuntimeError) as err:
+        api.close()
+        raise XpodError(f"--listen {options.listen}: cannot listen: {err}") from None
+    metrics_server, metrics_url = None, None
+    if metrics_addr:
+        from prometheus_client import start_http_server
+
+        try:
+            metrics_server, _ = start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=metrics.registry)
+        except OSError as err:
+            server.stop(0)
+            api.close()
+            raise XpodError(f"--metrics {options.metrics}: cannot listen: {err.strerror}") from None
+        metrics_url = f"http://{url_host(metrics_addr[0])}:{metrics_server.server_port}/metrics"
+    replica = None
+    if replicated:
+        replica = _start_replica(options, api, server, metrics, cluster, cluster_name, nodes, host)
+    else:
+        api.start()
+    freezer = None
+    if options.tune_gc:
+        from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
+
+        # the server keeps every job in memory: without this, full GC passes that walk all of them
+        # stall every call in flight, longer as jobs accumulate (scheduler/gc_tuning.py)
+        freezer = GcFreezer().start()
+        # the store writer wins the GIL back from the busy event loop sooner (scheduler/gc_tuning.py)
+        tune_switch_interval()
+    return Service(
+        api,
+        server,
+        host,
+        cluster_name,
+        nodes,
+        metrics_url,
+        authenticator,
+        options.store,
+        replica,
+        metrics_server,
+        freezer,
+    )
+
+
+def _placer(options: ServiceOptions, cluster: Any, leader: bool) -> Any:
+    """The link to the core: in a child process when asked (and leading), else in this one."""
+    from xpod.scheduler.core_bridge import CorePlacer
+
+    if leader and options.core_process:
+        from xpod.scheduler.core_process import ProcessPlacer
+
+        return ProcessPlacer(options.cluster_file, cluster)
+    return CorePlacer(cluster)  # a follower never schedules: the core only parses
+
+
+def _start_replica(
+    options: ServiceOptions,
+    handle: Any,
+    server: Any,
+    metrics: Any,
+    cluster: Any,
+    cluster_name: str,
+    nodes: list,
+    host: str,
+) -> Any:
+    """Bind the server's API handle to a ``Replica`` over the postgresql store and start its
+    election loop; the health service and the leader metrics follow its role."""
+    from xpod.scheduler.api import SchedulerApi
+    from xpod.scheduler.replica import Replica, Role
+
+    def make_api(store: Any, leader: bool, recovered: Any) -> Any:
+        placer = _placer(options, cluster, leader)
+        try:
+            api = SchedulerApi(
+                store,
+                placer,
+                nodes=nodes,
+                cluster_name=cluster_name,
+                cycle_interval_s=options.cycle_interval_s,
+                node_timeout_s=options.node_timeout_s,
+                recovered=recovered,  # a follower's mirror, handed over when it takes the lease
+            )
+        except BaseException:
+            if hasattr(placer, "close"):
+                placer.close()
+            raise
+        api.metrics = metrics
+        return api
+
+    seen = [0]
+
+    def on_role(role: Role) -> None:
+        server.set_serving(role is not Role.NO_STORE)
+        metrics.leader.set(1 if role is Role.LEADER else 0)
+        metrics.leader_changes.inc(replica.leader_changes - seen[0])
+        seen[0] = replica.leader_changes
+
+    address = options.advertise or f"{url_host(host)}:{server.port}"
+    replica = Replica(options.store, make_api, address, lease_ttl_s=options.lease_ttl_s, on_role=on_role)
+    handle.replica = replica
+    server.set_serving(False)  # until the first role is known
+    replica.start()
+    replica.wait_for_role(timeout_s=2 * options.lease_ttl_s)
+    return replica
+
+
 @dataclasses.dataclass
 class Embedded:
-    """A running embedded system (see the module docstring)."""
+    """A running embedded system: the service plus node agents (see the module docstring)."""
 
-    address: str  # host:port of the gRPC API
+    service: Service
     state_dir: str  # xpod.db, logs/, tasks/
-    cluster_name: str
-    api: Any  # scheduler.api.SchedulerApi
-    server: Any  # scheduler.service.RunningServer
-    agents: list  # runtime.agent.NodeAgent
-    metrics_url: str | None  # http://host:port/metrics of the scheduler, when asked for
+    agents: list  # runtime.agent.agent.NodeAgent
     _threads: list
     _stop: threading.Event
     _client: Any
-    _metrics_server: Any = None
     _closed: bool = False
+
+    @property
+    def address(self) -> str:
+        return self.service.address
+
+    @property
+    def api(self) -> Any:
+        return self.service.api
+
+    @property
+    def cluster_name(self) -> str:
+        return self.service.cluster_name
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.service.metrics_url
 
     @property
     def simulated_agents(self) -> list:
@@ -76,10 +310,7 @@ class Embedded:
         for t in self._threads:
             t.join(timeout=15)
         self._client.close()
-        self.server.stop(2.0)
-        self.api.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        self.service.close()
 
 
 def start_embedded(
@@ -93,13 +324,14 @@ def start_embedded(
     local: bool = True,
     wait_s: float = 30.0,
 ) -> Embedded:
-    """Start everything; user errors (bad address, busy port, bad cluster file) raise ``XpodError``."""
+    """``xpod up``: the service on loopback with a simulated pod and/or an agent for this host."""
     if not simulate and not local:
         raise XpodError("--no-simulate and --no-local together leave nothing to run; drop one")
     host, _ = split_host_port(listen, "--listen")
     if not is_loopback(host):
         raise XpodError(f"--listen {listen}: xpod up runs open (no tokens) and stays on loopback; use 127.0.0.1:PORT")
-    metrics_addr = split_host_port(metrics, "--metrics") if metrics else None
+    if metrics:
+        split_host_port(metrics, "--metrics")  # before creating anything
     try:
         os.makedirs(state_dir, exist_ok=True)
     except OSError as err:
@@ -108,53 +340,26 @@ def start_embedded(
     from xpod.hal.cluster import load_cluster, load_default_cluster
     from xpod.runtime.agent import agent as ag
     from xpod.runtime.client import Client, Target
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.auth import Authenticator
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
-    from xpod.scheduler.service import build_server
-    from xpod.scheduler.service_metrics import ServiceMetrics
 
     cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
-    nodes = cluster_inventory(cluster) if simulate else []
-    api = SchedulerApi(
-        os.path.join(state_dir, "xpod.db"),
-        CorePlacer(cluster if simulate else None),
-        nodes=nodes,
-        cluster_name=cluster.name,
-        node_timeout_s=node_timeout_s,
+    pod = ag.simulated_pod(cluster_file) if simulate else []
+    service = start_service(
+        ServiceOptions(
+            store=os.path.join(state_dir, "xpod.db"),
+            listen=listen,
+            cluster=cluster if simulate else None,
+            cluster_name=cluster.name,
+            metrics=metrics,
+            node_timeout_s=node_timeout_s,
+            # every node's agent holds one WatchAssignments stream, i.e. one server thread
+            max_workers=len(pod) + 64,
+        )
     )
-    service_metrics = ServiceMetrics()
-    service_metrics.attach(api)
-    try:
-        # every node's agent holds one WatchAssignments stream, i.e. one server thread
-        server = build_server(api, Authenticator.open_server(), listen, max_workers=len(nodes) + 64)
-    except (OSError, RuntimeError) as err:
-        api.close()
-        raise XpodError(f"--listen {listen}: cannot listen: {err}") from None
-    metrics_server, metrics_url = None, None
-    if metrics_addr:
-        from prometheus_client import start_http_server
-
-        try:
-            metrics_server, _ = start_http_server(
-                metrics_addr[1], addr=metrics_addr[0], registry=service_metrics.registry
-            )
-        except OSError as err:
-            server.stop(0)
-            api.close()
-            raise XpodError(f"--metrics {metrics}: cannot listen: {err.strerror}") from None
-        metrics_url = f"http://{metrics_addr[0]}:{metrics_server.server_port}/metrics"
-    api.start()
-    address = f"{host}:{server.port}"
-    client = Client(Target(address, None, None, "xpod up"), timeout_s=10.0)
-    agents = []
-    if simulate:
-        for n in ag.simulated_pod(cluster_file):
-            agents.append(
-                ag.NodeAgent(
-                    client, n, ag.SimExecutor(n.name, state_dir), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S
-                )
-            )
+    client = Client(Target(service.address, None, None, "xpod up"), timeout_s=10.0)
+    agents = [
+        ag.NodeAgent(client, n, ag.SimExecutor(n.name, state_dir), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S)
+        for n in pod
+    ]
     if local:
         ag.end_leftover_tasks(state_dir)
         devices = ag.discover_devices()
@@ -174,6 +379,4 @@ def start_embedded(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and not all(a.connected.is_set() for a in agents):
         time.sleep(0.05)
-    return Embedded(
-        address, state_dir, cluster.name, api, server, agents, metrics_url, threads, stop, client, metrics_server
-    )
+    return Embedded(service, state_dir, agents, threads, stop, client)

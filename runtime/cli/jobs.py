@@ -115,12 +115,10 @@ def _placement(job: dict) -> str:
 
 
 def cmd_jobs(args) -> int:
-    from xpod.proto.xpod.v1 import types_pb2
     from xpod.runtime.client import job_json
 
-    states = tuple(types_pb2.JobState.Value(f"JOB_STATE_{s}") for s in (args.state or ()))
     with _client(args) as client:
-        jobs = [job_json(j) for j in client.list(args.queue, states)]
+        jobs = [job_json(j) for j in client.list(args.queue, args.state or ())]
     if args.json:
         json.dump(jobs, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -195,7 +193,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_nodes(args) -> int:
-    from google.protobuf import json_format
+    from xpod.runtime.client import message_json
 
     with _client(args) as client:
         nodes = client.list_nodes()
@@ -206,10 +204,8 @@ def cmd_nodes(args) -> int:
     if args.json:
         out = []
         for n in nodes:
-            nd = json_format.MessageToDict(n, preserving_proto_field_name=True)
-            nd["devices"] = [
-                json_format.MessageToDict(d, preserving_proto_field_name=True) for d in used.get(n.name, [])
-            ]
+            nd = message_json(n)
+            nd["devices"] = [message_json(d) for d in used.get(n.name, [])]
             out.append(nd)
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -6,6 +6,7 @@ import os
 
 from xpod.hal.errors import XpodError
 from xpod.runtime.cli.app import is_loopback, split_host_port
+from xpod.runtime.cli.common import stop_on_signals
 
 
 def register(commands) -> None:
@@ -84,8 +85,9 @@ def register(commands) -> None:
 
 
 def cmd_server(args) -> int:
-    import signal
     import threading
+
+    from xpod.runtime.cli.app import ServiceOptions, start_service
 
     host, _ = split_host_port(args.listen, "--listen")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -102,101 +104,45 @@ def cmd_server(args) -> int:
             f"--listen {args.listen} is beyond loopback and no --tokens file is given: "
             "pass --tokens FILE (or --insecure to run open anyway)"
         )
-    from xpod.scheduler.auth import Authenticator
-
-    authenticator = Authenticator.from_file(args.tokens) if args.tokens else Authenticator.open_server()
-    metrics_addr = split_host_port(args.metrics, "--metrics") if args.metrics else None
-
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
-    from xpod.scheduler.service import TlsFiles, build_server
-    from xpod.scheduler.service_metrics import ServiceMetrics
-    from xpod.scheduler.store import StoreError
-
-    cluster_name, nodes, cluster = "xpod", [], None
-    if args.cluster:
-        from xpod.hal.cluster import load_cluster
-
-        cluster = load_cluster(args.cluster)
-        cluster_name, nodes = cluster.name, cluster_inventory(cluster)
-    location = args.store or args.db
-    replicated = location.startswith(("postgresql://", "postgres://"))
     if args.lease_ttl < 0.5:
         raise XpodError(f"--lease-ttl {args.lease_ttl:g}: give at least 0.5 seconds")
-    metrics = ServiceMetrics()
-    if replicated:
-        from xpod.scheduler.replica import ApiHandle
-        from xpod.scheduler.store_postgres import PostgresStore
+    tls = None
+    if args.tls_cert:
+        from xpod.scheduler.service import TlsFiles
 
-        # the URL, the credentials and the schema, checked once before serving: one line, exit 1
-        probe = PostgresStore(location)
-        probe.close()
-        api = ApiHandle()
-        metrics.attach(api)
-    else:
-        if args.core_process:
-            from xpod.scheduler.core_process import ProcessPlacer
-
-            placer = ProcessPlacer(args.cluster, cluster)
-        else:
-            placer = CorePlacer(cluster)
-        try:
-            api = SchedulerApi(
-                location, placer, nodes=nodes, cluster_name=cluster_name, cycle_interval_s=args.cycle_interval
-            )
-        except StoreError:
-            raise
-        metrics.attach(api)
-        metrics.leader.set(1)  # a SQLite store has one server: it leads
-    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    try:
-        running = build_server(api, authenticator, args.listen, tls=tls, frontends=frontends)
-    except (OSError, RuntimeError) as err:
-        api.close()
-        raise XpodError(f"--listen {args.listen}: cannot listen: {err}") from None
-    metrics_server = None
-    if metrics_addr:
-        from prometheus_client import start_http_server
-
-        try:
-            metrics_server, _ = start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=metrics.registry)
-        except OSError as err:
-            running.stop(0)
-            api.close()
-            raise XpodError(f"--metrics {args.metrics}: cannot listen: {err.strerror}") from None
-    replica = None
-    if replicated:
-        replica = _start_replica(args, api, running, metrics, cluster, cluster_name, nodes, host)
-    else:
-        api.start()
-    from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
-
-    # the server keeps every job in memory: without this, full GC passes that walk all of them
-    # stall every call in flight, longer as jobs accumulate (scheduler/gc_tuning.py)
-    freezer = GcFreezer().start()
-    # the store writer wins the GIL back from the busy event loop sooner (scheduler/gc_tuning.py)
-    tune_switch_interval()
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    service = start_service(
+        ServiceOptions(
+            store=args.store or args.db,
+            listen=args.listen,
+            cluster_file=args.cluster,
+            metrics=args.metrics,
+            tokens_file=args.tokens,
+            tls=tls,
+            frontends=frontends,
+            core_process=args.core_process,
+            cycle_interval_s=args.cycle_interval,
+            advertise=args.advertise,
+            lease_ttl_s=args.lease_ttl,
+            tune_gc=True,
+        )
+    )
     # before the banner: whoever waits for "listening on" may stop the server at once
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    devices = sum(len(n.devices) for n in nodes)
-    if authenticator.open:
+    stop_on_signals(stop)
+    devices = sum(len(n.devices) for n in service.nodes)
+    if service.authenticator.open:
         print(f"xpod server: no --tokens file: running OPEN (no authentication) on {host}", flush=True)
-    metrics_where = ""
-    if metrics_server is not None:
-        metrics_host = f"[{metrics_addr[0]}]" if ":" in metrics_addr[0] else metrics_addr[0]
-        metrics_where = f"; metrics on http://{metrics_host}:{metrics_server.server_port}/metrics"
+    replica, api = service.replica, service.api
     print(
-        # an IPv6 host in brackets: the address as clients (xpod --server) take it
-        f"xpod server: listening on {f'[{host}]' if ':' in host else host}:{running.port}{' (TLS)' if tls else ''}; "
+        f"xpod server: listening on {service.address}{' (TLS)' if tls else ''}; "
         + (
             f"store {replica.display} (replica {replica.address}, {replica.role.value}); "
             if replica is not None
-            else f"db {location} ({len(api.store.load_jobs())} jobs recovered, revision {api.last_revision}); "
+            else f"db {service.store} ({len(api.store.load_jobs())} jobs recovered, revision {api.last_revision}); "
         )
-        + f"cluster {cluster_name}: {len(nodes)} nodes, {devices} devices"
-        + metrics_where
+        + f"cluster {service.cluster_name}: {len(service.nodes)} nodes, {devices} devices"
+        + (f"; metrics on {service.metrics_url}" if service.metrics_url else "")
         + (f"; {frontends} front-end process{'es' if frontends > 1 else ''}" if frontends else ""),
         flush=True,
     )
@@ -205,59 +151,5 @@ def cmd_server(args) -> int:
     while not stop.wait(0.5):
         pass
     print("xpod server: stopping", flush=True)
-    if replica is not None:
-        replica.close()  # steps down and releases the lease first: a follower takes over at once
-    running.stop(2.0)
-    if replica is None:
-        api.close()
-    freezer.stop()
-    if metrics_server is not None:
-        metrics_server.shutdown()
+    service.close()
     return 0
-
-
-def _start_replica(args, handle, running, metrics, cluster, cluster_name, nodes, host):
-    """Bind the server's API handle to a ``Replica`` over the postgresql store and start its
-    election loop; the health service and the leader metrics follow its role."""
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.core_bridge import CorePlacer
-    from xpod.scheduler.replica import Replica, Role
-
-    def make_api(store, leader: bool, recovered):
-        if leader and args.core_process:
-            from xpod.scheduler.core_process import ProcessPlacer
-
-            placer = ProcessPlacer(args.cluster, cluster)
-        else:
-            placer = CorePlacer(cluster)  # a follower never schedules: the core only parses
-        try:
-            api = SchedulerApi(
-                store,
-                placer,
-                nodes=nodes,
-                cluster_name=cluster_name,
-                cycle_interval_s=args.cycle_interval,
-                recovered=recovered,
-            )
-        except BaseException:
-            if hasattr(placer, "close"):
-                placer.close()
-            raise
-        api.metrics = metrics
-        return api
-
-    seen = [0]
-
-    def on_role(role: Role) -> None:
-        running.set_serving(role is not Role.NO_STORE)
-        metrics.leader.set(1 if role is Role.LEADER else 0)
-        metrics.leader_changes.inc(replica.leader_changes - seen[0])
-        seen[0] = replica.leader_changes
-
-    address = args.advertise or f"{f'[{host}]' if ':' in host else host}:{running.port}"
-    replica = Replica(args.store, make_api, address, lease_ttl_s=args.lease_ttl, on_role=on_role)
-    handle.replica = replica
-    running.set_serving(False)  # until the first role is known
-    replica.start()
-    replica.wait_for_role(timeout_s=2 * args.lease_ttl)
-    return replica

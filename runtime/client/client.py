@@ -18,8 +18,8 @@ A submission retried so is acknowledged once: the store's request-id idempotency
 
 Every call has a deadline (``timeout_s``). A gRPC error becomes one ``XpodError`` line: an
 unreachable server names the address; a refusal gives the code, the server's reason and
-message. Job files are YAML; their errors are ``FILE:LINE: message``, also for a field the
-server rejects (the field path it names is mapped back to the line in the file).
+message (and ``field``, the path of a rejected field, which ``jobspec.JobFile.position`` maps
+back to a line of the job file).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ import dataclasses
 import os
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
 from xpod.hal.errors import XpodError
 
 DEFAULT_SERVER = "127.0.0.1:7070"
-JOB_KINDS = ("TrainingJob", "ServingJob", "BatchJob")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,82 +85,6 @@ def resolve_target(server: str | None = None, token: str | None = None, tls_ca: 
     return Target(str(server), token, tls_ca, source)
 
 
-# --- job files --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class JobFile:
-    path: str
-    document: dict[str, Any]
-    root: Any  # the composed yaml node, to map field paths back to lines
-
-    def line_of(self, field: str) -> int:
-        """1-based line of a dotted field path (``spec.tasks``, ``spec.containers[0].image``);
-        the deepest node found along the path."""
-        import re
-
-        node = self.root
-        line = node.start_mark.line + 1
-        for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
-            if part.startswith("[") and isinstance(node, yaml.SequenceNode):
-                i = int(part[1:-1])
-                if i >= len(node.value):
-                    break
-                node = node.value[i]
-            elif isinstance(node, yaml.MappingNode):
-                match = next(((k, v) for k, v in node.value if k.value == part), None)
-                if match is None:
-                    break
-                line = match[0].start_mark.line + 1
-                node = match[1]
-                continue
-            else:
-                break
-            line = node.start_mark.line + 1
-        return line
-
-
-def load_job_file(path: str) -> JobFile:
-    """Read a job file; envelope problems are ``FILE:LINE: message`` XpodErrors."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise XpodError(f"{path}: cannot read the job file: {err.strerror}") from None
-    try:
-        root = yaml.compose(text)
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise XpodError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
-    if root is None or not isinstance(document, dict):
-        raise XpodError(f"{path}:1: a job file is a mapping with kind, metadata and spec")
-    job = JobFile(path, document, root)
-    kind = document.get("kind")
-    if kind not in JOB_KINDS:
-        line = job.line_of("kind") if "kind" in document else 1
-        raise XpodError(f"{path}:{line}: kind must be one of {', '.join(JOB_KINDS)} (got {kind!r})")
-    _check_json_values(job, document, "")
-    return job
-
-
-def _check_json_values(job: JobFile, value: Any, path: str) -> None:
-    # YAML has values JSON (and the API) lacks: dates, binary, non-string keys.
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise XpodError(f"{job.path}:{job.line_of(path)}: {path or 'document'}: key {k!r} must be a string")
-            _check_json_values(job, v, f"{path}.{k}" if path else k)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_json_values(job, v, f"{path}[{i}]")
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise XpodError(
-            f"{job.path}:{job.line_of(path)}: {path}: {type(value).__name__} value {value!r} is not allowed; quote it as a string"
-        )
-
-
 # --- the client -------------------------------------------------------------------------------
 
 
@@ -188,7 +111,7 @@ _CHANNEL_OPTIONS = [
 
 
 class _Method:
-    """``client.jobs.SubmitJob``: a stub method named, resolved on the current replica's channel
+    """``client._jobs.SubmitJob``: a stub method named, resolved on the current replica's channel
     at each try (so a retry after a failover goes to the new address)."""
 
     def __init__(self, client: "Client", service: str, name: str) -> None:
@@ -207,8 +130,12 @@ class _Service:
 
 
 class Client:
-    """Blocking client over the generated stubs. ``timeout_s`` is every unary call's deadline;
-    ``failover_s`` bounds the retries over several addresses (module docstring)."""
+    """Blocking client of every xpod RPC: JobService, ClusterService and NodeService.
+
+    Callers pass plain Python values and get the response messages back (read-only views: no
+    caller builds a request). ``timeout_s`` is every unary call's deadline (streams have none);
+    ``failover_s`` bounds the retries over several addresses (module docstring). Every gRPC
+    error is raised as ``RpcFailure`` (an ``XpodError``: one line for the user)."""
 
     def __init__(self, target: Target, timeout_s: float = 10.0, failover_s: float = 30.0) -> None:
         self.target = target
@@ -225,9 +152,9 @@ class Client:
         self._current = self._addresses[0]
         self._channels: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
-        self.jobs = _Service(self, "jobs")
-        self.nodes = _Service(self, "nodes")
-        self.cluster = _Service(self, "cluster")
+        self._jobs = _Service(self, "jobs")
+        self._nodes = _Service(self, "nodes")
+        self._cluster = _Service(self, "cluster")
         self._stubs()
 
     @property
@@ -318,7 +245,7 @@ class Client:
         shown = f" {reason}" if reason else ""
         return RpcFailure(f"{code.name}{shown}: {err.details()}", code.name, reason, field, metadata)
 
-    def call(self, stub_method, request, timeout_s: float | None = None):
+    def _call(self, stub_method: Any, request: Any, timeout_s: float | None = None) -> Any:
         """One unary call; over several replicas, the same request again on the next one while
         it fails over (module docstring), within ``failover_s``."""
         import grpc
@@ -337,7 +264,7 @@ class Client:
                 if tries % max(1, len(self._addresses)) == 0:
                     time.sleep(min(0.5, 0.05 * tries))  # every replica refused: one is taking over
 
-    def stream(self, stub_method, request) -> Iterator[Any]:
+    def _stream(self, stub_method: Any, request: Any) -> Iterator[Any]:
         """A server stream; when it breaks for a reason another replica can take, the next
         call (the caller reconnects) goes there."""
         import grpc
@@ -352,68 +279,170 @@ class Client:
                 self._fail_over(failure)
             raise failure from None
 
-    # JobService
+    # --- JobService ---
 
-    def submit(self, document: dict[str, Any], request_id: str | None = None):
+    def submit(self, document: dict[str, Any], request_id: str | None = None) -> Any:
+        """SubmitJob of a job document (a parsed job file); ``request_id`` is the idempotency key
+        (default: a new UUID). Returns the response: ``.job`` and ``.created``."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
         req = job_service_pb2.SubmitJobRequest(request_id=request_id or f"cli-{uuid.uuid4()}")
         req.job.update(document)
-        return self.call(self.jobs.SubmitJob, req)
+        return self._call(self._jobs.SubmitJob, req)
 
-    def get(self, job_id: str):
+    def get(self, job_id: str) -> Any:
+        """GetJob: ``.job`` and its ``.events``."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
-        return self.call(self.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id))
+        return self._call(self._jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id))
 
-    def list(self, queue: str = "", states: tuple[int, ...] = ()) -> list[Any]:
-        """Every page of ListJobs."""
+    def list(self, queue: str = "", states: Iterable[str] = ()) -> list[Any]:
+        """Every page of ListJobs; ``states`` are names (``QUEUED``, ``RUNNING``, ...), none = all."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
+        wanted = [job_state_value(s) for s in states]
         jobs, token = [], ""
         while True:
-            resp = self.call(
-                self.jobs.ListJobs,
-                job_service_pb2.ListJobsRequest(queue=queue, states=list(states), page_size=1000, page_token=token),
+            resp = self._call(
+                self._jobs.ListJobs,
+                job_service_pb2.ListJobsRequest(queue=queue, states=wanted, page_size=1000, page_token=token),
             )
             jobs.extend(resp.jobs)
             token = resp.next_page_token
             if not token:
                 return jobs
 
-    def cancel(self, job_id: str):
+    def cancel(self, job_id: str) -> Any:
+        """CancelJob: ``.job`` as it is after the cancel."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
-        return self.call(self.jobs.CancelJob, job_service_pb2.CancelJobRequest(job_id=job_id))
+        return self._call(self._jobs.CancelJob, job_service_pb2.CancelJobRequest(job_id=job_id))
 
-    def explain(self, job_id: str):
+    def explain(self, job_id: str) -> Any:
+        """ExplainJob: ``.lines`` (why it waits or where it runs) and ``.numbers``."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
-        return self.call(self.jobs.ExplainJob, job_service_pb2.ExplainJobRequest(job_id=job_id))
+        return self._call(self._jobs.ExplainJob, job_service_pb2.ExplainJobRequest(job_id=job_id))
 
     def watch(self, from_revision: int = 0, queue: str = "", job_id: str = "") -> Iterator[Any]:
+        """WatchJobs: job events after ``from_revision``, until the caller stops iterating."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
         req = job_service_pb2.WatchJobsRequest(from_revision=from_revision, queue=queue, job_id=job_id)
-        for resp in self.stream(self.jobs.WatchJobs, req):
+        for resp in self._stream(self._jobs.WatchJobs, req):
             yield resp.event
 
-    # ClusterService
+    # --- ClusterService ---
 
-    def list_nodes(self):
+    def get_cluster(self) -> Any:
         from xpod.proto.xpod.v1 import cluster_service_pb2
 
-        return self.call(self.cluster.ListNodes, cluster_service_pb2.ListNodesRequest()).nodes
+        return self._call(self._cluster.GetCluster, cluster_service_pb2.GetClusterRequest())
 
-    def list_devices(self, node: str = ""):
+    def list_nodes(self) -> Any:
         from xpod.proto.xpod.v1 import cluster_service_pb2
 
-        return self.call(self.cluster.ListDevices, cluster_service_pb2.ListDevicesRequest(node=node)).devices
+        return self._call(self._cluster.ListNodes, cluster_service_pb2.ListNodesRequest()).nodes
 
-    def get_cluster(self):
+    def list_devices(self, node: str = "") -> Any:
+        """ListDevices of one node, or of all with ``node=""``."""
         from xpod.proto.xpod.v1 import cluster_service_pb2
 
-        return self.call(self.cluster.GetCluster, cluster_service_pb2.GetClusterRequest())
+        return self._call(self._cluster.ListDevices, cluster_service_pb2.ListDevicesRequest(node=node)).devices
+
+    # --- NodeService (the node agent's side) ---
+    # Thin on purpose: one method per RPC, arguments as the messages' own fields. The agent <->
+    # server protocol is being reshaped for pod scale; changing it should change these lines only.
+
+    def register_node(self, name: str, labels: Mapping[str, str], devices: Iterable[Mapping[str, Any]]) -> Any:
+        """RegisterNode; each device is a mapping of ``xpod.v1.Device`` fields (id, index, vendor,
+        model, health, memory_total_bytes, simulated)."""
+        from xpod.proto.xpod.v1 import node_service_pb2, types_pb2
+
+        node = types_pb2.Node(name=name, labels=dict(labels))
+        for d in devices:
+            node.devices.add(node=name, **d)
+        return self._call(self._nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
+
+    def heartbeat(self, node: str, health: Mapping[int, str]) -> float:
+        """Heartbeat with each device's health word by index; returns the server's interval (s)."""
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        req = node_service_pb2.HeartbeatRequest(node=node)
+        for index, word in health.items():
+            req.devices.add(index=index, health=word)
+        return float(self._call(self._nodes.Heartbeat, req).interval_seconds)
+
+    def watch_assignments(self, node: str) -> "AssignmentStream":
+        """WatchAssignments of one node: iterate for ``Assignment`` messages; ``cancel()`` ends it."""
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        call = self._nodes.WatchAssignments(
+            node_service_pb2.WatchAssignmentsRequest(node=node), metadata=self._metadata
+        )
+        return AssignmentStream(self, call)
+
+    def report_task_status(
+        self,
+        job_id: str,
+        node: str,
+        state: str,
+        message: str = "",
+        exit_code: int = 0,
+        failed_tasks: Iterable[int] = (),
+    ) -> Any:
+        """ReportTaskStatus of a job's tasks on one node; ``state`` is RUNNING, SUCCEEDED or FAILED."""
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        req = node_service_pb2.ReportTaskStatusRequest(
+            job_id=job_id,
+            node=node,
+            state=node_service_pb2.TaskState.Value(f"TASK_STATE_{state}"),
+            message=message,
+            exit_code=exit_code,
+            failed_tasks=list(failed_tasks),
+        )
+        return self._call(self._nodes.ReportTaskStatus, req)
+
+
+class AssignmentStream:
+    """One node's open WatchAssignments stream. Iterating yields ``Assignment`` messages until the
+    server ends the stream or ``cancel()`` is called (then iteration just stops); any other
+    failure is raised as ``RpcFailure``."""
+
+    def __init__(self, client: Client, call: Any) -> None:
+        self._client = client
+        self._call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        import grpc
+
+        try:
+            for resp in self._call:
+                yield resp.assignment
+        except grpc.RpcError as err:
+            if err.code() is grpc.StatusCode.CANCELLED:
+                return
+            failure = self._client._failure(err)
+            if self._client._fails_over(err, failure):
+                self._client._fail_over(failure)  # the agent's reconnect goes to the next replica
+            raise failure from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+def job_state_value(name: str) -> int:
+    """A job state name (``QUEUED`` or ``JOB_STATE_QUEUED``) as the enum value; unknown names are
+    an ``XpodError`` listing the known ones."""
+    from xpod.proto.xpod.v1 import types_pb2
+
+    full = name.upper() if name.upper().startswith("JOB_STATE_") else f"JOB_STATE_{name.upper()}"
+    try:
+        return types_pb2.JobState.Value(full)
+    except ValueError:
+        known = ", ".join(n.removeprefix("JOB_STATE_") for n in types_pb2.JobState.keys()[1:])
+        raise XpodError(f"unknown job state {name!r}; expected one of {known}") from None
 
 
 def _has_details(err: Any) -> bool:
@@ -421,40 +450,3 @@ def _has_details(err: Any) -> bool:
         return any(k == "grpc-status-details-bin" for k, _ in (err.trailing_metadata() or ()))
     except Exception:  # a channel-level failure has no trailing metadata
         return False
-
-
-def job_json(job: Any) -> dict[str, Any]:
-    """A Job message as the CLI's JSON: proto field names, enums as short names, and the
-    ``state`` without its JOB_STATE_ prefix."""
-    from google.protobuf import json_format
-
-    d = json_format.MessageToDict(job, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    d["state"] = d.get("state", "").removeprefix("JOB_STATE_")
-    d["spec"] = _ints(d.get("spec", {}))
-    d["revision"] = int(d.get("revision", 0))
-    for a in d.get("allocations", []):
-        for key in ("cpu_milli", "memory_bytes", "device_memory_bytes"):
-            a[key] = int(a.get(key, 0))
-    return d
-
-
-def _ints(v: Any) -> Any:
-    # protobuf Struct holds only doubles: show 8.0 as 8, as the job file had it
-    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-        return int(v)
-    if isinstance(v, dict):
-        return {k: _ints(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_ints(x) for x in v]
-    return v
-
-
-def event_json(event: Any) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    d = json_format.MessageToDict(event, preserving_proto_field_name=True)
-    d["type"] = d.get("type", "").removeprefix("JOB_EVENT_TYPE_")
-    d["revision"] = int(d.get("revision", 0))
-    if "job" in d:
-        d["job"] = job_json(event.job)
-    return d

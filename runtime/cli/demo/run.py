@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xpod.hal.errors import XpodError
+from xpod.runtime.client import job_state
 
 console = Console()
 DATA = "data"  # runtime/cli/demo/data, shipped as package data
@@ -114,18 +115,12 @@ def _client(addr: str):
     return Client(resolve_target(addr), timeout_s=10.0)
 
 
-def _state_name(job) -> str:
-    from xpod.proto.xpod.v1 import types_pb2
-
-    return types_pb2.JobState.Name(job.state).replace("JOB_STATE_", "")
-
-
 def _wait_job(addr: str, job_id: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     state = "?"
     with _client(addr) as c:
         while time.monotonic() < deadline:
-            state = _state_name(c.get(job_id).job)
+            state = job_state(c.get(job_id).job)
             if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
                 return state
             time.sleep(0.5)
@@ -286,7 +281,7 @@ def moe_serving(addr: str, workload: str = "") -> None:
             time.sleep(0.3)
     nodes_used = sorted({a.node for a in job.allocations})
     console.print(
-        f"submitted {job.id}: ServingJob 'deepseek-v3-ep64' ({nodes} replicas x {devices // nodes} dies) -> {_state_name(job)} on "
+        f"submitted {job.id}: ServingJob 'deepseek-v3-ep64' ({nodes} replicas x {devices // nodes} dies) -> {job_state(job)} on "
         f"{len(nodes_used)} simulated node(s): {', '.join(nodes_used) or '(pending)'}"
     )
 
@@ -355,7 +350,7 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
             counts = {"QUEUED": 0, "RUNNING": 0, "SCHEDULED": 0, "SUCCEEDED": 0, "FAILED": 0, "CANCELLED": 0}
             for j in c.list():
                 if j.name.startswith("philly-"):
-                    counts[_state_name(j)] += 1
+                    counts[job_state(j)] += 1
             done = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
             table.add_row(
                 f"{time.monotonic() - start:.0f}",
