@@ -24,20 +24,23 @@ from typing import Any
 from . import hostlist
 from .catalog import DeviceModel, SchedulableUnit, did_you_mean, match_model, model_ids
 from .cluster_schema import BUILTIN_SCOPES, schema
-from .errors import XpodError
+from .yamldoc import (
+    DocumentError,
+    Located,
+    Path,
+    compose_one,
+    fmt_path,
+    format_problems,
+    read_text,
+    schema_problems,
+    type_word,
+)
 from .units import BANDWIDTH_PATTERN, BYTES_PATTERN, LATENCY_PATTERN, parse_bandwidth, parse_bytes, parse_latency
 
-Path = tuple  # of str keys and int indices
 
-
-class ClusterValidationError(XpodError):
+class ClusterValidationError(DocumentError):
     """A descriptor with problems. ``messages`` holds every ``FILE:LINE:COL: message`` line;
-    ``str()`` is the first one plus how many more follow (one line, as XpodError requires)."""
-
-    def __init__(self, messages: list[str]) -> None:
-        self.messages = list(messages)
-        more = f" (and {len(messages) - 1} more problem(s))" if len(messages) > 1 else ""
-        super().__init__(messages[0] + more)
+    ``str()`` is the first one plus how many more follow (``hal.yamldoc.DocumentError``)."""
 
 
 # --------------------------------------------------------------------------- values
@@ -229,175 +232,26 @@ class Cluster:
         }
 
 
-# --------------------------------------------------------------------------- YAML with marks
-
-
-class _Located:
-    """The plain data of a YAML document and the (line, col) of every key and value."""
-
-    #: values built at most; aliases can make a short file expand exponentially ("billion laughs")
-    MAX_VALUES = 200_000
-
-    def __init__(self) -> None:
-        self.value_at: dict[Path, tuple[int, int]] = {}
-        self.key_at: dict[Path, tuple[int, int]] = {}
-        self.problems: list[tuple[int, int, str]] = []
-        self._open: set[int] = set()  # ids of the nodes being built on the current path
-        self._built = 0
-
-    def build(self, node, path: Path = ()) -> Any:
-        import yaml
-
-        self._built += 1
-        if self._built > self.MAX_VALUES:
-            if self._built == self.MAX_VALUES + 1:
-                self.problems.append(
-                    (
-                        *_pos(node),
-                        f"the document expands to more than {self.MAX_VALUES} values (YAML aliases?); write it out plainly",
-                    )
-                )
-            return None
-        if id(node) in self._open:
-            self.problems.append(
-                (*_pos(node), "a YAML alias refers to a value that contains it; remove the recursive alias")
-            )
-            return None
-        self.value_at[path] = (node.start_mark.line, node.start_mark.column)
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            self._open.add(id(node))
-            try:
-                return self._build_collection(node, path)
-            finally:
-                self._open.discard(id(node))
-        loader = yaml.SafeLoader("")
-        try:
-            return loader.construct_object(node, deep=True)
-        except yaml.YAMLError as err:
-            self.problems.append((*_pos(node), f"cannot read value: {str(err).splitlines()[0]}"))
-            return None
-
-    def _build_collection(self, node, path: Path) -> Any:
-        import yaml
-
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                if knode.tag == "tag:yaml.org,2002:merge":
-                    self.problems.append((*_pos(knode), "merge keys ('<<') are not supported; write the keys out"))
-                    continue
-                if not isinstance(knode, yaml.ScalarNode):
-                    self.problems.append((*_pos(knode), "a key must be plain text"))
-                    continue
-                key = knode.value
-                if key in out:
-                    self.problems.append((*_pos(knode), f"duplicate key {key!r} in {_fmt(path)}"))
-                self.key_at[path + (key,)] = _pos(knode)
-                out[key] = self.build(vnode, path + (key,))
-            return out
-        return [self.build(v, path + (i,)) for i, v in enumerate(node.value)]
-
-    def pos(self, path: Path, key: bool = False) -> tuple[int, int]:
-        """Where ``path`` is written (its key when ``key``), else its nearest parent."""
-        p = tuple(path)
-        if key and p in self.key_at:
-            return self.key_at[p]
-        while p not in self.value_at and p:
-            p = p[:-1]
-        return self.value_at.get(p, (0, 0))
-
-
-def _pos(node) -> tuple[int, int]:
-    return (node.start_mark.line, node.start_mark.column)
-
-
-def _fmt(path: Path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "the document"
-
-
 # --------------------------------------------------------------------------- schema pass
 
 
-def _type_word(value: Any) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(
-        type(value), type(value).__name__
+def _pattern_message(path: Path, inst: Any, pattern: str) -> str:
+    """What a descriptor value failing a schema pattern should have been (``hal.yamldoc``)."""
+    where = fmt_path(path)
+    parser = {BANDWIDTH_PATTERN: parse_bandwidth, BYTES_PATTERN: parse_bytes, LATENCY_PATTERN: parse_latency}.get(
+        pattern
     )
-
-
-def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tuple[tuple[int, int], str]]:
-    path = tuple(err.absolute_path)
-    where = _fmt(path)
-    v = err.validator
-    inst = err.instance
-    if v == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
-        out = []
-        for key in sorted(k for k in inst if k not in allowed):
-            hint = did_you_mean(key, allowed) or " (allowed: " + ", ".join(allowed) + ")"
-            out.append((doc.pos(path + (key,), key=True), f"unknown key {key!r} in {where}{hint}"))
-        return out
-    if v == "required":
-        missing = err.message.split("'")[1] if "'" in err.message else err.message
-        return doc.pos(path, key=True), f"{where}: missing required key {missing!r}"
-    if v == "type":
-        want = err.validator_value
-        want = want if isinstance(want, list) else [want]
-        words = {
-            "integer": "a whole number",
-            "number": "a number",
-            "string": "text",
-            "object": "a mapping",
-            "array": "a list",
-            "boolean": "true or false",
-        }
-        shown = "null" if inst is None else ("true" if inst is True else "false" if inst is False else repr(inst))
-        hint = (
-            "; YAML reads yes/no/on/off unquoted as a boolean: quote it"
-            if isinstance(inst, bool) and "string" in want
-            else ""
-        )
-        return doc.pos(
-            path
-        ), f"{where} must be {' or '.join(words.get(w, w) for w in want)}, got {shown} ({_type_word(inst)}{hint})"
-    if v in ("minimum", "exclusiveMinimum"):
-        op = ">=" if v == "minimum" else ">"
-        return doc.pos(path), f"{where} must be {op} {err.validator_value}, got {inst!r}"
-    if v == "pattern":
-        parser = {BANDWIDTH_PATTERN: parse_bandwidth, BYTES_PATTERN: parse_bytes, LATENCY_PATTERN: parse_latency}.get(
-            err.validator_value
-        )
-        if parser is not None:
-            try:
-                parser(inst)
-            except ValueError as perr:
-                return doc.pos(path), f"{where}: {perr}"
-        if path and path[-1] in ("scope",) or (len(path) >= 2 and path[-2] == "levels"):
-            return doc.pos(path), f"{where}: {inst!r} is not a valid level name (lower-case letters, digits and '-')"
-        return doc.pos(path), (
-            f"{where}: {inst!r} is not a valid name (lower-case letters, digits, '.', '_', '-'; "
-            "starting and ending with a letter or digit)"
-        )
-    if v == "maxLength":
-        return doc.pos(path), f"{where}: {inst!r} is longer than {err.validator_value} characters"
-    if v == "minLength":
-        return doc.pos(path), f"{where} must not be empty"
-    if v == "minItems":
-        return doc.pos(path), f"{where} must list at least {err.validator_value} item(s)"
-    if v == "enum":
-        choices = [str(c) for c in err.validator_value]
-        return doc.pos(path), f"{where}: {inst!r} is not one of {', '.join(choices)}{did_you_mean(str(inst), choices)}"
-    if v == "const":
-        return doc.pos(path), f"{where} must be {err.validator_value!r}, got {inst!r}"
-    if v == "propertyNames":
-        return doc.pos(path + (inst,), key=True), f"{where}: key {inst!r} is not a valid name"
-    return doc.pos(path), f"{where}: {err.message}"
+    if parser is not None:
+        try:
+            parser(inst)
+        except ValueError as perr:
+            return f"{where}: {perr}"
+    if path and path[-1] in ("scope",) or (len(path) >= 2 and path[-2] == "levels"):
+        return f"{where}: {inst!r} is not a valid level name (lower-case letters, digits and '-')"
+    return (
+        f"{where}: {inst!r} is not a valid name (lower-case letters, digits, '.', '_', '-'; "
+        "starting and ending with a letter or digit)"
+    )
 
 
 # --------------------------------------------------------------------------- loader
@@ -406,7 +260,7 @@ def _schema_message(err, doc: _Located) -> tuple[tuple[int, int], str] | list[tu
 class _Checker:
     """Collects problems as (line, col, message)."""
 
-    def __init__(self, doc: _Located) -> None:
+    def __init__(self, doc: Located) -> None:
         self.doc = doc
         self.problems: list[tuple[int, int, str]] = []
 
@@ -447,48 +301,23 @@ def _inline_model(model_id: str, spec: dict) -> DeviceModel | None:
 def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
     """Validate descriptor text; ``source`` is the name used in messages."""
     import jsonschema
-    import yaml
 
     def fail(problems: list[tuple[int, int, str]]):
-        problems = sorted(set(problems))
-        # A value quoted in the file may hold a line break; every message stays one line.
-        raise ClusterValidationError(
-            [
-                f"{source}:{line + 1}:{col + 1}: {msg}".replace("\r", "\\r").replace("\n", "\\n")
-                for line, col, msg in problems
-            ]
-        )
+        raise ClusterValidationError(format_problems(source, problems))
 
-    try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        what = err.problem or err.context or "cannot parse"
-        if err.context and err.problem:
-            what = f"{err.problem} ({err.context}"
-            if err.context_mark is not None and err.context_mark is not mark:
-                what += f" started at line {err.context_mark.line + 1}, column {err.context_mark.column + 1}"
-            what += ")"
-        fail([(mark.line if mark else 0, mark.column if mark else 0, f"YAML syntax error: {what}")])
-    except yaml.YAMLError as err:
-        fail([(0, 0, f"YAML error: {str(err).splitlines()[0]}")])
-    nodes = [n for n in nodes if n is not None]
-    if not nodes:
-        fail([(0, 0, "the file is empty; expected a Cluster descriptor (apiVersion: xpod/v1, kind: Cluster)")])
-    if len(nodes) > 1:
-        fail([(_pos(nodes[1])[0], 0, "more than one YAML document; put one cluster per file")])
-    doc = _Located()
-    data = doc.build(nodes[0])
+    root, problems = compose_one(
+        text,
+        empty="the file is empty; expected a Cluster descriptor (apiVersion: xpod/v1, kind: Cluster)",
+        several="more than one YAML document; put one cluster per file",
+    )
+    if root is None:
+        fail(problems)
+    doc = Located()
+    data = doc.build(root)
     problems = list(doc.problems)
     if not isinstance(data, dict):
-        fail(
-            problems + [(0, 0, f"expected a mapping with apiVersion, kind, metadata and spec, got {_type_word(data)}")]
-        )
-    validator = jsonschema.Draft202012Validator(schema())
-    for err in validator.iter_errors(data):
-        res = _schema_message(err, doc)
-        for (line, col), msg in res if isinstance(res, list) else [res]:
-            problems.append((line, col, msg))
+        fail(problems + [(0, 0, f"expected a mapping with apiVersion, kind, metadata and spec, got {type_word(data)}")])
+    problems += schema_problems(jsonschema.Draft202012Validator(schema()), data, doc, _pattern_message)
     chk = _Checker(doc)
     try:
         cluster = _semantic(data, chk, source, structure_ok=not problems)
@@ -509,14 +338,7 @@ def parse_cluster_text(text: str, source: str = "<string>") -> Cluster:
 def load_cluster(path: str | os.PathLike) -> Cluster:
     """Read and validate a descriptor file (see the module docstring)."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise XpodError(f"{path}: cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise XpodError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return parse_cluster_text(text, source=path)
+    return parse_cluster_text(read_text(path), source=path)
 
 
 def default_cluster_text() -> str:
