@@ -64,7 +64,7 @@ def register(commands) -> None:
     a.set_defaults(func=cmd_agent)
 
     g = commands.top.add_parser("logs", help="a job's task output, as captured by the node agent on this host")
-    g.add_argument("job_id", metavar="JOB")
+    g.add_argument("job_id", metavar="JOB", help="the job's id (xpod jobs lists them)")
     g.add_argument("--task", type=int, metavar="N", help="only task N (default: every task, each with a header)")
     g.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new output until the task exits (Ctrl-C to stop)"

@@ -16,12 +16,12 @@ def register(commands) -> None:
     p.set_defaults(func=lambda args: _help(p))
 
     v = sub.add_parser("validate", help="check a descriptor; print a summary or FILE:LINE:COL problems")
-    v.add_argument("file", metavar="FILE")
+    v.add_argument("file", metavar="FILE", help="the cluster descriptor (YAML)")
     v.add_argument("--json", action="store_true", help="print the summary as JSON")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("show", help="a table of node groups, devices, tiers and totals")
-    s.add_argument("file", metavar="FILE")
+    s.add_argument("file", metavar="FILE", help="the cluster descriptor (YAML)")
     s.set_defaults(func=cmd_show)
 
     sc = sub.add_parser("schema", help="print the JSON Schema of descriptors (for editors)")
@@ -67,8 +67,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from xpod.runtime.cli.output import console as make_console
+    from xpod.runtime.cli.output import print_table
+    from xpod.runtime.cli.output import table as Table  # noqa: N812 (cells wrap, never cut)
 
     from xpod.hal import units
 
@@ -78,7 +79,7 @@ def cmd_show(args) -> int:
             print(line, file=sys.stderr)
         return 1
     s = cluster.summary()
-    console = Console()
+    console = make_console()
     console.print(
         f"[bold]cluster {s['name']}[/] ({args.file}): {s['nodes']} nodes, {s['chips']} chips, {s['devices']} devices"
     )
@@ -100,7 +101,7 @@ def cmd_show(args) -> int:
             str(len(g.hosts) * g.units_per_node),
             ", ".join(g.fabrics) or "-",
         )
-    console.print(t)
+    print_table(t)
 
     t = Table(title="devices per vendor and model")
     for col in ("vendor", "model", "chips", "devices", "memory", "BF16 TFLOPS"):
@@ -114,7 +115,7 @@ def cmd_show(args) -> int:
             units.format_bytes(m["memory_bytes"]),
             "-" if m["bf16_tflops"] is None else f"{m['bf16_tflops']:,.0f}",
         )
-    console.print(t)
+    print_table(t)
 
     topo = cluster.topology()
     t = Table(title="tiers (1 = closest)")
@@ -135,7 +136,7 @@ def cmd_show(args) -> int:
             units.format_bandwidth(tier.bandwidth_bytes_per_s),
             units.format_latency(tier.latency_seconds),
         )
-    console.print(t)
+    print_table(t)
     if any(f.plane == "frontend" for f in cluster.fabrics):
         console.print(
             "frontend: " + ", ".join(f"{f.name} ({f.link or '-'})" for f in cluster.fabrics if f.plane == "frontend")

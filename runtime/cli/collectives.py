@@ -49,19 +49,26 @@ def register(commands) -> None:
         "(doubling), print size, count, type, time, algbw, busbw (nccl-tests bus factors), #wrong, the cost "
         "model's prediction and, with --baseline, bare torch.distributed on the same sizes in the same run.",
     )
-    b.add_argument("--op", required=True, choices=OPS)
-    b.add_argument("--nproc", type=int, required=True)
+    b.add_argument("--op", required=True, choices=OPS, help="the collective: " + ", ".join(OPS))
+    b.add_argument("--nproc", type=int, required=True, help="number of local ranks (processes)")
     b.add_argument("--min-bytes", type=_size, required=True, help="smallest size in bytes (suffixes K, M, G allowed)")
     b.add_argument("--max-bytes", type=_size, required=True, help="largest size in bytes (suffixes K, M, G allowed)")
-    b.add_argument("--dtype", default="float32", choices=DTYPES)
+    b.add_argument("--dtype", default="float32", choices=DTYPES, help="element type (default float32)")
     b.add_argument("--iters", type=int, default=20, help="timed calls per round (default 20)")
     b.add_argument("--warmup", type=int, default=5, help="untimed iterations per size (default 5)")
     b.add_argument(
         "--rounds", type=int, default=3, help="rounds of --iters calls; time = median of all calls (default 3)"
     )
     b.add_argument("--baseline", action="store_true", help="also time bare torch.distributed and print the ratio")
-    b.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
-    b.add_argument("--backend", default="cpu")
+    b.add_argument(
+        "--algorithm",
+        default="auto",
+        choices=ALGORITHMS,
+        help="auto (the cost model picks), flat, hierarchical or shm (default auto)",
+    )
+    b.add_argument(
+        "--backend", default="cpu", help="xpod backend id (cpu, ascend, cambricon, mthreads, hygon, cuda); default cpu"
+    )
     b.add_argument(
         "--tiers",
         default=None,

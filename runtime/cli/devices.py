@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from xpod.hal.errors import XpodError
+from xpod.runtime.cli.output import Column, add_output_flags, output_format, print_json, print_rows
 
 TOOLS = ("npu-smi", "cnmon", "mthreads-gmi", "hy-smi", "rocm-smi", "nvidia-smi")
 
@@ -16,14 +16,14 @@ def register(commands) -> None:
         help="devices found on this host by every available backend",
         description="List devices on this host, or (with --parse) read a captured management-tool output.",
     )
-    p.add_argument("--json", action="store_true", help="stable JSON list instead of a table")
+    add_output_flags(p)
     p.add_argument("--parse", metavar="FILE", help="read a captured tool output instead of this host")
     p.add_argument("--tool", choices=TOOLS, help="the tool that produced FILE (with --parse)")
     p.add_argument("--simulated", action="store_true", help="include the simulated backend's devices")
     p.set_defaults(func=cmd_devices)
 
     d = commands.top.add_parser("doctor", help="each backend: available or not, and why")
-    d.add_argument("--json", action="store_true")
+    add_output_flags(d)
     d.set_defaults(func=cmd_doctor)
 
 
@@ -47,16 +47,11 @@ def cmd_devices(args) -> int:
         from xpod.hal.registry import available_backends
 
         devices = [d for b in available_backends(include_simulated=args.simulated) for d in b.devices()]
-    if args.json:
-        json.dump([d.to_json() for d in devices], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    fmt = output_format(args)
+    if fmt == "json":
+        print_json([d.to_json() for d in devices])
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="devices" + (f" in {args.parse}" if args.parse else " on this host"))
-    for col in ("vendor", "index", "model", "name", "memory used / total", "health", "numa", "pci", "notes"):
-        table.add_column(col)
+    rows = []
     for d in devices:
         notes = []
         if d.simulated:
@@ -65,18 +60,23 @@ def cmd_devices(args) -> int:
             notes.append(f"{d.dies} dies")
         if d.vendor == "cpu":
             notes.append(f"{d.extra.get('cores')} cpus ({d.extra.get('cpus')}), {d.extra.get('sockets')} socket(s)")
-        table.add_row(
-            d.vendor,
-            str(d.index) if d.index == d.physical_index else f"{d.index} (phys {d.physical_index})",
-            d.model,
-            d.name or "-",
-            f"{_gib(d.memory_used_bytes)} / {_gib(d.memory_total_bytes)}",
-            d.health.value,
-            "-" if d.numa_node is None else str(d.numa_node),
-            d.pci_bus_id or "-",
-            "; ".join(notes),
+        rows.append(
+            (
+                d.vendor,
+                d.index if d.index == d.physical_index else f"{d.index} (phys {d.physical_index})",
+                d.model,
+                d.name or "-",
+                f"{_gib(d.memory_used_bytes)} / {_gib(d.memory_total_bytes)}",
+                d.health.value,
+                "-" if d.numa_node is None else d.numa_node,
+                d.pci_bus_id or "-",
+                "; ".join(notes),
+            )
         )
-    Console().print(table)
+    columns = [
+        Column(c) for c in ("vendor", "index", "model", "name", "memory used / total", "health", "numa", "pci", "notes")
+    ]
+    print_rows(fmt, "devices" + (f" in {args.parse}" if args.parse else " on this host"), columns, rows)
     if not devices:
         print("no devices found (see 'xpod doctor')", file=sys.stderr)
     return 0
@@ -86,8 +86,9 @@ def cmd_doctor(args) -> int:
     from xpod.hal.registry import probe_all
 
     statuses = probe_all()
-    if args.json:
-        json.dump(
+    fmt = output_format(args)
+    if fmt == "json":
+        print_json(
             [
                 {
                     "backend": s.name,
@@ -97,26 +98,25 @@ def cmd_doctor(args) -> int:
                     "simulated": bool(s.backend and s.backend.simulated),
                 }
                 for s in statuses
-            ],
-            sys.stdout,
-            indent=2,
+            ]
         )
-        sys.stdout.write("\n")
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="xpod backends")
-    for col in ("backend", "status", "devices", "torch / dist", "detail"):
-        table.add_column(col)
+    rows = []
     for s in statuses:
         b = s.backend
-        if b is not None:
-            status = "[yellow]simulated[/]" if b.simulated else "[green]available[/]"
-            table.add_row(
-                s.name, status, str(len(b.devices())), f"{b.torch_module}:{b.device_type} / {b.dist_backend}", s.reason
-            )
+        if b is None:
+            rows.append((s.name, "unavailable", 0, "-", s.reason))
         else:
-            table.add_row(s.name, "[red]unavailable[/]", "0", "-", s.reason)
-    Console().print(table)
+            status = "simulated" if b.simulated else "available"
+            rows.append(
+                (s.name, status, len(b.devices()), f"{b.torch_module}:{b.device_type} / {b.dist_backend}", s.reason)
+            )
+    columns = [
+        Column("backend"),
+        Column("status"),
+        Column("devices", justify="right"),
+        Column("torch / dist"),
+        Column("detail"),
+    ]
+    print_rows(fmt, "xpod backends", columns, rows)
     return 0

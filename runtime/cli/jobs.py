@@ -10,24 +10,28 @@ import json
 import sys
 
 from xpod.hal.errors import XpodError
+from xpod.runtime.cli.output import Column, add_output_flags, output_format, print_json, print_rows
 
 STATES = ("QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def client_flags(p, json_flag: bool = True):
+def client_flags(p, table: bool = False):
+    """The flags every client command has; ``table``: ``-o/--output`` and ``--json``, else ``--json``."""
     p.add_argument(
         "--server", metavar="ADDR", help="server address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
     )
     p.add_argument("--token", metavar="TOKEN", help="bearer token (default: XPOD_TOKEN, the config file)")
     p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    if table:
+        add_output_flags(p)
+    else:
+        p.add_argument("--json", action="store_true", help="JSON instead of text")
 
 
 def register(commands) -> None:
     p = commands.top.add_parser("submit", help="submit a job file (YAML: TrainingJob, ServingJob, BatchJob)")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the job file (YAML); xpod job validate checks it offline")
     p.add_argument(
         "--request-id", metavar="ID", help="idempotency key (default: a new UUID); resubmitting with it is safe"
     )
@@ -37,31 +41,52 @@ def register(commands) -> None:
     p = commands.top.add_parser("jobs", help="list jobs (all states unless --state)")
     p.add_argument("--state", action="append", choices=STATES, type=str.upper, help="only this state (repeatable)")
     p.add_argument("--queue", metavar="Q", default="", help="only this queue")
-    client_flags(p)
+    client_flags(p, table=True)
     p.set_defaults(func=cmd_jobs)
 
-    job = commands.top.add_parser("job", help="one job: describe")
+    job = commands.top.add_parser("job", help="one job: describe it; check a job file offline; print the schema")
     sub = job.add_subparsers(dest="job_command", metavar="WHAT", parser_class=type(job))
     d = sub.add_parser("describe", help="spec, state, placement, pending reason, queue position, events")
-    d.add_argument("job_id", metavar="ID")
+    d.add_argument("job_id", metavar="ID", help="the job's id (xpod jobs lists them)")
     client_flags(d)
     d.set_defaults(func=cmd_describe)
+    v = sub.add_parser(
+        "validate",
+        help="check a job file offline: every problem as FILE:LINE:COL, or a summary",
+        description="Check a job file as xpod submit and the server do, without a server: exit 0 and a "
+        "summary, or exit 1 with one FILE:LINE:COL: message line per problem.",
+    )
+    v.add_argument("file", metavar="FILE", help="the job file (YAML)")
+    v.add_argument(
+        "--cluster", metavar="FILE", help="also check that the job fits this cluster descriptor when it is empty"
+    )
+    v.add_argument("--json", action="store_true", help="the summary as JSON")
+    v.set_defaults(func=cmd_validate)
+    sc = sub.add_parser("schema", help="print the JSON Schema of job files (for editors)")
+    sc.add_argument(
+        "kind",
+        metavar="KIND",
+        nargs="?",
+        choices=("TrainingJob", "ServingJob", "BatchJob"),
+        help="TrainingJob, ServingJob or BatchJob (default: one schema for all three)",
+    )
+    sc.set_defaults(func=cmd_schema)
     job.set_defaults(func=lambda args: _usage(job))
 
     p = commands.top.add_parser("cancel", help="cancel a job")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", help="the job's id (xpod jobs lists them)")
     client_flags(p)
     p.set_defaults(func=cmd_cancel)
 
     p = commands.top.add_parser("nodes", help="nodes and device usage")
-    client_flags(p)
+    client_flags(p, table=True)
     p.set_defaults(func=cmd_nodes)
 
     p = commands.top.add_parser("watch", help="stream job events (Ctrl-C to stop)")
     p.add_argument(
         "--from-revision", type=int, default=0, metavar="REV", help="resume after this revision (default 0: all)"
     )
-    p.add_argument("--queue", default="", metavar="Q")
+    p.add_argument("--queue", default="", metavar="Q", help="only this queue's jobs")
     p.add_argument("--job", default="", metavar="ID", help="only this job")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events (default: never)")
     client_flags(p)
@@ -80,15 +105,23 @@ def _client(args):
 
 
 def cmd_submit(args) -> int:
-    from xpod.runtime.client import RpcFailure, job_json, load_job_file
+    from xpod.runtime.client import RpcFailure, job_json
+    from xpod.scheduler import jobspec
 
-    job_file = load_job_file(args.file)
+    # the checks of `xpod job validate` first; device names the catalog lacks are the server's
+    # to judge (its nodes may have models a cluster file declared), so they wait for its answer
+    job_file = jobspec.load_job_file(args.file, check_models=False)
     with _client(args) as client:
+        if job_file.outside_catalog():
+            problems = job_file.device_name_problems(dict(client.get_cluster().devices_by_model))
+            if problems:
+                raise jobspec.DocumentError(problems)
         try:
             resp = client.submit(job_file.document, args.request_id)
         except RpcFailure as err:
             if err.field and err.field not in ("job", "request_id"):
-                raise XpodError(f"{args.file}:{job_file.line_of(err.field)}: {err}") from None
+                line, col = job_file.position(err.field)
+                raise XpodError(f"{args.file}:{line}:{col}: {err}") from None
             raise
     job = job_json(resp.job)
     if args.json:
@@ -104,6 +137,39 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from xpod.scheduler import jobspec
+
+    cluster = None
+    if args.cluster:
+        from xpod.hal.cluster import load_cluster
+
+        cluster = load_cluster(args.cluster)
+    summary = jobspec.load_job_file(args.file, cluster=cluster).summary()
+    if cluster is not None:
+        summary["fits_cluster"] = cluster.name
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    devices = summary["devices_per_task"]
+    tasks = summary["tasks"] if summary["min_tasks"] is None else f"{summary['min_tasks']}..{summary['tasks']}"
+    print(
+        f"{args.file}: ok: {summary['kind']} {summary['name']!r}, {tasks} task(s) x "
+        f"{devices['what'] if devices else 'no devices'}, within {summary['within']}, queue {summary['queue']}, "
+        f"priority {summary['priority_class']}" + (f"; fits cluster {cluster.name!r}" if cluster is not None else "")
+    )
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from xpod.scheduler.jobspec.schema import all_kinds_schema, schema
+
+    json.dump(schema(args.kind) if args.kind else all_kinds_schema(), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
 def _placement(job: dict) -> str:
     allocs = job.get("allocations") or []
     if allocs:
@@ -114,26 +180,47 @@ def _placement(job: dict) -> str:
     return "-"
 
 
+JOB_COLUMNS = (
+    Column("JOBID"),
+    Column("QUEUE"),
+    Column("KIND"),
+    Column("NAME"),
+    Column("STATE"),
+    Column("POS", justify="right"),
+    Column("PLACEMENT(REASON)"),
+    Column("PRIORITY", wide=True),
+    Column("CREATED", wide=True),
+    Column("REQUEST", wide=True),
+    Column("MESSAGE", wide=True),
+)
+
+
 def cmd_jobs(args) -> int:
     from xpod.runtime.client import job_json
 
     with _client(args) as client:
         jobs = [job_json(j) for j in client.list(args.queue, args.state or ())]
-    if args.json:
-        json.dump(jobs, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    fmt = output_format(args)
+    if fmt == "json":
+        print_json(jobs)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{len(jobs)} job(s)")
-    for col in ("JOBID", "QUEUE", "KIND", "NAME", "STATE", "POS", "PLACEMENT(REASON)"):
-        table.add_column(col)
-    for j in jobs:
-        table.add_row(
-            j["id"], j["queue"], j["kind"], j["name"], j["state"], str(j.get("queue_position") or "-"), _placement(j)
+    rows = [
+        (
+            j["id"],
+            j["queue"],
+            j["kind"],
+            j["name"],
+            j["state"],
+            j.get("queue_position") or "-",
+            _placement(j),
+            (j.get("spec") or {}).get("priority_class", "normal"),
+            j.get("create_time") or "-",
+            j["request_id"],
+            j.get("message") or "-",
         )
-    Console().print(table)
+        for j in jobs
+    ]
+    print_rows(fmt, f"{len(jobs)} job(s)", JOB_COLUMNS, rows)
     return 0
 
 
@@ -192,47 +279,62 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+NODE_COLUMNS = (
+    Column("NODE"),
+    Column("READY"),
+    Column("DEVICES", justify="right"),
+    Column("MODEL"),
+    Column("ALLOCATED", justify="right"),
+    Column("UNHEALTHY", justify="right"),
+    Column("JOBS"),
+    Column("SIMULATED", wide=True, justify="right"),
+    Column("LAST HEARTBEAT", wide=True),
+    Column("LABELS", wide=True),
+)
+
+
 def cmd_nodes(args) -> int:
+    from xpod.hal.device import Health
     from xpod.runtime.client import message_json
 
     with _client(args) as client:
-        nodes = client.list_nodes()
-        devices = client.list_devices()
+        nodes = [message_json(n) for n in client.list_nodes()]
+        devices = [message_json(d) for d in client.list_devices()]
     used: dict[str, list] = {}
     for d in devices:
-        used.setdefault(d.node, []).append(d)
-    if args.json:
-        out = []
-        for n in nodes:
-            nd = message_json(n)
-            nd["devices"] = [message_json(d) for d in used.get(n.name, [])]
-            out.append(nd)
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{len(nodes)} node(s)")
-    for col in ("NODE", "READY", "DEVICES", "MODEL", "ALLOCATED", "UNHEALTHY", "JOBS"):
-        table.add_column(col)
+        used.setdefault(d["node"], []).append(d)
     for n in nodes:
-        devs = used.get(n.name, [])
-        models = sorted({d.model for d in devs})
-        allocated = sum(d.allocated_milli for d in devs) / 1000
-        unhealthy = sum(1 for d in devs if d.health in ("alarm", "critical"))
-        jobs = sorted({j for d in devs for j in d.job_ids})
-        table.add_row(
-            n.name,
-            "yes" if n.ready else "no",
-            str(len(devs)),
-            ",".join(models) or "-",
-            f"{allocated:g}",
-            str(unhealthy),
-            ",".join(jobs) or "-",
+        n["devices"] = used.get(n["name"], [])  # with their allocations and jobs (ListDevices)
+    fmt = output_format(args)
+    if fmt == "json":
+        print_json(nodes)
+        return 0
+    rows = []
+    for n in nodes:
+        devs = n["devices"]
+        rows.append(
+            (
+                n["name"],
+                "yes" if n["ready"] else "no",
+                len(devs),
+                ",".join(sorted({d["model"] for d in devs})) or "-",
+                f"{sum(d['allocated_milli'] for d in devs) / 1000:g}",
+                sum(1 for d in devs if not _health(Health, d["health"]).schedulable),
+                ",".join(sorted({j for d in devs for j in d["job_ids"]})) or "-",
+                sum(1 for d in devs if d["simulated"]),
+                n["last_heartbeat_time"] or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-",
+            )
         )
-    Console().print(table)
+    print_rows(fmt, f"{len(nodes)} node(s)", NODE_COLUMNS, rows)
     return 0
+
+
+def _health(health_type, word: str):
+    try:
+        return health_type(word)
+    except ValueError:  # a word a newer agent sends: not known to be schedulable
+        return health_type.ALARM
 
 
 def cmd_watch(args) -> int:

@@ -5,8 +5,9 @@ a module exposes ``register(commands: Commands) -> None`` and adds parsers whose
 default takes the parsed ``argparse.Namespace`` and returns an exit code. Modules listed here
 must import cheaply: torch, grpc and the like are imported inside the command functions.
 
-User errors (``XpodError``) end in one line on stderr and exit 1; bad flags exit 2 with one
-line naming the flag. Anything else is a bug and keeps its traceback.
+User errors (``XpodError``) end in one line on stderr and exit 1 (a file with problems: one
+``FILE:LINE:COL: message`` line per problem); bad flags exit 2 with one line naming the flag.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except XpodError as err:
-        print(f"xpod: {err}", file=sys.stderr)
+        lines = getattr(err, "messages", None)  # a file's problems: every FILE:LINE:COL line, as they are
+        print("\n".join(lines) if lines else f"xpod: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("xpod: interrupted", file=sys.stderr)

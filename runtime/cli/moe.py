@@ -121,8 +121,8 @@ def register(commands) -> None:
 
     s = sub.add_parser("show", help="draw a device-by-layer load heatmap of a placement to PNG")
     s.add_argument("file", metavar="FILE", help="placement JSON from 'xpod moe place'")
-    s.add_argument("--loads", required=True, metavar="NPZ")
-    s.add_argument("--workload", required=True, metavar="NAME")
+    s.add_argument("--loads", required=True, metavar="NPZ", help=".npz of [layers, experts] token counts per workload")
+    s.add_argument("--workload", required=True, metavar="NAME", help="the workload in NPZ the heatmap shows")
     s.add_argument("--png", required=True, metavar="OUT", help="PNG to write")
     s.set_defaults(func=cmd_show)
 

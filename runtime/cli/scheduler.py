@@ -58,7 +58,7 @@ def register(commands) -> None:
         help="mixed jobs or kube-style one-device pods",
     )
     b.add_argument("--cycles", type=int, default=20, help="steady-state cycles after the cold pass (default 20)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the generated workload (default 0)")
     b.add_argument("--profile", metavar="YAML", help="scheduler profile (actions and policies)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench_scheduler)

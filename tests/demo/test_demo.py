@@ -8,10 +8,9 @@ from tests.conftest import REPO, xpod_cli
 def test_demo_runs_end_to_end(tmp_path):
     import os
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
-    proc = xpod_cli(
-        "demo", "--state-dir", str(tmp_path), "--steps", "20", "--replay-seconds", "6", timeout=400, env=env, cwd=REPO
-    )
+    # its own temporary state directory, under tmp_path: it must be gone afterwards
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160", TMPDIR=str(tmp_path))
+    proc = xpod_cli("demo", "--steps", "20", "--replay-seconds", "6", timeout=400, env=env, cwd=REPO)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"exit code {proc.returncode}; output ends:\n{out[-3000:]}"
     assert "Traceback" not in out
@@ -34,3 +33,7 @@ def test_demo_runs_end_to_end(tmp_path):
     # 6: metrics scraped from the live scheduler, then a clean shutdown
     assert 'xpod_scheduler_devices{state="allocated",vendor="ascend"}' in out
     assert "xpod up stopped (exit code 0)" in out
+    # no address of a server that is gone by the time the output is read, no directory left behind
+    assert "http://" not in out and "127.0.0.1:" not in out
+    assert "its temporary state directory is removed" in out
+    assert not list(tmp_path.glob("xpod-demo-*")), list(tmp_path.iterdir())

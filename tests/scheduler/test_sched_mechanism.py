@@ -433,7 +433,7 @@ def test_example_multi_node_serving_job_on_cloudmatrix384():
     the CloudMatrix384 example: 3 replicas of 2 whole nodes, racks not shared between replicas."""
     import pathlib
 
-    from xpod.runtime.client import load_job_file
+    from xpod.scheduler.jobspec import load_job_file
     from xpod.scheduler.core_bridge import parse_document
     from xpod.scheduler.core.from_cluster import load_nodes
 

@@ -1,11 +1,13 @@
-"""The client's address/token resolution and job-file line mapping."""
+"""The client's address/token resolution, and job files' field paths mapped to lines (for the
+field a server refusal names)."""
 
 from __future__ import annotations
 
 import pytest
 
 from xpod.hal.errors import XpodError
-from xpod.runtime.client import DEFAULT_SERVER, load_job_file, resolve_target
+from xpod.runtime.client import DEFAULT_SERVER, resolve_target
+from xpod.scheduler.jobspec import load_job_file
 
 
 def test_flags_then_environment_then_config_then_default(tmp_path, monkeypatch):
@@ -47,8 +49,8 @@ def test_field_paths_map_to_lines(tmp_path):
         "spec:\n"
         "  tasks: 2\n"
         "  devices:\n"
-        "    count: -1\n"
-        "    model: m\n"
+        "    count: 16\n"
+        "    model: ascend-910c\n"
     )
     job = load_job_file(str(p))
     assert job.line_of("spec.devices.count") == 8
@@ -56,3 +58,4 @@ def test_field_paths_map_to_lines(tmp_path):
     assert job.line_of("metadata.name") == 4
     assert job.line_of("spec.nothing.here") == 5  # deepest existing key
     assert job.line_of("kind") == 2
+    assert job.position("spec.devices.model") == (9, 5)

@@ -123,11 +123,23 @@ def test_cli_end_to_end(live, tmp_path):
     assert [e["type"] for e in events] == ["SUBMITTED", "SCHEDULED", "CANCELLED"]
     r = cli("nodes", "--json", env_extra=env)
     assert len(json.loads(r.stdout)) == 4
-    # a bad field in the job file comes back as FILE:LINE
+    # a bad field in the job file is FILE:LINE:COL before any call
     bad = os.path.join(FIXTURES, "jobs", "bad-count.yaml")
     r = cli("submit", bad, env_extra=env)
-    assert r.returncode == 1
-    assert r.stderr.startswith(f"xpod: {bad}:8: INVALID_ARGUMENT"), r.stderr
+    assert (r.returncode, r.stderr) == (1, f"{bad}:8:12: spec.devices.count must be >= 1, got -3\n")
+    # a device model neither the catalog nor the server's nodes have is named as such, with the
+    # closest names (it used to come back as a capacity error)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        open(os.path.join(FIXTURES, "jobs", "train.yaml")).read().replace("nvidia-h100-sxm", "nvidia-h100-sxn")
+    )
+    r = cli("submit", str(typo), env_extra=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert re.fullmatch(
+        rf"{re.escape(str(typo))}:\d+:\d+: spec\.devices\.model: unknown device model 'nvidia-h100-sxn' "
+        r"\(closest: nvidia-h100-sxm.*\)\n",
+        r.stderr,
+    ), r.stderr
     # metrics: the real port is printed even when --metrics asked for port 0
     port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", "".join(live.lines)).group(1)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -135,20 +147,66 @@ def test_cli_end_to_end(live, tmp_path):
     assert 'xpod_scheduler_finished_jobs_total{kind="training",outcome="cancelled",queue="research"} 1.0' in body
 
 
+def test_cli_output_is_never_cut_and_json_keeps_numbers_and_fields(live, tmp_path):
+    """Issue 19 item 6: stdout is a pipe here, so tables are laid out at full width; -o tsv and
+    -o wide show every column; nodes --json has numbers as numbers and zero values present."""
+    env = {"XPOD_SERVER": live.addr}
+    long_name = "a-job-name-long-enough-that-an-80-column-table-would-cut-it-xyz"  # 63, the longest
+    job = tmp_path / "long.yaml"
+    job.write_text(
+        open(os.path.join(FIXTURES, "jobs", "train.yaml")).read().replace("name: train", f"name: {long_name}")
+    )
+    assert cli("submit", str(job), env_extra=env).returncode == 0
+    r = cli("jobs", env_extra=dict(env, COLUMNS="80"))
+    assert r.returncode == 0 and long_name in r.stdout, r.stdout
+    assert "…" not in r.stdout
+    r = cli("jobs", "-o", "tsv", env_extra=env)
+    header, row = r.stdout.splitlines()
+    assert header.split("\t") == [
+        "JOBID", "QUEUE", "KIND", "NAME", "STATE", "POS", "PLACEMENT(REASON)", "PRIORITY", "CREATED", "REQUEST", "MESSAGE"
+    ]  # fmt: skip
+    assert row.split("\t")[:4] == ["job-1", "research", "TrainingJob", long_name]
+    r = cli("nodes", "-o", "wide", env_extra=env)
+    assert r.returncode == 0 and "LAST HEARTBEAT" in r.stdout and "SIMULATED" in r.stdout
+    nodes = json.loads(cli("nodes", "--json", env_extra=env).stdout)
+    assert len(nodes) == 4
+    node = nodes[0]
+    assert {"name", "ready", "labels", "last_heartbeat_time", "cpu_milli", "memory_bytes", "devices"} <= set(node)
+    assert node["ready"] is True and isinstance(node["cpu_milli"], int) and isinstance(node["memory_bytes"], int)
+    device = node["devices"][0]
+    assert isinstance(device["memory_total_bytes"], int) and device["memory_total_bytes"] > 0
+    assert {"allocated_milli", "job_ids", "simulated", "health"} <= set(device)
+    assert all(isinstance(d["allocated_milli"], int) for n in nodes for d in n["devices"])
+
+
 def test_job_file_errors_are_file_line(tmp_path):
+    """Every problem of a job file, each as FILE:LINE:COL, before any call (the server is not
+    even reachable here)."""
     p = tmp_path / "j.yaml"
     p.write_text("apiVersion: xpod/v1\nkind: Pod\nmetadata: {name: x}\n")
     r = cli("submit", str(p), "--server", "127.0.0.1:1")
-    assert (
-        r.returncode == 1
-        and r.stderr.strip() == f"xpod: {p}:2: kind must be one of TrainingJob, ServingJob, BatchJob (got 'Pod')"
+    assert (r.returncode, r.stderr) == (
+        1,
+        f"{p}:2:7: kind: 'Pod' is not one of TrainingJob, ServingJob, BatchJob\n",
     )
     p.write_text("kind: BatchJob\nmetadata: {name: x\n")
     r = cli("submit", str(p), "--server", "127.0.0.1:1")
-    assert r.returncode == 1 and f"{p}:3:" in r.stderr and "not valid YAML" in r.stderr
-    p.write_text("kind: BatchJob\nmetadata: {name: x}\nspec:\n  when: 2024-01-01\n")
+    assert r.returncode == 1 and r.stderr.startswith(f"{p}:3:1: YAML syntax error") and "Traceback" not in r.stderr
+    p.write_text("kind: BatchJob\nmetadata: {name: x}\nspec:\n  deadline: 2024-01-01\n  taks: 2\n")
     r = cli("submit", str(p), "--server", "127.0.0.1:1")
-    assert r.returncode == 1 and f"{p}:4: spec.when" in r.stderr
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"{p}:4:3: unknown key 'deadline' in spec (allowed: command, cpu, devices, env, expected_duration_seconds, "
+        "memory, node_selector, priority_class, queue, restart, simulate, sp_block, tasks, within, workdir)",
+        f"{p}:5:3: unknown key 'taks' in spec (did you mean 'tasks'?)",
+    ]
+    # not UTF-8, or not text at all: one line, no traceback
+    p.write_bytes(b"kind: BatchJob\nmetadata: {name: caf\xe9}\n")
+    r = cli("submit", str(p), "--server", "127.0.0.1:1")
+    assert (r.returncode, r.stderr) == (1, f"xpod: {p}: not UTF-8 text (invalid continuation byte at byte 35)\n")
+    p.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00")
+    r = cli("submit", str(p), "--server", "127.0.0.1:1")
+    assert (r.returncode, r.stderr) == (1, f"xpod: {p}: binary data (a NUL byte at byte 7), not YAML text\n")
 
 
 def test_unreachable_server_is_one_line_naming_the_address():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,13 +28,14 @@ import threading
 import time
 from importlib import resources
 
-from rich.console import Console
-from rich.table import Table
 
 from xpod.hal.errors import XpodError
+from xpod.runtime.cli.output import console as make_console
+from xpod.runtime.cli.output import print_table
+from xpod.runtime.cli.output import table as Table  # noqa: N812 (cells wrap, never cut)
 from xpod.runtime.client import job_state
 
-console = Console()
+console = make_console()
 DATA = "data"  # runtime/cli/demo/data, shipped as package data
 
 
@@ -146,7 +148,7 @@ def host_devices() -> None:
             if d.vendor == "cpu":
                 detail = f"{d.name}; {d.extra.get('cores')} cpus, NUMA node {d.numa_node}"
             table.add_row(s.name, str(d.index), d.model or "-", mem, d.health.value, detail)
-    console.print(table)
+    print_table(table)
     down = [s for s in statuses if s.backend is None]
     for s in down:
         console.print(f"  [dim]{s.name}: unavailable: {s.reason}[/]")
@@ -253,7 +255,7 @@ def moe_serving(addr: str, workload: str = "") -> None:
                 f"{s.group_spread:.2f}",
                 f"{secs:.3f}",
             )
-    console.print(table)
+    print_table(table)
     if eplb is None:
         console.print("[dim]EPLB baseline: run from a checkout (bench/eplb.py) to compare[/]")
     doc = {
@@ -363,7 +365,7 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
             )
             if (not th.is_alive() and counts["QUEUED"] == 0) or time.monotonic() - start > seconds + 40:
                 break
-    console.print(table)
+    print_table(table)
     console.print(
         f"peak utilisation {peak:.0%}; {len(submitted)} jobs submitted"
         + (f", {len(errors)} refused: {errors[0]}" if errors else "")
@@ -371,43 +373,57 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
 
 
 def run_demo(state_dir: str | None = None, steps: int = 60, replay_seconds: float = 20.0) -> int:
+    """The stages above. A temporary state directory (no ``state_dir``) is removed at the end,
+    unless the demo failed: then it is kept for its logs, and its path is printed."""
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     own = state_dir is None
     state_dir = state_dir or tempfile.mkdtemp(prefix="xpod-demo-")
     os.makedirs(state_dir, exist_ok=True)
     t_start = time.monotonic()
-    _stage(1, "this host")
-    host_devices()
-    _stage(2, "the embedded system: scheduler + local agent + simulated CloudMatrix384 pod")
-    emb = Embedded(state_dir)
+    code, failed = 1, True
     try:
-        emb.wait_ready()
-        with _client(emb.addr) as c:
-            nodes = c.list_nodes()
-        console.print(f"xpod up on {emb.addr} (state in {state_dir}): {len(nodes)} nodes registered")
-        _stage(3, "a real training job on this machine")
-        training_job(emb.addr, state_dir, steps)
-        _stage(4, "MoE serving on the simulated pod, placement from real expert loads")
-        moe_serving(emb.addr)
-        _stage(5, "a real trace replayed into the simulated pod")
-        replay_trace(emb.addr, seconds=replay_seconds)
-        _stage(6, "metrics")
-        console.print(
-            f"scheduler metrics: http://{emb.metrics}/metrics   (Prometheus config: deploy/prometheus/prometheus.yml)"
-        )
-        import urllib.request
+        _stage(1, "this host")
+        host_devices()
+        _stage(2, "the embedded system: scheduler + local agent + simulated CloudMatrix384 pod")
+        emb = Embedded(state_dir)
+        try:
+            emb.wait_ready()
+            with _client(emb.addr) as c:
+                nodes = c.list_nodes()
+            console.print(f"xpod up (a child process, until the demo ends): {len(nodes)} nodes registered")
+            _stage(3, "a real training job on this machine")
+            training_job(emb.addr, state_dir, steps)
+            _stage(4, "MoE serving on the simulated pod, placement from real expert loads")
+            moe_serving(emb.addr)
+            _stage(5, "a real trace replayed into the simulated pod")
+            replay_trace(emb.addr, seconds=replay_seconds)
+            _stage(6, "metrics")
+            console.print(
+                "scheduler metrics, as Prometheus scrapes them from `xpod up --metrics` "
+                "(config: deploy/prometheus/prometheus.yml):"
+            )
+            import urllib.request
 
-        with urllib.request.urlopen(f"http://{emb.metrics}/metrics", timeout=5) as resp:
-            body = resp.read().decode()
-        for line in body.splitlines():
-            if line.startswith(
-                ("xpod_scheduler_pending_jobs", "xpod_scheduler_devices{", "xpod_scheduler_schedule_attempts_total")
-            ):
-                console.print(f"  {line}", markup=False, highlight=False)
+            with urllib.request.urlopen(f"http://{emb.metrics}/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+            for line in body.splitlines():
+                if line.startswith(
+                    ("xpod_scheduler_pending_jobs", "xpod_scheduler_devices{", "xpod_scheduler_schedule_attempts_total")
+                ):
+                    console.print(f"  {line}", markup=False, highlight=False)
+            failed = False
+        except KeyboardInterrupt:
+            failed = False  # nothing to look into: the temporary directory goes too
+            raise
+        finally:
+            code = emb.stop()
     finally:
-        code = emb.stop()
-    console.print(
-        f"xpod up stopped (exit code {code}); demo took {time.monotonic() - t_start:.0f} s"
-        + (f"; state kept in {state_dir}" if not own else "")
-    )
+        kept = not own or (failed or code != 0)
+        if own and not kept:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        console.print(
+            f"xpod up stopped (exit code {code}); demo took {time.monotonic() - t_start:.0f} s; "
+            + (f"state kept in {state_dir}" if kept else "its temporary state directory is removed")
+            + "; for a system that stays up: xpod up"
+        )
     return 0 if code == 0 else 1

@@ -1,0 +1,316 @@
+"""Job specs checked like cluster files: every problem at once, each named by its field.
+
+One checker for the three places a job document is judged: ``xpod job validate FILE`` (offline,
+optionally against a cluster descriptor), ``xpod submit`` (before the call) and the server's
+admission (``violations(document, known_models=...)``, answered as INVALID_ARGUMENT with one
+field violation per problem). Checks, in order:
+
+1. the text: readable, UTF-8, not binary, one YAML document, no recursive or exponentially
+   expanding aliases, no duplicate or merge keys (``hal.yamldoc``, shared with cluster files);
+2. the JSON Schema of the job's kind (``schema.py``; ``xpod job schema KIND``): types, ranges,
+   unknown keys with a did-you-mean or the complete list of allowed keys;
+3. device names: ``devices.model`` and ``devices.vendor`` against the device catalog (and the
+   models a cluster or the server's inventory adds), an unknown one named as such with the
+   closest catalog names (never a capacity error);
+4. when 1-3 found nothing: the parsers the scheduler and the node agent use (``core.spec``,
+   ``taskspec``) and the core's own admission rules (priority classes, the enabled policies'
+   rules such as the Ascend die-pair rule), so what passes here is what the server accepts;
+5. with a cluster (``--cluster``): whether the job fits that cluster even when it is empty,
+   decided by one scheduling cycle of the core on the cluster's nodes.
+
+File problems are ``FILE:LINE:COL: message`` lines (``hal.yamldoc.DocumentError``); document
+problems are ``Violation(field, message)`` with a dotted field path (``spec.devices.count``,
+``spec.command[0]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import re
+import threading
+from typing import Any, Collection
+
+from xpod.hal.errors import XpodError
+from xpod.hal.yamldoc import (
+    DocumentError,
+    Located,
+    Path,
+    compose_one,
+    fmt_path,
+    format_problems,
+    read_text,
+    schema_errors,
+    type_word,
+)
+
+from .schema import KINDS, envelope_schema, pattern_message, schema
+
+__all__ = [
+    "KINDS",
+    "DocumentError",
+    "JobFile",
+    "Violation",
+    "load_job_file",
+    "parse_job_text",
+    "schema",
+    "violations",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """One problem of a job document: ``field`` is its dotted path from the document's root
+    (``spec.devices.count``; ``""`` for the document itself); ``message`` says what is wrong and
+    what to do, naming the field."""
+
+    field: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFile:
+    """A job file that passed every check: its document and where each field is written."""
+
+    path: str
+    document: dict[str, Any]
+    located: Located
+
+    def position(self, field: str) -> tuple[int, int]:
+        """1-based (line, column) of a dotted field path, or of its deepest written parent."""
+        path = _path_of(field)
+        while path and path not in self.located.key_at and path not in self.located.value_at:
+            path = path[:-1]  # the deepest part that is written: at its key
+        line, col = self.located.pos(path, key=True)
+        return line + 1, col + 1
+
+    def line_of(self, field: str) -> int:
+        return self.position(field)[0]
+
+    def device_name_problems(self, known_models: Collection[str] = ()) -> list[str]:
+        """``FILE:LINE:COL`` lines for a device model or vendor that neither the catalog nor
+        ``known_models`` names ([] when both are known): for a file loaded with
+        ``check_models=False``, once the models the server's nodes have are known."""
+        devices = self.document["spec"].get("devices")
+        if not isinstance(devices, dict):
+            return []
+        found = _device_names(devices, known_models)
+        return format_problems(self.path, [(*self.located.pos(p, key=k), m) for p, k, m in found])
+
+    def outside_catalog(self) -> bool:
+        """Whether ``devices.model`` or ``devices.vendor`` is a name the catalog lacks."""
+        return bool(self.device_name_problems())
+
+    def summary(self) -> dict[str, Any]:
+        """What ``xpod job validate`` reports for a valid file."""
+        job = core_job(self.document["kind"], self.document["spec"])
+        req = job.devices
+        return {
+            "file": self.path,
+            "kind": self.document["kind"],
+            "name": self.document["metadata"]["name"],
+            "queue": job.queue,
+            "priority_class": job.priority_class,
+            "tasks": job.tasks,
+            "min_tasks": job.min_tasks,
+            "devices_per_task": None if req is None else {"count": req.count, "what": req.describe()},
+            "within": job.within.value,
+        }
+
+
+def load_job_file(path: str, *, cluster: Any = None, check_models: bool = True) -> JobFile:
+    """Read and check a job file; every problem at once as ``DocumentError`` lines, an unreadable,
+    binary or non-UTF-8 file as one ``XpodError`` line. ``cluster`` (a ``hal.cluster.Cluster``)
+    adds its models to the known ones and the fit check; ``check_models=False`` leaves device
+    names to the server (``xpod submit``: the server knows the models its nodes registered)."""
+    return parse_job_text(read_text(path), path, cluster=cluster, check_models=check_models)
+
+
+def parse_job_text(text: str, source: str, *, cluster: Any = None, check_models: bool = True) -> JobFile:
+    """``load_job_file`` for text; ``source`` names it in messages."""
+    root, problems = compose_one(
+        text,
+        empty="the file is empty; expected a job (apiVersion: xpod/v1, kind: TrainingJob | ServingJob | BatchJob)",
+        several="more than one YAML document; put one job per file",
+    )
+    if root is None:
+        raise DocumentError(format_problems(source, problems))
+    located = Located()
+    data = located.build(root)
+    problems = list(located.problems)
+    known = None
+    if cluster is not None:
+        known = set(cluster.models)
+    for path, key, message in _check(data, known_models=known, check_models=check_models, structure_ok=not problems):
+        problems.append((*located.pos(path, key=key), message))
+    if not problems and cluster is not None:
+        for path, key, message in _fit(data, cluster):
+            problems.append((*located.pos(path, key=key), message))
+    if problems:
+        raise DocumentError(format_problems(source, problems))
+    return JobFile(source, data, located)
+
+
+def violations(document: Any, *, known_models: Collection[str] | None = None) -> list[Violation]:
+    """Every problem of a job document (a dict, as the server receives it); [] when valid.
+    ``known_models``: device model ids the server's nodes have, beside the catalog's."""
+    return [
+        Violation(fmt_path(path) if path else "", message)
+        for path, _, message in _check(document, known_models=known_models, check_models=True, structure_ok=True)
+    ]
+
+
+# --------------------------------------------------------------------------- the checks
+
+_Found = tuple  # (path, key, message)
+
+
+def _check(data: Any, *, known_models: Collection[str] | None, check_models: bool, structure_ok: bool) -> list:
+    if not isinstance(data, dict):
+        return [((), False, f"a job is a mapping with kind, metadata and spec, got {type_word(data)}")]
+    kind = data.get("kind")
+    if kind not in KINDS:
+        return schema_errors(_validator(None), data)
+    found: list[_Found] = schema_errors(_validator(kind), data, pattern_message)
+    spec = data.get("spec")
+    devices = spec.get("devices") if isinstance(spec, dict) else None
+    if check_models and isinstance(devices, dict):
+        found += _device_names(devices, known_models or ())
+    if not found and structure_ok:
+        found += _parsers(kind, data["spec"])
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(kind: str | None) -> Any:
+    """The JSON Schema validator of a kind (None: the envelope), built once."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(envelope_schema() if kind is None else schema(kind))
+
+
+def _device_names(devices: dict[str, Any], known_models: Collection[str]) -> list[_Found]:
+    from xpod.hal.catalog import VENDORS, all_models, match_model
+
+    out: list[_Found] = []
+    ids = [m.id for m in all_models()] + sorted(set(known_models) - {m.id for m in all_models()})
+    model = devices.get("model")
+    if isinstance(model, str) and model and model not in ids:
+        alias = match_model(model)
+        if alias is not None:
+            message = f"{model!r} is a name of the catalog model {alias.id!r}: write the id, model: {alias.id}"
+        else:
+            close = difflib.get_close_matches(model, ids, n=3, cutoff=0.5)
+            hint = f"closest: {', '.join(close)}" if close else f"known models: {', '.join(ids)}"
+            message = f"unknown device model {model!r} ({hint}; `xpod devices` and hal/catalog.yaml list them)"
+        out.append((("spec", "devices", "model"), False, f"spec.devices.model: {message}"))
+    vendor = devices.get("vendor")
+    vendors = sorted(set(VENDORS) | {m.vendor for m in all_models()})
+    if isinstance(vendor, str) and vendor and vendor not in vendors:
+        close = difflib.get_close_matches(vendor, vendors, n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"known vendors: {', '.join(vendors)}"
+        out.append((("spec", "devices", "vendor"), False, f"spec.devices.vendor: unknown vendor {vendor!r} ({hint})"))
+    return out
+
+
+#: the core's parser says ``WHERE: field: message``
+_CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
+_VALIDATION_ID = "__xpod_validate__"
+
+
+def _parsers(kind: str, spec: dict[str, Any]) -> list[_Found]:
+    """What the node agent and the scheduler core read, by their own parsers and rules."""
+    from xpod.scheduler.taskspec import TaskFieldError, parse_task_fields
+
+    try:
+        parse_task_fields(kind, spec)
+    except TaskFieldError as err:
+        return [(_path_of(err.field), False, f"{err.field}: {err.message}")]
+    try:
+        job = core_job(kind, spec)
+        _facade().validate(job)
+    except XpodError as err:
+        return [_core_found(err)]
+    return []
+
+
+def core_job(kind: str, spec: dict[str, Any]) -> Any:
+    """The core's ``Job`` for a checked document's ``kind`` and ``spec`` (placeholder id)."""
+    from xpod.scheduler.core.spec import parse_job
+    from xpod.scheduler.taskspec import split_spec
+
+    return parse_job({**split_spec(spec), "kind": KINDS[kind]}, source="spec", job_id=_VALIDATION_ID)
+
+
+def _core_found(err: XpodError) -> _Found:
+    m = _CORE_ERROR.match(str(err))
+    if m:
+        return (("spec", *_path_of(m.group(1))), False, f"spec.{m.group(1)}: {m.group(2)}")
+    return (("spec",), False, f"spec: {str(err).split(': ', 1)[-1]}")
+
+
+class _Facade:
+    """The core's admission rules on an empty inventory (priority classes, the default
+    profile's validators), as the server runs them; one instance, one lock."""
+
+    def __init__(self) -> None:
+        from xpod.scheduler.core.model import Queue
+        from xpod.scheduler.core.scheduler import Scheduler
+
+        self._queue = Queue
+        self._scheduler = Scheduler()
+        self._lock = threading.Lock()
+
+    def validate(self, job: Any) -> None:
+        with self._lock:
+            sched = self._scheduler
+            sched.queues.setdefault(job.queue, self._queue(job.queue))  # queues are created on first use
+            try:
+                sched.submit(dataclasses.replace(job, submit_time=1.0))
+            finally:
+                sched.pending.pop(job.id, None)
+
+
+_FACADE: _Facade | None = None
+
+
+def _facade() -> _Facade:
+    global _FACADE
+    if _FACADE is None:
+        _FACADE = _Facade()
+    return _FACADE
+
+
+def _fit(data: dict[str, Any], cluster: Any) -> list[_Found]:
+    """Whether the job fits ``cluster`` when it is empty: one cycle of the core on its nodes."""
+    from xpod.scheduler.core.from_cluster import nodes_from_cluster
+    from xpod.scheduler.core.model import Queue
+    from xpod.scheduler.core.scheduler import Scheduler
+
+    kind, spec = data["kind"], data["spec"]
+    job = core_job(kind, spec)
+    sched = Scheduler(nodes_from_cluster(cluster), queues=(Queue("default"), Queue(job.queue)))
+    try:
+        sched.submit(dataclasses.replace(job, submit_time=1.0))
+    except XpodError as err:
+        return [_core_found(err)]
+    result = sched.cycle(now=1.0)
+    placed = sum(1 for b in result.bindings if b.job_id == job.id)
+    # a batch job's tasks run one by one; a gang (training) or a serving job needs its minimum at once
+    need = 1 if kind == "BatchJob" else (job.min_tasks or job.tasks)
+    if placed >= need:
+        return []
+    reason = result.pending.get(job.id)
+    why = f"{reason.code.value}: {reason.message}" if reason is not None else f"{placed} of {need} tasks placed"
+    return [
+        (("spec",), True, f"spec: does not fit cluster {cluster.name} ({cluster.source}) even when it is empty: {why}")
+    ]
+
+
+def _path_of(field: str) -> Path:
+    """``spec.command[0]`` -> ("spec", "command", 0)."""
+    out: list[Any] = []
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(out)

@@ -1,0 +1,196 @@
+"""The JSON Schema (draft 2020-12) of each job kind: the one source of a job file's structure.
+
+A job file is a Kubernetes-style envelope (``apiVersion``, ``kind``, ``metadata``) around
+``spec``, which holds what the scheduler places (``tasks``, ``devices``, ``within``, ...: the
+core's job spec, ``scheduler/core/spec.py``) and what the node agent runs (``command``, ``env``,
+``workdir``, ``restart``, ``simulate``: ``scheduler/taskspec.py``). Unknown keys are errors.
+``schemas/<Kind>.json`` are these schemas written out (``xpod job schema KIND``) for editors; a
+test keeps them identical to ``schema(kind)`` and the keys identical to what the parsers read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpod.hal.yamldoc import fmt_path
+
+API_VERSION = "xpod/v1"
+#: job kinds as the envelope names them, and as the core's spec names them
+KINDS = {"TrainingJob": "training", "ServingJob": "serving", "BatchJob": "batch"}
+#: metadata.name: 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+#: a byte quantity: bytes, or a number with K/M/G/T/P (powers of 1000) or Ki/Mi/Gi/Ti/Pi (of 1024)
+SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CPU_PATTERN = r"^\d+m$"
+WITHIN = ("node", "hccs-group", "supernode", "any")
+
+_COUNT = {"type": "integer", "minimum": 1}
+_TEXT = {"type": "string", "minLength": 1}
+_SIZE = {"type": ["integer", "string"], "minimum": 0, "pattern": SIZE_PATTERN}
+_SECONDS = {"type": "number", "minimum": 0}
+
+
+def _obj(properties: dict[str, Any], description: str = "", required: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    if description:
+        out["description"] = description
+    return out
+
+
+def _d(base: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**base, "description": description}
+
+
+def _spec(kind: str) -> dict[str, Any]:
+    devices = _obj(
+        {
+            "count": _d({**_COUNT, "maximum": 4096}, "devices per task (1 with milli < 1000 for a fraction)"),
+            "model": _d(_TEXT, "a device model id of the catalog (xpod devices, hal/catalog.yaml), e.g. ascend-910c"),
+            "vendor": _d(_TEXT, "any model of this vendor: ascend, cambricon, mthreads, hygon, cuda, cpu"),
+            "min_memory": _d(_SIZE, "capability request: at least this much device memory (e.g. 64Gi)"),
+            "min_bf16_tflops": _d({"type": "number", "minimum": 0}, "capability request: at least this BF16 TFLOPS"),
+            "milli": _d({"type": "integer", "minimum": 1, "maximum": 1000}, "a fraction of one device, in 1/1000"),
+            "memory": _d(_SIZE, "the memory slice of that fraction (with milli < 1000)"),
+        },
+        "per task; omit for a CPU-only job",
+    )
+    props: dict[str, Any] = {}
+    if kind == "ServingJob":
+        props["replicas"] = _d(
+            {
+                "oneOf": [
+                    _COUNT,
+                    _obj({"min": _COUNT, "max": _COUNT}, "between min and max replicas"),
+                ]
+            },
+            "replicas: N, or {min, max}",
+        )
+        props["tasks_per_replica"] = _d(
+            {**_COUNT, "maximum": 4096}, "tasks of one replica, placed together (e.g. 2 nodes of 16 dies)"
+        )
+    else:
+        props["tasks"] = _d(_COUNT, "tasks, all or nothing (a gang)")
+        if kind == "TrainingJob":
+            props["min_tasks"] = _d(_COUNT, "elastic: runs with at least this many tasks")
+    props.update(
+        {
+            "devices": devices,
+            "cpu": _d(
+                {"type": ["number", "string"], "minimum": 0, "pattern": CPU_PATTERN}, "cores per task: 8, 0.5 or '500m'"
+            ),
+            "memory": _d(_SIZE, "host memory per task (e.g. 64Gi)"),
+            "within": _d({"enum": list(WITHIN)}, "how tightly the tasks sit together (default any)"),
+            "queue": _d(_TEXT, "queue name (default: default)"),
+            "priority_class": _d(_TEXT, "low, normal (default), high, system"),
+            "expected_duration_seconds": _d(
+                {"type": "number", "exclusiveMinimum": 0}, "estimated run time; lets backfill use reserved devices"
+            ),
+            "sp_block": _d(_COUNT, "Ascend 910C logical super-pod size, in dies"),
+            "node_selector": _d(
+                {"type": "object", "additionalProperties": {"type": "string"}, "propertyNames": {"minLength": 1}},
+                'labels a node must carry, each with this value (e.g. {xpod/simulated: "false"})',
+            ),
+            "command": _d(
+                {"type": "array", "minItems": 1, "items": {"type": "string"}, "prefixItems": [_TEXT]},
+                "argv of every task (no shell), e.g. [python, train.py]",
+            ),
+            "env": _d(
+                {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "propertyNames": {"pattern": ENV_NAME_PATTERN},
+                },
+                "extra environment variables (string values)",
+            ),
+            "workdir": _d(_TEXT, "current directory of every task"),
+            "restart": _obj(
+                {"max_restarts": _d({"type": "integer", "minimum": -1}, "restarts after failures (-1 = unlimited)")},
+                "what happens when a task fails",
+            ),
+            "simulate": _obj(
+                {
+                    "duration_s": _d(_SECONDS, "a simulated task succeeds after this long"),
+                    "fail_after_s": _d(_SECONDS, "... or fails after this long"),
+                    "exit_code": _d({"type": "integer", "minimum": 1, "maximum": 255}, "exit code of that failure"),
+                },
+                "how a simulated node plays each task",
+            ),
+        }
+    )
+    return _obj(props, "what to place and what to run")
+
+
+_PATTERN_WORDS = {
+    NAME_PATTERN: "must be 1..63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit",
+    SIZE_PATTERN: "is not a size: give bytes, or a number with K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024), e.g. 64Gi",
+    CPU_PATTERN: "is not a number of cores: give 8, 0.5 or '500m'",
+    ENV_NAME_PATTERN: "is not an environment variable name (letters, digits, '_'; not starting with a digit)",
+}
+
+
+def pattern_message(path: tuple, value: object, pattern: str) -> str | None:
+    """What a value failing one of these schemas' patterns should have been (``hal.yamldoc``)."""
+    words = _PATTERN_WORDS.get(pattern)
+    if words is None:
+        return None
+    return f"{fmt_path(path)}: {value!r} {words}"
+
+
+def schema(kind: str) -> dict[str, Any]:
+    """The schema of one job kind (``TrainingJob``, ``ServingJob`` or ``BatchJob``), a fresh copy."""
+    if kind not in KINDS:
+        raise KeyError(kind)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"xpod {kind}",
+        **_obj(
+            {
+                "apiVersion": _d({"const": API_VERSION}, "optional; only xpod/v1"),
+                "kind": {"const": kind},
+                "metadata": _obj(
+                    {
+                        "name": _d(
+                            {"type": "string", "pattern": NAME_PATTERN},
+                            "1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric",
+                        ),
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                    required=("name",),
+                ),
+                "spec": _spec(kind),
+            },
+            required=("kind", "metadata", "spec"),
+        ),
+    }
+
+
+def all_kinds_schema() -> dict[str, Any]:
+    """One schema for every job file: the kind's own schema, chosen by ``kind``."""
+    defs = {}
+    for kind in KINDS:
+        one = schema(kind)
+        del one["$schema"]
+        defs[kind] = one
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "xpod job",
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": list(KINDS)}},
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": kind}}}, "then": {"$ref": f"#/$defs/{kind}"}} for kind in KINDS
+        ],
+        "$defs": defs,
+    }
+
+
+def envelope_schema() -> dict[str, Any]:
+    """What every job file has before its kind is known (to report a bad or missing kind)."""
+    return {
+        "type": "object",
+        "properties": {"kind": {"enum": list(KINDS)}},
+        "required": ["kind"],
+    }
