@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test demo check-install clean proto proto-lint prometheus-tools postgresql-tools
+.PHONY: install test lint demo check-install clean proto proto-lint prometheus-tools postgresql-tools
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -22,8 +22,21 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xpod demo
 
-test: install check-install prometheus-tools postgresql-tools
+test: install lint check-install prometheus-tools postgresql-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The guardrails (configured in pyproject.toml): ruff lint and format check, mypy on hal/, and
+# the import rules. mypy and import-linter read the package through build/typecheck/xpod, a tree
+# of links that gives the top-level folders their import names (the package-dir mapping).
+TYPECHECK := build/typecheck
+lint: install
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/xpod && ln -s $(CURDIR)/xpod/__init__.py $(TYPECHECK)/xpod/__init__.py
+	@for d in hal backends scheduler runtime proto; do cp -rs $(CURDIR)/$$d $(TYPECHECK)/xpod/$$d; done
+	@find $(TYPECHECK) -name __pycache__ -prune -exec rm -rf {} +
+	@bash -o pipefail -c '$(VENV)/bin/mypy | sed "s#$(TYPECHECK)/xpod/##"'
+	@cd $(TYPECHECK) && bash -o pipefail -c '$(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml | tail -n +12'
 
 # Before the tests: the package builds as a wheel from the files a fresh clone has, installs
 # (non-editable, so the package-dir mapping is exercised), imports from there, and `xpod --help` runs.

@@ -226,6 +226,12 @@ class ToolBackend(Backend):
             raise ValueError(f"source must be 'torch' or 'tool', got {source!r}")
         self.source = source
 
+    def load_torch_extension(self) -> None:
+        """Import the vendor's torch extension through ``sdk.import_extension()`` (the seam)."""
+        module, reason = self.sdk.import_extension()
+        if module is None:
+            raise BackendUnavailable(self.name, reason)
+
     # -- hooks -----------------------------------------------------------------------------
     def read_tool_devices(self) -> list[DeviceInfo]:
         """Run the tool and parse its listing (physical order)."""

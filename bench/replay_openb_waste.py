@@ -76,7 +76,6 @@ def main(argv=None) -> int:
             continue
         milli, num = int(work.gpu_milli[j]), int(work.num_gpu[j])
         failed_shape[(num, milli, int(work.cpu_milli[j]))] += 1
-        room = (cpu >= work.cpu_milli[j]) & (mem >= work.memory_mib[j])
         if num == 0:
             why = "no node has the CPU/memory"
         else:

@@ -228,8 +228,8 @@ def run_client_processes(
     errors = shed = 0
     cpu_s = 0.0
     for recv in pipes:
-        l, e, s, c = recv.recv()
-        lat += l
+        lat_part, e, s, c = recv.recv()
+        lat += lat_part
         errors += e
         shed += s
         cpu_s += c

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Callable, Union
 
 from .device import DeviceInfo, Health, MetricsSample
-from .errors import CapabilityUnsupported
+from .errors import BackendUnavailable, CapabilityUnsupported
 
 
 class Capability(str, enum.Enum):
@@ -139,6 +139,17 @@ class Backend(abc.ABC):
         """Raise ``CapabilityUnsupported`` (with the backend's reason) if it lacks ``capability``."""
         if capability in self.unsupported:
             raise CapabilityUnsupported(self.name, capability, self.unsupported[capability])
+
+    def load_torch_extension(self) -> None:
+        """Make this backend's torch device type usable (``torch.npu`` once ``torch_npu`` is
+        imported): called before torch touches its devices. The import of a vendor extension
+        happens in the backend's SDK seam (``backends/<vendor>/_sdk.py``), never by module name
+        here. Raises ``BackendUnavailable`` with the reason when it cannot load. The default
+        serves backends whose ``torch_module`` is torch itself; others override it."""
+        if self.torch_module != "torch":
+            raise BackendUnavailable(
+                self.name, f"it names {self.torch_module} but does not say how to load it (load_torch_extension)"
+            )
 
 
 #: What a probe returns: a ready backend, or the reason it is unavailable.

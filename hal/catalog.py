@@ -76,14 +76,14 @@ class DeviceModel:
         return out
 
 
-_REQUIRED = {
+_REQUIRED: dict[str, type] = {
     "id": str,
     "vendor": str,
     "display_name": str,
     "dies_per_package": int,
     "schedulable_unit": str,
 }
-_OPTIONAL_NUMBERS = {
+_OPTIONAL_NUMBERS: dict[str, type | tuple[type, ...]] = {
     "memory_bytes": int,
     "bf16_tflops": (int, float),
     "bf16_tflops_alt": (int, float),
@@ -105,9 +105,10 @@ def _model_from_entry(entry: Any, where: str) -> DeviceModel:
     for key, typ in _REQUIRED.items():
         if not isinstance(entry.get(key), typ) or isinstance(entry.get(key), bool):
             raise XpodError(f"{where}: field {key!r} must be a {typ.__name__}")
-    for key, typ in _OPTIONAL_NUMBERS.items():
+    for key, allowed in _OPTIONAL_NUMBERS.items():
         value = entry.get(key)
-        if value is not None and (not isinstance(value, typ) or isinstance(value, bool) or value <= 0):
+        positive = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        if value is not None and (not isinstance(value, allowed) or not positive):
             raise XpodError(f"{where}: field {key!r} must be a positive number or null, got {value!r}")
     for key in _OPTIONAL_TEXT:
         if entry.get(key) is not None and not isinstance(entry[key], str):

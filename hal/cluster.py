@@ -345,7 +345,7 @@ def default_cluster_text() -> str:
     """The packaged CloudMatrix384 descriptor (``xpod up``'s default cluster)."""
     from importlib import resources
 
-    return resources.files(__package__).joinpath("clusters", "cloudmatrix384.yaml").read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("clusters").joinpath("cloudmatrix384.yaml").read_text(encoding="utf-8")
 
 
 def load_default_cluster() -> Cluster:
@@ -367,7 +367,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
     for mid, mspec in _dict(spec.get("deviceModels")).items():
         if not isinstance(mspec, dict):
             continue
-        path = ("spec", "deviceModels", mid)
+        path: Path = ("spec", "deviceModels", mid)
         known = match_model(mid)
         if known is not None:
             chk.add(
@@ -467,7 +467,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                         num,
                         t.get("name") or f"{f['name']}-{num}",
                         f["name"],
-                        plane,
+                        str(plane),  # not text: the schema pass reported it, and no Cluster is built
                         f.get("link"),
                         scope,
                         t.get("groupSize") if isinstance(t.get("groupSize"), int) else None,
@@ -485,7 +485,7 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         if not isinstance(f, dict):
             continue
         for ti, t in enumerate(_list(f.get("tiers"))):
-            for obj in tier_objs.get(f.get("name"), []):
+            for obj in tier_objs.get(str(f.get("name")), []):
                 if isinstance(t, dict) and obj.number == t.get("tier") and obj.scope == t.get("scope"):
                     by_number.setdefault(obj.number, []).append((obj, ("spec", "fabrics", fi, "tiers", ti)))
                     break
@@ -521,7 +521,8 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         if not isinstance(g, dict):
             continue
         gpath = ("spec", "nodeGroups", gi)
-        name = g.get("name") if isinstance(g.get("name"), str) else f"#{gi}"
+        raw_name = g.get("name")
+        name = raw_name if isinstance(raw_name, str) else f"#{gi}"
         if name in group_names:
             chk.add(gpath + ("name",), f"node group name {name!r} is used twice")
         group_names[name] = gi
@@ -559,7 +560,8 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                 chk.add(gpath + ("fabrics", ai), f"unknown fabric {fname!r}{did_you_mean(fname, list(fabrics))}")
         if len(set(attach)) != len(attach):
             chk.add(gpath + ("fabrics",), f"node group {name!r} lists a fabric twice")
-        per_node = dev.get("packagesPerNode") if isinstance(dev.get("packagesPerNode"), int) else 0
+        raw_per_node = dev.get("packagesPerNode")
+        per_node = raw_per_node if isinstance(raw_per_node, int) else 0
         cpu = _dict(g.get("cpu"))
         try:
             mem = parse_bytes(g["memory"]) if "memory" in g else None
@@ -634,16 +636,16 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         if d["name"] in domain_names:
             chk.add(dpath + ("name",), f"domain name {d['name']!r} is used twice")
         domain_names.add(d["name"])
-        lv = d.get("level")
-        if isinstance(lv, str) and lv not in levels:
+        level = d.get("level")
+        if isinstance(level, str) and level not in levels:
             domain_trouble = True
             chk.add(
                 dpath + ("level",),
-                f"unknown topology level {lv!r}{did_you_mean(lv, levels)}; declare it in spec.topology.levels"
+                f"unknown topology level {level!r}{did_you_mean(level, levels)}; declare it in spec.topology.levels"
                 + (f" ({', '.join(levels)})" if levels else ""),
             )
             continue
-        hosts: list[str] = []
+        hosts = []
         if isinstance(d.get("hosts"), str):
             try:
                 hosts = hostlist.expand(d["hosts"])
@@ -658,17 +660,17 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
                 f"domain {d['name']!r} names {len(unknown)} node(s) no node group has: {hostlist.compress(unknown)}",
             )
         for h in dict.fromkeys(hosts):
-            if isinstance(lv, str) and h in in_level.get(lv, {}):
+            if isinstance(level, str) and h in in_level.get(level, {}):
                 chk.add(
                     dpath + ("hosts",),
-                    f"node {h!r} is in {lv} domains {in_level[lv][h]!r} and {d['name']!r}; domains of one level must not overlap",
+                    f"node {h!r} is in {level} domains {in_level[level][h]!r} and {d['name']!r}; domains of one level must not overlap",
                 )
-            elif isinstance(lv, str) and lv in in_level:
-                in_level[lv][h] = d["name"]
-        if isinstance(lv, str):
-            domains.append(Domain(d["name"], lv, tuple(dict.fromkeys(hosts)), _dict(d.get("labels"))))
+            elif isinstance(level, str) and level in in_level:
+                in_level[level][h] = d["name"]
+        if isinstance(level, str):
+            domains.append(Domain(d["name"], level, tuple(dict.fromkeys(hosts)), _dict(d.get("labels"))))
     # domains nest: an inner domain lies within one domain of each outer level
-    for di, d in enumerate(domains):
+    for d in domains:
         if d.level not in levels:
             continue
         for outer in levels[: levels.index(d.level)]:
@@ -702,9 +704,10 @@ def _semantic(data: dict, chk: _Checker, source: str, structure_ok: bool) -> Clu
         if not isinstance(p, dict):
             continue
         ppath = ("spec", "pools", pi)
-        if p.get("name") in pool_names:
-            chk.add(ppath + ("name",), f"pool name {p.get('name')!r} is used twice")
-        pool_names.add(p.get("name"))
+        pool_name = str(p.get("name"))  # the schema pass reports a missing name
+        if pool_name in pool_names:
+            chk.add(ppath + ("name",), f"pool name {pool_name!r} is used twice")
+        pool_names.add(pool_name)
         refs = [x for x in _list(p.get("nodeGroups")) if isinstance(x, str)]
         for ri, ref in enumerate(_list(p.get("nodeGroups"))):
             if isinstance(ref, str) and ref not in group_names:

@@ -270,8 +270,8 @@ class Topology:
                         scope=tiers[0].scope if tiers else self._tiers_by_number[n][0].scope,
                         fabrics=tuple(used),
                         groups=tuple(tuple(g) for g in groups.values()),
-                        bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),
-                        latency_seconds=None if not lats or None in lats else max(lats),
+                        bandwidth_bytes_per_s=_min_known(bws),
+                        latency_seconds=_max_known(lats),
                     )
                 )
             prev = cur
@@ -313,6 +313,18 @@ def pairs(devices: Iterable[Device]) -> Iterable[tuple[Device, Device]]:
     for i, a in enumerate(devs):
         for b in devs[i + 1 :]:
             yield a, b
+
+
+def _min_known(values: list[int | None]) -> int | None:
+    """The smallest value, or None when there is none or one of them is unknown."""
+    known = [v for v in values if v is not None]
+    return min(known) if known and len(known) == len(values) else None
+
+
+def _max_known(values: list[float | None]) -> float | None:
+    """The largest value, or None when there is none or one of them is unknown."""
+    known = [v for v in values if v is not None]
+    return max(known) if known and len(known) == len(values) else None
 
 
 # --------------------------------------------------------------- a job's placement as a file

@@ -13,6 +13,8 @@ cluster loader turns that into a ``FILE:LINE:COL`` message.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import re
 
 _PREFIX = {
@@ -41,7 +43,7 @@ BANDWIDTH_PATTERN = _BW_RE.pattern
 LATENCY_PATTERN = _LAT_RE.pattern
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -261,7 +261,7 @@ def _schema_message(err: Any, pattern_message: PatternMessage | None) -> list[Fi
             if isinstance(inst, bool) and "string" in want
             else ""
         )
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in want)
+        words = " or ".join(_TYPE_WORDS.get(str(w), str(w)) for w in want)
         return at(f"{where} must be {words}, got {shown} ({type_word(inst)}{hint})")
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]

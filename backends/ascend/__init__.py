@@ -18,7 +18,7 @@ from . import _sdk, npu_smi
 
 class AscendBackend(ToolBackend):
     name = "ascend"
-    torch_module = "torch_npu"
+    torch_module = _sdk.MODULE
     device_type = "npu"
     dist_backend = "hccl"
     visible_vars = VisibleDevicesVars("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES")

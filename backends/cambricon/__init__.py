@@ -17,7 +17,7 @@ from . import _sdk, cnmon
 
 class CambriconBackend(ToolBackend):
     name = "cambricon"
-    torch_module = "torch_mlu"
+    torch_module = _sdk.MODULE
     device_type = "mlu"
     dist_backend = "cncl"
     visible_vars = VisibleDevicesVars("MLU_VISIBLE_DEVICES", "CAMBRICON_SPLIT_VISIBLE_DEVICES")

@@ -18,7 +18,7 @@ from . import _sdk, mthreads_gmi
 
 class MthreadsBackend(ToolBackend):
     name = "mthreads"
-    torch_module = "torch_musa"
+    torch_module = _sdk.MODULE
     device_type = "musa"
     dist_backend = "mccl"
     visible_vars = VisibleDevicesVars("MUSA_VISIBLE_DEVICES", "MTHREADS_VISIBLE_DEVICES")

@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import importlib
 import math
 import os
 import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpod.hal.backend import Backend, Capability, parse_visible_devices
-from xpod.hal.errors import BackendUnavailable, XpodError
+from xpod.hal.errors import XpodError
+
+if TYPE_CHECKING:
+    from .shm import ShmAllReduce
 
 from .cost import CostModel
 from .env import LaunchEnv
@@ -167,15 +169,9 @@ class Communicator:
             self.device = torch.device("cpu")
         else:
             self.device = torch.device(backend.device_type, _device_index(backend, env.local_rank))
-            if backend.torch_module != "torch":
-                # The backend names its torch extension (torch_npu, torch_mlu, ...); importing it
-                # registers the device type. Which module is the backend's fact, not hal's.
-                try:
-                    importlib.import_module(backend.torch_module)
-                except Exception as err:  # a broken SDK is the user's environment, not a bug here
-                    raise BackendUnavailable(
-                        backend.name, f"cannot import {backend.torch_module}: {err}".splitlines()[0]
-                    ) from None
+            # registers the device type (torch.npu, ...); the vendor's import is the backend's
+            # own, in its SDK seam: hal imports no vendor module, not even by name
+            backend.load_torch_extension()
             getattr(torch, backend.device_type).set_device(self.device)
         self._owns_default = False
         if not dist.is_initialized():
@@ -198,7 +194,9 @@ class Communicator:
         self._dist = dist
         self._torch = torch
         self._pg = dist.group.WORLD
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpod-coll")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="xpod-coll"
+        )
         self._pending: list[concurrent.futures.Future] = []
         self._lock = threading.Lock()
         self._native_reduce_scatter: bool | None = None
@@ -214,7 +212,7 @@ class Communicator:
         if shape is not None:
             self._build_hierarchy(shape)
 
-        self._shm = None
+        self._shm: ShmAllReduce | None = None
         self.shm_reason = self._setup_shm(shm)
 
     # -- construction helpers ---------------------------------------------------------------
@@ -226,7 +224,9 @@ class Communicator:
     def _build_hierarchy(self, shape: tuple[int, int]) -> None:
         m, k = shape
         timeout = datetime.timedelta(seconds=self.timeout_s)
-        self._inner_groups = self.tiers[self.cost_model.inner_tier_index].groups
+        inner = self.cost_model.inner_tier_index
+        assert inner is not None  # a hierarchy shape implies an inner tier
+        self._inner_groups = self.tiers[inner].groups
         # new_group is collective over the world: every rank creates every group, same order.
         for g in self._inner_groups:
             pg = self._dist.new_group(list(g), timeout=timeout)
@@ -253,6 +253,7 @@ class Communicator:
         else:
             # Decided together: every rank must agree, or the collective sequences diverge, so
             # each rank's own objection (caller, XPOD_SHM, platform) goes through the exchange.
+            local: str | None  # this rank's objection, or None
             if want is False:
                 local = "disabled by the caller"
             elif want is None and os.environ.get("XPOD_SHM", "1") == "0":
@@ -319,6 +320,8 @@ class Communicator:
             except RuntimeError as err:
                 raise describe(err) from None
         with self._lock:
+            if self._executor is None:
+                raise XpodError(f"rank {self.rank}: {name} on a closed communicator; create a new one")
             fut = self._executor.submit(fn)
             self._pending.append(fut)
         return Work(describe, future=fut)
@@ -419,13 +422,15 @@ class Communicator:
 
             return self._native("all_reduce", async_op, issue, finalize)
         if algo is Algorithm.SHM:
-            offset = self._shm.symmetric_offset(flat)
+            shm = self._shm
+            assert shm is not None  # the SHM algorithm is chosen only with shared memory set up
+            offset = shm.symmetric_offset(flat)
 
             def run():
                 if offset is not None:
-                    self._shm.all_reduce_symmetric_(flat, offset, op)
+                    shm.all_reduce_symmetric_(flat, offset, op)
                 else:
-                    self._shm.all_reduce_(flat, op)
+                    shm.all_reduce_(flat, op)
                 return finish()
 
             return self._run("all_reduce", async_op, run)
@@ -735,7 +740,7 @@ class Communicator:
     def _hier_all_gather(self, buf):
         """all_gather inside the closest tier, then of whole-group blocks across groups;
         returns the blocks in global rank order."""
-        torch, dist = self._torch, self._dist
+        torch = self._torch
         m, k = len(self._inner_ranks), len(self._inner_groups)
         numel = buf.numel()
         inner = torch.empty(m * numel, dtype=buf.dtype, device=buf.device)

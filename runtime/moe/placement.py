@@ -1006,7 +1006,6 @@ def _layout_budget(shape: PodShape, budgets: np.ndarray) -> tuple[np.ndarray, np
     total over layers is exactly ``layers * slots_per_device``; the extra slot of each layer
     goes to the devices that had the fewest extras so far (round robin)."""
     d = shape.num_devices
-    layers = len(budgets)
     base = budgets // d
     extra = budgets - base * d
     capacity = np.repeat(base[:, None], d, axis=1)
@@ -1112,7 +1111,6 @@ def _group_node_pairs(
     phy2log: np.ndarray, slot_device: np.ndarray, device_node: np.ndarray, group_size: int
 ) -> np.ndarray:
     """``[layers]`` number of distinct (group, node) pairs holding a replica."""
-    layers = phy2log.shape[0]
     num_nodes = int(device_node.max()) + 1
     valid = phy2log >= 0
     key = np.where(valid, (phy2log // group_size) * num_nodes + device_node[slot_device][None, :], -1)
@@ -1124,7 +1122,6 @@ def _group_node_pairs(
 def _pinned_slots(phy2log, item_expert, item_device, item_primary, slot_device) -> np.ndarray:
     """``[layers, slots]``: the slot holds its expert's primary (home-node) replica."""
     layers = phy2log.shape[0]
-    num_devices = int(slot_device.max()) + 1
     experts = int(item_expert.max()) + 1
     prim_dev = np.full((layers, experts), -1, dtype=np.int64)
     r, c = np.nonzero(item_primary & (item_expert >= 0))

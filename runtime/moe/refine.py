@@ -52,7 +52,6 @@ def swap_refine(
     layers, slots = phy2log.shape
     num_devices = len(device_node)
     experts = w.shape[1]
-    rows = np.arange(layers)
     slot_node = device_node[slot_device]
     moved = 0
     active = np.ones(layers, dtype=bool)

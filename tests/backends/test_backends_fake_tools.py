@@ -5,7 +5,6 @@ topology, health."""
 
 import os
 import stat
-import textwrap
 
 import pytest
 

@@ -1,8 +1,6 @@
 """Pure pieces of the collectives package: tiers, the launch environment, the alpha-beta cost
 model and the bus factors. No processes."""
 
-import math
-
 import pytest
 
 from xpod.hal.collectives import Algorithm, CostModel, LaunchEnv, Op, TierSpec, validate_tiers

@@ -293,7 +293,10 @@ def test_server_process_exports_grpc_server_metrics(tmp_path):
 
 
 def _watch_done(text: str) -> bool:
-    return any(l.startswith("grpc_server_handled_total{") and 'grpc_method="WatchJobs"' in l for l in text.splitlines())
+    return any(
+        line.startswith("grpc_server_handled_total{") and 'grpc_method="WatchJobs"' in line
+        for line in text.splitlines()
+    )
 
 
 def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():

@@ -196,7 +196,9 @@ def test_min_plus_dp_matches_brute_force():
     best, choice = _min_plus_over_layers(cost, 9)
     for total in range(10):
         brute = min(
-            (sum(cost[l, x[l]] for l in range(4)), x) for x in itertools.product(range(5), repeat=4) if sum(x) == total
+            (sum(cost[layer, x[layer]] for layer in range(4)), x)
+            for x in itertools.product(range(5), repeat=4)
+            if sum(x) == total
         )
         assert np.isclose(best[total], brute[0])
 

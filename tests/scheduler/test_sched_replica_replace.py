@@ -155,8 +155,8 @@ def test_replica_replacement(case):
         for b in rj.bindings:
             for i in b.device_indices:
                 used[(b.node, i)] = used.get((b.node, i), 0) + b.milli
-    for name, st in sched.snapshot.nodes.items():
-        for i, free in enumerate(st.free_milli):
+    for name, state in sched.snapshot.nodes.items():
+        for i, free in enumerate(state.free_milli):
             assert free == 1000 - used.get((name, i), 0), f"{name}/{i}"
 
 
