@@ -25,7 +25,8 @@ demo: install
 test: install lint check-install prometheus-tools postgresql-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-# The guardrails (configured in pyproject.toml): ruff lint and format check, mypy on hal/, and
+# The guardrails (configured in pyproject.toml): ruff lint and format check, mypy on hal/ and
+# scheduler/core/, and
 # the import rules. mypy and import-linter read the package through build/typecheck/xpod, a tree
 # of links that gives the top-level folders their import names (the package-dir mapping).
 TYPECHECK := build/typecheck

@@ -26,7 +26,9 @@ from typing import Any
 
 from xpod.hal.errors import XpodError
 
-from .model import ANY, CLUSTER, NODE, Binding, Node
+from .model import ANY, Binding, Node
+from .model import CLUSTER as CLUSTER  # re-exported: the tier names callers compare with
+from .model import NODE as NODE
 
 #: levels inside one node, narrowest first: they constrain each task's devices
 NODE_LOCAL_LEVELS = ("package", "group")

@@ -135,8 +135,8 @@ def fabric_from_cluster(cluster: Any) -> Fabric:
                 level=scope,
                 names=tuple(dict.fromkeys(t.name for t in ts if t.name)),
                 scale_up=any(planes.get(t.fabric) == "scale-up" for t in ts),
-                bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),  # type: ignore[type-var]
-                latency_seconds=None if not lats or None in lats else max(lats),  # type: ignore[type-var]
+                bandwidth_bytes_per_s=None if not bws or None in bws else min(bws),
+                latency_seconds=None if not lats or None in lats else max(lats),
             )
         )
     return Fabric(tuple(tiers))

@@ -494,7 +494,7 @@ class Placer:
                         break
         if blocks is not None:
             free_nodes: dict[str, list] = defaultdict(list)
-            for rank, st, cap in caps:
+            for rank, st, _cap in caps:
                 dom = st.node.domains.get(blocks.level)
                 if dom is not None and all(f == MILLI for f in st.free_milli):
                     free_nodes[dom].append((rank, st, 1))

@@ -115,7 +115,7 @@ class JobFile:
             "tasks": job.tasks,
             "min_tasks": job.min_tasks,
             "devices_per_task": None if req is None else {"count": req.count, "what": req.describe()},
-            "within": job.within.value,
+            "within": job.within,
         }
 
 

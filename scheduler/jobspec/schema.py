@@ -23,7 +23,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 SIZE_PATTERN = r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CPU_PATTERN = r"^\d+m$"
-WITHIN = ("node", "hccs-group", "supernode", "any")
+#: ``within``: a tier of the cluster's fabric (node, group, a topology level, a tier's name) or any
+TIER_PATTERN = r"^[a-z][a-z0-9._-]*$"
 
 _COUNT = {"type": "integer", "minimum": 1}
 _TEXT = {"type": "string", "minLength": 1}
@@ -82,13 +83,18 @@ def _spec(kind: str) -> dict[str, Any]:
                 {"type": ["number", "string"], "minimum": 0, "pattern": CPU_PATTERN}, "cores per task: 8, 0.5 or '500m'"
             ),
             "memory": _d(_SIZE, "host memory per task (e.g. 64Gi)"),
-            "within": _d({"enum": list(WITHIN)}, "how tightly the tasks sit together (default any)"),
+            "within": _d(
+                {"type": "string", "pattern": TIER_PATTERN},
+                "the fabric tier the tasks share: node, group, supernode, rack, a tier's name, or any (default)",
+            ),
             "queue": _d(_TEXT, "queue name (default: default)"),
             "priority_class": _d(_TEXT, "low, normal (default), high, system"),
             "expected_duration_seconds": _d(
                 {"type": "number", "exclusiveMinimum": 0}, "estimated run time; lets backfill use reserved devices"
             ),
-            "sp_block": _d(_COUNT, "Ascend 910C logical super-pod size, in dies"),
+            "domain_block": _d(
+                _COUNT, "devices per block, each block inside one domain (Ascend 910C: the logical super-pod)"
+            ),
             "node_selector": _d(
                 {"type": "object", "additionalProperties": {"type": "string"}, "propertyNames": {"minLength": 1}},
                 'labels a node must carry, each with this value (e.g. {xpod/simulated: "false"})',
@@ -127,6 +133,7 @@ _PATTERN_WORDS = {
     NAME_PATTERN: "must be 1..63 of a-z, 0-9, '-', '.', starting and ending with a letter or digit",
     SIZE_PATTERN: "is not a size: give bytes, or a number with K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024), e.g. 64Gi",
     CPU_PATTERN: "is not a number of cores: give 8, 0.5 or '500m'",
+    TIER_PATTERN: "is not a tier name: node, group, a topology level (supernode, rack), a tier's name, or any",
     ENV_NAME_PATTERN: "is not an environment variable name (letters, digits, '_'; not starting with a digit)",
 }
 

@@ -88,9 +88,9 @@ def action_backfill(cs: CycleState) -> None:
                 ):
                     accept = None
                     if head_job.cpu_milli or head_job.memory_bytes:
-                        accept = lambda bs: (
+                        accept = lambda bs: (  # noqa: E731
                             not any(dev.model in head_models for b in bs for dev in snap.nodes[b.node].node.devices)
-                        )  # noqa: E731
+                        )
                     if try_place(cs, job, accept):
                         no_room.clear()
                         continue

@@ -34,9 +34,9 @@ from .points import (
     Tiers,
     VictimSelect,
 )
+from .status import SUCCESS, Code, Status
 
 _POINTS_OF: dict[type, tuple[str, ...]] = {}
-from .status import SUCCESS, Code, Status
 
 #: job fields that mean something only through a plugin: a job setting one that no enabled
 #: plugin acts on (its ``JOB_FIELDS`` names it and its ``pre_filter`` does not skip the job) is
