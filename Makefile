@@ -26,9 +26,8 @@ test: install lint check-install prometheus-tools postgresql-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # The guardrails (configured in pyproject.toml): ruff lint and format check, mypy on hal/ and
-# scheduler/core/, and
-# the import rules. mypy and import-linter read the package through build/typecheck/xpod, a tree
-# of links that gives the top-level folders their import names (the package-dir mapping).
+# scheduler/core/, the import rules. mypy and import-linter read the package through
+# build/typecheck/xpod, a tree of links that gives the top-level folders their import names.
 TYPECHECK := build/typecheck
 lint: install
 	$(VENV)/bin/ruff check --quiet .

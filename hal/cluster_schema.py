@@ -35,7 +35,8 @@ _COUNT = {"type": "integer", "minimum": 1}
 _HOSTS = {"type": "string", "minLength": 1, "description": "Slurm hostlist, e.g. cm-n[00-47]"}
 
 
-def _obj(properties: dict[str, Any], required: tuple[str, ...] = (), description: str = "") -> dict[str, Any]:
+def schema_object(properties: dict[str, Any], required: tuple[str, ...] = (), description: str = "") -> dict[str, Any]:
+    """A JSON Schema object with exactly these properties (unknown keys are errors)."""
     out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         out["required"] = list(required)
@@ -46,7 +47,7 @@ def _obj(properties: dict[str, Any], required: tuple[str, ...] = (), description
 
 def schema() -> dict[str, Any]:
     """The schema as a plain dict (a fresh copy each call)."""
-    tier = _obj(
+    tier = schema_object(
         {
             "tier": {**_COUNT, "description": "1 = closest; higher tiers are wider and slower"},
             "name": _NAME,
@@ -64,7 +65,7 @@ def schema() -> dict[str, Any]:
         },
         required=("tier", "scope"),
     )
-    fabric = _obj(
+    fabric = schema_object(
         {
             "name": _NAME,
             "plane": {"enum": list(PLANES)},
@@ -74,7 +75,7 @@ def schema() -> dict[str, Any]:
         },
         required=("name", "plane"),
     )
-    device_model = _obj(
+    device_model = schema_object(
         {
             "vendor": {"enum": list(VENDORS)},
             "displayName": {"type": "string"},
@@ -87,26 +88,26 @@ def schema() -> dict[str, Any]:
         required=("vendor",),
         description="a device model not in the catalog",
     )
-    domain = _obj(
+    domain = schema_object(
         {"name": _NAME, "level": {"type": "string"}, "hosts": _HOSTS, "labels": _LABELS},
         required=("name", "level", "hosts"),
     )
-    node_group = _obj(
+    node_group = schema_object(
         {
             "name": _NAME,
             "hosts": _HOSTS,
-            "devices": _obj(
+            "devices": schema_object(
                 {"model": {"type": "string", "minLength": 1}, "packagesPerNode": _COUNT},
                 required=("model", "packagesPerNode"),
             ),
-            "cpu": _obj({"model": {"type": "string"}, "sockets": _COUNT, "cores": _COUNT}),
+            "cpu": schema_object({"model": {"type": "string"}, "sockets": _COUNT, "cores": _COUNT}),
             "memory": {**_BYTES, "description": "host memory per node"},
             "fabrics": {"type": "array", "items": _NAME, "description": "fabrics the nodes attach to; default all"},
             "labels": _LABELS,
         },
         required=("name", "hosts"),
     )
-    pool = _obj(
+    pool = schema_object(
         {
             "name": _NAME,
             "nodeGroups": {"type": "array", "items": _NAME, "minItems": 1},
@@ -120,12 +121,14 @@ def schema() -> dict[str, Any]:
         "$id": "urn:xpod:schema:cluster:v1",
         "title": "xpod cluster descriptor",
         "description": "Nodes, devices and fabrics of an accelerator cluster (apiVersion xpod/v1, kind Cluster).",
-        **_obj(
+        **schema_object(
             {
                 "apiVersion": {"const": API_VERSION},
                 "kind": {"const": KIND},
-                "metadata": _obj({"name": _NAME, "labels": _LABELS, "annotations": _LABELS}, required=("name",)),
-                "spec": _obj(
+                "metadata": schema_object(
+                    {"name": _NAME, "labels": _LABELS, "annotations": _LABELS}, required=("name",)
+                ),
+                "spec": schema_object(
                     {
                         "deviceModels": {
                             "type": "object",
@@ -133,7 +136,7 @@ def schema() -> dict[str, Any]:
                             "propertyNames": _NAME,
                         },
                         "fabrics": {"type": "array", "items": fabric},
-                        "topology": _obj(
+                        "topology": schema_object(
                             {
                                 "levels": {
                                     "type": "array",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xpod.hal.cluster_schema import schema_object as _obj
 from xpod.hal.yamldoc import fmt_path
 
 API_VERSION = "xpod/v1"
@@ -32,15 +33,6 @@ _SIZE = {"type": ["integer", "string"], "minimum": 0, "pattern": SIZE_PATTERN}
 _SECONDS = {"type": "number", "minimum": 0}
 
 
-def _obj(properties: dict[str, Any], description: str = "", required: tuple[str, ...] = ()) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        out["required"] = list(required)
-    if description:
-        out["description"] = description
-    return out
-
-
 def _d(base: dict[str, Any], description: str) -> dict[str, Any]:
     return {**base, "description": description}
 
@@ -56,7 +48,7 @@ def _spec(kind: str) -> dict[str, Any]:
             "milli": _d({"type": "integer", "minimum": 1, "maximum": 1000}, "a fraction of one device, in 1/1000"),
             "memory": _d(_SIZE, "the memory slice of that fraction (with milli < 1000)"),
         },
-        "per task; omit for a CPU-only job",
+        description="per task; omit for a CPU-only job",
     )
     props: dict[str, Any] = {}
     if kind == "ServingJob":
@@ -64,7 +56,7 @@ def _spec(kind: str) -> dict[str, Any]:
             {
                 "oneOf": [
                     _COUNT,
-                    _obj({"min": _COUNT, "max": _COUNT}, "between min and max replicas"),
+                    _obj({"min": _COUNT, "max": _COUNT}, description="between min and max replicas"),
                 ]
             },
             "replicas: N, or {min, max}",
@@ -114,7 +106,7 @@ def _spec(kind: str) -> dict[str, Any]:
             "workdir": _d(_TEXT, "current directory of every task"),
             "restart": _obj(
                 {"max_restarts": _d({"type": "integer", "minimum": -1}, "restarts after failures (-1 = unlimited)")},
-                "what happens when a task fails",
+                description="what happens when a task fails",
             ),
             "simulate": _obj(
                 {
@@ -122,11 +114,11 @@ def _spec(kind: str) -> dict[str, Any]:
                     "fail_after_s": _d(_SECONDS, "... or fails after this long"),
                     "exit_code": _d({"type": "integer", "minimum": 1, "maximum": 255}, "exit code of that failure"),
                 },
-                "how a simulated node plays each task",
+                description="how a simulated node plays each task",
             ),
         }
     )
-    return _obj(props, "what to place and what to run")
+    return _obj(props, description="what to place and what to run")
 
 
 _PATTERN_WORDS = {
