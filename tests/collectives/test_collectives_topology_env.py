@@ -28,7 +28,7 @@ def test_a_communicator_takes_its_tiers_from_the_placement_file(tmp_path, monkey
     monkeypatch.setenv("XPOD_TOPOLOGY", str(path))
     results = run_ranks(tiers_from_placement_file, 4, timeout_s=150)
     assert sorted(results) == [0, 1, 2, 3], results
-    for rank, (status, value) in results.items():
+    for status, value in results.values():
         assert status == "ok", value
         assert value["hierarchical"] and value["groups"] == [[[0, 1], [2, 3]], [[0, 1, 2, 3]]]
         assert value["sum"] == 1 + 2 + 3 + 4
