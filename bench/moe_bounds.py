@@ -5,7 +5,7 @@ Usage (from the repository root):
     .venv/bin/python bench/moe_bounds.py                        # CM EP320 on 40 nodes, all 9 workloads
     .venv/bin/python bench/moe_bounds.py --devices 384 --nodes 48 --workloads 2
 
-For every real workload it prints EPLB-global's balancedness (bench/eplb.py), xpod's
+For every real workload it prints EPLB-global's balancedness (xpod.runtime.moe.eplb), xpod's
 (``place`` with the budget policy, scored from the written arrays), and the highest balance
 any placement can reach (``xpod.runtime.moe.bounds``, derivation in its docstring) when
 
@@ -23,18 +23,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import eplb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from xpod.runtime.moe import PodShape, place, score  # noqa: E402
+from xpod.runtime.moe.eplb import rebalance  # noqa: E402
 from xpod.runtime.moe.bounds import balance_upper_bound, budget_bound_by_memory  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "moe", "deepseek_v3_sglang_expert_load.npz")
@@ -60,7 +58,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         w = data[name].astype(np.float64)
-        phy2log = eplb.rebalance_experts(w, D * S, 8, N, D, "global")
+        phy2log = rebalance(w, D * S, 8, N, D, "global").phy2log
         dn = np.arange(D) * N // D
         row = dict(workload=name, eplb=score(w, phy2log, np.repeat(np.arange(D), S), dn).balancedness)
         pl = place(w, PodShape(D, N, S), 8, policy="budget")

@@ -8,7 +8,7 @@ Usage (from the repository root):
 
 Policies, all scored on B from the written arrays (``xpod.runtime.moe.score``):
 
-* EPLB global planned on A (bench/eplb.py), and on the per-layer-normalised mean of the same
+* EPLB global planned on A (xpod.runtime.moe.eplb), and on the per-layer-normalised mean of the same
   windows the robust planner sees with ``--scope`` (EPLB's README leaves load prediction to "a
   moving average of historical statistics");
 * xpod ``place`` on A;
@@ -27,18 +27,16 @@ import itertools
 import json
 import os
 import statistics
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import eplb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from xpod.runtime.moe import PodShape, place, score  # noqa: E402
+from xpod.runtime.moe.eplb import rebalance  # noqa: E402
 from xpod.runtime.moe.robust import plan_for_next_window, stale_history  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "moe", "deepseek_v3_sglang_expert_load.npz")
@@ -73,12 +71,12 @@ def main(argv=None) -> int:
     for a, b, named in pairs:
         wa, wb = data[a].astype(np.float64), data[b].astype(np.float64)
         if a not in cache:
-            cache[a] = eplb.rebalance_experts(wa, D * S, 8, N, D, "global")
+            cache[a] = rebalance(wa, D * S, 8, N, D, "global").phy2log
         row = dict(pair=f"{a}->{b}", named=named, eplb=score(wb, cache[a], sd, dn).balancedness)
         used = stale_history(names, a, b, "all")
         hist = np.stack([wa] + [data[n] * (wa.sum(1) / np.maximum(data[n].sum(1), 1))[:, None] for n in used])
         row["eplb_history_all"] = score(
-            wb, eplb.rebalance_experts(hist.mean(axis=0), D * S, 8, N, D, "global"), sd, dn
+            wb, rebalance(hist.mean(axis=0), D * S, 8, N, D, "global").phy2log, sd, dn
         ).balancedness
         plain = place(wa, shape, 8)
         row["xpod"] = plain.score(wb).balancedness

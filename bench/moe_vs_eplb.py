@@ -1,4 +1,4 @@
-"""xpod MoE placement against DeepSeek EPLB (re-implemented in bench/eplb.py) on real loads.
+"""xpod MoE placement against DeepSeek EPLB (xpod.runtime.moe.eplb, written from its description) on real loads.
 
 Usage (from the repository root):
 
@@ -22,20 +22,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import eplb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from xpod.runtime.moe import PodShape, place, score  # noqa: E402
+from xpod.runtime.moe.eplb import rebalance  # noqa: E402
 from xpod.runtime.moe.simulate import simulate_traffic  # noqa: E402
 from xpod.runtime.moe.robust import plan_for_next_window, stale_history  # noqa: E402
 
@@ -78,7 +76,7 @@ RECORDED = {
 
 def _eplb_placement(w, devices, nodes, slots, policy):
     t0 = time.perf_counter()
-    phy2log = eplb.rebalance_experts(w, devices * slots, GROUPS, nodes, devices, policy)
+    phy2log = rebalance(w, devices * slots, GROUPS, nodes, devices, policy).phy2log
     return phy2log, np.repeat(np.arange(devices), slots), None, time.perf_counter() - t0
 
 
@@ -100,13 +98,11 @@ def main(argv=None) -> int:
     regimes = [r for r in REGIMES if not args.regimes or any(s in r[0] for s in args.regimes.split(","))]
     console = Console(width=200)
 
-    # README example of DeepSeek EPLB: the copy must reproduce it exactly.
-    ex = eplb.rebalance_experts(eplb.README_WEIGHT, 16, 4, 2, 8)
-    ex_bal = score(eplb.README_WEIGHT, ex, np.repeat(np.arange(8), 2), np.arange(8) // 4).balancedness
-    console.print(
-        f"EPLB README example: phy2log reproduced={bool((ex == eplb.README_PHY2LOG).all())}, "
-        f"balancedness {ex_bal:.4f} (moe.md: 0.8156)"
-    )
+    # README example of DeepSeek EPLB: the baseline must reproduce it exactly.
+    with open(os.path.join(os.path.dirname(DATA), "eplb_reference.json"), encoding="utf-8") as f:
+        ex = json.load(f)["readme_example"]
+    got = rebalance(np.array(ex["weight"]), ex["num_replicas"], ex["num_groups"], ex["num_nodes"], ex["num_gpus"])
+    console.print(f"EPLB README example: phy2log reproduced={got.phy2log.tolist() == ex['phy2log']}")
 
     cells = []
     caches = {n: {} for n in names}

@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end(tmp_path):
     losses = [float(x) for x in re.findall(r"step\s+\d+\s+loss ([0-9.]+)", out)]
     assert len(losses) >= 2 and losses[-1] < losses[0] / 2, losses
     assert "replicas identical on 3 ranks" in out
-    # 4: placement scored beside EPLB (bench/eplb.py from this checkout), no duplicates for xpod
+    # 4: placement scored beside EPLB (xpod.runtime.moe.eplb), no duplicates for xpod
     row = re.search(r"│ xpod\s+│ ([0-9.]+)\s+│ [0-9.]+\s+│ (\d+)", out)
     assert row and float(row.group(1)) > 0.9 and row.group(2) == "0", (
         f"xpod placement row {row and row.groups()}:\n{out[-3000:]}"

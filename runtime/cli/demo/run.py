@@ -7,8 +7,8 @@
    ``xpod run --nproc 3`` of ``xpod.runtime.cli.demo.train`` (data-parallel training whose gradients
    go through ``xpod.hal.collectives``); its log shows the loss falling.
 4. An MoE serving job on the simulated pod: expert placement for DeepSeek-V3 from SGLang's
-   recorded expert loads, scored beside DeepSeek's EPLB (the re-implementation in ``bench/``,
-   when run from a checkout), then a ServingJob submitted for the dies it needs.
+   recorded expert loads, scored beside DeepSeek's EPLB (``xpod.runtime.moe.eplb``, written from its
+   description), then a ServingJob submitted for the dies it needs.
 5. A slice of the Microsoft Philly trace replayed into the simulated pod at accelerated time,
    with utilisation and queue length printed as it runs.
 6. Where the metrics are; then a clean shutdown (SIGTERM, exit code checked).
@@ -192,21 +192,6 @@ def training_job(addr: str, state_dir: str, steps: int) -> None:
     console.print(f"{job.id} SUCCEEDED")
 
 
-def _eplb_module():
-    """DeepSeek's EPLB as re-implemented in the checkout's bench/ (not part of the product)."""
-    checkout = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # runtime/cli/demo/
-    for root in (os.getcwd(), checkout):
-        path = os.path.join(root, "bench", "eplb.py")
-        if os.path.exists(path):
-            import importlib.util
-
-            spec = importlib.util.spec_from_file_location("xpod_bench_eplb", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
-    return None
-
-
 def moe_serving(addr: str, workload: str = "") -> None:
     import numpy as np
 
@@ -239,25 +224,22 @@ def moe_serving(addr: str, workload: str = "") -> None:
         f"{ours.group_spread:.2f}",
         f"{ours_s:.3f}",
     )
-    eplb = _eplb_module()
-    if eplb is not None:
-        slot_device = np.repeat(np.arange(devices), slots)
-        for pol in ("hierarchical", "global"):
-            t0 = time.perf_counter()
-            p2l = eplb.rebalance_experts(loads, devices * slots, groups, nodes, devices, policy=pol)
-            secs = time.perf_counter() - t0
-            s = score(loads, np.asarray(p2l), slot_device, shape.device_node(), None, groups)
-            table.add_row(
-                f"EPLB {pol}",
-                f"{s.balancedness:.4f}",
-                f"{s.worst_layer_balancedness:.3f}",
-                str(s.duplicates),
-                f"{s.group_spread:.2f}",
-                f"{secs:.3f}",
-            )
+    from xpod.runtime.moe.eplb import rebalance
+
+    for pol in ("hierarchical", "global"):
+        t0 = time.perf_counter()
+        plan = rebalance(loads, devices * slots, groups, nodes, devices, policy=pol)
+        secs = time.perf_counter() - t0
+        s = score(loads, plan.phy2log, plan.slot_device, shape.device_node(), None, groups)
+        table.add_row(
+            f"EPLB {pol}",
+            f"{s.balancedness:.4f}",
+            f"{s.worst_layer_balancedness:.3f}",
+            str(s.duplicates),
+            f"{s.group_spread:.2f}",
+            f"{secs:.3f}",
+        )
     print_table(table)
-    if eplb is None:
-        console.print("[dim]EPLB baseline: run from a checkout (bench/eplb.py) to compare[/]")
     doc = {
         "apiVersion": "xpod/v1",
         "kind": "ServingJob",
