@@ -1,4 +1,5 @@
-"""``xpod moe place`` and ``xpod moe show``: MoE expert placement from recorded expert loads."""
+"""``xpod moe place``, ``show`` and ``export``: MoE expert placement from recorded expert loads,
+and the file a serving system (SGLang) loads it from."""
 
 from __future__ import annotations
 
@@ -25,12 +26,18 @@ def register(commands) -> None:
             "[layers][slots] and seconds, and prints a summary."
         ),
     )
-    p.add_argument("--loads", required=True, metavar="NPZ", help=".npz of [layers, experts] token counts per workload")
+    p.add_argument(
+        "--loads",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="an .npz of [layers, experts] token counts (with --workload), or SGLang expert-distribution dumps "
+        "(.pt of --expert-distribution-recorder-mode stat, or .json with logical_count), one window each, oldest first",
+    )
     p.add_argument(
         "--workload",
-        required=True,
         metavar="NAME",
-        help="array name in NPZ; a comma-separated list is a history of windows, oldest first",
+        help="with an .npz: the array name; a comma-separated list is a history of windows, oldest first",
     )
     p.add_argument(
         "--topology",
@@ -61,17 +68,18 @@ def register(commands) -> None:
         "--policy",
         choices=POLICIES,
         default="auto",
-        help="auto (default: budget at <= 2 slots/device, else balanced), balanced, even (no uneven shares), "
-        "budget (per-layer redundancy; same total weights per device), wrap (hierarchical: groups cut "
-        "into nodes by McNaughton's wrap-around rule, about 2 nodes per group)",
+        help="auto = even (default: the same slots on every device in every layer, tokens split evenly over "
+        "replicas: what SGLang and vLLM run), wrap (as even, hierarchical: groups cut into nodes by McNaughton's "
+        "rule, at most 2 nodes per group on average), balanced (uneven slot_share: xpod's dispatcher only), "
+        "budget (per-layer slot counts + shares: xpod's dispatcher only)",
     )
     p.add_argument(
         "--locality",
         type=_nonnegative("--locality"),
-        default=1.0,
+        default=None,
         metavar="W",
         help="weight, in mean replica loads, of keeping first replicas on their group's home node and "
-        "replicas of one expert on different nodes (0 = balance only; default 1)",
+        "replicas of one expert on different nodes (0 = balance only; default 0.5, wrap 1)",
     )
     p.add_argument(
         "--balance-tolerance",
@@ -84,9 +92,9 @@ def register(commands) -> None:
     p.add_argument(
         "--refine-passes",
         type=_nonnegative_int("--refine-passes"),
-        default=8,
+        default=16,
         metavar="K",
-        help="swap passes after packing (default 8; fewer is faster and balances a little less)",
+        help="swap passes after packing (default 16; fewer is faster and balances a little less)",
     )
     p.add_argument(
         "--hedge",
@@ -121,10 +129,42 @@ def register(commands) -> None:
 
     s = sub.add_parser("show", help="draw a device-by-layer load heatmap of a placement to PNG")
     s.add_argument("file", metavar="FILE", help="placement JSON from 'xpod moe place'")
-    s.add_argument("--loads", required=True, metavar="NPZ", help=".npz of [layers, experts] token counts per workload")
-    s.add_argument("--workload", required=True, metavar="NAME", help="the workload in NPZ the heatmap shows")
+    s.add_argument("--loads", required=True, nargs="+", metavar="FILE", help="as for 'xpod moe place'")
+    s.add_argument("--workload", metavar="NAME", help="with an .npz: the array name")
     s.add_argument("--png", required=True, metavar="OUT", help="PNG to write")
     s.set_defaults(func=cmd_show)
+
+    e = sub.add_parser(
+        "export",
+        help="write a placement as the file a serving system loads (SGLang's --init-expert-location)",
+        description=(
+            "Write a placement JSON from 'xpod moe place' as SGLang's --init-expert-location file "
+            "(physical_to_logical_map [layers][physical experts]) and print the SGLang flags to pass. Refuses, "
+            "in one line naming the nearest plan SGLang can run, a plan it cannot: per-layer slot counts "
+            "(--policy budget) or uneven token shares (--policy balanced)."
+        ),
+    )
+    e.add_argument("--plan", required=True, metavar="FILE", help="placement JSON from 'xpod moe place'")
+    e.add_argument("--format", required=True, choices=("sglang",), help="the serving system's format")
+    e.add_argument("--out", required=True, metavar="FILE", help="file to write (.json)")
+    e.add_argument(
+        "--model-config",
+        metavar="FILE",
+        help="the model's Hugging Face config.json: checks layers and experts, and writes the dense layers' rows "
+        "(SGLang wants num_hidden_layers rows; DeepSeek-V3: 61 = 3 dense + 58 MoE)",
+    )
+    e.add_argument(
+        "--dense-layers",
+        type=_nonnegative_int("--dense-layers"),
+        metavar="K",
+        help="without --model-config: the model's leading dense layers, written as rows before the plan's",
+    )
+    e.add_argument(
+        "--even-split",
+        action="store_true",
+        help="export a plan with uneven slot_share anyway: the same slots, tokens split evenly (SGLang's rule)",
+    )
+    e.set_defaults(func=cmd_export)
 
 
 def _shape_from_topology(args) -> list[str]:
@@ -226,7 +266,7 @@ def slots_per_device(slots: int, devices: int, experts: int) -> int:
 
 
 def cmd_place(args) -> int:
-    from xpod.runtime.moe.io import load_placement, load_workload
+    from xpod.runtime.moe.io import load_placement, read_loads
     from xpod.runtime.moe.placement import PodShape, place
 
     if args.max_moves is not None and not args.previous:
@@ -236,16 +276,17 @@ def cmd_place(args) -> int:
     device_ids = _shape_from_topology(args) if args.topology else None
     if args.devices is None or args.nodes is None:
         raise XpodError("give --devices D and --nodes N, or --topology FILE (a job's placement file)")
-    loads = load_workload(args.loads, args.workload)
+    loads = read_loads(args.loads, args.workload)
     experts = loads.shape[-1]
     if experts % args.groups:
         raise XpodError(
-            f"--groups {args.groups}: {experts} experts in {args.loads} do not split evenly; use a divisor of {experts}"
+            f"--groups {args.groups}: {experts} experts in {args.loads[0]} do not split evenly; "
+            f"use a divisor of {experts}"
         )
     shape = PodShape(
         args.devices, args.nodes, slots_per_device(args.slots, args.devices, experts), args.super_nodes or 1
     )
-    previous = load_placement(args.previous) if args.previous else None
+    previous = load_placement(args.previous, loads.shape[-2:]) if args.previous else None
     if previous is not None and previous.shape.num_devices != args.devices:
         raise XpodError(f"{args.previous}: made for {previous.shape.num_devices} devices, not --devices {args.devices}")
     if args.robust:
@@ -283,13 +324,24 @@ def cmd_place(args) -> int:
     _write_json(args.out, doc)
     current = loads if loads.ndim == 2 else loads[-1]
     sc = placement.score(current)
-    summary = {"out": args.out, "policy": placement.policy.value, **sc.to_json(), "seconds": placement.seconds}
+    rule = "even" if placement.slot_share is None else "shares"
+    summary = {
+        "out": args.out,
+        "policy": placement.policy.value,
+        "rule": rule,
+        **sc.to_json(),
+        "seconds": placement.seconds,
+    }
     if placement.weight_moves is not None:
         summary["weight_moves"] = placement.weight_moves
-    if args.traffic_tokens:
+    if args.traffic_tokens and current.sum() > 0:
+        import numpy as np
+
         from xpod.runtime.moe.simulate import simulate_traffic
 
-        layers = sorted({0, current.shape[0] // 3, 2 * current.shape[0] // 3, current.shape[0] - 1})
+        # 4 layers spread over those that route tokens (an SGLang dump also lists the dense layers, all zero)
+        routed = np.nonzero(current.sum(axis=1) > 0)[0]
+        layers = sorted({int(routed[i]) for i in np.linspace(0, len(routed) - 1, 4).astype(int)}) if len(routed) else []
         tr = simulate_traffic(
             current,
             placement.phy2log,
@@ -298,8 +350,13 @@ def cmd_place(args) -> int:
             placement.slot_share,
             layers,
             tokens=args.traffic_tokens,
+            rule=rule,
         )
-        summary.update(remote_nodes_per_token=tr.remote_nodes_per_token, nodes_per_token=tr.nodes_per_token)
+        summary.update(
+            remote_nodes_per_token=tr.remote_nodes_per_token,
+            nodes_per_token=tr.nodes_per_token,
+            token_balancedness=tr.dispatch_balancedness,
+        )
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -308,13 +365,15 @@ def cmd_place(args) -> int:
     from rich.table import Table
 
     table = Table(
-        title=f"moe place: {args.workload} on {args.devices} devices / {args.nodes} nodes x {args.slots} slots"
+        title=f"moe place: {args.workload or ', '.join(os.path.basename(f) for f in args.loads)} on {args.devices} devices / {args.nodes} nodes "
+        f"x {args.slots} slots"
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
         ("policy", placement.policy.value),
-        ("balancedness (sum mean / sum max)", f"{sc.balancedness:.4f}"),
+        ("dispatch rule (token split over replicas)", rule),
+        (f"balancedness (sum mean / sum max, {rule})", f"{sc.balancedness:.4f}"),
         ("worst layer", f"{sc.worst_layer_balancedness:.4f} (layer {sc.worst_layer})"),
         ("max / mean device load", f"{sc.max_over_mean:.4f}"),
         ("node balancedness", f"{sc.node_balancedness:.4f}"),
@@ -323,8 +382,14 @@ def cmd_place(args) -> int:
         ("weights per device (all layers)", f"{sc.slots_per_device_min}-{sc.slots_per_device_max}"),
     ]
     if "remote_nodes_per_token" in summary:
-        rows.append(("remote nodes per token (simulated)", f"{summary['remote_nodes_per_token']:.3f}"))
-        rows.append(("nodes per token (simulated)", f"{summary['nodes_per_token']:.3f}"))
+        rows.append((f"remote nodes per token (simulated, {rule})", f"{summary['remote_nodes_per_token']:.3f}"))
+        rows.append((f"nodes per token (simulated, {rule})", f"{summary['nodes_per_token']:.3f}"))
+        rows.append(
+            (
+                f"token-level balancedness (simulated, {args.traffic_tokens} tokens)",
+                f"{summary['token_balancedness']:.4f}",
+            )
+        )
     if placement.weight_moves is not None:
         rows.append(("expert weights moved", str(placement.weight_moves)))
     rows.append(("time", f"{placement.seconds * 1000:.1f} ms"))
@@ -338,21 +403,13 @@ def cmd_place(args) -> int:
 def cmd_show(args) -> int:
     import numpy as np
 
-    from xpod.runtime.moe.io import load_placement, load_workload
+    from xpod.runtime.moe.io import load_placement, read_loads
     from xpod.runtime.moe.score import device_loads
 
-    placement = load_placement(args.file)
-    loads = load_workload(args.loads, args.workload)
+    loads = read_loads(args.loads, args.workload)
     if loads.ndim == 3:
         loads = loads[-1]
-    if loads.shape[0] != placement.phy2log.shape[0]:
-        raise XpodError(
-            f"{args.file}: {placement.phy2log.shape[0]} layers but workload {args.workload!r} has {loads.shape[0]}"
-        )
-    if placement.phy2log.max() >= loads.shape[1]:
-        raise XpodError(
-            f"{args.file}: names expert {placement.phy2log.max()} but {args.workload!r} has {loads.shape[1]} experts"
-        )
+    placement = load_placement(args.file, loads.shape)
     dev = device_loads(
         loads, placement.phy2log, placement.slot_device, placement.shape.num_devices, placement.slot_share
     )
@@ -368,7 +425,7 @@ def cmd_show(args) -> int:
     ax.set_xlabel("device")
     ax.set_ylabel("layer")
     ax.set_title(
-        f"{os.path.basename(args.file)} on {args.workload}: device load / layer mean "
+        f"{os.path.basename(args.file)} on {args.workload or os.path.basename(args.loads[-1])}: device load / layer mean "
         f"(balancedness {sc.balancedness:.3f})",
         fontsize=9,
     )
@@ -380,4 +437,34 @@ def cmd_show(args) -> int:
     finally:
         plt.close(fig)
     print(f"wrote {args.png}: {dev.shape[0]} layers x {dev.shape[1]} devices, balancedness {sc.balancedness:.4f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from xpod.runtime.moe.export import ModelShape, to_sglang
+    from xpod.runtime.moe.io import load_placement
+
+    placement = load_placement(args.plan)
+    model = None
+    if args.model_config:
+        if args.dense_layers is not None:
+            raise XpodError("--dense-layers: the model config already says it (first_k_dense_replace); drop one")
+        model = ModelShape.from_hf_config(args.model_config)
+    elif args.dense_layers:
+        layers = placement.phy2log.shape[0]
+        model = ModelShape(layers + args.dense_layers, placement.num_experts, args.dense_layers)
+    out = to_sglang(placement, args.plan, placement.num_experts, model, even_split=args.even_split)
+    _write_json(args.out, out.document)
+    rows = len(out.document["physical_to_logical_map"])
+    print(
+        f"wrote {args.out}: physical_to_logical_map [{rows}][{placement.phy2log.shape[1]}] "
+        f"({out.dense_rows} dense + {placement.phy2log.shape[0]} MoE layers, {placement.num_experts} experts "
+        f"+ {out.redundant_experts} redundant, {out.ep_size} EP ranks)"
+    )
+    if model is None:
+        print(
+            f"note: SGLang wants one row per model layer (num_hidden_layers); this file has {rows}. "
+            "Pass --model-config config.json to check it and add dense layers' rows."
+        )
+    print(f"sglang flags: {out.flags(args.out)}")
     return 0

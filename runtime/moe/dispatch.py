@@ -2,8 +2,10 @@
 
 One MoE layer on one rank (rank ``r`` is device ``r`` of the placement):
 
-1. **route**: each (token, expert) pair of the router's top-k gets a physical slot with
-   :func:`routing.route` (locality first, then load-aware by ``slot_share``);
+1. **route**: each (token, expert) pair of the router's top-k gets a physical slot under one
+   :class:`routing.DispatchRule`: by default ``shares`` when the plan carries ``slot_share``
+   (each replica takes exactly its planned share of every batch, rounding carried over) and
+   ``even`` when it does not (what SGLang and vLLM do); ``local-first`` on request;
 2. **dispatch**: pairs are sorted by the rank that owns their slot; split sizes are exchanged
    (one all-to-all of counts), then the slot ids and the hidden rows go out in one all-to-all
    each;
@@ -24,7 +26,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .routing import LayerReplicas, route
+from .routing import DispatchRule, LayerReplicas, Router
 
 
 class AllToAll(Protocol):
@@ -62,7 +64,8 @@ class TorchAllToAll:
 
 
 class MoEDispatcher:
-    """Dispatch/combine for one MoE layer under a placement (one row of ``phy2log``).
+    """Dispatch/combine for one MoE layer under a placement (one row of ``phy2log``), its
+    replicas chosen by ``rule`` (default: ``shares`` with a ``slot_share`` row, else ``even``).
 
     ``expert_fn(logical_expert, rows) -> rows`` runs one expert; every replica of an expert
     computes the same function (the replicas hold copies of the same weights).
@@ -77,6 +80,7 @@ class MoEDispatcher:
         num_experts: int,
         slot_share: np.ndarray | None = None,
         seed: int = 0,
+        rule: DispatchRule | str | None = None,
     ) -> None:
         slot_device = np.asarray(slot_device)
         if int(slot_device.max()) + 1 != comm.world_size or len(device_node) != comm.world_size:
@@ -87,7 +91,9 @@ class MoEDispatcher:
         self.phy2log = np.asarray(phy2log_row)
         self.slot_device = slot_device
         self.replicas = LayerReplicas.build(self.phy2log, slot_device, np.asarray(device_node), num_experts, slot_share)
-        self._rng = np.random.default_rng(seed + comm.rank)
+        if rule is None:
+            rule = DispatchRule.EVEN if slot_share is None else DispatchRule.SHARES
+        self.router = Router(self.replicas, rule, seed=seed + comm.rank)
         self.last_sent_rows: int = 0  # pairs this rank sent in the last forward (for tests/metrics)
 
     def forward(self, x, topk_ids, topk_weights, expert_fn: Callable):
@@ -100,7 +106,7 @@ class MoEDispatcher:
         world = self.comm.world_size
         ids = topk_ids.cpu().numpy().astype(np.int64)
         src = np.full(tokens, self.comm.rank, dtype=np.int64)
-        slots = route(ids, src, self.replicas, self._rng) if tokens else np.zeros((0, k), dtype=np.int64)
+        slots = self.router.route(ids, src) if tokens else np.zeros((0, k), dtype=np.int64)
         dest = self.slot_device[slots].reshape(-1)
         order = np.argsort(dest, kind="stable")
         send_counts = np.bincount(dest, minlength=world).tolist()

@@ -57,8 +57,9 @@ def _int_matrix(doc: dict, key: str, path: str, ndim: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def load_placement(path: str) -> Placement:
-    """A placement JSON written by ``xpod moe place`` (see ARCHITECTURE.md for the contract)."""
+def load_placement(path: str, loads_shape: tuple[int, int] | None = None) -> Placement:
+    """A placement JSON written by ``xpod moe place`` (see ARCHITECTURE.md for the contract).
+    With ``loads_shape`` (layers, experts), a plan for another model is refused in one line."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -97,6 +98,14 @@ def load_placement(path: str) -> Placement:
         policy = Policy(doc.get("policy", "balanced"))
     except (TypeError, ValueError) as err:
         raise XpodError(f"{path}: bad pod shape or policy field: {err}") from None
+    experts = doc.get("num_experts", int(phy2log.max()) + 1)
+    if not isinstance(experts, int) or phy2log.max() >= experts:
+        raise XpodError(f"{path}: phy2log names expert {phy2log.max()} but num_experts is {experts!r}")
+    if loads_shape is not None and (phy2log.shape[0], experts) != tuple(loads_shape):
+        raise XpodError(
+            f"{path}: a plan for {phy2log.shape[0]} layers x {experts} experts, but the loads have "
+            f"{loads_shape[0]} layers x {loads_shape[1]} experts"
+        )
     return Placement(
         phy2log=phy2log,
         slot_device=slot_device,
@@ -107,3 +116,100 @@ def load_placement(path: str) -> Placement:
         seconds=float(doc.get("seconds", 0.0)),
         weight_moves=doc.get("weight_moves"),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# SGLang's expert-distribution recorder dumps
+
+# The dumps of ``--expert-distribution-recorder-mode stat`` (sglang/srt/eplb/expert_distribution.py,
+# ``_StatAccumulator.dump``, written by torch.save as ``expert_distribution_recorder_<time>.pt``)
+# and the JSON files ``--init-expert-location`` reads: the key sets of the versions known here.
+# ``logical_count`` is [steps, layers, experts] (the recorder's buffered forward passes) or, in
+# the JSON files SGLang's team published (sgl-project/sglang#6017), [layers, experts]; layers are
+# all the model's layers (DeepSeek-V3: 61, the first 3 dense and all zero).
+SGLANG_DUMP_KEYS = (
+    frozenset({"logical_count"}),
+    frozenset({"rank", "logical_count"}),
+    frozenset({"rank", "logical_count", "average_utilization_rate_over_window"}),
+)
+
+
+def _sglang_doc(path: str) -> dict:
+    if path.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise XpodError(f"{path}: no such file") from None
+        except json.JSONDecodeError as err:
+            raise XpodError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+    try:
+        import torch
+    except ImportError:
+        raise XpodError(f"{path}: reading an SGLang .pt dump needs torch; pip install torch") from None
+    try:
+        # weights_only: a dump holds tensors, ints, floats and None; nothing else is unpickled
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise XpodError(f"{path}: no such file") from None
+    except Exception as err:  # torch raises several kinds for a file that is not its format
+        raise XpodError(f"{path}: not a torch.save file SGLang wrote: {' '.join(str(err).split())[:120]}") from None
+
+
+def load_sglang_dump(path: str) -> np.ndarray:
+    """``[layers, experts]`` token counts from an SGLang expert-distribution dump: a ``.pt`` of
+    ``--expert-distribution-recorder-mode stat`` (forward passes summed) or a ``.json`` with
+    ``logical_count``. Any other shape or key set is refused with one line naming the file."""
+    doc = _sglang_doc(path)
+    if not isinstance(doc, dict):
+        raise XpodError(f"{path}: an SGLang dump is a dict with 'logical_count', got {type(doc).__name__}")
+    keys = frozenset(doc)
+    if "records" in keys:
+        raise XpodError(
+            f"{path}: a per-pass/per-token SGLang dump (keys {sorted(keys)}); record with "
+            "--expert-distribution-recorder-mode stat"
+        )
+    if keys not in SGLANG_DUMP_KEYS:
+        raise XpodError(
+            f"{path}: unknown SGLang dump version: keys {sorted(keys)}; known: "
+            + " | ".join(str(sorted(k)) for k in SGLANG_DUMP_KEYS)
+        )
+    raw = doc["logical_count"]
+    try:
+        arr = np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw)
+    except ValueError:
+        raise XpodError(f"{path}: 'logical_count' is ragged; every layer must list the same experts") from None
+    if arr.ndim not in (2, 3) or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise XpodError(
+            f"{path}: 'logical_count' must be integer counts [layers, experts] or [steps, layers, experts], "
+            f"got shape {arr.shape} ({arr.dtype})"
+        )
+    if arr.min() < 0:
+        raise XpodError(f"{path}: 'logical_count' holds negative counts")
+    return (arr.sum(axis=0) if arr.ndim == 3 else arr).astype(np.float64)
+
+
+def is_sglang_dump(path: str) -> bool:
+    return path.endswith((".pt", ".json"))
+
+
+def read_loads(paths: list[str], workload: str | None) -> np.ndarray:
+    """The loads ``xpod moe place --loads`` takes: one ``.npz`` with ``workload`` (a name, or a
+    comma-separated history), or SGLang dumps (one window each, oldest first). Returns
+    ``[layers, experts]`` or ``[windows, layers, experts]``."""
+    if len(paths) == 1 and not is_sglang_dump(paths[0]):
+        if not workload:
+            raise XpodError(f"{paths[0]}: an .npz needs --workload NAME (one of its arrays)")
+        return load_workload(paths[0], workload)
+    if not all(is_sglang_dump(p) for p in paths):
+        raise XpodError(f"--loads: several files must all be SGLang dumps (.pt or .json), got {', '.join(paths)}")
+    if workload:
+        raise XpodError("--workload names an array of an .npz; SGLang dumps have none, drop it")
+    windows = [load_sglang_dump(p) for p in paths]
+    for p, w in zip(paths[1:], windows[1:]):
+        if w.shape != windows[0].shape:
+            raise XpodError(
+                f"{p}: {w.shape[0]} layers x {w.shape[1]} experts, but {paths[0]} has "
+                f"{windows[0].shape[0]} x {windows[0].shape[1]}; every window must come from the same model"
+            )
+    return windows[0] if len(windows) == 1 else np.stack(windows)

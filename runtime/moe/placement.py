@@ -55,7 +55,7 @@ import numpy as np
 from xpod.hal.errors import XpodError
 
 from .refine import pair_refine, swap_refine
-from .score import PlacementScore, score, weight_moves
+from .score import PlacementScore, device_loads, score, weight_moves
 
 
 # What the refinement charges, in mean replica loads, for taking a replica off its expert's
@@ -63,6 +63,13 @@ from .score import PlacementScore, score, weight_moves
 # 3 workloads): 0.03 keeps EP64/EP72 balance at 0.994/0.986 with 17%/16% fewer remote-node
 # sends than EPLB-global, 0.06 gives 0.991/0.977 at 18%/18%, a hard pin 0.959/0.940.
 HOME_PIN_COST = 0.04
+
+# ``locality`` when none is given (every policy but wrap). Chosen for the even split on the 6
+# prefill workloads at EP64 and EP72 (bench/moe_vs_eplb.py), checked on the 3 decode workloads:
+# locality 1 keeps balance within 0.003 of EPLB-global's (one decode workload below it at EP72),
+# 0.5 gives +0.006 to +0.012 over EPLB on every workload with about 6% fewer simulated remote
+# node sends than EPLB under the even rule, 0 gives +0.009 to +0.015 with 2-4% fewer.
+DEFAULT_LOCALITY = 0.5
 
 
 class Policy(enum.Enum):
@@ -160,6 +167,11 @@ class Placement:
     def device_node(self) -> np.ndarray:
         return self.shape.device_node()
 
+    @property
+    def num_experts(self) -> int:
+        """Logical experts per layer (every one has a replica in every layer)."""
+        return int(self.phy2log.max()) + 1
+
     def score(self, loads: np.ndarray) -> PlacementScore:
         return score(loads, self.phy2log, self.slot_device, self.device_node, self.slot_share, self.num_groups)
 
@@ -174,6 +186,7 @@ class Placement:
             "num_super_nodes": self.shape.num_super_nodes,
             "slots_per_device": self.shape.slots_per_device,
             "num_groups": self.num_groups,
+            "num_experts": self.num_experts,
         }
         if self.slot_share is not None:
             out["slot_share"] = np.round(self.slot_share, 6).tolist()
@@ -803,15 +816,27 @@ def wrap_homes(
 # 1.98, 5 gave 0.950 at 1.89.
 WRAP_GROUP_PENALTY = 3.5
 
+# What the wrap policy's cross-node swap passes charge, in mean replica loads, for taking a
+# replica to another node. Inside a node the wrap plan is level (max device / node mean
+# 1.000-1.002 on the real loads); what it loses is node balance (0.78 in its worst layer). Chosen
+# on the 6 prefill workloads at EP32 on 4 nodes with the spread cap of 2 (mean balance, even
+# split: 0.05 -> 0.970, 0.1 -> 0.973, 0.2 -> 0.971 with the worst workload highest, 0.4 -> 0.964),
+# checked on the 3 decode workloads (0.968-0.974).
+WRAP_NODE_LEAVE_COST = 0.2
 
-def _plan_wrap(w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: int, locality: float) -> np.ndarray:
+
+def _plan_wrap(
+    w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: int, locality: float, max_group_spread: float
+) -> np.ndarray:
     """``phy2log`` of the wrap policy. Every expert's first replica is pinned to its node from
     :func:`wrap_homes`; the extra replicas (the same counts as the other policies) are packed
     heaviest first and pay ``WRAP_GROUP_PENALTY * locality`` mean replica loads for bringing a
     group to a new node, so they stay with their group unless a node is overloaded by more than
     that (the slot bounds can force a node over its share). Swap passes then run inside every
-    node (all nodes of all layers at once, as ``layers * nodes`` rows), so no refinement moves
-    a replica to another node."""
+    node (all nodes of all layers at once, as ``layers * nodes`` rows). Last, swap passes over
+    the whole layer may move replicas between nodes for ``WRAP_NODE_LEAVE_COST * locality`` mean
+    replica loads each, and layers take those moves (best balance gain per (group, node) pair
+    added first) while the mean nodes per group stays within ``max_group_spread``."""
     layers, experts = w.shape
     nodes = shape.num_nodes
     per_node = shape.num_devices // nodes
@@ -855,12 +880,48 @@ def _plan_wrap(w: np.ndarray, shape: PodShape, num_groups: int, refine_steps: in
             pairs=max(1, per_node // 2),
         )
         phy2log = rows.reshape(layers, -1)
+        ok = ~failed  # the stuck layers are replaced below
+        cost = WRAP_NODE_LEAVE_COST * locality * w[ok].sum(axis=1) / total
+        base = phy2log[ok]
+        crossed = pair_refine(w[ok], base, slot_device, device_node, base >= 0, passes=refine_steps, pin_cost=cost)
+        phy2log[ok] = _within_group_spread(
+            w[ok], base, crossed, slot_device, device_node, experts // num_groups, max_group_spread
+        )
     if failed.any():
         # A layer whose last extra replicas found only devices already holding their expert
-        # (not seen on the real loads) takes the balanced policy's plan instead.
-        fallback = place(w[failed], shape, num_groups, Policy.BALANCED, locality=locality, refine_steps=refine_steps)
+        # (not seen on the real loads) takes the even policy's plan instead.
+        fallback = place(w[failed], shape, num_groups, Policy.EVEN, locality=locality, refine_steps=refine_steps)
         phy2log[failed] = fallback.phy2log
     return phy2log
+
+
+def _within_group_spread(
+    w: np.ndarray,
+    base: np.ndarray,
+    better: np.ndarray,
+    slot_device: np.ndarray,
+    device_node: np.ndarray,
+    group_size: int,
+    max_group_spread: float,
+) -> np.ndarray:
+    """Per layer ``base`` or ``better`` (better balanced, maybe on more nodes per group): layers
+    switch to ``better`` in order of max-device-load gain per (group, node) pair it adds, while
+    the pairs over all layers stay within ``max_group_spread`` per (layer, group)."""
+    layers = w.shape[0]
+    num_devices = len(device_node)
+    pairs_base = _group_node_pairs(base, slot_device, device_node, group_size)
+    pairs_better = _group_node_pairs(better, slot_device, device_node, group_size)
+    added = pairs_better - pairs_base
+    gain = device_loads(w, base, slot_device, num_devices).max(axis=1)
+    gain -= device_loads(w, better, slot_device, num_devices).max(axis=1)
+    allowed = max_group_spread * layers * (w.shape[1] // group_size) - pairs_base.sum()
+    useful = gain > 0
+    # free layers (no pair added) first, then the best gain per pair added
+    order = np.lexsort((-gain / np.maximum(added, 1), added > 0))
+    spent = np.cumsum(np.where(useful[order], np.maximum(added[order], 0), 0))
+    take = np.zeros(layers, dtype=bool)
+    take[order] = useful[order] & (spent <= allowed)
+    return np.where(take[:, None], better, base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1154,14 +1215,15 @@ def place(
     shape: PodShape,
     num_groups: int = 8,
     policy: Policy | str = Policy.AUTO,
-    locality: float = 1.0,
+    locality: float | None = None,
     hedge: float = 0.0,
     half_life_windows: float = 2.0,
     previous: Placement | None = None,
     max_moves: int | None = None,
-    refine_steps: int = 8,
+    refine_steps: int = 16,
     balance_tolerance: float = 0.0,
     max_replicas: int | None = None,
+    max_group_spread: float = 2.0,
 ) -> Placement:
     """Place the experts of every layer. ``loads`` is ``[layers, experts]`` or a history
     ``[windows, layers, experts]`` (oldest first). With ``locality > 0`` a second, group-local
@@ -1169,8 +1231,10 @@ def place(
     replicas sit on one or two nodes; ``locality`` also weighs, in mean replica loads, bringing
     a group to a new node), and layers switch to it cheapest-first while the summed max device
     load stays within ``1 + balance_tolerance`` of the balance-only plan's. ``hedge`` in
-    [0, 1) mixes the load estimate with the uniform load. ``max_replicas`` caps replicas per
-    expert (default: one per device).
+    [0, 1) mixes the load estimate with the uniform load. ``locality`` None is
+    ``DEFAULT_LOCALITY`` (the wrap policy: 1, its penalties are scaled to it). ``max_replicas`` caps replicas per
+    expert (default: one per device). ``max_group_spread`` (wrap policy only) caps the mean
+    number of nodes holding a group: a placement property, so it holds on any loads.
 
     With ``previous`` (same pod shape), slots are aligned so unchanged experts do not move; with
     ``max_moves`` as well, at most that many expert weights are loaded in total (the plan is
@@ -1178,6 +1242,8 @@ def place(
     """
     t0 = time.perf_counter()
     policy = Policy(policy) if not isinstance(policy, Policy) else policy
+    if locality is None:
+        locality = 1.0 if policy is Policy.WRAP else DEFAULT_LOCALITY
     arr = _validate_loads(loads, "loads")
     _validate(arr, shape, num_groups)
     if not 0.0 <= hedge < 1.0:
@@ -1192,9 +1258,9 @@ def place(
     layers, experts = w.shape
     total = shape.num_devices * shape.slots_per_device
     if policy is Policy.AUTO:
-        # Per-layer budgets pay off where few slots per device leave replication coarse
-        # (bench/moe_vs_eplb.py: EP144 and EP320); with more slots they only cost time.
-        policy = Policy.BUDGET if shape.slots_per_device <= 2 and total > experts else Policy.BALANCED
+        # A fixed layout and an even split: a plan SGLang and vLLM can load (``budget`` gains
+        # balance at <= 2 slots per device only with a layout they cannot run).
+        policy = Policy.EVEN
     if previous is not None and previous.phy2log.shape[0] != layers:
         raise XpodError(f"previous placement: {previous.phy2log.shape[0]} layers, the loads have {layers}")
     if policy is Policy.BUDGET and previous is not None and previous.phy2log.shape[1] != total:
@@ -1218,7 +1284,7 @@ def place(
             raise XpodError(
                 f"wrap policy: {shape.num_devices} devices do not split evenly over {shape.num_nodes} nodes"
             )
-        phy2log = _plan_wrap(w, shape, num_groups, refine_steps, locality)
+        phy2log = _plan_wrap(w, shape, num_groups, refine_steps, locality, max_group_spread)
         return _finish(w, phy2log, slot_device, shape, num_groups, policy, previous, max_moves, t0)
     counts = replica_counts(w, budgets, cap=min(shape.num_devices, max_replicas or shape.num_devices))
     items = _items(w, counts, int(budgets.max()))
@@ -1238,8 +1304,6 @@ def place(
         # A plan that keeps each group's first replicas on one or two nodes; per layer it is
         # taken where it costs at most ``balance_tolerance`` of that layer's max device load.
         local, failed = _plan(w, items, capacity, slot_device, shape, num_groups, locality, refine_steps, pin=True)
-        from .score import device_loads
-
         mx_bal = device_loads(w, phy2log, slot_device, shape.num_devices).max(axis=1)
         mx_loc = device_loads(w, local, slot_device, shape.num_devices).max(axis=1)
         # Layers trade balance for locality like a knapsack: the gain of a layer is how many
@@ -1274,8 +1338,9 @@ def _finish(
 ) -> Placement:
     """Shares, alignment with ``previous`` and the move budget: the last steps of every policy."""
     device_node = shape.device_node()
+    uneven = policy in (Policy.BALANCED, Policy.BUDGET)  # the policies that carry slot_share
     share = None
-    if policy is not Policy.EVEN:
+    if uneven:
         share = water_fill_shares(w, phy2log, slot_device, shape.num_devices)
     moves = None
     if previous is not None:
@@ -1292,7 +1357,7 @@ def _finish(
             from .incremental import improve_within_budget
 
             phy2log, moves = improve_within_budget(w, previous.phy2log, slot_device, device_node, max_moves)
-            share = None if policy is Policy.EVEN else water_fill_shares(w, phy2log, slot_device, shape.num_devices)
+            share = water_fill_shares(w, phy2log, slot_device, shape.num_devices) if uneven else None
     return Placement(
         phy2log=phy2log,
         slot_device=slot_device,

@@ -1,32 +1,50 @@
-"""Choosing a replica for every (token, expert) pair: locality first, then load-aware.
+"""Choosing a replica for every (token, expert) pair, under one named dispatch rule.
 
-Shared by the token dispatcher (``dispatch``) and the traffic simulation (``simulate``), so the
-traffic figures describe what the dispatcher does.
+Shared by the token dispatcher (``dispatch``) and the traffic simulation (``simulate``), so
+every balance and traffic figure describes what the dispatcher does, and names its rule.
 
-Rule, for a token on source device ``s`` (node ``n``) that needs expert ``e``:
+Rules (:class:`DispatchRule`):
 
-1. if ``e`` has replicas on node ``n``, use one of them (no inter-node send);
-2. otherwise, if ``e`` has a replica on a node this token already sends to, use that node
-   (DeepEP-style dispatch sends a token once per remote node, so this is free);
-3. otherwise pick a remote node with probability proportional to the share of ``e``'s tokens
-   its replicas take.
+* ``even``: each replica of an expert takes an equal share of that expert's pairs. What SGLang
+  and vLLM run (both pick a replica uniformly, or by a fixed per-rank map that spreads ranks
+  evenly over replicas), and what EPLB's model assumes.
+* ``shares``: each replica takes the fraction ``slot_share`` of the plan (xpod's water-filled
+  split); with no ``slot_share`` it is ``even``.
+* ``local-first``: a replica on the token's own node when there is one, else a node the token
+  already sends to (DeepEP-style dispatch sends a token once per remote node), else a node
+  drawn by the replicas' shares; within the node a slot drawn by share. Fewer inter-node sends,
+  but the split no longer follows the plan: it follows where tokens come from.
 
-Within the chosen node the slot is drawn with probability proportional to its ``slot_share``
-(the load-aware split the placement planned). Experts whose replicas all sit on one node are
-resolved first, so rule 2 can reuse their nodes.
+``even`` and ``shares`` are deterministic, per batch: :class:`QuotaSplitter` gives replica
+``s`` of expert ``e`` exactly ``floor`` or ``ceil`` of ``credit_s + n_e * share_s`` of the
+batch's ``n_e`` pairs of ``e`` (largest remainder), and carries the rounding (``credit``,
+always in (-1, 1)) to the next batch, so over any run of batches every replica is within one
+pair of its planned share. The k-th pair of ``e`` in batch order takes the k-th place of the
+replicas' quotas laid out in slot order. ``local-first`` draws from a seeded generator.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import numpy as np
+
+
+class DispatchRule(enum.Enum):
+    """How a (token, expert) pair picks one of the expert's replicas."""
+
+    EVEN = "even"  # equal share per replica (SGLang, vLLM, EPLB's model)
+    SHARES = "shares"  # the plan's slot_share per replica
+    LOCAL_FIRST = "local-first"  # a replica on the token's node first; shares only break ties
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerReplicas:
     """One layer's replica table, built once per placement and layer."""
 
+    slot_expert: np.ndarray  # [slots] logical expert of each slot, -1 = empty
+    slot_share: np.ndarray  # [slots] planned fraction of its expert's pairs (even split if none was given)
     node_share: np.ndarray  # [experts, nodes] share of the expert's tokens served on each node
     slot_table: np.ndarray  # [experts, nodes, rmax] slots of e on n, -1 padded
     slot_cum: np.ndarray  # [experts, nodes, rmax] cumulative share within (e, n), ends at 1
@@ -50,7 +68,7 @@ class LayerReplicas:
         if share_row is None:
             counts = np.bincount(phy2log_row[valid], minlength=num_experts)
             share_row = np.where(valid, 1.0 / np.maximum(counts[np.where(valid, phy2log_row, 0)], 1), 0.0)
-        share_row = np.asarray(share_row, dtype=np.float64)
+        share_row = np.where(valid, np.asarray(share_row, dtype=np.float64), 0.0)
         slots = np.nonzero(valid)[0]
         e = phy2log_row[slots]
         n = device_node[slot_device[slots]]
@@ -74,6 +92,8 @@ class LayerReplicas:
         cum = np.cumsum(sh, axis=1) / np.maximum(sh.sum(axis=1, keepdims=True), 1e-300)
         cum = np.where(table >= 0, cum, 2.0)
         return cls(
+            slot_expert=phy2log_row,
+            slot_share=share_row,
             node_share=node_share,
             slot_table=table.reshape(num_experts, num_nodes, rmax),
             slot_cum=cum.reshape(num_experts, num_nodes, rmax),
@@ -82,9 +102,64 @@ class LayerReplicas:
         )
 
 
-def route(topk_ids: np.ndarray, source_device: np.ndarray, rep: LayerReplicas, rng: np.random.Generator) -> np.ndarray:
-    """``[tokens, k]`` physical slot for each (token, expert) pair (see the module docstring).
-    ``source_device [tokens]`` is the device each token comes from."""
+class QuotaSplitter:
+    """The ``even`` / ``shares`` rules for one layer on one source (a rank's dispatcher, or one
+    simulated source device): deterministic per-batch quotas with the rounding carried over
+    (module docstring). Not thread-safe; one per (rank, layer)."""
+
+    def __init__(self, rep: LayerReplicas, rule: DispatchRule) -> None:
+        if rule is DispatchRule.LOCAL_FIRST:
+            raise ValueError("QuotaSplitter runs the even and shares rules; local-first is route_local_first")
+        valid = rep.slot_expert >= 0
+        self.num_experts = rep.slot_table.shape[0]
+        if rule is DispatchRule.EVEN:
+            counts = np.bincount(rep.slot_expert[valid], minlength=self.num_experts)
+            share = np.where(valid, 1.0 / np.maximum(counts[np.where(valid, rep.slot_expert, 0)], 1), 0.0)
+        else:
+            share = rep.slot_share.copy()
+            # shares of an expert sum to 1 (a plan file rounds them to 6 decimals)
+            tot = np.bincount(rep.slot_expert[valid], weights=share[valid], minlength=self.num_experts)
+            share = np.where(valid, share / np.maximum(tot[np.where(valid, rep.slot_expert, 0)], 1e-300), 0.0)
+        # slots grouped by expert, in slot order: the layout the quotas are cut from
+        slots = np.nonzero(valid)[0]
+        order = np.lexsort((slots, rep.slot_expert[slots]))
+        self.slots = slots[order]  # [replicas]
+        self.expert = rep.slot_expert[self.slots]  # [replicas], sorted
+        self.share = share[self.slots]
+        self.first = np.searchsorted(self.expert, np.arange(self.num_experts))  # first replica of each expert
+        self.credit = np.zeros(len(self.slots))  # carried rounding, in (-1, 1), sums to 0 per expert
+
+    def split(self, experts: np.ndarray) -> np.ndarray:
+        """Slots for a batch of pairs ``experts [pairs]`` (logical ids, batch order); updates the
+        carried credit. Deterministic: the same batches in the same order give the same slots."""
+        experts = np.asarray(experts, dtype=np.int64).ravel()
+        n = np.bincount(experts, minlength=self.num_experts)  # pairs per expert
+        target = self.credit + n[self.expert] * self.share
+        quota = np.floor(target + 1e-9)
+        short = n - np.bincount(self.expert, weights=quota, minlength=self.num_experts).round().astype(np.int64)
+        # the ``short`` replicas of each expert with the largest remainder get one more (ties: slot order)
+        frac = target - quota
+        rank = np.lexsort((np.arange(len(frac)), -frac, self.expert))
+        pos_in_expert = np.empty(len(frac), dtype=np.int64)
+        pos_in_expert[rank] = np.arange(len(frac)) - self.first[self.expert[rank]]
+        quota = (quota + (pos_in_expert < short[self.expert])).astype(np.int64)
+        self.credit = target - quota
+        # the k-th pair of expert e (batch order) takes place k of e's quotas laid end to end
+        place_of_pair = np.empty(len(experts), dtype=np.int64)
+        by_expert = np.argsort(experts, kind="stable")
+        start = np.cumsum(n) - n
+        place_of_pair[by_expert] = np.arange(len(experts)) - start[experts[by_expert]]
+        ends = np.cumsum(quota)  # replicas are sorted by expert, so e's quotas start at ends[first[e]] - quota
+        base = ends[self.first] - quota[self.first]
+        idx = np.searchsorted(ends, base[experts] + place_of_pair, side="right")
+        return self.slots[idx]
+
+
+def route_local_first(
+    topk_ids: np.ndarray, source_device: np.ndarray, rep: LayerReplicas, rng: np.random.Generator
+) -> np.ndarray:
+    """``[tokens, k]`` physical slot for each (token, expert) pair under ``local-first`` (module
+    docstring). ``source_device [tokens]`` is the device each token comes from."""
     topk_ids = np.asarray(topk_ids)
     tokens, k = topk_ids.shape
     num_experts, num_nodes, _ = rep.slot_table.shape
@@ -124,3 +199,23 @@ def route(topk_ids: np.ndarray, source_device: np.ndarray, rep: LayerReplicas, r
     u = rng.random((tokens, k))[:, :, None]
     idx = np.minimum((cum <= u).sum(axis=2), cum.shape[2] - 1)
     return np.take_along_axis(rep.slot_table[topk_ids, chosen], idx[:, :, None], axis=2)[:, :, 0]
+
+
+class Router:
+    """One layer's replica choice under one rule, for one source of tokens (a rank's dispatcher
+    or one simulated device). ``even`` and ``shares`` carry their quota credit from batch to
+    batch (so keep one Router per rank and layer); ``local-first`` draws from ``seed``."""
+
+    def __init__(self, rep: LayerReplicas, rule: DispatchRule | str, seed: int = 0) -> None:
+        self.rule = DispatchRule(rule)
+        self.rep = rep
+        self._rng = np.random.default_rng(seed)
+        self._quota = None if self.rule is DispatchRule.LOCAL_FIRST else QuotaSplitter(rep, self.rule)
+
+    def route(self, topk_ids: np.ndarray, source_device: np.ndarray) -> np.ndarray:
+        """``[tokens, k]`` slots for ``topk_ids [tokens, k]`` coming from ``source_device [tokens]``
+        (only ``local-first`` looks at the source)."""
+        topk_ids = np.asarray(topk_ids, dtype=np.int64)
+        if self._quota is None:
+            return route_local_first(topk_ids, source_device, self.rep, self._rng)
+        return self._quota.split(topk_ids.ravel()).reshape(topk_ids.shape)

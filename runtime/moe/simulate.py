@@ -12,8 +12,10 @@ calibrated so each expert's share of routed tokens matches the recorded load of 
 * ``bias`` is fitted by a few multiplicative updates until the expert frequencies match the
   target loads (correlation is reported as ``calibration_corr``).
 
-Token sources are uniform over devices; replicas are chosen with :func:`routing.route`, the
-dispatcher's own rule. Figures are relative (synthetic co-activation), not a trace replay.
+Token sources are uniform over devices; replicas are chosen by a :class:`routing.Router` per
+source device under the named :class:`routing.DispatchRule`, exactly as each rank's dispatcher
+chooses them (``even`` and ``shares``: per-batch quotas of that device's own pairs). Figures
+are relative (synthetic co-activation), not a trace replay.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from .routing import LayerReplicas, route
+from .routing import DispatchRule, LayerReplicas, Router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +88,11 @@ class CalibratedRouter:
 
 @dataclasses.dataclass(frozen=True)
 class TrafficStats:
+    rule: str  # the dispatch rule every figure below was measured under
     remote_nodes_per_token: float  # distinct remote nodes a token is sent to (DeepEP sends once per node)
     nodes_per_token: float  # distinct nodes whose experts a token uses, its own included
     remote_pair_fraction: float  # (token, expert) pairs served on another node
-    dispatch_balancedness: float  # sum_l mean / sum_l max of routed tokens per device
+    dispatch_balancedness: float  # token level: sum_l mean / sum_l max of (token, expert) pairs per device
     calibration_corr: float  # min over layers of the router calibration correlation
 
     def to_json(self) -> dict:
@@ -107,10 +110,15 @@ def simulate_traffic(
     cfg: RouterConfig = RouterConfig(),
     seed: int = 0,
     token_cache: dict | None = None,
+    rule: DispatchRule | str | None = None,
 ) -> TrafficStats:
     """Route ``tokens`` synthetic tokens per layer (calibrated to ``loads[layer]``) through
-    the placement and count inter-node sends. ``token_cache`` (a dict, one per load matrix)
-    keeps the sampled tokens so several placements are compared on the same tokens."""
+    the placement under ``rule`` (default: ``shares`` when ``slot_share`` is given, else
+    ``even``) and count inter-node sends and pairs per device. ``token_cache`` (a dict, one per
+    load matrix) keeps the sampled tokens so several placements are compared on the same tokens."""
+    if rule is None:
+        rule = DispatchRule.EVEN if slot_share is None else DispatchRule.SHARES
+    rule = DispatchRule(rule)
     loads = np.asarray(loads, dtype=np.float64)
     phy2log = np.asarray(phy2log)
     slot_device = np.asarray(slot_device)
@@ -129,12 +137,21 @@ def simulate_traffic(
             if token_cache is not None:
                 token_cache[key] = (ids, u, corr)
         corrs.append(corr)
-        rng = np.random.default_rng(seed + 2000 + layer)
         src = np.minimum((u * num_devices).astype(np.int64), num_devices - 1)
         rep = LayerReplicas.build(
             phy2log[layer], slot_device, device_node, loads.shape[1], None if slot_share is None else slot_share[layer]
         )
-        slot = route(ids, src, rep, rng)
+        slot = np.empty_like(ids)
+        if rule is DispatchRule.LOCAL_FIRST:
+            slot[:] = Router(rep, rule, seed=seed + 2000 + layer).route(ids, src)
+        else:
+            # every source device splits its own pairs, as every rank's dispatcher does
+            by_src = np.argsort(src, kind="stable")
+            bounds = np.searchsorted(src[by_src], np.arange(num_devices + 1))
+            for d in range(num_devices):
+                mine = by_src[bounds[d] : bounds[d + 1]]
+                if len(mine):
+                    slot[mine] = Router(rep, rule).route(ids[mine], src[mine])
         node = device_node[slot_device[slot]]
         src_node = device_node[src][:, None]
         used = np.zeros((tokens, int(device_node.max()) + 1), dtype=bool)
@@ -148,6 +165,7 @@ def simulate_traffic(
         means.append(per_dev.mean())
         maxes.append(per_dev.max())
     return TrafficStats(
+        rule=rule.value,
         remote_nodes_per_token=float(np.mean(remote_nodes)),
         nodes_per_token=float(np.mean(nodes)),
         remote_pair_fraction=float(np.mean(remote_pairs)),

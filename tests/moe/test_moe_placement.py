@@ -199,9 +199,9 @@ def test_pod_shape_from_hal_topology():
 def test_incremental_budget_policy_keeps_the_previous_layout(real):
     a, b = real["decode_in1000out1000"], real["prefill_in4096"]
     shape = PodShape(320, 40, 1)
-    old = place(a, shape)  # auto -> budget: per-layer slot counts differ
-    assert old.policy is Policy.BUDGET
-    new = place(b, shape, previous=old, max_moves=40)
+    old = place(a, shape, policy="budget")  # per-layer slot counts differ
+    assert old.policy is Policy.BUDGET and (old.phy2log < 0).any()
+    new = place(b, shape, policy="budget", previous=old, max_moves=40)
     assert (new.slot_device == old.slot_device).all()
     assert ((new.phy2log >= 0) == (old.phy2log >= 0)).all()  # same weights per device and layer
     assert new.weight_moves <= 40
