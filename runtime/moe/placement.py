@@ -23,8 +23,8 @@ The algorithm (all steps vectorised over layers with numpy; no Python loop over 
    replica loads when an expert's first replica leaves its home node (groups laid hot-next-to-
    cold on a line and filled into nodes in order, so a group sits on one or two nodes) or when
    a second replica of an expert lands on a node that already holds one (it would save no node
-   send). Measured in bench/moe_vs_eplb.py: about 17% fewer simulated remote-node sends than
-   EPLB-global at EP64/EP72, at balance above EPLB-global's.
+   send). Measured in bench/moe_vs_eplb.py (even rule, ``DEFAULT_LOCALITY``): fewer simulated
+   remote-node sends than EPLB-global at EP64/EP72, at balance above EPLB-global's.
 4. **Refinement.** Bounded vectorised swap passes (``refine.pair_refine``): every pass pairs the
    hottest quarter of each layer's devices with light ones and makes the best swap in every
    pair at once; a replica on its home node leaves it only for a gain above ``HOME_PIN_COST``.
@@ -33,10 +33,13 @@ The algorithm (all steps vectorised over layers with numpy; no Python loop over 
    home nodes cut by load, and layers switch to it cheapest-first within the tolerance.
    ``Policy.WRAP`` instead is hierarchical: experts to nodes by McNaughton's wrap-around rule
    (:func:`wrap_homes`, every group on at most the nodes its run of the line crosses), extra
-   replicas kept with their group by a penalty, swaps only inside nodes.
-6. **Uneven shares.** For experts with several replicas, the token share of each replica is
-   water-filled so the devices holding that expert end up as level as possible (damped
-   Jacobi). Shares are what the dispatcher uses to split tokens.
+   replicas kept with their group by a penalty, swaps inside nodes, then swaps across nodes
+   (``WRAP_NODE_LEAVE_COST``) taken by the layers while the mean nodes per group stays <= 2.
+6. **Uneven shares** (``balanced`` and ``budget`` only). For experts with several replicas,
+   the token share of each replica is water-filled so the devices holding that expert end up
+   as level as possible (damped Jacobi). The ``shares`` dispatch rule (``routing``) delivers
+   them exactly; SGLang and vLLM cannot (they split evenly), so the default ``even`` policy
+   writes no shares.
 
 Relaxed constraint of ``Policy.BUDGET``: each device holds the same total number of expert
 weights summed over all layers as with ``slots_per_device`` slots in every layer (so total
