@@ -106,7 +106,7 @@ def register(commands) -> None:
     p.add_argument(
         "--robust",
         action="store_true",
-        help="plan for the next window: the last --workload name is the latest window, the others its "
+        help="plan for the next window: the last --workload name (or dump) is the latest window, the others its "
         "history; minimises the expected max device load over them (tokens split evenly)",
     )
     p.add_argument("--previous", metavar="FILE", help="previous placement JSON: unchanged experts keep their slots")

@@ -1,5 +1,8 @@
-"""MoE expert placement (``placement``), its scoring (``score``), token dispatch over
-all-to-all (``dispatch``) and the calibrated token-level traffic simulation (``simulate``)."""
+"""MoE expert placement (``placement``, ``robust``, ``incremental``), its scoring (``score``,
+``bounds``), the EPLB baseline written from DeepSeek's description (``eplb``), token dispatch
+under one named rule (``routing``, ``dispatch``), the token-level simulation (``simulate``),
+SGLang's files (``io`` reads its recorder dumps, ``export`` writes ``--init-expert-location``)
+and the live rebalancing loop (``rebalance``). Overview and figures: docs/moe.md."""
 
 from .placement import Placement, PodShape, Policy, estimate_loads, place
 from .score import PlacementScore, device_loads, score

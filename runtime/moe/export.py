@@ -22,12 +22,12 @@ What :func:`to_sglang` refuses, with the nearest plan it can offer:
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
 from xpod.hal.errors import XpodError
 
+from .io import read_json
 from .placement import Placement
 from .score import even_shares
 
@@ -44,13 +44,7 @@ class ModelShape:
     def from_hf_config(cls, path: str) -> "ModelShape":
         """From a Hugging Face ``config.json`` (``num_hidden_layers``, ``n_routed_experts`` or
         ``num_experts``, ``first_k_dense_replace``)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            raise XpodError(f"{path}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise XpodError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+        doc = read_json(path)
         if not isinstance(doc, dict):
             raise XpodError(f"{path}: expected a model config.json object")
         doc = doc.get("text_config", doc) if isinstance(doc.get("text_config"), dict) else doc

@@ -57,16 +57,21 @@ def _int_matrix(doc: dict, key: str, path: str, ndim: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def load_placement(path: str, loads_shape: tuple[int, int] | None = None) -> Placement:
-    """A placement JSON written by ``xpod moe place`` (see ARCHITECTURE.md for the contract).
-    With ``loads_shape`` (layers, experts), a plan for another model is refused in one line."""
+def read_json(path: str):
+    """The JSON document in ``path``; a missing file or bad JSON is one line naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise XpodError(f"{path}: no such file") from None
     except json.JSONDecodeError as err:
         raise XpodError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+
+
+def load_placement(path: str, loads_shape: tuple[int, int] | None = None) -> Placement:
+    """A placement JSON written by ``xpod moe place`` (see ARCHITECTURE.md for the contract).
+    With ``loads_shape`` (layers, experts), a plan for another model is refused in one line."""
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise XpodError(f"{path}: expected a JSON object with phy2log and slot_device")
     phy2log = _int_matrix(doc, "phy2log", path, 2)
@@ -136,13 +141,7 @@ SGLANG_DUMP_KEYS = (
 
 def _sglang_doc(path: str) -> dict:
     if path.endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            raise XpodError(f"{path}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise XpodError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+        return read_json(path)
     try:
         import torch
     except ImportError:
