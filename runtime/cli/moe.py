@@ -458,7 +458,7 @@ def cmd_export(args) -> int:
     rows = len(out.document["physical_to_logical_map"])
     print(
         f"wrote {args.out}: physical_to_logical_map [{rows}][{placement.phy2log.shape[1]}] "
-        f"({out.dense_rows} dense + {placement.phy2log.shape[0]} MoE layers, {placement.num_experts} experts "
+        f"({placement.phy2log.shape[0]} layers from the plan + {out.dense_rows} dense-layer rows, {placement.num_experts} experts "
         f"+ {out.redundant_experts} redundant, {out.ep_size} EP ranks)"
     )
     if model is None:

@@ -69,7 +69,7 @@ def test_a_recorded_run_becomes_an_sglang_file_in_two_commands(capsys, tmp_path)
     plan_doc = json.loads(open(plan, encoding="utf-8").read())
     assert p2l == plan_doc["phy2log"]  # the dump already lists the 3 dense (all-zero) layers
     assert "--ep-size 32 --ep-num-redundant-experts 32 --init-expert-location " + loc in out
-    assert "0 dense + 7 MoE layers" in out
+    assert "7 layers from the plan + 0 dense-layer rows" in out
 
 
 def test_a_plan_of_the_moe_layers_gets_the_dense_rows(capsys, tmp_path):
@@ -79,7 +79,7 @@ def test_a_plan_of_the_moe_layers_gets_the_dense_rows(capsys, tmp_path):
                           "--model-config", CONFIG)  # fmt: skip
     assert code == 0, err
     p2l = json.loads(open(loc, encoding="utf-8").read())["physical_to_logical_map"]
-    assert len(p2l) == 7
+    assert len(p2l) == 7 and "4 layers from the plan + 3 dense-layer rows" in out
     assert p2l[:3] == [(np.arange(288) % 256).tolist()] * 3  # SGLang's own trivial map for dense layers
     assert p2l[3:] == json.loads(open(plan, encoding="utf-8").read())["phy2log"]
     # the JSON format SGLang's team published reads the same way as the .pt dumps
