@@ -197,26 +197,40 @@ def main(argv=None) -> int:
 
 
 def _plot(results: list[dict], path: str, budgets: list[int]) -> None:
+    """Per (series, pod): balance per window, cumulative moves, and the curve of mean balance
+    against total moves (one point per max_moves, EPLB's as a star)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = sorted({(r["series"], r["pod"]) for r in results})
-    fig, axes = plt.subplots(2, len(keys), figsize=(4.5 * len(keys), 7), squeeze=False)
+    fig, axes = plt.subplots(3, len(keys), figsize=(4.5 * len(keys), 10), squeeze=False)
     for col, key in enumerate(keys):
+        curve = []
         for r in results:
             if (r["series"], r["pod"]) != key:
                 continue
-            style = dict(color="black", lw=2) if r["planner"].startswith("EPLB") else dict(lw=1)
+            eplb = r["planner"].startswith("EPLB")
+            style = {"color": "black", "lw": 2} if eplb else {"lw": 1}
             axes[0, col].plot(r["balance"], label=r["planner"], **style)
             axes[1, col].plot(np.cumsum([0, *r["moves"]]), label=r["planner"], **style)
+            point = (max(int(np.sum(r["moves"])), 1), float(np.mean(r["balance"])))
+            if eplb:
+                axes[2, col].plot(*point, "k*", markersize=12, label="EPLB every window")
+            else:
+                curve.append(point)
+        axes[2, col].plot(*zip(*sorted(curve)), "o-", label=f"xpod loop, max_moves {', '.join(map(str, budgets))}")
         axes[0, col].set_title(f"{key[0]}, {key[1]}", fontsize=9)
         axes[0, col].set_ylabel("balancedness on the next window (even rule)")
         axes[1, col].set_ylabel("expert weights moved (cumulative)")
         axes[1, col].set_yscale("symlog")
         axes[1, col].set_xlabel("window")
+        axes[2, col].set_xscale("log")
+        axes[2, col].set_xlabel("expert weights moved over the series")
+        axes[2, col].set_ylabel("mean balancedness")
     axes[0, 0].legend(fontsize=7)
+    axes[2, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
