@@ -12,7 +12,8 @@ tentative binding is offered to the ``Reserve`` plugins (a refusal undoes the pl
 
 Node order: the free-count buckets walked lazily in the ``NodeOrder`` plugin's direction
 (fullest first by default), fractional tasks by the partly used devices first; when ``Score``
-plugins are active for a job, every candidate is scored and the walk's rank breaks ties.
+plugins are active for a job, every candidate (by the free counts) is scored and the lower
+node name breaks ties.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
 from .fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS, Fabric, derive
-from .framework import Blocks, CycleContext, Framework, JobPlugins, Status, WalkOrder
+from .framework import Blocks, Candidates, CycleContext, Framework, JobPlugins, Status, WalkOrder
 from .framework.status import Code
 from .model import MILLI, Binding, Job, JobKind, slice_bytes
 from .snapshot import NodeState, Statement
@@ -223,28 +224,56 @@ class Placer:
 
     def ordered_nodes(self, job: Job, need_devices: int = 0) -> Iterator[NodeState]:
         """Candidate nodes, preferred first (see the module docstring). Lazy unless scored: no
-        walk sorts the whole cluster for one task."""
+        walk sorts the whole cluster for one task; scored, every candidate is ranked."""
         scorers = self.active(job).scorers
-        walk = self._walk(job, need_devices)
         if not scorers:
-            return walk
-        return self._scored(job, walk, scorers)
+            return self._walk(job, need_devices)
+        return self._scored(job, self._candidates(job, need_devices), scorers)
 
-    def _scored(self, job: Job, walk: Iterator[NodeState], scorers: Sequence[Any]) -> Iterator[NodeState]:
-        """Every candidate where one task fits, by the scorers' sum (higher first), the walk's
-        rank breaking ties. A scorer answering a Status abstains for this job."""
-        cands = [st for st in walk if self.select(job, st) is not None]
+    def _candidates(self, job: Job, need_devices: int) -> Candidates:
+        """Ready nodes that may hold a task of ``job`` by the free counts (whole free devices of
+        its models; for a fraction, a partly free device of about its size or a whole free
+        one), in name order: what scorers rank. Filtered with numpy over node rows."""
+        import numpy as np
+
+        vec = self.snap.vectors()
+        rows = vec.rows_by_name()
+        req = job.devices
+        if req is not None:
+            models = self.models_for(job)
+            free = sum((vec.free[m][rows] for m in models if m in vec.free), np.zeros(len(rows), dtype=np.int64))
+            if not req.fractional:
+                rows = rows[free >= max(need_devices, 1)]
+            else:
+                low = req.milli // 100
+                part = np.zeros(len(rows), dtype=bool)
+                for m in models:
+                    if m in vec.partial:
+                        part |= vec.partial[m][rows] >= low
+                rows = rows[(free > 0) | part]
+        states = vec.states
+        return Candidates([states[r] for r in rows.tolist()], rows)
+
+    def _scored(self, job: Job, cands: Candidates, scorers: Sequence[Any]) -> Iterator[NodeState]:
+        """``cands`` by the scorers' sum, higher first, ties to the earlier candidate (the lower
+        name: kube-scheduler's rule, which the FGD simulator keeps); a node any scorer gives
+        ``-inf`` is left out (it cannot host the task), and the caller still checks each node it
+        tries fits. A scorer answering a Status abstains for this job. Scorers get every
+        candidate at once: ``cands.rows`` (``NodeState.row``, a numpy vector) indexes a plugin's
+        own arrays over nodes, ``Snapshot.watch`` says which nodes changed since it last looked
+        and ``Snapshot.vectors`` holds the free counts by row."""
+        import numpy as np
+
         if not cands:
             return iter(())
-        total = [0.0] * len(cands)
+        total = np.zeros(len(cands))
         for p in scorers:
             got = p.score(job, cands, self.ctx)
             if isinstance(got, Status):
                 continue
-            for i, v in enumerate(got):
-                total[i] += float(v)
-        order = sorted(range(len(cands)), key=lambda i: (-total[i], i))
-        return iter([cands[i] for i in order])
+            total += np.asarray(got, dtype=float)
+        order = np.argsort(-total, kind="stable")  # stable: equal scores keep the walk's order
+        return (cands[i] for i in order.tolist() if total[i] != -np.inf)
 
     def _walk(self, job: Job, need_devices: int) -> Iterator[NodeState]:
         snap = self.snap

@@ -29,6 +29,8 @@ import dataclasses
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from xpod.hal.device import Health
 
 from .model import MILLI, Binding, Device, Job, Node
@@ -48,6 +50,7 @@ class NodeState:
     ready: bool = True  # False: present (e.g. in the cluster file) but its agent has not registered
     not_ready_reason: str = ""  # why it is not ready, for pending reasons ("waiting for agents")
     masked: frozenset[int] = frozenset()  # device indices a look-ahead made unselectable
+    row: int = -1  # the node's number in the snapshot, never reused (plugins index arrays by it)
 
     def trial_copy(self) -> "NodeState":
         """A copy whose free counts a caller may change to simulate placements (the lists of
@@ -83,8 +86,10 @@ class Snapshot:
         # b*100+99 milli free (best-fit walks for fractional requests without a node scan)
         self.partial: dict[str, set[str]] = defaultdict(set)
         self.partial_buckets: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-        self._partial_bucket_of: dict[tuple[str, str], int] = {}
+        # partial_bucket_of[model][node] = the bucket of partial_buckets the node is in
+        self.partial_bucket_of: dict[str, dict[str, int]] = defaultdict(dict)
         self._cpu_order: list[str] | None = None
+        self._name_order: list[str] | None = None
         # one device per model, for capability matching (memory, TFLOPS) without a node scan
         self.model_example: dict[str, Device] = {}
         # device totals per model (healthy), for "can never fit" checks
@@ -97,6 +102,9 @@ class Snapshot:
         self.inventory_version = 0
         # topology level -> nodes that name a domain at it (``has_level``)
         self.level_nodes: dict[str, int] = defaultdict(int)
+        self._rows = 0  # the next node's row
+        self._vectors: NodeVectors | None = None  # numpy mirrors, once asked for (``vectors``)
+        self._watchers: list[set[str]] = []  # ``watch`` sets
         for n in nodes:
             self.add_node(n)
 
@@ -108,6 +116,9 @@ class Snapshot:
             raise ValueError(f"node {node.name!r} already in the snapshot")
         devs = node.devices
         self._cpu_order = None
+        self._name_order = None
+        if self._vectors is not None:
+            self._vectors.name_rows = None
         self.empty_cache.clear()
         self.inventory_version += 1
         self.nodes[node.name] = NodeState(
@@ -120,13 +131,23 @@ class Snapshot:
             usable=[ready] * len(devs),
             ready=ready,
             not_ready_reason="" if ready else not_ready_reason,
+            row=self._rows,
         )
+        self._rows += 1
         for d in devs:
             self.model_total[d.model] += 1
             self.model_example.setdefault(d.model, d)
         for level in node.domains:
             self.level_nodes[level] += 1
         self._reindex(node.name)
+
+    def watch(self) -> set[str]:
+        """A set the snapshot adds a node's name to whenever the node's free resources,
+        usability or presence change: a plugin that keeps its own arrays over nodes (numpy
+        scores) drains it before reading them, instead of reading every node each time."""
+        seen: set[str] = set(self.nodes)
+        self._watchers.append(seen)
+        return seen
 
     def has_level(self, level: str) -> bool:
         """Whether some node names a domain at this topology level (a super-node, a rack)."""
@@ -140,6 +161,9 @@ class Snapshot:
         st.not_ready_reason = "" if ready else reason
         self._refresh_usable(st)
         self._cpu_order = None
+        self._name_order = None
+        if self._vectors is not None:
+            self._vectors.name_rows = None
         self._reindex(name)
 
     def not_ready(self) -> dict[str, int]:
@@ -160,9 +184,16 @@ class Snapshot:
         for jid in hit:
             self.release(jid)
         st = self.nodes.pop(name)
+        for seen in self._watchers:
+            seen.add(name)
+        if self._vectors is not None:
+            self._vectors.drop(st)
         for level in st.node.domains:
             self.level_nodes[level] -= 1
         self._cpu_order = None
+        self._name_order = None
+        if self._vectors is not None:
+            self._vectors.name_rows = None
         self.empty_cache.clear()
         self.inventory_version += 1
         for d in st.node.devices:
@@ -171,7 +202,7 @@ class Snapshot:
                 self.buckets[d.model][old].discard(name)
                 self.free_total[d.model] -= old
             self.partial[d.model].discard(name)
-            b = self._partial_bucket_of.pop((d.model, name), None)
+            b = self.partial_bucket_of[d.model].pop(name, None)
             if b is not None:
                 self.partial_buckets[d.model][b].discard(name)
         self._recount_totals()
@@ -206,6 +237,8 @@ class Snapshot:
                     self.model_total[d.model] += 1
 
     def _reindex(self, name: str) -> None:
+        for seen in self._watchers:
+            seen.add(name)
         st = self.nodes[name]
         counts: dict[str, int] = {}
         partial: dict[str, int] = {}  # model -> largest free milli on a partly used device, -1 none
@@ -217,14 +250,14 @@ class Snapshot:
             elif ok and 0 < free < MILLI and free > partial[d.model]:
                 partial[d.model] = free
         for model, best in partial.items():
-            old_b = self._partial_bucket_of.pop((model, name), None)
+            old_b = self.partial_bucket_of[model].pop(name, None)
             if old_b is not None:
                 self.partial_buckets[model][old_b].discard(name)
             if best > 0:
                 self.partial[model].add(name)
                 b = best // 100
                 self.partial_buckets[model][b].add(name)
-                self._partial_bucket_of[(model, name)] = b
+                self.partial_bucket_of[model][name] = b
             else:
                 self.partial[model].discard(name)
         for model, c in counts.items():
@@ -235,6 +268,15 @@ class Snapshot:
                 self.buckets[model][c].add(name)
                 self.free_whole[model][name] = c
                 self.free_total[model] += c - (old or 0)
+        if self._vectors is not None:
+            self._vectors.update(st, counts, partial)
+
+    def vectors(self) -> "NodeVectors":
+        """numpy mirrors of the free indexes by node row (kept current from the first call on:
+        scored placement reads candidates from them)."""
+        if self._vectors is None:
+            self._vectors = NodeVectors(self)
+        return self._vectors
 
     # -------------------------------------------------------------------------- bindings
     def apply(self, b: Binding, sign: int) -> None:
@@ -260,6 +302,13 @@ class Snapshot:
                 (n for n, st in self.nodes.items() if st.ready), key=lambda n: (bool(self.nodes[n].node.devices), n)
             )
         return self._cpu_order
+
+    def name_order(self) -> list[str]:
+        """Ready node names in name order. Cached until nodes are added, removed, or change
+        readiness."""
+        if self._name_order is None:
+            self._name_order = sorted(n for n, st in self.nodes.items() if st.ready)
+        return self._name_order
 
     # ------------------------------------------------------------ look-aheads (Statement)
     def _mask(self, name: str, indices: frozenset[int]) -> None:
@@ -322,6 +371,70 @@ class Snapshot:
         for rj in self.running.values():
             out[rj.job.queue] += sum(len(b.device_indices) * b.milli / MILLI for b in rj.bindings)
         return out
+
+
+class NodeVectors:
+    """The free indexes as numpy vectors over node rows (``NodeState.row``), per device model:
+    ``free[model][row]`` = usable whole free devices, ``partial[model][row]`` = the node's
+    ``partial_buckets`` bucket (-1: no partly free device); ``states[row]`` the node (None
+    once removed); ``name_rows`` the rows of ready nodes in name order. Kept current by the
+    snapshot once built (``Snapshot.vectors``); what a scored placement filters with."""
+
+    def __init__(self, snap: "Snapshot") -> None:
+        self.snap = snap
+        self.size = max(16, snap._rows)
+        self.states: list[NodeState | None] = [None] * self.size
+        self.free: dict[str, np.ndarray] = {}
+        self.partial: dict[str, np.ndarray] = {}
+        self.name_rows: np.ndarray | None = None
+        for st in snap.nodes.values():
+            self.states[st.row] = st
+        for m, per in snap.free_whole.items():
+            arr = self._vector(self.free, m, 0)
+            for name, c in per.items():
+                arr[snap.nodes[name].row] = c
+        for m, per in snap.partial_bucket_of.items():
+            arr = self._vector(self.partial, m, -1)
+            for name, b in per.items():
+                arr[snap.nodes[name].row] = b
+
+    def _vector(self, table: dict[str, np.ndarray], model: str, fill: int) -> np.ndarray:
+        arr = table.get(model)
+        if arr is None:
+            arr = table[model] = np.full(self.size, fill, dtype=np.int64)
+        return arr
+
+    def _grow(self, row: int) -> None:
+        if row < self.size:
+            return
+        size = max(row + 1, 2 * self.size)
+        self.states.extend([None] * (size - self.size))
+        for table, fill in ((self.free, 0), (self.partial, -1)):
+            for m, arr in table.items():
+                table[m] = np.concatenate([arr, np.full(size - self.size, fill, dtype=np.int64)])
+        self.size = size
+
+    def update(self, st: NodeState, counts: dict[str, int], partial: dict[str, int]) -> None:
+        self._grow(st.row)
+        self.states[st.row] = st
+        for m, c in counts.items():
+            self._vector(self.free, m, 0)[st.row] = c
+        for m, best in partial.items():
+            self._vector(self.partial, m, -1)[st.row] = best // 100 if best > 0 else -1
+
+    def drop(self, st: NodeState) -> None:
+        self.states[st.row] = None
+        for arr in self.free.values():
+            arr[st.row] = 0
+        for arr in self.partial.values():
+            arr[st.row] = -1
+        self.name_rows = None
+
+    def rows_by_name(self) -> np.ndarray:
+        if self.name_rows is None:
+            nodes = self.snap.nodes
+            self.name_rows = np.array([nodes[n].row for n in self.snap.name_order()], dtype=np.int64)
+        return self.name_rows
 
 
 #: statement operations that only look ahead: undone by ``discard``, refused by ``commit``

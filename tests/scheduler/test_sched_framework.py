@@ -260,3 +260,19 @@ def test_without_a_victim_plugin_preemption_takes_lower_priority_classes_only():
     s.submit(job("high").devices(H, 8).priority("high").build())
     r = s.cycle()
     assert [e.job_id for e in r.evictions] == ["low"] and placements(r) == {"high": [("n0", tuple(range(8)))]}
+
+
+def test_a_score_of_minus_infinity_keeps_the_node_out(registered):
+    class NotN0(Plugin):
+        name = "test-not-n0"
+
+        def score(self, job, nodes, ctx):
+            assert list(nodes.rows) == [st.row for st in nodes]  # numpy rows beside the states
+            return [float("-inf") if st.node.name == "n0" else 0.0 for st in nodes]
+
+    prof = _with(registered, NotN0)
+    s = Scheduler([node(f"n{i}").devices(H, 8).build() for i in range(2)], profile=prof, clock=lambda: 1.0)
+    s.submit(job("a").devices(H, 8).build())
+    s.submit(job("b").devices(H, 8).build())
+    r = s.cycle()
+    assert placements(r) == {"a": [("n1", tuple(range(8)))]} and r.pending["b"].code is ReasonCode.UNSCHEDULABLE

@@ -137,3 +137,33 @@ def test_assume_ended_frees_the_resources_but_keeps_the_job_running():
     assert "r0" in snap.running and snap.free_whole[H]["n0"] == 4 and snap.nodes["n0"].cpu_left == 256_000
     stmt.discard()
     assert snap.free_whole[H]["n0"] == 2 and snap.nodes["n0"].cpu_left == 255_000
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_the_numpy_vectors_and_watch_follow_every_change(ops):
+    """``Snapshot.vectors`` (what scored placement filters with) equals the dict indexes after
+    any statement, and ``watch`` names every node whose free counts moved."""
+    snap = cluster()
+    vec = snap.vectors()
+    seen = snap.watch()
+    seen.clear()
+    before = {n: tuple(st.free_milli) for n, st in snap.nodes.items()}
+    stmt = Statement(snap, 5.0)
+    for k, (op, n, i) in enumerate(ops):
+        b = Binding(f"b{k}", 0, f"n{n}", (i,), 300 if op == "mask" else MILLI, 0, 0)
+        if op in ("bind", "mask") and snap.can_apply([b]):
+            stmt.bind(job(f"b{k}").devices(H).build(), b)
+        elif op == "evict" and snap.running:
+            stmt.evict(sorted(snap.running)[0])
+        elif op == "close":
+            stmt.mask([(f"n{n}", i)])
+    for state in snap.nodes.values():
+        assert vec.states[state.row] is state
+        assert vec.free[H][state.row] == snap.free_whole[H][state.node.name]
+        assert vec.partial[H][state.row] == snap.partial_bucket_of[H].get(state.node.name, -1)
+        if tuple(state.free_milli) != before[state.node.name]:
+            assert state.node.name in seen
+    stmt.discard()
+    snap.remove_node("n2")
+    assert "n2" in seen and vec.free[H][2] == 0 and [snap.nodes[n].row for n in ("n0", "n1")] == [0, 1]

@@ -192,16 +192,44 @@ def empty_per_node(cs: CycleState, job: Job, models: Sequence[str]) -> dict[str,
 
 
 def largest_block(cs: CycleState, job: Job, level: str, empty: bool = False) -> int:
-    """Free (``empty``: healthy) matching devices in the largest domain of ``level``."""
+    """Free (``empty``: healthy, cached until the inventory changes) matching devices in the
+    largest domain of ``level``."""
     snap = cs.ctx.snap
     models = cs.placer.models_for(job)
+    unit = unit_of(job)
     if empty:
-        per_node = empty_per_node(cs, job, models)
+        return empty_block(cs, job, tuple(models), unit, level)
+    filters = cs.placer.active(job).filters
+    per_node: dict[str, int]
+    if not filters and len(models) == 1:
+        per_node = snap.free_whole.get(models[0], {})  # nodes without the model add nothing
     else:
-        filters = cs.placer.active(job).filters
         per_node = {
             st.node.name: sum(snap.free_whole.get(m, {}).get(st.node.name, 0) for m in models)
             for st in snap.nodes.values()
             if not filters or not cs.placer.never_on(job, st)
         }
-    return block_size(snap, per_node, level, unit_of(job))
+    return block_size(snap, per_node, level, unit)
+
+
+def job_shape(job: Job, filtered: bool) -> object:
+    """What the empty-cluster answers for a job depend on (never its id or queue): the fields
+    the placement rules read, or the whole job when filters may read any of it."""
+    if filtered:
+        return dataclasses.replace(
+            job, id="", submit_time=0.0, queue="", priority_class="", priority=0, expected_duration_seconds=None
+        )
+    return (job.devices, job.kind, job.tasks, job.min_tasks, job.within, job.domain_block, job.replica_tasks)
+
+
+def empty_block(cs: CycleState, job: Job, models: tuple, unit: int, level: str) -> int:
+    """Healthy devices of these models in the largest domain of ``level`` in the empty cluster,
+    counted per node in whole tasks of ``unit`` devices, on the nodes no filter rules out for
+    the job (cached until the inventory changes)."""
+    snap = cs.ctx.snap
+    filtered = bool(cs.placer.active(job).filters)
+    key = ("block", models, unit, level, job_shape(job, True) if filtered else None)
+    hit = snap.empty_cache.get(key)
+    if hit is None:
+        hit = snap.empty_cache[key] = block_size(snap, empty_per_node(cs, job, models), level, unit)
+    return hit

@@ -6,13 +6,12 @@ admission) for a job before it is accepted."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from typing import Sequence
 
 from ..fabric import CLUSTER, NODE_LOCAL_LEVELS
 from ..model import Job, JobKind, NeverFits, ReasonCode
-from .cycle import CycleState, block_size, empty_per_node, largest_block, tier_of, unit_of
+from .cycle import CycleState, empty_block, empty_per_node, job_shape, largest_block, tier_of, unit_of
 
 
 def action_enqueue(cs: CycleState) -> None:
@@ -41,34 +40,24 @@ def never_fits(cs: CycleState, job: Job) -> bool:
     unit = unit_of(job)
     filtered = bool(cs.placer.active(job).filters)
     if filtered:
-        total = _empty_block(cs, job, tuple(models), 1, CLUSTER)
+        total = empty_block(cs, job, tuple(models), 1, CLUSTER)
     else:
         total = sum(cs.ctx.snap.model_total.get(m, 0) for m in models)
     if total < cs.placer.min_tasks(job) * unit:
         return True
     if req.fractional or cs.placed_tasks.get(job.id, 0):
         return False  # a partly running job's missing tasks are judged by allocate
-    shape = ("never", _shape(job, filtered))
+    shape = ("never", job_shape(job, filtered))
     hit = cs.ctx.snap.empty_cache.get(shape)
     if hit is None:
         hit = cs.ctx.snap.empty_cache[shape] = _never_fits_shape(cs, job, models, unit)
     return hit
 
 
-def _shape(job: Job, filtered: bool) -> object:
-    """What the empty-cluster answers for a job depend on (never its id or queue): the fields
-    the placement rules read, or the whole job when filters may read any of it."""
-    if filtered:
-        return dataclasses.replace(
-            job, id="", submit_time=0.0, queue="", priority_class="", priority=0, expected_duration_seconds=None
-        )
-    return (job.devices, job.kind, job.tasks, job.min_tasks, job.within, job.domain_block, job.replica_tasks)
-
-
 def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) -> bool:
     """``never_fits`` beyond the device total, for a job shape (cached by the caller)."""
     key = tuple(models)
-    if _empty_block(cs, job, key, unit, "node") < unit:
+    if empty_block(cs, job, key, unit, "node") < unit:
         return True  # one task's devices always sit on one node
     blocks = cs.placer.blocks(job)
     if blocks is not None:
@@ -82,20 +71,7 @@ def _never_fits_shape(cs: CycleState, job: Job, models: list[str], unit: int) ->
     if level == CLUSTER or level in NODE_LOCAL_LEVELS:
         return False
     need = unit * (job.replica_tasks if job.kind is JobKind.SERVING else cs.placer.min_tasks(job))
-    return _empty_block(cs, job, key, unit, level) < need
-
-
-def _empty_block(cs: CycleState, job: Job, models: tuple, unit: int, level: str) -> int:
-    """Healthy devices of these models in the largest domain of ``level`` in the empty cluster,
-    counted per node in whole tasks of ``unit`` devices, on the nodes no filter rules out for
-    the job (cached until the inventory changes)."""
-    snap = cs.ctx.snap
-    filtered = bool(cs.placer.active(job).filters)
-    key = ("block", models, unit, level, _shape(job, True) if filtered else None)
-    hit = snap.empty_cache.get(key)
-    if hit is None:
-        hit = snap.empty_cache[key] = block_size(snap, empty_per_node(cs, job, models), level, unit)
-    return hit
+    return empty_block(cs, job, key, unit, level) < need
 
 
 def _empty_whole_nodes(cs: CycleState, job: Job, models: Sequence[str], unit: int, level: str) -> dict[str, int]:
@@ -103,7 +79,7 @@ def _empty_whole_nodes(cs: CycleState, job: Job, models: Sequence[str], unit: in
     these models (a block's task takes a whole node), cached until the inventory changes."""
     snap = cs.ctx.snap
     filtered = bool(cs.placer.active(job).filters)
-    key = ("whole", tuple(models), unit, level, _shape(job, True) if filtered else None)
+    key = ("whole", tuple(models), unit, level, job_shape(job, True) if filtered else None)
     hit = snap.empty_cache.get(key)
     if hit is None:
         hit = defaultdict(int)

@@ -5,6 +5,7 @@ and their registry (``registry``). Mechanism lives in ``actions/`` and ``placer.
 from .points import (
     POINTS,
     Blocks,
+    Candidates,
     CycleContext,
     DeviceSelect,
     DomainBlocks,
@@ -28,6 +29,7 @@ from .status import NOT_HERE, SKIP, SUCCESS, Code, Status, error, unresolvable, 
 __all__ = [
     "POINTS",
     "Blocks",
+    "Candidates",
     "CycleContext",
     "DeviceSelect",
     "DomainBlocks",

@@ -17,7 +17,8 @@ point               method                                              when
 ``DeviceSelect``    ``select(job, node, free, count) -> idx | Status``  devices for one task on
                                                                         one node
 ``Score``           ``score(job, nodes, ctx) -> scores | Status``       orders the candidate
-                                                                        nodes (higher first)
+                                                                        nodes (higher first;
+                                                                        -inf: cannot host)
 ``NodeOrder``       ``node_order(job) -> WalkOrder``                    the free-count walk's
                                                                         direction
 ``QueueOrder``      ``queue_key(queue, ctx) -> float``                  which queue goes next
@@ -79,6 +80,15 @@ class WalkOrder(str, enum.Enum):
         return (free_devices if self is WalkOrder.FULLEST_FIRST else -free_devices, name)
 
 
+class Candidates(list):
+    """The nodes a ``Score`` plugin ranks (a list of ``NodeState``), with ``rows``: their
+    ``NodeState.row`` numbers as a numpy vector, to index a plugin's own arrays over nodes."""
+
+    def __init__(self, nodes: "Sequence[NodeState]" = (), rows: Any = None) -> None:
+        super().__init__(nodes)
+        self.rows = rows
+
+
 @dataclasses.dataclass(frozen=True)
 class Blocks:
     """A ``DomainBlocks`` answer: the job's tasks go in blocks of ``tasks`` tasks, one task per
@@ -107,7 +117,7 @@ class DeviceSelect(Protocol):
 
 @runtime_checkable
 class Score(Protocol):
-    def score(self, job: Job, nodes: "Sequence[NodeState]", ctx: CycleContext) -> "Sequence[float] | Status": ...
+    def score(self, job: Job, nodes: Candidates, ctx: CycleContext) -> "Sequence[float] | Status": ...
 
 
 @runtime_checkable
