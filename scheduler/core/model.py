@@ -68,8 +68,9 @@ class Node:
 class DeviceRequest:
     """The devices one task asks for.
 
-    Either ``model`` (and optionally ``vendor``) names the device, or the request is by
-    capability: any accelerator with at least ``min_memory_bytes`` and ``min_bf16_tflops``.
+    Either ``model`` (and optionally ``vendor``) names the device, or ``model_choices`` names
+    several models any one of which will do (the Alibaba trace's ``gpu_spec``), or the request
+    is by capability: any accelerator with at least ``min_memory_bytes`` and ``min_bf16_tflops``.
     ``count`` whole devices, or (``count == 1``) a fraction ``milli`` < 1000 of one device with
     a memory slice ``memory_bytes`` (as HAMi and the Alibaba trace share GPUs).
     """
@@ -81,6 +82,7 @@ class DeviceRequest:
     min_bf16_tflops: float = 0.0
     milli: int = MILLI  # per device; < 1000 only with count == 1
     memory_bytes: int = 0  # memory slice for a fractional device (0 = proportional)
+    model_choices: frozenset[str] = frozenset()  # any one of these models (empty: no such rule)
 
     @property
     def fractional(self) -> bool:
@@ -89,12 +91,19 @@ class DeviceRequest:
     def matches(self, dev: Device) -> bool:
         if self.model is not None and dev.model != self.model:
             return False
+        if self.model_choices and dev.model not in self.model_choices:
+            return False
         if self.vendor is not None and dev.vendor != self.vendor:
             return False
         return dev.memory_bytes >= self.min_memory_bytes and dev.bf16_tflops >= self.min_bf16_tflops
 
     def describe(self) -> str:
-        what = self.model or (self.vendor and f"{self.vendor} device") or "accelerator"
+        what = (
+            self.model
+            or (self.model_choices and " or ".join(sorted(self.model_choices)))
+            or (self.vendor and f"{self.vendor} device")
+            or "accelerator"
+        )
         if self.model is None and (self.min_memory_bytes or self.min_bf16_tflops):
             caps = []
             if self.min_memory_bytes:

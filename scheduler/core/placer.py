@@ -70,7 +70,7 @@ class Placer:
         req = job.devices
         if req is None:
             return []
-        key = (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops)
+        key = (req.vendor, req.model, req.model_choices, req.min_memory_bytes, req.min_bf16_tflops)
         hit = self._models_cache.get(key)
         if hit is None:
             hit = sorted(m for m, dev in self.snap.model_example.items() if req.matches(dev))

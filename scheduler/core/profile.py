@@ -102,6 +102,11 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
                 allowed = ", ".join(cls.ARGS) or "none"
                 raise XpodError(f"{source}: policies[{i}] ({name}): unknown argument {k!r} (allowed: {allowed})")
             default = cls.ARGS[k]
+            choices = getattr(cls, "CHOICES", {}).get(k)
+            if choices is not None and v not in choices:
+                raise XpodError(
+                    f"{source}: policies[{i}] ({name}).args.{k}: {v!r} is not one of {', '.join(map(str, choices))}"
+                )
             if isinstance(default, (int, float)) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise XpodError(f"{source}: policies[{i}] ({name}).args.{k}: {v!r} must be a non-negative number")
         out.append((name, dict(args)))

@@ -45,7 +45,15 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
             tier = tier_of(cs, job)
             req = job.devices
             shape = (
-                (req.vendor, req.model, req.min_memory_bytes, req.min_bf16_tflops, req.count, req.milli)
+                (
+                    req.vendor,
+                    req.model,
+                    req.model_choices,
+                    req.min_memory_bytes,
+                    req.min_bf16_tflops,
+                    req.count,
+                    req.milli,
+                )
                 if req
                 else None
             )

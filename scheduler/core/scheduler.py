@@ -63,6 +63,10 @@ DEFAULT_PRIORITY_CLASSES = (
 )
 
 
+#: priority 0, submitted at time 0: what ``Scheduler._priority_key`` measures from
+_REFERENCE_JOB = Job("", JobKind.BATCH, 1, None)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -82,6 +86,7 @@ class Scheduler:
         self.profile = profile or default_profile()
         self.plugins = self.profile.build_plugins()
         self.framework = Framework(self.plugins)
+        self.snapshot.running.order_key = self._priority_key
         self._fabric = fabric
         self._derived: tuple[int, Fabric] | None = None
         self.clock = clock
@@ -94,6 +99,16 @@ class Scheduler:
         self.last_attempt_seconds: dict[str, float] = {}
         # (inventory version, cycle state) for ``never_fits`` outside a cycle
         self._fit_state: tuple[int, act.CycleState] | None = None
+
+    def _priority_key(self, job: Job) -> float:
+        """A job's place in the queue order's priority, as a number whose order between two
+        jobs never changes with time (the ``Priority`` point's contract): its effective
+        priority less a reference job's, both at its submit time."""
+        rule = self.framework.priority
+        if rule is None:
+            return float(job.priority)
+        t = job.submit_time
+        return rule.effective(job, t) - rule.effective(_REFERENCE_JOB, t)
 
     @property
     def descriptor_fabric(self) -> Fabric | None:
@@ -152,7 +167,17 @@ class Scheduler:
                 return old
             raise XpodError(f"job {job.id}: id already used by a different job (pick a new id)")
         self.pending[job.id] = job
+        for p in self.framework.observers:
+            p.observe(job, False)
         return job
+
+    def learn_history(self, jobs: Iterable[Job]) -> None:
+        """Show the plugins that learn the workload (``Observe``) jobs seen before this
+        scheduler started (a replay's trace, a store's history); nothing is queued."""
+        jobs = list(jobs)
+        for p in self.framework.observers:
+            for job in jobs:
+                p.observe(job, True)
 
     def cancel(self, job_id: str) -> bool:
         self.framework.forget(job_id)
@@ -279,8 +304,12 @@ class Scheduler:
         return [j.id for j in jobs]
 
     # -------------------------------------------------------------------------- cycle
-    def cycle(self, now: float | None = None) -> CycleResult:
-        """Run the profile's actions once. Bindings are committed to the snapshot on return."""
+    def cycle(self, now: float | None = None, explain: bool = True) -> CycleResult:
+        """Run the profile's actions once. Bindings are committed to the snapshot on return.
+
+        ``explain=False`` skips the pending reasons (``CycleResult.pending`` is empty): the
+        decisions are the same, only the report for users is not written (a replay that reads
+        no reasons saves their cost, which grows with the running jobs)."""
         t0 = time.perf_counter()
         now = self.clock() if now is None else now
         snap = self.snapshot
@@ -307,7 +336,7 @@ class Scheduler:
                 attempt_s[job.id] = attempt_s.get(job.id, 0.0) + time.perf_counter() - started
 
         placer.place = timed_place  # type: ignore[method-assign]
-        placed = {jid: len(rj.bindings) for jid, rj in snap.running.items()}
+        placed = act.PlacedTasks(snap.running)
         # a running job stays pending while it wants more tasks (elastic, serving, batch)
         for jid in list(self.pending):
             if placed.get(jid, 0) >= self.pending[jid].tasks:
@@ -319,13 +348,16 @@ class Scheduler:
             placed_tasks=placed,
             estimate_depth=self.profile.estimate_depth,
         )
-        for name in self.profile.actions:
-            act.ACTIONS[name](cs)
+        try:
+            for name in self.profile.actions:
+                act.ACTIONS[name](cs)
+        finally:
+            placed.close()
         for jid in cs.done:
             self.pending.pop(jid, None)
         for job in cs.requeued:
             self.pending[job.id] = job
-        why = reasons.pending_reasons(cs)
+        why = reasons.pending_reasons(cs) if explain else {}
         self.last_reasons = why
         self.last_attempt_seconds = attempt_s
         evictions = tuple(self._evictions) + tuple(cs.evictions)

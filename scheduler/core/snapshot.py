@@ -25,6 +25,7 @@ Indexes kept current on every change (so a cycle over 10,000 queued jobs stays f
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import defaultdict
 from typing import Any, Callable, Iterable
@@ -70,12 +71,119 @@ class RunningJob:
         return None if d is None else self.start_time + d
 
 
+class RunningJobs(dict):
+    """job id -> ``RunningJob``, with indexes kept current on every change so a cycle never
+    walks every running job: the device milli each queue uses, each queue's jobs, and (when
+    ``order_key`` is set) each queue's jobs in the queue order's priority, lowest first
+    (``below``: the jobs preempt may consider)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.milli_by_queue: dict[str, int] = defaultdict(int)
+        self.by_queue: dict[str, dict[str, RunningJob]] = defaultdict(dict)
+        self.watch = None  # told the value before each change (a cycle's PlacedTasks)
+        # job -> a priority key whose order between two jobs never changes with time (the
+        # scheduler sets it from its Priority plugin); None: no priority index
+        self.order_key: Callable[[Job], float] | None = None
+        self._ordered: dict[str, list[tuple[float, str]]] = defaultdict(list)
+
+    def below(self, queue: str, key: float) -> list[RunningJob]:
+        """The queue's running jobs whose ``order_key`` is below ``key`` (all of the queue's
+        without an ``order_key``)."""
+        if self.order_key is None:
+            return list(self.by_queue.get(queue, {}).values())
+        ordered = self._ordered.get(queue, [])
+        cut = bisect.bisect_left(ordered, (key, ""))
+        jobs = self.by_queue[queue]
+        return [jobs[jid] for _, jid in ordered[:cut]]
+
+    def _index(self, rj: RunningJob, sign: int) -> None:
+        q, jid = rj.job.queue, rj.job.id
+        if sign > 0:
+            self.by_queue[q][jid] = rj
+            if self.order_key is not None:
+                bisect.insort(self._ordered[q], (self.order_key(rj.job), jid))
+            return
+        self.by_queue[q].pop(jid, None)
+        if self.order_key is not None:
+            ordered = self._ordered[q]
+            i = bisect.bisect_left(ordered, (self.order_key(rj.job), jid))
+            if i < len(ordered) and ordered[i][1] == jid:
+                del ordered[i]
+
+    def _count(self, rj: RunningJob, sign: int) -> None:
+        self.milli_by_queue[rj.job.queue] += sign * sum(len(b.device_indices) * b.milli for b in rj.bindings)
+
+    def __setitem__(self, job_id: str, rj: RunningJob) -> None:
+        old = self.get(job_id)
+        if self.watch is not None:
+            self.watch.before_change(job_id, old)
+        if old is not None:
+            self._count(old, -1)
+            self._index(old, -1)
+        super().__setitem__(job_id, rj)
+        self._count(rj, +1)
+        self._index(rj, +1)
+
+    def __delitem__(self, job_id: str) -> None:
+        if self.watch is not None:
+            self.watch.before_change(job_id, self[job_id])
+        self._count(self[job_id], -1)
+        self._index(self[job_id], -1)
+        super().__delitem__(job_id)
+
+    _MISSING = object()
+
+    def pop(self, job_id: str, default=_MISSING):
+        if job_id not in self:
+            if default is RunningJobs._MISSING:
+                raise KeyError(job_id)
+            return default
+        rj = self[job_id]
+        del self[job_id]
+        return rj
+
+    def __reduce__(self):
+        # copies and pickles carry the indexes as they are: rebuilding them would call
+        # ``order_key`` on a scheduler that is itself still being copied
+        return (_rebuilt_running, (dict(self), dict(self.milli_by_queue), dict(self._ordered), self.order_key))
+
+    def __deepcopy__(self, memo: dict) -> "RunningJobs":
+        import copy
+
+        new = RunningJobs()
+        memo[id(self)] = new
+        args = copy.deepcopy(self.__reduce__()[1], memo)
+        _fill_running(new, *args)
+        return new
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("RunningJobs changes one job at a time (item assignment, del, pop)")
+
+    clear = popitem = setdefault = update = __ior__ = _refuse
+
+
+def _rebuilt_running(items, milli, ordered, order_key) -> RunningJobs:
+    new = RunningJobs()
+    _fill_running(new, items, milli, ordered, order_key)
+    return new
+
+
+def _fill_running(new: RunningJobs, items: dict, milli: dict, ordered: dict, order_key) -> None:
+    for jid, rj in items.items():
+        dict.__setitem__(new, jid, rj)
+        new.by_queue[rj.job.queue][jid] = rj
+    new.milli_by_queue.update(milli)
+    new._ordered.update({q: list(v) for q, v in ordered.items()})
+    new.order_key = order_key
+
+
 class Snapshot:
     """Allocation state of the cluster. Not thread-safe; one cycle at a time."""
 
     def __init__(self, nodes: Iterable[Node] = ()) -> None:
         self.nodes: dict[str, NodeState] = {}
-        self.running: dict[str, RunningJob] = {}
+        self.running: RunningJobs = RunningJobs()
         self.free_whole: dict[str, dict[str, int]] = defaultdict(dict)
         # buckets[model][count] = nodes with exactly `count` whole free devices of the model
         self.buckets: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -367,10 +475,7 @@ class Snapshot:
         return sum(sum(v.values()) for m, v in self.free_whole.items() if model is None or m == model)
 
     def used_devices_by_queue(self) -> dict[str, float]:
-        out: dict[str, float] = defaultdict(float)
-        for rj in self.running.values():
-            out[rj.job.queue] += sum(len(b.device_indices) * b.milli / MILLI for b in rj.bindings)
-        return out
+        return {q: m / MILLI for q, m in self.running.milli_by_queue.items() if m}
 
 
 class NodeVectors:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .allocate import action_allocate
 from .backfill import action_backfill
-from .cycle import CycleState
+from .cycle import CycleState, PlacedTasks
 from .enqueue import action_enqueue, never_fits, never_fits_reason
 from .preempt import action_preempt
 from .reclaim import action_reclaim
@@ -28,4 +28,4 @@ ACTIONS: dict[str, Callable[[CycleState], None]] = {
     "reclaim": action_reclaim,
 }
 
-__all__ = ["ACTIONS", "CycleState", "never_fits", "never_fits_reason"]
+__all__ = ["ACTIONS", "CycleState", "PlacedTasks", "never_fits", "never_fits_reason"]

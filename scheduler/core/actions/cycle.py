@@ -16,6 +16,47 @@ from ..placer import Placer
 from ..snapshot import Snapshot, Statement
 
 
+class PlacedTasks:
+    """job id -> tasks running when the cycle began (or as the cycle set it), without copying
+    every running job per cycle: reads fall through to the snapshot's running jobs, whose
+    changes during the cycle report the value from before (``RunningJobs.watch``)."""
+
+    def __init__(self, running) -> None:
+        self._running = running
+        self._set: dict[str, int] = {}
+        self._before: dict[str, int] = {}
+        running.watch = self
+
+    def before_change(self, job_id: str, old) -> None:
+        if job_id not in self._before:
+            self._before[job_id] = len(old.bindings) if old is not None else 0
+
+    def close(self) -> None:
+        """Stop following the running jobs (the cycle's actions are done)."""
+        if self._running.watch is self:
+            self._running.watch = None
+
+    def get(self, job_id: str, default=None):
+        if job_id in self._set:
+            return self._set[job_id]
+        if job_id in self._before:
+            return self._before[job_id] or default
+        rj = self._running.get(job_id)
+        return len(rj.bindings) if rj is not None else default
+
+    def __getitem__(self, job_id: str) -> int:
+        n = self.get(job_id)
+        if n is None:
+            raise KeyError(job_id)
+        return n
+
+    def __setitem__(self, job_id: str, n: int) -> None:
+        self._set[job_id] = n
+
+    def __contains__(self, job_id: str) -> bool:
+        return self.get(job_id) is not None
+
+
 @dataclasses.dataclass
 class CycleState:
     """Book-keeping shared by the actions of one cycle."""
@@ -23,7 +64,7 @@ class CycleState:
     ctx: CycleContext
     placer: Placer
     pending: dict[str, Job]  # job id -> job still wanting tasks
-    placed_tasks: dict[str, int]  # job id -> tasks running before this cycle
+    placed_tasks: "PlacedTasks | dict[str, int]"  # job id -> tasks running before this cycle
     enqueued: list[str] = dataclasses.field(default_factory=list)
     bindings: list[Binding] = dataclasses.field(default_factory=list)
     evictions: list[Eviction] = dataclasses.field(default_factory=list)

@@ -12,7 +12,8 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     """Running jobs whose eviction could help ``job``, in eviction order. The mechanism keeps
     the jobs this action may touch at all: not placed by this very cycle, of a preemptible
     priority class, holding devices of a model the job asks for, and in the job's queue
-    (preempt) or in a queue above its deserved and guaranteed share (reclaim). The
+    (preempt: only those the queue order's priority puts behind the job, looked up in the
+    snapshot's priority index) or in a queue above its deserved and guaranteed share (reclaim). The
     ``VictimSelect`` plugins then filter and order them (priority: lower effective priority
     only for preempt, lowest first, then the fewest devices, then the youngest). Without one:
     a lower priority class only for preempt, in the same order by class value."""
@@ -21,7 +22,16 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     out = []
     usage = cs.ctx.queue_usage
     bound_now = {b.job_id for b in cs.bindings}
-    for rj in snap.running.values():
+    running = snap.running
+    if reclaim:
+        pool = [rj for q, jobs in running.by_queue.items() if q != job.queue for rj in jobs.values()]
+    elif running.order_key is not None:
+        # only jobs the queue order puts behind the preemptor (a margin for float rounding:
+        # the selectors compare exactly)
+        pool = running.below(job.queue, running.order_key(job) + 1e-9)
+    else:
+        pool = running.below(job.queue, 0.0)
+    for rj in pool:
         v = rj.job
         if v.id in bound_now:
             continue  # placed by this very cycle: evicting it would only churn

@@ -34,6 +34,11 @@ point               method                                              when
                                                                         it commits
 ``VictimSelect``    ``victims(job, candidates, ctx, reclaim) -> list``  who may be evicted for a
                                                                         job, in eviction order
+``Observe``         ``observe(job, history) -> None``                   every submitted job, and
+                                                                        (``history``) jobs seen
+                                                                        before the scheduler
+                                                                        started: plugins that
+                                                                        learn the workload
 ==================  =================================================  ==========================
 
 Plugins must be fast at the per-node points (``filter``, ``select``): they run for every node a
@@ -137,6 +142,10 @@ class JobOrder(Protocol):
 
 @runtime_checkable
 class Priority(Protocol):
+    """``effective(a, t) - effective(b, t)`` must not change with ``t`` once both jobs are
+    submitted (aging counts for every job alike): preempt keeps the running jobs in this
+    order and looks only below the preemptor."""
+
     def effective(self, job: Job, now: float) -> float: ...
 
 
@@ -174,6 +183,11 @@ class VictimSelect(Protocol):
     ) -> "list[RunningJob]": ...
 
 
+@runtime_checkable
+class Observe(Protocol):
+    def observe(self, job: Job, history: bool) -> None: ...
+
+
 #: every extension point, by the name a plugin's docs and errors use
 POINTS: dict[str, Any] = {
     "pre_filter": PreFilter,
@@ -191,4 +205,5 @@ POINTS: dict[str, Any] = {
     "unreserve": Reserve,
     "permit": Permit,
     "victims": VictimSelect,
+    "observe": Observe,
 }

@@ -25,6 +25,7 @@ from .points import (
     Gang,
     JobOrder,
     NodeOrder,
+    Observe,
     Permit,
     PreFilter,
     Priority,
@@ -155,6 +156,7 @@ class Framework:
         self.gang: Gang | None = next(iter(having("min_tasks")), None)
         self.tier_rule: Tiers | None = next(iter(having("tiers")), None)
         self.victim_selectors: list[VictimSelect] = having("victims")
+        self.observers: list[Observe] = having("observe")
         # the plugins with per-job points, for ``for_job``
         self._per_job = [
             p

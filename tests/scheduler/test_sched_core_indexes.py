@@ -1,0 +1,122 @@
+"""What keeps a cycle independent of the number of running jobs and nodes: the running jobs'
+indexes (queue use, per-queue priority order) and preemption's look-up in them; the ``Observe`` point that lets a plugin learn the workload."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from xpod.scheduler.core import Scheduler
+from xpod.scheduler.core.framework import PLUGINS, Plugin, register
+from xpod.scheduler.core.model import MILLI, DeviceRequest, Queue, ReasonCode
+from xpod.scheduler.core.profile import default_profile, profile_from_dict
+from xpod.scheduler.core.testing import job, node, placements
+
+H = "nvidia-h100-sxm"
+B = "nvidia-b200"
+
+
+@pytest.fixture
+def registered():
+    added: list[str] = []
+
+    def add(cls):
+        register(cls)
+        added.append(cls.name)
+        return cls
+
+    yield add
+    for name in added:
+        PLUGINS.pop(name, None)
+
+
+def _brute_usage(s: Scheduler) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for rj in s.running.values():
+        out[rj.job.queue] = (
+            out.get(rj.job.queue, 0.0) + sum(len(b.device_indices) * b.milli for b in rj.bindings) / MILLI
+        )
+    return {q: v for q, v in out.items() if v}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_running_job_indexes_match_a_recount_through_random_churn(seed):
+    rng = random.Random(seed)
+    queues = (Queue("a"), Queue("b"))
+    s = Scheduler([node(f"n{i}").devices(H, 8).build() for i in range(4)], queues=queues, clock=lambda: 1.0)
+    t = 1.0
+    for step in range(60):
+        t += rng.uniform(1, 600)
+        op = rng.random()
+        if op < 0.6:
+            count = rng.choice([1, 2, 4])
+            milli = rng.choice([MILLI, 500]) if count == 1 else MILLI
+            j = job(f"j{step}").devices(H, count, milli=milli).queue(rng.choice("ab"))
+            s.submit(j.priority(rng.choice(["low", "normal", "high"])).submitted(t).build())
+        elif op < 0.85 and s.running:
+            s.finish(rng.choice(sorted(s.running)))
+        elif s.pending:
+            s.cancel(rng.choice(sorted(s.pending)))
+        s.cycle(now=t)
+        running = s.snapshot.running
+        assert s.snapshot.used_devices_by_queue() == pytest.approx(_brute_usage(s))
+        for q in ("a", "b"):
+            assert set(running.by_queue.get(q, {})) == {jid for jid, rj in running.items() if rj.job.queue == q}
+            key = running.order_key
+            for probe in list(s.pending.values())[:3]:
+                want = {jid for jid, rj in running.items() if rj.job.queue == q and key(rj.job) < key(probe)}
+                assert {rj.job.id for rj in running.below(q, key(probe))} == want
+    clone = copy.deepcopy(s)  # copies carry the indexes as they are (estimates copy the facade)
+    assert clone.snapshot.used_devices_by_queue() == s.snapshot.used_devices_by_queue()
+    assert clone.snapshot.running.order_key.__self__ is clone
+
+
+def test_priority_order_keeps_aging_and_preempt_looks_only_below():
+    """A young high-priority job preempts a low one; an old job of the same class is never a
+    victim of a younger one (the queue order puts it ahead: aging counts for both)."""
+    s = Scheduler([node("n").devices(H, 8).build()], clock=lambda: 1.0)
+    s.submit(job("old").devices(H, 8).priority("normal").submitted(1.0).build())
+    s.cycle(now=2.0)
+    s.submit(job("young").devices(H, 8).priority("normal").submitted(3600.0).build())
+    r = s.cycle(now=3601.0)
+    assert "old" in s.running and r.pending["young"].code is ReasonCode.UNSCHEDULABLE
+    s.submit(job("vip").devices(H, 8).priority("high").submitted(3700.0).build())
+    r = s.cycle(now=3701.0)
+    assert placements(r) == {"vip": [("n", tuple(range(8)))]} and [e.job_id for e in r.evictions] == ["old"]
+
+
+def test_observe_sees_submissions_and_history_and_explain_false_keeps_the_decisions(registered):
+    seen: list[tuple[str, bool]] = []
+
+    class Learner(Plugin):
+        name = "test-learner"
+
+        def observe(self, job, history):
+            seen.append((job.id, history))
+
+    registered(Learner)
+    prof = profile_from_dict(
+        {"actions": ["enqueue", "allocate"], "policies": [n for n, _ in default_profile().policies] + ["test-learner"]}
+    )
+    nodes = [node("n").devices(H, 2).build()]
+    s = Scheduler(nodes, profile=prof, clock=lambda: 1.0)
+    s.learn_history([job("past").devices(H, 1).build()])
+    s.submit(job("now").devices(H, 1).build())
+    s.submit(job("big").devices(H, 4).build())
+    assert seen == [("past", True), ("now", False), ("big", False)]
+    quiet = Scheduler(nodes, profile=prof, clock=lambda: 1.0)
+    quiet.submit(job("now").devices(H, 1).build())
+    quiet.submit(job("big").devices(H, 4).build())
+    loud, hushed = s.cycle(), quiet.cycle(explain=False)
+    assert loud.bindings == hushed.bindings and hushed.pending == {} and "big" in loud.pending
+
+
+def test_a_request_may_name_several_models():
+    s = Scheduler([node("h").devices(H, 1).build(), node("b").devices(B, 1).build()], clock=lambda: 1.0)
+    j = job("either").devices(H, 1).build()
+    either = j.__class__(**{**j.__dict__, "devices": DeviceRequest(count=1, model_choices=frozenset({B, "x"}))})
+    s.submit(either)
+    assert placements(s.cycle()) == {"either": [("b", (0,))]}
+    assert DeviceRequest(count=1, model_choices=frozenset({B, H})).describe() == f"1 {' or '.join(sorted({B, H}))}"
