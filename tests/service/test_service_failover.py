@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import job_doc
 from test_service_integration import XPOD, LiveServer, cli
 
+EXAMPLE_JOB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "service", "jobs", "train.yaml")
 TASK = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "agent", "task.py")
 
 # a short lease keeps the test quick; the default (3 s) is the bench's
@@ -108,6 +109,11 @@ def test_one_leader_followers_read_and_name_it(pg_url):
         assert a.addr in err.value.details() and "follows" in err.value.details()
         out = cli("jobs", "--server", b.addr)
         assert out.returncode == 0 and job.id in out.stdout, out.stderr
+        out = cli("nodes", "--server", b.addr)
+        assert out.returncode == 0 and "g1" in out.stdout, out.stderr
+        # the CLI given only the follower is sent on to the leader it names
+        out = cli("submit", "--server", b.addr, "--request-id", "via-follower", EXAMPLE_JOB)
+        assert out.returncode == 0 and "submitted" in out.stdout, out.stderr
         # a clean stop hands over at once (the lease is released)
         a.stop()
         wait_for("the follower to lead", lambda: metric(b, "xpod_scheduler_leader") == 1.0, 30)
@@ -235,6 +241,19 @@ def test_kill9_of_the_leader_under_load_loses_and_duplicates_nothing(pg_url, tmp
     finally:
         for s in servers:
             s.stop()
+
+
+def test_the_server_list_comes_from_flag_environment_or_config(tmp_path, monkeypatch):
+    from xpod.runtime.client import resolve_target
+
+    monkeypatch.delenv("XPOD_SERVER", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text("server: [a:1, b:2]\n")
+    monkeypatch.setenv("XPOD_CONFIG", str(config))
+    assert resolve_target().addresses == ("a:1", "b:2")
+    monkeypatch.setenv("XPOD_SERVER", "c:3, d:4")
+    assert resolve_target().addresses == ("c:3", "d:4")
+    assert resolve_target("e:5,f:6").addresses == ("e:5", "f:6")
 
 
 def test_bad_store_urls_are_one_line_and_exit_1(postgres):

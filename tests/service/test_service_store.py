@@ -197,3 +197,13 @@ def test_request_id_of_a_finished_job_still_answers(location):
         assert not again.created and again.job.id == job.id and again.job.state is JobState.SUCCEEDED
         with pytest.raises(RequestIdConflict):
             submit(store, "r1", {"x": 2})
+
+
+def test_a_sqlite_url_is_the_same_as_a_path(tmp_path):
+    path = str(tmp_path / "u.db")
+    with open_store(f"sqlite://{path}") as store:
+        submit(store, "r1")
+    with open_store(path) as store:
+        assert [j.request_id for j in store.load_jobs()] == ["r1"]
+    with pytest.raises(StoreError, match="sqlite:///absolute/path"):
+        open_store("sqlite://relative.db")
