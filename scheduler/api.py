@@ -402,6 +402,29 @@ class SchedulerApi:
 
     # --- lifecycle ---
 
+    def catch_up(self) -> None:
+        """Bring a follower replica's mirror up to the store: the events above its revision (as
+        the leader's commits would have), then the registered nodes. Never schedules."""
+        while True:
+            events = self._store.events_since(self._last_revision, limit=2000)
+            if not events:
+                break
+            results: list[Any] = []
+            for ev in events:
+                if ev.type is EventType.SUBMITTED and ev.job.id not in self._jobs:
+                    results.append(SubmitResult(ev.job, True, ev))
+                else:
+                    results.append(UpdateResult(ev.job, ev))
+            self._on_commit(results)
+            with self._lock:
+                self._new_jobs.clear()  # handed to the core by the leader only
+                for ev in events:
+                    if ev.job.state is not JobState.QUEUED:
+                        self._live_pending.pop(ev.job.id, None)
+            if len(events) < 2000:
+                break
+        self.refresh_nodes()
+
     def recovered_state(self) -> "Recovered":
         """This API's jobs as of its revision (a follower replica's mirror, handed to the
         leader it becomes, so the new leader needs no second read and parse of every job)."""

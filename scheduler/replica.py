@@ -33,7 +33,7 @@ import uuid
 from typing import Any, Callable
 
 from xpod.scheduler.api import ApiError, Code, Recovered, SchedulerApi
-from xpod.scheduler.store import JobState, StoreError, StoreUnavailable, SubmitResult, UpdateResult, EventType
+from xpod.scheduler.store import StoreError, StoreUnavailable
 from xpod.scheduler.store_postgres import LeaderLease, PostgresStore, mask_url
 
 
@@ -171,7 +171,7 @@ class Replica:
             follower.read_only_error = self._not_leader_error
             self._become(Role.FOLLOWER, follower)
         try:
-            _follow(self._api)
+            self._api.catch_up()
         except StoreUnavailable as err:
             self.failure = str(err)
             self._become(Role.NO_STORE, None)
@@ -205,7 +205,7 @@ class Replica:
             # Warm start: the lease is ours, so every write of the old leader either committed
             # before we took it or is fenced off; one last tail makes the mirror complete.
             try:
-                _follow(follower)
+                follower.catch_up()
                 recovered = follower.recovered_state()
             except StoreUnavailable:
                 recovered = None
@@ -231,7 +231,7 @@ class Replica:
         self._become(Role.LEADER, api)
         self._log(
             f"xpod server: leader (lease token {token}) after {time.monotonic() - t0:.2f} s of recovery; "
-            f"{len(api._jobs)} jobs, revision {api.last_revision}"
+            f"revision {api.last_revision}" + (f", {len(recovered.jobs)} jobs handed over" if recovered else "")
         )
 
     def _step_down(self, why: str, *, release: bool = False) -> None:
@@ -275,29 +275,6 @@ class Replica:
             metadata={"leader": leader, "replica": self.address},
             retry_after_s=0.2,
         )
-
-
-def _follow(api: SchedulerApi) -> None:
-    """Bring a follower's mirror up to the store: events since its revision, new nodes."""
-    while True:
-        events = api.store.events_since(api.last_revision, limit=2000)
-        if not events:
-            break
-        results: list[Any] = []
-        for ev in events:
-            if ev.type is EventType.SUBMITTED and ev.job.id not in api._jobs:
-                results.append(SubmitResult(ev.job, True, ev))
-            else:
-                results.append(UpdateResult(ev.job, ev))
-        api._on_commit(results)
-        with api._lock:
-            api._new_jobs.clear()  # handed to the core by the leader only
-            for ev in events:
-                if ev.job.state is not JobState.QUEUED:
-                    api._live_pending.pop(ev.job.id, None)
-        if len(events) < 2000:
-            break
-    api.refresh_nodes()
 
 
 class ApiHandle:
