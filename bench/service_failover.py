@@ -131,19 +131,6 @@ def leader_address(url: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def list_all(c) -> list:
-    """Every job, page by page, through the client (so a replica still starting is skipped)."""
-    from xpod.proto.xpod.v1 import job_service_pb2
-
-    jobs, token = [], ""
-    while True:
-        resp = c.call(c.jobs.ListJobs, job_service_pb2.ListJobsRequest(page_size=1000, page_token=token), 60)
-        jobs += list(resp.jobs)
-        token = resp.next_page_token
-        if not token:
-            return jobs
-
-
 def wait_for(what: str, check, timeout_s: float):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -271,7 +258,7 @@ def main() -> int:
             t.join(timeout=180)
         # the check, through any replica
         with Client(Target(addrs, None, None, "bench"), timeout_s=60, failover_s=120) as c:
-            jobs = list_all(c)
+            jobs = c.list()  # every page, through the client (a replica still starting is skipped)
             by_rid: dict[str, list[str]] = {}
             for j in jobs:
                 by_rid.setdefault(j.request_id, []).append(j.id)
