@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo check-install clean proto proto-lint prometheus-tools postgresql-tools
+.PHONY: install test lint demo check-install clean proto proto-lint prometheus-tools postgresql-tools docs docs-ref
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -60,6 +60,14 @@ prometheus-tools:
 postgresql-tools:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)
+
+# The documentation site (MkDocs Material, mkdocs.yml) into build/site; `make test` builds it with
+# --strict too (tests/docs). docs-ref regenerates docs/reference/*.md from the code.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-ref: install
+	$(PY) tools/gen_docs_ref.py
 
 # The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
 proto: install

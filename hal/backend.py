@@ -25,7 +25,7 @@ class Capability(str, enum.Enum):
     TORCH_DEVICES = "torch_devices"  # tensors on the device through a torch extension
     DISTRIBUTED = "distributed"  # a torch.distributed backend for collectives
     ALL_TO_ALL = "all_to_all"  # torch.distributed all_to_all_single on that backend
-    UNEVEN_ALL_GATHER = "uneven_all_gather"
+    UNEVEN_ALL_GATHER = "uneven_all_gather"  # all_gather of tensors whose dim 0 differs by rank
     HEALTH = "health"  # an explicit health reading (Ascend) or mapped signals
     METRICS = "metrics"  # utilisation / temperature / power readings
     TOPOLOGY = "topology"  # an intra-node link matrix

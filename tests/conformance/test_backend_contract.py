@@ -2,7 +2,7 @@
 
 cpu (and sim, when registered) are always present; a real accelerator backend joins the
 parametrisation on a host that has its hardware. Backends that are unavailable here are
-checked by tests/unit/test_backends_without_sdk.py instead.
+checked by tests/backends/test_backends_contract.py instead (imported with no vendor SDK).
 """
 
 import dataclasses
@@ -114,7 +114,7 @@ def test_missing_capability_raises_named_error(backend):
 @pytest.mark.parametrize("backend", [b for b in AVAILABLE if b.device_type == "cpu"], ids=lambda b: b.name)
 def test_distributed_backend_runs_a_collective(backend):
     """A one-rank process group on the backend's distributed library does a real all_reduce.
-    (Accelerator backends run theirs in worker processes: tests/multiproc.)"""
+    (Multi-rank collectives run in worker processes: tests/collectives/test_collectives_multiproc.py.)"""
     import socket
 
     import torch
