@@ -99,3 +99,41 @@ def named_paths() -> list[tuple[str, int, str]]:
 
 def missing_paths() -> list[tuple[str, int, str]]:
     return [(f, n, p) for f, n, p in named_paths() if p.rstrip("/.") not in ALLOWED_MISSING and not _exists(p)]
+
+
+MODULE_REF = re.compile(r"(?<![\w./-])(xpod(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+#: dotted names that are not Python objects: the gRPC package, the error domain, a file name
+NOT_MODULES = ("xpod.v1", "xpod.io", "xpod.db")
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``xpod.a.b.c`` is a module, or an attribute reached from the longest module prefix."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 1, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def unresolved_module_refs() -> list[tuple[str, int, str]]:
+    """(file, line, name) for each ``xpod.x.y`` name in README.md and docs/ that is neither a
+    module nor an attribute of one."""
+    out = []
+    for f in _doc_files():
+        with open(f, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                for m in MODULE_REF.finditer(line):
+                    name = m.group(1).rstrip(".")
+                    if name.startswith(NOT_MODULES) or resolves(name):
+                        continue
+                    out.append((os.path.relpath(f, REPO), i, name))
+    return out

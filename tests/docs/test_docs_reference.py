@@ -87,3 +87,13 @@ def test_the_path_finder_finds_paths():
         (2, "# see bench/x.py"),
     ]
     assert all(reason for reason in ALLOWED_MISSING.values())
+
+
+def test_every_python_name_the_docs_give_resolves():
+    from docs_paths import resolves, unresolved_module_refs
+
+    bad = unresolved_module_refs()
+    assert not bad, "xpod.* names in README.md or docs/ that are no module or attribute:\n" + "\n".join(
+        f"  {f}:{n}: {name}" for f, n, name in bad
+    )
+    assert resolves("xpod.hal.catalog.match_model") and not resolves("xpod.scheduler.no_such_module")
