@@ -376,8 +376,10 @@ def metric_rows(source: str) -> list[tuple[str, str, str, str]]:
 
         return _collector_rows([DeviceCollector([])])
     if source == "scheduler":
-        from xpod.scheduler.service_metrics import ServiceMetrics
-
+        try:  # the service wing's package layout (module xpod.scheduler.service.metrics)
+            ServiceMetrics = importlib.import_module("xpod.scheduler.service.metrics").ServiceMetrics
+        except ImportError:  # the flat one it replaces
+            ServiceMetrics = importlib.import_module("xpod.scheduler.service_metrics").ServiceMetrics
         registry = ServiceMetrics().registry
         return _collector_rows(list(registry._collector_to_names))
     raise ValueError(source)

@@ -4,6 +4,7 @@ repository path the docs, README and docstrings name exists."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -15,6 +16,11 @@ from docs_paths import ALLOWED_MISSING, REPO, _code_files, docstrings_and_commen
 _spec = importlib.util.spec_from_file_location("gen_docs_ref", os.path.join(REPO, "tools", "gen_docs_ref.py"))
 gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
+
+
+@functools.lru_cache(maxsize=1)
+def rendered() -> dict[str, str]:
+    return gen.render()
 
 
 def test_site_builds_with_strict(tmp_path):
@@ -37,7 +43,7 @@ def test_site_builds_with_strict(tmp_path):
 
 
 def test_reference_pages_match_the_code():
-    pages = gen.render()
+    pages = rendered()
     stale = gen.stale(pages)
     assert not stale, (
         f"docs/reference/{', docs/reference/'.join(stale)} differ from what the code generates now; "
@@ -48,7 +54,7 @@ def test_reference_pages_match_the_code():
 def test_every_metric_named_in_the_code_is_in_the_reference():
     """A metric declared in a module the generator does not read would be missing from
     docs/reference/metrics.md: every metric-like name in the code must be on the page."""
-    page = gen.render()["metrics.md"]
+    page = rendered()["metrics.md"]
     documented = set(re.findall(r"`([a-z_:]+)`", page))
     documented |= {n[: -len("_total")] for n in documented if n.endswith("_total")}
     names = set()
