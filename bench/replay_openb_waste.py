@@ -1,8 +1,9 @@
 """Where the unallocated GPU capacity sits at the end of one openb replay, and which pods failed.
 
-    .venv/bin/python bench/replay_openb_waste.py --list gpushare100 --policy default [--seed 42] [--top 12]
+    .venv/bin/python bench/replay_openb_waste.py --list gpushare100 --profile default [--seed 42] [--top 12]
 
-Replays one pod list (bench/data/openb/) like ``xpod replay openb`` and rebuilds the final
+Replays one pod list (bench/data/openb/) with ``xpod replay openb``'s engine (the scheduler core
+and a profile: ``default``, ``fgd``, ``bestfit``, ``random`` or a path) and rebuilds the final
 cluster state from the placements. Prints:
 
 * the idle GPU milli by cause: nodes never used; GPUs on nodes whose CPU or memory no GPU pod
@@ -13,7 +14,8 @@ cluster state from the placements. Prints:
 * the failed pods by shape and by first reason (no GPU fits anywhere / GPUs fit only on nodes
   without the CPU or memory).
 
-This is the diagnostic behind the `default` policy's empty-GPU credit (scheduler/replay/openb.py).
+This is the diagnostic behind the ``fragmentation`` plugin's empty-GPU credit
+(scheduler/core/plugins/fragmentation.py).
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ from collections import Counter, defaultdict
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+MILLI = 1000
 DATA = os.path.join(HERE, "data", "openb")
 
 
 def main(argv=None) -> int:
-    from xpod.scheduler.replay import openb
+    from xpod.scheduler.core.profile import load_profile
+    from xpod.scheduler.sim import openb
+
+    from replay_openb import profile_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", default="gpushare100", help="pod list name, e.g. gpushare100 or default")
-    ap.add_argument("--policy", default="default")
+    ap.add_argument("--profile", default="default")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--load", type=float, default=1.3)
     ap.add_argument("--top", type=int, default=12, help="rows per table")
@@ -43,21 +50,21 @@ def main(argv=None) -> int:
     name = args.list if args.list.startswith("openb_pod_list_") else f"openb_pod_list_{args.list}"
     nodes = openb.load_nodes(os.path.join(args.data, "openb_node_list_gpu_node.csv"))
     pods = openb.load_pods(os.path.join(args.data, f"{name}.csv.gz"))
-    r = openb.replay(nodes, pods, args.policy, load=args.load, seed=args.seed)
+    r = openb.replay(nodes, pods, load_profile(profile_path(args.profile)), load=args.load, seed=args.seed)
     work = openb.shuffle_and_tune(pods, nodes.gpu_capacity_milli, args.load, args.seed)
     cap = nodes.gpu_capacity_milli
     print(
-        f"{name} {args.policy} seed {args.seed}: allocated {r.alloc_pct:.2f} % of {cap // 1000} GPUs, "
+        f"{name} {args.profile} seed {args.seed}: allocated {r.alloc_pct:.2f} % of {cap // 1000} GPUs, "
         f"placed {r.pods_placed} of {r.pods_arrived} pods, {r.seconds:.1f} s"
     )
 
     # replay the placements in arrival order to rebuild the state and classify each failure
     index = {n: i for i, n in enumerate(nodes.names)}
-    n_nodes, width = len(nodes.names), max(nodes.max_gpus, 1)
+    n_nodes, width = len(nodes.names), max(int(nodes.gpu_count.max()), 1)
     cpu, mem = nodes.cpu_milli.copy(), nodes.memory_mib.copy()
     left = np.zeros((n_nodes, width), dtype=np.int64)
     for i, c in enumerate(nodes.gpu_count.tolist()):
-        left[i, :c] = openb.MILLI
+        left[i, :c] = MILLI
     used = np.zeros(n_nodes, dtype=bool)
     contents: dict[tuple[int, int], list[int]] = defaultdict(list)
     placed = iter(r.placements)
@@ -79,17 +86,18 @@ def main(argv=None) -> int:
         if num == 0:
             why = "no node has the CPU/memory"
         else:
-            gpu_fits = ((left >= milli).sum(axis=1) >= num) & openb.spec_access(work.spec[j], nodes.models)[
-                nodes.model_id
-            ]
+            allowed = {s for s in work.spec[j].split("|") if s}
+            gpu_fits = ((left >= milli).sum(axis=1) >= num) & np.array(
+                [not allowed or m in allowed for m in nodes.model], dtype=bool
+            )
             why = "GPUs fit only on nodes without the CPU/memory" if gpu_fits.any() else "no node has the GPUs"
         failed_why[why] += 1
 
     gpu_pods = work.num_gpu > 0
     min_cpu = int(work.cpu_milli[gpu_pods].min()) if gpu_pods.any() else 0
     min_mem = int(work.memory_mib[gpu_pods].min()) if gpu_pods.any() else 0
-    sharing = work.gpu_milli[(work.num_gpu == 1) & (work.gpu_milli < openb.MILLI)]
-    min_share = int(sharing.min()) if len(sharing) else openb.MILLI
+    sharing = work.gpu_milli[(work.num_gpu == 1) & (work.gpu_milli < MILLI)]
+    min_share = int(sharing.min()) if len(sharing) else MILLI
     cause = Counter()
     for i in range(n_nodes):
         for g in range(int(nodes.gpu_count[i])):
@@ -102,7 +110,7 @@ def main(argv=None) -> int:
                 cause["node's CPU/memory fits no GPU pod"] += idle
             elif idle < min_share:
                 cause[f"remainder below the smallest sharing pod ({min_share}m)"] += idle
-            elif idle == openb.MILLI:
+            elif idle == MILLI:
                 cause["whole idle GPU on a used node"] += idle
             else:
                 cause["usable remainder no later pod took"] += idle

@@ -22,6 +22,7 @@ from xpod.hal.errors import XpodError
 
 COMMAND_MODULES = [
     "xpod.runtime.cli.scheduler",
+    "xpod.runtime.cli.replay",
     "xpod.runtime.cli.devices",
     "xpod.runtime.cli.cluster",
     "xpod.runtime.cli.collectives",

@@ -1,47 +1,14 @@
-"""``xpod replay openb`` and ``xpod bench scheduler``."""
+"""``xpod bench scheduler``."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from xpod.hal.errors import XpodError
 
-REPLAY_POLICIES = ("random", "bestfit", "fgd", "default")
-
 
 def register(commands) -> None:
-    rp = commands.top.add_parser("replay", help="trace replays (the FGD paper's openb experiment)")
-    sub = rp.add_subparsers(dest="replay_command", metavar="TRACE")
-    rp.set_defaults(func=lambda args: (rp.print_help(sys.stderr), 2)[1])
-    o = sub.add_parser(
-        "openb",
-        help="replay an Alibaba openb pod list against its node list (FGD, ATC'23)",
-        description=(
-            "Shuffle the pod list with --seed, tune it to --load x the GPU capacity, let pods only "
-            "arrive and place each once with --policy (score ties to a fixed end of the node list); report GPU "
-            "allocation against arrived load."
-        ),
-    )
-    o.add_argument("--nodes", required=True, metavar="CSV", help="openb node list (sn,cpu_milli,memory_mib,gpu,model)")
-    o.add_argument("--pods", required=True, metavar="CSV", help="openb pod list")
-    o.add_argument(
-        "--policy",
-        default="default",
-        metavar="P",
-        help=f"one of {', '.join(REPLAY_POLICIES)}, or several separated by commas (default: default)",
-    )
-    o.add_argument(
-        "--load", type=float, default=1.3, help="arrived GPU request as a multiple of capacity (default 1.3)"
-    )
-    o.add_argument("--seed", type=int, default=42, help="shuffle / sampling seed (the paper uses 42..51)")
-    o.add_argument("--json", metavar="OUT", help="write results as JSON ('-' for stdout)")
-    o.add_argument("--placements", metavar="CSV", help="write pod,node,gpu_indices,gpu_milli (one policy only)")
-    o.add_argument("--plot", metavar="PNG", help="draw GPU allocation against arrived load for every policy run")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.set_defaults(func=cmd_replay_openb)
-
     b = commands.bench.add_parser(
         "scheduler",
         help="placement decisions per second with N queued jobs",
@@ -62,108 +29,6 @@ def register(commands) -> None:
     b.add_argument("--profile", metavar="YAML", help="scheduler profile (actions and policies)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench_scheduler)
-
-
-def _policies(arg: str) -> list[str]:
-    names = [p.strip() for p in arg.split(",") if p.strip()]
-    if not names:
-        raise XpodError("--policy: give at least one policy")
-    for n in names:
-        if n not in REPLAY_POLICIES:
-            raise XpodError(f"--policy: unknown policy {n!r}; choose from {', '.join(REPLAY_POLICIES)}")
-    return names
-
-
-def cmd_replay_openb(args) -> int:
-    from xpod.scheduler.replay import openb
-
-    policies = _policies(args.policy)
-    if args.placements and len(policies) > 1:
-        raise XpodError("--placements: writes one policy's placements; pass a single --policy")
-    if not (0 < args.load <= 10):
-        raise XpodError(f"--load: {args.load} must be in (0, 10] (1.3 = 130 % of GPU capacity)")
-    for flag, path in (("--json", args.json), ("--placements", args.placements), ("--plot", args.plot)):
-        if path and path != "-":
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise XpodError(f"{flag} {path}: directory {parent} does not exist")
-    nodes = openb.load_nodes(args.nodes)
-    pods = openb.load_pods(args.pods)
-    results = []
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.no_progress,
-        transient=False,
-    ) as progress:
-        for pol in policies:
-            task = progress.add_task(f"{pol} seed {args.seed}", total=None)
-
-            def cb(done: int, total: int, task=task) -> None:
-                progress.update(task, completed=done, total=total)
-
-            results.append(openb.replay(nodes, pods, pol, load=args.load, seed=args.seed, progress=cb))
-    docs = []
-    for r in results:
-        d = r.to_json()
-        d.update(nodes_file=args.nodes, pods_file=args.pods)
-        docs.append(d)
-    out = docs[0] if len(docs) == 1 else {"runs": docs}
-    if args.json == "-":
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(out, f, indent=2)
-                f.write("\n")
-        except OSError as err:
-            raise XpodError(f"--json {args.json}: cannot write: {err.strerror}") from None
-    if args.placements:
-        openb.write_placements(args.placements, results[0].placements)
-    if args.plot:
-        plot_replays(results, args.plot, os.path.basename(args.pods))
-    if args.json != "-":
-        for r in results:
-            print(
-                f"{r.policy:8s} seed {r.seed}: GPU allocation {r.alloc_pct:.2f} % at {r.arrived_pct:.1f} % arrived "
-                f"({r.pods_placed}/{r.pods_arrived} pods placed, {r.seconds:.1f} s)"
-            )
-    return 0
-
-
-def plot_replays(results, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in results:
-        xs = list(range(len(r.alloc_curve_pct)))
-        ax.plot(xs, r.alloc_curve_pct, label=f"{r.policy} ({r.alloc_pct:.2f} %)")
-    ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
-    ax.set_xlabel("arrived GPU request (% of capacity)")
-    ax.set_ylabel("GPU allocation (% of capacity)")
-    ax.set_title(f"openb {title}, seed {results[0].seed}")
-    ax.set_xlim(0, max(len(r.alloc_curve_pct) for r in results))
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise XpodError(f"--plot {path}: cannot write: {err.strerror}") from None
-    finally:
-        plt.close(fig)
 
 
 def cmd_bench_scheduler(args) -> int:

@@ -4,7 +4,20 @@ Importing this package registers them (``framework.register``); a profile names 
 ``policies``. ``DEFAULT`` is the order ``xpod server`` runs with no profile.
 """
 
-from . import ascend, binpack, drf, fragmentation, gang, node_selector, priority, spread, topology
+from . import (
+    ascend,
+    bestfit,
+    binpack,
+    drf,
+    fgd,
+    fragmentation,
+    gang,
+    node_selector,
+    priority,
+    random_fit,
+    spread,
+    topology,
+)
 
 #: the default profile's plugins, in order
 DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority")
@@ -12,6 +25,9 @@ DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentat
 __all__ = [
     "DEFAULT",
     "ascend",
+    "bestfit",
+    "fgd",
+    "random_fit",
     "binpack",
     "drf",
     "fragmentation",

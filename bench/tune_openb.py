@@ -1,0 +1,141 @@
+"""Choose the ``fragmentation`` plugin's constants on the tuning lists only, against our own FGD.
+
+    .venv/bin/python bench/tune_openb.py --variants '[{"empty_credit": 0}, {"credit_from": 0.8}]'
+        [--lists cpu0,gpushare20/sharing] [--seeds 42,43] [--jobs 2] [--json OUT]
+
+The test lists (the 14 with published FGD results) are refused: the plugin's constants must
+not be chosen on them (bench/replay_openb.py scores them). The tuning set is the six pod lists
+without published results (``TUNING_LISTS``) and synthetic lists derived from them alone:
+
+* ``gpushare20/sharing``: gpushare20's fractional pods (every GPU pod shares a GPU), with CPU-only
+  pods in the list's own proportion to GPU pods;
+* ``gpuspec05/spec6``: gpuspec05 with its GPU-model-constrained pods drawn six times as often;
+* ``cpu300/share50``: cpu300 with half its whole-GPU pods dropped.
+
+Each variant is the default profile (examples/profiles/scheduler-default.yaml) with the
+``fragmentation`` plugin's arguments replaced by the variant's. Printed per list and variant:
+the mean over the seeds of the allocation at 60/80/100/130 % arrived, the unallocated share at
+130 % over our FGD's (examples/profiles/fgd.yaml, same lists and seeds), and the worst gap to
+our FGD's curve at 60/80/100 % arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from replay_openb import DATA, TUNING_LISTS, list_path, parse_seeds, profile_path  # noqa: E402
+
+SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "cpu300/share50")
+PLUGIN = "fragmentation"
+
+
+def tuning_pods(data: str, name: str):
+    """A tuning list, or a synthetic list derived from one (module docstring)."""
+    from xpod.scheduler.sim import openb
+
+    base, _, how = name.partition("/")
+    if base not in TUNING_LISTS:
+        raise SystemExit(f"{name}: not a tuning list ({', '.join(TUNING_LISTS)} and {', '.join(SYNTHETIC)})")
+    pods = openb.load_pods(list_path(data, base))
+    if not how:
+        return pods
+    idx = np.arange(len(pods))
+    if how == "sharing":
+        # the fractional pods, and CPU-only pods in the list's own proportion to GPU pods
+        cpu_only = idx[pods.num_gpu == 0]
+        sharing = idx[(pods.num_gpu == 1) & (pods.gpu_milli < 1000)]
+        share = len(cpu_only) / max(int((pods.num_gpu > 0).sum()), 1)
+        keep = np.concatenate([sharing, cpu_only[: int(round(share * len(sharing)))]])
+    elif how == "spec6":
+        constrained = idx[np.array([bool(s) for s in pods.spec])]
+        keep = np.concatenate([idx] + [constrained] * 5)
+    elif how == "share50":
+        whole = idx[(pods.num_gpu >= 1) & (pods.gpu_milli == 1000)]
+        keep = np.setdiff1d(idx, whole[::2])
+    else:
+        raise SystemExit(f"{name}: unknown derivation {how!r}")
+    return pods.take(np.sort(keep) if how != "spec6" else keep)
+
+
+def run_one(task: tuple) -> dict:
+    from xpod.scheduler.core.profile import load_profile, profile_from_dict
+    from xpod.scheduler.sim import openb
+
+    data, lst, variant, seed = task
+    nodes = openb.load_nodes(os.path.join(data, "openb_node_list_gpu_node.csv"))
+    pods = tuning_pods(data, lst)
+    if variant is None:
+        prof = load_profile(profile_path("fgd"))
+    else:
+        import yaml
+
+        with open(profile_path("default"), encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        for i, p in enumerate(doc["policies"]):
+            name = p if isinstance(p, str) else p["name"]
+            if name == PLUGIN:
+                doc["policies"][i] = {"name": PLUGIN, "args": {**(p.get("args", {}) if isinstance(p, dict) else {}), **variant}}
+        prof = profile_from_dict(doc, "variant")
+    r = openb.replay(nodes, pods, prof, seed=seed)
+    return {"list": lst, "variant": variant, "seed": seed, "curve": list(r.alloc_curve_pct), "alloc": r.alloc_pct, "seconds": r.seconds}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default="[{}]", help="JSON list of argument dicts for the plugin")
+    ap.add_argument("--lists", default=",".join(TUNING_LISTS + SYNTHETIC))
+    ap.add_argument("--seeds", default="42,43")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--json")
+    ap.add_argument("--data", default=DATA)
+    args = ap.parse_args(argv)
+    variants = json.loads(args.variants)
+    lists = [x for x in args.lists.split(",") if x]
+    for lst in lists:
+        tuning_pods(args.data, lst)  # refuses a test list before anything runs
+    seeds = parse_seeds(args.seeds)
+    tasks = [(args.data, lst, v, s) for lst in lists for v in [None, *variants] for s in seeds]
+    from replay_openb import _run_all_with
+
+    runs = _run_all_with(run_one, tasks, args.jobs)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(runs, f)
+    worst: dict[int, list] = {i: [] for i in range(len(variants))}
+    print(f"{'list':20s} {'variant':42s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'/FGD':>6s} {'gap':>6s}")
+    for lst in lists:
+        ref = [r for r in runs if r["list"] == lst and r["variant"] is None]
+        fgd = {a: statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in ref) for a in (60, 80, 100)}
+        fgd_final = statistics.fmean(r["alloc"] for r in ref)
+        print(f"{lst:20s} {'(our FGD)':42s} {fgd[60]:6.2f} {fgd[80]:6.2f} {fgd[100]:6.2f} {fgd_final:6.2f}")
+        for i, v in enumerate(variants):
+            mine = [r for r in runs if r["list"] == lst and r["variant"] == v]
+            at = {a: statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in mine) for a in (60, 80, 100)}
+            final = statistics.fmean(r["alloc"] for r in mine)
+            ratio = (100 - final) / (100 - fgd_final)
+            gap = min(at[a] - fgd[a] for a in (60, 80, 100))
+            worst[i].append((ratio, gap))
+            print(
+                f"{'':20s} {json.dumps(v)[:42]:42s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} {ratio:6.3f} {gap:+6.2f}",
+                flush=True,
+            )
+    for i, v in enumerate(variants):
+        rs = worst[i]
+        print(
+            f"{json.dumps(v)}: worst ratio {max(r for r, _ in rs):.3f}, mean ratio {statistics.fmean(r for r, _ in rs):.3f}, "
+            f"worst gap {min(g for _, g in rs):+.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""GPU-sharing fragmentation, as FGD measures it, over numpy arrays of nodes.
+
+Weng et al., "Beware of Fragmentation: Scheduling GPU-Sharing Workloads with Fragmentation
+Gradient Descent", USENIX ATC'23 (research/scheduler.md section 2.1), define a node's
+fragmentation against the workload's *typical pods*, the most frequent pod shapes that together
+make up 95 % of the pods: for a typical pod ``k``, ``frag_k(node)`` is all the idle device milli
+of the node when ``k`` cannot run there (wrong model, too little CPU, too few devices with
+enough milli left), and otherwise only the milli on the devices ``k`` could not use. A CPU-only
+typical pod counts all idle device milli. The node's fragmentation is
+``F = sum_k p_k * frag_k`` (``p_k`` = the shape's share of the typical pods), and the cluster's
+is the sum over nodes (the paper's Fig. 7 plots it in % of device capacity).
+
+This module holds the pure pieces: ``Workload`` (typical pods learnt from the jobs seen),
+``NodeArrays`` (the snapshot's free resources as arrays, kept current from the snapshot's change
+journal) and ``fragmentation`` (F for many node states at once). The scoring plugins and the
+replays' metrics use them. Units: CPU in milli-cores, devices in milli (1000 = one device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .model import MILLI, DeviceRequest, Job
+
+#: typical pods are the most frequent shapes covering this share of the pods (FGD's setting)
+TYPICAL_POD_POPULARITY = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class PodShape:
+    """What fragmentation depends on in a task: CPU, device milli per device, device count and
+    the device models it may use (empty = any)."""
+
+    cpu_milli: int
+    milli: int  # per device; 0 for a CPU-only task
+    count: int  # devices; 0 for a CPU-only task
+    models: tuple[str, ...] = ()  # allowed models, sorted; () = any
+
+    @property
+    def fractional(self) -> bool:
+        return self.count == 1 and self.milli < MILLI
+
+
+def shape_of(job: Job) -> PodShape:
+    req = job.devices
+    if req is None or req.count == 0:
+        return PodShape(job.cpu_milli, 0, 0)
+    return PodShape(job.cpu_milli, req.milli, req.count, allowed_models(req))
+
+
+def allowed_models(req: DeviceRequest) -> tuple[str, ...]:
+    """The models a request names (one, or a choice), sorted; () when it names none."""
+    if req.model_choices:
+        return tuple(sorted(req.model_choices))
+    return (req.model,) if req.model is not None else ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TypicalPods:
+    """FGD's typical pods as arrays (K shapes). ``access[k, m]``: shape k may use model m of
+    ``models``; ``p`` sums to 1."""
+
+    models: tuple[str, ...]
+    cpu_milli: np.ndarray  # (K,)
+    milli: np.ndarray  # (K,) per device, 0 for CPU-only shapes
+    count: np.ndarray  # (K,)
+    access: np.ndarray  # (K, M) bool
+    p: np.ndarray  # (K,) float
+
+    def __len__(self) -> int:
+        return len(self.p)
+
+
+def typical_pods(counts: Counter, models: Sequence[str], popularity: float = TYPICAL_POD_POPULARITY) -> TypicalPods:
+    """The most frequent shapes of ``counts`` (PodShape -> jobs) covering ``popularity`` of them,
+    most frequent first, equal counts in a fixed order (runs are reproducible)."""
+    shapes = sorted(counts.items(), key=lambda kv: (-kv[1], dataclasses.astuple(kv[0])))
+    total = sum(counts.values())
+    chosen: list[tuple[PodShape, int]] = []
+    cum = 0
+    for shape, c in shapes:
+        if cum >= popularity * total:
+            break
+        chosen.append((shape, c))
+        cum += c
+    p = np.array([c for _, c in chosen], dtype=np.float64)
+    access = np.array([[not s.models or m in s.models for m in models] for s, _ in chosen], dtype=bool).reshape(
+        len(chosen), len(models)
+    )
+    return TypicalPods(
+        models=tuple(models),
+        cpu_milli=np.array([s.cpu_milli for s, _ in chosen], dtype=np.int64),
+        milli=np.array([s.milli for s, _ in chosen], dtype=np.int64),
+        count=np.array([s.count for s, _ in chosen], dtype=np.int64),
+        access=access,
+        p=p / p.sum() if len(p) else p,
+    )
+
+
+class NodeArrays:
+    """The snapshot's nodes as arrays, in the snapshot's node-name order.
+
+    ``cpu_left``, ``memory_left`` (N,); ``free`` (N, G) device milli free (0 for an unhealthy
+    device and for the padding of nodes with fewer than G devices); ``model`` (N, G) index into
+    ``models`` (-1 for padding); ``version`` (N,) bumped on every change of the row.
+    Cordons are not mirrored: the placer checks every candidate node itself. ``sync(snap)`` catches up with the
+    snapshot's change journal and returns the indices of the nodes that changed (all of them
+    after a full rebuild, e.g. when nodes were added or removed).
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.index: dict[str, int] = {}
+        self.models: tuple[str, ...] = ()
+        self._cursor = -1
+        self._inventory = -1
+
+    def sync(self, snap) -> np.ndarray:
+        changed, cursor = snap.changed_since(self._cursor)
+        if changed is None or snap.inventory_version != self._inventory:
+            self._rebuild(snap)
+            self._cursor = snap.changed_since(-1)[1]
+            return np.arange(len(self.names))
+        self._cursor = cursor
+        if not changed:
+            return np.empty(0, dtype=np.int64)
+        rows = np.array(sorted({self.index[n] for n in changed if n in self.index}), dtype=np.int64)
+        for i in rows.tolist():
+            self._fill(i, snap.nodes[self.names[i]])
+        self.version[rows] += 1
+        return rows
+
+    def _rebuild(self, snap) -> None:
+        self._inventory = snap.inventory_version
+        self.names = tuple(sorted(snap.nodes))
+        self.index = {n: i for i, n in enumerate(self.names)}
+        models = sorted({d.model for st in snap.nodes.values() for d in st.node.devices})
+        self.models = tuple(models)
+        self._model_id = {m: i for i, m in enumerate(models)}
+        n = len(self.names)
+        g = max((len(st.node.devices) for st in snap.nodes.values()), default=0)
+        self.cpu_left = np.zeros(n, dtype=np.int64)
+        self.memory_left = np.zeros(n, dtype=np.int64)
+        self.free = np.zeros((n, max(g, 1)), dtype=np.int64)
+        self.model = np.full((n, max(g, 1)), -1, dtype=np.int64)
+        self.version = np.zeros(n, dtype=np.int64)
+        self.generation = getattr(self, "generation", 0) + 1  # a rebuild invalidates every cache
+        self.cpu_total = np.zeros(n, dtype=np.int64)
+        for i, name in enumerate(self.names):
+            st = snap.nodes[name]
+            self.cpu_total[i] = st.node.cpu_milli
+            for d in st.node.devices:
+                self.model[i, d.index] = self._model_id[d.model]
+            self._fill(i, st)
+
+    def _fill(self, i: int, st) -> None:
+        self.cpu_left[i] = st.cpu_left
+        self.memory_left[i] = st.memory_left
+        k = len(st.free_milli)
+        self.free[i, :k] = [f if u else 0 for f, u in zip(st.free_milli, st.usable)]
+
+    def access(self, models: tuple[str, ...]) -> np.ndarray:
+        """(N, G) bool: devices of an allowed model (() = any real device)."""
+        if not models:
+            return self.model >= 0
+        ids = [self._model_id[m] for m in models if m in self._model_id]
+        return np.isin(self.model, ids)
+
+
+def fragmentation(cpu_left: np.ndarray, free: np.ndarray, model: np.ndarray, tp: TypicalPods) -> np.ndarray:
+    """FGD's node fragmentation F (milli) of S node states at once.
+
+    ``cpu_left`` (S,), ``free`` (S, G) device milli free, ``model`` (S, G) model index into
+    ``tp.models`` (-1: no device) -> (S,). Rounded to 1e-6 so the same node state gives the
+    same F whether it is computed alone or among thousands (sum order depends on the shape, and
+    integer-truncated scores would turn that noise into different decisions)."""
+    if len(tp) == 0:
+        return np.zeros(len(cpu_left))
+    total = free.sum(axis=1)  # (S,)
+    acc = tp.access[:, np.maximum(model, 0)] & (model >= 0)[None]  # (K, S, G)
+    usable = acc & (free[None] >= tp.milli[:, None, None])  # (K, S, G)
+    count = usable.sum(axis=2)  # (K, S)
+    unusable_milli = total[None, :] - (free[None] * usable).sum(axis=2)  # (K, S)
+    fits = (tp.milli[:, None] > 0) & (count >= tp.count[:, None]) & (cpu_left[None, :] >= tp.cpu_milli[:, None])
+    frag = np.where(fits, unusable_milli, total[None, :])  # (K, S)
+    return np.round((frag * tp.p[:, None]).sum(axis=0), 6)
+
+
+def take_whole(free: np.ndarray, usable: np.ndarray, count: int) -> np.ndarray:
+    """(S, G) mask of the first ``count`` usable devices per row, lowest index first."""
+    return usable & (np.cumsum(usable, axis=1) <= count)
+
+
+class Workload:
+    """The shapes of the last ``window`` jobs a scheduler has seen, for typical pods.
+
+    ``observe(job)`` counts a job once (by id, while it is in the window); ``typical(models)``
+    gives the typical pods, recomputed only when ``refresh_share`` of the window's jobs are new
+    since the last time (or the model list changed), so scores computed against them stay
+    cached meanwhile. ``version`` changes whenever ``typical`` returns new typical pods. Memory
+    is bounded by the window, however long the scheduler runs."""
+
+    def __init__(self, refresh_share: float = 0.0, window: int = 20_000) -> None:
+        self.counts: Counter = Counter()
+        self._recent: dict[str, PodShape] = {}  # job id -> shape, oldest first
+        self.refresh_share = refresh_share
+        self.window = max(1, int(window))
+        self.version = 0
+        self._tp: TypicalPods | None = None
+        self._new = 0  # jobs observed since the typical pods were computed
+
+    def observe(self, job: Job) -> None:
+        if job.id in self._recent:
+            return
+        shape = shape_of(job)
+        self._recent[job.id] = shape
+        self.counts[shape] += 1
+        self._new += 1
+        if len(self._recent) > self.window:
+            old = self._recent.pop(next(iter(self._recent)))
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+
+    def observe_all(self, jobs: Iterable[Job]) -> None:
+        for j in jobs:
+            self.observe(j)
+
+    @property
+    def total(self) -> int:
+        """Jobs in the window."""
+        return len(self._recent)
+
+    def typical(self, models: tuple[str, ...]) -> TypicalPods:
+        tp = self._tp
+        if tp is None or tp.models != models or (self._new > 0 and self._new > self.refresh_share * self.total):
+            self._tp = typical_pods(self.counts, models)
+            self._new = 0
+            self.version += 1
+        return self._tp  # type: ignore[return-value]

@@ -1,1 +1,0 @@
-"""Trace replay: the FGD paper's openb packing experiment (``xpod replay openb``)."""
