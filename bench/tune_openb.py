@@ -83,10 +83,20 @@ def run_one(task: tuple) -> dict:
         for i, p in enumerate(doc["policies"]):
             name = p if isinstance(p, str) else p["name"]
             if name == PLUGIN:
-                doc["policies"][i] = {"name": PLUGIN, "args": {**(p.get("args", {}) if isinstance(p, dict) else {}), **variant}}
+                doc["policies"][i] = {
+                    "name": PLUGIN,
+                    "args": {**(p.get("args", {}) if isinstance(p, dict) else {}), **variant},
+                }
         prof = profile_from_dict(doc, "variant")
     r = openb.replay(nodes, pods, prof, seed=seed)
-    return {"list": lst, "variant": variant, "seed": seed, "curve": list(r.alloc_curve_pct), "alloc": r.alloc_pct, "seconds": r.seconds}
+    return {
+        "list": lst,
+        "variant": variant,
+        "seed": seed,
+        "curve": list(r.alloc_curve_pct),
+        "alloc": r.alloc_pct,
+        "seconds": r.seconds,
+    }
 
 
 def main(argv=None) -> int:

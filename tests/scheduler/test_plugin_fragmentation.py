@@ -79,7 +79,9 @@ def _history(shapes, n: int = 200) -> list[Job]:
 
 def _sched(args: dict, cpu_b: float = 64) -> Scheduler:
     """Node a: one GPU holding a 320-milli pod (680 left); node b: one empty GPU."""
-    prof = profile_from_dict({"actions": ["enqueue", "allocate"], "policies": [{"name": "fragmentation", "args": args}]})
+    prof = profile_from_dict(
+        {"actions": ["enqueue", "allocate"], "policies": [{"name": "fragmentation", "args": args}]}
+    )
     nodes = [node("a").devices(G, 1).cpu(64).build(), node("b").devices(G, 1).cpu(cpu_b).build()]
     s = Scheduler(nodes, queues=(Queue("default"),), profile=prof, clock=lambda: 1.0)
     s.learn_history(_history(list(zip(SHARING_MIX[0], SHARING_MIX[2]))))

@@ -161,8 +161,14 @@ def test_never_fitting_pods_are_counted(tmp_path, slice_tables):
     "content, where",
     [
         ("name,cpu_milli,memory_mib,num_gpu\np,1,1,0\n", r"pods.csv:1: .*missing column\(s\) gpu_milli"),
-        ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,-5,1,500\n", r"pods.csv:2: column memory_mib: -5 is negative"),
-        ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,64,1,lots\n", r"pods.csv:2: column gpu_milli: 'lots' is not"),
+        (
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,-5,1,500\n",
+            r"pods.csv:2: column memory_mib: -5 is negative",
+        ),
+        (
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,64,1,lots\n",
+            r"pods.csv:2: column gpu_milli: 'lots' is not",
+        ),
         ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,64,2,500\n", r"pods.csv:2: column gpu_milli"),
         ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,64,,500\n", r"pods.csv:2: column num_gpu: empty"),
     ],

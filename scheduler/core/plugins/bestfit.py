@@ -37,7 +37,7 @@ class BestFitPlugin(ArrayScorer):
         dev_rest = (arr.free[rows].sum(axis=1) - shape.count * shape.milli) / self.dev_norm
         score = np.trunc(MAX_NODE_SCORE * (1.0 - (0.5 * cpu_rest + 0.5 * dev_rest)))
         device = np.full(len(rows), -1)
-        if shape.fractional and len(rows):
+        if shape.fractional and usable is not None and len(rows):
             left = np.where(usable, arr.free[rows], np.iinfo(np.int64).max)
             device = left.argmin(axis=1)
         return np.where(ok, score, -np.inf), device

@@ -93,5 +93,5 @@ def frag_after(arr, tp, shape: PodShape, rows: np.ndarray, usable: np.ndarray | 
         f = np.full((r, g), np.inf)
         f[rr, gg] = fragmentation(cpu_after[rr], after, model[rr], tp)
         return f, variant_ok
-    after = free - take_whole(free, usable, shape.count) * shape.milli if shape.count else free
+    after = free - take_whole(free, usable, shape.count) * shape.milli if shape.count and usable is not None else free
     return fragmentation(cpu_after, after, model, tp)[:, None], None

@@ -71,6 +71,20 @@ class FragmentationPlugin(ArrayScorer):
         "min_jobs": 32,
         "window_jobs": 20_000,
     }
+    ties: str
+    cpu_weight: float
+    rho_scale: float
+    hole_weight: float
+    plentiful_share: float
+    empty_credit: float
+    credit_from: float
+    credit_full: float
+    bucket_milli: float
+    fit_ties: float
+    scarcity_weight: float
+    refresh_share: float
+    min_jobs: int
+    window_jobs: int
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
