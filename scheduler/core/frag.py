@@ -102,65 +102,92 @@ def typical_pods(counts: Counter, models: Sequence[str], popularity: float = TYP
 
 
 class NodeArrays:
-    """The snapshot's nodes as arrays, in the snapshot's node-name order.
+    """The snapshot's nodes as arrays over node rows (``NodeState.row``, never reused).
 
-    ``cpu_left``, ``memory_left`` (N,); ``free`` (N, G) device milli free (0 for an unhealthy
-    device and for the padding of nodes with fewer than G devices); ``model`` (N, G) index into
-    ``models`` (-1 for padding); ``version`` (N,) bumped on every change of the row.
-    Cordons are not mirrored: the placer checks every candidate node itself. ``sync(snap)`` catches up with the
-    snapshot's change journal and returns the indices of the nodes that changed (all of them
-    after a full rebuild, e.g. when nodes were added or removed).
+    ``cpu_left``, ``memory_left`` (N,); ``free`` (N, G) device milli free (0 for a device that
+    is not usable and for the padding of nodes with fewer than G devices); ``model`` (N, G)
+    index into ``models`` (-1 for padding and for removed nodes); ``version`` (N,) bumped on
+    every change of the row; ``cpu_total`` (N,). Cordons are not mirrored: the placer checks
+    every node it takes. ``sync(snap)`` drains the snapshot's ``watch`` set and returns the rows
+    that changed; a node of a model not seen before rebuilds everything (``generation``).
     """
 
     def __init__(self) -> None:
-        self.names: tuple[str, ...] = ()
-        self.index: dict[str, int] = {}
         self.models: tuple[str, ...] = ()
-        self._cursor = -1
-        self._inventory = -1
+        self.generation = 0
+        self._snap = None
+        self._changed: set[str] = set()
+        self._row_of: dict[str, int] = {}
+        self._model_id: dict[str, int] = {}
+        self._alloc(0, 1)
 
-    def sync(self, snap) -> np.ndarray:
-        changed, cursor = snap.changed_since(self._cursor)
-        if changed is None or snap.inventory_version != self._inventory:
-            self._rebuild(snap)
-            self._cursor = snap.changed_since(-1)[1]
-            return np.arange(len(self.names))
-        self._cursor = cursor
-        if not changed:
-            return np.empty(0, dtype=np.int64)
-        rows = np.array(sorted({self.index[n] for n in changed if n in self.index}), dtype=np.int64)
-        for i in rows.tolist():
-            self._fill(i, snap.nodes[self.names[i]])
-        self.version[rows] += 1
-        return rows
-
-    def _rebuild(self, snap) -> None:
-        self._inventory = snap.inventory_version
-        self.names = tuple(sorted(snap.nodes))
-        self.index = {n: i for i, n in enumerate(self.names)}
-        models = sorted({d.model for st in snap.nodes.values() for d in st.node.devices})
-        self.models = tuple(models)
-        self._model_id = {m: i for i, m in enumerate(models)}
-        n = len(self.names)
-        g = max((len(st.node.devices) for st in snap.nodes.values()), default=0)
+    def _alloc(self, n: int, g: int) -> None:
         self.cpu_left = np.zeros(n, dtype=np.int64)
         self.memory_left = np.zeros(n, dtype=np.int64)
-        self.free = np.zeros((n, max(g, 1)), dtype=np.int64)
-        self.model = np.full((n, max(g, 1)), -1, dtype=np.int64)
+        self.free = np.zeros((n, g), dtype=np.int64)
+        self.model = np.full((n, g), -1, dtype=np.int64)
         self.version = np.zeros(n, dtype=np.int64)
-        self.generation = getattr(self, "generation", 0) + 1  # a rebuild invalidates every cache
         self.cpu_total = np.zeros(n, dtype=np.int64)
-        for i, name in enumerate(self.names):
-            st = snap.nodes[name]
-            self.cpu_total[i] = st.node.cpu_milli
-            for d in st.node.devices:
-                self.model[i, d.index] = self._model_id[d.model]
-            self._fill(i, st)
 
-    def _fill(self, i: int, st) -> None:
+    def sync(self, snap) -> np.ndarray:
+        if snap is not self._snap:
+            self._snap = snap
+            self._changed = snap.watch()
+            self._rebuild(snap)
+            return np.arange(len(self.version))
+        if not self._changed:
+            return np.empty(0, dtype=np.int64)
+        names = list(self._changed)
+        self._changed.clear()
+        rows = []
+        for name in names:
+            st = snap.nodes.get(name)
+            if st is None:  # removed: its row holds nothing any more
+                row = self._row_of.pop(name, None)
+                if row is not None:
+                    self.free[row] = 0
+                    self.model[row] = -1
+                    self.cpu_left[row] = self.memory_left[row] = 0
+                    rows.append(row)
+                continue
+            if any(d.model not in self._model_id for d in st.node.devices) or len(st.free_milli) > self.free.shape[1]:
+                self._rebuild(snap)
+                return np.arange(len(self.version))
+            self._place(st)
+            rows.append(st.row)
+        out = np.array(sorted(set(rows)), dtype=np.int64)
+        self.version[out] += 1
+        return out
+
+    def _rebuild(self, snap) -> None:
+        self.generation += 1  # every cache keyed on the arrays is stale
+        states = list(snap.nodes.values())
+        self.models = tuple(sorted({d.model for st in states for d in st.node.devices}))
+        self._model_id = {m: i for i, m in enumerate(self.models)}
+        n = max((st.row for st in states), default=-1) + 1
+        g = max((len(st.node.devices) for st in states), default=0)
+        self._alloc(n, max(g, 1))
+        self._row_of = {}
+        for st in states:
+            self._place(st)
+
+    def _place(self, st) -> None:
+        i = st.row
+        if i >= len(self.version):  # a node added since: grow by doubling
+            extra = max(i + 1, 2 * len(self.version)) - len(self.version)
+            g = self.free.shape[1]
+            self.cpu_left = np.concatenate([self.cpu_left, np.zeros(extra, dtype=np.int64)])
+            self.memory_left = np.concatenate([self.memory_left, np.zeros(extra, dtype=np.int64)])
+            self.free = np.concatenate([self.free, np.zeros((extra, g), dtype=np.int64)])
+            self.model = np.concatenate([self.model, np.full((extra, g), -1, dtype=np.int64)])
+            self.version = np.concatenate([self.version, np.zeros(extra, dtype=np.int64)])
+            self.cpu_total = np.concatenate([self.cpu_total, np.zeros(extra, dtype=np.int64)])
+        self._row_of[st.node.name] = i
+        self.cpu_total[i] = st.node.cpu_milli
         self.cpu_left[i] = st.cpu_left
         self.memory_left[i] = st.memory_left
         k = len(st.free_milli)
+        self.model[i, :k] = [self._model_id[d.model] for d in st.node.devices]
         self.free[i, :k] = [f if u else 0 for f, u in zip(st.free_milli, st.usable)]
 
     def access(self, models: tuple[str, ...]) -> np.ndarray:

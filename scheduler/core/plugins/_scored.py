@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ..framework import SKIP, CycleContext, Plugin, Status
+from ..framework import SKIP, Candidates, CycleContext, Plugin, Status
 from ..frag import NodeArrays, PodShape, Workload, shape_of
 from ..model import Job
 from ..snapshot import NodeState
@@ -47,23 +47,21 @@ class ArrayScorer(Plugin):
         self.workload = Workload()
         self._caches: dict[tuple, _ShapeCache] = {}
         self._cache_key: tuple | None = None
-        self._rows_for: tuple[tuple, np.ndarray] | None = None  # (nodes list, inventory) -> its rows
 
     # ------------------------------------------------------------------ the points
     def observe(self, job: Job, history: bool) -> None:
         """Every submitted job (and the history) counts towards the typical pods."""
         self.workload.observe(job)
 
-    def score(self, job: Job, nodes: Sequence[NodeState], ctx: CycleContext) -> np.ndarray:
+    def score(self, job: Job, nodes: Candidates, ctx: CycleContext) -> np.ndarray:
         self._sync(ctx)
         c = self._scores(job)
-        rows = self._rows(nodes)
+        rows = nodes.rows if nodes.rows is not None else np.array([st.row for st in nodes], dtype=np.int64)
         s = c.score[rows]
-        n = len(self.arrays.names)
-        if self.ties == "largest-name" and n:
-            # below one score unit: equal scores go to the larger name (the placer's stable
-            # sort would give them to the smaller)
-            s = s + rows / (2.0 * n)
+        if self.ties == "largest-name" and len(rows):
+            # below one score unit: equal scores go to the later candidate, the larger name (the
+            # placer's stable sort gives them to the smaller)
+            s = s + np.arange(len(rows)) / (2.0 * len(rows))
         return s
 
     def select(self, job: Job, node: NodeState, free: Sequence[bool], count: int) -> tuple[int, ...] | Status:
@@ -72,9 +70,9 @@ class ArrayScorer(Plugin):
         if req is None or not req.fractional:
             return SKIP
         arr = self.arrays
-        i = arr.index.get(node.node.name)
+        i = node.row
         c = self._caches.get((shape_of(job), job.memory_bytes))
-        if i is None or c is None or c.version[i] != arr.version[i] or c.device[i] < 0:
+        if c is None or not 0 <= i < len(c.version) or c.version[i] != arr.version[i] or c.device[i] < 0:
             return SKIP  # not scored in this state (a trial placement): first fit
         d = int(c.device[i])
         if node.usable[d] and node.free_milli[d] >= req.milli and req.matches(node.node.devices[d]):
@@ -119,24 +117,13 @@ class ArrayScorer(Plugin):
         elif len(rows):
             self._refresh(rows)
 
-    def _rows(self, nodes: Sequence[NodeState]) -> np.ndarray:
-        """Rows of ``nodes`` in the arrays (the snapshot's by-name list maps to 0..N-1)."""
-        key = (id(nodes), len(nodes), self.arrays.generation)
-        hit = self._rows_for
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        index = self.arrays.index
-        rows = np.fromiter((index[st.node.name] for st in nodes), dtype=np.int64, count=len(nodes))
-        self._rows_for = (key, rows)
-        return rows
-
     def _scores(self, job: Job) -> _ShapeCache:
         arr = self.arrays
         shape = shape_of(job)
         key = (shape, job.memory_bytes)
         c = self._caches.get(key)
-        if c is None:
-            rows = np.arange(len(arr.names))
+        if c is None or len(c.version) != len(arr.version):
+            rows = np.arange(len(arr.version))
             score, dev = self._score_rows(shape, job, rows)
             c = self._caches[key] = _ShapeCache(score.astype(np.float64), dev.astype(np.int64), arr.version.copy())
             return c

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..framework import NOT_HERE, SKIP, CycleContext, Status, register
+from ..framework import NOT_HERE, SKIP, Candidates, CycleContext, Status, register
 from ..frag import PodShape
 from ..model import Job
 from ..snapshot import NodeState
@@ -27,7 +27,7 @@ class RandomPlugin(ArrayScorer):
     def observe(self, job: Job, history: bool) -> None:
         """Random needs no typical pods."""
 
-    def score(self, job: Job, nodes: Sequence[NodeState], ctx: CycleContext) -> np.ndarray:
+    def score(self, job: Job, nodes: Candidates, ctx: CycleContext) -> np.ndarray:
         """A fresh random order of the nodes where the task fits (-inf elsewhere)."""
         fits = super().score(job, nodes, ctx) > -np.inf
         return np.where(fits, self.rng.random(len(fits)), -np.inf)
