@@ -61,7 +61,7 @@ class FragmentationPlugin(ArrayScorer):
         "rho_scale": 0.8,
         "hole_weight": 6.0,
         "plentiful_share": PLENTIFUL_SHARE,
-        "empty_credit": 4.0,
+        "empty_credit": 0.0,
         "credit_from": 0.0,
         "credit_full": 0.0,
         "bucket_milli": 40.0,
@@ -117,7 +117,8 @@ class FragmentationPlugin(ArrayScorer):
     def _prepare(self) -> None:
         arr, tp = self.arrays, self.tp
         self.f_now = fragmentation(arr.cpu_left, arr.free, arr.model, tp)
-        self.rho = cpu_per_milli(tp) * self.rho_scale
+        self.cpu_per_milli = cpu_per_milli(tp)
+        self.rho = self.cpu_per_milli * self.rho_scale
         self.stranded_now = self._stranded(arr.cpu_left.astype(np.float64), arr.free.sum(axis=1))
         self.hole_waste = hole_waste(tp, self.plentiful_share)
         self.pressure = model_pressure(tp, arr)
@@ -152,13 +153,18 @@ class FragmentationPlugin(ArrayScorer):
         cost = (f_after - self.f_now[sub][:, None]) + self.cpu_weight * (
             self._stranded(cpu_after[:, None], left_after) - self.stranded_now[sub][:, None]
         )
-        if self.scarcity_weight and shape.count:
-            # devices other tasks can use only here: a task that could go elsewhere pays for them
-            dev_pressure = self.pressure[np.maximum(arr.model[sub], 0)]
+        if self.scarcity_weight:
+            # devices other tasks can use only here: a task that could go elsewhere pays for the
+            # devices it takes and for the CPU it takes from them (in device milli at the
+            # workload's CPU per device milli), so it leaves those nodes to the tasks that need them
+            models = arr.model[sub]
+            dev_pressure = np.where(models >= 0, self.pressure[np.maximum(models, 0)], 0.0)
+            cpu_as_milli = shape.cpu_milli / self.cpu_per_milli if self.cpu_per_milli > 0 else 0.0
             if variant_ok is None:
-                cost = cost + (self.scarcity_weight * shape.count * shape.milli) * dev_pressure[:, :1]
+                take = shape.count * shape.milli + cpu_as_milli
+                cost = cost + (self.scarcity_weight * take) * dev_pressure[:, :1]
             else:
-                cost = cost + (self.scarcity_weight * shape.milli) * dev_pressure
+                cost = cost + (self.scarcity_weight * (shape.milli + cpu_as_milli)) * dev_pressure
         # inside a bucket: the tighter device (sharing tasks), then the node left with the least
         # free device milli (best fit, as binpack fills used nodes first)
         node_left = self.fit_ties * left_after[:, 0]
