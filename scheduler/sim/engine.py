@@ -3,6 +3,16 @@
 The engine owns a ``Scheduler`` (``xpod.scheduler.core``: the object ``xpod server`` runs, with
 the same profile format) and a queue of timed events on a simulated pod. It never decides a
 placement itself: every placement, eviction and pending reason comes from ``Scheduler.cycle``.
+It is the one engine of the replays (``xpod replay openb``, ``xpod replay jobs``).
+
+API (all a caller needs):
+
+* build a ``Scheduler`` (nodes, queues, a profile loaded as ``xpod server`` loads it) and wrap
+  it: ``Engine(scheduler, retry=True, preemption=PreemptionCost(), tick_s=None, observers=())``;
+* add events at virtual times in seconds: ``arrive(t, job, work_s)``, ``node_down(t, name)``,
+  ``node_up(t, node)``, ``device_health(t, node, index, health)``, ``tick(t)``;
+* ``run(until_s=None, progress=None) -> EngineSummary`` processes them; ``records`` (job id ->
+  ``JobRecord``: submit, first start, end, preemptions, lost work) and ``now`` hold the result.
 
 Events (``EventKind``), applied in time order, ties in the order they were added:
 
@@ -13,17 +23,23 @@ Events (``EventKind``), applied in time order, ties in the order they were added
 * ``NODE_DOWN`` / ``NODE_UP`` / ``DEVICE_HEALTH``: the inventory changes
   (``remove_node``/``add_node``/``set_device_health``); the jobs that lose a task are evicted
   by the core and wait in its queue again.
-* ``TICK``: nothing changes, a cycle runs (time-sliced profiles re-order running work).
+* ``TICK``: nothing changes, a cycle runs (time-sliced profiles re-order running work); with
+  ``tick_s`` the engine adds one every ``tick_s`` seconds while jobs wait, as the live
+  scheduler's periodic cycle would run.
 
-After the events of one instant the engine runs one cycle at that instant. Preemption costs
-time (``PreemptionCost``): an evicted job loses the progress made since its last checkpoint and
-pays a restart before it makes progress again. ``retry=False`` gives the FGD paper's method: a
-job that arrived and did not start in the cycle right after its arrival fails (it is cancelled
-and counted, never retried).
+Clock and cycles: the clock jumps from one event instant to the next; after the events of one
+instant the engine runs exactly one ``Scheduler.cycle(now=t)`` at that instant, then books the
+cycle's bindings (a job starts; its ``FINISH`` is queued at ``t + work left + restart owed``) and
+evictions. Preemption costs time (``PreemptionCost``): an evicted job loses the progress made
+since its last checkpoint and pays a restart before it makes progress again. ``retry=False``
+gives the FGD paper's method: a job that arrived and did not start in the cycle right after its
+arrival fails (it is cancelled and counted, never retried).
 
-Observers see every cycle (``Observer.on_cycle``) and every failed job; the replays (openb,
-job traces, serving mixes) build their metrics from them. The engine is deterministic: the same
-events and profile give the same cycles.
+Reporting: observers are plain objects; the engine calls the methods they define:
+``on_cycle(engine, now, result)`` after every cycle, ``on_failed(engine, now, record)`` for a job
+failed under ``retry=False``, ``on_finished(engine, now, record)`` when a job's work is done. The
+replays (openb, job traces) build their metrics from these and from ``records``. The engine is
+deterministic: the same events and profile give the same cycles.
 """
 
 from __future__ import annotations
@@ -103,7 +119,7 @@ class JobRecord:
 
 class Observer(Protocol):
     """Sees the replay as it runs. Every method is optional for the engine: it calls the ones an
-    observer defines (``on_cycle``, ``on_failed``)."""
+    observer defines (``on_cycle``, ``on_failed``, ``on_finished``)."""
 
     def on_cycle(self, engine: Engine, now: float, result: CycleResult) -> None: ...
 
@@ -164,6 +180,7 @@ class Engine:
         self._arrivals_total = 0
         self._cycle_hooks = [o.on_cycle for o in self.observers if hasattr(o, "on_cycle")]
         self._fail_hooks = [o.on_failed for o in self.observers if hasattr(o, "on_failed")]
+        self._finish_hooks = [o.on_finished for o in self.observers if hasattr(o, "on_finished")]
         self._next_tick: float | None = None
         self.arrived_now: list[str] = []  # ids of the jobs that arrived at ``now`` (observers read it)
 
@@ -275,8 +292,12 @@ class Engine:
             rec = self.records[jid]
             sched.finish(jid)
             rec.progress_s = rec.work_s or 0.0
+            rec.lost_s += rec.overhead_s  # the restart this last run paid
+            rec.overhead_s = 0.0
             rec.run_started_s = None
             rec.end_s = t
+            for hook in self._finish_hooks:
+                hook(self, t, rec)
         elif ev.kind is EventKind.NODE_DOWN:
             self._stopped(t, sched.remove_node(ev.payload))  # type: ignore[arg-type]
         elif ev.kind is EventKind.NODE_UP:
@@ -321,7 +342,7 @@ class Engine:
     def _schedule_tick(self, t: float) -> None:
         if self.tick_s is None:
             return
-        busy = self.scheduler.pending or self.scheduler.running
-        if busy and (self._next_tick is None or self._next_tick <= t):
+        # only waiting jobs can gain from a cycle that no event asked for
+        if self.scheduler.pending and (self._next_tick is None or self._next_tick <= t):
             self._next_tick = t + self.tick_s
             self.tick(self._next_tick)
