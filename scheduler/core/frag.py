@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .model import MILLI, DeviceRequest, Job
+from .snapshot import Snapshot
 
 #: typical pods are the most frequent shapes covering this share of the pods (FGD's setting)
 TYPICAL_POD_POPULARITY = 0.95
@@ -115,7 +116,7 @@ class NodeArrays:
     def __init__(self) -> None:
         self.models: tuple[str, ...] = ()
         self.generation = 0
-        self._snap = None
+        self._snap: Snapshot | None = None
         self._changed: set[str] = set()
         self._row_of: dict[str, int] = {}
         self._model_id: dict[str, int] = {}
@@ -129,7 +130,7 @@ class NodeArrays:
         self.version = np.zeros(n, dtype=np.int64)
         self.cpu_total = np.zeros(n, dtype=np.int64)
 
-    def sync(self, snap) -> np.ndarray:
+    def sync(self, snap: Snapshot) -> np.ndarray:
         if snap is not self._snap:
             self._snap = snap
             self._changed = snap.watch()
