@@ -109,7 +109,8 @@ class ArrayScorer(Plugin):
     def _sync(self, ctx: CycleContext) -> None:
         arr = self.arrays
         rows = arr.sync(ctx.snap)
-        key = (arr.generation, *self._cache_token())
+        # rows added since (nodes joined) grow the arrays: the plugin's own per-row state is rebuilt
+        key = (arr.generation, len(arr.version), *self._cache_token())
         if key != self._cache_key:
             self._caches.clear()
             self._cache_key = key

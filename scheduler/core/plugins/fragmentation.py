@@ -166,8 +166,9 @@ class FragmentationPlugin(ArrayScorer):
             else:
                 cost = cost + (self.scarcity_weight * (shape.milli + cpu_as_milli)) * dev_pressure
         # inside a bucket: the tighter device (sharing tasks), then the node left with the least
-        # free device milli (best fit, as binpack fills used nodes first)
-        node_left = self.fit_ties * left_after[:, 0]
+        # free device milli (best fit, as binpack fills used nodes first); with no typical pods
+        # yet every cost is 0 and best fit alone decides
+        node_left = (self.fit_ties if len(self.tp) else 1.0) * left_after[:, 0]
         if variant_ok is None:
             s = -cost[:, 0]
             if self.bucket_milli > 0:
