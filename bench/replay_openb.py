@@ -6,7 +6,7 @@ the FGD authors' published 10-seed means.
 
 Every run is ``xpod replay openb``'s: ``scheduler.sim.openb.replay`` drives
 ``xpod.scheduler.core.Scheduler`` with a profile (``default`` = examples/profiles/scheduler-default.yaml,
-the profile ``xpod server`` runs without one; ``NAME`` = examples/profiles/NAME.yaml; or a path).
+the profile ``xpod server`` runs without one; ``NAME``: the file NAME.yaml in examples/profiles; or a path).
 Data: bench/data/openb/ (SOURCES.md there): the Alibaba cluster-trace-gpu-v2023 lists and the
 published curves (``published_curves.csv``, mean of seeds 42-51 at each arrived percent).
 

@@ -41,7 +41,7 @@ def register(commands) -> None:
     which.add_argument(
         "--policy",
         metavar="NAME",
-        help=f"shorthand for --profile {PROFILES_DIR}/NAME.yaml (default, fgd, bestfit, random, ...); "
+        help=f"shorthand for --profile naming the profile NAME in {PROFILES_DIR} (default, fgd, bestfit, random, ...); "
         "several names separated by commas replay each",
     )
     o.add_argument(
