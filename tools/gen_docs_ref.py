@@ -376,7 +376,7 @@ def metric_rows(source: str) -> list[tuple[str, str, str, str]]:
 
         return _collector_rows([DeviceCollector([])])
     if source == "scheduler":
-        try:  # the service wing's package layout (module xpod.scheduler.service.metrics)
+        try:  # the service wing's package layout, once it lands
             ServiceMetrics = importlib.import_module("xpod.scheduler.service.metrics").ServiceMetrics
         except ImportError:  # the flat one it replaces
             ServiceMetrics = importlib.import_module("xpod.scheduler.service_metrics").ServiceMetrics

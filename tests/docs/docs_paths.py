@@ -107,7 +107,8 @@ NOT_MODULES = ("xpod.v1", "xpod.io", "xpod.db")
 
 
 def resolves(dotted: str) -> bool:
-    """Whether ``xpod.a.b.c`` is a module, or an attribute reached from the longest module prefix."""
+    """Whether a dotted ``xpod`` name is a module, or an attribute reached from its longest
+    module prefix."""
     import importlib
 
     parts = dotted.split(".")
@@ -125,15 +126,22 @@ def resolves(dotted: str) -> bool:
 
 
 def unresolved_module_refs() -> list[tuple[str, int, str]]:
-    """(file, line, name) for each ``xpod.x.y`` name in README.md and docs/ that is neither a
-    module nor an attribute of one."""
-    out = []
+    """(file, line, name) for each dotted ``xpod`` name in README.md, docs/ and the code's
+    docstrings and comments that is neither a module nor an attribute of one."""
+    texts: list[tuple[str, int, str]] = []
     for f in _doc_files():
         with open(f, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                for m in MODULE_REF.finditer(line):
-                    name = m.group(1).rstrip(".")
-                    if name.startswith(NOT_MODULES) or resolves(name):
-                        continue
-                    out.append((os.path.relpath(f, REPO), i, name))
+            texts.append((os.path.relpath(f, REPO), 1, fh.read()))
+    for f in _code_files():
+        with open(f, encoding="utf-8") as fh:
+            source = fh.read()
+        texts += [(os.path.relpath(f, REPO), line, text) for line, text in docstrings_and_comments(source)]
+    out = []
+    for rel, line0, text in texts:
+        for i, line in enumerate(text.splitlines()):
+            for m in MODULE_REF.finditer(line):
+                name = m.group(1).rstrip(".")
+                if name.startswith(NOT_MODULES) or resolves(name):
+                    continue
+                out.append((rel, line0 + i, name))
     return out

@@ -99,7 +99,8 @@ def test_every_python_name_the_docs_give_resolves():
     from docs_paths import resolves, unresolved_module_refs
 
     bad = unresolved_module_refs()
-    assert not bad, "xpod.* names in README.md or docs/ that are no module or attribute:\n" + "\n".join(
-        f"  {f}:{n}: {name}" for f, n, name in bad
+    assert not bad, (
+        "xpod.* names in README.md, docs/ or docstrings/comments that are no module or attribute:\n"
+        + "\n".join(f"  {f}:{n}: {name}" for f, n, name in bad)
     )
     assert resolves("xpod.hal.catalog.match_model") and not resolves("xpod.scheduler.no_such_module")
