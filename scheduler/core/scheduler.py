@@ -355,7 +355,7 @@ class Scheduler:
             placed.close()
         for jid in cs.done:
             self.pending.pop(jid, None)
-        for job in cs.requeued:
+        for job in cs.requeued.values():
             self.pending[job.id] = job
         why = reasons.pending_reasons(cs) if explain else {}
         self.last_reasons = why

@@ -144,6 +144,7 @@ CASES = [
         jobs=[job("hi").devices(H, 8).priority("high")],
         expect={"hi": [("n1", tuple(range(8)))]},
         evicted=["low"],
+        pending={"low": ReasonCode.UNSCHEDULABLE},  # its devices went to hi: it does not fit now
     ),
     dict(
         id="preempt-fewest-victims",
@@ -166,6 +167,51 @@ CASES = [
         expect={},
         evicted=[],
         pending={"hi": ReasonCode.UNSCHEDULABLE},
+    ),
+    dict(
+        id="preempt-victim-waits-for-the-next-cycle",
+        # v (min 2 of 3 tasks) runs 2 tasks on n1 and waits for its third; p's first task takes
+        # n3, its second evicts v (w alone would not free a whole node). v is out for this cycle:
+        # it does not come back at once as "task 2 of a running gang" by evicting w (found by
+        # test_invariants_hold_through_cycles: a preempted job still running, below its minimum)
+        nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8), node("n3").devices(H, 8)],
+        running=[
+            job("v").training(tasks=3, min_tasks=2).devices(H, 4).submitted(0.1),
+            job("x").devices(H, 4).submitted(0.2),
+            job("w").devices(H, 4).priority("low").submitted(0.3),
+        ],
+        jobs=[job("p").training(tasks=2, min_tasks=1).devices(H, 8).priority("high").duration(10).submitted(0.5)],
+        expect={"p": [("n3", tuple(range(8))), ("n1", tuple(range(8)))]},
+        evicted=["v"],
+        pending={"v": ReasonCode.UNSCHEDULABLE},
+    ),
+    dict(
+        id="preempt-victim-not-placed-by-a-later-action",
+        # an allocate after preempt leaves the victim for the next cycle too
+        nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],
+        profile={"actions": ["enqueue", "allocate", "backfill", "preempt", "allocate"]},
+        running=[job("sys").devices(H, 8).priority("system"), job("v").training(tasks=3, min_tasks=1).devices(H, 4)],
+        jobs=[job("p").devices(H, 4).priority("high")],
+        expect={"p": [("n2", (0, 1, 2, 3))]},
+        evicted=["v"],
+        pending={"v": ReasonCode.UNSCHEDULABLE},
+    ),
+    dict(
+        id="preempt-keeps-a-victim-it-does-not-need",
+        # hi1 evicts the two-node gang and takes n1; hi2 then fits on n2, which that left free:
+        # vb, its only candidate, keeps running
+        nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8), node("n3").devices(H, 8)],
+        queues=[Queue("a"), Queue("b")],
+        running=[
+            job("gang").training(tasks=2).devices(H, 8).priority("low").queue("a").submitted(0.1),
+            job("vb").devices(H, 8).priority("low").queue("b").submitted(0.2),
+        ],
+        jobs=[
+            job("hi1").devices(H, 8).priority("high").queue("a").submitted(0.3),
+            job("hi2").devices(H, 8).priority("high").queue("b").submitted(0.4),
+        ],
+        expect={"hi1": [("n1", tuple(range(8)))], "hi2": [("n2", tuple(range(8)))]},
+        evicted=["gang"],
     ),
     dict(
         id="never-fits-a-gang-larger-than-its-node",
@@ -318,8 +364,9 @@ def test_case(case):
         assert r.pending[jid].code is code, r.pending[jid].message
     if "evicted" in case:
         assert sorted(e.job_id for e in r.evictions) == sorted(case["evicted"])
-        for e in r.evictions:  # an evicted job goes back to the queue
-            assert e.job_id in s.pending
+        for e in r.evictions:  # an evicted job goes back to the queue, none of its tasks running
+            assert e.job_id in s.pending and e.job_id not in s.running
+            assert not r.pending[e.job_id].message.startswith("running "), r.pending[e.job_id].message
 
 
 def test_cases_cover_every_policy():

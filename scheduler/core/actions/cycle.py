@@ -73,7 +73,9 @@ class CycleState:
     done: set = dataclasses.field(default_factory=set)
     decisions: int = 0
     queue_max_hit: set = dataclasses.field(default_factory=set)
-    requeued: list[Job] = dataclasses.field(default_factory=list)
+    # job id -> evicted by this cycle's preempt or reclaim: back in the queue after the cycle, and
+    # placed by no action before (its tasks are still being stopped)
+    requeued: dict[str, Job] = dataclasses.field(default_factory=dict)
     preemption_attempts: int = 0  # preemptions tried with eligible victims (metrics)
     behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
     estimate_depth: int = 256  # queue positions per queue that get an estimated start (profile)
@@ -140,6 +142,9 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
     closes, the ``Permit`` plugins agree and ``accept(bindings)`` (when given) agrees (otherwise
     the job is ``WaitingBehind``)."""
     snap = cs.ctx.snap
+    if job.id in cs.requeued:  # evicted by this cycle (an action after preempt): a later cycle places it
+        cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+        return False
     already = cs.placed_tasks.get(job.id, 0)
     want = job.tasks - already
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1

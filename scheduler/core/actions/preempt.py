@@ -115,8 +115,9 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
         stmt.discard()  # never evict for a job that would still not fit (or is not permitted)
         return False
-    # fewest victims: give back every victim the preemptor turned out not to need
-    for rj in list(reversed(evicted[:-1])):
+    # fewest victims: give back every victim the preemptor turned out not to need, the last one
+    # too (the job may fit in room an earlier preemption of this cycle left free)
+    for rj in list(reversed(evicted)):
         if snap.can_apply(rj.bindings):
             stmt.restore(rj)
             evicted.remove(rj)
@@ -139,7 +140,11 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
         cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - devices_of(
             rj.job, len(rj.bindings)
         )
-        cs.requeued.append(rj.job)
+        # evicted whole: none of its tasks runs now, it does not fit now (its devices went to the
+        # preemptor), and it waits for a later cycle (``CycleState.requeued``)
+        cs.placed_tasks[rj.job.id] = 0
+        cs.failed[rj.job.id] = ReasonCode.UNSCHEDULABLE
+        cs.requeued[rj.job.id] = rj.job
     return True
 
 
@@ -157,7 +162,8 @@ MAX_PREEMPTORS_PER_CYCLE = 16
 
 def action_preempt(cs: CycleState) -> None:
     """For the highest-priority unschedulable jobs, evict lower-priority jobs of the same queue
-    (whole gangs, fewest and lowest first) when that lets the job start now."""
+    (whole gangs, fewest and lowest first) when that lets the job start now. A victim goes back
+    to the queue for a later cycle: no action of this one places it again."""
     preempt_like(cs, reclaim=False)
 
 
@@ -165,6 +171,8 @@ def preempt_like(cs: CycleState, reclaim: bool) -> None:
     cands = [cs.pending[j] for j, code in cs.failed.items() if code is ReasonCode.UNSCHEDULABLE and j in cs.pending]
     cands.sort(key=cs.job_key)
     for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
+        if job.id in cs.requeued:
+            continue  # evicted by an earlier preemption of this cycle (a job still growing)
         if reclaim and cs.ctx.queue_usage.get(job.queue, 0.0) >= deserved_share(cs, job.queue):
             continue
         cs.decisions += 1
