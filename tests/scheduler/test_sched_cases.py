@@ -268,6 +268,37 @@ CASES = [
         evicted=["a0"],
     ),
     dict(
+        id="reclaim-keeps-the-queue-max",
+        # a's max leaves room for one of p's tasks: reclaim places one, not both (found by a
+        # hunt with queues: a reclaim took a queue past its max)
+        nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8), node("n3").devices(H, 8)],
+        queues=[Queue("a", max=4), Queue("b"), Queue("c")],
+        running=[
+            job("vb").training(tasks=2).devices(H, 8).priority("low").queue("b"),
+            job("sc").devices(H, 8).priority("system").queue("c"),
+        ],
+        jobs=[job("p").training(tasks=2, min_tasks=1).devices(H, 4).priority("high").queue("a")],
+        expect={"p": [("n1", (0, 1, 2, 3))]},
+        evicted=["vb"],
+    ),
+    dict(
+        id="queue-max-counts-whole-replicas",
+        # s runs one replica of two tasks and a's max leaves room for one more task, not a
+        # replica: s waits for the max (not Unschedulable, which let reclaim place the replica
+        # past the max)
+        nodes=[node(f"n{i}").devices(H, 8) for i in range(1, 5)],
+        queues=[Queue("a", weight=3, max=24), Queue("b")],
+        running=[
+            job("s").serving(1, 2, tasks_per_replica=2).devices(H, 8).queue("a"),
+            job("b0").devices(H, 8).priority("low").queue("b"),
+            job("b1").devices(H, 8).priority("low").queue("b"),
+        ],
+        jobs=[],
+        expect={},
+        evicted=[],
+        pending={"s": ReasonCode.QUEUE_OVER_MAX},
+    ),
+    dict(
         id="reclaim-respects-guaranteed",
         nodes=[node("n1").devices(H, 8)],
         queues=[Queue("a", guaranteed=8), Queue("b")],
@@ -362,6 +393,9 @@ def test_case(case):
         assert per_queue == case["expect_count"]
     for jid, code in case.get("pending", {}).items():
         assert r.pending[jid].code is code, r.pending[jid].message
+    for q in case.get("queues", ()):  # a queue's max holds whatever the actions did
+        used = sum(rj.job.devices_per_task * len(rj.bindings) for rj in s.running.values() if rj.job.queue == q.name)
+        assert q.max is None or used <= q.max, f"queue {q.name}: {used} devices in use, max {q.max}"
     if "evicted" in case:
         assert sorted(e.job_id for e in r.evictions) == sorted(case["evicted"])
         for e in r.evictions:  # an evicted job goes back to the queue, none of its tasks running

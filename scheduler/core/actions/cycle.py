@@ -137,6 +137,23 @@ def permitted(cs: CycleState, job: Job, bindings: Sequence[Binding]) -> bool:
     return True
 
 
+def queue_room(cs: CycleState, job: Job, want: int, need: int) -> int | None:
+    """How many of ``want`` tasks the job's queue max leaves room for, in whole replicas; None
+    (the job is ``QueueOverMax``) when that is fewer than ``need``. Every action that places
+    (allocate, backfill, preempt, reclaim) asks it before placing."""
+    q = cs.ctx.queues.get(job.queue)
+    per = job.devices_per_task
+    if q is None or q.max is None or per <= 0:
+        return want
+    fit = int((q.max - cs.ctx.queue_usage.get(job.queue, 0.0)) / per + 1e-9)
+    fit -= fit % job.replica_size  # a replica is placed whole or not at all
+    if fit < need:
+        cs.failed[job.id] = ReasonCode.QUEUE_OVER_MAX
+        cs.queue_max_hit.add(job.id)
+        return None
+    return min(want, fit)
+
+
 def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] | None = None) -> bool:
     """Place as many of the job's remaining tasks as the plugins allow; commit if the gang
     closes, the ``Permit`` plugins agree and ``accept(bindings)`` (when given) agrees (otherwise
@@ -148,17 +165,10 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
     already = cs.placed_tasks.get(job.id, 0)
     want = job.tasks - already
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
-    q = cs.ctx.queues.get(job.queue)
-    if q is not None and q.max is not None:
-        room = q.max - cs.ctx.queue_usage.get(job.queue, 0.0)
-        per = job.devices_per_task
-        if per > 0:
-            fit = int(room / per + 1e-9)
-            if fit < need:
-                cs.failed[job.id] = ReasonCode.QUEUE_OVER_MAX
-                cs.queue_max_hit.add(job.id)
-                return False
-            want = min(want, fit)
+    capped = queue_room(cs, job, want, need)
+    if capped is None:
+        return False
+    want = capped
     stmt = Statement(snap, cs.ctx.now)
     got = cs.placer.place(job, stmt, want, need, first_task=already)
     if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):

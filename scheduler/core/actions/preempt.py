@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..model import Eviction, Job, ReasonCode
 from ..snapshot import Statement
-from .cycle import CycleState, devices_of, permitted
+from .cycle import CycleState, devices_of, permitted, queue_room
 
 
 def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
@@ -81,14 +81,18 @@ def deserved_share(cs: CycleState, queue: str) -> float:
 
 def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     snap = cs.ctx.snap
+    already = cs.placed_tasks.get(job.id, 0)
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    # the queue's max holds here too, counted before any eviction (as for the candidates: a job
+    # its queue's max holds back is QueueOverMax, never a preemptor)
+    want = queue_room(cs, job, job.tasks - already, need)
+    if want is None:
+        return False
     candidates = victims(cs, job, reclaim)
     if not candidates:
         return False
     cs.preemption_attempts += 1
     stmt = Statement(snap, cs.ctx.now)
-    already = cs.placed_tasks.get(job.id, 0)
-    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
-    want = job.tasks - already
     evicted = []
     got = 0
     # one victim that suffices alone, lowest priority and smallest first
