@@ -104,3 +104,64 @@ def test_every_python_name_the_docs_give_resolves():
         + "\n".join(f"  {f}:{n}: {name}" for f, n, name in bad)
     )
     assert resolves("xpod.hal.catalog.match_model") and not resolves("xpod.scheduler.no_such_module")
+
+
+def _commands_in_docs() -> list[tuple[str, int, list[str]]]:
+    """(file, line, words) of every `xpod ...` command line in README.md and the hand-written
+    docs pages (the generated reference is checked above)."""
+    from docs_paths import _doc_files
+
+    out = []
+    for path in _doc_files():
+        rel = os.path.relpath(path, REPO)
+        if rel.startswith("docs/reference/"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                for m in re.finditer(r"(?<![\w/.$-])xpod( [^`|;#\n]*)", line):
+                    out.append((rel, n, m.group(1).split()))
+    return out
+
+
+def unknown_flags(root, commands) -> list[tuple[str, int, str, str]]:
+    """(file, line, command, flag) for each --flag a docs command line gives that its
+    subcommand's parser does not have."""
+    import argparse
+
+    def subcommands(parser):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                return a.choices
+        return {}
+
+    bad = []
+    for rel, n, words in commands:
+        parser, path = root, []
+        for w in words:
+            if w not in subcommands(parser):
+                break
+            parser = subcommands(parser)[w]
+            path.append(w)
+        if not path:
+            continue  # prose ("xpod is ..."), not a command
+        options = {o for a in parser._actions for o in a.option_strings}
+        for w in words[len(path) :]:
+            flag = re.match(r"\[?(--[a-z][a-z0-9-]*)", w)
+            if flag and flag.group(1) not in options:
+                bad.append((rel, n, "xpod " + " ".join(path), flag.group(1)))
+    return bad
+
+
+def test_every_flag_the_docs_give_exists():
+    from xpod.runtime.cli.main import build_parser
+
+    root = build_parser()
+    commands = _commands_in_docs()
+    assert len(commands) > 50, "the docs' xpod commands were not found"
+    bad = unknown_flags(root, commands)
+    assert not bad, "flags in README.md or docs/ that the command does not have:\n" + "\n".join(
+        f"  {f}:{n}: {cmd} {flag}" for f, n, cmd, flag in bad
+    )
+    assert unknown_flags(root, [("x", 1, ["up", "--no-such-flag", "--state-dir", "d"])]) == [
+        ("x", 1, "xpod up", "--no-such-flag")
+    ]
