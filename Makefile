@@ -56,7 +56,7 @@ prometheus-tools:
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 # PostgreSQL for the store tests (a real server: initdb + pg_ctl into a temp dir, loopback, a
-# free port; scheduler/pg_local.py): Debian's package, installed only when initdb is missing.
+# free port; scheduler/store/pg_local.py): Debian's package, installed only when initdb is missing.
 postgresql-tools:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)

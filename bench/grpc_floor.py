@@ -5,7 +5,7 @@
 
 Prints calls/s, latency percentiles and the CPU per call of the server and of the clients: the
 floor under ``xpod server``'s figures on this machine, and why its front ends
-(``scheduler/frontend.py``) take gRPC's per-call work off the main process.
+(``scheduler/grpc/frontends.py``) take gRPC's per-call work off the main process.
 """
 
 from __future__ import annotations

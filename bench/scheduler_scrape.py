@@ -30,20 +30,20 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
 
-    from xpod.scheduler.api import OPEN_PRINCIPAL, DeviceView, NodeView, SchedulerApi
-    from xpod.scheduler.core_bridge import CorePlacer
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.contract import DeviceRecord, NodeRecord
+    from xpod.scheduler.service.api import OPEN_PRINCIPAL, SchedulerApi
+    from xpod.scheduler.service.core_link import InProcessCore
+    from xpod.scheduler.service.metrics import ServiceMetrics
 
     with tempfile.TemporaryDirectory() as tmp:
-        api = SchedulerApi(f"{tmp}/xpod.db", CorePlacer(), node_timeout_s=3600)
         metrics = ServiceMetrics()
-        metrics.attach(api)
+        api = SchedulerApi(f"{tmp}/xpod.db", InProcessCore(), node_timeout_s=3600, metrics=metrics)
         try:
             for i in range(args.nodes):
                 name = f"cm-node-{i:02d}"
-                devices = tuple(DeviceView(name, d, "ascend", "ascend-910c", 64 << 30) for d in range(args.dies))
+                devices = tuple(DeviceRecord(d, "ascend", "ascend-910c", 64 << 30) for d in range(args.dies))
                 labels = (("supernode", f"sp-{i % args.supernodes}"),)
-                api.register_node(OPEN_PRINCIPAL, NodeView(name, devices, labels=labels))
+                api.register_node(OPEN_PRINCIPAL, NodeRecord(name, devices, labels=labels))
             t0 = time.perf_counter()
             for k in range(args.jobs):
                 doc = {

@@ -166,7 +166,7 @@ def main() -> int:
     from rich.table import Table
 
     from xpod.runtime.client import Client, RpcFailure, Target
-    from xpod.scheduler.pg_local import LocalPostgres
+    from xpod.scheduler.store.pg_local import LocalPostgres
 
     console = Console(stderr=True)
     work = tempfile.mkdtemp(prefix="xpod-failover-")

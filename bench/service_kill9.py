@@ -42,7 +42,7 @@ def _front_ends(pid: int) -> list:
     found = []
     for child in psutil.Process(pid).children():
         try:
-            if "xpod.scheduler.frontend" in " ".join(child.cmdline()):
+            if "xpod.scheduler.grpc.frontends" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             pass

@@ -41,15 +41,16 @@ def serve_without_scheduling(cluster: str, db: str) -> None:
     """The server of ``xpod server`` minus its scheduling thread: what the API and the durable
     store sustain on their own (``--no-scheduling``)."""
     from xpod.hal.cluster import load_cluster
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.auth import Authenticator
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
-    from xpod.scheduler.service import build_server
-
-    from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
+    from xpod.scheduler.contract import cluster_records
+    from xpod.scheduler.grpc.auth import Authenticator
+    from xpod.scheduler.grpc.server import build_server
+    from xpod.scheduler.service.api import OPEN_PRINCIPAL, SchedulerApi
+    from xpod.scheduler.service.core_link import InProcessCore
+    from xpod.scheduler.service.tuning import GcFreezer, tune_switch_interval
 
     c = load_cluster(cluster)
-    api = SchedulerApi(db, CorePlacer(c), nodes=cluster_inventory(c), cluster_name=c.name)
+    api = SchedulerApi(db, InProcessCore(c), cluster=c, node_timeout_s=1e9)  # no scheduling: nodes never expire
+    api.register_nodes(OPEN_PRINCIPAL, cluster_records(c))
     running = build_server(api, Authenticator.open_server(), "127.0.0.1:0")
     GcFreezer().start()  # as xpod server does
     tune_switch_interval()
@@ -158,17 +159,8 @@ async def run_clients(
                         errors += 1
                     continue
                 latencies.append(time.perf_counter() - t0)
-                if trace is not None:
-                    trace.append((t0, latencies[-1]))
 
-    # debug timeline (XPOD_TRACE, see scheduler/trace.py): each request's start (perf_counter is
-    # CLOCK_MONOTONIC, the server's clock too) and latency, for matching with the server's rows
-    trace_path = os.environ.get("XPOD_TRACE")
-    trace = [] if trace_path and prefix == "run" else None
     await asyncio.gather(*(one(w) for w in range(first, first + clients)))
-    if trace is not None:
-        with open(f"{trace_path}.client{first}", "w", encoding="utf-8") as f:
-            f.write("".join(f"client\t{t0}\t{lat}\n" for t0, lat in trace))
     return latencies, errors, shed
 
 
@@ -249,7 +241,7 @@ def _cpu_s(pid: int) -> dict[str, float]:
         by_role["main"] = sum(proc.cpu_times()[:2])
         for child in proc.children(recursive=True):
             try:
-                role = "frontends" if "xpod.scheduler.frontend" in " ".join(child.cmdline()) else "core"
+                role = "frontends" if "xpod.scheduler.grpc.frontends" in " ".join(child.cmdline()) else "core"
                 by_role[role] += sum(child.cpu_times()[:2])
             except psutil.NoSuchProcess:
                 pass
@@ -336,7 +328,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
         if args.store == "postgresql":
-            from xpod.scheduler.pg_local import LocalPostgres
+            from xpod.scheduler.store.pg_local import LocalPostgres
 
             postgres = LocalPostgres.start()  # fsync on: durable submissions
             db = postgres.url

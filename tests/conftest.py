@@ -41,7 +41,7 @@ def postgres():
     """One real PostgreSQL server for the whole session (initdb + pg_ctl from Debian's package,
     loopback, a free port; ~2 s), stopped at the end. ``fsync=off``: the tests kill xpod
     processes, never the machine, so durability against a power cut is not what they check."""
-    from xpod.scheduler.pg_local import LocalPostgres
+    from xpod.scheduler.store.pg_local import LocalPostgres
 
     server = LocalPostgres.start(fsync=False)
     yield server

@@ -1,20 +1,29 @@
-"""The node agent: one node's devices, its heartbeats, and the processes of the jobs bound to it.
+"""The node agent: the devices of the nodes it serves, their heartbeats, and the processes (or
+simulated tasks) of the jobs bound to them.
 
-``NodeAgent`` speaks ``xpod.v1.NodeService`` to the scheduler. Contracts:
+One ``Agent`` per process speaks ``xpod.v1.NodeService`` to the scheduler through the one
+client (``runtime.client``), over ONE connection for every node it serves: one registration
+call, one heartbeat call per interval, one assignment stream, one report call per poll, however
+many nodes (a simulated pod of 20 CloudMatrix384s is 960 nodes in one process). Each node is a
+``NodeRuntime``: its devices, its executor (real processes or simulated tasks) and its jobs.
+Contracts:
 
 * **Discovery and registration.** A real agent finds its devices through the HAL
   (``hal.registry.available_backends``; ``--sim-devices`` adds simulated ones), numbers them
   0..N-1 on the node and registers the node under this host's name (or the descriptor node
   whose name is the host's short name; ``--node`` overrides). A simulated pod
   (``simulated_pod``) registers every node of a cluster descriptor with its devices, each node
-  labelled ``simulated=true``.
-* **Heartbeats** every ``heartbeat_interval_s`` (or the server's interval if shorter) carry each
-  device's health (``Backend.health``).
-* **Assignments** arrive over ``WatchAssignments``. ``run=True`` starts the job's tasks on this
-  node that are not running yet; ``run=False`` ends them: SIGTERM to each task's process group,
-  SIGKILL after ``grace_s`` (``launch.LaunchedGroup.terminate``).
+  labelled ``xpod/simulated=true`` (``scheduler.contract.SIMULATED_LABEL``): the scheduler never
+  sends it a job with a ``command``.
+* **Heartbeats** every ``heartbeat_interval_s`` (or the server's interval if shorter), on a
+  thread of their own (slow starts or reports never delay them), carry a device's health
+  (``Backend.health``) when it changed; a node the server answers it does not know is
+  registered again.
+* **Assignments** arrive over ``WatchAssignments`` for all the nodes, in batches. ``run=True``
+  starts the job's tasks on that node that are not running yet; ``run=False`` ends them: SIGTERM
+  to each task's process group, SIGKILL after ``grace_s`` (``launch.LaunchedGroup.terminate``).
 * **Tasks** run with the launcher's variables (``launch.rank_env``) for the task's
-  torch.distributed world (``scheduler.taskspec.task_worlds``, computed from the job's whole
+  torch.distributed world (``scheduler.contract.task_worlds``, computed from the job's whole
   allocation list so every node agrees): a training or batch job is ONE world (RANK = task
   index, WORLD_SIZE = tasks placed, master = task 0's node); a serving job is one world PER
   REPLICA (``tasks_per_replica: N``: RANK = t mod N, WORLD_SIZE = N, master = the node of the
@@ -32,11 +41,14 @@
 * **Task sets change**: a ``run=True`` assignment lists the job's tasks on this node; a task
   running here that it no longer lists (a serving replica replaced alone) is stopped alone, and
   a listed task not running here is started.
-* **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s);
-  tasks keep running meanwhile. On reconnecting the agent heartbeats (registering again only if
-  the server does not know the node, so nothing is evicted), re-subscribes, and re-reports every
-  job it runs; a job the server answers NOT_ASSIGNED for is ended (it was cancelled or moved
-  while we were away) — nothing else is killed.
+* **Simulated tasks** (``SimExecutor``) "run" ``spec.simulate.duration_s``, or
+  ``DEFAULT_SIMULATED_DURATION_S`` when the job does not say: a simulated job always ends.
+* **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s,
+  or the server's RetryInfo); tasks keep running meanwhile. On reconnecting the agent
+  heartbeats every node (registering again only the nodes the server does not know, so nothing
+  is evicted), re-subscribes, and re-reports every job it runs; a job the server answers
+  NOT_ASSIGNED for is ended (it was cancelled or moved while we were away) — nothing else is
+  killed.
 * **Tasks never outlive their agent.** Each task runs under a small supervisor
   (``runtime/agent/supervisor.py``, its own session) that the kernel signals when the agent dies
   (``PR_SET_PDEATHSIG``, even on ``kill -9``): it SIGTERMs the task's whole process group and
@@ -63,14 +75,27 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
+from xpod.scheduler.contract import (
+    SIMULATED_LABEL,
+    Assignment,
+    DeviceRecord,
+    NodeRecord,
+    TaskReport,
+    TaskState,
+    kind_label,
+    parse_task_fields,
+    task_worlds,
+)
 
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_GRACE_S = 5.0
 #: longest wait between reconnection attempts: well under the scheduler's NotReady bound (10 s)
 RECONNECT_MAX_S = 1.0
 POLL_S = 0.1  # how often task exits and queued assignments are looked at
-SIMULATED_LABEL = "simulated"
+#: how long a simulated task runs when its job gives no ``spec.simulate.duration_s``
+DEFAULT_SIMULATED_DURATION_S = 60.0
 #: the per-task supervisor, run as a script (stdlib only, no site) so it starts fast
 SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
 
@@ -239,21 +264,21 @@ class JobRun:
     job_id: str
     tasks: dict[int, TaskHandle]  # task index -> handle
     exits: dict[int, int] = dataclasses.field(default_factory=dict)  # task index -> exit code
-    reported: str | None = None  # the last state the server acknowledged (None: report again)
+    reported: TaskState | None = None  # the last state the server acknowledged (None: report again)
 
     def failed_tasks(self) -> list[int]:
         """Tasks here that exited non-zero (the report's ``failed_tasks``)."""
         return sorted(t for t, code in self.exits.items() if code != 0)
 
-    def state(self) -> tuple[str, int, str]:
-        """(RUNNING | SUCCEEDED | FAILED, exit code, message) of this node's tasks."""
+    def state(self) -> tuple[TaskState, int, str]:
+        """(state, exit code, message) of this node's tasks of the job."""
         for t, code in sorted(self.exits.items()):
             if code != 0:
                 why = getattr(self.tasks.get(t), "reason", "")
-                return "FAILED", code, f"task {t} " + (why or f"exited with code {code}")
+                return TaskState.FAILED, code, f"task {t} " + (why or f"exited with code {code}")
         if self.tasks and len(self.exits) == len(self.tasks):
-            return "SUCCEEDED", 0, ""
-        return "RUNNING", 0, ""
+            return TaskState.SUCCEEDED, 0, ""
+        return TaskState.RUNNING, 0, ""
 
 
 # --- executors ----------------------------------------------------------------------------------
@@ -318,7 +343,6 @@ class ProcessExecutor(Executor):
 
     def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
         from xpod.runtime.agent.launch import LaunchedGroup, RankProcess
-        from xpod.scheduler.taskspec import parse_task_fields
 
         fields = parse_task_fields(job.get("kind", ""), job.get("spec", {}))
         indices = [int(d.rsplit("/", 1)[1]) for d in alloc.devices]
@@ -387,14 +411,10 @@ class SimExecutor(Executor):
         self.clock = clock
 
     def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
-        from xpod.scheduler.taskspec import parse_task_fields
-
         sim = parse_task_fields(job.get("kind", ""), job.get("spec", {})).simulate
         now = self.clock()
-        exit_at, code = None, 0
-        if sim.duration_s is not None:
-            exit_at = now + sim.duration_s
-        if sim.fail_after_s is not None and (exit_at is None or now + sim.fail_after_s < exit_at):
+        exit_at, code = now + (DEFAULT_SIMULATED_DURATION_S if sim.duration_s is None else sim.duration_s), 0
+        if sim.fail_after_s is not None and now + sim.fail_after_s < exit_at:
             exit_at, code = now + sim.fail_after_s, sim.exit_code
         path = log_path(self.state_dir, job_id, alloc.task)
         _append(
@@ -486,229 +506,73 @@ def _kill_group(pid: int, grace_s: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class NodeSpec:
-    """What an agent registers."""
+    """What an agent registers for one node."""
 
     name: str
     devices: tuple[LocalDevice, ...]
     labels: tuple[tuple[str, str], ...] = ()
+
+    def record(self, health: dict[int, Health]) -> NodeRecord:
+        devices = tuple(
+            DeviceRecord(d.index, d.vendor, d.model, d.memory_total_bytes, health.get(d.index, Health.OK), d.simulated)
+            for d in self.devices
+        )
+        return NodeRecord(self.name, devices, self.labels)
 
 
 class SessionLost(Exception):
     """The connection to the scheduler broke; reconnect."""
 
 
-class NodeAgent:
-    """One node (see the module docstring). ``run(stop)`` blocks until ``stop`` is set."""
+class NodeRuntime:
+    """One node an agent serves: its executor and the tasks of the jobs bound to it."""
 
-    def __init__(
-        self,
-        client: Any,
-        node: NodeSpec,
-        executor: Executor,
-        *,
-        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
-        grace_s: float = DEFAULT_GRACE_S,
-        log_prefix: str = "xpod agent",
-        register_first: bool = True,
-        poll_s: float = POLL_S,
-        on_allocations: Callable[[dict[tuple[str, int], tuple[str, str, str]]], None] | None = None,
-    ) -> None:
-        self.client = client  # runtime.client.Client
-        self.node = node
+    def __init__(self, spec: NodeSpec, executor: Executor, log_prefix: str = "xpod agent") -> None:
+        self.spec = spec
         self.executor = executor
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.grace_s = grace_s
         self.log_prefix = log_prefix
-        self.register_first = register_first
-        self.poll_s = poll_s  # simulated pods poll less often: 48 nodes share the host's cores
-        # called with {(node, device index): (job id, queue, kind)} whenever that map changes
-        # (the device exporter's allocation-info join series)
-        self.on_allocations = on_allocations
-        self._held: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # job -> (queue, kind, device indices)
-        self._published: dict | None = None
         self.runs: dict[str, JobRun] = {}
-        self._assignments: queue.Queue = queue.Queue()
-        self._broken = threading.Event()
-        self._call: Any = None
-        self.connected = threading.Event()
-        self.sessions = 0  # successful (re)connections
+        self.held: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # job -> (queue, kind, device indices)
 
-    # --- connection ---
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
-    def run(self, stop: threading.Event) -> None:
-        backoff_s = 0.2
-        first = True
-        while not stop.is_set():
-            try:
-                self._connect(first)
-                first = False
-                backoff_s = 0.2
-                self._serve(stop)
-            except (SessionLost, XpodError) as err:
-                if self.connected.is_set():
-                    _log(self.log_prefix, f"{self.node.name}: lost the scheduler ({str(err)[:200]}); reconnecting")
-                self.connected.clear()
-                self._close_stream()
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
-        self._close_stream()
-        # the agent is going away: its tasks go with it (all jobs in parallel: one grace period)
-        stoppers = [threading.Thread(target=self._stop_run, args=(run,), daemon=True) for run in self.runs.values()]
-        for t in stoppers:
-            t.start()
-        for t in stoppers:
-            t.join(timeout=self.grace_s + 5)
-
-    def _connect(self, first: bool) -> None:
-        if first and self.register_first:
-            self._register()
-        else:
-            try:
-                self._heartbeat()
-            except XpodError as err:
-                if getattr(err, "reason", "") != "NODE_NOT_FOUND":
-                    raise
-                self._register()  # the server lost it (a fresh database): add it again
-        self._broken.clear()
-        call = self.client.watch_assignments(self.node.name)
-        self._call = call
-        threading.Thread(target=self._watch, args=(call,), name=f"xpod-watch-{self.node.name}", daemon=True).start()
-        for run in self.runs.values():
-            run.reported = None  # the server may have lost what we said: say it again
-        if self.sessions:
-            _log(
-                self.log_prefix, f"{self.node.name}: reconnected to the scheduler; re-reporting {len(self.runs)} job(s)"
-            )
-        self.sessions += 1
-        self.connected.set()
-
-    def _close_stream(self) -> None:
-        call, self._call = self._call, None
-        if call is not None:
-            call.cancel()
-
-    def _watch(self, call: Any) -> None:
-        try:
-            for assignment in call:
-                self._assignments.put(assignment)
-        except XpodError:
-            pass
-        self._broken.set()  # the stream ended: the server went away (or we cancelled it)
-
-    def _register(self) -> None:
-        health = self._health()
-        devices = [
-            {
-                "id": f"{self.node.name}/{d.index}",
-                "index": d.index,
-                "vendor": d.vendor,
-                "model": d.model,
-                "health": health.get(d.index, "ok"),
-                "memory_total_bytes": d.memory_total_bytes,
-                "simulated": d.simulated,
-            }
-            for d in self.node.devices
-        ]
-        self.client.register_node(self.node.name, self.node.labels, devices)
-
-    def _health(self) -> dict[int, str]:
-        out: dict[int, str] = {}
-        cache: dict[int, dict[int, Any]] = {}
-        for d in self.node.devices:
-            if d.backend is None:
-                out[d.index] = "ok"
-                continue
-            if id(d.backend) not in cache:
-                try:
-                    cache[id(d.backend)] = d.backend.health()
-                except Exception:  # a broken vendor tool must not stop heartbeats
-                    cache[id(d.backend)] = {}
-            h = cache[id(d.backend)].get(d.local_index)
-            out[d.index] = getattr(h, "value", str(h)) if h is not None else "unknown"
-        return out
-
-    def _heartbeat(self) -> float:
-        return self.client.heartbeat(self.node.name, self._health())
-
-    # --- the loop ---
-
-    def _serve(self, stop: threading.Event) -> None:
-        next_beat = time.monotonic() + self.heartbeat_interval_s
-        while not stop.is_set():
-            if self._broken.is_set():
-                raise SessionLost("the assignment stream ended")
-            self._drain()
-            self._reap()
-            self._report()
-            self._publish()
-            if time.monotonic() >= next_beat:
-                interval = self._heartbeat()
-                next_beat = time.monotonic() + min(self.heartbeat_interval_s, interval or self.heartbeat_interval_s)
-            stop.wait(self.poll_s)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                a = self._assignments.get_nowait()
-            except queue.Empty:
-                break
-            if a.run:
-                self._start(a)
-                self._held[a.job_id] = (
-                    a.job.queue,
-                    a.job.kind,
-                    tuple(int(d.rsplit("/", 1)[1]) for x in a.allocations for d in x.devices),
-                )
-            else:
-                self._held.pop(a.job_id, None)
-                run = self.runs.pop(a.job_id, None)
-                if run is not None:
-                    _log(self.log_prefix, f"{self.node.name}: stopping job {a.job_id}")
-                    threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
-
-    def _publish(self) -> None:
-        """Tell ``on_allocations`` what this node's devices hold, when that changed."""
-        if self.on_allocations is None or self._held == self._published:
+    def assign(self, a: Assignment, stopper: Callable[[JobRun], None]) -> None:
+        """Start what ``a`` lists and is not running here; stop what it no longer lists."""
+        if a.run:
+            self.start(a, stopper)
+            indices = tuple(int(d.rsplit("/", 1)[1]) for t in a.tasks for d in t.devices)
+            self.held[a.job_id] = (a.queue, a.kind, indices)
             return
-        self._published = dict(self._held)
-        kinds = {"TrainingJob": "training", "ServingJob": "serving", "BatchJob": "batch"}
-        self.on_allocations(
-            {
-                (self.node.name, i): (job, queue_, kinds.get(kind, "batch"))
-                for job, (queue_, kind, indices) in self._held.items()
-                for i in indices
-            }
-        )
+        self.held.pop(a.job_id, None)
+        run = self.runs.pop(a.job_id, None)
+        if run is not None:
+            _log(self.log_prefix, f"{self.name}: stopping job {a.job_id}")
+            stopper(run)
 
-    def _start(self, a: Any) -> None:
-        from xpod.runtime.client import spec_dict
-        from xpod.scheduler.taskspec import task_worlds
-
-        job = spec_dict(a.job.spec)
-        mine = sorted(a.allocations, key=lambda x: x.task)
-        # every allocation of the job (all nodes), so every node's agent computes the same worlds
-        placed = {x.task: x.node for x in a.job.allocations}
-        placed.update({x.task: self.node.name for x in mine})
+    def start(self, a: Assignment, stopper: Callable[[JobRun], None] = lambda run: None) -> None:
+        mine = sorted(a.tasks, key=lambda t: t.task)
+        placed = dict(a.placements)  # every task of the job (all nodes): every agent computes the same worlds
+        placed.update({t.task: self.name for t in mine})
+        kind, spec = a.document.get("kind", ""), a.document.get("spec", {})
         world_error: Exception | None = None
         try:
-            worlds = task_worlds(a.job_id, job.get("kind", ""), job.get("spec", {}), placed.items())
+            worlds = task_worlds(a.job_id, kind, spec, placed.items())
         except Exception as err:  # noqa: BLE001 - the server accepted the job: its tasks fail to start, named
             worlds, world_error = {}, err
         run = self.runs.setdefault(a.job_id, JobRun(a.job_id, {}))
         # Tasks here the assignment no longer lists (a serving replica replaced alone) end alone;
         # the job's other tasks on this node keep running.
-        listed = {alloc.task for alloc in mine}
+        listed = {t.task for t in mine}
         gone = {t: h for t, h in run.tasks.items() if t not in listed}
         if gone:
             stale = JobRun(a.job_id, gone, {t: c for t, c in run.exits.items() if t in gone})
             for t in gone:
                 run.tasks.pop(t)
                 run.exits.pop(t, None)
-            _log(
-                self.log_prefix,
-                f"{self.node.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}",
-            )
-            threading.Thread(target=self._stop_run, args=(stale,), daemon=True).start()
+            _log(self.log_prefix, f"{self.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}")
+            stopper(stale)
         for alloc in mine:
             if alloc.task in run.tasks:
                 continue  # already running (a re-sent assignment after a reconnect)
@@ -716,16 +580,16 @@ class NodeAgent:
                 if world_error is not None:
                     raise world_error
                 world = worlds[alloc.task]
-                master = "127.0.0.1" if world.master_node == self.node.name else world.master_node
-                run.tasks[alloc.task] = self.executor.start(job, a.job_id, alloc, world, master)
+                master = "127.0.0.1" if world.master_node == self.name else world.master_node
+                run.tasks[alloc.task] = self.executor.start(a.document, a.job_id, alloc, world, master)
             except Exception as err:  # noqa: BLE001 - one bad job must not stop the node; it reads as a failed start
-                _log(self.log_prefix, f"{self.node.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
+                _log(self.log_prefix, f"{self.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
                 run.tasks[alloc.task] = _Failed(
                     alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}"
                 )
         run.reported = None
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         for run in self.runs.values():
             for t, handle in run.tasks.items():
                 if t in run.exits:
@@ -736,31 +600,215 @@ class NodeAgent:
                     close = getattr(handle, "close", None)
                     if close:
                         close(code)
-                    _log(self.log_prefix, f"{self.node.name}: job {run.job_id} task {t} exited with code {code}")
+                    _log(self.log_prefix, f"{self.name}: job {run.job_id} task {t} exited with code {code}")
+
+    def health(self) -> dict[int, Health]:
+        """Each device's health as its backend reads it (simulated devices: ok)."""
+        out: dict[int, Health] = {}
+        cache: dict[int, dict[int, Any]] = {}
+        for d in self.spec.devices:
+            if d.backend is None:
+                out[d.index] = Health.OK
+                continue
+            if id(d.backend) not in cache:
+                try:
+                    cache[id(d.backend)] = d.backend.health()
+                except Exception:  # noqa: BLE001 - a broken vendor tool must not stop heartbeats
+                    cache[id(d.backend)] = {}
+            h = cache[id(d.backend)].get(d.local_index)
+            out[d.index] = h if isinstance(h, Health) else Health.UNKNOWN
+        return out
+
+
+class Agent:
+    """The node agent of one process: every node it serves over ONE connection (see the module
+    docstring). ``run(stop)`` blocks until ``stop`` is set."""
+
+    def __init__(
+        self,
+        client: Any,
+        nodes: Sequence[NodeRuntime],
+        *,
+        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S,
+        grace_s: float = DEFAULT_GRACE_S,
+        log_prefix: str = "xpod agent",
+        poll_s: float = POLL_S,
+        on_allocations: Callable[[dict[tuple[str, int], tuple[str, str, str]]], None] | None = None,
+    ) -> None:
+        self.client = client  # runtime.client.Client
+        self.nodes = {n.name: n for n in nodes}
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.grace_s = grace_s
+        self.log_prefix = log_prefix
+        self.poll_s = poll_s
+        # called with {(node, device index): (job id, queue, kind)} whenever that map changes
+        # (the device exporter's allocation-info join series)
+        self.on_allocations = on_allocations
+        self._published: dict | None = None
+        self._assignments: queue.Queue = queue.Queue()
+        self._broken = threading.Event()
+        self._stream: Any = None
+        self.connected = threading.Event()
+        self.sessions = 0  # successful (re)connections
+        self._beats_sent: dict[str, dict[int, Health]] = {}  # health the server has, per node
+
+    # --- connection ---
+
+    def run(self, stop: threading.Event) -> None:
+        backoff_s = 0.2
+        while not stop.is_set():
+            beats = None
+            try:
+                self._connect()
+                backoff_s = 0.2
+                beats = threading.Thread(target=self._beat, args=(stop,), name="xpod-heartbeat", daemon=True)
+                beats.start()
+                self._serve(stop)
+            except (SessionLost, XpodError) as err:
+                if self.connected.is_set():
+                    _log(self.log_prefix, f"lost the scheduler ({str(err)[:200]}); reconnecting")
+                self.connected.clear()
+                self._close_stream()
+                wait_s = getattr(err, "retry_after_s", None) or backoff_s
+                stop.wait(wait_s)
+                backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
+            finally:
+                self._broken.set()  # ends the heartbeat thread of this session
+                if beats is not None:
+                    beats.join(timeout=self.heartbeat_interval_s + 5)
+        self._close_stream()
+        # the agent is going away: its tasks go with it (all jobs in parallel: one grace period)
+        stoppers = [self._stopper(run) for n in self.nodes.values() for run in n.runs.values()]
+        for t in stoppers:
+            t.join(timeout=self.grace_s + 5)
+
+    def _connect(self) -> None:
+        """Register every node (a fresh server, or one that lost them, learns them again; one
+        that knows them keeps their jobs: a node is registered again only when it says it does
+        not know it), open the one assignment stream, and re-report every job."""
+        if not self.sessions:
+            self._register(list(self.nodes))
+        else:
+            self._heartbeat(full=True)
+        self._broken.clear()
+        self._stream = self.client.watch_assignments(list(self.nodes))
+        threading.Thread(target=self._watch, args=(self._stream,), name="xpod-assignments", daemon=True).start()
+        runs = 0
+        for n in self.nodes.values():
+            for run in n.runs.values():
+                run.reported = None  # the server may have lost what we said: say it again
+                runs += 1
+        if self.sessions:
+            _log(self.log_prefix, f"reconnected to the scheduler; re-reporting {runs} job(s)")
+        self.sessions += 1
+        self.connected.set()
+
+    def _register(self, names: list[str]) -> None:
+        health = {name: self.nodes[name].health() for name in names}
+        self.client.register_nodes([self.nodes[name].spec.record(health[name]) for name in names])
+        self._beats_sent.update(health)
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.cancel()
+
+    def _watch(self, stream: Any) -> None:
+        try:
+            for batch in stream:
+                self._assignments.put(batch)
+        except XpodError:
+            pass
+        self._broken.set()  # the stream ended: the server went away (or we cancelled it)
+
+    def _heartbeat(self, full: bool = False) -> float:
+        """One heartbeat for every node: the health of a device only when it changed (or
+        ``full``), so a beat of a thousand idle nodes is a list of names."""
+        beat: dict[str, dict[int, Health]] = {}
+        for name, n in self.nodes.items():
+            health = n.health()
+            sent = self._beats_sent.get(name, {})
+            beat[name] = health if full else {i: h for i, h in health.items() if sent.get(i) is not h}
+        interval_s, unknown = self.client.heartbeat(beat)
+        for name, health in beat.items():
+            self._beats_sent.setdefault(name, {}).update(health)
+        if unknown:
+            self._register(sorted(set(unknown) & set(self.nodes)))  # the server lost them: add them again
+        return interval_s
+
+    def _beat(self, stop: threading.Event) -> None:
+        """Heartbeats on a thread of their own, so slow starts or reports never delay them."""
+        interval_s = self.heartbeat_interval_s
+        while not stop.wait(interval_s) and not self._broken.is_set():
+            try:
+                interval_s = min(self.heartbeat_interval_s, self._heartbeat() or self.heartbeat_interval_s)
+            except XpodError as err:
+                _log(self.log_prefix, f"heartbeat failed ({str(err)[:200]}); trying again")
+                interval_s = min(interval_s, 1.0)
+
+    # --- the loop ---
+
+    def _serve(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self._broken.is_set() and self._assignments.empty():
+                raise SessionLost("the assignment stream ended")
+            self._drain()
+            for n in self.nodes.values():
+                n.reap()
+            self._report()
+            self._publish()
+            stop.wait(self.poll_s)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                batch = self._assignments.get_nowait()
+            except queue.Empty:
+                return
+            for a in batch:
+                node = self.nodes.get(a.node)
+                if node is not None:
+                    node.assign(a, self._stopper)
+
+    def _stopper(self, run: JobRun) -> threading.Thread:
+        t = threading.Thread(target=self._stop_run, args=(run,), daemon=True)
+        t.start()
+        return t
+
+    def _publish(self) -> None:
+        """Tell ``on_allocations`` what the nodes' devices hold, when that changed."""
+        if self.on_allocations is None:
+            return
+        held = {
+            (n.name, i): (job, queue_, kind_label(kind))
+            for n in self.nodes.values()
+            for job, (queue_, kind, indices) in n.held.items()
+            for i in indices
+        }
+        if held != self._published:
+            self._published = held
+            self.on_allocations(held)
 
     def _report(self) -> None:
-        for run in list(self.runs.values()):
-            state, code, message = run.state()
-            if run.reported == state:
-                continue
-            try:
-                self.client.report_task_status(
-                    run.job_id,
-                    self.node.name,
-                    state,
-                    message,
-                    code,
-                    run.failed_tasks() if state == "FAILED" else (),
-                )
-            except XpodError as err:
-                if getattr(err, "code", "") in ("FAILED_PRECONDITION", "NOT_FOUND"):
-                    # not bound here any more (cancelled, moved or finished while we were away)
-                    self.runs.pop(run.job_id, None)
-                    self._held.pop(run.job_id, None)
-                    threading.Thread(target=self._stop_run, args=(run,), daemon=True).start()
-                    continue
-                raise
-            run.reported = state
+        """Every job whose state on a node changed, in one call."""
+        todo = []
+        for n in self.nodes.values():
+            for run in n.runs.values():
+                state, code, message = run.state()
+                if run.reported != state:
+                    failed = tuple(run.failed_tasks()) if state is TaskState.FAILED else ()
+                    todo.append((n, run, state, TaskReport(run.job_id, n.name, state, message, code, failed)))
+        if not todo:
+            return
+        answers = self.client.report_tasks([r for _, _, _, r in todo])
+        for (n, run, state, _), refused in zip(todo, answers):
+            if refused is None:
+                run.reported = state
+            elif refused in ("NOT_ASSIGNED", "JOB_NOT_FOUND"):
+                # not bound here any more (cancelled, moved or finished while we were away)
+                n.runs.pop(run.job_id, None)
+                n.held.pop(run.job_id, None)
+                self._stopper(run)
 
     def _stop_run(self, run: JobRun) -> None:
         """End every task of ``run`` still running: SIGTERM to all their process groups at once,
@@ -818,21 +866,11 @@ def local_node_name(client: Any, override: str | None = None) -> str:
 def simulated_pod(cluster_file: str | None) -> list[NodeSpec]:
     """Every node of a cluster descriptor (default: the embedded CloudMatrix384) as simulated nodes."""
     from xpod.hal.cluster import load_cluster, load_default_cluster
-    from xpod.scheduler.core_bridge import cluster_inventory
+    from xpod.scheduler.contract import cluster_records
 
     cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
     out = []
-    for view in cluster_inventory(cluster):
+    for view in cluster_records(cluster):
         devices = tuple(LocalDevice(d.index, d.vendor, d.model, d.memory_total_bytes, True) for d in view.devices)
         out.append(NodeSpec(view.name, devices, tuple(sorted({**dict(view.labels), SIMULATED_LABEL: "true"}.items()))))
     return out
-
-
-def run_agents(agents: Sequence[NodeAgent], stop: threading.Event) -> list[threading.Thread]:
-    """Start one thread per agent; they end when ``stop`` is set."""
-    threads = [
-        threading.Thread(target=a.run, args=(stop,), name=f"xpod-agent-{a.node.name}", daemon=True) for a in agents
-    ]
-    for t in threads:
-        t.start()
-    return threads

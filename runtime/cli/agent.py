@@ -103,75 +103,70 @@ def cmd_agent(args) -> int:
 
     from xpod.runtime.agent import agent as ag
     from xpod.runtime.client import Client, resolve_target
+    from xpod.scheduler.store.lock import StateLock
 
     positive_seconds(args.heartbeat_interval, "--heartbeat-interval")
     if args.grace < 0:
         raise XpodError(f"--grace {args.grace:g}: must be >= 0 seconds")
+    if args.simulate and (args.node or args.sim_devices or args.metrics):
+        raise XpodError(
+            "--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics"
+        )
     state = _state_dir(args.state_dir)
     target = resolve_target(args.server, args.token, args.tls_ca)
+    # first: a second agent (or ``xpod up``) on this state directory stops here, before it ends
+    # any task the first one runs
+    lock = StateLock.acquire(state, "xpod agent", target.server)
     client = Client(target, timeout_s=10.0)
     stop = threading.Event()
     stop_on_signals(stop)
+    exporter = None
     if args.simulate:
-        if args.node or args.sim_devices or args.metrics:
-            raise XpodError(
-                "--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics"
-            )
-        nodes = ag.simulated_pod(_sim_file(args.simulate))
-        agents = [
-            ag.NodeAgent(
-                client,
-                n,
-                ag.SimExecutor(n.name, state),
-                heartbeat_interval_s=args.heartbeat_interval,
-                grace_s=args.grace,
-                log_prefix="xpod agent (simulated)",
-                poll_s=SIM_POLL_S,
-            )
-            for n in nodes
+        nodes = [
+            ag.NodeRuntime(n, ag.SimExecutor(n.name, state), "xpod agent (simulated)")
+            for n in ag.simulated_pod(_sim_file(args.simulate))
         ]
-        devices = sum(len(n.devices) for n in nodes)
+        devices = sum(len(n.spec.devices) for n in nodes)
         print(
             f"xpod agent: simulating {len(nodes)} nodes, {devices} devices against {target.server}; state {state}",
             flush=True,
         )
     else:
-        devices = ag.discover_devices(args.sim_devices)
+        found = ag.discover_devices(args.sim_devices)
         ended = ag.end_leftover_tasks(state, args.grace)
         if ended:
             print(
                 f"xpod agent: ended {len(ended)} task(s) a previous agent left running: {', '.join(ended)}", flush=True
             )
         name = ag.local_node_name(client, args.node)
-        node = ag.NodeSpec(
-            name, tuple(devices), ((ag.SIMULATED_LABEL, "true"),) if any(d.simulated for d in devices) else ()
-        )
-        exporter = _device_exporter(args.metrics, name, devices) if args.metrics else None
-        agents = [
-            ag.NodeAgent(
-                client,
-                node,
-                ag.ProcessExecutor(name, devices, state, args.grace),
-                heartbeat_interval_s=args.heartbeat_interval,
-                grace_s=args.grace,
-                on_allocations=exporter[1] if exporter else None,
-            )
-        ]
+        # its tasks run as real processes, on simulated devices (--sim-devices) or not
+        nodes = [ag.NodeRuntime(ag.NodeSpec(name, tuple(found)), ag.ProcessExecutor(name, found, state, args.grace))]
+        exporter = _device_exporter(args.metrics, name, found) if args.metrics else None
         if exporter:
             print(f"xpod agent: device metrics on {exporter[0].url}", flush=True)
-        models = ", ".join(sorted({f"{d.vendor}/{d.model}" for d in devices})) or "none"
+        models = ", ".join(sorted({f"{d.vendor}/{d.model}" for d in found})) or "none"
         print(
-            f"xpod agent: node {name} with {len(devices)} device(s) ({models}) against {target.server}; state {state}",
+            f"xpod agent: node {name} with {len(found)} device(s) ({models}) against {target.server}; state {state}",
             flush=True,
         )
-    threads = ag.run_agents(agents, stop)
-    _report_first_connection(agents, stop, target.server)
+    agent = ag.Agent(
+        client,
+        nodes,
+        heartbeat_interval_s=args.heartbeat_interval,
+        grace_s=args.grace,
+        log_prefix="xpod agent (simulated)" if args.simulate else "xpod agent",
+        poll_s=SIM_POLL_S if args.simulate else ag.POLL_S,
+        on_allocations=exporter[1] if exporter else None,
+    )
+    thread = threading.Thread(target=agent.run, args=(stop,), name="xpod-agent", daemon=True)
+    thread.start()
+    _report_first_connection(agent, stop, target.server)
     while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
         pass
     print("xpod agent: stopping (ending running tasks)", flush=True)
-    for t in threads:
-        t.join(timeout=args.grace + 5)
+    thread.join(timeout=args.grace + 5)
     client.close()
+    lock.release()
     return 0
 
 
@@ -192,23 +187,24 @@ def _device_exporter(listen: str, node: str, devices):
     return server, on_allocations
 
 
-def _report_first_connection(agents, stop, server: str) -> None:
-    """Print once when every agent is connected, or a hint if the server is not there yet."""
+def _report_first_connection(agent, stop, server: str) -> None:
+    """Print once when the agent's nodes are registered, and say so while the server cannot be
+    reached yet (every 10 s)."""
     import threading
 
     def wait() -> None:
-        deadline = time.monotonic() + 5.0
-        while not stop.is_set() and time.monotonic() < deadline:
-            if all(a.connected.is_set() for a in agents):
-                print(f"xpod agent: {len(agents)} node(s) registered with {server}", flush=True)
+        waited_s = 0.0
+        while not stop.is_set():
+            if agent.connected.wait(timeout=10.0):
+                print(f"xpod agent: {len(agent.nodes)} node(s) registered with {server}", flush=True)
                 return
-            time.sleep(0.1)
-        if not stop.is_set():
-            print(
-                f"xpod agent: cannot reach the scheduler at {server} yet; retrying with backoff",
-                file=sys.stderr,
-                flush=True,
-            )
+            waited_s += 10.0
+            if not stop.is_set():
+                print(
+                    f"xpod agent: cannot reach the scheduler at {server} after {waited_s:.0f} s; retrying with backoff",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     threading.Thread(target=wait, daemon=True).start()
 

@@ -18,7 +18,6 @@ import dataclasses
 import ipaddress
 import os
 import threading
-import time
 from typing import Any
 
 from xpod.hal.errors import XpodError
@@ -65,10 +64,11 @@ class ServiceOptions:
     core_process: bool = False  # the scheduler core in a child process
     cycle_interval_s: float = 0.5  # scheduling cycle period
     node_timeout_s: float | None = None  # heartbeats missing this long mark a node NotReady
-    max_workers: int = 64  # gRPC threads (every open stream holds one)
+    max_workers: int = 64  # gRPC threads for the blocking calls (agents' streams hold none)
     advertise: str | None = None  # replicas: HOST:PORT others reach this one at (default: the listen address)
     lease_ttl_s: float = 3.0  # replicas: a follower takes over this long after the leader stopped renewing
     tune_gc: bool = False  # freeze long-lived objects out of full GC passes (a long-running server)
+    holder: str = "xpod server"  # who holds a SQLite store's lock (named to a second process)
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ class Service:
     server: Any  # the running gRPC server (``.port``)
     host: str  # the host it listens on, as given
     cluster_name: str
-    nodes: list  # the cluster file's node inventory (empty without one)
+    nodes: list  # the cluster file's nodes (``contract.NodeRecord``; empty without one)
     metrics_url: str | None  # http://host:port/metrics, when asked for
     authenticator: Any
     store: str  # as given
@@ -113,11 +113,12 @@ def start_service(options: ServiceOptions) -> Service:
     host, _ = split_host_port(options.listen, "--listen")
     metrics_addr = split_host_port(options.metrics, "--metrics") if options.metrics else None
 
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.auth import Authenticator
-    from xpod.scheduler.core_bridge import cluster_inventory
-    from xpod.scheduler.service import build_server
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.contract import cluster_records
+    from xpod.scheduler.grpc.auth import Authenticator
+    from xpod.scheduler.grpc.server import build_server
+    from xpod.scheduler.service.api import SchedulerApi
+    from xpod.scheduler.service.metrics import ServiceMetrics
+    from xpod.scheduler.store import open_store
 
     authenticator = Authenticator.from_file(options.tokens_file) if options.tokens_file else Authenticator.open_server()
     cluster = options.cluster
@@ -125,26 +126,29 @@ def start_service(options: ServiceOptions) -> Service:
         from xpod.hal.cluster import load_cluster
 
         cluster = load_cluster(options.cluster_file)
-    cluster_name, nodes = (cluster.name, cluster_inventory(cluster)) if cluster is not None else ("xpod", [])
-    cluster_name = options.cluster_name or cluster_name
+    cluster_name = options.cluster_name or (cluster.name if cluster is not None else "xpod")
+    nodes = cluster_records(cluster) if cluster is not None else []
     metrics = ServiceMetrics()
     replicated = options.store.startswith(("postgresql://", "postgres://"))
     if replicated:
-        from xpod.scheduler.replica import ApiHandle
-        from xpod.scheduler.store_postgres import PostgresStore
+        from xpod.scheduler.service.replica import ApiHandle
+        from xpod.scheduler.store.postgres import PostgresStore
 
         # the URL, the credentials and the schema, checked once before serving: one line, exit 1
         PostgresStore(options.store).close()
         api = ApiHandle()
     else:
+        # first: a second server on the same file stops here, having touched nothing
+        store = open_store(options.store, holder=options.holder)
+        store.set_holder_address(options.listen)
         api = SchedulerApi(
-            options.store,
-            _placer(options, cluster, leader=True),
-            nodes=nodes,
-            cluster_name=cluster_name,
+            store,
+            _core(options, cluster, leader=True),
+            cluster=cluster,
             cycle_interval_s=options.cycle_interval_s,
             node_timeout_s=options.node_timeout_s,
         )
+        api.cluster_name = cluster_name
     metrics.attach(api)
     if not replicated:
         metrics.leader.set(1)  # a SQLite store has one server: it leads
@@ -173,17 +177,18 @@ def start_service(options: ServiceOptions) -> Service:
         metrics_url = f"http://{url_host(metrics_addr[0])}:{metrics_server.server_port}/metrics"
     replica = None
     if replicated:
-        replica = _start_replica(options, api, server, metrics, cluster, cluster_name, nodes, host)
+        replica = _start_replica(options, api, server, metrics, cluster, cluster_name, host)
     else:
+        api.store.set_holder_address(f"{url_host(host)}:{server.port}")
         api.start()
     freezer = None
     if options.tune_gc:
-        from xpod.scheduler.gc_tuning import GcFreezer, tune_switch_interval
+        from xpod.scheduler.service.tuning import GcFreezer, tune_switch_interval
 
         # the server keeps every job in memory: without this, full GC passes that walk all of them
-        # stall every call in flight, longer as jobs accumulate (scheduler/gc_tuning.py)
+        # stall every call in flight, longer as jobs accumulate (scheduler/service/tuning.py)
         freezer = GcFreezer().start()
-        # the store writer wins the GIL back from the busy event loop sooner (scheduler/gc_tuning.py)
+        # the store writer wins the GIL back from the busy event loop sooner (scheduler/service/tuning.py)
         tune_switch_interval()
     return Service(
         api,
@@ -200,15 +205,12 @@ def start_service(options: ServiceOptions) -> Service:
     )
 
 
-def _placer(options: ServiceOptions, cluster: Any, leader: bool) -> Any:
-    """The link to the core: in a child process when asked (and leading), else in this one."""
-    from xpod.scheduler.core_bridge import CorePlacer
+def _core(options: ServiceOptions, cluster: Any, leader: bool) -> Any:
+    """The one link to the scheduler core: in a child process when asked (and leading), else in
+    this one (a follower never schedules)."""
+    from xpod.scheduler.service.core_link import ChildProcessCore, InProcessCore
 
-    if leader and options.core_process:
-        from xpod.scheduler.core_process import ProcessPlacer
-
-        return ProcessPlacer(options.cluster_file, cluster)
-    return CorePlacer(cluster)  # a follower never schedules: the core only parses
+    return ChildProcessCore(cluster) if leader and options.core_process else InProcessCore(cluster)
 
 
 def _start_replica(
@@ -218,31 +220,24 @@ def _start_replica(
     metrics: Any,
     cluster: Any,
     cluster_name: str,
-    nodes: list,
     host: str,
 ) -> Any:
     """Bind the server's API handle to a ``Replica`` over the postgresql store and start its
     election loop; the health service and the leader metrics follow its role."""
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.replica import Replica, Role
+    from xpod.scheduler.service.api import SchedulerApi
+    from xpod.scheduler.service.replica import Replica, Role
 
     def make_api(store: Any, leader: bool, recovered: Any) -> Any:
-        placer = _placer(options, cluster, leader)
-        try:
-            api = SchedulerApi(
-                store,
-                placer,
-                nodes=nodes,
-                cluster_name=cluster_name,
-                cycle_interval_s=options.cycle_interval_s,
-                node_timeout_s=options.node_timeout_s,
-                recovered=recovered,  # a follower's mirror, handed over when it takes the lease
-            )
-        except BaseException:
-            if hasattr(placer, "close"):
-                placer.close()
-            raise
-        api.metrics = metrics
+        api = SchedulerApi(
+            store,
+            _core(options, cluster, leader),
+            cluster=cluster,
+            cycle_interval_s=options.cycle_interval_s,
+            node_timeout_s=options.node_timeout_s,
+            recovered=recovered,  # a follower's book, handed over when it takes the lease
+        )
+        api.cluster_name = cluster_name
+        api.attach_metrics(metrics)
         return api
 
     seen = [0]
@@ -268,10 +263,11 @@ class Embedded:
 
     service: Service
     state_dir: str  # xpod.db, logs/, tasks/
-    agents: list  # runtime.agent.agent.NodeAgent
-    _threads: list
+    agent: Any  # runtime.agent.agent.Agent: the simulated pod's nodes and this host's, one connection
+    _thread: threading.Thread
     _stop: threading.Event
     _client: Any
+    _lock: Any  # store.lock.StateLock on state_dir
     _closed: bool = False
 
     @property
@@ -291,26 +287,28 @@ class Embedded:
         return self.service.metrics_url
 
     @property
-    def simulated_agents(self) -> list:
+    def simulated_nodes(self) -> list:
+        """The simulated pod's ``NodeRuntime``s."""
         from xpod.runtime.agent.agent import SimExecutor
 
-        return [a for a in self.agents if isinstance(a.executor, SimExecutor)]
+        return [n for n in self.agent.nodes.values() if isinstance(n.executor, SimExecutor)]
 
     @property
-    def local_agent(self) -> Any:
+    def local_node(self) -> Any:
+        """This host's ``NodeRuntime`` (real processes), or None."""
         from xpod.runtime.agent.agent import ProcessExecutor
 
-        return next((a for a in self.agents if isinstance(a.executor, ProcessExecutor)), None)
+        return next((n for n in self.agent.nodes.values() if isinstance(n.executor, ProcessExecutor)), None)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=15)
+        self._thread.join(timeout=15)
         self._client.close()
         self.service.close()
+        self._lock.release()
 
 
 def start_embedded(
@@ -340,43 +338,47 @@ def start_embedded(
     from xpod.hal.cluster import load_cluster, load_default_cluster
     from xpod.runtime.agent import agent as ag
     from xpod.runtime.client import Client, Target
+    from xpod.scheduler.store.lock import StateLock
 
-    cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
-    pod = ag.simulated_pod(cluster_file) if simulate else []
-    service = start_service(
-        ServiceOptions(
-            store=os.path.join(state_dir, "xpod.db"),
-            listen=listen,
-            cluster=cluster if simulate else None,
-            cluster_name=cluster.name,
-            metrics=metrics,
-            node_timeout_s=node_timeout_s,
-            # every node's agent holds one WatchAssignments stream, i.e. one server thread
-            max_workers=len(pod) + 64,
+    # first: a second ``xpod up`` (or agent) on this state stops here, having touched nothing
+    lock = StateLock.acquire(state_dir, "xpod up", listen)
+    try:
+        cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
+        service = start_service(
+            ServiceOptions(
+                store=os.path.join(state_dir, "xpod.db"),
+                listen=listen,
+                cluster=cluster if simulate else None,
+                cluster_name=cluster.name,
+                metrics=metrics,
+                node_timeout_s=node_timeout_s,
+                holder="xpod up",
+            )
         )
-    )
+    except BaseException:
+        lock.release()
+        raise
+    lock.set_address(service.address)
     client = Client(Target(service.address, None, None, "xpod up"), timeout_s=10.0)
-    agents = [
-        ag.NodeAgent(client, n, ag.SimExecutor(n.name, state_dir), log_prefix="xpod up (simulated)", poll_s=SIM_POLL_S)
-        for n in pod
-    ]
+    nodes = []
+    if simulate:
+        nodes += [
+            ag.NodeRuntime(n, ag.SimExecutor(n.name, state_dir), "xpod up (simulated)")
+            for n in ag.simulated_pod(cluster_file)
+        ]
     if local:
         ag.end_leftover_tasks(state_dir)
         devices = ag.discover_devices()
         name = ag.local_node_name(client)
-        if any(a.node.name == name for a in agents):
+        if any(n.name == name for n in nodes):
             name = f"{name}-local"  # this host is not one of the simulated nodes
-        agents.append(
-            ag.NodeAgent(
-                client,
-                ag.NodeSpec(name, tuple(devices)),
-                ag.ProcessExecutor(name, devices, state_dir),
-                log_prefix="xpod up",
-            )
+        nodes.append(
+            ag.NodeRuntime(ag.NodeSpec(name, tuple(devices)), ag.ProcessExecutor(name, devices, state_dir), "xpod up")
         )
+    # one agent, one connection, for the simulated pod and this host alike
+    agent = ag.Agent(client, nodes, log_prefix="xpod up", poll_s=SIM_POLL_S if simulate else ag.POLL_S)
     stop = threading.Event()
-    threads = ag.run_agents(agents, stop)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and not all(a.connected.is_set() for a in agents):
-        time.sleep(0.05)
-    return Embedded(service, state_dir, agents, threads, stop, client)
+    thread = threading.Thread(target=agent.run, args=(stop,), name="xpod-agent", daemon=True)
+    thread.start()
+    agent.connected.wait(timeout=wait_s)
+    return Embedded(service, state_dir, agent, thread, stop, client, lock)

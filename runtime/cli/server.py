@@ -108,7 +108,7 @@ def cmd_server(args) -> int:
         raise XpodError(f"--lease-ttl {args.lease_ttl:g}: give at least 0.5 seconds")
     tls = None
     if args.tls_cert:
-        from xpod.scheduler.service import TlsFiles
+        from xpod.scheduler.grpc.server import TlsFiles
 
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     service = start_service(
@@ -139,7 +139,7 @@ def cmd_server(args) -> int:
         + (
             f"store {replica.display} (replica {replica.address}, {replica.role.value}); "
             if replica is not None
-            else f"db {service.store} ({len(api.store.load_jobs())} jobs recovered, revision {api.last_revision}); "
+            else f"db {service.store} ({len(api.jobs.in_order())} jobs recovered, revision {api.last_revision}); "
         )
         + f"cluster {service.cluster_name}: {len(service.nodes)} nodes, {devices} devices"
         + (f"; metrics on {service.metrics_url}" if service.metrics_url else "")

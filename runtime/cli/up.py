@@ -61,13 +61,13 @@ def cmd_up(args) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        sim = system.simulated_agents
-        local = system.local_agent
+        sim = system.simulated_nodes
+        local = system.local_node
         where = f"; metrics on {system.metrics_url}" if system.metrics_url else ""
         print(
             f"xpod up: scheduler on {system.address} (db {os.path.join(system.state_dir, 'xpod.db')}); "
-            f"simulated pod {system.cluster_name if sim else '-'}: {len(sim)} nodes, {sum(len(a.node.devices) for a in sim)} devices; "
-            f"local node: {local.node.name + f' ({len(local.node.devices)} devices)' if local else '-'}{where}",
+            f"simulated pod {system.cluster_name if sim else '-'}: {len(sim)} nodes, {sum(len(n.spec.devices) for n in sim)} devices; "
+            f"local node: {local.name + f' ({len(local.spec.devices)} devices)' if local else '-'}{where}",
             flush=True,
         )
         print(f"xpod up: submit with 'xpod submit FILE --server {system.address}'; Ctrl-C to stop", flush=True)

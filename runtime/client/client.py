@@ -28,11 +28,14 @@ import dataclasses
 import os
 import time
 import uuid
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
 from xpod.hal.errors import XpodError
+from xpod.scheduler.contract import Assignment, NodeRecord, TaskAllocation, TaskReport
+
+from .convert import spec_dict
 
 DEFAULT_SERVER = "127.0.0.1:7070"
 
@@ -89,14 +92,24 @@ def resolve_target(server: str | None = None, token: str | None = None, tls_ca: 
 
 
 class RpcFailure(XpodError):
-    """A refused call: ``code`` (grpc.StatusCode name), ``reason`` (ErrorInfo), ``field``."""
+    """A refused call: ``code`` (grpc.StatusCode name), ``reason`` (ErrorInfo), ``field``, and
+    ``retry_after_s`` (RetryInfo) when the server says when to try again."""
 
-    def __init__(self, message: str, code: str, reason: str = "", field: str | None = None, metadata=None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        reason: str = "",
+        field: str | None = None,
+        metadata=None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.field = field
         self.metadata = dict(metadata or {})
+        self.retry_after_s = retry_after_s
 
 
 #: reasons a server gives when another replica (or a later try) should take the call
@@ -229,7 +242,7 @@ class Client:
             return RpcFailure(
                 f"the xpod server at {self._current} did not answer within {self.timeout_s:g} s", code.name
             )
-        reason, field, metadata = "", None, {}
+        reason, field, metadata, retry_after_s = "", None, {}, None
         status = rpc_status.from_call(err)
         if status is not None:
             for detail in status.details:
@@ -242,8 +255,12 @@ class Client:
                     detail.Unpack(bad)
                     if bad.field_violations:
                         field = bad.field_violations[0].field
+                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry = error_details_pb2.RetryInfo()
+                    detail.Unpack(retry)
+                    retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
         shown = f" {reason}" if reason else ""
-        return RpcFailure(f"{code.name}{shown}: {err.details()}", code.name, reason, field, metadata)
+        return RpcFailure(f"{code.name}{shown}: {err.details()}", code.name, reason, field, metadata, retry_after_s)
 
     def _call(self, stub_method: Any, request: Any, timeout_s: float | None = None) -> Any:
         """One unary call; over several replicas, the same request again on the next one while
@@ -350,76 +367,93 @@ class Client:
 
         return self._call(self._cluster.ListDevices, cluster_service_pb2.ListDevicesRequest(node=node)).devices
 
-    # --- NodeService (the node agent's side) ---
-    # Thin on purpose: one method per RPC, arguments as the messages' own fields. The agent <->
-    # server protocol is being reshaped for pod scale; changing it should change these lines only.
+    # --- NodeService (the node agent's side): every call carries all the nodes of one agent
 
-    def register_node(self, name: str, labels: Mapping[str, str], devices: Iterable[Mapping[str, Any]]) -> Any:
-        """RegisterNode; each device is a mapping of ``xpod.v1.Device`` fields (id, index, vendor,
-        model, health, memory_total_bytes, simulated)."""
+    def register_nodes(self, records: Sequence[NodeRecord]) -> float:
+        """RegisterNodes (``contract.NodeRecord``s, in calls of at most ``NODES_PER_CALL``);
+        returns the heartbeat interval the server expects (s)."""
         from xpod.proto.xpod.v1 import node_service_pb2, types_pb2
 
-        node = types_pb2.Node(name=name, labels=dict(labels))
-        for d in devices:
-            node.devices.add(node=name, **d)
-        return self._call(self._nodes.RegisterNode, node_service_pb2.RegisterNodeRequest(node=node))
+        interval_s = 0.0
+        for i in range(0, len(records), NODES_PER_CALL):
+            req = node_service_pb2.RegisterNodesRequest()
+            for r in records[i : i + NODES_PER_CALL]:
+                node = req.nodes.add(
+                    name=r.name, labels=dict(r.labels), cpu_milli=r.cpu_milli, memory_bytes=r.memory_bytes
+                )
+                for d in r.devices:
+                    node.devices.append(
+                        types_pb2.Device(
+                            id=f"{r.name}/{d.index}", node=r.name, index=d.index, vendor=d.vendor, model=d.model,
+                            health=d.health.value, memory_total_bytes=d.memory_total_bytes, simulated=d.simulated,
+                        )
+                    )  # fmt: skip
+            interval_s = self._call(self._nodes.RegisterNodes, req).heartbeat_interval_seconds
+        return interval_s
 
-    def heartbeat(self, node: str, health: Mapping[int, str]) -> float:
-        """Heartbeat with each device's health word by index; returns the server's interval (s)."""
+    def heartbeat(self, health: Mapping[str, Mapping[int, Any]]) -> tuple[float, list[str]]:
+        """Heartbeat of every node: name -> device index -> ``hal.Health`` of the devices whose
+        health changed. Returns (seconds until the next is due, nodes the server does not know)."""
         from xpod.proto.xpod.v1 import node_service_pb2
 
-        req = node_service_pb2.HeartbeatRequest(node=node)
-        for index, word in health.items():
-            req.devices.add(index=index, health=word)
-        return float(self._call(self._nodes.Heartbeat, req).interval_seconds)
+        names = list(health)
+        interval_s, unknown = 0.0, []
+        for i in range(0, len(names), NODES_PER_CALL):
+            req = node_service_pb2.HeartbeatRequest()
+            for name in names[i : i + NODES_PER_CALL]:
+                beat = req.nodes.add(node=name)
+                for index, h in health[name].items():
+                    beat.devices.add(index=index, health=h.value)
+            resp = self._call(self._nodes.Heartbeat, req)
+            interval_s = resp.interval_seconds
+            unknown.extend(resp.unknown_nodes)
+        return interval_s, unknown
 
-    def watch_assignments(self, node: str) -> "AssignmentStream":
-        """WatchAssignments of one node: iterate for ``Assignment`` messages; ``cancel()`` ends it."""
+    def watch_assignments(self, nodes: Sequence[str]) -> "AssignmentStream":
+        """One WatchAssignments stream for all these nodes: iterate for batches of
+        ``contract.Assignment``; ``cancel()`` ends it."""
         from xpod.proto.xpod.v1 import node_service_pb2
 
-        call = self._nodes.WatchAssignments(
-            node_service_pb2.WatchAssignmentsRequest(node=node), metadata=self._metadata
-        )
-        return AssignmentStream(self, call)
+        req = node_service_pb2.WatchAssignmentsRequest(nodes=list(nodes))
+        return AssignmentStream(self, self._nodes.WatchAssignments(req, metadata=self._metadata))
 
-    def report_task_status(
-        self,
-        job_id: str,
-        node: str,
-        state: str,
-        message: str = "",
-        exit_code: int = 0,
-        failed_tasks: Iterable[int] = (),
-    ) -> Any:
-        """ReportTaskStatus of a job's tasks on one node; ``state`` is RUNNING, SUCCEEDED or FAILED."""
+    def report_tasks(self, reports: Sequence[TaskReport]) -> list[str | None]:
+        """ReportTaskStatus of ``contract.TaskReport``s; for each report, the reason the server
+        refused it (``NOT_ASSIGNED``, ``JOB_NOT_FOUND``) or None."""
         from xpod.proto.xpod.v1 import node_service_pb2
 
-        req = node_service_pb2.ReportTaskStatusRequest(
-            job_id=job_id,
-            node=node,
-            state=node_service_pb2.TaskState.Value(f"TASK_STATE_{state}"),
-            message=message,
-            exit_code=exit_code,
-            failed_tasks=list(failed_tasks),
-        )
-        return self._call(self._nodes.ReportTaskStatus, req)
+        out: list[str | None] = []
+        for i in range(0, len(reports), NODES_PER_CALL):
+            req = node_service_pb2.ReportTaskStatusRequest()
+            for r in reports[i : i + NODES_PER_CALL]:
+                req.reports.add(
+                    job_id=r.job_id, node=r.node, state=node_service_pb2.TaskState.Value(f"TASK_STATE_{r.state.value}"),
+                    message=r.message, exit_code=r.exit_code, failed_tasks=list(r.failed_tasks),
+                )  # fmt: skip
+            out.extend(a.refused_reason or None for a in self._call(self._nodes.ReportTaskStatus, req).answers)
+        return out
+
+
+#: nodes (or reports) per NodeService call: the server takes up to 1000
+NODES_PER_CALL = 500
 
 
 class AssignmentStream:
-    """One node's open WatchAssignments stream. Iterating yields ``Assignment`` messages until the
-    server ends the stream or ``cancel()`` is called (then iteration just stops); any other
-    failure is raised as ``RpcFailure``."""
+    """An agent's open WatchAssignments stream. Iterating yields batches of
+    ``contract.Assignment`` (one per commit that touched its nodes) until the server ends the
+    stream or ``cancel()`` is called (then iteration just stops); any other failure is raised as
+    ``RpcFailure``."""
 
     def __init__(self, client: Client, call: Any) -> None:
         self._client = client
         self._call = call
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[list[Assignment]]:
         import grpc
 
         try:
             for resp in self._call:
-                yield resp.assignment
+                yield [_assignment(a) for a in resp.assignments]
         except grpc.RpcError as err:
             if err.code() is grpc.StatusCode.CANCELLED:
                 return
@@ -430,6 +464,21 @@ class AssignmentStream:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+def _assignment(a: Any) -> Assignment:
+    if not a.run:
+        return Assignment(a.node, a.job_id, False)
+    return Assignment(
+        a.node,
+        a.job_id,
+        True,
+        tuple(TaskAllocation(x.task, tuple(x.devices)) for x in a.allocations),
+        spec_dict(a.job.spec),
+        a.job.queue,
+        a.job.kind,
+        tuple((x.task, x.node) for x in a.job.allocations),
+    )
 
 
 def job_state_value(name: str) -> int:

@@ -221,7 +221,7 @@ _VALIDATION_ID = "__xpod_validate__"
 
 def _parsers(kind: str, spec: dict[str, Any]) -> list[_Found]:
     """What the node agent and the scheduler core read, by their own parsers and rules."""
-    from xpod.scheduler.taskspec import TaskFieldError, parse_task_fields
+    from xpod.scheduler.contract import TaskFieldError, parse_task_fields
 
     try:
         parse_task_fields(kind, spec)
@@ -238,7 +238,7 @@ def _parsers(kind: str, spec: dict[str, Any]) -> list[_Found]:
 def core_job(kind: str, spec: dict[str, Any]) -> Any:
     """The core's ``Job`` for a checked document's ``kind`` and ``spec`` (placeholder id)."""
     from xpod.scheduler.core.spec import parse_job
-    from xpod.scheduler.taskspec import split_spec
+    from xpod.scheduler.contract import split_spec
 
     return parse_job({**split_spec(spec), "kind": KINDS[kind]}, source="spec", job_id=_VALIDATION_ID)
 

@@ -3,7 +3,7 @@
 A job file is a Kubernetes-style envelope (``apiVersion``, ``kind``, ``metadata``) around
 ``spec``, which holds what the scheduler places (``tasks``, ``devices``, ``within``, ...: the
 core's job spec, ``scheduler/core/spec.py``) and what the node agent runs (``command``, ``env``,
-``workdir``, ``restart``, ``simulate``: ``scheduler/taskspec.py``). Unknown keys are errors.
+``workdir``, ``restart``, ``simulate``: ``scheduler/contract.py``). Unknown keys are errors.
 ``schemas/<Kind>.json`` are these schemas written out (``xpod job schema KIND``) for editors; a
 test keeps them identical to ``schema(kind)`` and the keys identical to what the parsers read.
 """

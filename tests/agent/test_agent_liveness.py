@@ -3,12 +3,19 @@ injected clock: no threads, no gRPC; plus the task keys of a job document (sched
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from xpod.scheduler.api import OPEN_PRINCIPAL as P
-from xpod.scheduler.api import ApiError, DeviceView, NodeView, SchedulerApi, TaskState
-from xpod.scheduler.core_bridge import CorePlacer
+from xpod.hal.device import Health
+from xpod.scheduler.contract import DeviceRecord, NodeRecord
+from xpod.scheduler.service.api import OPEN_PRINCIPAL as P
+from xpod.scheduler.service.api import ApiError, SchedulerApi, TaskState
+from xpod.scheduler.service.core_link import InProcessCore
 from xpod.scheduler.store import JobState
+
+
+SMALL_CLUSTER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "service", "small-cluster.yaml")
 
 
 class Clock:
@@ -19,8 +26,8 @@ class Clock:
         return self.now
 
 
-def node(name: str, devices: int = 2) -> NodeView:
-    return NodeView(name, tuple(DeviceView(name, i, "cuda", "nvidia-h100-sxm", 80 * 2**30) for i in range(devices)))
+def node(name: str, devices: int = 2) -> NodeRecord:
+    return NodeRecord(name, tuple(DeviceRecord(i, "cuda", "nvidia-h100-sxm", 80 * 2**30) for i in range(devices)))
 
 
 def doc(name: str, tasks: int = 1, count: int = 2, kind: str = "TrainingJob", **spec):
@@ -35,13 +42,13 @@ def doc(name: str, tasks: int = 1, count: int = 2, kind: str = "TrainingJob", **
 @pytest.fixture
 def env(tmp_path):
     clock = Clock()
-    api = SchedulerApi(str(tmp_path / "xpod.db"), CorePlacer(None), clock=clock, node_timeout_s=10.0)
+    api = SchedulerApi(str(tmp_path / "xpod.db"), InProcessCore(), clock=clock, node_timeout_s=10.0)
     yield api, clock
     api.close()
 
 
 def _allocated(api) -> int:
-    return sum(m for _, m, _ in api.list_devices(P))
+    return sum(m for _, _, m, _ in api.list_devices(P))
 
 
 def _bind(api, request_id, document):
@@ -56,7 +63,7 @@ def test_not_ready_only_after_the_timeout_and_ready_again_on_heartbeat(env):
     view, _ = api.submit_job(P, "r1", doc("wait"))  # accepted while n1 is Ready; no cycle yet
     clock.now += 9.9
     assert api.liveness.check() == []
-    api.heartbeat(P, "n1", {})
+    api.heartbeat(P, {"n1": {}})
     clock.now += 10.0
     assert api.liveness.check() == []  # exactly the timeout is still Ready
     clock.now += 0.2
@@ -65,34 +72,71 @@ def test_not_ready_only_after_the_timeout_and_ready_again_on_heartbeat(env):
     # nothing lands on a NotReady node
     api.schedule_once()
     assert api.get_job(P, view.record.id)[0].record.state is JobState.QUEUED
-    api.heartbeat(P, "n1", {})
+    api.heartbeat(P, {"n1": {}})
     api.liveness.check()
     assert api.list_nodes(P)[0].ready
     api.schedule_once()
     assert api.get_job(P, view.record.id)[0].record.state is JobState.SCHEDULED
 
 
-def test_a_node_only_the_cluster_file_declared_never_times_out(tmp_path):
+def test_cluster_file_nodes_are_unknown_and_get_no_work_until_their_agent_registers(tmp_path):
+    """Issue 19: nodes only the cluster file declares showed READY yes, and jobs bound there sat
+    in SCHEDULED forever. Now they are unknown (not ready), the job waits for the agents and
+    says so, and it is bound once an agent registers the node."""
+    from xpod.hal.cluster import load_cluster
+    from xpod.scheduler.contract import cluster_records
+    from xpod.scheduler.service.nodes import NodeStatus
+
+    cluster = load_cluster(SMALL_CLUSTER)
     clock = Clock()
-    api = SchedulerApi(
-        str(tmp_path / "x.db"), CorePlacer(None), nodes=[node("static")], clock=clock, node_timeout_s=1.0
-    )
+    api = SchedulerApi(str(tmp_path / "x.db"), InProcessCore(cluster), cluster=cluster, clock=clock, node_timeout_s=1.0)
     try:
+        nodes = api.list_nodes(P)
+        assert {n.status for n in nodes} == {NodeStatus.UNKNOWN} and not any(n.ready for n in nodes)
+        assert nodes[0].reason == "no agent has registered it yet"
+        view, _ = api.submit_job(P, "w", doc("wait", count=8))  # accepted: the declared nodes can hold it
         clock.now += 100
-        assert api.liveness.check() == []
-        assert api.list_nodes(P)[0].ready
+        assert api.liveness.check() == []  # nothing to time out: no agent ever heartbeated
+        api.schedule_once()
+        job = api.get_job(P, view.record.id)[0]
+        assert job.record.state is JobState.QUEUED and job.record.allocations == ()
+        assert job.pending.reason == "WAITING_FOR_AGENTS"
+        assert job.pending.message == f"waiting for agents: 0 of {len(nodes)} nodes have registered"
+        with pytest.raises(ApiError) as err:  # bigger than the whole declared cluster: refused at once
+            api.submit_job(P, "big", doc("big", count=9))
+        assert err.value.reason == "EXCEEDS_CLUSTER_CAPACITY"
+        first = cluster_records(cluster)[0]
+        api.register_node(P, first)
+        api.schedule_once()
+        job = api.get_job(P, view.record.id)[0].record
+        assert job.state is JobState.SCHEDULED and {a.node for a in job.allocations} == {first.name}
+        assert [n.ready for n in api.list_nodes(P)].count(True) == 1
     finally:
         api.close()
+
+
+def test_a_server_without_a_cluster_file_queues_jobs_until_agents_register(env):
+    """Issue 19: a server without a cluster file refused every job before its first agent
+    registered. Now the job is accepted and waits ("no nodes registered yet")."""
+    api, _ = env
+    view, _ = api.submit_job(P, "early", doc("early"))
+    api.schedule_once()
+    job = api.get_job(P, view.record.id)[0]
+    assert job.record.state is JobState.QUEUED and job.pending.reason == "WAITING_FOR_AGENTS"
+    assert job.pending.message.startswith("no nodes registered yet")
+    api.register_node(P, node("n1"))
+    api.schedule_once()
+    assert api.get_job(P, view.record.id)[0].record.state is JobState.SCHEDULED
 
 
 def test_a_restarted_scheduler_gives_agents_a_full_timeout_to_come_back(tmp_path):
     clock = Clock()
     db = str(tmp_path / "x.db")
-    api = SchedulerApi(db, CorePlacer(None), clock=clock, node_timeout_s=10.0)
+    api = SchedulerApi(db, InProcessCore(), clock=clock, node_timeout_s=10.0)
     api.register_node(P, node("n1"))
     api.close()
     clock.now += 60  # the scheduler was down a minute
-    api = SchedulerApi(db, CorePlacer(None), clock=clock, node_timeout_s=10.0)
+    api = SchedulerApi(db, InProcessCore(), clock=clock, node_timeout_s=10.0)
     try:
         clock.now += 9
         assert api.liveness.check() == []
@@ -112,11 +156,11 @@ def test_a_gang_restarts_whole_until_max_restarts_then_fails_without_leaks(env):
     lost = sorted(first_nodes)[0]
     for n in ("n1", "n2", "n3"):
         if n != lost:
-            api.heartbeat(P, n, {})
+            api.heartbeat(P, {n: {}})
     clock.now += 10.5
     for n in ("n1", "n2", "n3"):
         if n != lost:
-            api.heartbeat(P, n, {})
+            api.heartbeat(P, {n: {}})
     assert api.liveness.check() == [lost]
     job = api.get_job(P, job.id)[0].record
     assert job.state is JobState.QUEUED and job.allocations == ()  # the whole gang, not one task
@@ -173,10 +217,12 @@ def test_an_unhealthy_device_leaves_placement_until_it_recovers(env):
     api, clock = env
     api.register_node(P, node("n1", devices=2))
     view, _ = api.submit_job(P, "u", doc("two", count=2))  # accepted while both are healthy
-    api.heartbeat(P, "n1", {1: "critical"})
+    api.heartbeat(P, {"n1": {1: Health.CRITICAL}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     api.schedule_once()
     assert api.get_job(P, view.record.id)[0].record.state is JobState.QUEUED
-    api.heartbeat(P, "n1", {1: "ok"})
+    api.heartbeat(P, {"n1": {1: Health.OK}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     api.schedule_once()
     assert api.get_job(P, view.record.id)[0].record.state is JobState.SCHEDULED
 
@@ -208,9 +254,26 @@ def test_a_not_ready_node_may_heartbeat_health_and_register_again(env):
     api.register_node(P, node("n1"))
     clock.now += 11
     assert api.liveness.check() == ["n1"]
-    api.heartbeat(P, "n1", {0: "critical"})  # out of placement already: recorded, applied on return
+    api.heartbeat(P, {"n1": {0: Health.CRITICAL}})  # out of placement already: recorded, applied on return
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     api.register_node(P, node("n1"))  # an agent restarted on that node
     assert api.list_nodes(P)[0].ready
     view, _ = api.submit_job(P, "after", doc("after", count=2))
     api.schedule_once()
     assert api.get_job(P, view.record.id)[0].record.state is JobState.SCHEDULED
+
+
+def test_a_job_with_a_command_never_lands_on_a_simulated_node(env):
+    """Issue 19: in ``xpod up`` a job with a real ``command`` could land on a simulated node and
+    never run. Now such a job selects nodes whose agent runs real processes."""
+    api, _ = env
+    simulated = NodeRecord("sim", node("sim", devices=4).devices, (("xpod/simulated", "true"),))
+    api.register_nodes(P, [simulated, node("real", devices=2)])
+    sleeper = api.submit_job(P, "sleep", doc("sleep", count=4))[0].record.id  # no command: may go anywhere
+    real = api.submit_job(P, "cmd", doc("cmd", count=2, command=["true"]))[0].record.id
+    api.schedule_once()
+    assert {a.node for a in api.get_job(P, real)[0].record.allocations} == {"real"}
+    assert {a.node for a in api.get_job(P, sleeper)[0].record.allocations} == {"sim"}
+    with pytest.raises(ApiError) as err:  # only the simulated node has 4 devices: refused, not stuck
+        api.submit_job(P, "big", doc("big", count=4, command=["true"]))
+    assert err.value.reason == "EXCEEDS_CLUSTER_CAPACITY" and "xpod/simulated=false" in str(err.value)

@@ -218,7 +218,7 @@ def test_simulated_cloudmatrix384_pod_runs_a_job(cluster):
     wait_until(lambda: "48 node(s) registered" in cluster.log("sim"), 60, "48 simulated nodes to register")
     nodes = cluster.client.list_nodes()
     assert len(nodes) == 48 and sum(len(n.devices) for n in nodes) == 768
-    assert all(n.labels["simulated"] == "true" for n in nodes)
+    assert all(n.simulated and n.labels["xpod/simulated"] == "true" for n in nodes)
     job = cluster.submit(
         "sim-train",
         {

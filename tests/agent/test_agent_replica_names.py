@@ -2,7 +2,7 @@
 by replica number (task t of a job with ``tasks_per_replica: N`` is replica t // N), never by
 task number, with the tasks listed when a replica has several."""
 
-from xpod.scheduler.liveness import replica_names
+from xpod.scheduler.service.restarts import replica_names
 
 
 def test_one_task_replicas_are_named_by_their_task():

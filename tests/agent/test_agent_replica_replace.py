@@ -5,13 +5,14 @@ healthy nodes' assignment streams are untouched; no device leaks. Training still
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 
-from xpod.scheduler.api import OPEN_PRINCIPAL as P
-from xpod.scheduler.api import DeviceView, NodeView, SchedulerApi, TaskState
-from xpod.scheduler.core_bridge import CorePlacer
+from xpod.hal.device import Health
+from xpod.scheduler.contract import DeviceRecord, NodeRecord
+from xpod.scheduler.service.api import OPEN_PRINCIPAL as P
+from xpod.scheduler.service.api import SchedulerApi, TaskState
+from xpod.scheduler.service.core_link import InProcessCore
 from xpod.scheduler.store import EventType, JobState
 
 H = "nvidia-h100-sxm"
@@ -25,9 +26,9 @@ class Clock:
         return self.now
 
 
-def node(name: str, devices: int = 2, domain: str | None = None) -> NodeView:
+def node(name: str, devices: int = 2, domain: str | None = None) -> NodeRecord:
     labels = (("failure_domain", domain),) if domain else ()
-    return NodeView(name, tuple(DeviceView(name, i, "cuda", H, 80 * 2**30) for i in range(devices)), labels)
+    return NodeRecord(name, tuple(DeviceRecord(i, "cuda", H, 80 * 2**30) for i in range(devices)), labels)
 
 
 def serving(name: str, lo: int, hi: int, count: int = 2):
@@ -43,7 +44,7 @@ def training(name: str, tasks: int, count: int = 2):
 @pytest.fixture
 def env(tmp_path):
     clock = Clock()
-    api = SchedulerApi(str(tmp_path / "xpod.db"), CorePlacer(None), clock=clock, node_timeout_s=10.0)
+    api = SchedulerApi(str(tmp_path / "xpod.db"), InProcessCore(), clock=clock, node_timeout_s=10.0)
     yield api, clock
     api.close()
 
@@ -63,11 +64,11 @@ def _by_task(record):
 
 def _allocated(api) -> dict[str, int]:
     """device id -> milli in use, as the API reports it (what `xpod nodes` shows)."""
-    return {d.id: m for d, m, _ in api.list_devices(P) if m}
+    return {f"{n}/{d.index}": m for n, d, m, _ in api.list_devices(P) if m}
 
 
 def _core_used(api) -> dict[str, int]:
-    snap = api._placer.scheduler.snapshot
+    snap = api.core.scheduler.snapshot
     return {f"{n}/{i}": 1000 - f for n, st in snap.nodes.items() for i, f in enumerate(st.free_milli) if f < 1000}
 
 
@@ -76,21 +77,9 @@ def _run_all(api, job_id):
         api.report_task_status(P, job_id, n, TaskState.RUNNING)
 
 
-class OnePass:
-    """``is_active`` for an assignment stream: one pass over the events once armed, then the
-    stream ends (so a test reads exactly what happened, without threads or waiting)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-
-    def __call__(self) -> bool:
-        armed, self.armed = self.armed, False
-        return armed
-
-
 def _heartbeat(api, names):
     for n in names:
-        api.heartbeat(P, n, {})
+        api.heartbeat(P, {n: {}})
 
 
 def test_a_lost_node_moves_only_its_replica_and_the_others_keep_running(env):
@@ -108,10 +97,10 @@ def test_a_lost_node_moves_only_its_replica_and_the_others_keep_running(env):
     healthy_nodes = [a.node for a in before.allocations if a.node != lost.node]
     free_node = next(n for n in names if n not in {a.node for a in before.allocations})
     # the healthy nodes' agents watch their assignments from before the failure
-    gates = {n: OnePass() for n in healthy_nodes + [free_node]}
-    streams = {n: api.watch_assignments(P, n, is_active=gates[n], poll_s=0.01) for n in gates}
-    first = {n: [next(s) for _ in range(1)] if n != free_node else [] for n, s in streams.items()}
+    news: dict[str, list] = {n: [] for n in healthy_nodes + [free_node]}
+    first = {n: api.watch_assignments(P, [n], news[n].extend)[1] for n in news}
     assert all(a[0].run and a[0].job.id == job_id for n, a in first.items() if n != free_node)
+    assert first[free_node] == []
 
     clock.now += 10.5
     _heartbeat(api, [n for n in names if n != lost.node])
@@ -138,11 +127,9 @@ def test_a_lost_node_moves_only_its_replica_and_the_others_keep_running(env):
     assert len(_allocated(api)) == 3 * 2 and _allocated(api) == _core_used(api)
 
     # the healthy agents saw nothing more (no stop, no restart); the free node was told to run
-    for gate in gates.values():
-        gate.armed = True
     for n in healthy_nodes:
-        assert list(itertools.islice(streams[n], 5)) == []
-    got = list(itertools.islice(streams[free_node], 5))
+        assert news[n] == []
+    got = news[free_node]
     assert [(a.run, a.job.id, [x.task for x in a.allocations]) for a in got] == [(True, job_id, [lost.task])]
 
 
@@ -254,9 +241,9 @@ def test_a_replica_sharing_its_node_is_replaced_alone(env):
     _run_all(api, job_id)
     before = _by_task(_job(api, job_id))
     assert {a.node for a in before.values()} == {"n0"}
-    gate = OnePass()
-    stream = api.watch_assignments(P, "n0", is_active=gate, poll_s=0.01)
-    assert [x.task for x in next(stream).allocations] == [0, 1]
+    news: list = []
+    _, [first] = api.watch_assignments(P, ["n0"], news.extend)
+    assert [x.task for x in first.allocations] == [0, 1]
     api.report_task_status(
         P, job_id, "n0", TaskState.FAILED, "task 1 exited with code 3", exit_code=3, failed_tasks=(1,)
     )
@@ -266,8 +253,7 @@ def test_a_replica_sharing_its_node_is_replaced_alone(env):
     after = _by_task(_job(api, job_id))
     assert after[0] == before[0] and after[1].node == "n0"
     assert _allocated(api) == _core_used(api) and len(_allocated(api)) == 4
-    gate.armed = True
-    got = [(a.run, [x.task for x in a.allocations]) for a in itertools.islice(stream, 5)]
+    got = [(a.run, [x.task for x in a.allocations]) for a in news]
     assert got == [(True, [0]), (True, [0, 1])]
     # without failed_tasks (an older agent) every replica on the node counts as failed: whole
     api.report_task_status(P, job_id, "n0", TaskState.RUNNING)
@@ -279,7 +265,7 @@ def test_a_replica_sharing_its_node_is_replaced_alone(env):
 def test_an_unhealthy_device_replacement_counts_as_an_eviction(env):
     api, clock = env
     counter = EvictedCounter()
-    api.metrics = counter
+    api.attach_metrics(counter)
     _register(api, ["n0", "n1", "n2"])
     view, _ = api.submit_job(P, "s", serving("serve", 2, 2))
     api.schedule_once()
@@ -287,7 +273,8 @@ def test_an_unhealthy_device_replacement_counts_as_an_eviction(env):
     _run_all(api, job_id)
     bad = _by_task(_job(api, job_id))[1]
     index = int(bad.devices[0].rsplit("/", 1)[1])
-    api.heartbeat(P, bad.node, {index: "critical"})
+    api.heartbeat(P, {bad.node: {index: Health.CRITICAL}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     assert sorted(_by_task(_job(api, job_id))) == [0]
     assert counter.evictions == [("default", "device_unhealthy")]
 
@@ -302,7 +289,8 @@ def test_an_unhealthy_device_moves_only_the_replica_on_it(env):
     before = _by_task(_job(api, job_id))
     bad = before[1]
     index = int(bad.devices[1].rsplit("/", 1)[1])
-    api.heartbeat(P, bad.node, {index: "critical"})
+    api.heartbeat(P, {bad.node: {index: Health.CRITICAL}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     mid = _job(api, job_id)
     assert mid.state is JobState.RUNNING and sorted(_by_task(mid)) == [0]
     api.schedule_once()
@@ -313,11 +301,13 @@ def test_an_unhealthy_device_moves_only_the_replica_on_it(env):
     assert _allocated(api) == _core_used(api) and len(_allocated(api)) == 4
     # a training job on a device that goes bad is still evicted whole (by the core)
     t, _ = api.submit_job(P, "t", training("gang", 1))
-    api.heartbeat(P, bad.node, {index: "ok"})
+    api.heartbeat(P, {bad.node: {index: Health.OK}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     api.schedule_once()
     rec = _job(api, t.record.id)
     assert rec.state is JobState.SCHEDULED and rec.allocations[0].node == bad.node
-    api.heartbeat(P, bad.node, {index: "alarm"})
+    api.heartbeat(P, {bad.node: {index: Health.ALARM}})
+    api.liveness.check()  # applies the reported health (the liveness thread does, woken)
     api.schedule_once()
     assert _job(api, t.record.id).allocations == () or _job(api, t.record.id).allocations[0].node != bad.node
     assert _allocated(api) == _core_used(api)
@@ -325,11 +315,10 @@ def test_an_unhealthy_device_moves_only_the_replica_on_it(env):
 
 def test_replacement_with_the_core_in_its_own_process(tmp_path):
     """`xpod server --core-process`: the release goes to the child core and back in order."""
-    from xpod.scheduler.core_process import ProcessPlacer
+    from xpod.scheduler.service.core_link import ChildProcessCore
 
     clock = Clock()
-    placer = ProcessPlacer(None)
-    api = SchedulerApi(str(tmp_path / "xpod.db"), placer, clock=clock, node_timeout_s=10.0)
+    api = SchedulerApi(str(tmp_path / "xpod.db"), ChildProcessCore(), clock=clock, node_timeout_s=10.0)
     try:
         names = ["n0", "n1", "n2"]
         _register(api, names)
@@ -347,13 +336,12 @@ def test_replacement_with_the_core_in_its_own_process(tmp_path):
         assert len(_allocated(api)) == 4 and not any(d.startswith(lost.node + "/") for d in _allocated(api))
     finally:
         api.close()
-        placer.close()
 
 
 def test_a_degraded_serving_job_shows_in_the_degraded_gauge_until_it_is_whole(env):
     from prometheus_client import generate_latest
 
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.service.metrics import ServiceMetrics
 
     api, clock = env
     metrics = ServiceMetrics()

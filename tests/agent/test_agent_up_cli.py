@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 
-from agent_harness import XPOD, cluster, task_command, wait_until  # noqa: F401 (cluster is a fixture)
+from agent_harness import XPOD, cluster, pid_alive, task_command, wait_until  # noqa: F401 (cluster is a fixture)
 
 
 def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
@@ -17,7 +17,7 @@ def test_up_runs_a_local_job_and_a_simulated_pod_job_and_stops_cleanly(cluster):
     wait_until(lambda: "Ctrl-C to stop" in cluster.log("up"), 60, "xpod up to be ready")
     assert "simulated pod cloudmatrix384: 48 nodes, 768 devices" in cluster.log("up")
     nodes = {n.name: n for n in cluster.client.list_nodes()}
-    local = [n for n in nodes.values() if n.labels.get("simulated") != "true"]
+    local = [n for n in nodes.values() if not n.simulated]
     assert len(nodes) == 49 and len(local) == 1
     real = cluster.submit(
         "local", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": task_command(cluster.out)}
@@ -144,3 +144,38 @@ def test_an_agent_takes_the_descriptor_node_named_like_its_host(cluster):
     wait_until(lambda: cluster.state(job) == "FAILED", 30, "the job to fail")
     assert "could not start: cannot start '/nonexistent/xpod-test-binary'" in cluster.job(job).message
     assert cluster.allocated_milli() == 0
+
+
+def test_a_second_instance_on_the_same_state_exits_at_once_and_touches_nothing(cluster):
+    """Issue 19: a second ``xpod up`` on the same state directory killed the first one's live
+    task (spending a restart), crashed in end_leftover_tasks, and left the first server failing
+    every submission (UNIQUE constraint failed: events.revision). Now the second ``xpod up``,
+    ``xpod agent`` and ``xpod server`` each exit 1 at once with one line naming the path and the
+    holder, and the first instance does not notice."""
+    state = cluster.tmp / "up"
+    cluster.start("up", ["up", "--listen", cluster.address, "--state-dir", str(state), "--no-simulate"])
+    wait_until(lambda: "Ctrl-C to stop" in cluster.log("up"), 60, "xpod up to be ready")
+    job = cluster.submit(
+        "live",
+        {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}, "command": task_command(cluster.out, "sleep", "600")},
+    )
+    wait_until(lambda: cluster.state(job) == "RUNNING" and cluster.task_pids(), 30, "the task to run")
+    pids = cluster.task_pids()
+    up_pid = cluster.procs["up"].pid
+    files = sorted(p.name for p in state.iterdir())
+    second = [
+        (("up", "--listen", "127.0.0.1:0", "--state-dir", str(state), "--no-simulate"), state, "xpod up"),
+        (("agent", "--server", cluster.address, "--state-dir", str(state)), state, "xpod up"),
+        (("server", "--db", str(state / "xpod.db"), "--listen", "127.0.0.1:0"), state / "xpod.db", "xpod up"),
+    ]
+    for args, path, holder in second:
+        r = _run(cluster, *args)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert r.stderr == f"xpod: {path} is in use by {holder} (pid {up_pid}, {cluster.address})\n", r.stderr
+    assert sorted(p.name for p in state.iterdir()) == files
+    assert all(pid_alive(pid) for pid in pids)  # the first one's task still runs
+    assert cluster.state(job) == "RUNNING" and not [e for e in cluster.events(job) if e[0] == "EVICTED"]
+    cluster.client.cancel(job)  # and the first server still takes writes
+    wait_until(lambda: cluster.state(job) == "CANCELLED", 30, "the cancel")
+    again = cluster.submit("after", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}})
+    assert cluster.state(again) in ("QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED")

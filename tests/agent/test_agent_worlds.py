@@ -1,14 +1,22 @@
 """The torch.distributed world each task of a job joins (issues 6 and 8 seam): a training gang is
 one world; a serving job is one world per replica (``tasks_per_replica``), so replicas never
-rendezvous with each other. Checked on ``scheduler.taskspec.task_worlds`` and on the variables
-the node agent hands each task (``NodeAgent._start`` through ``task_env``), without processes."""
+rendezvous with each other. Checked on ``scheduler.contract.task_worlds`` and on the variables
+the node agent hands each task (``NodeRuntime.start`` through ``task_env``), without processes."""
 
 from __future__ import annotations
 
 import pytest
 
-from xpod.runtime.agent.agent import JobRun, NodeAgent, NodeSpec, SimExecutor, TaskHandle, log_path, task_env
-from xpod.scheduler.taskspec import RESERVED_ENV, TaskFieldError, parse_task_fields, rendezvous_port, task_worlds
+from xpod.runtime.agent.agent import JobRun, NodeRuntime, NodeSpec, SimExecutor, TaskHandle, log_path, task_env
+from xpod.scheduler.contract import (
+    RESERVED_ENV,
+    Assignment,
+    TaskAllocation,
+    TaskFieldError,
+    parse_task_fields,
+    rendezvous_port,
+    task_worlds,
+)
 
 RANK_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -37,17 +45,11 @@ class RecordingExecutor:
         return _Running(alloc.task)
 
 
-def _assignment(job_id: str, kind: str, spec: dict, placements: dict[int, str], node: str):
-    """The WatchAssignments message an agent on ``node`` gets for a job bound at ``placements``."""
-    from xpod.proto.xpod.v1 import node_service_pb2, types_pb2
-    from xpod.scheduler.service import dict_to_struct
-
+def _assignment(job_id: str, kind: str, spec: dict, placements: dict[int, str], node: str) -> Assignment:
+    """What an agent serving ``node`` is told for a job bound at ``placements``."""
     doc = {"apiVersion": "xpod/v1", "kind": kind, "metadata": {"name": "j"}, "spec": spec}
-    job = types_pb2.Job(id=job_id, kind=kind, queue="default", spec=dict_to_struct(doc))
-    for t, n in sorted(placements.items()):
-        job.allocations.add(node=n, task=t, devices=[f"{n}/{t}"], milli_per_device=1000)
-    mine = [a for a in job.allocations if a.node == node]
-    return node_service_pb2.Assignment(job_id=job_id, allocations=mine, run=True, job=job)
+    mine = tuple(TaskAllocation(t, (f"{n}/{t}",)) for t, n in sorted(placements.items()) if n == node)
+    return Assignment(node, job_id, True, mine, doc, "default", kind, tuple(sorted(placements.items())))
 
 
 def _envs_on_every_node(job_id: str, kind: str, spec: dict, placements: dict[int, str]) -> dict[int, dict[str, str]]:
@@ -55,8 +57,8 @@ def _envs_on_every_node(job_id: str, kind: str, spec: dict, placements: dict[int
     out: dict[int, dict[str, str]] = {}
     for node in sorted(set(placements.values())):
         ex = RecordingExecutor()
-        agent = NodeAgent(None, NodeSpec(node, ()), ex)
-        agent._start(_assignment(job_id, kind, spec, placements, node))
+        agent = NodeRuntime(NodeSpec(node, ()), ex)
+        agent.start(_assignment(job_id, kind, spec, placements, node))
         assert set(agent.runs[job_id].tasks) == {t for t, n in placements.items() if n == node}
         out.update(ex.envs)
     return out
@@ -143,11 +145,11 @@ def test_a_replaced_replica_keeps_its_world_and_the_others_are_untouched():
     spec = {"replicas": 2, "tasks_per_replica": 2, "command": ["serve"]}
     first = {0: "n1", 1: "n2", 2: "n3", 3: "n4"}
     ex = RecordingExecutor()
-    agent = NodeAgent(None, NodeSpec("n3", ()), ex)
-    agent._start(_assignment("s", "ServingJob", spec, first, "n3"))
+    agent = NodeRuntime(NodeSpec("n3", ()), ex)
+    agent.start(_assignment("s", "ServingJob", spec, first, "n3"))
     running = agent.runs["s"].tasks[2]
     ex.envs.clear()
-    agent._start(_assignment("s", "ServingJob", spec, {0: "n3", 1: "n5", 2: "n3", 3: "n4"}, "n3"))
+    agent.start(_assignment("s", "ServingJob", spec, {0: "n3", 1: "n5", 2: "n3", 3: "n4"}, "n3"))
     assert agent.runs["s"].tasks[2] is running and set(ex.envs) == {0}  # only the new task started
     assert _rank_vars(ex.envs[0]) == ("0", "2", "0", "1", "127.0.0.1", str(rendezvous_port("s", 0)), "0")
 
@@ -165,8 +167,8 @@ def test_a_replica_missing_its_first_task_still_ranks_inside_it():
 def test_a_bad_tasks_per_replica_fails_the_tasks_with_the_field_named():
     with pytest.raises(TaskFieldError, match="spec.tasks_per_replica"):
         task_worlds("j", "ServingJob", {"tasks_per_replica": 0}, [(0, "a")])
-    agent = NodeAgent(None, NodeSpec("a", ()), RecordingExecutor())
-    agent._start(_assignment("j", "ServingJob", {"tasks_per_replica": "two"}, {0: "a"}, "a"))
+    agent = NodeRuntime(NodeSpec("a", ()), RecordingExecutor())
+    agent.start(_assignment("j", "ServingJob", {"tasks_per_replica": "two"}, {0: "a"}, "a"))
     run: JobRun = agent.runs["j"]
     assert run.tasks[0].poll() == 127 and "spec.tasks_per_replica" in run.tasks[0].reason
 
@@ -179,8 +181,8 @@ def test_rank_variables_are_reserved():
 
 
 def test_a_simulated_task_logs_its_world(tmp_path):
-    agent = NodeAgent(None, NodeSpec("n1", ()), SimExecutor("n1", str(tmp_path), clock=lambda: 0.0))
-    agent._start(
+    agent = NodeRuntime(NodeSpec("n1", ()), SimExecutor("n1", str(tmp_path), clock=lambda: 0.0))
+    agent.start(
         _assignment(
             "s", "ServingJob", {"replicas": 2, "tasks_per_replica": 2}, {0: "n2", 1: "n1", 2: "n1", 3: "n1"}, "n1"
         )

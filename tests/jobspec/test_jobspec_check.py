@@ -18,7 +18,7 @@ from xpod.hal.errors import XpodError
 from xpod.scheduler import jobspec
 from xpod.scheduler.core import spec as core_spec
 from xpod.scheduler.jobspec.schema import KINDS, all_kinds_schema, schema
-from xpod.scheduler.taskspec import TASK_KEYS
+from xpod.scheduler.contract import TASK_KEYS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 XPOD = [sys.executable, "-m", "xpod.runtime.cli"]

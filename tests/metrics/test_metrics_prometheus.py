@@ -173,7 +173,7 @@ def test_every_metric_name_used_is_exported_recorded_or_planned():
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.service.metrics import ServiceMetrics
     from xpod.runtime.agent import exporter as ex
     from xpod.backends.sim import SimBackend
 
@@ -204,7 +204,8 @@ def test_every_metric_name_used_is_exported_recorded_or_planned():
 def live(tmp_path_factory):
     """Prometheus running deploy/prometheus's config and rules, scraping every second an
     `xpod exporter` process (cpu + 8 simulated 910C), an exporter served in this process (so
-    tests can change its devices and allocations) and an `xpod server` (heterogeneous.yaml).
+    tests can change its devices and allocations) and an `xpod server` (heterogeneous.yaml) with
+    an `xpod agent --simulate` of the same file.
 
     A scheduler that does not start fails only the scheduler test, not the others."""
     from xpod.backends.sim import SimBackend
@@ -246,8 +247,11 @@ def live(tmp_path_factory):
         try:
             _, line, _r = stack.enter_context(mh.running(server, "listening on", timeout_s=60, cwd=str(work)))
             grpc_addr = re.search(r"listening on (\S+?);", line).group(1)
+            # the descriptor's nodes get work once their agent registers them: a simulated pod
+            agent = [mh.XPOD, "agent", "--simulate", CLUSTER, "--server", grpc_addr, "--state-dir", str(work / "agent")]
+            stack.enter_context(mh.running(agent, "registered with", timeout_s=60, cwd=str(work)))
         except AssertionError as err:
-            sched_error = f"xpod server did not start: {err}"
+            sched_error = f"xpod server or its agent did not start: {err}"
         jobs = {j["job_name"]: j for j in config["scrape_configs"]}
         jobs["xpod-agent"]["static_configs"][0]["targets"] = [exporter_url.split("/")[2], f"127.0.0.1:{inproc.port}"]
         jobs["xpod-scheduler"]["static_configs"][0]["targets"] = [f"127.0.0.1:{sched_metrics}"]

@@ -12,6 +12,8 @@ import time
 
 import grpc
 import pytest
+
+from xpod.hal.device import Health
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -65,17 +67,17 @@ class Clock:
 def system(tmp_path):
     """SchedulerApi over an agent-registered pod: a1, a2 in super-node s1, b1 in s2 (8 H100 each),
     node timeout 10 s, an injected clock; no scheduling thread (tests call schedule_once)."""
-    from xpod.scheduler.api import OPEN_PRINCIPAL, DeviceView, NodeView, SchedulerApi
-    from xpod.scheduler.core_bridge import CorePlacer
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.contract import DeviceRecord, NodeRecord
+    from xpod.scheduler.service.api import OPEN_PRINCIPAL, SchedulerApi
+    from xpod.scheduler.service.core_link import InProcessCore
+    from xpod.scheduler.service.metrics import ServiceMetrics
 
     clock = Clock(1000.0)
-    api = SchedulerApi(str(tmp_path / "xpod.db"), CorePlacer(), clock=clock, node_timeout_s=10.0)
     metrics = ServiceMetrics()
-    metrics.attach(api)
+    api = SchedulerApi(str(tmp_path / "xpod.db"), InProcessCore(), clock=clock, node_timeout_s=10.0, metrics=metrics)
     for name, supernode in (("a1", "s1"), ("a2", "s1"), ("b1", "s2")):
-        devices = tuple(DeviceView(name, i, "cuda", MODEL, 80 << 30) for i in range(8))
-        api.register_node(OPEN_PRINCIPAL, NodeView(name, devices, labels=(("supernode", supernode),)))
+        devices = tuple(DeviceRecord(i, "cuda", MODEL, 80 << 30) for i in range(8))
+        api.register_node(OPEN_PRINCIPAL, NodeRecord(name, devices, labels=(("supernode", supernode),)))
     yield api, metrics, clock, OPEN_PRINCIPAL
     api.close()
 
@@ -124,11 +126,11 @@ def test_nodes_blocks_wait_running_preemption_and_node_timeout(system):
     assert value(samples(reg), "xpod_scheduler_preemption_attempts_total") == 1
 
     # b1 stops heartbeating: NotReady after the 10 s timeout; its job is evicted (restart policy)
-    on_b1 = [j.id for j in (api._jobs[x] for x in low + [high]) if any(a.node == "b1" for a in j.allocations)]
+    on_b1 = [j.id for j in (api.jobs.get(x) for x in low + [high]) if any(a.node == "b1" for a in j.allocations)]
     assert len(on_b1) == 1
     clock.t += 11.0
     for n in ("a1", "a2"):
-        api.heartbeat(who, n, {})
+        api.heartbeat(who, {n: {}})
     assert api.liveness.check() == ["b1"]
     s = samples(reg)
     assert value(s, "xpod_scheduler_nodes", state="ready") == 2
@@ -138,7 +140,7 @@ def test_nodes_blocks_wait_running_preemption_and_node_timeout(system):
     assert value(s, "xpod_scheduler_largest_free_block_devices", pool=MODEL, level="node") == 0
 
     # the requeued jobs are placed again when b1 returns, but that is not a first placement
-    api.heartbeat(who, "b1", {})
+    api.heartbeat(who, {"b1": {}})
     api.liveness.check()
     clock.t += 1.0
     out = api.schedule_once()
@@ -154,9 +156,10 @@ def test_largest_free_block_counts_partial_nodes_and_unhealthy_devices(system):
     api, metrics, clock, who = system
     job = api.submit_job(who, "half", job_doc("half", count=4))[0].record.id
     api.schedule_once()
-    node = api._jobs[job].allocations[0].node
+    node = api.jobs.get(job).allocations[0].node
     other = "b1" if node != "b1" else "a1"
-    api.heartbeat(who, other, {0: "critical", 1: "alarm", 2: "warning"})  # warning still takes work
+    api.heartbeat(who, {other: {0: Health.CRITICAL, 1: Health.ALARM, 2: Health.WARNING}})  # warning still takes work
+    api.liveness.check()  # applies the reported health
     s = samples(metrics.registry)
     sizes = {"a1": 8, "a2": 8, "b1": 8}
     sizes[node] -= 4
@@ -166,8 +169,9 @@ def test_largest_free_block_counts_partial_nodes_and_unhealthy_devices(system):
     assert value(s, "xpod_scheduler_largest_free_block_devices", pool=MODEL, level="supernode") == max(supers.values())
 
     # a device the job holds turns critical: the core evicts the job, counted by reason
-    held = int(api._jobs[job].allocations[0].devices[0].rsplit("/", 1)[1])
-    api.heartbeat(who, node, {held: "critical"})
+    held = int(api.jobs.get(job).allocations[0].devices[0].rsplit("/", 1)[1])
+    api.heartbeat(who, {node: {held: Health.CRITICAL}})
+    api.liveness.check()
     out = api.schedule_once()
     assert job in out.evictions
     assert (
@@ -299,44 +303,56 @@ def _watch_done(text: str) -> bool:
     )
 
 
-def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():
-    """The interceptor in process over a raw-bytes service: each way a call can end gets its code."""
-    import concurrent.futures
+def test_grpc_handler_codes_for_ok_abort_raise_and_streams():
+    """Handlers counted as the server wraps them (``wrap_aio_handler``), on a real ``grpc.aio``
+    server over a raw-bytes service: each way a call can end gets its code."""
+    import asyncio
+    import threading
 
     from prometheus_client import CollectorRegistry
 
-    from xpod.scheduler.grpc_metrics import GrpcServerMetrics
+    from xpod.scheduler.grpc.metrics import GrpcServerMetrics
 
-    def ok(req, ctx):
+    async def ok(req, ctx):
         return req
 
-    def abort(req, ctx):
-        ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
+    async def abort(req, ctx):
+        await ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "no")
 
-    def boom(req, ctx):
+    async def boom(req, ctx):
         raise RuntimeError("bug")
 
-    def stream(req, ctx):
+    async def stream(req, ctx):
         yield b"a"
         yield b"b"
 
-    def stream_boom(req, ctx):
+    async def stream_boom(req, ctx):
         yield b"a"
         raise RuntimeError("bug")
 
-    handlers = {
-        "Ok": grpc.unary_unary_rpc_method_handler(ok),
-        "Abort": grpc.unary_unary_rpc_method_handler(abort),
-        "Boom": grpc.unary_unary_rpc_method_handler(boom),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-        "StreamBoom": grpc.unary_stream_rpc_method_handler(stream_boom),
-    }
     reg = CollectorRegistry()
     m = GrpcServerMetrics(reg)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4), interceptors=[m.interceptor()])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.v1.Svc", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    handlers = {
+        name: m.wrap_aio_handler(f"/t.v1.Svc/{name}", factory(fn))
+        for name, factory, fn in (
+            ("Ok", grpc.unary_unary_rpc_method_handler, ok),
+            ("Abort", grpc.unary_unary_rpc_method_handler, abort),
+            ("Boom", grpc.unary_unary_rpc_method_handler, boom),
+            ("Stream", grpc.unary_stream_rpc_method_handler, stream),
+            ("StreamBoom", grpc.unary_stream_rpc_method_handler, stream_boom),
+        )
+    }
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start():
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.v1.Svc", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             assert ch.unary_unary("/t.v1.Svc/Ok")(b"x", timeout=10) == b"x"
@@ -351,7 +367,8 @@ def test_grpc_interceptor_codes_for_ok_abort_raise_and_streams():
                 ch.unary_unary("/t.v1.Svc/Missing")(b"x", timeout=10)
             assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     finally:
-        server.stop(0).wait()
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
     s = samples(reg)
     handled = {
         (dict(k[1])["grpc_method"], dict(k[1])["grpc_code"], dict(k[1])["grpc_type"]): v

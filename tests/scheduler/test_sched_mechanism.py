@@ -434,11 +434,11 @@ def test_example_multi_node_serving_job_on_cloudmatrix384():
     import pathlib
 
     from xpod.scheduler.jobspec import load_job_file
-    from xpod.scheduler.core_bridge import parse_document
     from xpod.scheduler.core.from_cluster import load_nodes
+    from xpod.scheduler.service.admission import parse_document
 
     root = pathlib.Path(__file__).resolve().parents[2]
-    _, _, _, core = parse_document(load_job_file(str(root / "examples/jobs/deepseek-serving-supernode.yaml")).document)
+    core = parse_document(load_job_file(str(root / "examples/jobs/deepseek-serving-supernode.yaml")).document).core
     assert (core.tasks, core.min_tasks, core.replica_tasks) == (6, 2, 2)
     nodes = load_nodes(str(root / "examples/clusters/cloudmatrix384.yaml"))
     s = Scheduler(nodes, queues=[Queue("serving")], clock=lambda: 1.0)
@@ -464,16 +464,16 @@ def test_service_explains_a_waiting_multi_node_replica(tmp_path):
     import yaml
 
     from xpod.hal.cluster import load_cluster
-    from xpod.scheduler.api import ApiError, Code, SchedulerApi
-    from xpod.scheduler.auth import OPEN_PRINCIPAL
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
+    from xpod.scheduler.service.api import ApiError, Code, SchedulerApi
+    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
+    from xpod.scheduler.contract import cluster_records
+    from xpod.scheduler.service.core_link import InProcessCore
     from xpod.scheduler.store import JobState
 
     root = pathlib.Path(__file__).resolve().parents[2]
     cluster = load_cluster(str(root / "examples/clusters/cloudmatrix384.yaml"))
-    api = SchedulerApi(
-        str(tmp_path / "x.db"), CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name
-    )
+    api = SchedulerApi(str(tmp_path / "x.db"), InProcessCore(cluster), cluster=cluster)
+    api.register_nodes(OPEN_PRINCIPAL, cluster_records(cluster))  # every node's agent
     try:
         ep32 = yaml.safe_load((root / "examples/jobs/deepseek-serving-supernode.yaml").read_text())
 
@@ -550,18 +550,19 @@ def test_service_replaces_a_lost_multi_node_replica_whole_and_alone(tmp_path):
     """scheduler.liveness over the in-process API: a node of replica 0 stops heartbeating; both
     tasks of replica 0 are released (its task on a healthy node cannot serve alone), replica 1
     keeps its nodes, the job is not restarted whole, and the next cycle binds replica 0 again."""
-    from xpod.scheduler.api import DeviceView, NodeView, SchedulerApi
-    from xpod.scheduler.auth import OPEN_PRINCIPAL
-    from xpod.scheduler.core_bridge import CorePlacer
+    from xpod.scheduler.contract import DeviceRecord, NodeRecord
+    from xpod.scheduler.service.api import SchedulerApi
+    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
+    from xpod.scheduler.service.core_link import InProcessCore
     from xpod.scheduler.store import JobState
 
     clock = [1000.0]
-    api = SchedulerApi(str(tmp_path / "x.db"), CorePlacer(None), clock=lambda: clock[0], node_timeout_s=10.0)
+    api = SchedulerApi(str(tmp_path / "x.db"), InProcessCore(), clock=lambda: clock[0], node_timeout_s=10.0)
     names = [f"n{i}" for i in range(5)]
     try:
         for n in names:
             api.register_node(
-                OPEN_PRINCIPAL, NodeView(n, tuple(DeviceView(n, i, "cuda", H, 80 * 2**30) for i in range(2)))
+                OPEN_PRINCIPAL, NodeRecord(n, tuple(DeviceRecord(i, "cuda", H, 80 * 2**30) for i in range(2)))
             )
         doc = {
             "apiVersion": "xpod/v1",
@@ -577,7 +578,7 @@ def test_service_replaces_a_lost_multi_node_replica_whole_and_alone(tmp_path):
         clock[0] += 10.5
         for n in names:
             if n != lost:
-                api.heartbeat(OPEN_PRINCIPAL, n, {})
+                api.heartbeat(OPEN_PRINCIPAL, {n: {}})
         assert api.liveness.check() == [lost]
         job, events = api.get_job(OPEN_PRINCIPAL, jid)
         assert job.record.state is not JobState.QUEUED  # not restarted whole

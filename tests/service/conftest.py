@@ -29,15 +29,33 @@ def job_doc(
     }
 
 
-def make_api(db_path: str, **kwargs):
+def make_api(db_path: str, *, agents: bool = True, core=None, **kwargs):
+    """The service over the test cluster; ``agents``: every node registered (as its agent would)."""
     from xpod.hal.cluster import load_cluster
-    from xpod.scheduler.api import SchedulerApi
-    from xpod.scheduler.core_bridge import CorePlacer, cluster_inventory
+    from xpod.scheduler.contract import cluster_records
+    from xpod.scheduler.service.api import SchedulerApi
+    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
+    from xpod.scheduler.service.core_link import InProcessCore
 
     cluster = load_cluster(CLUSTER)
-    return SchedulerApi(
-        db_path, CorePlacer(cluster), nodes=cluster_inventory(cluster), cluster_name=cluster.name, **kwargs
-    )
+    api = SchedulerApi(db_path, core or InProcessCore(cluster), cluster=cluster, **kwargs)
+    if agents:
+        api.register_nodes(OPEN_PRINCIPAL, cluster_records(cluster))
+    return api
+
+
+def register_cluster(addr: str, token: str | None = None) -> None:
+    """What the agents of the test cluster do first over gRPC: heartbeat every node and register
+    the ones the server does not know (a restarted server keeps the others, and their jobs)."""
+    from xpod.hal.cluster import load_cluster
+    from xpod.runtime.client import Client, Target
+    from xpod.scheduler.contract import cluster_records
+
+    records = {r.name: r for r in cluster_records(load_cluster(CLUSTER))}
+    with Client(Target(addr, token, None, "test"), timeout_s=30.0) as client:
+        _, unknown = client.heartbeat({name: {} for name in records})
+        if unknown:
+            client.register_nodes([records[name] for name in unknown])
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ import threading
 import pytest
 
 from conftest import job_doc, make_api
-from xpod.scheduler.api import ApiError, Code, Limits, NodeView, DeviceView, TaskState
-from xpod.scheduler.auth import OPEN_PRINCIPAL as ADMIN, Principal, Role
+from xpod.hal.device import Health
+from xpod.scheduler.contract import DeviceRecord, NodeRecord
+from xpod.scheduler.service.api import ApiError, Code, Limits, TaskState
+from xpod.scheduler.service.auth import OPEN_PRINCIPAL as ADMIN, Principal, Role
 from xpod.scheduler.store import EventType, JobState
 
 
@@ -212,8 +214,8 @@ def test_agents_drive_the_job_to_completion(api):
     job = api.get_job(ADMIN, jid)[0].record
     nodes = sorted({a.node for a in job.allocations})
     assert len(nodes) == 2
-    stream = api.watch_assignments(ADMIN, nodes[0], is_active=lambda: True, poll_s=0.05)
-    first = next(stream)
+    news = []
+    subscription, [first] = api.watch_assignments(ADMIN, [nodes[0]], news.extend)
     assert first.run and first.job.id == jid and all(a.node == nodes[0] for a in first.allocations)
     with pytest.raises(ApiError) as err:
         api.report_task_status(ADMIN, jid, "g-elsewhere", TaskState.RUNNING)
@@ -223,9 +225,10 @@ def test_agents_drive_the_job_to_completion(api):
     api.report_task_status(ADMIN, jid, nodes[0], TaskState.SUCCEEDED)
     done = api.report_task_status(ADMIN, jid, nodes[1], TaskState.SUCCEEDED)
     assert done.record.state is JobState.SUCCEEDED and done.record.allocations == ()
-    stop = next(stream)
-    assert not stop.run and stop.job.id == jid
-    assert all(milli == 0 for _, milli, _ in api.list_devices(ADMIN))
+    [stop] = news
+    assert not stop.run and stop.job.id == jid and stop.node == nodes[0]
+    subscription.close()
+    assert all(milli == 0 for _, _, milli, _ in api.list_devices(ADMIN))
 
 
 def test_unhealthy_device_evicts_and_requeues(api):
@@ -233,39 +236,35 @@ def test_unhealthy_device_evicts_and_requeues(api):
     api.schedule_once()
     alloc = api.get_job(ADMIN, jid)[0].record.allocations[0]
     index = int(alloc.devices[0].split("/")[1])
-    api.heartbeat(ADMIN, alloc.node, {index: "critical"})
+    api.heartbeat(ADMIN, {alloc.node: {index: Health.CRITICAL}})
+    api.liveness.check()  # applies the health change (the liveness thread does it in a server)
     api.schedule_once()
     job, events = api.get_job(ADMIN, jid)
     assert EventType.EVICTED in [e.type for e in events]
     # placed again, elsewhere (another node has 8 healthy devices)
     assert job.record.state is JobState.SCHEDULED
     assert all(d != f"{alloc.node}/{index}" for a in job.record.allocations for d in a.devices)
-    with pytest.raises(ApiError) as err:
-        api.heartbeat(ADMIN, alloc.node, {index: "on-fire"})
-    assert err.value.code is Code.INVALID_ARGUMENT
-    with pytest.raises(ApiError) as err:
-        api.heartbeat(ADMIN, "nope", {})
-    assert err.value.code is Code.NOT_FOUND
+    assert api.heartbeat(ADMIN, {"nope": {}})[1] == ["nope"]  # unknown: its agent registers it again
 
 
 def test_registered_nodes_are_schedulable_and_durable(tmp_path):
     db = str(tmp_path / "x.db")
     api = make_api(db)
-    node = NodeView("agent-node", tuple(DeviceView("", i, "cambricon", "mlu590", 80 * 2**30) for i in range(4)))
+    node = NodeRecord("agent-node", tuple(DeviceRecord(i, "cambricon", "mlu590", 80 * 2**30) for i in range(4)))
     api.register_node(ADMIN, node)
     doc = job_doc(tasks=1, count=4)
     doc["spec"]["devices"] = {"count": 4, "vendor": "cambricon"}
     jid = api.submit_job(ADMIN, "m", doc)[0].record.id
     api.schedule_once()
     assert api.get_job(ADMIN, jid)[0].record.allocations[0].node == "agent-node"
-    for bad in (NodeView("", ()), NodeView("x", (DeviceView("", 1, "v", "m"),)), NodeView("a/b", ())):
+    for bad in (NodeRecord("", ()), NodeRecord("x", (DeviceRecord(1, "v", "m"),)), NodeRecord("a/b", ())):
         with pytest.raises(ApiError) as err:
             api.register_node(ADMIN, bad)
         assert err.value.code is Code.INVALID_ARGUMENT
     api.close()
     api = make_api(db)
     try:
-        assert "agent-node" in {n.name for n in api.list_nodes(ADMIN)}
+        assert "agent-node" in {n.record.name for n in api.list_nodes(ADMIN)}
         assert api.get_job(ADMIN, jid)[0].record.state is JobState.SCHEDULED
         assert api.get_cluster(ADMIN)["devices"] == 36
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from xpod.hal.errors import XpodError
-from xpod.scheduler.auth import ALLOWED, Authenticator, Call, Role, Unauthenticated, load_tokens, token_sha256
+from xpod.scheduler.grpc.auth import Authenticator, Unauthenticated, load_tokens, token_sha256
+from xpod.scheduler.service.auth import ALLOWED, Call, Role
 
 GOOD = """\
 tokens:
@@ -46,7 +47,7 @@ def test_open_server_is_admin_for_everyone():
 def test_matrix_shape():
     assert ALLOWED[Role.ADMIN] == frozenset(Call)
     assert Call.SUBMIT_JOB not in ALLOWED[Role.AGENT]
-    assert Call.REGISTER_NODE not in ALLOWED[Role.SUBMITTER]
+    assert Call.REGISTER_NODES not in ALLOWED[Role.SUBMITTER]
 
 
 @pytest.mark.parametrize(

@@ -276,7 +276,7 @@ def test_bad_store_urls_are_one_line_and_exit_1(postgres):
 
 
 def test_losing_the_database_is_not_serving_and_recovers():
-    from xpod.scheduler.pg_local import LocalPostgres
+    from xpod.scheduler.store.pg_local import LocalPostgres
 
     with LocalPostgres.start(fsync=False) as own:
         server = replica(own.url)

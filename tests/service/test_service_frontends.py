@@ -21,8 +21,8 @@ from grpc_status import rpc_status
 
 from conftest import CLUSTER, TOKEN, TOKENS, job_doc, make_api
 from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
-from xpod.scheduler.auth import Authenticator
-from xpod.scheduler.service import build_server
+from xpod.scheduler.grpc.auth import Authenticator
+from xpod.scheduler.grpc.server import build_server
 
 
 def submit_req(rid: str, doc: dict) -> jpb.SubmitJobRequest:
@@ -61,7 +61,7 @@ def _wait_for(predicate, timeout_s: float = 10.0) -> None:
 def pair(tmp_path):
     """The main server (one front end of its own) and one more front end on a port of its
     own, so a client is sure to reach a front end: (api, metrics, direct port, front-end port)."""
-    from xpod.scheduler.service_metrics import ServiceMetrics
+    from xpod.scheduler.service.metrics import ServiceMetrics
 
     api = make_api(str(tmp_path / "x.db"))
     metrics = ServiceMetrics()
@@ -72,7 +72,7 @@ def pair(tmp_path):
         [
             sys.executable,
             "-m",
-            "xpod.scheduler.frontend",
+            "xpod.scheduler.grpc.frontends",
             "--parent-pid",
             str(os.getpid()),
             "--listen",
@@ -235,7 +235,7 @@ def _front_ends(pid: int) -> list[psutil.Process]:
     found = []
     for c in psutil.Process(pid).children():
         try:
-            if "xpod.scheduler.frontend" in " ".join(c.cmdline()):
+            if "xpod.scheduler.grpc.frontends" in " ".join(c.cmdline()):
                 found.append(c)
         except (psutil.ZombieProcess, psutil.NoSuchProcess):
             pass
@@ -577,7 +577,7 @@ def test_an_ipv6_server_names_an_address_its_clients_can_use(tmp_path):
 
 def test_a_front_end_that_dies_at_start_is_reported_as_such(tmp_path):
     # a front end that exited at once (a broken environment) was reported as "no answer in 30 s"
-    from xpod.scheduler.frontend import FrontEnds
+    from xpod.scheduler.grpc.frontends import FrontEnds
 
     fronts = FrontEnds(1, "127.0.0.1:0", str(tmp_path / "relay.sock"), str(tmp_path / "grpc.sock"), None, 1 << 20)
     fronts._argv = [sys.executable, "-c", "import sys; sys.exit(3)"]
@@ -615,7 +615,7 @@ def test_socket_directories_of_dead_servers_are_swept_live_ones_kept(tmp_path, m
     import socket
     import tempfile
 
-    from xpod.scheduler import service
+    from xpod.scheduler.grpc import server as service
 
     def socket_dir(name: str, listening: bool) -> tuple:
         d = tmp_path / name

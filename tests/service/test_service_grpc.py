@@ -24,8 +24,9 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2_grpc,
     types_pb2,
 )
-from xpod.scheduler.auth import Authenticator, Call
-from xpod.scheduler.service import SERVICE_NAMES, build_server
+from xpod.scheduler.grpc.auth import Authenticator
+from xpod.scheduler.service.auth import Call
+from xpod.scheduler.grpc.server import SERVICE_NAMES, build_server
 
 
 @pytest.fixture(params=[0, 1], ids=["direct", "via-front-end"])
@@ -99,7 +100,7 @@ def test_submit_get_and_rich_errors(server):
 
 
 def test_shedding_carries_retry_info(tmp_path):
-    from xpod.scheduler.api import Limits
+    from xpod.scheduler.service.api import Limits
 
     api = make_api(str(tmp_path / "x.db"), limits=Limits(max_inflight_submissions=0))
     running = build_server(api, Authenticator.open_server(), "127.0.0.1:0")
@@ -154,8 +155,8 @@ def test_deadline_is_honoured(server):
         list(stream)
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     # the server's own deadline handling: a submission whose deadline is already spent
-    from xpod.scheduler.api import ApiError, Code
-    from xpod.scheduler.auth import OPEN_PRINCIPAL
+    from xpod.scheduler.service.api import ApiError, Code
+    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
 
     with pytest.raises(ApiError) as aerr:
         api.submit_job(OPEN_PRINCIPAL, "late", job_doc(), timeout_s=0.0)
@@ -207,7 +208,7 @@ def test_hostile_messages_keep_the_server_up(server):
 ROLES = ("admin", "agent", "alice", "bob", None, "bogus")
 OK, DENIED, UNAUTH = "OK", "PERMISSION_DENIED", "UNAUTHENTICATED"
 JOB_CALLS = {Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB}
-NODE_CALLS = {Call.REGISTER_NODE, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS}
+NODE_CALLS = {Call.REGISTER_NODES, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS}
 
 
 def expected(role, call: Call) -> str:
@@ -223,7 +224,7 @@ def expected(role, call: Call) -> str:
 
 
 def invoke(api, ch, call: Call, role):
-    from xpod.scheduler.auth import OPEN_PRINCIPAL
+    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
 
     meta = (("authorization", "Bearer not-a-known-token-xx"),) if role == "bogus" else md(role)
     jobs = job_service_pb2_grpc.JobServiceStub(ch)
@@ -257,18 +258,20 @@ def _call(jobs, nodes, cluster, meta, call, role, job, node):
         return next(jobs.WatchJobs(jpb.WatchJobsRequest(queue="research"), metadata=meta, timeout=t))
     if call is Call.EXPLAIN_JOB:
         return jobs.ExplainJob(jpb.ExplainJobRequest(job_id=job.id), metadata=meta, timeout=t)
-    if call is Call.REGISTER_NODE:
+    if call is Call.REGISTER_NODES:
         n = types_pb2.Node(
             name=f"n-{role}", devices=[types_pb2.Device(index=0, vendor="cuda", model="nvidia-h100-sxm", health="ok")]
         )
-        return nodes.RegisterNode(npb.RegisterNodeRequest(node=n), metadata=meta, timeout=t)
+        return nodes.RegisterNodes(npb.RegisterNodesRequest(nodes=[n]), metadata=meta, timeout=t)
     if call is Call.HEARTBEAT:
-        return nodes.Heartbeat(npb.HeartbeatRequest(node=node), metadata=meta, timeout=t)
+        return nodes.Heartbeat(npb.HeartbeatRequest(nodes=[npb.NodeHeartbeat(node=node)]), metadata=meta, timeout=t)
     if call is Call.WATCH_ASSIGNMENTS:
-        return next(nodes.WatchAssignments(npb.WatchAssignmentsRequest(node=node), metadata=meta, timeout=t))
+        return next(nodes.WatchAssignments(npb.WatchAssignmentsRequest(nodes=[node]), metadata=meta, timeout=t))
     if call is Call.REPORT_TASK_STATUS:
-        req = npb.ReportTaskStatusRequest(job_id=job.id, node=node, state=npb.TASK_STATE_RUNNING)
-        return nodes.ReportTaskStatus(req, metadata=meta, timeout=t)
+        report = npb.TaskReport(job_id=job.id, node=node, state=npb.TASK_STATE_RUNNING)
+        answers = nodes.ReportTaskStatus(npb.ReportTaskStatusRequest(reports=[report]), metadata=meta, timeout=t)
+        assert [a.refused_reason for a in answers.answers] == [""]
+        return answers
     if call is Call.GET_CLUSTER:
         return cluster.GetCluster(cpb.GetClusterRequest(), metadata=meta, timeout=t)
     if call is Call.LIST_NODES:

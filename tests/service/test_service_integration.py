@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import CLUSTER, FIXTURES, TOKEN, TOKENS, job_doc
+from conftest import CLUSTER, FIXTURES, TOKEN, TOKENS, job_doc, register_cluster
 
 BIN = os.path.dirname(sys.executable)
 XPOD = os.path.join(BIN, "xpod")
@@ -23,8 +23,11 @@ GRPCURL = os.path.join(BIN, "grpcurl")
 
 
 class LiveServer:
+    """``xpod server`` on the test cluster, its nodes registered as their agents would (they
+    stay ready: the node timeout is an hour, so no test here depends on heartbeat timing)."""
+
     def __init__(self, db: str, *extra: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", XPOD_NODE_TIMEOUT_S="3600")
         self.proc = subprocess.Popen(
             [
                 XPOD,
@@ -58,6 +61,7 @@ class LiveServer:
                 break
         assert self.addr, "server did not start: " + "".join(self.lines)
         threading.Thread(target=self._drain, daemon=True).start()
+        register_cluster(self.addr, TOKEN["agent"] if "--tokens" in extra else None)
 
     def _drain(self) -> None:
         for line in self.proc.stdout:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import sqlite3
+import sys
 
 import pytest
 
 from xpod.scheduler.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
     AllocationRecord,
     EventType,
     JobState,
@@ -22,13 +22,14 @@ from xpod.scheduler.store import (
     NodeWrite,
     RequestIdConflict,
     StaleUpdate,
-    Store,
     StoreError,
     SubmitWrite,
-    migrate,
     open_store,
     spec_hash,
 )
+from xpod.scheduler.store.schema import MIGRATIONS, SCHEMA_VERSION
+from xpod.scheduler.store.sqlite import SqliteStore as Store
+from xpod.scheduler.store.sqlite import migrate
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -207,3 +208,93 @@ def test_a_sqlite_url_is_the_same_as_a_path(tmp_path):
         assert [j.request_id for j in store.load_jobs()] == ["r1"]
     with pytest.raises(StoreError, match="sqlite:///absolute/path"):
         open_store("sqlite://relative.db")
+
+
+def test_migration_to_version_4_stores_restart_counts_from_the_old_event_log(tmp_path):
+    path = str(tmp_path / "v2.db")
+    with Store(path) as store:
+        job = submit(store, "r1").job
+        for i, (event, message) in enumerate(
+            [
+                (EventType.EVICTED, "restart 1/3: node n1 NotReady"),
+                (EventType.EVICTED, "preempted by job-9"),
+                (EventType.EVICTED, "restart 2/3: task on node n2 exited with code 1"),
+            ]
+        ):
+            store.write(JobUpdate(job.id, JobState.QUEUED, None, (), event, message, 2.0 + i))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE jobs SET doc = json_remove(doc, '$.restarts')")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version_found == 3
+        assert store.load_jobs()[0].restarts == 2  # the two restarts, not the preemption
+
+
+def test_a_second_store_on_the_same_file_is_refused_and_touches_nothing(tmp_path):
+    from xpod.scheduler.store.lock import StateInUse
+
+    path = str(tmp_path / "s.db")
+    with Store(path, holder="xpod server") as store:
+        store.set_holder_address("127.0.0.1:7070")
+        submit(store, "r1")
+        size = os.path.getsize(path)
+        with pytest.raises(StateInUse) as err:
+            Store(path, holder="xpod server")
+        assert str(err.value) == f"{path} is in use by xpod server (pid {os.getpid()}, 127.0.0.1:7070)"
+        assert os.path.getsize(path) == size
+        submit(store, "r2")  # the first one goes on
+    with Store(path) as store:  # released at close
+        assert [j.request_id for j in store.load_jobs()] == ["r1", "r2"]
+
+
+def test_tune_switch_interval_sets_and_returns_the_old_value():
+    from xpod.scheduler.service.tuning import SERVER_SWITCH_INTERVAL_S, tune_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        assert tune_switch_interval() == before
+        assert abs(sys.getswitchinterval() - SERVER_SWITCH_INTERVAL_S) < 1e-9
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_batch_with_waiting_callers_carries_few_scheduling_writes(tmp_path):
+    """The writer's lanes: beside front-lane writes at most ``max_background_beside_front``
+    scheduling-lane writes ride along; with no caller waiting, up to ``max_background_per_batch``."""
+    import threading
+
+    from xpod.scheduler.store import SubmitWrite, spec_hash
+
+    def write(rid: str) -> SubmitWrite:
+        return SubmitWrite(rid, spec_hash({"r": rid}), "q", "BatchJob", "n", {"r": rid}, 1.0)
+
+    store = Store(str(tmp_path / "s.db"), max_background_per_batch=64, max_background_beside_front=8)
+    seen: list[tuple[int, int]] = []
+    hold = threading.Event()
+    inner = store._commit_batch
+
+    def recording(batch):
+        if not seen:
+            hold.wait(30)  # the first batch holds the writer while the lanes fill up
+        seen.append(
+            (
+                sum(p.write.request_id.startswith("f") for p in batch),
+                sum(p.write.request_id.startswith("b") for p in batch),
+            )
+        )
+        inner(batch)
+
+    store._commit_batch = recording
+    try:
+        first = store.submit(write("f-first"))
+        while store._lanes[0]:  # the writer took it and is held
+            threading.Event().wait(0.01)
+        futs = [store.submit(write(f"b{i}"), background=True) for i in range(100)]
+        futs += [store.submit(write(f"f{i}")) for i in range(5)]
+        hold.set()
+        for f in [first] + futs:
+            f.result(timeout=30)
+    finally:
+        store.close()
+    assert seen == [(1, 0), (5, 8), (0, 64), (0, 28)]

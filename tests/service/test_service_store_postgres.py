@@ -20,7 +20,7 @@ from xpod.scheduler.store import (
     open_store,
     spec_hash,
 )
-from xpod.scheduler.store_postgres import LeaderLease, PostgresStore, connect, mask_url
+from xpod.scheduler.store.postgres import LeaderLease, PostgresStore, connect, mask_url
 
 
 def submit(store, rid: str):
@@ -150,7 +150,7 @@ def test_a_replica_that_lost_the_lease_can_never_write(pg_url):
 
 
 def test_losing_the_database_acknowledges_nothing_and_a_new_store_recovers():
-    from xpod.scheduler.pg_local import LocalPostgres, wait_until_ready
+    from xpod.scheduler.store.pg_local import LocalPostgres, wait_until_ready
 
     with LocalPostgres.start(fsync=False) as server:
         store = PostgresStore(server.url)

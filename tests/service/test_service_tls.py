@@ -10,8 +10,8 @@ import pytest
 
 from conftest import job_doc, make_api
 from xpod.runtime.client import Client, RpcFailure, Target
-from xpod.scheduler.auth import Authenticator
-from xpod.scheduler.service import TlsFiles, build_server
+from xpod.scheduler.grpc.auth import Authenticator
+from xpod.scheduler.grpc.server import TlsFiles, build_server
 
 OPENSSL = shutil.which("openssl")
 

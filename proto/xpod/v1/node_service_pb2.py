@@ -27,35 +27,41 @@ _sym_db = _symbol_database.Default()
 from xpod.proto.xpod.v1 import types_pb2 as xpod_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axpod/v1/node_service.proto\x12\x07xpod.v1\x1a\x13xpod/v1/types.proto\"2\n\x13RegisterNodeRequest\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.xpod.v1.Node\"3\n\x14RegisterNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.xpod.v1.Node\"-\n\x0c\x44\x65viceHealth\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06health\x18\x02 \x01(\t\"H\n\x10HeartbeatRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x15.xpod.v1.DeviceHealth\"-\n\x11HeartbeatResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\"\'\n\x17WatchAssignmentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"n\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x0b\x61llocations\x18\x02 \x03(\x0b\x32\x13.xpod.v1.Allocation\x12\x0b\n\x03run\x18\x03 \x01(\x08\x12\x19\n\x03job\x18\x04 \x01(\x0b\x32\x0c.xpod.v1.Job\"C\n\x18WatchAssignmentsResponse\x12\'\n\nassignment\x18\x01 \x01(\x0b\x32\x13.xpod.v1.Assignment\"\x94\x01\n\x17ReportTaskStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.xpod.v1.TaskState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x14\n\x0c\x66\x61iled_tasks\x18\x06 \x03(\x05\"5\n\x18ReportTaskStatusResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.xpod.v1.Job*p\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_RUNNING\x10\x01\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11TASK_STATE_FAILED\x10\x03\x32\xd2\x02\n\x0bNodeService\x12K\n\x0cRegisterNode\x12\x1c.xpod.v1.RegisterNodeRequest\x1a\x1d.xpod.v1.RegisterNodeResponse\x12\x42\n\tHeartbeat\x12\x19.xpod.v1.HeartbeatRequest\x1a\x1a.xpod.v1.HeartbeatResponse\x12Y\n\x10WatchAssignments\x12 .xpod.v1.WatchAssignmentsRequest\x1a!.xpod.v1.WatchAssignmentsResponse0\x01\x12W\n\x10ReportTaskStatus\x12 .xpod.v1.ReportTaskStatusRequest\x1a!.xpod.v1.ReportTaskStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axpod/v1/node_service.proto\x12\x07xpod.v1\x1a\x13xpod/v1/types.proto\"4\n\x14RegisterNodesRequest\x12\x1c\n\x05nodes\x18\x01 \x03(\x0b\x32\r.xpod.v1.Node\"Y\n\x15RegisterNodesResponse\x12\x1c\n\x05nodes\x18\x01 \x03(\x0b\x32\r.xpod.v1.Node\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"-\n\x0c\x44\x65viceHealth\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06health\x18\x02 \x01(\t\"E\n\rNodeHeartbeat\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x15.xpod.v1.DeviceHealth\"9\n\x10HeartbeatRequest\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.xpod.v1.NodeHeartbeat\"D\n\x11HeartbeatResponse\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x12\x15\n\runknown_nodes\x18\x02 \x03(\t\"(\n\x17WatchAssignmentsRequest\x12\r\n\x05nodes\x18\x01 \x03(\t\"|\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x0b\x61llocations\x18\x02 \x03(\x0b\x32\x13.xpod.v1.Allocation\x12\x0b\n\x03run\x18\x03 \x01(\x08\x12\x19\n\x03job\x18\x04 \x01(\x0b\x32\x0c.xpod.v1.Job\x12\x0c\n\x04node\x18\x05 \x01(\t\"D\n\x18WatchAssignmentsResponse\x12(\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x13.xpod.v1.Assignment\"\x87\x01\n\nTaskReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.xpod.v1.TaskState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x14\n\x0c\x66\x61iled_tasks\x18\x06 \x03(\x05\"?\n\x17ReportTaskStatusRequest\x12$\n\x07reports\x18\x01 \x03(\x0b\x32\x13.xpod.v1.TaskReport\"^\n\x10TaskReportAnswer\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.xpod.v1.Job\x12\x16\n\x0erefused_reason\x18\x02 \x01(\t\x12\x17\n\x0frefused_message\x18\x03 \x01(\t\"F\n\x18ReportTaskStatusResponse\x12*\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x19.xpod.v1.TaskReportAnswer*p\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_RUNNING\x10\x01\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11TASK_STATE_FAILED\x10\x03\x32\xd5\x02\n\x0bNodeService\x12N\n\rRegisterNodes\x12\x1d.xpod.v1.RegisterNodesRequest\x1a\x1e.xpod.v1.RegisterNodesResponse\x12\x42\n\tHeartbeat\x12\x19.xpod.v1.HeartbeatRequest\x1a\x1a.xpod.v1.HeartbeatResponse\x12Y\n\x10WatchAssignments\x12 .xpod.v1.WatchAssignmentsRequest\x1a!.xpod.v1.WatchAssignmentsResponse0\x01\x12W\n\x10ReportTaskStatus\x12 .xpod.v1.ReportTaskStatusRequest\x1a!.xpod.v1.ReportTaskStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xpod.v1.node_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=761
-  _globals['_TASKSTATE']._serialized_end=873
-  _globals['_REGISTERNODEREQUEST']._serialized_start=60
-  _globals['_REGISTERNODEREQUEST']._serialized_end=110
-  _globals['_REGISTERNODERESPONSE']._serialized_start=112
-  _globals['_REGISTERNODERESPONSE']._serialized_end=163
-  _globals['_DEVICEHEALTH']._serialized_start=165
-  _globals['_DEVICEHEALTH']._serialized_end=210
-  _globals['_HEARTBEATREQUEST']._serialized_start=212
-  _globals['_HEARTBEATREQUEST']._serialized_end=284
-  _globals['_HEARTBEATRESPONSE']._serialized_start=286
-  _globals['_HEARTBEATRESPONSE']._serialized_end=331
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=333
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=372
-  _globals['_ASSIGNMENT']._serialized_start=374
-  _globals['_ASSIGNMENT']._serialized_end=484
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=486
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=553
-  _globals['_REPORTTASKSTATUSREQUEST']._serialized_start=556
-  _globals['_REPORTTASKSTATUSREQUEST']._serialized_end=704
-  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_start=706
-  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_end=759
-  _globals['_NODESERVICE']._serialized_start=876
-  _globals['_NODESERVICE']._serialized_end=1214
+  _globals['_TASKSTATE']._serialized_start=1061
+  _globals['_TASKSTATE']._serialized_end=1173
+  _globals['_REGISTERNODESREQUEST']._serialized_start=60
+  _globals['_REGISTERNODESREQUEST']._serialized_end=112
+  _globals['_REGISTERNODESRESPONSE']._serialized_start=114
+  _globals['_REGISTERNODESRESPONSE']._serialized_end=203
+  _globals['_DEVICEHEALTH']._serialized_start=205
+  _globals['_DEVICEHEALTH']._serialized_end=250
+  _globals['_NODEHEARTBEAT']._serialized_start=252
+  _globals['_NODEHEARTBEAT']._serialized_end=321
+  _globals['_HEARTBEATREQUEST']._serialized_start=323
+  _globals['_HEARTBEATREQUEST']._serialized_end=380
+  _globals['_HEARTBEATRESPONSE']._serialized_start=382
+  _globals['_HEARTBEATRESPONSE']._serialized_end=450
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=452
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=492
+  _globals['_ASSIGNMENT']._serialized_start=494
+  _globals['_ASSIGNMENT']._serialized_end=618
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=620
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=688
+  _globals['_TASKREPORT']._serialized_start=691
+  _globals['_TASKREPORT']._serialized_end=826
+  _globals['_REPORTTASKSTATUSREQUEST']._serialized_start=828
+  _globals['_REPORTTASKSTATUSREQUEST']._serialized_end=891
+  _globals['_TASKREPORTANSWER']._serialized_start=893
+  _globals['_TASKREPORTANSWER']._serialized_end=987
+  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_start=989
+  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_end=1059
+  _globals['_NODESERVICE']._serialized_start=1176
+  _globals['_NODESERVICE']._serialized_end=1517
 # @@protoc_insertion_point(module_scope)

@@ -21,17 +21,19 @@ TASK_STATE_RUNNING: TaskState
 TASK_STATE_SUCCEEDED: TaskState
 TASK_STATE_FAILED: TaskState
 
-class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node",)
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    node: _types_pb2.Node
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
+class RegisterNodesRequest(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ...) -> None: ...
 
-class RegisterNodeResponse(_message.Message):
-    __slots__ = ("node",)
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    node: _types_pb2.Node
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
+class RegisterNodesResponse(_message.Message):
+    __slots__ = ("nodes", "heartbeat_interval_seconds")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Node]
+    heartbeat_interval_seconds: float
+    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class DeviceHealth(_message.Message):
     __slots__ = ("index", "health")
@@ -41,7 +43,7 @@ class DeviceHealth(_message.Message):
     health: str
     def __init__(self, index: _Optional[int] = ..., health: _Optional[str] = ...) -> None: ...
 
-class HeartbeatRequest(_message.Message):
+class NodeHeartbeat(_message.Message):
     __slots__ = ("node", "devices")
     NODE_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
@@ -49,37 +51,47 @@ class HeartbeatRequest(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceHealth]
     def __init__(self, node: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceHealth, _Mapping]]] = ...) -> None: ...
 
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeHeartbeat]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeHeartbeat, _Mapping]]] = ...) -> None: ...
+
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("interval_seconds",)
+    __slots__ = ("interval_seconds", "unknown_nodes")
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_NODES_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: float
-    def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
+    unknown_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, interval_seconds: _Optional[float] = ..., unknown_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchAssignmentsRequest(_message.Message):
-    __slots__ = ("node",)
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    node: str
-    def __init__(self, node: _Optional[str] = ...) -> None: ...
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("job_id", "allocations", "run", "job")
+    __slots__ = ("job_id", "allocations", "run", "job", "node")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     allocations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Allocation]
     run: bool
     job: _types_pb2.Job
-    def __init__(self, job_id: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[_types_pb2.Allocation, _Mapping]]] = ..., run: _Optional[bool] = ..., job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ...) -> None: ...
+    node: str
+    def __init__(self, job_id: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[_types_pb2.Allocation, _Mapping]]] = ..., run: _Optional[bool] = ..., job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ..., node: _Optional[str] = ...) -> None: ...
 
 class WatchAssignmentsResponse(_message.Message):
-    __slots__ = ("assignment",)
-    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
-    assignment: Assignment
-    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
-class ReportTaskStatusRequest(_message.Message):
+class TaskReport(_message.Message):
     __slots__ = ("job_id", "node", "state", "message", "exit_code", "failed_tasks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -95,8 +107,24 @@ class ReportTaskStatusRequest(_message.Message):
     failed_tasks: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., failed_tasks: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class ReportTaskStatusResponse(_message.Message):
-    __slots__ = ("job",)
+class ReportTaskStatusRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[TaskReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[TaskReport, _Mapping]]] = ...) -> None: ...
+
+class TaskReportAnswer(_message.Message):
+    __slots__ = ("job", "refused_reason", "refused_message")
     JOB_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     job: _types_pb2.Job
-    def __init__(self, job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ...) -> None: ...
+    refused_reason: str
+    refused_message: str
+    def __init__(self, job: _Optional[_Union[_types_pb2.Job, _Mapping]] = ..., refused_reason: _Optional[str] = ..., refused_message: _Optional[str] = ...) -> None: ...
+
+class ReportTaskStatusResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[TaskReportAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[TaskReportAnswer, _Mapping]]] = ...) -> None: ...

@@ -36,10 +36,10 @@ class NodeServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.RegisterNode = channel.unary_unary(
-                '/xpod.v1.NodeService/RegisterNode',
-                request_serializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodeRequest.SerializeToString,
-                response_deserializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodeResponse.FromString,
+        self.RegisterNodes = channel.unary_unary(
+                '/xpod.v1.NodeService/RegisterNodes',
+                request_serializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodesRequest.SerializeToString,
+                response_deserializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodesResponse.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/xpod.v1.NodeService/Heartbeat',
@@ -61,29 +61,31 @@ class NodeServiceStub:
 class NodeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def RegisterNode(self, request, context):
-        """Add or replace a node and its devices.
+    def RegisterNodes(self, request, context):
+        """Add or replace nodes and their devices (a replaced node's jobs are requeued: its old
+        agent, and its tasks with it, are gone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Liveness and device health.
+        """Liveness of nodes, and the health of their devices that changed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchAssignments(self, request, context):
-        """Jobs bound to this node: current ones first, then changes.
+        """Jobs bound to these nodes: the current ones first, then each change as it commits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportTaskStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Agents' reports about their part of jobs, one answer each.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -91,10 +93,10 @@ class NodeServiceServicer:
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'RegisterNode': grpc.unary_unary_rpc_method_handler(
-                    servicer.RegisterNode,
-                    request_deserializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodeRequest.FromString,
-                    response_serializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodeResponse.SerializeToString,
+            'RegisterNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterNodes,
+                    request_deserializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodesRequest.FromString,
+                    response_serializer=xpod_dot_v1_dot_node__service__pb2.RegisterNodesResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -123,7 +125,7 @@ class NodeService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def RegisterNode(request,
+    def RegisterNodes(request,
             target,
             options=(),
             channel_credentials=None,
@@ -136,9 +138,9 @@ class NodeService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/xpod.v1.NodeService/RegisterNode',
-            xpod_dot_v1_dot_node__service__pb2.RegisterNodeRequest.SerializeToString,
-            xpod_dot_v1_dot_node__service__pb2.RegisterNodeResponse.FromString,
+            '/xpod.v1.NodeService/RegisterNodes',
+            xpod_dot_v1_dot_node__service__pb2.RegisterNodesRequest.SerializeToString,
+            xpod_dot_v1_dot_node__service__pb2.RegisterNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

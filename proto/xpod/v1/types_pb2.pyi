@@ -34,6 +34,13 @@ class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_TYPE_CANCELLED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_EVICTED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_PENDING: _ClassVar[JobEventType]
+
+class NodeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATUS_UNSPECIFIED: _ClassVar[NodeStatus]
+    NODE_STATUS_UNKNOWN: _ClassVar[NodeStatus]
+    NODE_STATUS_READY: _ClassVar[NodeStatus]
+    NODE_STATUS_NOT_READY: _ClassVar[NodeStatus]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_SCHEDULED: JobState
@@ -50,6 +57,10 @@ JOB_EVENT_TYPE_FAILED: JobEventType
 JOB_EVENT_TYPE_CANCELLED: JobEventType
 JOB_EVENT_TYPE_EVICTED: JobEventType
 JOB_EVENT_TYPE_PENDING: JobEventType
+NODE_STATUS_UNSPECIFIED: NodeStatus
+NODE_STATUS_UNKNOWN: NodeStatus
+NODE_STATUS_READY: NodeStatus
+NODE_STATUS_NOT_READY: NodeStatus
 
 class PendingReason(_message.Message):
     __slots__ = ("reason", "message", "metadata")
@@ -159,7 +170,7 @@ class Device(_message.Message):
     def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., index: _Optional[int] = ..., vendor: _Optional[str] = ..., model: _Optional[str] = ..., health: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., allocated_milli: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "devices", "labels", "ready", "last_heartbeat_time", "cpu_milli", "memory_bytes")
+    __slots__ = ("name", "devices", "labels", "ready", "last_heartbeat_time", "cpu_milli", "memory_bytes", "status", "status_reason", "simulated")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +185,9 @@ class Node(_message.Message):
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
     CPU_MILLI_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
     name: str
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     labels: _containers.ScalarMap[str, str]
@@ -181,4 +195,7 @@ class Node(_message.Message):
     last_heartbeat_time: _timestamp_pb2.Timestamp
     cpu_milli: int
     memory_bytes: int
-    def __init__(self, name: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ready: _Optional[bool] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_milli: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    status: NodeStatus
+    status_reason: str
+    simulated: bool
+    def __init__(self, name: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ready: _Optional[bool] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_milli: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., status_reason: _Optional[str] = ..., simulated: _Optional[bool] = ...) -> None: ...

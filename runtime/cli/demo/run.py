@@ -88,11 +88,11 @@ class Embedded:
                 raise XpodError(f"xpod up exited with code {self.proc.returncode}; see {self.log_path}")
             try:
                 with Client(resolve_target(self.addr), timeout_s=2.0) as c:
-                    devices = c.list_devices()
-                # Ready once this host's agent has registered its real CPU device and the
-                # simulated pod its Ascend dies.
-                vendors = {d.vendor for d in devices}
-                if "cpu" in vendors and "ascend" in vendors:
+                    nodes = c.list_nodes()
+                # Ready once every node is (the agent registered this host's real CPU device
+                # and the simulated pod's Ascend dies).
+                vendors = {d.vendor for n in nodes for d in n.devices}
+                if nodes and all(n.ready for n in nodes) and {"cpu", "ascend"} <= vendors:
                     return
             except XpodError as err:
                 last = str(err)

@@ -27,7 +27,7 @@ process does (``PR_SET_PDEATHSIG``, and the relay connection closing) and then r
 sockets, which the dead main process cannot; the main process turns its health to NOT_SERVING,
 stops its front ends, then itself, and starts a new front end when one dies.
 
-This module is the front end's program (``python -m xpod.scheduler.frontend``) and the main
+This module is the front end's program (``python -m xpod.scheduler.grpc.frontends``) and the main
 process's side of the relay (``RelayEndpoint``, ``FrontEnds``).
 """
 
@@ -232,7 +232,7 @@ class FrontEnds:
         self._argv = [
             sys.executable,
             "-m",
-            "xpod.scheduler.frontend",
+            "xpod.scheduler.grpc.frontends",
             "--parent-pid",
             str(os.getpid()),
             "--listen",
@@ -555,7 +555,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m xpod.scheduler.frontend",
+        prog="python -m xpod.scheduler.grpc.frontends",
         description="an xpod server front end (started by xpod server --frontends)",
     )
     ap.add_argument("--listen", required=True)

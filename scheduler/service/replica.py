@@ -3,7 +3,7 @@ others do meanwhile.
 
 Roles (``Role``):
 
-* **LEADER**: holds the lease (``store_postgres.LeaderLease``) and renews it every ``ttl/4``;
+* **LEADER**: holds the lease (``store.postgres.LeaderLease``) and renews it every ``ttl/4``;
   runs the whole service (``SchedulerApi`` over a ``PostgresStore`` fenced with the lease's
   token, the scheduling loop, the agents' streams). It steps down when a renewal says another
   replica holds the lease, when its store fails (``NotLeader``, lost database), or when no
@@ -32,9 +32,11 @@ import time
 import uuid
 from typing import Any, Callable
 
-from xpod.scheduler.api import ApiError, Code, Recovered, SchedulerApi
 from xpod.scheduler.store import StoreError, StoreUnavailable
-from xpod.scheduler.store_postgres import LeaderLease, PostgresStore, mask_url
+from xpod.scheduler.store.postgres import LeaderLease, PostgresStore, mask_url
+
+from .api import ApiError, Code, SchedulerApi
+from .jobs import Recovered
 
 
 class Role(str, enum.Enum):
@@ -206,7 +208,7 @@ class Replica:
             # before we took it or is fenced off; one last tail makes the mirror complete.
             try:
                 follower.catch_up()
-                recovered = follower.recovered_state()
+                recovered = follower.jobs.recovered()
             except StoreUnavailable:
                 recovered = None
         try:
@@ -302,14 +304,14 @@ class _NoStore:
 
     metrics = None
     liveness = None
+    jobs = None
+    nodes = None
     last_revision = 0
 
     def __init__(self, replica: Replica | None) -> None:
         self._replica = replica
 
     def __getattr__(self, name: str) -> Any:
-        if name.endswith("_counts") or name == "largest_free_blocks":
-            return dict
         replica = self._replica
         address = replica.address if replica is not None else "starting"
         leader = replica.leader_address if replica is not None else ""

@@ -1,12 +1,13 @@
 """Prometheus metrics of the scheduler service (names per research/ecosystem.md 1.4, prefix xpod_).
 
-Counters are updated by ``SchedulerApi`` hooks; gauges are computed at scrape time from the
-API's state (a custom collector), so they are never stale and cost nothing between scrapes.
-Each server gets its own ``CollectorRegistry`` (tests run several in one process).
+Counters are updated by hooks the service calls (API, scheduling loop, liveness); gauges are
+computed at scrape time from the owners' state (``JobBook``, ``NodeRegistry``: a custom
+collector), so they are never stale and cost nothing between scrapes. Each server gets its own
+``CollectorRegistry`` (tests run several in one process).
 
 Job ``kind`` labels are the core's words (training, serving, batch), as on the exporter's
 allocation series. ``grpc_server_*`` (go-grpc-prometheus names) live in the same registry:
-``build_server`` installs ``grpc_interceptor()`` when the API has these metrics attached.
+``scheduler.grpc.server`` counts every call when the API has these metrics attached.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from .grpc_metrics import GrpcServerMetrics
+from xpod.scheduler.contract import kind_label
+from xpod.scheduler.grpc.metrics import GrpcServerMetrics
 
 # go-grpc-prometheus-like spread from a second to a day: submit -> placed spans both.
 QUEUE_WAIT_BUCKETS_S = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400)
@@ -30,11 +32,6 @@ EVICTION_REASONS = (
     "lost_after_restart",
     "other",
 )
-
-
-def kind_label(kind: str) -> str:
-    """``TrainingJob`` -> ``training`` (the stored kind as the core names it)."""
-    return kind[: -len("Job")].lower() if kind.endswith("Job") else kind.lower()
 
 
 class ServiceMetrics:
@@ -122,20 +119,16 @@ class ServiceMetrics:
         self.grpc = GrpcServerMetrics(self.registry)
         self.registry.register(_StateCollector(self))
 
-    def grpc_interceptor(self):
-        """A ``grpc.ServerInterceptor`` keeping ``grpc_server_*`` in this registry."""
-        return self.grpc.interceptor()
-
-    def grpc_aio_wrapper(self):
-        """For a ``grpc.aio`` server (``scheduler.service``): ``wrap(full_method, handler)``
-        returning the handler counted in ``grpc_server_*``, applied once at registration."""
-        return self.grpc.wrap_aio_handler
-
     def attach(self, api: Any) -> None:
+        """Count ``api``'s events here (an ``ApiHandle`` of replicas: each API it turns to)."""
         self._api = api
-        api.metrics = self
+        attach = getattr(api, "attach_metrics", None)
+        if attach is not None and not hasattr(api, "replica"):
+            attach(self)
+        else:
+            api.metrics = self
 
-    # hooks called by SchedulerApi
+    # hooks the service calls
 
     def submitted(self, queue: str) -> None:
         # once per submission: the labelled child is looked up once per queue
@@ -157,17 +150,16 @@ class ServiceMetrics:
     def evicted(self, queue: str, reason: str) -> None:
         self.evicted_jobs.labels(queue=queue, reason=reason if reason in EVICTION_REASONS else "other").inc()
 
-    def cycle(self, outcome: Any, elapsed_s: float, api: Any) -> None:
+    def cycle(self, outcome: Any, elapsed_s: float, jobs: Any) -> None:
+        """One cycle's ``CycleOutcome``; ``jobs`` (the ``JobBook``) names the evicted jobs' queues."""
         self.cycle_seconds.observe(elapsed_s)
-        attempts = getattr(outcome, "preemption_attempts", 0)
-        if attempts:
-            self.preemption_attempts.inc(attempts)
-        reasons = getattr(outcome, "eviction_reasons", {})
+        if outcome.preemption_attempts:
+            self.preemption_attempts.inc(outcome.preemption_attempts)
         for jid in outcome.evictions:
-            queue = api.job_queue(jid) if api is not None else None
-            if queue is not None:
-                self.evicted(queue, reasons.get(jid, "other"))
-        for jid, seconds in getattr(outcome, "attempt_seconds", {}).items():
+            job = jobs.get(jid)
+            if job is not None:
+                self.evicted(job.queue, outcome.eviction_reasons.get(jid, "other"))
+        for jid, seconds in outcome.attempt_seconds.items():
             result = "scheduled" if jid in outcome.bindings else "unschedulable"
             self.attempt_seconds.labels(result=result).observe(seconds)
         if outcome.bindings:
@@ -198,8 +190,10 @@ class _StateCollector:
             "Jobs holding devices (SCHEDULED or RUNNING) by queue and kind.",
             labels=["queue", "kind"],
         )
-        nodes = GaugeMetricFamily(
-            "xpod_scheduler_nodes", "Nodes by state: ready, or not_ready (heartbeats stopped).", labels=["state"]
+        node_gauge = GaugeMetricFamily(
+            "xpod_scheduler_nodes",
+            "Nodes by state: ready, or not_ready (heartbeats stopped, or no agent has registered it yet).",
+            labels=["state"],
         )
         degraded = GaugeMetricFamily(
             "xpod_scheduler_degraded_jobs",
@@ -211,24 +205,67 @@ class _StateCollector:
             "Most free healthy devices of one model (pool) on one node / in one super-node: the biggest gang that fits now.",
             labels=["pool", "level"],
         )
-        if api is not None:
-            for (queue, reason), n in sorted(api.pending_counts().items()):
+        # (a replica without a store serves no state: ``jobs`` is None there)
+        if api is not None and api.jobs is not None:
+            for (queue, reason), n in sorted(api.jobs.pending_counts().items()):
                 pending.add_metric([queue, reason], n)
-            for (vendor, state), n in sorted(api.device_counts().items()):
+            nodes = api.nodes.list()
+            usage = api.jobs.usage()
+            for (vendor, state), n in sorted(device_counts(nodes, usage).items()):
                 devices.add_metric([vendor, state], n)
-            for (queue, kind), n in sorted(api.running_counts().items()):
+            for (queue, kind), n in sorted(api.jobs.running_counts().items()):
                 running.add_metric([queue, kind_label(kind)], n)
-            for state, n in sorted(api.node_counts().items()):
-                nodes.add_metric([state], n)
-            for (pool, level), n in sorted(api.largest_free_blocks().items()):
+            ready = sum(1 for n in nodes if n.ready)
+            for state, n in (("not_ready", len(nodes) - ready), ("ready", ready)):
+                node_gauge.add_metric([state], n)
+            for (pool, level), n in sorted(largest_free_blocks(nodes, usage).items()):
                 blocks.add_metric([pool, level], n)
-            liveness = getattr(api, "liveness", None)
-            if liveness is not None:
-                for queue, n in sorted(liveness.degraded_counts().items()):
-                    degraded.add_metric([queue], n)
+            for queue, n in sorted(api.jobs.degraded_counts().items()):
+                degraded.add_metric([queue], n)
         yield pending
         yield devices
         yield running
-        yield nodes
+        yield node_gauge
         yield blocks
         yield degraded
+
+
+def device_counts(nodes: list, usage: dict) -> dict[tuple[str, str], int]:
+    """(vendor, state) -> devices, state in free, allocated, unhealthy."""
+    counts: dict[tuple[str, str], int] = {}
+    for n in nodes:
+        for d in n.record.devices:
+            if not d.health.schedulable:
+                state = "unhealthy"
+            elif usage.get(f"{n.record.name}/{d.index}", (0, []))[0] > 0:
+                state = "allocated"
+            else:
+                state = "free"
+            counts[(d.vendor, state)] = counts.get((d.vendor, state), 0) + 1
+    return counts
+
+
+def largest_free_blocks(nodes: list, usage: dict) -> dict[tuple[str, str], int]:
+    """(model, level) -> the most free devices of that model on one node ("node") and in one
+    super-node ("supernode"; a node without a ``supernode`` label is its own), i.e. the biggest
+    single-model gang that fits now. Free = on a ready node, schedulable health, no share
+    allocated. Read from the owners' state, so it also works when the core runs in a child
+    process; O(devices + allocations)."""
+    per_node: dict[tuple[str, str], int] = {}  # (model, node) -> free
+    per_super: dict[tuple[str, str], int] = {}  # (model, supernode) -> free
+    models: set[str] = set()
+    for n in nodes:
+        name = n.record.name
+        supernode = dict(n.record.labels).get("supernode") or name
+        for d in n.record.devices:
+            models.add(d.model)
+            if not n.ready or not d.health.schedulable or usage.get(f"{name}/{d.index}", (0, []))[0] > 0:
+                continue
+            per_node[(d.model, name)] = per_node.get((d.model, name), 0) + 1
+            per_super[(d.model, supernode)] = per_super.get((d.model, supernode), 0) + 1
+    out = {(m, level): 0 for m in models for level in ("node", "supernode")}
+    for (m, _), c in per_node.items():
+        out[(m, "node")] = max(out[(m, "node")], c)
+    for (m, _), c in per_super.items():
+        out[(m, "supernode")] = max(out[(m, "supernode")], c)
+    return out

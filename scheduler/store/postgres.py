@@ -34,18 +34,9 @@ import threading
 import urllib.parse
 from typing import Any, Callable
 
-from xpod.scheduler.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    EventRecord,
-    GroupCommitStore,
-    JobRecord,
-    NotLeader,
-    StoreError,
-    StoreUnavailable,
-    _event_record,
-    newer_schema_error,
-)
+from . import EventRecord, JobRecord, NotLeader, StoreError, StoreUnavailable
+from .base import GroupCommitStore, _event_record
+from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
 
 LEASE_NAME = "scheduler"  # the row of ``leases`` the scheduling replicas compete for
 _MIGRATION_LOCK = 0x78706F64  # pg_advisory_xact_lock key ("xpod") serialising migrations

@@ -1,10 +1,18 @@
-"""What a job runs, as opposed to what it needs: the node agent's keys of a job document's ``spec``.
+"""The agent <-> server contract: the words both sides use, defined once (no protobuf here).
 
-The scheduler core (``scheduler.spec``) decides *where* a job goes; these keys say *what* the
-node agent starts there and *what happens when it stops*. They are validated when the job is
-submitted (``core_bridge.parse_document`` strips them before the core's parser and calls
-``parse_task_fields``), so a typo is an INVALID_ARGUMENT naming the field, never a task that
-fails later on a node::
+* ``JobKind``: a job document's ``kind`` and the core's word for it (``TrainingJob`` is
+  ``training``), in one mapping.
+* ``DeviceRecord`` / ``NodeRecord``: a node as an agent registers it (the server fills in the
+  catalog facts once, ``service.nodes``); ``SIMULATED_LABEL`` marks a simulated node.
+* ``TaskState``: what an agent reports about its part of a job.
+* The task keys of a job document (below): what a node agent starts and what happens when it
+  stops, validated at submission (``parse_task_fields``), and each task's torch.distributed
+  world (``task_worlds``), which every node computes alike.
+
+The scheduler core (``scheduler.core.spec``) decides *where* a job goes; the task keys of its
+``spec`` say *what* the node agent starts there. They are validated when the job is submitted
+(``service.admission`` strips them before the core's parser), so a typo is an INVALID_ARGUMENT
+naming the field, never a task that fails later on a node::
 
     spec:
       command: [python, train.py, --epochs, "3"]   # argv of every task (no shell)
@@ -29,9 +37,169 @@ replayed on real and simulated nodes alike).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import re
 from typing import Any, Iterable, Mapping
+
+from xpod.hal.device import Health
+
+
+class JobKind(str, enum.Enum):
+    """A job document's ``kind``; ``label`` is the scheduler core's (and the metrics') word."""
+
+    TRAINING = "TrainingJob"
+    SERVING = "ServingJob"
+    BATCH = "BatchJob"
+
+    @property
+    def label(self) -> str:
+        return self.value[: -len("Job")].lower()
+
+
+def kind_label(kind: str) -> str:
+    """``TrainingJob`` -> ``training``; an unknown word as it is, lower case."""
+    try:
+        return JobKind(kind).label
+    except ValueError:
+        return kind.lower()
+
+
+class TaskState(str, enum.Enum):
+    """An agent's report about its part of a job (all of the job's tasks on one node)."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskReport:
+    """An agent's report about its part of a job on one node."""
+
+    job_id: str
+    node: str
+    state: TaskState
+    message: str = ""
+    exit_code: int = 0
+    failed_tasks: tuple[int, ...] = ()  # with FAILED: the failed tasks there (empty: all)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskAllocation:
+    """One task of a job on a node: what an executor starts."""
+
+    task: int
+    devices: tuple[str, ...]  # "node/index"
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """Start (``run``) or stop one job's tasks on one node, as an agent is told."""
+
+    node: str
+    job_id: str
+    run: bool
+    tasks: tuple[TaskAllocation, ...] = ()  # the job's tasks on this node (empty when stopping)
+    document: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the job document
+    queue: str = ""
+    kind: str = ""  # TrainingJob | ServingJob | BatchJob
+    placements: tuple[tuple[int, str], ...] = ()  # (task, node) of every task of the job
+
+
+#: node label: "true" on a node whose agent simulates its tasks (``xpod agent --simulate``, the pod
+#: of ``xpod up``); the server sets "false" on every other node, and a job with a ``command``
+#: selects "false": it never lands on a simulated node
+SIMULATED_LABEL = "xpod/simulated"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceRecord:
+    """One schedulable device of a node as its agent registers it (a die on Ascend 910C)."""
+
+    index: int  # 0..N-1 on the node: the scheduler's ``node/index``
+    vendor: str
+    model: str  # catalog model id; the server looks its facts (BF16, memory) up in the catalog
+    memory_total_bytes: int = 0
+    health: Health = Health.OK
+    simulated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "health": self.health.value}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "DeviceRecord":
+        return cls(
+            int(d["index"]),
+            d["vendor"],
+            d["model"],
+            int(d.get("memory_total_bytes", 0)),
+            Health.parse(d.get("health", "ok")),
+            bool(d.get("simulated", False)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRecord:
+    """A node as an agent registers it, or as a cluster file declares it."""
+
+    name: str
+    devices: tuple[DeviceRecord, ...]
+    labels: tuple[tuple[str, str], ...] = ()  # sorted pairs; "supernode" and "failure_domain" reach the core
+    cpu_milli: int = 0  # host CPU jobs may request, thousandths of a core (0: not a constraint)
+    memory_bytes: int = 0  # host memory jobs may request (0: not a constraint)
+
+    @property
+    def simulated(self) -> bool:
+        return dict(self.labels).get(SIMULATED_LABEL) == "true"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "devices": [d.to_json() for d in self.devices],
+            "labels": dict(self.labels),
+            "cpu_milli": self.cpu_milli,
+            "memory_bytes": self.memory_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "NodeRecord":
+        return cls(
+            d["name"],
+            tuple(DeviceRecord.from_json(x) for x in d["devices"]),
+            tuple(sorted((str(k), str(v)) for k, v in d.get("labels", {}).items())),
+            int(d.get("cpu_milli", 0)),
+            int(d.get("memory_bytes", 0)),
+        )
+
+
+def record_of(node: Any, simulated: bool = False) -> NodeRecord:
+    """The ``NodeRecord`` of a ``scheduler.core.model.Node`` (a cluster file's node, as
+    ``cluster_records`` reads them)."""
+    from xpod.scheduler.core.from_cluster import UNBOUNDED_CPU_MILLI, UNBOUNDED_MEMORY_BYTES
+
+    labels = {str(k): str(v) for k, v in dict(node.labels).items()}
+    if node.domains.get("supernode"):
+        labels["supernode"] = node.domains["supernode"]
+    if node.failure_domain:
+        labels["failure_domain"] = node.failure_domain
+    devices = tuple(
+        DeviceRecord(d.index, d.vendor, d.model, d.memory_bytes, Health.OK, simulated) for d in node.devices
+    )
+    cpu = 0 if node.cpu_milli >= UNBOUNDED_CPU_MILLI else node.cpu_milli
+    memory = 0 if node.memory_bytes >= UNBOUNDED_MEMORY_BYTES else node.memory_bytes
+    return NodeRecord(node.name, devices, tuple(sorted(labels.items())), cpu, memory)
+
+
+def cluster_records(cluster: Any, simulated: bool = False) -> list[NodeRecord]:
+    """The nodes a loaded ``hal.cluster.Cluster`` declares, as records (the core's own reading of
+    the descriptor: a die per device on 910C, memory per unit)."""
+    from xpod.scheduler.core.from_cluster import nodes_from_cluster
+
+    return [record_of(n, simulated) for n in nodes_from_cluster(cluster)]
+
+
+# --- the task keys of a job document ------------------------------------------------------------
 
 #: the keys of ``spec`` this module owns (the core's parser never sees them)
 TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")

@@ -8,7 +8,7 @@
 * ``grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}``: histogram of the time
   from the call reaching the handler to its completion,
 
-and ``interceptor()`` returns a ``grpc.ServerInterceptor`` that keeps them. Streaming responses
+and ``wrap_aio_handler`` counts a ``grpc.aio`` server's handler in them. Streaming responses
 (``Watch*``) count when the stream ends: normally (OK), by an abort (its code), by a raised
 exception (UNKNOWN), or because the client went away or its deadline passed (CANCELLED,
 DEADLINE_EXCEEDED), so a long watch shows up in the handled counter only once it closes.
@@ -56,17 +56,6 @@ def _code_name(context: Any, default: grpc.StatusCode) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-def _ended(context: Any) -> grpc.StatusCode:
-    """How a stream that returned normally ended: OK, unless the call was already over (the
-    Watch servicers stop when ``is_active()`` turns false): DEADLINE_EXCEEDED past the
-    client's deadline, else CANCELLED, as go-grpc-prometheus reports a handler that returned
-    ``ctx.Err()``."""
-    if context.is_active():
-        return grpc.StatusCode.OK
-    remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
-
-
 class GrpcServerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
@@ -87,69 +76,12 @@ class GrpcServerMetrics:
             registry=registry,
         )
 
-    def interceptor(self) -> grpc.ServerInterceptor:
-        return _Interceptor(self)
-
-    def aio_interceptor(self) -> "grpc.aio.ServerInterceptor":
-        """The same counts for a ``grpc.aio`` server (its handlers are coroutines and async
-        generators). A call the client cancels, or whose deadline passes, ends the handler with
-        ``asyncio.CancelledError``: counted CANCELLED or DEADLINE_EXCEEDED."""
-        return _AioInterceptor(self)
-
     def wrap_aio_handler(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` (of ``/pkg.Service/Method``) counted like the interceptors do, wrapped
-        once when it is registered: no interceptor to run on every call."""
+        """``handler`` (of ``/pkg.Service/Method``, a ``grpc.aio`` coroutine or async generator)
+        counted, wrapped once when it is registered: nothing runs per call but the counting. A
+        call the client cancels, or whose deadline passes, ends the handler with
+        ``asyncio.CancelledError``: counted CANCELLED or DEADLINE_EXCEEDED."""
         return _wrap_aio_handler(self, full_method, handler)
-
-    def _done(self, kind: str, service: str, method: str, code: str, started_s: float) -> None:
-        self.handled.labels(kind, service, method, code).inc()
-        self.handling_seconds.labels(kind, service, method).observe(time.perf_counter() - started_s)
-
-
-class _Interceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: GrpcServerMetrics) -> None:
-        self._m = metrics
-
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
-        handler = continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return None
-        service, method = _split(handler_call_details.method)
-        m = self._m
-        inner, kind, factory = _handler_parts(handler)
-        streaming_response = handler.response_streaming
-
-        if not streaming_response:
-
-            def behavior(request_or_iterator, context):
-                m.started.labels(kind, service, method).inc()
-                t0 = time.perf_counter()
-                try:
-                    response = inner(request_or_iterator, context)
-                except BaseException:
-                    m._done(kind, service, method, _code_name(context, grpc.StatusCode.UNKNOWN), t0)
-                    raise
-                m._done(kind, service, method, _code_name(context, grpc.StatusCode.OK), t0)
-                return response
-
-        else:
-
-            def behavior(request_or_iterator, context):
-                m.started.labels(kind, service, method).inc()
-                t0 = time.perf_counter()
-                try:
-                    yield from inner(request_or_iterator, context)
-                except GeneratorExit:  # the client cancelled or the server is stopping
-                    m._done(kind, service, method, grpc.StatusCode.CANCELLED.name, t0)
-                    raise
-                except BaseException:
-                    m._done(kind, service, method, _code_name(context, grpc.StatusCode.UNKNOWN), t0)
-                    raise
-                m._done(kind, service, method, _code_name(context, _ended(context)), t0)
-
-        return factory(
-            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
 
 
 # The client's own deadline fires first and cancels the stream a moment before the server's
@@ -162,17 +94,6 @@ def _cancelled_code(context: Any) -> str:
     remaining = context.time_remaining()
     expired = remaining is not None and remaining <= _DEADLINE_SLACK_S
     return (grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED).name
-
-
-class _AioInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: GrpcServerMetrics) -> None:
-        self._m = metrics
-
-    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return None
-        return self._m.wrap_aio_handler(handler_call_details.method, handler)
 
 
 def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -1,4 +1,5 @@
-"""Who may call what: bearer tokens with roles, read from a token file.
+"""Who a caller is: bearer tokens read from a token file, each mapped to a ``Principal``
+(``service.auth``: the roles and what each may call).
 
 Token file (YAML)::
 
@@ -10,21 +11,12 @@ Token file (YAML)::
       - {name: ops, role: admin, token_sha256: "..."}
       - {name: agents, role: agent, token: "..."}
 
-Roles (the authorisation matrix, ``ALLOWED``; tests/service check every role x every call):
-
-* ``admin``: every call, every queue.
-* ``submitter``: the job calls, only on its queues (a job of another queue is PERMISSION_DENIED,
-  never shown in lists or watches), and the read-only cluster calls.
-* ``agent``: the node calls and the read-only cluster calls; no job calls (agents cannot submit).
-
 With no token file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin). The
 server only allows that on loopback (or with ``--insecure``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import hmac
 import re
@@ -32,65 +24,7 @@ import re
 import yaml
 
 from xpod.hal.errors import XpodError
-
-
-class Role(str, enum.Enum):
-    ADMIN = "admin"
-    AGENT = "agent"
-    SUBMITTER = "submitter"
-
-
-class Call(str, enum.Enum):
-    """Every RPC of the xpod API (the gRPC method name is the value)."""
-
-    SUBMIT_JOB = "SubmitJob"
-    GET_JOB = "GetJob"
-    LIST_JOBS = "ListJobs"
-    CANCEL_JOB = "CancelJob"
-    WATCH_JOBS = "WatchJobs"
-    EXPLAIN_JOB = "ExplainJob"
-    REGISTER_NODE = "RegisterNode"
-    HEARTBEAT = "Heartbeat"
-    WATCH_ASSIGNMENTS = "WatchAssignments"
-    REPORT_TASK_STATUS = "ReportTaskStatus"
-    GET_CLUSTER = "GetCluster"
-    LIST_NODES = "ListNodes"
-    LIST_DEVICES = "ListDevices"
-
-
-JOB_CALLS = frozenset(
-    {Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB}
-)
-NODE_CALLS = frozenset({Call.REGISTER_NODE, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS})
-CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
-
-ALLOWED: dict[Role, frozenset[Call]] = {
-    Role.ADMIN: frozenset(Call),
-    Role.SUBMITTER: JOB_CALLS | CLUSTER_CALLS,
-    Role.AGENT: NODE_CALLS | CLUSTER_CALLS,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Principal:
-    """An authenticated caller."""
-
-    name: str
-    role: Role
-    queues: frozenset[str] = frozenset()  # submitters: the queues it owns; ignored for other roles
-
-    def may_call(self, call: Call) -> bool:
-        return call in ALLOWED[self.role]
-
-    def may_use_queue(self, queue: str) -> bool:
-        return self.role is Role.ADMIN or (self.role is Role.SUBMITTER and queue in self.queues)
-
-    @property
-    def all_queues(self) -> bool:
-        return self.role is Role.ADMIN
-
-
-OPEN_PRINCIPAL = Principal("anonymous", Role.ADMIN)
+from xpod.scheduler.service.auth import OPEN_PRINCIPAL, Principal, Role
 
 
 class AuthError(Exception):

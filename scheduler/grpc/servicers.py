@@ -1,0 +1,436 @@
+"""The ``xpod.v1`` servicers: each RPC authenticates the bearer token, converts the request,
+calls the in-process API (``scheduler.service.api``) with the call's remaining deadline, and
+converts the answer. An ``ApiError`` becomes a rich ``google.rpc.Status`` (``convert.status_for``).
+
+Where each call runs: ``SubmitJob`` (the hot path), ``Heartbeat`` and ``WatchAssignments`` run
+on the server's event loop and never wait on a thread: a submission queues its write and awaits
+the group commit; a heartbeat stamps a time; an assignment stream awaits the news the
+``AssignmentHub`` pushes for its nodes, so a thousand agents' streams hold no thread each. Every
+other call runs the API's blocking method on the bounded thread pool; a ``WatchJobs`` stream
+holds a pool thread for its life, at most ``max_workers // 2`` of them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import threading
+from typing import Any, Callable
+
+import grpc
+from grpc_status import rpc_status
+
+from xpod.proto.xpod.v1 import (
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+)
+from xpod.scheduler.contract import TaskState
+from xpod.scheduler.service.api import ApiError, Code, SchedulerApi, Submission, TaskReport
+from xpod.scheduler.service.auth import Principal
+
+from .auth import Authenticator, AuthError, Unauthenticated
+from .convert import (
+    STATE_FROM_PB,
+    assignment_pb,
+    device_pb,
+    event_pb,
+    health_from_pb,
+    node_from_pb,
+    node_pb,
+    pending_pb,
+    status_for,
+    struct_to_dict,
+    view_pb,
+)
+
+_TASK_FROM_PB = {
+    node_service_pb2.TASK_STATE_RUNNING: TaskState.RUNNING,
+    node_service_pb2.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
+    node_service_pb2.TASK_STATE_FAILED: TaskState.FAILED,
+}
+# Streams end at the client's cancel; this bounds how long a deadline-less unary call waits.
+_DEFAULT_TIMEOUT_S = 60.0
+# assignments per stream message: a first batch for a thousand nodes stays well under 4 MiB
+_ASSIGNMENTS_PER_MESSAGE = 256
+
+
+def _auth_error(err: AuthError) -> ApiError:
+    if isinstance(err, Unauthenticated):
+        return ApiError(Code.UNAUTHENTICATED, "UNAUTHENTICATED", str(err))
+    return ApiError(Code.PERMISSION_DENIED, "PERMISSION_DENIED", str(err))
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+    await context.abort_with_status(rpc_status.to_status(status_for(err)))
+
+
+class _CallContext:
+    """What the servicers' blocking code needs of a call (``invocation_metadata``,
+    ``time_remaining``, ``is_active``), over a ``grpc.aio`` context, usable from a pool thread.
+    ``is_active`` turns false once the call's coroutine ends (done, cancelled or deadline)."""
+
+    __slots__ = ("_context", "active")
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self.active = True
+
+    def invocation_metadata(self):
+        return self._context.invocation_metadata()
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+_END = object()
+
+
+def _close_stream(gen: Any, streams: threading.BoundedSemaphore) -> None:
+    try:
+        gen.close()
+    except Exception:  # a generator that fails while closing: the stream is over anyway
+        pass
+    finally:
+        streams.release()
+
+
+def _rpc(method: Callable) -> Callable:
+    """Authenticate, run, and turn ApiError into a rich status. ``async def`` methods run on
+    the event loop; plain methods run on the server's thread pool; generator methods (the
+    Watch streams) are driven item by item on the pool and hold a stream slot."""
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def native(self, request, context):
+            try:
+                principal = self._principal(context)
+                return await method(self, request, context, principal)
+            except ApiError as err:
+                await _abort(context, err)
+            except AuthError as err:
+                await _abort(context, _auth_error(err))
+
+        return native
+
+    if inspect.isasyncgenfunction(method):  # a stream served on the event loop (no thread)
+
+        @functools.wraps(method)
+        async def native_stream(self, request, context):
+            try:
+                principal = self._principal(context)
+                async for item in method(self, request, context, principal):
+                    yield item
+            except ApiError as err:
+                await _abort(context, err)
+            except AuthError as err:
+                await _abort(context, _auth_error(err))
+
+        return native_stream
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self, request, context):
+            # Each open stream holds a pool thread for its whole life: past the limit, refuse
+            # with RetryInfo rather than let streams starve the unary calls of threads.
+            if not self.streams.acquire(blocking=False):
+                err = ApiError(
+                    Code.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_STREAMS",
+                    "too many open watch streams on this server; retry later",
+                    retry_after_s=5.0,
+                )
+                await _abort(context, err)
+            call = _CallContext(context)
+            gen = None
+            step: concurrent.futures.Future | None = None
+            try:
+                principal = self._principal(call)
+                gen = method(self, request, call, principal)
+                while True:
+                    step = self.pool.submit(next, gen, _END)
+                    item = await asyncio.wrap_future(step)
+                    step = None
+                    if item is _END:
+                        break
+                    yield item
+            except ApiError as err:
+                await _abort(context, err)
+            except AuthError as err:
+                await _abort(context, _auth_error(err))
+            finally:
+                call.active = False  # the generator's is_active() loop ends at its next poll
+                if gen is None:
+                    self.streams.release()
+                elif step is not None and not step.done():
+                    # still inside next() on a pool thread: close it there once it returns
+                    step.add_done_callback(lambda _f, g=gen: _close_stream(g, self.streams))
+                else:
+                    _close_stream(gen, self.streams)
+
+        return stream
+
+    @functools.wraps(method)
+    async def unary(self, request, context):
+        call = _CallContext(context)
+        try:
+            principal = self._principal(call)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, method, self, request, call, principal)
+        except ApiError as err:
+            await _abort(context, err)
+        except AuthError as err:
+            await _abort(context, _auth_error(err))
+        finally:
+            call.active = False
+
+    return unary
+
+
+class _LoopWaiter:
+    """Turns concurrent futures resolved on another thread (the store's writer) into asyncio
+    futures, waking the loop once per batch of resolutions rather than once per future: a group
+    commit of N submissions costs one loop wake-up, not N."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future, concurrent.futures.Future]] = []
+
+    def wait(self, cf: concurrent.futures.Future) -> asyncio.Future:
+        af = self._loop.create_future()
+
+        # uses its argument, never ``cf`` from this scope: cf -> callback -> cf would be a
+        # reference cycle per call, i.e. work for the cyclic GC (whose full passes stall the loop)
+        def resolved(done: concurrent.futures.Future) -> None:
+            with self._lock:
+                first = not self._ready
+                self._ready.append((af, done))
+            if first:
+                try:
+                    self._loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop closed (server stopped): nobody waits any more
+                    pass
+
+        cf.add_done_callback(resolved)
+        return af
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for af, cf in ready:
+            if af.done():  # its caller gave up (deadline) meanwhile
+                continue
+            err = cf.exception()
+            if err is not None:
+                af.set_exception(err)
+            else:
+                af.set_result(cf.result())
+
+
+class _Base:
+    def __init__(
+        self,
+        api: SchedulerApi,
+        authenticator: Authenticator,
+        streams: threading.BoundedSemaphore | None = None,
+        pool: concurrent.futures.ThreadPoolExecutor | None = None,
+        waiter: _LoopWaiter | None = None,
+    ) -> None:
+        self.api = api
+        self.auth = authenticator
+        self.streams = streams or threading.BoundedSemaphore(16)  # shared by every servicer of a server
+        self.pool = pool  # runs the blocking API calls (shared by every servicer of a server)
+        self.waiter = waiter  # awaits store commits on the loop
+
+    def _principal(self, context: Any) -> Principal:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+                break
+        return self.auth.authenticate(authorization)
+
+    @staticmethod
+    def _timeout(context: Any) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return _DEFAULT_TIMEOUT_S
+        return max(0.0, min(remaining, _DEFAULT_TIMEOUT_S))
+
+
+class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
+    @_rpc
+    async def SubmitJob(self, request, context, principal):
+        # On the event loop: the checks are short (parse and never-fits answers are cached per
+        # job shape), the write is queued, and the call waits for its group commit without a
+        # thread of its own.
+        document = struct_to_dict(request.job) if request.HasField("job") else None
+        submission: Submission = self.api.begin_submit(principal, request.request_id, document)
+        waiting = self.waiter.wait(submission.future)
+        # grpc.aio cancels this coroutine when the client's deadline passes; a call without a
+        # deadline is bounded here instead
+        expire = None
+        if context.time_remaining() is None:
+            expire = asyncio.get_running_loop().call_later(_DEFAULT_TIMEOUT_S, _expire, waiting)
+        try:
+            result = await waiting
+        except BaseException as err:  # deadline, shutdown, a reused request id, cancelled
+            submission.abandon()
+            api_err = submission.result_error(err)
+            if api_err is not None:
+                raise api_err from None
+            raise
+        finally:
+            if expire is not None:
+                expire.cancel()
+        view, created = submission.finish(result)
+        same = created or view.record.request_id == request.request_id
+        response = job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
+        return response
+
+    @_rpc
+    def GetJob(self, request, context, principal):
+        view, events = self.api.get_job(principal, request.job_id)
+        return job_service_pb2.GetJobResponse(job=view_pb(view), events=[event_pb(e) for e in events])
+
+    @_rpc
+    def ListJobs(self, request, context, principal):
+        states = []
+        for s in request.states:
+            if s not in STATE_FROM_PB:
+                raise ApiError(
+                    Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {s} is not a job state", field="states"
+                )
+            states.append(STATE_FROM_PB[s])
+        views, token = self.api.list_jobs(
+            principal, queue=request.queue, states=states, page_size=request.page_size, page_token=request.page_token
+        )
+        return job_service_pb2.ListJobsResponse(jobs=[view_pb(v) for v in views], next_page_token=token)
+
+    @_rpc
+    def CancelJob(self, request, context, principal):
+        view = self.api.cancel_job(principal, request.job_id, timeout_s=self._timeout(context))
+        return job_service_pb2.CancelJobResponse(job=view_pb(view))
+
+    @_rpc
+    def WatchJobs(self, request, context, principal):
+        for ev in self.api.watch_jobs(
+            principal,
+            from_revision=request.from_revision,
+            queue=request.queue,
+            job_id=request.job_id,
+            is_active=context.is_active,
+        ):
+            yield job_service_pb2.WatchJobsResponse(event=event_pb(ev))
+
+    @_rpc
+    def ExplainJob(self, request, context, principal):
+        ex = self.api.explain_job(principal, request.job_id)
+        resp = job_service_pb2.ExplainJobResponse(
+            job=view_pb(ex.job), queue_position=ex.job.queue_position, numbers=ex.numbers, lines=list(ex.lines)
+        )
+        p = pending_pb(ex.job.pending)
+        if p is not None:
+            resp.pending_reason.CopyFrom(p)
+        return resp
+
+
+class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
+    @_rpc
+    def RegisterNodes(self, request, context, principal):
+        records = [node_from_pb(n, f"nodes[{i}]") for i, n in enumerate(request.nodes)]
+        states = self.api.register_nodes(principal, records, timeout_s=self._timeout(context))
+        return node_service_pb2.RegisterNodesResponse(
+            nodes=[node_pb(s) for s in states], heartbeat_interval_seconds=self.api.liveness.heartbeat_interval_s
+        )
+
+    @_rpc
+    async def Heartbeat(self, request, context, principal):
+        # on the event loop: stamps a time and compares health, never waits (service.nodes)
+        health = {
+            n.node: {d.index: health_from_pb(d.health, "nodes.devices.health") for d in n.devices}
+            for n in request.nodes
+        }
+        interval, unknown = self.api.heartbeat(principal, health)
+        return node_service_pb2.HeartbeatResponse(interval_seconds=interval, unknown_nodes=unknown)
+
+    @_rpc
+    async def WatchAssignments(self, request, context, principal):
+        # on the event loop, no thread per stream: the hub pushes each commit's news for these
+        # nodes into this queue (service.assignments)
+        loop = asyncio.get_running_loop()
+        news: asyncio.Queue = asyncio.Queue()
+
+        def deliver(batch) -> None:
+            loop.call_soon_threadsafe(news.put_nowait, batch)
+
+        subscription, batch = self.api.watch_assignments(principal, list(request.nodes), deliver)
+        try:
+            while True:
+                for i in range(0, len(batch), _ASSIGNMENTS_PER_MESSAGE):
+                    yield node_service_pb2.WatchAssignmentsResponse(
+                        assignments=[assignment_pb(a) for a in batch[i : i + _ASSIGNMENTS_PER_MESSAGE]]
+                    )
+                batch = await news.get()
+        finally:
+            subscription.close()
+
+    @_rpc
+    def ReportTaskStatus(self, request, context, principal):
+        reports = []
+        for r in request.reports:
+            state = _TASK_FROM_PB.get(r.state)
+            if state is None:
+                raise ApiError(
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_TASK_STATE",
+                    "reports.state must be RUNNING, SUCCEEDED or FAILED",
+                    field="reports.state",
+                )
+            reports.append(TaskReport(r.job_id, r.node, state, r.message, r.exit_code, tuple(r.failed_tasks)))
+        answers = self.api.report_tasks(principal, reports, timeout_s=self._timeout(context))
+        out = node_service_pb2.ReportTaskStatusResponse()
+        for a in answers:
+            if isinstance(a, ApiError):
+                out.answers.add(refused_reason=a.reason, refused_message=a.message)
+            else:
+                out.answers.add(job=view_pb(a))
+        return out
+
+
+def _expire(waiting: asyncio.Future) -> None:
+    if not waiting.done():
+        waiting.set_exception(
+            ApiError(
+                Code.DEADLINE_EXCEEDED,
+                "DEADLINE_EXCEEDED",
+                "the deadline passed before the write was on disk; retry with the same request id",
+            )
+        )
+
+
+class ClusterServicer(_Base, cluster_service_pb2_grpc.ClusterServiceServicer):
+    @_rpc
+    def GetCluster(self, request, context, principal):
+        c = self.api.get_cluster(principal)
+        return cluster_service_pb2.GetClusterResponse(**c)
+
+    @_rpc
+    def ListNodes(self, request, context, principal):
+        return cluster_service_pb2.ListNodesResponse(nodes=[node_pb(n) for n in self.api.list_nodes(principal)])
+
+    @_rpc
+    def ListDevices(self, request, context, principal):
+        rows = self.api.list_devices(principal, request.node)
+        return cluster_service_pb2.ListDevicesResponse(devices=[device_pb(*row) for row in rows])

@@ -1,0 +1,207 @@
+"""Admission: a job document -> ``ParsedJob``, and whether the cluster could ever hold it.
+
+Job documents (``examples/jobs/*.yaml``) are a Kubernetes-style envelope around the core's
+flat job spec::
+
+    apiVersion: xpod/v1          # optional; only xpod/v1
+    kind: TrainingJob            # TrainingJob | ServingJob | BatchJob
+    metadata:
+      name: llama-70b-pretrain   # 1..63 of [a-z0-9-.], starting and ending alphanumeric
+      labels: {team: nlp}        # optional, string values
+    spec:                        # scheduler.core.spec.parse_job's document, without kind/id/name,
+      tasks: 4                   # plus the task keys of scheduler.contract (command, env, ...)
+      devices: {count: 16, model: ascend-910c}
+      queue: research
+
+Every refusal is ``SpecInvalid(field, message)`` with the dotted path from the document's root
+(``spec.devices.count``), which the CLI maps back to a line of the file. A document is parsed
+once: the ``ParsedJob`` keeps the task fields and the core's job, and nobody parses it again.
+A job with a ``command`` selects real nodes (``SIMULATED_LABEL: "false"``): a simulated node
+would never run it.
+
+The core's own checks (queue, priority class, the policies' validators) and its own "can never
+fit" (``CoreLink.admit``) are answered by the one core the service runs, once per job *shape*
+(the core job without its id): submissions repeat a few shapes, so most are a dict lookup here.
+The answers are forgotten whenever the core's inventory changes.
+
+Queues: the core knows queues by name; a queue named in a job that the core does not know yet is
+created with default shares (weight 1, no cap), so submitters need no queue administration.
+Who may use which queue is the token file's business (``scheduler.grpc.auth``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from typing import Any, Callable
+
+from xpod.hal.errors import XpodError
+from xpod.scheduler.contract import (
+    SIMULATED_LABEL,
+    JobKind,
+    TaskFieldError,
+    TaskFields,
+    parse_task_fields,
+    split_spec,
+)
+from xpod.scheduler.core.model import Job
+from xpod.scheduler.core.spec import parse_job
+from xpod.scheduler.store import PendingReasonRecord
+
+_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
+_METADATA = ("name", "labels")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
+#: the id a parsed core job carries until the store names it (never a stored job's id)
+PLACEHOLDER_ID = "__xpod_admission__"
+
+
+class SpecInvalid(Exception):
+    """A bad job document: ``field`` is the dotted path from the document's root."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedJob:
+    """A validated job document: its envelope, its task fields and the core's job (whose id is
+    ``PLACEHOLDER_ID``; ``core_job`` gives it the stored id)."""
+
+    kind: JobKind
+    name: str
+    queue: str
+    task: TaskFields
+    core: Job
+
+    def core_job(self, job_id: str, submit_time_s: float) -> Job:
+        return dataclasses.replace(self.core, id=job_id, submit_time=submit_time_s or 1.0)
+
+
+def field_error(err: XpodError, prefix: str = "spec") -> SpecInvalid:
+    """The core's ``WHERE: field: message`` as SpecInvalid("spec.field", message)."""
+    m = _CORE_ERROR.match(str(err))
+    if m:
+        return SpecInvalid(f"{prefix}.{m.group(1)}", m.group(2))
+    return SpecInvalid(prefix, str(err).split(": ", 1)[-1])
+
+
+def parse_document(document: Any) -> ParsedJob:
+    """Validate a job document's envelope, task keys and core spec (not the core's own checks,
+    which ``Admission.admit`` adds)."""
+    if not isinstance(document, dict):
+        raise SpecInvalid("job", "a job document is a mapping with kind, metadata and spec")
+    for key in document:
+        if key not in _ENVELOPE:
+            raise SpecInvalid(str(key), f"unknown key (allowed: {', '.join(_ENVELOPE)})")
+    api_version = document.get("apiVersion", "xpod/v1")
+    if api_version != "xpod/v1":
+        raise SpecInvalid("apiVersion", f"{api_version!r} is not supported (use xpod/v1)")
+    try:
+        kind = JobKind(document.get("kind"))
+    except ValueError:
+        raise SpecInvalid("kind", f"{document.get('kind')!r} is not one of {', '.join(k.value for k in JobKind)}")
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        raise SpecInvalid("metadata", "a mapping with at least name")
+    for key in metadata:
+        if key not in _METADATA:
+            raise SpecInvalid(f"metadata.{key}", f"unknown key (allowed: {', '.join(_METADATA)})")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecInvalid(
+            "metadata.name", f"{name!r} must be 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric"
+        )
+    labels = metadata.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise SpecInvalid("metadata.labels", "a mapping of strings to strings")
+    spec = document.get("spec")
+    if not isinstance(spec, dict):
+        raise SpecInvalid("spec", "a mapping (tasks, devices, queue, ...)")
+    for key in ("kind", "id", "name"):
+        if key in spec:
+            raise SpecInvalid(
+                f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec"
+            )
+    task, core = _parse_spec(kind, spec)
+    return ParsedJob(kind, name, core.queue, task, core)
+
+
+# (kind, canonical JSON of spec) -> (task fields, core job). Neither depends on anything else
+# (not the name, not the labels), and a stream of submissions repeats a few shapes, so parsing a
+# submission is mostly one dict lookup. Successes only; cleared when it grows big.
+_SPEC_CACHE: dict[tuple[str, str], tuple[TaskFields, Job]] = {}
+_SPEC_CACHE_MAX = 10_000
+_SPEC_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
+    try:
+        key: tuple[str, str] | None = (kind.value, _SPEC_KEY.encode(spec))
+    except (TypeError, ValueError):  # not plain JSON (a YAML date, say): parse without the cache
+        key = None
+    if key is not None:
+        hit = _SPEC_CACHE.get(key)
+        if hit is not None:
+            return hit
+    try:
+        task = parse_task_fields(kind.value, spec)
+    except TaskFieldError as err:
+        raise SpecInvalid(err.field, err.message) from None
+    try:
+        core = parse_job({**split_spec(spec), "kind": kind.label}, source="spec", job_id=PLACEHOLDER_ID)
+    except XpodError as err:
+        raise field_error(err) from None
+    if task.command:
+        selector = {**dict(core.node_selector), SIMULATED_LABEL: "false"}
+        core = dataclasses.replace(core, node_selector=tuple(sorted(selector.items())))
+    if key is not None:
+        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = (task, core)
+    return task, core
+
+
+class Admission:
+    """The core's verdicts on job shapes, cached until the inventory changes. ``admit`` asks the
+    core (``ask(job) -> (error, never_fits)``: its checks refused the job with ``error`` (an
+    ``XpodError``), or it can never fit (a reason), or both None) only for a shape it has not
+    seen since the last ``forget()``."""
+
+    def __init__(self, ask: Callable[[Job], tuple[XpodError | None, PendingReasonRecord | None]]) -> None:
+        self._ask = ask
+        self._lock = threading.Lock()
+        self._verdicts: dict[Job, tuple[XpodError | None, PendingReasonRecord | None]] = {}
+        self._generation = 0
+
+    def cached(self, parsed: ParsedJob) -> tuple[XpodError | None, PendingReasonRecord | None] | None:
+        """The verdict on this shape if known (no waiting), else None."""
+        return self._verdicts.get(parsed.core)
+
+    def admit(self, parsed: ParsedJob) -> PendingReasonRecord | None:
+        """Raise ``SpecInvalid`` when the core's checks refuse the job; return why it can never
+        fit this cluster, or None. May wait for the core (a cycle in progress)."""
+        verdict = self._verdicts.get(parsed.core)
+        if verdict is None:
+            with self._lock:
+                generation = self._generation
+            verdict = self._ask(parsed.core)
+            with self._lock:
+                if generation == self._generation:  # not answered over an inventory that changed since
+                    if len(self._verdicts) >= _SPEC_CACHE_MAX:
+                        self._verdicts.clear()
+                    self._verdicts[parsed.core] = verdict
+        error, never = verdict
+        if error is not None:
+            raise field_error(error)
+        return never
+
+    def forget(self) -> None:
+        """The inventory changed: every never-fits answer may be stale."""
+        with self._lock:
+            self._generation += 1
+            self._verdicts = {}

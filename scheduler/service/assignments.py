@@ -1,0 +1,121 @@
+"""``AssignmentHub``: each node's starts and stops, pushed to the stream that serves the node.
+
+An agent process holds one assignment stream for all the nodes it serves (``subscribe(nodes)``).
+The hub listens to the ``JobBook``'s commits (on the store's writer thread, in commit order) and
+looks only at the nodes each changed job touches: a commit of E job changes costs O(E x nodes
+per job), however many streams are open, and a stream is woken only when one of its nodes has
+news. A node is told:
+
+* ``run=True`` with the job's tasks on the node whenever that set changes (bound, bound again,
+  a serving replica replaced alone), so the agent starts what is new and stops what is gone;
+* ``run=False`` once the job no longer holds anything there (ended, evicted, cancelled, moved).
+
+A subscription starts with every job bound to its nodes now (``run=True``), computed under the
+hub's lock so no commit slips between that list and the first pushed change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable, Iterable
+
+from xpod.scheduler.store import AllocationRecord, JobRecord, SubmitResult, UpdateResult
+
+from .jobs import BOUND_STATES, JobBook
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    node: str
+    job: JobRecord
+    allocations: tuple[AllocationRecord, ...]  # the job's tasks on this node; empty when stopping
+    run: bool  # start when True, stop when False
+
+
+class Subscription:
+    """One stream's nodes. ``deliver(batch)`` is called with each commit's assignments for
+    them, on the store's writer thread: it must only hand them over (a queue), never block."""
+
+    def __init__(self, hub: "AssignmentHub", nodes: frozenset[str], deliver: Callable[[list[Assignment]], None]):
+        self._hub = hub
+        self.nodes = nodes
+        self.deliver = deliver
+        self.announced: dict[tuple[str, str], frozenset[int]] = {}  # (node, job) -> tasks told to run
+
+    def close(self) -> None:
+        self._hub._unsubscribe(self)
+
+
+def _mine(job: JobRecord, node: str) -> tuple[AllocationRecord, ...]:
+    if job.state not in BOUND_STATES:
+        return ()
+    return tuple(a for a in job.allocations if a.node == node)
+
+
+class AssignmentHub:
+    def __init__(self, jobs: JobBook) -> None:
+        self._jobs = jobs
+        self._lock = threading.Lock()
+        self._by_node: dict[str, Subscription] = {}  # a node is served by one stream (the latest)
+        self._job_nodes: dict[str, set[str]] = {}  # job -> subscribed nodes it was announced on
+        jobs.listen(self._on_commit)
+
+    def subscribe(
+        self, nodes: Iterable[str], deliver: Callable[[list[Assignment]], None]
+    ) -> tuple[Subscription, list[Assignment]]:
+        """Serve ``nodes`` through ``deliver`` from now on (replacing an older stream of a
+        node); returns the subscription (``close()`` it when the stream ends) and what runs on
+        the nodes now."""
+        sub = Subscription(self, frozenset(nodes), deliver)
+        current = []
+        with self._lock:
+            for node in sub.nodes:
+                old = self._by_node.get(node)
+                if old is not None and old is not sub:
+                    for key in [k for k in old.announced if k[0] == node]:
+                        del old.announced[key]
+                self._by_node[node] = sub
+            for job in self._jobs.bound():
+                for node in {a.node for a in job.allocations} & sub.nodes:
+                    mine = _mine(job, node)
+                    sub.announced[(node, job.id)] = frozenset(a.task for a in mine)
+                    self._job_nodes.setdefault(job.id, set()).add(node)
+                    current.append(Assignment(node, job, mine, True))
+        return sub, current
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            for node in sub.nodes:
+                if self._by_node.get(node) is sub:
+                    del self._by_node[node]
+
+    def _on_commit(self, results: list[Any]) -> None:
+        out: dict[int, tuple[Subscription, list[Assignment]]] = {}
+        with self._lock:
+            if not self._by_node:
+                return
+            for r in results:
+                if not isinstance(r, (SubmitResult, UpdateResult)) or (isinstance(r, SubmitResult) and not r.created):
+                    continue
+                job = r.job
+                nodes = {a.node for a in job.allocations} | self._job_nodes.get(job.id, set())
+                for node in nodes:
+                    sub = self._by_node.get(node)
+                    if sub is None:
+                        continue
+                    key = (node, job.id)
+                    mine = _mine(job, node)
+                    tasks = frozenset(a.task for a in mine)
+                    if mine and sub.announced.get(key) != tasks:
+                        sub.announced[key] = tasks
+                        self._job_nodes.setdefault(job.id, set()).add(node)
+                        out.setdefault(id(sub), (sub, []))[1].append(Assignment(node, job, mine, True))
+                    elif not mine and key in sub.announced:
+                        del sub.announced[key]
+                        self._job_nodes.get(job.id, set()).discard(node)
+                        out.setdefault(id(sub), (sub, []))[1].append(Assignment(node, job, (), False))
+                if not self._job_nodes.get(job.id, True):
+                    del self._job_nodes[job.id]
+        for sub, batch in out.values():
+            sub.deliver(batch)

@@ -1,0 +1,223 @@
+"""Liveness: what the service does when a node or a task goes away.
+
+``Liveness`` is a timer over the ``NodeRegistry`` and the ``JobBook`` (their public methods
+only) that applies the restart policy (``service.restarts.decide``). Contracts:
+
+* A ready node whose heartbeats stop for longer than ``node_timeout_s`` (default 10 s,
+  ``XPOD_NODE_TIMEOUT_S``) is marked NotReady within ``node_timeout_s + check_interval_s``:
+  every job bound to it goes through the restart policy first, then it leaves placement. A
+  NotReady node whose heartbeats resume is ready and back in placement at the next check.
+* A busy server does not declare healthy nodes dead: heartbeats are stamped when they arrive
+  (no store write, no core call on their path), and when this timer itself wakes late (the
+  process was stalled: a long GC pass, a swapped-out page, a starved CPU) the heartbeats sent
+  meanwhile may not be processed yet, so every node gets a full timeout from that moment.
+* Agents heartbeat every ``heartbeat_interval_s`` = ``node_timeout_s / 5``: four missed
+  heartbeats in a row before a node is lost.
+* ``lose(job, loss)`` applies the policy to one job (a failed task, an unhealthy device, a lost
+  node): a serving job's lost replicas are released alone, or the job is requeued whole with one
+  restart spent (a stored count), or it fails. Either way its devices are released in the same
+  step, under the core link's lock, so no cycle runs in between and no path leaves an allocation
+  behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from xpod.hal.device import Health
+from xpod.hal.errors import XpodError
+from xpod.scheduler.contract import JobKind
+from xpod.scheduler.store import EventType, JobState, JobUpdate, StaleUpdate, StoreClosed
+
+from .core_link import CoreLink
+from .jobs import BOUND_STATES, JobBook
+from .nodes import NodeRegistry
+from .restarts import Action, Decision, Loss, decide
+
+DEFAULT_NODE_TIMEOUT_S = 10.0
+NODE_TIMEOUT_ENV = "XPOD_NODE_TIMEOUT_S"
+
+
+def node_timeout_from_env(default: float = DEFAULT_NODE_TIMEOUT_S) -> float:
+    """``XPOD_NODE_TIMEOUT_S`` when set (a positive number of seconds), else ``default``."""
+    text = os.environ.get(NODE_TIMEOUT_ENV)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise XpodError(f"{NODE_TIMEOUT_ENV}={text!r}: expected a positive number of seconds (e.g. 10)")
+    return value
+
+
+class Liveness:
+    """See the module docstring. ``check()`` is the whole timeout mechanism; ``start()`` only
+    calls it periodically."""
+
+    def __init__(
+        self,
+        nodes: NodeRegistry,
+        jobs: JobBook,
+        core: CoreLink,
+        clock: Callable[[], float],
+        wake: Callable[[], None],
+        metrics: Any = None,
+        node_timeout_s: float | None = None,
+    ) -> None:
+        self._nodes = nodes
+        self._jobs = jobs
+        self._core = core
+        self._clock = clock
+        self._wake = wake  # the scheduling loop: something was freed or requeued
+        self.metrics = metrics
+        self.node_timeout_s = node_timeout_from_env() if node_timeout_s is None else float(node_timeout_s)
+        self.heartbeat_interval_s = self.node_timeout_s / 5
+        # often enough that NotReady comes at most ~10% after the timeout
+        self.check_interval_s = min(1.0, self.node_timeout_s / 10)
+        self._grace_from_s = clock()  # no node times out before a full timeout from here
+        self._thread: threading.Thread | None = None
+        self._health: list[tuple[str, int, Health]] = []  # changes heartbeats reported, not applied yet
+        self._health_lock = threading.Lock()
+        self._due = threading.Event()  # wakes the timer early (health changes)
+        self.not_ready_events = 0  # nodes marked NotReady since start (for metrics and tests)
+
+    def start(self, stop: threading.Event) -> None:
+        if self._thread is None:
+            # agents can reach the server only once it serves: count their grace from here
+            self._grace_from_s = self._clock()
+            self._thread = threading.Thread(target=self._loop, args=(stop,), name="xpod-liveness", daemon=True)
+            self._thread.start()
+
+    def _loop(self, stop: threading.Event) -> None:
+        due = time.monotonic() + self.check_interval_s
+        while not stop.is_set():
+            woken = self._due.wait(max(0.0, due - time.monotonic()))
+            self._due.clear()
+            if stop.is_set():
+                return
+            if not woken:
+                late_s = time.monotonic() - due
+                due = time.monotonic() + self.check_interval_s
+                if late_s > max(1.0, self.check_interval_s):
+                    self._grace_from_s = self._clock()  # the process stalled: heartbeats may be queued
+            try:
+                self.check()
+            except StoreClosed:
+                return
+            except XpodError as err:  # SHUTTING_DOWN and the like while the server stops
+                if stop.is_set():
+                    return
+                raise err
+
+    def stop(self) -> None:
+        self._due.set()
+
+    def health_changed(self, changes: list[tuple[str, int, Health]]) -> None:
+        """Heartbeats reported these changes of device health: applied by the next check (the
+        timer's thread, woken now), never on the heartbeat's own path."""
+        with self._health_lock:
+            self._health.extend(changes)
+        self._due.set()
+
+    def check(self) -> list[str]:
+        """Apply reported health changes; mark timed-out nodes NotReady and recovered ones ready.
+        Returns the nodes newly NotReady."""
+        with self._health_lock:
+            changes, self._health = self._health, []
+        if changes:
+            self._device_health(changes)
+        lost = []
+        for name, silent_s in self._nodes.silent(self.node_timeout_s, self._grace_from_s):
+            why = f"node {name} NotReady: no heartbeat for {silent_s:.1f} s"
+            with self._core.atomic():
+                for job in self._jobs.bound(node=name):
+                    if self.lose(job.id, Loss(why, node=name)) is not None:
+                        self._count_eviction(job.queue, "node_not_ready")
+                if self._nodes.set_not_ready(name):
+                    lost.append(name)
+                    self.not_ready_events += 1
+        if self._nodes.recover(self.node_timeout_s) or lost:
+            self._wake()
+        return lost
+
+    def _device_health(self, changes: list[tuple[str, int, Health]]) -> None:
+        """Heartbeats reported these health changes: serving replicas on a device turned alarm
+        or critical are replaced alone (when enough others run), then the core learns the health
+        (it evicts whole what still runs on an unhealthy device)."""
+        for node, index, health in changes:
+            if health.schedulable:
+                continue
+            device = f"{node}/{index}"
+            for job in self._jobs.bound(device=device):
+                if job.kind != JobKind.SERVING.value:
+                    continue
+                loss = Loss(f"device {device} {health.value}", node=node, device=device, replace_only=True)
+                if self.lose(job.id, loss) is not None:
+                    self._count_eviction(job.queue, "device_unhealthy")
+        self._nodes.apply_health(changes)
+        self._wake()
+
+    def lose(self, job_id: str, loss: Loss) -> Decision | None:
+        """Apply the restart policy to a bound job after ``loss``; None when it is no longer
+        bound (someone else decided) or there was nothing to do."""
+        while True:
+            job = self._jobs.get(job_id)
+            parsed = self._jobs.parsed(job_id)
+            if job is None or job.state not in BOUND_STATES or parsed is None:
+                return None
+            serving = parsed.kind is JobKind.SERVING
+            d = decide(job, loss, parsed.task.max_restarts, serving, parsed.core.replica_tasks)
+            if d.action is Action.NONE:
+                return None
+            now = self._clock()
+            with self._core.atomic():
+                if d.action is Action.REPLACE:
+                    update = JobUpdate(
+                        job.id, job.state, None, d.kept, EventType.EVICTED, d.message, now, job.revision, (), d.restarts
+                    )
+                elif d.action is Action.REQUEUE:
+                    update = JobUpdate(
+                        job.id,
+                        JobState.QUEUED,
+                        None,
+                        (),
+                        EventType.EVICTED,
+                        d.message,
+                        now,
+                        job.revision,
+                        (),
+                        d.restarts,
+                    )
+                else:
+                    update = JobUpdate(
+                        job.id, JobState.FAILED, None, (), EventType.FAILED, d.message, now, job.revision
+                    )
+                try:
+                    result = self._jobs.update(update).result()
+                except StaleUpdate:
+                    continue  # it changed meanwhile (cancelled, finished, evicted): decide again
+                if d.action is Action.REPLACE:
+                    released = self._core.release_tasks(job.id, list(d.lost_tasks), loss.why)
+                    if sorted(released) != list(d.lost_tasks):  # pragma: no cover - the core and the store disagree
+                        loss = dataclasses.replace(loss, tasks=frozenset(), node=None, device=None)
+                        continue
+                    self._jobs.drop_reports(job.id, {a.node for a in job.allocations if a not in d.kept})
+                else:
+                    self._core.remove_job(job.id)  # releases its devices in the core
+                    if d.action is Action.REQUEUE:
+                        self._core.add_job(parsed.core_job(job.id, result.job.create_time_s))
+                    self._jobs.drop_reports(job.id)
+            if d.action is Action.FAIL and self.metrics is not None:
+                self.metrics.finished(job.queue, job.kind, JobState.FAILED.value)
+            self._wake()
+            return d
+
+    def _count_eviction(self, queue: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.evicted(queue, reason)

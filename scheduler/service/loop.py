@@ -1,0 +1,168 @@
+"""``SchedulingLoop``: new jobs -> the core -> its decisions -> store writes.
+
+A thread runs the core's cycle every ``cycle_interval_s``, sooner after a change (``wake()``),
+and persists what the cycle decided (bindings, evictions, changes of pending reason) as events
+before agents or watchers can see them. A pending reason that only says "wait" changes every
+cycle: it is shown live (get, list, explain) and not logged; a reason that needs someone to act
+is logged once per change of code. While no node is ready, a waiting job says it waits for the
+agents (``WAITING_FOR_AGENTS``: "waiting for agents: 0 of 48 nodes have registered", or "no
+nodes registered yet" on a server without a cluster file).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from xpod.scheduler.store import EventType, JobState, JobUpdate, PendingReasonRecord, StaleUpdate, StoreClosed
+
+from .core_link import CoreLink, CycleOutcome
+from .jobs import BOUND_STATES, JobBook
+from .nodes import NodeRegistry
+
+#: pending reasons (the core's ReasonCode names) that only say "wait": not written to the event log
+WAIT_REASONS = frozenset({"UNSCHEDULABLE", "WAITING_BEHIND", "NOT_CONSIDERED", "WAITING_FOR_AGENTS"})
+
+
+class SchedulingLoop:
+    def __init__(
+        self,
+        jobs: JobBook,
+        nodes: NodeRegistry,
+        core: CoreLink,
+        clock: Callable[[], float],
+        *,
+        cycle_interval_s: float = 0.5,
+        min_cycle_gap_s: float = 0.25,
+        metrics: Any = None,
+    ) -> None:
+        self._jobs = jobs
+        self._nodes = nodes
+        self._core = core
+        self._clock = clock
+        self.cycle_interval_s = cycle_interval_s
+        self.min_cycle_gap_s = min_cycle_gap_s
+        self.metrics = metrics
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cycles = 0
+        self.errors = 0  # cycles that raised (the loop goes on after a pause)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self, stop: threading.Event) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, args=(stop,), name="xpod-scheduling", daemon=True)
+            self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.wait(timeout=self.cycle_interval_s)
+            self._wake.clear()
+            if stop.is_set():
+                return
+            started = time.perf_counter()
+            try:
+                self.schedule_once()
+            except StoreClosed:
+                return
+            except Exception as err:  # a bug or a dead core process: say so, keep serving, retry
+                self.errors += 1
+                print(f"xpod server: scheduling cycle failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                stop.wait(1.0)
+                continue
+            # A cycle holds the GIL for its whole length when the core runs in this process:
+            # under a flood of submissions, space cycles so scheduling takes at most about a
+            # quarter of the time and the API keeps answering.
+            stop.wait(max(self.min_cycle_gap_s, 3 * (time.perf_counter() - started)))
+
+    def schedule_once(self) -> CycleOutcome:
+        """One cycle: hand new jobs to the core, run its cycle, persist what it decided. Public so
+        tests drive the loop deterministically (without ``start()``)."""
+        with self._core.atomic():
+            for job, parsed in self._jobs.take_new():
+                if job.state is JobState.QUEUED and parsed is not None:
+                    self._core.add_job(parsed.core_job(job.id, job.create_time_s))
+            outcome = self._core.cycle(self._clock())
+            self.cycles += 1
+            first: dict[str, tuple[str, str, float]] = {}
+            updates = self._decisions(outcome, first)
+            futures = [self._jobs.update(u, background=True) for u in updates]
+        # Wait for the decisions outside the lock: cancels and agents' reports go on meanwhile.
+        stale: list[str] = []
+        for u, f in zip(updates, futures):
+            try:
+                f.result()
+            except (StaleUpdate, KeyError):
+                stale.append(u.job_id)
+        with self._core.atomic():
+            for jid in stale:
+                # cancelled (or finished) while the cycle ran: the core must let go of it
+                job = self._jobs.get(jid)
+                if job is not None and job.state.terminal:
+                    self._core.remove_job(jid)
+        if self.metrics is not None:
+            self.metrics.cycle(outcome, outcome.seconds, self._jobs)
+            for jid, (queue, kind, wait_s) in first.items():
+                if jid not in stale:
+                    self.metrics.placed(queue, kind, wait_s)
+        return outcome
+
+    def _decisions(self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]]) -> list[JobUpdate]:
+        """The store updates for a cycle's outcome; ``first`` receives, for each job placed for
+        the first time, (queue, kind, seconds since submission). Each update is conditional
+        (expect_revision / expect_states), so a change that slips in is caught by the store."""
+        updates: list[JobUpdate] = []
+        now = self._clock()
+        for jid, why in outcome.evictions.items():
+            job = self._jobs.get(jid)
+            if job is None or job.state not in BOUND_STATES:
+                continue
+            updates.append(JobUpdate(jid, JobState.QUEUED, None, (), EventType.EVICTED, why, now, job.revision))
+        evicted = set(outcome.evictions)
+        for jid, allocations in outcome.bindings.items():
+            job = self._jobs.get(jid)
+            if job is None or job.state.terminal:
+                continue
+            submitted_s = self._jobs.submitted_s(jid)
+            held = () if jid in evicted or job.state not in BOUND_STATES else job.allocations
+            where = ", ".join(sorted({a.node for a in allocations}))
+            text = f"bound {len(allocations)} {'more ' if held else ''}task(s) to {where}"
+            if jid in evicted:
+                # evicted and placed again in one cycle: applies right after its EVICTED event,
+                # unless something else (a cancel) got in between
+                updates.append(
+                    JobUpdate(
+                        jid, JobState.SCHEDULED, None, allocations, EventType.SCHEDULED, text, now, None,
+                        (JobState.QUEUED,),
+                    )
+                )  # fmt: skip
+                continue
+            state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
+            updates.append(
+                JobUpdate(jid, state, None, held + allocations, EventType.SCHEDULED, text, now, job.revision)
+            )
+            if submitted_s is not None and job.state is JobState.QUEUED:
+                first[jid] = (job.queue, job.kind, now - submitted_s)
+        agents = self._nodes.waiting_for_agents() if outcome.pending else None
+        for jid, reason in outcome.pending.items():
+            if jid in outcome.bindings or jid in evicted:
+                continue
+            if agents is not None and reason.reason in ("UNSCHEDULABLE", "NEVER_FITS"):
+                reason = PendingReasonRecord("WAITING_FOR_AGENTS", agents, reason.metadata)
+            job = self._jobs.get(jid)
+            if job is None or not self._jobs.set_pending(jid, reason) or reason.reason in WAIT_REASONS:
+                continue
+            if job.pending is None or job.pending.reason != reason.reason:
+                updates.append(
+                    JobUpdate(jid, JobState.QUEUED, reason, (), EventType.PENDING, reason.message, now, job.revision)
+                )
+        return updates

@@ -1,0 +1,268 @@
+"""``NodeRegistry``: the sole owner of the nodes, their heartbeats and their readiness.
+
+A node's life, as operators know it from Slurm and Kubernetes (``NodeStatus``):
+
+* ``unknown``: a cluster file declares it and no agent has registered it yet. It is not ready:
+  nothing is placed there. A job that only these nodes could hold waits with the pending reason
+  ``waiting for agents: R of N nodes have registered``.
+* ``ready``: its agent registered it and heartbeats. A node an agent registered before a restart
+  of the server is ready again at start and has a full node timeout to heartbeat (agents need
+  time to reconnect).
+* ``not_ready``: its agent's heartbeats stopped for longer than the node timeout
+  (``service.liveness``); it leaves placement until heartbeats resume.
+
+Every node, however it joined, reaches the core with its catalog facts (BF16 TFLOPS per device,
+the die pairs of a package): a node the cluster file declares with the devices its agent found
+keeps the descriptor's facts (super-node, device groups); any other registered node gets them
+from the device catalog (``core_node``, through the core's own enrichment), once, at
+registration.
+
+Heartbeats only stamp the time and compare health under the registry's lock (no store write,
+no core call): cheap enough to run on the gRPC event loop for a thousand nodes at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from typing import Callable, Iterable, Sequence
+
+from xpod.hal.device import Health
+from xpod.scheduler.contract import SIMULATED_LABEL, NodeRecord, record_of
+from xpod.scheduler.core.from_cluster import node_from_devices
+from xpod.scheduler.core.model import Node
+from xpod.scheduler.store import NodeWrite, Store
+
+from .core_link import CoreLink
+
+#: what the core's pending reasons say about nodes that are not ready
+WAITING_FOR_AGENTS = "waiting for agents"
+HEARTBEATS_STOPPED = "heartbeats stopped"
+
+
+class NodeStatus(str, enum.Enum):
+    UNKNOWN = "unknown"  # declared by the cluster file; no agent has registered it
+    READY = "ready"
+    NOT_READY = "not_ready"  # its heartbeats stopped
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeState:
+    """A node as the API shows it."""
+
+    record: NodeRecord  # with the devices' latest health
+    status: NodeStatus
+    last_heartbeat_s: float  # clock seconds; 0 = never
+    reason: str  # why it is not ready ("" when it is)
+
+    @property
+    def ready(self) -> bool:
+        return self.status is NodeStatus.READY
+
+
+def core_node(record: NodeRecord, declared: Node | None = None) -> Node:
+    """The core's node for a registered ``record``: the cluster file's own (``declared``) when
+    it lists the same devices, else built from the record with the catalog's facts (the core's
+    ``from_cluster.node_from_devices``, as for a descriptor's nodes). Its labels always say
+    whether an agent simulates it (``SIMULATED_LABEL``: jobs with a command select "false")."""
+    labels = {**dict(record.labels), SIMULATED_LABEL: "true" if record.simulated else "false"}
+    if declared is not None and [(d.vendor, d.model) for d in declared.devices] == [
+        (d.vendor, d.model) for d in record.devices
+    ]:
+        return dataclasses.replace(declared, labels={**dict(declared.labels), **labels})
+    supernode = labels.get("supernode")
+    return node_from_devices(
+        record.name,
+        ((d.index, d.model, d.vendor, d.memory_total_bytes or None) for d in record.devices),
+        cpu_milli=record.cpu_milli,
+        memory_bytes=record.memory_bytes,
+        labels=labels,
+        domains={"supernode": supernode} if supernode else {},
+        failure_domain=labels.get("failure_domain") or supernode,
+    )
+
+
+@dataclasses.dataclass
+class _Node:
+    """The registry's own, mutable, entry (under its lock)."""
+
+    record: NodeRecord
+    status: NodeStatus
+    last_heartbeat_s: float = 0.0
+    since_s: float = 0.0  # when it last changed status
+
+
+class NodeRegistry:
+    """Nodes, heartbeats, readiness (see the module docstring). Keeps the core's inventory in
+    step: a node is in placement exactly while it is ready."""
+
+    def __init__(
+        self,
+        store: Store,
+        core: CoreLink,
+        clock: Callable[[], float],
+        declared: Sequence[Node] = (),
+        on_inventory: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._core = core
+        self._clock = clock
+        self._on_inventory = on_inventory  # the inventory changed (admission forgets its answers)
+        self._lock = threading.Lock()
+        self._declared = {n.name: n for n in declared}
+        self._nodes: dict[str, _Node] = {}
+        for n in declared:
+            self._nodes[n.name] = _Node(record_of(n), NodeStatus.UNKNOWN)
+            # presumed real until an agent says otherwise: jobs with a command may wait for it
+            core.set_node(
+                dataclasses.replace(n, labels={**dict(n.labels), SIMULATED_LABEL: "false"}), False, WAITING_FOR_AGENTS
+            )
+        now = clock()
+        for doc in store.load_nodes():
+            record = NodeRecord.from_json(doc)
+            # registered before a restart: ready, with a full timeout from now to heartbeat
+            self._nodes[record.name] = _Node(record, NodeStatus.READY, now, now)
+            self._to_core(record)
+
+    def refresh(self) -> None:
+        """Take the stored nodes in (a follower, after the leader wrote them): the nodes as
+        registered; a follower judges no readiness (its answers say ready)."""
+        now = self._clock()
+        records = [NodeRecord.from_json(doc) for doc in self._store.load_nodes()]
+        with self._lock:
+            for r in records:
+                n = self._nodes.get(r.name)
+                if n is None or n.record != r:
+                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now, now)
+
+    # --- reads ---
+
+    def get(self, name: str) -> NodeState | None:
+        with self._lock:
+            n = self._nodes.get(name)
+            return None if n is None else self._state(n, self._clock())
+
+    def list(self) -> list[NodeState]:
+        now = self._clock()
+        with self._lock:
+            return [self._state(n, now) for _, n in sorted(self._nodes.items())]
+
+    def counts(self) -> dict[NodeStatus, int]:
+        with self._lock:
+            out = {s: 0 for s in NodeStatus}
+            for n in self._nodes.values():
+                out[n.status] += 1
+            return out
+
+    def waiting_for_agents(self) -> str | None:
+        """The pending reason of a job that waits only for agents: when no node is ready
+        ("waiting for agents: 0 of 48 nodes have registered"; "no nodes registered yet" without
+        a cluster file), else None."""
+        counts = self.counts()
+        total = sum(counts.values())
+        if total == 0:
+            return "no nodes registered yet: start 'xpod agent' on the nodes (or give the server --cluster)"
+        if counts[NodeStatus.READY]:
+            return None
+        registered = total - counts[NodeStatus.UNKNOWN]
+        return f"{WAITING_FOR_AGENTS}: {registered} of {total} nodes have registered"
+
+    @staticmethod
+    def _state(n: _Node, now: float) -> NodeState:
+        if n.status is NodeStatus.UNKNOWN:
+            reason = "no agent has registered it yet"
+        elif n.status is NodeStatus.NOT_READY:
+            reason = f"no heartbeat for {now - n.last_heartbeat_s:.0f} s"
+        else:
+            reason = ""
+        return NodeState(n.record, n.status, n.last_heartbeat_s, reason)
+
+    # --- changes ---
+
+    def register(self, records: Iterable[NodeRecord], timeout_s: float | None = None) -> list[NodeState]:
+        """Add or replace nodes (durable before it returns); they are ready at once. A replaced
+        node's jobs are evicted by the core (what ran there is gone with the old agent)."""
+        now = self._clock()
+        records = list(records)
+        self._store.write_many([NodeWrite(r.name, r.to_json(), now) for r in records], timeout_s)
+        with self._core.atomic():
+            for r in records:
+                self._to_core(r)
+            with self._lock:
+                for r in records:
+                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now, now)
+        self._on_inventory()
+        return [self._state(self._nodes[r.name], now) for r in records]
+
+    def _to_core(self, record: NodeRecord) -> None:
+        self._core.set_node(core_node(record, self._declared.get(record.name)), True)
+        for d in record.devices:
+            if not d.health.schedulable:
+                self._core.set_device_health(record.name, d.index, d.health)
+
+    def beat(self, health: dict[str, dict[int, Health]]) -> tuple[list[str], list[tuple[str, int, Health]]]:
+        """Heartbeats of several nodes, each with the health of the devices it reports. Returns
+        (names this registry does not know, (node, index, health) of every change of health).
+        Stamps time only: a NotReady node becomes ready at the next ``recover``."""
+        now = self._clock()
+        unknown, changed = [], []
+        with self._lock:
+            for name, devices in health.items():
+                n = self._nodes.get(name)
+                if n is None or n.status is NodeStatus.UNKNOWN:
+                    unknown.append(name)
+                    continue
+                n.last_heartbeat_s = now
+                current = n.record.devices
+                if any(i < len(current) and current[i].health is not h for i, h in devices.items()):
+                    changed.extend(
+                        (name, i, h) for i, h in devices.items() if i < len(current) and current[i].health is not h
+                    )
+                    updated = tuple(dataclasses.replace(d, health=devices.get(d.index, d.health)) for d in current)
+                    n.record = dataclasses.replace(n.record, devices=updated)
+        return unknown, changed
+
+    def silent(self, timeout_s: float, grace_from_s: float) -> list[tuple[str, float]]:
+        """Ready nodes whose heartbeats stopped for more than ``timeout_s`` (counted from no
+        earlier than ``grace_from_s``), with how long they have been silent."""
+        now = self._clock()
+        with self._lock:
+            return [
+                (name, now - max(n.last_heartbeat_s, grace_from_s))
+                for name, n in sorted(self._nodes.items())
+                if n.status is NodeStatus.READY and now - max(n.last_heartbeat_s, grace_from_s) > timeout_s
+            ]
+
+    def set_not_ready(self, name: str) -> bool:
+        """Out of placement (caller holds ``core.atomic()`` and has dealt with its jobs)."""
+        with self._lock:
+            n = self._nodes.get(name)
+            if n is None or n.status is not NodeStatus.READY:
+                return False
+            n.status, n.since_s = NodeStatus.NOT_READY, self._clock()
+        self._core.set_ready(name, False, HEARTBEATS_STOPPED)
+        return True
+
+    def recover(self, timeout_s: float) -> list[str]:
+        """NotReady nodes heard from again within ``timeout_s``: ready and in placement again."""
+        now = self._clock()
+        with self._core.atomic():
+            with self._lock:
+                back = [
+                    name
+                    for name, n in sorted(self._nodes.items())
+                    if n.status is NodeStatus.NOT_READY and now - n.last_heartbeat_s <= timeout_s
+                ]
+                for name in back:
+                    self._nodes[name].status, self._nodes[name].since_s = NodeStatus.READY, now
+            for name in back:
+                self._core.set_ready(name, True)
+        return back
+
+    def apply_health(self, changes: Sequence[tuple[str, int, Health]]) -> None:
+        """Pass health changes (``beat``'s) to the core: an unhealthy device leaves placement."""
+        with self._core.atomic():
+            for name, index, health in changes:
+                self._core.set_device_health(name, index, health)
+        self._on_inventory()

@@ -1,0 +1,123 @@
+"""The store's schema: one list of versioned steps, written for both databases side by side
+(SQLite in ``store.sqlite``, PostgreSQL in ``store.postgres``), so no step can exist for one and
+not the other. An older database is brought up to date on open, one transaction per step; a
+newer one is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import StoreError
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One step of the schema, written once per dialect side by side, so no step can exist for
+    one database and not the other (both carry the same version numbers)."""
+
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+
+SCHEMA_VERSION = 4
+
+MIGRATIONS: dict[int, Migration] = {
+    # version 1: jobs and their event log.
+    1: Migration(
+        sqlite=(
+            """CREATE TABLE jobs (
+                   seq INTEGER PRIMARY KEY,
+                   id TEXT NOT NULL UNIQUE,
+                   request_id TEXT NOT NULL UNIQUE,
+                   doc TEXT NOT NULL
+               )""",
+            """CREATE TABLE events (
+                   revision INTEGER PRIMARY KEY AUTOINCREMENT,
+                   job_id TEXT NOT NULL,
+                   type TEXT NOT NULL,
+                   time_s REAL NOT NULL,
+                   message TEXT NOT NULL,
+                   job TEXT NOT NULL
+               )""",
+        ),
+        postgresql=(
+            """CREATE TABLE jobs (
+                   seq BIGINT PRIMARY KEY,
+                   id TEXT NOT NULL UNIQUE,
+                   request_id TEXT NOT NULL UNIQUE,
+                   doc TEXT NOT NULL
+               )""",
+            """CREATE TABLE events (
+                   revision BIGINT PRIMARY KEY,
+                   job_id TEXT NOT NULL,
+                   type TEXT NOT NULL,
+                   time_s DOUBLE PRECISION NOT NULL,
+                   message TEXT NOT NULL,
+                   job TEXT NOT NULL
+               )""",
+        ),
+    ),
+    # version 2: registered nodes survive a restart; events found per job without a scan.
+    2: Migration(
+        sqlite=(
+            """CREATE TABLE nodes (
+                   name TEXT PRIMARY KEY,
+                   doc TEXT NOT NULL,
+                   update_time_s REAL NOT NULL
+               )""",
+            "CREATE INDEX events_by_job ON events (job_id, revision)",
+        ),
+        postgresql=(
+            """CREATE TABLE nodes (
+                   name TEXT PRIMARY KEY,
+                   doc TEXT NOT NULL,
+                   update_time_s DOUBLE PRECISION NOT NULL
+               )""",
+            "CREATE INDEX events_by_job ON events (job_id, revision)",
+        ),
+    ),
+    # version 3: the leader lease of replicas sharing one database (store.postgres).
+    # A SQLite file has one server (the file is locked); the table is there so both schemas
+    # stay one.
+    3: Migration(
+        sqlite=(
+            """CREATE TABLE leases (
+                   name TEXT PRIMARY KEY,
+                   holder TEXT NOT NULL,
+                   address TEXT NOT NULL,
+                   token INTEGER NOT NULL,
+                   expires_at_s REAL NOT NULL
+               )""",
+        ),
+        postgresql=(
+            """CREATE TABLE leases (
+                   name TEXT PRIMARY KEY,
+                   holder TEXT NOT NULL,
+                   address TEXT NOT NULL,
+                   token BIGINT NOT NULL,
+                   expires_at_s DOUBLE PRECISION NOT NULL
+               )""",
+        ),
+    ),
+    # version 4: a job's restart count is stored on it (servers before counted its EVICTED events
+    # whose message starts with "restart "; counted once here).
+    4: Migration(
+        sqlite=(
+            """UPDATE jobs SET doc = json_set(doc, '$.restarts', (
+                   SELECT COUNT(*) FROM events e
+                   WHERE e.job_id = jobs.id AND e.type = 'EVICTED' AND e.message LIKE 'restart %'))""",
+        ),
+        postgresql=(
+            """UPDATE jobs SET doc = (doc::jsonb || jsonb_build_object('restarts', (
+                   SELECT COUNT(*) FROM events e
+                   WHERE e.job_id = jobs.id AND e.type = 'EVICTED' AND e.message LIKE 'restart %')))::text""",
+        ),
+    ),
+}
+
+
+def newer_schema_error(where: str, found: int) -> StoreError:
+    return StoreError(
+        f"{where}: schema version {found} is newer than this xpod supports ({SCHEMA_VERSION}); upgrade xpod"
+    )
