@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,11 +87,34 @@ def start_server(cluster: str, db: str, extra: list[str], scheduling: bool = Tru
     raise SystemExit("server did not start")
 
 
-def document(i: int, devices: int) -> dict:
-    """A simple batch job (Slurm's benchmark unit): 1 task, 1 core, or DEVICES accelerators."""
+def keep_nodes_alive(addr: str, cluster: str, stop: threading.Event) -> threading.Thread:
+    """Register the descriptor's nodes and heartbeat them, as their agents would, running no
+    task: the jobs are placed (the scheduler's work is measured) and stay SCHEDULED."""
+    from xpod.hal.cluster import load_cluster
+    from xpod.runtime.client import Client, Target
+    from xpod.scheduler.contract import cluster_records
+
+    records = cluster_records(load_cluster(cluster))
+    client = Client(Target(addr, None, None, "bench"), timeout_s=30)
+    interval_s = client.register_nodes(records) or 2.0
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            client.heartbeat({r.name: {} for r in records})
+        client.close()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    return thread
+
+
+def document(i: int, devices: int, extra: dict | None = None) -> dict:
+    """A simple batch job (Slurm's benchmark unit): 1 task, 1 core, or DEVICES accelerators;
+    ``extra``: more spec keys (``simulate``, ``devices.model``)."""
     spec = {"tasks": 1, "cpu": 1, "queue": f"q{i % 4}", "expected_duration_seconds": 3600}
     if devices:
         spec["devices"] = {"count": devices}
+    spec.update(extra or {})
     return {"apiVersion": "xpod/v1", "kind": "BatchJob", "metadata": {"name": f"bench-{i}"}, "spec": spec}
 
 
@@ -103,6 +127,7 @@ async def run_clients(
     first: int = 0,
     rate_per_s: float = 0.0,
     total_clients: int = 0,
+    extra: dict | None = None,
 ) -> tuple[list[float], int, int]:
     """CLIENTS submitters (numbered from ``first``) for SECONDS: (latencies, errors, shed).
 
@@ -125,7 +150,7 @@ async def run_clients(
         # the request built once and then only its name, queue and request id changed: the
         # clients share the machine with the server, so they should cost it little
         template = job_service_pb2.SubmitJobRequest()
-        template.job.update(document(0, devices))
+        template.job.update(document(0, devices, extra))
         # a connection of its own, as 32 separate users have (channels in one process otherwise
         # share one TCP connection through gRPC's global subchannel pool)
         async with grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
@@ -175,17 +200,18 @@ def _client_process(
     out,
     rate_per_s: float = 0.0,
     total_clients: int = 0,
+    extra: dict | None = None,
 ) -> None:
     """One client process: warm up, wait for the common start, measure; sends (latencies,
     errors, shed, cpu_s) back on ``out``."""
     import resource
 
     if warmup_s > 0:
-        asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first, rate_per_s, total_clients))
+        asyncio.run(run_clients(addr, clients, warmup_s, devices, "warm", first, rate_per_s, total_clients, extra))
     time.sleep(max(0.0, start_at - time.time()))
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     lat, errors, shed = asyncio.run(
-        run_clients(addr, clients, seconds, devices, "run", first, rate_per_s, total_clients)
+        run_clients(addr, clients, seconds, devices, "run", first, rate_per_s, total_clients, extra)
     )
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     out.send((lat, errors, shed, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
@@ -193,7 +219,14 @@ def _client_process(
 
 
 def run_client_processes(
-    addr: str, clients: int, processes: int, warmup_s: float, seconds: float, devices: int, rate_per_s: float = 0.0
+    addr: str,
+    clients: int,
+    processes: int,
+    warmup_s: float,
+    seconds: float,
+    devices: int,
+    rate_per_s: float = 0.0,
+    spec_extra: dict | None = None,
 ) -> tuple[list[float], int, int, float, float]:
     """CLIENTS submitters spread over PROCESSES processes, measuring the same SECONDS window:
     (latencies, errors, shed, elapsed_s, client_cpu_s)."""
@@ -209,7 +242,7 @@ def run_client_processes(
         recv, send = ctx.Pipe(duplex=False)
         p = ctx.Process(
             target=_client_process,
-            args=(addr, n, first, warmup_s, start_at, seconds, devices, send, rate_per_s, clients),
+            args=(addr, n, first, warmup_s, start_at, seconds, devices, send, rate_per_s, clients, spec_extra),
         )
         p.start()
         send.close()
@@ -336,6 +369,9 @@ def main() -> int:
         if args.frontends is not None:
             extra += ["--frontends", str(args.frontends)]
         proc, addr = start_server(args.cluster, db, extra, not args.no_scheduling)
+        alive = threading.Event()
+        if not args.no_scheduling:
+            keep_nodes_alive(addr, args.cluster, alive)
         try:
             if args.client_processes == 1:
                 import resource
@@ -362,6 +398,7 @@ def main() -> int:
                 )
                 server_cpu = _cpu_delta(server_cpu0, _cpu_s(proc.pid), elapsed / (time.perf_counter() - t_all))
         finally:
+            alive.set()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)

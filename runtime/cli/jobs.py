@@ -282,6 +282,7 @@ def cmd_cancel(args) -> int:
 NODE_COLUMNS = (
     Column("NODE"),
     Column("READY"),
+    Column("AGENT"),
     Column("DEVICES", justify="right"),
     Column("MODEL"),
     Column("ALLOCATED", justify="right"),
@@ -316,6 +317,7 @@ def cmd_nodes(args) -> int:
             (
                 n["name"],
                 "yes" if n["ready"] else "no",
+                _agent(n),
                 len(devs),
                 ",".join(sorted({d["model"] for d in devs})) or "-",
                 f"{sum(d['allocated_milli'] for d in devs) / 1000:g}",
@@ -328,6 +330,23 @@ def cmd_nodes(args) -> int:
         )
     print_rows(fmt, f"{len(nodes)} node(s)", NODE_COLUMNS, rows)
     return 0
+
+
+def _agent(node: dict) -> str:
+    """Who speaks for a node: ``simulated, heartbeat 1 s ago``, ``unknown: no agent has
+    registered it yet``, ``not ready: no heartbeat for 12 s`` (the server's ``status_reason``)."""
+    status = str(node.get("status") or "").removeprefix("NODE_STATUS_").lower()
+    if status and status != "ready":
+        return f"{status.replace('_', ' ')}: {node.get('status_reason') or '-'}"
+    beat = node.get("last_heartbeat_time")
+    ago = ""
+    if beat:
+        import datetime
+
+        then = datetime.datetime.fromisoformat(beat[:19] + "+00:00")  # RFC 3339, to the second
+        seconds = (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+        ago = f"heartbeat {max(0.0, seconds):.0f} s ago"
+    return ", ".join(x for x in ("simulated" if node.get("simulated") else "", ago) if x) or "-"
 
 
 def _health(health_type, word: str):

@@ -199,6 +199,7 @@ def node_from_pb(n: types_pb2.Node, field: str = "node") -> NodeRecord:
 
 
 _MAX_MESSAGE_CHARS = 500
+_MAX_VIOLATIONS = 10  # (each up to 500 characters: within the client's 8 KiB of trailers)
 
 
 def status_for(err: ApiError) -> status_pb2.Status:
@@ -211,10 +212,13 @@ def status_for(err: ApiError) -> status_pb2.Status:
     metadata = {k: v[:_MAX_MESSAGE_CHARS] for k, v in err.metadata.items()}
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=metadata)
     status.details.add().Pack(info)
-    if err.field is not None:
+    if err.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=err.field[:_MAX_MESSAGE_CHARS], description=message)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=field[:_MAX_MESSAGE_CHARS], description=text[:_MAX_MESSAGE_CHARS]
+                )
+                for field, text in err.violations[:_MAX_VIOLATIONS]
             ]
         )
         status.details.add().Pack(bad)

@@ -1,14 +1,14 @@
-"""gRPC server metrics under go-grpc-prometheus's names (research/ecosystem.md 1.4).
-
-``GrpcServerMetrics(registry)`` declares
+"""gRPC server metrics under go-grpc-prometheus's names (research/ecosystem.md 1.4), declared
+by ``service.metrics.GrpcCounters``:
 
 * ``grpc_server_started_total{grpc_type,grpc_service,grpc_method}``: RPCs begun,
 * ``grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}``: RPCs completed,
   by status code name (``OK``, ``NOT_FOUND``, ... as go-grpc-prometheus writes them),
 * ``grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}``: histogram of the time
-  from the call reaching the handler to its completion,
+  from the call reaching the handler to its completion.
 
-and ``wrap_aio_handler`` counts a ``grpc.aio`` server's handler in them. Streaming responses
+``wrap_aio_handler`` counts a ``grpc.aio`` server's handler in them, wrapped once when it is
+registered: nothing runs per call but the counting. Streaming responses
 (``Watch*``) count when the stream ends: normally (OK), by an abort (its code), by a raised
 exception (UNKNOWN), or because the client went away or its deadline passed (CANCELLED,
 DEADLINE_EXCEEDED), so a long watch shows up in the handled counter only once it closes.
@@ -22,10 +22,6 @@ import time
 from typing import Any, Callable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
-# go-grpc-prometheus's default buckets (prometheus.DefBuckets).
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 def _handler_parts(handler: grpc.RpcMethodHandler) -> tuple[Callable, str, Callable]:
@@ -56,34 +52,6 @@ def _code_name(context: Any, default: grpc.StatusCode) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class GrpcServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter(
-            "grpc_server_started", "Total number of RPCs started on the server.", labels, registry=registry
-        )
-        self.handled = Counter(
-            "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            labels + ["grpc_code"],
-            registry=registry,
-        )
-        self.handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
-            labels,
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-
-    def wrap_aio_handler(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` (of ``/pkg.Service/Method``, a ``grpc.aio`` coroutine or async generator)
-        counted, wrapped once when it is registered: nothing runs per call but the counting. A
-        call the client cancels, or whose deadline passes, ends the handler with
-        ``asyncio.CancelledError``: counted CANCELLED or DEADLINE_EXCEEDED."""
-        return _wrap_aio_handler(self, full_method, handler)
-
-
 # The client's own deadline fires first and cancels the stream a moment before the server's
 # copy of the deadline (it started counting when the request arrived): a cancel that close to
 # the deadline is the deadline.
@@ -96,7 +64,10 @@ def _cancelled_code(context: Any) -> str:
     return (grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED).name
 
 
-def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def wrap_aio_handler(m: Any, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` of ``/pkg.Service/Method`` (a ``grpc.aio`` coroutine or async generator)
+    counted in ``m`` (``GrpcCounters``). A call the client cancels, or whose deadline passes,
+    ends the handler with ``asyncio.CancelledError``: counted CANCELLED or DEADLINE_EXCEEDED."""
     service, method = _split(full_method)
     inner, kind, factory = _handler_parts(handler)
     if not (inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)):
@@ -150,4 +121,4 @@ def _wrap_aio_handler(m: GrpcServerMetrics, full_method: str, handler: grpc.RpcM
     )
 
 
-__all__ = ["GrpcServerMetrics"]
+__all__ = ["wrap_aio_handler"]

@@ -39,6 +39,7 @@ from xpod.proto.xpod.v1 import (
 from xpod.scheduler.service.api import ApiError, Code, SchedulerApi
 
 from .auth import Authenticator
+from .metrics import wrap_aio_handler
 from .servicers import ClusterServicer, JobServicer, NodeServicer, _abort, _LoopWaiter
 
 SERVICE_NAMES = (
@@ -310,7 +311,7 @@ async def _start(
     relay_dir: str | None = None,
 ) -> tuple[grpc.aio.Server, Any, int, tuple[asyncio.AbstractServer | None, socket.socket | None]]:
     # grpc_server_* metrics when the API has ServiceMetrics attached (scheduler.grpc.metrics)
-    metrics = getattr(api.metrics, "grpc", None)
+    counters = getattr(api.metrics, "grpc", None)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -326,7 +327,10 @@ async def _start(
     # at most half the pool threads serve long-lived streams (Watch*), the rest unary calls
     streams = threading.BoundedSemaphore(max(1, max_workers // 2))
     waiter = _LoopWaiter(loop)
-    registrar = _Registrar(server, [_guard_decode] + ([metrics.wrap_aio_handler] if metrics is not None else []))
+    wraps: list[Callable] = [_guard_decode]
+    if counters is not None:
+        wraps.append(lambda method, handler: wrap_aio_handler(counters, method, handler))
+    registrar = _Registrar(server, wraps)
     jobs = JobServicer(api, authenticator, streams, pool, waiter)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(

@@ -19,10 +19,13 @@ once: the ``ParsedJob`` keeps the task fields and the core's job, and nobody par
 A job with a ``command`` selects real nodes (``SIMULATED_LABEL: "false"``): a simulated node
 would never run it.
 
-The core's own checks (queue, priority class, the policies' validators) and its own "can never
-fit" (``CoreLink.admit``) are answered by the one core the service runs, once per job *shape*
-(the core job without its id): submissions repeat a few shapes, so most are a dict lookup here.
-The answers are forgotten whenever the core's inventory changes.
+Every problem of a document is found by the same checker as ``xpod job validate`` and
+``xpod submit`` (``problems``, through ``scheduler.jobspec``), answered as one INVALID_ARGUMENT
+with a field violation each. The core's own checks (queue, priority class, the policies'
+validators) and its own "can never fit" (``CoreLink.admit``) are answered by the one core the
+service runs, once per job *shape* (the core job without its id): submissions repeat a few
+shapes, so most are a dict lookup here. The answers are forgotten whenever the inventory
+changes.
 
 Queues: the core knows queues by name; a queue named in a job that the core does not know yet is
 created with default shares (weight 1, no cap), so submitters need no queue administration.
@@ -35,7 +38,7 @@ import dataclasses
 import json
 import re
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.contract import (
@@ -104,7 +107,9 @@ def parse_document(document: Any) -> ParsedJob:
     try:
         kind = JobKind(document.get("kind"))
     except ValueError:
-        raise SpecInvalid("kind", f"{document.get('kind')!r} is not one of {', '.join(k.value for k in JobKind)}")
+        raise SpecInvalid(
+            "kind", f"{document.get('kind')!r} is not one of {', '.join(k.value for k in JobKind)}"
+        ) from None
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
         raise SpecInvalid("metadata", "a mapping with at least name")
@@ -166,6 +171,41 @@ def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
     return task, core
 
 
+def problems(document: Any, known_models: Callable[[], Collection[str]]) -> list[tuple[str, str]]:
+    """Every problem of a job document as (field, message), by the checker ``xpod job validate``
+    and ``xpod submit`` run (``scheduler.jobspec``): the kind's JSON Schema with did-you-mean,
+    device models and vendors against the catalog and ``known_models()`` (the server's nodes),
+    the parsers. Cached per document apart from its name (a well-formed name changes nothing),
+    since submissions repeat a few shapes; ``forget_problems`` when the inventory changes."""
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    try:
+        if isinstance(name, str) and _NAME.match(name):
+            key: str | None = _SPEC_KEY.encode({**document, "metadata": {**metadata, "name": ""}})
+        else:
+            key = None  # a bad name is judged with the rest, never cached
+    except (TypeError, ValueError):
+        key = None
+    found = _PROBLEMS.get(key) if key is not None else None
+    if found is None:
+        from xpod.scheduler import jobspec
+
+        found = [(v.field, v.message) for v in jobspec.violations(document, known_models=known_models())]
+        if key is not None:
+            if len(_PROBLEMS) >= _SPEC_CACHE_MAX:
+                _PROBLEMS.clear()
+            _PROBLEMS[key] = found
+    return found
+
+
+_PROBLEMS: dict[str, list[tuple[str, str]]] = {}
+
+
+def forget_problems() -> None:
+    """The server's device models may have changed: judge every document afresh."""
+    _PROBLEMS.clear()
+
+
 class Admission:
     """The core's verdicts on job shapes, cached until the inventory changes. ``admit`` asks the
     core (``ask(job) -> (error, never_fits)``: its checks refused the job with ``error`` (an
@@ -205,3 +245,4 @@ class Admission:
         with self._lock:
             self._generation += 1
             self._verdicts = {}
+        forget_problems()

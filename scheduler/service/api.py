@@ -52,7 +52,7 @@ from xpod.scheduler.store import (
     open_store,
 )
 
-from .admission import Admission, ParsedJob, SpecInvalid, parse_document
+from .admission import Admission, ParsedJob, SpecInvalid, parse_document, problems
 from .assignments import Assignment, AssignmentHub, Subscription
 from .auth import OPEN_PRINCIPAL, Call, Principal, Role
 from .core_link import CoreLink
@@ -92,6 +92,7 @@ class ApiError(Exception):
         metadata: dict[str, str] | None = None,
         field: str | None = None,
         retry_after_s: float | None = None,
+        violations: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -100,6 +101,8 @@ class ApiError(Exception):
         self.metadata = dict(metadata or {})  # lowerCamelCase keys, ErrorInfo.metadata
         self.field = field  # the offending field path, for BadRequest.field_violations
         self.retry_after_s = retry_after_s  # RetryInfo.retry_delay when set
+        # (field, message) of every problem, for BadRequest.field_violations (else ``field`` alone)
+        self.violations = violations or ((field, message),) if field is not None else violations
         if field is not None:
             self.metadata.setdefault("field", field)
 
@@ -418,6 +421,10 @@ class SchedulerApi:
                 field="job",
                 metadata={"bytes": str(len(canonical)), "limitBytes": str(self._limits.max_document_bytes)},
             )
+        found = problems(document, self.nodes.models)
+        if found:
+            message = f"{len(found)} problem(s) in the job: " + "; ".join(m for _, m in found)
+            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_SPEC", message, field=found[0][0], violations=tuple(found))
         try:
             parsed = parse_document(document)
         except SpecInvalid as err:

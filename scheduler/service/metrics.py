@@ -7,7 +7,7 @@ collector), so they are never stale and cost nothing between scrapes. Each serve
 
 Job ``kind`` labels are the core's words (training, serving, batch), as on the exporter's
 allocation series. ``grpc_server_*`` (go-grpc-prometheus names) live in the same registry:
-``scheduler.grpc.server`` counts every call when the API has these metrics attached.
+``scheduler.grpc.server`` adds them when the API has these metrics attached.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from xpod.scheduler.contract import kind_label
-from xpod.scheduler.grpc.metrics import GrpcServerMetrics
 
+# go-grpc-prometheus's default buckets (prometheus.DefBuckets), for grpc_server_handling_seconds
+_GRPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # go-grpc-prometheus-like spread from a second to a day: submit -> placed spans both.
 QUEUE_WAIT_BUCKETS_S = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400)
 #: closed set of eviction reasons (``evicted_jobs_total{reason}``)
@@ -32,6 +33,29 @@ EVICTION_REASONS = (
     "lost_after_restart",
     "other",
 )
+
+
+class GrpcCounters:
+    """The gRPC server metrics (``scheduler.grpc.metrics`` counts the calls in them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter(
+            "grpc_server_started", "Total number of RPCs started on the server.", labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            labels + ["grpc_code"],
+            registry=registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            labels,
+            buckets=_GRPC_BUCKETS,
+            registry=registry,
+        )
 
 
 class ServiceMetrics:
@@ -116,7 +140,7 @@ class ServiceMetrics:
             "Times this replica became leader or stopped being it.",
             registry=self.registry,
         )
-        self.grpc = GrpcServerMetrics(self.registry)
+        self.grpc = GrpcCounters(self.registry)
         self.registry.register(_StateCollector(self))
 
     def attach(self, api: Any) -> None:

@@ -148,6 +148,11 @@ class NodeRegistry:
         with self._lock:
             return [self._state(n, now) for _, n in sorted(self._nodes.items())]
 
+    def models(self) -> set[str]:
+        """The device models of every node (beside the catalog's, what job specs may name)."""
+        with self._lock:
+            return {d.model for n in self._nodes.values() for d in n.record.devices}
+
     def counts(self) -> dict[NodeStatus, int]:
         with self._lock:
             out = {s: 0 for s in NodeStatus}

@@ -181,7 +181,12 @@ def _scrape(address: str) -> str:
 def test_scheduler_restart_loses_and_kills_nothing(cluster):
     cluster.start_server()
     cluster.start_agent("n1", "--sim-devices", "mthreads-s4000:1")
-    job = cluster.submit("survivor", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "sleep", "6")})
+    # the task runs until the test lets it end: a slow restart on a loaded machine must not let
+    # it finish while the scheduler is away (issue 19: this test failed so under load)
+    done = cluster.tmp / "let-it-end"
+    job = cluster.submit(
+        "survivor", {"tasks": 1, "devices": S4000, "command": task_command(cluster.out, "until", str(done))}
+    )
     wait_until(lambda: cluster.state(job) == "RUNNING", 30, "the job to run")
     pids = _pids(cluster, job)
     cluster.kill("server")  # kill -9: no goodbye to the agents
@@ -193,6 +198,7 @@ def test_scheduler_restart_loses_and_kills_nothing(cluster):
     wait_until(lambda: "reconnected" in cluster.log("agent-n1"), 20, "the agent to reconnect")
     assert cluster.state(job) == "RUNNING"
     assert pid_alive(pids["self"])
+    done.touch()
     wait_until(lambda: cluster.state(job) == "SUCCEEDED", 30, "the job to finish after the restart")
     assert not (cluster.out / f"{job}.0.1.pids").exists()  # it never started twice
     assert [t for t, _ in cluster.events(job)].count("SCHEDULED") == 1

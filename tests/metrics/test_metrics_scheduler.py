@@ -311,7 +311,8 @@ def test_grpc_handler_codes_for_ok_abort_raise_and_streams():
 
     from prometheus_client import CollectorRegistry
 
-    from xpod.scheduler.grpc.metrics import GrpcServerMetrics
+    from xpod.scheduler.grpc.metrics import wrap_aio_handler
+    from xpod.scheduler.service.metrics import GrpcCounters
 
     async def ok(req, ctx):
         return req
@@ -331,9 +332,9 @@ def test_grpc_handler_codes_for_ok_abort_raise_and_streams():
         raise RuntimeError("bug")
 
     reg = CollectorRegistry()
-    m = GrpcServerMetrics(reg)
+    m = GrpcCounters(reg)
     handlers = {
-        name: m.wrap_aio_handler(f"/t.v1.Svc/{name}", factory(fn))
+        name: wrap_aio_handler(m, f"/t.v1.Svc/{name}", factory(fn))
         for name, factory, fn in (
             ("Ok", grpc.unary_unary_rpc_method_handler, ok),
             ("Abort", grpc.unary_unary_rpc_method_handler, abort),

@@ -62,7 +62,7 @@ def test_job_that_does_not_fit_now_is_queued_with_reason_and_position(api):
         (lambda d: d.update(extra=1), "extra"),
         (lambda d: d.update(kind="Pod"), "kind"),
         (lambda d: d["metadata"].update(name="Bad Name!"), "metadata.name"),
-        (lambda d: d.pop("metadata"), "metadata"),
+        (lambda d: d.pop("metadata"), ""),  # a missing key: the document that lacks it
         (lambda d: d.update(spec=[1, 2]), "spec"),
         (lambda d: d["spec"].update(within="galaxy"), "spec.within"),
         (lambda d: d["spec"].update(priority_class="urgent"), "spec.priority_class"),
@@ -306,3 +306,19 @@ def test_submitter_sees_only_its_queues(api):
     with pytest.raises(ApiError) as err:
         api.get_job(alice, "job-1")
     assert err.value.code is Code.PERMISSION_DENIED
+
+
+def test_every_problem_at_once_and_a_typod_model_is_named_not_a_capacity_error(api):
+    """Issue 19: job specs got only their first error, and a typo'd model came back as a
+    capacity error. The server checks as ``xpod job validate`` does: every problem, by field."""
+    doc = job_doc()
+    doc["spec"]["devices"]["model"] = "nvidia-h100-sxn"
+    doc["spec"]["tasks"] = 0
+    doc["spec"]["gpus"] = 1
+    with pytest.raises(ApiError) as err:
+        api.submit_job(ADMIN, "typo", doc)
+    assert err.value.code is Code.INVALID_ARGUMENT and err.value.reason == "INVALID_SPEC"
+    fields = [f for f, _ in err.value.violations]
+    assert {"spec.devices.model", "spec.tasks"} <= set(fields) and any("gpus" in f for f in fields), fields
+    model = dict(err.value.violations)["spec.devices.model"]
+    assert "unknown device model 'nvidia-h100-sxn'" in model and "nvidia-h100-sxm" in model

@@ -26,7 +26,7 @@ class LiveServer:
     """``xpod server`` on the test cluster, its nodes registered as their agents would (they
     stay ready: the node timeout is an hour, so no test here depends on heartbeat timing)."""
 
-    def __init__(self, db: str, *extra: str) -> None:
+    def __init__(self, db: str, *extra: str, register: bool = True) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", XPOD_NODE_TIMEOUT_S="3600")
         self.proc = subprocess.Popen(
             [
@@ -61,7 +61,8 @@ class LiveServer:
                 break
         assert self.addr, "server did not start: " + "".join(self.lines)
         threading.Thread(target=self._drain, daemon=True).start()
-        register_cluster(self.addr, TOKEN["agent"] if "--tokens" in extra else None)
+        if register:
+            register_cluster(self.addr, TOKEN["agent"] if "--tokens" in extra else None)
 
     def _drain(self) -> None:
         for line in self.proc.stdout:
@@ -408,5 +409,42 @@ def test_core_in_a_child_process(tmp_path):
         assert "Pending:" in r.stdout, r.stdout
         assert cli("cancel", "job-1", "--server", server.addr).returncode == 0
         wait_for(server.addr, {"job-1": "CANCELLED", "job-2": "SCHEDULED", "job-3": "SCHEDULED"})
+    finally:
+        server.stop()
+
+
+def test_nodes_no_agent_registered_are_unknown_and_jobs_wait_for_their_agents(tmp_path):
+    """Issue 19: nodes only the cluster file declared showed READY yes and took jobs that sat in
+    SCHEDULED forever. Now `xpod nodes` shows them unknown, with the reason, and a job waits."""
+    server = LiveServer(str(tmp_path / "x.db"), register=False)
+    try:
+        env = {"XPOD_SERVER": server.addr}
+        r = cli("nodes", "-o", "json", env_extra=env)
+        assert r.returncode == 0, r.stderr
+        nodes = json.loads(r.stdout)
+        assert len(nodes) == 4 and {n["status"] for n in nodes} == {"NODE_STATUS_UNKNOWN"}
+        assert all(not n["ready"] and n["status_reason"] == "no agent has registered it yet" for n in nodes)
+        r = cli("nodes", "-o", "tsv", env_extra=env)
+        assert r.stdout.count("unknown: no agent has registered it yet") == 4, r.stdout
+        job = json.loads(cli("submit", os.path.join(FIXTURES, "jobs", "train.yaml"), "--json", env_extra=env).stdout)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r = cli("job", "describe", job["id"], "--json", env_extra=env)
+            reason = (json.loads(r.stdout)["job"].get("pending_reason") or {}).get("message", "")
+            if reason:
+                break
+            time.sleep(0.2)
+        assert reason == "waiting for agents: 0 of 4 nodes have registered", r.stdout
+        register_cluster(server.addr)  # the agents come: the job is bound
+        deadline = time.time() + 30
+        while (
+            time.time() < deadline
+            and json.loads(cli("job", "describe", job["id"], "--json", env_extra=env).stdout)["job"]["state"]
+            != "SCHEDULED"
+        ):
+            time.sleep(0.2)
+        assert (
+            json.loads(cli("job", "describe", job["id"], "--json", env_extra=env).stdout)["job"]["state"] == "SCHEDULED"
+        )
     finally:
         server.stop()

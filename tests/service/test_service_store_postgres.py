@@ -9,7 +9,6 @@ import time
 import pytest
 
 from xpod.scheduler.store import (
-    SCHEMA_VERSION,
     EventType,
     JobState,
     JobUpdate,
@@ -21,6 +20,7 @@ from xpod.scheduler.store import (
     spec_hash,
 )
 from xpod.scheduler.store.postgres import LeaderLease, PostgresStore, connect, mask_url
+from xpod.scheduler.store.schema import SCHEMA_VERSION
 
 
 def submit(store, rid: str):
