@@ -222,7 +222,8 @@ DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
 
 
 class TaskFieldError(Exception):
-    """A bad task field: ``field`` is the dotted path from ``spec`` (``spec.restart.max_restarts``)."""
+    """A bad field of a job document: ``field`` is its dotted path from the document's root
+    (``spec.restart.max_restarts``), ``message`` what is wrong with it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

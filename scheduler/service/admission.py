@@ -61,13 +61,9 @@ _CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
 PLACEHOLDER_ID = "__xpod_admission__"
 
 
-class SpecInvalid(Exception):
-    """A bad job document: ``field`` is the dotted path from the document's root."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+#: a bad job document (``field``: the dotted path from the document's root, ``message``): the
+#: contract's error for its task keys, and this module's for everything else
+SpecInvalid = TaskFieldError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +149,7 @@ def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
         hit = _SPEC_CACHE.get(key)
         if hit is not None:
             return hit
-    try:
-        task = parse_task_fields(kind.value, spec)
-    except TaskFieldError as err:
-        raise SpecInvalid(err.field, err.message) from None
+    task = parse_task_fields(kind.value, spec)
     try:
         core = parse_job({**split_spec(spec), "kind": kind.label}, source="spec", job_id=PLACEHOLDER_ID)
     except XpodError as err:
