@@ -289,7 +289,7 @@ class Executor:
 
     def start(self, job: dict[str, Any], job_id: str, alloc: Any, world: Any, master_addr: str) -> TaskHandle:
         """Start task ``alloc.task`` of ``job`` (the job document) in ``world`` (a
-        ``scheduler.taskspec.TaskWorld``) whose rank 0 listens on ``master_addr``."""
+        ``scheduler.contract.TaskWorld``) whose rank 0 listens on ``master_addr``."""
         raise NotImplementedError
 
 

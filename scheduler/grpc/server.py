@@ -176,7 +176,7 @@ class RunningServer:
     ) -> None:
         self.server = server
         self._relay_server = relay_server
-        self.frontends = frontends  # scheduler.frontend.FrontEnds, or None
+        self.frontends = frontends  # scheduler.grpc.frontends.FrontEnds, or None
         self._cleanup = cleanup
         self.health = health_servicer
         self.port = port

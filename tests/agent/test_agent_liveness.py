@@ -1,5 +1,5 @@
-"""Node liveness and the restart policy in process (scheduler.liveness over SchedulerApi), with an
-injected clock: no threads, no gRPC; plus the task keys of a job document (scheduler.taskspec)."""
+"""Node liveness and the restart policy in process (scheduler.service.liveness over SchedulerApi), with an
+injected clock: no threads, no gRPC; plus the task keys of a job document (scheduler.contract)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How a replacement event names lost serving replicas (``scheduler.liveness.replica_names``):
+"""How a replacement event names lost serving replicas (``scheduler.service.restarts.replica_names``):
 by replica number (task t of a job with ``tasks_per_replica: N`` is replica t // N), never by
 task number, with the tasks listed when a replica has several."""
 

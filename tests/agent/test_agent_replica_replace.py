@@ -1,4 +1,4 @@
-"""Serving replicas are replaced alone through the API (scheduler.liveness over SchedulerApi,
+"""Serving replicas are replaced alone through the API (scheduler.service.liveness over SchedulerApi,
 injected clock, no threads): a node times out or a replica's task fails -> only that replica
 is released and bound again elsewhere; the others' allocations, the job's state and the
 healthy nodes' assignment streams are untouched; no device leaks. Training still restarts whole."""

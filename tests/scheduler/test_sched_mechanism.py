@@ -547,7 +547,7 @@ def test_submit_refuses_replicas_that_are_not_whole(bad):
 
 
 def test_service_replaces_a_lost_multi_node_replica_whole_and_alone(tmp_path):
-    """scheduler.liveness over the in-process API: a node of replica 0 stops heartbeating; both
+    """scheduler.service.liveness over the in-process API: a node of replica 0 stops heartbeating; both
     tasks of replica 0 are released (its task on a healthy node cannot serve alone), replica 1
     keeps its nodes, the job is not restarted whole, and the next cycle binds replica 0 again."""
     from xpod.scheduler.contract import DeviceRecord, NodeRecord

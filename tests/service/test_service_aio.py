@@ -1,4 +1,4 @@
-"""The grpc.aio server's own paths (scheduler.service): SubmitJob on the event loop awaiting the
+"""The grpc.aio server's own paths (scheduler.grpc): SubmitJob on the event loop awaiting the
 group commit, deadlines and cancels releasing the in-flight slot, the decode guard, handlers
 wrapped once at registration (health Watch, metrics), and the pieces that keep the submit path
 cheap: the core's one-way calls batched to its child process, the parse cache, checkpoints off
@@ -364,7 +364,7 @@ class _FakeContext:
 
 
 def test_submit_path_makes_no_reference_cycles(api):
-    """Cyclic garbage is what a frozen permanent generation would keep (scheduler.gc_tuning):
+    """Cyclic garbage is what a frozen permanent generation would keep (scheduler.service.tuning):
     the submit path must free everything by reference counting."""
     import gc
 

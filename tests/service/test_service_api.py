@@ -1,4 +1,4 @@
-"""The in-process service API (scheduler.api) over the real scheduler core and store."""
+"""The in-process service API (scheduler.service.api) over the real scheduler core and store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Front-end processes (scheduler.frontend, ``xpod server --frontends N``): a call answered by a
+"""Front-end processes (scheduler.grpc.frontends, ``xpod server --frontends N``): a call answered by a
 front end is answered as the main server answers it (codes, rich details, authorisation,
 idempotency across the two), relayed submissions count in the main server's metrics and keep
 deadlines, and front ends live and die with the main process."""

@@ -1,4 +1,4 @@
-"""The gRPC adapter (scheduler.service): status details, health, reflection, deadlines,
+"""The gRPC adapter (scheduler.grpc): status details, health, reflection, deadlines,
 hostile messages, and the authorisation matrix (every role x every call)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from xpod.scheduler.grpc.server import SERVICE_NAMES, build_server
 @pytest.fixture(params=[0, 1], ids=["direct", "via-front-end"])
 def server(tmp_path, request):
     """The server answering on its port itself, or (``xpod server``'s default) through a front-end
-    process (scheduler.frontend): every test of this fixture must pass both ways."""
+    process (scheduler.grpc.frontends): every test of this fixture must pass both ways."""
     api = make_api(str(tmp_path / "x.db"))
     running = build_server(api, Authenticator.from_file(TOKENS), "127.0.0.1:0", frontends=request.param)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
