@@ -127,6 +127,27 @@ def _shutting_down() -> ApiError:
     return ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0)
 
 
+def _chain_write(admitted: concurrent.futures.Future, out: concurrent.futures.Future) -> None:
+    """Resolve ``out`` with the write ``admitted`` queued (its outcome, once it commits), or with
+    the admission's error; a cancelled admission (the server closing) is a shutdown."""
+
+    def settle(source: concurrent.futures.Future) -> None:
+        try:
+            if source.cancelled():
+                out.set_exception(_shutting_down())
+            elif source.exception() is not None:
+                out.set_exception(source.exception())  # type: ignore[arg-type]
+            else:
+                out.set_result(source.result())
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller cancelled ``out``: nobody waits for the outcome
+
+    if admitted.cancelled() or admitted.exception() is not None:
+        settle(admitted)
+    else:
+        admitted.result().add_done_callback(settle)
+
+
 def _not_found(what: str, name: str, hint: str = "") -> ApiError:
     key = "jobId" if what == "job" else "node"
     return ApiError(
@@ -441,7 +462,9 @@ class SchedulerApi:
                 self._admit(parsed)
                 fut = self._queued(lambda: self.jobs.submit(write, parsed))
             else:  # the core answers once per shape; not on the caller's thread (an event loop)
-                fut = self._queued(lambda: self._admitting.submit(self._admit_then_write, parsed, write))
+                fut = concurrent.futures.Future()
+                admitted = self._queued(lambda: self._admitting.submit(self._admit_then_queue, parsed, write))
+                admitted.add_done_callback(lambda done: _chain_write(done, fut))
         except BaseException:
             with self._lock:
                 self._inflight_submissions -= 1
@@ -461,9 +484,11 @@ class SchedulerApi:
                 metadata=dict(never.metadata),
             )
 
-    def _admit_then_write(self, parsed: ParsedJob, write: SubmitWrite) -> SubmitResult:
+    def _admit_then_queue(self, parsed: ParsedJob, write: SubmitWrite) -> concurrent.futures.Future:
+        """On the admission thread: the core's verdict, then the write queued, not waited for
+        (a wedged store must not wedge admission, nor keep the process from exiting)."""
         self._admit(parsed)
-        return self._queued(lambda: self.jobs.submit(write, parsed)).result()
+        return self._queued(lambda: self.jobs.submit(write, parsed))
 
     def _end_submission(self, submission: Submission, result: SubmitResult | None) -> tuple[JobView, bool]:
         with self._lock:

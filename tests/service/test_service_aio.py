@@ -24,6 +24,7 @@ from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
 from xpod.scheduler.grpc import servicers
 from xpod.scheduler.grpc.auth import Authenticator
 from xpod.scheduler.grpc.server import build_server
+from xpod.scheduler.service.auth import OPEN_PRINCIPAL
 
 
 def submit_req(rid: str, doc: dict) -> jpb.SubmitJobRequest:
@@ -130,6 +131,22 @@ def test_client_deadline_and_cancel_release_the_inflight_slot(live, monkeypatch)
     assert ended("CANCELLED") >= 1
 
 
+def test_a_wedged_store_does_not_hold_the_admission_thread(live, monkeypatch):
+    # A job shape the core has not judged goes through the admission thread; that thread queues
+    # the write and moves on. It once waited for the commit: with a wedged store it never came
+    # back, and the interpreter's exit (which joins pool threads) hung after the whole suite.
+    api, _, _, _ = live
+    _stuck_store(api, monkeypatch)
+    submission = api.begin_submit(OPEN_PRINCIPAL, "wedged", job_doc("never-judged", count=3))
+    idle = api._admitting.submit(lambda: None)  # runs only once the admission thread is free
+    try:
+        idle.result(timeout=30)
+    except concurrent.futures.TimeoutError:
+        raise AssertionError("the admission thread is still waiting for a write that never commits") from None
+    assert not submission.future.done()  # the caller still waits for its commit (the store's to give)
+    submission.abandon()
+
+
 def test_undecodable_request_is_invalid_argument_and_counted(live):
     api, channel, _, metrics = live
     raw = channel.unary_unary(
@@ -205,7 +222,6 @@ def test_listen_failure_is_an_error_not_a_hang(tmp_path):
 
 
 def test_child_core_batches_one_way_calls_in_order(tmp_path):
-    from xpod.scheduler.service.auth import OPEN_PRINCIPAL
     from xpod.scheduler.service.core_link import ChildProcessCore
 
     core = ChildProcessCore()
