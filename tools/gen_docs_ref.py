@@ -376,10 +376,8 @@ def metric_rows(source: str) -> list[tuple[str, str, str, str]]:
 
         return _collector_rows([DeviceCollector([])])
     if source == "scheduler":
-        try:  # the service wing's package layout, once it lands
-            ServiceMetrics = importlib.import_module("xpod.scheduler.service.metrics").ServiceMetrics
-        except ImportError:  # the flat one it replaces
-            ServiceMetrics = importlib.import_module("xpod.scheduler.service_metrics").ServiceMetrics
+        from xpod.scheduler.service.metrics import ServiceMetrics
+
         registry = ServiceMetrics().registry
         return _collector_rows(list(registry._collector_to_names))
     raise ValueError(source)

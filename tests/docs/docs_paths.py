@@ -2,7 +2,7 @@
 
 Scanned: README.md, every page under docs/, and the docstrings and comments of the Python
 code (hal, backends, scheduler, runtime, proto, tools, bench, tests, deploy). A path is a
-word that starts with one of the repository's top-level folders (``scheduler/store.py``,
+word that starts with one of the repository's top-level folders (``scheduler/store/sqlite.py``,
 ``tests/fixtures/smi``) or names a top-level file; it must exist in the checkout (a glob
 must match something). Not paths of this repository, so not checked: words with a placeholder
 (``backends/<vendor>/_sdk.py``, ``.../``), and paths that continue another path or a URL

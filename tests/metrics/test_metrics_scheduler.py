@@ -1,4 +1,4 @@
-"""Scheduler metrics (scheduler/service_metrics.py, scheduler/grpc_metrics.py): the series an
+"""Scheduler metrics (scheduler/service/metrics.py, scheduler/grpc/metrics.py): the series an
 in-process SchedulerApi exports after submit, cycle, preemption and a node timeout (injected
 clock), promtool's lint of the whole exposition, and grpc_server_* from a real `xpod server`."""
 
