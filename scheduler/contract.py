@@ -21,7 +21,7 @@ naming the field, never a task that fails later on a node::
       restart:
         max_restarts: 3          # training/batch default 3; serving default unlimited (-1)
       simulate:                  # only read by simulated nodes (xpod agent --simulate)
-        duration_s: 30           # each task "runs" this long, then succeeds
+        duration_s: 30           # each task "runs" this long, then succeeds (default 60)
         fail_after_s: 10         # ... or fails after this long (exit code ``exit_code``)
         exit_code: 1
 
@@ -219,6 +219,9 @@ RESERVED_ENV = (
 )
 #: default restart budget per kind; -1 means unlimited (serving replicas are always replaced)
 DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
+#: how long a task runs on a simulated node when its job gives no ``spec.simulate.duration_s``
+#: (a simulated job always ends; a real node runs a job without ``command`` only when given one)
+DEFAULT_SIMULATED_DURATION_S = 60.0
 
 
 class TaskFieldError(Exception):

@@ -78,6 +78,7 @@ from typing import Any, Callable, Sequence
 from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 from xpod.scheduler.contract import (
+    DEFAULT_SIMULATED_DURATION_S,
     SIMULATED_LABEL,
     Assignment,
     DeviceRecord,
@@ -94,8 +95,6 @@ DEFAULT_GRACE_S = 5.0
 #: longest wait between reconnection attempts: well under the scheduler's NotReady bound (10 s)
 RECONNECT_MAX_S = 1.0
 POLL_S = 0.1  # how often task exits and queued assignments are looked at
-#: how long a simulated task runs when its job gives no ``spec.simulate.duration_s``
-DEFAULT_SIMULATED_DURATION_S = 60.0
 #: the per-task supervisor, run as a script (stdlib only, no site) so it starts fast
 SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
 

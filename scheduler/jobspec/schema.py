@@ -14,6 +14,7 @@ from typing import Any
 
 from xpod.hal.cluster_schema import schema_object as _obj
 from xpod.hal.yamldoc import fmt_path
+from xpod.scheduler.contract import DEFAULT_SIMULATED_DURATION_S
 
 API_VERSION = "xpod/v1"
 #: job kinds as the envelope names them, and as the core's spec names them
@@ -110,7 +111,10 @@ def _spec(kind: str) -> dict[str, Any]:
             ),
             "simulate": _obj(
                 {
-                    "duration_s": _d(_SECONDS, "a simulated task succeeds after this long"),
+                    "duration_s": _d(
+                        _SECONDS,
+                        f"a simulated task succeeds after this long (default {DEFAULT_SIMULATED_DURATION_S:g})",
+                    ),
                     "fail_after_s": _d(_SECONDS, "... or fails after this long"),
                     "exit_code": _d({"type": "integer", "minimum": 1, "maximum": 255}, "exit code of that failure"),
                 },

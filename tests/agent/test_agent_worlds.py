@@ -9,6 +9,7 @@ import pytest
 
 from xpod.runtime.agent.agent import JobRun, NodeRuntime, NodeSpec, SimExecutor, TaskHandle, log_path, task_env
 from xpod.scheduler.contract import (
+    DEFAULT_SIMULATED_DURATION_S,
     RESERVED_ENV,
     Assignment,
     TaskAllocation,
@@ -17,6 +18,7 @@ from xpod.scheduler.contract import (
     rendezvous_port,
     task_worlds,
 )
+from xpod.scheduler.jobspec.schema import schema
 
 RANK_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -192,3 +194,19 @@ def test_a_simulated_task_logs_its_world(tmp_path):
     assert f"(simulated; replica 0, rank 1 of 2, master n2:{p0})" in heads[1]
     assert f"(simulated; replica 1, rank 0 of 2, master 127.0.0.1:{p1})" in heads[2]
     assert f"(simulated; replica 1, rank 1 of 2, master 127.0.0.1:{p1})" in heads[3]
+
+
+def test_a_simulated_task_without_a_duration_ends_after_the_documented_default(tmp_path):
+    # all five examples/jobs give no simulate.duration_s; on a simulated node they once ran forever
+    now = [0.0]
+    agent = NodeRuntime(NodeSpec("n1", ()), SimExecutor("n1", str(tmp_path), clock=lambda: now[0]))
+    agent.start(_assignment("d", "BatchJob", {"tasks": 1}, {0: "n1"}, "n1"))
+    task = agent.runs["d"].tasks[0]
+    now[0] = DEFAULT_SIMULATED_DURATION_S - 0.5
+    assert task.poll() is None
+    now[0] = DEFAULT_SIMULATED_DURATION_S
+    assert task.poll() == 0
+    assert (
+        f"default {DEFAULT_SIMULATED_DURATION_S:g}"
+        in schema("BatchJob")["properties"]["spec"]["properties"]["simulate"]["properties"]["duration_s"]["description"]
+    )
