@@ -448,3 +448,18 @@ def test_nodes_no_agent_registered_are_unknown_and_jobs_wait_for_their_agents(tm
         )
     finally:
         server.stop()
+
+
+def test_a_second_server_on_the_same_database_exits_at_once_naming_the_holder(live, tmp_path):
+    """Issue 19: a second server on the same database once ran beside the first, which then
+    failed every submit (UNIQUE constraint failed: events.revision). Now it exits 1 with one
+    line naming the file and the holder, and the first one goes on taking writes."""
+    db = str(tmp_path / "x.db")
+    files = sorted(os.listdir(tmp_path))
+    r = cli("server", "--cluster", CLUSTER, "--db", db, "--listen", "127.0.0.1:0")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr == f"xpod: {db} is in use by xpod server (pid {live.proc.pid}, {live.addr})\n", r.stderr
+    assert sorted(os.listdir(tmp_path)) == files  # it touched nothing
+    job_file = os.path.join(FIXTURES, "jobs", "train.yaml")
+    after = cli("submit", job_file, "--json", env_extra={"XPOD_SERVER": live.addr})
+    assert after.returncode == 0 and json.loads(after.stdout)["created"] is True, after.stderr
