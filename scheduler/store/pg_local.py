@@ -228,14 +228,30 @@ def _make_traversable(path: str, uid: int) -> None:
         parent = os.path.dirname(parent)
 
 
+def _as_user(cmd: list[str], run_as: str | None) -> list[str]:
+    """``cmd`` run as ``run_as`` through util-linux's ``setpriv``, not ``subprocess``'s
+    ``user=``: with ``user=`` CPython forks (it cannot vfork when it must change the uid), and
+    fork runs gRPC's fork handlers in the child, which crashed it (SIGSEGV before exec) when a
+    gRPC channel of the calling process was busy. Without it CPython vforks: no handlers run."""
+    if run_as is None:
+        return cmd
+    entry = pwd.getpwnam(run_as)
+    return [
+        shutil.which("setpriv") or "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--init-groups",
+        *cmd,
+    ]
+
+
 def _run(cmd: list[str], run_as: str | None, timeout_s: float, what: str) -> None:
     try:
         proc = subprocess.run(
-            cmd,
+            _as_user(cmd, run_as),
             capture_output=True,
             text=True,
             timeout=timeout_s,
-            user=run_as,
             cwd="/",
             env={**os.environ, "LC_ALL": "C"},
         )
