@@ -116,10 +116,13 @@ def _fabric(cluster: Any) -> Fabric | None:
 
 class InProcessCore:
     """``CoreLink`` over a ``Scheduler`` in this process; ``cluster``: the loaded cluster
-    descriptor whose tiers the core knows jobs by (``within``), if any."""
+    descriptor whose tiers the core knows jobs by (``within``), if any; ``scheduler``: a core
+    built by the caller (a profile, nodes of its own: the replay's agreement test)."""
 
-    def __init__(self, cluster: Any = None, *, fabric: Fabric | None = None) -> None:
-        self.scheduler = Scheduler(queues=(Queue("default"),), fabric=fabric or _fabric(cluster))
+    def __init__(
+        self, cluster: Any = None, *, fabric: Fabric | None = None, scheduler: Scheduler | None = None
+    ) -> None:
+        self.scheduler = scheduler or Scheduler(queues=(Queue("default"),), fabric=fabric or _fabric(cluster))
         self._lock = threading.RLock()
         self._lost: dict[str, str] = {}  # restored jobs whose devices are gone: evicted at the next cycle
 

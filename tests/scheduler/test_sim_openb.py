@@ -117,9 +117,10 @@ def test_fragmentation_by_hand():
 
 
 def test_the_live_scheduler_makes_the_replays_decisions_and_a_profile_change_changes_both(slice_tables):
-    """``xpod server``'s placer (``CorePlacer`` over ``Scheduler``) fed the replay's pods one per
-    cycle places each where the replay did, profile by profile; two profiles differ in both."""
-    from xpod.scheduler.core_bridge import CorePlacer
+    """``xpod server``'s link to the core (``InProcessCore`` over ``Scheduler``) fed the replay's
+    pods one per cycle places each where the replay did, profile by profile; two profiles differ
+    in both."""
+    from xpod.scheduler.service.core_link import InProcessCore
 
     nodes, pods = slice_tables
     work = openb.shuffle_and_tune(pods, nodes.gpu_capacity_milli, 1.3, 5)
@@ -127,7 +128,7 @@ def test_the_live_scheduler_makes_the_replays_decisions_and_a_profile_change_cha
     for name in ("default", "fgd"):
         prof = profile(name)
         replayed = openb.replay(nodes, pods, prof, seed=5, history=False)
-        live = CorePlacer(scheduler=Scheduler(nodes.to_nodes(), queues=(Queue("default"),), profile=prof))
+        live = InProcessCore(scheduler=Scheduler(nodes.to_nodes(), queues=(Queue("default"),), profile=prof))
         got = []
         for j in range(len(work)):
             jid = f"{j:06d}-{work.names[j]}"
