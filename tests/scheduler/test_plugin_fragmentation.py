@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xpod.scheduler.core.frag import TypicalPods
-from xpod.scheduler.core.model import Job, Queue
+from xpod.scheduler.core.model import DeviceRequest, Job, JobKind, Queue
 from xpod.scheduler.core.plugins import fragmentation as frag_plugin
 from xpod.scheduler.core.profile import profile_from_dict
 from xpod.scheduler.core.scheduler import Scheduler
@@ -115,3 +115,40 @@ def test_too_few_jobs_seen_means_best_fit():
         s.submit(job(f"f{i}").devices(G, 1, milli=m).build())
     got = placements(s.cycle())
     assert got == {"f0": [("a", (0,))], "f1": [("a", (0,))], "f2": [("a", (1,))]}
+
+
+def _any(jid: str) -> Job:
+    return Job(jid, JobKind.BATCH, 1, DeviceRequest(count=1), cpu_milli=1000)
+
+
+def _only_small(jid: str) -> Job:
+    return Job(jid, JobKind.BATCH, 1, DeviceRequest(count=1, model_choices=frozenset({"small"})), cpu_milli=1000)
+
+
+def test_the_reserve_keeps_a_scarce_model_for_the_tasks_that_can_use_only_it():
+    """Node a: 2 devices of model ``small``; node b: 8 of model ``big``. A fifth of the workload
+    can run only on ``small``: tasks that may run anywhere leave ``a`` alone until ``b`` is
+    full, and take it then (the reserve orders, it never refuses)."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate"],
+            "policies": [{"name": "fragmentation", "args": {"reserve_factor": 4.0}}],
+        }
+    )
+    nodes = [node("a").devices("small", 2).cpu(64).build(), node("b").devices("big", 8).cpu(64).build()]
+    s = Scheduler(nodes, queues=(Queue("default"),), profile=prof, clock=lambda: 1.0)
+    s.learn_history([_any(f"h{i}") for i in range(80)] + [_only_small(f"r{i}") for i in range(20)])
+    for i in range(9):
+        s.submit(_any(f"u{i}"))
+    got = placements(s.cycle())
+    assert sorted(got[f"u{i}"][0][0] for i in range(9)) == ["a"] + ["b"] * 8
+    assert got["u8"][0][0] == "a"  # the last one, when b was full
+    s.submit(_only_small("r"))
+    assert placements(s.cycle())["r"][0][0] == "a"
+    reserve = s_plugin(s).reserve
+    assert reserve.restricted(frag_plugin.shape_of(_only_small("x")), s_plugin(s).arrays)
+    assert not reserve.restricted(frag_plugin.shape_of(_any("x")), s_plugin(s).arrays)
+
+
+def s_plugin(s: Scheduler):
+    return next(p for p in s.plugins if p.name == "fragmentation")
