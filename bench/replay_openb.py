@@ -159,7 +159,7 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int) -> list[dict]:
 def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict) -> list[dict]:
     hdr = (
         f"{'pod list':18s} {'profile':9s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'pub@130':>7s} "
-        f"{'diff':>6s} {'unalloc':>7s} {'/FGD':>6s} {'worst@60-100':>12s} {'s/run':>6s}"
+        f"{'diff':>6s} {'unalloc':>7s} {'/FGD':>6s} {'worst@60-100':>12s}  {'worst0-100':>10s} {'s/run':>6s}"
     )
     print(hdr)
     rows = []
@@ -169,24 +169,28 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
             mine = [r for r in runs if r["list"] == lst and r["profile"] == prof]
             if not mine:
                 continue
-            at = {
-                a: statistics.fmean(r["alloc_curve_pct"][a] for r in mine if len(r["alloc_curve_pct"]) > a)
-                for a in (*CHECK_POINTS, 130)
-            }
+            # a list trimmed to the load ends its curve just below it: the last point is the final state
+            at = {a: statistics.fmean(_at(r["alloc_curve_pct"], a) for r in mine) for a in (*CHECK_POINTS, 130)}
             final = statistics.fmean(r["alloc_pct"] for r in mine)
             pub_curve = curves.get((lst, PUBLISHED_AS.get(os.path.basename(prof).removesuffix(".yaml"), ""), "alloc"))
             pub = pub_curve[130] if pub_curve else None
             diff = final - pub if pub is not None else None
             ratio = worst = None
+            whole = None
             if fgd is not None and pub_curve is None:
                 ratio = (100 - final) / (100 - fgd[130])
                 worst = min(at[a] - fgd[a] for a in CHECK_POINTS)
+                # the whole curve from 1 to 100 % arrived, not only the three points (the published
+                # curve's point 0 holds the first pods already)
+                whole = min(
+                    statistics.fmean(_at(r["alloc_curve_pct"], a) for r in mine) - fgd[a] for a in range(1, 101)
+                )
             flag = " !" if diff is not None and abs(diff) > 0.5 else "  "
             miss = "x" if (ratio is not None and ratio > 0.9) or (worst is not None and worst < -0.5) else " "
             print(
                 f"{lst:18s} {os.path.basename(prof):9s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} "
                 f"{_f(pub, 7)} {_f(diff, 6, '+.2f')}{flag}{100 - final:6.2f} {_f(ratio, 6, '.3f')} "
-                f"{_f(worst, 12, '+.2f')}{miss} {statistics.fmean(r['seconds'] for r in mine):6.1f}",
+                f"{_f(worst, 12, '+.2f')}{miss} {_f(whole, 10, '+.2f')} {statistics.fmean(r['seconds'] for r in mine):6.1f}",
                 flush=True,
             )
             rows.append(
@@ -201,6 +205,7 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                     "fgd_published_unallocated_pct": (100 - fgd[130]) if fgd else None,
                     "unallocated_over_fgd": ratio,
                     "worst_gap_to_fgd_at_60_80_100": worst,
+                    "worst_gap_to_fgd_arrived_0_100": whole,
                     "seconds_per_run": statistics.fmean(r["seconds"] for r in mine),
                 }
             )
@@ -220,6 +225,10 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                 f"{prof}: largest distance to its published 130 % figure {off:.2f} points over {len(base)} lists (target <= 0.5)"
             )
     return rows
+
+
+def _at(curve: list[float], arrived_pct: int) -> float:
+    return curve[min(arrived_pct, len(curve) - 1)]
 
 
 def _f(v, width: int, fmt: str = ".2f") -> str:
