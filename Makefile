@@ -7,7 +7,7 @@ FRESH  := build/fresh
 # pytest's workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo check-install clean proto proto-lint prometheus-tools postgresql-tools docs docs-ref
+.PHONY: install test lint demo check-install clean proto proto-lint prometheus-tools postgresql-tools walkthrough-tools docs docs-ref
 
 # torch is pinned to the CPU build this machine serves locally; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -22,7 +22,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/xpod demo
 
-test: install lint check-install prometheus-tools postgresql-tools
+test: install lint check-install prometheus-tools postgresql-tools walkthrough-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # The guardrails (configured in pyproject.toml): ruff lint and format check, mypy on hal/ and
@@ -68,6 +68,12 @@ docs: install
 
 docs-ref: install
 	$(PY) tools/gen_docs_ref.py
+
+# curl for the README's walkthrough (tests/docs/test_docs_walkthrough.py runs it as written):
+# Debian's package, installed only when curl is missing.
+walkthrough-tools:
+	@command -v curl >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl)
 
 # The one pinned command that regenerates proto/xpod/v1/*_pb2*.py (tests/service checks for drift).
 proto: install
