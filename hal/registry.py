@@ -9,6 +9,7 @@ for everyone. A probe that raises, hangs or returns a reason yields an unavailab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -112,3 +113,23 @@ def get_backend(name: str) -> Backend:
     if status.backend is None:
         raise BackendUnavailable(name, status.reason)
     return status.backend
+
+
+@functools.lru_cache(maxsize=1)
+def device_env_vars() -> frozenset[str]:
+    """Every visible-devices variable of every registered backend (process and container level,
+    from each backend class's ``visible_vars``): the variables that decide which devices a
+    process sees, so only xpod may set them for a task. Reads the backend modules' classes; runs
+    no probe. A backend module that cannot be imported contributes nothing."""
+    import importlib
+
+    names: set[str] = set()
+    for ep in entry_points(group=GROUP):
+        try:
+            module = importlib.import_module(ep.module)
+        except Exception:  # a broken plugin must not break job admission
+            continue
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Backend):
+                names.update(v for v in (value.visible_vars.process, value.visible_vars.container) if v)
+    return frozenset(names)

@@ -216,7 +216,22 @@ RESERVED_ENV = (
     "LOCAL_WORLD_SIZE",
     "MASTER_ADDR",
     "MASTER_PORT",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "TORCHELASTIC_RUN_ID",
 )
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether a job's ``spec.env`` may not set ``name``: the rendezvous variables
+    (``RESERVED_ENV``), anything ``XPOD_*``, and every backend's visible-devices variables
+    (``hal.registry.device_env_vars``: CUDA_VISIBLE_DEVICES, ASCEND_RT_VISIBLE_DEVICES, ...)."""
+    from xpod.hal.registry import device_env_vars
+
+    return name in RESERVED_ENV or name.upper().startswith("XPOD_") or name in device_env_vars()
+
+
 #: default restart budget per kind; -1 means unlimited (serving replicas are always replaced)
 DEFAULT_MAX_RESTARTS = {"TrainingJob": 3, "BatchJob": 3, "ServingJob": -1}
 #: how long a task runs on a simulated node when its job gives no ``spec.simulate.duration_s``
@@ -280,8 +295,11 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
         for k, v in e.items():
             if not isinstance(k, str) or not _ENV_NAME.match(k):
                 raise TaskFieldError("spec.env", f"{k!r} is not a variable name")
-            if k in RESERVED_ENV:
-                raise TaskFieldError(f"spec.env.{k}", "is set by the node agent; remove it")
+            if is_reserved_env(k):
+                raise TaskFieldError(
+                    f"spec.env.{k}",
+                    "is reserved: xpod sets the visible-devices, rendezvous and XPOD_* variables itself; remove it",
+                )
             if not isinstance(v, str):
                 raise TaskFieldError(f"spec.env.{k}", f"{v!r} must be a string (quote it in YAML)")
             env[k] = v

@@ -105,7 +105,10 @@ def default_state_dir() -> str:
 
 
 def log_path(state_dir: str, job_id: str, task: int) -> str:
-    return os.path.join(state_dir, "logs", job_id, f"task-{task}.log")
+    """Where a task's output goes; ``job_id`` is a server-assigned id (``job-N``), never a path."""
+    if not job_id or "/" in job_id or job_id in (".", "..") or "\0" in job_id:
+        raise XpodError(f"{job_id[:80]!r} is not a job id")
+    return os.path.join(state_dir, "logs", job_id, f"task-{int(task)}.log")
 
 
 def _log(prefix: str, text: str) -> None:
@@ -298,6 +301,19 @@ def world_text(world: Any, master_addr: str) -> str:
     return text if world.replica is None else f"replica {world.replica}, {text}"
 
 
+#: the agent's own variables a task inherits: where programs and home are, the locale. Nothing
+#: else of the agent's environment (its token, its credentials, its proxies) reaches a task.
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL", "TERM")
+
+
+def base_task_env() -> dict[str, str]:
+    """What a task's environment starts from: ``INHERITED_ENV`` of the agent's, nothing else
+    (the job's ``spec.env`` and xpod's variables go on top, ``task_env``)."""
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
 def task_env(
     job_id: str,
     alloc: Any,
@@ -307,7 +323,8 @@ def task_env(
     visible: dict[str, str],
     user_env: Sequence[tuple[str, str]] = (),
 ) -> dict[str, str]:
-    """The variables xpod sets for one task (on top of the agent's own environment): the
+    """The variables xpod sets for one task (on top of ``base_task_env``, never the agent's whole
+    environment): the
     launcher's rank variables for its ``world`` (``TaskWorld``), the visible-devices variable,
     the job's ``spec.env`` and the XPOD_* identity variables (which the job cannot override)."""
     from xpod.runtime.agent.launch import rank_env
@@ -371,22 +388,31 @@ class ProcessExecutor(Executor):
             f"=== xpod: task {alloc.task} of job {job_id} starting on {self.node} ({world_text(world, master_addr)}): "
             f"{' '.join(command)}\n".encode()
         )
-        full_env = {**os.environ, **env}
+        full_env = {**base_task_env(), **env}
         problem = _cannot_exec(command[0], full_env.get("PATH", os.defpath), fields.workdir)
         try:
             if problem:
                 raise OSError(0, problem)
             # the supervisor (its own session: its pid is the task's group) ends the task's whole
-            # group when this agent dies, even by kill -9 (runtime/agent/supervisor.py)
+            # group when this agent dies, even by kill -9 (runtime/agent/supervisor.py). It runs
+            # isolated (-I, an empty environment): the task's environment reaches it on stdin
+            # and only the task's exec uses it, so a job's PYTHONPATH or LD_PRELOAD never runs
+            # inside the supervisor.
             popen = subprocess.Popen(
-                [sys.executable, "-s", "-S", SUPERVISOR, str(os.getpid()), repr(self.grace_s), "--", *command],
-                env=full_env,
+                [sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), repr(self.grace_s), "--", *command],
+                env={},
                 cwd=fields.workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 start_new_session=True,
             )
+            assert popen.stdin is not None
+            try:
+                popen.stdin.write(json.dumps(full_env).encode())
+                popen.stdin.close()
+            except BrokenPipeError:  # it died at once; its exit code tells the task's end
+                pass
         except OSError as err:
             log.write(f"=== xpod: cannot start {command[0]!r}: {err.strerror}\n".encode())
             log.close()

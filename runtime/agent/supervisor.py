@@ -1,9 +1,12 @@
 """A task's supervisor: the one process between the node agent and a task, so tasks never
 outlive their agent.
 
-Run by ``runtime.agent.agent.ProcessExecutor`` as ``python -s -S supervisor.py AGENT_PID GRACE_S
--- ARGV...`` in a new session (the supervisor's pid is the task's process-group id). Stdlib only,
-no ``site``: it starts in a few tens of milliseconds and never imports xpod. Contracts (Linux):
+Run by ``runtime.agent.agent.ProcessExecutor`` as ``python -I -S supervisor.py AGENT_PID GRACE_S
+-- ARGV...`` in a new session (the supervisor's pid is the task's process-group id), with an empty
+environment: the task's environment arrives as one JSON object on stdin (read to its end before
+anything else) and is given to the task's exec only, so nothing of the job (PYTHONPATH,
+LD_PRELOAD, ...) runs inside the supervisor. The task's stdin is /dev/null. Stdlib only, no
+``site``: it starts in a few tens of milliseconds and never imports xpod. Contracts (Linux):
 
 * **The agent dies -> the task's whole process group ends.** The supervisor asks the kernel for
   ``SIGHUP`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is
@@ -108,6 +111,21 @@ def _end_members(grace_s: float) -> None:
             time.sleep(POLL_S)
 
 
+def _read_env() -> dict[str, str]:
+    """The task's environment from stdin (a JSON object of strings; empty stdin: none), then
+    /dev/null as stdin for the task."""
+    import json
+
+    raw = sys.stdin.buffer.read()
+    env = json.loads(raw) if raw.strip() else {}
+    if not isinstance(env, dict):
+        env = {}
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return {str(k): str(v) for k, v in env.items()}
+
+
 class _ParentDied(Exception):
     """Raised by the death-signal handler to break out of the wait."""
 
@@ -117,6 +135,7 @@ def main(argv: list[str]) -> int:
         print("usage: supervisor.py AGENT_PID GRACE_S -- ARGV...", file=sys.stderr)
         return 2
     agent_pid, grace_s, command = int(argv[0]), float(argv[1]), argv[3:]
+    env = _read_env()
 
     def on_death(signum, frame):  # noqa: ARG001 - signal handler signature
         raise _ParentDied
@@ -134,7 +153,7 @@ def main(argv: list[str]) -> int:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(DEATH_SIGNAL, signal.SIG_DFL)
-                os.execvp(command[0], command)
+                os.execvpe(command[0], command, env)
             except OSError as err:
                 print(f"=== xpod: cannot start {command[0]!r}: {err.strerror}", file=sys.stderr, flush=True)
             os._exit(127)

@@ -5,13 +5,16 @@ Exit codes: 0 on a clean stop (Ctrl-C / SIGTERM), 1 for a user error (one line),
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 import time
 
 from xpod.hal.errors import XpodError
 from xpod.runtime.cli.app import SIM_POLL_S  # cheap: no torch, grpc or numpy at import
 from xpod.runtime.cli.common import positive_seconds, stop_on_signals
+from xpod.runtime.cli.jobs import target_of, tls_flags
 
 
 def register(commands) -> None:
@@ -24,8 +27,8 @@ def register(commands) -> None:
     a.add_argument(
         "--server", metavar="ADDR", help="scheduler address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
     )
-    a.add_argument("--token", metavar="T", help="bearer token with the agent role (default: XPOD_TOKEN)")
-    a.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
+    a.add_argument("--token", metavar="T", help=argparse.SUPPRESS)  # refused: see cmd_agent
+    tls_flags(a)
     a.add_argument(
         "--simulate",
         metavar="FILE",
@@ -102,7 +105,7 @@ def cmd_agent(args) -> int:
     import threading
 
     from xpod.runtime.agent import agent as ag
-    from xpod.runtime.client import Client, resolve_target
+    from xpod.runtime.client import Client
     from xpod.scheduler.store.lock import StateLock
 
     positive_seconds(args.heartbeat_interval, "--heartbeat-interval")
@@ -112,8 +115,13 @@ def cmd_agent(args) -> int:
         raise XpodError(
             "--simulate runs every node of the descriptor and reads no hardware: drop --node, --sim-devices and --metrics"
         )
+    if args.token:
+        raise XpodError(
+            "xpod agent takes no --token: a token on the command line is readable by every local user "
+            "(/proc/PID/cmdline); put it in a file only the agent's user can read and pass --token-file FILE"
+        )
     state = _state_dir(args.state_dir)
-    target = resolve_target(args.server, args.token, args.tls_ca)
+    target = target_of(args)
     # first: a second agent (or ``xpod up``) on this state directory stops here, before it ends
     # any task the first one runs
     lock = StateLock.acquire(state, "xpod agent", target.server)
@@ -209,9 +217,14 @@ def _report_first_connection(agent, stop, server: str) -> None:
     threading.Thread(target=wait, daemon=True).start()
 
 
+_JOB_ID = re.compile(r"^job-[0-9]{1,19}$")
+
+
 def cmd_logs(args) -> int:
     from xpod.runtime.agent.agent import default_state_dir
 
+    if not _JOB_ID.match(args.job_id):
+        raise XpodError(f"{args.job_id[:80]!r} is not a job id (job-N, as 'xpod jobs' lists them)")
     state = args.state_dir or default_state_dir()
     folder = os.path.join(state, "logs", args.job_id)
     if not os.path.isdir(folder):

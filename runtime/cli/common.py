@@ -28,3 +28,32 @@ def print_usage(parser: argparse.ArgumentParser) -> int:
     """For a command group called without its subcommand: help on stderr, exit code 2."""
     parser.print_help(sys.stderr)
     return 2
+
+
+#: the file in ``xpod up``'s state directory holding its admin token (mode 0600)
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def local_admin_token(addresses) -> str | None:
+    """The admin token ``xpod up`` wrote to this user's state directory, for a CLI given no
+    token; only for loopback servers (a local token never travels to another host), only from
+    a file nobody else can read."""
+    import os
+
+    from xpod.runtime.cli.app import is_loopback, split_host_port
+
+    try:
+        if not addresses or not all(is_loopback(split_host_port(a, "--server")[0]) for a in addresses):
+            return None
+    except XpodError:
+        return None
+    from xpod.runtime.agent.agent import default_state_dir
+
+    path = os.path.join(default_state_dir(), ADMIN_TOKEN_FILE)
+    try:
+        if os.stat(path).st_mode & 0o077:
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read(4096).strip() or None
+    except OSError:
+        return None

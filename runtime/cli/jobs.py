@@ -6,6 +6,8 @@ address, or ``FILE:LINE: message`` for a job file), 2 for bad flags.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 
@@ -20,13 +22,46 @@ def client_flags(p, table: bool = False):
     p.add_argument(
         "--server", metavar="ADDR", help="server address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
     )
-    p.add_argument("--token", metavar="TOKEN", help="bearer token (default: XPOD_TOKEN, the config file)")
-    p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="bearer token (default: --token-file, XPOD_TOKEN, the config file, xpod up's admin token)",
+    )
+    tls_flags(p)
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
     if table:
         add_output_flags(p)
     else:
         p.add_argument("--json", action="store_true", help="JSON instead of text")
+
+
+def tls_flags(p) -> None:
+    """--token-file and the TLS flags, shared by the client commands and the agent."""
+    p.add_argument("--token-file", metavar="FILE", help="read the bearer token from FILE (mode 0600)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server certificate (TLS)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+
+
+def target_of(args):
+    """The server and credentials the flags name (``resolve_target``). With no token from any
+    source and a loopback server, the token ``xpod up`` wrote to its state directory."""
+    from xpod.runtime.client import resolve_target
+    from xpod.runtime.cli.common import local_admin_token
+
+    target = resolve_target(
+        args.server,
+        getattr(args, "token", None),
+        args.tls_ca,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    if target.token is None:
+        token = local_admin_token(target.addresses)
+        if token is not None:
+            target = dataclasses.replace(target, token=token)
+    return target
 
 
 def register(commands) -> None:
@@ -99,9 +134,9 @@ def _usage(parser) -> int:
 
 
 def _client(args):
-    from xpod.runtime.client import Client, resolve_target
+    from xpod.runtime.client import Client
 
-    return Client(resolve_target(args.server, args.token, args.tls_ca), timeout_s=args.timeout)
+    return Client(target_of(args), timeout_s=args.timeout)
 
 
 def cmd_submit(args) -> int:

@@ -52,7 +52,11 @@ def register(commands) -> None:
     s.add_argument(
         "--tokens", metavar="FILE", help="bearer-token file with roles (see README); without it the server is open"
     )
-    s.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without --tokens")
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without --tokens, or with tokens but no TLS",
+    )
     s.add_argument("--tls-cert", metavar="PEM", help="server certificate (with --tls-key)")
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
@@ -104,8 +108,16 @@ def cmd_server(args) -> int:
             f"--listen {args.listen} is beyond loopback and no --tokens file is given: "
             "pass --tokens FILE (or --insecure to run open anyway)"
         )
+    if args.tokens and not args.tls_cert and not is_loopback(host) and not args.insecure:
+        raise XpodError(
+            f"--listen {args.listen} is beyond loopback and bearer tokens would cross the network in clear text: "
+            "pass --tls-cert and --tls-key (or --insecure to send them unencrypted anyway)"
+        )
     if args.lease_ttl < 0.5:
         raise XpodError(f"--lease-ttl {args.lease_ttl:g}: give at least 0.5 seconds")
+    # the database, its WAL, the state directory and logs hold job specs (their env secrets):
+    # owner only
+    os.umask(0o077)
     tls = None
     if args.tls_cert:
         from xpod.scheduler.grpc.server import TlsFiles

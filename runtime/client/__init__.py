@@ -13,6 +13,7 @@ from xpod.runtime.client.client import (
     Target,
     config_path,
     job_state_value,
+    read_token_file,
     resolve_target,
 )
 from xpod.runtime.client.convert import event_json, job_json, job_state, message_json, spec_dict
@@ -29,6 +30,7 @@ __all__ = [
     "job_state",
     "job_state_value",
     "message_json",
+    "read_token_file",
     "resolve_target",
     "spec_dict",
 ]

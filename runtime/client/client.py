@@ -2,11 +2,16 @@
 
 Address and token are resolved in this order (the first that gives a value wins, per value):
 
-1. flags (``--server``, ``--token``),
-2. environment (``XPOD_SERVER``, ``XPOD_TOKEN``),
+1. flags (``--server``, ``--token``, ``--token-file``),
+2. environment (``XPOD_SERVER``, ``XPOD_TOKEN``, ``XPOD_TOKEN_FILE``),
 3. the config file ``$XPOD_CONFIG`` or ``~/.config/xpod/config.yaml``
-   (keys: ``server``, ``token``, ``tls_ca``),
+   (keys: ``server``, ``token``, ``token_file``, ``tls_ca``, ``tls_cert``, ``tls_key``),
 4. the default address ``127.0.0.1:7070`` (no token).
+
+A token file (``read_token_file``) holds one token and must not be readable by group or others
+(mode 0600): a token on a command line is readable by every local user in ``/proc``. With
+``tls_cert``/``tls_key`` the client presents a certificate (mutual TLS; an agent's certificate
+names its nodes in its subjectAltName).
 
 The address may be a comma-separated list (the config file may also give a YAML list): the
 replicas of one scheduler sharing a PostgreSQL store (docs/high-availability.md). The client
@@ -46,6 +51,8 @@ class Target:
     token: str | None
     tls_ca: str | None
     source: str  # where the address came from: flag, XPOD_SERVER, config file path, default
+    tls_cert: str | None = None  # client certificate (PEM) for mutual TLS
+    tls_key: str | None = None  # its private key (PEM)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -57,8 +64,38 @@ def config_path() -> str:
     return os.environ.get("XPOD_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "xpod", "config.yaml")
 
 
-def resolve_target(server: str | None = None, token: str | None = None, tls_ca: str | None = None) -> Target:
-    """Flags, then XPOD_SERVER / XPOD_TOKEN, then the config file, then the default."""
+def read_token_file(path: str, what: str = "--token-file") -> str:
+    """The token in ``path`` (surrounding whitespace dropped). Refused, naming the file, when it
+    is readable by group or others, empty, or cannot be read."""
+    try:
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            raise XpodError(
+                f"{what} {path}: mode {mode & 0o777:04o} lets other users read the token; run 'chmod 600 {path}'"
+            )
+        with open(path, encoding="utf-8") as f:
+            token = f.read(4096).strip()
+    except OSError as err:
+        raise XpodError(f"{what} {path}: cannot read it: {err.strerror}") from None
+    if not token or any(c.isspace() for c in token):
+        raise XpodError(f"{what} {path}: must hold one token (no spaces)")
+    return token
+
+
+_CONFIG_KEYS = ("server", "token", "token_file", "tls_ca", "tls_cert", "tls_key")
+
+
+def resolve_target(
+    server: str | None = None,
+    token: str | None = None,
+    tls_ca: str | None = None,
+    *,
+    token_file: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> Target:
+    """Flags, then XPOD_SERVER / XPOD_TOKEN / XPOD_TOKEN_FILE, then the config file, then the
+    default."""
     config: dict[str, Any] = {}
     path = config_path()
     if os.path.exists(path):
@@ -68,10 +105,10 @@ def resolve_target(server: str | None = None, token: str | None = None, tls_ca: 
         except (OSError, yaml.YAMLError) as err:
             raise XpodError(f"{path}: cannot read the xpod config file: {err}") from None
         if not isinstance(config, dict):
-            raise XpodError(f"{path}: the xpod config file must be a mapping with server, token, tls_ca")
-        unknown = set(config) - {"server", "token", "tls_ca"}
+            raise XpodError(f"{path}: the xpod config file must be a mapping with {', '.join(_CONFIG_KEYS)}")
+        unknown = set(config) - set(_CONFIG_KEYS)
         if unknown:
-            raise XpodError(f"{path}: unknown key {sorted(unknown)[0]!r}; expected server, token, tls_ca")
+            raise XpodError(f"{path}: unknown key {sorted(unknown)[0]!r}; expected {', '.join(_CONFIG_KEYS)}")
     source = "flag"
     if not server:
         server, source = os.environ.get("XPOD_SERVER") or None, "XPOD_SERVER"
@@ -81,14 +118,38 @@ def resolve_target(server: str | None = None, token: str | None = None, tls_ca: 
             server = ",".join(str(a) for a in server)
     if not server:
         server, source = DEFAULT_SERVER, "default"
+    if token and token_file:
+        raise XpodError("give --token or --token-file, not both")
+    if token_file:
+        token = read_token_file(token_file)
     if not token:
-        token = os.environ.get("XPOD_TOKEN") or config.get("token") or None
+        token = os.environ.get("XPOD_TOKEN") or None
+    if not token and os.environ.get("XPOD_TOKEN_FILE"):
+        token = read_token_file(os.environ["XPOD_TOKEN_FILE"], "XPOD_TOKEN_FILE")
+    if not token:
+        token = config.get("token") or None
+    if not token and config.get("token_file"):
+        token = read_token_file(str(config["token_file"]), f"{path}: token_file")
     if not tls_ca:
         tls_ca = config.get("tls_ca")
-    return Target(str(server), token, tls_ca, source)
+    tls_cert = tls_cert or config.get("tls_cert")
+    tls_key = tls_key or config.get("tls_key")
+    if bool(tls_cert) != bool(tls_key):
+        raise XpodError("--tls-cert and --tls-key go together (the client certificate and its key)")
+    if tls_cert and not tls_ca:
+        raise XpodError("--tls-cert needs --tls-ca (mutual TLS is TLS first)")
+    return Target(str(server), token, tls_ca, source, tls_cert, tls_key)
 
 
 # --- the client -------------------------------------------------------------------------------
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise XpodError(f"{path}: cannot read the {what} file: {err.strerror}") from None
 
 
 class RpcFailure(XpodError):
@@ -155,12 +216,11 @@ class Client:
         self.timeout_s = timeout_s
         self.failover_s = failover_s
         self._ca: bytes | None = None
+        self._cert: tuple[bytes, bytes] | None = None
         if target.tls_ca:
-            try:
-                with open(target.tls_ca, "rb") as f:
-                    self._ca = f.read()
-            except OSError as err:
-                raise XpodError(f"{target.tls_ca}: cannot read the TLS CA file: {err.strerror}") from None
+            self._ca = _read_pem(target.tls_ca, "TLS CA")
+        if target.tls_cert and target.tls_key:
+            self._cert = (_read_pem(target.tls_key, "TLS key"), _read_pem(target.tls_cert, "TLS certificate"))
         self._addresses = list(target.addresses)
         self._current = self._addresses[0]
         self._channels: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -184,7 +244,10 @@ class Client:
         entry = self._channels.get(address)
         if entry is None:
             if self._ca is not None:
-                credentials = grpc.ssl_channel_credentials(root_certificates=self._ca)
+                key, chain = self._cert or (None, None)
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=self._ca, private_key=key, certificate_chain=chain
+                )
                 channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
             else:
                 channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)

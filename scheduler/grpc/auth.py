@@ -9,7 +9,12 @@ Token file (YAML)::
         role: submitter        # admin | agent | submitter
         queues: [research]     # submitters only: the queues they may submit into, see and cancel
       - {name: ops, role: admin, token_sha256: "..."}
-      - {name: agents, role: agent, token: "..."}
+      - {name: rack1, role: agent, token: "...", nodes: "cm-n[00-03]"}   # Slurm hostlist syntax
+
+An agent token must say which nodes it speaks for: ``nodes:`` a hostlist (every node RPC naming
+another node is PERMISSION_DENIED), or ``nodes: "*"`` for every node (one trusted agent process
+for a whole pod, e.g. a simulated one: a deliberate choice, never a default). Under mutual TLS an agent's nodes are further narrowed to
+the DNS names in its client certificate's subjectAltName (``principal_for_peer``).
 
 With no token file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin). The
 server only allows that on loopback (or with ``--insecure``).
@@ -17,6 +22,7 @@ server only allows that on loopback (or with ``--insecure``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -24,6 +30,7 @@ import re
 import yaml
 
 from xpod.hal.errors import XpodError
+from xpod.hal.hostlist import HostlistError, expand
 from xpod.scheduler.service.auth import OPEN_PRINCIPAL, Principal, Role
 
 
@@ -37,6 +44,24 @@ class Unauthenticated(AuthError):
 
 class PermissionDenied(AuthError):
     pass
+
+
+#: the peer property gRPC fills with a client certificate's subjectAltName entries (mutual TLS)
+_SAN_PROPERTY = "x509_subject_alternative_name"
+
+
+def narrow_to_certificate(principal: Principal, auth_context: dict | None) -> Principal:
+    """An agent that presented a client certificate speaks only for the names in its
+    subjectAltName (intersected with its token's ``nodes``). Other callers, and connections
+    without a client certificate, are unchanged."""
+    if principal.role is not Role.AGENT or not auth_context:
+        return principal
+    raw = auth_context.get(_SAN_PROPERTY) or ()
+    names = frozenset(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw)
+    if not names:
+        return principal
+    nodes = names if principal.nodes is None else principal.nodes & names
+    return dataclasses.replace(principal, nodes=nodes)
 
 
 def token_sha256(token: str) -> str:
@@ -115,8 +140,8 @@ def load_tokens(path: str) -> dict[str, Principal]:
             raise fail(entry, "each token is a mapping with name, role and token (or token_sha256)")
         fields = {k.value: v for k, v in entry.value}
         for k, _ in entry.value:
-            if k.value not in ("name", "token", "token_sha256", "role", "queues"):
-                raise fail(k, f"unknown key {k.value!r}; expected name, token, token_sha256, role, queues")
+            if k.value not in ("name", "token", "token_sha256", "role", "queues", "nodes"):
+                raise fail(k, f"unknown key {k.value!r}; expected name, token, token_sha256, role, queues, nodes")
         for required in ("name", "role"):
             if required not in fields:
                 raise fail(entry, f"missing {required!r}")
@@ -149,7 +174,23 @@ def load_tokens(path: str) -> dict[str, Principal]:
             queues = frozenset(str(q.value) for q in qnode.value)
         elif "queues" in fields:
             raise fail(fields["queues"], f"'queues' applies to submitters only ({name!r} is {role.value})")
+        nodes: frozenset[str] | None = None
+        if role is Role.AGENT:
+            nnode = fields.get("nodes")
+            if not isinstance(nnode, yaml.ScalarNode) or not str(nnode.value).strip():
+                raise fail(
+                    nnode or entry,
+                    f"agent {name!r} needs 'nodes': the nodes it speaks for as a Slurm hostlist "
+                    '("cm-n[00-03]"), or "*" for every node',
+                )
+            if nnode.value.strip() != "*":
+                try:
+                    nodes = frozenset(expand(nnode.value.strip()))
+                except HostlistError as err:
+                    raise fail(nnode, f"agent {name!r}: nodes: {err}") from None
+        elif "nodes" in fields:
+            raise fail(fields["nodes"], f"'nodes' applies to agents only ({name!r} is {role.value})")
         if digest in out:
             raise fail(entry, f"token {name!r} has the same token as {out[digest].name!r}")
-        out[digest] = Principal(name, role, queues)
+        out[digest] = Principal(name, role, queues, nodes)
     return out

@@ -34,7 +34,7 @@ from xpod.scheduler.contract import TaskState
 from xpod.scheduler.service.api import ApiError, Code, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal
 
-from .auth import Authenticator, AuthError, Unauthenticated
+from .auth import Authenticator, AuthError, Unauthenticated, narrow_to_certificate
 from .convert import (
     STATE_FROM_PB,
     assignment_pb,
@@ -86,6 +86,9 @@ class _CallContext:
 
     def time_remaining(self) -> float | None:
         return self._context.time_remaining()
+
+    def auth_context(self):
+        return self._context.auth_context()
 
     def is_active(self) -> bool:
         return self.active
@@ -259,7 +262,9 @@ class _Base:
             if key == "authorization":
                 authorization = value
                 break
-        return self.auth.authenticate(authorization)
+        principal = self.auth.authenticate(authorization)
+        auth_context = getattr(context, "auth_context", None)
+        return narrow_to_certificate(principal, auth_context() if auth_context is not None else None)
 
     @staticmethod
     def _timeout(context: Any) -> float:
@@ -295,7 +300,7 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
             if expire is not None:
                 expire.cancel()
         view, created = submission.finish(result)
-        same = created or view.record.request_id == request.request_id
+        same = created or view.record.request_id == submission.request_id
         response = job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
         return response
 

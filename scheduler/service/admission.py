@@ -28,8 +28,15 @@ shapes, so most are a dict lookup here. The answers are forgotten whenever the i
 changes.
 
 Queues: the core knows queues by name; a queue named in a job that the core does not know yet is
-created with default shares (weight 1, no cap), so submitters need no queue administration.
+created with default shares (weight 1, no cap), so submitters need no queue administration, up to
+``Limits.max_queues`` queues in all (``SchedulerApi``). A queue name is a DNS label (1..63 of
+a-z, 0-9 and '-'), so hostile names cannot grow the metrics' label sets or scrapes.
 Who may use which queue is the token file's business (``scheduler.grpc.auth``).
+
+Bounded work: a task that asks for nothing (no devices, no cpu, no memory) is given
+``DEFAULT_TASK_CPU_MILLI`` (one CPU), and a node whose CPUs nobody declared holds at most
+``TASKS_PER_NODE`` CPUs' worth (``service.nodes.core_node``): tasks cannot pile onto one node
+without limit, and a cycle never walks an unbounded count of zero-sized tasks.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ _ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 _METADATA = ("name", "labels")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
+#: what a task that requests nothing is given: one CPU (documented in docs/security.md)
+DEFAULT_TASK_CPU_MILLI = 1000
+#: the CPUs (so default-sized tasks) a node holds when neither its agent nor the cluster file
+#: declared its CPUs: the per-node task limit
+TASKS_PER_NODE = 256
+_QUEUE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: the id a parsed core job carries until the store names it (never a stored job's id)
 PLACEHOLDER_ID = "__xpod_admission__"
 
@@ -154,6 +167,13 @@ def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
         core = parse_job({**split_spec(spec), "kind": kind.label}, source="spec", job_id=PLACEHOLDER_ID)
     except XpodError as err:
         raise field_error(err) from None
+    if core.devices is None and not core.cpu_milli and not core.memory_bytes:
+        core = dataclasses.replace(core, cpu_milli=DEFAULT_TASK_CPU_MILLI)
+    if not _QUEUE.match(core.queue):
+        raise SpecInvalid(
+            "spec.queue",
+            f"{core.queue[:80]!r} must be a DNS label: 1..63 of a-z, 0-9 and '-', alphanumeric at both ends",
+        )
     if task.command:
         selector = {**dict(core.node_selector), SIMULATED_LABEL: "false"}
         core = dataclasses.replace(core, node_selector=tuple(sorted(selector.items())))

@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import enum
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -52,7 +53,7 @@ from xpod.scheduler.store import (
     open_store,
 )
 
-from .admission import Admission, ParsedJob, SpecInvalid, parse_document, problems
+from .admission import TASKS_PER_NODE, Admission, ParsedJob, SpecInvalid, parse_document, problems
 from .assignments import Assignment, AssignmentHub, Subscription
 from .auth import OPEN_PRINCIPAL, Call, Principal, Role
 from .core_link import CoreLink
@@ -107,6 +108,13 @@ class ApiError(Exception):
             self.metadata.setdefault("field", field)
 
 
+#: node names: what a host name may hold (no control characters reach terminals or metrics)
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
+_MAX_LABELS = 64
+_MAX_LABEL_VALUE = 253
+
+
 def _invalid(reason: str, message: str, field: str) -> ApiError:
     return ApiError(Code.INVALID_ARGUMENT, reason, message, field=field)
 
@@ -148,6 +156,29 @@ def _chain_write(admitted: concurrent.futures.Future, out: concurrent.futures.Fu
         admitted.result().add_done_callback(settle)
 
 
+_INT64 = 2**63
+
+
+def _overflowing(value: Any, path: str = "job") -> str | None:
+    """The path of the first number that does not fit a signed 64-bit integer (or is not
+    finite), or None."""
+    stack = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where != "job" else str(k), x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
+        elif isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        elif isinstance(v, int):
+            if not -_INT64 <= v < _INT64:
+                return where
+        elif isinstance(v, float) and (v != v or abs(v) >= 2.0**63):
+            return where
+    return None
+
+
 def _not_found(what: str, name: str, hint: str = "") -> ApiError:
     key = "jobId" if what == "job" else "node"
     return ApiError(
@@ -174,6 +205,10 @@ class Limits:
     default_page_size: int = 100
     max_events_per_job: int = 200  # returned by get_job (newest kept)
     max_nodes_per_call: int = 1000  # RegisterNodes, Heartbeat, WatchAssignments, ReportTaskStatus
+    max_queues: int = 64  # queues in all, the auto-created ones included (metrics label sets stay bounded)
+    max_tasks_per_node: int = TASKS_PER_NODE  # a job's tasks at most this times the cluster's nodes
+    max_pending_per_queue: int = 10_000  # queued (not yet placed) jobs per queue: one tenant cannot fill the book
+    max_page_bytes: int = 2 * 1024 * 1024  # ListJobs pages end before this many bytes of specs
 
 
 class Submission:
@@ -317,9 +352,30 @@ class SchedulerApi:
                 metadata={"principal": principal.name, "queue": queue},
             )
 
+    def _speaks_for(self, principal: Principal, call: Call, nodes: Sequence[str], field: str) -> None:
+        """A node call may name only the caller's nodes (``Principal.may_speak_for``)."""
+        for name in nodes:
+            if not principal.may_speak_for(name):
+                raise ApiError(
+                    Code.PERMISSION_DENIED,
+                    "NODE_NOT_ALLOWED",
+                    f"{principal.name} ({principal.role.value}) may not call {call.value} for node {name[:253]!r}",
+                    metadata={"principal": principal.name, "node": name[:253], "call": call.value},
+                    field=field,
+                )
+
     def _job(self, job_id: str) -> JobRecord:
         job = self.jobs.get(job_id)
         if job is None:
+            raise _not_found("job", job_id)
+        return job
+
+    def _visible_job(self, principal: Principal, call: Call, job_id: str) -> JobRecord:
+        """The job, when the caller may see its queue; NOT_FOUND alike whether it does not exist
+        or sits in a queue the caller cannot see (the answer tells nothing of other tenants)."""
+        self._authorize(principal, call)
+        job = self.jobs.get(job_id)
+        if job is None or not (principal.all_queues or job.queue in principal.queues):
             raise _not_found("job", job_id)
         return job
 
@@ -428,6 +484,9 @@ class SchedulerApi:
             )
         if not request_id:
             request_id = f"server-{uuid.uuid4()}"  # no key: the client opted out of idempotency
+        elif principal.role is not Role.ADMIN:
+            # idempotency keys are per tenant: one submitter cannot squat (or probe) another's
+            request_id = f"{principal.name}/{request_id}"
         if not isinstance(document, dict):
             raise _invalid("INVALID_SPEC", "job must be a mapping (kind, metadata, spec)", "job")
         try:
@@ -442,6 +501,9 @@ class SchedulerApi:
                 field="job",
                 metadata={"bytes": str(len(canonical)), "limitBytes": str(self._limits.max_document_bytes)},
             )
+        overflow = _overflowing(document)
+        if overflow is not None:
+            raise _invalid("NUMBER_OUT_OF_RANGE", f"{overflow}: numbers must fit in 64 bits", overflow)
         found = problems(document, self.nodes.models)
         if found:
             message = f"{len(found)} problem(s) in the job: " + "; ".join(m for _, m in found)
@@ -451,6 +513,7 @@ class SchedulerApi:
         except SpecInvalid as err:
             raise _invalid("INVALID_SPEC", str(err), err.field) from None
         self._authorize(principal, Call.SUBMIT_JOB, parsed.queue)
+        self._bounded(parsed)
         digest = hashlib.sha256(canonical.encode()).hexdigest()  # == store.spec_hash(document)
         write = SubmitWrite(request_id, digest, parsed.queue, parsed.kind.value, parsed.name, document, self._clock())
         with self._lock:
@@ -470,6 +533,42 @@ class SchedulerApi:
                 self._inflight_submissions -= 1
             raise
         return Submission(self, request_id, parsed, fut)
+
+    def _bounded(self, parsed: ParsedJob) -> None:
+        """Refuse work no cluster of this size could hold, a queue past the limit on queues, and
+        a queue whose backlog is full; before anything is written."""
+        nodes = max(1, sum(self.nodes.counts().values()))
+        most = nodes * self._limits.max_tasks_per_node
+        if parsed.core.tasks > most:
+            serving = parsed.kind.value == "ServingJob"
+            field = "spec.replicas" if serving else "spec.tasks"
+            raise ApiError(
+                Code.INVALID_ARGUMENT,
+                "TOO_MANY_TASKS",
+                f"{field}: {parsed.core.tasks} tasks; this cluster ({nodes} node(s)) holds at most {most}",
+                field=field,
+                metadata={"tasks": str(parsed.core.tasks), "clusterMaxTasks": str(most)},
+            )
+        known = self.jobs.queue_names() | {"default"}
+        if parsed.queue not in known:
+            if len(known) >= self._limits.max_queues:
+                raise ApiError(
+                    Code.FAILED_PRECONDITION,
+                    "TOO_MANY_QUEUES",
+                    f"spec.queue: {parsed.queue!r} would be queue number {self._limits.max_queues + 1}; "
+                    f"the server allows {self._limits.max_queues} (use an existing queue or ask an admin)",
+                    field="spec.queue",
+                    metadata={"queue": parsed.queue, "maxQueues": str(self._limits.max_queues)},
+                )
+        pending = self.jobs.pending_count(parsed.queue)
+        if pending >= self._limits.max_pending_per_queue:
+            raise ApiError(
+                Code.RESOURCE_EXHAUSTED,
+                "QUEUE_FULL",
+                f"queue {parsed.queue!r} has {pending} queued jobs, its limit; wait for some to start or cancel some",
+                metadata={"queue": parsed.queue, "limit": str(self._limits.max_pending_per_queue)},
+                retry_after_s=5.0,
+            )
 
     def _admit(self, parsed: ParsedJob) -> None:
         try:
@@ -503,9 +602,7 @@ class SchedulerApi:
         return self.jobs.view(self.jobs.get(result.job.id) or result.job), result.created
 
     def get_job(self, principal: Principal, job_id: str) -> tuple[JobView, list[EventRecord]]:
-        self._authorize(principal, Call.GET_JOB)
-        job = self._job(job_id)
-        self._authorize(principal, Call.GET_JOB, job.queue)
+        job = self._visible_job(principal, Call.GET_JOB, job_id)
         events = self.store.events_since(0, job_id=job.id, limit=100_000)[-self._limits.max_events_per_job :]
         return self.jobs.view(job), events
 
@@ -533,18 +630,23 @@ class SchedulerApi:
             after = int(digits)
         wanted = set(states)
         out: list[JobRecord] = []
+        page_bytes = 0
+        full = False
         for j in self.jobs.in_order(after):
             if (queue and j.queue != queue) or (not principal.all_queues and j.queue not in principal.queues):
                 continue
             if wanted and j.state not in wanted:
                 continue
-            out.append(j)
-            if len(out) > size:
+            if len(out) == size:
+                full = True
                 break
-        next_token = ""
-        if len(out) > size:
-            out = out[:size]
-            next_token = f"seq:{out[-1].seq}"
+            # a page ends before its specs pass max_page_bytes (gRPC's 4 MiB message limit), never empty
+            page_bytes += len(CANONICAL_JSON.encode(j.spec)) + 512
+            if out and page_bytes > self._limits.max_page_bytes:
+                full = True
+                break
+            out.append(j)
+        next_token = f"seq:{out[-1].seq}" if full and out else ""
         return [self.jobs.view(j) for j in out], next_token
 
     def cancel_job(self, principal: Principal, job_id: str, *, timeout_s: float | None = None) -> JobView:
@@ -552,8 +654,7 @@ class SchedulerApi:
         self._authorize(principal, Call.CANCEL_JOB)
         self._leader_only()
         while True:
-            job = self._job(job_id)
-            self._authorize(principal, Call.CANCEL_JOB, job.queue)
+            job = self._visible_job(principal, Call.CANCEL_JOB, job_id)
             if job.state.terminal:
                 raise ApiError(
                     Code.FAILED_PRECONDITION,
@@ -599,7 +700,7 @@ class SchedulerApi:
         ``is_active()`` turns false or the service closes. Checks happen before the first event."""
         self._authorize(principal, Call.WATCH_JOBS, queue or None)
         if job_id:
-            self._authorize(principal, Call.WATCH_JOBS, self._job(job_id).queue)
+            self._visible_job(principal, Call.WATCH_JOBS, job_id)
         if from_revision < 0:
             raise _invalid("INVALID_REVISION", "from_revision must be >= 0", "from_revision")
         return self._watch(principal, from_revision, queue, job_id, is_active, poll_s)
@@ -618,9 +719,7 @@ class SchedulerApi:
                 self.jobs.wait_for_change(revision, poll_s)
 
     def explain_job(self, principal: Principal, job_id: str) -> Explanation:
-        self._authorize(principal, Call.EXPLAIN_JOB)
-        job = self._job(job_id)
-        self._authorize(principal, Call.EXPLAIN_JOB, job.queue)
+        job = self._visible_job(principal, Call.EXPLAIN_JOB, job_id)
         view = self.jobs.view(job)
         numbers: dict[str, float] = {}
         lines = [f"job {job.id} ({job.kind} {job.name!r}) in queue {job.queue!r} is {job.state.value}"]
@@ -653,10 +752,33 @@ class SchedulerApi:
         self._authorize(principal, Call.REGISTER_NODES)
         self._leader_only()
         self._too_many(records, "nodes")
+        self._speaks_for(principal, Call.REGISTER_NODES, [n.name for n in records], "nodes.name")
         for i, node in enumerate(records):
             where = f"nodes[{i}]"
-            if not node.name or len(node.name) > 253 or "/" in node.name:
-                raise _invalid("INVALID_NODE", f"{where}.name must be 1..253 characters without '/'", f"{where}.name")
+            if not _NODE_NAME.match(node.name):
+                raise _invalid(
+                    "INVALID_NODE",
+                    f"{where}.name {node.name[:64]!r} must be 1..253 of A-Z a-z 0-9 . _ - (starting with a letter or digit)",
+                    f"{where}.name",
+                )
+            if len(node.labels) > _MAX_LABELS:
+                raise _invalid("INVALID_NODE", f"{where}.labels: at most {_MAX_LABELS} labels", f"{where}.labels")
+            for key, value in node.labels:
+                if not _LABEL_KEY.match(key) or len(value) > _MAX_LABEL_VALUE or not value.isprintable():
+                    raise _invalid(
+                        "INVALID_NODE",
+                        f"{where}.labels: {key[:64]!r}={value[:64]!r}: keys are 1..253 of A-Z a-z 0-9 . _ / -, "
+                        f"values at most {_MAX_LABEL_VALUE} printable characters",
+                        f"{where}.labels",
+                    )
+            for d in node.devices:
+                for text in (d.vendor, d.model):
+                    if len(text) > 253 or not text.isprintable():
+                        raise _invalid(
+                            "INVALID_NODE",
+                            f"{where}.devices[{d.index}]: vendor and model are at most 253 printable characters",
+                            f"{where}.devices.model",
+                        )
             if [d.index for d in node.devices] != list(range(len(node.devices))):
                 raise _invalid("INVALID_NODE", f"{where}.devices: indices must be 0..N-1 in order", f"{where}.devices")
             if node.cpu_milli < 0 or node.memory_bytes < 0 or any(d.memory_total_bytes < 0 for d in node.devices):
@@ -692,6 +814,7 @@ class SchedulerApi:
         self._authorize(principal, Call.HEARTBEAT)
         self._leader_only()
         self._too_many(list(health), "nodes")
+        self._speaks_for(principal, Call.HEARTBEAT, list(health), "nodes.node")
         unknown, changed = self.nodes.beat(health)
         if changed:
             self.liveness.health_changed(changed)
@@ -706,6 +829,7 @@ class SchedulerApi:
         self._authorize(principal, Call.WATCH_ASSIGNMENTS)
         self._leader_only()
         self._too_many(nodes, "nodes")
+        self._speaks_for(principal, Call.WATCH_ASSIGNMENTS, nodes, "nodes")
         for name in nodes:
             if self.nodes.get(name) is None:
                 raise _not_found("node", name, "; call RegisterNodes first")
@@ -721,6 +845,7 @@ class SchedulerApi:
         self._authorize(principal, Call.REPORT_TASK_STATUS)
         self._leader_only()
         self._too_many(reports, "reports")
+        self._speaks_for(principal, Call.REPORT_TASK_STATUS, [r.node for r in reports], "reports.node")
         out: list[Any] = []
         for r in reports:
             try:
@@ -829,11 +954,17 @@ class SchedulerApi:
         else:
             nodes = self.nodes.list()
         usage = self.jobs.usage()
+        if not principal.all_queues:  # other tenants' job ids stay theirs; the allocation shows
+            usage = {dev: (milli, [i for i in ids if self._sees(principal, i)]) for dev, (milli, ids) in usage.items()}
         return [
             (n.record.name, d, *usage.get(f"{n.record.name}/{d.index}", (0, [])))
             for n in nodes
             for d in n.record.devices
         ]
+
+    def _sees(self, principal: Principal, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.queue in principal.queues
 
 
 __all__ = [

@@ -9,6 +9,10 @@ Roles (the authorisation matrix, ``ALLOWED``; tests/service check every role x e
 * ``submitter``: the job calls, only on its queues (a job of another queue is PERMISSION_DENIED,
   never shown in lists or watches), and the read-only cluster calls.
 * ``agent``: the node calls and the read-only cluster calls; no job calls (agents cannot submit).
+  An agent speaks only for its ``nodes`` (the token file's ``nodes:`` hostlist, narrowed to the
+  client certificate's SAN names under mTLS): a node call naming another node is
+  PERMISSION_DENIED (``NODE_NOT_ALLOWED``). ``nodes=None`` (an agent token without ``nodes:``,
+  or the open server's admin) speaks for every node.
 
 An open server (no token file) treats every caller as ``OPEN_PRINCIPAL`` (admin).
 """
@@ -63,6 +67,14 @@ class Principal:
     name: str
     role: Role
     queues: frozenset[str] = frozenset()  # submitters: the queues it owns; ignored for other roles
+    nodes: frozenset[str] | None = None  # agents: the nodes it speaks for; None = every node
+
+    def may_speak_for(self, node: str) -> bool:
+        """Whether this caller may make node calls (register, heartbeat, assignments, task
+        reports) for ``node``: admins always, agents for their nodes, submitters never."""
+        if self.role is Role.ADMIN:
+            return True
+        return self.role is Role.AGENT and (self.nodes is None or node in self.nodes)
 
     def may_call(self, call: Call) -> bool:
         return call in ALLOWED[self.role]

@@ -78,6 +78,7 @@ class JobBook:
         self._pending: dict[str, PendingReasonRecord] = {}  # live reasons of QUEUED jobs
         self._queued_seqs: dict[str, list[int]] = {}  # queue -> sorted seqs of its QUEUED jobs
         self._submitted_s: dict[str, float] = {}  # QUEUED, never placed -> submit time (queue-wait metric)
+        self._queues: set[str] = set()  # every queue a job names (the cap on queues counts them)
         self._reports: dict[str, dict[str, TaskState]] = {}  # job -> node -> last report
         self._new: list[str] = []  # committed, not yet handed to the core
         self._listeners: list[Callable[[list[Any]], None]] = []
@@ -156,7 +157,18 @@ class JobBook:
         for listener in self._listeners:
             listener(results)
 
+    def queue_names(self) -> set[str]:
+        """Every queue a job of the book names (a copy)."""
+        with self._lock:
+            return set(self._queues)
+
+    def pending_count(self, queue: str) -> int:
+        """QUEUED jobs of ``queue``."""
+        with self._lock:
+            return len(self._queued_seqs.get(queue, ()))
+
     def _index(self, old: JobRecord | None, new: JobRecord) -> None:
+        self._queues.add(new.queue)
         was = old is not None and old.state is JobState.QUEUED
         now = new.state is JobState.QUEUED
         if old is None and now:

@@ -30,10 +30,11 @@ from typing import Callable, Iterable, Sequence
 
 from xpod.hal.device import Health
 from xpod.scheduler.contract import SIMULATED_LABEL, NodeRecord, record_of
-from xpod.scheduler.core.from_cluster import node_from_devices
+from xpod.scheduler.core.from_cluster import UNBOUNDED_CPU_MILLI, node_from_devices
 from xpod.scheduler.core.model import Node
 from xpod.scheduler.store import NodeWrite, Store
 
+from .admission import DEFAULT_TASK_CPU_MILLI, TASKS_PER_NODE
 from .core_link import CoreLink
 
 #: what the core's pending reasons say about nodes that are not ready
@@ -61,6 +62,14 @@ class NodeState:
         return self.status is NodeStatus.READY
 
 
+def _task_bound(cpu_milli: int) -> int:
+    """A node's CPUs for the core: as declared, or ``TASKS_PER_NODE`` CPUs when nobody declared
+    them (0, or the core's unbounded marker): the per-node limit on default-sized tasks."""
+    if cpu_milli <= 0 or cpu_milli >= UNBOUNDED_CPU_MILLI:
+        return TASKS_PER_NODE * DEFAULT_TASK_CPU_MILLI
+    return cpu_milli
+
+
 def core_node(record: NodeRecord, declared: Node | None = None) -> Node:
     """The core's node for a registered ``record``: the cluster file's own (``declared``) when
     it lists the same devices, else built from the record with the catalog's facts (the core's
@@ -70,12 +79,14 @@ def core_node(record: NodeRecord, declared: Node | None = None) -> Node:
     if declared is not None and [(d.vendor, d.model) for d in declared.devices] == [
         (d.vendor, d.model) for d in record.devices
     ]:
-        return dataclasses.replace(declared, labels={**dict(declared.labels), **labels})
+        return dataclasses.replace(
+            declared, labels={**dict(declared.labels), **labels}, cpu_milli=_task_bound(declared.cpu_milli)
+        )
     supernode = labels.get("supernode")
     return node_from_devices(
         record.name,
         ((d.index, d.model, d.vendor, d.memory_total_bytes or None) for d in record.devices),
-        cpu_milli=record.cpu_milli,
+        cpu_milli=_task_bound(record.cpu_milli),
         memory_bytes=record.memory_bytes,
         labels=labels,
         domains={"supernode": supernode} if supernode else {},

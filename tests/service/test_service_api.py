@@ -305,7 +305,8 @@ def test_submitter_sees_only_its_queues(api):
     assert err.value.code is Code.PERMISSION_DENIED
     with pytest.raises(ApiError) as err:
         api.get_job(alice, "job-1")
-    assert err.value.code is Code.PERMISSION_DENIED
+    # issue 18: another queue's job answers as a job that does not exist (no existence oracle)
+    assert err.value.code is Code.NOT_FOUND
 
 
 def test_every_problem_at_once_and_a_typod_model_is_named_not_a_capacity_error(api):

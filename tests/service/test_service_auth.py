@@ -17,7 +17,7 @@ tokens:
   - name: ops
     token_sha256: "{ops_hash}"
     role: admin
-  - {{name: agents, role: agent, token: agent-secret-token-0001}}
+  - {{name: agents, role: agent, token: agent-secret-token-0001, nodes: "*"}}
 """
 
 
@@ -76,7 +76,7 @@ def test_matrix_shape():
             ":3: duplicate name 'a'",
         ),
         (
-            "tokens:\n  - {name: a, role: admin, token: aaaaaaaaaaaaaaaaaaaa}\n  - {name: b, role: agent, token: aaaaaaaaaaaaaaaaaaaa}\n",
+            'tokens:\n  - {name: a, role: admin, token: aaaaaaaaaaaaaaaaaaaa}\n  - {name: b, role: agent, token: aaaaaaaaaaaaaaaaaaaa, nodes: "*"}\n',
             "has the same token as 'a'",
         ),
         (

@@ -170,7 +170,7 @@ def test_a_front_end_answers_every_call_as_the_main_server_does(pair):
     assert direct["reused id"][:2] == ("ALREADY_EXISTS", "REQUEST_ID_REUSED")
     assert direct["never fits"][0] == "FAILED_PRECONDITION"
     assert direct["garbage"][:2] == ("INVALID_ARGUMENT", "MALFORMED_REQUEST")
-    assert direct["not found"][0] == "NOT_FOUND" and direct["other's job"][0] == "PERMISSION_DENIED"
+    assert direct["not found"][0] == "NOT_FOUND" and direct["other's job"][0] == "NOT_FOUND"
     assert direct["unknown method"][0] == "UNIMPLEMENTED"
     assert direct["health"] == ("OK", health_pb2.HealthCheckResponse.SERVING)
     assert direct["watch"] == ("OK", ["job-1"])
