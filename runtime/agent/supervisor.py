@@ -153,6 +153,7 @@ def main(argv: list[str]) -> int:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(DEATH_SIGNAL, signal.SIG_DFL)
+                os.umask(0o022)  # the agent's own files are owner-only; the task's get the usual mode
                 os.execvpe(command[0], command, env)
             except OSError as err:
                 print(f"=== xpod: cannot start {command[0]!r}: {err.strerror}", file=sys.stderr, flush=True)

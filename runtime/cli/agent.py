@@ -120,6 +120,7 @@ def cmd_agent(args) -> int:
             "xpod agent takes no --token: a token on the command line is readable by every local user "
             "(/proc/PID/cmdline); put it in a file only the agent's user can read and pass --token-file FILE"
         )
+    os.umask(0o077)  # task logs and pid files: owner only (tasks get 022 back, runtime/agent/supervisor.py)
     state = _state_dir(args.state_dir)
     target = target_of(args)
     # first: a second agent (or ``xpod up``) on this state directory stops here, before it ends

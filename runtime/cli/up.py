@@ -47,6 +47,7 @@ def cmd_up(args) -> int:
     from xpod.runtime.cli.app import start_embedded
 
     positive_seconds(args.node_timeout, "--node-timeout")
+    os.umask(0o077)  # the database, its WAL, logs and the state directory: owner only
     from xpod.runtime.agent.agent import default_state_dir
 
     system = start_embedded(

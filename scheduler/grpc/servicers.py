@@ -31,8 +31,8 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2_grpc,
 )
 from xpod.scheduler.contract import TaskState
-from xpod.scheduler.service.api import ApiError, Code, SchedulerApi, Submission, TaskReport
-from xpod.scheduler.service.auth import Principal
+from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
+from xpod.scheduler.service.auth import Principal, Role
 
 from .auth import Authenticator, AuthError, Unauthenticated, narrow_to_certificate
 from .convert import (
@@ -157,8 +157,10 @@ def _rpc(method: Callable) -> Callable:
             call = _CallContext(context)
             gen = None
             step: concurrent.futures.Future | None = None
+            owner = None
             try:
                 principal = self._principal(call)
+                owner = self._hold_watch(principal)
                 gen = method(self, request, call, principal)
                 while True:
                     step = self.pool.submit(next, gen, _END)
@@ -173,6 +175,8 @@ def _rpc(method: Callable) -> Callable:
                 await _abort(context, _auth_error(err))
             finally:
                 call.active = False  # the generator's is_active() loop ends at its next poll
+                if owner is not None:
+                    self._release_watch(owner)
                 if gen is None:
                     self.streams.release()
                 elif step is not None and not step.done():
@@ -255,6 +259,35 @@ class _Base:
         self.streams = streams or threading.BoundedSemaphore(16)  # shared by every servicer of a server
         self.pool = pool  # runs the blocking API calls (shared by every servicer of a server)
         self.waiter = waiter  # awaits store commits on the loop
+        self._watch_lock = threading.Lock()
+        self._watches: dict[str, int] = {}  # principal name -> open WatchJobs streams
+
+    def _hold_watch(self, principal: Principal) -> str | None:
+        """Count a watch stream against its caller: one tenant holding every stream slot would
+        leave the others none. Returns the key to release."""
+        limit = getattr(self.api, "limits", Limits()).max_watches_per_caller
+        if principal.role is Role.ADMIN:
+            return None  # the operator's own tools are trusted; the server's slot limit still holds
+        with self._watch_lock:
+            held = self._watches.get(principal.name, 0)
+            if held >= limit:
+                raise ApiError(
+                    Code.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_WATCHES",
+                    f"{principal.name} already holds {held} watch streams, the limit per caller; close one",
+                    metadata={"principal": principal.name, "limit": str(limit)},
+                    retry_after_s=5.0,
+                )
+            self._watches[principal.name] = held + 1
+        return principal.name
+
+    def _release_watch(self, name: str) -> None:
+        with self._watch_lock:
+            left = self._watches.get(name, 1) - 1
+            if left > 0:
+                self._watches[name] = left
+            else:
+                self._watches.pop(name, None)
 
     def _principal(self, context: Any) -> Principal:
         authorization = None

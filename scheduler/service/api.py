@@ -209,6 +209,8 @@ class Limits:
     max_tasks_per_node: int = TASKS_PER_NODE  # a job's tasks at most this times the cluster's nodes
     max_pending_per_queue: int = 10_000  # queued (not yet placed) jobs per queue: one tenant cannot fill the book
     max_page_bytes: int = 2 * 1024 * 1024  # ListJobs pages end before this many bytes of specs
+    watch_batch: int = 16  # events a WatchJobs stream reads (and holds) at a time
+    max_watches_per_caller: int = 4  # WatchJobs streams one principal may hold open
 
 
 class Submission:
@@ -325,6 +327,11 @@ class SchedulerApi:
         self._admitting.shutdown(wait=False, cancel_futures=True)
         self.core.close()
         self.store.close()
+
+    @property
+    def limits(self) -> Limits:
+        """The guards this service runs with."""
+        return self._limits
 
     @property
     def last_revision(self) -> int:
@@ -706,8 +713,12 @@ class SchedulerApi:
         return self._watch(principal, from_revision, queue, job_id, is_active, poll_s)
 
     def _watch(self, principal, revision, queue, job_id, is_active, poll_s) -> Iterator[EventRecord]:
+        # a small batch: a stream holds at most one batch of events (each with its job's spec, up to
+        # max_document_bytes) while its consumer reads, so a consumer that stops reading pins
+        # about WATCH_BATCH x 256 KB, not the whole log (25 stalled watches took 3.6 GB)
+        batch = self._limits.watch_batch
         while is_active() and not self._stop.is_set():
-            events = self.store.events_since(revision, job_id=job_id or None, limit=500)
+            events = self.store.events_since(revision, job_id=job_id or None, limit=batch)
             for ev in events:
                 revision = ev.revision
                 if queue and ev.job.queue != queue:
@@ -715,7 +726,7 @@ class SchedulerApi:
                 if not principal.all_queues and ev.job.queue not in principal.queues:
                     continue
                 yield ev
-            if len(events) < 500 and not self._stop.is_set():
+            if len(events) < batch and not self._stop.is_set():
                 self.jobs.wait_for_change(revision, poll_s)
 
     def explain_job(self, principal: Principal, job_id: str) -> Explanation:

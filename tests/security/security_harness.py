@@ -55,3 +55,29 @@ def make_api(db_path: str, **kwargs):
     api = SchedulerApi(db_path, InProcessCore(cluster), cluster=cluster, **kwargs)
     api.register_nodes(OPEN_PRINCIPAL, cluster_records(cluster))
     return api
+
+
+def make_certs(d, client_names: tuple[str, ...]) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate whose subjectAltName
+    lists ``client_names`` (an agent's nodes), made with the openssl CLI."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make test certificates"
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    p = {k: str(d / f"{k}.pem") for k in ("ca", "ca_key", "srv", "srv_key", "cli", "cli_key")}
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sec-ca",
+        "-keyout", p["ca_key"], "-out", p["ca"])  # fmt: skip
+    sans = {"srv": "IP:127.0.0.1,DNS:localhost", "cli": ",".join(f"DNS:{n}" for n in client_names)}
+    for who in ("srv", "cli"):
+        ext = d / f"{who}.cnf"
+        ext.write_text(f"subjectAltName={sans[who]}\n")
+        csr = str(d / f"{who}.csr")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", p[f"{who}_key"], "-out", csr)
+        run("x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial", "-days", "1",
+            "-out", p[who], "-extfile", str(ext))  # fmt: skip
+    return p
