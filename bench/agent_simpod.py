@@ -51,7 +51,8 @@ def main() -> int:
         ready_s = time.monotonic() - t0
         from xpod.runtime.client import Client, Target
 
-        client = Client(Target(address, None, None, "bench"), timeout_s=30)
+        with open(os.path.join(state, "admin-token")) as f:  # xpod up's own admin token
+            client = Client(Target(address, f.read().strip(), None, "bench"), timeout_s=30)
         t1 = time.monotonic()
         ids = []
         for i in range(args.jobs):

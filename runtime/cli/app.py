@@ -2,8 +2,8 @@
 
 ``start_service(ServiceOptions)`` wires the scheduler service once (store, core link, API,
 gRPC server, metrics endpoint) and returns a ``Service``; ``xpod server`` adds its banner and
-waits for a signal. ``start_embedded(...)`` is ``start_service`` on loopback, open (no tokens),
-plus node agents in this process: a simulated pod of the cluster descriptor and an agent for
+waits for a signal. ``start_embedded(...)`` is ``start_service`` on loopback with tokens of its own
+(``embedded_tokens``: an admin token in the state directory that the local CLI uses), plus node agents in this process: a simulated pod of the cluster descriptor and an agent for
 this host's real devices (``xpod up``; ``xpod demo`` runs ``xpod up``).
 
 Both return once the gRPC server listens (``start_embedded``: and every agent has registered,
@@ -311,6 +311,49 @@ class Embedded:
         self._lock.release()
 
 
+#: in ``xpod up``'s state directory: its admin token (the CLI reads it) and its token file
+ADMIN_TOKEN_FILE = "admin-token"
+TOKENS_FILE = "tokens.yaml"
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
+def embedded_tokens(state_dir: str) -> tuple[str, str]:
+    """``xpod up`` is never open: an admin token in STATE/admin-token (0600; kept across
+    restarts, made when missing or readable by others) that the local CLI uses by itself, and a
+    fresh agent token for the in-process agents that never leaves this process. Returns (the
+    token file for the service, holding only their SHA-256, the agent token)."""
+    import secrets
+
+    from xpod.scheduler.grpc.auth import token_sha256
+
+    admin_path = os.path.join(state_dir, ADMIN_TOKEN_FILE)
+    admin = ""
+    try:
+        if not os.stat(admin_path).st_mode & 0o077:
+            with open(admin_path, encoding="utf-8") as f:
+                admin = f.read(4096).strip()
+    except OSError:
+        pass
+    if len(admin) < 16 or any(c.isspace() for c in admin):
+        admin = secrets.token_urlsafe(32)
+        _write_private(admin_path, admin + "\n")
+    agent = secrets.token_urlsafe(32)
+    tokens_file = os.path.join(state_dir, TOKENS_FILE)
+    _write_private(
+        tokens_file,
+        "# written by xpod up at each start: the admin token is in admin-token beside this file\n"
+        f"tokens:\n  - {{name: admin, role: admin, token_sha256: {token_sha256(admin)}}}\n"
+        f'  - {{name: xpod-up-agents, role: agent, token_sha256: {token_sha256(agent)}, nodes: "*"}}\n',
+    )
+    return tokens_file, agent
+
+
 def start_embedded(
     *,
     cluster_file: str | None = None,
@@ -327,7 +370,7 @@ def start_embedded(
         raise XpodError("--no-simulate and --no-local together leave nothing to run; drop one")
     host, _ = split_host_port(listen, "--listen")
     if not is_loopback(host):
-        raise XpodError(f"--listen {listen}: xpod up runs open (no tokens) and stays on loopback; use 127.0.0.1:PORT")
+        raise XpodError(f"--listen {listen}: xpod up stays on loopback (no TLS); use 127.0.0.1:PORT")
     if metrics:
         split_host_port(metrics, "--metrics")  # before creating anything
     try:
@@ -344,6 +387,7 @@ def start_embedded(
     lock = StateLock.acquire(state_dir, "xpod up", listen)
     try:
         cluster = load_cluster(cluster_file) if cluster_file else load_default_cluster()
+        tokens_file, agent_token = embedded_tokens(state_dir)
         service = start_service(
             ServiceOptions(
                 store=os.path.join(state_dir, "xpod.db"),
@@ -353,13 +397,14 @@ def start_embedded(
                 metrics=metrics,
                 node_timeout_s=node_timeout_s,
                 holder="xpod up",
+                tokens_file=tokens_file,
             )
         )
     except BaseException:
         lock.release()
         raise
     lock.set_address(service.address)
-    client = Client(Target(service.address, None, None, "xpod up"), timeout_s=10.0)
+    client = Client(Target(service.address, agent_token, None, "xpod up"), timeout_s=10.0)
     nodes = []
     if simulate:
         nodes += [

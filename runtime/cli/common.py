@@ -30,17 +30,13 @@ def print_usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-#: the file in ``xpod up``'s state directory holding its admin token (mode 0600)
-ADMIN_TOKEN_FILE = "admin-token"
-
-
 def local_admin_token(addresses) -> str | None:
     """The admin token ``xpod up`` wrote to this user's state directory, for a CLI given no
     token; only for loopback servers (a local token never travels to another host), only from
     a file nobody else can read."""
     import os
 
-    from xpod.runtime.cli.app import is_loopback, split_host_port
+    from xpod.runtime.cli.app import ADMIN_TOKEN_FILE, is_loopback, split_host_port
 
     try:
         if not addresses or not all(is_loopback(split_host_port(a, "--server")[0]) for a in addresses):

@@ -71,6 +71,12 @@ def cmd_up(args) -> int:
             f"local node: {local.name + f' ({len(local.spec.devices)} devices)' if local else '-'}{where}",
             flush=True,
         )
+        token = os.path.join(system.state_dir, "admin-token")
+        print(
+            f"xpod up: admin token in {token} (0600; the CLI uses it by itself with the default state directory, "
+            f"else pass --token-file {token})",
+            flush=True,
+        )
         print(f"xpod up: submit with 'xpod submit FILE --server {system.address}'; Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):  # a signal may land on another thread: wake to see it
             pass

@@ -295,6 +295,11 @@ class SchedulerApi:
                 for job in self.jobs.load(parse_document, recovered):
                     parsed = self.jobs.parsed(job.id)
                     assert parsed is not None
+                    if parsed.core.tasks > self._most_tasks():  # stored before the bound: never to the core
+                        self.jobs.unparsable.append(
+                            (job, f"{parsed.core.tasks} tasks; this cluster holds at most {self._most_tasks()}")
+                        )
+                        continue
                     core_job = parsed.core_job(job.id, job.create_time_s)
                     if job.state in BOUND_STATES and job.allocations:
                         core.restore_job(core_job, job.allocations, job.update_time_s)
@@ -315,9 +320,23 @@ class SchedulerApi:
     # --- lifecycle ---
 
     def start(self) -> "SchedulerApi":
+        self._fail_unparsable()
         self.loop.start(self._stop)
         self.liveness.start(self._stop)
         return self
+
+    def _fail_unparsable(self) -> None:
+        """Fail the stored live jobs this server's checks refuse (``JobBook.unparsable``), with
+        the reason, so a restart never hangs on (nor half-loads) a job it would not accept."""
+        while self.jobs.unparsable and self.read_only_error is None:
+            job, why = self.jobs.unparsable.pop()
+            update = JobUpdate(
+                job.id, JobState.FAILED, None, (), EventType.FAILED, f"refused at restart: {why}"[:1000], self._clock()
+            )
+            try:
+                self._wait(self._queued(lambda: self.jobs.update(update)), 30.0)
+            except (ApiError, StaleUpdate):
+                pass  # another replica or a later start fails it
 
     def close(self) -> None:
         self._stop.set()
@@ -541,12 +560,17 @@ class SchedulerApi:
             raise
         return Submission(self, request_id, parsed, fut)
 
+    def _most_tasks(self) -> int:
+        """The most tasks one job may have: ``max_tasks_per_node`` for each node this server
+        knows (declared or registered; at least one)."""
+        return max(1, sum(self.nodes.counts().values())) * self._limits.max_tasks_per_node
+
     def _bounded(self, parsed: ParsedJob) -> None:
         """Refuse work no cluster of this size could hold, a queue past the limit on queues, and
         a queue whose backlog is full; before anything is written."""
-        nodes = max(1, sum(self.nodes.counts().values()))
-        most = nodes * self._limits.max_tasks_per_node
+        most = self._most_tasks()
         if parsed.core.tasks > most:
+            nodes = max(1, sum(self.nodes.counts().values()))
             serving = parsed.kind.value == "ServingJob"
             field = "spec.replicas" if serving else "spec.tasks"
             raise ApiError(

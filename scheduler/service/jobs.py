@@ -19,7 +19,7 @@ import dataclasses
 import threading
 from typing import Any, Callable, Iterable
 
-from xpod.scheduler.contract import JobKind, TaskState
+from xpod.scheduler.contract import JobKind, TaskFieldError, TaskState
 from xpod.scheduler.store import (
     EventRecord,
     EventType,
@@ -78,6 +78,8 @@ class JobBook:
         self._pending: dict[str, PendingReasonRecord] = {}  # live reasons of QUEUED jobs
         self._queued_seqs: dict[str, list[int]] = {}  # queue -> sorted seqs of its QUEUED jobs
         self._submitted_s: dict[str, float] = {}  # QUEUED, never placed -> submit time (queue-wait metric)
+        # live jobs of the store that no longer pass admission's checks: (job, why), failed at start
+        self.unparsable: list[tuple[JobRecord, str]] = []
         self._queues: set[str] = set()  # every queue a job names (the cap on queues counts them)
         self._reports: dict[str, dict[str, TaskState]] = {}  # job -> node -> last report
         self._new: list[str] = []  # committed, not yet handed to the core
@@ -100,8 +102,13 @@ class JobBook:
                 self._index(None, job)
                 self._jobs[job.id] = job
                 if not job.state.terminal:
-                    # it was accepted once, so it parses again
-                    self._parsed[job.id] = known.get(job.id) or parse(job.spec)
+                    # it was accepted once; a stricter server (reserved env variables, queue
+                    # names) may refuse it now: it is failed at start, never half-loaded
+                    try:
+                        self._parsed[job.id] = known.get(job.id) or parse(job.spec)
+                    except TaskFieldError as err:
+                        self.unparsable.append((job, str(err)))
+                        continue
                     live.append(job)
             self.last_revision = revision
         return live

@@ -128,10 +128,16 @@ class Cluster:
 
     @property
     def client(self):
+        # an ``xpod up`` under this test's folder is never open: its admin token, once written
+        tokens = sorted(self.tmp.glob("*/admin-token"))
+        token = tokens[0].read_text().strip() if tokens else None
+        if self._client is not None and self._client.target.token != token:
+            self._client.close()
+            self._client = None
         if self._client is None:
             from xpod.runtime.client import Client, Target
 
-            self._client = Client(Target(self.address, None, None, "test"), timeout_s=5.0)
+            self._client = Client(Target(self.address, token, None, "test"), timeout_s=5.0)
         return self._client
 
     def submit(self, name: str, spec: dict, kind: str = "TrainingJob") -> str:

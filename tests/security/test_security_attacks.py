@@ -192,3 +192,28 @@ def test_pages_are_bounded_by_bytes(tmp_path, who):
         assert len(seen) == len(set(seen)) == 10 and pages >= 3
     finally:
         api.close()
+
+
+def test_a_stored_job_the_server_now_refuses_is_failed_at_restart_not_loaded(tmp_path, who):
+    """A job written before these checks (here: straight into the store, with a device variable
+    in its env and 2^63 tasks) must neither stop the server from starting nor run."""
+    from xpod.scheduler.store import SubmitWrite, open_store
+
+    db = str(tmp_path / "old.db")
+    make_api(db).close()
+    store = open_store(db, holder="test")
+    for rid, spec in (
+        ("env", {"tasks": 1, "queue": "research", "env": {"CUDA_VISIBLE_DEVICES": "0,1"}}),
+        ("huge", {"tasks": 2**63, "queue": "research"}),
+    ):
+        doc = {"apiVersion": "xpod/v1", "kind": "TrainingJob", "metadata": {"name": rid}, "spec": spec}
+        store.submit(SubmitWrite(rid, rid * 8, "research", "TrainingJob", rid, doc, 1.0)).result(timeout=30)
+    store.close()
+    api = make_api(db)
+    try:
+        api.start()
+        states = {v.record.name: (v.record.state.value, v.record.message) for v in api.list_jobs(who["admin"])[0]}
+        assert set(states) == {"env", "huge"}
+        assert all(state == "FAILED" and "refused at restart" in msg for state, msg in states.values())
+    finally:
+        api.close()

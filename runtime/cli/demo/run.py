@@ -83,9 +83,12 @@ class Embedded:
 
         deadline = time.monotonic() + timeout_s
         last = ""
+        token = os.path.join(self.state_dir, "admin-token")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise XpodError(f"xpod up exited with code {self.proc.returncode}; see {self.log_path}")
+            if os.path.exists(token):
+                os.environ["XPOD_TOKEN_FILE"] = token  # this demo's clients and the CLI it runs
             try:
                 with Client(resolve_target(self.addr), timeout_s=2.0) as c:
                     nodes = c.list_nodes()
