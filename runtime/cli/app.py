@@ -164,6 +164,11 @@ def start_service(options: ServiceOptions) -> Service:
     except (OSError, RuntimeError) as err:
         api.close()
         raise XpodError(f"--listen {options.listen}: cannot listen: {err}") from None
+    if not replicated:
+        # a database that cannot be written (read-only, full): health NOT_SERVING until a restart
+        api.store.on_failure = lambda err: threading.Thread(
+            target=server.set_serving, args=(False,), name="xpod-health", daemon=True
+        ).start()
     metrics_server, metrics_url = None, None
     if metrics_addr:
         from prometheus_client import start_http_server

@@ -108,6 +108,9 @@ class GroupCommitStore:
         """Set up the writer's state (after the database is open and migrated) and start it."""
         self.path = display  # the file or the URL with its password masked: for messages
         self.on_commit = on_commit
+        # told (on the writer thread) when a batch could not be written for the database's sake
+        # (read-only, full, I/O): the server turns its health NOT_SERVING
+        self.on_failure: Callable[[Exception], None] | None = None
         self._max_batch = max_batch
         self._next_seq = next_seq
         self._next_revision = next_revision

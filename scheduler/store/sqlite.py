@@ -10,14 +10,17 @@ own connections (WAL readers never block the writer). The file is locked for one
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from typing import Any, Callable
 
-from . import EventRecord, JobRecord, StoreError
+from . import EventRecord, JobRecord, StoreError, StoreUnavailable
 from .base import GroupCommitStore, _event_record
 from .lock import StateLock
 from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
+
+_log = logging.getLogger("xpod.store")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -166,6 +169,14 @@ class SqliteStore(GroupCommitStore):
             self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+        if isinstance(err, sqlite3.Error):
+            # a read-only file, a full disk, an I/O error: the callers get UNAVAILABLE (nothing
+            # acknowledged) and the server's health turns NOT_SERVING (store_failed), not UNKNOWN
+            _log.error("xpod store %s: a write failed, nothing acknowledged: %s", self.path, err)
+            failed = StoreUnavailable(f"the database cannot be written: {err}")
+            if self.on_failure is not None:
+                self.on_failure(failed)
+            return failed
         return err
 
     def _select_job_doc(self, job_id: str) -> str | None:

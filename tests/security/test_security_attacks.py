@@ -217,3 +217,18 @@ def test_a_stored_job_the_server_now_refuses_is_failed_at_restart_not_loaded(tmp
         assert all(state == "FAILED" and "refused at restart" in msg for state, msg in states.values())
     finally:
         api.close()
+
+
+def test_a_store_that_cannot_write_answers_unavailable_and_says_so(tmp_path, who):
+    """A read-only database came back as UNKNOWN while health stayed SERVING. Here SQLite's own
+    query-only mode refuses the writer's next transaction, as a read-only file does."""
+    api = make_api(str(tmp_path / "ro.db"))
+    failures = []
+    api.store.on_failure = failures.append
+    try:
+        api.store._conn.execute("PRAGMA query_only = ON")  # the writer's connection (test-only access)
+        err = refused(lambda: api.submit_job(who["alice"], "ro", job_doc("ro"), timeout_s=10))
+        assert (err.code, err.reason) == (Code.UNAVAILABLE, "STORE_UNAVAILABLE") and err.retry_after_s
+        assert len(failures) == 1 and "cannot be written" in str(failures[0])
+    finally:
+        api.close()
