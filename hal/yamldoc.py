@@ -289,3 +289,20 @@ def _schema_message(err: Any, pattern_message: PatternMessage | None) -> list[Fi
     if v == "not":
         return at(f"{where}: {err.schema.get('description') or 'not allowed here'}", key=True)
     return at(f"{where}: {err.message}")
+
+
+def load_plain(path: str | os.PathLike, *, empty: Any = None) -> Any:
+    """The plain data of the YAML file at ``path`` with the guards of every xpod loader (no
+    recursive alias, no expansion past ``Located.MAX_VALUES``, one document); any problem is
+    one ``XpodError`` naming ``FILE:LINE:COL``. ``empty``: the value of an empty file."""
+    source = os.fspath(path)
+    node, problems = compose_one(read_text(source), empty="", several="a second YAML document; keep one")
+    if node is None and problems == [(0, 0, "")]:
+        return empty
+    if node is not None:
+        located = Located()
+        data = located.build(node)
+        problems = located.problems
+    if problems:
+        raise XpodError(format_problems(source, problems)[0])
+    return data

@@ -35,7 +35,6 @@ import time
 import uuid
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import yaml
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.contract import Assignment, NodeRecord, TaskAllocation, TaskReport
@@ -99,11 +98,9 @@ def resolve_target(
     config: dict[str, Any] = {}
     path = config_path()
     if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise XpodError(f"{path}: cannot read the xpod config file: {err}") from None
+        from xpod.hal.yamldoc import load_plain
+
+        config = load_plain(path, empty={}) or {}
         if not isinstance(config, dict):
             raise XpodError(f"{path}: the xpod config file must be a mapping with {', '.join(_CONFIG_KEYS)}")
         unknown = set(config) - set(_CONFIG_KEYS)

@@ -93,3 +93,22 @@ def test_logs_accepts_job_ids_only(tmp_path, job_id):
     """``xpod logs`` followed relative and absolute ids out of the state directory."""
     r = _cli("logs", job_id, "--state-dir", str(tmp_path))
     assert r.returncode == 1 and "is not a job id" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        + "server: *i\n",
+        "server: &s [*s]\n",
+    ],
+    ids=["billion-laughs", "recursive-alias"],
+)
+def test_the_clients_config_loader_has_the_cluster_loaders_guards(tmp_path, text):
+    """A billion-laughs file pinned the client at 100 % CPU; a recursive alias gave a traceback."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    r = _cli("jobs", "--timeout", "1", env={"XPOD_CONFIG": str(path)})
+    assert r.returncode == 1 and str(path) in r.stderr and "Traceback" not in r.stderr
+    assert "YAML alias" in r.stderr
