@@ -121,12 +121,12 @@ def device_env_vars() -> frozenset[str]:
     from each backend class's ``visible_vars``): the variables that decide which devices a
     process sees, so only xpod may set them for a task. Reads the backend modules' classes; runs
     no probe. A backend module that cannot be imported contributes nothing."""
-    import importlib
+    import sys
 
     names: set[str] = set()
     for ep in entry_points(group=GROUP):
         try:
-            module = importlib.import_module(ep.module)
+            module = sys.modules[ep.load().__module__]  # the probe's module: its Backend classes
         except Exception:  # a broken plugin must not break job admission
             continue
         for value in vars(module).values():

@@ -5,7 +5,6 @@ Exit codes: 0 on a clean stop (Ctrl-C / SIGTERM), 1 for a user error (one line),
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -27,7 +26,11 @@ def register(commands) -> None:
     a.add_argument(
         "--server", metavar="ADDR", help="scheduler address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
     )
-    a.add_argument("--token", metavar="T", help=argparse.SUPPRESS)  # refused: see cmd_agent
+    a.add_argument(
+        "--token",
+        metavar="T",
+        help="refused: a token on the command line is readable by every local user; use --token-file",
+    )
     tls_flags(a)
     a.add_argument(
         "--simulate",

@@ -187,7 +187,7 @@ def test_what_only_the_parsers_and_the_core_know_is_checked_too(tmp_path):
     fractions of devices, unknown priority classes."""
     head = "kind: TrainingJob\nmetadata: {name: x}\nspec:\n"
     assert problems(tmp_path, head + "  env: {RANK: '3'}\n") == [
-        "4:15: spec.env.RANK: is set by the node agent; remove it"
+        "4:15: spec.env.RANK: is reserved: xpod sets the visible-devices, rendezvous and XPOD_* variables itself; remove it"
     ]
     assert problems(tmp_path, head + "  devices: {count: 2, milli: 500}\n") == [
         "4:30: spec.devices.milli: a fraction of a device (500m) needs count: 1, not 2"
