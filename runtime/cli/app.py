@@ -273,6 +273,7 @@ class Embedded:
     _stop: threading.Event
     _client: Any
     _lock: Any  # store.lock.StateLock on state_dir
+    _token_pointer: str | None = None  # local_token_path of this address, removed at close
     _closed: bool = False
 
     @property
@@ -313,6 +314,11 @@ class Embedded:
         self._thread.join(timeout=15)
         self._client.close()
         self.service.close()
+        if self._token_pointer is not None:
+            try:
+                os.unlink(self._token_pointer)
+            except OSError:
+                pass
         self._lock.release()
 
 
@@ -329,25 +335,16 @@ def _write_private(path: str, text: str) -> None:
 
 
 def embedded_tokens(state_dir: str) -> tuple[str, str]:
-    """``xpod up`` is never open: an admin token in STATE/admin-token (0600; kept across
-    restarts, made when missing or readable by others) that the local CLI uses by itself, and a
-    fresh agent token for the in-process agents that never leaves this process. Returns (the
-    token file for the service, holding only their SHA-256, the agent token)."""
+    """``xpod up`` is never open: a fresh admin token at each start in STATE/admin-token (0600)
+    that the local CLI uses by itself (``local_token_path``), and a fresh agent token for the
+    in-process agents that never leaves this process. Returns (the token file for the service,
+    holding only their SHA-256, the agent token)."""
     import secrets
 
     from xpod.scheduler.grpc.auth import token_sha256
 
-    admin_path = os.path.join(state_dir, ADMIN_TOKEN_FILE)
-    admin = ""
-    try:
-        if not os.stat(admin_path).st_mode & 0o077:
-            with open(admin_path, encoding="utf-8") as f:
-                admin = f.read(4096).strip()
-    except OSError:
-        pass
-    if len(admin) < 16 or any(c.isspace() for c in admin):
-        admin = secrets.token_urlsafe(32)
-        _write_private(admin_path, admin + "\n")
+    admin = secrets.token_urlsafe(32)
+    _write_private(os.path.join(state_dir, ADMIN_TOKEN_FILE), admin + "\n")
     agent = secrets.token_urlsafe(32)
     tokens_file = os.path.join(state_dir, TOKENS_FILE)
     _write_private(
@@ -357,6 +354,15 @@ def embedded_tokens(state_dir: str) -> tuple[str, str]:
         f'  - {{name: xpod-up-agents, role: agent, token_sha256: {token_sha256(agent)}, nodes: "*"}}\n',
     )
     return tokens_file, agent
+
+
+def local_token_path(address: str) -> str:
+    """The file in this user's state directory (``XPOD_STATE_DIR`` or ~/.local/state/xpod) where
+    the ``xpod up`` listening on loopback ``address`` leaves its admin token for the local CLI."""
+    from xpod.runtime.agent.agent import default_state_dir
+
+    host, port = split_host_port(address, "--server")
+    return os.path.join(default_state_dir(), "local-servers", f"{host.strip('[]')}_{port}.token")
 
 
 def start_embedded(
@@ -409,6 +415,15 @@ def start_embedded(
         lock.release()
         raise
     lock.set_address(service.address)
+    # where a CLI given this loopback address and no token finds the admin token, whatever
+    # --state-dir was (this user's own state directory, owner-only)
+    pointer = local_token_path(service.address)
+    try:
+        os.makedirs(os.path.dirname(pointer), mode=0o700, exist_ok=True)
+        with open(os.path.join(state_dir, ADMIN_TOKEN_FILE), encoding="utf-8") as f:
+            _write_private(pointer, f.read())
+    except OSError:
+        pointer = None  # the CLI then needs --token-file STATE/admin-token, as the banner says
     client = Client(Target(service.address, agent_token, None, "xpod up"), timeout_s=10.0)
     nodes = []
     if simulate:
@@ -431,4 +446,4 @@ def start_embedded(
     thread = threading.Thread(target=agent.run, args=(stop,), name="xpod-agent", daemon=True)
     thread.start()
     agent.connected.wait(timeout=wait_s)
-    return Embedded(service, state_dir, agent, thread, stop, client, lock)
+    return Embedded(service, state_dir, agent, thread, stop, client, lock, pointer)

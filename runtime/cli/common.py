@@ -31,25 +31,30 @@ def print_usage(parser: argparse.ArgumentParser) -> int:
 
 
 def local_admin_token(addresses) -> str | None:
-    """The admin token ``xpod up`` wrote to this user's state directory, for a CLI given no
-    token; only for loopback servers (a local token never travels to another host), only from
-    a file nobody else can read."""
+    """The admin token of the ``xpod up`` at one of ``addresses`` (``app.local_token_path``), else
+    the one in this user's default state directory, for a CLI given no token; only for loopback
+    servers (a local token never travels to another host), only from a file nobody else can
+    read."""
     import os
 
-    from xpod.runtime.cli.app import ADMIN_TOKEN_FILE, is_loopback, split_host_port
+    from xpod.runtime.cli.app import ADMIN_TOKEN_FILE, is_loopback, local_token_path, split_host_port
 
     try:
         if not addresses or not all(is_loopback(split_host_port(a, "--server")[0]) for a in addresses):
             return None
+        paths = [local_token_path(a) for a in addresses]
     except XpodError:
         return None
     from xpod.runtime.agent.agent import default_state_dir
 
-    path = os.path.join(default_state_dir(), ADMIN_TOKEN_FILE)
-    try:
-        if os.stat(path).st_mode & 0o077:
-            return None
-        with open(path, encoding="utf-8") as f:
-            return f.read(4096).strip() or None
-    except OSError:
-        return None
+    for path in (*paths, os.path.join(default_state_dir(), ADMIN_TOKEN_FILE)):
+        try:
+            if os.stat(path).st_mode & 0o077:
+                continue
+            with open(path, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except OSError:
+            continue
+        if token:
+            return token
+    return None

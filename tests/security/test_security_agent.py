@@ -112,3 +112,43 @@ def test_the_clients_config_loader_has_the_cluster_loaders_guards(tmp_path, text
     r = _cli("jobs", "--timeout", "1", env={"XPOD_CONFIG": str(path)})
     assert r.returncode == 1 and str(path) in r.stderr and "Traceback" not in r.stderr
     assert "YAML alias" in r.stderr
+
+
+def test_xpod_up_is_never_open_and_its_files_are_owner_only(tmp_path):
+    """The open loopback default let any local user submit a job that ran as the agent's user;
+    the database, WAL and task logs were 0644 though they hold env secrets."""
+    import re
+    import signal
+    import stat
+
+    from xpod.runtime.client import Client, RpcFailure, Target
+
+    state = tmp_path / "up-state"
+    env = {**os.environ, "HOME": str(tmp_path), "XPOD_CONFIG": "/nonexistent/xpod.yaml", "XPOD_TOKEN": ""}
+    env.pop("XPOD_STATE_DIR", None)
+    log = open(tmp_path / "up.log", "w")
+    p = subprocess.Popen(
+        [*XPOD, "up", "--no-local", "--listen", "127.0.0.1:0", "--state-dir", str(state)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (m := re.search(r"scheduler on (127\.0\.0\.1:\d+)", (tmp_path / "up.log").read_text())):
+            assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        addr = m.group(1)
+        with Client(Target(addr, None, None, "test"), timeout_s=10, failover_s=0) as anonymous:
+            with pytest.raises(RpcFailure) as err:
+                anonymous.list()
+            assert err.value.code == "UNAUTHENTICATED"
+        r = subprocess.run([*XPOD, "jobs", "--server", addr], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr  # the local CLI found the admin token by itself
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for name in ("xpod.db", "admin-token", "tokens.yaml"):
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+        assert "admin-token" not in (state / "tokens.yaml").read_text().split("\n", 1)[1]
+        assert (state / "admin-token").read_text().strip() not in (state / "tokens.yaml").read_text()
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=60)
+        log.close()
