@@ -324,6 +324,8 @@ class Scheduler:
             priority_preemptible={p.name: p.preemptible for p in self.priority_classes.values()},
             fabric=self.fabric,
         )
+        for p in self.framework.sessions:
+            p.open_session(ctx)
         placer = Placer(self.framework, ctx)
         attempt_s: dict[str, float] = {}
         place = placer.place

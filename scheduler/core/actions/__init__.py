@@ -1,7 +1,8 @@
 """Actions: what a cycle does, in order (Volcano's actions), one module each.
 
 ``enqueue`` marks the jobs that can never fit; ``allocate`` places queues' jobs in order until
-each queue's first job that does not fit (its head); ``backfill`` lets later jobs pass a head
+each queue's first job that does not fit (its head); ``allocate-greedy`` tries every job (no
+head); ``backfill`` lets later jobs pass a head
 when they cannot delay it; ``preempt`` evicts lower-priority jobs of the same queue for a job
 that cannot start; ``reclaim`` takes devices back from queues above their share. Beside them:
 ``cycle`` (the state actions share, one job's placement), ``reservation`` (when and where a
@@ -13,6 +14,7 @@ framework's extension points.
 from typing import Callable
 
 from .allocate import action_allocate
+from .allocate_greedy import action_allocate_greedy
 from .backfill import action_backfill
 from .cycle import CycleState, PlacedTasks
 from .enqueue import action_enqueue, never_fits, never_fits_reason
@@ -23,6 +25,7 @@ from .reclaim import action_reclaim
 ACTIONS: dict[str, Callable[[CycleState], None]] = {
     "enqueue": action_enqueue,
     "allocate": action_allocate,
+    "allocate-greedy": action_allocate_greedy,
     "backfill": action_backfill,
     "preempt": action_preempt,
     "reclaim": action_reclaim,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 
 from ..model import ReasonCode
-from .cycle import CycleState, try_place
+from .cycle import CycleState, shape_key, try_place
 
 
 def action_allocate(cs: CycleState) -> None:
@@ -13,10 +13,20 @@ def action_allocate(cs: CycleState) -> None:
     plugin's order inside each (priority with aging); a queue stops at its first job that does
     not fit, its head (that job keeps its place: the backfill action may still use the gap
     without delaying it)."""
+    allocate_in_order(cs, hold_head=True)
+
+
+def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
+    """The allocate loop: queues by ``QueueOrder``, jobs by ``JobOrder``; with ``hold_head`` a
+    queue stops at its first job that does not fit now (it becomes the queue's head), without
+    it every job is tried (``allocate-greedy``)."""
     queues = cs.ordered_by_queue(
         j for j in cs.enqueued if j not in cs.done and cs.failed.get(j) is not ReasonCode.NEVER_FITS
     )
     pos = {q: 0 for q in queues}
+    # without heads: shapes that did not fit since the last placement (the state is the same,
+    # so they would not fit again; keeps a long queue behind a full cluster cheap)
+    no_room: set = set()
     heap = [(_qkey(cs, q), q) for q in queues]
     heapq.heapify(heap)
     while heap:
@@ -28,8 +38,15 @@ def action_allocate(cs: CycleState) -> None:
         job = jobs[i]
         pos[q] = i + 1
         cs.decisions += 1
-        if not try_place(cs, job) and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
+        shape = None if hold_head else shape_key(cs, job)
+        if shape is not None and shape in no_room:
+            cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+        elif try_place(cs, job):
+            no_room.clear()
+        elif hold_head and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
             cs.heads[q] = job.id
+        elif shape is not None and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
+            no_room.add(shape)
         heapq.heappush(heap, (_qkey(cs, q), q))
 
 

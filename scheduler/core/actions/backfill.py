@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..model import Job, ReasonCode
 from ..snapshot import Statement
 from .carve import MAX_CARVE_TRIES, CarveMask, head_carve, try_carved
-from .cycle import CycleState, try_place
+from .cycle import CycleState, shape_key, try_place
 from .reservation import reservation
 
 
@@ -56,21 +56,7 @@ def action_backfill(cs: CycleState) -> None:
                     continue
                 cs.decisions += 1
                 d = job.expected_duration_seconds
-                shape = (
-                    None
-                    if cs.placed_tasks.get(job.id)
-                    else (
-                        job.devices,
-                        job.cpu_milli,
-                        job.memory_bytes,
-                        job.kind,
-                        job.tasks,
-                        job.min_tasks,
-                        job.within,
-                        job.replica_tasks,
-                        job.domain_block,
-                    )
-                )
+                shape = shape_key(cs, job)
                 beside = None  # how it fared beside the head's carve-out: "failed", "capped"
                 if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
                     mask.off()  # a job that ends before the head starts may use its devices too

@@ -121,6 +121,26 @@ class CycleState:
         return k
 
 
+def shape_key(cs: CycleState, job: Job) -> tuple | None:
+    """What decides whether ``job`` fits now, besides the cluster's state: a job of the same
+    shape does not fit either once one did not (until a placement changes the state). None for
+    a partly running job (its missing tasks depend on where the others run)."""
+    if cs.placed_tasks.get(job.id):
+        return None
+    return (
+        job.devices,
+        job.cpu_milli,
+        job.memory_bytes,
+        job.kind,
+        job.tasks,
+        job.min_tasks,
+        job.within,
+        job.replica_tasks,
+        job.domain_block,
+        job.node_selector,
+    )
+
+
 def devices_of(job: Job, tasks: int) -> float:
     return tasks * job.devices_per_task
 

@@ -39,6 +39,12 @@ point               method                                              when
                                                                         before the scheduler
                                                                         started: plugins that
                                                                         learn the workload
+``Session``         ``open_session(ctx) -> None``                       once per cycle, before
+                                                                        the actions: plugins that
+                                                                        keep state over time
+                                                                        (attained service) bring
+                                                                        it up to date (Volcano's
+                                                                        OnSessionOpen)
 ==================  =================================================  ==========================
 
 Plugins must be fast at the per-node points (``filter``, ``select``): they run for every node a
@@ -188,6 +194,11 @@ class Observe(Protocol):
     def observe(self, job: Job, history: bool) -> None: ...
 
 
+@runtime_checkable
+class Session(Protocol):
+    def open_session(self, ctx: CycleContext) -> None: ...
+
+
 #: every extension point, by the name a plugin's docs and errors use
 POINTS: dict[str, Any] = {
     "pre_filter": PreFilter,
@@ -206,4 +217,5 @@ POINTS: dict[str, Any] = {
     "permit": Permit,
     "victims": VictimSelect,
     "observe": Observe,
+    "open_session": Session,
 }

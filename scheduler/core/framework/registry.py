@@ -32,6 +32,7 @@ from .points import (
     QueueOrder,
     Reserve,
     Score,
+    Session,
     Tiers,
     VictimSelect,
 )
@@ -157,6 +158,7 @@ class Framework:
         self.tier_rule: Tiers | None = next(iter(having("tiers")), None)
         self.victim_selectors: list[VictimSelect] = having("victims")
         self.observers: list[Observe] = having("observe")
+        self.sessions: list[Session] = having("open_session")
         # the plugins with per-job points, for ``for_job``
         self._per_job = [
             p

@@ -1,0 +1,104 @@
+"""``las``: Tiresias' discretised two-dimensional least-attained-service order (Gu et al.,
+NSDI'19), re-implemented from the paper's description and its simulator's README.
+
+A job's *attained service* is the device-seconds it has run so far (devices x time, every run
+counted, runs cut short by an eviction included): the "2D" of 2D-LAS, so a wide job ages
+faster than a narrow one. Queues are discrete: a job is in the first queue until its attained
+service reaches ``threshold_device_s`` (3,600 device-seconds, the simulator README's example of
+two queues), then in the second. The order (``job_key``): the first queue before the second,
+first come first served inside a queue. A waiting job may evict running jobs that this order
+puts behind it (``victims``: the second queue's, latest arrivals first), which is how a new
+short job gets devices from a long one; with ``allocate-greedy`` a job that does not fit does
+not hold the others back ("fit-first with FIFO" in the simulator). Tiresias knows nothing of a
+job's expected duration and uses none.
+
+Starvation: a job of the second queue that waited ``promote_knob`` times as long as it last
+ran goes back to the first queue (the paper's PromoteKnob; 0, the default, never promotes).
+
+The plugin keeps each job's attained service over cycles (``open_session``): a running job's
+service grows with its run time; when a run ends (the job finished, or was evicted and waits
+again) the run is banked at the last cycle's time.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..framework import CycleContext, Plugin, register
+from ..model import Job
+from ..snapshot import RunningJob
+
+
+@register
+class LasPlugin(Plugin):
+    name = "las"
+    ARGS = {"threshold_device_s": 3600.0, "promote_knob": 0.0}
+    threshold_device_s: float
+    promote_knob: float
+
+    def __init__(self, **args) -> None:
+        super().__init__(**args)
+        self.banked: dict[str, float] = {}  # job id -> device-seconds of its finished runs
+        self.last_run_s: dict[str, float] = {}  # job id -> length of its last finished run
+        self.stopped_at: dict[str, float] = {}  # job id -> when its last run ended
+        self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
+        self.last_now = 0.0
+        self.now = 0.0
+        self.running: dict[str, RunningJob] = {}
+
+    # ------------------------------------------------------------------ the points
+    def open_session(self, ctx: CycleContext) -> None:
+        """Bank the runs that ended since the last cycle, note the ones that began."""
+        running = ctx.snap.running
+        runs = self.runs
+        for jid in runs.keys() - running.keys():
+            self._bank(jid)
+        for jid, rj in running.items():
+            seen = runs.get(jid)
+            if seen is None:
+                runs[jid] = (rj.start_time, rj.job.total_devices)
+            elif seen[0] != rj.start_time:  # evicted and started again between two cycles
+                self._bank(jid)
+                runs[jid] = (rj.start_time, rj.job.total_devices)
+        self.last_now = ctx.now
+        self.now = ctx.now
+        self.running = running
+
+    def job_key(self, job: Job, now: float) -> tuple:
+        return (self._queue(job, now), job.submit_time, job.id)
+
+    def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
+        """Running jobs the order puts behind ``job``: a later queue, or its queue and a later
+        arrival; the last in that order are evicted first."""
+        now = ctx.now
+        mine = self.job_key(job, now)
+        behind = [(self.job_key(rj.job, now), rj) for rj in candidates]
+        behind = [(k, rj) for k, rj in behind if k > mine]
+        behind.sort(key=lambda kr: kr[0], reverse=True)
+        return [rj for _, rj in behind]
+
+    # ------------------------------------------------------------------ internals
+    def _attained(self, job: Job, now: float) -> float:
+        """Device-seconds ``job`` has run by ``now``."""
+        got = self.banked.get(job.id, 0.0)
+        run = self.runs.get(job.id)
+        if run is not None and job.id in self.running:
+            got += max(0.0, now - run[0]) * run[1]
+        return got
+
+    def _queue(self, job: Job, now: float) -> int:
+        if self._attained(job, now) < self.threshold_device_s:
+            return 0
+        if self.promote_knob > 0 and job.id not in self.running:
+            since = self.stopped_at.get(job.id)
+            last = self.last_run_s.get(job.id, 0.0)
+            if since is not None and now - since >= self.promote_knob * last:
+                return 0
+        return 1
+
+    def _bank(self, jid: str) -> None:
+        start, devices = self.runs.pop(jid)
+        ran = max(0.0, self.last_now - start)
+        self.banked[jid] = self.banked.get(jid, 0.0) + ran * devices
+        self.last_run_s[jid] = ran
+        self.stopped_at[jid] = self.last_now
