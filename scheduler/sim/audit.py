@@ -36,7 +36,9 @@ class PlacementAudit:
     """Device ownership and rule checks over a replay. ``started`` for each job the scheduler
     starts (its bindings of one cycle), ``stopped`` when it finishes or is evicted."""
 
-    def __init__(self, nodes: Iterable[Node], reserve_nodes: int = ascend_rules.DEFAULT_SUPERNODE_RESERVE_NODES) -> None:
+    def __init__(
+        self, nodes: Iterable[Node], reserve_nodes: int = ascend_rules.DEFAULT_SUPERNODE_RESERVE_NODES
+    ) -> None:
         self.nodes: dict[str, Node] = {n.name: n for n in nodes}
         self.reserve_nodes = reserve_nodes
         # node -> per device: the job holding milli of it ({job: milli})

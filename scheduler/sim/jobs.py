@@ -65,7 +65,6 @@ class ReplaySettings:
     tick_s: float | None = 60.0
 
 
-
 @dataclasses.dataclass
 class JobsResult:
     """What one replay measured over one window (``to_json`` is the CLI's JSON)."""
@@ -241,7 +240,14 @@ def build_jobs(
         )
         out.append((tj, job))
     mapping = [
-        {"trace_devices": n, "devices": s.devices, "tasks": s.tasks, "per_task": s.per_task, "block": s.block, "jobs": c}
+        {
+            "trace_devices": n,
+            "devices": s.devices,
+            "tasks": s.tasks,
+            "per_task": s.per_task,
+            "block": s.block,
+            "jobs": c,
+        }
         for (n, s), c in sorted(used.items(), key=lambda kv: (kv[0][0], kv[0][1].devices))
     ]
     return out, mapping

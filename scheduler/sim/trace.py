@@ -1,6 +1,6 @@
 """Job traces for ``xpod replay jobs``: reading them, and making their sizes legal on a cluster.
 
-A trace is a CSV in the normalized schema of the research traces
+A trace is a CSV (or ``.csv.gz``) in the normalized schema of the research traces
 (``shared/data/traces/normalized/philly_jobs.csv``)::
 
     job_id, submit_s, duration_s, num_devices, device_milli, device_type, vc, ...
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import math
 from collections.abc import Sequence
 
@@ -64,7 +65,10 @@ def _number(path: str, line: int, field: str, text: str, *, integer: bool = Fals
 def read_trace(path: str) -> list[TraceJob]:
     """Every row of the trace at ``path``, in file order (``XpodError`` on the first bad one)."""
     try:
-        f = open(path, encoding="utf-8", newline="")
+        if path.endswith(".gz"):
+            f = gzip.open(path, "rt", encoding="utf-8", newline="")
+        else:
+            f = open(path, encoding="utf-8", newline="")
     except FileNotFoundError:
         raise XpodError(f"{path}: no such trace file") from None
     except OSError as err:
@@ -109,7 +113,9 @@ def read_trace(path: str) -> list[TraceJob]:
                     text = row[col["device_milli"]].strip()
                     milli = int(_number(path, line, "device_milli", text, integer=True))
                     if not 1 <= milli <= MILLI:
-                        raise XpodError(f"{path}:{line}: device_milli: {text} must be in 1..1000 (1000 = a whole device)")
+                        raise XpodError(
+                            f"{path}:{line}: device_milli: {text} must be in 1..1000 (1000 = a whole device)"
+                        )
                     if milli < MILLI and count != 1:
                         raise XpodError(
                             f"{path}:{line}: device_milli: {milli} is a fraction of one device; num_devices must be 1, "
@@ -122,6 +128,8 @@ def read_trace(path: str) -> list[TraceJob]:
             raise XpodError(f"{path}:{reader.line_num}: not valid CSV: {err}") from None
         except UnicodeDecodeError:
             raise XpodError(f"{path}: not a UTF-8 text file") from None
+        except (OSError, EOFError) as err:  # a damaged .gz
+            raise XpodError(f"{path}: cannot read: {err}") from None
     return out
 
 

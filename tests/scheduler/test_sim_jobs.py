@@ -123,9 +123,7 @@ def test_fifo_metrics_by_hand(tmp_path):
     """One node of 16 dies. a (8 dies, 0-100); b (16 dies) waits for a: 100-150; c (3 dies, made
     4) waits behind b in strict FIFO: 150-180."""
     trace = read_trace(_trace(tmp_path, "a,0,100,8,1000,,v\nb,10,50,16,1000,,v\nc,20,30,3,1000,,v\n"))
-    r = replay(
-        trace, _a3_nodes(), profile_from_dict(FIFO), settings=ReplaySettings(from_s=0, to_s=180, tick_s=None)
-    )
+    r = replay(trace, _a3_nodes(), profile_from_dict(FIFO), settings=ReplaySettings(from_s=0, to_s=180, tick_s=None))
     assert (r.jobs, r.finished, r.never_fit, r.violations, r.preemptions) == (3, 3, 0, 0, 0)
     # JCT 100, 140, 160; waits 0, 90, 130
     assert r.mean_jct_s == pytest.approx((100 + 140 + 160) / 3)

@@ -51,15 +51,13 @@ class LasPlugin(Plugin):
         """Bank the runs that ended since the last cycle, note the ones that began."""
         running = ctx.snap.running
         runs = self.runs
+        # a job is never evicted and started again within one cycle, so a run that ended is one
+        # whose job is gone from the running jobs at the next cycle
         for jid in runs.keys() - running.keys():
             self._bank(jid)
-        for jid, rj in running.items():
-            seen = runs.get(jid)
-            if seen is None:
-                runs[jid] = (rj.start_time, rj.job.total_devices)
-            elif seen[0] != rj.start_time:  # evicted and started again between two cycles
-                self._bank(jid)
-                runs[jid] = (rj.start_time, rj.job.total_devices)
+        for jid in running.keys() - runs.keys():
+            rj = running[jid]
+            runs[jid] = (rj.start_time, rj.job.total_devices)
         self.last_now = ctx.now
         self.now = ctx.now
         self.running = running
