@@ -18,7 +18,7 @@ from xpod.scheduler.core import Scheduler
 from xpod.scheduler.core.model import JobKind, Queue, ReasonCode
 from xpod.scheduler.core.profile import profile_from_dict
 from xpod.scheduler.core.spec import parse_job
-from xpod.scheduler.core.testing import job, node, placements, run_case
+from xpod.scheduler.core.testing import assert_supernode_reserve_kept, job, node, placements, run_case
 
 A3 = "ascend-910c"
 B = "ascend-910b3"
@@ -590,3 +590,31 @@ def test_service_replaces_a_lost_multi_node_replica_whole_and_alone(tmp_path):
         assert (after[2], after[3]) == (before[2], before[3])
     finally:
         api.close()
+
+
+def test_a_victim_given_back_never_eats_the_reserve_of_the_preemptors_super_pod():
+    """One super-pod of 5 A3 nodes (reserve 2). x, v2, v1 hold n0, n1, n4 (v1 the lowest class,
+    so the first victim). A high 2-node logical super-pod needs 2 + 2 wholly free nodes: evicting
+    v1 frees 3, evicting v2 too frees 4 and it takes n1, n2. Giving v1 back (it was not needed for
+    the block's own nodes) would fill n4 and leave one free node: v1 stays evicted."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate", "preempt"],
+            "policies": ["gang", "ascend", "first-fit", {"name": "priority", "args": {"aging_per_hour": 0}}],
+        }
+    )
+    t = [0.0]
+    s = Scheduler(
+        [node(f"n{i}").devices(A3, 16).supernode("sp0").build() for i in range(5)], profile=prof, clock=lambda: t[0]
+    )
+    for jid, cls in (("x", "high"), ("v2", "normal"), ("f2", "normal"), ("f3", "normal"), ("v1", "low")):
+        s.submit(job(jid).devices(A3, 16).priority(cls).build())
+        s.cycle()
+    s.finish("f2")
+    s.finish("f3")
+    t[0] = 10.0
+    s.submit(job("block").training(2).devices(A3, 16).domain_block(32).priority("high").build())
+    r = s.cycle()
+    assert placements(r) == {"block": [("n1", tuple(range(16))), ("n2", tuple(range(16)))]}
+    assert sorted(e.job_id for e in r.evictions) == ["v1", "v2"]
+    assert assert_supernode_reserve_kept(s.snapshot, 2) == {"sp0": 2}

@@ -3,7 +3,7 @@ machinery reclaim shares (victims, the eviction statement, fewest victims kept).
 
 from __future__ import annotations
 
-from ..model import Eviction, Job, ReasonCode
+from ..model import MILLI, Eviction, Job, ReasonCode
 from ..snapshot import Statement
 from .cycle import CycleState, devices_of, permitted, queue_room
 
@@ -120,9 +120,10 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
         stmt.discard()  # never evict for a job that would still not fit (or is not permitted)
         return False
     # fewest victims: give back every victim the preemptor turned out not to need, the last one
-    # too (the job may fit in room an earlier preemption of this cycle left free)
+    # too (the job may fit in room an earlier preemption of this cycle left free), unless its
+    # return would eat the reserve nodes of the preemptor's block rule
     for rj in list(reversed(evicted)):
-        if snap.can_apply(rj.bindings):
+        if snap.can_apply(rj.bindings) and _keeps_reserve(cs, job, stmt, rj):
             stmt.restore(rj)
             evicted.remove(rj)
     # the statement's own bindings: a replaced replica keeps its (lower) number
@@ -149,6 +150,28 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
         cs.placed_tasks[rj.job.id] = 0
         cs.failed[rj.job.id] = ReasonCode.UNSCHEDULABLE
         cs.requeued[rj.job.id] = rj.job
+    return True
+
+
+def _keeps_reserve(cs: CycleState, job: Job, stmt: Statement, rj) -> bool:
+    """Whether giving victim ``rj`` back leaves every domain holding ``job``'s blocks with its
+    reserve of wholly free nodes (an Ascend logical super-pod's ``reserve_nodes``). The block
+    was placed beside a reserve counted with the victims gone; a victim returned to one of those
+    free nodes would eat it."""
+    blocks = cs.placer.blocks(job)
+    if blocks is None or not blocks.reserve_nodes:
+        return True
+    snap = cs.ctx.snap
+    doms = {snap.nodes[b.node].node.domains.get(blocks.level) for b in stmt.bindings_of(job.id)} - {None}
+    back = {b.node for b in rj.bindings}
+    for dom in doms:
+        free = sum(
+            1
+            for name, st in snap.nodes.items()
+            if name not in back and st.node.domains.get(blocks.level) == dom and all(f == MILLI for f in st.free_milli)
+        )
+        if free < blocks.reserve_nodes:
+            return False
     return True
 
 
