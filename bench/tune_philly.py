@@ -1,0 +1,95 @@
+"""Where the default profile's job-order constants were chosen: Philly weeks 11-14, never a
+reported week (bench/replay_philly.py reports weeks 3-10).
+
+    .venv/bin/python bench/tune_philly.py --compress 0.5 --half-lives 0,1800,3600,7200,14400
+
+Weeks 11-14 of the trace offer 240-370 devices of work on average, too little to queue on
+768 dies, so their submit times are compressed (``--compress 0.5``: 4 weeks of arrivals in 2,
+offered load ~500-700 devices, like weeks 4-10). Each candidate replays the compressed span on
+the simulated CloudMatrix384 through ``xpod replay jobs``'s engine; the table gives mean / p99
+JCT, mean wait and utilisation beside the four baselines. ``half-life 0`` is the profile
+without ``shortest-first`` (the priority plugin's submission order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from replay_philly import CLUSTER, TRACE, WEEK_S  # noqa: E402
+
+TUNE_WEEKS = (11, 14)  # first and last week, inclusive
+
+
+def compressed(factor: float):
+    from xpod.scheduler.sim.trace import read_trace
+
+    lo, hi = (TUNE_WEEKS[0] - 1) * WEEK_S, TUNE_WEEKS[1] * WEEK_S
+    rows = [tj for tj in read_trace(TRACE) if lo <= tj.submit_s < hi]
+    return [dataclasses.replace(tj, submit_s=(tj.submit_s - lo) * factor) for tj in rows], (hi - lo) * factor
+
+
+def candidate(half_life_s: float) -> dict:
+    """The default profile with ``shortest-first`` (this half-life) in place of ``priority``."""
+    from xpod.scheduler.core.profile import load_profile
+
+    path = os.path.join(ROOT, "examples", "profiles", "scheduler-default.yaml")
+    prof = load_profile(path)
+    pols = []
+    for name, args in prof.policies:
+        if name in ("priority", "shortest-first"):
+            if half_life_s > 0:
+                name, args = "shortest-first", {**dict(args), "half_life_s": half_life_s}
+            else:
+                name, args = "priority", {k: v for k, v in dict(args).items() if k == "aging_per_hour"}
+        pols.append({"name": name, "args": dict(args)})
+    return {"actions": list(prof.actions), "policies": pols}
+
+
+def run(label: str, profile: dict | str, factor: float) -> tuple[str, dict]:
+    from xpod.scheduler.core.from_cluster import load_inventory
+    from xpod.scheduler.core.profile import load_profile, profile_from_dict
+    from xpod.scheduler.sim.jobs import ReplaySettings, replay
+
+    trace, span = compressed(factor)
+    nodes, fabric = load_inventory(CLUSTER)
+    prof = load_profile(profile) if isinstance(profile, str) else profile_from_dict(profile)
+    r = replay(trace, nodes, prof, fabric=fabric, profile_name=label, settings=ReplaySettings(from_s=0, to_s=span))
+    return label, r.to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compress", type=float, default=0.5)
+    ap.add_argument("--half-lives", default="0,1800,3600,7200,14400")
+    ap.add_argument("--baselines", default="fifo,easy-backfill,tiresias,volcano")
+    ap.add_argument("--procs", type=int, default=2)
+    args = ap.parse_args(argv)
+    jobs = [(f"default hl={h}", candidate(float(h)), args.compress) for h in args.half_lives.split(",") if h]
+    jobs += [
+        (b, os.path.join(ROOT, "examples", "profiles", f"{b}.yaml"), args.compress)
+        for b in args.baselines.split(",")
+        if b
+    ]
+    with multiprocessing.Pool(args.procs) as pool:
+        done = pool.starmap(run, jobs)
+    print(f"Philly weeks {TUNE_WEEKS[0]}-{TUNE_WEEKS[1]}, submit times x {args.compress}, simulated CloudMatrix384")
+    print(f"{'profile':<22}{'jobs':>7}{'mean JCT h':>12}{'p99 JCT h':>11}{'wait h':>9}{'util %':>8}{'preempt':>9}{'viol':>6}{'s':>7}")
+    for label, d in done:
+        print(
+            f"{label:<22}{d['jobs']:>7}{d['mean_jct_s'] / 3600:>12.3f}{d['p99_jct_s'] / 3600:>11.2f}"
+            f"{d['mean_wait_s'] / 3600:>9.3f}{100 * d['utilisation']:>8.1f}{d['preemptions']:>9}{d['violations']:>6}"
+            f"{d['seconds']:>7.0f}"
+        )
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
