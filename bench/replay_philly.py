@@ -234,16 +234,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=1, help="profiles replayed at once (processes)")
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--png", metavar="OUT")
+    ap.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="also show the profiles of an earlier run's --json (same weeks; the table's commands are then several)",
+    )
     args = ap.parse_args(argv)
     weeks = _weeks(args.weeks)
     names = [n.strip() for n in args.profiles.split(",") if n.strip()]
-    jobs = [(n, weeks, args.trace, args.cluster, args.tick) for n in names]
+    jobs = [(n, weeks, args.trace, args.cluster, args.tick) for n in names if n]
     if args.procs > 1:
         with multiprocessing.Pool(args.procs) as pool:
             done = pool.starmap(run_profile, jobs)
     else:
         done = [run_profile(*j) for j in jobs]
     results = {r["profile"]: r for r in done}
+    for path in args.add:
+        with open(path, encoding="utf-8") as f:
+            for name, r in json.load(f)["results"].items():
+                r["weeks"] = {int(w): v for w, v in r["weeks"].items()}
+                results.setdefault(name, r)
+    results = {
+        n: results[n]
+        for n in sorted(results, key=lambda n: (n not in PROFILES, PROFILES.index(n) if n in PROFILES else 0, n))
+    }
     bound = _bound(args.trace, weeks)
     verdict = verdicts(results, weeks) if "default" in results else {}
     print_table(results, weeks, bound, verdict)
