@@ -24,13 +24,15 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from replay_philly import CLUSTER, TRACE, WEEK_S  # noqa: E402
 
-TUNE_WEEKS = (11, 14)  # first and last week, inclusive
+TUNE_WEEKS = (11, 14)  # first and last week, inclusive (--weeks picks a part of them)
 
 
-def compressed(factor: float):
+def compressed(factor: float, weeks: tuple[int, int] = TUNE_WEEKS):
     from xpod.scheduler.sim.trace import read_trace
 
-    lo, hi = (TUNE_WEEKS[0] - 1) * WEEK_S, TUNE_WEEKS[1] * WEEK_S
+    if not (TUNE_WEEKS[0] <= weeks[0] <= weeks[1] <= TUNE_WEEKS[1]):
+        raise SystemExit(f"--weeks: tuning stays inside weeks {TUNE_WEEKS[0]}-{TUNE_WEEKS[1]} (3-10 are reported)")
+    lo, hi = (weeks[0] - 1) * WEEK_S, weeks[1] * WEEK_S
     rows = [tj for tj in read_trace(TRACE) if lo <= tj.submit_s < hi]
     return [dataclasses.replace(tj, submit_s=(tj.submit_s - lo) * factor) for tj in rows], (hi - lo) * factor
 
@@ -52,12 +54,12 @@ def candidate(half_life_s: float) -> dict:
     return {"actions": list(prof.actions), "policies": pols}
 
 
-def run(label: str, profile: dict | str, factor: float) -> tuple[str, dict]:
+def run(label: str, profile: dict | str, factor: float, weeks: tuple[int, int]) -> tuple[str, dict]:
     from xpod.scheduler.core.from_cluster import load_inventory
     from xpod.scheduler.core.profile import load_profile, profile_from_dict
     from xpod.scheduler.sim.jobs import ReplaySettings, replay
 
-    trace, span = compressed(factor)
+    trace, span = compressed(factor, weeks)
     nodes, fabric = load_inventory(CLUSTER)
     prof = load_profile(profile) if isinstance(profile, str) else profile_from_dict(profile)
     r = replay(trace, nodes, prof, fabric=fabric, profile_name=label, settings=ReplaySettings(from_s=0, to_s=span))
@@ -69,26 +71,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compress", type=float, default=0.5)
     ap.add_argument("--half-lives", default="0,1800,3600,7200,14400")
     ap.add_argument("--baselines", default="fifo,easy-backfill,tiresias,volcano")
+    ap.add_argument("--weeks", default=f"{TUNE_WEEKS[0]}-{TUNE_WEEKS[1]}", help="e.g. 11-12")
     ap.add_argument("--procs", type=int, default=2)
     args = ap.parse_args(argv)
-    jobs = [(f"default hl={h}", candidate(float(h)), args.compress) for h in args.half_lives.split(",") if h]
+    a, _, b = args.weeks.partition("-")
+    weeks = (int(a), int(b or a))
+    jobs = [(f"default hl={h}", candidate(float(h)), args.compress, weeks) for h in args.half_lives.split(",") if h]
     jobs += [
-        (b, os.path.join(ROOT, "examples", "profiles", f"{b}.yaml"), args.compress)
+        (b, os.path.join(ROOT, "examples", "profiles", f"{b}.yaml"), args.compress, weeks)
         for b in args.baselines.split(",")
         if b
     ]
+    print(f"Philly weeks {weeks[0]}-{weeks[1]}, submit times x {args.compress}, simulated CloudMatrix384")
+    print(
+        f"{'profile':<22}{'jobs':>7}{'mean JCT h':>12}{'p99 JCT h':>11}{'wait h':>9}{'util %':>8}{'preempt':>9}{'viol':>6}{'s':>7}"
+    )
     with multiprocessing.Pool(args.procs) as pool:
-        done = pool.starmap(run, jobs)
-    print(f"Philly weeks {TUNE_WEEKS[0]}-{TUNE_WEEKS[1]}, submit times x {args.compress}, simulated CloudMatrix384")
-    print(f"{'profile':<22}{'jobs':>7}{'mean JCT h':>12}{'p99 JCT h':>11}{'wait h':>9}{'util %':>8}{'preempt':>9}{'viol':>6}{'s':>7}")
-    for label, d in done:
-        print(
-            f"{label:<22}{d['jobs']:>7}{d['mean_jct_s'] / 3600:>12.3f}{d['p99_jct_s'] / 3600:>11.2f}"
-            f"{d['mean_wait_s'] / 3600:>9.3f}{100 * d['utilisation']:>8.1f}{d['preemptions']:>9}{d['violations']:>6}"
-            f"{d['seconds']:>7.0f}"
-        )
+        for label, d in pool.imap(_run, jobs):
+            _row(label, d)
     print(f"load average {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def _run(job: tuple) -> tuple[str, dict]:
+    return run(*job)
+
+
+def _row(label: str, d: dict) -> None:
+    print(
+        f"{label:<22}{d['jobs']:>7}{d['mean_jct_s'] / 3600:>12.3f}{d['p99_jct_s'] / 3600:>11.2f}"
+        f"{d['mean_wait_s'] / 3600:>9.3f}{100 * d['utilisation']:>8.1f}{d['preemptions']:>9}{d['violations']:>6}"
+        f"{d['seconds']:>7.0f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
