@@ -577,7 +577,8 @@ class Placer:
                 dom = st.node.domains.get(blocks.level)
                 if dom is None:
                     continue
-                if self.capacity(job, st, 1) == 1 and all(f == MILLI for f in st.free_milli):
+                # the cheap test first: a block takes only wholly free nodes
+                if all(f == MILLI for f in st.free_milli) and self.capacity(job, st, 1) == 1:
                     free_by_dom[dom].append(st)
             best = None
             for dom, free_nodes in free_by_dom.items():
