@@ -21,9 +21,9 @@ wait, a week in <= 60 s. ``no-wait bound``: the week's mean duration, the mean J
 waits at all; no scheduler goes below it, so a week whose best baseline is within 20 % of it
 cannot meet the first target.
 
-The default profile's constants were chosen on weeks 11-14 of the trace with their submit times
-compressed x 0.5 (``bench/tune_philly.py``), never on a week this table reports. A large job's
-FIFO wait under 60 s (one periodic cycle) counts as 60 s in the wait ratio.
+The default profile is the one ``xpod server`` runs (examples/profiles/scheduler-default.yaml);
+nothing in it was chosen on this trace. A large job's FIFO wait under 60 s (one periodic cycle)
+counts as 60 s in the wait ratio.
 
 The trace: bench/data/philly/philly_jobs.csv.gz (SOURCES.md there). Timings are wall seconds
 of one process; report the machine's load beside them.
@@ -45,7 +45,7 @@ PROFILES = ("default", "fifo", "easy-backfill", "tiresias", "volcano")
 BASELINES = ("fifo", "easy-backfill", "tiresias", "volcano")
 WEEK_S = 7 * 86400
 #: where the default profile's constants were chosen (never a reported week)
-TUNED_ON = "weeks 11-14, submit times x 0.5 (bench/tune_philly.py)"
+TUNED_ON = "no week of this trace (xpod server's default profile as it is)"
 
 
 def _profile(name: str):
