@@ -52,7 +52,7 @@ def add_parser(sub, profiles_dir: str, default_profile_file: str) -> None:
     which.add_argument(
         "--policy",
         metavar="NAME",
-        help=f"shorthand for --profile {profiles_dir}/NAME.yaml (default, fifo, easy-backfill, tiresias, volcano); "
+        help=f"shorthand for --profile naming the profile NAME in {profiles_dir} (default, fifo, easy-backfill, tiresias, volcano); "
         "several names separated by commas replay each",
     )
     j.add_argument(
