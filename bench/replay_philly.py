@@ -208,6 +208,7 @@ def plot(results: dict[str, dict], weeks: list[int], path: str) -> None:
     for a, title in zip(axes, ("mean JCT (h)", "p99 JCT (h)", "devices allocated (%)")):
         a.set_title(title)
         a.set_xlabel("week of the trace")
+        a.set_xticks(weeks)
         a.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
