@@ -1,5 +1,5 @@
-"""``xpod replay openb``: a trace replayed through ``xpod server``'s own scheduler
-(``xpod.scheduler.sim``)."""
+"""``xpod replay openb`` (and ``jobs``, in ``replay_jobs``): a trace replayed through
+``xpod server``'s own scheduler (``xpod.scheduler.sim``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ DEFAULT_PROFILE_FILE = os.path.join(PROFILES_DIR, "scheduler-default.yaml")
 
 def register(commands) -> None:
     rp = commands.top.add_parser(
-        "replay", help="trace replays through the scheduler (the FGD paper's openb experiment)"
+        "replay",
+        help="trace replays through the scheduler (openb: the FGD paper's experiment; jobs: a job trace over time)",
     )
     sub = rp.add_subparsers(dest="replay_command", metavar="TRACE")
     rp.set_defaults(func=lambda args: (rp.print_help(sys.stderr), 2)[1])
@@ -59,6 +60,10 @@ def register(commands) -> None:
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_replay_openb)
 
+    from . import replay_jobs
+
+    replay_jobs.add_parser(sub, PROFILES_DIR, DEFAULT_PROFILE_FILE)
+
 
 def _repo_root() -> str:
     """The source checkout this xpod runs from (an editable install), for examples/."""
@@ -94,6 +99,20 @@ def resolve_profiles(profile: str | None, policy: str | None) -> list[tuple[str,
                 "(or run from a checkout of xpod)"
             )
     return out
+
+
+def write_json(path: str | None, out: object) -> None:
+    """``--json``: the replay's document to ``path`` ('-': stdout; None: nowhere)."""
+    if path == "-":
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif path:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(out, f, indent=2)
+                f.write("\n")
+        except OSError as err:
+            raise XpodError(f"--json {path}: cannot write: {err.strerror}") from None
 
 
 def cmd_replay_openb(args) -> int:
@@ -147,16 +166,7 @@ def cmd_replay_openb(args) -> int:
         d.update(nodes_file=args.nodes, pods_file=args.pods, history=not args.no_history)
         docs.append(d)
     out = docs[0] if len(docs) == 1 else {"runs": docs}
-    if args.json == "-":
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(out, f, indent=2)
-                f.write("\n")
-        except OSError as err:
-            raise XpodError(f"--json {args.json}: cannot write: {err.strerror}") from None
+    write_json(args.json, out)
     if args.placements:
         openb.write_placements(args.placements, results[0].placements)
     if args.plot:

@@ -3,10 +3,8 @@ scheduler over virtual time (``xpod.scheduler.sim.jobs``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 
 from xpod.hal.errors import XpodError
 
@@ -111,7 +109,7 @@ def cmd_replay_jobs(args) -> int:
     from xpod.scheduler.sim import jobs as sim_jobs
     from xpod.scheduler.sim.trace import read_trace
 
-    from .replay import resolve_profiles
+    from .replay import resolve_profiles, write_json
 
     _check_args(args)
     profiles = resolve_profiles(args.profile, args.policy)
@@ -170,16 +168,7 @@ def cmd_replay_jobs(args) -> int:
         )
         docs.append(d)
     out = docs[0] if len(docs) == 1 else {"runs": docs}
-    if args.json == "-":
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(out, f, indent=2)
-                f.write("\n")
-        except OSError as err:
-            raise XpodError(f"--json {args.json}: cannot write: {err.strerror}") from None
+    write_json(args.json, out)
     if args.plot:
         plot_runs(runs, (lo, hi), args.plot, f"{os.path.basename(args.trace)} on {os.path.basename(args.cluster)}")
     if args.json != "-":
