@@ -24,6 +24,11 @@ naming the field, never a task that fails later on a node::
         duration_s: 30           # each task "runs" this long, then succeeds (default 60)
         fail_after_s: 10         # ... or fails after this long (exit code ``exit_code``)
         exit_code: 1
+      moe:                       # ServingJob only: the live expert-placement loop (docs/moe.md)
+        experts: 256             # routed experts per MoE layer
+        layers: 58               # MoE layers
+        slots_per_device: 4      # expert weights per device per layer (fixed layout)
+        rebalance: {every_s: 60, max_moves: 1200}
 
 Where each task's torch.distributed world is (``task_worlds``): a training or batch job is one
 world of all its tasks; a serving job is one world per replica (``tasks_per_replica`` tasks,
@@ -203,6 +208,8 @@ def cluster_records(cluster: Any, simulated: bool = False) -> list[NodeRecord]:
 
 #: the keys of ``spec`` this module owns (the core's parser never sees them)
 TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")
+#: keys of a ServingJob's ``spec`` this module owns besides ``TASK_KEYS``
+SERVING_TASK_KEYS = ("moe",)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: variables the agent sets itself; a job may not override them
 RESERVED_ENV = (
@@ -220,6 +227,9 @@ RESERVED_ENV = (
     "GROUP_RANK",
     "ROLE_RANK",
     "TORCHELASTIC_RUN_ID",
+    "XPOD_MOE_LOAD_FILE",
+    "XPOD_MOE_PLAN",
+    "XPOD_MOE_PLAN_SGLANG",
 )
 
 
@@ -259,6 +269,31 @@ class Simulation:
     exit_code: int = 1
 
 
+#: the variables the agent sets in every task of a job with ``moe`` (docs/moe.md, "In the product"):
+#: where the task writes its expert loads, and where it reads the plan in force (xpod's plan JSON,
+#: and the same plan as SGLang's ``--init-expert-location`` file)
+MOE_LOAD_FILE_ENV = "XPOD_MOE_LOAD_FILE"
+MOE_PLAN_ENV = "XPOD_MOE_PLAN"
+MOE_PLAN_SGLANG_ENV = "XPOD_MOE_PLAN_SGLANG"
+#: the largest load report (layers x experts counts) a server takes; DeepSeek-V3 is 61 x 256
+MAX_MOE_LOAD_VALUES = 256 * 1024
+#: the largest load file an agent reads (bytes)
+MAX_MOE_LOAD_FILE_BYTES = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeSpec:
+    """A ServingJob's ``moe`` block: the model's MoE shape, the slots each device of a replica
+    holds per layer, and how often the server re-plans (``runtime.moe.rebalance``). Every
+    replica runs the same plan: its expert-parallel ranks are its tasks' devices."""
+
+    experts: int
+    layers: int
+    slots_per_device: int
+    every_s: float = 60.0
+    max_moves: int = 1200
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskFields:
     """The validated task keys of one job document."""
@@ -268,6 +303,67 @@ class TaskFields:
     workdir: str | None = None
     max_restarts: int = 3  # -1 = unlimited
     simulate: Simulation = Simulation()
+    moe: MoeSpec | None = None  # ServingJob only
+
+
+def _whole(field: str, v: Any, low: int, high: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise TaskFieldError(field, f"{v!r} must be a whole number in {low}..{high}")
+    return v
+
+
+def moe_ep_devices(spec: Mapping[str, Any]) -> int:
+    """The expert-parallel ranks of one replica of a ServingJob: ``tasks_per_replica`` times
+    ``devices.count`` (a count of 1 when absent or fractional)."""
+
+    def whole(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else 1
+
+    d = spec.get("devices")
+    return whole(spec.get("tasks_per_replica", 1)) * whole(d.get("count", 1) if isinstance(d, dict) else 1)
+
+
+def parse_moe(kind: str, spec: Mapping[str, Any]) -> MoeSpec | None:
+    """The ``moe`` block of a job's ``spec`` (None without one). Raises ``TaskFieldError``
+    naming the field: unknown keys, a value out of range, or slots that cannot hold every expert
+    on one replica's devices."""
+    if "moe" not in spec:
+        return None
+    m = spec["moe"]
+    if kind != "ServingJob":
+        raise TaskFieldError("spec.moe", f"only a ServingJob carries moe (this is a {kind or 'job'})")
+    if not isinstance(m, dict):
+        raise TaskFieldError("spec.moe", "a mapping: {experts, layers, slots_per_device, rebalance}")
+    allowed = ("experts", "layers", "slots_per_device", "rebalance")
+    for k in m:
+        if k not in allowed:
+            raise TaskFieldError(f"spec.moe.{k}", f"unknown key (allowed: {', '.join(allowed)})")
+    for k in ("experts", "layers", "slots_per_device"):
+        if k not in m:
+            raise TaskFieldError(f"spec.moe.{k}", "is required")
+    experts = _whole("spec.moe.experts", m["experts"], 2, 4096)
+    layers = _whole("spec.moe.layers", m["layers"], 1, 1024)
+    slots = _whole("spec.moe.slots_per_device", m["slots_per_device"], 1, 4096)
+    if experts * layers > MAX_MOE_LOAD_VALUES:
+        raise TaskFieldError("spec.moe", f"{layers} layers x {experts} experts exceeds {MAX_MOE_LOAD_VALUES} values")
+    r = m.get("rebalance", {})
+    if not isinstance(r, dict):
+        raise TaskFieldError("spec.moe.rebalance", "a mapping: {every_s, max_moves}")
+    for k in r:
+        if k not in ("every_s", "max_moves"):
+            raise TaskFieldError(f"spec.moe.rebalance.{k}", "unknown key (allowed: every_s, max_moves)")
+    every = r.get("every_s", MoeSpec.every_s)
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0.5 <= every <= 86400:
+        raise TaskFieldError("spec.moe.rebalance.every_s", f"{every!r} must be a number of seconds in 0.5..86400")
+    moves = _whole("spec.moe.rebalance.max_moves", r.get("max_moves", MoeSpec.max_moves), 0, 10**7)
+    ep = moe_ep_devices(spec)
+    if slots * ep < experts:
+        raise TaskFieldError(
+            "spec.moe.slots_per_device",
+            f"{slots} slots on each of a replica's {ep} devices hold {slots * ep} experts, fewer than the "
+            f"{experts} experts; raise it to at least {-(-experts // ep)}",
+        )
+    return MoeSpec(experts, layers, slots, float(every), moves)
 
 
 def _number(field: str, v: Any) -> float:
@@ -336,12 +432,40 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
             fail_after_s=_number("spec.simulate.fail_after_s", s["fail_after_s"]) if "fail_after_s" in s else None,
             exit_code=code,
         )
-    return TaskFields(command, tuple(sorted(env.items())), workdir, max_restarts, sim)
+    return TaskFields(command, tuple(sorted(env.items())), workdir, max_restarts, sim, parse_moe(kind, spec))
 
 
 def split_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` without the task keys (what the core's parser reads)."""
-    return {k: v for k, v in spec.items() if k not in TASK_KEYS}
+    return {k: v for k, v in spec.items() if k not in TASK_KEYS and k not in SERVING_TASK_KEYS}
+
+
+# --- expert loads and plans (a ServingJob's ``moe``) -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeLoadReport:
+    """One replica's expert loads as its agent forwards them (``ReportExpertLoads``): token
+    counts ``[layers][experts]`` flattened row-major in ``counts``; empty ``counts`` only asks for
+    the plan. ``known_plan`` is the plan revision the agent holds (0: none)."""
+
+    job_id: str
+    node: str
+    replica: int
+    layers: int
+    experts: int
+    counts: tuple[float, ...] = ()
+    known_plan: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MoePlanAnswer:
+    """The plan in force for a job, as the server answers a load report: ``revision`` 0 while
+    there is none; the documents are empty when the agent already holds ``revision``."""
+
+    revision: int
+    plan_json: str = ""  # xpod's plan JSON (what ``xpod moe place --out`` writes)
+    sglang_json: str = ""  # SGLang's --init-expert-location document of the same plan
 
 
 # --- the torch.distributed world of each task ---------------------------------------------------

@@ -41,6 +41,15 @@ Contracts:
 * **Task sets change**: a ``run=True`` assignment lists the job's tasks on this node; a task
   running here that it no longer lists (a serving replica replaced alone) is stopped alone, and
   a listed task not running here is started.
+* **MoE loads and plans** (a ServingJob with ``spec.moe``, docs/moe.md): each task gets
+  ``XPOD_MOE_LOAD_FILE`` (``STATE/moe/JOB/task-N.loads.json``), where it writes its expert
+  loads since its previous write (SGLang's ``{"logical_count": [layers][experts]}``, written
+  whole: a temporary file renamed over it), and ``XPOD_MOE_PLAN`` / ``XPOD_MOE_PLAN_SGLANG``
+  (``STATE/moe/JOB/replica-R/plan.json`` and ``expert_location.json``), the plan in force for
+  its replica. The agent forwards each new version of a load file (``ReportExpertLoads``; a
+  refused one is named once in the task's log), asks for the plan at least every
+  ``MOE_PLAN_POLL_S``, and writes a newer plan's files (renamed into place) for every replica
+  of the job on the node.
 * **Simulated tasks** (``SimExecutor``) "run" ``spec.simulate.duration_s``, or
   ``DEFAULT_SIMULATED_DURATION_S`` when the job does not say: a simulated job always ends.
 * **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s,
@@ -79,9 +88,14 @@ from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 from xpod.scheduler.contract import (
     DEFAULT_SIMULATED_DURATION_S,
+    MAX_MOE_LOAD_FILE_BYTES,
+    MOE_LOAD_FILE_ENV,
+    MOE_PLAN_ENV,
+    MOE_PLAN_SGLANG_ENV,
     SIMULATED_LABEL,
     Assignment,
     DeviceRecord,
+    MoeLoadReport,
     NodeRecord,
     TaskReport,
     TaskState,
@@ -109,6 +123,20 @@ def log_path(state_dir: str, job_id: str, task: int) -> str:
     if not job_id or "/" in job_id or job_id in (".", "..") or "\0" in job_id:
         raise XpodError(f"{job_id[:80]!r} is not a job id")
     return os.path.join(state_dir, "logs", job_id, f"task-{int(task)}.log")
+
+
+#: the agent asks for a job's MoE plan at least this often (and looks at load files as often)
+MOE_PLAN_POLL_S = 0.5
+
+
+def moe_paths(state_dir: str, job_id: str, task: int, replica: int) -> dict[str, str]:
+    """The MoE files of one task of a job with ``spec.moe`` (module docstring), by variable."""
+    folder = os.path.join(state_dir, "moe", job_id)
+    return {
+        MOE_LOAD_FILE_ENV: os.path.join(folder, f"task-{task}.loads.json"),
+        MOE_PLAN_ENV: os.path.join(folder, f"replica-{replica}", "plan.json"),
+        MOE_PLAN_SGLANG_ENV: os.path.join(folder, f"replica-{replica}", "expert_location.json"),
+    }
 
 
 def _log(prefix: str, text: str) -> None:
@@ -253,6 +281,15 @@ class SimTask(TaskHandle):
         _append(self._log, f"=== xpod: task {self.task} exited with code {code} (simulated)\n")
 
 
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole: a reader sees the old file or the new one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _append(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -267,6 +304,13 @@ class JobRun:
     tasks: dict[int, TaskHandle]  # task index -> handle
     exits: dict[int, int] = dataclasses.field(default_factory=dict)  # task index -> exit code
     reported: TaskState | None = None  # the last state the server acknowledged (None: report again)
+    moe: Any = None  # the job's ``contract.MoeSpec`` (None without spec.moe)
+    replicas: dict[int, int] = dataclasses.field(default_factory=dict)  # task -> serving replica
+    moe_seen: dict[int, tuple[int, int]] = dataclasses.field(
+        default_factory=dict
+    )  # task -> load file (mtime, size) sent
+    moe_plan: int = 0  # the plan revision whose files are written here
+    moe_asked_s: float = 0.0  # when the plan was last asked for
 
     def failed_tasks(self) -> list[int]:
         """Tasks here that exited non-zero (the report's ``failed_tasks``)."""
@@ -377,6 +421,9 @@ class ProcessExecutor(Executor):
             visible.update(_visible_env(backend, devs))
             backend_name = backend.name
         env = task_env(job_id, alloc, world, master_addr, backend_name, visible, fields.env)
+        if fields.moe is not None:
+            env.update(moe_paths(self.state_dir, job_id, alloc.task, world.replica or 0))
+            os.makedirs(os.path.dirname(env[MOE_PLAN_ENV]), exist_ok=True)
         command = list(fields.command)
         if not command:
             # nothing to run: sleep the simulated duration (0 by default) so traces replay alike
@@ -587,6 +634,11 @@ class NodeRuntime:
         except Exception as err:  # noqa: BLE001 - the server accepted the job: its tasks fail to start, named
             worlds, world_error = {}, err
         run = self.runs.setdefault(a.job_id, JobRun(a.job_id, {}))
+        try:
+            run.moe = parse_task_fields(kind, spec).moe if isinstance(self.executor, ProcessExecutor) else None
+        except Exception:  # noqa: BLE001 - the server accepted it; a task that cannot start says why
+            run.moe = None
+        run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
         # Tasks here the assignment no longer lists (a serving replica replaced alone) end alone;
         # the job's other tasks on this node keep running.
         listed = {t.task for t in mine}
@@ -781,6 +833,7 @@ class Agent:
             for n in self.nodes.values():
                 n.reap()
             self._report()
+            self._moe()
             self._publish()
             stop.wait(self.poll_s)
 
@@ -834,6 +887,79 @@ class Agent:
                 n.runs.pop(run.job_id, None)
                 n.held.pop(run.job_id, None)
                 self._stopper(run)
+
+    def _moe(self) -> None:
+        """Forward new load files of the tasks of jobs with ``spec.moe``; write newer plans."""
+        now = time.monotonic()
+        for n in self.nodes.values():
+            state_dir = getattr(n.executor, "state_dir", None)
+            for run in list(n.runs.values()):
+                if run.moe is None or state_dir is None or now - run.moe_asked_s < MOE_PLAN_POLL_S:
+                    continue
+                run.moe_asked_s = now
+                sent = False
+                for t in sorted(run.tasks):
+                    if t in run.exits:
+                        continue
+                    replica = run.replicas.get(t, 0)
+                    counts = self._moe_loads(state_dir, run, t, replica)
+                    if counts is None:
+                        continue
+                    sent = True
+                    self._moe_send(n, run, state_dir, t, MoeLoadReport(
+                        run.job_id, n.name, replica, run.moe.layers, run.moe.experts, counts, run.moe_plan
+                    ))  # fmt: skip
+                if not sent and any(t not in run.exits for t in run.tasks):
+                    t = min(t for t in run.tasks if t not in run.exits)
+                    report = MoeLoadReport(
+                        run.job_id, n.name, run.replicas.get(t, 0), run.moe.layers, run.moe.experts, (), run.moe_plan
+                    )
+                    self._moe_send(n, run, state_dir, t, report)
+
+    def _moe_loads(self, state_dir: str, run: JobRun, task: int, replica: int) -> tuple[float, ...] | None:
+        """The counts of a new version of a task's load file (None: none, or unreadable: named
+        once in the task's log)."""
+        path = moe_paths(state_dir, run.job_id, task, replica)[MOE_LOAD_FILE_ENV]
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        version = (st.st_mtime_ns, st.st_size)
+        if run.moe_seen.get(task) == version:
+            return None
+        run.moe_seen[task] = version
+        try:
+            if st.st_size > MAX_MOE_LOAD_FILE_BYTES:
+                raise XpodError(f"{path}: {st.st_size} bytes, more than {MAX_MOE_LOAD_FILE_BYTES}")
+            from xpod.runtime.moe.io import load_sglang_dump
+
+            loads = load_sglang_dump(path)
+        except XpodError as err:
+            self._moe_note(state_dir, run.job_id, task, f"expert loads not sent: {err}")
+            return None
+        return tuple(float(x) for x in loads.ravel())
+
+    def _moe_send(self, n: NodeRuntime, run: JobRun, state_dir: str, task: int, report: MoeLoadReport) -> None:
+        try:
+            answer = self.client.report_expert_loads(report)
+        except XpodError as err:  # the client's RpcFailure carries the status code
+            if getattr(err, "code", "") in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"):
+                if report.counts:
+                    self._moe_note(state_dir, run.job_id, task, f"expert loads refused: {err}")
+                return
+            raise
+        if answer.revision > run.moe_plan and answer.plan_json:
+            for t, replica in sorted(run.replicas.items()):
+                if t in run.tasks:
+                    paths = moe_paths(state_dir, run.job_id, t, replica)
+                    _write_atomic(paths[MOE_PLAN_SGLANG_ENV], answer.sglang_json)
+                    _write_atomic(paths[MOE_PLAN_ENV], answer.plan_json)
+            run.moe_plan = answer.revision
+            _log(self.log_prefix, f"{n.name}: job {run.job_id}: moe plan {answer.revision} written")
+
+    def _moe_note(self, state_dir: str, job_id: str, task: int, text: str) -> None:
+        _log(self.log_prefix, f"job {job_id} task {task}: {text}")
+        _append(log_path(state_dir, job_id, task), f"=== xpod: {text}\n")
 
     def _stop_run(self, run: JobRun) -> None:
         """End every task of ``run`` still running: SIGTERM to all their process groups at once,

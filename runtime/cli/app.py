@@ -375,6 +375,7 @@ def start_embedded(
     simulate: bool = True,
     local: bool = True,
     wait_s: float = 30.0,
+    sim_devices: str | None = None,
 ) -> Embedded:
     """``xpod up``: the service on loopback with a simulated pod and/or an agent for this host."""
     if not simulate and not local:
@@ -433,7 +434,7 @@ def start_embedded(
         ]
     if local:
         ag.end_leftover_tasks(state_dir)
-        devices = ag.discover_devices()
+        devices = ag.discover_devices(sim_devices)
         name = ag.local_node_name(client)
         if any(n.name == name for n in nodes):
             name = f"{name}-local"  # this host is not one of the simulated nodes

@@ -166,6 +166,19 @@ def register(commands) -> None:
     )
     e.set_defaults(func=cmd_export)
 
+    from xpod.runtime.cli.jobs import client_flags
+
+    h = sub.add_parser(
+        "history",
+        help="the live loop of a serving job with spec.moe: every window, its balance, moves, published or not",
+        description="Every closed window of a ServingJob's live MoE loop (docs/moe.md), oldest first: the tokens "
+        "reported, the predicted balance (mean / max device load over the window history) of the plan in force "
+        "before and after, the expert weights moved, whether a plan was published and why.",
+    )
+    h.add_argument("job", metavar="JOB", help="job id (job-12)")
+    client_flags(h, table=True)
+    h.set_defaults(func=cmd_history)
+
 
 def _shape_from_topology(args) -> list[str]:
     """Fill --devices, --nodes and --super-nodes from a job's placement file (refusing flags
@@ -467,4 +480,43 @@ def cmd_export(args) -> int:
             "Pass --model-config config.json to check it and add dense layers' rows."
         )
     print(f"sglang flags: {out.flags(args.out)}")
+    return 0
+
+
+def cmd_history(args) -> int:
+    """``xpod moe history JOB``: one row per closed window (``-o table|wide|json|tsv``)."""
+    import datetime
+
+    from xpod.runtime.cli.jobs import _client
+    from xpod.runtime.cli.output import Column, output_format, print_json, print_rows
+
+    with _client(args) as client:
+        windows = client.moe_history(args.job)
+    fmt = output_format(args)
+    if fmt == "json":
+        print_json(windows)
+        return 0
+    columns = [
+        Column("WINDOW", justify="right"),
+        Column("TIME"),
+        Column("TOKENS", justify="right"),
+        Column("REPORTS", justify="right", wide=True),
+        Column("BALANCE BEFORE", justify="right"),
+        Column("BALANCE AFTER", justify="right"),
+        Column("MOVES", justify="right"),
+        Column("PUBLISHED"),
+        Column("PLAN", justify="right"),
+        Column("WHY"),
+    ]
+    rows = []
+    for w in windows:
+        when = datetime.datetime.fromtimestamp(w["time_s"], datetime.timezone.utc).strftime("%H:%M:%S")
+        before = "-" if w["balance_before"] is None else f"{w['balance_before']:.4f}"
+        published = ("yes (first plan)" if w["initial"] else "yes") if w["published"] else "no"
+        rows.append(
+            (w["window"], when, f"{w['tokens']:.0f}", w["reports"], before, f"{w['balance_after']:.4f}",
+             w["moves"], published, w["plan_revision"], w["reason"])
+        )  # fmt: skip
+    published = sum(1 for w in windows if w["published"])
+    print_rows(fmt, f"job {args.job}: {len(windows)} window(s), {published} plan(s) published", columns, rows)
     return 0

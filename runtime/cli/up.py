@@ -38,6 +38,11 @@ def register(commands) -> None:
     )
     u.add_argument("--no-simulate", action="store_true", help="no simulated pod: only this host")
     u.add_argument("--no-local", action="store_true", help="no agent for this host: only the simulated pod")
+    u.add_argument(
+        "--sim-devices",
+        metavar="SPEC",
+        help="also give this host's node simulated devices, e.g. nvidia-h100-sxm:2 (its tasks are real processes)",
+    )
     u.set_defaults(func=cmd_up)
 
 
@@ -58,6 +63,7 @@ def cmd_up(args) -> int:
         node_timeout_s=args.node_timeout,
         simulate=not args.no_simulate,
         local=not args.no_local,
+        sim_devices=args.sim_devices,
     )
     stop = threading.Event()
     stop_on_signals(stop)

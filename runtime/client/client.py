@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 
 from xpod.hal.errors import XpodError
-from xpod.scheduler.contract import Assignment, NodeRecord, TaskAllocation, TaskReport
+from xpod.scheduler.contract import Assignment, MoeLoadReport, MoePlanAnswer, NodeRecord, TaskAllocation, TaskReport
 
 from .convert import spec_dict
 
@@ -401,6 +401,29 @@ class Client:
 
         return self._call(self._jobs.ExplainJob, job_service_pb2.ExplainJobRequest(job_id=job_id))
 
+    def moe_history(self, job_id: str) -> list[dict[str, Any]]:
+        """GetMoeHistory: the closed windows of a job's live MoE loop, oldest first, as dicts
+        (``runtime.moe.live.LiveEntry.to_json`` keys; ``balance_before`` None for the first plan)."""
+        from xpod.proto.xpod.v1 import job_service_pb2
+
+        resp = self._call(self._jobs.GetMoeHistory, job_service_pb2.GetMoeHistoryRequest(job_id=job_id))
+        return [
+            {
+                "window": w.window,
+                "time_s": w.time_seconds,
+                "tokens": w.tokens,
+                "reports": w.reports,
+                "published": w.published,
+                "initial": w.initial,
+                "moves": w.moves,
+                "balance_before": w.balance_before if w.has_balance_before else None,
+                "balance_after": w.balance_after,
+                "reason": w.reason,
+                "plan_revision": w.plan_revision,
+            }  # fmt: skip
+            for w in resp.windows
+        ]
+
     def watch(self, from_revision: int = 0, queue: str = "", job_id: str = "") -> Iterator[Any]:
         """WatchJobs: job events after ``from_revision``, until the caller stops iterating."""
         from xpod.proto.xpod.v1 import job_service_pb2
@@ -492,6 +515,19 @@ class Client:
                 )  # fmt: skip
             out.extend(a.refused_reason or None for a in self._call(self._nodes.ReportTaskStatus, req).answers)
         return out
+
+    def report_expert_loads(self, report: MoeLoadReport) -> MoePlanAnswer:
+        """ReportExpertLoads of one replica's loads (empty ``counts``: only ask for the plan);
+        the plan in force in answer. A refusal raises ``RpcFailure`` (NOT_FOUND,
+        INVALID_ARGUMENT naming the shapes, FAILED_PRECONDITION)."""
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        req = node_service_pb2.ReportExpertLoadsRequest(
+            job_id=report.job_id, node=report.node, replica=report.replica, layers=report.layers,
+            experts=report.experts, counts=list(report.counts), known_plan_revision=report.known_plan,
+        )  # fmt: skip
+        resp = self._call(self._nodes.ReportExpertLoads, req)
+        return MoePlanAnswer(resp.plan_revision, resp.plan_json, resp.sglang_json)
 
 
 #: nodes (or reports) per NodeService call: the server takes up to 1000

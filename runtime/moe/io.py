@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,11 @@ def read_json(path: str):
 def load_placement(path: str, loads_shape: tuple[int, int] | None = None) -> Placement:
     """A placement JSON written by ``xpod moe place`` (see ARCHITECTURE.md for the contract).
     With ``loads_shape`` (layers, experts), a plan for another model is refused in one line."""
-    doc = read_json(path)
+    return placement_from_json(read_json(path), path, loads_shape)
+
+
+def placement_from_json(doc: Any, path: str, loads_shape: tuple[int, int] | None = None) -> Placement:
+    """``load_placement`` of a document already read; ``path`` names it in errors."""
     if not isinstance(doc, dict):
         raise XpodError(f"{path}: expected a JSON object with phy2log and slot_device")
     phy2log = _int_matrix(doc, "phy2log", path, 2)

@@ -30,7 +30,7 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2,
     node_service_pb2_grpc,
 )
-from xpod.scheduler.contract import TaskState
+from xpod.scheduler.contract import MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal, Role
 
@@ -383,6 +383,26 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
             resp.pending_reason.CopyFrom(p)
         return resp
 
+    @_rpc
+    def GetMoeHistory(self, request, context, principal):
+        out = job_service_pb2.GetMoeHistoryResponse()
+        for e in self.api.moe_history(principal, request.job_id):
+            out.windows.add(
+                window=e.window,
+                time_seconds=e.time_s,
+                tokens=e.tokens,
+                reports=e.reports,
+                published=e.published,
+                initial=e.initial,
+                moves=e.moves,
+                has_balance_before=e.balance_before is not None,
+                balance_before=e.balance_before or 0.0,
+                balance_after=e.balance_after,
+                reason=e.reason,
+                plan_revision=e.plan_revision,
+            )
+        return out
+
 
 class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
     @_rpc
@@ -445,6 +465,22 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
             else:
                 out.answers.add(job=view_pb(a))
         return out
+
+    @_rpc
+    def ReportExpertLoads(self, request, context, principal):
+        report = MoeLoadReport(
+            request.job_id,
+            request.node,
+            request.replica,
+            request.layers,
+            request.experts,
+            tuple(request.counts),
+            request.known_plan_revision,
+        )
+        answer = self.api.report_expert_loads(principal, report)
+        return node_service_pb2.ReportExpertLoadsResponse(
+            plan_revision=answer.revision, plan_json=answer.plan_json, sglang_json=answer.sglang_json
+        )
 
 
 def _expire(waiting: asyncio.Future) -> None:

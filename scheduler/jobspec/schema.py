@@ -3,7 +3,8 @@
 A job file is a Kubernetes-style envelope (``apiVersion``, ``kind``, ``metadata``) around
 ``spec``, which holds what the scheduler places (``tasks``, ``devices``, ``within``, ...: the
 core's job spec, ``scheduler/core/spec.py``) and what the node agent runs (``command``, ``env``,
-``workdir``, ``restart``, ``simulate``: ``scheduler/contract.py``). Unknown keys are errors.
+``workdir``, ``restart``, ``simulate``, a ServingJob's ``moe``: ``scheduler/contract.py``).
+Unknown keys are errors.
 ``schemas/<Kind>.json`` are these schemas written out (``xpod job schema KIND``) for editors; a
 test keeps them identical to ``schema(kind)`` and the keys identical to what the parsers read.
 """
@@ -64,6 +65,27 @@ def _spec(kind: str) -> dict[str, Any]:
         )
         props["tasks_per_replica"] = _d(
             {**_COUNT, "maximum": 4096}, "tasks of one replica, placed together (e.g. 2 nodes of 16 dies)"
+        )
+        props["moe"] = _obj(
+            {
+                "experts": _d({"type": "integer", "minimum": 2, "maximum": 4096}, "routed experts per MoE layer"),
+                "layers": _d({"type": "integer", "minimum": 1, "maximum": 1024}, "MoE layers"),
+                "slots_per_device": _d(
+                    {"type": "integer", "minimum": 1, "maximum": 4096},
+                    "expert weights per device per layer (every device of a replica alike)",
+                ),
+                "rebalance": _obj(
+                    {
+                        "every_s": _d({"type": "number", "minimum": 0.5, "maximum": 86400}, "seconds between re-plans"),
+                        "max_moves": _d(
+                            {"type": "integer", "minimum": 0, "maximum": 10**7}, "expert weights loaded per re-plan"
+                        ),
+                    },
+                    description="the live loop: re-plan every every_s from the replicas' loads",
+                ),
+            },
+            required=("experts", "layers", "slots_per_device"),
+            description="expert placement of an MoE model, re-planned live (docs/moe.md)",
         )
     else:
         props["tasks"] = _d(_COUNT, "tasks, all or nothing (a gang)")

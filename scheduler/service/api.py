@@ -33,7 +33,7 @@ import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from xpod.hal.device import Health
-from xpod.scheduler.contract import NodeRecord, TaskReport, TaskState
+from xpod.scheduler.contract import MoeLoadReport, MoePlanAnswer, NodeRecord, TaskReport, TaskState
 from xpod.scheduler.store import (
     CANONICAL_JSON,
     EventRecord,
@@ -60,6 +60,7 @@ from .core_link import CoreLink
 from .jobs import BOUND_STATES, JobBook, JobView, Recovered
 from .liveness import Liveness
 from .loop import SchedulingLoop
+from .moe import MoeLoops, MoeRefused, moe_of
 from .nodes import NodeRegistry, NodeState
 from .restarts import Loss
 
@@ -291,6 +292,7 @@ class SchedulerApi:
                 self.jobs, self.nodes, core, clock, cycle_interval_s=cycle_interval_s, min_cycle_gap_s=min_cycle_gap_s
             )
             self.liveness = Liveness(self.nodes, self.jobs, core, clock, self.loop.wake, None, node_timeout_s)
+            self.moe = MoeLoops(self.store, self.jobs.get, clock)
             with core.atomic():
                 for job in self.jobs.load(parse_document, recovered):
                     parsed = self.jobs.parsed(job.id)
@@ -323,6 +325,7 @@ class SchedulerApi:
         self._fail_unparsable()
         self.loop.start(self._stop)
         self.liveness.start(self._stop)
+        self.moe.start(self._stop, lambda: self.read_only_error is None)
         return self
 
     def _fail_unparsable(self) -> None:
@@ -342,6 +345,7 @@ class SchedulerApi:
         self._stop.set()
         self.liveness.stop()
         self.loop.join(timeout_s=10)
+        self.moe.join(timeout_s=10)
         self.jobs.wake_waiters()
         self._admitting.shutdown(wait=False, cancel_futures=True)
         self.core.close()
@@ -955,6 +959,37 @@ class SchedulerApi:
         allocations = () if state.terminal else job.allocations
         update = JobUpdate(job.id, state, None, allocations, event, text, self._clock(), expect_revision=job.revision)
         return job, state, self._queued(lambda: self.jobs.update(update))
+
+    def report_expert_loads(self, principal: Principal, report: MoeLoadReport) -> MoePlanAnswer:
+        """One serving replica's expert loads (``service.moe``); the answer is the plan in force.
+        NOT_FOUND: unknown job or replica; INVALID_ARGUMENT: loads of another shape than the job's
+        ``spec.moe``; FAILED_PRECONDITION: no ``spec.moe``, or the job is not bound to the node."""
+        self._authorize(principal, Call.REPORT_EXPERT_LOADS)
+        self._leader_only()
+        try:
+            return self.moe.report(report)
+        except MoeRefused as err:
+            code = {"not_found": Code.NOT_FOUND, "invalid": Code.INVALID_ARGUMENT}.get(
+                err.kind, Code.FAILED_PRECONDITION
+            )
+            raise ApiError(
+                code, err.reason, err.message, field=err.field, metadata={"jobId": report.job_id[:253]}
+            ) from None
+
+    def moe_history(self, principal: Principal, job_id: str) -> list[Any]:
+        """The closed windows of a job's live MoE loop, oldest first (``runtime.moe.live.LiveEntry``,
+        from the store: a follower answers too). FAILED_PRECONDITION for a job without ``spec.moe``."""
+        self._authorize(principal, Call.GET_MOE_HISTORY)
+        job = self._job(job_id)
+        self._authorize(principal, Call.GET_MOE_HISTORY, job.queue)
+        if moe_of(job) is None:
+            raise ApiError(
+                Code.FAILED_PRECONDITION,
+                "NO_MOE",
+                f"job {job.id} has no spec.moe: it has no live MoE loop",
+                metadata={"jobId": job.id},
+            )
+        return self.moe.history(job)
 
     # --- ClusterService ---
 

@@ -38,19 +38,31 @@ class Call(str, enum.Enum):
     CANCEL_JOB = "CancelJob"
     WATCH_JOBS = "WatchJobs"
     EXPLAIN_JOB = "ExplainJob"
+    GET_MOE_HISTORY = "GetMoeHistory"
     REGISTER_NODES = "RegisterNodes"
     HEARTBEAT = "Heartbeat"
     WATCH_ASSIGNMENTS = "WatchAssignments"
     REPORT_TASK_STATUS = "ReportTaskStatus"
+    REPORT_EXPERT_LOADS = "ReportExpertLoads"
     GET_CLUSTER = "GetCluster"
     LIST_NODES = "ListNodes"
     LIST_DEVICES = "ListDevices"
 
 
 JOB_CALLS = frozenset(
-    {Call.SUBMIT_JOB, Call.GET_JOB, Call.LIST_JOBS, Call.CANCEL_JOB, Call.WATCH_JOBS, Call.EXPLAIN_JOB}
+    {
+        Call.SUBMIT_JOB,
+        Call.GET_JOB,
+        Call.LIST_JOBS,
+        Call.CANCEL_JOB,
+        Call.WATCH_JOBS,
+        Call.EXPLAIN_JOB,
+        Call.GET_MOE_HISTORY,
+    }
 )
-NODE_CALLS = frozenset({Call.REGISTER_NODES, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS})
+NODE_CALLS = frozenset(
+    {Call.REGISTER_NODES, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS, Call.REPORT_EXPERT_LOADS}
+)
 CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
 
 ALLOWED: dict[Role, frozenset[Call]] = {

@@ -16,7 +16,8 @@ keeps the same promises):
   (``spec_hash``) returns the stored job (``created=False``); with another document that one
   write fails with ``RequestIdConflict`` and the batch goes on.
 * Every change of a job appends one event whose *revision* strictly increases in commit order
-  and is also stored on the job (``event.job.revision == event.revision``), so
+  and is also stored on the job (``event.job.revision == event.revision``; a ``MOE_PLAN``
+  event changes no job and leaves its revision), so
   ``events_since(rev)`` resumes a watch exactly. ``JobUpdate`` may be conditional
   (``expect_revision``, ``expect_states``): ``StaleUpdate`` carries the current job.
 * ``on_commit(results)`` (set before the first write) is called after each commit and before the
@@ -71,6 +72,7 @@ class EventType(str, enum.Enum):
     CANCELLED = "CANCELLED"
     EVICTED = "EVICTED"
     PENDING = "PENDING"
+    MOE_PLAN = "MOE_PLAN"  # the live MoE loop published a plan (``service.moe``); state unchanged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +307,22 @@ class NodeWrite:
     remove: bool = False
 
 
-Write = SubmitWrite | JobUpdate | NodeWrite
+@dataclasses.dataclass(frozen=True)
+class MoeWindowWrite:
+    """Store one closed window of a job's live MoE loop (``runtime.moe.live.LiveEntry`` JSON,
+    with its plan when it published one). With ``event`` (one line) it also appends a
+    ``MOE_PLAN`` event to the job, in the same transaction. The job does not change (the one
+    event whose ``job.revision`` is below its own revision): a conditional update of the job
+    never goes stale because a plan was published."""
+
+    job_id: str
+    window: int
+    time_s: float
+    doc: dict[str, Any]
+    event: str = ""
+
+
+Write = SubmitWrite | JobUpdate | NodeWrite | MoeWindowWrite
 
 
 class Store(Protocol):
@@ -335,6 +352,9 @@ class Store(Protocol):
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """Events above ``revision`` (of one job when given), oldest first, at most ``limit``."""
+
+    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
+        """A job's stored MoE windows (``MoeWindowWrite.doc``) above window ``after``, oldest first."""
 
     def set_holder_address(self, address: str) -> None:
         """Say where the process holding the store serves (shown to a second one it refuses)."""

@@ -17,6 +17,7 @@ from . import (
     EventType,
     JobRecord,
     JobUpdate,
+    MoeWindowWrite,
     NodeWrite,
     RequestIdConflict,
     StaleUpdate,
@@ -47,6 +48,7 @@ class _Txn:
     job_updates: list[tuple] = dataclasses.field(default_factory=list)
     # node writes in order: (name, doc JSON, time) to upsert, or (name, None, time) to delete
     node_writes: list[tuple[str, str | None, float]] = dataclasses.field(default_factory=list)
+    moe_rows: list[tuple[str, int, float, str]] = dataclasses.field(default_factory=list)
 
 
 def _evolve(job: JobRecord, **changes: Any) -> JobRecord:
@@ -287,6 +289,23 @@ class GroupCommitStore:
             event, doc = self._append_event(txn, job, w.event, w.message, w.time_s)
             txn.job_updates.append((doc, job.id))
             return UpdateResult(job, event)
+        if isinstance(w, MoeWindowWrite):
+            txn.moe_rows.append((w.job_id, w.window, w.time_s, _COMPACT.encode(w.doc)))
+            if not w.event:
+                return None
+            current = self._lookup(txn, w.job_id)
+            if current is None:
+                raise KeyError(w.job_id)
+            # The job itself does not change: its revision stays, so a conditional update of it
+            # (an agent's report, a cancel) never goes stale because a plan was published.
+            revision = self._next_rev(txn)
+            txn.event_rows.append(
+                (revision, current.id, EventType.MOE_PLAN.value, w.time_s, w.event, self._doc(current))
+            )
+            txn.jobs[current.id] = current
+            return UpdateResult(
+                current, EventRecord(revision, current.id, EventType.MOE_PLAN, w.time_s, w.event, current)
+            )
         if isinstance(w, NodeWrite):
             txn.node_writes.append((w.name, None if w.remove else json.dumps(w.doc), w.time_s))
             return w
@@ -320,6 +339,8 @@ class GroupCommitStore:
     _UPDATE_JOBS = "UPDATE jobs SET doc = ? WHERE id = ?"
     _DELETE_NODE = "DELETE FROM nodes WHERE name = ?"
     _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)"
+    _INSERT_MOE = "INSERT INTO moe_windows (job_id, window_index, time_s, doc) VALUES (?, ?, ?, ?)"
+    _SELECT_MOE = "SELECT doc FROM moe_windows WHERE job_id = ? AND window_index > ? ORDER BY window_index LIMIT ?"
 
     def _cursor(self) -> Any:
         """What the writer executes the batch on (inside the open transaction)."""
@@ -334,6 +355,8 @@ class GroupCommitStore:
             cur.executemany(self._INSERT_JOBS, txn.job_inserts)
         if txn.job_updates:
             cur.executemany(self._UPDATE_JOBS, txn.job_updates)
+        if txn.moe_rows:
+            cur.executemany(self._INSERT_MOE, txn.moe_rows)
         for name, doc, time_s in txn.node_writes:
             if doc is None:
                 cur.execute(self._DELETE_NODE, (name,))

@@ -190,6 +190,8 @@ class PostgresStore(GroupCommitStore):
     _INSERT_JOBS = GroupCommitStore._INSERT_JOBS.replace("?", "%s")
     _UPDATE_JOBS = GroupCommitStore._UPDATE_JOBS.replace("?", "%s")
     _DELETE_NODE = GroupCommitStore._DELETE_NODE.replace("?", "%s")
+    _INSERT_MOE = GroupCommitStore._INSERT_MOE.replace("?", "%s")
+    _SELECT_MOE = GroupCommitStore._SELECT_MOE.replace("?", "%s")
     _UPSERT_NODE = (
         "INSERT INTO nodes (name, doc, update_time_s) VALUES (%s, %s, %s) ON CONFLICT (name) "
         "DO UPDATE SET doc = EXCLUDED.doc, update_time_s = EXCLUDED.update_time_s"
@@ -261,6 +263,9 @@ class PostgresStore(GroupCommitStore):
                 (job_id, revision, limit),
             )
         return [_event_record(r) for r in rows]
+
+    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._query(self._SELECT_MOE, (job_id, after, limit))]
 
     def ping(self) -> bool:
         """True when a pooled connection answers ``SELECT 1`` (the health service asks)."""

@@ -20,7 +20,7 @@ class Migration:
     postgresql: tuple[str, ...]
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, Migration] = {
     # version 1: jobs and their event log.
@@ -112,6 +112,28 @@ MIGRATIONS: dict[int, Migration] = {
             """UPDATE jobs SET doc = (doc::jsonb || jsonb_build_object('restarts', (
                    SELECT COUNT(*) FROM events e
                    WHERE e.job_id = jobs.id AND e.type = 'EVICTED' AND e.message LIKE 'restart %')))::text""",
+        ),
+    ),
+    # version 5: the live MoE loop's closed windows per job (``service.moe``), with the plans it
+    # published, so the plan in force survives a restart and a failover.
+    5: Migration(
+        sqlite=(
+            """CREATE TABLE moe_windows (
+                   job_id TEXT NOT NULL,
+                   window_index INTEGER NOT NULL,
+                   time_s REAL NOT NULL,
+                   doc TEXT NOT NULL,
+                   PRIMARY KEY (job_id, window_index)
+               )""",
+        ),
+        postgresql=(
+            """CREATE TABLE moe_windows (
+                   job_id TEXT NOT NULL,
+                   window_index BIGINT NOT NULL,
+                   time_s DOUBLE PRECISION NOT NULL,
+                   doc TEXT NOT NULL,
+                   PRIMARY KEY (job_id, window_index)
+               )""",
         ),
     ),
 }

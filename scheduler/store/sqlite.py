@@ -236,6 +236,10 @@ class SqliteStore(GroupCommitStore):
             )
         return [_event_record(r) for r in rows]
 
+    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._reader().execute(self._SELECT_MOE, (job_id, after, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def set_holder_address(self, address: str) -> None:
         self._lock.set_address(address)
 

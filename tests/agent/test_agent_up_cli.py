@@ -7,6 +7,8 @@ import json
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 from agent_harness import XPOD, cluster, pid_alive, task_command, wait_until  # noqa: F401 (cluster is a fixture)
 
@@ -179,3 +181,52 @@ def test_a_second_instance_on_the_same_state_exits_at_once_and_touches_nothing(c
     wait_until(lambda: cluster.state(job) == "CANCELLED", 30, "the cancel")
     again = cluster.submit("after", {"tasks": 1, "devices": {"count": 1, "vendor": "cpu"}})
     assert cluster.state(again) in ("QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED")
+
+
+def test_up_runs_the_live_moe_loop_end_to_end(cluster):
+    """A serving task under ``xpod up`` writes skewed expert loads; the agent forwards them; the
+    server publishes a plan (then a rebalance once the load moves); the task reads each plan
+    file as it changes; ``xpod moe history`` and the job's events list them."""
+    state = cluster.tmp / "up"
+    # two simulated H100s on this host (real processes, simulated devices): a replica of two
+    # expert-parallel ranks, so there is a balance to improve
+    up = ["up", "--no-simulate", "--sim-devices", "nvidia-h100-sxm:2", "--listen", cluster.address]
+    cluster.start("up", up + ["--state-dir", str(state)])
+    wait_until(lambda: "Ctrl-C to stop" in cluster.log("up"), 60, "xpod up to be ready")
+    layers, experts = 2, 16
+    script = str(Path(__file__).with_name("moe_task.py"))
+    job = cluster.submit(
+        "moe",
+        {
+            "replicas": 1,
+            "devices": {"count": 2, "model": "nvidia-h100-sxm"},
+            "command": [sys.executable, script, str(cluster.out), str(layers), str(experts)],
+            "moe": {
+                "experts": experts,
+                "layers": layers,
+                "slots_per_device": 9,
+                "rebalance": {"every_s": 1, "max_moves": 8},
+            },
+        },
+        kind="ServingJob",
+    )
+
+    def seen(task: int) -> list:
+        path = cluster.out / f"moe-seen-{task}.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    wait_until(lambda: seen(0), 90, "the task to read a first plan")
+    assert seen(0)[0]["revision"] == 1 and seen(0)[0]["sglang_rows"] == layers
+    assert len(seen(0)[0]["phy2log"][0]) == 2 * 9  # 2 ranks x 9 slots
+    wait_until(lambda: seen(0)[-1]["revision"] >= 2, 90, "a rebalanced plan once the load moved")
+    assert seen(0)[-1]["phy2log"] != seen(0)[0]["phy2log"]
+    r = _run(cluster, "moe", "history", job, "--server", cluster.address, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    windows = json.loads(r.stdout)
+    published = [w for w in windows if w["published"]]
+    assert published[0]["initial"] and published[0]["plan_revision"] == 1
+    assert any(0 < w["moves"] <= 8 and w["balance_after"] > w["balance_before"] for w in published[1:]), windows
+    r = _run(cluster, "moe", "history", job, "--server", cluster.address)
+    assert r.returncode == 0 and "plan(s) published" in r.stdout and "first plan" in r.stdout, r.stdout
+    assert sum(1 for kind, _ in cluster.events(job) if kind == "MOE_PLAN") >= 2
+    assert cluster.state(job) == "RUNNING"

@@ -88,6 +88,46 @@ class WatchJobsResponse(_message.Message):
     event: _types_pb2.JobEvent
     def __init__(self, event: _Optional[_Union[_types_pb2.JobEvent, _Mapping]] = ...) -> None: ...
 
+class GetMoeHistoryRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class MoeWindow(_message.Message):
+    __slots__ = ("window", "time_seconds", "tokens", "reports", "published", "initial", "moves", "has_balance_before", "balance_before", "balance_after", "reason", "plan_revision")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    HAS_BALANCE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    time_seconds: float
+    tokens: float
+    reports: int
+    published: bool
+    initial: bool
+    moves: int
+    has_balance_before: bool
+    balance_before: float
+    balance_after: float
+    reason: str
+    plan_revision: int
+    def __init__(self, window: _Optional[int] = ..., time_seconds: _Optional[float] = ..., tokens: _Optional[float] = ..., reports: _Optional[int] = ..., published: _Optional[bool] = ..., initial: _Optional[bool] = ..., moves: _Optional[int] = ..., has_balance_before: _Optional[bool] = ..., balance_before: _Optional[float] = ..., balance_after: _Optional[float] = ..., reason: _Optional[str] = ..., plan_revision: _Optional[int] = ...) -> None: ...
+
+class GetMoeHistoryResponse(_message.Message):
+    __slots__ = ("windows",)
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    windows: _containers.RepeatedCompositeFieldContainer[MoeWindow]
+    def __init__(self, windows: _Optional[_Iterable[_Union[MoeWindow, _Mapping]]] = ...) -> None: ...
+
 class ExplainJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

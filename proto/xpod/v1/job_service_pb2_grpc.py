@@ -66,6 +66,11 @@ class JobServiceStub:
                 request_serializer=xpod_dot_v1_dot_job__service__pb2.ExplainJobRequest.SerializeToString,
                 response_deserializer=xpod_dot_v1_dot_job__service__pb2.ExplainJobResponse.FromString,
                 _registered_method=True)
+        self.GetMoeHistory = channel.unary_unary(
+                '/xpod.v1.JobService/GetMoeHistory',
+                request_serializer=xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryRequest.SerializeToString,
+                response_deserializer=xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -112,6 +117,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMoeHistory(self, request, context):
+        """The live MoE loop of a ServingJob with spec.moe: every closed window, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +156,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ExplainJob,
                     request_deserializer=xpod_dot_v1_dot_job__service__pb2.ExplainJobRequest.FromString,
                     response_serializer=xpod_dot_v1_dot_job__service__pb2.ExplainJobResponse.SerializeToString,
+            ),
+            'GetMoeHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMoeHistory,
+                    request_deserializer=xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryRequest.FromString,
+                    response_serializer=xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +325,33 @@ class JobService:
             '/xpod.v1.JobService/ExplainJob',
             xpod_dot_v1_dot_job__service__pb2.ExplainJobRequest.SerializeToString,
             xpod_dot_v1_dot_job__service__pb2.ExplainJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMoeHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpod.v1.JobService/GetMoeHistory',
+            xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryRequest.SerializeToString,
+            xpod_dot_v1_dot_job__service__pb2.GetMoeHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

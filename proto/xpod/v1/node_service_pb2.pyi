@@ -128,3 +128,31 @@ class ReportTaskStatusResponse(_message.Message):
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[TaskReportAnswer]
     def __init__(self, answers: _Optional[_Iterable[_Union[TaskReportAnswer, _Mapping]]] = ...) -> None: ...
+
+class ReportExpertLoadsRequest(_message.Message):
+    __slots__ = ("job_id", "node", "replica", "layers", "experts", "counts", "known_plan_revision")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_PLAN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: str
+    replica: int
+    layers: int
+    experts: int
+    counts: _containers.RepeatedScalarFieldContainer[float]
+    known_plan_revision: int
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., replica: _Optional[int] = ..., layers: _Optional[int] = ..., experts: _Optional[int] = ..., counts: _Optional[_Iterable[float]] = ..., known_plan_revision: _Optional[int] = ...) -> None: ...
+
+class ReportExpertLoadsResponse(_message.Message):
+    __slots__ = ("plan_revision", "plan_json", "sglang_json")
+    PLAN_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    SGLANG_JSON_FIELD_NUMBER: _ClassVar[int]
+    plan_revision: int
+    plan_json: str
+    sglang_json: str
+    def __init__(self, plan_revision: _Optional[int] = ..., plan_json: _Optional[str] = ..., sglang_json: _Optional[str] = ...) -> None: ...

@@ -56,6 +56,11 @@ class NodeServiceStub:
                 request_serializer=xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusRequest.SerializeToString,
                 response_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusResponse.FromString,
                 _registered_method=True)
+        self.ReportExpertLoads = channel.unary_unary(
+                '/xpod.v1.NodeService/ReportExpertLoads',
+                request_serializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.SerializeToString,
+                response_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -90,6 +95,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportExpertLoads(self, request, context):
+        """A serving replica's expert loads (a job with spec.moe), and the plan in force in answer.
+        NOT_FOUND: unknown job or replica; INVALID_ARGUMENT: loads of another shape than the job's
+        moe (the message names both); FAILED_PRECONDITION: the job has no moe or is not bound here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +126,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportTaskStatus,
                     request_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusRequest.FromString,
                     response_serializer=xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusResponse.SerializeToString,
+            ),
+            'ReportExpertLoads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportExpertLoads,
+                    request_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.FromString,
+                    response_serializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class NodeService:
             '/xpod.v1.NodeService/ReportTaskStatus',
             xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusRequest.SerializeToString,
             xpod_dot_v1_dot_node__service__pb2.ReportTaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportExpertLoads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpod.v1.NodeService/ReportExpertLoads',
+            xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.SerializeToString,
+            xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,7 @@ class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_TYPE_CANCELLED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_EVICTED: _ClassVar[JobEventType]
     JOB_EVENT_TYPE_PENDING: _ClassVar[JobEventType]
+    JOB_EVENT_TYPE_MOE_PLAN: _ClassVar[JobEventType]
 
 class NodeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +58,7 @@ JOB_EVENT_TYPE_FAILED: JobEventType
 JOB_EVENT_TYPE_CANCELLED: JobEventType
 JOB_EVENT_TYPE_EVICTED: JobEventType
 JOB_EVENT_TYPE_PENDING: JobEventType
+JOB_EVENT_TYPE_MOE_PLAN: JobEventType
 NODE_STATUS_UNSPECIFIED: NodeStatus
 NODE_STATUS_UNKNOWN: NodeStatus
 NODE_STATUS_READY: NodeStatus
