@@ -290,12 +290,12 @@ class GroupCommitStore:
             txn.job_updates.append((doc, job.id))
             return UpdateResult(job, event)
         if isinstance(w, MoeWindowWrite):
+            current = self._lookup(txn, w.job_id)
+            if current is None:
+                raise KeyError(w.job_id)  # before anything of it is written (a refusal)
             txn.moe_rows.append((w.job_id, w.window, w.time_s, _COMPACT.encode(w.doc)))
             if not w.event:
                 return None
-            current = self._lookup(txn, w.job_id)
-            if current is None:
-                raise KeyError(w.job_id)
             # The job itself does not change: its revision stays, so a conditional update of it
             # (an agent's report, a cancel) never goes stale because a plan was published.
             revision = self._next_rev(txn)

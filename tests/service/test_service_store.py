@@ -299,3 +299,23 @@ def test_a_batch_with_waiting_callers_carries_few_scheduling_writes(tmp_path):
     finally:
         store.close()
     assert seen == [(1, 0), (5, 8), (0, 64), (0, 28)]
+
+
+def test_moe_windows_are_stored_with_their_plan_event_on_both_databases(location):
+    """The live MoE loop's windows (``MoeWindowWrite``): rows read back in window order, a
+    published one with a ``MOE_PLAN`` event that leaves the job (and its revision) as it was."""
+    from xpod.scheduler.store import MoeWindowWrite
+
+    with open_store(location) as store:
+        job = submit(store, "r1").job
+        store.write(MoeWindowWrite(job.id, 0, 5.0, {"window": 0, "published": True}, "moe plan 1 published"))
+        store.write(MoeWindowWrite(job.id, 1, 6.0, {"window": 1, "published": False}))
+        with pytest.raises(KeyError):
+            store.write(MoeWindowWrite("job-404", 0, 6.0, {"window": 0}, "moe plan 1 published"))
+        assert [d["window"] for d in store.moe_windows(job.id)] == [0, 1]
+        assert [d["window"] for d in store.moe_windows(job.id, after=0)] == [1]
+        assert store.moe_windows("job-404") == []
+        events = store.events_since(0, job_id=job.id)
+        assert [e.type for e in events] == [EventType.SUBMITTED, EventType.MOE_PLAN]
+        assert events[1].message == "moe plan 1 published" and events[1].revision > job.revision
+        assert store.load_jobs()[0].revision == job.revision  # the job did not change
