@@ -965,6 +965,7 @@ class SchedulerApi:
         NOT_FOUND: unknown job or replica; INVALID_ARGUMENT: loads of another shape than the job's
         ``spec.moe``; FAILED_PRECONDITION: no ``spec.moe``, or the job is not bound to the node."""
         self._authorize(principal, Call.REPORT_EXPERT_LOADS)
+        self._speaks_for(principal, Call.REPORT_EXPERT_LOADS, [report.node], "node")
         self._leader_only()
         try:
             return self.moe.report(report)
