@@ -980,9 +980,7 @@ class SchedulerApi:
     def moe_history(self, principal: Principal, job_id: str) -> list[Any]:
         """The closed windows of a job's live MoE loop, oldest first (``runtime.moe.live.LiveEntry``,
         from the store: a follower answers too). FAILED_PRECONDITION for a job without ``spec.moe``."""
-        self._authorize(principal, Call.GET_MOE_HISTORY)
-        job = self._job(job_id)
-        self._authorize(principal, Call.GET_MOE_HISTORY, job.queue)
+        job = self._visible_job(principal, Call.GET_MOE_HISTORY, job_id)
         if moe_of(job) is None:
             raise ApiError(
                 Code.FAILED_PRECONDITION,
