@@ -229,10 +229,10 @@ def test_the_audit_checks_ownership_gangs_and_super_pod_reserve():
 
 
 def test_the_live_scheduler_makes_the_replays_decisions_and_a_profile_change_changes_both(tmp_path):
-    """``xpod server``'s placer (``CorePlacer`` over ``Scheduler``), fed the replay's arrivals and
+    """``xpod server``'s link to the core (``InProcessCore`` over ``Scheduler``), fed the replay's arrivals and
     finishes at the same instants, starts every job where and when the replay did; FIFO and EASY
     differ in both."""
-    from xpod.scheduler.core_bridge import CorePlacer
+    from xpod.scheduler.service.core_link import InProcessCore
 
     rows = "".join(f"j{i},{i * 7},{40 + (i * 37) % 90},{(1, 3, 8, 16, 2)[i % 5]},1000,,v\n" for i in range(24))
     trace = read_trace(_trace(tmp_path, rows))
@@ -243,7 +243,7 @@ def test_the_live_scheduler_makes_the_replays_decisions_and_a_profile_change_cha
         run = run_replay(trace, nodes, profile, settings=ReplaySettings(tick_s=None))
         replayed = sorted((r.job.id, r.first_start_s) for r in run.engine.records.values())
         built, _ = build_jobs(trace, nodes, ReplaySettings())
-        live = CorePlacer(scheduler=Scheduler(nodes, queues=(Queue("default"),), profile=profile))
+        live = InProcessCore(scheduler=Scheduler(nodes, queues=(Queue("default"),), profile=profile))
         arrivals = {}
         for _, j in built:
             arrivals.setdefault(j.submit_time, []).append(j)
