@@ -234,7 +234,7 @@ def expected(role, call: Call) -> str:
         return DENIED if call in JOB_CALLS else OK
     if role == "alice":  # submitter of queue research; every job here is in research
         return DENIED if call in NODE_CALLS else OK
-    if call in (Call.GET_JOB, Call.CANCEL_JOB, Call.EXPLAIN_JOB):
+    if call in (Call.GET_JOB, Call.CANCEL_JOB, Call.EXPLAIN_JOB, Call.GET_MOE_HISTORY):
         return "NOT_FOUND"  # bob: queue prod only; another queue's job is answered as no job (issue 18)
     return DENIED if call in JOB_CALLS | NODE_CALLS else OK  # bob: queue prod only
 
