@@ -187,6 +187,17 @@ def cmd_validate(args) -> int:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    fits = f"; fits cluster {cluster.name!r}" if cluster is not None else ""
+    if "roles" in summary:
+        roles = "; ".join(
+            f"{r['name']}: {r['tasks']} task(s) x {r['devices_per_task']['what'] if r['devices_per_task'] else 'no devices'}"
+            for r in summary["roles"]
+        )
+        print(
+            f"{args.file}: ok: {summary['kind']} {summary['name']!r} with roles ({roles}), placed together, "
+            f"queue {summary['queue']}, priority {summary['priority_class']}{fits}"
+        )
+        return 0
     devices = summary["devices_per_task"]
     tasks = summary["tasks"] if summary["min_tasks"] is None else f"{summary['min_tasks']}..{summary['tasks']}"
     print(

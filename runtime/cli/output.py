@@ -15,6 +15,8 @@ import functools
 import sys
 from typing import Any, Sequence
 
+from xpod.hal.errors import XpodError
+
 FORMATS = ("table", "wide", "json", "tsv")
 #: the width a table is measured at when stdout is not a terminal: wide enough that no cell wraps
 UNBOUNDED_WIDTH = 1_000_000
@@ -109,3 +111,15 @@ def print_json(data: Any) -> None:
 
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def save_figure(fig: Any, path: str, flag: str = "--plot") -> None:
+    """Write a matplotlib figure as PNG and close it; an unwritable path is one ``XpodError`` line."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise XpodError(f"{flag} {path}: cannot write: {err.strerror}") from None
+    finally:
+        plt.close(fig)

@@ -1,5 +1,5 @@
-"""``xpod replay openb`` (and ``jobs``, in ``replay_jobs``): a trace replayed through
-``xpod server``'s own scheduler (``xpod.scheduler.sim``)."""
+"""``xpod replay openb`` (and ``jobs``, in ``replay_jobs``; ``mix``, in ``replay_mix``): a trace replayed
+through ``xpod server``'s own scheduler (``xpod.scheduler.sim``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def register(commands) -> None:
         help="trace replays through the scheduler (openb: the FGD paper's experiment; jobs: a job trace over time)",
     )
     sub = rp.add_subparsers(dest="replay_command", metavar="TRACE")
+    from . import replay_mix
+
+    replay_mix.add_parser(sub)
     rp.set_defaults(func=lambda args: (rp.print_help(sys.stderr), 2)[1])
     o = sub.add_parser(
         "openb",
@@ -204,9 +207,6 @@ def plot_replays(results, path: str, title: str) -> None:
         a.legend(loc="lower right" if a is ax else "upper left", fontsize=8)
     fig.suptitle(f"openb {title}, seed {results[0].seed}, through the xpod scheduler")
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as err:
-        raise XpodError(f"--plot {path}: cannot write: {err.strerror}") from None
-    finally:
-        plt.close(fig)
+    from .output import save_figure
+
+    save_figure(fig, path)

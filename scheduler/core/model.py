@@ -30,6 +30,34 @@ CLUSTER = "cluster"
 ANY = "any"  # the same as "cluster"
 
 
+class LoadMetric(str, enum.Enum):
+    """What a serving job's replicas report and its autoscaling follows (KServe/Knative's
+    scale metric): generated plus prompt tokens per second, or requests per second."""
+
+    TOKENS_PER_S = "tokens_per_s"
+    REQUESTS_PER_S = "requests_per_s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoscale:
+    """How a serving job follows its demand (``scheduler.core.autoscale`` decides).
+
+    The replicas report their load in ``metric`` units; the job wants
+    ``ceil(demand / target_per_replica)`` replicas (at the profile's target utilisation), kept between
+    its min and max replicas. A rise is acted on once it has lasted ``scale_up_after_s``, a fall
+    once it has lasted ``scale_down_after_s`` (the highest need seen in that window is kept:
+    Kubernetes HPA's stabilisation window), so a noisy load does not flap the replicas."""
+
+    metric: LoadMetric
+    target_per_replica: float  # load one replica serves at its target, in metric units (> 0)
+    scale_up_after_s: float = 0.0
+    scale_down_after_s: float = 300.0
+
+
+#: what a task gets between SIGTERM (and the notice file) and SIGKILL, unless its job says
+DEFAULT_GRACE_PERIOD_S = 30.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     """One schedulable device: a package, or a die where dies are the unit (the catalog says)."""
@@ -185,6 +213,15 @@ class Job:
     # nodeSelector): e.g. {"xpod/simulated": "false"} keeps a job that runs a real command off
     # simulated nodes. Sorted (key, value) pairs, so jobs stay hashable.
     node_selector: tuple[tuple[str, str], ...] = ()
+    autoscale: Autoscale | None = None  # serving: follow the reported load (None: up to max replicas)
+    # seconds a task that must stop (preempted, shrunk, scaled down) gets between SIGTERM, with
+    # its notice file touched, and SIGKILL
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    # a role of a job with several roles (prefill/decode, actor/learner): ``group`` is that job's
+    # id and ``group_size`` its number of roles; the roles are placed in one cycle or none, each
+    # whole (a gang across roles), and evicted together
+    group: str | None = None
+    group_size: int = 0
 
     def selects(self, node: "Node") -> bool:
         """Whether ``node`` carries every label of the job's node selector."""
@@ -251,6 +288,23 @@ class Replacement:
         return f"replica {self.task} replaced: {self.reason}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Resize:
+    """A running job changed its number of tasks without leaving the running set: an elastic
+    training gang shrunk for more important work or regrown to its size (its tasks restart once
+    with the new world size: a gang restart), or a serving job scaled down (``Scheduler``'s
+    autoscaling). ``released``: the tasks that stop (their bindings are gone); ``added``: the
+    tasks this cycle's bindings start."""
+
+    job_id: str
+    tasks_before: int
+    tasks_after: int
+    reason: str  # e.g. "shrunk for serving job chat (priority 1000 > 100)"
+    released: tuple[int, ...] = ()
+    restart: bool = False  # the gang restarts with the new world size (training)
+    by: str | None = None  # the job that took the devices (shrink)
+
+
 class ReasonCode(str, enum.Enum):
     """Why a job is still pending. ``NEVER_FITS`` cannot be fixed by waiting."""
 
@@ -300,3 +354,4 @@ class CycleResult:
     seconds: float  # wall time the cycle took
     preemption_attempts: int = 0  # jobs the preempt/reclaim actions tried to evict for
     replacements: tuple[Replacement, ...] = ()  # serving replicas released alone since the last cycle
+    resizes: tuple[Resize, ...] = ()  # running jobs shrunk, regrown or scaled down by this cycle

@@ -2,7 +2,7 @@
 
 A profile is YAML (or a dict); ``policies`` lists the plugins (``scheduler/core/plugins/``)::
 
-    actions: [enqueue, allocate, backfill, preempt, reclaim]
+    actions: [enqueue, allocate, backfill, shrink, preempt, reclaim]
     policies:
       - gang
       - topology
@@ -15,6 +15,8 @@ A profile is YAML (or a dict); ``policies`` lists the plugins (``scheduler/core/
       - name: priority
         args: {aging_per_hour: 1}
     estimate_depth: 256   # optional: queue positions per queue that get an estimated start
+    notice: true          # optional: tasks that must stop get the XPOD_PREEMPT_NOTICE file touched
+                          # before SIGTERM (false: SIGTERM alone, as Kubernetes preemption)
 
 An unknown action, plugin, key or argument is an ``XpodError`` at load time naming the file
 and the field, never a log line; so is a plugin that implements no extension point, and two
@@ -33,12 +35,12 @@ from .actions import ACTIONS
 from .framework import PLUGINS, Plugin, check_plugin, points_of
 
 DEFAULT_PROFILE: dict[str, Any] = {
-    "actions": ["enqueue", "allocate", "backfill", "preempt", "reclaim"],
+    "actions": ["enqueue", "allocate", "backfill", "shrink", "preempt", "reclaim"],
     "policies": list(plugins.DEFAULT),
 }
 
 #: points where one plugin's answer decides (a second one would silently lose)
-_ONE_ANSWER = ("node_order", "queue_key", "job_key", "effective", "min_tasks", "tiers")
+_ONE_ANSWER = ("node_order", "queue_key", "job_key", "effective", "min_tasks", "tiers", "scale_rule")
 
 
 #: queue positions per queue whose estimated start a cycle computes (a walk of the queue in
@@ -51,6 +53,9 @@ class Profile:
     actions: tuple[str, ...]
     policies: tuple[tuple[str, Mapping[str, Any]], ...]
     estimate_depth: int = DEFAULT_ESTIMATE_DEPTH  # see DEFAULT_ESTIMATE_DEPTH
+    # a task that must stop (preempted, shrunk, scaled down) gets its notice file touched with
+    # SIGTERM, so it can checkpoint in its grace period; False: SIGTERM alone (Kubernetes)
+    notice: bool = True
 
     def build_plugins(self) -> list[Plugin]:
         return [PLUGINS[name](**dict(args)) for name, args in self.policies]
@@ -59,9 +64,14 @@ class Profile:
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     if not isinstance(data, Mapping):
         raise XpodError(f"{source}: a profile is a mapping with 'actions' and 'policies'")
-    unknown = set(data) - {"actions", "policies", "estimate_depth"}
+    unknown = set(data) - {"actions", "policies", "estimate_depth", "notice"}
     if unknown:
-        raise XpodError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth)")
+        raise XpodError(
+            f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth, notice)"
+        )
+    notice = data.get("notice", True)
+    if not isinstance(notice, bool):
+        raise XpodError(f"{source}: notice: {notice!r} must be true or false")
     depth = data.get("estimate_depth", DEFAULT_ESTIMATE_DEPTH)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise XpodError(
@@ -120,7 +130,7 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
             raise XpodError(
                 f"{source}: policies: {' and '.join(answering)} both answer {point} and contradict each other; keep one"
             )
-    return Profile(tuple(actions), tuple(out), depth)
+    return Profile(tuple(actions), tuple(out), depth, notice)
 
 
 def load_profile(path: str) -> Profile:

@@ -23,6 +23,18 @@ over these methods, one to one.
   running, degraded, and the next cycle places the lost replicas again (elsewhere when the node
   is gone, spread across failure domains). A serving job that loses every replica is evicted whole.
 * ``replace_tasks(job_id, tasks, why)`` the same for replicas whose task failed.
+* ``report_load(job_id, replica, value)`` a serving replica's load in its job's
+  ``autoscale.metric`` units (``UnknownLoadSource`` for a job that is not an autoscaled serving
+  job, or a replica it does not run; nothing changes then). Each cycle sums the replicas' last
+  reports into the job's demand and the profile's ``Scale`` rule (``core.autoscale``) says how
+  many replicas it wants: fewer than run are released at once (highest first, a ``Resize`` in
+  the result), more are placed like missing replicas (the ``shrink`` and ``preempt`` actions
+  take devices from less important work when none are free). ``autoscale_status(job_id)``
+  says what the rule saw and decided.
+* A training gang shrunk for serving (``Resize`` with ``restart``) is held at its size for the
+  serving job's ``scale_down_after_s``, then regrows towards ``tasks`` by as many tasks as are
+  free at once (one more ``Resize``, a restart); a partial regrow waits as long again before
+  the next.
 * ``cycle(now=None) -> CycleResult`` runs the profile's actions once over the snapshot.
 """
 
@@ -37,6 +49,7 @@ from xpod.hal.errors import XpodError
 
 from . import actions as act
 from . import reasons
+from .autoscale import ScaleWindow
 from .fabric import Fabric, derive, placement_document
 from .framework import CycleContext, Framework
 from .placer import Placer
@@ -51,6 +64,7 @@ from .model import (
     PriorityClass,
     Queue,
     Replacement,
+    Resize,
 )
 from .profile import Profile, default_profile
 from .snapshot import RunningJob, Snapshot
@@ -61,6 +75,25 @@ DEFAULT_PRIORITY_CLASSES = (
     PriorityClass("high", 1000),
     PriorityClass("system", 10000, preemptible=False),
 )
+
+
+class UnknownLoadSource(XpodError):
+    """A load report names a job that is no autoscaled serving job, or a replica it does not
+    run (the gRPC layer answers NOT_FOUND); nothing was recorded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscaleStatus:
+    """What the autoscaling of one serving job saw and decided (``xpod job describe``, metrics)."""
+
+    job_id: str
+    metric: str  # the load's unit (``LoadMetric`` value)
+    target_per_replica: float
+    demand: float | None  # the replicas' summed load as the rule sees it (None: nothing reported)
+    desired_replicas: int  # what the rule wants now
+    running_replicas: int  # replicas placed (each may still be starting)
+    min_replicas: int
+    max_replicas: int
 
 
 #: priority 0, submitted at time 0: what ``Scheduler._priority_key`` measures from
@@ -76,11 +109,19 @@ class Scheduler:
         profile: Profile | None = None,
         clock: Callable[[], float] = time.time,
         fabric: Fabric | None = None,
+        resizes: bool = False,
     ) -> None:
         """``fabric``: the cluster's tiers (``from_cluster.fabric_from_cluster``); without one it
         is derived from the nodes as they come (``fabric.derive``) and ``within`` words the
-        nodes do not name yet are kept as levels (an agent may bring them)."""
+        nodes do not name yet are kept as levels (an agent may bring them).
+
+        ``resizes``: the caller applies ``CycleResult.resizes`` (stops the released tasks, restarts
+        a resized gang with its new world size). Only then does a cycle release tasks of running
+        jobs: the ``shrink`` action, and autoscaled serving jobs scaling down. Without it those
+        wait (a scale-down keeps its replicas, ``shrink`` does nothing) and the ``preempt``
+        action alone takes devices for serving."""
         self.snapshot = Snapshot(nodes)
+        self.resizes = resizes
         self.queues = {q.name: q for q in queues}
         self.priority_classes = {p.name: p for p in priority_classes}
         self.profile = profile or default_profile()
@@ -99,6 +140,15 @@ class Scheduler:
         self.last_attempt_seconds: dict[str, float] = {}
         # (inventory version, cycle state) for ``never_fits`` outside a cycle
         self._fit_state: tuple[int, act.CycleState] | None = None
+        # autoscaling: job id -> replica -> last reported load; job id -> its window of loads;
+        # job id -> replicas wanted (the rule's last answer)
+        self._load: dict[str, dict[int, float]] = {}
+        self._windows: dict[str, ScaleWindow] = {}
+        self._desired: dict[str, int] = {}
+        # shrunk training gang -> clock time before which it does not regrow
+        self._regrow_at: dict[str, float] = {}
+        self._regrow_hold_s: dict[str, float] = {}  # shrunk gang -> how long each regrow waits
+        self._scaled: set[str] = set()  # ids of the queued or running autoscaled serving jobs
 
     def _priority_key(self, job: Job) -> float:
         """A job's place in the queue order's priority, as a number whose order between two
@@ -167,6 +217,8 @@ class Scheduler:
                 return old
             raise XpodError(f"job {job.id}: id already used by a different job (pick a new id)")
         self.pending[job.id] = job
+        if job.autoscale is not None and job.kind is JobKind.SERVING:
+            self._scaled.add(job.id)
         for p in self.framework.observers:
             p.observe(job, False)
         return job
@@ -179,8 +231,14 @@ class Scheduler:
             for job in jobs:
                 p.observe(job, True)
 
-    def cancel(self, job_id: str) -> bool:
+    def _forget(self, job_id: str) -> None:
         self.framework.forget(job_id)
+        for table in (self._load, self._windows, self._desired, self._regrow_at, self._regrow_hold_s):
+            table.pop(job_id, None)
+        self._scaled.discard(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        self._forget(job_id)
         if self.pending.pop(job_id, None) is not None:
             if job_id in self.snapshot.running:
                 self.snapshot.release(job_id)
@@ -196,12 +254,113 @@ class Scheduler:
             return False
         self.snapshot.release(job_id)
         self.pending.pop(job_id, None)
-        self.framework.forget(job_id)
+        self._forget(job_id)
         return True
 
     @property
     def running(self) -> dict[str, RunningJob]:
         return self.snapshot.running
+
+    # -------------------------------------------------------------------- autoscaling
+    def _autoscaled(self, job_id: str) -> Job | None:
+        rj = self.snapshot.running.get(job_id)
+        job = rj.job if rj is not None else self.pending.get(job_id)
+        if job is None or job.kind is not JobKind.SERVING or job.autoscale is None:
+            return None
+        return job
+
+    def report_load(self, job_id: str, replica: int, value: float) -> None:
+        """Replica ``replica`` of serving job ``job_id`` serves ``value`` (its job's
+        ``autoscale.metric`` units, >= 0) now; the next cycle's demand sums the replicas' last
+        reports. ``UnknownLoadSource`` (nothing recorded) when the job is no autoscaled serving
+        job here or the replica is not running; ``XpodError`` for a value that is no finite
+        number >= 0."""
+        job = self._autoscaled(job_id)
+        if job is None:
+            raise UnknownLoadSource(f"job {job_id}: no autoscaled serving job of that id is queued or running")
+        rj = self.snapshot.running.get(job_id)
+        size = job.replica_tasks
+        if rj is None or not any(b.task // size == replica for b in rj.bindings):
+            raise UnknownLoadSource(f"job {job_id}: replica {replica} is not running")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < float("inf")):
+            raise XpodError(f"job {job_id}: load {value!r} must be a finite number >= 0")
+        self._load.setdefault(job_id, {})[replica] = float(value)
+
+    def autoscale_status(self, job_id: str) -> AutoscaleStatus | None:
+        """What the autoscaling of ``job_id`` saw and decided at the last cycle (None: no
+        autoscaled serving job of that id)."""
+        job = self._autoscaled(job_id)
+        if job is None or job.autoscale is None:
+            return None
+        size = job.replica_tasks
+        rj = self.snapshot.running.get(job_id)
+        running = len({b.task // size for b in rj.bindings}) if rj is not None else 0
+        window = self._windows.get(job_id)
+        lo, hi = job.min_required // size, job.tasks // size
+        return AutoscaleStatus(
+            job_id,
+            job.autoscale.metric.value,
+            job.autoscale.target_per_replica,
+            window.demand(self.snapshot_time) if window is not None else None,
+            self._desired.get(job_id, max(lo, min(hi, running))),
+            running,
+            lo,
+            hi,
+        )
+
+    snapshot_time = 0.0  # the clock time of the last cycle (what ``autoscale_status`` reads at)
+
+    def _scale(self, now: float, wanted: dict[str, int]) -> list[Resize]:
+        """Autoscaling before a cycle: each autoscaled serving job's wanted replicas from its
+        load (``wanted``: its tasks cap), replicas above it released at once (highest first)."""
+        rule_of = self.framework.scale
+        out: list[Resize] = []
+        for jid in list(self._scaled):
+            job = self._autoscaled(jid)
+            if job is None:
+                continue
+            rule = rule_of.scale_rule(job) if rule_of is not None else None
+            if rule is None or job.autoscale is None:
+                continue
+            size = job.replica_tasks
+            lo, hi = job.min_required // size, job.tasks // size
+            window = self._windows.get(jid)
+            if window is None:
+                window = self._windows[jid] = ScaleWindow(job.autoscale, rule)
+            rj = self.snapshot.running.get(jid)
+            replicas = sorted({b.task // size for b in rj.bindings}) if rj is not None else []
+            loads = self._load.get(jid, {})
+            for r in [r for r in loads if r not in replicas]:
+                del loads[r]  # a replica that stopped reports nothing any more
+            if loads:
+                window.observe(now, sum(loads.values()))
+            current = self._desired.get(jid, max(lo, min(hi, len(replicas))))
+            desired = window.desired(now, current, lo, hi)
+            self._desired[jid] = desired
+            wanted[jid] = desired * size
+            if rj is not None and len(replicas) > desired and not self.resizes:
+                wanted[jid] = len(rj.bindings)  # the caller cannot stop replicas: they stay
+            elif rj is not None and len(replicas) > desired:
+                drop = replicas[desired:]
+                tasks = [b.task for b in rj.bindings if b.task // size in drop]
+                before = len(rj.bindings)
+                self.snapshot.release_tasks(jid, tasks)
+                for r in drop:
+                    loads.pop(r, None)
+                demand = window.demand(now)
+                out.append(
+                    Resize(
+                        jid,
+                        before,
+                        before - len(tasks),
+                        f"scaled down to {desired} replicas: demand {demand or 0:g} {job.autoscale.metric.value} "
+                        f"at {job.autoscale.target_per_replica:g} per replica",
+                        released=tuple(sorted(tasks)),
+                    )
+                )
+            elif desired * size > (len(rj.bindings) if rj is not None else 0):
+                self.pending[jid] = job
+        return out
 
     # ---------------------------------------------------------------------- inventory
     def never_fits(self, job: Job) -> NeverFits | None:
@@ -293,6 +452,21 @@ class Scheduler:
             if rj.job.kind is JobKind.SERVING:
                 self.replace_tasks(jid, [b.task for b in rj.bindings if hit(b)], why)
 
+    def _evict_groups(self, evictions: list[Eviction]) -> None:
+        """The roles of a job with roles run together: when one is evicted (preempted, its node
+        lost), its running sibling roles stop too and wait in the queue with it."""
+        seen = {e.job_id for e in evictions}
+        for e in list(evictions):
+            job = self.pending.get(e.job_id)
+            if job is None or job.group is None:
+                continue
+            for jid, rj in list(self.snapshot.running.items()):
+                if rj.job.group == job.group and jid not in seen:
+                    self.snapshot.release(jid)
+                    self.pending[jid] = rj.job
+                    seen.add(jid)
+                    evictions.append(Eviction(jid, f"role {e.job_id} of {job.group} stopped: {e.reason}", e.preemptor))
+
     def snapshot_jobs(self, fn, *args) -> list[Job]:
         jobs = {jid: rj.job for jid, rj in self.snapshot.running.items()}
         return [jobs[j] for j in fn(*args)]
@@ -301,7 +475,9 @@ class Scheduler:
         for job in jobs:
             self.pending[job.id] = job
             self._evictions.append(Eviction(job.id, why))
-        return [j.id for j in jobs]
+        before = len(self._evictions)
+        self._evict_groups(self._evictions)
+        return [j.id for j in jobs] + [e.job_id for e in self._evictions[before:]]
 
     # -------------------------------------------------------------------------- cycle
     def cycle(self, now: float | None = None, explain: bool = True) -> CycleResult:
@@ -312,6 +488,17 @@ class Scheduler:
         no reasons saves their cost, which grows with the running jobs)."""
         t0 = time.perf_counter()
         now = self.clock() if now is None else now
+        self.snapshot_time = now
+        wanted: dict[str, int] = {}
+        resizes = self._scale(now, wanted)
+        for jid, at in list(self._regrow_at.items()):
+            rj = self.snapshot.running.get(jid)
+            if rj is None or at <= now:
+                del self._regrow_at[jid]
+                if rj is not None and len(rj.bindings) < rj.job.tasks:
+                    self.pending[jid] = rj.job  # its regrow is due: it wants its tasks back
+            else:
+                wanted[jid] = len(rj.bindings)  # held at its size until its regrow is due
         snap = self.snapshot
         total = float(sum(snap.model_total.values()))
         usage = dict(snap.used_devices_by_queue())
@@ -341,7 +528,7 @@ class Scheduler:
         placed = act.PlacedTasks(snap.running)
         # a running job stays pending while it wants more tasks (elastic, serving, batch)
         for jid in list(self.pending):
-            if placed.get(jid, 0) >= self.pending[jid].tasks:
+            if placed.get(jid, 0) >= wanted.get(jid, self.pending[jid].tasks):
                 del self.pending[jid]
         cs = act.CycleState(
             ctx=ctx,
@@ -349,6 +536,8 @@ class Scheduler:
             pending=self.pending,
             placed_tasks=placed,
             estimate_depth=self.profile.estimate_depth,
+            wanted=wanted,
+            allow_resizes=self.resizes,
         )
         try:
             for name in self.profile.actions:
@@ -359,9 +548,38 @@ class Scheduler:
             self.pending.pop(jid, None)
         for job in cs.requeued.values():
             self.pending[job.id] = job
+        for r in cs.resizes:
+            if r.restart and r.by is not None:
+                taker = self.pending.get(r.by) or (snap.running[r.by].job if r.by in snap.running else None)
+                hold = taker.autoscale.scale_down_after_s if taker is not None and taker.autoscale else 0.0
+                self._regrow_at[r.job_id] = max(self._regrow_at.get(r.job_id, 0.0), now + hold)
+                self._regrow_hold_s[r.job_id] = hold
+        resizes.extend(cs.resizes)
+        # gangs that grew this cycle (a regrow, or an elastic start growing): a restart each
+        shrunk = {r.job_id for r in cs.resizes}
+        for jid in dict.fromkeys(b.job_id for b in cs.bindings) if self.resizes else ():
+            n0 = placed.initial(jid)
+            rj = snap.running.get(jid)
+            if (
+                n0
+                and rj is not None
+                and rj.job.kind is JobKind.TRAINING
+                and jid not in shrunk
+                and len(rj.bindings) > n0
+            ):
+                resizes.append(
+                    Resize(
+                        jid,
+                        n0,
+                        len(rj.bindings),
+                        f"regrown to {len(rj.bindings)} of {rj.job.tasks} tasks",
+                        restart=True,
+                    )
+                )
         why = reasons.pending_reasons(cs) if explain else {}
         self.last_reasons = why
         self.last_attempt_seconds = attempt_s
+        self._evict_groups(cs.evictions)
         evictions = tuple(self._evictions) + tuple(cs.evictions)
         self._evictions = []
         replacements = tuple(self._replacements)
@@ -376,6 +594,7 @@ class Scheduler:
             seconds=time.perf_counter() - t0,
             replacements=replacements,
             preemption_attempts=cs.preemption_attempts,
+            resizes=tuple(resizes),
         )
 
     def placement_topology(self, job_id: str, tasks: Iterable[int] | None = None) -> dict[str, Any]:
@@ -398,4 +617,4 @@ class Scheduler:
         return self.snapshot.free_devices()
 
 
-__all__ = ["Scheduler", "DEFAULT_PRIORITY_CLASSES", "MILLI"]
+__all__ = ["AutoscaleStatus", "Scheduler", "DEFAULT_PRIORITY_CLASSES", "MILLI", "UnknownLoadSource"]

@@ -7,7 +7,8 @@ changes stay) or ``discard()`` (every operation is undone, in reverse order). A 
 committed only when it is whole.
 
 Statement operations: ``bind`` and ``evict`` (a placement and its victims), ``restore`` (give
-back a victim the placement turned out not to need), ``on_discard`` (a plugin's undo, such as
+back a victim the placement turned out not to need), ``release_tasks`` and ``give_back`` (the
+same for some tasks of a running job: an elastic gang shrunk), ``on_discard`` (a plugin's undo, such as
 ``unreserve``), and three look-aheads that a statement
 may hold only to be discarded: ``assume_ended`` (a running job's resources counted free, as
 at its expected end), ``mask`` (devices made unselectable) and ``close`` (nodes closed to
@@ -595,6 +596,28 @@ class Statement:
         self.evicted.remove(rj)
         self._ops.append(("restore", rj))
 
+    def release_tasks(self, job_id: str, tasks: Iterable[int]) -> tuple[Binding, ...]:
+        """Release these tasks of a running job (an elastic gang shrunk, batch tasks taken);
+        the job keeps running with the rest. Returns the released bindings."""
+        self._check_open()
+        rj = self.snap.running[job_id]
+        gone = self.snap.release_tasks(job_id, tasks)
+        self._ops.append(("shrink", (rj, gone)))
+        return gone
+
+    def give_back(self, rj: RunningJob, b: Binding) -> None:
+        """Run task ``b`` of ``rj`` (as it ran before this statement released it with
+        ``release_tasks``) again where it ran: the placement turned out not to need it. Its
+        resources must be free."""
+        self._check_open()
+        self.snap.apply(b, +1)
+        now = self.snap.running.get(rj.job.id)
+        kept = now.bindings if now is not None else ()
+        self.snap.running[rj.job.id] = dataclasses.replace(
+            rj, bindings=tuple(sorted(kept + (b,), key=lambda x: x.task))
+        )
+        self._ops.append(("give_back", (rj.job.id, b)))
+
     def on_discard(self, job_id: str, undo: Callable[[], None]) -> None:
         """Run ``undo`` if the statement is discarded (in reverse order with the other
         operations) or ``job_id``'s bindings are undone (``unbind_job``): a plugin's
@@ -683,6 +706,13 @@ class Statement:
                 snap.running[payload.job.id] = payload
             elif kind == "restore":
                 snap.release(payload.job.id)
+            elif kind == "shrink":
+                rj, gone = payload
+                for b in gone:
+                    snap.apply(b, +1)
+                snap.running[rj.job.id] = rj
+            elif kind == "give_back":
+                snap.release_tasks(payload[0], [payload[1].task])
             elif kind == "assume_ended":
                 for b in payload.bindings:
                     if b.node in snap.nodes:

@@ -28,18 +28,32 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
     domain_block: 64                 # devices per block, each block inside one domain (the ascend
                                      # plugin: MindCluster's sp-block, a 910C logical super-pod)
     node_selector: {xpod/simulated: "false"}   # labels a node must carry (each with this value)
+    autoscale:                       # serving only: replicas follow the load they report
+      metric: tokens_per_s           # or requests_per_s
+      target_per_replica: 2000       # load one replica serves (> 0)
+      scale_up_after_s: 0            # a rise must last this long (default 0)
+      scale_down_after_s: 300        # a trough must last this long (default 300)
+    grace_period_s: 30               # SIGTERM (and the notice file) to SIGKILL when a task must stop
+    roles:                           # several roles, placed together whole or not at all
+      - name: prefill                # (``parse_roles``; then no tasks/replicas/devices above)
+        tasks: 2
+        devices: {count: 8, model: ascend-910b3}
+      - name: decode
+        tasks: 1
+        devices: {count: 16, model: ascend-910c}
 
 Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping
 
 from xpod.hal.errors import XpodError
 
-from .model import CLUSTER, MILLI, DeviceRequest, Job, JobKind
+from .model import CLUSTER, DEFAULT_GRACE_PERIOD_S, MILLI, Autoscale, DeviceRequest, Job, JobKind, LoadMetric
 
 _TOP = {
     "id",
@@ -58,7 +72,19 @@ _TOP = {
     "name",
     "tasks_per_replica",
     "node_selector",
+    "autoscale",
+    "grace_period_s",
+    "roles",
 }
+#: the keys of a job document the core reads (a job file's spec holds these and the agent's)
+CORE_KEYS = frozenset(_TOP)
+#: the keys of one role (a job with roles); command, env and workdir are the node agent's
+ROLE_KEYS = frozenset({"name", "tasks", "devices", "cpu", "memory", "within", "command", "env", "workdir"})
+#: what a job with roles sets per role, never above them
+_PER_ROLE: tuple[str, ...] = ("tasks", "min_tasks", "replicas", "tasks_per_replica", "devices", "cpu", "memory")
+_PER_ROLE += ("within", "domain_block", "autoscale")
+_ROLE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_AUTOSCALE = {"metric", "target_per_replica", "scale_up_after_s", "scale_down_after_s"}
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _LEVEL = re.compile(r"^[a-z][a-z0-9._-]*$")
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
@@ -131,6 +157,8 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         raise err(extra[0], f"unknown key (allowed: {', '.join(sorted(_TOP))})")
     if not jid or not isinstance(jid, str):
         raise err("id", "missing: give the job an id")
+    if "roles" in doc:
+        raise err("roles", "a job with roles is one job per role: read it with parse_roles")
     if "kind" not in doc:
         raise err("kind", "missing (training, serving or batch)")
     kind = _enum(err, "kind", JobKind, doc["kind"])
@@ -219,6 +247,8 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         if not isinstance(v, str):
             hint = " (YAML reads true/false unquoted as a boolean: quote it)" if isinstance(v, bool) else ""
             raise err(f"node_selector.{k}", f"{v!r} is not text{hint}")
+    autoscale = _autoscale(err, kind, doc.get("autoscale"))
+    grace = _seconds(err, "grace_period_s", doc.get("grace_period_s", DEFAULT_GRACE_PERIOD_S))
     return Job(
         id=jid,
         kind=kind,
@@ -234,4 +264,90 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
         domain_block=block,
         replica_tasks=per_replica,
         node_selector=tuple(sorted(selector.items())),
+        autoscale=autoscale,
+        grace_period_s=grace,
     )
+
+
+def _seconds(err: _Err, field: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+        raise err(field, f"{v!r} must be a number of seconds >= 0")
+    return float(v)
+
+
+def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
+    if a is None:
+        return None
+    if kind is not JobKind.SERVING:
+        raise err("autoscale", f"only serving jobs scale with their load; a {kind.value} job sets tasks")
+    if not isinstance(a, Mapping):
+        raise err("autoscale", "a mapping: {metric, target_per_replica, scale_up_after_s, scale_down_after_s}")
+    bad = sorted(set(a) - _AUTOSCALE)
+    if bad:
+        raise err(f"autoscale.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_AUTOSCALE))})")
+    for key in ("metric", "target_per_replica"):
+        if key not in a:
+            raise err(f"autoscale.{key}", "missing")
+    metric = _enum(err, "autoscale.metric", LoadMetric, a["metric"])
+    target = a["target_per_replica"]
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < float("inf"):
+        raise err(
+            "autoscale.target_per_replica", f"{target!r} must be a number > 0 ({metric.value} one replica serves)"
+        )
+    return Autoscale(
+        metric,
+        float(target),
+        _seconds(err, "autoscale.scale_up_after_s", a.get("scale_up_after_s", 0.0)),
+        _seconds(err, "autoscale.scale_down_after_s", a.get("scale_down_after_s", 300.0)),
+    )
+
+
+def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None = None) -> list[Job]:
+    """The roles of a job with ``roles`` as one ``Job`` each (id ``JOB/ROLE``, a gang of its
+    ``tasks`` with its own devices), tied by ``Job.group`` so that they are placed together,
+    all of them whole or none. The job's queue, priority class, grace period, node selector and
+    expected duration apply to every role. ``XpodError`` naming the field on bad input."""
+    if not isinstance(doc, Mapping):
+        raise XpodError(f"{source}: a job is a mapping (got {type(doc).__name__})")
+    jid = job_id or doc.get("id") or doc.get("name")
+    err = _Err(f"{source}" + (f" ({jid})" if jid and source != f"job {jid}" else ""))
+    if not jid or not isinstance(jid, str):
+        raise err("id", "missing: give the job an id")
+    kind = _enum(err, "kind", JobKind, doc.get("kind"))
+    if kind is JobKind.BATCH:
+        raise err("roles", "a batch job has no roles (its tasks run on their own); use a TrainingJob or ServingJob")
+    roles = doc.get("roles")
+    if not isinstance(roles, list) or not roles:
+        raise err("roles", "a list of at least one role ({name, tasks, devices, command}); leave roles out for none")
+    for key in _PER_ROLE:
+        if key in doc:
+            raise err(key, "set per role when the job has roles (roles[].tasks, roles[].devices, ...)")
+    shared = {k: v for k, v in doc.items() if k not in ("roles", "kind", "id", "name")}
+    names: dict[str, int] = {}
+    out: list[Job] = []
+    for i, role in enumerate(roles):
+        where = f"roles[{i}]"
+        if not isinstance(role, Mapping):
+            raise err(where, "a role is a mapping: {name, tasks, devices, command}")
+        bad = sorted(set(role) - ROLE_KEYS)
+        if bad:
+            raise err(f"{where}.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(ROLE_KEYS))})")
+        name = role.get("name")
+        if not isinstance(name, str) or not _ROLE_NAME.match(name):
+            raise err(f"{where}.name", f"{name!r}: a role name is 1..32 of a-z, 0-9, '-' (e.g. prefill)")
+        if name in names:
+            raise err(f"{where}.name", f"{name!r} is already roles[{names[name]}]")
+        names[name] = i
+        body = {k: v for k, v in role.items() if k in _TOP}
+        body.pop("name", None)
+        try:
+            job = parse_job({**shared, **body, "kind": "training"}, source=source, job_id=f"{jid}/{name}")
+        except XpodError as e:
+            # name the field as the role's: "spec (pd): devices.count: ..." -> roles[i].devices.count
+            text = str(e)
+            head = f"{err.where}: " if text.startswith(f"{err.where}: ") else None
+            if head is None:
+                head = text.split(": ", 1)[0] + ": "
+            raise XpodError(f"{err.where}: {where}.{text[len(head) :]}") from None
+        out.append(dataclasses.replace(job, group=jid, group_size=len(roles)))
+    return out

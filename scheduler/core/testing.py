@@ -13,7 +13,7 @@ package's memory and BF16), enough for tests; real clusters come from descriptor
 
 from __future__ import annotations
 
-from .model import MILLI, Device, DeviceRequest, Job, JobKind, Node
+from .model import MILLI, Autoscale, Device, DeviceRequest, Job, JobKind, LoadMetric, Node
 
 GiB = 2**30
 
@@ -151,6 +151,16 @@ class JobBuilder:
 
     def domain_block(self, devices: int) -> "JobBuilder":
         self._kw["domain_block"] = devices
+        return self
+
+    def autoscale(
+        self,
+        target_per_replica: float,
+        up_after_s: float = 0.0,
+        down_after_s: float = 300.0,
+        metric: str = "tokens_per_s",
+    ) -> "JobBuilder":
+        self._kw["autoscale"] = Autoscale(LoadMetric(metric), target_per_replica, up_after_s, down_after_s)
         return self
 
     def build(self) -> Job:

@@ -103,9 +103,23 @@ class JobFile:
         return bool(self.device_name_problems())
 
     def summary(self) -> dict[str, Any]:
-        """What ``xpod job validate`` reports for a valid file."""
-        job = core_job(self.document["kind"], self.document["spec"])
+        """What ``xpod job validate`` reports for a valid file (a job with roles: the first
+        role's fields, and ``roles``: name, tasks, devices of each)."""
+        jobs = core_jobs(self.document["kind"], self.document["spec"])
+        job = jobs[0]
         req = job.devices
+        roles = [
+            {
+                "name": j.id.split("/")[-1],
+                "tasks": j.tasks,
+                "devices_per_task": None
+                if j.devices is None
+                else {"count": j.devices.count, "what": j.devices.describe()},
+                "within": j.within,
+            }
+            for j in jobs
+            if j.group is not None
+        ]
         return {
             "file": self.path,
             "kind": self.document["kind"],
@@ -116,6 +130,7 @@ class JobFile:
             "min_tasks": job.min_tasks,
             "devices_per_task": None if req is None else {"count": req.count, "what": req.describe()},
             "within": job.within,
+            **({"roles": roles} if roles else {}),
         }
 
 
@@ -177,6 +192,11 @@ def _check(data: Any, *, known_models: Collection[str] | None, check_models: boo
     devices = spec.get("devices") if isinstance(spec, dict) else None
     if check_models and isinstance(devices, dict):
         found += _device_names(devices, known_models or ())
+    roles = spec.get("roles") if isinstance(spec, dict) else None
+    if check_models and isinstance(roles, list):
+        for i, role in enumerate(roles):
+            if isinstance(role, dict) and isinstance(role.get("devices"), dict):
+                found += _device_names(role["devices"], known_models or (), ("spec", "roles", i, "devices"))
     if not found and structure_ok:
         found += _parsers(kind, data["spec"])
     return found
@@ -190,7 +210,9 @@ def _validator(kind: str | None) -> Any:
     return jsonschema.Draft202012Validator(envelope_schema() if kind is None else schema(kind))
 
 
-def _device_names(devices: dict[str, Any], known_models: Collection[str]) -> list[_Found]:
+def _device_names(
+    devices: dict[str, Any], known_models: Collection[str], at: Path = ("spec", "devices")
+) -> list[_Found]:
     from xpod.hal.catalog import VENDORS, all_models, match_model
 
     out: list[_Found] = []
@@ -204,13 +226,13 @@ def _device_names(devices: dict[str, Any], known_models: Collection[str]) -> lis
             close = difflib.get_close_matches(model, ids, n=3, cutoff=0.5)
             hint = f"closest: {', '.join(close)}" if close else f"known models: {', '.join(ids)}"
             message = f"unknown device model {model!r} ({hint}; `xpod devices` and hal/catalog.yaml list them)"
-        out.append((("spec", "devices", "model"), False, f"spec.devices.model: {message}"))
+        out.append(((*at, "model"), False, f"{fmt_path((*at, 'model'))}: {message}"))
     vendor = devices.get("vendor")
     vendors = sorted(set(VENDORS) | {m.vendor for m in all_models()})
     if isinstance(vendor, str) and vendor and vendor not in vendors:
         close = difflib.get_close_matches(vendor, vendors, n=3, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else f"known vendors: {', '.join(vendors)}"
-        out.append((("spec", "devices", "vendor"), False, f"spec.devices.vendor: unknown vendor {vendor!r} ({hint})"))
+        out.append(((*at, "vendor"), False, f"{fmt_path((*at, 'vendor'))}: unknown vendor {vendor!r} ({hint})"))
     return out
 
 
@@ -228,11 +250,30 @@ def _parsers(kind: str, spec: dict[str, Any]) -> list[_Found]:
     except TaskFieldError as err:
         return [(_path_of(err.field), False, f"{err.field}: {err.message}")]
     try:
-        job = core_job(kind, spec)
-        _facade().validate(job)
+        jobs = core_jobs(kind, spec)
     except XpodError as err:
         return [_core_found(err)]
+    for i, job in enumerate(jobs):
+        try:
+            _facade().validate(job)
+        except XpodError as err:
+            found = _core_found(err)
+            if job.group is None:
+                return [found]
+            # the rule broke on one role: name the role's field
+            path, key, message = found
+            return [(("spec", "roles", i, *path[1:]), key, message.replace("spec.", f"spec.roles[{i}].", 1))]
     return []
+
+
+def core_jobs(kind: str, spec: dict[str, Any]) -> list[Any]:
+    """The core's ``Job`` of a checked document, or one per role for a job with ``roles``."""
+    if "roles" not in spec:
+        return [core_job(kind, spec)]
+    from xpod.scheduler.core.spec import parse_roles
+    from xpod.scheduler.taskspec import split_spec
+
+    return parse_roles({**split_spec(spec), "kind": KINDS[kind]}, source="spec", job_id=_VALIDATION_ID)
 
 
 def core_job(kind: str, spec: dict[str, Any]) -> Any:
@@ -289,23 +330,41 @@ def _fit(data: dict[str, Any], cluster: Any) -> list[_Found]:
     from xpod.scheduler.core.scheduler import Scheduler
 
     kind, spec = data["kind"], data["spec"]
-    job = core_job(kind, spec)
-    sched = Scheduler(nodes_from_cluster(cluster), queues=(Queue("default"), Queue(job.queue)))
+    jobs = core_jobs(kind, spec)
+    sched = Scheduler(nodes_from_cluster(cluster), queues=(Queue("default"), Queue(jobs[0].queue)))
     try:
-        sched.submit(dataclasses.replace(job, submit_time=1.0))
+        for job in jobs:
+            sched.submit(dataclasses.replace(job, submit_time=1.0))
     except XpodError as err:
         return [_core_found(err)]
+    if len(jobs) > 1:  # a role that cannot fit even alone is the one to name
+        for i, job in enumerate(jobs):
+            why = sched.never_fits(dataclasses.replace(job, group=None, group_size=0))
+            if why is not None:
+                return [
+                    (
+                        ("spec", "roles", i),
+                        True,
+                        f"spec.roles[{i}] ({job.id.split('/')[-1]}): does not fit cluster {cluster.name} "
+                        f"({cluster.source}) even when it is empty: {why.message}",
+                    )
+                ]
     result = sched.cycle(now=1.0)
-    placed = sum(1 for b in result.bindings if b.job_id == job.id)
-    # a batch job's tasks run one by one; a gang (training) or a serving job needs its minimum at once
-    need = 1 if kind == "BatchJob" else (job.min_tasks or job.tasks)
-    if placed >= need:
-        return []
-    reason = result.pending.get(job.id)
-    why = f"{reason.code.value}: {reason.message}" if reason is not None else f"{placed} of {need} tasks placed"
-    return [
-        (("spec",), True, f"spec: does not fit cluster {cluster.name} ({cluster.source}) even when it is empty: {why}")
-    ]
+    for i, job in enumerate(jobs):
+        placed = sum(1 for b in result.bindings if b.job_id == job.id)
+        # a batch job's tasks run one by one; a gang (training) or a serving job needs its minimum at once
+        need = 1 if kind == "BatchJob" else (job.min_tasks or job.tasks)
+        if placed >= need:
+            continue
+        reason = result.pending.get(job.id)
+        why = f"{reason.code.value}: {reason.message}" if reason is not None else f"{placed} of {need} tasks placed"
+        at, what = (
+            (("spec", "roles", i), f"spec.roles[{i}] ({job.id.split('/')[-1]})") if job.group else (("spec",), "spec")
+        )
+        return [
+            (at, True, f"{what}: does not fit cluster {cluster.name} ({cluster.source}) even when it is empty: {why}")
+        ]
+    return []
 
 
 def _path_of(field: str) -> Path:

@@ -28,6 +28,8 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CPU_PATTERN = r"^\d+m$"
 #: ``within``: a tier of the cluster's fabric (node, group, a topology level, a tier's name) or any
 TIER_PATTERN = r"^[a-z][a-z0-9._-]*$"
+#: a role's name (``roles[].name``)
+ROLE_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 
 _COUNT = {"type": "integer", "minimum": 1}
 _TEXT = {"type": "string", "minLength": 1}
@@ -37,6 +39,17 @@ _SECONDS = {"type": "number", "minimum": 0}
 
 def _d(base: dict[str, Any], description: str) -> dict[str, Any]:
     return {**base, "description": description}
+
+
+def _command(description: str) -> dict[str, Any]:
+    return _d({"type": "array", "minItems": 1, "items": {"type": "string"}, "prefixItems": [_TEXT]}, description)
+
+
+def _env(description: str) -> dict[str, Any]:
+    return _d(
+        {"type": "object", "additionalProperties": {"type": "string"}, "propertyNames": {"pattern": ENV_NAME_PATTERN}},
+        description,
+    )
 
 
 def _spec(kind: str) -> dict[str, Any]:
@@ -53,6 +66,34 @@ def _spec(kind: str) -> dict[str, Any]:
         description="per task; omit for a CPU-only job",
     )
     props: dict[str, Any] = {}
+    if kind != "BatchJob":
+        props["roles"] = _d(
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    {
+                        "name": _d(
+                            {"type": "string", "pattern": ROLE_PATTERN},
+                            "the role's name (e.g. prefill, decode, actor, learner)",
+                        ),
+                        "tasks": _d(_COUNT, "tasks of this role (a gang: all or none, with the other roles)"),
+                        "devices": devices,
+                        "cpu": _d(
+                            {"type": ["number", "string"], "minimum": 0, "pattern": CPU_PATTERN}, "cores per task"
+                        ),
+                        "memory": _d(_SIZE, "host memory per task (e.g. 64Gi)"),
+                        "within": _d({"type": "string", "pattern": TIER_PATTERN}, "the fabric tier its tasks share"),
+                        "command": _command("argv of every task of this role"),
+                        "env": _env("extra environment variables of this role's tasks"),
+                        "workdir": _d(_TEXT, "current directory of this role's tasks"),
+                    },
+                    required=("name",),
+                ),
+            },
+            "several roles, each with its own devices, tasks and command, placed together whole or not at all "
+            "(then no tasks, replicas or devices above the roles)",
+        )
     if kind == "ServingJob":
         props["replicas"] = _d(
             {
@@ -87,6 +128,22 @@ def _spec(kind: str) -> dict[str, Any]:
             required=("experts", "layers", "slots_per_device"),
             description="expert placement of an MoE model, re-planned live (docs/moe.md)",
         )
+        props["autoscale"] = _obj(
+            {
+                "metric": _d({"enum": ["tokens_per_s", "requests_per_s"]}, "the load replicas report"),
+                "target_per_replica": _d(
+                    {"type": "number", "exclusiveMinimum": 0}, "load one replica serves at its target (> 0)"
+                ),
+                "scale_up_after_s": _d(_SECONDS, "a rise must last this long before replicas are added (default 0)"),
+                "scale_down_after_s": _d(
+                    _SECONDS,
+                    "a trough must last this long before replicas go (default 300); the freed devices "
+                    "go back to the training that lent them",
+                ),
+            },
+            required=("metric", "target_per_replica"),
+            description="replicas follow the load they report, between replicas.min and replicas.max",
+        )
     else:
         props["tasks"] = _d(_COUNT, "tasks, all or nothing (a gang)")
         if kind == "TrainingJob":
@@ -110,22 +167,17 @@ def _spec(kind: str) -> dict[str, Any]:
             "domain_block": _d(
                 _COUNT, "devices per block, each block inside one domain (Ascend 910C: the logical super-pod)"
             ),
+            "grace_period_s": _d(
+                _SECONDS,
+                "seconds between SIGTERM (with the XPOD_PREEMPT_NOTICE file touched) and SIGKILL when a task "
+                "must stop (default 30)",
+            ),
             "node_selector": _d(
                 {"type": "object", "additionalProperties": {"type": "string"}, "propertyNames": {"minLength": 1}},
                 'labels a node must carry, each with this value (e.g. {xpod/simulated: "false"})',
             ),
-            "command": _d(
-                {"type": "array", "minItems": 1, "items": {"type": "string"}, "prefixItems": [_TEXT]},
-                "argv of every task (no shell), e.g. [python, train.py]",
-            ),
-            "env": _d(
-                {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "propertyNames": {"pattern": ENV_NAME_PATTERN},
-                },
-                "extra environment variables (string values)",
-            ),
+            "command": _command("argv of every task (no shell), e.g. [python, train.py]"),
+            "env": _env("extra environment variables (string values)"),
             "workdir": _d(_TEXT, "current directory of every task"),
             "restart": _obj(
                 {"max_restarts": _d({"type": "integer", "minimum": -1}, "restarts after failures (-1 = unlimited)")},
@@ -152,6 +204,7 @@ _PATTERN_WORDS = {
     SIZE_PATTERN: "is not a size: give bytes, or a number with K, M, G, T (x1000) or Ki, Mi, Gi, Ti (x1024), e.g. 64Gi",
     CPU_PATTERN: "is not a number of cores: give 8, 0.5 or '500m'",
     TIER_PATTERN: "is not a tier name: node, group, a topology level (supernode, rack), a tier's name, or any",
+    ROLE_PATTERN: "is not a role name: 1..32 of a-z, 0-9, '-', starting and ending with a letter or digit",
     ENV_NAME_PATTERN: "is not an environment variable name (letters, digits, '_'; not starting with a digit)",
 }
 

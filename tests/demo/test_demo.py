@@ -30,7 +30,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert peak and int(peak.group(1)) > 0 and int(peak.group(2)) == 400, (
         f"replay summary {peak and peak.groups()}:\n{out[-2000:]}"
     )
-    # 6: metrics scraped from the live scheduler, then a clean shutdown
+    # 6: the mix replay's table: the default profile and both baselines, static serving at its peak
+    rows = dict(re.findall(r"│ (default|static-partition|reactive-hpa)\s+│ ([0-9.]+)\s+│", out))
+    assert set(rows) == {"default", "static-partition", "reactive-hpa"}, out[-3000:]
+    assert float(rows["static-partition"]) == 1.0
+    # 7: metrics scraped from the live scheduler, then a clean shutdown
     assert 'xpod_scheduler_devices{state="allocated",vendor="ascend"}' in out
     assert "xpod up stopped (exit code 0)" in out
     # no address of a server that is gone by the time the output is read, no directory left behind

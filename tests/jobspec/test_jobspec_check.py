@@ -75,10 +75,11 @@ def test_allowed_keys_are_complete_per_kind(tmp_path):
     training = problems(tmp_path, "kind: TrainingJob\n" + base)
     assert training == [
         "4:3: unknown key 'deadline' in spec (allowed: command, cpu, devices, domain_block, env, expected_duration_seconds, "
-        "memory, min_tasks, node_selector, priority_class, queue, restart, simulate, tasks, within, workdir)"
+        "grace_period_s, "
+        "memory, min_tasks, node_selector, priority_class, queue, restart, roles, simulate, tasks, within, workdir)"
     ]
     serving = problems(tmp_path, "kind: ServingJob\n" + base)
-    assert "replicas, restart, simulate, tasks_per_replica, within, workdir)" in serving[0]
+    assert "replicas, restart, roles, simulate, tasks_per_replica, within, workdir)" in serving[0]
     assert " tasks," not in serving[0] and "min_tasks" not in serving[0]
     batch = problems(tmp_path, "kind: BatchJob\n" + base + "  min_tasks: 1\n")
     assert batch[1] == "5:3: unknown key 'min_tasks' in spec (did you mean 'tasks'?)"

@@ -11,7 +11,11 @@
    description), then a ServingJob submitted for the dies it needs.
 5. A slice of the Microsoft Philly trace replayed into the simulated pod at accelerated time,
    with utilisation and queue length printed as it runs.
-6. Where the metrics are; then a clean shutdown (SIGTERM, exit code checked).
+6. Serving and training on one pod: twenty virtual minutes of ``xpod replay mix`` (the scheduler
+   core over virtual time, ``xpod.scheduler.sim.mix``) on the simulated CloudMatrix384: an
+   Azure conversation trace's demand scaled to a 40-replica peak, Philly training behind it,
+   the default profile beside the static-partition and reactive-HPA baselines.
+7. Where the metrics are; then a clean shutdown (SIGTERM, exit code checked).
 """
 
 from __future__ import annotations
@@ -357,6 +361,52 @@ def replay_trace(addr: str, seconds: float = 20.0, max_jobs: int = 400) -> None:
     )
 
 
+def mix_replay(minutes: float = 20.0) -> None:
+    """``xpod replay mix`` for a few virtual minutes, its numbers as a table (what its plot shows)."""
+    from xpod.scheduler.sim import mix
+
+    cluster = str(resources.files("xpod.hal") / "clusters" / "cloudmatrix384.yaml")
+    profiles = mix.profiles_to_compare()
+    settings = mix.MixSettings(hour_s=minutes * 60.0, training_from_s=30 * 86400.0)
+    console.print(
+        f"{minutes:.0f} virtual minutes: Azure conversation trace (demand per 10 s, peak = 40 replicas x 8 dies), "
+        "Philly jobs of day 30 behind it, on the simulated CloudMatrix384 (768 dies)"
+    )
+    table = Table(title="xpod replay mix: the default profile and the two baselines (scheduler/sim/profiles/)")
+    for col in (
+        "profile",
+        "SLO attainment",
+        "scale-up p99 s",
+        "serving dev-h",
+        "training dev-h",
+        "restarts",
+        "preempted",
+    ):
+        table.add_column(col, justify="left" if col == "profile" else "right")
+    for name, prof in profiles:
+        r = mix.run_mix(
+            cluster,
+            _data_path("mix_azure_conv.csv.gz"),
+            _data_path("mix_chat.yaml"),
+            40,
+            _data_path("mix_philly_day30_20min.csv"),
+            prof,
+            name,
+            settings,
+        )
+        table.add_row(
+            name,
+            f"{r.slo_attainment:.3f}",
+            f"{r.scale_up_p99_s:.0f}",
+            f"{r.serving_device_hours:.1f}",
+            f"{r.training_device_hours:.1f}",
+            str(r.gang_restarts),
+            str(r.preemptions),
+        )
+    print_table(table)
+    console.print("the whole hour and its plot: xpod replay mix ... --plot mix.png (README, bench/replay_mix.py)")
+
+
 def run_demo(state_dir: str | None = None, steps: int = 60, replay_seconds: float = 20.0) -> int:
     """The stages above. A temporary state directory (no ``state_dir``) is removed at the end,
     unless the demo failed: then it is kept for its logs, and its path is printed."""
@@ -382,7 +432,9 @@ def run_demo(state_dir: str | None = None, steps: int = 60, replay_seconds: floa
             moe_serving(emb.addr)
             _stage(5, "a real trace replayed into the simulated pod")
             replay_trace(emb.addr, seconds=replay_seconds)
-            _stage(6, "metrics")
+            _stage(6, "serving that follows its demand, training that yields (virtual time)")
+            mix_replay()
+            _stage(7, "metrics")
             console.print(
                 "scheduler metrics, as Prometheus scrapes them from `xpod up --metrics` "
                 "(config: deploy/prometheus/prometheus.yml):"

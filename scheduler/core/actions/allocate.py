@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 
 from ..model import ReasonCode
-from .cycle import CycleState, shape_key, try_place
+from .cycle import CycleState, regrowing, shape_key, try_place, try_place_group
 
 
 def action_allocate(cs: CycleState) -> None:
@@ -38,12 +38,33 @@ def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
         job = jobs[i]
         pos[q] = i + 1
         cs.decisions += 1
+        if job.group is not None:
+            if job.id in cs.done or cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
+                heapq.heappush(heap, (_qkey(cs, q), q))
+                continue  # its group was tried with an earlier role
+            members = [m for m in jobs if m.group == job.group] + [
+                m for qq, js in queues.items() if qq != q for m in js if m.group == job.group
+            ]
+            if len(members) < job.group_size or not try_place_group(cs, members):
+                for m in members:
+                    if m.id not in cs.done:
+                        cs.failed[m.id] = ReasonCode.UNSCHEDULABLE
+                if hold_head:
+                    cs.heads[q] = job.id
+            else:
+                no_room.clear()
+            heapq.heappush(heap, (_qkey(cs, q), q))
+            continue
         shape = None if hold_head else shape_key(cs, job)
         if shape is not None and shape in no_room:
             cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
         elif try_place(cs, job):
             no_room.clear()
-        elif hold_head and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
+        elif (
+            hold_head
+            and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE
+            and not regrowing(cs, job)  # a running gang waiting to regrow holds nothing for itself
+        ):
             cs.heads[q] = job.id
         elif shape is not None and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
             no_room.add(shape)

@@ -52,8 +52,8 @@ def action_backfill(cs: CycleState) -> None:
         carve_tries = 0  # jobs tried beside the carve-out (MAX_CARVE_TRIES)
         try:
             for job in jobs:
-                if job.id == head or job.id in cs.done:
-                    continue
+                if job.id == head or job.id in cs.done or job.group is not None:
+                    continue  # (a role starts only with its job's other roles: allocate)
                 cs.decisions += 1
                 d = job.expected_duration_seconds
                 shape = shape_key(cs, job)

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 from ..fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS
 from ..framework import CycleContext, Framework, JobOrder, QueueOrder
 from ..framework.status import Code
-from ..model import Binding, Eviction, Job, JobKind, ReasonCode
+from ..model import Binding, Eviction, Job, JobKind, ReasonCode, Resize
 from ..placer import Placer
 from ..snapshot import Snapshot, Statement
 
@@ -30,6 +30,13 @@ class PlacedTasks:
     def before_change(self, job_id: str, old) -> None:
         if job_id not in self._before:
             self._before[job_id] = len(old.bindings) if old is not None else 0
+
+    def initial(self, job_id: str) -> int:
+        """Tasks the job ran when the cycle began (0: it was not running)."""
+        if job_id in self._before:
+            return self._before[job_id]
+        rj = self._running.get(job_id)
+        return len(rj.bindings) if rj is not None else 0
 
     def close(self) -> None:
         """Stop following the running jobs (the cycle's actions are done)."""
@@ -80,6 +87,13 @@ class CycleState:
     behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
     estimate_depth: int = 256  # queue positions per queue that get an estimated start (profile)
     backfill_ran: bool = False  # the backfill action ran: jobs on other devices may pass a head
+    # job id -> tasks it wants now when fewer than its ``tasks`` (an autoscaled serving job's
+    # replicas x tasks per replica; a shrunk gang held at its size until its regrow is due)
+    wanted: dict[str, int] = dataclasses.field(default_factory=dict)
+    resizes: list[Resize] = dataclasses.field(default_factory=list)  # running jobs shrunk this cycle
+    # the scheduler's caller applies resizes (stops released tasks): only then may actions
+    # release tasks of running jobs (``Scheduler(resizes=True)``)
+    allow_resizes: bool = False
     _keys: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -128,6 +142,7 @@ def shape_key(cs: CycleState, job: Job) -> tuple | None:
     if cs.placed_tasks.get(job.id):
         return None
     return (
+        wanted(cs, job),
         job.devices,
         job.cpu_milli,
         job.memory_bytes,
@@ -139,6 +154,18 @@ def shape_key(cs: CycleState, job: Job) -> tuple | None:
         job.domain_block,
         job.node_selector,
     )
+
+
+def wanted(cs: CycleState, job: Job) -> int:
+    """Tasks ``job`` wants running now: its ``tasks``, or fewer while autoscaling or a regrow
+    hold says so (``CycleState.wanted``)."""
+    return cs.wanted.get(job.id, job.tasks)
+
+
+def regrowing(cs: CycleState, job: Job) -> bool:
+    """A running training gang that wants more tasks (an elastic gang below its ``tasks``):
+    it grows by as many tasks as fit at once (its tasks restart once with the new world size)."""
+    return job.kind is JobKind.TRAINING and cs.placed_tasks.get(job.id, 0) > 0
 
 
 def devices_of(job: Job, tasks: int) -> float:
@@ -183,14 +210,23 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
         cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
         return False
     already = cs.placed_tasks.get(job.id, 0)
-    want = job.tasks - already
+    want = wanted(cs, job) - already
+    if want <= 0:
+        cs.done.add(job.id)
+        return True
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
     capped = queue_room(cs, job, want, need)
     if capped is None:
         return False
     want = capped
     stmt = Statement(snap, cs.ctx.now)
-    got = cs.placer.place(job, stmt, want, need, first_task=already)
+    got = 0
+    if job.kind is JobKind.TRAINING and need < want:
+        # an elastic gang starts whole where it can (a tight domain holding only its minimum
+        # would cost a restart to regrow right after)
+        got = cs.placer.place(job, stmt, want, want, first_task=already)
+    if not got:
+        got = cs.placer.place(job, stmt, want, need, first_task=already)
     if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
         stmt.discard()
         cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
@@ -199,13 +235,50 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
         stmt.discard()
         cs.failed[job.id] = ReasonCode.WAITING_BEHIND
         return False
-    bound = stmt.commit({job.id: job})
-    cs.bindings.extend(bound)
-    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
+    commit_placement(cs, job, stmt, already, got)
+    return True
+
+
+def commit_placement(cs: CycleState, job: Job, stmt: Statement, already: int, got: int) -> None:
+    """Commit a placement of ``got`` more tasks of ``job`` (``already`` ran) and book it: the
+    cycle's bindings, the job's tasks, its queue's use; done when it has what it wants."""
+    cs.bindings.extend(stmt.commit({job.id: job}))
     cs.placed_tasks[job.id] = already + got
-    if already + got >= job.tasks:
+    if already + got >= wanted(cs, job):
         cs.done.add(job.id)
     cs.failed.pop(job.id, None)
+    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
+
+
+def try_place_group(cs: CycleState, members: Sequence[Job]) -> bool:
+    """Place every role of a job with roles (``Job.group``) whole, through one statement, or
+    none of them: a gang across roles. Roles already running are left as they are."""
+    snap = cs.ctx.snap
+    stmt = Statement(snap, cs.ctx.now)
+    got: dict[str, int] = {}
+    # the roles with the largest tasks first: they have the fewest places to go
+    for job in sorted(members, key=lambda j: (-j.devices_per_task, -j.tasks, j.id)):
+        already = cs.placed_tasks.get(job.id, 0)
+        want = wanted(cs, job) - already
+        if want <= 0:
+            continue
+        n = cs.placer.place(job, stmt, want, want, first_task=already)
+        if n < want or not permitted(cs, job, stmt.bindings_of(job.id)):
+            stmt.discard()
+            for m in members:
+                if m.id not in cs.done:
+                    cs.failed[m.id] = ReasonCode.UNSCHEDULABLE
+                    cs.placer.notes.setdefault(m.id, f"role {job.id} of {job.group} does not fit with the others")
+            return False
+        got[job.id] = n
+    bound = stmt.commit({j.id: j for j in members})
+    cs.bindings.extend(bound)
+    for job in members:
+        n = got.get(job.id, 0)
+        cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, n)
+        cs.placed_tasks[job.id] = cs.placed_tasks.get(job.id, 0) + n
+        cs.done.add(job.id)
+        cs.failed.pop(job.id, None)
     return True
 
 

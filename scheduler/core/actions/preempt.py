@@ -3,9 +3,9 @@ machinery reclaim shares (victims, the eviction statement, fewest victims kept).
 
 from __future__ import annotations
 
-from ..model import MILLI, Eviction, Job, ReasonCode
+from ..model import MILLI, Eviction, Job, JobKind, ReasonCode
 from ..snapshot import Statement
-from .cycle import CycleState, devices_of, permitted, queue_room
+from .cycle import CycleState, commit_placement, devices_of, permitted, queue_room, wanted
 
 
 def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
@@ -85,7 +85,9 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
     # the queue's max holds here too, counted before any eviction (as for the candidates: a job
     # its queue's max holds back is QueueOverMax, never a preemptor)
-    want = queue_room(cs, job, job.tasks - already, need)
+    if wanted(cs, job) - already <= 0:
+        return False
+    want = queue_room(cs, job, wanted(cs, job) - already, need)
     if want is None:
         return False
     candidates = victims(cs, job, reclaim)
@@ -105,17 +107,25 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
             got = cs.placer.place(job, stmt, want, need, first_task=already)
             break
         one.discard()
-    if got < need:
-        # otherwise evict in order until the job fits
-        for rj in candidates:
+    # a serving job places every missing replica it can in one go (each replica stands alone);
+    # a gang needs its minimum
+    goal = want if job.kind is JobKind.SERVING else need
+    if got < goal:
+        # otherwise evict in order until the job fits (serving: all its missing replicas)
+        if got:
+            stmt.unbind_job(job.id)
+            got = 0
+        for rj in candidates[:MAX_VICTIMS]:
             if any(e.job.id == rj.job.id for e in evicted):
                 continue
             evicted.append(stmt.evict(rj.job.id))
             got = cs.placer.place(job, stmt, want, need, first_task=already)
-            if got >= need:
+            if got >= goal:
                 break
             stmt.unbind_job(job.id)
             got = 0
+        if got < goal and evicted:  # not all of them: what fits with every victim taken
+            got = cs.placer.place(job, stmt, want, need, first_task=already)
     if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
         stmt.discard()  # never evict for a job that would still not fit (or is not permitted)
         return False
@@ -127,12 +137,7 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
             stmt.restore(rj)
             evicted.remove(rj)
     # the statement's own bindings: a replaced replica keeps its (lower) number
-    cs.bindings.extend(stmt.commit({job.id: job}))
-    cs.placed_tasks[job.id] = already + got
-    if already + got >= job.tasks:
-        cs.done.add(job.id)
-    cs.failed.pop(job.id, None)
-    cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
+    commit_placement(cs, job, stmt, already, got)
     for rj in evicted:
         why = "reclaimed for queue" if reclaim else "preempted by"
         cs.evictions.append(
@@ -183,6 +188,8 @@ def _prio(cs: CycleState, job: Job) -> str:
 
 #: victims tried one by one before evicting several (keeps preemption bounded on big clusters)
 MAX_SINGLE_VICTIM_TRIES = 64
+#: victims one preemptor may evict in one cycle (keeps preemption bounded on big clusters)
+MAX_VICTIMS = 256
 #: how many pending jobs one cycle tries to preempt or reclaim for (keeps a cycle bounded)
 MAX_PREEMPTORS_PER_CYCLE = 16
 
@@ -195,7 +202,11 @@ def action_preempt(cs: CycleState) -> None:
 
 
 def preempt_like(cs: CycleState, reclaim: bool) -> None:
-    cands = [cs.pending[j] for j, code in cs.failed.items() if code is ReasonCode.UNSCHEDULABLE and j in cs.pending]
+    cands = [
+        cs.pending[j]
+        for j, code in cs.failed.items()
+        if code is ReasonCode.UNSCHEDULABLE and j in cs.pending and cs.pending[j].group is None
+    ]
     cands.sort(key=cs.job_key)
     for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
         if job.id in cs.requeued:

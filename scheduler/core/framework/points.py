@@ -34,6 +34,9 @@ point               method                                              when
                                                                         it commits
 ``VictimSelect``    ``victims(job, candidates, ctx, reclaim) -> list``  who may be evicted for a
                                                                         job, in eviction order
+``Scale``           ``scale_rule(job) -> ScaleRule | None``             how a serving job with
+                                                                        ``autoscale`` follows its
+                                                                        load (``core.autoscale``)
 ``Observe``         ``observe(job, history) -> None``                   every submitted job, and
                                                                         (``history``) jobs seen
                                                                         before the scheduler
@@ -61,6 +64,7 @@ from ..model import Binding, Job
 from .status import Status
 
 if TYPE_CHECKING:
+    from ..autoscale import ScaleRule
     from ..fabric import Fabric
     from ..snapshot import NodeState, RunningJob, Snapshot
 
@@ -189,6 +193,10 @@ class VictimSelect(Protocol):
     ) -> "list[RunningJob]": ...
 
 
+class Scale(Protocol):
+    def scale_rule(self, job: Job) -> "ScaleRule | None": ...
+
+
 @runtime_checkable
 class Observe(Protocol):
     def observe(self, job: Job, history: bool) -> None: ...
@@ -216,6 +224,7 @@ POINTS: dict[str, Any] = {
     "unreserve": Reserve,
     "permit": Permit,
     "victims": VictimSelect,
+    "scale_rule": Scale,
     "observe": Observe,
     "open_session": Session,
 }

@@ -31,6 +31,7 @@ from .points import (
     Priority,
     QueueOrder,
     Reserve,
+    Scale,
     Score,
     Session,
     Tiers,
@@ -43,7 +44,7 @@ _POINTS_OF: dict[type, tuple[str, ...]] = {}
 #: job fields that mean something only through a plugin: a job setting one that no enabled
 #: plugin acts on (its ``JOB_FIELDS`` names it and its ``pre_filter`` does not skip the job) is
 #: refused at submit, never placed as if the field were not there
-PLUGIN_FIELDS = ("node_selector", "domain_block")
+PLUGIN_FIELDS = ("node_selector", "domain_block", "autoscale")
 
 
 class Plugin:
@@ -159,6 +160,7 @@ class Framework:
         self.victim_selectors: list[VictimSelect] = having("victims")
         self.observers: list[Observe] = having("observe")
         self.sessions: list[Session] = having("open_session")
+        self.scale: Scale | None = next(iter(having("scale_rule")), None)
         # the plugins with per-job points, for ``for_job``
         self._per_job = [
             p

@@ -6,6 +6,7 @@ Importing this package registers them (``framework.register``); a profile names 
 
 from . import (
     ascend,
+    autoscale,
     bestfit,
     binpack,
     drf,
@@ -22,11 +23,12 @@ from . import (
 )
 
 #: the default profile's plugins, in order
-DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority")
+DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority", "autoscale")
 
 __all__ = [
     "DEFAULT",
     "ascend",
+    "autoscale",
     "bestfit",
     "fgd",
     "random_fit",

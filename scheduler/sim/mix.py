@@ -1,0 +1,680 @@
+"""``xpod replay mix``: serving that follows its demand and training in the background, on one pod,
+through the scheduler ``xpod server`` runs.
+
+What is replayed (one virtual hour, a cycle of the core every ``step_s`` = 10 s):
+
+* **Serving demand**: an LLM inference trace (Azure LLM inference 2023: ``TIMESTAMP,
+  ContextTokens, GeneratedTokens``; or Mooncake FAST'25 JSONL: ``timestamp`` in ms,
+  ``input_length``, ``output_length``). Its load per 10 s interval (prompt + generated tokens per
+  second, or requests per second, as the serving job's ``autoscale.metric`` says) is scaled so
+  that the peak interval of the trace's first hour needs exactly ``peak_replicas`` replicas at
+  the job's ``target_per_replica`` (a replay shorter than the hour sees its first part); the
+  job's max replicas become ``peak_replicas``.
+* **The serving job** is a ServingJob file with ``autoscale``; its replicas report the load of
+  the interval that just ended (each its share: ``Scheduler.report_load``) before every cycle,
+  so the scheduler always sees the demand one interval late, as a live one does. During the
+  warm-up before the hour they report the first minute's highest load.
+* **Training**: a job trace in the normalized Philly schema (``job_id, submit_s, duration_s,
+  num_devices``), read from ``training_from_s``: the jobs running then start the hour queued
+  with the work they had left, the jobs submitted in the hour arrive at their times. A job of
+  n trace GPUs takes n schedulable devices (dies on Ascend 910C) in the smallest legal shape:
+  one task of 1, 2, 4, ..., 16 dies, or tasks of 16 dies (whole nodes); a job of several tasks
+  is elastic down to half of them (``min_tasks``). Its work is ``duration x n`` device-seconds
+  and it progresses at ``n x running tasks / tasks`` per second.
+
+Costs the core does not model and the replay charges, the same for every profile:
+
+* a task that must stop (evicted, shrunk) gets SIGTERM and, when the profile gives ``notice``
+  (the default; Kubernetes preemption does not), its notice file: it writes a checkpoint in
+  ``checkpoint_s`` (kept when that is within its job's ``grace_period_s``); without the notice
+  its progress falls back to its last periodic checkpoint (every ``checkpoint_every_s`` of its
+  run). It frees its devices after ``checkpoint_s``: a replica placed on them starts that much
+  later;
+* a replica serves ``replica_startup_s`` after its devices are free (model load);
+* a training gang makes no progress for ``restart_s`` after each start, shrink or regrow.
+
+Metrics (``MixResult``; the intervals of the hour):
+
+* ``slo_attainment``: fraction of intervals whose ready serving capacity (ready replicas x
+  target) is at least the interval's demand;
+* ``scale_up_p99_s``: for every interval whose needed replicas rise above the previous
+  interval's, the time from its start until that many replicas are ready (0 when they already
+  are); the 99th percentile (nearest rank);
+* ``training_device_hours``: training progress made in the hour, less the progress evictions
+  threw away (device-hours);
+* ``gang_restarts``: training gangs restarted (shrunk, regrown, or evicted whole and started
+  again); ``preemptions``: training jobs evicted whole; ``utilisation``: device-seconds
+  allocated / (devices x hour); ``violations``: placements breaking the cluster's rules,
+  checked by ``audit_binding`` without asking any plugin (must be 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from xpod.hal.errors import XpodError
+
+from ..core.autoscale import ScaleRule, recommendation
+from ..core.model import Binding, DeviceRequest, Job, JobKind, Node
+from ..core.plugins.ascend import rules as ascend_rules
+from ..core.profile import Profile
+from ..core.scheduler import Scheduler
+from ..core.fabric import Fabric
+
+#: the trace's resolution and the replay's cycle period
+STEP_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MixSettings:
+    """The replay's knobs (the CLI's flags); every profile is replayed with the same."""
+
+    hour_s: float = 3600.0  # virtual time measured
+    warmup_s: float = 120.0  # before the hour: serving at the first interval's demand, training queued
+    training_from_s: float = 0.0  # seconds into the training trace the hour starts at
+    elastic_fraction: float = 0.5  # a multi-task training job runs with at least this share of its tasks
+    replica_startup_s: float = 20.0  # a placed replica serves this long after its devices are free
+    checkpoint_s: float = 10.0  # a noticed training task writes its checkpoint and exits in this long
+    checkpoint_every_s: float = 1800.0  # periodic checkpoints (what a too-short notice falls back to)
+    restart_s: float = 60.0  # a (re)started training gang makes progress after this long
+    step_s: float = STEP_S
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _open_text(path: str, what: str):
+    """A trace file as text (``.gz``: decompressed); ``XpodError`` naming it when unreadable."""
+    import gzip
+
+    try:
+        if path.endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", newline="")
+        return open(path, encoding="utf-8", newline="")
+    except OSError as err:
+        raise XpodError(f"{path}: cannot read the {what}: {err.strerror}") from None
+
+
+def _read_azure(path: str) -> list[tuple[float, int, int]]:
+    """(seconds from the first request, context tokens, generated tokens) per request."""
+    out: list[tuple[float, int, int]] = []
+    with _open_text(path, "serving trace") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        need = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise XpodError(
+                f"{path}:1: missing column {missing[0]!r} (an Azure LLM inference trace has {', '.join(need)})"
+            )
+        col = [header.index(c) for c in need]
+        t0 = None
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            if len(row) <= max(col):
+                raise XpodError(f"{path}:{line}: {need[len(row) if len(row) < 3 else 2]}: missing")
+            ts = _timestamp(path, line, row[col[0]].strip())
+            t0 = ts if t0 is None else t0
+            ctx = _count(path, line, "ContextTokens", row[col[1]])
+            gen = _count(path, line, "GeneratedTokens", row[col[2]])
+            out.append((ts - t0, ctx, gen))
+    return out
+
+
+def _timestamp(path: str, line: int, text: str) -> float:
+    """Seconds since the epoch of ``2023-11-16 18:15:46.6805900`` (any digits of fraction)."""
+    import datetime
+
+    whole, _, frac = text.partition(".")
+    try:
+        t = datetime.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+        f = float("0." + frac) if frac else 0.0
+    except ValueError:
+        raise XpodError(f"{path}:{line}: TIMESTAMP: {text!r} is not a time like 2023-11-16 18:15:46.68") from None
+    return t.timestamp() + f
+
+
+def _count(path: str, line: int, field: str, text: str) -> int:
+    try:
+        v = int(text.strip())
+    except ValueError:
+        raise XpodError(f"{path}:{line}: {field}: {text.strip()!r} is not a whole number of tokens") from None
+    if v < 0:
+        raise XpodError(f"{path}:{line}: {field}: {v} must be >= 0")
+    return v
+
+
+def _read_mooncake(path: str) -> list[tuple[float, int, int]]:
+    out: list[tuple[float, int, int]] = []
+    with _open_text(path, "serving trace") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+                ts, inp, outp = rec["timestamp"], rec["input_length"], rec["output_length"]
+            except (ValueError, KeyError, TypeError) as err:
+                what = f"missing field {err}" if isinstance(err, KeyError) else "not a JSON object"
+                raise XpodError(
+                    f"{path}:{line}: {what} (a Mooncake trace line has timestamp, input_length, output_length)"
+                ) from None
+            for field, v in (("timestamp", ts), ("input_length", inp), ("output_length", outp)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise XpodError(f"{path}:{line}: {field}: {v!r} must be a number >= 0")
+            out.append((ts / 1000.0, int(inp), int(outp)))
+    if out:
+        t0 = min(t for t, _, _ in out)
+        out = [(t - t0, a, b) for t, a, b in out]
+    return out
+
+
+def read_serving_trace(path: str) -> list[tuple[float, int, int]]:
+    """Requests of an LLM inference trace: (seconds from the first, prompt tokens, generated
+    tokens). Azure's CSV, or Mooncake's JSONL (``.jsonl``). ``XpodError`` naming the file, the
+    line and the field on bad input."""
+    jsonl = path.endswith(".jsonl") or path.endswith(".jsonl.gz")
+    try:
+        reqs = _read_mooncake(path) if jsonl else _read_azure(path)
+    except UnicodeDecodeError:
+        raise XpodError(f"{path}: not a UTF-8 text file (an LLM inference trace is CSV or JSONL)") from None
+    if not reqs:
+        raise XpodError(f"{path}: no requests in the serving trace")
+    return reqs
+
+
+def demand_series(requests: Sequence[tuple[float, int, int]], metric: str, hour_s: float, step_s: float) -> list[float]:
+    """The load of each ``step_s`` interval of the first ``hour_s`` (per second): tokens (prompt +
+    generated) or requests, as ``metric`` (``tokens_per_s`` / ``requests_per_s``) says. A trace
+    shorter than the hour repeats."""
+    n = int(math.ceil(hour_s / step_s))
+    span = max(t for t, _, _ in requests) + 1e-9
+    out = [0.0] * n
+    reps = int(math.ceil(hour_s / span)) if span < hour_s else 1
+    for k in range(reps):
+        for t, a, b in requests:
+            i = int((t + k * span) // step_s)
+            if 0 <= i < n:
+                out[i] += (a + b) if metric == "tokens_per_s" else 1.0
+    return [v / step_s for v in out]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingJob:
+    """One training job of the trace, as the hour sees it."""
+
+    job: Job
+    arrive_s: float  # virtual time it is submitted (0 for the jobs running when the hour starts)
+    work_device_s: float  # device-seconds of work left
+    devices: int  # trace devices (its full-speed progress per second)
+
+
+def shape(count: int, model: str, per_node: int) -> tuple[int, int]:
+    """(tasks, devices per task): the smallest legal shape for ``count`` devices (see the module
+    docstring): Ascend 910C one task of 1, 2, 4, ..., 16 dies or tasks of 16; elsewhere one task
+    up to a node, else whole nodes."""
+    if ascend_rules.family(model) == "910c":
+        node = ascend_rules.A3_DIES_PER_NODE
+        if count <= node:
+            return 1, min(s for s in ascend_rules.A3_LEGAL_SINGLE_NODE if s >= count)
+        return -(-count // node), node
+    if count <= per_node:
+        return 1, count
+    return -(-count // per_node), per_node
+
+
+def read_training(
+    path: str, settings: MixSettings, model: str, per_node: int, biggest_devices: int
+) -> list[TrainingJob]:
+    """The training jobs of the hour from a normalized job trace (``XpodError`` naming the
+    file, line and field). Jobs larger than the cluster's devices are left out."""
+    lo, hi = settings.training_from_s, settings.training_from_s + settings.hour_s
+    try:
+        return _read_training(path, settings, model, per_node, biggest_devices, lo, hi)
+    except UnicodeDecodeError:
+        raise XpodError(f"{path}: not a UTF-8 text file (a job trace is CSV)") from None
+    except csv.Error as err:
+        raise XpodError(f"{path}: not valid CSV: {err}") from None
+
+
+def _read_training(
+    path: str, settings: MixSettings, model: str, per_node: int, biggest_devices: int, lo: float, hi: float
+) -> list[TrainingJob]:
+    out: list[TrainingJob] = []
+    with _open_text(path, "training trace") as f:
+        reader = csv.DictReader(f)
+        need = ("job_id", "submit_s", "duration_s", "num_devices")
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            raise XpodError(f"{path}:1: missing column {missing[0]!r} (a job trace has {', '.join(need)})")
+        for row in reader:
+            line = reader.line_num
+            vals = {}
+            for field in need[1:]:
+                text = (row.get(field) or "").strip()
+                try:
+                    vals[field] = float(text)
+                except ValueError:
+                    raise XpodError(f"{path}:{line}: {field}: {text!r} is not a number") from None
+                if not math.isfinite(vals[field]) or vals[field] < 0:
+                    raise XpodError(f"{path}:{line}: {field}: {text!r} must be a finite number >= 0")
+            submit, duration, n = vals["submit_s"], vals["duration_s"], int(vals["num_devices"])
+            if n < 1 or n > biggest_devices or submit >= hi or submit + duration <= lo:
+                continue
+            tasks, per = shape(n, model, per_node)
+            elastic = tasks > 1
+            min_tasks = max(1, math.ceil(tasks * settings.elastic_fraction)) if elastic else None
+            arrive = max(0.0, submit - lo)
+            left = duration - max(0.0, lo - submit)
+            job = Job(
+                id=row["job_id"].strip(),
+                kind=JobKind.TRAINING,
+                tasks=tasks,
+                devices=DeviceRequest(count=per, model=model),
+                min_tasks=min_tasks,
+                priority_class="normal",
+                submit_time=arrive - settings.warmup_s if arrive == 0 else arrive,
+            )
+            out.append(TrainingJob(job, arrive, left * n, n))
+    out.sort(key=lambda j: (j.arrive_s, j.job.submit_time, j.job.id))
+    return out
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def audit_binding(b: Binding, node: Node, job: Job) -> str | None:
+    """Why a binding breaks the cluster's placement rules (checked from the rules alone, not by
+    asking a plugin), or None: devices exist, are of the job's model, and on Ascend 910C a task
+    takes 1 die or whole die pairs (1, 2, 4, ..., 16) and a task of a multi-task job all 16."""
+    devs = node.devices
+    if any(i >= len(devs) for i in b.device_indices):
+        return f"{b.job_id}/{b.task}: device index beyond node {node.name}"
+    req = job.devices
+    if req is not None and req.model and any(devs[i].model != req.model for i in b.device_indices):
+        return f"{b.job_id}/{b.task}: a device not of model {req.model} on {node.name}"
+    if req is not None and ascend_rules.family(req.model) == "910c":
+        k = len(b.device_indices)
+        if k not in ascend_rules.A3_LEGAL_SINGLE_NODE:
+            return f"{b.job_id}/{b.task}: {k} dies is no legal 910C task"
+        if k > 1:
+            pkgs: dict[int, int] = {}
+            for i in b.device_indices:
+                p = devs[i].package if devs[i].package is not None else i // 2
+                pkgs[p] = pkgs.get(p, 0) + 1
+            if any(c != 2 for c in pkgs.values()):
+                return f"{b.job_id}/{b.task}: dies {b.device_indices} split a die pair on {node.name}"
+        if job.kind is JobKind.TRAINING and job.tasks > 1 and k != ascend_rules.A3_DIES_PER_NODE:
+            return f"{b.job_id}/{b.task}: a distributed 910C task of {k} dies (must be 16)"
+    return None
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+@dataclasses.dataclass
+class _Gang:
+    """A training job's life in the replay."""
+
+    spec: TrainingJob
+    progress: float = 0.0  # device-seconds of work done and kept
+    progress_hour: float = 0.0  # device-seconds gained inside the hour (losses subtracted)
+    since_checkpoint: float = 0.0  # progress made since its last periodic checkpoint
+    running_tasks: int = 0
+    idle_until: float = 0.0  # no progress before this (restart, or checkpoint at a stop)
+    started: bool = False  # ran at some point (a later start is a restart)
+    stopped: bool = False  # evicted and waiting to start again
+    done: bool = False
+
+
+@dataclasses.dataclass
+class MixResult:
+    """What one replay measured (``to_json`` is the CLI's JSON)."""
+
+    profile: str
+    slo_attainment: float
+    scale_up_p99_s: float
+    training_device_hours: float
+    gang_restarts: int
+    preemptions: int
+    shrinks: int
+    regrows: int
+    utilisation: float
+    violations: int
+    violation_examples: list[str]
+    seconds: float
+    devices: int
+    peak_replicas: int
+    serving_device_hours: float
+    cycles: int
+    # per interval, for the plot: demand and ready capacity in replicas, training devices
+    curve_t: list[float] = dataclasses.field(default_factory=list)
+    curve_demand: list[float] = dataclasses.field(default_factory=list)
+    curve_ready: list[int] = dataclasses.field(default_factory=list)
+    curve_training: list[int] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "engine": "scheduler",
+            "profile": self.profile,
+            "slo_attainment": round(self.slo_attainment, 4),
+            "scale_up_p99_s": round(self.scale_up_p99_s, 1),
+            "training_device_hours": round(self.training_device_hours, 2),
+            "gang_restarts": self.gang_restarts,
+            "preemptions": self.preemptions,
+            "utilisation": round(self.utilisation, 4),
+            "seconds": round(self.seconds, 2),
+            "shrinks": self.shrinks,
+            "regrows": self.regrows,
+            "serving_device_hours": round(self.serving_device_hours, 2),
+            "violations": self.violations,
+            "violation_examples": self.violation_examples,
+            "devices": self.devices,
+            "peak_replicas": self.peak_replicas,
+            "cycles": self.cycles,
+        }
+
+
+def replay_mix(
+    nodes: Sequence[Node],
+    fabric: Fabric | None,
+    serving: Job,
+    demand: Sequence[float],
+    training: Sequence[TrainingJob],
+    profile: Profile,
+    profile_name: str,
+    settings: MixSettings = MixSettings(),
+    progress: Callable[[float, float], None] | None = None,
+) -> MixResult:
+    """Replay one hour (see the module docstring). ``serving`` must be an autoscaled serving
+    job whose max replicas is the peak; ``demand`` its load per interval, in its metric's
+    units per second, already scaled."""
+    t_wall = time.perf_counter()
+    if serving.autoscale is None:
+        raise XpodError(f"job {serving.id}: the serving job needs an autoscale block (metric, target_per_replica)")
+    step = settings.step_s
+    sched = Scheduler(nodes, profile=profile, fabric=fabric, clock=lambda: 0.0, resizes=True)
+    total_devices = sum(len(n.devices) for n in nodes)
+    node_of = {n.name: n for n in nodes}
+    size = serving.replica_tasks
+    target = serving.autoscale.target_per_replica
+    gangs = {t.job.id: _Gang(t) for t in training}
+    arrivals = sorted(training, key=lambda t: (t.arrive_s, t.job.submit_time, t.job.id))
+    next_arrival = 0
+    ready_at: dict[int, float] = {}  # serving replica -> time it serves from
+    held: dict[str, dict[int, Binding]] = {}  # job -> task -> binding (the replay's own book)
+    violations: list[str] = []
+    n_intervals = len(demand)
+    ready_series: list[int] = []
+    training_series: list[int] = []
+    rises: list[tuple[int, int]] = []  # (interval, replicas needed)
+    preemptions = restarts = shrinks = regrows = 0
+    used_device_s = 0.0
+    serving_device_s = 0.0
+    cycles = 0
+    sched.submit(dataclasses.replace(serving, submit_time=-settings.warmup_s))
+
+    def needed(i: int) -> int:
+        return recommendation(serving.autoscale, ScaleRule(), demand[i], 0, 10**9)  # type: ignore[arg-type]
+
+    def stop(g: _Gang, now: float, grace: float) -> None:
+        """A gang's running tasks must stop: with the notice file (the profile's ``notice``) they
+        checkpoint within the grace period; without it (or when the checkpoint takes longer)
+        their progress falls back to the last periodic checkpoint."""
+        if profile.notice and settings.checkpoint_s <= grace:
+            g.since_checkpoint = 0.0
+        else:
+            lost = g.since_checkpoint
+            g.progress -= lost
+            if now >= 0:
+                g.progress_hour -= lost
+            g.since_checkpoint = 0.0
+
+    # before the hour the replicas report the first minute's highest load (a trace's first
+    # intervals are often a ramp of its own start, not of the service's demand)
+    warm = max(demand[: max(1, int(60.0 / step))])
+    t = -settings.warmup_s
+    end = n_intervals * step
+    while t < end - 1e-9:
+        i = int(math.floor(t / step + 1e-9)) if t >= 0 else -1
+        # arrivals
+        while next_arrival < len(arrivals) and arrivals[next_arrival].arrive_s <= max(t, 0.0):
+            sched.submit(arrivals[next_arrival].job)
+            next_arrival += 1
+        # the replicas report the load of the interval that just ended (warm-up: the first one's)
+        seen = demand[i - 1] if i >= 1 else warm
+        ready = sorted(r for r, at in ready_at.items() if at <= t)
+        if ready:
+            for r in ready:
+                sched.report_load(serving.id, r, seen / len(ready))
+        result = sched.cycle(now=t, explain=False)
+        cycles += 1
+        freed_by_stop: set[tuple[str, int]] = set()
+        stop_delay = 0.0
+        # stops first (their devices feed this cycle's placements)
+        for e in result.evictions:
+            g = gangs.get(e.job_id)
+            gone = held.pop(e.job_id, {})
+            for b in gone.values():
+                freed_by_stop.update((b.node, d) for d in b.device_indices)
+            if g is not None and g.running_tasks:
+                stop(g, t, g.spec.job.grace_period_s)
+                stop_delay = max(stop_delay, min(settings.checkpoint_s, g.spec.job.grace_period_s))
+                g.running_tasks = 0
+                g.stopped = True
+                if t >= 0:
+                    preemptions += 1
+            if e.job_id == serving.id:
+                ready_at.clear()
+        for rz in result.resizes:
+            book = held.get(rz.job_id, {})
+            for task in rz.released:
+                b = book.pop(task, None)
+                if b is not None:
+                    freed_by_stop.update((b.node, d) for d in b.device_indices)
+            if rz.job_id == serving.id:
+                for task in rz.released:
+                    ready_at.pop(task // size, None)
+                continue
+            g = gangs.get(rz.job_id)
+            if g is None:
+                continue
+            if rz.tasks_after < rz.tasks_before:  # shrunk: notice to the gang, restart smaller
+                stop(g, t, g.spec.job.grace_period_s)
+                stop_delay = max(stop_delay, min(settings.checkpoint_s, g.spec.job.grace_period_s))
+                if t >= 0:
+                    shrinks += 1
+            elif t >= 0:
+                regrows += 1
+            if rz.restart and t >= 0:
+                restarts += 1
+            g.running_tasks = rz.tasks_after
+            g.idle_until = t + settings.restart_s + (settings.checkpoint_s if rz.tasks_after < rz.tasks_before else 0.0)
+        for b in result.bindings:
+            st = node_of.get(b.node)
+            job = sched.running[b.job_id].job if b.job_id in sched.running else None
+            if st is not None and job is not None:
+                why = audit_binding(b, st, job)
+                if why:
+                    violations.append(why)
+            book = held.setdefault(b.job_id, {})
+            for other in book.values():
+                if other.node == b.node and set(other.device_indices) & set(b.device_indices):
+                    violations.append(f"{b.job_id}: tasks {other.task} and {b.task} share a device on {b.node}")
+            book[b.task] = b
+            if b.job_id == serving.id:
+                delay = stop_delay if any((b.node, d) in freed_by_stop for d in b.device_indices) else 0.0
+                ready_at[b.task // size] = t + delay + settings.replica_startup_s
+        for jid in dict.fromkeys(b.job_id for b in result.bindings):
+            g = gangs.get(jid)
+            if g is None:
+                continue
+            n = len(held[jid])
+            if g.running_tasks == 0:  # a start (a restart when it ran before)
+                if g.started and t >= 0:
+                    restarts += 1
+                g.started = True
+                g.stopped = False
+                g.idle_until = t + settings.restart_s
+            g.running_tasks = n
+        # the interval [t, t + step): progress, capacity, use
+        if t >= 0:
+            ready_now = sum(1 for at in ready_at.values() if at <= t)
+            ready_series.append(ready_now)
+            if i >= 1 and needed(i) > needed(i - 1):
+                rises.append((i, needed(i)))
+            elif i == 0:
+                rises.append((0, needed(0)))
+        train_devices = 0
+        for jid, g in gangs.items():
+            if g.done or g.running_tasks == 0:
+                continue
+            spec = g.spec
+            per = spec.job.devices.count if spec.job.devices else 0
+            train_devices += g.running_tasks * per
+            start = max(t, g.idle_until)
+            if start >= t + step:
+                continue
+            rate = spec.devices * g.running_tasks / spec.job.tasks
+            gain = min(rate * (t + step - start), spec.work_device_s - g.progress)
+            g.progress += gain
+            g.since_checkpoint += gain
+            if g.since_checkpoint >= settings.checkpoint_every_s * rate:
+                g.since_checkpoint = 0.0
+            if t >= 0:
+                g.progress_hour += gain
+            if g.progress >= spec.work_device_s - 1e-6:
+                g.done = True
+                g.running_tasks = 0
+                sched.finish(jid)
+                held.pop(jid, None)
+        if t >= 0:
+            training_series.append(train_devices)
+            serving_devs = sum(len(b.device_indices) for b in held.get(serving.id, {}).values())
+            serving_device_s += serving_devs * step
+            used_device_s += (serving_devs + train_devices) * step
+        t += step
+        if progress is not None and t >= 0:
+            progress(min(t, end), end)
+    # metrics
+    ok = sum(1 for i, r in enumerate(ready_series) if r * target >= demand[i] - 1e-9)
+    waits = []
+    for i, need in rises:
+        w = None
+        for j in range(i, n_intervals):
+            if ready_series[j] >= need:
+                w = (j - i) * step
+                break
+        waits.append(w if w is not None else (n_intervals - i) * step)
+    waits.sort()
+    p99 = waits[max(0, math.ceil(0.99 * len(waits)) - 1)] if waits else 0.0
+    hour = n_intervals * step
+    return MixResult(
+        profile=profile_name,
+        slo_attainment=ok / n_intervals if n_intervals else 1.0,
+        scale_up_p99_s=p99,
+        training_device_hours=sum(g.progress_hour for g in gangs.values()) / 3600.0,
+        gang_restarts=restarts,
+        preemptions=preemptions,
+        shrinks=shrinks,
+        regrows=regrows,
+        utilisation=used_device_s / (total_devices * hour) if total_devices and hour else 0.0,
+        violations=len(violations),
+        violation_examples=violations[:5],
+        seconds=time.perf_counter() - t_wall,
+        devices=total_devices,
+        peak_replicas=serving.tasks // size,
+        serving_device_hours=serving_device_s / 3600.0,
+        cycles=cycles,
+        curve_t=[k * step for k in range(n_intervals)],
+        curve_demand=[d / target for d in demand],
+        curve_ready=ready_series,
+        curve_training=training_series,
+    )
+
+
+# ------------------------------------------------------------------------------ files
+
+#: the baseline profiles shipped with the replay, in scheduler/sim/profiles/ (static-partition.yaml, reactive-hpa.yaml)
+BASELINES = ("static-partition", "reactive-hpa")
+
+
+def baseline_profile(name: str) -> Profile:
+    """A shipped baseline profile by name (``BASELINES``)."""
+    from importlib import resources
+
+    from ..core.profile import load_profile
+
+    if name not in BASELINES:
+        raise XpodError(f"profile {name!r}: not a shipped baseline ({', '.join(BASELINES)}); give a file")
+    return load_profile(str(resources.files("xpod.scheduler.sim") / "profiles" / f"{name}.yaml"))
+
+
+def profiles_to_compare() -> list[tuple[str, Profile]]:
+    """The default profile and the shipped baselines, in that order (``xpod replay mix``'s default)."""
+    from ..core.profile import default_profile
+
+    return [("default", default_profile())] + [(n, baseline_profile(n)) for n in BASELINES]
+
+
+def serving_job_from_file(path: str, peak_replicas: int) -> Job:
+    """The serving job of a ServingJob file (checked like ``xpod job validate``), its max
+    replicas set to ``peak_replicas`` (its min kept, at most the peak)."""
+    from xpod.scheduler import jobspec
+
+    from ..core.spec import CORE_KEYS, parse_job
+
+    doc = jobspec.load_job_file(path).document
+    if doc.get("kind") != "ServingJob":
+        raise XpodError(f"{path}: kind: {doc.get('kind')!r}: the serving job of a mix is a ServingJob")
+    spec = {k: v for k, v in doc["spec"].items() if k in CORE_KEYS}
+    job = parse_job({**spec, "kind": "serving"}, source=path, job_id=doc["metadata"]["name"])
+    if job.autoscale is None:
+        raise XpodError(f"{path}: spec.autoscale: missing (metric, target_per_replica): the mix follows its demand")
+    if peak_replicas < 1:
+        raise XpodError(f"--peak-replicas: {peak_replicas} must be >= 1")
+    size = job.replica_tasks
+    lo = min(job.min_required // size, peak_replicas)
+    return dataclasses.replace(job, tasks=peak_replicas * size, min_tasks=lo * size)
+
+
+def run_mix(
+    cluster: str,
+    serving_trace: str,
+    serving_job: str,
+    peak_replicas: int,
+    training_trace: str,
+    profile: Profile,
+    profile_name: str,
+    settings: MixSettings = MixSettings(),
+    progress: Callable[[float, float], None] | None = None,
+) -> MixResult:
+    """``xpod replay mix``: read the files (one ``XpodError`` line on bad input) and replay."""
+    from ..core.from_cluster import load_inventory
+
+    nodes, fabric = load_inventory(cluster)
+    job = serving_job_from_file(serving_job, peak_replicas)
+    requests = read_serving_trace(serving_trace)
+    assert job.autoscale is not None
+    # scaled by the peak of the trace's first hour (a shorter replay sees part of that hour)
+    span = min(3600.0, max(t for t, _, _ in requests) + settings.step_s)
+    whole = demand_series(requests, job.autoscale.metric.value, max(span, settings.hour_s), settings.step_s)
+    peak = max(whole)
+    if peak <= 0:
+        raise XpodError(f"{serving_trace}: no load in the first hour")
+    scale = peak_replicas * job.autoscale.target_per_replica / peak
+    demand = [v * scale for v in whole[: int(math.ceil(settings.hour_s / settings.step_s))]]
+    model = job.devices.model if job.devices and job.devices.model else ""
+    per_node = max((sum(1 for d in n.devices if d.model == model) for n in nodes), default=0)
+    total = sum(1 for n in nodes for d in n.devices if d.model == model)
+    if not model or not per_node:
+        raise XpodError(f"{serving_job}: spec.devices.model: {model or 'none'}: no node of {cluster} has that model")
+    training = read_training(training_trace, settings, model, per_node, total)
+    return replay_mix(nodes, fabric, job, demand, training, profile, profile_name, settings, progress)

@@ -1,0 +1,52 @@
+"""The job-spec keys of issue 14 (autoscale, grace_period_s): bad values in one line each,
+FILE:LINE:COL, naming the field; good ones reach the core's ``Job``."""
+
+from __future__ import annotations
+
+
+from tests.jobspec.test_jobspec_check import problems
+from xpod.scheduler.core.model import Autoscale, LoadMetric
+from xpod.scheduler.core.spec import parse_job
+
+HEAD = "kind: ServingJob\nmetadata: {name: chat}\nspec:\n"
+
+
+def test_bad_autoscale_each_problem_at_its_line(tmp_path):
+    found = problems(
+        tmp_path,
+        HEAD + "  replicas: {min: 1, max: 4}\n  autoscale:\n    metric: tokens\n    target_per_replica: 0\n"
+        "    scale_down_after: 10\n",
+    )
+    assert found == [
+        "6:13: spec.autoscale.metric: 'tokens' is not one of tokens_per_s, requests_per_s (did you mean 'tokens_per_s'?)",
+        "7:25: spec.autoscale.target_per_replica must be > 0, got 0",
+        "8:5: unknown key 'scale_down_after' in spec.autoscale (did you mean 'scale_down_after_s'?)",
+    ]
+
+
+def test_min_above_max_negative_target_missing_target_grace(tmp_path):
+    assert problems(tmp_path, HEAD + "  replicas: {min: 5, max: 3}\n") == ["4:19: spec.replicas.min: 5 must be in 1..3"]
+    assert problems(tmp_path, HEAD + "  autoscale: {metric: requests_per_s, target_per_replica: -2}\n") == [
+        "4:59: spec.autoscale.target_per_replica must be > 0, got -2"
+    ]
+    missing = problems(tmp_path, HEAD + "  autoscale: {metric: requests_per_s}\n")
+    assert missing == ["4:3: spec.autoscale: missing required key 'target_per_replica'"]
+    training = "kind: TrainingJob\nmetadata: {name: t}\nspec:\n  tasks: 2\n"
+    assert problems(tmp_path, training + "  grace_period_s: -1\n") == ["5:19: spec.grace_period_s must be >= 0, got -1"]
+    wrong_kind = problems(tmp_path, training + "  autoscale: {metric: requests_per_s, target_per_replica: 1}\n")
+    assert len(wrong_kind) == 1 and wrong_kind[0].startswith("5:3: unknown key 'autoscale' in spec")
+
+
+def test_good_autoscale_reaches_the_core_job():
+    job = parse_job(
+        {
+            "id": "chat",
+            "kind": "serving",
+            "replicas": {"min": 1, "max": 8},
+            "autoscale": {"metric": "tokens_per_s", "target_per_replica": 2500, "scale_down_after_s": 60},
+            "grace_period_s": 5,
+        }
+    )
+    assert job.autoscale == Autoscale(LoadMetric.TOKENS_PER_S, 2500.0, 0.0, 60.0)
+    assert job.grace_period_s == 5.0
+    assert parse_job({"id": "t", "kind": "training"}).grace_period_s == 30.0

@@ -1,0 +1,221 @@
+"""Serving that follows its load, and training that yields and comes back (issue 14): the core's
+decisions, through the ``Scheduler`` facade, on small declarative clusters."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpod.hal.errors import XpodError
+from xpod.scheduler.core import Scheduler
+from xpod.scheduler.core.autoscale import ScaleRule, ScaleWindow, recommendation
+from xpod.scheduler.core.model import Autoscale, LoadMetric
+from xpod.scheduler.core.profile import DEFAULT_PROFILE, profile_from_dict
+from xpod.scheduler.core.scheduler import UnknownLoadSource
+from xpod.scheduler.core.testing import job, node
+
+SPEC = Autoscale(LoadMetric.TOKENS_PER_S, 100.0, scale_up_after_s=0.0, scale_down_after_s=60.0)
+
+
+def test_recommendation_is_demand_over_target_at_utilisation_clamped():
+    assert recommendation(SPEC, ScaleRule(), 250.0, 1, 10) == 3
+    assert recommendation(SPEC, ScaleRule(), 300.0, 1, 10) == 3  # exactly at target: no extra replica
+    assert recommendation(SPEC, ScaleRule(utilisation=0.5), 300.0, 1, 10) == 6
+    assert recommendation(SPEC, ScaleRule(), 0.0, 2, 10) == 2
+    assert recommendation(SPEC, ScaleRule(), 5000.0, 1, 10) == 10
+
+
+def test_window_scales_up_at_once_and_down_only_after_the_trough_lasts():
+    w = ScaleWindow(SPEC, ScaleRule())
+    w.observe(0.0, 500.0)
+    assert w.desired(0.0, 1, 1, 10) == 5
+    w.observe(10.0, 100.0)
+    assert w.desired(10.0, 5, 1, 10) == 5  # the 500 of t=0 is still in the 60 s window
+    w.observe(50.0, 100.0)
+    assert w.desired(50.0, 5, 1, 10) == 5
+    w.observe(71.0, 100.0)
+    assert w.desired(71.0, 5, 1, 10) == 1  # a trough of more than 60 s
+
+
+def test_window_lag_and_sustained_rise():
+    spec = Autoscale(LoadMetric.REQUESTS_PER_S, 10.0, scale_up_after_s=20.0, scale_down_after_s=0.0)
+    w = ScaleWindow(spec, ScaleRule(lag_s=30.0))
+    w.observe(0.0, 10.0)
+    w.observe(10.0, 40.0)
+    assert w.desired(10.0, 1, 1, 8) == 1  # nothing seen yet: the load arrives 30 s late
+    assert w.desired(40.0, 1, 1, 8) == 1  # seen since 40, but the rise has not lasted 20 s
+    w.observe(60.0, 40.0)
+    assert w.desired(60.0, 1, 1, 8) == 4
+    assert ScaleWindow(spec, ScaleRule(peak=True)).desired(0.0, 1, 1, 8) == 8
+
+
+#: the default profile with replicas aimed at their full target (easier arithmetic than 70 %)
+EXACT = profile_from_dict(
+    {
+        **DEFAULT_PROFILE,
+        "policies": [p for p in DEFAULT_PROFILE["policies"] if p != "autoscale"]
+        + [{"name": "autoscale", "args": {"utilisation": 1.0}}],
+    }
+)
+
+
+def test_default_profile_keeps_knatives_70_percent_target_utilisation():
+    s = Scheduler(pod(), resizes=True)
+    s.submit(serving())
+    s.cycle(now=0.0)
+    s.report_load("chat", 0, 420.0)
+    s.cycle(now=10.0)
+    assert s.autoscale_status("chat").desired_replicas == 6  # ceil(420 / 70)
+
+
+def pod(nodes: int = 2):
+    return [node(f"n{i}").devices("gpu", 8).build() for i in range(nodes)]
+
+
+def serving(max_replicas: int = 8, min_replicas: int = 1):
+    return (
+        job("chat")
+        .serving(min_replicas, max_replicas)
+        .devices("gpu", 2)
+        .priority("high")
+        .autoscale(100.0, down_after_s=60.0)
+        .build()
+    )
+
+
+def test_replicas_follow_reported_load_up_and_down():
+    s = Scheduler(pod(), profile=EXACT, resizes=True)
+    s.submit(serving())
+    r = s.cycle(now=0.0)
+    assert len(r.bindings) == 1  # no load reported yet: min replicas
+    s.report_load("chat", 0, 420.0)
+    r = s.cycle(now=10.0)
+    assert len(s.running["chat"].bindings) == 5
+    st = s.autoscale_status("chat")
+    assert (st.demand, st.desired_replicas, st.running_replicas, st.target_per_replica) == (420.0, 5, 5, 100.0)
+    for i in range(5):
+        s.report_load("chat", i, 20.0)
+    s.cycle(now=20.0)
+    assert len(s.running["chat"].bindings) == 5  # the 60 s window still holds the peak
+    for t in (40.0, 60.0):
+        for i in range(5):
+            s.report_load("chat", i, 20.0)
+        s.cycle(now=t)
+    for i in range(5):
+        s.report_load("chat", i, 20.0)
+    r = s.cycle(now=81.0)
+    assert len(s.running["chat"].bindings) == 1
+    (resize,) = r.resizes
+    assert (resize.job_id, resize.tasks_before, resize.tasks_after, resize.released) == ("chat", 5, 1, (1, 2, 3, 4))
+    assert not resize.restart
+
+
+def test_report_load_from_unknown_job_or_replica_changes_nothing():
+    s = Scheduler(pod())
+    s.submit(serving())
+    s.submit(job("plain").serving(1, 2).devices("gpu", 1).build())
+    s.cycle(now=0.0)
+    with pytest.raises(UnknownLoadSource, match="job nope"):
+        s.report_load("nope", 0, 1.0)
+    with pytest.raises(UnknownLoadSource, match="job plain"):
+        s.report_load("plain", 0, 1.0)  # serving without autoscale
+    with pytest.raises(UnknownLoadSource, match="replica 3 is not running"):
+        s.report_load("chat", 3, 1.0)
+    with pytest.raises(XpodError, match="finite number"):
+        s.report_load("chat", 0, -1.0)
+    s.cycle(now=10.0)
+    assert s.autoscale_status("chat").demand is None
+    assert len(s.running["chat"].bindings) == 1
+
+
+def test_autoscale_needs_the_plugin_and_a_serving_job():
+    prof = profile_from_dict({"policies": ["gang", "priority"]})
+    with pytest.raises(XpodError, match="autoscale: no enabled plugin"):
+        Scheduler(pod(), profile=prof).submit(serving())
+    bad = job("t").training(tasks=1).devices("gpu", 1).autoscale(10.0).build()
+    with pytest.raises(XpodError, match="only a serving job"):
+        Scheduler(pod()).submit(bad)
+
+
+def elastic(tasks: int = 8, min_tasks: int = 4, jid: str = "train"):
+    return job(jid).training(tasks=tasks, min_tasks=min_tasks).devices("gpu", 2).priority("normal").build()
+
+
+def test_serving_shrinks_elastic_training_then_it_regrows_after_the_trough():
+    s = Scheduler(pod(2), profile=EXACT, resizes=True)
+    s.submit(elastic())  # 8 tasks x 2 devices: the whole pod
+    s.cycle(now=0.0)
+    assert len(s.running["train"].bindings) == 8
+    s.submit(serving(max_replicas=4))
+    r = s.cycle(now=1.0)
+    assert len(s.running["chat"].bindings) == 1
+    (shrink,) = r.resizes
+    assert (shrink.job_id, shrink.tasks_before, shrink.tasks_after, shrink.restart) == ("train", 8, 7, True)
+    assert not r.evictions  # shrunk, not preempted
+    s.report_load("chat", 0, 350.0)
+    r = s.cycle(now=10.0)
+    assert len(s.running["chat"].bindings) == 4
+    assert len(s.running["train"].bindings) == 4
+    assert [x.tasks_after for x in r.resizes] == [4]
+    s.report_load("chat", 0, 400.0)
+    r = s.cycle(now=11.0)  # at its min_tasks: the next replica would need a whole gang: none is taken
+    assert len(s.running["train"].bindings) == 4
+    # the trough: serving scales down after 60 s, training regrows whole, once
+    for t in range(20, 200, 10):
+        for i in {b.task for b in s.running["chat"].bindings}:
+            s.report_load("chat", i, 10.0)
+        r = s.cycle(now=float(t))
+        grown = [x for x in r.resizes if x.job_id == "train"]
+        if grown:
+            assert (grown[0].tasks_before, grown[0].tasks_after, grown[0].restart) == (4, 7, True)
+            assert t >= 71  # not before the trough has lasted the serving job's scale_down_after_s
+            break
+    else:
+        pytest.fail("training did not regrow after the serving trough")
+    assert len(s.running["chat"].bindings) == 1
+    assert len(s.running["train"].bindings) == 7  # the one task serving still holds is not given back
+
+
+def test_yield_order_batch_then_elastic_then_whole_gangs_never_higher_priority():
+    s = Scheduler(pod(3), profile=EXACT, resizes=True)
+    s.submit(job("batch").batch(tasks=4).devices("gpu", 2).priority("low").build())  # 8 devices, n0
+    s.submit(elastic(tasks=4, min_tasks=2, jid="elastic"))  # 8 devices
+    s.submit(job("rigid").training(tasks=2).devices("gpu", 2).priority("low").build())  # 4 devices
+    s.submit(job("vip").training(tasks=2).devices("gpu", 2).priority("system").build())  # 4, never taken
+    s.cycle(now=0.0)
+    s.cycle(now=0.5)  # the batch tasks the first cycle's walk left
+    assert s.free_devices() == 0
+    s.submit(serving(max_replicas=12, min_replicas=3))
+    r = s.cycle(now=1.0)
+    (taken,) = r.resizes  # 3 replicas: three batch tasks suffice; nothing else is touched
+    assert (taken.job_id, taken.tasks_after, taken.restart) == ("batch", 1, False) and not r.evictions
+    s.report_load("chat", 0, 600.0)  # 6 wanted: the last batch task, then two of the elastic gang's
+    r = s.cycle(now=10.0)
+    assert [e.job_id for e in r.evictions] == ["batch"]
+    (shrunk,) = r.resizes
+    assert (shrunk.job_id, shrunk.tasks_before, shrunk.tasks_after, shrunk.restart) == ("elastic", 4, 2, True)
+    s.report_load("chat", 0, 1200.0)  # 12 wanted: whole gangs, lowest priority first; vip never
+    r = s.cycle(now=20.0)  # every missing replica in one cycle, lowest priority gang first
+    assert [e.job_id for e in r.evictions] == ["rigid", "elastic"]
+    s.report_load("chat", 0, 1200.0)
+    r = s.cycle(now=30.0)
+    assert not r.evictions
+    assert len(s.running["vip"].bindings) == 2
+    assert len(s.running["chat"].bindings) == 10
+
+
+def test_without_a_caller_that_applies_resizes_nothing_running_is_released():
+    """``xpod server`` until its service applies ``Resize``: no shrink, no scale-down; a serving
+    job short of devices preempts whole gangs as before."""
+    s = Scheduler(pod(2), profile=EXACT)
+    s.submit(elastic())
+    s.cycle(now=0.0)
+    s.submit(serving(max_replicas=4))
+    r = s.cycle(now=1.0)
+    assert not r.resizes and [e.job_id for e in r.evictions] == ["train"]
+    for i in {b.task for b in s.running["chat"].bindings}:
+        s.report_load("chat", i, 0.0)
+    for t in range(10, 200, 10):
+        r = s.cycle(now=float(t))
+        assert not r.resizes
+    assert s.autoscale_status("chat").desired_replicas == 1
+    assert len(s.running["chat"].bindings) >= 1
