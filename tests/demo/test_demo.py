@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end(tmp_path):
         f"replay summary {peak and peak.groups()}:\n{out[-2000:]}"
     )
     # 6: the mix replay's table: the default profile and both baselines, static serving at its peak
-    rows = dict(re.findall(r"│ (default|static-partition|reactive-hpa)\s+│ ([0-9.]+)\s+│", out))
+    rows = dict(re.findall(r"│ (default|static-partition|reactive-hpa)\s+│\s+([0-9.]+)\s+│", out))
     assert set(rows) == {"default", "static-partition", "reactive-hpa"}, out[-3000:]
     assert float(rows["static-partition"]) == 1.0
     # 7: metrics scraped from the live scheduler, then a clean shutdown
