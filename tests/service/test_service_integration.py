@@ -202,7 +202,7 @@ def test_job_file_errors_are_file_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
         f"{p}:4:3: unknown key 'deadline' in spec (allowed: command, cpu, devices, domain_block, env, expected_duration_seconds, "
-        "memory, node_selector, priority_class, queue, restart, simulate, tasks, within, workdir)",
+        "grace_period_s, memory, node_selector, priority_class, queue, restart, simulate, tasks, within, workdir)",
         f"{p}:5:3: unknown key 'taks' in spec (did you mean 'tasks'?)",
     ]
     # not UTF-8, or not text at all: one line, no traceback
