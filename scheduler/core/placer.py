@@ -340,6 +340,12 @@ class Placer:
             if level != NODE and level != CLUSTER and not snap.has_level(level):
                 continue
             if level == NODE:
+                if need < want:
+                    # an elastic gang: first a node that holds it whole (one that holds only its
+                    # minimum would cost a restart to regrow right after), then its minimum
+                    for st in self.ordered_nodes(job, per_task * want):
+                        if self.capacity(job, st, want) >= want:
+                            return self._bind_on(job, stmt, [(st, want)], want, first_task)
                 for st in self.ordered_nodes(job, per_task * need):
                     cap = self.capacity(job, st, want)
                     if cap >= need:

@@ -271,7 +271,7 @@ def core_jobs(kind: str, spec: dict[str, Any]) -> list[Any]:
     if "roles" not in spec:
         return [core_job(kind, spec)]
     from xpod.scheduler.core.spec import parse_roles
-    from xpod.scheduler.taskspec import split_spec
+    from xpod.scheduler.contract import split_spec
 
     return parse_roles({**split_spec(spec), "kind": KINDS[kind]}, source="spec", job_id=_VALIDATION_ID)
 

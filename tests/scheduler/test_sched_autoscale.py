@@ -143,7 +143,9 @@ def elastic(tasks: int = 8, min_tasks: int = 4, jid: str = "train"):
 def test_serving_shrinks_elastic_training_then_it_regrows_after_the_trough():
     s = Scheduler(pod(2), profile=EXACT, resizes=True)
     s.submit(elastic())  # 8 tasks x 2 devices: the whole pod
-    s.cycle(now=0.0)
+    s.cycle(now=0.0)  # no node holds it whole: its minimum on one node (the gang's tightest tier)
+    assert len(s.running["train"].bindings) == 4
+    s.cycle(now=0.5)  # then it grows onto the other node
     assert len(s.running["train"].bindings) == 8
     s.submit(serving(max_replicas=4))
     r = s.cycle(now=1.0)
@@ -209,6 +211,8 @@ def test_without_a_caller_that_applies_resizes_nothing_running_is_released():
     s = Scheduler(pod(2), profile=EXACT)
     s.submit(elastic())
     s.cycle(now=0.0)
+    s.cycle(now=0.5)  # its minimum on one node, then the rest on the other
+    assert len(s.running["train"].bindings) == 8
     s.submit(serving(max_replicas=4))
     r = s.cycle(now=1.0)
     assert not r.resizes and [e.job_id for e in r.evictions] == ["train"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 
-from ..model import ReasonCode
+from ..model import JobKind, ReasonCode
 from .cycle import CycleState, regrowing, shape_key, try_place, try_place_group
 
 
@@ -60,6 +60,11 @@ def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
             cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
         elif try_place(cs, job):
             no_room.clear()
+            if job.id not in cs.done and (job.kind is not JobKind.SERVING or job.autoscale is not None):
+                # placed short of what it wants: its other tasks do not fit now, so preempt (or
+                # shrink, for serving) may find room for them (a plain serving job grows to its
+                # max only into free devices)
+                cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
         elif (
             hold_head
             and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE

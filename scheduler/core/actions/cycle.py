@@ -220,13 +220,7 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
         return False
     want = capped
     stmt = Statement(snap, cs.ctx.now)
-    got = 0
-    if job.kind is JobKind.TRAINING and need < want:
-        # an elastic gang starts whole where it can (a tight domain holding only its minimum
-        # would cost a restart to regrow right after)
-        got = cs.placer.place(job, stmt, want, want, first_task=already)
-    if not got:
-        got = cs.placer.place(job, stmt, want, need, first_task=already)
+    got = cs.placer.place(job, stmt, want, need, first_task=already)
     if got < need or not permitted(cs, job, stmt.bindings_of(job.id)):
         stmt.discard()
         cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
