@@ -170,6 +170,8 @@ class RpcFailure(XpodError):
         self.retry_after_s = retry_after_s
 
 
+#: how often ``Client.watch`` tries to reopen a stream the server ended for falling behind
+_WATCH_RESUME_TRIES = 6
 #: reasons a server gives when another replica (or a later try) should take the call
 FAIL_OVER_REASONS = frozenset({"NOT_LEADER", "STORE_UNAVAILABLE", "SHUTTING_DOWN"})
 #: a channel to a replica that went away retries its connection at most this often (gRPC's
@@ -425,12 +427,29 @@ class Client:
         ]
 
     def watch(self, from_revision: int = 0, queue: str = "", job_id: str = "") -> Iterator[Any]:
-        """WatchJobs: job events after ``from_revision``, until the caller stops iterating."""
+        """WatchJobs: job events after ``from_revision``, until the caller stops iterating. A
+        stream the server ended because this reader fell behind (``WATCH_BEHIND``) is opened
+        again from the last revision received, so no event is lost or seen twice (while the
+        server has no stream slot free for it, it waits as told, a few times)."""
         from xpod.proto.xpod.v1 import job_service_pb2
 
-        req = job_service_pb2.WatchJobsRequest(from_revision=from_revision, queue=queue, job_id=job_id)
-        for resp in self._stream(self._jobs.WatchJobs, req):
-            yield resp.event
+        revision = from_revision
+        resuming = 0  # reopen attempts since the last event
+        while True:
+            req = job_service_pb2.WatchJobsRequest(from_revision=revision, queue=queue, job_id=job_id)
+            try:
+                for resp in self._stream(self._jobs.WatchJobs, req):
+                    revision = max(revision, resp.event.revision)
+                    resuming = 0
+                    yield resp.event
+                return
+            except RpcFailure as failure:
+                busy = failure.reason in ("TOO_MANY_STREAMS", "TOO_MANY_WATCHES")
+                if failure.reason != "WATCH_BEHIND" and not (busy and 0 < resuming < _WATCH_RESUME_TRIES):
+                    raise
+                resuming += 1
+                if busy:
+                    time.sleep(min(failure.retry_after_s or 1.0, 5.0))
 
     # --- ClusterService ---
 

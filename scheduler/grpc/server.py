@@ -40,7 +40,15 @@ from xpod.scheduler.service.api import ApiError, Code, SchedulerApi
 
 from .auth import Authenticator
 from .metrics import wrap_aio_handler
-from .servicers import ClusterServicer, JobServicer, NodeServicer, _abort, _LoopWaiter
+from .servicers import (
+    DEFAULT_STREAM_BOUNDS,
+    ClusterServicer,
+    JobServicer,
+    NodeServicer,
+    StreamBounds,
+    _abort,
+    _LoopWaiter,
+)
 
 SERVICE_NAMES = (
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
@@ -237,6 +245,7 @@ def build_server(
     max_workers: int = 64,
     max_message_bytes: int = 4 * 1024 * 1024,
     frontends: int = 0,
+    stream_bounds: StreamBounds = DEFAULT_STREAM_BOUNDS,
 ) -> RunningServer:
     """Create and start the gRPC server on ``listen`` (``host:port``, port 0 = any free one).
 
@@ -244,7 +253,8 @@ def build_server(
     stream holds one; at most ``max_workers // 2`` of those are open at once (more are
     RESOURCE_EXHAUSTED with RetryInfo), the rest serve unary calls; agents' assignment streams
     hold none. ``frontends`` extra processes listen on the same address and relay to this one
-    (``scheduler.grpc.frontends``).
+    (``scheduler.grpc.frontends``). ``stream_bounds``: what a WatchJobs stream holds for a consumer
+    that falls behind, and how long it may stall before it is ended (``servicers.StreamBounds``).
     Raises OSError when it cannot listen, RuntimeError when a front end cannot start.
     """
     relay_dir = _socket_dir() if frontends > 0 else None
@@ -254,7 +264,10 @@ def build_server(
     thread.start()
     try:
         server, health_servicer, port, (relay_server, reserved) = asyncio.run_coroutine_threadsafe(
-            _start(api, authenticator, listen, tls, max_workers, max_message_bytes, pool, loop, relay_dir), loop
+            _start(
+                api, authenticator, listen, tls, max_workers, max_message_bytes, pool, loop, relay_dir, stream_bounds
+            ),
+            loop,
         ).result(timeout=60)
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
@@ -309,6 +322,7 @@ async def _start(
     pool: concurrent.futures.ThreadPoolExecutor,
     loop: asyncio.AbstractEventLoop,
     relay_dir: str | None = None,
+    stream_bounds: StreamBounds = DEFAULT_STREAM_BOUNDS,
 ) -> tuple[grpc.aio.Server, Any, int, tuple[asyncio.AbstractServer | None, socket.socket | None]]:
     # grpc_server_* metrics when the API has ServiceMetrics attached (scheduler.grpc.metrics)
     counters = getattr(api.metrics, "grpc", None)
@@ -331,7 +345,7 @@ async def _start(
     if counters is not None:
         wraps.append(lambda method, handler: wrap_aio_handler(counters, method, handler))
     registrar = _Registrar(server, wraps)
-    jobs = JobServicer(api, authenticator, streams, pool, waiter)
+    jobs = JobServicer(api, authenticator, streams, pool, waiter, stream_bounds)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, registrar)
     node_service_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(api, authenticator, streams, pool, waiter), registrar

@@ -7,13 +7,19 @@ on the server's event loop and never wait on a thread: a submission queues its w
 the group commit; a heartbeat stamps a time; an assignment stream awaits the news the
 ``AssignmentHub`` pushes for its nodes, so a thousand agents' streams hold no thread each. Every
 other call runs the API's blocking method on the bounded thread pool; a ``WatchJobs`` stream
-holds a pool thread for its life, at most ``max_workers // 2`` of them at once.
+holds a stream slot for its life (at most ``max_workers // 2`` at once) and a pool thread while
+it reads the log. Each stream's messages wait in a bounded send buffer (``StreamBounds``); a
+consumer that stops reading is ended with RESOURCE_EXHAUSTED ``WATCH_BEHIND`` and resumes from
+the revision of the last event it received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import inspect
 import threading
@@ -106,6 +112,140 @@ def _close_stream(gen: Any, streams: threading.BoundedSemaphore) -> None:
         streams.release()
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamBounds:
+    """What one WatchJobs stream may hold for a consumer that reads slower than events come.
+
+    Events wait in the stream's send buffer (at most ``max_messages`` and ``max_bytes``; one
+    message always fits) while gRPC's transport holds what the client's flow-control window
+    took. A consumer that falls behind, the buffer full with no message taken for ``stall_s``,
+    is ended with RESOURCE_EXHAUSTED ``WATCH_BEHIND``: its slot and memory are freed at once,
+    and it resumes with ``from_revision`` = the revision of the last event it received (every
+    event up to the one the server was writing reaches it before the status)."""
+
+    max_messages: int = 64
+    max_bytes: int = 1024 * 1024
+    stall_s: float = 10.0
+
+
+DEFAULT_STREAM_BOUNDS = StreamBounds()
+
+
+class _SendBuffer:
+    """A stream's bounded send buffer (``StreamBounds``): ``put`` queues a message for the
+    writer task, which sends them in order with ``context.write`` (it waits while the client's
+    flow-control window is full). Event-loop only."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, bounds: StreamBounds) -> None:
+        self._context = context
+        self._bounds = bounds
+        self._items: collections.deque[tuple[Any, int]] = collections.deque()
+        self._bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._ready = asyncio.Event()
+        self.last_put_revision = 0  # the newest event handed to the buffer
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _full(self) -> bool:
+        return bool(self._items) and (
+            len(self._items) >= self._bounds.max_messages or self._bytes >= self._bounds.max_bytes
+        )
+
+    async def put(self, message: Any) -> bool:
+        """Queue ``message``; False when the buffer stayed full for ``stall_s`` (or the writer
+        stopped): the consumer fell behind and the stream should end."""
+        if self._full():
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self._bounds.stall_s)
+            except asyncio.TimeoutError:
+                return False
+        if self._writer.done():
+            return False
+        size = message.ByteSize()
+        self._items.append((message, size))
+        self._bytes += size
+        revision = getattr(getattr(message, "event", None), "revision", 0)
+        if revision:
+            self.last_put_revision = revision
+        self._ready.set()
+        return True
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._ready.wait()
+            while self._items:
+                message, size = self._items[0]
+                await self._context.write(message)
+                self._items.popleft()
+                self._bytes -= size
+                if not self._full():
+                    self._room.set()
+            self._ready.clear()  # no await since the loop found the deque empty: nothing raced in
+            self._room.set()
+
+    def behind_error(self) -> ApiError:
+        b = self._bounds
+        return ApiError(
+            Code.RESOURCE_EXHAUSTED,
+            "WATCH_BEHIND",
+            f"this watch fell behind: its send buffer ({len(self._items)} events, {self._bytes} bytes; "
+            f"at most {b.max_messages} events or {b.max_bytes} bytes) took no event for {b.stall_s:g} s, "
+            "so the server ended it; watch again with from_revision set to the revision of the last "
+            "event you received",
+            metadata={
+                "bufferedEvents": str(len(self._items)),
+                "maxEvents": str(b.max_messages),
+                "maxBytes": str(b.max_bytes),
+                "stallSeconds": f"{b.stall_s:g}",
+                "lastQueuedRevision": str(self.last_put_revision),
+            },
+            retry_after_s=0.0,
+        )
+
+    def close(self) -> None:
+        """Stop the writer and drop what it holds (the stream is over)."""
+        self._writer.cancel()
+        self._items.clear()
+        self._bytes = 0
+
+
+class _StreamHold:
+    """What one watch stream holds (its slot, its caller's count, the generator a pool thread
+    advances, its send buffer), freed once by ``release``: at the end, or before a stalled
+    consumer's status waits in the transport."""
+
+    __slots__ = ("_servicer", "call", "owner", "gen", "step", "buffer", "_released")
+
+    def __init__(self, servicer: Any, call: _CallContext) -> None:
+        self._servicer = servicer
+        self.call = call
+        self.owner: str | None = None
+        self.gen: Any = None
+        self.step: concurrent.futures.Future | None = None
+        self.buffer: _SendBuffer | None = None
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.call.active = False  # the generator's is_active() loop ends at its next poll
+        if self.buffer is not None:
+            self.buffer.close()
+        streams = self._servicer.streams
+        if self.owner is not None:
+            self._servicer._release_watch(self.owner)
+        if self.gen is None:
+            streams.release()
+        elif self.step is not None and not self.step.done():
+            # still inside next() on a pool thread: close it there once it returns
+            self.step.add_done_callback(lambda _f, g=self.gen: _close_stream(g, streams))
+        else:
+            _close_stream(self.gen, streams)
+
+
 def _rpc(method: Callable) -> Callable:
     """Authenticate, run, and turn ApiError into a rich status. ``async def`` methods run on
     the event loop; plain methods run on the server's thread pool; generator methods (the
@@ -144,8 +284,8 @@ def _rpc(method: Callable) -> Callable:
 
         @functools.wraps(method)
         async def stream(self, request, context):
-            # Each open stream holds a pool thread for its whole life: past the limit, refuse
-            # with RetryInfo rather than let streams starve the unary calls of threads.
+            # Each open stream holds a stream slot, and a pool thread while it reads the log:
+            # past the limit, refuse with RetryInfo rather than let streams starve unary calls.
             if not self.streams.acquire(blocking=False):
                 err = ApiError(
                     Code.RESOURCE_EXHAUSTED,
@@ -154,36 +294,33 @@ def _rpc(method: Callable) -> Callable:
                     retry_after_s=5.0,
                 )
                 await _abort(context, err)
-            call = _CallContext(context)
-            gen = None
-            step: concurrent.futures.Future | None = None
-            owner = None
+            held = _StreamHold(self, _CallContext(context))
             try:
-                principal = self._principal(call)
-                owner = self._hold_watch(principal)
-                gen = method(self, request, call, principal)
+                principal = self._principal(held.call)
+                held.owner = self._hold_watch(principal)
+                gen = held.gen = method(self, request, held.call, principal)
+                buffer = held.buffer = _SendBuffer(context, self.stream_bounds)
                 while True:
-                    step = self.pool.submit(next, gen, _END)
-                    item = await asyncio.wrap_future(step)
-                    step = None
+                    held.step = self.pool.submit(next, gen, _END)
+                    item = await asyncio.wrap_future(held.step)
+                    held.step = None
                     if item is _END:
                         break
-                    yield item
+                    if not await buffer.put(item):
+                        # The status waits behind what the transport holds (the client reads
+                        # it after those events), so free everything first; a client that
+                        # never reads again keeps only gRPC's flow-control window.
+                        err = buffer.behind_error()
+                        held.release()
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(_abort(context, err), self.stream_bounds.stall_s)
+                        return
             except ApiError as err:
                 await _abort(context, err)
             except AuthError as err:
                 await _abort(context, _auth_error(err))
             finally:
-                call.active = False  # the generator's is_active() loop ends at its next poll
-                if owner is not None:
-                    self._release_watch(owner)
-                if gen is None:
-                    self.streams.release()
-                elif step is not None and not step.done():
-                    # still inside next() on a pool thread: close it there once it returns
-                    step.add_done_callback(lambda _f, g=gen: _close_stream(g, self.streams))
-                else:
-                    _close_stream(gen, self.streams)
+                held.release()
 
         return stream
 
@@ -253,9 +390,11 @@ class _Base:
         streams: threading.BoundedSemaphore | None = None,
         pool: concurrent.futures.ThreadPoolExecutor | None = None,
         waiter: _LoopWaiter | None = None,
+        stream_bounds: StreamBounds = DEFAULT_STREAM_BOUNDS,
     ) -> None:
         self.api = api
         self.auth = authenticator
+        self.stream_bounds = stream_bounds  # what a WatchJobs stream holds for a slow consumer
         self.streams = streams or threading.BoundedSemaphore(16)  # shared by every servicer of a server
         self.pool = pool  # runs the blocking API calls (shared by every servicer of a server)
         self.waiter = waiter  # awaits store commits on the loop

@@ -1,0 +1,156 @@
+"""Issue 18, bounded streams: a WatchJobs consumer that stops reading is ended with
+RESOURCE_EXHAUSTED ``WATCH_BEHIND`` once its bounded send buffer stayed full, its slot is freed,
+and it resumes from the revision of the last event it received with nothing lost or repeated.
+A real gRPC client over a real server (direct, and through a front-end process as ``xpod
+server`` runs by default); the stall bound is made short here so the test does not wait long,
+and every wait is bounded with a message."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from security_harness import TOKEN, job_doc, make_api, principals
+from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
+from xpod.scheduler.grpc.auth import Authenticator
+from xpod.scheduler.grpc.server import build_server
+from xpod.scheduler.grpc.servicers import StreamBounds
+
+JOBS = 80
+SPEC_KB = 200  # 80 x 200 KB: far more than gRPC's flow-control windows and the send buffer hold
+BOUNDS = StreamBounds(max_messages=4, max_bytes=256 * 1024, stall_s=0.5)
+WAIT_S = 120.0
+
+
+@pytest.fixture(params=[0, 1], ids=["direct", "via-front-end"])
+def served(tmp_path, request):
+    who = principals(tmp_path)
+    api = make_api(str(tmp_path / "w.db"))
+    big_env = {f"V{i}": "x" * 1000 for i in range(SPEC_KB)}
+    for i in range(JOBS):
+        api.submit_job(who["alice"], f"big-{i}", job_doc(f"big-{i}", env=big_env), timeout_s=60)
+    api.submit_job(who["bob"], "small", job_doc("small", queue="prod"), timeout_s=60)  # what bob's probe reads
+    running = build_server(
+        api,
+        Authenticator.from_file(str(tmp_path / "tokens.yaml")),
+        "127.0.0.1:0",
+        max_workers=2,  # one stream slot on this server: the stalled watch holds it until it is ended
+        frontends=request.param,
+        stream_bounds=BOUNDS,
+    )
+    address = f"127.0.0.1:{running.port}"
+    # the probe on a connection of its own: the stalled stream fills its connection's window
+    probe = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    yield api, channel, probe, address
+    channel.close()
+    probe.close()
+    running.stop(0)
+    api.close()
+
+
+def md(who: str = "alice"):
+    return (("authorization", f"Bearer {TOKEN[who]}"),)
+
+
+def reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)
+    for d in status.details if status else ():
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            return info.reason
+    return ""
+
+
+def wait_for_free_slot(probe: grpc.Channel) -> None:
+    """Bob opens a watch until the server has a slot for it again (the stalled stream, which
+    held the only one, was ended); he reads his one event and closes it."""
+    stub = job_service_pb2_grpc.JobServiceStub(probe)
+    deadline = time.monotonic() + WAIT_S
+    refusals = 0
+    while time.monotonic() < deadline:
+        call = stub.WatchJobs(jpb.WatchJobsRequest(from_revision=0), metadata=md("bob"), timeout=WAIT_S)
+        try:
+            assert next(call).event.job.spec["metadata"]["name"] == "small"
+            call.cancel()
+            return
+        except grpc.RpcError as err:
+            assert (err.code(), reason(err)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS"), err
+            refusals += 1
+            time.sleep(0.2)
+    raise AssertionError(
+        f"the stalled watch still held the server's stream slot after {WAIT_S:g} s ({refusals} refusals)"
+    )
+
+
+def open_watch(stub, from_revision: int):
+    """Alice's watch from ``from_revision`` and its first revision, once the server has a slot
+    (bob's probe, just cancelled, may still hold it for a moment)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        call = stub.WatchJobs(jpb.WatchJobsRequest(from_revision=from_revision), metadata=md(), timeout=WAIT_S)
+        try:
+            return call, next(call).event.revision
+        except grpc.RpcError as err:
+            if reason(err) != "TOO_MANY_STREAMS" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def read_until_end(call) -> tuple[list[int], grpc.RpcError | None]:
+    got = []
+    try:
+        for resp in call:
+            got.append(resp.event.revision)
+    except grpc.RpcError as err:
+        return got, err
+    return got, None
+
+
+def test_a_consumer_that_stops_reading_is_ended_and_resumes_from_its_revision(served):
+    api, channel, probe, _ = served
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    last = JOBS  # alice's events: her jobs' SUBMITTED events, revisions 1..JOBS
+    stalled = stub.WatchJobs(jpb.WatchJobsRequest(from_revision=0), metadata=md(), timeout=WAIT_S)
+    assert next(stalled).event.revision == 1
+    # the reader stops here; its stream must end on its own and give the slot back
+    wait_for_free_slot(probe)
+    rest, err = read_until_end(stalled)
+    assert err is not None, f"the stalled stream was never ended; it delivered up to revision {rest[-1:]}"
+    assert (err.code(), reason(err)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "WATCH_BEHIND"), err
+    assert "fell behind" in err.details() and "from_revision" in err.details(), err.details()
+    received = [1] + rest
+    assert received == list(range(1, len(received) + 1)), "events before the end came in order, none lost"
+    assert len(received) < JOBS, "the stream ended before the whole log was sent"
+    resumed, first = open_watch(stub, received[-1])
+    more = [first]
+    for resp in resumed:
+        more.append(resp.event.revision)
+        if resp.event.revision >= last:
+            break
+    resumed.cancel()
+    assert received + more == list(range(1, last + 1))
+
+
+def test_the_client_library_resumes_a_watch_the_server_ended(served):
+    """``Client.watch`` (what ``xpod watch`` uses) reopens a stream ended for falling behind at
+    the last revision it yielded: the caller sees every event once, in order."""
+    from xpod.runtime.client import Client, Target
+
+    _, _, probe, address = served
+    last = JOBS
+    with Client(Target(address, TOKEN["alice"], None, "test"), timeout_s=WAIT_S) as client:
+        events = client.watch(0)
+        seen = [next(events).revision]
+        wait_for_free_slot(probe)  # the server ended the stalled stream meanwhile
+        for ev in events:
+            seen.append(ev.revision)
+            if ev.revision >= last:
+                break
+        events.close()
+    assert seen == list(range(1, last + 1))
