@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Iterable
+
+from .errors import ApiError, Code
 
 
 class Role(str, enum.Enum):
@@ -100,3 +103,34 @@ class Principal:
 
 
 OPEN_PRINCIPAL = Principal("anonymous", Role.ADMIN)
+
+
+def authorize(principal: Principal, call: Call, queue: str | None = None) -> None:
+    """PERMISSION_DENIED unless ``principal`` may make ``call`` (on ``queue``)."""
+    if not principal.may_call(call):
+        raise ApiError(
+            Code.PERMISSION_DENIED,
+            "ROLE_NOT_ALLOWED",
+            f"{principal.name} ({principal.role.value}) may not call {call.value}",
+            metadata={"principal": principal.name, "role": principal.role.value, "call": call.value},
+        )
+    if queue is not None and not principal.may_use_queue(queue):
+        raise ApiError(
+            Code.PERMISSION_DENIED,
+            "QUEUE_NOT_ALLOWED",
+            f"{principal.name} may not use queue {queue!r}",
+            metadata={"principal": principal.name, "queue": queue},
+        )
+
+
+def authorize_nodes(principal: Principal, call: Call, nodes: Iterable[str], field: str) -> None:
+    """A node call may name only the caller's nodes (``Principal.may_speak_for``)."""
+    for name in nodes:
+        if not principal.may_speak_for(name):
+            raise ApiError(
+                Code.PERMISSION_DENIED,
+                "NODE_NOT_ALLOWED",
+                f"{principal.name} ({principal.role.value}) may not call {call.value} for node {name[:253]!r}",
+                metadata={"principal": principal.name, "node": name[:253], "call": call.value},
+                field=field,
+            )

@@ -17,10 +17,11 @@ import bisect
 import concurrent.futures
 import dataclasses
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from xpod.scheduler.contract import JobKind, TaskFieldError, TaskState
 from xpod.scheduler.store import (
+    CANONICAL_JSON,
     EventRecord,
     EventType,
     JobRecord,
@@ -63,6 +64,13 @@ class JobView:
         d["queue_position"] = self.queue_position
         d["pending_reason"] = self.pending.to_json() if self.pending else None
         return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    job: JobView
+    numbers: dict[str, float]
+    lines: tuple[str, ...]
 
 
 class JobBook:
@@ -241,6 +249,72 @@ class JobBook:
         with self._lock:
             jobs = list(self._jobs.values())
         return sorted((j for j in jobs if j.seq > after_seq), key=lambda j: j.seq)
+
+    def page(
+        self, after_seq: int, size: int, max_bytes: int, wanted: Callable[[JobRecord], bool]
+    ) -> tuple[list[JobView], str]:
+        """Up to ``size`` jobs after ``after_seq`` that ``wanted`` accepts, in submission order,
+        and the token of the next page ("" at the end: ``seq:N``, the last seq given). A page
+        ends before its specs pass ``max_bytes`` (gRPC's 4 MiB message limit), never empty."""
+        out: list[JobRecord] = []
+        page_bytes = 0
+        full = False
+        for j in self.in_order(after_seq):
+            if not wanted(j):
+                continue
+            page_bytes += len(CANONICAL_JSON.encode(j.spec)) + 512
+            if len(out) == size or (out and page_bytes > max_bytes):
+                full = True
+                break
+            out.append(j)
+        return [self.view(j) for j in out], f"seq:{out[-1].seq}" if full and out else ""
+
+    def explain(self, job: JobRecord) -> Explanation:
+        """Why ``job`` is where it is, as lines and the numbers behind them."""
+        view = self.view(job)
+        numbers: dict[str, float] = {}
+        lines = [f"job {job.id} ({job.kind} {job.name!r}) in queue {job.queue!r} is {job.state.value}"]
+        if view.pending is not None:
+            for k, v in view.pending.metadata:
+                try:
+                    numbers[k] = float(v)
+                except ValueError:
+                    pass
+            lines.append(f"{view.pending.reason}: {view.pending.message}")
+        if view.queue_position:
+            numbers["queuePosition"] = float(view.queue_position)
+            lines.append(f"position {view.queue_position} among the queued jobs of queue {job.queue!r}")
+        by_node: dict[str, list[str]] = {}
+        for a in job.allocations:
+            by_node.setdefault(a.node, []).extend(a.devices)
+        for node, devices in by_node.items():
+            lines.append(f"holds {len(devices)} device(s) on {node}: {', '.join(devices)}")
+        if job.message:
+            lines.append(job.message)
+        return Explanation(view, numbers, tuple(lines))
+
+    def watch(
+        self,
+        revision: int,
+        job_id: str,
+        wanted: Callable[[JobRecord], bool],
+        active: Callable[[], bool],
+        batch: int,
+        poll_s: float,
+    ) -> Iterator[EventRecord]:
+        """Every stored event after ``revision`` (of ``job_id`` when set) whose job ``wanted``
+        accepts, then new ones as they commit, while ``active()``. It reads ``batch`` events at a
+        time: a stream holds at most one batch (each with its job's spec, up to 256 KB) while its
+        consumer reads, so a consumer that stops reading pins little (25 stalled watches over
+        the whole log took 3.6 GB)."""
+        while active():
+            events = self._store.events_since(revision, job_id=job_id or None, limit=batch)
+            for ev in events:
+                revision = ev.revision
+                if wanted(ev.job):
+                    yield ev
+            if len(events) < batch and active():
+                self.wait_for_change(revision, poll_s)
 
     def bound(self, node: str | None = None, device: str | None = None) -> list[JobRecord]:
         """Bound jobs (on ``node``, on ``device``), in submission order."""

@@ -30,11 +30,13 @@ from typing import Any, Callable
 
 from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
-from xpod.scheduler.contract import JobKind
-from xpod.scheduler.store import EventType, JobState, JobUpdate, StaleUpdate, StoreClosed
+from xpod.scheduler.contract import JobKind, TaskReport, TaskState
+from xpod.scheduler.store import EventType, JobRecord, JobState, JobUpdate, StaleUpdate, StoreClosed
+
+from .errors import ApiError, Code, not_found, wait
 
 from .core_link import CoreLink
-from .jobs import BOUND_STATES, JobBook
+from .jobs import BOUND_STATES, JobBook, JobView
 from .nodes import NodeRegistry
 from .restarts import Action, Decision, Loss, decide
 
@@ -69,8 +71,10 @@ class Liveness:
         wake: Callable[[], None],
         metrics: Any = None,
         node_timeout_s: float | None = None,
+        write: Callable[[Callable[[], Any]], Any] = lambda queue: queue(),
     ) -> None:
         self._nodes = nodes
+        self._write = write  # queues a store write (refused on a follower, shed when full)
         self._jobs = jobs
         self._core = core
         self._clock = clock
@@ -217,6 +221,73 @@ class Liveness:
                 self.metrics.finished(job.queue, job.kind, JobState.FAILED.value)
             self._wake()
             return d
+
+    def ended(self, job: JobRecord, state: JobState) -> None:
+        """A job ended (cancelled, succeeded, failed): the core lets go of it."""
+        self._core.remove_job(job.id)
+        self._wake()
+        if self.metrics is not None:
+            self.metrics.finished(job.queue, job.kind, state.value)
+
+    def report_tasks(self, reports: list[TaskReport], timeout_s: float | None) -> list[JobView | ApiError]:
+        """Agents' reports, one answer each (the job, or why the report was refused). A job is
+        RUNNING once every node runs it, FAILED (per its restart policy) when a node's task
+        failed, SUCCEEDED when every node succeeded. ``failed_tasks`` names the failed tasks on
+        a node, so a serving job's other replicas there keep running."""
+        out: list[Any] = []
+        for r in reports:
+            try:
+                out.append(self._report(r))
+            except ApiError as err:
+                out.append(err)
+        for i, item in enumerate(out):
+            if isinstance(item, tuple):  # (job, new state, its write), waited for after all are queued
+                job, state, future = item
+                try:
+                    out[i] = self._jobs.view(wait(future, timeout_s).job)
+                except StaleUpdate as err:
+                    out[i] = self._jobs.view(err.current)
+                    continue
+                except ApiError as err:
+                    out[i] = err
+                    continue
+                if state.terminal:
+                    self.ended(job, state)
+        return out
+
+    def _report(self, r: TaskReport) -> Any:
+        job = self._jobs.get(r.job_id)
+        if job is None:
+            raise not_found("job", r.job_id)
+        nodes = {a.node for a in job.allocations}
+        if job.state not in BOUND_STATES or r.node not in nodes:
+            raise ApiError(
+                Code.FAILED_PRECONDITION,
+                "NOT_ASSIGNED",
+                f"job {job.id} is {job.state.value} and not bound to node {r.node[:253]!r}",
+                metadata={"jobId": job.id, "node": r.node[:253]},
+            )
+        reports = self._jobs.report(job.id, r.node, r.state)
+        if r.state is TaskState.FAILED:
+            text = f"task on node {r.node} exited with code {r.exit_code}" + (f": {r.message}" if r.message else "")
+            if self.lose(job.id, Loss(text, r.node, None, frozenset(r.failed_tasks))):
+                return self._jobs.view(self._jobs.get(job.id) or job)  # requeued or failed, per its policy
+            state, event, text = (
+                JobState.FAILED,
+                EventType.FAILED,
+                f"node {r.node}: exit code {r.exit_code}: {r.message}".strip(),
+            )
+        elif all(reports.get(n) is TaskState.SUCCEEDED for n in nodes):
+            state, event, text = JobState.SUCCEEDED, EventType.SUCCEEDED, r.message or "every task succeeded"
+        elif job.state is JobState.SCHEDULED and all(
+            reports.get(n) in (TaskState.RUNNING, TaskState.SUCCEEDED) for n in nodes
+        ):
+            state, event, text = JobState.RUNNING, EventType.RUNNING, "every task is running"
+        else:
+            return self._jobs.view(job)
+        allocations = () if state.terminal else job.allocations
+        update = JobUpdate(job.id, state, None, allocations, event, text, self._clock(), job.revision)
+        return job, state, self._write(lambda: self._jobs.update(update))
 
     def _count_eviction(self, queue: str, reason: str) -> None:
         if self.metrics is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import threading
 from typing import Callable, Iterable, Sequence
 
@@ -36,10 +37,61 @@ from xpod.scheduler.store import NodeWrite, Store
 
 from .admission import DEFAULT_TASK_CPU_MILLI, TASKS_PER_NODE
 from .core_link import CoreLink
+from .errors import invalid
 
 #: what the core's pending reasons say about nodes that are not ready
 WAITING_FOR_AGENTS = "waiting for agents"
 HEARTBEATS_STOPPED = "heartbeats stopped"
+
+
+#: node names: what a host name may hold (no control characters reach terminals or metrics)
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
+_MAX_LABELS = 64
+_MAX_LABEL_VALUE = 253
+
+
+def check_records(records: Sequence[NodeRecord]) -> None:
+    """INVALID_ARGUMENT (reason INVALID_NODE, naming the field) for the first record an agent
+    may not register: a name that is no host name, bad labels, devices out of order, without
+    vendor or model, or negative sizes; or a name given twice."""
+    for i, node in enumerate(records):
+        where = f"nodes[{i}]"
+        if not _NODE_NAME.match(node.name):
+            raise invalid(
+                "INVALID_NODE",
+                f"{where}.name {node.name[:64]!r} must be 1..253 of A-Z a-z 0-9 . _ - (starting with a letter or digit)",
+                f"{where}.name",
+            )
+        if len(node.labels) > _MAX_LABELS:
+            raise invalid("INVALID_NODE", f"{where}.labels: at most {_MAX_LABELS} labels", f"{where}.labels")
+        for key, value in node.labels:
+            if not _LABEL_KEY.match(key) or len(value) > _MAX_LABEL_VALUE or not value.isprintable():
+                raise invalid(
+                    "INVALID_NODE",
+                    f"{where}.labels: {key[:64]!r}={value[:64]!r}: keys are 1..253 of A-Z a-z 0-9 . _ / -, "
+                    f"values at most {_MAX_LABEL_VALUE} printable characters",
+                    f"{where}.labels",
+                )
+        if [d.index for d in node.devices] != list(range(len(node.devices))):
+            raise invalid("INVALID_NODE", f"{where}.devices: indices must be 0..N-1 in order", f"{where}.devices")
+        for d in node.devices:
+            if not d.model or not d.vendor:
+                raise invalid(
+                    "INVALID_NODE",
+                    f"{where}.devices[{d.index}]: vendor and model are required",
+                    f"{where}.devices.model",
+                )
+            if any(len(text) > 253 or not text.isprintable() for text in (d.vendor, d.model)):
+                raise invalid(
+                    "INVALID_NODE",
+                    f"{where}.devices[{d.index}]: vendor and model are at most 253 printable characters",
+                    f"{where}.devices.model",
+                )
+        if node.cpu_milli < 0 or node.memory_bytes < 0 or any(d.memory_total_bytes < 0 for d in node.devices):
+            raise invalid("INVALID_NODE", f"{where}: cpu_milli and memory sizes must be >= 0", where)
+    if len({n.name for n in records}) != len(records):
+        raise invalid("INVALID_NODE", "nodes: a name appears twice", "nodes")
 
 
 class NodeStatus(str, enum.Enum):

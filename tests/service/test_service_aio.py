@@ -80,6 +80,9 @@ def test_concurrent_submissions_are_each_acknowledged_once_after_a_group_commit(
             calls += [stub.SubmitJob(submit_req("c0", job_doc("j0", count=1)), timeout=30)]
             return await asyncio.gather(*calls)
 
+    # the shape judged once first: the first submissions of a new shape wait for the core's
+    # verdict one by one on the admission thread, and may each commit alone
+    api.submit_job(OPEN_PRINCIPAL, "warm", job_doc("warm", count=1))
     before = api.store.batches_committed
     answers = asyncio.run(run())
     ids = [a.job.id for a in answers[:64]]
@@ -88,9 +91,9 @@ def test_concurrent_submissions_are_each_acknowledged_once_after_a_group_commit(
     assert answers[64].job.id == answers[0].job.id and answers[0].created != answers[64].created
     assert answers[0].job.spec["metadata"]["name"] == "j0"  # the document comes back as sent
     rows = sqlite3.connect(api.store.path).execute("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM jobs").fetchall()
-    assert rows == [(64, 64)]
+    assert rows == [(65, 65)]
     assert api.store.batches_committed - before < 64  # grouped: fewer commits than submissions
-    assert api._inflight_submissions == 0
+    assert api.submissions.inflight == 0
 
 
 def test_submit_without_deadline_is_bounded_by_the_server(live, monkeypatch):
@@ -105,7 +108,7 @@ def test_submit_without_deadline_is_bounded_by_the_server(live, monkeypatch):
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert error_info(err.value).reason == "DEADLINE_EXCEEDED"
     assert "retry with the same request id" in err.value.details()
-    assert api._inflight_submissions == 0
+    assert api.submissions.inflight == 0
 
 
 def test_client_deadline_and_cancel_release_the_inflight_slot(live, monkeypatch):
@@ -115,11 +118,11 @@ def test_client_deadline_and_cancel_release_the_inflight_slot(live, monkeypatch)
     with pytest.raises(grpc.RpcError) as err:
         stub.SubmitJob(submit_req("late", job_doc(count=1)), timeout=0.3)
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    _wait_for(lambda: api._inflight_submissions == 0)  # the server's side of that call let go too
+    _wait_for(lambda: api.submissions.inflight == 0)  # the server's side of that call let go too
     future = stub.SubmitJob.future(submit_req("gone", job_doc(count=1)), timeout=30)
-    _wait_for(lambda: api._inflight_submissions >= 1)
+    _wait_for(lambda: api.submissions.inflight >= 1)
     future.cancel()
-    _wait_for(lambda: api._inflight_submissions == 0)  # grpc.aio cancelled the handler; it let go
+    _wait_for(lambda: api.submissions.inflight == 0)  # grpc.aio cancelled the handler; it let go
     labels = {"grpc_type": "unary", "grpc_service": "xpod.v1.JobService", "grpc_method": "SubmitJob"}
 
     def ended(code: str) -> float:
@@ -138,7 +141,7 @@ def test_a_wedged_store_does_not_hold_the_admission_thread(live, monkeypatch):
     api, _, _, _ = live
     _stuck_store(api, monkeypatch)
     submission = api.begin_submit(OPEN_PRINCIPAL, "wedged", job_doc("never-judged", count=3))
-    idle = api._admitting.submit(lambda: None)  # runs only once the admission thread is free
+    idle = api.submissions.admitting.submit(lambda: None)  # runs only once the admission thread is free
     try:
         idle.result(timeout=30)
     except concurrent.futures.TimeoutError:

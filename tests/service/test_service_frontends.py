@@ -209,7 +209,7 @@ def test_relayed_submissions_count_in_the_main_metrics_and_keep_deadlines(pair, 
         with pytest.raises(grpc.RpcError) as err:
             stub.SubmitJob(submit_req("m2", job_doc(count=1)), metadata=md, timeout=0.5)
         assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 5
-        _wait_for(lambda: api._inflight_submissions == 0)  # the main process let go of it too
+        _wait_for(lambda: api.submissions.inflight == 0)  # the main process let go of it too
         _wait_for(lambda: handled("DEADLINE_EXCEEDED") + handled("CANCELLED") == 1)
 
 
