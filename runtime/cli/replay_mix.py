@@ -112,7 +112,7 @@ def print_table(results) -> None:
     from .output import print_table as show
     from .output import table
 
-    t = table("xpod replay mix (engine: the scheduler core xpod server runs)")
+    t = table("xpod replay mix (virtual-clock engine, scheduler/sim/engine.py: the cycle xpod server runs)")
     for col in (
         "profile",
         "SLO attainment",

@@ -10,7 +10,7 @@ API (all a caller needs):
 * build a ``Scheduler`` (nodes, queues, a profile loaded as ``xpod server`` loads it) and wrap
   it: ``Engine(scheduler, retry=True, preemption=PreemptionCost(), tick_s=None, observers=())``;
 * add events at virtual times in seconds: ``arrive(t, job, work_s)``, ``node_down(t, name)``,
-  ``node_up(t, node)``, ``device_health(t, node, index, health)``, ``tick(t)``;
+  ``node_up(t, node)``, ``device_health(t, node, index, health)``, ``tick(t)``, ``call(t, fn)``;
 * ``run(until_s=None, progress=None) -> EngineSummary`` processes them; ``records`` (job id ->
   ``JobRecord``: submit, first start, end, preemptions, lost work) and ``now`` hold the result.
 
@@ -26,6 +26,9 @@ Events (``EventKind``), applied in time order, ties in the order they were added
 * ``TICK``: nothing changes, a cycle runs (time-sliced profiles re-order running work); with
   ``tick_s`` the engine adds one every ``tick_s`` seconds while jobs wait, as the live
   scheduler's periodic cycle would run.
+* ``CALL``: ``fn(engine, t)`` runs (in its turn among the instant's events, before the cycle):
+  an input of the replay's own that the scheduler takes through its API, e.g. serving
+  replicas reporting their load (``Scheduler.report_load``) every 10 s in ``xpod replay mix``.
 
 Clock and cycles: the clock jumps from one event instant to the next; after the events of one
 instant the engine runs exactly one ``Scheduler.cycle(now=t)`` at that instant, then books the
@@ -34,6 +37,14 @@ evictions. Preemption costs time (``PreemptionCost``): an evicted job loses the 
 since its last checkpoint and pays a restart before it makes progress again. ``retry=False``
 gives the FGD paper's method: a job that arrived and did not start in the cycle right after its
 arrival fails (it is cancelled and counted, never retried).
+
+Resizes (a ``Scheduler(resizes=True)``'s ``CycleResult.resizes``, and a running gang that grows):
+a job progresses at ``running tasks / tasks`` of its full speed (work scales with its tasks, as
+data-parallel training's throughput roughly does). A resize that restarts the gang (an elastic
+training job shrunk or regrown: a new world size) stops it as an eviction would (its progress
+falls back to the last checkpoint unless the notice lets it write one, see ``PreemptionCost``)
+and pays a restart; a resize without restart (batch tasks taken, serving scaled down) only
+changes the speed.
 
 Reporting: observers are plain objects; the engine calls the methods they define:
 ``on_cycle(engine, now, result)`` after every cycle, ``on_failed(engine, now, record)`` for a job
@@ -67,6 +78,7 @@ class EventKind(str, enum.Enum):
     NODE_UP = "node-up"
     DEVICE_HEALTH = "device-health"
     TICK = "tick"
+    CALL = "call"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +87,25 @@ class PreemptionCost:
 
     A job checkpoints every ``checkpoint_every_s`` seconds of its own progress (``inf``: never,
     an eviction loses everything); on each start after an eviction it spends ``restart_s``
-    before its work resumes."""
+    before its work resumes. ``notice_checkpoint_s``: when the scheduler's profile gives the
+    notice (``Profile.notice``: the task's ``XPOD_PREEMPT_NOTICE`` file is touched with its
+    SIGTERM), a stopped task writes a checkpoint in this long and keeps all its progress when
+    that fits in its job's ``grace_period_s``; None: notices are not modelled (every stop falls
+    back to the periodic checkpoint)."""
 
     checkpoint_every_s: float = 1800.0
     restart_s: float = 60.0
+    notice_checkpoint_s: float | None = None
 
     def kept_s(self, progress_s: float) -> float:
         """Progress a job keeps after an eviction (its last checkpoint)."""
         if math.isinf(self.checkpoint_every_s) or self.checkpoint_every_s <= 0:
             return 0.0
         return math.floor(progress_s / self.checkpoint_every_s + 1e-9) * self.checkpoint_every_s
+
+    def checkpoints_on_notice(self, job: Job, notice: bool) -> bool:
+        """Whether a stopped task of ``job`` writes a checkpoint before it is killed."""
+        return notice and self.notice_checkpoint_s is not None and self.notice_checkpoint_s <= job.grace_period_s
 
 
 @dataclasses.dataclass
@@ -99,6 +120,7 @@ class JobRecord:
     failed: bool = False  # retry=False and it did not start right after arriving
     progress_s: float = 0.0  # work done before the current run (after checkpoint losses)
     run_started_s: float | None = None  # start of the current run; None while not running
+    tasks_running: int = 0  # tasks of the current run (its speed: tasks_running / job.tasks)
     overhead_s: float = 0.0  # restart time owed by the current run before progress counts
     preemptions: int = 0
     lost_s: float = 0.0  # progress lost to evictions plus restarts paid
@@ -107,6 +129,22 @@ class JobRecord:
     @property
     def running(self) -> bool:
         return self.run_started_s is not None
+
+    @property
+    def rate(self) -> float:
+        """Share of its full speed the job runs at now (0 while not running)."""
+        if self.run_started_s is None:
+            return 0.0
+        return min(1.0, self.tasks_running / self.job.tasks) if self.job.tasks > 0 else 1.0
+
+    def progress_at(self, t: float) -> float:
+        """Work done (seconds at full speed) by ``t``, the current run's included."""
+        if self.end_s is not None:
+            return self.work_s or 0.0
+        if self.run_started_s is None:
+            return self.progress_s
+        made = max(0.0, t - self.run_started_s - self.overhead_s) * self.rate
+        return self.progress_s + made if self.work_s is None else min(self.work_s, self.progress_s + made)
 
     @property
     def wait_s(self) -> float | None:
@@ -209,6 +247,10 @@ class Engine:
     def tick(self, t: float) -> None:
         self._push(t, EventKind.TICK)
 
+    def call(self, t: float, fn: Callable[[Engine, float], None]) -> None:
+        """Run ``fn(engine, t)`` at ``t``, before that instant's cycle (see ``EventKind.CALL``)."""
+        self._push(t, EventKind.CALL, fn)
+
     @property
     def arrivals_total(self) -> int:
         return self._arrivals_total
@@ -295,6 +337,7 @@ class Engine:
             rec.lost_s += rec.overhead_s  # the restart this last run paid
             rec.overhead_s = 0.0
             rec.run_started_s = None
+            rec.tasks_running = 0
             rec.end_s = t
             for hook in self._finish_hooks:
                 hook(self, t, rec)
@@ -305,37 +348,70 @@ class Engine:
         elif ev.kind is EventKind.DEVICE_HEALTH:
             node, index, health = ev.payload  # type: ignore[misc]
             self._stopped(t, sched.set_device_health(node, index, health))
+        elif ev.kind is EventKind.CALL:
+            ev.payload(self, t)  # type: ignore[operator]
 
     def _after_cycle(self, t: float, result: CycleResult) -> None:
-        """Book the cycle's starts and evictions on the job records."""
+        """Book the cycle's evictions, resizes and starts on the job records."""
         self._stopped(t, [e.job_id for e in result.evictions])
         running = self.scheduler.running
-        for jid in dict.fromkeys(b.job_id for b in result.bindings):
+        restarts = {r.job_id for r in result.resizes if r.restart}
+        changed = dict.fromkeys([r.job_id for r in result.resizes] + [b.job_id for b in result.bindings])
+        for jid in changed:
             rec = self.records.get(jid)
-            if rec is None or rec.running or jid not in running:
+            rj = running.get(jid)
+            if rec is None or rj is None:
                 continue
-            rec.run_started_s = t
-            rec.epoch += 1
-            if rec.first_start_s is None:
-                rec.first_start_s = t
-            if rec.work_s is not None:
-                left = max(0.0, rec.work_s - rec.progress_s) + rec.overhead_s
-                self._push(t + left, EventKind.FINISH, (jid, rec.epoch))
+            if not rec.running:  # a start
+                rec.run_started_s = t
+                rec.tasks_running = len(rj.bindings)
+                rec.epoch += 1
+                if rec.first_start_s is None:
+                    rec.first_start_s = t
+                self._schedule_finish(rec, t)
+            elif len(rj.bindings) != rec.tasks_running:
+                self._resized(t, rec, len(rj.bindings), restart=jid in restarts)
+
+    def _schedule_finish(self, rec: JobRecord, t: float) -> None:
+        if rec.work_s is not None and rec.rate > 0:
+            left = max(0.0, rec.work_s - rec.progress_s) / rec.rate + rec.overhead_s
+            self._push(t + left, EventKind.FINISH, (rec.job.id, rec.epoch))
+
+    def _checkpoint(self, t: float, rec: JobRecord) -> tuple[float, float]:
+        """(time the current run ran, progress kept) for a run that stops at ``t``."""
+        ran = t - rec.run_started_s  # type: ignore[operator]
+        done = rec.progress_at(t)  # the restart is paid before progress counts
+        noticed = self.preemption.checkpoints_on_notice(rec.job, self.scheduler.profile.notice)
+        kept = done if noticed else self.preemption.kept_s(done)
+        rec.lost_s += (done - kept) + min(ran, rec.overhead_s)
+        return ran, kept
+
+    def _resized(self, t: float, rec: JobRecord, tasks: int, restart: bool) -> None:
+        """A running job now runs ``tasks`` tasks: with ``restart`` (a new world size) it stops
+        and starts again, paying a restart; otherwise only its speed changes."""
+        if restart:
+            _, rec.progress_s = self._checkpoint(t, rec)
+            rec.overhead_s = self.preemption.restart_s
+        else:
+            ran = t - rec.run_started_s  # type: ignore[operator]
+            rec.progress_s = rec.progress_at(t)
+            rec.overhead_s = max(0.0, rec.overhead_s - ran)
+        rec.run_started_s = t
+        rec.tasks_running = tasks
+        rec.epoch += 1
+        self._schedule_finish(rec, t)
 
     def _stopped(self, t: float, job_ids: Iterable[str]) -> None:
-        """Jobs evicted at ``t``: their progress falls back to the last checkpoint."""
+        """Jobs evicted at ``t``: their progress falls back to the last checkpoint (or the one
+        the notice let them write)."""
         for jid in job_ids:
             rec = self.records.get(jid)
             if rec is None or not rec.running:
                 continue
-            ran = t - rec.run_started_s  # type: ignore[operator]
-            made = max(0.0, ran - rec.overhead_s)  # the restart is paid before progress counts
-            done = rec.progress_s + made
-            kept = self.preemption.kept_s(done)
-            rec.lost_s += (done - kept) + min(ran, rec.overhead_s)
-            rec.progress_s = kept
+            _, rec.progress_s = self._checkpoint(t, rec)
             rec.overhead_s = self.preemption.restart_s
             rec.run_started_s = None
+            rec.tasks_running = 0
             rec.preemptions += 1
             rec.epoch += 1
 

@@ -1,7 +1,7 @@
 """``xpod replay mix``: serving that follows its demand and training in the background, on one pod,
-through the scheduler ``xpod server`` runs.
+through the scheduler ``xpod server`` runs, on the virtual-clock engine (``engine.Engine``).
 
-What is replayed (one virtual hour, a cycle of the core every ``step_s`` = 10 s):
+What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s`` = 10 s intervals):
 
 * **Serving demand**: an LLM inference trace (Azure LLM inference 2023: ``TIMESTAMP,
   ContextTokens, GeneratedTokens``; or Mooncake FAST'25 JSONL: ``timestamp`` in ms,
@@ -10,17 +10,26 @@ What is replayed (one virtual hour, a cycle of the core every ``step_s`` = 10 s)
   that the peak interval of the trace's first hour needs exactly ``peak_replicas`` replicas at
   the job's ``target_per_replica`` (a replay shorter than the hour sees its first part); the
   job's max replicas become ``peak_replicas``.
-* **The serving job** is a ServingJob file with ``autoscale``; its replicas report the load of
-  the interval that just ended (each its share: ``Scheduler.report_load``) before every cycle,
-  so the scheduler always sees the demand one interval late, as a live one does. During the
-  warm-up before the hour they report the first minute's highest load.
+* **The serving job** is a ServingJob file with ``autoscale``; at the start of every interval
+  (an engine ``CALL`` event) its ready replicas report the load of the interval that just
+  ended (each its share: ``Scheduler.report_load``), so the scheduler sees the demand one
+  interval late, as a live one does. During the warm-up they report the first minute's highest
+  load.
 * **Training**: a job trace in the normalized Philly schema (``job_id, submit_s, duration_s,
-  num_devices``), read from ``training_from_s``: the jobs running then start the hour queued
-  with the work they had left, the jobs submitted in the hour arrive at their times. A job of
-  n trace GPUs takes n schedulable devices (dies on Ascend 910C) in the smallest legal shape:
-  one task of 1, 2, 4, ..., 16 dies, or tasks of 16 dies (whole nodes); a job of several tasks
-  is elastic down to half of them (``min_tasks``). Its work is ``duration x n`` device-seconds
-  and it progresses at ``n x running tasks / tasks`` per second.
+  num_devices``), read from ``training_from_s``: the jobs running then arrive at the warm-up's
+  start with the work they had left, the jobs submitted in the hour arrive at their times. A
+  job of n trace GPUs takes n schedulable devices (dies on Ascend 910C) in the smallest shape
+  the cluster's placement rules allow: on 910C one task of 1, 2, 4, ..., 16 dies, or tasks of
+  16 dies (whole nodes: MindCluster's rule for a distributed 910C task); elsewhere one task up
+  to a node, else whole nodes. A job of several tasks is elastic down to half of them
+  (``min_tasks``), as an elastic data-parallel job (torchrun's ``--nnodes MIN:MAX``) scales by
+  whole nodes; a job of one task cannot shrink. Its work is its trace duration at full size;
+  at fewer tasks it progresses proportionally slower (the engine's rate).
+
+The engine runs ``Scheduler.cycle`` at every event instant (arrivals, finishes, the 10 s load
+reports) and books starts, evictions and resizes on its job records (``engine`` module
+docstring: progress, checkpoints, restarts); this module only watches (``_MixBook``): when each
+serving replica serves, the interval samples and the counts.
 
 Costs the core does not model and the replay charges, the same for every profile:
 
@@ -28,10 +37,11 @@ Costs the core does not model and the replay charges, the same for every profile
   (the default; Kubernetes preemption does not), its notice file: it writes a checkpoint in
   ``checkpoint_s`` (kept when that is within its job's ``grace_period_s``); without the notice
   its progress falls back to its last periodic checkpoint (every ``checkpoint_every_s`` of its
-  run). It frees its devices after ``checkpoint_s``: a replica placed on them starts that much
-  later;
+  progress). It frees its devices after ``checkpoint_s``: a replica placed on them serves that
+  much later;
 * a replica serves ``replica_startup_s`` after its devices are free (model load);
-* a training gang makes no progress for ``restart_s`` after each start, shrink or regrow.
+* a training gang makes no progress for ``restart_s`` after each restart (evicted and started
+  again, shrunk, regrown).
 
 Metrics (``MixResult``; the intervals of the hour):
 
@@ -40,8 +50,9 @@ Metrics (``MixResult``; the intervals of the hour):
 * ``scale_up_p99_s``: for every interval whose needed replicas rise above the previous
   interval's, the time from its start until that many replicas are ready (0 when they already
   are); the 99th percentile (nearest rank);
-* ``training_device_hours``: training progress made in the hour, less the progress evictions
-  threw away (device-hours);
+* ``training_device_hours``: training progress made in the hour and kept (progress at the
+  hour's end less progress at its start, so work an eviction threw away is not counted), in
+  device-hours at the jobs' trace sizes;
 * ``gang_restarts``: training gangs restarted (shrunk, regrown, or evicted whole and started
   again); ``preemptions``: training jobs evicted whole; ``utilisation``: device-seconds
   allocated / (devices x hour); ``violations``: placements breaking the cluster's rules,
@@ -61,11 +72,12 @@ from typing import Any
 from xpod.hal.errors import XpodError
 
 from ..core.autoscale import ScaleRule, recommendation
-from ..core.model import Binding, DeviceRequest, Job, JobKind, Node
+from ..core.model import Binding, CycleResult, DeviceRequest, Job, JobKind, Node
 from ..core.plugins.ascend import rules as ascend_rules
 from ..core.profile import Profile
 from ..core.scheduler import Scheduler
 from ..core.fabric import Fabric
+from .engine import Engine, JobRecord, PreemptionCost
 
 #: the trace's resolution and the replay's cycle period
 STEP_S = 10.0
@@ -211,9 +223,9 @@ class TrainingJob:
     """One training job of the trace, as the hour sees it."""
 
     job: Job
-    arrive_s: float  # virtual time it is submitted (0 for the jobs running when the hour starts)
-    work_device_s: float  # device-seconds of work left
-    devices: int  # trace devices (its full-speed progress per second)
+    arrive_s: float  # seconds into the hour it is submitted (0 for the jobs running when the hour starts)
+    work_s: float  # seconds of work left at its full size
+    devices: int  # trace devices (device-seconds of progress per second at its full size)
 
 
 def shape(count: int, model: str, per_node: int) -> tuple[int, int]:
@@ -280,9 +292,9 @@ def _read_training(
                 devices=DeviceRequest(count=per, model=model),
                 min_tasks=min_tasks,
                 priority_class="normal",
-                submit_time=arrive - settings.warmup_s if arrive == 0 else arrive,
+                submit_time=arrive,
             )
-            out.append(TrainingJob(job, arrive, left * n, n))
+            out.append(TrainingJob(job, arrive, left, n))
     out.sort(key=lambda j: (j.arrive_s, j.job.submit_time, j.job.id))
     return out
 
@@ -317,21 +329,6 @@ def audit_binding(b: Binding, node: Node, job: Job) -> str | None:
 
 
 # ----------------------------------------------------------------------------- replay
-
-
-@dataclasses.dataclass
-class _Gang:
-    """A training job's life in the replay."""
-
-    spec: TrainingJob
-    progress: float = 0.0  # device-seconds of work done and kept
-    progress_hour: float = 0.0  # device-seconds gained inside the hour (losses subtracted)
-    since_checkpoint: float = 0.0  # progress made since its last periodic checkpoint
-    running_tasks: int = 0
-    idle_until: float = 0.0  # no progress before this (restart, or checkpoint at a stop)
-    started: bool = False  # ran at some point (a later start is a restart)
-    stopped: bool = False  # evicted and waiting to start again
-    done: bool = False
 
 
 @dataclasses.dataclass
@@ -393,211 +390,209 @@ def replay_mix(
     settings: MixSettings = MixSettings(),
     progress: Callable[[float, float], None] | None = None,
 ) -> MixResult:
-    """Replay one hour (see the module docstring). ``serving`` must be an autoscaled serving
-    job whose max replicas is the peak; ``demand`` its load per interval, in its metric's
-    units per second, already scaled."""
+    """Replay one hour (see the module docstring) on the virtual-clock engine. ``serving`` must
+    be an autoscaled serving job whose max replicas is the peak; ``demand`` its load per
+    interval, in its metric's units per second, already scaled."""
     t_wall = time.perf_counter()
     if serving.autoscale is None:
         raise XpodError(f"job {serving.id}: the serving job needs an autoscale block (metric, target_per_replica)")
-    step = settings.step_s
     sched = Scheduler(nodes, profile=profile, fabric=fabric, clock=lambda: 0.0, resizes=True)
-    total_devices = sum(len(n.devices) for n in nodes)
-    node_of = {n.name: n for n in nodes}
-    size = serving.replica_tasks
-    target = serving.autoscale.target_per_replica
-    gangs = {t.job.id: _Gang(t) for t in training}
-    arrivals = sorted(training, key=lambda t: (t.arrive_s, t.job.submit_time, t.job.id))
-    next_arrival = 0
-    ready_at: dict[int, float] = {}  # serving replica -> time it serves from
-    held: dict[str, dict[int, Binding]] = {}  # job -> task -> binding (the replay's own book)
-    violations: list[str] = []
-    n_intervals = len(demand)
-    ready_series: list[int] = []
-    training_series: list[int] = []
-    rises: list[tuple[int, int]] = []  # (interval, replicas needed)
-    preemptions = restarts = shrinks = regrows = 0
-    used_device_s = 0.0
-    serving_device_s = 0.0
-    cycles = 0
-    sched.submit(dataclasses.replace(serving, submit_time=-settings.warmup_s))
-
-    def needed(i: int) -> int:
-        return recommendation(serving.autoscale, ScaleRule(), demand[i], 0, 10**9)  # type: ignore[arg-type]
-
-    def stop(g: _Gang, now: float, grace: float) -> None:
-        """A gang's running tasks must stop: with the notice file (the profile's ``notice``) they
-        checkpoint within the grace period; without it (or when the checkpoint takes longer)
-        their progress falls back to the last periodic checkpoint."""
-        if profile.notice and settings.checkpoint_s <= grace:
-            g.since_checkpoint = 0.0
-        else:
-            lost = g.since_checkpoint
-            g.progress -= lost
-            if now >= 0:
-                g.progress_hour -= lost
-            g.since_checkpoint = 0.0
-
-    # before the hour the replicas report the first minute's highest load (a trace's first
-    # intervals are often a ramp of its own start, not of the service's demand)
-    warm = max(demand[: max(1, int(60.0 / step))])
-    t = -settings.warmup_s
-    end = n_intervals * step
-    while t < end - 1e-9:
-        i = int(math.floor(t / step + 1e-9)) if t >= 0 else -1
-        # arrivals
-        while next_arrival < len(arrivals) and arrivals[next_arrival].arrive_s <= max(t, 0.0):
-            sched.submit(arrivals[next_arrival].job)
-            next_arrival += 1
-        # the replicas report the load of the interval that just ended (warm-up: the first one's)
-        seen = demand[i - 1] if i >= 1 else warm
-        ready = sorted(r for r, at in ready_at.items() if at <= t)
-        if ready:
-            for r in ready:
-                sched.report_load(serving.id, r, seen / len(ready))
-        result = sched.cycle(now=t, explain=False)
-        cycles += 1
-        freed_by_stop: set[tuple[str, int]] = set()
-        stop_delay = 0.0
-        # stops first (their devices feed this cycle's placements)
-        for e in result.evictions:
-            g = gangs.get(e.job_id)
-            gone = held.pop(e.job_id, {})
-            for b in gone.values():
-                freed_by_stop.update((b.node, d) for d in b.device_indices)
-            if g is not None and g.running_tasks:
-                stop(g, t, g.spec.job.grace_period_s)
-                stop_delay = max(stop_delay, min(settings.checkpoint_s, g.spec.job.grace_period_s))
-                g.running_tasks = 0
-                g.stopped = True
-                if t >= 0:
-                    preemptions += 1
-            if e.job_id == serving.id:
-                ready_at.clear()
-        for rz in result.resizes:
-            book = held.get(rz.job_id, {})
-            for task in rz.released:
-                b = book.pop(task, None)
-                if b is not None:
-                    freed_by_stop.update((b.node, d) for d in b.device_indices)
-            if rz.job_id == serving.id:
-                for task in rz.released:
-                    ready_at.pop(task // size, None)
-                continue
-            g = gangs.get(rz.job_id)
-            if g is None:
-                continue
-            if rz.tasks_after < rz.tasks_before:  # shrunk: notice to the gang, restart smaller
-                stop(g, t, g.spec.job.grace_period_s)
-                stop_delay = max(stop_delay, min(settings.checkpoint_s, g.spec.job.grace_period_s))
-                if t >= 0:
-                    shrinks += 1
-            elif t >= 0:
-                regrows += 1
-            if rz.restart and t >= 0:
-                restarts += 1
-            g.running_tasks = rz.tasks_after
-            g.idle_until = t + settings.restart_s + (settings.checkpoint_s if rz.tasks_after < rz.tasks_before else 0.0)
-        for b in result.bindings:
-            st = node_of.get(b.node)
-            job = sched.running[b.job_id].job if b.job_id in sched.running else None
-            if st is not None and job is not None:
-                why = audit_binding(b, st, job)
-                if why:
-                    violations.append(why)
-            book = held.setdefault(b.job_id, {})
-            for other in book.values():
-                if other.node == b.node and set(other.device_indices) & set(b.device_indices):
-                    violations.append(f"{b.job_id}: tasks {other.task} and {b.task} share a device on {b.node}")
-            book[b.task] = b
-            if b.job_id == serving.id:
-                delay = stop_delay if any((b.node, d) in freed_by_stop for d in b.device_indices) else 0.0
-                ready_at[b.task // size] = t + delay + settings.replica_startup_s
-        for jid in dict.fromkeys(b.job_id for b in result.bindings):
-            g = gangs.get(jid)
-            if g is None:
-                continue
-            n = len(held[jid])
-            if g.running_tasks == 0:  # a start (a restart when it ran before)
-                if g.started and t >= 0:
-                    restarts += 1
-                g.started = True
-                g.stopped = False
-                g.idle_until = t + settings.restart_s
-            g.running_tasks = n
-        # the interval [t, t + step): progress, capacity, use
-        if t >= 0:
-            ready_now = sum(1 for at in ready_at.values() if at <= t)
-            ready_series.append(ready_now)
-            if i >= 1 and needed(i) > needed(i - 1):
-                rises.append((i, needed(i)))
-            elif i == 0:
-                rises.append((0, needed(0)))
-        train_devices = 0
-        for jid, g in gangs.items():
-            if g.done or g.running_tasks == 0:
-                continue
-            spec = g.spec
-            per = spec.job.devices.count if spec.job.devices else 0
-            train_devices += g.running_tasks * per
-            start = max(t, g.idle_until)
-            if start >= t + step:
-                continue
-            rate = spec.devices * g.running_tasks / spec.job.tasks
-            gain = min(rate * (t + step - start), spec.work_device_s - g.progress)
-            g.progress += gain
-            g.since_checkpoint += gain
-            if g.since_checkpoint >= settings.checkpoint_every_s * rate:
-                g.since_checkpoint = 0.0
-            if t >= 0:
-                g.progress_hour += gain
-            if g.progress >= spec.work_device_s - 1e-6:
-                g.done = True
-                g.running_tasks = 0
-                sched.finish(jid)
-                held.pop(jid, None)
-        if t >= 0:
-            training_series.append(train_devices)
-            serving_devs = sum(len(b.device_indices) for b in held.get(serving.id, {}).values())
-            serving_device_s += serving_devs * step
-            used_device_s += (serving_devs + train_devices) * step
-        t += step
-        if progress is not None and t >= 0:
-            progress(min(t, end), end)
-    # metrics
-    ok = sum(1 for i, r in enumerate(ready_series) if r * target >= demand[i] - 1e-9)
-    waits = []
-    for i, need in rises:
-        w = None
-        for j in range(i, n_intervals):
-            if ready_series[j] >= need:
-                w = (j - i) * step
-                break
-        waits.append(w if w is not None else (n_intervals - i) * step)
-    waits.sort()
-    p99 = waits[max(0, math.ceil(0.99 * len(waits)) - 1)] if waits else 0.0
-    hour = n_intervals * step
-    return MixResult(
-        profile=profile_name,
-        slo_attainment=ok / n_intervals if n_intervals else 1.0,
-        scale_up_p99_s=p99,
-        training_device_hours=sum(g.progress_hour for g in gangs.values()) / 3600.0,
-        gang_restarts=restarts,
-        preemptions=preemptions,
-        shrinks=shrinks,
-        regrows=regrows,
-        utilisation=used_device_s / (total_devices * hour) if total_devices and hour else 0.0,
-        violations=len(violations),
-        violation_examples=violations[:5],
-        seconds=time.perf_counter() - t_wall,
-        devices=total_devices,
-        peak_replicas=serving.tasks // size,
-        serving_device_hours=serving_device_s / 3600.0,
-        cycles=cycles,
-        curve_t=[k * step for k in range(n_intervals)],
-        curve_demand=[d / target for d in demand],
-        curve_ready=ready_series,
-        curve_training=training_series,
+    cost = PreemptionCost(
+        checkpoint_every_s=settings.checkpoint_every_s,
+        restart_s=settings.restart_s,
+        notice_checkpoint_s=settings.checkpoint_s,
     )
+    book = _MixBook(sched, serving, demand, training, settings, {n.name: n for n in nodes}, progress)
+    engine = Engine(sched, preemption=cost, observers=[book])
+    engine.arrive(0.0, dataclasses.replace(serving, submit_time=0.0))
+    warm = settings.warmup_s
+    for tj in training:
+        t = warm + tj.arrive_s if tj.arrive_s > 0 else 0.0
+        engine.arrive(t, dataclasses.replace(tj.job, submit_time=t), tj.work_s)
+    for k in range(int(round(warm / settings.step_s)) + len(demand)):
+        engine.call(k * settings.step_s, book.report)
+    end = book.hour_start + len(demand) * settings.step_s
+    summary = engine.run(until_s=end - 1e-9)
+    return book.result(engine, end, profile_name, summary.cycles, time.perf_counter() - t_wall)
+
+
+class _MixBook:
+    """The replay's observer: the serving replicas' load reports (an engine ``CALL`` every
+    interval), when each replica serves, the intervals' samples and the counts of the metrics."""
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        serving: Job,
+        demand: Sequence[float],
+        training: Sequence[TrainingJob],
+        settings: MixSettings,
+        node_of: dict[str, Node],
+        progress: Callable[[float, float], None] | None,
+    ) -> None:
+        assert serving.autoscale is not None
+        self.sched, self.serving, self.demand, self.settings = sched, serving, demand, settings
+        self.node_of, self.progress = node_of, progress
+        self.trace_devices = {tj.job.id: tj.devices for tj in training}
+        self.step = settings.step_s
+        self.hour_start = settings.warmup_s  # virtual time 0 is the warm-up's start
+        self.size = serving.replica_tasks
+        self.target = serving.autoscale.target_per_replica
+        # before the hour the replicas report the first minute's highest load (a trace's first
+        # intervals are often a ramp of its own start, not of the service's demand)
+        self.warm_load = max(demand[: max(1, int(60.0 / self.step))])
+        self.ready_at: dict[int, float] = {}  # serving replica -> time it serves from
+        self.held: dict[str, dict[int, Binding]] = {}  # job -> task -> binding (the replay's own book)
+        self.violations: list[str] = []
+        self.ready_series: list[int] = []
+        self.training_series: list[int] = []
+        self.progress_at_start: dict[str, float] = {}
+        self.preemptions = self.restarts = self.shrinks = self.regrows = 0
+        self.used_device_s = self.serving_device_s = 0.0
+
+    def interval(self, t: float) -> int:
+        """The hour's interval ``t`` starts (negative: the warm-up)."""
+        return int(math.floor((t - self.hour_start) / self.step + 1e-9))
+
+    def report(self, engine: Engine, t: float) -> None:
+        """Each serving replica that serves reports its share of the load of the interval that
+        just ended (the warm-up: the first minute's highest), before this instant's cycle."""
+        i = self.interval(t)
+        if i == 0:
+            self.progress_at_start = {jid: rec.progress_at(t) for jid, rec in engine.records.items()}
+        seen = self.demand[i - 1] if i >= 1 else self.warm_load
+        ready = sorted(r for r, at in self.ready_at.items() if at <= t)
+        for r in ready:
+            self.sched.report_load(self.serving.id, r, seen / len(ready))
+        if self.progress is not None and i >= 0:
+            self.progress(i * self.step, len(self.demand) * self.step)
+
+    def on_finished(self, engine: Engine, now: float, rec: JobRecord) -> None:
+        self.held.pop(rec.job.id, None)
+
+    def on_cycle(self, engine: Engine, now: float, result: CycleResult) -> None:
+        in_hour = now >= self.hour_start - 1e-9
+        serving = self.serving.id
+        freed: set[tuple[str, int]] = set()  # devices stopped tasks gave up this cycle
+        stop_delay = 0.0
+        for e in result.evictions:
+            for b in self.held.pop(e.job_id, {}).values():
+                freed.update((b.node, d) for d in b.device_indices)
+            if e.job_id == serving:
+                self.ready_at.clear()
+            elif e.job_id in self.trace_devices:
+                stop_delay = max(stop_delay, self._stop_s(e.job_id))
+                self.preemptions += int(in_hour)
+        resized = set()
+        for rz in result.resizes:
+            mine = self.held.get(rz.job_id, {})
+            for task in rz.released:
+                b = mine.pop(task, None)
+                if b is not None:
+                    freed.update((b.node, d) for d in b.device_indices)
+            if rz.job_id == serving:
+                for task in rz.released:
+                    self.ready_at.pop(task // self.size, None)
+                continue
+            resized.add(rz.job_id)
+            if rz.tasks_after < rz.tasks_before:  # shrunk: its stopping tasks checkpoint first
+                stop_delay = max(stop_delay, self._stop_s(rz.job_id))
+                self.shrinks += int(in_hour)
+            else:
+                self.regrows += int(in_hour)
+            if in_hour and rz.restart and rz.job_id in self.trace_devices:
+                self.restarts += 1
+        running = self.sched.running
+        for b in result.bindings:
+            rj = running.get(b.job_id)
+            node = self.node_of.get(b.node)
+            if node is not None and rj is not None:
+                why = audit_binding(b, node, rj.job)
+                if why:
+                    self.violations.append(why)
+            mine = self.held.setdefault(b.job_id, {})
+            for other in mine.values():
+                if other.node == b.node and set(other.device_indices) & set(b.device_indices):
+                    self.violations.append(f"{b.job_id}: tasks {other.task} and {b.task} share a device on {b.node}")
+            mine[b.task] = b
+            if b.job_id == serving:
+                delay = stop_delay if any((b.node, d) in freed for d in b.device_indices) else 0.0
+                self.ready_at[b.task // self.size] = now + delay + self.settings.replica_startup_s
+        for jid in dict.fromkeys(b.job_id for b in result.bindings):
+            rec = engine.records.get(jid)
+            if jid in resized or rec is None or jid not in self.trace_devices:
+                continue
+            if in_hour and rec.run_started_s == now and rec.first_start_s is not None and rec.first_start_s < now:
+                self.restarts += 1  # started again after an eviction
+        i = self.interval(now)
+        if 0 <= i < len(self.demand) and abs(now - (self.hour_start + i * self.step)) < 1e-6:
+            self._sample(now)
+
+    def _stop_s(self, job_id: str) -> float:
+        """How long a stopping training task holds its devices (it writes its checkpoint)."""
+        rj = self.sched.running.get(job_id)
+        grace = rj.job.grace_period_s if rj is not None else self.settings.checkpoint_s
+        return min(self.settings.checkpoint_s, grace)
+
+    def _sample(self, now: float) -> None:
+        """The interval starting at ``now``: ready replicas, devices of training and serving."""
+        self.ready_series.append(sum(1 for at in self.ready_at.values() if at <= now))
+        train = serve = 0
+        for jid, rj in self.sched.running.items():
+            n = sum(len(b.device_indices) for b in rj.bindings)
+            if jid == self.serving.id:
+                serve += n
+            elif jid in self.trace_devices:
+                train += n
+        self.training_series.append(train)
+        self.serving_device_s += serve * self.step
+        self.used_device_s += (serve + train) * self.step
+
+    def result(self, engine: Engine, end: float, profile_name: str, cycles: int, seconds: float) -> MixResult:
+        step, demand, n = self.step, self.demand, len(self.demand)
+        rule = ScaleRule()
+
+        def needed(i: int) -> int:
+            return recommendation(self.serving.autoscale, rule, demand[i], 0, 10**9)  # type: ignore[arg-type]
+
+        ready = self.ready_series
+        ok = sum(1 for i, r in enumerate(ready) if r * self.target >= demand[i] - 1e-9)
+        rises = [(0, needed(0))] + [(i, needed(i)) for i in range(1, n) if needed(i) > needed(i - 1)]
+        waits = []
+        for i, need in rises:
+            w = next(((j - i) * step for j in range(i, n) if ready[j] >= need), (n - i) * step)
+            waits.append(w)
+        waits.sort()
+        p99 = waits[max(0, math.ceil(0.99 * len(waits)) - 1)] if waits else 0.0
+        kept_s = 0.0  # device-seconds of training progress made in the hour and kept
+        for jid, devices in self.trace_devices.items():
+            rec = engine.records.get(jid)
+            if rec is not None:
+                kept_s += (rec.progress_at(end) - self.progress_at_start.get(jid, 0.0)) * devices
+        total = sum(len(nd.devices) for nd in self.node_of.values())
+        hour = n * step
+        return MixResult(
+            profile=profile_name,
+            slo_attainment=ok / n if n else 1.0,
+            scale_up_p99_s=p99,
+            training_device_hours=kept_s / 3600.0,
+            gang_restarts=self.restarts,
+            preemptions=self.preemptions,
+            shrinks=self.shrinks,
+            regrows=self.regrows,
+            utilisation=self.used_device_s / (total * hour) if total and hour else 0.0,
+            violations=len(self.violations),
+            violation_examples=self.violations[:5],
+            seconds=seconds,
+            devices=total,
+            peak_replicas=self.serving.tasks // self.size,
+            serving_device_hours=self.serving_device_s / 3600.0,
+            cycles=cycles,
+            curve_t=[k * step for k in range(n)],
+            curve_demand=[d / self.target for d in demand],
+            curve_ready=ready,
+            curve_training=self.training_series,
+        )
 
 
 # ------------------------------------------------------------------------------ files

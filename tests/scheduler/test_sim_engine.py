@@ -3,12 +3,14 @@ finishes, failures and preemption cost move in virtual time."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core.model import Queue
+from xpod.scheduler.core.profile import default_profile
 from xpod.scheduler.core.scheduler import Scheduler
 from xpod.scheduler.core.testing import job, node
 from xpod.scheduler.sim.engine import Engine, PreemptionCost
@@ -104,3 +106,38 @@ def test_ticks_keep_cycling_while_jobs_wait_and_bad_times_are_refused():
     e2.arrive(1.0, job("d").devices(H, 1).build())
     with pytest.raises(XpodError, match="arrives twice"):
         e2.run()
+
+
+def test_a_call_runs_before_the_cycle_of_its_instant():
+    seen = []
+
+    class Watch:
+        def on_cycle(self, engine, now, result):
+            seen.append((now, tuple(b.job_id for b in result.bindings)))
+
+    e = Engine(_sched(), observers=[Watch()])
+    # the call submits through the scheduler's own API: the cycle of its instant places the job
+    e.call(5.0, lambda engine, t: engine.scheduler.submit(job("late").devices(H, 1).build()))
+    e.run()
+    assert seen == [(5.0, ("late",))]
+
+
+@pytest.mark.parametrize("notice", [True, False])
+def test_a_shrunk_gang_restarts_once_and_runs_at_its_new_size(notice):
+    """Serving takes one of an elastic gang's two tasks (``Scheduler(resizes=True)``): the gang
+    restarts with one task and runs at half speed; with the notice it checkpoints first, without
+    it falls back to its periodic checkpoint."""
+    profile = dataclasses.replace(default_profile(), notice=notice)
+    s = Scheduler([node("n0").devices(H, 16).build()], profile=profile, resizes=True)
+    cost = PreemptionCost(checkpoint_every_s=1000.0, restart_s=10.0, notice_checkpoint_s=5.0)
+    e = Engine(s, preemption=cost)
+    e.arrive(0.0, job("t").training(tasks=2, min_tasks=1).devices(H, 8).build(), work_s=1000.0)
+    e.arrive(100.0, job("s").serving(1, 1).devices(H, 8).priority("high").build())
+    e.run()
+    t = e.records["t"]
+    assert t.preemptions == 0  # shrunk, not evicted
+    kept = 100.0 if notice else 0.0  # the notice's checkpoint, or the last periodic one (none yet)
+    # 10 s restart, then the work left at half speed
+    assert t.end_s == pytest.approx(100.0 + 10.0 + (1000.0 - kept) / 0.5)
+    assert t.lost_s == pytest.approx(100.0 - kept + 10.0)  # the progress lost plus the restart paid
+    assert s.running["s"].bindings and "t" not in s.running
