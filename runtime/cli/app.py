@@ -69,6 +69,11 @@ class ServiceOptions:
     lease_ttl_s: float = 3.0  # replicas: a follower takes over this long after the leader stopped renewing
     tune_gc: bool = False  # freeze long-lived objects out of full GC passes (a long-running server)
     holder: str = "xpod server"  # who holds a SQLite store's lock (named to a second process)
+    retention_s: float | None = 7 * 24 * 3600.0  # finished jobs compacted this long after they ended; None: kept
+    # undeclared queues created on first use (--auto-queues); None: as configured (a tokens file:
+    # none, only its declared queues; an open server: any, capped at Limits.max_queues)
+    auto_queues: int | None = None
+    any_queue: bool = False  # xpod up (one user): queues on first use, capped, whatever the tokens file says
 
 
 @dataclasses.dataclass
@@ -121,6 +126,11 @@ def start_service(options: ServiceOptions) -> Service:
     from xpod.scheduler.store import open_store
 
     authenticator = Authenticator.from_file(options.tokens_file) if options.tokens_file else Authenticator.open_server()
+    queues = authenticator.queues
+    if options.any_queue:
+        queues = queues.with_auto_queues(None)
+    elif options.auto_queues is not None:
+        queues = queues.with_auto_queues(options.auto_queues)
     cluster = options.cluster
     if cluster is None and options.cluster_file:
         from xpod.hal.cluster import load_cluster
@@ -147,6 +157,8 @@ def start_service(options: ServiceOptions) -> Service:
             cluster=cluster,
             cycle_interval_s=options.cycle_interval_s,
             node_timeout_s=options.node_timeout_s,
+            retention_s=options.retention_s,
+            queues=queues,
         )
         api.cluster_name = cluster_name
     metrics.attach(api)
@@ -182,7 +194,7 @@ def start_service(options: ServiceOptions) -> Service:
         metrics_url = f"http://{url_host(metrics_addr[0])}:{metrics_server.server_port}/metrics"
     replica = None
     if replicated:
-        replica = _start_replica(options, api, server, metrics, cluster, cluster_name, host)
+        replica = _start_replica(options, api, server, metrics, cluster, cluster_name, host, queues)
     else:
         api.store.set_holder_address(f"{url_host(host)}:{server.port}")
         api.start()
@@ -226,6 +238,7 @@ def _start_replica(
     cluster: Any,
     cluster_name: str,
     host: str,
+    queues: Any,
 ) -> Any:
     """Bind the server's API handle to a ``Replica`` over the postgresql store and start its
     election loop; the health service and the leader metrics follow its role."""
@@ -240,6 +253,8 @@ def _start_replica(
             cycle_interval_s=options.cycle_interval_s,
             node_timeout_s=options.node_timeout_s,
             recovered=recovered,  # a follower's book, handed over when it takes the lease
+            retention_s=options.retention_s,
+            queues=queues,
         )
         api.cluster_name = cluster_name
         api.attach_metrics(metrics)
@@ -410,6 +425,7 @@ def start_embedded(
                 node_timeout_s=node_timeout_s,
                 holder="xpod up",
                 tokens_file=tokens_file,
+                any_queue=True,  # one user: any queue, created on first use (capped)
             )
         )
     except BaseException:

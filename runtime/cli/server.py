@@ -61,6 +61,20 @@ def register(commands) -> None:
     s.add_argument("--tls-key", metavar="PEM", help="server private key")
     s.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     s.add_argument(
+        "--retention",
+        metavar="PERIOD",
+        default="7d",
+        help="compact a finished job this long after it ended: its spec and all but its last event are "
+        "dropped, its row stays (e.g. 7d, 12h, 30m, 90s; 0 keeps everything; default 7d; docs/security.md)",
+    )
+    s.add_argument(
+        "--auto-queues",
+        type=int,
+        metavar="N",
+        help="create up to N queues the configuration does not declare on first use (default: with --tokens 0, "
+        "only the tokens file's queues, its submitters' and 'default'; open: any, at most 64 in all)",
+    )
+    s.add_argument(
         "--cycle-interval", type=float, default=0.5, metavar="SECONDS", help="scheduling cycle period (default 0.5)"
     )
     s.add_argument(
@@ -92,8 +106,12 @@ def cmd_server(args) -> int:
     import threading
 
     from xpod.runtime.cli.app import ServiceOptions, start_service
+    from xpod.scheduler.service.retention import parse_retention
 
     host, _ = split_host_port(args.listen, "--listen")
+    retention_s = parse_retention(args.retention)  # a bad period: one line before anything starts
+    if args.auto_queues is not None and not 0 <= args.auto_queues <= 10_000:
+        raise XpodError(f"--auto-queues {args.auto_queues}: give a number of queues from 0 to 10000")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise XpodError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -137,6 +155,8 @@ def cmd_server(args) -> int:
             advertise=args.advertise,
             lease_ttl_s=args.lease_ttl,
             tune_gc=True,
+            retention_s=retention_s,
+            auto_queues=args.auto_queues,
         )
     )
     # before the banner: whoever waits for "listening on" may stop the server at once

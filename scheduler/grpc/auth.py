@@ -16,6 +16,10 @@ another node is PERMISSION_DENIED), or ``nodes: "*"`` for every node (one truste
 for a whole pod, e.g. a simulated one: a deliberate choice, never a default). Under mutual TLS an agent's nodes are further narrowed to
 the DNS names in its client certificate's subjectAltName (``principal_for_peer``).
 
+A top-level ``queues:`` list declares queues (names, or ``{name, max_pending,
+max_stored_bytes}``); with the submitters' queues and ``default`` they are the only queues the
+server accepts unless it runs with ``--auto-queues N`` (``service.queues``).
+
 With no token file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin). The
 server only allows that on loopback (or with ``--insecure``).
 """
@@ -26,12 +30,14 @@ import dataclasses
 import hashlib
 import hmac
 import re
+from typing import Any, Callable
 
 import yaml
 
 from xpod.hal.errors import XpodError
 from xpod.hal.hostlist import HostlistError, expand
 from xpod.scheduler.service.auth import OPEN_PRINCIPAL, Principal, Role
+from xpod.scheduler.service.queues import OPEN_QUEUES, QueuePolicy, Queues
 
 
 class AuthError(Exception):
@@ -50,15 +56,39 @@ class PermissionDenied(AuthError):
 _SAN_PROPERTY = "x509_subject_alternative_name"
 
 
-def narrow_to_certificate(principal: Principal, auth_context: dict | None) -> Principal:
-    """An agent that presented a client certificate speaks only for the names in its
-    subjectAltName (intersected with its token's ``nodes``). Other callers, and connections
-    without a client certificate, are unchanged."""
-    if principal.role is not Role.AGENT or not auth_context:
-        return principal
-    raw = auth_context.get(_SAN_PROPERTY) or ()
-    names = frozenset(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw)
-    if not names:
+#: metadata a front end (``frontends``) adds to a call it proxies: the DNS names of the caller's
+#: client certificate, comma-separated. Believed only on the main server's Unix socket, which only
+#: this user's processes reach; from any other peer it is ignored.
+PEER_NAMES_KEY = "x-xpod-peer-dns-names"
+
+
+def certificate_names(auth_context: dict | None) -> frozenset[str]:
+    """The subjectAltName entries of a call's client certificate (none without mutual TLS)."""
+    raw = (auth_context or {}).get(_SAN_PROPERTY) or ()
+    return frozenset(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw)
+
+
+def peer_names(context: Any) -> frozenset[str]:
+    """The client certificate's names for a call: its own TLS peer's, or, for a call a front end
+    proxied over the main server's Unix socket, the names the front end read (``PEER_NAMES_KEY``)."""
+    auth_context = getattr(context, "auth_context", None)
+    names = certificate_names(auth_context() if auth_context is not None else None)
+    if names:
+        return names
+    peer = getattr(context, "peer", None)
+    if peer is None or not str(peer()).startswith("unix:"):
+        return frozenset()
+    for key, value in context.invocation_metadata() or ():
+        if key == PEER_NAMES_KEY:
+            return frozenset(n for n in str(value).split(",") if n)
+    return frozenset()
+
+
+def narrow_to_certificate(principal: Principal, names: frozenset[str]) -> Principal:
+    """An agent that presented a client certificate speaks only for the ``names`` in its
+    subjectAltName (``peer_names``; intersected with its token's ``nodes``). Other callers, and
+    connections without a client certificate, are unchanged."""
+    if principal.role is not Role.AGENT or not names:
         return principal
     nodes = names if principal.nodes is None else principal.nodes & names
     return dataclasses.replace(principal, nodes=nodes)
@@ -71,8 +101,9 @@ def token_sha256(token: str) -> str:
 class Authenticator:
     """Maps a bearer token to its ``Principal``. ``None`` tokens file = open server."""
 
-    def __init__(self, principals_by_hash: dict[str, Principal] | None) -> None:
+    def __init__(self, principals_by_hash: dict[str, Principal] | None, queues: Queues = OPEN_QUEUES) -> None:
         self._by_hash = principals_by_hash
+        self.queues = queues  # the queues the file declares (``service.queues``); open: any, capped
 
     @property
     def open(self) -> bool:
@@ -100,14 +131,23 @@ class Authenticator:
 
     @classmethod
     def from_file(cls, path: str) -> "Authenticator":
-        return cls(load_tokens(path))
+        principals, queues = load_access(path)
+        return cls(principals, queues)
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_QUEUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # as admission checks spec.queue
 
 
 def load_tokens(path: str) -> dict[str, Principal]:
-    """Read a token file; any problem is an ``XpodError`` naming ``FILE:LINE`` and the field."""
+    """The principals of a token file (``load_access``)."""
+    return load_access(path)[0]
+
+
+def load_access(path: str) -> tuple[dict[str, Principal], Queues]:
+    """Read a token file: its principals by token SHA-256, and the queues it declares (its
+    ``queues:`` list, each submitter's queues, ``default``; none auto-created: ``service.queues``).
+    Any problem is an ``XpodError`` naming ``FILE:LINE`` and the field."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -126,10 +166,11 @@ def load_tokens(path: str) -> dict[str, Principal]:
     if not isinstance(root, yaml.MappingNode):
         raise XpodError(f"{path}:1: a token file is a mapping with a 'tokens:' list")
     top = {k.value: v for k, v in root.value}
-    unknown = set(top) - {"tokens"}
+    unknown = set(top) - {"tokens", "queues"}
     if unknown:
         key = next(k for k, _ in root.value if k.value in unknown)
-        raise fail(key, f"unknown key {key.value!r}; the only key is 'tokens'")
+        raise fail(key, f"unknown key {key.value!r}; the keys are 'tokens' and 'queues'")
+    declared = _load_queues(top.get("queues"), fail)
     tokens = top.get("tokens")
     if not isinstance(tokens, yaml.SequenceNode) or not tokens.value:
         raise fail(tokens or root, "'tokens' must be a non-empty list")
@@ -193,4 +234,41 @@ def load_tokens(path: str) -> dict[str, Principal]:
         if digest in out:
             raise fail(entry, f"token {name!r} has the same token as {out[digest].name!r}")
         out[digest] = Principal(name, role, queues, nodes)
+        for q in sorted(queues - set(declared)):
+            if q != "default":
+                declared[q] = QueuePolicy(q)
+    return out, Queues(tuple(declared.values()), auto_queues=0)
+
+
+def _load_queues(node: Any, fail: Callable[[Any, str], XpodError]) -> dict[str, QueuePolicy]:
+    """The ``queues:`` list: names, or mappings with name, max_pending, max_stored_bytes."""
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.SequenceNode):
+        raise fail(node, "'queues' must be a list of queue names or {name, max_pending, max_stored_bytes}")
+    out: dict[str, QueuePolicy] = {}
+    for entry in node.value:
+        limits: dict[str, int] = {}
+        if isinstance(entry, yaml.ScalarNode):
+            name = str(entry.value)
+        elif isinstance(entry, yaml.MappingNode):
+            fields = {k.value: v for k, v in entry.value}
+            for k, v in entry.value:
+                if k.value not in ("name", "max_pending", "max_stored_bytes"):
+                    raise fail(k, f"unknown key {k.value!r}; expected name, max_pending, max_stored_bytes")
+                if k.value != "name":
+                    text = str(v.value) if isinstance(v, yaml.ScalarNode) else ""
+                    if not text.isdigit() or int(text) < 1:
+                        raise fail(v, f"{k.value}: {text[:40]!r} is not a positive whole number")
+                    limits[k.value] = int(text)
+            if "name" not in fields or not isinstance(fields["name"], yaml.ScalarNode):
+                raise fail(entry, "a queue needs a 'name'")
+            name = str(fields["name"].value)
+        else:
+            raise fail(entry, "each queue is a name or a mapping with 'name'")
+        if not _QUEUE_NAME.match(name):
+            raise fail(entry, f"queue {name[:80]!r} must be a DNS label: 1..63 of a-z, 0-9 and '-'")
+        if name in out:
+            raise fail(entry, f"queue {name!r} is declared twice")
+        out[name] = QueuePolicy(name, limits.get("max_pending"), limits.get("max_stored_bytes"))
     return out

@@ -50,6 +50,8 @@ from typing import Any, Callable
 
 import grpc
 
+from .auth import PEER_NAMES_KEY, certificate_names
+
 RELAYED_METHOD = "/xpod.v1.JobService/SubmitJob"
 _FRAME = struct.Struct("!I")  # a frame: 4-byte big-endian length, then a pickled list
 _PR_SET_PDEATHSIG = 1
@@ -91,11 +93,16 @@ def method_kinds() -> dict[str, tuple[bool, bool]]:
 
 
 def _forwarded(context: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple(
+    """The caller's metadata for the hop to the main server, and the DNS names of its client
+    certificate (mutual TLS) as ``PEER_NAMES_KEY``, which the main server believes only from
+    its Unix socket (``auth.peer_names``); a caller's own value of that key is dropped."""
+    out = tuple(
         (k, v)
         for k, v in (context.invocation_metadata() or ())
-        if not k.startswith((":", "grpc-")) and k not in _HOP_KEYS
+        if not k.startswith((":", "grpc-")) and k not in _HOP_KEYS and k != PEER_NAMES_KEY
     )
+    names = certificate_names(context.auth_context())
+    return out + ((PEER_NAMES_KEY, ",".join(sorted(names))),) if names else out
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> list:

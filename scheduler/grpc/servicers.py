@@ -40,7 +40,7 @@ from xpod.scheduler.contract import MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal, Role
 
-from .auth import Authenticator, AuthError, Unauthenticated, narrow_to_certificate
+from .auth import Authenticator, AuthError, Unauthenticated, narrow_to_certificate, peer_names
 from .convert import (
     STATE_FROM_PB,
     assignment_pb,
@@ -64,6 +64,9 @@ _TASK_FROM_PB = {
 _DEFAULT_TIMEOUT_S = 60.0
 # assignments per stream message: a first batch for a thousand nodes stays well under 4 MiB
 _ASSIGNMENTS_PER_MESSAGE = 256
+# commits' news an assignment stream holds for an agent that stopped reading (then it is ended)
+_MAX_ASSIGNMENT_BATCHES = 1024
+_BEHIND = object()
 
 
 def _auth_error(err: AuthError) -> ApiError:
@@ -95,6 +98,9 @@ class _CallContext:
 
     def auth_context(self):
         return self._context.auth_context()
+
+    def peer(self) -> str:
+        return self._context.peer()
 
     def is_active(self) -> bool:
         return self.active
@@ -206,6 +212,8 @@ class _SendBuffer:
 
     def close(self) -> None:
         """Stop the writer and drop what it holds (the stream is over)."""
+        if self._writer.done() and not self._writer.cancelled():
+            self._writer.exception()  # a write the ended call refused: retrieved, not logged as lost
         self._writer.cancel()
         self._items.clear()
         self._bytes = 0
@@ -435,8 +443,7 @@ class _Base:
                 authorization = value
                 break
         principal = self.auth.authenticate(authorization)
-        auth_context = getattr(context, "auth_context", None)
-        return narrow_to_certificate(principal, auth_context() if auth_context is not None else None)
+        return narrow_to_certificate(principal, peer_names(context))
 
     @staticmethod
     def _timeout(context: Any) -> float:
@@ -565,12 +572,20 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
     @_rpc
     async def WatchAssignments(self, request, context, principal):
         # on the event loop, no thread per stream: the hub pushes each commit's news for these
-        # nodes into this queue (service.assignments)
+        # nodes into this queue (service.assignments). The queue is bounded: an agent that stops
+        # reading gets no more news past _MAX_ASSIGNMENT_BATCHES, then ASSIGNMENTS_BEHIND when it
+        # reads again, and reconnects (its first batch is every current assignment).
         loop = asyncio.get_running_loop()
         news: asyncio.Queue = asyncio.Queue()
 
+        def offer(batch) -> None:
+            if news.qsize() < _MAX_ASSIGNMENT_BATCHES:
+                news.put_nowait(batch)
+            elif news.qsize() == _MAX_ASSIGNMENT_BATCHES:
+                news.put_nowait(_BEHIND)  # once: everything after it is dropped
+
         def deliver(batch) -> None:
-            loop.call_soon_threadsafe(news.put_nowait, batch)
+            loop.call_soon_threadsafe(offer, batch)
 
         subscription, batch = self.api.watch_assignments(principal, list(request.nodes), deliver)
         try:
@@ -580,6 +595,14 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
                         assignments=[assignment_pb(a) for a in batch[i : i + _ASSIGNMENTS_PER_MESSAGE]]
                     )
                 batch = await news.get()
+                if batch is _BEHIND:
+                    raise ApiError(
+                        Code.RESOURCE_EXHAUSTED,
+                        "ASSIGNMENTS_BEHIND",
+                        f"this assignment stream fell {_MAX_ASSIGNMENT_BATCHES} commits behind and was ended; "
+                        "watch again: the first batch carries every current assignment",
+                        retry_after_s=0.0,
+                    )
         finally:
             subscription.close()
 

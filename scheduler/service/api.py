@@ -42,6 +42,8 @@ from .liveness import Liveness
 from .loop import SchedulingLoop
 from .moe import MoeLoops, MoeRefused, moe_of
 from .nodes import NodeRegistry, NodeState, check_records
+from .queues import OPEN_QUEUES, Queues
+from .retention import DEFAULT_RETENTION_S, Retention
 from .submit import Submission, Submissions
 
 
@@ -60,6 +62,7 @@ class Limits:
     max_queues: int = 64  # queues in all, the auto-created ones included (metrics label sets stay bounded)
     max_tasks_per_node: int = TASKS_PER_NODE  # a job's tasks at most this times the cluster's nodes
     max_pending_per_queue: int = 10_000  # queued (not yet placed) jobs per queue: one tenant cannot fill the book
+    max_stored_bytes_per_queue: int = 1 << 30  # spec bytes a queue keeps stored (finished ones leave with retention)
     max_page_bytes: int = 2 * 1024 * 1024  # ListJobs pages end before this many bytes of specs
     watch_batch: int = 16  # events a WatchJobs stream reads (and holds) at a time
     max_watches_per_caller: int = 4  # WatchJobs streams one principal may hold open
@@ -82,6 +85,8 @@ class SchedulerApi:
         metrics: Any = None,
         node_timeout_s: float | None = None,  # heartbeats missing this long -> NotReady (service.liveness)
         recovered: Recovered | None = None,  # a follower's book, instead of reading the store
+        retention_s: float | None = DEFAULT_RETENTION_S,  # finished jobs compacted this long after (None: kept)
+        queues: Queues = OPEN_QUEUES,  # the queues it accepts and their limits (service.queues)
     ) -> None:
         """``cluster``: a loaded ``hal.cluster.Cluster`` whose nodes are known (``unknown`` until
         their agents register) and whose name the cluster calls show."""
@@ -108,12 +113,13 @@ class SchedulerApi:
                 self.jobs, self.nodes, core, clock, cycle_interval_s=cycle_interval_s, min_cycle_gap_s=min_cycle_gap_s
             )
             self.submissions = Submissions(
-                self.jobs, self.nodes, admission, limits, clock, self._leader_only, self._created, self._shed
+                self.jobs, self.nodes, admission, limits, clock, self._leader_only, self._created, self._shed, queues
             )
             self.liveness = Liveness(
                 self.nodes, self.jobs, core, clock, self.loop.wake, None, node_timeout_s, self.submissions.queue
             )
             self.moe = MoeLoops(self.store, self.jobs.get, clock)
+            self.retention = Retention(self.jobs, self.store, clock, retention_s)
             most = self.submissions.most_tasks()
             with core.atomic():
                 for job in self.jobs.load(parse_document, recovered):
@@ -162,6 +168,7 @@ class SchedulerApi:
         self.loop.start(self._stop)
         self.liveness.start(self._stop)
         self.moe.start(self._stop, lambda: self.read_only_error is None)
+        self.retention.start(self._stop, lambda: self.read_only_error is None)
         return self
 
     def close(self) -> None:
@@ -169,6 +176,7 @@ class SchedulerApi:
         self.liveness.stop()
         self.loop.join(timeout_s=10)
         self.moe.join(timeout_s=10)
+        self.retention.join(timeout_s=10)
         self.jobs.wake_waiters()
         self.submissions.admitting.shutdown(wait=False, cancel_futures=True)
         self.core.close()

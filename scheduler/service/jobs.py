@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 from xpod.scheduler.contract import JobKind, TaskFieldError, TaskState
 from xpod.scheduler.store import (
     CANONICAL_JSON,
+    Compacted,
     EventRecord,
     EventType,
     JobRecord,
@@ -158,6 +159,10 @@ class JobBook:
                             self._parsed[r.job.id] = parsed
                         self._new.append(r.job.id)
                         self.last_revision = max(self.last_revision, r.event.revision)
+                elif isinstance(r, Compacted):  # retention: the records now read without their spec
+                    for job in r.jobs:
+                        if job.id in self._jobs:
+                            self._jobs[job.id] = job
                 elif isinstance(r, UpdateResult):
                     self._index(self._jobs.get(r.job.id), r.job)
                     self._jobs[r.job.id] = r.job
@@ -325,6 +330,18 @@ class JobBook:
         if device is not None:
             jobs = [j for j in jobs if any(device in a.devices for a in j.allocations)]
         return sorted(jobs, key=lambda j: j.seq)
+
+    def finished_before(self, cutoff_s: float, limit: int) -> list[str]:
+        """Up to ``limit`` finished jobs that ended before ``cutoff_s`` (unix seconds) and
+        still have their spec (not compacted yet), oldest first: what retention compacts."""
+        with self._lock:
+            done = [j for j in self._jobs.values() if j.state.terminal and j.update_time_s < cutoff_s and j.spec]
+        done.sort(key=lambda j: j.update_time_s)
+        return [j.id for j in done[:limit]]
+
+    def stored_bytes(self, queue: str) -> int:
+        """The bytes of job specs ``queue`` has stored (``Store.stored_bytes``)."""
+        return self._store.stored_bytes(queue)
 
     def wait_for_change(self, revision: int, timeout_s: float) -> None:
         """Return once a commit past ``revision`` exists, or after ``timeout_s``."""

@@ -30,6 +30,7 @@ from .auth import Call, Principal, Role, authorize
 from .errors import ApiError, Code, invalid, shutting_down, store_error
 from .jobs import JobBook, JobView
 from .nodes import NodeRegistry
+from .queues import OPEN_QUEUES, Queues
 
 if TYPE_CHECKING:
     from .api import Limits
@@ -120,8 +121,10 @@ class Submissions:
         guard: Callable[[], None],
         on_created: Callable[[ParsedJob], None],
         on_shed: Callable[[], None],
+        queues: Queues = OPEN_QUEUES,
     ) -> None:
         self._jobs = jobs
+        self._queues = queues  # which queues a job may name, and their limits (service.queues)
         self._nodes = nodes
         self._admission = admission
         self._limits = limits
@@ -200,7 +203,7 @@ class Submissions:
         except SpecInvalid as err:
             raise invalid("INVALID_SPEC", str(err), err.field) from None
         authorize(principal, Call.SUBMIT_JOB, parsed.queue)
-        self._bounded(parsed)
+        self._bounded(parsed, len(canonical))
         digest = hashlib.sha256(canonical.encode()).hexdigest()  # == store.spec_hash(document)
         write = SubmitWrite(request_id, digest, parsed.queue, parsed.kind.value, parsed.name, document, self._clock())
         with self._lock:
@@ -220,9 +223,10 @@ class Submissions:
             raise
         return Submission(self, request_id, parsed, fut)
 
-    def _bounded(self, parsed: ParsedJob) -> None:
-        """Refuse work no cluster of this size could hold, a queue past the limit on queues, and
-        a queue whose backlog is full; before anything is written."""
+    def _bounded(self, parsed: ParsedJob, document_bytes: int) -> None:
+        """Refuse work no cluster of this size could hold, a queue the server does not accept,
+        and a queue whose backlog or storage is full (``Queues.check``); before anything is
+        written."""
         most = self.most_tasks()
         if parsed.core.tasks > most:
             nodes = max(1, sum(self._nodes.counts().values()))
@@ -234,26 +238,14 @@ class Submissions:
                 field=field,
                 metadata={"tasks": str(parsed.core.tasks), "clusterMaxTasks": str(most)},
             )
-        known = self._jobs.queue_names() | {"default"}
-        limit = self._limits.max_queues
-        if parsed.queue not in known and len(known) >= limit:
-            raise ApiError(
-                Code.FAILED_PRECONDITION,
-                "TOO_MANY_QUEUES",
-                f"spec.queue: {parsed.queue!r} would be queue number {limit + 1}; "
-                f"the server allows {limit} (use an existing queue or ask an admin)",
-                field="spec.queue",
-                metadata={"queue": parsed.queue, "maxQueues": str(limit)},
-            )
-        pending = self._jobs.pending_count(parsed.queue)
-        if pending >= self._limits.max_pending_per_queue:
-            raise ApiError(
-                Code.RESOURCE_EXHAUSTED,
-                "QUEUE_FULL",
-                f"queue {parsed.queue!r} has {pending} queued jobs, its limit; wait for some to start or cancel some",
-                metadata={"queue": parsed.queue, "limit": str(self._limits.max_pending_per_queue)},
-                retry_after_s=5.0,
-            )
+        self._queues.check(
+            parsed.queue,
+            self._limits,
+            known=self._jobs.queue_names(),
+            pending=self._jobs.pending_count(parsed.queue),
+            stored_bytes=self._jobs.stored_bytes(parsed.queue),
+            document_bytes=document_bytes,
+        )
 
     def _admit_then_queue(self, parsed: ParsedJob, write: SubmitWrite) -> concurrent.futures.Future:
         """The core's verdict, then the write queued (not waited for)."""

@@ -23,6 +23,9 @@ keeps the same promises):
 * ``on_commit(results)`` (set before the first write) is called after each commit and before the
   futures resolve, in commit order, from one thread: an in-memory mirror (``service.jobs``)
   never sees two batches out of order.
+* A job's spec is stored once (not in its events); ``events_since`` and ``load_jobs`` join it
+  back. ``CompactJobs`` (retention) drops a finished job's spec and all its events but the last;
+  ``stored_bytes(queue)`` counts the specs a queue still has stored.
 * Registered nodes are stored as their ``NodeRecord`` JSON (``NodeWrite``), read back by
   ``load_nodes``. Task states are not stored: agents report every task again whenever they
   reconnect, so a restarted (or newly leading) server has them within one heartbeat.
@@ -322,7 +325,25 @@ class MoeWindowWrite:
     event: str = ""
 
 
-Write = SubmitWrite | JobUpdate | NodeWrite | MoeWindowWrite
+@dataclasses.dataclass(frozen=True)
+class CompactJobs:
+    """Retention: drop the stored spec and every event but the last of each finished job named
+    (live or unknown ones are skipped). The job's row stays (``xpod jobs`` still lists it, its
+    request id still answers), its spec then reads as ``{}``; no event is appended and no
+    revision changes. Results in ``Compacted``."""
+
+    job_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Compacted:
+    """The jobs ``CompactJobs`` compacted, as they now read (spec ``{}``), and the spec bytes freed."""
+
+    jobs: tuple[JobRecord, ...]
+    bytes_freed: int
+
+
+Write = SubmitWrite | JobUpdate | NodeWrite | MoeWindowWrite | CompactJobs
 
 
 class Store(Protocol):
@@ -355,6 +376,9 @@ class Store(Protocol):
 
     def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
         """A job's stored MoE windows (``MoeWindowWrite.doc``) above window ``after``, oldest first."""
+
+    def stored_bytes(self, queue: str) -> int:
+        """The bytes of job specs stored for ``queue`` (what a per-queue storage limit counts)."""
 
     def set_holder_address(self, address: str) -> None:
         """Say where the process holding the store serves (shown to a second one it refuses)."""

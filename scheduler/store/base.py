@@ -13,6 +13,8 @@ import threading
 from typing import Any, Callable, Sequence
 
 from . import (
+    CompactJobs,
+    Compacted,
     EventRecord,
     EventType,
     JobRecord,
@@ -49,6 +51,11 @@ class _Txn:
     # node writes in order: (name, doc JSON, time) to upsert, or (name, None, time) to delete
     node_writes: list[tuple[str, str | None, float]] = dataclasses.field(default_factory=list)
     moe_rows: list[tuple[str, int, float, str]] = dataclasses.field(default_factory=list)
+    spec_inserts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (job id, spec JSON)
+    # retention: (job id, its revision) whose older events go, and the job ids whose spec goes
+    event_deletes: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    spec_deletes: list[tuple[str]] = dataclasses.field(default_factory=list)
+    stored_delta: dict[str, int] = dataclasses.field(default_factory=dict)  # queue -> spec bytes added
 
 
 def _evolve(job: JobRecord, **changes: Any) -> JobRecord:
@@ -67,10 +74,28 @@ class _Pending:
     future: concurrent.futures.Future
 
 
-def _event_record(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(
-        int(row[0]), row[1], EventType(row[2]), float(row[3]), row[4], JobRecord.from_json(json.loads(row[5]))
-    )
+def _job_record(doc: str, spec: str | None, specs: dict[str, Any] | None = None) -> JobRecord:
+    """A job from its stored row (no spec) and its ``specs`` row (None once retention dropped
+    it: the spec reads as ``{}``). ``specs`` caches parsed specs by job id within one read."""
+    d = json.loads(doc)
+    if spec is None:
+        d["spec"] = {}
+    elif specs is None:
+        d["spec"] = json.loads(spec)
+    else:
+        parsed = specs.get(d["id"])
+        if parsed is None:
+            parsed = specs[d["id"]] = json.loads(spec)
+        d["spec"] = parsed
+    return JobRecord.from_json(d)
+
+
+def _event_records(rows: Sequence[Sequence[Any]]) -> list[EventRecord]:
+    """Rows of ``GroupCommitStore._SELECT_EVENTS*`` as records; a job's spec is parsed once."""
+    specs: dict[str, Any] = {}
+    return [
+        EventRecord(int(r[0]), r[1], EventType(r[2]), float(r[3]), r[4], _job_record(r[5], r[6], specs)) for r in rows
+    ]
 
 
 class GroupCommitStore:
@@ -78,7 +103,7 @@ class GroupCommitStore:
     thread, two lanes, the writer's own view of committed jobs. Thread-safe.
 
     A database implements the hooks below (``_begin``, ``_flush``, ``_commit``, ``_rollback``,
-    ``_select_job_doc``, ``_after_batch``, ``_close_connections``; ``_cursor``, and the
+    ``_after_batch``, ``_close_connections``; ``_cursor``, and the
     statements ``_flush`` runs in its parameter style) and the reads
     (``load_jobs``, ``load_nodes``, ``last_revision``, ``events_since``); the batching, the
     idempotency and the revisions are here once. ``SqliteStore`` (``store.sqlite``) is SQLite,
@@ -101,6 +126,7 @@ class GroupCommitStore:
         next_seq: int,
         next_revision: int,
         by_request: dict[str, str],
+        stored_bytes: dict[str, int],
         *,
         max_queued_writes: int,
         max_batch: int,
@@ -120,7 +146,8 @@ class GroupCommitStore:
         # needs no read-back (filled as jobs are written; older ones are read on first use).
         self._by_request = by_request
         self._current: dict[str, JobRecord] = {}
-        self._spec_json: dict[str, str] = {}
+        # the bytes of specs stored per queue (``stored_bytes``): kept by the writer, read by anyone
+        self._stored_bytes: dict[str, int] = dict(stored_bytes)
         # Two lanes: writes a caller waits on (submissions, cancels) go first; background writes
         # (a scheduling cycle's decisions, possibly thousands) fill each batch after them, at
         # most ``max_background_per_batch``, so a big cycle never delays an acknowledgement by
@@ -208,10 +235,11 @@ class GroupCommitStore:
         for job_id, job in txn.jobs.items():
             if job.state.terminal:  # never written again: read back from disk if ever needed
                 self._current.pop(job_id, None)
-                self._spec_json.pop(job_id, None)
             else:
                 self._current[job_id] = job
         self._by_request.update(txn.by_request)
+        for queue, delta in txn.stored_delta.items():
+            self._stored_bytes[queue] = self._stored_bytes.get(queue, 0) + delta
         self.batches_committed += 1
         self.writes_committed += len(batch)
         if self.on_commit is not None:
@@ -226,19 +254,17 @@ class GroupCommitStore:
     def _lookup(self, txn: "_Txn", job_id: str) -> JobRecord | None:
         job = txn.jobs.get(job_id) or self._current.get(job_id)
         if job is None:
-            doc = self._select_job_doc(job_id)
-            if doc is not None:
-                job = JobRecord.from_json(json.loads(doc))
+            row = self._select_job(job_id)
+            if row is not None:
+                job = _job_record(row[0], row[1])
         return job
 
-    def _doc(self, job: JobRecord) -> str:
-        # The spec never changes after submission: serialise it once per job.
-        spec = self._spec_json.get(job.id)
-        if spec is None:
-            spec = self._spec_json[job.id] = _COMPACT.encode(job.spec)
+    @staticmethod
+    def _doc(job: JobRecord) -> str:
+        # the job's row and each of its events: everything but the spec (stored once, in specs)
         d = job.to_json()
         del d["spec"]
-        return _COMPACT.encode(d)[:-1] + ',"spec":' + spec + "}"
+        return _COMPACT.encode(d)
 
     def _apply(self, w: Write, txn: "_Txn") -> Any:
         if isinstance(w, SubmitWrite):
@@ -265,7 +291,10 @@ class GroupCommitStore:
                 revision=self._next_rev(txn),
             )
             event, doc = self._append_event(txn, job, EventType.SUBMITTED, "accepted", w.time_s)
+            spec = _COMPACT.encode(w.spec)
             txn.job_inserts.append((seq, job.id, job.request_id, doc))
+            txn.spec_inserts.append((job.id, spec))
+            txn.stored_delta[w.queue] = txn.stored_delta.get(w.queue, 0) + len(spec)
             txn.by_request[w.request_id] = job.id
             return SubmitResult(job, True, event)
         if isinstance(w, JobUpdate):
@@ -306,10 +335,30 @@ class GroupCommitStore:
             return UpdateResult(
                 current, EventRecord(revision, current.id, EventType.MOE_PLAN, w.time_s, w.event, current)
             )
+        if isinstance(w, CompactJobs):
+            return self._compact(w, txn)
         if isinstance(w, NodeWrite):
             txn.node_writes.append((w.name, None if w.remove else json.dumps(w.doc), w.time_s))
             return w
         raise TypeError(f"unknown write {w!r}")
+
+    def _compact(self, w: CompactJobs, txn: "_Txn") -> Compacted:
+        # Finished jobs only: a live job keeps its spec and history. Each keeps its row and its
+        # last event (so the newest revision, and with it the next one, survives a restart).
+        done = []
+        freed = 0
+        for job_id in w.job_ids:
+            job = self._lookup(txn, job_id)
+            if job is None or not job.state.terminal or job_id in txn.jobs:
+                continue
+            size = self._spec_size(job_id)
+            if size is not None:
+                txn.spec_deletes.append((job_id,))
+                txn.stored_delta[job.queue] = txn.stored_delta.get(job.queue, 0) - size
+                freed += size
+            txn.event_deletes.append((job_id, job.revision))
+            done.append(_evolve(job, spec={}))
+        return Compacted(tuple(done), freed)
 
     @staticmethod
     def _next_rev(txn: "_Txn") -> int:
@@ -341,6 +390,21 @@ class GroupCommitStore:
     _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?)"
     _INSERT_MOE = "INSERT INTO moe_windows (job_id, window_index, time_s, doc) VALUES (?, ?, ?, ?)"
     _SELECT_MOE = "SELECT doc FROM moe_windows WHERE job_id = ? AND window_index > ? ORDER BY window_index LIMIT ?"
+    _INSERT_SPECS = "INSERT INTO specs (job_id, spec) VALUES (?, ?)"
+    _DELETE_SPECS = "DELETE FROM specs WHERE job_id = ?"
+    _DELETE_EVENTS = "DELETE FROM events WHERE job_id = ? AND revision < ?"
+    _SELECT_SPEC_SIZE = "SELECT length(spec) FROM specs WHERE job_id = ?"
+    _SELECT_JOB = "SELECT j.doc, s.spec FROM jobs j LEFT JOIN specs s ON s.job_id = j.id WHERE j.id = ?"
+    # reads: a job's row or event with its spec joined back (``_job_record``, ``_event_records``)
+    _SELECT_JOBS = "SELECT j.doc, s.spec FROM jobs j LEFT JOIN specs s ON s.job_id = j.id ORDER BY j.seq"
+    _SELECT_EVENTS = (
+        "SELECT e.revision, e.job_id, e.type, e.time_s, e.message, e.job, s.spec FROM events e "
+        "LEFT JOIN specs s ON s.job_id = e.job_id WHERE e.revision > ? ORDER BY e.revision LIMIT ?"
+    )
+    _SELECT_JOB_EVENTS = (
+        "SELECT e.revision, e.job_id, e.type, e.time_s, e.message, e.job, s.spec FROM events e "
+        "LEFT JOIN specs s ON s.job_id = e.job_id WHERE e.job_id = ? AND e.revision > ? ORDER BY e.revision LIMIT ?"
+    )
 
     def _cursor(self) -> Any:
         """What the writer executes the batch on (inside the open transaction)."""
@@ -353,10 +417,15 @@ class GroupCommitStore:
             cur.executemany(self._INSERT_EVENTS, txn.event_rows)
         if txn.job_inserts:
             cur.executemany(self._INSERT_JOBS, txn.job_inserts)
+            cur.executemany(self._INSERT_SPECS, txn.spec_inserts)
         if txn.job_updates:
             cur.executemany(self._UPDATE_JOBS, txn.job_updates)
         if txn.moe_rows:
             cur.executemany(self._INSERT_MOE, txn.moe_rows)
+        if txn.event_deletes:
+            cur.executemany(self._DELETE_EVENTS, txn.event_deletes)
+        if txn.spec_deletes:
+            cur.executemany(self._DELETE_SPECS, txn.spec_deletes)
         for name, doc, time_s in txn.node_writes:
             if doc is None:
                 cur.execute(self._DELETE_NODE, (name,))
@@ -370,9 +439,20 @@ class GroupCommitStore:
         """Undo the open transaction after ``err``; returns the error the batch's callers get."""
         raise NotImplementedError
 
-    def _select_job_doc(self, job_id: str) -> str | None:
-        """The stored document of ``job_id`` (writer thread, inside the batch's transaction)."""
-        raise NotImplementedError
+    def _select_job(self, job_id: str) -> tuple[str, str | None] | None:
+        """The stored row of ``job_id`` and its spec (writer thread, inside the batch's transaction)."""
+        rows = self._cursor().execute(self._SELECT_JOB, (job_id,)).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def _spec_size(self, job_id: str) -> int | None:
+        """The stored spec's length (ASCII JSON: bytes), None when it is gone (writer thread)."""
+        rows = self._cursor().execute(self._SELECT_SPEC_SIZE, (job_id,)).fetchall()
+        return int(rows[0][0]) if rows else None
+
+    def stored_bytes(self, queue: str) -> int:
+        """The bytes of job specs stored for ``queue`` (finished jobs' specs leave with
+        retention, ``CompactJobs``): what the per-queue storage limit counts. Any thread."""
+        return self._stored_bytes.get(queue, 0)
 
     def _after_batch(self) -> None:
         """Housekeeping after a batch was acknowledged (SQLite: the writer's checkpoint)."""

@@ -35,7 +35,7 @@ import urllib.parse
 from typing import Any, Callable
 
 from . import EventRecord, JobRecord, NotLeader, StoreError, StoreUnavailable
-from .base import GroupCommitStore, _event_record
+from .base import GroupCommitStore, _event_records, _job_record
 from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
 
 LEASE_NAME = "scheduler"  # the row of ``leases`` the scheduling replicas compete for
@@ -147,6 +147,10 @@ class PostgresStore(GroupCommitStore):
                 row = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
                 next_revision = int(row[0]) + 1
                 by_request = dict(conn.execute("SELECT request_id, id FROM jobs").fetchall())
+                stored = conn.execute(
+                    "SELECT j.doc::json ->> 'queue', SUM(length(s.spec)) FROM specs s JOIN jobs j ON j.id = s.job_id "
+                    "GROUP BY 1"
+                ).fetchall()
         except psycopg.Error as err:
             conn.close()
             raise _connect_error(display, err) from None
@@ -169,6 +173,7 @@ class PostgresStore(GroupCommitStore):
             next_seq,
             next_revision,
             by_request,
+            {q: int(n) for q, n in stored},
             max_queued_writes=max_queued_writes,
             max_batch=max_batch,
             max_background_per_batch=max_background_per_batch,
@@ -192,6 +197,13 @@ class PostgresStore(GroupCommitStore):
     _DELETE_NODE = GroupCommitStore._DELETE_NODE.replace("?", "%s")
     _INSERT_MOE = GroupCommitStore._INSERT_MOE.replace("?", "%s")
     _SELECT_MOE = GroupCommitStore._SELECT_MOE.replace("?", "%s")
+    _INSERT_SPECS = GroupCommitStore._INSERT_SPECS.replace("?", "%s")
+    _DELETE_SPECS = GroupCommitStore._DELETE_SPECS.replace("?", "%s")
+    _DELETE_EVENTS = GroupCommitStore._DELETE_EVENTS.replace("?", "%s")
+    _SELECT_SPEC_SIZE = GroupCommitStore._SELECT_SPEC_SIZE.replace("?", "%s")
+    _SELECT_JOB = GroupCommitStore._SELECT_JOB.replace("?", "%s")
+    _SELECT_EVENTS = GroupCommitStore._SELECT_EVENTS.replace("?", "%s")
+    _SELECT_JOB_EVENTS = GroupCommitStore._SELECT_JOB_EVENTS.replace("?", "%s")
     _UPSERT_NODE = (
         "INSERT INTO nodes (name, doc, update_time_s) VALUES (%s, %s, %s) ON CONFLICT (name) "
         "DO UPDATE SET doc = EXCLUDED.doc, update_time_s = EXCLUDED.update_time_s"
@@ -221,10 +233,6 @@ class PostgresStore(GroupCommitStore):
             )
         return err
 
-    def _select_job_doc(self, job_id: str) -> str | None:
-        rows = self._conn.execute("SELECT doc FROM jobs WHERE id = %s", (job_id,)).fetchall()
-        return rows[0][0] if rows else None
-
     def _close_connections(self) -> None:
         try:
             self._conn.close()
@@ -241,7 +249,7 @@ class PostgresStore(GroupCommitStore):
             raise StoreUnavailable(f"{self.path}: {' '.join(str(err).split())[:300]}") from None
 
     def load_jobs(self) -> list[JobRecord]:
-        return [JobRecord.from_json(json.loads(r[0])) for r in self._query("SELECT doc FROM jobs ORDER BY seq")]
+        return [_job_record(doc, spec) for doc, spec in self._query(self._SELECT_JOBS)]
 
     def load_nodes(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._query("SELECT doc FROM nodes ORDER BY name")]
@@ -251,18 +259,8 @@ class PostgresStore(GroupCommitStore):
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         if job_id is None:
-            rows = self._query(
-                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE revision > %s "
-                "ORDER BY revision LIMIT %s",
-                (revision, limit),
-            )
-        else:
-            rows = self._query(
-                "SELECT revision, job_id, type, time_s, message, job FROM events WHERE job_id = %s AND revision > %s "
-                "ORDER BY revision LIMIT %s",
-                (job_id, revision, limit),
-            )
-        return [_event_record(r) for r in rows]
+            return _event_records(self._query(self._SELECT_EVENTS, (revision, limit)))
+        return _event_records(self._query(self._SELECT_JOB_EVENTS, (job_id, revision, limit)))
 
     def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._query(self._SELECT_MOE, (job_id, after, limit))]

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Callable
 
 from . import EventRecord, JobRecord, StoreError, StoreUnavailable
-from .base import GroupCommitStore, _event_record
+from .base import GroupCommitStore, _event_records, _job_record
 from .lock import StateLock
 from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
 
@@ -83,6 +83,10 @@ class SqliteStore(GroupCommitStore):
         row = self._conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
         next_revision = int(row[0]) + 1
         by_request = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
+        stored = self._conn.execute(
+            "SELECT json_extract(j.doc, '$.queue'), SUM(length(s.spec)) FROM specs s JOIN jobs j ON j.id = s.job_id "
+            "GROUP BY 1"
+        ).fetchall()
         self._read_local = threading.local()
         # Checkpoints (copying the WAL back into the database file, with its own fsync) run on
         # a thread of their own, not inside a commit: SQLite's automatic checkpoint would run in
@@ -108,6 +112,7 @@ class SqliteStore(GroupCommitStore):
             next_seq,
             next_revision,
             by_request,
+            {q: int(n) for q, n in stored},
             max_queued_writes=max_queued_writes,
             max_batch=max_batch,
             max_background_per_batch=max_background_per_batch,
@@ -179,10 +184,6 @@ class SqliteStore(GroupCommitStore):
             return failed
         return err
 
-    def _select_job_doc(self, job_id: str) -> str | None:
-        rows = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchall()
-        return rows[0][0] if rows else None
-
     def _after_batch(self) -> None:
         if self._wal_frames > self._wal_restart_frames:
             self._wal_frames = 0
@@ -203,8 +204,8 @@ class SqliteStore(GroupCommitStore):
         return conn
 
     def load_jobs(self) -> list[JobRecord]:
-        rows = self._reader().execute("SELECT doc FROM jobs ORDER BY seq").fetchall()
-        return [JobRecord.from_json(json.loads(r[0])) for r in rows]
+        rows = self._reader().execute(self._SELECT_JOBS).fetchall()
+        return [_job_record(doc, spec) for doc, spec in rows]
 
     def load_nodes(self) -> list[dict[str, Any]]:
         rows = self._reader().execute("SELECT doc FROM nodes ORDER BY name").fetchall()
@@ -216,25 +217,10 @@ class SqliteStore(GroupCommitStore):
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         if job_id is None:
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT revision, job_id, type, time_s, message, job FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
-                    (revision, limit),
-                )
-                .fetchall()
-            )
+            rows = self._reader().execute(self._SELECT_EVENTS, (revision, limit)).fetchall()
         else:
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT revision, job_id, type, time_s, message, job FROM events WHERE job_id = ? AND revision > ? "
-                    "ORDER BY revision LIMIT ?",
-                    (job_id, revision, limit),
-                )
-                .fetchall()
-            )
-        return [_event_record(r) for r in rows]
+            rows = self._reader().execute(self._SELECT_JOB_EVENTS, (job_id, revision, limit)).fetchall()
+        return _event_records(rows)
 
     def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self._reader().execute(self._SELECT_MOE, (job_id, after, limit)).fetchall()

@@ -81,3 +81,14 @@ def make_certs(d, client_names: tuple[str, ...]) -> dict[str, str]:
         run("x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial", "-days", "1",
             "-out", p[who], "-extfile", str(ext))  # fmt: skip
     return p
+
+
+def refused(call):
+    """The ``ApiError`` ``call()`` raises (the test fails if it returns)."""
+    import pytest
+
+    from xpod.scheduler.service.api import ApiError
+
+    with pytest.raises(ApiError) as err:
+        call()
+    return err.value

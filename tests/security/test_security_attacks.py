@@ -4,9 +4,9 @@ harmless), against the real service in process (real core, real SQLite)."""
 from __future__ import annotations
 
 import pytest
-from security_harness import job_doc, make_api, principals
+from security_harness import job_doc, make_api, refused
 
-from xpod.scheduler.service.api import ApiError, Code, Limits
+from xpod.scheduler.service.api import Code, Limits
 
 
 @pytest.fixture
@@ -14,17 +14,6 @@ def api(tmp_path):
     a = make_api(str(tmp_path / "a.db"))
     yield a
     a.close()
-
-
-@pytest.fixture
-def who(tmp_path):
-    return principals(tmp_path)
-
-
-def refused(call) -> ApiError:
-    with pytest.raises(ApiError) as err:
-        call()
-    return err.value
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,10 @@ from xpod.scheduler.grpc.auth import Authenticator
 from xpod.scheduler.grpc.server import TlsFiles, build_server
 
 
-def test_a_client_certificate_narrows_an_agent_to_its_nodes(tmp_path):
+@pytest.mark.parametrize("frontends", [0, 1], ids=["direct", "via-front-end"])
+def test_a_client_certificate_narrows_an_agent_to_its_nodes(tmp_path, frontends):
+    """Also through a front end (``xpod server``'s default): it passes the certificate's names on
+    to the main server, which believes them only from its own Unix socket."""
     certs = make_certs(tmp_path, ("g1", "g2"))
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(
@@ -21,7 +24,7 @@ def test_a_client_certificate_narrows_an_agent_to_its_nodes(tmp_path):
     )
     api = make_api(str(tmp_path / "t.db"))
     tls = TlsFiles(certs["srv"], certs["srv_key"], client_ca=certs["ca"])
-    running = build_server(api, Authenticator.from_file(str(tokens)), "127.0.0.1:0", tls=tls)
+    running = build_server(api, Authenticator.from_file(str(tokens)), "127.0.0.1:0", tls=tls, frontends=frontends)
     try:
         target = Target(
             f"127.0.0.1:{running.port}", "agent-token-0123456789", certs["ca"], "test", certs["cli"], certs["cli_key"]

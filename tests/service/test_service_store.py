@@ -16,6 +16,7 @@ import pytest
 
 from xpod.scheduler.store import (
     AllocationRecord,
+    CompactJobs,
     EventType,
     JobState,
     JobUpdate,
@@ -225,6 +226,12 @@ def test_migration_to_version_4_stores_restart_counts_from_the_old_event_log(tmp
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("UPDATE jobs SET doc = json_remove(doc, '$.restarts')")
     conn.execute("DROP TABLE moe_windows")  # version 5's table: the file is as version 3 left it
+    # version 6 moved the specs out of the rows: put them back
+    conn.execute("UPDATE jobs SET doc = json_set(doc, '$.spec', json((SELECT spec FROM specs WHERE job_id = jobs.id)))")
+    conn.execute(
+        "UPDATE events SET job = json_set(job, '$.spec', json((SELECT spec FROM specs WHERE job_id = events.job_id)))"
+    )
+    conn.execute("DROP TABLE specs")
     conn.execute("PRAGMA user_version = 3")
     conn.close()
     with Store(path) as store:
@@ -319,3 +326,87 @@ def test_moe_windows_are_stored_with_their_plan_event_on_both_databases(location
         assert [e.type for e in events] == [EventType.SUBMITTED, EventType.MOE_PLAN]
         assert events[1].message == "moe plan 1 published" and events[1].revision > job.revision
         assert store.load_jobs()[0].revision == job.revision  # the job did not change
+
+
+def _version_5_database(location: str) -> None:
+    """A database as schema version 5 left it: every job row and every event carries the spec."""
+    spec = {"kind": "BatchJob", "spec": {"env": {"BIG": "x" * 5000}}}
+    job = {"id": "job-1", "seq": 1, "request_id": "r1", "spec_hash": "h", "queue": "q", "kind": "BatchJob",
+           "name": "n", "spec": spec, "state": "QUEUED", "create_time_s": 1, "update_time_s": 1, "revision": 1}  # fmt: skip
+    rows = [json.dumps(job), json.dumps({**job, "state": "SUCCEEDED", "revision": 2})]
+    if location.startswith("postgresql://"):
+        from xpod.scheduler.store.postgres import connect, migrate_postgres
+
+        conn = connect(location, autocommit=True)
+        migrate_postgres(conn, "pg", target=5)
+        q = "%s"
+    else:
+        conn = sqlite3.connect(location, isolation_level=None)
+        migrate(conn, location, target=5)
+        q = "?"
+    conn.execute(f"INSERT INTO jobs (seq, id, request_id, doc) VALUES (1, 'job-1', 'r1', {q})", (rows[1],))
+    for rev, (kind, doc) in enumerate(zip(("SUBMITTED", "SUCCEEDED"), rows), start=1):
+        conn.execute(
+            f"INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES ({q}, 'job-1', {q}, 1, 'm', {q})",
+            (rev, kind, doc),
+        )
+    conn.close()
+
+
+def _sql(location: str, statement: str) -> list:
+    if location.startswith("postgresql://"):
+        from xpod.scheduler.store.postgres import connect
+
+        conn = connect(location, autocommit=True)
+    else:
+        conn = sqlite3.connect(location)
+    try:
+        return conn.execute(statement).fetchall()
+    finally:
+        conn.close()
+
+
+def test_migration_to_version_6_stores_each_spec_once(location):
+    """Issue 18: every event copied the job's whole spec (642 MB after ~5,000 jobs). From
+    version 6 a spec is stored once; rows and events read it back joined."""
+    _version_5_database(location)
+    with open_store(location) as store:
+        assert store.schema_version_found == 5
+        job = store.load_jobs()[0]
+        assert job.spec["spec"]["env"]["BIG"] == "x" * 5000 and job.state is JobState.SUCCEEDED
+        events = store.events_since(0)
+        assert [e.job.spec["spec"]["env"]["BIG"][:3] for e in events] == ["xxx", "xxx"]
+        assert [e.job.state for e in events] == [JobState.QUEUED, JobState.SUCCEEDED]
+        assert store.stored_bytes("q") > 5000
+        new = submit(store, "r2", {"kind": "BatchJob", "big": "y" * 3000})
+        store.write(JobUpdate(new.job.id, JobState.RUNNING, None, (), EventType.RUNNING, "m", 2.0))
+    assert _sql(location, "SELECT COUNT(*) FROM specs")[0][0] == 2
+    assert all("xxxxx" not in r[0] and "yyyyy" not in r[0] for r in _sql(location, "SELECT job FROM events"))
+    assert all("xxxxx" not in r[0] and "yyyyy" not in r[0] for r in _sql(location, "SELECT doc FROM jobs"))
+    with open_store(location) as store:  # the writer's view reads a spec back from its own row
+        assert store.events_since(2, job_id="job-2")[-1].job.spec == {"kind": "BatchJob", "big": "y" * 3000}
+        assert store.stored_bytes("q") == sum(n for (n,) in _sql(location, "SELECT length(spec) FROM specs"))
+
+
+def test_compaction_keeps_a_finished_jobs_row_and_last_event_only(location):
+    with open_store(location) as store:
+        done = submit(store, "r1", {"big": "x" * 4000}).job
+        live = submit(store, "r2", {"big": "y" * 4000}).job
+        for state, event in ((JobState.RUNNING, EventType.RUNNING), (JobState.SUCCEEDED, EventType.SUCCEEDED)):
+            store.write(JobUpdate(done.id, state, None, (), event, "m", 2.0))
+        before = store.stored_bytes("q")
+        last = store.last_revision()
+        result = store.write(CompactJobs((done.id, live.id, "job-99")))
+        assert [j.id for j in result.jobs] == [done.id] and result.jobs[0].spec == {}
+        assert result.bytes_freed > 4000 and store.stored_bytes("q") == before - result.bytes_freed
+        assert [e.type for e in store.events_since(0, job_id=done.id)] == [EventType.SUCCEEDED]
+        assert len(store.events_since(0, job_id=live.id)) == 1  # a live job keeps everything
+        jobs = {j.id: j for j in store.load_jobs()}
+        assert jobs[done.id].spec == {} and jobs[done.id].state is JobState.SUCCEEDED
+        assert jobs[live.id].spec == {"big": "y" * 4000}
+        assert not submit(store, "r1", {"big": "x" * 4000}).created  # its request id still answers
+        assert store.write(CompactJobs((done.id,))).jobs[0].id == done.id  # again: nothing left to free
+    with open_store(location) as store:  # revisions and sequence numbers go on after a restart
+        assert store.last_revision() == last
+        assert submit(store, "r3").job.id == "job-3"
+        assert store.stored_bytes("q") == before - result.bytes_freed + len('{"kind":"BatchJob","n":"r3"}')
