@@ -154,3 +154,35 @@ def test_the_client_library_resumes_a_watch_the_server_ended(served):
                 break
         events.close()
     assert seen == list(range(1, last + 1))
+
+
+def test_an_assignment_stream_past_its_bound_ends_and_says_so(tmp_path, monkeypatch):
+    """An agent's assignment stream holds at most ``_MAX_ASSIGNMENT_BATCHES`` commits' news
+    while the agent does not read; past it the stream ends with RESOURCE_EXHAUSTED
+    ``ASSIGNMENTS_BEHIND`` (the agent reconnects and gets every current assignment). The bound is
+    set to 0 here, so the first news past the initial batch is already over it."""
+    from xpod.proto.xpod.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+    from xpod.scheduler.grpc import servicers
+
+    monkeypatch.setattr(servicers, "_MAX_ASSIGNMENT_BATCHES", 0)
+    who = principals(tmp_path)
+    api = make_api(str(tmp_path / "a.db"))
+    running = build_server(api, Authenticator.from_file(str(tmp_path / "tokens.yaml")), "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        stub = node_service_pb2_grpc.NodeServiceStub(channel)
+        agent_md = (("authorization", f"Bearer {TOKEN['rack-a']}"),)
+        ids = [api.submit_job(who["alice"], f"n{i}", job_doc(f"n{i}"), timeout_s=30)[0].record.id for i in range(4)]
+        api.schedule_once()  # one whole node each: g1 and g2 hold one
+        call = stub.WatchAssignments(npb.WatchAssignmentsRequest(nodes=["g1", "g2"]), metadata=agent_md, timeout=WAIT_S)
+        assert {a.node for a in next(call).assignments} == {"g1", "g2"}  # the initial batch: subscribed
+        on_g1 = [j for j in ids if any(a.node == "g1" for a in api.jobs.get(j).allocations)]
+        api.cancel_job(who["alice"], on_g1[0], timeout_s=30)  # news for g1, past the bound of 0
+        with pytest.raises(grpc.RpcError) as err:
+            next(call)
+        assert (err.value.code(), reason(err.value)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "ASSIGNMENTS_BEHIND")
+        assert "watch again" in err.value.details()
+    finally:
+        channel.close()
+        running.stop(0)
+        api.close()
