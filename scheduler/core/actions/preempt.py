@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..model import MILLI, Eviction, Job, JobKind, ReasonCode
 from ..snapshot import Statement
-from .cycle import CycleState, commit_placement, devices_of, permitted, queue_room, wanted
+from .cycle import CycleState, commit_placement, devices_of, permitted, queue_room, shape_key, wanted
 
 
 def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
@@ -19,6 +19,8 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     a lower priority class only for preempt, in the same order by class value."""
     snap = cs.ctx.snap
     models = set(cs.placer.models_for(job))
+    if models and job.devices is not None and models >= _cluster_models(cs):
+        models = set()  # every device of the cluster is of a model the job takes: no filter
     out = []
     usage = cs.ctx.queue_usage
     bound_now = {b.job_id for b in cs.bindings}
@@ -70,6 +72,16 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     return out
 
 
+def _cluster_models(cs: CycleState) -> frozenset:
+    """The device models of the cluster (once per cycle)."""
+    got = cs.memo.get("cluster_models")
+    if got is None:
+        got = cs.memo["cluster_models"] = frozenset(
+            d.model for st in cs.ctx.snap.nodes.values() for d in st.node.devices
+        )
+    return got
+
+
 def deserved_share(cs: CycleState, queue: str) -> float:
     q = cs.ctx.queues.get(queue)
     if q is not None and q.deserved is not None:
@@ -79,7 +91,11 @@ def deserved_share(cs: CycleState, queue: str) -> float:
     return cs.ctx.total_devices * weights.get(queue, 1.0) / total_w
 
 
-def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
+def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = None) -> bool:
+    """Evict victims for ``job`` when that lets it start now. ``failed``: the (job shape,
+    victim ids) of this cycle's failed tries since the state last changed; a job of one of
+    those shapes whose victims are a subset of that try's cannot fit either (evicting fewer
+    jobs frees less), so it is not tried again (one is added on failure)."""
     snap = cs.ctx.snap
     already = cs.placed_tasks.get(job.id, 0)
     need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
@@ -94,6 +110,23 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool) -> bool:
     if not candidates:
         return False
     cs.preemption_attempts += 1
+    # every victim the tries below may take
+    reach = candidates[: max(MAX_VICTIMS, MAX_SINGLE_VICTIM_TRIES)]
+    shape = shape_key(cs, job) if failed is not None else None
+    ids = frozenset(rj.job.id for rj in reach)
+    if shape is not None and any(sh == shape and ids <= tried for sh, tried in failed):
+        return False
+    # with all of them gone, does it fit at all? If not, no subset of them helps: one placement
+    # try instead of one per victim
+    trial = Statement(snap, cs.ctx.now)
+    for rj in reach:
+        trial.evict(rj.job.id)
+    fits = cs.placer.place(job, trial, want, need, first_task=already) >= need
+    trial.discard()
+    if not fits:
+        if shape is not None:
+            failed.append((shape, ids))
+        return False
     stmt = Statement(snap, cs.ctx.now)
     evicted = []
     got = 0
@@ -208,13 +241,15 @@ def preempt_like(cs: CycleState, reclaim: bool) -> None:
         if code is ReasonCode.UNSCHEDULABLE and j in cs.pending and cs.pending[j].group is None
     ]
     cands.sort(key=cs.job_key)
+    failed: list = []  # (shape, victim ids) tried in vain since the state last changed
     for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
         if job.id in cs.requeued:
             continue  # evicted by an earlier preemption of this cycle (a job still growing)
         if reclaim and cs.ctx.queue_usage.get(job.queue, 0.0) >= deserved_share(cs, job.queue):
             continue
         cs.decisions += 1
-        if preempt_for(cs, job, reclaim):
+        if preempt_for(cs, job, reclaim, failed):
+            failed.clear()
             for q, head in list(cs.heads.items()):
                 if head == job.id:
                     del cs.heads[q]

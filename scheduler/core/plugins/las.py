@@ -15,9 +15,7 @@ job's expected duration and uses none.
 Starvation: a job of the second queue that waited ``promote_knob`` times as long as it last
 ran goes back to the first queue (the paper's PromoteKnob; 0, the default, never promotes).
 
-The plugin keeps each job's attained service over cycles (``open_session``): a running job's
-service grows with its run time; when a run ends (the job finished, or was evicted and waits
-again) the run is banked at the last cycle's time.
+The plugin keeps each job's attained service over cycles (``open_session``, ``_attained``).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from typing import Sequence
 from ..framework import CycleContext, Plugin, register
 from ..model import Job
 from ..snapshot import RunningJob
+from ._attained import Attained
 
 
 @register
@@ -38,32 +37,24 @@ class LasPlugin(Plugin):
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
-        self.banked: dict[str, float] = {}  # job id -> device-seconds of its finished runs
-        self.last_run_s: dict[str, float] = {}  # job id -> length of its last finished run
-        self.stopped_at: dict[str, float] = {}  # job id -> when its last run ended
-        self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
-        self.last_now = 0.0
-        self.now = 0.0
-        self.running: dict[str, RunningJob] = {}
+        self.service = Attained()
+        self._keys: dict[str, tuple] = {}  # job id -> key at ``_keys_at`` (victims ask for many)
+        self._keys_at: float | None = None
 
     # ------------------------------------------------------------------ the points
     def open_session(self, ctx: CycleContext) -> None:
         """Bank the runs that ended since the last cycle, note the ones that began."""
-        running = ctx.snap.running
-        runs = self.runs
-        # a job is never evicted and started again within one cycle, so a run that ended is one
-        # whose job is gone from the running jobs at the next cycle
-        for jid in runs.keys() - running.keys():
-            self._bank(jid)
-        for jid in running.keys() - runs.keys():
-            rj = running[jid]
-            runs[jid] = (rj.start_time, rj.job.total_devices)
-        self.last_now = ctx.now
-        self.now = ctx.now
-        self.running = running
+        self.service.update(ctx)
+        self._keys.clear()
 
     def job_key(self, job: Job, now: float) -> tuple:
-        return (self._queue(job, now), job.submit_time, job.id)
+        if now != self._keys_at:
+            self._keys.clear()
+            self._keys_at = now
+        k = self._keys.get(job.id)
+        if k is None:
+            k = self._keys[job.id] = (self._queue(job, now), job.submit_time, job.id)
+        return k
 
     def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
         """Running jobs the order puts behind ``job``: a later queue, or its queue and a later
@@ -76,27 +67,13 @@ class LasPlugin(Plugin):
         return [rj for _, rj in behind]
 
     # ------------------------------------------------------------------ internals
-    def _attained(self, job: Job, now: float) -> float:
-        """Device-seconds ``job`` has run by ``now``."""
-        got = self.banked.get(job.id, 0.0)
-        run = self.runs.get(job.id)
-        if run is not None and job.id in self.running:
-            got += max(0.0, now - run[0]) * run[1]
-        return got
-
     def _queue(self, job: Job, now: float) -> int:
-        if self._attained(job, now) < self.threshold_device_s:
+        service = self.service
+        if service.device_seconds(job, now) < self.threshold_device_s:
             return 0
-        if self.promote_knob > 0 and job.id not in self.running:
-            since = self.stopped_at.get(job.id)
-            last = self.last_run_s.get(job.id, 0.0)
+        if self.promote_knob > 0 and job.id not in service.running:
+            since = service.stopped_at.get(job.id)
+            last = service.last_run_s.get(job.id, 0.0)
             if since is not None and now - since >= self.promote_knob * last:
                 return 0
         return 1
-
-    def _bank(self, jid: str) -> None:
-        start, devices = self.runs.pop(jid)
-        ran = max(0.0, self.last_now - start)
-        self.banked[jid] = self.banked.get(jid, 0.0) + ran * devices
-        self.last_run_s[jid] = ran
-        self.stopped_at[jid] = self.last_now

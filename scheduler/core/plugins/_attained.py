@@ -1,0 +1,66 @@
+"""The service each job has attained, kept by the order plugins that need it (``las``,
+``shortest-remaining``) over cycles.
+
+A job's attained service is what it has run so far, every run counted (runs cut short by an
+eviction included): ``seconds`` (wall time) and ``device_seconds`` (devices x time, Tiresias'
+"2D" service). ``update`` is called once per cycle from a plugin's ``open_session``: a running
+job's service grows with its run time; when a run ends (the job finished, or was evicted and
+waits again) the run is banked at the previous cycle's time.
+"""
+
+from __future__ import annotations
+
+from ..framework import CycleContext
+from ..model import Job
+from ..snapshot import RunningJob
+
+
+class Attained:
+    """Per-job attained service over cycles (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.banked_s: dict[str, float] = {}  # job id -> seconds of its finished runs
+        self.banked_device_s: dict[str, float] = {}  # job id -> device-seconds of its finished runs
+        self.last_run_s: dict[str, float] = {}  # job id -> length of its last finished run
+        self.stopped_at: dict[str, float] = {}  # job id -> when its last run ended
+        self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
+        self.last_now = 0.0
+        self.running: dict[str, RunningJob] = {}
+
+    def update(self, ctx: CycleContext) -> None:
+        """Bank the runs that ended since the last cycle, note the ones that began."""
+        running = ctx.snap.running
+        runs = self.runs
+        # a job is never evicted and started again within one cycle, so a run that ended is one
+        # whose job is gone from the running jobs at the next cycle
+        for jid in runs.keys() - running.keys():
+            self._bank(jid)
+        for jid in running.keys() - runs.keys():
+            rj = running[jid]
+            runs[jid] = (rj.start_time, rj.job.total_devices)
+        self.last_now = ctx.now
+        self.running = running
+
+    def seconds(self, job: Job, now: float) -> float:
+        """Seconds ``job`` has run by ``now``."""
+        got = self.banked_s.get(job.id, 0.0)
+        run = self.runs.get(job.id)
+        if run is not None and job.id in self.running:
+            got += max(0.0, now - run[0])
+        return got
+
+    def device_seconds(self, job: Job, now: float) -> float:
+        """Device-seconds ``job`` has run by ``now``."""
+        got = self.banked_device_s.get(job.id, 0.0)
+        run = self.runs.get(job.id)
+        if run is not None and job.id in self.running:
+            got += max(0.0, now - run[0]) * run[1]
+        return got
+
+    def _bank(self, jid: str) -> None:
+        start, devices = self.runs.pop(jid)
+        ran = max(0.0, self.last_now - start)
+        self.banked_s[jid] = self.banked_s.get(jid, 0.0) + ran
+        self.banked_device_s[jid] = self.banked_device_s.get(jid, 0.0) + ran * devices
+        self.last_run_s[jid] = ran
+        self.stopped_at[jid] = self.last_now
