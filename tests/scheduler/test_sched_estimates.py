@@ -36,6 +36,10 @@ def queued(jid, k, i, d=None):
     return b.duration(d) if d is not None else b
 
 
+#: the queue in submit order (the default profile orders by work left: these cases are about
+#: the estimate walk over a queue in a known order)
+SUBMIT_ORDER = {"policies": ["gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority"]}
+
 CASES = [
     dict(
         id="five identical jobs behind each other start one after the other",
@@ -46,6 +50,7 @@ CASES = [
     ),
     dict(
         id="a job ahead without expected duration makes the later estimates unknown",
+        profile=SUBMIT_ORDER,
         nodes=[gpu("n0")],
         running=[job("r").devices(H, 8).duration(100)],
         jobs=[queued("j0", 8, 0, 50), queued("j1", 8, 1), queued("j2", 8, 2, 50), queued("j3", 8, 3, 50)],
@@ -57,6 +62,7 @@ CASES = [
     ),
     dict(
         id="jobs ahead take the earliest devices; a later job shares what they leave",
+        profile=SUBMIT_ORDER,
         # n0 frees at 100, n1 at 200: a takes n0 (until 400); b waits for n1 and leaves 4
         # GPUs there that c takes at the same time
         nodes=[gpu("n0"), gpu("n1")],
@@ -100,6 +106,7 @@ CASES = [
     ),
     dict(
         id="a device shared by running fractional jobs comes back whole when the last ends",
+        profile=SUBMIT_ORDER,
         # two running 500m jobs fill the GPU until 100 and 300: a whole-GPU head waits for 300;
         # a 400m job behind it, too (the walk frees shared devices whole, at their last end)
         nodes=[gpu("n0", 1)],

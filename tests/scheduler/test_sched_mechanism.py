@@ -198,6 +198,7 @@ CASES = [
     ),
     dict(
         id="backfill-any-job-off-the-reserved-node",
+        profile=aging(1.0),  # submit order (the default orders by work left)
         # big's reservation: n1 at 100 (r1 ends); n2 is held by r2 with no end. A job without
         # an expected duration may still take n2's free GPUs: big's devices free up on n1
         nodes=[node("n1").devices(H, 8), node("n2").devices(H, 8)],

@@ -18,12 +18,23 @@ from . import (
     node_selector,
     priority,
     random_fit,
+    shortest_remaining,
     spread,
     topology,
 )
 
 #: the default profile's plugins, in order
-DEFAULT = ("gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority", "autoscale")
+DEFAULT = (
+    "gang",
+    "topology",
+    "node-selector",
+    "ascend",
+    "binpack",
+    "fragmentation",
+    "drf",
+    "shortest-remaining",
+    "autoscale",
+)
 
 __all__ = [
     "DEFAULT",
@@ -40,6 +51,7 @@ __all__ = [
     "las",
     "node_selector",
     "priority",
+    "shortest_remaining",
     "spread",
     "topology",
 ]

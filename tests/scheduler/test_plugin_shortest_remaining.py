@@ -1,0 +1,167 @@
+"""The default profile's queue order (``shortest-remaining``) and the priority plugin's
+preemption margin: what they order, whom they evict, and what they never evict."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpod.scheduler.core import Scheduler
+from xpod.scheduler.core.model import ReasonCode
+from xpod.scheduler.core.profile import default_profile, profile_from_dict
+from xpod.scheduler.core.testing import job, node, placements
+
+H = "nvidia-h100-sxm"
+
+
+def remaining(**args):
+    return profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate", "backfill", "preempt"],
+            "policies": ["gang", "topology", "binpack", "drf", {"name": "shortest-remaining", "args": args}],
+        }
+    )
+
+
+def test_the_default_profile_orders_by_work_left():
+    assert "shortest-remaining" in [name for name, _ in default_profile().policies]
+
+
+def test_least_work_left_goes_first_and_a_job_without_estimate_by_service():
+    """Three jobs want the one node: the shortest declared one starts (device-seconds: 8 x 50
+    before 8 x 500); a job without an estimate has attained nothing, so it goes first."""
+    t = [10.0]
+    s = Scheduler([node("n").devices(H, 8).build()], profile=remaining(), clock=lambda: t[0])
+    s.submit(job("long").devices(H, 8).duration(500).submitted(1).build())
+    s.submit(job("short").devices(H, 8).duration(50).submitted(2).build())
+    assert placements(s.cycle()) == {"short": [("n", tuple(range(8)))]}
+    s2 = Scheduler([node("n").devices(H, 8).build()], profile=remaining(), clock=lambda: t[0])
+    s2.submit(job("short").devices(H, 8).duration(50).submitted(1).build())
+    s2.submit(job("unknown").devices(H, 8).submitted(2).build())
+    assert placements(s2.cycle()) == {"unknown": [("n", tuple(range(8)))]}
+
+
+def test_by_seconds_ignores_the_width():
+    t = [10.0]
+    prof = remaining(by="seconds")
+    s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+    s.submit(job("wide-short").devices(H, 8).duration(50).submitted(1).build())
+    s.submit(job("narrow-long").devices(H, 1).duration(100).submitted(2).build())
+    # by device-seconds narrow-long (100) would go before wide-short (400); by seconds not
+    assert set(placements(s.cycle())) == {"wide-short"}
+
+
+def test_a_short_job_evicts_one_with_far_more_work_left_and_not_otherwise():
+    t = [0.0]
+    s = Scheduler([node("n").devices(H, 8).build()], profile=remaining(), clock=lambda: t[0])
+    s.submit(job("long").devices(H, 8).duration(100_000).submitted(0).build())
+    s.cycle()
+    t[0] = 100.0
+    s.submit(job("close").devices(H, 8).duration(50_000).submitted(100).build())  # not 8x less
+    r = s.cycle()
+    assert not r.evictions and r.pending["close"].code is ReasonCode.UNSCHEDULABLE
+    s.submit(job("short").devices(H, 8).duration(600).submitted(100).build())
+    r = s.cycle()
+    assert [e.job_id for e in r.evictions] == ["long"]
+    assert placements(r) == {"short": [("n", tuple(range(8)))]}
+
+
+def test_no_eviction_inside_a_class_without_both_estimates_or_with_factor_0():
+    for prof, running_duration, new_duration in (
+        (remaining(), None, 60),  # the victim declared nothing
+        (remaining(), 100_000, None),  # the preemptor declared nothing
+        (remaining(preempt_factor=0), 100_000, 60),  # preemption inside a class off
+    ):
+        t = [0.0]
+        s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+        b = job("running").devices(H, 8).submitted(0)
+        s.submit((b.duration(running_duration) if running_duration else b).build())
+        s.cycle()
+        t[0] = 4000.0
+        b = job("new").devices(H, 8).submitted(4000)
+        s.submit((b.duration(new_duration) if new_duration else b).build())
+        assert not s.cycle().evictions
+
+
+def test_a_starved_job_goes_first_and_is_never_evicted_for_a_shorter_one():
+    """big (8 GPUs, 10 h) waits while short jobs keep the node busy; after starve_after_s (the
+    estimate not counted: starve_factor 0) it
+    goes before the short ones, and once it runs a new short job does not evict it."""
+    t = [0.0]
+    s = Scheduler(
+        [node("n").devices(H, 8).build()], profile=remaining(starve_after_s=3600, starve_factor=0), clock=lambda: t[0]
+    )
+    s.submit(job("s0").devices(H, 4).duration(3000).submitted(0).build())
+    s.cycle()
+    s.submit(job("big").devices(H, 8).duration(36_000).submitted(1).build())
+    t[0] = 10.0
+    s.submit(job("s1").devices(H, 4).duration(2000).submitted(10).build())
+    assert "s1" in placements(s.cycle())  # ends before s0: backfilled beside big's reservation
+    t[0] = 3700.0  # big has waited 3,699 s >= starve_after_s
+    s.finish("s0")
+    s.finish("s1")
+    s.submit(job("s2").devices(H, 4).duration(600).submitted(3700).build())
+    assert placements(s.cycle()) == {"big": [("n", tuple(range(8)))]}  # starved: first
+    t[0] = 3800.0
+    s.submit(job("s3").devices(H, 8).duration(60).submitted(3800).build())
+    r = s.cycle()
+    assert not r.evictions and "big" in s.running
+
+
+def test_a_bad_argument_is_one_line():
+    from xpod.hal.errors import XpodError
+
+    with pytest.raises(XpodError, match=r"args.by: 'width' is not one of device-seconds, seconds"):
+        remaining(by="width")
+
+
+def test_aging_never_lets_a_job_evict_its_own_class_for_a_sliver_of_age():
+    """The trap the margin fixes: with aging 1/h a job submitted 10 s before another is ahead
+    of it by 0.003; without a margin it evicted the younger job as soon as it could not start."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate", "preempt"],
+            "policies": ["gang", "topology", "binpack", "drf", {"name": "priority", "args": {"aging_per_hour": 1}}],
+        }
+    )
+    t = [0.0]
+    s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+    s.submit(job("blocker").devices(H, 6).priority("high").duration(100).submitted(0).build())
+    s.cycle()
+    s.submit(job("old").devices(H, 8).submitted(1).build())
+    s.submit(job("young").devices(H, 2).submitted(11).build())
+    t[0] = 20.0
+    r = s.cycle()
+    assert placements(r) == {}  # allocate: young waits behind the head old
+    t[0] = 100.0
+    s.finish("blocker")
+    s.submit(job("young2").devices(H, 8).submitted(50).build())
+    assert placements(s.cycle()) == {"old": [("n", tuple(range(8)))]}
+    # the same class 10 s apart: old may not evict a younger running one
+    t2 = [0.0]
+    s2 = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t2[0])
+    s2.submit(job("young").devices(H, 8).submitted(11).build())
+    s2.cycle()
+    s2.submit(job("old").devices(H, 8).submitted(1).build())
+    t2[0] = 30.0
+    r = s2.cycle()
+    assert not r.evictions and r.pending["old"].code is ReasonCode.UNSCHEDULABLE
+    # a margin of 0 gives the old behaviour back
+    prof0 = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate", "preempt"],
+            "policies": [
+                "gang",
+                "topology",
+                "binpack",
+                "drf",
+                {"name": "priority", "args": {"aging_per_hour": 1, "preempt_margin": 0}},
+            ],
+        }
+    )
+    t3 = [0.0]
+    s3 = Scheduler([node("n").devices(H, 8).build()], profile=prof0, clock=lambda: t3[0])
+    s3.submit(job("young").devices(H, 8).submitted(11).build())
+    s3.cycle()
+    s3.submit(job("old").devices(H, 8).submitted(1).build())
+    t3[0] = 30.0
+    assert [e.job_id for e in s3.cycle().evictions] == ["young"]
