@@ -23,6 +23,7 @@ class Attained:
         self.banked_device_s: dict[str, float] = {}  # job id -> device-seconds of its finished runs
         self.last_run_s: dict[str, float] = {}  # job id -> length of its last finished run
         self.stopped_at: dict[str, float] = {}  # job id -> when its last run ended
+        self.stops: dict[str, int] = {}  # job id -> runs it has ended (an evicted job waits again)
         self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
         self.last_now = 0.0
         self.running: dict[str, RunningJob] = {}
@@ -64,3 +65,4 @@ class Attained:
         self.banked_device_s[jid] = self.banked_device_s.get(jid, 0.0) + ran * devices
         self.last_run_s[jid] = ran
         self.stopped_at[jid] = self.last_now
+        self.stops[jid] = self.stops.get(jid, 0) + 1

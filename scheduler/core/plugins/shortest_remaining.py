@@ -25,8 +25,11 @@ Preemption (``victims``): a job evicts running jobs of a lower priority class (a
 does), and running jobs of its own class only when both declared an expected duration, the
 victim is not starved, and the victim's remaining work exceeds ``preempt_factor`` times the
 preemptor's (and ``preempt_min_s`` seconds of its devices): an eviction costs the victim its
-progress since its last checkpoint, so only a large gain pays for it. Victims go most remaining
-work first. ``preempt_factor: 0`` never preempts inside a class.
+progress since its last checkpoint, so only a large gain pays for it. A job stopped
+``max_evictions`` times already (it ran and waits again: evicted) is no victim of its class
+again (0: no limit), so no long job pays for many short ones. Victims go (lower classes first) most work left first
+(``victim_order: most-work``), or fewest devices first, then least work left
+(``fewest-devices``). ``preempt_factor: 0`` never preempts inside a class.
 
 The plugin keeps each job's attained service over cycles (``open_session``, ``_attained``).
 """
@@ -50,13 +53,20 @@ class ShortestRemainingPlugin(Plugin):
         "starve_factor": 1.0,
         "preempt_factor": 8.0,
         "preempt_min_s": 3600.0,
+        "victim_order": "most-work",
+        "max_evictions": 1,
     }
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"by": ("device-seconds", "seconds")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "by": ("device-seconds", "seconds"),
+        "victim_order": ("fewest-devices", "most-work"),
+    }
     by: str
     starve_after_s: float
     starve_factor: float
     preempt_factor: float
     preempt_min_s: float
+    victim_order: str
+    max_evictions: int
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
@@ -92,12 +102,16 @@ class ShortestRemainingPlugin(Plugin):
                     and v.priority == job.priority
                     and v.expected_duration_seconds is not None
                     and v.id not in self.starved
+                    and not (self.max_evictions and self.service.stops.get(v.id, 0) >= self.max_evictions)
                 ):
                     left = self._left(v, now)
                     floor = self.preempt_min_s * (v.total_devices if self.by == "device-seconds" else 1)
                     if left > self.preempt_factor * mine and left > floor:
                         out.append(rj)
-        out.sort(key=lambda rj: (rj.job.priority, -self._left(rj.job, now), -rj.start_time, rj.job.id))
+        if self.victim_order == "most-work":
+            out.sort(key=lambda rj: (rj.job.priority, -self._left(rj.job, now), -rj.start_time, rj.job.id))
+        else:
+            out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, self._left(rj.job, now), rj.job.id))
         return out
 
     # ------------------------------------------------------------------ internals
