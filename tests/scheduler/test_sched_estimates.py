@@ -38,7 +38,9 @@ def queued(jid, k, i, d=None):
 
 #: the queue in submit order (the default profile orders by work left: these cases are about
 #: the estimate walk over a queue in a known order)
-SUBMIT_ORDER = {"policies": ["gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority"]}
+SUBMIT_ORDER = {
+    "policies": ["gang", "topology", "node-selector", "ascend", "binpack", "fragmentation", "drf", "priority"]
+}
 
 CASES = [
     dict(
