@@ -114,7 +114,7 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
     reach = candidates[: max(MAX_VICTIMS, MAX_SINGLE_VICTIM_TRIES)]
     shape = shape_key(cs, job) if failed is not None else None
     ids = frozenset(rj.job.id for rj in reach)
-    if shape is not None and any(sh == shape and ids <= tried for sh, tried in failed):
+    if shape is not None and failed is not None and any(sh == shape and ids <= tried for sh, tried in failed):
         return False
     # with all of them gone, does it fit at all? If not, no subset of them helps: one placement
     # try instead of one per victim
@@ -124,7 +124,7 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
     fits = cs.placer.place(job, trial, want, need, first_task=already) >= need
     trial.discard()
     if not fits:
-        if shape is not None:
+        if shape is not None and failed is not None:
             failed.append((shape, ids))
         return False
     stmt = Statement(snap, cs.ctx.now)
