@@ -22,7 +22,7 @@ waits at all; no scheduler goes below it, so a week whose best baseline is withi
 cannot meet the first target.
 
 The default profile is the one ``xpod server`` runs (examples/profiles/scheduler-default.yaml);
-nothing in it was chosen on this trace. A large job's FIFO wait under 60 s (one periodic cycle)
+its ``shortest-remaining`` constants were chosen on weeks 11-12 only (``bench/tune_philly.py``). A large job's FIFO wait under 60 s (one periodic cycle)
 counts as 60 s in the wait ratio.
 
 The trace: bench/data/philly/philly_jobs.csv.gz (SOURCES.md there). Timings are wall seconds
@@ -45,7 +45,7 @@ PROFILES = ("default", "fifo", "easy-backfill", "tiresias", "volcano")
 BASELINES = ("fifo", "easy-backfill", "tiresias", "volcano")
 WEEK_S = 7 * 86400
 #: where the default profile's constants were chosen (never a reported week)
-TUNED_ON = "no week of this trace (xpod server's default profile as it is)"
+TUNED_ON = "weeks 11-12 only, submit times x 0.5 (bench/tune_philly.py); weeks 3-10 are the test"
 
 
 def _profile(name: str):
