@@ -382,7 +382,7 @@ class GroupCommitStore:
     def _begin(self) -> None:
         raise NotImplementedError
 
-    # the statements of a batch, in the database's parameter style (``?`` or ``%s``)
+    # the statements of a batch and the reads, written with ``?``; ``_sql`` gives the database's style
     _INSERT_EVENTS = "INSERT INTO events (revision, job_id, type, time_s, message, job) VALUES (?, ?, ?, ?, ?, ?)"
     _INSERT_JOBS = "INSERT INTO jobs (seq, id, request_id, doc) VALUES (?, ?, ?, ?)"
     _UPDATE_JOBS = "UPDATE jobs SET doc = ? WHERE id = ?"
@@ -406,31 +406,34 @@ class GroupCommitStore:
         "LEFT JOIN specs s ON s.job_id = e.job_id WHERE e.job_id = ? AND e.revision > ? ORDER BY e.revision LIMIT ?"
     )
 
+    @staticmethod
+    def _sql(statement: str) -> str:
+        """``statement`` in the database's parameter style (PostgreSQL: ``%s``)."""
+        return statement
+
     def _cursor(self) -> Any:
         """What the writer executes the batch on (inside the open transaction)."""
         raise NotImplementedError
 
     def _flush(self, txn: _Txn) -> None:
         """Write the batch's rows: events, then job inserts, job updates, node writes."""
-        cur = self._cursor()
-        if txn.event_rows:
-            cur.executemany(self._INSERT_EVENTS, txn.event_rows)
-        if txn.job_inserts:
-            cur.executemany(self._INSERT_JOBS, txn.job_inserts)
-            cur.executemany(self._INSERT_SPECS, txn.spec_inserts)
-        if txn.job_updates:
-            cur.executemany(self._UPDATE_JOBS, txn.job_updates)
-        if txn.moe_rows:
-            cur.executemany(self._INSERT_MOE, txn.moe_rows)
-        if txn.event_deletes:
-            cur.executemany(self._DELETE_EVENTS, txn.event_deletes)
-        if txn.spec_deletes:
-            cur.executemany(self._DELETE_SPECS, txn.spec_deletes)
+        cur, sql = self._cursor(), self._sql
+        for statement, rows in (
+            (self._INSERT_EVENTS, txn.event_rows),
+            (self._INSERT_JOBS, txn.job_inserts),
+            (self._INSERT_SPECS, txn.spec_inserts),
+            (self._UPDATE_JOBS, txn.job_updates),
+            (self._INSERT_MOE, txn.moe_rows),
+            (self._DELETE_EVENTS, txn.event_deletes),
+            (self._DELETE_SPECS, txn.spec_deletes),
+        ):
+            if rows:
+                cur.executemany(sql(statement), rows)
         for name, doc, time_s in txn.node_writes:
             if doc is None:
-                cur.execute(self._DELETE_NODE, (name,))
+                cur.execute(sql(self._DELETE_NODE), (name,))
             else:
-                cur.execute(self._UPSERT_NODE, (name, doc, time_s))
+                cur.execute(sql(self._UPSERT_NODE), (name, doc, time_s))
 
     def _commit(self) -> None:
         raise NotImplementedError
@@ -441,12 +444,12 @@ class GroupCommitStore:
 
     def _select_job(self, job_id: str) -> tuple[str, str | None] | None:
         """The stored row of ``job_id`` and its spec (writer thread, inside the batch's transaction)."""
-        rows = self._cursor().execute(self._SELECT_JOB, (job_id,)).fetchall()
+        rows = self._cursor().execute(self._sql(self._SELECT_JOB), (job_id,)).fetchall()
         return (rows[0][0], rows[0][1]) if rows else None
 
     def _spec_size(self, job_id: str) -> int | None:
         """The stored spec's length (ASCII JSON: bytes), None when it is gone (writer thread)."""
-        rows = self._cursor().execute(self._SELECT_SPEC_SIZE, (job_id,)).fetchall()
+        rows = self._cursor().execute(self._sql(self._SELECT_SPEC_SIZE), (job_id,)).fetchall()
         return int(rows[0][0]) if rows else None
 
     def stored_bytes(self, queue: str) -> int:
@@ -462,19 +465,29 @@ class GroupCommitStore:
 
     # reads (any thread)
 
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a read (``sql`` written with ``?``), on a reader connection of this thread."""
+        raise NotImplementedError
+
     def load_jobs(self) -> list[JobRecord]:
         """Every stored job, in submission order."""
-        raise NotImplementedError
+        return [_job_record(doc, spec) for doc, spec in self._query(self._SELECT_JOBS)]
 
     def load_nodes(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        return [json.loads(r[0]) for r in self._query("SELECT doc FROM nodes ORDER BY name")]
 
     def last_revision(self) -> int:
-        raise NotImplementedError
+        return int(self._query("SELECT COALESCE(MAX(revision), 0) FROM events")[0][0])
 
     def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
-        """Events with a revision above ``revision``, oldest first, at most ``limit``."""
-        raise NotImplementedError
+        """Events with a revision above ``revision`` (of ``job_id``), oldest first, at most ``limit``."""
+        if job_id is None:
+            return _event_records(self._query(self._SELECT_EVENTS, (revision, limit)))
+        return _event_records(self._query(self._SELECT_JOB_EVENTS, (job_id, revision, limit)))
+
+    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
+        """A job's MoE windows above index ``after``, oldest first."""
+        return [json.loads(r[0]) for r in self._query(self._SELECT_MOE, (job_id, after, limit))]
 
     def set_holder_address(self, address: str) -> None:
         """Say where the process using the store serves (SQLite names it to a second process)."""

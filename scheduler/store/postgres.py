@@ -29,13 +29,12 @@ revisions, events, one migration scheme); what differs:
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import urllib.parse
 from typing import Any, Callable
 
-from . import EventRecord, JobRecord, NotLeader, StoreError, StoreUnavailable
-from .base import GroupCommitStore, _event_records, _job_record
+from . import NotLeader, StoreError, StoreUnavailable
+from .base import GroupCommitStore
 from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
 
 LEASE_NAME = "scheduler"  # the row of ``leases`` the scheduling replicas compete for
@@ -191,21 +190,12 @@ class PostgresStore(GroupCommitStore):
                 now = int(rows[0][0]) if rows else None
                 raise NotLeader(f"the leader lease moved on (token {now}, this replica held {self._token})")
 
-    _INSERT_EVENTS = GroupCommitStore._INSERT_EVENTS.replace("?", "%s")
-    _INSERT_JOBS = GroupCommitStore._INSERT_JOBS.replace("?", "%s")
-    _UPDATE_JOBS = GroupCommitStore._UPDATE_JOBS.replace("?", "%s")
-    _DELETE_NODE = GroupCommitStore._DELETE_NODE.replace("?", "%s")
-    _INSERT_MOE = GroupCommitStore._INSERT_MOE.replace("?", "%s")
-    _SELECT_MOE = GroupCommitStore._SELECT_MOE.replace("?", "%s")
-    _INSERT_SPECS = GroupCommitStore._INSERT_SPECS.replace("?", "%s")
-    _DELETE_SPECS = GroupCommitStore._DELETE_SPECS.replace("?", "%s")
-    _DELETE_EVENTS = GroupCommitStore._DELETE_EVENTS.replace("?", "%s")
-    _SELECT_SPEC_SIZE = GroupCommitStore._SELECT_SPEC_SIZE.replace("?", "%s")
-    _SELECT_JOB = GroupCommitStore._SELECT_JOB.replace("?", "%s")
-    _SELECT_EVENTS = GroupCommitStore._SELECT_EVENTS.replace("?", "%s")
-    _SELECT_JOB_EVENTS = GroupCommitStore._SELECT_JOB_EVENTS.replace("?", "%s")
+    @staticmethod
+    def _sql(statement: str) -> str:
+        return statement.replace("?", "%s")
+
     _UPSERT_NODE = (
-        "INSERT INTO nodes (name, doc, update_time_s) VALUES (%s, %s, %s) ON CONFLICT (name) "
+        "INSERT INTO nodes (name, doc, update_time_s) VALUES (?, ?, ?) ON CONFLICT (name) "
         "DO UPDATE SET doc = EXCLUDED.doc, update_time_s = EXCLUDED.update_time_s"
     )
 
@@ -244,26 +234,9 @@ class PostgresStore(GroupCommitStore):
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             with self._pool.connection() as conn:
-                return conn.execute(sql, params).fetchall()
+                return conn.execute(self._sql(sql), params).fetchall()
         except (self._psycopg.Error, OSError) as err:
             raise StoreUnavailable(f"{self.path}: {' '.join(str(err).split())[:300]}") from None
-
-    def load_jobs(self) -> list[JobRecord]:
-        return [_job_record(doc, spec) for doc, spec in self._query(self._SELECT_JOBS)]
-
-    def load_nodes(self) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._query("SELECT doc FROM nodes ORDER BY name")]
-
-    def last_revision(self) -> int:
-        return int(self._query("SELECT COALESCE(MAX(revision), 0) FROM events")[0][0])
-
-    def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
-        if job_id is None:
-            return _event_records(self._query(self._SELECT_EVENTS, (revision, limit)))
-        return _event_records(self._query(self._SELECT_JOB_EVENTS, (job_id, revision, limit)))
-
-    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._query(self._SELECT_MOE, (job_id, after, limit))]
 
     def ping(self) -> bool:
         """True when a pooled connection answers ``SELECT 1`` (the health service asks)."""

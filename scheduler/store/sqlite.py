@@ -9,14 +9,13 @@ own connections (WAL readers never block the writer). The file is locked for one
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
 from typing import Any, Callable
 
-from . import EventRecord, JobRecord, StoreError, StoreUnavailable
-from .base import GroupCommitStore, _event_records, _job_record
+from . import StoreError, StoreUnavailable
+from .base import GroupCommitStore
 from .lock import StateLock
 from .schema import MIGRATIONS, SCHEMA_VERSION, newer_schema_error
 
@@ -203,28 +202,8 @@ class SqliteStore(GroupCommitStore):
             self._read_local.conn = conn
         return conn
 
-    def load_jobs(self) -> list[JobRecord]:
-        rows = self._reader().execute(self._SELECT_JOBS).fetchall()
-        return [_job_record(doc, spec) for doc, spec in rows]
-
-    def load_nodes(self) -> list[dict[str, Any]]:
-        rows = self._reader().execute("SELECT doc FROM nodes ORDER BY name").fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def last_revision(self) -> int:
-        row = self._reader().execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
-        return int(row[0])
-
-    def events_since(self, revision: int, *, job_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
-        if job_id is None:
-            rows = self._reader().execute(self._SELECT_EVENTS, (revision, limit)).fetchall()
-        else:
-            rows = self._reader().execute(self._SELECT_JOB_EVENTS, (job_id, revision, limit)).fetchall()
-        return _event_records(rows)
-
-    def moe_windows(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[dict[str, Any]]:
-        rows = self._reader().execute(self._SELECT_MOE, (job_id, after, limit)).fetchall()
-        return [json.loads(r[0]) for r in rows]
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._reader().execute(sql, params).fetchall()
 
     def set_holder_address(self, address: str) -> None:
         self._lock.set_address(address)
