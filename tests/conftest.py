@@ -4,6 +4,9 @@ import sys
 # Discovery guards torch's device-extension autoload; tests do the same so a host with a
 # broken vendor extension still runs the suite.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+# every xpod server, agent and `xpod up` a test starts ends with this process, even when it is
+# killed and no teardown runs (runtime.cli.main; tests/agent/test_agent_exit_with.py)
+os.environ["XPOD_EXIT_WITH_PID"] = str(os.getpid())
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "fixtures")

@@ -8,6 +8,11 @@ must import cheaply: torch, grpc and the like are imported inside the command fu
 User errors (``XpodError``) end in one line on stderr and exit 1 (a file with problems: one
 ``FILE:LINE:COL: message`` line per problem); bad flags exit 2 with one line naming the flag.
 Anything else is a bug and keeps its traceback.
+
+``XPOD_EXIT_WITH_PID=PID`` in the environment makes an ``xpod`` process (and every ``xpod``
+process it starts) end, SIGKILL, within a second of process PID's end. Test suites and
+launchers set it so that servers and agents never outlive them (an agent's tasks end with the
+agent, ``runtime.agent``; a server's front ends with the server).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from xpod import __version__
 from xpod.hal.errors import XpodError
@@ -73,7 +81,42 @@ def _missing(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+EXIT_WITH_ENV = "XPOD_EXIT_WITH_PID"
+
+
+def _exit_with(pid: int) -> None:
+    """End this process (SIGKILL) within a second of process ``pid``'s end (see the module
+    docstring). A watch thread, not ``PR_SET_PDEATHSIG``: that fires when the parent *thread*
+    that started this process ends, which a launcher's worker thread may do early."""
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # a zombie is gone: nobody has reaped it yet
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+        except OSError:  # no /proc: ask the kernel
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+            return False
+
+    def watch() -> None:
+        while not gone():
+            threading.Event().wait(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if pid != os.getpid():
+        threading.Thread(target=watch, name="xpod-exit-with", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    watched = os.environ.get(EXIT_WITH_ENV, "")
+    if argv is None and watched.isdigit():  # a process of its own, not a call from a test
+        _exit_with(int(watched))
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

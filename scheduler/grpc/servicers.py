@@ -69,13 +69,10 @@ _MAX_ASSIGNMENT_BATCHES = 1024
 _BEHIND = object()
 
 
-def _auth_error(err: AuthError) -> ApiError:
-    if isinstance(err, Unauthenticated):
-        return ApiError(Code.UNAUTHENTICATED, "UNAUTHENTICATED", str(err))
-    return ApiError(Code.PERMISSION_DENIED, "PERMISSION_DENIED", str(err))
-
-
-async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError | AuthError) -> None:
+    if isinstance(err, AuthError):
+        code = Code.UNAUTHENTICATED if isinstance(err, Unauthenticated) else Code.PERMISSION_DENIED
+        err = ApiError(code, code.value, str(err))
     await context.abort_with_status(rpc_status.to_status(status_for(err)))
 
 
@@ -266,10 +263,8 @@ def _rpc(method: Callable) -> Callable:
             try:
                 principal = self._principal(context)
                 return await method(self, request, context, principal)
-            except ApiError as err:
+            except (ApiError, AuthError) as err:
                 await _abort(context, err)
-            except AuthError as err:
-                await _abort(context, _auth_error(err))
 
         return native
 
@@ -281,10 +276,8 @@ def _rpc(method: Callable) -> Callable:
                 principal = self._principal(context)
                 async for item in method(self, request, context, principal):
                     yield item
-            except ApiError as err:
+            except (ApiError, AuthError) as err:
                 await _abort(context, err)
-            except AuthError as err:
-                await _abort(context, _auth_error(err))
 
         return native_stream
 
@@ -323,10 +316,8 @@ def _rpc(method: Callable) -> Callable:
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(_abort(context, err), self.stream_bounds.stall_s)
                         return
-            except ApiError as err:
+            except (ApiError, AuthError) as err:
                 await _abort(context, err)
-            except AuthError as err:
-                await _abort(context, _auth_error(err))
             finally:
                 held.release()
 
@@ -339,10 +330,8 @@ def _rpc(method: Callable) -> Callable:
             principal = self._principal(call)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.pool, method, self, request, call, principal)
-        except ApiError as err:
+        except (ApiError, AuthError) as err:
             await _abort(context, err)
-        except AuthError as err:
-            await _abort(context, _auth_error(err))
         finally:
             call.active = False
 
