@@ -130,7 +130,15 @@ class DeviceRecord:
     simulated: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "health": self.health.value}
+        # by hand, not dataclasses.asdict (a deep copy): a pod's registration writes 15,360 of them
+        return {
+            "index": self.index,
+            "vendor": self.vendor,
+            "model": self.model,
+            "memory_total_bytes": self.memory_total_bytes,
+            "health": self.health.value,
+            "simulated": self.simulated,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "DeviceRecord":

@@ -314,13 +314,17 @@ class Snapshot:
             b = self.partial_bucket_of[d.model].pop(name, None)
             if b is not None:
                 self.partial_buckets[d.model][b].discard(name)
-        self._recount_totals()
+        for d, ok in zip(st.node.devices, st.healthy):
+            if ok:
+                self._count_healthy(d.model, -1)
         return hit
 
     def set_device_health(self, node: str, index: int, health: Health) -> list[str]:
         """Mark a device; one whose health is not ``schedulable`` (alarm, critical) takes no
         new work and evicts the jobs using it (returned)."""
         st = self.nodes[node]
+        if st.healthy[index] != health.schedulable:
+            self._count_healthy(st.node.devices[index].model, 1 if health.schedulable else -1)
         st.healthy[index] = health.schedulable
         self._refresh_usable(st)
         self.empty_cache.clear()
@@ -335,15 +339,16 @@ class Snapshot:
             for jid in hit:
                 self.release(jid)
         self._reindex(node)
-        self._recount_totals()
         return hit
 
-    def _recount_totals(self) -> None:
-        self.model_total = defaultdict(int)
-        for st in self.nodes.values():
-            for d, ok in zip(st.node.devices, st.healthy):
-                if ok:
-                    self.model_total[d.model] += 1
+    def _count_healthy(self, model: str, delta: int) -> None:
+        """``model_total`` (healthy devices of present nodes) by ``delta``, in O(1): a pod's
+        worth of nodes registering one by one must not recount the pod each time."""
+        left = self.model_total[model] + delta
+        if left:
+            self.model_total[model] = left
+        else:
+            del self.model_total[model]
 
     def _reindex(self, name: str) -> None:
         for seen in self._watchers:

@@ -81,7 +81,8 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XPOD_")}
+    # a reader's environment, but xpod up still ends with this test process (tests/conftest.py)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XPOD_") or k == "XPOD_EXIT_WITH_PID"}
     env.update(HOME=str(home), PATH=BIN + os.pathsep + env.get("PATH", os.defpath), PYTHONUNBUFFERED="1")
 
     readme_metrics = re.search(r"--metrics (\S+)", server_cmd)
