@@ -19,6 +19,7 @@ WORLD_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixture
 
 
 def test_each_serving_replica_is_its_own_world(cluster):
+    cluster.patient()  # four tasks importing torch beside a CPU hog can stall the agents' heartbeats
     cluster.start_server()
     cluster.start_agent("localhost", "--sim-devices", "mthreads-s4000:1", "--grace", "1")
     cluster.start_agent("127.0.0.1", "--sim-devices", "mthreads-s4000:3", "--grace", "1")
@@ -33,7 +34,7 @@ def test_each_serving_replica_is_its_own_world(cluster):
         kind="ServingJob",
     )
     paths = [cluster.out / f"{job}.{t}.world.json" for t in range(4)]
-    wait_until(lambda: all(p.exists() for p in paths), 90, "every task to join its world")
+    wait_until(lambda: all(p.exists() for p in paths), 240, "every task to join its world")
     worlds = {t: json.loads(p.read_text()) for t, p in enumerate(paths)}
     where = {a.task: a.node for a in cluster.job(job).allocations}
     assert sorted(where) == [0, 1, 2, 3] and set(where.values()) == {"localhost", "127.0.0.1"}
@@ -56,4 +57,4 @@ def test_each_serving_replica_is_its_own_world(cluster):
             in head
         ), head
     cluster.client.cancel(job)
-    wait_until(lambda: cluster.allocated_milli() == 0, 20, "the devices to be free after cancel")
+    wait_until(lambda: cluster.allocated_milli() == 0, 60, "the devices to be free after cancel")
