@@ -216,6 +216,10 @@ class NodeRegistry:
         with self._lock:
             return {d.model for n in self._nodes.values() for d in n.record.devices}
 
+    def size(self) -> int:
+        """Nodes this registry knows (declared or registered)."""
+        return len(self._nodes)
+
     def counts(self) -> dict[NodeStatus, int]:
         with self._lock:
             out = {s: 0 for s in NodeStatus}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import re
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
@@ -38,9 +39,15 @@ if TYPE_CHECKING:
 _INT64 = 2**63
 
 
-def _overflowing(value: Any) -> str | None:
-    """The path of the first number that does not fit a signed 64-bit integer (or is not
-    finite), or None."""
+#: in canonical JSON, what a number too big for 64 bits looks like (19+ digits, or an exponent)
+_BIG_NUMBER = re.compile(r"\d{19}|\d[eE]")
+
+
+def _overflowing(value: Any, canonical: str) -> str | None:
+    """The path of the first number that does not fit a signed 64-bit integer, or None.
+    ``canonical``: the document's canonical JSON (no NaN, no infinity), looked at first."""
+    if not _BIG_NUMBER.search(canonical):
+        return None
     stack = [("", value)]
     while stack:
         where, v = stack.pop()
@@ -140,7 +147,7 @@ class Submissions:
     def most_tasks(self) -> int:
         """The most tasks one job may have: ``max_tasks_per_node`` for each node this server
         knows (declared or registered; at least one)."""
-        return max(1, sum(self._nodes.counts().values())) * self._limits.max_tasks_per_node
+        return max(1, self._nodes.size()) * self._limits.max_tasks_per_node
 
     def queue(self, write: Callable[[], concurrent.futures.Future]) -> concurrent.futures.Future:
         """Queue a store write: refused on a follower, shed when the store's queue is full."""
@@ -191,7 +198,7 @@ class Submissions:
                 field="job",
                 metadata={"bytes": str(len(canonical)), "limitBytes": str(limits.max_document_bytes)},
             )
-        overflow = _overflowing(document)
+        overflow = _overflowing(document, canonical)
         if overflow is not None:
             raise invalid("NUMBER_OUT_OF_RANGE", f"{overflow}: numbers must fit in 64 bits", overflow)
         found = problems(document, self._nodes.models)
@@ -229,7 +236,7 @@ class Submissions:
         written."""
         most = self.most_tasks()
         if parsed.core.tasks > most:
-            nodes = max(1, sum(self._nodes.counts().values()))
+            nodes = max(1, self._nodes.size())
             field = "spec.replicas" if parsed.kind.value == "ServingJob" else "spec.tasks"
             raise ApiError(
                 Code.INVALID_ARGUMENT,
@@ -253,7 +260,7 @@ class Submissions:
             never = self._admission.admit(parsed)
         except SpecInvalid as err:
             raise invalid("INVALID_SPEC", str(err), err.field) from None
-        if never is not None and sum(self._nodes.counts().values()):  # with no node yet, it waits
+        if never is not None and self._nodes.size():  # with no node yet, it waits
             raise ApiError(
                 Code.FAILED_PRECONDITION,
                 "EXCEEDS_CLUSTER_CAPACITY",
