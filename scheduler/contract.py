@@ -110,6 +110,7 @@ class Assignment:
     queue: str = ""
     kind: str = ""  # TrainingJob | ServingJob | BatchJob
     placements: tuple[tuple[int, str], ...] = ()  # (task, node) of every task of the job
+    world_key: str = ""  # the job's submission time (ns): with its id, what its worlds' ports hash
 
 
 #: node label: "true" on a node whose agent simulates its tasks (``xpod agent --simulate``, the pod
@@ -482,11 +483,14 @@ class MoePlanAnswer:
 PORT_BASE, PORT_SPAN = 20000, 20000
 
 
-def rendezvous_port(job_id: str, replica: int = 0) -> int:
+def rendezvous_port(job_id: str, replica: int = 0, key: str = "") -> int:
     """MASTER_PORT of a job's world (of its serving replica ``replica``): every node computes the
     same number without talking to the others. The replicas of one job get consecutive ports
-    (modulo the range), so two of its replicas whose first tasks share a node never collide."""
-    h = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big")
+    (modulo the range), so two of its replicas whose first tasks share a node never collide.
+    ``key`` (``Assignment.world_key``, the job's submission time) goes into the hash too: every
+    fresh server numbers its jobs from job-1, and two of them on one host (tests side by side,
+    or ``xpod up`` beside a server) would otherwise hand out the same ports."""
+    h = int.from_bytes(hashlib.sha256(f"{job_id}@{key}".encode() if key else job_id.encode()).digest()[:4], "big")
     return PORT_BASE + (h + replica) % PORT_SPAN
 
 
@@ -519,7 +523,7 @@ def tasks_per_replica(kind: str, spec: Mapping[str, Any]) -> int | None:
 
 
 def task_worlds(
-    job_id: str, kind: str, spec: Mapping[str, Any], placements: Iterable[tuple[int, str]]
+    job_id: str, kind: str, spec: Mapping[str, Any], placements: Iterable[tuple[int, str]], key: str = ""
 ) -> dict[int, TaskWorld]:
     """The world of every placed task of a job, by task number (in task order). ``placements``
     are its (task number, node) pairs: every allocation of the job, not only one node's, so
@@ -534,7 +538,8 @@ def task_worlds(
       bound whole), on the replica's own port. N = 1: every replica is a world of one.
 
     LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of the same world on the same node, in task
-    order, as ``launch.launch`` numbers the processes it starts on one host."""
+    order, as ``launch.launch`` numbers the processes it starts on one host. ``key``: see
+    ``rendezvous_port``."""
     where = dict(placements)
     size = tasks_per_replica(kind, spec)
     groups: dict[int | None, list[int]] = {}
@@ -549,7 +554,7 @@ def task_worlds(
             assert size is not None
             ranks, world = {t: t % size for t in tasks}, size
             master = where.get(replica * size, where[tasks[0]])
-        port = rendezvous_port(job_id, replica or 0)
+        port = rendezvous_port(job_id, replica or 0, key)
         on_node: dict[str, list[int]] = {}
         for t in tasks:  # in task order
             on_node.setdefault(where[t], []).append(t)

@@ -630,7 +630,7 @@ class NodeRuntime:
         kind, spec = a.document.get("kind", ""), a.document.get("spec", {})
         world_error: Exception | None = None
         try:
-            worlds = task_worlds(a.job_id, kind, spec, placed.items())
+            worlds = task_worlds(a.job_id, kind, spec, placed.items(), a.world_key)
         except Exception as err:  # noqa: BLE001 - the server accepted the job: its tasks fail to start, named
             worlds, world_error = {}, err
         run = self.runs.setdefault(a.job_id, JobRun(a.job_id, {}))

@@ -593,6 +593,7 @@ def _assignment(a: Any) -> Assignment:
         a.job.queue,
         a.job.kind,
         tuple((x.task, x.node) for x in a.job.allocations),
+        str(a.job.create_time.ToNanoseconds()),
     )
 
 

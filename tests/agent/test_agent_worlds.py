@@ -210,3 +210,12 @@ def test_a_simulated_task_without_a_duration_ends_after_the_documented_default(t
         f"default {DEFAULT_SIMULATED_DURATION_S:g}"
         in schema("BatchJob")["properties"]["spec"]["properties"]["simulate"]["properties"]["duration_s"]["description"]
     )
+
+
+def test_the_same_job_id_of_another_server_gets_other_ports():
+    # every fresh server numbers from job-1: two of them on one host (tests side by side, xpod up
+    # beside a server) handed out the same MASTER_PORT, and one world failed with EADDRINUSE
+    first = task_worlds("job-1", "BatchJob", {"tasks": 1}, [(0, "n1")], "1765000000000000000")
+    second = task_worlds("job-1", "BatchJob", {"tasks": 1}, [(0, "n1")], "1765000000123456789")
+    assert first[0].master_port != second[0].master_port
+    assert first == task_worlds("job-1", "BatchJob", {"tasks": 1}, [(0, "n1")], "1765000000000000000")
