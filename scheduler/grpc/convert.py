@@ -89,7 +89,10 @@ _SPECS_MAX = 16_384
 
 
 def spec_struct(job: JobRecord, given: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
-    """The job's document as a Struct (``given``: the one it came in, kept for next time)."""
+    """The job's document as a Struct (``given``: the one it came in, kept for next time). A job
+    whose spec retention dropped (``{}``) shows none, whatever was kept."""
+    if not job.spec and given is None:
+        return struct_pb2.Struct()
     spec = _SPECS.pop(job.spec_hash, None) or given
     if spec is None:
         spec = struct_pb2.Struct()
