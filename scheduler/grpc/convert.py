@@ -182,7 +182,7 @@ def node_pb(n: NodeState) -> types_pb2.Node:
             memory_bytes=r.memory_bytes,
             simulated=r.simulated,
         )
-        if len(_NODES) >= _SPECS_MAX:
+        if len(_NODES) >= 4096:  # records replaced by health changes linger until then
             _NODES.clear()
         _NODES[id(r)] = (r, fixed)
     msg = types_pb2.Node()
