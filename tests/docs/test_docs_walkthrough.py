@@ -8,6 +8,9 @@ from a person at a terminal, and why:
   ports would collide between test runs on one machine); the steps' metrics address is the one
   `xpod up` prints, and `XPOD_SERVER` points the clients at the gRPC address it prints (what
   they would reach by default at 127.0.0.1:7070).
+* The job's `train.py` first waits until the test says go, which it does once job-2 is
+  cancelled: the README promises job-2 waits behind job-1 until `xpod cancel job-2`, and on a
+  CPU-starved machine the CLI steps before it took longer than job-1's 15 s.
 * The steps run in a fresh folder, with HOME in the temp dir (no ~/.config/xpod/config.yaml of
   the machine's user), `.venv/bin` first on PATH (what `source .venv/bin/activate` does), and
   `bash -e`: the first command that fails stops the walkthrough.
@@ -110,20 +113,42 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         env["XPOD_SERVER"] = grpc_addr
 
         script = steps.replace(readme_metrics.group(1), metrics_addr)
+        go = tmp_path / "go"
+        assert "import os, time\n" in script, "train.py changed: update the test's hold on job-1"
+        script = script.replace(
+            "import os, time\n", f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.2)\n", 1
+        )
+        steps_run = subprocess.Popen(
+            ["bash", "-e", "-o", "pipefail", "-x", "-c", script],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        from xpod.runtime.client import Client, Target, job_state
+
+        # xpod up is never open: the test reads its admin token as the CLI does
+        token = (work / "xpod-state" / "admin-token").read_text().strip()
+        client = Client(Target(grpc_addr, token, None, "walkthrough test"), timeout_s=60)
         try:
-            run = subprocess.run(
-                ["bash", "-e", "-o", "pipefail", "-x", "-c", script],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=STEPS_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired as err:
+            deadline = time.monotonic() + STEPS_TIMEOUT_S
+            while not go.exists() and steps_run.poll() is None and time.monotonic() < deadline:
+                jobs = {j.id: job_state(j) for j in client.list()}
+                if jobs.get("job-2") == "CANCELLED":
+                    go.touch()  # job-1 may run its 15 steps now
+                time.sleep(0.5)
+        finally:
+            client.close()
+        try:
+            stdout, stderr = steps_run.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            steps_run.kill()
+            stdout, stderr = steps_run.communicate()
             raise AssertionError(
-                f"the walkthrough did not finish within {STEPS_TIMEOUT_S} s:\n{err.stdout}\n{err.stderr}\n"
-                f"xpod up:\n{out.text()}"
+                f"the walkthrough did not finish within {STEPS_TIMEOUT_S} s:\n{stdout}\n{stderr}\nxpod up:\n{out.text()}"
             ) from None
+        run = subprocess.CompletedProcess(steps_run.args, steps_run.returncode, stdout, stderr)
         shown = f"stdout:\n{run.stdout}\nstderr (each command after '+'):\n{run.stderr}\nxpod up:\n{out.text()}"
         assert run.returncode == 0, f"a walkthrough command failed (exit {run.returncode}):\n{shown}"
 
