@@ -111,6 +111,7 @@ class Assignment:
     kind: str = ""  # TrainingJob | ServingJob | BatchJob
     placements: tuple[tuple[int, str], ...] = ()  # (task, node) of every task of the job
     world_key: str = ""  # the job's submission time (ns): with its id, what its worlds' ports hash
+    state: str = ""  # the job's state (QUEUED, CANCELLED, ...): why a stop comes (preempted or ended)
 
 
 #: node label: "true" on a node whose agent simulates its tasks (``xpod agent --simulate``, the pod
@@ -284,6 +285,20 @@ class Simulation:
 MOE_LOAD_FILE_ENV = "XPOD_MOE_LOAD_FILE"
 MOE_PLAN_ENV = "XPOD_MOE_PLAN"
 MOE_PLAN_SGLANG_ENV = "XPOD_MOE_PLAN_SGLANG"
+#: the file the agent touches when a task must stop (preempted, shrunk, scaled down, cancelled):
+#: at notice time, with SIGTERM; SIGKILL follows after the job's ``grace_period_s``
+PREEMPT_NOTICE_ENV = "XPOD_PREEMPT_NOTICE"
+#: a task's SIGTERM-to-SIGKILL grace unless its job sets ``grace_period_s`` (the same default as
+#: ``scheduler.core.model``'s, which the agent may not import; a test holds them equal)
+DEFAULT_GRACE_PERIOD_S = 30.0
+
+
+def grace_period_s(spec: Mapping[str, Any]) -> float:
+    """A job document's ``spec.grace_period_s`` (validated at submission), else the default."""
+    v = spec.get("grace_period_s", DEFAULT_GRACE_PERIOD_S)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else DEFAULT_GRACE_PERIOD_S
+
+
 #: the largest load report (layers x experts counts) a server takes; DeepSeek-V3 is 61 x 256
 MAX_MOE_LOAD_VALUES = 256 * 1024
 #: the largest load file an agent reads (bytes)

@@ -20,8 +20,17 @@ Contracts:
   (``Backend.health``) when it changed; a node the server answers it does not know is
   registered again.
 * **Assignments** arrive over ``WatchAssignments`` for all the nodes, in batches. ``run=True``
-  starts the job's tasks on that node that are not running yet; ``run=False`` ends them: SIGTERM
-  to each task's process group, SIGKILL after ``grace_s`` (``launch.LaunchedGroup.terminate``).
+  starts the job's tasks on that node that are not running yet; ``run=False`` ends them.
+* **Stops with notice.** Every process task gets ``XPOD_PREEMPT_NOTICE``, a file path
+  (``STATE/notice/JOB/task-N``, absent while it may run). A task that must go has that file
+  touched (a JSON line: notice time, grace) and SIGTERM to its process group at the same moment,
+  then SIGKILL after the job's ``grace_period_s`` (default 30) when it was preempted, shrunk or
+  scaled down, or after the agent's own ``grace_s`` when the job was cancelled or is over; a
+  cancel that comes during a long grace cuts it to ``grace_s`` (``launch.LaunchedGroup.terminate``).
+* **Resizes.** A task whose torch.distributed world changed (an elastic gang shrunk or regrown:
+  WORLD_SIZE, RANK or the master moved) is stopped with notice like one that goes, and starts
+  again in the new world once every stopping task of its gang on this node has exited (a serving
+  replica waits only for its own earlier process): the gang restarts once, with the new size.
 * **Tasks** run with the launcher's variables (``launch.rank_env``) for the task's
   torch.distributed world (``scheduler.contract.task_worlds``, computed from the job's whole
   allocation list so every node agrees): a training or batch job is ONE world (RANK = task
@@ -71,6 +80,7 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -92,6 +102,7 @@ from xpod.scheduler.contract import (
     MOE_LOAD_FILE_ENV,
     MOE_PLAN_ENV,
     MOE_PLAN_SGLANG_ENV,
+    PREEMPT_NOTICE_ENV,
     SIMULATED_LABEL,
     Assignment,
     DeviceRecord,
@@ -99,6 +110,7 @@ from xpod.scheduler.contract import (
     NodeRecord,
     TaskReport,
     TaskState,
+    grace_period_s,
     kind_label,
     parse_task_fields,
     task_worlds,
@@ -127,6 +139,17 @@ def log_path(state_dir: str, job_id: str, task: int) -> str:
 
 #: the agent asks for a job's MoE plan at least this often (and looks at load files as often)
 MOE_PLAN_POLL_S = 0.5
+
+
+def notice_path(state_dir: str, job_id: str, task: int) -> str:
+    """The file a task's ``XPOD_PREEMPT_NOTICE`` names (``STATE/notice/JOB/task-N``): absent while
+    the task may run, touched when it must stop."""
+    log_path(state_dir, job_id, task)  # the same check of the job id
+    return os.path.join(state_dir, "notice", job_id, f"task-{int(task)}")
+
+
+#: job states in which a stop is final (cancelled or over): the agent's short grace, not the job's
+ENDED_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 def moe_paths(state_dir: str, job_id: str, task: int, replica: int) -> dict[str, str]:
@@ -223,11 +246,12 @@ class TaskHandle:
 class ProcessTask(TaskHandle):
     """A real process in its own session (the launcher's contract), output to a log file."""
 
-    def __init__(self, task: int, group: Any, log_file: Any, pid_file: str) -> None:
+    def __init__(self, task: int, group: Any, log_file: Any, pid_file: str, notice: str = "") -> None:
         self.task = task
         self.group = group  # launch.LaunchedGroup of one process
         self._log_file = log_file
         self._pid_file = pid_file
+        self.notice = notice  # its XPOD_PREEMPT_NOTICE file, touched when it must stop
 
     @property
     def popen(self) -> subprocess.Popen:
@@ -290,6 +314,12 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _notify(path: str, grace_s: float) -> None:
+    """Touch a task's notice file (written whole: the time it must be gone by)."""
+    with contextlib.suppress(OSError):
+        _write_atomic(path, json.dumps({"notice_time_s": time.time(), "grace_period_s": grace_s}) + "\n")
+
+
 def _append(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -311,6 +341,10 @@ class JobRun:
     )  # task -> load file (mtime, size) sent
     moe_plan: int = 0  # the plan revision whose files are written here
     moe_asked_s: float = 0.0  # when the plan was last asked for
+    # task -> the world it was started in (``_world_key``): a task whose world changes (an
+    # elastic gang shrunk or regrown) is stopped and started again in the new one
+    worlds: dict[int, tuple] = dataclasses.field(default_factory=dict)
+    hurry_at: float | None = None  # monotonic time the job ended while this run was stopping: cut its grace
 
     def failed_tasks(self) -> list[int]:
         """Tasks here that exited non-zero (the report's ``failed_tasks``)."""
@@ -424,6 +458,10 @@ class ProcessExecutor(Executor):
         if fields.moe is not None:
             env.update(moe_paths(self.state_dir, job_id, alloc.task, world.replica or 0))
             os.makedirs(os.path.dirname(env[MOE_PLAN_ENV]), exist_ok=True)
+        notice = env[PREEMPT_NOTICE_ENV] = notice_path(self.state_dir, job_id, alloc.task)
+        os.makedirs(os.path.dirname(notice), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(notice)  # a notice of an earlier attempt is not one for this one
         command = list(fields.command)
         if not command:
             # nothing to run: sleep the simulated duration (0 by default) so traces replay alike
@@ -470,7 +508,7 @@ class ProcessExecutor(Executor):
         with open(pid_file, "w", encoding="utf-8") as f:
             json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
         return ProcessTask(
-            alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file
+            alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file, notice
         )
 
 
@@ -592,6 +630,22 @@ class NodeSpec:
         return NodeRecord(self.name, devices, self.labels)
 
 
+#: stops a run's tasks with a grace (None: the agent's) on a thread of its own, which it returns
+Stopper = Callable[[JobRun, "float | None"], "threading.Thread | None"]
+
+
+def _world_key(world: Any) -> tuple:
+    """What a task's environment says of its world: a change means a restart."""
+    return (
+        world.rank,
+        world.world_size,
+        world.local_rank,
+        world.local_world_size,
+        world.master_node,
+        world.master_port,
+    )
+
+
 class SessionLost(Exception):
     """The connection to the scheduler broke; reconnect."""
 
@@ -605,12 +659,14 @@ class NodeRuntime:
         self.log_prefix = log_prefix
         self.runs: dict[str, JobRun] = {}
         self.held: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # job -> (queue, kind, device indices)
+        self.stopping: dict[str, list[tuple[JobRun, threading.Thread]]] = {}  # job -> stops under way
+        self.deferred: dict[str, Assignment] = {}  # job -> its latest assignment, while tasks of it wait
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def assign(self, a: Assignment, stopper: Callable[[JobRun], None]) -> None:
+    def assign(self, a: Assignment, stopper: Stopper) -> None:
         """Start what ``a`` lists and is not running here; stop what it no longer lists."""
         if a.run:
             self.start(a, stopper)
@@ -618,12 +674,35 @@ class NodeRuntime:
             self.held[a.job_id] = (a.queue, a.kind, indices)
             return
         self.held.pop(a.job_id, None)
+        self.deferred.pop(a.job_id, None)
         run = self.runs.pop(a.job_id, None)
+        # cancelled or over: the agent's short grace, also for stops of the job already under way;
+        # preempted (queued again): the job's grace_period_s
+        ended = a.state in ENDED_STATES or not a.state
+        if ended:
+            for stale, _ in self.stopping.get(a.job_id, ()):
+                stale.hurry_at = time.monotonic()
         if run is not None:
             _log(self.log_prefix, f"{self.name}: stopping job {a.job_id}")
-            stopper(run)
+            self.stop(run, stopper, None if ended else grace_period_s(a.document.get("spec", {})))
 
-    def start(self, a: Assignment, stopper: Callable[[JobRun], None] = lambda run: None) -> None:
+    def stop(self, run: JobRun, stopper: Stopper, grace_s: float | None = None) -> None:
+        """Stop ``run``'s tasks (``stopper``: notice, SIGTERM, SIGKILL after ``grace_s``, None: the
+        agent's); until they have exited no task of the job that needs them gone starts here."""
+        thread = stopper(run, grace_s)
+        if thread is not None:
+            self.stopping.setdefault(run.job_id, []).append((run, thread))
+
+    def _stopping_tasks(self, job_id: str) -> set[int]:
+        """Tasks of ``job_id`` whose stop is still under way here."""
+        live = [(r, t) for r, t in self.stopping.get(job_id, ()) if t.is_alive()]
+        if live:
+            self.stopping[job_id] = live
+        else:
+            self.stopping.pop(job_id, None)
+        return {task for r, _ in live for task in r.tasks}
+
+    def start(self, a: Assignment, stopper: Stopper = lambda run, grace_s: None, resumed: bool = False) -> None:
         mine = sorted(a.tasks, key=lambda t: t.task)
         placed = dict(a.placements)  # every task of the job (all nodes): every agent computes the same worlds
         placed.update({t.task: self.name for t in mine})
@@ -639,32 +718,60 @@ class NodeRuntime:
         except Exception:  # noqa: BLE001 - the server accepted it; a task that cannot start says why
             run.moe = None
         run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
-        # Tasks here the assignment no longer lists (a serving replica replaced alone) end alone;
-        # the job's other tasks on this node keep running.
+        keys = {t: _world_key(w) for t, w in worlds.items()}
+        # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
+        # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
+        # again in the new world once the old one has ended here). The others keep running.
         listed = {t.task for t in mine}
-        gone = {t: h for t, h in run.tasks.items() if t not in listed}
+        changed = {t for t in run.tasks if t in listed and t not in run.exits and run.worlds.get(t) != keys.get(t)}
+        gone = {t: h for t, h in run.tasks.items() if t not in listed or t in changed}
         if gone:
             stale = JobRun(a.job_id, gone, {t: c for t, c in run.exits.items() if t in gone})
             for t in gone:
                 run.tasks.pop(t)
                 run.exits.pop(t, None)
-            _log(self.log_prefix, f"{self.name}: stopping job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}")
-            stopper(stale)
+                run.worlds.pop(t, None)
+            what = "restarting" if changed else "stopping"
+            _log(self.log_prefix, f"{self.name}: {what} job {a.job_id} task(s) {', '.join(map(str, sorted(gone)))}")
+            self.stop(stale, stopper, grace_period_s(spec))
+        # A task starts once its earlier process here has exited (its port, its files); a task of
+        # a gang (one world) once every stopping task of the gang has.
+        busy = self._stopping_tasks(a.job_id)
+        gang = any(w.replica is None for w in worlds.values())
+        waiting = False
         for alloc in mine:
             if alloc.task in run.tasks:
                 continue  # already running (a re-sent assignment after a reconnect)
+            if busy and (gang or alloc.task in busy):
+                waiting = True
+                continue
             try:
                 if world_error is not None:
                     raise world_error
                 world = worlds[alloc.task]
                 master = "127.0.0.1" if world.master_node == self.name else world.master_node
                 run.tasks[alloc.task] = self.executor.start(a.document, a.job_id, alloc, world, master)
+                run.worlds[alloc.task] = keys[alloc.task]
             except Exception as err:  # noqa: BLE001 - one bad job must not stop the node; it reads as a failed start
                 _log(self.log_prefix, f"{self.name}: job {a.job_id} task {alloc.task} cannot start: {err}")
                 run.tasks[alloc.task] = _Failed(
                     alloc.task, f"could not start: {str(err).removeprefix(f'job {a.job_id}: ')}"
                 )
-        run.reported = None
+            resumed = False  # something started: report again
+        if waiting:
+            self.deferred[a.job_id] = a
+        else:
+            self.deferred.pop(a.job_id, None)
+        if not resumed:
+            run.reported = None
+
+    def resume(self, stopper: Stopper) -> None:
+        """Start the tasks that waited for earlier processes of their job to exit."""
+        for a in list(self.deferred.values()):
+            if a.job_id in self.runs:
+                self.start(a, stopper, resumed=True)
+            else:
+                self.deferred.pop(a.job_id, None)
 
     def reap(self) -> None:
         for run in self.runs.values():
@@ -755,6 +862,11 @@ class Agent:
                     beats.join(timeout=self.heartbeat_interval_s + 5)
         self._close_stream()
         # the agent is going away: its tasks go with it (all jobs in parallel: one grace period)
+        now = time.monotonic()
+        for n in self.nodes.values():  # stops under way (a job's long grace) end within the agent's
+            for stops in n.stopping.values():
+                for stale, _ in stops:
+                    stale.hurry_at = now
         stoppers = [self._stopper(run) for n in self.nodes.values() for run in n.runs.values()]
         for t in stoppers:
             t.join(timeout=self.grace_s + 5)
@@ -832,6 +944,7 @@ class Agent:
             self._drain()
             for n in self.nodes.values():
                 n.reap()
+                n.resume(self._stopper)
             self._report()
             self._moe()
             self._publish()
@@ -848,8 +961,8 @@ class Agent:
                 if node is not None:
                     node.assign(a, self._stopper)
 
-    def _stopper(self, run: JobRun) -> threading.Thread:
-        t = threading.Thread(target=self._stop_run, args=(run,), daemon=True)
+    def _stopper(self, run: JobRun, grace_s: float | None = None) -> threading.Thread:
+        t = threading.Thread(target=self._stop_run, args=(run, grace_s), daemon=True)
         t.start()
         return t
 
@@ -886,7 +999,8 @@ class Agent:
                 # not bound here any more (cancelled, moved or finished while we were away)
                 n.runs.pop(run.job_id, None)
                 n.held.pop(run.job_id, None)
-                self._stopper(run)
+                n.deferred.pop(run.job_id, None)
+                n.stop(run, self._stopper)
 
     def _moe(self) -> None:
         """Forward new load files of the tasks of jobs with ``spec.moe``; write newer plans."""
@@ -961,18 +1075,27 @@ class Agent:
         _log(self.log_prefix, f"job {job_id} task {task}: {text}")
         _append(log_path(state_dir, job_id, task), f"=== xpod: {text}\n")
 
-    def _stop_run(self, run: JobRun) -> None:
-        """End every task of ``run`` still running: SIGTERM to all their process groups at once,
-        SIGKILL to what is left after one grace period (not one grace per task)."""
+    def _stop_run(self, run: JobRun, grace_s: float | None = None) -> None:
+        """End every task of ``run`` still running: touch each one's ``XPOD_PREEMPT_NOTICE`` file,
+        SIGTERM all their process groups at once, SIGKILL what is left after one grace period
+        (not one per task): ``grace_s``, the job's ``grace_period_s`` for a preemption or a
+        shrink, else (None) the agent's own; cut to the agent's own from ``run.hurry_at`` (the
+        job was cancelled meanwhile)."""
         from xpod.runtime.agent.launch import LaunchedGroup
 
+        grace_s = self.grace_s if grace_s is None else grace_s
         live = {t: h for t, h in run.tasks.items() if t not in run.exits}
         procs = [p for h in live.values() if isinstance(h, ProcessTask) for p in h.group.procs]
+        for h in live.values():
+            if getattr(h, "notice", ""):
+                _notify(h.notice, grace_s)
         if procs:
-            LaunchedGroup(procs).terminate(grace_s=self.grace_s)
+            LaunchedGroup(procs).terminate(
+                grace_s=grace_s, sooner=lambda: None if run.hurry_at is None else run.hurry_at + self.grace_s
+            )
         for t, handle in live.items():
             if not isinstance(handle, ProcessTask):
-                handle.terminate(self.grace_s)
+                handle.terminate(grace_s)
             code = handle.poll()
             run.exits[t] = code if code is not None else -1
             close = getattr(handle, "close", None)

@@ -53,19 +53,28 @@ class LaunchedGroup:
         self._ended = threading.Event()
         self.failed_rank: int | None = None  # the first rank that exited non-zero, after wait()
 
-    def terminate(self, grace_s: float = TERMINATE_GRACE_S) -> None:
-        """SIGTERM every process group still running, then SIGKILL after ``grace_s``. Idempotent."""
+    def terminate(self, grace_s: float = TERMINATE_GRACE_S, sooner: Callable[[], float | None] | None = None) -> None:
+        """SIGTERM every process group still running, then SIGKILL after ``grace_s``. Idempotent.
+        ``sooner``: asked while waiting, a ``time.monotonic()`` deadline that cuts the grace
+        short (a cancel arriving during a preemption's long grace), or None."""
         self._ended.set()
         alive = [p for p in self.procs if p.popen.poll() is None]
         for p in alive:
             _signal_group(p.popen, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for p in alive:
-            try:
-                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        while alive:
+            cut = sooner() if sooner is not None else None
+            left_s = (deadline if cut is None else min(deadline, cut)) - time.monotonic()
+            if left_s <= 0:
+                for p in alive:
+                    _signal_group(p.popen, signal.SIGKILL)
+                    p.popen.wait()
+                break
+            try:  # with ``sooner``, wake every 0.1 s to ask it again
+                alive[0].popen.wait(timeout=min(left_s, 0.1) if sooner is not None else left_s)
+                alive.pop(0)
             except subprocess.TimeoutExpired:
-                _signal_group(p.popen, signal.SIGKILL)
-                p.popen.wait()
+                pass
         for p in self.procs:  # children a rank left behind in its session
             _signal_group(p.popen, signal.SIGKILL)
 

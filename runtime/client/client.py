@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from xpod.hal.errors import XpodError
 from xpod.scheduler.contract import Assignment, MoeLoadReport, MoePlanAnswer, NodeRecord, TaskAllocation, TaskReport
 
-from .convert import spec_dict
+from .convert import job_state, spec_dict
 
 DEFAULT_SERVER = "127.0.0.1:7070"
 
@@ -583,7 +583,7 @@ class AssignmentStream:
 
 def _assignment(a: Any) -> Assignment:
     if not a.run:
-        return Assignment(a.node, a.job_id, False)
+        return Assignment(a.node, a.job_id, False, document=spec_dict(a.job.spec), state=job_state(a.job))
     return Assignment(
         a.node,
         a.job_id,
@@ -594,6 +594,7 @@ def _assignment(a: Any) -> Assignment:
         a.job.kind,
         tuple((x.task, x.node) for x in a.job.allocations),
         str(a.job.create_time.ToNanoseconds()),
+        job_state(a.job),
     )
 
 

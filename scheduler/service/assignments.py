@@ -7,7 +7,9 @@ per job), however many streams are open, and a stream is woken only when one of 
 news. A node is told:
 
 * ``run=True`` with the job's tasks on the node whenever that set changes (bound, bound again,
-  a serving replica replaced alone), so the agent starts what is new and stops what is gone;
+  a serving replica replaced alone) or a gang restarts in place (an elastic gang shrunk or
+  regrown elsewhere: its ``restarts`` count moved), so the agent starts what is new, stops
+  what is gone and restarts the tasks whose torch.distributed world changed;
 * ``run=False`` once the job no longer holds anything there (ended, evicted, cancelled, moved).
 
 A subscription starts with every job bound to its nodes now (``run=True``), computed under the
@@ -41,7 +43,8 @@ class Subscription:
         self._hub = hub
         self.nodes = nodes
         self.deliver = deliver
-        self.announced: dict[tuple[str, str], frozenset[int]] = {}  # (node, job) -> tasks told to run
+        # (node, job) -> what it was told (``_announced``)
+        self.announced: dict[tuple[str, str], tuple[frozenset[int], int]] = {}
 
     def close(self) -> None:
         self._hub._unsubscribe(self)
@@ -51,6 +54,13 @@ def _mine(job: JobRecord, node: str) -> tuple[AllocationRecord, ...]:
     if job.state not in BOUND_STATES:
         return ()
     return tuple(a for a in job.allocations if a.node == node)
+
+
+def _announced(job: JobRecord, mine: tuple[AllocationRecord, ...]) -> tuple[frozenset[int], int]:
+    """What a node was told of a job: its tasks there and, for a gang (one world: training,
+    batch), the restart count, whose change restarts the gang in place. A serving replica's
+    world is its own: another replica's replacement is no news for it."""
+    return frozenset(a.task for a in mine), 0 if job.kind == "ServingJob" else job.restarts
 
 
 class AssignmentHub:
@@ -79,7 +89,7 @@ class AssignmentHub:
             for job in self._jobs.bound():
                 for node in {a.node for a in job.allocations} & sub.nodes:
                     mine = _mine(job, node)
-                    sub.announced[(node, job.id)] = frozenset(a.task for a in mine)
+                    sub.announced[(node, job.id)] = _announced(job, mine)
                     self._job_nodes.setdefault(job.id, set()).add(node)
                     current.append(Assignment(node, job, mine, True))
         return sub, current
@@ -106,7 +116,7 @@ class AssignmentHub:
                         continue
                     key = (node, job.id)
                     mine = _mine(job, node)
-                    tasks = frozenset(a.task for a in mine)
+                    tasks = _announced(job, mine)
                     if mine and sub.announced.get(key) != tasks:
                         sub.announced[key] = tasks
                         self._job_nodes.setdefault(job.id, set()).add(node)
