@@ -492,6 +492,43 @@ class MoePlanAnswer:
     sglang_json: str = ""  # SGLang's --init-expert-location document of the same plan
 
 
+# --- a serving replica's load (a ServingJob's ``autoscale``) -------------------------------------------
+
+#: the port the agent gives every task of an autoscaled ServingJob (a free one on its node): the
+#: replica serves there, with its Prometheus text at ``/metrics`` (SGLang ``--port P
+#: --enable-metrics``, vLLM ``--port P``), which the agent scrapes on the replica's rank-0 task
+SERVE_PORT_ENV = "XPOD_SERVE_PORT"
+#: the counters whose summed rate is a replica's load, per ``autoscale.metric``: SGLang's and
+#: vLLM's names (a server exposes one family; the others are absent and count nothing)
+LOAD_COUNTERS = {
+    "tokens_per_s": (
+        "sglang:prompt_tokens_total",
+        "sglang:generation_tokens_total",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+    ),
+    "requests_per_s": ("sglang:num_requests_total", "vllm:request_success_total"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """One serving replica's load as its agent forwards it (``ReportLoad``), in its job's
+    ``autoscale.metric`` units (the rate of ``LOAD_COUNTERS`` between two scrapes)."""
+
+    job_id: str
+    node: str
+    replica: int
+    value: float
+
+
+def load_metric(kind: str, spec: Mapping[str, Any]) -> str | None:
+    """The ``autoscale.metric`` of a ServingJob document's ``spec`` (None: not autoscaled)."""
+    a = spec.get("autoscale") if kind == "ServingJob" else None
+    metric = a.get("metric") if isinstance(a, Mapping) else None
+    return metric if metric in LOAD_COUNTERS else None
+
+
 # --- the torch.distributed world of each task ---------------------------------------------------
 
 #: MASTER_PORT range: 20000..39999 (a world's rank 0 listens there, on the master node)

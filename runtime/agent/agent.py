@@ -59,6 +59,13 @@ Contracts:
   refused one is named once in the task's log), asks for the plan at least every
   ``MOE_PLAN_POLL_S``, and writes a newer plan's files (renamed into place) for every replica
   of the job on the node.
+* **Serving load** (a ServingJob with ``spec.autoscale``): each task gets ``XPOD_SERVE_PORT``,
+  a free port of its node, where the replica serves with its Prometheus text at ``/metrics``
+  (SGLang ``--port $XPOD_SERVE_PORT --enable-metrics``; vLLM ``--port $XPOD_SERVE_PORT``).
+  Every ``LOAD_REPORT_S`` the agent scrapes each replica's rank-0 task and reports the rate of
+  its ``contract.LOAD_COUNTERS`` since the previous scrape (prompt plus generated tokens, or
+  requests, per second: SGLang's or vLLM's counters) as the replica's load (``ReportLoad``); a
+  refused report is named once in the task's log.
 * **Simulated tasks** (``SimExecutor``) "run" ``spec.simulate.duration_s``, or
   ``DEFAULT_SIMULATED_DURATION_S`` when the job does not say: a simulated job always ends.
 * **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s,
@@ -102,16 +109,20 @@ from xpod.scheduler.contract import (
     MOE_LOAD_FILE_ENV,
     MOE_PLAN_ENV,
     MOE_PLAN_SGLANG_ENV,
+    LOAD_COUNTERS,
     PREEMPT_NOTICE_ENV,
+    SERVE_PORT_ENV,
     SIMULATED_LABEL,
     Assignment,
     DeviceRecord,
+    LoadReport,
     MoeLoadReport,
     NodeRecord,
     TaskReport,
     TaskState,
     grace_period_s,
     kind_label,
+    load_metric,
     parse_task_fields,
     task_worlds,
 )
@@ -139,6 +150,27 @@ def log_path(state_dir: str, job_id: str, task: int) -> str:
 
 #: the agent asks for a job's MoE plan at least this often (and looks at load files as often)
 MOE_PLAN_POLL_S = 0.5
+#: how often the agent scrapes each autoscaled serving replica and reports its load (ReportLoad)
+LOAD_REPORT_S = 1.0
+#: the most of a replica's /metrics page the agent reads
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+
+
+def scrape_counters(url: str, names: Sequence[str], timeout_s: float = 1.0) -> float | None:
+    """The sum of the samples named ``names`` on a Prometheus text page (None: unreachable,
+    unreadable, or none of them there). No proxy: the replica is on this host."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout_s) as resp:
+            text = resp.read(MAX_METRICS_BYTES).decode("utf-8", "replace")
+        found = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name in names]
+    except (OSError, ValueError):
+        return None
+    return float(sum(found)) if found else None
 
 
 def notice_path(state_dir: str, job_id: str, task: int) -> str:
@@ -252,6 +284,7 @@ class ProcessTask(TaskHandle):
         self._log_file = log_file
         self._pid_file = pid_file
         self.notice = notice  # its XPOD_PREEMPT_NOTICE file, touched when it must stop
+        self.load_url = ""  # an autoscaled serving replica's rank 0: where its /metrics page is
 
     @property
     def popen(self) -> subprocess.Popen:
@@ -345,6 +378,9 @@ class JobRun:
     # elastic gang shrunk or regrown) is stopped and started again in the new one
     worlds: dict[int, tuple] = dataclasses.field(default_factory=dict)
     hurry_at: float | None = None  # monotonic time the job ended while this run was stopping: cut its grace
+    load_metric: str | None = None  # an autoscaled serving job's ``autoscale.metric``
+    load_seen: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # task -> (time, counters)
+    load_refused: bool = False  # a ReportLoad of it was refused (named once in the task's log)
 
     def failed_tasks(self) -> list[int]:
         """Tasks here that exited non-zero (the report's ``failed_tasks``)."""
@@ -458,6 +494,12 @@ class ProcessExecutor(Executor):
         if fields.moe is not None:
             env.update(moe_paths(self.state_dir, job_id, alloc.task, world.replica or 0))
             os.makedirs(os.path.dirname(env[MOE_PLAN_ENV]), exist_ok=True)
+        serve_port = 0
+        if load_metric(job.get("kind", ""), job.get("spec", {})) is not None:
+            from xpod.runtime.agent.launch import free_port
+
+            serve_port = free_port()
+            env[SERVE_PORT_ENV] = str(serve_port)
         notice = env[PREEMPT_NOTICE_ENV] = notice_path(self.state_dir, job_id, alloc.task)
         os.makedirs(os.path.dirname(notice), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -507,9 +549,12 @@ class ProcessExecutor(Executor):
         os.makedirs(os.path.dirname(pid_file), exist_ok=True)
         with open(pid_file, "w", encoding="utf-8") as f:
             json.dump({"job": job_id, "task": alloc.task, "pid": popen.pid, "start": _start_ticks(popen.pid)}, f)
-        return ProcessTask(
+        handle = ProcessTask(
             alloc.task, LaunchedGroup([RankProcess(world.rank, world.local_rank, popen, env)]), log, pid_file, notice
         )
+        if serve_port and world.rank == 0:
+            handle.load_url = f"http://127.0.0.1:{serve_port}/metrics"
+        return handle
 
 
 class SimExecutor(Executor):
@@ -718,6 +763,7 @@ class NodeRuntime:
         except Exception:  # noqa: BLE001 - the server accepted it; a task that cannot start says why
             run.moe = None
         run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
+        run.load_metric = load_metric(kind, spec)
         keys = {t: _world_key(w) for t, w in worlds.items()}
         # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
         # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
@@ -847,6 +893,7 @@ class Agent:
                 backoff_s = 0.2
                 beats = threading.Thread(target=self._beat, args=(stop,), name="xpod-heartbeat", daemon=True)
                 beats.start()
+                threading.Thread(target=self._report_loads, args=(stop,), name="xpod-load", daemon=True).start()
                 self._serve(stop)
             except (SessionLost, XpodError) as err:
                 if self.connected.is_set():
@@ -924,6 +971,38 @@ class Agent:
         if unknown:
             self._register(sorted(set(unknown) & set(self.nodes)))  # the server lost them: add them again
         return interval_s
+
+    def _report_loads(self, stop: threading.Event) -> None:
+        """Every ``LOAD_REPORT_S``, each autoscaled serving replica's load (the rate of its
+        ``LOAD_COUNTERS`` since the last scrape) goes to the scheduler (``ReportLoad``), on a
+        thread of its own: a slow replica never delays starts, reports or heartbeats."""
+        while not stop.wait(LOAD_REPORT_S) and not self._broken.is_set():
+            for n in list(self.nodes.values()):
+                for run in list(n.runs.values()):
+                    if run.load_metric is None:
+                        continue
+                    for t, h in list(run.tasks.items()):
+                        url = getattr(h, "load_url", "")
+                        if url and t not in run.exits:
+                            self._report_load(n, run, t, url)
+
+    def _report_load(self, n: NodeRuntime, run: JobRun, task: int, url: str) -> None:
+        total = scrape_counters(url, LOAD_COUNTERS[run.load_metric or ""])
+        now = time.monotonic()
+        if total is None:
+            return  # the replica is starting (or serves no such counters): nothing to say yet
+        before, run.load_seen[task] = run.load_seen.get(task), (now, total)
+        if before is None or total < before[1] or now <= before[0]:
+            return  # a first sample, or the counters restarted: a rate needs two samples
+        report = LoadReport(run.job_id, n.name, run.replicas.get(task, 0), (total - before[1]) / (now - before[0]))
+        try:
+            self.client.report_load(report)
+        except XpodError as err:  # a refusal is named once in the task's log; a lost server is the loop's business
+            if getattr(err, "code", "") in ("NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT"):
+                state_dir = getattr(n.executor, "state_dir", None)
+                if not run.load_refused and state_dir:
+                    self._moe_note(state_dir, run.job_id, task, f"load report refused: {err}")
+                run.load_refused = True
 
     def _beat(self, stop: threading.Event) -> None:
         """Heartbeats on a thread of their own, so slow starts or reports never delay them."""

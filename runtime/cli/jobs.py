@@ -292,6 +292,8 @@ def cmd_describe(args) -> int:
     print(f"Queue:     {job['queue']}")
     print(f"State:     {job['state']}" + (f"  ({job['message']})" if job.get("message") else ""))
     print(f"Request:   {job['request_id']}")
+    if job.get("restarts"):
+        print(f"Restarts:  {job['restarts']}")
     if job.get("queue_position"):
         print(f"Position:  {job['queue_position']} in queue {job['queue']}")
     reason = job.get("pending_reason")

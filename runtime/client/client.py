@@ -37,7 +37,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 
 from xpod.hal.errors import XpodError
-from xpod.scheduler.contract import Assignment, MoeLoadReport, MoePlanAnswer, NodeRecord, TaskAllocation, TaskReport
+from xpod.scheduler.contract import (
+    Assignment,
+    LoadReport,
+    MoeLoadReport,
+    MoePlanAnswer,
+    NodeRecord,
+    TaskAllocation,
+    TaskReport,
+)
 
 from .convert import job_state, spec_dict
 
@@ -547,6 +555,17 @@ class Client:
         )  # fmt: skip
         resp = self._call(self._nodes.ReportExpertLoads, req)
         return MoePlanAnswer(resp.plan_revision, resp.plan_json, resp.sglang_json)
+
+    def report_load(self, report: LoadReport) -> int:
+        """ReportLoad of one serving replica's load; the replicas its job's autoscaling wants.
+        A refusal raises ``RpcFailure`` (NOT_FOUND: unknown job or replica; FAILED_PRECONDITION:
+        no autoscale, or not bound to the node; INVALID_ARGUMENT: not a finite number >= 0)."""
+        from xpod.proto.xpod.v1 import node_service_pb2
+
+        req = node_service_pb2.ReportLoadRequest(
+            job_id=report.job_id, node=report.node, replica=report.replica, value=report.value
+        )
+        return self._call(self._nodes.ReportLoad, req).desired_replicas
 
 
 #: nodes (or reports) per NodeService call: the server takes up to 1000

@@ -124,6 +124,7 @@ def job_pb(
         revision=job.revision,
         queue_position=queue_position,
         message=job.message,
+        restarts=job.restarts,
     )
     msg.spec.CopyFrom(spec_struct(job, spec))  # cheaper than a constructor argument
     p = pending_pb(pending if pending is not None else job.pending)

@@ -36,7 +36,7 @@ from xpod.proto.xpod.v1 import (
     node_service_pb2,
     node_service_pb2_grpc,
 )
-from xpod.scheduler.contract import MoeLoadReport, TaskState
+from xpod.scheduler.contract import LoadReport, MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal, Role
 
@@ -632,6 +632,11 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
         return node_service_pb2.ReportExpertLoadsResponse(
             plan_revision=answer.revision, plan_json=answer.plan_json, sglang_json=answer.sglang_json
         )
+
+    @_rpc
+    def ReportLoad(self, request, context, principal):
+        report = LoadReport(request.job_id, request.node, request.replica, request.value)
+        return node_service_pb2.ReportLoadResponse(desired_replicas=self.api.report_load(principal, report))
 
 
 def _expire(waiting: asyncio.Future) -> None:

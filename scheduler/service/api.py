@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from xpod.hal.device import Health
-from xpod.scheduler.contract import MoeLoadReport, MoePlanAnswer, NodeRecord, TaskReport, TaskState
+from xpod.scheduler.contract import LoadReport, MoeLoadReport, MoePlanAnswer, NodeRecord, TaskReport, TaskState
 from xpod.scheduler.store import EventRecord, EventType, JobRecord, JobState, JobUpdate, StaleUpdate, Store, open_store
 
 from .admission import TASKS_PER_NODE, Admission, parse_document
@@ -334,7 +334,8 @@ class SchedulerApi:
         )
 
     def explain_job(self, principal: Principal, job_id: str) -> Explanation:
-        return self.jobs.explain(self._visible_job(principal, Call.EXPLAIN_JOB, job_id))
+        job = self._visible_job(principal, Call.EXPLAIN_JOB, job_id)
+        return self.jobs.explain(job, *self.loop.autoscale_of(job.id))
 
     def moe_history(self, principal: Principal, job_id: str) -> list[Any]:
         """The closed windows of a job's live MoE loop, oldest first (``runtime.moe.live.LiveEntry``,
@@ -429,6 +430,11 @@ class SchedulerApi:
             raise ApiError(
                 code, err.reason, err.message, field=err.field, metadata={"jobId": report.job_id[:253]}
             ) from None
+
+    def report_load(self, principal: Principal, report: LoadReport) -> int:
+        """One serving replica's load (``SchedulingLoop.report_load``); the replicas its job wants."""
+        self._node_call(principal, Call.REPORT_LOAD, [report.node], "node")
+        return self.loop.report_load(report)
 
     # --- ClusterService ---
 

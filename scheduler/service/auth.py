@@ -47,6 +47,7 @@ class Call(str, enum.Enum):
     WATCH_ASSIGNMENTS = "WatchAssignments"
     REPORT_TASK_STATUS = "ReportTaskStatus"
     REPORT_EXPERT_LOADS = "ReportExpertLoads"
+    REPORT_LOAD = "ReportLoad"
     GET_CLUSTER = "GetCluster"
     LIST_NODES = "ListNodes"
     LIST_DEVICES = "ListDevices"
@@ -64,7 +65,14 @@ JOB_CALLS = frozenset(
     }
 )
 NODE_CALLS = frozenset(
-    {Call.REGISTER_NODES, Call.HEARTBEAT, Call.WATCH_ASSIGNMENTS, Call.REPORT_TASK_STATUS, Call.REPORT_EXPERT_LOADS}
+    {
+        Call.REGISTER_NODES,
+        Call.HEARTBEAT,
+        Call.WATCH_ASSIGNMENTS,
+        Call.REPORT_TASK_STATUS,
+        Call.REPORT_EXPERT_LOADS,
+        Call.REPORT_LOAD,
+    }
 )
 CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
 

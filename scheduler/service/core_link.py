@@ -27,9 +27,20 @@ from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core.fabric import Fabric
 from xpod.scheduler.core.model import Binding, Job, Node, Queue
-from xpod.scheduler.core.scheduler import Scheduler
+from xpod.scheduler.core.scheduler import Scheduler, UnknownLoadSource
 from xpod.scheduler.core.snapshot import Statement
 from xpod.scheduler.store import AllocationRecord, PendingReasonRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Resized:
+    """A running job the cycle resized in place (the core's ``Resize``es of one job, merged):
+    ``released`` tasks stop (a shrunk gang's, a serving job's scaled-down replicas); a gang
+    with ``restart`` starts again with its new world size (one restart counted)."""
+
+    released: tuple[int, ...]
+    restart: bool
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +54,9 @@ class CycleOutcome:
     eviction_reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> metrics word
     preemption_attempts: int = 0  # pending jobs the core tried to preempt or reclaim for
     attempt_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # job id -> search time
+    resizes: dict[str, Resized] = dataclasses.field(default_factory=dict)  # job id -> resized in place
+    # autoscaled serving job id -> what its autoscaling saw and decided (``core.scheduler.AutoscaleStatus``)
+    autoscale: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class CoreLink(Protocol):
@@ -72,6 +86,12 @@ class CoreLink(Protocol):
 
     def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
         """Release these replicas of a running serving job alone; the tasks released."""
+
+    def report_load(self, job_id: str, replica: int, value: float) -> tuple[str, str, int]:
+        """Record a serving replica's load (``Scheduler.report_load``): ("", "", replicas the job
+        wants) or, refused with nothing recorded, ("not_found", why, 0) for a job that is no
+        autoscaled serving job in the core or a replica it does not run, ("invalid", why, 0)
+        for a value that is no finite number >= 0."""
 
     def cycle(self, now_s: float) -> CycleOutcome: ...
 
@@ -122,7 +142,11 @@ class InProcessCore:
     def __init__(
         self, cluster: Any = None, *, fabric: Fabric | None = None, scheduler: Scheduler | None = None
     ) -> None:
-        self.scheduler = scheduler or Scheduler(queues=(Queue("default"),), fabric=fabric or _fabric(cluster))
+        # the service applies resizes (``SchedulingLoop``: released tasks leave the job's
+        # allocations, a resized gang restarts in place), so the core may shrink and scale down
+        self.scheduler = scheduler or Scheduler(
+            queues=(Queue("default"),), fabric=fabric or _fabric(cluster), resizes=True
+        )
         self._lock = threading.RLock()
         self._lost: dict[str, str] = {}  # restored jobs whose devices are gone: evicted at the next cycle
 
@@ -211,11 +235,36 @@ class InProcessCore:
         with self._lock:
             return [r.task for r in self.scheduler.replace_tasks(job_id, tasks, why)]
 
+    def report_load(self, job_id: str, replica: int, value: float) -> tuple[str, str, int]:
+        with self._lock:
+            try:
+                self.scheduler.report_load(job_id, replica, value)
+            except UnknownLoadSource as err:
+                return "not_found", str(err), 0
+            except XpodError as err:
+                return "invalid", str(err), 0
+            status = self.scheduler.autoscale_status(job_id)
+        return "", "", status.desired_replicas if status is not None else 0
+
     def cycle(self, now_s: float) -> CycleOutcome:
         with self._lock:
             result = self.scheduler.cycle(now_s)
             lost, self._lost = self._lost, {}
             attempt_seconds = dict(self.scheduler.last_attempt_seconds)
+            snap = self.scheduler.snapshot
+            scaled = {j.id for j in self.scheduler.pending.values() if j.autoscale is not None}
+            scaled |= {jid for jid, rj in snap.running.items() if rj.job.autoscale is not None}
+            autoscale = {jid: st for jid in scaled if (st := self.scheduler.autoscale_status(jid)) is not None}
+        resizes: dict[str, Resized] = {}
+        for r in result.resizes:
+            old = resizes.get(r.job_id)
+            resizes[r.job_id] = (
+                Resized(r.released, r.restart, r.reason)
+                if old is None
+                else Resized(
+                    tuple(sorted({*old.released, *r.released})), old.restart or r.restart, f"{old.reason}; {r.reason}"
+                )
+            )
         bindings: dict[str, list[AllocationRecord]] = {}
         for b in result.bindings:
             bindings.setdefault(b.job_id, []).append(
@@ -235,6 +284,8 @@ class InProcessCore:
             },
             preemption_attempts=result.preemption_attempts,
             attempt_seconds=attempt_seconds,
+            resizes=resizes,
+            autoscale=autoscale,
         )
 
     def close(self) -> None:
@@ -244,7 +295,7 @@ class InProcessCore:
 # --- the core in a child process ---------------------------------------------------------------
 
 #: calls that wait for the child's answer; every other call is one-way and buffered
-_WAITING = frozenset({"admit", "release_tasks", "cycle"})
+_WAITING = frozenset({"admit", "release_tasks", "report_load", "cycle"})
 _BATCH_OPS = 64
 
 
@@ -330,6 +381,9 @@ class ChildProcessCore:
 
     def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
         return self._call("release_tasks", job_id, tasks, why)
+
+    def report_load(self, job_id: str, replica: int, value: float) -> tuple[str, str, int]:
+        return self._call("report_load", job_id, replica, value)
 
     def cycle(self, now_s: float) -> CycleOutcome:
         return self._call("cycle", now_s)

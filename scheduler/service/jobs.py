@@ -274,8 +274,11 @@ class JobBook:
             out.append(j)
         return [self.view(j) for j in out], f"seq:{out[-1].seq}" if full and out else ""
 
-    def explain(self, job: JobRecord) -> Explanation:
-        """Why ``job`` is where it is, as lines and the numbers behind them."""
+    def explain(
+        self, job: JobRecord, more_numbers: dict[str, float] | None = None, more_lines: list[str] | None = None
+    ) -> Explanation:
+        """Why ``job`` is where it is, as lines and the numbers behind them (and ``more_*``: what
+        other owners know of it, e.g. ``SchedulingLoop.autoscale_of``)."""
         view = self.view(job)
         numbers: dict[str, float] = {}
         lines = [f"job {job.id} ({job.kind} {job.name!r}) in queue {job.queue!r} is {job.state.value}"]
@@ -296,6 +299,8 @@ class JobBook:
             lines.append(f"holds {len(devices)} device(s) on {node}: {', '.join(devices)}")
         if job.message:
             lines.append(job.message)
+        numbers.update(more_numbers or {})
+        lines.extend(more_lines or ())
         return Explanation(view, numbers, tuple(lines))
 
     def watch(

@@ -4,7 +4,12 @@ A thread runs the core's cycle every ``cycle_interval_s``, sooner after a change
 and persists what the cycle decided (bindings, evictions, changes of pending reason) as events
 before agents or watchers can see them. A pending reason that only says "wait" changes every
 cycle: it is shown live (get, list, explain) and not logged; a reason that needs someone to act
-is logged once per change of code. While no node is ready, a waiting job says it waits for the
+is logged once per change of code. A job the cycle resized in place (``CycleOutcome.resizes``:
+an elastic gang shrunk for serving or regrown, a serving job scaled down) keeps its state: its
+released tasks leave its allocations (the agents stop them with notice), and a gang's resize
+counts one restart (the stored ``restarts``, shown as ``restart K/N`` in the event; a resize is
+the scheduler's choice, so it never fails the job, but it spends the budget a later failure
+reads). While no node is ready, a waiting job says it waits for the
 agents (``WAITING_FOR_AGENTS``: "waiting for agents: 0 of 48 nodes have registered", or "no
 nodes registered yet" on a server without a cluster file).
 """
@@ -18,7 +23,10 @@ from typing import Any, Callable
 
 from xpod.scheduler.store import EventType, JobState, JobUpdate, PendingReasonRecord, StaleUpdate, StoreClosed
 
+from xpod.scheduler.contract import LoadReport, load_metric
+
 from .core_link import CoreLink, CycleOutcome
+from .errors import ApiError, Code, not_found
 from .jobs import BOUND_STATES, JobBook
 from .nodes import NodeRegistry
 
@@ -49,6 +57,7 @@ class SchedulingLoop:
         self._thread: threading.Thread | None = None
         self.cycles = 0
         self.errors = 0  # cycles that raised (the loop goes on after a pause)
+        self.autoscale: dict[str, Any] = {}  # the last cycle's ``CycleOutcome.autoscale`` (describe, metrics)
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,6 +102,7 @@ class SchedulingLoop:
                     self._core.add_job(parsed.core_job(job.id, job.create_time_s))
             outcome = self._core.cycle(self._clock())
             self.cycles += 1
+            self.autoscale = outcome.autoscale
             first: dict[str, tuple[str, str, float]] = {}
             updates = self._decisions(outcome, first)
             futures = [self._jobs.update(u, background=True) for u in updates]
@@ -116,6 +126,61 @@ class SchedulingLoop:
                     self.metrics.placed(queue, kind, wait_s)
         return outcome
 
+    def autoscale_of(self, job_id: str) -> tuple[dict[str, float], list[str]]:
+        """A serving job's autoscaling as of the last cycle, as ``explain_job`` numbers and a line
+        (nothing for a job without ``autoscale``, or before its first cycle)."""
+        st = self.autoscale.get(job_id)
+        if st is None:
+            return {}, []
+        numbers = {
+            "targetPerReplica": st.target_per_replica,
+            "desiredReplicas": float(st.desired_replicas),
+            "runningReplicas": float(st.running_replicas),
+            "minReplicas": float(st.min_replicas),
+            "maxReplicas": float(st.max_replicas),
+        }
+        demand = "nothing reported yet"
+        if st.demand is not None:
+            numbers["demand"] = st.demand
+            demand = f"{st.demand:g} {st.metric}"
+        return numbers, [
+            f"autoscale: demand {demand} at a target of {st.target_per_replica:g} per replica: "
+            f"{st.desired_replicas} replica(s) wanted, {st.running_replicas} placed "
+            f"(min {st.min_replicas}, max {st.max_replicas})"
+        ]
+
+    def report_load(self, report: LoadReport) -> int:
+        """One serving replica's load, for its job's autoscaling (the core's ``report_load``);
+        returns the replicas the job wants. ``ApiError``: NOT_FOUND for an unknown job or a
+        replica it does not run, FAILED_PRECONDITION without ``spec.autoscale`` or when the job is
+        not bound to the node, INVALID_ARGUMENT for a load that is no finite number >= 0; nothing
+        is recorded then."""
+        job = self._jobs.get(report.job_id)
+        if job is None:
+            raise not_found("job", report.job_id)
+        meta = {"jobId": job.id}
+        if load_metric(job.kind, job.spec.get("spec", {})) is None:
+            why = f"job {job.id} has no spec.autoscale: it takes no load"
+            raise ApiError(Code.FAILED_PRECONDITION, "NO_AUTOSCALE", why, metadata=meta)
+        if job.state not in BOUND_STATES or report.node not in {a.node for a in job.allocations}:
+            why = f"job {job.id} is {job.state.value} and not bound to node {report.node[:253]!r}"
+            raise ApiError(Code.FAILED_PRECONDITION, "NOT_ASSIGNED", why, metadata={**meta, "node": report.node[:253]})
+        refused, why, desired = self._core.report_load(job.id, report.replica, report.value)
+        if refused == "not_found":
+            raise ApiError(Code.NOT_FOUND, "REPLICA_NOT_FOUND", why, field="replica", metadata=meta)
+        if refused:
+            raise ApiError(Code.INVALID_ARGUMENT, "INVALID_LOAD", why, field="value", metadata=meta)
+        return desired
+
+    def _resized(self, job: Any, r: Any, tasks: int, bound: str = "") -> tuple[str, int | None]:
+        """The event text and new restart count of a job resized to ``tasks`` tasks."""
+        text = f"{r.reason} ({tasks} task(s) now" + (f"; {bound})" if bound else ")")
+        if not r.restart:
+            return text, None
+        parsed = self._jobs.parsed(job.id)
+        budget = parsed.task.max_restarts if parsed is not None else -1
+        return f"restart {job.restarts + 1}/{'unlimited' if budget < 0 else budget}: {text}", job.restarts + 1
+
     def _decisions(self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]]) -> list[JobUpdate]:
         """The store updates for a cycle's outcome; ``first`` receives, for each job placed for
         the first time, (queue, kind, seconds since submission). Each update is conditional
@@ -128,6 +193,15 @@ class SchedulingLoop:
                 continue
             updates.append(JobUpdate(jid, JobState.QUEUED, None, (), EventType.EVICTED, why, now, job.revision))
         evicted = set(outcome.evictions)
+        for jid, r in outcome.resizes.items():
+            job = self._jobs.get(jid)
+            if jid in outcome.bindings or jid in evicted or job is None or job.state not in BOUND_STATES:
+                continue  # a regrow's new tasks come with its bindings, below
+            kept = tuple(a for a in job.allocations if a.task not in r.released)
+            text, restarts = self._resized(job, r, len(kept))
+            updates.append(
+                JobUpdate(jid, job.state, None, kept, EventType.EVICTED, text, now, job.revision, (), restarts)
+            )
         for jid, allocations in outcome.bindings.items():
             job = self._jobs.get(jid)
             if job is None or job.state.terminal:
@@ -147,8 +221,15 @@ class SchedulingLoop:
                 )  # fmt: skip
                 continue
             state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
+            restarts = None
+            resized = outcome.resizes.get(jid)
+            if resized is not None and held:
+                held = tuple(a for a in held if a.task not in resized.released)
+                text, restarts = self._resized(job, resized, len(held) + len(allocations), text)
             updates.append(
-                JobUpdate(jid, state, None, held + allocations, EventType.SCHEDULED, text, now, job.revision)
+                JobUpdate(
+                    jid, state, None, held + allocations, EventType.SCHEDULED, text, now, job.revision, (), restarts
+                )
             )
             if submitted_s is not None and job.state is JobState.QUEUED:
                 first[jid] = (job.queue, job.kind, now - submitted_s)

@@ -213,6 +213,22 @@ class _StateCollector:
             "Most free healthy devices of one model (pool) on one node / in one super-node: the biggest gang that fits now.",
             labels=["pool", "level"],
         )
+        # autoscaled serving jobs (one series each while the core holds them: at most one per device)
+        demand = GaugeMetricFamily(
+            "xpod_scheduler_serving_demand",
+            "An autoscaled serving job's demand: its replicas' last reported loads summed, in its metric's units.",
+            labels=["queue", "job", "metric"],
+        )
+        target = GaugeMetricFamily(
+            "xpod_scheduler_serving_target_per_replica",
+            "The load one replica of an autoscaled serving job serves at its target, in its metric's units.",
+            labels=["queue", "job", "metric"],
+        )
+        replicas = GaugeMetricFamily(
+            "xpod_scheduler_serving_replicas",
+            "Replicas of an autoscaled serving job: desired (what its autoscaling wants) and placed.",
+            labels=["queue", "job", "state"],
+        )
         # (a replica without a store serves no state: ``jobs`` is None there)
         if api is not None and api.jobs is not None:
             for (queue, reason), n in sorted(api.jobs.pending_counts().items()):
@@ -230,12 +246,24 @@ class _StateCollector:
                 blocks.add_metric([pool, level], n)
             for queue, n in sorted(api.jobs.degraded_counts().items()):
                 degraded.add_metric([queue], n)
+            for jid, st in sorted(getattr(getattr(api, "loop", None), "autoscale", {}).items()):
+                job = api.jobs.get(jid)
+                if job is None or job.state.terminal:
+                    continue
+                if st.demand is not None:
+                    demand.add_metric([job.queue, jid, st.metric], st.demand)
+                target.add_metric([job.queue, jid, st.metric], st.target_per_replica)
+                replicas.add_metric([job.queue, jid, "desired"], st.desired_replicas)
+                replicas.add_metric([job.queue, jid, "placed"], st.running_replicas)
         yield pending
         yield devices
         yield running
         yield node_gauge
         yield blocks
         yield degraded
+        yield demand
+        yield target
+        yield replicas
 
 
 def device_counts(nodes: list, usage: dict) -> dict[tuple[str, str], int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from security_harness import job_doc, make_api, principals
 
-from xpod.scheduler.contract import MoeLoadReport, TaskState, cluster_records
+from xpod.scheduler.contract import LoadReport, MoeLoadReport, TaskState, cluster_records
 from xpod.scheduler.service.api import ApiError
 from xpod.scheduler.service.auth import Call
 
@@ -28,10 +28,11 @@ NODE_CALLS = (
     Call.WATCH_ASSIGNMENTS,
     Call.REPORT_TASK_STATUS,
     Call.REPORT_EXPERT_LOADS,
+    Call.REPORT_LOAD,
 )
 #: node calls made for the node the setup job is bound to (not for a node the test picks)
-BOUND_NODE_CALLS = (Call.REPORT_TASK_STATUS, Call.REPORT_EXPERT_LOADS)
-#: codes that mean the call got past authorisation (the setup job has no spec.moe)
+BOUND_NODE_CALLS = (Call.REPORT_TASK_STATUS, Call.REPORT_EXPERT_LOADS, Call.REPORT_LOAD)
+#: codes that mean the call got past authorisation (the setup job has no spec.moe, no spec.autoscale)
 PAST_AUTH = ("FAILED_PRECONDITION",)
 
 
@@ -116,6 +117,8 @@ def _outcome(api, p, admin, records, call: Call, node: str, job) -> str:
         elif call is Call.REPORT_EXPERT_LOADS:
             bound = job.allocations[0].node
             api.report_expert_loads(p, MoeLoadReport(job.id, bound, 0, 1, 2, (1, 1), 0))
+        elif call is Call.REPORT_LOAD:
+            api.report_load(p, LoadReport(job.id, job.allocations[0].node, 0, 1.0))
         elif call is Call.GET_CLUSTER:
             api.get_cluster(p)
         elif call is Call.LIST_NODES:

@@ -222,6 +222,7 @@ NODE_CALLS = {
     Call.WATCH_ASSIGNMENTS,
     Call.REPORT_TASK_STATUS,
     Call.REPORT_EXPERT_LOADS,
+    Call.REPORT_LOAD,
 }
 
 
@@ -295,6 +296,9 @@ def _call(jobs, nodes, cluster, meta, call, role, job, node):
     if call is Call.REPORT_EXPERT_LOADS:
         req = npb.ReportExpertLoadsRequest(job_id=job.id, node=node, layers=2, experts=4)
         return _past_authorisation(lambda: nodes.ReportExpertLoads(req, metadata=meta, timeout=t))
+    if call is Call.REPORT_LOAD:  # the job has no spec.autoscale: past the checks, FAILED_PRECONDITION
+        req = npb.ReportLoadRequest(job_id=job.id, node=node, replica=0, value=1.0)
+        return _past_authorisation(lambda: nodes.ReportLoad(req, metadata=meta, timeout=t))
     if call is Call.GET_CLUSTER:
         return cluster.GetCluster(cpb.GetClusterRequest(), metadata=meta, timeout=t)
     if call is Call.LIST_NODES:
@@ -306,11 +310,14 @@ def _call(jobs, nodes, cluster, meta, call, role, job, node):
 
 def _past_authorisation(call):
     """A call that passed authentication and authorisation and was then refused for what it
-    asked (FAILED_PRECONDITION: a job without spec.moe) counts as allowed."""
+    asked (FAILED_PRECONDITION: a job without spec.moe or spec.autoscale) counts as allowed."""
     try:
         return call()
     except grpc.RpcError as err:
-        if err.code() is not grpc.StatusCode.FAILED_PRECONDITION or "no spec.moe" not in err.details():
+        details = err.details() or ""
+        if err.code() is not grpc.StatusCode.FAILED_PRECONDITION or not (
+            "no spec.moe" in details or "no spec.autoscale" in details
+        ):
             raise
         return None
 
@@ -328,7 +335,7 @@ def test_authorisation_matrix(server):
             got[(call.value, role)] = outcome
             want[(call.value, role)] = expected(role, call)
     assert got == want
-    assert len(got) == len(Call) * len(ROLES) == 90
+    assert len(got) == len(Call) * len(ROLES) == 96
 
 
 def test_generated_code_has_not_drifted(tmp_path):

@@ -156,3 +156,21 @@ class ReportExpertLoadsResponse(_message.Message):
     plan_json: str
     sglang_json: str
     def __init__(self, plan_revision: _Optional[int] = ..., plan_json: _Optional[str] = ..., sglang_json: _Optional[str] = ...) -> None: ...
+
+class ReportLoadRequest(_message.Message):
+    __slots__ = ("job_id", "node", "replica", "value")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node: str
+    replica: int
+    value: float
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., replica: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+
+class ReportLoadResponse(_message.Message):
+    __slots__ = ("desired_replicas",)
+    DESIRED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    desired_replicas: int
+    def __init__(self, desired_replicas: _Optional[int] = ...) -> None: ...

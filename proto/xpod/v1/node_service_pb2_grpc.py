@@ -61,6 +61,11 @@ class NodeServiceStub:
                 request_serializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.SerializeToString,
                 response_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.FromString,
                 _registered_method=True)
+        self.ReportLoad = channel.unary_unary(
+                '/xpod.v1.NodeService/ReportLoad',
+                request_serializer=xpod_dot_v1_dot_node__service__pb2.ReportLoadRequest.SerializeToString,
+                response_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportLoadResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -104,6 +109,17 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportLoad(self, request, context):
+        """A serving replica's load in its job's autoscale metric (tokens_per_s or requests_per_s); the
+        scheduler sums its replicas' last reports into the job's demand. NOT_FOUND: unknown job, or
+        a replica the job does not run; FAILED_PRECONDITION: the job has no autoscale or is not bound
+        to the node; INVALID_ARGUMENT: a load that is not a finite number >= 0. Nothing is recorded
+        when refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +147,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportExpertLoads,
                     request_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.FromString,
                     response_serializer=xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.SerializeToString,
+            ),
+            'ReportLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLoad,
+                    request_deserializer=xpod_dot_v1_dot_node__service__pb2.ReportLoadRequest.FromString,
+                    response_serializer=xpod_dot_v1_dot_node__service__pb2.ReportLoadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +289,33 @@ class NodeService:
             '/xpod.v1.NodeService/ReportExpertLoads',
             xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsRequest.SerializeToString,
             xpod_dot_v1_dot_node__service__pb2.ReportExpertLoadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpod.v1.NodeService/ReportLoad',
+            xpod_dot_v1_dot_node__service__pb2.ReportLoadRequest.SerializeToString,
+            xpod_dot_v1_dot_node__service__pb2.ReportLoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,7 +100,7 @@ class Allocation(_message.Message):
     def __init__(self, node: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., milli_per_device: _Optional[int] = ..., task: _Optional[int] = ..., cpu_milli: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., device_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "request_id", "queue", "kind", "name", "spec", "state", "pending_reason", "allocations", "create_time", "update_time", "revision", "queue_position", "message")
+    __slots__ = ("id", "request_id", "queue", "kind", "name", "spec", "state", "pending_reason", "allocations", "create_time", "update_time", "revision", "queue_position", "message", "restarts")
     ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Job(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     request_id: str
     queue: str
@@ -129,7 +130,8 @@ class Job(_message.Message):
     revision: int
     queue_position: int
     message: str
-    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., pending_reason: _Optional[_Union[PendingReason, _Mapping]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., queue_position: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    restarts: int
+    def __init__(self, id: _Optional[str] = ..., request_id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., pending_reason: _Optional[_Union[PendingReason, _Mapping]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., queue_position: _Optional[int] = ..., message: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("revision", "job_id", "type", "time", "message", "job")
