@@ -887,13 +887,14 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.2
         while not stop.is_set():
-            beats = None
+            beats = loads = None
             try:
                 self._connect()
                 backoff_s = 0.2
                 beats = threading.Thread(target=self._beat, args=(stop,), name="xpod-heartbeat", daemon=True)
                 beats.start()
-                threading.Thread(target=self._report_loads, args=(stop,), name="xpod-load", daemon=True).start()
+                loads = threading.Thread(target=self._report_loads, args=(stop,), name="xpod-load", daemon=True)
+                loads.start()
                 self._serve(stop)
             except (SessionLost, XpodError) as err:
                 if self.connected.is_set():
@@ -907,6 +908,8 @@ class Agent:
                 self._broken.set()  # ends the heartbeat thread of this session
                 if beats is not None:
                     beats.join(timeout=self.heartbeat_interval_s + 5)
+                if loads is not None:
+                    loads.join(timeout=LOAD_REPORT_S + 15)
         self._close_stream()
         # the agent is going away: its tasks go with it (all jobs in parallel: one grace period)
         now = time.monotonic()

@@ -29,8 +29,10 @@ class Clock:
 
 @pytest.fixture
 def svc(tmp_path):
+    from xpod.scheduler.service.metrics import ServiceMetrics
+
     clock = Clock()
-    api = make_api(str(tmp_path / "xpod.db"), clock=clock)
+    api = make_api(str(tmp_path / "xpod.db"), clock=clock, metrics=ServiceMetrics())
     yield api, clock
     api.close()
 
@@ -66,6 +68,19 @@ def _pod(api):
     return _running(api, train), _running(api, chat)
 
 
+def _scrape(api):
+    """The scheduler's metrics as Prometheus would read them: (name, sorted labels) -> value."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(api.metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
 def _replicas(job):
     return sorted({a.task for a in job.allocations})
 
@@ -89,6 +104,13 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     why = api.explain_job(P, chat.id)
     assert why.numbers["demand"] == 250 and why.numbers["desiredReplicas"] == 3
     assert any("autoscale: demand 250 tokens_per_s" in line for line in why.lines), why.lines
+    scraped = _scrape(api)
+    job = (("job", chat.id), ("metric", "tokens_per_s"), ("queue", "research"))
+    assert scraped[("xpod_scheduler_serving_demand", job)] == 250
+    assert scraped[("xpod_scheduler_serving_target_per_replica", job)] == 100
+    for state in ("desired", "placed"):
+        labels = (("job", chat.id), ("queue", "research"), ("state", state))
+        assert scraped[("xpod_scheduler_serving_replicas", labels)] == 3
 
     for replica in (0, 1, 2):  # the load goes
         where = next(a.node for a in chat.allocations if a.task == replica)
@@ -133,3 +155,12 @@ def test_bad_load_reports_are_refused_and_change_nothing(svc):
     why = api.explain_job(P, chat.id)
     assert "demand" not in why.numbers and any("nothing reported yet" in line for line in why.lines), why.lines
     assert _replicas(api.jobs.get(chat.id)) == [0] and len(api.jobs.get(train.id).allocations) == 3
+
+
+def test_the_agent_and_the_core_agree_on_the_default_grace():
+    from xpod.scheduler import contract
+    from xpod.scheduler.core import model
+
+    assert contract.DEFAULT_GRACE_PERIOD_S == model.DEFAULT_GRACE_PERIOD_S
+    assert contract.grace_period_s({}) == model.DEFAULT_GRACE_PERIOD_S
+    assert contract.grace_period_s({"grace_period_s": 2}) == 2.0
