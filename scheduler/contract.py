@@ -560,6 +560,70 @@ class TaskWorld:
     master_node: str  # the scheduler's name of the node of the world's rank-0 task
     master_port: int  # MASTER_PORT (``rendezvous_port``)
     replica: int | None  # serving: the replica (XPOD_REPLICA_INDEX); None for training and batch
+    role: str | None = None  # a job with roles: the task's role (XPOD_ROLE); each role is a world
+    # a job with roles: every role's addresses (``role_env``), the same for all its tasks
+    role_env: tuple[tuple[str, str], ...] = ()
+
+
+#: what a role may set for its own tasks, over the job's ``spec`` (the node agent's keys)
+ROLE_TASK_KEYS = ("command", "env", "workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleSpan:
+    """A role of a job with ``roles``: its tasks are the job's tasks ``first .. first+tasks-1``
+    (the roles in the order the document lists them)."""
+
+    index: int
+    name: str
+    first: int
+    tasks: int
+
+
+def role_spans(spec: Mapping[str, Any]) -> tuple[RoleSpan, ...]:
+    """The roles of a job document's ``spec`` (empty without ``roles``)."""
+    roles = spec.get("roles")
+    if not isinstance(roles, list):
+        return ()
+    out, first = [], 0
+    for i, role in enumerate(roles):
+        role = role if isinstance(role, Mapping) else {}
+        n = role.get("tasks", 1)  # the core's default, as for a job
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+        out.append(RoleSpan(i, str(role.get("name", i)), first, n))
+        first += n
+    return tuple(out)
+
+
+def task_spec(spec: Mapping[str, Any], task: int) -> Mapping[str, Any]:
+    """The ``spec`` task ``task`` runs with: its role's command, env and workdir over the job's
+    (a job without roles: ``spec`` itself)."""
+    for span in role_spans(spec):
+        if span.first <= task < span.first + span.tasks:
+            role = spec["roles"][span.index]
+            own = {k: role[k] for k in ROLE_TASK_KEYS if isinstance(role, Mapping) and k in role}
+            return {**{k: v for k, v in spec.items() if k != "roles"}, **own}
+    return spec
+
+
+def role_env_name(role: str, what: str) -> str:
+    """``XPOD_ROLE_<ROLE>_<WHAT>``: the role's name upper-cased, '-' as '_' (``prefill-a`` ->
+    ``XPOD_ROLE_PREFILL_A_HOSTS``)."""
+    return f"XPOD_ROLE_{role.upper().replace('-', '_')}_{what}"
+
+
+def role_env(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str]) -> tuple[tuple[str, str], ...]:
+    """Where every role of a job runs, as every task of it sees it: ``XPOD_ROLES`` (the role
+    names, in order), and per role ``XPOD_ROLE_<ROLE>_HOSTS`` (the node of each of its tasks, in
+    rank order, comma-separated) and ``XPOD_ROLE_<ROLE>_MASTER`` (``node:port`` of its world's
+    rank 0: its MASTER_ADDR and MASTER_PORT)."""
+    env = {"XPOD_ROLES": ",".join(s.name for s in spans)}
+    for s in spans:
+        hosts = [where[t] for t in range(s.first, s.first + s.tasks) if t in where]
+        env[role_env_name(s.name, "HOSTS")] = ",".join(hosts)
+        if hosts:
+            env[role_env_name(s.name, "MASTER")] = f"{hosts[0]}:{rendezvous_port(job_id, s.index)}"
+    return tuple(sorted(env.items()))
 
 
 def tasks_per_replica(kind: str, spec: Mapping[str, Any]) -> int | None:
@@ -589,10 +653,16 @@ def task_worlds(
       the lowest placed one if that one is missing, which the scheduler never does: a replica is
       bound whole), on the replica's own port. N = 1: every replica is a world of one.
 
+    * A job with ``roles``: each role is a world of its own tasks (rank ``t - first``, the role's
+      own port), and every task also gets where every role runs (``role_env``).
+
     LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of the same world on the same node, in task
     order, as ``launch.launch`` numbers the processes it starts on one host. ``key``: see
     ``rendezvous_port``."""
     where = dict(placements)
+    spans = role_spans(spec)
+    if spans:
+        return _role_worlds(job_id, spans, where)
     size = tasks_per_replica(kind, spec)
     groups: dict[int | None, list[int]] = {}
     for t in sorted(where):
@@ -614,3 +684,21 @@ def task_worlds(
             for i, t in enumerate(local):
                 out[t] = TaskWorld(t, ranks[t], world, i, len(local), master, port, replica)
     return dict(sorted(out.items()))  # in task order
+
+
+def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str]) -> dict[int, TaskWorld]:
+    """A job with roles: each role is a world of its tasks (rank = task - the role's first, its
+    own port), every task told every role's addresses (``role_env``)."""
+    env = role_env(job_id, spans, where)
+    out: dict[int, TaskWorld] = {}
+    for s in spans:
+        tasks = [t for t in range(s.first, s.first + s.tasks) if t in where]
+        on_node: dict[str, list[int]] = {}
+        for t in tasks:
+            on_node.setdefault(where[t], []).append(t)
+        for local in on_node.values():
+            for i, t in enumerate(local):
+                master = where.get(s.first, where[tasks[0]])
+                port = rendezvous_port(job_id, s.index)
+                out[t] = TaskWorld(t, t - s.first, s.tasks, i, len(local), master, port, None, s.name, env)
+    return dict(sorted(out.items()))

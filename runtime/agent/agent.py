@@ -37,7 +37,10 @@ Contracts:
   index, WORLD_SIZE = tasks placed, master = task 0's node); a serving job is one world PER
   REPLICA (``tasks_per_replica: N``: RANK = t mod N, WORLD_SIZE = N, master = the node of the
   replica's first task, MASTER_PORT distinct per replica, and ``XPOD_REPLICA_INDEX`` = t // N;
-  N = 1 gives every replica a world of one). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
+  N = 1 gives every replica a world of one; a job with roles is one world PER ROLE, each task
+  also told where every role runs: ``XPOD_ROLE``, ``XPOD_ROLES``, ``XPOD_ROLE_<ROLE>_HOSTS``,
+  ``XPOD_ROLE_<ROLE>_MASTER``, ``contract.role_env``; a role's command, env and workdir are its
+  own, ``contract.task_spec``). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
   the same world on this node. MASTER_ADDR is 127.0.0.1 on the master node itself, else the
   master node's name. Also the vendor's visible-devices variable for exactly the
   task's devices (``Backend.visible_env``), plus ``XPOD_JOB_ID``, ``XPOD_TASK_INDEX`` and
@@ -122,6 +125,7 @@ from xpod.scheduler.contract import (
     TaskState,
     grace_period_s,
     kind_label,
+    task_spec,
     load_metric,
     parse_task_fields,
     task_worlds,
@@ -412,6 +416,8 @@ class Executor:
 def world_text(world: Any, master_addr: str) -> str:
     """The task's world in a log header: ``replica 1, rank 1 of 2, master n3:30951``."""
     text = f"rank {world.rank} of {world.world_size}, master {master_addr}:{world.master_port}"
+    if getattr(world, "role", None) is not None:
+        return f"role {world.role}, {text}"
     return text if world.replica is None else f"replica {world.replica}, {text}"
 
 
@@ -457,6 +463,9 @@ def task_env(
     env.update({"XPOD_JOB_ID": job_id, "XPOD_TASK_INDEX": str(alloc.task), "XPOD_DEVICES": ",".join(alloc.devices)})
     if world.replica is not None:
         env["XPOD_REPLICA_INDEX"] = str(world.replica)
+    if world.role is not None:
+        env["XPOD_ROLE"] = world.role
+        env.update(dict(world.role_env))
     return env
 
 
@@ -474,7 +483,7 @@ class ProcessExecutor(Executor):
     def start(self, job, job_id, alloc, world, master_addr) -> TaskHandle:
         from xpod.runtime.agent.launch import LaunchedGroup, RankProcess
 
-        fields = parse_task_fields(job.get("kind", ""), job.get("spec", {}))
+        fields = parse_task_fields(job.get("kind", ""), task_spec(job.get("spec", {}), alloc.task))
         indices = [int(d.rsplit("/", 1)[1]) for d in alloc.devices]
         visible: dict[str, str] = {}
         backend_name = "cpu"

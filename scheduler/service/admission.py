@@ -54,10 +54,12 @@ from xpod.scheduler.contract import (
     TaskFieldError,
     TaskFields,
     parse_task_fields,
+    role_spans,
     split_spec,
+    task_spec,
 )
 from xpod.scheduler.core.model import Job
-from xpod.scheduler.core.spec import parse_job
+from xpod.scheduler.core.spec import parse_job, parse_roles
 from xpod.scheduler.store import PendingReasonRecord
 
 _ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
@@ -82,16 +84,34 @@ SpecInvalid = TaskFieldError
 @dataclasses.dataclass(frozen=True)
 class ParsedJob:
     """A validated job document: its envelope, its task fields and the core's job (whose id is
-    ``PLACEHOLDER_ID``; ``core_job`` gives it the stored id)."""
+    ``PLACEHOLDER_ID``; ``core_job`` gives it the stored id).
+
+    A job with ``roles`` is one stored job and one core job per role (``core_jobs``: id
+    ``JOB/ROLE``, its ``group`` the stored id; the core places them all in one cycle or none);
+    role i's tasks are the stored job's tasks from the sum of the earlier roles' tasks on
+    (``contract.role_spans``). ``core`` is then the whole job as one gang of every role's tasks:
+    what the service counts (tasks, the restart policy), never what the core places."""
 
     kind: JobKind
     name: str
     queue: str
     task: TaskFields
     core: Job
+    roles: tuple[Job, ...] = ()
 
     def core_job(self, job_id: str, submit_time_s: float) -> Job:
         return dataclasses.replace(self.core, id=job_id, submit_time=submit_time_s or 1.0)
+
+    def core_jobs(self, job_id: str, submit_time_s: float) -> tuple[Job, ...]:
+        """What the core queues for this job: the job, or one job per role."""
+        if not self.roles:
+            return (self.core_job(job_id, submit_time_s),)
+        return tuple(
+            dataclasses.replace(
+                r, id=f"{job_id}/{r.id.rsplit('/', 1)[1]}", group=job_id, submit_time=submit_time_s or 1.0
+            )
+            for r in self.roles
+        )
 
 
 def field_error(err: XpodError, prefix: str = "spec") -> SpecInvalid:
@@ -141,19 +161,19 @@ def parse_document(document: Any) -> ParsedJob:
             raise SpecInvalid(
                 f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec"
             )
-    task, core = _parse_spec(kind, spec)
-    return ParsedJob(kind, name, core.queue, task, core)
+    task, core, roles = _parse_spec(kind, spec)
+    return ParsedJob(kind, name, core.queue, task, core, roles)
 
 
 # (kind, canonical JSON of spec) -> (task fields, core job). Neither depends on anything else
 # (not the name, not the labels), and a stream of submissions repeats a few shapes, so parsing a
 # submission is mostly one dict lookup. Successes only; cleared when it grows big.
-_SPEC_CACHE: dict[tuple[str, str], tuple[TaskFields, Job]] = {}
+_SPEC_CACHE: dict[tuple[str, str], tuple[TaskFields, Job, tuple[Job, ...]]] = {}
 _SPEC_CACHE_MAX = 10_000
 _SPEC_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
-def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
+def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job, tuple[Job, ...]]:
     try:
         key: tuple[str, str] | None = (kind.value, _SPEC_KEY.encode(spec))
     except (TypeError, ValueError):  # not plain JSON (a YAML date, say): parse without the cache
@@ -163,10 +183,23 @@ def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
         if hit is not None:
             return hit
     task = parse_task_fields(kind.value, spec)
+    if "roles" in spec:
+        return task, *_parse_roles(kind, spec)
     try:
         core = parse_job({**split_spec(spec), "kind": kind.label}, source="spec", job_id=PLACEHOLDER_ID)
     except XpodError as err:
         raise field_error(err) from None
+    core = _core_defaults(core, task)
+    if key is not None:
+        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = (task, core, ())
+    return task, core, ()
+
+
+def _core_defaults(core: Job, task: TaskFields) -> Job:
+    """The service's own rules over a parsed core job: a task that asks for nothing gets one
+    CPU; a queue is a DNS label; a job with a command selects real nodes."""
     if core.devices is None and not core.cpu_milli and not core.memory_bytes:
         core = dataclasses.replace(core, cpu_milli=DEFAULT_TASK_CPU_MILLI)
     if not _QUEUE.match(core.queue):
@@ -177,11 +210,25 @@ def _parse_spec(kind: JobKind, spec: dict[str, Any]) -> tuple[TaskFields, Job]:
     if task.command:
         selector = {**dict(core.node_selector), SIMULATED_LABEL: "false"}
         core = dataclasses.replace(core, node_selector=tuple(sorted(selector.items())))
-    if key is not None:
-        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
-            _SPEC_CACHE.clear()
-        _SPEC_CACHE[key] = (task, core)
-    return task, core
+    return core
+
+
+def _parse_roles(kind: JobKind, spec: dict[str, Any]) -> tuple[Job, tuple[Job, ...]]:
+    """(the whole job as one gang, one core job per role) of a ``spec`` with ``roles``; each
+    role's command, env and workdir are checked as the node agent reads them."""
+    try:
+        roles = parse_roles({**split_spec(spec), "kind": kind.label}, source="spec", job_id=PLACEHOLDER_ID)
+    except XpodError as err:
+        raise field_error(err) from None
+    out = []
+    for span, role in zip(role_spans(spec), roles):
+        try:
+            fields = parse_task_fields(kind.value, task_spec(spec, span.first))
+        except TaskFieldError as err:
+            raise SpecInvalid(err.field.replace("spec.", f"spec.roles[{span.index}].", 1), err.message) from None
+        out.append(_core_defaults(role, fields))
+    whole = dataclasses.replace(out[0], tasks=sum(r.tasks for r in out), min_tasks=None, group=None, group_size=0)
+    return whole, tuple(out)
 
 
 def problems(document: Any, known_models: Callable[[], Collection[str]]) -> list[tuple[str, str]]:
@@ -228,26 +275,33 @@ class Admission:
     def __init__(self, ask: Callable[[Job], tuple[XpodError | None, PendingReasonRecord | None]]) -> None:
         self._ask = ask
         self._lock = threading.Lock()
-        self._verdicts: dict[Job, tuple[XpodError | None, PendingReasonRecord | None]] = {}
+        self._verdicts: dict[Job | tuple[Job, ...], tuple[XpodError | None, PendingReasonRecord | None]] = {}
         self._generation = 0
 
     def cached(self, parsed: ParsedJob) -> tuple[XpodError | None, PendingReasonRecord | None] | None:
         """The verdict on this shape if known (no waiting), else None."""
-        return self._verdicts.get(parsed.core)
+        return self._verdicts.get(parsed.roles or parsed.core)
 
     def admit(self, parsed: ParsedJob) -> PendingReasonRecord | None:
         """Raise ``SpecInvalid`` when the core's checks refuse the job; return why it can never
         fit this cluster, or None. May wait for the core (a cycle in progress)."""
-        verdict = self._verdicts.get(parsed.core)
+        verdict = self._verdicts.get(parsed.roles or parsed.core)
         if verdict is None:
             with self._lock:
                 generation = self._generation
-            verdict = self._ask(parsed.core)
+            verdict = (None, None)
+            for i, job in enumerate(parsed.roles or (parsed.core,)):  # each role on its own devices
+                error, never = verdict = self._ask(job)
+                if parsed.roles and never is not None:  # name the role that cannot fit
+                    role = f"spec.roles[{i}] ({job.id.rsplit('/', 1)[1]})"
+                    verdict = (error, dataclasses.replace(never, message=f"{role}: {never.message}"))
+                if verdict != (None, None):
+                    break
             with self._lock:
                 if generation == self._generation:  # not answered over an inventory that changed since
                     if len(self._verdicts) >= _SPEC_CACHE_MAX:
                         self._verdicts.clear()
-                    self._verdicts[parsed.core] = verdict
+                    self._verdicts[parsed.roles or parsed.core] = verdict
         error, never = verdict
         if error is not None:
             raise field_error(error)

@@ -129,10 +129,12 @@ class SchedulerApi:
                         self.jobs.unparsable.append(
                             (job, f"{parsed.core.tasks} tasks; this cluster holds at most {most}")
                         )
-                    elif job.state in BOUND_STATES and job.allocations:
-                        core.restore_job(parsed.core_job(job.id, job.create_time_s), job.allocations, job.update_time_s)
                     else:
-                        core.add_job(parsed.core_job(job.id, job.create_time_s))
+                        for core_job in parsed.core_jobs(job.id, job.create_time_s):
+                            if job.state in BOUND_STATES and job.allocations:
+                                core.restore_job(core_job, job.allocations, job.update_time_s)
+                            else:
+                                core.add_job(core_job)
         except BaseException:
             core.close()
             self.store.close()

@@ -10,6 +10,13 @@ store record: it pickles as it is.
 Locking: every method may be called from any thread; ``atomic()`` holds the link for a sequence
 of calls that must not interleave with a cycle (a write to the store between two core calls).
 
+Jobs with roles: the service hands the core one job per role (``ParsedJob.core_jobs``: id
+``JOB/ROLE``, ``group`` JOB, in role order); this link numbers each role's tasks after the
+earlier roles' (role i's task t is the stored job's task ``offset_i + t``) and speaks of the
+stored job alone: bindings, evictions, pending reasons and attempt times of a role are the
+job's; ``remove_job(JOB)`` removes every role; ``restore_job`` of a role takes the job's whole
+allocation list and keeps the role's share.
+
 Readiness: a node that is not ready (declared but never registered, or its heartbeats stopped)
 stays in the core, closed to placement: it still counts for what the cluster could ever hold
 (so a job waiting for agents is accepted), and the core's pending reasons say why it waits.
@@ -149,6 +156,9 @@ class InProcessCore:
         )
         self._lock = threading.RLock()
         self._lost: dict[str, str] = {}  # restored jobs whose devices are gone: evicted at the next cycle
+        self._roles: dict[str, tuple[str, int]] = {}  # a role's core job id -> (the job's id, its first task)
+        self._members: dict[str, list[str]] = {}  # a job with roles -> its roles' core job ids, in order
+        self._tasks: dict[str, int] = {}  # a role's core job id -> its tasks
 
     def atomic(self) -> contextlib.AbstractContextManager:
         return self._lock
@@ -197,7 +207,17 @@ class InProcessCore:
     def add_job(self, job: Job) -> None:
         with self._lock:
             self._queue(job)
+            if job.group is not None and job.id not in self._roles:
+                members = self._members.setdefault(job.group, [])
+                self._roles[job.id] = (job.group, sum(self._tasks[m] for m in members))
+                self._tasks[job.id] = job.tasks
+                members.append(job.id)
             self.scheduler.submit(job)
+
+    def _outer(self, job_id: str, task: int = 0) -> tuple[str, int]:
+        """(the service's job id, its task number) of a core job's task (a role's: offset)."""
+        parent, first = self._roles.get(job_id, (job_id, 0))
+        return parent, first + task
 
     def restore_job(self, job: Job, allocations: tuple[AllocationRecord, ...], since_s: float) -> None:
         """Bind a job again exactly where the store says it runs (after a restart)."""
@@ -205,6 +225,10 @@ class InProcessCore:
             self.add_job(job)
             core = self.scheduler.pending[job.id]
             snap = self.scheduler.snapshot
+            _, first = self._outer(job.id)
+            if job.group is not None:  # a role: its share of the job's tasks, numbered from 0
+                mine = [a for a in allocations if first <= a.task < first + job.tasks]
+                allocations = tuple(dataclasses.replace(a, task=a.task - first) for a in mine)
             bindings = []
             for a in allocations:
                 try:
@@ -228,8 +252,11 @@ class InProcessCore:
 
     def remove_job(self, job_id: str) -> None:
         with self._lock:
-            self.scheduler.cancel(job_id)
-            self._lost.pop(job_id, None)
+            for jid in [job_id, *self._members.pop(job_id, ())]:
+                self.scheduler.cancel(jid)
+                self._lost.pop(jid, None)
+                self._roles.pop(jid, None)
+                self._tasks.pop(jid, None)
 
     def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
         with self._lock:
@@ -267,23 +294,30 @@ class InProcessCore:
             )
         bindings: dict[str, list[AllocationRecord]] = {}
         for b in result.bindings:
-            bindings.setdefault(b.job_id, []).append(
+            jid, task = self._outer(b.job_id, b.task)
+            bindings.setdefault(jid, []).append(
                 AllocationRecord(
-                    b.node, tuple(f"{b.node}/{i}" for i in b.device_indices), b.milli, b.task, b.cpu_milli,
+                    b.node, tuple(f"{b.node}/{i}" for i in b.device_indices), b.milli, task, b.cpu_milli,
                     b.memory_bytes, b.device_memory_bytes,
                 )
             )  # fmt: skip
+        outer = self._outer
+        lost = {outer(jid)[0]: why for jid, why in lost.items()}
+        pending = {outer(jid)[0]: pending_record(r) for jid, r in result.pending.items()}
+        seconds: dict[str, float] = {}
+        for jid, s in attempt_seconds.items():
+            seconds[outer(jid)[0]] = seconds.get(outer(jid)[0], 0.0) + s
         return CycleOutcome(
             bindings={jid: tuple(sorted(v, key=lambda a: a.task)) for jid, v in bindings.items()},
-            evictions={**{e.job_id: e.reason for e in result.evictions}, **lost},
-            pending={jid: pending_record(r) for jid, r in result.pending.items()},
+            evictions={**{outer(e.job_id)[0]: e.reason for e in result.evictions}, **lost},
+            pending={jid: r for jid, r in pending.items() if jid not in bindings},
             seconds=result.seconds,
             eviction_reasons={
-                **{e.job_id: _eviction_reason(e) for e in result.evictions},
+                **{outer(e.job_id)[0]: _eviction_reason(e) for e in result.evictions},
                 **{jid: "lost_after_restart" for jid in lost},
             },
             preemption_attempts=result.preemption_attempts,
-            attempt_seconds=attempt_seconds,
+            attempt_seconds=seconds,
             resizes=resizes,
             autoscale=autoscale,
         )

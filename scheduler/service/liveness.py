@@ -175,7 +175,7 @@ class Liveness:
             parsed = self._jobs.parsed(job_id)
             if job is None or job.state not in BOUND_STATES or parsed is None:
                 return None
-            serving = parsed.kind is JobKind.SERVING
+            serving = parsed.kind is JobKind.SERVING and not parsed.roles  # roles: gangs, restarted whole
             d = decide(job, loss, parsed.task.max_restarts, serving, parsed.core.replica_tasks)
             if d.action is Action.NONE:
                 return None
@@ -215,7 +215,8 @@ class Liveness:
                 else:
                     self._core.remove_job(job.id)  # releases its devices in the core
                     if d.action is Action.REQUEUE:
-                        self._core.add_job(parsed.core_job(job.id, result.job.create_time_s))
+                        for core_job in parsed.core_jobs(job.id, result.job.create_time_s):
+                            self._core.add_job(core_job)
                     self._jobs.drop_reports(job.id)
             if d.action is Action.FAIL and self.metrics is not None:
                 self.metrics.finished(job.queue, job.kind, JobState.FAILED.value)

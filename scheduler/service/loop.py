@@ -99,7 +99,8 @@ class SchedulingLoop:
         with self._core.atomic():
             for job, parsed in self._jobs.take_new():
                 if job.state is JobState.QUEUED and parsed is not None:
-                    self._core.add_job(parsed.core_job(job.id, job.create_time_s))
+                    for core_job in parsed.core_jobs(job.id, job.create_time_s):
+                        self._core.add_job(core_job)
             outcome = self._core.cycle(self._clock())
             self.cycles += 1
             self.autoscale = outcome.autoscale
