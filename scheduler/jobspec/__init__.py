@@ -243,12 +243,18 @@ _VALIDATION_ID = "__xpod_validate__"
 
 def _parsers(kind: str, spec: dict[str, Any]) -> list[_Found]:
     """What the node agent and the scheduler core read, by their own parsers and rules."""
-    from xpod.scheduler.contract import TaskFieldError, parse_task_fields
+    from xpod.scheduler.contract import TaskFieldError, parse_task_fields, role_spans, task_spec
 
     try:
         parse_task_fields(kind, spec)
     except TaskFieldError as err:
         return [(_path_of(err.field), False, f"{err.field}: {err.message}")]
+    for span in role_spans(spec):  # a role's command, env and workdir, as the node agent reads them
+        try:
+            parse_task_fields(kind, task_spec(spec, span.first))
+        except TaskFieldError as err:
+            field = err.field.replace("spec.", f"spec.roles[{span.index}].", 1)
+            return [(_path_of(field), False, f"{field}: {err.message}")]
     try:
         jobs = core_jobs(kind, spec)
     except XpodError as err:
