@@ -612,7 +612,9 @@ def role_env_name(role: str, what: str) -> str:
     return f"XPOD_ROLE_{role.upper().replace('-', '_')}_{what}"
 
 
-def role_env(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str]) -> tuple[tuple[str, str], ...]:
+def role_env(
+    job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str], key: str = ""
+) -> tuple[tuple[str, str], ...]:
     """Where every role of a job runs, as every task of it sees it: ``XPOD_ROLES`` (the role
     names, in order), and per role ``XPOD_ROLE_<ROLE>_HOSTS`` (the node of each of its tasks, in
     rank order, comma-separated) and ``XPOD_ROLE_<ROLE>_MASTER`` (``node:port`` of its world's
@@ -622,7 +624,7 @@ def role_env(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str])
         hosts = [where[t] for t in range(s.first, s.first + s.tasks) if t in where]
         env[role_env_name(s.name, "HOSTS")] = ",".join(hosts)
         if hosts:
-            env[role_env_name(s.name, "MASTER")] = f"{hosts[0]}:{rendezvous_port(job_id, s.index)}"
+            env[role_env_name(s.name, "MASTER")] = f"{hosts[0]}:{rendezvous_port(job_id, s.index, key)}"
     return tuple(sorted(env.items()))
 
 
@@ -662,7 +664,7 @@ def task_worlds(
     where = dict(placements)
     spans = role_spans(spec)
     if spans:
-        return _role_worlds(job_id, spans, where)
+        return _role_worlds(job_id, spans, where, key)
     size = tasks_per_replica(kind, spec)
     groups: dict[int | None, list[int]] = {}
     for t in sorted(where):
@@ -686,10 +688,10 @@ def task_worlds(
     return dict(sorted(out.items()))  # in task order
 
 
-def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str]) -> dict[int, TaskWorld]:
+def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str], key: str) -> dict[int, TaskWorld]:
     """A job with roles: each role is a world of its tasks (rank = task - the role's first, its
     own port), every task told every role's addresses (``role_env``)."""
-    env = role_env(job_id, spans, where)
+    env = role_env(job_id, spans, where, key)
     out: dict[int, TaskWorld] = {}
     for s in spans:
         tasks = [t for t in range(s.first, s.first + s.tasks) if t in where]
@@ -699,6 +701,6 @@ def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str]
         for local in on_node.values():
             for i, t in enumerate(local):
                 master = where.get(s.first, where[tasks[0]])
-                port = rendezvous_port(job_id, s.index)
+                port = rendezvous_port(job_id, s.index, key)
                 out[t] = TaskWorld(t, t - s.first, s.tasks, i, len(local), master, port, None, s.name, env)
     return dict(sorted(out.items()))

@@ -378,7 +378,7 @@ class JobRun:
     )  # task -> load file (mtime, size) sent
     moe_plan: int = 0  # the plan revision whose files are written here
     moe_asked_s: float = 0.0  # when the plan was last asked for
-    # task -> the world it was started in (``_world_key``): a task whose world changes (an
+    # task -> the world it was started in (``_world_shape``): a task whose world changes (an
     # elastic gang shrunk or regrown) is stopped and started again in the new one
     worlds: dict[int, tuple] = dataclasses.field(default_factory=dict)
     hurry_at: float | None = None  # monotonic time the job ended while this run was stopping: cut its grace
@@ -688,7 +688,7 @@ class NodeSpec:
 Stopper = Callable[[JobRun, "float | None"], "threading.Thread | None"]
 
 
-def _world_key(world: Any) -> tuple:
+def _world_shape(world: Any) -> tuple:
     """What a task's environment says of its world: a change means a restart."""
     return (
         world.rank,
@@ -773,7 +773,7 @@ class NodeRuntime:
             run.moe = None
         run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
         run.load_metric = load_metric(kind, spec)
-        keys = {t: _world_key(w) for t, w in worlds.items()}
+        keys = {t: _world_shape(w) for t, w in worlds.items()}
         # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
         # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
         # again in the new world once the old one has ended here). The others keep running.
