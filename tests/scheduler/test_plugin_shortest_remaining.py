@@ -155,3 +155,33 @@ def _old_evicts_young(prof) -> list[str]:
     s.submit(job("old").devices(H, 8).submitted(1).build())
     t[0] = 30.0
     return [e.job_id for e in s.cycle().evictions]
+
+
+def test_the_service_records_of_jobs_that_are_gone_are_dropped(monkeypatch):
+    """A server runs for months: the per-job records of the order plugins keep only the jobs
+    that still run or wait (every PRUNE_CYCLES cycles), and a waiting evicted job keeps its
+    service."""
+    from xpod.scheduler.core.plugins import _attained
+
+    monkeypatch.setattr(_attained, "PRUNE_CYCLES", 3)
+    t = [0.0]
+    s = Scheduler([node("n").devices(H, 8).build()], profile=remaining(), clock=lambda: t[0])
+    plugin = next(p for p in s.plugins if p.name == "shortest-remaining")
+    s.submit(job("long").devices(H, 8).duration(100_000).submitted(0).build())
+    s.cycle()
+    t[0] = 100.0
+    s.submit(job("short").devices(H, 8).duration(60).submitted(100).build())
+    assert [e.job_id for e in s.cycle().evictions] == ["long"]
+    t[0] = 200.0
+    s.cycle()  # long's run is banked
+    assert plugin.service.seconds(s.pending["long"], t[0]) == 100.0
+    s.finish("short")
+    for i in range(6):
+        t[0] = 300.0 + i
+        s.cycle()
+    t[0] = 1000.0
+    s.finish("long")
+    for i in range(6):
+        t[0] = 1000.0 + i
+        s.cycle()
+    assert "short" not in plugin.service.stops and "long" not in plugin.service.banked_s

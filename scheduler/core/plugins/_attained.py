@@ -6,6 +6,10 @@ eviction included): ``seconds`` (wall time) and ``device_seconds`` (devices x ti
 "2D" service). ``update`` is called once per cycle from a plugin's ``open_session``: a running
 job's service grows with its run time; when a run ends (the job finished, or was evicted and
 waits again) the run is banked at the previous cycle's time.
+
+Jobs leave: every ``PRUNE_CYCLES`` cycles the records of jobs that neither run, nor stopped, nor
+were asked about (``asked``, which the plugins call for every job they order) since the last
+prune are dropped, so a long-running server keeps records only for the jobs it still has.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 from ..framework import CycleContext
 from ..model import Job
 from ..snapshot import RunningJob
+
+
+#: cycles between two drops of the records of jobs that are gone
+PRUNE_CYCLES = 1000
 
 
 class Attained:
@@ -27,6 +35,15 @@ class Attained:
         self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
         self.last_now = 0.0
         self.running: dict[str, RunningJob] = {}
+        self._asked: set[str] = set()  # jobs asked about since the last prune
+        self._cycles = 0
+        #: the jobs kept by the last prune (None before the first): a plugin drops its own
+        #: per-job records of the others
+        self.kept: set[str] | None = None
+
+    def asked(self, job_id: str) -> None:
+        """``job_id`` is still there (waiting): keep its records at the next prune."""
+        self._asked.add(job_id)
 
     def update(self, ctx: CycleContext) -> None:
         """Bank the runs that ended since the last cycle, note the ones that began."""
@@ -41,6 +58,13 @@ class Attained:
             runs[jid] = (rj.start_time, rj.job.total_devices)
         self.last_now = ctx.now
         self.running = running
+        self._cycles += 1
+        if self._cycles % PRUNE_CYCLES == 0:
+            keep = self._asked | running.keys()
+            for book in (self.banked_s, self.banked_device_s, self.last_run_s, self.stopped_at, self.stops):
+                for jid in [j for j in book if j not in keep]:
+                    del book[jid]
+            self.kept, self._asked = keep, set()
 
     def seconds(self, job: Job, now: float) -> float:
         """Seconds ``job`` has run by ``now``."""
@@ -66,3 +90,4 @@ class Attained:
         self.last_run_s[jid] = ran
         self.stopped_at[jid] = self.last_now
         self.stops[jid] = self.stops.get(jid, 0) + 1
+        self._asked.add(jid)  # an evicted job waits now: kept until a prune that finds it gone

@@ -53,6 +53,7 @@ class LasPlugin(Plugin):
             self._keys_at = now
         k = self._keys.get(job.id)
         if k is None:
+            self.service.asked(job.id)
             k = self._keys[job.id] = (self._queue(job, now), job.submit_time, job.id)
         return k
 

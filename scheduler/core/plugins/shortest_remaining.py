@@ -77,8 +77,12 @@ class ShortestRemainingPlugin(Plugin):
     def open_session(self, ctx: CycleContext) -> None:
         """Bank the runs that ended since the last cycle, note the ones that began."""
         self.service.update(ctx)
+        if self.service.kept is not None:
+            self.starved &= self.service.kept
+            self.service.kept = None
 
     def job_key(self, job: Job, now: float) -> tuple:
+        self.service.asked(job.id)
         if self._starved(job, now):
             return (-job.priority, 0, 0.0, job.submit_time, job.id)
         return (-job.priority, 1, self._left(job, now), job.submit_time, job.id)
