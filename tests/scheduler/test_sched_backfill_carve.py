@@ -12,7 +12,7 @@ import copy
 import heapq
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xpod.scheduler.core import Scheduler
@@ -179,6 +179,20 @@ def test_backfill_beside_the_carve_never_delays_the_head(specs, n_nodes):
     ),
     st.integers(4, 6),
 )
+# the counts said j06 (12 dies) starts at 10 when j00 frees die 0, but the free dies are then 0,
+# 3 and 6-15: five whole die pairs, not six (test_a_910c_head_is_promised_no_start_its_die_pairs_refuse)
+@example(
+    specs=[
+        ("1", 1, True),
+        ("1", 2, False),
+        ("1", 2, False),
+        ("2", 2, False),
+        ("gang", 2, False),
+        ("gang", 2, False),
+        ("12", 1, False),
+    ],
+    n_nodes=5,
+)
 def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
     """The same on one Ascend 910C super-pod with MindCluster's rules (die pairs, 2 reserve
     nodes for logical super-pods): single-node die requests, gangs of whole nodes and
@@ -203,6 +217,48 @@ def test_ascend_backfill_never_delays_the_head(specs, n_nodes):
         s.submit((b.duration(float(d * 10)) if known else b).submitted(0.001 * (i + 1)).build())
         real[jid] = float(d * 10)
     _run_keeping_promises(s, t, real, no_backfill)
+
+
+# a0 after these run (each die-pair module 2k, 2k+1): d0 holds die 0, d1 die 1 (it prefers the
+# half-busy module), d2 die 2, d45 dies 4-5; free: 3 and 6-15 (11 dies, five whole modules)
+_HALF_PAIRS = [
+    job("d0").devices(A3, 1).duration(10),
+    job("d1").devices(A3, 1),
+    job("d2").devices(A3, 1),
+    job("d45").devices(A3, 2),
+]
+
+
+@pytest.mark.parametrize(
+    "d1_seconds, start",
+    [(None, None), (30.0, 30.0)],
+    ids=["no later release completes a pair: unknown", "d1's end completes the sixth pair: 30"],
+)
+def test_a_910c_head_is_promised_no_start_its_die_pairs_refuse(d1_seconds, start):
+    """At 10 d0's end leaves 12 free dies by count (0, 3, 6-15) but only five whole die pairs:
+    a 12-die task (six pairs) does not place there. The head's reservation, which backfill
+    holds and its pending reason shows, is the first end at which its placement rules place
+    it: d1's end (die 1 rejoins die 0), or none."""
+    running = [j.duration(d1_seconds) if j.build().id == "d1" and d1_seconds else j for j in _HALF_PAIRS]
+    s, r = run_case(
+        dict(
+            profile=BACKFILL,
+            nodes=[node("a0").devices(A3, 16).supernode("sp")],
+            running=running,
+            jobs=[job("big").devices(A3, 12).submitted(1)],
+        )
+    )
+    why = r.pending["big"]
+    assert why.code is ReasonCode.UNSCHEDULABLE, why.message
+    assert why.estimated_start == start, why.message
+    if start is None:
+        assert "estimated start unknown" in why.message, why.message
+    else:  # and the job starts then
+        s.finish("d0")
+        assert not s.cycle(now=10.0).bindings
+        s.finish("d1")
+        got = s.cycle(now=30.0).bindings
+        assert [(b.job_id, b.node, b.device_indices) for b in got] == [("big", "a0", (0, 1, *range(6, 16)))]
 
 
 def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from ..model import MILLI, Job
 from ..snapshot import Snapshot, Statement
-from .cycle import CycleState, reserve_devices, try_place
+from .cycle import CycleState, place_ahead, reserve_devices, try_place
 from .reservation import Reservation
 
 
@@ -42,9 +42,6 @@ def head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
         # they are no binding of it, so a carve-out of its devices would let backfill eat them
         return None
     snap = cs.ctx.snap
-    already = cs.placed_tasks.get(head.id, 0)
-    want = head.tasks - already
-    need = max(1, cs.placer.min_tasks(head) - already) if cs.placer.gang else 1
     gone = [
         rj
         for rj in snap.running.values()
@@ -59,7 +56,7 @@ def head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
         for i in range(len(st.node.devices))
         if st.usable[i] and st.free_milli[i] == MILLI
     ]
-    found = None
+    found: list = []
     ahead = Statement(snap, cs.ctx.now)
     try:
         for rj in gone:
@@ -74,12 +71,7 @@ def head_carve(cs: CycleState, head: Job, held: Reservation) -> Carve | None:
             try:
                 if leave_free:
                     trial.mask(free_now)
-                placed = Statement(snap, cs.ctx.now)
-                try:
-                    if cs.placer.place(head, placed, want, need, first_task=already) >= need:
-                        found = placed.bindings_of(head.id)
-                finally:
-                    placed.discard()
+                found = place_ahead(cs, head)
             finally:
                 trial.discard()
             if found or not free_now:

@@ -234,6 +234,25 @@ def try_place(cs: CycleState, job: Job, accept: Callable[[list[Binding]], bool] 
     return True
 
 
+def place_ahead(cs: CycleState, job: Job) -> list[Binding]:
+    """Place the job's remaining tasks as ``try_place`` would (as many as it wants, at least its
+    gang's minimum) on the snapshot as it stands, which the caller has turned into a look-ahead
+    (jobs assumed ended, nodes closed, devices masked), and take the placement back: its
+    bindings, or [] when it does not place. Permit plugins are not asked: the answer is where
+    the job's own placement rules put it, not a placement to commit."""
+    already = cs.placed_tasks.get(job.id, 0)
+    want = wanted(cs, job) - already
+    if want <= 0:
+        return []
+    need = max(1, cs.placer.min_tasks(job) - already) if cs.placer.gang else 1
+    stmt = Statement(cs.ctx.snap, cs.ctx.now)
+    try:
+        got = cs.placer.place(job, stmt, want, need, first_task=already)
+        return stmt.bindings_of(job.id) if got >= need else []
+    finally:
+        stmt.discard()
+
+
 def commit_placement(cs: CycleState, job: Job, stmt: Statement, already: int, got: int) -> None:
     """Commit a placement of ``got`` more tasks of ``job`` (``already`` ran) and book it: the
     cycle's bindings, the job's tasks, its queue's use; done when it has what it wants."""

@@ -9,8 +9,14 @@ from collections import defaultdict
 from ..estimates import shared_ends
 from ..fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS
 from ..model import MILLI, Job, JobKind
-from ..snapshot import Snapshot
-from .cycle import CycleState, reserve_devices, tier_of, unit_of
+from ..snapshot import Snapshot, Statement
+from .cycle import CycleState, place_ahead, reserve_devices, tier_of, unit_of
+
+
+#: look-ahead placements one reservation tries (each walks the nodes as a placement does): past
+#: them its start is unknown, as when no release frees enough (backfill then keeps to other
+#: devices; the pending reason says the start is unknown)
+MAX_RESERVATION_TRIES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +31,15 @@ class Reservation:
 def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservation | None:
     """When and where a waiting job is expected to fit, from the running jobs' expected ends
     only (the jobs queued ahead of it are the estimate walk's business: ``scheduler.estimates``;
-    backfill holds the blocked head's reservation with this): the first domain of the job's
-    tier whose free devices (counted per node in whole tasks, the reserve nodes of an Ascend
-    super-pod added to the need) reach the job's need as the running jobs end. None for a CPU-only job or
-    when the running jobs' expected ends never free enough (some have no expected end)."""
+    backfill holds the blocked head's reservation with this): the first expected end at which
+    the job's own placement rules place it (``place_ahead``) on the state expected then (the
+    running jobs ending by then assumed ended), and the domain of its tier (one node, one
+    super-node, the cluster) that placement lands in. The free devices counted per node in
+    whole tasks (the reserve nodes of an Ascend super-pod added to the need) pick the times
+    worth a placement: those where a domain a release touched holds the need by counts.
+    None for a CPU-only job, when the running jobs' expected ends never let it place (some
+    have no expected end) or past ``MAX_RESERVATION_TRIES`` placements: backfill must never
+    delay a start it promised, so no start is promised that the placement rules refuse."""
     req = job.devices
     if req is None:
         return None
@@ -58,45 +69,66 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
     for name, c in per_node.items():
         sums[domain_of[name]] += c // unit * unit
 
-    def found(domain: str, start: float) -> Reservation:
-        return Reservation(max(start, cs.ctx.now), frozenset(n for n, d in domain_of.items() if d == domain))
-
     # a job that just failed to place does not fit now, whatever the device counts say (device
     # rules and partly used nodes are finer than counts): its start is a future release
     best = max(sums, key=lambda d: (sums[d], d)) if sums else None
     ready = best if best is not None and sums[best] >= need else None
     if ready is not None and job.id not in cs.failed:
-        return found(ready, cs.ctx.now)
+        return Reservation(cs.ctx.now, frozenset(n for n, d in domain_of.items() if d == ready))
     if ends is None:
         ends = running_ends(snap)
     shared: dict[tuple[str, int], float | None] | None = None  # shared devices: whole again at their last end
-    for end, jid in ends:
-        hit = None
-        for b in snap.running[jid].bindings:
-            if b.node in per_node:
-                devs = snap.nodes[b.node].node.devices
-                if b.milli == MILLI:
-                    freed = sum(1 for i in b.device_indices if devs[i].model in models)
-                else:
-                    if shared is None:
-                        shared = dict(shared_ends(snap))
-                    freed = 0
-                    for i in b.device_indices:
-                        if devs[i].model in models and shared.get((b.node, i)) == end:
-                            shared[(b.node, i)] = None  # counted once, whichever sharer ends last
-                            freed += 1
-                if freed:
-                    old = per_node[b.node]
-                    per_node[b.node] = old + freed
-                    d = domain_of[b.node]
-                    sums[d] += ((old + freed) // unit - old // unit) * unit
-                    if hit is None and sums[d] >= need:
-                        hit = d
-        if hit is None:
-            hit = ready  # enough by the counts already: the first release may be what it lacks
-        if hit is not None:
-            return found(hit, end)
-    return None
+    # counts are necessary, not enough (910C die pairs, HCCS groups, CPU and memory, filters):
+    # a time the counts allow is only the job's start when its own placement rules place it
+    # on the state expected then, in a look-ahead; the placement's domain is the reservation's
+    ahead = Statement(snap, cs.ctx.now)
+    assumed = 0  # ends[:assumed] are assumed ended in ``ahead`` (only once a placement is tried)
+    tries = 0
+    try:
+        i = 0
+        while i < len(ends):
+            end = ends[i][0]
+            hits: set[str] = set()  # domains a release at ``end`` touched that hold the need by counts
+            if i == 0 and ready is not None:
+                hits.add(ready)  # enough by the counts already: the first release may be what it lacks
+            while i < len(ends) and ends[i][0] == end:
+                jid = ends[i][1]
+                i += 1
+                for b in snap.running[jid].bindings:
+                    if b.node in per_node:
+                        devs = snap.nodes[b.node].node.devices
+                        if b.milli == MILLI:
+                            freed = sum(1 for k in b.device_indices if devs[k].model in models)
+                        else:
+                            if shared is None:
+                                shared = dict(shared_ends(snap))
+                            freed = 0
+                            for k in b.device_indices:
+                                if devs[k].model in models and shared.get((b.node, k)) == end:
+                                    shared[(b.node, k)] = None  # counted once, whichever sharer ends last
+                                    freed += 1
+                        if freed:
+                            old = per_node[b.node]
+                            per_node[b.node] = old + freed
+                            d = domain_of[b.node]
+                            sums[d] += ((old + freed) // unit - old // unit) * unit
+                            if sums[d] >= need:
+                                hits.add(d)
+            if not hits:
+                continue
+            tries += 1
+            if tries > MAX_RESERVATION_TRIES:
+                return None  # the start stays unknown rather than a guess from counts
+            for _, jid in ends[assumed:i]:
+                ahead.assume_ended(jid)
+            assumed = i
+            placed = {b.node for b in place_ahead(cs, job)}
+            if placed:
+                doms = {domain_of[n] for n in placed if n in domain_of}
+                return Reservation(max(end, cs.ctx.now), frozenset(n for n, d in domain_of.items() if d in doms))
+        return None
+    finally:
+        ahead.discard()
 
 
 def running_ends(snap: Snapshot) -> list[tuple[float, str]]:
