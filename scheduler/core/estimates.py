@@ -27,7 +27,9 @@ The timeline only moves forward (starts never decrease), so a walk over K jobs p
 release once: O((K + releases) log releases) plus, per job, a fit check over the free-count
 histogram (at most the devices per node buckets, per super-node). Counts are coarser than the
 placer's device rules (910C die pairs, HCCS groups, CPU and memory) and the walk's choice of
-node may differ from the placer's: on one node the estimates are exact for whole devices.
+node may differ from the placer's: on one node the estimates are exact for whole devices. The
+blocked head's start is not a count: it is its reservation (``actions.reservation``), the first
+expected end at which the placer's own rules place it, which backfill keeps.
 """
 
 from __future__ import annotations
