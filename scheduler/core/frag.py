@@ -19,6 +19,7 @@ replays' metrics use them. Units: CPU in milli-cores, devices in milli (1000 = o
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -75,6 +76,23 @@ class TypicalPods:
     def __len__(self) -> int:
         return len(self.p)
 
+    @functools.cached_property
+    def groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shapes' distinct (milli, access) pairs: which devices a shape can use depends on
+        them alone, so ``fragmentation`` finds the usable devices once per pair. Returns the
+        pairs' milli (U,), access (U, M) and each shape's pair (K,)."""
+        index: dict[tuple, int] = {}  # pair -> its number
+        firsts: list[int] = []  # each pair's first shape
+        of: list[int] = []
+        for k, (m, a) in enumerate(zip(self.milli.tolist(), self.access)):
+            key = (m, a.tobytes())
+            if key not in index:
+                index[key] = len(firsts)
+                firsts.append(k)
+            of.append(index[key])
+        sel = np.array(firsts, dtype=np.int64)
+        return self.milli[sel], self.access[sel].reshape(len(sel), len(self.models)), np.array(of, dtype=np.int64)
+
 
 def typical_pods(counts: Counter, models: Sequence[str], popularity: float = TYPICAL_POD_POPULARITY) -> TypicalPods:
     """The most frequent shapes of ``counts`` (PodShape -> jobs) covering ``popularity`` of them,
@@ -108,7 +126,8 @@ class NodeArrays:
     ``cpu_left``, ``memory_left`` (N,); ``free`` (N, G) device milli free (0 for a device that
     is not usable and for the padding of nodes with fewer than G devices); ``model`` (N, G)
     index into ``models`` (-1 for padding and for removed nodes); ``version`` (N,) bumped on
-    every change of the row; ``cpu_total`` (N,). Cordons are not mirrored: the placer checks
+    every change of the row; ``cpu_total`` (N,); ``free_total`` (N,) the row sum of ``free``
+    and ``device_milli`` (N,) the node's devices x 1000, kept with the row. Cordons are not mirrored: the placer checks
     every node it takes. ``sync(snap)`` drains the snapshot's ``watch`` set and returns the rows
     that changed; a node of a model not seen before rebuilds everything (``generation``).
     """
@@ -129,6 +148,8 @@ class NodeArrays:
         self.model = np.full((n, g), -1, dtype=np.int64)
         self.version = np.zeros(n, dtype=np.int64)
         self.cpu_total = np.zeros(n, dtype=np.int64)
+        self.free_total = np.zeros(n, dtype=np.int64)
+        self.device_milli = np.zeros(n, dtype=np.int64)
 
     def sync(self, snap: Snapshot) -> np.ndarray:
         if snap is not self._snap:
@@ -149,6 +170,7 @@ class NodeArrays:
                     self.free[row] = 0
                     self.model[row] = -1
                     self.cpu_left[row] = self.memory_left[row] = 0
+                    self.free_total[row] = self.device_milli[row] = 0
                     rows.append(row)
                 continue
             if any(d.model not in self._model_id for d in st.node.devices) or len(st.free_milli) > self.free.shape[1]:
@@ -183,13 +205,18 @@ class NodeArrays:
             self.model = np.concatenate([self.model, np.full((extra, g), -1, dtype=np.int64)])
             self.version = np.concatenate([self.version, np.zeros(extra, dtype=np.int64)])
             self.cpu_total = np.concatenate([self.cpu_total, np.zeros(extra, dtype=np.int64)])
+            self.free_total = np.concatenate([self.free_total, np.zeros(extra, dtype=np.int64)])
+            self.device_milli = np.concatenate([self.device_milli, np.zeros(extra, dtype=np.int64)])
         self._row_of[st.node.name] = i
         self.cpu_total[i] = st.node.cpu_milli
         self.cpu_left[i] = st.cpu_left
         self.memory_left[i] = st.memory_left
         k = len(st.free_milli)
         self.model[i, :k] = [self._model_id[d.model] for d in st.node.devices]
-        self.free[i, :k] = [f if u else 0 for f, u in zip(st.free_milli, st.usable)]
+        free = [f if u else 0 for f, u in zip(st.free_milli, st.usable)]
+        self.free[i, :k] = free
+        self.free_total[i] = sum(free)
+        self.device_milli[i] = k * MILLI
 
     def access(self, models: tuple[str, ...]) -> np.ndarray:
         """(N, G) bool: devices of an allowed model (() = any real device)."""
@@ -205,14 +232,32 @@ def fragmentation(cpu_left: np.ndarray, free: np.ndarray, model: np.ndarray, tp:
     ``cpu_left`` (S,), ``free`` (S, G) device milli free, ``model`` (S, G) model index into
     ``tp.models`` (-1: no device) -> (S,). Rounded to 1e-6 so the same node state gives the
     same F whether it is computed alone or among thousands (sum order depends on the shape, and
-    integer-truncated scores would turn that noise into different decisions)."""
+    integer-truncated scores would turn that noise into different decisions). Many states
+    repeat (empty nodes of one kind, one node's device variants): a large batch is computed
+    once per distinct state."""
     if len(tp) == 0:
         return np.zeros(len(cpu_left))
+    if len(cpu_left) > DEDUP_MIN_STATES:
+        key = np.concatenate([cpu_left[:, None], free, model], axis=1)
+        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+        if 2 * len(uniq) <= len(key):
+            g = free.shape[1]
+            return _fragmentation(uniq[:, 0], uniq[:, 1 : 1 + g], uniq[:, 1 + g :], tp)[inverse.reshape(-1)]
+    return _fragmentation(cpu_left, free, model, tp)
+
+
+#: batches of more states than this are deduplicated first (``np.unique`` costs more than it
+#: saves on small ones)
+DEDUP_MIN_STATES = 256
+
+
+def _fragmentation(cpu_left: np.ndarray, free: np.ndarray, model: np.ndarray, tp: TypicalPods) -> np.ndarray:
     total = free.sum(axis=1)  # (S,)
-    acc = tp.access[:, np.maximum(model, 0)] & (model >= 0)[None]  # (K, S, G)
-    usable = acc & (free[None] >= tp.milli[:, None, None])  # (K, S, G)
-    count = usable.sum(axis=2)  # (K, S)
-    unusable_milli = total[None, :] - (free[None] * usable).sum(axis=2)  # (K, S)
+    g_milli, g_access, of = tp.groups  # U distinct (milli, access) pairs of the K shapes
+    acc = g_access[:, np.maximum(model, 0)] & (model >= 0)[None]  # (U, S, G)
+    usable = acc & (free[None] >= g_milli[:, None, None])  # (U, S, G)
+    count = usable.sum(axis=2)[of]  # (K, S)
+    unusable_milli = (total[None, :] - (free[None] * usable).sum(axis=2))[of]  # (K, S)
     fits = (tp.milli[:, None] > 0) & (count >= tp.count[:, None]) & (cpu_left[None, :] >= tp.cpu_milli[:, None])
     frag = np.where(fits, unusable_milli, total[None, :])  # (K, S)
     return np.round((frag * tp.p[:, None]).sum(axis=0), 6)

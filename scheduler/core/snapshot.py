@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -82,6 +82,12 @@ class RunningJobs(dict):
         super().__init__()
         self.milli_by_queue: dict[str, int] = defaultdict(int)
         self.by_queue: dict[str, dict[str, RunningJob]] = defaultdict(dict)
+        # queue -> priority class value -> running jobs of that class (``any_below``)
+        self.classes: dict[str, Counter] = defaultdict(Counter)
+        # the ids of the jobs changed (started, replaced, removed), oldest first, for readers
+        # that follow the running jobs without walking them (``changes_since``); trimmed
+        self._log: list[str] = []
+        self._log_start = 0  # the sequence number of _log[0]
         self.watch = None  # told the value before each change (a cycle's PlacedTasks)
         # job -> a priority key whose order between two jobs never changes with time (the
         # scheduler sets it from its Priority plugin); None: no priority index
@@ -98,8 +104,36 @@ class RunningJobs(dict):
         jobs = self.by_queue[queue]
         return [jobs[jid] for _, jid in ordered[:cut]]
 
+    def any_below(self, priority: int, queue: str | None = None, other_than: str | None = None) -> bool:
+        """Whether a running job of ``queue`` (None: of any queue but ``other_than``) has a
+        priority below ``priority``; O(queues x classes)."""
+        if queue is not None:
+            return any(n and p < priority for p, n in self.classes.get(queue, {}).items())
+        return any(n and p < priority for q, c in self.classes.items() if q != other_than for p, n in c.items())
+
+    @property
+    def log_seq(self) -> int:
+        """The sequence number the next change gets (``changes_since`` from here: none)."""
+        return self._log_start + len(self._log)
+
+    def changes_since(self, seq: int) -> list[str] | None:
+        """The ids of the jobs changed since ``log_seq`` was ``seq`` (repeats possible, oldest
+        first); None when that part of the log is trimmed (the caller walks the jobs)."""
+        if seq < self._log_start:
+            return None
+        return self._log[seq - self._log_start :]
+
+    def _logged(self, job_id: str) -> None:
+        log = self._log
+        log.append(job_id)
+        if len(log) > max(4096, 2 * len(self)):  # bounded by the running jobs, O(1) amortised
+            drop = len(log) // 2
+            del log[:drop]
+            self._log_start += drop
+
     def _index(self, rj: RunningJob, sign: int) -> None:
         q, jid = rj.job.queue, rj.job.id
+        self.classes[q][rj.job.priority] += sign
         if sign > 0:
             self.by_queue[q][jid] = rj
             if self.order_key is not None:
@@ -125,6 +159,7 @@ class RunningJobs(dict):
         super().__setitem__(job_id, rj)
         self._count(rj, +1)
         self._index(rj, +1)
+        self._logged(job_id)
 
     def __delitem__(self, job_id: str) -> None:
         if self.watch is not None:
@@ -132,6 +167,7 @@ class RunningJobs(dict):
         self._count(self[job_id], -1)
         self._index(self[job_id], -1)
         super().__delitem__(job_id)
+        self._logged(job_id)
 
     _MISSING = object()
 
@@ -174,6 +210,7 @@ def _fill_running(new: RunningJobs, items: dict, milli: dict, ordered: dict, ord
     for jid, rj in items.items():
         dict.__setitem__(new, jid, rj)
         new.by_queue[rj.job.queue][jid] = rj
+        new.classes[rj.job.queue][rj.job.priority] += 1
     new.milli_by_queue.update(milli)
     new._ordered.update({q: list(v) for q, v in ordered.items()})
     new.order_key = order_key

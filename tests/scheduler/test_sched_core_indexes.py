@@ -68,6 +68,12 @@ def test_running_job_indexes_match_a_recount_through_random_churn(seed):
             for probe in list(s.pending.values())[:3]:
                 want = {jid for jid, rj in running.items() if rj.job.queue == q and key(rj.job) < key(probe)}
                 assert {rj.job.id for rj in running.below(q, key(probe))} == want
+        for q in ("a", "b"):
+            for prio in (0, 1, 100, 1000, 10_000):
+                want_below = any(rj.job.queue == q and rj.job.priority < prio for rj in running.values())
+                assert running.any_below(prio, queue=q) is want_below
+                want_other = any(rj.job.queue != q and rj.job.priority < prio for rj in running.values())
+                assert running.any_below(prio, other_than=q) is want_other
     clone = copy.deepcopy(s)  # copies carry the indexes as they are (estimates copy the facade)
     assert clone.snapshot.used_devices_by_queue() == s.snapshot.used_devices_by_queue()
     assert clone.snapshot.running.order_key.__self__ is clone
@@ -120,3 +126,43 @@ def test_a_request_may_name_several_models():
     s.submit(either)
     assert placements(s.cycle()) == {"either": [("b", (0,))]}
     assert DeviceRequest(count=1, model_choices=frozenset({B, H})).describe() == f"1 {' or '.join(sorted({B, H}))}"
+
+
+def test_the_running_jobs_log_names_every_change_and_attained_service_follows_it():
+    """``changes_since`` lists the jobs changed since a sequence number, stays bounded by the
+    running jobs, and answers None once trimmed; ``Attained`` fed from the log banks the same
+    runs as a walk of every running job."""
+    from xpod.scheduler.core.framework import CycleContext
+    from xpod.scheduler.core.plugins._attained import Attained
+    from xpod.scheduler.core.snapshot import RunningJob
+
+    rng = random.Random(3)
+    s = Scheduler([node(f"n{i}").devices(H, 8).build() for i in range(4)], clock=lambda: 1.0)
+    running = s.snapshot.running
+    follow, walk = Attained(), Attained()
+    start = running.log_seq
+    t = 1.0
+    for step in range(300):
+        t += rng.uniform(1, 100)
+        if rng.random() < 0.55 or not s.running:
+            s.submit(job(f"j{step}").devices(H, rng.choice([1, 2, 4])).submitted(t).build())
+        else:
+            s.finish(rng.choice(sorted(s.running)))
+        s.cycle(now=t)
+        ctx = CycleContext(snap=s.snapshot, now=t, queues={}, total_devices=32.0, queue_usage={})
+        follow.update(ctx)
+        walk._source = None  # no log: the walk of every running job
+        walk.update(ctx)
+        assert follow.runs == walk.runs and follow.banked_s == walk.banked_s and follow.stops == walk.stops
+    assert walk.stops  # runs did end and were banked
+    log = running.changes_since(start)
+    assert log is None or set(running) <= set(log)
+    assert len(running._log) <= max(4096, 2 * len(running)) + 1
+    # a log trimmed past a reader's place says so: the reader walks the jobs
+    x = job("x").build()
+    for _ in range(5000):  # churn: one job started and gone again, many times
+        running["x"] = RunningJob(x, (), t)
+        del running["x"]
+    assert len(running._log) <= max(4096, 2 * len(running)) + 1
+    assert running.changes_since(start) is None
+    assert running.changes_since(running.log_seq) == []

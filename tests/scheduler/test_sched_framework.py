@@ -74,6 +74,15 @@ def test_reserve_needs_unreserve_and_fields_must_be_plugin_fields():
     with pytest.raises(XpodError, match="needs both reserve and unreserve"):
         check_plugin(Half)
 
+    class Bound(Plugin):
+        name = "bound"
+
+        def victim_class_bound(self, job, ctx, reclaim):
+            return 0
+
+    with pytest.raises(XpodError, match="victim_class_bound bounds its own victims: implement victims too"):
+        check_plugin(Bound)
+
     class Field(Plugin):
         name = "field"
         JOB_FIELDS = ("colour",)

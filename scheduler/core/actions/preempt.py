@@ -18,12 +18,16 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     only for preempt, lowest first, then the fewest devices, then the youngest). Without one:
     a lower priority class only for preempt, in the same order by class value."""
     snap = cs.ctx.snap
-    models = set(cs.placer.models_for(job))
-    if models and job.devices is not None and models >= _cluster_models(cs):
-        models = set()  # every device of the cluster is of a model the job takes: no filter
-    out = []
-    usage = cs.ctx.queue_usage
-    bound_now = {b.job_id for b in cs.bindings}
+    bounds = cs.fw.victim_bounds
+    if bounds is not None:
+        # every selector says its victims are below some class: with no running job there the
+        # answer is empty, known without walking the running jobs
+        got = [b.victim_class_bound(job, cs.ctx, reclaim) for b in bounds]
+        if None not in got:
+            lowest = min(got)  # type: ignore[type-var]
+            queue, other = (None, job.queue) if reclaim else (job.queue, None)
+            if not snap.running.any_below(lowest, queue=queue, other_than=other):
+                return []
     running = snap.running
     if reclaim:
         pool = [rj for q, jobs in running.by_queue.items() if q != job.queue for rj in jobs.values()]
@@ -33,6 +37,14 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
         pool = running.below(job.queue, running.order_key(job) + 1e-9)
     else:
         pool = running.below(job.queue, 0.0)
+    if not pool:
+        return []
+    models = set(cs.placer.models_for(job))
+    if models and job.devices is not None and models >= _cluster_models(cs):
+        models = set()  # every device of the cluster is of a model the job takes: no filter
+    out = []
+    usage = cs.ctx.queue_usage
+    bound_now = {b.job_id for b in cs.bindings}
     for rj in pool:
         v = rj.job
         if v.id in bound_now:
@@ -73,12 +85,12 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
 
 
 def _cluster_models(cs: CycleState) -> frozenset:
-    """The device models of the cluster (once per cycle)."""
-    got = cs.memo.get("cluster_models")
+    """The device models of the cluster (kept in the snapshot's cache of the inventory,
+    which every inventory change clears)."""
+    cache = cs.ctx.snap.empty_cache
+    got = cache.get("cluster_models")
     if got is None:
-        got = cs.memo["cluster_models"] = frozenset(
-            d.model for st in cs.ctx.snap.nodes.values() for d in st.node.devices
-        )
+        got = cache["cluster_models"] = frozenset(d.model for st in cs.ctx.snap.nodes.values() for d in st.node.devices)
     return got
 
 

@@ -23,6 +23,7 @@ from .points import (
     Score,
     Session,
     Tiers,
+    VictimClassBound,
     VictimSelect,
     WalkOrder,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Score",
     "Session",
     "Tiers",
+    "VictimClassBound",
     "VictimSelect",
     "WalkOrder",
     "PLUGIN_FIELDS",

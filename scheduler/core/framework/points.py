@@ -34,6 +34,8 @@ point               method                                              when
                                                                         it commits
 ``VictimSelect``    ``victims(job, candidates, ctx, reclaim) -> list``  who may be evicted for a
                                                                         job, in eviction order
+                    optional ``victim_class_bound(job, ctx,            a bound the mechanism
+                    reclaim) -> int | None``                            checks first (below)
 ``Scale``           ``scale_rule(job) -> ScaleRule | None``             how a serving job with
                                                                         ``autoscale`` follows its
                                                                         load (``core.autoscale``)
@@ -188,9 +190,20 @@ class Permit(Protocol):
 
 @runtime_checkable
 class VictimSelect(Protocol):
+    """``victims`` filters and orders ``candidates`` (it returns a subset of them).
+
+    ``victim_class_bound`` (optional, with ``victims``): every job ``victims`` could return for
+    ``job`` has a ``priority`` below the bound (None: no bound). When every selector gives one
+    and no running job the action may touch is below the lowest, preempt and reclaim skip the
+    job without walking the running jobs (a pod of many one-class jobs fails in O(1))."""
+
     def victims(
         self, job: Job, candidates: "Sequence[RunningJob]", ctx: CycleContext, reclaim: bool
     ) -> "list[RunningJob]": ...
+
+
+class VictimClassBound(Protocol):
+    def victim_class_bound(self, job: Job, ctx: CycleContext, reclaim: bool) -> int | None: ...
 
 
 class Scale(Protocol):
@@ -224,6 +237,7 @@ POINTS: dict[str, Any] = {
     "unreserve": Reserve,
     "permit": Permit,
     "victims": VictimSelect,
+    "victim_class_bound": VictimClassBound,
     "scale_rule": Scale,
     "observe": Observe,
     "open_session": Session,

@@ -35,6 +35,7 @@ from .points import (
     Score,
     Session,
     Tiers,
+    VictimClassBound,
     VictimSelect,
 )
 from .status import SUCCESS, Code, Status
@@ -97,6 +98,8 @@ def check_plugin(cls: type) -> None:
         raise XpodError(f"plugin {name}: implements no extension point (one of {', '.join(sorted(set(POINTS)))})")
     if ("reserve" in points) != ("unreserve" in points):
         raise XpodError(f"plugin {name}: the reserve point needs both reserve and unreserve")
+    if "victim_class_bound" in points and "victims" not in points:
+        raise XpodError(f"plugin {name}: victim_class_bound bounds its own victims: implement victims too")
     bad = sorted(set(cls.JOB_FIELDS) - set(PLUGIN_FIELDS))
     if bad:
         raise XpodError(
@@ -158,6 +161,11 @@ class Framework:
         self.gang: Gang | None = next(iter(having("min_tasks")), None)
         self.tier_rule: Tiers | None = next(iter(having("tiers")), None)
         self.victim_selectors: list[VictimSelect] = having("victims")
+        # the selectors' class bounds, when every selector has one (else None: no shortcut)
+        bounded = having("victim_class_bound")
+        self.victim_bounds: list[VictimClassBound] | None = (
+            bounded if self.victim_selectors and len(bounded) == len(self.victim_selectors) else None
+        )
         self.observers: list[Observe] = having("observe")
         self.sessions: list[Session] = having("open_session")
         self.scale: Scale | None = next(iter(having("scale_rule")), None)

@@ -35,6 +35,8 @@ class Attained:
         self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
         self.last_now = 0.0
         self.running: dict[str, RunningJob] = {}
+        self._source = None  # the RunningJobs followed, and its log_seq at the last update
+        self._seq = 0
         self._asked: set[str] = set()  # jobs asked about since the last prune
         self._cycles = 0
         #: the jobs kept by the last prune (None before the first): a plugin drops its own
@@ -50,10 +52,19 @@ class Attained:
         running = ctx.snap.running
         runs = self.runs
         # a job is never evicted and started again within one cycle, so a run that ended is one
-        # whose job is gone from the running jobs at the next cycle
-        for jid in runs.keys() - running.keys():
+        # whose job is gone from the running jobs at the next cycle; only the jobs the running
+        # set's log names changed (a walk of them all when it is another set or trimmed)
+        changed = running.changes_since(self._seq) if running is self._source else None
+        if changed is None:
+            ended, began = runs.keys() - running.keys(), running.keys() - runs.keys()
+        else:
+            ids = set(changed)
+            ended = {jid for jid in ids if jid in runs and jid not in running}
+            began = {jid for jid in ids if jid in running and jid not in runs}
+        self._source, self._seq = running, running.log_seq
+        for jid in ended:
             self._bank(jid)
-        for jid in running.keys() - runs.keys():
+        for jid in began:
             rj = running[jid]
             runs[jid] = (rj.start_time, rj.job.total_devices)
         self.last_now = ctx.now

@@ -120,7 +120,7 @@ class FragmentationPlugin(ArrayScorer):
         cap = float((arr.model >= 0).sum()) * MILLI
         if cap <= 0:
             return 0.0
-        used = 1.0 - float(arr.free.sum()) / cap
+        used = 1.0 - float(arr.free_total.sum()) / cap
         lo, hi = self.credit_from, max(self.credit_full, self.credit_from)
         if used < lo:
             return 0.0
@@ -150,7 +150,7 @@ class FragmentationPlugin(ArrayScorer):
             # a CPU-only task costs the reserve only where it leaves the node's free devices
             # short of CPU at the claimants' CPU per device milli
             rho = self.reserve.rho[np.maximum(m, 0)]
-            barred &= (arr.cpu_left[rows] - shape.cpu_milli) < rho * arr.free[rows].sum(axis=1)
+            barred &= (arr.cpu_left[rows] - shape.cpu_milli) < rho * arr.free_total[rows]
         # the claimants that need a whole node keep the model's empty nodes
         barred |= (m >= 0) & protected_empty[np.maximum(m, 0)] & self.reserve.empty_rows(arr)[rows]
         # a task that may run elsewhere takes a reserved model's node only when nothing else fits
@@ -161,7 +161,7 @@ class FragmentationPlugin(ArrayScorer):
         self.f_now = fragmentation(arr.cpu_left, arr.free, arr.model, tp)
         self.cpu_per_milli = cpu_per_milli(tp)
         self.rho = self.cpu_per_milli * self.rho_scale
-        self.stranded_now = self._stranded(arr.cpu_left.astype(np.float64), arr.free.sum(axis=1))
+        self.stranded_now = self._stranded(arr.cpu_left.astype(np.float64), arr.free_total)
         self.hole_waste = hole_waste(tp, self.plentiful_share)
         self.pressure = model_pressure(tp, arr)
         self.credit_milli = (
@@ -174,7 +174,7 @@ class FragmentationPlugin(ArrayScorer):
     def _refresh(self, rows: np.ndarray) -> None:
         arr = self.arrays
         self.f_now[rows] = fragmentation(arr.cpu_left[rows], arr.free[rows], arr.model[rows], self.tp)
-        self.stranded_now[rows] = self._stranded(arr.cpu_left[rows].astype(np.float64), arr.free[rows].sum(axis=1))
+        self.stranded_now[rows] = self._stranded(arr.cpu_left[rows].astype(np.float64), arr.free_total[rows])
 
     def _stranded(self, cpu_left, free_total):
         if self.rho <= 0:
@@ -191,7 +191,7 @@ class FragmentationPlugin(ArrayScorer):
         sub = rows[ok]
         f_after, variant_ok = frag_after(arr, self.tp, shape, sub, usable[ok] if usable is not None else None)
         cpu_after = (arr.cpu_left[sub] - shape.cpu_milli).astype(np.float64)
-        left_after = (arr.free[sub].sum(axis=1) - shape.count * shape.milli)[:, None].astype(np.float64)
+        left_after = (arr.free_total[sub] - shape.count * shape.milli)[:, None].astype(np.float64)
         cost = (f_after - self.f_now[sub][:, None]) + self.cpu_weight * (
             self._stranded(cpu_after[:, None], left_after) - self.stranded_now[sub][:, None]
         )
@@ -309,8 +309,11 @@ class ModelReserve:
     def empty_rows(self, arr) -> np.ndarray:
         """(N,) bool: nodes with every device and all their CPU free."""
         n = len(self.node_model)
-        whole = ((arr.model[:n] >= 0) * MILLI).sum(axis=1)
-        return (self.node_model >= 0) & (arr.free[:n].sum(axis=1) == whole) & (arr.cpu_left[:n] == arr.cpu_total[:n])
+        return (
+            (self.node_model >= 0)
+            & (arr.free_total[:n] == arr.device_milli[:n])
+            & (arr.cpu_left[:n] == arr.cpu_total[:n])
+        )
 
     def restricted(self, shape: PodShape, arr) -> bool:
         if not shape.count:
@@ -326,7 +329,7 @@ class ModelReserve:
             none = np.zeros(max(len(self.share), 1), dtype=bool)
             return none, none
         n = len(self.node_model)
-        free = arr.free[:n].sum(axis=1).astype(np.float64)
+        free = arr.free_total[:n].astype(np.float64)
         m = self.node_model
         rho = np.where(m >= 0, self.rho[np.maximum(m, 0)], 0.0)
         eff = np.where(rho > 0, np.minimum(free, arr.cpu_left[:n] / np.maximum(rho, 1e-9)), free)

@@ -118,6 +118,15 @@ class ShortestRemainingPlugin(Plugin):
             out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, self._left(rj.job, now), rj.job.id))
         return out
 
+    def victim_class_bound(self, job: Job, ctx: CycleContext, reclaim: bool) -> int | None:
+        """``victims`` takes lower classes only, and its own class only when ``job`` declared
+        a duration (reclaim: any class)."""
+        if reclaim:
+            return None
+        if self.preempt_factor > 0 and job.expected_duration_seconds is not None:
+            return job.priority + 1
+        return job.priority
+
     # ------------------------------------------------------------------ internals
     def _left(self, job: Job, now: float) -> float:
         """The work ``job`` has left (the module's point 3), in the unit ``by`` names."""
