@@ -142,6 +142,7 @@ class NodeArrays:
         self._alloc(0, 1)
 
     def _alloc(self, n: int, g: int) -> None:
+        self._access: dict[tuple[str, ...], np.ndarray] = {}
         self.cpu_left = np.zeros(n, dtype=np.int64)
         self.memory_left = np.zeros(n, dtype=np.int64)
         self.free = np.zeros((n, g), dtype=np.int64)
@@ -169,6 +170,7 @@ class NodeArrays:
                 if row is not None:
                     self.free[row] = 0
                     self.model[row] = -1
+                    self._access.clear()
                     self.cpu_left[row] = self.memory_left[row] = 0
                     self.free_total[row] = self.device_milli[row] = 0
                     rows.append(row)
@@ -205,6 +207,7 @@ class NodeArrays:
             self.model = np.concatenate([self.model, np.full((extra, g), -1, dtype=np.int64)])
             self.version = np.concatenate([self.version, np.zeros(extra, dtype=np.int64)])
             self.cpu_total = np.concatenate([self.cpu_total, np.zeros(extra, dtype=np.int64)])
+            self._access.clear()
             self.free_total = np.concatenate([self.free_total, np.zeros(extra, dtype=np.int64)])
             self.device_milli = np.concatenate([self.device_milli, np.zeros(extra, dtype=np.int64)])
         self._row_of[st.node.name] = i
@@ -212,18 +215,26 @@ class NodeArrays:
         self.cpu_left[i] = st.cpu_left
         self.memory_left[i] = st.memory_left
         k = len(st.free_milli)
-        self.model[i, :k] = [self._model_id[d.model] for d in st.node.devices]
+        models = [self._model_id[d.model] for d in st.node.devices]
+        if self._access and self.model[i, :k].tolist() != models:
+            self._access.clear()  # a node joined (or changed): the masks are stale
+        self.model[i, :k] = models
         free = [f if u else 0 for f, u in zip(st.free_milli, st.usable)]
         self.free[i, :k] = free
         self.free_total[i] = sum(free)
         self.device_milli[i] = k * MILLI
 
     def access(self, models: tuple[str, ...]) -> np.ndarray:
-        """(N, G) bool: devices of an allowed model (() = any real device)."""
-        if not models:
-            return self.model >= 0
-        ids = [self._model_id[m] for m in models if m in self._model_id]
-        return np.isin(self.model, ids)
+        """(N, G) bool: devices of an allowed model (() = any real device). Kept per models
+        until a row's models change (read-only: callers index it)."""
+        hit = self._access.get(models)
+        if hit is None:
+            if not models:
+                hit = self.model >= 0
+            else:
+                hit = np.isin(self.model, [self._model_id[m] for m in models if m in self._model_id])
+            self._access[models] = hit
+        return hit
 
 
 def fragmentation(cpu_left: np.ndarray, free: np.ndarray, model: np.ndarray, tp: TypicalPods) -> np.ndarray:

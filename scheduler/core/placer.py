@@ -252,7 +252,7 @@ class Placer:
                         part |= vec.partial[m][rows] >= low
                 rows = rows[(free > 0) | part]
         states = vec.states
-        return Candidates([states[r] for r in rows.tolist()], rows)
+        return Candidates(rows=rows, states=states)
 
     def _scored(self, job: Job, cands: Candidates, scorers: Sequence[Any]) -> Iterator[NodeState]:
         """``cands`` by the scorers' sum, higher first, ties to the earlier candidate (the lower

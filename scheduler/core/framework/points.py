@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..model import Binding, Job
 from .status import Status
@@ -97,13 +98,34 @@ class WalkOrder(str, enum.Enum):
         return (free_devices if self is WalkOrder.FULLEST_FIRST else -free_devices, name)
 
 
-class Candidates(list):
-    """The nodes a ``Score`` plugin ranks (a list of ``NodeState``), with ``rows``: their
-    ``NodeState.row`` numbers as a numpy vector, to index a plugin's own arrays over nodes."""
+class Candidates(Sequence):
+    """The nodes a ``Score`` plugin ranks (a sequence of ``NodeState``), with ``rows``: their
+    ``NodeState.row`` numbers as a numpy vector, to index a plugin's own arrays over nodes.
 
-    def __init__(self, nodes: "Sequence[NodeState]" = (), rows: Any = None) -> None:
-        super().__init__(nodes)
+    ``Candidates(nodes, rows)`` holds the nodes; ``Candidates(rows=rows, states=by_row)`` looks
+    them up in ``by_row`` (the snapshot's states by row) only when asked: a cycle over a large
+    cluster ranks every node but takes the first few."""
+
+    def __init__(self, nodes: "Sequence[NodeState]" = (), rows: Any = None, *, states: Any = None) -> None:
         self.rows = rows
+        self._states = states
+        self._nodes: list | None = None if states is not None else list(nodes)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self._nodes is None else len(self._nodes)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if self._nodes is not None:
+            return self._nodes[i]
+        if isinstance(i, slice):
+            return [self._states[r] for r in self.rows[i].tolist()]
+        return self._states[int(self.rows[i])]
+
+    def __iter__(self):
+        if self._nodes is not None:
+            return iter(self._nodes)
+        states = self._states
+        return (states[r] for r in self.rows.tolist())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ class BestFitPlugin(ArrayScorer):
         arr = self.arrays
         ok, usable = self._feasible(shape, job, rows)
         cpu_rest = (arr.cpu_left[rows] - shape.cpu_milli) / self.cpu_norm
-        dev_rest = (arr.free[rows].sum(axis=1) - shape.count * shape.milli) / self.dev_norm
+        dev_rest = (arr.free_total[rows] - shape.count * shape.milli) / self.dev_norm
         score = np.trunc(MAX_NODE_SCORE * (1.0 - (0.5 * cpu_rest + 0.5 * dev_rest)))
         device = np.full(len(rows), -1)
         if shape.fractional and usable is not None and len(rows):
