@@ -10,7 +10,8 @@ the profile ``xpod server`` runs without one; ``NAME``: the file NAME.yaml in ex
 Data: bench/data/openb/ (SOURCES.md there): the Alibaba cluster-trace-gpu-v2023 lists and the
 published curves (``published_curves.csv``, mean of seeds 42-51 at each arrived percent).
 
-Printed per list and profile (means over the seeds): GPU allocation at 60/80/100/130 % arrived,
+Printed per list and profile (means over the seeds): GPU allocation at 60/80/100/130 % arrived
+and the range over the seeds at 130 %,
 the published value of the same policy at 130 % and the difference (a baseline more than 0.5
 points off is flagged ``!``: it invalidates the comparison on that list), and for profiles
 without a published counterpart the targets against FGD's published curve: unallocated at 130 %
@@ -158,7 +159,7 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int) -> list[dict]:
 
 def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict) -> list[dict]:
     hdr = (
-        f"{'pod list':18s} {'profile':9s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'pub@130':>7s} "
+        f"{'pod list':18s} {'profile':9s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'range@130':>13s} {'pub@130':>7s} "
         f"{'diff':>6s} {'unalloc':>7s} {'/FGD':>6s} {'worst@60-100':>12s}  {'worst0-100':>10s} {'s/run':>6s}"
     )
     print(hdr)
@@ -172,6 +173,7 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
             # a list trimmed to the load ends its curve just below it: the last point is the final state
             at = {a: statistics.fmean(_at(r["alloc_curve_pct"], a) for r in mine) for a in (*CHECK_POINTS, 130)}
             final = statistics.fmean(r["alloc_pct"] for r in mine)
+            lo, hi = min(r["alloc_pct"] for r in mine), max(r["alloc_pct"] for r in mine)
             pub_curve = curves.get((lst, PUBLISHED_AS.get(os.path.basename(prof).removesuffix(".yaml"), ""), "alloc"))
             pub = pub_curve[130] if pub_curve else None
             diff = final - pub if pub is not None else None
@@ -189,6 +191,7 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
             miss = "x" if (ratio is not None and ratio > 0.9) or (worst is not None and worst < -0.5) else " "
             print(
                 f"{lst:18s} {os.path.basename(prof):9s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} "
+                f"{f'{lo:.2f}-{hi:.2f}':>13s} "
                 f"{_f(pub, 7)} {_f(diff, 6, '+.2f')}{flag}{100 - final:6.2f} {_f(ratio, 6, '.3f')} "
                 f"{_f(worst, 12, '+.2f')}{miss} {_f(whole, 10, '+.2f')} {statistics.fmean(r['seconds'] for r in mine):6.1f}",
                 flush=True,
@@ -200,6 +203,7 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                     "seeds": [r["seed"] for r in mine],
                     "alloc_pct_at": {str(a): v for a, v in at.items()},
                     "alloc_pct": final,
+                    "alloc_pct_range": [lo, hi],
                     "published_alloc_pct_at_130": pub,
                     "unallocated_pct": 100 - final,
                     "fgd_published_unallocated_pct": (100 - fgd[130]) if fgd else None,
@@ -217,6 +221,14 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                 f"lists (FGD published {statistics.fmean(r['fgd_published_unallocated_pct'] for r in mine):.2f} %); "
                 f"worst ratio {max(r['unallocated_over_fgd'] for r in mine):.3f} (target <= 0.9); "
                 f"worst gap at 60/80/100 % {min(r['worst_gap_to_fgd_at_60_80_100'] for r in mine):+.2f} (target >= -0.5)"
+            )
+            ratio_miss = [r["list"] for r in mine if r["unallocated_over_fgd"] > 0.9]
+            gap_miss = [r["list"] for r in mine if r["worst_gap_to_fgd_at_60_80_100"] < -0.5]
+            print(
+                f"{prof}: unallocated <= 0.9 x FGD's on {len(mine) - len(ratio_miss)} of {len(mine)} lists"
+                f"{' (misses: ' + ', '.join(ratio_miss) + ')' if ratio_miss else ''}; "
+                f"never 0.5 below FGD at 60/80/100 % on {len(mine) - len(gap_miss)} of {len(mine)}"
+                f"{' (misses: ' + ', '.join(gap_miss) + ')' if gap_miss else ''}"
             )
         base = [r for r in rows if r["profile"] == prof and r["published_alloc_pct_at_130"] is not None]
         if base:

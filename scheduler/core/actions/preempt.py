@@ -23,8 +23,9 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
         # every selector says its victims are below some class: with no running job there the
         # answer is empty, known without walking the running jobs
         got = [b.victim_class_bound(job, cs.ctx, reclaim) for b in bounds]
-        if None not in got:
-            lowest = min(got)  # type: ignore[type-var]
+        known = [b for b in got if b is not None]
+        if len(known) == len(got):
+            lowest = min(known)
             queue, other = (None, job.queue) if reclaim else (job.queue, None)
             if not snap.running.any_below(lowest, queue=queue, other_than=other):
                 return []

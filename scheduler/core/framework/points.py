@@ -114,7 +114,7 @@ class Candidates(Sequence):
     def __len__(self) -> int:
         return len(self.rows) if self._nodes is None else len(self._nodes)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if self._nodes is not None:
             return self._nodes[i]
         if isinstance(i, slice):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..framework import CycleContext
 from ..model import Job
-from ..snapshot import RunningJob
+from ..snapshot import RunningJob, RunningJobs
 
 
 #: cycles between two drops of the records of jobs that are gone
@@ -35,7 +35,7 @@ class Attained:
         self.runs: dict[str, tuple[float, float]] = {}  # running job id -> (start, devices)
         self.last_now = 0.0
         self.running: dict[str, RunningJob] = {}
-        self._source = None  # the RunningJobs followed, and its log_seq at the last update
+        self._source: RunningJobs | None = None  # the RunningJobs followed, and its log_seq at the last update
         self._seq = 0
         self._asked: set[str] = set()  # jobs asked about since the last prune
         self._cycles = 0
