@@ -40,14 +40,24 @@ def main(argv=None) -> int:
     ap.add_argument("--days", default="20,25,30,35,40,45,50,55,60,65,70", help="training windows (days into Philly)")
     ap.add_argument("--traces", default="azure,mooncake", help="serving traces: azure, mooncake, or a file")
     ap.add_argument("--peak-replicas", type=int, default=40)
+    ap.add_argument(
+        "--also",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="another profile to replay beside them (repeatable), e.g. examples/profiles/serving-follow-70.yaml",
+    )
     ap.add_argument("--json", metavar="OUT", help="write every run as JSON")
     ap.add_argument("--plot", metavar="PNG", help="training device-hours and SLO per window and profile")
     args = ap.parse_args(argv)
+    from xpod.scheduler.core.profile import load_profile
+
     profiles = mix.profiles_to_compare()
+    profiles += [(os.path.splitext(os.path.basename(f))[0], load_profile(f)) for f in args.also]
     runs = []
     ratios: list[tuple[float, float]] = []
     print(f"load average: {open('/proc/loadavg').read().split()[0]}")
-    head = f"{'trace':9} {'day':>3} {'profile':17} {'SLO':>6} {'p99 s':>5} {'train dh':>8} {'serve dh':>8} "
+    head = f"{'trace':9} {'day':>3} {'profile':18} {'SLO':>6} {'p99 s':>5} {'train dh':>8} {'serve dh':>8} "
     print(head + f"{'restarts':>8} {'preempt':>7} {'shrink':>6} {'util':>5} {'viol':>4} {'sec':>5}")
     for tname in args.traces.split(","):
         trace = TRACES.get(tname, tname)
@@ -60,7 +70,7 @@ def main(argv=None) -> int:
                 runs.append(doc)
                 row[name] = r
                 print(
-                    f"{tname:9} {day:>3} {name:17} {r.slo_attainment:6.4f} {r.scale_up_p99_s:5.0f} "
+                    f"{tname:9} {day:>3} {name:18} {r.slo_attainment:6.4f} {r.scale_up_p99_s:5.0f} "
                     f"{r.training_device_hours:8.1f} {r.serving_device_hours:8.1f} {r.gang_restarts:8d} "
                     f"{r.preemptions:7d} {r.shrinks:6d} {r.utilisation:5.3f} {r.violations:4d} {r.seconds:5.1f}"
                 )
@@ -68,10 +78,17 @@ def main(argv=None) -> int:
             ratios.append(
                 (d.training_device_hours / s.training_device_hours, d.training_device_hours / h.training_device_hours)
             )
+            # the most training the window can keep at default's serving: every device not serving
+            # trains (no restart, no idle device); or all the training there is, when static's
+            # share already holds it (static kept less than its share: the window is not full)
+            room = d.devices * settings.hour_s / 3600.0 - d.serving_device_hours
+            static_share = s.devices * settings.hour_s / 3600.0 - s.serving_device_hours
+            bound = room if s.training_device_hours >= 0.98 * static_share else s.training_device_hours
             print(
                 f"{'':13} ratios: training vs static {d.training_device_hours / s.training_device_hours:.3f}, "
                 f"vs reactive-hpa {d.training_device_hours / h.training_device_hours:.3f}; "
-                f"restarts {d.gang_restarts} vs {h.gang_restarts}"
+                f"restarts {d.gang_restarts} vs {h.gang_restarts}; at most {bound / s.training_device_hours:.3f} "
+                f"x static with default's serving"
             )
             sys.stdout.flush()
     if ratios:

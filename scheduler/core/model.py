@@ -52,6 +52,13 @@ class Autoscale:
     target_per_replica: float  # load one replica serves at its target, in metric units (> 0)
     scale_up_after_s: float = 0.0
     scale_down_after_s: float = 300.0
+    # the forecast rule's (``core.autoscale``; the default profile's): spare capacity sized by the
+    # rises of the load seen within the scale-up lead time
+    lead_s: float = 40.0  # a scale-up decision to a serving replica: report age + freeing devices + model load
+    basis_s: float = 600.0  # the forecast's basis: the highest load of this trailing window
+    history_s: float = 1800.0  # rises of the last this long size the spare capacity
+    rise_quantile: float = 1.0  # which of them (1.0: the largest seen)
+    min_rises_s: float = 300.0  # until rises span this long, at least the profile's fixed margin
 
 
 #: what a task gets between SIGTERM (and the notice file) and SIGKILL, unless its job says

@@ -94,6 +94,7 @@ class AutoscaleStatus:
     running_replicas: int  # replicas placed (each may still be starting)
     min_replicas: int
     max_replicas: int
+    headroom: float = 1.0  # the factor over the load the rule provisions for (forecast: learned from rises)
 
 
 #: priority 0, submitted at time 0: what ``Scheduler._priority_key`` measures from
@@ -306,6 +307,7 @@ class Scheduler:
             running,
             lo,
             hi,
+            window.headroom(self.snapshot_time) if window is not None else 1.0,
         )
 
     snapshot_time = 0.0  # the clock time of the last cycle (what ``autoscale_status`` reads at)

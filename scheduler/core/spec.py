@@ -33,6 +33,11 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       target_per_replica: 2000       # load one replica serves (> 0)
       scale_up_after_s: 0            # a rise must last this long (default 0)
       scale_down_after_s: 300        # a trough must last this long (default 300)
+      lead_s: 40                     # forecast rule: scale-up decision to a serving replica (default 40)
+      basis_s: 60                    # its basis: the highest load of this window (default 60)
+      history_s: 1800                # rises within lead_s seen this long size the spare (default 1800)
+      rise_quantile: 1.0             # which rise (1.0: the largest; default 1.0)
+      min_rises_s: 300               # until then at least the profile's fixed margin (default 300)
     grace_period_s: 30               # SIGTERM (and the notice file) to SIGKILL when a task must stop
     roles:                           # several roles, placed together whole or not at all
       - name: prefill                # (``parse_roles``; then no tasks/replicas/devices above)
@@ -84,7 +89,16 @@ ROLE_KEYS = frozenset({"name", "tasks", "devices", "cpu", "memory", "within", "c
 _PER_ROLE: tuple[str, ...] = ("tasks", "min_tasks", "replicas", "tasks_per_replica", "devices", "cpu", "memory")
 _PER_ROLE += ("within", "domain_block", "autoscale")
 _ROLE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-_AUTOSCALE = {"metric", "target_per_replica", "scale_up_after_s", "scale_down_after_s"}
+_AUTOSCALE = {
+    "metric",
+    "target_per_replica",
+    "scale_up_after_s",
+    "scale_down_after_s",
+    "lead_s",
+    "basis_s",
+    "history_s",
+}
+_AUTOSCALE |= {"rise_quantile", "min_rises_s"}
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _LEVEL = re.compile(r"^[a-z][a-z0-9._-]*$")
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
@@ -281,7 +295,7 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
     if kind is not JobKind.SERVING:
         raise err("autoscale", f"only serving jobs scale with their load; a {kind.value} job sets tasks")
     if not isinstance(a, Mapping):
-        raise err("autoscale", "a mapping: {metric, target_per_replica, scale_up_after_s, scale_down_after_s}")
+        raise err("autoscale", "a mapping: {metric, target_per_replica, scale_up_after_s, scale_down_after_s, ...}")
     bad = sorted(set(a) - _AUTOSCALE)
     if bad:
         raise err(f"autoscale.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_AUTOSCALE))})")
@@ -294,12 +308,17 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
         raise err(
             "autoscale.target_per_replica", f"{target!r} must be a number > 0 ({metric.value} one replica serves)"
         )
-    return Autoscale(
-        metric,
-        float(target),
-        _seconds(err, "autoscale.scale_up_after_s", a.get("scale_up_after_s", 0.0)),
-        _seconds(err, "autoscale.scale_down_after_s", a.get("scale_down_after_s", 300.0)),
-    )
+    d = Autoscale(metric, float(target))
+    secs = {
+        k: _seconds(err, f"autoscale.{k}", a.get(k, getattr(d, k)))
+        for k in ("scale_up_after_s", "scale_down_after_s", "lead_s", "basis_s", "history_s", "min_rises_s")
+    }
+    if secs["history_s"] <= 0:
+        raise err("autoscale.history_s", f"{a['history_s']!r} must be > 0 (seconds of rises kept)")
+    q = a.get("rise_quantile", d.rise_quantile)
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+        raise err("autoscale.rise_quantile", f"{q!r} must be a number in (0, 1] (1: the largest rise seen)")
+    return dataclasses.replace(d, rise_quantile=float(q), **secs)
 
 
 def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None = None) -> list[Job]:

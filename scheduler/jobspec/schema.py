@@ -140,6 +140,26 @@ def _spec(kind: str) -> dict[str, Any]:
                     "a trough must last this long before replicas go (default 300); the freed devices "
                     "go back to the training that lent them",
                 ),
+                "lead_s": _d(
+                    _SECONDS,
+                    "forecast rule: seconds from a scale-up decision to a serving replica (load report age, "
+                    "freeing devices, model load); the spare capacity covers the rises seen within it (default 40)",
+                ),
+                "basis_s": _d(
+                    _SECONDS, "forecast rule: the highest load of this trailing window is its basis (default 60)"
+                ),
+                "history_s": _d(
+                    {"type": "number", "exclusiveMinimum": 0},
+                    "forecast rule: rises of the last this many seconds size the spare capacity (default 1800)",
+                ),
+                "rise_quantile": _d(
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "forecast rule: which quantile of those rises (default 1.0: the largest)",
+                ),
+                "min_rises_s": _d(
+                    _SECONDS,
+                    "forecast rule: until rises span this long, keep at least the profile's fixed margin (default 300)",
+                ),
             },
             required=("metric", "target_per_replica"),
             description="replicas follow the load they report, between replicas.min and replicas.max",

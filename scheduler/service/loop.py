@@ -139,6 +139,7 @@ class SchedulingLoop:
             "runningReplicas": float(st.running_replicas),
             "minReplicas": float(st.min_replicas),
             "maxReplicas": float(st.max_replicas),
+            "headroom": st.headroom,
         }
         demand = "nothing reported yet"
         if st.demand is not None:
@@ -147,7 +148,7 @@ class SchedulingLoop:
         return numbers, [
             f"autoscale: demand {demand} at a target of {st.target_per_replica:g} per replica: "
             f"{st.desired_replicas} replica(s) wanted, {st.running_replicas} placed "
-            f"(min {st.min_replicas}, max {st.max_replicas})"
+            f"(min {st.min_replicas}, max {st.max_replicas}), provisioned for {st.headroom:.2f} x the load"
         ]
 
     def report_load(self, report: LoadReport) -> int:

@@ -48,23 +48,29 @@ def test_window_lag_and_sustained_rise():
     assert ScaleWindow(spec, ScaleRule(peak=True)).desired(0.0, 1, 1, 8) == 8
 
 
-#: the default profile with replicas aimed at their full target (easier arithmetic than 70 %)
+#: the default profile with HPA's rule, replicas aimed at their full target (easier arithmetic)
 EXACT = profile_from_dict(
     {
         **DEFAULT_PROFILE,
         "policies": [p for p in DEFAULT_PROFILE["policies"] if p != "autoscale"]
-        + [{"name": "autoscale", "args": {"utilisation": 1.0}}],
+        + [{"name": "autoscale", "args": {"utilisation": 1.0, "mode": "follow"}}],
     }
 )
 
 
-def test_default_profile_keeps_knatives_70_percent_target_utilisation():
+def test_default_profile_starts_at_knatives_70_percent_then_learns_its_margin():
     s = Scheduler(pod(), resizes=True)
     s.submit(serving())
     s.cycle(now=0.0)
     s.report_load("chat", 0, 420.0)
     s.cycle(now=10.0)
-    assert s.autoscale_status("chat").desired_replicas == 6  # ceil(420 / 70)
+    assert s.autoscale_status("chat").desired_replicas == 6  # nothing learned yet: ceil(420 / 70)
+    # a steady load for longer than min_rises_s: no rise seen, no spare kept beyond the load
+    for t in range(20, 20 + 10 * 40, 10):
+        for i in {b.task // 1 for b in s.running["chat"].bindings}:
+            s.report_load("chat", i, 420.0 / len(s.running["chat"].bindings))
+        s.cycle(now=float(t))
+    assert s.autoscale_status("chat").desired_replicas == 5  # ceil(420 / 100)
 
 
 def pod(nodes: int = 2):
@@ -223,3 +229,63 @@ def test_without_a_caller_that_applies_resizes_nothing_running_is_released():
         assert not r.resizes
     assert s.autoscale_status("chat").desired_replicas == 1
     assert len(s.running["chat"].bindings) >= 1
+
+
+# ---------------------------------------------------------------- the forecast rule (the default)
+FORECAST = ScaleRule(utilisation=0.5, forecast=True)  # a fixed margin of 2x while too little is seen
+
+
+def forecast_spec(**kw):
+    keys = {"lead_s": 20.0, "basis_s": 0.0, "history_s": 600.0, "rise_quantile": 1.0, "min_rises_s": 60.0, **kw}
+    return Autoscale(LoadMetric.TOKENS_PER_S, 100.0, scale_up_after_s=0.0, scale_down_after_s=0.0, **keys)
+
+
+def feed(w: ScaleWindow, loads, start: float = 0.0, step: float = 10.0) -> float:
+    t = start
+    for load in loads:
+        w.observe(t, load)
+        t += step
+    return t - step
+
+
+def test_forecast_keeps_the_fixed_margin_until_it_has_seen_min_rises_s():
+    w = ScaleWindow(forecast_spec(), FORECAST)
+    t = feed(w, [400.0] * 5)  # rises from t=20 on: 20..40 span 20 s < 60 s
+    assert w.headroom(t) == 2.0
+    assert w.desired(t, 1, 1, 100) == 8  # 400 x 2 / 100
+    t = feed(w, [400.0] * 6, start=t + 10.0)  # rises span 20..90: 70 s, all of ratio 1
+    assert w.headroom(t) == 1.0
+    assert w.desired(t, 8, 1, 100) == 4  # scale_down_after_s 0: at once
+
+
+def test_forecast_margin_is_the_largest_rise_within_lead_s_and_forgets_after_history_s():
+    w = ScaleWindow(forecast_spec(history_s=100.0), FORECAST)
+    t = feed(w, [400.0] * 10 + [600.0] + [400.0] * 2)  # at t=100: 600 against 400 two reports back
+    assert w.headroom(t) == 1.5
+    assert w.desired(t, 1, 1, 100) == 6  # 400 x 1.5
+    t = feed(w, [400.0] * 10, start=t + 10.0)  # the rise of t=100 is older than history_s now
+    assert w.headroom(t) == 1.0
+
+
+def test_forecast_rise_quantile_and_basis_window():
+    rises = [400.0] * 8 + [800.0, 400.0, 400.0, 440.0, 400.0, 400.0]
+    top = ScaleWindow(forecast_spec(), FORECAST)
+    t = feed(top, rises)
+    assert top.headroom(t) == 2.0  # the largest rise: 800 / 400
+    half = ScaleWindow(forecast_spec(rise_quantile=0.5), FORECAST)
+    feed(half, rises)
+    assert half.headroom(t) == 1.0  # the median rise
+    basis = ScaleWindow(forecast_spec(basis_s=60.0, history_s=10.0, min_rises_s=0.0), FORECAST)
+    t = feed(basis, [400.0, 900.0] + [400.0] * 5)
+    assert basis.desired(t, 1, 1, 100) == 9  # the basis is the highest load of the last 60 s: 900
+    t = feed(basis, [400.0] * 2, start=t + 10.0)
+    assert basis.desired(t, 9, 1, 100) == 4
+
+
+def test_forecast_measures_a_rise_from_nothing_against_one_replica():
+    w = ScaleWindow(forecast_spec(min_rises_s=0.0), FORECAST)
+    t = feed(w, [0.0, 0.0, 0.0, 500.0, 0.0, 0.0, 0.0])
+    assert w.headroom(t) == 5.0  # 500 against one replica's 100
+    assert w.desired(t, 1, 1, 100) == 1  # no load: min replicas (the trough goes back to training)
+    t = feed(w, [60.0], start=t + 10.0)
+    assert w.desired(t, 1, 1, 100) == 3  # 60 x 5 / 100: a burst like the last one is covered

@@ -10,14 +10,17 @@ from ..model import Job, JobKind
 @register
 class AutoscalePlugin(Plugin):
     """Gives meaning to a serving job's ``autoscale`` (without this plugin such a job is
-    refused). ``utilisation``: the share of its target a replica is meant to run at (Knative's
-    default target utilisation, 70 %: the rest is spare capacity for a rise not seen yet);
-    ``lag_s``: how late the rule sees the load; ``mode``: ``follow`` the load, or ``peak``
-    (always max replicas: serving reserved at its peak, the static-partition baseline)."""
+    refused). ``mode``: ``forecast`` (the default: spare capacity sized by the rises of the load
+    seen within the job's ``autoscale.lead_s``), ``follow`` the load at a fixed margin
+    (Kubernetes HPA's rule), or ``peak`` (always max replicas: serving reserved at its peak, the
+    static-partition baseline). ``utilisation``: the share of its target a replica is meant to
+    run at under ``follow`` (Knative's default target utilisation, 70 %: the rest is spare
+    capacity for a rise not seen yet), and the margin ``forecast`` keeps while it has seen too
+    little; ``lag_s``: how late the rule sees the load."""
 
     name = "autoscale"
-    ARGS = {"utilisation": 0.7, "lag_s": 0.0, "mode": "follow"}
-    CHOICES = {"mode": ("follow", "peak")}
+    ARGS = {"utilisation": 0.7, "lag_s": 0.0, "mode": "forecast"}
+    CHOICES = {"mode": ("forecast", "follow", "peak")}
     JOB_FIELDS = ("autoscale",)
     utilisation: float
     lag_s: float
@@ -33,4 +36,6 @@ class AutoscalePlugin(Plugin):
     def scale_rule(self, job: Job) -> ScaleRule | None:
         if job.autoscale is None:
             return None
-        return ScaleRule(utilisation=self.utilisation, lag_s=self.lag_s, peak=self.mode == "peak")
+        return ScaleRule(
+            utilisation=self.utilisation, lag_s=self.lag_s, peak=self.mode == "peak", forecast=self.mode == "forecast"
+        )
