@@ -52,7 +52,6 @@ GRIDS = {
 
 def main(argv=None) -> int:
     from xpod.scheduler.core.from_cluster import load_inventory
-    from xpod.scheduler.core.profile import default_profile
     from xpod.scheduler.sim import mix
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -21,9 +21,11 @@ time, not by a fixed margin.
 
 The sources of the idea: Knative's KPA keeps a short *panic* window beside its stable one so that
 a sudden rise is met before the stable average sees it; Google's Autopilot (EuroSys'20) sizes
-from a moving window's peak plus a margin learned from what was observed; conformal / empirical
-forecast-error quantiles size the margin from observed errors rather than a constant
-(docs/autoscale.md has the references and the tuning).
+from a moving window of past usage plus a safety margin; empirical (conformal) forecast-error
+quantiles size a margin from the errors observed rather than a constant. Here the forecast is
+the recent peak and its error the rise seen within the lead time (docs/concepts/
+training-and-serving.md has the references; ``bench/tune_mix.py`` tuned the defaults on traces
+that are not the reported test).
 
 **follow** (Kubernetes HPA's rule, the reactive-HPA baseline and ``mode: follow``):
 ``ceil(demand / (target x utilisation))`` (``utilisation``: the share of its target a replica is

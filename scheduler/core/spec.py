@@ -318,7 +318,17 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
     q = a.get("rise_quantile", d.rise_quantile)
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
         raise err("autoscale.rise_quantile", f"{q!r} must be a number in (0, 1] (1: the largest rise seen)")
-    return dataclasses.replace(d, rise_quantile=float(q), **secs)
+    return Autoscale(
+        metric,
+        float(target),
+        scale_up_after_s=secs["scale_up_after_s"],
+        scale_down_after_s=secs["scale_down_after_s"],
+        lead_s=secs["lead_s"],
+        basis_s=secs["basis_s"],
+        history_s=secs["history_s"],
+        rise_quantile=float(q),
+        min_rises_s=secs["min_rises_s"],
+    )
 
 
 def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None = None) -> list[Job]:

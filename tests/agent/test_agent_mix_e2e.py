@@ -100,6 +100,9 @@ def test_serving_load_shrinks_training_which_checkpoints_and_regrows(cluster):
                 "target_per_replica": 100,
                 "scale_up_after_s": 0,
                 "scale_down_after_s": 3,
+                # the forecast rule's basis is the highest load of basis_s: a trough lasts
+                # basis_s + scale_down_after_s before replicas go (the default 600 s is an hour's)
+                "basis_s": 3,
             },
             "command": [sys.executable, f"{FIXTURES}/mix_serve.py", str(cluster.out)],
         },

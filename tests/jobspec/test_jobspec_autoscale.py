@@ -4,7 +4,10 @@ FILE:LINE:COL, naming the field; good ones reach the core's ``Job``."""
 from __future__ import annotations
 
 
+import pytest
+
 from tests.jobspec.test_jobspec_check import problems
+from xpod.hal.errors import XpodError
 from xpod.scheduler.core.model import Autoscale, LoadMetric
 from xpod.scheduler.core.spec import parse_job
 
@@ -50,3 +53,34 @@ def test_good_autoscale_reaches_the_core_job():
     assert job.autoscale == Autoscale(LoadMetric.TOKENS_PER_S, 2500.0, 0.0, 60.0)
     assert job.grace_period_s == 5.0
     assert parse_job({"id": "t", "kind": "training"}).grace_period_s == 30.0
+
+
+def test_forecast_keys_bad_values_each_at_its_line(tmp_path):
+    found = problems(
+        tmp_path,
+        HEAD + "  replicas: {min: 1, max: 4}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+        "    rise_quantile: 1.5\n    history_s: 0\n    lead: 40\n    basis_s: -1\n",
+    )
+    assert found == [
+        "8:20: spec.autoscale.rise_quantile must be <= 1, got 1.5",
+        "9:16: spec.autoscale.history_s must be > 0, got 0",
+        "10:5: unknown key 'lead' in spec.autoscale (did you mean 'lead_s'?)",
+        "11:14: spec.autoscale.basis_s must be >= 0, got -1",
+    ]
+
+
+def test_forecast_keys_in_the_core_spec_name_the_field():
+    def parse(**keys):
+        doc = {"metric": "tokens_per_s", "target_per_replica": 10, **keys}
+        return parse_job({"id": "chat", "kind": "serving", "replicas": {"min": 1, "max": 2}, "autoscale": doc})
+
+    with pytest.raises(XpodError, match=r"autoscale.rise_quantile: 0 must be a number in \(0, 1\]"):
+        parse(rise_quantile=0)
+    with pytest.raises(XpodError, match="autoscale.history_s: 0 must be > 0"):
+        parse(history_s=0)
+    with pytest.raises(XpodError, match="autoscale.lead_s: -3 must be a number of seconds >= 0"):
+        parse(lead_s=-3)
+    a = parse(lead_s=25, basis_s=120, history_s=900, rise_quantile=0.99, min_rises_s=60).autoscale
+    assert (a.lead_s, a.basis_s, a.history_s, a.rise_quantile, a.min_rises_s) == (25.0, 120.0, 900.0, 0.99, 60.0)
+    d = parse().autoscale
+    assert (d.lead_s, d.basis_s, d.history_s, d.rise_quantile, d.min_rises_s) == (40.0, 600.0, 1800.0, 1.0, 300.0)
