@@ -121,14 +121,18 @@ def main(argv=None) -> int:
         for fam, (dh, keys) in best.items():
             print(f"  {fam:11} {dh:6.1f}  {keys}")
         floor = min(dh for fam, (dh, _) in best.items() if fam != "clairvoyant")
-        print(f"  {'day':>4} {'static':>7} {'work':>7} {'bound (rules)':>14} {'x static':>8} {'bound (clairvoyant)':>20} {'x static':>8}")
+        print(
+            f"  {'day':>4} {'static':>7} {'work':>7} {'bound (rules)':>14} {'x static':>8} {'bound (clairvoyant)':>20} {'x static':>8}"
+        )
         for r in runs:
             if r["trace"] != tname or r["profile"] != "static-partition":
                 continue
             total, static, work = r["devices"], r["training_device_hours"], work_dh(r["day"])
             b_rule = min(work, total - floor)
             b_clair = min(work, total - best["clairvoyant"][0])
-            print(f"  {r['day']:>4} {static:7.1f} {work:7.1f} {b_rule:14.1f} {b_rule / static:8.3f} {b_clair:20.1f} {b_clair / static:8.3f}")
+            print(
+                f"  {r['day']:>4} {static:7.1f} {work:7.1f} {b_rule:14.1f} {b_rule / static:8.3f} {b_clair:20.1f} {b_clair / static:8.3f}"
+            )
             out.append({"trace": tname, "day": r["day"], "static": static, "work": work, "bound_rules": b_rule,
                         "bound_clairvoyant": b_clair, "least_serving": {k: v[0] for k, v in best.items()}})  # fmt: skip
         mine = [o for o in out if o["trace"] == tname]
