@@ -529,6 +529,26 @@ def load_metric(kind: str, spec: Mapping[str, Any]) -> str | None:
     return metric if metric in LOAD_COUNTERS else None
 
 
+#: a Prometheus metric name (``autoscale.counters``)
+COUNTER_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+#: at most this many ``autoscale.counters``
+MAX_LOAD_COUNTERS = 16
+
+
+def load_counters(kind: str, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The counters whose summed rate the agent reports as a replica's load: the job's
+    ``autoscale.counters`` when it names them (a server of its own, or SGLang/vLLM under other
+    names), else ``LOAD_COUNTERS`` of its ``autoscale.metric``; () when not autoscaled. The
+    server checked the names when it accepted the job."""
+    metric = load_metric(kind, spec)
+    if metric is None:
+        return ()
+    names = spec["autoscale"].get("counters")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return LOAD_COUNTERS[metric]
+
+
 # --- the torch.distributed world of each task ---------------------------------------------------
 
 #: MASTER_PORT range: 20000..39999 (a world's rank 0 listens there, on the master node)

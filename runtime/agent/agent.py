@@ -66,9 +66,10 @@ Contracts:
   a free port of its node, where the replica serves with its Prometheus text at ``/metrics``
   (SGLang ``--port $XPOD_SERVE_PORT --enable-metrics``; vLLM ``--port $XPOD_SERVE_PORT``).
   Every ``LOAD_REPORT_S`` the agent scrapes each replica's rank-0 task and reports the rate of
-  its ``contract.LOAD_COUNTERS`` since the previous scrape (prompt plus generated tokens, or
-  requests, per second: SGLang's or vLLM's counters) as the replica's load (``ReportLoad``); a
-  refused report is named once in the task's log.
+  its load counters since the previous scrape (``contract.load_counters``: the job's
+  ``autoscale.counters`` when it names them, else prompt plus generated tokens, or requests, per
+  second under SGLang's or vLLM's names) as the replica's load (``ReportLoad``); a refused report
+  is named once in the task's log.
 * **Simulated tasks** (``SimExecutor``) "run" ``spec.simulate.duration_s``, or
   ``DEFAULT_SIMULATED_DURATION_S`` when the job does not say: a simulated job always ends.
 * **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s,
@@ -112,7 +113,6 @@ from xpod.scheduler.contract import (
     MOE_LOAD_FILE_ENV,
     MOE_PLAN_ENV,
     MOE_PLAN_SGLANG_ENV,
-    LOAD_COUNTERS,
     PREEMPT_NOTICE_ENV,
     SERVE_PORT_ENV,
     SIMULATED_LABEL,
@@ -126,6 +126,7 @@ from xpod.scheduler.contract import (
     grace_period_s,
     kind_label,
     task_spec,
+    load_counters,
     load_metric,
     parse_task_fields,
     task_worlds,
@@ -383,6 +384,7 @@ class JobRun:
     worlds: dict[int, tuple] = dataclasses.field(default_factory=dict)
     hurry_at: float | None = None  # monotonic time the job ended while this run was stopping: cut its grace
     load_metric: str | None = None  # an autoscaled serving job's ``autoscale.metric``
+    load_counters: tuple[str, ...] = ()  # the counters whose rate is its load (``contract.load_counters``)
     load_seen: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # task -> (time, counters)
     load_refused: bool = False  # a ReportLoad of it was refused (named once in the task's log)
 
@@ -773,6 +775,7 @@ class NodeRuntime:
             run.moe = None
         run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
         run.load_metric = load_metric(kind, spec)
+        run.load_counters = load_counters(kind, spec)
         keys = {t: _world_shape(w) for t, w in worlds.items()}
         # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
         # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
@@ -986,7 +989,7 @@ class Agent:
 
     def _report_loads(self, stop: threading.Event) -> None:
         """Every ``LOAD_REPORT_S``, each autoscaled serving replica's load (the rate of its
-        ``LOAD_COUNTERS`` since the last scrape) goes to the scheduler (``ReportLoad``), on a
+        load counters, ``contract.load_counters``, since the last scrape) goes to the scheduler (``ReportLoad``), on a
         thread of its own: a slow replica never delays starts, reports or heartbeats."""
         while not stop.wait(LOAD_REPORT_S) and not self._broken.is_set():
             for n in list(self.nodes.values()):
@@ -999,7 +1002,7 @@ class Agent:
                             self._report_load(n, run, t, url)
 
     def _report_load(self, n: NodeRuntime, run: JobRun, task: int, url: str) -> None:
-        total = scrape_counters(url, LOAD_COUNTERS[run.load_metric or ""])
+        total = scrape_counters(url, run.load_counters)
         now = time.monotonic()
         if total is None:
             return  # the replica is starting (or serves no such counters): nothing to say yet

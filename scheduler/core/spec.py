@@ -38,6 +38,8 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       history_s: 1800                # rises within lead_s seen this long size the spare (default 1800)
       rise_quantile: 1.0             # which rise (1.0: the largest; default 1.0)
       min_rises_s: 300               # until then at least the profile's fixed margin (default 300)
+      counters: [myserver:tokens_total]  # the agent's: the /metrics counters whose rate is the
+                                     # load (default: SGLang's and vLLM's for the metric)
     grace_period_s: 30               # SIGTERM (and the notice file) to SIGKILL when a task must stop
     roles:                           # several roles, placed together whole or not at all
       - name: prefill                # (``parse_roles``; then no tasks/replicas/devices above)
@@ -98,7 +100,8 @@ _AUTOSCALE = {
     "basis_s",
     "history_s",
 }
-_AUTOSCALE |= {"rise_quantile", "min_rises_s"}
+# counters: the node agent's (``contract.load_counters``), checked by the job schema; the core reads none
+_AUTOSCALE |= {"rise_quantile", "min_rises_s", "counters"}
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _LEVEL = re.compile(r"^[a-z][a-z0-9._-]*$")
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")

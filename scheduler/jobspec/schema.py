@@ -15,7 +15,7 @@ from typing import Any
 
 from xpod.hal.cluster_schema import schema_object as _obj
 from xpod.hal.yamldoc import fmt_path
-from xpod.scheduler.contract import DEFAULT_SIMULATED_DURATION_S
+from xpod.scheduler.contract import COUNTER_NAME_PATTERN, DEFAULT_SIMULATED_DURATION_S, MAX_LOAD_COUNTERS
 
 API_VERSION = "xpod/v1"
 #: job kinds as the envelope names them, and as the core's spec names them
@@ -159,6 +159,16 @@ def _spec(kind: str) -> dict[str, Any]:
                 "min_rises_s": _d(
                     _SECONDS,
                     "forecast rule: until rises span this long, keep at least the profile's fixed margin (default 300)",
+                ),
+                "counters": _d(
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_LOAD_COUNTERS,
+                        "items": {"type": "string", "pattern": COUNTER_NAME_PATTERN},
+                    },
+                    "the Prometheus counters on the replica's /metrics whose summed rate is its load "
+                    "(default: SGLang's and vLLM's token or request counters for the metric)",
                 ),
             },
             required=("metric", "target_per_replica"),

@@ -7,9 +7,9 @@ cycle: it is shown live (get, list, explain) and not logged; a reason that needs
 is logged once per change of code. A job the cycle resized in place (``CycleOutcome.resizes``:
 an elastic gang shrunk for serving or regrown, a serving job scaled down) keeps its state: its
 released tasks leave its allocations (the agents stop them with notice), and a gang's resize
-counts one restart (the stored ``restarts``, shown as ``restart K/N`` in the event; a resize is
-the scheduler's choice, so it never fails the job, but it spends the budget a later failure
-reads). While no node is ready, a waiting job says it waits for the
+counts one restart (the stored ``restarts``, and ``resizes``; the event says ``restart (resize,
+R)``): a resize is the scheduler's choice, so it never fails the job and spends nothing of the
+``max_restarts`` a later failure reads. While no node is ready, a waiting job says it waits for the
 agents (``WAITING_FOR_AGENTS``: "waiting for agents: 0 of 48 nodes have registered", or "no
 nodes registered yet" on a server without a cluster file).
 """
@@ -174,14 +174,13 @@ class SchedulingLoop:
             raise ApiError(Code.INVALID_ARGUMENT, "INVALID_LOAD", why, field="value", metadata=meta)
         return desired
 
-    def _resized(self, job: Any, r: Any, tasks: int, bound: str = "") -> tuple[str, int | None]:
-        """The event text and new restart count of a job resized to ``tasks`` tasks."""
+    def _resized(self, job: Any, r: Any, tasks: int, bound: str = "") -> tuple[str, int | None, int | None]:
+        """The event text, new restart count and new resize count of a job resized to ``tasks``
+        tasks (a resize restarts a gang but spends none of its ``max_restarts``)."""
         text = f"{r.reason} ({tasks} task(s) now" + (f"; {bound})" if bound else ")")
         if not r.restart:
-            return text, None
-        parsed = self._jobs.parsed(job.id)
-        budget = parsed.task.max_restarts if parsed is not None else -1
-        return f"restart {job.restarts + 1}/{'unlimited' if budget < 0 else budget}: {text}", job.restarts + 1
+            return text, None, None
+        return f"restart (resize, {job.resizes + 1}): {text}", job.restarts + 1, job.resizes + 1
 
     def _decisions(self, outcome: CycleOutcome, first: dict[str, tuple[str, str, float]]) -> list[JobUpdate]:
         """The store updates for a cycle's outcome; ``first`` receives, for each job placed for
@@ -200,9 +199,9 @@ class SchedulingLoop:
             if jid in outcome.bindings or jid in evicted or job is None or job.state not in BOUND_STATES:
                 continue  # a regrow's new tasks come with its bindings, below
             kept = tuple(a for a in job.allocations if a.task not in r.released)
-            text, restarts = self._resized(job, r, len(kept))
+            text, restarts, resizes = self._resized(job, r, len(kept))
             updates.append(
-                JobUpdate(jid, job.state, None, kept, EventType.EVICTED, text, now, job.revision, (), restarts)
+                JobUpdate(jid, job.state, None, kept, EventType.EVICTED, text, now, job.revision, (), restarts, resizes)
             )
         for jid, allocations in outcome.bindings.items():
             job = self._jobs.get(jid)
@@ -223,16 +222,17 @@ class SchedulingLoop:
                 )  # fmt: skip
                 continue
             state = job.state if job.state in BOUND_STATES else JobState.SCHEDULED
-            restarts = None
+            restarts = resizes = None
             resized = outcome.resizes.get(jid)
             if resized is not None and held:
                 held = tuple(a for a in held if a.task not in resized.released)
-                text, restarts = self._resized(job, resized, len(held) + len(allocations), text)
+                text, restarts, resizes = self._resized(job, resized, len(held) + len(allocations), text)
             updates.append(
                 JobUpdate(
-                    jid, state, None, held + allocations, EventType.SCHEDULED, text, now, job.revision, (), restarts
+                    jid, state, None, held + allocations, EventType.SCHEDULED, text, now, job.revision, (), restarts,
+                    resizes,
                 )
-            )
+            )  # fmt: skip
             if submitted_s is not None and job.state is JobState.QUEUED:
                 first[jid] = (job.queue, job.kind, now - submitted_s)
         agents = self._nodes.waiting_for_agents() if outcome.pending else None

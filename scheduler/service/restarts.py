@@ -4,7 +4,8 @@
 
 * A job that lost a node, a device or a task is requeued *whole* (a training gang restarts all
   its tasks) while it has restarts left (``spec.restart.max_restarts``, ``scheduler.contract``;
-  the count spent is the job's stored ``restarts``).
+  the count spent is the job's stored ``restarts`` less its ``resizes``: a gang restarted by an
+  elastic resize, the scheduler's choice, spends nothing).
 * Except a serving job of which at least one replica keeps serving: only the lost replicas (on
   the lost node, on the bad device, or the failed tasks the agent names) are released and placed
   again by the next cycle; the others keep running untouched and the job keeps its state, even
@@ -12,7 +13,8 @@
   (``tasks_per_replica``) goes whole. A serving job that loses every replica restarts whole.
 * With no restarts left the job FAILS with the reason.
 
-Each restart's event message starts with ``restart K/N:`` (N = the budget, ``unlimited`` for -1).
+Each restart's event message starts with ``restart K/N:`` (K = the restarts spent with this one,
+N = the budget, ``unlimited`` for -1); a resize's with ``restart (resize, R):``.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def decide(job: JobRecord, loss: Loss, max_restarts: int, serving: bool, replica
         hit = [h or a.task // size in gone for a, h in zip(job.allocations, hit)]
     lost = tuple(a for a, h in zip(job.allocations, hit) if h)
     kept = tuple(a for a, h in zip(job.allocations, hit) if not h)
-    left = max_restarts < 0 or job.restarts < max_restarts
+    spent = job.restarts - job.resizes
+    left = max_restarts < 0 or spent < max_restarts
     total = "unlimited" if max_restarts < 0 else str(max_restarts)
-    restart = f"restart {job.restarts + 1}/{total}"
+    restart = f"restart {spent + 1}/{total}"
     if left and serving and lost and kept:  # at least one replica keeps serving
         tasks = sorted(a.task for a in lost)
         message = f"{restart}: {replica_names(tasks, size)} replaced: {loss.why}"

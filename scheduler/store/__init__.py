@@ -149,7 +149,8 @@ class JobRecord:
     update_time_s: float = 0.0
     revision: int = 0  # revision of the last event that changed it
     message: str = ""  # why it ended
-    restarts: int = 0  # restarts spent (``service.restarts``): stored, never re-counted from events
+    restarts: int = 0  # restarts (``service.restarts``): stored, never re-counted from events
+    resizes: int = 0  # of ``restarts``, those an elastic resize caused: not spent from ``max_restarts``
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +170,7 @@ class JobRecord:
             "revision": self.revision,
             "message": self.message,
             "restarts": self.restarts,
+            "resizes": self.resizes,
         }
 
     @classmethod
@@ -190,6 +192,7 @@ class JobRecord:
             revision=int(d["revision"]),
             message=d.get("message", ""),
             restarts=int(d.get("restarts", 0)),
+            resizes=int(d.get("resizes", 0)),
         )
 
 
@@ -286,6 +289,7 @@ class JobUpdate:
     expect_revision: int | None = None
     expect_states: tuple[JobState, ...] = ()
     restarts: int | None = None  # the job's new restart count (None: unchanged)
+    resizes: int | None = None  # the job's new count of restarts a resize caused (None: unchanged)
 
 
 class StaleUpdate(Exception):

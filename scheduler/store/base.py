@@ -314,6 +314,7 @@ class GroupCommitStore:
                 message=w.message if w.state.terminal else current.message,
                 revision=self._next_rev(txn),
                 restarts=current.restarts if w.restarts is None else w.restarts,
+                resizes=current.resizes if w.resizes is None else w.resizes,
             )
             event, doc = self._append_event(txn, job, w.event, w.message, w.time_s)
             txn.job_updates.append((doc, job.id))

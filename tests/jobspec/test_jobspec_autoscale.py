@@ -84,3 +84,11 @@ def test_forecast_keys_in_the_core_spec_name_the_field():
     assert (a.lead_s, a.basis_s, a.history_s, a.rise_quantile, a.min_rises_s) == (25.0, 120.0, 900.0, 0.99, 60.0)
     d = parse().autoscale
     assert (d.lead_s, d.basis_s, d.history_s, d.rise_quantile, d.min_rises_s) == (40.0, 600.0, 1800.0, 1.0, 300.0)
+
+
+def test_counters_are_prometheus_names(tmp_path):
+    head = HEAD + "  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+    assert problems(tmp_path, head + "    counters: [myserver:tokens_total, vllm:generation_tokens_total]\n") == []
+    bad = problems(tmp_path, head + "    counters: ['my server tokens']\n")
+    assert len(bad) == 1 and bad[0].startswith("7:16: spec.autoscale.counters[0]"), bad
+    assert len(problems(tmp_path, head + "    counters: []\n")) == 1

@@ -8,6 +8,7 @@ clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -90,6 +91,7 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     train, chat = _pod(api)
     assert len(train.allocations) == 3 and _replicas(chat) == [0]
     base = train.restarts  # growing to its size at the start may have counted restarts already
+    assert train.resizes == base  # ... each a resize
     node = chat.allocations[0].node
     api.report_load(P, LoadReport(chat.id, node, 0, 250.0))  # 250 tokens/s at 100 per replica (70 %)
     clock.now += 1
@@ -100,7 +102,7 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     assert len(train.allocations) == 1 and train.state.value == "RUNNING"
     assert train.restarts == base + 1  # a gang restart, stored
     texts = [e.message for e in api.store.events_since(0, job_id=train.id)]
-    assert any(t.startswith(f"restart {base + 1}/3: ") and "shrunk" in t for t in texts), texts
+    assert any(t.startswith(f"restart (resize, {base + 1}): ") and "shrunk" in t for t in texts), texts
     why = api.explain_job(P, chat.id)
     assert why.numbers["demand"] == 250 and why.numbers["desiredReplicas"] == 3
     assert any("autoscale: demand 250 tokens_per_s" in line for line in why.lines), why.lines
@@ -126,10 +128,11 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     # each regrow step restarts the gang once (the core may regrow it over several cycles)
     assert train.restarts >= base + 2
     events = api.store.events_since(0, job_id=train.id)
-    assert events[-1].type is EventType.SCHEDULED and events[-1].message.startswith(f"restart {train.restarts}/")
+    assert events[-1].type is EventType.SCHEDULED and events[-1].message.startswith(f"restart (resize, {train.resizes})")
     assert [e.message.split(":")[0] for e in events if e.message.startswith("restart ")] == [
-        f"restart {k}/3" for k in range(1, train.restarts + 1)
+        f"restart (resize, {k})" for k in range(1, train.restarts + 1)
     ]  # every restart counted is an event saying so
+    assert train.resizes == train.restarts  # resizes all: none of its max_restarts (3) is spent
     assert api.jobs.get(chat.id).restarts == 0  # a scale-down is no restart
 
 
@@ -164,3 +167,16 @@ def test_the_agent_and_the_core_agree_on_the_default_grace():
     assert contract.DEFAULT_GRACE_PERIOD_S == model.DEFAULT_GRACE_PERIOD_S
     assert contract.grace_period_s({}) == model.DEFAULT_GRACE_PERIOD_S
     assert contract.grace_period_s({"grace_period_s": 2}) == 2.0
+
+
+def test_resizes_spend_none_of_max_restarts():
+    from xpod.scheduler.service.restarts import Action, Loss, decide
+    from xpod.scheduler.store import AllocationRecord, JobRecord
+
+    alloc = (AllocationRecord("n1", ("n1/0",), task=0), AllocationRecord("n2", ("n2/0",), task=1))
+    job = JobRecord("job-1", 1, "r", "h", "q", "TrainingJob", "t", {}, allocations=alloc, restarts=5, resizes=5)
+    d = decide(job, Loss("node n1 NotReady", node="n1"), max_restarts=1, serving=False)
+    assert (d.action, d.message, d.restarts) == (Action.REQUEUE, "restart 1/1: node n1 NotReady", 6)
+    spent = dataclasses.replace(job, restarts=6)  # five resizes and the one failure restart
+    d = decide(spent, Loss("node n1 NotReady", node="n1"), max_restarts=1, serving=False)
+    assert d.action is Action.FAIL and "no restarts left (max_restarts 1)" in d.message
