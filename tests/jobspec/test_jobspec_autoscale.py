@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.jobspec.test_jobspec_check import problems
+from xpod.scheduler import jobspec
 from xpod.hal.errors import XpodError
 from xpod.scheduler.core.model import Autoscale, LoadMetric
 from xpod.scheduler.core.spec import parse_job
@@ -88,7 +89,10 @@ def test_forecast_keys_in_the_core_spec_name_the_field():
 
 def test_counters_are_prometheus_names(tmp_path):
     head = HEAD + "  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
-    assert problems(tmp_path, head + "    counters: [myserver:tokens_total, vllm:generation_tokens_total]\n") == []
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "    counters: [myserver:tokens_total, vllm:generation_tokens_total]\n")
+    doc = jobspec.load_job_file(str(good)).document
+    assert doc["spec"]["autoscale"]["counters"] == ["myserver:tokens_total", "vllm:generation_tokens_total"]
     bad = problems(tmp_path, head + "    counters: ['my server tokens']\n")
     assert len(bad) == 1 and bad[0].startswith("7:16: spec.autoscale.counters[0]"), bad
     assert len(problems(tmp_path, head + "    counters: []\n")) == 1

@@ -128,7 +128,9 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     # each regrow step restarts the gang once (the core may regrow it over several cycles)
     assert train.restarts >= base + 2
     events = api.store.events_since(0, job_id=train.id)
-    assert events[-1].type is EventType.SCHEDULED and events[-1].message.startswith(f"restart (resize, {train.resizes})")
+    assert events[-1].type is EventType.SCHEDULED and events[-1].message.startswith(
+        f"restart (resize, {train.resizes})"
+    )
     assert [e.message.split(":")[0] for e in events if e.message.startswith("restart ")] == [
         f"restart (resize, {k})" for k in range(1, train.restarts + 1)
     ]  # every restart counted is an event saying so
