@@ -23,17 +23,15 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DATA = os.path.join(HERE, "data", "mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from replay_mix import CLUSTER, DATA, JOB  # noqa: E402 - the replay's own files: the same job and pod
+
 TRACES = {
     "azure-code": os.path.join(DATA, "AzureLLMInferenceTrace_code.csv.gz"),
     "mooncake-synthetic": os.path.join(DATA, "mooncake_synthetic_trace.jsonl.gz"),
 }
 TRAINING = os.path.join(DATA, "philly_tune_days22-62_hours.csv.gz")
 DAYS = (22, 42, 62)
-JOB = os.path.join(ROOT, "examples", "jobs", "chat-autoscale.yaml")
-CLUSTER = os.path.join(ROOT, "examples", "clusters", "cloudmatrix384.yaml")
 GRIDS = {
     "small": {
         "scale_down_after_s": [120.0, 300.0],
