@@ -53,6 +53,8 @@ class NodeState:
     not_ready_reason: str = ""  # why it is not ready, for pending reasons ("waiting for agents")
     masked: frozenset[int] = frozenset()  # device indices a look-ahead made unselectable
     row: int = -1  # the node's number in the snapshot, never reused (plugins index arrays by it)
+    # the model of every device when they are all of one (most nodes): the indexes' fast path
+    one_model: str | None = None
 
     def trial_copy(self) -> "NodeState":
         """A copy whose free counts a caller may change to simulate placements (the lists of
@@ -93,6 +95,8 @@ class RunningJobs(dict):
         # scheduler sets it from its Priority plugin); None: no priority index
         self.order_key: Callable[[Job], float] | None = None
         self._ordered: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        # (log_seq, the expected ends sorted) as last computed: valid while no job changed
+        self._ends: tuple[int, list[tuple[float, str]]] | None = None
 
     def below(self, queue: str, key: float) -> list[RunningJob]:
         """The queue's running jobs whose ``order_key`` is below ``key`` (all of the queue's
@@ -130,6 +134,16 @@ class RunningJobs(dict):
             drop = len(log) // 2
             del log[:drop]
             self._log_start += drop
+
+    def ends(self) -> list[tuple[float, str]]:
+        """(expected end, job id) of the running jobs that have one, earliest first; computed
+        once per state of the running jobs (callers must not change the list)."""
+        if self._ends is None or self._ends[0] != self.log_seq:
+            self._ends = (
+                self.log_seq,
+                sorted((rj.expected_end, rj.job.id) for rj in self.values() if rj.expected_end is not None),
+            )
+        return self._ends[1]
 
     def _index(self, rj: RunningJob, sign: int) -> None:
         q, jid = rj.job.queue, rj.job.id
@@ -278,6 +292,7 @@ class Snapshot:
             ready=ready,
             not_ready_reason="" if ready else not_ready_reason,
             row=self._rows,
+            one_model=devs[0].model if devs and all(d.model == devs[0].model for d in devs) else None,
         )
         self._rows += 1
         for d in devs:
@@ -393,13 +408,24 @@ class Snapshot:
         st = self.nodes[name]
         counts: dict[str, int] = {}
         partial: dict[str, int] = {}  # model -> largest free milli on a partly used device, -1 none
-        for d, free, ok in zip(st.node.devices, st.free_milli, st.usable):
-            counts.setdefault(d.model, 0)
-            partial.setdefault(d.model, -1)
-            if ok and free == MILLI:
-                counts[d.model] += 1
-            elif ok and 0 < free < MILLI and free > partial[d.model]:
-                partial[d.model] = free
+        if st.one_model is not None:  # the same counts, without a dict look-up per device
+            c, best = 0, -1
+            for free, ok in zip(st.free_milli, st.usable):
+                if ok:
+                    if free == MILLI:
+                        c += 1
+                    elif 0 < free < MILLI and free > best:
+                        best = free
+            counts[st.one_model] = c
+            partial[st.one_model] = best
+        else:
+            for d, free, ok in zip(st.node.devices, st.free_milli, st.usable):
+                counts.setdefault(d.model, 0)
+                partial.setdefault(d.model, -1)
+                if ok and free == MILLI:
+                    counts[d.model] += 1
+                elif ok and 0 < free < MILLI and free > partial[d.model]:
+                    partial[d.model] = free
         for model, best in partial.items():
             old_b = self.partial_bucket_of[model].pop(name, None)
             if old_b is not None:

@@ -95,7 +95,6 @@ class CycleState:
     # release tasks of running jobs (``Scheduler(resizes=True)``)
     allow_resizes: bool = False
     _keys: dict = dataclasses.field(default_factory=dict)
-    memo: dict = dataclasses.field(default_factory=dict)  # what an action computes once per cycle
 
     @property
     def fw(self) -> Framework:

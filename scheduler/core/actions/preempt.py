@@ -46,6 +46,16 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     out = []
     usage = cs.ctx.queue_usage
     bound_now = {b.job_id for b in cs.bindings}
+    preemptible = cs.ctx.priority_preemptible
+    if not reclaim and not models:
+        # the common case in one pass (the loop below, with nothing to check but these):
+        # not placed by this very cycle, of the job's queue, of a preemptible class
+        out = [
+            rj
+            for rj in pool
+            if rj.job.id not in bound_now and rj.job.queue == job.queue and preemptible.get(rj.job.priority_class, True)
+        ]
+        pool = []
     for rj in pool:
         v = rj.job
         if v.id in bound_now:
@@ -60,7 +70,7 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
                 continue
         elif v.queue != job.queue:
             continue
-        if not cs.ctx.priority_preemptible.get(v.priority_class, True):
+        if not preemptible.get(v.priority_class, True):
             continue
         if (
             models
@@ -130,12 +140,14 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
     if shape is not None and failed is not None and any(sh == shape and ids <= tried for sh, tried in failed):
         return False
     # with all of them gone, does it fit at all? If not, no subset of them helps: one placement
-    # try instead of one per victim
-    trial = Statement(snap, cs.ctx.now)
-    for rj in reach:
-        trial.evict(rj.job.id)
-    fits = cs.placer.place(job, trial, want, need, first_task=already) >= need
-    trial.discard()
+    # try instead of one per victim (and none when even the device counts say no)
+    fits = enough_devices(cs, job, reach, need)
+    if fits:
+        trial = Statement(snap, cs.ctx.now)
+        for rj in reach:
+            trial.evict(rj.job.id)
+        fits = cs.placer.place(job, trial, want, need, first_task=already) >= need
+        trial.discard()
     if not fits:
         if shape is not None and failed is not None:
             failed.append((shape, ids))
@@ -202,6 +214,32 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
         cs.failed[rj.job.id] = ReasonCode.UNSCHEDULABLE
         cs.requeued[rj.job.id] = rj.job
     return True
+
+
+def enough_devices(cs: CycleState, job: Job, victims: list, need: int) -> bool:
+    """Whether the whole devices of the job's models free now plus those these victims hold
+    reach ``need`` tasks' worth: a necessary condition for placing them with the victims gone
+    (a count, cheaper than evicting them all to try; a device two victims share counts twice,
+    which only makes it weaker). Always True for fractional and CPU-only jobs."""
+    req = job.devices
+    models = cs.placer.models_for(job)
+    if req is None or req.fractional or not models:
+        return True
+    snap = cs.ctx.snap
+    goal = need * req.count
+    got = sum(snap.free_total.get(m, 0) for m in models)
+    if got >= goal:
+        return True
+    mine = set(models)
+    for rj in victims:
+        for b in rj.bindings:
+            st = snap.nodes.get(b.node)
+            if st is not None:
+                devs = st.node.devices
+                got += sum(1 for i in b.device_indices if devs[i].model in mine)
+        if got >= goal:
+            return True
+    return False
 
 
 def _keeps_reserve(cs: CycleState, job: Job, stmt: Statement, rj) -> bool:

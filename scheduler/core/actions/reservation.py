@@ -132,5 +132,6 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
 
 
 def running_ends(snap: Snapshot) -> list[tuple[float, str]]:
-    """(expected end, job id) of the running jobs that have one, earliest first."""
-    return sorted((rj.expected_end, rj.job.id) for rj in snap.running.values() if rj.expected_end is not None)
+    """(expected end, job id) of the running jobs that have one, earliest first (kept until the
+    running jobs change: do not change the list)."""
+    return snap.running.ends()

@@ -61,9 +61,15 @@ class LasPlugin(Plugin):
         """Running jobs the order puts behind ``job``: a later queue, or its queue and a later
         arrival; the last in that order are evicted first."""
         now = ctx.now
-        mine = self.job_key(job, now)
-        behind = [(self.job_key(rj.job, now), rj) for rj in candidates]
-        behind = [(k, rj) for k, rj in behind if k > mine]
+        mine = self.job_key(job, now)  # (also resets the key cache when the clock moved)
+        keys, key = self._keys, self.job_key
+        behind = []
+        for rj in candidates:
+            k = keys.get(rj.job.id)  # the cached key, without a call per candidate
+            if k is None:
+                k = key(rj.job, now)
+            if k > mine:
+                behind.append((k, rj))
         behind.sort(key=lambda kr: kr[0], reverse=True)
         return [rj for _, rj in behind]
 

@@ -90,6 +90,14 @@ class ShortestRemainingPlugin(Plugin):
     def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
         """Lower classes always (lowest first); the job's own class as the module says."""
         now = ctx.now
+        lefts: dict[str, float] = {}  # victim id -> its work left (computed once per call)
+
+        def left_of(v: Job) -> float:
+            got = lefts.get(v.id)
+            if got is None:
+                got = lefts[v.id] = self._left(v, now)
+            return got
+
         if reclaim:
             out = list(candidates)
         else:
@@ -108,14 +116,14 @@ class ShortestRemainingPlugin(Plugin):
                     and v.id not in self.starved
                     and not (self.max_evictions and self.service.stops.get(v.id, 0) >= self.max_evictions)
                 ):
-                    left = self._left(v, now)
+                    left = left_of(v)
                     floor = self.preempt_min_s * (v.total_devices if self.by == "device-seconds" else 1)
                     if left > self.preempt_factor * mine and left > floor:
                         out.append(rj)
         if self.victim_order == "most-work":
-            out.sort(key=lambda rj: (rj.job.priority, -self._left(rj.job, now), -rj.start_time, rj.job.id))
+            out.sort(key=lambda rj: (rj.job.priority, -left_of(rj.job), -rj.start_time, rj.job.id))
         else:
-            out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, self._left(rj.job, now), rj.job.id))
+            out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, left_of(rj.job), rj.job.id))
         return out
 
     def victim_class_bound(self, job: Job, ctx: CycleContext, reclaim: bool) -> int | None:
