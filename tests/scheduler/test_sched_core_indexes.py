@@ -54,6 +54,8 @@ def test_running_job_indexes_match_a_recount_through_random_churn(seed):
             count = rng.choice([1, 2, 4])
             milli = rng.choice([MILLI, 500]) if count == 1 else MILLI
             j = job(f"j{step}").devices(H, count, milli=milli).queue(rng.choice("ab"))
+            if rng.random() < 0.7:
+                j = j.duration(rng.uniform(60, 7200))
             s.submit(j.priority(rng.choice(["low", "normal", "high"])).submitted(t).build())
         elif op < 0.85 and s.running:
             s.finish(rng.choice(sorted(s.running)))
@@ -62,6 +64,14 @@ def test_running_job_indexes_match_a_recount_through_random_churn(seed):
         s.cycle(now=t)
         running = s.snapshot.running
         assert s.snapshot.used_devices_by_queue() == pytest.approx(_brute_usage(s))
+        # the expected ends (kept per state of the running jobs) and the free-device index
+        # (counted without a per-device look-up on one-model nodes) against a recount
+        ends = sorted((rj.expected_end, rj.job.id) for rj in running.values() if rj.expected_end is not None)
+        assert running.ends() == ends
+        for name, ns in s.snapshot.nodes.items():
+            whole = sum(1 for f, u in zip(ns.free_milli, ns.usable) if u and f == MILLI)
+            assert s.snapshot.free_whole[H][name] == whole
+            assert (name in s.snapshot.partial[H]) == any(u and 0 < f < MILLI for f, u in zip(ns.free_milli, ns.usable))
         for q in ("a", "b"):
             assert set(running.by_queue.get(q, {})) == {jid for jid, rj in running.items() if rj.job.queue == q}
             key = running.order_key

@@ -320,3 +320,39 @@ def test_cli_bad_input_is_one_line(tmp_path):
         r = xpod_cli("replay", "jobs", "--cluster", CM384, *args, "--no-progress", cwd=str(tmp_path))
         assert r.returncode == 1 and needle in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_preemptions_count_check_only_skips_trials_that_would_fail(tmp_path, monkeypatch):
+    """``preempt.enough_devices`` (free devices plus the victims', counted) rules a preemptor out
+    before every victim is evicted in a trial: a contended replay on CloudMatrix384 (sizes 1 to
+    64 dies, durations 1 min to 5 h) makes the same decisions with the check as with the full
+    trial every time (the code before the check), and it does evict and does skip trials
+    (Tiresias' profile: it tries the most preemptions)."""
+    from xpod.scheduler.core.actions import preempt
+    from xpod.scheduler.core.from_cluster import load_inventory
+    from xpod.scheduler.core.profile import load_profile
+
+    sizes = (1, 2, 8, 16, 4, 32, 1, 64, 8, 2)
+    rows = "".join(f"j{i},{i * 40},{60 + (i * 7919) % 18000},{sizes[i % 10]},1000,,v\n" for i in range(160))
+    trace = read_trace(_trace(tmp_path, rows))
+    nodes, fabric = load_inventory(CM384)
+    prof = load_profile(os.path.join(REPO, "examples", "profiles", "tiresias.yaml"))
+    settings = ReplaySettings(from_s=0, tick_s=60.0)
+    skipped = []
+    real = preempt.enough_devices
+
+    def counted(*args):
+        ok = real(*args)
+        skipped.append(not ok)
+        return ok
+
+    def outcome():
+        run = run_replay(trace, nodes, prof, fabric=fabric, settings=settings)
+        return {j: (r.first_start_s, r.end_s, r.preemptions) for j, r in run.engine.records.items()}
+
+    monkeypatch.setattr(preempt, "enough_devices", counted)
+    fast = outcome()
+    monkeypatch.setattr(preempt, "enough_devices", lambda *args: True)
+    assert outcome() == fast
+    assert any(skipped), "no trial was skipped: the replay does not exercise the check"
+    assert sum(p for _, _, p in fast.values()) > 0, "no eviction: the replay does not exercise preemption"
