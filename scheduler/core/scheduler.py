@@ -150,6 +150,8 @@ class Scheduler:
         self._regrow_at: dict[str, float] = {}
         self._regrow_hold_s: dict[str, float] = {}  # shrunk gang -> how long each regrow waits
         self._scaled: set[str] = set()  # ids of the queued or running autoscaled serving jobs
+        # job id -> (job, order key), across cycles, when the JobOrder's keys are fixed
+        self._fixed_keys: dict[str, tuple[Job, tuple]] = {}
 
     def _priority_key(self, job: Job) -> float:
         """A job's place in the queue order's priority, as a number whose order between two
@@ -532,6 +534,12 @@ class Scheduler:
         for jid in list(self.pending):
             if placed.get(jid, 0) >= wanted.get(jid, self.pending[jid].tasks):
                 del self.pending[jid]
+        order = self.framework.job_order
+        fixed = None
+        if order is not None and getattr(order, "fixed_keys", False):
+            fixed = self._fixed_keys
+            if len(fixed) > 2 * len(self.pending) + 1024:  # jobs that left: amortised O(1) a job
+                self._fixed_keys = fixed = {j: v for j, v in fixed.items() if j in self.pending}
         cs = act.CycleState(
             ctx=ctx,
             placer=placer,
@@ -540,6 +548,7 @@ class Scheduler:
             estimate_depth=self.profile.estimate_depth,
             wanted=wanted,
             allow_resizes=self.resizes,
+            fixed_keys=fixed,
         )
         try:
             for name in self.profile.actions:

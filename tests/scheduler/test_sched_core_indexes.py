@@ -176,3 +176,32 @@ def test_the_running_jobs_log_names_every_change_and_attained_service_follows_it
     assert len(running._log) <= max(4096, 2 * len(running)) + 1
     assert running.changes_since(start) is None
     assert running.changes_since(running.log_seq) == []
+
+
+def test_answers_kept_across_cycles_follow_the_job_not_its_id():
+    """``never_fits`` answers and fixed order keys (priority without aging) are kept from cycle
+    to cycle per job: a job cancelled and submitted again under the same id with another size
+    or class is judged and ordered afresh."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate"],
+            "policies": ["gang", "first-fit", {"name": "priority", "args": {"aging_per_hour": 0}}],
+        }
+    )
+    s = Scheduler([node("n0").devices(H, 8).build()], profile=prof, clock=lambda: 1.0)
+    s.submit(job("big").devices(H, 16).submitted(1.0).build())
+    s.cycle(now=1.0)
+    assert s.last_reasons["big"].code is ReasonCode.NEVER_FITS
+    s.cancel("big")
+    s.submit(job("big").devices(H, 8).submitted(2.0).build())
+    assert [b.job_id for b in s.cycle(now=2.0).bindings] == ["big"]
+    # the node is full: two waiting jobs in submit order, then the later one re-submitted with a
+    # higher class goes first
+    s.submit(job("a").devices(H, 8).submitted(3.0).build())
+    s.submit(job("b").devices(H, 8).submitted(4.0).build())
+    s.cycle(now=5.0)
+    s.cancel("b")
+    s.submit(job("b").devices(H, 8).priority("high").submitted(4.0).build())
+    s.cycle(now=6.0)
+    s.finish("big")
+    assert [b.job_id for b in s.cycle(now=7.0).bindings] == ["b"]

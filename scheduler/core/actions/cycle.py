@@ -95,6 +95,9 @@ class CycleState:
     # release tasks of running jobs (``Scheduler(resizes=True)``)
     allow_resizes: bool = False
     _keys: dict = dataclasses.field(default_factory=dict)
+    # job id -> (job, its order key) kept across cycles by the scheduler when the JobOrder
+    # plugin's keys do not change with time (``JobOrder.fixed_keys``); None: computed per cycle
+    fixed_keys: dict | None = None
 
     @property
     def fw(self) -> Framework:
@@ -129,8 +132,15 @@ class CycleState:
         """The job's order key, computed once per cycle (the clock does not move in a cycle)."""
         k = self._keys.get(job.id)
         if k is None:
-            order = self.placer.fw.job_order
-            k = order.job_key(job, self.ctx.now) if order else (job.submit_time, job.id)
+            fixed = self.fixed_keys
+            hit = fixed.get(job.id) if fixed is not None else None
+            if hit is not None and hit[0] is job:
+                k = hit[1]
+            else:
+                order = self.placer.fw.job_order
+                k = order.job_key(job, self.ctx.now) if order else (job.submit_time, job.id)
+                if fixed is not None:
+                    fixed[job.id] = (job, k)
             self._keys[job.id] = k
         return k
 

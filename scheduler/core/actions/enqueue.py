@@ -16,14 +16,31 @@ from .cycle import CycleState, empty_block, empty_per_node, job_shape, largest_b
 
 def action_enqueue(cs: CycleState) -> None:
     """Admit pending jobs into the cycle: drop none, but mark jobs that can never fit (bigger
-    than the empty cluster offers) so allocate does not waste time on them."""
+    than the empty cluster offers) so allocate does not waste time on them.
+
+    The answer for a job that runs no task yet depends only on the job and the inventory, so it
+    is kept from cycle to cycle (``Snapshot.empty_cache``, dropped when the inventory changes;
+    only the pending jobs' answers are carried over): a queue of thousands behind a full cluster
+    costs a look-up per job, not a ``never_fits`` each."""
+    cache = cs.ctx.snap.empty_cache
+    before: dict = cache.get("never_by_job", {})
+    kept: dict = {}  # job id -> (the job, its answer)
     for jid, job in cs.pending.items():
         if jid in cs.done:
             continue
-        if never_fits(cs, job):
+        if cs.placed_tasks.get(jid, 0):
+            never = never_fits(cs, job)  # a partly running job: its missing tasks, afresh
+        else:
+            hit = before.get(jid)
+            if hit is None or hit[0] is not job:
+                hit = (job, never_fits(cs, job))
+            kept[jid] = hit
+            never = hit[1]
+        if never:
             cs.failed[jid] = ReasonCode.NEVER_FITS
         else:
             cs.enqueued.append(jid)
+    cache["never_by_job"] = kept
 
 
 def never_fits(cs: CycleState, job: Job) -> bool:

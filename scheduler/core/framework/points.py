@@ -171,6 +171,10 @@ class QueueOrder(Protocol):
 
 @runtime_checkable
 class JobOrder(Protocol):
+    """``job_key``: the job's place in its queue, smallest first. A plugin whose key for a job
+    never changes with ``now`` or anything else may say so with a true ``fixed_keys`` attribute
+    (optional): the scheduler then keeps each job's key from cycle to cycle."""
+
     def job_key(self, job: Job, now: float) -> tuple: ...
 
 

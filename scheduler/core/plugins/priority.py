@@ -31,6 +31,11 @@ class PriorityPlugin(Plugin):
     aging_per_hour: float
     preempt_margin: float
 
+    @property
+    def fixed_keys(self) -> bool:
+        """Without aging a job's key never changes (``JobOrder``: kept across cycles)."""
+        return self.aging_per_hour == 0
+
     def effective(self, job: Job, now: float) -> float:
         return job.priority + self.aging_per_hour * max(0.0, now - job.submit_time) / 3600.0
 
