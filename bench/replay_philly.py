@@ -26,7 +26,8 @@ its ``shortest-remaining`` constants were chosen on weeks 11-12 only (``bench/tu
 counts as 60 s in the wait ratio.
 
 The trace: bench/data/philly/philly_jobs.csv.gz (SOURCES.md there). Timings are wall seconds
-of one process; report the machine's load beside them.
+of one process, and its CPU seconds (which a loaded machine inflates less); report the
+machine's load beside them.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def run_profile(name: str, weeks: list[int], trace_path: str, cluster: str, tick
     trace = read_trace(trace_path)
     nodes, fabric = load_inventory(cluster)
     settings = ReplaySettings(from_s=(weeks[0] - 1) * WEEK_S, to_s=weeks[-1] * WEEK_S, tick_s=tick_s or None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run = run_replay(trace, nodes, prof, fabric=fabric, profile_name=os.path.relpath(path, ROOT), settings=settings)
-    seconds = time.perf_counter() - t0
-    out = {"profile": name, "seconds": seconds, "cycles": run.summary.cycles, "weeks": {}}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"profile": name, "seconds": seconds, "cpu_seconds": cpu, "cycles": run.summary.cycles, "weeks": {}}
     # the weeks the run covered: from the trace's first submission to the end of the last one
     out["weeks_replayed"] = weeks[-1] - int(min(tj.submit_s for tj in run.trace) // WEEK_S)
     for w in weeks:
@@ -186,10 +187,12 @@ def print_table(results: dict[str, dict], weeks: list[int], bound: dict[int, flo
             )
     Console(width=160).print(t)
     for name, r in results.items():
-        per_week = r["seconds"] / max(r["weeks_replayed"], 1)
+        weeks_n = max(r["weeks_replayed"], 1)
+        cpu = r.get("cpu_seconds")
+        on_cpu = f"; CPU {cpu:.0f} s, {cpu / weeks_n:.1f} s per week" if cpu is not None else ""
         print(
-            f"{name}: {r['seconds']:.0f} s for {r['weeks_replayed']} weeks replayed ({per_week:.1f} s per week, "
-            f"{r['cycles']} cycles)"
+            f"{name}: {r['seconds']:.0f} s for {r['weeks_replayed']} weeks replayed ({r['seconds'] / weeks_n:.1f} s per "
+            f"week{on_cpu}; {r['cycles']} cycles)"
         )
 
 
