@@ -34,7 +34,7 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       scale_up_after_s: 0            # a rise must last this long (default 0)
       scale_down_after_s: 300        # a trough must last this long (default 300)
       lead_s: 40                     # forecast rule: scale-up decision to a serving replica (default 40)
-      basis_s: 60                    # its basis: the highest load of this window (default 60)
+      basis_s: 600                   # its basis: the highest load of this window (default 600)
       history_s: 1800                # rises within lead_s seen this long size the spare (default 1800)
       rise_quantile: 1.0             # which rise (1.0: the largest; default 1.0)
       min_rises_s: 300               # until then at least the profile's fixed margin (default 300)
@@ -318,6 +318,12 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
     }
     if secs["history_s"] <= 0:
         raise err("autoscale.history_s", f"{a['history_s']!r} must be > 0 (seconds of rises kept)")
+    if secs["min_rises_s"] > secs["history_s"]:
+        raise err(
+            "autoscale.min_rises_s",
+            f"{secs['min_rises_s']:g} must be <= history_s ({secs['history_s']:g}): rises are kept only that long,"
+            " so the forecast rule would never take over",
+        )
     q = a.get("rise_quantile", d.rise_quantile)
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
         raise err("autoscale.rise_quantile", f"{q!r} must be a number in (0, 1] (1: the largest rise seen)")

@@ -146,7 +146,7 @@ def _spec(kind: str) -> dict[str, Any]:
                     "freeing devices, model load); the spare capacity covers the rises seen within it (default 40)",
                 ),
                 "basis_s": _d(
-                    _SECONDS, "forecast rule: the highest load of this trailing window is its basis (default 60)"
+                    _SECONDS, "forecast rule: the highest load of this trailing window is its basis (default 600)"
                 ),
                 "history_s": _d(
                     {"type": "number", "exclusiveMinimum": 0},

@@ -96,3 +96,23 @@ def test_counters_are_prometheus_names(tmp_path):
     bad = problems(tmp_path, head + "    counters: ['my server tokens']\n")
     assert len(bad) == 1 and bad[0].startswith("7:16: spec.autoscale.counters[0]"), bad
     assert len(problems(tmp_path, head + "    counters: []\n")) == 1
+
+
+def test_min_rises_longer_than_history_is_refused(tmp_path):
+    """Rises are kept only ``history_s``; a ``min_rises_s`` past it would leave the forecast rule
+    never in charge, so the job is refused instead of silently running the fixed margin."""
+    found = problems(
+        tmp_path,
+        HEAD + "  replicas: {min: 1, max: 4}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+        "    history_s: 100\n",
+    )
+    assert len(found) == 1 and "spec.autoscale.min_rises_s: 300 must be <= history_s (100)" in found[0]
+    with pytest.raises(XpodError, match=r"autoscale.min_rises_s: 60 must be <= history_s \(30\)"):
+        parse_job(
+            {
+                "id": "chat",
+                "kind": "serving",
+                "replicas": {"min": 1, "max": 2},
+                "autoscale": {"metric": "tokens_per_s", "target_per_replica": 10, "history_s": 30, "min_rises_s": 60},
+            }
+        )
