@@ -84,6 +84,7 @@ def run_one(task: tuple) -> dict:
         "frag_curve_pct": list(r.frag_curve_pct),
         "pods_failed": r.pods_arrived - r.pods_placed,
         "seconds": r.seconds,
+        "cpu_seconds": r.cpu_seconds,
     }
 
 
@@ -160,7 +161,7 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int) -> list[dict]:
 def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict) -> list[dict]:
     hdr = (
         f"{'pod list':18s} {'profile':9s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'range@130':>13s} {'pub@130':>7s} "
-        f"{'diff':>6s} {'unalloc':>7s} {'/FGD':>6s} {'worst@60-100':>12s}  {'worst0-100':>10s} {'s/run':>6s}"
+        f"{'diff':>6s} {'unalloc':>7s} {'/FGD':>6s} {'worst@60-100':>12s}  {'worst0-100':>10s} {'s/run':>6s} {'cpu s':>6s}"
     )
     print(hdr)
     rows = []
@@ -193,7 +194,8 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                 f"{lst:18s} {os.path.basename(prof):9s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} "
                 f"{f'{lo:.2f}-{hi:.2f}':>13s} "
                 f"{_f(pub, 7)} {_f(diff, 6, '+.2f')}{flag}{100 - final:6.2f} {_f(ratio, 6, '.3f')} "
-                f"{_f(worst, 12, '+.2f')}{miss} {_f(whole, 10, '+.2f')} {statistics.fmean(r['seconds'] for r in mine):6.1f}",
+                f"{_f(worst, 12, '+.2f')}{miss} {_f(whole, 10, '+.2f')} {statistics.fmean(r['seconds'] for r in mine):6.1f} "
+                f"{statistics.fmean(r.get('cpu_seconds', 0.0) for r in mine):6.1f}",
                 flush=True,
             )
             rows.append(
@@ -211,6 +213,7 @@ def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict)
                     "worst_gap_to_fgd_at_60_80_100": worst,
                     "worst_gap_to_fgd_arrived_0_100": whole,
                     "seconds_per_run": statistics.fmean(r["seconds"] for r in mine),
+                    "cpu_seconds_per_run": statistics.fmean(r.get("cpu_seconds", 0.0) for r in mine),
                 }
             )
     for prof in profiles:

@@ -9,7 +9,9 @@ without published results (``TUNING_LISTS``) and synthetic lists derived from th
 
 * ``gpushare20/sharing``: gpushare20's fractional pods (every GPU pod shares a GPU), with CPU-only
   pods in the list's own proportion to GPU pods;
-* ``gpuspec05/spec6``: gpuspec05 with its GPU-model-constrained pods drawn six times as often;
+* ``gpuspec05/spec6``: gpuspec05 with its GPU-model-constrained pods drawn six times as often
+  (22 % of the pods; ``specN``: N times, e.g. ``spec9``: 30 %, about the share where CPU and
+  the models' reserve meet);
 * ``cpu300/share50``: cpu300 with half its whole-GPU pods dropped.
 
 Each variant is the default profile (examples/profiles/scheduler-default.yaml) with the
@@ -34,7 +36,7 @@ sys.path.insert(0, HERE)
 
 from replay_openb import DATA, TUNING_LISTS, list_path, parse_seeds, profile_path  # noqa: E402
 
-SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "cpu300/share50")
+SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "gpuspec05/spec9", "cpu300/share50")
 PLUGIN = "fragmentation"
 
 
@@ -55,15 +57,15 @@ def tuning_pods(data: str, name: str):
         sharing = idx[(pods.num_gpu == 1) & (pods.gpu_milli < 1000)]
         share = len(cpu_only) / max(int((pods.num_gpu > 0).sum()), 1)
         keep = np.concatenate([sharing, cpu_only[: int(round(share * len(sharing)))]])
-    elif how == "spec6":
+    elif how.startswith("spec") and how[4:].isdigit() and int(how[4:]) >= 1:
         constrained = idx[np.array([bool(s) for s in pods.spec])]
-        keep = np.concatenate([idx] + [constrained] * 5)
+        keep = np.concatenate([idx] + [constrained] * (int(how[4:]) - 1))
     elif how == "share50":
         whole = idx[(pods.num_gpu >= 1) & (pods.gpu_milli == 1000)]
         keep = np.setdiff1d(idx, whole[::2])
     else:
         raise SystemExit(f"{name}: unknown derivation {how!r}")
-    return pods.take(np.sort(keep) if how != "spec6" else keep)
+    return pods.take(np.sort(keep) if not how.startswith("spec") else keep)
 
 
 def run_one(task: tuple) -> dict:

@@ -179,7 +179,7 @@ def cmd_replay_openb(args) -> int:
             never = f", {r.pods_never_fit} can never fit" if r.pods_never_fit else ""
             print(
                 f"{r.profile}, seed {r.seed}: GPU allocation {r.alloc_pct:.2f} % at {r.arrived_pct:.1f} % arrived "
-                f"({r.pods_placed}/{r.pods_arrived} pods placed{never}; {r.seconds:.1f} s)"
+                f"({r.pods_placed}/{r.pods_arrived} pods placed{never}; {r.seconds:.1f} s, {r.cpu_seconds:.1f} s of CPU)"
             )
     return 0
 

@@ -326,6 +326,9 @@ class ReplayResult:
     seconds: float
     cycle_seconds: float
     placements: tuple[Placement, ...]
+    #: CPU seconds of this process during the replay: on a shared machine, what ``seconds``
+    #: would be on a quiet one
+    cpu_seconds: float = 0.0
 
     @property
     def alloc_pct(self) -> float:
@@ -359,6 +362,7 @@ class ReplayResult:
             "frag_curve_pct": [round(x, 3) for x in self.frag_curve_pct],
             "seconds": round(self.seconds, 3),
             "cycle_seconds": round(self.cycle_seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
 
@@ -415,7 +419,7 @@ def replay(
     workload-learning policies the pod list before the first arrival."""
     if not (0 < load <= 10):
         raise XpodError(f"--load: {load} must be in (0, 10] (1.3 = 130 % of GPU capacity)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cap = nodes.gpu_capacity_milli
     if cap == 0:
         raise XpodError("--nodes: the node list has no GPUs")
@@ -451,6 +455,7 @@ def replay(
         seconds=time.perf_counter() - t0,
         cycle_seconds=summary.cycle_seconds,
         placements=tuple(curves.placements),
+        cpu_seconds=time.process_time() - c0,
     )
 
 

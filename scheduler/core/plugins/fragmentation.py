@@ -76,11 +76,13 @@ class FragmentationPlugin(ArrayScorer):
         "bucket_milli": 40.0,
         "fit_ties": 0.0,
         "scarcity_weight": 1.0,
+        "pressure_cpu": "all",
         "reserve_factor": 4.0,
         "refresh_share": 0.05,
         "min_jobs": 32,
         "window_jobs": 20_000,
     }
+    CHOICES = {**ArrayScorer.CHOICES, "pressure_cpu": ("all", "surplus")}
     ties: str
     cpu_weight: float
     rho_scale: float
@@ -92,6 +94,7 @@ class FragmentationPlugin(ArrayScorer):
     bucket_milli: float
     fit_ties: float
     scarcity_weight: float
+    pressure_cpu: str
     reserve_factor: float
     refresh_share: float
     min_jobs: int
@@ -201,7 +204,15 @@ class FragmentationPlugin(ArrayScorer):
             # workload's CPU per device milli), so it leaves those nodes to the tasks that need them
             models = arr.model[sub]
             dev_pressure = np.where(models >= 0, self.pressure[np.maximum(models, 0)], 0.0)
-            cpu_as_milli = shape.cpu_milli / self.cpu_per_milli if self.cpu_per_milli > 0 else 0.0
+            if self.cpu_per_milli <= 0:
+                cpu_as_milli = 0.0
+            elif self.pressure_cpu == "surplus":
+                # only the CPU the node's free devices would need (at the workload's CPU per
+                # device milli): CPU a node has to spare strands nothing
+                surplus = np.maximum(0.0, cpu_after + shape.cpu_milli - self.cpu_per_milli * left_after[:, 0])
+                cpu_as_milli = (np.clip(shape.cpu_milli - surplus, 0.0, None) / self.cpu_per_milli)[:, None]
+            else:
+                cpu_as_milli = shape.cpu_milli / self.cpu_per_milli
             if variant_ok is None:
                 take = shape.count * shape.milli + cpu_as_milli
                 cost = cost + (self.scarcity_weight * take) * dev_pressure[:, :1]
