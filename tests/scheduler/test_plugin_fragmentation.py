@@ -152,3 +152,30 @@ def test_the_reserve_keeps_a_scarce_model_for_the_tasks_that_can_use_only_it():
 
 def s_plugin(s: Scheduler):
     return next(p for p in s.plugins if p.name == "fragmentation")
+
+
+@pytest.mark.parametrize("pressure_cpu, expected", [("all", "b"), ("surplus", "a")])
+def test_pressure_cpu_counts_all_the_cpu_or_only_what_the_free_devices_need(pressure_cpu, expected):
+    """Node a: one device of the pressured model ``small`` (a fifth of the workload can run only
+    there) and 64 cores, far more than its device needs; node b: 8 ``big`` devices and exactly
+    the CPU they need (8 cores each, the workload's ratio). A CPU-only task pays for the CPU it
+    takes from a pressured model: all of it (``all``: it goes to b, where the free devices lose
+    CPU they need) or only the part the node's free devices would need (``surplus``: a's spare
+    CPU costs nothing, and a wins the tie by name)."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate"],
+            "policies": [{"name": "fragmentation", "args": {"reserve_factor": 0, "pressure_cpu": pressure_cpu}}],
+        }
+    )
+    nodes = [node("a").devices("small", 1).cpu(64).build(), node("b").devices("big", 8).cpu(64).build()]
+    s = Scheduler(nodes, queues=(Queue("default"),), profile=prof, clock=lambda: 1.0)
+    anywhere = [Job(f"h{i}", JobKind.BATCH, 1, DeviceRequest(count=1), cpu_milli=8000) for i in range(80)]
+    only = [
+        Job(f"r{i}", JobKind.BATCH, 1, DeviceRequest(count=1, model_choices=frozenset({"small"})), cpu_milli=8000)
+        for i in range(20)
+    ]
+    s.learn_history(anywhere + only)
+    s.submit(Job("c", JobKind.BATCH, 1, None, cpu_milli=4000))
+    assert placements(s.cycle())["c"][0][0] == expected
+    assert s_plugin(s).pressure[s_plugin(s).arrays.models.index("small")] > 0

@@ -17,7 +17,10 @@ have. The cost of a placement, in device milli, is
   common 650-milli task would have left 30) costs 180.
 * ``pressure * taken``: devices that typical tasks restricted to a few models need
   (``model_pressure``); a task that may run anywhere pays for the device milli and the CPU
-  (in device milli) it takes from them.
+  (in device milli) it takes from them: all its CPU (``pressure_cpu: all``, the default), or
+  only the part the node's free devices would need at the workload's CPU per device milli
+  (``surplus``: CPU a node has to spare costs nothing; tried on the tuning mixes, see
+  docs/openb.md, and not the default).
 * ``credit``: off by default (``empty_credit: 0``); a sharing task opening an empty device
   earns ``empty_credit * W * (1 - z) ** 2`` milli under load (``credit_from``..``credit_full``).
 
