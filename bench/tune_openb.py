@@ -10,8 +10,9 @@ without published results (``TUNING_LISTS``) and synthetic lists derived from th
 * ``gpushare20/sharing``: gpushare20's fractional pods (every GPU pod shares a GPU), with CPU-only
   pods in the list's own proportion to GPU pods;
 * ``gpuspec05/spec6``: gpuspec05 with its GPU-model-constrained pods drawn six times as often
-  (22 % of the pods; ``specN``: N times, e.g. ``spec9``: 30 %, about the share where CPU and
-  the models' reserve meet);
+  (22 % of the pods; ``specN``: N times, e.g. ``spec9``: 30 %; ``specNcpuM``: and its CPU-only
+  pods M times as often, e.g. ``spec9cpu2``: 30 % restricted and 18 % CPU-only pods, where the
+  models' reserve and CPU meet);
 * ``cpu300/share50``: cpu300 with half its whole-GPU pods dropped.
 
 Each variant is the default profile (examples/profiles/scheduler-default.yaml) with the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -36,7 +38,7 @@ sys.path.insert(0, HERE)
 
 from replay_openb import DATA, TUNING_LISTS, list_path, parse_seeds, profile_path  # noqa: E402
 
-SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "gpuspec05/spec9", "cpu300/share50")
+SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "gpuspec05/spec9", "gpuspec05/spec9cpu2", "cpu300/share50")
 PLUGIN = "fragmentation"
 
 
@@ -57,9 +59,11 @@ def tuning_pods(data: str, name: str):
         sharing = idx[(pods.num_gpu == 1) & (pods.gpu_milli < 1000)]
         share = len(cpu_only) / max(int((pods.num_gpu > 0).sum()), 1)
         keep = np.concatenate([sharing, cpu_only[: int(round(share * len(sharing)))]])
-    elif how.startswith("spec") and how[4:].isdigit() and int(how[4:]) >= 1:
+    elif (m := re.fullmatch(r"spec([1-9][0-9]*)(?:cpu([1-9][0-9]*))?", how)) is not None:
         constrained = idx[np.array([bool(s) for s in pods.spec])]
-        keep = np.concatenate([idx] + [constrained] * (int(how[4:]) - 1))
+        cpu_only = idx[pods.num_gpu == 0]
+        times_cpu = int(m.group(2) or 1)
+        keep = np.concatenate([idx] + [constrained] * (int(m.group(1)) - 1) + [cpu_only] * (times_cpu - 1))
     elif how == "share50":
         whole = idx[(pods.num_gpu >= 1) & (pods.gpu_milli == 1000)]
         keep = np.setdiff1d(idx, whole[::2])
