@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from conftest import job_doc, make_api
+from service_harness import job_doc, make_api
 from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
 from xpod.scheduler.grpc import servicers
 from xpod.scheduler.grpc.auth import Authenticator

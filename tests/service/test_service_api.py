@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import job_doc, make_api
+from service_harness import job_doc, make_api
 from xpod.hal.device import Health
 from xpod.scheduler.contract import DeviceRecord, NodeRecord
 from xpod.scheduler.service.api import ApiError, Code, Limits, TaskState

@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 import pytest
-from conftest import job_doc, make_api
+from service_harness import job_doc, make_api
 
 from xpod.scheduler.contract import LoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import job_doc
+from service_harness import job_doc
 from test_service_integration import XPOD, LiveServer, cli
 
 EXAMPLE_JOB = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "service", "jobs", "train.yaml")

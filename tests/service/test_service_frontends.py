@@ -20,7 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from conftest import CLUSTER, TOKEN, TOKENS, job_doc, make_api
+from service_harness import CLUSTER, TOKEN, TOKENS, job_doc, make_api
 from xpod.proto.xpod.v1 import job_service_pb2 as jpb, job_service_pb2_grpc
 from xpod.scheduler.grpc.auth import Authenticator
 from xpod.scheduler.grpc.server import build_server

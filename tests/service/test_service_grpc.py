@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from conftest import TOKEN, TOKENS, job_doc, make_api
+from service_harness import TOKEN, TOKENS, job_doc, make_api
 from xpod.proto.xpod.v1 import (
     cluster_service_pb2 as cpb,
     cluster_service_pb2_grpc,

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import CLUSTER, FIXTURES, TOKEN, TOKENS, job_doc, register_cluster
+from service_harness import CLUSTER, FIXTURES, TOKEN, TOKENS, job_doc, register_cluster
 
 BIN = os.path.dirname(sys.executable)
 XPOD = os.path.join(BIN, "xpod")

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import job_doc, make_api
+from service_harness import job_doc, make_api
 
 from xpod.scheduler.contract import MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code

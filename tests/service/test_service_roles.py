@@ -6,7 +6,7 @@ service restores each role where the store says it runs. Real core, real SQLite 
 
 from __future__ import annotations
 
-from conftest import make_api
+from service_harness import make_api
 
 from xpod.scheduler.contract import TaskState
 from xpod.scheduler.service.api import ApiError, Code

@@ -8,7 +8,7 @@ import subprocess
 import grpc
 import pytest
 
-from conftest import job_doc, make_api
+from service_harness import job_doc, make_api
 from xpod.runtime.client import Client, RpcFailure, Target
 from xpod.scheduler.grpc.auth import Authenticator
 from xpod.scheduler.grpc.server import TlsFiles, build_server
