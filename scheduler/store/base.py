@@ -115,6 +115,7 @@ class GroupCommitStore:
     """
 
     dialect = ""  # "sqlite" | "postgresql"
+    _QUEUE_OF_DOC = ""  # SQL: the queue of a job row ``j``
     # Errors of a batch that refuse one write and let the batch go on (they raise before the
     # write changed anything).
     _REFUSALS = (RequestIdConflict, StaleUpdate, KeyError)
@@ -123,17 +124,22 @@ class GroupCommitStore:
         self,
         display: str,
         on_commit: Callable[[list[Any]], None] | None,
-        next_seq: int,
-        next_revision: int,
-        by_request: dict[str, str],
-        stored_bytes: dict[str, int],
+        read: Callable[[str], list[tuple]],
         *,
         max_queued_writes: int,
         max_batch: int,
         max_background_per_batch: int,
         max_background_beside_front: int,
     ) -> None:
-        """Set up the writer's state (after the database is open and migrated) and start it."""
+        """Read the writer's state with ``read`` (after the database is open and migrated) and
+        start it. Reads use ``fetchall``, never ``fetchone``: an unfinished SQLite statement keeps
+        its read snapshot open, which shows stale data and stops the WAL's checkpoints."""
+        next_seq = int(read("SELECT COALESCE(MAX(seq), 0) FROM jobs")[0][0]) + 1
+        next_revision = int(read("SELECT COALESCE(MAX(revision), 0) FROM events")[0][0]) + 1
+        by_request = dict(read("SELECT request_id, id FROM jobs"))
+        stored = read(
+            f"SELECT {self._QUEUE_OF_DOC}, SUM(length(s.spec)) FROM specs s JOIN jobs j ON j.id = s.job_id GROUP BY 1"
+        )
         self.path = display  # the file or the URL with its password masked: for messages
         self.on_commit = on_commit
         # told (on the writer thread) when a batch could not be written for the database's sake
@@ -147,7 +153,7 @@ class GroupCommitStore:
         self._by_request = by_request
         self._current: dict[str, JobRecord] = {}
         # the bytes of specs stored per queue (``stored_bytes``): kept by the writer, read by anyone
-        self._stored_bytes: dict[str, int] = dict(stored_bytes)
+        self._stored_bytes: dict[str, int] = {q: int(n) for q, n in stored}
         # Two lanes: writes a caller waits on (submissions, cancels) go first; background writes
         # (a scheduling cycle's decisions, possibly thousands) fill each batch after them, at
         # most ``max_background_per_batch``, so a big cycle never delays an acknowledgement by

@@ -114,6 +114,7 @@ class PostgresStore(GroupCommitStore):
     this replica holds (every batch checks it); None for a store used without leases."""
 
     dialect = "postgresql"
+    _QUEUE_OF_DOC = "j.doc::json ->> 'queue'"
 
     def __init__(
         self,
@@ -141,22 +142,23 @@ class PostgresStore(GroupCommitStore):
             self.schema_version_found = migrate_postgres(conn, display)
             conn.execute(f"SET idle_in_transaction_session_timeout = {int(idle_in_transaction_timeout_s * 1000)}")
             conn.autocommit = False
-            with conn.transaction():
-                next_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchall()[0][0]) + 1
-                row = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
-                next_revision = int(row[0]) + 1
-                by_request = dict(conn.execute("SELECT request_id, id FROM jobs").fetchall())
-                stored = conn.execute(
-                    "SELECT j.doc::json ->> 'queue', SUM(length(s.spec)) FROM specs s JOIN jobs j ON j.id = s.job_id "
-                    "GROUP BY 1"
-                ).fetchall()
+            with conn.transaction():  # the writer's state from one snapshot
+                self._conn = conn
+                self._init_writer(
+                    display,
+                    on_commit,
+                    lambda sql: conn.execute(sql).fetchall(),
+                    max_queued_writes=max_queued_writes,
+                    max_batch=max_batch,
+                    max_background_per_batch=max_background_per_batch,
+                    max_background_beside_front=max_background_beside_front,
+                )
         except psycopg.Error as err:
             conn.close()
             raise _connect_error(display, err) from None
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -165,18 +167,6 @@ class PostgresStore(GroupCommitStore):
             open=True,
             name="xpod-store-readers",
             timeout=10.0,
-        )
-        self._init_writer(
-            display,
-            on_commit,
-            next_seq,
-            next_revision,
-            by_request,
-            {q: int(n) for q, n in stored},
-            max_queued_writes=max_queued_writes,
-            max_batch=max_batch,
-            max_background_per_batch=max_background_per_batch,
-            max_background_beside_front=max_background_beside_front,
         )
 
     # the writer's transaction

@@ -54,6 +54,7 @@ class SqliteStore(GroupCommitStore):
     locked for it (``store.lock``)."""
 
     dialect = "sqlite"
+    _QUEUE_OF_DOC = "json_extract(j.doc, '$.queue')"
 
     def __init__(
         self,
@@ -75,17 +76,6 @@ class SqliteStore(GroupCommitStore):
         except BaseException:
             self._lock.release()
             raise
-        # fetchall, never fetchone: an unfinished statement keeps its read snapshot open, which
-        # both shows stale data and stops the WAL from being checkpointed.
-        row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchall()[0]
-        next_seq = int(row[0]) + 1
-        row = self._conn.execute("SELECT COALESCE(MAX(revision), 0) FROM events").fetchall()[0]
-        next_revision = int(row[0]) + 1
-        by_request = dict(self._conn.execute("SELECT request_id, id FROM jobs").fetchall())
-        stored = self._conn.execute(
-            "SELECT json_extract(j.doc, '$.queue'), SUM(length(s.spec)) FROM specs s JOIN jobs j ON j.id = s.job_id "
-            "GROUP BY 1"
-        ).fetchall()
         self._read_local = threading.local()
         # Checkpoints (copying the WAL back into the database file, with its own fsync) run on
         # a thread of their own, not inside a commit: SQLite's automatic checkpoint would run in
@@ -108,10 +98,7 @@ class SqliteStore(GroupCommitStore):
         self._init_writer(
             path,
             on_commit,
-            next_seq,
-            next_revision,
-            by_request,
-            {q: int(n) for q, n in stored},
+            lambda sql: self._conn.execute(sql).fetchall(),
             max_queued_writes=max_queued_writes,
             max_batch=max_batch,
             max_background_per_batch=max_background_per_batch,
