@@ -62,67 +62,62 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._api: Any = None
-        self.schedule_attempts = Counter(
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+        by_result = ("result",)
+        self.schedule_attempts = counter(
             "xpod_scheduler_schedule_attempts",
             "Jobs a scheduling cycle tried to place, by result (scheduled, unschedulable).",
-            ["result"],
-            registry=self.registry,
+            by_result,
         )
-        self.cycle_seconds = Histogram(
+        self.cycle_seconds = histogram(
             "xpod_scheduler_scheduling_cycle_duration_seconds",
             "Wall time of one scheduling cycle of the core.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=self.registry,
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.attempt_seconds = Histogram(
+        self.attempt_seconds = histogram(
             "xpod_scheduler_scheduling_attempt_duration_seconds",
             "Seconds the core spent searching a placement for one job in one cycle, by result (scheduled, unschedulable).",
-            ["result"],
-            buckets=(1e-05, 2.5e-05, 5e-05, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
-            registry=self.registry,
+            (1e-05, 2.5e-05, 5e-05, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            by_result,
         )
-        self.submitted_jobs = Counter(
-            "xpod_scheduler_submitted_jobs", "Jobs accepted (durably) by SubmitJob.", ["queue"], registry=self.registry
+        self.submitted_jobs = counter(
+            "xpod_scheduler_submitted_jobs", "Jobs accepted (durably) by SubmitJob.", ("queue",)
         )
         self._submitted_by_queue: dict[str, Any] = {}
-        self.finished_jobs = Counter(
-            "xpod_scheduler_finished_jobs",
-            "Jobs that ended, by outcome.",
-            ["queue", "kind", "outcome"],
-            registry=self.registry,
+        self.finished_jobs = counter(
+            "xpod_scheduler_finished_jobs", "Jobs that ended, by outcome.", ("queue", "kind", "outcome")
         )
-        self.shed_requests = Counter(
-            "xpod_scheduler_shed_requests",
-            "Requests refused with RESOURCE_EXHAUSTED to shed load.",
-            registry=self.registry,
+        self.shed_requests = counter(
+            "xpod_scheduler_shed_requests", "Requests refused with RESOURCE_EXHAUSTED to shed load."
         )
-        self.queue_wait_seconds = Histogram(
+        self.queue_wait_seconds = histogram(
             "xpod_scheduler_queue_wait_seconds",
             "Seconds from submission to a job's first placement, observed when a cycle binds it.",
-            ["queue", "kind"],
-            buckets=QUEUE_WAIT_BUCKETS_S,
-            registry=self.registry,
+            QUEUE_WAIT_BUCKETS_S,
+            ("queue", "kind"),
         )
-        self.preemption_attempts = Counter(
+        self.preemption_attempts = counter(
             "xpod_scheduler_preemption_attempts",
             "Times a cycle tried to preempt or reclaim for a pending job that had eligible victims.",
-            registry=self.registry,
         )
-        self.evicted_jobs = Counter(
+        self.evicted_jobs = counter(
             "xpod_scheduler_evicted_jobs",
             "Bound jobs that lost their devices (requeued or failed), by reason.",
-            ["queue", "reason"],
-            registry=self.registry,
+            ("queue", "reason"),
         )
         self.leader = Gauge(
             "xpod_scheduler_leader",
             "1 on the replica that leads (runs the scheduling loop and takes writes), 0 on the others.",
             registry=self.registry,
         )
-        self.leader_changes = Counter(
-            "xpod_scheduler_leader_changes",
-            "Times this replica became leader or stopped being it.",
-            registry=self.registry,
+        self.leader_changes = counter(
+            "xpod_scheduler_leader_changes", "Times this replica became leader or stopped being it."
         )
         self.grpc = GrpcCounters(self.registry)
         self.registry.register(_StateCollector(self))
@@ -176,6 +171,53 @@ class ServiceMetrics:
             self.schedule_attempts.labels(result="unschedulable").inc(len(outcome.pending))
 
 
+# the gauges computed at scrape time (``_StateCollector``), in the order they are yielded
+_STATE_GAUGES = (
+    ("xpod_scheduler_pending_jobs", "Queued jobs by queue and pending reason.", ["queue", "reason"]),
+    (
+        "xpod_scheduler_devices",
+        "Schedulable devices by vendor and state (free, allocated, unhealthy).",
+        ["vendor", "state"],
+    ),
+    (
+        "xpod_scheduler_running_jobs",
+        "Jobs holding devices (SCHEDULED or RUNNING) by queue and kind.",
+        ["queue", "kind"],
+    ),
+    (
+        "xpod_scheduler_nodes",
+        "Nodes by state: ready, or not_ready (heartbeats stopped, or no agent has registered it yet).",
+        ["state"],
+    ),
+    (
+        "xpod_scheduler_largest_free_block_devices",
+        "Most free healthy devices of one model (pool) on one node / in one super-node: the biggest gang that fits now.",
+        ["pool", "level"],
+    ),
+    (
+        "xpod_scheduler_degraded_jobs",
+        "Serving jobs running below their min replicas while lost replicas are being replaced, by queue.",
+        ["queue"],
+    ),
+    # autoscaled serving jobs (one series each while the core holds them: at most one per device)
+    (
+        "xpod_scheduler_serving_demand",
+        "An autoscaled serving job's demand: its replicas' last reported loads summed, in its metric's units.",
+        ["queue", "job", "metric"],
+    ),
+    (
+        "xpod_scheduler_serving_target_per_replica",
+        "The load one replica of an autoscaled serving job serves at its target, in its metric's units.",
+        ["queue", "job", "metric"],
+    ),
+    (
+        "xpod_scheduler_serving_replicas",
+        "Replicas of an autoscaled serving job: desired (what its autoscaling wants) and placed.",
+        ["queue", "job", "state"],
+    ),
+)
+
+
 class _StateCollector:
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
@@ -185,50 +227,9 @@ class _StateCollector:
 
     def collect(self):
         api = self._metrics._api
-        pending = GaugeMetricFamily(
-            "xpod_scheduler_pending_jobs", "Queued jobs by queue and pending reason.", labels=["queue", "reason"]
-        )
-        devices = GaugeMetricFamily(
-            "xpod_scheduler_devices",
-            "Schedulable devices by vendor and state (free, allocated, unhealthy).",
-            labels=["vendor", "state"],
-        )
-        running = GaugeMetricFamily(
-            "xpod_scheduler_running_jobs",
-            "Jobs holding devices (SCHEDULED or RUNNING) by queue and kind.",
-            labels=["queue", "kind"],
-        )
-        node_gauge = GaugeMetricFamily(
-            "xpod_scheduler_nodes",
-            "Nodes by state: ready, or not_ready (heartbeats stopped, or no agent has registered it yet).",
-            labels=["state"],
-        )
-        degraded = GaugeMetricFamily(
-            "xpod_scheduler_degraded_jobs",
-            "Serving jobs running below their min replicas while lost replicas are being replaced, by queue.",
-            labels=["queue"],
-        )
-        blocks = GaugeMetricFamily(
-            "xpod_scheduler_largest_free_block_devices",
-            "Most free healthy devices of one model (pool) on one node / in one super-node: the biggest gang that fits now.",
-            labels=["pool", "level"],
-        )
-        # autoscaled serving jobs (one series each while the core holds them: at most one per device)
-        demand = GaugeMetricFamily(
-            "xpod_scheduler_serving_demand",
-            "An autoscaled serving job's demand: its replicas' last reported loads summed, in its metric's units.",
-            labels=["queue", "job", "metric"],
-        )
-        target = GaugeMetricFamily(
-            "xpod_scheduler_serving_target_per_replica",
-            "The load one replica of an autoscaled serving job serves at its target, in its metric's units.",
-            labels=["queue", "job", "metric"],
-        )
-        replicas = GaugeMetricFamily(
-            "xpod_scheduler_serving_replicas",
-            "Replicas of an autoscaled serving job: desired (what its autoscaling wants) and placed.",
-            labels=["queue", "job", "state"],
-        )
+        pending, devices, running, node_gauge, blocks, degraded, demand, target, replicas = families = [
+            GaugeMetricFamily(name, doc, labels=labels) for name, doc, labels in _STATE_GAUGES
+        ]
         # (a replica without a store serves no state: ``jobs`` is None there)
         if api is not None and api.jobs is not None:
             for (queue, reason), n in sorted(api.jobs.pending_counts().items()):
@@ -255,15 +256,7 @@ class _StateCollector:
                 target.add_metric([job.queue, jid, st.metric], st.target_per_replica)
                 replicas.add_metric([job.queue, jid, "desired"], st.desired_replicas)
                 replicas.add_metric([job.queue, jid, "placed"], st.running_replicas)
-        yield pending
-        yield devices
-        yield running
-        yield node_gauge
-        yield blocks
-        yield degraded
-        yield demand
-        yield target
-        yield replicas
+        yield from families
 
 
 def device_counts(nodes: list, usage: dict) -> dict[tuple[str, str], int]:
