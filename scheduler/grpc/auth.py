@@ -37,19 +37,15 @@ import yaml
 from xpod.hal.errors import XpodError
 from xpod.hal.hostlist import HostlistError, expand
 from xpod.scheduler.service.auth import OPEN_PRINCIPAL, Principal, Role
+from xpod.scheduler.service.errors import ApiError, Code
 from xpod.scheduler.service.queues import OPEN_QUEUES, QueuePolicy, Queues
 
 
-class AuthError(Exception):
-    """Base of the two refusals; ``str`` is the one-line message sent to the caller."""
+class Unauthenticated(ApiError):
+    """A call without a valid bearer token; ``str`` is the one-line message sent to the caller."""
 
-
-class Unauthenticated(AuthError):
-    pass
-
-
-class PermissionDenied(AuthError):
-    pass
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAUTHENTICATED, Code.UNAUTHENTICATED.value, message)
 
 
 #: the peer property gRPC fills with a client certificate's subjectAltName entries (mutual TLS)

@@ -57,12 +57,6 @@ def _value(v: struct_pb2.Value) -> Any:
     return None
 
 
-def dict_to_struct(d: dict[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(d)
-    return s
-
-
 def pending_pb(p: PendingReasonRecord | None) -> types_pb2.PendingReason | None:
     if p is None:
         return None

@@ -40,7 +40,7 @@ from xpod.scheduler.contract import LoadReport, MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal, Role
 
-from .auth import Authenticator, AuthError, Unauthenticated, narrow_to_certificate, peer_names
+from .auth import Authenticator, narrow_to_certificate, peer_names
 from .convert import (
     STATE_FROM_PB,
     assignment_pb,
@@ -69,10 +69,7 @@ _MAX_ASSIGNMENT_BATCHES = 1024
 _BEHIND = object()
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: ApiError | AuthError) -> None:
-    if isinstance(err, AuthError):
-        code = Code.UNAUTHENTICATED if isinstance(err, Unauthenticated) else Code.PERMISSION_DENIED
-        err = ApiError(code, code.value, str(err))
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> None:
     await context.abort_with_status(rpc_status.to_status(status_for(err)))
 
 
@@ -261,9 +258,8 @@ def _rpc(method: Callable) -> Callable:
         @functools.wraps(method)
         async def native(self, request, context):
             try:
-                principal = self._principal(context)
-                return await method(self, request, context, principal)
-            except (ApiError, AuthError) as err:
+                return await method(self, request, context, self._principal(context))
+            except ApiError as err:
                 await _abort(context, err)
 
         return native
@@ -273,10 +269,9 @@ def _rpc(method: Callable) -> Callable:
         @functools.wraps(method)
         async def native_stream(self, request, context):
             try:
-                principal = self._principal(context)
-                async for item in method(self, request, context, principal):
+                async for item in method(self, request, context, self._principal(context)):
                     yield item
-            except (ApiError, AuthError) as err:
+            except ApiError as err:
                 await _abort(context, err)
 
         return native_stream
@@ -316,7 +311,7 @@ def _rpc(method: Callable) -> Callable:
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(_abort(context, err), self.stream_bounds.stall_s)
                         return
-            except (ApiError, AuthError) as err:
+            except ApiError as err:
                 await _abort(context, err)
             finally:
                 held.release()
@@ -328,9 +323,8 @@ def _rpc(method: Callable) -> Callable:
         call = _CallContext(context)
         try:
             principal = self._principal(call)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.pool, method, self, request, call, principal)
-        except (ApiError, AuthError) as err:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, method, self, request, call, principal)
+        except ApiError as err:
             await _abort(context, err)
         finally:
             call.active = False
