@@ -1,42 +1,15 @@
 """The agent <-> server contract: the words both sides use, defined once (no protobuf here).
 
-* ``JobKind``: a job document's ``kind`` and the core's word for it (``TrainingJob`` is
-  ``training``), in one mapping.
-* ``DeviceRecord`` / ``NodeRecord``: a node as an agent registers it (the server fills in the
-  catalog facts once, ``service.nodes``); ``SIMULATED_LABEL`` marks a simulated node.
-* ``TaskState``: what an agent reports about its part of a job.
-* The task keys of a job document (below): what a node agent starts and what happens when it
-  stops, validated at submission (``parse_task_fields``), and each task's torch.distributed
-  world (``task_worlds``), which every node computes alike.
-
-The scheduler core (``scheduler.core.spec``) decides *where* a job goes; the task keys of its
-``spec`` say *what* the node agent starts there. They are validated when the job is submitted
-(``service.admission`` strips them before the core's parser), so a typo is an INVALID_ARGUMENT
-naming the field, never a task that fails later on a node::
-
-    spec:
-      command: [python, train.py, --epochs, "3"]   # argv of every task (no shell)
-      env: {LR: "0.1"}                              # extra variables (strings)
-      workdir: /srv/job                             # current directory of the task (default: the agent's)
-      restart:
-        max_restarts: 3          # training/batch default 3; serving default unlimited (-1)
-      simulate:                  # only read by simulated nodes (xpod agent --simulate)
-        duration_s: 30           # each task "runs" this long, then succeeds (default 60)
-        fail_after_s: 10         # ... or fails after this long (exit code ``exit_code``)
-        exit_code: 1
-      moe:                       # ServingJob only: the live expert-placement loop (docs/moe.md)
-        experts: 256             # routed experts per MoE layer
-        layers: 58               # MoE layers
-        slots_per_device: 4      # expert weights per device per layer (fixed layout)
-        rebalance: {every_s: 60, max_moves: 1200}
-
-Where each task's torch.distributed world is (``task_worlds``): a training or batch job is one
-world of all its tasks; a serving job is one world per replica (``tasks_per_replica`` tasks,
-rank ``t mod N``, its own MASTER_ADDR/PORT), so replicas never rendezvous with each other.
-
-A job with no ``command`` runs nothing on a real node: its tasks succeed at once unless
-``simulate.duration_s`` is given, in which case a real node sleeps that long (so a trace can be
-replayed on real and simulated nodes alike).
+``JobKind`` (a document's ``kind`` and the core's word for it), ``DeviceRecord`` / ``NodeRecord``
+(a node as an agent registers it; the server fills in the catalog facts, ``service.nodes``),
+``TaskState`` (an agent's report), and the task keys of a job's ``spec`` (``command``, ``env``,
+``workdir``, ``restart``, ``simulate``, ``moe``; docs/reference/job-spec.md): what a node agent
+starts, checked at submission (``parse_task_fields``) so a typo is an INVALID_ARGUMENT naming the
+field, never a task failing later on a node. The core (``scheduler.core.spec``) decides *where* a
+job goes; these keys say *what* runs there, in which torch.distributed world (``task_worlds``,
+which every node computes alike). A job with no ``command`` runs nothing on a real node: its
+tasks succeed at once, or sleep ``simulate.duration_s`` when given (a trace replays alike on real
+and simulated nodes).
 """
 
 from __future__ import annotations
