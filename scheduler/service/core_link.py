@@ -355,6 +355,14 @@ def _child(conn: Any, fabric: Fabric | None) -> None:
                 failure = None
 
 
+def _forward(op: str) -> Any:
+    def call(self: "ChildProcessCore", *args: Any) -> Any:
+        return self._call(op, *args) if op in _WAITING else self._send(op, *args)
+
+    call.__name__ = op
+    return call
+
+
 class ChildProcessCore:
     """``CoreLink`` with the core in a child process. One-way calls are buffered and go over as
     one batch (one pickle, one write) just before the next call that waits for an answer
@@ -392,35 +400,17 @@ class ChildProcessCore:
             raise RuntimeError(f"scheduler core process failed: {value!r}") from value
         return value
 
-    def admit(self, job: Job) -> tuple[XpodError | None, PendingReasonRecord | None]:
-        return self._call("admit", job)
-
-    def set_node(self, node: Node, ready: bool, reason: str = "") -> None:
-        self._send("set_node", node, ready, reason)
-
-    def set_ready(self, name: str, ready: bool, reason: str = "") -> None:
-        self._send("set_ready", name, ready, reason)
-
-    def set_device_health(self, node: str, index: int, health: Health) -> None:
-        self._send("set_device_health", node, index, health)
-
-    def add_job(self, job: Job) -> None:
-        self._send("add_job", job)
-
-    def restore_job(self, job: Job, allocations: tuple[AllocationRecord, ...], since_s: float) -> None:
-        self._send("restore_job", job, allocations, since_s)
-
-    def remove_job(self, job_id: str) -> None:
-        self._send("remove_job", job_id)
-
-    def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
-        return self._call("release_tasks", job_id, tasks, why)
-
-    def report_load(self, job_id: str, replica: int, value: float) -> tuple[str, str, int]:
-        return self._call("report_load", job_id, replica, value)
-
-    def cycle(self, now_s: float) -> CycleOutcome:
-        return self._call("cycle", now_s)
+    # ``CoreLink``: the calls in ``_WAITING`` wait for the child's answer; the others are buffered
+    admit = _forward("admit")
+    set_node = _forward("set_node")
+    set_ready = _forward("set_ready")
+    set_device_health = _forward("set_device_health")
+    add_job = _forward("add_job")
+    restore_job = _forward("restore_job")
+    remove_job = _forward("remove_job")
+    release_tasks = _forward("release_tasks")
+    report_load = _forward("report_load")
+    cycle = _forward("cycle")
 
     def close(self) -> None:
         try:

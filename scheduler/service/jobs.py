@@ -14,6 +14,7 @@ store's writer thread: the agents' assignment streams are fed that way (``servic
 from __future__ import annotations
 
 import bisect
+import collections
 import concurrent.futures
 import dataclasses
 import threading
@@ -409,41 +410,29 @@ class JobBook:
 
     def state_counts(self) -> dict[str, int]:
         with self._lock:
-            out: dict[str, int] = {}
-            for j in self._jobs.values():
-                out[j.state.value] = out.get(j.state.value, 0) + 1
-            return out
+            return dict(collections.Counter(j.state.value for j in self._jobs.values()))
 
     def pending_counts(self) -> dict[tuple[str, str], int]:
         """(queue, reason) -> number of QUEUED jobs."""
-        counts: dict[tuple[str, str], int] = {}
         with self._lock:
-            for j in self._jobs.values():
-                if j.state is JobState.QUEUED:
-                    p = self._pending.get(j.id, j.pending)
-                    key = (j.queue, p.reason if p else "NEW")
-                    counts[key] = counts.get(key, 0) + 1
-        return counts
+            queued = [
+                (j, self._pending.get(j.id, j.pending)) for j in self._jobs.values() if j.state is JobState.QUEUED
+            ]
+        return dict(collections.Counter((j.queue, p.reason if p else "NEW") for j, p in queued))
 
     def running_counts(self) -> dict[tuple[str, str], int]:
         """(queue, kind) -> jobs holding devices (SCHEDULED or RUNNING)."""
-        counts: dict[tuple[str, str], int] = {}
-        for j in self.bound():
-            counts[(j.queue, j.kind)] = counts.get((j.queue, j.kind), 0) + 1
-        return counts
+        return dict(collections.Counter((j.queue, j.kind) for j in self.bound()))
 
     def degraded_counts(self) -> dict[str, int]:
         """Queue -> bound serving jobs running below their min replicas (lost replicas released
         alone and not bound again yet)."""
-        out: dict[str, int] = {}
         with self._lock:
-            for job in self._jobs.values():
-                parsed = self._parsed.get(job.id)
-                if (
-                    job.state in BOUND_STATES
-                    and parsed is not None
-                    and parsed.kind is JobKind.SERVING
-                    and 0 < len(job.allocations) < parsed.core.min_required
-                ):
-                    out[job.queue] = out.get(job.queue, 0) + 1
-        return out
+            serving = [(j, self._parsed.get(j.id)) for j in self._jobs.values() if j.state in BOUND_STATES]
+        return dict(
+            collections.Counter(
+                j.queue
+                for j, p in serving
+                if p is not None and p.kind is JobKind.SERVING and 0 < len(j.allocations) < p.core.min_required
+            )
+        )

@@ -23,6 +23,7 @@ no core call): cheap enough to run on the gRPC event loop for a thousand nodes a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import re
@@ -37,7 +38,7 @@ from xpod.scheduler.store import NodeWrite, Store
 
 from .admission import DEFAULT_TASK_CPU_MILLI, TASKS_PER_NODE
 from .core_link import CoreLink
-from .errors import invalid
+from .errors import ApiError, invalid
 
 #: what the core's pending reasons say about nodes that are not ready
 WAITING_FOR_AGENTS = "waiting for agents"
@@ -57,39 +58,35 @@ def check_records(records: Sequence[NodeRecord]) -> None:
     vendor or model, or negative sizes; or a name given twice."""
     for i, node in enumerate(records):
         where = f"nodes[{i}]"
+
+        def bad(message: str, field: str = "") -> ApiError:
+            return invalid("INVALID_NODE", f"{where}{message}", f"{where}{field}")
+
         if not _NODE_NAME.match(node.name):
-            raise invalid(
-                "INVALID_NODE",
-                f"{where}.name {node.name[:64]!r} must be 1..253 of A-Z a-z 0-9 . _ - (starting with a letter or digit)",
-                f"{where}.name",
+            raise bad(
+                f".name {node.name[:64]!r} must be 1..253 of A-Z a-z 0-9 . _ - (starting with a letter or digit)",
+                ".name",
             )
         if len(node.labels) > _MAX_LABELS:
-            raise invalid("INVALID_NODE", f"{where}.labels: at most {_MAX_LABELS} labels", f"{where}.labels")
+            raise bad(f".labels: at most {_MAX_LABELS} labels", ".labels")
         for key, value in node.labels:
             if not _LABEL_KEY.match(key) or len(value) > _MAX_LABEL_VALUE or not value.isprintable():
-                raise invalid(
-                    "INVALID_NODE",
-                    f"{where}.labels: {key[:64]!r}={value[:64]!r}: keys are 1..253 of A-Z a-z 0-9 . _ / -, "
+                raise bad(
+                    f".labels: {key[:64]!r}={value[:64]!r}: keys are 1..253 of A-Z a-z 0-9 . _ / -, "
                     f"values at most {_MAX_LABEL_VALUE} printable characters",
-                    f"{where}.labels",
+                    ".labels",
                 )
         if [d.index for d in node.devices] != list(range(len(node.devices))):
-            raise invalid("INVALID_NODE", f"{where}.devices: indices must be 0..N-1 in order", f"{where}.devices")
+            raise bad(".devices: indices must be 0..N-1 in order", ".devices")
         for d in node.devices:
             if not d.model or not d.vendor:
-                raise invalid(
-                    "INVALID_NODE",
-                    f"{where}.devices[{d.index}]: vendor and model are required",
-                    f"{where}.devices.model",
-                )
+                raise bad(f".devices[{d.index}]: vendor and model are required", ".devices.model")
             if any(len(text) > 253 or not text.isprintable() for text in (d.vendor, d.model)):
-                raise invalid(
-                    "INVALID_NODE",
-                    f"{where}.devices[{d.index}]: vendor and model are at most 253 printable characters",
-                    f"{where}.devices.model",
+                raise bad(
+                    f".devices[{d.index}]: vendor and model are at most 253 printable characters", ".devices.model"
                 )
         if node.cpu_milli < 0 or node.memory_bytes < 0 or any(d.memory_total_bytes < 0 for d in node.devices):
-            raise invalid("INVALID_NODE", f"{where}: cpu_milli and memory sizes must be >= 0", where)
+            raise bad(": cpu_milli and memory sizes must be >= 0")
     if len({n.name for n in records}) != len(records):
         raise invalid("INVALID_NODE", "nodes: a name appears twice", "nodes")
 
@@ -153,7 +150,6 @@ class _Node:
     record: NodeRecord
     status: NodeStatus
     last_heartbeat_s: float = 0.0
-    since_s: float = 0.0  # when it last changed status
 
 
 class NodeRegistry:
@@ -185,7 +181,7 @@ class NodeRegistry:
         for doc in store.load_nodes():
             record = NodeRecord.from_json(doc)
             # registered before a restart: ready, with a full timeout from now to heartbeat
-            self._nodes[record.name] = _Node(record, NodeStatus.READY, now, now)
+            self._nodes[record.name] = _Node(record, NodeStatus.READY, now)
             self._to_core(record)
 
     def refresh(self) -> None:
@@ -197,7 +193,7 @@ class NodeRegistry:
             for r in records:
                 n = self._nodes.get(r.name)
                 if n is None or n.record != r:
-                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now, now)
+                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now)
 
     # --- reads ---
 
@@ -220,12 +216,9 @@ class NodeRegistry:
         """Nodes this registry knows (declared or registered)."""
         return len(self._nodes)
 
-    def counts(self) -> dict[NodeStatus, int]:
+    def counts(self) -> collections.Counter[NodeStatus]:
         with self._lock:
-            out = {s: 0 for s in NodeStatus}
-            for n in self._nodes.values():
-                out[n.status] += 1
-            return out
+            return collections.Counter(n.status for n in self._nodes.values())
 
     def waiting_for_agents(self) -> str | None:
         """The pending reason of a job that waits only for agents: when no node is ready
@@ -263,7 +256,7 @@ class NodeRegistry:
                 self._to_core(r)
             with self._lock:
                 for r in records:
-                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now, now)
+                    self._nodes[r.name] = _Node(r, NodeStatus.READY, now)
         self._on_inventory()
         return [self._state(self._nodes[r.name], now) for r in records]
 
@@ -312,7 +305,7 @@ class NodeRegistry:
             n = self._nodes.get(name)
             if n is None or n.status is not NodeStatus.READY:
                 return False
-            n.status, n.since_s = NodeStatus.NOT_READY, self._clock()
+            n.status = NodeStatus.NOT_READY
         self._core.set_ready(name, False, HEARTBEATS_STOPPED)
         return True
 
@@ -327,7 +320,7 @@ class NodeRegistry:
                     if n.status is NodeStatus.NOT_READY and now - n.last_heartbeat_s <= timeout_s
                 ]
                 for name in back:
-                    self._nodes[name].status, self._nodes[name].since_s = NodeStatus.READY, now
+                    self._nodes[name].status = NodeStatus.READY
             for name in back:
                 self._core.set_ready(name, True)
         return back
