@@ -89,7 +89,6 @@ class Liveness:
         self._health: list[tuple[str, int, Health]] = []  # changes heartbeats reported, not applied yet
         self._health_lock = threading.Lock()
         self._due = threading.Event()  # wakes the timer early (health changes)
-        self.not_ready_events = 0  # nodes marked NotReady since start (for metrics and tests)
 
     def start(self, stop: threading.Event) -> None:
         if self._thread is None:
@@ -145,7 +144,6 @@ class Liveness:
                         self._count_eviction(job.queue, "node_not_ready")
                 if self._nodes.set_not_ready(name):
                     lost.append(name)
-                    self.not_ready_events += 1
         if self._nodes.recover(self.node_timeout_s) or lost:
             self._wake()
         return lost
@@ -181,27 +179,12 @@ class Liveness:
                 return None
             now = self._clock()
             with self._core.atomic():
-                if d.action is Action.REPLACE:
-                    update = JobUpdate(
-                        job.id, job.state, None, d.kept, EventType.EVICTED, d.message, now, job.revision, (), d.restarts
-                    )
-                elif d.action is Action.REQUEUE:
-                    update = JobUpdate(
-                        job.id,
-                        JobState.QUEUED,
-                        None,
-                        (),
-                        EventType.EVICTED,
-                        d.message,
-                        now,
-                        job.revision,
-                        (),
-                        d.restarts,
-                    )
-                else:
-                    update = JobUpdate(
-                        job.id, JobState.FAILED, None, (), EventType.FAILED, d.message, now, job.revision
-                    )
+                state, kept, event = {
+                    Action.REPLACE: (job.state, d.kept, EventType.EVICTED),
+                    Action.REQUEUE: (JobState.QUEUED, (), EventType.EVICTED),
+                }.get(d.action, (JobState.FAILED, (), EventType.FAILED))
+                restarts = None if d.action is Action.FAIL else d.restarts
+                update = JobUpdate(job.id, state, None, kept, event, d.message, now, job.revision, (), restarts)
                 try:
                     result = self._jobs.update(update).result()
                 except StaleUpdate:

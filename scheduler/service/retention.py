@@ -60,7 +60,6 @@ class Retention:
         # often enough that a job is compacted within ~10% past its period, at most once a minute
         self.interval_s = 60.0 if retention_s is None else min(60.0, max(1.0, retention_s / 10))
         self._thread: threading.Thread | None = None
-        self.compacted = 0  # jobs compacted since start (tests, metrics)
         self.bytes_freed = 0
 
     def compact_once(self, timeout_s: float = 60.0) -> int:
@@ -75,7 +74,6 @@ class Retention:
                 return done
             result: Compacted = self._store.submit(CompactJobs(tuple(ids)), background=True).result(timeout_s)
             done += len(result.jobs)
-            self.compacted += len(result.jobs)
             self.bytes_freed += result.bytes_freed
             if len(ids) < _BATCH or not result.jobs:
                 return done
