@@ -1,27 +1,12 @@
-"""Who a caller is: bearer tokens read from a token file, each mapped to a ``Principal``
-(``service.auth``: the roles and what each may call).
+"""Who a caller is: bearer tokens from a token file (YAML; docs/security.md), each mapped to a
+``Principal`` (``service.auth``: roles and what each may call).
 
-Token file (YAML)::
-
-    tokens:
-      - name: alice            # shown in events and errors
-        token: "..."           # or token_sha256: <64 hex digits>, so the file need not hold secrets
-        role: submitter        # admin | agent | submitter
-        queues: [research]     # submitters only: the queues they may submit into, see and cancel
-      - {name: ops, role: admin, token_sha256: "..."}
-      - {name: rack1, role: agent, token: "...", nodes: "cm-n[00-03]"}   # Slurm hostlist syntax
-
-An agent token must say which nodes it speaks for: ``nodes:`` a hostlist (every node RPC naming
-another node is PERMISSION_DENIED), or ``nodes: "*"`` for every node (one trusted agent process
-for a whole pod, e.g. a simulated one: a deliberate choice, never a default). Under mutual TLS an agent's nodes are further narrowed to
-the DNS names in its client certificate's subjectAltName (``principal_for_peer``).
-
-A top-level ``queues:`` list declares queues (names, or ``{name, max_pending,
-max_stored_bytes}``); with the submitters' queues and ``default`` they are the only queues the
-server accepts unless it runs with ``--auto-queues N`` (``service.queues``).
-
-With no token file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin). The
-server only allows that on loopback (or with ``--insecure``).
+A token is given as ``token`` or ``token_sha256`` (the file need not hold secrets). An agent
+token says which nodes it speaks for: a Slurm hostlist, or ``"*"`` for every node (a deliberate
+choice, never a default); under mutual TLS those are narrowed to the DNS names of its client
+certificate. A top-level ``queues:`` list declares queues (``service.queues``). With no token
+file the server runs *open*: every caller is ``OPEN_PRINCIPAL`` (admin), allowed only on
+loopback (or with ``--insecure``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """gRPC server metrics under go-grpc-prometheus's names (research/ecosystem.md 1.4), declared
-by ``service.metrics.GrpcCounters``:
+by ``service.metrics.GrpcCounters``: ``grpc_server_started_total``, ``grpc_server_handled_total``
+(by status code name, as go-grpc-prometheus writes them) and ``grpc_server_handling_seconds``.
 
-* ``grpc_server_started_total{grpc_type,grpc_service,grpc_method}``: RPCs begun,
-* ``grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}``: RPCs completed,
-  by status code name (``OK``, ``NOT_FOUND``, ... as go-grpc-prometheus writes them),
-* ``grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}``: histogram of the time
-  from the call reaching the handler to its completion.
-
-``wrap_aio_handler`` counts a ``grpc.aio`` server's handler in them, wrapped once when it is
-registered: nothing runs per call but the counting. Streaming responses
-(``Watch*``) count when the stream ends: normally (OK), by an abort (its code), by a raised
-exception (UNKNOWN), or because the client went away or its deadline passed (CANCELLED,
-DEADLINE_EXCEEDED), so a long watch shows up in the handled counter only once it closes.
+``wrap_aio_handler`` wraps a ``grpc.aio`` handler once, when it is registered: nothing runs per
+call but the counting. A stream (``Watch*``) counts when it ends: OK, its abort's code, UNKNOWN
+for a raised exception, CANCELLED or DEADLINE_EXCEEDED when the client went away.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """The ``xpod.v1`` servicers: each RPC authenticates the bearer token, converts the request,
-calls the in-process API (``scheduler.service.api``) with the call's remaining deadline, and
-converts the answer. An ``ApiError`` becomes a rich ``google.rpc.Status`` (``convert.status_for``).
+calls the in-process API with the call's remaining deadline, and converts the answer; an
+``ApiError`` becomes a rich ``google.rpc.Status`` (``convert.status_for``).
 
-Where each call runs: ``SubmitJob`` (the hot path), ``Heartbeat`` and ``WatchAssignments`` run
-on the server's event loop and never wait on a thread: a submission queues its write and awaits
-the group commit; a heartbeat stamps a time; an assignment stream awaits the news the
-``AssignmentHub`` pushes for its nodes, so a thousand agents' streams hold no thread each. Every
-other call runs the API's blocking method on the bounded thread pool; a ``WatchJobs`` stream
-holds a stream slot for its life (at most ``max_workers // 2`` at once) and a pool thread while
-it reads the log. Each stream's messages wait in a bounded send buffer (``StreamBounds``); a
-consumer that stops reading is ended with RESOURCE_EXHAUSTED ``WATCH_BEHIND`` and resumes from
-the revision of the last event it received.
+``SubmitJob``, ``Heartbeat`` and ``WatchAssignments`` run on the event loop and never wait on a
+thread (a submission awaits its group commit; an assignment stream awaits the hub's news, so a
+thousand agents' streams hold no thread). Every other call runs on the bounded pool; a
+``WatchJobs`` stream holds a stream slot and a pool thread, and its bounded send buffer
+(``StreamBounds``) ends a consumer that stops reading with RESOURCE_EXHAUSTED ``WATCH_BEHIND``.
 """
 
 from __future__ import annotations

@@ -1,42 +1,21 @@
 """Admission: a job document -> ``ParsedJob``, and whether the cluster could ever hold it.
 
-Job documents (``examples/jobs/*.yaml``) are a Kubernetes-style envelope around the core's
-flat job spec::
+A job document is a Kubernetes-style envelope (``apiVersion``, ``kind``, ``metadata``) around
+the core's flat job spec plus the task keys of ``scheduler.contract`` (docs/reference/job-spec.md).
+Every problem is found by the checker of ``xpod job validate`` (``problems``, through
+``scheduler.jobspec``) and answered as one INVALID_ARGUMENT with a field violation each, the
+dotted path from the document's root. A document is parsed once; the ``ParsedJob`` keeps the
+task fields and the core's job. A job with a ``command`` selects real nodes
+(``SIMULATED_LABEL: "false"``).
 
-    apiVersion: xpod/v1          # optional; only xpod/v1
-    kind: TrainingJob            # TrainingJob | ServingJob | BatchJob
-    metadata:
-      name: llama-70b-pretrain   # 1..63 of [a-z0-9-.], starting and ending alphanumeric
-      labels: {team: nlp}        # optional, string values
-    spec:                        # scheduler.core.spec.parse_job's document, without kind/id/name,
-      tasks: 4                   # plus the task keys of scheduler.contract (command, env, ...)
-      devices: {count: 16, model: ascend-910c}
-      queue: research
+The core's own checks and its "can never fit" (``CoreLink.admit``) are asked once per job
+*shape* (the core job without its id) and forgotten whenever the inventory changes.
 
-Every refusal is ``SpecInvalid(field, message)`` with the dotted path from the document's root
-(``spec.devices.count``), which the CLI maps back to a line of the file. A document is parsed
-once: the ``ParsedJob`` keeps the task fields and the core's job, and nobody parses it again.
-A job with a ``command`` selects real nodes (``SIMULATED_LABEL: "false"``): a simulated node
-would never run it.
-
-Every problem of a document is found by the same checker as ``xpod job validate`` and
-``xpod submit`` (``problems``, through ``scheduler.jobspec``), answered as one INVALID_ARGUMENT
-with a field violation each. The core's own checks (queue, priority class, the policies'
-validators) and its own "can never fit" (``CoreLink.admit``) are answered by the one core the
-service runs, once per job *shape* (the core job without its id): submissions repeat a few
-shapes, so most are a dict lookup here. The answers are forgotten whenever the inventory
-changes.
-
-Queues: the core knows queues by name; a queue named in a job that the core does not know yet is
-created with default shares (weight 1, no cap), so submitters need no queue administration, up to
-``Limits.max_queues`` queues in all (``SchedulerApi``). A queue name is a DNS label (1..63 of
-a-z, 0-9 and '-'), so hostile names cannot grow the metrics' label sets or scrapes.
-Who may use which queue is the token file's business (``scheduler.grpc.auth``).
-
-Bounded work: a task that asks for nothing (no devices, no cpu, no memory) is given
-``DEFAULT_TASK_CPU_MILLI`` (one CPU), and a node whose CPUs nobody declared holds at most
-``TASKS_PER_NODE`` CPUs' worth (``service.nodes.core_node``): tasks cannot pile onto one node
-without limit, and a cycle never walks an unbounded count of zero-sized tasks.
+Queues the core does not know yet are created with default shares (weight 1, no cap), up to
+``Limits.max_queues``; a queue name is a DNS label, so hostile names cannot grow the metrics'
+label sets. A task that asks for nothing gets ``DEFAULT_TASK_CPU_MILLI``, and a node whose CPUs
+nobody declared holds ``TASKS_PER_NODE`` of them (``service.nodes.core_node``): a cycle never
+walks an unbounded count of zero-sized tasks.
 """
 
 from __future__ import annotations

@@ -1,24 +1,15 @@
 """The scheduler service in process: one method per RPC of ``xpod.v1`` (JobService, NodeService,
 ClusterService), and nothing else. Each checks the caller (``auth.authorize``) and the request's
-shape, then hands over to the owner: the submit path to ``Submissions``, jobs to the ``JobBook``,
-nodes to the ``NodeRegistry``, task reports and losses to ``Liveness``, expert loads to
-``MoeLoops``, the cycle to the ``SchedulingLoop``, the core to the one ``CoreLink``.
-``scheduler.grpc`` is a thin adapter over this class; most tests call it directly.
+shape, then hands over to the owner (``Submissions``, ``JobBook``, ``NodeRegistry``,
+``Liveness``, ``MoeLoops``, ``SchedulingLoop``, ``CoreLink``). ``scheduler.grpc`` is a thin
+adapter over this class; most tests call it directly. Every method takes the caller's
+``Principal`` first and raises ``ApiError`` for anything the caller can cause.
 
-Every method takes the caller's ``Principal`` first and raises ``ApiError`` (``service.errors``)
-for anything the caller can cause.
-
-Contracts:
-
-* ``submit_job`` returns only once the job is durable (the store's group commit). The same
-  ``request_id`` with the same document returns the same job (``created=False``); with another
-  document it is ALREADY_EXISTS. A malformed document is INVALID_ARGUMENT naming the field; a job
-  that can never fit this cluster is FAILED_PRECONDITION; a job that does not fit *now* is
-  accepted, QUEUED, with a pending reason. While nodes are missing their agents (or none has
-  registered yet), a job the ready nodes cannot hold is accepted and waits for them.
-* After a restart the service rebuilds everything from the store: every acknowledged job with
-  its state and allocations, registered nodes (ready, with a full node timeout to heartbeat),
-  and the event log (``watch_jobs`` resumes from a revision).
+``submit_job`` returns once the job is durable; the same ``request_id`` with the same document
+returns the same job (``created=False``), with another ALREADY_EXISTS. A job that does not fit
+*now* is QUEUED with a pending reason (also while nodes still wait for their agents). After a
+restart everything is rebuilt from the store: jobs, registered nodes (ready, with a full node
+timeout to heartbeat) and the event log (``watch_jobs`` resumes from a revision).
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """``AssignmentHub``: each node's starts and stops, pushed to the stream that serves the node.
 
-An agent process holds one assignment stream for all the nodes it serves (``subscribe(nodes)``).
-The hub listens to the ``JobBook``'s commits (on the store's writer thread, in commit order) and
-looks only at the nodes each changed job touches: a commit of E job changes costs O(E x nodes
-per job), however many streams are open, and a stream is woken only when one of its nodes has
-news. A node is told:
-
-* ``run=True`` with the job's tasks on the node whenever that set changes (bound, bound again,
-  a serving replica replaced alone) or a gang restarts in place (an elastic gang shrunk or
-  regrown elsewhere: its ``restarts`` count moved), so the agent starts what is new, stops
-  what is gone and restarts the tasks whose torch.distributed world changed;
-* ``run=False`` once the job no longer holds anything there (ended, evicted, cancelled, moved).
-
-A subscription starts with every job bound to its nodes now (``run=True``), computed under the
-hub's lock so no commit slips between that list and the first pushed change.
+An agent process holds one stream for all its nodes (``subscribe(nodes)``). The hub listens to
+the ``JobBook``'s commits (writer thread, commit order) and looks only at the nodes each changed
+job touches: O(changes x nodes per job) per commit, however many streams are open. A node is
+told ``run=True`` with the job's tasks there whenever that set changes or the gang restarts in
+place (its ``restarts`` moved), and ``run=False`` once the job holds nothing there. A
+subscription starts with every job bound to its nodes now, taken under the hub's lock so no
+commit slips in between.
 """
 
 from __future__ import annotations

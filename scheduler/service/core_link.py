@@ -1,25 +1,14 @@
-"""The service's one link to the scheduler core: ``CoreLink``, in this process (``InProcessCore``)
-or in a child process (``ChildProcessCore``, the default of ``xpod server``: the core's cycles
-then do not hold the API's GIL).
+"""The service's one link to the scheduler core: ``CoreLink``, in this process
+(``InProcessCore``) or in a child process (``ChildProcessCore``, the default of ``xpod server``:
+the core's cycles then do not hold the API's GIL). There is exactly one core ``Scheduler``;
+admission asks it too (``admit``, once per job shape). Values crossing the link are core values
+or store records. Any thread may call; ``atomic()`` holds the link for calls that must not
+interleave with a cycle.
 
-There is exactly one core ``Scheduler``: the one this link drives. Admission asks it too
-(``admit``: its own checks and its own "can never fit"), once per job shape (``Admission``
-caches the verdicts). Every value crossing the link is a core value (``Node``, ``Job``) or a
-store record: it pickles as it is.
-
-Locking: every method may be called from any thread; ``atomic()`` holds the link for a sequence
-of calls that must not interleave with a cycle (a write to the store between two core calls).
-
-Jobs with roles: the service hands the core one job per role (``ParsedJob.core_jobs``: id
-``JOB/ROLE``, ``group`` JOB, in role order); this link numbers each role's tasks after the
-earlier roles' (role i's task t is the stored job's task ``offset_i + t``) and speaks of the
-stored job alone: bindings, evictions, pending reasons and attempt times of a role are the
-job's; ``remove_job(JOB)`` removes every role; ``restore_job`` of a role takes the job's whole
-allocation list and keeps the role's share.
-
-Readiness: a node that is not ready (declared but never registered, or its heartbeats stopped)
-stays in the core, closed to placement: it still counts for what the cluster could ever hold
-(so a job waiting for agents is accepted), and the core's pending reasons say why it waits.
+Jobs with roles reach the core as one job per role (id ``JOB/ROLE``, ``group`` JOB); this link
+numbers each role's tasks after the earlier roles' and speaks of the stored job alone (bindings,
+evictions, reasons; ``remove_job(JOB)`` removes every role). A node that is not ready stays in
+the core, closed to placement: it counts for what the cluster could ever hold.
 """
 
 from __future__ import annotations

@@ -1,23 +1,15 @@
-"""Liveness: what the service does when a node or a task goes away.
+"""Liveness: what the service does when a node or a task goes away (the restart policy,
+``service.restarts.decide``, applied on a timer over the ``NodeRegistry`` and ``JobBook``).
 
-``Liveness`` is a timer over the ``NodeRegistry`` and the ``JobBook`` (their public methods
-only) that applies the restart policy (``service.restarts.decide``). Contracts:
-
-* A ready node whose heartbeats stop for longer than ``node_timeout_s`` (default 10 s,
-  ``XPOD_NODE_TIMEOUT_S``) is marked NotReady within ``node_timeout_s + check_interval_s``:
-  every job bound to it goes through the restart policy first, then it leaves placement. A
-  NotReady node whose heartbeats resume is ready and back in placement at the next check.
-* A busy server does not declare healthy nodes dead: heartbeats are stamped when they arrive
-  (no store write, no core call on their path), and when this timer itself wakes late (the
-  process was stalled: a long GC pass, a swapped-out page, a starved CPU) the heartbeats sent
-  meanwhile may not be processed yet, so every node gets a full timeout from that moment.
-* Agents heartbeat every ``heartbeat_interval_s`` = ``node_timeout_s / 5``: four missed
-  heartbeats in a row before a node is lost.
-* ``lose(job, loss)`` applies the policy to one job (a failed task, an unhealthy device, a lost
-  node): a serving job's lost replicas are released alone, or the job is requeued whole with one
-  restart spent (a stored count), or it fails. Either way its devices are released in the same
-  step, under the core link's lock, so no cycle runs in between and no path leaves an allocation
-  behind.
+* A ready node silent for longer than ``node_timeout_s`` (default 10 s, ``XPOD_NODE_TIMEOUT_S``)
+  is NotReady within ``node_timeout_s + check_interval_s``: its jobs go through the restart
+  policy first, then it leaves placement; heartbeats again bring it back at the next check.
+* A busy server does not declare healthy nodes dead: heartbeats are stamped on arrival, and when
+  the timer itself wakes late (a stalled process) every node gets a full timeout from then.
+  Agents heartbeat every ``node_timeout_s / 5``.
+* ``lose(job, loss)``: lost serving replicas are released alone, or the job is requeued whole
+  (one restart spent, a stored count), or it fails; its devices are released in the same step,
+  under the core link's lock, so no path leaves an allocation behind.
 """
 
 from __future__ import annotations

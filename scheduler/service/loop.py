@@ -1,17 +1,12 @@
 """``SchedulingLoop``: new jobs -> the core -> its decisions -> store writes.
 
-A thread runs the core's cycle every ``cycle_interval_s``, sooner after a change (``wake()``),
-and persists what the cycle decided (bindings, evictions, changes of pending reason) as events
-before agents or watchers can see them. A pending reason that only says "wait" changes every
-cycle: it is shown live (get, list, explain) and not logged; a reason that needs someone to act
-is logged once per change of code. A job the cycle resized in place (``CycleOutcome.resizes``:
-an elastic gang shrunk for serving or regrown, a serving job scaled down) keeps its state: its
-released tasks leave its allocations (the agents stop them with notice), and a gang's resize
-counts one restart (the stored ``restarts``, and ``resizes``; the event says ``restart (resize,
-R)``): a resize is the scheduler's choice, so it never fails the job and spends nothing of the
-``max_restarts`` a later failure reads. While no node is ready, a waiting job says it waits for the
-agents (``WAITING_FOR_AGENTS``: "waiting for agents: 0 of 48 nodes have registered", or "no
-nodes registered yet" on a server without a cluster file).
+A thread runs the core's cycle every ``cycle_interval_s`` (sooner after ``wake()``) and stores
+what it decided as events before agents or watchers see it. A pending reason that only says
+"wait" (``WAIT_REASONS``) is shown live, not logged; one that needs someone to act is logged once
+per change of code. A job resized in place (``CycleOutcome.resizes``) keeps its state and its
+released tasks leave its allocations; a gang's resize restarts it (counted in ``restarts`` and
+``resizes``, the event says ``restart (resize, R)``) but never fails the job and spends nothing of
+``max_restarts``. While no node is ready, a waiting job says it waits for the agents.
 """
 
 from __future__ import annotations

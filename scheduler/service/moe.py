@@ -1,18 +1,14 @@
-"""The live MoE loops of serving jobs (a ServingJob's ``spec.moe``): the service's part is to
-route load reports, schedule the re-plans and store what they give; the MoE logic itself is
-``runtime.moe.live`` (pure: window sums, the ``Rebalancer``, plan documents).
+"""The live MoE loops of serving jobs (``spec.moe``): the service routes load reports,
+schedules the re-plans and stores what they give; the MoE logic is ``runtime.moe.live``.
 
 * ``report``: one replica's loads (``contract.MoeLoadReport``), checked against the job
-  (unknown job or replica: NOT_FOUND; another shape: INVALID_ARGUMENT naming both shapes), added
-  to the job's open window; the answer is the plan in force (``contract.MoePlanAnswer``), with
-  its documents only when the agent holds an older one.
-* ``run_due`` (the loop's thread, every ``TICK_S``): each job whose ``every_s`` has passed
-  closes its window; the entry (window, balance before/after, moves, published or not and why)
-  is stored (``store.MoeWindowWrite``, table ``moe_windows``), a published one with its plan and
-  a ``MOE_PLAN`` event in the same transaction. The plan is served only once it is durable.
-* After a restart or a failover a job's loop is rebuilt from the store at its first report
-  (the last published plan stays in force; no plan from scratch), so only the leader holds
-  loops and a follower holds none.
+  (NOT_FOUND, or INVALID_ARGUMENT naming both shapes), added to the open window; the answer is
+  the plan in force, with its documents only when the agent holds an older one.
+* ``run_due`` (every ``TICK_S``): a job whose ``every_s`` passed closes its window; the entry is
+  stored (``store.MoeWindowWrite``), a published plan with a ``MOE_PLAN`` event in the same
+  transaction, and served only once durable.
+* After a restart or failover a loop is rebuilt from the store at its job's first report (the
+  last published plan stays in force); only the leader holds loops.
 """
 
 from __future__ import annotations

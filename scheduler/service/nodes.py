@@ -1,24 +1,15 @@
 """``NodeRegistry``: the sole owner of the nodes, their heartbeats and their readiness.
 
-A node's life, as operators know it from Slurm and Kubernetes (``NodeStatus``):
+A node's life, as in Slurm and Kubernetes (``NodeStatus``): ``unknown`` (declared by the
+cluster file, no agent yet: nothing is placed there, and a job only such nodes could hold waits
+"waiting for agents: R of N nodes have registered"), ``ready`` (its agent registered it and
+heartbeats; after a server restart, with a full node timeout to heartbeat again), ``not_ready``
+(heartbeats stopped longer than the node timeout, ``service.liveness``).
 
-* ``unknown``: a cluster file declares it and no agent has registered it yet. It is not ready:
-  nothing is placed there. A job that only these nodes could hold waits with the pending reason
-  ``waiting for agents: R of N nodes have registered``.
-* ``ready``: its agent registered it and heartbeats. A node an agent registered before a restart
-  of the server is ready again at start and has a full node timeout to heartbeat (agents need
-  time to reconnect).
-* ``not_ready``: its agent's heartbeats stopped for longer than the node timeout
-  (``service.liveness``); it leaves placement until heartbeats resume.
-
-Every node, however it joined, reaches the core with its catalog facts (BF16 TFLOPS per device,
-the die pairs of a package): a node the cluster file declares with the devices its agent found
-keeps the descriptor's facts (super-node, device groups); any other registered node gets them
-from the device catalog (``core_node``, through the core's own enrichment), once, at
-registration.
-
-Heartbeats only stamp the time and compare health under the registry's lock (no store write,
-no core call): cheap enough to run on the gRPC event loop for a thousand nodes at once.
+Every node reaches the core with its catalog facts, once, at registration: a declared node with
+the devices its agent found keeps the descriptor's facts; any other gets them from the catalog
+(``core_node``). Heartbeats only stamp the time and compare health under the lock (no store
+write, no core call): cheap enough for the event loop, for a thousand nodes at once.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Which queues a server accepts, and each one's limits: ``Queues``.
 
-A server with a tokens file (``xpod server --tokens``) takes its queues from configuration: the
-file's top-level ``queues:`` list, every submitter's ``queues:``, and ``default``. A job naming
-another queue is refused at submission (INVALID_ARGUMENT ``UNKNOWN_QUEUE``, naming the declared
-ones) unless the server was started with ``--auto-queues N``: then up to N undeclared queues are
-created on first use (past N: FAILED_PRECONDITION ``TOO_MANY_QUEUES``). An open server (no
-tokens) and ``xpod up`` (one user) create queues on first use, at most ``Limits.max_queues`` in
-all, as before. A declared queue may carry its own ``max_pending`` (queued jobs) and
-``max_stored_bytes`` (job specs stored); others get ``Limits``' per-queue defaults.
-
-The token file's form::
-
-    queues:
-      - research
-      - {name: prod, max_pending: 500, max_stored_bytes: 10737418240}
-    tokens: [...]
+With a token file (``xpod server --tokens``) the queues are the file's top-level ``queues:`` (a
+name, or ``{name, max_pending, max_stored_bytes}``; docs/security.md), every submitter's
+``queues:``, and ``default``; another queue is refused (INVALID_ARGUMENT ``UNKNOWN_QUEUE``, naming
+the declared ones) unless ``--auto-queues N`` lets N more be created on first use (past N:
+FAILED_PRECONDITION ``TOO_MANY_QUEUES``). An open server and ``xpod up`` create queues on first
+use, at most ``Limits.max_queues``. Undeclared limits are ``Limits``' per-queue defaults.
 """
 
 from __future__ import annotations

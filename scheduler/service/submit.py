@@ -1,18 +1,13 @@
 """``Submissions``: the submit path, from a caller's document to a queued durable write.
 
-Checks, in order, each refusal an ``ApiError`` naming the field: the request id (at most
-``Limits.max_request_id_chars``; none means the server makes one, per-tenant otherwise), the
-document (plain JSON, at most ``max_document_bytes``, numbers within 64 bits, every problem of
-``admission.problems`` at once, then the parse), the caller's right to the job's queue, the
-bounds of this cluster (tasks, queues, a queue's backlog), the in-flight cap (RESOURCE_EXHAUSTED
-with RetryInfo, counted as shed), then the core's verdict (``Admission``: "can never fit" is
-FAILED_PRECONDITION while any node exists; with none yet the job waits).
+Every refusal is an ``ApiError`` naming the field (``begin`` checks in order: request id,
+document, queue rights, this cluster's bounds, the in-flight cap, the core's verdict). "Can
+never fit" is FAILED_PRECONDITION while any node exists; with none yet the job waits.
 
 ``begin`` never waits: a job shape the core has not judged yet is judged on the one admission
-thread, and the write queued after it (a wedged store must not wedge admission, nor keep the
-process from exiting). The caller waits on ``Submission.future`` (from a thread, or from an
-event loop without a thread per call), then calls ``finish(result)`` exactly once, or
-``abandon()`` when it stops waiting.
+thread, and the write queued after it (a wedged store must not wedge admission). The caller
+waits on ``Submission.future`` (a thread, or an event loop without a thread per call), then
+calls ``finish(result)`` exactly once, or ``abandon()`` when it stops waiting.
 """
 
 from __future__ import annotations
