@@ -64,15 +64,7 @@ def pending_pb(p: PendingReasonRecord | None) -> types_pb2.PendingReason | None:
 
 
 def alloc_pb(a: AllocationRecord) -> types_pb2.Allocation:
-    return types_pb2.Allocation(
-        node=a.node,
-        devices=list(a.devices),
-        milli_per_device=a.milli_per_device,
-        task=a.task,
-        cpu_milli=a.cpu_milli,
-        memory_bytes=a.memory_bytes,
-        device_memory_bytes=a.device_memory_bytes,
-    )
+    return types_pb2.Allocation(**a.to_json())  # the record's JSON names are the message's fields
 
 
 #: job document -> Struct, by ``spec_hash`` (a job's document never changes): a job goes out many
@@ -146,16 +138,7 @@ def device_pb(
     node: str, d: DeviceRecord, allocated_milli: int = 0, job_ids: list[str] | None = None
 ) -> types_pb2.Device:
     return types_pb2.Device(
-        id=f"{node}/{d.index}",
-        node=node,
-        index=d.index,
-        vendor=d.vendor,
-        model=d.model,
-        health=d.health.value,
-        memory_total_bytes=d.memory_total_bytes,
-        allocated_milli=allocated_milli,
-        job_ids=job_ids or [],
-        simulated=d.simulated,
+        id=f"{node}/{d.index}", node=node, allocated_milli=allocated_milli, job_ids=job_ids or [], **d.to_json()
     )
 
 

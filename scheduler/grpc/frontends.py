@@ -50,6 +50,8 @@ from typing import Any, Callable
 
 import grpc
 
+from xpod.scheduler.service.errors import DEADLINE
+
 from .auth import PEER_NAMES_KEY, certificate_names
 
 RELAYED_METHOD = "/xpod.v1.JobService/SubmitJob"
@@ -204,14 +206,7 @@ class RelayEndpoint:
         except _RelayAbort as err:
             replies.add((call_id, err.code.name, err.details, err.trailing))
         except asyncio.TimeoutError:
-            replies.add(
-                (
-                    call_id,
-                    "DEADLINE_EXCEEDED",
-                    "the deadline passed before the write was on disk; retry with the same request id",
-                    (),
-                )
-            )
+            replies.add((call_id, "DEADLINE_EXCEEDED", DEADLINE, ()))
         except Exception as err:  # a bug: the caller still gets an answer, as grpc would give
             replies.add((call_id, "UNKNOWN", f"unexpected error: {type(err).__name__}: {err}", ()))
 

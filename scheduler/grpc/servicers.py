@@ -35,6 +35,7 @@ from xpod.proto.xpod.v1 import (
 from xpod.scheduler.contract import LoadReport, MoeLoadReport, TaskState
 from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Submission, TaskReport
 from xpod.scheduler.service.auth import Principal, Role
+from xpod.scheduler.service.errors import deadline_passed
 
 from .auth import Authenticator, narrow_to_certificate, peer_names
 from .convert import (
@@ -631,13 +632,7 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
 
 def _expire(waiting: asyncio.Future) -> None:
     if not waiting.done():
-        waiting.set_exception(
-            ApiError(
-                Code.DEADLINE_EXCEEDED,
-                "DEADLINE_EXCEEDED",
-                "the deadline passed before the write was on disk; retry with the same request id",
-            )
-        )
+        waiting.set_exception(deadline_passed())
 
 
 class ClusterServicer(_Base, cluster_service_pb2_grpc.ClusterServiceServicer):

@@ -68,6 +68,10 @@ def not_found(what: str, name: str, hint: str = "") -> ApiError:
     )
 
 
+def deadline_passed() -> ApiError:
+    return ApiError(Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", DEADLINE)
+
+
 def shutting_down() -> ApiError:
     return ApiError(Code.UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down; retry", retry_after_s=1.0)
 
@@ -88,7 +92,7 @@ def store_error(err: BaseException) -> ApiError | None:
     if isinstance(err, StoreClosed):
         return shutting_down()
     if isinstance(err, concurrent.futures.TimeoutError):
-        return ApiError(Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", DEADLINE)
+        return deadline_passed()
     if isinstance(err, (NotLeader, StoreUnavailable)):
         # this replica lost the leader lease or the database: nothing was acknowledged
         return ApiError(
