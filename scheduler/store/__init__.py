@@ -107,27 +107,11 @@ class AllocationRecord:
     device_memory_bytes: int = 0  # memory slice per device (fractional devices)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "devices": list(self.devices),
-            "milli_per_device": self.milli_per_device,
-            "task": self.task,
-            "cpu_milli": self.cpu_milli,
-            "memory_bytes": self.memory_bytes,
-            "device_memory_bytes": self.device_memory_bytes,
-        }
+        return {**self.__dict__, "devices": list(self.devices)}  # the fields, in order
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "AllocationRecord":
-        return cls(
-            d["node"],
-            tuple(d["devices"]),
-            int(d.get("milli_per_device", 1000)),
-            int(d.get("task", 0)),
-            int(d.get("cpu_milli", 0)),
-            int(d.get("memory_bytes", 0)),
-            int(d.get("device_memory_bytes", 0)),
-        )
+        return cls(**{**d, "devices": tuple(d["devices"])})  # missing keys: the defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,47 +137,22 @@ class JobRecord:
     resizes: int = 0  # of ``restarts``, those an elastic resize caused: not spent from ``max_restarts``
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "request_id": self.request_id,
-            "spec_hash": self.spec_hash,
-            "queue": self.queue,
-            "kind": self.kind,
-            "name": self.name,
-            "spec": self.spec,
-            "state": self.state.value,
-            "pending_reason": self.pending.to_json() if self.pending else None,
-            "allocations": [a.to_json() for a in self.allocations],
-            "create_time_s": self.create_time_s,
-            "update_time_s": self.update_time_s,
-            "revision": self.revision,
-            "message": self.message,
-            "restarts": self.restarts,
-            "resizes": self.resizes,
-        }
+        """The fields by name (``pending`` as ``pending_reason``), values as JSON."""
+        d = dict(self.__dict__)
+        del d["pending"]
+        d["state"] = self.state.value
+        d["pending_reason"] = self.pending.to_json() if self.pending else None
+        d["allocations"] = [a.to_json() for a in self.allocations]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "JobRecord":
-        return cls(
-            id=d["id"],
-            seq=int(d["seq"]),
-            request_id=d["request_id"],
-            spec_hash=d["spec_hash"],
-            queue=d["queue"],
-            kind=d["kind"],
-            name=d["name"],
-            spec=d["spec"],
-            state=JobState(d["state"]),
-            pending=PendingReasonRecord.from_json(d.get("pending_reason")),
-            allocations=tuple(AllocationRecord.from_json(a) for a in d.get("allocations", [])),
-            create_time_s=float(d["create_time_s"]),
-            update_time_s=float(d["update_time_s"]),
-            revision=int(d["revision"]),
-            message=d.get("message", ""),
-            restarts=int(d.get("restarts", 0)),
-            resizes=int(d.get("resizes", 0)),
-        )
+        """``to_json``'s dict as a record (keys a row of an older version lacks: the defaults)."""
+        d = dict(d)
+        d["state"] = JobState(d["state"])
+        d["pending"] = PendingReasonRecord.from_json(d.pop("pending_reason", None))
+        d["allocations"] = tuple(AllocationRecord.from_json(a) for a in d.get("allocations", ()))
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
