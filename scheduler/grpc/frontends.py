@@ -215,10 +215,8 @@ def _die_with_parent(parent_pid: int) -> bool:
     """``_PARENT_DIED`` to this process when the main process dies; False if it already has. Done by
     the front end itself after exec: code between fork and exec in a process with gRPC's
     threads running can deadlock, so the server starts front ends without a preexec hook."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the relay connection closing ends it too
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _PARENT_DIED, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the relay connection closing ends it too
-        pass
     return os.getppid() == parent_pid
 
 
@@ -400,14 +398,12 @@ class _Relay:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
-        try:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 for call_id, code, payload, trailing in await _read_frame(self._reader):
                     fut = self._waiting.pop(call_id, None)
                     if fut is not None and not fut.done():
                         fut.set_result((code, payload, trailing))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
         self._lost = True
         for fut in self._waiting.values():
             if not fut.done():

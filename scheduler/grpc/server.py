@@ -212,10 +212,8 @@ class RunningServer:
         self._stopped = True
         if self.frontends is not None:
             # probes reach the front ends: they see NOT_SERVING before the port closes
-            try:
+            with contextlib.suppress(Exception):  # a wedged loop: stopping matters more than the probes
                 asyncio.run_coroutine_threadsafe(self.health.enter_graceful_shutdown(), self._loop).result(timeout=10)
-            except Exception:  # a wedged loop: stopping matters more than the probes
-                pass
             # then the front ends, so no new call reaches a front end whose relay closes
             self.frontends.stop(grace_s)
 

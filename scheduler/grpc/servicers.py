@@ -349,10 +349,8 @@ class _LoopWaiter:
                 first = not self._ready
                 self._ready.append((af, done))
             if first:
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop closed (server stopped): nobody waits any more
                     self._loop.call_soon_threadsafe(self._drain)
-                except RuntimeError:  # the loop closed (server stopped): nobody waits any more
-                    pass
 
         cf.add_done_callback(resolved)
         return af

@@ -14,6 +14,7 @@ timeout to heartbeat) and the event log (``watch_jobs`` resumes from a revision)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -154,10 +155,8 @@ class SchedulerApi:
             job, why = self.jobs.unparsable.pop()
             text = f"refused at restart: {why}"[:1000]
             update = JobUpdate(job.id, JobState.FAILED, None, (), EventType.FAILED, text, self._clock())
-            try:
+            with contextlib.suppress(ApiError, StaleUpdate):  # another replica or a later start fails it
                 wait(self.submissions.queue(lambda: self.jobs.update(update)), 30.0)
-            except (ApiError, StaleUpdate):
-                pass  # another replica or a later start fails it
         self.loop.start(self._stop)
         self.liveness.start(self._stop)
         self.moe.start(self._stop, lambda: self.read_only_error is None)

@@ -402,12 +402,10 @@ class ChildProcessCore:
     cycle = _forward("cycle")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, BrokenPipeError):
             with self._lock:
                 self._outbox.clear()  # the child's state dies with it
                 self._conn.send(("stop", ()))
-        except (OSError, BrokenPipeError):
-            pass
         self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.kill()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -285,10 +286,8 @@ class JobBook:
         lines = [f"job {job.id} ({job.kind} {job.name!r}) in queue {job.queue!r} is {job.state.value}"]
         if view.pending is not None:
             for k, v in view.pending.metadata:
-                try:
+                with contextlib.suppress(ValueError):
                     numbers[k] = float(v)
-                except ValueError:
-                    pass
             lines.append(f"{view.pending.reason}: {view.pending.message}")
         if view.queue_position:
             numbers["queuePosition"] = float(view.queue_position)

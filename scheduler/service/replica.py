@@ -26,6 +26,7 @@ reconnect, and report them (``runtime.agent``), so nothing restarts because the 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import time
@@ -154,9 +155,7 @@ class Replica:
             holder = self._lease.current()
             token = self._lease.try_acquire() if holder is None or holder.expires_in_s <= 0 else None
         except StoreUnavailable as err:
-            self.failure = str(err)
-            self._become(Role.NO_STORE, None)
-            self._stop.wait(0.5)
+            self._no_store(err)
             return
         if token is not None:
             self._lead(token)
@@ -166,18 +165,20 @@ class Replica:
             try:
                 follower = self._make_api(PostgresStore(self.url), False, None)
             except (StoreError, StoreUnavailable) as err:
-                self.failure = str(err)
-                self._become(Role.NO_STORE, None)
-                self._stop.wait(0.5)
+                self._no_store(err)
                 return
             follower.read_only_error = self._not_leader_error
             self._become(Role.FOLLOWER, follower)
         try:
             self._api.catch_up()
         except StoreUnavailable as err:
-            self.failure = str(err)
-            self._become(Role.NO_STORE, None)
+            self._no_store(err, 0.0)
         self._stop.wait(self._follow_s)
+
+    def _no_store(self, err: Exception, pause_s: float = 0.5) -> None:
+        self.failure = str(err)
+        self._become(Role.NO_STORE, None)
+        self._stop.wait(pause_s)
 
     def _lead(self, token: int) -> None:
         """Build the leader's service from the store (the follower's mirror keeps answering
@@ -190,14 +191,12 @@ class Replica:
         def keep() -> None:
             while not building.wait(self._ttl_s / 4):
                 sent = time.monotonic()
-                try:
+                with contextlib.suppress(StoreUnavailable):
                     if self._lease.renew(token):
                         self._renewed_at = sent
                     else:
                         lost.set()
                         return
-                except StoreUnavailable:
-                    pass
 
         keeper = threading.Thread(target=keep, name="xpod-lease-keeper", daemon=True)
         keeper.start()
@@ -222,10 +221,8 @@ class Replica:
         if api is None or lost.is_set():
             if api is not None:
                 api.close()
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 self._lease.release(token)
-            except StoreUnavailable:
-                pass
             return
         self._token = token
         self.leader_address = self.address
@@ -244,10 +241,8 @@ class Replica:
         if was_leader:
             self._log(f"xpod server: no longer leader: {why}")
         if release and token is not None:
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 self._lease.release(token)
-            except StoreUnavailable:
-                pass
 
     def _become(self, role: Role, api: SchedulerApi | None, *, quiet: bool = False) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ calls ``finish(result)`` exactly once, or ``abandon()`` when it stops waiting.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import re
 import threading
@@ -62,15 +63,14 @@ def _chain_write(admitted: concurrent.futures.Future, out: concurrent.futures.Fu
     the admission's error; a cancelled admission (the server closing) is a shutdown."""
 
     def settle(source: concurrent.futures.Future) -> None:
-        try:
+        # InvalidStateError: the caller cancelled ``out``; nobody waits for the outcome
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
             if source.cancelled():
                 out.set_exception(shutting_down())
             elif source.exception() is not None:
                 out.set_exception(source.exception())  # type: ignore[arg-type]
             else:
                 out.set_result(source.result())
-        except concurrent.futures.InvalidStateError:
-            pass  # the caller cancelled ``out``: nobody waits for the outcome
 
     if admitted.cancelled() or admitted.exception() is not None:
         settle(admitted)

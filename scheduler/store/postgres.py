@@ -28,6 +28,7 @@ revisions, events, one migration scheme); what differs:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import urllib.parse
@@ -196,10 +197,8 @@ class PostgresStore(GroupCommitStore):
         self._conn.commit()
 
     def _rollback(self, err: BaseException) -> BaseException:
-        try:
+        with contextlib.suppress(self._psycopg.Error):
             self._conn.rollback()
-        except self._psycopg.Error:
-            pass
         if isinstance(err, (NotLeader, StoreUnavailable)):
             if isinstance(err, NotLeader) and self.failure is None:
                 self.failure = err  # fenced off for good: the owner steps down

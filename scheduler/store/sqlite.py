@@ -9,6 +9,7 @@ own connections (WAL readers never block the writer). The file is locked for one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -156,10 +157,8 @@ class SqliteStore(GroupCommitStore):
         self._conn.execute("COMMIT")
 
     def _rollback(self, err: BaseException) -> BaseException:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         if isinstance(err, sqlite3.Error):
             # a read-only file, a full disk, an I/O error: the callers get UNAVAILABLE (nothing
             # acknowledged) and the server's health turns NOT_SERVING (store_failed), not UNKNOWN
@@ -173,11 +172,9 @@ class SqliteStore(GroupCommitStore):
     def _after_batch(self) -> None:
         if self._wal_frames > self._wal_restart_frames:
             self._wal_frames = 0
-            try:
+            with contextlib.suppress(sqlite3.Error):  # busy: the background pass goes on, and this comes back
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 self.writer_checkpoints += 1
-            except sqlite3.Error:  # busy: the background pass goes on, and this comes back
-                pass
 
     # reads (any thread; WAL readers never block the writer)
 
