@@ -41,8 +41,6 @@ from xpod.scheduler.core.model import Job
 from xpod.scheduler.core.spec import parse_job, parse_roles
 from xpod.scheduler.store import PendingReasonRecord
 
-_ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
-_METADATA = ("name", "labels")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _CORE_ERROR = re.compile(r"^[^:]*: ([A-Za-z_][A-Za-z0-9_.\[\]]*): (.*)$")
 #: what a task that requests nothing is given: one CPU (documented in docs/security.md)
@@ -102,16 +100,12 @@ def field_error(err: XpodError, prefix: str = "spec") -> SpecInvalid:
 
 
 def parse_document(document: Any) -> ParsedJob:
-    """Validate a job document's envelope, task keys and core spec (not the core's own checks,
-    which ``Admission.admit`` adds)."""
-    if not isinstance(document, dict):
+    """A job document as a ``ParsedJob``: its task keys and its core job, parsed (not the core's
+    own checks, which ``Admission.admit`` adds). Its envelope (``apiVersion``, ``kind``, the
+    ``metadata``, no unknown key) is the JSON Schema's to check: ``problems`` on the submit path;
+    a stored document passed it when it was submitted."""
+    if not isinstance(document, dict) or not isinstance(document.get("spec"), dict):
         raise SpecInvalid("job", "a job document is a mapping with kind, metadata and spec")
-    for key in document:
-        if key not in _ENVELOPE:
-            raise SpecInvalid(str(key), f"unknown key (allowed: {', '.join(_ENVELOPE)})")
-    api_version = document.get("apiVersion", "xpod/v1")
-    if api_version != "xpod/v1":
-        raise SpecInvalid("apiVersion", f"{api_version!r} is not supported (use xpod/v1)")
     try:
         kind = JobKind(document.get("kind"))
     except ValueError:
@@ -119,29 +113,9 @@ def parse_document(document: Any) -> ParsedJob:
             "kind", f"{document.get('kind')!r} is not one of {', '.join(k.value for k in JobKind)}"
         ) from None
     metadata = document.get("metadata")
-    if not isinstance(metadata, dict):
-        raise SpecInvalid("metadata", "a mapping with at least name")
-    for key in metadata:
-        if key not in _METADATA:
-            raise SpecInvalid(f"metadata.{key}", f"unknown key (allowed: {', '.join(_METADATA)})")
-    name = metadata.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecInvalid(
-            "metadata.name", f"{name!r} must be 1..63 of a-z, 0-9, '-', '.', starting and ending alphanumeric"
-        )
-    labels = metadata.get("labels", {})
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise SpecInvalid("metadata.labels", "a mapping of strings to strings")
-    spec = document.get("spec")
-    if not isinstance(spec, dict):
-        raise SpecInvalid("spec", "a mapping (tasks, devices, queue, ...)")
-    for key in ("kind", "id", "name"):
-        if key in spec:
-            raise SpecInvalid(
-                f"spec.{key}", f"set {'kind' if key == 'kind' else 'metadata.name'} at the top, not in spec"
-            )
-    task, core, roles = _parse_spec(kind, spec)
-    return ParsedJob(kind, name, core.queue, task, core, roles)
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    task, core, roles = _parse_spec(kind, document["spec"])
+    return ParsedJob(kind, name if isinstance(name, str) else "", core.queue, task, core, roles)
 
 
 # (kind, canonical JSON of spec) -> (task fields, core job). Neither depends on anything else
