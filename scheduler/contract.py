@@ -195,24 +195,10 @@ TASK_KEYS = ("command", "env", "workdir", "restart", "simulate")
 SERVING_TASK_KEYS = ("moe",)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: variables the agent sets itself; a job may not override them
-RESERVED_ENV = (
-    "XPOD_JOB_ID",
-    "XPOD_TASK_INDEX",
-    "XPOD_DEVICES",
-    "XPOD_REPLICA_INDEX",
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "TORCHELASTIC_RUN_ID",
-    "XPOD_MOE_LOAD_FILE",
-    "XPOD_MOE_PLAN",
-    "XPOD_MOE_PLAN_SGLANG",
+RESERVED_ENV = tuple(
+    "XPOD_JOB_ID XPOD_TASK_INDEX XPOD_DEVICES XPOD_REPLICA_INDEX RANK WORLD_SIZE LOCAL_RANK"
+    " LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT NODE_RANK GROUP_RANK ROLE_RANK TORCHELASTIC_RUN_ID"
+    " XPOD_MOE_LOAD_FILE XPOD_MOE_PLAN XPOD_MOE_PLAN_SGLANG".split()
 )
 
 
@@ -309,6 +295,16 @@ def _whole(field: str, v: Any, low: int, high: int) -> int:
     return v
 
 
+def _block(field: str, v: Any, allowed: tuple[str, ...]) -> dict:
+    """``v`` when it is a mapping of ``allowed`` keys only; else ``TaskFieldError`` naming the field."""
+    if not isinstance(v, dict):
+        raise TaskFieldError(field, f"a mapping: {{{', '.join(allowed)}}}")
+    for k in v:
+        if k not in allowed:
+            raise TaskFieldError(f"{field}.{k}", f"unknown key (allowed: {', '.join(allowed)})")
+    return v
+
+
 def moe_ep_devices(spec: Mapping[str, Any]) -> int:
     """The expert-parallel ranks of one replica of a ServingJob: ``tasks_per_replica`` times
     ``devices.count`` (a count of 1 when absent or fractional)."""
@@ -329,12 +325,7 @@ def parse_moe(kind: str, spec: Mapping[str, Any]) -> MoeSpec | None:
     m = spec["moe"]
     if kind != "ServingJob":
         raise TaskFieldError("spec.moe", f"only a ServingJob carries moe (this is a {kind or 'job'})")
-    if not isinstance(m, dict):
-        raise TaskFieldError("spec.moe", "a mapping: {experts, layers, slots_per_device, rebalance}")
-    allowed = ("experts", "layers", "slots_per_device", "rebalance")
-    for k in m:
-        if k not in allowed:
-            raise TaskFieldError(f"spec.moe.{k}", f"unknown key (allowed: {', '.join(allowed)})")
+    _block("spec.moe", m, ("experts", "layers", "slots_per_device", "rebalance"))
     for k in ("experts", "layers", "slots_per_device"):
         if k not in m:
             raise TaskFieldError(f"spec.moe.{k}", "is required")
@@ -343,12 +334,7 @@ def parse_moe(kind: str, spec: Mapping[str, Any]) -> MoeSpec | None:
     slots = _whole("spec.moe.slots_per_device", m["slots_per_device"], 1, 4096)
     if experts * layers > MAX_MOE_LOAD_VALUES:
         raise TaskFieldError("spec.moe", f"{layers} layers x {experts} experts exceeds {MAX_MOE_LOAD_VALUES} values")
-    r = m.get("rebalance", {})
-    if not isinstance(r, dict):
-        raise TaskFieldError("spec.moe.rebalance", "a mapping: {every_s, max_moves}")
-    for k in r:
-        if k not in ("every_s", "max_moves"):
-            raise TaskFieldError(f"spec.moe.rebalance.{k}", "unknown key (allowed: every_s, max_moves)")
+    r = _block("spec.moe.rebalance", m.get("rebalance", {}), ("every_s", "max_moves"))
     every = r.get("every_s", MoeSpec.every_s)
     if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0.5 <= every <= 86400:
         raise TaskFieldError("spec.moe.rebalance.every_s", f"{every!r} must be a number of seconds in 0.5..86400")
@@ -401,12 +387,7 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
         raise TaskFieldError("spec.workdir", f"{workdir!r} is not a directory path")
     max_restarts = DEFAULT_MAX_RESTARTS.get(kind, 3)
     if "restart" in spec:
-        r = spec["restart"]
-        if not isinstance(r, dict):
-            raise TaskFieldError("spec.restart", "a mapping: {max_restarts: N}")
-        for k in r:
-            if k != "max_restarts":
-                raise TaskFieldError(f"spec.restart.{k}", "unknown key (allowed: max_restarts)")
+        r = _block("spec.restart", spec["restart"], ("max_restarts",))
         m = r.get("max_restarts", max_restarts)
         if isinstance(m, bool) or not isinstance(m, int) or m < -1:
             raise TaskFieldError(
@@ -415,15 +396,8 @@ def parse_task_fields(kind: str, spec: Mapping[str, Any]) -> TaskFields:
         max_restarts = m
     sim = Simulation()
     if "simulate" in spec:
-        s = spec["simulate"]
-        if not isinstance(s, dict):
-            raise TaskFieldError("spec.simulate", "a mapping: {duration_s, fail_after_s, exit_code}")
-        for k in s:
-            if k not in ("duration_s", "fail_after_s", "exit_code"):
-                raise TaskFieldError(f"spec.simulate.{k}", "unknown key (allowed: duration_s, fail_after_s, exit_code)")
-        code = s.get("exit_code", 1)
-        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 255:
-            raise TaskFieldError("spec.simulate.exit_code", f"{code!r} must be a whole number in 1..255")
+        s = _block("spec.simulate", spec["simulate"], ("duration_s", "fail_after_s", "exit_code"))
+        code = _whole("spec.simulate.exit_code", s.get("exit_code", 1), 1, 255)
         sim = Simulation(
             duration_s=_number("spec.simulate.duration_s", s["duration_s"]) if "duration_s" in s else None,
             fail_after_s=_number("spec.simulate.fail_after_s", s["fail_after_s"]) if "fail_after_s" in s else None,

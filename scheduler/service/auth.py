@@ -53,26 +53,9 @@ class Call(str, enum.Enum):
     LIST_DEVICES = "ListDevices"
 
 
-JOB_CALLS = frozenset(
-    {
-        Call.SUBMIT_JOB,
-        Call.GET_JOB,
-        Call.LIST_JOBS,
-        Call.CANCEL_JOB,
-        Call.WATCH_JOBS,
-        Call.EXPLAIN_JOB,
-        Call.GET_MOE_HISTORY,
-    }
-)
+JOB_CALLS = frozenset(map(Call, "SubmitJob GetJob ListJobs CancelJob WatchJobs ExplainJob GetMoeHistory".split()))
 NODE_CALLS = frozenset(
-    {
-        Call.REGISTER_NODES,
-        Call.HEARTBEAT,
-        Call.WATCH_ASSIGNMENTS,
-        Call.REPORT_TASK_STATUS,
-        Call.REPORT_EXPERT_LOADS,
-        Call.REPORT_LOAD,
-    }
+    map(Call, "RegisterNodes Heartbeat WatchAssignments ReportTaskStatus ReportExpertLoads ReportLoad".split())
 )
 CLUSTER_CALLS = frozenset({Call.GET_CLUSTER, Call.LIST_NODES, Call.LIST_DEVICES})
 

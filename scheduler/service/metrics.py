@@ -24,14 +24,8 @@ _GRPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # go-grpc-prometheus-like spread from a second to a day: submit -> placed spans both.
 QUEUE_WAIT_BUCKETS_S = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400)
 #: closed set of eviction reasons (``evicted_jobs_total{reason}``)
-EVICTION_REASONS = (
-    "preempted",
-    "reclaimed",
-    "node_not_ready",
-    "node_removed",
-    "device_unhealthy",
-    "lost_after_restart",
-    "other",
+EVICTION_REASONS = tuple(
+    "preempted reclaimed node_not_ready node_removed device_unhealthy lost_after_restart other".split()
 )
 
 
