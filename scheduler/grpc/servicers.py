@@ -81,17 +81,8 @@ class _CallContext:
         self._context = context
         self.active = True
 
-    def invocation_metadata(self):
-        return self._context.invocation_metadata()
-
-    def time_remaining(self) -> float | None:
-        return self._context.time_remaining()
-
-    def auth_context(self):
-        return self._context.auth_context()
-
-    def peer(self) -> str:
-        return self._context.peer()
+    def __getattr__(self, name: str) -> Any:  # invocation_metadata, time_remaining, auth_context, peer
+        return getattr(self._context, name)
 
     def is_active(self) -> bool:
         return self.active

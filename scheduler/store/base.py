@@ -99,20 +99,12 @@ def _event_records(rows: Sequence[Sequence[Any]]) -> list[EventRecord]:
 
 
 class GroupCommitStore:
-    """The store contract (module docstring) over one database: one group-committing writer
-    thread, two lanes, the writer's own view of committed jobs. Thread-safe.
-
-    A database implements the hooks below (``_begin``, ``_flush``, ``_commit``, ``_rollback``,
-    ``_after_batch``, ``_close_connections``; ``_cursor``, and the
-    statements ``_flush`` runs in its parameter style) and the reads
-    (``load_jobs``, ``load_nodes``, ``last_revision``, ``events_since``); the batching, the
-    idempotency and the revisions are here once. ``SqliteStore`` (``store.sqlite``) is SQLite,
-    ``PostgresStore`` (``store.postgres``) PostgreSQL.
-
-    ``max_queued_writes`` bounds the writes waiting for the writer; past it ``submit`` raises
-    ``StoreOverloaded`` at once (the service turns that into RESOURCE_EXHAUSTED + RetryInfo).
-    ``max_batch`` bounds one transaction.
-    """
+    """The store contract (``scheduler.store``) over one database: one group-committing writer
+    thread, two lanes, the writer's own view of committed jobs. Thread-safe. A database (SQLite,
+    PostgreSQL) adds the hooks below (``_begin`` ... ``_close_connections``, ``_query``) and its
+    SQL's style (``_sql``, ``_QUEUE_OF_DOC``); batching, idempotency and revisions are here once.
+    Past ``max_queued_writes`` waiting writes ``submit`` raises ``StoreOverloaded`` at once;
+    ``max_batch`` bounds one transaction."""
 
     dialect = ""  # "sqlite" | "postgresql"
     _QUEUE_OF_DOC = ""  # SQL: the queue of a job row ``j``
