@@ -20,85 +20,58 @@ class Migration:
     postgresql: tuple[str, ...]
 
 
+# the types the databases spell differently (a step written once with them: ``_both``)
+_TYPES = {
+    "sqlite": {"int": "INTEGER", "real": "REAL", "autoincrement": " AUTOINCREMENT"},
+    "postgresql": {"int": "BIGINT", "real": "DOUBLE PRECISION", "autoincrement": ""},
+}
+
+
+def _both(*statements: str) -> Migration:
+    """A step whose statements differ between the databases only in ``_TYPES``."""
+    return Migration(*(tuple(x.format(**_TYPES[db]) for x in statements) for db in ("sqlite", "postgresql")))
+
+
 SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, Migration] = {
     # version 1: jobs and their event log.
-    1: Migration(
-        sqlite=(
-            """CREATE TABLE jobs (
-                   seq INTEGER PRIMARY KEY,
-                   id TEXT NOT NULL UNIQUE,
-                   request_id TEXT NOT NULL UNIQUE,
-                   doc TEXT NOT NULL
-               )""",
-            """CREATE TABLE events (
-                   revision INTEGER PRIMARY KEY AUTOINCREMENT,
-                   job_id TEXT NOT NULL,
-                   type TEXT NOT NULL,
-                   time_s REAL NOT NULL,
-                   message TEXT NOT NULL,
-                   job TEXT NOT NULL
-               )""",
-        ),
-        postgresql=(
-            """CREATE TABLE jobs (
-                   seq BIGINT PRIMARY KEY,
-                   id TEXT NOT NULL UNIQUE,
-                   request_id TEXT NOT NULL UNIQUE,
-                   doc TEXT NOT NULL
-               )""",
-            """CREATE TABLE events (
-                   revision BIGINT PRIMARY KEY,
-                   job_id TEXT NOT NULL,
-                   type TEXT NOT NULL,
-                   time_s DOUBLE PRECISION NOT NULL,
-                   message TEXT NOT NULL,
-                   job TEXT NOT NULL
-               )""",
-        ),
+    1: _both(
+        """CREATE TABLE jobs (
+               seq {int} PRIMARY KEY,
+               id TEXT NOT NULL UNIQUE,
+               request_id TEXT NOT NULL UNIQUE,
+               doc TEXT NOT NULL
+           )""",
+        """CREATE TABLE events (
+               revision {int} PRIMARY KEY{autoincrement},
+               job_id TEXT NOT NULL,
+               type TEXT NOT NULL,
+               time_s {real} NOT NULL,
+               message TEXT NOT NULL,
+               job TEXT NOT NULL
+           )""",
     ),
     # version 2: registered nodes survive a restart; events found per job without a scan.
-    2: Migration(
-        sqlite=(
-            """CREATE TABLE nodes (
-                   name TEXT PRIMARY KEY,
-                   doc TEXT NOT NULL,
-                   update_time_s REAL NOT NULL
-               )""",
-            "CREATE INDEX events_by_job ON events (job_id, revision)",
-        ),
-        postgresql=(
-            """CREATE TABLE nodes (
-                   name TEXT PRIMARY KEY,
-                   doc TEXT NOT NULL,
-                   update_time_s DOUBLE PRECISION NOT NULL
-               )""",
-            "CREATE INDEX events_by_job ON events (job_id, revision)",
-        ),
+    2: _both(
+        """CREATE TABLE nodes (
+               name TEXT PRIMARY KEY,
+               doc TEXT NOT NULL,
+               update_time_s {real} NOT NULL
+           )""",
+        "CREATE INDEX events_by_job ON events (job_id, revision)",
     ),
     # version 3: the leader lease of replicas sharing one database (store.postgres).
     # A SQLite file has one server (the file is locked); the table is there so both schemas
     # stay one.
-    3: Migration(
-        sqlite=(
-            """CREATE TABLE leases (
-                   name TEXT PRIMARY KEY,
-                   holder TEXT NOT NULL,
-                   address TEXT NOT NULL,
-                   token INTEGER NOT NULL,
-                   expires_at_s REAL NOT NULL
-               )""",
-        ),
-        postgresql=(
-            """CREATE TABLE leases (
-                   name TEXT PRIMARY KEY,
-                   holder TEXT NOT NULL,
-                   address TEXT NOT NULL,
-                   token BIGINT NOT NULL,
-                   expires_at_s DOUBLE PRECISION NOT NULL
-               )""",
-        ),
+    3: _both(
+        """CREATE TABLE leases (
+               name TEXT PRIMARY KEY,
+               holder TEXT NOT NULL,
+               address TEXT NOT NULL,
+               token {int} NOT NULL,
+               expires_at_s {real} NOT NULL
+           )""",
     ),
     # version 4: a job's restart count is stored on it (servers before counted its EVICTED events
     # whose message starts with "restart "; counted once here).
@@ -116,25 +89,14 @@ MIGRATIONS: dict[int, Migration] = {
     ),
     # version 5: the live MoE loop's closed windows per job (``service.moe``), with the plans it
     # published, so the plan in force survives a restart and a failover.
-    5: Migration(
-        sqlite=(
-            """CREATE TABLE moe_windows (
-                   job_id TEXT NOT NULL,
-                   window_index INTEGER NOT NULL,
-                   time_s REAL NOT NULL,
-                   doc TEXT NOT NULL,
-                   PRIMARY KEY (job_id, window_index)
-               )""",
-        ),
-        postgresql=(
-            """CREATE TABLE moe_windows (
-                   job_id TEXT NOT NULL,
-                   window_index BIGINT NOT NULL,
-                   time_s DOUBLE PRECISION NOT NULL,
-                   doc TEXT NOT NULL,
-                   PRIMARY KEY (job_id, window_index)
-               )""",
-        ),
+    5: _both(
+        """CREATE TABLE moe_windows (
+               job_id TEXT NOT NULL,
+               window_index {int} NOT NULL,
+               time_s {real} NOT NULL,
+               doc TEXT NOT NULL,
+               PRIMARY KEY (job_id, window_index)
+           )""",
     ),
     # version 6: a job's spec is stored once, in ``specs``, not in its row and every one of its
     # events (an event copied the whole spec: ~5,000 jobs made a 642 MB file). Job rows and
