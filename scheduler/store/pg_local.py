@@ -106,27 +106,9 @@ class LocalPostgres:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             os.chmod(root, 0o700)
             _make_traversable(root, entry.pw_uid)
-        _run(
-            [
-                initdb,
-                "-D",
-                data_dir,
-                "-U",
-                USER,
-                "--pwfile",
-                pwfile,
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",  # a throwaway cluster: its initial files need not reach the disk
-                "--no-instructions",
-            ],
-            run_as,
-            timeout_s,
-            "initdb",
-        )
+        # --no-sync: a throwaway cluster's initial files need not reach the disk
+        flags = "--auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync --no-instructions"
+        _run([initdb, "-D", data_dir, "-U", USER, "--pwfile", pwfile, *flags.split()], run_as, timeout_s, "initdb")
         os.unlink(pwfile)
         options = {
             "listen_addresses": "'127.0.0.1'",
@@ -155,18 +137,12 @@ class LocalPostgres:
                 continue
             server = cls(data_dir, port, password, run_as)
             try:
-                server._create_xpod_database()
+                server.create_database(USER)
             except BaseException:
                 server.stop()
                 raise
             return server
         raise LocalPostgresError(f"{last}; log: {_tail(log)}")
-
-    def _create_xpod_database(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.database_url("postgres"), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'CREATE DATABASE "{USER}"')
 
     def create_database(self, name: str) -> str:
         """A new empty database ``name`` (letters, digits, _); returns its URL."""
@@ -236,13 +212,8 @@ def _as_user(cmd: list[str], run_as: str | None) -> list[str]:
     if run_as is None:
         return cmd
     entry = pwd.getpwnam(run_as)
-    return [
-        shutil.which("setpriv") or "setpriv",
-        f"--reuid={entry.pw_uid}",
-        f"--regid={entry.pw_gid}",
-        "--init-groups",
-        *cmd,
-    ]
+    setpriv = shutil.which("setpriv") or "setpriv"
+    return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", *cmd]
 
 
 def _run(cmd: list[str], run_as: str | None, timeout_s: float, what: str) -> None:
