@@ -33,6 +33,11 @@ class Unauthenticated(ApiError):
         super().__init__(Code.UNAUTHENTICATED, Code.UNAUTHENTICATED.value, message)
 
 
+def bearer(context: Any) -> str | None:
+    """A call's ``authorization`` metadata (None without one)."""
+    return next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+
+
 #: the peer property gRPC fills with a client certificate's subjectAltName entries (mutual TLS)
 _SAN_PROPERTY = "x509_subject_alternative_name"
 

@@ -52,7 +52,7 @@ import grpc
 
 from xpod.scheduler.service.errors import DEADLINE
 
-from .auth import PEER_NAMES_KEY, certificate_names
+from .auth import PEER_NAMES_KEY, bearer, certificate_names
 
 RELAYED_METHOD = "/xpod.v1.JobService/SubmitJob"
 _FRAME = struct.Struct("!I")  # a frame: 4-byte big-endian length, then a pickled list
@@ -416,11 +416,7 @@ class _Relay:
     async def submit_job(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if self._lost:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler's main process went away; retry")
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value
-                break
+        authorization = bearer(context)
         call_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = fut

@@ -10,9 +10,10 @@ for a raised exception, CANCELLED or DEADLINE_EXCEEDED when the client went away
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -70,44 +71,39 @@ def wrap_aio_handler(m: Any, full_method: str, handler: grpc.RpcMethodHandler) -
     seconds = m.handling_seconds.labels(kind, service, method)
     handled: dict[str, Any] = {}
 
-    def done(code: str, started_s: float) -> None:
-        child = handled.get(code)
-        if child is None:
-            child = handled[code] = m.handled.labels(kind, service, method, code)
-        child.inc()
-        seconds.observe(time.perf_counter() - started_s)
+    @contextlib.contextmanager
+    def counted(context: Any) -> Iterator[None]:
+        started.inc()
+        t0 = time.perf_counter()
+        try:
+            yield
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away or its deadline passed
+            code = _cancelled_code(context)
+            raise
+        except BaseException:
+            code = _code_name(context, grpc.StatusCode.UNKNOWN)
+            raise
+        else:
+            code = _code_name(context, grpc.StatusCode.OK)
+        finally:
+            child = handled.get(code)
+            if child is None:
+                child = handled[code] = m.handled.labels(kind, service, method, code)
+            child.inc()
+            seconds.observe(time.perf_counter() - t0)
 
     if not inspect.isasyncgenfunction(inner):  # unary, or a stream written with context.write
 
         async def behavior(request_or_iterator, context):
-            started.inc()
-            t0 = time.perf_counter()
-            try:
-                response = await inner(request_or_iterator, context)
-            except asyncio.CancelledError:
-                done(_cancelled_code(context), t0)
-                raise
-            except BaseException:
-                done(_code_name(context, grpc.StatusCode.UNKNOWN), t0)
-                raise
-            done(_code_name(context, grpc.StatusCode.OK), t0)
-            return response
+            with counted(context):
+                return await inner(request_or_iterator, context)
 
     else:
 
         async def behavior(request_or_iterator, context):
-            started.inc()
-            t0 = time.perf_counter()
-            try:
+            with counted(context):
                 async for item in inner(request_or_iterator, context):
                     yield item
-            except (asyncio.CancelledError, GeneratorExit):  # the client went away or its deadline passed
-                done(_cancelled_code(context), t0)
-                raise
-            except BaseException:
-                done(_code_name(context, grpc.StatusCode.UNKNOWN), t0)
-                raise
-            done(_code_name(context, grpc.StatusCode.OK), t0)
 
     return factory(
         behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

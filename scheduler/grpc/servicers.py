@@ -37,7 +37,7 @@ from xpod.scheduler.service.api import ApiError, Code, Limits, SchedulerApi, Sub
 from xpod.scheduler.service.auth import Principal, Role
 from xpod.scheduler.service.errors import deadline_passed
 
-from .auth import Authenticator, narrow_to_certificate, peer_names
+from .auth import Authenticator, bearer, narrow_to_certificate, peer_names
 from .convert import (
     STATE_FROM_PB,
     assignment_pb,
@@ -406,13 +406,7 @@ class _Base:
                 self._watches.pop(name, None)
 
     def _principal(self, context: Any) -> Principal:
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value
-                break
-        principal = self.auth.authenticate(authorization)
-        return narrow_to_certificate(principal, peer_names(context))
+        return narrow_to_certificate(self.auth.authenticate(bearer(context)), peer_names(context))
 
     @staticmethod
     def _timeout(context: Any) -> float:
