@@ -90,19 +90,16 @@ def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcM
         except Exception as err:  # DecodeError and friends
             return _Undecodable(err)
 
-    def refuse(err: Exception) -> ApiError:
-        return ApiError(
-            Code.INVALID_ARGUMENT,
-            "MALFORMED_REQUEST",
-            f"{full_method}: the request is not a valid protobuf message: {str(err)[:200]}",
-        )
+    async def refuse(request: _Undecodable, context: Any) -> None:
+        message = f"{full_method}: the request is not a valid protobuf message: {str(request.error)[:200]}"
+        await _abort(context, ApiError(Code.INVALID_ARGUMENT, "MALFORMED_REQUEST", message))
 
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request, context):
             if request.__class__ is _Undecodable:
-                await _abort(context, refuse(request.error))
+                await refuse(request, context)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -113,7 +110,7 @@ def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcM
 
         async def stream(request, context):
             if request.__class__ is _Undecodable:
-                await _abort(context, refuse(request.error))
+                await refuse(request, context)
             async for item in inner_stream(request, context):
                 yield item
 
@@ -121,7 +118,7 @@ def _guard_decode(full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcM
 
         async def stream(request, context):
             if request.__class__ is _Undecodable:
-                await _abort(context, refuse(request.error))
+                await refuse(request, context)
             return await inner_stream(request, context)
 
     return grpc.unary_stream_rpc_method_handler(
