@@ -443,8 +443,7 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
                 expire.cancel()
         view, created = submission.finish(result)
         same = created or view.record.request_id == submission.request_id
-        response = job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
-        return response
+        return job_service_pb2.SubmitJobResponse(job=view_pb(view, request.job if same else None), created=created)
 
     @_rpc
     def GetJob(self, request, context, principal):
@@ -453,13 +452,12 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
 
     @_rpc
     def ListJobs(self, request, context, principal):
-        states = []
-        for s in request.states:
-            if s not in STATE_FROM_PB:
-                raise ApiError(
-                    Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {s} is not a job state", field="states"
-                )
-            states.append(STATE_FROM_PB[s])
+        bad = [s for s in request.states if s not in STATE_FROM_PB]
+        if bad:
+            raise ApiError(
+                Code.INVALID_ARGUMENT, "INVALID_STATE", f"states: {bad[0]} is not a job state", field="states"
+            )
+        states = [STATE_FROM_PB[s] for s in request.states]
         views, token = self.api.list_jobs(
             principal, queue=request.queue, states=states, page_size=request.page_size, page_token=request.page_token
         )
@@ -484,32 +482,22 @@ class JobServicer(_Base, job_service_pb2_grpc.JobServiceServicer):
     @_rpc
     def ExplainJob(self, request, context, principal):
         ex = self.api.explain_job(principal, request.job_id)
-        resp = job_service_pb2.ExplainJobResponse(
-            job=view_pb(ex.job), queue_position=ex.job.queue_position, numbers=ex.numbers, lines=list(ex.lines)
+        return job_service_pb2.ExplainJobResponse(
+            job=view_pb(ex.job),
+            queue_position=ex.job.queue_position,
+            numbers=ex.numbers,
+            lines=list(ex.lines),
+            pending_reason=pending_pb(ex.job.pending),
         )
-        p = pending_pb(ex.job.pending)
-        if p is not None:
-            resp.pending_reason.CopyFrom(p)
-        return resp
 
     @_rpc
     def GetMoeHistory(self, request, context, principal):
         out = job_service_pb2.GetMoeHistoryResponse()
         for e in self.api.moe_history(principal, request.job_id):
-            out.windows.add(
-                window=e.window,
-                time_seconds=e.time_s,
-                tokens=e.tokens,
-                reports=e.reports,
-                published=e.published,
-                initial=e.initial,
-                moves=e.moves,
-                has_balance_before=e.balance_before is not None,
-                balance_before=e.balance_before or 0.0,
-                balance_after=e.balance_after,
-                reason=e.reason,
-                plan_revision=e.plan_revision,
-            )
+            d = e.to_json(with_plan=False)  # the entry's names are the message's, but for these
+            d.update(time_seconds=d.pop("time_s"), has_balance_before=e.balance_before is not None)
+            d["balance_before"] = e.balance_before or 0.0
+            out.windows.add(**d)
         return out
 
 
