@@ -32,7 +32,7 @@ from .errors import ERROR_DOMAIN, ApiError, Code, invalid, not_found, store_erro
 from .jobs import BOUND_STATES, Explanation, JobBook, JobView, Recovered
 from .liveness import Liveness
 from .loop import SchedulingLoop
-from .moe import MoeLoops, MoeRefused, moe_of
+from .moe import MoeLoops, moe_of
 from .nodes import NodeRegistry, NodeState, check_records
 from .queues import OPEN_QUEUES, Queues
 from .retention import DEFAULT_RETENTION_S, Retention
@@ -413,15 +413,7 @@ class SchedulerApi:
         NOT_FOUND: unknown job or replica; INVALID_ARGUMENT: loads of another shape than the job's
         ``spec.moe``; FAILED_PRECONDITION: no ``spec.moe``, or the job is not bound to the node."""
         self._node_call(principal, Call.REPORT_EXPERT_LOADS, [report.node], "node")
-        try:
-            return self.moe.report(report)
-        except MoeRefused as err:
-            code = {"not_found": Code.NOT_FOUND, "invalid": Code.INVALID_ARGUMENT}.get(
-                err.kind, Code.FAILED_PRECONDITION
-            )
-            raise ApiError(
-                code, err.reason, err.message, field=err.field, metadata={"jobId": report.job_id[:253]}
-            ) from None
+        return self.moe.report(report)
 
     def report_load(self, principal: Principal, report: LoadReport) -> int:
         """One serving replica's load (``SchedulingLoop.report_load``); the replicas its job wants."""

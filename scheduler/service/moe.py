@@ -27,17 +27,15 @@ from xpod.scheduler.contract import (
 )
 from xpod.scheduler.store import JobRecord, MoeWindowWrite, Store
 
+from .errors import ApiError, Code
+
 #: how often due windows are looked for (a job's ``every_s`` is at least 0.5 s)
 TICK_S = 0.1
 
 
-class MoeRefused(Exception):
-    """A load report the service refuses: ``kind`` is ``not_found``, ``invalid`` or
-    ``precondition``; ``reason`` UPPER_SNAKE; ``field`` the request field when there is one."""
-
-    def __init__(self, kind: str, reason: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.kind, self.reason, self.message, self.field = kind, reason, message, field
+def _refused(code: Code, reason: str, message: str, job_id: str, field: str | None = None) -> ApiError:
+    """A load report the service refuses (nothing of it recorded)."""
+    return ApiError(code, reason, message, field=field, metadata={"jobId": job_id[:253]})
 
 
 def moe_of(job: JobRecord) -> MoeSpec | None:
@@ -71,44 +69,37 @@ class MoeLoops:
     def report(self, r: MoeLoadReport) -> MoePlanAnswer:
         job = self._job(r.job_id)
         if job is None:
-            raise MoeRefused("not_found", "JOB_NOT_FOUND", f"no job {r.job_id[:253]!r}")
+            raise _refused(Code.NOT_FOUND, "JOB_NOT_FOUND", f"no job {r.job_id[:253]!r}", r.job_id)
         moe = moe_of(job)
         if moe is None:
-            raise MoeRefused("precondition", "NO_MOE", f"job {job.id} has no spec.moe: it takes no expert loads")
-        if job.state.terminal or r.node not in {a.node for a in job.allocations}:
-            raise MoeRefused(
-                "precondition", "NOT_ASSIGNED", f"job {job.id} is {job.state.value} and not bound to node {r.node!r}"
+            raise _refused(
+                Code.FAILED_PRECONDITION, "NO_MOE", f"job {job.id} has no spec.moe: it takes no expert loads", job.id
             )
+        if job.state.terminal or r.node not in {a.node for a in job.allocations}:
+            why = f"job {job.id} is {job.state.value} and not bound to node {r.node!r}"
+            raise _refused(Code.FAILED_PRECONDITION, "NOT_ASSIGNED", why, job.id)
         replicas, _ = _replicas(job)
         if not 0 <= r.replica < replicas:
-            raise MoeRefused(
-                "not_found",
-                "REPLICA_NOT_FOUND",
-                f"job {job.id} has no replica {r.replica} (replicas placed: 0..{replicas - 1})",
-                "replica",
-            )
+            why = f"job {job.id} has no replica {r.replica} (replicas placed: 0..{replicas - 1})"
+            raise _refused(Code.NOT_FOUND, "REPLICA_NOT_FOUND", why, job.id, "replica")
         counts = None
         if r.counts:
             if (r.layers, r.experts) != (moe.layers, moe.experts):
-                raise MoeRefused(
-                    "invalid",
-                    "LOADS_SHAPE_MISMATCH",
+                why = (
                     f"loads of {r.layers} layers x {r.experts} experts, but job {job.id}'s spec.moe is "
-                    f"{moe.layers} layers x {moe.experts} experts",
-                    "layers",
+                    f"{moe.layers} layers x {moe.experts} experts"
                 )
+                raise _refused(Code.INVALID_ARGUMENT, "LOADS_SHAPE_MISMATCH", why, job.id, "layers")
             if len(r.counts) != r.layers * r.experts or len(r.counts) > MAX_MOE_LOAD_VALUES:
-                raise MoeRefused(
-                    "invalid",
-                    "LOADS_SHAPE_MISMATCH",
-                    f"counts has {len(r.counts)} values, layers x experts is {r.layers * r.experts}",
-                    "counts",
-                )
+                why = f"counts has {len(r.counts)} values, layers x experts is {r.layers * r.experts}"
+                raise _refused(Code.INVALID_ARGUMENT, "LOADS_SHAPE_MISMATCH", why, job.id, "counts")
             import numpy as np
 
             counts = np.asarray(r.counts, dtype=np.float64).reshape(r.layers, r.experts)
             if not np.all(np.isfinite(counts)) or counts.min() < 0:
-                raise MoeRefused("invalid", "INVALID_LOADS", "counts must be finite numbers >= 0", "counts")
+                raise _refused(
+                    Code.INVALID_ARGUMENT, "INVALID_LOADS", "counts must be finite numbers >= 0", job.id, "counts"
+                )
         with self._lock:
             loop = self._loop(job, moe)
             if counts is not None:
