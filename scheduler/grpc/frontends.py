@@ -229,21 +229,9 @@ class FrontEnds:
         self.count = count
         self.relay_path = relay_path
         self.upstream_path = upstream_path
-        self._argv = [
-            sys.executable,
-            "-m",
-            "xpod.scheduler.grpc.frontends",
-            "--parent-pid",
-            str(os.getpid()),
-            "--listen",
-            listen,
-            "--relay",
-            relay_path,
-            "--upstream",
-            upstream_path,
-            "--max-message-bytes",
-            str(max_message_bytes),
-        ]
+        self._argv = [sys.executable, "-m", "xpod.scheduler.grpc.frontends", "--parent-pid", str(os.getpid())]
+        self._argv += ["--listen", listen, "--relay", relay_path, "--upstream", upstream_path]
+        self._argv += ["--max-message-bytes", str(max_message_bytes)]
         if tls is not None:
             self._argv += ["--tls-cert", tls.cert, "--tls-key", tls.key] + (
                 ["--tls-client-ca", tls.client_ca] if tls.client_ca else []
@@ -297,14 +285,7 @@ class FrontEnds:
 
     def _launch(self) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return subprocess.Popen(
-            self._argv,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
+        return subprocess.Popen(self._argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
 
     @staticmethod
     def _await_ready(proc: subprocess.Popen, timeout_s: float) -> subprocess.Popen:
