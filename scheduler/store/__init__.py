@@ -107,11 +107,15 @@ class AllocationRecord:
     device_memory_bytes: int = 0  # memory slice per device (fractional devices)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "devices": list(self.devices)}  # the fields, in order
+        d = self.__dict__.copy()  # the fields, in order
+        d["devices"] = list(self.devices)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "AllocationRecord":
-        return cls(**{**d, "devices": tuple(d["devices"])})  # missing keys: the defaults
+        d = d.copy()  # missing keys: the defaults
+        d["devices"] = tuple(d["devices"])
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +142,10 @@ class JobRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The fields by name (``pending`` as ``pending_reason``), values as JSON."""
-        d = dict(self.__dict__)
-        del d["pending"]
+        d = self.__dict__.copy()
+        pending = d.pop("pending")
         d["state"] = self.state.value
-        d["pending_reason"] = self.pending.to_json() if self.pending else None
+        d["pending_reason"] = pending.to_json() if pending else None
         d["allocations"] = [a.to_json() for a in self.allocations]
         return d
 
