@@ -25,6 +25,8 @@ LD_PRELOAD, ...) runs inside the supervisor. The task's stdin is /dev/null. Stdl
 * **A stop from the agent** (SIGTERM to the group, SIGKILL after the agent's grace) reaches the
   task directly; the supervisor ignores SIGTERM (through a handler, so the task does not inherit
   an ignored signal) and exits once the task has.
+* **The supervisor is killed outright** (``kill -9``, the OOM killer) -> the task gets SIGKILL
+  from the kernel (its own ``PR_SET_PDEATHSIG``), so it is never left running with no one to stop it.
 * Exit code 127 with a message on stderr when the command cannot be started.
 
 Members are found in ``/proc`` (same process group, or re-parented here) and signalled by pid,
@@ -148,16 +150,29 @@ def main(argv: list[str]) -> int:
         _prctl(PR_SET_PDEATHSIG, DEATH_SIGNAL)
         if os.getppid() != agent_pid:  # the agent died before the kernel could tell us
             raise _ParentDied
+        # SIGTERM and the death signal wait (blocked) across the fork: one that arrives before the
+        # child has reset its handlers would otherwise run the supervisor's handler in the child
+        # (SIGTERM swallowed) and the task would start deaf to the stop that was meant for it
+        stops = {signal.SIGTERM, DEATH_SIGNAL}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        me = os.getpid()
         task = os.fork()
         if task == 0:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(DEATH_SIGNAL, signal.SIG_DFL)
+                # the task ends if its supervisor is killed outright (kill -9, the OOM killer),
+                # which leaves no one to stop it; on every other path the supervisor outlives it
+                _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != me:
+                    os._exit(128 + signal.SIGKILL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
                 os.umask(0o022)  # the agent's own files are owner-only; the task's get the usual mode
                 os.execvpe(command[0], command, env)
             except OSError as err:
                 print(f"=== xpod: cannot start {command[0]!r}: {err.strerror}", file=sys.stderr, flush=True)
             os._exit(127)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         while True:
             pid, status = os.waitpid(task, 0)  # a handled SIGTERM retries the wait (PEP 475)
             if pid == task:
