@@ -261,6 +261,32 @@ def test_a_910c_head_is_promised_no_start_its_die_pairs_refuse(d1_seconds, start
         assert [(b.job_id, b.node, b.device_indices) for b in got] == [("big", "a0", (0, 1, *range(6, 16)))]
 
 
+@pytest.mark.parametrize(
+    "cpu_holder_seconds, start",
+    [(None, None), (30.0, 30.0)],
+    ids=["the CPU never frees: unknown", "the CPU frees at 30: 30"],
+)
+def test_a_head_short_of_cpu_is_promised_no_start_at_a_release_of_devices_only(cpu_holder_seconds, start):
+    """n1: 8 GPUs, 64 cores. ``cpu`` holds 4 GPUs and 40 cores, ``gpus`` 4 GPUs and no CPU
+    until 10. At 10 the head (4 GPUs, 40 cores) has its devices by count but 24 cores: its
+    start is the end of ``cpu``, or unknown."""
+    holder = job("cpu").devices(H, 4).cpu(40)
+    s, r = run_case(
+        dict(
+            profile=BACKFILL,
+            nodes=[node("n1").devices(H, 8).cpu(64)],
+            running=[
+                holder.duration(cpu_holder_seconds) if cpu_holder_seconds else holder,
+                job("gpus").devices(H, 4).duration(10),
+            ],
+            jobs=[job("head").devices(H, 4).cpu(40).submitted(1)],
+        )
+    )
+    why = r.pending["head"]
+    assert why.code is ReasonCode.UNSCHEDULABLE, why.message
+    assert why.estimated_start == start, why.message
+
+
 def test_carve_tries_are_bounded_per_queue_and_say_so(monkeypatch):
     """Past MAX_CARVE_TRIES jobs a cycle stops trying beside the carve-out; the jobs left say
     so rather than claim they do not fit."""
