@@ -80,9 +80,12 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
     shared: dict[tuple[str, int], float | None] | None = None  # shared devices: whole again at their last end
     # counts are necessary, not enough (910C die pairs, HCCS groups, CPU and memory, filters):
     # a time the counts allow is only the job's start when its own placement rules place it
-    # on the state expected then, in a look-ahead; the placement's domain is the reservation's
+    # on the state expected then, in a look-ahead; the placement's domain is the reservation's.
+    # The look-ahead assumes ended only the jobs ending by then in the domains that hold the
+    # need by counts (the others cannot take the job then): cheap when domains are small
     ahead = Statement(snap, cs.ctx.now)
-    assumed = 0  # ends[:assumed] are assumed ended in ``ahead`` (only once a placement is tried)
+    ended_in: dict[str, list[str]] = defaultdict(list)  # domain -> jobs ended by now in the walk, not yet assumed
+    assumed: set[str] = set()
     tries = 0
     try:
         i = 0
@@ -95,33 +98,37 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
                 jid = ends[i][1]
                 i += 1
                 for b in snap.running[jid].bindings:
-                    if b.node in per_node:
-                        devs = snap.nodes[b.node].node.devices
-                        if b.milli == MILLI:
-                            freed = sum(1 for k in b.device_indices if devs[k].model in models)
-                        else:
-                            if shared is None:
-                                shared = dict(shared_ends(snap))
-                            freed = 0
-                            for k in b.device_indices:
-                                if devs[k].model in models and shared.get((b.node, k)) == end:
-                                    shared[(b.node, k)] = None  # counted once, whichever sharer ends last
-                                    freed += 1
-                        if freed:
-                            old = per_node[b.node]
-                            per_node[b.node] = old + freed
-                            d = domain_of[b.node]
-                            sums[d] += ((old + freed) // unit - old // unit) * unit
-                            if sums[d] >= need:
-                                hits.add(d)
+                    if b.node not in per_node:
+                        continue
+                    d = domain_of[b.node]
+                    ended_in[d].append(jid)
+                    devs = snap.nodes[b.node].node.devices
+                    if b.milli == MILLI:
+                        freed = sum(1 for k in b.device_indices if devs[k].model in models)
+                    else:
+                        if shared is None:
+                            shared = dict(shared_ends(snap))
+                        freed = 0
+                        for k in b.device_indices:
+                            if devs[k].model in models and shared.get((b.node, k)) == end:
+                                shared[(b.node, k)] = None  # counted once, whichever sharer ends last
+                                freed += 1
+                    if freed:
+                        old = per_node[b.node]
+                        per_node[b.node] = old + freed
+                        sums[d] += ((old + freed) // unit - old // unit) * unit
+                    if sums[d] >= need:
+                        hits.add(d)  # (a release of CPU or memory only counts: it may be what it lacks)
             if not hits:
                 continue
             tries += 1
             if tries > MAX_RESERVATION_TRIES:
                 return None  # the start stays unknown rather than a guess from counts
-            for _, jid in ends[assumed:i]:
-                ahead.assume_ended(jid)
-            assumed = i
+            for d in hits:
+                for jid in ended_in.pop(d, ()):
+                    if jid not in assumed:
+                        assumed.add(jid)
+                        ahead.assume_ended(jid)
             placed = {b.node for b in place_ahead(cs, job)}
             if placed:
                 doms = {domain_of[n] for n in placed if n in domain_of}
