@@ -197,7 +197,12 @@ class RunningJobs(dict):
     def __reduce__(self):
         # copies and pickles carry the indexes as they are: rebuilding them would call
         # ``order_key`` on a scheduler that is itself still being copied
-        return (_rebuilt_running, (dict(self), dict(self.milli_by_queue), dict(self._ordered), self.order_key))
+        # and the change log's position, so that a follower (Attained) copied along reads no
+        # change as "none": the copy's log starts empty at the source's sequence number
+        return (
+            _rebuilt_running,
+            (dict(self), dict(self.milli_by_queue), dict(self._ordered), self.order_key, self.log_seq),
+        )
 
     def __deepcopy__(self, memo: dict) -> "RunningJobs":
         import copy
@@ -214,13 +219,13 @@ class RunningJobs(dict):
     clear = popitem = setdefault = update = __ior__ = _refuse
 
 
-def _rebuilt_running(items, milli, ordered, order_key) -> RunningJobs:
+def _rebuilt_running(items, milli, ordered, order_key, log_seq=0) -> RunningJobs:
     new = RunningJobs()
-    _fill_running(new, items, milli, ordered, order_key)
+    _fill_running(new, items, milli, ordered, order_key, log_seq)
     return new
 
 
-def _fill_running(new: RunningJobs, items: dict, milli: dict, ordered: dict, order_key) -> None:
+def _fill_running(new: RunningJobs, items: dict, milli: dict, ordered: dict, order_key, log_seq: int = 0) -> None:
     for jid, rj in items.items():
         dict.__setitem__(new, jid, rj)
         new.by_queue[rj.job.queue][jid] = rj
@@ -228,6 +233,7 @@ def _fill_running(new: RunningJobs, items: dict, milli: dict, ordered: dict, ord
     new.milli_by_queue.update(milli)
     new._ordered.update({q: list(v) for q, v in ordered.items()})
     new.order_key = order_key
+    new._log_start = log_seq
 
 
 class Snapshot:

@@ -166,7 +166,7 @@ def test_the_running_jobs_log_names_every_change_and_attained_service_follows_it
         assert follow.runs == walk.runs and follow.banked_s == walk.banked_s and follow.stops == walk.stops
     assert walk.stops  # runs did end and were banked
     log = running.changes_since(start)
-    assert log is None or set(running) <= set(log)
+    assert log is not None and set(running) <= set(log)  # 300 steps stay within the kept log
     assert len(running._log) <= max(4096, 2 * len(running)) + 1
     # a log trimmed past a reader's place says so: the reader walks the jobs
     x = job("x").build()
@@ -205,3 +205,20 @@ def test_answers_kept_across_cycles_follow_the_job_not_its_id():
     s.cycle(now=6.0)
     s.finish("big")
     assert [b.job_id for b in s.cycle(now=7.0).bindings] == ["b"]
+
+
+def test_a_copied_running_set_logs_changes_after_the_source_position():
+    """A copy's change log continues at the source's sequence number: a follower copied along
+    with it (Attained's ``_seq``) sees the copy's later changes, not an empty log."""
+    import copy
+
+    s = Scheduler([node(f"n{i}").devices(H, 8).build() for i in range(2)], clock=lambda: 1.0)
+    s.submit(job("a").devices(H, 1).submitted(1.0).build())
+    s.cycle(now=1.0)
+    seq = s.snapshot.running.log_seq
+    assert seq > 0
+    clone = copy.deepcopy(s)
+    running = clone.snapshot.running
+    assert running.log_seq == seq and running.changes_since(seq) == []
+    clone.finish("a")
+    assert running.changes_since(seq) == ["a"]
