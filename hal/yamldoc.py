@@ -245,9 +245,13 @@ def _schema_message(err: Any, pattern_message: PatternMessage | None) -> list[Fi
 
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
+        # "x-elsewhere": {key: why}: keys a schema leaves out on purpose, with the reason (a key
+        # that belongs to another kind of document); editors ignore the unknown keyword
+        elsewhere = err.schema.get("x-elsewhere", {})
         out = []
         for key in sorted(str(k) for k in inst if k not in allowed):
-            hint = did_you_mean(key, allowed) or " (allowed: " + ", ".join(allowed) + ")"
+            hint = f": {elsewhere[key]}" if key in elsewhere else None
+            hint = hint or did_you_mean(key, allowed) or " (allowed: " + ", ".join(allowed) + ")"
             out += at(f"unknown key {key!r} in {where}{hint}", path + (key,), key=True)
         return out
     if v == "required":

@@ -539,12 +539,32 @@ ROLE_TASK_KEYS = ("command", "env", "workdir")
 @dataclasses.dataclass(frozen=True)
 class RoleSpan:
     """A role of a job with ``roles``: its tasks are the job's tasks ``first .. first+tasks-1``
-    (the roles in the order the document lists them)."""
+    (the roles in the order the document lists them). A ServingJob's role with ``replicas`` or
+    ``autoscale`` spans its max replicas x ``per_replica`` tasks (the role's ``tasks``), replica
+    r being tasks ``first + r * per_replica ..``; any other role is one gang (``per_replica``
+    None)."""
 
     index: int
     name: str
     first: int
     tasks: int
+    per_replica: int | None = None
+
+    def replica_of(self, task: int) -> int | None:
+        """The role's replica that job task ``task`` belongs to (None: the role is one gang)."""
+        return None if self.per_replica is None else (task - self.first) // self.per_replica
+
+
+def _count(v: Any, default: int = 1) -> int:
+    """A positive whole number of a checked document, ``default`` for anything else."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else default
+
+
+def max_replicas(replicas: Any) -> int:
+    """The most replicas ``replicas: N | {min, max}`` allows (1 when absent)."""
+    if isinstance(replicas, Mapping):
+        return _count(replicas.get("max", replicas.get("min", 1)))
+    return _count(replicas)
 
 
 def role_spans(spec: Mapping[str, Any]) -> tuple[RoleSpan, ...]:
@@ -555,9 +575,11 @@ def role_spans(spec: Mapping[str, Any]) -> tuple[RoleSpan, ...]:
     out, first = [], 0
     for i, role in enumerate(roles):
         role = role if isinstance(role, Mapping) else {}
-        n = role.get("tasks", 1)  # the core's default, as for a job
-        n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
-        out.append(RoleSpan(i, str(role.get("name", i)), first, n))
+        n = _count(role.get("tasks", 1))  # the core's default, as for a job
+        per = None
+        if "replicas" in role or "autoscale" in role:
+            per, n = n, n * max_replicas(role.get("replicas", 1))
+        out.append(RoleSpan(i, str(role.get("name", i)), first, n, per))
         first += n
     return tuple(out)
 
@@ -583,16 +605,50 @@ def role_env(
     job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str], key: str = ""
 ) -> tuple[tuple[str, str], ...]:
     """Where every role of a job runs, as every task of it sees it: ``XPOD_ROLES`` (the role
-    names, in order), and per role ``XPOD_ROLE_<ROLE>_HOSTS`` (the node of each of its tasks, in
-    rank order, comma-separated) and ``XPOD_ROLE_<ROLE>_MASTER`` (``node:port`` of its world's
-    rank 0: its MASTER_ADDR and MASTER_PORT)."""
+    names, in order), and per role ``XPOD_ROLE_<ROLE>_HOSTS`` (the node of each of its placed
+    tasks, in task order, comma-separated) and ``XPOD_ROLE_<ROLE>_MASTER`` (``node:port`` of its
+    world's rank 0: its MASTER_ADDR and MASTER_PORT; a role with replicas: its lowest placed
+    replica's). A role with replicas changes while its tasks run: ``role_addresses`` is the
+    current picture (the agent's ``XPOD_ROLES_FILE``)."""
     env = {"XPOD_ROLES": ",".join(s.name for s in spans)}
     for s in spans:
-        hosts = [where[t] for t in range(s.first, s.first + s.tasks) if t in where]
-        env[role_env_name(s.name, "HOSTS")] = ",".join(hosts)
-        if hosts:
-            env[role_env_name(s.name, "MASTER")] = f"{hosts[0]}:{rendezvous_port(job_id, s.index, key)}"
+        tasks = [t for t in range(s.first, s.first + s.tasks) if t in where]
+        env[role_env_name(s.name, "HOSTS")] = ",".join(where[t] for t in tasks)
+        if tasks:
+            master, port = _role_master(job_id, s, where, tasks[0], key)
+            env[role_env_name(s.name, "MASTER")] = f"{master}:{port}"
     return tuple(sorted(env.items()))
+
+
+def _role_master(job_id: str, s: RoleSpan, where: Mapping[int, str], task: int, key: str) -> tuple[str, int]:
+    """(node, port) of the rank 0 of the world of placed task ``task`` of role ``s``."""
+    replica = s.replica_of(task)
+    if replica is None:
+        return where.get(s.first, where[task]), rendezvous_port(job_id, s.index, key)
+    assert s.per_replica is not None
+    first = s.first + replica * s.per_replica
+    return where.get(first, where[task]), rendezvous_port(f"{job_id}/{s.name}", replica, key)
+
+
+def role_addresses(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str], key: str = "") -> dict[str, Any]:
+    """Where every role of a job runs now, as JSON (what the agent writes to ``XPOD_ROLES_FILE``):
+    ``{"job": ID, "roles": {ROLE: {"replicas": [{"replica": R, "tasks": [T, ...], "hosts":
+    [NODE, ...], "master": "NODE:PORT"}, ...]}}}``, each role's placed replicas in order (a role
+    without replicas: one entry, replica 0, of its placed tasks). Task numbers are the job's."""
+    roles: dict[str, Any] = {}
+    for s in spans:
+        groups: dict[int, list[int]] = {}
+        for t in range(s.first, s.first + s.tasks):
+            if t in where:
+                groups.setdefault(s.replica_of(t) or 0, []).append(t)
+        replicas = []
+        for r, tasks in sorted(groups.items()):
+            master, port = _role_master(job_id, s, where, tasks[0], key)
+            replicas.append(
+                {"replica": r, "tasks": tasks, "hosts": [where[t] for t in tasks], "master": f"{master}:{port}"}
+            )
+        roles[s.name] = {"replicas": replicas}
+    return {"job": job_id, "roles": roles}
 
 
 def tasks_per_replica(kind: str, spec: Mapping[str, Any]) -> int | None:
@@ -657,17 +713,20 @@ def task_worlds(
 
 def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str], key: str) -> dict[int, TaskWorld]:
     """A job with roles: each role is a world of its tasks (rank = task - the role's first, its
-    own port), every task told every role's addresses (``role_env``)."""
+    own port), a role with replicas one world per replica (rank = the task's place in its
+    replica, the replica's own port, ``XPOD_REPLICA_INDEX`` the replica's number in its role);
+    every task is told every role's addresses (``role_env``)."""
     env = role_env(job_id, spans, where, key)
     out: dict[int, TaskWorld] = {}
     for s in spans:
+        per = s.per_replica or s.tasks
         tasks = [t for t in range(s.first, s.first + s.tasks) if t in where]
-        on_node: dict[str, list[int]] = {}
+        on_node: dict[tuple[str, int | None], list[int]] = {}
         for t in tasks:
-            on_node.setdefault(where[t], []).append(t)
-        for local in on_node.values():
+            on_node.setdefault((where[t], s.replica_of(t)), []).append(t)
+        for (_, replica), local in on_node.items():
             for i, t in enumerate(local):
-                master = where.get(s.first, where[tasks[0]])
-                port = rendezvous_port(job_id, s.index, key)
-                out[t] = TaskWorld(t, t - s.first, s.tasks, i, len(local), master, port, None, s.name, env)
+                master, port = _role_master(job_id, s, where, t, key)
+                rank = (t - s.first) % per
+                out[t] = TaskWorld(t, rank, per, i, len(local), master, port, replica, s.name, env)
     return dict(sorted(out.items()))

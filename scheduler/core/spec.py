@@ -45,8 +45,10 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       - name: prefill                # (``parse_roles``; then no tasks/replicas/devices above)
         tasks: 2
         devices: {count: 8, model: ascend-910b3}
-      - name: decode
-        tasks: 1
+      - name: decode                 # a ServingJob's role may have replicas (each a gang of
+        tasks: 1                     # its tasks) and autoscale, as a role-less ServingJob: its
+        replicas: {min: 1, max: 8}   # min replicas are placed with the other roles, then it
+        autoscale: {metric: tokens_per_s, target_per_replica: 4000}   # scales on its own load
         devices: {count: 16, model: ascend-910c}
 
 Every error is an ``XpodError`` of one line naming the field: ``job train-1: devices.count: ...``.
@@ -87,6 +89,8 @@ _TOP = {
 CORE_KEYS = frozenset(_TOP)
 #: the keys of one role (a job with roles); command, env and workdir are the node agent's
 ROLE_KEYS = frozenset({"name", "tasks", "devices", "cpu", "memory", "within", "command", "env", "workdir"})
+#: what a ServingJob's role may set besides: its replicas (each a gang of the role's tasks) and autoscale
+SERVING_ROLE_KEYS = frozenset({"replicas", "autoscale"})
 #: what a job with roles sets per role, never above them
 _PER_ROLE: tuple[str, ...] = ("tasks", "min_tasks", "replicas", "tasks_per_replica", "devices", "cpu", "memory")
 _PER_ROLE += ("within", "domain_block", "autoscale")
@@ -190,7 +194,9 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
             if bad:
                 raise err(f"replicas.{bad[0]}", "unknown key (allowed: min, max)")
             tasks = _int(err, "replicas.max", r.get("max", r.get("min", 1)), 1)
-            min_tasks = _int(err, "replicas.min", r.get("min", tasks), 1, tasks)
+            min_tasks = _int(err, "replicas.min", r.get("min", tasks), 1)
+            if min_tasks > tasks:
+                raise err("replicas.min", f"{min_tasks} is above replicas.max ({tasks}): give min <= max")
         else:
             tasks = _int(err, "replicas", r, 1)
         # a replica larger than one node is several tasks placed together (each task one node's
@@ -344,7 +350,11 @@ def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None 
     """The roles of a job with ``roles`` as one ``Job`` each (id ``JOB/ROLE``, a gang of its
     ``tasks`` with its own devices), tied by ``Job.group`` so that they are placed together,
     all of them whole or none. The job's queue, priority class, grace period, node selector and
-    expected duration apply to every role. ``XpodError`` naming the field on bad input."""
+    expected duration apply to every role. A ServingJob's role with ``replicas`` or ``autoscale``
+    is a serving job whose replica is a gang of the role's ``tasks`` (``tasks_per_replica``):
+    its min replicas are placed with the other roles, later it scales on its own load like a
+    role-less serving job; any other role is one gang of its tasks. ``XpodError`` naming the
+    field on bad input."""
     if not isinstance(doc, Mapping):
         raise XpodError(f"{source}: a job is a mapping (got {type(doc).__name__})")
     jid = job_id or doc.get("id") or doc.get("name")
@@ -359,7 +369,7 @@ def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None 
         raise err("roles", "a list of at least one role ({name, tasks, devices, command}); leave roles out for none")
     for key in _PER_ROLE:
         if key in doc:
-            raise err(key, "set per role when the job has roles (roles[].tasks, roles[].devices, ...)")
+            raise err(key, f"set per role when the job has roles (roles[].{key})")
     shared = {k: v for k, v in doc.items() if k not in ("roles", "kind", "id", "name")}
     names: dict[str, int] = {}
     out: list[Job] = []
@@ -367,9 +377,17 @@ def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None 
         where = f"roles[{i}]"
         if not isinstance(role, Mapping):
             raise err(where, "a role is a mapping: {name, tasks, devices, command}")
-        bad = sorted(set(role) - ROLE_KEYS)
+        allowed = ROLE_KEYS | SERVING_ROLE_KEYS
+        bad = sorted(set(role) - allowed)
         if bad:
-            raise err(f"{where}.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(ROLE_KEYS))})")
+            raise err(f"{where}.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        scaled = sorted(SERVING_ROLE_KEYS & set(role))
+        if scaled and kind is not JobKind.SERVING:
+            raise err(
+                f"{where}.{scaled[0]}",
+                f"only a ServingJob's roles have replicas and scale with their load; a {kind.value} role is one "
+                "gang of its tasks",
+            )
         name = role.get("name")
         if not isinstance(name, str) or not _ROLE_NAME.match(name):
             raise err(f"{where}.name", f"{name!r}: a role name is 1..32 of a-z, 0-9, '-' (e.g. prefill)")
@@ -378,8 +396,13 @@ def parse_roles(doc: Mapping[str, Any], source: str = "job", job_id: str | None 
         names[name] = i
         body = {k: v for k, v in role.items() if k in _TOP}
         body.pop("name", None)
+        role_kind = "training"
+        if scaled:  # replicas of a gang of the role's tasks
+            per_replica = _int(err, f"{where}.tasks", body.pop("tasks", 1), 1, 4096)
+            body = {**body, "replicas": body.get("replicas", 1), "tasks_per_replica": per_replica}
+            role_kind = "serving"
         try:
-            job = parse_job({**shared, **body, "kind": "training"}, source=source, job_id=f"{jid}/{name}")
+            job = parse_job({**shared, **body, "kind": role_kind}, source=source, job_id=f"{jid}/{name}")
         except XpodError as e:
             # name the field as the role's: "spec (pd): devices.count: ..." -> roles[i].devices.count
             text = str(e)

@@ -104,7 +104,8 @@ class JobFile:
 
     def summary(self) -> dict[str, Any]:
         """What ``xpod job validate`` reports for a valid file (a job with roles: the first
-        role's fields, and ``roles``: name, tasks, devices of each)."""
+        role's fields, and ``roles``: name, tasks, devices of each, and replicas {min, max} of a role
+        with replicas, whose tasks are its max replicas')."""
         jobs = core_jobs(self.document["kind"], self.document["spec"])
         job = jobs[0]
         req = job.devices
@@ -116,6 +117,12 @@ class JobFile:
                 if j.devices is None
                 else {"count": j.devices.count, "what": j.devices.describe()},
                 "within": j.within,
+                # a role with replicas: each a gang of its tasks
+                **(
+                    {"replicas": {"min": j.min_required // j.replica_tasks, "max": j.tasks // j.replica_tasks}}
+                    if j.kind.value == "serving"
+                    else {}
+                ),
             }
             for j in jobs
             if j.group is not None

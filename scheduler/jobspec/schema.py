@@ -52,6 +52,63 @@ def _env(description: str) -> dict[str, Any]:
     )
 
 
+def _autoscale() -> dict[str, Any]:
+    """A ServingJob's (or one of its roles') ``autoscale`` block."""
+    return _obj(
+        {
+            "metric": _d({"enum": ["tokens_per_s", "requests_per_s"]}, "the load replicas report"),
+            "target_per_replica": _d(
+                {"type": "number", "exclusiveMinimum": 0}, "load one replica serves at its target (> 0)"
+            ),
+            "scale_up_after_s": _d(_SECONDS, "a rise must last this long before replicas are added (default 0)"),
+            "scale_down_after_s": _d(
+                _SECONDS,
+                "a trough must last this long before replicas go (default 300); the freed devices "
+                "go back to the training that lent them",
+            ),
+            "lead_s": _d(
+                _SECONDS,
+                "forecast rule: seconds from a scale-up decision to a serving replica (load report age, "
+                "freeing devices, model load); the spare capacity covers the rises seen within it (default 40)",
+            ),
+            "basis_s": _d(
+                _SECONDS, "forecast rule: the highest load of this trailing window is its basis (default 600)"
+            ),
+            "history_s": _d(
+                {"type": "number", "exclusiveMinimum": 0},
+                "forecast rule: rises of the last this many seconds size the spare capacity (default 1800)",
+            ),
+            "rise_quantile": _d(
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "forecast rule: which quantile of those rises (default 1.0: the largest)",
+            ),
+            "min_rises_s": _d(
+                _SECONDS,
+                "forecast rule: until rises span this long, keep at least the profile's fixed margin (default 300)",
+            ),
+            "counters": _d(
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_LOAD_COUNTERS,
+                    "items": {"type": "string", "pattern": COUNTER_NAME_PATTERN},
+                },
+                "the Prometheus counters on the replica's /metrics whose summed rate is its load "
+                "(default: SGLang's and vLLM's token or request counters for the metric)",
+            ),
+        },
+        required=("metric", "target_per_replica"),
+        description="replicas follow the load they report, between replicas.min and replicas.max",
+    )
+
+
+def _replicas(description: str) -> dict[str, Any]:
+    return _d(
+        {"oneOf": [_COUNT, _obj({"min": _COUNT, "max": _COUNT}, description="between min and max replicas")]},
+        description,
+    )
+
+
 def _spec(kind: str) -> dict[str, Any]:
     devices = _obj(
         {
@@ -77,7 +134,11 @@ def _spec(kind: str) -> dict[str, Any]:
                             {"type": "string", "pattern": ROLE_PATTERN},
                             "the role's name (e.g. prefill, decode, actor, learner)",
                         ),
-                        "tasks": _d(_COUNT, "tasks of this role (a gang: all or none, with the other roles)"),
+                        "tasks": _d(
+                            _COUNT,
+                            "tasks of this role (a gang: all or none, with the other roles); with replicas, "
+                            "the tasks of one replica",
+                        ),
                         "devices": devices,
                         "cpu": _d(
                             {"type": ["number", "string"], "minimum": 0, "pattern": CPU_PATTERN}, "cores per task"
@@ -87,23 +148,36 @@ def _spec(kind: str) -> dict[str, Any]:
                         "command": _command("argv of every task of this role"),
                         "env": _env("extra environment variables of this role's tasks"),
                         "workdir": _d(_TEXT, "current directory of this role's tasks"),
+                        **(
+                            {
+                                "replicas": _replicas(
+                                    "replicas of this role, each a gang of its tasks: N, or {min, max}; its min "
+                                    "replicas start with the other roles, then it scales on its own load"
+                                ),
+                                "autoscale": _autoscale(),
+                            }
+                            if kind == "ServingJob"
+                            else {}
+                        ),
                     },
                     required=("name",),
+                )
+                | (
+                    {}
+                    if kind == "ServingJob"
+                    else {
+                        "x-elsewhere": {
+                            key: f"only a ServingJob's roles have {key}; a {kind} role is one gang of its tasks"
+                            for key in ("replicas", "autoscale")
+                        }
+                    }
                 ),
             },
             "several roles, each with its own devices, tasks and command, placed together whole or not at all "
             "(then no tasks, replicas or devices above the roles)",
         )
     if kind == "ServingJob":
-        props["replicas"] = _d(
-            {
-                "oneOf": [
-                    _COUNT,
-                    _obj({"min": _COUNT, "max": _COUNT}, description="between min and max replicas"),
-                ]
-            },
-            "replicas: N, or {min, max}",
-        )
+        props["replicas"] = _replicas("replicas: N, or {min, max}")
         props["tasks_per_replica"] = _d(
             {**_COUNT, "maximum": 4096}, "tasks of one replica, placed together (e.g. 2 nodes of 16 dies)"
         )
@@ -128,52 +202,7 @@ def _spec(kind: str) -> dict[str, Any]:
             required=("experts", "layers", "slots_per_device"),
             description="expert placement of an MoE model, re-planned live (docs/moe.md)",
         )
-        props["autoscale"] = _obj(
-            {
-                "metric": _d({"enum": ["tokens_per_s", "requests_per_s"]}, "the load replicas report"),
-                "target_per_replica": _d(
-                    {"type": "number", "exclusiveMinimum": 0}, "load one replica serves at its target (> 0)"
-                ),
-                "scale_up_after_s": _d(_SECONDS, "a rise must last this long before replicas are added (default 0)"),
-                "scale_down_after_s": _d(
-                    _SECONDS,
-                    "a trough must last this long before replicas go (default 300); the freed devices "
-                    "go back to the training that lent them",
-                ),
-                "lead_s": _d(
-                    _SECONDS,
-                    "forecast rule: seconds from a scale-up decision to a serving replica (load report age, "
-                    "freeing devices, model load); the spare capacity covers the rises seen within it (default 40)",
-                ),
-                "basis_s": _d(
-                    _SECONDS, "forecast rule: the highest load of this trailing window is its basis (default 600)"
-                ),
-                "history_s": _d(
-                    {"type": "number", "exclusiveMinimum": 0},
-                    "forecast rule: rises of the last this many seconds size the spare capacity (default 1800)",
-                ),
-                "rise_quantile": _d(
-                    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    "forecast rule: which quantile of those rises (default 1.0: the largest)",
-                ),
-                "min_rises_s": _d(
-                    _SECONDS,
-                    "forecast rule: until rises span this long, keep at least the profile's fixed margin (default 300)",
-                ),
-                "counters": _d(
-                    {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": MAX_LOAD_COUNTERS,
-                        "items": {"type": "string", "pattern": COUNTER_NAME_PATTERN},
-                    },
-                    "the Prometheus counters on the replica's /metrics whose summed rate is its load "
-                    "(default: SGLang's and vLLM's token or request counters for the metric)",
-                ),
-            },
-            required=("metric", "target_per_replica"),
-            description="replicas follow the load they report, between replicas.min and replicas.max",
-        )
+        props["autoscale"] = _autoscale()
     else:
         props["tasks"] = _d(_COUNT, "tasks, all or nothing (a gang)")
         if kind == "TrainingJob":

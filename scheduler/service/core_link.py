@@ -273,12 +273,15 @@ class InProcessCore:
             autoscale = {jid: st for jid in scaled if (st := self.scheduler.autoscale_status(jid)) is not None}
         resizes: dict[str, Resized] = {}
         for r in result.resizes:
-            old = resizes.get(r.job_id)
-            resizes[r.job_id] = (
-                Resized(r.released, r.restart, r.reason)
+            # a role's resize (one role of a job with roles scaled down) in the job's task numbers
+            jid, first = self._outer(r.job_id)
+            released = tuple(first + t for t in r.released)
+            old = resizes.get(jid)
+            resizes[jid] = (
+                Resized(released, r.restart, r.reason)
                 if old is None
                 else Resized(
-                    tuple(sorted({*old.released, *r.released})), old.restart or r.restart, f"{old.reason}; {r.reason}"
+                    tuple(sorted({*old.released, *released})), old.restart or r.restart, f"{old.reason}; {r.reason}"
                 )
             )
         bindings: dict[str, list[AllocationRecord]] = {}

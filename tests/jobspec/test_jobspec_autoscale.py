@@ -29,7 +29,9 @@ def test_bad_autoscale_each_problem_at_its_line(tmp_path):
 
 
 def test_min_above_max_negative_target_missing_target_grace(tmp_path):
-    assert problems(tmp_path, HEAD + "  replicas: {min: 5, max: 3}\n") == ["4:19: spec.replicas.min: 5 must be in 1..3"]
+    assert problems(tmp_path, HEAD + "  replicas: {min: 5, max: 3}\n") == [
+        "4:19: spec.replicas.min: 5 is above replicas.max (3): give min <= max"
+    ]
     assert problems(tmp_path, HEAD + "  autoscale: {metric: requests_per_s, target_per_replica: -2}\n") == [
         "4:59: spec.autoscale.target_per_replica must be > 0, got -2"
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 
 from ..model import JobKind, ReasonCode
-from .cycle import CycleState, regrowing, shape_key, try_place, try_place_group
+from .cycle import CycleState, placed_alone, regrowing, shape_key, try_place, try_place_group
 
 
 def action_allocate(cs: CycleState) -> None:
@@ -38,14 +38,16 @@ def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
         job = jobs[i]
         pos[q] = i + 1
         cs.decisions += 1
-        if job.group is not None:
+        if not placed_alone(cs, job):
             if job.id in cs.done or cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:
                 heapq.heappush(heap, (_qkey(cs, q), q))
                 continue  # its group was tried with an earlier role
             members = [m for m in jobs if m.group == job.group] + [
                 m for qq, js in queues.items() if qq != q for m in js if m.group == job.group
             ]
-            if len(members) < job.group_size or not try_place_group(cs, members):
+            if len(members) < job.group_size or not try_place_group(
+                cs, [m for m in members if not placed_alone(cs, m)]
+            ):
                 for m in members:
                     if m.id not in cs.done:
                         cs.failed[m.id] = ReasonCode.UNSCHEDULABLE

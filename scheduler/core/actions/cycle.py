@@ -273,9 +273,17 @@ def commit_placement(cs: CycleState, job: Job, stmt: Statement, already: int, go
     cs.ctx.queue_usage[job.queue] = cs.ctx.queue_usage.get(job.queue, 0.0) + devices_of(job, got)
 
 
+def placed_alone(cs: CycleState, job: Job) -> bool:
+    """Whether ``job`` is placed on its own: a job without roles, or a role of a job that runs
+    already (its first placement, across its roles, was all or nothing: ``try_place_group``;
+    after it a role with replicas scales on its own, taking devices as any serving job does)."""
+    return job.group is None or cs.placed_tasks.get(job.id, 0) > 0
+
+
 def try_place_group(cs: CycleState, members: Sequence[Job]) -> bool:
-    """Place every role of a job with roles (``Job.group``) whole, through one statement, or
-    none of them: a gang across roles. Roles already running are left as they are."""
+    """Place every role of a job with roles (``Job.group``) through one statement, each at least
+    its gang's minimum (a role with replicas: its min replicas, and as many more as it wants and
+    fit), or none of them: a gang across roles. Roles already running are left as they are."""
     snap = cs.ctx.snap
     stmt = Statement(snap, cs.ctx.now)
     got: dict[str, int] = {}
@@ -285,8 +293,9 @@ def try_place_group(cs: CycleState, members: Sequence[Job]) -> bool:
         want = wanted(cs, job) - already
         if want <= 0:
             continue
-        n = cs.placer.place(job, stmt, want, want, first_task=already)
-        if n < want or not permitted(cs, job, stmt.bindings_of(job.id)):
+        need = min(want, max(1, cs.placer.min_tasks(job) - already))
+        n = cs.placer.place(job, stmt, want, need, first_task=already)
+        if n < need or not permitted(cs, job, stmt.bindings_of(job.id)):
             stmt.discard()
             for m in members:
                 if m.id not in cs.done:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..model import MILLI, Eviction, Job, JobKind, ReasonCode
 from ..snapshot import Statement
-from .cycle import CycleState, commit_placement, devices_of, permitted, queue_room, shape_key, wanted
+from .cycle import CycleState, commit_placement, placed_alone, devices_of, permitted, queue_room, shape_key, wanted
 
 
 def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
@@ -289,7 +289,7 @@ def preempt_like(cs: CycleState, reclaim: bool) -> None:
     cands = [
         cs.pending[j]
         for j, code in cs.failed.items()
-        if code is ReasonCode.UNSCHEDULABLE and j in cs.pending and cs.pending[j].group is None
+        if code is ReasonCode.UNSCHEDULABLE and j in cs.pending and placed_alone(cs, cs.pending[j])
     ]
     cands.sort(key=cs.job_key)
     failed: list = []  # (shape, victim ids) tried in vain since the state last changed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..model import Binding, Eviction, Job, JobKind, ReasonCode, Resize
 from ..snapshot import RunningJob, Statement
-from .cycle import CycleState, commit_placement, devices_of, permitted, wanted
+from .cycle import CycleState, commit_placement, placed_alone, devices_of, permitted, wanted
 from .preempt import MAX_PREEMPTORS_PER_CYCLE
 
 #: tasks one shrink may release while looking for room (keeps a cycle bounded on big pods)
@@ -150,7 +150,7 @@ def action_shrink(cs: CycleState) -> None:
         if code is ReasonCode.UNSCHEDULABLE
         and j in cs.pending
         and cs.pending[j].kind is JobKind.SERVING
-        and cs.pending[j].group is None
+        and placed_alone(cs, cs.pending[j])
     ]
     cands.sort(key=cs.job_key)
     for job in cands[:MAX_PREEMPTORS_PER_CYCLE]:
