@@ -467,6 +467,18 @@ class LoadReport:
     node: str
     replica: int
     value: float
+    role: str = ""  # a job with roles: the reporting replica's role (``replica`` counts within it)
+
+
+def load_scope(spec: Mapping[str, Any], task: int) -> Mapping[str, Any]:
+    """Where the ``autoscale`` that applies to job task ``task`` is written: its role's mapping
+    in a job with roles (``spec.roles[i]``), else ``spec`` (``load_metric``, ``load_counters``
+    read it)."""
+    for span in role_spans(spec):
+        if span.first <= task < span.first + span.tasks:
+            role = spec["roles"][span.index]
+            return role if isinstance(role, Mapping) else {}
+    return spec
 
 
 def load_metric(kind: str, spec: Mapping[str, Any]) -> str | None:
@@ -497,6 +509,12 @@ def load_counters(kind: str, spec: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 # --- the torch.distributed world of each task ---------------------------------------------------
+
+#: a job with roles: the file (JSON, ``role_addresses``) where each of its tasks finds where every
+#: role's replicas run now; the agent replaces it whole (a temporary file renamed over it) whenever
+#: the job's placement changes (a role scaled up or down), while the static ``XPOD_ROLE_*``
+#: variables keep what held when the task started
+ROLES_FILE_ENV = "XPOD_ROLES_FILE"
 
 #: MASTER_PORT range: 20000..39999 (a world's rank 0 listens there, on the master node)
 PORT_BASE, PORT_SPAN = 20000, 20000
@@ -530,6 +548,7 @@ class TaskWorld:
     role: str | None = None  # a job with roles: the task's role (XPOD_ROLE); each role is a world
     # a job with roles: every role's addresses (``role_env``), the same for all its tasks
     role_env: tuple[tuple[str, str], ...] = ()
+    serve_port: int = 0  # an autoscaled role's replica: its XPOD_SERVE_PORT (``role_serve_port``; 0: any free one)
 
 
 #: what a role may set for its own tasks, over the job's ``spec`` (the node agent's keys)
@@ -549,6 +568,7 @@ class RoleSpan:
     first: int
     tasks: int
     per_replica: int | None = None
+    autoscaled: bool = False  # the role has ``autoscale`` (its replicas serve on ``role_serve_port``)
 
     def replica_of(self, task: int) -> int | None:
         """The role's replica that job task ``task`` belongs to (None: the role is one gang)."""
@@ -579,7 +599,7 @@ def role_spans(spec: Mapping[str, Any]) -> tuple[RoleSpan, ...]:
         per = None
         if "replicas" in role or "autoscale" in role:
             per, n = n, n * max_replicas(role.get("replicas", 1))
-        out.append(RoleSpan(i, str(role.get("name", i)), first, n, per))
+        out.append(RoleSpan(i, str(role.get("name", i)), first, n, per, isinstance(role.get("autoscale"), Mapping)))
         first += n
     return tuple(out)
 
@@ -630,11 +650,19 @@ def _role_master(job_id: str, s: RoleSpan, where: Mapping[int, str], task: int, 
     return where.get(first, where[task]), rendezvous_port(f"{job_id}/{s.name}", replica, key)
 
 
+def role_serve_port(job_id: str, role: str, replica: int, key: str = "") -> int:
+    """``XPOD_SERVE_PORT`` of a replica of an autoscaled role: computed alike on every node (as
+    ``rendezvous_port``), so that the other roles learn where it serves (``role_addresses``)."""
+    return rendezvous_port(f"{job_id}/{role}/serve", replica, key)
+
+
 def role_addresses(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int, str], key: str = "") -> dict[str, Any]:
     """Where every role of a job runs now, as JSON (what the agent writes to ``XPOD_ROLES_FILE``):
     ``{"job": ID, "roles": {ROLE: {"replicas": [{"replica": R, "tasks": [T, ...], "hosts":
-    [NODE, ...], "master": "NODE:PORT"}, ...]}}}``, each role's placed replicas in order (a role
-    without replicas: one entry, replica 0, of its placed tasks). Task numbers are the job's."""
+    [NODE, ...], "master": "NODE:PORT", "serve": "NODE:PORT"}, ...]}}}``, each role's placed
+    replicas in order (a role without replicas: one entry, replica 0, of its placed tasks).
+    ``serve`` (an autoscaled role's replicas only): where its rank 0 serves (``XPOD_SERVE_PORT``).
+    Nodes are the scheduler's node names; task numbers are the job's."""
     roles: dict[str, Any] = {}
     for s in spans:
         groups: dict[int, list[int]] = {}
@@ -644,9 +672,10 @@ def role_addresses(job_id: str, spans: tuple[RoleSpan, ...], where: Mapping[int,
         replicas = []
         for r, tasks in sorted(groups.items()):
             master, port = _role_master(job_id, s, where, tasks[0], key)
-            replicas.append(
-                {"replica": r, "tasks": tasks, "hosts": [where[t] for t in tasks], "master": f"{master}:{port}"}
-            )
+            one = {"replica": r, "tasks": tasks, "hosts": [where[t] for t in tasks], "master": f"{master}:{port}"}
+            if s.autoscaled:
+                one["serve"] = f"{master}:{role_serve_port(job_id, s.name, r, key)}"
+            replicas.append(one)
         roles[s.name] = {"replicas": replicas}
     return {"job": job_id, "roles": roles}
 
@@ -728,5 +757,6 @@ def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str]
             for i, t in enumerate(local):
                 master, port = _role_master(job_id, s, where, t, key)
                 rank = (t - s.first) % per
-                out[t] = TaskWorld(t, rank, per, i, len(local), master, port, replica, s.name, env)
+                serve = role_serve_port(job_id, s.name, replica, key) if s.autoscaled and replica is not None else 0
+                out[t] = TaskWorld(t, rank, per, i, len(local), master, port, replica, s.name, env, serve)
     return dict(sorted(out.items()))

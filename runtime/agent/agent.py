@@ -39,8 +39,13 @@ Contracts:
   replica's first task, MASTER_PORT distinct per replica, and ``XPOD_REPLICA_INDEX`` = t // N;
   N = 1 gives every replica a world of one; a job with roles is one world PER ROLE, each task
   also told where every role runs: ``XPOD_ROLE``, ``XPOD_ROLES``, ``XPOD_ROLE_<ROLE>_HOSTS``,
-  ``XPOD_ROLE_<ROLE>_MASTER``, ``contract.role_env``; a role's command, env and workdir are its
-  own, ``contract.task_spec``). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
+  ``XPOD_ROLE_<ROLE>_MASTER``, ``contract.role_env``, as they were when the task started; a
+  ServingJob's role with replicas is one world per replica, ``XPOD_REPLICA_INDEX`` its number in
+  the role; and ``XPOD_ROLES_FILE``, ``STATE/roles/JOB.json``, where every role's replicas run
+  *now* (``contract.role_addresses``: hosts, master, and an autoscaled role's ``serve``
+  address), replaced whole (renamed into place) on every assignment of the job, so a router
+  follows a role that scales on other nodes without restarting; a role's command, env and
+  workdir are its own, ``contract.task_spec``). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
   the same world on this node. MASTER_ADDR is 127.0.0.1 on the master node itself, else the
   master node's name. Also the vendor's visible-devices variable for exactly the
   task's devices (``Backend.visible_env``), plus ``XPOD_JOB_ID``, ``XPOD_TASK_INDEX`` and
@@ -69,7 +74,9 @@ Contracts:
   its load counters since the previous scrape (``contract.load_counters``: the job's
   ``autoscale.counters`` when it names them, else prompt plus generated tokens, or requests, per
   second under SGLang's or vLLM's names) as the replica's load (``ReportLoad``); a refused report
-  is named once in the task's log.
+  is named once in the task's log. A job with roles: each autoscaled role's replicas report for
+  their role (``LoadReport.role``, its own metric and counters, ``contract.load_scope``) and
+  serve on a port every node computes alike (``contract.role_serve_port``).
 * **Simulated tasks** (``SimExecutor``) "run" ``spec.simulate.duration_s``, or
   ``DEFAULT_SIMULATED_DURATION_S`` when the job does not say: a simulated job always ends.
 * **Scheduler restarts**: a lost connection is retried with exponential backoff (0.2 s to 1 s,
@@ -114,6 +121,7 @@ from xpod.scheduler.contract import (
     MOE_PLAN_ENV,
     MOE_PLAN_SGLANG_ENV,
     PREEMPT_NOTICE_ENV,
+    ROLES_FILE_ENV,
     SERVE_PORT_ENV,
     SIMULATED_LABEL,
     Assignment,
@@ -128,6 +136,9 @@ from xpod.scheduler.contract import (
     task_spec,
     load_counters,
     load_metric,
+    load_scope,
+    role_addresses,
+    role_spans,
     parse_task_fields,
     task_worlds,
 )
@@ -144,6 +155,28 @@ SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "superviso
 def default_state_dir() -> str:
     """``$XPOD_STATE_DIR`` or ``~/.local/state/xpod``."""
     return os.environ.get("XPOD_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".local", "state", "xpod")
+
+
+def roles_file_path(state_dir: str, job_id: str) -> str:
+    """``XPOD_ROLES_FILE`` of the tasks of a job with roles on this node (one per job)."""
+    log_path(state_dir, job_id, 0)  # checks the id
+    return os.path.join(state_dir, "roles", f"{job_id}.json")
+
+
+def write_roles_file(state_dir: str, job_id: str, addresses: dict[str, Any]) -> None:
+    """Replace the job's roles file whole (a temporary file renamed over it): a task reading it
+    sees the old picture or the new one, never a part. Unchanged content is not rewritten."""
+    path = roles_file_path(state_dir, job_id)
+    text = json.dumps(addresses, sort_keys=True)
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def log_path(state_dir: str, job_id: str, task: int) -> str:
@@ -383,8 +416,10 @@ class JobRun:
     # elastic gang shrunk or regrown) is stopped and started again in the new one
     worlds: dict[int, tuple] = dataclasses.field(default_factory=dict)
     hurry_at: float | None = None  # monotonic time the job ended while this run was stopping: cut its grace
-    load_metric: str | None = None  # an autoscaled serving job's ``autoscale.metric``
-    load_counters: tuple[str, ...] = ()  # the counters whose rate is its load (``contract.load_counters``)
+    # task -> the counters whose rate is its replica's load (``contract.load_counters``; only the
+    # tasks of an autoscaled serving job, or of a job's autoscaled role)
+    load_counters: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    roles: dict[int, str] = dataclasses.field(default_factory=dict)  # task -> its role (a job with roles)
     load_seen: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)  # task -> (time, counters)
     load_refused: bool = False  # a ReportLoad of it was refused (named once in the task's log)
 
@@ -506,11 +541,13 @@ class ProcessExecutor(Executor):
             env.update(moe_paths(self.state_dir, job_id, alloc.task, world.replica or 0))
             os.makedirs(os.path.dirname(env[MOE_PLAN_ENV]), exist_ok=True)
         serve_port = 0
-        if load_metric(job.get("kind", ""), job.get("spec", {})) is not None:
+        if load_metric(job.get("kind", ""), load_scope(job.get("spec", {}), alloc.task)) is not None:
             from xpod.runtime.agent.launch import free_port
 
-            serve_port = free_port()
+            serve_port = world.serve_port or free_port()
             env[SERVE_PORT_ENV] = str(serve_port)
+        if world.role is not None:
+            env[ROLES_FILE_ENV] = roles_file_path(self.state_dir, job_id)
         notice = env[PREEMPT_NOTICE_ENV] = notice_path(self.state_dir, job_id, alloc.task)
         os.makedirs(os.path.dirname(notice), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -774,8 +811,13 @@ class NodeRuntime:
         except Exception:  # noqa: BLE001 - the server accepted it; a task that cannot start says why
             run.moe = None
         run.replicas.update({t: w.replica or 0 for t, w in worlds.items()})
-        run.load_metric = load_metric(kind, spec)
-        run.load_counters = load_counters(kind, spec)
+        run.load_counters = {t: c for t in worlds if (c := load_counters(kind, load_scope(spec, t)))}
+        run.roles = {t: w.role for t, w in worlds.items() if w.role is not None}
+        if run.roles and isinstance(self.executor, ProcessExecutor):
+            # where every role runs now, for the tasks here (a role scaled elsewhere changes it)
+            write_roles_file(
+                self.executor.state_dir, a.job_id, role_addresses(a.job_id, role_spans(spec), placed, a.world_key)
+            )
         keys = {t: _world_shape(w) for t, w in worlds.items()}
         # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
         # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
@@ -994,7 +1036,7 @@ class Agent:
         while not stop.wait(LOAD_REPORT_S) and not self._broken.is_set():
             for n in list(self.nodes.values()):
                 for run in list(n.runs.values()):
-                    if run.load_metric is None:
+                    if not run.load_counters:
                         continue
                     for t, h in list(run.tasks.items()):
                         url = getattr(h, "load_url", "")
@@ -1002,14 +1044,15 @@ class Agent:
                             self._report_load(n, run, t, url)
 
     def _report_load(self, n: NodeRuntime, run: JobRun, task: int, url: str) -> None:
-        total = scrape_counters(url, run.load_counters)
+        total = scrape_counters(url, run.load_counters.get(task, ()))
         now = time.monotonic()
         if total is None:
             return  # the replica is starting (or serves no such counters): nothing to say yet
         before, run.load_seen[task] = run.load_seen.get(task), (now, total)
         if before is None or total < before[1] or now <= before[0]:
             return  # a first sample, or the counters restarted: a rate needs two samples
-        report = LoadReport(run.job_id, n.name, run.replicas.get(task, 0), (total - before[1]) / (now - before[0]))
+        rate = (total - before[1]) / (now - before[0])
+        report = LoadReport(run.job_id, n.name, run.replicas.get(task, 0), rate, run.roles.get(task, ""))
         try:
             self.client.report_load(report)
         except XpodError as err:  # a refusal is named once in the task's log; a lost server is the loop's business

@@ -558,12 +558,12 @@ class Client:
 
     def report_load(self, report: LoadReport) -> int:
         """ReportLoad of one serving replica's load; the replicas its job's autoscaling wants.
-        A refusal raises ``RpcFailure`` (NOT_FOUND: unknown job or replica; FAILED_PRECONDITION:
+        A refusal raises ``RpcFailure`` (NOT_FOUND: unknown job, role or replica; FAILED_PRECONDITION:
         no autoscale, or not bound to the node; INVALID_ARGUMENT: not a finite number >= 0)."""
         from xpod.proto.xpod.v1 import node_service_pb2
 
         req = node_service_pb2.ReportLoadRequest(
-            job_id=report.job_id, node=report.node, replica=report.replica, value=report.value
+            job_id=report.job_id, node=report.node, replica=report.replica, value=report.value, role=report.role
         )
         return self._call(self._nodes.ReportLoad, req).desired_replicas
 

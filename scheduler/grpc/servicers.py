@@ -597,7 +597,7 @@ class NodeServicer(_Base, node_service_pb2_grpc.NodeServiceServicer):
 
     @_rpc
     def ReportLoad(self, request, context, principal):
-        report = LoadReport(request.job_id, request.node, request.replica, request.value)
+        report = LoadReport(request.job_id, request.node, request.replica, request.value, request.role)
         return node_service_pb2.ReportLoadResponse(desired_replicas=self.api.report_load(principal, report))
 
 

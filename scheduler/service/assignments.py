@@ -37,7 +37,7 @@ class Subscription:
         self.nodes = nodes
         self.deliver = deliver
         # (node, job) -> what it was told (``_announced``)
-        self.announced: dict[tuple[str, str], tuple[frozenset[int], int]] = {}
+        self.announced: dict[tuple[str, str], tuple[frozenset[int], Any]] = {}
 
     def close(self) -> None:
         self._hub._unsubscribe(self)
@@ -49,11 +49,16 @@ def _mine(job: JobRecord, node: str) -> tuple[AllocationRecord, ...]:
     return tuple(a for a in job.allocations if a.node == node)
 
 
-def _announced(job: JobRecord, mine: tuple[AllocationRecord, ...]) -> tuple[frozenset[int], int]:
+def _announced(job: JobRecord, mine: tuple[AllocationRecord, ...]) -> tuple[frozenset[int], Any]:
     """What a node was told of a job: its tasks there and, for a gang (one world: training,
     batch), the restart count, whose change restarts the gang in place. A serving replica's
-    world is its own: another replica's replacement is no news for it."""
-    return frozenset(a.task for a in mine), 0 if job.kind == "ServingJob" else job.restarts
+    world is its own: another replica's replacement is no news for it. A job with roles: also
+    where every task runs, so that a role scaled on other nodes reaches the nodes of the other
+    roles (their agents rewrite the job's ``XPOD_ROLES_FILE``)."""
+    restarts = 0 if job.kind == "ServingJob" else job.restarts
+    if isinstance(job.spec.get("spec"), dict) and "roles" in job.spec["spec"]:
+        return frozenset(a.task for a in mine), (restarts, frozenset((a.task, a.node) for a in job.allocations))
+    return frozenset(a.task for a in mine), restarts
 
 
 class AssignmentHub:

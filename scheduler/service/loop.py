@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from xpod.scheduler.store import EventType, JobState, JobUpdate, PendingReasonRecord, StaleUpdate, StoreClosed
 
-from xpod.scheduler.contract import LoadReport, load_metric
+from xpod.scheduler.contract import LoadReport, load_metric, role_spans
 
 from .core_link import CoreLink, CycleOutcome
 from .errors import ApiError, Code, not_found
@@ -124,10 +124,29 @@ class SchedulingLoop:
 
     def autoscale_of(self, job_id: str) -> tuple[dict[str, float], list[str]]:
         """A serving job's autoscaling as of the last cycle, as ``explain_job`` numbers and a line
-        (nothing for a job without ``autoscale``, or before its first cycle)."""
+        (nothing for a job without ``autoscale``, or before its first cycle); a job with roles:
+        a line per autoscaled role (``role decode: autoscale: ...``), its numbers named
+        ``ROLE.demand``, ``ROLE.desiredReplicas``, ...)."""
         st = self.autoscale.get(job_id)
         if st is None:
-            return {}, []
+            return self._roles_autoscale_of(job_id)
+        return self._one_autoscale(st)
+
+    def _roles_autoscale_of(self, job_id: str) -> tuple[dict[str, float], list[str]]:
+        """A job with roles: each autoscaled role's numbers under ``ROLE.`` and its line."""
+        numbers: dict[str, float] = {}
+        lines: list[str] = []
+        for core_id, st in sorted(self.autoscale.items()):
+            parent, _, role = core_id.rpartition("/")
+            if parent != job_id:
+                continue
+            more, text = self._one_autoscale(st)
+            numbers.update({f"{role}.{k}": v for k, v in more.items()})
+            lines.extend(f"role {role}: {line}" for line in text)
+        return numbers, lines
+
+    @staticmethod
+    def _one_autoscale(st: Any) -> tuple[dict[str, float], list[str]]:
         numbers = {
             "targetPerReplica": st.target_per_replica,
             "desiredReplicas": float(st.desired_replicas),
@@ -148,21 +167,35 @@ class SchedulingLoop:
 
     def report_load(self, report: LoadReport) -> int:
         """One serving replica's load, for its job's autoscaling (the core's ``report_load``);
-        returns the replicas the job wants. ``ApiError``: NOT_FOUND for an unknown job or a
-        replica it does not run, FAILED_PRECONDITION without ``spec.autoscale`` or when the job is
+        returns the replicas the job (its role's, for a job with roles) wants. ``ApiError``:
+        NOT_FOUND for an unknown job, role (a job with roles names the reporting replica's role;
+        a job without none) or a replica it does not run, FAILED_PRECONDITION without ``spec.autoscale`` or when the job is
         not bound to the node, INVALID_ARGUMENT for a load that is no finite number >= 0; nothing
         is recorded then."""
         job = self._jobs.get(report.job_id)
         if job is None:
             raise not_found("job", report.job_id)
         meta = {"jobId": job.id}
-        if load_metric(job.kind, job.spec.get("spec", {})) is None:
-            why = f"job {job.id} has no spec.autoscale: it takes no load"
+        spec = job.spec.get("spec", {})
+        scope, core_id, field = spec, job.id, "spec.autoscale"
+        names = [s.name for s in role_spans(spec)]
+        if names or report.role:
+            if report.role not in names:
+                why = (
+                    f"job {job.id} has no role {report.role[:64]!r} (its roles: {', '.join(names)})"
+                    if names
+                    else f"job {job.id} has no roles: report without one"
+                )
+                raise ApiError(Code.NOT_FOUND, "ROLE_NOT_FOUND", why, field="role", metadata=meta)
+            i = names.index(report.role)
+            scope, core_id, field = spec["roles"][i], f"{job.id}/{report.role}", f"spec.roles[{i}].autoscale"
+        if load_metric(job.kind, scope) is None:
+            why = f"job {job.id} has no {field}: it takes no load"
             raise ApiError(Code.FAILED_PRECONDITION, "NO_AUTOSCALE", why, metadata=meta)
         if job.state not in BOUND_STATES or report.node not in {a.node for a in job.allocations}:
             why = f"job {job.id} is {job.state.value} and not bound to node {report.node[:253]!r}"
             raise ApiError(Code.FAILED_PRECONDITION, "NOT_ASSIGNED", why, metadata={**meta, "node": report.node[:253]})
-        refused, why, desired = self._core.report_load(job.id, report.replica, report.value)
+        refused, why, desired = self._core.report_load(core_id, report.replica, report.value)
         if refused == "not_found":
             raise ApiError(Code.NOT_FOUND, "REPLICA_NOT_FOUND", why, field="replica", metadata=meta)
         if refused:

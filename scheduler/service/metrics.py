@@ -196,18 +196,19 @@ _STATE_GAUGES = (
     # autoscaled serving jobs (one series each while the core holds them: at most one per device)
     (
         "xpod_scheduler_serving_demand",
-        "An autoscaled serving job's demand: its replicas' last reported loads summed, in its metric's units.",
-        ["queue", "job", "metric"],
+        "An autoscaled serving job's (or role's) demand: its replicas' last reported loads summed, in its metric's "
+        "units.",
+        ["queue", "job", "role", "metric"],
     ),
     (
         "xpod_scheduler_serving_target_per_replica",
-        "The load one replica of an autoscaled serving job serves at its target, in its metric's units.",
-        ["queue", "job", "metric"],
+        "The load one replica of an autoscaled serving job (or role) serves at its target, in its metric's units.",
+        ["queue", "job", "role", "metric"],
     ),
     (
         "xpod_scheduler_serving_replicas",
-        "Replicas of an autoscaled serving job: desired (what its autoscaling wants) and placed.",
-        ["queue", "job", "state"],
+        "Replicas of an autoscaled serving job (or role): desired (what its autoscaling wants) and placed.",
+        ["queue", "job", "role", "state"],
     ),
 )
 
@@ -241,15 +242,16 @@ class _StateCollector:
                 blocks.add_metric([pool, level], n)
             for queue, n in sorted(api.jobs.degraded_counts().items()):
                 degraded.add_metric([queue], n)
-            for jid, st in sorted(getattr(getattr(api, "loop", None), "autoscale", {}).items()):
+            for core_id, st in sorted(getattr(getattr(api, "loop", None), "autoscale", {}).items()):
+                jid, _, role = core_id.partition("/")  # a role of a job with roles: JOB/ROLE ('' for none)
                 job = api.jobs.get(jid)
                 if job is None or job.state.terminal:
                     continue
                 if st.demand is not None:
-                    demand.add_metric([job.queue, jid, st.metric], st.demand)
-                target.add_metric([job.queue, jid, st.metric], st.target_per_replica)
-                replicas.add_metric([job.queue, jid, "desired"], st.desired_replicas)
-                replicas.add_metric([job.queue, jid, "placed"], st.running_replicas)
+                    demand.add_metric([job.queue, jid, role, st.metric], st.demand)
+                target.add_metric([job.queue, jid, role, st.metric], st.target_per_replica)
+                replicas.add_metric([job.queue, jid, role, "desired"], st.desired_replicas)
+                replicas.add_metric([job.queue, jid, role, "placed"], st.running_replicas)
         yield from families
 
 

@@ -107,11 +107,11 @@ def test_load_shrinks_training_for_serving_and_a_trough_gives_it_back(svc):
     assert why.numbers["demand"] == 250 and why.numbers["desiredReplicas"] == 3
     assert any("autoscale: demand 250 tokens_per_s" in line for line in why.lines), why.lines
     scraped = _scrape(api)
-    job = (("job", chat.id), ("metric", "tokens_per_s"), ("queue", "research"))
+    job = (("job", chat.id), ("metric", "tokens_per_s"), ("queue", "research"), ("role", ""))
     assert scraped[("xpod_scheduler_serving_demand", job)] == 250
     assert scraped[("xpod_scheduler_serving_target_per_replica", job)] == 100
     for state in ("desired", "placed"):
-        labels = (("job", chat.id), ("queue", "research"), ("state", state))
+        labels = (("job", chat.id), ("queue", "research"), ("role", ""), ("state", state))
         assert scraped[("xpod_scheduler_serving_replicas", labels)] == 3
 
     for replica in (0, 1, 2):  # the load goes

@@ -109,3 +109,96 @@ def test_a_role_that_can_never_fit_or_is_malformed_is_refused_naming_it(tmp_path
             raise AssertionError("a reserved variable in a role's env: accepted")
     finally:
         api.close()
+
+
+# --- a ServingJob whose roles scale apart (prefill / decode) ---------------------------------------
+
+
+def _pd_doc():
+    scale = {"basis_s": 0, "scale_down_after_s": 0}  # the rule follows each report at once (a test clock)
+    return {
+        "apiVersion": "xpod/v1",
+        "kind": "ServingJob",
+        "metadata": {"name": "pd"},
+        "spec": {
+            "queue": "research",
+            "roles": [
+                {
+                    "name": "prefill",
+                    "tasks": 1,
+                    "devices": H100,
+                    "replicas": {"min": 1, "max": 2},
+                    "autoscale": {"metric": "requests_per_s", "target_per_replica": 10, **scale},
+                    "command": ["true"],
+                },
+                {
+                    "name": "decode",
+                    "tasks": 1,
+                    "devices": H100,
+                    "replicas": {"min": 1, "max": 2},
+                    "autoscale": {"metric": "tokens_per_s", "target_per_replica": 100, **scale},
+                    "command": ["true"],
+                },
+            ],
+        },
+    }
+
+
+def test_serving_roles_scale_on_their_own_load_reports(tmp_path):
+    from xpod.scheduler.contract import LoadReport
+    from xpod.scheduler.service.metrics import ServiceMetrics
+
+    from test_service_autoscale import Clock, _scrape
+
+    clock = Clock()
+    api = make_api(str(tmp_path / "x.db"), clock=clock, metrics=ServiceMetrics())
+    try:
+        view, _ = api.submit_job(P, "pd-1", _pd_doc())
+        jid = view.record.id
+        api.schedule_once()
+        job = api.jobs.get(jid)
+        # prefill: tasks 0-1 (2 replicas of 1 task), decode: tasks 2-3; each starts at its min
+        assert sorted(a.task for a in job.allocations) == [0, 2], job.allocations
+        for node in {a.node for a in job.allocations}:
+            api.report_task_status(P, jid, node, TaskState.RUNNING)
+        where = {a.task: a.node for a in job.allocations}
+        refused = [
+            (LoadReport(jid, where[2], 0, 1.0, "router"), Code.NOT_FOUND, "ROLE_NOT_FOUND"),
+            (LoadReport(jid, where[2], 0, 1.0), Code.NOT_FOUND, "ROLE_NOT_FOUND"),  # a job with roles names one
+            (LoadReport(jid, where[2], 1, 1.0, "decode"), Code.NOT_FOUND, "REPLICA_NOT_FOUND"),
+        ]
+        for report, code, reason in refused:
+            try:
+                api.report_load(P, report)
+            except ApiError as err:
+                assert (err.code, err.reason) == (code, reason), (report, err)
+            else:
+                raise AssertionError(f"{report}: accepted")
+        clock.now += 1
+        api.schedule_once()
+        assert sorted(a.task for a in api.jobs.get(jid).allocations) == [0, 2], "a refused report changed nothing"
+        api.report_load(P, LoadReport(jid, where[2], 0, 150.0, "decode"))  # decode wants 2, prefill stays
+        clock.now += 1
+        api.schedule_once()
+        job = api.jobs.get(jid)
+        assert sorted(a.task for a in job.allocations) == [0, 2, 3], job.allocations
+        why = api.explain_job(P, jid)
+        assert why.numbers["decode.desiredReplicas"] == 2 and why.numbers["decode.demand"] == 150
+        assert why.numbers["prefill.desiredReplicas"] == 1 and "prefill.demand" not in why.numbers
+        assert any(line.startswith("role decode: autoscale: demand 150 tokens_per_s") for line in why.lines)
+        scraped = _scrape(api)
+        decode = (("job", jid), ("queue", "research"), ("role", "decode"), ("state", "placed"))
+        assert scraped[("xpod_scheduler_serving_replicas", decode)] == 2
+        prefill = (("job", jid), ("metric", "requests_per_s"), ("queue", "research"), ("role", "prefill"))
+        assert scraped[("xpod_scheduler_serving_target_per_replica", prefill)] == 10
+        # the load goes: decode's second replica (the job's task 3) is released alone
+        for replica, task in ((0, 2), (1, 3)):
+            node = next(a.node for a in job.allocations if a.task == task)
+            api.report_load(P, LoadReport(jid, node, replica, 0.0, "decode"))
+        clock.now += 1
+        api.schedule_once()
+        job = api.jobs.get(jid)
+        assert sorted(a.task for a in job.allocations) == [0, 2] and job.state.value == "RUNNING", job
+        assert job.restarts == 0  # a role scaled down is no restart
+    finally:
+        api.close()

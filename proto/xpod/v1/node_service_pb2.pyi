@@ -158,16 +158,18 @@ class ReportExpertLoadsResponse(_message.Message):
     def __init__(self, plan_revision: _Optional[int] = ..., plan_json: _Optional[str] = ..., sglang_json: _Optional[str] = ...) -> None: ...
 
 class ReportLoadRequest(_message.Message):
-    __slots__ = ("job_id", "node", "replica", "value")
+    __slots__ = ("job_id", "node", "replica", "value", "role")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     node: str
     replica: int
     value: float
-    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., replica: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    role: str
+    def __init__(self, job_id: _Optional[str] = ..., node: _Optional[str] = ..., replica: _Optional[int] = ..., value: _Optional[float] = ..., role: _Optional[str] = ...) -> None: ...
 
 class ReportLoadResponse(_message.Message):
     __slots__ = ("desired_replicas",)
