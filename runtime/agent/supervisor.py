@@ -132,6 +132,22 @@ class _ParentDied(Exception):
     """Raised by the death-signal handler to break out of the wait."""
 
 
+class _OnDeath:
+    """The death signal's handler: raises ``_ParentDied`` the first time only. The kernel sends the
+    signal once per re-parenting, and a dying multi-threaded agent re-parents the supervisor from
+    thread to thread as its threads exit, so a second or third signal may come microseconds later,
+    while the supervisor is already ending the task; raising again there would kill the supervisor
+    mid-cleanup and leave the task's SIGTERM-deaf children running."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if not self.fired:
+            self.fired = True
+            raise _ParentDied
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
         print("usage: supervisor.py AGENT_PID GRACE_S -- ARGV...", file=sys.stderr)
@@ -139,17 +155,15 @@ def main(argv: list[str]) -> int:
     agent_pid, grace_s, command = int(argv[0]), float(argv[1]), argv[3:]
     env = _read_env()
 
-    def on_death(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise _ParentDied
-
     try:
+        on_death = _OnDeath()
         signal.signal(DEATH_SIGNAL, on_death)
         # a handler, not SIG_IGN: the task must get the default SIGTERM after exec
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         _prctl(PR_SET_PDEATHSIG, DEATH_SIGNAL)
         if os.getppid() != agent_pid:  # the agent died before the kernel could tell us
-            raise _ParentDied
+            on_death(DEATH_SIGNAL, None)
         # SIGTERM and the death signal wait (blocked) across the fork: one that arrives before the
         # child has reset its handlers would otherwise run the supervisor's handler in the child
         # (SIGTERM swallowed) and the task would start deaf to the stop that was meant for it

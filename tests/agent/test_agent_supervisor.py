@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 from agent_harness import pid_alive, wait_until
 
 SUPERVISOR = Path(__file__).resolve().parents[2] / "runtime" / "agent" / "supervisor.py"
@@ -36,3 +37,64 @@ def test_kill_9_of_the_supervisor_ends_its_task():
             os.killpg(sup.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_the_death_signal_breaks_the_wait_once():
+    # a dying multi-threaded agent re-parents the supervisor thread by thread, and the kernel sends
+    # the death signal at each step: a second one must not interrupt the cleanup the first started
+    from xpod.runtime.agent.supervisor import _OnDeath, _ParentDied
+
+    on_death = _OnDeath()
+    with pytest.raises(_ParentDied):
+        on_death(signal.SIGHUP, None)
+    on_death(signal.SIGHUP, None)  # the second and later ones: nothing
+
+
+def _task_and_child(pid: int) -> list | None:
+    """The supervisor's task and the task's child, once both have exec'd; else None."""
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+        return procs if len(procs) == 2 and all(p.cmdline()[1:2] == ["-c"] for p in procs) else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_a_storm_of_death_signals_still_ends_the_whole_task():
+    # each task and its child ignore SIGTERM: only the supervisor's SIGKILL after the grace ends
+    # them, so a supervisor that dies mid-cleanup (a second signal raising again) leaves them running
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    task = (
+        deaf
+        + f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {deaf + 'time.sleep(600)'!r}]); time.sleep(600)"
+    )
+    sups = [
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()), "0.2", "--", sys.executable, "-c", task],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        members = []
+        for sup in sups:
+            sup.stdin.write(json.dumps({"PATH": os.environ.get("PATH", "")}).encode())
+            sup.stdin.close()
+            members += wait_until(lambda sup=sup: _task_and_child(sup.pid), 60, "each task and its child to start")
+        while any(sup.poll() is None for sup in sups):  # signals until every supervisor has exited
+            for sup in sups:
+                try:
+                    os.kill(sup.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+        for sup in sups:
+            assert sup.wait(timeout=20) == 128 + signal.SIGHUP, sup.stderr.read().decode()[-400:]
+        for p in members:
+            wait_until(lambda p=p: not pid_alive(p.pid), 20, f"task process {p.pid} to end")
+    finally:
+        for sup in sups:
+            try:
+                os.killpg(sup.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
