@@ -43,17 +43,26 @@ from .topology_adapter import tiers_from_env
 from .types import Algorithm, CollectiveError, CollectiveTimeout, Op, ReduceOp, TierSpec, validate_tiers
 
 
-def _default_timeout_s() -> float:
-    raw = os.environ.get("XPOD_COLLECTIVE_TIMEOUT_S", "120")
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
-        raise XpodError(f"XPOD_COLLECTIVE_TIMEOUT_S={raw!r} is not a number of seconds") from None
-    return value
+        raise XpodError(f"{name}={raw!r} is not a number of seconds") from None
 
 
-#: default bound on any one collective (and on the rendezvous), seconds
+def _default_timeout_s() -> float:
+    return _seconds_from_env("XPOD_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+
+
+#: default bound on any one collective, seconds
 DEFAULT_TIMEOUT_S = 120.0
+#: default time the ranks have to arrive at the rendezvous, seconds: ranks start seconds apart
+#: (imports, a busy host, a slow node), which must not count against a short collective timeout;
+#: torchrun's rendezvous waits 600 s for its peers by default (``join_timeout``)
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 600.0
 
 
 def _error(op: str, rank: int, world: int, err: BaseException) -> CollectiveError:
@@ -136,14 +145,17 @@ class Communicator:
         tiers: Sequence[TierSpec] | None = None,
         timeout_s: float | None = None,
         shm: bool | None = None,
+        rendezvous_timeout_s: float | None = None,
     ) -> None:
         """Join the job's process group.
 
         ``backend`` defaults to the registered backend named by ``env.backend``. ``tiers``
         (closest first) enables the hierarchical algorithms and the cost model; without it they
         come from the job's placement file named by ``XPOD_TOPOLOGY`` (the agent writes it:
-        ``topology_adapter.tiers_from_env``), else the ranks form one tier. ``timeout_s`` bounds every collective and the rendezvous (default
-        ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s). ``shm``: None (default) enables the shared-memory all_reduce when
+        ``topology_adapter.tiers_from_env``), else the ranks form one tier. ``timeout_s`` bounds every collective (default
+        ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s); ``rendezvous_timeout_s`` bounds the wait for every rank
+        to arrive before the process group forms (default ``XPOD_RENDEZVOUS_TIMEOUT_S``, else 600 s; never
+        less than ``timeout_s``). ``shm``: None (default) enables the shared-memory all_reduce when
         every rank is a CPU rank of this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """
         import torch
@@ -161,6 +173,11 @@ class Communicator:
         self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
         if self.timeout_s <= 0:
             raise XpodError(f"collective timeout must be > 0 s, got {timeout_s}")
+        if rendezvous_timeout_s is None:
+            rendezvous_timeout_s = _seconds_from_env("XPOD_RENDEZVOUS_TIMEOUT_S", DEFAULT_RENDEZVOUS_TIMEOUT_S)
+        if rendezvous_timeout_s <= 0:
+            raise XpodError(f"rendezvous timeout must be > 0 s, got {rendezvous_timeout_s}")
+        self.rendezvous_timeout_s = max(float(rendezvous_timeout_s), self.timeout_s)
         # Checked before joining: a bad descriptor must not leave a half-made process group.
         if tiers is None:
             tiers = tiers_from_env(self.world_size)
@@ -178,9 +195,7 @@ class Communicator:
             try:
                 dist.init_process_group(
                     backend=backend.dist_backend,
-                    init_method=f"tcp://{env.master_addr}:{env.master_port}"
-                    if env.world_size > 1
-                    else f"tcp://127.0.0.1:{_free_port()}",
+                    store=self._rendezvous(dist, env),
                     rank=env.rank,
                     world_size=env.world_size,
                     timeout=datetime.timedelta(seconds=self.timeout_s),
@@ -237,6 +252,22 @@ class Communicator:
             pg = self._dist.new_group(cross, timeout=timeout)
             if self.rank in cross:
                 self._cross_pg = pg
+
+    def _rendezvous(self, dist: Any, env: LaunchEnv) -> Any:
+        """The job's TCP store once every rank has arrived (within ``rendezvous_timeout_s``), its
+        timeout then the collectives' own: the process group forms with all ranks present, so a
+        rank that started late never reads as a collective timing out."""
+        wait = datetime.timedelta(seconds=self.rendezvous_timeout_s)
+        if env.world_size == 1:
+            host, port, master = "127.0.0.1", _free_port(), True
+        else:
+            host, port, master = env.master_addr, env.master_port, env.rank == 0
+        store = dist.TCPStore(host, port, env.world_size, is_master=master, timeout=wait, wait_for_workers=True)
+        if store.add("xpod/rendezvous/arrived", 1) == env.world_size:
+            store.set("xpod/rendezvous/all", "1")
+        store.wait(["xpod/rendezvous/all"], wait)
+        store.set_timeout(datetime.timedelta(seconds=self.timeout_s))
+        return store
 
     def _exchange(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size

@@ -266,6 +266,24 @@ def shm_chunks(rank: int, n: int) -> list[str]:
     return fails
 
 
+def late_rank(rank: int, n: int) -> list[str]:
+    """The last rank arrives 3 s after the others, with a 1 s collective timeout: the rendezvous
+    waits for it (its own, longer timeout) and the group works."""
+    import torch
+
+    from xpod.backends.cpu import CpuBackend
+    from xpod.hal.collectives import Communicator
+
+    if rank == n - 1:
+        time.sleep(3)
+    comm = Communicator.from_env(backend=CpuBackend(), timeout_s=1, shm=False)
+    x = torch.full((4,), float(rank + 1))
+    comm.all_reduce(x)
+    comm.close()
+    want = float(n * (n + 1) // 2)
+    return [] if torch.equal(x, torch.full((4,), want)) else [f"rank {rank}: all_reduce gave {x.tolist()}, not {want}"]
+
+
 def failing_peer(rank: int, n: int, mode: str) -> dict:
     """Rank n-1 dies (``mode='die'``) or hangs (``'hang'``) after joining; the others run a
     flat (gloo) all_reduce and then a shared-memory one, and report for each the error class,

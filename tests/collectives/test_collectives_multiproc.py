@@ -1,11 +1,11 @@
 """Multi-process collectives on CPU/gloo: every op against a single-process reference for world
 sizes 1, 2, 3, 4 and 8 (4 and 8 with a simulated 2-tier topology, so hierarchical results are
-compared with the reference too), the shared-memory all_reduce across many chunks, and a peer
-that dies or hangs."""
+compared with the reference too), the shared-memory all_reduce across many chunks, a rank that
+arrives later than the collective timeout, and a peer that dies or hangs."""
 
 import pytest
 
-from collectives_checks import all_ops, failing_peer, out_buffers, shm_chunks, shm_symmetric
+from collectives_checks import all_ops, failing_peer, late_rank, out_buffers, shm_chunks, shm_symmetric
 from collectives_harness import run_ranks
 
 
@@ -35,6 +35,10 @@ def test_out_buffers():
 
 def test_shm_all_reduce_many_chunks():
     _ok(run_ranks(shm_chunks, 3, timeout_s=90), 3)
+
+
+def test_a_rank_later_than_the_collective_timeout_still_joins():
+    _ok(run_ranks(late_rank, 3, timeout_s=90), 3)
 
 
 @pytest.mark.parametrize("mode", ["die", "hang"])
