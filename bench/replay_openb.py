@@ -109,15 +109,26 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every run and the table here")
     ap.add_argument("--plot", help="PNG: allocation curves (mean of the seeds) against FGD's published curve, per list")
     ap.add_argument("--data", default=DATA)
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="JSON",
+        help="print the table of the runs saved in these --json files (e.g. one per list) instead of replaying",
+    )
     args = ap.parse_args(argv)
     curves = load_curves(os.path.join(args.data, "published_curves.csv"))
     published = sorted({k[0] for k in curves})
-    lists = [short(x) for x in args.lists.split(",") if x] or published
-    profiles = [p for p in args.profiles.split(",") if p]
-    seeds = parse_seeds(args.seeds)
-    tasks = [(args.data, lst, prof, seed, args.load) for lst in lists for prof in profiles for seed in seeds]
     t0 = time.perf_counter()
-    runs = _run_all(tasks, args.jobs)
+    if args.from_json:
+        runs = _saved_runs(args.from_json)
+        lists = [short(x) for x in args.lists.split(",") if x] or list(dict.fromkeys(r["list"] for r in runs))
+        profiles = list(dict.fromkeys(r["profile"] for r in runs))
+    else:
+        lists = [short(x) for x in args.lists.split(",") if x] or published
+        profiles = [p for p in args.profiles.split(",") if p]
+        seeds = parse_seeds(args.seeds)
+        tasks = [(args.data, lst, prof, seed, args.load) for lst in lists for prof in profiles for seed in seeds]
+        runs = _run_all(tasks, args.jobs)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"runs": runs}, f)
@@ -131,6 +142,19 @@ def main(argv=None) -> int:
     if args.plot:
         plot(runs, lists, profiles, curves, args.plot)
     return 0
+
+
+def _saved_runs(paths: list[str]) -> list[dict]:
+    """The runs of earlier ``--json`` files; a file that is not one is one line naming it."""
+    runs = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            runs.extend(doc["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{path}: not a bench/replay_openb.py --json file ({err})") from None
+    return runs
 
 
 def _run_all(tasks: list[tuple], jobs: int) -> list[dict]:

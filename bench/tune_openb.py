@@ -13,13 +13,15 @@ without published results (``TUNING_LISTS``) and synthetic lists derived from th
   (22 % of the pods; ``specN``: N times, e.g. ``spec9``: 30 %; ``specNcpuM``: and its CPU-only
   pods M times as often, e.g. ``spec9cpu2``: 30 % restricted and 18 % CPU-only pods, where the
   models' reserve and CPU meet);
-* ``cpu300/share50``: cpu300 with half its whole-GPU pods dropped.
+* ``cpu300/share50``: cpu300 with half its whole-GPU pods dropped;
+* ``cpu072/multi12``: cpu072 with its multi-GPU pods drawn twelve times as often (``multiN``: N
+  times; 11 % of the pods, 8-GPU pods that fit only an empty G3 node among them, as in multigpu50).
 
 Each variant is the default profile (examples/profiles/scheduler-default.yaml) with the
 ``fragmentation`` plugin's arguments replaced by the variant's. Printed per list and variant:
 the mean over the seeds of the allocation at 60/80/100/130 % arrived, the unallocated share at
 130 % over our FGD's (examples/profiles/fgd.yaml, same lists and seeds), and the worst gap to
-our FGD's curve at 60/80/100 % arrived.
+our FGD's curve at 60/80/100 % arrived and over the whole curve from 1 to 100 % arrived.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ sys.path.insert(0, HERE)
 
 from replay_openb import DATA, TUNING_LISTS, list_path, parse_seeds, profile_path  # noqa: E402
 
-SYNTHETIC = ("gpushare20/sharing", "gpuspec05/spec6", "gpuspec05/spec9", "gpuspec05/spec9cpu2", "cpu300/share50")
+SYNTHETIC = (
+    "gpushare20/sharing",
+    "gpuspec05/spec6",
+    "gpuspec05/spec9",
+    "gpuspec05/spec9cpu2",
+    "cpu300/share50",
+    "cpu072/multi12",
+)
 PLUGIN = "fragmentation"
 
 
@@ -64,12 +73,15 @@ def tuning_pods(data: str, name: str):
         cpu_only = idx[pods.num_gpu == 0]
         times_cpu = int(m.group(2) or 1)
         keep = np.concatenate([idx] + [constrained] * (int(m.group(1)) - 1) + [cpu_only] * (times_cpu - 1))
+    elif (m := re.fullmatch(r"multi([1-9][0-9]*)", how)) is not None:
+        multi = idx[pods.num_gpu >= 2]
+        keep = np.concatenate([idx] + [multi] * (int(m.group(1)) - 1))
     elif how == "share50":
         whole = idx[(pods.num_gpu >= 1) & (pods.gpu_milli == 1000)]
         keep = np.setdiff1d(idx, whole[::2])
     else:
         raise SystemExit(f"{name}: unknown derivation {how!r}")
-    return pods.take(np.sort(keep) if not how.startswith("spec") else keep)
+    return pods.take(np.sort(keep) if not how.startswith(("spec", "multi")) else keep)
 
 
 def run_one(task: tuple) -> dict:
@@ -127,11 +139,15 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(runs, f)
     worst: dict[int, list] = {i: [] for i in range(len(variants))}
-    print(f"{'list':20s} {'variant':42s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'/FGD':>6s} {'gap':>6s}")
+    print(
+        f"{'list':20s} {'variant':42s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'/FGD':>6s} {'gap':>6s} "
+        f"{'gap1-100':>8s}"
+    )
     for lst in lists:
         ref = [r for r in runs if r["list"] == lst and r["variant"] is None]
         fgd = {a: statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in ref) for a in (60, 80, 100)}
         fgd_final = statistics.fmean(r["alloc"] for r in ref)
+        fgd_curve = _mean_curve(ref)
         print(f"{lst:20s} {'(our FGD)':42s} {fgd[60]:6.2f} {fgd[80]:6.2f} {fgd[100]:6.2f} {fgd_final:6.2f}")
         for i, v in enumerate(variants):
             mine = [r for r in runs if r["list"] == lst and r["variant"] == v]
@@ -139,9 +155,12 @@ def main(argv=None) -> int:
             final = statistics.fmean(r["alloc"] for r in mine)
             ratio = (100 - final) / (100 - fgd_final)
             gap = min(at[a] - fgd[a] for a in (60, 80, 100))
+            curve = _mean_curve(mine)
+            whole = min(curve[a] - fgd_curve[a] for a in range(1, 101))
             worst[i].append((ratio, gap))
             print(
-                f"{'':20s} {json.dumps(v)[:42]:42s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} {ratio:6.3f} {gap:+6.2f}",
+                f"{'':20s} {json.dumps(v)[:42]:42s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} {ratio:6.3f} "
+                f"{gap:+6.2f} {whole:+8.2f}",
                 flush=True,
             )
     for i, v in enumerate(variants):
@@ -151,6 +170,12 @@ def main(argv=None) -> int:
             f"worst gap {min(g for _, g in rs):+.2f}"
         )
     return 0
+
+
+def _mean_curve(runs: list[dict]) -> list[float]:
+    """The mean over the runs of the allocation at arrived 0..100 % (a curve that ends early
+    repeats its last point)."""
+    return [statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in runs) for a in range(101)]
 
 
 if __name__ == "__main__":

@@ -84,11 +84,12 @@ class FragmentationPlugin(ArrayScorer):
         "scarcity_weight": 1.0,
         "pressure_cpu": "surplus",
         "reserve_factor": 4.0,
+        "reserve_empty": "unrestricted",
         "refresh_share": 0.05,
         "min_jobs": 32,
         "window_jobs": 20_000,
     }
-    CHOICES = {**ArrayScorer.CHOICES, "pressure_cpu": ("all", "surplus")}
+    CHOICES = {**ArrayScorer.CHOICES, "pressure_cpu": ("all", "surplus"), "reserve_empty": ("partial", "unrestricted")}
     ties: str
     cpu_weight: float
     rho_scale: float
@@ -102,6 +103,7 @@ class FragmentationPlugin(ArrayScorer):
     scarcity_weight: float
     pressure_cpu: str
     reserve_factor: float
+    reserve_empty: str
     refresh_share: float
     min_jobs: int
     window_jobs: int
@@ -147,13 +149,23 @@ class FragmentationPlugin(ArrayScorer):
             self._reserve_key = key
             self.reserve = ModelReserve.of(self.workload, arr)
         shape = shape_of(job)
-        if self.reserve.restricted(shape, arr):
-            return s
+        restricted = self.reserve.restricted(shape, arr)
         protected, protected_empty = self.reserve.protected(arr, self.reserve_factor)
         if not protected.any() and not protected_empty.any():
             return s
         rows = nodes.rows if nodes.rows is not None else np.array([st.row for st in nodes], dtype=np.int64)
         m = arr.model[rows, 0]
+        empty = self.reserve.empty_rows(arr)[rows]
+        if restricted and self.reserve_empty == "unrestricted":
+            return s
+        if restricted:
+            # a claimant keeps its models' capacity, but a model's empty nodes are kept for the
+            # claimants that need a whole node: one that needs part of a node takes an empty one
+            # only when nothing else fits (on multigpu50, 4-GPU 60-core tasks, restricted
+            # because 2-GPU nodes cannot hold them, opened the empty G3 nodes the 8-GPU
+            # 120-core tasks can run nowhere else without)
+            keeps = protected_empty & ~self.reserve.needs_whole(shape)
+            return s - RESERVE_SCORE * ((m >= 0) & keeps[np.maximum(m, 0)] & empty)
         barred = (m >= 0) & protected[np.maximum(m, 0)]
         if not shape.count:
             # a CPU-only task costs the reserve only where it leaves the node's free devices
@@ -161,7 +173,7 @@ class FragmentationPlugin(ArrayScorer):
             rho = self.reserve.rho[np.maximum(m, 0)]
             barred &= (arr.cpu_left[rows] - shape.cpu_milli) < rho * arr.free_total[rows]
         # the claimants that need a whole node keep the model's empty nodes
-        barred |= (m >= 0) & protected_empty[np.maximum(m, 0)] & self.reserve.empty_rows(arr)[rows]
+        barred |= (m >= 0) & protected_empty[np.maximum(m, 0)] & empty
         # a task that may run elsewhere takes a reserved model's node only when nothing else fits
         return s - RESERVE_SCORE * barred
 
@@ -280,10 +292,13 @@ class ModelReserve:
     rho: np.ndarray  # (M,) claimants' CPU milli per device milli
     access: dict  # PodShape -> (M,) bool models it can run on
     node_model: np.ndarray  # (N,) model of the node's first device, -1 none
+    big_devices: np.ndarray  # (M,) the most devices one node of the model has
+    big_cpu: np.ndarray  # (M,) the most CPU milli one node of the model has
 
     @staticmethod
     def empty() -> ModelReserve:
-        return ModelReserve(np.zeros(0), np.zeros(0), np.zeros(0), {}, np.zeros(0, dtype=np.int64))
+        none = np.zeros(0)
+        return ModelReserve(none, none, none, {}, np.zeros(0, dtype=np.int64), none, none)
 
     @staticmethod
     def of(workload: Workload, arr) -> ModelReserve:
@@ -316,12 +331,16 @@ class ModelReserve:
                 spread = np.where(allowed, cap, 0.0) / cap[allowed].sum()
                 claim += demand * spread
                 claim_cpu += n * shape.cpu_milli * spread
-                whole = (shape.count >= big_devices) | (2 * shape.cpu_milli > big_cpu)
-                claim_whole += demand * spread * whole
+                claim_whole += demand * spread * _needs_whole(shape, big_devices, big_cpu)
         share = claim / total if total > 0 else np.zeros(models)
         share_whole = claim_whole / total if total > 0 else np.zeros(models)
         rho = np.where(claim > 0, claim_cpu / np.maximum(claim, 1e-9), 0.0)
-        return ModelReserve(share, share_whole, rho, access, node_model)
+        return ModelReserve(share, share_whole, rho, access, node_model, big_devices, big_cpu)
+
+    def needs_whole(self, shape: PodShape) -> np.ndarray:
+        """(M,) bool: the models on which a task of ``shape`` takes a whole node (all the
+        devices of the model's largest node, or more than half its CPU)."""
+        return _needs_whole(shape, self.big_devices, self.big_cpu)
 
     def empty_rows(self, arr) -> np.ndarray:
         """(N,) bool: nodes with every device and all their CPU free."""
@@ -359,6 +378,10 @@ class ModelReserve:
             (self.share > 0) & (free_m < factor * self.share * free_total),
             (self.share_whole > 0) & (empty_m < factor * self.share_whole * free_total),
         )
+
+
+def _needs_whole(shape: PodShape, big_devices: np.ndarray, big_cpu: np.ndarray) -> np.ndarray:
+    return (shape.count >= big_devices) | (2 * shape.cpu_milli > big_cpu)
 
 
 def model_pressure(tp: TypicalPods, arr) -> np.ndarray:
