@@ -179,3 +179,45 @@ def test_pressure_cpu_counts_all_the_cpu_or_only_what_the_free_devices_need(pres
     s.submit(Job("c", JobKind.BATCH, 1, None, cpu_milli=4000))
     assert placements(s.cycle())["c"][0][0] == expected
     assert s_plugin(s).pressure[s_plugin(s).arrays.models.index("small")] > 0
+
+
+def _gang_task(jid: str, devices: int, cores: int) -> Job:
+    return Job(jid, JobKind.BATCH, 1, DeviceRequest(count=devices), cpu_milli=cores * 1000)
+
+
+@pytest.mark.parametrize("reserve_empty, half_on, whole_on", [("unrestricted", "a", None), ("partial", "b", "a")])
+def test_a_restricted_task_that_needs_part_of_a_node_keeps_off_the_empty_nodes_whole_claimants_need(
+    reserve_empty, half_on, whole_on
+):
+    """multigpu50's dip in small. Node a: 8 ``g3`` devices, 128 cores, the only node an 8-device
+    120-core task fits; node b: 8 ``g2`` devices, 96 cores; node c: 2 ``p100`` devices, so a
+    4-device task is restricted (c cannot hold it). A 4-device 60-core task scores a best
+    (``unrestricted``: a claimant passes the reserve) and the 8-device task that follows fits
+    nowhere; with ``partial`` it needs only part of a, so a's empty node is kept for the task
+    that needs all of it."""
+    prof = profile_from_dict(
+        {
+            "actions": ["enqueue", "allocate"],
+            "policies": [{"name": "fragmentation", "args": {"reserve_empty": reserve_empty}}],
+        }
+    )
+    nodes = [
+        node("a").devices("g3", 8).cpu(128).build(),
+        node("b").devices("g2", 8).cpu(96).build(),
+        node("c").devices("p100", 2).cpu(16).build(),
+    ]
+    s = Scheduler(nodes, queues=(Queue("default"),), profile=prof, clock=lambda: 1.0)
+    s.learn_history(
+        [_gang_task(f"w{i}", 8, 120) for i in range(10)]
+        + [_gang_task(f"h{i}", 4, 60) for i in range(20)]
+        + [_gang_task(f"o{i}", 1, 4) for i in range(40)]
+    )
+    s.submit(_gang_task("half", 4, 60))
+    assert placements(s.cycle())["half"][0][0] == half_on
+    s.submit(_gang_task("whole", 8, 120))
+    got = placements(s.cycle())
+    assert (got["whole"][0][0] if "whole" in got else None) == whole_on
+    shape = frag_plugin.shape_of(_gang_task("x", 4, 60))
+    assert s_plugin(s).reserve.restricted(shape, s_plugin(s).arrays)
+    g3, g2 = (s_plugin(s).arrays.models.index(m) for m in ("g3", "g2"))
+    assert not s_plugin(s).reserve.needs_whole(shape)[g3] and s_plugin(s).reserve.needs_whole(shape)[g2]
