@@ -20,7 +20,8 @@ without published results (``TUNING_LISTS``) and synthetic lists derived from th
 Each variant is the default profile (examples/profiles/scheduler-default.yaml) with the
 ``fragmentation`` plugin's arguments replaced by the variant's. Printed per list and variant:
 the mean over the seeds of the allocation at 60/80/100/130 % arrived, the unallocated share at
-130 % over our FGD's (examples/profiles/fgd.yaml, same lists and seeds), and the worst gap to
+130 % over our FGD's (examples/profiles/fgd.yaml, same lists and seeds; ``--reference default``:
+over the default profile's as it is), and the worst gap to
 our FGD's curve at 60/80/100 % arrived and over the whole curve from 1 to 100 % arrived.
 """
 
@@ -88,11 +89,11 @@ def run_one(task: tuple) -> dict:
     from xpod.scheduler.core.profile import load_profile, profile_from_dict
     from xpod.scheduler.sim import openb
 
-    data, lst, variant, seed = task
+    data, lst, variant, seed, reference = task
     nodes = openb.load_nodes(os.path.join(data, "openb_node_list_gpu_node.csv"))
     pods = tuning_pods(data, lst)
     if variant is None:
-        prof = load_profile(profile_path("fgd"))
+        prof = load_profile(profile_path(reference))
     else:
         import yaml
 
@@ -123,6 +124,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lists", default=",".join(TUNING_LISTS + SYNTHETIC))
     ap.add_argument("--seeds", default="42,43")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--reference",
+        default="fgd",
+        help="the profile the variants are compared with (fgd; default: the default profile as it is)",
+    )
     ap.add_argument("--json")
     ap.add_argument("--data", default=DATA)
     args = ap.parse_args(argv)
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     for lst in lists:
         tuning_pods(args.data, lst)  # refuses a test list before anything runs
     seeds = parse_seeds(args.seeds)
-    tasks = [(args.data, lst, v, s) for lst in lists for v in [None, *variants] for s in seeds]
+    tasks = [(args.data, lst, v, s, args.reference) for lst in lists for v in [None, *variants] for s in seeds]
     from replay_openb import _run_all_with
 
     runs = _run_all_with(run_one, tasks, args.jobs)
@@ -148,7 +154,7 @@ def main(argv=None) -> int:
         fgd = {a: statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in ref) for a in (60, 80, 100)}
         fgd_final = statistics.fmean(r["alloc"] for r in ref)
         fgd_curve = _mean_curve(ref)
-        print(f"{lst:20s} {'(our FGD)':42s} {fgd[60]:6.2f} {fgd[80]:6.2f} {fgd[100]:6.2f} {fgd_final:6.2f}")
+        print(f"{lst:20s} {f'({args.reference})':42s} {fgd[60]:6.2f} {fgd[80]:6.2f} {fgd[100]:6.2f} {fgd_final:6.2f}")
         for i, v in enumerate(variants):
             mine = [r for r in runs if r["list"] == lst and r["variant"] == v]
             at = {a: statistics.fmean(r["curve"][min(a, len(r["curve"]) - 1)] for r in mine) for a in (60, 80, 100)}
