@@ -3,6 +3,9 @@ the FGD authors' published 10-seed means.
 
     .venv/bin/python bench/replay_openb.py [--lists default,gpushare100] [--profiles default,fgd,bestfit,random]
         [--seeds 42-51] [--jobs 2] [--json OUT] [--plot PNG]
+    .venv/bin/python bench/replay_openb.py --from-json a.json b.json [--json OUT] [--plot PNG]
+
+(``--from-json``: the table of runs saved by earlier ``--json`` runs, e.g. one process per list.)
 
 Every run is ``xpod replay openb``'s: ``scheduler.sim.openb.replay`` drives
 ``xpod.scheduler.core.Scheduler`` with a profile (``default`` = examples/profiles/scheduler-default.yaml,
@@ -133,9 +136,12 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"runs": runs}, f)
     rows = table(runs, lists, profiles, curves)
-    print(
-        f"{len(runs)} replays in {time.perf_counter() - t0:.0f} s; load average {open('/proc/loadavg').read().split()[0]}"
-    )
+    if args.from_json:
+        print(f"{len(runs)} replays read from {len(args.from_json)} file(s)")
+    else:
+        print(
+            f"{len(runs)} replays in {time.perf_counter() - t0:.0f} s; load average {open('/proc/loadavg').read().split()[0]}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "runs": runs}, f)
