@@ -29,7 +29,9 @@ capacity on the models that some tasks can use alone (named models, or the only 
 enough devices and CPU for them): while a model's free capacity is below ``reserve_factor`` x
 its claimants' share of the workload's demand x the cluster's free capacity, tasks that could
 run elsewhere take its nodes only when nothing else fits (and its empty nodes, when the
-claimants need whole nodes). The reserve shrinks with the cluster's free capacity, so it costs
+claimants need whole nodes; with ``reserve_empty: partial``, not the default, so do claimants
+that need only part of such a node, as a 4-device task on the 8-device model whose empty nodes
+an 8-device task needs; ``unrestricted``: claimants pass the reserve). The reserve shrinks with the cluster's free capacity, so it costs
 nothing under overload; before overload it keeps the placements that FGD's own gradient keeps
 possible for restricted tasks (the "no harm" rule: a pod FGD places at normal load must be
 placed). It is applied outside the per-shape score caches since it moves with the whole
