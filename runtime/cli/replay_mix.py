@@ -30,7 +30,13 @@ def add_parser(sub) -> None:
     m.add_argument(
         "--serving", required=True, metavar="TRACE", help="LLM inference trace (.csv Azure, .jsonl Mooncake)"
     )
-    m.add_argument("--serving-job", required=True, metavar="YAML", help="a ServingJob file with autoscale")
+    m.add_argument(
+        "--serving-job",
+        required=True,
+        metavar="YAML",
+        help="a ServingJob file with autoscale, or with roles that each have autoscale (a prefill role follows the "
+        "trace's prompt tokens, a decode role its generated tokens)",
+    )
     m.add_argument("--peak-replicas", required=True, type=int, metavar="R", help="replicas the trace's peak needs")
     m.add_argument("--training", required=True, metavar="CSV", help="job trace: job_id,submit_s,duration_s,num_devices")
     m.add_argument(

@@ -10,6 +10,15 @@ What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s``
   that the peak interval of the trace's first hour needs exactly ``peak_replicas`` replicas at
   the job's ``target_per_replica`` (a replay shorter than the hour sees its first part); the
   job's max replicas become ``peak_replicas``.
+* **A serving job with roles** (a ServingJob file whose roles each have ``autoscale``, e.g.
+  ``examples/jobs/prefill-decode-autoscale.yaml``) is one pool per role, all placed together
+  first, then each following its own load: the one trace drives every role, a role named
+  ``prefill...`` by the prompt tokens of its requests (Azure's ``ContextTokens``, Mooncake's
+  ``input_length``), one named ``decode...`` by the generated tokens (``GeneratedTokens``,
+  ``output_length``), any other by both (``requests_per_s``: the requests, for any role); each
+  role's series is scaled so that its own peak needs ``peak_replicas`` of its replicas. An
+  interval meets the SLO when every role's ready capacity meets its demand; the result's
+  ``roles`` gives each role's own attainment and scale-up p99.
 * **The serving job** is a ServingJob file with ``autoscale``; at the start of every interval
   (an engine ``CALL`` event) its ready replicas report the load of the interval that just
   ended (each its share: ``Scheduler.report_load``), so the scheduler sees the demand one
@@ -202,10 +211,26 @@ def read_serving_trace(path: str) -> list[tuple[float, int, int]]:
     return reqs
 
 
-def demand_series(requests: Sequence[tuple[float, int, int]], metric: str, hour_s: float, step_s: float) -> list[float]:
+#: which tokens of a request a serving role's ``tokens_per_s`` counts, by the role's name (see
+#: ``role_tokens``): prompt (Azure's ContextTokens, Mooncake's input_length) or generated
+TOKENS = ("both", "prompt", "generated")
+
+
+def role_tokens(job: Job) -> str:
+    """The tokens of the trace that make a serving job's load (``TOKENS``): a role named
+    ``prefill...`` serves the prompts, one named ``decode...`` generates the output tokens (the
+    two phases disaggregated serving splits); any other job or role both."""
+    name = job.id.rsplit("/", 1)[1] if job.group is not None else ""
+    return "prompt" if name.startswith("prefill") else "generated" if name.startswith("decode") else "both"
+
+
+def demand_series(
+    requests: Sequence[tuple[float, int, int]], metric: str, hour_s: float, step_s: float, tokens: str = "both"
+) -> list[float]:
     """The load of each ``step_s`` interval of the first ``hour_s`` (per second): tokens (prompt +
-    generated) or requests, as ``metric`` (``tokens_per_s`` / ``requests_per_s``) says. A trace
-    shorter than the hour repeats."""
+    generated, or only one of them: ``tokens``) or requests, as ``metric`` (``tokens_per_s`` /
+    ``requests_per_s``) says. A trace shorter than the hour repeats."""
+    prompt, generated = tokens in ("both", "prompt"), tokens in ("both", "generated")
     n = int(math.ceil(hour_s / step_s))
     span = max(t for t, _, _ in requests) + 1e-9
     out = [0.0] * n
@@ -214,7 +239,7 @@ def demand_series(requests: Sequence[tuple[float, int, int]], metric: str, hour_
         for t, a, b in requests:
             i = int((t + k * span) // step_s)
             if 0 <= i < n:
-                out[i] += (a + b) if metric == "tokens_per_s" else 1.0
+                out[i] += (a * prompt + b * generated) if metric == "tokens_per_s" else 1.0
     return [v / step_s for v in out]
 
 
@@ -356,6 +381,8 @@ class MixResult:
     curve_demand: list[float] = dataclasses.field(default_factory=list)
     curve_ready: list[int] = dataclasses.field(default_factory=list)
     curve_training: list[int] = dataclasses.field(default_factory=list)
+    # a job with roles: per role, its own slo_attainment, scale_up_p99_s, peak_replicas, tokens
+    roles: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -376,14 +403,15 @@ class MixResult:
             "devices": self.devices,
             "peak_replicas": self.peak_replicas,
             "cycles": self.cycles,
+            **({"roles": self.roles} if self.roles else {}),
         }
 
 
 def replay_mix(
     nodes: Sequence[Node],
     fabric: Fabric | None,
-    serving: Job,
-    demand: Sequence[float],
+    serving: Job | Sequence[Job],
+    demand: Sequence[float] | Sequence[Sequence[float]],
     training: Sequence[TrainingJob],
     profile: Profile,
     profile_name: str,
@@ -392,59 +420,82 @@ def replay_mix(
 ) -> MixResult:
     """Replay one hour (see the module docstring) on the virtual-clock engine. ``serving`` must
     be an autoscaled serving job whose max replicas is the peak; ``demand`` its load per
-    interval, in its metric's units per second, already scaled."""
+    interval, in its metric's units per second, already scaled. A job with roles: ``serving``
+    its roles (each autoscaled) and ``demand`` one series per role, in the same order."""
     t_wall = time.perf_counter()
-    if serving.autoscale is None:
-        raise XpodError(f"job {serving.id}: the serving job needs an autoscale block (metric, target_per_replica)")
+    pools = [serving] if isinstance(serving, Job) else list(serving)
+    demands = [demand] if isinstance(serving, Job) else list(demand)  # type: ignore[list-item]
+    if len(pools) != len(demands):
+        raise XpodError(f"{len(pools)} serving job(s) but {len(demands)} demand series")
+    for job in pools:
+        if job.autoscale is None:
+            raise XpodError(f"job {job.id}: the serving job needs an autoscale block (metric, target_per_replica)")
     sched = Scheduler(nodes, profile=profile, fabric=fabric, clock=lambda: 0.0, resizes=True)
     cost = PreemptionCost(
         checkpoint_every_s=settings.checkpoint_every_s,
         restart_s=settings.restart_s,
         notice_checkpoint_s=settings.checkpoint_s,
     )
-    book = _MixBook(sched, serving, demand, training, settings, {n.name: n for n in nodes}, progress)
+    book = _MixBook(sched, pools, demands, training, settings, {n.name: n for n in nodes}, progress)  # type: ignore[arg-type]
     engine = Engine(sched, preemption=cost, observers=[book])
-    engine.arrive(0.0, dataclasses.replace(serving, submit_time=0.0))
+    for job in pools:
+        engine.arrive(0.0, dataclasses.replace(job, submit_time=0.0))
     warm = settings.warmup_s
     for tj in training:
         t = warm + tj.arrive_s if tj.arrive_s > 0 else 0.0
         engine.arrive(t, dataclasses.replace(tj.job, submit_time=t), tj.work_s)
-    for k in range(int(round(warm / settings.step_s)) + len(demand)):
+    for k in range(int(round(warm / settings.step_s)) + book.intervals):
         engine.call(k * settings.step_s, book.report)
-    end = book.hour_start + len(demand) * settings.step_s
+    end = book.hour_start + book.intervals * settings.step_s
     summary = engine.run(until_s=end - 1e-9)
     return book.result(engine, end, profile_name, summary.cycles, time.perf_counter() - t_wall)
 
 
+class _Pool:
+    """One autoscaled serving job of the replay (a job without roles, or one role of a job with
+    roles): its demand per interval and when each of its replicas serves."""
+
+    def __init__(self, job: Job, demand: Sequence[float], step_s: float) -> None:
+        assert job.autoscale is not None
+        self.job, self.demand = job, demand
+        self.size = job.replica_tasks
+        self.target = job.autoscale.target_per_replica
+        # before the hour the replicas report the first minute's highest load (a trace's first
+        # intervals are often a ramp of its own start, not of the service's demand)
+        self.warm_load = max(demand[: max(1, int(60.0 / step_s))])
+        self.ready_at: dict[int, float] = {}  # replica -> time it serves from
+        self.ready_series: list[int] = []
+
+    def needed(self, i: int) -> int:
+        """Replicas interval ``i``'s demand needs at the job's target (no margin)."""
+        return recommendation(self.job.autoscale, ScaleRule(), self.demand[i], 0, 10**9)  # type: ignore[arg-type]
+
+
 class _MixBook:
     """The replay's observer: the serving replicas' load reports (an engine ``CALL`` every
-    interval), when each replica serves, the intervals' samples and the counts of the metrics."""
+    interval), when each replica serves, the intervals' samples and the counts of the metrics.
+    A job with roles is one pool per role: an interval meets the SLO when every role's ready
+    capacity meets that role's demand (a request needs both phases)."""
 
     def __init__(
         self,
         sched: Scheduler,
-        serving: Job,
-        demand: Sequence[float],
+        serving: Sequence[Job],
+        demand: Sequence[Sequence[float]],
         training: Sequence[TrainingJob],
         settings: MixSettings,
         node_of: dict[str, Node],
         progress: Callable[[float, float], None] | None,
     ) -> None:
-        assert serving.autoscale is not None
-        self.sched, self.serving, self.demand, self.settings = sched, serving, demand, settings
+        self.sched, self.settings = sched, settings
+        self.pools = {job.id: _Pool(job, d, settings.step_s) for job, d in zip(serving, demand)}
+        self.intervals = min(len(d) for d in demand)
         self.node_of, self.progress = node_of, progress
         self.trace_devices = {tj.job.id: tj.devices for tj in training}
         self.step = settings.step_s
         self.hour_start = settings.warmup_s  # virtual time 0 is the warm-up's start
-        self.size = serving.replica_tasks
-        self.target = serving.autoscale.target_per_replica
-        # before the hour the replicas report the first minute's highest load (a trace's first
-        # intervals are often a ramp of its own start, not of the service's demand)
-        self.warm_load = max(demand[: max(1, int(60.0 / self.step))])
-        self.ready_at: dict[int, float] = {}  # serving replica -> time it serves from
         self.held: dict[str, dict[int, Binding]] = {}  # job -> task -> binding (the replay's own book)
         self.violations: list[str] = []
-        self.ready_series: list[int] = []
         self.training_series: list[int] = []
         self.progress_at_start: dict[str, float] = {}
         self.preemptions = self.restarts = self.shrinks = self.regrows = 0
@@ -455,31 +506,32 @@ class _MixBook:
         return int(math.floor((t - self.hour_start) / self.step + 1e-9))
 
     def report(self, engine: Engine, t: float) -> None:
-        """Each serving replica that serves reports its share of the load of the interval that
-        just ended (the warm-up: the first minute's highest), before this instant's cycle."""
+        """Each serving replica that serves reports its share of its pool's load of the interval
+        that just ended (the warm-up: the first minute's highest), before this instant's cycle."""
         i = self.interval(t)
         if i == 0:
             self.progress_at_start = {jid: rec.progress_at(t) for jid, rec in engine.records.items()}
-        seen = self.demand[i - 1] if i >= 1 else self.warm_load
-        ready = sorted(r for r, at in self.ready_at.items() if at <= t)
-        for r in ready:
-            self.sched.report_load(self.serving.id, r, seen / len(ready))
+        for jid, pool in self.pools.items():
+            seen = pool.demand[i - 1] if i >= 1 else pool.warm_load
+            ready = sorted(r for r, at in pool.ready_at.items() if at <= t)
+            for r in ready:
+                self.sched.report_load(jid, r, seen / len(ready))
         if self.progress is not None and i >= 0:
-            self.progress(i * self.step, len(self.demand) * self.step)
+            self.progress(i * self.step, self.intervals * self.step)
 
     def on_finished(self, engine: Engine, now: float, rec: JobRecord) -> None:
         self.held.pop(rec.job.id, None)
 
     def on_cycle(self, engine: Engine, now: float, result: CycleResult) -> None:
         in_hour = now >= self.hour_start - 1e-9
-        serving = self.serving.id
+        pools = self.pools
         freed: set[tuple[str, int]] = set()  # devices stopped tasks gave up this cycle
         stop_delay = 0.0
         for e in result.evictions:
             for b in self.held.pop(e.job_id, {}).values():
                 freed.update((b.node, d) for d in b.device_indices)
-            if e.job_id == serving:
-                self.ready_at.clear()
+            if e.job_id in pools:
+                pools[e.job_id].ready_at.clear()
             elif e.job_id in self.trace_devices:
                 stop_delay = max(stop_delay, self._stop_s(e.job_id))
                 self.preemptions += int(in_hour)
@@ -490,9 +542,10 @@ class _MixBook:
                 b = mine.pop(task, None)
                 if b is not None:
                     freed.update((b.node, d) for d in b.device_indices)
-            if rz.job_id == serving:
+            if rz.job_id in pools:
+                pool = pools[rz.job_id]
                 for task in rz.released:
-                    self.ready_at.pop(task // self.size, None)
+                    pool.ready_at.pop(task // pool.size, None)
                 continue
             resized.add(rz.job_id)
             if rz.tasks_after < rz.tasks_before:  # shrunk: its stopping tasks checkpoint first
@@ -515,9 +568,10 @@ class _MixBook:
                 if other.node == b.node and set(other.device_indices) & set(b.device_indices):
                     self.violations.append(f"{b.job_id}: tasks {other.task} and {b.task} share a device on {b.node}")
             mine[b.task] = b
-            if b.job_id == serving:
+            if b.job_id in pools:
+                pool = pools[b.job_id]
                 delay = stop_delay if any((b.node, d) in freed for d in b.device_indices) else 0.0
-                self.ready_at[b.task // self.size] = now + delay + self.settings.replica_startup_s
+                pool.ready_at[b.task // pool.size] = now + delay + self.settings.replica_startup_s
         for jid in dict.fromkeys(b.job_id for b in result.bindings):
             rec = engine.records.get(jid)
             if jid in resized or rec is None or jid not in self.trace_devices:
@@ -525,7 +579,7 @@ class _MixBook:
             if in_hour and rec.run_started_s == now and rec.first_start_s is not None and rec.first_start_s < now:
                 self.restarts += 1  # started again after an eviction
         i = self.interval(now)
-        if 0 <= i < len(self.demand) and abs(now - (self.hour_start + i * self.step)) < 1e-6:
+        if 0 <= i < self.intervals and abs(now - (self.hour_start + i * self.step)) < 1e-6:
             self._sample(now)
 
     def _stop_s(self, job_id: str) -> float:
@@ -536,11 +590,12 @@ class _MixBook:
 
     def _sample(self, now: float) -> None:
         """The interval starting at ``now``: ready replicas, devices of training and serving."""
-        self.ready_series.append(sum(1 for at in self.ready_at.values() if at <= now))
+        for pool in self.pools.values():
+            pool.ready_series.append(sum(1 for at in pool.ready_at.values() if at <= now))
         train = serve = 0
         for jid, rj in self.sched.running.items():
             n = sum(len(b.device_indices) for b in rj.bindings)
-            if jid == self.serving.id:
+            if jid in self.pools:
                 serve += n
             elif jid in self.trace_devices:
                 train += n
@@ -548,22 +603,29 @@ class _MixBook:
         self.serving_device_s += serve * self.step
         self.used_device_s += (serve + train) * self.step
 
+    @staticmethod
+    def _p99(waits: list[float]) -> float:
+        waits = sorted(waits)
+        return waits[max(0, math.ceil(0.99 * len(waits)) - 1)] if waits else 0.0
+
+    def _waits(self, pool: _Pool) -> list[float]:
+        """For every interval whose needed replicas rise above the previous interval's: the
+        time until that many of the pool's replicas are ready (the first interval counts)."""
+        n, step, ready = self.intervals, self.step, pool.ready_series
+        rises = [(0, pool.needed(0))] + [
+            (i, pool.needed(i)) for i in range(1, n) if pool.needed(i) > pool.needed(i - 1)
+        ]
+        return [next(((j - i) * step for j in range(i, n) if ready[j] >= need), (n - i) * step) for i, need in rises]
+
     def result(self, engine: Engine, end: float, profile_name: str, cycles: int, seconds: float) -> MixResult:
-        step, demand, n = self.step, self.demand, len(self.demand)
-        rule = ScaleRule()
+        step, n = self.step, self.intervals
+        pools = list(self.pools.values())
 
-        def needed(i: int) -> int:
-            return recommendation(self.serving.autoscale, rule, demand[i], 0, 10**9)  # type: ignore[arg-type]
+        def met(pool: _Pool, i: int) -> bool:
+            return pool.ready_series[i] * pool.target >= pool.demand[i] - 1e-9
 
-        ready = self.ready_series
-        ok = sum(1 for i, r in enumerate(ready) if r * self.target >= demand[i] - 1e-9)
-        rises = [(0, needed(0))] + [(i, needed(i)) for i in range(1, n) if needed(i) > needed(i - 1)]
-        waits = []
-        for i, need in rises:
-            w = next(((j - i) * step for j in range(i, n) if ready[j] >= need), (n - i) * step)
-            waits.append(w)
-        waits.sort()
-        p99 = waits[max(0, math.ceil(0.99 * len(waits)) - 1)] if waits else 0.0
+        ok = sum(1 for i in range(n) if all(met(p, i) for p in pools))
+        waits = [w for p in pools for w in self._waits(p)]
         kept_s = 0.0  # device-seconds of training progress made in the hour and kept
         for jid, devices in self.trace_devices.items():
             rec = engine.records.get(jid)
@@ -571,10 +633,19 @@ class _MixBook:
                 kept_s += (rec.progress_at(end) - self.progress_at_start.get(jid, 0.0)) * devices
         total = sum(len(nd.devices) for nd in self.node_of.values())
         hour = n * step
+        roles = {}
+        if len(pools) > 1 or pools[0].job.group is not None:
+            for p in pools:
+                roles[p.job.id.rsplit("/", 1)[-1]] = {
+                    "slo_attainment": round(sum(1 for i in range(n) if met(p, i)) / n if n else 1.0, 4),
+                    "scale_up_p99_s": round(self._p99(self._waits(p)), 1),
+                    "peak_replicas": p.job.tasks // p.size,
+                    "tokens": role_tokens(p.job),
+                }
         return MixResult(
             profile=profile_name,
             slo_attainment=ok / n if n else 1.0,
-            scale_up_p99_s=p99,
+            scale_up_p99_s=self._p99(waits),
             training_device_hours=kept_s / 3600.0,
             gang_restarts=self.restarts,
             preemptions=self.preemptions,
@@ -585,13 +656,15 @@ class _MixBook:
             violation_examples=self.violations[:5],
             seconds=seconds,
             devices=total,
-            peak_replicas=self.serving.tasks // self.size,
+            peak_replicas=sum(p.job.tasks // p.size for p in pools),
             serving_device_hours=self.serving_device_s / 3600.0,
             cycles=cycles,
             curve_t=[k * step for k in range(n)],
-            curve_demand=[d / self.target for d in demand],
-            curve_ready=ready,
+            # a job with roles: replicas of every role summed
+            curve_demand=[sum(p.demand[i] / p.target for p in pools) for i in range(n)],
+            curve_ready=[sum(p.ready_series[i] for p in pools) for i in range(n)],
             curve_training=self.training_series,
+            roles=roles,
         )
 
 
@@ -620,24 +693,42 @@ def profiles_to_compare() -> list[tuple[str, Profile]]:
 
 
 def serving_job_from_file(path: str, peak_replicas: int) -> Job:
-    """The serving job of a ServingJob file (checked like ``xpod job validate``), its max
-    replicas set to ``peak_replicas`` (its min kept, at most the peak)."""
+    """The serving job of a ServingJob file without roles (``serving_jobs_from_file``)."""
+    jobs = serving_jobs_from_file(path, peak_replicas)
+    if len(jobs) != 1 or jobs[0].group is not None:
+        raise XpodError(f"{path}: spec.roles: a job with roles is several serving jobs (serving_jobs_from_file)")
+    return jobs[0]
+
+
+def serving_jobs_from_file(path: str, peak_replicas: int) -> list[Job]:
+    """The serving job of a ServingJob file (checked like ``xpod job validate``), or its roles
+    (every one with ``autoscale``), each with its max replicas set to ``peak_replicas`` (its
+    min kept, at most the peak)."""
     from xpod.scheduler import jobspec
 
-    from ..core.spec import CORE_KEYS, parse_job
+    from ..core.spec import CORE_KEYS, parse_job, parse_roles
 
     doc = jobspec.load_job_file(path).document
     if doc.get("kind") != "ServingJob":
         raise XpodError(f"{path}: kind: {doc.get('kind')!r}: the serving job of a mix is a ServingJob")
     spec = {k: v for k, v in doc["spec"].items() if k in CORE_KEYS}
-    job = parse_job({**spec, "kind": "serving"}, source=path, job_id=doc["metadata"]["name"])
-    if job.autoscale is None:
-        raise XpodError(f"{path}: spec.autoscale: missing (metric, target_per_replica): the mix follows its demand")
+    name = doc["metadata"]["name"]
+    if "roles" in spec:
+        jobs = parse_roles({**spec, "kind": "serving"}, source=path, job_id=name)
+    else:
+        jobs = [parse_job({**spec, "kind": "serving"}, source=path, job_id=name)]
+    for i, job in enumerate(jobs):
+        if job.autoscale is None:
+            field = f"spec.roles[{i}].autoscale" if job.group is not None else "spec.autoscale"
+            raise XpodError(f"{path}: {field}: missing (metric, target_per_replica): the mix follows its demand")
     if peak_replicas < 1:
         raise XpodError(f"--peak-replicas: {peak_replicas} must be >= 1")
-    size = job.replica_tasks
-    lo = min(job.min_required // size, peak_replicas)
-    return dataclasses.replace(job, tasks=peak_replicas * size, min_tasks=lo * size)
+    out = []
+    for job in jobs:
+        size = job.replica_tasks
+        lo = min(job.min_required // size, peak_replicas)
+        out.append(dataclasses.replace(job, tasks=peak_replicas * size, min_tasks=lo * size))
+    return out
 
 
 def run_mix(
@@ -651,25 +742,43 @@ def run_mix(
     settings: MixSettings = MixSettings(),
     progress: Callable[[float, float], None] | None = None,
 ) -> MixResult:
-    """``xpod replay mix``: read the files (one ``XpodError`` line on bad input) and replay."""
+    """``xpod replay mix``: read the files (one ``XpodError`` line on bad input) and replay.
+
+    A serving job with roles: each role's load is the trace's load in the role's metric, of the
+    tokens the role serves (``role_tokens``: a ``prefill`` role the prompt tokens, a ``decode``
+    role the generated ones), each scaled so that its own peak needs ``peak_replicas`` of the
+    role's replicas; the training runs on the model of the roles that has the most devices in
+    the cluster."""
     from ..core.from_cluster import load_inventory
 
     nodes, fabric = load_inventory(cluster)
-    job = serving_job_from_file(serving_job, peak_replicas)
+    jobs = serving_jobs_from_file(serving_job, peak_replicas)
     requests = read_serving_trace(serving_trace)
-    assert job.autoscale is not None
     # scaled by the peak of the trace's first hour (a shorter replay sees part of that hour)
     span = min(3600.0, max(t for t, _, _ in requests) + settings.step_s)
-    whole = demand_series(requests, job.autoscale.metric.value, max(span, settings.hour_s), settings.step_s)
-    peak = max(whole)
-    if peak <= 0:
-        raise XpodError(f"{serving_trace}: no load in the first hour")
-    scale = peak_replicas * job.autoscale.target_per_replica / peak
-    demand = [v * scale for v in whole[: int(math.ceil(settings.hour_s / settings.step_s))]]
-    model = job.devices.model if job.devices and job.devices.model else ""
-    per_node = max((sum(1 for d in n.devices if d.model == model) for n in nodes), default=0)
-    total = sum(1 for n in nodes for d in n.devices if d.model == model)
-    if not model or not per_node:
-        raise XpodError(f"{serving_job}: spec.devices.model: {model or 'none'}: no node of {cluster} has that model")
+    demands = []
+    for job in jobs:
+        assert job.autoscale is not None
+        metric = job.autoscale.metric.value
+        whole = demand_series(requests, metric, max(span, settings.hour_s), settings.step_s, role_tokens(job))
+        peak = max(whole)
+        if peak <= 0:
+            raise XpodError(f"{serving_trace}: no load in the first hour")
+        scale = peak_replicas * job.autoscale.target_per_replica / peak
+        demands.append([v * scale for v in whole[: int(math.ceil(settings.hour_s / settings.step_s))]])
+    counts = {m: sum(1 for n in nodes for d in n.devices if d.model == m) for m in {_model(j) for j in jobs}}
+    for i, job in enumerate(jobs):
+        if not _model(job) or not counts[_model(job)]:
+            field = "spec.devices.model" if job.group is None else f"spec.roles[{i}].devices.model"
+            raise XpodError(f"{serving_job}: {field}: {_model(job) or 'none'}: no node of {cluster} has that model")
+    model = max(sorted(counts), key=lambda m: counts[m])
+    per_node = max(sum(1 for d in n.devices if d.model == model) for n in nodes)
+    total = counts[model]
     training = read_training(training_trace, settings, model, per_node, total)
-    return replay_mix(nodes, fabric, job, demand, training, profile, profile_name, settings, progress)
+    if jobs[0].group is None:
+        return replay_mix(nodes, fabric, jobs[0], demands[0], training, profile, profile_name, settings, progress)
+    return replay_mix(nodes, fabric, jobs, demands, training, profile, profile_name, settings, progress)
+
+
+def _model(job: Job) -> str:
+    return job.devices.model if job.devices and job.devices.model else ""

@@ -121,3 +121,42 @@ def test_bad_training_trace_and_serving_job(tmp_path):
     )
     with pytest.raises(XpodError, match=r"plain.yaml: spec.autoscale: missing"):
         mix.run_mix(CLUSTER, SERVING, str(plain), 40, TRAINING, default_profile(), "d", TEN_MINUTES)
+
+
+PD_CLUSTER = str(ROOT / "examples" / "clusters" / "pd-mixed.yaml")
+PD_JOB = str(ROOT / "examples" / "jobs" / "prefill-decode-autoscale.yaml")
+
+
+def test_a_serving_job_with_roles_replays_each_role_on_its_own_tokens():
+    reqs = mix.read_serving_trace(SERVING)
+    prompt = mix.demand_series(reqs, "tokens_per_s", 600.0, 10.0, "prompt")
+    generated = mix.demand_series(reqs, "tokens_per_s", 600.0, 10.0, "generated")
+    assert prompt[2] == pytest.approx(sum(a for t, a, _ in reqs if 20.0 <= t < 30.0) / 10.0)
+    assert generated[2] == pytest.approx(sum(b for t, _, b in reqs if 20.0 <= t < 30.0) / 10.0)
+    prefill, decode = mix.serving_jobs_from_file(PD_JOB, 8)
+    assert (mix.role_tokens(prefill), mix.role_tokens(decode)) == ("prompt", "generated")
+    assert (prefill.devices.model, decode.devices.model, decode.group) == (
+        "ascend-910b3",
+        "ascend-910c",
+        "pd-autoscale",
+    )
+    r = mix.run_mix(PD_CLUSTER, SERVING, PD_JOB, 8, TRAINING, default_profile(), "d", TEN_MINUTES)
+    assert r.violations == 0, r.violation_examples
+    assert set(r.roles) == {"prefill", "decode"} and r.peak_replicas == 16
+    assert r.roles["prefill"]["tokens"] == "prompt" and r.roles["decode"]["tokens"] == "generated"
+    # each role's own peak needs 8 of its replicas; the curve sums the roles' replicas
+    assert max(r.curve_demand) <= 16.0 + 1e-9 and len(r.curve_ready) == 60
+    assert r.slo_attainment <= min(role["slo_attainment"] for role in r.roles.values())
+    assert "roles" in r.to_json() and r.training_device_hours > 0
+
+
+def test_a_role_without_autoscale_is_refused_naming_it(tmp_path):
+    text = (
+        pathlib.Path(PD_JOB)
+        .read_text()
+        .replace("      autoscale: {metric: tokens_per_s, target_per_replica: 4000}\n", "")
+    )
+    bad = tmp_path / "pd.yaml"
+    bad.write_text(text)
+    with pytest.raises(XpodError, match=r"spec.roles\[1\].autoscale: missing"):
+        mix.run_mix(PD_CLUSTER, SERVING, str(bad), 8, TRAINING, default_profile(), "d", TEN_MINUTES)
