@@ -189,10 +189,16 @@ def cmd_validate(args) -> int:
         return 0
     fits = f"; fits cluster {cluster.name!r}" if cluster is not None else ""
     if "roles" in summary:
-        roles = "; ".join(
-            f"{r['name']}: {r['tasks']} task(s) x {r['devices_per_task']['what'] if r['devices_per_task'] else 'no devices'}"
-            for r in summary["roles"]
-        )
+
+        def role(r: dict) -> str:
+            what = r["devices_per_task"]["what"] if r["devices_per_task"] else "no devices"
+            if "replicas" not in r:
+                return f"{r['name']}: {r['tasks']} task(s) x {what}"
+            lo, hi = r["replicas"]["min"], r["replicas"]["max"]
+            per = r["tasks"] // hi
+            return f"{r['name']}: {lo if lo == hi else f'{lo}-{hi}'} replica(s) of {per} task(s) x {what}"
+
+        roles = "; ".join(role(r) for r in summary["roles"])
         print(
             f"{args.file}: ok: {summary['kind']} {summary['name']!r} with roles ({roles}), placed together, "
             f"queue {summary['queue']}, priority {summary['priority_class']}{fits}"

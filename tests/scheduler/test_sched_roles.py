@@ -205,3 +205,16 @@ def test_serving_role_file_errors_name_the_line_and_field(tmp_path):
         "6:7: unknown key 'autoscale' in spec.roles[0]: only a ServingJob's roles have autoscale; a TrainingJob "
         "role is one gang of its tasks"
     ]
+
+
+def test_the_shipped_autoscaled_roles_example_validates_with_its_replicas():
+    import pathlib
+
+    from xpod.scheduler import jobspec
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    summary = jobspec.load_job_file(str(root / "examples" / "jobs" / "prefill-decode-autoscale.yaml")).summary()
+    assert [(r["name"], r["tasks"], r["replicas"]) for r in summary["roles"]] == [
+        ("prefill", 8, {"min": 1, "max": 8}),
+        ("decode", 8, {"min": 1, "max": 8}),
+    ]
