@@ -249,7 +249,16 @@ class InProcessCore:
 
     def release_tasks(self, job_id: str, tasks: list[int], why: str) -> list[int]:
         with self._lock:
-            return [r.task for r in self.scheduler.replace_tasks(job_id, tasks, why)]
+            members = self._members.get(job_id)
+            if not members:
+                return [r.task for r in self.scheduler.replace_tasks(job_id, tasks, why)]
+            out = []  # a job with roles: each role's replicas released in the role's own task numbers
+            for core_id in members:
+                _, first = self._roles[core_id]
+                mine = [t - first for t in tasks if first <= t < first + self._tasks[core_id]]
+                if mine:
+                    out += [first + r.task for r in self.scheduler.replace_tasks(core_id, mine, why)]
+            return sorted(out)
 
     def report_load(self, job_id: str, replica: int, value: float) -> tuple[str, str, int]:
         with self._lock:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from xpod.hal.device import Health
 from xpod.hal.errors import XpodError
-from xpod.scheduler.contract import JobKind, TaskReport, TaskState
+from xpod.scheduler.contract import JobKind, TaskReport, TaskState, role_spans
 from xpod.scheduler.store import EventType, JobRecord, JobState, JobUpdate, StaleUpdate, StoreClosed
 
 from .errors import ApiError, Code, not_found, wait
@@ -165,8 +165,10 @@ class Liveness:
             parsed = self._jobs.parsed(job_id)
             if job is None or job.state not in BOUND_STATES or parsed is None:
                 return None
-            serving = parsed.kind is JobKind.SERVING and not parsed.roles  # roles: gangs, restarted whole
-            d = decide(job, loss, parsed.task.max_restarts, serving, parsed.core.replica_tasks)
+            # a job with roles: the replicas of its roles with replicas are replaced alone
+            roles = role_spans(job.spec.get("spec", {})) if parsed.roles else ()
+            serving = parsed.kind is JobKind.SERVING
+            d = decide(job, loss, parsed.task.max_restarts, serving, parsed.core.replica_tasks, roles)
             if d.action is Action.NONE:
                 return None
             now = self._clock()

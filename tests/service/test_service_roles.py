@@ -202,3 +202,33 @@ def test_serving_roles_scale_on_their_own_load_reports(tmp_path):
         assert job.restarts == 0  # a role scaled down is no restart
     finally:
         api.close()
+
+
+def test_a_lost_replica_of_a_role_is_replaced_alone_a_lost_gang_role_requeues_the_job(tmp_path):
+    doc = _pd_doc()
+    del doc["spec"]["roles"][0]["replicas"], doc["spec"]["roles"][0]["autoscale"]  # prefill: one gang
+    doc["spec"]["roles"][1]["replicas"] = 2  # decode: two replicas, always
+    del doc["spec"]["roles"][1]["autoscale"]
+    api = make_api(str(tmp_path / "x.db"))
+    try:
+        view, _ = api.submit_job(P, "pd-1", doc)
+        jid = view.record.id
+        api.schedule_once()
+        job = api.jobs.get(jid)
+        assert sorted(a.task for a in job.allocations) == [0, 1, 2], job.allocations
+        for node in {a.node for a in job.allocations}:
+            api.report_task_status(P, jid, node, TaskState.RUNNING)
+        where = {a.task: a.node for a in job.allocations}
+        d = api.liveness.lose(jid, Loss("node lost", node=where[2]))  # decode replica 1
+        assert d is not None and d.action.value == "replace" and d.lost_tasks == (2,), d
+        assert "decode replica 1 replaced: node lost" in d.message
+        job = api.jobs.get(jid)
+        assert job.state.value == "RUNNING" and sorted(a.task for a in job.allocations) == [0, 1]
+        assert f"{jid}/prefill" in api.core.scheduler.snapshot.running  # the other roles keep running
+        api.schedule_once()
+        assert sorted(a.task for a in api.jobs.get(jid).allocations) == [0, 1, 2]  # placed again
+        d = api.liveness.lose(jid, Loss("node lost", node=where[0]))  # prefill, a gang: the whole job
+        assert d is not None and d.action.value == "requeue", d
+        assert api.jobs.get(jid).state.value == "QUEUED" and not api.core.scheduler.snapshot.running
+    finally:
+        api.close()
