@@ -19,6 +19,7 @@ EXPECTED = {
     "cloudmatrix384x2.yaml": (96, 768, 1536, {"ascend-910c": 1536}, [1, 2, 3, 4]),
     "atlas-800t-a2.yaml": (4, 32, 32, {"ascend-910b3": 32}, [1, 2, 3]),
     "dgx-h100.yaml": (4, 32, 32, {"nvidia-h100-sxm": 32}, [1, 2]),
+    "pd-mixed.yaml": (32, 256, 384, {"ascend-910b3": 128, "ascend-910c": 256}, [1, 2, 3, 3, 4, 5]),
     "heterogeneous.yaml": (
         15,
         74,
