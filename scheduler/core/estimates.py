@@ -399,10 +399,13 @@ class Timeline:
             if not self._next_release():
                 return self.unknown(d)
 
-    def unknown(self, d: Demand) -> Estimate:
+    def unknown(self, d: Demand, why: str | None = None) -> Estimate:
         """Give up on this job's start (no release lets it fit, or its reservation is
-        unknown): it and every later job of the pool get no number, and say why."""
-        if self.forever is not None:
+        unknown, for the reason ``why`` when the caller knows it): it and every later job of
+        the pool get no number, and say why."""
+        if why:
+            pass  # the caller's reason (a reservation that gave up)
+        elif self.forever is not None:
             why = f"job {self.forever} ahead of it has no expected_duration_seconds, so the devices it takes never free up in the estimate"
         elif self.open_ended:
             why = "a running job it waits for has no expected duration"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .actions.cycle import CycleState, largest_block, tier_of, unit_of
 from .actions.enqueue import asks, never_fits_message
-from .actions.reservation import reservation, running_ends
+from .actions.reservation import gave_up, reservation, running_ends
 from .estimates import Demand, Timeline, holds_without_end, releases_by_model, shared_by_model
 from .model import MILLI, Job, JobKind, PendingReason, ReasonCode
 from .snapshot import Snapshot
@@ -89,7 +89,11 @@ def pending_reasons(cs: CycleState) -> dict[str, PendingReason]:
                     if ends is None:
                         ends = running_ends(snap)
                     held = reservation(cs, job, ends)
-                    e = tl.offer(demand, held.start, held.nodes) if held is not None else tl.unknown(demand)
+                    e = (
+                        tl.offer(demand, held.start, held.nodes)
+                        if held is not None
+                        else tl.unknown(demand, gave_up(cs, job.id))
+                    )
                 else:
                     e = tl.offer(demand)
                 est, est_why = e.start, e.why

@@ -222,17 +222,13 @@ class Scheduler:
         self.pending[job.id] = job
         if job.autoscale is not None and job.kind is JobKind.SERVING:
             self._scaled.add(job.id)
-        for p in self.framework.observers:
-            p.observe(job, False)
+        self.framework.observe((job,), False)
         return job
 
     def learn_history(self, jobs: Iterable[Job]) -> None:
         """Show the plugins that learn the workload (``Observe``) jobs seen before this
         scheduler started (a replay's trace, a store's history); nothing is queued."""
-        jobs = list(jobs)
-        for p in self.framework.observers:
-            for job in jobs:
-                p.observe(job, True)
+        self.framework.observe(jobs, True)
 
     def _forget(self, job_id: str) -> None:
         self.framework.forget(job_id)

@@ -38,6 +38,10 @@ from xpod.hal.device import Health
 from .model import MILLI, Binding, Device, Job, Node
 
 
+#: the key of ``Snapshot.empty_cache`` under which ``actions.reservation`` keeps its walks
+RESERVATIONS_CACHE = "reservations"
+
+
 @dataclasses.dataclass
 class NodeState:
     node: Node
@@ -261,7 +265,9 @@ class Snapshot:
         # device totals per model (healthy), for "can never fit" checks
         self.model_total: dict[str, int] = defaultdict(int)
         # what the empty cluster offers per domain (the actions' "can never fit" checks), kept
-        # until the inventory changes: nodes added or removed, device health changed
+        # until the inventory changes: nodes added or removed, device health changed (and under
+        # ``RESERVATIONS_CACHE`` the heads' reservation walks, dropped when a node's readiness
+        # changes too)
         self.empty_cache: dict = {}
         # bumped whenever the inventory changes (nodes, health): caches of what the empty
         # cluster offers compare it
@@ -327,6 +333,7 @@ class Snapshot:
         st.ready = ready
         st.not_ready_reason = "" if ready else reason
         self._refresh_usable(st)
+        self.empty_cache.pop(RESERVATIONS_CACHE, None)  # kept placements ahead assumed this node's state
         self._cpu_order = None
         self._name_order = None
         if self._vectors is not None:

@@ -225,6 +225,23 @@ CASES = [
         says={"short": "the start of big is unknown, as a job it waits for has no expected duration"},
     ),
     dict(
+        id="backfill-says-when-the-reservation-gives-up",
+        # 20 releases free a device each, but the CPU big needs stays with hog (no end): the
+        # look-ahead fails at every one, and gives up after MAX_RESERVATION_TRIES of them
+        nodes=[node("n1").devices(H, 20).cpu(4)],
+        running=[job("hog").cpu(4)] + [job(f"r{i}").devices(H, 1).duration(10 * (i + 1)) for i in range(20)],
+        jobs=[
+            job("big").devices(H, 1).cpu(1).submitted(1),
+            job("short").devices(H, 1).duration(5).submitted(2),
+        ],
+        expect={},
+        pending={"big": ReasonCode.UNSCHEDULABLE, "short": ReasonCode.WAITING_BEHIND},
+        says={
+            "big": "estimated start unknown: the look-ahead did not place it at any of the first 16 times",
+            "short": "the start of big is unknown, as the look-ahead did not place it at any of the first 16 times the running jobs' expected ends free enough devices by count",
+        },
+    ),
+    dict(
         id="backfill-other-devices-cannot-delay-the-head",
         # a 910B job takes nothing the H100 head waits for: it goes, duration or not
         nodes=[node("h").devices(H, 8), node("b").devices(B, 8)],

@@ -356,3 +356,39 @@ def test_preemptions_count_check_only_skips_trials_that_would_fail(tmp_path, mon
     assert outcome() == fast
     assert any(skipped), "no trial was skipped: the replay does not exercise the check"
     assert sum(p for _, _, p in fast.values()) > 0, "no eviction: the replay does not exercise preemption"
+
+
+@pytest.mark.parametrize("profile", ["scheduler-default.yaml", "easy-backfill.yaml"])
+def test_kept_reservation_walks_make_the_same_decisions(tmp_path, monkeypatch, profile):
+    """A blocked head's reservation walk (``actions.reservation``) is kept across cycles until
+    the running jobs, the inventory or what the observing plugins learnt changes: a contended
+    replay on CloudMatrix384 (sizes 1 to 64 dies, 60 s periodic cycles) makes the same
+    decisions with the kept walks as with a walk every cycle, and does reuse walks."""
+    from xpod.scheduler.core.actions import reservation
+    from xpod.scheduler.core.from_cluster import load_inventory
+    from xpod.scheduler.core.profile import load_profile
+
+    sizes = (1, 2, 8, 16, 4, 32, 1, 64, 8, 2)
+    rows = "".join(f"j{i},{i * 40},{60 + (i * 7919) % 18000},{sizes[i % 10]},1000,,v\n" for i in range(160))
+    trace = read_trace(_trace(tmp_path, rows))
+    nodes, fabric = load_inventory(CM384)
+    prof = load_profile(os.path.join(REPO, "examples", "profiles", profile))
+    walks = [0]
+    real = reservation._walk
+
+    def counted(*args):
+        walks[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(reservation, "_walk", counted)
+
+    def outcome():
+        walks[0] = 0
+        run = run_replay(trace, nodes, prof, fabric=fabric, settings=ReplaySettings(from_s=0, tick_s=60.0))
+        return {j: (r.first_start_s, r.end_s, r.preemptions) for j, r in run.engine.records.items()}, walks[0]
+
+    kept, kept_walks = outcome()
+    monkeypatch.setattr(reservation, "KEEP_WALKS", False)
+    every, every_walks = outcome()
+    assert kept == every
+    assert 0 < kept_walks < every_walks, (kept_walks, every_walks)

@@ -6,7 +6,7 @@ from ..model import Job, ReasonCode
 from ..snapshot import Statement
 from .carve import MAX_CARVE_TRIES, CarveMask, head_carve, try_carved
 from .cycle import CycleState, shape_key, try_place
-from .reservation import reservation
+from .reservation import NO_END, reservation
 
 
 def action_backfill(cs: CycleState) -> None:
@@ -119,7 +119,7 @@ def action_backfill(cs: CycleState) -> None:
                     )
                 elif shadow is None:
                     cs.behind_why[job.id] = (
-                        f"the start of {head} is unknown, as a job it waits for has no expected duration: only jobs on other devices may go ahead"
+                        f"the start of {head} is unknown, as {cs.unreserved.get(head, NO_END)}: only jobs on other devices may go ahead"
                     )
                 elif d is None:
                     cs.behind_why[job.id] = (

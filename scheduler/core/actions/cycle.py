@@ -85,6 +85,8 @@ class CycleState:
     requeued: dict[str, Job] = dataclasses.field(default_factory=dict)
     preemption_attempts: int = 0  # preemptions tried with eligible victims (metrics)
     behind_why: dict[str, str] = dataclasses.field(default_factory=dict)  # job id -> why backfill held it
+    # job id -> why it has no reservation (``reservation.reservation`` returned None)
+    unreserved: dict[str, str] = dataclasses.field(default_factory=dict)
     estimate_depth: int = 256  # queue positions per queue that get an estimated start (profile)
     backfill_ran: bool = False  # the backfill action ran: jobs on other devices may pass a head
     # job id -> tasks it wants now when fewer than its ``tasks`` (an autoscaled serving job's

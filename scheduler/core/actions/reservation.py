@@ -9,14 +9,29 @@ from collections import defaultdict
 from ..estimates import shared_ends
 from ..fabric import CLUSTER, NODE, NODE_LOCAL_LEVELS
 from ..model import MILLI, Job, JobKind
-from ..snapshot import Snapshot, Statement
-from .cycle import CycleState, place_ahead, reserve_devices, tier_of, unit_of
+from ..snapshot import RESERVATIONS_CACHE, Snapshot, Statement
+from .cycle import CycleState, place_ahead, reserve_devices, tier_of, unit_of, wanted
 
 
 #: look-ahead placements one reservation tries (each walks the nodes as a placement does): past
 #: them its start is unknown, as when no release frees enough (backfill then keeps to other
 #: devices; the pending reason says the start is unknown)
 MAX_RESERVATION_TRIES = 16
+
+#: why a waiting job has no reservation (``CycleState.unreserved``; backfill's pending reasons
+#: say "the start of HEAD is unknown, as WHY", the head's own estimate says the first)
+GAVE_UP = (
+    "the look-ahead did not place it at any of the first {tries} times the running jobs' expected ends "
+    "free enough devices by count (die pairs, HCCS groups, CPU or memory still in the way), and "
+    "gives up there"
+)
+NO_END = "a job it waits for has no expected duration"
+NEVER_PLACES = "it does not place even with every running job that has an expected end ended"
+
+_SEQ = "running log_seq"
+#: keep the walks across cycles (a test turns it off to compare the decisions without)
+KEEP_WALKS = True
+_NO_NOTE = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +54,12 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
     worth a placement: those where a domain a release touched holds the need by counts.
     None for a CPU-only job, when the running jobs' expected ends never let it place (some
     have no expected end) or past ``MAX_RESERVATION_TRIES`` placements: backfill must never
-    delay a start it promised, so no start is promised that the placement rules refuse."""
+    delay a start it promised, so no start is promised that the placement rules refuse; why
+    it has none goes to ``cs.unreserved`` (``GAVE_UP``, ``NO_END``, ``NEVER_PLACES``).
+
+    The walk is kept across cycles (``Snapshot.empty_cache``) while the running jobs (their
+    change log), the inventory, the nodes' readiness, the job, its placed tasks and what the
+    ``Observe`` plugins learnt stay the same: then its placements would repeat exactly."""
     req = job.devices
     if req is None:
         return None
@@ -75,6 +95,50 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
     ready = best if best is not None and sums[best] >= need else None
     if ready is not None and job.id not in cs.failed:
         return Reservation(cs.ctx.now, frozenset(n for n, d in domain_of.items() if d == ready))
+    # the walk's answer depends on the running jobs, the inventory and what the observing
+    # plugins learnt (the placement rules' inputs), never on the clock but for ``max(end,
+    # now)``: kept across cycles until one of them changes (a periodic cycle with nothing new
+    # repeats it)
+    cache = snap.empty_cache.setdefault(RESERVATIONS_CACHE, {})
+    seq = snap.running.log_seq
+    if cache.get(_SEQ) != seq:
+        cache.clear()
+        cache[_SEQ] = seq
+    key = (cs.placed_tasks.get(job.id, 0), wanted(cs, job), ready, cs.fw.observed)
+    hit = cache.get(job.id) if KEEP_WALKS else None
+    if hit is not None and hit[0] is job and hit[1] == key:
+        _, _, end, nodes, why, note = hit
+        if note is not _NO_NOTE:
+            cs.placer.notes[job.id] = note
+        if end is None:
+            cs.unreserved[job.id] = why
+            return None
+        return Reservation(max(end, cs.ctx.now), nodes)
+    before = cs.placer.notes.get(job.id, _NO_NOTE)
+    end, nodes, why = _walk(cs, job, ends, models, domain_of, per_node, sums, unit, need, ready)
+    after = cs.placer.notes.get(job.id, _NO_NOTE)
+    cache[job.id] = (job, key, end, nodes, why, after if after is not before else _NO_NOTE)
+    if end is None:
+        cs.unreserved[job.id] = why
+        return None
+    return Reservation(max(end, cs.ctx.now), nodes)
+
+
+def _walk(
+    cs: CycleState,
+    job: Job,
+    ends: list | None,
+    models: set[str],
+    domain_of: dict[str, str],
+    per_node: dict[str, int],
+    sums: dict[str, int],
+    unit: int,
+    need: int,
+    ready: str | None,
+) -> tuple[float | None, frozenset[str], str]:
+    """``reservation``'s walk over the expected ends: (the end at which the look-ahead places the
+    job, the nodes of its domain, "") or (None, empty, why it has no start)."""
+    snap = cs.ctx.snap
     if ends is None:
         ends = running_ends(snap)
     shared: dict[tuple[str, int], float | None] | None = None  # shared devices: whole again at their last end
@@ -123,7 +187,8 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
                 continue
             tries += 1
             if tries > MAX_RESERVATION_TRIES:
-                return None  # the start stays unknown rather than a guess from counts
+                # the start stays unknown rather than a guess from counts
+                return None, frozenset(), GAVE_UP.format(tries=MAX_RESERVATION_TRIES)
             for d in hits:
                 for jid in ended_in.pop(d, ()):
                     if jid not in assumed:
@@ -132,10 +197,19 @@ def reservation(cs: CycleState, job: Job, ends: list | None = None) -> Reservati
             placed = {b.node for b in place_ahead(cs, job)}
             if placed:
                 doms = {domain_of[n] for n in placed if n in domain_of}
-                return Reservation(max(end, cs.ctx.now), frozenset(n for n, d in domain_of.items() if d in doms))
-        return None
+                return end, frozenset(n for n, d in domain_of.items() if d in doms), ""
+        if len(ends) < len(snap.running):
+            return None, frozenset(), NO_END
+        return None, frozenset(), NEVER_PLACES
     finally:
         ahead.discard()
+
+
+def gave_up(cs: CycleState, job_id: str) -> str | None:
+    """Why the job has no reservation when the look-ahead gave up on it (``GAVE_UP``), else
+    None (its estimate walk says the other reasons in its own words)."""
+    why = cs.unreserved.get(job_id)
+    return why if why is not None and why not in (NO_END, NEVER_PLACES) else None
 
 
 def running_ends(snap: Snapshot) -> list[tuple[float, str]]:

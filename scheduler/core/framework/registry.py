@@ -167,6 +167,9 @@ class Framework:
             bounded if self.victim_selectors and len(bounded) == len(self.victim_selectors) else None
         )
         self.observers: list[Observe] = having("observe")
+        # jobs shown to the observers so far (``observe``): what they learn may change their
+        # placements, so a placement kept across cycles is keyed on it (``actions.reservation``)
+        self.observed = 0
         self.sessions: list[Session] = having("open_session")
         self.scale: Scale | None = next(iter(having("scale_rule")), None)
         # the plugins with per-job points, for ``for_job``
@@ -208,6 +211,16 @@ class Framework:
         if hit is None:
             hit = self._patterns[key] = JobPlugins([self._per_job[i] for i in active], SUCCESS)
         return hit
+
+    def observe(self, jobs: Iterable[Job], history: bool) -> None:
+        """Show every ``Observe`` plugin these jobs (submitted now, or seen before: ``history``)."""
+        jobs = list(jobs)
+        if not self.observers:
+            return
+        self.observed += len(jobs)
+        for p in self.observers:
+            for job in jobs:
+                p.observe(job, history)
 
     def forget(self, job_id: str) -> None:
         """Drop a job's cached plugin set (it finished or was cancelled)."""
