@@ -185,3 +185,29 @@ def test_the_service_records_of_jobs_that_are_gone_are_dropped(monkeypatch):
         t[0] = 1000.0 + i
         s.cycle()
     assert "short" not in plugin.service.stops and "long" not in plugin.service.banked_s
+
+
+def test_hold_starved_lets_later_jobs_pass_a_head_until_it_starves():
+    """``hold: starved``: a job that does not fit stops its queue only once it is starved.
+    Node n has 4 of 8 devices busy until 1,000. ``wide`` (8 devices, the least work left) does
+    not fit; ``narrow`` (2 devices, ending after 1,000, so EASY backfill would hold it) starts
+    beside it while ``wide`` is not starved, and waits behind it (no reservation is broken)
+    once ``wide`` has waited ``starve_after_s``; ``always`` (the earlier default) holds at once."""
+
+    def run(hold: str, now: float) -> set[str]:
+        t = [0.0]
+        prof = remaining(hold=hold, starve_after_s=3600.0, starve_factor=0.0, preempt_factor=0)
+        s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+        s.submit(job("busy").devices(H, 4).duration(1000).submitted(0).build())
+        s.cycle()
+        s.submit(job("wide").devices(H, 8).duration(10).submitted(1).build())
+        s.submit(job("narrow").devices(H, 2).duration(5000).submitted(2).build())
+        t[0] = now
+        r = s.cycle()
+        if "narrow" not in placements(r):
+            assert r.pending["narrow"].code is ReasonCode.WAITING_BEHIND, r.pending["narrow"]
+        return set(placements(r))
+
+    assert run("starved", now=10.0) == {"narrow"}
+    assert run("starved", now=4000.0) == set()  # wide is starved: it holds, narrow would delay it
+    assert run("always", now=10.0) == set()

@@ -18,12 +18,15 @@ def action_allocate(cs: CycleState) -> None:
 
 def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
     """The allocate loop: queues by ``QueueOrder``, jobs by ``JobOrder``; with ``hold_head`` a
-    queue stops at its first job that does not fit now (it becomes the queue's head), without
-    it every job is tried (``allocate-greedy``)."""
+    queue stops at its first job that does not fit now (it becomes the queue's head) unless the
+    ``JobOrder`` plugin's ``holds_queue`` says that job does not hold it; without ``hold_head``
+    every job is tried (``allocate-greedy``)."""
     queues = cs.ordered_by_queue(
         j for j in cs.enqueued if j not in cs.done and cs.failed.get(j) is not ReasonCode.NEVER_FITS
     )
     pos = {q: 0 for q in queues}
+    # the job order may let a job that does not fit pass on its turn (``JobOrder.holds_queue``)
+    holds = getattr(cs.job_order, "holds_queue", None) if hold_head else None
     # without heads: shapes that did not fit since the last placement (the state is the same,
     # so they would not fit again; keeps a long queue behind a full cluster cheap)
     no_room: set = set()
@@ -57,9 +60,11 @@ def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
                 no_room.clear()
             heapq.heappush(heap, (_qkey(cs, q), q))
             continue
-        shape = None if hold_head else shape_key(cs, job)
+        shape = None if hold_head and holds is None else shape_key(cs, job)
         if shape is not None and shape in no_room:
             cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
+            if holds is not None and not regrowing(cs, job) and holds(job, cs.ctx.now):
+                cs.heads[q] = job.id  # the shape did not fit since: it would not now, and it holds
         elif try_place(cs, job):
             no_room.clear()
             if job.id not in cs.done and (job.kind is not JobKind.SERVING or job.autoscale is not None):
@@ -71,6 +76,7 @@ def allocate_in_order(cs: CycleState, hold_head: bool) -> None:
             hold_head
             and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE
             and not regrowing(cs, job)  # a running gang waiting to regrow holds nothing for itself
+            and (holds is None or holds(job, cs.ctx.now))
         ):
             cs.heads[q] = job.id
         elif shape is not None and cs.failed.get(job.id) is ReasonCode.UNSCHEDULABLE:

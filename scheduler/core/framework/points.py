@@ -173,7 +173,10 @@ class QueueOrder(Protocol):
 class JobOrder(Protocol):
     """``job_key``: the job's place in its queue, smallest first. A plugin whose key for a job
     never changes with ``now`` or anything else may say so with a true ``fixed_keys`` attribute
-    (optional): the scheduler then keeps each job's key from cycle to cycle."""
+    (optional): the scheduler then keeps each job's key from cycle to cycle. Optional too,
+    ``holds_queue(job, now) -> bool``: whether this job, first of its queue not to fit, stops
+    the queue (``allocate``'s head, for which ``backfill`` reserves); False lets the jobs
+    after it try (as ``allocate-greedy`` does for every job). Without it every such job holds."""
 
     def job_key(self, job: Job, now: float) -> tuple: ...
 

@@ -21,6 +21,13 @@ This is shortest-remaining-processing-time (SRPT) with the user's declared durat
 estimate (the time limit a batch system asks for); SRPT minimises the mean completion time on
 one server, and the starvation guard bounds how long the long jobs pay for it.
 
+Holding the queue (``hold``): with ``always`` the first job of a queue that does not fit stops
+it (``allocate``'s head; ``backfill`` reserves its start and lets only jobs pass that cannot
+delay it); with ``starved`` only a starved job does, and a job that does not fit yet is not
+starved lets the jobs after it try (fit-first, as Tiresias' simulator does) and asks
+``preempt`` for room like them. The reservation, and the devices it keeps idle until the head
+starts, then serve only the jobs the starvation guard protects.
+
 Preemption (``victims``): a job evicts running jobs of a lower priority class (as ``priority``
 does), and running jobs of its own class only when both declared an expected duration, the
 victim is not starved, and the victim's remaining work exceeds ``preempt_factor`` times the
@@ -55,10 +62,12 @@ class ShortestRemainingPlugin(Plugin):
         "preempt_min_s": 3600.0,
         "victim_order": "most-work",
         "max_evictions": 1,
+        "hold": "always",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "by": ("device-seconds", "seconds"),
         "victim_order": ("fewest-devices", "most-work"),
+        "hold": ("always", "starved"),
     }
     by: str
     starve_after_s: float
@@ -67,6 +76,7 @@ class ShortestRemainingPlugin(Plugin):
     preempt_min_s: float
     victim_order: str
     max_evictions: int
+    hold: str
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
@@ -86,6 +96,16 @@ class ShortestRemainingPlugin(Plugin):
         if self._starved(job, now):
             return (-job.priority, 0, 0.0, job.submit_time, job.id)
         return (-job.priority, 1, self._left(job, now), job.submit_time, job.id)
+
+    @property
+    def holds_queue(self):
+        """``JobOrder.holds_queue``: with ``hold: starved`` only a starved job that does not fit
+        stops its queue (and gets backfill's reservation); the others let later jobs try. With
+        ``always``: None, every such job holds (the mechanism's default)."""
+        return self._holds if self.hold == "starved" else None
+
+    def _holds(self, job: Job, now: float) -> bool:
+        return self._starved(job, now)
 
     def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
         """Lower classes always (lowest first); the job's own class as the module says."""
