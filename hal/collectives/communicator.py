@@ -48,9 +48,12 @@ def _seconds_from_env(name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise XpodError(f"{name}={raw!r} is not a number of seconds") from None
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise XpodError(f"{name}={raw!r}: give a number of seconds > 0 (e.g. 120)")
+    return value
 
 
 def _default_timeout_s() -> float:
@@ -171,12 +174,14 @@ class Communicator:
         self.rank = env.rank
         self.world_size = env.world_size
         self.timeout_s = _default_timeout_s() if timeout_s is None else float(timeout_s)
-        if self.timeout_s <= 0:
-            raise XpodError(f"collective timeout must be > 0 s, got {timeout_s}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise XpodError(f"timeout_s={timeout_s!r}: a collective timeout is a number of seconds > 0")
         if rendezvous_timeout_s is None:
             rendezvous_timeout_s = _seconds_from_env("XPOD_RENDEZVOUS_TIMEOUT_S", DEFAULT_RENDEZVOUS_TIMEOUT_S)
-        if rendezvous_timeout_s <= 0:
-            raise XpodError(f"rendezvous timeout must be > 0 s, got {rendezvous_timeout_s}")
+        if not (math.isfinite(rendezvous_timeout_s) and rendezvous_timeout_s > 0):
+            raise XpodError(
+                f"rendezvous_timeout_s={rendezvous_timeout_s!r}: a rendezvous timeout is a number of seconds > 0"
+            )
         self.rendezvous_timeout_s = max(float(rendezvous_timeout_s), self.timeout_s)
         # Checked before joining: a bad descriptor must not leave a half-made process group.
         if tiers is None:

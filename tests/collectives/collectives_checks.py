@@ -267,7 +267,7 @@ def shm_chunks(rank: int, n: int) -> list[str]:
 
 
 def late_rank(rank: int, n: int) -> list[str]:
-    """The last rank arrives 3 s after the others, with a 1 s collective timeout: the rendezvous
+    """The last rank arrives 8 s after the others, with a 4 s collective timeout: the rendezvous
     waits for it (its own, longer timeout) and the group works."""
     import torch
 
@@ -275,8 +275,8 @@ def late_rank(rank: int, n: int) -> list[str]:
     from xpod.hal.collectives import Communicator
 
     if rank == n - 1:
-        time.sleep(3)
-    comm = Communicator.from_env(backend=CpuBackend(), timeout_s=1, shm=False)
+        time.sleep(8)
+    comm = Communicator.from_env(backend=CpuBackend(), timeout_s=4, shm=False)
     x = torch.full((4,), float(rank + 1))
     comm.all_reduce(x)
     comm.close()

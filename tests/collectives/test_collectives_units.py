@@ -166,3 +166,15 @@ def test_inner_tier_is_the_cheapest_equal_split():
     # A fast pod tier: the closest split is as good and is kept.
     fast = [TierSpec(t.name, t.groups, 100e9, 1e-6) for t in tiers]
     assert CostModel.from_tiers(fast, 16).inner_tier_index == 0
+
+
+@pytest.mark.parametrize("raw", ["inf", "nan", "-1", "0", "soon"])
+@pytest.mark.parametrize("name", ["XPOD_COLLECTIVE_TIMEOUT_S", "XPOD_RENDEZVOUS_TIMEOUT_S"])
+def test_a_bad_timeout_variable_is_one_line_naming_it(monkeypatch, name, raw):
+    from xpod.hal.collectives.communicator import _seconds_from_env
+
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(XpodError, match=f"^{name}='{raw}': give a number of seconds > 0"):
+        _seconds_from_env(name, 1.0)
+    monkeypatch.setenv(name, "2.5")
+    assert _seconds_from_env(name, 1.0) == 2.5

@@ -152,14 +152,14 @@ class FragmentationPlugin(ArrayScorer):
             self.reserve = ModelReserve.of(self.workload, arr)
         shape = shape_of(job)
         restricted = self.reserve.restricted(shape, arr)
+        if restricted and self.reserve_empty == "unrestricted":
+            return s  # before the reserve's whole-cluster scans: this is the live cycle's hot path
         protected, protected_empty = self.reserve.protected(arr, self.reserve_factor)
         if not protected.any() and not protected_empty.any():
             return s
         rows = nodes.rows if nodes.rows is not None else np.array([st.row for st in nodes], dtype=np.int64)
         m = arr.model[rows, 0]
         empty = self.reserve.empty_rows(arr)[rows]
-        if restricted and self.reserve_empty == "unrestricted":
-            return s
         if restricted:
             # a claimant keeps its models' capacity, but a model's empty nodes are kept for the
             # claimants that need a whole node: one that needs part of a node takes an empty one
