@@ -548,7 +548,9 @@ class TaskWorld:
     role: str | None = None  # a job with roles: the task's role (XPOD_ROLE); each role is a world
     # a job with roles: every role's addresses (``role_env``), the same for all its tasks
     role_env: tuple[tuple[str, str], ...] = ()
-    serve_port: int = 0  # an autoscaled role's replica: its XPOD_SERVE_PORT (``role_serve_port``; 0: any free one)
+    serve_port: int = (
+        0  # rank 0 of an autoscaled role's replica: its XPOD_SERVE_PORT (``role_serve_port``; 0: any free one)
+    )
 
 
 #: what a role may set for its own tasks, over the job's ``spec`` (the node agent's keys)
@@ -757,6 +759,9 @@ def _role_worlds(job_id: str, spans: tuple[RoleSpan, ...], where: dict[int, str]
             for i, t in enumerate(local):
                 master, port = _role_master(job_id, s, where, t, key)
                 rank = (t - s.first) % per
-                serve = role_serve_port(job_id, s.name, replica, key) if s.autoscaled and replica is not None else 0
+                # only rank 0 serves where the other roles look (role_addresses); the replica's other
+                # tasks, maybe on the same node, take any free port (0), as a role-less replica's do
+                published = s.autoscaled and replica is not None and rank == 0
+                serve = role_serve_port(job_id, s.name, replica, key) if published else 0
                 out[t] = TaskWorld(t, rank, per, i, len(local), master, port, replica, s.name, env, serve)
     return dict(sorted(out.items()))

@@ -271,6 +271,9 @@ def parse_job(doc: Mapping[str, Any], source: str = "job", job_id: str | None = 
             hint = " (YAML reads true/false unquoted as a boolean: quote it)" if isinstance(v, bool) else ""
             raise err(f"node_selector.{k}", f"{v!r} is not text{hint}")
     autoscale = _autoscale(err, kind, doc.get("autoscale"))
+    if autoscale is not None and (min_tasks is None or min_tasks == tasks):
+        fixed = tasks // per_replica
+        raise err("autoscale", f"replicas are fixed at {fixed}: give replicas: {{min, max}} with min < max to scale")
     grace = _seconds(err, "grace_period_s", doc.get("grace_period_s", DEFAULT_GRACE_PERIOD_S))
     return Job(
         id=jid,

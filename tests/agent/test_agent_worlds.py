@@ -16,6 +16,8 @@ from xpod.scheduler.contract import (
     TaskFieldError,
     parse_task_fields,
     rendezvous_port,
+    role_addresses,
+    role_spans,
     task_worlds,
 )
 from xpod.scheduler.jobspec.schema import schema
@@ -219,3 +221,27 @@ def test_the_same_job_id_of_another_server_gets_other_ports():
     second = task_worlds("job-1", "BatchJob", {"tasks": 1}, [(0, "n1")], "1765000000123456789")
     assert first[0].master_port != second[0].master_port
     assert first == task_worlds("job-1", "BatchJob", {"tasks": 1}, [(0, "n1")], "1765000000000000000")
+
+
+def test_only_rank_0_of_an_autoscaled_role_replica_serves_on_the_published_port():
+    # the other roles look for a replica at its rank 0's role_serve_port (role_addresses); a second
+    # task of the replica on the same node must not be handed the same port (its bind would fail)
+    spec = {
+        "roles": [
+            {"name": "router", "tasks": 1, "command": ["x"]},
+            {
+                "name": "decode",
+                "tasks": 2,
+                "devices": {"count": 8},
+                "replicas": {"min": 1, "max": 2},
+                "autoscale": {"metric": "tokens_per_s", "target_per_replica": 100},
+                "command": ["x"],
+            },
+        ]
+    }
+    worlds = task_worlds("job-7", "ServingJob", spec, {0: "n1", 1: "n1", 2: "n1"}.items(), "k")
+    assert worlds[1].rank == 0 and worlds[1].serve_port > 0
+    assert worlds[2].rank == 1 and worlds[2].serve_port == 0  # the agent gives it any free port
+    spans = role_spans(spec)
+    (decode,) = role_addresses("job-7", spans, {0: "n1", 1: "n1", 2: "n1"}, "k")["roles"]["decode"]["replicas"]
+    assert decode["serve"] == f"n1:{worlds[1].serve_port}"

@@ -90,13 +90,13 @@ def test_forecast_keys_in_the_core_spec_name_the_field():
 
 
 def test_counters_are_prometheus_names(tmp_path):
-    head = HEAD + "  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+    head = HEAD + "  replicas: {min: 1, max: 4}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
     good = tmp_path / "good.yaml"
     good.write_text(head + "    counters: [myserver:tokens_total, vllm:generation_tokens_total]\n")
     doc = jobspec.load_job_file(str(good)).document
     assert doc["spec"]["autoscale"]["counters"] == ["myserver:tokens_total", "vllm:generation_tokens_total"]
     bad = problems(tmp_path, head + "    counters: ['my server tokens']\n")
-    assert len(bad) == 1 and bad[0].startswith("7:16: spec.autoscale.counters[0]"), bad
+    assert len(bad) == 1 and bad[0].startswith("8:16: spec.autoscale.counters[0]"), bad
     assert len(problems(tmp_path, head + "    counters: []\n")) == 1
 
 
@@ -118,3 +118,11 @@ def test_min_rises_longer_than_history_is_refused(tmp_path):
                 "autoscale": {"metric": "tokens_per_s", "target_per_replica": 10, "history_s": 30, "min_rises_s": 60},
             }
         )
+
+
+@pytest.mark.parametrize("replicas", ["3", "{min: 2, max: 2}", "{max: 2}"])
+def test_autoscale_with_fixed_replicas_is_refused(tmp_path, replicas):
+    # nothing to scale between: the block would be accepted and never act
+    head = HEAD + f"  replicas: {replicas}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+    bad = problems(tmp_path, head)
+    assert len(bad) == 1 and "spec.autoscale" in bad[0] and "give replicas: {min, max} with min < max" in bad[0], bad
