@@ -17,6 +17,9 @@ A profile is YAML (or a dict); ``policies`` lists the plugins (``scheduler/core/
     estimate_depth: 256   # optional: queue positions per queue that get an estimated start
     notice: true          # optional: tasks that must stop get the XPOD_PREEMPT_NOTICE file touched
                           # before SIGTERM (false: SIGTERM alone, as Kubernetes preemption)
+    lend: true            # optional (default false; the default profile's true): behind a head
+                          # whose start is unknown, backfill lends jobs devices the head takes
+                          # back by preemption when it can start (actions/backfill.py; needs preempt)
 
 An unknown action, plugin, key or argument is an ``XpodError`` at load time naming the file
 and the field, never a log line; so is a plugin that implements no extension point, and two
@@ -37,6 +40,7 @@ from .framework import PLUGINS, Plugin, check_plugin, points_of
 DEFAULT_PROFILE: dict[str, Any] = {
     "actions": ["enqueue", "allocate", "backfill", "shrink", "preempt", "reclaim"],
     "policies": list(plugins.DEFAULT),
+    "lend": True,
 }
 
 #: points where one plugin's answer decides (a second one would silently lose)
@@ -56,6 +60,9 @@ class Profile:
     # a task that must stop (preempted, shrunk, scaled down) gets its notice file touched with
     # SIGTERM, so it can checkpoint in its grace period; False: SIGTERM alone (Kubernetes)
     notice: bool = True
+    # behind a blocked head whose start is unknown, backfill lends jobs devices the head takes
+    # back (``preempt``) when it can start (``actions.backfill``); False: such jobs wait (EASY)
+    lend: bool = False
 
     def build_plugins(self) -> list[Plugin]:
         return [PLUGINS[name](**dict(args)) for name, args in self.policies]
@@ -64,14 +71,17 @@ class Profile:
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     if not isinstance(data, Mapping):
         raise XpodError(f"{source}: a profile is a mapping with 'actions' and 'policies'")
-    unknown = set(data) - {"actions", "policies", "estimate_depth", "notice"}
+    unknown = set(data) - {"actions", "policies", "estimate_depth", "notice", "lend"}
     if unknown:
         raise XpodError(
-            f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth, notice)"
+            f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: actions, policies, estimate_depth, notice, lend)"
         )
     notice = data.get("notice", True)
     if not isinstance(notice, bool):
         raise XpodError(f"{source}: notice: {notice!r} must be true or false")
+    lend = data.get("lend", False)
+    if not isinstance(lend, bool):
+        raise XpodError(f"{source}: lend: {lend!r} must be true or false")
     depth = data.get("estimate_depth", DEFAULT_ESTIMATE_DEPTH)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise XpodError(
@@ -130,7 +140,11 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
             raise XpodError(
                 f"{source}: policies: {' and '.join(answering)} both answer {point} and contradict each other; keep one"
             )
-    return Profile(tuple(actions), tuple(out), depth, notice)
+    if lend and "preempt" not in actions:
+        raise XpodError(
+            f"{source}: lend: true needs the preempt action (a lent job is taken back by preemption); add preempt to actions"
+        )
+    return Profile(tuple(actions), tuple(out), depth, notice, lend)
 
 
 def load_profile(path: str) -> Profile:

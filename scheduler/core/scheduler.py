@@ -150,6 +150,8 @@ class Scheduler:
         self._regrow_at: dict[str, float] = {}
         self._regrow_hold_s: dict[str, float] = {}  # shrunk gang -> how long each regrow waits
         self._scaled: set[str] = set()  # ids of the queued or running autoscaled serving jobs
+        # running job -> the waiting jobs backfill lent it ahead of (``CycleState.lent``)
+        self._lent: dict[str, frozenset[str]] = {}
         # job id -> (job, order key), across cycles, when the JobOrder's keys are fixed
         self._fixed_keys: dict[str, tuple[Job, tuple]] = {}
 
@@ -536,6 +538,9 @@ class Scheduler:
             fixed = self._fixed_keys
             if len(fixed) > 2 * len(self.pending) + 1024:  # jobs that left: amortised O(1) a job
                 self._fixed_keys = fixed = {j: v for j, v in fixed.items() if j in self.pending}
+        for jid, ahead in list(self._lent.items()):
+            if jid not in snap.running or not any(h in self.pending for h in ahead):
+                del self._lent[jid]  # it ended or was evicted, or all it passed started or left: an ordinary job
         cs = act.CycleState(
             ctx=ctx,
             placer=placer,
@@ -545,6 +550,8 @@ class Scheduler:
             wanted=wanted,
             allow_resizes=self.resizes,
             fixed_keys=fixed,
+            lent=self._lent,
+            lend=self.profile.lend,
         )
         try:
             for name in self.profile.actions:

@@ -417,11 +417,15 @@ def replay_mix(
     profile_name: str,
     settings: MixSettings = MixSettings(),
     progress: Callable[[float, float], None] | None = None,
+    observers: Sequence[object] = (),
+    explain: bool = False,
 ) -> MixResult:
     """Replay one hour (see the module docstring) on the virtual-clock engine. ``serving`` must
     be an autoscaled serving job whose max replicas is the peak; ``demand`` its load per
     interval, in its metric's units per second, already scaled. A job with roles: ``serving``
-    its roles (each autoscaled) and ``demand`` one series per role, in the same order."""
+    its roles (each autoscaled) and ``demand`` one series per role, in the same order.
+    ``observers``: more engine observers after the replay's own (a bench's); ``explain``: cycles
+    write pending reasons (``CycleResult.pending``) for them."""
     t_wall = time.perf_counter()
     pools = [serving] if isinstance(serving, Job) else list(serving)
     demands = [demand] if isinstance(serving, Job) else list(demand)  # type: ignore[list-item]
@@ -437,7 +441,7 @@ def replay_mix(
         notice_checkpoint_s=settings.checkpoint_s,
     )
     book = _MixBook(sched, pools, demands, training, settings, {n.name: n for n in nodes}, progress)  # type: ignore[arg-type]
-    engine = Engine(sched, preemption=cost, observers=[book])
+    engine = Engine(sched, preemption=cost, observers=[book, *observers], explain=explain)
     for job in pools:
         engine.arrive(0.0, dataclasses.replace(job, submit_time=0.0))
     warm = settings.warmup_s

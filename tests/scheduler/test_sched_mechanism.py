@@ -216,7 +216,9 @@ CASES = [
     ),
     dict(
         id="backfill-holds-everyone-when-the-head-start-is-unknown",
-        # r has no expected duration: big's start is unknown, nothing may run ahead of it
+        # r has no expected duration: big's start is unknown; a profile without `lend` lets
+        # nothing run ahead of it (the default lends: test_sched_backfill_lend)
+        profile=aging(1.0),
         nodes=[node("n1").devices(H, 8)],
         running=[job("r").devices(H, 4)],
         jobs=[job("big").devices(H, 8).submitted(1), job("short").devices(H, 2).duration(1).submitted(2)],
@@ -243,7 +245,9 @@ CASES = [
     ),
     dict(
         id="backfill-other-devices-cannot-delay-the-head",
-        # a 910B job takes nothing the H100 head waits for: it goes, duration or not
+        # a 910B job takes nothing the H100 head waits for: it goes, duration or not (without
+        # `lend`, the H100 job waits)
+        profile=aging(1.0),
         nodes=[node("h").devices(H, 8), node("b").devices(B, 8)],
         running=[job("r").devices(H, 4)],
         jobs=[

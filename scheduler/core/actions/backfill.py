@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..model import Job, ReasonCode
+from ..model import Job, JobKind, ReasonCode
 from ..snapshot import Statement
 from .carve import MAX_CARVE_TRIES, CarveMask, head_carve, try_carved
-from .cycle import CycleState, shape_key, try_place
+from .cycle import CycleState, shape_key, try_place, wanted
+from .preempt import lent_to
 from .reservation import NO_END, reservation
 
 
@@ -28,9 +29,17 @@ def action_backfill(cs: CycleState) -> None:
       use any other device, the reserved domain's included, as long as it touches none of the
       carved devices and leaves the head's CPU and memory on their nodes.
 
-    So a job without an expected duration never runs on the devices reserved for a head, and
-    when the head's start is unknown (a running job it waits for has no expected duration)
-    only jobs of the third kind go. The others wait with ``WaitingBehind`` and say why."""
+    So a job without an expected duration never runs on the devices reserved for a head. When
+    the head's start is unknown (a running job it waits for has no expected duration) there is
+    no start to keep: jobs of the third kind go, and any other job that fits now goes *lent*
+    (``lendable``; IBM LSF's interruptible backfill, which kills such jobs when the reserving
+    job is about to start): the ``preempt`` action evicts it for the head as soon as that lets
+    the head start (``CycleState.lent``; so may any job of the queue it passed, waiting then,
+    when that one is the head), with the notice and grace period of any eviction, so the head
+    waits at most that grace period longer, and devices no job could use meanwhile
+    (holes beside other tasks) are not left idle. Only profiles with ``lend: true`` lend (the
+    default profile; it needs ``preempt``); the others keep EASY's rule. The lent marks live in the scheduler's memory: a restarted scheduler forgets them
+    (the jobs run on as ordinary jobs). The others wait with ``WaitingBehind`` and say why."""
     snap = cs.ctx.snap
     cs.backfill_ran = True
     queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
@@ -41,6 +50,9 @@ def action_backfill(cs: CycleState) -> None:
         head_job = cs.pending[head]
         held = reservation(cs, head_job)
         shadow = held.start if held is not None else None
+        # lend only while the head cannot start by taking back what it lent already (then
+        # ``preempt`` starts it this cycle, and a job lent now would stop again at once)
+        lend = shadow is None and cs.lend and not takes_back(cs, head_job)
         # a reservation of the whole cluster leaves no node off it to try
         off = held is not None and len(held.nodes) < len(snap.nodes)
         head_models = set(cs.placer.models_for(head_job))
@@ -50,8 +62,13 @@ def action_backfill(cs: CycleState) -> None:
         carve: list = []  # [Carve or None], computed when a job first needs it
         mask = CarveMask(snap, cs.ctx.now)
         carve_tries = 0  # jobs tried beside the carve-out (MAX_CARVE_TRIES)
+        waiting = [head]  # the queue's jobs still waiting ahead of the one tried: a lent job passed them
+        prev = None
         try:
             for job in jobs:
+                if prev is not None and prev.id not in cs.done and prev.id != head:
+                    waiting.append(prev.id)
+                prev = job
                 if job.id == head or job.id in cs.done or job.group is not None:
                     continue  # (a role starts only with its job's other roles: allocate)
                 cs.decisions += 1
@@ -107,6 +124,20 @@ def action_backfill(cs: CycleState) -> None:
                             beside = "failed"
                             if shape is not None:
                                 no_room.add(("carve", shape))
+                if lend and lendable(cs, job):
+                    # the head's start is unknown: EASY has no start to keep, so the job may run
+                    # now on devices the head takes back when it can start (``preempt``)
+                    if ("lend", shape) in no_room:
+                        beside = "lend"
+                    else:
+                        mask.off()
+                        if try_place(cs, job):
+                            cs.lent[job.id] = frozenset(waiting)
+                            no_room.clear()
+                            continue
+                        beside = "lend"
+                        if shape is not None:
+                            no_room.add(("lend", shape))
                 cs.failed[job.id] = ReasonCode.WAITING_BEHIND
                 elsewhere = ", and it does not fit off them now" if off else ""
                 if beside == "failed":
@@ -116,6 +147,11 @@ def action_backfill(cs: CycleState) -> None:
                 if shadow is None and head_job.devices is None:
                     cs.behind_why[job.id] = (
                         f"the start of {head} cannot be estimated (it waits for CPU or memory), so nothing may go ahead of it"
+                    )
+                elif shadow is None and beside == "lend":
+                    cs.behind_why[job.id] = (
+                        f"the start of {head} is unknown, as {cs.unreserved.get(head, NO_END)}: a job may go ahead "
+                        f"on devices {head} takes back when it can start, and this one does not fit now"
                     )
                 elif shadow is None:
                     cs.behind_why[job.id] = (
@@ -131,6 +167,37 @@ def action_backfill(cs: CycleState) -> None:
                     )
         finally:
             mask.off()
+
+
+def takes_back(cs: CycleState, head: Job) -> bool:
+    """Whether ``head`` fits now with the jobs lent ahead of it gone (``preempt`` then evicts
+    them for it)."""
+    lent = lent_to(cs, head)
+    if not lent:
+        return False
+    already = cs.placed_tasks.get(head.id, 0)
+    want = wanted(cs, head) - already
+    need = max(1, cs.placer.min_tasks(head) - already) if cs.placer.gang else 1
+    trial = Statement(cs.ctx.snap, cs.ctx.now)
+    try:
+        for rj in lent:
+            trial.evict(rj.job.id)
+        return want > 0 and cs.placer.place(head, trial, want, need, first_task=already) >= need
+    finally:
+        trial.discard()
+
+
+def lendable(cs: CycleState, job: Job) -> bool:
+    """Whether ``job`` may run ahead of a blocked head whose start is unknown, lent: the head
+    evicts it (``preempt``) as soon as that lets the head start, so the head waits no longer
+    than the job's grace period. Only a job the head can take back: it is of a preemptible priority class, it is not a serving job (its
+    replicas would go whole) and none of its tasks runs yet (a growing gang would lose its
+    running tasks too)."""
+    return (
+        job.kind is not JobKind.SERVING
+        and not cs.placed_tasks.get(job.id)
+        and cs.ctx.priority_preemptible.get(job.priority_class, True)
+    )
 
 
 def try_off(cs: CycleState, job: Job, nodes: frozenset[str]) -> bool:

@@ -96,6 +96,12 @@ class CycleState:
     # the scheduler's caller applies resizes (stops released tasks): only then may actions
     # release tasks of running jobs (``Scheduler(resizes=True)``)
     allow_resizes: bool = False
+    # running job id -> the jobs of its queue it was backfilled ahead of (the blocked head, whose
+    # start was unknown, and the jobs waiting behind it then; the scheduler keeps it across
+    # cycles): each of them may evict it (``preempt``) when that lets it start. ``lend``: the profile's ``lend`` (which needs ``preempt``, so a
+    # lent job can be taken back); False: backfill lends nothing
+    lent: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    lend: bool = False
     _keys: dict = dataclasses.field(default_factory=dict)
     # job id -> (job, its order key) kept across cycles by the scheduler when the JobOrder
     # plugin's keys do not change with time (``JobOrder.fixed_keys``); None: computed per cycle

@@ -95,6 +95,16 @@ def victims(cs: CycleState, job: Job, reclaim: bool) -> list:
     return out
 
 
+def lent_to(cs: CycleState, job: Job) -> list:
+    """The running jobs backfill lent ahead of ``job`` (``CycleState.lent``) that this cycle did
+    not place, fewest devices first, then the youngest: the first victims ``job`` takes."""
+    running = cs.ctx.snap.running
+    bound_now = {b.job_id for b in cs.bindings} if cs.lent else set()
+    out = [running[j] for j, ahead in cs.lent.items() if job.id in ahead and j in running and j not in bound_now]
+    out.sort(key=lambda rj: (rj.job.total_devices, -rj.start_time, rj.job.id))
+    return out
+
+
 def _cluster_models(cs: CycleState) -> frozenset:
     """The device models of the cluster (kept in the snapshot's cache of the inventory,
     which every inventory change clears)."""
@@ -130,6 +140,10 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
     if want is None:
         return False
     candidates = victims(cs, job, reclaim)
+    lent = [] if reclaim else lent_to(cs, job)
+    if lent:  # the jobs backfill lent ahead of it go first, whatever the plugins say of them
+        mine = {rj.job.id for rj in lent}
+        candidates = lent + [rj for rj in candidates if rj.job.id not in mine]
     if not candidates:
         return False
     cs.preemption_attempts += 1
@@ -198,13 +212,11 @@ def preempt_for(cs: CycleState, job: Job, reclaim: bool, failed: list | None = N
     commit_placement(cs, job, stmt, already, got)
     for rj in evicted:
         why = "reclaimed for queue" if reclaim else "preempted by"
-        cs.evictions.append(
-            Eviction(
-                rj.job.id,
-                f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})",
-                job.id,
-            )
-        )
+        if not reclaim and job.id in cs.lent.pop(rj.job.id, ()):
+            reason = f"backfilled ahead of {job.id} while its start was unknown: {job.id} can start now on its devices"
+        else:
+            reason = f"{why} {job.queue if reclaim else job.id} (priority {_prio(cs, job)} vs {_prio(cs, rj.job)})"
+        cs.evictions.append(Eviction(rj.job.id, reason, job.id))
         cs.ctx.queue_usage[rj.job.queue] = cs.ctx.queue_usage.get(rj.job.queue, 0.0) - devices_of(
             rj.job, len(rj.bindings)
         )
