@@ -14,8 +14,9 @@ free map (whole nodes for distributed tasks, die pairs by MindCluster's ``select
   (``scale_down_after_s`` of the serving job), with whole nodes free for its missing tasks;
   ``regrow waits``: the same without the hold (it would fit, the cycle did not grow it);
 * ``behind head``: a pending job that fits now at >= ``min_tasks`` but waits behind its queue's
-  blocked head (``WaitingBehind``: the head's start is unknown, so backfill keeps to other
-  devices); ``fits, not placed``: fits by this count and the cycle said ``Unschedulable``;
+  blocked head (``WaitingBehind``: the head's start is unknown and the profile does not lend,
+  ``lend: false``, so backfill keeps to other devices); ``fits, not placed``: fits by this count
+  and the cycle said ``Unschedulable``;
 * ``below min_tasks``: whole nodes free, fewer than any pending elastic job's minimum;
 * ``die pairs``: a pending one-task job whose dies are free on one node by count but not in
   whole modules (the 910C rule);
