@@ -44,18 +44,25 @@ def test_a_job_behind_a_head_of_unknown_start_runs_lent_and_goes_when_the_head_c
     assert placements(s.cycle()) == {"small": [("n1", (0, 1))]}
 
 
-def test_a_lent_job_stays_while_taking_it_back_would_not_start_the_head():
-    # big needs both nodes; small is lent on n2's free devices. n1 frees up, n2 is still held by
-    # r2: evicting small would not start big, so small keeps running
+def _two_nodes_small_lent(r1: int, r2: int, small: int, where: tuple) -> tuple[Scheduler, list[float]]:
+    """Two 8-GPU nodes; r1 on n1 and r2 on n2 (no expected duration), then the 2-node gang big
+    (blocked, its start unknown) and small, which is lent at ``where``."""
     t = [0.0]
     s = Scheduler([node("n1").devices(H, 8).build(), node("n2").devices(H, 8).build()], clock=lambda: t[0])
-    s.submit(job("r1").devices(H, 8).build())
-    s.submit(job("r2").devices(H, 4).build())
+    s.submit(job("r1").devices(H, r1).build())
+    s.submit(job("r2").devices(H, r2).build())
     s.cycle()
     t[0] = 1.0
     s.submit(job("big").training(tasks=2).devices(H, 8).submitted(1).build())
-    s.submit(job("small").devices(H, 2).submitted(2).build())
-    assert placements(s.cycle()) == {"small": [("n2", (4, 5))]}
+    s.submit(job("small").devices(H, small).submitted(2).build())
+    assert placements(s.cycle()) == {"small": [where]}
+    return s, t
+
+
+def test_a_lent_job_stays_while_taking_it_back_would_not_start_the_head():
+    # big needs both nodes; small is lent on n2's free devices. n1 frees up, n2 is still held by
+    # r2: evicting small would not start big, so small keeps running
+    s, t = _two_nodes_small_lent(r1=8, r2=4, small=2, where=("n2", (4, 5)))
     t[0] = 2.0
     s.finish("r1")
     r = s.cycle()
@@ -70,15 +77,7 @@ def test_a_lent_job_stays_while_taking_it_back_would_not_start_the_head():
 def test_nothing_more_is_lent_while_the_head_can_start_by_taking_back_what_it_lent():
     # small is lent on n1; r1 and r2 end together: big fits on n1 + n2 with small gone. small2
     # must not be lent onto n2 first (this cycle's placements are no victims: big would wait)
-    t = [0.0]
-    s = Scheduler([node("n1").devices(H, 8).build(), node("n2").devices(H, 8).build()], clock=lambda: t[0])
-    s.submit(job("r1").devices(H, 4).build())
-    s.submit(job("r2").devices(H, 8).build())
-    s.cycle()
-    t[0] = 1.0
-    s.submit(job("big").training(tasks=2).devices(H, 8).submitted(1).build())
-    s.submit(job("small").devices(H, 4).submitted(2).build())
-    assert placements(s.cycle()) == {"small": [("n1", (4, 5, 6, 7))]}
+    s, t = _two_nodes_small_lent(r1=4, r2=8, small=4, where=("n1", (4, 5, 6, 7)))
     t[0] = 2.0
     s.submit(job("small2").devices(H, 4).submitted(3).build())
     s.finish("r1")
