@@ -27,6 +27,25 @@ the recent peak and its error the rise seen within the lead time (docs/concepts/
 training-and-serving.md has the references; ``bench/tune_mix.py`` tuned the defaults on traces
 that are not the reported test).
 
+**The error budget** (``slo_attainment``, ``slo_window_s``, ``slo_interval_s``; off by default):
+the SLO "the ready capacity covers the load in ``slo_attainment`` of the ``slo_interval_s``
+intervals of any ``slo_window_s``" leaves ``floor((1 - slo_attainment) x slo_window_s /
+slo_interval_s)`` intervals that may go short: the error budget of Google's SRE book (ch. 3,
+"Embracing Risk": 1 - SLO is a budget to spend on purpose, and spending stops when it is gone),
+with the budget's consumption tracked as the SRE workbook's burn-rate alerts do ("Alerting on
+SLOs"). A report whose load exceeds what its reporting replicas serve at their target
+(``observe(..., capacity=)``; a live replica over its target is queueing) marks its interval
+short; the intervals before the job first covered its load (it is starting) do not count. The
+forecast rule then provisions for ``rise_quantile`` of the rises (spending the budget: the
+rises above it go uncovered) only while the budget left affords one uncovered rise, which may
+leave ``ceil(lead_s / slo_interval_s)`` intervals short before replicas added on seeing it
+serve (``miss_cost``); otherwise for the largest rise. So the intervals the quantile leaves short
+never take the window past its budget (the largest-rise rule's own misses aside): the guard is
+a bound by construction, not a tuned hope. At a one-hour window of 10 s intervals and 0.995 the
+budget is 1 interval and a miss costs up to 4: the guard never spends, and the rule is the
+largest-rise rule; a longer window (an SRE SLO is usually 28-30 days) lets it spend. Without an
+SLO (``slo_attainment`` unset) ``rise_quantile`` applies as given.
+
 **follow** (Kubernetes HPA's rule, the reactive-HPA baseline and ``mode: follow``):
 ``ceil(demand / (target x utilisation))`` (``utilisation``: the share of its target a replica is
 meant to run at; Knative's default target utilisation is 70 %).
@@ -93,9 +112,20 @@ class ScaleWindow:
         self._rec: list[float] = []  # the replicas (unclamped, fractional) recommended at each time
         self._rise_t: list[float] = []  # times rises were recorded, ascending
         self._rise: list[float] = []  # load(t) / basis(t - lead_s)
+        self._short: list[int] = []  # the slo_interval_s intervals (index) a report found short, ascending
+        self._served = False  # a report found its replicas covering the load (before: the job is starting)
 
     # ------------------------------------------------------------------ observing
-    def observe(self, now: float, demand: float) -> None:
+    def observe(self, now: float, demand: float, capacity: float | None = None) -> None:
+        """Record ``demand`` reported at ``now``; ``capacity``: the load the replicas that
+        reported it serve at their target (replicas x ``target_per_replica``), when known: a
+        report above it marks its ``slo_interval_s`` interval short (the error budget spent)."""
+        if capacity is not None and demand <= capacity * (1.0 + 1e-9):
+            self._served = True
+        elif capacity is not None and self._served:
+            k = int(math.floor(now / self.spec.slo_interval_s + 1e-9))
+            if not self._short or self._short[-1] < k:
+                self._short.append(k)
         if self._t and now < self._t[-1]:
             raise ValueError(f"load reported at {now} after one at {self._t[-1]}: time went back")
         if self._t and now == self._t[-1]:
@@ -118,6 +148,40 @@ class ScaleWindow:
         cut = bisect.bisect_left(self._rise_t, now - spec.history_s)
         if cut > 64:
             del self._rise_t[:cut], self._rise[:cut]
+        cut = bisect.bisect_left(self._short, (now - spec.slo_window_s) / spec.slo_interval_s)
+        if cut > 64:
+            del self._short[:cut]
+
+    # ------------------------------------------------------------------ the error budget
+    def allowed_short(self) -> int:
+        """Intervals the job's SLO lets go short in any ``slo_window_s`` (its error budget; 0
+        without an SLO)."""
+        spec = self.spec
+        if spec.slo_attainment is None:
+            return 0
+        return int(math.floor((1.0 - spec.slo_attainment) * spec.slo_window_s / spec.slo_interval_s + 1e-9))
+
+    def short_intervals(self, now: float) -> int:
+        """Intervals found short in the last ``slo_window_s`` (the budget spent)."""
+        first = (now - self.spec.slo_window_s) / self.spec.slo_interval_s
+        return len(self._short) - bisect.bisect_right(self._short, first)
+
+    def budget_left(self, now: float) -> int:
+        """Short intervals the SLO still allows in the window ending at ``now`` (>= 0)."""
+        return max(0, self.allowed_short() - self.short_intervals(now))
+
+    def miss_cost(self) -> int:
+        """Short intervals one uncovered rise may cost: the load is short from the interval it
+        rises in until replicas added on seeing it serve, ``lead_s`` later."""
+        return max(1, math.ceil(self.spec.lead_s / self.spec.slo_interval_s - 1e-9))
+
+    def may_spend(self, now: float) -> bool:
+        """Whether the forecast rule may provision for ``rise_quantile`` of the rises at ``now``
+        rather than the largest: always without an SLO (``slo_attainment`` None, the quantile
+        as given), else only while the budget left covers one uncovered rise's cost."""
+        if self.spec.slo_attainment is None:
+            return True
+        return self.budget_left(now) >= self.miss_cost()
 
     def _basis(self, at: float) -> float | None:
         """The highest load reported in ``[at - basis_s, at]`` (the one in force at its start
@@ -149,7 +213,8 @@ class ScaleWindow:
         rises = sorted(self._rise[first:])
         learned = 1.0
         if rises:
-            k = min(len(rises) - 1, max(0, math.ceil(self.spec.rise_quantile * len(rises)) - 1))
+            q = self.spec.rise_quantile if self.may_spend(now) else 1.0
+            k = min(len(rises) - 1, max(0, math.ceil(q * len(rises)) - 1))
             learned = max(1.0, rises[k])
         seen_s = (self._rise_t[-1] - self._rise_t[first]) if rises else 0.0
         return learned if seen_s >= self.spec.min_rises_s else max(learned, fixed)

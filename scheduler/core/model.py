@@ -59,6 +59,11 @@ class Autoscale:
     history_s: float = 1800.0  # rises of the last this long size the spare capacity
     rise_quantile: float = 1.0  # which of them (1.0: the largest seen)
     min_rises_s: float = 300.0  # until rises span this long, at least the profile's fixed margin
+    # the error budget (``core.autoscale``): the share of ``slo_interval_s`` intervals whose ready
+    # capacity must cover the load over any ``slo_window_s``; None: no SLO, rise_quantile as given
+    slo_attainment: float | None = None
+    slo_window_s: float = 3600.0
+    slo_interval_s: float = 10.0
 
 
 #: what a task gets between SIGTERM (and the notice file) and SIGKILL, unless its job says

@@ -334,8 +334,8 @@ class Scheduler:
             loads = self._load.get(jid, {})
             for r in [r for r in loads if r not in replicas]:
                 del loads[r]  # a replica that stopped reports nothing any more
-            if loads:
-                window.observe(now, sum(loads.values()))
+            if loads:  # the replicas reporting serve len(loads) x target: a load above it is a short interval
+                window.observe(now, sum(loads.values()), len(loads) * job.autoscale.target_per_replica)
             current = self._desired.get(jid, max(lo, min(hi, len(replicas))))
             desired = window.desired(now, current, lo, hi)
             self._desired[jid] = desired

@@ -38,6 +38,10 @@ Shape (every key but ``kind`` optional; unknown keys are errors)::
       history_s: 1800                # rises within lead_s seen this long size the spare (default 1800)
       rise_quantile: 1.0             # which rise (1.0: the largest; default 1.0)
       min_rises_s: 300               # until then at least the profile's fixed margin (default 300)
+      slo_attainment: 0.995          # error budget: rise_quantile only while the budget affords a
+                                     # miss, else the largest rise (default: none, rise_quantile as given)
+      slo_window_s: 3600             # the window the budget is counted over (default 3600)
+      slo_interval_s: 10             # the interval a short load report spends (default 10)
       counters: [myserver:tokens_total]  # the agent's: the /metrics counters whose rate is the
                                      # load (default: SGLang's and vLLM's for the metric)
     grace_period_s: 30               # SIGTERM (and the notice file) to SIGKILL when a task must stop
@@ -105,7 +109,7 @@ _AUTOSCALE = {
     "history_s",
 }
 # counters: the node agent's (``contract.load_counters``), checked by the job schema; the core reads none
-_AUTOSCALE |= {"rise_quantile", "min_rises_s", "counters"}
+_AUTOSCALE |= {"rise_quantile", "min_rises_s", "counters", "slo_attainment", "slo_window_s", "slo_interval_s"}
 _DEV = {"count", "model", "vendor", "min_memory", "min_bf16_tflops", "milli", "memory"}
 _LEVEL = re.compile(r"^[a-z][a-z0-9._-]*$")
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]i?)?B?$")
@@ -336,6 +340,20 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
     q = a.get("rise_quantile", d.rise_quantile)
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
         raise err("autoscale.rise_quantile", f"{q!r} must be a number in (0, 1] (1: the largest rise seen)")
+    slo = a.get("slo_attainment")
+    if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo <= 1):
+        raise err(
+            "autoscale.slo_attainment", f"{slo!r} must be a number in (0, 1] (0.995: 0.5 % of intervals may go short)"
+        )
+    for key in ("slo_window_s", "slo_interval_s"):
+        secs[key] = _seconds(err, f"autoscale.{key}", a.get(key, getattr(d, key)))
+        if secs[key] <= 0:
+            raise err(f"autoscale.{key}", f"{a[key]!r} must be > 0 seconds")
+    if secs["slo_interval_s"] > secs["slo_window_s"]:
+        raise err(
+            "autoscale.slo_interval_s",
+            f"{secs['slo_interval_s']:g} must be <= slo_window_s ({secs['slo_window_s']:g}): the window counts intervals",
+        )
     return Autoscale(
         metric,
         float(target),
@@ -346,6 +364,9 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
         history_s=secs["history_s"],
         rise_quantile=float(q),
         min_rises_s=secs["min_rises_s"],
+        slo_attainment=None if slo is None else float(slo),
+        slo_window_s=secs["slo_window_s"],
+        slo_interval_s=secs["slo_interval_s"],
     )
 
 

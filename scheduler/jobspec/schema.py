@@ -86,6 +86,20 @@ def _autoscale() -> dict[str, Any]:
                 _SECONDS,
                 "forecast rule: until rises span this long, keep at least the profile's fixed margin (default 300)",
             ),
+            "slo_attainment": _d(
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "error budget: the share of slo_interval_s intervals of any slo_window_s whose ready replicas "
+                "cover the load; the forecast rule spends the rest (rise_quantile) only while one uncovered "
+                "rise still fits it, else provisions for the largest rise (default: none, rise_quantile as given)",
+            ),
+            "slo_window_s": _d(
+                {"type": "number", "exclusiveMinimum": 0},
+                "error budget: the window short intervals are counted over (default 3600)",
+            ),
+            "slo_interval_s": _d(
+                {"type": "number", "exclusiveMinimum": 0},
+                "error budget: the interval a report above its replicas' capacity marks short (default 10)",
+            ),
             "counters": _d(
                 {
                     "type": "array",

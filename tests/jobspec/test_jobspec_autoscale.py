@@ -126,3 +126,30 @@ def test_autoscale_with_fixed_replicas_is_refused(tmp_path, replicas):
     head = HEAD + f"  replicas: {replicas}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
     bad = problems(tmp_path, head)
     assert len(bad) == 1 and "spec.autoscale" in bad[0] and "give replicas: {min, max} with min < max" in bad[0], bad
+
+
+def test_error_budget_keys_checked_at_their_line_and_in_the_core(tmp_path):
+    found = problems(
+        tmp_path,
+        HEAD + "  replicas: {min: 1, max: 4}\n  autoscale:\n    metric: tokens_per_s\n    target_per_replica: 10\n"
+        "    slo_attainment: 1.5\n    slo_window_s: 0\n",
+    )
+    assert found == [
+        "8:21: spec.autoscale.slo_attainment must be <= 1, got 1.5",
+        "9:19: spec.autoscale.slo_window_s must be > 0, got 0",
+    ]
+
+    def parse(**keys):
+        doc = {"metric": "tokens_per_s", "target_per_replica": 10, **keys}
+        return parse_job({"id": "chat", "kind": "serving", "replicas": {"min": 1, "max": 2}, "autoscale": doc})
+
+    with pytest.raises(XpodError, match=r"autoscale.slo_attainment: 0 must be a number in \(0, 1\]"):
+        parse(slo_attainment=0)
+    with pytest.raises(XpodError, match="autoscale.slo_interval_s: 0 must be > 0 seconds"):
+        parse(slo_interval_s=0)
+    with pytest.raises(XpodError, match=r"autoscale.slo_interval_s: 60 must be <= slo_window_s \(30\)"):
+        parse(slo_interval_s=60, slo_window_s=30)
+    a = parse(slo_attainment=0.995, slo_window_s=86400, slo_interval_s=5).autoscale
+    assert (a.slo_attainment, a.slo_window_s, a.slo_interval_s) == (0.995, 86400.0, 5.0)
+    d = parse().autoscale
+    assert (d.slo_attainment, d.slo_window_s, d.slo_interval_s) == (None, 3600.0, 10.0)

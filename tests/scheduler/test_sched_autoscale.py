@@ -3,6 +3,8 @@ decisions, through the ``Scheduler`` facade, on small declarative clusters."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from xpod.hal.errors import XpodError
@@ -289,3 +291,51 @@ def test_forecast_measures_a_rise_from_nothing_against_one_replica():
     assert w.desired(t, 1, 1, 100) == 1  # no load: min replicas (the trough goes back to training)
     t = feed(w, [60.0], start=t + 10.0)
     assert w.desired(t, 1, 1, 100) == 3  # 60 x 5 / 100: a burst like the last one is covered
+
+
+# ---------------------------------------------------------------- the error budget
+def test_error_budget_spends_the_quantile_only_while_one_uncovered_rise_fits():
+    # 0.9 of 10 s intervals over 600 s: 6 may go short; lead 20 s: an uncovered rise costs 2
+    spec = forecast_spec(rise_quantile=0.5, history_s=2000.0, slo_attainment=0.9, slo_window_s=600.0)
+    w = ScaleWindow(spec, FORECAST)
+    assert (w.allowed_short(), w.miss_cost()) == (6, 2)
+    t = 0.0
+    for load in [900.0, 900.0] + [400.0] * 6 + [800.0, 400.0, 400.0, 440.0, 400.0, 400.0]:
+        w.observe(t, load, capacity=300.0 if t < 20.0 else 1000.0)  # short while starting: not counted
+        t += 10.0
+    t -= 10.0
+    assert w.short_intervals(t) == 0 and w.budget_left(t) == 6
+    assert w.headroom(t) == 1.0  # the median rise: the budget affords an uncovered one
+    for _ in range(5):  # five short intervals (a report twice in one interval counts once)
+        t += 10.0
+        w.observe(t, 400.0, capacity=300.0)
+        w.observe(t, 400.0, capacity=300.0)
+    assert (w.short_intervals(t), w.budget_left(t)) == (5, 1)
+    assert w.headroom(t) == 2.0  # 1 left < 2 a miss may cost: the largest rise, 800 / 400
+    t = feed(w, [400.0] * 61, start=t + 10.0)  # covered (no capacity given) for 610 s more
+    assert w.short_intervals(t) == 0
+    assert w.headroom(t) == 1.0  # the short intervals left the window: spending again
+
+
+def test_without_an_slo_the_quantile_applies_and_a_full_slo_never_spends():
+    rises = [400.0] * 8 + [800.0, 400.0, 400.0, 440.0, 400.0, 400.0]
+    free = ScaleWindow(forecast_spec(rise_quantile=0.5), FORECAST)
+    strict = ScaleWindow(forecast_spec(rise_quantile=0.5, slo_attainment=1.0), FORECAST)
+    for w in (free, strict):
+        t = feed(w, rises)
+    assert (free.headroom(t), strict.headroom(t)) == (1.0, 2.0)
+    assert strict.allowed_short() == 0 and not strict.may_spend(t)
+
+
+def test_scheduler_counts_a_report_above_its_replicas_capacity_as_short():
+    s = Scheduler(pod(), resizes=True)
+    chat = serving(max_replicas=2, min_replicas=2)
+    s.submit(dataclasses.replace(chat, autoscale=dataclasses.replace(chat.autoscale, slo_attainment=0.9)))
+    s.cycle(now=0.0)
+    replicas = sorted({b.task for b in s.running["chat"].bindings})
+    assert replicas == [0, 1]
+    for t, per_replica in [(10.0, 50.0), (20.0, 150.0), (25.0, 150.0), (30.0, 100.0), (40.0, 101.0)]:
+        for r in replicas:  # over its target of 100: the interval is short (two reports in one count once)
+            s.report_load("chat", r, per_replica)
+        s.cycle(now=t)
+    assert s._windows["chat"].short_intervals(40.0) == 2
