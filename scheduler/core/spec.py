@@ -340,7 +340,7 @@ def _autoscale(err: _Err, kind: JobKind, a: Any) -> Autoscale | None:
     q = a.get("rise_quantile", d.rise_quantile)
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
         raise err("autoscale.rise_quantile", f"{q!r} must be a number in (0, 1] (1: the largest rise seen)")
-    slo = a.get("slo_attainment")
+    slo = a.get("slo_attainment", d.slo_attainment)
     if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float)) or not 0 < slo <= 1):
         raise err(
             "autoscale.slo_attainment", f"{slo!r} must be a number in (0, 1] (0.995: 0.5 % of intervals may go short)"
