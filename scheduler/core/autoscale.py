@@ -38,10 +38,11 @@ SLOs"). A report whose load exceeds what its reporting replicas serve at their t
 short; the intervals before the job first covered its load (it is starting) do not count. The
 forecast rule then provisions for ``rise_quantile`` of the rises (spending the budget: the
 rises above it go uncovered) only while the budget left affords one uncovered rise, which may
-leave ``ceil(lead_s / slo_interval_s)`` intervals short before replicas added on seeing it
-serve (``miss_cost``); otherwise for the largest rise. So the intervals the quantile leaves short
-never take the window past its budget (the largest-rise rule's own misses aside): the guard is
-a bound by construction, not a tuned hope. At a one-hour window of 10 s intervals and 0.995 the
+leave ``ceil((scale_up_after_s + lead_s) / slo_interval_s)`` intervals short before replicas
+added on seeing it serve (``miss_cost``); otherwise for the largest rise. So the intervals the
+quantile leaves short never take the window past its budget, provided the replicas come within
+``lead_s`` (devices to take from training) and aside from the largest-rise rule's own misses (a
+rise larger than any seen): a bound by construction, not a tuned hope. At a one-hour window of 10 s intervals and 0.995 the
 budget is 1 interval and a miss costs up to 4: the guard never spends, and the rule is the
 largest-rise rule; a longer window (an SRE SLO is usually 28-30 days) lets it spend. Without an
 SLO (``slo_attainment`` unset) ``rise_quantile`` applies as given.
@@ -172,8 +173,9 @@ class ScaleWindow:
 
     def miss_cost(self) -> int:
         """Short intervals one uncovered rise may cost: the load is short from the interval it
-        rises in until replicas added on seeing it serve, ``lead_s`` later."""
-        return max(1, math.ceil(self.spec.lead_s / self.spec.slo_interval_s - 1e-9))
+        rises in until replicas added on seeing it serve, ``scale_up_after_s + lead_s`` later."""
+        wait_s = self.spec.scale_up_after_s + self.spec.lead_s
+        return max(1, math.ceil(wait_s / self.spec.slo_interval_s - 1e-9))
 
     def may_spend(self, now: float) -> bool:
         """Whether the forecast rule may provision for ``rise_quantile`` of the rises at ``now``
