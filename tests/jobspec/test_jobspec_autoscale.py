@@ -72,11 +72,13 @@ def test_forecast_keys_bad_values_each_at_its_line(tmp_path):
     ]
 
 
-def test_forecast_keys_in_the_core_spec_name_the_field():
-    def parse(**keys):
-        doc = {"metric": "tokens_per_s", "target_per_replica": 10, **keys}
-        return parse_job({"id": "chat", "kind": "serving", "replicas": {"min": 1, "max": 2}, "autoscale": doc})
+def parse(**keys):
+    """The core job of a serving job whose autoscale block holds ``keys`` (beside metric and target)."""
+    doc = {"metric": "tokens_per_s", "target_per_replica": 10, **keys}
+    return parse_job({"id": "chat", "kind": "serving", "replicas": {"min": 1, "max": 2}, "autoscale": doc})
 
+
+def test_forecast_keys_in_the_core_spec_name_the_field():
     with pytest.raises(XpodError, match=r"autoscale.rise_quantile: 0 must be a number in \(0, 1\]"):
         parse(rise_quantile=0)
     with pytest.raises(XpodError, match="autoscale.history_s: 0 must be > 0"):
@@ -138,10 +140,6 @@ def test_error_budget_keys_checked_at_their_line_and_in_the_core(tmp_path):
         "8:21: spec.autoscale.slo_attainment must be <= 1, got 1.5",
         "9:19: spec.autoscale.slo_window_s must be > 0, got 0",
     ]
-
-    def parse(**keys):
-        doc = {"metric": "tokens_per_s", "target_per_replica": 10, **keys}
-        return parse_job({"id": "chat", "kind": "serving", "replicas": {"min": 1, "max": 2}, "autoscale": doc})
 
     with pytest.raises(XpodError, match=r"autoscale.slo_attainment: 0 must be a number in \(0, 1\]"):
         parse(slo_attainment=0)
