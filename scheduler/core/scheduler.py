@@ -49,7 +49,7 @@ from xpod.hal.errors import XpodError
 
 from . import actions as act
 from . import reasons
-from .autoscale import ScaleWindow
+from .autoscale import ScaleRule, ScaleWindow
 from .fabric import Fabric, derive, placement_document
 from .framework import CycleContext, Framework
 from .placer import Placer
@@ -95,6 +95,8 @@ class AutoscaleStatus:
     min_replicas: int
     max_replicas: int
     headroom: float = 1.0  # the factor over the load the rule provisions for (forecast: learned from rises)
+    short_intervals: int = 0  # intervals its replicas ran short in the error budget's window
+    allowed_short: int | None = None  # the error budget: short intervals allowed there (None: no SLO set)
 
 
 #: priority 0, submitted at time 0: what ``Scheduler._priority_key`` measures from
@@ -308,6 +310,8 @@ class Scheduler:
             lo,
             hi,
             window.headroom(self.snapshot_time) if window is not None else 1.0,
+            window.short_intervals(self.snapshot_time) if window is not None else 0,
+            None if job.autoscale.slo_attainment is None else ScaleWindow(job.autoscale, ScaleRule()).allowed_short(),
         )
 
     snapshot_time = 0.0  # the clock time of the last cycle (what ``autoscale_status`` reads at)

@@ -155,6 +155,11 @@ class SchedulingLoop:
             "maxReplicas": float(st.max_replicas),
             "headroom": st.headroom,
         }
+        budget = ""
+        if st.allowed_short is not None:
+            numbers["shortIntervals"] = float(st.short_intervals)
+            numbers["allowedShortIntervals"] = float(st.allowed_short)
+            budget = f"; error budget: {st.short_intervals} of {st.allowed_short} allowed short interval(s) spent"
         demand = "nothing reported yet"
         if st.demand is not None:
             numbers["demand"] = st.demand
@@ -162,7 +167,7 @@ class SchedulingLoop:
         return numbers, [
             f"autoscale: demand {demand} at a target of {st.target_per_replica:g} per replica: "
             f"{st.desired_replicas} replica(s) wanted, {st.running_replicas} placed "
-            f"(min {st.min_replicas}, max {st.max_replicas}), provisioned for {st.headroom:.2f} x the load"
+            f"(min {st.min_replicas}, max {st.max_replicas}), provisioned for {st.headroom:.2f} x the load{budget}"
         ]
 
     def report_load(self, report: LoadReport) -> int:

@@ -338,4 +338,8 @@ def test_scheduler_counts_a_report_above_its_replicas_capacity_as_short():
         for r in replicas:  # over its target of 100: the interval is short (two reports in one count once)
             s.report_load("chat", r, per_replica)
         s.cycle(now=t)
-    assert s._windows["chat"].short_intervals(40.0) == 2
+    st = s.autoscale_status("chat")
+    assert (st.short_intervals, st.allowed_short) == (2, 36)  # 0.1 x 3600 s / 10 s
+    s.submit(dataclasses.replace(chat, id="free"))  # no SLO set: no budget
+    s.cycle(now=50.0)
+    assert s.autoscale_status("free").allowed_short is None
