@@ -127,7 +127,9 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
                 raise XpodError(
                     f"{source}: policies[{i}] ({name}).args.{k}: {v!r} is not one of {', '.join(map(str, choices))}"
                 )
-            if isinstance(default, (int, float)) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            if isinstance(default, (int, float)) and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0  # nan too
+            ):
                 raise XpodError(f"{source}: policies[{i}] ({name}).args.{k}: {v!r} must be a non-negative number")
         out.append((name, dict(args)))
     names = [n for n, _ in out]

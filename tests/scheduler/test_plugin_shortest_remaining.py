@@ -114,6 +114,79 @@ def test_a_bad_argument_is_one_line():
         remaining(by="width")
 
 
+def _evicted_then_a_queue(prof) -> tuple[Scheduler, list[float]]:
+    """``long`` (8 devices, 100,000 s) runs on the one node; ``short`` (600 s) evicts it at 100 s;
+    at 650 s ``mid`` (8 devices, 5,000 s: far less work left than ``long``) waits too. Returns the
+    scheduler and its clock, at 700 s after ``short`` ended."""
+    t = [0.0]
+    s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+    s.submit(job("long").devices(H, 8).duration(100_000).submitted(0).build())
+    s.cycle()
+    t[0] = 100.0
+    s.submit(job("short").devices(H, 8).duration(600).submitted(100).build())
+    assert [e.job_id for e in s.cycle().evictions] == ["long"]
+    t[0] = 650.0
+    s.submit(job("mid").devices(H, 8).duration(5000).submitted(650).build())
+    s.cycle()
+    t[0] = 700.0
+    s.finish("short")
+    return s, t
+
+
+def test_an_evicted_job_resumes_before_shorter_ones_after_resume_after_s():
+    """Without the guard (``resume_after_s`` .inf) the evicted ``long`` has the most work left
+    and waits behind ``mid``, which arrived after the eviction; with ``resume_after_s`` 600 it
+    has waited 600 s since its eviction at 700 s, counts as starved and takes its node back
+    first. Before it has waited that long it stays in the order by its work left."""
+    s, _ = _evicted_then_a_queue(remaining())
+    assert set(placements(s.cycle())) == {"mid"}
+    s, _ = _evicted_then_a_queue(remaining(resume_after_s=600))
+    assert set(placements(s.cycle())) == {"long"}
+    s, _ = _evicted_then_a_queue(remaining(resume_after_s=1200))
+    assert set(placements(s.cycle())) == {"mid"}
+
+
+def test_a_resumed_job_is_no_victim_of_its_class_again():
+    """Once ``long`` resumed as starved, a short job that arrives does not evict it again (a
+    starved job is no victim of its class), even with no limit on evictions."""
+    s, t = _evicted_then_a_queue(remaining(resume_after_s=600, max_evictions=0))
+    assert set(placements(s.cycle())) == {"long"}
+    t[0] = 800.0
+    s.submit(job("short2").devices(H, 8).duration(60).submitted(800).build())
+    r = s.cycle()
+    assert not r.evictions and "long" in s.running
+
+
+def test_victim_order_least_service_evicts_the_job_that_ran_least():
+    """Two jobs with far more work left than ``short`` run on two nodes; ``most-work`` evicts
+    the one with more work left (``old``, started first but declared longer), ``least-service``
+    the one that has run the least (``young``), which loses the least progress."""
+
+    def evicted(order: str) -> list[str]:
+        t = [0.0]
+        nodes = [node("a").devices(H, 8).build(), node("b").devices(H, 8).build()]
+        s = Scheduler(nodes, profile=remaining(victim_order=order), clock=lambda: t[0])
+        s.submit(job("old").devices(H, 8).duration(200_000).submitted(0).build())
+        s.cycle()
+        t[0] = 5000.0
+        s.submit(job("young").devices(H, 8).duration(100_000).submitted(5000).build())
+        s.cycle()
+        t[0] = 6000.0
+        s.submit(job("short").devices(H, 8).duration(600).submitted(6000).build())
+        return [e.job_id for e in s.cycle().evictions]
+
+    assert evicted("most-work") == ["old"]
+    assert evicted("least-service") == ["young"]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan")])
+def test_a_bad_resume_after_is_one_line(bad):
+    from xpod.hal.errors import XpodError
+
+    with pytest.raises(XpodError, match=r"args.resume_after_s: .* must be a non-negative number"):
+        remaining(resume_after_s=bad)
+
+
 def aging(**args):
     return profile_from_dict(
         {

@@ -28,6 +28,16 @@ starved lets the jobs after it try (fit-first, as Tiresias' simulator does) and 
 ``preempt`` for room like them. The reservation, and the devices it keeps idle until the head
 starts, then serve only the jobs the starvation guard protects.
 
+An evicted job (``resume_after_s``): a job the scheduler stopped and that waits again has, by
+this order, the most work left of the jobs that wanted its devices (that is why it was chosen),
+so it waits behind every shorter job, for hours on a busy pod, although it had started. With
+``resume_after_s`` finite it counts as starved once it has waited that long since its eviction
+(first come first served among starved jobs, ahead of the others), so an eviction delays a job
+by at most about that long plus the wait for room; ``inf`` (the default): no such guard. The
+guard follows Tiresias (Gu et al., NSDI'19, section 4.2), which promotes a job back to its
+highest queue once it has waited long against the time it ran (``las``' ``promote_knob``); here
+the wait is counted from the eviction, because an evicted job has already waited its turn once.
+
 Preemption (``victims``): a job evicts running jobs of a lower priority class (as ``priority``
 does), and running jobs of its own class only when both declared an expected duration, the
 victim is not starved, and the victim's remaining work exceeds ``preempt_factor`` times the
@@ -36,13 +46,16 @@ progress since its last checkpoint, so only a large gain pays for it. A job stop
 ``max_evictions`` times already (it ran and waits again: evicted) is no victim of its class
 again (0: no limit), so no long job pays for many short ones. Victims go (lower classes first) most work left first
 (``victim_order: most-work``), or fewest devices first, then least work left
-(``fewest-devices``). ``preempt_factor: 0`` never preempts inside a class.
+(``fewest-devices``), or the least service attained first, the latest start first among equals
+(``least-service``: Tiresias' choice among the jobs it may evict, the one that has run the
+least and so loses the least progress and leaves the order's head soonest after a restart). ``preempt_factor: 0`` never preempts inside a class.
 
 The plugin keeps each job's attained service over cycles (``open_session``, ``_attained``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Sequence
 
 from ..framework import CycleContext, Plugin, register
@@ -63,10 +76,11 @@ class ShortestRemainingPlugin(Plugin):
         "victim_order": "most-work",
         "max_evictions": 1,
         "hold": "always",
+        "resume_after_s": math.inf,
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "by": ("device-seconds", "seconds"),
-        "victim_order": ("fewest-devices", "most-work"),
+        "victim_order": ("fewest-devices", "most-work", "least-service"),
         "hold": ("always", "starved"),
     }
     by: str
@@ -77,6 +91,7 @@ class ShortestRemainingPlugin(Plugin):
     victim_order: str
     max_evictions: int
     hold: str
+    resume_after_s: float
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
@@ -142,6 +157,9 @@ class ShortestRemainingPlugin(Plugin):
                         out.append(rj)
         if self.victim_order == "most-work":
             out.sort(key=lambda rj: (rj.job.priority, -left_of(rj.job), -rj.start_time, rj.job.id))
+        elif self.victim_order == "least-service":
+            seconds = self.service.device_seconds if self.by == "device-seconds" else self.service.seconds
+            out.sort(key=lambda rj: (rj.job.priority, seconds(rj.job, now), -rj.start_time, rj.job.id))
         else:
             out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, left_of(rj.job), rj.job.id))
         return out
@@ -171,7 +189,15 @@ class ShortestRemainingPlugin(Plugin):
             return False  # a running job is not waiting; it stays in the order by its work left
         waited = now - job.submit_time - self.service.seconds(job, now)
         limit = max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
-        if waited >= limit:
+        if waited >= limit or self._resumes(job, now):
             self.starved.add(job.id)
             return True
         return False
+
+    def _resumes(self, job: Job, now: float) -> bool:
+        """Whether ``job``, waiting, was stopped by the scheduler at least ``resume_after_s`` ago
+        (the module's "An evicted job")."""
+        if self.resume_after_s == math.inf:
+            return False
+        at = self.service.stopped_at.get(job.id)
+        return at is not None and now - at >= self.resume_after_s
