@@ -44,7 +44,9 @@ Contracts:
   the role; and ``XPOD_ROLES_FILE``, ``STATE/roles/JOB.json``, where every role's replicas run
   *now* (``contract.role_addresses``: hosts, master, and an autoscaled role's ``serve``
   address), replaced whole (renamed into place) on every assignment of the job, so a router
-  follows a role that scales on other nodes without restarting; a role's command, env and
+  follows a role that scales on other nodes without restarting, and removed once no task of
+  the job runs on the node (finished, failed, preempted, cancelled; a stop under way keeps it
+  until its tasks have exited); a role's command, env and
   workdir are its own, ``contract.task_spec``). LOCAL_RANK / LOCAL_WORLD_SIZE count the tasks of
   the same world on this node. MASTER_ADDR is 127.0.0.1 on the master node itself, else the
   master node's name. Also the vendor's visible-devices variable for exactly the
@@ -177,6 +179,12 @@ def write_roles_file(state_dir: str, job_id: str, addresses: dict[str, Any]) -> 
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def remove_roles_file(state_dir: str, job_id: str) -> None:
+    """Remove the job's roles file (none there: nothing to do)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(roles_file_path(state_dir, job_id))
 
 
 def log_path(state_dir: str, job_id: str, task: int) -> str:
@@ -754,6 +762,7 @@ class NodeRuntime:
         self.held: dict[str, tuple[str, str, tuple[int, ...]]] = {}  # job -> (queue, kind, device indices)
         self.stopping: dict[str, list[tuple[JobRun, threading.Thread]]] = {}  # job -> stops under way
         self.deferred: dict[str, Assignment] = {}  # job -> its latest assignment, while tasks of it wait
+        self.roles_files: set[str] = set()  # jobs whose roles file this node wrote and has not removed
 
     @property
     def name(self) -> str:
@@ -818,6 +827,7 @@ class NodeRuntime:
             write_roles_file(
                 self.executor.state_dir, a.job_id, role_addresses(a.job_id, role_spans(spec), placed, a.world_key)
             )
+            self.roles_files.add(a.job_id)
         keys = {t: _world_shape(w) for t, w in worlds.items()}
         # Tasks here the assignment no longer lists (a serving replica replaced alone, a shrunk
         # gang's) end alone; so do tasks whose world changed (an elastic gang resized: they start
@@ -872,6 +882,21 @@ class NodeRuntime:
                 self.start(a, stopper, resumed=True)
             else:
                 self.deferred.pop(a.job_id, None)
+
+    def drop_roles_files(self) -> None:
+        """Remove the roles file of every job none of whose tasks runs here any more: all exited
+        (finished, failed), stopped (preempted, cancelled, moved) and no stop of them under way,
+        none waiting to start. While one task of the job runs here, its file stays."""
+        state_dir = getattr(self.executor, "state_dir", None)
+        for job_id in sorted(self.roles_files):
+            run = self.runs.get(job_id)
+            if run is not None and any(t not in run.exits for t in run.tasks):
+                continue
+            if job_id in self.deferred or self._stopping_tasks(job_id):
+                continue
+            if state_dir is not None:
+                remove_roles_file(state_dir, job_id)
+            self.roles_files.discard(job_id)
 
     def reap(self) -> None:
         for run in self.runs.values():
@@ -974,6 +999,9 @@ class Agent:
         stoppers = [self._stopper(run) for n in self.nodes.values() for run in n.runs.values()]
         for t in stoppers:
             t.join(timeout=self.grace_s + 5)
+        for n in self.nodes.values():  # the tasks have ended (their runs' exits say so): so do their roles files
+            n.deferred.clear()
+            n.drop_roles_files()
 
     def _connect(self) -> None:
         """Register every node (a fresh server, or one that lost them, learns them again; one
@@ -1082,6 +1110,7 @@ class Agent:
             for n in self.nodes.values():
                 n.reap()
                 n.resume(self._stopper)
+                n.drop_roles_files()
             self._report()
             self._moe()
             self._publish()
