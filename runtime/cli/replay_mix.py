@@ -34,8 +34,15 @@ def add_parser(sub) -> None:
         "--serving-job",
         required=True,
         metavar="YAML",
-        help="a ServingJob file with autoscale, or with roles that each have autoscale (a prefill role follows the "
-        "trace's prompt tokens, a decode role its generated tokens)",
+        help="a ServingJob file with autoscale, or with roles that each have autoscale (which tokens each role "
+        "follows: --role-tokens)",
+    )
+    m.add_argument(
+        "--role-tokens",
+        metavar="ROLE=KIND,...",
+        help="for a serving job with roles: the tokens of the trace each role's tokens_per_s follows, KIND one of "
+        "prompt (Azure's ContextTokens, Mooncake's input_length), generated (GeneratedTokens, output_length) or "
+        "both; a role not named follows both (default: prefill=prompt,decode=generated, for the roles the job has)",
     )
     m.add_argument("--peak-replicas", required=True, type=int, metavar="R", help="replicas the trace's peak needs")
     m.add_argument("--training", required=True, metavar="CSV", help="job trace: job_id,submit_s,duration_s,num_devices")
@@ -73,12 +80,22 @@ def cmd_replay_mix(args) -> int:
         raise XpodError(f"--hour: {args.hour} must be > 0")
     if args.training_from < 0:
         raise XpodError(f"--training-from: {args.training_from} must be >= 0")
+    if args.role_tokens is not None:
+        mix.parse_role_tokens(args.role_tokens)  # its syntax and kinds, before any file is read
     settings = mix.MixSettings(hour_s=args.hour, training_from_s=args.training_from)
     results = []
     for name, profile in _profiles(args):
         if args.no_progress or not sys.stderr.isatty():
             r = mix.run_mix(
-                args.cluster, args.serving, args.serving_job, args.peak_replicas, args.training, profile, name, settings
+                args.cluster,
+                args.serving,
+                args.serving_job,
+                args.peak_replicas,
+                args.training,
+                profile,
+                name,
+                settings,
+                role_tokens_text=args.role_tokens,
             )
         else:
             from rich.progress import Progress
@@ -95,6 +112,7 @@ def cmd_replay_mix(args) -> int:
                     name,
                     settings,
                     progress=lambda done, total: bar.update(task, completed=done),
+                    role_tokens_text=args.role_tokens,
                 )
         results.append(r)
     print_table(results)

@@ -12,11 +12,13 @@ What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s``
   job's max replicas become ``peak_replicas``.
 * **A serving job with roles** (a ServingJob file whose roles each have ``autoscale``, e.g.
   ``examples/jobs/prefill-decode-autoscale.yaml``) is one pool per role, all placed together
-  first, then each following its own load: the one trace drives every role, a role named
-  ``prefill...`` by the prompt tokens of its requests (Azure's ``ContextTokens``, Mooncake's
-  ``input_length``), one named ``decode...`` by the generated tokens (``GeneratedTokens``,
-  ``output_length``), any other by both (``requests_per_s``: the requests, for any role); each
-  role's series is scaled so that its own peak needs ``peak_replicas`` of its replicas. An
+  first, then each following its own load: the one trace drives every role, each by the tokens
+  ``--role-tokens`` gives it (``ROLE=prompt|generated|both,...``; default
+  ``DEFAULT_ROLE_TOKENS``: ``prefill`` the prompt tokens of its requests, Azure's
+  ``ContextTokens``, Mooncake's ``input_length``; ``decode`` the generated tokens,
+  ``GeneratedTokens``, ``output_length``; a role it does not name both; ``requests_per_s``
+  counts the requests, for any role); each role's series is scaled so that its own peak needs
+  ``peak_replicas`` of its replicas. An
   interval meets the SLO when every role's ready capacity meets its demand; the result's
   ``roles`` gives each role's own attainment and scale-up p99.
 * **The serving job** is a ServingJob file with ``autoscale``; at the start of every interval
@@ -27,10 +29,12 @@ What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s``
 * **Training**: a job trace in the normalized Philly schema (``job_id, submit_s, duration_s,
   num_devices``), read from ``training_from_s``: the jobs running then arrive at the warm-up's
   start with the work they had left, the jobs submitted in the hour arrive at their times. A
-  job of n trace GPUs takes n schedulable devices (dies on Ascend 910C) in the smallest shape
-  the cluster's placement rules allow: on 910C one task of 1, 2, 4, ..., 16 dies, or tasks of
-  16 dies (whole nodes: MindCluster's rule for a distributed 910C task); elsewhere one task up
-  to a node, else whole nodes. A job of several tasks is elastic down to half of them
+  job runs on one device model: with several in the cluster (a mixed pod), the jobs are split
+  in proportion to each model's devices (``split_models``). A job of n trace GPUs takes n
+  schedulable devices (dies on Ascend 910C) of its model in the smallest shape the cluster's
+  placement rules allow: on 910C one task of 1, 2, 4, ..., 16 dies, or tasks of 16 dies (whole
+  nodes: MindCluster's rule for a distributed 910C task); on 910B one task of 1, 2, 4 or 8
+  NPUs, or tasks of 8 (whole nodes); elsewhere one task up to a node, else whole nodes. A job of several tasks is elastic down to half of them
   (``min_tasks``), as an elastic data-parallel job (torchrun's ``--nnodes MIN:MAX``) scales by
   whole nodes; a job of one task cannot shrink. Its work is its trace duration at full size;
   at fewer tasks it progresses proportionally slower (the engine's rate).
@@ -211,17 +215,51 @@ def read_serving_trace(path: str) -> list[tuple[float, int, int]]:
     return reqs
 
 
-#: which tokens of a request a serving role's ``tokens_per_s`` counts, by the role's name (see
-#: ``role_tokens``): prompt (Azure's ContextTokens, Mooncake's input_length) or generated
+#: which tokens of a request a serving role's ``tokens_per_s`` counts: prompt (Azure's
+#: ContextTokens, Mooncake's input_length), generated (GeneratedTokens, output_length) or both
 TOKENS = ("both", "prompt", "generated")
+#: ``xpod replay mix --role-tokens``'s default: the two phases disaggregated serving splits, by
+#: their usual names (a role of exactly that name; any role it does not name follows both)
+DEFAULT_ROLE_TOKENS = "prefill=prompt,decode=generated"
 
 
-def role_tokens(job: Job) -> str:
-    """The tokens of the trace that make a serving job's load (``TOKENS``): a role named
-    ``prefill...`` serves the prompts, one named ``decode...`` generates the output tokens (the
-    two phases disaggregated serving splits); any other job or role both."""
-    name = job.id.rsplit("/", 1)[1] if job.group is not None else ""
-    return "prompt" if name.startswith("prefill") else "generated" if name.startswith("decode") else "both"
+def parse_role_tokens(text: str, flag: str = "--role-tokens") -> dict[str, str]:
+    """``ROLE=KIND,...`` (KIND one of ``TOKENS``; '' names no role) as {role: kind};
+    ``XpodError`` naming ``flag`` and the entry on a malformed entry, an unknown kind or a role
+    named twice."""
+    out: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry and not text.strip():
+            continue
+        role, eq, kind = (x.strip() for x in entry.partition("="))
+        if not eq or not role or not kind:
+            raise XpodError(f"{flag} {text}: {entry!r} is not ROLE=KIND (KIND: {', '.join(TOKENS)})")
+        if kind not in TOKENS:
+            raise XpodError(f"{flag} {text}: {entry}: unknown token kind {kind!r} (one of {', '.join(TOKENS)})")
+        if role in out:
+            raise XpodError(f"{flag} {text}: role {role!r} named twice")
+        out[role] = kind
+    return out
+
+
+def role_tokens(jobs: Sequence[Job], text: str | None = None, flag: str = "--role-tokens") -> list[str]:
+    """The tokens (``TOKENS``) whose rate is each serving job's load, in ``jobs``' order: a job
+    without roles both; a role what ``text`` (``ROLE=KIND,...``; None: ``DEFAULT_ROLE_TOKENS``)
+    says for its name, both when it names it not. A ``text`` given that names a role the job
+    does not have, or given for a job without roles, is one ``XpodError`` line naming ``flag``."""
+    mapping = parse_role_tokens(DEFAULT_ROLE_TOKENS if text is None else text, flag)
+    names = [job.id.rsplit("/", 1)[1] if job.group is not None else "" for job in jobs]
+    if text is not None and mapping:
+        if not any(names):
+            raise XpodError(
+                f"{flag} {text}: the serving job has no roles (its load is both prompt and generated tokens)"
+            )
+        unknown = [r for r in mapping if r not in names]
+        if unknown:
+            raise XpodError(
+                f"{flag} {text}: the serving job has no role {unknown[0]!r} (its roles: {', '.join(names)})"
+            )
+    return [mapping.get(name, "both") if name else "both" for name in names]
 
 
 def demand_series(
@@ -255,36 +293,112 @@ class TrainingJob:
 
 def shape(count: int, model: str, per_node: int) -> tuple[int, int]:
     """(tasks, devices per task): the smallest legal shape for ``count`` devices (see the module
-    docstring): Ascend 910C one task of 1, 2, 4, ..., 16 dies or tasks of 16; elsewhere one task
-    up to a node, else whole nodes."""
-    if ascend_rules.family(model) == "910c":
+    docstring): Ascend 910C one task of 1, 2, 4, ..., 16 dies or tasks of 16; Ascend 910B one
+    task of 1, 2, 4 or 8 NPUs or tasks of 8 (whole nodes); elsewhere one task up to a node, else
+    whole nodes."""
+    fam = ascend_rules.family(model)
+    if fam == "910c":
         node = ascend_rules.A3_DIES_PER_NODE
         if count <= node:
             return 1, min(s for s in ascend_rules.A3_LEGAL_SINGLE_NODE if s >= count)
+        return -(-count // node), node
+    if fam == "910b":
+        node = max(ascend_rules.B_LEGAL)
+        if count <= node:
+            return 1, min(s for s in ascend_rules.B_LEGAL if s >= count)
         return -(-count // node), node
     if count <= per_node:
         return 1, count
     return -(-count // per_node), per_node
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingModel:
+    """A device model training may run on: its devices in the cluster and the most on one node."""
+
+    model: str
+    devices: int
+    per_node: int
+
+
+def training_models(nodes: Sequence[Node]) -> list[TrainingModel]:
+    """Every device model of the cluster (most devices first, then by name)."""
+    count: dict[str, int] = {}
+    most: dict[str, int] = {}
+    for n in nodes:
+        here: dict[str, int] = {}
+        for d in n.devices:
+            if d.model:
+                here[d.model] = here.get(d.model, 0) + 1
+        for m, k in here.items():
+            count[m] = count.get(m, 0) + k
+            most[m] = max(most.get(m, 0), k)
+    return [TrainingModel(m, count[m], most[m]) for m in sorted(count, key=lambda m: (-count[m], m))]
+
+
 def read_training(
-    path: str, settings: MixSettings, model: str, per_node: int, biggest_devices: int
+    path: str, settings: MixSettings, model: str | Sequence[TrainingModel], per_node: int = 0, biggest_devices: int = 0
 ) -> list[TrainingJob]:
     """The training jobs of the hour from a normalized job trace (``XpodError`` naming the
-    file, line and field). Jobs larger than the cluster's devices are left out."""
-    lo, hi = settings.training_from_s, settings.training_from_s + settings.hour_s
+    file, line and field), on one device ``model`` (``per_node`` of it on the largest node,
+    ``biggest_devices`` in the cluster), or split over several (``TrainingModel``s: the rule of
+    ``split_models``). Jobs larger than every model's devices are left out."""
+    models = [TrainingModel(model, biggest_devices, per_node)] if isinstance(model, str) else list(model)
     try:
-        return _read_training(path, settings, model, per_node, biggest_devices, lo, hi)
+        rows = _read_training_rows(path, settings)
     except UnicodeDecodeError:
         raise XpodError(f"{path}: not a UTF-8 text file (a job trace is CSV)") from None
     except csv.Error as err:
         raise XpodError(f"{path}: not valid CSV: {err}") from None
+    out = []
+    for (job_id, arrive, left, n), m in zip(rows, split_models(rows, models, settings.hour_s)):
+        if m is None:
+            continue
+        tasks, per = shape(n, m.model, m.per_node)
+        elastic = tasks > 1
+        min_tasks = max(1, math.ceil(tasks * settings.elastic_fraction)) if elastic else None
+        job = Job(
+            id=job_id,
+            kind=JobKind.TRAINING,
+            tasks=tasks,
+            devices=DeviceRequest(count=per, model=m.model),
+            min_tasks=min_tasks,
+            priority_class="normal",
+            submit_time=arrive,
+        )
+        out.append(TrainingJob(job, arrive, left, n))
+    return out
 
 
-def _read_training(
-    path: str, settings: MixSettings, model: str, per_node: int, biggest_devices: int, lo: float, hi: float
-) -> list[TrainingJob]:
-    out: list[TrainingJob] = []
+def split_models(
+    rows: Sequence[tuple[str, float, float, int]], models: Sequence[TrainingModel], hour_s: float
+) -> list[TrainingModel | None]:
+    """The model each training job of ``rows`` (job id, arrival in the hour, work left, trace
+    devices; in arrival order) runs on: the jobs are split in proportion to each model's devices.
+    In arrival order, a job goes to the model whose training work of the hour (device-seconds:
+    trace devices x the part of its work the hour can hold, ``min(left, hour - arrival)``),
+    with this job added, is the smallest per device the model has, among the models with at
+    least the job's trace devices (ties: the model with more devices, then by name); None when
+    no model has that many. With one model every job that fits goes to it."""
+    load = {m.model: 0.0 for m in models}
+    out: list[TrainingModel | None] = []
+    for _, arrive, left, n in rows:
+        fits = [m for m in models if n <= m.devices]
+        if not fits:
+            out.append(None)
+            continue
+        work = n * max(0.0, min(left, hour_s - arrive))
+        best = min(fits, key=lambda m: ((load[m.model] + work) / m.devices, -m.devices, m.model))
+        load[best.model] += work
+        out.append(best)
+    return out
+
+
+def _read_training_rows(path: str, settings: MixSettings) -> list[tuple[str, float, float, int]]:
+    """(job id, arrival in the hour, seconds of work left, trace devices) of every job of the
+    trace that runs in the hour, in arrival order (then by id)."""
+    lo, hi = settings.training_from_s, settings.training_from_s + settings.hour_s
+    out: list[tuple[str, float, float, int]] = []
     with _open_text(path, "training trace") as f:
         reader = csv.DictReader(f)
         need = ("job_id", "submit_s", "duration_s", "num_devices")
@@ -303,24 +417,12 @@ def _read_training(
                 if not math.isfinite(vals[field]) or vals[field] < 0:
                     raise XpodError(f"{path}:{line}: {field}: {text!r} must be a finite number >= 0")
             submit, duration, n = vals["submit_s"], vals["duration_s"], int(vals["num_devices"])
-            if n < 1 or n > biggest_devices or submit >= hi or submit + duration <= lo:
+            if n < 1 or submit >= hi or submit + duration <= lo:
                 continue
-            tasks, per = shape(n, model, per_node)
-            elastic = tasks > 1
-            min_tasks = max(1, math.ceil(tasks * settings.elastic_fraction)) if elastic else None
             arrive = max(0.0, submit - lo)
             left = duration - max(0.0, lo - submit)
-            job = Job(
-                id=row["job_id"].strip(),
-                kind=JobKind.TRAINING,
-                tasks=tasks,
-                devices=DeviceRequest(count=per, model=model),
-                min_tasks=min_tasks,
-                priority_class="normal",
-                submit_time=arrive,
-            )
-            out.append(TrainingJob(job, arrive, left, n))
-    out.sort(key=lambda j: (j.arrive_s, j.job.submit_time, j.job.id))
+            out.append((row["job_id"].strip(), arrive, left, n))
+    out.sort(key=lambda r: (r[1], r[0]))
     return out
 
 
@@ -329,14 +431,18 @@ def _read_training(
 
 def audit_binding(b: Binding, node: Node, job: Job) -> str | None:
     """Why a binding breaks the cluster's placement rules (checked from the rules alone, not by
-    asking a plugin), or None: devices exist, are of the job's model, and on Ascend 910C a task
-    takes 1 die or whole die pairs (1, 2, 4, ..., 16) and a task of a multi-task job all 16."""
+    asking a plugin), or None: devices exist, are of the job's model, on Ascend 910C a task
+    takes 1 die or whole die pairs (1, 2, 4, ..., 16) and a task of a multi-task job all 16; on
+    Ascend 910B a task takes 1, 2 or 4 NPUs of one HCCS group, or all 8 of its node
+    (``ascend.rules``)."""
     devs = node.devices
     if any(i >= len(devs) for i in b.device_indices):
         return f"{b.job_id}/{b.task}: device index beyond node {node.name}"
     req = job.devices
     if req is not None and req.model and any(devs[i].model != req.model for i in b.device_indices):
         return f"{b.job_id}/{b.task}: a device not of model {req.model} on {node.name}"
+    if req is not None and ascend_rules.family(req.model) == "910b":
+        return _audit_910b(b, node)
     if req is not None and ascend_rules.family(req.model) == "910c":
         k = len(b.device_indices)
         if k not in ascend_rules.A3_LEGAL_SINGLE_NODE:
@@ -350,6 +456,22 @@ def audit_binding(b: Binding, node: Node, job: Job) -> str | None:
                 return f"{b.job_id}/{b.task}: dies {b.device_indices} split a die pair on {node.name}"
         if job.kind is JobKind.TRAINING and job.tasks > 1 and k != ascend_rules.A3_DIES_PER_NODE:
             return f"{b.job_id}/{b.task}: a distributed 910C task of {k} dies (must be 16)"
+    return None
+
+
+def _audit_910b(b: Binding, node: Node) -> str | None:
+    devs, k = node.devices, len(b.device_indices)
+    if k not in ascend_rules.B_LEGAL:
+        return f"{b.job_id}/{b.task}: {k} NPUs is no legal 910B task"
+    if k == max(ascend_rules.B_LEGAL):
+        if len(devs) != k:
+            return f"{b.job_id}/{b.task}: 8 NPUs of a node of {len(devs)} on {node.name}"
+    else:
+        groups = {
+            devs[i].group if devs[i].group is not None else i // ascend_rules.B_GROUP_SIZE for i in b.device_indices
+        }
+        if len(groups) != 1:
+            return f"{b.job_id}/{b.task}: NPUs {b.device_indices} span HCCS groups on {node.name}"
     return None
 
 
@@ -383,6 +505,8 @@ class MixResult:
     curve_training: list[int] = dataclasses.field(default_factory=list)
     # a job with roles: per role, its own slo_attainment, scale_up_p99_s, peak_replicas, tokens
     roles: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # training_device_hours per device model (the JSON has it when the training ran on several)
+    training_by_model: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -404,6 +528,11 @@ class MixResult:
             "peak_replicas": self.peak_replicas,
             "cycles": self.cycles,
             **({"roles": self.roles} if self.roles else {}),
+            **(
+                {"training_device_hours_by_model": {m: round(v, 2) for m, v in self.training_by_model.items()}}
+                if len(self.training_by_model) > 1
+                else {}
+            ),
         }
 
 
@@ -419,13 +548,15 @@ def replay_mix(
     progress: Callable[[float, float], None] | None = None,
     observers: Sequence[object] = (),
     explain: bool = False,
+    tokens: Sequence[str] = (),
 ) -> MixResult:
     """Replay one hour (see the module docstring) on the virtual-clock engine. ``serving`` must
     be an autoscaled serving job whose max replicas is the peak; ``demand`` its load per
     interval, in its metric's units per second, already scaled. A job with roles: ``serving``
     its roles (each autoscaled) and ``demand`` one series per role, in the same order.
     ``observers``: more engine observers after the replay's own (a bench's); ``explain``: cycles
-    write pending reasons (``CycleResult.pending``) for them."""
+    write pending reasons (``CycleResult.pending``) for them; ``tokens``: which tokens each
+    demand series counts (``TOKENS``, for the result's ``roles``; default both)."""
     t_wall = time.perf_counter()
     pools = [serving] if isinstance(serving, Job) else list(serving)
     demands = [demand] if isinstance(serving, Job) else list(demand)  # type: ignore[list-item]
@@ -440,7 +571,8 @@ def replay_mix(
         restart_s=settings.restart_s,
         notice_checkpoint_s=settings.checkpoint_s,
     )
-    book = _MixBook(sched, pools, demands, training, settings, {n.name: n for n in nodes}, progress)  # type: ignore[arg-type]
+    kinds = list(tokens) or ["both"] * len(pools)
+    book = _MixBook(sched, pools, demands, kinds, training, settings, {n.name: n for n in nodes}, progress)  # type: ignore[arg-type]
     engine = Engine(sched, preemption=cost, observers=[book, *observers], explain=explain)
     for job in pools:
         engine.arrive(0.0, dataclasses.replace(job, submit_time=0.0))
@@ -459,9 +591,9 @@ class _Pool:
     """One autoscaled serving job of the replay (a job without roles, or one role of a job with
     roles): its demand per interval and when each of its replicas serves."""
 
-    def __init__(self, job: Job, demand: Sequence[float], step_s: float) -> None:
+    def __init__(self, job: Job, demand: Sequence[float], step_s: float, tokens: str = "both") -> None:
         assert job.autoscale is not None
-        self.job, self.demand = job, demand
+        self.job, self.demand, self.tokens = job, demand, tokens
         self.size = job.replica_tasks
         self.target = job.autoscale.target_per_replica
         # before the hour the replicas report the first minute's highest load (a trace's first
@@ -486,16 +618,18 @@ class _MixBook:
         sched: Scheduler,
         serving: Sequence[Job],
         demand: Sequence[Sequence[float]],
+        tokens: Sequence[str],
         training: Sequence[TrainingJob],
         settings: MixSettings,
         node_of: dict[str, Node],
         progress: Callable[[float, float], None] | None,
     ) -> None:
         self.sched, self.settings = sched, settings
-        self.pools = {job.id: _Pool(job, d, settings.step_s) for job, d in zip(serving, demand)}
+        self.pools = {job.id: _Pool(job, d, settings.step_s, k) for job, d, k in zip(serving, demand, tokens)}
         self.intervals = min(len(d) for d in demand)
         self.node_of, self.progress = node_of, progress
         self.trace_devices = {tj.job.id: tj.devices for tj in training}
+        self.trace_model = {tj.job.id: tj.job.devices.model if tj.job.devices else "" for tj in training}
         self.step = settings.step_s
         self.hour_start = settings.warmup_s  # virtual time 0 is the warm-up's start
         self.held: dict[str, dict[int, Binding]] = {}  # job -> task -> binding (the replay's own book)
@@ -631,10 +765,13 @@ class _MixBook:
         ok = sum(1 for i in range(n) if all(met(p, i) for p in pools))
         waits = [w for p in pools for w in self._waits(p)]
         kept_s = 0.0  # device-seconds of training progress made in the hour and kept
+        by_model = {m: 0.0 for m in sorted(set(self.trace_model.values()))}
         for jid, devices in self.trace_devices.items():
             rec = engine.records.get(jid)
             if rec is not None:
-                kept_s += (rec.progress_at(end) - self.progress_at_start.get(jid, 0.0)) * devices
+                kept = (rec.progress_at(end) - self.progress_at_start.get(jid, 0.0)) * devices
+                kept_s += kept
+                by_model[self.trace_model[jid]] += kept / 3600.0
         total = sum(len(nd.devices) for nd in self.node_of.values())
         hour = n * step
         roles = {}
@@ -644,7 +781,7 @@ class _MixBook:
                     "slo_attainment": round(sum(1 for i in range(n) if met(p, i)) / n if n else 1.0, 4),
                     "scale_up_p99_s": round(self._p99(self._waits(p)), 1),
                     "peak_replicas": p.job.tasks // p.size,
-                    "tokens": role_tokens(p.job),
+                    "tokens": p.tokens,
                 }
         return MixResult(
             profile=profile_name,
@@ -669,6 +806,7 @@ class _MixBook:
             curve_ready=[sum(p.ready_series[i] for p in pools) for i in range(n)],
             curve_training=self.training_series,
             roles=roles,
+            training_by_model=by_model,
         )
 
 
@@ -745,43 +883,43 @@ def run_mix(
     profile_name: str,
     settings: MixSettings = MixSettings(),
     progress: Callable[[float, float], None] | None = None,
+    role_tokens_text: str | None = None,
 ) -> MixResult:
     """``xpod replay mix``: read the files (one ``XpodError`` line on bad input) and replay.
 
     A serving job with roles: each role's load is the trace's load in the role's metric, of the
-    tokens the role serves (``role_tokens``: a ``prefill`` role the prompt tokens, a ``decode``
-    role the generated ones), each scaled so that its own peak needs ``peak_replicas`` of the
-    role's replicas; the training runs on the model of the roles that has the most devices in
-    the cluster."""
+    tokens ``role_tokens_text`` (``--role-tokens``, ``ROLE=prompt|generated|both,...``; None:
+    ``DEFAULT_ROLE_TOKENS``) gives the role (``role_tokens``), each scaled so that its own peak
+    needs ``peak_replicas`` of the role's replicas. The training runs on every device model of
+    the cluster, the jobs split in proportion to each model's devices (``split_models``)."""
     from ..core.from_cluster import load_inventory
 
     nodes, fabric = load_inventory(cluster)
     jobs = serving_jobs_from_file(serving_job, peak_replicas)
+    tokens = role_tokens(jobs, role_tokens_text)
     requests = read_serving_trace(serving_trace)
     # scaled by the peak of the trace's first hour (a shorter replay sees part of that hour)
     span = min(3600.0, max(t for t, _, _ in requests) + settings.step_s)
     demands = []
-    for job in jobs:
+    for job, kind in zip(jobs, tokens):
         assert job.autoscale is not None
         metric = job.autoscale.metric.value
-        whole = demand_series(requests, metric, max(span, settings.hour_s), settings.step_s, role_tokens(job))
+        whole = demand_series(requests, metric, max(span, settings.hour_s), settings.step_s, kind)
         peak = max(whole)
         if peak <= 0:
             raise XpodError(f"{serving_trace}: no load in the first hour")
         scale = peak_replicas * job.autoscale.target_per_replica / peak
         demands.append([v * scale for v in whole[: int(math.ceil(settings.hour_s / settings.step_s))]])
-    counts = {m: sum(1 for n in nodes for d in n.devices if d.model == m) for m in {_model(j) for j in jobs}}
+    models = training_models(nodes)
+    counts = {m.model: m.devices for m in models}
     for i, job in enumerate(jobs):
-        if not _model(job) or not counts[_model(job)]:
+        if not counts.get(_model(job)):
             field = "spec.devices.model" if job.group is None else f"spec.roles[{i}].devices.model"
             raise XpodError(f"{serving_job}: {field}: {_model(job) or 'none'}: no node of {cluster} has that model")
-    model = max(sorted(counts), key=lambda m: counts[m])
-    per_node = max(sum(1 for d in n.devices if d.model == model) for n in nodes)
-    total = counts[model]
-    training = read_training(training_trace, settings, model, per_node, total)
+    training = read_training(training_trace, settings, models)
     if jobs[0].group is None:
         return replay_mix(nodes, fabric, jobs[0], demands[0], training, profile, profile_name, settings, progress)
-    return replay_mix(nodes, fabric, jobs, demands, training, profile, profile_name, settings, progress)
+    return replay_mix(nodes, fabric, jobs, demands, training, profile, profile_name, settings, progress, tokens=tokens)
 
 
 def _model(job: Job) -> str:

@@ -134,7 +134,7 @@ def test_a_serving_job_with_roles_replays_each_role_on_its_own_tokens():
     assert prompt[2] == pytest.approx(sum(a for t, a, _ in reqs if 20.0 <= t < 30.0) / 10.0)
     assert generated[2] == pytest.approx(sum(b for t, _, b in reqs if 20.0 <= t < 30.0) / 10.0)
     prefill, decode = mix.serving_jobs_from_file(PD_JOB, 8)
-    assert (mix.role_tokens(prefill), mix.role_tokens(decode)) == ("prompt", "generated")
+    assert mix.role_tokens([prefill, decode]) == ["prompt", "generated"]  # --role-tokens' default
     assert (prefill.devices.model, decode.devices.model, decode.group) == (
         "ascend-910b3",
         "ascend-910c",
@@ -160,3 +160,99 @@ def test_a_role_without_autoscale_is_refused_naming_it(tmp_path):
     bad.write_text(text)
     with pytest.raises(XpodError, match=r"spec.roles\[1\].autoscale: missing"):
         mix.run_mix(PD_CLUSTER, SERVING, str(bad), 8, TRAINING, default_profile(), "d", TEN_MINUTES)
+
+
+def _renamed(tmp_path, prefill: str, decode: str) -> str:
+    text = pathlib.Path(PD_JOB).read_text().replace("- name: prefill", f"- name: {prefill}")
+    path = tmp_path / "pd.yaml"
+    path.write_text(text.replace("- name: decode", f"- name: {decode}"))
+    return str(path)
+
+
+def test_role_tokens_are_what_the_flag_says_not_guessed_from_the_name(tmp_path):
+    jobs = mix.serving_jobs_from_file(PD_JOB, 8)
+    assert mix.role_tokens(jobs, "prefill=both,decode=prompt") == ["both", "prompt"]
+    assert mix.role_tokens(jobs, "decode=generated") == ["both", "generated"]  # a role not named: both
+    assert mix.role_tokens(jobs, "") == ["both", "both"]
+    # names the default does not give exactly follow both; the flag names them
+    other = mix.serving_jobs_from_file(_renamed(tmp_path, "prefill-a", "decoder"), 8)
+    assert mix.role_tokens(other) == ["both", "both"]
+    assert mix.role_tokens(other, "prefill-a=prompt,decoder=generated") == ["prompt", "generated"]
+    # a job without roles follows both; the default (no flag) is no error for it
+    assert mix.role_tokens(mix.serving_jobs_from_file(JOB, 40)) == ["both"]
+    r = mix.run_mix(
+        PD_CLUSTER, SERVING, PD_JOB, 8, TRAINING, default_profile(), "d", TEN_MINUTES, role_tokens_text="decode=both"
+    )
+    assert (r.roles["prefill"]["tokens"], r.roles["decode"]["tokens"]) == ("both", "both")
+
+
+@pytest.mark.parametrize(
+    "text,job,message",
+    [
+        ("prefill=promt", PD_JOB, "--role-tokens prefill=promt: prefill=promt: unknown token kind 'promt'"),
+        ("prefil=prompt", PD_JOB, "--role-tokens prefil=prompt: the serving job has no role 'prefil'"),
+        ("prefill", PD_JOB, "--role-tokens prefill: 'prefill' is not ROLE=KIND"),
+        (
+            "prefill=prompt,prefill=both",
+            PD_JOB,
+            "--role-tokens prefill=prompt,prefill=both: role 'prefill' named twice",
+        ),
+        ("prefill=prompt", JOB, "--role-tokens prefill=prompt: the serving job has no roles"),
+    ],
+)
+def test_bad_role_tokens_one_line_naming_the_flag_and_value(text, job, message):
+    jobs = mix.serving_jobs_from_file(job, 8)
+    with pytest.raises(XpodError) as err:
+        mix.role_tokens(jobs, text)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_cli_refuses_an_unknown_token_kind_in_one_line():
+    cmd = [sys.executable, "-m", "xpod.runtime.cli", "replay", "mix", "--cluster", PD_CLUSTER, "--serving"]
+    cmd += [SERVING, "--serving-job", PD_JOB, "--peak-replicas", "8", "--training", TRAINING, "--no-progress"]
+    done = subprocess.run(cmd + ["--role-tokens", "decode=output"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--role-tokens decode=output: decode=output: unknown token kind 'output'" in lines[0]
+    assert mix.DEFAULT_ROLE_TOKENS in (ROOT / "docs" / "reference" / "cli.md").read_text()  # the help says the default
+
+
+def test_training_is_split_over_every_model_in_proportion_to_its_devices():
+    from xpod.scheduler.core.from_cluster import load_inventory
+
+    nodes, _ = load_inventory(PD_CLUSTER)
+    models = mix.training_models(nodes)
+    assert [(m.model, m.devices, m.per_node) for m in models] == [("ascend-910c", 256, 16), ("ascend-910b3", 128, 8)]
+    jobs = mix.read_training(TRAINING, TEN_MINUTES, models)
+    work = {m.model: 0.0 for m in models}
+    for tj in jobs:
+        model = tj.job.devices.model
+        work[model] += tj.devices * min(tj.work_s, TEN_MINUTES.hour_s - tj.arrive_s)
+        assert mix.ascend_rules.validate(tj.job) is None, tj.job  # each model's rules
+    share = work["ascend-910b3"] / sum(work.values())
+    assert 0.2 < share < 0.45, share  # 128 of 384 devices: about a third of the work
+    # one model: every job on it, as before
+    one = mix.read_training(TRAINING, TEN_MINUTES, models[:1])
+    assert {tj.job.devices.model for tj in one} == {"ascend-910c"} and len(one) == len(jobs)
+    assert mix.shape(3, "ascend-910b3", 8) == (1, 4) and mix.shape(12, "ascend-910b3", 8) == (2, 8)
+
+
+def test_roles_replay_trains_on_both_models_with_no_violation():
+    r = mix.run_mix(PD_CLUSTER, SERVING, PD_JOB, 8, TRAINING, default_profile(), "d", TEN_MINUTES)
+    assert r.violations == 0, r.violation_examples
+    assert set(r.training_by_model) == {"ascend-910b3", "ascend-910c"}
+    assert r.training_by_model["ascend-910b3"] > 0 and r.training_by_model["ascend-910c"] > 0
+    doc = r.to_json()["training_device_hours_by_model"]
+    assert sum(doc.values()) == pytest.approx(r.training_device_hours, abs=0.02)
+
+
+def test_audit_names_a_910b_task_that_breaks_its_rules():
+    from xpod.scheduler.core.from_cluster import load_inventory
+    from xpod.scheduler.core.model import Binding, DeviceRequest, Job, JobKind
+
+    nodes, _ = load_inventory(PD_CLUSTER)
+    a2 = next(n for n in nodes if n.name.startswith("a2-"))
+    job = Job(id="t", kind=JobKind.TRAINING, tasks=1, devices=DeviceRequest(count=2, model="ascend-910b3"))
+    assert mix.audit_binding(Binding("t", 0, a2.name, (0, 1)), a2, job) is None
+    assert "span HCCS groups" in mix.audit_binding(Binding("t", 0, a2.name, (3, 4)), a2, job)
+    assert "3 NPUs is no legal 910B task" in mix.audit_binding(Binding("t", 0, a2.name, (0, 1, 2)), a2, job)
