@@ -84,36 +84,30 @@ def cmd_replay_mix(args) -> int:
         mix.parse_role_tokens(args.role_tokens)  # its syntax and kinds, before any file is read
     settings = mix.MixSettings(hour_s=args.hour, training_from_s=args.training_from)
     results = []
+
+    def replay(name, profile, progress=None):
+        return mix.run_mix(
+            args.cluster,
+            args.serving,
+            args.serving_job,
+            args.peak_replicas,
+            args.training,
+            profile,
+            name,
+            settings,
+            progress=progress,
+            role_tokens_text=args.role_tokens,
+        )
+
     for name, profile in _profiles(args):
         if args.no_progress or not sys.stderr.isatty():
-            r = mix.run_mix(
-                args.cluster,
-                args.serving,
-                args.serving_job,
-                args.peak_replicas,
-                args.training,
-                profile,
-                name,
-                settings,
-                role_tokens_text=args.role_tokens,
-            )
+            r = replay(name, profile)
         else:
             from rich.progress import Progress
 
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"mix {name}", total=args.hour)
-                r = mix.run_mix(
-                    args.cluster,
-                    args.serving,
-                    args.serving_job,
-                    args.peak_replicas,
-                    args.training,
-                    profile,
-                    name,
-                    settings,
-                    progress=lambda done, total: bar.update(task, completed=done),
-                    role_tokens_text=args.role_tokens,
-                )
+                r = replay(name, profile, lambda done, total: bar.update(task, completed=done))
         results.append(r)
     print_table(results)
     docs = [r.to_json() for r in results]
