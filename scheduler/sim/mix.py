@@ -18,9 +18,9 @@ What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s``
   ``ContextTokens``, Mooncake's ``input_length``; ``decode`` the generated tokens,
   ``GeneratedTokens``, ``output_length``; a role it does not name both; ``requests_per_s``
   counts the requests, for any role); each role's series is scaled so that its own peak needs
-  ``peak_replicas`` of its replicas. An
-  interval meets the SLO when every role's ready capacity meets its demand; the result's
-  ``roles`` gives each role's own attainment and scale-up p99.
+  ``peak_replicas`` of its replicas. An interval meets the SLO when every role's ready capacity
+  meets its demand; the result's ``roles`` gives each role's own attainment, scale-up p99 and
+  tokens.
 * **The serving job** is a ServingJob file with ``autoscale``; at the start of every interval
   (an engine ``CALL`` event) its ready replicas report the load of the interval that just
   ended (each its share: ``Scheduler.report_load``), so the scheduler sees the demand one
@@ -34,9 +34,10 @@ What is replayed (a warm-up of ``warmup_s``, then one virtual hour in ``step_s``
   schedulable devices (dies on Ascend 910C) of its model in the smallest shape the cluster's
   placement rules allow: on 910C one task of 1, 2, 4, ..., 16 dies, or tasks of 16 dies (whole
   nodes: MindCluster's rule for a distributed 910C task); on 910B one task of 1, 2, 4 or 8
-  NPUs, or tasks of 8 (whole nodes); elsewhere one task up to a node, else whole nodes. A job of several tasks is elastic down to half of them
-  (``min_tasks``), as an elastic data-parallel job (torchrun's ``--nnodes MIN:MAX``) scales by
-  whole nodes; a job of one task cannot shrink. Its work is its trace duration at full size;
+  NPUs, or tasks of 8 (whole nodes); elsewhere one task up to a node, else whole nodes. A job
+  of several tasks is elastic down to half of them (``min_tasks``), as an elastic
+  data-parallel job (torchrun's ``--nnodes MIN:MAX``) scales by whole nodes; a job of one task
+  cannot shrink. Its work is its trace duration at full size;
   at fewer tasks it progresses proportionally slower (the engine's rate).
 
 The engine runs ``Scheduler.cycle`` at every event instant (arrivals, finishes, the 10 s load
