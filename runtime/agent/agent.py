@@ -674,7 +674,14 @@ def _start_ticks(pid: int) -> str:
 
 def end_leftover_tasks(state_dir: str, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
     """End the process groups a previous agent left under ``state_dir/tasks`` (kill -9 of the
-    agent leaves its tasks running, unsupervised). Returns ``job.task`` names it ended."""
+    agent leaves its tasks running, unsupervised) and remove its roles files (no task of theirs
+    runs any more; a job still bound here gets its file again with its assignment). Returns
+    ``job.task`` names it ended."""
+    roles = os.path.join(state_dir, "roles")
+    with contextlib.suppress(OSError):
+        for name in os.listdir(roles):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(roles, name))
     folder = os.path.join(state_dir, "tasks")
     ended = []
     try:

@@ -95,3 +95,13 @@ def test_the_roles_file_goes_when_the_job_is_preempted_or_cancelled(cluster):
     cluster.client.cancel(low)
     wait_until(lambda: cluster.state(low) == "CANCELLED", 60, f"job {low} to be cancelled")
     _gone(cluster, low, "cancelled")
+
+
+def test_a_new_agent_removes_the_roles_files_a_killed_one_left(tmp_path):
+    from xpod.runtime.agent import agent as ag
+
+    ag.write_roles_file(str(tmp_path), "job-3", {"job": "job-3", "roles": {}})
+    left = tmp_path / "roles" / "job-3.json"
+    assert left.exists()
+    assert ag.end_leftover_tasks(str(tmp_path)) == []
+    assert not left.exists(), "a roles file of a job whose tasks an agent killed with -9 left stayed"
