@@ -23,6 +23,10 @@ the mean over the seeds of the allocation at 60/80/100/130 % arrived, the unallo
 130 % over our FGD's (examples/profiles/fgd.yaml, same lists and seeds; ``--reference default``:
 over the default profile's as it is), and the worst gap to
 our FGD's curve at 60/80/100 % arrived and over the whole curve from 1 to 100 % arrived.
+
+``--choose`` applies the choice rule between a new default and the default as it is
+(``choose``; the first variant must be ``{}``, the default as it is, the reference our FGD);
+``--from-json RUNS`` re-reads a run's ``--json`` instead of replaying.
 """
 
 from __future__ import annotations
@@ -50,6 +54,29 @@ SYNTHETIC = (
     "cpu072/multi12",
 )
 PLUGIN = "fragmentation"
+
+#: The choice rule (``--choose``), fixed before the candidates ran (issue 17, share6). Every
+#: figure is the mean over the seeds (at least 3) of the tuning lists and mixes; "the default" is
+#: the variant ``{}``. A candidate is **eligible** when all three hold:
+#:
+#: 1. it improves where it was built to: the allocation at 130 % arrived on the gpushare-like
+#:    mix (``gpushare20/sharing``) rises by at least ``GAIN_130`` points, or the worst gap to our
+#:    FGD over the whole curve from 1 to 100 % arrived on the multi-GPU mix (``cpu072/multi12``)
+#:    rises by at least ``GAIN_CURVE`` points;
+#: 2. no tuning list's or mix's allocation at 130 % falls by more than ``LOSS_130`` points;
+#: 3. no list's worst gap to our FGD at 60/80/100 % arrived widens by more than ``LOSS_GAP``:
+#:    ``gap >= min(gap of the default, 0) - LOSS_GAP`` (a candidate may come nearer FGD where the
+#:    default is above it, not fall further below it).
+#:
+#: Of the eligible candidates the one that meets more of point 1's two aims is taken, then the
+#: higher allocation at 130 % on ``gpushare20/sharing``; within 0.02 points, the one that changes
+#: fewer plugin arguments. None eligible: the default stays.
+GAIN_130 = 0.05
+GAIN_CURVE = 0.10
+LOSS_130 = 0.10
+LOSS_GAP = 0.10
+SHARING_MIX = "gpushare20/sharing"
+MULTI_MIX = "cpu072/multi12"
 
 
 def tuning_pods(data: str, name: str):
@@ -130,6 +157,8 @@ def main(argv=None) -> int:
         help="the profile the variants are compared with (fgd; default: the default profile as it is)",
     )
     ap.add_argument("--json")
+    ap.add_argument("--from-json", help="the runs of an earlier --json instead of replaying")
+    ap.add_argument("--choose", action="store_true", help="apply the choice rule (module docstring)")
     ap.add_argument("--data", default=DATA)
     args = ap.parse_args(argv)
     variants = json.loads(args.variants)
@@ -137,14 +166,21 @@ def main(argv=None) -> int:
     for lst in lists:
         tuning_pods(args.data, lst)  # refuses a test list before anything runs
     seeds = parse_seeds(args.seeds)
-    tasks = [(args.data, lst, v, s, args.reference) for lst in lists for v in [None, *variants] for s in seeds]
-    from replay_openb import _run_all_with
+    if args.choose and (not variants or variants[0] != {} or args.reference != "fgd" or len(seeds) < 3):
+        raise SystemExit("--choose: the first variant must be {} (the default as it is), --reference fgd, >= 3 seeds")
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            runs = [r for r in json.load(f) if r["list"] in lists and r["seed"] in seeds]
+    else:
+        tasks = [(args.data, lst, v, s, args.reference) for lst in lists for v in [None, *variants] for s in seeds]
+        from replay_openb import _run_all_with
 
-    runs = _run_all_with(run_one, tasks, args.jobs)
+        runs = _run_all_with(run_one, tasks, args.jobs)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(runs, f)
     worst: dict[int, list] = {i: [] for i in range(len(variants))}
+    table: dict[tuple[str, int], dict] = {}
     print(
         f"{'list':20s} {'variant':42s} {'@60':>6s} {'@80':>6s} {'@100':>6s} {'@130':>6s} {'/FGD':>6s} {'gap':>6s} "
         f"{'gap1-100':>8s}"
@@ -164,6 +200,7 @@ def main(argv=None) -> int:
             curve = _mean_curve(mine)
             whole = min(curve[a] - fgd_curve[a] for a in range(1, 101))
             worst[i].append((ratio, gap))
+            table[lst, i] = {"final": final, "gap": gap, "whole": whole}
             print(
                 f"{'':20s} {json.dumps(v)[:42]:42s} {at[60]:6.2f} {at[80]:6.2f} {at[100]:6.2f} {final:6.2f} {ratio:6.3f} "
                 f"{gap:+6.2f} {whole:+8.2f}",
@@ -175,7 +212,43 @@ def main(argv=None) -> int:
             f"{json.dumps(v)}: worst ratio {max(r for r, _ in rs):.3f}, mean ratio {statistics.fmean(r for r, _ in rs):.3f}, "
             f"worst gap {min(g for _, g in rs):+.2f}"
         )
+    if args.choose:
+        print(choose(variants, lists, table))
     return 0
+
+
+def choose(variants: list[dict], lists: list[str], table: dict[tuple[str, int], dict]) -> str:
+    """The choice rule (``GAIN_130`` above) over ``table[list, variant index]`` (seed means:
+    ``final`` allocation at 130 %, ``gap`` the worst at 60/80/100 %, ``whole`` over 1-100 %, both
+    to our FGD); variant 0 is the default as it is. Returns the verdict, one line a candidate."""
+    lines, eligible = [], []
+    for i, v in enumerate(variants[1:], start=1):
+        why = []
+        aims = 0
+        if SHARING_MIX in lists and table[SHARING_MIX, i]["final"] - table[SHARING_MIX, 0]["final"] >= GAIN_130:
+            aims += 1
+        if MULTI_MIX in lists and table[MULTI_MIX, i]["whole"] - table[MULTI_MIX, 0]["whole"] >= GAIN_CURVE:
+            aims += 1
+        if not aims:
+            why.append("no gain on its aims")
+        for lst in lists:
+            mine, base = table[lst, i], table[lst, 0]
+            if mine["final"] - base["final"] < -LOSS_130:
+                why.append(f"{lst} {mine['final'] - base['final']:+.2f} at 130 %")
+            if mine["gap"] < min(base["gap"], 0.0) - LOSS_GAP:
+                why.append(f"{lst} gap {mine['gap']:+.2f} (default {base['gap']:+.2f})")
+        share = table[SHARING_MIX, i]["final"] if SHARING_MIX in lists else 0.0
+        lines.append(f"{json.dumps(v)}: {'eligible' if not why else 'rejected: ' + '; '.join(why)}")
+        if not why:
+            eligible.append((aims, share, -len(v), i))
+    if not eligible:
+        return "\n".join(lines + ["choice: none eligible, the default stays"])
+    best_aims = max(e[0] for e in eligible)
+    top = [e for e in eligible if e[0] == best_aims]
+    best_share = max(e[1] for e in top)
+    near = [e for e in top if e[1] >= best_share - 0.02]
+    pick = max(near, key=lambda e: (e[2], e[1]))
+    return "\n".join(lines + [f"choice: {json.dumps(variants[pick[3]])}"])
 
 
 def _mean_curve(runs: list[dict]) -> list[float]:
