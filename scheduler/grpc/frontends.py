@@ -485,7 +485,12 @@ async def _serve(args: argparse.Namespace) -> int:
         ("grpc.max_receive_message_length", args.max_message_bytes),
         ("grpc.max_send_message_length", args.max_message_bytes),
     ]
-    channel = grpc.aio.insecure_channel(f"unix:{args.upstream}", options=options)
+    # No BDP probing upstream: a probing channel grows its flow-control window with the round
+    # trip it measures, so for a client that stops reading a stream, this process would take
+    # megabytes of it off the main server (more the slower the machine runs: 4-8 MB at load 16-19)
+    # and hold them past the stream's bound (``servicers.StreamBounds``). A fixed window holds
+    # one hop's worth over a Unix socket, where round trips are short.
+    channel = grpc.aio.insecure_channel(f"unix:{args.upstream}", options=options + [("grpc.http2.bdp_probe", 0)])
     server = grpc.aio.server(
         options=options
         + [

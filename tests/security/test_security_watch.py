@@ -21,7 +21,11 @@ from xpod.scheduler.grpc.server import build_server
 from xpod.scheduler.grpc.servicers import StreamBounds
 
 JOBS = 80
-SPEC_KB = 200  # 80 x 200 KB: far more than gRPC's flow-control windows and the send buffer hold
+# 80 x 200 KB = 16 MB: more than the client's flow-control window (a BDP-probing gRPC client's
+# grows to about 4.5 MB here: 22-23 events), the send buffer and a front end's hop hold. (Before
+# the front end's upstream channel stopped probing BDP, its hop grew with the load too: 44-64
+# events reached the stalled client at load 16-19, and at load 30 all 80 could.)
+SPEC_KB = 200
 BOUNDS = StreamBounds(max_messages=4, max_bytes=256 * 1024, stall_s=0.5)
 WAIT_S = 120.0
 
@@ -135,6 +139,45 @@ def test_a_consumer_that_stops_reading_is_ended_and_resumes_from_its_revision(se
             break
     resumed.cancel()
     assert received + more == list(range(1, last + 1))
+
+
+#: events past the first that may reach a stalled client whose flow-control window is fixed
+#: (64 KiB, less than one event; a front end's upstream window is as small, since it does not
+#: probe BDP): each writer between the server's send buffer and the client (the server, a front
+#: end) holds at most the event its transport took and the one its next write waits with. What
+#: the send buffer held is dropped when the server ends the stream. (Measured: 1-2.)
+HELD_PAST_THE_BUFFER = 4
+
+
+def test_what_reaches_a_stalled_client_is_bounded_by_the_windows_not_the_load(served):
+    """The server's bound is its send buffer; past it only the flow-control windows hold events
+    (the client's, and a front end's hop to the main process). With a client that does not grow
+    its window (no BDP probing), a stalled consumer gets only the events those windows hold, at
+    any load: a front end that let its upstream window grow held megabytes for each stalled
+    consumer (24-28 events here at load 17, more the slower it ran)."""
+    _, _, probe, address = served
+    fixed = grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )
+    try:
+        stub = job_service_pb2_grpc.JobServiceStub(fixed)
+        stalled = stub.WatchJobs(jpb.WatchJobsRequest(from_revision=0), metadata=md(), timeout=WAIT_S)
+        assert next(stalled).event.revision == 1
+        wait_for_free_slot(probe)
+        rest, err = read_until_end(stalled)
+        assert err is not None and reason(err) == "WATCH_BEHIND", err
+        assert rest == list(range(2, len(rest) + 2)), "the events that came, in order"
+        assert len(rest) <= HELD_PAST_THE_BUFFER, (
+            f"{len(rest)} events reached the stalled client after the first, more than the windows "
+            f"between it and the server hold ({HELD_PAST_THE_BUFFER})"
+        )
+    finally:
+        fixed.close()
 
 
 def test_the_client_library_resumes_a_watch_the_server_ended(served):
