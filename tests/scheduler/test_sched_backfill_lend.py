@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xpod.hal.errors import XpodError
@@ -141,10 +141,13 @@ def _default_dict() -> dict:
     return dict(DEFAULT_PROFILE)
 
 
-# the explicit examples only: generated ones failed once inside a full `make test` (j04, a 16-die
-# job behind 2-node gangs) and never alone in 30+ seeds; until that is understood a random draw
-# must not make CI flaky (issue 14 note)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=[Phase.explicit])
+# Generated draws again (40, about 2 s of CPU; CI's profile derandomizes them). One draw failed
+# once inside a full `make test` and never alone (the third example below was written from it).
+# Its cause is not found: nothing a cycle decides reads a wall clock (perf_counter only times the
+# attempts for the metrics; the clock here is the test's), so load cannot change a decision; the
+# example passes at the commit of that run (342a687) and under any PYTHONHASHSEED tried; and the
+# draws pass beside CPU hogs and after the tests before them in one process (commit message).
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.sampled_from([1, 2, 4, 6, 8, 16]), st.integers(1, 2)), min_size=3, max_size=14),
     st.lists(st.integers(0, 50), min_size=12, max_size=12),
