@@ -1004,6 +1004,9 @@ class Agent:
                 for stale, _ in stops:
                     stale.hurry_at = now
         stoppers = [self._stopper(run) for n in self.nodes.values() for run in n.runs.values()]
+        # and the stops under way (hurried above) are waited for too: their tasks must be gone
+        # before the agent exits and before their jobs' roles files go
+        stoppers += [t for n in self.nodes.values() for stops in n.stopping.values() for _, t in stops]
         for t in stoppers:
             t.join(timeout=self.grace_s + 5)
         for n in self.nodes.values():  # the tasks have ended (their runs' exits say so): so do their roles files

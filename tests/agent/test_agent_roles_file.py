@@ -8,7 +8,10 @@ it waited for."""
 
 from __future__ import annotations
 
-from agent_harness import cluster, task_command, wait_until  # noqa: F401 (cluster is a fixture)
+import json
+import signal
+
+from agent_harness import cluster, pid_alive, task_command, wait_until  # noqa: F401 (cluster is a fixture)
 
 H100 = {"count": 1, "model": "nvidia-h100-sxm"}
 
@@ -95,6 +98,38 @@ def test_the_roles_file_goes_when_the_job_is_preempted_or_cancelled(cluster):
     cluster.client.cancel(low)
     wait_until(lambda: cluster.state(low) == "CANCELLED", 60, f"job {low} to be cancelled")
     _gone(cluster, low, "cancelled")
+
+
+def test_an_agent_that_shuts_down_during_a_long_grace_ends_the_stop_first(cluster):
+    """A preempted job with a long grace whose tasks ignore SIGTERM is still stopping when the
+    agent is told to go: the agent cuts the grace to its own, waits for those tasks to end, and
+    only then removes the job's roles file and exits (it used to exit at once, leaving both)."""
+    cluster.patient().start_server()
+    agent = cluster.start_agent("n1", "--sim-devices", "nvidia-h100-sxm:1")
+    out = cluster.out
+    spec = _roles(
+        out, ["until", str(out / "never"), "ignore-term"], ["until", str(out / "never"), "ignore-term"], devices=True
+    )
+    low = cluster.submit("low", {**spec, "priority_class": "low", "grace_period_s": 600})
+    _started(cluster, low)
+    pids = [p for t in (0, 1) for p in json.loads((out / f"{low}.{t}.0.pids").read_text()).values()]
+    cluster.submit(
+        "high",
+        {
+            "tasks": 1,
+            "devices": H100,
+            "priority_class": "high",
+            "command": task_command(out, "until", str(out / "high")),
+        },
+    )
+    line = f"stopping job {low}"
+    wait_until(lambda: line in cluster.log("agent-n1"), 90, f"the agent to start stopping the preempted job ({line!r})")
+    assert all(pid_alive(p) for p in pids), "the tasks ignoring SIGTERM keep their 600 s grace"
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(timeout=60)  # the agent's own grace (5 s) and the join's bound, well inside
+    alive = [p for p in pids if pid_alive(p)]
+    assert not alive, f"the agent exited while task processes {alive} of the job it was stopping still ran"
+    assert not _file(cluster, low).exists(), "the agent exited leaving the roles file of a job it was stopping"
 
 
 def test_a_new_agent_removes_the_roles_files_a_killed_one_left(tmp_path):

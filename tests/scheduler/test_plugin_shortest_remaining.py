@@ -136,7 +136,7 @@ def _evicted_then_a_queue(prof) -> tuple[Scheduler, list[float]]:
 def test_an_evicted_job_resumes_before_shorter_ones_after_resume_after_s():
     """Without the guard (``resume_after_s`` .inf) the evicted ``long`` has the most work left
     and waits behind ``mid``, which arrived after the eviction; with ``resume_after_s`` 600 it
-    has waited 600 s since its eviction at 700 s, counts as starved and takes its node back
+    has waited 600 s since its eviction at 100 s, counts as starved and takes its node back
     first. Before it has waited that long it stays in the order by its work left."""
     s, _ = _evicted_then_a_queue(remaining())
     assert set(placements(s.cycle())) == {"mid"}

@@ -37,6 +37,9 @@ by at most about that long plus the wait for room; ``inf`` (the default): no suc
 guard follows Tiresias (Gu et al., NSDI'19, section 4.2), which promotes a job back to its
 highest queue once it has waited long against the time it ran (``las``' ``promote_knob``); here
 the wait is counted from the eviction, because an evicted job has already waited its turn once.
+"Evicted" here is any end of a run that leaves the job waiting again: a preemption, and also a
+restart after a failed task or a lost node (the attained-service book sees runs end, not why;
+such a job, too, had waited its turn once). ``max_evictions`` counts the same stops.
 
 Preemption (``victims``): a job evicts running jobs of a lower priority class (as ``priority``
 does), and running jobs of its own class only when both declared an expected duration, the
