@@ -29,9 +29,9 @@ capacity on the models that some tasks can use alone (named models, or the only 
 enough devices and CPU for them): while a model's free capacity is below ``reserve_factor`` x
 its claimants' share of the workload's demand x the cluster's free capacity, tasks that could
 run elsewhere take its nodes only when nothing else fits (and its empty nodes, when the
-claimants need whole nodes; with ``reserve_empty: partial``, not the default, so do claimants
-that need only part of such a node, as a 4-device task on the 8-device model whose empty nodes
-an 8-device task needs; ``unrestricted``: claimants pass the reserve). The reserve shrinks with the cluster's free capacity, so it costs
+claimants need whole nodes; with ``reserve_empty: partial``, the default since 7 December
+2026, so do claimants that need only part of such a node, as a 4-device task on the 8-device
+model whose empty nodes an 8-device task needs; ``unrestricted``: claimants pass the reserve). The reserve shrinks with the cluster's free capacity, so it costs
 nothing under overload; before overload it keeps the placements that FGD's own gradient keeps
 possible for restricted tasks (the "no harm" rule: a pod FGD places at normal load must be
 placed). It is applied outside the per-shape score caches since it moves with the whole
@@ -76,7 +76,7 @@ class FragmentationPlugin(ArrayScorer):
         "ties": "smallest-name",
         "cpu_weight": 1.0,
         "rho_scale": 0.8,
-        "hole_weight": 6.0,
+        "hole_weight": 12.0,  # chosen with reserve_empty on seeds 42-44 of the tuning lists (docs/openb.md)
         "plentiful_share": PLENTIFUL_SHARE,
         "empty_credit": 0.0,
         "credit_from": 0.0,
@@ -86,7 +86,7 @@ class FragmentationPlugin(ArrayScorer):
         "scarcity_weight": 1.0,
         "pressure_cpu": "surplus",
         "reserve_factor": 4.0,
-        "reserve_empty": "unrestricted",
+        "reserve_empty": "partial",
         "refresh_share": 0.05,
         "min_jobs": 32,
         "window_jobs": 20_000,
