@@ -831,6 +831,13 @@ class Communicator:
             self._shm.close()
             self._shm = None
         if self._owns_default and self._dist.is_initialized():
+            # every rank is done with the group (and its store, which rank 0 serves) before any
+            # tears it down: a rank that exits while another still talks to the store aborts it
+            # ("terminate called without an active exception", exit 134)
+            try:
+                self._dist.barrier()
+            except RuntimeError:
+                pass  # a peer is gone: nothing left to wait for; the group still goes
             self._dist.destroy_process_group()
 
     def __enter__(self) -> "Communicator":
