@@ -47,11 +47,18 @@ victim is not starved, and the victim's remaining work exceeds ``preempt_factor`
 preemptor's (and ``preempt_min_s`` seconds of its devices): an eviction costs the victim its
 progress since its last checkpoint, so only a large gain pays for it. A job stopped
 ``max_evictions`` times already (it ran and waits again: evicted) is no victim of its class
-again (0: no limit), so no long job pays for many short ones. Victims go (lower classes first) most work left first
-(``victim_order: most-work``), or fewest devices first, then least work left
-(``fewest-devices``), or the least service attained first, the latest start first among equals
-(``least-service``: Tiresias' choice among the jobs it may evict, the one that has run the
-least and so loses the least progress and leaves the order's head soonest after a restart). ``preempt_factor: 0`` never preempts inside a class.
+again (0: no limit), so no long job pays for many short ones. Victims go (lower classes first)
+the least service attained first, the latest start first among equals (``victim_order:
+least-service``, the default: Tiresias' choice among the jobs it may evict, the one that has
+run the least and so loses the least progress and leaves the order's head soonest after a
+restart; chosen on Philly tuning weeks 11-14, docs/replay-jobs.md), or most work left first
+(``most-work``, the earlier default), or fewest devices first, then least work left
+(``fewest-devices``). ``least-service`` orders the job's own class only: victims of a lower
+class (a serving job scaling up over training, or ``reclaim``) go most work left first, as
+with ``most-work``, because there the cost that counts is the number of gangs restarted, and the
+least-served jobs are many small ones (the mix replay of day 22, Azure: 93 gang restarts with
+least-service for every class against 10, the same SLO). ``preempt_factor: 0`` never preempts
+inside a class.
 
 The plugin keeps each job's attained service over cycles (``open_session``, ``_attained``).
 """
@@ -76,7 +83,7 @@ class ShortestRemainingPlugin(Plugin):
         "starve_factor": 1.0,
         "preempt_factor": 8.0,
         "preempt_min_s": 3600.0,
-        "victim_order": "most-work",
+        "victim_order": "least-service",
         "max_evictions": 1,
         "hold": "always",
         "resume_after_s": math.inf,
@@ -161,8 +168,18 @@ class ShortestRemainingPlugin(Plugin):
         if self.victim_order == "most-work":
             out.sort(key=lambda rj: (rj.job.priority, -left_of(rj.job), -rj.start_time, rj.job.id))
         elif self.victim_order == "least-service":
+            # Inside the job's class the least served first; a lower class (reclaim too) most
+            # work left first, as ``most-work``: see the module's "Preemption".
             seconds = self.service.device_seconds if self.by == "device-seconds" else self.service.seconds
-            out.sort(key=lambda rj: (rj.job.priority, seconds(rj.job, now), -rj.start_time, rj.job.id))
+            own = job.priority
+
+            def least_served(rj: RunningJob) -> tuple:
+                v = rj.job
+                if v.priority < own or reclaim:
+                    return (v.priority, 0, -left_of(v), -rj.start_time, v.id)
+                return (v.priority, 1, seconds(v, now), -rj.start_time, v.id)
+
+            out.sort(key=least_served)
         else:
             out.sort(key=lambda rj: (rj.job.priority, rj.job.total_devices, left_of(rj.job), rj.job.id))
         return out
