@@ -22,8 +22,9 @@ waits at all; no scheduler goes below it, so a week whose best baseline is withi
 cannot meet the first target.
 
 The default profile is the one ``xpod server`` runs (examples/profiles/scheduler-default.yaml);
-its ``shortest-remaining`` constants were chosen on weeks 11-12 only (``bench/tune_philly.py``). A large job's FIFO wait under 60 s (one periodic cycle)
-counts as 60 s in the wait ratio.
+its ``shortest-remaining`` constants were chosen on weeks 11-14 only (``bench/tune_philly.py``,
+``TUNED_ON``). A large job's FIFO wait under 60 s (one periodic cycle) counts as 60 s in the wait
+ratio.
 
 The trace: bench/data/philly/philly_jobs.csv.gz (SOURCES.md there). Timings are wall seconds
 of one process, and its CPU seconds (which a loaded machine inflates less); report the
@@ -46,7 +47,10 @@ PROFILES = ("default", "fifo", "easy-backfill", "tiresias", "volcano")
 BASELINES = ("fifo", "easy-backfill", "tiresias", "volcano")
 WEEK_S = 7 * 86400
 #: where the default profile's constants were chosen (never a reported week)
-TUNED_ON = "weeks 11-12 only, submit times x 0.5 (bench/tune_philly.py); weeks 3-10 are the test"
+TUNED_ON = (
+    "weeks 11-14 only (bench/tune_philly.py): the order and preemption constants on weeks 11-12 x 0.5, "
+    "victim_order least-service on weeks 11-12 x 0.35 and 13-14 x 0.5; weeks 3-10 are the test"
+)
 
 
 def _profile(name: str):
