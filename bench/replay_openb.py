@@ -2,10 +2,13 @@
 the FGD authors' published 10-seed means.
 
     .venv/bin/python bench/replay_openb.py [--lists default,gpushare100] [--profiles default,fgd,bestfit,random]
-        [--seeds 42-51] [--jobs 2] [--json OUT] [--plot PNG]
+        [--seeds 42-51] [--jobs 2] [--json OUT] [--plot PNG] [--cache DIR]
     .venv/bin/python bench/replay_openb.py --from-json a.json b.json [--json OUT] [--plot PNG]
 
-(``--from-json``: the table of runs saved by earlier ``--json`` runs, e.g. one process per list.)
+(``--from-json``: the table of runs saved by earlier ``--json`` runs, e.g. one process per list.
+``--cache DIR``: each replay's record is written to DIR as it finishes and read back, not
+replayed, by a later run with the same inputs (``cache_key``), so a grid that dies half-way
+resumes where it stopped.)
 
 Every run is ``xpod replay openb``'s: ``scheduler.sim.openb.replay`` drives
 ``xpod.scheduler.core.Scheduler`` with a profile (``default`` = examples/profiles/scheduler-default.yaml,
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import statistics
@@ -113,6 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", help="PNG: allocation curves (mean of the seeds) against FGD's published curve, per list")
     ap.add_argument("--data", default=DATA)
     ap.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep each replay's record in DIR as it finishes and read the ones already there (resume a grid)",
+    )
+    ap.add_argument(
         "--from-json",
         nargs="+",
         metavar="JSON",
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
         profiles = [p for p in args.profiles.split(",") if p]
         seeds = parse_seeds(args.seeds)
         tasks = [(args.data, lst, prof, seed, args.load) for lst in lists for prof in profiles for seed in seeds]
-        runs = _run_all(tasks, args.jobs)
+        runs = _run_all(tasks, args.jobs, args.cache)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"runs": runs}, f)
@@ -163,29 +172,117 @@ def _saved_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def _run_all(tasks: list[tuple], jobs: int) -> list[dict]:
-    return _run_all_with(run_one, tasks, jobs)
+def _run_all(tasks: list[tuple], jobs: int, cache: str | None = None) -> list[dict]:
+    return _run_all_with(run_one, tasks, jobs, cache, cache_key)
 
 
-def _run_all_with(fn, tasks: list[tuple], jobs: int) -> list[dict]:
-    """``fn`` over ``tasks`` in ``jobs`` worker processes, with a progress bar."""
+def cache_key(task: tuple) -> str:
+    """The name of ``run_one(task)``'s record in a ``--cache`` folder: the list, profile, seed and
+    load, and a digest of everything the replay reads (the profile file, the node and pod lists,
+    the scheduler's and this script's code), so a changed input is replayed, never read stale."""
+    data, lst, prof, seed, load = task
+    files = [profile_path(prof), os.path.join(data, "openb_node_list_gpu_node.csv")]
+    files += [list_path(data, p) for p in lst.split("+")]
+    return digest_name([lst, os.path.basename(prof).removesuffix(".yaml"), seed, load], [lst, prof, seed, load], files)
+
+
+def digest_name(label: list, fields: list, files: list[str]) -> str:
+    """``label`` joined by dots (made safe for a file name) and a 16-hex digest of ``fields``,
+    the contents of ``files`` and of the code a replay runs (``_code_digest``)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for path in files:
+        h.update(_file_digest(path).encode())
+    h.update(_code_digest().encode())
+    safe = ".".join("".join(c if c.isalnum() or c in "-_" else "_" for c in str(x)) for x in label)
+    return f"{safe}.{h.hexdigest()[:16]}.json"
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    return _digest_of(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.cache
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    """(the file's time and size are in the arguments so an edited file is read again)"""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A digest of the Python files of ``xpod.scheduler``, ``xpod.hal`` and bench/ (what a replay
+    runs); the installed packages' versions are not in it."""
+    import hashlib
+
+    import xpod.hal
+    import xpod.scheduler
+
+    h = hashlib.sha256()
+    for root in (os.path.dirname(xpod.scheduler.__file__), os.path.dirname(xpod.hal.__file__), HERE):
+        for d, subdirs, names in sorted(os.walk(root)):
+            subdirs[:] = sorted(x for x in subdirs if x not in ("__pycache__", "data"))
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(d, name)
+                h.update(os.path.relpath(path, root).encode())
+                h.update(_file_digest(path).encode())
+    return h.hexdigest()
+
+
+def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, key=None) -> list[dict]:
+    """``fn`` over ``tasks`` in ``jobs`` worker processes, with a progress bar; the records in
+    task order. With ``cache`` (a folder) and ``key`` (task -> file name): a task whose record is
+    there is read, not run, and each run's record is written there the moment it finishes, so a
+    grid that dies half-way resumes where it stopped (an unreadable record is run again)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    out = []
+    out: list[dict | None] = [None] * len(tasks)
+    if cache:
+        os.makedirs(cache, exist_ok=True)
+        for i, task in enumerate(tasks):
+            out[i] = _read_record(os.path.join(cache, key(task)))
+        print(f"cache {cache}: {sum(r is not None for r in out)} of {len(tasks)} replays read, the rest run")
+    todo = [i for i, r in enumerate(out) if r is None]
+
+    def done(i: int, record: dict) -> None:
+        out[i] = record
+        if cache:
+            path = os.path.join(cache, key(tasks[i]))
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+        bar.advance(t)
+
     with Progress(TextColumn("replays"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        t = bar.add_task("", total=len(tasks))
+        t = bar.add_task("", total=len(tasks), completed=len(tasks) - len(todo))
         if jobs <= 1:
-            for task in tasks:
-                out.append(fn(task))
-                bar.advance(t)
-        else:
+            for i in todo:
+                done(i, fn(tasks[i]))
+        elif todo:
             import multiprocessing
 
             with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-                for r in pool.imap(fn, tasks):
-                    out.append(r)
-                    bar.advance(t)
-    return out
+                for i, record in pool.imap_unordered(_indexed, [(fn, i, tasks[i]) for i in todo]):
+                    done(i, record)
+    return [r for r in out if r is not None]
+
+
+def _indexed(job: tuple) -> tuple[int, dict]:
+    fn, i, task = job
+    return i, fn(task)
+
+
+def _read_record(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def table(runs: list[dict], lists: list[str], profiles: list[str], curves: dict) -> list[dict]:

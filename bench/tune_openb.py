@@ -27,7 +27,9 @@ our FGD's curve at 60/80/100 % arrived and over the whole curve from 1 to 100 % 
 ``--choose`` applies the choice rule between a new default and the default as it is
 (``choose``; the first variant must be ``{}``, the default as it is, the reference our FGD);
 ``--from-json RUNS`` re-reads a run's ``--json`` instead of replaying; it must hold every list x
-variant (and the reference) x seed asked, or it is refused (``saved_runs``).
+variant (and the reference) x seed asked, or it is refused (``saved_runs``). ``--cache DIR``
+keeps each replay's record in DIR as it finishes; a later run with the same inputs reads it
+instead of replaying (``cache_key``), so a run that dies half-way resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from replay_openb import DATA, TUNING_LISTS, list_path, parse_seeds, profile_path  # noqa: E402
+from replay_openb import DATA, TUNING_LISTS, digest_name, list_path, parse_seeds, profile_path  # noqa: E402
 
 SYNTHETIC = (
     "gpushare20/sharing",
@@ -149,6 +151,16 @@ def run_one(task: tuple) -> dict:
     }
 
 
+def cache_key(task: tuple) -> str:
+    """The name of ``run_one(task)``'s record in a ``--cache`` folder (``replay_openb.digest_name``:
+    the list, variant, seed and reference, the profiles, node and pod list and code it reads)."""
+    data, lst, variant, seed, reference = task
+    files = [profile_path("default"), profile_path(reference), os.path.join(data, "openb_node_list_gpu_node.csv")]
+    files.append(list_path(data, lst.partition("/")[0]))
+    label = [lst, "ref-" + reference if variant is None else json.dumps(variant, sort_keys=True), seed]
+    return digest_name(label, [lst, variant, seed, reference], files)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default="[{}]", help="JSON list of argument dicts for the plugin")
@@ -163,6 +175,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--from-json", help="the runs of an earlier --json instead of replaying")
     ap.add_argument("--choose", action="store_true", help="apply the choice rule (module docstring)")
+    ap.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep each replay's record in DIR as it finishes and read the ones already there (resume a run)",
+    )
     ap.add_argument("--data", default=DATA)
     args = ap.parse_args(argv)
     variants = json.loads(args.variants)
@@ -178,7 +195,7 @@ def main(argv=None) -> int:
         tasks = [(args.data, lst, v, s, args.reference) for lst in lists for v in [None, *variants] for s in seeds]
         from replay_openb import _run_all_with
 
-        runs = _run_all_with(run_one, tasks, args.jobs)
+        runs = _run_all_with(run_one, tasks, args.jobs, args.cache, cache_key)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(runs, f)

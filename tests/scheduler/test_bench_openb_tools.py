@@ -207,3 +207,61 @@ def test_tune_from_json_refuses_a_run_twice_another_reference_and_a_file_of_some
         tune.main(["--from-json", str(path), *argv])
     with pytest.raises(SystemExit, match="absent.json: not a bench/tune_openb.py --json file"):
         tune.main(["--from-json", str(tmp_path / "absent.json"), *argv])
+
+
+def test_cache_resumes_a_grid_that_died_half_way_and_reruns_an_unreadable_record(bench, tmp_path):
+    replay, _ = bench
+    tasks = [(("seed", s),) for s in range(42, 47)]
+    ran: list[int] = []
+
+    def dies_at_44(task):
+        if dict(task)["seed"] == 44:
+            raise RuntimeError("the machine went away")
+        ran.append(dict(task)["seed"])
+        return dict(task)
+
+    def key(task):
+        return f"seed{dict(task)['seed']}.json"
+
+    with pytest.raises(RuntimeError, match="went away"):
+        replay._run_all_with(dies_at_44, tasks, 1, str(tmp_path), key)
+    assert sorted(os.listdir(tmp_path)) == ["seed42.json", "seed43.json"]  # written as each finished
+    (tmp_path / "seed43.json").write_text('{"seed": 43')  # cut off mid-write by hand: run again
+    ran.clear()
+
+    def counts(task):
+        ran.append(dict(task)["seed"])
+        return dict(task)
+
+    out = replay._run_all_with(counts, tasks, 1, str(tmp_path), key)
+    assert ran == [43, 44, 45, 46]
+    assert [r["seed"] for r in out] == [42, 43, 44, 45, 46]
+    ran.clear()
+    assert replay._run_all_with(counts, tasks, 1, str(tmp_path), key) == out
+    assert ran == []
+
+
+def test_cache_key_names_the_run_and_changes_with_every_input(bench, tmp_path):
+    replay, tune = bench
+    prof = tmp_path / "cand.yaml"
+    with open(replay.profile_path("default"), encoding="utf-8") as f:
+        prof.write_text(f.read())
+    key = replay.cache_key((replay.DATA, "gpushare100", str(prof), 42, 1.3))
+    assert key.startswith("gpushare100.cand.42.1_3.") and key.endswith(".json")
+    assert replay.cache_key((replay.DATA, "gpushare100", str(prof), 42, 1.3)) == key
+    others = {
+        replay.cache_key((replay.DATA, "gpushare100", str(prof), 43, 1.3)),
+        replay.cache_key((replay.DATA, "gpushare100", str(prof), 42, 1.2)),
+        replay.cache_key((replay.DATA, "default", str(prof), 42, 1.3)),
+        replay.cache_key((replay.DATA, "gpushare100", "default", 42, 1.3)),  # same content, another name
+    }
+    assert key not in others and len(others) == 4
+    prof.write_text(prof.read_text() + "\n# edited\n")
+    os.utime(prof, ns=(1, 1))  # an edit within the same clock tick still counts: time and size differ
+    assert replay.cache_key((replay.DATA, "gpushare100", str(prof), 42, 1.3)) != key
+    a = tune.cache_key((tune.DATA, "cpu300/share50", {"hole_weight": 12}, 42, "fgd"))
+    assert a != tune.cache_key((tune.DATA, "cpu300/share50", {"hole_weight": 10}, 42, "fgd"))
+    assert a != tune.cache_key((tune.DATA, "cpu300/share50", None, 42, "fgd"))
+    assert tune.cache_key((tune.DATA, "cpu300/share50", None, 42, "fgd")) != tune.cache_key(
+        (tune.DATA, "cpu300/share50", None, 42, "default")
+    )
