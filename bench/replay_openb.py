@@ -110,7 +110,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lists", default="", help="comma-separated list names (default: the 14 published lists)")
     ap.add_argument("--profiles", default="default,fgd,bestfit,random")
-    ap.add_argument("--seeds", default="42-51", help="e.g. 42-51 or 42,43")
+    ap.add_argument(
+        "--seeds",
+        help="e.g. 42-51 or 42,43 (default 42-51; with --from-json: the seeds every list and profile must hold)",
+    )
     ap.add_argument("--load", type=float, default=1.3)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--json", help="write every run and the table here")
@@ -135,10 +138,11 @@ def main(argv=None) -> int:
         runs = _saved_runs(args.from_json)
         lists = [short(x) for x in args.lists.split(",") if x] or list(dict.fromkeys(r["list"] for r in runs))
         profiles = list(dict.fromkeys(r["profile"] for r in runs))
+        runs = _covered(runs, lists, profiles, parse_seeds(args.seeds) if args.seeds else None, args.from_json)
     else:
         lists = [short(x) for x in args.lists.split(",") if x] or published
         profiles = [p for p in args.profiles.split(",") if p]
-        seeds = parse_seeds(args.seeds)
+        seeds = parse_seeds(args.seeds or "42-51")
         tasks = [(args.data, lst, prof, seed, args.load) for lst in lists for prof in profiles for seed in seeds]
         runs = _run_all(tasks, args.jobs, args.cache)
     if args.json:
@@ -170,6 +174,46 @@ def _saved_runs(paths: list[str]) -> list[dict]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise SystemExit(f"{path}: not a bench/replay_openb.py --json file ({err})") from None
     return runs
+
+
+def _covered(runs: list[dict], lists: list[str], profiles: list[str], seeds: list[int] | None, paths) -> list[dict]:
+    """The saved runs of ``lists`` x ``profiles``, each (list, profile, seed) once. With ``seeds``
+    only those, and every list and profile must hold every one of them; without, a table whose
+    rows are over different seeds says so on one line. Refused with one line naming the files,
+    the list and profile and the seeds missing or doubled."""
+    where = ", ".join(paths)
+    if seeds is not None:
+        runs = [r for r in runs if r["seed"] in seeds]
+    held: dict[tuple[str, str], list[int]] = {}
+    for r in runs:
+        if r["list"] in lists:
+            held.setdefault((r["list"], r["profile"]), []).append(r["seed"])
+    for (lst, prof), got in held.items():
+        twice = sorted({s for s in got if got.count(s) > 1})
+        if twice:
+            raise SystemExit(
+                f"{where}: {lst} {prof} holds seed(s) {', '.join(map(str, twice))} twice; keep one run of each"
+            )
+    if seeds is not None:
+        for lst in lists:
+            for prof in profiles:
+                missing = [s for s in seeds if s not in held.get((lst, prof), [])]
+                if missing:
+                    raise SystemExit(
+                        f"{where}: {lst} {prof} has no run for seed(s) {', '.join(map(str, missing))} of the "
+                        f"{len(seeds)} asked; replay them (--cache resumes a grid) or pass --seeds/--lists the files hold"
+                    )
+    elif len({tuple(sorted(s)) for s in held.values()}) > 1:
+        print(
+            "the rows are over different seeds: "
+            + "; ".join(f"{lst} {prof} {len(s)} ({_seed_span(s)})" for (lst, prof), s in held.items())
+        )
+    return runs
+
+
+def _seed_span(seeds: list[int]) -> str:
+    s = sorted(seeds)
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else ",".join(map(str, s))
 
 
 def _run_all(tasks: list[tuple], jobs: int, cache: str | None = None) -> list[dict]:

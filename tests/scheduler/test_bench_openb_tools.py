@@ -60,6 +60,31 @@ def test_from_json_prints_the_table_of_saved_runs_over_their_seeds(bench, tmp_pa
     assert "88.00-88.40" in capsys.readouterr().out
 
 
+def test_from_json_holds_the_rows_to_the_seeds_asked_and_says_when_they_differ(bench, tmp_path, capsys):
+    replay, _ = bench
+    a = tmp_path / "a.json"
+    runs = [_run("gpushare100", s, 88.0) for s in (42, 43, 44)] + [_run("multigpu50", s, 97.5) for s in (42, 44)]
+    a.write_text(json.dumps({"runs": runs}))
+    # before round 7 the table was printed over 3 and 2 seeds without a word
+    assert replay.main(["--from-json", str(a)]) == 0
+    assert "the rows are over different seeds: gpushare100 default 3 (42-44); multigpu50 default 2 (42,44)" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(
+        SystemExit, match=r"a.json: multigpu50 default has no run for seed\(s\) 43 of the 3 asked; replay"
+    ):
+        replay.main(["--from-json", str(a), "--seeds", "42-44"])
+    out = tmp_path / "out.json"
+    assert replay.main(["--from-json", str(a), "--seeds", "42,44", "--json", str(out)]) == 0
+    assert {r["list"]: r["seeds"] for r in json.loads(out.read_text())["rows"]} == {
+        "gpushare100": [42, 44],
+        "multigpu50": [42, 44],
+    }
+    a.write_text(json.dumps({"runs": runs + [_run("multigpu50", 44, 97.6)]}))
+    with pytest.raises(SystemExit, match="a.json: multigpu50 default holds seed\\(s\\) 44 twice"):
+        replay.main(["--from-json", str(a)])
+
+
 def test_from_json_names_a_file_that_is_not_a_saved_table(bench, tmp_path):
     replay, _ = bench
     bad = tmp_path / "bad.json"
