@@ -139,6 +139,9 @@ def _tune_run(lst: str, variant, seed: int, alloc: float, reference: str | None 
             "curve": [min(a, alloc) for a in range(131)], "alloc": alloc, "seconds": 1.0}  # fmt: skip
 
 
+TUNE_ARGS = ["--lists", "cpu300", "--seeds", "42-44", "--variants", '[{}, {"hole_weight": 12}]']
+
+
 def _tune_file(tmp_path, runs: list[dict]):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(runs))
@@ -152,16 +155,7 @@ def _complete(lst: str = "cpu300", seeds=(42, 43, 44)) -> list[dict]:
 def test_tune_from_json_judges_a_file_that_holds_every_run(bench, tmp_path, capsys):
     _, tune = bench
     path = _tune_file(tmp_path, _complete())
-    argv = [
-        "--from-json",
-        str(path),
-        "--lists",
-        "cpu300",
-        "--seeds",
-        "42-44",
-        "--variants",
-        '[{}, {"hole_weight": 12}]',
-    ]
+    argv = ["--from-json", str(path), *TUNE_ARGS]
     assert tune.main(argv) == 0
     out = capsys.readouterr().out
     assert "87.10" in out and "cpu300" in out
@@ -182,16 +176,7 @@ def test_tune_from_json_judges_a_file_that_holds_every_run(bench, tmp_path, caps
 def test_tune_from_json_refuses_a_file_short_of_runs_naming_list_variant_and_seeds(bench, tmp_path, drop, expect):
     _, tune = bench
     path = _tune_file(tmp_path, [r for r in _complete() if not drop(r)])
-    argv = [
-        "--from-json",
-        str(path),
-        "--lists",
-        "cpu300",
-        "--seeds",
-        "42-44",
-        "--variants",
-        '[{}, {"hole_weight": 12}]',
-    ]
+    argv = ["--from-json", str(path), *TUNE_ARGS]
     with pytest.raises(SystemExit) as err:
         tune.main(argv + ["--choose"])
     msg = str(err.value)
@@ -202,16 +187,8 @@ def test_tune_from_json_refuses_a_file_short_of_runs_naming_list_variant_and_see
 def test_tune_from_json_refuses_a_list_it_does_not_hold_and_counts_the_other_pairs(bench, tmp_path):
     _, tune = bench
     path = _tune_file(tmp_path, _complete())
-    argv = [
-        "--from-json",
-        str(path),
-        "--lists",
-        "cpu300,cpu0",
-        "--seeds",
-        "42-44",
-        "--variants",
-        '[{}, {"hole_weight": 12}]',
-    ]
+    argv = ["--from-json", str(path), *TUNE_ARGS]
+    argv[argv.index("cpu300")] = "cpu300,cpu0"
     with pytest.raises(SystemExit, match=r"cpu0 variant \(reference fgd\) has no run for seed\(s\) 42, 43, 44 of the 3 "
                        r"asked \(and 2 more list/variant pair\(s\) short of runs\)"):  # fmt: skip
         tune.main(argv)
@@ -219,7 +196,7 @@ def test_tune_from_json_refuses_a_list_it_does_not_hold_and_counts_the_other_pai
 
 def test_tune_from_json_refuses_a_run_twice_another_reference_and_a_file_of_something_else(bench, tmp_path):
     _, tune = bench
-    argv = ["--lists", "cpu300", "--seeds", "42-44", "--variants", '[{}, {"hole_weight": 12}]']
+    argv = TUNE_ARGS
     path = _tune_file(tmp_path, _complete() + [_tune_run("cpu300", {}, 43, 87.0)])
     with pytest.raises(SystemExit, match="runs.json: cpu300 variant {} seed 43 is in the file twice"):
         tune.main(["--from-json", str(path), *argv])
