@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import queue
@@ -182,9 +183,12 @@ def write_roles_file(state_dir: str, job_id: str, addresses: dict[str, Any]) -> 
 
 
 def remove_roles_file(state_dir: str, job_id: str) -> None:
-    """Remove the job's roles file (none there: nothing to do)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(roles_file_path(state_dir, job_id))
+    """Remove the job's roles file and any temporary file an agent killed inside
+    ``write_roles_file`` left of it (none there: nothing to do)."""
+    path = roles_file_path(state_dir, job_id)
+    for name in (path, *glob.glob(f"{glob.escape(path)}.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 def log_path(state_dir: str, job_id: str, task: int) -> str:
@@ -677,11 +681,11 @@ def end_leftover_tasks(state_dir: str, grace_s: float = DEFAULT_GRACE_S) -> list
     agent leaves its tasks running, unsupervised) and remove its roles files (no task of theirs
     runs any more; a job still bound here gets its file again with its assignment). Returns
     ``job.task`` names it ended."""
-    roles = os.path.join(state_dir, "roles")
     with contextlib.suppress(OSError):
-        for name in os.listdir(roles):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(roles, name))
+        # JOB.json and JOB.json.PID.tmp: one job each
+        for job_id in {name.split(".json", 1)[0] for name in os.listdir(os.path.join(state_dir, "roles"))}:
+            with contextlib.suppress(OSError, XpodError):
+                remove_roles_file(state_dir, job_id)
     folder = os.path.join(state_dir, "tasks")
     ended = []
     try:

@@ -137,6 +137,22 @@ def test_a_new_agent_removes_the_roles_files_a_killed_one_left(tmp_path):
 
     ag.write_roles_file(str(tmp_path), "job-3", {"job": "job-3", "roles": {}})
     left = tmp_path / "roles" / "job-3.json"
+    # an agent killed inside write_roles_file, between writing its temporary file and the rename
+    half = tmp_path / "roles" / "job-4.json.4242.tmp"
+    half.write_text("{")
     assert left.exists()
     assert ag.end_leftover_tasks(str(tmp_path)) == []
     assert not left.exists(), "a roles file of a job whose tasks an agent killed with -9 left stayed"
+    assert not half.exists(), "the temporary roles file of an agent killed while writing it stayed"
+    assert not list((tmp_path / "roles").iterdir())
+
+
+def test_removing_a_roles_file_takes_its_temporary_files_and_nothing_else(tmp_path):
+    from xpod.runtime.agent import agent as ag
+
+    ag.write_roles_file(str(tmp_path), "job-1", {"job": "job-1", "roles": {}})
+    ag.write_roles_file(str(tmp_path), "job-12", {"job": "job-12", "roles": {}})
+    (tmp_path / "roles" / "job-1.json.77.tmp").write_text("{")
+    ag.remove_roles_file(str(tmp_path), "job-1")
+    assert sorted(p.name for p in (tmp_path / "roles").iterdir()) == ["job-12.json"]
+    ag.remove_roles_file(str(tmp_path), "job-1")  # none there: nothing to do
