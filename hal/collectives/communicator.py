@@ -27,7 +27,9 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,20 +64,30 @@ def _default_timeout_s() -> float:
 
 #: default bound on any one collective, seconds
 DEFAULT_TIMEOUT_S = 120.0
+#: default bound on the barrier ``close()`` waits at before it destroys the process group,
+#: seconds: the ranks of a job reach close within moments of each other (they finish the same
+#: last collective), so a peer missing for longer has hung or is gone; waiting the whole
+#: collective timeout for it only holds the survivors' exit
+DEFAULT_CLOSE_TIMEOUT_S = 10.0
 #: default time the ranks have to arrive at the rendezvous, seconds: ranks start seconds apart
 #: (imports, a busy host, a slow node), which must not count against a short collective timeout;
 #: torchrun's rendezvous waits 600 s for its peers by default (``join_timeout``)
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 600.0
 
 
+def _library_text(err: BaseException) -> str:
+    """A library exception's message on one line, without the source location gloo/NCCL put
+    in front and the advice meant for their own developers they append."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)
+    return text.split(" This is typically caused", 1)[0]
+
+
 def _error(op: str, rank: int, world: int, err: BaseException) -> CollectiveError:
     """Turn a library exception into one user-facing line."""
     if isinstance(err, CollectiveError):
         return err
-    text = " ".join(str(err).split())
-    # gloo/NCCL prefix a source location and append advice meant for their own developers.
-    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)
-    text = text.split(" This is typically caused", 1)[0]
+    text = _library_text(err)
     first = text[:300]
     low = text.lower()
     cls = CollectiveTimeout if ("timed out" in low or "timeout" in low) else CollectiveError
@@ -149,6 +161,7 @@ class Communicator:
         timeout_s: float | None = None,
         shm: bool | None = None,
         rendezvous_timeout_s: float | None = None,
+        close_timeout_s: float | None = None,
     ) -> None:
         """Join the job's process group.
 
@@ -158,8 +171,10 @@ class Communicator:
         ``topology_adapter.tiers_from_env``), else the ranks form one tier. ``timeout_s`` bounds every collective (default
         ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s); ``rendezvous_timeout_s`` bounds the wait for every rank
         to arrive before the process group forms (default ``XPOD_RENDEZVOUS_TIMEOUT_S``, else 600 s; never
-        less than ``timeout_s``). ``shm``: None (default) enables the shared-memory all_reduce when
-        every rank is a CPU rank of this host and ``XPOD_SHM`` is not ``0``; True requires it.
+        less than ``timeout_s``). ``close_timeout_s`` bounds the barrier ``close()`` waits at for the
+        other ranks (default ``XPOD_CLOSE_TIMEOUT_S``, else 10 s; never more than ``timeout_s``).
+        ``shm``: None (default) enables the shared-memory all_reduce when every rank is a CPU rank of
+        this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """
         import torch
         import torch.distributed as dist
@@ -183,6 +198,11 @@ class Communicator:
                 f"rendezvous_timeout_s={rendezvous_timeout_s!r}: a rendezvous timeout is a number of seconds > 0"
             )
         self.rendezvous_timeout_s = max(float(rendezvous_timeout_s), self.timeout_s)
+        if close_timeout_s is None:
+            close_timeout_s = _seconds_from_env("XPOD_CLOSE_TIMEOUT_S", DEFAULT_CLOSE_TIMEOUT_S)
+        if not (math.isfinite(close_timeout_s) and close_timeout_s > 0):
+            raise XpodError(f"close_timeout_s={close_timeout_s!r}: a close timeout is a number of seconds > 0")
+        self.close_timeout_s = min(float(close_timeout_s), self.timeout_s)
         # Checked before joining: a bad descriptor must not leave a half-made process group.
         if tiers is None:
             tiers = tiers_from_env(self.world_size)
@@ -196,11 +216,13 @@ class Communicator:
             backend.load_torch_extension()
             getattr(torch, backend.device_type).set_device(self.device)
         self._owns_default = False
+        self._store: Any = None
         if not dist.is_initialized():
             try:
+                self._store = self._rendezvous(dist, env)
                 dist.init_process_group(
                     backend=backend.dist_backend,
-                    store=self._rendezvous(dist, env),
+                    store=self._store,
                     rank=env.rank,
                     world_size=env.world_size,
                     timeout=datetime.timedelta(seconds=self.timeout_s),
@@ -833,18 +855,72 @@ class Communicator:
         if self._owns_default and self._dist.is_initialized():
             # every rank is done with the group (and its store, which rank 0 serves) before any
             # tears it down: a rank that exits while another still talks to the store aborts it
-            # ("terminate called without an active exception", exit 134)
-            try:
-                self._dist.barrier()
-            except RuntimeError:
-                pass  # a peer is gone: nothing left to wait for; the group still goes
+            # ("terminate called without an active exception", exit 134). The wait is bounded by
+            # close_timeout_s, not the collective timeout: a hung or vanished peer costs the
+            # others that long, and the group goes all the same.
+            if self.world_size > 1:
+                try:
+                    self._close_barrier()
+                except RuntimeError as err:
+                    print(
+                        f"xpod: rank {self.rank} of {self.world_size}: close() went on without every rank at "
+                        f"its barrier (bound {self.close_timeout_s:g} s, XPOD_CLOSE_TIMEOUT_S): "
+                        f"{_library_text(err)[:240]}; the process group is destroyed all the same",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             self._dist.destroy_process_group()
+
+    def _close_barrier(self) -> None:
+        """Wait, at most ``close_timeout_s``, until every rank has reached ``close()``; raises
+        RuntimeError (a ``DistError``) when a rank did not arrive in time or has gone.
+
+        gloo: ``monitored_barrier``, the barrier torch gives a timeout of its own (gloo only).
+        Other libraries (NCCL, HCCL, ...) have none that holds: their barrier is a device
+        all_reduce bounded by the group's timeout and watchdog, not by an argument, so their
+        ranks meet on the job's TCP store instead (``store_barrier``)."""
+        timeout = datetime.timedelta(seconds=self.close_timeout_s)
+        if self.backend.dist_backend == "gloo":
+            self._dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+        else:
+            store_barrier(self._store, self.rank, self.world_size, self.close_timeout_s, "xpod/close")
 
     def __enter__(self) -> "Communicator":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def store_barrier(store: Any, rank: int, world_size: int, timeout_s: float, name: str) -> None:
+    """Every rank of ``world_size`` calls this once with the same ``name`` on the job's store
+    (a torch ``TCPStore``, which rank 0 serves); it returns once all of them have, or raises
+    RuntimeError within about ``timeout_s`` saying how many had not. Rank 0 also waits (within
+    the same bound) until every rank has seen the barrier pass, so no rank still waiting on the
+    store finds its server gone."""
+    deadline = time.monotonic() + timeout_s
+    if store.add(f"{name}/arrived", 1) == world_size:
+        store.set(f"{name}/all", "1")
+    try:
+        store.wait([f"{name}/all"], datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as err:
+        cause = _library_text(err)[:120]
+        try:
+            arrived = store.add(f"{name}/arrived", 0)
+        except RuntimeError:
+            raise RuntimeError(
+                f"the job's store (rank 0 serves it) went away before every rank arrived ({cause})"
+            ) from None
+        raise RuntimeError(
+            f"{world_size - arrived} of {world_size} ranks had not arrived within {timeout_s:g} s ({cause})"
+        ) from None
+    if store.add(f"{name}/left", 1) == world_size:
+        store.set(f"{name}/gone", "1")
+    if rank == 0:
+        try:
+            store.wait([f"{name}/gone"], datetime.timedelta(seconds=max(deadline - time.monotonic(), 0.001)))
+        except RuntimeError:
+            raise RuntimeError(f"not every rank saw the barrier pass within {timeout_s:g} s") from None
 
 
 def _device_index(backend: Backend, local_rank: int) -> int:

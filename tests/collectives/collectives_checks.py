@@ -418,3 +418,77 @@ def tiers_from_placement_file(rank: int, n: int) -> dict:
         }
     finally:
         comm.close()
+
+
+def close_beside_a_hung_peer(rank: int, n: int, close_timeout_s: float) -> dict:
+    """Rank n-1 joins, runs one all_reduce and then hangs (alive, never reaching ``close()``);
+    the others close their communicator (collective timeout 120 s) and report how long
+    ``close()`` took and what it wrote to stderr."""
+    import contextlib
+    import io
+
+    import torch
+
+    from xpod.backends.cpu import CpuBackend
+    from xpod.hal.collectives import Communicator
+
+    comm = Communicator.from_env(backend=CpuBackend(), timeout_s=120, close_timeout_s=close_timeout_s, shm=False)
+    comm.all_reduce(torch.ones(8))
+    if rank == n - 1:
+        time.sleep(600)  # killed by the harness once the others have reported
+        return {}
+    err = io.StringIO()
+    t0 = time.monotonic()
+    with contextlib.redirect_stderr(err):
+        comm.close()
+    return {"seconds": time.monotonic() - t0, "stderr": err.getvalue(), "destroyed": not _dist_initialized()}
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_initialized()
+
+
+def store_barrier_ranks(rank: int, n: int, absent: int | None, timeout_s: float) -> dict:
+    """Every rank but ``absent`` (which stays alive, never arriving) meets at ``store_barrier``
+    on a real TCPStore that rank 0 serves, arriving 0.3 s apart; each reports whether it passed
+    (or the error), how long it took and, on rank 0, how many ranks had left the barrier when
+    rank 0 returned from it."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from xpod.hal.collectives.communicator import store_barrier
+
+    store = dist.TCPStore(
+        "127.0.0.1",
+        int(os.environ["MASTER_PORT"]),
+        n,
+        is_master=rank == 0,
+        timeout=datetime.timedelta(seconds=60),
+        wait_for_workers=True,
+    )
+    if rank == absent:
+        time.sleep(600)  # killed by the harness once the others have reported
+        return {}
+    time.sleep(0.3 * rank)
+    t0 = time.monotonic()
+    try:
+        store_barrier(store, rank, n, timeout_s, "test/close")
+        out: dict = {"error": None, "seconds": time.monotonic() - t0}
+    except RuntimeError as err:
+        out = {"error": str(err), "seconds": time.monotonic() - t0}
+    if rank == 0:
+        if out["error"] is None:
+            out["left_when_rank0_returned"] = store.add("test/close/left", 0)
+        # the store's server stays until every other present rank is through (its bound may
+        # end later than rank 0's: it arrived later)
+        present = n - 1 - (absent is not None)
+        deadline = time.monotonic() + 60
+        while store.add("test/through", 0) < present and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        store.add("test/through", 1)
+    return out

@@ -169,7 +169,7 @@ def test_inner_tier_is_the_cheapest_equal_split():
 
 
 @pytest.mark.parametrize("raw", ["inf", "nan", "-1", "0", "soon"])
-@pytest.mark.parametrize("name", ["XPOD_COLLECTIVE_TIMEOUT_S", "XPOD_RENDEZVOUS_TIMEOUT_S"])
+@pytest.mark.parametrize("name", ["XPOD_COLLECTIVE_TIMEOUT_S", "XPOD_RENDEZVOUS_TIMEOUT_S", "XPOD_CLOSE_TIMEOUT_S"])
 def test_a_bad_timeout_variable_is_one_line_naming_it(monkeypatch, name, raw):
     from xpod.hal.collectives.communicator import _seconds_from_env
 

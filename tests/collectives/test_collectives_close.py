@@ -1,0 +1,76 @@
+"""``Communicator.close()`` with real gloo process groups: no rank leaves it before every rank
+has reached it, and that barrier has a bound of its own (``close_timeout_s``, 10 s here), so a
+peer that hung or vanished holds the others' exit that long, not the whole collective timeout
+(120 s here); it says so in one line and still destroys the group. And ``store_barrier`` (the
+close barrier of libraries without a barrier timeout: NCCL, HCCL, ...) on a real TCPStore: it
+passes when every rank comes, says how many did not within its bound, and rank 0 (the store's
+server) leaves last."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from collectives_checks import close_beside_a_hung_peer, store_barrier_ranks
+from collectives_harness import run_ranks
+
+CLOSE_ORDER = os.path.join(os.path.dirname(__file__), "..", "fixtures", "collectives", "close_order.py")
+XPOD = os.path.join(os.path.dirname(sys.executable), "xpod")
+
+
+def test_no_rank_leaves_close_before_the_last_rank_reaches_it(tmp_path):
+    """``xpod run`` of 3 ranks whose last rank works on a second after the last collective:
+    rank 0's close() returns only once that rank has reached close(), and every rank exits 0
+    through the interpreter's own teardown. Without the barrier rank 0 left at once (exit 3
+    here); in the demo that was a rank tearing the group down under another, which aborted one
+    job in four at exit ("terminate called without an active exception", 134)."""
+    env = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
+    res = subprocess.run(
+        [XPOD, "run", "--nproc", "3", CLOSE_ORDER, str(tmp_path)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(ln for ln in res.stdout.splitlines() if ln.endswith("closed")) == [
+        f"[rank {r}] closed" for r in range(3)
+    ], res.stdout
+
+
+def test_close_beside_a_hung_peer_returns_within_its_own_bound_and_destroys_the_group():
+    n = 3
+    # the harness's wait (100 s) is shorter than the collective timeout (120 s): a close that
+    # waited that out never reports, and the test fails naming the rank
+    results = run_ranks(close_beside_a_hung_peer, n, 10.0, timeout_s=100, expect=n - 1)
+    for rank in range(n - 1):
+        assert rank in results, f"rank {rank}'s close() beside a hung peer did not return within 100 s"
+        status, value = results[rank]
+        assert status == "ok", value
+        # bound 10 s; 60 s leaves a loaded machine room and is still half the collective timeout
+        assert value["seconds"] < 60, value
+        assert value["destroyed"], f"rank {rank}: the process group outlived close()"
+        lines = [line for line in value["stderr"].splitlines() if line.startswith("xpod:")]
+        assert len(lines) == 1, value["stderr"]
+        assert f"rank {rank} of 3: close() went on without every rank at its barrier (bound 10 s" in lines[0], lines
+        assert "pair.cc" not in lines[0] and "This is typically caused" not in lines[0], lines
+
+
+def test_store_barrier_passes_when_every_rank_comes_and_rank_0_leaves_last():
+    n = 3
+    results = run_ranks(store_barrier_ranks, n, None, 30.0, timeout_s=90)
+    assert sorted(results) == list(range(n)), f"only ranks {sorted(results)} reported"
+    for rank, (status, value) in results.items():
+        assert status == "ok" and value["error"] is None, (rank, value)
+    # rank 0 serves the store: it returned only once every rank had passed
+    assert results[0][1]["left_when_rank0_returned"] == n, results[0]
+
+
+@pytest.mark.parametrize("absent", [2, 0])
+def test_store_barrier_without_a_rank_fails_within_its_bound_saying_so(absent):
+    n = 3
+    results = run_ranks(store_barrier_ranks, n, absent, 5.0, timeout_s=90, expect=n - 1)
+    present = [r for r in range(n) if r != absent]
+    for rank in present:
+        assert rank in results, f"rank {rank} waited at the barrier past the harness's 90 s"
+        status, value = results[rank]
+        assert status == "ok", value
+        assert value["error"] and value["error"].startswith("1 of 3 ranks had not arrived within 5 s"), value
+        assert value["seconds"] < 60, value  # bound 5 s; room for a loaded machine
