@@ -183,11 +183,16 @@ _WATCH_RESUME_TRIES = 6
 #: reasons a server gives when another replica (or a later try) should take the call
 FAIL_OVER_REASONS = frozenset({"NOT_LEADER", "STORE_UNAVAILABLE", "SHUTTING_DOWN"})
 #: a channel to a replica that went away retries its connection at most this often (gRPC's
-#: default backoff grows to 120 s, far longer than a failover)
+#: default backoff grows to 120 s, far longer than a failover). ``min_reconnect_backoff_ms`` is
+#: not a backoff: gRPC core reads it as the shortest time one connection attempt (TCP, TLS and
+#: the server's HTTP/2 SETTINGS) gets (``ParseArgsForBackoffValues`` in its subchannel.cc). Set
+#: to 200 ms, a busy host that answered a new connection later than that made a command fail
+#: with "cannot reach the xpod server"; gRPC's 20 s is kept, and each call's deadline
+#: (``timeout_s``) bounds the wait all the same.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 20_000),
 ]
 
 
