@@ -43,18 +43,33 @@ def compressed(factor: float, weeks: tuple[int, int] = TUNE_WEEKS):
 
 def candidate(spec: str) -> dict:
     """The default profile with ``shortest-remaining``'s arguments from ``spec`` (``k=v,k=v``),
-    or with the ``priority`` plugin in its place (``spec == "priority"``)."""
+    or with the ``priority`` plugin in its place (``spec == "priority"``); ``+NAME`` adds the
+    plugin NAME after ``binpack`` and ``NAME.k=v`` sets an argument of another plugin (e.g.
+    ``+lifetime,lifetime.bucket_s=600``)."""
     from xpod.scheduler.core.profile import load_profile
 
     prof = load_profile(os.path.join(ROOT, "examples", "profiles", "scheduler-default.yaml"))
     extra: dict = {}
+    added: list[str] = []
+    others: dict[str, dict] = {}
     for kv in spec.split(","):
-        if kv.strip() and kv.strip() != "priority":
-            k, _, v = kv.partition("=")
-            try:
-                extra[k.strip()] = float(v)
-            except ValueError:
-                extra[k.strip()] = v.strip()
+        kv = kv.strip()
+        if not kv or kv == "priority":
+            continue
+        if kv.startswith("+"):
+            added.append(kv[1:])
+            continue
+        k, _, v = kv.partition("=")
+        k = k.strip()
+        try:
+            value: float | str = float(v)
+        except ValueError:
+            value = v.strip()
+        if "." in k:
+            plugin, _, arg = k.partition(".")
+            others.setdefault(plugin, {})[arg] = value
+        else:
+            extra[k] = value
     pols = []
     for name, args in prof.policies:
         if name == "shortest-remaining":
@@ -62,7 +77,9 @@ def candidate(spec: str) -> dict:
                 name, args = "priority", {"aging_per_hour": 1}
             else:
                 args = {**dict(args), **extra}
-        pols.append({"name": name, "args": dict(args)})
+        pols.append({"name": name, "args": {**dict(args), **others.get(name, {})}})
+        if name == "binpack":
+            pols += [{"name": a, "args": others.get(a, {})} for a in added]
     return {"actions": list(prof.actions), "policies": pols}
 
 
