@@ -146,6 +146,32 @@ def test_an_evicted_job_resumes_before_shorter_ones_after_resume_after_s():
     assert set(placements(s.cycle())) == {"mid"}
 
 
+def test_hold_not_resumed_lets_shorter_jobs_pass_a_resumed_job_that_does_not_fit():
+    """``long`` (8 devices) is evicted at 100 s by ``short`` (4 devices, 600 s) and counts as
+    starved from 600 s on (``resume_after_s`` 500); at 650 s it does not fit (``short`` holds 4
+    of the 8 devices). With ``hold: always`` it holds the queue and ``four`` (4 devices, 5,000 s,
+    which would delay it) waits behind it; with ``hold: not-resumed`` it holds nothing and
+    ``four`` takes the free devices (Tiresias reserves for no job)."""
+
+    def placed(hold: str) -> set[str]:
+        t = [0.0]
+        s = Scheduler(
+            [node("n").devices(H, 8).build()], profile=remaining(resume_after_s=500, hold=hold), clock=lambda: t[0]
+        )
+        s.submit(job("long").devices(H, 8).duration(100_000).submitted(0).build())
+        s.cycle()
+        t[0] = 100.0
+        s.submit(job("short").devices(H, 4).duration(600).submitted(100).build())
+        assert [e.job_id for e in s.cycle().evictions] == ["long"]
+        t[0] = 620.0
+        s.submit(job("four").devices(H, 4).duration(5000).submitted(620).build())
+        t[0] = 650.0
+        return set(placements(s.cycle()))
+
+    assert placed("always") == set()
+    assert placed("not-resumed") == {"four"}
+
+
 def test_a_resumed_job_is_no_victim_of_its_class_again():
     """Once ``long`` resumed as starved, a short job that arrives does not evict it again (a
     starved job is no victim of its class), even with no limit on evictions."""

@@ -26,7 +26,9 @@ it (``allocate``'s head; ``backfill`` reserves its start and lets only jobs pass
 delay it); with ``starved`` only a starved job does, and a job that does not fit yet is not
 starved lets the jobs after it try (fit-first, as Tiresias' simulator does) and asks
 ``preempt`` for room like them. The reservation, and the devices it keeps idle until the head
-starts, then serve only the jobs the starvation guard protects.
+starts, then serve only the jobs the starvation guard protects. With ``not-resumed`` every job
+holds but an evicted job starved only by ``resume_after_s`` (below): it takes the first room that
+fits it, and may preempt for it, without a reservation (Tiresias reserves for no job).
 
 An evicted job (``resume_after_s``): a job the scheduler stopped and that waits again has, by
 this order, the most work left of the jobs that wanted its devices (that is why it was chosen),
@@ -91,7 +93,7 @@ class ShortestRemainingPlugin(Plugin):
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "by": ("device-seconds", "seconds"),
         "victim_order": ("fewest-devices", "most-work", "least-service"),
-        "hold": ("always", "starved"),
+        "hold": ("always", "starved", "not-resumed"),
     }
     by: str
     starve_after_s: float
@@ -127,10 +129,21 @@ class ShortestRemainingPlugin(Plugin):
         """``JobOrder.holds_queue``: with ``hold: starved`` only a starved job that does not fit
         stops its queue (and gets backfill's reservation); the others let later jobs try. With
         ``always``: None, every such job holds (the mechanism's default)."""
-        return self._holds if self.hold == "starved" else None
+        if self.hold == "starved":
+            return self._holds
+        return self._holds_unless_resumed if self.hold == "not-resumed" else None
 
     def _holds(self, job: Job, now: float) -> bool:
         return self._starved(job, now)
+
+    def _holds_unless_resumed(self, job: Job, now: float) -> bool:
+        """``hold: not-resumed``: every job holds but one that is starved only by
+        ``resume_after_s`` (evicted, not waited out): it goes first wherever it fits, and
+        asks ``preempt`` for room, without a reservation that keeps shorter jobs waiting."""
+        if not self._resumes(job, now):
+            return True
+        waited = now - job.submit_time - self.service.seconds(job, now)
+        return waited >= max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
 
     def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
         """Lower classes always (lowest first); the job's own class as the module says."""
