@@ -187,13 +187,19 @@ FAIL_OVER_REASONS = frozenset({"NOT_LEADER", "STORE_UNAVAILABLE", "SHUTTING_DOWN
 #: not a backoff: gRPC core reads it as the shortest time one connection attempt (TCP, TLS and
 #: the server's HTTP/2 SETTINGS) gets (``ParseArgsForBackoffValues`` in its subchannel.cc). Set
 #: to 200 ms, a busy host that answered a new connection later than that made a command fail
-#: with "cannot reach the xpod server"; gRPC's 20 s is kept, and each call's deadline
-#: (``timeout_s``) bounds the wait all the same.
+#: with "cannot reach the xpod server". With one address nothing else could take the call, so a
+#: connection attempt gets gRPC's 20 s (each call's deadline, ``timeout_s``, bounds the wait all
+#: the same).
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.min_reconnect_backoff_ms", 20_000),
 ]
+#: with several replicas, a connection attempt to one that is frozen (its kernel completes the
+#: handshake, the process never answers: stopped, swapped out, a hung host) must give up soon
+#: enough to fail over within ``failover_s``: 3 s, fifteen times the 200 ms a busy host outran
+#: (a replica slow to answer on a busy host is tried again after the others)
+_FAILOVER_CHANNEL_OPTIONS = [*_CHANNEL_OPTIONS[:2], ("grpc.min_reconnect_backoff_ms", 3_000)]
 
 
 class _Method:
@@ -255,14 +261,15 @@ class Client:
         address = self._current
         entry = self._channels.get(address)
         if entry is None:
+            options = _FAILOVER_CHANNEL_OPTIONS if len(self._addresses) > 1 else _CHANNEL_OPTIONS
             if self._ca is not None:
                 key, chain = self._cert or (None, None)
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=self._ca, private_key=key, certificate_chain=chain
                 )
-                channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+                channel = grpc.secure_channel(address, credentials, options=options)
             else:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                channel = grpc.insecure_channel(address, options=options)
             stubs = {
                 "jobs": job_service_pb2_grpc.JobServiceStub(channel),
                 "nodes": node_service_pb2_grpc.NodeServiceStub(channel),

@@ -75,3 +75,22 @@ def test_a_server_slow_to_answer_a_new_connection_is_still_reached(slow_server):
     # a deadline far beyond the hold: only the connection attempt's own budget can fail the call
     with Client(Target(slow_server, None, None, "test"), timeout_s=60.0) as client:
         assert [j.name for j in client.list()] == []
+
+
+def test_a_frozen_first_replica_is_left_within_the_failover_window(tmp_path):
+    """Over two replicas, the first frozen (it listens, its kernel completes the handshake, it
+    never answers), a call lands on the second within ``failover_s``: the connection attempt to
+    the frozen one gives up after the failover bound (3 s), not gRPC's 20 s (review finding on
+    the change above: failover from a hung leader took 20 s per attempt)."""
+    frozen = socket.create_server(("127.0.0.1", 0), backlog=16)  # listens, never accepts
+    running = build_server(make_api(str(tmp_path / "x.db")), Authenticator.open_server(), "127.0.0.1:0")
+    try:
+        addresses = f"127.0.0.1:{frozen.getsockname()[1]},127.0.0.1:{running.port}"
+        # failover_s below the 20 s a single-address connection attempt gets: with that bound the
+        # first try outlasts the window and the call fails; the call's deadline is far beyond both
+        with Client(Target(addresses, None, None, "test"), timeout_s=60.0, failover_s=15.0) as client:
+            assert [j.name for j in client.list()] == []
+            assert client.address.endswith(f":{running.port}")
+    finally:
+        running.stop()
+        frozen.close()
