@@ -96,14 +96,38 @@ def run_one(task: tuple) -> dict:
 
 
 def parse_seeds(arg: str) -> list[int]:
+    """``42-51`` or ``42,43`` (or both, comma-separated) -> the seeds; anything else is one line
+    naming the flag and the value."""
     out = []
-    for part in arg.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
+    try:
+        for part in arg.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                if int(b) < int(a):
+                    raise ValueError
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise SystemExit(f"--seeds {arg!r}: give seeds as 42-51 or 42,43 (whole numbers, ranges low-high)") from None
+    if not out:
+        raise SystemExit(f"--seeds {arg!r}: no seed given; give seeds as 42-51 or 42,43")
     return out
+
+
+def check_lists(data: str, lists: list[str]) -> None:
+    """Every named pod list (``a+b`` joins two) is a file in ``data``; else one line naming it."""
+    for lst in lists:
+        for part in lst.split("+"):
+            if not os.path.isfile(list_path(data, part)):
+                known = sorted(short(n)[: -len(".csv.gz")] for n in os.listdir(data) if n.startswith("openb_pod_list_"))
+                raise SystemExit(f"--lists: no pod list {part!r} in {data} (known: {', '.join(known)})")
+
+
+def check_cache(cache: str | None) -> None:
+    """``--cache`` names a folder (made if missing), not a file; else one line."""
+    if cache and os.path.exists(cache) and not os.path.isdir(cache):
+        raise SystemExit(f"--cache {cache}: a file, not a folder; name a folder (it is made if missing)")
 
 
 def main(argv=None) -> int:
@@ -143,6 +167,8 @@ def main(argv=None) -> int:
         lists = [short(x) for x in args.lists.split(",") if x] or published
         profiles = [p for p in args.profiles.split(",") if p]
         seeds = parse_seeds(args.seeds or "42-51")
+        check_lists(args.data, lists)
+        check_cache(args.cache)
         tasks = [(args.data, lst, prof, seed, args.load) for lst in lists for prof in profiles for seed in seeds]
         runs = _run_all(tasks, args.jobs, args.cache)
     if args.json:

@@ -182,7 +182,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--data", default=DATA)
     args = ap.parse_args(argv)
-    variants = json.loads(args.variants)
+    try:
+        variants = json.loads(args.variants)
+    except ValueError as err:
+        raise SystemExit(
+            f"--variants: not JSON ({err}); give a list of plugin-argument objects, e.g. '[{{}}, {{\"hole_weight\": 12}}]'"
+        ) from None
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise SystemExit("--variants: give a JSON list of plugin-argument objects, e.g. '[{}, {\"hole_weight\": 12}]'")
     lists = [x for x in args.lists.split(",") if x]
     for lst in lists:
         tuning_pods(args.data, lst)  # refuses a test list before anything runs
@@ -193,8 +200,9 @@ def main(argv=None) -> int:
         runs = saved_runs(args.from_json, lists, variants, seeds, args.reference)
     else:
         tasks = [(args.data, lst, v, s, args.reference) for lst in lists for v in [None, *variants] for s in seeds]
-        from replay_openb import _run_all_with
+        from replay_openb import _run_all_with, check_cache
 
+        check_cache(args.cache)
         runs = _run_all_with(run_one, tasks, args.jobs, args.cache, cache_key)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

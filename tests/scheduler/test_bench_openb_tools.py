@@ -267,3 +267,33 @@ def test_cache_key_names_the_run_and_changes_with_every_input(bench, tmp_path):
     assert tune.cache_key((tune.DATA, "cpu300/share50", None, 42, "fgd")) != tune.cache_key(
         (tune.DATA, "cpu300/share50", None, 42, "default")
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["--seeds", "abc"], r"--seeds 'abc': give seeds as 42-51"),
+        (["--seeds", "51-42"], r"--seeds '51-42': give seeds as 42-51"),
+        (["--seeds", ","], r"--seeds ',': no seed given"),
+        (["--lists", "nosuch", "--seeds", "42"], r"--lists: no pod list 'nosuch' in .*\(known: .*gpushare100"),
+        (["--lists", "gpushare100+nosuch", "--seeds", "42"], r"--lists: no pod list 'nosuch'"),
+    ],
+)
+def test_replay_flags_that_name_nothing_are_one_line_before_any_replay(bench, argv, expect):
+    replay, _ = bench
+    with pytest.raises(SystemExit, match=expect):
+        replay.main([*argv, "--profiles", "default"])
+
+
+def test_a_cache_that_is_a_file_and_variants_that_are_not_json_are_one_line(bench, tmp_path):
+    replay, tune = bench
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SystemExit, match=r"--cache .*afile: a file, not a folder"):
+        replay.main(["--lists", "gpushare100", "--seeds", "42", "--cache", str(afile)])
+    with pytest.raises(SystemExit, match=r"--cache .*afile: a file, not a folder"):
+        tune.main(["--lists", "gpushare20", "--seeds", "42", "--cache", str(afile)])
+    with pytest.raises(SystemExit, match=r"--variants: not JSON"):
+        tune.main(["--lists", "gpushare20", "--variants", "[{hole_weight: 12}]"])
+    with pytest.raises(SystemExit, match=r"--variants: give a JSON list"):
+        tune.main(["--lists", "gpushare20", "--variants", '{"hole_weight": 12}'])
