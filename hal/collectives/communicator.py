@@ -65,10 +65,12 @@ def _default_timeout_s() -> float:
 #: default bound on any one collective, seconds
 DEFAULT_TIMEOUT_S = 120.0
 #: default bound on the barrier ``close()`` waits at before it destroys the process group,
-#: seconds: the ranks of a job reach close within moments of each other (they finish the same
-#: last collective), so a peer missing for longer has hung or is gone; waiting the whole
-#: collective timeout for it only holds the survivors' exit
-DEFAULT_CLOSE_TIMEOUT_S = 10.0
+#: seconds. Ranks that finish the same last collective reach close within moments, but a rank
+#: may work on after it alone (rank 0 saving a checkpoint, an evaluation), and the barrier must
+#: hold the others for that, or the group is torn down under it; a peer that has hung or gone
+#: costs the survivors this long, half the collective timeout. 10 s was too short: a rank working
+#: 15 s after its last collective made every other rank give up the barrier (review finding)
+DEFAULT_CLOSE_TIMEOUT_S = 60.0
 #: default time the ranks have to arrive at the rendezvous, seconds: ranks start seconds apart
 #: (imports, a busy host, a slow node), which must not count against a short collective timeout;
 #: torchrun's rendezvous waits 600 s for its peers by default (``join_timeout``)

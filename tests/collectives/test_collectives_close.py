@@ -37,6 +37,27 @@ def test_no_rank_leaves_close_before_the_last_rank_reaches_it(tmp_path):
     ], res.stdout
 
 
+def test_the_default_close_bound_holds_for_a_rank_that_saves_a_checkpoint_after_the_last_collective(tmp_path):
+    """With the default bound (no XPOD_CLOSE_TIMEOUT_S), a last rank that works 15 s after the
+    last collective (a checkpoint, an evaluation) is still waited for: rank 0's close() returns
+    after it arrived and no rank gives the barrier up. With the old 10 s default rank 0 gave up
+    (exit 3 here) and every rank printed that it went on without the others (review finding)."""
+    env = {k: v for k, v in os.environ.items() if k != "XPOD_CLOSE_TIMEOUT_S"}
+    env["TORCH_DEVICE_BACKEND_AUTOLOAD"] = "0"
+    res = subprocess.run(
+        [XPOD, "run", "--nproc", "3", CLOSE_ORDER, str(tmp_path), "15"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "went on without" not in res.stdout + res.stderr, res.stdout + res.stderr
+    assert sorted(ln for ln in res.stdout.splitlines() if ln.endswith("closed")) == [
+        f"[rank {r}] closed" for r in range(3)
+    ], res.stdout
+
+
 def test_close_beside_a_hung_peer_returns_within_its_own_bound_and_destroys_the_group():
     n = 3
     # the harness waits 240 s for the ranks (start-up on a loaded machine included); a close()
