@@ -206,13 +206,13 @@ def test_victim_order_least_service_evicts_the_job_that_ran_least():
 
 
 def test_least_service_takes_a_lower_class_most_work_first():
-    """``least-service`` (the default) orders the job's own class only: a high-class job that
+    """``least-service`` orders the job's own class only: a high-class job that
     needs one node evicts the low-class job with the most work left (``old``, which has run
     longer and declared none, so its work is its service), as ``most-work`` would, not the
     least-served (``young``): a lower class's evictions are gang restarts, counted per job."""
     t = [0.0]
     nodes = [node("a").devices(H, 8).build(), node("b").devices(H, 8).build()]
-    s = Scheduler(nodes, profile=remaining(), clock=lambda: t[0])
+    s = Scheduler(nodes, profile=remaining(victim_order="least-service"), clock=lambda: t[0])
     s.submit(job("old").devices(H, 8).priority("low").submitted(0).build())
     s.cycle()
     t[0] = 5000.0

@@ -50,11 +50,12 @@ preemptor's (and ``preempt_min_s`` seconds of its devices): an eviction costs th
 progress since its last checkpoint, so only a large gain pays for it. A job stopped
 ``max_evictions`` times already (it ran and waits again: evicted) is no victim of its class
 again (0: no limit), so no long job pays for many short ones. Victims go (lower classes first)
-the least service attained first, the latest start first among equals (``victim_order:
-least-service``, the default: Tiresias' choice among the jobs it may evict, the one that has
-run the least and so loses the least progress and leaves the order's head soonest after a
-restart; chosen on Philly tuning weeks 11-14, docs/replay-jobs.md), or most work left first
-(``most-work``, the earlier default), or fewest devices first, then least work left
+most work left first (``victim_order: most-work``, the default), or the least service attained
+first, the latest start first among equals (``least-service``: Tiresias' choice among the jobs
+it may evict, the one that has run the least and so loses the least progress and leaves the
+order's head soonest after a restart; chosen on Philly tuning weeks 11-14, but on the test
+weeks 3-10 replayed on one core beside ``most-work`` its summed p99 JCT was 3.6 h worse, so it
+is not the default: docs/replay-jobs.md), or fewest devices first, then least work left
 (``fewest-devices``). ``least-service`` orders the job's own class only: victims of a lower
 class (a serving job scaling up over training, or ``reclaim``) go most work left first, as
 with ``most-work``, because there the cost that counts is the number of gangs restarted, and the
@@ -85,7 +86,7 @@ class ShortestRemainingPlugin(Plugin):
         "starve_factor": 1.0,
         "preempt_factor": 8.0,
         "preempt_min_s": 3600.0,
-        "victim_order": "least-service",
+        "victim_order": "most-work",
         "max_evictions": 1,
         "hold": "always",
         "resume_after_s": math.inf,
