@@ -174,7 +174,7 @@ class Communicator:
         ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s); ``rendezvous_timeout_s`` bounds the wait for every rank
         to arrive before the process group forms (default ``XPOD_RENDEZVOUS_TIMEOUT_S``, else 600 s; never
         less than ``timeout_s``). ``close_timeout_s`` bounds the barrier ``close()`` waits at for the
-        other ranks (default ``XPOD_CLOSE_TIMEOUT_S``, else 10 s; never more than ``timeout_s``).
+        other ranks (default ``XPOD_CLOSE_TIMEOUT_S``, else 60 s; never more than ``timeout_s``).
         ``shm``: None (default) enables the shared-memory all_reduce when every rank is a CPU rank of
         this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """

@@ -141,10 +141,7 @@ class ShortestRemainingPlugin(Plugin):
         """``hold: not-resumed``: every job holds but one that is starved only by
         ``resume_after_s`` (evicted, not waited out): it goes first wherever it fits, and
         asks ``preempt`` for room, without a reservation that keeps shorter jobs waiting."""
-        if not self._resumes(job, now):
-            return True
-        waited = now - job.submit_time - self.service.seconds(job, now)
-        return waited >= max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
+        return not self._resumes(job, now) or self._waited_out(job, now)
 
     def victims(self, job: Job, candidates: Sequence[RunningJob], ctx: CycleContext, reclaim: bool) -> list[RunningJob]:
         """Lower classes always (lowest first); the job's own class as the module says."""
@@ -221,12 +218,16 @@ class ShortestRemainingPlugin(Plugin):
     def _starved(self, job: Job, now: float) -> bool:
         if job.id in self.service.running:
             return False  # a running job is not waiting; it stays in the order by its work left
-        waited = now - job.submit_time - self.service.seconds(job, now)
-        limit = max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
-        if waited >= limit or self._resumes(job, now):
+        if self._waited_out(job, now) or self._resumes(job, now):
             self.starved.add(job.id)
             return True
         return False
+
+    def _waited_out(self, job: Job, now: float) -> bool:
+        """Whether ``job`` has waited (time since submission less the time it ran) at least
+        ``starve_after_s``, or ``starve_factor`` times its declared duration if that is longer."""
+        waited = now - job.submit_time - self.service.seconds(job, now)
+        return waited >= max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
 
     def _resumes(self, job: Job, now: float) -> bool:
         """Whether ``job``, waiting, was stopped by the scheduler at least ``resume_after_s`` ago
