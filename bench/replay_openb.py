@@ -159,10 +159,18 @@ def main(argv=None) -> int:
     published = sorted({k[0] for k in curves})
     t0 = time.perf_counter()
     if args.from_json:
-        runs = _saved_runs(args.from_json)
+        sourced = _saved_runs(args.from_json)
+        runs = [r for _, r in sourced]
         lists = [short(x) for x in args.lists.split(",") if x] or list(dict.fromkeys(r["list"] for r in runs))
         profiles = list(dict.fromkeys(r["profile"] for r in runs))
         runs = _covered(runs, lists, profiles, parse_seeds(args.seeds) if args.seeds else None, args.from_json)
+        kept = {id(r) for r in runs if r["list"] in lists}
+        check_one_code(
+            [(p, r) for p, r in sourced if id(r) in kept],
+            row=lambda r: (r["list"], r["profile"]),
+            name=lambda r: f"{r['list']} {r['profile']} seed {r['seed']}",
+            fix="replay them with one code (--cache DIR keeps what is current) and make the table from those files",
+        )
     else:
         lists = [short(x) for x in args.lists.split(",") if x] or published
         profiles = [p for p in args.profiles.split(",") if p]
@@ -189,17 +197,59 @@ def main(argv=None) -> int:
     return 0
 
 
-def _saved_runs(paths: list[str]) -> list[dict]:
-    """The runs of earlier ``--json`` files; a file that is not one is one line naming it."""
+def _saved_runs(paths: list[str]) -> list[tuple[str, dict]]:
+    """The runs of earlier ``--json`` files, each with the file it came from; a file that is not
+    one is one line naming it."""
     runs = []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
-            runs.extend(doc["runs"])
+            if not all(isinstance(r, dict) for r in doc["runs"]):
+                raise TypeError("a run is not an object")
+            runs.extend((path, r) for r in doc["runs"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise SystemExit(f"{path}: not a bench/replay_openb.py --json file ({err})") from None
     return runs
+
+
+def check_one_code(sourced: list[tuple[str, dict]], row, name, fix: str) -> None:
+    """The records of one table (``(file, record)`` pairs) must come from one code
+    (``code_digest``: ``_code_digest``, what ``--cache`` keys records by) and each row (``row(record)``)
+    from one set of inputs (``inputs_digest``: the profile, node and pod list files, ``stamp``);
+    else one line naming the two files and records (``name(record)``) that differ and what to do
+    (``fix``), since a table that averages a run of old code with one of new says nothing about
+    either. Records saved before the digests existed carry none: a table of only such records
+    is printed with one line saying it cannot be checked, one that mixes them with stamped
+    records is refused."""
+    if not sourced:
+        return
+    bare = [(p, r) for p, r in sourced if "code_digest" not in r]
+    if len(bare) == len(sourced):
+        print("the saved runs carry no code digest (saved before 7 December 2026): not checked to come from one code")
+        return
+    if bare:
+        p0, r0 = bare[0]
+        p1, r1 = next((p, r) for p, r in sourced if "code_digest" in r)
+        raise SystemExit(
+            f"{p0} ({name(r0)}) carries no code digest (saved before 7 December 2026), {p1} ({name(r1)}) does: "
+            f"the table cannot be shown to come from one code; {fix}"
+        )
+    p0, r0 = sourced[0]
+    for p, r in sourced:
+        if r["code_digest"] != r0["code_digest"]:
+            raise SystemExit(
+                f"{p0} ({name(r0)}) and {p} ({name(r)}) come from different code (digest {r0['code_digest']} "
+                f"against {r['code_digest']}); {fix}"
+            )
+    first: dict = {}
+    for p, r in sourced:
+        p0, r0 = first.setdefault(row(r), (p, r))
+        if r.get("inputs_digest") != r0.get("inputs_digest"):
+            raise SystemExit(
+                f"{p0} ({name(r0)}) and {p} ({name(r)}) come from different inputs (a profile or pod list file "
+                f"changed between them: digest {r0.get('inputs_digest')} against {r.get('inputs_digest')}); {fix}"
+            )
 
 
 def _covered(runs: list[dict], lists: list[str], profiles: list[str], seeds: list[int] | None, paths) -> list[dict]:
@@ -243,30 +293,56 @@ def _seed_span(seeds: list[int]) -> str:
 
 
 def _run_all(tasks: list[tuple], jobs: int, cache: str | None = None) -> list[dict]:
-    return _run_all_with(run_one, tasks, jobs, cache, cache_key)
+    return _run_all_with(run_one, tasks, jobs, cache, cache_key, stamp)
+
+
+def _inputs(task: tuple) -> tuple[list, list[str]]:
+    """What ``run_one(task)`` reads besides the code: the fields of the task but the seed, and the
+    files (the profile, the node and pod lists)."""
+    data, lst, prof, _seed, load = task
+    files = [profile_path(prof), os.path.join(data, "openb_node_list_gpu_node.csv")]
+    files += [list_path(data, p) for p in lst.split("+")]
+    return [lst, prof, load], files
 
 
 def cache_key(task: tuple) -> str:
     """The name of ``run_one(task)``'s record in a ``--cache`` folder: the list, profile, seed and
     load, and a digest of everything the replay reads (the profile file, the node and pod lists,
     the scheduler's and this script's code), so a changed input is replayed, never read stale."""
-    data, lst, prof, seed, load = task
-    files = [profile_path(prof), os.path.join(data, "openb_node_list_gpu_node.csv")]
-    files += [list_path(data, p) for p in lst.split("+")]
+    _data, lst, prof, seed, load = task
+    _, files = _inputs(task)
     return digest_name([lst, os.path.basename(prof).removesuffix(".yaml"), seed, load], [lst, prof, seed, load], files)
+
+
+def stamp(task: tuple) -> dict:
+    """What every record of ``run_one(task)`` carries to say what made it (``stamp_of``)."""
+    return stamp_of(*_inputs(task))
+
+
+def stamp_of(fields: list, files: list[str]) -> dict:
+    """``code_digest``: the code a replay runs (``_code_digest``, also in every ``--cache`` key);
+    ``inputs_digest``: ``fields`` (the task but its seed) and the contents of ``files``. 16 hex
+    each. ``--from-json`` refuses a table whose records differ in the first, or a row whose
+    records differ in the second (``check_one_code``)."""
+    return {"code_digest": _code_digest()[:16], "inputs_digest": _digest(fields, files, code=False)}
 
 
 def digest_name(label: list, fields: list, files: list[str]) -> str:
     """``label`` joined by dots (made safe for a file name) and a 16-hex digest of ``fields``,
     the contents of ``files`` and of the code a replay runs (``_code_digest``)."""
+    safe = ".".join("".join(c if c.isalnum() or c in "-_" else "_" for c in str(x)) for x in label)
+    return f"{safe}.{_digest(fields, files)}.json"
+
+
+def _digest(fields: list, files: list[str], code: bool = True) -> str:
     import hashlib
 
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for path in files:
         h.update(_file_digest(path).encode())
-    h.update(_code_digest().encode())
-    safe = ".".join("".join(c if c.isalnum() or c in "-_" else "_" for c in str(x)) for x in label)
-    return f"{safe}.{h.hexdigest()[:16]}.json"
+    if code:
+        h.update(_code_digest().encode())
+    return h.hexdigest()[:16]
 
 
 def _file_digest(path: str) -> str:
@@ -283,31 +359,41 @@ def _digest_of(path: str, mtime_ns: int, size: int) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+#: the bench scripts a replay runs (the others in bench/ are not in the code digest, so another
+#: benchmark's edit does not make a grid's records stale)
+REPLAY_SCRIPTS = ("replay_openb.py", "tune_openb.py")
+
+
 @functools.cache
 def _code_digest() -> str:
-    """A digest of the Python files of ``xpod.scheduler``, ``xpod.hal`` and bench/ (what a replay
-    runs); the installed packages' versions are not in it."""
+    """A digest of the Python files of ``xpod.scheduler``, ``xpod.hal`` and ``REPLAY_SCRIPTS``
+    (what a replay runs); the installed packages' versions are not in it."""
     import hashlib
 
     import xpod.hal
     import xpod.scheduler
 
     h = hashlib.sha256()
-    for root in (os.path.dirname(xpod.scheduler.__file__), os.path.dirname(xpod.hal.__file__), HERE):
+    for root in (os.path.dirname(xpod.scheduler.__file__), os.path.dirname(xpod.hal.__file__)):
         for d, subdirs, names in sorted(os.walk(root)):
             subdirs[:] = sorted(x for x in subdirs if x not in ("__pycache__", "data"))
             for name in sorted(n for n in names if n.endswith(".py")):
                 path = os.path.join(d, name)
                 h.update(os.path.relpath(path, root).encode())
                 h.update(_file_digest(path).encode())
+    for name in REPLAY_SCRIPTS:
+        h.update(name.encode())
+        h.update(_file_digest(os.path.join(HERE, name)).encode())
     return h.hexdigest()
 
 
-def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, key=None) -> list[dict]:
+def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, key=None, stamp=None) -> list[dict]:
     """``fn`` over ``tasks`` in ``jobs`` worker processes, with a progress bar; the records in
     task order. With ``cache`` (a folder) and ``key`` (task -> file name): a task whose record is
     there is read, not run, and each run's record is written there the moment it finishes, so a
-    grid that dies half-way resumes where it stopped (an unreadable record is run again)."""
+    grid that dies half-way resumes where it stopped (an unreadable record is run again). With
+    ``stamp`` (task -> dict): every record, run or read, carries it (``stamp_of``; a record read
+    from the cache was made by this code, since the key holds the code's digest)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     out: list[dict | None] = [None] * len(tasks)
@@ -315,10 +401,14 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, k
         os.makedirs(cache, exist_ok=True)
         for i, task in enumerate(tasks):
             out[i] = _read_record(os.path.join(cache, key(task)))
+            if out[i] is not None and stamp:
+                out[i].update(stamp(task))
         print(f"cache {cache}: {sum(r is not None for r in out)} of {len(tasks)} replays read, the rest run")
     todo = [i for i, r in enumerate(out) if r is None]
 
     def done(i: int, record: dict) -> None:
+        if stamp:
+            record.update(stamp(tasks[i]))
         out[i] = record
         if cache:
             path = os.path.join(cache, key(tasks[i]))

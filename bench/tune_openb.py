@@ -46,7 +46,16 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from replay_openb import DATA, TUNING_LISTS, digest_name, list_path, parse_seeds, profile_path  # noqa: E402
+from replay_openb import (  # noqa: E402
+    DATA,
+    TUNING_LISTS,
+    check_one_code,
+    digest_name,
+    list_path,
+    parse_seeds,
+    profile_path,
+    stamp_of,
+)
 
 SYNTHETIC = (
     "gpushare20/sharing",
@@ -151,14 +160,27 @@ def run_one(task: tuple) -> dict:
     }
 
 
+def _files(task: tuple) -> list[str]:
+    """The files ``run_one(task)`` reads: the default and reference profiles, the node list and
+    the tuning list a mix is derived from."""
+    data, lst, _variant, _seed, reference = task
+    files = [profile_path("default"), profile_path(reference), os.path.join(data, "openb_node_list_gpu_node.csv")]
+    return files + [list_path(data, lst.partition("/")[0])]
+
+
 def cache_key(task: tuple) -> str:
     """The name of ``run_one(task)``'s record in a ``--cache`` folder (``replay_openb.digest_name``:
     the list, variant, seed and reference, the profiles, node and pod list and code it reads)."""
-    data, lst, variant, seed, reference = task
-    files = [profile_path("default"), profile_path(reference), os.path.join(data, "openb_node_list_gpu_node.csv")]
-    files.append(list_path(data, lst.partition("/")[0]))
+    _data, lst, variant, seed, reference = task
     label = [lst, "ref-" + reference if variant is None else json.dumps(variant, sort_keys=True), seed]
-    return digest_name(label, [lst, variant, seed, reference], files)
+    return digest_name(label, [lst, variant, seed, reference], _files(task))
+
+
+def stamp(task: tuple) -> dict:
+    """The digests every record of ``run_one(task)`` carries (``replay_openb.stamp_of``: the code,
+    and the task but its seed with the files it reads); ``saved_runs`` checks them."""
+    _data, lst, variant, _seed, reference = task
+    return stamp_of([lst, variant, reference], _files(task))
 
 
 def main(argv=None) -> int:
@@ -203,7 +225,7 @@ def main(argv=None) -> int:
         from replay_openb import _run_all_with, check_cache
 
         check_cache(args.cache)
-        runs = _run_all_with(run_one, tasks, args.jobs, args.cache, cache_key)
+        runs = _run_all_with(run_one, tasks, args.jobs, args.cache, cache_key, stamp)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(runs, f)
@@ -251,7 +273,8 @@ def saved_runs(path: str, lists: list[str], variants: list[dict], seeds: list[in
     one line naming the file, the first list and variant short of runs and its missing seeds (a
     table over fewer seeds than asked would judge on them without saying so), as is a run twice,
     a reference run of another ``--reference`` (files written before runs recorded it: not
-    checked) or a file that is not such a ``--json``."""
+    checked), runs of different code or a list and variant whose runs read different files
+    (``replay_openb.check_one_code``), or a file that is not such a ``--json``."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -267,6 +290,12 @@ def saved_runs(path: str, lists: list[str], variants: list[dict], seeds: list[in
             raise SystemExit(
                 f"{path}: its reference runs are of {r['reference']!r}, not {reference!r}; pass --reference {r['reference']}"
             )
+    check_one_code(
+        [(path, r) for r in runs if r["variant"] is None or r["variant"] in variants],
+        row=lambda r: (r["list"], json.dumps(r["variant"], sort_keys=True)),
+        name=lambda r: f"{r['list']} variant {json.dumps(r['variant'])} seed {r['seed']}",
+        fix="replay them with one code (drop --from-json; --cache DIR keeps what is current)",
+    )
     seen: set[tuple] = set()
     for key in keys:
         if key in seen:

@@ -39,10 +39,11 @@ def test_tuning_lists_refuse_a_test_list_and_multi_draws_multi_gpu_pods_n_times(
     assert np.array_equal(mixed.num_gpu[: len(base)], base.num_gpu)  # the list itself comes first
 
 
-def _run(lst: str, seed: int, alloc: float) -> dict:
+def _run(lst: str, seed: int, alloc: float, code: str | None = "c0de", inputs: str = "1np5") -> dict:
     curve = [min(a, alloc) for a in range(131)]
+    digests = {} if code is None else {"code_digest": code, "inputs_digest": inputs + lst}
     return {"list": lst, "profile": "default", "seed": seed, "alloc_pct": alloc, "alloc_curve_pct": curve,
-            "frag_curve_pct": [0.0] * 131, "pods_failed": 0, "seconds": 1.0, "cpu_seconds": 1.0}  # fmt: skip
+            "frag_curve_pct": [0.0] * 131, "pods_failed": 0, "seconds": 1.0, "cpu_seconds": 1.0, **digests}  # fmt: skip
 
 
 def test_from_json_prints_the_table_of_saved_runs_over_their_seeds(bench, tmp_path, capsys):
@@ -134,9 +135,10 @@ def test_choice_rule_rejects_a_candidate_that_gives_up_the_defaults_lead_over_fg
     assert tune.choose(variants, lists, table).splitlines()[-1] == 'choice: {"hole_weight": 12}'
 
 
-def _tune_run(lst: str, variant, seed: int, alloc: float, reference: str | None = "fgd") -> dict:
+def _tune_run(lst: str, variant, seed: int, alloc: float, reference: str | None = "fgd", code: str = "c0de") -> dict:
     return {"list": lst, "variant": variant, "reference": reference if variant is None else None, "seed": seed,
-            "curve": [min(a, alloc) for a in range(131)], "alloc": alloc, "seconds": 1.0}  # fmt: skip
+            "curve": [min(a, alloc) for a in range(131)], "alloc": alloc, "seconds": 1.0,
+            "code_digest": code, "inputs_digest": f"{lst}{variant}"}  # fmt: skip
 
 
 TUNE_ARGS = ["--lists", "cpu300", "--seeds", "42-44", "--variants", '[{}, {"hole_weight": 12}]']
@@ -297,3 +299,92 @@ def test_a_cache_that_is_a_file_and_variants_that_are_not_json_are_one_line(benc
         tune.main(["--lists", "gpushare20", "--variants", "[{hole_weight: 12}]"])
     with pytest.raises(SystemExit, match=r"--variants: give a JSON list"):
         tune.main(["--lists", "gpushare20", "--variants", '{"hole_weight": 12}'])
+
+
+def test_from_json_refuses_a_table_of_runs_from_different_code_naming_files_and_runs(bench, tmp_path, capsys):
+    # before: an old run and a new one were averaged into one row without a word (review 7)
+    replay, _ = bench
+    a, b = tmp_path / "old.json", tmp_path / "new.json"
+    a.write_text(
+        json.dumps({"runs": [_run("multigpu40", 42, 97.3, code="01d"), _run("multigpu40", 43, 97.2, code="01d")]})
+    )
+    b.write_text(json.dumps({"runs": [_run("multigpu40", 44, 97.1, code="2e7")]}))
+    with pytest.raises(SystemExit) as err:
+        replay.main(["--from-json", str(a), str(b)])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(
+        f"{a} (multigpu40 default seed 42) and {b} (multigpu40 default seed 44) come from different code"
+    )
+    assert "digest 01d against 2e7); replay them with one code (--cache DIR keeps what is current)" in msg
+    # runs outside the table asked (another list) do not count
+    b.write_text(json.dumps({"runs": [_run("multigpu40", 44, 97.1, code="01d"), _run("cpu100", 42, 96.0, code="2e7")]}))
+    assert replay.main(["--from-json", str(a), str(b), "--lists", "multigpu40"]) == 0
+    assert "97.20" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="come from different code"):
+        replay.main(["--from-json", str(a), str(b)])
+
+
+def test_from_json_refuses_a_row_whose_runs_read_different_inputs_and_a_mix_of_digested_and_bare(
+    bench, tmp_path, capsys
+):
+    replay, _ = bench
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": [_run("gpushare100", 42, 88.0), _run("gpushare100", 43, 88.1, inputs="edited")]}))
+    with pytest.raises(SystemExit, match=r"a.json \(gpushare100 default seed 42\) and .*a.json \(gpushare100 default "
+                       r"seed 43\) come from different inputs \(a profile or pod list file changed"):  # fmt: skip
+        replay.main(["--from-json", str(a)])
+    a.write_text(json.dumps({"runs": [_run("gpushare100", 42, 88.0)]}))
+    b.write_text(json.dumps({"runs": [_run("gpushare100", 43, 88.1, code=None)]}))
+    with pytest.raises(SystemExit, match=r"b.json \(gpushare100 default seed 43\) carries no code digest .*/a.json "
+                       r"\(gpushare100 default seed 42\) does"):  # fmt: skip
+        replay.main(["--from-json", str(a), str(b)])
+    # files saved before the digests: read, with one line saying they cannot be checked
+    a.write_text(json.dumps({"runs": [_run("gpushare100", 42, 88.0, code=None)]}))
+    assert replay.main(["--from-json", str(a), str(b)]) == 0
+    assert "carry no code digest (saved before 7 December 2026): not checked" in capsys.readouterr().out
+
+
+def test_tune_from_json_refuses_runs_of_different_code(bench, tmp_path):
+    _, tune = bench
+    runs = _complete()
+    runs[-1] = {**runs[-1], "code_digest": "2e7"}
+    path = _tune_file(tmp_path, runs)
+    with pytest.raises(SystemExit, match=r"runs.json \(cpu300 variant null seed 42\) and .*runs.json \(cpu300 variant "
+                       r'\{"hole_weight": 12\} seed 44\) come from different code'):  # fmt: skip
+        tune.main(["--from-json", str(path), *TUNE_ARGS])
+    # a variant the table does not ask for is not part of it
+    runs[-1] = {**runs[-1], "variant": {"hole_weight": 16}}
+    path = _tune_file(tmp_path, runs + [_tune_run("cpu300", {"hole_weight": 12}, 44, 87.1)])
+    assert tune.main(["--from-json", str(path), *TUNE_ARGS]) == 0
+
+
+def test_every_record_run_or_read_from_the_cache_carries_the_digests(bench, tmp_path):
+    replay, tune = bench
+    tasks = [(("seed", s),) for s in (42, 43)]
+
+    def key(task):
+        return f"seed{dict(task)['seed']}.json"
+
+    def stamp(task):
+        return {"code_digest": "c0de", "inputs_digest": "in"}
+
+    (tmp_path / "seed42.json").write_text('{"seed": 42}')  # a record cached before the digests
+    out = replay._run_all_with(lambda task: dict(task), tasks, 1, str(tmp_path), key, stamp)
+    assert out == [{"seed": s, "code_digest": "c0de", "inputs_digest": "in"} for s in (42, 43)]
+    assert json.loads((tmp_path / "seed43.json").read_text())["code_digest"] == "c0de"
+    # the real stamps: the code digest is the one in the cache key; the inputs digest follows the
+    # profile file and the list, not the seed
+    prof = tmp_path / "cand.yaml"
+    with open(replay.profile_path("default"), encoding="utf-8") as f:
+        prof.write_text(f.read())
+    one = replay.stamp((replay.DATA, "gpushare100", str(prof), 42, 1.3))
+    assert one["code_digest"] == replay._code_digest()[:16]
+    assert replay.stamp((replay.DATA, "gpushare100", str(prof), 43, 1.3)) == one
+    assert replay.stamp((replay.DATA, "multigpu40", str(prof), 42, 1.3))["inputs_digest"] != one["inputs_digest"]
+    prof.write_text(prof.read_text() + "\n# edited\n")
+    assert replay.stamp((replay.DATA, "gpushare100", str(prof), 42, 1.3))["inputs_digest"] != one["inputs_digest"]
+    t = tune.stamp((tune.DATA, "cpu072/multi12", {"hole_weight": 12}, 42, "fgd"))
+    assert t["code_digest"] == one["code_digest"]
+    assert t == tune.stamp((tune.DATA, "cpu072/multi12", {"hole_weight": 12}, 43, "fgd"))
+    assert t != tune.stamp((tune.DATA, "cpu072/multi12", {"hole_weight": 10}, 42, "fgd"))
