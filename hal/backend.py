@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from .device import DeviceInfo, Health, MetricsSample
 from .errors import BackendUnavailable, CapabilityUnsupported
@@ -139,6 +139,20 @@ class Backend(abc.ABC):
         """Raise ``CapabilityUnsupported`` (with the backend's reason) if it lacks ``capability``."""
         if capability in self.unsupported:
             raise CapabilityUnsupported(self.name, capability, self.unsupported[capability])
+
+    def synchronize(self, device: Any) -> None:
+        """Block until ``device`` (a ``torch.device`` of this backend's ``device_type``) has run
+        everything queued on it: compute kernels and the collective library's own streams alike
+        (``torch.cuda.synchronize`` and ``torch.npu.synchronize`` wait for every stream of the
+        device). ``Communicator.close()`` calls it before its barrier, so no rank passes the
+        barrier while its collectives still run. Call ``load_torch_extension`` first. The default
+        is ``torch.<device_type>.synchronize(device)``; for the CPU, whose ops are done when they
+        return, that is ``torch.cpu.synchronize``, which returns at once. A backend whose
+        namespace lacks ``synchronize`` overrides this. It has no timeout: a caller that needs a
+        bound waits for it on another thread (the vendors' synchronize releases the GIL)."""
+        import torch
+
+        getattr(torch, self.device_type).synchronize(device)
 
     def load_torch_extension(self) -> None:
         """Make this backend's torch device type usable (``torch.npu`` once ``torch_npu`` is

@@ -75,6 +75,10 @@ DEFAULT_CLOSE_TIMEOUT_S = 60.0
 #: (imports, a busy host, a slow node), which must not count against a short collective timeout;
 #: torchrun's rendezvous waits 600 s for its peers by default (``join_timeout``)
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 600.0
+#: what close()'s barrier still gets when the device's synchronize used up the bound, seconds:
+#: enough to register this rank's arrival (the last to arrive lets the others pass), too little
+#: to hold the exit
+_LEAST_WAIT_S = 0.5
 
 
 def _library_text(err: BaseException) -> str:
@@ -845,7 +849,16 @@ class Communicator:
     # -- teardown -------------------------------------------------------------------------------
     def close(self) -> None:
         """Finish queued ops, release shared memory and (if this communicator created it)
-        destroy the process group. Idempotent."""
+        destroy the process group. Idempotent.
+
+        Before the group goes, close() waits, ``close_timeout_s`` in all, first for this rank's
+        device to run what was queued on it (``Backend.synchronize``: an async NCCL/HCCL
+        collective the caller never waited for still runs on the device after its ``Work`` is
+        gone), then for every other rank to reach close() (``_close_barrier``). A device that
+        does not finish within the bound is left to it: the wait runs on a daemon thread that
+        stays blocked in the vendor's synchronize (no runtime offers a timed or interruptible
+        device synchronize), close() says so in one line and goes on to the barrier and the
+        group's destruction, and the thread does not hold the interpreter's exit."""
         if self._executor is None:
             return
         self._drain()
@@ -855,37 +868,65 @@ class Communicator:
             self._shm.close()
             self._shm = None
         if self._owns_default and self._dist.is_initialized():
+            deadline = time.monotonic() + self.close_timeout_s
+            unfinished = self._finish_device_work(self.close_timeout_s)
+            if unfinished is not None:
+                self._say(f"close() went on before {unfinished}")
             # every rank is done with the group (and its store, which rank 0 serves) before any
             # tears it down: a rank that exits while another still talks to the store aborts it
             # ("terminate called without an active exception", exit 134). The wait is bounded by
-            # close_timeout_s, not the collective timeout: a hung or vanished peer costs the
-            # others that long, and the group goes all the same.
+            # what is left of close_timeout_s, not the collective timeout: a hung or vanished peer
+            # costs the others that long, and the group goes all the same.
             if self.world_size > 1:
                 try:
-                    self._close_barrier()
+                    self._close_barrier(max(deadline - time.monotonic(), _LEAST_WAIT_S))
                 except RuntimeError as err:
-                    print(
-                        f"xpod: rank {self.rank} of {self.world_size}: close() went on without every rank at "
-                        f"its barrier (bound {self.close_timeout_s:g} s, XPOD_CLOSE_TIMEOUT_S): "
-                        f"{_library_text(err)[:240]}; the process group is destroyed all the same",
-                        file=sys.stderr,
-                        flush=True,
+                    self._say(
+                        f"close() went on without every rank at its barrier (bound {self.close_timeout_s:g} s, "
+                        f"XPOD_CLOSE_TIMEOUT_S): {_library_text(err)[:240]}; the process group is destroyed all the same"
                     )
             self._dist.destroy_process_group()
 
-    def _close_barrier(self) -> None:
-        """Wait, at most ``close_timeout_s``, until every rank has reached ``close()``; raises
+    def _say(self, what: str) -> None:
+        print(f"xpod: rank {self.rank} of {self.world_size}: {what}", file=sys.stderr, flush=True)
+
+    def _finish_device_work(self, timeout_s: float) -> str | None:
+        """Wait, at most ``timeout_s``, until this rank's device has run everything queued on it;
+        None when it has, else what is unfinished (the end of a sentence). The synchronize runs
+        on a daemon thread so that a device that never finishes costs the bound, not a hang."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def synchronize() -> None:
+            try:
+                self.backend.synchronize(self.device)
+            except Exception as err:  # reported by close(), which destroys the group all the same
+                failed.append(err)
+            finally:
+                done.set()
+
+        threading.Thread(target=synchronize, name="xpod-close-sync", daemon=True).start()
+        if not done.wait(timeout_s):
+            return (
+                f"its device ({self.device}) finished its queued work (bound {self.close_timeout_s:g} s, "
+                "XPOD_CLOSE_TIMEOUT_S); the device is left to finish it"
+            )
+        if failed:
+            return f"its device ({self.device}) was synchronized ({_library_text(failed[0])[:240]})"
+        return None
+
+    def _close_barrier(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until every rank has reached ``close()``; raises
         RuntimeError (a ``DistError``) when a rank did not arrive in time or has gone.
 
         gloo: ``monitored_barrier``, the barrier torch gives a timeout of its own (gloo only).
         Other libraries (NCCL, HCCL, ...) have none that holds: their barrier is a device
         all_reduce bounded by the group's timeout and watchdog, not by an argument, so their
         ranks meet on the job's TCP store instead (``store_barrier``)."""
-        timeout = datetime.timedelta(seconds=self.close_timeout_s)
         if self.backend.dist_backend == "gloo":
-            self._dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            self._dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s), wait_all_ranks=True)
         else:
-            store_barrier(self._store, self.rank, self.world_size, self.close_timeout_s, "xpod/close")
+            store_barrier(self._store, self.rank, self.world_size, timeout_s, "xpod/close")
 
     def __enter__(self) -> "Communicator":
         return self

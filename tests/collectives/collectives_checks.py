@@ -8,6 +8,7 @@ with ``torch.equal``.
 
 from __future__ import annotations
 
+import os
 import time
 
 DTYPES = ("float32", "bfloat16", "int64")
@@ -442,6 +443,69 @@ def close_beside_a_hung_peer(rank: int, n: int, close_timeout_s: float) -> dict:
     with contextlib.redirect_stderr(err):
         comm.close()
     return {"seconds": time.monotonic() - t0, "stderr": err.getvalue(), "destroyed": not _dist_initialized()}
+
+
+def _simulated_device(work: str, mark: str | None = None, busy_s: float = 0.0):
+    """The real CPU backend with a simulated device queue: its ``synchronize`` stands for a
+    device that still runs queued work. ``work="busy"``: it finishes ``busy_s`` after close()
+    asks, and marks that moment by creating ``mark``; ``"hung"``: it never finishes."""
+    import threading
+    from pathlib import Path
+
+    from xpod.backends.cpu import CpuBackend
+
+    class SimulatedQueue(CpuBackend):
+        def synchronize(self, device) -> None:
+            super().synchronize(device)  # the real CPU one first (returns at once)
+            if work == "hung":
+                threading.Event().wait()
+            time.sleep(busy_s)
+            assert mark is not None
+            Path(mark).touch()
+
+    return SimulatedQueue()
+
+
+def close_after_a_busy_device(rank: int, n: int, mark: str, busy_s: float) -> dict:
+    """Every rank runs one all_reduce and closes at once; the last rank's (simulated) device is
+    still busy with queued work for ``busy_s`` and marks when it is done. Each rank reports
+    whether the mark was there when its close() returned, and what close() wrote to stderr."""
+    import contextlib
+    import io
+
+    import torch
+
+    from xpod.backends.cpu import CpuBackend
+    from xpod.hal.collectives import Communicator
+
+    backend = _simulated_device("busy", mark, busy_s) if rank == n - 1 else CpuBackend()
+    comm = Communicator.from_env(backend=backend, timeout_s=120, close_timeout_s=120, shm=False)
+    comm.all_reduce(torch.ones(8))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        comm.close()
+    return {"mark_when_closed": os.path.exists(mark), "stderr": err.getvalue(), "destroyed": not _dist_initialized()}
+
+
+def close_beside_a_hung_device(rank: int, n: int, close_timeout_s: float) -> dict:
+    """One rank whose (simulated) device never finishes its queued work closes its communicator
+    (collective timeout 120 s) and reports what close() wrote to stderr and whether the process
+    group is gone."""
+    import contextlib
+    import io
+
+    import torch
+
+    from xpod.hal.collectives import Communicator
+
+    comm = Communicator.from_env(
+        backend=_simulated_device("hung"), timeout_s=120, close_timeout_s=close_timeout_s, shm=False
+    )
+    comm.all_reduce(torch.ones(8))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        comm.close()
+    return {"stderr": err.getvalue(), "destroyed": not _dist_initialized()}
 
 
 def _dist_initialized() -> bool:

@@ -1,5 +1,5 @@
-"""``Communicator.close()`` with real gloo process groups: no rank leaves it before every rank
-has reached it, and that barrier has a bound of its own (``close_timeout_s``, 10 s here), so a
+"""``Communicator.close()`` with real gloo process groups: no rank leaves it before every rank's
+device has run its queued work and every rank has reached it, and that barrier has a bound of its own (``close_timeout_s``, 10 s here), so a
 peer that hung or vanished holds the others' exit that long, not the whole collective timeout
 (120 s here); it says so in one line and still destroys the group. And ``store_barrier`` (the
 close barrier of libraries without a barrier timeout: NCCL, HCCL, ...) on a real TCPStore: it
@@ -12,7 +12,12 @@ import sys
 
 import pytest
 
-from collectives_checks import close_beside_a_hung_peer, store_barrier_ranks
+from collectives_checks import (
+    close_after_a_busy_device,
+    close_beside_a_hung_device,
+    close_beside_a_hung_peer,
+    store_barrier_ranks,
+)
 from collectives_harness import run_ranks
 
 CLOSE_ORDER = os.path.join(os.path.dirname(__file__), "..", "fixtures", "collectives", "close_order.py")
@@ -74,6 +79,37 @@ def test_close_beside_a_hung_peer_returns_within_its_own_bound_and_destroys_the_
         assert len(lines) == 1, value["stderr"]
         assert f"rank {rank} of 3: close() went on without every rank at its barrier (bound 10 s" in lines[0], lines
         assert "pair.cc" not in lines[0] and "This is typically caused" not in lines[0], lines
+
+
+def test_no_rank_leaves_close_before_every_device_finished_its_queued_work(tmp_path):
+    """3 ranks with real gloo groups; the last rank's device (the real CPU backend with a
+    simulated queue) still runs queued work for 3 s when close() is called, as an NCCL/HCCL
+    collective nobody waited for does. close() synchronizes the device before its barrier, so
+    no rank's close() returns before that work is done. Before, close() went straight to the
+    barrier and rank 0 left while the last rank's device still ran its collective."""
+    n, mark = 3, str(tmp_path / "device-done")
+    results = run_ranks(close_after_a_busy_device, n, mark, 3.0, timeout_s=240)
+    assert sorted(results) == list(range(n)), f"only ranks {sorted(results)} reported within 240 s"
+    for rank, (status, value) in sorted(results.items()):
+        assert status == "ok", value
+        assert value["mark_when_closed"], f"rank {rank}'s close() returned while the last rank's device still ran"
+        assert value["destroyed"], f"rank {rank}: the process group outlived close()"
+        assert "xpod:" not in value["stderr"], value["stderr"]
+
+
+def test_close_with_a_device_that_never_finishes_goes_on_within_its_bound_and_destroys_the_group():
+    """A rank whose (simulated) device never finishes its queued work: close() waits for it
+    at most its bound (2 s here), says so in one line and destroys the group all the same; an
+    unbounded synchronize would hang close() past the harness's 120 s."""
+    results = run_ranks(close_beside_a_hung_device, 1, 2.0, timeout_s=120)
+    assert 0 in results, "close() did not return within 120 s beside a device that never finishes"
+    status, value = results[0]
+    assert status == "ok", value
+    assert value["destroyed"], "the process group outlived close()"
+    assert value["stderr"].splitlines() == [
+        "xpod: rank 0 of 1: close() went on before its device (cpu) finished its queued work (bound 2 s, "
+        "XPOD_CLOSE_TIMEOUT_S); the device is left to finish it"
+    ], value["stderr"]
 
 
 def test_store_barrier_passes_when_every_rank_comes_and_rank_0_leaves_last():
