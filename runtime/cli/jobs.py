@@ -18,7 +18,10 @@ STATES = ("QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def client_flags(p, table: bool = False):
-    """The flags every client command has; ``table``: ``-o/--output`` and ``--json``, else ``--json``."""
+    """The flags every client command has; ``table``: ``-o/--output`` and ``--json``, else ``--json``.
+    Marks the command a gRPC client's (``grpc_client``): its process ends without the interpreter's
+    teardown (``main``'s module docstring)."""
+    p.set_defaults(grpc_client=True)
     p.add_argument(
         "--server", metavar="ADDR", help="server address (default: XPOD_SERVER, the config file, 127.0.0.1:7070)"
     )
