@@ -328,3 +328,66 @@ def test_hold_starved_lets_later_jobs_pass_a_head_until_it_starves():
     assert run("starved", now=10.0) == {"narrow"}
     assert run("starved", now=4000.0) == set()  # wide is starved: it holds, narrow would delay it
     assert run("always", now=10.0) == set()
+
+
+def _relaxed(now: float, **args):
+    """Node n: ``busy`` holds 4 of 8 devices until 1,000; ``wide`` (8 devices, 200 s: the least
+    work left) waits for it, reserved at 1,000; ``narrow`` (2 devices, 1,100 s, submitted at 2)
+    fits now but would end at ``now`` + 1,100, after 1,000. Returns the scheduler, its clock and
+    the cycle at ``now``."""
+    t = [0.0]
+    prof = remaining(preempt_factor=0, **args)
+    s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
+    s.submit(job("busy").devices(H, 4).duration(1000).submitted(0).build())
+    s.cycle()
+    s.submit(job("wide").devices(H, 8).duration(200).submitted(1).build())
+    s.submit(job("narrow").devices(H, 2).duration(1100).submitted(2).build())
+    t[0] = now
+    return s, t, s.cycle()
+
+
+def test_relaxed_backfill_lets_a_job_delay_the_head_by_the_slack_and_no_more():
+    """EASY (``relax_factor: 0``, the default) holds ``narrow``: it would end at 1,110, after
+    ``wide``'s reserved start 1,000. Relaxed by 1 x wide's duration (200 s) it may end by 1,200
+    and starts; by 0.25 x (50 s, by 1,050) it waits. ``relax_of: wait``: wide has waited 9 s at
+    10 (slack 9 x factor): factor 5 allows 1,045 (waits), at 200 s (slack 5 x 199, until 1,995)
+    it starts."""
+    for args, now, starts in (
+        ({}, 10.0, False),
+        ({"relax_factor": 1.0}, 10.0, True),
+        ({"relax_factor": 0.25}, 10.0, False),
+        ({"relax_factor": 5.0, "relax_of": "wait"}, 10.0, False),
+        ({"relax_factor": 5.0, "relax_of": "wait"}, 200.0, True),
+    ):
+        _, _, r = _relaxed(now, **args)
+        assert ("narrow" in placements(r)) is starts, (args, now, r.pending.get("narrow"))
+        assert "wide" not in placements(r)
+        if not starts:
+            assert r.pending["narrow"].code is ReasonCode.WAITING_BEHIND, r.pending["narrow"]
+
+
+def test_relaxed_backfill_spends_the_slack_once():
+    """After ``narrow`` went ahead (wide's reservation moves to 1,110), a second job that ends
+    by 1,110 + 200 but after wide's first reserved start 1,000 + 200 waits: the slack counts
+    from the earliest start reserved for the head, so backfilled jobs do not push it again and
+    again. Its pending reason names the relaxed bound."""
+    s, t, r = _relaxed(10.0, relax_factor=1.0)
+    assert "narrow" in placements(r)
+    t[0] = 20.0
+    s.submit(job("narrow2").devices(H, 2).duration(1250).submitted(20).build())  # ends 1,270
+    r = s.cycle()
+    assert "narrow2" not in placements(r)
+    p = r.pending["narrow2"]
+    assert p.code is ReasonCode.WAITING_BEHIND, p
+    assert "after 1200" in p.message and "relaxed backfill" in p.message, p.message
+    s.submit(job("narrow3").devices(H, 2).duration(1150).submitted(20).build())  # ends 1,170
+    assert "narrow3" in placements(s.cycle())
+
+
+def test_a_bad_relax_argument_is_one_line():
+    from xpod.hal.errors import XpodError
+
+    with pytest.raises(XpodError, match=r"args.relax_of: 'runtime' is not one of duration, wait"):
+        remaining(relax_of="runtime")
+    with pytest.raises(XpodError, match=r"args.relax_factor: -1 must be a non-negative number"):
+        remaining(relax_factor=-1)

@@ -17,7 +17,9 @@ def action_backfill(cs: CycleState) -> None:
     cluster) where they free up. A later job of the queue may start now only when it cannot
     delay the head:
 
-    * it ends, by its ``expected_duration_seconds``, no later than the head's reserved start; or
+    * it ends, by its ``expected_duration_seconds``, no later than the head's reserved start
+      (or, when the ``JobOrder`` plugin relaxes it with ``backfill_until(head, start, now)``,
+      no later than the end that returns: relaxed backfill, a bounded delay of the head); or
     * it fits now off the reserved domain's nodes (any duration: the head's devices free up
       there whatever it does); or
     * it asks for none of the device models the head waits for (and, when the head needs CPU
@@ -43,6 +45,7 @@ def action_backfill(cs: CycleState) -> None:
     snap = cs.ctx.snap
     cs.backfill_ran = True
     queues = cs.ordered_by_queue(j for j in cs.enqueued if j not in cs.done and j not in cs.failed)
+    relax = getattr(cs.job_order, "backfill_until", None)
     for q, jobs in queues.items():
         head = cs.heads.get(q)
         if head is None:
@@ -50,6 +53,11 @@ def action_backfill(cs: CycleState) -> None:
         head_job = cs.pending[head]
         held = reservation(cs, head_job)
         shadow = held.start if held is not None else None
+        # the latest end a job may have to go ahead on the head's devices: its reserved start
+        # (EASY), or later by the job order's bounded slack (``JobOrder.backfill_until``)
+        until = shadow
+        if shadow is not None and relax is not None:
+            until = max(shadow, relax(head_job, shadow, cs.ctx.now))
         # lend only while the head cannot start by taking back what it lent already (then
         # ``preempt`` starts it this cycle, and a job lent now would stop again at once)
         lend = shadow is None and cs.lend and not takes_back(cs, head_job)
@@ -75,7 +83,7 @@ def action_backfill(cs: CycleState) -> None:
                 d = job.expected_duration_seconds
                 shape = shape_key(cs, job)
                 beside = None  # how it fared beside the head's carve-out: "failed", "capped"
-                if shadow is not None and d is not None and cs.ctx.now + d <= shadow:
+                if until is not None and d is not None and cs.ctx.now + d <= until:
                     mask.off()  # a job that ends before the head starts may use its devices too
                     if ("in time", shape) in no_room:
                         cs.failed[job.id] = ReasonCode.UNSCHEDULABLE
@@ -160,6 +168,12 @@ def action_backfill(cs: CycleState) -> None:
                 elif d is None:
                     cs.behind_why[job.id] = (
                         f"it has no expected_duration_seconds, so it may not use the devices reserved for {head}{elsewhere}"
+                    )
+                elif until is not None and until > shadow:
+                    cs.behind_why[job.id] = (
+                        f"it would end at {cs.ctx.now + d:.0f}, after {until:.0f}, the latest end that delays {head} "
+                        f"(estimated start {shadow:.0f}) no more than its relaxed backfill allows, on the devices "
+                        f"reserved for it{elsewhere}"
                     )
                 else:
                     cs.behind_why[job.id] = (

@@ -176,7 +176,10 @@ class JobOrder(Protocol):
     (optional): the scheduler then keeps each job's key from cycle to cycle. Optional too,
     ``holds_queue(job, now) -> bool``: whether this job, first of its queue not to fit, stops
     the queue (``allocate``'s head, for which ``backfill`` reserves); False lets the jobs
-    after it try (as ``allocate-greedy`` does for every job). Without it every such job holds."""
+    after it try (as ``allocate-greedy`` does for every job). Without it every such job holds.
+    Optional too, ``backfill_until(head, start, now) -> float``: the latest expected end a job
+    may have to go ahead of the blocked ``head`` (reserved to start at ``start``) on its
+    reserved devices; at least ``start``. Without it (or None) ``start`` (EASY)."""
 
     def job_key(self, job: Job, now: float) -> tuple: ...
 

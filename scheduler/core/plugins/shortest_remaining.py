@@ -30,6 +30,22 @@ starts, then serve only the jobs the starvation guard protects. With ``not-resum
 holds but an evicted job starved only by ``resume_after_s`` (below): it takes the first room that
 fits it, and may preempt for it, without a reservation (Tiresias reserves for no job).
 
+Relaxed backfill (``relax_factor``, 0 = off, the default): the head's reservation may be
+delayed by a bounded slack. A job may go ahead of the head on its reserved devices when it is
+expected to end by ``anchor + relax_factor x basis``, where ``anchor`` is the earliest start
+backfill has reserved for this head so far (it does not move later as backfilled jobs push the
+reservation, so the slack is spent once, not once per cycle) and ``basis`` is the head's
+declared duration (``relax_of: duration``) or the time it has waited so far (``wait``: time
+since submission less the time it ran); never less than plain EASY's bound (the reserved start).
+After Ward, Mahood and West, "Scheduling Jobs on Parallel Systems Using a Relaxed Backfill
+Strategy" (JSSPP 2002, LNCS 2537): lower-priority jobs start as long as they do not delay the
+highest-priority job "too much", the acceptable delay a factor of the user-estimated run time
+(the revised paper) or of the highest-priority job's wait (its preprint's abstract). With
+``wait`` the head starts by its first reserved start plus ``relax_factor`` times its wait, so
+for ``relax_factor < 1`` it waits at most about ``1 / (1 - relax_factor)`` times the wait that
+start promised (estimates exact, nothing else pushing it); with ``duration`` by that start plus
+the slack.
+
 An evicted job (``resume_after_s``): a job the scheduler stopped and that waits again has, by
 this order, the most work left of the jobs that wanted its devices (that is why it was chosen),
 so it waits behind every shorter job, for hours on a busy pod, although it had started. With
@@ -90,11 +106,14 @@ class ShortestRemainingPlugin(Plugin):
         "max_evictions": 1,
         "hold": "always",
         "resume_after_s": math.inf,
+        "relax_factor": 0.0,
+        "relax_of": "duration",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "by": ("device-seconds", "seconds"),
         "victim_order": ("fewest-devices", "most-work", "least-service"),
         "hold": ("always", "starved", "not-resumed"),
+        "relax_of": ("duration", "wait"),
     }
     by: str
     starve_after_s: float
@@ -105,11 +124,15 @@ class ShortestRemainingPlugin(Plugin):
     max_evictions: int
     hold: str
     resume_after_s: float
+    relax_factor: float
+    relax_of: str
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
         self.service = Attained()
         self.starved: set[str] = set()  # jobs that were ever starved: no victims of their class
+        # waiting head -> the earliest start backfill reserved for it (relaxed backfill's anchor)
+        self.anchors: dict[str, float] = {}
 
     # ------------------------------------------------------------------ the points
     def open_session(self, ctx: CycleContext) -> None:
@@ -117,7 +140,12 @@ class ShortestRemainingPlugin(Plugin):
         self.service.update(ctx)
         if self.service.kept is not None:
             self.starved &= self.service.kept
+            self.anchors = {j: a for j, a in self.anchors.items() if j in self.service.kept}
             self.service.kept = None
+        if self.anchors:
+            # a head that started is reserved afresh if it waits again (evicted)
+            running = self.service.running
+            self.anchors = {j: a for j, a in self.anchors.items() if j not in running}
 
     def job_key(self, job: Job, now: float) -> tuple:
         self.service.asked(job.id)
@@ -133,6 +161,22 @@ class ShortestRemainingPlugin(Plugin):
         if self.hold == "starved":
             return self._holds
         return self._holds_unless_resumed if self.hold == "not-resumed" else None
+
+    @property
+    def backfill_until(self):
+        """``JobOrder.backfill_until``: with ``relax_factor`` > 0, the latest expected end a
+        job backfilled ahead of a head reserved to start at ``start`` may have (the module's
+        "Relaxed backfill"); None (plain EASY: ``start``) when it is 0."""
+        return self._relaxed_until if self.relax_factor > 0 else None
+
+    def _relaxed_until(self, head: Job, start: float, now: float) -> float:
+        anchor = min(self.anchors.get(head.id, start), start)
+        self.anchors[head.id] = anchor
+        if self.relax_of == "wait":
+            basis = max(0.0, now - head.submit_time - self.service.seconds(head, now))
+        else:
+            basis = head.expected_duration_seconds or 0.0
+        return max(start, anchor + self.relax_factor * basis)
 
     def _holds(self, job: Job, now: float) -> bool:
         return self._starved(job, now)
