@@ -131,6 +131,10 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
                 isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0  # nan too
             ):
                 raise XpodError(f"{source}: policies[{i}] ({name}).args.{k}: {v!r} must be a non-negative number")
+        try:  # a plugin checks how its arguments go together when built: build it once here, so it speaks at load
+            cls(**args)
+        except XpodError as err:
+            raise XpodError(f"{source}: policies[{i}] ({name}).{err}") from None
         out.append((name, dict(args)))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):

@@ -44,7 +44,9 @@ highest-priority job "too much", the acceptable delay a factor of the user-estim
 ``wait`` the head starts by its first reserved start plus ``relax_factor`` times its wait, so
 for ``relax_factor < 1`` it waits at most about ``1 / (1 - relax_factor)`` times the wait that
 start promised (estimates exact, nothing else pushing it); with ``duration`` by that start plus
-the slack.
+the slack. A factor of 1 or more with ``wait`` grows the slack as fast as the clock, and an
+infinite one lets every job ahead, so the head could wait for ever (the starvation guard does not
+help: a starved head is still the head); both are refused at profile load.
 
 An evicted job (``resume_after_s``): a job the scheduler stopped and that waits again has, by
 this order, the most work left of the jobs that wanted its devices (that is why it was chosen),
@@ -86,6 +88,8 @@ from __future__ import annotations
 
 import math
 from typing import ClassVar, Sequence
+
+from xpod.hal.errors import XpodError
 
 from ..framework import CycleContext, Plugin, register
 from ..model import Job
@@ -129,6 +133,16 @@ class ShortestRemainingPlugin(Plugin):
 
     def __init__(self, **args) -> None:
         super().__init__(**args)
+        if not math.isfinite(self.relax_factor):
+            raise XpodError(
+                f"args.relax_factor: {self.relax_factor} lets every job go ahead of the reserved head, "
+                "which may then never start; give a finite factor"
+            )
+        if self.relax_of == "wait" and self.relax_factor >= 1:
+            raise XpodError(
+                f"args.relax_factor: {self.relax_factor} with relax_of: wait grows the slack as fast as the head "
+                "waits, so it may never start; give a factor below 1, or relax_of: duration"
+            )
         self.service = Attained()
         self.starved: set[str] = set()  # jobs that were ever starved: no victims of their class
         # waiting head -> the earliest start backfill reserved for it (relaxed backfill's anchor)
