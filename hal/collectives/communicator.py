@@ -75,10 +75,6 @@ DEFAULT_CLOSE_TIMEOUT_S = 60.0
 #: (imports, a busy host, a slow node), which must not count against a short collective timeout;
 #: torchrun's rendezvous waits 600 s for its peers by default (``join_timeout``)
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 600.0
-#: what close()'s barrier still gets when the device's synchronize used up the bound, seconds:
-#: enough to register this rank's arrival (the last to arrive lets the others pass), too little
-#: to hold the exit
-_LEAST_WAIT_S = 0.5
 
 
 def _library_text(err: BaseException) -> str:
@@ -177,8 +173,9 @@ class Communicator:
         ``topology_adapter.tiers_from_env``), else the ranks form one tier. ``timeout_s`` bounds every collective (default
         ``XPOD_COLLECTIVE_TIMEOUT_S``, else 120 s); ``rendezvous_timeout_s`` bounds the wait for every rank
         to arrive before the process group forms (default ``XPOD_RENDEZVOUS_TIMEOUT_S``, else 600 s; never
-        less than ``timeout_s``). ``close_timeout_s`` bounds the barrier ``close()`` waits at for the
-        other ranks (default ``XPOD_CLOSE_TIMEOUT_S``, else 60 s; never more than ``timeout_s``).
+        less than ``timeout_s``). ``close_timeout_s`` bounds each of ``close()``'s two waits, for this
+        rank's device to run its queued work and at the barrier for the other ranks (default
+        ``XPOD_CLOSE_TIMEOUT_S``, else 60 s; never more than ``timeout_s``).
         ``shm``: None (default) enables the shared-memory all_reduce when every rank is a CPU rank of
         this host and ``XPOD_SHM`` is not ``0``; True requires it.
         """
@@ -851,14 +848,20 @@ class Communicator:
         """Finish queued ops, release shared memory and (if this communicator created it)
         destroy the process group. Idempotent.
 
-        Before the group goes, close() waits, ``close_timeout_s`` in all, first for this rank's
-        device to run what was queued on it (``Backend.synchronize``: an async NCCL/HCCL
+        Before the group goes, close() waits, at most ``close_timeout_s`` each, first for this
+        rank's device to run what was queued on it (``Backend.synchronize``: an async NCCL/HCCL
         collective the caller never waited for still runs on the device after its ``Work`` is
-        gone), then for every other rank to reach close() (``_close_barrier``). A device that
-        does not finish within the bound is left to it: the wait runs on a daemon thread that
-        stays blocked in the vendor's synchronize (no runtime offers a timed or interruptible
-        device synchronize), close() says so in one line and goes on to the barrier and the
-        group's destruction, and the thread does not hold the interpreter's exit."""
+        gone), then for every other rank to reach close() (``_close_barrier``). The two waits
+        have a bound each, not one between them: a collective that hangs hangs on every rank, so
+        every rank may spend the whole first bound in the synchronize, and ranks that reached
+        close() seconds apart must still meet at the barrier.
+
+        A device that does not finish within the bound is left to it: the wait runs on a daemon
+        thread that stays blocked in the vendor's synchronize (no runtime offers a timed or
+        interruptible device synchronize), and close() says so in one line, goes on to the
+        barrier and then aborts the group instead of destroying it: destroying flushes the
+        group's pending work (on NCCL, ``ncclCommFinalize`` since torch 2.6), which would wait
+        for the very work that did not finish. The thread does not hold the interpreter's exit."""
         if self._executor is None:
             return
         self._drain()
@@ -868,24 +871,29 @@ class Communicator:
             self._shm.close()
             self._shm = None
         if self._owns_default and self._dist.is_initialized():
-            deadline = time.monotonic() + self.close_timeout_s
             unfinished = self._finish_device_work(self.close_timeout_s)
             if unfinished is not None:
                 self._say(f"close() went on before {unfinished}")
             # every rank is done with the group (and its store, which rank 0 serves) before any
             # tears it down: a rank that exits while another still talks to the store aborts it
             # ("terminate called without an active exception", exit 134). The wait is bounded by
-            # what is left of close_timeout_s, not the collective timeout: a hung or vanished peer
-            # costs the others that long, and the group goes all the same.
+            # close_timeout_s, not the collective timeout: a hung or vanished peer costs the
+            # others that long, and the group goes all the same.
             if self.world_size > 1:
                 try:
-                    self._close_barrier(max(deadline - time.monotonic(), _LEAST_WAIT_S))
+                    self._close_barrier(self.close_timeout_s)
                 except RuntimeError as err:
                     self._say(
                         f"close() went on without every rank at its barrier (bound {self.close_timeout_s:g} s, "
                         f"XPOD_CLOSE_TIMEOUT_S): {_library_text(err)[:240]}; the process group is destroyed all the same"
                     )
-            self._dist.destroy_process_group()
+            if unfinished is None:
+                self._dist.destroy_process_group()
+            else:
+                from torch.distributed.distributed_c10d import _abort_process_group
+
+                self._say("the process group is aborted, not destroyed: destroying it would wait for that work")
+                _abort_process_group()
 
     def _say(self, what: str) -> None:
         print(f"xpod: rank {self.rank} of {self.world_size}: {what}", file=sys.stderr, flush=True)
@@ -908,7 +916,7 @@ class Communicator:
         threading.Thread(target=synchronize, name="xpod-close-sync", daemon=True).start()
         if not done.wait(timeout_s):
             return (
-                f"its device ({self.device}) finished its queued work (bound {self.close_timeout_s:g} s, "
+                f"its device ({self.device}) finished its queued work (bound {timeout_s:g} s, "
                 "XPOD_CLOSE_TIMEOUT_S); the device is left to finish it"
             )
         if failed:

@@ -487,10 +487,10 @@ def close_after_a_busy_device(rank: int, n: int, mark: str, busy_s: float) -> di
     return {"mark_when_closed": os.path.exists(mark), "stderr": err.getvalue(), "destroyed": not _dist_initialized()}
 
 
-def close_beside_a_hung_device(rank: int, n: int, close_timeout_s: float) -> dict:
-    """One rank whose (simulated) device never finishes its queued work closes its communicator
-    (collective timeout 120 s) and reports what close() wrote to stderr and whether the process
-    group is gone."""
+def close_beside_a_hung_device(rank: int, n: int, close_timeout_s: float, skew_s: float = 0.0) -> dict:
+    """Ranks whose (simulated) devices never finish their queued work close their communicators
+    (collective timeout 120 s), reaching close() ``skew_s`` apart, and report what close() wrote
+    to stderr and whether the process group is gone."""
     import contextlib
     import io
 
@@ -502,6 +502,7 @@ def close_beside_a_hung_device(rank: int, n: int, close_timeout_s: float) -> dic
         backend=_simulated_device("hung"), timeout_s=120, close_timeout_s=close_timeout_s, shm=False
     )
     comm.all_reduce(torch.ones(8))
+    time.sleep(rank * skew_s)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         comm.close()

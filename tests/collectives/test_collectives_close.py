@@ -97,10 +97,11 @@ def test_no_rank_leaves_close_before_every_device_finished_its_queued_work(tmp_p
         assert "xpod:" not in value["stderr"], value["stderr"]
 
 
-def test_close_with_a_device_that_never_finishes_goes_on_within_its_bound_and_destroys_the_group():
+def test_close_with_a_device_that_never_finishes_goes_on_within_its_bound_and_aborts_the_group():
     """A rank whose (simulated) device never finishes its queued work: close() waits for it
-    at most its bound (2 s here), says so in one line and destroys the group all the same; an
-    unbounded synchronize would hang close() past the harness's 120 s."""
+    at most its bound (2 s here), says so in one line and aborts the group (destroying it would
+    flush, on NCCL, the work that hung); an unbounded synchronize would hang close() past the
+    harness's 120 s."""
     results = run_ranks(close_beside_a_hung_device, 1, 2.0, timeout_s=120)
     assert 0 in results, "close() did not return within 120 s beside a device that never finishes"
     status, value = results[0]
@@ -108,8 +109,25 @@ def test_close_with_a_device_that_never_finishes_goes_on_within_its_bound_and_de
     assert value["destroyed"], "the process group outlived close()"
     assert value["stderr"].splitlines() == [
         "xpod: rank 0 of 1: close() went on before its device (cpu) finished its queued work (bound 2 s, "
-        "XPOD_CLOSE_TIMEOUT_S); the device is left to finish it"
+        "XPOD_CLOSE_TIMEOUT_S); the device is left to finish it",
+        "xpod: rank 0 of 1: the process group is aborted, not destroyed: destroying it would wait for that work",
     ], value["stderr"]
+
+
+def test_ranks_whose_devices_hang_still_meet_at_the_barrier():
+    """A hung collective hangs on every rank: each rank's device never finishes, and the ranks
+    reach close() 1.5 s apart, well inside the 6 s bound. Each spends the bound in the
+    synchronize and the barrier then gets a bound of its own, so they still meet there. With
+    one bound for both waits the barrier got 0.5 s, rank 0 (the store's server) left while the
+    others waited ("Ranks 1, 2 failed to pass monitoredBarrier in 500 ms"; found by review 8)."""
+    n = 3
+    results = run_ranks(close_beside_a_hung_device, n, 6.0, 1.5, timeout_s=240)
+    assert sorted(results) == list(range(n)), f"only ranks {sorted(results)} reported within 240 s"
+    for rank, (status, value) in sorted(results.items()):
+        assert status == "ok", value
+        assert value["destroyed"], f"rank {rank}: the process group outlived close()"
+        assert "went on without every rank at its barrier" not in value["stderr"], (rank, value["stderr"])
+        assert "finished its queued work (bound 6 s" in value["stderr"], (rank, value["stderr"])
 
 
 def test_store_barrier_passes_when_every_rank_comes_and_rank_0_leaves_last():
