@@ -406,12 +406,10 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, k
         print(f"cache {cache}: {sum(r is not None for r in out)} of {len(tasks)} replays read, the rest run")
     todo = [i for i, r in enumerate(out) if r is None]
 
-    def done(i: int, record: dict) -> None:
-        if stamp:
-            record.update(stamp(tasks[i]))
+    def done(i: int, record: dict, name: str | None) -> None:
         out[i] = record
-        if cache:
-            path = os.path.join(cache, key(tasks[i]))
+        if cache and name:
+            path = os.path.join(cache, name)
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(record, f)
             os.replace(path + ".tmp", path)
@@ -421,19 +419,27 @@ def _run_all_with(fn, tasks: list[tuple], jobs: int, cache: str | None = None, k
         t = bar.add_task("", total=len(tasks), completed=len(tasks) - len(todo))
         if jobs <= 1:
             for i in todo:
-                done(i, fn(tasks[i]))
+                done(*_indexed((fn, i, tasks[i], key if cache else None, stamp)))
         elif todo:
             import multiprocessing
 
             with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-                for i, record in pool.imap_unordered(_indexed, [(fn, i, tasks[i]) for i in todo]):
-                    done(i, record)
+                work = [(fn, i, tasks[i], key if cache else None, stamp) for i in todo]
+                for i, record, name in pool.imap_unordered(_indexed, work):
+                    done(i, record, name)
     return [r for r in out if r is not None]
 
 
-def _indexed(job: tuple) -> tuple[int, dict]:
-    fn, i, task = job
-    return i, fn(task)
+def _indexed(job: tuple) -> tuple[int, dict, str | None]:
+    """Run one task; its cache name and stamp are taken from the files just before the run reads
+    them, not when it finishes: a profile edited while its replay runs must not file the old
+    profile's result under the new one's digest (found by review 8)."""
+    fn, i, task, key, stamp = job
+    name = key(task) if key else None
+    made = stamp(task) if stamp else {}
+    record = fn(task)
+    record.update(made)
+    return i, record, name
 
 
 def _read_record(path: str) -> dict | None:

@@ -388,3 +388,30 @@ def test_every_record_run_or_read_from_the_cache_carries_the_digests(bench, tmp_
     assert t["code_digest"] == one["code_digest"]
     assert t == tune.stamp((tune.DATA, "cpu072/multi12", {"hole_weight": 12}, 43, "fgd"))
     assert t != tune.stamp((tune.DATA, "cpu072/multi12", {"hole_weight": 10}, 42, "fgd"))
+
+
+def test_a_profile_edited_while_its_replay_runs_does_not_file_the_old_result_under_the_new_key(bench, tmp_path):
+    """A ``--cache`` record is filed under the digest of the files its run read, taken before the
+    run: taken when it finished (before review 8), a profile edited while its replay ran (a hand
+    edit, a rebase of the worktree) filed the old profile's result under the new one's key, and
+    the next grid read it as current instead of replaying."""
+    replay, _ = bench
+    prof = tmp_path / "cand.yaml"
+    prof.write_text("weight: 1\n")
+    cache = tmp_path / "cache"
+
+    def key(task):
+        return replay.digest_name(["cand"], [], [str(prof)])
+
+    def stamp(task):
+        return replay.stamp_of([], [str(prof)])
+
+    def run(task):
+        read = prof.read_text()  # what the replay read
+        prof.write_text("weight: 2 # edited while it ran\n")
+        return {"read": read}
+
+    first = replay._run_all_with(run, [("t",)], 1, str(cache), key, stamp)
+    assert first[0]["read"] == "weight: 1\n"
+    again = replay._run_all_with(lambda task: {"read": prof.read_text()}, [("t",)], 1, str(cache), key, stamp)
+    assert again[0]["read"] == prof.read_text(), f"the cache served the old profile's result: {json.dumps(again[0])}"
