@@ -330,31 +330,31 @@ def test_hold_starved_lets_later_jobs_pass_a_head_until_it_starves():
     assert run("always", now=10.0) == set()
 
 
-def _relaxed(now: float, **args):
-    """Node n: ``busy`` holds 4 of 8 devices until 1,000; ``wide`` (8 devices, 200 s: the least
-    work left) waits for it, reserved at 1,000; ``narrow`` (2 devices, 1,100 s, submitted at 2)
-    fits now but would end at ``now`` + 1,100, after 1,000. Returns the scheduler, its clock and
-    the cycle at ``now``."""
+def _relaxed(now: float, busy_s: float = 1000.0, narrow_s: float = 1100.0, **args):
+    """Node n: ``busy`` holds 4 of 8 devices until ``busy_s`` (1,000); ``wide`` (8 devices,
+    200 s: the least work left) waits for it, reserved at that time; ``narrow`` (2 devices,
+    ``narrow_s`` = 1,100 s, submitted at 2) fits now but would end at ``now`` + 1,100, after
+    1,000. Returns the scheduler, its clock and the cycle at ``now``."""
     t = [0.0]
     prof = remaining(preempt_factor=0, **args)
     s = Scheduler([node("n").devices(H, 8).build()], profile=prof, clock=lambda: t[0])
-    s.submit(job("busy").devices(H, 4).duration(1000).submitted(0).build())
+    s.submit(job("busy").devices(H, 4).duration(busy_s).submitted(0).build())
     s.cycle()
     s.submit(job("wide").devices(H, 8).duration(200).submitted(1).build())
-    s.submit(job("narrow").devices(H, 2).duration(1100).submitted(2).build())
+    s.submit(job("narrow").devices(H, 2).duration(narrow_s).submitted(2).build())
     t[0] = now
     return s, t, s.cycle()
 
 
 def test_relaxed_backfill_lets_a_job_delay_the_head_by_the_slack_and_no_more():
-    """EASY (``relax_factor: 0``, the default) holds ``narrow``: it would end at 1,110, after
+    """EASY (``relax_factor: 0``) holds ``narrow``: it would end at 1,110, after
     ``wide``'s reserved start 1,000. Relaxed by 1 x wide's duration (200 s) it may end by 1,200
     and starts; by 0.25 x (50 s, by 1,050) it waits. ``relax_of: wait``: wide has waited 9 s at
     10, so 0.9 x that allows 1,008.1 (waits)."""
     for args, now, starts in (
-        ({}, 10.0, False),
-        ({"relax_factor": 1.0}, 10.0, True),
-        ({"relax_factor": 0.25}, 10.0, False),
+        ({"relax_factor": 0}, 10.0, False),
+        ({"relax_factor": 1.0, "relax_of": "duration"}, 10.0, True),
+        ({"relax_factor": 0.25, "relax_of": "duration"}, 10.0, False),
         ({"relax_factor": 0.9, "relax_of": "wait"}, 10.0, False),
     ):
         _, _, r = _relaxed(now, **args)
@@ -368,7 +368,7 @@ def test_relaxed_backfill_by_the_heads_wait():
     """``relax_of: wait``: at 500 wide has waited 499 s, so 0.9 x that lets a job go ahead of it
     that ends by 1,000 + 449.1: narrow (ends 1,600) still waits, a 900 s job (ends 1,400) starts.
     EASY holds both."""
-    for args, starts in (({}, False), ({"relax_factor": 0.9, "relax_of": "wait"}, True)):
+    for args, starts in (({"relax_factor": 0}, False), ({"relax_factor": 0.9, "relax_of": "wait"}, True)):
         s, _, r = _relaxed(500.0, **args)
         assert "narrow" not in placements(r) and "wide" not in placements(r), (args, r.pending)
         s.submit(job("short").devices(H, 2).duration(900).submitted(500).build())
@@ -409,7 +409,8 @@ def _wide_start(horizon_s: float, **args) -> float | None:
 def test_a_relaxation_below_one_of_the_wait_still_starts_the_head():
     """Under a stream of jobs that could each go ahead, the head starts when busy ends, as under
     EASY, with 0.5 x its wait (found by review 8: 1 x its wait kept it waiting for good)."""
-    assert _wide_start(86_400.0) == 1020.0
+    assert _wide_start(86_400.0, relax_factor=0) == 1020.0
+    assert _wide_start(86_400.0) == 1020.0  # the default, 0.25 of the wait
     assert _wide_start(86_400.0, relax_factor=0.5, relax_of="wait") == 1020.0
 
 
@@ -418,7 +419,7 @@ def test_relaxed_backfill_spends_the_slack_once():
     by 1,110 + 200 but after wide's first reserved start 1,000 + 200 waits: the slack counts
     from the earliest start reserved for the head, so backfilled jobs do not push it again and
     again. Its pending reason names the relaxed bound."""
-    s, t, r = _relaxed(10.0, relax_factor=1.0)
+    s, t, r = _relaxed(10.0, relax_factor=1.0, relax_of="duration")
     assert "narrow" in placements(r)
     t[0] = 20.0
     s.submit(job("narrow2").devices(H, 2).duration(1250).submitted(20).build())  # ends 1,270
@@ -429,6 +430,16 @@ def test_relaxed_backfill_spends_the_slack_once():
     assert "after 1200" in p.message and "relaxed backfill" in p.message, p.message
     s.submit(job("narrow3").devices(H, 2).duration(1150).submitted(20).build())  # ends 1,170
     assert "narrow3" in placements(s.cycle())
+
+
+def test_the_default_relaxes_by_a_quarter_of_the_heads_wait():
+    """The default (0.25 of the head's wait): ``busy`` runs until 10,000; at 6,000 wide has
+    waited 5,999 s, so a job may end by 10,000 + 1,499.75: narrow (5,400 s, ending at 11,400)
+    starts under the default and waits under EASY (``relax_factor: 0``)."""
+    _, _, r = _relaxed(6000.0, busy_s=10_000.0, narrow_s=5400.0)
+    assert set(placements(r)) == {"narrow"}, r.pending.get("narrow")
+    _, _, r = _relaxed(6000.0, busy_s=10_000.0, narrow_s=5400.0, relax_factor=0)
+    assert not placements(r) and r.pending["narrow"].code is ReasonCode.WAITING_BEHIND
 
 
 def test_a_bad_relax_argument_is_one_line():
