@@ -415,3 +415,50 @@ def test_a_profile_edited_while_its_replay_runs_does_not_file_the_old_result_und
     assert first[0]["read"] == "weight: 1\n"
     again = replay._run_all_with(lambda task: {"read": prof.read_text()}, [("t",)], 1, str(cache), key, stamp)
     assert again[0]["read"] == prof.read_text(), f"the cache served the old profile's result: {json.dumps(again[0])}"
+
+
+def _round8_table(tune, lists, n: int) -> dict:
+    return {(lst, i): {"final": 90.0, "gap": 0.0, "whole": 0.0} for lst in lists for i in range(n)}
+
+
+def test_round8_rule_asks_a_gain_on_the_multi_gpu_mix_none_lost_on_the_second_and_no_harm(bench):
+    _, tune = bench
+    lists = [tune.MULTI_MIX, tune.MULTI_MIX_2, "gpuspec05/spec9"]
+    variants = [{}, {"hole_weight": 20}, {"hole_weight": 20, "bucket_milli": 20}]
+    table = _round8_table(tune, lists, 3)
+    table[tune.MULTI_MIX, 1]["final"] = 90.06
+    table[tune.MULTI_MIX, 2]["final"] = 90.07
+    # within 0.02 of the best gain: the one that changes fewer arguments
+    assert tune.choose_round8(variants, lists, table).splitlines()[-1] == 'choice: {"hole_weight": 20}'
+    table[tune.MULTI_MIX, 2]["final"] = 90.09
+    assert tune.choose_round8(variants, lists, table).splitlines()[-1] == (
+        'choice: {"hole_weight": 20, "bucket_milli": 20}'
+    )
+    table[tune.MULTI_MIX_2, 2]["final"] = 89.99  # the second multi-GPU mix may not fall
+    verdict = tune.choose_round8(variants, lists, table)
+    assert "cpu0/multi6 -0.01 at 130 % (may not fall)" in verdict
+    assert verdict.splitlines()[-1] == 'choice: {"hole_weight": 20}'
+    table["gpuspec05/spec9", 1]["final"] = 89.89  # a tuning mix loses more than 0.10 at 130 %
+    table["gpuspec05/spec9", 1]["gap"] = -0.11  # and widens its gap past the margin
+    verdict = tune.choose_round8(variants, lists, table)
+    assert "gpuspec05/spec9 -0.11 at 130 %; gpuspec05/spec9 gap -0.11 (default +0.00)" in verdict
+    assert verdict.splitlines()[-1] == "choice: none eligible, the default stays"
+    table["gpuspec05/spec9", 1] = {"final": 90.0, "gap": 0.0, "whole": 0.0}
+    table[tune.MULTI_MIX, 1]["final"] = 90.04  # a gain under 0.05 is no gain
+    assert "cpu072/multi12 +0.04 at 130 % (aim >= +0.05)" in tune.choose_round8(variants, lists, table)
+    with pytest.raises(SystemExit, match=r"--lists must hold cpu0/multi6, where its aim is measured"):
+        tune.choose_round8(variants, lists[::2], table)
+
+
+def test_round8_choose_against_the_default_replays_the_default_once(bench, tmp_path, capsys):
+    # --reference default: the variant {} is the reference itself, not replayed (nor looked for) twice
+    _, tune = bench
+    lists = [tune.MULTI_MIX, tune.MULTI_MIX_2]
+    runs = [_tune_run(lst, None, s, 90.0, "default") for lst in lists for s in (42, 43, 44)]
+    runs += [_tune_run(lst, {"hole_weight": 20}, s, 90.1, None) for lst in lists for s in (42, 43, 44)]
+    path = _tune_file(tmp_path, runs)
+    argv = ["--from-json", str(path), "--lists", ",".join(lists), "--seeds", "42-44", "--reference", "default"]
+    assert tune.main([*argv, "--choose", "--variants", '[{}, {"hole_weight": 20}]']) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == 'choice: {"hole_weight": 20}'
+    with pytest.raises(SystemExit, match=r"--choose \(rule 7\): .* --reference fgd"):
+        tune.main([*argv, "--choose", "--rule", "7", "--variants", '[{}, {"hole_weight": 20}]'])
