@@ -367,12 +367,7 @@ def choose(variants: list[dict], lists: list[str], table: dict[tuple[str, int], 
             aims += 1
         if not aims:
             why.append("no gain on its aims")
-        for lst in lists:
-            mine, base = table[lst, i], table[lst, 0]
-            if mine["final"] - base["final"] < -LOSS_130:
-                why.append(f"{lst} {mine['final'] - base['final']:+.2f} at 130 %")
-            if mine["gap"] < min(base["gap"], 0.0) - LOSS_GAP or mine["gap"] < base["gap"] - LOSS_GAP:
-                why.append(f"{lst} gap {mine['gap']:+.2f} (default {base['gap']:+.2f})")
+        why += _harms(lists, table, i)
         share = table[SHARING_MIX, i]["final"] if SHARING_MIX in lists else 0.0
         lines.append(f"{json.dumps(v)}: {'eligible' if not why else 'rejected: ' + '; '.join(why)}")
         if not why:
@@ -403,12 +398,7 @@ def choose_round8(variants: list[dict], lists: list[str], table: dict[tuple[str,
         second = table[MULTI_MIX_2, i]["final"] - table[MULTI_MIX_2, 0]["final"]
         if second < 0:
             why.append(f"{MULTI_MIX_2} {second:+.2f} at 130 % (may not fall)")
-        for lst in lists:
-            mine, base = table[lst, i], table[lst, 0]
-            if mine["final"] - base["final"] < -LOSS_130:
-                why.append(f"{lst} {mine['final'] - base['final']:+.2f} at 130 %")
-            if mine["gap"] < min(base["gap"], 0.0) - LOSS_GAP or mine["gap"] < base["gap"] - LOSS_GAP:
-                why.append(f"{lst} gap {mine['gap']:+.2f} (default {base['gap']:+.2f})")
+        why += _harms(lists, table, i)
         lines.append(f"{json.dumps(v)}: {'eligible' if not why else 'rejected: ' + '; '.join(why)}")
         if not why:
             eligible.append((gain, -len(v), i))
@@ -417,6 +407,19 @@ def choose_round8(variants: list[dict], lists: list[str], table: dict[tuple[str,
     best = max(e[0] for e in eligible)
     pick = max((e for e in eligible if e[0] >= best - 0.02), key=lambda e: (e[1], e[0]))
     return "\n".join(lines + [f"choice: {json.dumps(variants[pick[2]])}"])
+
+
+def _harms(lists: list[str], table: dict[tuple[str, int], dict], i: int) -> list[str]:
+    """Points 2 and 3 of both rules: the lists where variant ``i`` loses more than ``LOSS_130`` at
+    130 % or widens its gap past ``LOSS_GAP``, one phrase each."""
+    why = []
+    for lst in lists:
+        mine, base = table[lst, i], table[lst, 0]
+        if mine["final"] - base["final"] < -LOSS_130:
+            why.append(f"{lst} {mine['final'] - base['final']:+.2f} at 130 %")
+        if mine["gap"] < min(base["gap"], 0.0) - LOSS_GAP or mine["gap"] < base["gap"] - LOSS_GAP:
+            why.append(f"{lst} gap {mine['gap']:+.2f} (default {base['gap']:+.2f})")
+    return why
 
 
 def _mean_curve(runs: list[dict]) -> list[float]:
