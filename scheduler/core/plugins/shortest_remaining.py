@@ -30,9 +30,9 @@ starts, then serve only the jobs the starvation guard protects. With ``not-resum
 holds but an evicted job starved only by ``resume_after_s`` (below): it takes the first room that
 fits it, and may preempt for it, without a reservation (Tiresias reserves for no job).
 
-Relaxed backfill (``relax_factor``, 0 = off; the default 0.25 of the head's wait, chosen on
-Philly tuning weeks 11-14 and kept on the test weeks 3-10: docs/replay-jobs.md): the head's
-reservation may be delayed by a bounded slack. A job may go ahead of the head on its reserved devices when it is
+Relaxed backfill (``relax_factor``, 0 = off, the default; 0.25 of the head's wait was chosen on
+Philly tuning weeks 11-14 but did not hold on the test weeks 3-10 when rerun: docs/replay-jobs.md):
+the head's reservation may be delayed by a bounded slack. A job may go ahead of the head on its reserved devices when it is
 expected to end by ``anchor + relax_factor x basis``, where ``anchor`` is the earliest start
 backfill has reserved for this head so far (it does not move later as backfilled jobs push the
 reservation, so the slack is spent once, not once per cycle) and ``basis`` is the head's
@@ -111,7 +111,7 @@ class ShortestRemainingPlugin(Plugin):
         "max_evictions": 1,
         "hold": "always",
         "resume_after_s": math.inf,
-        "relax_factor": 0.25,
+        "relax_factor": 0.0,
         "relax_of": "wait",
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
