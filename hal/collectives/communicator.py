@@ -861,7 +861,9 @@ class Communicator:
         interruptible device synchronize), and close() says so in one line, goes on to the
         barrier and then aborts the group instead of destroying it: destroying flushes the
         group's pending work (on NCCL, ``ncclCommFinalize`` since torch 2.6), which would wait
-        for the very work that did not finish. The thread does not hold the interpreter's exit."""
+        for the very work that did not finish. A barrier that a rank missed (gone or hung) ends
+        in an abort too: on NCCL, destroying a communicator whose peer crashed can hang the
+        healthy ranks. The thread does not hold the interpreter's exit."""
         if self._executor is None:
             return
         self._drain()
@@ -879,20 +881,24 @@ class Communicator:
             # ("terminate called without an active exception", exit 134). The wait is bounded by
             # close_timeout_s, not the collective timeout: a hung or vanished peer costs the
             # others that long, and the group goes all the same.
+            went_on = unfinished is not None
             if self.world_size > 1:
                 try:
                     self._close_barrier(self.close_timeout_s)
                 except RuntimeError as err:
+                    went_on = True
                     self._say(
                         f"close() went on without every rank at its barrier (bound {self.close_timeout_s:g} s, "
-                        f"XPOD_CLOSE_TIMEOUT_S): {_library_text(err)[:240]}; the process group is destroyed all the same"
+                        f"XPOD_CLOSE_TIMEOUT_S): {_library_text(err)[:240]}"
                     )
-            if unfinished is None:
+            if not went_on:
                 self._dist.destroy_process_group()
             else:
                 from torch.distributed.distributed_c10d import _abort_process_group
 
-                self._say("the process group is aborted, not destroyed: destroying it would wait for that work")
+                self._say(
+                    "the process group is aborted, not destroyed: destroying it would wait for what did not finish"
+                )
                 _abort_process_group()
 
     def _say(self, what: str) -> None:
