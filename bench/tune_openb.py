@@ -258,6 +258,8 @@ def main(argv=None) -> int:
         from replay_openb import _run_all_with, check_cache
 
         check_cache(args.cache)
+        if args.choose and args.rule == 8:
+            _check_round8_lists(lists)  # before the grid, not after hours of replays
         runs = _run_all_with(run_one, tasks, args.jobs, args.cache, cache_key, stamp)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -386,9 +388,7 @@ def choose_round8(variants: list[dict], lists: list[str], table: dict[tuple[str,
     """Round 8's choice rule (above ``GAIN_130``) over ``table[list, variant index]`` (seed means,
     as ``choose``); variant 0 is the default as it is. Both multi-GPU mixes must be in ``lists``.
     Returns the verdict, one line a candidate."""
-    missing = [m for m in (MULTI_MIX, MULTI_MIX_2) if m not in lists]
-    if missing:
-        raise SystemExit(f"--choose (rule 8): --lists must hold {' and '.join(missing)}, where its aim is measured")
+    _check_round8_lists(lists)
     lines, eligible = [], []
     for i, v in enumerate(variants[1:], start=1):
         why = []
@@ -407,6 +407,16 @@ def choose_round8(variants: list[dict], lists: list[str], table: dict[tuple[str,
     best = max(e[0] for e in eligible)
     pick = max((e for e in eligible if e[0] >= best - 0.02), key=lambda e: (e[1], e[0]))
     return "\n".join(lines + [f"choice: {json.dumps(variants[pick[2]])}"])
+
+
+def _check_round8_lists(lists: list[str]) -> None:
+    """Round 8's aim is measured on both multi-GPU mixes: one line when ``--lists`` lacks one."""
+    missing = [m for m in (MULTI_MIX, MULTI_MIX_2) if m not in lists]
+    if missing:
+        raise SystemExit(
+            f"--choose (rule 8): --lists must hold {' and '.join(missing)}, where its aim is measured "
+            "(or pass --rule 7 for round 7's rule)"
+        )
 
 
 def _harms(lists: list[str], table: dict[tuple[str, int], dict], i: int) -> list[str]:

@@ -914,7 +914,7 @@ class Communicator:
         def synchronize() -> None:
             try:
                 self.backend.synchronize(self.device)
-            except Exception as err:  # reported by close(), which destroys the group all the same
+            except Exception as err:  # reported by close(), which then aborts the group
                 failed.append(err)
             finally:
                 done.set()

@@ -135,6 +135,8 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
             cls(**args)
         except XpodError as err:
             raise XpodError(f"{source}: policies[{i}] ({name}).{err}") from None
+        except (ValueError, TypeError, OverflowError) as err:  # e.g. a seed of .inf, which no int holds
+            raise XpodError(f"{source}: policies[{i}] ({name}).args: {err}; give finite values") from None
         out.append((name, dict(args)))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):

@@ -462,3 +462,17 @@ def test_round8_choose_against_the_default_replays_the_default_once(bench, tmp_p
     assert capsys.readouterr().out.splitlines()[-1] == 'choice: {"hole_weight": 20}'
     with pytest.raises(SystemExit, match=r"--choose \(rule 7\): .* --reference fgd"):
         tune.main([*argv, "--choose", "--rule", "7", "--variants", '[{}, {"hole_weight": 20}]'])
+
+
+def test_choose_without_rule_8s_lists_is_refused_before_the_grid_runs(bench, monkeypatch):
+    """Rule 8 measures its aim on both multi-GPU mixes; a --choose without one was refused only
+    after the whole grid had replayed (found by review 8)."""
+    replay, tune = bench
+
+    def grid(*a, **k):
+        raise AssertionError("the grid started before --choose's lists were checked")
+
+    monkeypatch.setattr(replay, "_run_all_with", grid)
+    argv = ["--choose", "--seeds", "42-44", "--lists", "cpu300", "--variants", '[{}, {"hole_weight": 12}]']
+    with pytest.raises(SystemExit, match=r"--lists must hold cpu072/multi12 and cpu0/multi6.*--rule 7"):
+        tune.main(argv)

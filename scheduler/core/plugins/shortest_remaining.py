@@ -32,8 +32,8 @@ fits it, and may preempt for it, without a reservation (Tiresias reserves for no
 
 Relaxed backfill (``relax_factor``, 0 = off, the default; 0.25 of the head's wait was chosen on
 Philly tuning weeks 11-14 but did not hold on the test weeks 3-10 when rerun: docs/replay-jobs.md):
-the head's reservation may be delayed by a bounded slack. A job may go ahead of the head on its reserved devices when it is
-expected to end by ``anchor + relax_factor x basis``, where ``anchor`` is the earliest start
+the head's reservation may be delayed by a bounded slack. A job may go ahead of the head on its
+reserved devices when it is expected to end by ``anchor + relax_factor x basis``, where ``anchor`` is the earliest start
 backfill has reserved for this head so far (it does not move later as backfilled jobs push the
 reservation, so the slack is spent once, not once per cycle) and ``basis`` is the head's
 declared duration (``relax_of: duration``) or the time it has waited so far (``wait``: time
@@ -188,7 +188,7 @@ class ShortestRemainingPlugin(Plugin):
         anchor = min(self.anchors.get(head.id, start), start)
         self.anchors[head.id] = anchor
         if self.relax_of == "wait":
-            basis = max(0.0, now - head.submit_time - self.service.seconds(head, now))
+            basis = max(0.0, self._wait_s(head, now))
         else:
             basis = head.expected_duration_seconds or 0.0
         return max(start, anchor + self.relax_factor * basis)
@@ -282,11 +282,16 @@ class ShortestRemainingPlugin(Plugin):
             return True
         return False
 
+    def _wait_s(self, job: Job, now: float) -> float:
+        """How long ``job`` has waited: the time since its submission less the time it ran."""
+        return now - job.submit_time - self.service.seconds(job, now)
+
     def _waited_out(self, job: Job, now: float) -> bool:
         """Whether ``job`` has waited (time since submission less the time it ran) at least
         ``starve_after_s``, or ``starve_factor`` times its declared duration if that is longer."""
-        waited = now - job.submit_time - self.service.seconds(job, now)
-        return waited >= max(self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0))
+        return self._wait_s(job, now) >= max(
+            self.starve_after_s, self.starve_factor * (job.expected_duration_seconds or 0.0)
+        )
 
     def _resumes(self, job: Job, now: float) -> bool:
         """Whether ``job``, waiting, was stopped by the scheduler at least ``resume_after_s`` ago
